@@ -1,0 +1,22 @@
+"""The embedding cache: one Zarr v3 group per (modality, model, layer/pooling, input set), self-describing
+through its `dogmacache` manifest, written in whole shards, readable with plain `zarr`."""
+
+from dogmacache.cache.h5import import import_h5
+from dogmacache.cache.manifest import MANIFEST_KEY, SCHEMA_VERSION, Manifest, digest_strings
+from dogmacache.cache.reader import EmbeddingCache, open_cache
+from dogmacache.cache.verify import VerifyReport, verify_cache
+from dogmacache.cache.writer import CacheWriter, ExtraArray
+
+__all__ = [
+    "MANIFEST_KEY",
+    "SCHEMA_VERSION",
+    "CacheWriter",
+    "EmbeddingCache",
+    "ExtraArray",
+    "Manifest",
+    "VerifyReport",
+    "digest_strings",
+    "import_h5",
+    "open_cache",
+    "verify_cache",
+]

@@ -1,0 +1,173 @@
+"""Sharing caches on the Hugging Face Hub: a dataset repository per folder of caches, with a generated
+dataset card (YAML metadata + provenance of each cache), resumable large uploads, and `pull` that verifies.
+
+A folder to publish is either one cache (its root holds the manifest) or a folder of caches (one per
+subfolder); the card lists every cache it finds. Readers can also train straight from `hf://datasets/...`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dogmacache.cache import layout
+from dogmacache.cache.manifest import Manifest
+from dogmacache.cache.reader import open_cache
+from dogmacache.cache.verify import verify_cache
+from dogmacache.errors import CacheError
+
+CARD_NAME = "README.md"
+
+
+@dataclass(frozen=True)
+class FoundCache:
+    relpath: str  # "." for a cache at the folder's root
+    manifest: Manifest
+
+
+def find_caches(folder: Path) -> list[FoundCache]:
+    """Caches in `folder`: the folder itself, or its immediate subfolders."""
+    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+    found = []
+    for path in candidates:
+        if not (path / "zarr.json").is_file():
+            continue
+        root_meta = json.loads((path / "zarr.json").read_text())
+        if "dogmacache" not in root_meta.get("attributes", {}):
+            continue
+        cache = open_cache(path, allow_partial=True)
+        found.append(FoundCache(os.path.relpath(path, folder), cache.manifest))
+        if path == folder:
+            break  # a cache's own subfolders are its arrays
+    return found
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other") -> str:
+    """The README.md the Hub shows: YAML metadata, what each cache holds, how it was made, how to read it."""
+    n_max = max(c.manifest.n_items for c in caches)
+    tags = sorted({"biology", "embeddings", "zarr", "dogmacache"} | {c.manifest.modality for c in caches})
+    lines = ["---", f"license: {license_id}", "tags:"] + [f"- {t}" for t in tags]
+    lines += ["size_categories:", f"- {_size_category(n_max)}", f"pretty_name: {repo.split('/')[-1]}", "---", ""]
+    lines += [
+        f"# {repo}",
+        "",
+        "Frozen foundation-model embeddings written by dogmacache: one Zarr v3 group per cache, array `embeddings` "
+        "(one item per chunk, items sharded), `ids` (the join key), and the manifest in the root attribute "
+        "`dogmacache`. Train from them without a GPU and without the foundation models.",
+        "",
+        "| cache | modality | model | revision | layer | pooling | items | item shape | dtype |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in caches:
+        m = c.manifest
+        lines.append(
+            f"| `{c.relpath}` | {m.modality} | {m.model} | {m.model_revision} | {m.layer} | {m.pooling} | "
+            f"{m.n_items:,} | {tuple(m.item_shape)} | {m.dtype} |"
+        )
+    lines += ["", "## Provenance", ""]
+    for c in caches:
+        m = c.manifest
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(m.created_by.items()))
+        lines += [
+            f"### `{c.relpath}`",
+            "",
+            f"- input digest: `{m.input_digest}`",
+            f"- created: {m.created_at} with {versions}",
+            f"- shards: {m.n_shards} of {m.shard_items} items, compression {m.compression}, complete: {m.complete}",
+            f"- config: `{json.dumps(m.config, sort_keys=True)}`",
+            "",
+        ]
+    first = caches[0].relpath
+    sub = "" if first == "." else f"/{first}"
+    lines += [
+        "## Reading",
+        "",
+        "```python",
+        "import zarr  # plain zarr, no dogmacache needed",
+        f'g = zarr.open_group("hf://datasets/{repo}{sub}", mode="r")',
+        'x, ids = g["embeddings"][0], g["ids"][:]',
+        "",
+        "from dogmacache.cache import open_cache  # lookup by id, manifest checks",
+        f'cache = open_cache("hf://datasets/{repo}{sub}")',
+        "```",
+        "",
+        "`dogmacache cache pull " + repo + " DIR` downloads and verifies every shard checksum.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def check_hub_limits(folder: Path) -> tuple[int, int]:
+    """(files, bytes) to upload, or a CacheError naming the Hub limit a folder would break."""
+    n_files, n_bytes = 0, 0
+    for root, dirs, files in os.walk(folder):
+        if len(dirs) + len(files) > layout.HUB_MAX_FOLDER_ENTRIES:
+            raise CacheError(f"{root} has {len(dirs) + len(files)} entries; the Hub takes < {layout.HUB_MAX_FOLDER_ENTRIES}")
+        for name in files:
+            size = os.path.getsize(os.path.join(root, name))
+            if size >= layout.HUB_MAX_FILE_BYTES:
+                raise CacheError(f"{os.path.join(root, name)} is {size:,} bytes; the Hub takes files < 20 GB")
+            n_files, n_bytes = n_files + 1, n_bytes + size
+    if n_files >= layout.HUB_MAX_FILES:
+        raise CacheError(f"{folder} holds {n_files} files; a Hub repository takes < {layout.HUB_MAX_FILES}")
+    return n_files, n_bytes
+
+
+def plan_publish(folder: str | os.PathLike, repo: str, license_id: str = "other") -> tuple[list[FoundCache], str, int, int]:
+    """Everything `publish` checks before it sends anything: caches found and complete, limits, the card."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CacheError(f"{folder} is not a directory; pass the cache (or folder of caches) to publish")
+    if repo.count("/") != 1:
+        raise CacheError(f"repository {repo!r} must be OWNER/NAME, e.g. my-lab/gasperini-enformer")
+    caches = find_caches(folder)
+    if not caches:
+        raise CacheError(f"{folder} holds no dogmacache cache (neither it nor a subfolder has a manifest)")
+    unfinished = [c.relpath for c in caches if not c.manifest.complete]
+    if unfinished:
+        raise CacheError(f"caches {unfinished} in {folder} are not complete; finish them before publishing")
+    n_files, n_bytes = check_hub_limits(folder)
+    return caches, dataset_card(repo, caches, license_id), n_files, n_bytes
+
+
+def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", private: bool = False,
+            verify: bool = True) -> str:  # fmt: skip
+    """Verify, write the card, create the dataset repo and upload (resumable: re-run after an interruption)."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    caches, card, _, _ = plan_publish(folder, repo, license_id)
+    if verify:
+        for c in caches:
+            report = verify_cache(folder / c.relpath)
+            if not report.ok:
+                raise CacheError(f"{folder / c.relpath} fails verification: {report.problems[0]}")
+    (folder / CARD_NAME).write_text(card)
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_large_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    return f"https://huggingface.co/datasets/{repo}"
+
+
+def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> list[str]:
+    """Download a dataset repository and verify every cache in it. Returns the verified caches' paths."""
+    from huggingface_hub import snapshot_download
+
+    dest = Path(dest)
+    snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
+    verified = []
+    for c in find_caches(dest):
+        report = verify_cache(dest / c.relpath)
+        if not report.ok:
+            raise CacheError(f"{dest / c.relpath} from {repo} fails verification: {report.problems[0]}")
+        verified.append(str(dest / c.relpath))
+    return verified

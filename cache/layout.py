@@ -1,0 +1,83 @@
+"""How a cache lies on disk: array names, chunk and shard sizes, codecs.
+
+One item per chunk (training reads random items; several items in one chunk multiply the bytes read),
+items grouped into shard files sized for the Hugging Face Hub's limits (files < 20 GB, < 10k entries
+per folder, < 100k files per repository). Each shard file has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dogmacache.errors import CacheError
+
+EMBEDDINGS = "embeddings"  # (N, L, D) or (N, D)
+IDS = "ids"  # (N,) strings: the join key for train
+SHARD_SHA256 = "shard_sha256"  # (n_shards, 32) uint8: digest of each finished shard; zeros = not finished
+
+DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: a few hundred Enformer windows; quick to retry on an upload
+HUB_MAX_FILE_BYTES = 20 * 10**9
+HUB_MAX_FOLDER_ENTRIES = 10_000
+HUB_MAX_FILES = 100_000
+MAX_SHARDS = 9_000  # below the per-folder limit with room for the other files of a repository
+IDS_CHUNK = 1 << 20  # ids per chunk of the `ids` array
+
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+
+
+def item_nbytes(item_shape: tuple[int, ...], dtype: str) -> int:
+    return math.prod(item_shape) * np.dtype(zarr_dtype(dtype)).itemsize
+
+
+def zarr_dtype(dtype: str) -> str:
+    """Dtype as zarr stores it. Zarr v3 has no bfloat16: its bits are stored as uint16 (see `numpy_view`)."""
+    return "uint16" if dtype == "bfloat16" else dtype
+
+
+def numpy_view(dtype: str) -> np.dtype:
+    """Dtype that the stored bits mean (bfloat16 via ml_dtypes; others as stored)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def choose_shard_items(n_items: int, item_bytes: int, target_bytes: int = DEFAULT_SHARD_BYTES) -> int:
+    """Items per shard: about `target_bytes` per shard file, never more than MAX_SHARDS shards,
+    never a file over the Hub's size limit."""
+    if n_items < 1 or item_bytes < 1:
+        raise CacheError(f"cannot lay out {n_items} items of {item_bytes} bytes; both must be positive")
+    per_shard = max(1, min(n_items, target_bytes // item_bytes))
+    if math.ceil(n_items / per_shard) > MAX_SHARDS:
+        per_shard = math.ceil(n_items / MAX_SHARDS)
+    if per_shard * item_bytes > HUB_MAX_FILE_BYTES:
+        raise CacheError(
+            f"{n_items} items of {item_bytes:,} bytes need shard files of {per_shard * item_bytes:,} bytes to stay "
+            f"under {MAX_SHARDS} shards, over the Hub's {HUB_MAX_FILE_BYTES:,}-byte file limit; "
+            "split the input table into several caches"
+        )
+    return int(per_shard)
+
+
+def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
+    """(filters, compressors) for the inner chunks of `embeddings`."""
+    from zarr.codecs import ZstdCodec
+
+    if compression == "none":
+        return [], []
+    if compression == "zstd":
+        return [], [ZstdCodec(level=3)]
+    if compression == "bitround":
+        if dtype == "bfloat16":
+            raise CacheError("bitround works on float16/float32 storage; bfloat16 already keeps 7 mantissa bits")
+        import warnings
+
+        with warnings.catch_warnings():  # numcodecs warns that its codecs are outside the v3 spec
+            warnings.simplefilter("ignore")
+            from numcodecs.zarr3 import BitRound
+
+            return [BitRound(keepbits=7)], [ZstdCodec(level=3)]
+    raise CacheError(f"compression {compression!r} is not one of none, zstd, bitround")

@@ -1,0 +1,133 @@
+"""The cache manifest: the root attribute `dogmacache` that makes a Zarr group self-describing.
+
+A cache is one Zarr v3 group for one (modality, model, layer/pooling, input set). Its manifest names all
+that changes the numbers and is written first with `complete=False`, then rewritten last, once every
+shard is on disk and checksummed, with `complete=True`. A group whose manifest is not complete is an
+unfinished write by definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dogmacache.errors import CacheError
+
+SCHEMA_VERSION = 1
+MANIFEST_KEY = "dogmacache"  # root attribute name
+MODALITIES = ("dna", "rna", "protein", "gene", "context", "other")
+STORAGE_DTYPES = ("float16", "float32", "bfloat16")
+COMPRESSIONS = ("none", "zstd", "bitround")
+
+# Packages whose versions can change the numbers or the layout; recorded in every manifest.
+_PROVENANCE_PACKAGES = ("dogmacache", "numpy", "zarr", "numcodecs", "torch", "transformers", "enformer-pytorch")
+
+
+def package_versions(names: Iterable[str] = _PROVENANCE_PACKAGES) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def digest_strings(parts: Iterable[str]) -> str:
+    """sha256 over an ordered sequence of strings (each terminated by a newline, so boundaries count)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a reader needs to trust and interpret a cache. Stored as the root attribute `dogmacache`."""
+
+    modality: str  # one of MODALITIES
+    model: str  # model id as loaded, e.g. "EleutherAI/enformer-official-rough" or a local directory name
+    model_revision: str  # hub revision or "sha256:..." of the weights file
+    layer: int | str  # which layer's output (-1 = last); a name where layers are not numbered
+    pooling: str  # "none" for per-position (N, L, D) caches, else "mean", "cls", "center", ...
+    dtype: str  # storage dtype of `embeddings`: one of STORAGE_DTYPES
+    n_items: int
+    item_shape: tuple[int, ...]  # (L, D) or (D,)
+    shard_items: int  # items per shard file; shard i holds rows [i*shard_items, (i+1)*shard_items)
+    input_digest: str  # digest of the ordered ids and their inputs: two caches join only if their inputs agree
+    compression: str = "none"  # one of COMPRESSIONS
+    extra_arrays: tuple[str, ...] = ()  # per-item arrays beside `embeddings` (e.g. "n_padded", "mask")
+    ids_digest: str = ""  # digest_strings(ids), checked by `verify`
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved embed/import config
+    created_by: dict[str, str] = field(default_factory=package_versions)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    complete: bool = False
+    shards: tuple[str, ...] = ()  # per-shard checksums (sha256 of the decoded rows), set when complete
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise CacheError(f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}; pick one of those")
+        if self.dtype not in STORAGE_DTYPES:
+            raise CacheError(f"dtype {self.dtype!r} is not one of {', '.join(STORAGE_DTYPES)}; pick one of those")
+        if self.compression not in COMPRESSIONS:
+            raise CacheError(
+                f"compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}; pick one of those"
+            )
+        if self.n_items < 1:
+            raise CacheError(f"a cache needs at least one item, got n_items={self.n_items}")
+        if not self.item_shape or any(int(s) < 1 for s in self.item_shape):
+            raise CacheError(f"item_shape {self.item_shape} must be (D,) or (L, D) with positive sizes")
+        if self.shard_items < 1:
+            raise CacheError(f"shard_items must be >= 1, got {self.shard_items}")
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_items // self.shard_items)
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        """Row range [start, stop) of one shard."""
+        if not 0 <= shard < self.n_shards:
+            raise CacheError(f"shard {shard} does not exist; this cache has shards 0..{self.n_shards - 1}")
+        start = shard * self.shard_items
+        return start, min(start + self.shard_items, self.n_items)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["item_shape"] = list(self.item_shape)
+        out["extra_arrays"] = list(self.extra_arrays)
+        out["shards"] = list(self.shards)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "cache") -> Manifest:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CacheError(
+                f"{where} has manifest schema_version {version!r}, this dogmacache reads {SCHEMA_VERSION}; "
+                "upgrade dogmacache or re-create the cache"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CacheError(f"{where} manifest has unknown keys {unknown}; it was written by another dogmacache")
+        values = dict(data)
+        values["item_shape"] = tuple(int(s) for s in data["item_shape"])
+        values["extra_arrays"] = tuple(data.get("extra_arrays", ()))
+        values["shards"] = tuple(data.get("shards", ()))
+        return cls(**values)
+
+    def same_content_as(self, other: Manifest) -> list[str]:
+        """Fields that make `other` describe different numbers than `self` (empty when a resume is safe)."""
+        keys = (
+            "modality", "model", "model_revision", "layer", "pooling", "dtype", "n_items", "item_shape",
+            "shard_items", "input_digest", "compression", "extra_arrays", "ids_digest",
+        )  # fmt: skip
+        return [k for k in keys if getattr(self, k) != getattr(other, k)]

@@ -1,0 +1,171 @@
+"""Reading a cache: lazy, local or remote (any fsspec URL: file://, http(s)://, hf://), by row or by id.
+
+Nothing is loaded when a cache is opened but the manifest; `ids` load on the first lookup by id; rows are
+read one item-chunk at a time (on sharded arrays a loop of single reads is ~10x faster than fancy indexing),
+with contiguous runs read as one slice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import zarr
+
+from dogmacache.cache import layout
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
+from dogmacache.errors import CacheError, IncompleteCacheError
+
+
+def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    text = os.fspath(url)
+    try:
+        if "://" in text and not text.startswith("file://"):
+            from zarr.storage import FsspecStore
+
+            store = FsspecStore.from_url(text, read_only=True, storage_options=storage_options)
+            return zarr.open_group(store, mode="r", zarr_format=3)
+        local = text[len("file://") :] if text.startswith("file://") else text
+        if not os.path.isdir(local):
+            raise CacheError(f"no cache at {text!r}: the directory does not exist; check the path")
+        return zarr.open_group(local, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise CacheError(f"no Zarr v3 group at {text!r} ({err}); check the path or URL") from err
+
+
+def open_cache(
+    url: str | os.PathLike,
+    *,
+    allow_partial: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> EmbeddingCache:
+    """Open a cache for reading. Refuses one whose manifest is not complete unless `allow_partial`."""
+    url = os.fspath(url)
+    group = _open_group(url, storage_options)
+    if MANIFEST_KEY not in group.attrs:
+        raise CacheError(f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
+    manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=url)
+    if not manifest.complete and not allow_partial:
+        raise IncompleteCacheError(
+            f"{url} is not complete (its write was interrupted or is still running); re-run the command that "
+            "writes it to finish, or open it with allow_partial=True to read the finished shards"
+        )
+    return EmbeddingCache(url, group, manifest)
+
+
+class EmbeddingCache:
+    """One opened cache. `cache[rows]` and `cache.get(ids)` return arrays of shape (B, *item_shape)."""
+
+    def __init__(self, url: str, group: zarr.Group, manifest: Manifest):
+        self.url = url
+        self.manifest = manifest
+        self._group = group
+        self.embeddings = group[layout.EMBEDDINGS]
+        expected = (manifest.n_items, *manifest.item_shape)
+        if tuple(self.embeddings.shape) != expected:
+            raise CacheError(
+                f"{url}: `embeddings` has shape {tuple(self.embeddings.shape)} but the manifest says {expected}; "
+                "the cache was altered after it was written: re-create it"
+            )
+        self._view = layout.numpy_view(manifest.dtype)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"EmbeddingCache({self.url!r}, {m.modality}/{m.model}, layer={m.layer}, pooling={m.pooling}, "
+            f"n_items={m.n_items}, item_shape={m.item_shape}, dtype={m.dtype}, complete={m.complete})"
+        )
+
+    def __len__(self) -> int:
+        return self.manifest.n_items
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return self.manifest.item_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._view
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        ids = np.asarray(self._group[layout.IDS][:].tolist(), dtype=str)
+        if ids.shape != (self.manifest.n_items,):
+            raise CacheError(f"{self.url}: `ids` has shape {ids.shape}, expected ({self.manifest.n_items},)")
+        return ids
+
+    @cached_property
+    def _row_of(self) -> dict[str, int]:
+        return {item: row for row, item in enumerate(self.ids.tolist())}
+
+    def row_of(self, item_id: str) -> int:
+        try:
+            return self._row_of[item_id]
+        except KeyError:
+            raise CacheError(
+                f"id {item_id!r} is not in {self.url} ({self.manifest.n_items} ids, e.g. {self.ids[:3].tolist()}); "
+                "the table and the cache come from different inputs: re-embed from the same recipe output"
+            ) from None
+
+    def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Rows for many ids; names every missing id (up to five) in one error."""
+        item_ids = list(item_ids)
+        missing = [i for i in item_ids if i not in self._row_of]
+        if missing:
+            raise CacheError(
+                f"{len(missing)} of {len(item_ids)} ids are not in {self.url} (e.g. {missing[:5]}); "
+                "the table and the cache come from different inputs: re-embed from the same recipe output"
+            )
+        return np.fromiter((self._row_of[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    # ---- reading rows -------------------------------------------------------------------------------
+    def read_rows(self, rows: Sequence[int] | np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Rows in the order given, shape (B, *item_shape); `dtype` converts (e.g. float32 for training)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = self.manifest.n_items
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            bad = rows[(rows < 0) | (rows >= n)][0]
+            raise CacheError(f"row {int(bad)} is outside {self.url}, which has rows 0..{n - 1}")
+        out = np.empty((rows.size, *self.item_shape), dtype=layout.zarr_dtype(self.manifest.dtype))
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        # runs of consecutive sorted rows become one slice read each (a repeated row starts a new run)
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        for run in np.split(np.arange(rows.size), breaks):
+            if run.size == 0:
+                continue
+            first, last = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]])
+            out[order[run]] = self.embeddings[first : last + 1]
+        out = out.view(self._view) if self.manifest.dtype == "bfloat16" else out
+        return out if dtype is None else out.astype(dtype)
+
+    def get(self, item_ids: Iterable[str], dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Rows for ids, in the order given."""
+        return self.read_rows(self.rows_of(item_ids), dtype=dtype)
+
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.read_rows([int(key)])[0]
+        if isinstance(key, slice):
+            return self.read_rows(np.arange(self.manifest.n_items)[key])
+        return self.read_rows(key)
+
+    def extra(self, name: str) -> zarr.Array:
+        """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily."""
+        if name not in self.manifest.extra_arrays:
+            raise CacheError(f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}")
+        return self._group[name]
+
+    def done_shards(self) -> np.ndarray:
+        """Boolean per shard: finished (useful on a partial cache)."""
+        return self._group[layout.SHARD_SHA256][:].any(axis=1)
+
+    def shard_blocks(self, shard: int) -> list[np.ndarray]:
+        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras."""
+        start, stop = self.manifest.shard_rows(shard)
+        blocks = [np.asarray(self.embeddings[start:stop])]
+        blocks += [np.asarray(self._group[name][start:stop]) for name in self.manifest.extra_arrays]
+        return blocks

@@ -1,0 +1,341 @@
+"""Writing a cache: whole shards, one owner each, resumable after a crash or `kill -9`.
+
+Order of writes, and why it is safe:
+1. `create` writes the group, the arrays, the `ids` and a manifest with `complete=False`.
+2. `write_shard(i, ...)` writes all rows of shard i (one shard file per array), then the shard's digest
+   into row i of `shard_sha256`. A kill before the digest lands leaves the shard pending; it is redone.
+3. `finalize` checks every shard has a digest and rewrites the manifest with `complete=True`.
+Processes that own disjoint shards can write one cache at once (`CacheWriter.open` in each); two writers
+must never share a shard, since partial writes to one shard file lose rows.
+
+Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items, min(N, (i + 1) * shard_items)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from dogmacache.cache import layout
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
+from dogmacache.errors import CacheError, IncompleteCacheError
+
+
+@dataclass(frozen=True)
+class ExtraArray:
+    """A per-item array stored beside `embeddings`, e.g. `n_padded` (int32, ()) or `mask` (bool, (L,))."""
+
+    name: str
+    dtype: str
+    item_shape: tuple[int, ...] = ()
+
+
+def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
+    """sha256 over the decoded rows of one shard: `embeddings` first, then the extra arrays in manifest order."""
+    h = hashlib.sha256()
+    for block in blocks:
+        h.update(np.ascontiguousarray(block).tobytes())
+    return h.digest()
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Ids as a list of non-empty, unique strings, or a CacheError naming the offenders."""
+    ids = [str(i) for i in ids]
+    if not ids:
+        raise CacheError("no ids given: a cache needs at least one item")
+    empty = [row for row, i in enumerate(ids) if not i.strip()]
+    if empty:
+        raise CacheError(f"ids at rows {empty[:5]} are empty; every item needs a non-empty id (the join key)")
+    counts = Counter(ids)
+    dupes = [(i, n) for i, n in counts.items() if n > 1]
+    if dupes:
+        shown = ", ".join(f"{i!r} x{n}" for i, n in dupes[:5])
+        raise CacheError(
+            f"ids are not unique ({len(dupes)} repeated: {shown}); ids are the join key for train, "
+            "so give each row its own id (e.g. append the target gene or the strand)"
+        )
+    return ids
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if "://" in text:
+        raise CacheError(f"caches are written to a local directory, got {text!r}; write locally, then `cache publish`")
+    return Path(text)
+
+
+_DIMENSION_NAMES = {1: ("item", "feature"), 2: ("item", "position", "feature")}
+
+
+class CacheWriter:
+    """Writes whole shards of one cache. Use `create` (new or resumed cache) or `open` (another process)."""
+
+    def __init__(self, path: Path, group: zarr.Group, manifest: Manifest, extras: tuple[ExtraArray, ...]):
+        self.path = path
+        self._group = group
+        self.manifest = manifest
+        self.extras = extras
+        self._embeddings = group[layout.EMBEDDINGS]
+        self._extra_arrays = {e.name: group[e.name] for e in extras}
+        self._digests = group[layout.SHARD_SHA256]
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        ids: Sequence[str],
+        modality: str,
+        model: str,
+        model_revision: str,
+        layer: int | str,
+        pooling: str,
+        item_shape: Sequence[int],
+        input_digest: str,
+        dtype: str = "float16",
+        compression: str = "none",
+        shard_items: int | None = None,
+        shard_bytes: int = layout.DEFAULT_SHARD_BYTES,
+        extras: Sequence[ExtraArray] = (),
+        config: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> CacheWriter:
+        """A writer for a new cache at `path`, or for the unfinished cache already there when it was started
+        with the same inputs and settings (resume). A finished cache with the same content is returned as is
+        (`pending_shards()` is empty); anything else at `path` is an error unless `overwrite`."""
+        path = _local_path(path)
+        ids = check_ids(ids)
+        item_shape = tuple(int(s) for s in item_shape)
+        if shard_items is None:
+            shard_items = layout.choose_shard_items(len(ids), layout.item_nbytes(item_shape, dtype), shard_bytes)
+        extras = tuple(extras)
+        wanted = Manifest(
+            modality=modality,
+            model=model,
+            model_revision=model_revision,
+            layer=layer,
+            pooling=pooling,
+            dtype=dtype,
+            n_items=len(ids),
+            item_shape=item_shape,
+            shard_items=int(shard_items),
+            input_digest=input_digest,
+            compression=compression,
+            extra_arrays=tuple(e.name for e in extras),
+            ids_digest=digest_strings(ids),
+            config=dict(config or {}),
+        )
+        layout.codecs_for(compression, dtype)  # fail early on an impossible combination
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        if path.exists():
+            return cls._resume(path, wanted, extras)
+        return cls._create_new(path, wanted, ids, extras)
+
+    @classmethod
+    def _create_new(cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        n, per_shard = manifest.n_items, manifest.shard_items
+        filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numcodecs' "not in the v3 spec" notice for bitround
+            group.create_array(
+                layout.EMBEDDINGS,
+                shape=(n, *manifest.item_shape),
+                chunks=(1, *manifest.item_shape),  # one item per chunk: random reads touch one item
+                shards=(per_shard, *manifest.item_shape),
+                dtype=layout.zarr_dtype(manifest.dtype),
+                filters=filters,
+                compressors=compressors,
+                fill_value=0,
+                chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+                attributes={"storage_dtype": manifest.dtype},
+                dimension_names=_DIMENSION_NAMES.get(len(manifest.item_shape)),
+            )
+        ids_array = group.create_array(
+            layout.IDS,
+            shape=(n,),
+            chunks=(min(n, layout.IDS_CHUNK),),
+            dtype=str,
+            compressors=None,
+            chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+        )
+        ids_array[:] = np.asarray(ids, dtype=object)
+        for extra in extras:
+            group.create_array(
+                extra.name,
+                shape=(n, *extra.item_shape),
+                chunks=(per_shard, *extra.item_shape),  # one chunk file per shard, owned by its writer
+                dtype=extra.dtype,
+                fill_value=0,
+                compressors=None,
+                chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+            )
+        group.create_array(
+            layout.SHARD_SHA256,
+            shape=(manifest.n_shards, 32),
+            chunks=(1, 32),  # one tiny file per shard, written last for that shard
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
+            chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+        )
+        group.attrs[MANIFEST_KEY] = manifest.to_dict()  # complete=False until finalize
+        return cls(path, group, manifest, extras)
+
+    @classmethod
+    def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...]) -> CacheWriter:
+        writer = cls.open(path, extras=extras, allow_complete=True)
+        differs = writer.manifest.same_content_as(wanted)
+        if differs:
+            detail = "; ".join(f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs)
+            raise CacheError(
+                f"{path} already holds a cache of other content ({detail}); "
+                "choose another output path, or pass --overwrite to replace it"
+            )
+        return writer
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, *, extras: Sequence[ExtraArray] | None = None, allow_complete: bool = False
+    ) -> CacheWriter:
+        """Attach to an existing cache, e.g. from a second process that owns other shards."""
+        path = _local_path(path)
+        try:
+            group = zarr.open_group(path, mode="r+", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+            raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
+        if MANIFEST_KEY not in group.attrs:
+            raise CacheError(f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
+        manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=str(path))
+        if manifest.complete and not allow_complete:
+            raise CacheError(f"{path} is complete; re-embedding writes a new cache (choose another output path)")
+        if extras is None:
+            extras = tuple(
+                ExtraArray(name, str(group[name].dtype), tuple(group[name].shape[1:])) for name in manifest.extra_arrays
+            )
+        return cls(path, group, manifest, tuple(extras))
+
+    # ---- progress -----------------------------------------------------------------------------------
+    def done_shards(self) -> set[int]:
+        """Shards whose digest is on disk (their rows are complete)."""
+        try:
+            digests = self._digests[:]
+        except Exception:  # a digest chunk torn by a kill: read row by row, a torn row counts as not done
+            rows = []
+            for i in range(self.manifest.n_shards):
+                try:
+                    rows.append(self._digests[i])
+                except Exception:
+                    rows.append(np.zeros(32, dtype=np.uint8))
+            digests = np.stack(rows)
+        return {int(i) for i in np.flatnonzero(digests.any(axis=1))}
+
+    def pending_shards(self) -> list[int]:
+        if self.manifest.complete:
+            return []
+        done = self.done_shards()
+        return [i for i in range(self.manifest.n_shards) if i not in done]
+
+    # ---- writing ------------------------------------------------------------------------------------
+    def write_shard(self, shard: int, embeddings: np.ndarray, **extras: np.ndarray) -> str:
+        """Write all rows of one shard, then record its digest. Returns the digest (hex)."""
+        m = self.manifest
+        if m.complete:
+            raise CacheError(f"{self.path} is complete; it takes no more writes")
+        start, stop = m.shard_rows(shard)
+        embeddings = np.asarray(embeddings)
+        expected = (stop - start, *m.item_shape)
+        if embeddings.shape != expected:
+            raise CacheError(
+                f"shard {shard} of {self.path} takes embeddings of shape {expected} (rows {start}..{stop - 1} x "
+                f"item_shape {m.item_shape}), got {embeddings.shape}; the model's output does not match the "
+                "manifest: check the window length and layer width, or write a new cache"
+            )
+        stored = self._to_storage(embeddings, start)
+        if set(extras) != set(m.extra_arrays):
+            raise CacheError(
+                f"shard {shard} needs extra arrays {list(m.extra_arrays)}, got {sorted(extras)}; pass each of them"
+            )
+        extra_blocks = []
+        for spec in self.extras:
+            block = np.asarray(extras[spec.name]).astype(spec.dtype, copy=False)
+            if block.shape != (stop - start, *spec.item_shape):
+                raise CacheError(
+                    f"extra array {spec.name!r} of shard {shard} takes shape {(stop - start, *spec.item_shape)}, "
+                    f"got {block.shape}"
+                )
+            extra_blocks.append(block)
+
+        self._embeddings[start:stop] = stored  # one whole shard file
+        for spec, block in zip(self.extras, extra_blocks, strict=True):
+            self._extra_arrays[spec.name][start:stop] = block
+        if m.compression == "bitround":  # lossy: digest what a reader will decode, not what was passed in
+            stored = self._embeddings[start:stop]
+        digest = shard_digest([stored, *extra_blocks])
+        self._digests[shard] = np.frombuffer(digest, dtype=np.uint8)  # last: marks the shard finished
+        return digest.hex()
+
+    def _to_storage(self, embeddings: np.ndarray, start: int) -> np.ndarray:
+        """Cast to the storage dtype, refusing non-finite values before and after the cast."""
+        dtype = self.manifest.dtype
+        self._check_finite(embeddings, start, "")
+        view = layout.numpy_view(dtype)
+        with np.errstate(over="ignore"):  # overflow becomes inf, refused just below with a clear message
+            stored = embeddings.astype(view, copy=False)
+        if stored.dtype != embeddings.dtype:
+            self._check_finite(
+                stored, start, f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)"
+            )
+        if dtype == "bfloat16":
+            stored = stored.view(np.uint16)
+        return np.ascontiguousarray(stored)
+
+    def _check_finite(self, block: np.ndarray, start: int, why: str) -> None:
+        if block.dtype.kind in "iub":  # integers cannot be NaN
+            return
+        flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], -1)
+        bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if bad_rows.size:
+            row = start + int(bad_rows[0])
+            item = self._id_at(row)
+            n_bad = int((~np.isfinite(flat[bad_rows[0]])).sum())
+            raise CacheError(
+                f"item {item!r} (row {row}) has {n_bad} NaN/Inf values{why}, and {bad_rows.size - 1} more rows in this "
+                "shard do too; nothing of this shard was written. Check that item's input (e.g. an all-N window), "
+                "or run the model in float32"
+            )
+
+    def _id_at(self, row: int) -> str:
+        return str(self._group[layout.IDS][row])
+
+    def finalize(self) -> Manifest:
+        """Mark the cache complete once every shard has its digest. Call once, after all writers finished."""
+        if self.manifest.complete:
+            return self.manifest
+        digests = self._digests[:]
+        missing = [int(i) for i in np.flatnonzero(~digests.any(axis=1))]
+        if missing:
+            raise IncompleteCacheError(
+                f"{self.path}: {len(missing)} of {self.manifest.n_shards} shards are not written yet "
+                f"(first: {missing[:5]}); re-run the same command to finish them"
+            )
+        done = dataclasses.replace(self.manifest, complete=True, shards=tuple(bytes(d).hex() for d in digests))
+        self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
+        self.manifest = done
+        return done

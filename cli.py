@@ -1,0 +1,47 @@
+"""The `dogmacache` console command: one parser, one subcommand family per stage.
+
+Each stage owns its subcommands in its own `cli.py` (`register(subparsers)`), so adding a command means
+editing that stage's file and the `_STAGES` tuple below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dogmacache import __version__
+from dogmacache.errors import DogmaError
+
+# (module, what it adds) in the order `--help` lists them
+_STAGES = (
+    "dogmacache.cache.cli",
+    "dogmacache.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dogmacache",
+        description="Embed once with frozen foundation models into Zarr caches; train small bridges from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"dogmacache {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _STAGES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (DogmaError, FileNotFoundError) as err:
+        # Library code raises these with messages that name the value, the expectation and the fix.
+        print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Errors a user can act on. Each message names the bad value, what was expected and the fix;
+the command line prints it as one line and exits 2 instead of showing a traceback."""
+
+
+class DogmaError(Exception):
+    """Base class for problems with the user's inputs, caches or configuration."""
+
+
+class CacheError(DogmaError):
+    """A cache that cannot be written or read as asked."""
+
+
+class IncompleteCacheError(CacheError):
+    """A cache whose manifest is not marked complete (a write that has not finished or was interrupted)."""
+
+
+class InputError(DogmaError):
+    """An input file, table or value that is malformed or inconsistent."""
