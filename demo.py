@@ -43,7 +43,6 @@ def write_cdt_style_h5(path: Path, seed: int) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     import zarr
-
     from dogmacache.cache import import_h5, open_cache, verify_cache
     from dogmacache.errors import CacheError
 

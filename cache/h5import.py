@@ -13,12 +13,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
-
 from dogmacache.cache import layout
 from dogmacache.cache.manifest import Manifest, digest_strings
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.errors import InputError
+from tqdm.auto import tqdm
 
 READ_BLOCK_BYTES = 64 << 20  # HDF5 rows per read: about 64 MiB of source data
 

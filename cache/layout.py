@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from dogmacache.errors import CacheError
 
 EMBEDDINGS = "embeddings"  # (N, L, D) or (N, D)

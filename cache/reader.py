@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-
-from dogmacache.cache import layout
+from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -139,8 +138,7 @@ class EmbeddingCache:
                 continue
             first, last = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]])
             out[order[run]] = self.embeddings[first : last + 1]
-        out = out.view(self._view) if self.manifest.dtype == "bfloat16" else out
-        return out if dtype is None else out.astype(dtype)
+        return convert.from_storage(out, self.manifest.dtype, dtype)
 
     def get(self, item_ids: Iterable[str], dtype: np.dtype | str | None = None) -> np.ndarray:
         """Rows for ids, in the order given."""

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-from tqdm.auto import tqdm
-
 from dogmacache.cache.manifest import digest_strings
 from dogmacache.cache.reader import open_cache
 from dogmacache.cache.writer import shard_digest
+from tqdm.auto import tqdm
 
 
 @dataclass

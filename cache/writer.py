@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-
-from dogmacache.cache import layout
+from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -45,7 +44,7 @@ def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
     """sha256 over the decoded rows of one shard: `embeddings` first, then the extra arrays in manifest order."""
     h = hashlib.sha256()
     for block in blocks:
-        h.update(np.ascontiguousarray(block).tobytes())
+        h.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))  # no copy of the shard
     return h.digest()
 
 
@@ -88,8 +87,10 @@ class CacheWriter:
         self._group = group
         self.manifest = manifest
         self.extras = extras
-        self._embeddings = group[layout.EMBEDDINGS]
-        self._extra_arrays = {e.name: group[e.name] for e in extras}
+        # Writing every chunk without testing it against the fill value: 1.2 GB/s instead of 0.2-0.6 GB/s
+        # (measured, 16 Enformer windows per shard), and every shard file exists once written.
+        self._embeddings = group[layout.EMBEDDINGS].with_config({"write_empty_chunks": True})
+        self._extra_arrays = {e.name: group[e.name].with_config({"write_empty_chunks": True}) for e in extras}
         self._digests = group[layout.SHARD_SHA256]
 
     # ---- construction -------------------------------------------------------------------------------
@@ -294,31 +295,25 @@ class CacheWriter:
     def _to_storage(self, embeddings: np.ndarray, start: int) -> np.ndarray:
         """Cast to the storage dtype, refusing non-finite values before and after the cast."""
         dtype = self.manifest.dtype
-        self._check_finite(embeddings, start, "")
-        view = layout.numpy_view(dtype)
-        with np.errstate(over="ignore"):  # overflow becomes inf, refused just below with a clear message
-            stored = embeddings.astype(view, copy=False)
-        if stored.dtype != embeddings.dtype:
-            self._check_finite(
+        if embeddings.dtype.kind not in "fiuV":
+            raise CacheError(f"embeddings must be numbers, got dtype {embeddings.dtype}")
+        self._refuse_nonfinite(embeddings, start, "")
+        stored = convert.to_storage(embeddings, dtype)
+        if dtype == "float16" and embeddings.dtype != np.float16:
+            self._refuse_nonfinite(
                 stored, start, f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)"
             )
-        if dtype == "bfloat16":
-            stored = stored.view(np.uint16)
-        return np.ascontiguousarray(stored)
+        return stored
 
-    def _check_finite(self, block: np.ndarray, start: int, why: str) -> None:
-        if block.dtype.kind in "iub":  # integers cannot be NaN
-            return
-        flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], -1)
-        bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    def _refuse_nonfinite(self, block: np.ndarray, start: int, why: str) -> None:
+        bad_rows = convert.nonfinite_rows(block)
         if bad_rows.size:
             row = start + int(bad_rows[0])
-            item = self._id_at(row)
-            n_bad = int((~np.isfinite(flat[bad_rows[0]])).sum())
+            n_bad = int((~np.isfinite(np.asarray(block[bad_rows[0]], dtype=np.float32))).sum())
             raise CacheError(
-                f"item {item!r} (row {row}) has {n_bad} NaN/Inf values{why}, and {bad_rows.size - 1} more rows in this "
-                "shard do too; nothing of this shard was written. Check that item's input (e.g. an all-N window), "
-                "or run the model in float32"
+                f"item {self._id_at(row)!r} (row {row}) has {n_bad} NaN/Inf values{why}, and {bad_rows.size - 1} more "
+                "rows in this shard do too; nothing of this shard was written. Check that item's input "
+                "(e.g. an all-N window), or run the model in float32"
             )
 
     def _id_at(self, row: int) -> str:

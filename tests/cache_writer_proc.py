@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-
 from dogmacache.cache import CacheWriter, ExtraArray, digest_strings
 
 ITEM_SHAPE = (6, 4)

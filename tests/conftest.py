@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dogmacache.cache import CacheWriter, ExtraArray, digest_strings
 
 TESTS = Path(__file__).parent

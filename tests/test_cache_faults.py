@@ -10,7 +10,6 @@ import pytest
 import zarr
 from cache_writer_proc import rows_for
 from conftest import TESTS, write_cache
-
 from dogmacache.cache import CacheWriter, digest_strings, open_cache, verify_cache
 from dogmacache.cache.layout import SHARD_SHA256
 from dogmacache.cli import main

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import zarr
 from conftest import write_cache
-
 from dogmacache.cache import MANIFEST_KEY, open_cache
 from dogmacache.cache.layout import choose_shard_items, item_nbytes
 from dogmacache.errors import CacheError

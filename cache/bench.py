@@ -1,0 +1,74 @@
+"""Cache throughput, measured: shard writes, random single-item reads (what training does), and batched
+reads through `EmbeddingCache.read_rows`. Results are what `dogmacache bench --only cache` prints and saves."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from dogmacache.cache import convert
+from dogmacache.cache.manifest import digest_strings
+from dogmacache.cache.reader import open_cache
+from dogmacache.cache.writer import CacheWriter
+
+
+def bench_cache(
+    n_items: int = 64,
+    item_shape: tuple[int, ...] = (896, 3072),  # Enformer trunk output per window
+    dtype: str = "float16",
+    compression: str = "none",
+    shard_items: int = 16,
+    batch: int = 8,
+    seed: int = 0,
+    workdir: str | None = None,
+) -> dict:
+    rng = np.random.default_rng(seed)
+    root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-", dir=workdir))
+    path = root / "bench.zarr"
+    ids = [f"item{i}" for i in range(n_items)]
+    try:
+        writer = CacheWriter.create(
+            path, ids=ids, modality="dna", model="bench/random", model_revision="none", layer=-1, pooling="none",
+            item_shape=item_shape, input_digest=digest_strings(ids), dtype=dtype, compression=compression,
+            shard_items=shard_items,
+        )  # fmt: skip
+        block = rng.standard_normal((shard_items, *item_shape), dtype=np.float32)
+        convert.to_storage(block[:1], dtype)  # warm-up: torch's import is not write time
+        t0 = time.perf_counter()
+        for shard in writer.pending_shards():
+            start, stop = writer.manifest.shard_rows(shard)
+            writer.write_shard(shard, block[: stop - start])
+        writer.finalize()
+        write_s = time.perf_counter() - t0
+        item_bytes = int(np.prod(item_shape)) * np.dtype("float32" if dtype == "float32" else "float16").itemsize
+        total = n_items * item_bytes
+        on_disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+        cache = open_cache(path)
+        order = rng.permutation(n_items)
+        t0 = time.perf_counter()
+        for row in order:
+            cache.read_rows([int(row)])
+        random_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for a in range(0, n_items, batch):
+            cache.read_rows(order[a : a + batch], dtype=np.float32)
+        batched_s = time.perf_counter() - t0
+        return {
+            "n_items": n_items,
+            "item_shape": list(item_shape),
+            "dtype": dtype,
+            "compression": compression,
+            "shard_items": shard_items,
+            "logical_MB": round(total / 1e6, 1),
+            "on_disk_MB": round(on_disk / 1e6, 1),
+            "write_MB_per_s": round(total / 1e6 / write_s, 1),
+            "random_item_read_MB_per_s": round(total / 1e6 / random_s, 1),
+            "random_items_per_s": round(n_items / random_s, 1),
+            f"batch{batch}_read_as_float32_items_per_s": round(n_items / batched_s, 1),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""The `dogmacache` command: subcommands listed, cache info / publish --dry-run, the demo, the wheel layout."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_cache
+from dogmacache.cache import CacheWriter, digest_strings
+from dogmacache.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([Path(sys.executable).parent / "dogmacache", "--help"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    for command in ("cache", "demo", "bench"):
+        assert f"    {command} " in out, out
+
+
+def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
+    assert main(["cache", "info", str(tmp_path / "c.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "dna / test/model (revision r1)" in out
+    assert "5 x (4, 8) float16" in out and "3/3 written" in out and "complete          True" in out
+    assert "MiB in" in out
+
+
+def test_publish_dry_run_prints_files_and_card(tmp_path, rng, capsys):
+    folder = tmp_path / "share"
+    write_cache(folder / "dna-enformer.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
+    write_cache(folder / "protein-esm2.zarr", rng.standard_normal((7, 16)).astype(np.float32), modality="protein")
+    assert main(["cache", "publish", str(folder), "--repo", "my-lab/demo-caches", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would create dataset repo my-lab/demo-caches" in out
+    assert "dna-enformer.zarr: dna/test/model, 5 items" in out and "protein-esm2.zarr: protein/test/model, 7 items" in out
+    card = out.split("--- README.md ---\n", 1)[1]
+    assert card.startswith("---\nlicense: other\ntags:\n")
+    assert "- protein" in card and "size_categories:\n- n<1K" in card
+    assert 'zarr.open_group("hf://datasets/my-lab/demo-caches/dna-enformer.zarr"' in card
+    assert not (folder / "README.md").exists()  # a dry run writes nothing
+
+
+def test_publish_refuses_incomplete_caches(tmp_path, capsys):
+    ids = ["a", "b"]
+    CacheWriter.create(tmp_path / "c.zarr", ids=ids, modality="dna", model="m", model_revision="r", layer=-1,
+                       pooling="none", item_shape=(2, 2), input_digest=digest_strings(ids))  # fmt: skip
+    assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "me/x", "--dry-run"]) == 2
+    assert "are not complete" in capsys.readouterr().err
+
+
+def test_demo_runs_offline(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "verified 6/6 shard checksums" in out and "demo finished" in out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_wheel_installs_only_the_dogmacache_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("dogmacache-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    dist_info = [t for t in tops if t.endswith(".dist-info")]
+    assert len(dist_info) == 1 and tops - set(dist_info) == {"dogmacache"}  # no bare `cache`, `train`, ...
+    names = zipfile.ZipFile(wheel).namelist()
+    for sub in ("cache", "embed", "train", "data_recipes"):
+        assert f"dogmacache/{sub}/__init__.py" in names
+    assert "dogmacache/cli.py" in names
+
+
+def test_readme_python_example_runs(tmp_path):
+    """The README's reading example, run against the demo's output."""
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    readme = (REPO / "README.md").read_text()
+    (block,) = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:2]]
+    scope: dict = {}
+    exec(block.replace("out/demo", str(tmp_path / "demo")), scope)  # noqa: S102 - our own README
+    assert scope["batch"].shape == (2, 16, 32) and scope["batch"].dtype == np.float32
+    assert scope["manifest"]["complete"] is True and len(scope["ids"]) == 48

@@ -1,0 +1,84 @@
+"""`cache import-h5`: the CDT authors' HDF5 layout streamed into a cache, resumable, with clear errors."""
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from dogmacache.cache import import_h5, open_cache
+from dogmacache.cache.layout import SHARD_SHA256
+from dogmacache.cli import main
+from dogmacache.errors import InputError
+
+
+def _cdt_h5(path, n=10, bins=6, width=8, seed=0):
+    """`embeddings` (N, bins, width) float32 with `centers` and `chroms` beside it, as the CDT files have."""
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((n, bins, width)).astype(np.float32)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("embeddings", data=data, chunks=(1, bins, width))
+        h5.create_dataset("centers", data=np.arange(n, dtype=np.int64) * 1000 + 5000)
+        h5.create_dataset("chroms", data=np.array([b"chr1", b"chrX"] * (n // 2)))
+        h5.create_dataset("names", data=np.array([f"ENH{i:03d}".encode() for i in range(n)]))
+    return data
+
+
+def test_import_builds_ids_from_chroms_and_centers(tmp_path):
+    data = _cdt_h5(tmp_path / "e.h5")
+    manifest, written = import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna",
+                                  model="EleutherAI/enformer-official-rough", shard_items=4, progress=False)  # fmt: skip
+    assert written == 3 and manifest.complete and manifest.pooling == "none" and manifest.item_shape == (6, 8)
+    cache = open_cache(tmp_path / "c.zarr")
+    assert cache.ids[:3].tolist() == ["chr1:5000", "chrX:6000", "chr1:7000"]
+    np.testing.assert_array_equal(cache[:], data.astype(np.float16))
+    assert manifest.config["dataset"] == "embeddings"
+
+
+def test_import_with_ids_dataset_via_cli(tmp_path, capsys):
+    data = _cdt_h5(tmp_path / "e.h5")
+    args = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",
+            "--ids", "names", "--modality", "dna", "--model", "enformer", "--dtype", "float32", "--shard-items", "3"]
+    assert main(args) == 0
+    assert "wrote 4 of 4 shards" in capsys.readouterr().out
+    group = zarr.open_group(tmp_path / "c.zarr", mode="r")
+    assert group["ids"][:].tolist()[-1] == "ENH009"
+    np.testing.assert_array_equal(group["embeddings"][:], data)
+    assert main(args) == 0  # the same command on a complete cache does nothing and says so
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_import_resumes_only_unfinished_shards(tmp_path):
+    data = _cdt_h5(tmp_path / "e.h5", n=12)
+    kwargs = dict(dataset="embeddings", modality="dna", model="enformer", shard_items=4, progress=False)
+    import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", **kwargs)
+    # turn it back into an interrupted write: shard 2 unfinished, manifest not complete
+    group = zarr.open_group(tmp_path / "c.zarr", mode="r+")
+    meta = dict(group.attrs["dogmacache"])
+    meta.update(complete=False, shards=[])
+    group.attrs["dogmacache"] = meta
+    group[SHARD_SHA256][2] = np.zeros(32, dtype=np.uint8)
+    group["embeddings"][8:12] = np.zeros((4, 6, 8), dtype=np.float16)
+    manifest, written = import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", **kwargs)
+    assert written == 1 and manifest.complete
+    np.testing.assert_array_equal(open_cache(tmp_path / "c.zarr")[:], data.astype(np.float16))
+
+
+def test_missing_dataset_is_named_with_what_exists(tmp_path):
+    _cdt_h5(tmp_path / "e.h5")
+    with pytest.raises(InputError, match=r"has no dataset 'emb'.*embeddings \(10, 6, 8\) float32.*--dataset"):
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="emb", modality="dna", model="m")
+    assert not (tmp_path / "c.zarr").exists()
+    assert main(["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "emb",
+                 "--modality", "dna", "--model", "m"]) == 2  # fmt: skip
+
+
+def test_ids_cannot_be_guessed(tmp_path):
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        h5.create_dataset("x", data=np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(InputError, match="neither an ids dataset nor `chroms` \\+ `centers`.*--ids NAME"):
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", modality="protein", model="m", pooling="mean")
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5.create_dataset("names", data=np.array([b"a", b"b", b"a"]))
+    with pytest.raises(Exception, match=r"'a' x2"):
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", ids="names", modality="protein", model="m",
+                  pooling="mean")  # fmt: skip
+    assert not (tmp_path / "c.zarr").exists()
