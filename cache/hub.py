@@ -141,7 +141,7 @@ def plan_publish(folder: str | os.PathLike, repo: str, license_id: str = "other"
 
 def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", private: bool = False,
             verify: bool = True) -> str:  # fmt: skip
-    """Verify, write the card, create the dataset repo and upload (resumable: re-run after an interruption)."""
+    """Verify, create the dataset repo, upload (resumable: re-run after an interruption), then the card."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
@@ -151,10 +151,12 @@ def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", 
             report = verify_cache(folder / c.relpath)
             if not report.ok:
                 raise CacheError(f"{folder / c.relpath} fails verification: {report.problems[0]}")
-    (folder / CARD_NAME).write_text(card)
     api = HfApi()
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     api.upload_large_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    # the card goes to the repository only: inside the Zarr group it would be a stray member
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo=CARD_NAME, repo_id=repo, repo_type="dataset",
+                    commit_message="dataset card")  # fmt: skip
     return f"https://huggingface.co/datasets/{repo}"
 
 

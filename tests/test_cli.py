@@ -82,3 +82,20 @@ def test_readme_python_example_runs(tmp_path):
     exec(block.replace("out/demo", str(tmp_path / "demo")), scope)  # noqa: S102 - our own README
     assert scope["batch"].shape == (2, 16, 32) and scope["batch"].dtype == np.float32
     assert scope["manifest"]["complete"] is True and len(scope["ids"]) == 48
+
+
+def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
+    """The Hub itself is not reachable from tests: the two HfApi calls are recorded instead of sent."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(("card", kw)))
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
+    assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
+    assert calls[0] == ("create", "lab/x", {"repo_type": "dataset", "private": False, "exist_ok": True})
+    assert calls[1][1] == {"repo_id": "lab/x", "folder_path": str(tmp_path / "c.zarr"), "repo_type": "dataset"}
+    assert calls[2][1]["path_in_repo"] == "README.md" and calls[2][1]["repo_type"] == "dataset"
+    assert calls[2][1]["path_or_fileobj"].decode().startswith("---\nlicense: other\n")
+    assert not (tmp_path / "c.zarr" / "README.md").exists()  # the local cache stays a pure Zarr group
