@@ -1,0 +1,183 @@
+"""Readers for the public file formats the recipes start from, checked by header name, never by position.
+
+Every reader names the file (and the column) when something is wrong: a missing column, a wrong header,
+a truncated gzip. Formats (see data_recipes/README.md): GCT 1.2 (GTEx), tab-separated tables with a header
+(GTEx sample attributes, Gasperini results), FASTA (UCSC genome, Ensembl cDNA/peptide, UniProt), Ensembl GTF.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from dogmacache.errors import InputError
+
+_TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _opener(path: Path):
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)  # noqa: SIM115
+
+
+@contextmanager
+def open_text(path: str | Path) -> Iterator[io.TextIOBase]:
+    """Text lines of a plain or gzipped file; a truncated or corrupt gzip becomes an InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
+    try:
+        with _opener(path) as fh:
+            yield fh
+    except _TRUNCATED as err:
+        raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
+
+
+def header_of(path: str | Path, comment_lines: int = 0, sep: str = "\t") -> list[str]:
+    with open_text(path) as fh:
+        for _ in range(comment_lines):
+            fh.readline()
+        line = fh.readline()
+    if not line:
+        raise InputError(f"{path} is empty; expected a header line")
+    return line.rstrip("\n").rstrip("\r").split(sep)
+
+
+def require_columns(path: str | Path, found: Sequence[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in found]
+    if missing:
+        shown = ", ".join(found[:12]) + (" ..." if len(found) > 12 else "")
+        raise InputError(
+            f"{path} has no column {missing[0]!r}"
+            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + f"; its header has: {shown}. Is it the right file and release?"
+        )
+
+
+def read_table(
+    path: str | Path,
+    required: Sequence[str],
+    *,
+    usecols: Sequence[str] | None = None,
+    dtype: dict | None = None,
+    comment_lines: int = 0,
+    na_values: Sequence[str] = ("NA", ""),
+) -> pd.DataFrame:
+    """A tab-separated table with a header; `required` columns must be present (by name)."""
+    found = header_of(path, comment_lines)
+    require_columns(path, found, required)
+    try:
+        with open_text(path) as fh:
+            return pd.read_csv(
+                fh, sep="\t", skiprows=comment_lines, usecols=list(usecols or required), dtype=dtype,
+                na_values=list(na_values), keep_default_na=False, low_memory=False,
+            )  # fmt: skip
+    except _TRUNCATED as err:
+        raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
+    except (ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"{path} could not be parsed as a tab-separated table: {err}") from err
+
+
+def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(header without '>', sequence) for each record; any line width; case kept (callers decide)."""
+    header, chunks = None, []
+    with open_text(path) as fh:
+        for line in fh:
+            line = line.rstrip("\n").rstrip("\r")
+            if line.startswith(">"):
+                if header is not None:
+                    yield header, "".join(chunks)
+                header, chunks = line[1:], []
+            elif header is None:
+                if line.strip():
+                    raise InputError(f"{path} is not FASTA: the first line must start with '>', got {line[:40]!r}")
+            else:
+                chunks.append(line.strip())
+        if header is not None:
+            yield header, "".join(chunks)
+
+
+_UNIPROT_GN = re.compile(r"\bGN=(\S+)")
+
+
+def read_uniprot(path: str | Path) -> pd.DataFrame:
+    """UniProt FASTA (`>sp|P31946|1433B_HUMAN ... GN=YWHAB PE=1 SV=3`) as columns accession, entry, gene, sequence.
+    Entries without `GN=` are dropped (they cannot be joined by symbol)."""
+    rows = []
+    for header, seq in read_fasta(path):
+        parts = header.split("|")
+        if len(parts) < 3:
+            raise InputError(f"{path}: header {header[:60]!r} is not UniProt's 'db|ACCESSION|ENTRY ...' form")
+        gene = _UNIPROT_GN.search(header)
+        if gene:
+            rows.append((parts[1], parts[2].split()[0], gene.group(1), seq.upper()))
+    if not rows:
+        raise InputError(f"{path} holds no UniProt entry with a GN= gene symbol")
+    return pd.DataFrame(rows, columns=["accession", "entry", "gene", "sequence"])
+
+
+_ENSEMBL_FIELD = re.compile(r"(\w+):(\S+)")
+
+
+def read_ensembl_fasta(path: str | Path) -> pd.DataFrame:
+    """Ensembl cDNA/peptide FASTA (`>ENST….N cdna chromosome:GRCh38:1:…:1 gene:ENSG….N … gene_symbol:X`)
+    as columns id (the record's versioned id), transcript (versioned), gene (versioned), gene_symbol, sequence."""
+    rows = []
+    for header, seq in read_fasta(path):
+        first, _, rest = header.partition(" ")
+        fields = dict(_ENSEMBL_FIELD.findall(rest))
+        transcript = fields.get("transcript", first)  # peptide records name their transcript; cDNA records are one
+        rows.append((first, transcript, fields.get("gene", ""), fields.get("gene_symbol", ""), seq.upper()))
+    if not rows:
+        raise InputError(f"{path} holds no FASTA records")
+    return pd.DataFrame(rows, columns=["id", "transcript", "gene", "gene_symbol", "sequence"])
+
+
+_GTF_ATTR = re.compile(r'(\S+) "([^"]*)"')
+GTF_COLUMNS = ("seqname", "source", "feature", "start", "end", "score", "strand", "frame", "attribute")
+
+
+def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
+    """GTF rows of the given feature types; 1-based inclusive coordinates; the named attributes as columns."""
+    wanted, rows = set(features), []
+    with open_text(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if line.startswith("#"):
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 9:
+                raise InputError(f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}")
+            if cols[2] not in wanted:
+                continue
+            attrs = dict(_GTF_ATTR.findall(cols[8]))
+            rows.append((cols[0], cols[2], int(cols[3]), int(cols[4]), cols[6], *(attrs.get(a) for a in attributes)))
+    return pd.DataFrame(rows, columns=["chrom", "feature", "start", "end", "strand", *attributes])
+
+
+def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: int = 2000) -> Iterator[pd.DataFrame]:
+    """GCT 1.2 (`#1.2`, `<rows>\\t<samples>`, header `transcript_id gene_id SAMPID…`) in row chunks."""
+    with open_text(path) as fh:
+        version = fh.readline().strip()
+        dims = fh.readline().strip().split("\t")
+    if version != "#1.2":
+        raise InputError(f"{path} is not GCT 1.2: its first line is {version[:20]!r}, expected '#1.2'")
+    if len(dims) != 2 or not all(d.isdigit() for d in dims):
+        raise InputError(f"{path}: GCT line 2 must be '<n_rows>\\t<n_samples>', got {dims}")
+    header = header_of(path, comment_lines=2)
+    id_cols = [c for c in ("transcript_id", "gene_id", "Name", "Description") if c in header]
+    require_columns(path, header, ["gene_id"] if "transcript_id" in header else ["Name"])
+    try:
+        with open_text(path) as fh:
+            reader = pd.read_csv(fh, sep="\t", skiprows=2, usecols=list(usecols) if usecols else None,
+                                 chunksize=chunksize, dtype={c: str for c in id_cols})  # fmt: skip
+            yield from reader
+    except _TRUNCATED as err:
+        raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err

@@ -1,0 +1,226 @@
+"""Gasperini 2019 CRISPRi enhancer screen in K562 (GEO GSE120861), the CDT task.
+
+From the at-scale results: DHS sites only; target `beta` (natural-log effect size); significant when
+`pvalue.empirical.adjusted` < 0.05 (`not_applicable` is not significant); site midpoints lifted hg19 -> hg38
+with the UCSC chain file; genes aligned by symbol across the RNA vocabulary and the protein set into one
+canonical order (checked every run); split by enhancer 70/15/15, stratified on significance, seeded.
+
+Outputs (parquet): `dna_windows` (id = enhancer, chrom, center, strand: the DNA items), `genes` (id = symbol
+in canonical order: the RNA gene-token items), `proteins` (id = symbol, sequence: the protein items, same
+order), `labels` (enhancer, gene, gene_index, beta, significant, split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dogmacache.data_recipes import sources, tables
+from dogmacache.data_recipes.formats import read_table, read_uniprot
+from dogmacache.errors import InputError
+
+SOURCES = {
+    "results": sources.Source(
+        key="results",
+        filename="GSE120861_all_deg_results.at_scale.txt.gz",
+        url="https://ftp.ncbi.nlm.nih.gov/geo/series/GSE120nnn/GSE120861/suppl/GSE120861_all_deg_results.at_scale.txt.gz",
+        licence="GEO public data (Gasperini et al., Cell 2019); cite the paper",
+        description="at-scale CRISPRi screen: every tested (gRNA group, gene) pair, hg19 coordinates",
+        size="~200 MB",
+    ),
+    "chain": sources.Source(
+        key="chain",
+        filename="hg19ToHg38.over.chain.gz",
+        url="https://hgdownload.soe.ucsc.edu/goldenPath/hg19/liftOver/hg19ToHg38.over.chain.gz",
+        licence="UCSC Genome Browser: free for academic, non-profit and personal use",
+        description="UCSC liftOver chain hg19 -> hg38",
+        size="~1 MB",
+    ),
+    "uniprot": sources.Source(
+        key="uniprot",
+        filename="uniprot_human_swissprot.fasta.gz",
+        url="https://rest.uniprot.org/uniprotkb/stream?compressed=true&format=fasta"
+        "&query=%28organism_id%3A9606%29+AND+%28reviewed%3Atrue%29",
+        licence="CC BY 4.0 (UniProt)",
+        description="UniProtKB/Swiss-Prot human entries (~20.4k), gene symbol after GN=",
+        size="~7 MB",
+    ),
+}
+
+RESULT_COLUMNS = (
+    "gRNA_group", "ENSG", "gene_short_name", "target_site.chr", "target_site.start", "target_site.stop",
+    "site_type", "beta", "pvalue.empirical.adjusted", "target_gene.start",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GasperiniConfig:
+    site_type: str = "DHS"  # CDT keeps DNase hypersensitive sites (drops TSS controls, NTC rows)
+    significance: float = 0.05  # on pvalue.empirical.adjusted; `not_applicable` counts as not significant
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test, by enhancer
+    seed: int = 0
+    max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
+
+
+def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:
+    """Index i must name the same gene in the RNA and the protein tables (CDT joins them by position)."""
+    if len(rna_ids) != len(protein_ids):
+        raise InputError(f"{where}RNA has {len(rna_ids)} genes but protein {len(protein_ids)}; they must align 1:1")
+    for i, (r, p) in enumerate(zip(rna_ids, protein_ids, strict=True)):
+        if r != p:
+            raise InputError(f"{where}gene order differs at index {i}: RNA {r!r} vs protein {p!r}; re-run the recipe")
+
+
+def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:
+    from liftover import ChainFile
+
+    chain = ChainFile(str(chain_path), one_based=False)
+    out_chrom, out_pos, unmapped, ambiguous = [], [], 0, 0
+    for chrom, pos in zip(chroms.tolist(), positions.tolist(), strict=True):
+        hits = chain[chrom][int(pos)] if chrom in chain else []
+        if len(hits) != 1:
+            unmapped += len(hits) == 0
+            ambiguous += len(hits) > 1
+            out_chrom.append(None)
+            out_pos.append(-1)
+            continue
+        out_chrom.append(hits[0][0])
+        out_pos.append(int(hits[0][1]))
+    return out_chrom, out_pos, unmapped, ambiguous
+
+
+def build_gasperini(
+    paths: dict[str, Path],
+    out: Path,
+    config: GasperiniConfig,
+    rna_vocab: set[str] | None = None,
+    sources_info: dict | None = None,
+) -> dict:
+    """The whole recipe from explicit files (keys results, chain, uniprot). Returns the written manifest."""
+    counts: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    raw = read_table(paths["results"], RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str})
+    counts["result_rows"] = len(raw)
+    ntc = raw["target_site.chr"].astype(str) == "NTC"
+    counts["ntc_rows_dropped"] = int(ntc.sum())
+    pairs = raw[~ntc & (raw["site_type"] == config.site_type)].copy()
+    counts[f"{config.site_type}_rows"] = len(pairs)
+    if pairs.empty:
+        kinds = sorted(raw["site_type"].dropna().astype(str).unique())[:8]
+        raise InputError(f"{paths['results']} has no rows with site_type == {config.site_type!r}; it has {kinds}")
+    missing["beta"] = int(pairs["beta"].isna().sum())
+    pairs = pairs[pairs["beta"].notna()]
+    padj = pd.to_numeric(pairs["pvalue.empirical.adjusted"].replace("not_applicable", np.nan), errors="coerce")
+    pairs["significant"] = (padj < config.significance).fillna(False).astype(bool)
+    pairs["pvalue_adjusted"] = padj
+    pairs["chrom_hg19"] = [c if str(c).startswith("chr") else f"chr{c}" for c in pairs["target_site.chr"].astype(str)]
+    pairs["mid_hg19"] = ((pairs["target_site.start"].astype(np.int64) + pairs["target_site.stop"].astype(np.int64)) // 2)
+    if config.max_distance_kb is not None:
+        near = (pairs["mid_hg19"] - pairs["target_gene.start"]).abs() <= config.max_distance_kb * 1000
+        counts["pairs_beyond_max_distance"] = int((~near).sum())
+        pairs = pairs[near]
+
+    # genes: target symbols that the protein set (and the RNA vocabulary, when given) also have
+    proteins = read_uniprot(paths["uniprot"])
+    counts["uniprot_entries"] = len(proteins)
+    counts["uniprot_duplicate_symbols"] = int(proteins["gene"].duplicated().sum())
+    proteins = proteins.drop_duplicates("gene", keep="first")  # Swiss-Prot lists the canonical entry first
+    targets = set(pairs["gene_short_name"].dropna().astype(str))
+    in_protein = targets & set(proteins["gene"])
+    missing["symbols_not_in_uniprot"] = len(targets - in_protein)
+    if rna_vocab is not None:
+        missing["symbols_not_in_rna_vocab"] = len(in_protein - rna_vocab)
+        in_protein &= rna_vocab
+    gene_order = sorted(in_protein)  # the canonical order: RNA and protein tables both follow it
+    if not gene_order:
+        raise InputError("no target gene is in both the protein set and the RNA vocabulary; check the inputs")
+    gene_index = {g: i for i, g in enumerate(gene_order)}
+    n_before = len(pairs)
+    pairs = pairs[pairs["gene_short_name"].isin(gene_index)]
+    counts["pairs_dropped_gene_unaligned"] = n_before - len(pairs)
+
+    # enhancers: one window per gRNA group, at the hg38 position of its site midpoint
+    sites = pairs.drop_duplicates("gRNA_group")[["gRNA_group", "chrom_hg19", "mid_hg19", "target_site.start",
+                                                  "target_site.stop"]]  # fmt: skip
+    chrom38, pos38, unmapped, ambiguous = _lift(paths["chain"], sites["chrom_hg19"], sites["mid_hg19"])
+    sites = sites.assign(chrom=chrom38, center=pos38)
+    missing["enhancers_unmapped_by_liftover"] = unmapped
+    missing["enhancers_ambiguous_liftover"] = ambiguous
+    sites = sites[sites["chrom"].notna()]
+    pairs = pairs[pairs["gRNA_group"].isin(sites["gRNA_group"])]
+    counts["duplicate_pairs_dropped"] = int(pairs.duplicated(["gRNA_group", "gene_short_name"]).sum())
+    pairs = pairs.drop_duplicates(["gRNA_group", "gene_short_name"], keep="first")
+
+    # split by enhancer, stratified on whether any of its pairs is significant
+    enhancer_sig = pairs.groupby("gRNA_group")["significant"].any()
+    split = tables.split_groups(list(enhancer_sig.index), config.fractions, config.seed, list(enhancer_sig.values))
+    labels = pd.DataFrame({
+        "enhancer": pairs["gRNA_group"].astype(str).values,
+        "gene": pairs["gene_short_name"].astype(str).values,
+        "gene_index": pairs["gene_short_name"].map(gene_index).astype(np.int32).values,
+        "ensembl_gene": pairs["ENSG"].astype(str).values,
+        "beta": pairs["beta"].astype(np.float32).values,
+        "significant": pairs["significant"].values,
+        "pvalue_adjusted": pairs["pvalue_adjusted"].astype(np.float32).values,
+    })  # fmt: skip
+    labels["split"] = labels["enhancer"].map(split)
+    tables.assert_no_leak(labels, "enhancer")
+    used = sites[sites["gRNA_group"].isin(labels["enhancer"])]
+    dna = pd.DataFrame({
+        "id": used["gRNA_group"].astype(str).values,
+        "chrom": used["chrom"].values,
+        "center": np.asarray(used["center"], dtype=np.int64),
+        "strand": "+",  # enhancers have no orientation; windows are read on the reference strand
+        "chrom_hg19": used["chrom_hg19"].values,
+        "start_hg19": used["target_site.start"].astype(np.int64).values,
+        "end_hg19": used["target_site.stop"].astype(np.int64).values,
+    })  # fmt: skip
+    dna["split"] = dna["id"].map(split)
+    protein_table = proteins.set_index("gene").loc[gene_order].reset_index()
+    genes = pd.DataFrame({"id": gene_order, "gene_index": np.arange(len(gene_order), dtype=np.int32)})
+    protein_out = pd.DataFrame({"id": protein_table["gene"], "accession": protein_table["accession"],
+                                "sequence": protein_table["sequence"]})  # fmt: skip
+    check_gene_alignment(genes["id"].tolist(), protein_out["id"].tolist())
+
+    for name in tables.SPLITS:
+        part = labels[labels["split"] == name]
+        counts[f"pairs_{name}"] = len(part)
+        counts[f"enhancers_{name}"] = part["enhancer"].nunique()
+        counts[f"significant_pairs_{name}"] = int(part["significant"].sum())
+    counts["genes"] = len(gene_order)
+    return tables.write_outputs(
+        out, "gasperini", {"dna_windows": dna, "genes": genes, "proteins": protein_out, "labels": labels},
+        counts=counts, missing=missing, sources=sources_info or {k: {"path": str(p)} for k, p in paths.items()},
+        params={**asdict(config), "rna_vocab": None if rna_vocab is None else len(rna_vocab)},
+        extra={"genome_build": "hg38", "gene_order_checked": True},
+    )  # fmt: skip
+
+
+def read_vocab(path: str | Path) -> set[str]:
+    """Gene symbols of an scGPT `vocab.json` ({gene: id}); special tokens (`<pad>`, `<cls>`, ...) dropped."""
+    try:
+        vocab = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"--rna-vocab {path}: expected scGPT's vocab.json ({{gene: id}}), could not read it: {err}") from err
+    return {g for g in vocab if not (g.startswith("<") and g.endswith(">"))}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rna-vocab", default=None, help="scGPT vocab.json: keep only genes the RNA model knows")
+    parser.add_argument("--max-distance-kb", type=float, default=None, help="keep pairs within this distance")
+    parser.add_argument("--significance", type=float, default=GasperiniConfig.significance)
+
+
+def run(args: argparse.Namespace) -> dict:
+    paths, info = {}, {}
+    for key, source in SOURCES.items():
+        paths[key], digest = sources.fetch(source, args.source_dir, args.cache_dir)
+        info[key] = {"file": source.filename, "url": source.url, "sha256": digest, "licence": source.licence}
+    config = GasperiniConfig(seed=args.seed, max_distance_kb=args.max_distance_kb, significance=args.significance)
+    vocab = read_vocab(args.rna_vocab) if args.rna_vocab else None
+    return build_gasperini(paths, Path(args.out), config, rna_vocab=vocab, sources_info=info)

@@ -1,0 +1,285 @@
+"""Writes the bundled demo sources (`data_recipes/demo_data/`): a synthetic genome and every file the real
+recipes read, in the real formats and under the real file names, so the demo runs the real parsers.
+
+    python -m dogmacache.data_recipes.make_demo_data [DIR]     # deterministic: the same bytes every time
+
+The genome: three chromosomes (160 + 120 + 100 kb, UCSC names, 60-column lines, soft-masked stretches).
+Genes: 36 on both strands, 1-3 transcripts each (alternative first exons), two exons, CDS back-translated
+from a protein whose composition carries a per-gene weight.
+Enhancers: 180 sites, each with exactly three copies of the motif TGAGTCA within 400 bp of its centre,
+either clustered inside 100 bp (an "active" site) or spread over 700 bp (a decoy with the same motif count).
+
+The hidden rules (what a model can learn; nothing downstream reads them):
+- CRISPRi: beta(enhancer e, gene g) = c_g - 0.6 * w_g * clustered_e + N(0, 0.08), for the 6 genes nearest e.
+  c_g ~ N(0, 0.1); w_g in [0.4, 1.4] is written into the protein's lysine/arginine vs aspartate/glutamate balance.
+- Expression: log(1 + TPM(t, tissue)) = 1.5 + 0.9 * p_t * u_tissue + 0.5 * b_g + noise, where p_t = copies of
+  TATAAA within 200 bp upstream of the transcript's TSS (0-3) and u_tissue in [-1, 1] per tissue.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent / "demo_data"
+CHROMS = {"chr1": 160_000, "chr2": 120_000, "chr3": 100_000}
+HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38 - shift (a chain file says so)
+MOTIF = "TGAGTCA"
+PROMOTER_MOTIF = "TATAAA"
+N_GENES, N_ENHANCERS, GENES_PER_ENHANCER = 36, 180, 6
+TISSUES = (
+    "Adipose Tissue", "Adrenal Gland", "Bladder", "Blood", "Blood Vessel", "Brain", "Breast", "Cervix Uteri",
+    "Colon", "Esophagus", "Fallopian Tube", "Heart", "Kidney", "Liver", "Lung", "Muscle", "Nerve", "Ovary",
+    "Pancreas", "Pituitary", "Prostate", "Salivary Gland", "Skin", "Small Intestine", "Spleen", "Stomach",
+    "Testis", "Thyroid", "Uterus", "Vagina",
+)  # fmt: skip
+SAMPLES_PER_TISSUE = 4
+CODONS = {
+    "A": "GCC", "R": "CGG", "N": "AAC", "D": "GAC", "C": "TGC", "Q": "CAG", "E": "GAG", "G": "GGC", "H": "CAC",
+    "I": "ATC", "L": "CTG", "K": "AAG", "M": "ATG", "F": "TTC", "P": "CCC", "S": "AGC", "T": "ACC", "W": "TGG",
+    "Y": "TAC", "V": "GTG",
+}  # fmt: skip
+COMPLEMENT = str.maketrans("ACGTacgtN", "TGCAtgcaN")
+
+
+def revcomp(seq: str) -> str:
+    return seq.translate(COMPLEMENT)[::-1]
+
+
+def _write_gz(path: Path, text: str) -> None:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write(text.encode())
+
+
+def _fasta(records: list[tuple[str, str]], width: int = 60) -> str:
+    lines = []
+    for header, seq in records:
+        lines.append(f">{header}")
+        lines += [seq[i : i + width] for i in range(0, len(seq), width)]
+    return "\n".join(lines) + "\n"
+
+
+def _random(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(list("ACGT"), size=n))
+
+
+def _protein(rng: np.random.Generator, weight: float) -> str:
+    """Random protein whose K/R vs D/E balance encodes `weight` (0.4 .. 1.4)."""
+    length = int(rng.integers(80, 160))
+    basic = 0.04 + 0.16 * (weight - 0.4)  # 4% .. 20% K/R
+    acidic = 0.20 - basic + 0.04
+    others = "ACGHILMNPQSTVWYF"
+    p = np.array([basic / 2, basic / 2, acidic / 2, acidic / 2] + [(1 - basic - acidic) / len(others)] * len(others))
+    residues = rng.choice(list("KRDE" + others), size=length - 1, p=p / p.sum())
+    return "M" + "".join(residues)
+
+
+def build(out: Path = HERE, seed: int = 7) -> None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    genome = {c: list(rng.choice(list("ACGT"), size=n, p=[0.29, 0.21, 0.21, 0.29])) for c, n in CHROMS.items()}
+
+    def put(chrom: str, pos: int, seq: str) -> None:  # 0-based
+        genome[chrom][pos : pos + len(seq)] = list(seq)
+
+    # genes: evenly spread, alternating strands. Transcripts share exon 2 (5' UTR, CDS + stop, 3' UTR) and
+    # differ in their first exon, 600 bp further upstream for each alternative transcript.
+    gene_rows, transcripts, occupied = [], [], []
+    chrom_of_gene = np.repeat(list(CHROMS), [16, 11, 9])
+    for g in range(N_GENES):
+        chrom = str(chrom_of_gene[g])
+        k = int((chrom_of_gene[:g] == chrom).sum())
+        slot = CHROMS[chrom] // (int((chrom_of_gene == chrom).sum()) + 1)
+        anchor = slot * (k + 1) + int(rng.integers(-1500, 1500))  # 0-based start (+) / end (-) of exon 2
+        strand = "+" if g % 2 == 0 else "-"
+        weight, offset, base = float(rng.uniform(0.4, 1.4)), float(rng.normal(0, 0.1)), float(rng.normal(0, 1))
+        protein = _protein(rng, weight)
+        cds = "".join(CODONS[a] for a in protein) + "TAA"  # the GTF's CDS excludes the stop codon
+        symbol, gene_id = f"DEMO{g + 1:02d}", f"ENSG9{g + 1:010d}"
+        gene_rows.append(dict(symbol=symbol, gene_id=gene_id, chrom=chrom, strand=strand, weight=weight,
+                              offset=offset, base=base, protein=protein))  # fmt: skip
+        utr5, utr3 = _random(rng, 60), _random(rng, 57)
+        exon2 = utr5 + cds + utr3
+        n2, c0, c1 = len(exon2), len(utr5), len(utr5) + len(cds)  # CDS+stop at exon-2 offsets [c0, c1)
+        if strand == "+":
+            put(chrom, anchor, exon2)
+            exon2_span, cds_span, stop_span = (anchor + 1, anchor + n2), (anchor + c0 + 1, anchor + c1 - 3), \
+                (anchor + c1 - 2, anchor + c1)  # fmt: skip
+        else:
+            put(chrom, anchor - n2, revcomp(exon2))
+            exon2_span, cds_span, stop_span = (anchor - n2 + 1, anchor), (anchor - c1 + 4, anchor - c0), \
+                (anchor - c1 + 1, anchor - c1 + 3)  # fmt: skip
+        for t in range(int(rng.integers(1, 4))):
+            intron = 400 + 600 * t + int(rng.integers(0, 200))
+            exon1 = _random(rng, 150)
+            upstream = list(_random(rng, 200))
+            n_promoter = int(rng.integers(0, 4))
+            for j in range(n_promoter):
+                upstream[20 + 60 * j : 26 + 60 * j] = list(PROMOTER_MOTIF)
+            upstream = "".join(upstream)
+            if strand == "+":
+                first = anchor - intron - 150  # 0-based start of exon 1
+                put(chrom, first - 200, upstream + exon1)
+                exon1_span, tx = (first + 1, first + 150), (first + 1, exon2_span[1])
+            else:
+                first = anchor + intron  # 0-based start (lowest coordinate) of exon 1
+                put(chrom, first, revcomp(upstream + exon1))
+                exon1_span, tx = (first + 1, first + 150), (exon2_span[0], first + 150)
+            transcripts.append(dict(gene=g, tx_id=f"ENST9{g + 1:07d}{t + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{t + 1:03d}",
+                                    start=tx[0], end=tx[1], exons=[exon1_span, exon2_span], cds=cds_span,
+                                    stop=stop_span, cdna=exon1 + exon2, promoter=n_promoter))  # fmt: skip
+            occupied.append((chrom, tx[0] - 400, tx[1] + 400))
+
+    # enhancers: clustered (active) or spread (decoy) motif triples, away from genes' exons
+    enhancers = []
+    for e in range(N_ENHANCERS):
+        while True:  # away from genes, so no motif lands in a transcript
+            chrom = str(rng.choice(list(CHROMS), p=np.array(list(CHROMS.values())) / sum(CHROMS.values())))
+            center = int(rng.integers(3_000, CHROMS[chrom] - 3_000))
+            if not any(c == chrom and a - 500 < center < b + 500 for c, a, b in occupied):
+                break
+        clustered = bool(rng.random() < 0.35)
+        offsets = [int(x) for x in (rng.integers(-380, 280) + np.array([0, 35, 70]))] if clustered else \
+            [int(x) for x in np.array([-350, 0, 350]) + rng.integers(-20, 20, size=3)]  # fmt: skip
+        for off in offsets:
+            put(chrom, center + off, MOTIF)
+        enhancers.append(dict(id=f"{chrom}.demo_enh{e + 1:03d}_top_two", chrom=chrom, center=center, clustered=clustered))
+
+    # soft-masked repeats (lowercase), as UCSC hg38 has them
+    for seq in genome.values():
+        for _ in range(len(seq) // 20_000):
+            a, n = int(rng.integers(0, len(seq) - 400)), int(rng.integers(100, 400))
+            seq[a : a + n] = [b.lower() for b in seq[a : a + n]]
+    genome_text = {c: "".join(s) for c, s in genome.items()}
+    _write_gz(out / "genome.fa.gz", _fasta(list(genome_text.items())))
+
+    # chain file demo-hg19 -> demo-hg38
+    chain = []
+    for i, (chrom, size) in enumerate(CHROMS.items(), 1):
+        shift = HG19_SHIFT[chrom]
+        chain += [f"chain 1000 {chrom} {size - shift} + 0 {size - shift} {chrom} {size} + {shift} {size} {i}",
+                  f"{size - shift}", ""]  # fmt: skip
+    _write_gz(out / "hg19ToHg38.over.chain.gz", "\n".join(chain) + "\n")
+
+    _write_gasperini(out, rng, gene_rows, transcripts, enhancers)
+    _write_uniprot(out, gene_rows)
+    _write_ensembl(out, gene_rows, transcripts, genome_text)
+    _write_gtex(out, rng, gene_rows, transcripts)
+
+
+def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
+    header = ("pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
+              "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
+              "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene")
+    rows = ["\t".join(header.split())]
+    tss = {g: min(t["start"] for t in transcripts if t["gene"] == g) for g in range(len(genes))}
+    for enh in enhancers:
+        shift = HG19_SHIFT[enh["chrom"]]
+        near = sorted((abs(tss[g] - enh["center"]), g) for g in range(len(genes)) if genes[g]["chrom"] == enh["chrom"])
+        for _, g in near[:GENES_PER_ENHANCER]:
+            gene = genes[g]
+            beta = gene["offset"] - 0.6 * gene["weight"] * enh["clustered"] + rng.normal(0, 0.08)
+            effect = abs(beta - gene["offset"])
+            p_adj = float(np.clip(rng.uniform(0, 0.01) if effect > 0.25 else rng.uniform(0.05, 1), 0, 1))
+            p_text = "not_applicable" if rng.random() < 0.03 else f"{p_adj:.4g}"
+            rows.append("\t".join(map(str, [
+                f"{gene['gene_id']}:{enh['id']}", enh["id"], gene["gene_id"], gene["symbol"], gene["chrom"],
+                tss[g] - shift, tss[g] - shift + 2_000, gene["strand"], enh["chrom"],
+                enh["center"] - 300 - shift, enh["center"] + 300 - shift, "DHS", "top_two", f"{beta:.5f}",
+                f"{rng.normal(-2, 0.5):.4f}", f"{np.exp(beta):.4f}", f"{p_adj / 10:.4g}", f"{p_adj:.4g}", p_text,
+                "FALSE"])))  # fmt: skip
+    for i in range(5):  # TSS controls and non-targeting rows, which the recipe drops
+        gene = genes[i]
+        rows.append("\t".join(map(str, [f"{gene['gene_id']}:tss{i}", f"{gene['symbol']}_TSS", gene["gene_id"],
+                    gene["symbol"], gene["chrom"], 5000, 7000, "+", gene["chrom"], 5000, 5600, "TSS", "top_two",
+                    "-1.2", "-2", "0.3", "1e-6", "1e-5", "1e-4", "FALSE"])))  # fmt: skip
+        rows.append("\t".join(map(str, [f"{gene['gene_id']}:NTC{i}", f"NTC_{i}", gene["gene_id"], gene["symbol"],
+                    gene["chrom"], 5000, 7000, "+", "NTC", "NA", "NA", "NTC", "NA", "0.01", "-2", "1.01",
+                    "0.8", "0.9", "not_applicable", "FALSE"])))  # fmt: skip
+    _write_gz(out / "GSE120861_all_deg_results.at_scale.txt.gz", "\n".join(rows) + "\n")
+
+
+def _write_uniprot(out, genes) -> None:
+    records = []
+    for i, gene in enumerate(genes):
+        if gene["symbol"] == "DEMO36":
+            continue  # a target gene without a Swiss-Prot entry: the recipe counts it as missing
+        acc = f"Q9D{i:03d}"
+        records.append((f"sp|{acc}|{gene['symbol']}_HUMAN Demo protein {i + 1} OS=Homo sapiens OX=9606 "
+                        f"GN={gene['symbol']} PE=1 SV=1", gene["protein"]))  # fmt: skip
+    _write_gz(out / "uniprot_human_swissprot.fasta.gz", _fasta(records))
+
+
+def _write_ensembl(out, genes, transcripts, genome) -> None:
+    lines = ["#!genome-build GRCh38.demo", "#!genome-version GRCh38"]
+
+    def attrs(g, t=None, extra=""):
+        gene = genes[g]
+        text = (f'gene_id "{gene["gene_id"]}"; gene_version "1"; ')
+        if t is not None:
+            text += f'transcript_id "{t["tx_id"]}"; transcript_version "2"; '
+        text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "protein_coding"; '
+        if t is not None:
+            text += f'transcript_name "{gene["symbol"]}-20{t["tx_id"][-1]}"; transcript_biotype "protein_coding";'
+        return text + extra
+
+    for g, gene in enumerate(genes):
+        txs = [t for t in transcripts if t["gene"] == g]
+        chrom = gene["chrom"].removeprefix("chr")
+        lines.append("\t".join([chrom, "demo", "gene", str(min(t["start"] for t in txs)),
+                                str(max(t["end"] for t in txs)), ".", gene["strand"], ".", attrs(g)]))  # fmt: skip
+        for t in txs:
+            lines.append("\t".join([chrom, "demo", "transcript", str(t["start"]), str(t["end"]), ".", gene["strand"],
+                                    ".", attrs(g, t)]))  # fmt: skip
+            for n, (a, b) in enumerate(t["exons"], 1):
+                lines.append("\t".join([chrom, "demo", "exon", str(a), str(b), ".", gene["strand"], ".",
+                                        attrs(g, t, f' exon_number "{n}";')]))  # fmt: skip
+            lines.append("\t".join([chrom, "demo", "CDS", str(t["cds"][0]), str(t["cds"][1]), ".", gene["strand"],
+                                    "0", attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";')]))  # fmt: skip
+            lines.append("\t".join([chrom, "demo", "stop_codon", str(t["stop"][0]), str(t["stop"][1]), ".",
+                                    gene["strand"], "0", attrs(g, t)]))  # fmt: skip
+    _write_gz(out / "Homo_sapiens.GRCh38.88.gtf.gz", "\n".join(lines) + "\n")
+
+    cdna, pep = [], []
+    for t in transcripts:
+        gene = genes[t["gene"]]
+        loc = f"chromosome:GRCh38:{gene['chrom'].removeprefix('chr')}:{t['start']}:{t['end']}:" + ("1" if gene["strand"] == "+" else "-1")
+        common = f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:{gene['symbol']}"
+        cdna.append((f"{t['tx_id']}.2 cdna {loc} {common} description:demo", t["cdna"]))
+        if t["gene"] == 2 and t["tx_id"].endswith("001"):
+            continue  # one transcript without a peptide record: the recipe drops and counts it
+        pep.append((f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
+                    f"{' '.join(common.split(' ')[1:])} description:demo", gene["protein"]))  # fmt: skip
+    _write_gz(out / "Homo_sapiens.GRCh38.cdna.all.fa.gz", _fasta(cdna))
+    _write_gz(out / "Homo_sapiens.GRCh38.pep.all.fa.gz", _fasta(pep))
+
+
+def _write_gtex(out, rng, genes, transcripts) -> None:
+    tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}
+    samples = [(f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t) for i, t in enumerate(TISSUES)
+               for j in range(SAMPLES_PER_TISSUE)]  # fmt: skip
+    samples += [("GTEX-DEMO99-BMW-SM-0", "Bone Marrow"), ("GTEX-DEMO99-BMW-SM-1", "Bone Marrow")]
+    columns = [s for s, _ in samples] + ["GTEX-NOATTR-0001-SM-X"]  # a sample without attributes
+    rows = []
+    for t in transcripts:
+        gene = genes[t["gene"]]
+        values = []
+        for _sid, tissue in samples + [("", "Blood")]:
+            w = tissue_weight.get(tissue, 0.0)
+            log_expr = 1.5 + 0.9 * t["promoter"] * w + 0.5 * gene["base"] + rng.normal(0, 0.15)
+            values.append(f"{max(np.expm1(max(log_expr, 0.0)), 0.0):.3f}")
+        rows.append("\t".join([f"{t['tx_id']}.2", f"{gene['gene_id']}.1", *values]))
+    rows.append("\t".join(["ENST99999999999.1", "ENSG99999999999.1", *["1.000"] * len(columns)]))  # not in the GTF
+    text = "#1.2\n" + f"{len(rows)}\t{len(columns)}\n" + "\t".join(["transcript_id", "gene_id", *columns]) + "\n"
+    _write_gz(out / "GTEx_Analysis_2017-06-05_v8_RSEMv1.3.0_transcript_tpm.gct.gz", text + "\n".join(rows) + "\n")
+    attrs = ["SAMPID\tSMATSSCR\tSMCENTER\tSMPTHNTS\tSMRIN\tSMTS\tSMTSD\tSMUBRID\tSMAFRZE"]
+    for sid, tissue in samples:
+        attrs.append(f"{sid}\t1\tB1\tdemo\t7.1\t{tissue}\t{tissue} - Demo\t0001\tRNASEQ")
+    (out / "GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt").write_text("\n".join(attrs) + "\n")
+
+
+if __name__ == "__main__":
+    build(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

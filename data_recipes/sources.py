@@ -1,0 +1,101 @@
+"""Source files: taken from `--source-dir` when a user already has them, else downloaded once into a cache
+folder, resumably (HTTP Range onto a `.part` file) and checksummed (sha256 recorded beside the file,
+checked against a published digest where one is known)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dogmacache.errors import InputError
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("DOGMACACHE_SOURCES", Path.home() / ".cache" / "dogmacache" / "sources"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One public file a recipe reads."""
+
+    key: str  # how the recipe refers to it
+    filename: str  # as published; also the name looked for in --source-dir
+    url: str
+    licence: str
+    description: str
+    size: str = ""  # approximate, for the README and the user's patience
+    sha256: str | None = None  # when the publisher gives one
+
+
+def sha256_of(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
+    """Download `url` to `dest`, resuming a previous `.part` file with an HTTP Range request."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - the recipe's own URLs
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the .part file is already whole
+            part.rename(dest)
+            return dest
+        raise InputError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise InputError(
+            f"cannot download {url} ({err}); download it by other means and pass its folder with --source-dir"
+        ) from err
+    with response:
+        resumed = response.status == 206
+        total = response.headers.get("Content-Length")
+        total = int(total) + (have if resumed else 0) if total else None
+        mode = "ab" if resumed else "wb"
+        with open(part, mode) as out, tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
+                                           desc=dest.name) as bar:  # fmt: skip
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    part.rename(dest)
+    return dest
+
+
+def fetch(source: Source, source_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Path to the source file and its sha256: from `source_dir` if it is there, else the download cache."""
+    if source_dir is not None:
+        local = Path(source_dir) / source.filename
+        if local.is_file():
+            return local, _checked(local, source)
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    dest = cache / source.filename
+    if not dest.is_file():
+        if source_dir is not None:
+            print(f"{source.filename} is not in {source_dir}; downloading it from {source.url}")
+        download(source.url, dest)
+        digest = sha256_of(dest)
+        (dest.parent / (dest.name + ".sha256")).write_text(digest + "\n")
+    return dest, _checked(dest, source)
+
+
+def _checked(path: Path, source: Source) -> str:
+    recorded = path.parent / (path.name + ".sha256")
+    digest = sha256_of(path)
+    if source.sha256 and digest != source.sha256:
+        raise InputError(
+            f"{path} has sha256 {digest}, the publisher's is {source.sha256}: the file is corrupt or another release; "
+            "delete it and download again"
+        )
+    if recorded.is_file() and recorded.read_text().strip() != digest:
+        raise InputError(f"{path} changed since it was downloaded (sha256 differs from {recorded}); download it again")
+    return digest
+

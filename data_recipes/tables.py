@@ -1,0 +1,101 @@
+"""What every recipe shares: group splits that cannot leak, the leak check, and writing the output folder
+(parquet tables + `recipe.json` with row counts, missing counts, sources and parameters)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dogmacache.cache.manifest import package_versions
+from dogmacache.errors import InputError
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_groups(
+    groups: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    strata: Sequence[Any] | None = None,
+) -> dict[str, str]:
+    """Assign each distinct group (enhancer, gene) to train/validation/test by `fractions`, within each stratum
+    when `strata` (one value per group, aligned with `groups`) is given. Seeded; the same inputs give the same split."""
+    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise InputError(f"split fractions {list(fractions)} must be three non-negative numbers summing to 1")
+    groups = list(groups)
+    if len(set(groups)) != len(groups):
+        raise InputError("split_groups takes each group once; pass the distinct groups")
+    strata = list(strata) if strata is not None else [0] * len(groups)
+    rng = np.random.default_rng(seed)
+    out: dict[str, str] = {}
+    for stratum in sorted(set(strata), key=str):
+        members = sorted(g for g, s in zip(groups, strata, strict=True) if s == stratum)
+        members = [members[i] for i in rng.permutation(len(members))]
+        n = len(members)
+        n_train = int(round(fractions[0] * n))
+        n_val = int(round(fractions[1] * n))
+        n_val = min(n_val, n - n_train)
+        for i, group in enumerate(members):
+            out[group] = SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_val else SPLITS[2]
+    return out
+
+
+def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "split") -> None:
+    """Every value of `group_column` lies in exactly one split, or an InputError naming one that does not."""
+    n_splits = table.groupby(group_column)[split_column].nunique()
+    leaked = n_splits[n_splits > 1]
+    if len(leaked):
+        example = leaked.index[0]
+        where = sorted(table.loc[table[group_column] == example, split_column].unique())
+        raise InputError(f"{len(leaked)} {group_column} values sit in several splits, e.g. {example!r} in {where}")
+    unknown = set(table[split_column]) - set(SPLITS)
+    if unknown:
+        raise InputError(f"unknown split names {sorted(unknown)}; expected {SPLITS}")
+
+
+def write_outputs(
+    out: str | Path,
+    recipe: str,
+    tables: dict[str, pd.DataFrame],
+    *,
+    counts: dict[str, int],
+    missing: dict[str, int],
+    sources: dict[str, dict[str, str]],
+    params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write each table as `<name>.parquet` and `recipe.json`; print the counts. Returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.to_parquet(out / f"{name}.parquet", index=False)
+    manifest = {
+        "recipe": recipe,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_by": package_versions(("dogmacache", "pandas", "pyarrow", "liftover")),
+        "tables": {name: {"file": f"{name}.parquet", "rows": int(len(t)), "columns": list(map(str, t.columns))[:50]}
+                   for name, t in tables.items()},  # fmt: skip
+        "counts": {k: int(v) for k, v in counts.items()},
+        "missing": {k: int(v) for k, v in missing.items()},
+        "sources": sources,
+        "params": params,
+        **(extra or {}),
+    }
+    text = json.dumps(manifest, indent=2, default=str)
+    (out / "recipe.json").write_text(text)
+    manifest = json.loads(text)  # what a reader of recipe.json sees (tuples become lists)
+    width = max(len(k) for k in [*counts, *missing, *tables]) + 2
+    print(f"recipe {recipe} -> {out}")
+    for name, table in tables.items():
+        print(f"  {name + '.parquet':<{width + 8}} {len(table):>10,} rows")
+    for key, value in counts.items():
+        print(f"  {key:<{width + 8}} {value:>10,}")
+    for key, value in missing.items():
+        print(f"  missing: {key:<{width - 1}} {value:>10,}")
+    return manifest
