@@ -16,6 +16,7 @@ from dogmacache.errors import DogmaError
 # (module, what it adds) in the order `--help` lists them
 _STAGES = (
     "dogmacache.cache.cli",
+    "dogmacache.data_recipes.cli",
     "dogmacache.demo",
     "dogmacache.bench",
 )

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-
 from dogmacache.errors import InputError
 
 _TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from dogmacache.data_recipes import sources, tables
 from dogmacache.data_recipes.formats import read_table, read_uniprot
 from dogmacache.errors import InputError

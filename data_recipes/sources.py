@@ -11,9 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from dogmacache.errors import InputError
+from tqdm.auto import tqdm
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("DOGMACACHE_SOURCES", Path.home() / ".cache" / "dogmacache" / "sources"))
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from dogmacache.cache.manifest import package_versions
 from dogmacache.errors import InputError
 

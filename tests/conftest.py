@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +37,51 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with single-range `Range: bytes=a-b` / `bytes=-n` support (as CDNs and the Hub serve)."""
+
+    served = 0
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - handed to copyfile by the base class
+        except OSError:
+            self.send_error(404)
+            return None
+        size = f.seek(0, 2)
+        start, stop = 0, size
+        if header and header.startswith("bytes="):
+            first, last = header[6:].split("-")
+            start, stop = (size - int(last), size) if first == "" else (int(first), min(size, int(last or size - 1) + 1))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(stop - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        f.seek(start)
+        data = f.read(stop - start)
+        f.close()
+        type(self).served += len(data)
+        return BytesIO(data)
+
+
+@contextmanager
+def serve(directory):
+    """A local HTTP server with Range support over `directory`; yields its base URL."""
+    RangeHandler.served = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pandas as pd
-
 from dogmacache.data_recipes.formats import read_ensembl_fasta, read_fasta, read_gtf
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
 from dogmacache.data_recipes.make_demo_data import CODONS, HERE, MOTIF, build, revcomp
@@ -63,3 +62,17 @@ def test_demo_crispri_labels_follow_the_hidden_rule(tmp_path):
     assert labels.loc[active, "beta"].mean() < -0.3 < labels.loc[~active, "beta"].mean()
     assert labels["gene"].nunique() == 35 and labels["split"].nunique() == 3  # DEMO36 has no protein
     assert Path(tmp_path / "recipe.json").is_file()
+
+
+def test_recipe_demo_command_runs_offline_without_leaks(tmp_path, capsys):
+    from dogmacache.cli import main
+
+    assert main(["recipe", "demo", "--out", str(tmp_path)]) == 0
+    assert "recipe gasperini" in capsys.readouterr().out
+    cdt = pd.read_parquet(tmp_path / "cdt" / "labels.parquet")
+    iso = pd.read_parquet(tmp_path / "isoform" / "labels.parquet")
+    for table, group in ((cdt, "enhancer"), (iso, "gene_id")):  # no enhancer or gene in two splits
+        assert table.groupby(group)["split"].nunique().max() == 1
+        assert set(table["split"]) == {"train", "validation", "test"}
+    assert len(cdt) == 1062 and len(iso) == 72
+    assert (tmp_path / "genome.fa").read_text().startswith(">chr1\n")

@@ -1,0 +1,40 @@
+"""Offline demo: the bundled synthetic genome and sources, run through the real Gasperini and GTEx recipes.
+
+`demo_data/` holds small files under the real names and in the real formats (written by
+`make_demo_data.py`, which also states the hidden rules behind the labels). Outputs: `cdt/` (the CRISPRi
+task: enhancer windows, genes, proteins, labels), `isoform/` (the GTEx task: TSS windows, cDNA, peptides,
+transcript x tissue labels, tissue profiles) and `genome.fa` (what embed cuts DNA windows from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+from pathlib import Path
+
+from dogmacache.data_recipes import gasperini, gtex, sources
+from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
+
+SOURCES: dict[str, sources.Source] = {}  # nothing to download
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window-bins", type=int, default=8, help="output bins per DNA window (tiny Enformer: 8)")
+    parser.add_argument("--bin-bp", type=int, default=128, help="bp per output bin (Enformer: 128)")
+
+
+def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128, data: Path = DEMO_DATA) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {s.key: data / s.filename for s in gasperini.SOURCES.values()}
+    cdt = gasperini.build_gasperini(files, out / "cdt", gasperini.GasperiniConfig(seed=seed))
+    files = {s.key: data / s.filename for s in gtex.SOURCES.values()}
+    config = gtex.GtexConfig(seed=seed, window_bins=window_bins, bin_bp=bin_bp)
+    isoform = gtex.build_gtex(files, out / "isoform", config)
+    with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / "genome.fa", "wb") as dst:
+        shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access
+    return {"cdt": cdt, "isoform": isoform, "genome": str(out / "genome.fa")}
+
+
+def run(args: argparse.Namespace) -> dict:
+    return build_demo(Path(args.out), seed=args.seed, window_bins=args.window_bins, bin_bp=args.bin_bp)

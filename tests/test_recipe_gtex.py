@@ -1,0 +1,323 @@
+"""The GTEx recipe on miniature files in the real formats: labels, TSS, coding masks and filters worked out by hand."""
+
+import gzip
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from dogmacache.cli import main
+from dogmacache.data_recipes import gtex
+from dogmacache.data_recipes.gtex_masks import coding_masks
+from dogmacache.errors import InputError
+
+# GCT sample columns and their tissues (None: absent from the attributes file).
+SAMPLES = {
+    "GTEX-1117F-0226-SM-5GZZ7": "Liver",
+    "GTEX-111CU-1826-SM-5GZYN": "Liver",
+    "GTEX-111FC-0226-SM-5N9B8": "Lung",
+    "GTEX-111VG-2326-SM-5N9BK": "Brain",  # a tissue the test config does not select
+    "GTEX-ZZZZZ-0001-SM-NOATT": None,
+    "GTEX-1128S-0126-SM-5H12U": "Muscle",
+}
+DETAILED = {"Liver": "Liver", "Lung": "Lung", "Brain": "Brain - Cortex", "Muscle": "Muscle - Skeletal"}
+TISSUES = ("Liver", "Lung", "Muscle")
+
+# (gene, gene version, symbol, chrom, gene start, gene end, strand,
+#  [(transcript, GTF version, GTEx version, biotype, start, end, CDS parts, stop_codon parts, has peptide)])
+GENES = [
+    ("ENSG00000000101", 5, "ALPHA", "1", 1001, 3000, "+",
+     [("ENST00000000101", 3, 3, "protein_coding", 1001, 3000, [(1201, 1255), (1490, 1700)], [(1701, 1703)], True)]),
+    ("ENSG00000000102", 2, "BETA", "X", 5001, 9000, "-",
+     [("ENST00000000102", 1, 1, "protein_coding", 5001, 9000, [(8616, 8900)], [(8613, 8615)], True)]),
+    ("ENSG00000000103", 1, "GAMMA", "2", 20001, 24000, "+",
+     [("ENST00000000103", 1, 1, "protein_coding", 20001, 24000, [(20101, 20400)], [(20401, 20403)], True),
+      ("ENST00000000104", 1, 1, "retained_intron", 20001, 22000, [], [], False)]),
+    ("ENSG00000000105", 1, "LONG", "3", 100001, 130000, "+",  # 30 kb > the test's max_gene_length
+     [("ENST00000000105", 1, 1, "protein_coding", 100001, 101000, [(100101, 100400)], [(100401, 100403)], True)]),
+    ("ENSG00000000106", 1, "NOPEP", "4", 1001, 2000, "+",
+     [("ENST00000000106", 1, 1, "protein_coding", 1001, 2000, [(1101, 1400)], [(1401, 1403)], False)]),
+    ("ENSG00000000107", 1, "VERS", "5", 1001, 2000, "-",
+     [("ENST00000000107", 4, 3, "protein_coding", 1001, 2000, [(1301, 1600)], [(1298, 1300)], True)]),
+    ("ENSG00000000108", 1, "MT-ND9", "MT", 3307, 4262, "+",
+     [("ENST00000000108", 1, 1, "protein_coding", 3307, 4262, [(3307, 4259)], [], True)]),
+] + [
+    (f"ENSG000000002{n:02d}", 1, f"FILL{n}", "6", 10_000 * n + 1, 10_000 * n + 900, "+",
+     [(f"ENST000000002{n:02d}", 1, 1, "protein_coding", 10_000 * n + 1, 10_000 * n + 900,
+       [(10_000 * n + 101, 10_000 * n + 400)], [(10_000 * n + 401, 10_000 * n + 403)], True)])
+    for n in range(10)
+]  # fmt: skip
+KEPT_GENES = 15  # 17 genes minus LONG and NOPEP
+GTEX_ONLY = ("ENST00000000199.1", "ENSG00000000199.1")  # a GTEx transcript the GTF does not have
+PAR_Y = ("ENST00000000101.3_PAR_Y", "ENSG00000000101.5_PAR_Y")
+
+
+def tpm_of(row: int) -> list[float]:
+    """TPM in the six GCT samples of GCT row `row`; row 0 (ALPHA) is worked by hand: Liver 2, Lung 5, Muscle 0."""
+    return [1.0, 3.0, 5.0, 100.0, 1000.0, 0.0] if row == 0 else [row, 2.5 * row, row % 4, 7.0, 9.0, 0.5 * row]
+
+
+def gct_rows() -> list[tuple[str, str]]:
+    rows = [(f"{t[0]}.{t[2]}", f"{g[0]}.{g[1]}") for g in GENES for t in g[7]]
+    return [*rows, GTEX_ONLY, PAR_Y]
+
+
+def expected_means() -> dict[str, np.ndarray]:
+    """transcript id -> (Liver, Lung, Muscle) mean TPM, by hand from SAMPLES' order."""
+    return {tid: np.array([(v[0] + v[1]) / 2, v[2], v[5]]) for i, (tid, _) in enumerate(gct_rows())
+            for v in [tpm_of(i)]}  # fmt: skip
+
+
+def write_gz(path, text: str) -> None:
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+
+
+def wrapped(sequence: str, width: int = 60) -> str:
+    return "\n".join(sequence[i : i + width] for i in range(0, len(sequence), width))
+
+
+def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
+    """The five source files, named as published, in their real formats."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {key: folder / source.filename for key, source in gtex.SOURCES.items()}
+    rows = gct_rows()
+    lines = [first_gct_line, f"{len(rows)}\t{len(SAMPLES)}", "\t".join(["transcript_id", "gene_id", *SAMPLES])]
+    lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm_of(i))]) for i, (t, g) in enumerate(rows)]
+    write_gz(names["tpm"], "\n".join(lines) + "\n")
+
+    # Extra columns, in an order nobody would guess; one sample that the GCT lacks.
+    header = ["SMATSSCR", "SMTSD", "SMCENTER", "SAMPID", "SMRIN", tissue_column, "SMAFRZE"]
+    attr = ["\t".join(header)]
+    for sample, tissue in [*SAMPLES.items(), ("GTEX-9999Z-0001-SM-NOGCT", "Liver")]:
+        if tissue:
+            attr.append("\t".join(["1", DETAILED[tissue], "B1", sample, "7.2", tissue, "RNASEQ"]))
+    names["attributes"].write_text("\n".join(attr) + "\n")
+
+    gtf = ["#!genome-build GRCh38.p7", "#!genome-version GRCh38", "#!genebuild-last-updated 2016-06"]
+    cdna, pep = [], []
+    for gene, gver, symbol, chrom, gstart, gend, strand, transcripts in GENES:
+        gattr = f'gene_id "{gene}"; gene_version "{gver}"; gene_name "{symbol}"; gene_source "ensembl_havana"; ' \
+                'gene_biotype "protein_coding";'  # fmt: skip
+        gtf.append(f"{chrom}\tensembl_havana\tgene\t{gstart}\t{gend}\t.\t{strand}\t.\t{gattr}")
+        for tid, tver, _, biotype, start, end, cds, stops, has_pep in transcripts:
+            tattr = f'gene_id "{gene}"; gene_version "{gver}"; transcript_id "{tid}"; transcript_version "{tver}"; ' \
+                    f'gene_name "{symbol}"; transcript_name "{symbol}-201"; transcript_biotype "{biotype}"; ' \
+                    'tag "basic"; transcript_support_level "1";'  # fmt: skip
+            gtf.append(f"{chrom}\thavana\ttranscript\t{start}\t{end}\t.\t{strand}\t.\t{tattr}")
+            gtf.append(f'{chrom}\thavana\texon\t{start}\t{end}\t.\t{strand}\t.\t{tattr} exon_number "1";')
+            pid = tid.replace("ENST", "ENSP")
+            for a, b in cds:
+                gtf.append(f'{chrom}\thavana\tCDS\t{a}\t{b}\t.\t{strand}\t0\t{tattr} protein_id "{pid}";')
+            for a, b in stops:
+                gtf.append(f"{chrom}\thavana\tstop_codon\t{a}\t{b}\t.\t{strand}\t0\t{tattr}")
+            loc = f"chromosome:GRCh38:{chrom}:{start}:{end}:{1 if strand == '+' else -1}"
+            tail = f"gene:{gene}.{gver} gene_biotype:protein_coding transcript_biotype:{biotype} gene_symbol:{symbol}"
+            cdna.append(f">{tid}.{tver} cdna {loc} {tail} description:{symbol} protein [Source:HGNC]")
+            cdna.append(wrapped(("acgt" * 40)[: 100 + int(tid[-2:])]))
+            if has_pep:
+                pep.append(f">{pid}.{tver} pep {loc} gene:{gene}.{gver} transcript:{tid}.{tver} "
+                           f"gene_biotype:protein_coding transcript_biotype:{biotype} gene_symbol:{symbol}")  # fmt: skip
+                pep.append(wrapped("MKTAYIAKQR" * 8 + ("*" if tid.endswith("101") else "")))
+    write_gz(names["gtf"], "\n".join(gtf) + "\n")
+    write_gz(names["cdna"], "\n".join(cdna) + "\n")
+    write_gz(names["pep"], "\n".join(pep) + "\n")
+    return names
+
+
+CONFIG = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128, holdout_tissues=("Lung",))
+
+
+def read_outputs(out):
+    tables = {p.stem: pd.read_parquet(p) for p in out.glob("*.parquet")}
+    return tables, json.loads((out / "recipe.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gtex")
+    names = write_sources(root / "src")
+    gtex.build_gtex(names, root / "out", CONFIG)
+    return read_outputs(root / "out")
+
+
+def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
+    tables, manifest = built
+    raw, labels = tables["labels_log1p"], tables["labels"]
+    assert list(raw.columns) == ["id", "gene_id", "split", *TISSUES] == list(labels.columns)
+    assert len(raw) == KEPT_GENES
+    means = expected_means()
+    for row in raw.itertuples(index=False):
+        np.testing.assert_allclose(np.array(row[3:], dtype=float), np.log1p(means[row.id]), rtol=1e-12)
+    alpha = raw.set_index("id").loc["ENST00000000101.3", list(TISSUES)].to_numpy(dtype=float)
+    np.testing.assert_allclose(alpha, [np.log1p(2.0), np.log1p(5.0), 0.0])  # the Brain and unannotated samples ignored
+
+    train = raw[raw["split"] == "train"]
+    assert 0 < len(train) < len(raw)
+    mean, std = train[list(TISSUES)].mean(), train[list(TISSUES)].std(ddof=0)
+    expected = (raw[list(TISSUES)] - mean) / std
+    np.testing.assert_allclose(labels[list(TISSUES)].to_numpy(), expected.to_numpy(), rtol=1e-10)
+    assert (labels[["id", "gene_id", "split"]] == raw[["id", "gene_id", "split"]]).all().all()
+    info = tables["tissues"].set_index("tissue")
+    np.testing.assert_allclose(info.loc[list(TISSUES), "train_mean"], mean.to_numpy())
+    np.testing.assert_allclose(info.loc[list(TISSUES), "train_std"], std.to_numpy())
+    assert info["n_samples"].to_dict() == {"Liver": 2, "Lung": 1, "Muscle": 1}
+    assert manifest["counts"]["samples_used"] == 4 and manifest["counts"]["samples_without_attributes"] == 1
+    assert manifest["counts"]["samples_in_other_tissues"] == 1 and manifest["counts"]["gct_samples"] == 6
+
+
+def test_windows_are_centred_on_the_tss_with_ucsc_names(built):
+    windows = built[0]["dna_windows"].set_index("id")
+    assert list(built[0]["dna_windows"].columns) == ["id", "chrom", "center", "strand", "gene_id", "gene_name", "split"]
+    assert windows.loc["ENST00000000101.3", ["chrom", "center", "strand"]].tolist() == ["chr1", 1001, "+"]
+    assert windows.loc["ENST00000000102.1", ["chrom", "center", "strand"]].tolist() == ["chrX", 9000, "-"]
+    assert windows.loc["ENST00000000108.1", "chrom"] == "chrM"
+    assert built[0]["dna_windows"]["center"].dtype == np.int64
+    assert windows.loc["ENST00000000102.1", ["gene_id", "gene_name"]].tolist() == ["ENSG00000000102.2", "BETA"]
+    for name in ("coding_masks", "rna_sequences", "protein_sequences", "labels"):
+        assert built[0][name]["id"].tolist() == built[0]["dna_windows"]["id"].tolist(), name
+
+
+def test_mask_bins_by_hand():
+    # 8 bins x 128 bp around TSS 1001 (0-based 1000): the window is 0-based [488, 1512), bin k = [488+128k, 616+128k).
+    # CDS 1201-1255 (0-based [1200, 1255)) lies in bin 5; CDS 1490-1700 is clipped to [1489, 1512): bin 7.
+    masks = coding_masks(np.array([1001]), np.array(["+"]), np.array([0, 0]), np.array([1201, 1490]),
+                         np.array([1255, 1700]), window_bins=8, bin_bp=128, orientation="reference")  # fmt: skip
+    assert masks.tolist() == [[0, 0, 0, 0, 0, 1, 0, 1]]
+    # 1-based 616 is 0-based 615, the last base of bin 0; 617 is the first base of bin 1.
+    edge = coding_masks(np.array([1001, 1001]), np.array(["+", "+"]), np.array([0, 1]), np.array([600, 617]),
+                        np.array([616, 617]), window_bins=8, bin_bp=128, orientation="reference")  # fmt: skip
+    assert edge.tolist() == [[1, 0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]]
+
+
+def test_coding_masks_include_the_stop_codon_in_both_orientations(built, tmp_path):
+    masks = built[0]["coding_masks"].set_index("id")["mask"]
+    assert masks.loc["ENST00000000101.3"].tolist() == [0, 0, 0, 0, 0, 1, 0, 1]
+    # BETA, minus strand, TSS 9000: window 0-based [8487, 9511). CDS 8616-8900 = [8615, 8900): bins 1-3;
+    # the stop codon 8613-8615 = [8612, 8615) alone reaches bin 0.
+    assert masks.loc["ENST00000000102.1"].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert built[1]["mask"] == {"window_bins": 8, "bin_bp": 128, "orientation": "reference", "window_bp": 1024,
+                                "convention": built[1]["mask"]["convention"]}  # fmt: skip
+
+    config = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128,
+                             mask_orientation="transcript", chrom_style="ensembl")  # fmt: skip
+    gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", config)
+    tables, manifest = read_outputs(tmp_path / "out")
+    flipped = tables["coding_masks"].set_index("id")["mask"]
+    assert flipped.loc["ENST00000000101.3"].tolist() == [0, 0, 0, 0, 0, 1, 0, 1]  # plus strand unchanged
+    assert flipped.loc["ENST00000000102.1"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # bin 0 = 5'-most
+    assert manifest["mask"]["orientation"] == "transcript"
+    chroms = tables["dna_windows"].set_index("id")["chrom"]
+    assert chroms.loc[["ENST00000000101.3", "ENST00000000102.1", "ENST00000000108.1"]].tolist() == ["1", "X", "MT"]
+
+
+def test_filters_are_applied_and_counted(built):
+    tables, manifest = built
+    ids = set(tables["dna_windows"]["id"])
+    counts, missing = manifest["counts"], manifest["missing"]
+    assert "ENST00000000104.1" not in ids  # retained_intron
+    assert "ENST00000000105.1" not in ids  # gene of 30 kb > 20 kb
+    assert "ENST00000000106.1" not in ids  # no peptide
+    assert "ENST00000000107.3" in ids  # GTEx version kept as the id although the GTF says .4
+    assert counts["gct_transcripts"] == 20 and counts["gct_par_y_rows"] == 1
+    assert counts["gct_transcripts_not_in_gtf"] == 1 and counts["gct_transcripts_not_protein_coding"] == 1
+    assert counts["protein_coding_matched"] == 17
+    assert counts["long_genes_excluded"] == 1 and counts["long_gene_transcripts_excluded"] == 1
+    assert counts["version_mismatches"] == 1
+    assert manifest["version_mismatch_examples"] == ["GTEx ENST00000000107.3 / GTF ENST00000000107.4"]
+    assert missing == {"cdna_sequence": 0, "peptide_sequence": 1, "ucsc_chrom_name": 0}
+    assert counts["transcripts_kept"] == KEPT_GENES
+    proteins = tables["protein_sequences"].set_index("id")["sequence"]
+    assert proteins.loc["ENST00000000101.3"] == "MKTAYIAKQR" * 8  # the trailing '*' removed
+    rna = tables["rna_sequences"].set_index("id")["sequence"]
+    assert rna.loc["ENST00000000102.1"] == ("ACGT" * 40)[:102]  # wrapped lines joined, upper case
+
+
+def test_split_by_gene_without_leak(built):
+    tables, manifest = built
+    labels = tables["labels"]
+    assert labels.groupby("gene_id")["split"].nunique().max() == 1
+    genes = {s: labels.loc[labels["split"] == s, "gene_id"].nunique() for s in ("train", "validation", "test")}
+    assert genes == {"train": 12, "validation": 2, "test": 1}
+    assert {k: manifest["counts"][f"genes_{k}"] for k in genes} == genes
+
+
+def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
+    tables, manifest = built
+    assert tables["tissues"].set_index("tissue")["held_out"].to_dict() == {"Liver": False, "Lung": True,
+                                                                           "Muscle": False}  # fmt: skip
+    assert manifest["holdout_tissues"] == ["Lung"] and "Lung" in tables["labels"].columns
+
+
+def test_tissue_profiles_hold_train_genes_only(built):
+    tables, _ = built
+    windows, profiles = tables["dna_windows"], tables["tissue_profiles"]
+    train = windows[windows["split"] == "train"].drop_duplicates("gene_id").sort_values("gene_id")
+    assert profiles["id"].tolist() == list(TISSUES)
+    assert list(profiles.columns[1:]) == train["gene_name"].tolist()
+    held = set(windows.loc[windows["split"] != "train", "gene_name"])
+    assert held and not held & set(profiles.columns)
+    # gene TPM = sum over all the gene's GTEx transcripts (GAMMA's retained intron included)
+    means = expected_means()
+    gene_of = dict(gct_rows())
+    for gene_id, name in zip(train["gene_id"], train["gene_name"], strict=True):
+        total = sum(m for t, m in means.items() if gene_of[t] == gene_id)
+        np.testing.assert_allclose(profiles[name].to_numpy(), np.log1p(total), rtol=1e-12)
+
+
+def test_detailed_tissue_column_with_every_tissue(tmp_path):
+    config = gtex.GtexConfig(tissues=(), tissue_column="SMTSD", max_gene_length=20_000, window_bins=8)
+    gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", config)
+    tables, _ = read_outputs(tmp_path / "out")
+    assert tables["tissues"]["tissue"].tolist() == ["Brain - Cortex", "Liver", "Lung", "Muscle - Skeletal"]
+    brain = tables["labels_log1p"].set_index("id").loc["ENST00000000101.3", "Brain - Cortex"]
+    assert brain == pytest.approx(np.log1p(100.0))
+
+
+def test_gct_without_version_line_is_rejected(tmp_path):
+    names = write_sources(tmp_path, first_gct_line="#1.3")
+    with pytest.raises(InputError, match=r"transcript_tpm\.gct\.gz is not GCT 1\.2.*'#1\.2'"):
+        gtex.build_gtex(names, tmp_path / "out", CONFIG)
+
+
+def test_attributes_without_tissue_column_are_rejected(tmp_path):
+    names = write_sources(tmp_path, tissue_column="TISSUE")
+    with pytest.raises(InputError, match=r"SampleAttributesDS\.txt has no column 'SMTS'"):
+        gtex.build_gtex(names, tmp_path / "out", CONFIG)
+
+
+@pytest.mark.parametrize("key", ["tpm", "gtf", "cdna"])
+def test_truncated_gzip_is_rejected_naming_the_file(tmp_path, key):
+    names = write_sources(tmp_path)
+    data = names[key].read_bytes()
+    names[key].write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=rf"{names[key].name} is truncated or not valid gzip"):
+        gtex.build_gtex(names, tmp_path / "out", CONFIG)
+
+
+def test_unknown_or_inconsistent_tissues_are_rejected(tmp_path):
+    names = write_sources(tmp_path)
+    with pytest.raises(InputError, match=r"tissue 'Kidney' has no GCT sample in column SMTS"):
+        gtex.build_gtex(names, tmp_path / "out", gtex.GtexConfig(tissues=("Liver", "Kidney")))
+    with pytest.raises(InputError, match=r"held-out tissue 'Brain' is not among the tissues"):
+        gtex.GtexConfig(tissues=TISSUES, holdout_tissues=("Brain",))
+    with pytest.raises(InputError, match=r"mask_orientation 'sideways'"):
+        gtex.GtexConfig(mask_orientation="sideways")
+
+
+def test_cli_runs_from_a_source_folder(tmp_path):
+    names = write_sources(tmp_path / "src")
+    code = main(["recipe", "gtex", "--out", str(tmp_path / "out"), "--source-dir", str(tmp_path / "src"),
+                              "--cache-dir", str(tmp_path / "cache"), "--tissues", "Liver,Lung,Muscle",
+                              "--holdout-tissues", "Liver", "--max-gene-length", "20000", "--window-bins", "8",
+                              "--seed", "3"])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert manifest["params"]["seed"] == 3 and manifest["params"]["holdout_tissues"] == ["Liver"]
+    assert manifest["sources"]["tpm"]["sha256"] == hashlib.sha256(names["tpm"].read_bytes()).hexdigest()
+    written = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert written["counts"]["transcripts_kept"] == KEPT_GENES
+    tissues = pd.read_parquet(tmp_path / "out" / "tissues.parquet")
+    assert tissues.loc[tissues["held_out"], "tissue"].tolist() == ["Liver"]
+    assert not (tmp_path / "cache").exists()  # everything came from --source-dir

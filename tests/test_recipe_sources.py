@@ -1,0 +1,42 @@
+"""Source files: --source-dir first, else a resumable, checksummed download into the cache folder."""
+
+import hashlib
+
+import pytest
+from conftest import RangeHandler, serve
+from dogmacache.data_recipes import sources
+from dogmacache.errors import InputError
+
+
+def _source(url, sha256=None):
+    return sources.Source(key="x", filename="data.txt.gz", url=url, licence="test", description="test", sha256=sha256)
+
+
+def test_download_resumes_a_partial_file(tmp_path):
+    payload = bytes(range(256)) * 4000  # ~1 MB
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "data.txt.gz").write_bytes(payload)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data.txt.gz.part").write_bytes(payload[:300_000])  # an earlier, interrupted download
+    with serve(tmp_path / "www") as base:
+        path, digest = sources.fetch(_source(f"{base}/data.txt.gz"), cache_dir=cache)
+        assert RangeHandler.served == len(payload) - 300_000  # only the missing bytes were sent
+    assert path.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
+    assert (cache / "data.txt.gz.sha256").read_text().strip() == digest
+    again, _ = sources.fetch(_source("http://127.0.0.1:9/unreachable"), cache_dir=cache)  # cached: no network
+    assert again == path
+
+
+def test_source_dir_wins_and_published_checksum_is_checked(tmp_path):
+    (tmp_path / "data.txt.gz").write_bytes(b"abc")
+    good = hashlib.sha256(b"abc").hexdigest()
+    path, digest = sources.fetch(_source("http://127.0.0.1:9/x", sha256=good), source_dir=tmp_path)
+    assert path == tmp_path / "data.txt.gz" and digest == good
+    with pytest.raises(InputError, match="the publisher's is 00"):
+        sources.fetch(_source("http://127.0.0.1:9/x", sha256="00" * 32), source_dir=tmp_path)
+
+
+def test_unreachable_source_says_how_to_proceed(tmp_path):
+    with pytest.raises(InputError, match="pass its folder with --source-dir"):
+        sources.fetch(_source("http://127.0.0.1:9/missing.gz"), cache_dir=tmp_path)
