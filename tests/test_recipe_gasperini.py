@@ -5,7 +5,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini, check_gene_alignment
 from dogmacache.errors import InputError
 
