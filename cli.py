@@ -17,6 +17,7 @@ from dogmacache.errors import DogmaError
 _STAGES = (
     "dogmacache.cache.cli",
     "dogmacache.data_recipes.cli",
+    "dogmacache.embed.cli",
     "dogmacache.demo",
     "dogmacache.bench",
 )

@@ -1,0 +1,112 @@
+"""Fan shards out over dask.distributed workers: `--workers N` (a local cluster) or `--dask-scheduler ADDRESS`.
+
+The coordinator creates (or resumes) the cache and submits one task per pending shard; each worker loads the
+model once (a worker plugin), embeds whole shards and writes them itself (every shard has one owner, so
+writers never share a file); the coordinator marks the cache complete when all tasks are done. With
+dask-cuda installed, `--workers` starts one worker per GPU (`LocalCUDACluster`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from dogmacache.cache.writer import CacheWriter
+from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_rows, load, open_writer, pick_device
+from tqdm.auto import tqdm
+
+_STATE: dict = {}  # per worker process: the loaded adapter and the table's rows
+
+
+def _plugin_base():
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    return WorkerPlugin
+
+
+class AdapterPlugin(_plugin_base()):
+    """Loads the adapter and the input rows once per worker process."""
+
+    name = "dogmacache-adapter"
+
+    def __init__(self, config: EmbedConfig, options: argparse.Namespace, torch_threads: int):
+        self.config, self.options, self.torch_threads = config, options, torch_threads
+
+    def setup(self, worker=None) -> None:
+        # CPU kernels split reductions by thread count: the coordinator's count gives the numbers one process gives
+        torch.set_num_threads(self.torch_threads)
+        device = pick_device(self.config.device)
+        _, rows, adapter = load(self.config, self.options, device)
+        _STATE.update(config=self.config, rows=rows, adapter=adapter, device=device)
+
+    def teardown(self, worker=None) -> None:
+        _STATE.clear()
+
+
+def embed_shard(shard: int) -> int:
+    """Runs on a worker: embed and write one whole shard. Returns the number of items written."""
+    config, adapter, device = _STATE["config"], _STATE["adapter"], _STATE["device"]
+    writer = CacheWriter.open(config.out)
+    start, stop = writer.manifest.shard_rows(shard)
+    _, precision = autocast_for(device, config.precision)
+    embeddings, extras = embed_rows(
+        adapter, _STATE["rows"][start:stop], device=device, precision=precision,
+        max_tokens=config.max_tokens or adapter.default_max_tokens(device), max_batch=config.max_batch,
+        num_workers=0,  # dask workers are daemon processes: no DataLoader children
+    )  # fmt: skip
+    writer.write_shard(shard, embeddings, **extras)
+    return stop - start
+
+
+def _cluster(n_workers: int, scheduler: str | None):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    if torch.cuda.is_available():
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            cluster = LocalCUDACluster(n_workers=n_workers or None, threads_per_worker=1)
+            return Client(cluster), cluster
+        except ImportError:
+            pass
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def run_embed_dask(config: EmbedConfig, options: argparse.Namespace, n_workers: int = 2,
+                   scheduler: str | None = None) -> dict:  # fmt: skip
+    from dask.distributed import as_completed
+
+    table, _, adapter = load(config, options, torch.device("cpu"))  # checks inputs once, before any worker starts
+    info = adapter.info()
+    device = pick_device(config.device)
+    _, precision = autocast_for(device, config.precision)
+    resolved = {**{k: v for k, v in vars(config).items() if k not in ("progress", "overwrite")}, **info.config,
+                "precision": precision, "device": device.type,
+                "max_tokens": config.max_tokens or adapter.default_max_tokens(device)}  # fmt: skip
+    del adapter
+    writer = open_writer(config, table, info, resolved)
+    if writer.manifest.complete:
+        print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
+        return {"items": 0, "shards": 0, "complete": True}
+    pending = writer.pending_shards()
+    client, cluster = _cluster(n_workers, scheduler)
+    start = time.perf_counter()
+    try:
+        client.register_plugin(AdapterPlugin(config, options, torch.get_num_threads()))
+        futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
+        n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
+        with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=not config.progress) as bar:
+            for future in as_completed(futures):
+                bar.update(future.result())  # re-raises a worker's error here
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    manifest = writer.finalize()
+    seconds = time.perf_counter() - start
+    print(f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}")
+    return {"items": n_items, "seconds": seconds, "shards": len(pending), "complete": manifest.complete}

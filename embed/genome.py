@@ -1,0 +1,85 @@
+"""DNA windows cut from a genome FASTA: the model's full input length centred on a position.
+
+Coordinates: `center` is 1-based (as recipes write it); a window of `length` bp covers the 0-based half-open
+interval [center - 1 - length // 2, center - 1 - length // 2 + length). Soft-masked lowercase is upper-cased;
+positions past a chromosome end are padded with N and counted per item (never invented sequence).
+The FASTA is opened lazily in each process (DataLoader and dask workers must not share a file handle).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dogmacache.errors import InputError
+
+VALID_DNA = frozenset("ACGTN")
+_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
+
+
+def reverse_complement(seq: str) -> str:
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def check_dna(seq: str, item: str) -> None:
+    bad = set(seq) - VALID_DNA
+    if bad:
+        raise InputError(
+            f"item {item!r} has characters {sorted(bad)[:5]} outside A, C, G, T, N; "
+            "replace ambiguity codes with N (or clean the input) and re-run"
+        )
+
+
+class Genome:
+    """A FASTA opened on first use in each process; chromosome names as the FASTA has them, plus the other
+    convention (`chr1` <-> `1`, `chrM` <-> `MT`) when only that one is present."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"genome FASTA {str(self.path)!r} does not exist; pass it with --genome")
+        if self.path.suffix == ".gz":
+            raise InputError(
+                f"{self.path} is gzip-compressed; random access needs a plain FASTA: gunzip it first "
+                "(or bgzip it and install biopython for pyfaidx)"
+            )
+        self._fasta = None
+        self._pid = None
+
+    def __getstate__(self):  # workers reopen the file
+        return {"path": self.path, "_fasta": None, "_pid": None}
+
+    @property
+    def fasta(self):
+        if self._fasta is None or self._pid != os.getpid():
+            from pyfaidx import Fasta
+
+            self._fasta = Fasta(str(self.path), sequence_always_upper=True, as_raw=True, rebuild=False)
+            self._pid = os.getpid()
+        return self._fasta
+
+    @property
+    def chromosomes(self) -> list[str]:
+        return list(self.fasta.keys())
+
+    def resolve(self, chrom: str) -> str:
+        names = self.fasta.keys()
+        if chrom in names:
+            return chrom
+        alias = {"chrM": "MT", "MT": "chrM"}.get(chrom) or (chrom[3:] if chrom.startswith("chr") else f"chr{chrom}")
+        if alias in names:
+            return alias
+        shown = ", ".join(list(names)[:8]) + (" ..." if len(names) > 8 else "")
+        raise InputError(f"chromosome {chrom!r} is not in {self.path} (it has {shown}); check the genome build")
+
+    def window(self, chrom: str, center: int, length: int) -> tuple[str, int]:
+        """(sequence of `length` bp, number of N added past the chromosome ends)."""
+        name = self.resolve(chrom)
+        record = self.fasta[name]
+        size = len(record)
+        start = int(center) - 1 - length // 2
+        end = start + length
+        left, right = max(0, -start), max(0, end - size)
+        seq = record[max(0, start) : min(size, end)] if min(size, end) > max(0, start) else ""
+        seq = "N" * left + seq + "N" * right
+        return seq, left + right

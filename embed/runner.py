@@ -1,0 +1,277 @@
+"""The embed runner: one frozen model over an input table into one cache, resumable shard by shard.
+
+Flow per pending shard: the shard's rows are prepared on the CPU by DataLoader worker processes (FASTA
+reads, one-hot, tokenisation) while the device computes; prepared items are grouped into batches by a token
+budget counted after tokenisation; outputs are moved to the CPU in the storage dtype and the whole shard is
+written at once (`CacheWriter.write_shard`). Re-running the same command skips finished shards; on a
+complete cache it does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.cache.writer import CacheWriter
+from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelInfo, get_adapter
+from dogmacache.embed.inputs import input_digest, read_input_table
+from dogmacache.errors import InputError
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    input: str  # the recipe's table (parquet/TSV)
+    modality: str  # dna | rna | protein | gene | context
+    model: str  # adapter name (see `dogmacache embed --help`)
+    out: str  # cache directory to write
+    model_path: str | None = None  # hub id or local directory; None = the adapter's default weights
+    genome: str | None = None  # FASTA for dna windows
+    device: str = "auto"  # auto = cuda when available, else cpu
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
+    dtype: str = "float16"  # storage dtype of the cache
+    compression: str = "none"
+    max_tokens: int = 0  # token budget per batch (after tokenisation, specials included); 0 = adapter default
+    max_batch: int = 64  # never more items per batch than this
+    num_workers: int = 2  # CPU processes preparing inputs beside the device
+    shard_items: int | None = None  # items per shard (default: ~1 GiB shards)
+    overwrite: bool = False
+    progress: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for the forward pass (weights stay fp32: embeddings come out as the model computes)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise InputError(f"--precision {precision!r} is not one of auto, fp32, bf16, fp16")
+    return torch.autocast(device_type=device.type, dtype=dtype), precision
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Rows of the table for the pending shards, prepared one by one in worker processes."""
+
+    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter):
+        self.rows, self.adapter = rows, adapter
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.adapter.prepare(self.rows[i])
+
+
+def _as_prepared(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Items stay as the adapter prepared them (the default would turn numpy arrays into tensors)."""
+    return item
+
+
+def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int):
+    """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`."""
+    batch, longest = [], 0
+    for item in items:
+        cost = n_tokens(item)
+        if batch and (max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, cost)
+    if batch:
+        yield batch
+
+
+def embed_stream(
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    *,
+    device: torch.device,
+    precision: str,
+    max_tokens: int,
+    max_batch: int,
+    num_workers: int,
+):
+    """Yield (outputs (b, *item_shape) float32 on the CPU, extras each (b, ...)) batch by batch, in row order."""
+    loader = torch.utils.data.DataLoader(
+        _Prepared(rows, adapter), batch_size=None, num_workers=num_workers, collate_fn=_as_prepared,
+        pin_memory=device.type == "cuda", prefetch_factor=16 if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+    )  # fmt: skip
+    autocast, _ = autocast_for(device, precision)
+    with torch.inference_mode(), autocast:
+        for batch in batches_by_budget(loader, adapter.n_tokens, max_tokens, max_batch):
+            embedded, extras = adapter.embed(batch)
+            yield embedded.float().cpu().numpy(), {k: np.asarray(v) for k, v in extras.items()}
+
+
+def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:
+    """All rows at once: (N, *item_shape) float32 and the extras, each (N, ...)."""
+    outputs, extras = [], {}
+    for embedded, batch_extras in embed_stream(adapter, rows, **kwargs):
+        outputs.append(embedded)
+        for key, value in batch_extras.items():
+            extras.setdefault(key, []).append(value)
+    return np.concatenate(outputs), {k: np.concatenate(v) for k, v in extras.items()}
+
+
+class _ShardFiller:
+    """Collects streamed batch outputs into whole shards and writes each in a background thread
+    (at most one write in flight, so memory stays at about two shards)."""
+
+    def __init__(self, writer: CacheWriter, shards: list[tuple[int, int, int]]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.writer, self.shards = writer, list(shards)
+        self.outputs: list[np.ndarray] = []
+        self.extras: dict[str, list[np.ndarray]] = {}
+        self.n = 0
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.in_flight = None
+        self.padded = 0
+
+    def add(self, embedded: np.ndarray, extras: dict[str, np.ndarray]) -> None:
+        self.outputs.append(embedded)
+        for key, value in extras.items():
+            self.extras.setdefault(key, []).append(value)
+        self.n += len(embedded)
+        while self.shards and self.n >= self.shards[0][2] - self.shards[0][1]:
+            shard, a, b = self.shards.pop(0)
+            size = b - a
+            block = np.concatenate(self.outputs)
+            ex = {k: np.concatenate(v) for k, v in self.extras.items()}
+            self.outputs, self.extras = [block[size:]], {k: [v[size:]] for k, v in ex.items()}
+            self.n -= size
+            self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))[:size]))
+            self._wait()
+            self.in_flight = self.pool.submit(self.writer.write_shard, shard, block[:size],
+                                              **{k: v[:size] for k, v in ex.items()})  # fmt: skip
+
+    def _wait(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.result()  # re-raises a failed write here
+            self.in_flight = None
+
+    def close(self) -> None:
+        self._wait()
+        self.pool.shutdown()
+        if self.shards:
+            raise RuntimeError(f"{len(self.shards)} shards got no outputs; the adapter returned too few items")
+
+
+def _rows(table: pd.DataFrame, genome) -> list[dict[str, Any]]:
+    rows = table.to_dict("records")
+    if genome is not None:
+        for row in rows:
+            row["_genome"] = genome
+    return rows
+
+
+def open_writer(config: EmbedConfig, table: pd.DataFrame, info: ModelInfo, resolved: dict) -> CacheWriter:
+    genome_tag = ""
+    if config.genome:
+        genome = Path(config.genome)
+        genome_tag = f"{genome.name}:{genome.stat().st_size}"
+    return CacheWriter.create(
+        config.out, ids=table["id"].tolist(), modality=config.modality, model=info.model,
+        model_revision=info.model_revision, layer=info.layer, pooling=info.pooling, item_shape=info.item_shape,
+        input_digest=input_digest(table, config.modality, genome_tag), dtype=config.dtype,
+        compression=config.compression, shard_items=config.shard_items, extras=info.extras,
+        config=resolved, overwrite=config.overwrite,
+    )  # fmt: skip
+
+
+def load(config: EmbedConfig, options: argparse.Namespace, device: torch.device):
+    """The input table, the loaded adapter and its ModelInfo; every check that can fail before work starts."""
+    cls = get_adapter(config.model)
+    if config.modality not in cls.modalities:
+        raise InputError(
+            f"model {config.model!r} embeds {', '.join(cls.modalities)}, not --modality {config.modality}; "
+            "pick a model for that modality"
+        )
+    table = read_input_table(config.input, config.modality)
+    genome = None
+    if config.modality == "dna":
+        if not config.genome:
+            raise InputError("--modality dna needs the genome FASTA the windows are cut from: pass --genome")
+        from dogmacache.embed.genome import Genome
+
+        genome = Genome(config.genome)
+        unknown = sorted({c for c in table["chrom"].astype(str).unique() if _unknown(genome, c)})
+        if unknown:
+            raise InputError(
+                f"chromosomes {unknown[:5]} of {config.input} are not in {config.genome} "
+                f"(it has {', '.join(genome.chromosomes[:8])}); check the genome build"
+            )
+    adapter = cls(config.model_path, config.modality, options, device)
+    adapter.check_table(table)
+    return table, _rows(table, genome), adapter
+
+
+def _unknown(genome, chrom: str) -> bool:
+    try:
+        genome.resolve(chrom)
+        return False
+    except InputError:
+        return True
+
+
+def run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any]:
+    """Embed `config.input` into `config.out`. Returns a summary (items, seconds, items/s, shards written)."""
+    device = pick_device(config.device)
+    table, rows, adapter = load(config, options, device)
+    info = adapter.info()
+    _, precision = autocast_for(device, config.precision)
+    max_tokens = config.max_tokens or adapter.default_max_tokens(device)
+    resolved = {**asdict(config), **info.config, "precision": precision, "max_tokens": max_tokens,
+                "device": device.type}  # fmt: skip
+    resolved.pop("progress")
+    resolved.pop("overwrite")
+    writer = open_writer(config, table, info, resolved)
+    if writer.manifest.complete:
+        print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
+        return {"items": 0, "shards": 0, "complete": True}
+    pending = writer.pending_shards()
+    m = writer.manifest
+    todo = [(s, *m.shard_rows(s)) for s in pending]
+    n_todo = sum(b - a for _, a, b in todo)
+    if len(pending) < m.n_shards:
+        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
+    bar = tqdm(total=n_todo, unit="item", desc=f"embed {config.model}", disable=not config.progress)
+    start = time.perf_counter()
+    filler = _ShardFiller(writer, todo)
+    rows_todo = [row for _, a, b in todo for row in rows[a:b]]
+    for embedded, extras in embed_stream(
+        adapter, rows_todo, device=device, precision=precision, max_tokens=max_tokens,
+        max_batch=config.max_batch, num_workers=config.num_workers,
+    ):  # fmt: skip
+        filler.add(embedded, extras)
+        bar.update(len(embedded))
+    filler.close()
+    bar.close()
+    padded = filler.padded
+    manifest = writer.finalize()
+    seconds = time.perf_counter() - start
+    summary = {"items": n_todo, "seconds": round(seconds, 2), "items_per_s": round(n_todo / max(seconds, 1e-9), 2),
+               "shards": len(pending), "padded_windows": padded, "complete": manifest.complete}  # fmt: skip
+    print(
+        f"embedded {n_todo:,} items in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into {config.out}: "
+        f"{len(pending)} shards, {padded} windows padded with N, cache complete"
+    )
+    return summary

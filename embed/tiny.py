@@ -1,0 +1,57 @@
+"""`dogmacache models make-tiny DIR`: small random models of every supported architecture, in their real
+on-disk layouts, so tests and the offline demo load them through the same code path as real weights."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+from dogmacache.data_recipes.make_demo_data import N_GENES
+
+ESM2_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
+NT_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>",
+             *("".join(k) for k in itertools.product("ATCG", repeat=6)), "A", "T", "C", "G", "N"]  # fmt: skip
+DEMO_GENES = [f"DEMO{i + 1:02d}" for i in range(N_GENES)]
+
+
+def _write_esm(directory: Path, tokens: list[str], special: dict, seed: int, max_positions: int) -> Path:
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    tokenizer = EsmTokenizer(str(directory / "vocab.txt"), **special)
+    torch.manual_seed(seed)
+    config = EsmConfig(
+        vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=max_positions, position_embedding_type="rotary", emb_layer_norm_before=False,
+        token_dropout=True, pad_token_id=tokens.index("<pad>"), mask_token_id=tokens.index("<mask>"),
+    )  # fmt: skip
+    EsmModel(config, add_pooling_layer=False).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def write_tiny_esm2(directory: Path, seed: int = 0) -> Path:
+    """ESM-2 layout: 33-token vocabulary, rotary positions, final LayerNorm after the last layer."""
+    return _write_esm(directory, ESM2_TOKENS, {}, seed, max_positions=1026)
+
+
+def write_tiny_nucleotide_transformer(directory: Path, seed: int = 0) -> Path:
+    """NT v1 layout: ESM architecture with a 6-mer vocabulary (+ single nucleotides for the remainder)."""
+    special = {"cls_token": "<cls>", "pad_token": "<pad>", "mask_token": "<mask>", "eos_token": None,
+               "unk_token": "<unk>", "bos_token": "<bos>"}  # fmt: skip
+    return _write_esm(directory, NT_TOKENS, special, seed, max_positions=1002)
+
+
+def make_tiny(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+    from dogmacache.embed.adapters.scgpt import write_tiny_scgpt
+
+    root = Path(root)
+    return {
+        "enformer": write_tiny_enformer(root / "enformer", seed),
+        "esm2": write_tiny_esm2(root / "esm2", seed),
+        "nucleotide-transformer": write_tiny_nucleotide_transformer(root / "nucleotide-transformer", seed),
+        "scgpt": write_tiny_scgpt(root / "scgpt", DEMO_GENES, seed),
+    }
