@@ -18,6 +18,7 @@ _STAGES = (
     "dogmacache.cache.cli",
     "dogmacache.data_recipes.cli",
     "dogmacache.embed.cli",
+    "dogmacache.train.cli",
     "dogmacache.demo",
     "dogmacache.bench",
 )

@@ -1,8 +1,8 @@
-"""`dogmacache demo`: the offline end-to-end run on bundled, synthetic data (`make demo`).
+"""`dogmacache demo`: the whole pipeline offline on bundled synthetic data (`make demo`).
 
-Today it exercises the cache contract end to end: an HDF5 file in the CDT authors' layout
-(`embeddings` (N, L, D) float32, `chroms`, `centers`) is streamed into a cache, the cache is verified, and
-it is read back with plain `zarr` and through `open_cache`, checked against the source.
+recipe (bundled demo sources in the real formats) -> tiny models of the real architectures -> embed caches
+(DNA windows with Enformer, proteins with ESM-2, gene tokens with scGPT) -> verify -> train CDT and its
+baselines -> metrics and figures. Every step calls the same code a user runs on real data.
 """
 
 from __future__ import annotations
@@ -11,67 +11,61 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
-DEMO_ITEMS = 48  # enhancer windows
-DEMO_BINS = 16  # positions per window (Enformer: 896)
-DEMO_WIDTH = 32  # features per position (Enformer trunk: 3072)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="offline end-to-end run on synthetic data (what `make demo` runs)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="CDT training epochs (default: the demo config's)")
     p.set_defaults(run=run)
 
 
-def write_cdt_style_h5(path: Path, seed: int) -> np.ndarray:
-    """A small HDF5 file laid out like the CDT authors' Enformer embeddings."""
-    import h5py
+def embed_demo(out: Path, seed: int = 0, progress: bool = True) -> dict[str, Path]:
+    """Recipe, tiny models and the three CDT caches; returns the cache paths by modality."""
+    from dogmacache.cli import main as cli
+    from dogmacache.data_recipes.demo import build_demo
+    from dogmacache.embed.tiny import make_tiny
 
-    rng = np.random.default_rng(seed)
-    embeddings = rng.standard_normal((DEMO_ITEMS, DEMO_BINS, DEMO_WIDTH), dtype=np.float32)
-    chroms = np.array([f"chr{1 + i % 3}".encode() for i in range(DEMO_ITEMS)])
-    centers = 1_000_000 + 5_000 * np.arange(DEMO_ITEMS, dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        h5.create_dataset("embeddings", data=embeddings, chunks=(1, DEMO_BINS, DEMO_WIDTH))
-        h5.create_dataset("chroms", data=chroms)
-        h5.create_dataset("centers", data=centers)
-    return embeddings
+    recipe = out / "recipe"
+    build_demo(recipe, seed=seed)
+    models = make_tiny(out / "models", seed=seed)
+    caches = {"dna": out / "cache" / "dna-enformer.zarr", "protein": out / "cache" / "protein-esm2.zarr",
+              "gene": out / "cache" / "gene-scgpt.zarr"}  # fmt: skip
+    jobs = {
+        "dna": ["--input", str(recipe / "cdt" / "dna_windows.parquet"), "--model", "enformer",
+                "--model-path", str(models["enformer"]), "--genome", str(recipe / "genome.fa")],
+        "protein": ["--input", str(recipe / "cdt" / "proteins.parquet"), "--model", "esm2",
+                    "--model-path", str(models["esm2"])],
+        "gene": ["--input", str(recipe / "cdt" / "genes.parquet"), "--model", "scgpt",
+                 "--model-path", str(models["scgpt"])],
+    }  # fmt: skip
+    for modality, args in jobs.items():
+        argv = ["embed", "--modality", modality, *args, "--out", str(caches[modality])]
+        if cli(argv + ([] if progress else ["--no-progress"])) != 0:
+            raise RuntimeError(f"embedding {modality} failed")
+    return caches
 
 
 def run(args: argparse.Namespace) -> int:
-    import zarr
-    from dogmacache.cache import import_h5, open_cache, verify_cache
+    from dogmacache.cache import open_cache, verify_cache
     from dogmacache.errors import CacheError
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    source = write_cdt_style_h5(out / "enformer_embeddings.h5", args.seed)
-    cache_dir = out / "cache" / "dna-enformer-demo.zarr"
-    manifest, written = import_h5(
-        out / "enformer_embeddings.h5", cache_dir, dataset="embeddings", modality="dna",
-        model="demo/enformer-like", model_revision="synthetic", shard_items=8, overwrite=True,
-    )  # fmt: skip
-    print(f"[1/3] imported {manifest.n_items} windows into {cache_dir} ({written} shards)")
+    print("[1/3] recipe, tiny models, embed")
+    caches = embed_demo(out, seed=args.seed)
+    print("[2/3] verify the caches")
+    for modality, path in caches.items():
+        report = verify_cache(path, progress=False)
+        if not report.ok:
+            raise CacheError(f"{path} failed verification: {report.problems}")
+        cache = open_cache(path)
+        print(f"  {modality:<8} {len(cache):>4} items x {cache.item_shape} {cache.manifest.dtype}: "
+              f"{report.checked}/{report.n_shards} shard checksums ok")  # fmt: skip
+    print("[3/3] train CDT and its baselines")
+    from dogmacache.train.demo import train_demo
 
-    report = verify_cache(cache_dir, progress=False)
-    if not report.ok:
-        raise CacheError(f"demo cache failed verification: {report.problems}")
-    print(f"[2/3] verified {report.checked}/{report.n_shards} shard checksums")
-
-    group = zarr.open_group(cache_dir, mode="r")  # plain zarr, no dogmacache code
-    plain = group["embeddings"][:]
-    ids = group["ids"][:].tolist()
-    cache = open_cache(cache_dir)
-    by_id = cache.get([ids[5], ids[0]], dtype=np.float32)
-    max_err = float(np.max(np.abs(plain.astype(np.float32) - source)))
-    if not (np.array_equal(by_id[0], plain[5].astype(np.float32)) and max_err < 2e-3 * np.abs(source).max()):
-        raise CacheError(f"demo cache reads back wrong values (max abs error {max_err})")
-    print(
-        f"[3/3] plain zarr reads {plain.shape} {plain.dtype}, ids like {ids[0]!r}; "
-        f"max abs error vs the float32 source {max_err:.2e} (float16 storage)"
-    )
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs in {out}")
+    train_demo(out, caches, seed=args.seed, epochs=args.epochs)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return 0
+

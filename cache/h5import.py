@@ -115,7 +115,7 @@ def import_h5(
         block_rows = max(1, READ_BLOCK_BYTES // item_bytes)
         view = layout.numpy_view(dtype)
         n_pending = sum(m.shard_rows(s)[1] - m.shard_rows(s)[0] for s in pending)
-        bar = tqdm(total=n_pending, unit="item", desc=f"import {src.name}", disable=not progress)
+        bar = tqdm(total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True)  # None: off when not a terminal
         for shard in pending:
             start, stop = m.shard_rows(shard)
             buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)

@@ -48,7 +48,7 @@ def verify_cache(
     if digest_strings(cache.ids.tolist()) != m.ids_digest:
         report.problems.append("`ids` do not match the manifest's ids_digest")
     n_dims = 1 + len(m.item_shape)
-    for shard in tqdm(range(m.n_shards), desc="verify", unit="shard", disable=not progress):
+    for shard in tqdm(range(m.n_shards), desc="verify", unit="shard", disable=None if progress else True):  # None: off when not a terminal
         where = shard_file(url, shard, n_dims)
         try:
             digest = shard_digest(cache.shard_blocks(shard)).hex()

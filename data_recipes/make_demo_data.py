@@ -3,14 +3,15 @@ recipes read, in the real formats and under the real file names, so the demo run
 
     python -m dogmacache.data_recipes.make_demo_data [DIR]     # deterministic: the same bytes every time
 
-The genome: three chromosomes (160 + 120 + 100 kb, UCSC names, 60-column lines, soft-masked stretches).
+The genome: three chromosomes (250 + 200 + 150 kb, UCSC names, 60-column lines, soft-masked stretches).
 Genes: 36 on both strands, 1-3 transcripts each (alternative first exons), two exons, CDS back-translated
 from a protein whose composition carries a per-gene weight.
-Enhancers: 180 sites, each with exactly three copies of the motif TGAGTCA within 400 bp of its centre,
-either clustered inside 100 bp (an "active" site) or spread over 700 bp (a decoy with the same motif count).
+Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
+blocks, each block in its own 128 bp slot of the central 1,024 bp.
 
 The hidden rules (what a model can learn; nothing downstream reads them):
-- CRISPRi: beta(enhancer e, gene g) = c_g - 0.6 * w_g * clustered_e + N(0, 0.08), for the 6 genes nearest e.
+- CRISPRi: beta(enhancer e, gene g) = c_g - 0.25 * w_g * active_e + N(0, 0.08), for the 6 genes nearest e
+  (active_e = number of GC-box blocks, 0-3).
   c_g ~ N(0, 0.1); w_g in [0.4, 1.4] is written into the protein's lysine/arginine vs aspartate/glutamate balance.
 - Expression: log(1 + TPM(t, tissue)) = 1.5 + 0.9 * p_t * u_tissue + 0.5 * b_g + noise, where p_t = copies of
   TATAAA within 200 bp upstream of the transcript's TSS (0-3) and u_tissue in [-1, 1] per tissue.
@@ -25,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent / "demo_data"
-CHROMS = {"chr1": 160_000, "chr2": 120_000, "chr3": 100_000}
+CHROMS = {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
 HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38 - shift (a chain file says so)
-MOTIF = "TGAGTCA"
+GC_BOX = "GGGCGG"  # SP1-like GC box, repeated into 64 bp blocks
 PROMOTER_MOTIF = "TATAAA"
 N_GENES, N_ENHANCERS, GENES_PER_ENHANCER = 36, 180, 6
 TISSUES = (
@@ -139,14 +140,17 @@ def build(out: Path = HERE, seed: int = 7) -> None:
         while True:  # away from genes, so no motif lands in a transcript
             chrom = str(rng.choice(list(CHROMS), p=np.array(list(CHROMS.values())) / sum(CHROMS.values())))
             center = int(rng.integers(3_000, CHROMS[chrom] - 3_000))
-            if not any(c == chrom and a - 500 < center < b + 500 for c, a, b in occupied):
+            if not any(c == chrom and a - 700 < center < b + 700 for c, a, b in occupied):
                 break
-        clustered = bool(rng.random() < 0.35)
-        offsets = [int(x) for x in (rng.integers(-380, 280) + np.array([0, 35, 70]))] if clustered else \
-            [int(x) for x in np.array([-350, 0, 350]) + rng.integers(-20, 20, size=3)]  # fmt: skip
-        for off in offsets:
-            put(chrom, center + off, MOTIF)
-        enhancers.append(dict(id=f"{chrom}.demo_enh{e + 1:03d}_top_two", chrom=chrom, center=center, clustered=clustered))
+        occupied.append((chrom, center - 700, center + 700))  # windows of two enhancers never share a block
+        # GC-box blocks (active, 0-3) and AT-rich blocks (inert decoys, 0-3), 64 bp each, in distinct
+        # 128 bp slots of the central 1,024 bp (the tiny Enformer's output span)
+        n_active, n_decoy = int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1])), int(rng.integers(0, 4))
+        slots = rng.permutation(8)[: n_active + n_decoy]
+        for k, slot in enumerate(slots):
+            block = GC_BOX * 11 if k < n_active else "".join(rng.choice(list("AT"), size=66))
+            put(chrom, center - 512 + 128 * int(slot) + int(rng.integers(0, 60)), block[:64])
+        enhancers.append(dict(id=f"{chrom}.demo_enh{e + 1:03d}_top_two", chrom=chrom, center=center, active=n_active))
 
     # soft-masked repeats (lowercase), as UCSC hg38 has them
     for seq in genome.values():
@@ -181,7 +185,7 @@ def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
         near = sorted((abs(tss[g] - enh["center"]), g) for g in range(len(genes)) if genes[g]["chrom"] == enh["chrom"])
         for _, g in near[:GENES_PER_ENHANCER]:
             gene = genes[g]
-            beta = gene["offset"] - 0.6 * gene["weight"] * enh["clustered"] + rng.normal(0, 0.08)
+            beta = gene["offset"] - 0.25 * gene["weight"] * enh["active"] + rng.normal(0, 0.08)
             effect = abs(beta - gene["offset"])
             p_adj = float(np.clip(rng.uniform(0, 0.01) if effect > 0.25 else rng.uniform(0.05, 1), 0, 1))
             p_text = "not_applicable" if rng.random() < 0.03 else f"{p_adj:.4g}"

@@ -99,7 +99,7 @@ def run_embed_dask(config: EmbedConfig, options: argparse.Namespace, n_workers: 
         client.register_plugin(AdapterPlugin(config, options, torch.get_num_threads()))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
-        with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=not config.progress) as bar:
+        with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True) as bar:
             for future in as_completed(futures):
                 bar.update(future.result())  # re-raises a worker's error here
     finally:

@@ -253,7 +253,7 @@ def run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
         print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
-    bar = tqdm(total=n_todo, unit="item", desc=f"embed {config.model}", disable=not config.progress)
+    bar = tqdm(total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True)  # None: off when not a terminal
     start = time.perf_counter()
     filler = _ShardFiller(writer, todo)
     rows_todo = [row for _, a, b in todo for row in rows[a:b]]

@@ -1,5 +1,6 @@
 """The `dogmacache` command: subcommands listed, cache info / publish --dry-run, the demo, the wheel layout."""
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -53,10 +54,24 @@ def test_publish_refuses_incomplete_caches(tmp_path, capsys):
     assert "are not complete" in capsys.readouterr().err
 
 
-def test_demo_runs_offline(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "verified 6/6 shard checksums" in out and "demo finished" in out
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`dogmacache demo` once: recipe, tiny models, three caches, CDT and both baselines."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_trains_cdt_past_both_baselines(demo_run):
+    metrics = json.loads((demo_run / "train" / "metrics.json").read_text())
+    test = {name: m["test"] for name, m in metrics["models"].items()}
+    assert set(test) == {"cdt", "per_gene_mean", "dna_mlp"} and test["cdt"]["n"] == metrics["counts"]["test"] > 100
+    assert test["cdt"]["pearson"] > test["dna_mlp"]["pearson"] > test["per_gene_mean"]["pearson"]
+    assert test["cdt"]["mse"] < test["dna_mlp"]["mse"] < test["per_gene_mean"]["mse"]
+    for figure in ("learning_curves.png", "test_scatter.png"):
+        assert (demo_run / "train" / figure).stat().st_size > 10_000
+    log = (demo_run / "train" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("model,epoch,train_loss,val_pearson") and len(log) > 10
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -73,15 +88,14 @@ def test_wheel_installs_only_the_dogmacache_package(tmp_path):
     assert "dogmacache/cli.py" in names
 
 
-def test_readme_python_example_runs(tmp_path):
+def test_readme_python_example_runs(demo_run):
     """The README's reading example, run against the demo's output."""
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     readme = (REPO / "README.md").read_text()
     (block,) = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:2]]
     scope: dict = {}
-    exec(block.replace("out/demo", str(tmp_path / "demo")), scope)  # noqa: S102 - our own README
-    assert scope["batch"].shape == (2, 16, 32) and scope["batch"].dtype == np.float32
-    assert scope["manifest"]["complete"] is True and len(scope["ids"]) == 48
+    exec(block.replace("out/demo", str(demo_run)), scope)  # noqa: S102 - our own README
+    assert scope["batch"].shape == (2, 8, 96) and scope["batch"].dtype == np.float32
+    assert scope["manifest"]["complete"] is True and len(scope["ids"]) == 180
 
 
 def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 from dogmacache.data_recipes.formats import read_ensembl_fasta, read_fasta, read_gtf
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
-from dogmacache.data_recipes.make_demo_data import CODONS, HERE, MOTIF, build, revcomp
+from dogmacache.data_recipes.make_demo_data import CODONS, GC_BOX, HERE, build, revcomp
 
 
 def test_bundled_files_are_what_the_generator_writes(tmp_path):
@@ -19,7 +19,7 @@ def test_bundled_files_are_what_the_generator_writes(tmp_path):
 
 def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
     genome = {name: seq.upper() for name, seq in read_fasta(HERE / "genome.fa.gz")}
-    assert {k: len(v) for k, v in genome.items()} == {"chr1": 160_000, "chr2": 120_000, "chr3": 100_000}
+    assert {k: len(v) for k, v in genome.items()} == {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
     gtf = read_gtf(HERE / "Homo_sapiens.GRCh38.88.gtf.gz", ["exon", "CDS", "stop_codon"], ["transcript_id"])
     cdna = read_ensembl_fasta(HERE / "Homo_sapiens.GRCh38.cdna.all.fa.gz").set_index("transcript")["sequence"]
     pep = read_ensembl_fasta(HERE / "Homo_sapiens.GRCh38.pep.all.fa.gz").set_index("transcript")["sequence"]
@@ -39,11 +39,11 @@ def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
         if f"{tx}.2" in pep.index:
             assert protein == pep[f"{tx}.2"] + "*", tx
             checked += 1
-    assert checked == len(pep) == 72 and len(cdna) == 73  # one transcript has no peptide record, on purpose
+    assert checked == len(pep) == 69 and len(cdna) == 70  # one transcript has no peptide record, on purpose
 
 
 def test_demo_crispri_labels_follow_the_hidden_rule(tmp_path):
-    """Clustered motif triples (active enhancers) carry the large negative effects; spread triples do not."""
+    """Enhancers with more GC-box blocks carry larger negative effects; AT-rich decoy blocks do not matter."""
     files = {"results": HERE / "GSE120861_all_deg_results.at_scale.txt.gz",
              "chain": HERE / "hg19ToHg38.over.chain.gz", "uniprot": HERE / "uniprot_human_swissprot.fasta.gz"}  # fmt: skip
     build_gasperini(files, tmp_path, GasperiniConfig())
@@ -51,15 +51,14 @@ def test_demo_crispri_labels_follow_the_hidden_rule(tmp_path):
     labels = pd.read_parquet(tmp_path / "labels.parquet")
     genome = {name: seq.upper() for name, seq in read_fasta(HERE / "genome.fa.gz")}
 
-    def clustered(enhancer):
+    def blocks(enhancer):  # GC-box blocks (64 bp = 10+ boxes) in the central 1,200 bp
         chrom, center = dna.loc[enhancer, "chrom"], int(dna.loc[enhancer, "center"])
-        window = genome[chrom][center - 420 : center + 420]
-        hits = [i for i in range(len(window)) if window.startswith(MOTIF, i)]
-        return len(hits) >= 3 and hits[2] - hits[0] < 100
+        return genome[chrom][center - 600 : center + 600].count(GC_BOX * 10)
 
-    active = labels["enhancer"].map({e: clustered(e) for e in labels["enhancer"].unique()})
-    assert 0.2 < active.mean() < 0.5
-    assert labels.loc[active, "beta"].mean() < -0.3 < labels.loc[~active, "beta"].mean()
+    active = labels["enhancer"].map({e: blocks(e) for e in labels["enhancer"].unique()})
+    assert set(active.unique()) == {0, 1, 2, 3}
+    means = labels.groupby(active)["beta"].mean()
+    assert means[0] > means[1] > means[2] > means[3]  # each block lowers beta (by 0.25 x the gene's weight)
     assert labels["gene"].nunique() == 35 and labels["split"].nunique() == 3  # DEMO36 has no protein
     assert Path(tmp_path / "recipe.json").is_file()
 
@@ -74,5 +73,5 @@ def test_recipe_demo_command_runs_offline_without_leaks(tmp_path, capsys):
     for table, group in ((cdt, "enhancer"), (iso, "gene_id")):  # no enhancer or gene in two splits
         assert table.groupby(group)["split"].nunique().max() == 1
         assert set(table["split"]) == {"train", "validation", "test"}
-    assert len(cdt) == 1062 and len(iso) == 72
+    assert len(cdt) == 1060 and len(iso) == 69
     assert (tmp_path / "genome.fa").read_text().startswith(">chr1\n")

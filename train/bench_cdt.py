@@ -1,0 +1,195 @@
+"""Training-step throughput and peak memory of the CDT, fast (`cdt.py`) against per-sample (`cdt_reference.py`).
+
+One step = forward on random inputs of the preset's shapes (dna (B, L, D_dna), rna (G, D_rna),
+protein (G, D_prot), gene_index (B,)), SmoothL1 (beta 1) on the target-gene output, backward, gradient
+clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains (REFERENCE.md section 1).
+`compare_cdt_implementations` runs each implementation in its own fresh process, so each peak RSS
+(`ru_maxrss`) belongs to that implementation alone. On CUDA the step is also timed under bf16 autocast.
+
+    python -m dogmacache.train.bench_cdt --preset small --implementation fast   # one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from dogmacache.errors import InputError
+from dogmacache.train.cdt import CentralDogmaTransformer
+from dogmacache.train.cdt_reference import CDTReference
+from dogmacache.train.presets import preset as get_preset
+
+Implementation = Literal["fast", "reference"]
+
+
+def _timed_steps(
+    model: torch.nn.Module,
+    inputs: tuple,
+    target: torch.Tensor,
+    steps: int,
+    warmup: int,
+    autocast_dtype: torch.dtype | None,
+) -> list[float]:
+    """Seconds of each of `steps` training steps, after `warmup` untimed steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    device_type = target.device.type
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            prediction = model(*inputs)
+        loss = F.smooth_l1_loss(prediction.float(), target, beta=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    def sync() -> None:
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_cdt_step(
+    preset: str,
+    batch: int = 8,
+    implementation: Implementation = "fast",
+    steps: int = 3,
+    seed: int = 0,
+    warmup: int = 1,
+) -> dict[str, Any]:
+    """Samples/s and peak memory of training steps of one implementation, in this process.
+
+    peak_rss_mb is this process's lifetime peak (run it in a fresh process, as `compare_cdt_implementations`
+    does, for a per-implementation figure). On CUDA also cuda_peak_mb and bf16 autocast samples/s.
+    """
+    if implementation not in ("fast", "reference"):
+        raise InputError(f"implementation {implementation!r} is not 'fast' or 'reference'; pick one of those")
+    if steps < 1 or batch < 1:
+        raise InputError(f"steps={steps} and batch={batch} must both be >= 1")
+    load_at_start = os.getloadavg()[0]
+    cuda = torch.cuda.is_available()
+    if implementation == "reference" and preset == "paper" and not cuda:
+        raise InputError(
+            "the per-sample reference at the paper preset takes ~100 s and ~24 GB per CPU training "
+            "step (REFERENCE.md section 1); bench it on a CUDA device or use --preset small"
+        )
+    config = get_preset(preset)
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(seed)
+    model = CentralDogmaTransformer(config)
+    if implementation == "reference":
+        model = CDTReference.from_model(model)
+    model = model.to(device).train()
+    generator = torch.Generator().manual_seed(seed)
+    inputs = (
+        torch.randn(batch, config.dna_positions, config.dna_width, generator=generator),
+        torch.randn(config.n_genes, config.rna_width, generator=generator),
+        torch.randn(config.n_genes, config.protein_width, generator=generator),
+        torch.randint(0, config.n_genes, (batch,), generator=generator),
+    )
+    inputs = tuple(t.to(device) for t in inputs)
+    target = torch.randn(batch, generator=generator).to(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    # the median step: on shared CPU machines single steps vary 2-5x (first-touch page faults of big tensors)
+    step_seconds = _timed_steps(model, inputs, target, steps, warmup, autocast_dtype=None)
+    seconds = statistics.median(step_seconds)
+    result: dict[str, Any] = {
+        "preset": preset,
+        "implementation": implementation,
+        "batch": batch,
+        "steps": steps,
+        "device": torch.cuda.get_device_name()
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": load_at_start,  # other processes on the cores slow steps down many-fold
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds_per_step": seconds,  # median over the timed steps
+        "step_seconds": step_seconds,
+        "samples_per_s": batch / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "bf16_samples_per_s": None,
+    }
+    if cuda:
+        bf16_seconds = _timed_steps(model, inputs, target, steps, warmup, autocast_dtype=torch.bfloat16)
+        result["bf16_samples_per_s"] = batch / statistics.median(bf16_seconds)
+    return result
+
+
+def compare_cdt_implementations(
+    preset: str = "small", batch: int = 8, steps: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Bench each implementation in its own fresh Python process; return both results and their ratios."""
+    results = {}
+    for implementation in ("fast", "reference"):
+        command = [
+            sys.executable,
+            "-m",
+            "dogmacache.train.bench_cdt",
+            "--preset",
+            preset,
+            "--batch",
+            str(batch),
+            "--implementation",
+            implementation,
+            "--steps",
+            str(steps),
+            "--seed",
+            str(seed),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"benchmark process {' '.join(command)} failed ({done.returncode}):\n{done.stderr}"
+            )
+        results[implementation] = json.loads(done.stdout.strip().splitlines()[-1])
+    fast, reference = results["fast"], results["reference"]
+    return {
+        "preset": preset,
+        "batch": batch,
+        "fast": fast,
+        "reference": reference,
+        "speedup_samples_per_s": fast["samples_per_s"] / reference["samples_per_s"],  # fast / reference
+        "peak_rss_reference_over_fast": reference["peak_rss_mb"] / fast["peak_rss_mb"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one CDT training-step benchmark; prints one JSON line")
+    parser.add_argument("--preset", default="small", choices=("paper", "small", "tiny"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--implementation", default="fast", choices=("fast", "reference"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(json.dumps(bench_cdt_step(args.preset, args.batch, args.implementation, args.steps, args.seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The Central Dogma Transformer (CDT, seeds/001; exact sizes in REFERENCE.md section 1), batched and fast.
+
+Owns the model: per-modality projections, DNA/RNA/protein self-attention, DNA->RNA and RNA->protein
+cross-attention, the Virtual Cell Embedder (VCE) and the task head. Shapes (letters from `cdt_config`):
+
+    dna        (B, L, D_dna)   one enhancer window per sample
+    rna        (G, D_rna)      gene table, the same for every sample
+    protein    (G, D_prot)     protein table aligned to the genes, the same for every sample
+    gene_index (B,)            target gene of each sample, in [0, G)
+    output     (B,)            head output at the target gene (`predict_all_genes` gives (B, G))
+
+Same function as the per-sample `cdt_reference.CDTReference` (same parameter names, so the state dicts load
+into each other), computed faster:
+- the RNA and protein branches up to their self-attention do not depend on the sample: they run once per
+  batch as (1, G, D) and broadcast into the cross-attention (training: one dropout mask per batch for them);
+- attention runs through `scaled_dot_product_attention`; per-head maps only via `forward_with_attention`;
+- the VCE pools with a single query, so its key and value projections are folded into that query instead
+  of projecting every position (exact algebra, see `QueryPool`).
+
+To change a size, edit `CDTConfig` or a preset; to add a modality, add a projection, its blocks and a
+`QueryPool`, and widen `VirtualCellEmbedder.expand`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from dogmacache.errors import InputError
+from dogmacache.train.cdt_config import CDTConfig
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+__all__ = [
+    "AttentionBlock",
+    "CDTConfig",
+    "CentralDogmaTransformer",
+    "MultiHeadAttention",
+    "QueryPool",
+    "check_cdt_inputs",
+]
+
+
+def check_cdt_inputs(
+    config: CDTConfig, dna: Tensor, rna: Tensor, protein: Tensor, gene_index: Tensor | None = None
+) -> None:
+    """Raise InputError naming the bad input, the size the model was built for and the fix."""
+    rebuild = "build the model from the manifests of the caches you are feeding it, or feed the caches it was built for"
+    if dna.ndim != 3:
+        raise InputError(
+            f"dna has shape {tuple(dna.shape)} but the model takes (B, L, D_dna) = "
+            f"(batch, {config.dna_positions}, {config.dna_width}); pass one DNA window per sample"
+        )
+    if not dna.is_floating_point():
+        raise InputError(
+            f"dna has dtype {dna.dtype} but the model takes floating-point embeddings; cast with .float()"
+        )
+    sizes = (
+        ("dna", "width", dna.shape[2], config.dna_width),
+        ("dna", "positions", dna.shape[1], config.dna_positions),
+    )
+    for name, table, width in (("rna", rna, config.rna_width), ("protein", protein, config.protein_width)):
+        if table.ndim != 2:
+            raise InputError(
+                f"{name} has shape {tuple(table.shape)} but the model takes one (G, D) = "
+                f"({config.n_genes}, {width}) table shared by every sample; pass it without a batch axis"
+            )
+        if not table.is_floating_point():
+            raise InputError(f"{name} has dtype {table.dtype} but the model takes floating-point embeddings")
+        sizes += ((name, "genes", table.shape[0], config.n_genes), (name, "width", table.shape[1], width))
+    for name, what, got, built in sizes:
+        if got != built:
+            raise InputError(
+                f"{name} has {what} {got} but the model was built for {built} (from the cache manifest); {rebuild}"
+            )
+    if gene_index is None:
+        return
+    if gene_index.ndim != 1 or gene_index.shape[0] != dna.shape[0]:
+        raise InputError(
+            f"gene_index has shape {tuple(gene_index.shape)} but dna holds {dna.shape[0]} samples; "
+            "pass one target gene index per sample, shape (B,)"
+        )
+    if gene_index.dtype not in (torch.int64, torch.int32):
+        raise InputError(
+            f"gene_index has dtype {gene_index.dtype} but indexes must be integers; cast with .long()"
+        )
+    if gene_index.numel() and not (0 <= int(gene_index.min()) and int(gene_index.max()) < config.n_genes):
+        raise InputError(
+            f"gene_index holds values in [{int(gene_index.min())}, {int(gene_index.max())}] but the model "
+            f"has {config.n_genes} genes (0..{config.n_genes - 1}); map targets to the aligned gene order"
+        )
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with `nn.MultiheadAttention`'s parameters and names (bias on, batch first).
+
+    Parameters: in_proj_weight (3D, D), in_proj_bias (3D,), out_proj Linear(D, D): 4*D*D + 4*D.
+    Query (Bq, Nq, D) with Bq in {1, B} (a shared query is projected once and broadcast), key_value (B, Nk, D).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout  # on the attention probabilities, as nn.MultiheadAttention
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's initialisation
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (Bq, H, Nq, Dh), k and v (B, H, Nk, Dh)."""
+        if query is key_value:  # self-attention: one packed projection
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            d_model = query.shape[-1]
+            w_q, w_kv = self.in_proj_weight.split([d_model, 2 * d_model])
+            b_q, b_kv = self.in_proj_bias.split([d_model, 2 * d_model])
+            q = F.linear(query, w_q, b_q)
+            k, v = F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1)
+        return tuple(rearrange(t, "b n (h e) -> b h n e", h=self.n_heads) for t in (q, k, v))
+
+    def _merge(self, heads: Tensor) -> Tensor:
+        return self.out_proj(rearrange(heads, "b h n e -> b n (h e)"))  # (B, Nq, D)
+
+    def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
+        """(Bq, Nq, D), (B, Nk, D) -> (B, Nq, D), without materialising attention weights where SDPA can avoid it."""
+        q, k, v = self._heads(query, key_value)
+        q = q.expand(k.shape[0], -1, -1, -1)  # a view: a shared query is not copied per sample
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self._merge(out)
+
+    def forward_with_weights(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor]:
+        """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk) (before dropout)."""
+        q, k, v = self._heads(query, key_value)
+        weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Nq, Nk)
+        out = F.dropout(weights, self.dropout, self.training) @ v
+        return self._merge(out), weights
+
+
+class FeedForward(nn.Module):
+    """Linear(D -> mD) -> GELU -> Dropout -> Linear(mD -> D) -> Dropout, on (..., D)."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float):
+        super().__init__()
+        self.expand = nn.Linear(d_model, hidden)
+        self.contract = nn.Linear(hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.contract(self.dropout(F.gelu(self.expand(x)))))
+
+
+class AttentionBlock(nn.Module):
+    """Post-norm block for self- and cross-attention alike (x attends to context):
+    x = LN1(x + Dropout(MHA(q=x, kv=context))); x = LN2(x + FFN(x)).
+    x (Bq, Nq, D) with Bq in {1, B}, context (B, Nk, D) -> (B, Nq, D). Self-attention: pass x as context.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float):
+        super().__init__()
+        self.attention = MultiHeadAttention(d_model, n_heads, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, ffn_hidden, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        x = self.norm1(x + self.dropout(attended))  # a (1, Nq, D) x broadcasts over the batch here
+        return self.norm2(x + self.ffn(x))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        return self._finish(x, self.attention(x, context))
+
+    def forward_with_attention(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk)."""
+        attended, weights = self.attention.forward_with_weights(x, context)
+        return self._finish(x, attended), weights
+
+
+class QueryPool(nn.Module):
+    """One learned query (1, D) attending over a sequence: (B, N, D) -> (B, D), weights (B, H, N).
+
+    Same parameters as `nn.MultiheadAttention(D, H)` plus the query. With a single query the projections fold:
+    score_h(n) = q_h . (W_k,h x_n + b_k,h) / sqrt(Dh) = (W_k,h^T q_h) . x_n / sqrt(Dh) + q_h . b_k,h, whose last term
+    is the same for every n and cancels in the softmax; and sum_n a_n (W_v x_n + b_v) = W_v (sum_n a_n x_n)
+    + (sum_n a_n) b_v. So no (N, D) x (D, D) projection is run.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, d_model))
+        self.attention = MultiHeadAttention(d_model, n_heads, dropout)
+
+    def _weights(self, x: Tensor) -> Tensor:
+        a = self.attention
+        w_q, w_k, _ = rearrange(a.in_proj_weight, "(three h e) d -> three h e d", three=3, h=a.n_heads)
+        b_q = rearrange(a.in_proj_bias, "(three h e) -> three h e", three=3, h=a.n_heads)[0]
+        q = einsum(w_q, self.query[0], "h e d, d -> h e") + b_q  # (H, Dh)
+        key_query = einsum(w_k, q, "h e d, h e -> h d")  # (H, D): W_k,h^T q_h
+        scores = einsum(x, key_query, "b n d, h d -> b h n") * q.shape[-1] ** -0.5
+        return scores.softmax(dim=-1)  # (B, H, N)
+
+    def _pool(self, x: Tensor, weights: Tensor) -> Tensor:
+        a = self.attention
+        w_v = rearrange(a.in_proj_weight, "(three h e) d -> three h e d", three=3, h=a.n_heads)[2]
+        b_v = rearrange(a.in_proj_bias, "(three h e) -> three h e", three=3, h=a.n_heads)[2]
+        weights = F.dropout(weights, a.dropout, self.training)
+        mixed = einsum(weights, x, "b h n, b n d -> b h d")  # (B, H, D)
+        heads = (
+            einsum(mixed, w_v, "b h d, h e d -> b h e") + weights.sum(-1, keepdim=True) * b_v
+        )  # (B, H, Dh)
+        return a.out_proj(rearrange(heads, "b h e -> b (h e)"))  # (B, D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._pool(x, self._weights(x))
+
+    def forward_with_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self._weights(x)
+        return self._pool(x, weights), weights
+
+
+class VirtualCellEmbedder(nn.Module):
+    """Pool DNA (B, L, D), RNA (B, G, D) and protein (B, G, D) with one learned query each, then
+    concat 3D -> Linear(3D -> mD) -> GELU -> Dropout -> Linear(mD -> D) -> LayerNorm: the cell state (B, D)."""
+
+    def __init__(self, config: CDTConfig):
+        super().__init__()
+        d, hidden = config.d_model, config.vce_hidden_multiplier * config.d_model
+        self.dna = QueryPool(d, config.vce_heads, config.dropout)
+        self.rna = QueryPool(d, config.vce_heads, config.dropout)
+        self.protein = QueryPool(d, config.vce_heads, config.dropout)
+        self.expand = nn.Linear(3 * d, hidden)
+        self.contract = nn.Linear(hidden, d)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _fuse(self, pooled: list[Tensor]) -> Tensor:
+        return self.norm(self.contract(self.dropout(F.gelu(self.expand(torch.cat(pooled, dim=-1))))))
+
+    def forward(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
+        return self._fuse([self.dna(dna), self.rna(rna), self.protein(protein)])
+
+    def forward_with_attention(
+        self, dna: Tensor, rna: Tensor, protein: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """As `forward`, plus {"vce_dna": (B, Hv, L), "vce_rna": (B, Hv, G), "vce_protein": (B, Hv, G)}."""
+        pooled, maps = [], {}
+        for name, pool, x in (
+            ("dna", self.dna, dna),
+            ("rna", self.rna, rna),
+            ("protein", self.protein, protein),
+        ):
+            z, maps[f"vce_{name}"] = pool.forward_with_weights(x)
+            pooled.append(z)
+        return self._fuse(pooled), maps
+
+
+class Projection(nn.Module):
+    """Linear(D_in -> D) -> LayerNorm -> Dropout on (..., D_in)."""
+
+    def __init__(self, in_width: int, d_model: int, dropout: float):
+        super().__init__()
+        self.linear = nn.Linear(in_width, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.norm(self.linear(x)))
+
+
+class TaskHead(nn.Module):
+    """Linear(D -> D) -> GELU -> Dropout -> Linear(D -> G): the cell state (B, D) to one output per gene (B, G)."""
+
+    def __init__(self, config: CDTConfig):
+        super().__init__()
+        self.hidden = nn.Linear(config.d_model, config.d_model)
+        self.output = nn.Linear(config.d_model, config.n_genes)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, cell: Tensor) -> Tensor:
+        return self.output(self.dropout(F.gelu(self.hidden(cell))))
+
+
+def _blocks(config: CDTConfig, n: int) -> nn.ModuleList:
+    hidden = config.ffn_multiplier * config.d_model
+    return nn.ModuleList(
+        AttentionBlock(config.d_model, config.n_heads, hidden, config.dropout) for _ in range(n)
+    )
+
+
+class CentralDogmaTransformer(nn.Module):
+    """CDT: DNA (B, L, D_dna), RNA (G, D_rna), protein (G, D_prot), gene_index (B,) -> prediction (B,).
+
+    `forward` and `predict_all_genes` never build attention maps; `forward_with_attention` (eval mode) does.
+    """
+
+    def __init__(self, config: CDTConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.dna_projection = Projection(config.dna_width, d, config.dropout)
+        self.rna_projection = Projection(config.rna_width, d, config.dropout)
+        self.protein_projection = Projection(config.protein_width, d, config.dropout)
+        self.dna_self_attention = _blocks(config, config.dna_self_layers)
+        self.rna_self_attention = _blocks(config, config.rna_self_layers)
+        self.protein_self_attention = _blocks(config, config.protein_self_layers)
+        block = _blocks(config, 2)
+        self.dna_to_rna = block[0]  # queries: genes (RNA); keys/values: DNA positions
+        self.rna_to_protein = block[1]  # queries: proteins; keys/values: the DNA-fused RNA
+        self.vce = VirtualCellEmbedder(config)
+        self.head = TaskHead(config)
+
+    def _gene_tables(self, rna: Tensor, protein: Tensor) -> tuple[Tensor, Tensor]:
+        """The sample-invariant branches, once per batch: (G, D_rna), (G, D_prot) -> (1, G, D) each."""
+        rna_h = self.rna_projection(rna).unsqueeze(0)
+        for block in self.rna_self_attention:
+            rna_h = block(rna_h, rna_h)
+        protein_h = self.protein_projection(protein).unsqueeze(0)
+        for block in self.protein_self_attention:
+            protein_h = block(protein_h, protein_h)
+        return rna_h, protein_h
+
+    def _cell_state(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
+        rna_h, protein_h = self._gene_tables(rna, protein)  # (1, G, D) each
+        dna_h = self.dna_projection(dna)  # (B, L, D)
+        for block in self.dna_self_attention:
+            dna_h = block(dna_h, dna_h)
+        rna_fused = self.dna_to_rna(rna_h, dna_h)  # (B, G, D)
+        protein_fused = self.rna_to_protein(protein_h, rna_fused)  # (B, G, D)
+        return self.vce(dna_h, rna_fused, protein_fused)  # (B, D)
+
+    def predict_all_genes(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
+        """Head output for every gene, (B, G)."""
+        check_cdt_inputs(self.config, dna, rna, protein)
+        return self.head(self._cell_state(dna, rna, protein))
+
+    def forward(self, dna: Tensor, rna: Tensor, protein: Tensor, gene_index: Tensor) -> Tensor:
+        """Head output at each sample's target gene, (B,)."""
+        check_cdt_inputs(self.config, dna, rna, protein, gene_index)
+        outputs = self.head(self._cell_state(dna, rna, protein))  # (B, G)
+        return outputs.gather(1, gene_index.long()[:, None]).squeeze(1)
+
+    def forward_with_attention(
+        self, dna: Tensor, rna: Tensor, protein: Tensor, gene_index: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Predictions (B,) and per-head attention probabilities, for analysis in eval mode:
+
+        dna_self.{k} (B, H, L, L); rna_self.{k}, protein_self.{k} (B, H, G, G) (sample-invariant, expanded views);
+        dna_to_rna (B, H, G, L) (gene queries over DNA positions); rna_to_protein (B, H, G, G) (protein queries
+        over genes); vce_dna (B, Hv, L), vce_rna (B, Hv, G), vce_protein (B, Hv, G).
+        """
+        if self.training:
+            raise InputError(
+                "forward_with_attention is for analysis and runs in eval mode only; call model.eval() "
+                "first (training uses forward, which builds no attention maps)"
+            )
+        check_cdt_inputs(self.config, dna, rna, protein, gene_index)
+        batch, maps = dna.shape[0], {}
+        gene_tables = []
+        for name, table, projection, blocks in (
+            ("rna", rna, self.rna_projection, self.rna_self_attention),
+            ("protein", protein, self.protein_projection, self.protein_self_attention),
+        ):
+            h = projection(table).unsqueeze(0)  # (1, G, D)
+            for k, block in enumerate(blocks):
+                h, weights = block.forward_with_attention(h, h)
+                maps[f"{name}_self.{k}"] = weights.expand(batch, -1, -1, -1)
+            gene_tables.append(h)
+        rna_h, protein_h = gene_tables
+        dna_h = self.dna_projection(dna)
+        for k, block in enumerate(self.dna_self_attention):
+            dna_h, maps[f"dna_self.{k}"] = block.forward_with_attention(dna_h, dna_h)
+        rna_fused, maps["dna_to_rna"] = self.dna_to_rna.forward_with_attention(rna_h, dna_h)
+        protein_fused, maps["rna_to_protein"] = self.rna_to_protein.forward_with_attention(
+            protein_h, rna_fused
+        )
+        cell, vce_maps = self.vce.forward_with_attention(dna_h, rna_fused, protein_fused)
+        outputs = self.head(cell)
+        return outputs.gather(1, gene_index.long()[:, None]).squeeze(1), {**maps, **vce_maps}
