@@ -34,6 +34,16 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
     return writer.finalize()
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`dogmacache demo` once per test session: recipe, tiny models, three caches, CDT and both baselines."""
+    from dogmacache.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

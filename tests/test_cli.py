@@ -54,14 +54,6 @@ def test_publish_refuses_incomplete_caches(tmp_path, capsys):
     assert "are not complete" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """`dogmacache demo` once: recipe, tiny models, three caches, CDT and both baselines."""
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    return out
-
-
 def test_demo_trains_cdt_past_both_baselines(demo_run):
     metrics = json.loads((demo_run / "train" / "metrics.json").read_text())
     test = {name: m["test"] for name, m in metrics["models"].items()}

@@ -16,18 +16,16 @@ import torch
 import zarr
 from dogmacache.cache import open_cache
 from dogmacache.cli import main
-from dogmacache.data_recipes.demo import build_demo
 from dogmacache.embed.adapters.enformer import EnformerAdapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.runner import batches_by_budget
-from dogmacache.embed.tiny import make_tiny
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root / "recipe")
-    models = make_tiny(root / "models")
+def demo(demo_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    (root / "recipe").symlink_to(demo_run / "recipe")
+    models = {name: demo_run / "models" / name for name in ("enformer", "esm2", "nucleotide-transformer", "scgpt")}
     dna = pd.read_parquet(root / "recipe" / "cdt" / "dna_windows.parquet")
     dna.iloc[:24].to_parquet(root / "dna24.parquet")  # a small table for the slower tests
     return root, models
@@ -39,32 +37,32 @@ def _embed_args(root, models, out, *extra, table="dna24.parquet"):
             "--out", str(out), "--shard-items", "4", "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
 
 
-def test_demo_inputs_embed_into_complete_caches(demo, tmp_path, capsys):
+def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys):
+    """DNA, protein and gene caches come from the demo run; RNA and tissue context are embedded here."""
     root, models = demo
     recipe = root / "recipe"
     runs = [
-        ("dna.zarr", ["--input", str(recipe / "cdt" / "dna_windows.parquet"), "--modality", "dna", "--model",
-                      "enformer", "--model-path", str(models["enformer"]), "--genome", str(recipe / "genome.fa")]),
-        ("protein.zarr", ["--input", str(recipe / "cdt" / "proteins.parquet"), "--modality", "protein", "--model",
-                          "esm2", "--model-path", str(models["esm2"])]),
-        ("gene.zarr", ["--input", str(recipe / "cdt" / "genes.parquet"), "--modality", "gene", "--model", "scgpt",
-                       "--model-path", str(models["scgpt"])]),
         ("rna.zarr", ["--input", str(recipe / "isoform" / "rna_sequences.parquet"), "--modality", "rna", "--model",
                       "nucleotide-transformer", "--model-path", str(models["nucleotide-transformer"])]),
         ("tissue.zarr", ["--input", str(recipe / "isoform" / "tissue_profiles.parquet"), "--modality", "context",
                          "--model", "scgpt", "--model-path", str(models["scgpt"])]),
     ]  # fmt: skip
-    shapes = {}
     for name, args in runs:
         assert main(["embed", *args, "--out", str(tmp_path / name), "--no-progress"]) == 0, name
-        cache = open_cache(tmp_path / name)
+    assert "cache complete" in capsys.readouterr().out
+    paths = {"dna.zarr": demo_run / "cache" / "dna-enformer.zarr", "protein.zarr": demo_run / "cache" / "protein-esm2.zarr",
+             "gene.zarr": demo_run / "cache" / "gene-scgpt.zarr", "rna.zarr": tmp_path / "rna.zarr",
+             "tissue.zarr": tmp_path / "tissue.zarr"}  # fmt: skip
+    shapes = {}
+    for name, path in paths.items():
+        cache = open_cache(path)
         assert cache.manifest.complete and np.isfinite(cache[:].astype(np.float32)).all()
         shapes[name] = (len(cache), cache.item_shape)
     assert shapes == {"dna.zarr": (180, (8, 96)), "protein.zarr": (35, (32,)), "gene.zarr": (35, (32,)),
-                      "rna.zarr": (72, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
-    genes = open_cache(tmp_path / "gene.zarr")
-    assert genes.ids.tolist() == open_cache(tmp_path / "protein.zarr").ids.tolist()  # one canonical gene order
-    assert "cache complete" in capsys.readouterr().out
+                      "rna.zarr": (69, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
+    genes = open_cache(paths["gene.zarr"])
+    assert genes.ids.tolist() == open_cache(paths["protein.zarr"]).ids.tolist()  # one canonical gene order
+    assert open_cache(paths["dna.zarr"]).manifest.config["window_bp"] == 2048
 
 
 def test_enformer_adapter_output_is_the_models_own_embedding(demo):

@@ -5,6 +5,7 @@ protein (G, D_prot), gene_index (B,)), SmoothL1 (beta 1) on the target-gene outp
 clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains (REFERENCE.md section 1).
 `compare_cdt_implementations` runs each implementation in its own fresh process, so each peak RSS
 (`ru_maxrss`) belongs to that implementation alone. On CUDA the step is also timed under bf16 autocast.
+`dogmacache bench --only cdt` (bench.py) prints these against the targets.
 
     python -m dogmacache.train.bench_cdt --preset small --implementation fast   # one JSON line
 """
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -71,6 +73,15 @@ def _timed_steps(
     return times
 
 
+def _current_rss_mb() -> float | None:
+    """Resident memory now (Linux /proc), or None where that file does not exist."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def bench_cdt_step(
     preset: str,
     batch: int = 8,
@@ -78,11 +89,15 @@ def bench_cdt_step(
     steps: int = 3,
     seed: int = 0,
     warmup: int = 1,
+    allow_paper_reference: bool = False,
 ) -> dict[str, Any]:
     """Samples/s and peak memory of training steps of one implementation, in this process.
 
     peak_rss_mb is this process's lifetime peak (run it in a fresh process, as `compare_cdt_implementations`
-    does, for a per-implementation figure). On CUDA also cuda_peak_mb and bf16 autocast samples/s.
+    does, for a per-implementation figure); rss_before_steps_mb is the resident memory once the model and the
+    inputs exist, so peak - before is what the training steps added. On CUDA also cuda_peak_mb and bf16
+    autocast samples/s. The per-sample reference at the paper preset is refused on CPU unless
+    `allow_paper_reference` (~100 s and ~24 GB per step).
     """
     if implementation not in ("fast", "reference"):
         raise InputError(f"implementation {implementation!r} is not 'fast' or 'reference'; pick one of those")
@@ -90,7 +105,7 @@ def bench_cdt_step(
         raise InputError(f"steps={steps} and batch={batch} must both be >= 1")
     load_at_start = os.getloadavg()[0]
     cuda = torch.cuda.is_available()
-    if implementation == "reference" and preset == "paper" and not cuda:
+    if implementation == "reference" and preset == "paper" and not cuda and not allow_paper_reference:
         raise InputError(
             "the per-sample reference at the paper preset takes ~100 s and ~24 GB per CPU training "
             "step (REFERENCE.md section 1); bench it on a CUDA device or use --preset small"
@@ -111,6 +126,7 @@ def bench_cdt_step(
     )
     inputs = tuple(t.to(device) for t in inputs)
     target = torch.randn(batch, generator=generator).to(device)
+    rss_before_steps = _current_rss_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     # the median step: on shared CPU machines single steps vary 2-5x (first-touch page faults of big tensors)
@@ -132,6 +148,7 @@ def bench_cdt_step(
         "step_seconds": step_seconds,
         "samples_per_s": batch / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+        "rss_before_steps_mb": rss_before_steps,  # model + inputs resident, before the first step
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "bf16_samples_per_s": None,
     }
@@ -141,33 +158,44 @@ def bench_cdt_step(
     return result
 
 
+def bench_in_fresh_process(
+    preset: str,
+    batch: int = 8,
+    implementation: Implementation = "fast",
+    steps: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+    allow_paper_reference: bool = False,
+) -> dict[str, Any]:
+    """`bench_cdt_step` in a new Python process (its own peak RSS); `threads`: torch's intra-op threads."""
+    command = [sys.executable, "-m", "dogmacache.train.bench_cdt", "--preset", preset, "--batch", str(batch),
+               "--implementation", implementation, "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+    if threads:
+        command += ["--threads", str(threads)]
+    if allow_paper_reference:
+        command.append("--allow-paper-reference")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"benchmark process {' '.join(command)} failed ({done.returncode}):\n{done.stderr}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def compare_cdt_implementations(
-    preset: str = "small", batch: int = 8, steps: int = 3, seed: int = 0
+    preset: str = "small",
+    batch: int = 8,
+    steps: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+    allow_paper_reference: bool = False,
 ) -> dict[str, Any]:
     """Bench each implementation in its own fresh Python process; return both results and their ratios."""
-    results = {}
-    for implementation in ("fast", "reference"):
-        command = [
-            sys.executable,
-            "-m",
-            "dogmacache.train.bench_cdt",
-            "--preset",
-            preset,
-            "--batch",
-            str(batch),
-            "--implementation",
-            implementation,
-            "--steps",
-            str(steps),
-            "--seed",
-            str(seed),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"benchmark process {' '.join(command)} failed ({done.returncode}):\n{done.stderr}"
-            )
-        results[implementation] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = {
+        implementation: bench_in_fresh_process(preset, batch, implementation, steps, seed, threads=threads,
+                                               allow_paper_reference=allow_paper_reference)  # fmt: skip
+        for implementation in ("fast", "reference")
+    }
     fast, reference = results["fast"], results["reference"]
     return {
         "preset": preset,
@@ -186,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--implementation", default="fast", choices=("fast", "reference"))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--allow-paper-reference", action="store_true",
+                        help="run the per-sample reference at the paper preset on CPU (~100 s, ~24 GB per step)")  # fmt: skip
     args = parser.parse_args(argv)
-    print(json.dumps(bench_cdt_step(args.preset, args.batch, args.implementation, args.steps, args.seed)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_cdt_step(args.preset, args.batch, args.implementation, args.steps, args.seed,
+                            allow_paper_reference=args.allow_paper_reference)  # fmt: skip
+    print(json.dumps(result))
     return 0
 
 

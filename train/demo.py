@@ -24,8 +24,8 @@ dropout = 0.1
 
 [train]
 epochs = {epochs or DEMO_EPOCHS}
-batch_size = 8
-lr = 1e-3
+batch_size = 32
+lr = 2e-3
 plateau_patience = 3
 early_stop_patience = 8
 seed = {seed}

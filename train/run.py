@@ -70,6 +70,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
             "dna_scale": None if scaler is None else {k: v.tolist() for k, v in scaler.items()}}  # fmt: skip
     results: dict[str, Any] = {}
 
+    torch.manual_seed(config.train.seed)  # the initial weights are part of the seeded run
     model = CentralDogmaTransformer(model_config)
     results["cdt"] = fit("cdt", model, tables, config, out,
                          {**meta, "model_class": "CentralDogmaTransformer", "model_config": model_config.to_dict()},

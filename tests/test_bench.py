@@ -1,0 +1,128 @@
+"""`dogmacache bench`: each section's harness at tiny sizes gives complete result dicts with sane numbers, tables
+with the targets, and JSON + summary.md files. No timing assertions: speed targets belong to the benchmark."""
+
+import json
+import math
+
+import pytest
+import torch
+from dogmacache import bench
+from dogmacache.cli import main
+from dogmacache.embed.bench import TINY_CASES, TINY_ENFORMER, bench_embed_tiny, bench_enformer_device
+from dogmacache.train import bench_cdt
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP threads spin against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_tiny_adapters_run_through_the_embed_runner(tmp_path):
+    result = bench_embed_tiny(n_items=6, num_workers=0, workdir=str(tmp_path))
+    cases = result["cases"]
+    assert [(c["model"], c["modality"]) for c in cases] == [(c.model, c.modality) for c in TINY_CASES]
+    for case in cases:
+        assert case["items"] == (6 if case["modality"] != "gene" else case["source_items"]), case
+        assert _positive(case["items_per_s"]) and _positive(case["seconds"]) and case["setup_seconds"] >= 0
+        assert case["shards"] >= 1
+    assert list(tmp_path.iterdir()) == []  # temporary caches removed
+    text = "\n".join(bench.render_text(t) for t in bench.embed_tables({"tiny_cpu": result}))
+    assert "ESM-2, proteins" in text and "items/s" in text
+
+
+def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
+    result = bench_enformer_device("cpu", hparams=TINY_ENFORMER, batches=(1, 2), deviation_batch=2, runner_windows=5,
+                                   runner_workers=(0,), min_seconds=0, workdir=str(tmp_path))  # fmt: skip
+    assert result["parameters"] == 74_196  # write_tiny_enformer's configuration
+    assert result["window_bp"] == 2048 and result["item_shape"] == [8, 96] and not result["full_size"]
+    assert [(r["precision"], r["batch"]) for r in result["sweep"]] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for row in result["sweep"]:
+        assert row["calls"] >= 3 and _positive(row["windows_per_s"]) and _positive(row["tflop_per_s"])
+    assert _positive(result["bf16_over_fp32_best"]) and set(result["bf16_over_fp32_per_batch"]) == {"1", "2"}
+    deviation = result["bf16_vs_fp32"]
+    assert 0 < deviation["max_abs_over_max_abs_fp32"] < 0.1 and 0 < deviation["relative_l2"] < 0.1
+    assert 0 <= deviation["median_relative_error"] < 0.1
+    assert _positive(result["tflop_per_window_counted"])
+    assert [(r["mode"], r["num_workers"]) for r in result["runner"]] == [("stream", 0), ("run_embed", 0)]
+    for run in result["runner"]:
+        assert run["windows"] == 5 and run["precision"] == "fp32" and _positive(run["windows_per_s"])
+        assert 0 < run["busy_fraction"] <= 1.5  # host clock around forward calls vs the runner's rounded wall
+    text = "\n".join(bench.render_text(t) for t in bench.embed_tables({"tiny_cpu": {"device": "cpu", "num_workers": 0,
+                                                                                 "cases": []}, "gpu": result}))
+    for expected in ("bf16 / fp32 windows/s", "≥ 2×", "GPU busy (stream, 0 workers)", "≥ 100 (one H100)", "≥ 80%"):
+        assert expected in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def _in_process(preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False):
+    """compare_cdt_implementations without its two fresh processes (each needs seconds to start)."""
+    fast = bench_cdt.bench_cdt_step(preset, batch, "fast", steps, seed)
+    reference = bench_cdt.bench_cdt_step(preset, batch, "reference", steps, seed)
+    return {"preset": preset, "batch": batch, "fast": fast, "reference": reference,
+            "speedup_samples_per_s": fast["samples_per_s"] / reference["samples_per_s"],
+            "peak_rss_reference_over_fast": reference["peak_rss_mb"] / fast["peak_rss_mb"]}  # fmt: skip
+
+
+def test_cdt_section_reports_ratios_against_the_targets(monkeypatch):
+    monkeypatch.setattr(bench_cdt, "compare_cdt_implementations", _in_process)
+    result = bench.bench_cdt_section("tiny", batch=2, steps=1)
+    for one in (result["fast"], result["reference"]):
+        assert _positive(one["samples_per_s"]) and _positive(one["steps_per_s"]) and _positive(one["peak_rss_mb"])
+        assert one["rss_before_steps_mb"] > 0 and "rss_growth_mb" in one
+    assert _positive(result["speedup_samples_per_s"]) and _positive(result["peak_rss_reference_over_fast"])
+    text = bench.render_text(bench.cdt_tables(result)[0])
+    assert "fast ≥ 2× reference" in text and "fast ≤ ½ reference" in text and "preset tiny" in text
+
+
+def test_paper_preset_runs_the_fast_model_only_unless_allowed(monkeypatch):
+    calls = []
+
+    def fake_fresh(preset, batch, implementation, steps, seed=0, threads=None, allow_paper_reference=False):
+        calls.append((preset, implementation))
+        return bench_cdt.bench_cdt_step("tiny", batch, implementation, steps, seed)
+
+    monkeypatch.setattr(bench_cdt, "bench_in_fresh_process", fake_fresh)
+    result = bench.bench_cdt_section("paper", batch=2, steps=1)
+    assert calls == [("paper", "fast")] and result["reference"] is None
+    assert "--allow-paper-reference" in result["reference_skipped"]
+    text = bench.render_text(bench.cdt_tables(result)[0])
+    assert "not run" in text and "reference not run" in text
+
+
+def test_bench_command_writes_json_and_summary(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--only", "cache", "--items", "4", "--item-shape", "8,16", "--out", str(out)]) == 0
+    record = json.loads((out / "cache.json").read_text())
+    assert record["section"] == "cache" and record["results"]["n_items"] == 4
+    assert _positive(record["results"]["write_MB_per_s"]) and _positive(record["results"]["random_items_per_s"])
+    machine = record["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["torch"] == torch.__version__ and "cuda_device" in machine
+    assert len(machine["load_average_at_start"]) == 3 and machine["cpu_model"]
+    assert "random single-item reads" in capsys.readouterr().out
+
+    monkeypatch.setattr(bench_cdt, "compare_cdt_implementations", _in_process)
+    assert main(["bench", "--only", "cdt", "--cdt-preset", "tiny", "--cdt-batch", "2", "--cdt-steps", "1",
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = (out / "summary.md").read_text()
+    assert "## cache" in summary and "## cdt" in summary  # earlier sections in the folder stay in the summary
+    assert "| measurement | fast | reference | ratio | target | met |" in summary
+
+
+@pytest.mark.parametrize("argv", [["--threads", "0"], ["--gpu-batches", "1,x"], ["--cdt-steps", "0"]])
+def test_bad_options_are_refused(tmp_path, argv, capsys):
+    assert main(["bench", "--out", str(tmp_path), *argv]) == 2
+    assert "dogmacache bench: error:" in capsys.readouterr().err
+
+
+def test_number_formatting():
+    assert [bench.fmt(x) for x in (None, 12_345, 1234.5, 56.78, 3.14159, 0.01234, 2.5e-5)] == [
+        "–", "12,345", "1,234", "56.8", "3.14", "0.0123", "2.50e-05"]  # fmt: skip
+    assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
