@@ -7,13 +7,16 @@ BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.dogmacache-installed
 OUT        ?= out
 
-# embed / train / bench arguments (override on the command line)
-RECIPE     ?= demo
-MODEL      ?= enformer
+# embed / train arguments (defaults: the demo's outputs, so both run offline after `make demo`)
+INPUT      ?= $(OUT)/demo/recipe/cdt/dna_windows.parquet
 MODALITY   ?= dna
-INPUT      ?= $(OUT)/recipe/dna_windows.parquet
+MODEL      ?= enformer
+MODEL_PATH ?= $(OUT)/demo/models/enformer
+GENOME     ?= $(OUT)/demo/recipe/genome.fa
 CACHE      ?= $(OUT)/cache/$(MODALITY)-$(MODEL).zarr
-CONFIG     ?= configs/demo_cdt.toml
+EMBED_ARGS ?=
+CONFIG     ?= $(OUT)/demo/train_cdt.toml
+TRAIN_ARGS ?=
 
 .PHONY: setup test test-all lint demo embed train bench clean
 
@@ -40,10 +43,11 @@ demo: setup
 	$(BIN)/dogmacache demo --out $(OUT)/demo
 
 embed: setup
-	$(BIN)/dogmacache embed --input $(INPUT) --modality $(MODALITY) --model $(MODEL) --out $(CACHE)
+	$(BIN)/dogmacache embed --input $(INPUT) --modality $(MODALITY) --model $(MODEL) \
+		$(if $(MODEL_PATH),--model-path $(MODEL_PATH)) $(if $(GENOME),--genome $(GENOME)) --out $(CACHE) $(EMBED_ARGS)
 
 train: setup
-	$(BIN)/dogmacache train --config $(CONFIG)
+	$(BIN)/dogmacache train --config $(CONFIG) $(TRAIN_ARGS)
 
 bench: setup
 	$(BIN)/dogmacache bench --out $(OUT)/bench

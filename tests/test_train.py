@@ -138,3 +138,9 @@ def test_torchrun_two_processes_match_one_process(demo, tmp_path):
     b = json.loads((two / "metrics.json").read_text())["models"]["cdt"]["test"]
     assert a["n"] == b["n"] > 100
     assert abs(a["pearson"] - b["pearson"]) < 0.05 and b["pearson"] > 0.5  # dropout draws differ per process
+
+
+def test_paper_example_config_parses_with_the_paper_recipe():
+    config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "cdt_paper.toml")
+    assert config.model.preset == "paper" and config.train == RunConfig().train.__class__(
+        **{**RunConfig().train.__dict__, "preload_bytes": 0, "precision": "bf16"})
