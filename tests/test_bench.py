@@ -126,3 +126,12 @@ def test_number_formatting():
     assert [bench.fmt(x) for x in (None, 12_345, 1234.5, 56.78, 3.14159, 0.01234, 2.5e-5)] == [
         "–", "12,345", "1,234", "56.8", "3.14", "0.0123", "2.50e-05"]  # fmt: skip
     assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
+
+
+@pytest.mark.slow
+def test_cdt_section_through_fresh_processes(tmp_path):
+    assert main(["bench", "--only", "cdt", "--cdt-preset", "tiny", "--cdt-batch", "2", "--cdt-steps", "1",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "cdt.json").read_text())["results"]
+    assert results["fast"]["threads"] == 1 and results["reference"]["implementation"] == "reference"
+    assert _positive(results["speedup_samples_per_s"]) and _positive(results["rss_growth_reference_over_fast"])
