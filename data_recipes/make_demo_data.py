@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from dogmacache.data_recipes.gtex import ISOFORMER_TISSUES
 
 HERE = Path(__file__).parent / "demo_data"
 CHROMS = {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
@@ -31,12 +32,7 @@ HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38
 GC_BOX = "GGGCGG"  # SP1-like GC box, repeated into 64 bp blocks
 PROMOTER_MOTIF = "TATAAA"
 N_GENES, N_ENHANCERS, GENES_PER_ENHANCER = 36, 180, 6
-TISSUES = (
-    "Adipose Tissue", "Adrenal Gland", "Bladder", "Blood", "Blood Vessel", "Brain", "Breast", "Cervix Uteri",
-    "Colon", "Esophagus", "Fallopian Tube", "Heart", "Kidney", "Liver", "Lung", "Muscle", "Nerve", "Ovary",
-    "Pancreas", "Pituitary", "Prostate", "Salivary Gland", "Skin", "Small Intestine", "Spleen", "Stomach",
-    "Testis", "Thyroid", "Uterus", "Vagina",
-)  # fmt: skip
+TISSUES = ISOFORMER_TISSUES  # the 30 GTEx tissues the real recipe selects by default
 SAMPLES_PER_TISSUE = 4
 CODONS = {
     "A": "GCC", "R": "CGG", "N": "AAC", "D": "GAC", "C": "TGC", "Q": "CAG", "E": "GAG", "G": "GGC", "H": "CAC",

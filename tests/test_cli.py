@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_help_lists_the_subcommands():
     out = subprocess.run([Path(sys.executable).parent / "dogmacache", "--help"], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
-    for command in ("cache", "demo", "bench"):
+    for command in ("cache", "recipe", "embed", "models", "train", "model-summary", "demo", "bench"):
         assert f"    {command} " in out, out
 
 
