@@ -219,8 +219,6 @@ def bench_cdt_section(preset: str = "small", batch: int = 8, steps: int = 3, thr
         if one.get("bf16_samples_per_s"):
             one["bf16_steps_per_s"] = one["bf16_samples_per_s"] / batch
     if reference is not None:
-        result["speedup_samples_per_s"] = fast["samples_per_s"] / reference["samples_per_s"]
-        result["peak_rss_reference_over_fast"] = reference["peak_rss_mb"] / fast["peak_rss_mb"]
         if fast.get("rss_growth_mb") and reference.get("rss_growth_mb") is not None:
             result["rss_growth_reference_over_fast"] = reference["rss_growth_mb"] / fast["rss_growth_mb"]
         if fast.get("cuda_peak_mb") and reference.get("cuda_peak_mb"):

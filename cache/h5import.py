@@ -13,7 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from dogmacache.cache import layout
+from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import Manifest, digest_strings
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.errors import InputError
@@ -121,7 +121,10 @@ def import_h5(
             buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)
             for a in range(start, stop, block_rows):
                 b = min(stop, a + block_rows)
-                buffer[a - start : b - start] = data[a:b]
+                block = data[a:b]
+                # torch's cast (cache.convert) is ~10x faster than numpy's float32 -> float16 assignment;
+                # bfloat16 stays float32 here and the writer casts it once
+                buffer[a - start : b - start] = block if dtype == "bfloat16" else convert.to_storage(block, dtype)
                 bar.update(b - a)
             writer.write_shard(shard, buffer)
         bar.close()

@@ -310,8 +310,9 @@ def _attach_sequences(kept: pd.DataFrame, cdna_path: Path, pep_path: Path) -> tu
     """Adds cdna and peptide columns; drops (and counts) transcripts lacking either."""
     cdna = formats.read_ensembl_fasta(cdna_path)
     pep = formats.read_ensembl_fasta(pep_path)
-    cdna_of = dict(zip(_unversioned(cdna["id"]), cdna["sequence"], strict=True))
-    symbol_of = dict(zip(_unversioned(cdna["id"]), cdna["gene_symbol"], strict=True))
+    cdna_keys = _unversioned(cdna["id"])
+    cdna_of = dict(zip(cdna_keys, cdna["sequence"], strict=True))
+    symbol_of = dict(zip(cdna_keys, cdna["gene_symbol"], strict=True))
     pep_of = dict(zip(_unversioned(pep["transcript"]), pep["sequence"].str.rstrip("*"), strict=True))
     kept = kept.assign(cdna=kept["key"].map(cdna_of), peptide=kept["key"].map(pep_of))
     missing = {"cdna_sequence": int(kept["cdna"].isna().sum()), "peptide_sequence": int(kept["peptide"].isna().sum())}
@@ -357,21 +358,24 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+_DEFAULTS = GtexConfig()  # the command line shows the config's defaults
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tissues", default=None,
                         help="comma-separated tissue names (default: IsoFormer's 30 SMTS tissues; with "
                              "--tissue-column SMTSD every detailed tissue)")
-    parser.add_argument("--tissue-column", choices=TISSUE_COLUMNS, default="SMTS",
+    parser.add_argument("--tissue-column", choices=TISSUE_COLUMNS, default=_DEFAULTS.tissue_column,
                         help="sample attribute naming the tissue (default SMTS)")
     parser.add_argument("--holdout-tissues", default="",
                         help="comma-separated tissues flagged held out for zero-shot evaluation, e.g. 'Liver,Lung'")
-    parser.add_argument("--max-gene-length", type=int, default=200_000,
+    parser.add_argument("--max-gene-length", type=int, default=_DEFAULTS.max_gene_length,
                         help="bp; longer genes are excluded (default 200000)")
-    parser.add_argument("--window-bins", type=int, default=896, help="coding-mask bins per window (default 896)")
-    parser.add_argument("--bin-bp", type=int, default=128, help="bp per coding-mask bin (default 128)")
-    parser.add_argument("--mask-orientation", choices=ORIENTATIONS, default="reference",
+    parser.add_argument("--window-bins", type=int, default=_DEFAULTS.window_bins, help="coding-mask bins per window (default 896)")
+    parser.add_argument("--bin-bp", type=int, default=_DEFAULTS.bin_bp, help="bp per coding-mask bin (default 128)")
+    parser.add_argument("--mask-orientation", choices=ORIENTATIONS, default=_DEFAULTS.mask_orientation,
                         help="'reference' (bin 0 = lowest coordinate) or 'transcript' (bin 0 = 5'-most)")
-    parser.add_argument("--chrom-style", choices=CHROM_STYLES, default="ucsc",
+    parser.add_argument("--chrom-style", choices=CHROM_STYLES, default=_DEFAULTS.chrom_style,
                         help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)")  # fmt: skip
 
 

@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_stream, load, pick_device, run_embed
+from dogmacache.devices import pick_device
+from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_stream, load, run_embed
 
 ENFORMER_TFLOP_PER_WINDOW = 3.26  # full size, one 196,608 bp window, forward (REFERENCE.md section 2)
 FULL_WINDOW_BP = 196_608
-TINY_ENFORMER = {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8, "target_length": 8,
-                 "output_heads": {"human": 4}}  # write_tiny_enformer's 74k-parameter model
 CPU_FULL_SECONDS_PER_WINDOW = (27.5, 29.6)  # REFERENCE.md section 2, 2 CPU cores, fp32
 TARGET_BF16_OVER_FP32 = 2.0  # bf16 autocast throughput over fp32, full-size Enformer on a GPU
 TARGET_GPU_BUSY = 0.80  # fraction of the runner's wall time the GPU spends in forward passes

@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
     p.add_argument("--no-progress", action="store_true")
-    for cls in ADAPTERS.values():
-        cls.add_arguments(p)
+    added = set()
+    for cls in ADAPTERS.values():  # adapters of one family share their options: add each set once
+        if cls.add_arguments.__func__ not in added:
+            added.add(cls.add_arguments.__func__)
+            cls.add_arguments(p)
     p.set_defaults(run=_embed)
 
     p = subparsers.add_parser("models", help="list adapters; write tiny models of every supported architecture")

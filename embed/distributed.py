@@ -13,7 +13,8 @@ import time
 
 import torch
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_rows, load, open_writer, pick_device
+from dogmacache.devices import pick_device
+from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_rows, load, open_writer
 from tqdm.auto import tqdm
 
 _STATE: dict = {}  # per worker process: the loaded adapter and the table's rows
@@ -83,12 +84,8 @@ def run_embed_dask(config: EmbedConfig, options: argparse.Namespace, n_workers: 
     table, _, adapter = load(config, options, torch.device("cpu"))  # checks inputs once, before any worker starts
     info = adapter.info()
     device = pick_device(config.device)
-    _, precision = autocast_for(device, config.precision)
-    resolved = {**{k: v for k, v in vars(config).items() if k not in ("progress", "overwrite")}, **info.config,
-                "precision": precision, "device": device.type,
-                "max_tokens": config.max_tokens or adapter.default_max_tokens(device)}  # fmt: skip
+    writer = open_writer(config, table, info, device, config.max_tokens or adapter.default_max_tokens(device))
     del adapter
-    writer = open_writer(config, table, info, resolved)
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}

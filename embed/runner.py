@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache.writer import CacheWriter
+from dogmacache.devices import pick_device
 from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.inputs import input_digest, read_input_table
 from dogmacache.errors import InputError
@@ -44,14 +45,6 @@ class EmbedConfig:
     shard_items: int | None = None  # items per shard (default: ~1 GiB shards)
     overwrite: bool = False
     progress: bool = True
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -183,7 +176,12 @@ def _rows(table: pd.DataFrame, genome) -> list[dict[str, Any]]:
     return rows
 
 
-def open_writer(config: EmbedConfig, table: pd.DataFrame, info: ModelInfo, resolved: dict) -> CacheWriter:
+def open_writer(config: EmbedConfig, table: pd.DataFrame, info: ModelInfo, device: torch.device,
+                max_tokens: int) -> CacheWriter:  # fmt: skip
+    """Create or resume the cache, with the resolved config (everything that ran) in its manifest."""
+    _, precision = autocast_for(device, config.precision)
+    resolved = {**{k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite")}, **info.config,
+                "precision": precision, "max_tokens": max_tokens, "device": device.type}  # fmt: skip
     genome_tag = ""
     if config.genome:
         genome = Path(config.genome)
@@ -239,11 +237,7 @@ def run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any
     info = adapter.info()
     _, precision = autocast_for(device, config.precision)
     max_tokens = config.max_tokens or adapter.default_max_tokens(device)
-    resolved = {**asdict(config), **info.config, "precision": precision, "max_tokens": max_tokens,
-                "device": device.type}  # fmt: skip
-    resolved.pop("progress")
-    resolved.pop("overwrite")
-    writer = open_writer(config, table, info, resolved)
+    writer = open_writer(config, table, info, device, max_tokens)
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}

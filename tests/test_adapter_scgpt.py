@@ -78,6 +78,11 @@ def test_unknown_symbols_reported(tiny):
     adapter = ScGPTAdapter(str(tiny), "gene", options(), CPU)
     assert adapter.missing_symbols(["TP53", "FOO1", "MYC", "BAR2", "FOO1"]) == ["FOO1", "BAR2"]
     assert adapter.missing_symbols(GENES) == []
+    import pandas as pd
+
+    adapter.check_table(pd.DataFrame({"id": GENES}))  # all known: no error
+    with pytest.raises(ModelError, match=r"2 gene symbols are not in the scGPT vocabulary .*'FOO1', 'BAR2' \(2\)"):
+        adapter.check_table(pd.DataFrame({"id": ["TP53", "FOO1", "BAR2"]}))  # every missing one, before any work
     with pytest.raises(ModelError, match=r"'FOO1'.*--rna-vocab"):
         adapter.prepare({"id": "FOO1"})
 

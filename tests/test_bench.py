@@ -8,7 +8,8 @@ import pytest
 import torch
 from dogmacache import bench
 from dogmacache.cli import main
-from dogmacache.embed.bench import TINY_CASES, TINY_ENFORMER, bench_embed_tiny, bench_enformer_device
+from dogmacache.embed.adapters.enformer import TINY_ENFORMER
+from dogmacache.embed.bench import TINY_CASES, bench_embed_tiny, bench_enformer_device
 from dogmacache.train import bench_cdt
 
 

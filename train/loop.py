@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.devices import pick_device
 from dogmacache.train.config import RunConfig
 from dogmacache.train.data import CdtTables, EnhancerBlocks
 from dogmacache.train.metrics import regression_metrics
@@ -30,14 +31,6 @@ def world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def _loader(dataset: EnhancerBlocks, num_workers: int) -> torch.utils.data.DataLoader:

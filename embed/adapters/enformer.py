@@ -148,12 +148,15 @@ class EnformerAdapter(EmbeddingAdapter):
         return out, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}
 
 
+TINY_ENFORMER = {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8, "target_length": 8,
+                 "output_heads": {"human": 4}}  # 74k parameters, ~2 kb windows (REFERENCE section 2's test config)
+
+
 def write_tiny_enformer(directory: Path, seed: int = 0) -> Path:
     """A tiny random Enformer (74k parameters) in the real on-disk layout (config.json + pytorch_model.bin)."""
     from enformer_pytorch import Enformer
 
     torch.manual_seed(seed)
-    model = Enformer.from_hparams(dim=48, depth=1, heads=2, attn_dim_key=8, dim_divisible_by=8, target_length=8,
-                                  output_heads=dict(human=4))  # fmt: skip
+    model = Enformer.from_hparams(**TINY_ENFORMER)
     model.save_pretrained(str(directory), safe_serialization=False)  # enformer-pytorch needs the .bin format
     return Path(directory)

@@ -31,9 +31,6 @@ class _EsmFamily(EmbeddingAdapter):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        if getattr(parser, "_esm_family_options", False):
-            return  # shared by both adapters: added once
-        parser._esm_family_options = True
         g = parser.add_argument_group("esm2 / nucleotide-transformer")
         g.add_argument("--layer", type=int, default=-1, help="hidden layer (-1: last, after the final LayerNorm)")
         g.add_argument("--pooling", choices=("mean", "cls", "none"), default="mean",

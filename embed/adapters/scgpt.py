@@ -297,6 +297,15 @@ class ScGPTAdapter(EmbeddingAdapter):
         """Symbols (gene ids or profile columns) absent from the vocabulary, in input order, each once."""
         return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.vocab))
 
+    def check_table(self, table) -> None:
+        """Gene tokens: every symbol of the table must be in the vocabulary; all absent ones named at once."""
+        if self.modality != "gene":
+            return
+        missing = self.missing_symbols(table["id"].tolist())
+        if missing:
+            raise ModelError(f"{len(missing)} gene symbols are not in the scGPT vocabulary ({self.folder}): "
+                             f"{_listing(missing)}; filter the gene list with the recipe's --rna-vocab")  # fmt: skip
+
     def info(self) -> ModelInfo:
         context = self.modality == "context"
         config: dict[str, Any] = {"l2_normalised": self.l2, "vocab_size": len(self.vocab), "dtype": "float32",
