@@ -15,6 +15,11 @@ from dogmacache.cache.reader import open_cache
 from dogmacache.cache.writer import CacheWriter
 
 
+def _significant(x: float, digits: int = 4) -> float:
+    """Rounded to significant digits, not decimals: a tiny cache's 0.004 MB/s must not print as 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def bench_cache(
     n_items: int = 64,
     item_shape: tuple[int, ...] = (896, 3072),  # Enformer trunk output per window
@@ -63,12 +68,12 @@ def bench_cache(
             "dtype": dtype,
             "compression": compression,
             "shard_items": shard_items,
-            "logical_MB": round(total / 1e6, 1),
-            "on_disk_MB": round(on_disk / 1e6, 1),
-            "write_MB_per_s": round(total / 1e6 / write_s, 1),
-            "random_item_read_MB_per_s": round(total / 1e6 / random_s, 1),
-            "random_items_per_s": round(n_items / random_s, 1),
-            f"batch{batch}_read_as_float32_items_per_s": round(n_items / batched_s, 1),
+            "logical_MB": _significant(total / 1e6),
+            "on_disk_MB": _significant(on_disk / 1e6),
+            "write_MB_per_s": _significant(total / 1e6 / write_s),
+            "random_item_read_MB_per_s": _significant(total / 1e6 / random_s),
+            "random_items_per_s": _significant(n_items / random_s),
+            f"batch{batch}_read_as_float32_items_per_s": _significant(n_items / batched_s),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
