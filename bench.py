@@ -36,33 +36,60 @@ BUSY_WARNING = 0.2  # fraction of all cores busy with other processes at a secti
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="measure cache, embed and CDT training throughput against the targets")
-    p.add_argument("--out", default="out/bench", help="folder for <section>.json and summary.md (default out/bench)")
+    p = subparsers.add_parser(
+        "bench", help="measure cache, embed and CDT training throughput against the targets"
+    )
+    p.add_argument(
+        "--out", default="out/bench", help="folder for <section>.json and summary.md (default out/bench)"
+    )
     p.add_argument("--only", choices=SECTIONS, default=None, help="run one section (default: all)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)")  # fmt: skip
     g = p.add_argument_group("cache")
     g.add_argument("--items", type=int, default=64, help="cache benchmark: items (default 64)")
-    g.add_argument("--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)")
+    g.add_argument(
+        "--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)"
+    )
     g.add_argument("--compression", default="none", choices=("none", "zstd", "bitround"))
     g = p.add_argument_group("embed")
-    g.add_argument("--full-enformer", action="store_true",
-                   help="also the full-size random Enformer through run_embed on CPU (~30 s per window on 2 cores)")
+    g.add_argument(
+        "--full-enformer",
+        action="store_true",
+        help="also the full-size random Enformer through run_embed on CPU (~30 s per window on 2 cores)",
+    )
     g.add_argument("--embed-items", type=int, default=256,
                    help="tiny models: items per adapter, demo tables cut or repeated (default 256)")  # fmt: skip
     g.add_argument("--embed-workers", type=int, default=2,
                    help="DataLoader workers preparing inputs (default 2, as `dogmacache embed`)")  # fmt: skip
-    g.add_argument("--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)")
+    g.add_argument(
+        "--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)"
+    )
     g.add_argument("--gpu-windows", type=int, default=256,
                    help="CUDA: windows of a random genome through the runner path (default 256)")  # fmt: skip
     g = p.add_argument_group("cdt")
-    g.add_argument("--cdt-preset", default="small", choices=("small", "paper", "tiny"),
-                   help="CDT size (default small; paper runs the fast model only unless --allow-paper-reference)")
-    g.add_argument("--cdt-batch", type=int, default=8, help="samples per training step (default 8, the paper's)")
-    g.add_argument("--cdt-steps", type=int, default=3,
-                   help="timed steps per implementation, after one warm-up (default 3; the median is reported)")
-    g.add_argument("--allow-paper-reference", action="store_true",
-                   help="run the per-sample reference at the paper preset too (CPU: ~100 s and ~24 GB per step)")
+    g.add_argument(
+        "--cdt-preset",
+        default="small",
+        choices=("small", "paper", "tiny"),
+        help="CDT size (default small; paper runs the fast model only unless --allow-paper-reference)",
+    )
+    g.add_argument(
+        "--cdt-batch", type=int, default=8, help="samples per training step (default 8, the paper's)"
+    )
+    g.add_argument(
+        "--cdt-steps",
+        type=int,
+        default=3,
+        help="timed steps per implementation, after one warm-up (default 3; the median is reported)",
+    )
+    g.add_argument(
+        "--allow-paper-reference",
+        action="store_true",
+        help="run the per-sample reference at the paper preset too (CPU: ~100 s and ~24 GB per step)",
+    )
+    g.add_argument("--cpu-allocator", default="keep", choices=("keep", "system"),
+                   help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
+                        "malloc's defaults; applies to both implementations (default keep)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -102,7 +129,9 @@ def machine_info() -> dict[str, Any]:
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
         "cpu_busy_others_at_start": cpu_busy_fraction(),  # all cores busy while this process slept 0.5 s
         "torch": torch.__version__,
@@ -126,7 +155,9 @@ def machine_line(info: dict[str, Any]) -> str:
     if busy is not None:
         line += f", other processes busy on {busy:.0%} of the cores at start"
     if info.get("cuda_device"):
-        line += f"; GPU {info['cuda_device']} ({info.get('cuda_memory_gb')} GB, CUDA {info.get('cuda_runtime')})"
+        line += (
+            f"; GPU {info['cuda_device']} ({info.get('cuda_memory_gb')} GB, CUDA {info.get('cuda_runtime')})"
+        )
     return line
 
 
@@ -172,14 +203,23 @@ def verdict(value: float | None, target: float, higher_is_better: bool = True) -
     return "yes" if (value >= target if higher_is_better else value <= target) else "NO"
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]], notes: list[str] | None = None) -> dict[str, Any]:
-    return {"title": title, "columns": columns, "rows": [[fmt(c) for c in row] for row in rows], "notes": notes or []}
+def table(
+    title: str, columns: list[str], rows: list[list[Any]], notes: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "title": title,
+        "columns": columns,
+        "rows": [[fmt(c) for c in row] for row in rows],
+        "notes": notes or [],
+    }
 
 
 def render_text(t: dict[str, Any]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(t["columns"], *t["rows"], strict=True)]
     lines = [t["title"]]
-    lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(t["columns"], widths, strict=True)).rstrip())
+    lines.append(
+        "  " + "  ".join(str(c).ljust(w) for c, w in zip(t["columns"], widths, strict=True)).rstrip()
+    )
     lines.append("  " + "  ".join("-" * w for w in widths))
     for row in t["rows"]:
         lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -188,7 +228,12 @@ def render_text(t: dict[str, Any]) -> str:
 
 
 def render_markdown(t: dict[str, Any]) -> str:
-    lines = [f"**{t['title']}**", "", "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
+    lines = [
+        f"**{t['title']}**",
+        "",
+        "| " + " | ".join(t["columns"]) + " |",
+        "|" + "---|" * len(t["columns"]),
+    ]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in t["rows"]]
     lines += [f"\n{note}" for note in t["notes"]]
     return "\n".join(lines)
@@ -196,19 +241,21 @@ def render_markdown(t: dict[str, Any]) -> str:
 
 # ---- sections ----------------------------------------------------------------------------------------------
 def bench_cdt_section(preset: str = "small", batch: int = 8, steps: int = 3, threads: int | None = None,
-                      allow_paper_reference: bool = False) -> dict[str, Any]:  # fmt: skip
+                      allow_paper_reference: bool = False, cpu_allocator: str = "keep") -> dict[str, Any]:  # fmt: skip
     """The fast CDT against the per-sample reference, each in a fresh process, with the ratios the targets
     are about; at the paper preset the fast model alone unless `allow_paper_reference`."""
     from dogmacache.train import bench_cdt
 
     if preset == "paper" and not allow_paper_reference:
-        fast = bench_cdt.bench_in_fresh_process(preset, batch, "fast", steps, threads=threads)
+        fast = bench_cdt.bench_in_fresh_process(preset, batch, "fast", steps, threads=threads,
+                                                cpu_allocator=cpu_allocator)  # fmt: skip
         result: dict[str, Any] = {"preset": preset, "batch": batch, "fast": fast, "reference": None,
                                   "reference_skipped": "paper preset: ~100 s and ~24 GB per reference step on "
                                                        "2 CPU cores; pass --allow-paper-reference to run it"}  # fmt: skip
     else:
         result = bench_cdt.compare_cdt_implementations(preset, batch, steps, threads=threads,
-                                                       allow_paper_reference=allow_paper_reference)  # fmt: skip
+                                                       allow_paper_reference=allow_paper_reference,
+                                                       cpu_allocator=cpu_allocator)  # fmt: skip
     fast, reference = result["fast"], result["reference"]
     for one in (fast, reference):
         if one is None:
@@ -239,7 +286,8 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return bench_embed(n_items=args.embed_items, num_workers=args.embed_workers, full_enformer=args.full_enformer,
                            gpu_batches=batches, gpu_windows=args.gpu_windows)  # fmt: skip
     return bench_cdt_section(args.cdt_preset, args.cdt_batch, args.cdt_steps, threads=args.threads,
-                             allow_paper_reference=args.allow_paper_reference)  # fmt: skip
+                             allow_paper_reference=args.allow_paper_reference,
+                             cpu_allocator=args.cpu_allocator)  # fmt: skip
 
 
 def cache_tables(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,7 +307,9 @@ def embed_tables(r: dict[str, Any]) -> list[dict[str, Any]]:
     from dogmacache.embed import bench as eb
 
     tiny = r["tiny_cpu"]
-    rows = [[c["label"], c["items"], c["items_per_s"], c["seconds"], c["setup_seconds"]] for c in tiny["cases"]]
+    rows = [
+        [c["label"], c["items"], c["items_per_s"], c["seconds"], c["setup_seconds"]] for c in tiny["cases"]
+    ]
     out = [table(f"embed: tiny models on {tiny['device']}, demo inputs through run_embed into a temporary cache "
                  f"({tiny['num_workers']} DataLoader workers; no target)",
                  ["model, input", "items", "items/s", "wall s (excl. load)", "setup s (load etc.)"], rows,
@@ -324,8 +374,14 @@ def embed_tables(r: dict[str, Any]) -> list[dict[str, Any]]:
             ["bf16 vs fp32: median relative error", dev.get("median_relative_error"), "(reported)", ""],
             ["bf16 vs fp32: ‖Δ‖ / ‖fp32‖", dev.get("relative_l2"), "(reported)", ""],
         ]  # fmt: skip
-        out.append(table("embed: GPU targets", ["measurement", "measured", "target", "met"], target_rows,
-                         [f"deviation over {dev.get('windows')} windows against {dev.get('reference')}"]))
+        out.append(
+            table(
+                "embed: GPU targets",
+                ["measurement", "measured", "target", "met"],
+                target_rows,
+                [f"deviation over {dev.get('windows')} windows against {dev.get('reference')}"],
+            )
+        )
     return out
 
 
@@ -335,17 +391,31 @@ def cdt_tables(r: dict[str, Any]) -> list[dict[str, Any]]:
 
     def row(label, key, ratio=None, target=None, ratio_target=None):
         f, g = fast.get(key), (ref or {}).get(key)
-        return [label, f, g if ref else "not run", ratio if ratio is not None else "",
-                target or "", verdict(ratio, ratio_target) if ratio_target else ""]
+        return [
+            label,
+            f,
+            g if ref else "not run",
+            ratio if ratio is not None else "",
+            target or "",
+            verdict(ratio, ratio_target) if ratio_target else "",
+        ]
 
     speed = r.get("speedup_samples_per_s")
     memory = r.get("cuda_peak_reference_over_fast") if cuda else r.get("peak_rss_reference_over_fast")
     rows = [
-        row("samples/s", "samples_per_s", speed, f"fast ≥ {TARGET_CDT_SPEEDUP:g}× reference", TARGET_CDT_SPEEDUP),
+        row(
+            "samples/s",
+            "samples_per_s",
+            speed,
+            f"fast ≥ {TARGET_CDT_SPEEDUP:g}× reference",
+            TARGET_CDT_SPEEDUP,
+        ),
         row("seconds per step (median)", "seconds_per_step"),
     ]
     if cuda:
-        rows.append(row("CUDA peak MB", "cuda_peak_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO))
+        rows.append(
+            row("CUDA peak MB", "cuda_peak_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO)
+        )
         rows.append(row("bf16 autocast steps/s", "bf16_steps_per_s"))
         rows.append(row("peak RSS MB (host)", "peak_rss_mb", r.get("peak_rss_reference_over_fast")))
     else:
@@ -359,7 +429,7 @@ def cdt_tables(r: dict[str, Any]) -> list[dict[str, Any]]:
         notes.append(f"reference not run: {r['reference_skipped']}")
     return [table(f"cdt: training step (forward, SmoothL1, backward, clip, AdamW), preset {r['preset']}, batch "
                   f"{r['batch']}, median of {fast['steps']} steps after 1 warm-up, each in a fresh process on "
-                  f"{fast['device']} (threads: {fast['threads']})",
+                  f"{fast['device']} (threads: {fast['threads']}, allocator: {fast.get('cpu_allocator', 'system')})",
                   ["measurement", "fast", "reference", "ratio", "target", "met"], rows, notes)]  # fmt: skip
 
 
@@ -436,7 +506,12 @@ def summary_markdown(folder: Path) -> str:
             continue
         record = json.loads(path.read_text())
         if not {"section", "machine", "results", "seconds"} <= set(record):
-            lines += [f"## {name}", "", f"{path.name} is from an older `dogmacache bench`; rerun this section.", ""]
+            lines += [
+                f"## {name}",
+                "",
+                f"{path.name} is from an older `dogmacache bench`; rerun this section.",
+                "",
+            ]
             continue
         lines += [f"## {name}", "", f"Measured {machine_line(record['machine'])}; {record['seconds']:.0f} s."]
         warning = busy_warning(record["machine"])

@@ -63,10 +63,11 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _in_process(preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False):
-    """compare_cdt_implementations without its two fresh processes (each needs seconds to start)."""
-    fast = bench_cdt.bench_cdt_step(preset, batch, "fast", steps, seed)
-    reference = bench_cdt.bench_cdt_step(preset, batch, "reference", steps, seed)
+def _in_process(preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"):
+    """compare_cdt_implementations without its two fresh processes (each needs seconds to start); malloc's
+    settings of the test process are left as they are."""
+    fast = bench_cdt.bench_cdt_step(preset, batch, "fast", steps, seed, cpu_allocator="system")
+    reference = bench_cdt.bench_cdt_step(preset, batch, "reference", steps, seed, cpu_allocator="system")
     return {"preset": preset, "batch": batch, "fast": fast, "reference": reference,
             "speedup_samples_per_s": fast["samples_per_s"] / reference["samples_per_s"],
             "peak_rss_reference_over_fast": reference["peak_rss_mb"] / fast["peak_rss_mb"]}  # fmt: skip
@@ -86,13 +87,14 @@ def test_cdt_section_reports_ratios_against_the_targets(monkeypatch):
 def test_paper_preset_runs_the_fast_model_only_unless_allowed(monkeypatch):
     calls = []
 
-    def fake_fresh(preset, batch, implementation, steps, seed=0, threads=None, allow_paper_reference=False):
-        calls.append((preset, implementation))
-        return bench_cdt.bench_cdt_step("tiny", batch, implementation, steps, seed)
+    def fake_fresh(preset, batch, implementation, steps, seed=0, threads=None, allow_paper_reference=False,
+                   cpu_allocator="keep"):  # fmt: skip
+        calls.append((preset, implementation, cpu_allocator))
+        return bench_cdt.bench_cdt_step("tiny", batch, implementation, steps, seed, cpu_allocator="system")
 
     monkeypatch.setattr(bench_cdt, "bench_in_fresh_process", fake_fresh)
     result = bench.bench_cdt_section("paper", batch=2, steps=1)
-    assert calls == [("paper", "fast")] and result["reference"] is None
+    assert calls == [("paper", "fast", "keep")] and result["reference"] is None
     assert "--allow-paper-reference" in result["reference_skipped"]
     text = bench.render_text(bench.cdt_tables(result)[0])
     assert "not run" in text and "reference not run" in text

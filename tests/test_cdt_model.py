@@ -259,8 +259,10 @@ def test_model_summary_command(capsys, name, total):
 
 @pytest.mark.parametrize("implementation", ["fast", "reference"])
 def test_bench_cdt_step_measures_a_training_step(implementation):
-    result = bench_cdt_step("tiny", batch=2, implementation=implementation, steps=2, seed=0, warmup=1)
+    result = bench_cdt_step("tiny", batch=2, implementation=implementation, steps=2, seed=0, warmup=1,
+                            cpu_allocator="system")  # fmt: skip
     assert result["implementation"] == implementation and result["parameters"] == 103_427
+    assert result["cpu_allocator"] == "system"
     assert len(result["step_seconds"]) == 2 and result["samples_per_s"] > 0 and result["peak_rss_mb"] > 0
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from dogmacache.devices import keep_freed_memory
 from dogmacache.errors import InputError
 from dogmacache.train.cdt import CentralDogmaTransformer
 from dogmacache.train.cdt_reference import CDTReference
@@ -90,6 +91,7 @@ def bench_cdt_step(
     seed: int = 0,
     warmup: int = 1,
     allow_paper_reference: bool = False,
+    cpu_allocator: str = "keep",
 ) -> dict[str, Any]:
     """Samples/s and peak memory of training steps of one implementation, in this process.
 
@@ -97,7 +99,8 @@ def bench_cdt_step(
     does, for a per-implementation figure); rss_before_steps_mb is the resident memory once the model and the
     inputs exist, so peak - before is what the training steps added. On CUDA also cuda_peak_mb and bf16
     autocast samples/s. The per-sample reference at the paper preset is refused on CPU unless
-    `allow_paper_reference` (~100 s and ~24 GB per step).
+    `allow_paper_reference` (~100 s and ~24 GB per step). cpu_allocator "keep" applies
+    `devices.keep_freed_memory` on CPU, as `dogmacache train` does by default, to either implementation.
     """
     if implementation not in ("fast", "reference"):
         raise InputError(f"implementation {implementation!r} is not 'fast' or 'reference'; pick one of those")
@@ -110,6 +113,9 @@ def bench_cdt_step(
             "the per-sample reference at the paper preset takes ~100 s and ~24 GB per CPU training "
             "step (REFERENCE.md section 1); bench it on a CUDA device or use --preset small"
         )
+    if cpu_allocator not in ("keep", "system"):
+        raise InputError(f"cpu_allocator {cpu_allocator!r} is not 'keep' or 'system'")
+    kept = not cuda and cpu_allocator == "keep" and keep_freed_memory()
     config = get_preset(preset)
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(seed)
@@ -141,6 +147,7 @@ def bench_cdt_step(
         if cuda
         else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
+        "cpu_allocator": "keep" if kept else "system",
         "load_average_at_start": load_at_start,  # other processes on the cores slow steps down many-fold
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -166,10 +173,12 @@ def bench_in_fresh_process(
     seed: int = 0,
     threads: int | None = None,
     allow_paper_reference: bool = False,
+    cpu_allocator: str = "keep",
 ) -> dict[str, Any]:
     """`bench_cdt_step` in a new Python process (its own peak RSS); `threads`: torch's intra-op threads."""
     command = [sys.executable, "-m", "dogmacache.train.bench_cdt", "--preset", preset, "--batch", str(batch),
-               "--implementation", implementation, "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+               "--implementation", implementation, "--steps", str(steps), "--seed", str(seed),
+               "--cpu-allocator", cpu_allocator]  # fmt: skip
     if threads:
         command += ["--threads", str(threads)]
     if allow_paper_reference:
@@ -189,11 +198,20 @@ def compare_cdt_implementations(
     seed: int = 0,
     threads: int | None = None,
     allow_paper_reference: bool = False,
+    cpu_allocator: str = "keep",
 ) -> dict[str, Any]:
     """Bench each implementation in its own fresh Python process; return both results and their ratios."""
     results = {
-        implementation: bench_in_fresh_process(preset, batch, implementation, steps, seed, threads=threads,
-                                               allow_paper_reference=allow_paper_reference)  # fmt: skip
+        implementation: bench_in_fresh_process(
+            preset,
+            batch,
+            implementation,
+            steps,
+            seed,
+            threads=threads,
+            allow_paper_reference=allow_paper_reference,
+            cpu_allocator=cpu_allocator,
+        )  # fmt: skip
         for implementation in ("fast", "reference")
     }
     fast, reference = results["fast"], results["reference"]
@@ -215,13 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--cpu-allocator", default="keep", choices=("keep", "system"),
+                        help="keep: freed memory stays in the process, as `dogmacache train` does on CPU")  # fmt: skip
     parser.add_argument("--allow-paper-reference", action="store_true",
                         help="run the per-sample reference at the paper preset on CPU (~100 s, ~24 GB per step)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = bench_cdt_step(args.preset, args.batch, args.implementation, args.steps, args.seed,
-                            allow_paper_reference=args.allow_paper_reference)  # fmt: skip
+                            allow_paper_reference=args.allow_paper_reference, cpu_allocator=args.cpu_allocator)  # fmt: skip
     print(json.dumps(result))
     return 0
 

@@ -13,7 +13,9 @@ Same function as the per-sample `cdt_reference.CDTReference` (same parameter nam
 into each other), computed faster:
 - the RNA and protein branches up to their self-attention do not depend on the sample: they run once per
   batch as (1, G, D) and broadcast into the cross-attention (training: one dropout mask per batch for them);
-- attention runs through `scaled_dot_product_attention`; per-head maps only via `forward_with_attention`;
+- attention runs through `scaled_dot_product_attention`, or, when training on CPU with dropout, through
+  `kernels.attention` (blocked, no (B, H, Nq, Nk) maps kept); dropout masks on CPU come from `kernels.dropout`
+  (same distribution, ~10x faster to draw); per-head maps only via `forward_with_attention`;
 - the VCE pools with a single query, so its key and value projections are folded into that query instead
   of projecting every position (exact algebra, see `QueryPool`).
 
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from dogmacache.errors import InputError
 from dogmacache.train.cdt_config import CDTConfig
+from dogmacache.train.kernels import Dropout, attention, dropout
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
@@ -125,15 +128,13 @@ class MultiHeadAttention(nn.Module):
     def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
         """(Bq, Nq, D), (B, Nk, D) -> (B, Nq, D), without materialising attention weights where SDPA can avoid it."""
         q, k, v = self._heads(query, key_value)
-        q = q.expand(k.shape[0], -1, -1, -1)  # a view: a shared query is not copied per sample
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self._merge(out)
+        return self._merge(attention(q, k, v, self.dropout, self.training))  # a shared query is broadcast
 
     def forward_with_weights(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor]:
         """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk) (before dropout)."""
         q, k, v = self._heads(query, key_value)
         weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Nq, Nk)
-        out = F.dropout(weights, self.dropout, self.training) @ v
+        out = dropout(weights, self.dropout, self.training) @ v
         return self._merge(out), weights
 
 
@@ -144,7 +145,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.expand = nn.Linear(d_model, hidden)
         self.contract = nn.Linear(hidden, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.contract(self.dropout(F.gelu(self.expand(x)))))
@@ -162,7 +163,7 @@ class AttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_hidden, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
         x = self.norm1(x + self.dropout(attended))  # a (1, Nq, D) x broadcasts over the batch here
@@ -204,7 +205,7 @@ class QueryPool(nn.Module):
         a = self.attention
         w_v = rearrange(a.in_proj_weight, "(three h e) d -> three h e d", three=3, h=a.n_heads)[2]
         b_v = rearrange(a.in_proj_bias, "(three h e) -> three h e", three=3, h=a.n_heads)[2]
-        weights = F.dropout(weights, a.dropout, self.training)
+        weights = dropout(weights, a.dropout, self.training)
         mixed = einsum(weights, x, "b h n, b n d -> b h d")  # (B, H, D)
         heads = (
             einsum(mixed, w_v, "b h d, h e d -> b h e") + weights.sum(-1, keepdim=True) * b_v
@@ -232,7 +233,7 @@ class VirtualCellEmbedder(nn.Module):
         self.expand = nn.Linear(3 * d, hidden)
         self.contract = nn.Linear(hidden, d)
         self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def _fuse(self, pooled: list[Tensor]) -> Tensor:
         return self.norm(self.contract(self.dropout(F.gelu(self.expand(torch.cat(pooled, dim=-1))))))
@@ -262,7 +263,7 @@ class Projection(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_width, d_model)
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.norm(self.linear(x)))
@@ -275,7 +276,7 @@ class TaskHead(nn.Module):
         super().__init__()
         self.hidden = nn.Linear(config.d_model, config.d_model)
         self.output = nn.Linear(config.d_model, config.n_genes)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, cell: Tensor) -> Tensor:
         return self.output(self.dropout(F.gelu(self.hidden(cell))))

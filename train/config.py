@@ -30,7 +30,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "cdt"
-    preset: str = "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
+    preset: str = (
+        "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
+    )
     d_model: int | None = None  # overrides of the preset (None = keep)
     n_heads: int | None = None
     dropout: float | None = None
@@ -54,7 +56,12 @@ class TrainConfig:
     preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, float32)
     device: str = "auto"  # auto = cuda when available
     precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA)
-    standardize_dna: bool = False  # per-feature z-scores of DNA inputs with training-split statistics (paper: off)
+    cpu_allocator: str = (
+        "keep"  # keep | system: on CPU keep freed memory in the process (devices.keep_freed_memory)
+    )
+    standardize_dna: bool = (
+        False  # per-feature z-scores of DNA inputs with training-split statistics (paper: off)
+    )
     baselines: bool = True  # per-gene mean and a DNA-only MLP on pooled DNA, reported beside the model
     baseline_hidden: int = 256  # DNA-only MLP hidden width
 
@@ -63,6 +70,9 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs/cdt"  # checkpoints, metrics.json, log.csv, figures
     resume: bool = True  # continue from dir/checkpoint_last.pt when it exists
+
+
+_CHOICES = {("train", "precision"): ("fp32", "bf16"), ("train", "cpu_allocator"): ("keep", "system")}
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,12 @@ class RunConfig:
             raise InputError(f"{where}: unknown section(s) {unknown}; sections are {sorted(sections)}")
         built = {}
         for f in dataclasses.fields(cls):
-            section_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "output": OutputConfig}[f.name]
+            section_cls = {
+                "data": DataConfig,
+                "model": ModelConfig,
+                "train": TrainConfig,
+                "output": OutputConfig,
+            }[f.name]
             values = raw.get(f.name, {}) or {}
             known = {x.name: x for x in dataclasses.fields(section_cls)}
             bad = sorted(set(values) - set(known))
@@ -91,7 +106,13 @@ class RunConfig:
                 raise InputError(f"{where}: unknown key(s) {bad} in [{f.name}]; known keys: {sorted(known)}")
             built[f.name] = section_cls(**values)
         config = cls(**built)
-        missing = [k for k in ("labels", "dna_cache", "rna_cache", "protein_cache") if not getattr(config.data, k)]
+        for (section, key), allowed in _CHOICES.items():
+            value = getattr(getattr(config, section), key)
+            if value not in allowed:
+                raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(allowed)}")
+        missing = [
+            k for k in ("labels", "dna_cache", "rna_cache", "protein_cache") if not getattr(config.data, k)
+        ]
         if missing:
             raise InputError(f"{where}: [data] needs {missing}; see `dogmacache train --example-config`")
         return config
@@ -105,7 +126,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise InputError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}") from err
+        raise InputError(
+            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}"
+        ) from err
     raw = raw or {}
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)

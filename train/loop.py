@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.devices import pick_device
+from dogmacache.devices import keep_freed_memory, pick_device
 from dogmacache.train.config import RunConfig
 from dogmacache.train.data import CdtTables, EnhancerBlocks
 from dogmacache.train.metrics import regression_metrics
@@ -76,6 +76,8 @@ def fit(
     t = config.train
     rank, size = world()
     device = pick_device(t.device)
+    if device.type == "cpu" and t.cpu_allocator == "keep":
+        keep_freed_memory()
     torch.manual_seed(t.seed)
     model = model.to(device)
     pairs = tables.pairs
@@ -133,7 +135,9 @@ def fit(
                 losses.append(loss.item())
                 bar.update(len(idx) * size)
         bar.close()
-        val = regression_metrics(predict(model, tables, val_pairs, config, device, preload), val_pairs["target"])
+        val = regression_metrics(
+            predict(model, tables, val_pairs, config, device, preload), val_pairs["target"]
+        )
         scheduler.step(val["pearson"] if math.isfinite(val["pearson"]) else -1.0)
         improved = val["pearson"] > state["best"]
         if val["pearson"] > state["best"] + t.early_stop_min_delta:
