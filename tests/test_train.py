@@ -47,7 +47,9 @@ def test_mismatched_inputs_are_refused(demo, tmp_path):
     tables = load_cdt_tables(labels, *args)
     assert tables.rna.shape == (35, 32) and len(tables.pairs) == 1060
     with pytest.raises(InputError, match=r"gene order differs at index 0"):
-        load_cdt_tables(labels, str(caches["dna"]), str(caches["gene"]), str(_reversed_copy(caches["protein"], tmp_path)))
+        load_cdt_tables(
+            labels, str(caches["dna"]), str(caches["gene"]), str(_reversed_copy(caches["protein"], tmp_path))
+        )
     table = pd.read_parquet(labels)
     table.loc[0, "enhancer"] = "chr9.no_such_enhancer"
     table.to_parquet(tmp_path / "labels.parquet")
@@ -76,14 +78,25 @@ def _reversed_copy(cache_path, tmp_path):
 
 
 def test_config_rejects_unknown_keys_and_shows_defaults(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text("data: {labels: a, dna_cache: b, rna_cache: c, protein_cache: d}\ntrain: {epoch: 3}\n")
-    with pytest.raises(InputError, match=r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"):
+    (tmp_path / "c.yaml").write_text(
+        "data: {labels: a, dna_cache: b, rna_cache: c, protein_cache: d}\ntrain: {epoch: 3}\n"
+    )
+    with pytest.raises(
+        InputError, match=r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"
+    ):
         load_config(tmp_path / "c.yaml")
     assert main(["train", "--example-config"]) == 0
     example = capsys.readouterr().out
     assert "[train]\nepochs = 50\nbatch_size = 8\nlr = 0.0001\nweight_decay = 1e-05" in example
     defaults = RunConfig().train
     assert (defaults.clip_norm, defaults.plateau_patience, defaults.early_stop_patience) == (1.0, 5, 10)
+    assert 'cpu_allocator = "keep"' in example and 'precision = "fp32"' in example
+    (tmp_path / "d.yaml").write_text("data: {labels: a, dna_cache: b, rna_cache: c, protein_cache: d}\n"
+                                     "train: {cpu_allocator: jemalloc}\n")  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"\[train\] cpu_allocator = 'jemalloc' is not one of \['keep', 'system'\]"
+    ):
+        load_config(tmp_path / "d.yaml")
 
 
 def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, tmp_path):
@@ -109,7 +122,9 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
     fresh_metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("validation", "test"):
         for key in ("pearson", "mse"):
-            assert killed_metrics["models"]["cdt"][split][key] == pytest.approx(fresh_metrics["models"]["cdt"][split][key], abs=1e-6)
+            assert killed_metrics["models"]["cdt"][split][key] == pytest.approx(
+                fresh_metrics["models"]["cdt"][split][key], abs=1e-6
+            )
 
     model = load_model(run_dir / "cdt_best.pt")  # the file alone rebuilds the model
     checkpoint = torch.load(run_dir / "cdt_best.pt", weights_only=False)
@@ -143,4 +158,5 @@ def test_torchrun_two_processes_match_one_process(demo, tmp_path):
 def test_paper_example_config_parses_with_the_paper_recipe():
     config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "cdt_paper.toml")
     assert config.model.preset == "paper" and config.train == RunConfig().train.__class__(
-        **{**RunConfig().train.__dict__, "preload_bytes": 0, "precision": "bf16"})
+        **{**RunConfig().train.__dict__, "preload_bytes": 0, "precision": "bf16"}
+    )
