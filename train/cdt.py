@@ -311,24 +311,43 @@ class CentralDogmaTransformer(nn.Module):
         self.vce = VirtualCellEmbedder(config)
         self.head = TaskHead(config)
 
-    def _gene_tables(self, rna: Tensor, protein: Tensor) -> tuple[Tensor, Tensor]:
-        """The sample-invariant branches, once per batch: (G, D_rna), (G, D_prot) -> (1, G, D) each."""
-        rna_h = self.rna_projection(rna).unsqueeze(0)
-        for block in self.rna_self_attention:
-            rna_h = block(rna_h, rna_h)
-        protein_h = self.protein_projection(protein).unsqueeze(0)
-        for block in self.protein_self_attention:
-            protein_h = block(protein_h, protein_h)
-        return rna_h, protein_h
+    @staticmethod
+    def _attend(
+        block: AttentionBlock, x: Tensor, context: Tensor, maps: dict[str, Tensor] | None, key: str
+    ) -> Tensor:
+        """block(x, context); with `maps`, its per-head attention probabilities are stored under `key`."""
+        if maps is None:
+            return block(x, context)
+        x, maps[key] = block.forward_with_attention(x, context)
+        return x
 
-    def _cell_state(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
-        rna_h, protein_h = self._gene_tables(rna, protein)  # (1, G, D) each
+    def _cell_state(
+        self, dna: Tensor, rna: Tensor, protein: Tensor, maps: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """The cell state (B, D). The RNA and protein branches do not depend on the sample: they run once per
+        batch as (1, G, D) and broadcast into the cross-attention."""
+        tables = []
+        for name, table, projection, blocks in (
+            ("rna", rna, self.rna_projection, self.rna_self_attention),
+            ("protein", protein, self.protein_projection, self.protein_self_attention),
+        ):
+            h = projection(table).unsqueeze(0)  # (1, G, D)
+            for k, block in enumerate(blocks):
+                h = self._attend(block, h, h, maps, f"{name}_self.{k}")
+            tables.append(h)
+        rna_h, protein_h = tables
         dna_h = self.dna_projection(dna)  # (B, L, D)
-        for block in self.dna_self_attention:
-            dna_h = block(dna_h, dna_h)
-        rna_fused = self.dna_to_rna(rna_h, dna_h)  # (B, G, D)
-        protein_fused = self.rna_to_protein(protein_h, rna_fused)  # (B, G, D)
-        return self.vce(dna_h, rna_fused, protein_fused)  # (B, D)
+        for k, block in enumerate(self.dna_self_attention):
+            dna_h = self._attend(block, dna_h, dna_h, maps, f"dna_self.{k}")
+        rna_fused = self._attend(self.dna_to_rna, rna_h, dna_h, maps, "dna_to_rna")  # (B, G, D)
+        protein_fused = self._attend(
+            self.rna_to_protein, protein_h, rna_fused, maps, "rna_to_protein"
+        )  # (B, G, D)
+        if maps is None:
+            return self.vce(dna_h, rna_fused, protein_fused)  # (B, D)
+        cell, vce_maps = self.vce.forward_with_attention(dna_h, rna_fused, protein_fused)
+        maps.update(vce_maps)
+        return cell
 
     def predict_all_genes(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
         """Head output for every gene, (B, G)."""
@@ -356,25 +375,9 @@ class CentralDogmaTransformer(nn.Module):
                 "first (training uses forward, which builds no attention maps)"
             )
         check_cdt_inputs(self.config, dna, rna, protein, gene_index)
-        batch, maps = dna.shape[0], {}
-        gene_tables = []
-        for name, table, projection, blocks in (
-            ("rna", rna, self.rna_projection, self.rna_self_attention),
-            ("protein", protein, self.protein_projection, self.protein_self_attention),
-        ):
-            h = projection(table).unsqueeze(0)  # (1, G, D)
-            for k, block in enumerate(blocks):
-                h, weights = block.forward_with_attention(h, h)
-                maps[f"{name}_self.{k}"] = weights.expand(batch, -1, -1, -1)
-            gene_tables.append(h)
-        rna_h, protein_h = gene_tables
-        dna_h = self.dna_projection(dna)
-        for k, block in enumerate(self.dna_self_attention):
-            dna_h, maps[f"dna_self.{k}"] = block.forward_with_attention(dna_h, dna_h)
-        rna_fused, maps["dna_to_rna"] = self.dna_to_rna.forward_with_attention(rna_h, dna_h)
-        protein_fused, maps["rna_to_protein"] = self.rna_to_protein.forward_with_attention(
-            protein_h, rna_fused
-        )
-        cell, vce_maps = self.vce.forward_with_attention(dna_h, rna_fused, protein_fused)
-        outputs = self.head(cell)
-        return outputs.gather(1, gene_index.long()[:, None]).squeeze(1), {**maps, **vce_maps}
+        maps: dict[str, Tensor] = {}
+        outputs = self.head(self._cell_state(dna, rna, protein, maps))
+        batch = dna.shape[0]
+        for key in [k for k in maps if k.startswith(("rna_self.", "protein_self."))]:
+            maps[key] = maps[key].expand(batch, -1, -1, -1)  # sample-invariant: one map, viewed per sample
+        return outputs.gather(1, gene_index.long()[:, None]).squeeze(1), maps
