@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -100,16 +101,73 @@ def test_blocked_attention_gradient_is_exact(small_blocks):
     )
 
 
-def test_attention_dispatch_and_shared_query(small_blocks):
+def _attention_probe(batch, heads, n_q, n_k, p, torch_seed):
+    """The masks `attention` draws after torch.manual_seed(torch_seed): uniform scores (q = 0) and v = identity
+    make its output mask * 1/P(keep) / Nk."""
+    q = torch.zeros(1, heads, n_q, n_k, dtype=torch.float64)
+    k = torch.zeros(batch, heads, n_k, n_k, dtype=torch.float64)
+    eye = torch.eye(n_k, dtype=torch.float64).expand(batch, heads, -1, -1).contiguous()
+    torch.manual_seed(torch_seed)
+    probe = attention(q, k, eye, dropout_p=p, training=True)
+    mask = probe != 0
+    scale = 65536 / (65536 - round(p * 65536))  # this kernel's exact 1/P(keep), not torch's 1/(1 - p)
+    assert torch.allclose(probe[mask], torch.full_like(probe[mask], scale / n_k), rtol=0, atol=1e-12)
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-query", "per-sample-query"])
+def test_attention_in_training_is_the_masked_formula_per_batch_and_head(small_blocks, dtype, shared):
+    """Through the public dispatch: each (sample, head) uses its own k, v and mask, a shared (1, H, Nq, E) query
+    is broadcast, and gradients (including the summed one of the shared query) equal the written-out formula's."""
+    batch, heads, n_q, n_k, p = 3, 2, 5, 6, 0.3
+    mask = _attention_probe(batch, heads, n_q, n_k, p, torch_seed=9)
+    assert 0 < (~mask).sum() < mask.numel() and not torch.equal(mask[0], mask[1])  # masks differ per sample
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1 if shared else batch, heads, n_q, n_k, generator=g, dtype=dtype, requires_grad=True)
+    k, v = (
+        torch.randn(batch, heads, n_k, n_k, generator=g, dtype=dtype, requires_grad=True) for _ in range(2)
+    )
+    torch.manual_seed(9)
+    out = attention(q, k, v, dropout_p=p, training=True)
+    scale = 65536 / (65536 - round(p * 65536))
+    expected = ((q @ k.transpose(-1, -2)) * n_k**-0.5).softmax(-1) * mask * scale @ v
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert out.shape == (batch, heads, n_q, n_k) and torch.allclose(out, expected, rtol=0, atol=tol)
+    grad = torch.randn(out.shape, generator=g, dtype=dtype)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad),
+                    strict=True):  # fmt: skip
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=tol * 10)
+
+
+def test_attention_falls_back_to_sdpa_where_the_blocked_path_does_not_apply():
     torch.manual_seed(0)
-    q = torch.randn(1, 2, 5, 4, requires_grad=True)  # one query shared by a batch of 3
-    k, v = torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
-    evaluated = attention(q, k, v, dropout_p=0.3, training=False)
-    assert torch.allclose(evaluated, F.scaled_dot_product_attention(q.expand(3, -1, -1, -1), k, v), atol=1e-6)
-    trained = attention(q, k, v, dropout_p=0.3, training=True)
-    assert trained.shape == (3, 2, 5, 4)
-    trained.sum().backward()
-    assert q.grad.shape == (1, 2, 5, 4) and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    evaluated = attention(
+        q[:1], k, v, dropout_p=0.3, training=False
+    )  # eval: no dropout, shared query broadcast
+    assert torch.allclose(
+        evaluated, F.scaled_dot_product_attention(q[:1].expand(2, -1, -1, -1), k, v), atol=1e-6
+    )
+    assert attention(q[:0], k[:0], v[:0], dropout_p=0.3, training=True).shape == (0, 2, 4, 8)
+    assert attention(q, k[:, :, :0], v[:, :, :0], dropout_p=0.3, training=True).shape == (2, 2, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast: torch's kernels, bf16 results
+        out = attention(q.requires_grad_(), k, v, dropout_p=0.3, training=True)
+    out.float().sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_dropout_double_backward_and_p_next_to_one():
+    x = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x, 0.3)
+    (g,) = torch.autograd.grad((y**2).sum(), x, create_graph=True)  # g = 2 y * mask * scale
+    (h,) = torch.autograd.grad(g.sum(), x)
+    kept = (y != 0).double()
+    scale = 65536 / (65536 - round(0.3 * 65536))
+    assert torch.allclose(h, 2 * kept * scale**2)  # second derivative of sum((x m c)^2)
+    with pytest.raises(InputError, match="rounds to 1"):
+        dropout(torch.ones(3), 0.999995)
 
 
 _ALLOCATOR_PROBE = """
@@ -129,7 +187,13 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _huge_pages_always() -> bool:
+    path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    return os.path.exists(path) and "[always]" in open(path).read()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(_huge_pages_always(), reason="with huge pages always on, fresh mappings fault per 2 MiB")
 def test_keep_freed_memory_cuts_page_faults_of_repeated_steps():
     """With malloc's defaults every big temporary is mapped fresh and faulted in page by page on every step;
     kept, freed blocks are reused (measured here: ~50,000 faults against ~6,000 for 5 steps)."""

@@ -18,8 +18,9 @@ pass over gigabytes. Here:
 - masks are applied with numpy's vectorised float x bool multiply on the tensors' memory (torch's CPU kernels
   for boolean masks ran ~4x slower here).
 
-On CUDA, and whenever dropout is off (eval, p = 0), everything goes to torch's own kernels unchanged:
-`F.dropout` and `F.scaled_dot_product_attention`.
+On CUDA, and whenever dropout is off (eval, p = 0), torch's own kernels run unchanged: `F.dropout` and
+`F.scaled_dot_product_attention`. So does attention under CPU autocast, for dtypes numpy lacks (bfloat16) and
+for empty inputs; CPU dropout of a bfloat16 tensor applies these masks with torch's fused kernel.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 def _check_p(p: float) -> None:
     if not 0.0 <= p < 1.0:
         raise InputError(f"dropout probability {p} is outside [0, 1); use a value such as 0.1 or 0.3")
+    if round(p * _LEVELS) >= _LEVELS:
+        raise InputError(
+            f"dropout probability {p} rounds to 1 at this kernel's 1/{_LEVELS} resolution; "
+            f"use p <= {(_LEVELS - 1) / _LEVELS:.6f}"
+        )
 
 
 def _threshold(p: float) -> tuple[int, float]:
@@ -75,29 +81,34 @@ def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, seed: int) -> Tenso
     return torch.from_numpy(keep).view(tuple(shape))
 
 
-def _masked_scale(x: Tensor, keep: np.ndarray, scale: float) -> Tensor:
-    """x * keep * scale, a new contiguous tensor; keep is a flat boolean array of x.numel() elements."""
+def _masked_scale(x: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """x * keep * scale, a new contiguous tensor; keep is a flat boolean tensor of x.numel() elements."""
     x = x.detach().contiguous()
     if x.dtype not in _NUMPY_DTYPES:  # bfloat16 and others: torch's fused kernel
-        return torch.ops.aten.native_dropout_backward(x, torch.from_numpy(keep).view(x.shape), scale)
+        return torch.ops.aten.native_dropout_backward(x, keep.view(x.shape), scale)
     out = torch.empty_like(x)
     result = out.numpy().reshape(-1)
-    np.multiply(x.numpy().reshape(-1), keep, out=result)
+    np.multiply(x.numpy().reshape(-1), keep.numpy(), out=result)
     result *= result.dtype.type(scale)
     return out
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * keep * scale, the boolean mask kept for backward (1 byte per element)."""
+    """x * keep * scale, the boolean mask saved for backward (1 byte per element, freed with the graph's
+    saved tensors). Linear in x, so its backward is itself: double backward works."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, keep: np.ndarray, scale: float) -> Tensor:  # type: ignore[override]
-        ctx.keep, ctx.scale = keep, scale
+    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
         return _masked_scale(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _masked_scale(grad, ctx.keep, ctx.scale), None, None
+        (keep,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            return _MaskedScale.apply(grad, keep, ctx.scale), None, None
+        return _masked_scale(grad, keep, ctx.scale), None, None
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -109,7 +120,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return F.dropout(x, p, training=True)
     threshold, scale = _threshold(p)
     keep = _draw_keep(np.random.SFC64(_seed()), x.numel(), threshold)
-    return _MaskedScale.apply(x, keep, scale)
+    return _MaskedScale.apply(x, torch.from_numpy(keep), scale)
 
 
 class Dropout(nn.Module):
@@ -140,7 +151,7 @@ def _blocks(rows: int, n_q: int, n_k: int) -> list[tuple[int, int, int, int]]:
 
 
 def _largest_block(blocks: list[tuple[int, int, int, int]], n_k: int) -> int:
-    return max((r1 - r0) * (e - s) * n_k for r0, r1, s, e in blocks)
+    return max(((r1 - r0) * (e - s) * n_k for r0, r1, s, e in blocks), default=0)
 
 
 def _mask_inplace(x: Tensor, keep: np.ndarray) -> None:
@@ -181,10 +192,11 @@ class _BlockedDropoutAttention(torch.autograd.Function):
             # normalisation and keep scale applied to (g, b, E), not to (g, b, Nk)
             out[r0:r1, s:e] = torch.bmm(probs, v[r0:r1]).mul_(keep_scale / total)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.seed, ctx.threshold, ctx.keep_scale = seed, threshold, keep_scale
+        ctx.seed, ctx.threshold, ctx.keep_scale, ctx.blocks = seed, threshold, keep_scale, blocks
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         threshold, keep_scale = ctx.threshold, ctx.keep_scale
@@ -197,7 +209,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
         neg_lse = -lse
-        blocks = _blocks(rows, n_q, n_k)
+        blocks = ctx.blocks  # the forward's blocks, so the draws line up whatever BLOCK_ELEMENTS is now
         buffer = q.new_empty(_largest_block(blocks, n_k))
         keep_buffer = np.empty(buffer.numel(), dtype=np.bool_)
         generator = np.random.SFC64(ctx.seed)  # the forward's draws again, in the same order
@@ -223,7 +235,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, training:
     """
     _check_p(dropout_p)
     batch = k.shape[0]
-    if not training or dropout_p == 0.0 or q.device.type != "cpu" or q.dtype not in _NUMPY_DTYPES[:2]:
+    if (not training or dropout_p == 0.0 or q.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+            or {q.dtype, k.dtype, v.dtype} - set(_NUMPY_DTYPES[:2]) or 0 in (q.numel(), k.numel())):  # fmt: skip
         q = q.expand(batch, -1, -1, -1)  # a view
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p if training else 0.0)
     heads, n_q, width = q.shape[1:]
