@@ -45,7 +45,12 @@ def find_caches(folder: Path) -> list[FoundCache]:
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < limit:
             return name
     return "1M<n<10M"
@@ -56,7 +61,13 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
     n_max = max(c.manifest.n_items for c in caches)
     tags = sorted({"biology", "embeddings", "zarr", "dogmacache"} | {c.manifest.modality for c in caches})
     lines = ["---", f"license: {license_id}", "tags:"] + [f"- {t}" for t in tags]
-    lines += ["size_categories:", f"- {_size_category(n_max)}", f"pretty_name: {repo.split('/')[-1]}", "---", ""]
+    lines += [
+        "size_categories:",
+        f"- {_size_category(n_max)}",
+        f"pretty_name: {repo.split('/')[-1]}",
+        "---",
+        "",
+    ]
     lines += [
         f"# {repo}",
         "",
@@ -111,7 +122,9 @@ def check_hub_limits(folder: Path) -> tuple[int, int]:
     n_files, n_bytes = 0, 0
     for root, dirs, files in os.walk(folder):
         if len(dirs) + len(files) > layout.HUB_MAX_FOLDER_ENTRIES:
-            raise CacheError(f"{root} has {len(dirs) + len(files)} entries; the Hub takes < {layout.HUB_MAX_FOLDER_ENTRIES}")
+            raise CacheError(
+                f"{root} has {len(dirs) + len(files)} entries; the Hub takes < {layout.HUB_MAX_FOLDER_ENTRIES}"
+            )
         for name in files:
             size = os.path.getsize(os.path.join(root, name))
             if size >= layout.HUB_MAX_FILE_BYTES:
@@ -122,7 +135,9 @@ def check_hub_limits(folder: Path) -> tuple[int, int]:
     return n_files, n_bytes
 
 
-def plan_publish(folder: str | os.PathLike, repo: str, license_id: str = "other") -> tuple[list[FoundCache], str, int, int]:
+def plan_publish(
+    folder: str | os.PathLike, repo: str, license_id: str = "other"
+) -> tuple[list[FoundCache], str, int, int]:
     """Everything `publish` checks before it sends anything: caches found and complete, limits, the card."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -166,8 +181,14 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
 
     dest = Path(dest)
     snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
+    caches = find_caches(dest)
+    if not caches:
+        raise CacheError(
+            f"dataset repo {repo} (downloaded to {dest}) holds no dogmacache cache: no Zarr group with a "
+            "'dogmacache' manifest at its top level or one folder down; check the repo name"
+        )
     verified = []
-    for c in find_caches(dest):
+    for c in caches:
         report = verify_cache(dest / c.relpath)
         if not report.ok:
             raise CacheError(f"{dest / c.relpath} from {repo} fails verification: {report.problems[0]}")

@@ -34,12 +34,19 @@ def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):
 
 def test_publish_dry_run_prints_files_and_card(tmp_path, rng, capsys):
     folder = tmp_path / "share"
-    write_cache(folder / "dna-enformer.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
-    write_cache(folder / "protein-esm2.zarr", rng.standard_normal((7, 16)).astype(np.float32), modality="protein")
+    write_cache(
+        folder / "dna-enformer.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2
+    )
+    write_cache(
+        folder / "protein-esm2.zarr", rng.standard_normal((7, 16)).astype(np.float32), modality="protein"
+    )
     assert main(["cache", "publish", str(folder), "--repo", "my-lab/demo-caches", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would create dataset repo my-lab/demo-caches" in out
-    assert "dna-enformer.zarr: dna/test/model, 5 items" in out and "protein-esm2.zarr: protein/test/model, 7 items" in out
+    assert (
+        "dna-enformer.zarr: dna/test/model, 5 items" in out
+        and "protein-esm2.zarr: protein/test/model, 7 items" in out
+    )
     card = out.split("--- README.md ---\n", 1)[1]
     assert card.startswith("---\nlicense: other\ntags:\n")
     assert "- protein" in card and "size_categories:\n- n<1K" in card
@@ -58,7 +65,10 @@ def test_publish_refuses_incomplete_caches(tmp_path, capsys):
 def test_demo_trains_cdt_past_both_baselines(demo_run):
     metrics = json.loads((demo_run / "train" / "metrics.json").read_text())
     test = {name: m["test"] for name, m in metrics["models"].items()}
-    assert set(test) == {"cdt", "per_gene_mean", "dna_mlp"} and test["cdt"]["n"] == metrics["counts"]["test"] > 100
+    assert (
+        set(test) == {"cdt", "per_gene_mean", "dna_mlp"}
+        and test["cdt"]["n"] == metrics["counts"]["test"] > 100
+    )
     assert test["cdt"]["pearson"] > test["dna_mlp"]["pearson"] > test["per_gene_mean"]["pearson"]
     assert test["cdt"]["mse"] < test["dna_mlp"]["mse"] < test["per_gene_mean"]["mse"]
     for figure in ("learning_curves.png", "test_scatter.png"):
@@ -99,13 +109,57 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw))
+    )
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw))
+    )
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(("card", kw)))
     write_cache(tmp_path / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
     assert calls[0] == ("create", "lab/x", {"repo_type": "dataset", "private": False, "exist_ok": True})
-    assert calls[1][1] == {"repo_id": "lab/x", "folder_path": str(tmp_path / "c.zarr"), "repo_type": "dataset"}
+    assert calls[1][1] == {
+        "repo_id": "lab/x",
+        "folder_path": str(tmp_path / "c.zarr"),
+        "repo_type": "dataset",
+    }
     assert calls[2][1]["path_in_repo"] == "README.md" and calls[2][1]["repo_type"] == "dataset"
     assert calls[2][1]["path_or_fileobj"].decode().startswith("---\nlicense: other\n")
     assert not (tmp_path / "c.zarr" / "README.md").exists()  # the local cache stays a pure Zarr group
+
+
+def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, capsys):
+    """The download itself is replaced by a copy of a local folder (no network); what pull does with it runs."""
+    import huggingface_hub
+
+    repo_dir, calls = tmp_path / "repo", []
+    write_cache(repo_dir / "dna.zarr", rng.standard_normal((6, 4, 8)).astype(np.float32), shard_items=3)
+    write_cache(repo_dir / "protein.zarr", rng.standard_normal((5, 16)).astype(np.float32), shard_items=2)
+
+    def fake_snapshot_download(repo_id, repo_type, local_dir, revision=None):
+        calls.append((repo_id, repo_type, revision))
+        shutil.copytree(repo_dir, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "got")]) == 0
+    assert calls == [("lab/x", "dataset", None)]
+    out = capsys.readouterr().out
+    assert (
+        f"verified {tmp_path / 'got' / 'dna.zarr'}" in out
+        and f"verified {tmp_path / 'got' / 'protein.zarr'}" in out
+    )
+
+    shard = repo_dir / "dna.zarr" / "embeddings" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[100:108] = b"\xff" * 8  # a download that arrives damaged
+    shard.write_bytes(bytes(raw))
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bad' / 'dna.zarr'} from lab/x fails verification: shard 1 " in err
+
+    shutil.rmtree(repo_dir)
+    repo_dir.mkdir()
+    assert main(["cache", "pull", "lab/empty", str(tmp_path / "none")]) == 2
+    assert "dataset repo lab/empty" in capsys.readouterr().err
