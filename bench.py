@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dogmacache.cache.manifest import package_versions
+from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 
 SECTIONS = ("cache", "embed", "cdt")
@@ -87,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the per-sample reference at the paper preset too (CPU: ~100 s and ~24 GB per step)",
     )
-    g.add_argument("--cpu-allocator", default="keep", choices=("keep", "system"),
+    g.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
                    help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
                         "malloc's defaults; applies to both implementations (default keep)")  # fmt: skip
     p.set_defaults(run=run)

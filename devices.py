@@ -19,6 +19,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPU_ALLOCATORS = ("keep", "system")  # `keep_freed_memory`, or malloc's own settings
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _KEEP_BYTES = 2**31 - 1  # mallopt takes an int: allocations below 2 GiB come from the heap and stay there
 
@@ -46,3 +47,12 @@ def keep_freed_memory() -> bool:
         mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     )
     return bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)) and threshold_set
+
+
+def apply_cpu_allocator(choice: str, device: torch.device) -> str:
+    """The allocator setting in effect for this process: "keep" when `choice` is "keep", the device is the CPU
+    and glibc took the setting; "system" otherwise. Unknown choices are an InputError."""
+    if choice not in CPU_ALLOCATORS:
+        raise InputError(f"cpu allocator {choice!r} is not one of {list(CPU_ALLOCATORS)}")
+    kept = choice == "keep" and device.type == "cpu" and keep_freed_memory()
+    return "keep" if kept else "system"

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from dogmacache.devices import keep_freed_memory
+from dogmacache.devices import CPU_ALLOCATORS, apply_cpu_allocator
 from dogmacache.errors import InputError
 from dogmacache.train.cdt import CentralDogmaTransformer
 from dogmacache.train.cdt_reference import CDTReference
@@ -113,11 +113,9 @@ def bench_cdt_step(
             "the per-sample reference at the paper preset takes ~100 s and ~24 GB per CPU training "
             "step (REFERENCE.md section 1); bench it on a CUDA device or use --preset small"
         )
-    if cpu_allocator not in ("keep", "system"):
-        raise InputError(f"cpu_allocator {cpu_allocator!r} is not 'keep' or 'system'")
-    kept = not cuda and cpu_allocator == "keep" and keep_freed_memory()
-    config = get_preset(preset)
     device = torch.device("cuda" if cuda else "cpu")
+    allocator = apply_cpu_allocator(cpu_allocator, device)
+    config = get_preset(preset)
     torch.manual_seed(seed)
     model = CentralDogmaTransformer(config)
     if implementation == "reference":
@@ -147,7 +145,7 @@ def bench_cdt_step(
         if cuda
         else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
-        "cpu_allocator": "keep" if kept else "system",
+        "cpu_allocator": allocator,
         "load_average_at_start": load_at_start,  # other processes on the cores slow steps down many-fold
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--cpu-allocator", default="keep", choices=("keep", "system"),
+    parser.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
                         help="keep: freed memory stays in the process, as `dogmacache train` does on CPU")  # fmt: skip
     parser.add_argument("--allow-paper-reference", action="store_true",
                         help="run the per-sample reference at the paper preset on CPU (~100 s, ~24 GB per step)")  # fmt: skip

@@ -15,7 +15,7 @@ into each other), computed faster:
   batch as (1, G, D) and broadcast into the cross-attention (training: one dropout mask per batch for them);
 - attention runs through `scaled_dot_product_attention`, or, when training on CPU with dropout, through
   `kernels.attention` (blocked, no (B, H, Nq, Nk) maps kept); dropout masks on CPU come from `kernels.dropout`
-  (same distribution, ~10x faster to draw); per-head maps only via `forward_with_attention`;
+  (same distribution, ~4x faster); per-head maps only via `forward_with_attention`;
 - the VCE pools with a single query, so its key and value projections are folded into that query instead
   of projecting every position (exact algebra, see `QueryPool`).
 

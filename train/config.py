@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 
 
@@ -56,12 +57,8 @@ class TrainConfig:
     preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, float32)
     device: str = "auto"  # auto = cuda when available
     precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA)
-    cpu_allocator: str = (
-        "keep"  # keep | system: on CPU keep freed memory in the process (devices.keep_freed_memory)
-    )
-    standardize_dna: bool = (
-        False  # per-feature z-scores of DNA inputs with training-split statistics (paper: off)
-    )
+    cpu_allocator: str = "keep"  # keep | system: on CPU, keep freed memory (devices.keep_freed_memory)
+    standardize_dna: bool = False  # z-score DNA features with training-split statistics (paper: off)
     baselines: bool = True  # per-gene mean and a DNA-only MLP on pooled DNA, reported beside the model
     baseline_hidden: int = 256  # DNA-only MLP hidden width
 
@@ -72,7 +69,7 @@ class OutputConfig:
     resume: bool = True  # continue from dir/checkpoint_last.pt when it exists
 
 
-_CHOICES = {("train", "precision"): ("fp32", "bf16"), ("train", "cpu_allocator"): ("keep", "system")}
+_CHOICES = {("train", "precision"): ("fp32", "bf16"), ("train", "cpu_allocator"): CPU_ALLOCATORS}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.devices import keep_freed_memory, pick_device
+from dogmacache.devices import pick_device
 from dogmacache.train.config import RunConfig
 from dogmacache.train.data import CdtTables, EnhancerBlocks
 from dogmacache.train.metrics import regression_metrics
@@ -76,8 +76,6 @@ def fit(
     t = config.train
     rank, size = world()
     device = pick_device(t.device)
-    if device.type == "cpu" and t.cpu_allocator == "keep":
-        keep_freed_memory()
     torch.manual_seed(t.seed)
     model = model.to(device)
     pairs = tables.pairs

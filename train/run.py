@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 from dogmacache.cache.manifest import package_versions
+from dogmacache.devices import apply_cpu_allocator, pick_device
 from dogmacache.train import plots
 from dogmacache.train.baselines import DnaOnlyMLP, per_gene_mean
 from dogmacache.train.cdt import CentralDogmaTransformer
@@ -57,6 +58,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     if config.model.name != "cdt":
         raise ValueError(f"[model].name {config.model.name!r}: this trainer builds 'cdt'")
     rank, _ = world()
+    apply_cpu_allocator(config.train.cpu_allocator, pick_device(config.train.device))  # once per process
     out = Path(config.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
