@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dogmacache.cache.manifest import package_versions
+from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 

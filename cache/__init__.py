@@ -2,10 +2,11 @@
 through its `dogmacache` manifest, written in whole shards, readable with plain `zarr`."""
 
 from dogmacache.cache.h5import import import_h5
+from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.manifest import MANIFEST_KEY, SCHEMA_VERSION, Manifest, digest_strings
 from dogmacache.cache.reader import EmbeddingCache, open_cache
 from dogmacache.cache.verify import VerifyReport, verify_cache
-from dogmacache.cache.writer import CacheWriter, ExtraArray
+from dogmacache.cache.writer import CacheWriter
 
 __all__ = [
     "MANIFEST_KEY",
@@ -15,6 +16,7 @@ __all__ = [
     "ExtraArray",
     "Manifest",
     "VerifyReport",
+    "check_ids",
     "digest_strings",
     "import_h5",
     "open_cache",

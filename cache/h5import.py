@@ -14,8 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 from dogmacache.cache import convert, layout
-from dogmacache.cache.manifest import Manifest, digest_strings
+from dogmacache.cache.manifest import Manifest
 from dogmacache.cache.writer import CacheWriter
+from dogmacache.contracts.provenance import digest_strings
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 

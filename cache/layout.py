@@ -8,6 +8,9 @@ per folder, < 100k files per repository). Each shard file has exactly one writer
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from dogmacache.errors import CacheError
@@ -24,6 +27,34 @@ MAX_SHARDS = 9_000  # below the per-folder limit with room for the other files o
 IDS_CHUNK = 1 << 20  # ids per chunk of the `ids` array
 
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+
+
+@dataclass(frozen=True)
+class ExtraArray:
+    """A per-item array stored beside `embeddings`, e.g. `n_padded` (int32, ()) or `mask` (bool, (L,))."""
+
+    name: str
+    dtype: str
+    item_shape: tuple[int, ...] = ()
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Ids as a list of non-empty, unique strings, or a CacheError naming the offenders."""
+    ids = [str(i) for i in ids]
+    if not ids:
+        raise CacheError("no ids given: a cache needs at least one item")
+    empty = [row for row, i in enumerate(ids) if not i.strip()]
+    if empty:
+        raise CacheError(f"ids at rows {empty[:5]} are empty; every item needs a non-empty id (the join key)")
+    counts = Counter(ids)
+    dupes = [(i, n) for i, n in counts.items() if n > 1]
+    if dupes:
+        shown = ", ".join(f"{i!r} x{n}" for i, n in dupes[:5])
+        raise CacheError(
+            f"ids are not unique ({len(dupes)} repeated: {shown}); ids are the join key for train, "
+            "so give each row its own id (e.g. append the target gene or the strand)"
+        )
+    return ids
 
 
 def item_nbytes(item_shape: tuple[int, ...], dtype: str) -> int:

@@ -9,44 +9,20 @@ unfinished write by definition.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.metadata
-import platform
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dogmacache.contracts.provenance import digest_strings, package_versions
+from dogmacache.contracts.tables import MODALITIES
 from dogmacache.errors import CacheError
+
+__all__ = ["MANIFEST_KEY", "SCHEMA_VERSION", "Manifest", "digest_strings", "package_versions"]
 
 SCHEMA_VERSION = 1
 MANIFEST_KEY = "dogmacache"  # root attribute name
-MODALITIES = ("dna", "rna", "protein", "gene", "context", "other")
 STORAGE_DTYPES = ("float16", "float32", "bfloat16")
 COMPRESSIONS = ("none", "zstd", "bitround")
-
-# Packages whose versions can change the numbers or the layout; recorded in every manifest.
-_PROVENANCE_PACKAGES = ("dogmacache", "numpy", "zarr", "numcodecs", "torch", "transformers", "enformer-pytorch")
-
-
-def package_versions(names: Iterable[str] = _PROVENANCE_PACKAGES) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def digest_strings(parts: Iterable[str]) -> str:
-    """sha256 over an ordered sequence of strings (each terminated by a newline, so boundaries count)."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode("utf-8"))
-        h.update(b"\n")
-    return "sha256:" + h.hexdigest()
-
 
 @dataclass(frozen=True)
 class Manifest:

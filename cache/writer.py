@@ -18,26 +18,16 @@ import hashlib
 import os
 import shutil
 import warnings
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
+from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.errors import CacheError, IncompleteCacheError
-
-
-@dataclass(frozen=True)
-class ExtraArray:
-    """A per-item array stored beside `embeddings`, e.g. `n_padded` (int32, ()) or `mask` (bool, (L,))."""
-
-    name: str
-    dtype: str
-    item_shape: tuple[int, ...] = ()
 
 
 def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
@@ -46,25 +36,6 @@ def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
     for block in blocks:
         h.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))  # no copy of the shard
     return h.digest()
-
-
-def check_ids(ids: Sequence[str]) -> list[str]:
-    """Ids as a list of non-empty, unique strings, or a CacheError naming the offenders."""
-    ids = [str(i) for i in ids]
-    if not ids:
-        raise CacheError("no ids given: a cache needs at least one item")
-    empty = [row for row, i in enumerate(ids) if not i.strip()]
-    if empty:
-        raise CacheError(f"ids at rows {empty[:5]} are empty; every item needs a non-empty id (the join key)")
-    counts = Counter(ids)
-    dupes = [(i, n) for i, n in counts.items() if n > 1]
-    if dupes:
-        shown = ", ".join(f"{i!r} x{n}" for i, n in dupes[:5])
-        raise CacheError(
-            f"ids are not unique ({len(dupes)} repeated: {shown}); ids are the join key for train, "
-            "so give each row its own id (e.g. append the target gene or the strand)"
-        )
-    return ids
 
 
 def _local_path(path: str | os.PathLike) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dogmacache.contracts.tables import check_gene_alignment
 from dogmacache.data_recipes import sources, tables
 from dogmacache.data_recipes.formats import read_table, read_uniprot
 from dogmacache.errors import InputError
@@ -64,15 +65,6 @@ class GasperiniConfig:
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test, by enhancer
     seed: int = 0
     max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
-
-
-def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:
-    """Index i must name the same gene in the RNA and the protein tables (CDT joins them by position)."""
-    if len(rna_ids) != len(protein_ids):
-        raise InputError(f"{where}RNA has {len(rna_ids)} genes but protein {len(protein_ids)}; they must align 1:1")
-    for i, (r, p) in enumerate(zip(rna_ids, protein_ids, strict=True)):
-        if r != p:
-            raise InputError(f"{where}gene order differs at index {i}: RNA {r!r} vs protein {p!r}; re-run the recipe")
 
 
 def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:

@@ -4,13 +4,13 @@ checked against a published digest where one is known)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
@@ -30,12 +30,9 @@ class Source:
     sha256: str | None = None  # when the publisher gives one
 
 
-def sha256_of(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file (the form the publishers give)."""
+    return file_sha256(path).removeprefix("sha256:")
 
 
 def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dogmacache.cache.manifest import package_versions
+from dogmacache.contracts.provenance import package_versions
+from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
-
-SPLITS = ("train", "validation", "test")
 
 
 def split_groups(

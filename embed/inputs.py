@@ -4,29 +4,22 @@ tables built from the same inputs."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pandas as pd
-from dogmacache.cache.writer import check_ids
+from dogmacache.cache.layout import check_ids
+from dogmacache.contracts import provenance
+from dogmacache.contracts.tables import INPUT_COLUMNS, digest_columns
 from dogmacache.errors import InputError
-
-REQUIRED = {
-    "dna": ("id", "chrom", "center"),  # + strand (optional, default '+'); or start/end instead of center
-    "rna": ("id", "sequence"),
-    "protein": ("id", "sequence"),
-    "gene": ("id",),
-    "context": ("id",),  # + one numeric column per gene
-}
 
 
 def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input table {str(path)!r} does not exist; run the recipe first (dogmacache recipe ...)")
-    if modality not in REQUIRED:
-        raise InputError(f"modality {modality!r} is not one of {', '.join(REQUIRED)}")
+    if modality not in INPUT_COLUMNS:
+        raise InputError(f"modality {modality!r} is not one of {', '.join(INPUT_COLUMNS)}")
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix in (".tsv", ".txt", ".gz"):
@@ -35,7 +28,7 @@ def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
         raise InputError(f"{path}: expected a .parquet or .tsv table, got {path.suffix!r}")
     if modality == "dna" and "center" not in table.columns and {"start", "end"} <= set(table.columns):
         table = table.assign(center=(table["start"].astype("int64") + table["end"].astype("int64")) // 2)
-    missing = [c for c in REQUIRED[modality] if c not in table.columns]
+    missing = [c for c in INPUT_COLUMNS[modality] if c not in table.columns]
     if missing:
         raise InputError(
             f"{path} has no column {missing[0]!r}, which --modality {modality} needs; it has {list(table.columns)[:10]}"
@@ -57,11 +50,6 @@ def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
 
 
 def input_digest(table: pd.DataFrame, modality: str, extra: str = "") -> str:
-    """sha256 over the ordered rows' ids and the columns that feed the model (and e.g. the genome file)."""
-    columns = {"dna": ["id", "chrom", "center", "strand"], "rna": ["id", "sequence"], "protein": ["id", "sequence"],
-               "gene": ["id"]}.get(modality, list(table.columns))  # fmt: skip
-    h = hashlib.sha256(extra.encode())
-    for row in table[columns].astype(str).itertuples(index=False):
-        h.update("\t".join(row).encode())
-        h.update(b"\n")
-    return "sha256:" + h.hexdigest()
+    """The cache's identity: the ordered rows' ids and the columns that feed the model, after `extra` (e.g. the
+    genome file's name and size); `contracts.provenance.input_digest` is the one definition."""
+    return provenance.input_digest(table, digest_columns(table, modality), [extra] if extra else [])

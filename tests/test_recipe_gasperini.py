@@ -5,7 +5,8 @@ import json
 
 import pandas as pd
 import pytest
-from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini, check_gene_alignment
+from dogmacache.contracts import check_gene_alignment
+from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
 from dogmacache.errors import InputError
 
 HEADER = ("pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache, open_cache
-from dogmacache.cache.manifest import digest_strings
-from dogmacache.data_recipes.gasperini import check_gene_alignment
+from dogmacache.contracts.provenance import digest_strings
+from dogmacache.contracts.tables import check_gene_alignment
 from dogmacache.errors import InputError
 
 

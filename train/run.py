@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from dogmacache.cache.manifest import package_versions
+from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import apply_cpu_allocator, pick_device
 from dogmacache.train import plots
 from dogmacache.train.baselines import DnaOnlyMLP, per_gene_mean

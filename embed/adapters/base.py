@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from dogmacache.cache.writer import ExtraArray
+from dogmacache.cache.layout import ExtraArray
+from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import DogmaError
 
 ADAPTERS: dict[str, type[EmbeddingAdapter]] = {}
@@ -98,12 +99,6 @@ def get_adapter(name: str) -> type[EmbeddingAdapter]:
     return ADAPTERS[name]
 
 
-def weights_digest(path: str, block: int = 1 << 22) -> str:
+def weights_digest(path: str) -> str:
     """sha256 of a weights file, recorded as the revision when a model comes from a local directory."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return file_sha256(path)

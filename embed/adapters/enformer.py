@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.cache.writer import ExtraArray
+from dogmacache.cache.layout import ExtraArray
 from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
 from dogmacache.embed.genome import check_dna, reverse_complement
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.cache.writer import ExtraArray
+from dogmacache.cache.layout import ExtraArray
 from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
 from dogmacache.embed.adapters.enformer import WEIGHT_FILES, resolve_model_dir
 from dogmacache.embed.genome import check_dna

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dogmacache.cache.writer import ExtraArray
+from dogmacache.cache.layout import ExtraArray
 from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
 from dogmacache.errors import InputError
 from einops import rearrange

@@ -1,0 +1,52 @@
+"""What a recipe's tables hold, for the stages that read them.
+
+- Input tables (one per modality, read by `embed`): one row per item with a unique `id` and the columns of
+  `INPUT_COLUMNS[modality]`; `DIGEST_COLUMNS` are those that feed the model and so make up the cache's
+  `input_digest` (`digest_columns`).
+- Labelled tables (read by `train`): one row per labelled example with a `split` column in `SPLITS` and the
+  columns `LABEL_COLUMNS[task]` names; ids join with cache ids.
+- Gene alignment: where a task joins an RNA and a protein table by position, index i names one gene in both.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from dogmacache.errors import InputError
+
+MODALITIES = ("dna", "rna", "protein", "gene", "context", "other")
+SPLITS = ("train", "validation", "test")
+
+INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dna": ("id", "chrom", "center"),  # + strand (optional, default '+'); or start/end instead of center
+    "rna": ("id", "sequence"),
+    "protein": ("id", "sequence"),
+    "gene": ("id",),
+    "context": ("id",),  # + one numeric column per gene
+}
+
+# The columns whose values feed the model; a modality not listed digests every column of its table.
+DIGEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dna": ("id", "chrom", "center", "strand"),
+    "rna": ("id", "sequence"),
+    "protein": ("id", "sequence"),
+    "gene": ("id",),
+}
+
+# Labelled tables, per task: the columns besides `split` and the target column (named in the train config).
+LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "cdt": ("enhancer", "gene", "gene_index"),  # enhancer = DNA cache id, gene = RNA/protein cache id
+}
+
+
+def digest_columns(table: pd.DataFrame, modality: str) -> list[str]:
+    """The columns of `table` that make up a `modality` cache's input digest."""
+    return list(DIGEST_COLUMNS.get(modality, table.columns))
+
+
+def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:
+    """Index i must name the same gene in the RNA and the protein tables (CDT joins them by position)."""
+    if len(rna_ids) != len(protein_ids):
+        raise InputError(f"{where}RNA has {len(rna_ids)} genes but protein {len(protein_ids)}; they must align 1:1")
+    for i, (r, p) in enumerate(zip(rna_ids, protein_ids, strict=True)):
+        if r != p:
+            raise InputError(f"{where}gene order differs at index {i}: RNA {r!r} vs protein {p!r}; re-run the recipe")
