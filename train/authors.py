@@ -47,7 +47,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "dogmacache-checkpoint-1"
 MODALITIES = ("dna", "rna", "protein")
 HELD_UNDER = ("model_state_dict", "state_dict")  # keys a training script may keep the state dict under
-NOT_THEIRS = "the file does not hold one CDTv33Model state dict (a different version or model?)"
+NOT_THEIRS = "check that the file is a state dict of the notebook's CDTv33Model"
 
 _WEIGHT_BIAS = ("weight", "bias")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
@@ -106,8 +106,7 @@ def _unwrap(loaded: Any, path: Path) -> dict[str, Tensor]:
 def _size(state: dict[str, Tensor], key: str, dim: int, what: str, where: str) -> int:
     tensor = state.get(key)
     if not isinstance(tensor, Tensor) or tensor.ndim <= dim:
-        found = "has no tensor" if tensor is None else f"has {key!r} of shape {tuple(getattr(tensor, 'shape', ()))}"
-        raise InputError(f"{where} {found} {key!r} to read {what} from; {NOT_THEIRS}")
+        raise InputError(f"{where} has no matrix {key!r} to read {what} from; {NOT_THEIRS}")
     return int(tensor.shape[dim])
 
 
@@ -151,12 +150,12 @@ def config_from_authors(
     d_model = _size(state, "dna_projector.linear.weight", 0, "the model width", where)
     ffn_hidden = _size(state, "dna_to_rna.ffn.0.weight", 0, "the feed-forward width", where)
     vce_hidden = _size(state, "vce.fusion.0.weight", 0, "the VCE fusion width", where)
-    return CDTConfig(
+    sizes = dict(
         n_genes=_size(state, "task_layer.3.weight", 0, "the number of genes", where),
         dna_positions=dna_positions,
         dna_width=_size(state, "dna_projector.linear.weight", 1, "the DNA embedding width", where),
         rna_width=_size(state, "rna_projector.linear.weight", 1, "the RNA embedding width", where),
-        protein_width=_size(state, "protein_projector.linear.weight", 1, "the protein embedding width", where),
+        protein_width=_size(state, "protein_projector.linear.weight", 1, "the protein width", where),
         d_model=d_model,
         n_heads=n_heads,
         dna_self_layers=_n_blocks(state, "dna", where),
@@ -167,6 +166,10 @@ def config_from_authors(
         vce_hidden_multiplier=_multiple(vce_hidden, d_model, "vce.fusion.0.weight", where),
         dropout=dropout,
     )
+    try:
+        return CDTConfig(**sizes)
+    except InputError as err:  # e.g. a head count that does not divide the width read from the file
+        raise InputError(f"{where}: {err}") from err
 
 
 # --- names --------------------------------------------------------------------------------------------------
@@ -181,16 +184,16 @@ def authors_name_table(config: CDTConfig) -> dict[str, str]:
 
     def block(ours: str, theirs: str, attention: str) -> None:
         put(f"{ours}.attention", f"{theirs}.{attention}", _ATTENTION)
-        put(f"{ours}.ffn.expand", f"{theirs}.ffn.0", _WEIGHT_BIAS)  # their nn.Sequential: Linear, GELU, Dropout,
-        put(f"{ours}.ffn.contract", f"{theirs}.ffn.3", _WEIGHT_BIAS)  # Linear, Dropout
+        # their ffn is nn.Sequential(Linear, GELU, Dropout, Linear, Dropout)
+        put(f"{ours}.ffn.expand", f"{theirs}.ffn.0", _WEIGHT_BIAS)
+        put(f"{ours}.ffn.contract", f"{theirs}.ffn.3", _WEIGHT_BIAS)
         for norm in ("norm1", "norm2"):
             put(f"{ours}.{norm}", f"{theirs}.{norm}", _WEIGHT_BIAS)
 
-    layers = {"dna": config.dna_self_layers, "rna": config.rna_self_layers, "protein": config.protein_self_layers}
     for m in MODALITIES:
         put(f"{m}_projection.linear", f"{m}_projector.linear", _WEIGHT_BIAS)
         put(f"{m}_projection.norm", f"{m}_projector.norm", _WEIGHT_BIAS)
-        for k in range(layers[m]):
+        for k in range(getattr(config, f"{m}_self_layers")):
             block(f"{m}_self_attention.{k}", f"{m}_self_attn_layers.{k}", "self_attn")
     block("dna_to_rna", "dna_to_rna", "cross_attn")
     block("rna_to_protein", "rna_to_protein", "cross_attn")
@@ -232,14 +235,14 @@ def map_authors_state_dict(
             [f"holds unexpected {_listed(unexpected)}"] if unexpected else []
         )
         raise InputError(
-            f"{where} {' and '.join(parts)} for a CDTv33Model of the sizes read from it; "
-            f"{NOT_THEIRS} Rename or remove those keys to match the authors' names"
+            f"{where} {' and '.join(parts)} for a CDTv33Model of the sizes read from it; rename or remove "
+            f"those keys to the authors' names, or {NOT_THEIRS}"
         )
     mapped = {}
     for ours, theirs in table.items():
         tensor = state[theirs]
         if not isinstance(tensor, Tensor):
-            raise InputError(f"{where}: {theirs!r} holds a {type(tensor).__name__}, not a tensor; {NOT_THEIRS}")
+            raise InputError(f"{where}: {theirs!r} is a {type(tensor).__name__}, not a tensor; {NOT_THEIRS}")
         expected = (1, *shapes[ours]) if ours.endswith(".query") else tuple(shapes[ours])  # their (1, 1, D)
         if tuple(tensor.shape) != expected:
             raise InputError(
