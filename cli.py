@@ -20,7 +20,7 @@ _STAGES = (
     "dogmacache.embed.cli",
     "dogmacache.train.cli",
     "dogmacache.demo",
-    "dogmacache.bench",
+    "dogmacache.bench.cli",
 )
 
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 from dogmacache import bench
+from dogmacache.bench import cdt as bench_cdt
+from dogmacache.bench.embed import TINY_CASES, bench_embed_tiny, bench_enformer_device
 from dogmacache.cli import main
 from dogmacache.embed.adapters.enformer import TINY_ENFORMER
-from dogmacache.embed.bench import TINY_CASES, bench_embed_tiny, bench_enformer_device
-from dogmacache.train import bench_cdt
 
 
 @pytest.fixture(autouse=True)

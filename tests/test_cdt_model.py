@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from dogmacache.bench.cdt import bench_cdt_step, compare_cdt_implementations
 from dogmacache.errors import InputError
 from dogmacache.train import summary
-from dogmacache.train.bench_cdt import bench_cdt_step, compare_cdt_implementations
 from dogmacache.train.cdt import CentralDogmaTransformer, MultiHeadAttention
 from dogmacache.train.cdt_config import CDTConfig
 from dogmacache.train.cdt_reference import CDTReference

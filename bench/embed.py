@@ -1,4 +1,4 @@
-"""Embed-stage benchmarks, measured through the runner's own code (`dogmacache bench --only embed`).
+"""The embed section of `dogmacache bench`, measured through the runner's own code, with its targets and tables.
 
 - `bench_embed_tiny`: items/s of every adapter's tiny model (`embed/tiny.py`) on the demo recipe's inputs,
   each a `run_embed` into a temporary cache (DataLoader workers, token-budget batches, shard writes), timed
@@ -12,7 +12,8 @@
   it runs on CPU too, which is how the tests drive it with the tiny configuration.
 - `bench_enformer_full_cpu`: the full-size random Enformer through `run_embed` on CPU (~28 s per window
   on 2 cores, REFERENCE.md section 2); behind `--full-enformer`.
-- `bench_embed`: the section as `dogmacache bench` runs it.
+- `bench_embed`: the section as `dogmacache bench` runs it; `embed_tables` what it prints, the GPU numbers
+  against the targets below.
 
 TFLOP/s assume 3.26 TFLOP per full-size window forward (REFERENCE.md section 2, torch's flop counter);
 the count is redone on the device where the flop counter runs, and reported beside it.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import inspect
 import io
 import json
@@ -30,9 +30,8 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.bench.report import Table, fmt, pct, table, verdict
+from dogmacache.bench.timing import ForwardTimer, NvmlSampler, free_memory, strict_fp32, time_calls
 from dogmacache.devices import pick_device
 from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_stream, load, run_embed
 
@@ -110,150 +111,6 @@ def random_windows(lengths: dict[str, int], n: int, window_bp: int, seed: int = 
 
 
 # ---- timing ------------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 1, min_calls: int = 3,
-               min_seconds: float = 1.0, max_calls: int = 50) -> list[float]:  # fmt: skip
-    """Seconds of each call of `fn` after `warmup` untimed calls: CUDA events on a GPU, the host clock
-    otherwise; at least `min_calls` calls and, up to `max_calls`, at least `min_seconds` in all."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    while len(times) < min_calls or (sum(times) < min_seconds and len(times) < max_calls):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-class ForwardTimer:
-    """Time spent inside an adapter class's `embed` (the model's forward on a batch) while patched in:
-    CUDA events around each call on a GPU (summed once the run is over), the host clock on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self.host_seconds = 0.0
-        self.calls = 0
-        self.items = 0
-
-    @contextlib.contextmanager
-    def patch(self, cls: type) -> Iterator[ForwardTimer]:
-        original = cls.embed
-        timer = self
-
-        def embed(adapter, batch):
-            timer.calls += 1
-            timer.items += len(batch)
-            if timer.device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = original(adapter, batch)
-                end.record()
-                timer.events.append((start, end))
-            else:
-                t0 = time.perf_counter()
-                out = original(adapter, batch)
-                timer.host_seconds += time.perf_counter() - t0
-            return out
-
-        cls.embed = embed
-        try:
-            yield self
-        finally:
-            cls.embed = original
-
-    def busy_seconds(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return sum(start.elapsed_time(end) for start, end in self.events) / 1e3
-        return self.host_seconds
-
-
-class NvmlSampler:
-    """GPU utilisation (NVML's percent of time a kernel ran) sampled in a thread; inert without pynvml."""
-
-    def __init__(self, device: torch.device, interval: float = 0.1):
-        self.samples: list[int] = []
-        self.interval, self.handle, self.error = interval, None, None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if device.type != "cuda":
-            return
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-        except Exception as err:  # noqa: BLE001 - NVML is optional: no pynvml, no driver library, no permission
-            self.error = f"{type(err).__name__}: {err}"
-            return
-        self._nvml = pynvml
-        props = torch.cuda.get_device_properties(device)
-        try:  # by PCI address: NVML numbers all GPUs, CUDA_VISIBLE_DEVICES may renumber them for CUDA
-            address = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-            self.handle = pynvml.nvmlDeviceGetHandleByPciBusId(address)
-        except Exception:  # noqa: BLE001 - older torch without the PCI fields, or an address NVML rejects
-            try:
-                index = device.index if device.index is not None else torch.cuda.current_device()
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            except Exception as err:  # noqa: BLE001
-                self.error = f"{type(err).__name__}: {err}"
-                pynvml.nvmlShutdown()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.samples.append(int(self._nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
-                self._stop.wait(self.interval)
-        except Exception as err:  # noqa: BLE001 - a failed reading ends the sampling, not the benchmark
-            self.error = f"{type(err).__name__}: {err}"
-
-    def __enter__(self) -> NvmlSampler:
-        if self.handle is not None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        if self.handle is not None:
-            self._nvml.nvmlShutdown()
-
-    def mean_percent(self) -> float | None:
-        return float(np.mean(self.samples)) if self.samples else None
-
-
-@contextlib.contextmanager
-def _strict_fp32() -> Iterator[None]:
-    """TF32 off for matmuls and convolutions (the fp32 reference), restored afterwards."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 # ---- tiny models on the demo inputs (CPU) ------------------------------------------------------------------
 @dataclass(frozen=True)
 class TinyCase:
@@ -376,7 +233,7 @@ def runner_path(
         else:
             raise ValueError(f"mode {mode!r} is not 'stream' or 'run_embed'")
     busy = timer.busy_seconds()
-    _free(device)
+    free_memory(device)
     return {"mode": mode, "num_workers": num_workers, "precision": autocast_for(device, precision)[1],
             "windows": items, "batches": timer.calls, "wall_seconds": wall, "windows_per_s": items / max(wall, 1e-9),
             "forward_seconds": busy, "busy_fraction": busy / max(wall, 1e-9),
@@ -466,7 +323,7 @@ def bench_enformer_device(
                 if times is None:
                     sweep.append({"precision": precision, "batch": batch, "oom": True})
                     del sets, forward
-                    _free(dev)
+                    free_memory(dev)
                     break  # larger batches will not fit either
                 seconds = statistics.median(times)
                 sweep.append({
@@ -476,7 +333,7 @@ def bench_enformer_device(
                     "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None,
                 })  # fmt: skip
                 del sets, forward
-                _free(dev)
+                free_memory(dev)
         result["sweep"] = sweep
         best = {}
         for precision in precisions:
@@ -498,7 +355,7 @@ def bench_enformer_device(
         # 2. bf16 against fp32 on the same windows
         x = adapter.one_hot(torch.randint(0, 4, (deviation_batch, window), generator=generator, dtype=torch.uint8))
         with torch.inference_mode():
-            with _strict_fp32():
+            with strict_fp32():
                 ref = adapter.model(x, return_only_embeddings=True).float()
             with autocast_for(dev, "bf16")[0]:
                 low = adapter.model(x, return_only_embeddings=True).float()
@@ -512,7 +369,7 @@ def bench_enformer_device(
                 "reference": "fp32 with TF32 off",
             }
         del x, ref, low, diff, relative, adapter
-        _free(dev)
+        free_memory(dev)
 
         # 3. the runner path over windows of a random genome
         if runner_windows:
@@ -577,3 +434,83 @@ def bench_embed(
         result["gpu"] = bench_enformer_device("cuda", batches=gpu_batches, runner_windows=gpu_windows,
                                               runner_workers=workers, workdir=workdir)  # fmt: skip
     return result
+
+
+def embed_tables(r: dict[str, Any]) -> list[Table]:
+    tiny = r["tiny_cpu"]
+    rows = [
+        [c["label"], c["items"], c["items_per_s"], c["seconds"], c["setup_seconds"]] for c in tiny["cases"]
+    ]
+    out = [table(f"embed: tiny models on {tiny['device']}, demo inputs through run_embed into a temporary cache "
+                 f"({tiny['num_workers']} DataLoader workers; no target)",
+                 ["model, input", "items", "items/s", "wall s (excl. load)", "setup s (load etc.)"], rows,
+                 ["wall: the runner's clock from after the model load until the cache is finalised; scGPT gene "
+                  "tokens are the demo's 35 symbols (ids are vocabulary symbols, not repeated)"])]  # fmt: skip
+    full = r.get("full_enformer_cpu")
+    if full:
+        lo, hi = full["reference_seconds_per_window"]
+        out.append(table(
+            f"embed: full-size random Enformer (196,608 bp, 896×3072) on CPU, fp32, {full['threads']} threads, "
+            "through run_embed",
+            ["measurement", "measured", "reference"],
+            [["seconds per window (run_embed)", full["seconds_per_window"], f"{lo}–{hi} s on 2 cores (REFERENCE §2)"],
+             ["seconds per window in forward", full["forward_seconds_per_window"], ""],
+             ["windows", full["windows"], ""]]))  # fmt: skip
+    gpu = r.get("gpu")
+    if gpu:
+        by = {(s["precision"], s["batch"]): s for s in gpu["sweep"]}
+        batches = sorted({s["batch"] for s in gpu["sweep"]})
+        rows = []
+        for b in batches:
+            f32, b16 = by.get(("fp32", b), {}), by.get(("bf16", b), {})
+            ratio = (b16["windows_per_s"] / f32["windows_per_s"]
+                     if f32.get("windows_per_s") and b16.get("windows_per_s") else None)  # fmt: skip
+            rows.append([b, "OOM" if f32.get("oom") else f32.get("windows_per_s"),
+                         "OOM" if b16.get("oom") else b16.get("windows_per_s"), ratio,
+                         f32.get("tflop_per_s"), b16.get("tflop_per_s"), b16.get("peak_memory_gb")])  # fmt: skip
+        size = "full-size" if gpu["full_size"] else "tiny"
+        out.append(table(f"embed: {size} random Enformer on {gpu['device']}, forward only (batch already on the GPU)",
+                         ["batch", "fp32 windows/s", "bf16 windows/s", "bf16/fp32", "fp32 TFLOP/s", "bf16 TFLOP/s",
+                          "bf16 peak GB"], rows,
+                         [f"TFLOP/s assume {fmt(gpu['tflop_per_window_assumed'])} TFLOP per window (counted here: "
+                          f"{fmt(gpu['tflop_per_window_counted'])}); fp32 = torch defaults (TF32 convs "
+                          f"{gpu['tf32']['cudnn']}, TF32 matmuls {gpu['tf32']['matmul']})"]))  # fmt: skip
+        runs = gpu.get("runner", [])
+        out.append(table("embed: Enformer through the runner path (random-genome windows, DataLoader workers)",
+                         ["path", "workers", "precision", "windows", "windows/s", "GPU busy", "NVML util",
+                          "TFLOP/s"],
+                         [[run["mode"], run["num_workers"], run["precision"], run["windows"], run["windows_per_s"],
+                           pct(run["busy_fraction"]), "–" if run["nvml_mean_utilisation_percent"] is None
+                           else f"{run['nvml_mean_utilisation_percent']:.0f}%", run["tflop_per_s"]] for run in runs],
+                         ["stream = embed_stream (prepare, batch, forward, to host); run_embed = the whole command "
+                          "with shard writes; GPU busy = CUDA-event time inside forward calls / wall"]))  # fmt: skip
+        best = gpu.get("best", {})
+        bf16_best = best.get("bf16", {}).get("windows_per_s")
+        dev = gpu.get("bf16_vs_fp32", {})
+        target_rows = [
+            ["bf16 / fp32 windows/s (best batch of each)", gpu.get("bf16_over_fp32_best"),
+             f"≥ {TARGET_BF16_OVER_FP32:g}×", verdict(gpu.get("bf16_over_fp32_best"), TARGET_BF16_OVER_FP32)],
+            [f"bf16 windows/s, forward, batch {best.get('bf16', {}).get('batch')}", bf16_best,
+             f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)", verdict(bf16_best, TARGET_WINDOWS_PER_S)],
+        ]  # fmt: skip
+        for run in runs:
+            name = f"{run['mode']}, {run['num_workers']} workers"
+            target_rows.append([f"runner windows/s ({name})", run["windows_per_s"],
+                                f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)",
+                                verdict(run["windows_per_s"], TARGET_WINDOWS_PER_S)])  # fmt: skip
+            target_rows.append([f"GPU busy ({name})", pct(run["busy_fraction"]), f"≥ {pct(TARGET_GPU_BUSY)}",
+                                verdict(run["busy_fraction"], TARGET_GPU_BUSY)])  # fmt: skip
+        target_rows += [
+            ["bf16 vs fp32: max |Δ| / max |fp32|", dev.get("max_abs_over_max_abs_fp32"), "(reported)", ""],
+            ["bf16 vs fp32: median relative error", dev.get("median_relative_error"), "(reported)", ""],
+            ["bf16 vs fp32: ‖Δ‖ / ‖fp32‖", dev.get("relative_l2"), "(reported)", ""],
+        ]  # fmt: skip
+        out.append(
+            table(
+                "embed: GPU targets",
+                ["measurement", "measured", "target", "met"],
+                target_rows,
+                [f"deviation over {dev.get('windows')} windows against {dev.get('reference')}"],
+            )
+        )
+    return out

@@ -1,5 +1,7 @@
-"""Cache throughput, measured: shard writes, random single-item reads (what training does), and batched
-reads through `EmbeddingCache.read_rows`. Results are what `dogmacache bench --only cache` prints and saves."""
+"""The cache section of `dogmacache bench`: shard writes, random single-item reads (what training does), and
+batched reads through `EmbeddingCache.read_rows`, of random Enformer-shaped items in a temporary cache; and the
+table `dogmacache bench --only cache` prints. No target: the numbers are for comparing machines and codecs.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from dogmacache.bench.report import Table, fmt, table
 from dogmacache.cache import convert
-from dogmacache.cache.manifest import digest_strings
 from dogmacache.cache.reader import open_cache
 from dogmacache.cache.writer import CacheWriter
+from dogmacache.contracts.provenance import digest_strings
 
 
 def _significant(x: float, digits: int = 4) -> float:
@@ -77,3 +81,16 @@ def bench_cache(
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cache_tables(r: dict[str, Any]) -> list[Table]:
+    batch_key = next((k for k in r if k.startswith("batch") and k.endswith("_items_per_s")), None)
+    rows = [["shard writes (cast, checks, sha256, write)", r["write_MB_per_s"], "MB/s"],
+            ["random single-item reads", r["random_item_read_MB_per_s"], "MB/s"],
+            ["random single-item reads", r["random_items_per_s"], "items/s"]]  # fmt: skip
+    if batch_key:
+        rows.append([f"{batch_key.split('_')[0]} reads as float32", r[batch_key], "items/s"])
+    rows.append(["size logical / on disk", f"{fmt(r['logical_MB'])} / {fmt(r['on_disk_MB'])}", "MB"])
+    shape = "×".join(str(s) for s in r["item_shape"])
+    return [table(f"cache: {r['n_items']} items of {shape} {r['dtype']}, {r['shard_items']} per shard, "
+                  f"compression {r['compression']} (no target)", ["measurement", "measured", "unit"], rows)]  # fmt: skip

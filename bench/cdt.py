@@ -1,13 +1,13 @@
-"""Training-step throughput and peak memory of the CDT, fast (`cdt.py`) against per-sample (`cdt_reference.py`).
+"""The CDT section of `dogmacache bench`: training-step throughput and peak memory of the fast CDT
+(`train/cdt.py`) against the per-sample reference (`train/cdt_reference.py`), with the targets and the table.
 
 One step = forward on random inputs of the preset's shapes (dna (B, L, D_dna), rna (G, D_rna),
 protein (G, D_prot), gene_index (B,)), SmoothL1 (beta 1) on the target-gene output, backward, gradient
 clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains (REFERENCE.md section 1).
-`compare_cdt_implementations` runs each implementation in its own fresh process, so each peak RSS
-(`ru_maxrss`) belongs to that implementation alone. On CUDA the step is also timed under bf16 autocast.
-`dogmacache bench --only cdt` (bench.py) prints these against the targets.
-
-    python -m dogmacache.train.bench_cdt --preset small --implementation fast   # one JSON line
+Sizes are the presets of `train/presets.py`. `compare_cdt_implementations` runs each implementation in its
+own fresh process (`main`, one JSON line), so each peak RSS (`ru_maxrss`) belongs to that implementation
+alone. On CUDA the step is also timed under bf16 autocast. `bench_cdt_section` adds the ratios the targets
+are about; `cdt_tables` prints them against the targets.
 """
 
 from __future__ import annotations
@@ -26,13 +26,20 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from dogmacache.bench.report import Table, table, verdict
 from dogmacache.devices import CPU_ALLOCATORS, apply_cpu_allocator
 from dogmacache.errors import InputError
 from dogmacache.train.cdt import CentralDogmaTransformer
 from dogmacache.train.cdt_reference import CDTReference
+from dogmacache.train.presets import PRESETS
 from dogmacache.train.presets import preset as get_preset
 
 Implementation = Literal["fast", "reference"]
+TARGET_CDT_SPEEDUP = 2.0  # fast samples/s over the per-sample reference
+TARGET_CDT_MEMORY_RATIO = 2.0  # reference peak memory over fast (fast at most half)
+# `main` in a fresh interpreter; run by -c, not -m: `dogmacache.bench` imports this module, and runpy warns
+# when the module it runs is already imported
+_STEP_PROCESS = "import sys; from dogmacache.bench.cdt import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _timed_steps(
@@ -174,7 +181,7 @@ def bench_in_fresh_process(
     cpu_allocator: str = "keep",
 ) -> dict[str, Any]:
     """`bench_cdt_step` in a new Python process (its own peak RSS); `threads`: torch's intra-op threads."""
-    command = [sys.executable, "-m", "dogmacache.train.bench_cdt", "--preset", preset, "--batch", str(batch),
+    command = [sys.executable, "-c", _STEP_PROCESS, "--preset", preset, "--batch", str(batch),
                "--implementation", implementation, "--steps", str(steps), "--seed", str(seed),
                "--cpu-allocator", cpu_allocator]  # fmt: skip
     if threads:
@@ -223,9 +230,88 @@ def compare_cdt_implementations(
     }
 
 
+def bench_cdt_section(preset: str = "small", batch: int = 8, steps: int = 3, threads: int | None = None,
+                      allow_paper_reference: bool = False, cpu_allocator: str = "keep") -> dict[str, Any]:  # fmt: skip
+    """The fast CDT against the per-sample reference, each in a fresh process, with the ratios the targets
+    are about; at the paper preset the fast model alone unless `allow_paper_reference`."""
+    if preset == "paper" and not allow_paper_reference:
+        fast = bench_in_fresh_process(preset, batch, "fast", steps, threads=threads,
+                                      cpu_allocator=cpu_allocator)  # fmt: skip
+        result: dict[str, Any] = {"preset": preset, "batch": batch, "fast": fast, "reference": None,
+                                  "reference_skipped": "paper preset: ~100 s and ~24 GB per reference step on "
+                                                       "2 CPU cores; pass --allow-paper-reference to run it"}  # fmt: skip
+    else:
+        result = compare_cdt_implementations(preset, batch, steps, threads=threads,
+                                             allow_paper_reference=allow_paper_reference,
+                                             cpu_allocator=cpu_allocator)  # fmt: skip
+    fast, reference = result["fast"], result["reference"]
+    for one in (fast, reference):
+        if one is None:
+            continue
+        one["steps_per_s"] = 1 / one["seconds_per_step"]
+        if one.get("rss_before_steps_mb") is not None:
+            one["rss_growth_mb"] = one["peak_rss_mb"] - one["rss_before_steps_mb"]
+        if one.get("bf16_samples_per_s"):
+            one["bf16_steps_per_s"] = one["bf16_samples_per_s"] / batch
+    if reference is not None:
+        if fast.get("rss_growth_mb") and reference.get("rss_growth_mb") is not None:
+            result["rss_growth_reference_over_fast"] = reference["rss_growth_mb"] / fast["rss_growth_mb"]
+        if fast.get("cuda_peak_mb") and reference.get("cuda_peak_mb"):
+            result["cuda_peak_reference_over_fast"] = reference["cuda_peak_mb"] / fast["cuda_peak_mb"]
+    return result
+
+
+def cdt_tables(r: dict[str, Any]) -> list[Table]:
+    fast, ref = r["fast"], r["reference"]
+    cuda = fast.get("cuda_peak_mb") is not None
+
+    def row(label, key, ratio=None, target=None, ratio_target=None):
+        f, g = fast.get(key), (ref or {}).get(key)
+        return [
+            label,
+            f,
+            g if ref else "not run",
+            ratio if ratio is not None else "",
+            target or "",
+            verdict(ratio, ratio_target) if ratio_target else "",
+        ]
+
+    speed = r.get("speedup_samples_per_s")
+    memory = r.get("cuda_peak_reference_over_fast") if cuda else r.get("peak_rss_reference_over_fast")
+    rows = [
+        row(
+            "samples/s",
+            "samples_per_s",
+            speed,
+            f"fast ≥ {TARGET_CDT_SPEEDUP:g}× reference",
+            TARGET_CDT_SPEEDUP,
+        ),
+        row("seconds per step (median)", "seconds_per_step"),
+    ]
+    if cuda:
+        rows.append(
+            row("CUDA peak MB", "cuda_peak_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO)
+        )
+        rows.append(row("bf16 autocast steps/s", "bf16_steps_per_s"))
+        rows.append(row("peak RSS MB (host)", "peak_rss_mb", r.get("peak_rss_reference_over_fast")))
+    else:
+        rows.append(row("peak RSS MB (whole process)", "peak_rss_mb", memory, "fast ≤ ½ reference",
+                        TARGET_CDT_MEMORY_RATIO))  # fmt: skip
+        rows.append(row("RSS added by the steps MB", "rss_growth_mb", r.get("rss_growth_reference_over_fast"),
+                        "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO))  # fmt: skip
+    notes = ["ratio: fast/reference for samples/s, reference/fast for memory; RSS added = peak RSS minus the "
+             "RSS once model and inputs exist (the interpreter and torch, ~300 MB, are in both peaks)"]  # fmt: skip
+    if r.get("reference_skipped"):
+        notes.append(f"reference not run: {r['reference_skipped']}")
+    return [table(f"cdt: training step (forward, SmoothL1, backward, clip, AdamW), preset {r['preset']}, batch "
+                  f"{r['batch']}, median of {fast['steps']} steps after 1 warm-up, each in a fresh process on "
+                  f"{fast['device']} (threads: {fast['threads']}, allocator: {fast.get('cpu_allocator', 'system')})",
+                  ["measurement", "fast", "reference", "ratio", "target", "met"], rows, notes)]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one CDT training-step benchmark; prints one JSON line")
-    parser.add_argument("--preset", default="small", choices=("paper", "small", "tiny"))
+    parser.add_argument("--preset", default="small", choices=tuple(PRESETS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--implementation", default="fast", choices=("fast", "reference"))
     parser.add_argument("--steps", type=int, default=3)

@@ -1,0 +1,172 @@
+"""`dogmacache bench`: measured throughput of each stage (`make bench`), printed as tables with the targets
+beside the numbers, saved as `DIR/<section>.json` (numbers + machine info) and `DIR/summary.md`.
+
+Sections (all by default, each a couple of minutes on 2 CPU cores):
+- cache: shard writes and random reads of Enformer-shaped items (`bench/cache.py`).
+- embed: every adapter's tiny model on the demo inputs through `run_embed`, on CPU; the full-size random
+  Enformer on CPU with `--full-enformer` (~28 s per window on 2 cores); on a CUDA machine also the
+  full-size Enformer's fp32 / bf16 batch sweep, bf16 deviation, and the runner path's GPU busy fraction
+  (`bench/embed.py`).
+- cdt: training steps of the fast CDT against the per-sample reference, each in a fresh process
+  (`bench/cdt.py`); the paper preset runs the fast model only unless `--allow-paper-reference`.
+
+This module turns the flags into each section's arguments; the tables, JSON and summary are `bench/report.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dogmacache.bench import report
+from dogmacache.bench.cache import bench_cache, cache_tables
+from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
+from dogmacache.bench.embed import bench_embed, embed_tables
+from dogmacache.devices import CPU_ALLOCATORS
+from dogmacache.errors import InputError
+from dogmacache.train.presets import PRESETS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure cache, embed and CDT training throughput against the targets"
+    )
+    p.add_argument(
+        "--out", default="out/bench", help="folder for <section>.json and summary.md (default out/bench)"
+    )
+    p.add_argument("--only", choices=tuple(SECTIONS), default=None, help="run one section (default: all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)")  # fmt: skip
+    g = p.add_argument_group("cache")
+    g.add_argument("--items", type=int, default=64, help="cache benchmark: items (default 64)")
+    g.add_argument(
+        "--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)"
+    )
+    g.add_argument("--compression", default="none", choices=("none", "zstd", "bitround"))
+    g = p.add_argument_group("embed")
+    g.add_argument(
+        "--full-enformer",
+        action="store_true",
+        help="also the full-size random Enformer through run_embed on CPU (~30 s per window on 2 cores)",
+    )
+    g.add_argument("--embed-items", type=int, default=256,
+                   help="tiny models: items per adapter, demo tables cut or repeated (default 256)")  # fmt: skip
+    g.add_argument("--embed-workers", type=int, default=2,
+                   help="DataLoader workers preparing inputs (default 2, as `dogmacache embed`)")  # fmt: skip
+    g.add_argument(
+        "--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)"
+    )
+    g.add_argument("--gpu-windows", type=int, default=256,
+                   help="CUDA: windows of a random genome through the runner path (default 256)")  # fmt: skip
+    g = p.add_argument_group("cdt")
+    g.add_argument(
+        "--cdt-preset",
+        default="small",
+        choices=tuple(PRESETS),
+        help="CDT size (default small; paper runs the fast model only unless --allow-paper-reference)",
+    )
+    g.add_argument(
+        "--cdt-batch", type=int, default=8, help="samples per training step (default 8, the paper's)"
+    )
+    g.add_argument(
+        "--cdt-steps",
+        type=int,
+        default=3,
+        help="timed steps per implementation, after one warm-up (default 3; the median is reported)",
+    )
+    g.add_argument(
+        "--allow-paper-reference",
+        action="store_true",
+        help="run the per-sample reference at the paper preset too (CPU: ~100 s and ~24 GB per step)",
+    )
+    g.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
+                   help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
+                        "malloc's defaults; applies to both implementations (default keep)")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(","))
+
+
+def _cache(args: argparse.Namespace) -> dict[str, Any]:
+    return bench_cache(n_items=args.items, item_shape=_integers(args.item_shape), compression=args.compression)
+
+
+def _embed(args: argparse.Namespace) -> dict[str, Any]:
+    return bench_embed(n_items=args.embed_items, num_workers=args.embed_workers, full_enformer=args.full_enformer,
+                       gpu_batches=_integers(args.gpu_batches), gpu_windows=args.gpu_windows)  # fmt: skip
+
+
+def _cdt(args: argparse.Namespace) -> dict[str, Any]:
+    return bench_cdt_section(args.cdt_preset, args.cdt_batch, args.cdt_steps, threads=args.threads,
+                             allow_paper_reference=args.allow_paper_reference,
+                             cpu_allocator=args.cpu_allocator)  # fmt: skip
+
+
+# section -> (run it from the parsed flags, its tables), in the order they run and appear in summary.md
+SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report.TablesFor]] = {
+    "cache": (_cache, cache_tables),
+    "embed": (_embed, embed_tables),
+    "cdt": (_cdt, cdt_tables),
+}
+TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
+    for flag, value in (("--embed-items", args.embed_items), ("--cdt-batch", args.cdt_batch),
+                        ("--cdt-steps", args.cdt_steps), ("--items", args.items)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{flag} {value} must be at least 1")
+    if args.embed_workers < 0 or args.gpu_windows < 0:
+        raise InputError("--embed-workers and --gpu-windows must be 0 or more")
+    try:
+        batches, shape = _integers(args.gpu_batches), _integers(args.item_shape)
+    except ValueError as err:
+        raise InputError(f"--gpu-batches and --item-shape are comma-separated integers ({err})") from err
+    if min(batches) < 1 or min(shape) < 1:
+        raise InputError("--gpu-batches and --item-shape take positive integers")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [args.only] if args.only else list(SECTIONS)
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    failed = []
+    for name in sections:
+        machine = report.machine_info()
+        print(f"[{name}] {report.machine_line(machine)}", flush=True)
+        warning = report.busy_warning(machine)
+        if warning:
+            print(f"  {warning}", flush=True)
+        run_section, _ = SECTIONS[name]
+        t0 = time.perf_counter()
+        try:
+            results = run_section(args)
+        except Exception as err:  # noqa: BLE001 - one broken section must not hide the others' numbers
+            if isinstance(err, InputError):
+                raise
+            failed.append(name)
+            results = {"error": f"{type(err).__name__}: {err}"}
+            print(f"  {name} failed: {results['error']}", flush=True)
+        seconds = time.perf_counter() - t0
+        record = {"section": name, "seconds": round(seconds, 1), "machine": machine, "options": options,
+                  "results": results}  # fmt: skip
+        report.write_record(out, record)
+        for t in report.record_tables(record, TABLES):
+            print(report.render_text(t), flush=True)
+        print(f"  ({name}: {seconds:.0f} s)\n", flush=True)
+    (out / "summary.md").write_text(report.summary_markdown(out, TABLES))
+    print(f"results in {out}/ ({', '.join(f'{s}.json' for s in sections)}, summary.md)")
+    return 1 if failed else 0

@@ -1,0 +1,159 @@
+"""Timing instruments for the device benchmarks: per-call timing (CUDA events on a GPU, the host clock
+otherwise), the time an adapter spends inside its forward calls, NVML's utilisation sampled in a thread, the
+strict-fp32 reference switch, and freeing device memory between measurements."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 1, min_calls: int = 3,
+               min_seconds: float = 1.0, max_calls: int = 50) -> list[float]:  # fmt: skip
+    """Seconds of each call of `fn` after `warmup` untimed calls: CUDA events on a GPU, the host clock
+    otherwise; at least `min_calls` calls and, up to `max_calls`, at least `min_seconds` in all."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    while len(times) < min_calls or (sum(times) < min_seconds and len(times) < max_calls):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+class ForwardTimer:
+    """Time spent inside an adapter class's `embed` (the model's forward on a batch) while patched in:
+    CUDA events around each call on a GPU (summed once the run is over), the host clock on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.host_seconds = 0.0
+        self.calls = 0
+        self.items = 0
+
+    @contextlib.contextmanager
+    def patch(self, cls: type) -> Iterator[ForwardTimer]:
+        original = cls.embed
+        timer = self
+
+        def embed(adapter, batch):
+            timer.calls += 1
+            timer.items += len(batch)
+            if timer.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = original(adapter, batch)
+                end.record()
+                timer.events.append((start, end))
+            else:
+                t0 = time.perf_counter()
+                out = original(adapter, batch)
+                timer.host_seconds += time.perf_counter() - t0
+            return out
+
+        cls.embed = embed
+        try:
+            yield self
+        finally:
+            cls.embed = original
+
+    def busy_seconds(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+        return self.host_seconds
+
+
+class NvmlSampler:
+    """GPU utilisation (NVML's percent of time a kernel ran) sampled in a thread; inert without pynvml."""
+
+    def __init__(self, device: torch.device, interval: float = 0.1):
+        self.samples: list[int] = []
+        self.interval, self.handle, self.error = interval, None, None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as err:  # noqa: BLE001 - NVML is optional: no pynvml, no driver library, no permission
+            self.error = f"{type(err).__name__}: {err}"
+            return
+        self._nvml = pynvml
+        props = torch.cuda.get_device_properties(device)
+        try:  # by PCI address: NVML numbers all GPUs, CUDA_VISIBLE_DEVICES may renumber them for CUDA
+            address = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+            self.handle = pynvml.nvmlDeviceGetHandleByPciBusId(address)
+        except Exception:  # noqa: BLE001 - older torch without the PCI fields, or an address NVML rejects
+            try:
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            except Exception as err:  # noqa: BLE001
+                self.error = f"{type(err).__name__}: {err}"
+                pynvml.nvmlShutdown()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.samples.append(int(self._nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+                self._stop.wait(self.interval)
+        except Exception as err:  # noqa: BLE001 - a failed reading ends the sampling, not the benchmark
+            self.error = f"{type(err).__name__}: {err}"
+
+    def __enter__(self) -> NvmlSampler:
+        if self.handle is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        if self.handle is not None:
+            self._nvml.nvmlShutdown()
+
+    def mean_percent(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """TF32 off for matmuls and convolutions (the fp32 reference), restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
