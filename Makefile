@@ -18,7 +18,16 @@ EMBED_ARGS ?=
 CONFIG     ?= $(OUT)/demo/train_cdt.toml
 TRAIN_ARGS ?=
 
-.PHONY: setup test test-all lint demo embed train bench clean
+# bench-gpu: the sections with CUDA parts, sized by BENCH_SIZE. full: the full-size Enformer's batch sweep, bf16
+# deviation and runner path; the CDT at the paper preset, both implementations, with bf16 steps. tiny: the same
+# commands in seconds (on a CPU the CUDA parts are skipped), to check that they run.
+BENCH_SIZE ?= full
+BENCH_GPU_EMBED_full :=
+BENCH_GPU_CDT_full   := --cdt-preset paper --allow-paper-reference
+BENCH_GPU_EMBED_tiny := --embed-items 4 --embed-workers 0 --gpu-batches 1,2 --gpu-windows 8
+BENCH_GPU_CDT_tiny   := --cdt-preset tiny --cdt-batch 2 --cdt-steps 1
+
+.PHONY: setup test test-all lint demo embed train bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -51,6 +60,11 @@ train: setup
 
 bench: setup
 	$(BIN)/dogmacache bench --out $(OUT)/bench
+
+bench-gpu: setup
+	$(if $(BENCH_GPU_CDT_$(BENCH_SIZE)),,$(error BENCH_SIZE=$(BENCH_SIZE) is not full or tiny))
+	$(BIN)/dogmacache bench --only embed --out $(OUT)/bench-gpu $(BENCH_GPU_EMBED_$(BENCH_SIZE))
+	$(BIN)/dogmacache bench --only cdt --out $(OUT)/bench-gpu $(BENCH_GPU_CDT_$(BENCH_SIZE))
 
 clean:
 	rm -rf $(OUT)

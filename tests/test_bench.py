@@ -3,6 +3,8 @@ with the targets, and JSON + summary.md files. No timing assertions: speed targe
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +140,15 @@ def test_cdt_section_through_fresh_processes(tmp_path):
     results = json.loads((tmp_path / "cdt.json").read_text())["results"]
     assert results["fast"]["threads"] == 1 and results["reference"]["implementation"] == "reference"
     assert _positive(results["speedup_samples_per_s"]) and _positive(results["rss_growth_reference_over_fast"])
+
+
+@pytest.mark.slow
+def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
+    """The flags `make bench-gpu BENCH_SIZE=tiny` passes, read from the Makefile, through the command."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    flags = dict(re.findall(r"^BENCH_GPU_(EMBED|CDT)_tiny\s*:=\s*(.*)$", makefile, re.MULTILINE))
+    assert set(flags) == {"EMBED", "CDT"}
+    for section in ("embed", "cdt"):
+        assert main(["bench", "--only", section, "--out", str(tmp_path), *flags[section.upper()].split()]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## embed" in summary and "## cdt" in summary and "preset tiny" in summary
