@@ -16,3 +16,7 @@ class IncompleteCacheError(CacheError):
 
 class InputError(DogmaError):
     """An input file, table or value that is malformed or inconsistent."""
+
+
+class ModelError(DogmaError):
+    """A model that cannot be found, loaded or run as asked (missing checkpoint file, unknown name, ...)."""

@@ -3,6 +3,7 @@
 contract. It imports nothing of the stages, so every stage may import it."""
 
 from dogmacache.contracts.provenance import digest_strings, file_sha256, input_digest, package_versions
+from dogmacache.contracts.sequences import reverse_complement
 from dogmacache.contracts.tables import (
     INPUT_COLUMNS,
     LABEL_COLUMNS,
@@ -23,4 +24,5 @@ __all__ = [
     "file_sha256",
     "input_digest",
     "package_versions",
+    "reverse_complement",
 ]

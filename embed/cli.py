@@ -1,26 +1,40 @@
-"""`dogmacache embed ...` (one model over one input table into one cache) and `dogmacache models ...`."""
+"""`dogmacache embed ...` (one model over one input table into one cache) and `dogmacache models ...`.
+
+Adapter options come from each options dataclass's `flags` (one flag per field, added once however many
+adapters share it); the flags a user gives are turned into the chosen adapter's options dataclass, and a
+flag that adapter does not take is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from dogmacache.cache.manifest import COMPRESSIONS, STORAGE_DTYPES
+from dogmacache.errors import InputError
+
+
+def _option_flags() -> dict[str, dict]:
+    """field name -> its argparse arguments, over every adapter's options (first definition kept)."""
+    from dogmacache.embed.adapters import ADAPTERS
+
+    found: dict[str, dict] = {}
+    for cls in ADAPTERS.values():
+        for name, spec in cls.options_class.flags.items():
+            found.setdefault(name, spec)
+    return found
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dogmacache.embed.adapters import ADAPTERS, get_adapter
+    from dogmacache.embed.adapters import model_modalities
 
-    get_adapter("enformer")  # imports every adapter module, so each can add its options
     p = subparsers.add_parser("embed", help="run one frozen model over an input table into a cache (resumable)")
     p.add_argument("--input", required=True, help="input table from a recipe (parquet or TSV) with an `id` column")
     p.add_argument("--modality", required=True, choices=("dna", "rna", "protein", "gene", "context"))
-    p.add_argument("--model", required=True, help=f"adapter: {', '.join(sorted(ADAPTERS))}")
+    p.add_argument("--model", required=True, help=f"adapter: {', '.join(sorted(model_modalities()))}")
     p.add_argument("--model-path", default=None, help="hub id or local directory (default: the adapter's weights)")
     p.add_argument("--revision", default=None, help="hub revision to download (default: main)")
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--genome", default=None, help="genome FASTA (plain) for --modality dna")
-    p.add_argument("--window-bp", type=int, default=None,
-                   help="DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="autocast for the forward pass (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
@@ -34,11 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
     p.add_argument("--no-progress", action="store_true")
-    added = set()
-    for cls in ADAPTERS.values():  # adapters of one family share their options: add each set once
-        if cls.add_arguments.__func__ not in added:
-            added.add(cls.add_arguments.__func__)
-            cls.add_arguments(p)
+    group = p.add_argument_group("adapter options (each model takes some; default: the model's)")
+    for name, spec in _option_flags().items():  # unset flags stay out of the namespace: the options' defaults hold
+        group.add_argument(*spec["flags"], dest=name, default=argparse.SUPPRESS,
+                           **{k: v for k, v in spec.items() if k != "flags"})  # fmt: skip
     p.set_defaults(run=_embed)
 
     p = subparsers.add_parser("models", help="list adapters; write tiny models of every supported architecture")
@@ -47,7 +60,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(run=_list)
     q = sub.add_parser("make-tiny", help="small random models in their real on-disk layouts (tests, offline demo)")
     q.add_argument("dir")
+    q.add_argument("--genes", default=None,
+                   help="comma-separated gene symbols for the tiny scGPT vocabulary (default: the demo's DEMO01..DEMO36)")  # fmt: skip
     q.set_defaults(run=_make_tiny)
+
+
+def options_from_args(args: argparse.Namespace):
+    """The chosen adapter's options dataclass from the adapter flags given; a flag it does not take is refused."""
+    from dogmacache.embed.adapters import get_adapter
+
+    cls = get_adapter(args.model, args.modality).options_class
+    flags = _option_flags()
+    given = {name: getattr(args, name) for name in flags if hasattr(args, name)}
+    takes = cls.flags
+    refused = [flags[name]["flags"][0] for name in given if name not in takes]
+    if refused:
+        accepted = ", ".join(spec["flags"][0] for spec in takes.values()) or "none"
+        raise InputError(
+            f"{refused[0]} does not apply to --model {args.model} --modality {args.modality} (its options: "
+            f"{accepted}); drop it"
+        )
+    return cls.from_dict(given)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -55,7 +88,7 @@ def config_from_args(args: argparse.Namespace):
 
     return EmbedConfig(
         input=args.input, modality=args.modality, model=args.model, out=args.out, model_path=args.model_path,
-        genome=args.genome, device=args.device, precision=args.precision, dtype=args.dtype,
+        revision=args.revision, options=options_from_args(args), genome=args.genome, device=args.device, precision=args.precision, dtype=args.dtype,
         compression=args.compression, max_tokens=args.max_tokens, max_batch=args.max_batch,
         num_workers=args.num_workers, shard_items=args.shard_items, overwrite=args.overwrite,
         progress=not args.no_progress,
@@ -67,25 +100,26 @@ def _embed(args: argparse.Namespace) -> int:
     if args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask
 
-        run_embed_dask(config, args, n_workers=args.workers, scheduler=args.dask_scheduler)
+        run_embed_dask(config, n_workers=args.workers, scheduler=args.dask_scheduler)
     else:
         from dogmacache.embed.runner import run_embed
 
-        run_embed(config, args)
+        run_embed(config)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from dogmacache.embed.adapters import ADAPTERS
+    from dogmacache.embed.adapters import model_modalities
 
-    for name, cls in sorted(ADAPTERS.items()):
-        print(f"{name:<24} {', '.join(cls.modalities)}")
+    for name, modalities in sorted(model_modalities().items()):
+        print(f"{name:<24} {', '.join(modalities)}")
     return 0
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from dogmacache.embed.tiny import make_tiny
+    from dogmacache.embed.tiny import DEMO_GENES, make_tiny
 
-    for name, path in make_tiny(args.dir).items():
+    genes = [g.strip() for g in args.genes.split(",") if g.strip()] if args.genes else DEMO_GENES
+    for name, path in make_tiny(args.dir, genes).items():
         print(f"{name:<24} {path}")
     return 0

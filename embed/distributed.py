@@ -3,21 +3,23 @@
 The coordinator creates (or resumes) the cache and submits one task per pending shard; each worker loads the
 model once (a worker plugin), embeds whole shards and writes them itself (every shard has one owner, so
 writers never share a file); the coordinator marks the cache complete when all tasks are done. With
-dask-cuda installed, `--workers` starts one worker per GPU (`LocalCUDACluster`).
+dask-cuda installed, `--workers` starts one worker per GPU (`LocalCUDACluster`). The coordinator resolves the
+settings once (`runner.resolve`); workers load the adapter with the resolved options and run with the
+coordinator's precision and token budget, so every shard is computed as the manifest says.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import replace
 
 import torch
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
-from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_rows, load, open_writer
+from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, open_writer, resolve
 from tqdm.auto import tqdm
 
-_STATE: dict = {}  # per worker process: the loaded adapter and the table's rows
+_STATE: dict = {}  # per worker process: the settings, the loaded adapter, its device and the table's rows
 
 
 def _plugin_base():
@@ -31,15 +33,15 @@ class AdapterPlugin(_plugin_base()):
 
     name = "dogmacache-adapter"
 
-    def __init__(self, config: EmbedConfig, options: argparse.Namespace, torch_threads: int):
-        self.config, self.options, self.torch_threads = config, options, torch_threads
+    def __init__(self, settings: EmbedSettings, torch_threads: int):
+        self.settings, self.torch_threads = settings, torch_threads
 
     def setup(self, worker=None) -> None:
         # CPU kernels split reductions by thread count: the coordinator's count gives the numbers one process gives
         torch.set_num_threads(self.torch_threads)
-        device = pick_device(self.config.device)
-        _, rows, adapter = load(self.config, self.options, device)
-        _STATE.update(config=self.config, rows=rows, adapter=adapter, device=device)
+        device = pick_device(self.settings.config.device)  # this worker's own GPU under LocalCUDACluster
+        _, rows, adapter = load(replace(self.settings.config, options=self.settings.options), device)
+        _STATE.update(settings=self.settings, rows=rows, adapter=adapter, device=device)
 
     def teardown(self, worker=None) -> None:
         _STATE.clear()
@@ -47,13 +49,13 @@ class AdapterPlugin(_plugin_base()):
 
 def embed_shard(shard: int) -> int:
     """Runs on a worker: embed and write one whole shard. Returns the number of items written."""
-    config, adapter, device = _STATE["config"], _STATE["adapter"], _STATE["device"]
+    settings, adapter, device = _STATE["settings"], _STATE["adapter"], _STATE["device"]
+    config = settings.config
     writer = CacheWriter.open(config.out)
     start, stop = writer.manifest.shard_rows(shard)
-    _, precision = autocast_for(device, config.precision)
     embeddings, extras = embed_rows(
-        adapter, _STATE["rows"][start:stop], device=device, precision=precision,
-        max_tokens=config.max_tokens or adapter.default_max_tokens(device), max_batch=config.max_batch,
+        adapter, _STATE["rows"][start:stop], device=device, precision=settings.precision,
+        max_tokens=settings.max_tokens, max_batch=config.max_batch, dtype=config.dtype,
         num_workers=0,  # dask workers are daemon processes: no DataLoader children
     )  # fmt: skip
     writer.write_shard(shard, embeddings, **extras)
@@ -77,14 +79,12 @@ def _cluster(n_workers: int, scheduler: str | None):
     return Client(cluster), cluster
 
 
-def run_embed_dask(config: EmbedConfig, options: argparse.Namespace, n_workers: int = 2,
-                   scheduler: str | None = None) -> dict:  # fmt: skip
+def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | None = None) -> dict:
     from dask.distributed import as_completed
 
-    table, _, adapter = load(config, options, torch.device("cpu"))  # checks inputs once, before any worker starts
-    info = adapter.info()
-    device = pick_device(config.device)
-    writer = open_writer(config, table, info, device, config.max_tokens or adapter.default_max_tokens(device))
+    table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
+    settings = resolve(config, adapter, pick_device(config.device))
+    writer = open_writer(settings, table, adapter.info())
     del adapter
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
@@ -93,7 +93,7 @@ def run_embed_dask(config: EmbedConfig, options: argparse.Namespace, n_workers: 
     client, cluster = _cluster(n_workers, scheduler)
     start = time.perf_counter()
     try:
-        client.register_plugin(AdapterPlugin(config, options, torch.get_num_threads()))
+        client.register_plugin(AdapterPlugin(settings, torch.get_num_threads()))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
         with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True) as bar:

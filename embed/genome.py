@@ -14,11 +14,6 @@ from pathlib import Path
 from dogmacache.errors import InputError
 
 VALID_DNA = frozenset("ACGTN")
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
-
-
-def reverse_complement(seq: str) -> str:
-    return seq.translate(_COMPLEMENT)[::-1]
 
 
 def check_dna(seq: str, item: str) -> None:

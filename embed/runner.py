@@ -2,14 +2,17 @@
 
 Flow per pending shard: the shard's rows are prepared on the CPU by DataLoader worker processes (FASTA
 reads, one-hot, tokenisation) while the device computes; prepared items are grouped into batches by a token
-budget counted after tokenisation; outputs are moved to the CPU in the storage dtype and the whole shard is
-written at once (`CacheWriter.write_shard`). Re-running the same command skips finished shards; on a
-complete cache it does nothing and says so.
+budget counted after tokenisation; outputs are cast to the storage dtype on the device (float16 and bfloat16
+halve the transfer and the shard buffer) and the whole shard is written at once (`CacheWriter.write_shard`).
+Re-running the same command skips finished shards; on a complete cache it does nothing and says so.
+
+Settings are resolved once (`resolve`): "auto" precision for the device, the adapter's token budget for
+`max_tokens` 0, and the adapter's options as the loaded model fixes them; `EmbedSettings` carries the result
+to the manifest, the stream and the dask workers.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from dataclasses import asdict, dataclass
@@ -19,11 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.cache.layout import numpy_view
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
-from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelInfo, get_adapter
+from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.inputs import input_digest, read_input_table
-from dogmacache.errors import InputError
+from dogmacache.errors import CacheError, InputError
 from tqdm.auto import tqdm
 
 
@@ -34,6 +38,7 @@ class EmbedConfig:
     model: str  # adapter name (see `dogmacache embed --help`)
     out: str  # cache directory to write
     model_path: str | None = None  # hub id or local directory; None = the adapter's default weights
+    revision: str | None = None  # hub revision to download; None = main (local directories: unused)
     genome: str | None = None  # FASTA for dna windows
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
@@ -45,18 +50,69 @@ class EmbedConfig:
     shard_items: int | None = None  # items per shard (default: ~1 GiB shards)
     overwrite: bool = False
     progress: bool = True
+    options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What a run uses, every "auto", 0 and None of `EmbedConfig` and the adapter options decided
+    (`resolve`); written into the cache manifest."""
+
+    config: EmbedConfig
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16: the autocast dtype of the forward pass
+    max_tokens: int  # token budget per batch
+    options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
+
+    def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
+        """The manifest's `config`: the run's settings, the adapter's options and the model's facts."""
+        run = {k: v for k, v in asdict(self.config).items() if k not in ("progress", "overwrite", "options")}
+        return {**run, **info.config, "precision": self.precision, "max_tokens": self.max_tokens,
+                "device": self.device.type, "options": asdict(self.options)}  # fmt: skip
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """"auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve(config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device) -> EmbedSettings:
+    """The one place a run's settings are decided, once the adapter is loaded and the device picked."""
+    return EmbedSettings(
+        config=config, device=device, precision=resolve_precision(device, config.precision),
+        max_tokens=config.max_tokens or adapter.default_max_tokens(device), options=adapter.options,
+    )  # fmt: skip
 
 
 def autocast_for(device: torch.device, precision: str):
-    """The autocast context for the forward pass (weights stay fp32: embeddings come out as the model computes)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise InputError(f"--precision {precision!r} is not one of auto, fp32, bf16, fp16")
-    return torch.autocast(device_type=device.type, dtype=dtype), precision
+    """The autocast context for the forward pass under a resolved `precision` (weights stay fp32)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
+    """(b, ...) outputs cast to the storage `dtype` on their device, then copied to the host. bfloat16 comes
+    back as ml_dtypes' bfloat16 (same bits). Values finite before the cast and not after (beyond float16's
+    range) are refused here, naming the item, where the cause is still known."""
+    stored = embedded.to(getattr(torch, dtype))
+    if dtype == "float16":
+        overflow = (torch.isinf(stored) & torch.isfinite(embedded)).flatten(1).any(1)  # (b,)
+        if bool(overflow.any()):
+            first = int(overflow.nonzero()[0, 0])
+            raise CacheError(
+                f"item {ids[first]!r} has values beyond float16's range (|x| > 65,504); store float32 instead "
+                "(--dtype float32)"
+            )
+    if dtype == "bfloat16":  # numpy has no bfloat16 of its own: move the bits, view them as ml_dtypes'
+        return stored.view(torch.int16).cpu().numpy().view(numpy_view("bfloat16"))
+    return stored.cpu().numpy()
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -100,22 +156,26 @@ def embed_stream(
     max_tokens: int,
     max_batch: int,
     num_workers: int,
+    dtype: str = "float32",
 ):
-    """Yield (outputs (b, *item_shape) float32 on the CPU, extras each (b, ...)) batch by batch, in row order."""
+    """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
+    batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`)."""
     loader = torch.utils.data.DataLoader(
         _Prepared(rows, adapter), batch_size=None, num_workers=num_workers, collate_fn=_as_prepared,
         pin_memory=device.type == "cuda", prefetch_factor=16 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
     )  # fmt: skip
-    autocast, _ = autocast_for(device, precision)
-    with torch.inference_mode(), autocast:
+    done = 0
+    with torch.inference_mode(), autocast_for(device, precision):
         for batch in batches_by_budget(loader, adapter.n_tokens, max_tokens, max_batch):
             embedded, extras = adapter.embed(batch)
-            yield embedded.float().cpu().numpy(), {k: np.asarray(v) for k, v in extras.items()}
+            ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
+            done += len(batch)
+            yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
 
 
 def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:
-    """All rows at once: (N, *item_shape) float32 and the extras, each (N, ...)."""
+    """All rows at once: (N, *item_shape) in the stream's `dtype` and the extras, each (N, ...)."""
     outputs, extras = [], {}
     for embedded, batch_extras in embed_stream(adapter, rows, **kwargs):
         outputs.append(embedded)
@@ -176,12 +236,9 @@ def _rows(table: pd.DataFrame, genome) -> list[dict[str, Any]]:
     return rows
 
 
-def open_writer(config: EmbedConfig, table: pd.DataFrame, info: ModelInfo, device: torch.device,
-                max_tokens: int) -> CacheWriter:  # fmt: skip
-    """Create or resume the cache, with the resolved config (everything that ran) in its manifest."""
-    _, precision = autocast_for(device, config.precision)
-    resolved = {**{k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite")}, **info.config,
-                "precision": precision, "max_tokens": max_tokens, "device": device.type}  # fmt: skip
+def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -> CacheWriter:
+    """Create or resume the cache, with the resolved settings (everything that ran) in its manifest."""
+    config = settings.config
     genome_tag = ""
     if config.genome:
         genome = Path(config.genome)
@@ -191,17 +248,18 @@ def open_writer(config: EmbedConfig, table: pd.DataFrame, info: ModelInfo, devic
         model_revision=info.model_revision, layer=info.layer, pooling=info.pooling, item_shape=info.item_shape,
         input_digest=input_digest(table, config.modality, genome_tag), dtype=config.dtype,
         compression=config.compression, shard_items=config.shard_items, extras=info.extras,
-        config=resolved, overwrite=config.overwrite,
+        config=settings.manifest_config(info), overwrite=config.overwrite,
     )  # fmt: skip
 
 
-def load(config: EmbedConfig, options: argparse.Namespace, device: torch.device):
-    """The input table, the loaded adapter and its ModelInfo; every check that can fail before work starts."""
-    cls = get_adapter(config.model)
-    if config.modality not in cls.modalities:
+def load(config: EmbedConfig, device: torch.device):
+    """The input table, its rows and the loaded adapter; every check that can fail before work starts."""
+    cls = get_adapter(config.model, config.modality)
+    options = cls.options_class() if config.options is None else config.options
+    if type(options) is not cls.options_class:
         raise InputError(
-            f"model {config.model!r} embeds {', '.join(cls.modalities)}, not --modality {config.modality}; "
-            "pick a model for that modality"
+            f"model {config.model!r} on --modality {config.modality} takes {cls.options_class.__name__}, "
+            f"not {type(options).__name__}; build the options with {cls.options_class.__name__}(...)"
         )
     table = read_input_table(config.input, config.modality)
     genome = None
@@ -217,7 +275,7 @@ def load(config: EmbedConfig, options: argparse.Namespace, device: torch.device)
                 f"chromosomes {unknown[:5]} of {config.input} are not in {config.genome} "
                 f"(it has {', '.join(genome.chromosomes[:8])}); check the genome build"
             )
-    adapter = cls(config.model_path, config.modality, options, device)
+    adapter = cls(config.model_path, options, device, revision=config.revision)
     adapter.check_table(table)
     return table, _rows(table, genome), adapter
 
@@ -230,14 +288,12 @@ def _unknown(genome, chrom: str) -> bool:
         return True
 
 
-def run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any]:
+def run_embed(config: EmbedConfig) -> dict[str, Any]:
     """Embed `config.input` into `config.out`. Returns a summary (items, seconds, items/s, shards written)."""
     device = pick_device(config.device)
-    table, rows, adapter = load(config, options, device)
-    info = adapter.info()
-    _, precision = autocast_for(device, config.precision)
-    max_tokens = config.max_tokens or adapter.default_max_tokens(device)
-    writer = open_writer(config, table, info, device, max_tokens)
+    table, rows, adapter = load(config, device)
+    settings = resolve(config, adapter, device)
+    writer = open_writer(settings, table, adapter.info())
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}
@@ -252,8 +308,8 @@ def run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any
     filler = _ShardFiller(writer, todo)
     rows_todo = [row for _, a, b in todo for row in rows[a:b]]
     for embedded, extras in embed_stream(
-        adapter, rows_todo, device=device, precision=precision, max_tokens=max_tokens,
-        max_batch=config.max_batch, num_workers=config.num_workers,
+        adapter, rows_todo, device=device, precision=settings.precision, max_tokens=settings.max_tokens,
+        max_batch=config.max_batch, num_workers=config.num_workers, dtype=config.dtype,
     ):  # fmt: skip
         filler.add(embedded, extras)
         bar.update(len(embedded))

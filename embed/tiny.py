@@ -4,15 +4,17 @@ on-disk layouts, so tests and the offline demo load them through the same code p
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from dogmacache.data_recipes.make_demo_data import N_GENES
 
 ESM2_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
 NT_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>",
              *("".join(k) for k in itertools.product("ATCG", repeat=6)), "A", "T", "C", "G", "N"]  # fmt: skip
-DEMO_GENES = [f"DEMO{i + 1:02d}" for i in range(N_GENES)]
+# The demo recipe's 36 gene symbols (data_recipes/make_demo_data.py, N_GENES): `models make-tiny`'s default
+# scGPT vocabulary, so the demo's tables embed without a missing symbol. A test keeps the two in step.
+DEMO_GENES = tuple(f"DEMO{i + 1:02d}" for i in range(36))
 
 
 def _write_esm(directory: Path, tokens: list[str], special: dict, seed: int, max_positions: int) -> Path:
@@ -44,14 +46,16 @@ def write_tiny_nucleotide_transformer(directory: Path, seed: int = 0) -> Path:
     return _write_esm(directory, NT_TOKENS, special, seed, max_positions=1002)
 
 
-def make_tiny(root: str | Path, seed: int = 0) -> dict[str, Path]:
+def make_tiny(root: str | Path, genes: Sequence[str] = DEMO_GENES, seed: int = 0) -> dict[str, Path]:
+    """Every tiny model under `root`, by registry name; `genes` make up the tiny scGPT's vocabulary
+    (plus its special tokens)."""
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
-    from dogmacache.embed.adapters.scgpt import write_tiny_scgpt
+    from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
 
     root = Path(root)
     return {
         "enformer": write_tiny_enformer(root / "enformer", seed),
         "esm2": write_tiny_esm2(root / "esm2", seed),
         "nucleotide-transformer": write_tiny_nucleotide_transformer(root / "nucleotide-transformer", seed),
-        "scgpt": write_tiny_scgpt(root / "scgpt", DEMO_GENES, seed),
+        "scgpt": write_tiny_scgpt(root / "scgpt", list(genes), seed),
     }

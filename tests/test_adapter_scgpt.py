@@ -1,29 +1,30 @@
 """The scGPT adapter on a tiny random checkpoint in the real layout: gene tokens worked by hand, context
 embeddings against torch's own TransformerEncoderLayer, binning on a hand-made vector, strict loading."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from dogmacache.embed.adapters.base import ModelError, weights_digest
-from dogmacache.embed.adapters.scgpt import ScGPTAdapter, bin_expression, write_tiny_scgpt
-from dogmacache.errors import InputError
+from dogmacache.embed.adapters import get_adapter
+from dogmacache.embed.adapters.scgpt_context import ScGPTContextAdapter, ScgptContextOptions, bin_expression
+from dogmacache.embed.adapters.scgpt_gene import ScGPTGeneAdapter, ScgptGeneOptions
+from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
+from dogmacache.embed.adapters.weights import weights_digest
+from dogmacache.errors import InputError, ModelError
 from torch import nn
 
 GENES = ["TP53", "GAPDH", "ACTB", "MYC", "CD4", "ALB", "EGFR", "KRAS"]
 CPU = torch.device("cpu")
 
 
-def options(**kwargs) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    ScGPTAdapter.add_arguments(parser)
-    ns = parser.parse_args([])
-    for key, value in kwargs.items():
-        setattr(ns, key, value)
-    return ns
+def gene(folder, **options) -> ScGPTGeneAdapter:
+    return ScGPTGeneAdapter(str(folder), ScgptGeneOptions(**options), CPU)
+
+
+def context(folder, **options) -> ScGPTContextAdapter:
+    return ScGPTContextAdapter(str(folder), ScgptContextOptions(**options), CPU)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ PROFILES = [
 
 # ---- gene modality ---------------------------------------------------------------------------------------
 def test_gene_embedding_is_layernormed_token_row_then_unit_length(tiny):
-    adapter = ScGPTAdapter(str(tiny), "gene", options(), CPU)
+    adapter = gene(tiny)
     state, vocab = torch.load(tiny / "best_model.pt"), json.loads((tiny / "vocab.json").read_text())
     batch = [adapter.prepare({"id": s}) for s in ("MYC", "TP53")]
     assert [adapter.n_tokens(p) for p in batch] == [1, 1]
@@ -60,24 +61,25 @@ def test_gene_embedding_is_layernormed_token_row_then_unit_length(tiny):
         by_hand = normed * state["encoder.enc_norm.weight"].double() + state["encoder.enc_norm.bias"].double()
         by_hand = by_hand / by_hand.norm()
         torch.testing.assert_close(out[i].double(), by_hand, atol=1e-6, rtol=1e-5)
-    raw, _ = ScGPTAdapter(str(tiny), "gene", options(scgpt_no_l2=True), CPU).embed(batch)
+    raw, _ = gene(tiny, l2=False).embed(batch)
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(F.normalize(raw, dim=-1), out)
 
 
 def test_gene_info(tiny):
-    info = ScGPTAdapter(str(tiny), "gene", options(), CPU).info()
+    adapter = gene(tiny)
+    info = adapter.info()
     assert (info.layer, info.pooling, info.item_shape) == ("gene_embedding+enc_norm", "token", (32,))
     assert info.extras == ()
     assert info.model_revision == weights_digest(str(tiny / "best_model.pt")) and info.model == str(tiny)
-    assert info.config["vocab_size"] == len(GENES) + 3 and info.config["l2_normalised"] is True
+    assert info.config["vocab_size"] == len(GENES) + 3 and adapter.options == ScgptGeneOptions(l2=True)
     assert info.config["ignored_checkpoint_modules"] == ["decoder", "flag_encoder", "mvc_decoder"]
 
 
 def test_unknown_symbols_reported(tiny):
-    adapter = ScGPTAdapter(str(tiny), "gene", options(), CPU)
-    assert adapter.missing_symbols(["TP53", "FOO1", "MYC", "BAR2", "FOO1"]) == ["FOO1", "BAR2"]
-    assert adapter.missing_symbols(GENES) == []
+    adapter = gene(tiny)
+    assert adapter.checkpoint.missing_symbols(["TP53", "FOO1", "MYC", "BAR2", "FOO1"]) == ["FOO1", "BAR2"]
+    assert adapter.checkpoint.missing_symbols(GENES) == []
     import pandas as pd
 
     adapter.check_table(pd.DataFrame({"id": GENES}))  # all known: no error
@@ -106,13 +108,13 @@ def test_binning_spreads_ties_at_random_within_the_tied_bins():
 # ---- context modality ------------------------------------------------------------------------------------
 def test_prepare_profile_drops_zeros_and_unknowns_and_caps_by_expression(tiny):
     vocab = json.loads((tiny / "vocab.json").read_text())
-    liver = ScGPTAdapter(str(tiny), "context", options(), CPU).prepare(PROFILES[0])
+    liver = context(tiny).prepare(PROFILES[0])
     assert liver["genes"].tolist() == [vocab["<cls>"]] + [vocab[g] for g in ("TP53", "GAPDH", "MYC", "ALB")]
     # sorted non-zero values [3, 7.5, 120, 900]; 51 bins: 50 edges at ranks 3k/49, k = 0..49. 3 is edge 0 -> bin 1,
     # 900 edge 49 -> bin 50; 7.5 (rank 1) lies above edges k <= 16 -> bin 17; 120 (rank 2) above k <= 32 -> bin 33
     assert liver["values"].tolist() == [-2.0, 1.0, 33.0, 17.0, 50.0]
     assert (int(liver["n_genes"]), int(liver["n_missing"])) == (4, 1)
-    capped_adapter = ScGPTAdapter(str(tiny), "context", options(scgpt_max_genes=2), CPU)
+    capped_adapter = context(tiny, max_genes=2)
     capped = capped_adapter.prepare(PROFILES[0])
     assert capped["genes"].tolist() == [vocab["<cls>"], vocab["GAPDH"], vocab["ALB"]]  # two highest, column order
     assert capped["values"].tolist() == [-2.0, 33.0, 50.0]  # binned before the cap, as scGPT does
@@ -162,7 +164,7 @@ def reference_cls(tiny, batch):
 
 
 def test_context_matches_torch_transformer_encoder_layer(tiny):
-    adapter = ScGPTAdapter(str(tiny), "context", options(), CPU)
+    adapter = context(tiny)
     batch = [adapter.prepare(p) for p in PROFILES]
     assert [adapter.n_tokens(p) for p in batch] == [5, 4]  # different lengths: padding is exercised
     out, extras = adapter.embed(batch)
@@ -176,10 +178,11 @@ def test_context_matches_torch_transformer_encoder_layer(tiny):
 
 
 def test_context_info(tiny):
-    info = ScGPTAdapter(str(tiny), "context", options(scgpt_max_genes=600), CPU).info()
+    adapter = context(tiny, max_genes=600)
+    info = adapter.info()
     assert (info.layer, info.pooling, info.item_shape) == ("cls_last_layer", "cls", (32,))
     assert [e.name for e in info.extras] == ["n_genes", "n_missing"]
-    assert (info.config["max_genes"], info.config["n_bins"], info.config["pad_value"]) == (600, 51, -2)
+    assert (adapter.options.max_genes, info.config["n_bins"], info.config["pad_value"]) == (600, 51, -2)
 
 
 def test_flash_and_plain_key_layouts_give_identical_outputs(tiny, tmp_path):
@@ -187,8 +190,8 @@ def test_flash_and_plain_key_layouts_give_identical_outputs(tiny, tmp_path):
     assert any(".self_attn.Wqkv." in k for k in state)
     plain = {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): v for k, v in state.items()}
     plain_dir = copy_folder(tiny, tmp_path / "plain", plain)
-    flash_adapter = ScGPTAdapter(str(tiny), "context", options(), CPU)
-    plain_adapter = ScGPTAdapter(str(plain_dir), "context", options(), CPU)
+    flash_adapter = context(tiny)
+    plain_adapter = context(plain_dir)
     batch = [flash_adapter.prepare(p) for p in PROFILES]
     flash_out, _ = flash_adapter.embed(batch)
     plain_out, _ = plain_adapter.embed(batch)
@@ -201,17 +204,17 @@ def test_missing_transformer_key_is_named(tiny, tmp_path):
     del state["transformer_encoder.layers.1.linear2.bias"]
     broken = copy_folder(tiny, tmp_path / "broken", state)
     with pytest.raises(ModelError, match=r"missing 'transformer_encoder\.layers\.1\.linear2\.bias'"):
-        ScGPTAdapter(str(broken), "gene", options(), CPU)
+        gene(broken)
 
 
 def test_unexpected_and_unknown_keys_are_named(tiny, tmp_path):
     state = torch.load(tiny / "best_model.pt")
     extra_layer = dict(state, **{"transformer_encoder.layers.2.norm1.weight": torch.ones(32)})
     with pytest.raises(ModelError, match=r"unexpected 'transformer_encoder\.layers\.2\.norm1\.weight'"):
-        ScGPTAdapter(str(copy_folder(tiny, tmp_path / "extra", extra_layer)), "gene", options(), CPU)
+        gene(copy_folder(tiny, tmp_path / "extra", extra_layer))
     dsbn = dict(state, **{"dsbn.bns.0.weight": torch.ones(32)})
     with pytest.raises(ModelError, match=r"'dsbn\.bns\.0\.weight'"):
-        ScGPTAdapter(str(copy_folder(tiny, tmp_path / "dsbn", dsbn)), "gene", options(), CPU)
+        gene(copy_folder(tiny, tmp_path / "dsbn", dsbn))
 
 
 def test_shape_mismatch_with_args_is_named(tiny, tmp_path):
@@ -220,20 +223,36 @@ def test_shape_mismatch_with_args_is_named(tiny, tmp_path):
     (folder / "args.json").write_text(json.dumps(dict(args, d_hid=128)))
     shapes = r"transformer_encoder\.layers\.0\.linear1\.weight \(64, 32\) vs \(128, 32\)"
     with pytest.raises(ModelError, match=shapes):
-        ScGPTAdapter(str(folder), "gene", options(), CPU)
+        gene(folder)
 
 
 def test_folder_errors(tiny, tmp_path):
     folder = copy_folder(tiny, tmp_path / "novocab")
     (folder / "vocab.json").unlink()
     with pytest.raises(ModelError, match=r"lacks vocab\.json"):
-        ScGPTAdapter(str(folder), "gene", options(), CPU)
+        gene(folder)
     with pytest.raises(ModelError, match="not found"):
-        ScGPTAdapter(str(tmp_path / "nowhere"), "gene", options(), CPU)
+        gene(tmp_path / "nowhere")
     style = copy_folder(tiny, tmp_path / "category")
     args = json.loads((style / "args.json").read_text())
     (style / "args.json").write_text(json.dumps(dict(args, input_emb_style="category")))
     with pytest.raises(ModelError, match="'category'"):
-        ScGPTAdapter(str(style), "gene", options(), CPU)
-    with pytest.raises(ModelError, match="'protein'"):
-        ScGPTAdapter(str(tiny), "protein", options(), CPU)
+        gene(style)
+    with pytest.raises(ModelError, match=r"model 'scgpt' embeds gene, context, not --modality protein"):
+        get_adapter("scgpt", "protein")
+
+
+# ---- options ---------------------------------------------------------------------------------------------
+def test_options_refuse_unknown_keys_and_bad_values():
+    assert ScgptContextOptions.from_dict({"max_genes": 600}) == ScgptContextOptions(l2=True, max_genes=600, bin_seed=0)
+    with pytest.raises(InputError, match=r"ScgptGeneOptions has no option 'max_genes'; known: l2\b"):
+        ScgptGeneOptions.from_dict({"max_genes": 600})  # a context option is no gene option
+    with pytest.raises(InputError, match=r"no option 'maxgenes'; known: l2, max_genes, bin_seed"):
+        ScgptContextOptions.from_dict({"maxgenes": 600})
+    with pytest.raises(InputError, match=r"--scgpt-max-genes is 0; it must be at least 1"):
+        ScgptContextOptions(max_genes=0)
+
+
+def test_revision_is_refused_for_a_local_folder(tiny):
+    with pytest.raises(ModelError, match=r"--revision 'v2' does not apply"):
+        ScGPTGeneAdapter(str(tiny), ScgptGeneOptions(), CPU, revision="v2")

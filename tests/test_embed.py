@@ -1,7 +1,6 @@
 """The embed stage on the demo recipe with tiny models of the real architectures, loaded through the same
 code paths as real weights: complete caches, resume after kill -9, clear errors on bad input."""
 
-import argparse
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import torch
 import zarr
 from dogmacache.cache import open_cache
 from dogmacache.cli import main
-from dogmacache.embed.adapters.enformer import EnformerAdapter
+from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.runner import batches_by_budget
 
@@ -62,13 +61,12 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
                       "rna.zarr": (69, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
     genes = open_cache(paths["gene.zarr"])
     assert genes.ids.tolist() == open_cache(paths["protein.zarr"]).ids.tolist()  # one canonical gene order
-    assert open_cache(paths["dna.zarr"]).manifest.config["window_bp"] == 2048
+    assert open_cache(paths["dna.zarr"]).manifest.config["options"]["window_bp"] == 2048
 
 
 def test_enformer_adapter_output_is_the_models_own_embedding(demo):
     root, models = demo
-    options = argparse.Namespace(window_bp=None, tf_gamma="auto", strand_policy="forward", revision=None)
-    adapter = EnformerAdapter(str(models["enformer"]), "dna", options, torch.device("cpu"))
+    adapter = EnformerAdapter(str(models["enformer"]), EnformerOptions(), torch.device("cpu"))
     genome = Genome(root / "recipe" / "genome.fa")
     rows = [{"id": "a", "chrom": "chr1", "center": 800, "_genome": genome},
             {"id": "b", "chrom": "chr3", "center": 50_000, "_genome": genome}]  # fmt: skip

@@ -1,13 +1,34 @@
-"""Foundation-model adapters, one file each; importing this package registers them all."""
+"""Foundation-model adapters, one file each, and the registry (`registry.ADAPTERS`): (`--model`, `--modality`)
+-> adapter class. One model may embed several modalities with one class (the Nucleotide Transformer) or with
+one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_model`)."""
 
-from dogmacache.embed.adapters import enformer, hf_esm, scgpt  # noqa: F401 - registers the adapters
-from dogmacache.embed.adapters.base import (
-    ADAPTERS,
-    EmbeddingAdapter,
-    ModelError,
-    ModelInfo,
-    get_adapter,
-    register,
+from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
+from dogmacache.embed.adapters.hf_esm import (
+    Esm2Adapter,
+    EsmOptions,
+    NucleotideTransformerAdapter,
+    NucleotideTransformerOptions,
 )
+from dogmacache.embed.adapters.registry import ADAPTERS, get_adapter, model_modalities
+from dogmacache.embed.adapters.scgpt_context import ScGPTContextAdapter, ScgptContextOptions
+from dogmacache.embed.adapters.scgpt_gene import ScGPTGeneAdapter, ScgptGeneOptions
 
-__all__ = ["ADAPTERS", "EmbeddingAdapter", "ModelError", "ModelInfo", "get_adapter", "register"]
+__all__ = [
+    "ADAPTERS",
+    "AdapterOptions",
+    "EmbeddingAdapter",
+    "EnformerAdapter",
+    "EnformerOptions",
+    "Esm2Adapter",
+    "EsmOptions",
+    "ModelInfo",
+    "NucleotideTransformerAdapter",
+    "NucleotideTransformerOptions",
+    "ScGPTContextAdapter",
+    "ScGPTGeneAdapter",
+    "ScgptContextOptions",
+    "ScgptGeneOptions",
+    "get_adapter",
+    "model_modalities",
+]

@@ -2,43 +2,66 @@
 
 Shapes: B items in a batch; an adapter's output per item is `item_shape`, (L, D) per position or (D,) pooled.
 
+Options: each adapter declares a frozen `AdapterOptions` dataclass (`options_class`), every default visible.
+The adapter's constructor resolves it once against the loaded model (a window length from the model's bins,
+"auto" to on/off ...) and keeps the result as `self.options`; the runner writes that into the manifest.
+
 Life of an item: the runner reads a row of the input table (a dict of its columns), the adapter's `prepare`
 turns it into model inputs on the CPU (runs in DataLoader worker processes: FASTA reads, one-hot,
 tokenisation), `n_tokens` says what it costs on the device (after tokenisation, special tokens included: the
 runner batches by a token budget), and `embed` runs the frozen model on a batch of prepared items and
 returns (B, *item_shape) plus the per-item extra arrays the adapter declared.
 
-Adding a model = one file in `embed/adapters/` with a subclass registered by `@register`.
+Adding a model = one file in `embed/adapters/` with an `EmbeddingAdapter` subclass and its options
+dataclass, and one line per modality in `ADAPTERS` (`embed/adapters/__init__.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
-from dogmacache.contracts.provenance import file_sha256
-from dogmacache.errors import DogmaError
+from dogmacache.errors import InputError
 
-ADAPTERS: dict[str, type[EmbeddingAdapter]] = {}
-
-
-class ModelError(DogmaError):
-    """A model that cannot be found, loaded or run as asked (missing checkpoint file, unknown name, ...)."""
+# `--window-bp`, shared by the adapters that cut DNA windows from a genome
+WINDOW_BP_FLAG = {"flags": ("--window-bp",), "type": int,
+                  "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; "
+                          "nucleotide-transformer on genome windows needs it)"}  # fmt: skip
 
 
-def register(cls: type[EmbeddingAdapter]) -> type[EmbeddingAdapter]:
-    ADAPTERS[cls.name] = cls
-    return cls
+@dataclass(frozen=True)
+class AdapterOptions:
+    """Base of every adapter's options. Subclasses are frozen dataclasses; `flags` maps each field to the
+    `dogmacache embed` flag that sets it (argparse arguments; `flags` holds the option strings)."""
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """Options from untyped keys (a config file, parsed flags); an unknown key is an InputError."""
+        known = [f.name for f in fields(cls)]
+        unknown = [key for key in values if key not in known]
+        if unknown:
+            raise InputError(
+                f"{cls.__name__} has no option {unknown[0]!r}; known: {', '.join(known) or 'none'}. "
+                "Drop it or fix its spelling"
+            )
+        return cls(**values)
+
+    def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in allowed:
+            raise InputError(f"{type(self).__name__}.{name} is {value!r}; expected one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What changes the numbers: written into the cache manifest."""
+    """What changes the numbers: written into the cache manifest (with the resolved options beside it)."""
 
     model: str  # hub id or local directory the weights came from
     model_revision: str  # hub revision, or "sha256:<hex>" of the weights file
@@ -46,24 +69,20 @@ class ModelInfo:
     pooling: str  # "none" for per-position outputs
     item_shape: tuple[int, ...]
     extras: tuple[ExtraArray, ...] = ()
-    config: dict[str, Any] = field(default_factory=dict)  # window, strand policy, truncation, dtype ...
+    config: dict[str, Any] = field(default_factory=dict)  # facts of the loaded model: bin size, truncation ...
 
 
 class EmbeddingAdapter(ABC):
     """A frozen foundation model behind the runner's interface."""
 
-    name: ClassVar[str]  # registry name used by `--model`
-    modalities: ClassVar[tuple[str, ...]]  # which `--modality` values it embeds
-    required_columns: ClassVar[dict[str, tuple[str, ...]]] = {}  # modality -> input table columns it reads
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:  # noqa: B027 - an optional hook
-        """Adapter-specific command-line options (e.g. --layer, --pooling); none by default."""
-        return None
+    options_class: ClassVar[type[AdapterOptions]]
+    options: AdapterOptions  # resolved by the constructor: no "auto" or None left that the model decides
 
     @abstractmethod
-    def __init__(self, model_path: str, modality: str, options: argparse.Namespace, device: torch.device):
-        """Load the frozen model (hub id or local directory), in eval mode on `device`."""
+    def __init__(self, model_path: str | None, options: AdapterOptions, device: torch.device,
+                 revision: str | None = None):  # fmt: skip
+        """Load the frozen model (hub id or local directory; None = the adapter's default weights), in eval
+        mode on `device`, and resolve `options` into `self.options`."""
 
     @abstractmethod
     def info(self) -> ModelInfo: ...
@@ -89,16 +108,3 @@ class EmbeddingAdapter(ABC):
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """(B, *item_shape) outputs for a batch of prepared items (any float dtype, any device), and the
         per-item extras declared in `info().extras`, each (B, ...)."""
-
-
-def get_adapter(name: str) -> type[EmbeddingAdapter]:
-    from dogmacache.embed import adapters  # noqa: F401 - importing the package registers every adapter
-
-    if name not in ADAPTERS:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(ADAPTERS))}. Pick one with --model")
-    return ADAPTERS[name]
-
-
-def weights_digest(path: str) -> str:
-    """sha256 of a weights file, recorded as the revision when a model comes from a local directory."""
-    return file_sha256(path)

@@ -11,75 +11,68 @@ items: the average of the window and its reverse complement (output bins flipped
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
-from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
-from dogmacache.embed.genome import check_dna, reverse_complement
+from dogmacache.contracts.sequences import reverse_complement
+from dogmacache.embed.adapters.base import WINDOW_BP_FLAG, AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.weights import load_state_dict_file, resolve_model_dir, weights_digest
+from dogmacache.embed.genome import check_dna
+from dogmacache.errors import ModelError
 
 OFFICIAL = "EleutherAI/enformer-official-rough"
 TF_GAMMA_BINS = 1536  # the only input length (in 128 bp bins) TF's gamma features exist for
+BIN_BP = 128  # bp per output bin
 _INDEX = np.full(256, 255, dtype=np.uint8)
 for _i, _b in enumerate("ACGTN"):
     _INDEX[ord(_b)] = _i
-WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 
 
-def resolve_model_dir(model_path: str, revision: str | None = None) -> tuple[Path, str]:
-    """A local directory as is, else a hub id downloaded once (huggingface_hub cache); (dir, revision)."""
-    local = Path(model_path)
-    if local.is_dir():
-        return local, ""
-    if local.exists() or model_path.startswith((".", "/")) or model_path.count("/") != 1:
-        raise ModelError(f"model path {model_path!r} is neither a local directory nor a hub id (OWNER/NAME)")
-    from huggingface_hub import snapshot_download
+@dataclass(frozen=True)
+class EnformerOptions(AdapterOptions):
+    window_bp: int | None = None  # input window in bp; None: 196,608 for 896-bin models, else 256 x the bins
+    tf_gamma: str = "auto"  # TF's gamma positional features: auto (on at 196,608 bp, as trained) | on | off
+    strand_policy: str = "forward"  # minus-strand items: forward (reference strand) | rc-average
 
-    try:
-        path = snapshot_download(model_path, revision=revision)
-    except Exception as err:  # offline, unknown repo, gated model: one message with the way out
-        raise ModelError(
-            f"cannot download {model_path!r} ({type(err).__name__}: {err}); download it elsewhere and pass the "
-            "local directory with --model-path"
-        ) from err
-    return Path(path), Path(path).name  # snapshot folders are named by commit hash
+    flags: ClassVar[dict[str, dict[str, Any]]] = {
+        "window_bp": WINDOW_BP_FLAG,
+        "tf_gamma": {"flags": ("--tf-gamma",), "choices": ("auto", "on", "off"),
+                     "help": "TF gamma positional features: the official weights need them (auto: on at 196,608 bp)"},
+        "strand_policy": {"flags": ("--strand-policy",), "choices": ("forward", "rc-average"),
+                          "help": "minus-strand items: reference strand only, or averaged with the reverse complement"},
+    }  # fmt: skip
 
+    def __post_init__(self):
+        self._check_choice("tf_gamma", ("auto", "on", "off"))
+        self._check_choice("strand_policy", ("forward", "rc-average"))
 
-def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    for name in WEIGHT_FILES:
-        path = directory / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(str(path)), path
-            return torch.load(path, map_location="cpu", weights_only=True), path
-    raise ModelError(f"{directory} holds no weights file ({' or '.join(WEIGHT_FILES)}); is it a model folder?")
+    def resolve(self, bins: int) -> EnformerOptions:
+        """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take."""
+        window = self.window_bp or (196_608 if bins == 896 else 256 * bins)
+        if window % BIN_BP or window // BIN_BP < bins:
+            raise ModelError(f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins")
+        on = window // BIN_BP == TF_GAMMA_BINS if self.tf_gamma == "auto" else self.tf_gamma == "on"
+        if on and window // BIN_BP != TF_GAMMA_BINS:
+            raise ModelError(f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off")
+        return replace(self, window_bp=window, tf_gamma="on" if on else "off")
 
 
-@register
 class EnformerAdapter(EmbeddingAdapter):
-    name = "enformer"
-    modalities = ("dna",)
+    options_class = EnformerOptions
+    options: EnformerOptions
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("enformer")
-        g.add_argument("--tf-gamma", choices=("auto", "on", "off"), default="auto",
-                       help="TF gamma positional features: the official weights need them (auto: on at 196,608 bp)")  # fmt: skip
-        g.add_argument("--strand-policy", choices=("forward", "rc-average"), default="forward",
-                       help="minus-strand items: reference strand only, or averaged with the reverse complement")  # fmt: skip
-
-    def __init__(self, model_path: str | None, modality: str, options: argparse.Namespace, device: torch.device):
+    def __init__(self, model_path: str | None, options: EnformerOptions, device: torch.device,
+                 revision: str | None = None):  # fmt: skip
         from enformer_pytorch import Enformer
         from enformer_pytorch.config_enformer import EnformerConfig
         from enformer_pytorch.modeling_enformer import Attention
 
-        directory, revision = resolve_model_dir(model_path or OFFICIAL, getattr(options, "revision", None))
+        directory, hub_revision = resolve_model_dir(model_path or OFFICIAL, revision)
         config_file = directory / "config.json"
         if not config_file.is_file():
             raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
@@ -92,26 +85,20 @@ class EnformerAdapter(EmbeddingAdapter):
         except RuntimeError as err:
             raise ModelError(f"{weights_path} does not match the Enformer in {config_file}: {err}") from err
         self.bins = int(config.target_length)
-        window = getattr(options, "window_bp", None) or (196_608 if self.bins == 896 else 256 * self.bins)
-        if window % 128 or window // 128 < self.bins:
-            raise ModelError(f"--window-bp {window} must be a multiple of 128 covering at least {self.bins} bins")
-        tf_gamma = {"on": True, "off": False}.get(getattr(options, "tf_gamma", "auto"), window // 128 == TF_GAMMA_BINS)
-        if tf_gamma and window // 128 != TF_GAMMA_BINS:
-            raise ModelError(f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off")
+        self.options = options.resolve(self.bins)
+        self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"
         for module in model.modules():  # the official weights were trained with TF's gamma features
             if isinstance(module, Attention):
-                module.use_tf_gamma = tf_gamma
+                module.use_tf_gamma = self.tf_gamma
         self.model = model.to(device).eval().requires_grad_(False)
-        self.device, self.window, self.tf_gamma = device, window, tf_gamma
-        self.strand_policy = getattr(options, "strand_policy", "forward")
+        self.device = device
         self.dim = int(config.dim) * 2  # the trunk's final pointwise layer doubles the width
         self._info = ModelInfo(
             model=model_path or OFFICIAL,
-            model_revision=revision or weights_digest(str(weights_path)),
+            model_revision=hub_revision or weights_digest(weights_path),
             layer="trunk", pooling="none", item_shape=(self.bins, self.dim),
             extras=(ExtraArray("n_padded", "int32"),),
-            config={"window_bp": window, "tf_gamma": tf_gamma, "strand_policy": self.strand_policy,
-                    "bin_bp": 128, "output_span_bp": 128 * self.bins},
+            config={"bin_bp": BIN_BP, "output_span_bp": BIN_BP * self.bins},
         )  # fmt: skip
 
     def info(self) -> ModelInfo:
@@ -123,7 +110,7 @@ class EnformerAdapter(EmbeddingAdapter):
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         seq, n_padded = row["_genome"].window(str(row["chrom"]), int(row["center"]), self.window)
         check_dna(seq, row["id"])
-        minus = self.strand_policy == "rc-average" and str(row.get("strand", "+")) == "-"
+        minus = self.options.strand_policy == "rc-average" and str(row.get("strand", "+")) == "-"
         out = {"index": _INDEX[np.frombuffer(seq.encode(), dtype=np.uint8)], "n_padded": np.int32(n_padded)}
         if minus:
             out["index_rc"] = _INDEX[np.frombuffer(reverse_complement(seq).encode(), dtype=np.uint8)]

@@ -10,38 +10,64 @@ NT v2 checkpoints need `trust_remote_code` (turned on when the folder's config h
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
-from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
-from dogmacache.embed.adapters.enformer import WEIGHT_FILES, resolve_model_dir
+from dogmacache.embed.adapters.base import WINDOW_BP_FLAG, AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.weights import resolve_model_dir, weights_digest, weights_file
 from dogmacache.embed.genome import check_dna
-from dogmacache.errors import InputError
+from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
+POOLINGS = ("mean", "cls", "none")
+
+
+@dataclass(frozen=True)
+class EsmOptions(AdapterOptions):
+    layer: int = -1  # hidden layer: -1 the last (after the final LayerNorm), k counted from 0 = embedding output
+    pooling: str = "mean"  # mean over real tokens | cls (the <cls> token) | none (per token, padded, with a mask)
+    max_length: int | None = None  # tokens kept per item, specials included; None: the model's sequence limit
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {
+        "layer": {"flags": ("--layer",), "type": int, "help": "hidden layer (-1: last, after the final LayerNorm)"},
+        "pooling": {"flags": ("--pooling",), "choices": POOLINGS,
+                    "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)"},
+        "max_length": {"flags": ("--max-length",), "type": int,
+                       "help": "tokens kept per item incl. specials (default: the model's limit)"},
+    }  # fmt: skip
+
+    def __post_init__(self):
+        self._check_choice("pooling", POOLINGS)
+
+    def resolve(self, n_layers: int, default_length: int, position_limit: int) -> Self:
+        """Checked against a model with `n_layers` layers; `max_length` None becomes `default_length`, and any
+        length is capped at the model's `position_limit` (both counted with special tokens)."""
+        if not -1 <= self.layer <= n_layers:
+            raise ModelError(f"--layer {self.layer} does not exist; the model has layers 0..{n_layers} (or -1)")
+        return replace(self, max_length=min(self.max_length or default_length, position_limit))
+
+
+@dataclass(frozen=True)
+class NucleotideTransformerOptions(EsmOptions):
+    window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG}
 
 
 class _EsmFamily(EmbeddingAdapter):
     default_model: str
-    max_tokens_default: int  # model's positions incl. specials
+    max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
+    options: EsmOptions
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("esm2 / nucleotide-transformer")
-        g.add_argument("--layer", type=int, default=-1, help="hidden layer (-1: last, after the final LayerNorm)")
-        g.add_argument("--pooling", choices=("mean", "cls", "none"), default="mean",
-                       help="mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)")  # fmt: skip
-        g.add_argument("--max-length", type=int, default=None,
-                       help="tokens kept per item incl. specials (default: the model's limit)")  # fmt: skip
-
-    def __init__(self, model_path: str | None, modality: str, options: argparse.Namespace, device: torch.device):
+    def __init__(self, model_path: str | None, options: EsmOptions, device: torch.device,
+                 revision: str | None = None):  # fmt: skip
         from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmModel
 
-        directory, revision = resolve_model_dir(model_path or self.default_model, getattr(options, "revision", None))
+        directory, hub_revision = resolve_model_dir(model_path or self.default_model, revision)
         config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
         if config is None:
             raise ModelError(f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights")
@@ -59,27 +85,22 @@ class _EsmFamily(EmbeddingAdapter):
         if info["missing_keys"]:  # transformers would fill these with random weights: refuse instead
             raise ModelError(f"{directory} lacks weights for {info['missing_keys'][:5]}; it is not a complete checkpoint")
         self.model = model.to(device).eval().requires_grad_(False)
-        self.device, self.modality, self.remote = device, modality, remote
-        self.layer, self.pooling = int(options.layer), options.pooling
-        n_layers = int(config.get("num_hidden_layers", 0))
-        if not -1 <= self.layer <= n_layers:
-            raise ModelError(f"--layer {self.layer} does not exist; the model has layers 0..{n_layers} (or -1)")
-        limit = int(config.get("max_position_embeddings", self.max_tokens_default))
-        self.max_length = min(getattr(options, "max_length", None) or self.max_tokens_default, limit)
-        self.window = getattr(options, "window_bp", None)
+        self.device, self.remote = device, remote
+        limit = int(config.get("max_position_embeddings", self.max_sequence_length))
+        self.options = options.resolve(int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit)
+        self.layer, self.pooling, self.max_length = self.options.layer, self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
-        weights = next((directory / n for n in WEIGHT_FILES if (directory / n).is_file()), None)
+        weights = weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
         if self.pooling == "none":
             extras.append(ExtraArray("mask", "bool", (self.max_length,)))
         self._info = ModelInfo(
             model=model_path or self.default_model,
-            model_revision=revision or (weights_digest(str(weights)) if weights else "unknown"),
+            model_revision=hub_revision or (weights_digest(weights) if weights else "unknown"),
             layer=self.layer, pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
             extras=tuple(extras),
-            config={"max_length": self.max_length, "truncation": f"first {self.max_length} tokens incl. specials",
-                    "trust_remote_code": remote, "window_bp": self.window},
+            config={"truncation": f"first {self.max_length} tokens incl. specials", "trust_remote_code": remote},
         )  # fmt: skip
 
     def info(self) -> ModelInfo:
@@ -136,12 +157,10 @@ class _EsmFamily(EmbeddingAdapter):
         return padded, {**extras, "mask": mask}
 
 
-@register
 class Esm2Adapter(_EsmFamily):
-    name = "esm2"
-    modalities = ("protein",)
+    options_class = EsmOptions
     default_model = "facebook/esm2_t33_650M_UR50D"
-    max_tokens_default = 1024  # 1,022 residues + <cls> + <eos>
+    max_sequence_length = 1024  # 1,022 residues + <cls> + <eos>
 
     def sequence(self, row: dict[str, Any]) -> str:
         seq = str(row["sequence"]).strip().upper().rstrip("*")
@@ -154,20 +173,20 @@ class Esm2Adapter(_EsmFamily):
         return seq
 
 
-@register
 class NucleotideTransformerAdapter(_EsmFamily):
-    name = "nucleotide-transformer"
-    modalities = ("dna", "rna")
+    options_class = NucleotideTransformerOptions
+    options: NucleotideTransformerOptions
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
-    max_tokens_default = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
+    max_sequence_length = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
 
     def sequence(self, row: dict[str, Any]) -> str:
         if "sequence" in row and isinstance(row["sequence"], str):
             seq = row["sequence"].strip().upper().replace("U", "T")  # NT reads DNA letters; RNA's U is T
         else:
-            if not self.window:
+            window = self.options.window_bp
+            if not window:
                 raise InputError("nucleotide-transformer on genome windows needs --window-bp (e.g. 5994 for v1)")
-            seq, _ = row["_genome"].window(str(row["chrom"]), int(row["center"]), self.window)
+            seq, _ = row["_genome"].window(str(row["chrom"]), int(row["center"]), window)
         if not seq:
             raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])

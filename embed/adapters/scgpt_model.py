@@ -1,36 +1,23 @@
 """scGPT (bowang-lab) read straight from its checkpoint folder: the `scgpt` package does not import with
-current torch (torchtext, flash-attn v1), so the encoder is rebuilt here in plain PyTorch.
+current torch (torchtext, flash-attn v1), so the encoder is rebuilt here in plain PyTorch. This module owns the
+checkpoint (files, arguments, vocabulary, strict loading) and the encoder; the two adapters over it are
+`scgpt_gene` (gene tokens) and `scgpt_context` (expression profiles -> `<cls>` embeddings).
 
 Folder: `best_model.pt` (a plain state dict), `vocab.json` ({symbol: id}, special tokens included), `args.json`.
-- "gene": one gene symbol per row (`id`) -> (D,) = enc_norm(embedding[vocab[id]]), the token embedding CDT uses.
-- "context": one expression profile per row (`id` plus one numeric column per gene symbol; tissues or cells)
-  -> (D,) = last-layer output at `<cls>`, as scGPT's `tasks.cell_emb` computes cell embeddings.
-Both are L2-normalised unless `--scgpt-no-l2`.
-
-Context input, as scGPT's `embed_data` builds it: genes outside the vocabulary are dropped (counted per item),
-zeros are dropped, the rest are binned per profile (`bin_expression`), then capped at `max_genes`; `<cls>` is
-prepended with value `pad_value`; a batch is padded with `<pad>` and masked. Two choices differ from scGPT, both
-for reproducible caches: the cap keeps the `max_genes` highest raw values (ties by column order; scGPT samples at
-random), and bin ties are broken by a generator seeded per item (`--scgpt-bin-seed`).
 
 Shapes: B items, L tokens (`<cls>` + genes), D = embsize.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from dogmacache.cache.layout import ExtraArray
-from dogmacache.embed.adapters.base import EmbeddingAdapter, ModelError, ModelInfo, register, weights_digest
-from dogmacache.errors import InputError
+from dogmacache.embed.adapters.weights import weights_digest
+from dogmacache.errors import ModelError
 from einops import rearrange
 from torch import nn
 
@@ -42,9 +29,11 @@ IGNORED = ("decoder", "mvc_decoder", "cls_decoder", "flag_encoder", "batch_encod
            "grad_reverse_discriminator")  # fmt: skip
 VALUE_CLAMP = 512.0  # ContinuousValueEncoder.max_value: inputs are clipped to at most this
 SHOW = 5  # offending names shown in an error message
+L2_FLAG = {"flags": ("--scgpt-no-l2",), "action": "store_false",
+           "help": "scgpt: keep vectors as they are, not unit length"}  # fmt: skip
 
 
-def _listing(names: list[str]) -> str:
+def listing(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:SHOW])
     return shown + (f" ... ({len(names)} in all)" if len(names) > SHOW else f" ({len(names)})")
 
@@ -191,7 +180,7 @@ def load_encoder(
     if unknown:
         raise ModelError(
             f"best_model.pt holds keys of modules this adapter neither rebuilds nor knows to be heads: "
-            f"{_listing(unknown)}; such a checkpoint (batch norm, other attention) is not supported"
+            f"{listing(unknown)}; such a checkpoint (batch norm, other attention) is not supported"
         )
     model = ScGPTEncoder(n_tokens, args)
     kept = {k: v for k, v in state.items() if top[k] in REBUILT}
@@ -199,7 +188,7 @@ def load_encoder(
     missing, unexpected = sorted(set(expected) - set(kept)), sorted(set(kept) - set(expected))
     if missing or unexpected:
         pairs = (("missing", missing), ("unexpected", unexpected))
-        found = "; ".join(f"{what} {_listing(keys)}" for what, keys in pairs if keys)
+        found = "; ".join(f"{what} {listing(keys)}" for what, keys in pairs if keys)
         raise ModelError(
             f"best_model.pt does not match args.json (nlayers={args.nlayers}): {found}; "
             "use the best_model.pt, args.json and vocab.json saved together"
@@ -225,167 +214,54 @@ def read_vocab(path: Path) -> dict[str, int]:
     return vocab
 
 
-# ---- binning -----------------------------------------------------------------------------------------------
-def bin_expression(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.ndarray:
-    """scGPT's `preprocess.binning`: (G,) non-negative values -> (G,) int64 bins. Zeros stay 0; non-zero values
-    go to bins 1..n_bins-1 by the n_bins-1 quantiles of this profile's non-zero values. A value on a run of
-    equal edges (ties) gets a uniformly random bin among them (scGPT's `_digitize(side="both")`)."""
-    binned = np.zeros(values.shape, dtype=np.int64)
-    nonzero = np.flatnonzero(values)
-    if nonzero.size == 0:
-        return binned
-    x = values[nonzero]
-    edges = np.quantile(x, np.linspace(0, 1, n_bins - 1))
-    left, right = np.digitize(x, edges), np.digitize(x, edges, right=True)
-    binned[nonzero] = np.ceil(rng.random(x.size) * (right - left) + left).astype(np.int64)
-    return binned
+# ---- the checkpoint folder --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScGPTCheckpoint:
+    """A loaded checkpoint folder: the encoder (frozen, eval mode, on its device) and what came with it."""
 
-
-# ---- the adapter -------------------------------------------------------------------------------------------
-@register
-class ScGPTAdapter(EmbeddingAdapter):
-    """scGPT gene-token embeddings ("gene") and `<cls>` embeddings of expression profiles ("context")."""
-
-    name = "scgpt"
-    modalities = ("gene", "context")
-    required_columns = {"gene": ("id",), "context": ("id",)}  # context: plus one numeric column per gene
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("scgpt")
-        group.add_argument("--scgpt-no-l2", action="store_true", help="keep vectors as they are, not unit length")
-        group.add_argument("--scgpt-max-genes", type=int, default=1200,
-                           help="context: most genes per profile (+ <cls>), the highest expressed (default 1200)")
-        group.add_argument("--scgpt-bin-seed", type=int, default=0,
-                           help="context: seed for breaking ties between equal bin edges (default 0)")  # fmt: skip
-
-    def __init__(self, model_path: str, modality: str, options: argparse.Namespace, device: torch.device):
-        if modality not in self.modalities:
-            raise ModelError(f"scgpt embeds {' or '.join(self.modalities)}, not {modality!r}; fix --modality")
-        self.modality = modality
-        self.l2 = not getattr(options, "scgpt_no_l2", False)
-        self.max_genes = int(getattr(options, "scgpt_max_genes", 1200))
-        self.bin_seed = int(getattr(options, "scgpt_bin_seed", 0))
-        if self.max_genes < 1:
-            raise ModelError(f"--scgpt-max-genes is {self.max_genes}; it must be at least 1")
-        folder = Path(model_path)
-        if not folder.is_dir():
-            raise ModelError(f"scGPT checkpoint folder {model_path!r} not found; download it (e.g. whole-human) "
-                             f"and pass its local path; it must hold {', '.join(FILES)}")  # fmt: skip
-        absent = [f for f in FILES if not (folder / f).is_file()]
-        if absent:
-            raise ModelError(f"{folder} lacks {', '.join(absent)}; an scGPT checkpoint folder holds "
-                             f"{', '.join(FILES)} (state dict, {{symbol: id}} vocabulary, arguments)")  # fmt: skip
-        self.folder = folder
-        self.args = ScGPTArgs.from_json(folder / "args.json")
-        self.vocab = read_vocab(folder / "vocab.json")
-        for token in (CLS_TOKEN, self.args.pad_token):
-            if token not in self.vocab:
-                raise ModelError(f"{folder / 'vocab.json'} lacks the special token {token!r}; use scGPT's")
-        try:
-            state = torch.load(folder / "best_model.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-            raise ModelError(f"cannot load {folder / 'best_model.pt'} as a state dict: {exc}") from exc
-        if not isinstance(state, dict):
-            raise ModelError(f"{folder / 'best_model.pt'} holds a {type(state).__name__}, not a state dict")
-        model, self.ignored = load_encoder(state, len(self.vocab), self.args)
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval().requires_grad_(False)
-        self.revision = weights_digest(str(folder / "best_model.pt"))
+    folder: Path
+    args: ScGPTArgs
+    vocab: dict[str, int]  # symbol -> token id, special tokens included
+    model: ScGPTEncoder
+    ignored: list[str]  # head modules present in best_model.pt and not rebuilt
+    revision: str  # "sha256:<hex>" of best_model.pt
 
     def missing_symbols(self, ids: list[str]) -> list[str]:
         """Symbols (gene ids or profile columns) absent from the vocabulary, in input order, each once."""
         return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.vocab))
 
-    def check_table(self, table) -> None:
-        """Gene tokens: every symbol of the table must be in the vocabulary; all absent ones named at once."""
-        if self.modality != "gene":
-            return
-        missing = self.missing_symbols(table["id"].tolist())
-        if missing:
-            raise ModelError(f"{len(missing)} gene symbols are not in the scGPT vocabulary ({self.folder}): "
-                             f"{_listing(missing)}; filter the gene list with the recipe's --rna-vocab")  # fmt: skip
 
-    def info(self) -> ModelInfo:
-        context = self.modality == "context"
-        config: dict[str, Any] = {"l2_normalised": self.l2, "vocab_size": len(self.vocab), "dtype": "float32",
-                                  "ignored_checkpoint_modules": self.ignored}  # fmt: skip
-        if context:
-            config |= {"n_bins": self.args.n_bins, "max_genes": self.max_genes, "bin_seed": self.bin_seed,
-                       "pad_value": self.args.pad_value, "cap_rule": "highest raw values, ties by column order",
-                       "missing_in_vocab": "per item: extra array n_missing"}  # fmt: skip
-        else:
-            config["missing_in_vocab"] = 0  # a symbol outside the vocabulary is an error
-        return ModelInfo(
-            model=str(self.folder),
-            model_revision=self.revision,
-            layer="cls_last_layer" if context else "gene_embedding+enc_norm",
-            pooling="cls" if context else "token",
-            item_shape=(self.args.embsize,),
-            extras=(ExtraArray("n_genes", "int32"), ExtraArray("n_missing", "int32")) if context else (),
-            config=config,
-        )
+def load_checkpoint(model_path: str | None, device: torch.device, revision: str | None = None) -> ScGPTCheckpoint:
+    """Read and strictly load an scGPT checkpoint folder; ModelError naming what is missing or wrong."""
+    if revision:
+        raise ModelError(f"scgpt reads a local checkpoint folder; --revision {revision!r} does not apply: drop it")
+    if not model_path or not Path(model_path).is_dir():
+        raise ModelError(f"scGPT checkpoint folder {model_path!r} not found; download it (e.g. whole-human) "
+                         f"and pass its local path with --model-path; it must hold {', '.join(FILES)}")  # fmt: skip
+    folder = Path(model_path)
+    absent = [f for f in FILES if not (folder / f).is_file()]
+    if absent:
+        raise ModelError(f"{folder} lacks {', '.join(absent)}; an scGPT checkpoint folder holds "
+                         f"{', '.join(FILES)} (state dict, {{symbol: id}} vocabulary, arguments)")  # fmt: skip
+    args = ScGPTArgs.from_json(folder / "args.json")
+    vocab = read_vocab(folder / "vocab.json")
+    for token in (CLS_TOKEN, args.pad_token):
+        if token not in vocab:
+            raise ModelError(f"{folder / 'vocab.json'} lacks the special token {token!r}; use scGPT's")
+    try:
+        state = torch.load(folder / "best_model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise ModelError(f"cannot load {folder / 'best_model.pt'} as a state dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{folder / 'best_model.pt'} holds a {type(state).__name__}, not a state dict")
+    model, ignored = load_encoder(state, len(vocab), args)
+    model = model.to(torch.device(device)).eval().requires_grad_(False)
+    return ScGPTCheckpoint(folder, args, vocab, model, ignored, weights_digest(folder / "best_model.pt"))
 
-    def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self._prepare_profile(row) if self.modality == "context" else self._prepare_symbol(row)
 
-    def _prepare_symbol(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
-        symbol = str(row["id"])
-        if symbol not in self.vocab:
-            raise ModelError(f"gene symbol {symbol!r} is not in the scGPT vocabulary ({self.folder}); "
-                             "filter the gene list with the recipe's --rna-vocab")  # fmt: skip
-        return {"genes": np.array([self.vocab[symbol]], dtype=np.int64)}
-
-    def _prepare_profile(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
-        item, columns = row["id"], [c for c in row if c != "id"]
-        try:
-            values = np.array([row[c] for c in columns], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"profile {item!r} has a non-numeric gene column ({exc}); context rows are `id` "
-                             "plus one numeric column per gene symbol") from exc  # fmt: skip
-        bad = [c for c, v in zip(columns, values, strict=True) if not (math.isfinite(v) and v >= 0)]
-        if bad:
-            raise InputError(f"profile {item!r} has negative or non-finite values in {_listing(bad)}; scGPT "
-                             "expects non-negative expression (counts, TPM or log1p of them)")  # fmt: skip
-        known = np.array([c in self.vocab for c in columns], dtype=bool)
-        use = known & (values > 0)
-        if not use.any():
-            raise InputError(f"profile {item!r} expresses no gene of the scGPT vocabulary; drop the row or "
-                             "check that its columns are gene symbols")  # fmt: skip
-        genes = np.array([self.vocab[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
-        expression = values[use]
-        rng = np.random.default_rng(self.bin_seed)  # per item: the same bins whatever the worker or order
-        bins = bin_expression(expression, self.args.n_bins, rng)  # over all expressed genes, as scGPT does
-        if genes.size > self.max_genes:
-            top = np.sort(np.argsort(-expression, kind="stable")[: self.max_genes])  # keep column order
-            genes, bins = genes[top], bins[top]
-        return {
-            "genes": np.concatenate([[self.vocab[CLS_TOKEN]], genes]).astype(np.int64),
-            "values": np.concatenate([[self.args.pad_value], bins]).astype(np.float32),
-            "n_genes": np.array(genes.size, dtype=np.int32),
-            "n_missing": np.array((~known).sum(), dtype=np.int32),
-        }
-
-    def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
-        return len(prepared["genes"])
-
-    @torch.inference_mode()
-    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        if self.modality == "gene":
-            genes = torch.from_numpy(np.concatenate([p["genes"] for p in batch])).to(self.device)
-            out = self.model.encoder(genes)  # (B, D)
-            return (F.normalize(out, dim=-1) if self.l2 else out), {}
-        length = max(len(p["genes"]) for p in batch)
-        genes = np.full((len(batch), length), self.vocab[self.args.pad_token], dtype=np.int64)
-        values = np.full((len(batch), length), self.args.pad_value, dtype=np.float32)
-        keep = np.zeros((len(batch), length), dtype=bool)
-        for i, p in enumerate(batch):
-            n = len(p["genes"])
-            genes[i, :n], values[i, :n], keep[i, :n] = p["genes"], p["values"], True
-        inputs = (torch.from_numpy(a).to(self.device) for a in (genes, values, keep))
-        out = self.model(*inputs)[:, 0]  # (B, D) at <cls>
-        extras = {k: np.stack([p[k] for p in batch]) for k in ("n_genes", "n_missing")}
-        return (F.normalize(out, dim=-1) if self.l2 else out), extras
+def checkpoint_config(checkpoint: ScGPTCheckpoint) -> dict:
+    """Manifest facts both scGPT adapters record."""
+    return {"vocab_size": len(checkpoint.vocab), "ignored_checkpoint_modules": checkpoint.ignored}
 
 
 # ---- a tiny checkpoint in the real layout, for tests and `models make-tiny` --------------------------------

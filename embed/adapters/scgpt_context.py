@@ -1,0 +1,139 @@
+"""scGPT context embeddings: one expression profile per row (`id` plus one numeric column per gene symbol;
+tissues or cells) -> (D,) = last-layer output at `<cls>`, as scGPT's `tasks.cell_emb` computes cell
+embeddings; L2-normalised unless `--scgpt-no-l2`. The checkpoint and encoder live in `scgpt_model`.
+
+Input, as scGPT's `embed_data` builds it: genes outside the vocabulary are dropped (counted per item), zeros
+are dropped, the rest are binned per profile (`bin_expression`), then capped at `max_genes`; `<cls>` is
+prepended with value `pad_value`; a batch is padded with `<pad>` and masked. Two choices differ from scGPT,
+both for reproducible caches: the cap keeps the `max_genes` highest raw values (ties by column order; scGPT
+samples at random), and bin ties are broken by a generator seeded per item (`--scgpt-bin-seed`).
+
+Shapes: B items, L tokens (`<cls>` + genes), D = embsize.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dogmacache.cache.layout import ExtraArray
+from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.scgpt_model import (
+    CLS_TOKEN,
+    L2_FLAG,
+    checkpoint_config,
+    listing,
+    load_checkpoint,
+)
+from dogmacache.errors import InputError
+
+
+@dataclass(frozen=True)
+class ScgptContextOptions(AdapterOptions):
+    l2: bool = True  # unit-length vectors (False: as the encoder gives them)
+    max_genes: int = 1200  # most genes per profile (+ <cls>), the highest expressed; scGPT's max_seq_len
+    bin_seed: int = 0  # seed for breaking ties between equal bin edges, the same for every item
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {
+        "l2": L2_FLAG,
+        "max_genes": {"flags": ("--scgpt-max-genes",), "type": int,
+                      "help": "scgpt context: most genes per profile (+ <cls>), the highest expressed (default 1200)"},
+        "bin_seed": {"flags": ("--scgpt-bin-seed",), "type": int,
+                     "help": "scgpt context: seed for breaking ties between equal bin edges (default 0)"},
+    }  # fmt: skip
+
+    def __post_init__(self):
+        if self.max_genes < 1:
+            raise InputError(f"--scgpt-max-genes is {self.max_genes}; it must be at least 1")
+
+
+def bin_expression(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.ndarray:
+    """scGPT's `preprocess.binning`: (G,) non-negative values -> (G,) int64 bins. Zeros stay 0; non-zero values
+    go to bins 1..n_bins-1 by the n_bins-1 quantiles of this profile's non-zero values. A value on a run of
+    equal edges (ties) gets a uniformly random bin among them (scGPT's `_digitize(side="both")`)."""
+    binned = np.zeros(values.shape, dtype=np.int64)
+    nonzero = np.flatnonzero(values)
+    if nonzero.size == 0:
+        return binned
+    x = values[nonzero]
+    edges = np.quantile(x, np.linspace(0, 1, n_bins - 1))
+    left, right = np.digitize(x, edges), np.digitize(x, edges, right=True)
+    binned[nonzero] = np.ceil(rng.random(x.size) * (right - left) + left).astype(np.int64)
+    return binned
+
+
+class ScGPTContextAdapter(EmbeddingAdapter):
+    """scGPT `<cls>` embeddings of expression profiles."""
+
+    options_class = ScgptContextOptions
+    options: ScgptContextOptions
+
+    def __init__(self, model_path: str | None, options: ScgptContextOptions, device: torch.device,
+                 revision: str | None = None):  # fmt: skip
+        self.checkpoint = load_checkpoint(model_path, device, revision)
+        self.options, self.device = options, torch.device(device)
+        self.vocab, self.args = self.checkpoint.vocab, self.checkpoint.args
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model=str(self.checkpoint.folder),
+            model_revision=self.checkpoint.revision,
+            layer="cls_last_layer",
+            pooling="cls",
+            item_shape=(self.args.embsize,),
+            extras=(ExtraArray("n_genes", "int32"), ExtraArray("n_missing", "int32")),
+            config={**checkpoint_config(self.checkpoint), "n_bins": self.args.n_bins, "pad_value": self.args.pad_value,
+                    "cap_rule": "highest raw values, ties by column order",
+                    "missing_in_vocab": "per item: extra array n_missing"},  # fmt: skip
+        )
+
+    def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
+        item, columns = row["id"], [c for c in row if c != "id"]
+        try:
+            values = np.array([row[c] for c in columns], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"profile {item!r} has a non-numeric gene column ({exc}); context rows are `id` "
+                             "plus one numeric column per gene symbol") from exc  # fmt: skip
+        bad = [c for c, v in zip(columns, values, strict=True) if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            raise InputError(f"profile {item!r} has negative or non-finite values in {listing(bad)}; scGPT "
+                             "expects non-negative expression (counts, TPM or log1p of them)")  # fmt: skip
+        known = np.array([c in self.vocab for c in columns], dtype=bool)
+        use = known & (values > 0)
+        if not use.any():
+            raise InputError(f"profile {item!r} expresses no gene of the scGPT vocabulary; drop the row or "
+                             "check that its columns are gene symbols")  # fmt: skip
+        genes = np.array([self.vocab[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
+        expression = values[use]
+        rng = np.random.default_rng(self.options.bin_seed)  # per item: the same bins whatever the worker or order
+        bins = bin_expression(expression, self.args.n_bins, rng)  # over all expressed genes, as scGPT does
+        if genes.size > self.options.max_genes:
+            top = np.sort(np.argsort(-expression, kind="stable")[: self.options.max_genes])  # keep column order
+            genes, bins = genes[top], bins[top]
+        return {
+            "genes": np.concatenate([[self.vocab[CLS_TOKEN]], genes]).astype(np.int64),
+            "values": np.concatenate([[self.args.pad_value], bins]).astype(np.float32),
+            "n_genes": np.array(genes.size, dtype=np.int32),
+            "n_missing": np.array((~known).sum(), dtype=np.int32),
+        }
+
+    def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
+        return len(prepared["genes"])
+
+    @torch.inference_mode()
+    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        length = max(len(p["genes"]) for p in batch)
+        genes = np.full((len(batch), length), self.vocab[self.args.pad_token], dtype=np.int64)  # (B, L)
+        values = np.full((len(batch), length), self.args.pad_value, dtype=np.float32)
+        keep = np.zeros((len(batch), length), dtype=bool)
+        for i, p in enumerate(batch):
+            n = len(p["genes"])
+            genes[i, :n], values[i, :n], keep[i, :n] = p["genes"], p["values"], True
+        inputs = (torch.from_numpy(a).to(self.device) for a in (genes, values, keep))
+        out = self.checkpoint.model(*inputs)[:, 0]  # (B, D) at <cls>
+        extras = {k: np.stack([p[k] for p in batch]) for k in ("n_genes", "n_missing")}
+        return (F.normalize(out, dim=-1) if self.options.l2 else out), extras

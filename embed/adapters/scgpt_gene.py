@@ -1,0 +1,71 @@
+"""scGPT gene tokens: one gene symbol per row (`id`) -> (D,) = enc_norm(embedding[vocab[id]]), the token
+embedding CDT uses; L2-normalised unless `--scgpt-no-l2`. Every symbol must be in the vocabulary (checked for
+the whole table before any work). The checkpoint and encoder live in `scgpt_model`.
+
+Shapes: B items, D = embsize.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.scgpt_model import L2_FLAG, checkpoint_config, listing, load_checkpoint
+from dogmacache.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ScgptGeneOptions(AdapterOptions):
+    l2: bool = True  # unit-length vectors (False: as the encoder gives them)
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {"l2": L2_FLAG}
+
+
+class ScGPTGeneAdapter(EmbeddingAdapter):
+    """scGPT gene-token embeddings."""
+
+    options_class = ScgptGeneOptions
+    options: ScgptGeneOptions
+
+    def __init__(self, model_path: str | None, options: ScgptGeneOptions, device: torch.device,
+                 revision: str | None = None):  # fmt: skip
+        self.checkpoint = load_checkpoint(model_path, device, revision)
+        self.options, self.device = options, torch.device(device)
+        self.vocab = self.checkpoint.vocab
+
+    def check_table(self, table) -> None:
+        """Every symbol of the table must be in the vocabulary; all absent ones named at once."""
+        missing = self.checkpoint.missing_symbols(table["id"].tolist())
+        if missing:
+            raise ModelError(f"{len(missing)} gene symbols are not in the scGPT vocabulary ({self.checkpoint.folder}): "
+                             f"{listing(missing)}; filter the gene list with the recipe's --rna-vocab")  # fmt: skip
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model=str(self.checkpoint.folder),
+            model_revision=self.checkpoint.revision,
+            layer="gene_embedding+enc_norm",
+            pooling="token",
+            item_shape=(self.checkpoint.args.embsize,),
+            config={**checkpoint_config(self.checkpoint), "missing_in_vocab": 0},  # a missing symbol is an error
+        )
+
+    def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
+        symbol = str(row["id"])
+        if symbol not in self.vocab:
+            raise ModelError(f"gene symbol {symbol!r} is not in the scGPT vocabulary ({self.checkpoint.folder}); "
+                             "filter the gene list with the recipe's --rna-vocab")  # fmt: skip
+        return {"genes": np.array([self.vocab[symbol]], dtype=np.int64)}
+
+    def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
+        return len(prepared["genes"])
+
+    @torch.inference_mode()
+    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        genes = torch.from_numpy(np.concatenate([p["genes"] for p in batch])).to(self.device)
+        out = self.checkpoint.model.encoder(genes)  # (B, D)
+        return (F.normalize(out, dim=-1) if self.options.l2 else out), {}
