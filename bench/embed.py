@@ -21,7 +21,6 @@ the count is redone on the device where the flop counter runs, and reported besi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import io
@@ -42,7 +41,14 @@ import torch
 from dogmacache.bench.report import Table, fmt, pct, table, verdict
 from dogmacache.bench.timing import ForwardTimer, NvmlSampler, free_memory, strict_fp32, time_calls
 from dogmacache.devices import pick_device
-from dogmacache.embed.runner import EmbedConfig, autocast_for, embed_stream, load, run_embed
+from dogmacache.embed.runner import (
+    EmbedConfig,
+    autocast_for,
+    embed_stream,
+    load,
+    resolve_precision,
+    run_embed,
+)
 
 ENFORMER_TFLOP_PER_WINDOW = 3.26  # full size, one 196,608 bp window, forward (REFERENCE.md section 2)
 FULL_WINDOW_BP = 196_608
@@ -54,18 +60,6 @@ GPU_BATCHES = (1, 2, 4, 8, 16, 32)
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
-def embed_options(**overrides: Any) -> argparse.Namespace:
-    """`dogmacache embed`'s parsed defaults (every adapter's options included), with `overrides` set."""
-    from dogmacache.embed import cli as embed_cli
-
-    parser = argparse.ArgumentParser()
-    embed_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["embed", "--input", "-", "--modality", "dna", "--model", "enformer", "--out", "-"])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
-
-
 def write_random_enformer(directory: str | os.PathLike, seed: int = 0, **hparams: Any) -> Path:
     """A random Enformer (EnformerConfig defaults = full size, overridden by `hparams`) in the layout the
     adapter loads: config.json with every EnformerConfig argument, and pytorch_model.bin (a state dict)."""
@@ -139,12 +133,12 @@ def _sized_table(table: pd.DataFrame, n_items: int, replicable: bool) -> pd.Data
     return pd.concat(parts, ignore_index=True).iloc[:n_items]
 
 
-def timed_run_embed(config: EmbedConfig, options: argparse.Namespace) -> dict[str, Any]:
+def timed_run_embed(config: EmbedConfig) -> dict[str, Any]:
     """`run_embed` with its printout kept quiet: items, the runner's own seconds (model load excluded),
     items/s, and the seconds before that (table read, model load, cache creation)."""
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        summary = run_embed(config, options)
+        summary = run_embed(config)
     total = time.perf_counter() - t0
     seconds = float(summary["seconds"])  # the runner's clock: after load, until the cache is finalised
     return {"items": summary["items"], "seconds": seconds, "items_per_s": summary["items"] / max(seconds, 1e-9),
@@ -182,9 +176,8 @@ def bench_embed_tiny(
                                    model_path=str(models[case.model]), genome=genome, device=device,
                                    num_workers=num_workers, progress=False)  # fmt: skip
 
-            options = embed_options(model=case.model, modality=case.modality)
-            timed_run_embed(config(root / f"warmup{i}.parquet", str(root / f"warmup{i}.zarr")), options)
-            numbers = timed_run_embed(config(path, str(root / f"cache{i}.zarr")), options)
+            timed_run_embed(config(root / f"warmup{i}.parquet", str(root / f"warmup{i}.zarr")))
+            numbers = timed_run_embed(config(path, str(root / f"cache{i}.zarr")))
             rows.append({"label": case.label, "model": case.model, "modality": case.modality,
                          "source_items": len(source), **numbers})  # fmt: skip
         return {"device": device, "num_workers": num_workers, "n_items": n_items, "cases": rows,
@@ -213,15 +206,14 @@ def runner_path(
     config = EmbedConfig(input=str(table), modality="dna", model="enformer", out=str(out), model_path=str(model_dir),
                          genome=str(genome), device=str(device), precision=precision, num_workers=num_workers,
                          progress=False)  # fmt: skip
-    options = embed_options()
     timer = ForwardTimer(device)
     with timer.patch(EnformerAdapter), NvmlSampler(device) as nvml:
         if mode == "run_embed":
-            numbers = timed_run_embed(config, options)
+            numbers = timed_run_embed(config)
             items, wall = numbers["items"], numbers["seconds"]
         elif mode == "stream":
-            _, rows, adapter = load(config, options, device)
-            _, resolved = autocast_for(device, precision)
+            _, rows, adapter = load(config, device)
+            resolved = resolve_precision(device, precision)
             t0 = time.perf_counter()
             items = 0
             for embedded, _ in embed_stream(adapter, rows, device=device, precision=resolved,
@@ -234,7 +226,7 @@ def runner_path(
             raise ValueError(f"mode {mode!r} is not 'stream' or 'run_embed'")
     busy = timer.busy_seconds()
     free_memory(device)
-    return {"mode": mode, "num_workers": num_workers, "precision": autocast_for(device, precision)[1],
+    return {"mode": mode, "num_workers": num_workers, "precision": resolve_precision(device, precision),
             "windows": items, "batches": timer.calls, "wall_seconds": wall, "windows_per_s": items / max(wall, 1e-9),
             "forward_seconds": busy, "busy_fraction": busy / max(wall, 1e-9),
             "nvml_mean_utilisation_percent": nvml.mean_percent(), "nvml_error": nvml.error}  # fmt: skip
@@ -268,7 +260,7 @@ def bench_enformer_device(
 ) -> dict[str, Any]:
     """A random Enformer (full size unless `hparams`) on `device`: the batch sweep per precision, bf16 vs fp32
     deviation, and the runner path with each worker count (see the module's docstring)."""
-    from dogmacache.embed.adapters.enformer import EnformerAdapter
+    from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
 
     dev = pick_device(device)
     cuda = dev.type == "cuda"
@@ -279,7 +271,7 @@ def bench_enformer_device(
         model_dir = write_random_enformer(root / "enformer", seed, **(hparams or {}))
         write_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        adapter = EnformerAdapter(str(model_dir), "dna", embed_options(), dev)
+        adapter = EnformerAdapter(str(model_dir), EnformerOptions(), dev)
         load_seconds = time.perf_counter() - t0
         window = adapter.window
         counted = count_tflop_per_window(adapter, window)
@@ -308,8 +300,7 @@ def bench_enformer_device(
 
                 def forward(sets=sets, precision=precision, model=adapter.model) -> None:
                     nonlocal calls
-                    autocast, _ = autocast_for(dev, precision)
-                    with torch.inference_mode(), autocast:
+                    with torch.inference_mode(), autocast_for(dev, precision):
                         model(sets[calls % 2], return_only_embeddings=True)
                     calls += 1
 
@@ -357,7 +348,7 @@ def bench_enformer_device(
         with torch.inference_mode():
             with strict_fp32():
                 ref = adapter.model(x, return_only_embeddings=True).float()
-            with autocast_for(dev, "bf16")[0]:
+            with autocast_for(dev, "bf16"):
                 low = adapter.model(x, return_only_embeddings=True).float()
             diff = (low - ref).abs()
             relative = diff / ref.abs().clamp_min(torch.finfo(torch.float32).tiny)
