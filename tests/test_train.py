@@ -1,6 +1,8 @@
-"""The train stage on the demo caches: input checks, config checks, resume after a kill, checkpoints that
-rebuild the model alone, and torchrun (gloo, 2 processes) against one process."""
+"""The train stage on the demo caches: input, label and config checks, resume after a kill, refusal to resume a
+changed run, checkpoints that rebuild the model alone, a second task on the same loop, the authors' early
+stopping rule, and torchrun (gloo, 2 processes) against one process."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,10 +19,13 @@ import torch
 from dogmacache.cache import CacheWriter, digest_strings, open_cache
 from dogmacache.cli import main
 from dogmacache.errors import InputError
-from dogmacache.train.config import RunConfig, load_config
-from dogmacache.train.data import load_cdt_tables
-from dogmacache.train.demo import write_demo_config
-from dogmacache.train.run import load_model
+from dogmacache.train import load_model
+from dogmacache.train.config import default_config, load_config, to_toml
+from dogmacache.train.demo import demo_config
+from dogmacache.train.loop import EarlyStopping
+from dogmacache.train.tasks import TASKS, get_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,40 +35,50 @@ def demo(demo_run):
     return demo_run, caches
 
 
-def _config(demo, tmp_path, epochs=3, **train):
+def _config(demo, tmp_path, epochs=3, task="cdt", **train):
+    """A demo config file for `task` writing into tmp_path/train."""
     out, caches = demo
-    path = write_demo_config(tmp_path, {k: str(v) for k, v in caches.items()}, epochs=epochs)
-    text = path.read_text().replace(str(tmp_path / "recipe"), str(out / "recipe"))
-    for key, value in train.items():
-        text = text.replace("num_workers = 0", f"num_workers = 0\n{key} = {json.dumps(value)}")
-    path.write_text(text)
+    config = demo_config(out, caches, epochs=epochs)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train),
+                                 output=dataclasses.replace(config.output, dir=str(tmp_path / "train")))  # fmt: skip
+    if task != "cdt":
+        data_keys = {f.name for f in dataclasses.fields(get_task(task).data_config)}
+        base = default_config(task)
+        config = dataclasses.replace(config, task=task, model=base.model,
+                                     data=base.data.__class__(**{k: v for k, v in dataclasses.asdict(config.data).items()
+                                                                 if k in data_keys}))  # fmt: skip
+    path = tmp_path / f"{task}.toml"
+    path.write_text(to_toml(config))
     return path
+
+
+def _load(config_path, **data):
+    config = load_config(config_path, {f"data.{k}": v for k, v in data.items()})
+    return get_task(config.task)(config).load()
 
 
 def test_mismatched_inputs_are_refused(demo, tmp_path):
     out, caches = demo
-    labels = out / "recipe" / "cdt" / "labels.parquet"
-    args = (str(caches["dna"]), str(caches["gene"]), str(caches["protein"]))
-    tables = load_cdt_tables(labels, *args)
-    assert tables.rna.shape == (35, 32) and len(tables.pairs) == 1060
+    config = _config(demo, tmp_path)
+    data = _load(config)
+    assert data.rna.shape == (35, 32) and sum(len(s) for s in data.splits.values()) == 1060
+    assert set(data.fingerprints) == {"dna", "rna", "protein"}
     with pytest.raises(InputError, match=r"gene order differs at index 0"):
-        load_cdt_tables(
-            labels, str(caches["dna"]), str(caches["gene"]), str(_reversed_copy(caches["protein"], tmp_path))
-        )
-    table = pd.read_parquet(labels)
+        _load(config, protein_cache=str(_reversed_copy(caches["protein"], tmp_path)))
+    table = pd.read_parquet(out / "recipe" / "cdt" / "labels.parquet")
     table.loc[0, "enhancer"] = "chr9.no_such_enhancer"
     table.to_parquet(tmp_path / "labels.parquet")
     with pytest.raises(Exception, match=r"1 of 1060 ids are not in .*chr9.no_such_enhancer"):
-        load_cdt_tables(tmp_path / "labels.parquet", *args)
+        _load(config, labels=str(tmp_path / "labels.parquet"))
     other = pd.read_parquet(out / "recipe" / "cdt" / "dna_windows.parquet").iloc[::-1]
     other.to_parquet(tmp_path / "dna_windows.parquet")
     with pytest.raises(InputError, match="embedded from another input set"):
-        load_cdt_tables(labels, *args, dna_table=tmp_path / "dna_windows.parquet")
+        _load(config, dna_table=str(tmp_path / "dna_windows.parquet"))
     ids = ["a", "b"]
     CacheWriter.create(tmp_path / "partial.zarr", ids=ids, modality="protein", model="m", model_revision="r", layer=-1,
                        pooling="mean", item_shape=(4,), input_digest=digest_strings(ids))  # fmt: skip
     with pytest.raises(Exception, match="is not complete"):
-        load_cdt_tables(labels, str(caches["dna"]), str(caches["gene"]), str(tmp_path / "partial.zarr"))
+        _load(config, protein_cache=str(tmp_path / "partial.zarr"))
 
 
 def _reversed_copy(cache_path, tmp_path):
@@ -77,26 +92,89 @@ def _reversed_copy(cache_path, tmp_path):
     return tmp_path / "reversed.zarr"
 
 
-def test_config_rejects_unknown_keys_and_shows_defaults(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(
-        "data: {labels: a, dna_cache: b, rna_cache: c, protein_cache: d}\ntrain: {epoch: 3}\n"
-    )
-    with pytest.raises(
-        InputError, match=r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"
-    ):
-        load_config(tmp_path / "c.yaml")
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"target": float("nan")}, r"1 row\(s\) have a missing, non-numeric or infinite 'beta': row 3 \(nan\)"),
+        ({"target": float("inf")}, r"row 3 \(inf\)"),
+        ({"split": "tran"}, r"1 row\(s\) have a split other than \['train', 'validation', 'test'\]: row 3 \('tran'\)"),
+    ],
+)
+def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message):
+    out, _ = demo
+    table = pd.read_parquet(out / "recipe" / "cdt" / "labels.parquet")
+    for column, value in change.items():
+        table.loc[3, "beta" if column == "target" else column] = value
+    table.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(InputError, match=message):
+        _load(_config(demo, tmp_path), labels=str(tmp_path / "labels.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[train]\nepochs = "six"', r"\[train\] epochs = 'six' is not an integer; the default is 50"),
+        ("[train]\nbatch_size = 0", r"\[train\] batch_size = 0 is out of range; expected batch_size >=1"),
+        ("[train]\nlr = -0.1", r"\[train\] lr = -0.1 is out of range; expected lr >0"),
+        ('[data]\nstandardize_dna = "no"', r"\[data\] standardize_dna = 'no' is not true or false"),
+        ("[model]\ndropout = 1.5", r"\[model\] dropout = 1.5 is out of range; expected dropout \[0,1\)"),
+        ('[model]\npreset = "huge"', r"\[model\] preset = 'huge' is not one of \['paper', 'small', 'tiny'\]"),
+        ('[train]\nprecision = "fp8"', r"\[train\] precision = 'fp8' is not one of \['fp32', 'bf16'\]"),
+        ("[train]\nepoch = 3", r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"),
+        ('task = "gpt"', r"task 'gpt' is not one of cdt, dna_mlp"),
+        ("[data]\nlabels = 'a'", r"\[data\] needs \['dna_cache', 'rna_cache', 'protein_cache'\] for task 'cdt'"),
+    ],
+)
+def test_config_values_are_checked_when_read(tmp_path, text, message):
+    paths = {} if "needs" in message else {"labels": "a", "dna_cache": "b", "rna_cache": "c", "protein_cache": "d"}
+    top, _, rest = text.partition("[")
+    sections = ("[" + rest) if rest else ""
+    data = "".join(f'{k} = "{v}"\n' for k, v in paths.items())
+    if sections.startswith("[data]"):
+        sections = sections.replace("[data]\n", "[data]\n" + data, 1)
+    elif data:
+        sections = "[data]\n" + data + sections
+    (tmp_path / "c.toml").write_text(f"{top}\n{sections}\n")
+    with pytest.raises(InputError, match=message):
+        load_config(tmp_path / "c.toml")
+
+
+def test_set_overrides_are_checked_like_the_file(demo, tmp_path, capsys):
+    config = _config(demo, tmp_path)
+    assert main(["train", "--config", str(config), "--set", "train.epochs=abc"]) == 2
+    assert "[train] epochs = 'abc' is not an integer" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--set", "epochs=3"]) == 2
+    assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err
     assert main(["train", "--example-config"]) == 0
     example = capsys.readouterr().out
-    assert "[train]\nepochs = 50\nbatch_size = 8\nlr = 0.0001\nweight_decay = 1e-05" in example
-    defaults = RunConfig().train
-    assert (defaults.clip_norm, defaults.plateau_patience, defaults.early_stop_patience) == (1.0, 5, 10)
-    assert 'cpu_allocator = "keep"' in example and 'precision = "fp32"' in example
-    (tmp_path / "d.yaml").write_text("data: {labels: a, dna_cache: b, rna_cache: c, protein_cache: d}\n"
-                                     "train: {cpu_allocator: jemalloc}\n")  # fmt: skip
-    with pytest.raises(
-        InputError, match=r"\[train\] cpu_allocator = 'jemalloc' is not one of \['keep', 'system'\]"
-    ):
-        load_config(tmp_path / "d.yaml")
+    assert 'task = "cdt"' in example and "[train]\nepochs = 50\nbatch_size = 8\nlr = 0.0001\nweight_decay = 1e-05" in example
+    assert 'batching = "pairs"' in example and 'precision = "fp32"' in example
+    assert main(["train", "--example-config", "--task", "dna_mlp"]) == 0
+    assert "[model]\nhidden = 256\ndropout = 0.3" in capsys.readouterr().out
+
+
+def test_written_configs_read_back_equal(demo, tmp_path):
+    out, caches = demo
+    config = demo_config(out, caches)
+    (tmp_path / "demo.toml").write_text(to_toml(config))
+    assert load_config(tmp_path / "demo.toml") == config
+    for name in TASKS:
+        text = to_toml(default_config(name))
+        assert text.count("[") >= 4 and f'task = "{name}"' in text
+
+
+def test_early_stopping_follows_the_authors_rule():
+    state = {"best": -np.inf, "best_epoch": -1, "reference": None, "stale": 0}
+    scores = [0.50, 0.5005, 0.5008, 0.502, 0.5025, 0.5029, 0.4]
+    seen = []
+    for epoch, score in enumerate(scores, start=1):
+        improved = EarlyStopping.update(state, score, epoch, min_delta=0.001)
+        seen.append((improved, state["reference"], state["stale"]))
+    # the reference moves only on a gain of >= 0.001 over it (0.502 over 0.500); the best on any strict gain
+    assert [s[1] for s in seen] == [0.50, 0.50, 0.50, 0.502, 0.502, 0.502, 0.502]
+    assert [s[2] for s in seen] == [0, 1, 2, 0, 1, 2, 3]
+    assert [s[0] for s in seen] == [True, True, True, True, True, True, False]
+    assert state["best"] == 0.5029 and state["best_epoch"] == 6
 
 
 def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, tmp_path):
@@ -106,7 +184,7 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
                "--set", "output.resume=true"]  # fmt: skip
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while time.time() < deadline and not _epochs_logged(run_dir) >= 2:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -116,6 +194,12 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
     resumed = subprocess.run(command, capture_output=True, text=True, check=True)
     assert f"cdt: resuming from {run_dir / 'cdt_last.pt'} after epoch" in resumed.stdout
     killed_metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    # a rerun into the finished directory with another seed or lr is refused, naming the first differing key
+    changed = subprocess.run([*command, "--set", "train.seed=7", "--set", "train.lr=0.05"], capture_output=True, text=True)
+    assert changed.returncode == 2, changed.stderr
+    assert f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
+    assert "output.resume=false" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
 
     shutil.move(run_dir, tmp_path / "killed")
     subprocess.run(command, capture_output=True, text=True, check=True)  # uninterrupted, same seed
@@ -128,14 +212,76 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
 
     model = load_model(run_dir / "cdt_best.pt")  # the file alone rebuilds the model
     checkpoint = torch.load(run_dir / "cdt_best.pt", weights_only=False)
+    assert checkpoint["task"] == "cdt" and checkpoint["model_class"] == "CentralDogmaTransformer"
     assert checkpoint["config"]["train"]["epochs"] == 5 and checkpoint["fingerprints"]["dna"]["ids_digest"]
-    assert checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["dna_scale"] is not None
+    assert checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["extras"]["dna_scale"] is not None
     assert sum(p.numel() for p in model.parameters()) > 50_000
+
+
+def test_resume_refuses_changed_cache_contents(demo, tmp_path):
+    from dogmacache.train import checkpoint
+
+    config = load_config(_config(demo, tmp_path))
+    saved = {"config": config.to_dict(), "fingerprints": {"dna": {"url": "a", "shards_digest": "sha256:1"}}}
+    now = {"dna": {"url": "b", "shards_digest": "sha256:2"}}
+    with pytest.raises(InputError, match=r"trained on a dna cache with shards_digest 'sha256:1' but b has 'sha256:2'"):
+        checkpoint.check_resume(saved, tmp_path / "cdt_last.pt", config.to_dict(), now)
+    checkpoint.check_resume(saved, tmp_path / "cdt_last.pt", config.to_dict(), {"dna": {**now["dna"], "shards_digest": "sha256:1"}})
+    longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40, num_workers=1))
+    checkpoint.check_resume(saved, tmp_path / "x.pt", longer.to_dict(), saved["fingerprints"])  # may continue longer
+
+
+def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
+    config_path = _config(demo, tmp_path, epochs=3, task="dna_mlp")
+    command = ["train", "--config", str(config_path), "--no-progress", "--set", "output.resume=true"]
+    assert main(command) == 0
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["task"] == "dna_mlp" and set(metrics["models"]) == {"dna_mlp", "per_gene_mean"}
+    assert metrics["models"]["dna_mlp"]["test"]["n"] == metrics["counts"]["test"] > 100
+    model = load_model(tmp_path / "train" / "dna_mlp_best.pt")
+    assert type(model).__name__ == "DnaOnlyMLP" and not model.training
+    assert main([*command, "--set", "train.epochs=4"]) == 0  # resumes for one more epoch
+    assert "dna_mlp: resuming from" in capsys.readouterr().out
+    assert len((tmp_path / "train" / "log.csv").read_text().splitlines()) == 1 + 4  # header and four epochs of dna_mlp
 
 
 def _epochs_logged(run_dir: Path) -> int:
     log = run_dir / "log.csv"
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
+
+
+def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path):
+    config = load_config(_config(demo, tmp_path))
+    task = get_task("cdt")(config)
+    data = task.load()
+    torch.manual_seed(0)
+    model, _, _ = task.build_model(data)
+    model.eval()
+    task.on_device(data, torch.device("cpu"))
+    chunks = task.eval_chunks(data, "validation")
+    pairs = enhancers = 0
+    with torch.no_grad():
+        for k in range(len(chunks)):
+            chunk = chunks[k]
+            assert len(chunk.rows["dna"]) == len(np.unique(chunk.examples["local"].numpy()))  # each enhancer once
+            fast, slow = task.predict_chunk(model, chunk), task.predict_chunk_per_pair(model, chunk)
+            assert torch.allclose(fast, slow, atol=1e-5)
+            pairs, enhancers = pairs + len(chunk), enhancers + len(chunk.rows["dna"])
+    assert pairs == len(data.splits["validation"]) and enhancers < pairs
+
+
+def test_pair_batches_are_uniform_full_and_seeded(demo, tmp_path):
+    config = load_config(_config(demo, tmp_path), {"train.batch_size": 8})
+    task = get_task("cdt")(config)
+    data = task.load()
+    epoch0, again, epoch1 = (task.train_chunks(data, e) for e in (0, 0, 1))
+    n_train = len(data.splits["train"])
+    assert len(epoch0) == n_train // 8  # last partial batch dropped
+    seen = np.concatenate([epoch0[k].examples["index"].numpy() for k in range(len(epoch0))])
+    assert len(seen) == len(set(seen)) == (n_train // 8) * 8
+    assert all(len(epoch0[k].rows["dna"]) <= 8 for k in range(len(epoch0)))  # one batch's DNA rows at most
+    assert np.array_equal(epoch0[0].examples["index"], again[0].examples["index"])
+    assert not np.array_equal(epoch0[0].examples["index"], epoch1[0].examples["index"])
 
 
 def test_torchrun_two_processes_match_one_process(demo, tmp_path):
@@ -155,8 +301,9 @@ def test_torchrun_two_processes_match_one_process(demo, tmp_path):
     assert abs(a["pearson"] - b["pearson"]) < 0.05 and b["pearson"] > 0.5  # dropout draws differ per process
 
 
-def test_paper_example_config_parses_with_the_paper_recipe():
-    config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "cdt_paper.toml")
-    assert config.model.preset == "paper" and config.train == RunConfig().train.__class__(
-        **{**RunConfig().train.__dict__, "preload_bytes": 0, "precision": "bf16"}
-    )
+def test_paper_config_is_the_authors_recipe():
+    config = load_config(ROOT / "train" / "configs" / "cdt_paper.toml")
+    t = config.train
+    assert config.task == "cdt" and config.model.preset == "paper" and config.data.batching == "pairs"
+    assert (t.batch_size, t.lr, t.weight_decay, t.clip_norm, t.precision) == (8, 1e-4, 1e-5, 1.0, "fp32")
+    assert (t.plateau_factor, t.plateau_patience, t.early_stop_patience, t.early_stop_min_delta) == (0.5, 5, 10, 0.001)

@@ -1,118 +1,211 @@
-"""The `dogmacache train` configuration: one frozen dataclass per section, every default visible, unknown
-keys rejected. Files are TOML or YAML with sections [data], [model], [train], [output]; the defaults of
-[train] are the CDT paper's recipe (REFERENCE section 1). `dogmacache train --config F --print-config`
-prints the resolved configuration, which is also written into every checkpoint.
+"""The `dogmacache train` configuration: which task, and one frozen dataclass per section, every default
+visible, unknown keys rejected, types and ranges checked when the file is read (before any cache is opened).
+
+A file is TOML or YAML:
+
+    task = "cdt"        # a name in train.tasks.TASKS
+    [data]              # the task's inputs and batching: its `data_config` dataclass
+    [model]             # the task's model sizes: its `model_config` dataclass
+    [train]             # the shared loop: TrainConfig (defaults = the CDT paper's recipe, REFERENCE section 1)
+    [output]            # OutputConfig
+
+`dogmacache train --config F --print-config` prints the resolved configuration, which is also written into
+every checkpoint; `--example-config [--task NAME]` prints every key with its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    labels: str = ""  # labelled pairs from the recipe (cdt/labels.parquet)
-    dna_cache: str = ""  # per-position DNA cache (N_enh, L, D_dna)
-    rna_cache: str = ""  # gene-token cache (G, D_rna), ids = gene symbols in canonical order
-    protein_cache: str = ""  # protein cache (G, D_prot), same order
-    dna_table: str = ""  # optional: the recipe's dna_windows table, to check the DNA cache's inputs
-    target: str = "beta"  # label column
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "cdt"
-    preset: str = (
-        "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
-    )
-    d_model: int | None = None  # overrides of the preset (None = keep)
-    n_heads: int | None = None
-    dropout: float | None = None
+DEFAULT_TASK = "cdt"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The shared loop's settings; the defaults are the CDT authors' recipe."""
+
     epochs: int = 50  # at most
-    batch_size: int = 8  # pairs per optimiser step (summed over processes under torchrun)
+    batch_size: int = 8  # examples per optimiser step (summed over processes under torchrun)
     lr: float = 1e-4  # AdamW
     weight_decay: float = 1e-5  # AdamW
     clip_norm: float = 1.0  # gradient norm clip
-    smooth_l1_beta: float = 1.0  # Huber/SmoothL1 transition point
-    plateau_factor: float = 0.5  # ReduceLROnPlateau on validation Pearson (mode max)
+    smooth_l1_beta: float = 1.0  # SmoothL1 (Huber) transition point, for tasks with a regression loss
+    plateau_factor: float = 0.5  # ReduceLROnPlateau on the task's validation metric (mode max)
     plateau_patience: int = 5  # epochs
-    early_stop_patience: int = 10  # epochs without a validation Pearson gain of early_stop_min_delta
-    early_stop_min_delta: float = 0.001
-    seed: int = 0
-    block_enhancers: int = 64  # enhancers read together (each once per epoch); bounds memory
-    num_workers: int = 2  # DataLoader processes prefetching DNA blocks
-    preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, float32)
-    device: str = "auto"  # auto = cuda when available
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA)
+    early_stop_patience: int = 10  # epochs in a row below reference + min_delta (the authors' EarlyStopping)
+    early_stop_min_delta: float = 0.001  # gain over the reference that moves it and resets the count
+    seed: int = 0  # initial weights, batch order, dropout
+    num_workers: int = 2  # DataLoader processes prefetching batches (0 = read in the training process)
+    device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:1 ...
+    precision: str = "fp32"  # fp32 (the authors') | bf16 (autocast on CUDA; an option, not the paper's)
     cpu_allocator: str = "keep"  # keep | system: on CPU, keep freed memory (devices.keep_freed_memory)
-    standardize_dna: bool = False  # z-score DNA features with training-split statistics (paper: off)
-    baselines: bool = True  # per-gene mean and a DNA-only MLP on pooled DNA, reported beside the model
-    baseline_hidden: int = 256  # DNA-only MLP hidden width
+    baselines: bool = True  # the task's baselines, trained and reported in the same run
+
+    LIMITS: ClassVar[dict[str, str]] = {
+        "epochs": ">=1", "batch_size": ">=1", "lr": ">0", "weight_decay": ">=0", "clip_norm": ">0",
+        "smooth_l1_beta": ">0", "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop_patience": ">=1",
+        "early_stop_min_delta": ">=0", "seed": ">=0", "num_workers": ">=0",
+    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple]] = {"precision": ("fp32", "bf16"), "cpu_allocator": CPU_ALLOCATORS}
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs/cdt"  # checkpoints, metrics.json, log.csv, figures
-    resume: bool = True  # continue from dir/checkpoint_last.pt when it exists
+    resume: bool = True  # continue from dir/<model>_last.pt when it exists (refused if the run differs)
 
 
-_CHOICES = {("train", "precision"): ("fp32", "bf16"), ("train", "cpu_allocator"): CPU_ALLOCATORS}
+# Keys that may change between a run and its resume: they change neither the numbers nor what is trained.
+# (`train.epochs` may grow, to continue a finished run for more epochs.)
+RESUME_FREE = ("output.dir", "output.resume", "train.num_workers", "train.epochs")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    task: str = DEFAULT_TASK
+    data: Any = None  # the task's data_config instance
+    model: Any = None  # the task's model_config instance
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"task": self.task, **{name: dataclasses.asdict(getattr(self, name))
+                                      for name in ("data", "model", "train", "output")}}  # fmt: skip
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config") -> RunConfig:
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(sections))
+        from dogmacache.train.tasks import get_task
+
+        sections = ("data", "model", "train", "output")
+        unknown = sorted(set(raw) - {"task", *sections})
         if unknown:
-            raise InputError(f"{where}: unknown section(s) {unknown}; sections are {sorted(sections)}")
-        built = {}
-        for f in dataclasses.fields(cls):
-            section_cls = {
-                "data": DataConfig,
-                "model": ModelConfig,
-                "train": TrainConfig,
-                "output": OutputConfig,
-            }[f.name]
-            values = raw.get(f.name, {}) or {}
-            known = {x.name: x for x in dataclasses.fields(section_cls)}
-            bad = sorted(set(values) - set(known))
-            if bad:
-                raise InputError(f"{where}: unknown key(s) {bad} in [{f.name}]; known keys: {sorted(known)}")
-            built[f.name] = section_cls(**values)
-        config = cls(**built)
-        for (section, key), allowed in _CHOICES.items():
-            value = getattr(getattr(config, section), key)
-            if value not in allowed:
-                raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(allowed)}")
-        missing = [
-            k for k in ("labels", "dna_cache", "rna_cache", "protein_cache") if not getattr(config.data, k)
-        ]
-        if missing:
-            raise InputError(f"{where}: [data] needs {missing}; see `dogmacache train --example-config`")
+            raise InputError(f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]")
+        task = get_task(raw.get("task", DEFAULT_TASK))
+        classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig, "output": OutputConfig}
+        built = {name: build_section(classes[name], raw.get(name) or {}, name, where) for name in sections}
+        config = cls(task=task.name, **built)
+        required = [f.name for f in dataclasses.fields(config.data) if f.metadata.get("required") and not getattr(config.data, f.name)]
+        if required:
+            raise InputError(f"{where}: [data] needs {required} for task {task.name!r}; see "
+                             f"`dogmacache train --example-config --task {task.name}`")  # fmt: skip
         return config
+
+
+def required(default: str = "") -> Any:
+    """A [data] key that must be set (a path): `field(default="", metadata={"required": True})`."""
+    return field(default=default, metadata={"required": True})
+
+
+_RANGE = re.compile(r"^(>=|>|<=|<)(-?[\d.e+-]+)$|^([\[(])(-?[\d.e+-]+),(-?[\d.e+-]+)([\])])$")
+
+
+def _in_range(value: float, spec: str) -> bool:
+    m = _RANGE.match(spec.replace(" ", ""))
+    assert m, f"bad range spec {spec!r}"
+    if m.group(1):
+        op, bound = m.group(1), float(m.group(2))
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]
+    lo, hi = float(m.group(4)), float(m.group(5))
+    above = value >= lo if m.group(3) == "[" else value > lo
+    below = value <= hi if m.group(6) == "]" else value < hi
+    return above and below
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join("null (unset)" if a is type(None) else _describe(a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(args)} numbers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value converted to the field's type) without guessing: "no" is not a bool, 6.5 is not an int."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for option in typing.get_args(hint):
+            if option is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, converted = _coerce(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            return False, value
+        converted = [_coerce(v, h) for v, h in zip(value, items, strict=True)]
+        return all(ok for ok, _ in converted), tuple(v for _, v in converted)
+    return True, value
+
+
+def build_section(cls: type, values: dict[str, Any], section: str, where: str = "config") -> Any:
+    """`cls(**values)` with every key known, every value of its field's type and within the class's LIMITS /
+    CHOICES; otherwise an InputError naming the key, the value and what is expected."""
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: [{section}] must be a table of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(values) - known)
+    if bad:
+        raise InputError(f"{where}: unknown key(s) {bad} in [{section}]; known keys: {sorted(known)}")
+    limits, choices = getattr(cls, "LIMITS", {}), getattr(cls, "CHOICES", {})
+    checked = {}
+    for key, value in values.items():
+        ok, converted = _coerce(value, hints[key])
+        if not ok:
+            raise InputError(f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
+                             f"the default is {getattr(cls(), key)!r}" if _all_defaults(cls) else
+                             f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}")  # fmt: skip
+        if key in limits and converted is not None and not _in_range(converted, limits[key]):
+            raise InputError(f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}")
+        if key in choices and converted not in choices[key]:
+            raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(choices[key])}")
+        checked[key] = converted
+    return cls(**checked)
+
+
+def _all_defaults(cls: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(cls))  # fmt: skip
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set SECTION.KEY=VALUE` (or `task=NAME`) -> {dotted key: value}; values parse as JSON, else strings."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or ("." not in key and key != "task"):
+            raise InputError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. train.epochs=5) or task=NAME")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -123,22 +216,58 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise InputError(
-            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}"
-        ) from err
+        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raise InputError(f"{path} is not valid {kind}: {str(err).splitlines()[0]}") from err
     raw = raw or {}
     for dotted, value in (overrides or {}).items():
+        if dotted == "task":
+            raw["task"] = value
+            continue
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
     return RunConfig.from_dict(raw, where=str(path))
 
 
-def example_config() -> str:
-    """Every section and key with its default, as TOML."""
-    lines = ["# dogmacache train configuration: every key with its default"]
-    for name, section in dataclasses.asdict(RunConfig()).items():
+def default_config(task_name: str = DEFAULT_TASK) -> RunConfig:
+    from dogmacache.train.tasks import get_task
+
+    task = get_task(task_name)
+    return RunConfig(task=task.name, data=task.data_config(), model=task.model_config())
+
+
+def to_toml(config: RunConfig, header: str = "") -> str:
+    """The configuration as a TOML file that `load_config` reads back to an equal RunConfig (None = unset)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines.append(f"task = {json.dumps(config.task)}")
+    for name, section in config.to_dict().items():
+        if name == "task":
+            continue
         lines.append(f"\n[{name}]")
         for key, value in section.items():
-            shown = json.dumps(value) if value is not None else '""  # unset: the preset\'s value'
-            lines.append(f"{key} = {shown}")
+            if value is None:
+                lines.append(f"# {key} unset")
+            else:
+                lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
     return "\n".join(lines) + "\n"
+
+
+def example_config(task_name: str = DEFAULT_TASK) -> str:
+    """Every section and key of `task_name` with its default, as TOML."""
+    return to_toml(default_config(task_name), f"dogmacache train configuration for task {task_name!r}: every key with its default")
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], free: tuple[str, ...] = RESUME_FREE) -> list[str]:
+    """Dotted keys whose values differ between two `RunConfig.to_dict()`s, ignoring `free`, in file order."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = list(dict.fromkeys([*flat_new, *flat_old]))
+    return [k for k in keys if k not in free and flat_old.get(k, "<absent>") != flat_new.get(k, "<absent>")]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat

@@ -1,41 +1,36 @@
-"""The demo's training step: CDT (tiny preset) on the demo caches, with both baselines, in one run."""
+"""The demo's training configuration: CDT (tiny preset) on the demo caches, with both baselines, built from the
+config dataclasses and written as TOML (`make train` reads it back)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+from dogmacache.train.config import OutputConfig, RunConfig, default_config, to_toml
 
 DEMO_EPOCHS = 30
 
 
-def write_demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> Path:
+def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
     recipe = out / "recipe" / "cdt"
+    base = default_config("cdt")
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, labels=str(recipe / "labels.parquet"),
+                                 dna_table=str(recipe / "dna_windows.parquet"), dna_cache=str(caches["dna"]),
+                                 rna_cache=str(caches["gene"]), protein_cache=str(caches["protein"]),
+                                 standardize_dna=True),  # random tiny-model features share a large common component
+        model=dataclasses.replace(base.model, preset="tiny", dropout=0.1),
+        train=dataclasses.replace(base.train, epochs=epochs or DEMO_EPOCHS, batch_size=32, lr=2e-3,
+                                  plateau_patience=3, early_stop_patience=8, seed=seed, num_workers=0),
+        output=OutputConfig(dir=str(out / "train"), resume=False),
+    )  # fmt: skip
+
+
+def write_demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> Path:
     path = out / "train_cdt.toml"
-    path.write_text(f"""# CDT on the demo caches (tiny preset); every other key keeps the paper's default
-[data]
-labels = "{recipe / 'labels.parquet'}"
-dna_table = "{recipe / 'dna_windows.parquet'}"
-dna_cache = "{caches['dna']}"
-rna_cache = "{caches['gene']}"
-protein_cache = "{caches['protein']}"
-
-[model]
-preset = "tiny"
-dropout = 0.1
-
-[train]
-epochs = {epochs or DEMO_EPOCHS}
-batch_size = 32
-lr = 2e-3
-plateau_patience = 3
-early_stop_patience = 8
-seed = {seed}
-num_workers = 0
-standardize_dna = true  # random tiny-model features share a large common component
-
-[output]
-dir = "{out / 'train'}"
-resume = false
-""")
+    header = "CDT on the demo caches (tiny preset, larger batches and learning rate); other keys: the paper's"
+    path.write_text(to_toml(demo_config(out, caches, seed, epochs), header))
     return path
 
 
@@ -43,5 +38,4 @@ def train_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | 
     from dogmacache.train.config import load_config
     from dogmacache.train.run import run_training
 
-    config = load_config(write_demo_config(out, caches, seed, epochs))
-    return run_training(config)
+    return run_training(load_config(write_demo_config(out, caches, seed, epochs)))

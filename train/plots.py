@@ -12,13 +12,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def learning_curves(log: pd.DataFrame, path: Path) -> Path:
+def learning_curves(log: pd.DataFrame, path: Path, metric: str = "pearson") -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, part in log.groupby("model"):
         left.plot(part["epoch"], part["train_loss"], marker=".", label=name)
-        right.plot(part["epoch"], part["val_pearson"], marker=".", label=name)
+        right.plot(part["epoch"], part[f"val_{metric}"], marker=".", label=name)
     left.set(xlabel="epoch", ylabel="training loss (SmoothL1)", title="training loss")
-    right.set(xlabel="epoch", ylabel="Pearson r", title="validation Pearson")
+    right.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,0 +1,83 @@
+"""Checkpoints that rebuild their model from the file alone and refuse to resume a different run.
+
+A checkpoint is a dict (torch.save) with:
+  format        "dogmacache-checkpoint-1"
+  task          name in `tasks.TASKS` (the task whose `models` rebuild it)
+  model_class   key in that task's `models`; model_config: that model's config dict
+  model         the state dict
+  config        the resolved RunConfig.to_dict() of the run (None for imported weights)
+  fingerprints  per cache: model, revision, input / ids / shard digests (see `tasks.pairs.fingerprint`)
+  versions      package versions; extras: task inputs the model needs (e.g. the DNA scaling)
+and, in `<name>_last.pt` only, the optimiser, scheduler, RNG and loop state for resuming.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from dogmacache.errors import InputError
+from dogmacache.train.config import changed_keys
+from dogmacache.train.tasks import get_task
+from torch import nn
+
+FORMAT = "dogmacache-checkpoint-1"
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-save leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a torn or foreign file
+        raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                         "point at a <model>_best.pt / _last.pt file") from err  # fmt: skip
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise InputError(f"{path} is not a dogmacache checkpoint (format {FORMAT!r}); a state dict of the CDT "
+                         "authors' model converts with `dogmacache train import-checkpoint`")  # fmt: skip
+    return checkpoint
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild a trained model from its checkpoint alone, in eval mode, through the task registry."""
+    checkpoint = read(path)
+    task = get_task(checkpoint["task"])
+    if checkpoint["model_class"] not in task.models:
+        raise InputError(f"{path}: model class {checkpoint['model_class']!r} is not one of task "
+                         f"{task.name!r}'s {sorted(task.models)}")  # fmt: skip
+    model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], fingerprints: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint of another run: the first differing config key or cache fingerprint."""
+    fix = f"set --set output.resume=false to start over in {path.parent}, or choose another [output] dir"
+    changed = changed_keys(checkpoint.get("config") or {}, config)
+    if changed:
+        key = changed[0]
+        old, new = _lookup(checkpoint.get("config") or {}, key), _lookup(config, key)
+        raise InputError(f"{path} was trained with {key} = {old!r} but this run has {new!r}; {fix}")
+    old_prints = checkpoint.get("fingerprints") or {}
+    for name in sorted(set(old_prints) | set(fingerprints)):
+        before, now = old_prints.get(name, {}), fingerprints.get(name, {})
+        for key in sorted(set(before) | set(now)):
+            if key != "url" and before.get(key) != now.get(key):
+                raise InputError(f"{path} was trained on a {name} cache with {key} {before.get(key)!r} but "
+                                 f"{now.get('url', name)} has {now.get(key)!r}; {fix}")  # fmt: skip
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part, "<absent>") if isinstance(tree, dict) else "<absent>"
+    return tree

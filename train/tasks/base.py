@@ -1,0 +1,138 @@
+"""The task interface: what one model needs from the shared training loop, and nothing more.
+
+The life of a run (`dogmacache train --config F`, `run.run_training`):
+
+1. `RunConfig.from_dict` looks the task up by name in `TASKS` and checks [data] and [model] against its
+   `data_config` / `model_config` dataclasses (types and ranges) before anything is opened.
+2. `task.load()` opens the caches and the labelled table, joins them by id and checks them; errors name the id,
+   the file and the fix. It returns a `TaskData`: the labelled examples of each split (a `target` column, in a
+   fixed order), the caches' fingerprints, and whatever the task's batches read.
+3. `task.build_model(data)` builds the model from [model] and the caches' shapes; the checkpoint stores its class
+   name and config dict, and `task.models[class name](config dict)` rebuilds it (`checkpoint.load_model`).
+4. The loop (`loop.fit`) asks for `task.train_chunks(data, epoch)` (a map-style Dataset; each item a `Chunk`
+   of examples and the rows they share, bounded in size), cuts each chunk into optimiser steps of
+   `train.batch_size` examples, calls `task.train_outputs` and `task.loss`, and after each epoch
+   `loop.predict` (`task.eval_chunks`, `task.predict_chunk`) and `task.metrics` on the validation split;
+   `task.score` of those metrics drives early stopping and the LR schedule.
+5. After training, the best-on-validation checkpoint predicts the test split once, and `task.baselines(data)`
+   run in the same call: a `FittedBaseline` is another task trained by the same loop on the same data; a
+   `FixedBaseline` is a function of the training split.
+
+Shapes in a chunk: P examples; `rows` tensors (n_rows, ...) shared by the chunk's examples, which point into
+them with an index; `examples` tensors (P, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.train.metrics import regression_metrics
+from torch import Tensor, nn
+
+
+@dataclass
+class Chunk:
+    """A slice of examples: `examples` tensors (P, ...) including `index` (position in the split's table) and
+    `target`; `rows` tensors shared by the examples (e.g. DNA windows (n_rows, L, D))."""
+
+    examples: dict[str, Tensor]
+    rows: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.examples["index"])
+
+    def select(self, idx: Tensor) -> Chunk:
+        return Chunk({k: v[idx] for k, v in self.examples.items()}, self.rows)
+
+    def to(self, device: torch.device) -> Chunk:
+        return Chunk({k: v.to(device) for k, v in self.examples.items()},
+                     {k: v.to(device) for k, v in self.rows.items()})  # fmt: skip
+
+
+@dataclass
+class TaskData:
+    """What `load` returns: the labelled examples per split and the fingerprints of every cache read."""
+
+    splits: dict[str, pd.DataFrame]  # train / validation / test, each with a `target` column
+    fingerprints: dict[str, dict[str, Any]]  # per cache name: model, revision, input and ids digests, shards digest
+    extras: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints (e.g. the DNA scaling)
+
+
+@dataclass(frozen=True)
+class FittedBaseline:
+    """A baseline model trained by the shared loop on the same data: `task` forms its batches and builds it."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class FixedBaseline:
+    """A baseline with no training: predictions for a split from the training split alone."""
+
+    predict: Callable[[TaskData, str], np.ndarray]
+
+
+class Task(ABC):
+    """One model on the shared loop: its data, its batches, its model, its loss, its metrics, its baselines."""
+
+    name: ClassVar[str]
+    data_config: ClassVar[type]  # the [data] dataclass
+    model_config: ClassVar[type]  # the [model] dataclass
+    models: ClassVar[dict[str, Callable[[dict[str, Any]], nn.Module]]]  # class name -> rebuild from config dict
+    metric: ClassVar[str] = "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
+
+    def __init__(self, config: Any):
+        self.config = config  # the RunConfig
+
+    @abstractmethod
+    def load(self) -> TaskData:
+        """Open, join and check the caches and labels named in [data]."""
+
+    @abstractmethod
+    def build_model(self, data: TaskData) -> tuple[nn.Module, str, dict[str, Any]]:
+        """(model, its class name in `models`, its config dict) from [model] and the caches' shapes."""
+
+    @abstractmethod
+    def train_chunks(self, data: TaskData, epoch: int) -> torch.utils.data.Dataset:
+        """The training split for one epoch, in the seeded order of that epoch, as Chunks."""
+
+    @abstractmethod
+    def eval_chunks(self, data: TaskData, split: str) -> torch.utils.data.Dataset:
+        """The examples of `split` as Chunks (any order; each example once)."""
+
+    @abstractmethod
+    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+        """Predictions (P, ...) for one optimiser step's examples, in training mode."""
+
+    @abstractmethod
+    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+        """Predictions (P, ...) for a whole evaluation chunk, in eval mode."""
+
+    def on_device(self, data: TaskData, device: torch.device) -> None:
+        """Called once before training or prediction on `device` (e.g. to move tables every sample shares)."""
+        return None
+
+    def loss(self, outputs: Tensor, batch: Chunk) -> Tensor:
+        """SmoothL1 (beta = [train] smooth_l1_beta) against the examples' targets."""
+        target = batch.examples["target"]
+        return nn.functional.smooth_l1_loss(outputs.float(), target, beta=self.config.train.smooth_l1_beta)
+
+    def metrics(self, predictions: np.ndarray, data: TaskData, split: str) -> dict[str, Any]:
+        """Pearson, Spearman, R², MSE, MAE and n of the split, pooled over its examples."""
+        return regression_metrics(predictions, data.splits[split]["target"].to_numpy())
+
+    def score(self, metrics: dict[str, Any]) -> float:
+        return float(metrics[self.metric])
+
+    def observed(self, data: TaskData, split: str) -> np.ndarray:
+        """The split's targets, in the order `predict` returns predictions (for figures)."""
+        return data.splits[split]["target"].to_numpy()
+
+    def baselines(self, data: TaskData) -> dict[str, FittedBaseline | FixedBaseline]:
+        return {}

@@ -1,0 +1,147 @@
+"""The CDT task: enhancer-gene pairs (`pairs`) plus the RNA (G, D_rna) and protein (G, D_prot) tables shared by
+every sample, the Central Dogma Transformer (`train/cdt.py`) on them, and its baselines: the per-gene training
+mean and a DNA-only MLP (`dna_mlp`) trained by the same loop on the same batches.
+
+Training steps run one sample per pair (`model(dna[local], rna, protein, gene_index)`, as the authors);
+evaluation runs one forward pass per unique enhancer and reads every gene's output from it
+(`predict_all_genes`), since the head predicts all G genes at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from dogmacache.cache import open_cache
+from dogmacache.contracts.tables import check_gene_alignment
+from dogmacache.errors import InputError
+from dogmacache.train.cdt import CentralDogmaTransformer
+from dogmacache.train.cdt_config import CDTConfig
+from dogmacache.train.config import required
+from dogmacache.train.presets import PRESETS, preset
+from dogmacache.train.tasks import dna_mlp, pairs
+from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class CdtDataConfig(pairs.PairDataConfig):
+    rna_cache: str = required()  # gene-token cache (G, D_rna), ids = gene symbols in canonical order
+    protein_cache: str = required()  # protein cache (G, D_prot), same order
+
+
+@dataclass(frozen=True)
+class CdtModelConfig:
+    preset: str = "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
+    d_model: int | None = None  # overrides of the preset (None = keep)
+    n_heads: int | None = None
+    dropout: float | None = None
+    mlp_hidden: int = 256  # the DNA-only MLP baseline's hidden width (its dropout is the model's)
+
+    LIMITS: ClassVar[dict[str, str]] = {"d_model": ">=1", "n_heads": ">=1", "dropout": "[0,1)", "mlp_hidden": ">=1"}
+    CHOICES: ClassVar[dict[str, tuple]] = {"preset": tuple(PRESETS)}
+
+
+@dataclass
+class CdtData(pairs.PairData):
+    rna: torch.Tensor | None = None  # (G, D_rna) float32
+    protein: torch.Tensor | None = None  # (G, D_prot) float32
+    genes: list[str] = dataclasses.field(default_factory=list)
+
+
+def load_gene_tables(config: CdtDataConfig) -> dict[str, Any]:
+    """RNA and protein tables, checked to name the same gene at every index."""
+    rna, protein = open_cache(config.rna_cache), open_cache(config.protein_cache)
+    for cache, allowed, key in ((rna, ("gene", "rna"), "rna_cache"), (protein, ("protein",), "protein_cache")):
+        if cache.manifest.modality not in allowed:
+            raise InputError(f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {key} needs "
+                             f"{'/'.join(allowed)} embeddings")  # fmt: skip
+        if len(cache.item_shape) != 1:
+            raise InputError(f"{cache.url} holds per-position items {cache.item_shape}; [data] {key} needs one "
+                             "pooled vector per gene")  # fmt: skip
+    genes = rna.ids.tolist()
+    check_gene_alignment(genes, protein.ids.tolist(), where=f"{rna.url} vs {protein.url}: ")
+    return {
+        "rna": torch.from_numpy(rna.read_rows(np.arange(len(rna)), dtype=np.float32)),
+        "protein": torch.from_numpy(protein.read_rows(np.arange(len(protein)), dtype=np.float32)),
+        "genes": genes, "caches": {"rna": rna, "protein": protein},
+    }  # fmt: skip
+
+
+def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
+    index_of = {g: i for i, g in enumerate(data.genes)}
+    for split in data.splits.values():
+        wrong = split[split["gene"].map(index_of) != split["gene_index"]]
+        if len(wrong):
+            row = wrong.iloc[0]
+            raise InputError(
+                f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but is at "
+                f"{index_of.get(row['gene'])} in {rna_url}; the caches come from another gene list: re-embed the "
+                "recipe's genes/proteins tables"
+            )
+
+
+class CdtTask(Task):
+    name = "cdt"
+    data_config = CdtDataConfig
+    model_config = CdtModelConfig
+    models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
+
+    def load(self) -> CdtData:
+        d = self.config.data
+        tables = load_gene_tables(d)
+        caches = tables.pop("caches")
+        data = pairs.load_pairs(d, CdtData, **tables)
+        data.fingerprints.update({name: pairs.fingerprint(c) for name, c in caches.items()})
+        check_gene_index(data, d.labels, caches["rna"].url)
+        return data
+
+    def cdt_config(self, data: CdtData) -> CDTConfig:
+        """The preset's sizes with every input size taken from the caches."""
+        m = self.config.model
+        overrides = {k: getattr(m, k) for k in ("d_model", "n_heads", "dropout") if getattr(m, k) is not None}
+        return dataclasses.replace(
+            preset(m.preset), n_genes=len(data.genes), dna_positions=data.dna.item_shape[0],
+            dna_width=data.dna.item_shape[1], rna_width=int(data.rna.shape[1]), protein_width=int(data.protein.shape[1]),
+            **overrides,
+        )  # fmt: skip
+
+    def build_model(self, data: CdtData) -> tuple[nn.Module, str, dict[str, Any]]:
+        config = self.cdt_config(data)
+        return CentralDogmaTransformer(config), "CentralDogmaTransformer", config.to_dict()
+
+    def train_chunks(self, data: CdtData, epoch: int) -> torch.utils.data.Dataset:
+        return pairs.train_chunks(data, self.config, epoch)
+
+    def eval_chunks(self, data: CdtData, split: str) -> torch.utils.data.Dataset:
+        return pairs.EnhancerBlocks(data, data.splits[split], self.config.data.eval_enhancers)
+
+    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+        e = batch.examples
+        return model(batch.rows["dna"][e["local"]], self._rna, self._protein, e["gene_index"])
+
+    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+        e = chunk.examples
+        every_gene = model.predict_all_genes(chunk.rows["dna"], self._rna, self._protein)  # (n_enhancers, G)
+        return every_gene[e["local"], e["gene_index"]]
+
+    def predict_chunk_per_pair(self, model: nn.Module, chunk: Chunk, batch: int = 64) -> Tensor:
+        """The same predictions with one forward pass per pair (how evaluation ran before; for benchmarks)."""
+        e = chunk.examples
+        return torch.cat([model(chunk.rows["dna"][e["local"][a : a + batch]], self._rna, self._protein,
+                                e["gene_index"][a : a + batch]) for a in range(0, len(chunk), batch)])  # fmt: skip
+
+    def on_device(self, data: CdtData, device: torch.device) -> None:
+        """Move the shared gene tables to the training device once."""
+        self._rna, self._protein = data.rna.to(device), data.protein.to(device)
+
+    def baselines(self, data: CdtData) -> dict[str, FittedBaseline | FixedBaseline]:
+        if not self.config.train.baselines:
+            return {}
+        dropout = self.cdt_config(data).dropout
+        mlp_config = dataclasses.replace(self.config, task="dna_mlp", model=dna_mlp.DnaMlpModelConfig(
+            hidden=self.config.model.mlp_hidden, dropout=dropout))  # fmt: skip
+        return {"per_gene_mean": FixedBaseline(pairs.per_gene_mean), "dna_mlp": FittedBaseline(dna_mlp.DnaMlpTask(mlp_config))}

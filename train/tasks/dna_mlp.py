@@ -1,0 +1,72 @@
+"""The DNA-only MLP task: enhancer-gene pairs (`pairs`) from the DNA cache alone. DNA embeddings mean-pooled
+over positions (B, D_dna) -> LayerNorm -> Linear -> GELU -> Dropout -> Linear(G), the target gene's output
+taken: CDT's head shape without RNA, protein or attention over positions. CDT runs it as a baseline; it also
+trains on its own (`task = "dna_mlp"`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from dogmacache.train.tasks import pairs
+from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DnaMlpModelConfig:
+    hidden: int = 256  # hidden width
+    dropout: float = 0.3
+
+    LIMITS: ClassVar[dict[str, str]] = {"hidden": ">=1", "dropout": "[0,1)"}
+
+
+class DnaOnlyMLP(nn.Module):
+    """(B, L, D_dna) -> mean over L -> LayerNorm -> Linear -> GELU -> Dropout -> Linear(n_genes): (B, G)."""
+
+    def __init__(self, dna_width: int, n_genes: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dna_width), nn.Linear(dna_width, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, n_genes),
+        )  # fmt: skip
+
+    def forward(self, dna: Tensor) -> Tensor:
+        return self.net(dna.mean(dim=1))  # (B, G)
+
+
+class DnaMlpTask(Task):
+    name = "dna_mlp"
+    data_config = pairs.PairDataConfig
+    model_config = DnaMlpModelConfig
+    models: ClassVar[dict] = {"DnaOnlyMLP": lambda c: DnaOnlyMLP(**c)}
+
+    def load(self) -> pairs.PairData:
+        return pairs.load_pairs(self.config.data)
+
+    def build_model(self, data: pairs.PairData) -> tuple[nn.Module, str, dict[str, Any]]:
+        # one output per gene: CDT's gene table when run as its baseline, else the labels' gene_index range
+        genes = getattr(data, "genes", None)
+        n_genes = len(genes) if genes else 1 + max(int(s["gene_index"].max()) for s in data.splits.values())
+        config = {"dna_width": data.dna.item_shape[-1], "n_genes": n_genes, "hidden": self.config.model.hidden,
+                  "dropout": self.config.model.dropout}  # fmt: skip
+        return DnaOnlyMLP(**config), "DnaOnlyMLP", config
+
+    def train_chunks(self, data: pairs.PairData, epoch: int) -> torch.utils.data.Dataset:
+        return pairs.train_chunks(data, self.config, epoch)
+
+    def eval_chunks(self, data: pairs.PairData, split: str) -> torch.utils.data.Dataset:
+        return pairs.EnhancerBlocks(data, data.splits[split], self.config.data.eval_enhancers)
+
+    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+        e = batch.examples
+        out = model(batch.rows["dna"][e["local"]])  # (P, G)
+        return out.gather(1, e["gene_index"].view(-1, 1)).squeeze(1)
+
+    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+        e = chunk.examples
+        return model(chunk.rows["dna"])[e["local"], e["gene_index"]]
+
+    def baselines(self, data: pairs.PairData) -> dict[str, FittedBaseline | FixedBaseline]:
+        return {"per_gene_mean": FixedBaseline(pairs.per_gene_mean)} if self.config.train.baselines else {}

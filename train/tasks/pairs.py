@@ -1,0 +1,226 @@
+"""Enhancer-gene pairs: a labelled table (from a recipe) joined by id with a per-position DNA cache, and the
+batches of the tasks that read it (CDT, the DNA-only MLP).
+
+- Labels: one row per (enhancer, gene) pair with `enhancer` (a DNA cache id), `gene`, `gene_index`, `split`
+  (train / validation / test) and the target column; a NaN or infinite target, an unknown split or a
+  non-numeric target is refused naming the rows.
+- DNA (N_enh, L, D_dna): read from the streaming cache reader, or kept in RAM when all rows fit
+  `preload_bytes`. Optional z-scoring with training-split statistics (`standardize_dna`).
+- Training batches, `batching = "pairs"` (the authors'): each epoch a seeded permutation of all training pairs
+  cut into batches of `train.batch_size`, the last partial batch dropped; one Chunk per batch holds only that
+  batch's DNA rows, so memory is one batch per DataLoader worker plus the prefetch queue.
+  `batching = "enhancer_blocks"` (for DNA caches too large to read per pair): a Chunk is a block of
+  `block_enhancers` enhancers with all their pairs, each enhancer read once per epoch; the loop cuts it into
+  steps. Evaluation always reads each enhancer once (`eval_enhancers` per Chunk).
+
+Chunk layout: rows {"dna": (n_rows, L, D) float32}; examples {"index", "local" (row in `dna`), "gene_index",
+"target"} each (P,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.contracts.provenance import digest_strings
+from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS
+from dogmacache.errors import InputError
+from dogmacache.train.config import required
+from dogmacache.train.tasks.base import Chunk, TaskData
+
+
+@dataclass(frozen=True)
+class PairDataConfig:
+    labels: str = required()  # labelled pairs from the recipe (cdt/labels.parquet)
+    dna_cache: str = required()  # per-position DNA cache (N_enh, L, D_dna)
+    dna_table: str = ""  # optional: the recipe's dna_windows table, to check the DNA cache's inputs
+    target: str = "beta"  # label column
+    batching: str = "pairs"  # pairs (the authors': uniform over pairs, last partial batch dropped) | enhancer_blocks
+    block_enhancers: int = 64  # enhancer_blocks: enhancers read together (each once per epoch)
+    eval_enhancers: int = 16  # evaluation: enhancers per forward pass (each gives all its genes' outputs)
+    preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, as float32)
+    standardize_dna: bool = False  # z-score DNA features with training-split statistics (the authors: off)
+
+    LIMITS: ClassVar[dict[str, str]] = {"block_enhancers": ">=1", "eval_enhancers": ">=1", "preload_bytes": ">=0"}
+    CHOICES: ClassVar[dict[str, tuple]] = {"batching": ("pairs", "enhancer_blocks")}
+
+
+@dataclass
+class PairData(TaskData):
+    dna: EmbeddingCache | None = None
+    preload: np.ndarray | None = None  # (N_enh, L, D) float32, or None to stream
+    dna_scale: dict[str, np.ndarray] | None = None  # per-feature mean / std (D,), or None
+
+
+def fingerprint(cache: EmbeddingCache) -> dict[str, Any]:
+    """What identifies a cache's numbers (not where it lies): model, revision, inputs, ids, shard checksums."""
+    m = cache.manifest
+    return {"url": cache.url, "model": m.model, "model_revision": m.model_revision, "layer": m.layer,
+            "pooling": m.pooling, "input_digest": m.input_digest, "ids_digest": m.ids_digest,
+            "shards_digest": digest_strings(m.shards)}  # fmt: skip
+
+
+def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The labelled table, with `split` and a finite float `target` checked row by row."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labels table {str(path)!r} does not exist; run the recipe (dogmacache recipe ...)")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep="\t")
+    need = [*columns, "split", target]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} has no column {missing[0]!r}; this task's labels table needs {need}")
+    bad_split = table.index[~table["split"].isin(SPLITS)]
+    if len(bad_split):
+        shown = ", ".join(f"row {i} ({table.loc[i, 'split']!r})" for i in bad_split[:5])
+        raise InputError(f"{path}: {len(bad_split)} row(s) have a split other than {list(SPLITS)}: {shown}; "
+                         "fix the split column or re-run the recipe")  # fmt: skip
+    values = pd.to_numeric(table[target], errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        shown = ", ".join(f"row {i} ({_plain(table[target].iloc[i])!r})" for i in bad[:5])
+        raise InputError(f"{path}: {len(bad)} row(s) have a missing, non-numeric or infinite {target!r}: {shown}; "
+                         "drop or fix them in the recipe's output")  # fmt: skip
+    return table.assign(target=values.astype(np.float32))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (so messages show `nan`, not `np.float32(nan)`)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def open_dna(config: PairDataConfig) -> EmbeddingCache:
+    dna = open_cache(config.dna_cache)
+    if dna.manifest.modality != "dna":
+        raise InputError(f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache")
+    if len(dna.item_shape) != 2:
+        raise InputError(f"{dna.url} holds pooled DNA {dna.item_shape}; this task attends over positions: "
+                         "embed with pooling none")  # fmt: skip
+    if config.dna_table:
+        ids = pd.read_parquet(config.dna_table)["id"].astype(str).tolist()
+        if digest_strings(ids) != dna.manifest.ids_digest:
+            raise InputError(f"{dna.url} was embedded from another input set than {config.dna_table} (ids differ); "
+                             "re-embed it")  # fmt: skip
+    return dna
+
+
+def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **fields: Any) -> PairData:
+    """Labels joined with the DNA cache (`dna_row`), split into train / validation / test, DNA preloaded when it
+    fits the budget and scaled when asked. `fields` go to `data_class` (e.g. CDT's RNA and protein tables)."""
+    table = read_labels(config.labels, config.target, LABEL_COLUMNS["cdt"])
+    dna = open_dna(config)
+    pairs = pd.DataFrame({
+        "dna_row": dna.rows_of(table["enhancer"].astype(str)),  # names missing ids in one error
+        "gene_index": table["gene_index"].astype(np.int64).values,
+        "target": table["target"].values,
+        "split": table["split"].values,
+        "enhancer": table["enhancer"].astype(str).values,
+        "gene": table["gene"].astype(str).values,
+    })  # fmt: skip
+    splits = {s: pairs[pairs["split"] == s].reset_index(drop=True) for s in SPLITS}
+    empty = [s for s in SPLITS if splits[s].empty]
+    if empty:
+        raise InputError(f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)")
+    data = data_class(splits=splits, fingerprints={"dna": fingerprint(dna)}, dna=dna, **fields)
+    need = len(dna) * int(np.prod(dna.item_shape)) * 4
+    if 0 < need <= config.preload_bytes:
+        data.preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32)
+    if config.standardize_dna:
+        data.dna_scale = dna_scaler(data)
+        data.extras["dna_scale"] = {k: v.tolist() for k, v in data.dna_scale.items()}
+    return data
+
+
+def dna_scaler(data: PairData) -> dict[str, np.ndarray]:
+    """Per-feature mean and std over the training enhancers' positions (D_dna,), one pass over their rows."""
+    rows = np.unique(data.splits["train"]["dna_row"].to_numpy())
+    total = np.zeros(data.dna.item_shape[-1])
+    square = np.zeros_like(total)
+    count = 0
+    for a in range(0, len(rows), 64):
+        block = _read(data, rows[a : a + 64], scaled=False)
+        flat = block.reshape(-1, block.shape[-1]).astype(np.float64)
+        total += flat.sum(0)
+        square += (flat**2).sum(0)
+        count += len(flat)
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
+
+
+def _read(data: PairData, rows: np.ndarray, scaled: bool = True) -> np.ndarray:
+    """DNA rows (sorted, unique) as float32, from RAM or the cache, scaled when the data asks for it."""
+    dna = data.preload[rows] if data.preload is not None else data.dna.read_rows(rows, dtype=np.float32)
+    if scaled and data.dna_scale is not None:
+        dna = (dna - data.dna_scale["mean"]) / data.dna_scale["std"]
+    return dna
+
+
+def _chunk(data: PairData, pairs: pd.DataFrame, positions: np.ndarray) -> Chunk:
+    """The pairs at `positions` of `pairs` and the DNA rows they read (each once)."""
+    dna_rows = pairs["dna_row"].to_numpy()[positions]
+    rows, local = np.unique(dna_rows, return_inverse=True)
+    return Chunk(
+        examples={"index": torch.from_numpy(positions.astype(np.int64)), "local": torch.from_numpy(local.astype(np.int64)),
+                  "gene_index": torch.from_numpy(pairs["gene_index"].to_numpy()[positions]),
+                  "target": torch.from_numpy(pairs["target"].to_numpy()[positions])},
+        rows={"dna": torch.from_numpy(np.ascontiguousarray(_read(data, rows)))},
+    )  # fmt: skip
+
+
+class PairBatches(torch.utils.data.Dataset):
+    """Item k = the k-th batch of `batch_size` pairs of a seeded permutation of all pairs (last partial dropped)."""
+
+    def __init__(self, data: PairData, pairs: pd.DataFrame, batch_size: int, seed: int, epoch: int):
+        self.data, self.pairs = data, pairs
+        order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> Chunk:
+        return _chunk(self.data, self.pairs, self.batches[k])
+
+
+class EnhancerBlocks(torch.utils.data.Dataset):
+    """Item k = the k-th block of enhancers (a seeded shuffle per epoch when `seed` is given) with all their
+    pairs (shuffled within the block when `seed` is given); every enhancer is read once."""
+
+    def __init__(self, data: PairData, pairs: pd.DataFrame, block_enhancers: int, seed: int | None = None,
+                 epoch: int = 0):  # fmt: skip
+        self.data, self.pairs, self.seed, self.epoch = data, pairs, seed, epoch
+        rows = np.unique(pairs["dna_row"].to_numpy())
+        order = rows if seed is None else np.random.default_rng([seed, epoch]).permutation(rows)
+        self.blocks = [order[i : i + block_enhancers] for i in range(0, len(order), block_enhancers)]
+        self.by_row = {r: idx.to_numpy() for r, idx in pairs.groupby("dna_row").groups.items()}
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int) -> Chunk:
+        rows = np.sort(self.blocks[k])
+        positions = np.concatenate([self.by_row[r] for r in rows])
+        if self.seed is not None:
+            positions = positions[np.random.default_rng([self.seed, self.epoch, k]).permutation(len(positions))]
+        return _chunk(self.data, self.pairs, positions)
+
+
+def train_chunks(data: PairData, config: Any, epoch: int) -> torch.utils.data.Dataset:
+    d, t = config.data, config.train
+    pairs = data.splits["train"]
+    if d.batching == "pairs":
+        return PairBatches(data, pairs, t.batch_size, t.seed, epoch)
+    return EnhancerBlocks(data, pairs, d.block_enhancers, t.seed, epoch)
+
+
+def per_gene_mean(data: TaskData, split: str) -> np.ndarray:
+    """The training mean of the target for the pair's gene (the global training mean for unseen genes)."""
+    train = data.splits["train"]
+    means = train.groupby("gene_index")["target"].mean()
+    return data.splits[split]["gene_index"].map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
