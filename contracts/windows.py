@@ -1,0 +1,109 @@
+"""DNA window geometry, defined once: which genomic bases each output bin of a window covers.
+
+The conventions every stage already follows (recipes' `dna_windows` tables, `embed/genome.py`, the Enformer
+adapter, `data_recipes/gtex_masks.py`):
+
+- `center` is 1-based (as recipes write it); c0 = center - 1 is the same base 0-based.
+- A window of `span_bp` bases covers the 0-based half-open [c0 - span_bp // 2, c0 - span_bp // 2 + span_bp). The
+  model's input window and its output span are both centred this way, so the output bins of a model that crops
+  its input symmetrically (Enformer: 896 bins of 128 bp = the central 114,688 bp of 196,608) follow from
+  span_bp = n_bins * bin_bp alone; the centre base is the first base of bin n_bins // 2.
+- Bin k covers [w0 + k * bin_bp, w0 + (k + 1) * bin_bp) with w0 the window's first base, in "reference"
+  orientation (bin 0 = lowest coordinate, on both strands: what the embed stage writes, since it reads the
+  reference strand and flips reverse-complement outputs back). In "transcript" orientation minus-strand windows
+  are reversed, so bin 0 is the 5'-most (highest-coordinate) bin.
+- Offsets from the centre are measured from the window's midpoint w0 + span_bp // 2 = c0 (the left edge of the
+  centre base) to a bin's middle, signed along the item's strand: positive = downstream on that strand.
+- Clipping: a bin is cut to [0, chrom_size); a bin wholly past a chromosome end lies on padding (N) and has no
+  coordinates (`inside` False).
+
+Shapes: B bins per window; every function takes one window and returns arrays over its bins (B,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from dogmacache.errors import InputError
+
+ORIENTATIONS = ("reference", "transcript")
+STRANDS = ("+", "-")
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """The output bins of a window: `n_bins` bins of `bin_bp` bases, centred on the item's `center`."""
+
+    n_bins: int  # B, model output positions per window (Enformer 896; the demo 8)
+    bin_bp: int = 128  # bases per bin (Enformer 128)
+    orientation: str = "reference"  # bin order of the cache: reference | transcript (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.n_bins < 1 or self.bin_bp < 1:
+            raise InputError(f"a window needs n_bins >= 1 and bin_bp >= 1, got {self.n_bins} and {self.bin_bp}")
+        if self.orientation not in ORIENTATIONS:
+            raise InputError(f"bin orientation {self.orientation!r} is not one of {ORIENTATIONS}; pick one of them")
+
+    @property
+    def span_bp(self) -> int:
+        return self.n_bins * self.bin_bp
+
+
+def window_start0(center: int | np.ndarray, span_bp: int) -> int | np.ndarray:
+    """0-based first base of a `span_bp` window centred on the 1-based `center` (an int, or an array of them)."""
+    if isinstance(center, np.ndarray):
+        return center.astype(np.int64) - 1 - span_bp // 2
+    return int(center) - 1 - span_bp // 2
+
+
+def _check_strand(strand: str) -> None:
+    if strand not in STRANDS:
+        raise InputError(f"strand {strand!r} is not one of {STRANDS}; fix the dna_windows table's strand column")
+
+
+def _reference_order(k: np.ndarray, geometry: WindowGeometry, strand: str) -> np.ndarray:
+    """Bin indices as they lie on the reference (0 = lowest coordinate)."""
+    if geometry.orientation == "transcript" and strand == "-":
+        return geometry.n_bins - 1 - k
+    return k
+
+
+@dataclass(frozen=True)
+class BinCoordinates:
+    """Where each bin of one window lies: 0-based half-open [start, end) per bin (B,), clipped to the chromosome;
+    `inside` False for bins wholly past a chromosome end (their start == end); `offset_bp` the signed distance of
+    the bin's middle from the window centre along the item's strand (unclipped)."""
+
+    chrom: str
+    start: np.ndarray  # (B,) int64
+    end: np.ndarray  # (B,) int64
+    inside: np.ndarray  # (B,) bool
+    offset_bp: np.ndarray  # (B,) float64
+
+
+def bin_coordinates(
+    chrom: str, center: int, strand: str, geometry: WindowGeometry, chrom_size: int | None = None
+) -> BinCoordinates:
+    """Genomic coordinates of every bin of the window at (chrom, 1-based center, strand).
+
+    `chrom_size` None: the chromosome end is unknown and only the start (position 0) clips."""
+    _check_strand(strand)
+    k = _reference_order(np.arange(geometry.n_bins), geometry, strand)
+    w0 = window_start0(center, geometry.span_bp)
+    start = w0 + k * geometry.bin_bp
+    end = start + geometry.bin_bp
+    c0 = int(center) - 1
+    middle = (start + end) / 2.0
+    offset = (middle - c0) if strand == "+" else (c0 - middle)  # from the window's midpoint, c0 (span even)
+    upper = np.iinfo(np.int64).max if chrom_size is None else int(chrom_size)
+    clipped_start, clipped_end = np.clip(start, 0, upper), np.clip(end, 0, upper)
+    return BinCoordinates(chrom=str(chrom), start=clipped_start, end=clipped_end,
+                          inside=clipped_end > clipped_start, offset_bp=offset)  # fmt: skip
+
+
+def bin_offsets(geometry: WindowGeometry) -> np.ndarray:
+    """(B,) signed distance (bp) of each bin's middle from the centre, along the strand, for a '+' window in
+    reference order; the same for a '-' window in transcript order (bins listed 5' to 3' on its strand)."""
+    k = np.arange(geometry.n_bins)
+    return (k - geometry.n_bins // 2) * geometry.bin_bp + geometry.bin_bp / 2.0

@@ -1,0 +1,111 @@
+"""Comparisons across items: top-k positions, their overlap between attention and gradient, peak distances
+from the window centre, and how alike attention rows are (the paper's sections 3.3, 3.4 and 3.8).
+
+`Summary` accumulates item by item, so memory grows by a few numbers per item plus one (L,) running sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from dogmacache.errors import InputError
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores (L,), largest first; ties go to the lower index."""
+    if not 1 <= k <= len(scores):
+        raise InputError(f"--top-k {k} is outside the {len(scores)} DNA positions of a window; pass --top-k "
+                         f"between 1 and {len(scores)}")  # fmt: skip
+    return np.argsort(-np.asarray(scores), kind="stable")[:k]
+
+
+def topk_overlap(first: np.ndarray, second: np.ndarray, k: int) -> int:
+    """How many positions the top k of two score vectors (L,) share."""
+    return len(np.intersect1d(top_k(first, k), top_k(second, k)))
+
+
+def random_overlap(k: int, n_positions: int) -> float:
+    """The expected overlap of two independent uniformly random k-subsets of n_positions: k^2 / L."""
+    return k * k / n_positions
+
+
+class RunningCorrelation:
+    """Mean pairwise Pearson correlation of many rows (L,), from one running sum.
+
+    With z_i the centred, unit-norm rows, corr(i, j) = z_i . z_j and sum_{i != j} z_i . z_j = |sum_i z_i|^2 - n,
+    so the mean over the n(n-1) ordered pairs needs no (n, n) matrix. Constant rows have no correlation and are
+    counted apart."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.n = 0
+        self.n_constant = 0
+
+    def add(self, row: np.ndarray) -> None:
+        z = np.asarray(row, dtype=np.float64) - np.mean(row)
+        norm = np.linalg.norm(z)
+        if norm <= 1e-12 * max(1.0, float(np.abs(row).max())):
+            self.n_constant += 1
+            return
+        self.total = z / norm if self.total is None else self.total + z / norm
+        self.n += 1
+
+    def mean(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        return float((self.total @ self.total - self.n) / (self.n * (self.n - 1)))
+
+
+def mean_pairwise_correlation(rows: np.ndarray) -> float:
+    """The mean pairwise correlation of the rows of one (N, L) array (e.g. one item's genes)."""
+    running = RunningCorrelation()
+    for row in rows:
+        running.add(row)
+    return running.mean()
+
+
+@dataclass
+class Summary:
+    """Numbers across items; `add` once per item, `to_dict` at the end."""
+
+    k: int
+    n_positions: int
+    overlaps: list[int] = field(default_factory=list)
+    attention_peaks_bp: list[float] = field(default_factory=list)  # signed offset of each item's attention peak
+    gradient_peaks_bp: list[float] = field(default_factory=list)
+    gene_uniformity: list[float] = field(default_factory=list)  # per item: mean correlation of its genes' rows
+    across_items: RunningCorrelation = field(default_factory=RunningCorrelation)
+
+    def add(self, attention: np.ndarray, gradient: np.ndarray, offsets_bp: np.ndarray, gene_rows: np.ndarray) -> int:
+        """One item: its head-averaged attention row (L,), gradient norms (L,), bin offsets (L,) and every gene's
+        head-averaged attention row (G, L). Returns the item's top-k overlap."""
+        overlap = topk_overlap(attention, gradient, self.k)
+        self.overlaps.append(overlap)
+        self.attention_peaks_bp.append(float(offsets_bp[int(np.argmax(attention))]))
+        self.gradient_peaks_bp.append(float(offsets_bp[int(np.argmax(gradient))]))
+        self.gene_uniformity.append(mean_pairwise_correlation(gene_rows))
+        self.across_items.add(attention)
+        return overlap
+
+    def to_dict(self, within_bp: float = 50_000) -> dict:
+        def peaks(values: list[float]) -> dict:
+            distance = np.abs(np.asarray(values, dtype=np.float64))
+            return {"mean_abs_distance_bp": float(distance.mean()) if len(distance) else float("nan"),
+                    "median_abs_distance_bp": float(np.median(distance)) if len(distance) else float("nan"),
+                    f"fraction_within_{int(within_bp)}_bp": float((distance <= within_bp).mean()) if len(distance) else float("nan")}  # fmt: skip
+
+        overlaps = np.asarray(self.overlaps)
+        uniform = np.asarray(self.gene_uniformity, dtype=np.float64)
+        return {
+            "n_items": len(overlaps), "top_k": self.k, "n_positions": self.n_positions,
+            "topk_overlap": {"mean": float(overlaps.mean()) if len(overlaps) else float("nan"),
+                             "histogram": {int(v): int((overlaps == v).sum()) for v in range(self.k + 1)},
+                             "expected_if_random": random_overlap(self.k, self.n_positions)},
+            "attention_peak": peaks(self.attention_peaks_bp), "gradient_peak": peaks(self.gradient_peaks_bp),
+            "attention_uniformity": {
+                "across_items_mean_pairwise_correlation": self.across_items.mean(),
+                "items_with_constant_rows": self.across_items.n_constant,
+                "across_genes_mean_pairwise_correlation": float(np.nanmean(uniform)) if np.isfinite(uniform).any() else float("nan"),
+            },
+        }  # fmt: skip
