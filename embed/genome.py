@@ -67,14 +67,22 @@ class Genome:
         shown = ", ".join(list(names)[:8]) + (" ..." if len(names) > 8 else "")
         raise InputError(f"chromosome {chrom!r} is not in {self.path} (it has {shown}); check the genome build")
 
+    def length(self, chrom: str) -> int:
+        return len(self.fasta[self.resolve(chrom)])
+
     def window(self, chrom: str, center: int, length: int) -> tuple[str, int]:
-        """(sequence of `length` bp, number of N added past the chromosome ends)."""
+        """(sequence of `length` bp, number of N added past the chromosome ends). A centre outside the
+        chromosome is an InputError: the window would hold no sequence at all."""
         name = self.resolve(chrom)
         record = self.fasta[name]
         size = len(record)
+        if not 1 <= int(center) <= size:
+            raise InputError(
+                f"centre {int(center):,} is outside chromosome {chrom!r} (1..{size:,}); check the table's "
+                "coordinates and genome build, or drop the row"
+            )
         start = int(center) - 1 - length // 2
         end = start + length
         left, right = max(0, -start), max(0, end - size)
-        seq = record[max(0, start) : min(size, end)] if min(size, end) > max(0, start) else ""
-        seq = "N" * left + seq + "N" * right
+        seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right
         return seq, left + right

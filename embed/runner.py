@@ -14,7 +14,13 @@ to the manifest, the stream and the dask workers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import os
+import signal
+import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.inputs import input_digest, read_input_table
-from dogmacache.errors import CacheError, InputError
+from dogmacache.errors import CacheError, DogmaError, InputError
 from tqdm.auto import tqdm
 
 
@@ -124,8 +130,37 @@ class _Prepared(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return self.adapter.prepare(self.rows[i])
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        # A worker's exception reaches the parent re-raised inside torch's multi-line wrapper; the user's error
+        # travels as data instead and is raised as itself (`_raise_errors`), one line as always.
+        try:
+            return self.adapter.prepare(self.rows[i])
+        except DogmaError as err:
+            return {_ERROR: err}
+
+
+_ERROR = "_error"  # key of an item whose preparation failed
+
+
+def _raise_errors(items):
+    for item in items:
+        if _ERROR in item:
+            raise item[_ERROR]
+        yield item
+
+
+def _die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """DataLoader worker init: the kernel kills this worker when the embed process dies (even by kill -9).
+    torch's own check exits the work loop, but the exiting worker then waits forever to flush results into a
+    pipe whose read end its sibling workers still hold. Linux only; elsewhere torch's check is all there is."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def _as_prepared(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -133,12 +168,15 @@ def _as_prepared(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return item
 
 
-def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int):
-    """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`."""
+def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: Collection[int] = ()):
+    """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`; the
+    items at positions `starts` always open a new batch (shard boundaries: a shard's bytes then depend only on
+    the shard, since CPU kernels round differently at other batch sizes)."""
     batch, longest = [], 0
-    for item in items:
+    for position, item in enumerate(items):
         cost = n_tokens(item)
-        if batch and (max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
+        full = max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch
+        if batch and (full or position in starts):
             yield batch
             batch, longest = [], 0
         batch.append(item)
@@ -157,17 +195,20 @@ def embed_stream(
     max_batch: int,
     num_workers: int,
     dtype: str = "float32",
+    starts: Collection[int] = (),
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
-    batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`)."""
+    batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
+    spans a position in `starts` and the row before it."""
     loader = torch.utils.data.DataLoader(
         _Prepared(rows, adapter), batch_size=None, num_workers=num_workers, collate_fn=_as_prepared,
         pin_memory=device.type == "cuda", prefetch_factor=16 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
     )  # fmt: skip
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches_by_budget(loader, adapter.n_tokens, max_tokens, max_batch):
+        for batch in batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
             embedded, extras = adapter.embed(batch)
             ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
             done += len(batch)
@@ -275,9 +316,27 @@ def load(config: EmbedConfig, device: torch.device):
                 f"chromosomes {unknown[:5]} of {config.input} are not in {config.genome} "
                 f"(it has {', '.join(genome.chromosomes[:8])}); check the genome build"
             )
+        _check_centres(table, genome)
     adapter = cls(config.model_path, options, device, revision=config.revision)
     adapter.check_table(table)
     return table, _rows(table, genome), adapter
+
+
+def _check_centres(table: pd.DataFrame, genome) -> None:
+    """Every window centre inside its chromosome (1..length), all rows checked before any worker starts."""
+    lengths = {c: genome.length(c) for c in table["chrom"].astype(str).unique()}
+    size = table["chrom"].astype(str).map(lengths)
+    center = pd.to_numeric(table["center"], errors="coerce")
+    bad = table.index[~((center >= 1) & (center <= size))]
+    if len(bad):
+        row = table.loc[bad[0]]
+        more = f" ({len(bad)} rows in all)" if len(bad) > 1 else ""
+        shown = f"{int(center[bad[0]]):,}" if pd.notna(center[bad[0]]) else repr(row["center"])
+        raise InputError(
+            f"item {row['id']!r}: centre {shown} is outside chromosome {row['chrom']!r} "
+            f"(1..{lengths[str(row['chrom'])]:,}){more}; check the table's coordinates and genome build, or drop "
+            "the row"
+        )
 
 
 def _unknown(genome, chrom: str) -> bool:
@@ -307,9 +366,10 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     start = time.perf_counter()
     filler = _ShardFiller(writer, todo)
     rows_todo = [row for _, a, b in todo for row in rows[a:b]]
+    starts = np.cumsum([0] + [b - a for _, a, b in todo[:-1]]).tolist()  # each shard's first row in rows_todo
     for embedded, extras in embed_stream(
         adapter, rows_todo, device=device, precision=settings.precision, max_tokens=settings.max_tokens,
-        max_batch=config.max_batch, num_workers=config.num_workers, dtype=config.dtype,
+        max_batch=config.max_batch, num_workers=config.num_workers, dtype=config.dtype, starts=starts,
     ):  # fmt: skip
         filler.add(embedded, extras)
         bar.update(len(embedded))
