@@ -57,6 +57,11 @@ def integrated_gradients(
     return attributions.sum(dim=-1).detach()
 
 
+def target_rows(cross: Tensor, target: Tensor) -> Tensor:
+    """Each sample's row of its target query: cross (B, H, Nq, L), target (B,) -> (B, H, L)."""
+    return cross[torch.arange(len(target)), :, target]  # advanced indices first, then the sliced H and L
+
+
 def head_mean(maps: Tensor) -> Tensor:
     """(B, H, ...) -> (B, ...): the head average the paper shows (7.12)."""
     return maps.mean(dim=1)

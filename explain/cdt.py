@@ -22,7 +22,7 @@ import torch
 from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_gene_alignment
 from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coordinates
 from dogmacache.errors import InputError
-from dogmacache.explain.attribution import Predictor
+from dogmacache.explain.attribution import Predictor, head_mean, target_rows
 from dogmacache.explain.inputs import chrom_sizes, open_checked, run_config, window_geometry
 from dogmacache.train.cdt import check_cdt_inputs
 from dogmacache.train.checkpoint import read as read_checkpoint
@@ -173,7 +173,6 @@ class CdtExplainer:
         row, head-averaged; vce_dna (B, Hv, L), vce_rna (B, Hv, G), vce_protein (B, Hv, G)."""
         prediction, maps = self.model.forward_with_attention(self._scaled(dna), self.rna, self.protein, gene_index)
         cross = maps["dna_to_rna"]  # (B, H, G, L)
-        rows = cross[torch.arange(len(gene_index)), :, gene_index]  # (B, H, L)
-        out = {"prediction": prediction, "dna_to_rna": rows, "dna_to_rna_genes": cross.mean(dim=1),
+        out = {"prediction": prediction, "dna_to_rna": target_rows(cross, gene_index), "dna_to_rna_genes": head_mean(cross),
                **{k: maps[k] for k in ("vce_dna", "vce_rna", "vce_protein")}}  # fmt: skip
         return {k: v.float().numpy() for k, v in out.items()}

@@ -1,0 +1,246 @@
+"""explain's parts, worked out by hand on tiny inputs: window geometry, gradients vs finite differences,
+attention rows, top-k overlap, correlations, tracks and feature overlap. No checkpoint needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dogmacache.contracts.windows import WindowGeometry, bin_coordinates, bin_offsets, window_start0
+from dogmacache.errors import InputError
+from dogmacache.explain import attribution, stats, tracks
+from dogmacache.train.cdt import CentralDogmaTransformer
+from dogmacache.train.cdt_config import CDTConfig
+
+# ---- window geometry ------------------------------------------------------------------------------------
+GEOMETRY = WindowGeometry(n_bins=4, bin_bp=10)  # centre 101 (1-based) -> c0 = 100, window [80, 120)
+
+
+def test_plus_strand_bins_by_hand():
+    c = bin_coordinates("chr1", 101, "+", GEOMETRY, chrom_size=1000)
+    assert c.start.tolist() == [80, 90, 100, 110] and c.end.tolist() == [90, 100, 110, 120]
+    assert c.offset_bp.tolist() == [-15, -5, 5, 15]
+    assert c.inside.all() and c.chrom == "chr1"
+    assert bin_offsets(GEOMETRY).tolist() == c.offset_bp.tolist()
+
+
+def test_minus_strand_reference_and_transcript_orientation():
+    reference = bin_coordinates("chr1", 101, "-", GEOMETRY, chrom_size=1000)
+    assert reference.start.tolist() == [80, 90, 100, 110]  # the cache's bins stay in reference order
+    assert reference.offset_bp.tolist() == [15, 5, -5, -15]  # upstream on the minus strand = higher coordinate
+    transcript = bin_coordinates("chr1", 101, "-", WindowGeometry(4, 10, "transcript"), chrom_size=1000)
+    assert transcript.start.tolist() == [110, 100, 90, 80]  # bin 0 is the 5'-most bin
+    assert transcript.offset_bp.tolist() == bin_offsets(GEOMETRY).tolist() == [-15, -5, 5, 15]
+
+
+def test_bins_clip_at_both_chromosome_ends():
+    near_start = bin_coordinates("chr2", 11, "+", GEOMETRY, chrom_size=25)  # window [-10, 30)
+    assert near_start.start.tolist() == [0, 0, 10, 20] and near_start.end.tolist() == [0, 10, 20, 25]
+    assert near_start.inside.tolist() == [False, True, True, True]
+    past_end = bin_coordinates("chr2", 11, "+", GEOMETRY, chrom_size=20)
+    assert past_end.inside.tolist() == [False, True, True, False]
+    unknown_size = bin_coordinates("chr2", 11, "+", GEOMETRY)
+    assert unknown_size.end.tolist() == [0, 10, 20, 30]
+
+
+def test_window_start_matches_the_embed_stage_and_the_coding_masks():
+    from dogmacache.data_recipes.gtex_masks import window_start0 as mask_start
+    from dogmacache.embed.genome import Genome
+
+    centers = np.array([1, 101, 57_345])
+    assert window_start0(centers, 114_688).tolist() == mask_start(centers, 896, 128).tolist()
+    assert window_start0(101, 40) == 80
+    assert Genome.window.__doc__  # the embed stage cuts [center - 1 - length // 2, ...): the same formula
+
+
+def test_geometry_refuses_bad_values():
+    with pytest.raises(InputError, match="orientation 'sideways'"):
+        WindowGeometry(4, 10, "sideways")
+    with pytest.raises(InputError, match="strand '.'"):
+        bin_coordinates("chr1", 101, ".", GEOMETRY)
+
+
+# ---- gradients and attention on a tiny CDT ------------------------------------------------------------------
+def tiny_cdt() -> tuple[CentralDogmaTransformer, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    config = CDTConfig(n_genes=3, dna_positions=5, dna_width=4, rna_width=3, protein_width=2, d_model=8,
+                       n_heads=2, vce_heads=2, dropout=0.1)  # fmt: skip
+    model = CentralDogmaTransformer(config).double().eval()
+    return model, torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64), \
+        torch.randn(3, 2, dtype=torch.float64)  # fmt: skip
+
+
+def test_gradient_equals_finite_differences():
+    model, dna, rna, protein = tiny_cdt()
+    genes = torch.tensor([2, 0])
+
+    def predict(x, g):
+        return model(x, rna, protein, g)
+
+    gradient = attribution.input_gradient(predict, dna, genes)  # (2, 5, 4)
+    eps = 1e-6
+    estimate = torch.zeros_like(dna)
+    with torch.no_grad():
+        for index in np.ndindex(*dna.shape):
+            step = torch.zeros_like(dna)
+            step[index] = eps
+            estimate[index] = (predict(dna + step, genes) - predict(dna - step, genes))[index[0]] / (2 * eps)
+    assert estimate.abs().max() > 1e-3  # the model's output does depend on its DNA
+    torch.testing.assert_close(gradient, estimate, rtol=1e-5, atol=1e-7)
+    norms = attribution.gradient_norm(gradient)
+    assert norms.shape == (2, 5)
+    torch.testing.assert_close(norms, estimate.pow(2).sum(-1).sqrt(), rtol=1e-5, atol=1e-7)
+    assert not dna.requires_grad  # the caller's tensor is left as it was
+    by_hand = (gradient * dna).sum(-1)
+    torch.testing.assert_close(attribution.gradient_x_input(gradient, dna), by_hand)
+
+
+def test_attention_rows_of_the_target_gene_sum_to_one():
+    model, dna, rna, protein = tiny_cdt()
+    genes = torch.tensor([2, 0])
+    _, maps = model.forward_with_attention(dna, rna, protein, genes)
+    rows = attribution.target_rows(maps["dna_to_rna"], genes)  # (B, H, L)
+    assert rows.shape == (2, 2, 5)
+    for b, g in enumerate(genes.tolist()):
+        torch.testing.assert_close(rows[b], maps["dna_to_rna"][b, :, g])
+    torch.testing.assert_close(rows.sum(-1), torch.ones(2, 2, dtype=torch.float64))
+    torch.testing.assert_close(attribution.head_mean(rows).sum(-1), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(maps["vce_dna"].sum(-1), torch.ones(2, 2, dtype=torch.float64))
+
+
+def test_temperature_only_sharpens_and_keeps_the_order():
+    weights = torch.tensor([0.1, 0.2, 0.7])
+    sharp = attribution.temperature_scaled(weights, 0.3)
+    torch.testing.assert_close(sharp.sum(), torch.tensor(1.0))
+    assert sharp.argsort().tolist() == [0, 1, 2] and sharp[2] > weights[2]
+    torch.testing.assert_close(attribution.temperature_scaled(weights, 1.0), weights)
+
+
+def test_integrated_gradients_add_up_to_the_prediction_change():
+    pytest.importorskip("captum")
+    model, dna, rna, protein = tiny_cdt()
+    genes = torch.tensor([1, 2])
+
+    def predict(x, g):
+        return model(x, rna, protein, g)
+
+    baseline = torch.zeros(4, dtype=torch.float64)
+    ig = attribution.integrated_gradients(predict, dna, genes, baseline, n_steps=200)  # (B, L)
+    assert ig.shape == (2, 5)
+    with torch.no_grad():
+        change = predict(dna, genes) - predict(torch.zeros_like(dna), genes)
+    assert change.abs().max() > 1e-2
+    torch.testing.assert_close(ig.sum(-1), change, rtol=1e-3, atol=1e-4)
+
+
+# ---- rankings and correlations -------------------------------------------------------------------------
+def test_topk_overlap_of_identical_and_disjoint_rankings():
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2])
+    assert stats.top_k(scores, 3).tolist() == [2, 4, 0]
+    assert stats.topk_overlap(scores, scores, 3) == 3
+    assert stats.topk_overlap(scores, -scores, 3) == 0
+    assert stats.topk_overlap(scores, np.array([0.9, 0, 0.8, 0, 0, 0]), 2) == 1  # {2, 4} and {0, 2} share 2
+    assert stats.top_k(np.zeros(4), 2).tolist() == [0, 1]  # ties: the lower index first
+    with pytest.raises(InputError, match="--top-k 7 is outside the 6 DNA positions"):
+        stats.top_k(scores, 7)
+    assert stats.random_overlap(20, 896) == pytest.approx(400 / 896)
+
+
+def test_running_correlation_equals_the_correlation_matrix(rng):
+    rows = rng.normal(size=(7, 12)) + np.linspace(0, 3, 12)
+    matrix = np.corrcoef(rows)
+    off_diagonal = matrix[~np.eye(7, dtype=bool)]
+    assert len(off_diagonal) == 42
+    running = stats.RunningCorrelation()
+    for row in rows:
+        running.add(row)
+    running.add(np.full(12, 0.25))  # a constant row has no correlation: counted apart
+    assert running.mean() == pytest.approx(off_diagonal.mean())
+    assert (running.n, running.n_constant) == (7, 1)
+
+
+def test_summary_counts_overlaps_and_peak_distances():
+    summary = stats.Summary(k=2, n_positions=4)
+    offsets = np.array([-15.0, -5.0, 5.0, 15.0])
+    genes = np.array([[0.1, 0.2, 0.3, 0.4], [0.2, 0.4, 0.6, 0.8]])
+    assert summary.add(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.4, 0.3, 0.2, 0.1]), offsets, genes) == 0
+    assert summary.add(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.9, 0.8, 0.0, 0.0]), offsets, genes) == 2
+    numbers = summary.to_dict(within_bp=10)
+    assert numbers["topk_overlap"]["mean"] == 1.0 and numbers["topk_overlap"]["histogram"] == {0: 1, 1: 0, 2: 1}
+    assert numbers["attention_peak"]["mean_abs_distance_bp"] == 15.0  # peaks at +15 and -15
+    assert numbers["gradient_peak"]["fraction_within_10_bp"] == 0.0
+    assert numbers["attention_uniformity"]["across_items_mean_pairwise_correlation"] == pytest.approx(-1.0)
+    assert numbers["attention_uniformity"]["across_genes_mean_pairwise_correlation"] == pytest.approx(1.0)
+
+
+# ---- tracks -----------------------------------------------------------------------------------------------
+def test_bedgraph_round_trip_skips_padding_bins(tmp_path):
+    coords = bin_coordinates("chr2", 11, "+", GEOMETRY, chrom_size=25)
+    track = tracks.window_track(coords, np.array([9.0, 0.5, 0.25, 0.125]))
+    path = tracks.write_bedgraph(tmp_path / "a.bedGraph", track, "a", "test track")
+    assert path.read_text().splitlines()[0].startswith("track type=bedGraph")
+    back = tracks.read_bedgraph(path)
+    assert back.values.tolist() == [["chr2", 0, 10, 0.5], ["chr2", 10, 20, 0.25], ["chr2", 20, 25, 0.125]]
+    plain = pd.read_csv(path, sep="\t", skiprows=1, header=None)  # any tab reader opens it
+    assert plain.shape == (3, 4)
+
+
+def test_bigwig_written_back_reads_the_same_values(tmp_path):
+    pyBigWig = pytest.importorskip("pyBigWig")
+    coords = bin_coordinates("chr1", 101, "+", GEOMETRY, chrom_size=1000)
+    track = tracks.window_track(coords, np.array([1.0, 2.0, 3.0, 4.0]))
+    path = tracks.write_bigwig(tmp_path / "a.bw", track, {"chr1": 1000})
+    reader = pyBigWig.open(str(path))
+    try:
+        assert reader.chroms() == {"chr1": 1000}
+        assert [v for _, _, v in reader.intervals("chr1")] == [1.0, 2.0, 3.0, 4.0]
+        assert reader.values("chr1", 95, 96) == [2.0]
+    finally:
+        reader.close()
+
+
+def test_track_average_splits_overlapping_windows():
+    average = tracks.TrackAverage()
+    average.add(pd.DataFrame({"chrom": "chr1", "start": [0, 10], "end": [10, 20], "value": [1.0, 2.0]}))
+    average.add(pd.DataFrame({"chrom": "chr1", "start": [5, 15], "end": [15, 25], "value": [3.0, 5.0]}))
+    result = average.result()
+    assert result["start"].tolist() == [0, 5, 10, 15, 20]
+    assert result["end"].tolist() == [5, 10, 15, 20, 25]
+    assert result["value"].tolist() == pytest.approx([1.0, 2.0, 2.5, 3.5, 5.0])
+
+
+# ---- features ------------------------------------------------------------------------------------------
+def test_feature_overlap_against_position_matched_background(tmp_path):
+    pytest.importorskip("pyranges")
+    from dogmacache.explain.features import FeatureOverlap, FeatureSet
+
+    bed = tmp_path / "peaks.bed"
+    bed.write_text("chr1\t95\t96\tpeak\nchr1\t1000\t1010\tfar\n")
+    features = FeatureSet(bed, {"chr1"})
+    one = bin_coordinates("chr1", 101, "+", GEOMETRY)  # bins [80,90) [90,100) [100,110) [110,120)
+    two = bin_coordinates("chr1", 1011, "+", GEOMETRY)  # bins [990,1000) [1000,1010) ...
+    assert features.bin_flags(one).tolist() == [False, True, False, False]
+    assert features.bin_flags(two).tolist() == [False, True, False, False]
+    three = bin_coordinates("chr1", 5001, "+", GEOMETRY)
+    overlap = FeatureOverlap(features, ("attention",))
+    overlap.add(one, {"attention": np.array([1, 0])})
+    overlap.add(two, {"attention": np.array([2, 3])})
+    overlap.add(three, {"attention": np.array([1, 2])})
+    result = overlap.result()["attention"]
+    assert (result["top_bins"], result["top_bins_on_feature"]) == (6, 1)
+    # the same bins in the two other windows: item 1 bins {1, 0}: (1/2 + 0/2) / 2; item 2 bins {2, 3}: 0;
+    # item 3 bins {1, 2}: (2/2 + 0/2) / 2
+    assert result["background_fraction"] == pytest.approx((0.25 + 0 + 0.5) / 3)
+    assert result["enrichment"] == pytest.approx((1 / 6) / 0.25)
+
+
+def test_bed_with_other_chromosome_names_says_how_to_rename(tmp_path):
+    pytest.importorskip("pyranges")
+    from dogmacache.explain.features import FeatureSet
+
+    bed = tmp_path / "ensembl.bed"
+    bed.write_text("1\t95\t96\n")
+    with pytest.raises(InputError, match=r"names chromosomes like '1' but the windows use 'chr1'; rename them") as err:
+        FeatureSet(bed, {"chr1", "chr2"})
+    assert "\n" not in str(err.value)
