@@ -19,8 +19,9 @@ _STAGES = (
     "dogmacache.data_recipes.cli",
     "dogmacache.embed.cli",
     "dogmacache.train.cli",
-    "dogmacache.demo",
+    "dogmacache.demo.cli",
     "dogmacache.bench.cli",
+    "dogmacache.explain.cli",
 )
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from dogmacache.cache import CacheWriter, digest_strings, open_cache
 from dogmacache.cli import main
+from dogmacache.demo import demo_config
 from dogmacache.errors import InputError
 from dogmacache.train import load_model
 from dogmacache.train.config import default_config, load_config, to_toml
-from dogmacache.train.demo import demo_config
 from dogmacache.train.loop import EarlyStopping
 from dogmacache.train.tasks import TASKS, get_task
 

@@ -1,0 +1,21 @@
+"""`dogmacache demo`: the whole pipeline offline on bundled synthetic data (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="offline end-to-end run on synthetic data (what `make demo` runs)")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo configs')")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dogmacache.demo.pipeline import run_demo
+
+    run_demo(Path(args.out), seed=args.seed, epochs=args.epochs)
+    return 0
