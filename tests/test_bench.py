@@ -152,3 +152,12 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
         assert main(["bench", "--only", section, "--out", str(tmp_path), *flags[section.upper()].split()]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "## embed" in summary and "## cdt" in summary and "preset tiny" in summary
+
+
+def test_cdt_evaluation_per_enhancer_matches_per_pair():
+    result = bench_cdt.bench_cdt_eval("tiny", n_enhancers=10, pairs_per_enhancer=3.0, pair_batch=4, enhancer_batch=3)
+    assert (result["pairs"], result["enhancers"]) == (30, 10)
+    assert _positive(result["per_pair_pairs_per_s"]) and _positive(result["per_enhancer_pairs_per_s"])
+    assert result["max_abs_difference"] < 1e-5  # the same predictions, read from one forward per enhancer
+    tables = bench_cdt.cdt_eval_tables({"preset": "tiny", "threads": 1, "shapes": {"demo": result}})
+    assert "per enhancer: pairs/s" in bench.render_text(tables[0])
