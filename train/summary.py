@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("model-summary", help="print a model's modules and trainable parameter counts")
     p.add_argument("model", choices=("cdt",), help="which model (cdt: Central Dogma Transformer)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="paper", help="named sizes (default paper)")
+    p.add_argument("--protein-width", type=int, default=None,
+                   help="protein embedding width instead of the preset's (paper: ProteomeLM 768; ESM-2 650M: 1280)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -43,18 +45,28 @@ def kind_parameter_counts(model) -> dict[str, int]:
     return grouped
 
 
-def build_on_meta(name: str):
-    """The model of preset `name`, with parameters on the meta device (no memory)."""
+ESM2_650M_WIDTH = 1280  # what the README's embed commands put in the protein cache instead of ProteomeLM's 768
+
+
+def build_on_meta(name: str, protein_width: int | None = None):
+    """The model of preset `name` (optionally another protein width), parameters on the meta device (no memory)."""
+    import dataclasses
+
     import torch
     from dogmacache.train.cdt import CentralDogmaTransformer
     from dogmacache.train.presets import preset
 
+    config = preset(name) if protein_width is None else dataclasses.replace(preset(name), protein_width=protein_width)
     with torch.device("meta"):
-        return CentralDogmaTransformer(preset(name))
+        return CentralDogmaTransformer(config)
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = build_on_meta(args.preset)
+    model = build_on_meta(args.preset, args.protein_width)
     config = model.config
     print(
         f"CDT, preset {args.preset}: D={config.d_model}, heads={config.n_heads}, G={config.n_genes}, "
@@ -68,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'module':<{width}}  {'parameters':>{count_width}}")
     for name, count in rows:
         print(f"{name:<{width}}  {count:>{count_width}}" if name else "")
-    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"trainable parameters: {total:,}")
+    if args.preset == "paper" and args.protein_width is None:
+        esm2 = trainable(build_on_meta("paper", ESM2_650M_WIDTH))
+        print(f"(the paper's proteins are ProteomeLM, {config.protein_width}-d; with ESM-2 650M, {ESM2_650M_WIDTH}-d, "
+              f"as `dogmacache embed --model esm2` writes: {esm2:,} parameters, --protein-width {ESM2_650M_WIDTH})")  # fmt: skip
+    print(f"trainable parameters: {trainable(model):,}")
     return 0
