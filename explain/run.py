@@ -113,7 +113,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     with gzip.open(out / "positions.tsv.gz", "wt") as positions, gzip.open(out / "vce_genes.tsv.gz", "wt") as vce:
         for part, dna in explainer.batches(chosen, config.batch_size):
             tick = time.perf_counter()
-            gene_index = torch.as_tensor(part["gene_index"].to_numpy(), dtype=torch.long)
+            gene_index = torch.tensor(part["gene_index"].to_numpy(np.int64))
             maps = explainer.attention(dna, gene_index)
             gradient = attribution.input_gradient(predict, dna, gene_index)
             scores = {"gradient": attribution.gradient_norm(gradient).numpy()}

@@ -1,0 +1,101 @@
+"""`dogmacache explain` on the demo's CDT checkpoint: the files it writes, and one-line errors for bad items,
+a k larger than the window, changed or missing caches, and imported weights without a config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dogmacache.cli import main
+from dogmacache.contracts.windows import window_start0
+from dogmacache.explain.tracks import read_bedgraph
+from dogmacache.train.config import RunConfig, to_toml
+
+
+@pytest.fixture(scope="module")
+def explained(demo_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain") / "out"
+    args = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "validation", "--n", "5",
+            "--top-k", "2", "--item-figures", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_explain_writes_tables_tracks_and_figures(explained, demo_run):
+    checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
+    n_bins = checkpoint["model_config"]["dna_positions"]
+    summary = json.loads((explained / "summary.json").read_text())
+    assert summary["n_items"] == 5 and summary["top_k"] == 2
+    assert 0 <= summary["topk_overlap"]["mean"] <= 2
+    assert sum(summary["topk_overlap"]["histogram"].values()) == 5
+    assert -1 <= summary["attention_uniformity"]["across_items_mean_pairwise_correlation"] <= 1
+    assert summary["seconds_per_item"] > 0
+
+    items = pd.read_csv(explained / "items.tsv", sep="\t")
+    assert len(items) == 5 and set(items["split"]) == {"validation"}
+    positions = pd.read_csv(explained / "positions.tsv.gz", sep="\t")
+    assert len(positions) == 5 * n_bins
+    heads = positions.filter(like="attention_head")
+    assert heads.shape[1] == checkpoint["model_config"]["n_heads"]
+    np.testing.assert_allclose(heads.groupby(positions["item"]).sum().to_numpy(), 1.0, atol=1e-4)
+    assert (positions["gradient"] >= 0).all() and positions["gradient"].max() > 0
+
+    # the top-k table's coordinates are the recipe window's bins
+    topk = pd.read_csv(explained / "topk.tsv", sep="\t")
+    assert len(topk) == 5 * 2 * 2
+    windows = pd.read_parquet(demo_run / "recipe" / "cdt" / "dna_windows.parquet").set_index("id")
+    row = topk.iloc[0]
+    window = windows.loc[row["item"].split("|")[0]]
+    assert row["chrom"] == window["chrom"]
+    assert row["start"] == max(0, window_start0(int(window["center"]), n_bins * 128) + row["bin"] * 128)
+
+    mean = read_bedgraph(explained / "tracks" / "mean.attention.bedGraph")
+    assert len(mean) >= n_bins and (mean["end"] > mean["start"]).all()
+    assert len(list((explained / "tracks" / "items").glob("*.bedGraph"))) == 10
+    figures = sorted(p.name for p in (explained / "figures").rglob("*.png"))
+    assert len(figures) == 4 and "topk_overlap.png" in figures and "peak_distance.png" in figures
+
+
+def _error(capsys, args) -> str:
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and message
+    return message
+
+
+def test_explain_refuses_bad_items_and_k(demo_run, tmp_path, capsys):
+    ckpt = str(demo_run / "train" / "cdt_best.pt")
+    base = ["explain", "--checkpoint", ckpt, "--out", str(tmp_path / "o")]
+    assert "item 'nope|GENE' is not a labelled pair" in _error(capsys, [*base, "--top-k", "2", "--items", "nope|GENE"])
+    assert "--top-k 99 is outside the" in _error(capsys, [*base, "--split", "test", "--top-k", "99"])
+
+
+def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
+    checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
+    changed = {**checkpoint, "fingerprints": {**checkpoint["fingerprints"],
+                                              "dna": {**checkpoint["fingerprints"]["dna"], "shards_digest": "sha256:0"}}}  # fmt: skip
+    torch.save(changed, tmp_path / "changed.pt")
+    base = ["--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
+    message = _error(capsys, ["explain", "--checkpoint", str(tmp_path / "changed.pt"), *base])
+    assert "was trained on a dna cache with shards_digest 'sha256:0'" in message
+    config = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "dna_cache": str(tmp_path / "gone.zarr")}}
+    torch.save({**checkpoint, "config": config}, tmp_path / "gone.pt")
+    assert "which cannot be opened" in _error(capsys, ["explain", "--checkpoint", str(tmp_path / "gone.pt"), *base])
+
+
+def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
+    checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
+    imported = {**checkpoint, "config": None, "fingerprints": {}, "extras": {}}  # as train import-checkpoint writes
+    torch.save(imported, tmp_path / "imported.pt")
+    args = ["explain", "--checkpoint", str(tmp_path / "imported.pt"), "--top-k", "2", "--out", str(tmp_path / "o"),
+            "--items", pd.read_parquet(demo_run / "recipe" / "cdt" / "labels.parquet")["enhancer"].iloc[0]]  # fmt: skip
+    assert "pass --config FILE" in _error(capsys, args)
+    raw = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "standardize_dna": False}}
+    (tmp_path / "run.toml").write_text(to_toml(RunConfig.from_dict(raw)))
+    assert main([*args, "--config", str(tmp_path / "run.toml"), "--methods", "none", "--no-item-tracks",
+                 "--item-figures", "0"]) == 0
+    items = pd.read_csv(tmp_path / "o" / "items.tsv", sep="\t")
+    assert len(items) >= 1 and items["item"].str.startswith(args[-1] + "|").all()
