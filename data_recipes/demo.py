@@ -26,14 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128, data: Path = DEMO_DATA) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    files = {s.key: data / s.filename for s in gasperini.SOURCES.values()}
-    cdt = gasperini.build_gasperini(files, out / "cdt", gasperini.GasperiniConfig(seed=seed))
-    files = {s.key: data / s.filename for s in gtex.SOURCES.values()}
+    config = gasperini.GasperiniConfig(seed=seed)
+    cdt = gasperini.build_gasperini(_bundled(gasperini.SOURCES, data), out / "cdt", config)
     config = gtex.GtexConfig(seed=seed, window_bins=window_bins, bin_bp=bin_bp)
-    isoform = gtex.build_gtex(files, out / "isoform", config)
+    isoform = gtex.build_gtex(_bundled(gtex.SOURCES, data), out / "isoform", config)
     with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / "genome.fa", "wb") as dst:
         shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access
     return {"cdt": cdt, "isoform": isoform, "genome": str(out / "genome.fa")}
+
+
+def _bundled(listed: dict[str, sources.Source], data: Path) -> dict[str, Path]:
+    """Paths of the bundled stand-ins; never `sources.fetch`, which would download the real file for a missing one."""
+    return {key: data / source.filename for key, source in listed.items()}
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -1,7 +1,8 @@
 """Readers for the public file formats the recipes start from, checked by header name, never by position.
 
 Every reader names the file (and the column) when something is wrong: a missing column, a wrong header,
-a truncated gzip. Formats (see data_recipes/README.md): GCT 1.2 (GTEx), tab-separated tables with a header
+a truncated gzip; tables come back indexed by their line number in the file, so a later check on a value
+names the file, line and column (`cell`, `numbers`). Formats (see data_recipes/README.md): GCT 1.2 (GTEx), tab-separated tables with a header
 (GTEx sample attributes, Gasperini results), FASTA (UCSC genome, Ensembl cDNA/peptide, UniProt), Ensembl GTF.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from dogmacache.errors import InputError
 
@@ -69,20 +71,81 @@ def read_table(
     dtype: dict | None = None,
     comment_lines: int = 0,
     na_values: Sequence[str] = ("NA", ""),
+    whole_rows: bool = False,
 ) -> pd.DataFrame:
-    """A tab-separated table with a header; `required` columns must be present (by name)."""
+    """A tab-separated table with a header; `required` columns must be present (by name). The index is each
+    row's line number. `whole_rows`: every line must have as many fields as the header (a line cut short is
+    otherwise read as empty values, which pandas cannot tell apart from empty fields)."""
     found = header_of(path, comment_lines)
     require_columns(path, found, required)
+    first_line = comment_lines + 2
+    if whole_rows:
+        short = first_short_line(path, len(found), first_line)
+        if short is not None:
+            line, n_fields = short
+            raise InputError(
+                f"{path} line {line} has {n_fields} of the header's {len(found)} tab-separated fields (it ends "
+                f"before column {n_fields + 1}, {found[min(n_fields, len(found) - 1)]!r}): the file is damaged "
+                "or edited; download it again"
+            )
     try:
         with open_text(path) as fh:
-            return pd.read_csv(
+            table = pd.read_csv(
                 fh, sep="\t", skiprows=comment_lines, usecols=list(usecols or required), dtype=dtype,
-                na_values=list(na_values), keep_default_na=False, low_memory=False,
+                na_values=list(na_values), keep_default_na=False, low_memory=False, skip_blank_lines=False,
             )  # fmt: skip
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
     except (ValueError, pd.errors.ParserError) as err:
-        raise InputError(f"{path} could not be parsed as a tab-separated table: {err}") from err
+        reason = " ".join(str(err).split())
+        raise InputError(f"{path} could not be parsed as a tab-separated table: {reason}") from err
+    table.index = pd.RangeIndex(first_line, first_line + len(table))
+    return table
+
+
+def first_short_line(path: str | Path, n_fields: int, first_line: int, block_bytes: int = 1 << 22):
+    """(line number, fields) of the first line from `first_line` on with fewer than `n_fields` tab-separated
+    fields, or None. Counts tabs in blocks of bytes with numpy: a Python loop over millions of lines is slower."""
+    line, carry = 1, b""
+    with open_text(path) as text:
+        raw = text.buffer if hasattr(text, "buffer") else text
+        while block := raw.read(block_bytes):
+            data = np.frombuffer(carry + block, dtype=np.uint8)
+            ends = np.flatnonzero(data == 10)  # (lines,) positions of '\n'
+            tabs = np.concatenate([[0], np.cumsum(data == 9, dtype=np.int64)])
+            fields = np.diff(tabs[ends + 1], prepend=0) + 1  # (lines,) tabs before each '\n', plus one
+            short = np.flatnonzero((fields < n_fields) & (line + np.arange(len(ends)) >= first_line))
+            if len(short):
+                n = int(short[0])
+                return line + n, int(fields[n]) if ends[n] > (ends[n - 1] + 1 if n else 0) else 0
+            line += len(ends)
+            carry = bytes(data[ends[-1] + 1 :]) if len(ends) else bytes(data)
+    if carry.strip() and line >= first_line and carry.count(b"\t") + 1 < n_fields:
+        return line, carry.count(b"\t") + 1
+    return None
+
+
+def cell(path: str | Path, line: int, header: Sequence[str], column: str) -> str:
+    """Where a value sits, as errors name it: `FILE line L column C ('NAME')` (columns count from 1)."""
+    return f"{path} line {line} column {list(header).index(column) + 1} ({column!r})"
+
+
+def numbers(
+    table: pd.DataFrame, column: str, path: str | Path, header: Sequence[str], *, expected: str,
+    allow_missing: bool = False,
+) -> pd.Series:
+    """`table[column]` as float64 (index = line numbers, as `read_table` returns). The first value that is not a
+    finite number, or is missing when `allow_missing` is False, is an InputError naming file, line and column."""
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(values) & (raw.notna() | (not allow_missing))
+    if bad.any():
+        line = bad.index[np.argmax(bad.to_numpy())]
+        value = raw[line]
+        shown = "is empty or NA" if pd.isna(value) else f"has {value!r}"
+        raise InputError(f"{cell(path, line, header, column)} {shown}; expected {expected}. Fix or remove that "
+                         "row, or download the file again")  # fmt: skip
+    return values
 
 
 def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
@@ -145,7 +208,9 @@ GTF_COLUMNS = ("seqname", "source", "feature", "start", "end", "score", "strand"
 
 
 def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
-    """GTF rows of the given feature types; 1-based inclusive coordinates; the named attributes as columns."""
+    """GTF rows of the given feature types; 1-based inclusive coordinates; the named attributes as columns.
+    Every line but a gene line must carry `transcript_id` (GTF 2.2 makes it mandatory; Ensembl omits it on
+    gene lines only): a line without it cannot be joined to its transcript, so it stops the read."""
     wanted, rows = set(features), []
     with open_text(path) as fh:
         for n, line in enumerate(fh, 1):
@@ -153,16 +218,30 @@ def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str
                 continue
             cols = line.rstrip("\n").split("\t")
             if len(cols) != 9:
-                raise InputError(f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}")
+                raise InputError(f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}; "
+                                 "the file is damaged or not a GTF, download it again")  # fmt: skip
             if cols[2] not in wanted:
                 continue
+            start, end = (_gtf_position(path, n, cols, i) for i in (3, 4))
             attrs = dict(_GTF_ATTR.findall(cols[8]))
-            rows.append((cols[0], cols[2], int(cols[3]), int(cols[4]), cols[6], *(attrs.get(a) for a in attributes)))
+            if cols[2] != "gene" and "transcript_id" not in attrs:
+                raise InputError(f"{path} line {n} column 9 (attribute): this {cols[2]} line has no transcript_id; "
+                                 "every line but a gene line needs one (GTF 2.2). Download the file again")  # fmt: skip
+            rows.append((cols[0], cols[2], start, end, cols[6], *(attrs.get(a) for a in attributes)))
     return pd.DataFrame(rows, columns=["chrom", "feature", "start", "end", "strand", *attributes])
 
 
+def _gtf_position(path, line: int, cols: list[str], index: int) -> int:
+    text = cols[index]
+    if not text.isdigit() or int(text) == 0:
+        raise InputError(f"{path} line {line} column {index + 1} ({GTF_COLUMNS[index]}): {text!r} is not a "
+                         "1-based position (a whole number >= 1); the file is damaged, download it again")  # fmt: skip
+    return int(text)
+
+
 def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: int = 2000) -> Iterator[pd.DataFrame]:
-    """GCT 1.2 (`#1.2`, `<rows>\\t<samples>`, header `transcript_id gene_id SAMPID…`) in row chunks."""
+    """GCT 1.2 (`#1.2`, `<rows>\\t<samples>`, header `transcript_id gene_id SAMPID…`) in row chunks, each indexed
+    by line number (the first data row is line 4); a blank or short line comes back as missing values."""
     with open_text(path) as fh:
         version = fh.readline().strip()
         dims = fh.readline().strip().split("\t")
@@ -176,7 +255,12 @@ def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: 
     try:
         with open_text(path) as fh:
             reader = pd.read_csv(fh, sep="\t", skiprows=2, usecols=list(usecols) if usecols else None,
-                                 chunksize=chunksize, dtype={c: str for c in id_cols})  # fmt: skip
-            yield from reader
+                                 chunksize=chunksize, dtype={c: str for c in id_cols}, skip_blank_lines=False)  # fmt: skip
+            for chunk in reader:
+                chunk.index = chunk.index + 4
+                yield chunk
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
+    except (ValueError, pd.errors.ParserError) as err:
+        reason = " ".join(str(err).split())
+        raise InputError(f"{path} could not be parsed as GCT (tab-separated after line 2): {reason}") from err

@@ -20,37 +20,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dogmacache.contracts.tables import check_gene_alignment
-from dogmacache.data_recipes import sources, tables
-from dogmacache.data_recipes.formats import read_table, read_uniprot
+from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
 SOURCES = {
     "results": sources.Source(
-        key="results",
-        filename="GSE120861_all_deg_results.at_scale.txt.gz",
-        url="https://ftp.ncbi.nlm.nih.gov/geo/series/GSE120nnn/GSE120861/suppl/GSE120861_all_deg_results.at_scale.txt.gz",
-        licence="GEO public data (Gasperini et al., Cell 2019); cite the paper",
-        description="at-scale CRISPRi screen: every tested (gRNA group, gene) pair, hg19 coordinates",
-        size="~200 MB",
+        "results", "GSE120861_all_deg_results.at_scale.txt.gz",
+        "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE120nnn/GSE120861/suppl/GSE120861_all_deg_results.at_scale.txt.gz",
+        "GEO public data (Gasperini et al., Cell 2019); cite the paper",
+        "at-scale CRISPRi screen: every tested (gRNA group, gene) pair, hg19 coordinates", size="~200 MB",
     ),
     "chain": sources.Source(
-        key="chain",
-        filename="hg19ToHg38.over.chain.gz",
-        url="https://hgdownload.soe.ucsc.edu/goldenPath/hg19/liftOver/hg19ToHg38.over.chain.gz",
-        licence="UCSC Genome Browser: free for academic, non-profit and personal use",
-        description="UCSC liftOver chain hg19 -> hg38",
-        size="~1 MB",
+        "chain", "hg19ToHg38.over.chain.gz",
+        "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/liftOver/hg19ToHg38.over.chain.gz",
+        "UCSC Genome Browser: free for academic, non-profit and personal use",
+        "UCSC liftOver chain hg19 -> hg38", size="~1 MB",
     ),
     "uniprot": sources.Source(
-        key="uniprot",
-        filename="uniprot_human_swissprot.fasta.gz",
-        url="https://rest.uniprot.org/uniprotkb/stream?compressed=true&format=fasta"
+        "uniprot", "uniprot_human_swissprot.fasta.gz",
+        "https://rest.uniprot.org/uniprotkb/stream?compressed=true&format=fasta"
         "&query=%28organism_id%3A9606%29+AND+%28reviewed%3Atrue%29",
-        licence="CC BY 4.0 (UniProt)",
-        description="UniProtKB/Swiss-Prot human entries (~20.4k), gene symbol after GN=",
-        size="~7 MB",
+        "CC BY 4.0 (UniProt)", "UniProtKB/Swiss-Prot human entries (~20.4k), gene symbol after GN=", size="~7 MB",
     ),
-}
+}  # fmt: skip
 
 RESULT_COLUMNS = (
     "gRNA_group", "ENSG", "gene_short_name", "target_site.chr", "target_site.start", "target_site.stop",
@@ -63,7 +55,7 @@ class GasperiniConfig:
     site_type: str = "DHS"  # CDT keeps DNase hypersensitive sites (drops TSS controls, NTC rows)
     significance: float = 0.05  # on pvalue.empirical.adjusted; `not_applicable` counts as not significant
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test, by enhancer
-    seed: int = 0
+    seed: int = 0  # fixed, so every run holds out the same enhancers and models compare on one test split
     max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
 
 
@@ -95,7 +87,10 @@ def build_gasperini(
     """The whole recipe from explicit files (keys results, chain, uniprot). Returns the written manifest."""
     counts: dict[str, int] = {}
     missing: dict[str, int] = {}
-    raw = read_table(paths["results"], RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str})
+    results = paths["results"]
+    header = formats.header_of(results)
+    raw = formats.read_table(results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str},
+                             whole_rows=True)  # fmt: skip
     counts["result_rows"] = len(raw)
     ntc = raw["target_site.chr"].astype(str) == "NTC"
     counts["ntc_rows_dropped"] = int(ntc.sum())
@@ -103,21 +98,30 @@ def build_gasperini(
     counts[f"{config.site_type}_rows"] = len(pairs)
     if pairs.empty:
         kinds = sorted(raw["site_type"].dropna().astype(str).unique())[:8]
-        raise InputError(f"{paths['results']} has no rows with site_type == {config.site_type!r}; it has {kinds}")
+        raise InputError(f"{results} has no rows with site_type == {config.site_type!r}; it has {kinds}")
+    pairs["beta"] = formats.numbers(pairs, "beta", results, header, allow_missing=True,
+                                    expected="the effect size, a number, or NA")  # fmt: skip
     missing["beta"] = int(pairs["beta"].isna().sum())
     pairs = pairs[pairs["beta"].notna()]
-    padj = pd.to_numeric(pairs["pvalue.empirical.adjusted"].replace("not_applicable", np.nan), errors="coerce")
+    padj_text = pairs[["pvalue.empirical.adjusted"]].replace("not_applicable", np.nan)
+    padj = formats.numbers(padj_text, "pvalue.empirical.adjusted", results, header, allow_missing=True,
+                           expected="an adjusted p-value, NA or not_applicable")  # fmt: skip
     pairs["significant"] = (padj < config.significance).fillna(False).astype(bool)
     pairs["pvalue_adjusted"] = padj
     pairs["chrom_hg19"] = [c if str(c).startswith("chr") else f"chr{c}" for c in pairs["target_site.chr"].astype(str)]
-    pairs["mid_hg19"] = ((pairs["target_site.start"].astype(np.int64) + pairs["target_site.stop"].astype(np.int64)) // 2)
+    for column in ("target_site.start", "target_site.stop"):
+        pairs[column] = formats.numbers(pairs, column, results, header,
+                                        expected="an hg19 position (a whole number)").astype(np.int64)  # fmt: skip
+    pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2
     if config.max_distance_kb is not None:
-        near = (pairs["mid_hg19"] - pairs["target_gene.start"]).abs() <= config.max_distance_kb * 1000
+        gene_start = formats.numbers(pairs, "target_gene.start", results, header,
+                                     expected="the gene's hg19 start (a whole number)")  # fmt: skip
+        near = (pairs["mid_hg19"] - gene_start).abs() <= config.max_distance_kb * 1000
         counts["pairs_beyond_max_distance"] = int((~near).sum())
         pairs = pairs[near]
 
     # genes: target symbols that the protein set (and the RNA vocabulary, when given) also have
-    proteins = read_uniprot(paths["uniprot"])
+    proteins = formats.read_uniprot(paths["uniprot"])
     counts["uniprot_entries"] = len(proteins)
     counts["uniprot_duplicate_symbols"] = int(proteins["gene"].duplicated().sum())
     proteins = proteins.drop_duplicates("gene", keep="first")  # Swiss-Prot lists the canonical entry first
@@ -208,10 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    paths, info = {}, {}
-    for key, source in SOURCES.items():
-        paths[key], digest = sources.fetch(source, args.source_dir, args.cache_dir)
-        info[key] = {"file": source.filename, "url": source.url, "sha256": digest, "licence": source.licence}
+    paths, info = sources.fetch_all(SOURCES, args.source_dir, args.cache_dir)
     config = GasperiniConfig(seed=args.seed, max_distance_kb=args.max_distance_kb, significance=args.significance)
     vocab = read_vocab(args.rna_vocab) if args.rna_vocab else None
     return build_gasperini(paths, Path(args.out), config, rna_vocab=vocab, sources_info=info)

@@ -86,9 +86,10 @@ class GtexConfig:
     tissues: tuple[str, ...] = ISOFORMER_TISSUES
     # "SMTS" (31 coarse tissues) or "SMTSD" (detailed, e.g. "Brain - Cortex").
     tissue_column: str = "SMTS"
-    # train / validation / test fractions of genes.
+    # train / validation / test fractions, drawn by gene: a gene's isoforms share most of their sequence, so
+    # isoforms of one gene in two splits would leak test labels into training.
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    # split seed
+    # Seeds the shuffle of genes into splits; fixed, so runs and models are compared on the same test genes.
     seed: int = 0
     # bp; genes whose GTF gene line spans more (end - start + 1) are excluded, as IsoFormer does.
     max_gene_length: int = 200_000
@@ -220,7 +221,7 @@ def _sample_tissues(path: Path, gct_samples: list[str], config: GtexConfig) -> t
                            columns=["sample", "tissue"])  # fmt: skip
     counts = {
         "gct_samples": len(gct_samples),
-        "samples_without_attributes": sum(s not in tissue_of for s in gct_samples),  # ignored
+        "samples_without_attributes": sum(s not in tissue_of for s in gct_samples),  # no tissue: skipped
         "samples_in_other_tissues": sum(s in tissue_of and tissue_of[s] not in wanted for s in gct_samples),
         "samples_used": len(samples),
     }
@@ -232,9 +233,10 @@ def _mean_tpm(path: Path, samples: pd.DataFrame, tissues: tuple[str, ...]) -> pd
     sample_ids = list(samples["sample"])
     one_hot = (samples["tissue"].to_numpy()[:, None] == np.array(tissues, dtype=object)[None, :]).astype(np.float64)
     n_per_tissue = one_hot.sum(axis=0)  # (K,) samples per tissue, all > 0 by construction
+    header = formats.header_of(path, comment_lines=2)
     parts = []
     for chunk in formats.read_gct(path, usecols=["transcript_id", "gene_id", *sample_ids], chunksize=_GCT_CHUNK_ROWS):
-        tpm = chunk[sample_ids].to_numpy(dtype=np.float64)  # (rows, S)
+        tpm = _checked_tpm(chunk, sample_ids, path, header)  # (rows, S)
         means = pd.DataFrame(tpm @ one_hot / n_per_tissue, columns=list(tissues))  # (rows, K)
         ids = chunk[["transcript_id", "gene_id"]].reset_index(drop=True)
         parts.append(pd.concat([ids, means], axis=1))
@@ -246,6 +248,30 @@ def _mean_tpm(path: Path, samples: pd.DataFrame, tissues: tuple[str, ...]) -> pd
         raise InputError(f"{path} declares {declared} rows on line 2 but holds {len(expression)}; the file is "
                          "incomplete, download it again")  # fmt: skip
     return expression
+
+
+def _checked_tpm(chunk: pd.DataFrame, sample_ids: list[str], path: Path, header: list[str]) -> np.ndarray:
+    """(rows, S) TPM of a GCT chunk; a missing id, or a TPM that is not a finite number >= 0, is an InputError
+    naming line and column: one NaN would otherwise turn every label of its tissue into NaN."""
+    for column in ("transcript_id", "gene_id"):
+        if chunk[column].isna().any():
+            line = int(chunk.index[chunk[column].isna().to_numpy()][0])
+            raise InputError(f"{formats.cell(path, line, header, column)} is empty (a blank line?); every GCT row "
+                             "names its transcript and gene. The file is damaged: download it again")  # fmt: skip
+    values = chunk[sample_ids]
+    try:
+        tpm = values.to_numpy(dtype=np.float64)
+    except ValueError:  # text in a sample column: find the cell by parsing each column on its own
+        tpm = values.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(tpm) & (tpm >= 0))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raw = values.iat[row, col]
+        shown = "has no value (the cell is empty or NaN, or the row ends early)" if pd.isna(raw) else f"has {raw!r}"
+        raise InputError(f"{formats.cell(path, int(chunk.index[row]), header, sample_ids[col])} {shown}; expected a "
+                         "TPM, a finite non-negative number, in every sample column. The file is damaged: download "
+                         "it again")  # fmt: skip
+    return tpm
 
 
 def _unversioned(ids: pd.Series) -> pd.Series:
@@ -393,8 +419,5 @@ def config_from_args(args: argparse.Namespace) -> GtexConfig:
 
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
-    paths, info = {}, {}
-    for key, source in SOURCES.items():
-        paths[key], digest = sources.fetch(source, args.source_dir, args.cache_dir)
-        info[key] = {"file": source.filename, "url": source.url, "sha256": digest, "licence": source.licence}
+    paths, info = sources.fetch_all(SOURCES, args.source_dir, args.cache_dir)
     return build_gtex(paths, Path(args.out), config, sources_info=info)

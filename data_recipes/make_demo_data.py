@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from dogmacache.contracts.sequences import reverse_complement
 from dogmacache.data_recipes.gtex import ISOFORMER_TISSUES
 
 HERE = Path(__file__).parent / "demo_data"
@@ -39,13 +40,6 @@ CODONS = {
     "I": "ATC", "L": "CTG", "K": "AAG", "M": "ATG", "F": "TTC", "P": "CCC", "S": "AGC", "T": "ACC", "W": "TGG",
     "Y": "TAC", "V": "GTG",
 }  # fmt: skip
-COMPLEMENT = str.maketrans("ACGTacgtN", "TGCAtgcaN")
-
-
-def revcomp(seq: str) -> str:
-    return seq.translate(COMPLEMENT)[::-1]
-
-
 def _write_gz(path: Path, text: str) -> None:
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
         gz.write(text.encode())
@@ -106,7 +100,7 @@ def build(out: Path = HERE, seed: int = 7) -> None:
             exon2_span, cds_span, stop_span = (anchor + 1, anchor + n2), (anchor + c0 + 1, anchor + c1 - 3), \
                 (anchor + c1 - 2, anchor + c1)  # fmt: skip
         else:
-            put(chrom, anchor - n2, revcomp(exon2))
+            put(chrom, anchor - n2, reverse_complement(exon2))
             exon2_span, cds_span, stop_span = (anchor - n2 + 1, anchor), (anchor - c1 + 4, anchor - c0), \
                 (anchor - c1 + 1, anchor - c1 + 3)  # fmt: skip
         for t in range(int(rng.integers(1, 4))):
@@ -123,14 +117,15 @@ def build(out: Path = HERE, seed: int = 7) -> None:
                 exon1_span, tx = (first + 1, first + 150), (first + 1, exon2_span[1])
             else:
                 first = anchor + intron  # 0-based start (lowest coordinate) of exon 1
-                put(chrom, first, revcomp(upstream + exon1))
+                put(chrom, first, reverse_complement(upstream + exon1))
                 exon1_span, tx = (first + 1, first + 150), (exon2_span[0], first + 150)
             transcripts.append(dict(gene=g, tx_id=f"ENST9{g + 1:07d}{t + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{t + 1:03d}",
                                     start=tx[0], end=tx[1], exons=[exon1_span, exon2_span], cds=cds_span,
                                     stop=stop_span, cdna=exon1 + exon2, promoter=n_promoter))  # fmt: skip
             occupied.append((chrom, tx[0] - 400, tx[1] + 400))
 
-    # enhancers: clustered (active) or spread (decoy) motif triples, away from genes' exons
+    # enhancers: GC-box blocks carry the effect, AT-rich blocks of the same size are decoys, so a model must read
+    # the motif and not merely notice that something was inserted
     enhancers = []
     for e in range(N_ENHANCERS):
         while True:  # away from genes, so no motif lands in a transcript

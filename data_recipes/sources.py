@@ -83,6 +83,18 @@ def fetch(source: Source, source_dir: str | Path | None = None, cache_dir: str |
     return dest, _checked(dest, source)
 
 
+def fetch_all(
+    listed: dict[str, Source], source_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """Every source of a recipe, by key: its path, and what `recipe.json` records of it (file, url, sha256,
+    licence), so a table can be traced to the exact bytes it came from."""
+    paths, recorded = {}, {}
+    for key, source in listed.items():
+        paths[key], digest = fetch(source, source_dir, cache_dir)
+        recorded[key] = {"file": source.filename, "url": source.url, "sha256": digest, "licence": source.licence}
+    return paths, recorded
+
+
 def _checked(path: Path, source: Source) -> str:
     recorded = path.parent / (path.name + ".sha256")
     digest = sha256_of(path)

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pandas as pd
+from dogmacache.contracts.sequences import reverse_complement
 from dogmacache.data_recipes.formats import read_ensembl_fasta, read_fasta, read_gtf
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
-from dogmacache.data_recipes.make_demo_data import CODONS, GC_BOX, HERE, build, revcomp
+from dogmacache.data_recipes.make_demo_data import CODONS, GC_BOX, HERE, build
 
 
 def test_bundled_files_are_what_the_generator_writes(tmp_path):
@@ -31,7 +32,7 @@ def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
         def spliced(features, chrom=chrom, minus=minus, rows=rows):
             part = rows[rows["feature"].isin(features)].sort_values("start")
             seq = "".join(genome[chrom][a - 1 : b] for a, b in zip(part["start"], part["end"], strict=True))
-            return revcomp(seq) if minus else seq
+            return reverse_complement(seq) if minus else seq
 
         assert spliced(["exon"]) == cdna[f"{tx}.2"], tx
         coding = spliced(["CDS", "stop_codon"])

@@ -40,3 +40,28 @@ def test_source_dir_wins_and_published_checksum_is_checked(tmp_path):
 def test_unreachable_source_says_how_to_proceed(tmp_path):
     with pytest.raises(InputError, match="pass its folder with --source-dir"):
         sources.fetch(_source("http://127.0.0.1:9/missing.gz"), cache_dir=tmp_path)
+
+
+def test_fetch_all_gives_paths_and_what_recipe_json_records(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"abc")
+    (tmp_path / "b.txt").write_bytes(b"")
+    listed = {key: sources.Source(key=key, filename=f"{key}.txt", url=f"http://127.0.0.1:9/{key}.txt", licence="L",
+                                  description="d") for key in ("a", "b")}  # fmt: skip
+    paths, info = sources.fetch_all(listed, source_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert paths == {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}
+    assert info["a"] == {"file": "a.txt", "url": "http://127.0.0.1:9/a.txt", "sha256": hashlib.sha256(b"abc").hexdigest(),
+                         "licence": "L"}  # fmt: skip
+    assert info["b"]["sha256"] == hashlib.sha256(b"").hexdigest() and len(info) == 2
+
+
+def test_recipe_modules_list_their_sources_with_sizes_in_the_readme():
+    from pathlib import Path
+
+    from dogmacache.data_recipes import gasperini, gtex
+
+    readme = (Path(sources.__file__).parent / "README.md").read_text()
+    listed = [*gasperini.SOURCES.values(), *gtex.SOURCES.values()]
+    assert len(listed) == 8
+    for source in listed:
+        row = next((line for line in readme.splitlines() if f"`{source.filename}`" in line), "")
+        assert source.size and source.size in row, source.filename
