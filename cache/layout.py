@@ -3,6 +3,11 @@
 One item per chunk (training reads random items; several items in one chunk multiply the bytes read),
 items grouped into shard files sized for the Hugging Face Hub's limits (files < 20 GB, < 10k entries
 per folder, < 100k files per repository). Each shard file has exactly one writer.
+
+Every chunk of every array ends in a crc32c checksum (zarr's `crc32c` codec, last in the pipeline), and the
+shard index carries its own: a flipped byte fails the read that meets it, in dogmacache and in plain zarr
+(cost measured by `dogmacache bench --only cache`; crc32c runs at ~13 GB/s, a cold read at ~1.5 GB/s).
+Every array has dimension names; per-item arrays share `item` with `embeddings`, so xarray opens a cache.
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ MAX_SHARDS = 9_000  # below the per-folder limit with room for the other files o
 IDS_CHUNK = 1 << 20  # ids per chunk of the `ids` array
 
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+EMBEDDING_DIMS = {1: ("item", "feature"), 2: ("item", "position", "feature")}  # by len(item_shape)
+SHARD_SHA256_DIMS = ("shard", "sha256_byte")
+
+
+def checksum() -> list:
+    """The codec that ends every chunk's pipeline: a crc32c of the encoded bytes, checked on every decode."""
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
+def extra_dims(extra: ExtraArray) -> tuple[str, ...]:
+    """`item` first (shared with `embeddings`), then one name per item axis, private to the array."""
+    return ("item", *(f"{extra.name}_{axis}" for axis in range(len(extra.item_shape))))
 
 
 @dataclass(frozen=True)
@@ -93,13 +112,13 @@ def choose_shard_items(n_items: int, item_bytes: int, target_bytes: int = DEFAUL
 
 
 def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
-    """(filters, compressors) for the inner chunks of `embeddings`."""
+    """(filters, compressors) for the inner chunks of `embeddings`; the checksum is always the last compressor."""
     from zarr.codecs import ZstdCodec
 
     if compression == "none":
-        return [], []
+        return [], checksum()
     if compression == "zstd":
-        return [], [ZstdCodec(level=3)]
+        return [], [ZstdCodec(level=3), *checksum()]
     if compression == "bitround":
         if dtype == "bfloat16":
             raise CacheError("bitround works on float16/float32 storage; bfloat16 already keeps 7 mantissa bits")
@@ -109,5 +128,5 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
             warnings.simplefilter("ignore")
             from numcodecs.zarr3 import BitRound
 
-            return [BitRound(keepbits=7)], [ZstdCodec(level=3)]
+            return [BitRound(keepbits=7)], [ZstdCodec(level=3), *checksum()]
     raise CacheError(f"compression {compression!r} is not one of none, zstd, bitround")

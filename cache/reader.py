@@ -1,8 +1,10 @@
 """Reading a cache: lazy, local or remote (any fsspec URL: file://, http(s)://, hf://), by row or by id.
 
-Nothing is loaded when a cache is opened but the manifest; `ids` load on the first lookup by id; rows are
-read one item-chunk at a time (on sharded arrays a loop of single reads is ~10x faster than fancy indexing),
-with contiguous runs read as one slice.
+Nothing is loaded when a cache is opened but the manifest; `ids` load on the first lookup by id. Rows of a
+local uncompressed cache are read by byte range from the shard files (`cache/shards.py`, at about the speed
+of a memmap); other caches read through zarr, by contiguous runs within one shard (on sharded arrays a loop
+of single reads is ~10x faster than fancy indexing). Every read checks the chunks' crc32c checksums, and a
+failed one is a one-line CacheError naming the array and the shard or chunk file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,29 @@ import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
+from dogmacache.cache.shards import ShardFiles, direct_readable
 from dogmacache.errors import CacheError, IncompleteCacheError
+
+
+def _local_root(url: str) -> str | None:
+    if "://" in url and not url.startswith("file://"):
+        return None
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def chunk_file(url: str, array: str, chunk: int, n_dims: int) -> str:
+    """Where chunk (or shard) `chunk` along the item axis of `array` lies (default keys, '/' separator)."""
+    return f"{url.rstrip('/')}/{array}/c/{chunk}" + "/0" * (n_dims - 1)
+
+
+def unreadable(url: str, array: str, unit: str, index: int, n_dims: int, err: Exception) -> CacheError:
+    """A failed decode as one line: which array, which shard or chunk file, what to do."""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CacheError(
+        f"array `{array}`, {unit} {index} ({chunk_file(url, array, index, n_dims)}) cannot be read "
+        f"({type(err).__name__}: {reason}); the file is corrupted: run `dogmacache cache verify {url}`, "
+        "then re-create or re-download the cache"
+    )
 
 
 def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
@@ -70,6 +94,12 @@ class EmbeddingCache:
                 "the cache was altered after it was written: re-create it"
             )
         self._view = layout.numpy_view(manifest.dtype)
+        root = _local_root(url)
+        self._direct = (
+            ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
+            if root is not None and direct_readable(self.embeddings, manifest.item_shape)
+            else None
+        )
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -91,7 +121,13 @@ class EmbeddingCache:
 
     @cached_property
     def ids(self) -> np.ndarray:
-        ids = np.asarray(self._group[layout.IDS][:].tolist(), dtype=str)
+        array = self._group[layout.IDS]
+        try:
+            values = array[:]
+        except Exception as err:  # a chunk that fails its checksum or no longer decodes
+            chunk = _first_bad_chunk(array)
+            raise unreadable(self.url, layout.IDS, "chunk", chunk, 1, err) from None
+        ids = np.asarray(values.tolist(), dtype=str)
         if ids.shape != (self.manifest.n_items,):
             raise CacheError(f"{self.url}: `ids` has shape {ids.shape}, expected ({self.manifest.n_items},)")
         return ids
@@ -131,13 +167,21 @@ class EmbeddingCache:
         out = np.empty((rows.size, *self.item_shape), dtype=layout.zarr_dtype(self.manifest.dtype))
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        # runs of consecutive sorted rows become one slice read each (a repeated row starts a new run)
-        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        if self._direct is not None:
+            self._direct.read_into(out, sorted_rows, order)
+            return convert.from_storage(out, self.manifest.dtype, dtype)
+        # runs of consecutive sorted rows in one shard become one slice read each (a repeated row starts a run)
+        per_shard = self.manifest.shard_items
+        breaks = np.flatnonzero((np.diff(sorted_rows) != 1) | (np.diff(sorted_rows // per_shard) != 0)) + 1
         for run in np.split(np.arange(rows.size), breaks):
             if run.size == 0:
                 continue
             first, last = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]])
-            out[order[run]] = self.embeddings[first : last + 1]
+            try:
+                out[order[run]] = self.embeddings[first : last + 1]
+            except Exception as err:  # a chunk or shard index that fails its checksum, or no longer decodes
+                shard = first // per_shard
+                raise unreadable(self.url, layout.EMBEDDINGS, "shard", shard, self.embeddings.ndim, err) from None
         return convert.from_storage(out, self.manifest.dtype, dtype)
 
     def get(self, item_ids: Iterable[str], dtype: np.dtype | str | None = None) -> np.ndarray:
@@ -162,8 +206,25 @@ class EmbeddingCache:
         return self._group[layout.SHARD_SHA256][:].any(axis=1)
 
     def shard_blocks(self, shard: int) -> list[np.ndarray]:
-        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras."""
+        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras. A block that
+        cannot be read is a CacheError naming its array and file."""
         start, stop = self.manifest.shard_rows(shard)
-        blocks = [np.asarray(self.embeddings[start:stop])]
-        blocks += [np.asarray(self._group[name][start:stop]) for name in self.manifest.extra_arrays]
+        blocks = []
+        for name in (layout.EMBEDDINGS, *self.manifest.extra_arrays):
+            array = self._group[name]
+            try:
+                blocks.append(np.asarray(array[start:stop]))
+            except Exception as err:  # each array's chunks carry their own checksum: name the one that failed
+                raise unreadable(self.url, name, "shard", shard, array.ndim, err) from None
         return blocks
+
+
+def _first_bad_chunk(array: zarr.Array) -> int:
+    """The first chunk along the item axis that fails to decode (for naming it in an error)."""
+    step = array.chunks[0]
+    for chunk in range(-(-array.shape[0] // step)):
+        try:
+            array[chunk * step : (chunk + 1) * step]
+        except Exception:
+            return chunk
+    return 0

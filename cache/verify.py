@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+from dogmacache.cache import layout
 from dogmacache.cache.manifest import digest_strings
-from dogmacache.cache.reader import open_cache
+from dogmacache.cache.reader import chunk_file, open_cache
 from dogmacache.cache.writer import shard_digest
+from dogmacache.errors import CacheError
 from tqdm.auto import tqdm
 
 
@@ -24,11 +26,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems and self.checked == self.n_shards
-
-
-def shard_file(url: str, shard: int, n_dims: int) -> str:
-    """Where shard `shard` of `embeddings` lies inside the store (default chunk keys, '/' separator)."""
-    return f"{url.rstrip('/')}/embeddings/c/{shard}" + "/0" * (n_dims - 1)
 
 
 def verify_cache(
@@ -47,11 +44,16 @@ def verify_cache(
         return report
     if digest_strings(cache.ids.tolist()) != m.ids_digest:
         report.problems.append("`ids` do not match the manifest's ids_digest")
-    n_dims = 1 + len(m.item_shape)
+    n_dims = {layout.EMBEDDINGS: 1 + len(m.item_shape)}
+    n_dims.update({name: cache.extra(name).ndim for name in m.extra_arrays})
     for shard in tqdm(range(m.n_shards), desc="verify", unit="shard", disable=None if progress else True):  # None: off when not a terminal
-        where = shard_file(url, shard, n_dims)
+        where = ", ".join(chunk_file(url, name, shard, dims) for name, dims in n_dims.items())
         try:
             digest = shard_digest(cache.shard_blocks(shard)).hex()
+        except CacheError as err:  # names the array file whose checksum failed
+            report.problems.append(f"shard {shard} cannot be read: {err}")
+            report.checked += 1
+            continue
         except Exception as err:  # a shard that no longer decodes is as broken as one with other bytes
             report.problems.append(f"shard {shard} ({where}) cannot be read: {type(err).__name__}: {err}")
             report.checked += 1

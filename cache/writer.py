@@ -5,8 +5,12 @@ Order of writes, and why it is safe:
 2. `write_shard(i, ...)` writes all rows of shard i (one shard file per array), then the shard's digest
    into row i of `shard_sha256`. A kill before the digest lands leaves the shard pending; it is redone.
 3. `finalize` checks every shard has a digest and rewrites the manifest with `complete=True`.
-Processes that own disjoint shards can write one cache at once (`CacheWriter.open` in each); two writers
-must never share a shard, since partial writes to one shard file lose rows.
+One process owns a cache while it is written (`cache/lock.py`): `create` and `open` take the writer lock
+and refuse a cache another process holds, naming its pid; `finalize` or `close` let go of it. Processes that
+own disjoint shards of the same write (a fan-out) join the owner's lock explicitly with
+`CacheWriter.open(path, lock_token=owner.lock_token)`; two writers must never share a shard, since partial
+writes to one shard file lose rows. A full disk or a read-only file system is a one-line CacheError saying
+which shards are kept; re-running the same command resumes.
 
 Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items, min(N, (i + 1) * shard_items)).
 """
@@ -14,6 +18,7 @@ Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items,
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
@@ -26,6 +31,7 @@ import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
+from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -47,14 +53,25 @@ def _local_path(path: str | os.PathLike) -> Path:
     return Path(text)
 
 
-_DIMENSION_NAMES = {1: ("item", "feature"), 2: ("item", "position", "feature")}
+_DISK_ERRORS = {errno.ENOSPC: "ENOSPC", errno.EDQUOT: "EDQUOT", errno.EROFS: "EROFS", errno.EACCES: "EACCES"}
+
+
+def _disk_error(err: OSError, doing: str, kept: str) -> CacheError | None:
+    """A full disk, a quota, a read-only or unwritable file system as one line; None for other errors."""
+    name = _DISK_ERRORS.get(err.errno)
+    if name is None:
+        return None
+    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable (or choose another output path)"
+    return CacheError(f"cannot {doing}: {err.strerror} ({name}); {kept}; {fix}, then re-run the same command to resume")
 
 
 class CacheWriter:
-    """Writes whole shards of one cache. Use `create` (new or resumed cache) or `open` (another process)."""
+    """Writes whole shards of one cache. Use `create` (new or resumed cache) or `open` (attach to one)."""
 
-    def __init__(self, path: Path, group: zarr.Group, manifest: Manifest, extras: tuple[ExtraArray, ...]):
+    def __init__(self, path: Path, group: zarr.Group, manifest: Manifest, extras: tuple[ExtraArray, ...],
+                 lock: WriterLock | None = None):  # fmt: skip
         self.path = path
+        self._lock = lock
         self._group = group
         self.manifest = manifest
         self.extras = extras
@@ -112,15 +129,26 @@ class CacheWriter:
             config=dict(config or {}),
         )
         layout.codecs_for(compression, dtype)  # fail early on an impossible combination
-        if path.exists() and overwrite:
-            shutil.rmtree(path)
-        if path.exists():
-            return cls._resume(path, wanted, extras)
-        return cls._create_new(path, wanted, ids, extras)
+        try:
+            lock = WriterLock.acquire(path)
+        except OSError as err:
+            raise _disk_error(err, f"create {path}", "nothing was written") or err from None
+        try:
+            if path.exists() and overwrite:
+                shutil.rmtree(path)
+            if path.exists():
+                return cls._resume(path, wanted, extras, lock)
+            try:
+                return cls._create_new(path, wanted, ids, extras, lock)
+            except OSError as err:
+                raise _disk_error(err, f"create {path}", "nothing was written") or err from None
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
-    def _create_new(cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...]):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _create_new(cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...],
+                    lock: WriterLock):  # fmt: skip
         group = zarr.open_group(path, mode="w-", zarr_format=3)
         n, per_shard = manifest.n_items, manifest.shard_items
         filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)
@@ -136,16 +164,17 @@ class CacheWriter:
                 compressors=compressors,
                 fill_value=0,
                 chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
-                attributes={"storage_dtype": manifest.dtype},
-                dimension_names=_DIMENSION_NAMES.get(len(manifest.item_shape)),
+                attributes={"storage_dtype": manifest.dtype, "coordinates": layout.IDS},  # xarray: ids label items
+                dimension_names=layout.EMBEDDING_DIMS.get(len(manifest.item_shape)),
             )
         ids_array = group.create_array(
             layout.IDS,
             shape=(n,),
             chunks=(min(n, layout.IDS_CHUNK),),
             dtype=str,
-            compressors=None,
+            compressors=layout.checksum(),
             chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+            dimension_names=("item",),
         )
         ids_array[:] = np.asarray(ids, dtype=object)
         for extra in extras:
@@ -155,8 +184,9 @@ class CacheWriter:
                 chunks=(per_shard, *extra.item_shape),  # one chunk file per shard, owned by its writer
                 dtype=extra.dtype,
                 fill_value=0,
-                compressors=None,
+                compressors=layout.checksum(),
                 chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+                dimension_names=layout.extra_dims(extra),
             )
         group.create_array(
             layout.SHARD_SHA256,
@@ -164,15 +194,18 @@ class CacheWriter:
             chunks=(1, 32),  # one tiny file per shard, written last for that shard
             dtype="uint8",
             fill_value=0,
-            compressors=None,
+            compressors=layout.checksum(),
             chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+            dimension_names=layout.SHARD_SHA256_DIMS,
         )
         group.attrs[MANIFEST_KEY] = manifest.to_dict()  # complete=False until finalize
-        return cls(path, group, manifest, extras)
+        return cls(path, group, manifest, extras, lock)
 
     @classmethod
-    def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...]) -> CacheWriter:
-        writer = cls.open(path, extras=extras, allow_complete=True)
+    def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...], lock: WriterLock) -> CacheWriter:
+        writer = cls._attach(path, extras, lock, allow_complete=True)
+        if writer.manifest.complete:
+            lock.release()  # nothing more will be written
         differs = writer.manifest.same_content_as(wanted)
         if differs:
             detail = "; ".join(f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs)
@@ -184,10 +217,27 @@ class CacheWriter:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, extras: Sequence[ExtraArray] | None = None, allow_complete: bool = False
+        cls,
+        path: str | os.PathLike,
+        *,
+        extras: Sequence[ExtraArray] | None = None,
+        allow_complete: bool = False,
+        lock_token: str | None = None,
     ) -> CacheWriter:
-        """Attach to an existing cache, e.g. from a second process that owns other shards."""
+        """Attach to an existing cache: take its writer lock, or with `lock_token` (the owning writer's
+        `lock_token`) write shards the owner hands this process while the owner holds the lock."""
         path = _local_path(path)
+        lock = WriterLock.acquire(path) if lock_token is None else WriterLock.join(path, lock_token)
+        try:
+            return cls._attach(path, extras, lock, allow_complete)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _attach(
+        cls, path: Path, extras: Sequence[ExtraArray] | None, lock: WriterLock, allow_complete: bool
+    ) -> CacheWriter:
         try:
             group = zarr.open_group(path, mode="r+", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
@@ -201,7 +251,25 @@ class CacheWriter:
             extras = tuple(
                 ExtraArray(name, str(group[name].dtype), tuple(group[name].shape[1:])) for name in manifest.extra_arrays
             )
-        return cls(path, group, manifest, tuple(extras))
+        return cls(path, group, manifest, tuple(extras), lock)
+
+    @property
+    def lock_token(self) -> str:
+        """What a helper process passes to `CacheWriter.open(path, lock_token=...)` to write shards of this write."""
+        if self._lock is None:
+            raise CacheError(f"this writer of {self.path} holds no lock to share")
+        return self._lock.token
+
+    def close(self) -> None:
+        """Let go of the writer lock (the cache stays as it is: unfinished shards resume on the next run)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- progress -----------------------------------------------------------------------------------
     def done_shards(self) -> set[int]:
@@ -254,13 +322,17 @@ class CacheWriter:
                 )
             extra_blocks.append(block)
 
-        self._embeddings[start:stop] = stored  # one whole shard file
-        for spec, block in zip(self.extras, extra_blocks, strict=True):
-            self._extra_arrays[spec.name][start:stop] = block
-        if m.compression == "bitround":  # lossy: digest what a reader will decode, not what was passed in
-            stored = self._embeddings[start:stop]
-        digest = shard_digest([stored, *extra_blocks])
-        self._digests[shard] = np.frombuffer(digest, dtype=np.uint8)  # last: marks the shard finished
+        try:
+            self._embeddings[start:stop] = stored  # one whole shard file
+            for spec, block in zip(self.extras, extra_blocks, strict=True):
+                self._extra_arrays[spec.name][start:stop] = block
+            if m.compression == "bitround":  # lossy: digest what a reader will decode, not what was passed in
+                stored = self._embeddings[start:stop]
+            digest = shard_digest([stored, *extra_blocks])
+            self._digests[shard] = np.frombuffer(digest, dtype=np.uint8)  # last: marks the shard finished
+        except OSError as err:
+            kept = f"{len(self.done_shards())} of {m.n_shards} shards are finished and kept (shard {shard} is redone)"
+            raise _disk_error(err, f"write shard {shard} of {self.path}", kept) or err from None
         return digest.hex()
 
     def _to_storage(self, embeddings: np.ndarray, start: int) -> np.ndarray:
@@ -302,6 +374,11 @@ class CacheWriter:
                 f"(first: {missing[:5]}); re-run the same command to finish them"
             )
         done = dataclasses.replace(self.manifest, complete=True, shards=tuple(bytes(d).hex() for d in digests))
-        self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
+        try:
+            self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
+        except OSError as err:
+            kept = f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
+            raise _disk_error(err, f"finalize {self.path}", kept) or err from None
         self.manifest = done
+        self.close()
         return done

@@ -1,6 +1,7 @@
 """A writer process for the kill/resume and concurrent-writer tests (run as a script, not collected).
 
 usage: python cache_writer_proc.py PATH N_ITEMS SHARD_ITEMS {all|even|odd|none} [SECONDS_PER_SHARD] [--no-finalize]
+       [--join LOCK_TOKEN]  (write under another process's lock, as the dask fan-out does)
 Row r holds rows_for(r): deterministic, so any two runs must write identical arrays.
 """
 
@@ -21,11 +22,14 @@ def main(argv: list[str]) -> None:
     path, n_items, shard_items, which = argv[0], int(argv[1]), int(argv[2]), argv[3]
     delay = float(argv[4]) if len(argv) > 4 and not argv[4].startswith("--") else 0.0
     ids = [f"item{r}" for r in range(n_items)]
-    writer = CacheWriter.create(
-        path, ids=ids, modality="dna", model="test/proc", model_revision="r0", layer=-1, pooling="none",
-        item_shape=ITEM_SHAPE, input_digest=digest_strings(ids), shard_items=shard_items,
-        extras=[ExtraArray("n_padded", "int32")],
-    )  # fmt: skip
+    if "--join" in argv:
+        writer = CacheWriter.open(path, lock_token=argv[argv.index("--join") + 1])
+    else:
+        writer = CacheWriter.create(
+            path, ids=ids, modality="dna", model="test/proc", model_revision="r0", layer=-1, pooling="none",
+            item_shape=ITEM_SHAPE, input_digest=digest_strings(ids), shard_items=shard_items,
+            extras=[ExtraArray("n_padded", "int32")],
+        )  # fmt: skip
     for shard in writer.pending_shards():
         if which == "none" or which == "even" and shard % 2 or which == "odd" and not shard % 2:
             continue

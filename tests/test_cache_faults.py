@@ -1,5 +1,6 @@
 """Bad input and faults: nothing half-written ever looks complete."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import zarr
 from cache_writer_proc import rows_for
 from conftest import TESTS, write_cache
-from dogmacache.cache import CacheWriter, digest_strings, open_cache, verify_cache
+from dogmacache.cache import CacheWriter, ExtraArray, digest_strings, open_cache, verify_cache
 from dogmacache.cache.layout import SHARD_SHA256
 from dogmacache.cli import main
 from dogmacache.errors import CacheError, IncompleteCacheError
@@ -58,19 +59,73 @@ def test_resume_after_kill_gives_identical_arrays(tmp_path):
 def test_two_processes_writing_disjoint_shards_lose_nothing(tmp_path):
     n, per = 17, 2  # 9 shards, the last one short
     path = tmp_path / "c.zarr"
-    # one process creates the cache, then two write the even and the odd shards at the same time
-    subprocess.run([*PROC, str(path), str(n), str(per), "none", "--no-finalize"], check=True, capture_output=True)
-    procs = [subprocess.Popen([*PROC, str(path), str(n), str(per), half, "0.05", "--no-finalize"],
-                              stdout=subprocess.PIPE, text=True) for half in ("even", "odd")]  # fmt: skip
+    # this process creates the cache and holds its lock; two processes it shares the lock with write the even
+    # and the odd shards at the same time (as the dask fan-out does)
+    owner = CacheWriter.create(
+        path, ids=[f"item{r}" for r in range(n)], modality="dna", model="test/proc", model_revision="r0", layer=-1,
+        pooling="none", item_shape=(6, 4), input_digest=digest_strings([f"item{r}" for r in range(n)]),
+        shard_items=per, extras=[ExtraArray("n_padded", "int32")],
+    )  # fmt: skip
+    procs = [subprocess.Popen([*PROC, str(path), str(n), str(per), half, "0.05", "--no-finalize",
+                               "--join", owner.lock_token], stdout=subprocess.PIPE, text=True)
+             for half in ("even", "odd")]  # fmt: skip
     outs = [p.communicate()[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(outs[0].splitlines()) == 5 and len(outs[1].splitlines()) == 4
-    manifest = CacheWriter.open(path).finalize()
+    manifest = owner.finalize()
     assert manifest.complete and len(manifest.shards) == 9
     cache = open_cache(path)
     np.testing.assert_array_equal(cache[:], rows_for(0, n).astype(np.float16))
     np.testing.assert_array_equal(cache.extra("n_padded")[:], np.arange(n))
     assert verify_cache(path, progress=False).ok
+    assert not (tmp_path / "c.zarr.lock").exists()  # finalize lets go of the lock
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    path = tmp_path / "c.zarr"
+    proc = subprocess.Popen([*PROC, str(path), "20", "2", "all", "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "wrote 0\n"
+        with pytest.raises(CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)") as err:
+            CacheWriter.create(
+                path, ids=[f"item{r}" for r in range(20)], modality="dna", model="test/proc", model_revision="r0",
+                layer=-1, pooling="none", item_shape=(6, 4), input_digest=digest_strings([f"item{r}" for r in range(20)]),
+                shard_items=2, extras=[ExtraArray("n_padded", "int32")],
+            )  # fmt: skip
+        assert "\n" not in str(err.value)
+        with pytest.raises(CacheError, match=rf"process {proc.pid}"):
+            CacheWriter.open(path)
+        with pytest.raises(CacheError, match=rf"does not match the lock of process {proc.pid}"):
+            CacheWriter.open(path, lock_token="12345-not-the-token")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = CacheWriter.open(path)  # a killed holder's lock is gone with it
+    assert 0 < len(resumed.pending_shards()) < 10
+    resumed.close()
+
+
+@pytest.mark.parametrize(("code", "name"), [(errno.ENOSPC, "ENOSPC"), (errno.EROFS, "EROFS")])
+def test_disk_full_or_read_only_is_one_line_saying_what_was_kept(tmp_path, monkeypatch, code, name):
+    import zarr.storage._local as local_store
+
+    writer = _new_writer(tmp_path / "c.zarr", ["a", "b", "c", "d", "e", "f"])
+    writer.write_shard(0, np.ones((2, 2, 3), dtype=np.float32))
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(local_store, "_put", refuse)
+    with pytest.raises(CacheError, match=rf"shard 1 of .*c.zarr.*\({name}\).*1 of 3 shards are finished and kept.*"
+                                         "re-run the same command") as err:  # fmt: skip
+        writer.write_shard(1, np.ones((2, 2, 3), dtype=np.float32))
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert writer.pending_shards() == [1, 2]
+    writer.close()
+    with pytest.raises(CacheError, match=rf"cannot create .*new.zarr.*\({name}\).*nothing was written"):
+        monkeypatch.setattr(local_store, "_put", refuse)
+        _new_writer(tmp_path / "new.zarr", ["a", "b"])
 
 
 def test_verify_finds_a_corrupted_shard(tmp_path, rng, capsys):
@@ -140,6 +195,7 @@ def test_torn_digest_counts_as_unfinished(tmp_path):
     writer = _new_writer(tmp_path / "c.zarr", ["a", "b", "c", "d"])
     writer.write_shard(0, np.ones((2, 2, 3), dtype=np.float32))
     writer.write_shard(1, np.ones((2, 2, 3), dtype=np.float32))
+    writer.close()
     digest_file = tmp_path / "c.zarr" / SHARD_SHA256 / "c" / "1" / "0"
     digest_file.write_bytes(digest_file.read_bytes()[:5])  # a kill in the middle of the digest write
     assert _new_writer(tmp_path / "c.zarr", ["a", "b", "c", "d"]).pending_shards() == [1]
@@ -151,3 +207,45 @@ def test_not_a_cache_is_named(tmp_path):
     zarr.open_group(tmp_path / "plain.zarr", mode="w")
     with pytest.raises(CacheError, match="without a 'dogmacache' manifest"):
         open_cache(tmp_path / "plain.zarr")
+
+
+def _flip(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_byte_in_a_shard_fails_every_read_of_it(tmp_path, rng):
+    data = rng.standard_normal((9, 4, 8)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=3)
+    _flip(tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0", 10)  # inside row 3 (the first of shard 1)
+    cache = open_cache(tmp_path / "c.zarr")
+    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\).*corrupted") as err:
+        cache.read_rows([0, 3], dtype=np.float32)
+    assert "\n" not in str(err.value)
+    np.testing.assert_array_equal(cache.read_rows([0, 8, 4]), data[[0, 8, 4]].astype(np.float16))  # other rows fine
+    with pytest.raises(Exception, match="checksum"):  # plain zarr checks the same checksum
+        zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][3]
+
+
+def test_flipped_byte_in_ids_or_a_shard_index_is_one_line_naming_array_and_shard(tmp_path, rng):
+    data = rng.standard_normal((9, 4, 8)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=3)
+    shard = tmp_path / "c.zarr" / "embeddings" / "c" / "2" / "0" / "0"
+    _flip(shard, shard.stat().st_size - 10)  # the shard index sits at the end of the file
+    with pytest.raises(CacheError, match=r"array `embeddings`, shard 2 .*index.*corrupted") as err:
+        open_cache(tmp_path / "c.zarr").read_rows([7])
+    assert "\n" not in str(err.value)
+    _flip(tmp_path / "c.zarr" / "ids" / "c" / "0", 20)
+    with pytest.raises(CacheError, match=r"array `ids`, chunk 0 \(.*ids/c/0\).*corrupted") as err:
+        open_cache(tmp_path / "c.zarr").get(["id1"])
+    assert "\n" not in str(err.value)
+
+
+def test_verify_names_the_array_file_that_is_broken(tmp_path, rng):
+    data = rng.standard_normal((6, 4, 8)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=3, extras={"n_padded": np.arange(6, dtype=np.int32)})
+    _flip(tmp_path / "c.zarr" / "n_padded" / "c" / "1", 2)
+    report = verify_cache(tmp_path / "c.zarr", progress=False)
+    assert len(report.problems) == 1 and report.problems[0].startswith("shard 1 ")
+    assert "n_padded/c/1" in report.problems[0] and "embeddings/" not in report.problems[0]

@@ -83,3 +83,66 @@ def test_shard_sizes_respect_hub_limits():
     assert -(-10_000_000 // many) <= 9_000
     with pytest.raises(CacheError, match="split the input table"):
         choose_shard_items(10**9, enformer_item)
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [("float16", (11, 5, 4)), ("bfloat16", (11, 6)), ("float32", (11, 3, 2))])
+def test_direct_shard_reads_match_plain_zarr(tmp_path, rng, dtype, shape):
+    data = rng.standard_normal(shape).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=4, dtype=dtype)  # last shard holds 3 of 4 rows
+    cache = open_cache(tmp_path / "c.zarr")
+    assert cache._direct is not None  # local and uncompressed: read by byte range
+    plain = zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][:]
+    rows = np.array([10, 0, 3, 4, 5, 10, 7, 1, 2, 9, 8, 6, 0])  # repeats, runs across shard boundaries
+    got = cache.read_rows(rows)
+    assert got.shape == (13, *shape[1:])
+    np.testing.assert_array_equal(got.view(plain.dtype), plain[rows])
+    np.testing.assert_array_equal(cache.read_rows(rows, dtype=np.float32), open_cache(tmp_path / "c.zarr").get(
+        [f"id{r}" for r in rows], dtype=np.float32))  # fmt: skip
+
+
+def test_compressed_cache_reads_through_zarr_and_names_a_broken_shard(tmp_path, rng):
+    data = rng.standard_normal((6, 4, 8)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=3, compression="zstd")
+    cache = open_cache(tmp_path / "c.zarr")
+    assert cache._direct is None
+    np.testing.assert_array_equal(cache.read_rows([5, 0, 2]), data[[5, 0, 2]].astype(np.float16))
+    shard = tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[5] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\) cannot be read"):
+        open_cache(tmp_path / "c.zarr").read_rows([0, 3])
+
+
+def test_a_cache_opens_in_xarray_and_dask(tmp_path, rng):
+    import dask.array as da
+    import xarray as xr
+
+    data = rng.standard_normal((5, 4, 3)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=2,
+                extras={"n_padded": np.arange(5, dtype=np.int32), "mask": np.ones((5, 4), dtype=bool)})  # fmt: skip
+    ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=False)
+    assert ds["embeddings"].dims == ("item", "position", "feature") and ds["n_padded"].dims == ("item",)
+    assert ds["mask"].dims[0] == "item" and ds.sizes["item"] == 5
+    assert isinstance(ds["embeddings"].data, da.Array)  # lazy
+    by_id = ds.set_xindex("ids") if "ids" in ds.coords else ds.set_coords("ids").set_xindex("ids")
+    np.testing.assert_array_equal(by_id["embeddings"].sel(ids="id3").values, data[3].astype(np.float16))
+    np.testing.assert_array_equal(da.from_zarr(str(tmp_path / "c.zarr"), component="embeddings")[1:3].compute(),
+                                  data[1:3].astype(np.float16))  # fmt: skip
+
+
+def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
+    import dask.array as da
+    import xarray as xr
+
+    for path in sorted((demo_run / "cache").glob("*.zarr")):
+        cache = open_cache(path)
+        ds = xr.open_zarr(path, consolidated=False).set_coords("ids").set_xindex("ids")
+        assert ds["embeddings"].dims[0] == "item" and ds.sizes["item"] == len(cache)
+        assert all(ds[name].dims[0] == "item" for name in cache.manifest.extra_arrays)
+        first = str(cache.ids[1])
+        np.testing.assert_array_equal(ds["embeddings"].sel(ids=first).values, cache.get([first])[0].view(
+            ds["embeddings"].dtype))  # fmt: skip
+        lazy = da.from_zarr(str(path), component="embeddings")
+        np.testing.assert_array_equal(lazy[:2].compute(), cache.read_rows([0, 1]).view(lazy.dtype))
+    assert len(list((demo_run / "cache").glob("*.zarr"))) == 3
