@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES, help="storage dtype (default float16)")
     p.add_argument("--compression", default="none", choices=COMPRESSIONS, help="default none (fp16 is the 2x)")
     p.add_argument("--shard-items", type=int, default=None, help="items per shard file (default: ~1 GiB shards)")
+    p.add_argument("--dedupe", default=None, choices=("keep-first", "suffix"),
+                   help="when built or given ids repeat: keep-first drops the later rows of an id, suffix renames "
+                        "them <id>#2, <id>#3, ... (default: refuse); the rows affected are printed and recorded")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at DEST")
     p.set_defaults(run=_import_h5)
 
@@ -102,7 +105,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _import_h5(args: argparse.Namespace) -> int:
-    from dogmacache.cache.h5import import import_h5
+    from dogmacache.cache.h5import import dedupe_summary, import_h5
 
     manifest, written = import_h5(
         args.src,
@@ -117,8 +120,12 @@ def _import_h5(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         compression=args.compression,
         shard_items=args.shard_items,
+        dedupe=args.dedupe,
         overwrite=args.overwrite,
     )
+    done = manifest.config.get("dedupe")
+    if done:
+        print(dedupe_summary(done["mode"], done["rows"], done["repeated_ids"]))
     if written == 0:
         print(f"{args.dest} is already complete ({manifest.n_items:,} items); nothing to do")
     else:

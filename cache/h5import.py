@@ -3,12 +3,17 @@
 Streams one shard at a time (memory: one shard in the storage dtype plus one read block), so a 50 GB file
 imports on a laptop; resumable like any write (re-running redoes only unfinished shards).
 The CDT authors' files hold `embeddings` (N, 896, 3072) float32 with `chroms` and `centers` beside it;
-without an `--ids` dataset, ids are built as `<chrom>:<center>`.
+without an `--ids` dataset, ids are built as `<chrom>:<center>`. Their merged file repeats some
+(chrom, center) pairs (5,434 rows, 5,303 unique in `pilot_full_v2.h5`); ids are the join key, so repeats
+are refused unless `dedupe` says what to do: "keep-first" keeps the first row of each id and drops the
+others, "suffix" keeps every row and renames the 2nd, 3rd, ... as `<id>#2`, `<id>#3`. The rows affected are
+recorded in the manifest config.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -21,6 +26,8 @@ from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
 READ_BLOCK_BYTES = 64 << 20  # HDF5 rows per read: about 64 MiB of source data
+DEDUPE = ("keep-first", "suffix")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def _describe(h5: h5py.File) -> str:
@@ -51,6 +58,70 @@ def read_ids(h5: h5py.File, src: str, n_items: int, ids_name: str | None) -> lis
     return ids
 
 
+def dedupe_ids(ids: list[str], mode: str | None, src: str) -> tuple[list[str], np.ndarray, list[int]]:
+    """(ids to store, source row of each, source rows dropped or renamed) for a dedupe mode."""
+    counts = Counter(ids)
+    repeated = {i for i, n in counts.items() if n > 1}
+    rows = np.arange(len(ids))
+    if not repeated:
+        return ids, rows, []
+    seen: Counter[str] = Counter()
+    later = []  # rows after the first of their id
+    for row, item in enumerate(ids):
+        seen[item] += 1
+        if seen[item] > 1:
+            later.append(row)
+    if mode is None:
+        shown = ", ".join(f"{i!r} x{counts[i]}" for i in list(repeated)[:5])
+        raise InputError(
+            f"{src}: {len(repeated)} ids repeat ({shown}; {len(later)} rows after the first of their id); ids "
+            "are the join key, so pass --dedupe keep-first (drop the later rows) or --dedupe suffix "
+            "(rename them <id>#2, <id>#3, ...), or --ids with a dataset of unique ids"
+        )
+    if mode == "keep-first":
+        keep = np.setdiff1d(rows, later)
+        return [ids[r] for r in keep], keep, later
+    if mode == "suffix":
+        seen.clear()
+        renamed = []
+        for item in ids:
+            seen[item] += 1
+            renamed.append(item if seen[item] == 1 else f"{item}#{seen[item]}")
+        return renamed, rows, later
+    raise InputError(f"--dedupe {mode!r} is not one of {', '.join(DEDUPE)}; pick one of those")
+
+
+def dedupe_summary(mode: str, rows: list[int], n_ids: int) -> str:
+    """What `dedupe` did, for the command's output."""
+    head = f"{n_ids} repeated id{'s' if n_ids != 1 else ''} ({len(rows)} rows): "
+    shown = f"{rows[:10]}" + (" ..." if len(rows) > 10 else "")
+    if mode == "keep-first":
+        return head + f"kept the first row of each, dropped rows {shown}"
+    return head + f"renamed rows {shown} to <id>#2, <id>#3, ... in order"
+
+
+def _check_range(block: np.ndarray, rows: np.ndarray, ids: list[str], src: str, dtype: str) -> None:
+    """NaN/Inf in the source, or values beyond float16's range, named with row and id before any cast."""
+    flat = block.reshape(len(block), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        raise InputError(
+            f"row {int(rows[k])} ({ids[k]!r}) holds NaN or Inf in {src}; the source file is damaged or was "
+            "written from a failed run: re-export that row"
+        )
+    if dtype == "float16":
+        peak = np.abs(flat).max(axis=1)
+        over = np.flatnonzero(peak > FLOAT16_MAX)
+        if over.size:
+            k = int(over[0])
+            raise InputError(
+                f"row {int(rows[k])} ({ids[k]!r}) holds {float(peak[k]):g}, beyond float16's range "
+                f"(±{FLOAT16_MAX:g}), and {over.size - 1} more rows of this block do too; import with "
+                "--dtype float32 (or bfloat16)"
+            )
+
+
 def import_h5(
     src: str | os.PathLike,
     dest: str | os.PathLike,
@@ -65,10 +136,12 @@ def import_h5(
     dtype: str = "float16",
     compression: str = "none",
     shard_items: int | None = None,
+    dedupe: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Manifest, int]:
-    """Import `dataset` of `src` into a cache at `dest`. Returns the final manifest and the shards written now."""
+    """Import `dataset` of `src` into a cache at `dest`. Returns the final manifest and the shards written now;
+    `manifest.config["dedupe"]` lists the source rows `dedupe` dropped or renamed."""
     src = Path(src)
     if not src.is_file():
         raise InputError(f"HDF5 file {str(src)!r} does not exist; check the path")
@@ -88,10 +161,26 @@ def import_h5(
                     f"{src}:{dataset} is pooled, shape {data.shape}; say how it was pooled with --pooling (mean, cls, ...)"
                 )
             pooling = "none"
-        item_ids = read_ids(h5, str(src), data.shape[0], ids)
+        if pooling == "none" and data.ndim == 2:
+            raise InputError(
+                f"--pooling none means per-position (N, L, D) rows, but {src}:{dataset} has shape {data.shape}, "
+                "pooled (N, D); pass the pooling it was made with, e.g. --pooling mean"
+            )
+        if pooling != "none" and data.ndim == 3:
+            raise InputError(
+                f"--pooling {pooling} means pooled (N, D) rows, but {src}:{dataset} has shape {data.shape}, "
+                "per-position (N, L, D); pass --pooling none (or leave it out)"
+            )
+        source_ids = read_ids(h5, str(src), data.shape[0], ids)
+        item_ids, source_rows, affected = dedupe_ids(source_ids, dedupe, str(src))
         input_digest = digest_strings(
             ["h5import", src.name, dataset, str(data.shape), str(data.dtype), str(src.stat().st_size), *item_ids]
         )
+        # a portable record: the file's name, not where it lay on this machine
+        config = {"source": "import-h5", "src": src.name, "dataset": dataset, "ids": ids}
+        if affected:
+            n_repeated = len({source_ids[r] for r in affected})
+            config["dedupe"] = {"mode": dedupe, "rows": [int(r) for r in affected], "repeated_ids": n_repeated}
         writer = CacheWriter.create(
             dest,
             ids=item_ids,
@@ -105,7 +194,7 @@ def import_h5(
             dtype=dtype,
             compression=compression,
             shard_items=shard_items,
-            config={"source": "import-h5", "src": str(src.resolve()), "dataset": dataset, "ids": ids},
+            config=config,
             overwrite=overwrite,
         )
         if writer.manifest.complete:
@@ -122,7 +211,11 @@ def import_h5(
             buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)
             for a in range(start, stop, block_rows):
                 b = min(stop, a + block_rows)
-                block = data[a:b]
+                first, last = int(source_rows[a]), int(source_rows[b - 1])
+                block = data[first : last + 1]  # dropped rows are few: read the range, keep the rows asked for
+                if last + 1 - first != b - a:
+                    block = block[source_rows[a:b] - first]
+                _check_range(block, source_rows[a:b], item_ids[a:b], f"{src}:{dataset}", dtype)
                 # torch's cast (cache.convert) is ~10x faster than numpy's float32 -> float16 assignment;
                 # bfloat16 stays float32 here and the writer casts it once
                 buffer[a - start : b - start] = block if dtype == "bfloat16" else convert.to_storage(block, dtype)

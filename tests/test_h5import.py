@@ -82,3 +82,58 @@ def test_ids_cannot_be_guessed(tmp_path):
         import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", ids="names", modality="protein", model="m",
                   pooling="mean")  # fmt: skip
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_finite_value_beyond_float16_is_named_before_the_cast(tmp_path):
+    data = _cdt_h5(tmp_path / "e.h5", n=6)
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5["embeddings"][4, 2, 3] = 1e6
+    with pytest.raises(InputError, match=r"row 4 \('chr1:9000'\) holds 1e\+06, beyond float16's range.*--dtype float32"):
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m",
+                  shard_items=2, progress=False)  # fmt: skip
+    manifest, _ = import_h5(tmp_path / "e.h5", tmp_path / "f32.zarr", dataset="embeddings", modality="dna", model="m",
+                            dtype="float32", progress=False)  # fmt: skip
+    assert open_cache(tmp_path / "f32.zarr")[4][2, 3] == 1e6 and data.shape == (6, 6, 8)
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5["embeddings"][1, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"row 1 \('chrX:6000'\) holds NaN or Inf in .*e.h5:embeddings"):
+        import_h5(tmp_path / "e.h5", tmp_path / "nan.zarr", dataset="embeddings", modality="dna", model="m",
+                  dtype="float32", progress=False)  # fmt: skip
+
+
+def test_pooling_that_contradicts_the_shape_is_refused(tmp_path):
+    _cdt_h5(tmp_path / "e.h5", n=4)
+    with pytest.raises(InputError, match=r"--pooling mean.*\(4, 6, 8\).*per-position.*--pooling none"):
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m",
+                  pooling="mean")  # fmt: skip
+    with h5py.File(tmp_path / "p.h5", "w") as h5:
+        h5.create_dataset("x", data=np.zeros((3, 4), dtype=np.float32))
+        h5.create_dataset("names", data=np.array([b"a", b"b", b"c"]))
+    with pytest.raises(InputError, match=r"--pooling none.*\(3, 4\).*pooled.*--pooling mean"):
+        import_h5(tmp_path / "p.h5", tmp_path / "c.zarr", dataset="x", ids="names", modality="protein", model="m",
+                  pooling="none")  # fmt: skip
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("dedupe", ["keep-first", "suffix"])
+def test_repeated_built_ids_are_deduplicated_as_asked(tmp_path, capsys, dedupe):
+    data = _cdt_h5(tmp_path / "e.h5", n=6)
+    with h5py.File(tmp_path / "e.h5", "a") as h5:  # rows 3 and 5 repeat row 1's (chrom, center), as in the merged file
+        h5["centers"][3], h5["centers"][5] = 6000, 6000
+        h5["chroms"][3], h5["chroms"][5] = b"chrX", b"chrX"
+    base = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",
+            "--modality", "dna", "--model", "m", "--shard-items", "2"]  # fmt: skip
+    assert main(base) == 2
+    assert "--dedupe" in capsys.readouterr().err
+    assert main([*base, "--dedupe", dedupe]) == 0
+    out = capsys.readouterr().out
+    cache = open_cache(tmp_path / "c.zarr")
+    if dedupe == "keep-first":
+        assert "1 repeated id (2 rows): kept the first row of each, dropped rows [3, 5]" in out
+        assert cache.ids.tolist() == ["chr1:5000", "chrX:6000", "chr1:7000", "chr1:9000"]
+        np.testing.assert_array_equal(cache[:], data[[0, 1, 2, 4]].astype(np.float16))
+    else:
+        assert "1 repeated id (2 rows): renamed rows [3, 5] to <id>#2, <id>#3" in out
+        assert cache.ids.tolist()[3] == "chrX:6000#2" and cache.ids.tolist()[5] == "chrX:6000#3"
+        np.testing.assert_array_equal(cache[:], data.astype(np.float16))
+    assert cache.manifest.config["dedupe"] == {"mode": dedupe, "rows": [3, 5], "repeated_ids": 1}
