@@ -134,13 +134,13 @@ def _import_h5(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from dogmacache.cache.hub import CARD_NAME, plan_publish, publish
+    from dogmacache.cache.hub import CARD_NAME, plan_publish, portable, publish
 
     caches, card, n_files, n_bytes = plan_publish(args.folder, args.repo, args.license)
     if args.dry_run:
         print(f"would create dataset repo {args.repo} and upload {n_files} files, {n_bytes / 2**20:,.1f} MiB:")
         for c in caches:
-            print(f"  {c.relpath}: {c.manifest.modality}/{c.manifest.model}, {c.manifest.n_items:,} items")
+            print(f"  {c.relpath}: {c.manifest.modality}/{portable(c.manifest).model}, {c.manifest.n_items:,} items")
         print(f"--- {CARD_NAME} ---")
         print(card)
         return 0

@@ -3,17 +3,23 @@ dataset card (YAML metadata + provenance of each cache), resumable large uploads
 
 A folder to publish is either one cache (its root holds the manifest) or a folder of caches (one per
 subfolder); the card lists every cache it finds. Readers can also train straight from `hf://datasets/...`.
+Nothing uploaded names this machine's files: the card and the uploaded copy of each manifest (the root
+`zarr.json`) show a model given as a local folder by its name and weights revision, and every absolute
+path in a config by its file name (`portable`); the local caches are not changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dogmacache.cache import layout
-from dogmacache.cache.manifest import Manifest
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
 from dogmacache.cache.reader import open_cache
 from dogmacache.cache.verify import verify_cache
 from dogmacache.errors import CacheError
@@ -44,6 +50,24 @@ def find_caches(folder: Path) -> list[FoundCache]:
     return found
 
 
+_ABSOLUTE = re.compile(r"^(/|~|file://|[A-Za-z]:[\\/])")
+
+
+def _portable_value(value: Any) -> Any:
+    if isinstance(value, str) and _ABSOLUTE.match(value):
+        return Path(value.removeprefix("file://").replace("\\", "/").rstrip("/")).name
+    if isinstance(value, dict):
+        return {k: _portable_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable_value(v) for v in value]
+    return value
+
+
+def portable(manifest: Manifest) -> Manifest:
+    """The manifest as published: absolute local paths (the model folder, config paths) become file names."""
+    return dataclasses.replace(manifest, model=_portable_value(manifest.model), config=_portable_value(manifest.config))
+
+
 def _size_category(n: int) -> str:
     for limit, name in (
         (1_000, "n<1K"),
@@ -58,6 +82,7 @@ def _size_category(n: int) -> str:
 
 def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other") -> str:
     """The README.md the Hub shows: YAML metadata, what each cache holds, how it was made, how to read it."""
+    caches = [FoundCache(c.relpath, portable(c.manifest)) for c in caches]
     n_max = max(c.manifest.n_items for c in caches)
     tags = sorted({"biology", "embeddings", "zarr", "dogmacache"} | {c.manifest.modality for c in caches})
     lines = ["---", f"license: {license_id}", "tags:"] + [f"- {t}" for t in tags]
@@ -168,11 +193,22 @@ def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", 
                 raise CacheError(f"{folder / c.relpath} fails verification: {report.problems[0]}")
     api = HfApi()
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_large_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
+    api.upload_large_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset",
+                            ignore_patterns=[*roots, "*.lock"])  # fmt: skip
+    for c, root in zip(caches, roots, strict=True):  # each manifest as published, without local paths
+        meta = json.loads((folder / root).read_text())
+        meta["attributes"][MANIFEST_KEY] = portable(c.manifest).to_dict()
+        api.upload_file(path_or_fileobj=json.dumps(meta, indent=2).encode(), path_in_repo=root, repo_id=repo,
+                        repo_type="dataset", commit_message=f"manifest of {c.relpath}")  # fmt: skip
     # the card goes to the repository only: inside the Zarr group it would be a stray member
     api.upload_file(path_or_fileobj=card.encode(), path_in_repo=CARD_NAME, repo_id=repo, repo_type="dataset",
                     commit_message="dataset card")  # fmt: skip
     return f"https://huggingface.co/datasets/{repo}"
+
+
+def _in_repo(relpath: str, name: str) -> str:
+    return name if relpath == "." else f"{relpath}/{name}"
 
 
 def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> list[str]:

@@ -23,7 +23,7 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
     ids = ids if ids is not None else [f"id{i}" for i in range(len(data))]
     extra_specs = [ExtraArray(name, str(v.dtype), v.shape[1:]) for name, v in (extras or {}).items()]
     writer = CacheWriter.create(
-        path, ids=ids, modality=kwargs.pop("modality", "dna"), model="test/model", model_revision="r1",
+        path, ids=ids, modality=kwargs.pop("modality", "dna"), model=kwargs.pop("model", "test/model"), model_revision="r1",
         layer=-1, pooling=kwargs.pop("pooling", "none" if data.ndim == 3 else "mean"),
         item_shape=data.shape[1:], input_digest=digest_strings(ids), shard_items=shard_items,
         extras=extra_specs, **kwargs,

@@ -123,7 +123,10 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
         "repo_id": "lab/x",
         "folder_path": str(tmp_path / "c.zarr"),
         "repo_type": "dataset",
+        "ignore_patterns": ["zarr.json", "*.lock"],  # the manifest is sent on its own, without local paths
     }
+    assert calls[2][1]["path_in_repo"] == "zarr.json"
+    calls.pop(2)
     assert calls[2][1]["path_in_repo"] == "README.md" and calls[2][1]["repo_type"] == "dataset"
     assert calls[2][1]["path_or_fileobj"].decode().startswith("---\nlicense: other\n")
     assert not (tmp_path / "c.zarr" / "README.md").exists()  # the local cache stays a pure Zarr group
