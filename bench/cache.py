@@ -21,6 +21,7 @@ import numpy as np
 from dogmacache.bench.report import Table, fmt, table
 from dogmacache.cache import convert
 from dogmacache.cache.reader import open_cache
+from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.contracts.provenance import digest_strings
 
@@ -96,11 +97,10 @@ def bench_cache(
     path = root / "bench.zarr"
     ids = [f"item{i}" for i in range(n_items)]
     try:
-        writer = CacheWriter.create(
-            path, ids=ids, modality="dna", model="bench/random", model_revision="none", layer=-1, pooling="none",
-            item_shape=item_shape, input_digest=digest_strings(ids), dtype=dtype, compression=compression,
-            shard_items=shard_items,
-        )  # fmt: skip
+        spec = CacheSpec(modality="dna", model="bench/random", model_revision="none", layer=-1, pooling="none",
+                         item_shape=item_shape, input_digest=digest_strings(ids), dtype=dtype, compression=compression,
+                         shard_items=shard_items)  # fmt: skip
+        writer = CacheWriter.create(path, spec, ids=ids)
         block = rng.standard_normal((shard_items, *item_shape), dtype=np.float32)
         convert.to_storage(block[:1], dtype)  # warm-up: torch's import is not write time
         t0 = time.perf_counter()

@@ -5,12 +5,14 @@ from dogmacache.cache.h5import import import_h5
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.manifest import MANIFEST_KEY, SCHEMA_VERSION, Manifest, digest_strings
 from dogmacache.cache.reader import EmbeddingCache, open_cache
+from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.verify import VerifyReport, verify_cache
 from dogmacache.cache.writer import CacheWriter
 
 __all__ = [
     "MANIFEST_KEY",
     "SCHEMA_VERSION",
+    "CacheSpec",
     "CacheWriter",
     "EmbeddingCache",
     "ExtraArray",

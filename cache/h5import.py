@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import Manifest
+from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.contracts.provenance import digest_strings
 from dogmacache.errors import InputError
@@ -181,22 +182,10 @@ def import_h5(
         if affected:
             n_repeated = len({source_ids[r] for r in affected})
             config["dedupe"] = {"mode": dedupe, "rows": [int(r) for r in affected], "repeated_ids": n_repeated}
-        writer = CacheWriter.create(
-            dest,
-            ids=item_ids,
-            modality=modality,
-            model=model,
-            model_revision=model_revision,
-            layer=layer,
-            pooling=pooling,
-            item_shape=data.shape[1:],
-            input_digest=input_digest,
-            dtype=dtype,
-            compression=compression,
-            shard_items=shard_items,
-            config=config,
-            overwrite=overwrite,
-        )
+        spec = CacheSpec(modality=modality, model=model, model_revision=model_revision, layer=layer, pooling=pooling,
+                         item_shape=data.shape[1:], input_digest=input_digest, dtype=dtype, compression=compression,
+                         shard_items=shard_items, config=config)  # fmt: skip
+        writer = CacheWriter.create(dest, spec, ids=item_ids, overwrite=overwrite)
         if writer.manifest.complete:
             return writer.manifest, 0
         pending = writer.pending_shards()

@@ -25,7 +25,6 @@ import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
@@ -33,6 +32,7 @@ from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
+from dogmacache.cache.spec import CacheSpec
 from dogmacache.errors import CacheError, IncompleteCacheError
 
 
@@ -84,51 +84,35 @@ class CacheWriter:
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls,
-        path: str | os.PathLike,
-        *,
-        ids: Sequence[str],
-        modality: str,
-        model: str,
-        model_revision: str,
-        layer: int | str,
-        pooling: str,
-        item_shape: Sequence[int],
-        input_digest: str,
-        dtype: str = "float16",
-        compression: str = "none",
-        shard_items: int | None = None,
-        shard_bytes: int = layout.DEFAULT_SHARD_BYTES,
-        extras: Sequence[ExtraArray] = (),
-        config: dict[str, Any] | None = None,
-        overwrite: bool = False,
+        cls, path: str | os.PathLike, spec: CacheSpec, *, ids: Sequence[str], overwrite: bool = False
     ) -> CacheWriter:
         """A writer for a new cache at `path`, or for the unfinished cache already there when it was started
         with the same inputs and settings (resume). A finished cache with the same content is returned as is
         (`pending_shards()` is empty); anything else at `path` is an error unless `overwrite`."""
         path = _local_path(path)
         ids = check_ids(ids)
-        item_shape = tuple(int(s) for s in item_shape)
+        shard_items = spec.shard_items
         if shard_items is None:
-            shard_items = layout.choose_shard_items(len(ids), layout.item_nbytes(item_shape, dtype), shard_bytes)
-        extras = tuple(extras)
+            item_bytes = layout.item_nbytes(spec.item_shape, spec.dtype)
+            shard_items = layout.choose_shard_items(len(ids), item_bytes, spec.shard_bytes)
+        extras = spec.extras
         wanted = Manifest(
-            modality=modality,
-            model=model,
-            model_revision=model_revision,
-            layer=layer,
-            pooling=pooling,
-            dtype=dtype,
+            modality=spec.modality,
+            model=spec.model,
+            model_revision=spec.model_revision,
+            layer=spec.layer,
+            pooling=spec.pooling,
+            dtype=spec.dtype,
             n_items=len(ids),
-            item_shape=item_shape,
+            item_shape=spec.item_shape,
             shard_items=int(shard_items),
-            input_digest=input_digest,
-            compression=compression,
+            input_digest=spec.input_digest,
+            compression=spec.compression,
             extra_arrays=tuple(e.name for e in extras),
             ids_digest=digest_strings(ids),
-            config=dict(config or {}),
+            config=dict(spec.config),
         )
-        layout.codecs_for(compression, dtype)  # fail early on an impossible combination
+        layout.codecs_for(spec.compression, spec.dtype)  # fail early on an impossible combination
         try:
             lock = WriterLock.acquire(path)
         except OSError as err:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache.layout import numpy_view
+from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo, get_adapter
@@ -284,13 +285,11 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     if config.genome:
         genome = Path(config.genome)
         genome_tag = f"{genome.name}:{genome.stat().st_size}"
-    return CacheWriter.create(
-        config.out, ids=table["id"].tolist(), modality=config.modality, model=info.model,
-        model_revision=info.model_revision, layer=info.layer, pooling=info.pooling, item_shape=info.item_shape,
-        input_digest=input_digest(table, config.modality, genome_tag), dtype=config.dtype,
-        compression=config.compression, shard_items=config.shard_items, extras=info.extras,
-        config=settings.manifest_config(info), overwrite=config.overwrite,
-    )  # fmt: skip
+    spec = CacheSpec(modality=config.modality, model=info.model, model_revision=info.model_revision, layer=info.layer,
+                     pooling=info.pooling, item_shape=info.item_shape, input_digest=input_digest(table, config.modality, genome_tag),
+                     dtype=config.dtype, compression=config.compression, shard_items=config.shard_items,
+                     extras=tuple(info.extras), config=settings.manifest_config(info))  # fmt: skip
+    return CacheWriter.create(config.out, spec, ids=table["id"].tolist(), overwrite=config.overwrite)
 
 
 def load(config: EmbedConfig, device: torch.device):

@@ -9,13 +9,19 @@ import sys
 import time
 
 import numpy as np
-from dogmacache.cache import CacheWriter, ExtraArray, digest_strings
+from dogmacache.cache import CacheSpec, CacheWriter, ExtraArray, digest_strings
 
 ITEM_SHAPE = (6, 4)
 
 
 def rows_for(start: int, stop: int) -> np.ndarray:
     return np.stack([np.random.default_rng(r).standard_normal(ITEM_SHAPE) for r in range(start, stop)]).astype("float32")
+
+
+def spec(ids: list[str], shard_items: int) -> CacheSpec:
+    return CacheSpec(modality="dna", model="test/proc", model_revision="r0", layer=-1, pooling="none",
+                     item_shape=ITEM_SHAPE, input_digest=digest_strings(ids), shard_items=shard_items,
+                     extras=(ExtraArray("n_padded", "int32"),))  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -25,11 +31,7 @@ def main(argv: list[str]) -> None:
     if "--join" in argv:
         writer = CacheWriter.open(path, lock_token=argv[argv.index("--join") + 1])
     else:
-        writer = CacheWriter.create(
-            path, ids=ids, modality="dna", model="test/proc", model_revision="r0", layer=-1, pooling="none",
-            item_shape=ITEM_SHAPE, input_digest=digest_strings(ids), shard_items=shard_items,
-            extras=[ExtraArray("n_padded", "int32")],
-        )  # fmt: skip
+        writer = CacheWriter.create(path, spec(ids, shard_items), ids=ids)
     for shard in writer.pending_shards():
         if which == "none" or which == "even" and shard % 2 or which == "odd" and not shard % 2:
             continue

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import zarr
 from cache_writer_proc import rows_for
+from cache_writer_proc import spec as proc_spec
 from conftest import TESTS, write_cache
-from dogmacache.cache import CacheWriter, ExtraArray, digest_strings, open_cache, verify_cache
+from dogmacache.cache import CacheSpec, CacheWriter, digest_strings, open_cache, verify_cache
 from dogmacache.cache.layout import SHARD_SHA256
 from dogmacache.cli import main
 from dogmacache.errors import CacheError, IncompleteCacheError
@@ -24,10 +25,9 @@ def _complete(path) -> bool:
 
 
 def _new_writer(path, ids, item_shape=(2, 3), **kwargs):
-    return CacheWriter.create(
-        path, ids=ids, modality="dna", model="m", model_revision="r", layer=-1, pooling="none",
-        item_shape=item_shape, input_digest=digest_strings(ids), shard_items=2, **kwargs,
-    )  # fmt: skip
+    spec = CacheSpec(modality="dna", model="m", model_revision="r", layer=-1, pooling="none", item_shape=item_shape,
+                     input_digest=digest_strings(ids), shard_items=2, **kwargs)  # fmt: skip
+    return CacheWriter.create(path, spec, ids=ids)
 
 
 def test_resume_after_kill_gives_identical_arrays(tmp_path):
@@ -61,11 +61,8 @@ def test_two_processes_writing_disjoint_shards_lose_nothing(tmp_path):
     path = tmp_path / "c.zarr"
     # this process creates the cache and holds its lock; two processes it shares the lock with write the even
     # and the odd shards at the same time (as the dask fan-out does)
-    owner = CacheWriter.create(
-        path, ids=[f"item{r}" for r in range(n)], modality="dna", model="test/proc", model_revision="r0", layer=-1,
-        pooling="none", item_shape=(6, 4), input_digest=digest_strings([f"item{r}" for r in range(n)]),
-        shard_items=per, extras=[ExtraArray("n_padded", "int32")],
-    )  # fmt: skip
+    ids = [f"item{r}" for r in range(n)]
+    owner = CacheWriter.create(path, proc_spec(ids, per), ids=ids)
     procs = [subprocess.Popen([*PROC, str(path), str(n), str(per), half, "0.05", "--no-finalize",
                                "--join", owner.lock_token], stdout=subprocess.PIPE, text=True)
              for half in ("even", "odd")]  # fmt: skip
@@ -87,11 +84,8 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     try:
         assert proc.stdout.readline() == "wrote 0\n"
         with pytest.raises(CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)") as err:
-            CacheWriter.create(
-                path, ids=[f"item{r}" for r in range(20)], modality="dna", model="test/proc", model_revision="r0",
-                layer=-1, pooling="none", item_shape=(6, 4), input_digest=digest_strings([f"item{r}" for r in range(20)]),
-                shard_items=2, extras=[ExtraArray("n_padded", "int32")],
-            )  # fmt: skip
+            ids = [f"item{r}" for r in range(20)]
+            CacheWriter.create(path, proc_spec(ids, 2), ids=ids)
         assert "\n" not in str(err.value)
         with pytest.raises(CacheError, match=rf"process {proc.pid}"):
             CacheWriter.open(path)
@@ -184,10 +178,10 @@ def test_resume_refuses_other_content_and_skips_a_complete_cache(tmp_path, rng):
     write_cache(tmp_path / "c.zarr", data, ids=["a", "b", "c", "d"], shard_items=2)
     with pytest.raises(CacheError, match=r"other content \(.*n_items: 4 there, 3 now.*--overwrite"):
         _new_writer(tmp_path / "c.zarr", ["a", "b", "c"])
-    same = CacheWriter.create(
-        tmp_path / "c.zarr", ids=["a", "b", "c", "d"], modality="dna", model="test/model", model_revision="r1",
-        layer=-1, pooling="none", item_shape=(2, 3), input_digest=digest_strings(["a", "b", "c", "d"]), shard_items=2,
-    )  # fmt: skip
+    ids = ["a", "b", "c", "d"]
+    spec = CacheSpec(modality="dna", model="test/model", model_revision="r1", layer=-1, pooling="none",
+                     item_shape=(2, 3), input_digest=digest_strings(ids), shard_items=2)  # fmt: skip
+    same = CacheWriter.create(tmp_path / "c.zarr", spec, ids=ids)
     assert same.manifest.complete and same.pending_shards() == []
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_cache
-from dogmacache.cache import CacheWriter, digest_strings
+from dogmacache.cache import CacheSpec, CacheWriter, digest_strings
 from dogmacache.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +56,9 @@ def test_publish_dry_run_prints_files_and_card(tmp_path, rng, capsys):
 
 def test_publish_refuses_incomplete_caches(tmp_path, capsys):
     ids = ["a", "b"]
-    CacheWriter.create(tmp_path / "c.zarr", ids=ids, modality="dna", model="m", model_revision="r", layer=-1,
-                       pooling="none", item_shape=(2, 2), input_digest=digest_strings(ids))  # fmt: skip
+    spec = CacheSpec(modality="dna", model="m", model_revision="r", layer=-1, pooling="none", item_shape=(2, 2),
+                     input_digest=digest_strings(ids))  # fmt: skip
+    CacheWriter.create(tmp_path / "c.zarr", spec, ids=ids)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "me/x", "--dry-run"]) == 2
     assert "are not complete" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from dogmacache.cache import CacheWriter, digest_strings, open_cache
+from dogmacache.cache import CacheSpec, CacheWriter, digest_strings, open_cache
 from dogmacache.cli import main
 from dogmacache.demo import demo_config
 from dogmacache.errors import InputError
@@ -75,8 +75,8 @@ def test_mismatched_inputs_are_refused(demo, tmp_path):
     with pytest.raises(InputError, match="embedded from another input set"):
         _load(config, dna_table=str(tmp_path / "dna_windows.parquet"))
     ids = ["a", "b"]
-    CacheWriter.create(tmp_path / "partial.zarr", ids=ids, modality="protein", model="m", model_revision="r", layer=-1,
-                       pooling="mean", item_shape=(4,), input_digest=digest_strings(ids))  # fmt: skip
+    CacheWriter.create(tmp_path / "partial.zarr", CacheSpec(modality="protein", model="m", model_revision="r", layer=-1,
+                       pooling="mean", item_shape=(4,), input_digest=digest_strings(ids)), ids=ids)  # fmt: skip
     with pytest.raises(Exception, match="is not complete"):
         _load(config, protein_cache=str(tmp_path / "partial.zarr"))
 
@@ -85,8 +85,9 @@ def _reversed_copy(cache_path, tmp_path):
     cache = open_cache(cache_path)
     ids = cache.ids.tolist()[::-1]
     data = cache[:][::-1].astype(np.float32)
-    writer = CacheWriter.create(tmp_path / "reversed.zarr", ids=ids, modality="protein", model="m", model_revision="r",
-                                layer=-1, pooling="mean", item_shape=cache.item_shape, input_digest=digest_strings(ids))  # fmt: skip
+    spec = CacheSpec(modality="protein", model="m", model_revision="r", layer=-1, pooling="mean",
+                     item_shape=cache.item_shape, input_digest=digest_strings(ids))  # fmt: skip
+    writer = CacheWriter.create(tmp_path / "reversed.zarr", spec, ids=ids)
     writer.write_shard(0, data)
     writer.finalize()
     return tmp_path / "reversed.zarr"
