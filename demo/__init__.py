@@ -3,6 +3,13 @@ it. `pipeline` runs recipe -> tiny models -> embed -> verify -> train through th
 config dataclasses; `training` builds the demo's training configurations and writes them as TOML."""
 
 from dogmacache.demo.pipeline import embed_demo, run_demo
-from dogmacache.demo.training import demo_config, train_demo, write_demo_config
+from dogmacache.demo.training import (
+           demo_config,
+           isoformer_config,
+           train_demo,
+           train_isoformer_demo,
+           write_demo_config,
+)
 
-__all__ = ["demo_config", "embed_demo", "run_demo", "train_demo", "write_demo_config"]
+__all__ = ["demo_config", "embed_demo", "isoformer_config", "run_demo", "train_demo", "train_isoformer_demo",
+           "write_demo_config"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -40,6 +41,9 @@ def demo_run(tmp_path_factory):
     """`dogmacache demo` once per test session: recipe, tiny models, three caches, CDT and both baselines."""
     from dogmacache.cli import main
 
+    reuse = os.environ.get("DOGMACACHE_TEST_DEMO")  # a finished `dogmacache demo --out DIR`, to skip rerunning it
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     return out

@@ -129,7 +129,7 @@ def _describe(hint: Any) -> str:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join("null (unset)" if a is type(None) else _describe(a) for a in args)
     if typing.get_origin(hint) is tuple:
-        return f"a list of {len(args)} numbers"
+        return f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
@@ -154,6 +154,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value
     if hint is str:
         return isinstance(value, str), value
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[-1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            return False, value
+        converted = [_coerce(v, typing.get_args(hint)[0]) for v in value]
+        return all(ok for ok, _ in converted), tuple(v for _, v in converted)
     if typing.get_origin(hint) is tuple:
         items = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(items):

@@ -54,6 +54,14 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._heads(query, key_value)
         return self._merge(attention(q, k, v, self.dropout, self.training))  # a shared query is broadcast
 
+    def forward_masked(self, query: Tensor, key_value: Tensor, key_mask: Tensor) -> Tensor:
+        """As `forward`, attending only to keys where `key_mask` (B, Nk) is True (padding never attended).
+        Every row of `key_mask` needs a True: a sample without any key is the caller's to handle."""
+        q, k, v = self._heads(query, key_value)
+        q = q.expand(k.shape[0], -1, -1, -1)
+        p = self.dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p))
+
     def forward_with_weights(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor]:
         """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk) (before dropout)."""
         q, k, v = self._heads(query, key_value)

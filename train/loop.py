@@ -47,10 +47,13 @@ def predict(task: Task, model: nn.Module, data: TaskData, split: str, device: to
     """Predictions for the examples of `split`, in the split table's order, eval mode."""
     model.eval()
     task.on_device(data, device)
-    out = np.full(len(data.splits[split]), np.nan, dtype=np.float32)
+    out = None  # (n, ...) once the first chunk shows the prediction's shape
     for chunk in _loader(task.eval_chunks(data, split), task.config.train.num_workers):
         chunk = chunk.to(device)
-        out[chunk.examples["index"].cpu().numpy()] = task.predict_chunk(model, chunk).float().cpu().numpy()
+        predicted = task.predict_chunk(model, chunk).float().cpu().numpy()
+        if out is None:
+            out = np.full((len(data.splits[split]), *predicted.shape[1:]), np.nan, dtype=np.float32)
+        out[chunk.examples["index"].cpu().numpy()] = predicted
     return out
 
 
@@ -111,7 +114,7 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
         chunks = task.train_chunks(data, epoch)
         trained.train()
         losses = []
-        bar = tqdm(desc=f"{name} epoch {epoch + 1}/{t.epochs}", unit="example", leave=False,
+        bar = tqdm(total=len(data.splits["train"]), desc=f"{name} epoch {epoch + 1}/{t.epochs}", unit="example", leave=False,
                    disable=True if not progress or rank != 0 else None)  # fmt: skip
         for chunk in _loader(chunks, t.num_workers):
             chunk = chunk.to(device)

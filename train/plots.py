@@ -30,6 +30,8 @@ def learning_curves(log: pd.DataFrame, path: Path, metric: str = "pearson") -> P
 
 def predicted_vs_observed(observed: np.ndarray, predicted: dict[str, np.ndarray], metrics: dict[str, dict],
                           path: Path, split: str = "test") -> Path:  # fmt: skip
+    observed = np.ravel(observed)  # (transcript, tissue) cells count one point each
+    predicted = {name: np.ravel(values) for name, values in predicted.items()}
     fig, axes = plt.subplots(1, len(predicted), figsize=(4.2 * len(predicted), 4), squeeze=False)
     lo, hi = float(np.min(observed)), float(np.max(observed))
     for ax, (name, values) in zip(axes[0], predicted.items(), strict=True):
@@ -39,6 +41,25 @@ def predicted_vs_observed(observed: np.ndarray, predicted: dict[str, np.ndarray]
         ax.set(xlabel="observed", ylabel="predicted",
                title=f"{name} ({split}): r={m['pearson']:.3f}, rho={m['spearman']:.3f}, n={m['n']}")  # fmt: skip
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path, title: str) -> Path:
+    """One bar per group (e.g. tissue) and model: values[model][group]."""
+    models = list(values)
+    groups = list(next(iter(values.values())))
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(groups) * len(models)), 4.5))
+    width = 0.8 / len(models)
+    for k, name in enumerate(models):
+        ax.bar(np.arange(len(groups)) + k * width, [values[name][g] for g in groups], width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=70, ha="right", fontsize=8)
+    ax.set(ylabel=metric, title=title)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -51,6 +51,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
             results[name]["predictions"] = predictions
     summary = {
         "task": config.task,
+        "metric": task.metric,  # the validation metric that chose each checkpoint
         "models": {name: {k: r[k] for k in ("validation", "test", "best_epoch", "epochs_run") if k in r}
                    for name, r in results.items()},
         "counts": {s: int(len(p)) for s, p in data.splits.items()},
@@ -62,17 +63,21 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(task.observed(data, "test"), {n: r["predictions"]["test"] for n, r in results.items()},
                                     {n: r["test"] for n, r in results.items()}, out / "test_scatter.png")  # fmt: skip
-        print_table(summary)
+        task.figures(results, data, out)
+        print_table(summary, task.metric)
     return summary
 
 
-def print_table(summary: dict[str, Any]) -> None:
-    print(f"{'model':<16}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>6}")
+def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:
+    """Pooled metrics per model and split, and the task's selection metric when it is another one."""
+    extra = [] if metric in ("pearson", "spearman", "r2") else [metric]
+    print(f"{'model':<16}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>7}"
+          + "".join(f"{k:>22}" for k in extra))  # fmt: skip
     for name, result in summary["models"].items():
         for split in ("validation", "test"):
             m = result[split]
             print(f"{name:<16}{split:<12}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['r2']:>9.3f}"
-                  f"{m['mse']:>9.4f}{m['mae']:>9.4f}{m['n']:>6}")  # fmt: skip
+                  f"{m['mse']:>9.4f}{m['mae']:>9.4f}{m['n']:>7}" + "".join(f"{m[k]:>22.3f}" for k in extra))  # fmt: skip
 
 
 def setup_distributed() -> bool:

@@ -6,10 +6,12 @@ from dogmacache.errors import InputError
 from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
 from dogmacache.train.tasks.cdt import CdtTask
 from dogmacache.train.tasks.dna_mlp import DnaMlpTask
+from dogmacache.train.tasks.isoformer import IsoformerTask
 
 TASKS: dict[str, type[Task]] = {
     "cdt": CdtTask,
     "dna_mlp": DnaMlpTask,
+    "isoformer": IsoformerTask,
 }
 
 

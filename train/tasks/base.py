@@ -136,3 +136,7 @@ class Task(ABC):
 
     def baselines(self, data: TaskData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {}
+
+    def figures(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> list[Any]:
+        """Figures of this task beside the shared learning curves and test scatter; returns their paths."""
+        return []

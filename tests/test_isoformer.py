@@ -1,0 +1,130 @@
+"""IsoFormer on frozen caches: the aggregation's masks and missing modalities by hand, the refusals, and the demo's
+run beside its baselines and ablations."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dogmacache.demo import isoformer_config
+from dogmacache.errors import DogmaError, InputError
+from dogmacache.train import load_model
+from dogmacache.train.config import load_config, to_toml
+from dogmacache.train.tasks import get_task
+from dogmacache.train.tasks.isoformer import IsoformerAggregator, parse_modalities
+
+
+def _model(**widths):
+    torch.manual_seed(0)
+    return IsoformerAggregator(widths or {"dna": 6, "rna": 5, "protein": 4}, n_tissues=3, d_model=8, n_heads=2,
+                               dropout=0.0).eval()  # fmt: skip
+
+
+def _inputs(batch=2):
+    g = torch.Generator().manual_seed(1)
+    tokens = {"dna": torch.randn(batch, 4, 6, generator=g), "rna": torch.randn(batch, 7, 5, generator=g),
+              "protein": torch.randn(batch, 5, 4, generator=g)}  # fmt: skip
+    masks = {m: torch.ones(batch, t.shape[1], dtype=torch.bool) for m, t in tokens.items()}
+    present = {m: torch.ones(batch, dtype=torch.bool) for m in tokens}
+    return tokens, masks, present
+
+
+def test_padding_is_never_attended():
+    model = _model()
+    tokens, masks, present = _inputs()
+    masks["rna"][:, 4:] = False
+    before = model(tokens, masks, present)
+    tokens["rna"][:, 4:] = 1e3 * torch.randn(2, 3, 5)  # change only padded positions
+    assert torch.allclose(model(tokens, masks, present), before, atol=1e-6)
+    masks["rna"][:, 4:] = True
+    assert not torch.allclose(model(tokens, masks, present), before, atol=1e-3)  # the check can fail
+
+
+def test_a_missing_modality_adds_nothing():
+    model = _model()
+    tokens, masks, present = _inputs()
+    present["protein"][1] = False
+    out = model(tokens, masks, present)
+    without = _model(dna=6, rna=5)
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if "protein" not in k})
+    expected = without({m: tokens[m] for m in ("dna", "rna")}, masks, present)
+    assert torch.allclose(out[1], expected[1], atol=1e-6) and not torch.allclose(out[0], expected[0], atol=1e-4)
+
+
+def test_modalities_parse_in_query_order():
+    assert parse_modalities("rna+dna", "x") == ("dna", "rna")
+    assert parse_modalities(("protein",), "x") == ("protein",)
+    with pytest.raises(InputError, match=r"x 'dna\+atac': expected distinct names from \['dna', 'rna', 'protein'\]"):
+        parse_modalities("dna+atac", "x")
+
+
+@pytest.fixture(scope="module")
+def iso(demo_run):
+    cache = demo_run / "cache"
+    caches = {"dna": cache / "isoform-dna-enformer.zarr", "rna": cache / "isoform-rna-nt.zarr",
+              "protein": cache / "isoform-protein-esm2.zarr"}  # fmt: skip
+    return demo_run, caches
+
+
+def _write(config, tmp_path):
+    path = tmp_path / "iso.toml"
+    path.write_text(to_toml(config))
+    return path
+
+
+def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
+    out, _ = iso
+    metrics = json.loads((out / "train_isoformer" / "metrics.json").read_text())
+    models = metrics["models"]
+    assert set(models) == {"isoformer", "per_tissue_mean", "dna", "rna", "protein", "dna+rna", "dna+protein"}
+    test = models["isoformer"]["test"]
+    assert len(test["per_tissue"]) == 30 and test["n"] == 30 * metrics["counts"]["test"]
+    baseline = models["per_tissue_mean"]["test"]
+    assert test["pearson"] > baseline["pearson"] + 0.1
+    assert test["spearman_mean_tissue"] > baseline["spearman_mean_tissue"] + 0.1
+    assert (out / "train_isoformer" / "per_tissue_spearman.png").stat().st_size > 10_000
+    model = load_model(out / "train_isoformer" / "isoformer_best.pt")
+    assert type(model).__name__ == "IsoformerAggregator" and model.modalities == ["dna", "rna", "protein"]
+
+
+def test_bad_inputs_are_refused(iso, tmp_path):
+    out, caches = iso
+    config = isoformer_config(out, caches)
+    labels = pd.read_parquet(config.data.labels)
+
+    def refused(message, table=None, **data):
+        if table is not None:
+            table.to_parquet(tmp_path / "labels.parquet")
+            data["labels"] = str(tmp_path / "labels.parquet")
+        changed = dataclasses.replace(config, data=dataclasses.replace(config.data, **data))
+        with pytest.raises(DogmaError, match=message):
+            get_task("isoformer")(load_config(_write(changed, tmp_path))).load()
+
+    refused(r"\[data\] tissues names 'Bone Marrow', which .* does not have", tissues=("Liver", "Bone Marrow"))
+    nan = labels.copy()
+    nan.loc[5, "Liver"] = np.nan
+    refused(rf"1 label cell\(s\) are missing or not finite, e.g. transcript '{labels['id'][5]}' in tissue 'Liver'", nan)
+    unknown = labels.copy()
+    unknown.loc[0, "id"] = "ENST_NOT_EMBEDDED"
+    refused(r"ENST_NOT_EMBEDDED", unknown)
+    refused(r"holds rna embeddings; \[data\] dna_cache needs dna", dna_cache=str(caches["rna"]))
+    without = dataclasses.replace(config, data=dataclasses.replace(config.data, protein_cache=""))
+    with pytest.raises(InputError, match=r"modalities include 'protein' but \[data\] protein_cache is empty"):
+        get_task("isoformer")(load_config(_write(without, tmp_path))).load()
+
+
+def test_a_transcript_without_protein_is_kept(iso, tmp_path):
+    out, caches = iso
+    config = isoformer_config(out, caches)
+    labels = pd.read_parquet(config.data.labels)
+    labels["protein_id"] = labels["id"]
+    labels.loc[2, "protein_id"] = ""  # a non-coding transcript
+    labels.to_parquet(tmp_path / "labels.parquet")
+    changed = dataclasses.replace(config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet")))
+    data = get_task("isoformer")(load_config(_write(changed, tmp_path))).load()
+    split = labels.loc[2, "split"]
+    part = data.splits[split]
+    assert not part.set_index("id").loc[labels.loc[2, "id"], "protein_present"]
+    assert part["protein_present"].sum() == len(part) - 1

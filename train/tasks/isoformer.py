@@ -1,0 +1,319 @@
+"""The IsoFormer task (seeds/003; REFERENCE section 5): isoform expression across tissues from frozen DNA, RNA and
+protein token caches. Only the aggregation module and the head train; the encoders ran once, in `embed`.
+
+Data, from `dogmacache recipe gtex`: `labels.parquet` (one row per transcript: `id`, `split`, one column per
+tissue of standardised log1p mean TPM; optional `dna_id` / `rna_id` / `protein_id` join columns where transcripts
+share a window or a protein, else `id` joins every cache; an empty `protein_id` = no protein) and three
+per-position caches: DNA (N_dna, L, D_dna), RNA (N_rna, T_rna, D_rna) and protein (N_prot, T_prot, D_prot); the RNA
+and protein caches carry a `mask` (N, T) of real tokens (padding never attended). A pooled (N, D) cache is one
+token per item.
+
+Model (`IsoformerAggregator`), per REFERENCE 5: each modality projected to `d_model`; the query tokens are the
+DNA tokens; they cross-attend to the RNA tokens, then to the protein tokens, each step `q = q + MHA(q, kv)`
+(`out_proj` is the paper's Linear; residual, no norm, no feed-forward), 8 heads; a modality missing for a
+sample (no protein) adds nothing; masked mean over the query tokens; Linear -> one output per tissue; MSE.
+Ablations (`modalities`): the first present modality of dna, rna, protein gives the queries, the others are
+attended in that order, so "rna" alone is the RNA tokens mean-pooled into the head.
+
+Shapes: B transcripts, L / T tokens, D width, K tissues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.contracts.tables import SPLITS
+from dogmacache.errors import InputError
+from dogmacache.train import plots
+from dogmacache.train.config import required
+from dogmacache.train.layers import MultiHeadAttention
+from dogmacache.train.metrics import regression_metrics
+from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.pairs import fingerprint
+from scipy import stats
+from torch import Tensor, nn
+
+MODALITIES = ("dna", "rna", "protein")
+ABLATIONS = ("dna", "rna", "protein", "dna+rna", "dna+protein")  # the paper's Table 2 beside dna+rna+protein
+NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
+
+
+@dataclass(frozen=True)
+class IsoformerDataConfig:
+    labels: str = required()  # the gtex recipe's labels.parquet (standardised log1p mean TPM per tissue)
+    dna_cache: str = ""  # per-position DNA cache (Enformer trunk at the TSS window); "" = not used
+    rna_cache: str = ""  # per-token RNA cache with a mask (Nucleotide Transformer over the cDNA); "" = not used
+    protein_cache: str = ""  # per-residue protein cache with a mask (ESM-2); "" = not used
+    tissues: tuple[str, ...] = ()  # label columns to predict; () = every tissue column of the labels
+    eval_batch: int = 64  # transcripts per evaluation forward pass
+    preload_bytes: int = 2 << 30  # keep a cache's rows in RAM when they fit this budget (bytes, as float32)
+
+    LIMITS: ClassVar[dict[str, str]] = {"eval_batch": ">=1", "preload_bytes": ">=0"}
+
+
+@dataclass(frozen=True)
+class IsoformerModelConfig:
+    modalities: tuple[str, ...] = ("dna", "rna", "protein")  # which caches the model reads (paper: all three)
+    d_model: int = 256  # shared width of the projections and attention (the paper leaves it open)
+    n_heads: int = 8  # paper: 8
+    dropout: float = 0.1  # on the attention probabilities and before the head
+    ablations: tuple[str, ...] = ABLATIONS  # modality subsets trained as baselines in the same run ("dna+rna", ...)
+
+    LIMITS: ClassVar[dict[str, str]] = {"d_model": ">=1", "n_heads": ">=1", "dropout": "[0,1)"}
+
+
+def parse_modalities(names: tuple[str, ...] | str, where: str) -> tuple[str, ...]:
+    items = tuple(names.split("+")) if isinstance(names, str) else tuple(names)
+    bad = [m for m in items if m not in MODALITIES]
+    if bad or not items or len(set(items)) != len(items):
+        raise InputError(f"{where} {names!r}: expected distinct names from {list(MODALITIES)} (e.g. 'dna+rna')")
+    return tuple(m for m in MODALITIES if m in items)  # queries first, then attention order
+
+
+class IsoformerAggregator(nn.Module):
+    """Query tokens (B, L, D_q) cross-attend to each other modality's tokens; masked mean -> (B, K)."""
+
+    def __init__(self, widths: dict[str, int], n_tissues: int, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.modalities = [m for m in MODALITIES if m in widths]
+        if d_model % n_heads:
+            raise InputError(f"IsoFormer d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
+        self.projections = nn.ModuleDict({m: nn.Linear(widths[m], d_model) for m in self.modalities})
+        self.cross = nn.ModuleDict({m: MultiHeadAttention(d_model, n_heads, dropout) for m in self.modalities[1:]})
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(d_model, n_tissues)
+
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """tokens[m] (B, N_m, D_m); masks[m] (B, N_m) True = real token; present[m] (B,) -> (B, K)."""
+        query_name, *others = self.modalities
+        q = self.projections[query_name](tokens[query_name])  # (B, L, D)
+        for name in others:
+            kv = self.projections[name](tokens[name])
+            usable = masks[name] & present[name][:, None]
+            safe = usable | ~usable.any(dim=1, keepdim=True)  # a sample without keys attends to padding ...
+            attended = self.cross[name].forward_masked(q, kv, safe)
+            q = q + attended * usable.any(dim=1)[:, None, None]  # ... and adds nothing (missing modality)
+        weights = (masks[query_name] & present[query_name][:, None]).float()  # (B, L)
+        pooled = (q * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+@dataclass
+class IsoformerData(TaskData):
+    tissues: list[str] = dataclasses.field(default_factory=list)
+    caches: dict[str, EmbeddingCache] = dataclasses.field(default_factory=dict)
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (N_m, T_m) bool per cache
+    preload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # rows as float32 where they fit
+
+
+def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
+    path = Path(config.labels)
+    if not path.is_file():
+        raise InputError(f"labels table {str(path)!r} does not exist; run `dogmacache recipe gtex`")
+    table = pd.read_parquet(path)
+    for column in ("id", "split"):
+        if column not in table.columns:
+            raise InputError(f"{path} has no column {column!r}; an IsoFormer labels table has id, split and tissues")
+    available = [c for c in table.columns if c not in NOT_TISSUES]
+    tissues = list(config.tissues) or available
+    unknown = [t for t in tissues if t not in available]
+    if unknown:
+        raise InputError(f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: "
+                         f"{', '.join(available)}); fix the tissue list or re-run the recipe")  # fmt: skip
+    bad_split = table.index[~table["split"].isin(SPLITS)]
+    if len(bad_split):
+        row = bad_split[0]
+        raise InputError(f"{path}: transcript {table.loc[row, 'id']!r} has split {table.loc[row, 'split']!r}; "
+                         f"expected one of {list(SPLITS)}")  # fmt: skip
+    values = table[tissues].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, col = bad[0]
+        raise InputError(f"{path}: {len(bad)} label cell(s) are missing or not finite, e.g. transcript "
+                         f"{table['id'].iloc[row]!r} in tissue {tissues[col]!r}; drop or fix them in the recipe")  # fmt: skip
+    return table, tissues
+
+
+def _join(table: pd.DataFrame, cache: EmbeddingCache, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row in the cache, present) per transcript; an empty join id (no protein) is absent, a missing one an error."""
+    column = f"{modality}_id" if f"{modality}_id" in table.columns else "id"
+    ids = table[column].fillna("").astype(str)
+    present = (ids != "").to_numpy()
+    rows = np.zeros(len(table), dtype=np.int64)
+    rows[present] = cache.rows_of(ids[present])  # names the ids that have no row
+    return rows, present
+
+
+def load_isoformer(config: Any) -> IsoformerData:
+    d, m = config.data, config.model
+    table, tissues = _read_labels(d)
+    modalities = parse_modalities(m.modalities, "[model] modalities")
+    caches, masks, preload, joined = {}, {}, {}, {}
+    for modality in modalities:
+        url = getattr(d, f"{modality}_cache")
+        if not url:
+            raise InputError(f"[model] modalities include {modality!r} but [data] {modality}_cache is empty; "
+                             f"give the cache or drop {modality!r} from the modalities")  # fmt: skip
+        cache = caches[modality] = open_cache(url)
+        if cache.manifest.modality != modality:
+            raise InputError(f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {modality}_cache needs "
+                             f"{modality}")  # fmt: skip
+        n_tokens = cache.item_shape[0] if len(cache.item_shape) == 2 else 1
+        if "mask" in cache.manifest.extra_arrays:
+            masks[modality] = np.asarray(cache.extra("mask")[:], dtype=bool).reshape(len(cache), n_tokens)
+        else:
+            masks[modality] = np.ones((len(cache), n_tokens), dtype=bool)
+        joined[modality] = _join(table, cache, modality)
+        rows, present = joined[modality]
+        empty = present & ~masks[modality][rows].any(axis=1)
+        if empty.any():
+            raise InputError(f"{cache.url}: the mask of {table['id'][empty].iloc[0]!r} is all padding (no real token); "
+                             "re-embed it or drop the transcript from the labels")  # fmt: skip
+        need = len(cache) * int(np.prod(cache.item_shape)) * 4
+        if 0 < need <= d.preload_bytes:
+            preload[modality] = cache.read_rows(np.arange(len(cache)), dtype=np.float32).reshape(len(cache), n_tokens, -1)
+    frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
+    for modality, (rows, present) in joined.items():
+        frame[f"{modality}_row"], frame[f"{modality}_present"] = rows, present
+    targets = table[tissues].to_numpy(np.float32)
+    splits = {}
+    for split in SPLITS:
+        keep = (frame["split"] == split).to_numpy()
+        if not keep.any():
+            raise InputError(f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)")
+        part = frame[keep].reset_index(drop=True)
+        part["target"] = list(targets[keep])
+        splits[split] = part
+    return IsoformerData(splits=splits, fingerprints={m: fingerprint(c) for m, c in caches.items()}, tissues=tissues,
+                         caches=caches, masks=masks, preload=preload)  # fmt: skip
+
+
+def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
+    """Token rows (len(rows), N, D) as float32, each cache row read once."""
+    if modality in data.preload:
+        return data.preload[modality][rows]
+    unique, inverse = np.unique(rows, return_inverse=True)
+    cache = data.caches[modality]
+    block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)
+    return block[inverse]
+
+
+class TranscriptBatches(torch.utils.data.Dataset):
+    """Item k = transcripts [k*size, (k+1)*size) of `order`, with their token rows, masks and targets."""
+
+    def __init__(self, data: IsoformerData, split: str, modalities: tuple[str, ...], size: int,
+                 order: np.ndarray | None = None):  # fmt: skip
+        self.data, self.part, self.modalities = data, data.splits[split], modalities
+        order = np.arange(len(self.part)) if order is None else order
+        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> Chunk:
+        positions = self.batches[k]
+        part = self.part.iloc[positions]
+        examples = {"index": torch.from_numpy(positions.astype(np.int64)),
+                    "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32))}  # fmt: skip
+        for m in self.modalities:
+            rows = part[f"{m}_row"].to_numpy()
+            examples[f"{m}_tokens"] = torch.from_numpy(np.ascontiguousarray(_rows(self.data, m, rows)))
+            examples[f"{m}_mask"] = torch.from_numpy(self.data.masks[m][rows])
+            examples[f"{m}_present"] = torch.from_numpy(part[f"{m}_present"].to_numpy(copy=True))
+        return Chunk(examples)
+
+
+class IsoformerTask(Task):
+    name = "isoformer"
+    data_config = IsoformerDataConfig
+    model_config = IsoformerModelConfig
+    models: ClassVar[dict] = {"IsoformerAggregator": lambda c: IsoformerAggregator(**c)}
+    metric = "spearman_mean_tissue"
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.modalities = parse_modalities(config.model.modalities, "[model] modalities")
+        for ablation in config.model.ablations:
+            parse_modalities(ablation, "[model] ablations")
+
+    def load(self) -> IsoformerData:
+        return load_isoformer(self.config)
+
+    def build_model(self, data: IsoformerData) -> tuple[nn.Module, str, dict[str, Any]]:
+        m = self.config.model
+        widths = {name: data.caches[name].item_shape[-1] for name in self.modalities}
+        config = {"widths": widths, "n_tissues": len(data.tissues), "d_model": m.d_model, "n_heads": m.n_heads,
+                  "dropout": m.dropout}  # fmt: skip
+        return IsoformerAggregator(**config), "IsoformerAggregator", config
+
+    def train_chunks(self, data: IsoformerData, epoch: int) -> torch.utils.data.Dataset:
+        order = np.random.default_rng([self.config.train.seed, epoch]).permutation(len(data.splits["train"]))
+        return TranscriptBatches(data, "train", self.modalities, self.config.train.batch_size, order)
+
+    def eval_chunks(self, data: IsoformerData, split: str) -> torch.utils.data.Dataset:
+        return TranscriptBatches(data, split, self.modalities, self.config.data.eval_batch)
+
+    def _forward(self, model: nn.Module, batch: Chunk) -> Tensor:
+        e = batch.examples
+        return model({m: e[f"{m}_tokens"] for m in self.modalities}, {m: e[f"{m}_mask"] for m in self.modalities},
+                     {m: e[f"{m}_present"] for m in self.modalities})  # fmt: skip
+
+    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+        return self._forward(model, batch)
+
+    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+        return self._forward(model, chunk)
+
+    def loss(self, outputs: Tensor, batch: Chunk) -> Tensor:
+        return nn.functional.mse_loss(outputs.float(), batch.examples["target"])  # the paper's loss
+
+    def observed(self, data: IsoformerData, split: str) -> np.ndarray:
+        return np.stack(data.splits[split]["target"].to_list())
+
+    def metrics(self, predictions: np.ndarray, data: IsoformerData, split: str) -> dict[str, Any]:
+        """Pooled over all (transcript, tissue) cells; per tissue across transcripts and their mean (the paper's
+        headline); Spearman per transcript across tissues, averaged."""
+        observed = self.observed(data, split)
+        pooled = regression_metrics(predictions.ravel(), observed.ravel())
+        per_tissue = {t: regression_metrics(predictions[:, k], observed[:, k]) for k, t in enumerate(data.tissues)}
+        per_transcript = [stats.spearmanr(p, o)[0] for p, o in zip(predictions, observed, strict=True)
+                          if np.ptp(p) > 0 and np.ptp(o) > 0]  # fmt: skip
+        return {
+            **pooled,
+            "r2_mean_tissue": float(np.mean([m["r2"] for m in per_tissue.values()])),
+            "spearman_mean_tissue": float(np.mean([m["spearman"] for m in per_tissue.values()])),
+            "spearman_mean_transcript": float(np.mean(per_transcript)) if per_transcript else float("nan"),
+            "per_tissue": {t: {"r2": m["r2"], "spearman": m["spearman"]} for t, m in per_tissue.items()},
+        }
+
+    def baselines(self, data: IsoformerData) -> dict[str, FittedBaseline | FixedBaseline]:
+        if not self.config.train.baselines:
+            return {}
+        found: dict[str, FittedBaseline | FixedBaseline] = {"per_tissue_mean": FixedBaseline(per_tissue_mean)}
+        for ablation in self.config.model.ablations:
+            modalities = parse_modalities(ablation, "[model] ablations")
+            if modalities == self.modalities:
+                continue
+            model = dataclasses.replace(self.config.model, modalities=modalities, ablations=())
+            found["+".join(modalities)] = FittedBaseline(IsoformerTask(dataclasses.replace(self.config, model=model)))
+        return found
+
+    def figures(self, results: dict[str, Any], data: IsoformerData, out_dir: Any) -> list[Any]:
+        values = {name: {t: r["test"]["per_tissue"][t]["spearman"] for t in data.tissues}
+                  for name, r in results.items() if "per_tissue" in r["test"]}  # fmt: skip
+        return [plots.per_group_bars(values, "Spearman (test)", Path(out_dir) / "per_tissue_spearman.png",
+                                     "IsoFormer on frozen caches: Spearman per tissue, test transcripts")]  # fmt: skip
+
+
+def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
+    """Each tissue's training mean for every transcript of `split`."""
+    train = np.stack(data.splits["train"]["target"].to_list())
+    return np.repeat(train.mean(axis=0, keepdims=True), len(data.splits[split]), axis=0).astype(np.float32)
+
