@@ -25,6 +25,7 @@ from dogmacache.bench import report
 from dogmacache.bench.cache import bench_cache, cache_tables
 from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
+from dogmacache.bench.gpu import gpu_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 from dogmacache.train.presets import PRESETS
@@ -85,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
                    help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
                         "malloc's defaults; applies to both implementations (default keep)")  # fmt: skip
+    g = p.add_argument_group("gpu (only with --only gpu: `make bench-gpu`)")
+    g.add_argument("--gpu-size", default="full", choices=("full", "tiny"),
+                   help="full: paper-size models (minutes on one GPU); tiny: the same code in seconds, CPU too")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -101,6 +105,12 @@ def _embed(args: argparse.Namespace) -> dict[str, Any]:
                        gpu_batches=_integers(args.gpu_batches), gpu_windows=args.gpu_windows)  # fmt: skip
 
 
+def _gpu(args: argparse.Namespace) -> dict[str, Any]:
+    from dogmacache.bench.gpu import bench_gpu
+
+    return bench_gpu(args.gpu_size)
+
+
 def _cdt(args: argparse.Namespace) -> dict[str, Any]:
     return bench_cdt_section(args.cdt_preset, args.cdt_batch, args.cdt_steps, threads=args.threads,
                              allow_paper_reference=args.allow_paper_reference,
@@ -112,7 +122,9 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "cache": (_cache, cache_tables),
     "embed": (_embed, embed_tables),
     "cdt": (_cdt, cdt_tables),
+    "gpu": (_gpu, gpu_tables),
 }
+DEFAULT_SECTIONS = ("cache", "embed", "cdt")  # `gpu` runs on its own (`make bench-gpu`)
 TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
 
 
@@ -141,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = [args.only] if args.only else list(SECTIONS)
+    sections = [args.only] if args.only else list(DEFAULT_SECTIONS)
     options = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     failed = []
     for name in sections:

@@ -1,0 +1,208 @@
+"""The `gpu` section: every measurement that needs an accelerator, in one command that fits a short GPU window
+(`make bench-gpu`, under ~8 minutes on one H100 at full size), one JSON record and one markdown table.
+
+- Enformer, full size, random weights: fp32 vs bf16 over a batch sweep, bf16 deviation, GPU busy fraction of the
+  runner path (`bench.embed.bench_enformer_device`).
+- ESM-2 650M-sized random model (33 layers, 1,280 wide): proteins/s in fp32 and bf16 at a typical length.
+- CDT, paper preset: training steps/s fp32 and bf16 with the batch's DNA rows gathered from a DNA table held in
+  device memory, and the projected wall time of the paper's 50 epochs (575 steps each, REFERENCE 1b).
+- The cache loader feeding the device: batches of 8 Enformer-shaped rows read from a cache and copied over.
+
+`size="tiny"` runs the same code with tiny models and shapes, on a CPU too, so the command never rots.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dogmacache.bench.report import Table, fmt, table, verdict
+from dogmacache.devices import pick_device
+
+TARGET_PAPER_EPOCHS_MINUTES = 10.0  # the paper's 50 epochs of CDT training on one H100
+PAPER_STEPS_PER_EPOCH = 4605 // 8  # the authors' 4,605 training pairs in batches of 8, last partial dropped
+PAPER_EPOCHS = 50
+
+SIZES = {
+    "full": {"esm": {"num_hidden_layers": 33, "hidden_size": 1280, "num_attention_heads": 20,
+                     "intermediate_size": 5120}, "protein_length": 400, "esm_batches": (8, 32),
+             "cdt_preset": "paper", "cdt_table_rows": 1024, "cache_items": 256, "cache_shape": (896, 3072),
+             "enformer_hparams": None, "enformer_batches": (1, 2, 4, 8, 16), "enformer_windows": 128},
+    "tiny": {"esm": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+                     "intermediate_size": 64}, "protein_length": 50, "esm_batches": (2,),
+             "cdt_preset": "tiny", "cdt_table_rows": 16, "cache_items": 8, "cache_shape": (8, 48),
+             "enformer_hparams": {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8,
+                                  "target_length": 8}, "enformer_batches": (1, 2), "enformer_windows": 4},
+}  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, calls: int) -> float:
+    """Median seconds of `calls` calls after one warm-up."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = precision == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def bench_esm2(device: torch.device, hparams: dict[str, int], length: int, batches: tuple[int, ...],
+               calls: int = 3) -> dict[str, Any]:  # fmt: skip
+    """Proteins/s of a random ESM-2-shaped encoder (33-token vocabulary) per batch size and precision."""
+    from transformers import EsmConfig, EsmModel
+
+    config = EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32, max_position_embeddings=1026,
+                       position_embedding_type="rotary", **hparams)  # fmt: skip
+    torch.manual_seed(0)
+    model = EsmModel(config, add_pooling_layer=False).to(device).eval()
+    runs = []
+    for precision in ("fp32", "bf16"):
+        for batch in batches:
+            ids = torch.randint(4, 24, (batch, length + 2), device=device)
+
+            def forward(ids=ids, precision=precision, model=model):
+                with _autocast(device, precision):
+                    model(input_ids=ids)
+
+            seconds = _timed(forward, device, calls)
+            runs.append({"precision": precision, "batch": batch, "proteins_per_s": batch / seconds})
+    return {"parameters": sum(p.numel() for p in model.parameters()), "length": length, "runs": runs}
+
+
+def bench_cdt_on_device(device: torch.device, preset_name: str, table_rows: int, batch: int = 8,
+                        calls: int = 3) -> dict[str, Any]:  # fmt: skip
+    """Training steps/s of the fast CDT with each batch's DNA gathered from a (table_rows, L, D) float16 table kept
+    on the device, fp32 and bf16 autocast; projected minutes for the paper's 50 epochs."""
+    from dogmacache.train.cdt import CentralDogmaTransformer
+    from dogmacache.train.presets import preset
+
+    config = preset(preset_name)
+    torch.manual_seed(0)
+    model = CentralDogmaTransformer(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    dna_table = torch.randn(table_rows, config.dna_positions, config.dna_width, device=device).half()
+    rna = torch.randn(config.n_genes, config.rna_width, device=device)
+    protein = torch.randn(config.n_genes, config.protein_width, device=device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    result: dict[str, Any] = {"preset": preset_name, "batch": batch, "dna_table_gb": dna_table.numel() * 2 / 1e9}
+    for precision in ("fp32", "bf16"):
+
+        def step(precision=precision):
+            rows = torch.randint(0, table_rows, (batch,), generator=generator).to(device)
+            genes = torch.randint(0, config.n_genes, (batch,), generator=generator).to(device)
+            target = torch.randn(batch, generator=generator).to(device)
+            with _autocast(device, precision):
+                y = model(dna_table[rows].float(), rna, protein, genes)
+                loss = torch.nn.functional.smooth_l1_loss(y.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+        seconds = _timed(step, device, calls)
+        result[precision] = {"steps_per_s": 1 / seconds,
+                             "paper_50_epochs_minutes": seconds * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60}  # fmt: skip
+    if device.type == "cuda":
+        result["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return result
+
+
+def bench_loader_to_device(device: torch.device, items: int, shape: tuple[int, int], batch: int = 8,
+                           seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Random batches read from a local float16 cache with `EmbeddingCache.read_rows` and copied to `device`."""
+    from dogmacache.cache import CacheSpec, CacheWriter, digest_strings, open_cache
+
+    root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-gpu-"))
+    try:
+        ids = [f"w{i}" for i in range(items)]
+        spec = CacheSpec(modality="dna", model="random", model_revision="none", layer=-1, pooling="none",
+                         item_shape=shape, input_digest=digest_strings(ids), shard_items=max(1, items // 4))  # fmt: skip
+        writer = CacheWriter.create(root / "c.zarr", spec, ids=ids)
+        rng = np.random.default_rng(seed)
+        for shard in writer.pending_shards():
+            a, b = writer.manifest.shard_rows(shard)
+            writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
+        writer.finalize()
+        cache = open_cache(root / "c.zarr")
+        order = rng.permutation(items)
+        start = time.perf_counter()
+        for a in range(0, items, batch):
+            rows = np.sort(order[a : a + batch])
+            torch.from_numpy(cache.read_rows(rows)).to(device, non_blocking=False)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        return {"items": items, "rows_per_s": items / seconds,
+                "mb_per_s": items * int(np.prod(shape)) * 2 / 1e6 / seconds}  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
+    from dogmacache.bench.embed import bench_enformer_device
+
+    s = SIZES[size]
+    dev = pick_device(device)
+    result: dict[str, Any] = {"size": size, "device": str(dev),
+                              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}  # fmt: skip
+    result["enformer"] = bench_enformer_device(str(dev), hparams=s["enformer_hparams"], batches=s["enformer_batches"],
+                                               runner_windows=s["enformer_windows"], runner_workers=(2,),
+                                               runner_modes=("run_embed",), min_seconds=0.5)  # fmt: skip
+    result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
+    result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
+    result["loader"] = bench_loader_to_device(dev, s["cache_items"], s["cache_shape"])
+    return result
+
+
+def gpu_tables(r: dict[str, Any]) -> list[Table]:
+    from dogmacache.bench.embed import TARGET_BF16_OVER_FP32, TARGET_GPU_BUSY, TARGET_WINDOWS_PER_S
+
+    enformer = r.get("enformer", {})
+    gpu = enformer.get("gpu", enformer)
+    rows = []
+    best = {p: max((x.get("windows_per_s", 0) for x in gpu.get("sweep", []) if x.get("precision") == p), default=None)
+            for p in ("fp32", "bf16")}  # fmt: skip
+    ratio = best["bf16"] / best["fp32"] if best["fp32"] and best["bf16"] else None
+    rows.append(["Enformer windows/s, best batch, fp32 / bf16", f"{fmt(best['fp32'])} / {fmt(best['bf16'])}",
+                 f"bf16 ≥ {TARGET_WINDOWS_PER_S:g} on one H100", verdict(best["bf16"], TARGET_WINDOWS_PER_S)])  # fmt: skip
+    rows.append(["Enformer bf16 / fp32", ratio, f"≥ {TARGET_BF16_OVER_FP32:g}×", verdict(ratio, TARGET_BF16_OVER_FP32)])
+    busy = [run.get("busy_fraction") for run in gpu.get("runner", []) if run.get("busy_fraction") is not None]
+    rows.append(["GPU busy fraction, runner path", max(busy) if busy else "not measured (no NVML)",
+                 f"≥ {TARGET_GPU_BUSY:.0%}", verdict(max(busy), TARGET_GPU_BUSY) if busy else ""])  # fmt: skip
+    esm = r["esm2"]
+    for run in esm["runs"]:
+        rows.append([f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch "
+                     f"{run['batch']}, {esm['length']} aa", run["proteins_per_s"], "", ""])  # fmt: skip
+    cdt = r["cdt"]
+    for precision in ("fp32", "bf16"):
+        c = cdt[precision]
+        rows.append([f"CDT {cdt['preset']} training steps/s, {precision}, DNA table on the device", c["steps_per_s"],
+                     "", ""])  # fmt: skip
+        rows.append([f"CDT {cdt['preset']}: the paper's 50 epochs, {precision} (minutes)", c["paper_50_epochs_minutes"],
+                     f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} on one H100",
+                     verdict(c["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False)])  # fmt: skip
+    loader = r["loader"]
+    rows.append(["cache -> device, random batches of 8 (rows/s, MB/s)", f"{loader['rows_per_s']:.1f}, "
+                 f"{loader['mb_per_s']:.0f}", "", ""])  # fmt: skip
+    notes = [f"size {r['size']}; device {r['device']} ({r['device_name']}); random weights throughout",
+             f"50 epochs = {PAPER_EPOCHS} x {PAPER_STEPS_PER_EPOCH} steps of batch 8, evaluation excluded"]  # fmt: skip
+    return [table("gpu: every accelerator measurement in one run", ["measurement", "value", "target", "met"], rows,
+                  notes)]  # fmt: skip
