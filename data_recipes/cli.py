@@ -12,6 +12,7 @@ import importlib
 RECIPES = {
     "demo": "dogmacache.data_recipes.demo",
     "gasperini": "dogmacache.data_recipes.gasperini",
+    "gene_tss": "dogmacache.data_recipes.gene_tss",
     "gtex": "dogmacache.data_recipes.gtex",
 }
 

@@ -4,11 +4,15 @@ in TASKS."""
 
 from dogmacache.errors import InputError
 from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.biodta import BiodtaTask
+from dogmacache.train.tasks.cdbridge import CdbridgeTask
 from dogmacache.train.tasks.cdt import CdtTask
 from dogmacache.train.tasks.dna_mlp import DnaMlpTask
 from dogmacache.train.tasks.isoformer import IsoformerTask
 
 TASKS: dict[str, type[Task]] = {
+    "cdbridge": CdbridgeTask,
+    "biodta": BiodtaTask,
     "cdt": CdtTask,
     "dna_mlp": DnaMlpTask,
     "isoformer": IsoformerTask,
