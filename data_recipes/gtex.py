@@ -3,21 +3,28 @@
 Owns the GTEx recipe. GTEx v8 transcript TPM (GCT 1.2, ~200k transcripts x ~17k samples, streamed in row chunks)
 and the sample attributes give the mean TPM of each transcript in each tissue; the Ensembl GTF (release 88 =
 GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS and coding regions; the Ensembl
-cDNA and peptide FASTAs give their RNA and protein. Every kept transcript has DNA, RNA and protein. Transcripts are
-split 80/10/10 by gene, so no gene sits in two splits.
+cDNA and peptide FASTAs give their RNA and protein. By default the protein-coding transcripts are kept, each with
+DNA, RNA and protein; `transcripts="all"` keeps every biotype, and a transcript without a peptide record
+(non-coding) has no protein. Transcripts are split 80/10/10 by gene, so no gene sits in two splits.
 
-Tables written to --out (T transcripts, K tissues, B = window_bins, G = train-split genes):
-  dna_windows        (T)  id, chrom, center (the TSS, 1-based), strand, gene_id, gene_name, split
-  coding_masks       (T)  id, mask (B uint8 flags; geometry in data_recipes/gtex_masks.py)
-  rna_sequences      (T)  id, sequence (cDNA)
-  protein_sequences  (T)  id (the transcript id, so tables join), sequence (peptide without a trailing '*')
-  labels             (T)  id, gene_id, split, K tissue columns: (log1p(mean TPM) - train mean) / train std
+Items are embedded once: transcripts that share a TSS window or a peptide share one row of the item table and
+name it in their labels row (T transcripts, W distinct windows, P distinct peptides, K tissues, B = window_bins,
+G = train-split genes):
+  dna_windows        (W)  id = "chrom:center:strand", chrom, center (the TSS, 1-based), strand, gene_id, gene_name,
+                          split (those of the window's first transcript by id), n_transcripts
+  coding_masks       (T)  id (transcript), dna_id (its window), mask (B uint8 flags; geometry in gtex_masks.py)
+  rna_sequences      (T)  id (transcript), sequence (cDNA)
+  protein_sequences  (P)  id (the smallest Ensembl protein id carrying the peptide), sequence (peptide without a
+                          trailing '*'), n_transcripts
+  labels             (T)  id, gene_id, split, dna_id, rna_id, protein_id ("" = no protein), K tissue columns:
+                          (log1p(mean TPM) - train mean) / train std
   labels_log1p       (T)  the same layout, log1p(mean TPM) unstandardised
   tissues            (K)  tissue, n_samples, train_mean, train_std, held_out
   tissue_profiles    (K)  id (the tissue), G columns named by gene symbol: log1p(sum of the gene's mean TPM)
 
 `id` is GTEx's versioned transcript id; GTEx rows meet the GTF by unversioned id, and version differences are
-counted, not dropped. `gene_id` is GTEx's versioned gene id. All rows of the T-row tables are in the same order.
+counted, not dropped. `gene_id` is GTEx's versioned gene id. T-row tables are in the same order, sorted by id;
+item tables are sorted by id. recipe.json's `expected_cache_bytes` states the caches' sizes (gtex_sizes.py).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 import pandas as pd
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.data_recipes.gtex_masks import ORIENTATIONS, coding_masks
+from dogmacache.data_recipes.gtex_sizes import CacheSizeConfig, describe, expected_cache_bytes
 from dogmacache.errors import InputError
 
 _ENSEMBL = "Ensembl data: no restrictions on use (EMBL-EBI terms of use); cite the Ensembl release"
@@ -74,6 +82,7 @@ ISOFORMER_TISSUES = (
 )  # fmt: skip
 TISSUE_COLUMNS = ("SMTS", "SMTSD")
 CHROM_STYLES = ("ucsc", "ensembl")
+TRANSCRIPT_SETS = ("protein_coding", "all")
 _GCT_CHUNK_ROWS = 1000  # ~17k samples x 1000 rows x 8 B = ~140 MB of TPM per chunk
 _PRIMARY = {str(i) for i in range(1, 23)} | {"X", "Y"}
 
@@ -102,6 +111,10 @@ class GtexConfig:
     holdout_tissues: tuple[str, ...] = ()
     # "ucsc" (chr1 ... chrM, as in UCSC hg38.fa, the default genome) or "ensembl" (the GTF's 1 ... MT).
     chrom_style: str = "ucsc"
+    # "protein_coding" (GTF transcript_biotype, IsoFormer's ~90k) or "all" (non-coding ones kept without protein).
+    transcripts: str = "protein_coding"
+    # Encoders, caps and the K whose cache sizes recipe.json states.
+    cache_sizes: CacheSizeConfig = CacheSizeConfig()
 
     def __post_init__(self):
         object.__setattr__(self, "tissues", tuple(self.tissues))
@@ -109,7 +122,8 @@ class GtexConfig:
         object.__setattr__(self, "fractions", tuple(self.fractions))
         for name, value, allowed in (("tissue_column", self.tissue_column, TISSUE_COLUMNS),
                                      ("mask_orientation", self.mask_orientation, ORIENTATIONS),
-                                     ("chrom_style", self.chrom_style, CHROM_STYLES)):  # fmt: skip
+                                     ("chrom_style", self.chrom_style, CHROM_STYLES),
+                                     ("transcripts", self.transcripts, TRANSCRIPT_SETS)):  # fmt: skip
             if value not in allowed:
                 raise InputError(f"GTEx {name} {value!r} is not one of {allowed}; pick one of them")
         for name in ("max_gene_length", "window_bins", "bin_bp"):
@@ -149,13 +163,15 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     train_mean, train_std = log1p[train].mean(axis=0), log1p[train].std(axis=0)  # population std, train only
     standardised = (log1p - train_mean) / np.where(train_std > 0, train_std, 1.0)  # constant tissue: centred only
 
-    keys = kept[["id", "gene_id", "split"]]
+    kept = _join_ids(kept)
+    keys = kept[["id", "gene_id", "split", "dna_id", "rna_id", "protein_id"]]
     masks = _masks(kept, coding_parts, config)
     outputs = {
-        "dna_windows": kept[["id", "chrom", "center", "strand", "gene_id", "gene_name", "split"]],
-        "coding_masks": pd.DataFrame({"id": kept["id"], "mask": list(masks)}),
+        "dna_windows": _distinct_items(kept, "dna_id", ["chrom", "center", "strand", "gene_id", "gene_name", "split"]),
+        "coding_masks": pd.DataFrame({"id": kept["id"], "dna_id": kept["dna_id"], "mask": list(masks)}),
         "rna_sequences": kept[["id", "cdna"]].rename(columns={"cdna": "sequence"}),
-        "protein_sequences": kept[["id", "peptide"]].rename(columns={"peptide": "sequence"}),
+        "protein_sequences": _distinct_items(kept[kept["protein_id"] != ""], "protein_id", ["peptide"])
+        .rename(columns={"peptide": "sequence"}),
         "labels": pd.concat([keys, pd.DataFrame(standardised, columns=list(tissues))], axis=1),
         "labels_log1p": pd.concat([keys, pd.DataFrame(log1p, columns=list(tissues))], axis=1),
         "tissues": pd.DataFrame({
@@ -171,6 +187,12 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
         counts[f"genes_{split}"] = kept.loc[kept["split"] == split, "gene_id"].nunique()
         counts[f"transcripts_{split}"] = int((kept["split"] == split).sum())
     counts["transcripts_kept"] = len(kept)
+    counts["transcripts_without_protein"] = int((kept["protein_id"] == "").sum())
+    counts["dna_windows_distinct"] = len(outputs["dna_windows"])
+    counts["dna_windows_shared_by_genes"] = int((kept.groupby("dna_id")["gene_id"].nunique() > 1).sum())
+    counts["proteins_distinct"] = len(outputs["protein_sequences"])
+    sizes = expected_cache_bytes(len(outputs["dna_windows"]), config.window_bins, kept["cdna"].str.len(),
+                                 outputs["protein_sequences"]["sequence"].str.len(), config.cache_sizes)  # fmt: skip
     info = sources_info or {key: {"file": str(path)} for key, path in paths.items()}
     extra = {
         "mask": {"window_bins": config.window_bins, "bin_bp": config.bin_bp, "orientation": config.mask_orientation,
@@ -183,9 +205,15 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
                            "train-split transcripts (a std of 0 divides by 1)",
         "tissue_profiles": "log1p(sum of mean TPM over all the gene's GTEx transcripts), train-split genes only",
         "version_mismatch_examples": mismatches[:5],
+        "joins": "labels.dna_id -> dna_windows.id (one row per distinct chrom:center:strand), labels.rna_id -> "
+                 "rna_sequences.id (the transcript), labels.protein_id -> protein_sequences.id (one row per distinct "
+                 "peptide; '' = no protein); coding_masks.id is the transcript",
+        "expected_cache_bytes": sizes,
     }  # fmt: skip
-    return tables.write_outputs(out, "gtex", outputs, counts=counts, missing=missing, sources=info,
-                                params=asdict(config), extra=extra)  # fmt: skip
+    manifest = tables.write_outputs(out, "gtex", outputs, counts=counts, missing=missing, sources=info,
+                                    params=asdict(config), extra=extra)  # fmt: skip
+    print("  " + describe(sizes, config.cache_sizes))
+    return manifest
 
 
 def _gct_samples(path: Path) -> list[str]:
@@ -306,17 +334,19 @@ def _read_annotation(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _match_annotation(expression: pd.DataFrame, transcripts: pd.DataFrame, config: GtexConfig):
-    """GTEx rows matched by unversioned id to GTF protein-coding transcripts of genes no longer than
-    max_gene_length, with the TSS as `center`. Returns (rows, counts, version-mismatch examples)."""
+    """GTEx rows matched by unversioned id to GTF transcripts (protein-coding ones, or all with
+    transcripts="all") of genes no longer than max_gene_length, with the TSS as `center`. Returns (rows, counts,
+    version-mismatch examples)."""
     par_y = expression["transcript_id"].str.endswith("_PAR_Y")  # GENCODE's chrY copies; Ensembl has the X copy
     rows = expression[~par_y].assign(key=lambda t: _unversioned(t["transcript_id"]))
     geometry = ["key", "gtf_id", "chrom", "start", "end", "strand", "gene_name", "gene_length", "transcript_biotype"]
     rows = rows.merge(transcripts[geometry], on="key", how="left")
     in_gtf = rows["gtf_id"].notna()
     coding = rows[rows["transcript_biotype"] == "protein_coding"]
-    mismatched = coding[coding["transcript_id"] != coding["gtf_id"]]
-    long_gene = coding["gene_length"] > config.max_gene_length
-    kept = coding[~long_gene].rename(columns={"transcript_id": "id"}).reset_index(drop=True)
+    selected = coding if config.transcripts == "protein_coding" else rows[in_gtf]
+    mismatched = selected[selected["transcript_id"] != selected["gtf_id"]]
+    long_gene = selected["gene_length"] > config.max_gene_length
+    kept = selected[~long_gene].rename(columns={"transcript_id": "id"}).reset_index(drop=True)
     kept = kept.astype({"start": np.int64, "end": np.int64})  # the left merge made them float
     kept["center"] = np.where(kept["strand"] == "+", kept["start"], kept["end"])  # TSS, 1-based
     counts = {
@@ -325,7 +355,7 @@ def _match_annotation(expression: pd.DataFrame, transcripts: pd.DataFrame, confi
         "gct_transcripts_not_protein_coding": int(in_gtf.sum() - len(coding)),
         "protein_coding_matched": len(coding),
         "version_mismatches": len(mismatched),
-        "long_genes_excluded": coding.loc[long_gene, "gene_id"].nunique(),
+        "long_genes_excluded": selected.loc[long_gene, "gene_id"].nunique(),
         "long_gene_transcripts_excluded": int(long_gene.sum()),
     }
     examples = [f"GTEx {a} / GTF {b}" for a, b in zip(mismatched["transcript_id"], mismatched["gtf_id"], strict=True)]
@@ -333,16 +363,22 @@ def _match_annotation(expression: pd.DataFrame, transcripts: pd.DataFrame, confi
 
 
 def _attach_sequences(kept: pd.DataFrame, cdna_path: Path, pep_path: Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Adds cdna and peptide columns; drops (and counts) transcripts lacking either."""
+    """Adds cdna, peptide and peptide_id (the record's versioned Ensembl protein id) columns; drops (and counts)
+    transcripts without a cDNA and protein-coding ones without a peptide. Other biotypes keep an empty peptide."""
     cdna = formats.read_ensembl_fasta(cdna_path)
     pep = formats.read_ensembl_fasta(pep_path)
     cdna_keys = _unversioned(cdna["id"])
     cdna_of = dict(zip(cdna_keys, cdna["sequence"], strict=True))
     symbol_of = dict(zip(cdna_keys, cdna["gene_symbol"], strict=True))
-    pep_of = dict(zip(_unversioned(pep["transcript"]), pep["sequence"].str.rstrip("*"), strict=True))
-    kept = kept.assign(cdna=kept["key"].map(cdna_of), peptide=kept["key"].map(pep_of))
-    missing = {"cdna_sequence": int(kept["cdna"].isna().sum()), "peptide_sequence": int(kept["peptide"].isna().sum())}
-    kept = kept.dropna(subset=["cdna", "peptide"]).reset_index(drop=True)
+    pep_keys = _unversioned(pep["transcript"])
+    pep_of = dict(zip(pep_keys, pep["sequence"].str.rstrip("*"), strict=True))
+    pep_id_of = dict(zip(pep_keys, pep["id"], strict=True))
+    kept = kept.assign(cdna=kept["key"].map(cdna_of), peptide=kept["key"].map(pep_of),
+                       peptide_id=kept["key"].map(pep_id_of))  # fmt: skip
+    no_peptide = kept["peptide"].isna() & (kept["transcript_biotype"] == "protein_coding")
+    missing = {"cdna_sequence": int(kept["cdna"].isna().sum()), "peptide_sequence": int(no_peptide.sum())}
+    kept = kept[kept["cdna"].notna() & ~no_peptide].reset_index(drop=True)
+    kept[["peptide", "peptide_id"]] = kept[["peptide", "peptide_id"]].fillna("")
     # gene_name from the GTF; the cDNA header's gene_symbol, then the gene id, where the GTF has none.
     kept["gene_name"] = kept["gene_name"].fillna(kept["key"].map(symbol_of)).replace("", np.nan)
     kept["gene_name"] = kept["gene_name"].fillna(kept["gene_id"])
@@ -356,6 +392,24 @@ def _styled_chroms(kept: pd.DataFrame, style: str) -> tuple[pd.DataFrame, int]:
     ucsc = kept["chrom"].map(lambda c: "chrM" if c == "MT" else f"chr{c}" if c in _PRIMARY else None)
     kept = kept.assign(chrom=ucsc).dropna(subset=["chrom"]).reset_index(drop=True)
     return kept, int(ucsc.isna().sum())
+
+
+def _join_ids(kept: pd.DataFrame) -> pd.DataFrame:
+    """dna_id, rna_id and protein_id per transcript: the window "chrom:center:strand" (readable, and the same in every
+    run over the same coordinates), the transcript id, and the smallest Ensembl protein id whose record carries the
+    transcript's peptide ("" without a peptide). `kept` is sorted by id."""
+    dna_id = kept["chrom"].astype(str) + ":" + kept["center"].astype(str) + ":" + kept["strand"].astype(str)
+    coding = kept["peptide"] != ""
+    first_id = kept[coding].groupby("peptide")["peptide_id"].min()
+    protein_id = kept["peptide"].map(first_id).where(coding, "")
+    return kept.assign(dna_id=dna_id, rna_id=kept["id"], protein_id=protein_id)
+
+
+def _distinct_items(kept: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:
+    """One row per distinct `key` (sorted): `columns` from its first transcript by id, and n_transcripts."""
+    first = kept.drop_duplicates(key).set_index(key)[columns]
+    first["n_transcripts"] = kept[key].value_counts()
+    return first.sort_index().rename_axis("id").reset_index()
 
 
 def _masks(kept: pd.DataFrame, coding: pd.DataFrame, config: GtexConfig) -> np.ndarray:
@@ -402,7 +456,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-orientation", choices=ORIENTATIONS, default=_DEFAULTS.mask_orientation,
                         help="'reference' (bin 0 = lowest coordinate) or 'transcript' (bin 0 = 5'-most)")
     parser.add_argument("--chrom-style", choices=CHROM_STYLES, default=_DEFAULTS.chrom_style,
-                        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)")  # fmt: skip
+                        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)")
+    parser.add_argument("--transcripts", choices=TRANSCRIPT_SETS, default=_DEFAULTS.transcripts,
+                        help="'protein_coding' (default) or 'all' (non-coding transcripts kept, without protein)")
+    sizes = _DEFAULTS.cache_sizes
+    parser.add_argument("--max-positions", type=int, default=sizes.max_positions,
+                        help="K positions per item for the stated cache sizes (embed --max-positions K; default 128)")
+    for name, what in (("dna_width", "Enformer trunk width"), ("rna_width", "Nucleotide Transformer width"),
+                       ("rna_max_tokens", "NT tokens per cDNA, <cls> included"),
+                       ("protein_width", "ESM-2 width"), ("protein_max_tokens", "ESM-2 tokens per peptide, specials included")):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(sizes, name),
+                            help=f"{what}, for the stated cache sizes (default {getattr(sizes, name)})")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> GtexConfig:
@@ -414,6 +478,10 @@ def config_from_args(args: argparse.Namespace) -> GtexConfig:
         tissues=tissues, tissue_column=args.tissue_column, seed=args.seed, max_gene_length=args.max_gene_length,
         window_bins=args.window_bins, bin_bp=args.bin_bp, mask_orientation=args.mask_orientation,
         holdout_tissues=_comma_list(args.holdout_tissues), chrom_style=args.chrom_style,
+        transcripts=args.transcripts,
+        cache_sizes=CacheSizeConfig(dna_width=args.dna_width, rna_width=args.rna_width,
+                                    rna_max_tokens=args.rna_max_tokens, protein_width=args.protein_width,
+                                    protein_max_tokens=args.protein_max_tokens, max_positions=args.max_positions),
     )  # fmt: skip
 
 

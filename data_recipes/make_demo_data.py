@@ -3,9 +3,15 @@ recipes read, in the real formats and under the real file names, so the demo run
 
     python -m dogmacache.data_recipes.make_demo_data [DIR]     # deterministic: the same bytes every time
 
-The genome: three chromosomes (250 + 200 + 150 kb, UCSC names, 60-column lines, soft-masked stretches).
-Genes: 36 on both strands, 1-3 transcripts each (alternative first exons), two exons, CDS back-translated
-from a protein whose composition carries a per-gene weight.
+The genome: chr1-chr3 (250 + 200 + 150 kb) hold the CRISPRi screen's 36 genes and 180 enhancers; chr4 (written
+after them from its own random stream, so chr1-chr3 and the screen's files do not depend on it) holds 80 more genes
+for the isoform task. UCSC names, 60-column lines, soft-masked stretches.
+Genes DEMO01-36 (chr1-3): both strands, 1-3 transcripts each (alternative first exons), two exons, CDS
+back-translated from a protein whose composition carries a per-gene weight.
+Genes ISO01-80 (chr4): both strands, 2-5 protein-coding transcripts each with its own first exon (its own TSS,
+>= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter), a shared
+coding exon and one of two 3' UTR exons; about a third of the genes add a non-coding transcript (the first
+transcript's first exon, so the two share a TSS window, + a 3' UTR exon, no CDS).
 Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
 blocks, each block in its own 128 bp slot of the central 1,024 bp.
 
@@ -13,8 +19,12 @@ The hidden rules (what a model can learn; nothing downstream reads them):
 - CRISPRi: beta(enhancer e, gene g) = c_g - 0.25 * w_g * active_e + N(0, 0.08), for the 6 genes nearest e
   (active_e = number of GC-box blocks, 0-3).
   c_g ~ N(0, 0.1); w_g in [0.4, 1.4] is written into the protein's lysine/arginine vs aspartate/glutamate balance.
-- Expression: log(1 + TPM(t, tissue)) = 1.5 + 0.9 * p_t * u_tissue + 0.5 * b_g + noise, where p_t = copies of
-  TATAAA within 200 bp upstream of the transcript's TSS (0-3) and u_tissue in [-1, 1] per tissue.
+- Expression, per sample: log(1 + TPM(t, tissue)) = 2 + u_tissue * (0.7 * a_t + 0.3 * p_t) - 0.4 * r_t
+  + 0.8 * coding_t * (w_g - 0.9) * v_tissue + N(0, 0.15), floored at 0, where a_t = 64 bp GC-box blocks in the
+  480 bp upstream of the transcript's TSS (0-3; DNA), p_t = TATAAA copies within 200 bp upstream (0-3; DNA),
+  r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in its 3' UTR exon (0-3; RNA),
+  coding_t = 1 when it has a protein, w_g the gene's protein weight (protein), u_tissue, v_tissue in [-1, 1].
+  The DEMO genes have a_t = r_t = 0.
 """
 
 from __future__ import annotations
@@ -29,10 +39,13 @@ from dogmacache.data_recipes.gtex import ISOFORMER_TISSUES
 
 HERE = Path(__file__).parent / "demo_data"
 CHROMS = {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
+ISO_CHROM = "chr4"  # the isoform genes' chromosome; its length follows from their layout
 HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38 - shift (a chain file says so)
 GC_BOX = "GGGCGG"  # SP1-like GC box, repeated into 64 bp blocks
 PROMOTER_MOTIF = "TATAAA"
 N_GENES, N_ENHANCERS, GENES_PER_ENHANCER = 36, 180, 6
+N_ISO_GENES = 80
+ARE_BLOCK = "TATTTA" * 6  # 36 bp AU-rich element (ATTTA repeats); in frame, one repeated NT 6-mer token
 TISSUES = ISOFORMER_TISSUES  # the 30 GTEx tissues the real recipe selects by default
 SAMPLES_PER_TISSUE = 4
 CODONS = {
@@ -86,6 +99,7 @@ def build(out: Path = HERE, seed: int = 7) -> None:
         slot = CHROMS[chrom] // (int((chrom_of_gene == chrom).sum()) + 1)
         anchor = slot * (k + 1) + int(rng.integers(-1500, 1500))  # 0-based start (+) / end (-) of exon 2
         strand = "+" if g % 2 == 0 else "-"
+        # base: no longer in any rule, still drawn so that the random stream (and the screen's files) stay as they were
         weight, offset, base = float(rng.uniform(0.4, 1.4)), float(rng.normal(0, 0.1)), float(rng.normal(0, 1))
         protein = _protein(rng, weight)
         cds = "".join(CODONS[a] for a in protein) + "TAA"  # the GTF's CDS excludes the stop codon
@@ -121,7 +135,8 @@ def build(out: Path = HERE, seed: int = 7) -> None:
                 exon1_span, tx = (first + 1, first + 150), (exon2_span[0], first + 150)
             transcripts.append(dict(gene=g, tx_id=f"ENST9{g + 1:07d}{t + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{t + 1:03d}",
                                     start=tx[0], end=tx[1], exons=[exon1_span, exon2_span], cds=cds_span,
-                                    stop=stop_span, cdna=exon1 + exon2, promoter=n_promoter))  # fmt: skip
+                                    stop=stop_span, cdna=exon1 + exon2, promoter=n_promoter, gc=0, are=0,
+                                    biotype="protein_coding"))  # fmt: skip
             occupied.append((chrom, tx[0] - 400, tx[1] + 400))
 
     # enhancers: GC-box blocks carry the effect, AT-rich blocks of the same size are decoys, so a model must read
@@ -149,7 +164,8 @@ def build(out: Path = HERE, seed: int = 7) -> None:
             a, n = int(rng.integers(0, len(seq) - 400)), int(rng.integers(100, 400))
             seq[a : a + n] = [b.lower() for b in seq[a : a + n]]
     genome_text = {c: "".join(s) for c, s in genome.items()}
-    _write_gz(out / "genome.fa.gz", _fasta(list(genome_text.items())))
+    iso_sequence, iso_genes, iso_transcripts = _isoform_genes(np.random.default_rng([seed, 4]), len(gene_rows))
+    _write_gz(out / "genome.fa.gz", _fasta([*genome_text.items(), (ISO_CHROM, iso_sequence)]))
 
     # chain file demo-hg19 -> demo-hg38
     chain = []
@@ -161,8 +177,79 @@ def build(out: Path = HERE, seed: int = 7) -> None:
 
     _write_gasperini(out, rng, gene_rows, transcripts, enhancers)
     _write_uniprot(out, gene_rows)
-    _write_ensembl(out, gene_rows, transcripts, genome_text)
-    _write_gtex(out, rng, gene_rows, transcripts)
+    _write_ensembl(out, gene_rows + iso_genes, transcripts + iso_transcripts)
+    _write_gtex(out, rng, gene_rows + iso_genes, transcripts + iso_transcripts)
+
+
+def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list[dict], list[dict]]:
+    """chr4's sequence and its genes and transcripts (same records as build's). Each gene is laid out 5' -> 3' in
+    its own sense sequence, then written on its strand; local [a, b) maps to 1-based genomic coordinates."""
+    genes, transcripts, pieces, pos = [], [], [], 2_000
+    for k in range(N_ISO_GENES):
+        g, strand = first_gene + k, "+" if k % 2 == 0 else "-"
+        weight = float(rng.uniform(0.4, 1.4))
+        protein = _protein(rng, weight)
+        n_coding, noncoding = int(rng.integers(2, 6)), bool(rng.random() < 0.35)
+        n_tx = n_coding + noncoding
+        tss = [600 + 1_600 * j + int(rng.integers(0, 100)) for j in range(n_coding)]
+        local = list(_random(rng, tss[-1] + 1_100))  # first exons, with their promoters, then an intron
+        features = []
+        for start in tss:  # promoter: GC-box blocks in [-480, -256), TATAAA at -180, -120, -60
+            n_gc, n_tata = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+            for b in range(n_gc):
+                local[start - 480 + 80 * b : start - 416 + 80 * b] = list((GC_BOX * 11)[:64])
+            for b in range(n_tata):
+                local[start - 180 + 60 * b : start - 174 + 60 * b] = list(PROMOTER_MOTIF)
+            features.append((n_gc, n_tata))
+        exon1 = [(start, start + 150) for start in tss]
+        cds = "".join(CODONS[a] for a in protein) + "TAA"
+        pad = (-(150 + 60 + len(cds))) % 6  # exon 3 starts in frame with the cDNA's 6-mers
+        exon2_seq = _random(rng, 60) + cds + _random(rng, 30 + pad)
+        e2 = len(local)
+        local += list(exon2_seq)
+        exon3, are = [], []
+        for _ in range(2):  # two alternative 3' UTR exons, 156 bp each, with 0-3 AU-rich blocks at in-frame offsets
+            local += list(_random(rng, 300))
+            utr, n_are = list(_random(rng, 156)), int(rng.integers(0, 4))
+            for b in range(n_are):
+                utr[6 + 48 * b : 42 + 48 * b] = list(ARE_BLOCK)
+            exon3.append((len(local), len(local) + 156))
+            are.append(n_are)
+            local += utr
+        local += list(_random(rng, 200))
+        sense = "".join(local)
+        start0, size = pos, len(local)
+        pieces.append((start0, sense if strand == "+" else reverse_complement(sense)))
+        pos += size + 1_500
+
+        def span(a: int, b: int, start0=start0, size=size, strand=strand) -> tuple[int, int]:
+            return (start0 + a + 1, start0 + b) if strand == "+" else (start0 + size - b + 1, start0 + size - a)
+
+        symbol = f"ISO{k + 1:02d}"
+        genes.append(dict(symbol=symbol, gene_id=f"ENSG9{g + 1:010d}", chrom=ISO_CHROM, strand=strand, weight=weight,
+                          protein=protein))  # fmt: skip
+        c0 = e2 + 60
+        for j in range(n_tx):
+            coding, variant = j < n_coding, int(rng.integers(0, 2))
+            first_exon = j if coding else 0  # the non-coding transcript starts at transcript 1's TSS: one window
+            parts = [exon1[j], (e2, e2 + len(exon2_seq)), exon3[variant]] if coding else [exon1[0], exon3[variant]]
+            exons = sorted(span(a, b) for a, b in parts)
+            first, last = span(*parts[0]), span(*parts[-1])
+            transcripts.append(dict(
+                gene=g, tx_id=f"ENST9{g + 1:07d}{j + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{j + 1:03d}",
+                start=min(first[0], last[0]), end=max(first[1], last[1]), exons=exons,
+                cds=span(c0, c0 + len(cds) - 3) if coding else None,
+                stop=span(c0 + len(cds) - 3, c0 + len(cds)) if coding else None,
+                cdna="".join(sense[a:b] for a, b in parts), promoter=features[first_exon][1], gc=features[first_exon][0],
+                are=are[variant], biotype="protein_coding" if coding else "processed_transcript",
+            ))  # fmt: skip
+    chrom = list(rng.choice(list("ACGT"), size=pos + 500, p=[0.29, 0.21, 0.21, 0.29]))
+    for start0, seq in pieces:
+        chrom[start0 : start0 + len(seq)] = list(seq)
+    for _ in range(len(chrom) // 20_000):  # soft-masked repeats, as on chr1-chr3
+        a, n = int(rng.integers(0, len(chrom) - 400)), int(rng.integers(100, 400))
+        chrom[a : a + n] = [b.lower() for b in chrom[a : a + n]]
+    return "".join(chrom), genes, transcripts
 
 
 def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
@@ -208,7 +295,7 @@ def _write_uniprot(out, genes) -> None:
     _write_gz(out / "uniprot_human_swissprot.fasta.gz", _fasta(records))
 
 
-def _write_ensembl(out, genes, transcripts, genome) -> None:
+def _write_ensembl(out, genes, transcripts) -> None:
     lines = ["#!genome-build GRCh38.demo", "#!genome-version GRCh38"]
 
     def attrs(g, t=None, extra=""):
@@ -218,7 +305,7 @@ def _write_ensembl(out, genes, transcripts, genome) -> None:
             text += f'transcript_id "{t["tx_id"]}"; transcript_version "2"; '
         text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "protein_coding"; '
         if t is not None:
-            text += f'transcript_name "{gene["symbol"]}-20{t["tx_id"][-1]}"; transcript_biotype "protein_coding";'
+            text += f'transcript_name "{gene["symbol"]}-20{t["tx_id"][-1]}"; transcript_biotype "{t["biotype"]}";'
         return text + extra
 
     for g, gene in enumerate(genes):
@@ -232,6 +319,8 @@ def _write_ensembl(out, genes, transcripts, genome) -> None:
             for n, (a, b) in enumerate(t["exons"], 1):
                 lines.append("\t".join([chrom, "demo", "exon", str(a), str(b), ".", gene["strand"], ".",
                                         attrs(g, t, f' exon_number "{n}";')]))  # fmt: skip
+            if t["cds"] is None:
+                continue  # non-coding: exons only
             lines.append("\t".join([chrom, "demo", "CDS", str(t["cds"][0]), str(t["cds"][1]), ".", gene["strand"],
                                     "0", attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";')]))  # fmt: skip
             lines.append("\t".join([chrom, "demo", "stop_codon", str(t["stop"][0]), str(t["stop"][1]), ".",
@@ -242,10 +331,12 @@ def _write_ensembl(out, genes, transcripts, genome) -> None:
     for t in transcripts:
         gene = genes[t["gene"]]
         loc = f"chromosome:GRCh38:{gene['chrom'].removeprefix('chr')}:{t['start']}:{t['end']}:" + ("1" if gene["strand"] == "+" else "-1")
-        common = f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:{gene['symbol']}"
+        common = f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding transcript_biotype:{t['biotype']} gene_symbol:{gene['symbol']}"
         cdna.append((f"{t['tx_id']}.2 cdna {loc} {common} description:demo", t["cdna"]))
         if t["gene"] == 2 and t["tx_id"].endswith("001"):
             continue  # one transcript without a peptide record: the recipe drops and counts it
+        if t["cds"] is None:
+            continue  # non-coding: no peptide
         pep.append((f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
                     f"{' '.join(common.split(' ')[1:])} description:demo", gene["protein"]))  # fmt: skip
     _write_gz(out / "Homo_sapiens.GRCh38.cdna.all.fa.gz", _fasta(cdna))
@@ -253,7 +344,8 @@ def _write_ensembl(out, genes, transcripts, genome) -> None:
 
 
 def _write_gtex(out, rng, genes, transcripts) -> None:
-    tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}
+    tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # u_tissue (promoters)
+    protein_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # v_tissue (protein)
     samples = [(f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t) for i, t in enumerate(TISSUES)
                for j in range(SAMPLES_PER_TISSUE)]  # fmt: skip
     samples += [("GTEX-DEMO99-BMW-SM-0", "Bone Marrow"), ("GTEX-DEMO99-BMW-SM-1", "Bone Marrow")]
@@ -262,9 +354,11 @@ def _write_gtex(out, rng, genes, transcripts) -> None:
     for t in transcripts:
         gene = genes[t["gene"]]
         values = []
+        coding = t["cds"] is not None and not (t["gene"] == 2 and t["tx_id"].endswith("001"))
         for _sid, tissue in samples + [("", "Blood")]:
-            w = tissue_weight.get(tissue, 0.0)
-            log_expr = 1.5 + 0.9 * t["promoter"] * w + 0.5 * gene["base"] + rng.normal(0, 0.15)
+            u, v = tissue_weight.get(tissue, 0.0), protein_weight.get(tissue, 0.0)
+            log_expr = (2.0 + u * (0.7 * t["gc"] + 0.3 * t["promoter"]) - 0.4 * t["are"]
+                        + 0.8 * coding * (gene["weight"] - 0.9) * v + rng.normal(0, 0.15))
             values.append(f"{max(np.expm1(max(log_expr, 0.0)), 0.0):.3f}")
         rows.append("\t".join([f"{t['tx_id']}.2", f"{gene['gene_id']}.1", *values]))
     rows.append("\t".join(["ENST99999999999.1", "ENSG99999999999.1", *["1.000"] * len(columns)]))  # not in the GTF

@@ -49,6 +49,7 @@ GENES = [
     for n in range(10)
 ]  # fmt: skip
 KEPT_GENES = 15  # 17 genes minus LONG and NOPEP
+JOIN_COLUMNS = ["dna_id", "rna_id", "protein_id"]
 GTEX_ONLY = ("ENST00000000199.1", "ENSG00000000199.1")  # a GTEx transcript the GTF does not have
 PAR_Y = ("ENST00000000101.3_PAR_Y", "ENSG00000000101.5_PAR_Y")
 
@@ -67,6 +68,12 @@ def expected_means() -> dict[str, np.ndarray]:
     """transcript id -> (Liver, Lung, Muscle) mean TPM, by hand from SAMPLES' order."""
     return {tid: np.array([(v[0] + v[1]) / 2, v[2], v[5]]) for i, (tid, _) in enumerate(gct_rows())
             for v in [tpm_of(i)]}  # fmt: skip
+
+
+def peptide_of(tid: str) -> str:
+    """FILL genes n carry one of three peptides by n % 3, shared across genes; every other gene the same one."""
+    n = int(tid[-2:])
+    return f"MFILL{'W' * (n % 3)}" if tid[-3] == "2" else "MKTAYIAKQR" * 8
 
 
 def write_gz(path, text: str) -> None:
@@ -119,7 +126,7 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
             if has_pep:
                 pep.append(f">{pid}.{tver} pep {loc} gene:{gene}.{gver} transcript:{tid}.{tver} "
                            f"gene_biotype:protein_coding transcript_biotype:{biotype} gene_symbol:{symbol}")  # fmt: skip
-                pep.append(wrapped("MKTAYIAKQR" * 8 + ("*" if tid.endswith("101") else "")))
+                pep.append(wrapped(peptide_of(tid) + ("*" if tid.endswith("101") else "")))
     write_gz(names["gtf"], "\n".join(gtf) + "\n")
     write_gz(names["cdna"], "\n".join(cdna) + "\n")
     write_gz(names["pep"], "\n".join(pep) + "\n")
@@ -145,11 +152,11 @@ def built(tmp_path_factory):
 def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
     tables, manifest = built
     raw, labels = tables["labels_log1p"], tables["labels"]
-    assert list(raw.columns) == ["id", "gene_id", "split", *TISSUES] == list(labels.columns)
+    assert list(raw.columns) == ["id", "gene_id", "split", *JOIN_COLUMNS, *TISSUES] == list(labels.columns)
     assert len(raw) == KEPT_GENES
     means = expected_means()
     for row in raw.itertuples(index=False):
-        np.testing.assert_allclose(np.array(row[3:], dtype=float), np.log1p(means[row.id]), rtol=1e-12)
+        np.testing.assert_allclose(np.array(row[6:], dtype=float), np.log1p(means[row.id]), rtol=1e-12)
     alpha = raw.set_index("id").loc["ENST00000000101.3", list(TISSUES)].to_numpy(dtype=float)
     np.testing.assert_allclose(alpha, [np.log1p(2.0), np.log1p(5.0), 0.0])  # the Brain and unannotated samples ignored
 
@@ -158,7 +165,8 @@ def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
     mean, std = train[list(TISSUES)].mean(), train[list(TISSUES)].std(ddof=0)
     expected = (raw[list(TISSUES)] - mean) / std
     np.testing.assert_allclose(labels[list(TISSUES)].to_numpy(), expected.to_numpy(), rtol=1e-10)
-    assert (labels[["id", "gene_id", "split"]] == raw[["id", "gene_id", "split"]]).all().all()
+    keys = ["id", "gene_id", "split", *JOIN_COLUMNS]
+    assert (labels[keys] == raw[keys]).all().all()
     info = tables["tissues"].set_index("tissue")
     np.testing.assert_allclose(info.loc[list(TISSUES), "train_mean"], mean.to_numpy())
     np.testing.assert_allclose(info.loc[list(TISSUES), "train_std"], std.to_numpy())
@@ -168,15 +176,20 @@ def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
 
 
 def test_windows_are_centred_on_the_tss_with_ucsc_names(built):
-    windows = built[0]["dna_windows"].set_index("id")
-    assert list(built[0]["dna_windows"].columns) == ["id", "chrom", "center", "strand", "gene_id", "gene_name", "split"]
-    assert windows.loc["ENST00000000101.3", ["chrom", "center", "strand"]].tolist() == ["chr1", 1001, "+"]
-    assert windows.loc["ENST00000000102.1", ["chrom", "center", "strand"]].tolist() == ["chrX", 9000, "-"]
-    assert windows.loc["ENST00000000108.1", "chrom"] == "chrM"
-    assert built[0]["dna_windows"]["center"].dtype == np.int64
-    assert windows.loc["ENST00000000102.1", ["gene_id", "gene_name"]].tolist() == ["ENSG00000000102.2", "BETA"]
-    for name in ("coding_masks", "rna_sequences", "protein_sequences", "labels"):
-        assert built[0][name]["id"].tolist() == built[0]["dna_windows"]["id"].tolist(), name
+    tables = built[0]
+    assert list(tables["dna_windows"].columns) == ["id", "chrom", "center", "strand", "gene_id", "gene_name", "split",
+                                                   "n_transcripts"]  # fmt: skip
+    windows = tables["dna_windows"].set_index("id")
+    window_of = tables["labels"].set_index("id")["dna_id"]
+    assert window_of["ENST00000000101.3"] == "chr1:1001:+"
+    assert windows.loc["chr1:1001:+", ["chrom", "center", "strand"]].tolist() == ["chr1", 1001, "+"]
+    assert windows.loc[window_of["ENST00000000102.1"], ["chrom", "center", "strand"]].tolist() == ["chrX", 9000, "-"]
+    assert windows.loc[window_of["ENST00000000108.1"], "chrom"] == "chrM"
+    assert tables["dna_windows"]["center"].dtype == np.int64
+    assert windows.loc["chrX:9000:-", ["gene_id", "gene_name"]].tolist() == ["ENSG00000000102.2", "BETA"]
+    for name in ("coding_masks", "rna_sequences"):  # one row per transcript, in the labels' order
+        assert tables[name]["id"].tolist() == tables["labels"]["id"].tolist(), name
+    assert tables["coding_masks"]["dna_id"].tolist() == tables["labels"]["dna_id"].tolist()
 
 
 def test_mask_bins_by_hand():
@@ -209,13 +222,16 @@ def test_coding_masks_include_the_stop_codon_in_both_orientations(built, tmp_pat
     assert flipped.loc["ENST00000000101.3"].tolist() == [0, 0, 0, 0, 0, 1, 0, 1]  # plus strand unchanged
     assert flipped.loc["ENST00000000102.1"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # bin 0 = 5'-most
     assert manifest["mask"]["orientation"] == "transcript"
+    window_of = tables["labels"].set_index("id")["dna_id"]
+    assert window_of.loc[["ENST00000000101.3", "ENST00000000102.1", "ENST00000000108.1"]].tolist() == \
+        ["1:1001:+", "X:9000:-", "MT:3307:+"]  # fmt: skip
     chroms = tables["dna_windows"].set_index("id")["chrom"]
-    assert chroms.loc[["ENST00000000101.3", "ENST00000000102.1", "ENST00000000108.1"]].tolist() == ["1", "X", "MT"]
+    assert chroms.loc[["1:1001:+", "X:9000:-", "MT:3307:+"]].tolist() == ["1", "X", "MT"]
 
 
 def test_filters_are_applied_and_counted(built):
     tables, manifest = built
-    ids = set(tables["dna_windows"]["id"])
+    ids = set(tables["labels"]["id"])
     counts, missing = manifest["counts"], manifest["missing"]
     assert "ENST00000000104.1" not in ids  # retained_intron
     assert "ENST00000000105.1" not in ids  # gene of 30 kb > 20 kb
@@ -228,9 +244,10 @@ def test_filters_are_applied_and_counted(built):
     assert counts["version_mismatches"] == 1
     assert manifest["version_mismatch_examples"] == ["GTEx ENST00000000107.3 / GTF ENST00000000107.4"]
     assert missing == {"cdna_sequence": 0, "peptide_sequence": 1, "ucsc_chrom_name": 0}
+    assert counts["transcripts_without_protein"] == 0
     assert counts["transcripts_kept"] == KEPT_GENES
     proteins = tables["protein_sequences"].set_index("id")["sequence"]
-    assert proteins.loc["ENST00000000101.3"] == "MKTAYIAKQR" * 8  # the trailing '*' removed
+    assert proteins.loc["ENSP00000000101.3"] == "MKTAYIAKQR" * 8  # the trailing '*' removed
     rna = tables["rna_sequences"].set_index("id")["sequence"]
     assert rna.loc["ENST00000000102.1"] == ("ACGT" * 40)[:102]  # wrapped lines joined, upper case
 
@@ -253,7 +270,8 @@ def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
 
 def test_tissue_profiles_hold_train_genes_only(built):
     tables, _ = built
-    windows, profiles = tables["dna_windows"], tables["tissue_profiles"]
+    windows, profiles = tables["labels"].merge(tables["dna_windows"][["id", "gene_name"]].rename(
+        columns={"id": "dna_id"}), on="dna_id"), tables["tissue_profiles"]  # fmt: skip
     train = windows[windows["split"] == "train"].drop_duplicates("gene_id").sort_values("gene_id")
     assert profiles["id"].tolist() == list(TISSUES)
     assert list(profiles.columns[1:]) == train["gene_name"].tolist()
