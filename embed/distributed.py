@@ -16,7 +16,16 @@ from dataclasses import replace
 import torch
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
-from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, open_writer, resolve
+from dogmacache.embed.runner import (
+    EmbedConfig,
+    EmbedSettings,
+    check_output,
+    disk_error,
+    embed_rows,
+    load,
+    open_writer,
+    resolve,
+)
 from tqdm.auto import tqdm
 
 _STATE: dict = {}  # per worker process: the settings, the loaded adapter, its device and the table's rows
@@ -33,15 +42,15 @@ class AdapterPlugin(_plugin_base()):
 
     name = "dogmacache-adapter"
 
-    def __init__(self, settings: EmbedSettings, torch_threads: int):
-        self.settings, self.torch_threads = settings, torch_threads
+    def __init__(self, settings: EmbedSettings, torch_threads: int, lock_token: str):
+        self.settings, self.torch_threads, self.lock_token = settings, torch_threads, lock_token
 
     def setup(self, worker=None) -> None:
         # CPU kernels split reductions by thread count: the coordinator's count gives the numbers one process gives
         torch.set_num_threads(self.torch_threads)
         device = pick_device(self.settings.config.device)  # this worker's own GPU under LocalCUDACluster
         _, rows, adapter = load(replace(self.settings.config, options=self.settings.options), device)
-        _STATE.update(settings=self.settings, rows=rows, adapter=adapter, device=device)
+        _STATE.update(settings=self.settings, rows=rows, adapter=adapter, device=device, lock_token=self.lock_token)
 
     def teardown(self, worker=None) -> None:
         _STATE.clear()
@@ -51,14 +60,17 @@ def embed_shard(shard: int) -> int:
     """Runs on a worker: embed and write one whole shard. Returns the number of items written."""
     settings, adapter, device = _STATE["settings"], _STATE["adapter"], _STATE["device"]
     config = settings.config
-    writer = CacheWriter.open(config.out)
+    writer = CacheWriter.open(config.out, lock_token=_STATE["lock_token"])  # a share of the coordinator's lock
     start, stop = writer.manifest.shard_rows(shard)
     embeddings, extras = embed_rows(
         adapter, _STATE["rows"][start:stop], device=device, precision=settings.precision,
         max_tokens=settings.max_tokens, max_batch=config.max_batch, dtype=config.dtype,
         num_workers=0,  # dask workers are daemon processes: no DataLoader children
     )  # fmt: skip
-    writer.write_shard(shard, embeddings, **extras)
+    try:
+        writer.write_shard(shard, embeddings, **extras)
+    finally:
+        writer.close()
     return stop - start
 
 
@@ -80,12 +92,22 @@ def _cluster(n_workers: int, scheduler: str | None):
 
 
 def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | None = None) -> dict:
-    from dask.distributed import as_completed
-
+    check_output(config.out)
     table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
     settings = resolve(config, adapter, pick_device(config.device))
-    writer = open_writer(settings, table, adapter.info())
-    del adapter
+    writer = None
+    try:
+        writer = open_writer(settings, table, adapter.info())
+        del adapter
+        return _fan_out(config, settings, writer, n_workers, scheduler)
+    except OSError as err:
+        raise disk_error(err, config.out, writer) from err
+
+
+def _fan_out(config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, n_workers: int,
+             scheduler: str | None) -> dict:  # fmt: skip
+    from dask.distributed import as_completed
+
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}
@@ -93,7 +115,7 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     client, cluster = _cluster(n_workers, scheduler)
     start = time.perf_counter()
     try:
-        client.register_plugin(AdapterPlugin(settings, torch.get_num_threads()))
+        client.register_plugin(AdapterPlugin(settings, torch.get_num_threads(), writer.lock_token))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
         with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True) as bar:

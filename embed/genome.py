@@ -4,13 +4,16 @@ Coordinates: `center` is 1-based (as recipes write it); a window of `length` bp 
 interval [center - 1 - length // 2, center - 1 - length // 2 + length). Soft-masked lowercase is upper-cased;
 positions past a chromosome end are padded with N and counted per item (never invented sequence).
 The FASTA is opened lazily in each process (DataLoader and dask workers must not share a file handle).
+Its digest (`genome_digest`) identifies the contents a cache was cut from; it is kept beside the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
 
 VALID_DNA = frozenset("ACGTN")
@@ -86,3 +89,25 @@ class Genome:
         left, right = max(0, -start), max(0, end - size)
         seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right
         return seq, left + right
+
+
+def genome_digest(path: str | os.PathLike) -> str:
+    """"sha256:<hex>" of a genome FASTA, kept beside it in `<name>.sha256` (with the file's size and mtime) so a
+    3 GB FASTA is hashed once, not on every run; hashed again whenever the size or mtime differ. A folder that
+    cannot be written to only costs the hashing."""
+    path = Path(path)
+    stat = path.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        kept = json.loads(sidecar.read_text())
+        if {k: kept.get(k) for k in stamp} == stamp and str(kept.get("sha256", "")).startswith("sha256:"):
+            return kept["sha256"]
+    except (OSError, ValueError):
+        pass
+    digest = file_sha256(path)
+    try:
+        sidecar.write_text(json.dumps({**stamp, "sha256": digest}) + "\n")
+    except OSError:
+        pass
+    return digest

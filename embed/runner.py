@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -28,11 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.cache import open_cache
 from dogmacache.cache.layout import numpy_view
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
+from dogmacache.contracts.provenance import file_sha256
 from dogmacache.devices import pick_device
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo, get_adapter
+from dogmacache.embed.genome import genome_digest
 from dogmacache.embed.inputs import input_digest, read_input_table
 from dogmacache.errors import CacheError, DogmaError, InputError
 from tqdm.auto import tqdm
@@ -72,10 +77,62 @@ class EmbedSettings:
     options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
 
     def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
-        """The manifest's `config`: the run's settings, the adapter's options and the model's facts."""
-        run = {k: v for k, v in asdict(self.config).items() if k not in ("progress", "overwrite", "options")}
-        return {**run, **info.config, "precision": self.precision, "max_tokens": self.max_tokens,
-                "device": self.device.type, "options": asdict(self.options)}  # fmt: skip
+        """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
+        read, by name and digest: a manifest is published with its cache, so it holds no local path."""
+        config = self.config
+        run = {k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", *PATHS)}
+        files = {
+            "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
+            "out": Path(config.out).name,
+            "genome": {"name": Path(config.genome).name, "sha256": genome_digest(config.genome)} if config.genome else None,
+            "model_files": info.files,
+        }  # fmt: skip
+        resolved = {"precision": self.precision, "max_tokens": self.max_tokens, "device": self.device.type,
+                    "options": asdict(self.options)}  # fmt: skip
+        clash = sorted(set(info.config) & (set(run) | set(files) | set(resolved)))
+        assert not clash, f"adapter facts {clash} would overwrite the run's settings"  # one value per key
+        return {**run, **info.config, **files, **resolved}
+
+
+PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold local paths
+# Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
+# Batch sizes (max_tokens, max_batch) are left out: with batches inside shards they move values by float
+# rounding at most, and a resume on another machine may need another budget.
+NUMBER_SETTINGS = ("precision", "device", "dtype", "compression")
+
+
+def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
+    """What in a manifest `config` decides the numbers, one label per setting (an option as its flag)."""
+    found = {name: config.get(name) for name in NUMBER_SETTINGS}
+    for name, value in (config.get("options") or {}).items():
+        found[flags[name]["flags"][0] if name in flags else f"option {name}"] = value
+    for name, digest in (config.get("model_files") or {}).items():
+        found[f"model file {name}"] = digest
+    genome = config.get("genome")
+    if genome:
+        found[f"genome {genome['name']}"] = genome["sha256"]
+    return found
+
+
+def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]) -> None:
+    """A cache already at `out` (finished or not) is extended or reused only when its recorded settings agree
+    with this run's; InputError naming the first that differs, its value in the cache and now, and the fix."""
+    if not Path(out).exists():
+        return
+    try:
+        there = open_cache(out, allow_partial=True).manifest.config  # read only: takes no writer lock
+    except (CacheError, OSError):
+        return  # not a cache: creating the cache names the problem
+    old, new = number_fingerprint(there, flags), number_fingerprint(wanted, flags)
+    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if differ:
+        first = differ[0]
+        more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+        raise InputError(
+            f"{out} was embedded with other settings: {first}: {old.get(first)!r} in the cache, "
+            f"{new.get(first)!r} now{more}; re-run with the cache's settings to resume or reuse it, or pass "
+            "--overwrite (or another --out) to embed anew"
+        )
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
@@ -281,14 +338,14 @@ def _rows(table: pd.DataFrame, genome) -> list[dict[str, Any]]:
 def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -> CacheWriter:
     """Create or resume the cache, with the resolved settings (everything that ran) in its manifest."""
     config = settings.config
-    genome_tag = ""
-    if config.genome:
-        genome = Path(config.genome)
-        genome_tag = f"{genome.name}:{genome.stat().st_size}"
+    recorded = settings.manifest_config(info)
+    genome_tag = f"{recorded['genome']['name']}:{recorded['genome']['sha256']}" if config.genome else ""
+    if not config.overwrite:
+        check_same_settings(config.out, recorded, type(settings.options).flags)
     spec = CacheSpec(modality=config.modality, model=info.model, model_revision=info.model_revision, layer=info.layer,
                      pooling=info.pooling, item_shape=info.item_shape, input_digest=input_digest(table, config.modality, genome_tag),
                      dtype=config.dtype, compression=config.compression, shard_items=config.shard_items,
-                     extras=tuple(info.extras), config=settings.manifest_config(info))  # fmt: skip
+                     extras=tuple(info.extras), config=recorded)  # fmt: skip
     return CacheWriter.create(config.out, spec, ids=table["id"].tolist(), overwrite=config.overwrite)
 
 
@@ -346,12 +403,65 @@ def _unknown(genome, chrom: str) -> bool:
         return True
 
 
+def check_output(out: str) -> None:
+    """`out` can be written: a probe file is created and removed in it, or in the nearest folder above it that
+    exists. Runs before any model loads, so a read-only or missing disk costs no model load."""
+    if "://" in out:
+        return  # not a local path: the writer names the problem
+    path = Path(out)
+    probe_dir = next(p for p in (path, *path.parents) if p.exists())
+    if not probe_dir.is_dir():
+        raise CacheError(f"cannot write to {out}: {probe_dir} is a file, not a folder; pick another --out")
+    try:
+        handle, name = tempfile.mkstemp(dir=probe_dir, prefix=".dogmacache-probe-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise CacheError(
+            f"cannot write to {out}: {err.strerror} (in {probe_dir}); pick a writable --out (nothing was loaded or "
+            "written)"
+        ) from err
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(err: BaseException, out: str, writer: CacheWriter | None) -> BaseException:
+    """An OSError of the disk (full, read-only, no permission) raised while writing `out` as one line saying
+    what was kept and how to go on; any other error unchanged."""
+    cause = err
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_ERRNOS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return err
+    if writer is None:
+        kept = "nothing was written"
+    else:
+        kept = (f"{len(writer.done_shards())} of {writer.manifest.n_shards} shards are kept (checksummed) and the "
+                "cache stays marked unfinished")  # fmt: skip
+    return CacheError(
+        f"writing {out} failed: {cause.strerror}" + (f" ({cause.filename})" if cause.filename else "")
+        + f"; {kept}; free space or fix the permissions, then re-run the same command to resume"
+    )  # fmt: skip
+
+
 def run_embed(config: EmbedConfig) -> dict[str, Any]:
     """Embed `config.input` into `config.out`. Returns a summary (items, seconds, items/s, shards written)."""
+    check_output(config.out)
     device = pick_device(config.device)
     table, rows, adapter = load(config, device)
     settings = resolve(config, adapter, device)
-    writer = open_writer(settings, table, adapter.info())
+    writer = None
+    try:
+        writer = open_writer(settings, table, adapter.info())
+        return _run(config, settings, adapter, rows, writer)
+    except OSError as err:
+        raise disk_error(err, config.out, writer) from err
+
+
+def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter, rows: list[dict[str, Any]],
+         writer: CacheWriter) -> dict[str, Any]:  # fmt: skip
+    device = settings.device
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}

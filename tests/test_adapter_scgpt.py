@@ -71,7 +71,9 @@ def test_gene_info(tiny):
     info = adapter.info()
     assert (info.layer, info.pooling, info.item_shape) == ("gene_embedding+enc_norm", "token", (32,))
     assert info.extras == ()
-    assert info.model_revision == weights_digest(str(tiny / "best_model.pt")) and info.model == str(tiny)
+    assert info.model_revision == weights_digest(str(tiny / "best_model.pt")) and info.model == tiny.name
+    assert sorted(info.files) == ["args.json", "best_model.pt", "vocab.json"]
+    assert info.files["best_model.pt"] == info.model_revision
     assert info.config["vocab_size"] == len(GENES) + 3 and adapter.options == ScgptGeneOptions(l2=True)
     assert info.config["ignored_checkpoint_modules"] == ["decoder", "flag_encoder", "mvc_decoder"]
 

@@ -34,6 +34,12 @@ WINDOW_BP_FLAG = {"flags": ("--window-bp",), "type": int,
                           "nucleotide-transformer on genome windows needs it)"}  # fmt: skip
 
 
+# `--strand-policy`, shared by the adapters that cut DNA windows (each checks the policies it implements)
+STRAND_POLICY_FLAG = {"flags": ("--strand-policy",), "choices": ("forward", "rc-average"),
+                      "help": "minus-strand items: reference strand only, or averaged with the reverse complement "
+                              "(enformer)"}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AdapterOptions:
     """Base of every adapter's options. Subclasses are frozen dataclasses; `flags` maps each field to the
@@ -63,13 +69,14 @@ class AdapterOptions:
 class ModelInfo:
     """What changes the numbers: written into the cache manifest (with the resolved options beside it)."""
 
-    model: str  # hub id or local directory the weights came from
-    model_revision: str  # hub revision, or "sha256:<hex>" of the weights file
+    model: str  # hub id when the weights are (a snapshot of) a hub repository, else the folder's name
+    model_revision: str  # hub commit, or "sha256:<hex>" of the weights file
     layer: int | str
     pooling: str  # "none" for per-position outputs
     item_shape: tuple[int, ...]
     extras: tuple[ExtraArray, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)  # facts of the loaded model: bin size, truncation ...
+    files: dict[str, str] = field(default_factory=dict)  # {file name: "sha256:<hex>"} of every model file read
 
 
 class EmbeddingAdapter(ABC):

@@ -20,8 +20,14 @@ import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
 from dogmacache.contracts.sequences import reverse_complement
-from dogmacache.embed.adapters.base import WINDOW_BP_FLAG, AdapterOptions, EmbeddingAdapter, ModelInfo
-from dogmacache.embed.adapters.weights import load_state_dict_file, resolve_model_dir, weights_digest
+from dogmacache.embed.adapters.base import (
+    STRAND_POLICY_FLAG,
+    WINDOW_BP_FLAG,
+    AdapterOptions,
+    EmbeddingAdapter,
+    ModelInfo,
+)
+from dogmacache.embed.adapters.weights import load_state_dict_file, model_files, resolve_model_dir
 from dogmacache.embed.genome import check_dna
 from dogmacache.errors import ModelError
 
@@ -43,8 +49,7 @@ class EnformerOptions(AdapterOptions):
         "window_bp": WINDOW_BP_FLAG,
         "tf_gamma": {"flags": ("--tf-gamma",), "choices": ("auto", "on", "off"),
                      "help": "TF gamma positional features: the official weights need them (auto: on at 196,608 bp)"},
-        "strand_policy": {"flags": ("--strand-policy",), "choices": ("forward", "rc-average"),
-                          "help": "minus-strand items: reference strand only, or averaged with the reverse complement"},
+        "strand_policy": STRAND_POLICY_FLAG,
     }  # fmt: skip
 
     def __post_init__(self):
@@ -72,7 +77,8 @@ class EnformerAdapter(EmbeddingAdapter):
         from enformer_pytorch.config_enformer import EnformerConfig
         from enformer_pytorch.modeling_enformer import Attention
 
-        directory, hub_revision = resolve_model_dir(model_path or OFFICIAL, revision)
+        source = resolve_model_dir(model_path or OFFICIAL, revision)
+        directory = source.directory
         config_file = directory / "config.json"
         if not config_file.is_file():
             raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
@@ -93,9 +99,9 @@ class EnformerAdapter(EmbeddingAdapter):
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = device
         self.dim = int(config.dim) * 2  # the trunk's final pointwise layer doubles the width
+        model_id, model_revision = source.identity(weights_path)
         self._info = ModelInfo(
-            model=model_path or OFFICIAL,
-            model_revision=hub_revision or weights_digest(weights_path),
+            model=model_id, model_revision=model_revision, files=model_files(directory, weights_path),
             layer="trunk", pooling="none", item_shape=(self.bins, self.dim),
             extras=(ExtraArray("n_padded", "int32"),),
             config={"bin_bp": BIN_BP, "output_span_bp": BIN_BP * self.bins},

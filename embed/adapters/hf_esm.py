@@ -17,8 +17,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
-from dogmacache.embed.adapters.base import WINDOW_BP_FLAG, AdapterOptions, EmbeddingAdapter, ModelInfo
-from dogmacache.embed.adapters.weights import resolve_model_dir, weights_digest, weights_file
+from dogmacache.embed.adapters.base import (
+    STRAND_POLICY_FLAG,
+    WINDOW_BP_FLAG,
+    AdapterOptions,
+    EmbeddingAdapter,
+    ModelInfo,
+)
+from dogmacache.embed.adapters.weights import model_files, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
 from dogmacache.errors import InputError, ModelError
 
@@ -55,7 +61,38 @@ class EsmOptions(AdapterOptions):
 class NucleotideTransformerOptions(EsmOptions):
     window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
 
-    flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG}
+    strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
+
+    flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG,
+                                                  "strand_policy": STRAND_POLICY_FLAG}  # fmt: skip
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_choice("strand_policy", ("forward",))
+
+
+# The masked-LM head that ESM-2 and Nucleotide Transformer checkpoints carry; embeddings never pass through it.
+IGNORED_HEADS = ("lm_head.",)
+
+
+def check_loading(directory, info: dict[str, list]) -> list[str]:
+    """Strict loading on top of transformers' lenient one: a missing key (which it would fill with random
+    weights), a key of the checkpoint the model does not have, or a shape mismatch is a ModelError naming the
+    keys. Returns the known heads that were present and skipped."""
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(IGNORED_HEADS)]
+    problems = {
+        "lacks weights for": list(info.get("missing_keys", [])),
+        "holds weights the model does not have:": unexpected,
+        "holds weights of other shapes for": [str(m[0]) for m in info.get("mismatched_keys", [])],
+        "failed to load:": list(info.get("error_msgs", [])),
+    }
+    for what, keys in problems.items():
+        if keys:
+            raise ModelError(
+                f"{weights_file(directory) or directory} {what} {sorted(keys)[:5]}; it is not a checkpoint of this architecture (or config.json does not "
+                "match it): use the weights and config.json saved together"
+            )
+    return sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected})
 
 
 class _EsmFamily(EmbeddingAdapter):
@@ -67,7 +104,8 @@ class _EsmFamily(EmbeddingAdapter):
                  revision: str | None = None):  # fmt: skip
         from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmModel
 
-        directory, hub_revision = resolve_model_dir(model_path or self.default_model, revision)
+        source = resolve_model_dir(model_path or self.default_model, revision)
+        directory = source.directory
         config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
         if config is None:
             raise ModelError(f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights")
@@ -75,15 +113,14 @@ class _EsmFamily(EmbeddingAdapter):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
             if remote:
-                model = AutoModelForMaskedLM.from_pretrained(str(directory), trust_remote_code=True)
-                info = {"missing_keys": []}
+                model, info = AutoModelForMaskedLM.from_pretrained(str(directory), trust_remote_code=True,
+                                                                   output_loading_info=True)  # fmt: skip
             else:
                 model, info = EsmModel.from_pretrained(str(directory), add_pooling_layer=False,
                                                        output_loading_info=True)  # fmt: skip
         except OSError as err:
             raise ModelError(f"cannot load {directory}: {err}") from err
-        if info["missing_keys"]:  # transformers would fill these with random weights: refuse instead
-            raise ModelError(f"{directory} lacks weights for {info['missing_keys'][:5]}; it is not a complete checkpoint")
+        self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote
         limit = int(config.get("max_position_embeddings", self.max_sequence_length))
@@ -92,15 +129,20 @@ class _EsmFamily(EmbeddingAdapter):
         self.dim = int(config["hidden_size"])
         weights = weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
+        # genome windows: N added past a chromosome end, per item (sequence rows count 0)
+        self.counts_padding = getattr(self.options, "window_bp", None) is not None
+        if self.counts_padding:
+            extras.append(ExtraArray("n_padded", "int32"))
         if self.pooling == "none":
             extras.append(ExtraArray("mask", "bool", (self.max_length,)))
+        model_id, model_revision = source.identity(weights)
         self._info = ModelInfo(
-            model=model_path or self.default_model,
-            model_revision=hub_revision or (weights_digest(weights) if weights else "unknown"),
+            model=model_id, model_revision=model_revision, files=model_files(directory, weights),
             layer=self.layer, pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
             extras=tuple(extras),
-            config={"truncation": f"first {self.max_length} tokens incl. specials", "trust_remote_code": remote},
+            config={"truncation": f"first {self.max_length} tokens incl. specials", "trust_remote_code": remote,
+                    "ignored_checkpoint_modules": self.ignored_heads},
         )  # fmt: skip
 
     def info(self) -> ModelInfo:
@@ -109,18 +151,19 @@ class _EsmFamily(EmbeddingAdapter):
     def default_max_tokens(self, device: torch.device) -> int:
         return self.max_length * (64 if device.type == "cuda" else 8)
 
-    def sequence(self, row: dict[str, Any]) -> str:
+    def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
+        """The item's sequence, and the number of N added to it past a chromosome end."""
         raise NotImplementedError
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
-        seq = self.sequence(row)
+        seq, n_padded = self.sequence(row)
         ids = self.tokenizer(seq, add_special_tokens=True)["input_ids"]
         n_special = len(self.tokenizer.build_inputs_with_special_tokens([]))
         kept = ids[: self.max_length]
         if len(ids) > self.max_length and self.tokenizer.eos_token_id is not None and ids[-1] == self.tokenizer.eos_token_id:
             kept[-1] = self.tokenizer.eos_token_id  # truncated sequences keep their <eos>, as ESM's own scripts do
         return {"ids": np.asarray(kept, dtype=np.int64), "n_truncated": np.int32(max(0, len(ids) - len(kept))),
-                "n_special": np.int32(n_special)}  # fmt: skip
+                "n_special": np.int32(n_special), "n_padded": np.int32(n_padded)}  # fmt: skip
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["ids"])
@@ -145,6 +188,8 @@ class _EsmFamily(EmbeddingAdapter):
         real = attention.bool() & ~special  # (B, T)
         extras = {"n_tokens": np.array(lengths, dtype=np.int32),
                   "n_truncated": np.array([item["n_truncated"] for item in batch], dtype=np.int32)}  # fmt: skip
+        if self.counts_padding:
+            extras["n_padded"] = np.array([item["n_padded"] for item in batch], dtype=np.int32)
         if self.pooling == "mean":
             weights = real.unsqueeze(-1).to(hidden.dtype)
             return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1), extras
@@ -162,7 +207,7 @@ class Esm2Adapter(_EsmFamily):
     default_model = "facebook/esm2_t33_650M_UR50D"
     max_sequence_length = 1024  # 1,022 residues + <cls> + <eos>
 
-    def sequence(self, row: dict[str, Any]) -> str:
+    def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
         seq = str(row["sequence"]).strip().upper().rstrip("*")
         bad = set(seq) - PROTEIN_LETTERS
         if not seq or bad:
@@ -170,7 +215,7 @@ class Esm2Adapter(_EsmFamily):
                 f"protein {row['id']!r}: " + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
                 + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
             )
-        return seq
+        return seq, 0
 
 
 class NucleotideTransformerAdapter(_EsmFamily):
@@ -179,16 +224,16 @@ class NucleotideTransformerAdapter(_EsmFamily):
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
     max_sequence_length = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
 
-    def sequence(self, row: dict[str, Any]) -> str:
+    def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
         if "sequence" in row and isinstance(row["sequence"], str):
-            seq = row["sequence"].strip().upper().replace("U", "T")  # NT reads DNA letters; RNA's U is T
+            seq, n_padded = row["sequence"].strip().upper().replace("U", "T"), 0  # NT reads DNA letters; U is T
         else:
             window = self.options.window_bp
             if not window:
                 raise InputError("nucleotide-transformer on genome windows needs --window-bp (e.g. 5994 for v1)")
-            seq, _ = row["_genome"].window(str(row["chrom"]), int(row["center"]), window)
+            seq, n_padded = row["_genome"].window(str(row["chrom"]), int(row["center"]), window)
         if not seq:
             raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])
-        return seq
+        return seq, n_padded
 

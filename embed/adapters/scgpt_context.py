@@ -80,8 +80,9 @@ class ScGPTContextAdapter(EmbeddingAdapter):
 
     def info(self) -> ModelInfo:
         return ModelInfo(
-            model=str(self.checkpoint.folder),
+            model=self.checkpoint.model_id,
             model_revision=self.checkpoint.revision,
+            files=self.checkpoint.files,
             layer="cls_last_layer",
             pooling="cls",
             item_shape=(self.args.embsize,),

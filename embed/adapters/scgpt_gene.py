@@ -46,8 +46,9 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
 
     def info(self) -> ModelInfo:
         return ModelInfo(
-            model=str(self.checkpoint.folder),
+            model=self.checkpoint.model_id,
             model_revision=self.checkpoint.revision,
+            files=self.checkpoint.files,
             layer="gene_embedding+enc_norm",
             pooling="token",
             item_shape=(self.checkpoint.args.embsize,),

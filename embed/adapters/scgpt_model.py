@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dogmacache.embed.adapters.weights import weights_digest
+from dogmacache.embed.adapters.weights import ModelSource, hub_snapshot, model_files
 from dogmacache.errors import ModelError
 from einops import rearrange
 from torch import nn
@@ -224,7 +224,9 @@ class ScGPTCheckpoint:
     vocab: dict[str, int]  # symbol -> token id, special tokens included
     model: ScGPTEncoder
     ignored: list[str]  # head modules present in best_model.pt and not rebuilt
-    revision: str  # "sha256:<hex>" of best_model.pt
+    model_id: str  # portable identity: the hub id for a hub snapshot, else the folder's name
+    revision: str  # the hub commit, else "sha256:<hex>" of best_model.pt
+    files: dict[str, str]  # {file name: sha256} of best_model.pt, vocab.json, args.json
 
     def missing_symbols(self, ids: list[str]) -> list[str]:
         """Symbols (gene ids or profile columns) absent from the vocabulary, in input order, each once."""
@@ -256,7 +258,9 @@ def load_checkpoint(model_path: str | None, device: torch.device, revision: str 
         raise ModelError(f"{folder / 'best_model.pt'} holds a {type(state).__name__}, not a state dict")
     model, ignored = load_encoder(state, len(vocab), args)
     model = model.to(torch.device(device)).eval().requires_grad_(False)
-    return ScGPTCheckpoint(folder, args, vocab, model, ignored, weights_digest(folder / "best_model.pt"))
+    weights = folder / "best_model.pt"
+    identity = ModelSource(folder, *(hub_snapshot(folder) or (None, None))).identity(weights)
+    return ScGPTCheckpoint(folder, args, vocab, model, ignored, *identity, model_files(folder, weights))
 
 
 def checkpoint_config(checkpoint: ScGPTCheckpoint) -> dict:

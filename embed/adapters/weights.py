@@ -1,9 +1,13 @@
 """Where an adapter's weights come from: a local directory as is, or a hub id downloaded once into the
-huggingface_hub cache; the weights file inside it; the revision recorded in the cache manifest (the hub's
-commit, or the sha256 of the weights file for a local directory)."""
+huggingface_hub cache; the weights file inside it; the identity recorded in the cache manifest (the hub id and
+commit when the folder is a hub snapshot, else the folder's name and the sha256 of the weights file) and the
+digests of every file the adapter reads."""
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,11 +17,38 @@ from dogmacache.errors import ModelError
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # the names Hugging Face folders use, in this order
 
 
-def resolve_model_dir(model_path: str, revision: str | None = None) -> tuple[Path, str]:
-    """A local directory as is, else a hub id downloaded once (huggingface_hub cache); (dir, revision)."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are, and the hub repository they are a snapshot of (if any)."""
+
+    directory: Path
+    hub_id: str | None = None  # "OWNER/NAME" when the folder is a hub download or a copy of the hub's layout
+    hub_revision: str | None = None  # that snapshot's commit
+
+    def identity(self, weights: Path | None) -> tuple[str, str]:
+        """(model, model_revision) for the manifest, the same on every machine: the hub id and commit, else the
+        folder's name and the sha256 of its weights file (never a local path)."""
+        if self.hub_id and self.hub_revision:
+            return self.hub_id, self.hub_revision
+        return self.directory.name, file_digest(weights) if weights else "unknown"
+
+
+_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})")
+
+
+def hub_snapshot(directory: Path) -> tuple[str, str] | None:
+    """(hub id, commit) when `directory` sits where huggingface_hub keeps a snapshot
+    (`.../models--OWNER--NAME/snapshots/<commit>`), else None."""
+    found = _SNAPSHOT.search(Path(directory).absolute().as_posix() + "/")
+    return (f"{found['owner']}/{found['name']}", found["commit"]) if found else None
+
+
+def resolve_model_dir(model_path: str, revision: str | None = None) -> ModelSource:
+    """A local directory as is, else a hub id downloaded once (huggingface_hub cache)."""
     local = Path(model_path)
     if local.is_dir():
-        return local, ""
+        hub = hub_snapshot(local)
+        return ModelSource(local, *hub) if hub else ModelSource(local)
     if local.exists() or model_path.startswith((".", "/")) or model_path.count("/") != 1:
         raise ModelError(f"model path {model_path!r} is neither a local directory nor a hub id (OWNER/NAME)")
     from huggingface_hub import snapshot_download
@@ -29,7 +60,33 @@ def resolve_model_dir(model_path: str, revision: str | None = None) -> tuple[Pat
             f"cannot download {model_path!r} ({type(err).__name__}: {err}); download it elsewhere and pass the "
             "local directory with --model-path"
         ) from err
-    return Path(path), Path(path).name  # snapshot folders are named by commit hash
+    return ModelSource(Path(path), model_path, Path(path).name)  # snapshot folders are named by commit hash
+
+
+# Files besides the weights that change the numbers when they change: architecture, tokenizer, vocabulary,
+# scGPT's arguments, remote modelling code (*.py).
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+               "vocab.json", "merges.txt", "added_tokens.json", "args.json")  # fmt: skip
+
+
+def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
+    """{file name: sha256} of what the adapter reads from `directory`: the weights file, MODEL_FILES and any
+    modelling code present."""
+    names = [n for n in MODEL_FILES if (directory / n).is_file()] + sorted(p.name for p in directory.glob("*.py"))
+    if weights is not None:
+        names.append(weights.name)
+    return {name: file_digest(directory / name) for name in sorted(set(names))}
+
+
+def file_digest(path: str | Path) -> str:
+    """"sha256:<hex>" of a file. A hub download's large files are links to blobs named by their sha256: that
+    name is used instead of reading gigabytes again."""
+    path = Path(path)
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
+            return "sha256:" + target.name
+    return file_sha256(str(path))
 
 
 def weights_file(directory: Path) -> Path | None:
@@ -51,4 +108,4 @@ def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path
 
 def weights_digest(path: str | Path) -> str:
     """sha256 of a weights file, recorded as the revision when a model comes from a local directory."""
-    return file_sha256(str(path))
+    return file_digest(path)

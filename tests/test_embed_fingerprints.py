@@ -1,0 +1,174 @@
+"""A cache and the run that extends or reuses it must agree on everything that changes the numbers: resolved
+adapter options, precision, the model's files and the genome's contents. The manifest records them portably
+(file names and digests, a hub id and revision), never as absolute local paths."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from dogmacache.cache import open_cache
+from dogmacache.cli import main
+from dogmacache.embed.adapters.enformer import write_tiny_enformer
+from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
+from dogmacache.embed.tiny import write_tiny_esm2
+
+GENES = ["TP53", "MYC", "ALB"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fingerprints")
+    rng = np.random.default_rng(0)
+    (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
+    pd.DataFrame({"id": [f"w{i}" for i in range(4)], "chrom": "chr1", "center": [1200, 2000, 3000, 4000],
+                  "strand": ["+", "-", "+", "-"]}).to_parquet(root / "dna.parquet")  # fmt: skip
+    pd.DataFrame({"id": ["p1", "p2", "p3", "p4"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK", "MK"]}).to_parquet(
+        root / "protein.parquet"
+    )
+    pd.DataFrame({"id": GENES}).to_parquet(root / "gene.parquet")
+    pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [3.0, 0.0],
+                  "ALB": [900.0, 2.0]}).to_parquet(root / "context.parquet")  # fmt: skip
+    models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2"),
+              "scgpt": write_tiny_scgpt(root / "scgpt", GENES)}  # fmt: skip
+    return root, models
+
+
+def args(inputs, model, modality, out, *extra, model_path=None, genome=None):
+    root, models = inputs
+    argv = ["embed", "--input", str(root / f"{modality}.parquet"), "--modality", modality, "--model", model,
+            "--model-path", str(model_path or models[model]), "--out", str(out), "--shard-items", "2",
+            "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
+    if modality == "dna":
+        argv += ["--genome", str(genome or root / "g.fa")]
+    return argv
+
+
+def unfinish(path):
+    """The cache as a kill after its first shard leaves it."""
+    group = zarr.open_group(path, mode="r+")
+    group.attrs["dogmacache"] = {**dict(group.attrs["dogmacache"]), "complete": False, "shards": []}
+    for shard in range(1, group["shard_sha256"].shape[0]):
+        group["shard_sha256"][shard] = np.zeros(32, dtype=np.uint8)
+
+
+RUNS = {
+    "strand-policy": (("enformer", "dna"), [], ["--strand-policy", "rc-average"], "--strand-policy: 'forward' in the cache, 'rc-average' now"),
+    "window-bp": (("enformer", "dna"), [], ["--window-bp", "4096"], "--window-bp: 2048 in the cache, 4096 now"),
+    "max-length": (("esm2", "protein"), [], ["--max-length", "6"], "--max-length: 1024 in the cache, 6 now"),
+    "precision": (("esm2", "protein"), [], ["--precision", "bf16"], "precision: 'fp32' in the cache, 'bf16' now"),
+    "scgpt-no-l2": (("scgpt", "gene"), [], ["--scgpt-no-l2"], "--scgpt-no-l2: True in the cache, False now"),
+    "scgpt-bin-seed": (("scgpt", "context"), [], ["--scgpt-bin-seed", "3"], "--scgpt-bin-seed: 0 in the cache, 3 now"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["resume", "complete"])
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_changed_setting_is_refused_naming_it(inputs, tmp_path, capsys, name, finished):
+    (model, modality), first, second, message = RUNS[name]
+    out = tmp_path / "c.zarr"
+    assert main(args(inputs, model, modality, out, *first)) == 0
+    if not finished:
+        unfinish(out)
+    before = open_cache(out, allow_partial=True).manifest
+    capsys.readouterr()
+    assert main(args(inputs, model, modality, out, *second)) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert message in err and "--overwrite" in err and "another --out" in err
+    assert open_cache(out, allow_partial=True).manifest == before  # nothing written
+
+
+def test_the_same_command_still_resumes_and_completes(inputs, tmp_path, capsys):
+    out = tmp_path / "c.zarr"
+    assert main(args(inputs, "enformer", "dna", out, "--strand-policy", "rc-average")) == 0
+    first = open_cache(out).manifest
+    unfinish(out)
+    assert main(args(inputs, "enformer", "dna", out, "--strand-policy", "rc-average")) == 0
+    assert "resuming" in capsys.readouterr().out
+    again = open_cache(out).manifest
+    assert again.complete and again.shards == first.shards and len(again.shards) == 2
+
+
+def test_a_changed_genome_of_the_same_size_is_refused(inputs, tmp_path, capsys):
+    root, _ = inputs
+    genome = tmp_path / "g.fa"
+    shutil.copy(root / "g.fa", genome)
+    out = tmp_path / "c.zarr"
+    assert main(args(inputs, "enformer", "dna", out, genome=genome)) == 0
+    recorded = open_cache(out).manifest.config["genome"]
+    assert recorded["name"] == "g.fa" and recorded["sha256"].startswith("sha256:")
+    text = genome.read_text()
+    genome.write_text(text[:20] + ("A" if text[20] != "A" else "C") + text[21:])  # one base, same size
+    capsys.readouterr()
+    assert main(args(inputs, "enformer", "dna", out, genome=genome)) == 2
+    err = capsys.readouterr().err
+    assert "genome g.fa: " in err and "in the cache" in err and len(err.splitlines()) == 1
+
+
+def test_the_genome_digest_is_kept_beside_it_and_trusted_while_the_file_is_unchanged(inputs, tmp_path):
+    from dogmacache.embed.genome import genome_digest
+
+    genome = tmp_path / "g.fa"
+    shutil.copy(inputs[0] / "g.fa", genome)
+    first = genome_digest(genome)
+    sidecar = tmp_path / "g.fa.sha256"
+    assert sidecar.is_file() and first in sidecar.read_text()
+    sidecar.write_text(sidecar.read_text().replace(first, "sha256:" + "0" * 64))
+    assert genome_digest(genome) == "sha256:" + "0" * 64  # read from beside the file, not hashed again
+    genome.write_text(genome.read_text() + ">chr9\nACGT\n")
+    assert genome_digest(genome) not in (first, "sha256:" + "0" * 64)  # the file changed: hashed again
+
+
+@pytest.mark.parametrize(
+    ("model", "modality", "edited"),
+    [("esm2", "protein", "tokenizer_config.json"), ("esm2", "protein", "config.json"),
+     ("scgpt", "gene", "vocab.json"), ("scgpt", "gene", "args.json")],
+)  # fmt: skip
+def test_an_edited_model_file_is_refused_naming_it(inputs, tmp_path, capsys, model, modality, edited):
+    folder = tmp_path / model
+    shutil.copytree(inputs[1][model], folder)
+    out = tmp_path / "c.zarr"
+    assert main(args(inputs, model, modality, out, model_path=folder)) == 0
+    files = open_cache(out).manifest.config["model_files"]
+    assert edited in files and all(v.startswith("sha256:") for v in files.values())
+    (folder / edited).write_text((folder / edited).read_text() + "\n")  # same meaning, other bytes
+    capsys.readouterr()
+    assert main(args(inputs, model, modality, out, model_path=folder)) == 2
+    err = capsys.readouterr().err
+    assert f"model file {edited}: " in err and len(err.splitlines()) == 1
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.parametrize(("model", "modality"), [("enformer", "dna"), ("esm2", "protein"), ("scgpt", "gene")])
+def test_the_manifest_holds_no_local_paths_and_a_portable_model_identity(inputs, tmp_path, model, modality):
+    root, models = inputs
+    assert main(args(inputs, model, modality, tmp_path / "c.zarr")) == 0
+    manifest = open_cache(tmp_path / "c.zarr").manifest
+    strings = list(_strings(manifest.config)) + [manifest.model, manifest.model_revision]
+    assert len(strings) > 10
+    assert not [s for s in strings if str(tmp_path) in s or str(root) in s or s.startswith("/")]
+    assert manifest.model == model  # the folder's name (the tiny models' folders are named after the adapter)
+    weights = {"enformer": "pytorch_model.bin", "esm2": "model.safetensors", "scgpt": "best_model.pt"}[model]
+    assert manifest.model_revision == manifest.config["model_files"][weights]
+    assert manifest.config["input"]["name"] == f"{modality}.parquet" and manifest.config["out"] == "c.zarr"
+
+
+def test_a_hub_snapshot_folder_is_recorded_as_its_hub_id_and_revision(inputs, tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--facebook--esm2_t6_8M_UR50D" / "snapshots" / commit
+    shutil.copytree(inputs[1]["esm2"], snapshot)
+    assert main(args(inputs, "esm2", "protein", tmp_path / "c.zarr", model_path=snapshot)) == 0
+    manifest = open_cache(tmp_path / "c.zarr").manifest
+    assert (manifest.model, manifest.model_revision) == ("facebook/esm2_t6_8M_UR50D", commit)

@@ -1,0 +1,270 @@
+"""The embed stage under bad inputs and faults: windows past a chromosome end, errors raised in input workers,
+batches that stay inside one shard, workers that die with their parent, unwritable or full outputs, strict
+weight loading. Tiny models written here, inputs made by hand."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dogmacache.cache import open_cache
+from dogmacache.cli import main
+from dogmacache.embed.adapters.enformer import EnformerAdapter, write_tiny_enformer
+from dogmacache.embed.genome import Genome
+from dogmacache.embed.runner import EmbedConfig, batches_by_budget, run_embed
+from dogmacache.embed.tiny import write_tiny_esm2
+from dogmacache.errors import InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    rng = np.random.default_rng(0)
+    (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n>chr2\n"
+                               + "".join(rng.choice(list("ACGT"), 3000)) + "\n")  # fmt: skip
+    centers = [1200, 2000, 2600, 3000, 3400, 3800, 4200, 4999]
+    pd.DataFrame({"id": [f"w{i}" for i in range(8)], "chrom": ["chr1"] * 8, "center": centers,
+                  "strand": ["+", "-"] * 4}).to_parquet(root / "dna.parquet")  # fmt: skip
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(root / "protein.parquet")
+    models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2")}
+    return root, models
+
+
+def config(inputs, model, modality, out, **kwargs) -> EmbedConfig:
+    root, models = inputs
+    values = {"input": str(root / f"{modality}.parquet"), "modality": modality, "model": model, "out": str(out),
+              "model_path": str(models[model]), "genome": str(root / "g.fa") if modality == "dna" else None,
+              "device": "cpu", "num_workers": 0, "progress": False, **kwargs}  # fmt: skip
+    return EmbedConfig(**values)
+
+
+def dna_args(inputs, out, *extra, table="dna.parquet"):
+    root, models = inputs
+    return ["embed", "--input", str(root / table), "--modality", "dna", "--model", "enformer",
+            "--model-path", str(models["enformer"]), "--genome", str(root / "g.fa"), "--out", str(out),
+            "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
+
+
+# ---- windows past a chromosome end --------------------------------------------------------------------------
+@pytest.mark.parametrize("center", [3001, 3500, 0, -50, 5_000_000])
+def test_a_centre_outside_the_chromosome_is_an_error_naming_its_length(inputs, center):
+    genome = Genome(inputs[0] / "g.fa")
+    with pytest.raises(InputError, match=rf"centre {center:,} is outside chromosome 'chr2' \(1\.\.3,000\)"):
+        genome.window("chr2", center, 2048)
+
+
+@pytest.mark.parametrize("center", [1, 2, 1023, 2999, 3000])
+def test_windows_overlapping_an_end_keep_their_length(inputs, center):
+    seq, n_padded = Genome(inputs[0] / "g.fa").window("chr2", center, 2048)
+    assert len(seq) == 2048 and 0 <= n_padded <= 2048
+    assert seq.count("N") == n_padded  # the random genome has no N of its own
+
+
+def test_embed_refuses_a_window_outside_its_chromosome_before_loading_the_model(inputs, tmp_path, capsys,
+                                                                                monkeypatch):  # fmt: skip
+    root, _ = inputs
+    table = pd.read_parquet(root / "dna.parquet")
+    table.loc[5, ["chrom", "center"]] = ["chr2", 201_500]
+    table.to_parquet(tmp_path / "t.parquet")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(EnformerAdapter, "__init__", no_model)
+    argv = dna_args(inputs, tmp_path / "c.zarr")
+    argv[argv.index("--input") + 1] = str(tmp_path / "t.parquet")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "item 'w5': centre 201,500 is outside chromosome 'chr2' (1..3,000)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.zarr").exists()
+
+
+# ---- errors raised in input workers ---------------------------------------------------------------------------
+def test_an_input_error_in_a_worker_arrives_as_one_line(inputs, tmp_path, capsys):
+    root, models = inputs
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MK1V", "MKV"]}).to_parquet(tmp_path / "bad.parquet")
+    argv = ["embed", "--input", str(tmp_path / "bad.parquet"), "--modality", "protein", "--model", "esm2",
+            "--model-path", str(models["esm2"]), "--out", str(tmp_path / "c.zarr"), "--num-workers", "2",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "protein 'p2': characters ['1'] are not amino acids" in err and "DataLoader" not in err
+    assert not open_cache(tmp_path / "c.zarr", allow_partial=True).manifest.complete
+
+
+# ---- batches never cross a shard boundary ---------------------------------------------------------------------
+def test_budget_batches_restart_at_every_boundary():
+    items = list(range(8))
+    batches = list(batches_by_budget(items, lambda i: 1, max_tokens=100, max_batch=2, starts={3, 6}))
+    assert batches == [[0, 1], [2], [3, 4], [5], [6, 7]]
+
+
+def test_batches_stay_inside_their_shard(inputs, tmp_path, monkeypatch):
+    sizes = []
+    original = EnformerAdapter.embed
+
+    def recording(self, batch):
+        sizes.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(EnformerAdapter, "embed", recording)
+    run_embed(config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2))
+    assert sizes == [2, 1, 2, 1, 2]  # 8 items in shards of 3, 3, 2
+
+
+def test_resume_after_a_lost_shard_gives_the_same_bytes(inputs, tmp_path):
+    """A resumed shard is batched as in the first run (shard 1 alone, not joined to shard 2's rows)."""
+    cfg = config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2)
+    run_embed(cfg)
+    first = open_cache(tmp_path / "c.zarr")
+    import zarr
+
+    group = zarr.open_group(tmp_path / "c.zarr", mode="r+")
+    manifest = dict(group.attrs["dogmacache"])
+    group.attrs["dogmacache"] = {**manifest, "complete": False, "shards": []}
+    group["shard_sha256"][1] = np.zeros(32, dtype=np.uint8)  # shard 1 as a kill would leave it
+    group["shard_sha256"][2] = np.zeros(32, dtype=np.uint8)
+    run_embed(cfg)
+    again = open_cache(tmp_path / "c.zarr")
+    assert again.manifest.shards == first.manifest.shards and len(again.manifest.shards) == 3
+
+
+# ---- input workers die with their parent ----------------------------------------------------------------------
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_input_workers_exit_when_embed_is_killed(inputs, tmp_path):
+    """64 kb windows fill the workers' result pipe, whose read end the sibling workers also hold: without a
+    parent-death signal a worker blocks flushing it forever."""
+    import psutil
+
+    root, _ = inputs
+    pd.DataFrame({"id": [f"w{i}" for i in range(40)], "chrom": "chr1",
+                  "center": np.linspace(100, 4900, 40).astype(int)}).to_parquet(tmp_path / "t.parquet")  # fmt: skip
+    argv = dna_args(inputs, tmp_path / "c.zarr", "--window-bp", "65536", "--tf-gamma", "off")
+    argv[argv.index("--input") + 1] = str(tmp_path / "t.parquet")
+    argv[argv.index("--num-workers") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "dogmacache.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = psutil.Process(proc.pid).children()
+        time.sleep(0.05)
+    assert len(workers) == 2, "the run ended before its workers could be seen"
+    time.sleep(1.0)  # the workers fill their pipe
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(_gone(w.pid) for w in workers):
+        time.sleep(0.2)
+    alive = [w.pid for w in workers if not _gone(w.pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+# ---- unwritable and full outputs -----------------------------------------------------------------------------
+def test_a_read_only_output_is_refused_before_the_model_loads(inputs, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(EnformerAdapter, "__init__", no_model)
+    assert main(dna_args(inputs, tmp_path / "ro" / "c.zarr")) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot write to {tmp_path / 'ro' / 'c.zarr'}: Read-only file system" in err and "--out" in err
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_same_command_resumes(inputs, tmp_path, capsys, monkeypatch):
+    from dogmacache.cache.writer import CacheWriter
+
+    original, calls = CacheWriter.write_shard, []
+
+    def fills_up(self, shard, *args, **kwargs):
+        calls.append(shard)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / "embeddings"))
+        return original(self, shard, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", fills_up)
+    argv = dna_args(inputs, tmp_path / "c.zarr", "--shard-items", "4")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "No space left on device" in err and "1 of 2 shards are kept" in err and "re-run the same command" in err
+    monkeypatch.setattr(CacheWriter, "write_shard", original)
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().out and open_cache(tmp_path / "c.zarr").manifest.complete
+
+
+# ---- strict weight loading ------------------------------------------------------------------------------------
+def test_esm_weights_with_an_extra_key_are_refused(inputs, tmp_path):
+    import shutil
+
+    from dogmacache.embed.adapters.hf_esm import Esm2Adapter, EsmOptions
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "esm2"
+    shutil.copytree(inputs[1]["esm2"], folder)
+    state = load_file(str(folder / "model.safetensors"))
+    save_file({**state, "lm_head.dense.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))  # the masked-LM head of hub checkpoints is fine
+    save_file({**state, "encoder.extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ModelError, match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]"):
+        Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
+
+
+# ---- the Nucleotide Transformer on genome windows -------------------------------------------------------------
+def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs, tmp_path, capsys):
+    from dogmacache.embed.tiny import write_tiny_nucleotide_transformer
+
+    root, _ = inputs
+    folder = write_tiny_nucleotide_transformer(tmp_path / "nt")
+    argv = ["embed", "--input", str(root / "dna.parquet"), "--modality", "dna", "--model", "nucleotide-transformer",
+            "--model-path", str(folder), "--genome", str(root / "g.fa"), "--window-bp", "600", "--out",
+            str(tmp_path / "c.zarr"), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "1 windows padded with N" in capsys.readouterr().out
+    cache = open_cache(tmp_path / "c.zarr")
+    n_padded = cache.extra("n_padded")[:]
+    assert n_padded.tolist() == [0] * 7 + [4999 - 1 - 300 + 600 - 5000]  # only the last centre nears chr1's end
+    assert cache.manifest.config["options"]["strand_policy"] == "forward"
+    assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average",
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "strand_policy is 'rc-average'; expected one of forward" in capsys.readouterr().err
+
+
+def test_one_dtype_in_the_manifest_config(inputs, tmp_path):
+    """The storage dtype is recorded once: no adapter fact shadows the run's settings."""
+    from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
+
+    root, _ = inputs
+    folder = write_tiny_scgpt(tmp_path / "scgpt", ["TP53", "MYC"])
+    pd.DataFrame({"id": ["TP53", "MYC"]}).to_parquet(tmp_path / "gene.parquet")
+    assert main(["embed", "--input", str(tmp_path / "gene.parquet"), "--modality", "gene", "--model", "scgpt",
+                 "--model-path", str(folder), "--out", str(tmp_path / "c.zarr"), "--dtype", "float16",
+                 "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    manifest = open_cache(tmp_path / "c.zarr").manifest
+    assert manifest.dtype == manifest.config["dtype"] == "float16"
