@@ -22,6 +22,7 @@ _STAGES = (
     "dogmacache.demo.cli",
     "dogmacache.bench.cli",
     "dogmacache.explain.cli",
+    "dogmacache.mutate.cli",
 )
 
 

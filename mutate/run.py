@@ -1,0 +1,146 @@
+"""`dogmacache mutate`: in-silico edits near a gene, through a trained Bio-DTA adapter and the scGPT encoder.
+
+For each variant (all edits together, or each edit alone with `each`):
+(a) token shift: the adapted token of every window holding an edit, reference (cached row) vs edited (re-embedded
+    window): cosine and L2 between them, and each one's cosine to the gene's true scGPT token;
+(b) with a profile (a tissue or cell: id + one column per gene symbol, as `embed --modality context` reads), the
+    scGPT encoder runs on it twice with the tokens of the edited windows' genes replaced by their adapted tokens,
+    reference and edited; the genes whose output embeddings move most (L2 between the two runs) are the top-N table.
+
+The adapted tokens live where the token cache's vectors live; when that cache is unit length (scGPT's `l2`
+option), each adapted token is scaled to the length of the gene's own input token enc_norm(embedding) before it
+stands in for it, so the encoder sees inputs of its usual size.
+
+Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), summary.json, moved_genes.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dogmacache.cache import open_cache
+from dogmacache.errors import InputError
+from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
+from dogmacache.mutate.scan import Scanner, open_scanner
+from dogmacache.train.checkpoint import load_model, read
+from dogmacache.train.tasks.pairs import fingerprint
+
+
+@dataclass(frozen=True)
+class MutateConfig:
+    checkpoint: str  # a Bio-DTA <name>_best.pt
+    genome: str  # the FASTA the DNA cache was embedded from
+    dna_model: str  # the DNA model folder (or hub id) the cache was embedded with
+    gene: str  # gene symbol (an id of the windows table)
+    out: str  # output folder
+    edits: tuple[str, ...] = ()  # `chr:pos REF>ALT` or `chr:start-end` (deletion), 1-based
+    vcf: str | None = None  # VCF of SNVs / indels, added to `edits`
+    each: bool = False  # each edit its own variant (a scan); default: all edits together (one haplotype)
+    windows: str | None = None  # the windows table; None = the checkpoint's [data] labels (gene_tss genes table)
+    scgpt_model: str | None = None  # scGPT checkpoint folder of the token cache; None = token shift only
+    profiles: str | None = None  # table: id + one column per gene symbol (tissue or cell profiles)
+    profile: str | None = None  # the row id in `profiles`
+    top_n: int = 50  # moved genes reported per variant
+    device: str | None = None  # None = the device the DNA cache was embedded on (the numbers depend on it)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def load_adapter(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    checkpoint = read(path)
+    if checkpoint.get("task") != "biodta":
+        raise InputError(f"{path} is a {checkpoint.get('task')!r} checkpoint; mutate needs a Bio-DTA one (task biodta)")
+    if not checkpoint.get("config"):
+        raise InputError(f"{path} carries no training config naming its caches; use a checkpoint written by train")
+    return load_model(path), checkpoint
+
+
+def _check_trained_on(checkpoint: dict[str, Any], path: str, name: str, cache) -> None:
+    before, now = (checkpoint.get("fingerprints") or {}).get(name, {}), fingerprint(cache)
+    for key in ("model", "model_revision", "input_digest", "ids_digest", "shards_digest"):
+        if key in before and before[key] != now[key]:
+            raise InputError(f"{path} was trained on a {name} cache with {key} {before[key]!r} but {cache.url} has "
+                             f"{now[key]!r}; point the checkpoint's config at the cache it was trained on")  # fmt: skip
+
+
+def collect_edits(config: MutateConfig, scanner: Scanner) -> list[Edit]:
+    edits = [parse_edit(spec, scanner.genome) for spec in config.edits]
+    if config.vcf:
+        edits += read_vcf(config.vcf, scanner.genome)
+    if not edits:
+        raise InputError("mutate got no edit; pass --edit 'chr:pos REF>ALT' / --edit chr:start-end or --vcf FILE")
+    return edits
+
+
+def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
+    ids = scanner.table["id"].astype(str)
+    if gene not in set(ids) or gene not in tokens_ids:
+        where = "the windows table" if gene not in set(ids) else "the token cache"
+        raise InputError(f"gene {gene!r} is not in {where} ({len(ids)} genes, e.g. {', '.join(ids[:3])}); give a "
+                         "symbol the adapter was trained on")  # fmt: skip
+    return int(np.flatnonzero(ids.to_numpy() == gene)[0])
+
+
+def run_mutate(config: MutateConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    model, checkpoint = load_adapter(config.checkpoint)
+    data = checkpoint["config"]["data"]
+    dna, token_cache = open_cache(data["dna_cache"]), open_cache(data["token_cache"])
+    _check_trained_on(checkpoint, config.checkpoint, "dna", dna)
+    _check_trained_on(checkpoint, config.checkpoint, "token", token_cache)
+    scanner = open_scanner(dna, config.windows or data["labels"], config.genome, config.dna_model, model, config.device)
+    token_ids = [str(i) for i in token_cache.ids]
+    gene_row = _gene_row(scanner, config.gene, set(token_ids))
+    edits = collect_edits(config, scanner)
+    outside = [e for e in edits if gene_row not in scanner.affected([e])]
+    if outside:
+        row = scanner.table.iloc[gene_row]
+        raise InputError(f"edit {outside[0].label!r} is outside the window of {config.gene} ({scanner.window_label(gene_row)}, "
+                         f"{scanner.window_bp:,} bp around its TSS {row['chrom']}:{int(row['center']):,}); give edits "
+                         "inside it")  # fmt: skip
+    variants = [[e] for e in edits] if config.each else [edits]
+    table, tokens, counts = scanner.shifts(variants)
+    true = token_cache.read_rows(token_cache.rows_of(table["id"]), dtype=np.float32) if set(table["id"]) <= set(
+        token_ids) else None  # fmt: skip
+    shift = table.drop(columns="row").assign(
+        variant_edits=[" + ".join(e.label for e in variants[v]) for v in table["variant"]],
+        cosine=_cosine(tokens["reference"], tokens["edited"]),
+        l2=np.linalg.norm(tokens["edited"] - tokens["reference"], axis=1),
+    )  # fmt: skip
+    if true is not None:
+        shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
+        shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shift.to_csv(out / "token_shift.tsv", sep="\t", index=False, float_format="%.6g")
+    summary: dict[str, Any] = {"gene": config.gene, "n_edits": len(edits), "n_variants": len(variants), **counts,
+                               "window": scanner.window_label(gene_row),
+                               "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records")}  # fmt: skip
+    if config.scgpt_model:
+        from dogmacache.mutate.encoder import moved_genes
+
+        moved = moved_genes(config, token_cache, shift, tokens)
+        moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
+        summary["top_moved"] = moved[moved["variant"] == 0].head(10)[["gene", "l2_shift", "cosine"]].to_dict("records")
+        from dogmacache.mutate.figures import moved_genes_figure
+
+        moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["config"] = asdict(config)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def scaled_tokens(adapted: np.ndarray, raw_norm: np.ndarray, unit_cache: bool) -> torch.Tensor:
+    """Adapted tokens (W, D) as encoder inputs: scaled to the raw token's length when the cache is unit length."""
+    x = torch.from_numpy(adapted.astype(np.float32))
+    return F.normalize(x, dim=-1) * torch.from_numpy(raw_norm.astype(np.float32))[:, None] if unit_cache else x

@@ -1,0 +1,134 @@
+"""Edited windows -> adapted tokens: the DNA model re-embeds only the windows that contain an edit; every reference
+row comes from the DNA cache.
+
+`open_scanner` rebuilds the embed stage's adapter with the DNA cache's own recorded settings (model, options,
+precision, dtype, device) and refuses when the model files, the genome or a setting differ from the cache's
+manifest, or when the windows table is not the one the cache was embedded from: the edited and the cached rows
+are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits applied together)
+and returns, per variant and per window holding one of its edits, the adapted token of the reference row and of
+the edited window.
+
+Shapes: V variants, W affected windows, L positions, D_dna / D_tok widths.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.cache import EmbeddingCache
+from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
+from dogmacache.embed.genome import Genome
+from dogmacache.embed.inputs import input_digest
+from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, number_fingerprint, resolve
+from dogmacache.errors import InputError
+from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window
+from torch import nn
+
+
+@dataclass
+class Scanner:
+    """The loaded pieces of a scan: the embed adapter and its settings, the windows, the cache, the token adapter."""
+
+    adapter: EmbeddingAdapter
+    settings: EmbedSettings
+    table: pd.DataFrame  # the windows: id, chrom, center, strand ... in cache order
+    rows: list[dict[str, Any]]  # the table's rows as the embed stage prepares them (with the genome)
+    genome: Genome
+    dna: EmbeddingCache
+    token_model: nn.Module  # (B, L, D_dna) -> (B, D_tok), eval mode
+    window_bp: int
+
+    def window_start0(self, row: int) -> int:
+        """0-based first base of the window of table row `row` (Genome.window's convention)."""
+        return int(self.table["center"].iloc[row]) - 1 - self.window_bp // 2
+
+    def window_label(self, row: int) -> str:
+        start0 = self.window_start0(row)
+        return f"{self.table['chrom'].iloc[row]}:{start0 + 1:,}-{start0 + self.window_bp:,}"
+
+    def affected(self, edits: Sequence[Edit]) -> list[int]:
+        """Table rows whose window holds at least one of `edits`."""
+        chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
+        starts = self.table["center"].to_numpy(np.int64) - 1 - self.window_bp // 2
+        hit = np.zeros(len(self.table), dtype=bool)
+        for edit in edits:
+            hit |= (chroms == edit.chrom) & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
+        return np.flatnonzero(hit).tolist()
+
+    def shifts(self, variants: Sequence[Sequence[Edit]]) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, int]]:
+        """Per (variant, affected window): the table of ids; {"reference", "edited"} adapted tokens (W, D_tok);
+        counts of windows re-embedded (one forward each) and reference rows reused from the cache."""
+        records, edited_rows = [], []
+        for v, edits in enumerate(variants):
+            for row in self.affected(edits):
+                start0 = self.window_start0(row)
+                chrom = self.genome.resolve(str(self.table["chrom"].iloc[row]))
+                inside = [e for e in edits if in_window(e, chrom, start0, self.window_bp)]
+                seq, padded = edited_window(self.genome, chrom, start0, self.window_bp, inside)
+                edited_rows.append({**self.rows[row], "_genome": WindowSource(seq, padded)})
+                records.append({"variant": v, "id": str(self.table["id"].iloc[row]), "row": row,
+                                "edits": "; ".join(e.label for e in inside)})  # fmt: skip
+        table = pd.DataFrame(records, columns=["variant", "id", "row", "edits"])
+        if table.empty:
+            return table, {}, {"windows_reembedded": 0, "rows_reused": 0}
+        s = self.settings
+        edited, _ = embed_rows(self.adapter, edited_rows, device=s.device, precision=s.precision,
+                               max_tokens=s.max_tokens, max_batch=s.config.max_batch, num_workers=0,
+                               dtype=s.config.dtype)  # fmt: skip
+        unique, inverse = np.unique(table["row"].to_numpy(), return_inverse=True)
+        reference = self.dna.read_rows(unique, dtype=np.float32)[inverse]  # (W, L, D_dna), each row read once
+        tokens = {name: self._adapt(x) for name, x in (("reference", reference), ("edited", edited))}
+        return table, tokens, {"windows_reembedded": len(table), "rows_reused": len(unique)}
+
+    @torch.inference_mode()
+    def _adapt(self, dna: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(dna, dtype=np.float32))
+        return self.token_model(x).numpy()
+
+
+def open_scanner(dna: EmbeddingCache, windows: str | Path, genome: str | Path, dna_model: str | Path,
+                 token_model: nn.Module, device: str | None = None) -> Scanner:  # fmt: skip
+    """The DNA cache's adapter rebuilt with its recorded settings; InputError when anything that changes the numbers
+    differs from the cache's manifest."""
+    recorded = dna.manifest.config
+    name = recorded.get("model")
+    if dna.manifest.modality != "dna" or not name:
+        raise InputError(f"{dna.url} is a {dna.manifest.modality} cache without an embed model record; mutate needs "
+                         "the DNA cache written by `dogmacache embed --modality dna`")  # fmt: skip
+    cls = get_adapter(name, "dna")
+    config = EmbedConfig(
+        input=str(windows), modality="dna", model=name, out=str(Path(tempfile.gettempdir()) / "mutate"),
+        model_path=str(dna_model), genome=str(genome), device=device or recorded.get("device", "cpu"),
+        precision=recorded.get("precision", "fp32"), dtype=dna.manifest.dtype, compression=dna.manifest.compression,
+        max_tokens=int(recorded.get("max_tokens") or 0), max_batch=int(recorded.get("max_batch") or 64), num_workers=0,
+        progress=False, options=cls.options_class.from_dict(recorded.get("options") or {}),
+    )  # fmt: skip
+    from dogmacache.devices import pick_device
+
+    torch_device = pick_device(config.device)
+    table, rows, adapter = load(config, torch_device)
+    settings = resolve(config, adapter, torch_device)
+    wanted = settings.manifest_config(adapter.info())
+    old, new = number_fingerprint(recorded, cls.options_class.flags), number_fingerprint(wanted, cls.options_class.flags)
+    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if differ:
+        key = differ[0]
+        raise InputError(f"{dna.url} was embedded with other settings: {key}: {old.get(key)!r} in the cache, "
+                         f"{new.get(key)!r} now; pass the model folder, genome and --device the cache was embedded "
+                         "with, or re-embed the cache")  # fmt: skip
+    genome_tag = f"{wanted['genome']['name']}:{wanted['genome']['sha256']}"
+    if input_digest(table, "dna", genome_tag) != dna.manifest.input_digest:
+        raise InputError(f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "
+                         "strand differ); pass the recipe's dna_windows / genes table with --windows")  # fmt: skip
+    window_bp = getattr(adapter.options, "window_bp", None)
+    if not window_bp:
+        raise InputError(f"the {name} adapter records no window_bp; mutate needs a DNA model that cuts genome windows")
+    return Scanner(adapter=adapter, settings=settings, table=table.reset_index(drop=True), rows=rows,
+                   genome=rows[0]["_genome"], dna=dna, token_model=token_model.eval(), window_bp=int(window_bp))  # fmt: skip

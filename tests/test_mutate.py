@@ -1,0 +1,141 @@
+"""`dogmacache mutate` on a hand-made genome: edited windows by hand, the edit spellings and their one-line errors,
+and a whole run with a tiny Enformer cache, a tiny scGPT and a Bio-DTA adapter checkpoint: only windows holding
+an edit are re-embedded, an unedited window re-embeds to its cached row, and mismatched inputs are refused."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dogmacache.embed.genome import Genome
+from dogmacache.embed.runner import EmbedConfig, run_embed
+from dogmacache.errors import InputError
+from dogmacache.mutate import MutateConfig, edited_window, parse_edit, read_vcf, run_mutate
+from dogmacache.train.checkpoint import save
+from dogmacache.train.tasks.biodta import TokenAdapter
+from dogmacache.train.tasks.pairs import fingerprint
+
+GENES = ["AAA", "BBB", "CCC", "DDD"]
+
+
+@pytest.fixture
+def genome(tmp_path):
+    seq = "".join(np.random.default_rng(0).choice(list("ACGT"), 6000))
+    path = tmp_path / "genome.fa"
+    path.write_text(">chr1\n" + "\n".join(seq[i : i + 60] for i in range(0, 6000, 60)) + "\n>chr2\nACGTACGTAC\n")
+    return path
+
+
+def test_edited_windows_by_hand(tmp_path):
+    path = tmp_path / "g.fa"
+    path.write_text(">chr1\nAACCGGTTAC\n")
+    g = Genome(path)
+    assert edited_window(g, "chr1", 2, 5, [parse_edit("chr1:4 C>T", g)]) == ("CTGGT", 0)
+    assert edited_window(g, "chr1", 2, 5, [parse_edit("1:4-5", g)]) == ("CGTTA", 0)  # right flank pulled in
+    assert edited_window(g, "chr1", 2, 5, [parse_edit("chr1:3 C>CAAA", g)]) == ("CAAAC", 0)  # pushed out
+    assert edited_window(g, "chr1", 7, 5, [parse_edit("chr1:9 A>-", g)]) == ("TCNNN", 3)  # N past the end
+    both = [parse_edit("chr1:3 C>G", g), parse_edit("chr1:6 G>A", g)]
+    assert edited_window(g, "chr1", 0, 10, both) == ("AAGCGATTAC", 0)
+
+
+def test_edit_spellings_and_their_errors(tmp_path, genome):
+    g = Genome(genome)
+    found = g.fasta["chr1"][99]
+    other = next(b for b in "ACGT" if b != found)
+    with pytest.raises(InputError, match=rf"the genome \(genome.fa\) has {found} at chr1:100, not the ref allele {other}"):
+        parse_edit(f"chr1:100 {other}>{found}", g)
+    with pytest.raises(InputError, match=r"edit 'chr1-100' is not `chr:pos REF>ALT`"):
+        parse_edit("chr1-100", g)
+    with pytest.raises(InputError, match=r"reaches past the end of chr2 \(10 bp\)"):
+        parse_edit("chr2:10 CA>C", g)
+    vcf = tmp_path / "v.vcf"
+    anchor = g.fasta["chr1"][199:201]
+    vcf.write_text(f"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\nchr1\t200\t.\t{anchor}\t{anchor[0]}\n")
+    (edit,) = read_vcf(vcf, g)
+    assert (edit.start0, edit.ref, edit.alt) == (200, anchor[1], "")  # the anchor base is kept
+    vcf.write_text(f"chr1\t100\t.\t{found}\t<DEL>\n")
+    with pytest.raises(InputError, match=r"v.vcf line 1: REF .* ALT '<DEL>' are not plain bases"):
+        read_vcf(vcf, g)
+
+
+@pytest.fixture
+def scene(tmp_path, genome):
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+    from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
+
+    windows = pd.DataFrame({"id": GENES, "chrom": ["chr1"] * 4, "center": [1500, 2000, 4500, 5200],
+                            "strand": ["+", "-", "+", "-"], "split": ["train", "train", "validation", "test"]})  # fmt: skip
+    windows.to_parquet(tmp_path / "genes.parquet")
+    models = {"enformer": write_tiny_enformer(tmp_path / "enformer"), "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES)}
+    dna, tokens = tmp_path / "dna.zarr", tmp_path / "tokens.zarr"
+    run_embed(EmbedConfig(input=str(tmp_path / "genes.parquet"), modality="dna", model="enformer", out=str(dna),
+                          model_path=str(models["enformer"]), genome=str(genome), device="cpu", num_workers=0,
+                          progress=False))  # fmt: skip
+    run_embed(EmbedConfig(input=str(tmp_path / "genes.parquet"), modality="gene", model="scgpt", out=str(tokens),
+                          model_path=str(models["scgpt"]), device="cpu", num_workers=0, progress=False))  # fmt: skip
+    torch.manual_seed(0)
+    config = {"dna_width": 96, "token_width": 32, "hidden": 16, "pooling": "attention", "dropout": 0.0}
+    from dogmacache.cache import open_cache
+
+    save(tmp_path / "biodta_best.pt", {
+        "task": "biodta", "model_class": "TokenAdapter", "model_config": config,
+        "model": TokenAdapter(**config).state_dict(),
+        "config": {"data": {"labels": str(tmp_path / "genes.parquet"), "dna_cache": str(dna), "token_cache": str(tokens)}},
+        "fingerprints": {"dna": fingerprint(open_cache(dna)), "token": fingerprint(open_cache(tokens))},
+    })  # fmt: skip
+    pd.DataFrame({"id": ["cell1"], "AAA": [5.0], "BBB": [1.0], "CCC": [3.0], "DDD": [2.0]}).to_parquet(
+        tmp_path / "profiles.parquet")  # fmt: skip
+    return tmp_path, models, genome
+
+
+def _config(root, models, genome, **kwargs):
+    defaults = {"checkpoint": str(root / "biodta_best.pt"), "genome": str(genome), "dna_model": str(models["enformer"]),
+                "gene": "AAA", "out": str(root / "out"), "scgpt_model": str(models["scgpt"]),
+                "profiles": str(root / "profiles.parquet"), "profile": "cell1", "top_n": 3}  # fmt: skip
+    return MutateConfig(**{**defaults, **kwargs})
+
+
+def test_mutate_reembeds_only_the_windows_holding_an_edit(scene):
+    root, models, genome = scene
+    g = Genome(genome)
+    base = g.fasta["chr1"][1599]  # 1-based 1600: inside AAA's (1500 +- 1024) and BBB's (2000 +- 1024) windows
+    alt = "A" if base != "A" else "C"
+    summary = run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {base}>{alt}", "chr1:1400-1420")))
+    assert (summary["windows_reembedded"], summary["rows_reused"]) == (2, 2)  # CCC, DDD untouched
+    shift = pd.read_csv(root / "out" / "token_shift.tsv", sep="\t")
+    assert sorted(shift["id"]) == ["AAA", "BBB"] and (shift["l2"] > 0).all()
+    moved = pd.read_csv(root / "out" / "moved_genes.tsv", sep="\t")
+    assert list(moved["rank"]) == [1, 2, 3] and moved["l2_shift"].is_monotonic_decreasing
+    assert set(moved.loc[moved["token_replaced"], "gene"]) <= {"AAA", "BBB"}
+    assert (root / "out" / "moved_genes.png").stat().st_size > 0
+    assert json.loads((root / "out" / "summary.json").read_text())["token_shift"][0]["id"] == "AAA"
+
+
+def test_an_unedited_window_reembeds_to_its_cached_row_and_each_edit_scans_alone(scene):
+    root, models, genome = scene
+    base = Genome(genome).fasta["chr1"][599]  # 1-based 600: AAA's window (476-2,523) only, not BBB's (976-3,023)
+    summary = run_mutate(_config(root, models, genome, edits=(f"chr1:600 {base}>{base}", "chr1:601-610"), each=True,
+                                 scgpt_model=None))  # fmt: skip
+    shift = pd.read_csv(root / "out" / "token_shift.tsv", sep="\t")
+    assert summary["n_variants"] == 2 and list(shift["variant"]) == [0, 1]
+    assert shift["cosine"].iloc[0] > 0.9999 and shift["l2"].iloc[0] < 1e-2  # same settings: same numbers
+    assert shift["l2"].iloc[1] > 10 * shift["l2"].iloc[0]  # the check can fail: a deletion moves the token
+
+
+def test_mutate_refusals_are_one_line(scene, tmp_path):
+    root, models, genome = scene
+    with pytest.raises(InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"):
+        run_mutate(_config(root, models, genome, edits=("chr1:4000-4001",)))
+    with pytest.raises(InputError, match=r"gene 'ZZZ' is not in the windows table \(4 genes"):
+        run_mutate(_config(root, models, genome, gene="ZZZ", edits=("chr1:1400-1401",)))
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+
+    other = write_tiny_enformer(tmp_path / "other-enformer", seed=1)
+    with pytest.raises(InputError, match=r"dna.zarr was embedded with other settings: model file pytorch_model.bin"):
+        run_mutate(_config(root, models, genome, dna_model=str(other), edits=("chr1:1400-1401",)))
+    msg = r"the genome \(genome.fa\) has [ACGT] at chr1:1,600, not the ref allele"
+    base = Genome(genome).fasta["chr1"][1599]
+    with pytest.raises(InputError, match=msg):
+        run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {'A' if base != 'A' else 'C'}>T",)))
+    assert "\n" not in str(pytest.raises(InputError, run_mutate, _config(root, models, genome, edits=())).value)
