@@ -137,3 +137,12 @@ def test_a_gene_without_a_token_is_named(tmp_path):
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, token_cache=str(tmp_path / "few.zarr")))
     with pytest.raises(DogmaError, match=r"37 of 40 ids are not in .*few.zarr \(e.g. \['G03'"):
         run_training(config, progress=False)
+
+
+def test_demo_config_round_trips_through_toml(tmp_path):
+    from dogmacache.demo.biodta import biodta_config
+    from dogmacache.train.config import load_config, to_toml
+
+    config = biodta_config(tmp_path, tmp_path / "recipe", {"dna": tmp_path / "d.zarr", "gene": tmp_path / "g.zarr"})
+    (tmp_path / "c.toml").write_text(to_toml(config))
+    assert load_config(tmp_path / "c.toml") == config and config.model.loss == "both"

@@ -139,3 +139,12 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     with pytest.raises(InputError, match=msg):
         run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {'A' if base != 'A' else 'C'}>T",)))
     assert "\n" not in str(pytest.raises(InputError, run_mutate, _config(root, models, genome, edits=())).value)
+
+
+def test_bench_counts_one_forward_per_edited_window():
+    from dogmacache.bench.mutate import bench_mutate, mutate_tables
+
+    r = bench_mutate(n_genes=3, n_edits=4)
+    assert r["n_shift_rows"] == r["windows_reembedded"] >= 4  # every SNV lies in at least one window
+    assert r["rows_reused"] <= 3 and r["edits_per_s"] > 0
+    assert len(mutate_tables(r)[0]["rows"]) == 5
