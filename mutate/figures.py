@@ -16,8 +16,10 @@ def moved_genes_figure(moved: pd.DataFrame, config, path: Path, show: int = 30) 
     fig, ax = plt.subplots(figsize=(6, max(3, 0.22 * len(top) + 1)))
     colors = ["tab:red" if r else "tab:blue" for r in top["token_replaced"]]
     ax.barh(top["gene"], top["l2_shift"], color=colors)
+    edits = ", ".join([*config.edits, *([Path(config.vcf).name] if config.vcf else [])])
+    shown = edits if len(edits) <= 60 else edits[:57] + "..."
     ax.set(xlabel="L2 shift of the output embedding (edited - reference)",
-           title=f"{config.gene}: {len(config.edits) + bool(config.vcf)} edit source(s), profile {config.profile}\n"
+           title=f"{config.gene} edited ({shown}), profile {config.profile}\n"
                  "red = token replaced by the adapted token")  # fmt: skip
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
