@@ -1,0 +1,132 @@
+"""The CDBridge task on tiny synthetic caches: shapes, finite losses, both stages in one run, checkpoints that
+reload to equal outputs, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import write_cache
+from dogmacache.errors import InputError
+from dogmacache.train import checkpoint
+from dogmacache.train.config import RunConfig
+from dogmacache.train.tasks.cdbridge import CdbridgeTask, stage1_view
+
+TISSUES = ["Brain", "Heart", "Liver"]
+SPLIT = ["train"] * 6 + ["validation"] * 3 + ["test"] * 3
+
+
+def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
+    rng = np.random.default_rng(0)
+    n = len(SPLIT)
+    ids = [f"T{i}" for i in range(n)]
+    write_cache(tmp_path / "dna.zarr", rng.normal(size=(n, n_bins, 6)).astype(np.float32), ids=[f"w{i}" for i in range(n)])
+    write_cache(tmp_path / "protein.zarr", rng.normal(size=(5, 6)).astype(np.float32), ids=[f"P{i}" for i in range(5)],
+                modality="protein")  # fmt: skip
+    write_cache(tmp_path / "tissue.zarr", rng.normal(size=(3, 5)).astype(np.float32), ids=TISSUES, modality="context")
+    labels = pd.DataFrame({"id": ids, "gene_id": ids, "split": SPLIT, "dna_id": [f"w{i}" for i in range(n)],
+                           "protein_id": [f"P{i % 5}" if i != 3 else "" for i in range(n)]})  # fmt: skip
+    for k, t in enumerate(TISSUES):
+        labels[t] = rng.normal(size=n) + k
+    labels.to_parquet(tmp_path / "labels.parquet")
+    masks = (rng.random((n, mask_bins)) < 0.4).astype(np.uint8)
+    masks[0, :2] = [0, 1]  # both classes present
+    pd.DataFrame({"id": ids, "dna_id": labels["dna_id"], "mask": list(masks)}).to_parquet(tmp_path / "masks.parquet")
+    pd.DataFrame({"tissue": TISSUES, "held_out": [False, False, True]}).to_parquet(tmp_path / "tissues.parquet")
+    return {"task": "cdbridge",
+            "data": {"labels": str(tmp_path / "labels.parquet"), "dna_cache": str(tmp_path / "dna.zarr"),
+                     "protein_cache": str(tmp_path / "protein.zarr"), "tissue_cache": str(tmp_path / "tissue.zarr"),
+                     "coding_masks": str(tmp_path / "masks.parquet"), "eval_batch": 5},
+            "model": {"d_model": 8, "n_heads": 2, "ffn_hidden": 8, "dictionary_size": 3, "output_tokens": 2,
+                      "functional_layers": 1, "tissue_layers": 1, "dropout": 0.0, "ablations": ["tissue_only"]},
+            "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 1e-2},
+            "output": {"dir": str(tmp_path / "out"), "resume": False}}  # fmt: skip
+
+
+def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
+    task = CdbridgeTask(RunConfig.from_dict(write_recipe(tmp_path)))
+    data = task.load()
+    assert data.held_out == ["Liver"]
+    assert len(data.splits["train"]) == 6 * 2  # seen tissues only in training
+    assert len(data.splits["test"]) == 3 * 3  # every tissue at evaluation
+    assert len(stage1_view(data).splits["train"]) == 6
+    assert data.splits["train"]["protein_present"].sum() == 5 * 2  # T3 has no protein
+
+
+def test_two_steps_have_finite_losses_and_the_right_shapes(tmp_path):
+    raw = write_recipe(tmp_path)
+    raw["model"]["stage"] = 1
+    task = CdbridgeTask(RunConfig.from_dict(raw))
+    data = task.load()
+    model, _, _ = task.build_model(data)
+    task.on_device(data, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    chunk = task.train_chunks(data, 0)[0]
+    out = task.train_outputs(model, chunk)
+    assert out.shape == (4, 4)  # (transcripts, bins)
+    raw["model"]["stage"] = 2
+    task2 = CdbridgeTask(RunConfig.from_dict(raw))
+    data2 = task2.load()
+    task2.on_device(data2, torch.device("cpu"))
+    chunk2 = task2.train_chunks(data2, 0)[0]
+    losses = []
+    for t, c in ((task, chunk), (task2, chunk2)):
+        loss = t.loss(t.train_outputs(model, c), c)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert task2.train_outputs(model, chunk2).shape == (4, 1 + 6)  # expression + protein-space vector
+    assert task2.predict_chunk(model.eval(), chunk2).shape == (4,)
+
+
+def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
+    from dogmacache.train.run import run_training
+
+    config = RunConfig.from_dict(write_recipe(tmp_path))
+    summary = run_training(config, progress=False)
+    out = tmp_path / "out"
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only"}
+    test = written["models"]["cdbridge"]["test"]
+    assert np.isfinite(test["r2_mean_seen"]) and np.isfinite(test["r2_mean_held_out"])
+    assert test["per_tissue"]["Liver"]["held_out"] is True
+    assert set(written["stage1"]["cdbridge"]["test"]) >= {"auroc", "auprc", "kept_coding", "kept_noncoding"}
+    assert (out / "stage1" / "cdbridge_stage1_best.pt").is_file()
+    assert summary["models"]["tissue_only"]["epochs_run"] == 2
+
+    task = CdbridgeTask(config)
+    data = task.load()
+    task.on_device(data, torch.device("cpu"))
+    chunk = task.eval_chunks(data, "test")[0]
+    first, again = checkpoint.load_model(out / "cdbridge_best.pt"), checkpoint.load_model(out / "cdbridge_best.pt")
+    a, b = task.predict_chunk(first.eval(), chunk), task.predict_chunk(again.eval(), chunk)
+    assert a.shape == (5,) and torch.equal(a, b)
+    stage1 = checkpoint.load_model(out / "stage1" / "cdbridge_stage1_best.pt")
+    assert torch.equal(stage1.dictionary, first.dictionary)  # stage 2 started from, and froze, stage 1
+
+
+def test_errors_name_the_value_and_the_fix(tmp_path):
+    raw = write_recipe(tmp_path)
+    raw["model"]["dictionary_size"] = 9
+    task = CdbridgeTask(RunConfig.from_dict(raw))
+    with pytest.raises(InputError, match="dictionary_size = 9 exceeds the 4 distinct training proteins"):
+        task.build_model(task.load())  # 4: P3 belongs to no training transcript, so it is not counted
+    raw = write_recipe(tmp_path)
+    raw["model"]["merge_rate_mean"] = 0.7
+    with pytest.raises(InputError, match="merge_rate_mean"):
+        RunConfig.from_dict(raw)
+    raw["model"]["merge_rate_mean"] = 0.2
+    raw["data"]["tissues"] = ["Brain", "Heart", "Liver"]
+    write_cache(tmp_path / "tissue2.zarr", np.zeros((2, 5), np.float32), ids=TISSUES[:2], modality="context")
+    raw["data"]["tissue_cache"] = str(tmp_path / "tissue2.zarr")
+    with pytest.raises(InputError, match="tissue 'Liver' is not in"):
+        CdbridgeTask(RunConfig.from_dict(raw)).load()
+    (tmp_path / "m").mkdir()
+    raw = write_recipe(tmp_path / "m", mask_bins=5)
+    with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions"):
+        CdbridgeTask(RunConfig.from_dict(raw)).load()
