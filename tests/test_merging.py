@@ -53,6 +53,11 @@ def test_merged_sequence_keeps_positional_order():
     assert plan.unmerge(plan.merge(x)).shape == x.shape
 
 
+def test_ties_at_the_threshold_merge_exactly_the_rate():
+    plan = merge_plan(torch.ones(2, 8, 3), 0.25)  # every score ties at 1
+    assert plan.n_merged.tolist() == [2, 2]
+
+
 def test_identity_fast_path():
     x = torch.randn(2, 6, 3)
     plan = merge_plan(x, 0.0)

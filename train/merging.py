@@ -6,7 +6,8 @@ from a seeded generator; A = even positions, B = odd at evaluation, ToMe's split
 cosine-similar B token; A tokens whose best score reaches the threshold merge into that partner (size-weighted
 mean, sizes start at 1; several A tokens may merge into one B token, as in ToMe). Padded or protected tokens
 score -inf on both sides, so they never merge. The threshold comes from a merge rate (the fraction of a
-sequence's real tokens that merge away): the score of the k-th best pair, k = round(rate * n_real).
+sequence's real tokens that merge away): the score of the k-th best pair, k = round(rate * n_real); ties at the
+threshold are broken by position so that exactly k pairs merge.
 
 Unlike ToMe, the merged sequence keeps positional order (a surviving token's slot is its rank among survivors),
 so per-position decoders line up; `unmerge` copies each merged token back to every position it absorbed and
@@ -118,7 +119,13 @@ def merge_plan(metric: Tensor, rate: Tensor | float, mergeable: Tensor | None = 
         in_a = split_ab(n_tokens, batch, generator, device)
         best, partner = best_partners(metric.detach().float(), in_a, mergeable)
         threshold = threshold_for_rate(best, rate, mergeable.sum(dim=1))
-        absorbed = torch.isfinite(best) & (best >= threshold[:, None])
+        # pairs at or above the threshold merge; ties at the threshold are broken by position, so exactly
+        # k pairs merge (collapsed features would otherwise tie and merge far more than the rate asks)
+        order = best.argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tokens, device=device).expand(batch, -1))
+        k = (torch.isfinite(best) & (best >= threshold[:, None])).sum(dim=1, keepdim=True)
+        k = torch.minimum(k, torch.round(rate * mergeable.sum(dim=1)).long()[:, None])
+        absorbed = torch.isfinite(best) & (rank < k)
     return plan_from_pairs(absorbed, partner, sizes)
 
 
