@@ -26,6 +26,7 @@ from dogmacache.bench.cache import bench_cache, cache_tables
 from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
 from dogmacache.bench.gpu import gpu_tables
+from dogmacache.bench.mutate import bench_mutate, mutate_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 from dogmacache.train.presets import PRESETS
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)")  # fmt: skip
     g = p.add_argument_group("cache")
-    g.add_argument("--items", type=int, default=64, help="cache benchmark: items (default 64)")
+    g.add_argument("--items", type=int, default=200, help="cache benchmark: items (default 200: 1.1 GB of Enformer rows)")
     g.add_argument(
         "--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)"
     )
@@ -122,9 +123,10 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "cache": (_cache, cache_tables),
     "embed": (_embed, embed_tables),
     "cdt": (_cdt, cdt_tables),
+    "mutate": (lambda args: bench_mutate(), mutate_tables),
     "gpu": (_gpu, gpu_tables),
 }
-DEFAULT_SECTIONS = ("cache", "embed", "cdt")  # `gpu` runs on its own (`make bench-gpu`)
+DEFAULT_SECTIONS = ("cache", "embed", "cdt", "mutate")  # `gpu` runs on its own (`make bench-gpu`)
 TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
 
 

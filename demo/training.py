@@ -46,7 +46,7 @@ ISOFORMER_EPOCHS = 40
 
 def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
     """IsoFormer on the demo's isoform caches: tiny width, larger learning rate than the paper's 3e-5 (tiny random
-    encoders, 69 transcripts), MSE, Adam (AdamW without weight decay), every ablation of the paper's Table 2."""
+    encoders, 365 transcripts), MSE, Adam (AdamW without weight decay), every ablation of the paper's Table 2."""
     base = default_config("isoformer")
     return dataclasses.replace(
         base,
