@@ -128,3 +128,12 @@ def test_a_transcript_without_protein_is_kept(iso, tmp_path):
     assert not part.set_index("id").loc[labels.loc[2, "id"], "protein_present"]
     expected = labels.loc[labels["split"] == split, "protein_id"].fillna("").ne("").to_numpy()
     assert part["protein_present"].tolist() == expected.tolist() and (~expected).sum() >= 1
+
+
+def test_gtex_config_is_the_papers_recipe():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml")
+    assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
+    assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (3e-5, 64, 0.0, 8)
+    assert len(config.model.ablations) == 5
