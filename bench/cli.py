@@ -27,6 +27,7 @@ from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
 from dogmacache.bench.gpu import gpu_tables
 from dogmacache.bench.mutate import bench_mutate, mutate_tables
+from dogmacache.bench.train_memory import bench_train_memory, train_memory_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 from dogmacache.train.presets import PRESETS
@@ -124,9 +125,10 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "embed": (_embed, embed_tables),
     "cdt": (_cdt, cdt_tables),
     "mutate": (lambda args: bench_mutate(), mutate_tables),
+    "train-memory": (lambda args: bench_train_memory(), train_memory_tables),
     "gpu": (_gpu, gpu_tables),
 }
-DEFAULT_SECTIONS = ("cache", "embed", "cdt", "mutate")  # `gpu` runs on its own (`make bench-gpu`)
+DEFAULT_SECTIONS = ("cache", "embed", "cdt", "mutate", "train-memory")  # `gpu` runs on its own (`make bench-gpu`)
 TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
 
 

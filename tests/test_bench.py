@@ -164,3 +164,13 @@ def test_cdt_evaluation_per_enhancer_matches_per_pair():
     assert result["max_abs_difference"] < 1e-5  # the same predictions, read from one forward per enhancer
     tables = bench_cdt.cdt_eval_tables({"preset": "tiny", "threads": 1, "shapes": {"demo": result}})
     assert "per enhancer: pairs/s" in bench.render_text(tables[0])
+
+
+@pytest.mark.slow
+def test_train_memory_section_runs_two_cache_sizes():
+    from dogmacache.bench import train_memory
+
+    result = train_memory.bench_train_memory(sizes=(40, 160), item_shape=(32, 64))
+    assert [run["enhancers"] for run in result["runs"]] == [40, 160]
+    assert all(_positive(run["peak_rss_mb"]) for run in result["runs"]) and _positive(result["rss_ratio"])
+    assert "larger / smaller" in bench.render_text(train_memory.train_memory_tables(result)[0])

@@ -1,0 +1,112 @@
+"""Peak memory of one training epoch against the size of the DNA cache: the train stage streams DNA rows (one
+batch per step plus the prefetch queue), so its peak RSS must not grow with the cache (target: two cache sizes
+within 10 %).
+
+Each size runs in a fresh process (peak RSS is a process's lifetime maximum): a synthetic enhancer-gene task
+(random Enformer-shaped float16 DNA rows, a small gene table) written as real caches and a labels table, then one
+epoch of the CDT task (tiny preset widths, inputs sized by the caches) through `run_training` with
+`preload_bytes = 0`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dogmacache.bench.report import Table, table, verdict
+
+TARGET_RSS_RATIO = 1.10  # larger cache's peak RSS over the smaller one's, at most
+N_GENES = 32
+PAIRS_PER_ENHANCER = 2
+_PROCESS = "import sys; from dogmacache.bench.train_memory import main; sys.exit(main(sys.argv[1:]))"
+
+
+def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: int = 0) -> dict[str, str]:
+    """Caches and labels of a synthetic CDT task with `n_enhancers` DNA rows; returns the [data] paths."""
+    from dogmacache.cache import CacheSpec, CacheWriter, digest_strings
+
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i:03d}" for i in range(N_GENES)]
+    enhancers = [f"e{i:06d}" for i in range(n_enhancers)]
+    paths = {}
+    for name, ids, shape, modality in (("dna", enhancers, item_shape, "dna"), ("rna", genes, (16,), "gene"),
+                                       ("protein", genes, (16,), "protein")):  # fmt: skip
+        spec = CacheSpec(modality=modality, model="random", model_revision="none", layer=-1,
+                         pooling="none" if name == "dna" else "mean", item_shape=shape,
+                         input_digest=digest_strings(ids), shard_items=64)  # fmt: skip
+        path = root / f"{name}.zarr"
+        writer = CacheWriter.create(path, spec, ids=ids)
+        for shard in writer.pending_shards():
+            a, b = writer.manifest.shard_rows(shard)
+            writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
+        writer.finalize()
+        paths[f"{name}_cache"] = str(path)
+    gene_index = rng.integers(0, N_GENES, n_enhancers * PAIRS_PER_ENHANCER)
+    split = np.where(np.arange(n_enhancers) % 10 < 8, "train", np.where(np.arange(n_enhancers) % 10 == 8, "validation", "test"))
+    labels = pd.DataFrame({"enhancer": np.repeat(enhancers, PAIRS_PER_ENHANCER), "gene": [genes[i] for i in gene_index],
+                           "gene_index": gene_index, "split": np.repeat(split, PAIRS_PER_ENHANCER),
+                           "beta": rng.standard_normal(len(gene_index)).astype(np.float32)})  # fmt: skip
+    labels.to_parquet(root / "labels.parquet")
+    paths["labels"] = str(root / "labels.parquet")
+    return paths
+
+
+def one_epoch(n_enhancers: int, item_shape: tuple[int, int], num_workers: int = 0) -> dict[str, Any]:
+    """Write the task, train one epoch streaming the DNA, return this process's peak RSS (MB) and the cache size."""
+    import dataclasses
+
+    from dogmacache.train.config import OutputConfig, default_config
+    from dogmacache.train.run import run_training
+
+    root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-trainmem-"))
+    try:
+        paths = write_task(root, n_enhancers, item_shape)
+        base = default_config("cdt")
+        config = dataclasses.replace(
+            base, data=dataclasses.replace(base.data, **paths, preload_bytes=0),
+            model=dataclasses.replace(base.model, preset="tiny"),
+            train=dataclasses.replace(base.train, epochs=1, batch_size=8, num_workers=num_workers, baselines=False,
+                                      device="cpu"),
+            output=OutputConfig(dir=str(root / "run"), resume=False),
+        )  # fmt: skip
+        run_training(config, progress=False)
+        cache_mb = n_enhancers * int(np.prod(item_shape)) * 2 / 1e6
+        return {"enhancers": n_enhancers, "cache_mb": cache_mb,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    n, length, width, workers = (int(x) for x in argv)
+    print(json.dumps(one_epoch(n, (length, width), workers)))
+    return 0
+
+
+def bench_train_memory(sizes: tuple[int, int] = (256, 1024), item_shape: tuple[int, int] = (224, 768),
+                       num_workers: int = 0) -> dict[str, Any]:  # fmt: skip
+    """One epoch per cache size, each in a fresh process; the peak RSS ratio of the larger over the smaller."""
+    runs = []
+    for n in sizes:
+        done = subprocess.run([sys.executable, "-c", _PROCESS, str(n), *map(str, item_shape), str(num_workers)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"item_shape": list(item_shape), "num_workers": num_workers, "runs": runs,
+            "rss_ratio": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]}  # fmt: skip
+
+
+def train_memory_tables(r: dict[str, Any]) -> list[Table]:
+    rows = [[f"{run['enhancers']:,} DNA rows ({run['cache_mb']:.0f} MB)", run["peak_rss_mb"], "", ""] for run in r["runs"]]
+    rows.append(["larger / smaller", r["rss_ratio"], f"≤ {TARGET_RSS_RATIO:g}", verdict(r["rss_ratio"], TARGET_RSS_RATIO,
+                                                                                         higher_is_better=False)])  # fmt: skip
+    return [table(f"train: peak RSS of one CDT epoch streaming the DNA cache (rows {tuple(r['item_shape'])} float16, "
+                  f"{r['num_workers']} loader workers), fresh process each", ["cache", "peak RSS MB", "target", "met"],
+                  rows)]  # fmt: skip
