@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="most items per batch (default 64)")
     p.add_argument("--num-workers", type=int, default=2, help="input-preparation processes (default 2)")
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
+    p.add_argument("--max-positions", type=int, default=None, metavar="K",
+                   help="average-pool each item's positions to at most K (adaptive pooling over its real tokens), so a "
+                        "per-position cache fits a disk budget; recorded in the manifest (default: keep every position)")  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers")
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
@@ -91,11 +94,14 @@ def config_from_args(args: argparse.Namespace):
         revision=args.revision, options=options_from_args(args), genome=args.genome, device=args.device, precision=args.precision, dtype=args.dtype,
         compression=args.compression, max_tokens=args.max_tokens, max_batch=args.max_batch,
         num_workers=args.num_workers, shard_items=args.shard_items, overwrite=args.overwrite,
+        max_positions=args.max_positions,
         progress=not args.no_progress,
     )  # fmt: skip
 
 
 def _embed(args: argparse.Namespace) -> int:
+    if args.max_positions is not None and args.max_positions < 1:
+        raise InputError(f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)")
     config = config_from_args(args)
     if args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask

@@ -19,6 +19,7 @@ from dogmacache.devices import pick_device
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
+    bounded_info,
     check_output,
     disk_error,
     embed_rows,
@@ -65,6 +66,7 @@ def embed_shard(shard: int) -> int:
     embeddings, extras = embed_rows(
         adapter, _STATE["rows"][start:stop], device=device, precision=settings.precision,
         max_tokens=settings.max_tokens, max_batch=config.max_batch, dtype=config.dtype,
+        max_positions=config.max_positions,
         num_workers=0,  # dask workers are daemon processes: no DataLoader children
     )  # fmt: skip
     try:
@@ -97,7 +99,7 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     settings = resolve(config, adapter, pick_device(config.device))
     writer = None
     try:
-        writer = open_writer(settings, table, adapter.info())
+        writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
         del adapter
         return _fan_out(config, settings, writer, n_workers, scheduler)
     except OSError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import os
@@ -63,6 +64,7 @@ class EmbedConfig:
     overwrite: bool = False
     progress: bool = True
     options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
+    max_positions: int | None = None  # per-position outputs average-pooled to at most this many positions per item
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold
 # Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
 # Batch sizes (max_tokens, max_batch) are left out: with batches inside shards they move values by float
 # rounding at most, and a resume on another machine may need another budget.
-NUMBER_SETTINGS = ("precision", "device", "dtype", "compression")
+NUMBER_SETTINGS = ("precision", "device", "dtype", "compression", "max_positions")
 
 
 def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
@@ -159,6 +161,36 @@ def autocast_for(device: torch.device, precision: str):
     """The autocast context for the forward pass under a resolved `precision` (weights stay fp32)."""
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pool_positions(embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(b, L, D) outputs average-pooled to (b, K, D), K = min(L, max_positions), bins as torch's adaptive pooling.
+    With a `mask` (b, L) of real positions, only an item's real positions are pooled, into min(n_real, K) bins
+    at the front; the returned mask (b, K) marks the bins that hold any."""
+    length = embedded.shape[1]
+    if length <= max_positions:
+        return embedded, mask
+    if mask is None:
+        pooled = torch.nn.functional.adaptive_avg_pool1d(embedded.transpose(1, 2).float(), max_positions)
+        return pooled.transpose(1, 2).to(embedded.dtype), None
+    out = embedded.new_zeros(embedded.shape[0], max_positions, embedded.shape[2])
+    kept = np.zeros((embedded.shape[0], max_positions), dtype=bool)
+    for i, row in enumerate(np.asarray(mask, dtype=bool)):
+        real = torch.from_numpy(np.flatnonzero(row)).to(embedded.device)
+        bins = min(len(real), max_positions)
+        if bins:
+            tokens = embedded[i, real].T.unsqueeze(0).float()  # (1, D, n_real)
+            out[i, :bins] = torch.nn.functional.adaptive_avg_pool1d(tokens, bins)[0].T.to(embedded.dtype)
+            kept[i, :bins] = True
+    return out, kept
+
+
+def bounded_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
+    """The model's outputs as the cache holds them once pooled to `max_positions` (item shape and mask)."""
+    if not max_positions or len(info.item_shape) != 2 or info.item_shape[0] <= max_positions:
+        return info
+    extras = tuple(dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras)
+    return dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
 
 
 def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
@@ -254,6 +286,7 @@ def embed_stream(
     num_workers: int,
     dtype: str = "float32",
     starts: Collection[int] = (),
+    max_positions: int | None = None,
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
@@ -268,6 +301,10 @@ def embed_stream(
     with torch.inference_mode(), autocast_for(device, precision):
         for batch in batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
             embedded, extras = adapter.embed(batch)
+            if max_positions and embedded.ndim == 3:
+                embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
+                if mask is not None:
+                    extras = {**extras, "mask": mask}
             ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
             done += len(batch)
             yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
@@ -453,7 +490,7 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     settings = resolve(config, adapter, device)
     writer = None
     try:
-        writer = open_writer(settings, table, adapter.info())
+        writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
         return _run(config, settings, adapter, rows, writer)
     except OSError as err:
         raise disk_error(err, config.out, writer) from err
@@ -479,6 +516,7 @@ def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter
     for embedded, extras in embed_stream(
         adapter, rows_todo, device=device, precision=settings.precision, max_tokens=settings.max_tokens,
         max_batch=config.max_batch, num_workers=config.num_workers, dtype=config.dtype, starts=starts,
+        max_positions=config.max_positions,
     ):  # fmt: skip
         filler.add(embedded, extras)
         bar.update(len(embedded))
