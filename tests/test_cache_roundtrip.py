@@ -145,4 +145,5 @@ def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
             ds["embeddings"].dtype))  # fmt: skip
         lazy = da.from_zarr(str(path), component="embeddings")
         np.testing.assert_array_equal(lazy[:2].compute(), cache.read_rows([0, 1]).view(lazy.dtype))
-    assert len(list((demo_run / "cache").glob("*.zarr"))) == 3
+    names = {p.name for p in (demo_run / "cache").glob("*.zarr")}
+    assert {"dna-enformer.zarr", "protein-esm2.zarr", "gene-scgpt.zarr", "isoform-rna-nt.zarr"} <= names  # all opened
