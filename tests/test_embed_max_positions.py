@@ -43,3 +43,20 @@ def test_embed_records_k_and_refuses_another(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "k4.zarr"), "--max-positions", "8"]) == 2
     assert "max_positions: 4 in the cache, 8 now" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "k0.zarr"), "--max-positions", "0"]) == 2
+
+
+def test_nucleotide_transformer_keeps_the_end_of_a_long_cdna(tmp_path):
+    from dogmacache.embed.adapters.hf_esm import NucleotideTransformerAdapter, NucleotideTransformerOptions
+    from dogmacache.embed.tiny import write_tiny_nucleotide_transformer
+
+    model = write_tiny_nucleotide_transformer(tmp_path / "nt", 0)
+    seq = "ACGTAC" * 10 + "TTTTTT" * 3  # 13 six-mers; the last three are TTTTTT
+    row = {"id": "t", "sequence": seq}
+    end = NucleotideTransformerAdapter(str(model), NucleotideTransformerOptions(max_length=5, keep="end"), torch.device("cpu"))
+    start = NucleotideTransformerAdapter(str(model), NucleotideTransformerOptions(max_length=5), torch.device("cpu"))
+    tok = end.tokenizer
+    kept_end, kept_start = end.prepare(row)["ids"].tolist(), start.prepare(row)["ids"].tolist()
+    assert len(kept_end) == len(kept_start) == 5 and kept_end[0] == kept_start[0] == tok.cls_token_id
+    assert tok.convert_ids_to_tokens(kept_end[-3:]) == ["TTTTTT"] * 3
+    assert tok.convert_ids_to_tokens(kept_start[1:]) == ["ACGTAC"] * 4
+    assert "last 5 tokens" in end.info().config["truncation"] and end.prepare(row)["n_truncated"] == 14 - 5

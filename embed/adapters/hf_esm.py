@@ -62,13 +62,19 @@ class NucleotideTransformerOptions(EsmOptions):
     window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
 
     strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
+    keep: str = "start"  # a sequence past max_length keeps its start, or its end (a cDNA's 3' end, as IsoFormer)
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG,
-                                                  "strand_policy": STRAND_POLICY_FLAG}  # fmt: skip
+                                                  "strand_policy": STRAND_POLICY_FLAG,
+                                                  "keep": {"flags": ("--keep",), "choices": ("start", "end"),
+                                                           "help": "nucleotide-transformer: which end of a sequence "
+                                                                   "longer than --max-length is kept (end: a cDNA's "
+                                                                   "3' end, as IsoFormer crops)"}}  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()
         self._check_choice("strand_policy", ("forward",))
+        self._check_choice("keep", ("start", "end"))
 
 
 # The masked-LM head that ESM-2 and Nucleotide Transformer checkpoints carry; embeddings never pass through it.
@@ -141,7 +147,8 @@ class _EsmFamily(EmbeddingAdapter):
             layer=self.layer, pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
             extras=tuple(extras),
-            config={"truncation": f"first {self.max_length} tokens incl. specials", "trust_remote_code": remote,
+            config={"truncation": f"{'last' if getattr(self.options, 'keep', 'start') == 'end' else 'first'} "
+                                  f"{self.max_length} tokens incl. specials", "trust_remote_code": remote,
                     "ignored_checkpoint_modules": self.ignored_heads},
         )  # fmt: skip
 
@@ -159,9 +166,13 @@ class _EsmFamily(EmbeddingAdapter):
         seq, n_padded = self.sequence(row)
         ids = self.tokenizer(seq, add_special_tokens=True)["input_ids"]
         n_special = len(self.tokenizer.build_inputs_with_special_tokens([]))
-        kept = ids[: self.max_length]
-        if len(ids) > self.max_length and self.tokenizer.eos_token_id is not None and ids[-1] == self.tokenizer.eos_token_id:
-            kept[-1] = self.tokenizer.eos_token_id  # truncated sequences keep their <eos>, as ESM's own scripts do
+        if len(ids) > self.max_length and getattr(self.options, "keep", "start") == "end":
+            head = ids[:1] if ids[0] == self.tokenizer.cls_token_id else []  # <cls> stays in front
+            kept = head + ids[len(ids) - (self.max_length - len(head)) :]
+        else:
+            kept = ids[: self.max_length]
+            if len(ids) > self.max_length and self.tokenizer.eos_token_id is not None and ids[-1] == self.tokenizer.eos_token_id:
+                kept[-1] = self.tokenizer.eos_token_id  # truncated sequences keep their <eos>, as ESM's own scripts do
         return {"ids": np.asarray(kept, dtype=np.int64), "n_truncated": np.int32(max(0, len(ids) - len(kept))),
                 "n_special": np.int32(n_special), "n_padded": np.int32(n_padded)}  # fmt: skip
 
