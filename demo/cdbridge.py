@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dogmacache.train.config import OutputConfig, RunConfig, default_config, to_toml
 
-CDBRIDGE_EPOCHS = 30
+CDBRIDGE_EPOCHS = 20
 DEMO_HELD_OUT = ("Liver",)  # the demo recipe holds no tissue out; the demo holds this one out of training
 # (modality, model, recipe table under recipe/isoform, cache name, adapter options)
 CDBRIDGE_CACHES = (
@@ -48,7 +48,7 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
                                  tissues_table=str(recipe / "tissues.parquet"), holdout_tissues=DEMO_HELD_OUT),
         model=dataclasses.replace(base.model, d_model=32, n_heads=4, ffn_hidden=64, dictionary_size=16,
                                   output_tokens=4, functional_layers=1, tissue_layers=1),
-        train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=64, lr=1e-3,
+        train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=256, lr=2e-3,
                                   weight_decay=0.0, plateau_patience=3, early_stop_patience=6, seed=seed,
                                   num_workers=0),
         output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False),
