@@ -58,7 +58,7 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
         assert cache.manifest.complete and np.isfinite(cache[:].astype(np.float32)).all()
         shapes[name] = (len(cache), cache.item_shape)
     assert shapes == {"dna.zarr": (180, (8, 96)), "protein.zarr": (35, (32,)), "gene.zarr": (35, (32,)),
-                      "rna.zarr": (69, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
+                      "rna.zarr": (365, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
     genes = open_cache(paths["gene.zarr"])
     assert genes.ids.tolist() == open_cache(paths["protein.zarr"]).ids.tolist()  # one canonical gene order
     assert open_cache(paths["dna.zarr"]).manifest.config["options"]["window_bp"] == 2048

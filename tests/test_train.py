@@ -122,7 +122,7 @@ def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message)
         ('[model]\npreset = "huge"', r"\[model\] preset = 'huge' is not one of \['paper', 'small', 'tiny'\]"),
         ('[train]\nprecision = "fp8"', r"\[train\] precision = 'fp8' is not one of \['fp32', 'bf16'\]"),
         ("[train]\nepoch = 3", r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"),
-        ('task = "gpt"', r"task 'gpt' is not one of cdt, dna_mlp"),
+        ('task = "gpt"', r"task 'gpt' is not one of cdt, dna_mlp, isoformer"),
         ("[data]\nlabels = 'a'", r"\[data\] needs \['dna_cache', 'rna_cache', 'protein_cache'\] for task 'cdt'"),
     ],
 )

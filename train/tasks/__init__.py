@@ -11,11 +11,11 @@ from dogmacache.train.tasks.dna_mlp import DnaMlpTask
 from dogmacache.train.tasks.isoformer import IsoformerTask
 
 TASKS: dict[str, type[Task]] = {
-    "cdbridge": CdbridgeTask,
-    "biodta": BiodtaTask,
     "cdt": CdtTask,
     "dna_mlp": DnaMlpTask,
     "isoformer": IsoformerTask,
+    "cdbridge": CdbridgeTask,
+    "biodta": BiodtaTask,
 }
 
 
