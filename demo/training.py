@@ -52,7 +52,8 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
         base,
         data=dataclasses.replace(base.data, labels=str(out / "recipe" / "isoform" / "labels.parquet"),
                                  dna_cache=str(caches["dna"]), rna_cache=str(caches["rna"]),
-                                 protein_cache=str(caches["protein"])),
+                                 protein_cache=str(caches["protein"]),
+                                 standardize=True),  # tiny random encoders: small features with a large common part
         model=dataclasses.replace(base.model, d_model=32, n_heads=4),
         train=dataclasses.replace(base.train, epochs=epochs or ISOFORMER_EPOCHS, batch_size=16, lr=1e-3,
                                   weight_decay=0.0, plateau_patience=3, early_stop_patience=8, seed=seed,

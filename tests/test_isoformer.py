@@ -137,3 +137,19 @@ def test_gtex_config_is_the_papers_recipe():
     assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
     assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (3e-5, 64, 0.0, 8)
     assert len(config.model.ablations) == 5
+
+
+def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):
+    from dogmacache.train.tasks.isoformer import _rows
+
+    out, caches = iso
+    config = isoformer_config(out, caches)
+    assert config.data.standardize  # the demo's
+    data = get_task("isoformer")(load_config(_write(config, tmp_path))).load()
+    train = data.splits["train"]
+    rows = np.unique(train.loc[train["rna_present"], "rna_row"].to_numpy())
+    tokens = _rows(data, "rna", rows)[data.masks["rna"][rows]]
+    assert np.allclose(tokens.mean(0), 0, atol=1e-3) and np.allclose(tokens.std(0), 1, atol=1e-2)
+    test = data.splits["test"]["rna_row"].to_numpy()
+    assert not np.allclose(_rows(data, "rna", test)[data.masks["rna"][test]].mean(0), 0, atol=1e-3)  # train stats only
+    assert set(data.extras["scale"]) == {"dna", "rna", "protein"}

@@ -54,6 +54,7 @@ class IsoformerDataConfig:
     tissues: tuple[str, ...] = ()  # label columns to predict; () = every tissue column of the labels
     eval_batch: int = 64  # transcripts per evaluation forward pass
     preload_bytes: int = 2 << 30  # keep a cache's rows in RAM when they fit this budget (bytes, as float32)
+    standardize: bool = False  # z-score each cache's features with the training transcripts' real tokens
 
     LIMITS: ClassVar[dict[str, str]] = {"eval_batch": ">=1", "preload_bytes": ">=0"}
 
@@ -111,6 +112,7 @@ class IsoformerData(TaskData):
     caches: dict[str, EmbeddingCache] = dataclasses.field(default_factory=dict)
     masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (N_m, T_m) bool per cache
     preload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # rows as float32 where they fit
+    scale: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)  # mean, std (D,)
 
 
 def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -191,18 +193,30 @@ def load_isoformer(config: Any) -> IsoformerData:
         part = frame[keep].reset_index(drop=True)
         part["target"] = list(targets[keep])
         splits[split] = part
-    return IsoformerData(splits=splits, fingerprints={m: fingerprint(c) for m, c in caches.items()}, tissues=tissues,
+    data = IsoformerData(splits=splits, fingerprints={m: fingerprint(c) for m, c in caches.items()}, tissues=tissues,
                          caches=caches, masks=masks, preload=preload)  # fmt: skip
+    if d.standardize:
+        for modality in caches:
+            train = splits["train"]
+            rows = np.unique(train.loc[train[f"{modality}_present"], f"{modality}_row"].to_numpy())
+            tokens = _rows(data, modality, rows)[data.masks[modality][rows]].astype(np.float64)  # (n_real, D)
+            data.scale[modality] = (tokens.mean(0).astype(np.float32), np.maximum(tokens.std(0), 1e-6).astype(np.float32))
+        data.extras["scale"] = {m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()}
+    return data
 
 
 def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
-    """Token rows (len(rows), N, D) as float32, each cache row read once."""
+    """Token rows (len(rows), N, D) as float32, each cache row read once, standardised when the data asks."""
     if modality in data.preload:
-        return data.preload[modality][rows]
-    unique, inverse = np.unique(rows, return_inverse=True)
-    cache = data.caches[modality]
-    block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)
-    return block[inverse]
+        block = data.preload[modality][rows]
+    else:
+        unique, inverse = np.unique(rows, return_inverse=True)
+        cache = data.caches[modality]
+        block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)[inverse]
+    if modality in data.scale:
+        mean, std = data.scale[modality]
+        block = (block - mean) / std
+    return block
 
 
 class TranscriptBatches(torch.utils.data.Dataset):
