@@ -104,6 +104,14 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         return self._finish(x, self.attention(x, context))
 
+    def forward_masked(self, x: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
+        """As `forward`, attending only to keys where `key_mask` (B, Nk) is True."""
+        return self._finish(x, self.attention.forward_masked(x, context, key_mask))
+
+    def forward_without_attention(self, x: Tensor) -> Tensor:
+        """The block with its attention term removed, LN2(x + FFN(x)): for ablations that must not see the context."""
+        return self.norm2(x + self.ffn(x))
+
     def forward_with_attention(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk)."""
         attended, weights = self.attention.forward_with_weights(x, context)

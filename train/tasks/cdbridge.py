@@ -43,7 +43,7 @@ from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train import merging, plots
 from dogmacache.train.config import required
-from dogmacache.train.layers import AttentionBlock, FeedForward, MultiHeadAttention, Projection
+from dogmacache.train.layers import AttentionBlock, Projection
 from dogmacache.train.metrics import regression_metrics
 from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
 from dogmacache.train.tasks.pairs import fingerprint
@@ -102,23 +102,6 @@ class CdbridgeModelConfig:
     CHOICES: ClassVar[dict[str, tuple]] = {"tissue_input": TISSUE_INPUTS}
 
 
-class MaskedBlock(nn.Module):
-    """Post-norm attention block attending only to real keys: x (B, Nq, D), context (B, Nk, D), key_mask (B, Nk)
-    -> (B, Nq, D). `attend = False` skips the attention (the tissue-only control: no DNA reaches the output)."""
-
-    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float):
-        super().__init__()
-        self.attention = MultiHeadAttention(d_model, n_heads, dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_hidden, dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor, attend: bool = True) -> Tensor:
-        if attend:
-            x = self.norm1(x + self.attention.forward_masked(x, context, key_mask))
-        return self.norm2(x + self.ffn(x))
-
-
 class CdbridgeModel(nn.Module):
     """Frozen-cache CDBridge: DNA (B, L, D_dna) -> coding logits (B, L); with tissues, expression and a protein
     vector per example."""
@@ -137,12 +120,12 @@ class CdbridgeModel(nn.Module):
         self.dictionary = nn.Parameter(torch.randn(dictionary_size, protein_width) * 0.02)  # k-means in build_model
         self.protein = nn.Linear(protein_width, d_model)
         self.connector = AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
-        self.functional = nn.ModuleList(MaskedBlock(d_model, n_heads, ffn_hidden, dropout)
+        self.functional = nn.ModuleList(AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
                                         for _ in range(functional_layers))  # fmt: skip
         self.coding_head = nn.Linear(d_model, 1)
         self.tissue = nn.Linear(tissue_width, d_model)
         self.queries = nn.Parameter(torch.randn(output_tokens, d_model) * 0.02)
-        self.conditioned = nn.ModuleList(MaskedBlock(d_model, n_heads, ffn_hidden, dropout)
+        self.conditioned = nn.ModuleList(AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
                                          for _ in range(tissue_layers))  # fmt: skip
         self.expression_head = nn.Linear(d_model, 1)
         self.protein_head = nn.Linear(d_model, protein_width)
@@ -170,7 +153,7 @@ class CdbridgeModel(nn.Module):
         else:
             x, mask = merged, plan.valid
         for block in self.functional:
-            x = block(x, x, mask)
+            x = block.forward_masked(x, x, mask)
         logits = self.coding_head(x)[..., 0]
         return logits if self.recovery else plan.unmerge(logits)
 
@@ -179,7 +162,8 @@ class CdbridgeModel(nn.Module):
         conditioning = self.tissue(tissue) if self.tissue_input != "none" else torch.zeros_like(self.tissue(tissue))
         q = self.queries[None] + conditioning[:, None]  # (P, Q, D)
         for block in self.conditioned:
-            q = block(q, merged, valid, attend=self.tissue_input != "only")
+            # tissue embedding only (the leakage control): no DNA token reaches the output
+            q = block.forward_without_attention(q) if self.tissue_input == "only" else block.forward_masked(q, merged, valid)
         pooled = q.mean(dim=1)
         return self.expression_head(pooled)[:, 0], self.protein_head(pooled)
 

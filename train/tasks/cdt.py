@@ -128,12 +128,6 @@ class CdtTask(Task):
         every_gene = model.predict_all_genes(chunk.rows["dna"], self._rna, self._protein)  # (n_enhancers, G)
         return every_gene[e["local"], e["gene_index"]]
 
-    def predict_chunk_per_pair(self, model: nn.Module, chunk: Chunk, batch: int = 64) -> Tensor:
-        """The same predictions with one forward pass per pair (how evaluation ran before; for benchmarks)."""
-        e = chunk.examples
-        return torch.cat([model(chunk.rows["dna"][e["local"][a : a + batch]], self._rna, self._protein,
-                                e["gene_index"][a : a + batch]) for a in range(0, len(chunk), batch)])  # fmt: skip
-
     def on_device(self, data: CdtData, device: torch.device) -> None:
         """Move the shared gene tables to the training device once."""
         self._rna, self._protein = data.rna.to(device), data.protein.to(device)
