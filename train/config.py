@@ -184,19 +184,13 @@ def build_section(cls: type, values: dict[str, Any], section: str, where: str = 
         ok, converted = _coerce(value, hints[key])
         if not ok:
             raise InputError(f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
-                             f"the default is {getattr(cls(), key)!r}" if _all_defaults(cls) else
-                             f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}")  # fmt: skip
+                             f"the default is {getattr(cls(), key)!r}")  # every section has defaults
         if key in limits and converted is not None and not _in_range(converted, limits[key]):
             raise InputError(f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}")
         if key in choices and converted not in choices[key]:
             raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(choices[key])}")
         checked[key] = converted
     return cls(**checked)
-
-
-def _all_defaults(cls: type) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-               for f in dataclasses.fields(cls))  # fmt: skip
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -55,6 +55,24 @@ class Chunk:
                      {k: v.to(device) for k, v in self.rows.items()})  # fmt: skip
 
 
+class Batches(torch.utils.data.Dataset):
+    """Item k = the Chunk of the examples at positions `order[k*size : (k+1)*size]` (every example, in table order,
+    when `order` is None); a subclass says how positions become a Chunk (`chunk`)."""
+
+    def __init__(self, n_examples: int, size: int, order: np.ndarray | None = None):
+        order = np.arange(n_examples) if order is None else order
+        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> Chunk:
+        return self.chunk(self.batches[k])
+
+    def chunk(self, positions: np.ndarray) -> Chunk:
+        raise NotImplementedError
+
+
 @dataclass
 class TaskData:
     """What `load` returns: the labelled examples per split and the fingerprints of every cache read."""

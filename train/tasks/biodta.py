@@ -28,7 +28,7 @@ from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
 from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
@@ -143,19 +143,14 @@ def dna_rows(data: BiodtaData, rows: np.ndarray) -> np.ndarray:
     return data.dna.read_rows(unique, dtype=np.float32)[inverse]
 
 
-class GeneBatches(torch.utils.data.Dataset):
-    """Item k = genes [k*size, (k+1)*size) of `order`, with their DNA rows and target tokens."""
+class GeneBatches(Batches):
+    """Batches of genes with their DNA rows and target tokens."""
 
     def __init__(self, data: BiodtaData, split: str, size: int, order: np.ndarray | None = None):
         self.data, self.part = data, data.splits[split]
-        order = np.arange(len(self.part)) if order is None else order
-        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+        super().__init__(len(self.part), size, order)
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int) -> Chunk:
-        positions = self.batches[k]
+    def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.part.iloc[positions]
         return Chunk({
             "index": torch.from_numpy(positions.astype(np.int64)),

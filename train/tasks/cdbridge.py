@@ -45,7 +45,7 @@ from dogmacache.train import merging, plots
 from dogmacache.train.config import required
 from dogmacache.train.layers import AttentionBlock, Projection
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
 from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
@@ -280,20 +280,15 @@ def _windows(data: CdbridgeData, rows: np.ndarray) -> np.ndarray:
     return data.dna.read_rows(rows, dtype=np.float32).reshape(len(rows), *data.dna.item_shape)
 
 
-class ExampleChunks(torch.utils.data.Dataset):
+class ExampleChunks(Batches):
     """Item k = examples [k*size, (k+1)*size) of `order` in `table`, with the distinct DNA windows they read
     (rows["dna"] (B, L, D_dna)) and each example's window (`dna_index`)."""
 
     def __init__(self, data: CdbridgeData, table: pd.DataFrame, size: int, order: np.ndarray | None = None):
         self.data, self.table = data, table
-        order = np.arange(len(table)) if order is None else order
-        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+        super().__init__(len(table), size, order)
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int) -> Chunk:
-        positions = self.batches[k]
+    def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.table.iloc[positions]
         windows, dna_index = np.unique(part["dna_row"].to_numpy(), return_inverse=True)
         target = np.stack(part["target"].to_list()) if part["target"].dtype == object else part["target"].to_numpy()

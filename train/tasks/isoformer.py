@@ -35,7 +35,7 @@ from dogmacache.train import plots
 from dogmacache.train.config import required
 from dogmacache.train.layers import MultiHeadAttention
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
 from dogmacache.train.tasks.pairs import fingerprint
 from scipy import stats
 from torch import Tensor, nn
@@ -219,20 +219,15 @@ def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
     return block
 
 
-class TranscriptBatches(torch.utils.data.Dataset):
-    """Item k = transcripts [k*size, (k+1)*size) of `order`, with their token rows, masks and targets."""
+class TranscriptBatches(Batches):
+    """Batches of transcripts with their token rows, masks and targets."""
 
     def __init__(self, data: IsoformerData, split: str, modalities: tuple[str, ...], size: int,
                  order: np.ndarray | None = None):  # fmt: skip
         self.data, self.part, self.modalities = data, data.splits[split], modalities
-        order = np.arange(len(self.part)) if order is None else order
-        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+        super().__init__(len(self.part), size, order)
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int) -> Chunk:
-        positions = self.batches[k]
+    def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.part.iloc[positions]
         examples = {"index": torch.from_numpy(positions.astype(np.int64)),
                     "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32))}  # fmt: skip
