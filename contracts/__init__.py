@@ -10,6 +10,7 @@ from dogmacache.contracts.tables import (
     MODALITIES,
     SPLITS,
     check_gene_alignment,
+    check_splits,
     digest_columns,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "MODALITIES",
     "SPLITS",
     "check_gene_alignment",
+    "check_splits",
     "digest_columns",
     "digest_strings",
     "file_sha256",

@@ -43,6 +43,16 @@ def digest_columns(table: pd.DataFrame, modality: str) -> list[str]:
     return list(DIGEST_COLUMNS.get(modality, table.columns))
 
 
+def check_splits(table: pd.DataFrame, where: str, id_column: str | None = None) -> None:
+    """Every row's `split` is one of SPLITS; else InputError naming the rows (and their ids) and the fix."""
+    bad = table.index[~table["split"].isin(SPLITS)]
+    if len(bad):
+        shown = ", ".join(f"row {i} ({table.loc[i, 'split']!r}"
+                          + (f", {id_column} {table.loc[i, id_column]!r})" if id_column else ")") for i in bad[:5])  # fmt: skip
+        raise InputError(f"{where}: {len(bad)} row(s) have a split other than {list(SPLITS)}: {shown}; "
+                         "fix the split column or re-run the recipe")  # fmt: skip
+
+
 def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:
     """Index i must name the same gene in the RNA and the protein tables (CDT joins them by position)."""
     if len(rna_ids) != len(protein_ids):

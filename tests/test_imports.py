@@ -66,3 +66,4 @@ def test_nothing_in_the_stages_imports_the_tooling_or_analysis(package):
     users = [f"{path.relative_to(ROOT)}:{line}" for stage in ("cache", "contracts", *STAGES[:3])
              for path in (ROOT / stage).rglob("*.py") for line, target in project_imports(path) if target == package]  # fmt: skip
     assert users == []
+

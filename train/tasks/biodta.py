@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache, open_cache
-from dogmacache.contracts.tables import SPLITS
+from dogmacache.contracts.tables import SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.metrics import regression_metrics
@@ -100,10 +100,7 @@ def _read_labels(path: Path) -> pd.DataFrame:
     for column in ("id", "split"):
         if column not in table.columns:
             raise InputError(f"{path} has no column {column!r}; Bio-DTA's labels are the gene_tss recipe's genes table")
-    bad = table.index[~table["split"].isin(SPLITS)]
-    if len(bad):
-        raise InputError(f"{path}: gene {table.loc[bad[0], 'id']!r} has split {table.loc[bad[0], 'split']!r}; "
-                         f"expected one of {list(SPLITS)}")  # fmt: skip
+    check_splits(table, str(path), "id")
     return table
 
 

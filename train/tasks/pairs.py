@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache, open_cache
 from dogmacache.contracts.provenance import digest_strings
-from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS
+from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.tasks.base import Chunk, TaskData
@@ -75,11 +75,7 @@ def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.D
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise InputError(f"{path} has no column {missing[0]!r}; this task's labels table needs {need}")
-    bad_split = table.index[~table["split"].isin(SPLITS)]
-    if len(bad_split):
-        shown = ", ".join(f"row {i} ({table.loc[i, 'split']!r})" for i in bad_split[:5])
-        raise InputError(f"{path}: {len(bad_split)} row(s) have a split other than {list(SPLITS)}: {shown}; "
-                         "fix the split column or re-run the recipe")  # fmt: skip
+    check_splits(table, str(path))
     values = pd.to_numeric(table[target], errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
