@@ -1,6 +1,6 @@
 """The cache section of `dogmacache bench`: shard writes, random single-item reads (what training does), and
 batched reads through `EmbeddingCache.read_rows`, of random Enformer-shaped items in a temporary cache; and
-the same random batches read from a raw `.npy` memmap of the same bytes, cold (page cache dropped with
+the same random batches read from a raw `.npy` memmap of the same bytes (three alternating passes, medians), cold (page cache dropped with
 posix_fadvise, the memmap opened after the drop since mapped pages are not dropped) and warm, with the
 crc32c checksum's share of the warm read time. Target: the cache reads at >= 0.8x the memmap cold and
 >= 0.5x warm (local, uncompressed); the table `dogmacache bench --only cache` prints.
@@ -53,25 +53,34 @@ def _timed_batches(read, order: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def _read_ratio(path: Path, raw: Path, order: np.ndarray, batch: int, total: int) -> dict[str, float]:
-    """Cache vs memmap rates for the same random batches, cold then warm."""
+def _read_ratio(
+    path: Path, raw: Path, order: np.ndarray, batch: int, total: int, repeats: int = 3
+) -> dict[str, float]:
+    """Cache vs memmap rates for the same random batches, cold then warm: `repeats` alternating passes of each
+    (a shared disk's speed drifts between passes), median of each."""
     result = {}
     for state in ("cold", "warm"):
         cache = open_cache(path)
-        if state == "cold":
-            _drop_page_cache(path.parent)
-        else:  # both files in the page cache before either is timed
+        if state == "warm":  # both files in the page cache before either is timed
             _timed_batches(cache.read_rows, order, batch)
             _timed_batches(partial(np.take, np.load(raw, mmap_mode="r"), axis=0), order, batch)
-        cache_s = _timed_batches(cache.read_rows, order, batch)
-        if state == "cold":
-            _drop_page_cache(path.parent)
-        memmap = np.load(raw, mmap_mode="r")  # opened after the drop: mapped pages are not dropped
-        memmap_s = _timed_batches(partial(np.take, memmap, axis=0), order, batch)
-        del memmap
+        cache_times, memmap_times = [], []
+        for _ in range(repeats):
+            if state == "cold":
+                _drop_page_cache(path.parent)
+            cache_times.append(_timed_batches(cache.read_rows, order, batch))
+            if state == "cold":
+                _drop_page_cache(path.parent)
+            memmap = np.load(raw, mmap_mode="r")  # opened after the drop: mapped pages are not dropped
+            memmap_times.append(_timed_batches(partial(np.take, memmap, axis=0), order, batch))
+            del memmap
+        cache_s, memmap_s = float(np.median(cache_times)), float(np.median(memmap_times))
         result[f"{state}_cache_MB_per_s"] = _significant(total / 1e6 / cache_s)
         result[f"{state}_memmap_MB_per_s"] = _significant(total / 1e6 / memmap_s)
         result[f"{state}_ratio"] = _significant(memmap_s / cache_s, 3)
+        result[f"{state}_ratio_per_pass"] = [
+            _significant(m / c, 3) for c, m in zip(cache_times, memmap_times, strict=True)
+        ]
         if state == "warm":
             rows = cache.read_rows(order[:batch])
             t0 = time.perf_counter()
@@ -109,13 +118,17 @@ def bench_cache(
             writer.write_shard(shard, block[: stop - start])
         writer.finalize()
         write_s = time.perf_counter() - t0
-        item_bytes = int(np.prod(item_shape)) * np.dtype("float32" if dtype == "float32" else "float16").itemsize
+        item_bytes = (
+            int(np.prod(item_shape)) * np.dtype("float32" if dtype == "float32" else "float16").itemsize
+        )
         total = n_items * item_bytes
         on_disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
         raw = root / "raw.npy"
         stored = open_cache(path)
-        memmap = np.lib.format.open_memmap(raw, mode="w+", dtype=stored.embeddings.dtype, shape=(n_items, *item_shape))
+        memmap = np.lib.format.open_memmap(
+            raw, mode="w+", dtype=stored.embeddings.dtype, shape=(n_items, *item_shape)
+        )
         for a in range(0, n_items, shard_items):
             memmap[a : a + shard_items] = stored.read_rows(np.arange(a, min(n_items, a + shard_items)))
         memmap.flush()
@@ -131,7 +144,9 @@ def bench_cache(
         for a in range(0, n_items, batch):
             cache.read_rows(order[a : a + batch], dtype=np.float32)
         batched_s = time.perf_counter() - t0
-        ratio = _read_ratio(path, raw, rng.permutation(n_items), batch, total) if compression == "none" else {}
+        ratio = (
+            _read_ratio(path, raw, rng.permutation(n_items), batch, total) if compression == "none" else {}
+        )
         return {
             "n_items": n_items,
             "item_shape": list(item_shape),
@@ -166,9 +181,14 @@ def cache_tables(r: dict[str, Any]) -> list[Table]:
                        r[f"{state}_memmap_MB_per_s"], r[f"{state}_ratio"], f">= {target}",
                        "yes" if r[f"{state}_ratio"] >= target else "NO"]
                       for state, target in (("cold", TARGET_COLD), ("warm", TARGET_WARM))]  # fmt: skip
-        ratio_rows.append(["crc32c share of the warm read time", "", "", r["checksum_share_of_warm_read"], "", ""])
+        ratio_rows.append(
+            ["crc32c share of the warm read time", "", "", r["checksum_share_of_warm_read"], "", ""]
+        )
+        passes = "; ".join(f"{state} " + " / ".join(f"{x:.2f}" for x in r[f"{state}_ratio_per_pass"])
+                           for state in ("cold", "warm") if f"{state}_ratio_per_pass" in r)  # fmt: skip
         tables.append(table(f"cache reads vs a raw memmap of the same {fmt(r['logical_MB'])} MB",
-                            ["reads", "cache MB/s", "memmap MB/s", "ratio", "target", "met"], ratio_rows))  # fmt: skip
+                            ["reads", "cache MB/s", "memmap MB/s", "ratio", "target", "met"], ratio_rows,
+                            [f"medians of alternating passes; ratio per pass: {passes}"] if passes else None))  # fmt: skip
     return [table(f"cache: {r['n_items']} items of {shape} {r['dtype']}, {r['shard_items']} per shard, "
                   f"compression {r['compression']} (no target)", ["measurement", "measured", "unit"], rows),
             *tables]  # fmt: skip

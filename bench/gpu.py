@@ -103,7 +103,11 @@ def bench_cdt_on_device(device: torch.device, preset_name: str, table_rows: int,
     rna = torch.randn(config.n_genes, config.rna_width, device=device)
     protein = torch.randn(config.n_genes, config.protein_width, device=device)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    result: dict[str, Any] = {"preset": preset_name, "batch": batch, "dna_table_gb": dna_table.numel() * 2 / 1e9}
+    result: dict[str, Any] = {
+        "preset": preset_name,
+        "batch": batch,
+        "dna_table_gb": dna_table.numel() * 2 / 1e9,
+    }
     for precision in ("fp32", "bf16"):
 
         def step(precision=precision):
@@ -140,7 +144,9 @@ def bench_loader_to_device(device: torch.device, items: int, shape: tuple[int, i
         rng = np.random.default_rng(seed)
         for shard in writer.pending_shards():
             a, b = writer.manifest.shard_rows(shard)
-            writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
+            writer.write_shard(
+                shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16)
+            )
         writer.finalize()
         cache = open_cache(root / "c.zarr")
         order = rng.permutation(items)
@@ -183,7 +189,14 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
     ratio = best["bf16"] / best["fp32"] if best["fp32"] and best["bf16"] else None
     rows.append(["Enformer windows/s, best batch, fp32 / bf16", f"{fmt(best['fp32'])} / {fmt(best['bf16'])}",
                  f"bf16 ≥ {TARGET_WINDOWS_PER_S:g} on one H100", verdict(best["bf16"], TARGET_WINDOWS_PER_S)])  # fmt: skip
-    rows.append(["Enformer bf16 / fp32", ratio, f"≥ {TARGET_BF16_OVER_FP32:g}×", verdict(ratio, TARGET_BF16_OVER_FP32)])
+    rows.append(
+        [
+            "Enformer bf16 / fp32",
+            ratio,
+            f"≥ {TARGET_BF16_OVER_FP32:g}×",
+            verdict(ratio, TARGET_BF16_OVER_FP32),
+        ]
+    )
     busy = [run.get("busy_fraction") for run in gpu.get("runner", []) if run.get("busy_fraction") is not None]
     rows.append(["GPU busy fraction, runner path", max(busy) if busy else "not measured (no NVML)",
                  f"≥ {TARGET_GPU_BUSY:.0%}", verdict(max(busy), TARGET_GPU_BUSY) if busy else ""])  # fmt: skip

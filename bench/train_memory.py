@@ -46,11 +46,17 @@ def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: 
         writer = CacheWriter.create(path, spec, ids=ids)
         for shard in writer.pending_shards():
             a, b = writer.manifest.shard_rows(shard)
-            writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
+            writer.write_shard(
+                shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16)
+            )
         writer.finalize()
         paths[f"{name}_cache"] = str(path)
     gene_index = rng.integers(0, N_GENES, n_enhancers * PAIRS_PER_ENHANCER)
-    split = np.where(np.arange(n_enhancers) % 10 < 8, "train", np.where(np.arange(n_enhancers) % 10 == 8, "validation", "test"))
+    split = np.where(
+        np.arange(n_enhancers) % 10 < 8,
+        "train",
+        np.where(np.arange(n_enhancers) % 10 == 8, "validation", "test"),
+    )
     labels = pd.DataFrame({"enhancer": np.repeat(enhancers, PAIRS_PER_ENHANCER), "gene": [genes[i] for i in gene_index],
                            "gene_index": gene_index, "split": np.repeat(split, PAIRS_PER_ENHANCER),
                            "beta": rng.standard_normal(len(gene_index)).astype(np.float32)})  # fmt: skip
@@ -104,7 +110,10 @@ def bench_train_memory(sizes: tuple[int, int] = (256, 1024), item_shape: tuple[i
 
 
 def train_memory_tables(r: dict[str, Any]) -> list[Table]:
-    rows = [[f"{run['enhancers']:,} DNA rows ({run['cache_mb']:.0f} MB)", run["peak_rss_mb"], "", ""] for run in r["runs"]]
+    rows = [
+        [f"{run['enhancers']:,} DNA rows ({run['cache_mb']:.0f} MB)", run["peak_rss_mb"], "", ""]
+        for run in r["runs"]
+    ]
     rows.append(["larger / smaller", r["rss_ratio"], f"≤ {TARGET_RSS_RATIO:g}", verdict(r["rss_ratio"], TARGET_RSS_RATIO,
                                                                                          higher_is_better=False)])  # fmt: skip
     return [table(f"train: peak RSS of one CDT epoch streaming the DNA cache (rows {tuple(r['item_shape'])} float16, "

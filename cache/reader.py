@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
-from dogmacache.cache.shards import ShardFiles, direct_readable
+from dogmacache.cache.shards import ShardFiles, direct_readable, empty_rows
 from dogmacache.errors import CacheError, IncompleteCacheError
 
 
@@ -69,7 +69,9 @@ def open_cache(
     url = os.fspath(url)
     group = _open_group(url, storage_options)
     if MANIFEST_KEY not in group.attrs:
-        raise CacheError(f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
+        raise CacheError(
+            f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"
+        )
     manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=url)
     if not manifest.complete and not allow_partial:
         raise IncompleteCacheError(
@@ -96,7 +98,9 @@ class EmbeddingCache:
         self._view = layout.numpy_view(manifest.dtype)
         root = _local_root(url)
         self._direct = (
-            ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
+            ShardFiles(
+                root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize
+            )
             if root is not None and direct_readable(self.embeddings, manifest.item_shape)
             else None
         )
@@ -164,12 +168,13 @@ class EmbeddingCache:
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             bad = rows[(rows < 0) | (rows >= n)][0]
             raise CacheError(f"row {int(bad)} is outside {self.url}, which has rows 0..{n - 1}")
-        out = np.empty((rows.size, *self.item_shape), dtype=layout.zarr_dtype(self.manifest.dtype))
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         if self._direct is not None:
+            out = empty_rows((rows.size, *self.item_shape), layout.zarr_dtype(self.manifest.dtype))
             self._direct.read_into(out, sorted_rows, order)
             return convert.from_storage(out, self.manifest.dtype, dtype)
+        out = np.empty((rows.size, *self.item_shape), dtype=layout.zarr_dtype(self.manifest.dtype))
         # runs of consecutive sorted rows in one shard become one slice read each (a repeated row starts a run)
         per_shard = self.manifest.shard_items
         breaks = np.flatnonzero((np.diff(sorted_rows) != 1) | (np.diff(sorted_rows // per_shard) != 0)) + 1
@@ -181,7 +186,9 @@ class EmbeddingCache:
                 out[order[run]] = self.embeddings[first : last + 1]
             except Exception as err:  # a chunk or shard index that fails its checksum, or no longer decodes
                 shard = first // per_shard
-                raise unreadable(self.url, layout.EMBEDDINGS, "shard", shard, self.embeddings.ndim, err) from None
+                raise unreadable(
+                    self.url, layout.EMBEDDINGS, "shard", shard, self.embeddings.ndim, err
+                ) from None
         return convert.from_storage(out, self.manifest.dtype, dtype)
 
     def get(self, item_ids: Iterable[str], dtype: np.dtype | str | None = None) -> np.ndarray:
@@ -198,7 +205,9 @@ class EmbeddingCache:
     def extra(self, name: str) -> zarr.Array:
         """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily."""
         if name not in self.manifest.extra_arrays:
-            raise CacheError(f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}")
+            raise CacheError(
+                f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}"
+            )
         return self._group[name]
 
     def done_shards(self) -> np.ndarray:

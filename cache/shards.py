@@ -8,12 +8,17 @@ the caller's output buffer plus 4 bytes of checksum, and checks the checksum the
 Runs of rows whose chunks lie back to back are read with one call. Anything else (remote stores,
 compression, another codec layout) goes through zarr, which checks the same checksums.
 
+The output buffer comes from `empty_rows`: an anonymous mapping advised for transparent huge pages, so the
+kernel's copy into it takes one page fault per 2 MiB instead of one per 4 KiB (warm reads of Enformer rows went
+from ~5.2 to ~8.6 GB/s per `preadv` on the CI-class machine; where huge pages are off it is a plain mapping).
+
 Index layout (zarr v3 sharding, `index_location: end`): per inner chunk (offset, nbytes) as little-endian
 uint64, (2^64 - 1, 2^64 - 1) for a chunk never written, then a crc32c of those bytes.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -25,6 +30,21 @@ from dogmacache.errors import CacheError
 _EMPTY = np.uint64(2**64 - 1)
 _CRC_BYTES = 4
 _MAX_IOV = 512  # (row, checksum) pairs per preadv, below every platform's IOV_MAX of 1024
+_HUGE_MIN_BYTES = 4 << 20  # below this, numpy's own allocation
+
+
+def empty_rows(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised, writable array for `read_into`, huge-page backed where the kernel allows it."""
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n_bytes < _HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # huge pages unsupported here: a plain mapping still works
+        pass
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 def _codec(entry) -> dict:
@@ -79,7 +99,11 @@ class ShardFiles:
         if shard not in self._index:
             n_bytes = self.shard_items * 16
             size = os.fstat(fd).st_size
-            raw = os.pread(fd, n_bytes + _CRC_BYTES, size - n_bytes - _CRC_BYTES) if size >= n_bytes + 4 else b""
+            raw = (
+                os.pread(fd, n_bytes + _CRC_BYTES, size - n_bytes - _CRC_BYTES)
+                if size >= n_bytes + 4
+                else b""
+            )
             if len(raw) != n_bytes + _CRC_BYTES:
                 raise self._broken(shard, f"the file has {size} bytes, too few for its index")
             if google_crc32c.value(raw[:n_bytes]) != int.from_bytes(raw[n_bytes:], "little"):
@@ -88,20 +112,44 @@ class ShardFiles:
         return self._index[shard]
 
     def read_into(self, out: np.ndarray, rows: np.ndarray, targets: np.ndarray) -> None:
-        """out[targets[k]] = row rows[k], for `rows` sorted ascending; every row's checksum checked."""
-        k = 0
-        while k < rows.size:
-            shard = int(rows[k]) // self.shard_items
-            stop = int(np.searchsorted(rows, (shard + 1) * self.shard_items, side="left"))
-            self._read_shard(out, shard, rows[k:stop], targets[k:stop])
-            k = stop
+        """out[targets[k]] = row rows[k], for `rows` sorted ascending; every row's checksum checked.
 
-    def _read_shard(self, out: np.ndarray, shard: int, rows: np.ndarray, targets: np.ndarray) -> None:
+        Every row's byte range is announced to the kernel (`POSIX_FADV_WILLNEED`) before the first is read, so
+        a cold batch's reads queue on the disk together instead of one after another."""
+        plans: list[tuple[int, int, np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]] = []
+        try:
+            k = 0
+            while k < rows.size:
+                shard = int(rows[k]) // self.shard_items
+                stop = int(np.searchsorted(rows, (shard + 1) * self.shard_items, side="left"))
+                plan = self._plan(out, shard, rows[k:stop], targets[k:stop])
+                if plan is not None:
+                    plans.append(plan)
+                k = stop
+            if hasattr(os, "posix_fadvise"):
+                for fd, _, offsets, runs, _, _ in plans:
+                    for run in runs:
+                        if run.size:
+                            length = run.size * (self.row_bytes + _CRC_BYTES)
+                            os.posix_fadvise(fd, int(offsets[run[0]]), length, os.POSIX_FADV_WILLNEED)
+            for fd, shard, offsets, runs, shard_rows, shard_targets in plans:
+                for run in runs:
+                    for a in range(0, run.size, _MAX_IOV):
+                        self._read_run(
+                            fd, shard, out, run[a : a + _MAX_IOV], offsets, shard_rows, shard_targets
+                        )
+        finally:
+            for plan in plans:
+                os.close(plan[0])
+
+    def _plan(self, out: np.ndarray, shard: int, rows: np.ndarray, targets: np.ndarray):
+        """(fd, shard, chunk offsets, runs of back-to-back chunks, rows, targets) for one shard's rows; rows of
+        a shard or chunk never written are filled with zeros (zarr's fill value) here, and give no plan."""
         try:
             fd = os.open(self.file(shard), os.O_RDONLY)
         except FileNotFoundError:
-            out[targets] = 0  # a shard never written reads as the fill value, as in zarr
-            return
+            out[targets] = 0
+            return None
         try:
             index = self.index(shard, fd)
             local = rows - shard * self.shard_items
@@ -110,15 +158,18 @@ class ShardFiles:
             if empty.any():
                 out[targets[empty]] = 0
             if np.any(sizes[~empty] != self.row_bytes + _CRC_BYTES):
-                raise self._broken(shard, f"the index gives chunk sizes other than {self.row_bytes + _CRC_BYTES} bytes")
+                raise self._broken(
+                    shard, f"the index gives chunk sizes other than {self.row_bytes + _CRC_BYTES} bytes"
+                )
             todo = np.flatnonzero(~empty)
             # back-to-back chunks (a shard is written in row order) become one preadv
-            breaks = np.flatnonzero(np.diff(offsets[todo].astype(np.int64)) != self.row_bytes + _CRC_BYTES) + 1
-            for run in np.split(todo, breaks):
-                for a in range(0, run.size, _MAX_IOV):
-                    self._read_run(fd, shard, out, run[a : a + _MAX_IOV], offsets, rows, targets)
-        finally:
+            breaks = (
+                np.flatnonzero(np.diff(offsets[todo].astype(np.int64)) != self.row_bytes + _CRC_BYTES) + 1
+            )
+            return fd, shard, offsets, np.split(todo, breaks), rows, targets
+        except BaseException:
             os.close(fd)
+            raise
 
     def _read_run(self, fd, shard, out, run, offsets, rows, targets) -> None:
         if run.size == 0:
@@ -128,7 +179,9 @@ class ShardFiles:
         buffers = [b for j, row in enumerate(row_bytes) for b in (row, crcs[j])]
         got = os.preadv(fd, buffers, int(offsets[run[0]]))
         if got != run.size * (self.row_bytes + _CRC_BYTES):
-            raise self._broken(shard, f"rows {int(rows[run[0]])}..{int(rows[run[-1]])} lie past the end of the file")
+            raise self._broken(
+                shard, f"rows {int(rows[run[0]])}..{int(rows[run[-1]])} lie past the end of the file"
+            )
         stored = crcs.view("<u4").reshape(-1)
         for j, k in enumerate(run):
             if google_crc32c.value(row_bytes[j]) != int(stored[j]):
