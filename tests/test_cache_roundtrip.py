@@ -85,7 +85,8 @@ def test_shard_sizes_respect_hub_limits():
         choose_shard_items(10**9, enformer_item)
 
 
-@pytest.mark.parametrize(("dtype", "shape"), [("float16", (11, 5, 4)), ("bfloat16", (11, 6)), ("float32", (11, 3, 2))])
+@pytest.mark.parametrize(("dtype", "shape"), [("float16", (11, 5, 4)), ("bfloat16", (11, 6)), ("float32", (11, 3, 2)),
+                                             ("float16", (11, 256, 1024))])  # 13 rows = 6.8 MB: a huge-page buffer
 def test_direct_shard_reads_match_plain_zarr(tmp_path, rng, dtype, shape):
     data = rng.standard_normal(shape).astype(np.float32)
     write_cache(tmp_path / "c.zarr", data, shard_items=4, dtype=dtype)  # last shard holds 3 of 4 rows
@@ -94,7 +95,7 @@ def test_direct_shard_reads_match_plain_zarr(tmp_path, rng, dtype, shape):
     plain = zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][:]
     rows = np.array([10, 0, 3, 4, 5, 10, 7, 1, 2, 9, 8, 6, 0])  # repeats, runs across shard boundaries
     got = cache.read_rows(rows)
-    assert got.shape == (13, *shape[1:])
+    assert got.shape == (13, *shape[1:]) and got.flags.writeable
     np.testing.assert_array_equal(got.view(plain.dtype), plain[rows])
     np.testing.assert_array_equal(cache.read_rows(rows, dtype=np.float32), open_cache(tmp_path / "c.zarr").get(
         [f"id{r}" for r in rows], dtype=np.float32))  # fmt: skip
