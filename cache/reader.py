@@ -202,17 +202,50 @@ class EmbeddingCache:
             return self.read_rows(np.arange(self.manifest.n_items)[key])
         return self.read_rows(key)
 
-    def extra(self, name: str) -> zarr.Array:
-        """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily."""
+    def extra(self, name: str) -> CheckedArray:
+        """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily; index it to read."""
         if name not in self.manifest.extra_arrays:
             raise CacheError(
                 f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}"
             )
-        return self._group[name]
+        return CheckedArray(self.url, name, self._group[name])
 
     def done_shards(self) -> np.ndarray:
         """Boolean per shard: finished (useful on a partial cache)."""
-        return self._group[layout.SHARD_SHA256][:].any(axis=1)
+        digests = CheckedArray(self.url, layout.SHARD_SHA256, self._group[layout.SHARD_SHA256])
+        return np.asarray(digests[:]).any(axis=1)
+
+
+class CheckedArray:
+    """A lazily read array of a cache whose failed reads (a chunk failing its crc32c, a file that no longer
+    decodes) are one-line CacheErrors naming the array and the first bad chunk or shard file."""
+
+    def __init__(self, url: str, name: str, array: zarr.Array):
+        self.url, self.name, self._array = url, name, array
+
+    shape = property(lambda self: self._array.shape)
+    dtype = property(lambda self: self._array.dtype)
+    ndim = property(lambda self: self._array.ndim)
+    chunks = property(lambda self: self._array.chunks)
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self._array[key]
+        except Exception as err:
+            sharded = getattr(self._array, "shards", None) is not None
+            block = _first_bad_chunk(self._array, self._array.shards[0] if sharded else None)
+            raise unreadable(
+                self.url, self.name, "shard" if sharded else "chunk", block, self._array.ndim, err
+            ) from None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"<CheckedArray {self.name!r} of {self.url}: shape {self.shape}, {self.dtype}>"
 
     def shard_blocks(self, shard: int) -> list[np.ndarray]:
         """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras. A block that
@@ -228,9 +261,9 @@ class EmbeddingCache:
         return blocks
 
 
-def _first_bad_chunk(array: zarr.Array) -> int:
-    """The first chunk along the item axis that fails to decode (for naming it in an error)."""
-    step = array.chunks[0]
+def _first_bad_chunk(array: zarr.Array, step: int | None = None) -> int:
+    """The first chunk (or block of `step` items, e.g. a shard) along the item axis that fails to decode."""
+    step = step or array.chunks[0]
     for chunk in range(-(-array.shape[0] // step)):
         try:
             array[chunk * step : (chunk + 1) * step]

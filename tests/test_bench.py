@@ -46,7 +46,12 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
                                    runner_workers=(0,), min_seconds=0, workdir=str(tmp_path))  # fmt: skip
     assert result["parameters"] == 74_196  # write_tiny_enformer's configuration
     assert result["window_bp"] == 2048 and result["item_shape"] == [8, 96] and not result["full_size"]
-    assert [(r["precision"], r["batch"]) for r in result["sweep"]] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    assert [(r["precision"], r["batch"]) for r in result["sweep"]] == [
+        ("fp32", 1),
+        ("fp32", 2),
+        ("bf16", 1),
+        ("bf16", 2),
+    ]
     for row in result["sweep"]:
         assert row["calls"] >= 3 and _positive(row["windows_per_s"]) and _positive(row["tflop_per_s"])
     assert _positive(result["bf16_over_fp32_best"]) and set(result["bf16_over_fp32_per_batch"]) == {"1", "2"}
@@ -58,14 +63,26 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
     for run in result["runner"]:
         assert run["windows"] == 5 and run["precision"] == "fp32" and _positive(run["windows_per_s"])
         assert 0 < run["busy_fraction"] <= 1.5  # host clock around forward calls vs the runner's rounded wall
-    text = "\n".join(bench.render_text(t) for t in bench.embed_tables({"tiny_cpu": {"device": "cpu", "num_workers": 0,
-                                                                                 "cases": []}, "gpu": result}))
-    for expected in ("bf16 / fp32 windows/s", "≥ 2×", "GPU busy (stream, 0 workers)", "≥ 100 (one H100)", "≥ 80%"):
+    text = "\n".join(
+        bench.render_text(t)
+        for t in bench.embed_tables(
+            {"tiny_cpu": {"device": "cpu", "num_workers": 0, "cases": []}, "gpu": result}
+        )
+    )
+    for expected in (
+        "bf16 / fp32 windows/s",
+        "≥ 2×",
+        "GPU busy (stream, 0 workers)",
+        "≥ 100 (one H100)",
+        "≥ 80%",
+    ):
         assert expected in text
     assert list(tmp_path.iterdir()) == []
 
 
-def _in_process(preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"):
+def _in_process(
+    preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"
+):
     """compare_cdt_implementations without its two fresh processes (each needs seconds to start); malloc's
     settings of the test process are left as they are."""
     fast = bench_cdt.bench_cdt_step(preset, batch, "fast", steps, seed, cpu_allocator="system")
@@ -79,7 +96,11 @@ def test_cdt_section_reports_ratios_against_the_targets(monkeypatch):
     monkeypatch.setattr(bench_cdt, "compare_cdt_implementations", _in_process)
     result = bench.bench_cdt_section("tiny", batch=2, steps=1)
     for one in (result["fast"], result["reference"]):
-        assert _positive(one["samples_per_s"]) and _positive(one["steps_per_s"]) and _positive(one["peak_rss_mb"])
+        assert (
+            _positive(one["samples_per_s"])
+            and _positive(one["steps_per_s"])
+            and _positive(one["peak_rss_mb"])
+        )
         assert one["rss_before_steps_mb"] > 0 and "rss_growth_mb" in one
     assert _positive(result["speedup_samples_per_s"]) and _positive(result["peak_rss_reference_over_fast"])
     text = bench.render_text(bench.cdt_tables(result)[0])
@@ -107,7 +128,9 @@ def test_bench_command_writes_json_and_summary(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--only", "cache", "--items", "4", "--item-shape", "8,16", "--out", str(out)]) == 0
     record = json.loads((out / "cache.json").read_text())
     assert record["section"] == "cache" and record["results"]["n_items"] == 4
-    assert _positive(record["results"]["write_MB_per_s"]) and _positive(record["results"]["random_items_per_s"])
+    assert _positive(record["results"]["write_MB_per_s"]) and _positive(
+        record["results"]["random_items_per_s"]
+    )
     machine = record["machine"]
     assert machine["cpu_cores"] >= 1 and machine["torch"] == torch.__version__ and "cuda_device" in machine
     assert len(machine["load_average_at_start"]) == 3 and machine["cpu_model"]
@@ -130,7 +153,9 @@ def test_bad_options_are_refused(tmp_path, argv, capsys):
 def test_number_formatting():
     assert [bench.fmt(x) for x in (None, 12_345, 1234.5, 56.78, 3.14159, 0.01234, 2.5e-5)] == [
         "–", "12,345", "1,234", "56.8", "3.14", "0.0123", "2.50e-05"]  # fmt: skip
-    assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
+    assert (
+        bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
+    )
 
 
 @pytest.mark.slow
@@ -139,7 +164,9 @@ def test_cdt_section_through_fresh_processes(tmp_path):
                  "--threads", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     results = json.loads((tmp_path / "cdt.json").read_text())["results"]
     assert results["fast"]["threads"] == 1 and results["reference"]["implementation"] == "reference"
-    assert _positive(results["speedup_samples_per_s"]) and _positive(results["rss_growth_reference_over_fast"])
+    assert _positive(results["speedup_samples_per_s"]) and _positive(
+        results["rss_growth_reference_over_fast"]
+    )
 
 
 def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
@@ -151,14 +178,18 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu.json").read_text())["results"]
     assert results["size"] == "tiny" and results["device"] == "cpu"
     assert all(_positive(run["proteins_per_s"]) for run in results["esm2"]["runs"])
-    assert _positive(results["cdt"]["fp32"]["steps_per_s"]) and _positive(results["cdt"]["bf16"]["paper_50_epochs_minutes"])
+    assert _positive(results["cdt"]["fp32"]["steps_per_s"]) and _positive(
+        results["cdt"]["bf16"]["paper_50_epochs_minutes"]
+    )
     assert _positive(results["loader"]["rows_per_s"])
     summary = (tmp_path / "summary.md").read_text()
     assert "## gpu" in summary and "the paper's 50 epochs" in summary and "Enformer windows/s" in summary
 
 
 def test_cdt_evaluation_per_enhancer_matches_per_pair():
-    result = bench_cdt.bench_cdt_eval("tiny", n_enhancers=10, pairs_per_enhancer=3.0, pair_batch=4, enhancer_batch=3)
+    result = bench_cdt.bench_cdt_eval(
+        "tiny", n_enhancers=10, pairs_per_enhancer=3.0, pair_batch=4, enhancer_batch=3
+    )
     assert (result["pairs"], result["enhancers"]) == (30, 10)
     assert _positive(result["per_pair_pairs_per_s"]) and _positive(result["per_enhancer_pairs_per_s"])
     assert result["max_abs_difference"] < 1e-5  # the same predictions, read from one forward per enhancer

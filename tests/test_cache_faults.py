@@ -33,7 +33,9 @@ def _new_writer(path, ids, item_shape=(2, 3), **kwargs):
 def test_resume_after_kill_gives_identical_arrays(tmp_path):
     n, per = 20, 2  # 10 shards
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([*PROC, str(killed), str(n), str(per), "all", "0.3"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*PROC, str(killed), str(n), str(per), "all", "0.3"], stdout=subprocess.PIPE, text=True
+    )
     lines = [proc.stdout.readline() for _ in range(3)]  # three shards are on disk
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -42,9 +44,13 @@ def test_resume_after_kill_gives_identical_arrays(tmp_path):
     with pytest.raises(IncompleteCacheError, match="not complete"):
         open_cache(killed)
 
-    resumed = subprocess.run([*PROC, str(killed), str(n), str(per), "all"], capture_output=True, text=True, check=True)
+    resumed = subprocess.run(
+        [*PROC, str(killed), str(n), str(per), "all"], capture_output=True, text=True, check=True
+    )
     redone = [int(line.split()[1]) for line in resumed.stdout.splitlines()]
-    assert 0 not in redone and 1 not in redone and 2 not in redone and redone[-1] == 9  # only unfinished shards
+    assert (
+        0 not in redone and 1 not in redone and 2 not in redone and redone[-1] == 9
+    )  # only unfinished shards
     fresh = tmp_path / "fresh.zarr"
     subprocess.run([*PROC, str(fresh), str(n), str(per), "all"], capture_output=True, check=True)
 
@@ -83,7 +89,9 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     proc = subprocess.Popen([*PROC, str(path), "20", "2", "all", "0.5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "wrote 0\n"
-        with pytest.raises(CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)") as err:
+        with pytest.raises(
+            CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)"
+        ) as err:
             ids = [f"item{r}" for r in range(20)]
             CacheWriter.create(path, proc_spec(ids, 2), ids=ids)
         assert "\n" not in str(err.value)
@@ -212,12 +220,18 @@ def _flip(path, offset):
 def test_flipped_byte_in_a_shard_fails_every_read_of_it(tmp_path, rng):
     data = rng.standard_normal((9, 4, 8)).astype(np.float32)
     write_cache(tmp_path / "c.zarr", data, shard_items=3)
-    _flip(tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0", 10)  # inside row 3 (the first of shard 1)
+    _flip(
+        tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0", 10
+    )  # inside row 3 (the first of shard 1)
     cache = open_cache(tmp_path / "c.zarr")
-    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\).*corrupted") as err:
+    with pytest.raises(
+        CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\).*corrupted"
+    ) as err:
         cache.read_rows([0, 3], dtype=np.float32)
     assert "\n" not in str(err.value)
-    np.testing.assert_array_equal(cache.read_rows([0, 8, 4]), data[[0, 8, 4]].astype(np.float16))  # other rows fine
+    np.testing.assert_array_equal(
+        cache.read_rows([0, 8, 4]), data[[0, 8, 4]].astype(np.float16)
+    )  # other rows fine
     with pytest.raises(Exception, match="checksum"):  # plain zarr checks the same checksum
         zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][3]
 
@@ -243,3 +257,23 @@ def test_verify_names_the_array_file_that_is_broken(tmp_path, rng):
     report = verify_cache(tmp_path / "c.zarr", progress=False)
     assert len(report.problems) == 1 and report.problems[0].startswith("shard 1 ")
     assert "n_padded/c/1" in report.problems[0] and "embeddings/" not in report.problems[0]
+
+
+def test_flipped_byte_in_an_extra_or_the_shard_digests_is_one_line_naming_the_array(tmp_path, rng):
+    data = rng.standard_normal((6, 4, 8)).astype(np.float32)
+    write_cache(tmp_path / "c.zarr", data, shard_items=3, extras={"n_padded": np.arange(6, dtype=np.int32)})
+    cache = open_cache(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(np.asarray(cache.extra("n_padded")), np.arange(6))
+    assert cache.done_shards().tolist() == [True, True]
+    _flip(tmp_path / "c.zarr" / "n_padded" / "c" / "1", 2)
+    with pytest.raises(CacheError, match=r"array `n_padded`, chunk 1 \(.*n_padded/c/1\).*corrupted") as err:
+        open_cache(tmp_path / "c.zarr").extra("n_padded")[:]
+    assert "\n" not in str(err.value)
+    np.testing.assert_array_equal(
+        open_cache(tmp_path / "c.zarr").extra("n_padded")[:3], np.arange(3)
+    )  # chunk 0 fine
+    digests = sorted((tmp_path / "c.zarr" / "shard_sha256" / "c").rglob("*"))
+    _flip(next(p for p in digests if p.is_file()), 3)
+    with pytest.raises(CacheError, match=r"array `shard_sha256`, .*corrupted") as err:
+        open_cache(tmp_path / "c.zarr").done_shards()
+    assert "\n" not in str(err.value)

@@ -39,7 +39,12 @@ def test_round_trip_plain_zarr_and_open_cache(tmp_path, rng, shape):
 
 @pytest.mark.parametrize(
     ("dtype", "compression", "tolerance"),
-    [("float32", "none", 0.0), ("float32", "zstd", 0.0), ("bfloat16", "none", 8e-3), ("float16", "bitround", 5e-3)],
+    [
+        ("float32", "none", 0.0),
+        ("float32", "zstd", 0.0),
+        ("bfloat16", "none", 8e-3),
+        ("float16", "bitround", 5e-3),
+    ],
 )
 def test_storage_dtypes_and_compression(tmp_path, rng, dtype, compression, tolerance):
     data = rng.standard_normal((5, 3, 8)).astype(np.float32)
@@ -85,8 +90,10 @@ def test_shard_sizes_respect_hub_limits():
         choose_shard_items(10**9, enformer_item)
 
 
-@pytest.mark.parametrize(("dtype", "shape"), [("float16", (11, 5, 4)), ("bfloat16", (11, 6)), ("float32", (11, 3, 2)),
-                                             ("float16", (11, 256, 1024))])  # 13 rows = 6.8 MB: a huge-page buffer
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [("float16", (11, 5, 4)), ("bfloat16", (11, 6)), ("float32", (11, 3, 2)), ("float16", (11, 256, 1024))],
+)  # 13 rows = 6.8 MB: a huge-page buffer
 def test_direct_shard_reads_match_plain_zarr(tmp_path, rng, dtype, shape):
     data = rng.standard_normal(shape).astype(np.float32)
     write_cache(tmp_path / "c.zarr", data, shard_items=4, dtype=dtype)  # last shard holds 3 of 4 rows
@@ -111,7 +118,9 @@ def test_compressed_cache_reads_through_zarr_and_names_a_broken_shard(tmp_path, 
     raw = bytearray(shard.read_bytes())
     raw[5] ^= 0x40
     shard.write_bytes(bytes(raw))
-    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\) cannot be read"):
+    with pytest.raises(
+        CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\) cannot be read"
+    ):
         open_cache(tmp_path / "c.zarr").read_rows([0, 3])
 
 
@@ -147,4 +156,9 @@ def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
         lazy = da.from_zarr(str(path), component="embeddings")
         np.testing.assert_array_equal(lazy[:2].compute(), cache.read_rows([0, 1]).view(lazy.dtype))
     names = {p.name for p in (demo_run / "cache").glob("*.zarr")}
-    assert {"dna-enformer.zarr", "protein-esm2.zarr", "gene-scgpt.zarr", "isoform-rna-nt.zarr"} <= names  # all opened
+    assert {
+        "dna-enformer.zarr",
+        "protein-esm2.zarr",
+        "gene-scgpt.zarr",
+        "isoform-rna-nt.zarr",
+    } <= names  # all opened

@@ -96,9 +96,15 @@ def _reversed_copy(cache_path, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"target": float("nan")}, r"1 row\(s\) have a missing, non-numeric or infinite 'beta': row 3 \(nan\)"),
+        (
+            {"target": float("nan")},
+            r"1 row\(s\) have a missing, non-numeric or infinite 'beta': row 3 \(nan\)",
+        ),
         ({"target": float("inf")}, r"row 3 \(inf\)"),
-        ({"split": "tran"}, r"1 row\(s\) have a split other than \['train', 'validation', 'test'\]: row 3 \('tran'\)"),
+        (
+            {"split": "tran"},
+            r"1 row\(s\) have a split other than \['train', 'validation', 'test'\]: row 3 \('tran'\)",
+        ),
     ],
 )
 def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message):
@@ -123,11 +129,18 @@ def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message)
         ('[train]\nprecision = "fp8"', r"\[train\] precision = 'fp8' is not one of \['fp32', 'bf16'\]"),
         ("[train]\nepoch = 3", r"unknown key\(s\) \['epoch'\] in \[train\]; known keys: .*'epochs'"),
         ('task = "gpt"', r"task 'gpt' is not one of cdt, dna_mlp, isoformer"),
-        ("[data]\nlabels = 'a'", r"\[data\] needs \['dna_cache', 'rna_cache', 'protein_cache'\] for task 'cdt'"),
+        (
+            "[data]\nlabels = 'a'",
+            r"\[data\] needs \['dna_cache', 'rna_cache', 'protein_cache'\] for task 'cdt'",
+        ),
     ],
 )
 def test_config_values_are_checked_when_read(tmp_path, text, message):
-    paths = {} if "needs" in message else {"labels": "a", "dna_cache": "b", "rna_cache": "c", "protein_cache": "d"}
+    paths = (
+        {}
+        if "needs" in message
+        else {"labels": "a", "dna_cache": "b", "rna_cache": "c", "protein_cache": "d"}
+    )
     top, _, rest = text.partition("[")
     sections = ("[" + rest) if rest else ""
     data = "".join(f'{k} = "{v}"\n' for k, v in paths.items())
@@ -148,7 +161,10 @@ def test_set_overrides_are_checked_like_the_file(demo, tmp_path, capsys):
     assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err
     assert main(["train", "--example-config"]) == 0
     example = capsys.readouterr().out
-    assert 'task = "cdt"' in example and "[train]\nepochs = 50\nbatch_size = 8\nlr = 0.0001\nweight_decay = 1e-05" in example
+    assert (
+        'task = "cdt"' in example
+        and "[train]\nepochs = 50\nbatch_size = 8\nlr = 0.0001\nweight_decay = 1e-05" in example
+    )
     assert 'batching = "pairs"' in example and 'precision = "fp32"' in example
     assert main(["train", "--example-config", "--task", "dna_mlp"]) == 0
     assert "[model]\nhidden = 256\ndropout = 0.3" in capsys.readouterr().out
@@ -197,9 +213,13 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
     killed_metrics = json.loads((run_dir / "metrics.json").read_text())
 
     # a rerun into the finished directory with another seed or lr is refused, naming the first differing key
-    changed = subprocess.run([*command, "--set", "train.seed=7", "--set", "train.lr=0.05"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*command, "--set", "train.seed=7", "--set", "train.lr=0.05"], capture_output=True, text=True
+    )
     assert changed.returncode == 2, changed.stderr
-    assert f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
+    assert (
+        f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
+    )
     assert "output.resume=false" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
 
     shutil.move(run_dir, tmp_path / "killed")
@@ -215,7 +235,9 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
     checkpoint = torch.load(run_dir / "cdt_best.pt", weights_only=False)
     assert checkpoint["task"] == "cdt" and checkpoint["model_class"] == "CentralDogmaTransformer"
     assert checkpoint["config"]["train"]["epochs"] == 5 and checkpoint["fingerprints"]["dna"]["ids_digest"]
-    assert checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["extras"]["dna_scale"] is not None
+    assert (
+        checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["extras"]["dna_scale"] is not None
+    )
     assert sum(p.numel() for p in model.parameters()) > 50_000
 
 
@@ -225,11 +247,20 @@ def test_resume_refuses_changed_cache_contents(demo, tmp_path):
     config = load_config(_config(demo, tmp_path))
     saved = {"config": config.to_dict(), "fingerprints": {"dna": {"url": "a", "shards_digest": "sha256:1"}}}
     now = {"dna": {"url": "b", "shards_digest": "sha256:2"}}
-    with pytest.raises(InputError, match=r"trained on a dna cache with shards_digest 'sha256:1' but b has 'sha256:2'"):
+    with pytest.raises(
+        InputError, match=r"trained on a dna cache with shards_digest 'sha256:1' but b has 'sha256:2'"
+    ):
         checkpoint.check_resume(saved, tmp_path / "cdt_last.pt", config.to_dict(), now)
-    checkpoint.check_resume(saved, tmp_path / "cdt_last.pt", config.to_dict(), {"dna": {**now["dna"], "shards_digest": "sha256:1"}})
+    checkpoint.check_resume(
+        saved,
+        tmp_path / "cdt_last.pt",
+        config.to_dict(),
+        {"dna": {**now["dna"], "shards_digest": "sha256:1"}},
+    )
     longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40, num_workers=1))
-    checkpoint.check_resume(saved, tmp_path / "x.pt", longer.to_dict(), saved["fingerprints"])  # may continue longer
+    checkpoint.check_resume(
+        saved, tmp_path / "x.pt", longer.to_dict(), saved["fingerprints"]
+    )  # may continue longer
 
 
 def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
@@ -243,7 +274,9 @@ def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
     assert type(model).__name__ == "DnaOnlyMLP" and not model.training
     assert main([*command, "--set", "train.epochs=4"]) == 0  # resumes for one more epoch
     assert "dna_mlp: resuming from" in capsys.readouterr().out
-    assert len((tmp_path / "train" / "log.csv").read_text().splitlines()) == 1 + 4  # header and four epochs of dna_mlp
+    assert (
+        len((tmp_path / "train" / "log.csv").read_text().splitlines()) == 1 + 4
+    )  # header and four epochs of dna_mlp
 
 
 def _epochs_logged(run_dir: Path) -> int:
@@ -264,7 +297,9 @@ def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path
     with torch.no_grad():
         for k in range(len(chunks)):
             chunk = chunks[k]
-            assert len(chunk.rows["dna"]) == len(np.unique(chunk.examples["local"].numpy()))  # each enhancer once
+            assert len(chunk.rows["dna"]) == len(
+                np.unique(chunk.examples["local"].numpy())
+            )  # each enhancer once
             e = chunk.examples  # one forward per pair, as evaluation ran before
             slow = model(chunk.rows["dna"][e["local"]], data.rna, data.protein, e["gene_index"])
             fast = task.predict_chunk(model, chunk)
@@ -309,4 +344,9 @@ def test_paper_config_is_the_authors_recipe():
     t = config.train
     assert config.task == "cdt" and config.model.preset == "paper" and config.data.batching == "pairs"
     assert (t.batch_size, t.lr, t.weight_decay, t.clip_norm, t.precision) == (8, 1e-4, 1e-5, 1.0, "fp32")
-    assert (t.plateau_factor, t.plateau_patience, t.early_stop_patience, t.early_stop_min_delta) == (0.5, 5, 10, 0.001)
+    assert (t.plateau_factor, t.plateau_patience, t.early_stop_patience, t.early_stop_min_delta) == (
+        0.5,
+        5,
+        10,
+        0.001,
+    )
