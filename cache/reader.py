@@ -215,6 +215,19 @@ class EmbeddingCache:
         digests = CheckedArray(self.url, layout.SHARD_SHA256, self._group[layout.SHARD_SHA256])
         return np.asarray(digests[:]).any(axis=1)
 
+    def shard_blocks(self, shard: int) -> list[np.ndarray]:
+        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras. A block that
+        cannot be read is a CacheError naming its array and file."""
+        start, stop = self.manifest.shard_rows(shard)
+        blocks = []
+        for name in (layout.EMBEDDINGS, *self.manifest.extra_arrays):
+            array = self._group[name]
+            try:
+                blocks.append(np.asarray(array[start:stop]))
+            except Exception as err:  # each array's chunks carry their own checksum: name the one that failed
+                raise unreadable(self.url, name, "shard", shard, array.ndim, err) from None
+        return blocks
+
 
 class CheckedArray:
     """A lazily read array of a cache whose failed reads (a chunk failing its crc32c, a file that no longer
@@ -246,19 +259,6 @@ class CheckedArray:
 
     def __repr__(self) -> str:
         return f"<CheckedArray {self.name!r} of {self.url}: shape {self.shape}, {self.dtype}>"
-
-    def shard_blocks(self, shard: int) -> list[np.ndarray]:
-        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras. A block that
-        cannot be read is a CacheError naming its array and file."""
-        start, stop = self.manifest.shard_rows(shard)
-        blocks = []
-        for name in (layout.EMBEDDINGS, *self.manifest.extra_arrays):
-            array = self._group[name]
-            try:
-                blocks.append(np.asarray(array[start:stop]))
-            except Exception as err:  # each array's chunks carry their own checksum: name the one that failed
-                raise unreadable(self.url, name, "shard", shard, array.ndim, err) from None
-        return blocks
 
 
 def _first_bad_chunk(array: zarr.Array, step: int | None = None) -> int:
