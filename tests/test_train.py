@@ -1,10 +1,11 @@
 """The train stage on the demo caches: input, label and config checks, resume after a kill, refusal to resume a
 changed run, checkpoints that rebuild the model alone, a second task on the same loop, the authors' early
-stopping rule, and torchrun (gloo, 2 processes) against one process."""
+stopping rule, torchrun (gloo, 2 processes) against one process, and DNA rows kept on the device."""
 
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from dogmacache.train import load_model
 from dogmacache.train.config import default_config, load_config, to_toml
 from dogmacache.train.loop import EarlyStopping
 from dogmacache.train.tasks import TASKS, get_task
+from dogmacache.train.tasks import pairs as pairs_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,3 +352,32 @@ def test_paper_config_is_the_authors_recipe():
         10,
         0.001,
     )
+
+
+def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
+    """`dna_on_device = "yes"` (here the CPU is the device): one float16 table shared by CDT and its DNA-MLP
+    baseline, chunks carry row numbers, and the run's numbers equal those of rows read on the host."""
+    results = {}
+    for mode in ("no", "yes"):
+        run = tmp_path / mode
+        run.mkdir()
+        path = _config(demo, run, epochs=1)
+        assert main(["train", "--config", str(path), "--no-progress", "--set", f"data.dna_on_device={mode}",
+                     "--set", "train.num_workers=0"]) == 0  # fmt: skip
+        results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]
+    assert set(results["yes"]) == {"cdt", "dna_mlp", "per_gene_mean"}
+    for model in results["no"]:
+        assert results["yes"][model]["test"] == results["no"][model]["test"], model
+
+    config = load_config(path, {"data.dna_on_device": "yes"})
+    cdt = get_task("cdt")(config)
+    data = cdt.load()
+    cdt.on_device(data, torch.device("cpu"))
+    mlp = get_task("dna_mlp")(config)
+    mlp.on_device(data, torch.device("cpu"))
+    assert list(data.device_dna) == ["cpu"] and mlp._dna is cdt._dna and cdt._dna.table.dtype == torch.float16
+    chunk = cdt.train_chunks(data, 0)[0]
+    assert set(chunk.rows) == {"dna_rows"}
+    expected = pairs_module._read(data, chunk.rows["dna_rows"].numpy())  # read on the host, z-scored as configured
+    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table

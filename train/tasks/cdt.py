@@ -35,13 +35,20 @@ class CdtDataConfig(pairs.PairDataConfig):
 
 @dataclass(frozen=True)
 class CdtModelConfig:
-    preset: str = "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
+    preset: str = (
+        "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
+    )
     d_model: int | None = None  # overrides of the preset (None = keep)
     n_heads: int | None = None
     dropout: float | None = None
     mlp_hidden: int = 256  # the DNA-only MLP baseline's hidden width (its dropout is the model's)
 
-    LIMITS: ClassVar[dict[str, str]] = {"d_model": ">=1", "n_heads": ">=1", "dropout": "[0,1)", "mlp_hidden": ">=1"}
+    LIMITS: ClassVar[dict[str, str]] = {
+        "d_model": ">=1",
+        "n_heads": ">=1",
+        "dropout": "[0,1)",
+        "mlp_hidden": ">=1",
+    }
     CHOICES: ClassVar[dict[str, tuple]] = {"preset": tuple(PRESETS)}
 
 
@@ -55,7 +62,10 @@ class CdtData(pairs.PairData):
 def load_gene_tables(config: CdtDataConfig) -> dict[str, Any]:
     """RNA and protein tables, checked to name the same gene at every index."""
     rna, protein = open_cache(config.rna_cache), open_cache(config.protein_cache)
-    for cache, allowed, key in ((rna, ("gene", "rna"), "rna_cache"), (protein, ("protein",), "protein_cache")):
+    for cache, allowed, key in (
+        (rna, ("gene", "rna"), "rna_cache"),
+        (protein, ("protein",), "protein_cache"),
+    ):
         if cache.manifest.modality not in allowed:
             raise InputError(f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {key} needs "
                              f"{'/'.join(allowed)} embeddings")  # fmt: skip
@@ -88,7 +98,11 @@ class CdtTask(Task):
     name = "cdt"
     data_config = CdtDataConfig
     model_config = CdtModelConfig
-    models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
+    models: ClassVar[dict] = {
+        "CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))
+    }
+
+    _dna: pairs.DeviceDna | None = None  # set by on_device
 
     def load(self) -> CdtData:
         d = self.config.data
@@ -121,16 +135,19 @@ class CdtTask(Task):
 
     def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
         e = batch.examples
-        return model(batch.rows["dna"][e["local"]], self._rna, self._protein, e["gene_index"])
+        return model(pairs.chunk_dna(batch, self._dna)[e["local"]], self._rna, self._protein, e["gene_index"])
 
     def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
         e = chunk.examples
-        every_gene = model.predict_all_genes(chunk.rows["dna"], self._rna, self._protein)  # (n_enhancers, G)
+        every_gene = model.predict_all_genes(
+            pairs.chunk_dna(chunk, self._dna), self._rna, self._protein
+        )  # (n_enh, G)
         return every_gene[e["local"], e["gene_index"]]
 
     def on_device(self, data: CdtData, device: torch.device) -> None:
-        """Move the shared gene tables to the training device once."""
+        """Move the shared gene tables to the training device once, and the DNA rows per `dna_on_device`."""
         self._rna, self._protein = data.rna.to(device), data.protein.to(device)
+        self._dna = pairs.dna_to_device(data, self.config.data, device)
 
     def baselines(self, data: CdtData) -> dict[str, FittedBaseline | FixedBaseline]:
         if not self.config.train.baselines:
@@ -138,4 +155,7 @@ class CdtTask(Task):
         dropout = self.cdt_config(data).dropout
         mlp_config = dataclasses.replace(self.config, task="dna_mlp", model=dna_mlp.DnaMlpModelConfig(
             hidden=self.config.model.mlp_hidden, dropout=dropout))  # fmt: skip
-        return {"per_gene_mean": FixedBaseline(pairs.per_gene_mean), "dna_mlp": FittedBaseline(dna_mlp.DnaMlpTask(mlp_config))}
+        return {
+            "per_gene_mean": FixedBaseline(pairs.per_gene_mean),
+            "dna_mlp": FittedBaseline(dna_mlp.DnaMlpTask(mlp_config)),
+        }

@@ -42,6 +42,8 @@ class DnaMlpTask(Task):
     model_config = DnaMlpModelConfig
     models: ClassVar[dict] = {"DnaOnlyMLP": lambda c: DnaOnlyMLP(**c)}
 
+    _dna: pairs.DeviceDna | None = None  # set by on_device
+
     def load(self) -> pairs.PairData:
         return pairs.load_pairs(self.config.data)
 
@@ -61,12 +63,16 @@ class DnaMlpTask(Task):
 
     def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
         e = batch.examples
-        out = model(batch.rows["dna"][e["local"]])  # (P, G)
+        out = model(pairs.chunk_dna(batch, self._dna)[e["local"]])  # (P, G)
         return out.gather(1, e["gene_index"].view(-1, 1)).squeeze(1)
 
     def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
         e = chunk.examples
-        return model(chunk.rows["dna"])[e["local"], e["gene_index"]]
+        return model(pairs.chunk_dna(chunk, self._dna))[e["local"], e["gene_index"]]
+
+    def on_device(self, data: pairs.PairData, device: torch.device) -> None:
+        """The DNA rows on the device per `dna_on_device` (shared with CDT when run as its baseline)."""
+        self._dna = pairs.dna_to_device(data, self.config.data, device)
 
     def baselines(self, data: pairs.PairData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {"per_gene_mean": FixedBaseline(pairs.per_gene_mean)} if self.config.train.baselines else {}

@@ -5,7 +5,10 @@ batches of the tasks that read it (CDT, the DNA-only MLP).
   (train / validation / test) and the target column; a NaN or infinite target, an unknown split or a
   non-numeric target is refused naming the rows.
 - DNA (N_enh, L, D_dna): read from the streaming cache reader, or kept in RAM when all rows fit
-  `preload_bytes`. Optional z-scoring with training-split statistics (`standardize_dna`).
+  `preload_bytes`, or (`dna_on_device`) held once in the training device's memory in the cache's float16,
+  so chunks carry only row numbers and each step gathers its rows there (on a GPU this takes the host, the
+  loader and the PCIe copy out of every step; the Gasperini DNA cache is ~25 GB in float16). Optional
+  z-scoring with training-split statistics (`standardize_dna`), applied where the rows are gathered.
 - Training batches, `batching = "pairs"` (the authors'): each epoch a seeded permutation of all training pairs
   cut into batches of `train.batch_size`, the last partial batch dropped; one Chunk per batch holds only that
   batch's DNA rows, so memory is one batch per DataLoader worker plus the prefetch queue.
@@ -13,13 +16,14 @@ batches of the tasks that read it (CDT, the DNA-only MLP).
   `block_enhancers` enhancers with all their pairs, each enhancer read once per epoch; the loop cuts it into
   steps. Evaluation always reads each enhancer once (`eval_enhancers` per Chunk).
 
-Chunk layout: rows {"dna": (n_rows, L, D) float32}; examples {"index", "local" (row in `dna`), "gene_index",
+Chunk layout: rows {"dna": (n_rows, L, D) float32} (or {"dna_rows": (n_rows,) int64} with the DNA on the
+device: `DeviceDna` turns them into the same tensor); examples {"index", "local" (row in `dna`), "gene_index",
 "target"} each (P,).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +36,8 @@ from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.tasks.base import Chunk, TaskData
+from torch import Tensor
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -40,14 +46,24 @@ class PairDataConfig:
     dna_cache: str = required()  # per-position DNA cache (N_enh, L, D_dna)
     dna_table: str = ""  # optional: the recipe's dna_windows table, to check the DNA cache's inputs
     target: str = "beta"  # label column
-    batching: str = "pairs"  # pairs (the authors': uniform over pairs, last partial batch dropped) | enhancer_blocks
+    batching: str = (
+        "pairs"  # pairs (the authors': uniform over pairs, last partial batch dropped) | enhancer_blocks
+    )
     block_enhancers: int = 64  # enhancer_blocks: enhancers read together (each once per epoch)
     eval_enhancers: int = 16  # evaluation: enhancers per forward pass (each gives all its genes' outputs)
     preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, as float32)
     standardize_dna: bool = False  # z-score DNA features with training-split statistics (the authors: off)
+    # keep every DNA row in the training device's memory (float16 as stored): auto = on a GPU when the table takes
+    # at most `device_fraction` of its free memory; yes = always (an error when it does not fit); no = stream
+    dna_on_device: str = "auto"
+    device_fraction: float = 0.5
 
-    LIMITS: ClassVar[dict[str, str]] = {"block_enhancers": ">=1", "eval_enhancers": ">=1", "preload_bytes": ">=0"}
-    CHOICES: ClassVar[dict[str, tuple]] = {"batching": ("pairs", "enhancer_blocks")}
+    LIMITS: ClassVar[dict[str, str]] = {"block_enhancers": ">=1", "eval_enhancers": ">=1", "preload_bytes": ">=0",
+                                        "device_fraction": ">0"}  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "batching": ("pairs", "enhancer_blocks"),
+        "dna_on_device": ("auto", "yes", "no"),
+    }
 
 
 @dataclass
@@ -55,6 +71,74 @@ class PairData(TaskData):
     dna: EmbeddingCache | None = None
     preload: np.ndarray | None = None  # (N_enh, L, D) float32, or None to stream
     dna_scale: dict[str, np.ndarray] | None = None  # per-feature mean / std (D,), or None
+    rows_only: bool = False  # chunks carry DNA row numbers (the rows are on the device: `DeviceDna`)
+    device_dna: dict[str, DeviceDna] = field(default_factory=dict)  # device name -> its table; never pickled
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers get the data without any device table
+        return {**self.__dict__, "device_dna": {}}
+
+
+class DeviceDna:
+    """Every DNA row of a cache in one device tensor (N_enh, L, D), float16 when the cache stores float16
+    (else float32); `rows(chunk)` gives a chunk's DNA as float32 on the device, z-scored when the data is."""
+
+    def __init__(self, data: PairData, device: torch.device, block: int = 64):
+        dna = data.dna
+        dtype = torch.float16 if dna.manifest.dtype == "float16" else torch.float32
+        self.table = torch.empty((len(dna), *dna.item_shape), dtype=dtype, device=device)
+        numpy_dtype = np.float16 if dtype == torch.float16 else np.float32
+        bar = tqdm(total=len(dna), desc=f"DNA rows -> {device}", unit="row", leave=False, disable=None)
+        for a in range(0, len(dna), block):
+            rows = np.arange(a, min(a + block, len(dna)))
+            self.table[a : a + len(rows)] = torch.from_numpy(dna.read_rows(rows, dtype=numpy_dtype)).to(
+                device
+            )
+            bar.update(len(rows))
+        bar.close()
+        scale = data.dna_scale
+        self.mean = torch.from_numpy(scale["mean"]).to(device) if scale is not None else None
+        self.std = torch.from_numpy(scale["std"]).to(device) if scale is not None else None
+
+    def rows(self, chunk: Chunk) -> Tensor:
+        if "dna" in chunk.rows:  # read on the host (streamed or preloaded)
+            return chunk.rows["dna"]
+        dna = self.table[chunk.rows["dna_rows"]].float()
+        return dna if self.mean is None else (dna - self.mean) / self.std
+
+
+def table_bytes(dna: EmbeddingCache) -> int:
+    itemsize = 2 if dna.manifest.dtype == "float16" else 4
+    return len(dna) * int(np.prod(dna.item_shape)) * itemsize
+
+
+def dna_to_device(data: PairData, config: PairDataConfig, device: torch.device) -> DeviceDna | None:
+    """The data's DNA table on `device` per `dna_on_device` (loaded once per device and shared by the tasks on
+    the same data, e.g. CDT and its DNA-MLP baseline), or None to keep reading rows on the host."""
+    key = str(device)
+    if key in data.device_dna:
+        return data.device_dna[key]
+    mode, need = config.dna_on_device, table_bytes(data.dna)
+    if mode == "no" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > config.device_fraction * free:
+            if mode == "yes":
+                raise InputError(
+                    f"the DNA table of {data.dna.url} needs {need / 1e9:.1f} GB and [data] device_fraction = "
+                    f"{config.device_fraction} of {device}'s {free / 1e9:.1f} GB free allows "
+                    f'{config.device_fraction * free / 1e9:.1f} GB; set dna_on_device = "no" (stream it) or '
+                    "raise device_fraction"
+                )
+            return None
+    data.device_dna[key] = DeviceDna(data, device)
+    data.rows_only, data.preload = True, None  # chunks carry row numbers from now on; no host copy needed
+    return data.device_dna[key]
+
+
+def chunk_dna(chunk: Chunk, device_dna: DeviceDna | None) -> Tensor:
+    """A chunk's DNA rows (n_rows, L, D) float32, wherever they are kept."""
+    return device_dna.rows(chunk) if device_dna is not None else chunk.rows["dna"]
 
 
 def fingerprint(cache: EmbeddingCache) -> dict[str, Any]:
@@ -93,7 +177,9 @@ def _plain(value: Any) -> Any:
 def open_dna(config: PairDataConfig) -> EmbeddingCache:
     dna = open_cache(config.dna_cache)
     if dna.manifest.modality != "dna":
-        raise InputError(f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache")
+        raise InputError(
+            f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache"
+        )
     if len(dna.item_shape) != 2:
         raise InputError(f"{dna.url} holds pooled DNA {dna.item_shape}; this task attends over positions: "
                          "embed with pooling none")  # fmt: skip
@@ -121,7 +207,9 @@ def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **
     splits = {s: pairs[pairs["split"] == s].reset_index(drop=True) for s in SPLITS}
     empty = [s for s in SPLITS if splits[s].empty]
     if empty:
-        raise InputError(f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)")
+        raise InputError(
+            f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)"
+        )
     data = data_class(splits=splits, fingerprints={"dna": fingerprint(dna)}, dna=dna, **fields)
     need = len(dna) * int(np.prod(dna.item_shape)) * 4
     if 0 < need <= config.preload_bytes:
@@ -161,11 +249,15 @@ def _chunk(data: PairData, pairs: pd.DataFrame, positions: np.ndarray) -> Chunk:
     """The pairs at `positions` of `pairs` and the DNA rows they read (each once)."""
     dna_rows = pairs["dna_row"].to_numpy()[positions]
     rows, local = np.unique(dna_rows, return_inverse=True)
+    if data.rows_only:
+        dna_part = {"dna_rows": torch.from_numpy(rows.astype(np.int64))}
+    else:
+        dna_part = {"dna": torch.from_numpy(np.ascontiguousarray(_read(data, rows)))}
     return Chunk(
         examples={"index": torch.from_numpy(positions.astype(np.int64)), "local": torch.from_numpy(local.astype(np.int64)),
                   "gene_index": torch.from_numpy(pairs["gene_index"].to_numpy()[positions]),
                   "target": torch.from_numpy(pairs["target"].to_numpy()[positions])},
-        rows={"dna": torch.from_numpy(np.ascontiguousarray(_read(data, rows)))},
+        rows=dna_part,
     )  # fmt: skip
 
 
@@ -203,7 +295,9 @@ class EnhancerBlocks(torch.utils.data.Dataset):
         rows = np.sort(self.blocks[k])
         positions = np.concatenate([self.by_row[r] for r in rows])
         if self.seed is not None:
-            positions = positions[np.random.default_rng([self.seed, self.epoch, k]).permutation(len(positions))]
+            positions = positions[
+                np.random.default_rng([self.seed, self.epoch, k]).permutation(len(positions))
+            ]
         return _chunk(self.data, self.pairs, positions)
 
 
@@ -219,4 +313,6 @@ def per_gene_mean(data: TaskData, split: str) -> np.ndarray:
     """The training mean of the target for the pair's gene (the global training mean for unseen genes)."""
     train = data.splits["train"]
     means = train.groupby("gene_index")["target"].mean()
-    return data.splits[split]["gene_index"].map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
+    return (
+        data.splits[split]["gene_index"].map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
+    )
