@@ -29,16 +29,18 @@ PAIRS_PER_ENHANCER = 2
 _PROCESS = "import sys; from dogmacache.bench.train_memory import main; sys.exit(main(sys.argv[1:]))"
 
 
-def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: int = 0) -> dict[str, str]:
-    """Caches and labels of a synthetic CDT task with `n_enhancers` DNA rows; returns the [data] paths."""
+def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: int = 0, n_genes: int = N_GENES,
+               widths: tuple[int, int] = (16, 16), pairs_per_enhancer: int = PAIRS_PER_ENHANCER) -> dict[str, str]:  # fmt: skip
+    """Caches and labels of a synthetic CDT task with `n_enhancers` DNA rows, `n_genes` genes with RNA and
+    protein rows of `widths`, and `pairs_per_enhancer` labelled pairs each; returns the [data] paths."""
     from dogmacache.cache import CacheSpec, CacheWriter, digest_strings
 
     rng = np.random.default_rng(seed)
-    genes = [f"G{i:03d}" for i in range(N_GENES)]
+    genes = [f"G{i:05d}" for i in range(n_genes)]
     enhancers = [f"e{i:06d}" for i in range(n_enhancers)]
     paths = {}
-    for name, ids, shape, modality in (("dna", enhancers, item_shape, "dna"), ("rna", genes, (16,), "gene"),
-                                       ("protein", genes, (16,), "protein")):  # fmt: skip
+    for name, ids, shape, modality in (("dna", enhancers, item_shape, "dna"), ("rna", genes, (widths[0],), "gene"),
+                                       ("protein", genes, (widths[1],), "protein")):  # fmt: skip
         spec = CacheSpec(modality=modality, model="random", model_revision="none", layer=-1,
                          pooling="none" if name == "dna" else "mean", item_shape=shape,
                          input_digest=digest_strings(ids), shard_items=64)  # fmt: skip
@@ -51,14 +53,14 @@ def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: 
             )
         writer.finalize()
         paths[f"{name}_cache"] = str(path)
-    gene_index = rng.integers(0, N_GENES, n_enhancers * PAIRS_PER_ENHANCER)
+    gene_index = rng.integers(0, n_genes, n_enhancers * pairs_per_enhancer)
     split = np.where(
         np.arange(n_enhancers) % 10 < 8,
         "train",
         np.where(np.arange(n_enhancers) % 10 == 8, "validation", "test"),
     )
-    labels = pd.DataFrame({"enhancer": np.repeat(enhancers, PAIRS_PER_ENHANCER), "gene": [genes[i] for i in gene_index],
-                           "gene_index": gene_index, "split": np.repeat(split, PAIRS_PER_ENHANCER),
+    labels = pd.DataFrame({"enhancer": np.repeat(enhancers, pairs_per_enhancer), "gene": [genes[i] for i in gene_index],
+                           "gene_index": gene_index, "split": np.repeat(split, pairs_per_enhancer),
                            "beta": rng.standard_normal(len(gene_index)).astype(np.float32)})  # fmt: skip
     labels.to_parquet(root / "labels.parquet")
     paths["labels"] = str(root / "labels.parquet")
