@@ -36,13 +36,14 @@ SIZES = {
                      "intermediate_size": 5120}, "protein_length": 400, "esm_batches": (8, 32),
              "cdt_preset": "paper", "cdt_table_rows": 1024, "cache_items": 256, "cache_shape": (896, 3072),
              "enformer_hparams": None, "enformer_batches": (1, 2, 4, 8, 16), "enformer_windows": 128,
+             "runner_workers": (2, 8),
              "train": {"enhancers": 1024, "item_shape": (896, 3072), "genes": 2360, "widths": (512, 1280),
                        "pairs_per_enhancer": 6, "preset": "paper", "workers": 4}},
     "tiny": {"esm": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
                      "intermediate_size": 64}, "protein_length": 50, "esm_batches": (2,),
              "cdt_preset": "tiny", "cdt_table_rows": 16, "cache_items": 8, "cache_shape": (8, 48),
              "enformer_hparams": {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8,
-                                  "target_length": 8}, "enformer_batches": (1, 2), "enformer_windows": 4,
+                                  "target_length": 8}, "enformer_batches": (1, 2), "enformer_windows": 4, "runner_workers": (2,),
              "train": {"enhancers": 40, "item_shape": (8, 48), "genes": 8, "widths": (16, 16),
                        "pairs_per_enhancer": 4, "preset": "tiny", "workers": 0}},
 }  # fmt: skip
@@ -226,7 +227,7 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
     result: dict[str, Any] = {"size": size, "device": str(dev),
                               "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}  # fmt: skip
     result["enformer"] = bench_enformer_device(str(dev), hparams=s["enformer_hparams"], batches=s["enformer_batches"],
-                                               runner_windows=s["enformer_windows"], runner_workers=(2,),
+                                               runner_windows=s["enformer_windows"], runner_workers=s["runner_workers"],
                                                runner_modes=("run_embed",), min_seconds=0.5)  # fmt: skip
     result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
     result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
@@ -257,6 +258,9 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
     busy = [run.get("busy_fraction") for run in gpu.get("runner", []) if run.get("busy_fraction") is not None]
     rows.append(["GPU busy fraction, runner path", max(busy) if busy else "not measured (no NVML)",
                  f"≥ {TARGET_GPU_BUSY:.0%}", verdict(max(busy), TARGET_GPU_BUSY) if busy else ""])  # fmt: skip
+    for run in gpu.get("runner", []):
+        rows.append([f"Enformer through {run['mode']}, {run['num_workers']} input workers, {run['precision']}: "
+                     "windows/s; GPU busy", f"{fmt(run['windows_per_s'])}; {fmt(run.get('busy_fraction'))}", "", ""])  # fmt: skip
     esm = r["esm2"]
     for run in esm["runs"]:
         rows.append([f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch "
