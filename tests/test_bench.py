@@ -183,7 +183,9 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     )
     assert _positive(results["loader"]["rows_per_s"])
     stage = {run["dna_on_device"]: run for run in results["train_stage"]["runs"]}
-    assert set(stage) == {"no", "yes"} and all(_positive(run["paper_50_epochs_minutes"]) for run in stage.values())
+    assert set(stage) == {"no", "yes"} and all(
+        _positive(run["paper_50_epochs_minutes"]) for run in stage.values()
+    )
     summary = (tmp_path / "summary.md").read_text()
     assert "## gpu" in summary and "the paper's 50 epochs" in summary and "Enformer windows/s" in summary
 

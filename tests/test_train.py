@@ -378,6 +378,10 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
     assert list(data.device_dna) == ["cpu"] and mlp._dna is cdt._dna and cdt._dna.table.dtype == torch.float16
     chunk = cdt.train_chunks(data, 0)[0]
     assert set(chunk.rows) == {"dna_rows"}
-    expected = pairs_module._read(data, chunk.rows["dna_rows"].numpy())  # read on the host, z-scored as configured
-    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6)
+    expected = pairs_module._read(
+        data, chunk.rows["dna_rows"].numpy()
+    )  # read on the host, z-scored as configured
+    np.testing.assert_allclose(
+        pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6
+    )
     assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table

@@ -60,10 +60,14 @@ class EnformerOptions(AdapterOptions):
         """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take."""
         window = self.window_bp or (196_608 if bins == 896 else 256 * bins)
         if window % BIN_BP or window // BIN_BP < bins:
-            raise ModelError(f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins")
+            raise ModelError(
+                f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins"
+            )
         on = window // BIN_BP == TF_GAMMA_BINS if self.tf_gamma == "auto" else self.tf_gamma == "on"
         if on and window // BIN_BP != TF_GAMMA_BINS:
-            raise ModelError(f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off")
+            raise ModelError(
+                f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off"
+            )
         return replace(self, window_bp=window, tf_gamma="on" if on else "off")
 
 
@@ -81,9 +85,13 @@ class EnformerAdapter(EmbeddingAdapter):
         directory = source.directory
         config_file = directory / "config.json"
         if not config_file.is_file():
-            raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
+            raise ModelError(
+                f"{directory} has no config.json; an Enformer folder holds config.json and the weights"
+            )
         raw = json.loads(config_file.read_text())
-        config = EnformerConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
+        config = EnformerConfig(
+            **{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")}
+        )
         model = Enformer(config)
         state, weights_path = load_state_dict_file(directory)
         try:
@@ -111,7 +119,9 @@ class EnformerAdapter(EmbeddingAdapter):
         return self._info
 
     def default_max_tokens(self, device: torch.device) -> int:
-        return self.window * 8 if device.type == "cuda" else max(self.window, 1 << 15)  # CPU: 32 kb or one window
+        return (
+            self.window * 8 if device.type == "cuda" else max(self.window, 1 << 15)
+        )  # CPU: 32 kb or one window
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         seq, n_padded = row["_genome"].window(str(row["chrom"]), int(row["center"]), self.window)
@@ -135,21 +145,33 @@ class EnformerAdapter(EmbeddingAdapter):
         minus = [i for i, item in enumerate(batch) if "index_rc" in item]
         if minus:
             rc = torch.from_numpy(np.stack([batch[i]["index_rc"] for i in minus]))
-            rc_out = self.model(self.one_hot(rc), return_only_embeddings=True).flip(1)  # bins back in reference order
+            rc_out = self.model(self.one_hot(rc), return_only_embeddings=True).flip(
+                1
+            )  # bins back in reference order
             out = out.clone()  # inference tensors: write into a copy
             out[minus] = (out[minus] + rc_out) / 2
         return out, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}
 
 
-TINY_ENFORMER = {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8, "target_length": 8,
-                 "output_heads": {"human": 4}}  # 74k parameters, ~2 kb windows (REFERENCE section 2's test config)
+TINY_ENFORMER = {
+    "dim": 48,
+    "depth": 1,
+    "heads": 2,
+    "attn_dim_key": 8,
+    "dim_divisible_by": 8,
+    "target_length": 8,
+    "output_heads": {"human": 4},
+}  # 74k parameters, ~2 kb windows (REFERENCE section 2's test config)
 
 
 def write_tiny_enformer(directory: Path, seed: int = 0) -> Path:
-    """A tiny random Enformer (74k parameters) in the real on-disk layout (config.json + pytorch_model.bin)."""
+    """A tiny random Enformer (74k parameters) in the real on-disk layout (config.json + pytorch_model.bin), every
+    weight random (the attention output projection too, which the library initialises to zero) and its
+    BatchNorm statistics set."""
+    from dogmacache.embed.tiny import randomize_
     from enformer_pytorch import Enformer
 
     torch.manual_seed(seed)
-    model = Enformer.from_hparams(**TINY_ENFORMER)
+    model = randomize_(Enformer.from_hparams(**TINY_ENFORMER), seed)
     model.save_pretrained(str(directory), safe_serialization=False)  # enformer-pytorch needs the .bin format
     return Path(directory)
