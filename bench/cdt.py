@@ -258,12 +258,8 @@ def bench_cdt_section(preset: str = "small", batch: int = 8, steps: int = 3, thr
             result["rss_growth_reference_over_fast"] = reference["rss_growth_mb"] / fast["rss_growth_mb"]
         if fast.get("cuda_peak_mb") and reference.get("cuda_peak_mb"):
             result["cuda_peak_reference_over_fast"] = reference["cuda_peak_mb"] / fast["cuda_peak_mb"]
-    eval_preset = (
-        "small" if preset == "paper" else preset
-    )  # paper-size evaluation on a CPU takes minutes per table
-    shapes = {
-        name: bench_cdt_eval(eval_preset, pairs_per_enhancer=ratio) for name, ratio in EVAL_SHAPES.items()
-    }
+    eval_preset = "small" if preset == "paper" else preset  # paper-size evaluation on a CPU takes minutes per table
+    shapes = {name: bench_cdt_eval(eval_preset, pairs_per_enhancer=ratio) for name, ratio in EVAL_SHAPES.items()}
     result["evaluation"] = {"preset": eval_preset, "threads": torch.get_num_threads(), "shapes": shapes}
     return result
 
@@ -336,12 +332,7 @@ def bench_cdt_eval(preset: str = "small", n_enhancers: int = 64, pairs_per_enhan
     rna = torch.randn(config.n_genes, config.rna_width, generator=generator)
     protein = torch.randn(config.n_genes, config.protein_width, generator=generator)
     n_pairs = max(n_enhancers, round(n_enhancers * pairs_per_enhancer))
-    enhancer = torch.cat(
-        [
-            torch.arange(n_enhancers),
-            torch.randint(0, n_enhancers, (n_pairs - n_enhancers,), generator=generator),
-        ]
-    )
+    enhancer = torch.cat([torch.arange(n_enhancers), torch.randint(0, n_enhancers, (n_pairs - n_enhancers,), generator=generator)])
     enhancer = enhancer.sort().values  # pairs grouped by enhancer, as the evaluation chunks hold them
     gene = torch.randint(0, config.n_genes, (n_pairs,), generator=generator)
 

@@ -44,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)")  # fmt: skip
     g = p.add_argument_group("cache")
-    g.add_argument(
-        "--items", type=int, default=200, help="cache benchmark: items (default 200: 1.1 GB of Enformer rows)"
-    )
+    g.add_argument("--items", type=int, default=200, help="cache benchmark: items (default 200: 1.1 GB of Enformer rows)")
     g.add_argument(
         "--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)"
     )
@@ -101,9 +99,7 @@ def _integers(text: str) -> tuple[int, ...]:
 
 
 def _cache(args: argparse.Namespace) -> dict[str, Any]:
-    return bench_cache(
-        n_items=args.items, item_shape=_integers(args.item_shape), compression=args.compression
-    )
+    return bench_cache(n_items=args.items, item_shape=_integers(args.item_shape), compression=args.compression)
 
 
 def _embed(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,13 +128,7 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "train-memory": (lambda args: bench_train_memory(), train_memory_tables),
     "gpu": (_gpu, gpu_tables),
 }
-DEFAULT_SECTIONS = (
-    "cache",
-    "embed",
-    "cdt",
-    "mutate",
-    "train-memory",
-)  # `gpu` runs on its own (`make bench-gpu`)
+DEFAULT_SECTIONS = ("cache", "embed", "cdt", "mutate", "train-memory")  # `gpu` runs on its own (`make bench-gpu`)
 TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
 
 

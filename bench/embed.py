@@ -77,9 +77,7 @@ def write_random_enformer(directory: str | os.PathLike, seed: int = 0, **hparams
     return directory
 
 
-def write_random_genome(
-    path: str | os.PathLike, lengths: dict[str, int], seed: int = 0, width: int = 80
-) -> Path:
+def write_random_genome(path: str | os.PathLike, lengths: dict[str, int], seed: int = 0, width: int = 80) -> Path:
     """A FASTA of uniformly random A/C/G/T (no N), `width` bases per line."""
     rng = np.random.default_rng(seed)
     letters = np.frombuffer(b"ACGT", dtype=np.uint8)
@@ -103,9 +101,7 @@ def random_windows(lengths: dict[str, int], n: int, window_bp: int, seed: int = 
         raise ValueError(f"no chromosome is as long as the {window_bp:,} bp window")
     chroms = rng.choice(names, size=n)
     centers = [int(rng.integers(window_bp // 2 + 1, lengths[c] - window_bp // 2 + 1)) for c in chroms]
-    return pd.DataFrame(
-        {"id": [f"w{i:06d}" for i in range(n)], "chrom": chroms, "center": centers, "strand": "+"}
-    )
+    return pd.DataFrame({"id": [f"w{i:06d}" for i in range(n)], "chrom": chroms, "center": centers, "strand": "+"})
 
 
 # ---- timing ------------------------------------------------------------------------------------------------
@@ -122,9 +118,7 @@ class TinyCase:
 TINY_CASES = (
     TinyCase("Enformer, CRISPRi enhancer windows", "enformer", "dna", "cdt/dna_windows.parquet"),
     TinyCase("ESM-2, proteins", "esm2", "protein", "cdt/proteins.parquet"),
-    TinyCase(
-        "Nucleotide Transformer, cDNA", "nucleotide-transformer", "rna", "isoform/rna_sequences.parquet"
-    ),
+    TinyCase("Nucleotide Transformer, cDNA", "nucleotide-transformer", "rna", "isoform/rna_sequences.parquet"),
     TinyCase("scGPT, gene tokens", "scgpt", "gene", "cdt/genes.parquet", replicable=False),
     TinyCase("scGPT, tissue contexts", "scgpt", "context", "isoform/tissue_profiles.parquet"),
 )
@@ -350,9 +344,7 @@ def bench_enformer_device(
             result["bf16_over_fp32_per_batch"] = per_batch
 
         # 2. bf16 against fp32 on the same windows
-        x = adapter.one_hot(
-            torch.randint(0, 4, (deviation_batch, window), generator=generator, dtype=torch.uint8)
-        )
+        x = adapter.one_hot(torch.randint(0, 4, (deviation_batch, window), generator=generator, dtype=torch.uint8))
         with torch.inference_mode():
             with strict_fp32():
                 ref = adapter.model(x, return_only_embeddings=True).float()

@@ -36,9 +36,7 @@ def bench_mutate(n_genes: int = 64, n_edits: int = 64, seed: int = 0) -> dict[st
         root = Path(tmp)
         length = SPACING_BP * (n_genes + 1)
         sequence = "".join(rng.choice(list("ACGT"), length))
-        (root / "genome.fa").write_text(
-            ">chr1\n" + "\n".join(sequence[i : i + 60] for i in range(0, length, 60)) + "\n"
-        )
+        (root / "genome.fa").write_text(">chr1\n" + "\n".join(sequence[i : i + 60] for i in range(0, length, 60)) + "\n")
         centers = SPACING_BP * np.arange(1, n_genes + 1)
         pd.DataFrame({"id": [f"G{i:04d}" for i in range(n_genes)], "chrom": "chr1", "center": centers,
                       "strand": "+"}).to_parquet(root / "windows.parquet")  # fmt: skip
@@ -48,9 +46,7 @@ def bench_mutate(n_genes: int = 64, n_edits: int = 64, seed: int = 0) -> dict[st
                                          device="cpu", num_workers=0, progress=False))  # fmt: skip
         dna = open_cache(root / "dna.zarr")
         torch.manual_seed(seed)
-        adapter = TokenAdapter(
-            dna.item_shape[-1], 512, hidden=512, pooling="attention", dropout=0.0
-        )  # scGPT width
+        adapter = TokenAdapter(dna.item_shape[-1], 512, hidden=512, pooling="attention", dropout=0.0)  # scGPT width
         scanner = open_scanner(dna, root / "windows.parquet", root / "genome.fa", model, adapter, "cpu")
         positions = rng.integers(centers[0] - 500, centers[-1] + 500, n_edits)  # 0-based, inside the windows
         edits = []

@@ -22,31 +22,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("url")
     p.set_defaults(run=_verify)
 
-    p = sub.add_parser(
-        "import-h5", help="stream an HDF5 embedding file into a cache (bounded memory, resumable)"
-    )
+    p = sub.add_parser("import-h5", help="stream an HDF5 embedding file into a cache (bounded memory, resumable)")
     p.add_argument("src", help="HDF5 file")
     p.add_argument("dest", help="cache directory to write")
     p.add_argument("--dataset", required=True, help="HDF5 dataset with the embeddings, (N, L, D) or (N, D)")
-    p.add_argument(
-        "--ids", default=None, help="HDF5 dataset of row ids (default: <chrom>:<center> from chroms/centers)"
-    )
+    p.add_argument("--ids", default=None, help="HDF5 dataset of row ids (default: <chrom>:<center> from chroms/centers)")
     p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--model", required=True, help="model id the embeddings came from")
     p.add_argument("--model-revision", default="unknown", help="weights revision or checksum, if known")
-    p.add_argument(
-        "--layer", default="-1", help="layer the embeddings were taken from (default -1, the last)"
-    )
+    p.add_argument("--layer", default="-1", help="layer the embeddings were taken from (default -1, the last)")
     p.add_argument("--pooling", default=None, help="how (N, D) embeddings were pooled; 'none' for (N, L, D)")
-    p.add_argument(
-        "--dtype", default="float16", choices=STORAGE_DTYPES, help="storage dtype (default float16)"
-    )
-    p.add_argument(
-        "--compression", default="none", choices=COMPRESSIONS, help="default none (fp16 is the 2x)"
-    )
-    p.add_argument(
-        "--shard-items", type=int, default=None, help="items per shard file (default: ~1 GiB shards)"
-    )
+    p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES, help="storage dtype (default float16)")
+    p.add_argument("--compression", default="none", choices=COMPRESSIONS, help="default none (fp16 is the 2x)")
+    p.add_argument("--shard-items", type=int, default=None, help="items per shard file (default: ~1 GiB shards)")
     p.add_argument("--dedupe", default=None, choices=("keep-first", "suffix"),
                    help="when built or given ids repeat: keep-first drops the later rows of an id, suffix renames "
                         "them <id>#2, <id>#3, ... (default: refuse); the rows affected are printed and recorded")  # fmt: skip
@@ -56,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="upload a cache (or folder of caches) to a Hugging Face dataset repo")
     p.add_argument("folder")
     p.add_argument("--repo", required=True, help="OWNER/NAME of the dataset repository")
-    p.add_argument(
-        "--license", default="other", help="licence id for the card (follow the model's and the data's)"
-    )
+    p.add_argument("--license", default="other", help="licence id for the card (follow the model's and the data's)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, send nothing")
     p.set_defaults(run=_publish)
@@ -143,9 +129,7 @@ def _import_h5(args: argparse.Namespace) -> int:
     if written == 0:
         print(f"{args.dest} is already complete ({manifest.n_items:,} items); nothing to do")
     else:
-        print(
-            f"wrote {written} of {manifest.n_shards} shards; {args.dest} complete with {manifest.n_items:,} items"
-        )
+        print(f"wrote {written} of {manifest.n_shards} shards; {args.dest} complete with {manifest.n_items:,} items")
     return 0
 
 
@@ -154,13 +138,9 @@ def _publish(args: argparse.Namespace) -> int:
 
     caches, card, n_files, n_bytes = plan_publish(args.folder, args.repo, args.license)
     if args.dry_run:
-        print(
-            f"would create dataset repo {args.repo} and upload {n_files} files, {n_bytes / 2**20:,.1f} MiB:"
-        )
+        print(f"would create dataset repo {args.repo} and upload {n_files} files, {n_bytes / 2**20:,.1f} MiB:")
         for c in caches:
-            print(
-                f"  {c.relpath}: {c.manifest.modality}/{portable(c.manifest).model}, {c.manifest.n_items:,} items"
-            )
+            print(f"  {c.relpath}: {c.manifest.modality}/{portable(c.manifest).model}, {c.manifest.n_items:,} items")
         print(f"--- {CARD_NAME} ---")
         print(card)
         return 0

@@ -55,9 +55,5 @@ def from_storage(block: np.ndarray, stored: str, dtype: np.dtype | str | None) -
     target = np.dtype(dtype)
     if target.name not in _FLOATS:
         return block.view(layout.numpy_view(stored)).astype(target)
-    t = (
-        torch.from_numpy(block.view(np.int16)).view(torch.bfloat16)
-        if stored == "bfloat16"
-        else torch.from_numpy(block)
-    )
+    t = torch.from_numpy(block.view(np.int16)).view(torch.bfloat16) if stored == "bfloat16" else torch.from_numpy(block)
     return t.to(getattr(torch, target.name)).numpy()

@@ -33,11 +33,7 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 def _describe(h5: h5py.File) -> str:
     found = []
-    h5.visititems(
-        lambda name, obj: (
-            found.append(f"{name} {obj.shape} {obj.dtype}") if isinstance(obj, h5py.Dataset) else None
-        )
-    )
+    h5.visititems(lambda name, obj: found.append(f"{name} {obj.shape} {obj.dtype}") if isinstance(obj, h5py.Dataset) else None)
     return ", ".join(found) or "no datasets"
 
 
@@ -52,18 +48,14 @@ def read_ids(h5: h5py.File, src: str, n_items: int, ids_name: str | None) -> lis
             raise InputError(f"{src} has no dataset {ids_name!r} for --ids; it has: {_describe(h5)}")
         ids = _decode(h5[ids_name][:])
     elif "chroms" in h5 and "centers" in h5:
-        ids = [
-            f"{c}:{int(p)}" for c, p in zip(_decode(h5["chroms"][:]), h5["centers"][:].tolist(), strict=True)
-        ]
+        ids = [f"{c}:{int(p)}" for c, p in zip(_decode(h5["chroms"][:]), h5["centers"][:].tolist(), strict=True)]
     else:
         raise InputError(
             f"{src} has neither an ids dataset nor `chroms` + `centers` to build ids from; it has: {_describe(h5)}; "
             "pass --ids NAME with the dataset that names each row"
         )
     if len(ids) != n_items:
-        raise InputError(
-            f"{src}: {len(ids)} ids for {n_items} embedding rows; the ids dataset must have one per row"
-        )
+        raise InputError(f"{src}: {len(ids)} ids for {n_items} embedding rows; the ids dataset must have one per row")
     return ids
 
 
@@ -160,14 +152,10 @@ def import_h5(
         raise InputError(f"{src} is not a readable HDF5 file ({err})") from err
     with h5:
         if dataset not in h5 or not isinstance(h5[dataset], h5py.Dataset):
-            raise InputError(
-                f"{src} has no dataset {dataset!r}; it has: {_describe(h5)}; pass --dataset NAME"
-            )
+            raise InputError(f"{src} has no dataset {dataset!r}; it has: {_describe(h5)}; pass --dataset NAME")
         data = h5[dataset]
         if data.ndim not in (2, 3):
-            raise InputError(
-                f"{src}:{dataset} has shape {data.shape}; expected (N, D) pooled or (N, L, D) per-position"
-            )
+            raise InputError(f"{src}:{dataset} has shape {data.shape}; expected (N, D) pooled or (N, L, D) per-position")
         if pooling is None:
             if data.ndim == 2:
                 raise InputError(
@@ -187,25 +175,13 @@ def import_h5(
         source_ids = read_ids(h5, str(src), data.shape[0], ids)
         item_ids, source_rows, affected = dedupe_ids(source_ids, dedupe, str(src))
         input_digest = digest_strings(
-            [
-                "h5import",
-                src.name,
-                dataset,
-                str(data.shape),
-                str(data.dtype),
-                str(src.stat().st_size),
-                *item_ids,
-            ]
+            ["h5import", src.name, dataset, str(data.shape), str(data.dtype), str(src.stat().st_size), *item_ids]
         )
         # a portable record: the file's name, not where it lay on this machine
         config = {"source": "import-h5", "src": src.name, "dataset": dataset, "ids": ids}
         if affected:
             n_repeated = len({source_ids[r] for r in affected})
-            config["dedupe"] = {
-                "mode": dedupe,
-                "rows": [int(r) for r in affected],
-                "repeated_ids": n_repeated,
-            }
+            config["dedupe"] = {"mode": dedupe, "rows": [int(r) for r in affected], "repeated_ids": n_repeated}
         spec = CacheSpec(modality=modality, model=model, model_revision=model_revision, layer=layer, pooling=pooling,
                          item_shape=data.shape[1:], input_digest=input_digest, dtype=dtype, compression=compression,
                          shard_items=shard_items, config=config)  # fmt: skip
@@ -218,28 +194,20 @@ def import_h5(
         block_rows = max(1, READ_BLOCK_BYTES // item_bytes)
         view = layout.numpy_view(dtype)
         n_pending = sum(m.shard_rows(s)[1] - m.shard_rows(s)[0] for s in pending)
-        bar = tqdm(
-            total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True
-        )  # None: off when not a terminal
+        bar = tqdm(total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True)  # None: off when not a terminal
         for shard in pending:
             start, stop = m.shard_rows(shard)
-            buffer = np.empty(
-                (stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view
-            )
+            buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)
             for a in range(start, stop, block_rows):
                 b = min(stop, a + block_rows)
                 first, last = int(source_rows[a]), int(source_rows[b - 1])
-                block = data[
-                    first : last + 1
-                ]  # dropped rows are few: read the range, keep the rows asked for
+                block = data[first : last + 1]  # dropped rows are few: read the range, keep the rows asked for
                 if last + 1 - first != b - a:
                     block = block[source_rows[a:b] - first]
                 _check_range(block, source_rows[a:b], item_ids[a:b], f"{src}:{dataset}", dtype)
                 # torch's cast (cache.convert) is ~10x faster than numpy's float32 -> float16 assignment;
                 # bfloat16 stays float32 here and the writer casts it once
-                buffer[a - start : b - start] = (
-                    block if dtype == "bfloat16" else convert.to_storage(block, dtype)
-                )
+                buffer[a - start : b - start] = block if dtype == "bfloat16" else convert.to_storage(block, dtype)
                 bar.update(b - a)
             writer.write_shard(shard, buffer)
         bar.close()

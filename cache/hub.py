@@ -65,9 +65,7 @@ def _portable_value(value: Any) -> Any:
 
 def portable(manifest: Manifest) -> Manifest:
     """The manifest as published: absolute local paths (the model folder, config paths) become file names."""
-    return dataclasses.replace(
-        manifest, model=_portable_value(manifest.model), config=_portable_value(manifest.config)
-    )
+    return dataclasses.replace(manifest, model=_portable_value(manifest.model), config=_portable_value(manifest.config))
 
 
 def _size_category(n: int) -> str:

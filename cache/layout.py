@@ -121,9 +121,7 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
         return [], [ZstdCodec(level=3), *checksum()]
     if compression == "bitround":
         if dtype == "bfloat16":
-            raise CacheError(
-                "bitround works on float16/float32 storage; bfloat16 already keeps 7 mantissa bits"
-            )
+            raise CacheError("bitround works on float16/float32 storage; bfloat16 already keeps 7 mantissa bits")
         import warnings
 
         with warnings.catch_warnings():  # numcodecs warns that its codecs are outside the v3 spec

@@ -24,7 +24,6 @@ MANIFEST_KEY = "dogmacache"  # root attribute name
 STORAGE_DTYPES = ("float16", "float32", "bfloat16")
 COMPRESSIONS = ("none", "zstd", "bitround")
 
-
 @dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs to trust and interpret a cache. Stored as the root attribute `dogmacache`."""
@@ -38,9 +37,7 @@ class Manifest:
     n_items: int
     item_shape: tuple[int, ...]  # (L, D) or (D,)
     shard_items: int  # items per shard file; shard i holds rows [i*shard_items, (i+1)*shard_items)
-    input_digest: (
-        str  # digest of the ordered ids and their inputs: two caches join only if their inputs agree
-    )
+    input_digest: str  # digest of the ordered ids and their inputs: two caches join only if their inputs agree
     compression: str = "none"  # one of COMPRESSIONS
     extra_arrays: tuple[str, ...] = ()  # per-item arrays beside `embeddings` (e.g. "n_padded", "mask")
     ids_digest: str = ""  # digest_strings(ids), checked by `verify`
@@ -53,13 +50,9 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
-            raise CacheError(
-                f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}; pick one of those"
-            )
+            raise CacheError(f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}; pick one of those")
         if self.dtype not in STORAGE_DTYPES:
-            raise CacheError(
-                f"dtype {self.dtype!r} is not one of {', '.join(STORAGE_DTYPES)}; pick one of those"
-            )
+            raise CacheError(f"dtype {self.dtype!r} is not one of {', '.join(STORAGE_DTYPES)}; pick one of those")
         if self.compression not in COMPRESSIONS:
             raise CacheError(
                 f"compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}; pick one of those"
@@ -100,9 +93,7 @@ class Manifest:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise CacheError(
-                f"{where} manifest has unknown keys {unknown}; it was written by another dogmacache"
-            )
+            raise CacheError(f"{where} manifest has unknown keys {unknown}; it was written by another dogmacache")
         values = dict(data)
         values["item_shape"] = tuple(int(s) for s in data["item_shape"])
         values["extra_arrays"] = tuple(data.get("extra_arrays", ()))

@@ -49,9 +49,7 @@ def _local_path(path: str | os.PathLike) -> Path:
     if text.startswith("file://"):
         text = text[len("file://") :]
     if "://" in text:
-        raise CacheError(
-            f"caches are written to a local directory, got {text!r}; write locally, then `cache publish`"
-        )
+        raise CacheError(f"caches are written to a local directory, got {text!r}; write locally, then `cache publish`")
     return Path(text)
 
 
@@ -63,14 +61,8 @@ def _disk_error(err: OSError, doing: str, kept: str) -> CacheError | None:
     name = _DISK_ERRORS.get(err.errno)
     if name is None:
         return None
-    fix = (
-        "free some space"
-        if err.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "make it writable (or choose another output path)"
-    )
-    return CacheError(
-        f"cannot {doing}: {err.strerror} ({name}); {kept}; {fix}, then re-run the same command to resume"
-    )
+    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable (or choose another output path)"
+    return CacheError(f"cannot {doing}: {err.strerror} ({name}); {kept}; {fix}, then re-run the same command to resume")
 
 
 class CacheWriter:
@@ -156,10 +148,7 @@ class CacheWriter:
                 compressors=compressors,
                 fill_value=0,
                 chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
-                attributes={
-                    "storage_dtype": manifest.dtype,
-                    "coordinates": layout.IDS,
-                },  # xarray: ids label items
+                attributes={"storage_dtype": manifest.dtype, "coordinates": layout.IDS},  # xarray: ids label items
                 dimension_names=layout.EMBEDDING_DIMS.get(len(manifest.item_shape)),
             )
         ids_array = group.create_array(
@@ -197,17 +186,13 @@ class CacheWriter:
         return cls(path, group, manifest, extras, lock)
 
     @classmethod
-    def _resume(
-        cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...], lock: WriterLock
-    ) -> CacheWriter:
+    def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...], lock: WriterLock) -> CacheWriter:
         writer = cls._attach(path, extras, lock, allow_complete=True)
         if writer.manifest.complete:
             lock.release()  # nothing more will be written
         differs = writer.manifest.same_content_as(wanted)
         if differs:
-            detail = "; ".join(
-                f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs
-            )
+            detail = "; ".join(f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs)
             raise CacheError(
                 f"{path} already holds a cache of other content ({detail}); "
                 "choose another output path, or pass --overwrite to replace it"
@@ -242,18 +227,13 @@ class CacheWriter:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
         if MANIFEST_KEY not in group.attrs:
-            raise CacheError(
-                f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"
-            )
+            raise CacheError(f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
         manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=str(path))
         if manifest.complete and not allow_complete:
-            raise CacheError(
-                f"{path} is complete; re-embedding writes a new cache (choose another output path)"
-            )
+            raise CacheError(f"{path} is complete; re-embedding writes a new cache (choose another output path)")
         if extras is None:
             extras = tuple(
-                ExtraArray(name, str(group[name].dtype), tuple(group[name].shape[1:]))
-                for name in manifest.extra_arrays
+                ExtraArray(name, str(group[name].dtype), tuple(group[name].shape[1:])) for name in manifest.extra_arrays
             )
         return cls(path, group, manifest, tuple(extras), lock)
 
@@ -348,9 +328,7 @@ class CacheWriter:
         stored = convert.to_storage(embeddings, dtype)
         if dtype == "float16" and embeddings.dtype != np.float16:
             self._refuse_nonfinite(
-                stored,
-                start,
-                f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)",
+                stored, start, f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)"
             )
         return stored
 
@@ -379,15 +357,11 @@ class CacheWriter:
                 f"{self.path}: {len(missing)} of {self.manifest.n_shards} shards are not written yet "
                 f"(first: {missing[:5]}); re-run the same command to finish them"
             )
-        done = dataclasses.replace(
-            self.manifest, complete=True, shards=tuple(bytes(d).hex() for d in digests)
-        )
+        done = dataclasses.replace(self.manifest, complete=True, shards=tuple(bytes(d).hex() for d in digests))
         try:
             self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
         except OSError as err:
-            kept = (
-                f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
-            )
+            kept = f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
             raise _disk_error(err, f"finalize {self.path}", kept) or err from None
         self.manifest = done
         self.close()

@@ -27,17 +27,11 @@ def _option_flags() -> dict[str, dict]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dogmacache.embed.adapters import model_modalities
 
-    p = subparsers.add_parser(
-        "embed", help="run one frozen model over an input table into a cache (resumable)"
-    )
-    p.add_argument(
-        "--input", required=True, help="input table from a recipe (parquet or TSV) with an `id` column"
-    )
+    p = subparsers.add_parser("embed", help="run one frozen model over an input table into a cache (resumable)")
+    p.add_argument("--input", required=True, help="input table from a recipe (parquet or TSV) with an `id` column")
     p.add_argument("--modality", required=True, choices=("dna", "rna", "protein", "gene", "context"))
     p.add_argument("--model", required=True, help=f"adapter: {', '.join(sorted(model_modalities()))}")
-    p.add_argument(
-        "--model-path", default=None, help="hub id or local directory (default: the adapter's weights)"
-    )
+    p.add_argument("--model-path", default=None, help="hub id or local directory (default: the adapter's weights)")
     p.add_argument("--revision", default=None, help="hub revision to download (default: main)")
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--genome", default=None, help="genome FASTA (plain) for --modality dna")
@@ -46,39 +40,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="autocast for the forward pass (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
     p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES, help="cache storage dtype")
     p.add_argument("--compression", default="none", choices=COMPRESSIONS)
-    p.add_argument(
-        "--max-tokens", type=int, default=0, help="token budget per batch (0: the adapter's default)"
-    )
+    p.add_argument("--max-tokens", type=int, default=0, help="token budget per batch (0: the adapter's default)")
     p.add_argument("--max-batch", type=int, default=64, help="most items per batch (default 64)")
     p.add_argument("--num-workers", type=int, default=2, help="input-preparation processes (default 2)")
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
     p.add_argument("--max-positions", type=int, default=None, metavar="K",
                    help="average-pool each item's positions to at most K (adaptive pooling over its real tokens), so a "
                         "per-position cache fits a disk budget; recorded in the manifest (default: keep every position)")  # fmt: skip
-    p.add_argument(
-        "--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers"
-    )
+    p.add_argument("--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers")
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
     p.add_argument("--no-progress", action="store_true")
     group = p.add_argument_group("adapter options (each model takes some; default: the model's)")
-    for (
-        name,
-        spec,
-    ) in _option_flags().items():  # unset flags stay out of the namespace: the options' defaults hold
+    for name, spec in _option_flags().items():  # unset flags stay out of the namespace: the options' defaults hold
         group.add_argument(*spec["flags"], dest=name, default=argparse.SUPPRESS,
                            **{k: v for k, v in spec.items() if k != "flags"})  # fmt: skip
     p.set_defaults(run=_embed)
 
-    p = subparsers.add_parser(
-        "models", help="list adapters; write tiny models of every supported architecture"
-    )
+    p = subparsers.add_parser("models", help="list adapters; write tiny models of every supported architecture")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     q = sub.add_parser("list", help="the adapters and the modalities they embed")
     q.set_defaults(run=_list)
-    q = sub.add_parser(
-        "make-tiny", help="small random models in their real on-disk layouts (tests, offline demo)"
-    )
+    q = sub.add_parser("make-tiny", help="small random models in their real on-disk layouts (tests, offline demo)")
     q.add_argument("dir")
     q.add_argument("--genes", default=None,
                    help="comma-separated gene symbols for the tiny scGPT vocabulary (default: the demo's DEMO01..DEMO36)")  # fmt: skip
@@ -118,9 +101,7 @@ def config_from_args(args: argparse.Namespace):
 
 def _embed(args: argparse.Namespace) -> int:
     if args.max_positions is not None and args.max_positions < 1:
-        raise InputError(
-            f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)"
-        )
+        raise InputError(f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)")
     config = config_from_args(args)
     if args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask

@@ -51,9 +51,7 @@ class AdapterPlugin(_plugin_base()):
         torch.set_num_threads(self.torch_threads)
         device = pick_device(self.settings.config.device)  # this worker's own GPU under LocalCUDACluster
         _, rows, adapter = load(replace(self.settings.config, options=self.settings.options), device)
-        _STATE.update(
-            settings=self.settings, rows=rows, adapter=adapter, device=device, lock_token=self.lock_token
-        )
+        _STATE.update(settings=self.settings, rows=rows, adapter=adapter, device=device, lock_token=self.lock_token)
 
     def teardown(self, worker=None) -> None:
         _STATE.clear()
@@ -63,9 +61,7 @@ def embed_shard(shard: int) -> int:
     """Runs on a worker: embed and write one whole shard. Returns the number of items written."""
     settings, adapter, device = _STATE["settings"], _STATE["adapter"], _STATE["device"]
     config = settings.config
-    writer = CacheWriter.open(
-        config.out, lock_token=_STATE["lock_token"]
-    )  # a share of the coordinator's lock
+    writer = CacheWriter.open(config.out, lock_token=_STATE["lock_token"])  # a share of the coordinator's lock
     start, stop = writer.manifest.shard_rows(shard)
     embeddings, extras = embed_rows(
         adapter, _STATE["rows"][start:stop], device=device, precision=settings.precision,
@@ -124,12 +120,7 @@ def _fan_out(config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, 
         client.register_plugin(AdapterPlugin(settings, torch.get_num_threads(), writer.lock_token))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
-        with tqdm(
-            total=n_items,
-            unit="item",
-            desc=f"embed {config.model} on dask",
-            disable=None if config.progress else True,
-        ) as bar:
+        with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True) as bar:
             for future in as_completed(futures):
                 bar.update(future.result())  # re-raises a worker's error here
     finally:
@@ -138,7 +129,5 @@ def _fan_out(config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, 
             cluster.close()
     manifest = writer.finalize()
     seconds = time.perf_counter() - start
-    print(
-        f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}"
-    )
+    print(f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}")
     return {"items": n_items, "seconds": seconds, "shards": len(pending), "complete": manifest.complete}

@@ -64,15 +64,11 @@ class Genome:
         names = self.fasta.keys()
         if chrom in names:
             return chrom
-        alias = {"chrM": "MT", "MT": "chrM"}.get(chrom) or (
-            chrom[3:] if chrom.startswith("chr") else f"chr{chrom}"
-        )
+        alias = {"chrM": "MT", "MT": "chrM"}.get(chrom) or (chrom[3:] if chrom.startswith("chr") else f"chr{chrom}")
         if alias in names:
             return alias
         shown = ", ".join(list(names)[:8]) + (" ..." if len(names) > 8 else "")
-        raise InputError(
-            f"chromosome {chrom!r} is not in {self.path} (it has {shown}); check the genome build"
-        )
+        raise InputError(f"chromosome {chrom!r} is not in {self.path} (it has {shown}); check the genome build")
 
     def length(self, chrom: str) -> int:
         return len(self.fasta[self.resolve(chrom)])
@@ -96,7 +92,7 @@ class Genome:
 
 
 def genome_digest(path: str | os.PathLike) -> str:
-    """ "sha256:<hex>" of a genome FASTA, kept beside it in `<name>.sha256` (with the file's size and mtime) so a
+    """"sha256:<hex>" of a genome FASTA, kept beside it in `<name>.sha256` (with the file's size and mtime) so a
     3 GB FASTA is hashed once, not on every run; hashed again whenever the size or mtime differ. A folder that
     cannot be written to only costs the hashing."""
     path = Path(path)

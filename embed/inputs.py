@@ -17,9 +17,7 @@ from dogmacache.errors import InputError
 def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise InputError(
-            f"input table {str(path)!r} does not exist; run the recipe first (dogmacache recipe ...)"
-        )
+        raise InputError(f"input table {str(path)!r} does not exist; run the recipe first (dogmacache recipe ...)")
     if modality not in INPUT_COLUMNS:
         raise InputError(f"modality {modality!r} is not one of {', '.join(INPUT_COLUMNS)}")
     if path.suffix == ".parquet":

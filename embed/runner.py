@@ -64,9 +64,7 @@ class EmbedConfig:
     overwrite: bool = False
     progress: bool = True
     options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
-    max_positions: int | None = (
-        None  # per-position outputs average-pooled to at most this many positions per item
-    )
+    max_positions: int | None = None  # per-position outputs average-pooled to at most this many positions per item
 
 
 @dataclass(frozen=True)
@@ -84,9 +82,7 @@ class EmbedSettings:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
         read, by name and digest: a manifest is published with its cache, so it holds no local path."""
         config = self.config
-        run = {
-            k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", *PATHS)
-        }
+        run = {k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", *PATHS)}
         files = {
             "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
             "out": Path(config.out).name,
@@ -141,15 +137,11 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
         )
 
 
-PRECISIONS = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}  # autocast dtype; None = no autocast
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """ "auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
+    """"auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
@@ -171,9 +163,7 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def pool_positions(
-    embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int
-) -> tuple[torch.Tensor, np.ndarray | None]:
+def pool_positions(embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int) -> tuple[torch.Tensor, np.ndarray | None]:
     """(b, L, D) outputs average-pooled to (b, K, D), K = min(L, max_positions), bins as torch's adaptive pooling.
     With a `mask` (b, L) of real positions, only an item's real positions are pooled, into min(n_real, K) bins
     at the front; the returned mask (b, K) marks the bins that hold any."""
@@ -199,9 +189,7 @@ def bounded_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
     """The model's outputs as the cache holds them once pooled to `max_positions` (item shape and mask)."""
     if not max_positions or len(info.item_shape) != 2 or info.item_shape[0] <= max_positions:
         return info
-    extras = tuple(
-        dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras
-    )
+    extras = tuple(dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras)
     return dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
 
 
@@ -311,9 +299,7 @@ def embed_stream(
     )  # fmt: skip
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches_by_budget(
-            _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
-        ):
+        for batch in batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
             embedded, extras = adapter.embed(batch)
             if max_positions and embedded.ndim == 3:
                 embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
@@ -375,9 +361,7 @@ class _ShardFiller:
         self._wait()
         self.pool.shutdown()
         if self.shards:
-            raise RuntimeError(
-                f"{len(self.shards)} shards got no outputs; the adapter returned too few items"
-            )
+            raise RuntimeError(f"{len(self.shards)} shards got no outputs; the adapter returned too few items")
 
 
 def _rows(table: pd.DataFrame, genome) -> list[dict[str, Any]]:
@@ -524,9 +508,7 @@ def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
         print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
-    bar = tqdm(
-        total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True
-    )  # None: off when not a terminal
+    bar = tqdm(total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True)  # None: off when not a terminal
     start = time.perf_counter()
     filler = _ShardFiller(writer, todo)
     rows_todo = [row for _, a, b in todo for row in rows[a:b]]

@@ -15,9 +15,7 @@ ITEM_SHAPE = (6, 4)
 
 
 def rows_for(start: int, stop: int) -> np.ndarray:
-    return np.stack(
-        [np.random.default_rng(r).standard_normal(ITEM_SHAPE) for r in range(start, stop)]
-    ).astype("float32")
+    return np.stack([np.random.default_rng(r).standard_normal(ITEM_SHAPE) for r in range(start, stop)]).astype("float32")
 
 
 def spec(ids: list[str], shard_items: int) -> CacheSpec:

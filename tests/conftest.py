@@ -41,9 +41,7 @@ def demo_run(tmp_path_factory):
     """`dogmacache demo` once per test session: recipe, tiny models, three caches, CDT and both baselines."""
     from dogmacache.cli import main
 
-    reuse = os.environ.get(
-        "DOGMACACHE_TEST_DEMO"
-    )  # a finished `dogmacache demo --out DIR`, to skip rerunning it
+    reuse = os.environ.get("DOGMACACHE_TEST_DEMO")  # a finished `dogmacache demo --out DIR`, to skip rerunning it
     if reuse:
         return Path(reuse)
     out = tmp_path_factory.mktemp("demo") / "demo"
@@ -76,11 +74,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
         start, stop = 0, size
         if header and header.startswith("bytes="):
             first, last = header[6:].split("-")
-            start, stop = (
-                (size - int(last), size)
-                if first == ""
-                else (int(first), min(size, int(last or size - 1) + 1))
-            )
+            start, stop = (size - int(last), size) if first == "" else (int(first), min(size, int(last or size - 1) + 1))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
         else:

@@ -85,12 +85,8 @@ def test_unknown_symbols_reported(tiny):
     import pandas as pd
 
     adapter.check_table(pd.DataFrame({"id": GENES}))  # all known: no error
-    with pytest.raises(
-        ModelError, match=r"2 gene symbols are not in the scGPT vocabulary .*'FOO1', 'BAR2' \(2\)"
-    ):
-        adapter.check_table(
-            pd.DataFrame({"id": ["TP53", "FOO1", "BAR2"]})
-        )  # every missing one, before any work
+    with pytest.raises(ModelError, match=r"2 gene symbols are not in the scGPT vocabulary .*'FOO1', 'BAR2' \(2\)"):
+        adapter.check_table(pd.DataFrame({"id": ["TP53", "FOO1", "BAR2"]}))  # every missing one, before any work
     with pytest.raises(ModelError, match=r"'FOO1'.*--rna-vocab"):
         adapter.prepare({"id": "FOO1"})
 
@@ -122,11 +118,7 @@ def test_prepare_profile_drops_zeros_and_unknowns_and_caps_by_expression(tiny):
     assert (int(liver["n_genes"]), int(liver["n_missing"])) == (4, 1)
     capped_adapter = context(tiny, max_genes=2)
     capped = capped_adapter.prepare(PROFILES[0])
-    assert capped["genes"].tolist() == [
-        vocab["<cls>"],
-        vocab["GAPDH"],
-        vocab["ALB"],
-    ]  # two highest, column order
+    assert capped["genes"].tolist() == [vocab["<cls>"], vocab["GAPDH"], vocab["ALB"]]  # two highest, column order
     assert capped["values"].tolist() == [-2.0, 33.0, 50.0]  # binned before the cap, as scGPT does
     assert capped_adapter.n_tokens(capped) == 3
     with pytest.raises(InputError, match="'empty'"):
@@ -163,10 +155,8 @@ def reference_cls(tiny, batch):
     hidden = F.relu(F.linear(values[..., None], state["value_encoder.linear1.weight"],
                              state["value_encoder.linear1.bias"]))  # fmt: skip
     value_emb = F.layer_norm(
-        F.linear(hidden, state["value_encoder.linear2.weight"], state["value_encoder.linear2.bias"]),
-        (d,),
-        state["value_encoder.norm.weight"],
-        state["value_encoder.norm.bias"],
+        F.linear(hidden, state["value_encoder.linear2.weight"], state["value_encoder.linear2.bias"]), (d,),
+        state["value_encoder.norm.weight"], state["value_encoder.norm.bias"],
     )
     x = gene_emb + value_emb
     with torch.no_grad():
@@ -256,9 +246,7 @@ def test_folder_errors(tiny, tmp_path):
 
 # ---- options ---------------------------------------------------------------------------------------------
 def test_options_refuse_unknown_keys_and_bad_values():
-    assert ScgptContextOptions.from_dict({"max_genes": 600}) == ScgptContextOptions(
-        l2=True, max_genes=600, bin_seed=0
-    )
+    assert ScgptContextOptions.from_dict({"max_genes": 600}) == ScgptContextOptions(l2=True, max_genes=600, bin_seed=0)
     with pytest.raises(InputError, match=r"ScgptGeneOptions has no option 'max_genes'; known: l2\b"):
         ScgptGeneOptions.from_dict({"max_genes": 600})  # a context option is no gene option
     with pytest.raises(InputError, match=r"no option 'maxgenes'; known: l2, max_genes, bin_seed"):

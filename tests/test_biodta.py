@@ -16,7 +16,7 @@ from dogmacache.train.run import run_training
 from dogmacache.train.tasks.biodta import TokenAdapter, retrieval
 
 GTF_LINES = [
-    "#!genome-build test",
+    '#!genome-build test',
     '1\tt\tgene\t100\t900\t.\t+\t.\tgene_id "G1"; gene_name "AAA";',
     '1\tt\ttranscript\t150\t900\t.\t+\t.\tgene_id "G1"; transcript_id "T1"; gene_name "AAA";',
     '2\tt\tgene\t1000\t5000\t.\t-\t.\tgene_id "G2"; gene_name "BBB";',
@@ -94,17 +94,13 @@ def test_attention_pooling_starts_as_the_mean_and_can_focus():
 def _task_caches(tmp_path, n_genes=40, extra_tokens=10):
     rng = np.random.default_rng(0)
     genes = [f"G{i:02d}" for i in range(n_genes)]
-    vocab = genes + [
-        f"X{i}" for i in range(extra_tokens)
-    ]  # tokens of genes without a window: retrieval decoys
+    vocab = genes + [f"X{i}" for i in range(extra_tokens)]  # tokens of genes without a window: retrieval decoys
     tokens = rng.normal(size=(len(vocab), 5)).astype(np.float32)
     projection = rng.normal(size=(5, 6)).astype(np.float32)
     dna = np.repeat((tokens[:n_genes] @ projection)[:, None, :], 4, axis=1)  # (N, L=4, D=6)
     dna += 0.05 * rng.normal(size=dna.shape).astype(np.float32)
     write_cache(tmp_path / "dna.zarr", dna, ids=genes, dtype="float32")
-    write_cache(
-        tmp_path / "tokens.zarr", tokens, ids=vocab, modality="gene", pooling="token", dtype="float32"
-    )
+    write_cache(tmp_path / "tokens.zarr", tokens, ids=vocab, modality="gene", pooling="token", dtype="float32")
     split = ["train"] * 28 + ["validation"] * 6 + ["test"] * 6
     pd.DataFrame({"id": genes, "split": split}).to_parquet(tmp_path / "genes.parquet")
     return genes
@@ -138,9 +134,7 @@ def test_a_gene_without_a_token_is_named(tmp_path):
     write_cache(tmp_path / "few.zarr", np.ones((3, 5), np.float32), ids=["G00", "G01", "G02"], modality="gene",
                 pooling="token")  # fmt: skip
     config = _config(tmp_path)
-    config = dataclasses.replace(
-        config, data=dataclasses.replace(config.data, token_cache=str(tmp_path / "few.zarr"))
-    )
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, token_cache=str(tmp_path / "few.zarr")))
     with pytest.raises(DogmaError, match=r"37 of 40 ids are not in .*few.zarr \(e.g. \['G03'"):
         run_training(config, progress=False)
 
@@ -149,8 +143,6 @@ def test_demo_config_round_trips_through_toml(tmp_path):
     from dogmacache.demo.biodta import biodta_config
     from dogmacache.train.config import load_config, to_toml
 
-    config = biodta_config(
-        tmp_path, tmp_path / "recipe", {"dna": tmp_path / "d.zarr", "gene": tmp_path / "g.zarr"}
-    )
+    config = biodta_config(tmp_path, tmp_path / "recipe", {"dna": tmp_path / "d.zarr", "gene": tmp_path / "g.zarr"})
     (tmp_path / "c.toml").write_text(to_toml(config))
     assert load_config(tmp_path / "c.toml") == config and config.model.loss == "both"

@@ -24,11 +24,7 @@ def test_dry_run_card_shows_a_portable_model_and_no_local_paths(tmp_path, rng, c
     assert main(["cache", "publish", str(path.parent), "--repo", "lab/x", "--dry-run"]) == 0
     card = capsys.readouterr().out
     assert "| enformer-official-rough | r1 |" in card
-    assert (
-        "/home/me" not in card
-        and "/scratch" not in card
-        and str(tmp_path) not in card.split("--- README.md")[1]
-    )
+    assert "/home/me" not in card and "/scratch" not in card and str(tmp_path) not in card.split("--- README.md")[1]
     assert '"genome": "hg38.fa"' in card and '"relative/b.txt"' in card and '"window_bp": 196608' in card
     assert open_cache(path).manifest.config == LOCAL  # the local cache is unchanged
 

@@ -23,16 +23,10 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
     rng = np.random.default_rng(0)
     n = len(SPLIT)
     ids = [f"T{i}" for i in range(n)]
-    write_cache(
-        tmp_path / "dna.zarr",
-        rng.normal(size=(n, n_bins, 6)).astype(np.float32),
-        ids=[f"w{i}" for i in range(n)],
-    )
+    write_cache(tmp_path / "dna.zarr", rng.normal(size=(n, n_bins, 6)).astype(np.float32), ids=[f"w{i}" for i in range(n)])
     write_cache(tmp_path / "protein.zarr", rng.normal(size=(5, 6)).astype(np.float32), ids=[f"P{i}" for i in range(5)],
                 modality="protein")  # fmt: skip
-    write_cache(
-        tmp_path / "tissue.zarr", rng.normal(size=(3, 5)).astype(np.float32), ids=TISSUES, modality="context"
-    )
+    write_cache(tmp_path / "tissue.zarr", rng.normal(size=(3, 5)).astype(np.float32), ids=TISSUES, modality="context")
     labels = pd.DataFrame({"id": ids, "gene_id": ids, "split": SPLIT, "dna_id": [f"w{i}" for i in range(n)],
                            "protein_id": [f"P{i % 5}" if i != 3 else "" for i in range(n)]})  # fmt: skip
     for k, t in enumerate(TISSUES):
@@ -40,12 +34,8 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
     labels.to_parquet(tmp_path / "labels.parquet")
     masks = (rng.random((n, mask_bins)) < 0.4).astype(np.uint8)
     masks[0, :2] = [0, 1]  # both classes present
-    pd.DataFrame({"id": ids, "dna_id": labels["dna_id"], "mask": list(masks)}).to_parquet(
-        tmp_path / "masks.parquet"
-    )
-    pd.DataFrame({"tissue": TISSUES, "held_out": [False, False, True]}).to_parquet(
-        tmp_path / "tissues.parquet"
-    )
+    pd.DataFrame({"id": ids, "dna_id": labels["dna_id"], "mask": list(masks)}).to_parquet(tmp_path / "masks.parquet")
+    pd.DataFrame({"tissue": TISSUES, "held_out": [False, False, True]}).to_parquet(tmp_path / "tissues.parquet")
     return {"task": "cdbridge",
             "data": {"labels": str(tmp_path / "labels.parquet"), "dna_cache": str(tmp_path / "dna.zarr"),
                      "protein_cache": str(tmp_path / "protein.zarr"), "tissue_cache": str(tmp_path / "tissue.zarr"),
@@ -113,10 +103,7 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     data = task.load()
     task.on_device(data, torch.device("cpu"))
     chunk = task.eval_chunks(data, "test")[0]
-    first, again = (
-        checkpoint.load_model(out / "cdbridge_best.pt"),
-        checkpoint.load_model(out / "cdbridge_best.pt"),
-    )
+    first, again = checkpoint.load_model(out / "cdbridge_best.pt"), checkpoint.load_model(out / "cdbridge_best.pt")
     a, b = task.predict_chunk(first.eval(), chunk), task.predict_chunk(again.eval(), chunk)
     assert a.shape == (5,) and torch.equal(a, b)
     stage1 = checkpoint.load_model(out / "stage1" / "cdbridge_stage1_best.pt")

@@ -297,10 +297,7 @@ def test_model_summary_states_the_esm2_protein_count(capsys):
     summary.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["model-summary", "cdt", "--preset", "paper"])
     assert args.run(args) == 0
-    assert (
-        "with ESM-2 650M, 1280-d, as `dogmacache embed --model esm2` writes: 60,486,968 parameters"
-        in capsys.readouterr().out
-    )
+    assert "with ESM-2 650M, 1280-d, as `dogmacache embed --model esm2` writes: 60,486,968 parameters" in capsys.readouterr().out
     args = parser.parse_args(["model-summary", "cdt", "--preset", "paper", "--protein-width", "1280"])
     assert args.run(args) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "trainable parameters: 60,486,968"

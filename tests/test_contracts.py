@@ -9,8 +9,6 @@ def test_split_check_names_rows_and_ids():
     from dogmacache.errors import InputError
 
     table = pd.DataFrame({"id": ["a", "b", "c"], "split": ["train", "tran", "test"]})
-    with pytest.raises(
-        InputError, match=r"t.parquet: 1 row\(s\) have a split other than .*: row 1 \('tran', id 'b'\)"
-    ):
+    with pytest.raises(InputError, match=r"t.parquet: 1 row\(s\) have a split other than .*: row 1 \('tran', id 'b'\)"):
         check_splits(table, "t.parquet", "id")
     check_splits(table.iloc[[0, 2]], "t.parquet")  # known splits pass

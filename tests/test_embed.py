@@ -24,9 +24,7 @@ from dogmacache.embed.runner import batches_by_budget
 def demo(demo_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     (root / "recipe").symlink_to(demo_run / "recipe")
-    models = {
-        name: demo_run / "models" / name for name in ("enformer", "esm2", "nucleotide-transformer", "scgpt")
-    }
+    models = {name: demo_run / "models" / name for name in ("enformer", "esm2", "nucleotide-transformer", "scgpt")}
     dna = pd.read_parquet(root / "recipe" / "cdt" / "dna_windows.parquet")
     dna.iloc[:24].to_parquet(root / "dna24.parquet")  # a small table for the slower tests
     return root, models
@@ -76,16 +74,11 @@ def test_enformer_adapter_output_is_the_models_own_embedding(demo):
     with torch.inference_mode():
         got, extras = adapter.embed(prepared)
         seqs = [genome.window(r["chrom"], r["center"], 2048)[0] for r in rows]
-        one_hot = torch.tensor(
-            [[[b == "A", b == "C", b == "G", b == "T"] for b in s] for s in seqs], dtype=torch.float32
-        )
+        one_hot = torch.tensor([[[b == "A", b == "C", b == "G", b == "T"] for b in s] for s in seqs], dtype=torch.float32)
         direct = adapter.model(one_hot, return_only_embeddings=True)
     assert got.shape == (2, 8, 96)
     torch.testing.assert_close(got, direct, rtol=0, atol=0)  # no silent transforms
-    assert extras["n_padded"].tolist() == [
-        2048 // 2 - 799,
-        0,
-    ]  # window starts 224 bp before chr1's first base
+    assert extras["n_padded"].tolist() == [2048 // 2 - 799, 0]  # window starts 224 bp before chr1's first base
 
 
 def test_kill_and_resume_gives_identical_arrays(demo, tmp_path):
@@ -132,11 +125,7 @@ def test_two_dask_workers_give_the_same_cache_as_one_process(demo, tmp_path):
 @pytest.mark.parametrize(
     ("mutate", "args", "message"),
     [
-        (
-            lambda t: t.assign(chrom=["chrZ"] + list(t.chrom[1:])),
-            [],
-            r"chromosomes \['chrZ'\].*not in .*genome.fa",
-        ),
+        (lambda t: t.assign(chrom=["chrZ"] + list(t.chrom[1:])), [], r"chromosomes \['chrZ'\].*not in .*genome.fa"),
         (None, ["--model", "enformer2"], r"unknown model 'enformer2'; known: enformer, esm2"),
         (None, ["--model-path", "MISSING"], r"neither a local directory nor a hub id"),
     ],
@@ -157,26 +146,14 @@ def test_bad_dna_inputs_are_refused(demo, tmp_path, capsys, mutate, args, messag
     import re
 
     assert re.search(message, capsys.readouterr().err)
-    assert (
-        not (tmp_path / "c.zarr").exists()
-        or not open_cache(tmp_path / "c.zarr", allow_partial=True).manifest.complete
-    )
+    assert not (tmp_path / "c.zarr").exists() or not open_cache(tmp_path / "c.zarr", allow_partial=True).manifest.complete
 
 
 def test_bad_sequences_and_missing_checkpoint_files(demo, tmp_path, capsys):
     root, models = demo
     proteins = pd.DataFrame({"id": ["p1", "p2"], "sequence": ["MKV", "MK1V"]})
     proteins.to_parquet(tmp_path / "bad.parquet")
-    base = [
-        "embed",
-        "--modality",
-        "protein",
-        "--model",
-        "esm2",
-        "--model-path",
-        str(models["esm2"]),
-        "--no-progress",
-    ]
+    base = ["embed", "--modality", "protein", "--model", "esm2", "--model-path", str(models["esm2"]), "--no-progress"]
     assert main([*base, "--input", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "a.zarr")]) == 2
     assert "protein 'p2': characters ['1'] are not amino acids" in capsys.readouterr().err
     assert not open_cache(tmp_path / "a.zarr", allow_partial=True).manifest.complete
@@ -202,12 +179,7 @@ def test_bad_sequences_and_missing_checkpoint_files(demo, tmp_path, capsys):
 def test_batches_follow_the_token_budget():
     items = [{"n": n} for n in (3, 3, 5, 1, 10, 2)]
     batches = list(batches_by_budget(items, lambda i: i["n"], max_tokens=10, max_batch=3))
-    assert [[i["n"] for i in b] for b in batches] == [
-        [3, 3],
-        [5, 1],
-        [10],
-        [2],
-    ]  # padded cost B x longest <= 10
+    assert [[i["n"] for i in b] for b in batches] == [[3, 3], [5, 1], [10], [2]]  # padded cost B x longest <= 10
 
 
 def test_genome_windows_pad_upper_case_and_alias(tmp_path):

@@ -24,9 +24,9 @@ def inputs(tmp_path_factory):
     (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
     pd.DataFrame({"id": [f"w{i}" for i in range(4)], "chrom": "chr1", "center": [1200, 2000, 3000, 4000],
                   "strand": ["+", "-", "+", "-"]}).to_parquet(root / "dna.parquet")  # fmt: skip
-    pd.DataFrame(
-        {"id": ["p1", "p2", "p3", "p4"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK", "MK"]}
-    ).to_parquet(root / "protein.parquet")
+    pd.DataFrame({"id": ["p1", "p2", "p3", "p4"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK", "MK"]}).to_parquet(
+        root / "protein.parquet"
+    )
     pd.DataFrame({"id": GENES}).to_parquet(root / "gene.parquet")
     pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [3.0, 0.0],
                   "ALB": [900.0, 2.0]}).to_parquet(root / "context.parquet")  # fmt: skip

@@ -28,9 +28,7 @@ def inputs(tmp_path_factory):
     (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
     pd.DataFrame({"id": ["w1", "w2"], "chrom": ["chr1", "chr1"], "center": [1500, 3000],
                   "strand": ["+", "-"]}).to_parquet(root / "dna.parquet")  # fmt: skip
-    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(
-        root / "protein.parquet"
-    )
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(root / "protein.parquet")
     pd.DataFrame({"id": GENES}).to_parquet(root / "gene.parquet")
     models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2"),
               "scgpt": write_tiny_scgpt(root / "scgpt", GENES)}  # fmt: skip
@@ -45,28 +43,19 @@ def config(inputs, model, modality, out, **kwargs) -> EmbedConfig:
 
 
 def test_options_refuse_unknown_keys_naming_the_known_ones():
-    with pytest.raises(
-        InputError, match=r"EnformerOptions has no option 'window'; known: window_bp, tf_gamma, strand_policy"
-    ):
+    with pytest.raises(InputError, match=r"EnformerOptions has no option 'window'; known: window_bp, tf_gamma, strand_policy"):
         EnformerOptions.from_dict({"strand_policy": "rc-average", "window": 2048})
-    with pytest.raises(
-        InputError, match=r"EsmOptions has no option 'window_bp'; known: layer, pooling, max_length"
-    ):
+    with pytest.raises(InputError, match=r"EsmOptions has no option 'window_bp'; known: layer, pooling, max_length"):
         EsmOptions.from_dict({"window_bp": 6000})  # ESM-2 reads proteins: no window
     assert NucleotideTransformerOptions.from_dict({"window_bp": 5994}).window_bp == 5994
-    assert EnformerOptions.from_dict({}) == EnformerOptions(
-        window_bp=None, tf_gamma="auto", strand_policy="forward"
-    )
+    assert EnformerOptions.from_dict({}) == EnformerOptions(window_bp=None, tf_gamma="auto", strand_policy="forward")
     with pytest.raises(InputError, match=r"EsmOptions.pooling is 'max'; expected one of mean, cls, none"):
         EsmOptions(pooling="max")
 
 
 def test_wrong_options_class_is_refused(inputs, tmp_path):
     with pytest.raises(InputError, match=r"takes EsmOptions, not EnformerOptions"):
-        load(
-            config(inputs, "esm2", "protein", tmp_path / "c.zarr", options=EnformerOptions()),
-            torch.device("cpu"),
-        )
+        load(config(inputs, "esm2", "protein", tmp_path / "c.zarr", options=EnformerOptions()), torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -83,11 +72,7 @@ def test_resolved_options_are_recorded_in_the_manifest(inputs, tmp_path, model, 
     run_embed(config(inputs, model, modality, tmp_path / "c.zarr", options=options))
     recorded = open_cache(tmp_path / "c.zarr").manifest.config
     assert recorded["options"] == resolved
-    assert (recorded["precision"], recorded["device"], recorded["model"]) == (
-        "fp32",
-        "cpu",
-        model,
-    )  # auto on CPU
+    assert (recorded["precision"], recorded["device"], recorded["model"]) == ("fp32", "cpu", model)  # auto on CPU
     assert recorded["max_tokens"] > 0  # 0 resolved to the adapter's budget
 
 
@@ -110,9 +95,7 @@ def test_outputs_leave_the_device_in_the_storage_dtype(inputs, tmp_path, dtype):
     out, extras = embed_rows(adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2,
                              num_workers=0, dtype=dtype)  # fmt: skip
     assert out.shape == (3, 32) and out.dtype.name == dtype and extras["n_tokens"].tolist() == [5, 7, 11]
-    full, _ = embed_rows(
-        adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2, num_workers=0
-    )
+    full, _ = embed_rows(adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2, num_workers=0)
     np.testing.assert_array_equal(out, full.astype(out.dtype))  # the same rounding as a cast on the host
 
 
@@ -141,11 +124,7 @@ def test_context_options_reach_the_manifest(tmp_path):
                       out=str(tmp_path / "c.zarr"), model_path=str(tmp_path / "scgpt"), device="cpu", num_workers=0,
                       progress=False, options=ScgptContextOptions(max_genes=2, bin_seed=7))  # fmt: skip
     run_embed(cfg)
-    assert open_cache(tmp_path / "c.zarr").manifest.config["options"] == {
-        "l2": True,
-        "max_genes": 2,
-        "bin_seed": 7,
-    }
+    assert open_cache(tmp_path / "c.zarr").manifest.config["options"] == {"l2": True, "max_genes": 2, "bin_seed": 7}
 
 
 def test_tiny_scgpt_default_vocabulary_is_the_demo_recipes_genes():

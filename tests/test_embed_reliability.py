@@ -31,9 +31,7 @@ def inputs(tmp_path_factory):
     centers = [1200, 2000, 2600, 3000, 3400, 3800, 4200, 4999]
     pd.DataFrame({"id": [f"w{i}" for i in range(8)], "chrom": ["chr1"] * 8, "center": centers,
                   "strand": ["+", "-"] * 4}).to_parquet(root / "dna.parquet")  # fmt: skip
-    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(
-        root / "protein.parquet"
-    )
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(root / "protein.parquet")
     models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2")}
     return root, models
 
@@ -83,19 +81,14 @@ def test_embed_refuses_a_window_outside_its_chromosome_before_loading_the_model(
     argv[argv.index("--input") + 1] = str(tmp_path / "t.parquet")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert (
-        "item 'w5': centre 201,500 is outside chromosome 'chr2' (1..3,000)" in err
-        and len(err.splitlines()) == 1
-    )
+    assert "item 'w5': centre 201,500 is outside chromosome 'chr2' (1..3,000)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c.zarr").exists()
 
 
 # ---- errors raised in input workers ---------------------------------------------------------------------------
 def test_an_input_error_in_a_worker_arrives_as_one_line(inputs, tmp_path, capsys):
     root, models = inputs
-    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MK1V", "MKV"]}).to_parquet(
-        tmp_path / "bad.parquet"
-    )
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MK1V", "MKV"]}).to_parquet(tmp_path / "bad.parquet")
     argv = ["embed", "--input", str(tmp_path / "bad.parquet"), "--modality", "protein", "--model", "esm2",
             "--model-path", str(models["esm2"]), "--out", str(tmp_path / "c.zarr"), "--num-workers", "2",
             "--no-progress"]  # fmt: skip
@@ -218,11 +211,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_same_command_resumes(inputs, tm
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
-    assert (
-        "No space left on device" in err
-        and "1 of 2 shards are kept" in err
-        and "re-run the same command" in err
-    )
+    assert "No space left on device" in err and "1 of 2 shards are kept" in err and "re-run the same command" in err
     monkeypatch.setattr(CacheWriter, "write_shard", original)
     assert main(argv) == 0
     assert "resuming" in capsys.readouterr().out and open_cache(tmp_path / "c.zarr").manifest.complete
@@ -240,15 +229,10 @@ def test_esm_weights_with_an_extra_key_are_refused(inputs, tmp_path):
     state = load_file(str(folder / "model.safetensors"))
     save_file({**state, "lm_head.dense.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})  # fmt: skip
-    Esm2Adapter(
-        str(folder), EsmOptions(), torch.device("cpu")
-    )  # the masked-LM head of hub checkpoints is fine
+    Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))  # the masked-LM head of hub checkpoints is fine
     save_file({**state, "encoder.extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})  # fmt: skip
-    with pytest.raises(
-        ModelError,
-        match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]",
-    ):
+    with pytest.raises(ModelError, match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]"):
         Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
 
 
@@ -265,9 +249,7 @@ def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs,
     assert "1 windows padded with N" in capsys.readouterr().out
     cache = open_cache(tmp_path / "c.zarr")
     n_padded = cache.extra("n_padded")[:]
-    assert n_padded.tolist() == [0] * 7 + [
-        4999 - 1 - 300 + 600 - 5000
-    ]  # only the last centre nears chr1's end
+    assert n_padded.tolist() == [0] * 7 + [4999 - 1 - 300 + 600 - 5000]  # only the last centre nears chr1's end
     assert cache.manifest.config["options"]["strand_policy"] == "forward"
     assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average",
                  "--no-progress"]) == 2  # fmt: skip

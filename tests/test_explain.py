@@ -28,12 +28,7 @@ def test_plus_strand_bins_by_hand():
 def test_minus_strand_reference_and_transcript_orientation():
     reference = bin_coordinates("chr1", 101, "-", GEOMETRY, chrom_size=1000)
     assert reference.start.tolist() == [80, 90, 100, 110]  # the cache's bins stay in reference order
-    assert reference.offset_bp.tolist() == [
-        15,
-        5,
-        -5,
-        -15,
-    ]  # upstream on the minus strand = higher coordinate
+    assert reference.offset_bp.tolist() == [15, 5, -5, -15]  # upstream on the minus strand = higher coordinate
     transcript = bin_coordinates("chr1", 101, "-", WindowGeometry(4, 10, "transcript"), chrom_size=1000)
     assert transcript.start.tolist() == [110, 100, 90, 80]  # bin 0 is the 5'-most bin
     assert transcript.offset_bp.tolist() == bin_offsets(GEOMETRY).tolist() == [-15, -5, 5, 15]
@@ -101,9 +96,7 @@ def test_gradient_equals_finite_differences():
     torch.testing.assert_close(along, (gradient * direction).sum((1, 2)), rtol=1e-5, atol=1e-8)
     norms = attribution.gradient_norm(gradient)
     assert norms.shape == (2, 5)
-    assert norms[1, 2].item() == pytest.approx(
-        float(np.sqrt(sum(gradient[1, 2, j].item() ** 2 for j in range(4))))
-    )
+    assert norms[1, 2].item() == pytest.approx(float(np.sqrt(sum(gradient[1, 2, j].item() ** 2 for j in range(4)))))
     assert not dna.requires_grad  # the caller's tensor is left as it was
     by_hand = (gradient * dna).sum(-1)
     torch.testing.assert_close(attribution.gradient_x_input(gradient, dna), by_hand)
@@ -180,11 +173,7 @@ def test_summary_counts_overlaps_and_peak_distances():
     assert summary.add(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.4, 0.3, 0.2, 0.1]), offsets, genes) == 0
     assert summary.add(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.9, 0.8, 0.0, 0.0]), offsets, genes) == 2
     numbers = summary.to_dict(within_bp=10)
-    assert numbers["topk_overlap"]["mean"] == 1.0 and numbers["topk_overlap"]["histogram"] == {
-        0: 1,
-        1: 0,
-        2: 1,
-    }
+    assert numbers["topk_overlap"]["mean"] == 1.0 and numbers["topk_overlap"]["histogram"] == {0: 1, 1: 0, 2: 1}
     assert numbers["attention_peak"]["mean_abs_distance_bp"] == 15.0  # peaks at +15 and -15
     assert numbers["gradient_peak"]["fraction_within_10_bp"] == 0.0
     assert numbers["attention_uniformity"]["across_items_mean_pairwise_correlation"] == pytest.approx(-1.0)
@@ -258,8 +247,6 @@ def test_bed_with_other_chromosome_names_says_how_to_rename(tmp_path):
 
     bed = tmp_path / "ensembl.bed"
     bed.write_text("1\t95\t96\n")
-    with pytest.raises(
-        InputError, match=r"names chromosomes like '1' but the windows use 'chr1'; rename them"
-    ) as err:
+    with pytest.raises(InputError, match=r"names chromosomes like '1' but the windows use 'chr1'; rename them") as err:
         FeatureSet(bed, {"chr1", "chr2"})
     assert "\n" not in str(err.value)

@@ -69,9 +69,7 @@ def _error(capsys, args) -> str:
 def test_explain_refuses_bad_items_and_k(demo_run, tmp_path, capsys):
     ckpt = str(demo_run / "train" / "cdt_best.pt")
     base = ["explain", "--checkpoint", ckpt, "--out", str(tmp_path / "o")]
-    assert "item 'nope|GENE' is not a labelled pair" in _error(
-        capsys, [*base, "--top-k", "2", "--items", "nope|GENE"]
-    )
+    assert "item 'nope|GENE' is not a labelled pair" in _error(capsys, [*base, "--top-k", "2", "--items", "nope|GENE"])
     assert "--top-k 99 is outside the" in _error(capsys, [*base, "--split", "test", "--top-k", "99"])
 
 
@@ -83,44 +81,21 @@ def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
     base = ["--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
     message = _error(capsys, ["explain", "--checkpoint", str(tmp_path / "changed.pt"), *base])
     assert "was trained on a dna cache with shards_digest 'sha256:0'" in message
-    config = {
-        **checkpoint["config"],
-        "data": {**checkpoint["config"]["data"], "dna_cache": str(tmp_path / "gone.zarr")},
-    }
+    config = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "dna_cache": str(tmp_path / "gone.zarr")}}
     torch.save({**checkpoint, "config": config}, tmp_path / "gone.pt")
-    assert "which cannot be opened" in _error(
-        capsys, ["explain", "--checkpoint", str(tmp_path / "gone.pt"), *base]
-    )
+    assert "which cannot be opened" in _error(capsys, ["explain", "--checkpoint", str(tmp_path / "gone.pt"), *base])
 
 
 def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
-    imported = {
-        **checkpoint,
-        "config": None,
-        "fingerprints": {},
-        "extras": {},
-    }  # as train import-checkpoint writes
+    imported = {**checkpoint, "config": None, "fingerprints": {}, "extras": {}}  # as train import-checkpoint writes
     torch.save(imported, tmp_path / "imported.pt")
     args = ["explain", "--checkpoint", str(tmp_path / "imported.pt"), "--top-k", "2", "--out", str(tmp_path / "o"),
             "--items", pd.read_parquet(demo_run / "recipe" / "cdt" / "labels.parquet")["enhancer"].iloc[0]]  # fmt: skip
     assert "pass --config FILE" in _error(capsys, args)
     raw = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "standardize_dna": False}}
     (tmp_path / "run.toml").write_text(to_toml(RunConfig.from_dict(raw)))
-    assert (
-        main(
-            [
-                *args,
-                "--config",
-                str(tmp_path / "run.toml"),
-                "--methods",
-                "none",
-                "--no-item-tracks",
-                "--item-figures",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main([*args, "--config", str(tmp_path / "run.toml"), "--methods", "none", "--no-item-tracks",
+                 "--item-figures", "0"]) == 0
     items = pd.read_csv(tmp_path / "o" / "items.tsv", sep="\t")
     assert len(items) >= 1 and items["item"].str.startswith(args[-1] + "|").all()

@@ -35,24 +35,8 @@ def test_import_builds_ids_from_chroms_and_centers(tmp_path):
 
 def test_import_with_ids_dataset_via_cli(tmp_path, capsys):
     data = _cdt_h5(tmp_path / "e.h5")
-    args = [
-        "cache",
-        "import-h5",
-        str(tmp_path / "e.h5"),
-        str(tmp_path / "c.zarr"),
-        "--dataset",
-        "embeddings",
-        "--ids",
-        "names",
-        "--modality",
-        "dna",
-        "--model",
-        "enformer",
-        "--dtype",
-        "float32",
-        "--shard-items",
-        "3",
-    ]
+    args = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",
+            "--ids", "names", "--modality", "dna", "--model", "enformer", "--dtype", "float32", "--shard-items", "3"]
     assert main(args) == 0
     assert "wrote 4 of 4 shards" in capsys.readouterr().out
     group = zarr.open_group(tmp_path / "c.zarr", mode="r")
@@ -91,9 +75,7 @@ def test_ids_cannot_be_guessed(tmp_path):
     with h5py.File(tmp_path / "e.h5", "w") as h5:
         h5.create_dataset("x", data=np.zeros((3, 4), dtype=np.float32))
     with pytest.raises(InputError, match="neither an ids dataset nor `chroms` \\+ `centers`.*--ids NAME"):
-        import_h5(
-            tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", modality="protein", model="m", pooling="mean"
-        )
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", modality="protein", model="m", pooling="mean")
     with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5.create_dataset("names", data=np.array([b"a", b"b", b"a"]))
     with pytest.raises(Exception, match=r"'a' x2"):
@@ -106,9 +88,7 @@ def test_a_finite_value_beyond_float16_is_named_before_the_cast(tmp_path):
     data = _cdt_h5(tmp_path / "e.h5", n=6)
     with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5["embeddings"][4, 2, 3] = 1e6
-    with pytest.raises(
-        InputError, match=r"row 4 \('chr1:9000'\) holds 1e\+06, beyond float16's range.*--dtype float32"
-    ):
+    with pytest.raises(InputError, match=r"row 4 \('chr1:9000'\) holds 1e\+06, beyond float16's range.*--dtype float32"):
         import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m",
                   shard_items=2, progress=False)  # fmt: skip
     manifest, _ = import_h5(tmp_path / "e.h5", tmp_path / "f32.zarr", dataset="embeddings", modality="dna", model="m",
@@ -138,9 +118,7 @@ def test_pooling_that_contradicts_the_shape_is_refused(tmp_path):
 @pytest.mark.parametrize("dedupe", ["keep-first", "suffix"])
 def test_repeated_built_ids_are_deduplicated_as_asked(tmp_path, capsys, dedupe):
     data = _cdt_h5(tmp_path / "e.h5", n=6)
-    with h5py.File(
-        tmp_path / "e.h5", "a"
-    ) as h5:  # rows 3 and 5 repeat row 1's (chrom, center), as in the merged file
+    with h5py.File(tmp_path / "e.h5", "a") as h5:  # rows 3 and 5 repeat row 1's (chrom, center), as in the merged file
         h5["centers"][3], h5["centers"][5] = 6000, 6000
         h5["chroms"][3], h5["chroms"][5] = b"chrX", b"chrX"
     base = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",

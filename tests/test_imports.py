@@ -29,9 +29,7 @@ def project_imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [
-                f"{node.module}.{alias.name}" for alias in node.names if node.module == "dogmacache"
-            ]
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names if node.module == "dogmacache"]
         for name in names:
             parts = name.split(".")
             if parts[0] == "dogmacache" and len(parts) > 1:
@@ -68,3 +66,4 @@ def test_nothing_in_the_stages_imports_the_tooling_or_analysis(package):
     users = [f"{path.relative_to(ROOT)}:{line}" for stage in ("cache", "contracts", *STAGES[:3])
              for path in (ROOT / stage).rglob("*.py") for line, target in project_imports(path) if target == package]  # fmt: skip
     assert users == []
+

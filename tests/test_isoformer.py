@@ -50,17 +50,13 @@ def test_a_missing_modality_adds_nothing():
     without = _model(dna=6, rna=5)
     without.load_state_dict({k: v for k, v in model.state_dict().items() if "protein" not in k})
     expected = without({m: tokens[m] for m in ("dna", "rna")}, masks, present)
-    assert torch.allclose(out[1], expected[1], atol=1e-6) and not torch.allclose(
-        out[0], expected[0], atol=1e-4
-    )
+    assert torch.allclose(out[1], expected[1], atol=1e-6) and not torch.allclose(out[0], expected[0], atol=1e-4)
 
 
 def test_modalities_parse_in_query_order():
     assert parse_modalities("rna+dna", "x") == ("dna", "rna")
     assert parse_modalities(("protein",), "x") == ("protein",)
-    with pytest.raises(
-        InputError, match=r"x 'dna\+atac': expected distinct names from \['dna', 'rna', 'protein'\]"
-    ):
+    with pytest.raises(InputError, match=r"x 'dna\+atac': expected distinct names from \['dna', 'rna', 'protein'\]"):
         parse_modalities("dna+atac", "x")
 
 
@@ -109,10 +105,7 @@ def test_bad_inputs_are_refused(iso, tmp_path):
     refused(r"\[data\] tissues names 'Bone Marrow', which .* does not have", tissues=("Liver", "Bone Marrow"))
     nan = labels.copy()
     nan.loc[5, "Liver"] = np.nan
-    refused(
-        rf"1 label cell\(s\) are missing or not finite, e.g. transcript '{labels['id'][5]}' in tissue 'Liver'",
-        nan,
-    )
+    refused(rf"1 label cell\(s\) are missing or not finite, e.g. transcript '{labels['id'][5]}' in tissue 'Liver'", nan)
     unknown = labels.copy()
     unknown.loc[0, "rna_id"] = "ENST_NOT_EMBEDDED"
     refused(r"ENST_NOT_EMBEDDED", unknown)
@@ -128,9 +121,7 @@ def test_a_transcript_without_protein_is_kept(iso, tmp_path):
     labels = pd.read_parquet(config.data.labels)
     labels.loc[2, "protein_id"] = ""  # a non-coding transcript
     labels.to_parquet(tmp_path / "labels.parquet")
-    changed = dataclasses.replace(
-        config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet"))
-    )
+    changed = dataclasses.replace(config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet")))
     data = get_task("isoformer")(load_config(_write(changed, tmp_path))).load()
     split = labels.loc[2, "split"]
     part = data.splits[split]
@@ -144,12 +135,7 @@ def test_gtex_config_is_the_papers_recipe():
 
     config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml")
     assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
-    assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (
-        3e-5,
-        64,
-        0.0,
-        8,
-    )
+    assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (3e-5, 64, 0.0, 8)
     assert len(config.model.ablations) == 5
 
 
@@ -165,7 +151,5 @@ def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):
     tokens = _rows(data, "rna", rows)[data.masks["rna"][rows]]
     assert np.allclose(tokens.mean(0), 0, atol=1e-3) and np.allclose(tokens.std(0), 1, atol=1e-2)
     test = data.splits["test"]["rna_row"].to_numpy()
-    assert not np.allclose(
-        _rows(data, "rna", test)[data.masks["rna"][test]].mean(0), 0, atol=1e-3
-    )  # train stats only
+    assert not np.allclose(_rows(data, "rna", test)[data.masks["rna"][test]].mean(0), 0, atol=1e-3)  # train stats only
     assert set(data.extras["scale"]) == {"dna", "rna", "protein"}

@@ -23,11 +23,7 @@ def test_sizes_sum_to_n_and_length_drops_by_merged_pairs():
     assert plan.n_merged.tolist() == [0, 2, 5]
     assert plan.sizes.sum(dim=1).tolist() == [10.0, 10.0, 10.0]
     assert plan.valid.sum(dim=1).tolist() == [10, 8, 5]  # N' = N - merged pairs
-    assert plan.merge(metric).shape == (
-        3,
-        10,
-        4,
-    )  # padded to the largest N' of the batch (row 0 merges nothing)
+    assert plan.merge(metric).shape == (3, 10, 4)  # padded to the largest N' of the batch (row 0 merges nothing)
 
 
 def test_protected_and_padded_tokens_never_merge():

@@ -23,9 +23,7 @@ GENES = ["AAA", "BBB", "CCC", "DDD"]
 def genome(tmp_path):
     seq = "".join(np.random.default_rng(0).choice(list("ACGT"), 6000))
     path = tmp_path / "genome.fa"
-    path.write_text(
-        ">chr1\n" + "\n".join(seq[i : i + 60] for i in range(0, 6000, 60)) + "\n>chr2\nACGTACGTAC\n"
-    )
+    path.write_text(">chr1\n" + "\n".join(seq[i : i + 60] for i in range(0, 6000, 60)) + "\n>chr2\nACGTACGTAC\n")
     return path
 
 
@@ -45,9 +43,7 @@ def test_edit_spellings_and_their_errors(tmp_path, genome):
     g = Genome(genome)
     found = g.fasta["chr1"][99]
     other = next(b for b in "ACGT" if b != found)
-    with pytest.raises(
-        InputError, match=rf"the genome \(genome.fa\) has {found} at chr1:100, not the ref allele {other}"
-    ):
+    with pytest.raises(InputError, match=rf"the genome \(genome.fa\) has {found} at chr1:100, not the ref allele {other}"):
         parse_edit(f"chr1:100 {other}>{found}", g)
     with pytest.raises(InputError, match=r"edit 'chr1-100' is not `chr:pos REF>ALT`"):
         parse_edit("chr1-100", g)
@@ -71,10 +67,7 @@ def scene(tmp_path, genome):
     windows = pd.DataFrame({"id": GENES, "chrom": ["chr1"] * 4, "center": [1500, 2000, 4500, 5200],
                             "strand": ["+", "-", "+", "-"], "split": ["train", "train", "validation", "test"]})  # fmt: skip
     windows.to_parquet(tmp_path / "genes.parquet")
-    models = {
-        "enformer": write_tiny_enformer(tmp_path / "enformer"),
-        "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES),
-    }
+    models = {"enformer": write_tiny_enformer(tmp_path / "enformer"), "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES)}
     dna, tokens = tmp_path / "dna.zarr", tmp_path / "tokens.zarr"
     run_embed(EmbedConfig(input=str(tmp_path / "genes.parquet"), modality="dna", model="enformer", out=str(dna),
                           model_path=str(models["enformer"]), genome=str(genome), device="cpu", num_workers=0,
@@ -121,9 +114,7 @@ def test_mutate_reembeds_only_the_windows_holding_an_edit(scene):
 
 def test_an_unedited_window_reembeds_to_its_cached_row_and_each_edit_scans_alone(scene):
     root, models, genome = scene
-    base = Genome(genome).fasta["chr1"][
-        599
-    ]  # 1-based 600: AAA's window (476-2,523) only, not BBB's (976-3,023)
+    base = Genome(genome).fasta["chr1"][599]  # 1-based 600: AAA's window (476-2,523) only, not BBB's (976-3,023)
     summary = run_mutate(_config(root, models, genome, edits=(f"chr1:600 {base}>{base}", "chr1:601-610"), each=True,
                                  scgpt_model=None))  # fmt: skip
     shift = pd.read_csv(root / "out" / "token_shift.tsv", sep="\t")
@@ -134,26 +125,20 @@ def test_an_unedited_window_reembeds_to_its_cached_row_and_each_edit_scans_alone
 
 def test_mutate_refusals_are_one_line(scene, tmp_path):
     root, models, genome = scene
-    with pytest.raises(
-        InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"
-    ):
+    with pytest.raises(InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"):
         run_mutate(_config(root, models, genome, edits=("chr1:4000-4001",)))
     with pytest.raises(InputError, match=r"gene 'ZZZ' is not in the windows table \(4 genes"):
         run_mutate(_config(root, models, genome, gene="ZZZ", edits=("chr1:1400-1401",)))
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
 
     other = write_tiny_enformer(tmp_path / "other-enformer", seed=1)
-    with pytest.raises(
-        InputError, match=r"dna.zarr was embedded with other settings: model file pytorch_model.bin"
-    ):
+    with pytest.raises(InputError, match=r"dna.zarr was embedded with other settings: model file pytorch_model.bin"):
         run_mutate(_config(root, models, genome, dna_model=str(other), edits=("chr1:1400-1401",)))
     msg = r"the genome \(genome.fa\) has [ACGT] at chr1:1,600, not the ref allele"
     base = Genome(genome).fasta["chr1"][1599]
     with pytest.raises(InputError, match=msg):
         run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {'A' if base != 'A' else 'C'}>T",)))
-    assert "\n" not in str(
-        pytest.raises(InputError, run_mutate, _config(root, models, genome, edits=())).value
-    )
+    assert "\n" not in str(pytest.raises(InputError, run_mutate, _config(root, models, genome, edits=())).value)
 
 
 def test_bench_counts_one_forward_per_edited_window():

@@ -43,9 +43,7 @@ def header_of(path, line: int = 1) -> list[str]:
 
 
 def build_gtex(folder, out):
-    return gtex.build_gtex(
-        {s.key: folder / s.filename for s in gtex.SOURCES.values()}, out, gtex.GtexConfig()
-    )
+    return gtex.build_gtex({s.key: folder / s.filename for s in gtex.SOURCES.values()}, out, gtex.GtexConfig())
 
 
 def build_gasperini(folder, out):

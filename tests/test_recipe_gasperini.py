@@ -9,11 +9,9 @@ from dogmacache.contracts import check_gene_alignment
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
 from dogmacache.errors import InputError
 
-HEADER = (
-    "pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
-    "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
-    "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene"
-).split()
+HEADER = ("pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
+          "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
+          "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene").split()
 
 
 def _row(group, gene, chrom, start, stop, beta, padj, site_type="DHS", gene_start=50_000):
@@ -48,9 +46,7 @@ def _rows():
                          "0.001" if sig else "0.4"))  # fmt: skip
         rows.append(_row(f"chr1.e{i}_top_two", "GENEB", "chr1", start, start + 401, 0.1, "not_applicable"))
     rows.append(_row("chr1.e0_top_two", "GENEC", "chr1", 10_000, 10_401, -0.3, "0.01"))  # GENEC: no protein
-    rows.append(
-        _row("chr1.e1_top_two", "GENEB", "chr1", 15_000, 15_401, "NA", "0.9")
-    )  # duplicate pair, NA beta
+    rows.append(_row("chr1.e1_top_two", "GENEB", "chr1", 15_000, 15_401, "NA", "0.9"))  # duplicate pair, NA beta
     rows.append(_row("GENEA_TSS", "GENEA", "chr1", 49_900, 50_100, -1.5, "0.0001", site_type="TSS"))
     rows.append(_row("NTC_1", "GENEA", "NTC", "NA", "NA", 0.0, "not_applicable", site_type="NTC"))
     rows.append(_row("chr7.e99_top_two", "GENEA", "chr7", 1_000, 1_401, -0.1, "0.5"))  # no chain for chr7
@@ -66,9 +62,7 @@ def test_gasperini_recipe_by_hand(tmp_path):
     proteins = pd.read_parquet(out / "proteins.parquet")
 
     assert len(dna) == 20  # chr7 site could not be lifted
-    assert (
-        dna.loc["chr1.e3_top_two", "center"] == (25_000 + 25_401) // 2 + 1_000
-    )  # hg19 midpoint + chain shift
+    assert dna.loc["chr1.e3_top_two", "center"] == (25_000 + 25_401) // 2 + 1_000  # hg19 midpoint + chain shift
     assert dna.loc["chr1.e3_top_two", "chrom"] == "chr1" and set(dna["strand"]) == {"+"}
     assert genes["id"].tolist() == ["GENEA", "GENEB"] and proteins["id"].tolist() == ["GENEA", "GENEB"]
     assert proteins["sequence"].tolist() == ["MKVLLA", "MEEK"]  # the first GENEA entry, lines joined
@@ -78,11 +72,7 @@ def test_gasperini_recipe_by_hand(tmp_path):
     assert (labels["gene_index"] == labels["gene"].map({"GENEA": 0, "GENEB": 1})).all()
     assert labels.groupby("enhancer")["split"].nunique().max() == 1  # split by enhancer
     per_split = labels.drop_duplicates("enhancer").groupby("split").size().to_dict()
-    assert per_split == {
-        "train": 14,
-        "validation": 3,
-        "test": 3,
-    }  # 70/15/15 of 6 + 14, stratified and rounded
+    assert per_split == {"train": 14, "validation": 3, "test": 3}  # 70/15/15 of 6 + 14, stratified and rounded
     sig_enh = labels[labels.significant].drop_duplicates("enhancer").groupby("split").size().to_dict()
     assert sig_enh == {"train": 4, "validation": 1, "test": 1}  # round(0.7*6)=4, round(0.15*6)=1, rest 1
     assert (dna.loc[labels.enhancer, "split"].values == labels.split.values).all()
@@ -106,9 +96,7 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
 
 
 def test_rna_vocabulary_restricts_the_genes(tmp_path):
-    manifest = build_gasperini(
-        _sources(tmp_path, _rows()), tmp_path / "out", GasperiniConfig(), rna_vocab={"GENEB"}
-    )
+    manifest = build_gasperini(_sources(tmp_path, _rows()), tmp_path / "out", GasperiniConfig(), rna_vocab={"GENEB"})
     assert pd.read_parquet(tmp_path / "out" / "genes.parquet")["id"].tolist() == ["GENEB"]
     assert manifest["missing"]["symbols_not_in_rna_vocab"] == 1
 

@@ -90,11 +90,7 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
     folder.mkdir(parents=True, exist_ok=True)
     names = {key: folder / source.filename for key, source in gtex.SOURCES.items()}
     rows = gct_rows()
-    lines = [
-        first_gct_line,
-        f"{len(rows)}\t{len(SAMPLES)}",
-        "\t".join(["transcript_id", "gene_id", *SAMPLES]),
-    ]
+    lines = [first_gct_line, f"{len(rows)}\t{len(SAMPLES)}", "\t".join(["transcript_id", "gene_id", *SAMPLES])]
     lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm_of(i))]) for i, (t, g) in enumerate(rows)]
     write_gz(names["tpm"], "\n".join(lines) + "\n")
 
@@ -137,9 +133,7 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
     return names
 
 
-CONFIG = gtex.GtexConfig(
-    tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128, holdout_tissues=("Lung",)
-)
+CONFIG = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128, holdout_tissues=("Lung",))
 
 
 def read_outputs(out):
@@ -164,9 +158,7 @@ def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
     for row in raw.itertuples(index=False):
         np.testing.assert_allclose(np.array(row[6:], dtype=float), np.log1p(means[row.id]), rtol=1e-12)
     alpha = raw.set_index("id").loc["ENST00000000101.3", list(TISSUES)].to_numpy(dtype=float)
-    np.testing.assert_allclose(
-        alpha, [np.log1p(2.0), np.log1p(5.0), 0.0]
-    )  # the Brain and unannotated samples ignored
+    np.testing.assert_allclose(alpha, [np.log1p(2.0), np.log1p(5.0), 0.0])  # the Brain and unannotated samples ignored
 
     train = raw[raw["split"] == "train"]
     assert 0 < len(train) < len(raw)
@@ -191,11 +183,7 @@ def test_windows_are_centred_on_the_tss_with_ucsc_names(built):
     window_of = tables["labels"].set_index("id")["dna_id"]
     assert window_of["ENST00000000101.3"] == "chr1:1001:+"
     assert windows.loc["chr1:1001:+", ["chrom", "center", "strand"]].tolist() == ["chr1", 1001, "+"]
-    assert windows.loc[window_of["ENST00000000102.1"], ["chrom", "center", "strand"]].tolist() == [
-        "chrX",
-        9000,
-        "-",
-    ]
+    assert windows.loc[window_of["ENST00000000102.1"], ["chrom", "center", "strand"]].tolist() == ["chrX", 9000, "-"]
     assert windows.loc[window_of["ENST00000000108.1"], "chrom"] == "chrM"
     assert tables["dna_windows"]["center"].dtype == np.int64
     assert windows.loc["chrX:9000:-", ["gene_id", "gene_name"]].tolist() == ["ENSG00000000102.2", "BETA"]
@@ -268,9 +256,7 @@ def test_split_by_gene_without_leak(built):
     tables, manifest = built
     labels = tables["labels"]
     assert labels.groupby("gene_id")["split"].nunique().max() == 1
-    genes = {
-        s: labels.loc[labels["split"] == s, "gene_id"].nunique() for s in ("train", "validation", "test")
-    }
+    genes = {s: labels.loc[labels["split"] == s, "gene_id"].nunique() for s in ("train", "validation", "test")}
     assert genes == {"train": 12, "validation": 2, "test": 1}
     assert {k: manifest["counts"][f"genes_{k}"] for k in genes} == genes
 

@@ -9,9 +9,7 @@ from dogmacache.errors import InputError
 
 
 def _source(url, sha256=None):
-    return sources.Source(
-        key="x", filename="data.txt.gz", url=url, licence="test", description="test", sha256=sha256
-    )
+    return sources.Source(key="x", filename="data.txt.gz", url=url, licence="test", description="test", sha256=sha256)
 
 
 def test_download_resumes_a_partial_file(tmp_path):

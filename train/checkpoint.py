@@ -60,9 +60,7 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def check_resume(
-    checkpoint: dict[str, Any], path: Path, config: dict[str, Any], fingerprints: dict[str, Any]
-) -> None:
+def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], fingerprints: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another run: the first differing config key or cache fingerprint."""
     fix = f"set --set output.resume=false to start over in {path.parent}, or choose another [output] dir"
     changed = changed_keys(checkpoint.get("config") or {}, config)

@@ -20,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="train_command", metavar="ACTION")
     imp = sub.add_parser("import-checkpoint", help="convert a state dict of the CDT authors' CDTv33Model into a "
                                                     "dogmacache checkpoint (load_model, evaluation, explain)")  # fmt: skip
-    imp.add_argument(
-        "src", help="their .pt file: a state dict, or one under `model_state_dict` / `state_dict`"
-    )
+    imp.add_argument("src", help="their .pt file: a state dict, or one under `model_state_dict` / `state_dict`")
     imp.add_argument("dest", help="the checkpoint to write")
     imp.add_argument("--from", dest="source", required=True, choices=("cdt-authors",), help="whose weights")
     imp.add_argument("--dna-positions", type=int, default=896,

@@ -92,23 +92,12 @@ class RunConfig:
         sections = ("data", "model", "train", "output")
         unknown = sorted(set(raw) - {"task", *sections})
         if unknown:
-            raise InputError(
-                f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]"
-            )
+            raise InputError(f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]")
         task = get_task(raw.get("task", DEFAULT_TASK))
-        classes = {
-            "data": task.data_config,
-            "model": task.model_config,
-            "train": TrainConfig,
-            "output": OutputConfig,
-        }
+        classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig, "output": OutputConfig}
         built = {name: build_section(classes[name], raw.get(name) or {}, name, where) for name in sections}
         config = cls(task=task.name, **built)
-        required = [
-            f.name
-            for f in dataclasses.fields(config.data)
-            if f.metadata.get("required") and not getattr(config.data, f.name)
-        ]
+        required = [f.name for f in dataclasses.fields(config.data) if f.metadata.get("required") and not getattr(config.data, f.name)]
         if required:
             raise InputError(f"{where}: [data] needs {required} for task {task.name!r}; see "
                              f"`dogmacache train --example-config --task {task.name}`")  # fmt: skip
@@ -140,9 +129,7 @@ def _describe(hint: Any) -> str:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join("null (unset)" if a is type(None) else _describe(a) for a in args)
     if typing.get_origin(hint) is tuple:
-        return (
-            f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
-        )
+        return f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
@@ -196,14 +183,10 @@ def build_section(cls: type, values: dict[str, Any], section: str, where: str = 
     for key, value in values.items():
         ok, converted = _coerce(value, hints[key])
         if not ok:
-            raise InputError(
-                f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
-                f"the default is {getattr(cls(), key)!r}"
-            )  # every section has defaults
+            raise InputError(f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
+                             f"the default is {getattr(cls(), key)!r}")  # every section has defaults
         if key in limits and converted is not None and not _in_range(converted, limits[key]):
-            raise InputError(
-                f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}"
-            )
+            raise InputError(f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}")
         if key in choices and converted not in choices[key]:
             raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(choices[key])}")
         checked[key] = converted
@@ -269,10 +252,7 @@ def to_toml(config: RunConfig, header: str = "") -> str:
 
 def example_config(task_name: str = DEFAULT_TASK) -> str:
     """Every section and key of `task_name` with its default, as TOML."""
-    return to_toml(
-        default_config(task_name),
-        f"dogmacache train configuration for task {task_name!r}: every key with its default",
-    )
+    return to_toml(default_config(task_name), f"dogmacache train configuration for task {task_name!r}: every key with its default")
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], free: tuple[str, ...] = RESUME_FREE) -> list[str]:

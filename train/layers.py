@@ -60,9 +60,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._heads(query, key_value)
         q = q.expand(k.shape[0], -1, -1, -1)
         p = self.dropout if self.training else 0.0
-        return self._merge(
-            F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
-        )
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p))
 
     def forward_with_weights(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor]:
         """As `forward`, plus the per-head attention probabilities (B, H, Nq, Nk) (before dropout)."""

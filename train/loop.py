@@ -106,9 +106,7 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
         if rank == 0:
             print(f"{name}: resuming from {last} after epoch {state['epoch']}")
     elif rank == 0:
-        _drop_log_rows(
-            out_dir / "log.csv", name
-        )  # a fresh start: this model's earlier rows are of another run
+        _drop_log_rows(out_dir / "log.csv", name)  # a fresh start: this model's earlier rows are of another run
 
     while state["epoch"] < t.epochs and state["stale"] < t.early_stop_patience:
         epoch = state["epoch"]
@@ -150,9 +148,7 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
             payload = {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "state": state}  # fmt: skip
             if improved:
-                checkpoint.save(
-                    best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}
-                )
+                checkpoint.save(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")})
             checkpoint.save(last, payload)
             _append_log(out_dir / "log.csv", row)
             if progress:

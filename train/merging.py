@@ -47,9 +47,7 @@ def split_ab(n_tokens: int, batch: int, generator: torch.Generator | None, devic
     without: the even positions (ToMe's fixed split)."""
     if generator is None:
         return (torch.arange(n_tokens, device=device) % 2 == 0).expand(batch, n_tokens)
-    order = (
-        torch.rand(batch, n_tokens, generator=generator, device=generator.device).argsort(dim=1).to(device)
-    )
+    order = torch.rand(batch, n_tokens, generator=generator, device=generator.device).argsort(dim=1).to(device)
     in_a = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
     return in_a.scatter(1, order[:, : n_tokens // 2], True)
 
@@ -113,9 +111,7 @@ def merge_plan(metric: Tensor, rate: Tensor | float, mergeable: Tensor | None = 
     matching is not differentiable (as in ToMe); gradients flow through `merge`'s weighted means."""
     batch, n_tokens, _ = metric.shape
     device = metric.device
-    mergeable = (
-        torch.ones(batch, n_tokens, dtype=torch.bool, device=device) if mergeable is None else mergeable
-    )
+    mergeable = torch.ones(batch, n_tokens, dtype=torch.bool, device=device) if mergeable is None else mergeable
     rate = torch.as_tensor(rate, dtype=torch.float32, device=device).expand(batch)
     if bool(((rate < 0) | (rate > MAX_RATE)).any()):
         raise ValueError(f"merge rate {rate.tolist()} is outside [0, {MAX_RATE}]; clip it before planning")
@@ -126,9 +122,7 @@ def merge_plan(metric: Tensor, rate: Tensor | float, mergeable: Tensor | None = 
         # pairs at or above the threshold merge; ties at the threshold are broken by position, so exactly
         # k pairs merge (collapsed features would otherwise tie and merge far more than the rate asks)
         order = best.argsort(dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(n_tokens, device=device).expand(batch, -1)
-        )
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tokens, device=device).expand(batch, -1))
         k = (torch.isfinite(best) & (best >= threshold[:, None])).sum(dim=1, keepdim=True)
         k = torch.minimum(k, torch.round(rate * mergeable.sum(dim=1)).long()[:, None])
         absorbed = torch.isfinite(best) & (rank < k)

@@ -45,9 +45,7 @@ def kind_parameter_counts(model) -> dict[str, int]:
     return grouped
 
 
-ESM2_650M_WIDTH = (
-    1280  # what the README's embed commands put in the protein cache instead of ProteomeLM's 768
-)
+ESM2_650M_WIDTH = 1280  # what the README's embed commands put in the protein cache instead of ProteomeLM's 768
 
 
 def build_on_meta(name: str, protein_width: int | None = None):
@@ -58,11 +56,7 @@ def build_on_meta(name: str, protein_width: int | None = None):
     from dogmacache.train.cdt import CentralDogmaTransformer
     from dogmacache.train.presets import preset
 
-    config = (
-        preset(name)
-        if protein_width is None
-        else dataclasses.replace(preset(name), protein_width=protein_width)
-    )
+    config = preset(name) if protein_width is None else dataclasses.replace(preset(name), protein_width=protein_width)
     with torch.device("meta"):
         return CentralDogmaTransformer(config)
 

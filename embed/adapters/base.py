@@ -62,9 +62,7 @@ class AdapterOptions:
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in allowed:
-            raise InputError(
-                f"{type(self).__name__}.{name} is {value!r}; expected one of {', '.join(allowed)}"
-            )
+            raise InputError(f"{type(self).__name__}.{name} is {value!r}; expected one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,8 @@ class ModelInfo:
     pooling: str  # "none" for per-position outputs
     item_shape: tuple[int, ...]
     extras: tuple[ExtraArray, ...] = ()
-    config: dict[str, Any] = field(
-        default_factory=dict
-    )  # facts of the loaded model: bin size, truncation ...
-    files: dict[str, str] = field(
-        default_factory=dict
-    )  # {file name: "sha256:<hex>"} of every model file read
+    config: dict[str, Any] = field(default_factory=dict)  # facts of the loaded model: bin size, truncation ...
+    files: dict[str, str] = field(default_factory=dict)  # {file name: "sha256:<hex>"} of every model file read
 
 
 class EmbeddingAdapter(ABC):

@@ -34,12 +34,8 @@ POOLINGS = ("mean", "cls", "none")
 
 @dataclass(frozen=True)
 class EsmOptions(AdapterOptions):
-    layer: int = (
-        -1
-    )  # hidden layer: -1 the last (after the final LayerNorm), k counted from 0 = embedding output
-    pooling: str = (
-        "mean"  # mean over real tokens | cls (the <cls> token) | none (per token, padded, with a mask)
-    )
+    layer: int = -1  # hidden layer: -1 the last (after the final LayerNorm), k counted from 0 = embedding output
+    pooling: str = "mean"  # mean over real tokens | cls (the <cls> token) | none (per token, padded, with a mask)
     max_length: int | None = None  # tokens kept per item, specials included; None: the model's sequence limit
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
@@ -57,24 +53,16 @@ class EsmOptions(AdapterOptions):
         """Checked against a model with `n_layers` layers; `max_length` None becomes `default_length`, and any
         length is capped at the model's `position_limit` (both counted with special tokens)."""
         if not -1 <= self.layer <= n_layers:
-            raise ModelError(
-                f"--layer {self.layer} does not exist; the model has layers 0..{n_layers} (or -1)"
-            )
+            raise ModelError(f"--layer {self.layer} does not exist; the model has layers 0..{n_layers} (or -1)")
         return replace(self, max_length=min(self.max_length or default_length, position_limit))
 
 
 @dataclass(frozen=True)
 class NucleotideTransformerOptions(EsmOptions):
-    window_bp: int | None = (
-        None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
-    )
+    window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
 
-    strand_policy: str = (
-        "forward"  # genome windows are read on the reference strand, whatever the item's strand
-    )
-    keep: str = (
-        "start"  # a sequence past max_length keeps its start, or its end (a cDNA's 3' end, as IsoFormer)
-    )
+    strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
+    keep: str = "start"  # a sequence past max_length keeps its start, or its end (a cDNA's 3' end, as IsoFormer)
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG,
                                                   "strand_policy": STRAND_POLICY_FLAG,
@@ -110,9 +98,7 @@ def check_loading(directory, info: dict[str, list]) -> list[str]:
                 f"{weights_file(directory) or directory} {what} {sorted(keys)[:5]}; it is not a checkpoint of this architecture (or config.json does not "
                 "match it): use the weights and config.json saved together"
             )
-    return sorted(
-        {k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected}
-    )
+    return sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected})
 
 
 class _EsmFamily(EmbeddingAdapter):
@@ -126,15 +112,9 @@ class _EsmFamily(EmbeddingAdapter):
 
         source = resolve_model_dir(model_path or self.default_model, revision)
         directory = source.directory
-        config = (
-            json.loads((directory / "config.json").read_text())
-            if (directory / "config.json").is_file()
-            else None
-        )
+        config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
         if config is None:
-            raise ModelError(
-                f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights"
-            )
+            raise ModelError(f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights")
         remote = "auto_map" in config  # NT v2 ships its own modelling code
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
@@ -150,14 +130,8 @@ class _EsmFamily(EmbeddingAdapter):
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote
         limit = int(config.get("max_position_embeddings", self.max_sequence_length))
-        self.options = options.resolve(
-            int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit
-        )
-        self.layer, self.pooling, self.max_length = (
-            self.options.layer,
-            self.options.pooling,
-            self.options.max_length,
-        )
+        self.options = options.resolve(int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit)
+        self.layer, self.pooling, self.max_length = self.options.layer, self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
         weights = weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
@@ -197,14 +171,8 @@ class _EsmFamily(EmbeddingAdapter):
             kept = head + ids[len(ids) - (self.max_length - len(head)) :]
         else:
             kept = ids[: self.max_length]
-            if (
-                len(ids) > self.max_length
-                and self.tokenizer.eos_token_id is not None
-                and ids[-1] == self.tokenizer.eos_token_id
-            ):
-                kept[-1] = (
-                    self.tokenizer.eos_token_id
-                )  # truncated sequences keep their <eos>, as ESM's own scripts do
+            if len(ids) > self.max_length and self.tokenizer.eos_token_id is not None and ids[-1] == self.tokenizer.eos_token_id:
+                kept[-1] = self.tokenizer.eos_token_id  # truncated sequences keep their <eos>, as ESM's own scripts do
         return {"ids": np.asarray(kept, dtype=np.int64), "n_truncated": np.int32(max(0, len(ids) - len(kept))),
                 "n_special": np.int32(n_special), "n_padded": np.int32(n_padded)}  # fmt: skip
 
@@ -219,9 +187,7 @@ class _EsmFamily(EmbeddingAdapter):
             ids[i, : lengths[i]] = torch.from_numpy(item["ids"])
         attention = (ids != self.tokenizer.pad_token_id).long()
         ids, attention = ids.to(self.device), attention.to(self.device)
-        out = self.model(
-            input_ids=ids, attention_mask=attention, output_hidden_states=self.layer != -1 or self.remote
-        )
+        out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=self.layer != -1 or self.remote)
         if self.remote:
             hidden = out.hidden_states[self.layer]
         else:
@@ -257,8 +223,7 @@ class Esm2Adapter(_EsmFamily):
         bad = set(seq) - PROTEIN_LETTERS
         if not seq or bad:
             raise InputError(
-                f"protein {row['id']!r}: "
-                + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
+                f"protein {row['id']!r}: " + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
                 + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
             )
         return seq, 0
@@ -272,18 +237,14 @@ class NucleotideTransformerAdapter(_EsmFamily):
 
     def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
         if "sequence" in row and isinstance(row["sequence"], str):
-            seq, n_padded = (
-                row["sequence"].strip().upper().replace("U", "T"),
-                0,
-            )  # NT reads DNA letters; U is T
+            seq, n_padded = row["sequence"].strip().upper().replace("U", "T"), 0  # NT reads DNA letters; U is T
         else:
             window = self.options.window_bp
             if not window:
-                raise InputError(
-                    "nucleotide-transformer on genome windows needs --window-bp (e.g. 5994 for v1)"
-                )
+                raise InputError("nucleotide-transformer on genome windows needs --window-bp (e.g. 5994 for v1)")
             seq, n_padded = row["_genome"].window(str(row["chrom"]), int(row["center"]), window)
         if not seq:
             raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])
         return seq, n_padded
+

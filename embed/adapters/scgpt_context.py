@@ -87,13 +87,9 @@ class ScGPTContextAdapter(EmbeddingAdapter):
             pooling="cls",
             item_shape=(self.args.embsize,),
             extras=(ExtraArray("n_genes", "int32"), ExtraArray("n_missing", "int32")),
-            config={
-                **checkpoint_config(self.checkpoint),
-                "n_bins": self.args.n_bins,
-                "pad_value": self.args.pad_value,
-                "cap_rule": "highest raw values, ties by column order",
-                "missing_in_vocab": "per item: extra array n_missing",
-            },  # fmt: skip
+            config={**checkpoint_config(self.checkpoint), "n_bins": self.args.n_bins, "pad_value": self.args.pad_value,
+                    "cap_rule": "highest raw values, ties by column order",
+                    "missing_in_vocab": "per item: extra array n_missing"},  # fmt: skip
         )
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -114,14 +110,10 @@ class ScGPTContextAdapter(EmbeddingAdapter):
                              "check that its columns are gene symbols")  # fmt: skip
         genes = np.array([self.vocab[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
         expression = values[use]
-        rng = np.random.default_rng(
-            self.options.bin_seed
-        )  # per item: the same bins whatever the worker or order
+        rng = np.random.default_rng(self.options.bin_seed)  # per item: the same bins whatever the worker or order
         bins = bin_expression(expression, self.args.n_bins, rng)  # over all expressed genes, as scGPT does
         if genes.size > self.options.max_genes:
-            top = np.sort(
-                np.argsort(-expression, kind="stable")[: self.options.max_genes]
-            )  # keep column order
+            top = np.sort(np.argsort(-expression, kind="stable")[: self.options.max_genes])  # keep column order
             genes, bins = genes[top], bins[top]
         return {
             "genes": np.concatenate([[self.vocab[CLS_TOKEN]], genes]).astype(np.int64),

@@ -52,10 +52,7 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
             layer="gene_embedding+enc_norm",
             pooling="token",
             item_shape=(self.checkpoint.args.embsize,),
-            config={
-                **checkpoint_config(self.checkpoint),
-                "missing_in_vocab": 0,
-            },  # a missing symbol is an error
+            config={**checkpoint_config(self.checkpoint), "missing_in_vocab": 0},  # a missing symbol is an error
         )
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -65,8 +65,7 @@ class ScGPTArgs:
             raise ModelError(f"{path} lacks {', '.join(missing)}; use the args.json saved with best_model.pt")
         args = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         unsupported = {
-            f"input_emb_style {args.input_emb_style!r} (only 'continuous')": args.input_emb_style
-            != "continuous",
+            f"input_emb_style {args.input_emb_style!r} (only 'continuous')": args.input_emb_style != "continuous",
             f"input_style {args.input_style!r} (only 'binned')": args.input_style != "binned",
             "pre_norm=true (only post-norm layers)": args.pre_norm,
             "domain-specific batch norm": bool(raw.get("DSBN") or raw.get("domain_spec_batchnorm")),
@@ -234,14 +233,10 @@ class ScGPTCheckpoint:
         return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.vocab))
 
 
-def load_checkpoint(
-    model_path: str | None, device: torch.device, revision: str | None = None
-) -> ScGPTCheckpoint:
+def load_checkpoint(model_path: str | None, device: torch.device, revision: str | None = None) -> ScGPTCheckpoint:
     """Read and strictly load an scGPT checkpoint folder; ModelError naming what is missing or wrong."""
     if revision:
-        raise ModelError(
-            f"scgpt reads a local checkpoint folder; --revision {revision!r} does not apply: drop it"
-        )
+        raise ModelError(f"scgpt reads a local checkpoint folder; --revision {revision!r} does not apply: drop it")
     if not model_path or not Path(model_path).is_dir():
         raise ModelError(f"scGPT checkpoint folder {model_path!r} not found; download it (e.g. whole-human) "
                          f"and pass its local path with --model-path; it must hold {', '.join(FILES)}")  # fmt: skip

@@ -72,16 +72,14 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "specia
 def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
     """{file name: sha256} of what the adapter reads from `directory`: the weights file, MODEL_FILES and any
     modelling code present."""
-    names = [n for n in MODEL_FILES if (directory / n).is_file()] + sorted(
-        p.name for p in directory.glob("*.py")
-    )
+    names = [n for n in MODEL_FILES if (directory / n).is_file()] + sorted(p.name for p in directory.glob("*.py"))
     if weights is not None:
         names.append(weights.name)
     return {name: file_digest(directory / name) for name in sorted(set(names))}
 
 
 def file_digest(path: str | Path) -> str:
-    """ "sha256:<hex>" of a file. A hub download's large files are links to blobs named by their sha256: that
+    """"sha256:<hex>" of a file. A hub download's large files are links to blobs named by their sha256: that
     name is used instead of reading gigabytes again."""
     path = Path(path)
     if path.is_symlink():
@@ -100,9 +98,7 @@ def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path
     """The state dict of `directory`'s weights file, and that file's path."""
     path = weights_file(directory)
     if path is None:
-        raise ModelError(
-            f"{directory} holds no weights file ({' or '.join(WEIGHT_FILES)}); is it a model folder?"
-        )
+        raise ModelError(f"{directory} holds no weights file ({' or '.join(WEIGHT_FILES)}); is it a model folder?")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

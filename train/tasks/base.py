@@ -78,9 +78,7 @@ class TaskData:
     """What `load` returns: the labelled examples per split and the fingerprints of every cache read."""
 
     splits: dict[str, pd.DataFrame]  # train / validation / test, each with a `target` column
-    fingerprints: dict[
-        str, dict[str, Any]
-    ]  # per cache name: model, revision, input and ids digests, shards digest
+    fingerprints: dict[str, dict[str, Any]]  # per cache name: model, revision, input and ids digests, shards digest
     extras: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints (e.g. the DNA scaling)
 
 
@@ -104,12 +102,8 @@ class Task(ABC):
     name: ClassVar[str]
     data_config: ClassVar[type]  # the [data] dataclass
     model_config: ClassVar[type]  # the [model] dataclass
-    models: ClassVar[
-        dict[str, Callable[[dict[str, Any]], nn.Module]]
-    ]  # class name -> rebuild from config dict
-    metric: ClassVar[str] = (
-        "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
-    )
+    models: ClassVar[dict[str, Callable[[dict[str, Any]], nn.Module]]]  # class name -> rebuild from config dict
+    metric: ClassVar[str] = "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
 
     def __init__(self, config: Any):
         self.config = config  # the RunConfig

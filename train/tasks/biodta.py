@@ -68,9 +68,7 @@ class TokenAdapter(nn.Module):
             raise InputError(f"Bio-DTA pooling {pooling!r} is not one of {POOLINGS}; pick one of them")
         self.pooling = pooling
         self.norm = nn.LayerNorm(dna_width)
-        self.query = (
-            nn.Parameter(torch.zeros(dna_width)) if pooling == "attention" else None
-        )  # zeros: starts as mean
+        self.query = nn.Parameter(torch.zeros(dna_width)) if pooling == "attention" else None  # zeros: starts as mean
         self.mlp = nn.Sequential(nn.Linear(dna_width, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, token_width))  # fmt: skip
 
@@ -101,9 +99,7 @@ def _read_labels(path: Path) -> pd.DataFrame:
     table = pd.read_parquet(path)
     for column in ("id", "split"):
         if column not in table.columns:
-            raise InputError(
-                f"{path} has no column {column!r}; Bio-DTA's labels are the gene_tss recipe's genes table"
-            )
+            raise InputError(f"{path} has no column {column!r}; Bio-DTA's labels are the gene_tss recipe's genes table")
     check_splits(table, str(path), "id")
     return table
 

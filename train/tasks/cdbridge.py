@@ -60,9 +60,7 @@ class CdbridgeDataConfig:
     labels: str = required()  # the gtex recipe's labels.parquet (standardised log1p mean TPM per tissue)
     dna_cache: str = required()  # per-position DNA cache of the recipe's TSS windows (ids = dna_id)
     protein_cache: str = required()  # pooled protein cache (ESM-2 mean; ids = protein_id)
-    tissue_cache: str = (
-        required()
-    )  # pooled scGPT `context` embeddings of tissue_profiles (ids = tissue names)
+    tissue_cache: str = required()  # pooled scGPT `context` embeddings of tissue_profiles (ids = tissue names)
     coding_masks: str = required()  # the recipe's coding_masks.parquet (one flag per DNA bin, per transcript)
     tissues_table: str = ""  # the recipe's tissues.parquet (held_out column); "" = beside the labels
     tissues: tuple[str, ...] = ()  # label columns to model; () = every tissue column of the labels
@@ -81,9 +79,7 @@ class CdbridgeModelConfig:
     d_model: int = 128  # width of every projection and attention (the paper leaves it open)
     n_heads: int = 4  # (open)
     ffn_hidden: int = 256  # feed-forward width of the decoder blocks (open)
-    dictionary_size: int = (
-        64  # M protein dictionary tokens, k-means centroids of the training proteins (open)
-    )
+    dictionary_size: int = 64  # M protein dictionary tokens, k-means centroids of the training proteins (open)
     merge_rate_mean: float = 0.25  # fraction of DNA tokens merged away; the evaluation rate (open)
     merge_rate_std: float = 0.1  # std of the training rate's Gaussian, draws clipped to [0, 0.5] (open)
     functional_layers: int = 2  # self-attention blocks of the functional decoder ("lightweight"; open)
@@ -93,9 +89,7 @@ class CdbridgeModelConfig:
     contrastive_weight: float = 1.0  # loss = MSE + weight * InfoNCE (open)
     dropout: float = 0.1
     recovery: bool = True  # unmerge before the functional decoder (the paper); false = the ablation
-    tissue_input: str = (
-        "full"  # full | none (no tissue conditioning) | only (tissue embedding only, leakage control)
-    )
+    tissue_input: str = "full"  # full | none (no tissue conditioning) | only (tissue embedding only, leakage control)
     freeze_stage1: bool = True  # stage 2 trains only the tissue-conditioned decoder
     ablations: tuple[str, ...] = ABLATIONS  # baselines trained in the same run
 
@@ -118,16 +112,12 @@ class CdbridgeModel(nn.Module):
                  tissue_input: str):  # fmt: skip
         super().__init__()
         if d_model % n_heads:
-            raise InputError(
-                f"CDBridge d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple"
-            )
+            raise InputError(f"CDBridge d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
         self.rate_mean, self.rate_std = merge_rate_mean, merge_rate_std
         self.recovery, self.tissue_input = recovery, tissue_input
         self.dna = Projection(dna_width, d_model, dropout)
         self.position = nn.Parameter(torch.zeros(1, n_bins, d_model))
-        self.dictionary = nn.Parameter(
-            torch.randn(dictionary_size, protein_width) * 0.02
-        )  # k-means in build_model
+        self.dictionary = nn.Parameter(torch.randn(dictionary_size, protein_width) * 0.02)  # k-means in build_model
         self.protein = nn.Linear(protein_width, d_model)
         self.connector = AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
         self.functional = nn.ModuleList(AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
@@ -169,17 +159,11 @@ class CdbridgeModel(nn.Module):
 
     def expression(self, merged: Tensor, valid: Tensor, tissue: Tensor) -> tuple[Tensor, Tensor]:
         """merged (P, N', D), valid (P, N'), tissue (P, D_tissue) -> expression (P,), protein vector (P, D_prot)."""
-        conditioning = (
-            self.tissue(tissue) if self.tissue_input != "none" else torch.zeros_like(self.tissue(tissue))
-        )
+        conditioning = self.tissue(tissue) if self.tissue_input != "none" else torch.zeros_like(self.tissue(tissue))
         q = self.queries[None] + conditioning[:, None]  # (P, Q, D)
         for block in self.conditioned:
             # tissue embedding only (the leakage control): no DNA token reaches the output
-            q = (
-                block.forward_without_attention(q)
-                if self.tissue_input == "only"
-                else block.forward_masked(q, merged, valid)
-            )
+            q = block.forward_without_attention(q) if self.tissue_input == "only" else block.forward_masked(q, merged, valid)
         pooled = q.mean(dim=1)
         return self.expression_head(pooled)[:, 0], self.protein_head(pooled)
 
@@ -196,9 +180,7 @@ class CdbridgeModel(nn.Module):
 class CdbridgeData(TaskData):
     tissues: list[str] = dataclasses.field(default_factory=list)
     held_out: list[str] = dataclasses.field(default_factory=list)
-    transcripts: dict[str, pd.DataFrame] = dataclasses.field(
-        default_factory=dict
-    )  # per split: stage-1 examples
+    transcripts: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # per split: stage-1 examples
     dna: EmbeddingCache | None = None
     dna_rows: np.ndarray | None = None  # (N_dna, L, D_dna) float32 when it fits the preload budget
     masks: np.ndarray | None = None  # (N_transcripts_all, L) coding flags, indexed by `mask_row`
@@ -226,17 +208,13 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     held_out = set(info.loc[info["held_out"].astype(bool), "tissue"]) | set(d.holdout_tissues)
     for t in d.holdout_tissues:
         if t not in tissues:
-            raise InputError(
-                f"[data] holdout_tissues names {t!r}, which is not a modelled tissue; pick from {tissues}"
-            )
+            raise InputError(f"[data] holdout_tissues names {t!r}, which is not a modelled tissue; pick from {tissues}")
     if held_out >= set(tissues):
         raise InputError(f"every tissue of {tissues} is held out; keep at least one tissue for training")
 
     dna = open_cache(d.dna_cache)
     if len(dna.item_shape) != 2:
-        raise InputError(
-            f"{dna.url} holds pooled items {dna.item_shape}; CDBridge needs a per-position DNA cache"
-        )
+        raise InputError(f"{dna.url} holds pooled items {dna.item_shape}; CDBridge needs a per-position DNA cache")
     n_bins = dna.item_shape[0]
     protein_cache, tissue_cache = open_cache(d.protein_cache), open_cache(d.tissue_cache)
     for cache, name in ((protein_cache, "protein_cache"), (tissue_cache, "tissue_cache")):
@@ -247,16 +225,12 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     if missing:
         raise InputError(f"tissue {missing[0]!r} is not in {tissue_cache.url} ({len(missing)} missing); embed the "
                          "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues")  # fmt: skip
-    tissue_embeddings = torch.from_numpy(
-        tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32)
-    )
+    tissue_embeddings = torch.from_numpy(tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32))
 
     masks_table = _read_table(d.coding_masks, "coding masks table").set_index("id")
     absent = table.loc[~table["id"].isin(masks_table.index), "id"]
     if len(absent):
-        raise InputError(
-            f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output"
-        )
+        raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")
     masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
     if masks.shape[1] != n_bins:
         raise InputError(f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
@@ -267,9 +241,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     protein_ids = table["protein_id"].fillna("").astype(str) if "protein_id" in table else frame["id"]
     frame["protein_present"] = (protein_ids != "").to_numpy()
     frame["protein_row"] = 0
-    frame.loc[frame["protein_present"], "protein_row"] = protein_cache.rows_of(
-        protein_ids[frame["protein_present"]]
-    )
+    frame.loc[frame["protein_present"], "protein_row"] = protein_cache.rows_of(protein_ids[frame["protein_present"]])
     frame["mask_row"] = np.arange(len(frame))
     values = table[tissues].to_numpy(np.float32)
     if not np.isfinite(values).all():
@@ -279,9 +251,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     for split in SPLITS:
         part = frame[frame["split"] == split].reset_index(drop=True)
         if part.empty:
-            raise InputError(
-                f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)"
-            )
+            raise InputError(f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)")
         transcripts[split] = part.assign(target=list(masks[part["mask_row"]]))
         keep = [k for k, t in enumerate(tissues) if split != "train" or t not in held_out]
         cells = part.loc[part.index.repeat(len(keep))].reset_index().rename(columns={"index": "transcript"})
@@ -321,11 +291,7 @@ class ExampleChunks(Batches):
     def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.table.iloc[positions]
         windows, dna_index = np.unique(part["dna_row"].to_numpy(), return_inverse=True)
-        target = (
-            np.stack(part["target"].to_list())
-            if part["target"].dtype == object
-            else part["target"].to_numpy()
-        )
+        target = np.stack(part["target"].to_list()) if part["target"].dtype == object else part["target"].to_numpy()
         examples = {"index": torch.from_numpy(positions.astype(np.int64)),
                     "target": torch.from_numpy(np.array(target, dtype=np.float32)),  # a copy: pandas arrays are read-only
                     "dna_index": torch.from_numpy(dna_index.astype(np.int64)),
@@ -348,9 +314,7 @@ def kmeans_dictionary(protein: np.ndarray, size: int, seed: int) -> np.ndarray:
     if size > len(protein):
         raise InputError(f"[model] dictionary_size = {size} exceeds the {len(protein)} distinct training proteins; "
                          f"set it to at most {len(protein)}")  # fmt: skip
-    return (
-        KMeans(n_clusters=size, random_state=seed, n_init=4).fit(protein).cluster_centers_.astype(np.float32)
-    )
+    return KMeans(n_clusters=size, random_state=seed, n_init=4).fit(protein).cluster_centers_.astype(np.float32)
 
 
 def binary_metrics(logits: np.ndarray, flags: np.ndarray) -> dict[str, float]:
@@ -416,9 +380,7 @@ class CdbridgeTask(Task):
         model = CdbridgeModel(**config)
         train = data.transcripts["train"]
         proteins = np.unique(train.loc[train["protein_present"], "protein_row"].to_numpy())
-        centroids = kmeans_dictionary(
-            data.protein[proteins].numpy(), m.dictionary_size, self.config.train.seed
-        )
+        centroids = kmeans_dictionary(data.protein[proteins].numpy(), m.dictionary_size, self.config.train.seed)
         with torch.no_grad():
             model.dictionary.copy_(torch.from_numpy(centroids))
         if m.stage == 2:
@@ -442,9 +404,7 @@ class CdbridgeTask(Task):
         device = pick_device(self.config.train.device)
         batch = self.config.data.eval_batch
         untrained = kept_fractions(model.to(device), data, "test", device, batch)
-        stage1 = dataclasses.replace(
-            self.config, model=dataclasses.replace(self.config.model, stage=1, ablations=())
-        )
+        stage1 = dataclasses.replace(self.config, model=dataclasses.replace(self.config.model, stage=1, ablations=()))
         path = self.config.data.stage1_checkpoint
         if path:
             model.load_state_dict(checkpoint.read(path, map_location=device)["model"])
@@ -463,10 +423,7 @@ class CdbridgeTask(Task):
         for split in ("validation", "test"):
             logits = predict(task, model.to(device), stage1_view(data), split, device)
             flags = np.stack(data.transcripts[split]["target"].to_list())
-            self.stage1[split] = {
-                **binary_metrics(logits, flags),
-                **kept_fractions(model, data, split, device, batch),
-            }
+            self.stage1[split] = {**binary_metrics(logits, flags), **kept_fractions(model, data, split, device, batch)}
         self.stage1["test"]["untrained"] = untrained
         self.stage1["checkpoint"] = path
 
@@ -520,11 +477,7 @@ class CdbridgeTask(Task):
     # ---- metrics ---------------------------------------------------------------------------------------------
     def observed(self, data: CdbridgeData, split: str) -> np.ndarray:
         table = self._examples(data, split)
-        return (
-            np.stack(table["target"].to_list())
-            if self.config.model.stage == 1
-            else table["target"].to_numpy()
-        )
+        return np.stack(table["target"].to_list()) if self.config.model.stage == 1 else table["target"].to_numpy()
 
     def metrics(self, predictions: np.ndarray, data: CdbridgeData, split: str) -> dict[str, Any]:
         observed = self.observed(data, split)
@@ -539,10 +492,8 @@ class CdbridgeTask(Task):
                       for t in data.tissues if (tissue_of == t).any()}  # fmt: skip
         seen = [t for t in per_tissue if t not in data.held_out]
         held = [t for t in per_tissue if t in data.held_out]
-
         def mean(names: list[str], key: str) -> float:
             return float(np.mean([per_tissue[t][key] for t in names])) if names else float("nan")
-
         in_held = np.isin(tissue_of, data.held_out)
         return {
             **regression_metrics(predictions, observed),  # pooled over every (transcript, tissue) cell
@@ -575,10 +526,7 @@ class CdbridgeTask(Task):
     def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
         """Seen vs held-out bars per model, and the stage-1 metrics of each model added to metrics.json."""
         out = Path(out_dir)
-        stage1 = {
-            self.label: self.stage1,
-            **{n: t.stage1 for n, t in getattr(self, "_ablations", {}).items()},
-        }
+        stage1 = {self.label: self.stage1, **{n: t.stage1 for n, t in getattr(self, "_ablations", {}).items()}}
         path = out / "metrics.json"
         if path.is_file():
             summary = json.loads(path.read_text())
@@ -595,9 +543,7 @@ class CdbridgeTask(Task):
 
 
 def print_seen_vs_held_out(results: dict[str, Any], stage1: dict[str, Any]) -> None:
-    print(
-        f"{'model':<18}{'R2 seen':>9}{'R2 held':>9}{'Sp seen':>9}{'Sp held':>9}{'AUROC':>8}{'kept cod':>9}{'kept non':>9}"
-    )
+    print(f"{'model':<18}{'R2 seen':>9}{'R2 held':>9}{'Sp seen':>9}{'Sp held':>9}{'AUROC':>8}{'kept cod':>9}{'kept non':>9}")
     for name, r in results.items():
         t, s = r["test"], stage1.get(name, {}).get("test", {})
         print(f"{name:<18}{t.get('r2_mean_seen', float('nan')):>9.3f}{t.get('r2_mean_held_out', float('nan')):>9.3f}"

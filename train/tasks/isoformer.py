@@ -49,9 +49,7 @@ NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 class IsoformerDataConfig:
     labels: str = required()  # the gtex recipe's labels.parquet (standardised log1p mean TPM per tissue)
     dna_cache: str = ""  # per-position DNA cache (Enformer trunk at the TSS window); "" = not used
-    rna_cache: str = (
-        ""  # per-token RNA cache with a mask (Nucleotide Transformer over the cDNA); "" = not used
-    )
+    rna_cache: str = ""  # per-token RNA cache with a mask (Nucleotide Transformer over the cDNA); "" = not used
     protein_cache: str = ""  # per-residue protein cache with a mask (ESM-2); "" = not used
     tissues: tuple[str, ...] = ()  # label columns to predict; () = every tissue column of the labels
     eval_batch: int = 64  # transcripts per evaluation forward pass
@@ -67,9 +65,7 @@ class IsoformerModelConfig:
     d_model: int = 256  # shared width of the projections and attention (the paper leaves it open)
     n_heads: int = 8  # paper: 8
     dropout: float = 0.1  # on the attention probabilities and before the head
-    ablations: tuple[str, ...] = (
-        ABLATIONS  # modality subsets trained as baselines in the same run ("dna+rna", ...)
-    )
+    ablations: tuple[str, ...] = ABLATIONS  # modality subsets trained as baselines in the same run ("dna+rna", ...)
 
     LIMITS: ClassVar[dict[str, str]] = {"d_model": ">=1", "n_heads": ">=1", "dropout": "[0,1)"}
 
@@ -78,9 +74,7 @@ def parse_modalities(names: tuple[str, ...] | str, where: str) -> tuple[str, ...
     items = tuple(names.split("+")) if isinstance(names, str) else tuple(names)
     bad = [m for m in items if m not in MODALITIES]
     if bad or not items or len(set(items)) != len(items):
-        raise InputError(
-            f"{where} {names!r}: expected distinct names from {list(MODALITIES)} (e.g. 'dna+rna')"
-        )
+        raise InputError(f"{where} {names!r}: expected distinct names from {list(MODALITIES)} (e.g. 'dna+rna')")
     return tuple(m for m in MODALITIES if m in items)  # queries first, then attention order
 
 
@@ -91,19 +85,13 @@ class IsoformerAggregator(nn.Module):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in widths]
         if d_model % n_heads:
-            raise InputError(
-                f"IsoFormer d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple"
-            )
+            raise InputError(f"IsoFormer d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
         self.projections = nn.ModuleDict({m: nn.Linear(widths[m], d_model) for m in self.modalities})
-        self.cross = nn.ModuleDict(
-            {m: MultiHeadAttention(d_model, n_heads, dropout) for m in self.modalities[1:]}
-        )
+        self.cross = nn.ModuleDict({m: MultiHeadAttention(d_model, n_heads, dropout) for m in self.modalities[1:]})
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_tissues)
 
-    def forward(
-        self, tokens: dict[str, Tensor], masks: dict[str, Tensor], present: dict[str, Tensor]
-    ) -> Tensor:
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         """tokens[m] (B, N_m, D_m); masks[m] (B, N_m) True = real token; present[m] (B,) -> (B, K)."""
         query_name, *others = self.modalities
         q = self.projections[query_name](tokens[query_name])  # (B, L, D)
@@ -124,9 +112,7 @@ class IsoformerData(TaskData):
     caches: dict[str, EmbeddingCache] = dataclasses.field(default_factory=dict)
     masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (N_m, T_m) bool per cache
     preload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # rows as float32 where they fit
-    scale: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(
-        default_factory=dict
-    )  # mean, std (D,)
+    scale: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)  # mean, std (D,)
 
 
 def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -136,9 +122,7 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     table = pd.read_parquet(path)
     for column in ("id", "split"):
         if column not in table.columns:
-            raise InputError(
-                f"{path} has no column {column!r}; an IsoFormer labels table has id, split and tissues"
-            )
+            raise InputError(f"{path} has no column {column!r}; an IsoFormer labels table has id, split and tissues")
     available = [c for c in table.columns if c not in NOT_TISSUES]
     tissues = list(config.tissues) or available
     unknown = [t for t in tissues if t not in available]
@@ -192,9 +176,7 @@ def load_isoformer(config: Any) -> IsoformerData:
                              "re-embed it or drop the transcript from the labels")  # fmt: skip
         need = len(cache) * int(np.prod(cache.item_shape)) * 4
         if 0 < need <= d.preload_bytes:
-            preload[modality] = cache.read_rows(np.arange(len(cache)), dtype=np.float32).reshape(
-                len(cache), n_tokens, -1
-            )
+            preload[modality] = cache.read_rows(np.arange(len(cache)), dtype=np.float32).reshape(len(cache), n_tokens, -1)
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
     for modality, (rows, present) in joined.items():
         frame[f"{modality}_row"], frame[f"{modality}_present"] = rows, present
@@ -203,9 +185,7 @@ def load_isoformer(config: Any) -> IsoformerData:
     for split in SPLITS:
         keep = (frame["split"] == split).to_numpy()
         if not keep.any():
-            raise InputError(
-                f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)"
-            )
+            raise InputError(f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)")
         part = frame[keep].reset_index(drop=True)
         part["target"] = list(targets[keep])
         splits[split] = part
@@ -216,13 +196,8 @@ def load_isoformer(config: Any) -> IsoformerData:
             train = splits["train"]
             rows = np.unique(train.loc[train[f"{modality}_present"], f"{modality}_row"].to_numpy())
             tokens = _rows(data, modality, rows)[data.masks[modality][rows]].astype(np.float64)  # (n_real, D)
-            data.scale[modality] = (
-                tokens.mean(0).astype(np.float32),
-                np.maximum(tokens.std(0), 1e-6).astype(np.float32),
-            )
-        data.extras["scale"] = {
-            m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()
-        }
+            data.scale[modality] = (tokens.mean(0).astype(np.float32), np.maximum(tokens.std(0), 1e-6).astype(np.float32))
+        data.extras["scale"] = {m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()}
     return data
 
 
@@ -233,9 +208,7 @@ def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
     else:
         unique, inverse = np.unique(rows, return_inverse=True)
         cache = data.caches[modality]
-        block = cache.read_rows(unique, dtype=np.float32).reshape(
-            len(unique), data.masks[modality].shape[1], -1
-        )[inverse]
+        block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)[inverse]
     if modality in data.scale:
         mean, std = data.scale[modality]
         block = (block - mean) / std
@@ -314,9 +287,7 @@ class IsoformerTask(Task):
         headline); Spearman per transcript across tissues, averaged."""
         observed = self.observed(data, split)
         pooled = regression_metrics(predictions.ravel(), observed.ravel())
-        per_tissue = {
-            t: regression_metrics(predictions[:, k], observed[:, k]) for k, t in enumerate(data.tissues)
-        }
+        per_tissue = {t: regression_metrics(predictions[:, k], observed[:, k]) for k, t in enumerate(data.tissues)}
         per_transcript = [stats.spearmanr(p, o)[0] for p, o in zip(predictions, observed, strict=True)
                           if np.ptp(p) > 0 and np.ptp(o) > 0]  # fmt: skip
         return {
@@ -336,9 +307,7 @@ class IsoformerTask(Task):
             if modalities == self.modalities:
                 continue
             model = dataclasses.replace(self.config.model, modalities=modalities, ablations=())
-            found["+".join(modalities)] = FittedBaseline(
-                IsoformerTask(dataclasses.replace(self.config, model=model))
-            )
+            found["+".join(modalities)] = FittedBaseline(IsoformerTask(dataclasses.replace(self.config, model=model)))
         return found
 
     def figures(self, results: dict[str, Any], data: IsoformerData, out_dir: Any) -> list[Any]:
@@ -352,3 +321,4 @@ def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
     """Each tissue's training mean for every transcript of `split`."""
     train = np.stack(data.splits["train"]["target"].to_list())
     return np.repeat(train.mean(axis=0, keepdims=True), len(data.splits[split]), axis=0).astype(np.float32)
+
