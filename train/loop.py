@@ -87,6 +87,8 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
     task.on_device(data, device)
     ddp = size > 1
     trained = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    if t.compile != "no":  # the training forward only; evaluation and checkpoints use `model` itself
+        trained = torch.compile(trained, mode=None if t.compile == "default" else t.compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=t.plateau_factor,
                                                            patience=t.plateau_patience)  # fmt: skip
