@@ -372,6 +372,7 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
     config = load_config(path, {"data.dna_on_device": "yes"})
     cdt = get_task("cdt")(config)
     data = cdt.load()
+    assert data.preload is not None  # the demo's DNA fits the RAM budget
     cdt.on_device(data, torch.device("cpu"))
     mlp = get_task("dna_mlp")(config)
     mlp.on_device(data, torch.device("cpu"))
@@ -385,6 +386,9 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
         pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6
     )
     assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table
+    assert data.preload is None  # the table was copied from the RAM preload, which is then let go
+    streamed = pairs_module.DeviceDna(data, torch.device("cpu"))  # no preload: read from the cache
+    assert torch.equal(streamed.table, cdt._dna.table)
 
 
 def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path):

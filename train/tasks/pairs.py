@@ -78,21 +78,30 @@ class PairData(TaskData):
         return {**self.__dict__, "device_dna": {}}
 
 
+def _table_dtype(dna: EmbeddingCache) -> torch.dtype:
+    """A device table keeps float16 caches in float16 (exact) and anything else in float32."""
+    return torch.float16 if dna.manifest.dtype == "float16" else torch.float32
+
+
+def table_bytes(dna: EmbeddingCache) -> int:
+    return len(dna) * int(np.prod(dna.item_shape)) * _table_dtype(dna).itemsize
+
+
 class DeviceDna:
-    """Every DNA row of a cache in one device tensor (N_enh, L, D), float16 when the cache stores float16
-    (else float32); `rows(chunk)` gives a chunk's DNA as float32 on the device, z-scored when the data is."""
+    """Every DNA row of a cache in one device tensor (N_enh, L, D) (`_table_dtype`), copied from the rows already
+    preloaded in RAM when there are, else read from the cache; `rows(chunk)` gives a chunk's DNA (its
+    `dna_rows`) as float32 on the device, z-scored when the data is."""
 
     def __init__(self, data: PairData, device: torch.device, block: int = 64):
         dna = data.dna
-        dtype = torch.float16 if dna.manifest.dtype == "float16" else torch.float32
+        dtype = _table_dtype(dna)
+        read_as = np.float16 if dtype == torch.float16 else np.float32
         self.table = torch.empty((len(dna), *dna.item_shape), dtype=dtype, device=device)
-        numpy_dtype = np.float16 if dtype == torch.float16 else np.float32
         bar = tqdm(total=len(dna), desc=f"DNA rows -> {device}", unit="row", leave=False, disable=None)
         for a in range(0, len(dna), block):
             rows = np.arange(a, min(a + block, len(dna)))
-            self.table[a : a + len(rows)] = torch.from_numpy(dna.read_rows(rows, dtype=numpy_dtype)).to(
-                device
-            )
+            host = data.preload[rows] if data.preload is not None else dna.read_rows(rows, dtype=read_as)
+            self.table[a : a + len(rows)] = torch.from_numpy(host).to(device=device, dtype=dtype)
             bar.update(len(rows))
         bar.close()
         scale = data.dna_scale
@@ -100,15 +109,8 @@ class DeviceDna:
         self.std = torch.from_numpy(scale["std"]).to(device) if scale is not None else None
 
     def rows(self, chunk: Chunk) -> Tensor:
-        if "dna" in chunk.rows:  # read on the host (streamed or preloaded)
-            return chunk.rows["dna"]
         dna = self.table[chunk.rows["dna_rows"]].float()
         return dna if self.mean is None else (dna - self.mean) / self.std
-
-
-def table_bytes(dna: EmbeddingCache) -> int:
-    itemsize = 2 if dna.manifest.dtype == "float16" else 4
-    return len(dna) * int(np.prod(dna.item_shape)) * itemsize
 
 
 def dna_to_device(data: PairData, config: PairDataConfig, device: torch.device) -> DeviceDna | None:
@@ -138,7 +140,7 @@ def dna_to_device(data: PairData, config: PairDataConfig, device: torch.device) 
 
 def chunk_dna(chunk: Chunk, device_dna: DeviceDna | None) -> Tensor:
     """A chunk's DNA rows (n_rows, L, D) float32, wherever they are kept."""
-    return device_dna.rows(chunk) if device_dna is not None else chunk.rows["dna"]
+    return chunk.rows["dna"] if device_dna is None else device_dna.rows(chunk)
 
 
 def fingerprint(cache: EmbeddingCache) -> dict[str, Any]:
