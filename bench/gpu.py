@@ -174,10 +174,9 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
     """One epoch of `run_training` (CDT, no baselines) per way of keeping the DNA rows: streamed from the cache
     (`dna_on_device = "no"`, `spec["workers"]` loader workers) and held on the device (`"yes"`)."""
     import csv
-    import dataclasses
 
-    from dogmacache.bench.train_memory import write_task
-    from dogmacache.train.config import OutputConfig, default_config
+    import pandas as pd
+    from dogmacache.bench.train_memory import synthetic_cdt_config, write_task
     from dogmacache.train.run import run_training
 
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-train-"))
@@ -187,15 +186,11 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
                            widths=tuple(spec["widths"]), pairs_per_enhancer=spec["pairs_per_enhancer"])  # fmt: skip
         result: dict[str, Any] = {**spec, "write_seconds": time.perf_counter() - t0, "runs": []}
         precision = "bf16" if device.type == "cuda" else "fp32"
+        labels = pd.read_parquet(paths["labels"])
+        steps = int((labels["split"] == "train").sum()) // 8  # batches of 8, the last partial one dropped
         for mode, workers in (("no", spec["workers"]), ("yes", 0)):
-            base = default_config("cdt")
-            config = dataclasses.replace(
-                base, data=dataclasses.replace(base.data, **paths, preload_bytes=0, dna_on_device=mode),
-                model=dataclasses.replace(base.model, preset=spec["preset"]),
-                train=dataclasses.replace(base.train, epochs=1, batch_size=8, num_workers=workers, baselines=False,
-                                          device=str(device), precision=precision),
-                output=OutputConfig(dir=str(root / f"run-{mode}"), resume=False),
-            )  # fmt: skip
+            config = synthetic_cdt_config(paths, root / f"run-{mode}", spec["preset"], {"dna_on_device": mode},
+                                          num_workers=workers, device=str(device), precision=precision)  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
@@ -203,10 +198,6 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
             wall = time.perf_counter() - t0
             with open(root / f"run-{mode}" / "log.csv") as f:
                 epoch_seconds = float(next(csv.DictReader(f))["seconds"])
-            train_pairs = (
-                int(spec["enhancers"] * 0.8) * spec["pairs_per_enhancer"]
-            )  # write_task: 8 in 10 train
-            steps = train_pairs // 8
             run = {"dna_on_device": mode, "num_workers": workers, "precision": precision, "steps": steps,
                    "epoch_seconds": epoch_seconds, "wall_seconds": wall,
                    "steps_per_s_with_validation": steps / epoch_seconds,

@@ -67,25 +67,32 @@ def write_task(root: Path, n_enhancers: int, item_shape: tuple[int, int], seed: 
     return paths
 
 
-def one_epoch(n_enhancers: int, item_shape: tuple[int, int], num_workers: int = 0) -> dict[str, Any]:
-    """Write the task, train one epoch streaming the DNA, return this process's peak RSS (MB) and the cache size."""
+def synthetic_cdt_config(paths: dict[str, str], out_dir: Path, preset: str, data: dict[str, Any] | None = None,
+                         **train: Any):  # fmt: skip
+    """The CDT run config of one epoch over `write_task`'s caches (DNA streamed unless `data` says otherwise,
+    batches of 8, no baselines), writing into `out_dir`; `train` overrides [train] keys."""
     import dataclasses
 
     from dogmacache.train.config import OutputConfig, default_config
+
+    base = default_config("cdt")
+    return dataclasses.replace(
+        base, data=dataclasses.replace(base.data, **paths, preload_bytes=0, **(data or {})),
+        model=dataclasses.replace(base.model, preset=preset),
+        train=dataclasses.replace(base.train, **{"epochs": 1, "batch_size": 8, "baselines": False, **train}),
+        output=OutputConfig(dir=str(out_dir), resume=False),
+    )  # fmt: skip
+
+
+def one_epoch(n_enhancers: int, item_shape: tuple[int, int], num_workers: int = 0) -> dict[str, Any]:
+    """Write the task, train one epoch streaming the DNA, return this process's peak RSS (MB) and the cache size."""
     from dogmacache.train.run import run_training
 
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-trainmem-"))
     try:
         paths = write_task(root, n_enhancers, item_shape)
-        base = default_config("cdt")
-        config = dataclasses.replace(
-            base, data=dataclasses.replace(base.data, **paths, preload_bytes=0),
-            model=dataclasses.replace(base.model, preset="tiny"),
-            train=dataclasses.replace(base.train, epochs=1, batch_size=8, num_workers=num_workers, baselines=False,
-                                      device="cpu"),
-            output=OutputConfig(dir=str(root / "run"), resume=False),
-        )  # fmt: skip
-        run_training(config, progress=False)
+        run_training(synthetic_cdt_config(paths, root / "run", "tiny", num_workers=num_workers, device="cpu"),
+                     progress=False)  # fmt: skip
         cache_mb = n_enhancers * int(np.prod(item_shape)) * 2 / 1e6
         return {"enhancers": n_enhancers, "cache_mb": cache_mb,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
