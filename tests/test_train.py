@@ -407,3 +407,14 @@ def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path):
         assert results["default"][key] == pytest.approx(results["no"][key], rel=1e-3, abs=1e-4), key
     with pytest.raises(InputError, match="compile"):
         load_config(path, {"train.compile": "max"})
+
+
+def test_task_tables_are_read_in_one_place_with_one_line_errors(tmp_path):
+    from dogmacache.train.tasks.base import read_table
+
+    pd.DataFrame({"id": ["a"], "split": ["train"]}).to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    assert read_table(tmp_path / "t.tsv", ("id", "split")).to_dict("list") == {"id": ["a"], "split": ["train"]}
+    with pytest.raises(InputError, match=r"labels table '.*none.parquet' does not exist; run `dogmacache recipe gtex`"):
+        read_table(tmp_path / "none.parquet", recipe="gtex")
+    with pytest.raises(InputError, match=r"t.tsv has no column 'beta'; this labels table needs \['id', 'beta'\]"):
+        read_table(tmp_path / "t.tsv", ("id", "beta"))

@@ -28,7 +28,15 @@ from dogmacache.contracts.tables import SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import (
+    Batches,
+    Chunk,
+    FittedBaseline,
+    FixedBaseline,
+    Task,
+    TaskData,
+    read_table,
+)
 from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
@@ -94,12 +102,8 @@ class BiodtaData(TaskData):
 
 
 def _read_labels(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"labels table {str(path)!r} does not exist; run `dogmacache recipe gene_tss`")
-    table = pd.read_parquet(path)
-    for column in ("id", "split"):
-        if column not in table.columns:
-            raise InputError(f"{path} has no column {column!r}; Bio-DTA's labels are the gene_tss recipe's genes table")
+    table = read_table(path, ("id", "split"), recipe="gene_tss",
+                       expected="Bio-DTA's labels are the gene_tss recipe's genes table")  # fmt: skip
     check_splits(table, str(path), "id")
     return table
 

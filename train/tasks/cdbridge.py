@@ -45,7 +45,15 @@ from dogmacache.train import merging, plots
 from dogmacache.train.config import required
 from dogmacache.train.layers import AttentionBlock, Projection
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import (
+    Batches,
+    Chunk,
+    FittedBaseline,
+    FixedBaseline,
+    Task,
+    TaskData,
+    read_table,
+)
 from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
@@ -189,22 +197,17 @@ class CdbridgeData(TaskData):
     n_bins: int = 0
 
 
-def _read_table(path: str, what: str) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise InputError(f"{what} {path!r} does not exist; run `dogmacache recipe gtex` or fix the path")
-    return pd.read_parquet(path)
-
-
 def load_cdbridge(config: Any) -> CdbridgeData:
     d = config.data
-    table = _read_table(d.labels, "labels table")
+    table = read_table(d.labels, recipe="gtex", what="labels table")
     available = [c for c in table.columns if c not in NOT_TISSUES]
     tissues = list(d.tissues) or available
     for t in tissues:
         if t not in available:
             raise InputError(f"[data] tissues names {t!r}, which {d.labels} lacks (its tissues: {', '.join(available)});"
                              " fix the list or re-run the recipe")  # fmt: skip
-    info = _read_table(d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), "tissues table")
+    info = read_table(d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex",
+                      what="tissues table")
     held_out = set(info.loc[info["held_out"].astype(bool), "tissue"]) | set(d.holdout_tissues)
     for t in d.holdout_tissues:
         if t not in tissues:
@@ -227,7 +230,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
                          "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues")  # fmt: skip
     tissue_embeddings = torch.from_numpy(tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32))
 
-    masks_table = _read_table(d.coding_masks, "coding masks table").set_index("id")
+    masks_table = read_table(d.coding_masks, recipe="gtex", what="coding masks table").set_index("id")
     absent = table.loc[~table["id"].isin(masks_table.index), "id"]
     if len(absent):
         raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")

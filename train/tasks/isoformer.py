@@ -35,7 +35,15 @@ from dogmacache.train import plots
 from dogmacache.train.config import required
 from dogmacache.train.layers import MultiHeadAttention
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import Batches, Chunk, FittedBaseline, FixedBaseline, Task, TaskData
+from dogmacache.train.tasks.base import (
+    Batches,
+    Chunk,
+    FittedBaseline,
+    FixedBaseline,
+    Task,
+    TaskData,
+    read_table,
+)
 from dogmacache.train.tasks.pairs import fingerprint
 from scipy import stats
 from torch import Tensor, nn
@@ -117,12 +125,7 @@ class IsoformerData(TaskData):
 
 def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     path = Path(config.labels)
-    if not path.is_file():
-        raise InputError(f"labels table {str(path)!r} does not exist; run `dogmacache recipe gtex`")
-    table = pd.read_parquet(path)
-    for column in ("id", "split"):
-        if column not in table.columns:
-            raise InputError(f"{path} has no column {column!r}; an IsoFormer labels table has id, split and tissues")
+    table = read_table(path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues")
     available = [c for c in table.columns if c not in NOT_TISSUES]
     tissues = list(config.tissues) or available
     unknown = [t for t in tissues if t not in available]

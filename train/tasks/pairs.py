@@ -35,7 +35,7 @@ from dogmacache.contracts.provenance import digest_strings
 from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
-from dogmacache.train.tasks.base import Chunk, TaskData
+from dogmacache.train.tasks.base import Chunk, TaskData, read_table
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -153,14 +153,7 @@ def fingerprint(cache: EmbeddingCache) -> dict[str, Any]:
 
 def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.DataFrame:
     """The labelled table, with `split` and a finite float `target` checked row by row."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels table {str(path)!r} does not exist; run the recipe (dogmacache recipe ...)")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep="\t")
-    need = [*columns, "split", target]
-    missing = [c for c in need if c not in table.columns]
-    if missing:
-        raise InputError(f"{path} has no column {missing[0]!r}; this task's labels table needs {need}")
+    table = read_table(path, (*columns, "split", target), recipe="gasperini")
     check_splits(table, str(path))
     values = pd.to_numeric(table[target], errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
