@@ -13,7 +13,7 @@ from conftest import write_cache
 from dogmacache.errors import InputError
 from dogmacache.train import checkpoint
 from dogmacache.train.config import RunConfig
-from dogmacache.train.tasks.cdbridge import CdbridgeTask, stage1_view
+from dogmacache.train.tasks.cdbridge import CdbridgeTask, ExampleChunks, stage1_view
 
 TISSUES = ["Brain", "Heart", "Liver"]
 SPLIT = ["train"] * 6 + ["validation"] * 3 + ["test"] * 3
@@ -130,3 +130,31 @@ def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path / "m", mask_bins=5)
     with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions"):
         CdbridgeTask(RunConfig.from_dict(raw)).load()
+
+
+def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windows(tmp_path):
+    raw = write_recipe(tmp_path)
+    data = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    seen = data.tissue_embeddings[:2].double()  # Brain and Heart; Liver is held out
+    np.testing.assert_allclose(seen.mean(0).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(seen.std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
+    assert data.tissue_embeddings[2].abs().max() > 0  # the held-out tissue is scaled with the seen tissues' numbers
+    train_rows = np.unique(data.transcripts["train"]["dna_row"])
+    tokens = data.dna_rows[train_rows].reshape(-1, data.dna_rows.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(tokens.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(tokens.std(0), 1.0, atol=1e-4)
+    # without the preload the same numbers are applied on read
+    raw["data"]["preload_bytes"] = 0
+    streamed = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    assert streamed.dna_rows is None
+    chunk = ExampleChunks(streamed, streamed.transcripts["train"], 6).chunk(np.arange(6))
+    np.testing.assert_allclose(chunk.rows["dna"].numpy(), data.dna_rows[np.unique(data.transcripts["train"]["dna_row"])],
+                               atol=1e-5)  # fmt: skip
+    raw["data"].update(standardize_tissues=False, standardize_dna=False, preload_bytes=1 << 30)
+    plain = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    from dogmacache.cache import open_cache
+
+    np.testing.assert_array_equal(plain.tissue_embeddings.numpy(), open_cache(tmp_path / "tissue.zarr").read_rows(
+        np.arange(3), dtype=np.float32))  # fmt: skip
+    np.testing.assert_array_equal(plain.dna_rows.reshape(len(plain.dna_rows), -1),
+                                  open_cache(tmp_path / "dna.zarr").read_rows(np.arange(12), dtype=np.float32))  # fmt: skip

@@ -418,3 +418,19 @@ def test_task_tables_are_read_in_one_place_with_one_line_errors(tmp_path):
         read_table(tmp_path / "none.parquet", recipe="gtex")
     with pytest.raises(InputError, match=r"t.tsv has no column 'beta'; this labels table needs \['id', 'beta'\]"):
         read_table(tmp_path / "t.tsv", ("id", "beta"))
+
+
+def test_a_fresh_start_that_empties_the_log_keeps_its_header(tmp_path):
+    """A model re-run from scratch drops its own rows; when they were the only rows, the next row still gets the header."""
+    import csv
+
+    from dogmacache.train.loop import _append_log, _drop_log_rows
+
+    log = tmp_path / "log.csv"
+    _append_log(log, {"model": "a", "epoch": 1, "loss": 0.5})
+    _drop_log_rows(log, "a")
+    _append_log(log, {"model": "a", "epoch": 1, "loss": 0.4})
+    _append_log(log, {"model": "b", "epoch": 1, "loss": 0.3})
+    _drop_log_rows(log, "a")
+    with open(log, newline="") as fh:
+        assert list(csv.DictReader(fh)) == [{"model": "b", "epoch": "1", "loss": "0.3"}]

@@ -170,7 +170,7 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0  # an emptied log gets its header back
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))
         if new:
@@ -182,10 +182,11 @@ def _drop_log_rows(path: Path, name: str) -> None:
     if path.exists():
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        kept = [row for row in rows if row["model"] != name]
-        if len(kept) < len(rows):
+        kept = [row for row in rows if row.get("model") != name]
+        if not kept:
+            path.unlink()
+        elif len(kept) < len(rows):
             with open(path, "w", newline="") as fh:
-                if kept:
-                    writer = csv.DictWriter(fh, fieldnames=list(kept[0]))
-                    writer.writeheader()
-                    writer.writerows(kept)
+                writer = csv.DictWriter(fh, fieldnames=list(kept[0]))
+                writer.writeheader()
+                writer.writerows(kept)

@@ -76,6 +76,13 @@ class CdbridgeDataConfig:
     stage1_checkpoint: str = ""  # a stage-1 checkpoint to start stage 2 from; "" = train stage 1 in this run
     eval_batch: int = 256  # examples per evaluation chunk
     preload_bytes: int = 2 << 30  # keep the DNA cache in RAM when it fits this budget (bytes, as float32)
+    # z-score each tissue-embedding dimension over the seen tissues (held-out ones scaled with the same numbers):
+    # pooled scGPT embeddings of bulk profiles differ between tissues by a few % of their norm, and a linear layer
+    # on the raw vectors gives every tissue nearly the same query
+    standardize_tissues: bool = True
+    # z-score each DNA feature with the training transcripts' windows (every bin): a frozen model's per-position
+    # outputs share a large common part that a Linear + LayerNorm passes on and the per-window part drowns in
+    standardize_dna: bool = True
 
     LIMITS: ClassVar[dict[str, str]] = {"eval_batch": ">=1", "preload_bytes": ">=0"}
 
@@ -195,6 +202,7 @@ class CdbridgeData(TaskData):
     protein: Tensor | None = None  # (N_prot, D_prot) float32
     tissue_embeddings: Tensor | None = None  # (K, D_tissue) float32, in `tissues` order
     n_bins: int = 0
+    dna_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied on read; None = none or preapplied
 
 
 def load_cdbridge(config: Any) -> CdbridgeData:
@@ -228,7 +236,15 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     if missing:
         raise InputError(f"tissue {missing[0]!r} is not in {tissue_cache.url} ({len(missing)} missing); embed the "
                          "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues")  # fmt: skip
-    tissue_embeddings = torch.from_numpy(tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32))
+    tissue_embeddings = tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32)
+    extras: dict[str, Any] = {}
+    if d.standardize_tissues:
+        seen = tissue_embeddings[[t not in held_out for t in tissues]].astype(np.float64)
+        mean, std = seen.mean(0), seen.std(0)
+        std = np.where(std > 1e-6 * max(float(np.abs(seen).max()), 1e-12), std, 1.0)  # one seen tissue: centre only
+        tissue_embeddings = ((tissue_embeddings - mean) / std).astype(np.float32)
+        extras["tissue_scale"] = {"mean": mean.tolist(), "std": std.tolist()}
+    tissue_embeddings = torch.from_numpy(tissue_embeddings)
 
     masks_table = read_table(d.coding_masks, recipe="gtex", what="coding masks table").set_index("id")
     absent = table.loc[~table["id"].isin(masks_table.index), "id"]
@@ -264,12 +280,19 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     preload = None
     if len(dna) * int(np.prod(dna.item_shape)) * 4 <= d.preload_bytes:
         preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32).reshape(len(dna), *dna.item_shape)
+    scale = None
+    if d.standardize_dna:
+        scale = dna_scale(dna, preload, np.unique(transcripts["train"]["dna_row"].to_numpy()), seed=config.train.seed)
+        extras["dna_scale"] = {"mean": scale[0].tolist(), "std": scale[1].tolist()}
+        if preload is not None:
+            preload = (preload - scale[0]) / scale[1]
+            scale = None  # applied once, to the preloaded rows
     protein = torch.from_numpy(protein_cache.read_rows(np.arange(len(protein_cache)), dtype=np.float32))
     caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
     return CdbridgeData(splits=splits, fingerprints={k: fingerprint(c) for k, c in caches.items()}, tissues=tissues,
                         held_out=[t for t in tissues if t in held_out], transcripts=transcripts, dna=dna,
                         dna_rows=preload, masks=masks, protein=protein, tissue_embeddings=tissue_embeddings,
-                        n_bins=n_bins)  # fmt: skip
+                        n_bins=n_bins, extras=extras, dna_scale=scale)  # fmt: skip
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
@@ -277,10 +300,30 @@ def stage1_view(data: CdbridgeData) -> CdbridgeData:
     return dataclasses.replace(data, splits=data.transcripts)
 
 
-def _windows(data: CdbridgeData, rows: np.ndarray) -> np.ndarray:
-    if data.dna_rows is not None:
-        return data.dna_rows[rows]
-    return data.dna.read_rows(rows, dtype=np.float32).reshape(len(rows), *data.dna.item_shape)
+def dna_scale(dna: EmbeddingCache, preload: np.ndarray | None, rows: np.ndarray, seed: int,
+              max_windows: int = 512, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin), float32; at most
+    `max_windows` windows (a seeded sample), read `batch` at a time so a full-size cache never sits in RAM."""
+    if len(rows) > max_windows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_windows, replace=False))
+    total = np.zeros(dna.item_shape[-1])
+    squares = np.zeros(dna.item_shape[-1])
+    for a in range(0, len(rows), batch):
+        tokens = _windows(dna, preload, None, rows[a : a + batch]).reshape(-1, dna.item_shape[-1]).astype(np.float64)
+        total += tokens.sum(0)
+        squares += (tokens**2).sum(0)
+    n = len(rows) * dna.item_shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def _windows(dna: EmbeddingCache, preload: np.ndarray | None, scale: tuple | None, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), L, D_dna) float32 DNA windows, from the preload when there is one, z-scored with `scale`."""
+    if preload is not None:
+        return preload[rows]
+    windows = dna.read_rows(rows, dtype=np.float32).reshape(len(rows), *dna.item_shape)
+    return windows if scale is None else (windows - scale[0]) / scale[1]
 
 
 class ExampleChunks(Batches):
@@ -302,7 +345,8 @@ class ExampleChunks(Batches):
                     "protein_present": torch.from_numpy(part["protein_present"].to_numpy(bool, copy=True))}  # fmt: skip
         if "tissue_index" in part:
             examples["tissue_index"] = torch.from_numpy(part["tissue_index"].to_numpy(np.int64, copy=True))
-        return Chunk(examples, {"dna": torch.from_numpy(np.ascontiguousarray(_windows(self.data, windows)))})
+        dna = _windows(self.data.dna, self.data.dna_rows, self.data.dna_scale, windows)
+        return Chunk(examples, {"dna": torch.from_numpy(np.ascontiguousarray(dna))})
 
 
 def _step_generator(device: torch.device) -> torch.Generator:
