@@ -3,7 +3,7 @@
 `demo_data/` holds small files under the real names and in the real formats (written by
 `make_demo_data.py`, which also states the hidden rules behind the labels). Outputs: `cdt/` (the CRISPRi
 task: enhancer windows, genes, proteins, labels), `isoform/` (the GTEx task: TSS windows, cDNA, peptides,
-transcript x tissue labels, tissue profiles) and `genome.fa` (what embed cuts DNA windows from).
+transcript x tissue labels, tissue profiles; Heart held out) and `genome.fa` (what embed cuts DNA windows from).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dogmacache.data_recipes import gasperini, gtex, sources
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
 
 SOURCES: dict[str, sources.Source] = {}  # nothing to download
+HOLDOUT_TISSUES = ("Heart",)  # the isoform task's leave-tissues-out tissue (CDBridge scores it zero-shot)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128
     config = gasperini.GasperiniConfig(seed=seed)
     cdt = gasperini.build_gasperini(_bundled(gasperini.SOURCES, data), out / "cdt", config)
     # every biotype: the demo's non-coding transcripts are kept without a protein, as IsoFormer handles them
-    config = gtex.GtexConfig(seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all")
+    config = gtex.GtexConfig(seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all",
+                             holdout_tissues=HOLDOUT_TISSUES)  # fmt: skip
     isoform = gtex.build_gtex(_bundled(gtex.SOURCES, data), out / "isoform", config)
     with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / "genome.fa", "wb") as dst:
         shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access

@@ -11,7 +11,8 @@ back-translated from a protein whose composition carries a per-gene weight.
 Genes ISO01-80 (chr4): both strands, 2-5 protein-coding transcripts each with its own first exon (its own TSS,
 >= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter), a shared
 coding exon and one of two 3' UTR exons; about a third of the genes add a non-coding transcript (the first
-transcript's first exon, so the two share a TSS window, + a 3' UTR exon, no CDS).
+transcript's first exon, so the two share a TSS window, + a 3' UTR exon, no CDS). A gene's last first exon is 100 bp
+from the coding exon, so that transcript's CDS starts 310 bp after its TSS, inside the TSS window.
 Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
 blocks, each block in its own 128 bp slot of the central 1,024 bp.
 
@@ -192,7 +193,10 @@ def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list
         n_coding, noncoding = int(rng.integers(2, 6)), bool(rng.random() < 0.35)
         n_tx = n_coding + noncoding
         tss = [600 + 1_600 * j + int(rng.integers(0, 100)) for j in range(n_coding)]
-        local = list(_random(rng, tss[-1] + 1_100))  # first exons, with their promoters, then an intron
+        # first exons, with their promoters, then a 100 bp intron: the last transcript's coding exon starts 250 bp
+        # after its TSS, so its CDS lies in the TSS window (the coding masks' last two 128 bp bins). The stream draws
+        # the 1,100 bp this layout once had, so every later draw (features, labels) stays the same.
+        local = list(_random(rng, tss[-1] + 1_100))[: tss[-1] + 250]
         features = []
         for start in tss:  # promoter: GC-box blocks in [-480, -256), TATAAA at -180, -120, -60
             n_gc, n_tata = int(rng.integers(0, 4)), int(rng.integers(0, 4))

@@ -78,19 +78,23 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict:
 
 def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
     from dogmacache.demo.biodta import run_biodta_demo
+    from dogmacache.demo.cdbridge import run_cdbridge_demo
     from dogmacache.demo.training import train_demo, train_isoformer_demo
 
     t0 = time.perf_counter()
-    print("[1/5] recipe, tiny models, embed")
+    print("[1/6] recipe, tiny models, embed")
     caches = embed_demo(out, seed=seed)
-    print("[2/5] verify the caches")
+    print("[2/6] verify the caches")
     verify_demo(caches)
-    print("[3/5] train CDT and its baselines")
+    print("[3/6] train CDT and its baselines")
     summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs)}
-    print("[4/5] train IsoFormer, its modality ablations and the per-tissue mean")
+    print("[4/6] train IsoFormer, its modality ablations and the per-tissue mean")
     summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs)
-    print("[5/5] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
+    print("[5/6] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
           "deletion through mutate")
     summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs)
+    print("[6/6] CDBridge: pooled protein and tissue caches, both stages with the paper's ablations beside the "
+          "per-tissue mean, Heart zero-shot")
+    summary["cdbridge"] = run_cdbridge_demo(out, caches["isoform"]["dna"], seed=seed, epochs=epochs)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return summary

@@ -71,12 +71,13 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:
     """Pooled metrics per model and split, and the task's selection metric when it is another one."""
     extra = [] if metric in ("pearson", "spearman", "r2") else [metric]
-    print(f"{'model':<16}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>7}"
+    w = max(16, 2 + max(map(len, summary["models"])))
+    print(f"{'model':<{w}}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>7}"
           + "".join(f"{k:>22}" for k in extra))  # fmt: skip
     for name, result in summary["models"].items():
         for split in ("validation", "test"):
             m = result[split]
-            print(f"{name:<16}{split:<12}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['r2']:>9.3f}"
+            print(f"{name:<{w}}{split:<12}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['r2']:>9.3f}"
                   f"{m['mse']:>9.4f}{m['mae']:>9.4f}{m['n']:>7}" + "".join(f"{m[k]:>22.3f}" for k in extra))  # fmt: skip
 
 

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 TISSUE_INPUTS = ("full", "none", "only")  # tissue and DNA; DNA only (no tissue conditioning); tissue only
 # the paper's ablations (Table 4 and the merging study), each a baseline trained in the same run
-ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery")
+ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision")
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,9 @@ class CdbridgeModelConfig:
     recovery: bool = True  # unmerge before the functional decoder (the paper); false = the ablation
     tissue_input: str = "full"  # full | none (no tissue conditioning) | only (tissue embedding only, leakage control)
     freeze_stage1: bool = True  # stage 2 trains only the tissue-conditioned decoder
+    # stage 1's coding-mask BCE; false = no stage 1: connector and merging trained by stage 2's losses alone
+    # (the ablation that asks whether merging keeps coding tokens without being shown the masks)
+    mask_supervision: bool = True
     ablations: tuple[str, ...] = ABLATIONS  # baselines trained in the same run
 
     LIMITS: ClassVar[dict[str, str]] = {
@@ -430,7 +433,10 @@ class CdbridgeTask(Task):
         centroids = kmeans_dictionary(data.protein[proteins].numpy(), m.dictionary_size, self.config.train.seed)
         with torch.no_grad():
             model.dictionary.copy_(torch.from_numpy(centroids))
-        if m.stage == 2:
+        if m.stage == 2 and not m.mask_supervision:
+            self.stage1["test"] = {"untrained": kept_fractions(model, data, "test", torch.device("cpu"),
+                                                               self.config.data.eval_batch)}  # fmt: skip
+        elif m.stage == 2:
             self._stage1(model, config, data)
             if m.freeze_stage1:
                 for module in model.stage1_modules():
@@ -560,7 +566,8 @@ class CdbridgeTask(Task):
         shared = self.stage1.get("checkpoint", "")  # the ablations that change only stage 2 reuse stage 1
         changes = {"no_tissue": ({"tissue_input": "none"}, shared), "tissue_only": ({"tissue_input": "only"}, shared),
                    "no_merging": ({"merge_rate_mean": 0.0, "merge_rate_std": 0.0}, ""),
-                   "no_recovery": ({"recovery": False}, "")}  # fmt: skip
+                   "no_recovery": ({"recovery": False}, ""),
+                   "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, "")}  # fmt: skip
         for name in self.config.model.ablations:
             change, stage1 = changes[name]
             model = dataclasses.replace(self.config.model, ablations=(), **change)
@@ -571,32 +578,73 @@ class CdbridgeTask(Task):
         return found
 
     def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
-        """Seen vs held-out bars per model, and the stage-1 metrics of each model added to metrics.json."""
+        """Per-tissue R² bars, seen vs held-out bars and kept-token bars per model; the stage-1 metrics (mask AUROC,
+        kept fractions) of each model added to metrics.json under "stage1", with a "seen_vs_held_out" table."""
+        from dogmacache.devices import pick_device
+        from dogmacache.train.checkpoint import load_model
+
         out = Path(out_dir)
-        stage1 = {self.label: self.stage1, **{n: t.stage1 for n, t in getattr(self, "_ablations", {}).items()}}
+        tasks = {self.label: self, **getattr(self, "_ablations", {})}
+        stage1 = {name: task.stage1 for name, task in tasks.items()}
+        device = pick_device(self.config.train.device)
+        for name, task in tasks.items():  # without stage 1, the kept fractions of the model stage 2 trained
+            if not task.config.model.mask_supervision and (out / f"{name}_best.pt").is_file():
+                model = load_model(out / f"{name}_best.pt").to(device)
+                stage1[name]["test"].update(kept_fractions(model, data, "test", device, self.config.data.eval_batch))
+        table = seen_vs_held_out(results, stage1)
         path = out / "metrics.json"
         if path.is_file():
             summary = json.loads(path.read_text())
-            summary["stage1"] = stage1
-            summary["held_out_tissues"] = data.held_out
+            summary.update(stage1=stage1, held_out_tissues=data.held_out, seen_vs_held_out=table)
             path.write_text(json.dumps(summary, indent=2))
+        print_seen_vs_held_out(table)
         values = {name: {t: r["test"]["per_tissue"][t]["r2"] for t in r["test"]["per_tissue"]}
                   for name, r in results.items() if "per_tissue" in r.get("test", {})}  # fmt: skip
-        print_seen_vs_held_out(results, stage1)
         if not values:
             return []
-        return [plots.per_group_bars(values, "R² (test)", out / "per_tissue_r2.png",
-                                     f"CDBridge: R² per tissue, test transcripts (held out: {', '.join(data.held_out) or 'none'})")]  # fmt: skip
+        held = ", ".join(data.held_out) or "none"
+        figures = [plots.per_group_bars(values, "R² (test)", out / "per_tissue_r2.png",
+                                        f"CDBridge: R² per tissue, test transcripts (held out: {held})")]  # fmt: skip
+        split = {name: {"Spearman seen": row["spearman_seen"], "Spearman held out": row["spearman_held_out"],
+                        "R² seen": row["r2_seen"], "R² held out": row["r2_held_out"]} for name, row in table.items()}  # fmt: skip
+        figures.append(plots.per_group_bars(split, "mean over tissues (test)", out / "seen_vs_held_out.png",
+                                            f"CDBridge: seen tissues vs held out ({held}), zero-shot"))  # fmt: skip
+        kept = {name: {"coding": row["kept_coding"], "non-coding": row["kept_noncoding"],
+                       "coding, untrained": row["kept_coding_untrained"],
+                       "non-coding, untrained": row["kept_noncoding_untrained"]}
+                for name, row in table.items() if np.isfinite(row["kept_coding"])}  # fmt: skip
+        if kept:
+            figures.append(plots.per_group_bars(kept, "fraction of bins kept as their own token", out / "kept_tokens.png",
+                                                "CDBridge merging at evaluation: coding vs non-coding bins kept (test)"))  # fmt: skip
+        return figures
 
 
-def print_seen_vs_held_out(results: dict[str, Any], stage1: dict[str, Any]) -> None:
-    print(f"{'model':<18}{'R2 seen':>9}{'R2 held':>9}{'Sp seen':>9}{'Sp held':>9}{'AUROC':>8}{'kept cod':>9}{'kept non':>9}")
+SEEN_VS_HELD_OUT = {  # column: (where, key); means over tissues of the test transcripts, stage-1 numbers on test
+    "r2_seen": ("test", "r2_mean_seen"), "r2_held_out": ("test", "r2_mean_held_out"),
+    "spearman_seen": ("test", "spearman_mean_seen"), "spearman_held_out": ("test", "spearman_mean_held_out"),
+    "mask_auroc": ("stage1", "auroc"), "mask_auprc": ("stage1", "auprc"), "kept_coding": ("stage1", "kept_coding"),
+    "kept_noncoding": ("stage1", "kept_noncoding"), "kept_coding_untrained": ("untrained", "kept_coding"),
+    "kept_noncoding_untrained": ("untrained", "kept_noncoding"),
+}  # fmt: skip
+
+
+def seen_vs_held_out(results: dict[str, Any], stage1: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One row per model: the columns of SEEN_VS_HELD_OUT (NaN where a model has no such number)."""
+    table = {}
     for name, r in results.items():
-        t, s = r["test"], stage1.get(name, {}).get("test", {})
-        print(f"{name:<18}{t.get('r2_mean_seen', float('nan')):>9.3f}{t.get('r2_mean_held_out', float('nan')):>9.3f}"
-              f"{t.get('spearman_mean_seen', float('nan')):>9.3f}{t.get('spearman_mean_held_out', float('nan')):>9.3f}"
-              f"{s.get('auroc', float('nan')):>8.3f}{s.get('kept_coding', float('nan')):>9.3f}"
-              f"{s.get('kept_noncoding', float('nan')):>9.3f}")  # fmt: skip
+        s = stage1.get(name, {}).get("test", {})
+        where = {"test": r.get("test", {}), "stage1": s, "untrained": s.get("untrained", {})}
+        table[name] = {column: float(where[w].get(key, float("nan"))) for column, (w, key) in SEEN_VS_HELD_OUT.items()}
+    return table
+
+
+def print_seen_vs_held_out(table: dict[str, dict[str, float]]) -> None:
+    columns = ("r2_seen", "r2_held_out", "spearman_seen", "spearman_held_out", "mask_auroc", "kept_coding",
+               "kept_noncoding")  # fmt: skip
+    heads = ("R2 seen", "R2 held", "Sp seen", "Sp held", "AUROC", "kept cod", "kept non")
+    print(f"{'model':<20}" + "".join(f"{h:>9}" for h in heads))
+    for name, row in table.items():
+        print(f"{name:<20}" + "".join(f"{row[c]:>9.3f}" for c in columns))
 
 
 def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
