@@ -87,11 +87,22 @@ def test_two_steps_have_finite_losses_and_the_right_shapes(tmp_path):
 def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     from dogmacache.train.run import run_training
 
-    config = RunConfig.from_dict(write_recipe(tmp_path))
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = ["tissue_only", "no_mask_supervision", "mask_filter"]
+    config = RunConfig.from_dict(raw)
     summary = run_training(config, progress=False)
     out = tmp_path / "out"
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only"}
+    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only", "no_mask_supervision", "mask_filter"}
+    table = written["seen_vs_held_out"]
+    assert set(table) == set(written["models"])
+    assert np.isfinite(table["cdbridge"]["mask_auroc"]) and np.isfinite(table["cdbridge"]["spearman_held_out"])
+    # no stage 1: no mask decoder to score, but the kept fractions of the merging stage 2 trained
+    assert np.isnan(table["no_mask_supervision"]["mask_auroc"]) and np.isfinite(table["no_mask_supervision"]["kept_coding"])
+    assert not (out / "stage1" / "no_mask_supervision_stage1_best.pt").exists()
+    assert table["mask_filter"]["mask_auroc"] == table["cdbridge"]["mask_auroc"]  # it shares stage 1
+    for figure in ("per_tissue_r2.png", "seen_vs_held_out.png", "kept_tokens.png"):
+        assert (out / figure).stat().st_size > 0
     test = written["models"]["cdbridge"]["test"]
     assert np.isfinite(test["r2_mean_seen"]) and np.isfinite(test["r2_mean_held_out"])
     assert test["per_tissue"]["Liver"]["held_out"] is True
@@ -158,3 +169,22 @@ def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windo
         np.arange(3), dtype=np.float32))  # fmt: skip
     np.testing.assert_array_equal(plain.dna_rows,
                                   open_cache(tmp_path / "dna.zarr").read_rows(np.arange(12), dtype=np.float32))  # fmt: skip
+
+
+def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
+    from dogmacache.train import merging
+    from dogmacache.train.tasks.cdbridge import CdbridgeModel
+
+    model = CdbridgeModel(dna_width=6, protein_width=6, tissue_width=5, n_bins=4, d_model=8, n_heads=2, ffn_hidden=8,
+                          dictionary_size=3, merge_rate_mean=0.25, merge_rate_std=0.0, functional_layers=1,
+                          tissue_layers=1, output_tokens=2, dropout=0.0, recovery=True, tissue_input="full",
+                          filter_by_mask=True).eval()  # fmt: skip
+    fused = torch.randn(2, 4, 8)
+    # row 0: bins 0 and 1 merge into one slot; row 1: nothing merges
+    plan = merging.plan_from_pairs(torch.tensor([[True, False, False, False], [False] * 4]),
+                                   torch.tensor([[1, 1, 2, 3], [0, 1, 2, 3]]))  # fmt: skip
+    logits = torch.tensor([[5.0, 5.0, -5.0, 5.0], [-5.0, -5.0, -5.0, -5.0]])  # row 1: no coding bin
+    model.coding_logits = lambda f, p: logits
+    keys = model.coding_slots(fused, plan)
+    assert keys.tolist() == [[True, False, True, False], [True, True, True, True]]
+    assert plan.valid.tolist() == [[True, True, True, False], [True, True, True, True]]

@@ -17,7 +17,12 @@ Model (`CdbridgeModel`):
   runs the blocks on the merged tokens and copies their logits back instead;
 - tissue-conditioned decoder (stage 2): `output_tokens` learned queries plus the projected tissue embedding
   cross-attend to the merged DNA tokens; their mean gives the expression (MSE on the standardised label) and a
-  protein-space vector (InfoNCE against the batch's distinct proteins, `temperature`).
+  protein-space vector (InfoNCE against the batch's distinct proteins, `temperature`). With `filter_by_mask`
+  (the paper's "filter fused features by mask") it attends only to the slots the functional decoder calls coding.
+
+Inputs are z-scored (on by default): DNA features with the training windows, tissue embeddings over the seen
+tissues. Ablations, each trained in the same run: no_tissue, tissue_only (the leakage control), no_merging,
+no_recovery, no_mask_supervision (no stage 1: merging trained by stage 2's losses alone) and mask_filter.
 
 Two stages in one `train` call: stage 2's `build_model` trains stage 1 through the same loop first
 (`<name>_stage1_best.pt`), unless [data] stage1_checkpoint names a finished one, then freezes the connector
@@ -60,7 +65,7 @@ from torch import Tensor, nn
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 TISSUE_INPUTS = ("full", "none", "only")  # tissue and DNA; DNA only (no tissue conditioning); tissue only
 # the paper's ablations (Table 4 and the merging study), each a baseline trained in the same run
-ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision")
+ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision", "mask_filter")
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,10 @@ class CdbridgeModelConfig:
     # stage 1's coding-mask BCE; false = no stage 1: connector and merging trained by stage 2's losses alone
     # (the ablation that asks whether merging keeps coding tokens without being shown the masks)
     mask_supervision: bool = True
+    # the paper's figure: "filter fused features by mask": the tissue decoder attends only to merged slots the
+    # functional decoder calls coding. Off by default: TSS-centred windows put the promoter, which drives
+    # expression, in non-coding bins; the mask_filter ablation measures it
+    filter_by_mask: bool = False
     ablations: tuple[str, ...] = ABLATIONS  # baselines trained in the same run
 
     LIMITS: ClassVar[dict[str, str]] = {
@@ -127,12 +136,12 @@ class CdbridgeModel(nn.Module):
     def __init__(self, dna_width: int, protein_width: int, tissue_width: int, n_bins: int, d_model: int,
                  n_heads: int, ffn_hidden: int, dictionary_size: int, merge_rate_mean: float, merge_rate_std: float,
                  functional_layers: int, tissue_layers: int, output_tokens: int, dropout: float, recovery: bool,
-                 tissue_input: str):  # fmt: skip
+                 tissue_input: str, filter_by_mask: bool = False):  # fmt: skip
         super().__init__()
         if d_model % n_heads:
             raise InputError(f"CDBridge d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
         self.rate_mean, self.rate_std = merge_rate_mean, merge_rate_std
-        self.recovery, self.tissue_input = recovery, tissue_input
+        self.recovery, self.tissue_input, self.filter_by_mask = recovery, tissue_input, filter_by_mask
         self.dna = Projection(dna_width, d_model, dropout)
         self.position = nn.Parameter(torch.zeros(1, n_bins, d_model))
         self.dictionary = nn.Parameter(torch.randn(dictionary_size, protein_width) * 0.02)  # k-means in build_model
@@ -191,7 +200,16 @@ class CdbridgeModel(nn.Module):
         fused = self.fuse(dna)
         plan = self.plan(fused, generator)
         merged = plan.merge(fused)
-        return self.expression(merged[dna_index], plan.valid[dna_index], tissue)
+        keys = self.coding_slots(fused, plan) if self.filter_by_mask else plan.valid
+        return self.expression(merged[dna_index], keys[dna_index], tissue)
+
+    def coding_slots(self, fused: Tensor, plan: merging.MergePlan) -> Tensor:
+        """(B, N') merged slots the functional decoder calls coding (mean probability >= 0.5 over the bins a slot
+        holds); a window without one keeps every slot (no coding region in view: nothing to filter by)."""
+        with torch.no_grad():
+            probability = torch.sigmoid(self.coding_logits(fused, plan))
+        coding = plan.valid & (plan.merge(probability[..., None])[..., 0] >= 0.5)
+        return torch.where(coding.any(dim=1, keepdim=True), coding, plan.valid)
 
 
 @dataclass
@@ -426,7 +444,7 @@ class CdbridgeTask(Task):
                   "merge_rate_mean": m.merge_rate_mean, "merge_rate_std": m.merge_rate_std,
                   "functional_layers": m.functional_layers, "tissue_layers": m.tissue_layers,
                   "output_tokens": m.output_tokens, "dropout": m.dropout, "recovery": m.recovery,
-                  "tissue_input": m.tissue_input}  # fmt: skip
+                  "tissue_input": m.tissue_input, "filter_by_mask": m.filter_by_mask}  # fmt: skip
         model = CdbridgeModel(**config)
         train = data.transcripts["train"]
         proteins = np.unique(train.loc[train["protein_present"], "protein_row"].to_numpy())
@@ -567,7 +585,8 @@ class CdbridgeTask(Task):
         changes = {"no_tissue": ({"tissue_input": "none"}, shared), "tissue_only": ({"tissue_input": "only"}, shared),
                    "no_merging": ({"merge_rate_mean": 0.0, "merge_rate_std": 0.0}, ""),
                    "no_recovery": ({"recovery": False}, ""),
-                   "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, "")}  # fmt: skip
+                   "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, ""),
+                   "mask_filter": ({"filter_by_mask": True}, shared)}  # fmt: skip
         for name in self.config.model.ablations:
             change, stage1 = changes[name]
             model = dataclasses.replace(self.config.model, ablations=(), **change)
