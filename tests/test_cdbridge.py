@@ -54,6 +54,13 @@ def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
     assert len(data.splits["test"]) == 3 * 3  # every tissue at evaluation
     assert len(stage1_view(data).splits["train"]) == 6
     assert data.splits["train"]["protein_present"].sum() == 5 * 2  # T3 has no protein
+    raw = write_recipe(tmp_path)
+    raw["data"]["train_held_out"] = True  # the held_out_seen ablation: Liver trained on too
+    seen_too = CdbridgeTask(RunConfig.from_dict(raw))
+    train = seen_too._examples(data, "train")
+    assert len(train) == 6 * 3 and set(train["tissue_index"]) == {0, 1, 2}
+    assert len(seen_too._examples(stage1_view(data), "train")) == 6  # stage 1: one example per transcript
+    assert data.held_out == ["Liver"] and len(seen_too._examples(data, "test")) == 3 * 3
 
 
 def test_two_steps_have_finite_losses_and_the_right_shapes(tmp_path):
@@ -88,12 +95,13 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     from dogmacache.train.run import run_training
 
     raw = write_recipe(tmp_path)
-    raw["model"]["ablations"] = ["tissue_only", "no_mask_supervision", "mask_filter"]
+    raw["model"]["ablations"] = ["tissue_only", "no_mask_supervision", "mask_filter", "held_out_seen"]
     config = RunConfig.from_dict(raw)
     summary = run_training(config, progress=False)
     out = tmp_path / "out"
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only", "no_mask_supervision", "mask_filter"}
+    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only", "no_mask_supervision", "mask_filter",
+                                      "held_out_seen"}  # fmt: skip
     table = written["seen_vs_held_out"]
     assert set(table) == set(written["models"])
     assert np.isfinite(table["cdbridge"]["mask_auroc"]) and np.isfinite(table["cdbridge"]["spearman_held_out"])
@@ -101,6 +109,9 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     assert np.isnan(table["no_mask_supervision"]["mask_auroc"]) and np.isfinite(table["no_mask_supervision"]["kept_coding"])
     assert not (out / "stage1" / "no_mask_supervision_stage1_best.pt").exists()
     assert table["mask_filter"]["mask_auroc"] == table["cdbridge"]["mask_auroc"]  # it shares stage 1
+    # held_out_seen trained on Liver too: Liver's scores when seen, beside the zero-shot ones
+    log = (out / "log.csv").read_text()
+    assert "held_out_seen," in log and np.isfinite(table["held_out_seen"]["r2_held_out"])
     for figure in ("per_tissue_r2.png", "seen_vs_held_out.png", "kept_tokens.png"):
         assert (out / figure).stat().st_size > 0
     test = written["models"]["cdbridge"]["test"]

@@ -22,7 +22,8 @@ Model (`CdbridgeModel`):
 
 Inputs are z-scored (on by default): DNA features with the training windows, tissue embeddings over the seen
 tissues. Ablations, each trained in the same run: no_tissue, tissue_only (the leakage control), no_merging,
-no_recovery, no_mask_supervision (no stage 1: merging trained by stage 2's losses alone) and mask_filter.
+no_recovery, no_mask_supervision (no stage 1: merging trained by stage 2's losses alone), mask_filter and
+held_out_seen (trained on the held-out tissues too: their scores when seen, beside the zero-shot ones).
 
 Two stages in one `train` call: stage 2's `build_model` trains stage 1 through the same loop first
 (`<name>_stage1_best.pt`), unless [data] stage1_checkpoint names a finished one, then freezes the connector
@@ -65,7 +66,8 @@ from torch import Tensor, nn
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 TISSUE_INPUTS = ("full", "none", "only")  # tissue and DNA; DNA only (no tissue conditioning); tissue only
 # the paper's ablations (Table 4 and the merging study), each a baseline trained in the same run
-ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision", "mask_filter")
+ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision", "mask_filter",
+             "held_out_seen")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class CdbridgeDataConfig:
     # z-score each DNA feature with the training transcripts' windows (every bin): a frozen model's per-position
     # outputs share a large common part that a Linear + LayerNorm passes on and the per-window part drowns in
     standardize_dna: bool = True
+    # train on the held-out tissues too: the same tissues' scores when seen, beside the zero-shot ones (the
+    # held_out_seen ablation); checkpoints are still chosen on the other tissues
+    train_held_out: bool = False
 
     LIMITS: ClassVar[dict[str, str]] = {"eval_batch": ">=1", "preload_bytes": ">=0"}
 
@@ -224,6 +229,7 @@ class CdbridgeData(TaskData):
     tissue_embeddings: Tensor | None = None  # (K, D_tissue) float32, in `tissues` order
     n_bins: int = 0
     dna_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied on read; None = none or preapplied
+    train_all: pd.DataFrame | None = None  # training cells of every tissue, held-out ones included ([data] train_held_out)
 
 
 def load_cdbridge(config: Any) -> CdbridgeData:
@@ -287,17 +293,21 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     if not np.isfinite(values).all():
         raise InputError(f"{d.labels} has missing or non-finite labels; drop or fix them in the recipe")
 
+    def cells(part: pd.DataFrame, keep: list[int]) -> pd.DataFrame:
+        """(transcript, tissue) examples of `part` for the tissue indices `keep`."""
+        table = part.loc[part.index.repeat(len(keep))].reset_index().rename(columns={"index": "transcript"})
+        table["tissue_index"] = np.tile(keep, len(part))
+        table["target"] = values[part["mask_row"].to_numpy()][:, keep].ravel()
+        return table
+
     splits, transcripts = {}, {}
     for split in SPLITS:
         part = frame[frame["split"] == split].reset_index(drop=True)
         if part.empty:
             raise InputError(f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)")
         transcripts[split] = part.assign(target=list(masks[part["mask_row"]]))
-        keep = [k for k, t in enumerate(tissues) if split != "train" or t not in held_out]
-        cells = part.loc[part.index.repeat(len(keep))].reset_index().rename(columns={"index": "transcript"})
-        cells["tissue_index"] = np.tile(keep, len(part))
-        cells["target"] = values[part["mask_row"].to_numpy()][:, keep].ravel()
-        splits[split] = cells
+        splits[split] = cells(part, [k for k, t in enumerate(tissues) if split != "train" or t not in held_out])
+    train_all = cells(transcripts["train"].drop(columns="target"), list(range(len(tissues))))
     preload = None
     if len(dna) * int(np.prod(dna.item_shape)) * 4 <= d.preload_bytes:
         preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32).reshape(len(dna), *dna.item_shape)
@@ -313,12 +323,12 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     return CdbridgeData(splits=splits, fingerprints={k: fingerprint(c) for k, c in caches.items()}, tissues=tissues,
                         held_out=[t for t in tissues if t in held_out], transcripts=transcripts, dna=dna,
                         dna_rows=preload, masks=masks, protein=protein, tissue_embeddings=tissue_embeddings,
-                        n_bins=n_bins, extras=extras, dna_scale=scale)  # fmt: skip
+                        n_bins=n_bins, extras=extras, dna_scale=scale, train_all=train_all)  # fmt: skip
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
     """The same data with one example per transcript (its coding mask as target): stage 1's splits."""
-    return dataclasses.replace(data, splits=data.transcripts)
+    return dataclasses.replace(data, splits=data.transcripts, train_all=None)
 
 
 def dna_scale(dna: EmbeddingCache, preload: np.ndarray | None, rows: np.ndarray, seed: int,
@@ -434,7 +444,10 @@ class CdbridgeTask(Task):
         return stage1_view(data) if self.config.model.stage == 1 else data
 
     def _examples(self, data: CdbridgeData, split: str) -> pd.DataFrame:
-        return data.splits[split]  # stage 1 runs on `stage1_view`: one example per transcript
+        """The split's examples; stage 1 runs on `stage1_view` (one example per transcript), which has no train_all."""
+        if split == "train" and self.config.data.train_held_out and data.train_all is not None:
+            return data.train_all
+        return data.splits[split]
 
     def build_model(self, data: CdbridgeData) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
@@ -582,16 +595,21 @@ class CdbridgeTask(Task):
             return {}
         found: dict[str, FittedBaseline | FixedBaseline] = {"per_tissue_mean": FixedBaseline(per_tissue_mean)}
         shared = self.stage1.get("checkpoint", "")  # the ablations that change only stage 2 reuse stage 1
-        changes = {"no_tissue": ({"tissue_input": "none"}, shared), "tissue_only": ({"tissue_input": "only"}, shared),
-                   "no_merging": ({"merge_rate_mean": 0.0, "merge_rate_std": 0.0}, ""),
-                   "no_recovery": ({"recovery": False}, ""),
-                   "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, ""),
-                   "mask_filter": ({"filter_by_mask": True}, shared)}  # fmt: skip
+        changes = {  # name: ([model] changes, [data] changes, stage 1 checkpoint: "" = trains its own)
+            "no_tissue": ({"tissue_input": "none"}, {}, shared), "tissue_only": ({"tissue_input": "only"}, {}, shared),
+            "no_merging": ({"merge_rate_mean": 0.0, "merge_rate_std": 0.0}, {}, ""),
+            "no_recovery": ({"recovery": False}, {}, ""),
+            "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, {}, ""),
+            "mask_filter": ({"filter_by_mask": True}, {}, shared),
+            "held_out_seen": ({}, {"train_held_out": True}, shared),
+        }  # fmt: skip
         for name in self.config.model.ablations:
-            change, stage1 = changes[name]
-            model = dataclasses.replace(self.config.model, ablations=(), **change)
-            config = dataclasses.replace(self.config, model=model,
-                                         data=dataclasses.replace(self.config.data, stage1_checkpoint=stage1))  # fmt: skip
+            model_change, data_change, stage1 = changes[name]
+            if name == "held_out_seen" and not data.held_out:
+                continue  # no held-out tissue: nothing to compare
+            model = dataclasses.replace(self.config.model, ablations=(), **model_change)
+            config = dataclasses.replace(self.config, model=model, data=dataclasses.replace(
+                self.config.data, stage1_checkpoint=stage1, **data_change))  # fmt: skip
             found[name] = FittedBaseline(CdbridgeTask(config, name))
         self._ablations = {name: b.task for name, b in found.items() if isinstance(b, FittedBaseline)}
         return found
