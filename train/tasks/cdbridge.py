@@ -645,7 +645,7 @@ class CdbridgeTask(Task):
         split = {name: {"Spearman seen": row["spearman_seen"], "Spearman held out": row["spearman_held_out"],
                         "R² seen": row["r2_seen"], "R² held out": row["r2_held_out"]} for name, row in table.items()}  # fmt: skip
         figures.append(plots.per_group_bars(split, "mean over tissues (test)", out / "seen_vs_held_out.png",
-                                            f"CDBridge: seen tissues vs held out ({held}), zero-shot"))  # fmt: skip
+                                            f"CDBridge: seen tissues vs held out ({held}; zero-shot except in held_out_seen)"))  # fmt: skip
         kept = {name: {"coding": row["kept_coding"], "non-coding": row["kept_noncoding"],
                        "coding, untrained": row["kept_coding_untrained"],
                        "non-coding, untrained": row["kept_noncoding_untrained"]}
