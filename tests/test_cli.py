@@ -78,6 +78,25 @@ def test_demo_trains_cdt_past_both_baselines(demo_run):
     assert log[0].startswith("model,epoch,train_loss,val_pearson") and len(log) > 10
 
 
+def test_demo_trains_cdbridge_past_the_per_tissue_mean_with_heart_zero_shot(demo_run):
+    out = demo_run / "train_cdbridge"
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = {name: m["test"] for name, m in metrics["models"].items()}
+    assert set(test) == {"cdbridge", "per_tissue_mean", "no_tissue", "tissue_only", "no_merging", "no_recovery",
+                         "no_mask_supervision", "mask_filter", "held_out_seen"}  # fmt: skip
+    assert metrics["held_out_tissues"] == ["Heart"] and test["cdbridge"]["per_tissue"]["Heart"]["held_out"]
+    assert test["cdbridge"]["r2"] > test["per_tissue_mean"]["r2"]  # pooled over every test cell
+    assert test["cdbridge"]["spearman_mean_seen"] > test["per_tissue_mean"]["spearman_mean_seen"] + 0.2
+    table = metrics["seen_vs_held_out"]
+    assert table["cdbridge"]["spearman_held_out"] > 0.3  # the zero-shot tissue, scored beside the seen ones
+    assert table["tissue_only"]["spearman_seen"] == 0.0  # the leakage control: one prediction per tissue
+    assert table["cdbridge"]["mask_auroc"] > 0.7  # the demo's masks hold both classes
+    assert 0 < table["cdbridge"]["kept_coding"] <= 1 and table["no_merging"]["kept_coding"] == 1.0
+    for figure in ("per_tissue_r2.png", "seen_vs_held_out.png", "kept_tokens.png", "learning_curves.png"):
+        assert (out / figure).stat().st_size > 10_000
+    assert (out / "stage1" / "cdbridge_stage1_best.pt").is_file()
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_wheel_installs_only_the_dogmacache_package(tmp_path):
     had_build = (REPO / "build").exists()

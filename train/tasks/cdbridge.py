@@ -315,9 +315,10 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     if d.standardize_dna:
         scale = dna_scale(dna, preload, np.unique(transcripts["train"]["dna_row"].to_numpy()), seed=config.train.seed)
         extras["dna_scale"] = {"mean": scale[0].tolist(), "std": scale[1].tolist()}
-        if preload is not None:
-            preload = (preload - scale[0]) / scale[1]
-            scale = None  # applied once, to the preloaded rows
+        if preload is not None:  # applied once, in place (no second copy of the preload)
+            preload -= scale[0]
+            preload /= scale[1]
+            scale = None
     protein = torch.from_numpy(protein_cache.read_rows(np.arange(len(protein_cache)), dtype=np.float32))
     caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
     return CdbridgeData(splits=splits, fingerprints={k: fingerprint(c) for k, c in caches.items()}, tissues=tissues,
