@@ -49,7 +49,7 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
         model=dataclasses.replace(base.model, d_model=32, n_heads=4, ffn_hidden=64, dictionary_size=16,
                                   functional_layers=1, tissue_layers=1, output_tokens=4, contrastive_weight=0.1),
         train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=256, lr=2e-3,
-                                  weight_decay=0.0, plateau_patience=3, early_stop_patience=8, seed=seed,
+                                  weight_decay=0.0, plateau_patience=2, early_stop_patience=5, seed=seed,
                                   num_workers=0),
         output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False),
     )  # fmt: skip
