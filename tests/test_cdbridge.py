@@ -199,3 +199,18 @@ def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
     keys = model.coding_slots(fused, plan)
     assert keys.tolist() == [[True, False, True, False], [True, True, True, True]]
     assert plan.valid.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_a_frozen_stage_1_gives_the_same_fused_tokens_at_every_training_step():
+    from dogmacache.train.tasks.cdbridge import CdbridgeModel
+
+    model = CdbridgeModel(dna_width=6, protein_width=6, tissue_width=5, n_bins=4, d_model=8, n_heads=2, ffn_hidden=8,
+                          dictionary_size=3, merge_rate_mean=0.25, merge_rate_std=0.1, functional_layers=1,
+                          tissue_layers=1, output_tokens=2, dropout=0.5, recovery=True, tissue_input="full")  # fmt: skip
+    dna = torch.randn(3, 4, 6)
+    model.train()
+    assert not torch.equal(model.fuse(dna), model.fuse(dna))  # dropout while stage 1 trains
+    model.freeze_stage1()
+    model.train()
+    assert torch.equal(model.fuse(dna), model.fuse(dna)) and not model.connector.training
+    assert model.conditioned.training and not any(p.requires_grad for p in model.connector.parameters())

@@ -165,6 +165,23 @@ class CdbridgeModel(nn.Module):
     def stage1_modules(self) -> list[nn.Module]:
         return [self.dna, self.protein, self.connector, self.functional, self.coding_head]
 
+    def freeze_stage1(self) -> None:
+        """Stage 2 on stage 1's fused features: no gradients, and no dropout in the frozen modules (they stay in
+        eval mode when the loop calls `train()`), so a window's fused tokens are the same at every step."""
+        for module in self.stage1_modules():
+            module.requires_grad_(False)
+        self.dictionary.requires_grad_(False)
+        self.position.requires_grad_(False)
+        self.stage1_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> CdbridgeModel:
+        super().train(mode)
+        if getattr(self, "stage1_frozen", False):
+            for module in self.stage1_modules():
+                module.eval()
+        return self
+
     def fuse(self, dna: Tensor) -> Tensor:
         """(B, L, D_dna) -> (B, L, D): DNA tokens after attending to the protein dictionary."""
         x = self.dna(dna) + self.position
@@ -469,10 +486,7 @@ class CdbridgeTask(Task):
         elif m.stage == 2:
             self._stage1(model, config, data)
             if m.freeze_stage1:
-                for module in model.stage1_modules():
-                    module.requires_grad_(False)
-                model.dictionary.requires_grad_(False)
-                model.position.requires_grad_(False)
+                model.freeze_stage1()
         return model, "CdbridgeModel", config
 
     def _stage1(self, model: CdbridgeModel, model_config: dict[str, Any], data: CdbridgeData) -> None:
