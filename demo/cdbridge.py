@@ -47,8 +47,9 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
                                  coding_masks=str(recipe / "coding_masks.parquet"),
                                  tissues_table=str(recipe / "tissues.parquet")),
         model=dataclasses.replace(base.model, d_model=32, n_heads=4, ffn_hidden=64, dictionary_size=16,
-                                  functional_layers=1, tissue_layers=1, output_tokens=4, contrastive_weight=0.1),
-        train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=256, lr=2e-3,
+                                  functional_layers=1, tissue_layers=1, output_tokens=4, contrastive_weight=0.1,
+                                  stage1_batch_size=256),  # 287 training transcripts; stage 2 has 29 cells each
+        train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=512, lr=3e-3,
                                   weight_decay=0.0, plateau_patience=2, early_stop_patience=5, seed=seed,
                                   num_workers=0),
         output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False),

@@ -101,6 +101,9 @@ class CdbridgeDataConfig:
 class CdbridgeModelConfig:
     stage: int = 2  # 1 = connector, merging and functional decoder only; 2 = stage 1, then the tissue decoder
     stage1_epochs: int = 0  # epochs of stage 1 when stage 2 trains it; 0 = [train] epochs
+    # transcripts per stage-1 batch; 0 = [train] batch_size (stage 2's examples are transcript x tissue cells,
+    # many more per epoch than stage 1's transcripts)
+    stage1_batch_size: int = 0
     d_model: int = 128  # width of every projection and attention (the paper leaves it open)
     n_heads: int = 4  # (open)
     ffn_hidden: int = 256  # feed-forward width of the decoder blocks (open)
@@ -126,7 +129,7 @@ class CdbridgeModelConfig:
     ablations: tuple[str, ...] = ABLATIONS  # baselines trained in the same run
 
     LIMITS: ClassVar[dict[str, str]] = {
-        "stage": "[1,2]", "stage1_epochs": ">=0", "d_model": ">=1", "n_heads": ">=1", "ffn_hidden": ">=1",
+        "stage": "[1,2]", "stage1_epochs": ">=0", "stage1_batch_size": ">=0", "d_model": ">=1", "n_heads": ">=1", "ffn_hidden": ">=1",
         "dictionary_size": ">=1", "merge_rate_mean": "[0,0.5]", "merge_rate_std": ">=0", "functional_layers": ">=1",
         "tissue_layers": ">=1", "output_tokens": ">=1", "temperature": ">0", "contrastive_weight": ">=0",
         "dropout": "[0,1)",
@@ -506,8 +509,9 @@ class CdbridgeTask(Task):
         if path:
             model.load_state_dict(checkpoint.read(path, map_location=device)["model"])
         else:
-            epochs = self.config.model.stage1_epochs or self.config.train.epochs
-            config = dataclasses.replace(stage1, train=dataclasses.replace(self.config.train, epochs=epochs))
+            m, t = self.config.model, self.config.train
+            config = dataclasses.replace(stage1, train=dataclasses.replace(
+                t, epochs=m.stage1_epochs or t.epochs, batch_size=m.stage1_batch_size or t.batch_size))  # fmt: skip
             task = CdbridgeTask(config, f"{self.label}_stage1")
             meta = {"task": self.name, "model_class": "CdbridgeModel", "model_config": model_config,
                     "config": config.to_dict(), "fingerprints": data.fingerprints, "versions": package_versions(),
