@@ -66,4 +66,4 @@ def run_cdbridge_demo(out: Path, dna_cache: Path, seed: int = 0, epochs: int | N
     path = out / "train_cdbridge.toml"
     path.write_text(to_toml(cdbridge_config(out, caches, seed, epochs),
                             f"CDBridge on the demo's isoform caches, {', '.join(HOLDOUT_TISSUES)} held out by the recipe"))  # fmt: skip
-    return run_training(load_config(path))
+    return run_training(load_config(path), progress=progress)

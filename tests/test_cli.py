@@ -186,3 +186,17 @@ def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, ca
     repo_dir.mkdir()
     assert main(["cache", "pull", "lab/empty", str(tmp_path / "none")]) == 2
     assert "dataset repo lab/empty" in capsys.readouterr().err
+
+
+def test_an_error_in_the_demos_cdbridge_process_arrives_as_the_same_one_line_error(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dogmacache.demo.pipeline import _cdbridge_process
+    from dogmacache.errors import InputError
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_cdbridge_process, tmp_path, tmp_path / "none.zarr", 0, 1, tmp_path / "cdbridge.log")
+        with pytest.raises(InputError, match="protein_sequences.parquet' does not exist") as raised:
+            future.result()
+    assert "\n" not in str(raised.value)
