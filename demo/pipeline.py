@@ -112,7 +112,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    _print_cdbridge(summary["cdbridge"], out / "train_cdbridge" / "metrics.json")
+    _print_cdbridge(summary["cdbridge"])
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return summary
 
@@ -129,12 +129,10 @@ def _cdbridge_process(out: Path, dna_cache: Path, seed: int, epochs: int | None,
         return run_cdbridge_demo(out, dna_cache, seed=seed, epochs=epochs)  # bars are off in a file, epoch lines not
 
 
-def _print_cdbridge(summary: dict, metrics: Path) -> None:
+def _print_cdbridge(summary: dict) -> None:
     """The CDBridge tables the second process wrote to its log: seen vs held-out tissues, then pooled metrics."""
-    import json
-
     from dogmacache.train.run import print_table
     from dogmacache.train.tasks.cdbridge import print_seen_vs_held_out
 
-    print_seen_vs_held_out(json.loads(metrics.read_text())["seen_vs_held_out"])
+    print_seen_vs_held_out(summary["seen_vs_held_out"])
     print_table(summary, summary["metric"])

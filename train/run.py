@@ -59,6 +59,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "fingerprints": data.fingerprints,
     }  # fmt: skip
     if rank == 0:
+        summary.update(task.summary(results, data, out))
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(task.observed(data, "test"), {n: r["predictions"]["test"] for n, r in results.items()},

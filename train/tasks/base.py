@@ -171,6 +171,11 @@ class Task(ABC):
     def baselines(self, data: TaskData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {}
 
+    def summary(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> dict[str, Any]:
+        """Entries this task adds to metrics.json (and to the summary `run_training` returns), after every model
+        and baseline trained; `out_dir` holds their checkpoints."""
+        return {}
+
     def figures(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> list[Any]:
         """Figures of this task beside the shared learning curves and test scatter; returns their paths."""
         return []

@@ -36,7 +36,6 @@ Shapes: B DNA windows in a chunk, L bins, P examples, M dictionary tokens, Q out
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -631,26 +630,34 @@ class CdbridgeTask(Task):
         self._ablations = {name: b.task for name, b in found.items() if isinstance(b, FittedBaseline)}
         return found
 
-    def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
-        """Per-tissue R² bars, seen vs held-out bars and kept-token bars per model; the stage-1 metrics (mask AUROC,
-        kept fractions) of each model added to metrics.json under "stage1", with a "seen_vs_held_out" table."""
+    def _tasks(self) -> dict[str, CdbridgeTask]:
+        """This model's task and each trained ablation's, by model name."""
+        return {self.label: self, **getattr(self, "_ablations", {})}
+
+    def _stage1_metrics(self) -> dict[str, dict[str, Any]]:
+        """Stage-1 metrics (mask AUROC/AUPRC, kept fractions) of this model and each trained ablation."""
+        return {name: task.stage1 for name, task in self._tasks().items()}
+
+    def summary(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> dict[str, Any]:
+        """metrics.json's "stage1" (per model), "held_out_tissues" and "seen_vs_held_out" table. A model trained
+        without stage 1 gets the kept fractions of the merging its stage 2 trained, from its best checkpoint."""
         from dogmacache.devices import pick_device
         from dogmacache.train.checkpoint import load_model
 
-        out = Path(out_dir)
-        tasks = {self.label: self, **getattr(self, "_ablations", {})}
-        stage1 = {name: task.stage1 for name, task in tasks.items()}
         device = pick_device(self.config.train.device)
-        for name, task in tasks.items():  # without stage 1, the kept fractions of the model stage 2 trained
-            if not task.config.model.mask_supervision and (out / f"{name}_best.pt").is_file():
-                model = load_model(out / f"{name}_best.pt").to(device)
-                stage1[name]["test"].update(kept_fractions(model, data, "test", device, self.config.data.eval_batch))
-        table = seen_vs_held_out(results, stage1)
-        path = out / "metrics.json"
-        if path.is_file():
-            summary = json.loads(path.read_text())
-            summary.update(stage1=stage1, held_out_tissues=data.held_out, seen_vs_held_out=table)
-            path.write_text(json.dumps(summary, indent=2))
+        for name, task in self._tasks().items():
+            best = Path(out_dir) / f"{name}_best.pt"
+            if not task.config.model.mask_supervision and best.is_file():
+                model = load_model(best).to(device)
+                task.stage1["test"].update(kept_fractions(model, data, "test", device, self.config.data.eval_batch))
+        stage1 = self._stage1_metrics()
+        return {"stage1": stage1, "held_out_tissues": data.held_out,
+                "seen_vs_held_out": seen_vs_held_out(results, stage1)}
+
+    def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
+        """Per-tissue R² bars, seen vs held-out bars and kept-token bars per model; prints the seen vs held-out table."""
+        out = Path(out_dir)
+        table = seen_vs_held_out(results, self._stage1_metrics())
         print_seen_vs_held_out(table)
         values = {name: {t: r["test"]["per_tissue"][t]["r2"] for t in r["test"]["per_tissue"]}
                   for name, r in results.items() if "per_tissue" in r.get("test", {})}  # fmt: skip
