@@ -434,3 +434,17 @@ def test_a_fresh_start_that_empties_the_log_keeps_its_header(tmp_path):
     _drop_log_rows(log, "a")
     with open(log, newline="") as fh:
         assert list(csv.DictReader(fh)) == [{"model": "b", "epoch": "1", "loss": "0.3"}]
+
+
+def test_feature_scale_over_blocks_equals_numpy_over_all_rows():
+    from dogmacache.train.tasks.base import feature_scale
+
+    rows = np.random.default_rng(0).normal(3.0, 2.0, size=(7, 5, 4)).astype(np.float32)
+    rows[:, :, 3] = 1.5  # a constant feature: std floored at 1e-6
+    mean, std = feature_scale(rows[a : a + 3] for a in range(0, 7, 3))  # blocks of 3, 3 and 1 windows
+    flat = rows.reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std[:3], flat.std(0)[:3], rtol=1e-5)
+    assert std[3] == np.float32(1e-6) and mean.dtype == std.dtype == np.float32
+    with pytest.raises(ValueError, match="at least one row"):
+        feature_scale([])

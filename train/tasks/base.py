@@ -25,7 +25,7 @@ them with an index; `examples` tensors (P, ...).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +50,21 @@ def read_table(path: str | Path, columns: tuple[str, ...] = (), recipe: str = "t
     if missing:
         raise InputError(f"{path} has no column {missing[0]!r}; {expected or f'this {what} needs {list(columns)}'}")
     return table
+
+
+def feature_scale(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, std) over every row of `blocks` (arrays (..., D), taken one at a time so a large cache
+    never sits in RAM), summed in float64, returned as float32 with std at least 1e-6."""
+    total = square = 0.0
+    count = 0
+    for block in blocks:
+        flat = block.reshape(-1, block.shape[-1]).astype(np.float64)
+        total, square, count = total + flat.sum(0), square + (flat**2).sum(0), count + len(flat)
+    if not count:
+        raise ValueError("feature_scale needs at least one row")
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 @dataclass

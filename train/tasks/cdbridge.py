@@ -57,6 +57,7 @@ from dogmacache.train.tasks.base import (
     FixedBaseline,
     Task,
     TaskData,
+    feature_scale,
     read_table,
 )
 from dogmacache.train.tasks.pairs import fingerprint
@@ -351,20 +352,11 @@ def stage1_view(data: CdbridgeData) -> CdbridgeData:
 
 def dna_scale(dna: EmbeddingCache, preload: np.ndarray | None, rows: np.ndarray, seed: int,
               max_windows: int = 512, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin), float32; at most
-    `max_windows` windows (a seeded sample), read `batch` at a time so a full-size cache never sits in RAM."""
+    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin); at most `max_windows`
+    windows (a seeded sample), read `batch` at a time."""
     if len(rows) > max_windows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_windows, replace=False))
-    total = np.zeros(dna.item_shape[-1])
-    squares = np.zeros(dna.item_shape[-1])
-    for a in range(0, len(rows), batch):
-        tokens = _windows(dna, preload, None, rows[a : a + batch]).reshape(-1, dna.item_shape[-1]).astype(np.float64)
-        total += tokens.sum(0)
-        squares += (tokens**2).sum(0)
-    n = len(rows) * dna.item_shape[0]
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+    return feature_scale(_windows(dna, preload, None, rows[a : a + batch]) for a in range(0, len(rows), batch))
 
 
 def _windows(dna: EmbeddingCache, preload: np.ndarray | None, scale: tuple | None, rows: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from dogmacache.train.tasks.base import (
     FixedBaseline,
     Task,
     TaskData,
+    feature_scale,
     read_table,
 )
 from dogmacache.train.tasks.pairs import fingerprint
@@ -198,8 +199,7 @@ def load_isoformer(config: Any) -> IsoformerData:
         for modality in caches:
             train = splits["train"]
             rows = np.unique(train.loc[train[f"{modality}_present"], f"{modality}_row"].to_numpy())
-            tokens = _rows(data, modality, rows)[data.masks[modality][rows]].astype(np.float64)  # (n_real, D)
-            data.scale[modality] = (tokens.mean(0).astype(np.float32), np.maximum(tokens.std(0), 1e-6).astype(np.float32))
+            data.scale[modality] = feature_scale([_rows(data, modality, rows)[data.masks[modality][rows]]])  # real tokens
         data.extras["scale"] = {m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()}
     return data
 

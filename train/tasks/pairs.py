@@ -35,7 +35,7 @@ from dogmacache.contracts.provenance import digest_strings
 from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_splits
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
-from dogmacache.train.tasks.base import Chunk, TaskData, read_table
+from dogmacache.train.tasks.base import Chunk, TaskData, feature_scale, read_table
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -218,18 +218,8 @@ def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **
 def dna_scaler(data: PairData) -> dict[str, np.ndarray]:
     """Per-feature mean and std over the training enhancers' positions (D_dna,), one pass over their rows."""
     rows = np.unique(data.splits["train"]["dna_row"].to_numpy())
-    total = np.zeros(data.dna.item_shape[-1])
-    square = np.zeros_like(total)
-    count = 0
-    for a in range(0, len(rows), 64):
-        block = _read(data, rows[a : a + 64], scaled=False)
-        flat = block.reshape(-1, block.shape[-1]).astype(np.float64)
-        total += flat.sum(0)
-        square += (flat**2).sum(0)
-        count += len(flat)
-    mean = total / count
-    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
-    return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
+    mean, std = feature_scale(_read(data, rows[a : a + 64], scaled=False) for a in range(0, len(rows), 64))
+    return {"mean": mean, "std": std}
 
 
 def _read(data: PairData, rows: np.ndarray, scaled: bool = True) -> np.ndarray:
