@@ -150,6 +150,7 @@ class CdbridgeModel(nn.Module):
             raise InputError(f"CDBridge d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
         self.rate_mean, self.rate_std = merge_rate_mean, merge_rate_std
         self.recovery, self.tissue_input, self.filter_by_mask = recovery, tissue_input, filter_by_mask
+        self.stage1_frozen = False  # set by freeze_stage1: stage 2 keeps the stage-1 modules in eval mode
         self.dna = Projection(dna_width, d_model, dropout)
         self.position = nn.Parameter(torch.zeros(1, n_bins, d_model))
         self.dictionary = nn.Parameter(torch.randn(dictionary_size, protein_width) * 0.02)  # k-means in build_model
@@ -180,7 +181,7 @@ class CdbridgeModel(nn.Module):
 
     def train(self, mode: bool = True) -> CdbridgeModel:
         super().train(mode)
-        if getattr(self, "stage1_frozen", False):
+        if self.stage1_frozen:
             for module in self.stage1_modules():
                 module.eval()
         return self
