@@ -148,6 +148,13 @@ def test_errors_name_the_value_and_the_fix(tmp_path):
     raw["data"]["tissue_cache"] = str(tmp_path / "tissue2.zarr")
     with pytest.raises(InputError, match="tissue 'Liver' is not in"):
         CdbridgeTask(RunConfig.from_dict(raw)).load()
+    (tmp_path / "s").mkdir()
+    raw = write_recipe(tmp_path / "s")
+    labels = pd.read_parquet(raw["data"]["labels"])
+    labels.loc[4, "split"] = "valid"  # was silently dropped: in no split
+    labels.to_parquet(raw["data"]["labels"])
+    with pytest.raises(InputError, match=r"1 row\(s\) have a split other than .*row 4 \('valid', id 'T4'\)"):
+        CdbridgeTask(RunConfig.from_dict(raw)).load()
     (tmp_path / "m").mkdir()
     raw = write_recipe(tmp_path / "m", mask_bins=5)
     with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions"):

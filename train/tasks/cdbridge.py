@@ -253,7 +253,7 @@ class CdbridgeData(TaskData):
 
 def load_cdbridge(config: Any) -> CdbridgeData:
     d = config.data
-    table = read_table(d.labels, recipe="gtex", what="labels table")
+    table = read_table(d.labels, ("id", "split"), recipe="gtex", what="labels table")
     available = [c for c in table.columns if c not in NOT_TISSUES]
     tissues = list(d.tissues) or available
     for t in tissues:

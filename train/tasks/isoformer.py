@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache, open_cache
-from dogmacache.contracts.tables import SPLITS, check_splits
+from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train import plots
 from dogmacache.train.config import required
@@ -133,7 +133,6 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     if unknown:
         raise InputError(f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: "
                          f"{', '.join(available)}); fix the tissue list or re-run the recipe")  # fmt: skip
-    check_splits(table, str(path), "id")
     values = table[tissues].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
