@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.cache.shards import ShardFiles, direct_readable, empty_rows
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -148,6 +148,14 @@ class EmbeddingCache:
                 f"id {item_id!r} is not in {self.url} ({self.manifest.n_items} ids, e.g. {self.ids[:3].tolist()}); "
                 "the table and the cache come from different inputs: re-embed from the same recipe output"
             ) from None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this cache's numbers (not where it lies): model, revision, layer, pooling, inputs, ids
+        and shard checksums. Checkpoints keep it, so a rerun, `explain` or `mutate` can refuse another cache."""
+        m = self.manifest
+        return {"url": self.url, "model": m.model, "model_revision": m.model_revision, "layer": m.layer,
+                "pooling": m.pooling, "input_digest": m.input_digest, "ids_digest": m.ids_digest,
+                "shards_digest": digest_strings(m.shards)}  # fmt: skip
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows for many ids; names every missing id (up to five) in one error."""

@@ -16,7 +16,6 @@ from dogmacache.cache import EmbeddingCache, open_cache
 from dogmacache.contracts.windows import WindowGeometry
 from dogmacache.errors import DogmaError, InputError
 from dogmacache.train.config import RunConfig, load_config
-from dogmacache.train.tasks.pairs import fingerprint
 
 
 def run_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config_path: str | None) -> RunConfig:
@@ -43,7 +42,7 @@ def open_checked(url: str, name: str, checkpoint: dict[str, Any], checkpoint_pat
     before = (checkpoint.get("fingerprints") or {}).get(name)
     if not before:
         return cache  # imported weights: no fingerprint to compare
-    now = fingerprint(cache)
+    now = cache.fingerprint()
     for key in sorted(set(before) | set(now)):
         if key != "url" and before.get(key) != now.get(key):
             raise InputError(f"{checkpoint_path} was trained on a {name} cache with {key} {before.get(key)!r} but "

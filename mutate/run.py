@@ -30,7 +30,6 @@ from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.scan import Scanner, open_scanner
 from dogmacache.train.checkpoint import load_model, read
-from dogmacache.train.tasks.pairs import fingerprint
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def load_adapter(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def _check_trained_on(checkpoint: dict[str, Any], path: str, name: str, cache) -> None:
-    before, now = (checkpoint.get("fingerprints") or {}).get(name, {}), fingerprint(cache)
+    before, now = (checkpoint.get("fingerprints") or {}).get(name, {}), cache.fingerprint()
     for key in ("model", "model_revision", "input_digest", "ids_digest", "shards_digest"):
         if key in before and before[key] != now[key]:
             raise InputError(f"{path} was trained on a {name} cache with {key} {before[key]!r} but {cache.url} has "

@@ -14,7 +14,6 @@ from dogmacache.errors import InputError
 from dogmacache.mutate import MutateConfig, edited_window, parse_edit, read_vcf, run_mutate
 from dogmacache.train.checkpoint import save
 from dogmacache.train.tasks.biodta import TokenAdapter
-from dogmacache.train.tasks.pairs import fingerprint
 
 GENES = ["AAA", "BBB", "CCC", "DDD"]
 
@@ -82,7 +81,7 @@ def scene(tmp_path, genome):
         "task": "biodta", "model_class": "TokenAdapter", "model_config": config,
         "model": TokenAdapter(**config).state_dict(),
         "config": {"data": {"labels": str(tmp_path / "genes.parquet"), "dna_cache": str(dna), "token_cache": str(tokens)}},
-        "fingerprints": {"dna": fingerprint(open_cache(dna)), "token": fingerprint(open_cache(tokens))},
+        "fingerprints": {"dna": open_cache(dna).fingerprint(), "token": open_cache(tokens).fingerprint()},
     })  # fmt: skip
     pd.DataFrame({"id": ["cell1"], "AAA": [5.0], "BBB": [1.0], "CCC": [3.0], "DDD": [2.0]}).to_parquet(
         tmp_path / "profiles.parquet")  # fmt: skip

@@ -6,7 +6,7 @@ A checkpoint is a dict (torch.save) with:
   model_class   key in that task's `models`; model_config: that model's config dict
   model         the state dict
   config        the resolved RunConfig.to_dict() of the run (None for imported weights)
-  fingerprints  per cache: model, revision, input / ids / shard digests (see `tasks.pairs.fingerprint`)
+  fingerprints  per cache: model, revision, input / ids / shard digests (`EmbeddingCache.fingerprint`)
   versions      package versions; extras: task inputs the model needs (e.g. the DNA scaling)
 and, in `<name>_last.pt` only, the optimiser, scheduler, RNG and loop state for resuming.
 """

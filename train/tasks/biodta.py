@@ -37,7 +37,6 @@ from dogmacache.train.tasks.base import (
     TaskData,
     read_table,
 )
-from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
 POOLINGS = ("attention", "mean")
@@ -131,7 +130,7 @@ def load_biodta(config: Any) -> BiodtaData:
         splits[split] = part
     need = len(dna) * int(np.prod(dna.item_shape)) * 4
     preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32) if 0 < need <= d.preload_bytes else None
-    return BiodtaData(splits=splits, fingerprints={"dna": fingerprint(dna), "token": fingerprint(token_cache)},
+    return BiodtaData(splits=splits, fingerprints={"dna": dna.fingerprint(), "token": token_cache.fingerprint()},
                       dna=dna, tokens=tokens, token_ids=token_ids, preload=preload)  # fmt: skip
 
 

@@ -60,7 +60,6 @@ from dogmacache.train.tasks.base import (
     feature_scale,
     read_table,
 )
-from dogmacache.train.tasks.pairs import fingerprint
 from torch import Tensor, nn
 
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
@@ -340,7 +339,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
             scale = None
     protein = torch.from_numpy(protein_cache.read_rows(np.arange(len(protein_cache)), dtype=np.float32))
     caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
-    return CdbridgeData(splits=splits, fingerprints={k: fingerprint(c) for k, c in caches.items()}, tissues=tissues,
+    return CdbridgeData(splits=splits, fingerprints={k: c.fingerprint() for k, c in caches.items()}, tissues=tissues,
                         held_out=[t for t in tissues if t in held_out], transcripts=transcripts, dna=dna,
                         dna_rows=preload, masks=masks, protein=protein, tissue_embeddings=tissue_embeddings,
                         n_bins=n_bins, extras=extras, dna_scale=scale, train_all=train_all)  # fmt: skip

@@ -109,7 +109,7 @@ class CdtTask(Task):
         tables = load_gene_tables(d)
         caches = tables.pop("caches")
         data = pairs.load_pairs(d, CdtData, **tables)
-        data.fingerprints.update({name: pairs.fingerprint(c) for name, c in caches.items()})
+        data.fingerprints.update({name: c.fingerprint() for name, c in caches.items()})
         check_gene_index(data, d.labels, caches["rna"].url)
         return data
 

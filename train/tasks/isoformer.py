@@ -45,7 +45,6 @@ from dogmacache.train.tasks.base import (
     feature_scale,
     read_table,
 )
-from dogmacache.train.tasks.pairs import fingerprint
 from scipy import stats
 from torch import Tensor, nn
 
@@ -192,13 +191,14 @@ def load_isoformer(config: Any) -> IsoformerData:
         part = frame[keep].reset_index(drop=True)
         part["target"] = list(targets[keep])
         splits[split] = part
-    data = IsoformerData(splits=splits, fingerprints={m: fingerprint(c) for m, c in caches.items()}, tissues=tissues,
+    data = IsoformerData(splits=splits, fingerprints={m: c.fingerprint() for m, c in caches.items()}, tissues=tissues,
                          caches=caches, masks=masks, preload=preload)  # fmt: skip
     if d.standardize:
         for modality in caches:
             train = splits["train"]
             rows = np.unique(train.loc[train[f"{modality}_present"], f"{modality}_row"].to_numpy())
-            data.scale[modality] = feature_scale([_rows(data, modality, rows)[data.masks[modality][rows]]])  # real tokens
+            data.scale[modality] = feature_scale(  # real tokens, 64 transcripts at a time
+                _rows(data, modality, rows[a : a + 64])[data.masks[modality][rows[a : a + 64]]] for a in range(0, len(rows), 64))  # fmt: skip
         data.extras["scale"] = {m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()}
     return data
 

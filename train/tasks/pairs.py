@@ -143,14 +143,6 @@ def chunk_dna(chunk: Chunk, device_dna: DeviceDna | None) -> Tensor:
     return chunk.rows["dna"] if device_dna is None else device_dna.rows(chunk)
 
 
-def fingerprint(cache: EmbeddingCache) -> dict[str, Any]:
-    """What identifies a cache's numbers (not where it lies): model, revision, inputs, ids, shard checksums."""
-    m = cache.manifest
-    return {"url": cache.url, "model": m.model, "model_revision": m.model_revision, "layer": m.layer,
-            "pooling": m.pooling, "input_digest": m.input_digest, "ids_digest": m.ids_digest,
-            "shards_digest": digest_strings(m.shards)}  # fmt: skip
-
-
 def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.DataFrame:
     """The labelled table, with `split` and a finite float `target` checked row by row."""
     table = read_table(path, (*columns, "split", target), recipe="gasperini")
@@ -204,7 +196,7 @@ def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **
         raise InputError(
             f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)"
         )
-    data = data_class(splits=splits, fingerprints={"dna": fingerprint(dna)}, dna=dna, **fields)
+    data = data_class(splits=splits, fingerprints={"dna": dna.fingerprint()}, dna=dna, **fields)
     need = len(dna) * int(np.prod(dna.item_shape)) * 4
     if 0 < need <= config.preload_bytes:
         data.preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32)
