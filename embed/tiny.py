@@ -62,7 +62,6 @@ def _write_esm(directory: Path, tokens: list[str], special: dict, seed: int, max
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
     tokenizer = EsmTokenizer(str(directory / "vocab.txt"), **special)
-    torch.manual_seed(seed)
     config = EsmConfig(
         vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=max_positions, position_embedding_type="rotary", emb_layer_norm_before=False,

@@ -76,19 +76,10 @@ def test_enformer_cache_equals_the_library_forward(genome, tmp_path, tf_gamma):
     root, sequences = genome
     chrom = "chr2" if tf_gamma == "on" else "chr1"
     sequence, size = sequences[chrom], CHROM_BP[chrom]
-    hparams = dict(TINY_ENFORMER)
-    if (
-        tf_gamma == "on"
-    ):  # TF's gamma features exist for 1,536 positions (196,608 bp) and 192 features per head
-        hparams.update(target_length=896, dim=192, heads=1)
     window = 196_608 if tf_gamma == "on" else WINDOW  # the adapter's default for 896 bins
     model_dir = tmp_path / "enformer"
-    if tf_gamma == "on":
-        from dogmacache.embed.tiny import randomize_
-
-        torch.manual_seed(1)
-        model = randomize_(Enformer.from_hparams(**hparams), 1, gain=2.0)
-        model.save_pretrained(str(model_dir), safe_serialization=False)
+    if tf_gamma == "on":  # TF's gamma features exist for 1,536 positions (196,608 bp) and 192 features per head
+        write_tiny_enformer(model_dir, seed=1, gain=2.0, target_length=896, dim=192, heads=1)
     else:
         write_tiny_enformer(model_dir, seed=1)
     centers, strands = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists() or path.stat().st_size == 0  # an emptied log gets its header back
+    new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))
         if new:
@@ -184,9 +185,11 @@ def _drop_log_rows(path: Path, name: str) -> None:
             rows = list(csv.DictReader(fh))
         kept = [row for row in rows if row.get("model") != name]
         if not kept:
-            path.unlink()
+            path.unlink()  # the next row writes the header again
         elif len(kept) < len(rows):
-            with open(path, "w", newline="") as fh:
+            tmp = path.with_suffix(".tmp")  # a kill mid-rewrite leaves the old log, not half of it
+            with open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(kept[0]))
                 writer.writeheader()
                 writer.writerows(kept)
+            os.replace(tmp, path)

@@ -164,14 +164,13 @@ TINY_ENFORMER = {
 }  # 74k parameters, ~2 kb windows (REFERENCE section 2's test config)
 
 
-def write_tiny_enformer(directory: Path, seed: int = 0) -> Path:
+def write_tiny_enformer(directory: Path, seed: int = 0, gain: float = 1.0, **hparams: Any) -> Path:
     """A tiny random Enformer (74k parameters) in the real on-disk layout (config.json + pytorch_model.bin), every
     weight random (the attention output projection too, which the library initialises to zero) and its
-    BatchNorm statistics set."""
+    BatchNorm statistics set; `hparams` override TINY_ENFORMER's, `gain` scales the weights (`randomize_`)."""
     from dogmacache.embed.tiny import randomize_
     from enformer_pytorch import Enformer
 
-    torch.manual_seed(seed)
-    model = randomize_(Enformer.from_hparams(**TINY_ENFORMER), seed)
+    model = randomize_(Enformer.from_hparams(**{**TINY_ENFORMER, **hparams}), seed, gain=gain)
     model.save_pretrained(str(directory), safe_serialization=False)  # enformer-pytorch needs the .bin format
     return Path(directory)
