@@ -391,10 +391,17 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
     assert torch.equal(streamed.table, cdt._dna.table)
 
 
-def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path):
+def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path, monkeypatch):
     """`train.compile = "default"` runs the training forward through torch.compile (inductor, here on the CPU);
     evaluation uses the module itself. Without dropout (compiled code draws its masks from another generator) the
     test numbers match the uncompiled run's to float rounding."""
+    compiled, compile_ = [], torch.compile
+
+    def spy(model, **kwargs):  # the compiled module must be the one that trains
+        compiled.append(kwargs.get("mode"))
+        return compile_(model, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
     results = {}
     for mode in ("no", "default"):
         run = tmp_path / mode
@@ -403,6 +410,7 @@ def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path):
         assert main(["train", "--config", str(path), "--no-progress", "--set", f"train.compile={mode}",
                      "--set", "train.num_workers=0", "--set", "model.dropout=0.0"]) == 0  # fmt: skip
         results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]["dna_mlp"]["test"]
+    assert compiled == [None]  # once, for the "default" run only
     for key in ("pearson", "mse"):
         assert results["default"][key] == pytest.approx(results["no"][key], rel=1e-3, abs=1e-4), key
     with pytest.raises(InputError, match="compile"):
