@@ -150,6 +150,17 @@ def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):
     rows = np.unique(train.loc[train["rna_present"], "rna_row"].to_numpy())
     tokens = _rows(data, "rna", rows)[data.masks["rna"][rows]]
     assert np.allclose(tokens.mean(0), 0, atol=1e-3) and np.allclose(tokens.std(0), 1, atol=1e-2)
+    # the same numbers straight from the cache: the training transcripts' cDNAs, real tokens only
+    from dogmacache.cache import open_cache
+
+    cache = open_cache(caches["rna"])
+    labels = pd.read_parquet(config.data.labels)
+    ids = labels.loc[labels["split"] == "train", "rna_id"].replace("", np.nan).dropna().unique()
+    raw_rows = np.sort(cache.rows_of(ids))
+    real = np.asarray(cache.extra("mask")[:], dtype=bool).reshape(len(cache), -1)[raw_rows]
+    raw = cache.read_rows(raw_rows, dtype=np.float32).reshape(len(raw_rows), real.shape[1], -1)[real].astype(np.float64)
+    np.testing.assert_allclose(data.scale["rna"][0], raw.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(data.scale["rna"][1], raw.std(0), rtol=1e-3, atol=1e-5)
     test = data.splits["test"]["rna_row"].to_numpy()
     assert not np.allclose(_rows(data, "rna", test)[data.masks["rna"][test]].mean(0), 0, atol=1e-3)  # train stats only
     assert set(data.extras["scale"]) == {"dna", "rna", "protein"}
