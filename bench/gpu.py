@@ -175,7 +175,6 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
     (`dna_on_device = "no"`, `spec["workers"]` loader workers) and held on the device (`"yes"`)."""
     import csv
 
-    import pandas as pd
     from dogmacache.bench.train_memory import synthetic_cdt_config, write_task
     from dogmacache.train.run import run_training
 
@@ -186,16 +185,15 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
                            widths=tuple(spec["widths"]), pairs_per_enhancer=spec["pairs_per_enhancer"])  # fmt: skip
         result: dict[str, Any] = {**spec, "write_seconds": time.perf_counter() - t0, "runs": []}
         precision = "bf16" if device.type == "cuda" else "fp32"
-        labels = pd.read_parquet(paths["labels"])
-        steps = int((labels["split"] == "train").sum()) // 8  # batches of 8, the last partial one dropped
         for mode, workers in (("no", spec["workers"]), ("yes", 0)):
             config = synthetic_cdt_config(paths, root / f"run-{mode}", spec["preset"], {"dna_on_device": mode},
                                           num_workers=workers, device=str(device), precision=precision)  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            run_training(config, progress=False)
+            summary = run_training(config, progress=False)
             wall = time.perf_counter() - t0
+            steps = summary["counts"]["train"] // config.train.batch_size  # the last partial batch is dropped
             with open(root / f"run-{mode}" / "log.csv") as f:
                 epoch_seconds = float(next(csv.DictReader(f))["seconds"])
             run = {"dna_on_device": mode, "num_workers": workers, "precision": precision, "steps": steps,
