@@ -42,6 +42,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ""
 
 lint: setup
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 demo: setup

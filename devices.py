@@ -31,7 +31,8 @@ def keep_freed_memory() -> bool:
     page-faults much of its activation memory in again on every step. Measured on a 2-core VM, paper-preset CDT
     training: 6.2 M page faults in three steps and 40-43 s per step with malloc's defaults, 1.5 M and 36-40 s with
     memory kept, peak RSS 5.0 -> 6.1 GB. The cost: the process's resident memory does not shrink after a
-    peak, nor does that of processes forked later (DataLoader workers). Returns False (and changes nothing) where malloc is not
+    peak, nor does that of processes forked later (DataLoader workers). Returns False (and changes
+    nothing) where malloc is not
     glibc's (macOS, musl, Windows).
     """
     import ctypes
@@ -43,9 +44,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     # glibc builds that cap the mmap threshold (at 32 MiB) refuse the larger value: take the cap then
-    threshold_set = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) or bool(
-        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    )
+    threshold_set = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) or bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
     return bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)) and threshold_set
 
 

@@ -1,6 +1,7 @@
 """The cache section of `dogmacache bench`: shard writes, random single-item reads (what training does), and
 batched reads through `EmbeddingCache.read_rows`, of random Enformer-shaped items in a temporary cache; and
-the same random batches read from a raw `.npy` memmap of the same bytes (three alternating passes, medians), cold (page cache dropped with
+the same random batches read from a raw `.npy` memmap of the same bytes (three alternating passes, medians),
+cold (page cache dropped with
 posix_fadvise, the memmap opened after the drop since mapped pages are not dropped) and warm, with the
 crc32c checksum's share of the warm read time. Target: the cache reads at >= 0.8x the memmap cold and
 >= 0.5x warm (local, uncompressed); the table `dogmacache bench --only cache` prints.
@@ -53,9 +54,7 @@ def _timed_batches(read, order: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def _read_ratio(
-    path: Path, raw: Path, order: np.ndarray, batch: int, total: int, repeats: int = 3
-) -> dict[str, float]:
+def _read_ratio(path: Path, raw: Path, order: np.ndarray, batch: int, total: int, repeats: int = 3) -> dict[str, float]:
     """Cache vs memmap rates for the same random batches, cold then warm: `repeats` alternating passes of each
     (a shared disk's speed drifts between passes), median of each."""
     result = {}
@@ -106,9 +105,18 @@ def bench_cache(
     path = root / "bench.zarr"
     ids = [f"item{i}" for i in range(n_items)]
     try:
-        spec = CacheSpec(modality="dna", model="bench/random", model_revision="none", layer=-1, pooling="none",
-                         item_shape=item_shape, input_digest=digest_strings(ids), dtype=dtype, compression=compression,
-                         shard_items=shard_items)  # fmt: skip
+        spec = CacheSpec(
+            modality="dna",
+            model="bench/random",
+            model_revision="none",
+            layer=-1,
+            pooling="none",
+            item_shape=item_shape,
+            input_digest=digest_strings(ids),
+            dtype=dtype,
+            compression=compression,
+            shard_items=shard_items,
+        )
         writer = CacheWriter.create(path, spec, ids=ids)
         block = rng.standard_normal((shard_items, *item_shape), dtype=np.float32)
         convert.to_storage(block[:1], dtype)  # warm-up: torch's import is not write time
@@ -118,17 +126,13 @@ def bench_cache(
             writer.write_shard(shard, block[: stop - start])
         writer.finalize()
         write_s = time.perf_counter() - t0
-        item_bytes = (
-            int(np.prod(item_shape)) * np.dtype("float32" if dtype == "float32" else "float16").itemsize
-        )
+        item_bytes = int(np.prod(item_shape)) * np.dtype("float32" if dtype == "float32" else "float16").itemsize
         total = n_items * item_bytes
         on_disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
         raw = root / "raw.npy"
         stored = open_cache(path)
-        memmap = np.lib.format.open_memmap(
-            raw, mode="w+", dtype=stored.embeddings.dtype, shape=(n_items, *item_shape)
-        )
+        memmap = np.lib.format.open_memmap(raw, mode="w+", dtype=stored.embeddings.dtype, shape=(n_items, *item_shape))
         for a in range(0, n_items, shard_items):
             memmap[a : a + shard_items] = stored.read_rows(np.arange(a, min(n_items, a + shard_items)))
         memmap.flush()
@@ -144,9 +148,7 @@ def bench_cache(
         for a in range(0, n_items, batch):
             cache.read_rows(order[a : a + batch], dtype=np.float32)
         batched_s = time.perf_counter() - t0
-        ratio = (
-            _read_ratio(path, raw, rng.permutation(n_items), batch, total) if compression == "none" else {}
-        )
+        ratio = _read_ratio(path, raw, rng.permutation(n_items), batch, total) if compression == "none" else {}
         return {
             "n_items": n_items,
             "item_shape": list(item_shape),
@@ -168,27 +170,48 @@ def bench_cache(
 
 def cache_tables(r: dict[str, Any]) -> list[Table]:
     batch_key = next((k for k in r if k.startswith("batch") and k.endswith("_items_per_s")), None)
-    rows = [["shard writes (cast, checks, sha256, write)", r["write_MB_per_s"], "MB/s"],
-            ["random single-item reads", r["random_item_read_MB_per_s"], "MB/s"],
-            ["random single-item reads", r["random_items_per_s"], "items/s"]]  # fmt: skip
+    rows = [
+        ["shard writes (cast, checks, sha256, write)", r["write_MB_per_s"], "MB/s"],
+        ["random single-item reads", r["random_item_read_MB_per_s"], "MB/s"],
+        ["random single-item reads", r["random_items_per_s"], "items/s"],
+    ]
     if batch_key:
         rows.append([f"{batch_key.split('_')[0]} reads as float32", r[batch_key], "items/s"])
     rows.append(["size logical / on disk", f"{fmt(r['logical_MB'])} / {fmt(r['on_disk_MB'])}", "MB"])
     shape = "×".join(str(s) for s in r["item_shape"])
     tables = []
     if "cold_ratio" in r:
-        ratio_rows = [[f"random batches of {r.get('batch', 8)}, {state}", r[f"{state}_cache_MB_per_s"],
-                       r[f"{state}_memmap_MB_per_s"], r[f"{state}_ratio"], f">= {target}",
-                       "yes" if r[f"{state}_ratio"] >= target else "NO"]
-                      for state, target in (("cold", TARGET_COLD), ("warm", TARGET_WARM))]  # fmt: skip
-        ratio_rows.append(
-            ["crc32c share of the warm read time", "", "", r["checksum_share_of_warm_read"], "", ""]
+        ratio_rows = [
+            [
+                f"random batches of {r.get('batch', 8)}, {state}",
+                r[f"{state}_cache_MB_per_s"],
+                r[f"{state}_memmap_MB_per_s"],
+                r[f"{state}_ratio"],
+                f">= {target}",
+                "yes" if r[f"{state}_ratio"] >= target else "NO",
+            ]
+            for state, target in (("cold", TARGET_COLD), ("warm", TARGET_WARM))
+        ]
+        ratio_rows.append(["crc32c share of the warm read time", "", "", r["checksum_share_of_warm_read"], "", ""])
+        passes = "; ".join(
+            f"{state} " + " / ".join(f"{x:.2f}" for x in r[f"{state}_ratio_per_pass"])
+            for state in ("cold", "warm")
+            if f"{state}_ratio_per_pass" in r
         )
-        passes = "; ".join(f"{state} " + " / ".join(f"{x:.2f}" for x in r[f"{state}_ratio_per_pass"])
-                           for state in ("cold", "warm") if f"{state}_ratio_per_pass" in r)  # fmt: skip
-        tables.append(table(f"cache reads vs a raw memmap of the same {fmt(r['logical_MB'])} MB",
-                            ["reads", "cache MB/s", "memmap MB/s", "ratio", "target", "met"], ratio_rows,
-                            [f"medians of alternating passes; ratio per pass: {passes}"] if passes else None))  # fmt: skip
-    return [table(f"cache: {r['n_items']} items of {shape} {r['dtype']}, {r['shard_items']} per shard, "
-                  f"compression {r['compression']} (no target)", ["measurement", "measured", "unit"], rows),
-            *tables]  # fmt: skip
+        tables.append(
+            table(
+                f"cache reads vs a raw memmap of the same {fmt(r['logical_MB'])} MB",
+                ["reads", "cache MB/s", "memmap MB/s", "ratio", "target", "met"],
+                ratio_rows,
+                [f"medians of alternating passes; ratio per pass: {passes}"] if passes else None,
+            )
+        )
+    return [
+        table(
+            f"cache: {r['n_items']} items of {shape} {r['dtype']}, {r['shard_items']} per shard, "
+            f"compression {r['compression']} (no target)",
+            ["measurement", "measured", "unit"],
+            rows,
+        ),
+        *tables,
+    ]

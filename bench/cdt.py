@@ -56,9 +56,7 @@ def _timed_steps(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             prediction = model(*inputs)
         loss = F.smooth_l1_loss(prediction.float(), target, beta=1.0)
         loss.backward()
@@ -148,9 +146,7 @@ def bench_cdt_step(
         "implementation": implementation,
         "batch": batch,
         "steps": steps,
-        "device": torch.cuda.get_device_name()
-        if cuda
-        else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
         "cpu_allocator": allocator,
         "load_average_at_start": load_at_start,  # other processes on the cores slow steps down many-fold
@@ -181,18 +177,30 @@ def bench_in_fresh_process(
     cpu_allocator: str = "keep",
 ) -> dict[str, Any]:
     """`bench_cdt_step` in a new Python process (its own peak RSS); `threads`: torch's intra-op threads."""
-    command = [sys.executable, "-c", _STEP_PROCESS, "--preset", preset, "--batch", str(batch),
-               "--implementation", implementation, "--steps", str(steps), "--seed", str(seed),
-               "--cpu-allocator", cpu_allocator]  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        _STEP_PROCESS,
+        "--preset",
+        preset,
+        "--batch",
+        str(batch),
+        "--implementation",
+        implementation,
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--cpu-allocator",
+        cpu_allocator,
+    ]
     if threads:
         command += ["--threads", str(threads)]
     if allow_paper_reference:
         command.append("--allow-paper-reference")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(
-            f"benchmark process {' '.join(command)} failed ({done.returncode}):\n{done.stderr}"
-        )
+        raise RuntimeError(f"benchmark process {' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -216,7 +224,7 @@ def compare_cdt_implementations(
             threads=threads,
             allow_paper_reference=allow_paper_reference,
             cpu_allocator=cpu_allocator,
-        )  # fmt: skip
+        )
         for implementation in ("fast", "reference")
     }
     fast, reference = results["fast"], results["reference"]
@@ -230,20 +238,35 @@ def compare_cdt_implementations(
     }
 
 
-def bench_cdt_section(preset: str = "small", batch: int = 8, steps: int = 3, threads: int | None = None,
-                      allow_paper_reference: bool = False, cpu_allocator: str = "keep") -> dict[str, Any]:  # fmt: skip
+def bench_cdt_section(
+    preset: str = "small",
+    batch: int = 8,
+    steps: int = 3,
+    threads: int | None = None,
+    allow_paper_reference: bool = False,
+    cpu_allocator: str = "keep",
+) -> dict[str, Any]:
     """The fast CDT against the per-sample reference, each in a fresh process, with the ratios the targets
     are about; at the paper preset the fast model alone unless `allow_paper_reference`."""
     if preset == "paper" and not allow_paper_reference:
-        fast = bench_in_fresh_process(preset, batch, "fast", steps, threads=threads,
-                                      cpu_allocator=cpu_allocator)  # fmt: skip
-        result: dict[str, Any] = {"preset": preset, "batch": batch, "fast": fast, "reference": None,
-                                  "reference_skipped": "paper preset: ~100 s and ~24 GB per reference step on "
-                                                       "2 CPU cores; pass --allow-paper-reference to run it"}  # fmt: skip
+        fast = bench_in_fresh_process(preset, batch, "fast", steps, threads=threads, cpu_allocator=cpu_allocator)
+        result: dict[str, Any] = {
+            "preset": preset,
+            "batch": batch,
+            "fast": fast,
+            "reference": None,
+            "reference_skipped": "paper preset: ~100 s and ~24 GB per reference step on "
+            "2 CPU cores; pass --allow-paper-reference to run it",
+        }
     else:
-        result = compare_cdt_implementations(preset, batch, steps, threads=threads,
-                                             allow_paper_reference=allow_paper_reference,
-                                             cpu_allocator=cpu_allocator)  # fmt: skip
+        result = compare_cdt_implementations(
+            preset,
+            batch,
+            steps,
+            threads=threads,
+            allow_paper_reference=allow_paper_reference,
+            cpu_allocator=cpu_allocator,
+        )
     fast, reference = result["fast"], result["reference"]
     for one in (fast, reference):
         if one is None:
@@ -292,25 +315,39 @@ def cdt_tables(r: dict[str, Any]) -> list[Table]:
         row("seconds per step (median)", "seconds_per_step"),
     ]
     if cuda:
-        rows.append(
-            row("CUDA peak MB", "cuda_peak_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO)
-        )
+        rows.append(row("CUDA peak MB", "cuda_peak_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO))
         rows.append(row("bf16 autocast steps/s", "bf16_steps_per_s"))
         rows.append(row("peak RSS MB (host)", "peak_rss_mb", r.get("peak_rss_reference_over_fast")))
     else:
-        rows.append(row("peak RSS MB (whole process)", "peak_rss_mb", memory, "fast ≤ ½ reference",
-                        TARGET_CDT_MEMORY_RATIO))  # fmt: skip
-        rows.append(row("RSS added by the steps MB", "rss_growth_mb", r.get("rss_growth_reference_over_fast"),
-                        "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO))  # fmt: skip
-    notes = ["ratio: fast/reference for samples/s, reference/fast for memory; RSS added = peak RSS minus the "
-             "RSS once model and inputs exist (the interpreter and torch, ~300 MB, are in both peaks)"]  # fmt: skip
+        rows.append(
+            row("peak RSS MB (whole process)", "peak_rss_mb", memory, "fast ≤ ½ reference", TARGET_CDT_MEMORY_RATIO)
+        )
+        rows.append(
+            row(
+                "RSS added by the steps MB",
+                "rss_growth_mb",
+                r.get("rss_growth_reference_over_fast"),
+                "fast ≤ ½ reference",
+                TARGET_CDT_MEMORY_RATIO,
+            )
+        )
+    notes = [
+        "ratio: fast/reference for samples/s, reference/fast for memory; RSS added = peak RSS minus the "
+        "RSS once model and inputs exist (the interpreter and torch, ~300 MB, are in both peaks)"
+    ]
     if r.get("reference_skipped"):
         notes.append(f"reference not run: {r['reference_skipped']}")
-    return [table(f"cdt: training step (forward, SmoothL1, backward, clip, AdamW), preset {r['preset']}, batch "
-                  f"{r['batch']}, median of {fast['steps']} steps after 1 warm-up, each in a fresh process on "
-                  f"{fast['device']} (threads: {fast['threads']}, allocator: {fast.get('cpu_allocator', 'system')})",
-                  ["measurement", "fast", "reference", "ratio", "target", "met"], rows, notes),
-            *(cdt_eval_tables(r["evaluation"]) if r.get("evaluation") else [])]  # fmt: skip
+    return [
+        table(
+            f"cdt: training step (forward, SmoothL1, backward, clip, AdamW), preset {r['preset']}, batch "
+            f"{r['batch']}, median of {fast['steps']} steps after 1 warm-up, each in a fresh process on "
+            f"{fast['device']} (threads: {fast['threads']}, allocator: {fast.get('cpu_allocator', 'system')})",
+            ["measurement", "fast", "reference", "ratio", "target", "met"],
+            rows,
+            notes,
+        ),
+        *(cdt_eval_tables(r["evaluation"]) if r.get("evaluation") else []),
+    ]
 
 
 # pairs per unique enhancer: the paper's Gasperini set (5,601 pairs over ~5,303 DNA windows, REFERENCE 1b) and the
@@ -319,8 +356,14 @@ EVAL_SHAPES = {"gasperini-paper": 5601 / 5303, "demo": 1060 / 180}
 
 
 @torch.no_grad()
-def bench_cdt_eval(preset: str = "small", n_enhancers: int = 64, pairs_per_enhancer: float = EVAL_SHAPES["demo"],
-                   pair_batch: int = 64, enhancer_batch: int = 16, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def bench_cdt_eval(
+    preset: str = "small",
+    n_enhancers: int = 64,
+    pairs_per_enhancer: float = EVAL_SHAPES["demo"],
+    pair_batch: int = 64,
+    enhancer_batch: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Evaluation pairs/s with one forward pass per pair (batches of `pair_batch` pairs, how evaluation used to
     run) against one per unique enhancer (`predict_all_genes` on `enhancer_batch` enhancers, each pair's gene
     read from it: what the CDT task does), same model and inputs, same process; the two agree to float error."""
@@ -332,35 +375,71 @@ def bench_cdt_eval(preset: str = "small", n_enhancers: int = 64, pairs_per_enhan
     rna = torch.randn(config.n_genes, config.rna_width, generator=generator)
     protein = torch.randn(config.n_genes, config.protein_width, generator=generator)
     n_pairs = max(n_enhancers, round(n_enhancers * pairs_per_enhancer))
-    enhancer = torch.cat([torch.arange(n_enhancers), torch.randint(0, n_enhancers, (n_pairs - n_enhancers,), generator=generator)])
+    enhancer = torch.cat(
+        [torch.arange(n_enhancers), torch.randint(0, n_enhancers, (n_pairs - n_enhancers,), generator=generator)]
+    )
     enhancer = enhancer.sort().values  # pairs grouped by enhancer, as the evaluation chunks hold them
     gene = torch.randint(0, config.n_genes, (n_pairs,), generator=generator)
 
     start = time.perf_counter()
-    per_pair = torch.cat([model(dna[enhancer[a : a + pair_batch]], rna, protein, gene[a : a + pair_batch])
-                          for a in range(0, n_pairs, pair_batch)])  # fmt: skip
+    per_pair = torch.cat(
+        [
+            model(dna[enhancer[a : a + pair_batch]], rna, protein, gene[a : a + pair_batch])
+            for a in range(0, n_pairs, pair_batch)
+        ]
+    )
     per_pair_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    every_gene = torch.cat([model.predict_all_genes(dna[a : a + enhancer_batch], rna, protein)
-                            for a in range(0, n_enhancers, enhancer_batch)])  # fmt: skip
+    every_gene = torch.cat(
+        [
+            model.predict_all_genes(dna[a : a + enhancer_batch], rna, protein)
+            for a in range(0, n_enhancers, enhancer_batch)
+        ]
+    )
     per_enhancer = every_gene[enhancer, gene]
     per_enhancer_seconds = time.perf_counter() - start
     return {
-        "preset": preset, "enhancers": n_enhancers, "pairs": n_pairs, "threads": torch.get_num_threads(),
-        "per_pair_pairs_per_s": n_pairs / per_pair_seconds, "per_enhancer_pairs_per_s": n_pairs / per_enhancer_seconds,
+        "preset": preset,
+        "enhancers": n_enhancers,
+        "pairs": n_pairs,
+        "threads": torch.get_num_threads(),
+        "per_pair_pairs_per_s": n_pairs / per_pair_seconds,
+        "per_enhancer_pairs_per_s": n_pairs / per_enhancer_seconds,
         "speedup": per_pair_seconds / per_enhancer_seconds,
         "max_abs_difference": float((per_pair - per_enhancer).abs().max()),
-    }  # fmt: skip
+    }
 
 
 def cdt_eval_tables(r: dict[str, Any]) -> list[Table]:
-    rows = [[shape, e["pairs"], e["enhancers"], e["per_pair_pairs_per_s"], e["per_enhancer_pairs_per_s"], e["speedup"],
-             e["max_abs_difference"]] for shape, e in r["shapes"].items()]  # fmt: skip
-    return [table(f"cdt: evaluation, one forward per pair vs one per enhancer, preset {r['preset']}, same process "
-                  f"(threads: {r['threads']})",
-                  ["table shape", "pairs", "enhancers", "per pair: pairs/s", "per enhancer: pairs/s", "speedup",
-                   "max |difference|"], rows,
-                  ["gasperini-paper: 5,601 pairs over ~5,303 windows; demo: 1,060 pairs over 180 enhancers"])]  # fmt: skip
+    rows = [
+        [
+            shape,
+            e["pairs"],
+            e["enhancers"],
+            e["per_pair_pairs_per_s"],
+            e["per_enhancer_pairs_per_s"],
+            e["speedup"],
+            e["max_abs_difference"],
+        ]
+        for shape, e in r["shapes"].items()
+    ]
+    return [
+        table(
+            f"cdt: evaluation, one forward per pair vs one per enhancer, preset {r['preset']}, same process "
+            f"(threads: {r['threads']})",
+            [
+                "table shape",
+                "pairs",
+                "enhancers",
+                "per pair: pairs/s",
+                "per enhancer: pairs/s",
+                "speedup",
+                "max |difference|",
+            ],
+            rows,
+            ["gasperini-paper: 5,601 pairs over ~5,303 windows; demo: 1,060 pairs over 180 enhancers"],
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,15 +450,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
-                        help="keep: freed memory stays in the process, as `dogmacache train` does on CPU")  # fmt: skip
-    parser.add_argument("--allow-paper-reference", action="store_true",
-                        help="run the per-sample reference at the paper preset on CPU (~100 s, ~24 GB per step)")  # fmt: skip
+    parser.add_argument(
+        "--cpu-allocator",
+        default="keep",
+        choices=CPU_ALLOCATORS,
+        help="keep: freed memory stays in the process, as `dogmacache train` does on CPU",
+    )
+    parser.add_argument(
+        "--allow-paper-reference",
+        action="store_true",
+        help="run the per-sample reference at the paper preset on CPU (~100 s, ~24 GB per step)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = bench_cdt_step(args.preset, args.batch, args.implementation, args.steps, args.seed,
-                            allow_paper_reference=args.allow_paper_reference, cpu_allocator=args.cpu_allocator)  # fmt: skip
+    result = bench_cdt_step(
+        args.preset,
+        args.batch,
+        args.implementation,
+        args.steps,
+        args.seed,
+        allow_paper_reference=args.allow_paper_reference,
+        cpu_allocator=args.cpu_allocator,
+    )
     print(json.dumps(result))
     return 0
 

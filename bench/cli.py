@@ -34,20 +34,20 @@ from dogmacache.train.presets import PRESETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure cache, embed and CDT training throughput against the targets"
-    )
-    p.add_argument(
-        "--out", default="out/bench", help="folder for <section>.json and summary.md (default out/bench)"
-    )
+    p = subparsers.add_parser("bench", help="measure cache, embed and CDT training throughput against the targets")
+    p.add_argument("--out", default="out/bench", help="folder for <section>.json and summary.md (default out/bench)")
     p.add_argument("--only", choices=tuple(SECTIONS), default=None, help="run one section (default: all)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)")  # fmt: skip
-    g = p.add_argument_group("cache")
-    g.add_argument("--items", type=int, default=200, help="cache benchmark: items (default 200: 1.1 GB of Enformer rows)")
-    g.add_argument(
-        "--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)"
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)",
     )
+    g = p.add_argument_group("cache")
+    g.add_argument(
+        "--items", type=int, default=200, help="cache benchmark: items (default 200: 1.1 GB of Enformer rows)"
+    )
+    g.add_argument("--item-shape", default="896,3072", help="cache benchmark: item shape (default Enformer's 896,3072)")
     g.add_argument("--compression", default="none", choices=("none", "zstd", "bitround"))
     g = p.add_argument_group("embed")
     g.add_argument(
@@ -55,15 +55,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also the full-size random Enformer through run_embed on CPU (~30 s per window on 2 cores)",
     )
-    g.add_argument("--embed-items", type=int, default=256,
-                   help="tiny models: items per adapter, demo tables cut or repeated (default 256)")  # fmt: skip
-    g.add_argument("--embed-workers", type=int, default=2,
-                   help="DataLoader workers preparing inputs (default 2, as `dogmacache embed`)")  # fmt: skip
     g.add_argument(
-        "--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)"
+        "--embed-items",
+        type=int,
+        default=256,
+        help="tiny models: items per adapter, demo tables cut or repeated (default 256)",
     )
-    g.add_argument("--gpu-windows", type=int, default=256,
-                   help="CUDA: windows of a random genome through the runner path (default 256)")  # fmt: skip
+    g.add_argument(
+        "--embed-workers",
+        type=int,
+        default=2,
+        help="DataLoader workers preparing inputs (default 2, as `dogmacache embed`)",
+    )
+    g.add_argument("--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)")
+    g.add_argument(
+        "--gpu-windows",
+        type=int,
+        default=256,
+        help="CUDA: windows of a random genome through the runner path (default 256)",
+    )
     g = p.add_argument_group("cdt")
     g.add_argument(
         "--cdt-preset",
@@ -71,9 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         help="CDT size (default small; paper runs the fast model only unless --allow-paper-reference)",
     )
-    g.add_argument(
-        "--cdt-batch", type=int, default=8, help="samples per training step (default 8, the paper's)"
-    )
+    g.add_argument("--cdt-batch", type=int, default=8, help="samples per training step (default 8, the paper's)")
     g.add_argument(
         "--cdt-steps",
         type=int,
@@ -85,12 +93,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the per-sample reference at the paper preset too (CPU: ~100 s and ~24 GB per step)",
     )
-    g.add_argument("--cpu-allocator", default="keep", choices=CPU_ALLOCATORS,
-                   help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
-                        "malloc's defaults; applies to both implementations (default keep)")  # fmt: skip
+    g.add_argument(
+        "--cpu-allocator",
+        default="keep",
+        choices=CPU_ALLOCATORS,
+        help="CPU: keep freed memory in each CDT process (as `dogmacache train` does) or use "
+        "malloc's defaults; applies to both implementations (default keep)",
+    )
     g = p.add_argument_group("gpu (only with --only gpu: `make bench-gpu`)")
-    g.add_argument("--gpu-size", default="full", choices=("full", "tiny"),
-                   help="full: paper-size models (minutes on one GPU); tiny: the same code in seconds, CPU too")  # fmt: skip
+    g.add_argument(
+        "--gpu-size",
+        default="full",
+        choices=("full", "tiny"),
+        help="full: paper-size models (minutes on one GPU); tiny: the same code in seconds, CPU too",
+    )
     p.set_defaults(run=run)
 
 
@@ -103,8 +119,13 @@ def _cache(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _embed(args: argparse.Namespace) -> dict[str, Any]:
-    return bench_embed(n_items=args.embed_items, num_workers=args.embed_workers, full_enformer=args.full_enformer,
-                       gpu_batches=_integers(args.gpu_batches), gpu_windows=args.gpu_windows)  # fmt: skip
+    return bench_embed(
+        n_items=args.embed_items,
+        num_workers=args.embed_workers,
+        full_enformer=args.full_enformer,
+        gpu_batches=_integers(args.gpu_batches),
+        gpu_windows=args.gpu_windows,
+    )
 
 
 def _gpu(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,9 +135,14 @@ def _gpu(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cdt(args: argparse.Namespace) -> dict[str, Any]:
-    return bench_cdt_section(args.cdt_preset, args.cdt_batch, args.cdt_steps, threads=args.threads,
-                             allow_paper_reference=args.allow_paper_reference,
-                             cpu_allocator=args.cpu_allocator)  # fmt: skip
+    return bench_cdt_section(
+        args.cdt_preset,
+        args.cdt_batch,
+        args.cdt_steps,
+        threads=args.threads,
+        allow_paper_reference=args.allow_paper_reference,
+        cpu_allocator=args.cpu_allocator,
+    )
 
 
 # section -> (run it from the parsed flags, its tables), in the order they run and appear in summary.md
@@ -135,8 +161,12 @@ TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SEC
 def _check(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads} must be at least 1")
-    for flag, value in (("--embed-items", args.embed_items), ("--cdt-batch", args.cdt_batch),
-                        ("--cdt-steps", args.cdt_steps), ("--items", args.items)):  # fmt: skip
+    for flag, value in (
+        ("--embed-items", args.embed_items),
+        ("--cdt-batch", args.cdt_batch),
+        ("--cdt-steps", args.cdt_steps),
+        ("--items", args.items),
+    ):
         if value < 1:
             raise InputError(f"{flag} {value} must be at least 1")
     if args.embed_workers < 0 or args.gpu_windows < 0:
@@ -177,8 +207,13 @@ def run(args: argparse.Namespace) -> int:
             results = {"error": f"{type(err).__name__}: {err}"}
             print(f"  {name} failed: {results['error']}", flush=True)
         seconds = time.perf_counter() - t0
-        record = {"section": name, "seconds": round(seconds, 1), "machine": machine, "options": options,
-                  "results": results}  # fmt: skip
+        record = {
+            "section": name,
+            "seconds": round(seconds, 1),
+            "machine": machine,
+            "options": options,
+            "results": results,
+        }
         report.write_record(out, record)
         for t in report.record_tables(record, TABLES):
             print(report.render_text(t), flush=True)

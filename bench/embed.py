@@ -70,8 +70,11 @@ def write_random_enformer(directory: str | os.PathLike, seed: int = 0, **hparams
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = Enformer(EnformerConfig(**hparams))
-    arguments = {n: p.default for n, p in inspect.signature(EnformerConfig.__init__).parameters.items()
-                 if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}  # fmt: skip
+    arguments = {
+        n: p.default
+        for n, p in inspect.signature(EnformerConfig.__init__).parameters.items()
+        if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
     (directory / "config.json").write_text(json.dumps({**arguments, **hparams}, indent=1))
     torch.save(model.state_dict(), directory / "pytorch_model.bin")
     return directory
@@ -85,8 +88,9 @@ def write_random_genome(path: str | os.PathLike, lengths: dict[str, int], seed: 
         for name, length in lengths.items():
             seq = letters[rng.integers(0, 4, length)]
             full = length // width * width
-            lines = np.concatenate([seq[:full].reshape(-1, width), np.full((full // width, 1), ord("\n"), np.uint8)],
-                                   axis=1)  # fmt: skip
+            lines = np.concatenate(
+                [seq[:full].reshape(-1, width), np.full((full // width, 1), ord("\n"), np.uint8)], axis=1
+            )
             fh.write(f">{name}\n".encode() + lines.tobytes())
             if full < length:
                 fh.write(seq[full:].tobytes() + b"\n")
@@ -141,8 +145,13 @@ def timed_run_embed(config: EmbedConfig) -> dict[str, Any]:
         summary = run_embed(config)
     total = time.perf_counter() - t0
     seconds = float(summary["seconds"])  # the runner's clock: after load, until the cache is finalised
-    return {"items": summary["items"], "seconds": seconds, "items_per_s": summary["items"] / max(seconds, 1e-9),
-            "setup_seconds": round(max(total - seconds, 0.0), 3), "shards": summary["shards"]}  # fmt: skip
+    return {
+        "items": summary["items"],
+        "seconds": seconds,
+        "items_per_s": summary["items"] / max(seconds, 1e-9),
+        "setup_seconds": round(max(total - seconds, 0.0), 3),
+        "shards": summary["shards"],
+    }
 
 
 def bench_embed_tiny(
@@ -172,17 +181,37 @@ def bench_embed_tiny(
             genome = str(root / "recipe" / "genome.fa") if case.modality == "dna" else None
 
             def config(table_path: Path, out: str, case=case, genome=genome) -> EmbedConfig:
-                return EmbedConfig(input=str(table_path), modality=case.modality, model=case.model, out=out,
-                                   model_path=str(models[case.model]), genome=genome, device=device,
-                                   num_workers=num_workers, progress=False)  # fmt: skip
+                return EmbedConfig(
+                    input=str(table_path),
+                    modality=case.modality,
+                    model=case.model,
+                    out=out,
+                    model_path=str(models[case.model]),
+                    genome=genome,
+                    device=device,
+                    num_workers=num_workers,
+                    progress=False,
+                )
 
             timed_run_embed(config(root / f"warmup{i}.parquet", str(root / f"warmup{i}.zarr")))
             numbers = timed_run_embed(config(path, str(root / f"cache{i}.zarr")))
-            rows.append({"label": case.label, "model": case.model, "modality": case.modality,
-                         "source_items": len(source), **numbers})  # fmt: skip
-        return {"device": device, "num_workers": num_workers, "n_items": n_items, "cases": rows,
-                "timing": "run_embed's own seconds: after the model load until the cache is finalised "
-                          "(input preparation, forward, shard writes); one 4-item run first, untimed"}  # fmt: skip
+            rows.append(
+                {
+                    "label": case.label,
+                    "model": case.model,
+                    "modality": case.modality,
+                    "source_items": len(source),
+                    **numbers,
+                }
+            )
+        return {
+            "device": device,
+            "num_workers": num_workers,
+            "n_items": n_items,
+            "cases": rows,
+            "timing": "run_embed's own seconds: after the model load until the cache is finalised "
+            "(input preparation, forward, shard writes); one 4-item run first, untimed",
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -203,9 +232,18 @@ def runner_path(
     windows/s and the fraction of the wall time inside forward calls (`busy`), plus NVML's mean utilisation."""
     from dogmacache.embed.adapters.enformer import EnformerAdapter
 
-    config = EmbedConfig(input=str(table), modality="dna", model="enformer", out=str(out), model_path=str(model_dir),
-                         genome=str(genome), device=str(device), precision=precision, num_workers=num_workers,
-                         progress=False)  # fmt: skip
+    config = EmbedConfig(
+        input=str(table),
+        modality="dna",
+        model="enformer",
+        out=str(out),
+        model_path=str(model_dir),
+        genome=str(genome),
+        device=str(device),
+        precision=precision,
+        num_workers=num_workers,
+        progress=False,
+    )
     timer = ForwardTimer(device)
     with timer.patch(EnformerAdapter), NvmlSampler(device) as nvml:
         if mode == "run_embed":
@@ -216,9 +254,15 @@ def runner_path(
             resolved = resolve_precision(device, precision)
             t0 = time.perf_counter()
             items = 0
-            for embedded, _ in embed_stream(adapter, rows, device=device, precision=resolved,
-                                            max_tokens=adapter.default_max_tokens(device),
-                                            max_batch=config.max_batch, num_workers=num_workers):  # fmt: skip
+            for embedded, _ in embed_stream(
+                adapter,
+                rows,
+                device=device,
+                precision=resolved,
+                max_tokens=adapter.default_max_tokens(device),
+                max_batch=config.max_batch,
+                num_workers=num_workers,
+            ):
                 items += len(embedded)
             wall = time.perf_counter() - t0
             del adapter
@@ -226,10 +270,19 @@ def runner_path(
             raise ValueError(f"mode {mode!r} is not 'stream' or 'run_embed'")
     busy = timer.busy_seconds()
     free_memory(device)
-    return {"mode": mode, "num_workers": num_workers, "precision": resolve_precision(device, precision),
-            "windows": items, "batches": timer.calls, "wall_seconds": wall, "windows_per_s": items / max(wall, 1e-9),
-            "forward_seconds": busy, "busy_fraction": busy / max(wall, 1e-9),
-            "nvml_mean_utilisation_percent": nvml.mean_percent(), "nvml_error": nvml.error}  # fmt: skip
+    return {
+        "mode": mode,
+        "num_workers": num_workers,
+        "precision": resolve_precision(device, precision),
+        "windows": items,
+        "batches": timer.calls,
+        "wall_seconds": wall,
+        "windows_per_s": items / max(wall, 1e-9),
+        "forward_seconds": busy,
+        "busy_fraction": busy / max(wall, 1e-9),
+        "nvml_mean_utilisation_percent": nvml.mean_percent(),
+        "nvml_error": nvml.error,
+    }
 
 
 def count_tflop_per_window(adapter, window_bp: int) -> float | None:
@@ -280,22 +333,31 @@ def bench_enformer_device(
             "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
             "full_size": full,
             "parameters": sum(p.numel() for p in adapter.model.parameters()),
-            "window_bp": window, "item_shape": list(adapter.info().item_shape), "tf_gamma": adapter.tf_gamma,
-            "model_write_seconds": write_seconds, "model_load_seconds": load_seconds,
-            "tflop_per_window_assumed": tflop, "tflop_per_window_counted": counted,
-            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32,
-                     "float32_matmul_precision": torch.get_float32_matmul_precision()},
+            "window_bp": window,
+            "item_shape": list(adapter.info().item_shape),
+            "tf_gamma": adapter.tf_gamma,
+            "model_write_seconds": write_seconds,
+            "model_load_seconds": load_seconds,
+            "tflop_per_window_assumed": tflop,
+            "tflop_per_window_counted": counted,
+            "tf32": {
+                "matmul": torch.backends.cuda.matmul.allow_tf32,
+                "cudnn": torch.backends.cudnn.allow_tf32,
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            },
             "timing": "forward of a one-hot batch already on the device; CUDA events (host clock on CPU); "
-                      "median over >= 3 calls and >= min_seconds after one warm-up call; 2 input sets alternated",
-        }  # fmt: skip
+            "median over >= 3 calls and >= min_seconds after one warm-up call; 2 input sets alternated",
+        }
         generator = torch.Generator().manual_seed(seed)
 
         # 1. batch sweep per precision
         sweep = []
         for precision in precisions:
             for batch in batches:
-                sets = [adapter.one_hot(torch.randint(0, 4, (batch, window), generator=generator, dtype=torch.uint8))
-                        for _ in range(2)]  # fmt: skip
+                sets = [
+                    adapter.one_hot(torch.randint(0, 4, (batch, window), generator=generator, dtype=torch.uint8))
+                    for _ in range(2)
+                ]
                 calls = 0
 
                 def forward(sets=sets, precision=precision, model=adapter.model) -> None:
@@ -317,12 +379,17 @@ def bench_enformer_device(
                     free_memory(dev)
                     break  # larger batches will not fit either
                 seconds = statistics.median(times)
-                sweep.append({
-                    "precision": precision, "batch": batch, "calls": len(times), "seconds_per_batch": seconds,
-                    "windows_per_s": batch / seconds,
-                    "tflop_per_s": batch / seconds * tflop if tflop else None,
-                    "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None,
-                })  # fmt: skip
+                sweep.append(
+                    {
+                        "precision": precision,
+                        "batch": batch,
+                        "calls": len(times),
+                        "seconds_per_batch": seconds,
+                        "windows_per_s": batch / seconds,
+                        "tflop_per_s": batch / seconds * tflop if tflop else None,
+                        "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None,
+                    }
+                )
                 del sets, forward
                 free_memory(dev)
         result["sweep"] = sweep
@@ -337,8 +404,9 @@ def bench_enformer_device(
             per_batch = {}
             for row in sweep:
                 if row["precision"] == "bf16" and not row.get("oom"):
-                    twin = [r for r in sweep if r["precision"] == "fp32" and r["batch"] == row["batch"]
-                            and not r.get("oom")]  # fmt: skip
+                    twin = [
+                        r for r in sweep if r["precision"] == "fp32" and r["batch"] == row["batch"] and not r.get("oom")
+                    ]
                     if twin:
                         per_batch[str(row["batch"])] = row["windows_per_s"] / twin[0]["windows_per_s"]
             result["bf16_over_fp32_per_batch"] = per_batch
@@ -382,8 +450,9 @@ def bench_enformer_device(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_enformer_full_cpu(n_windows: int = 2, num_workers: int = 0, seed: int = 0,
-                            workdir: str | None = None) -> dict[str, Any]:  # fmt: skip
+def bench_enformer_full_cpu(
+    n_windows: int = 2, num_workers: int = 0, seed: int = 0, workdir: str | None = None
+) -> dict[str, Any]:
     """The full-size random Enformer through `run_embed` on CPU, fp32 (~28 s per window on 2 cores)."""
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-enformer-cpu-", dir=workdir))
     try:
@@ -394,12 +463,24 @@ def bench_enformer_full_cpu(n_windows: int = 2, num_workers: int = 0, seed: int 
         genome = write_random_genome(root / "genome.fa", lengths, seed)
         table = root / "windows.parquet"
         random_windows(lengths, n_windows, FULL_WINDOW_BP, seed).to_parquet(table)
-        run = runner_path(model_dir, genome, table, torch.device("cpu"), "run_embed", num_workers,
-                          root / "cache.zarr", precision="fp32")  # fmt: skip
-        return {**run, "seconds_per_window": run["wall_seconds"] / max(run["windows"], 1),
-                "forward_seconds_per_window": run["forward_seconds"] / max(run["windows"], 1),
-                "model_write_seconds": write_seconds, "threads": torch.get_num_threads(),
-                "reference_seconds_per_window": list(CPU_FULL_SECONDS_PER_WINDOW)}  # fmt: skip
+        run = runner_path(
+            model_dir,
+            genome,
+            table,
+            torch.device("cpu"),
+            "run_embed",
+            num_workers,
+            root / "cache.zarr",
+            precision="fp32",
+        )
+        return {
+            **run,
+            "seconds_per_window": run["wall_seconds"] / max(run["windows"], 1),
+            "forward_seconds_per_window": run["forward_seconds"] / max(run["windows"], 1),
+            "model_write_seconds": write_seconds,
+            "threads": torch.get_num_threads(),
+            "reference_seconds_per_window": list(CPU_FULL_SECONDS_PER_WINDOW),
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -422,31 +503,46 @@ def bench_embed(
         result["full_enformer_cpu"] = bench_enformer_full_cpu(workdir=workdir)
     if gpu:
         workers = gpu_workers or (num_workers, max(num_workers, min(8, (os.cpu_count() or 2) - 2)))
-        result["gpu"] = bench_enformer_device("cuda", batches=gpu_batches, runner_windows=gpu_windows,
-                                              runner_workers=workers, workdir=workdir)  # fmt: skip
+        result["gpu"] = bench_enformer_device(
+            "cuda", batches=gpu_batches, runner_windows=gpu_windows, runner_workers=workers, workdir=workdir
+        )
     return result
 
 
 def embed_tables(r: dict[str, Any]) -> list[Table]:
     tiny = r["tiny_cpu"]
-    rows = [
-        [c["label"], c["items"], c["items_per_s"], c["seconds"], c["setup_seconds"]] for c in tiny["cases"]
+    rows = [[c["label"], c["items"], c["items_per_s"], c["seconds"], c["setup_seconds"]] for c in tiny["cases"]]
+    out = [
+        table(
+            f"embed: tiny models on {tiny['device']}, demo inputs through run_embed into a temporary cache "
+            f"({tiny['num_workers']} DataLoader workers; no target)",
+            ["model, input", "items", "items/s", "wall s (excl. load)", "setup s (load etc.)"],
+            rows,
+            [
+                "wall: the runner's clock from after the model load until the cache is finalised; scGPT gene "
+                "tokens are the demo's 35 symbols (ids are vocabulary symbols, not repeated)"
+            ],
+        )
     ]
-    out = [table(f"embed: tiny models on {tiny['device']}, demo inputs through run_embed into a temporary cache "
-                 f"({tiny['num_workers']} DataLoader workers; no target)",
-                 ["model, input", "items", "items/s", "wall s (excl. load)", "setup s (load etc.)"], rows,
-                 ["wall: the runner's clock from after the model load until the cache is finalised; scGPT gene "
-                  "tokens are the demo's 35 symbols (ids are vocabulary symbols, not repeated)"])]  # fmt: skip
     full = r.get("full_enformer_cpu")
     if full:
         lo, hi = full["reference_seconds_per_window"]
-        out.append(table(
-            f"embed: full-size random Enformer (196,608 bp, 896×3072) on CPU, fp32, {full['threads']} threads, "
-            "through run_embed",
-            ["measurement", "measured", "reference"],
-            [["seconds per window (run_embed)", full["seconds_per_window"], f"{lo}–{hi} s on 2 cores (REFERENCE §2)"],
-             ["seconds per window in forward", full["forward_seconds_per_window"], ""],
-             ["windows", full["windows"], ""]]))  # fmt: skip
+        out.append(
+            table(
+                f"embed: full-size random Enformer (196,608 bp, 896×3072) on CPU, fp32, {full['threads']} threads, "
+                "through run_embed",
+                ["measurement", "measured", "reference"],
+                [
+                    [
+                        "seconds per window (run_embed)",
+                        full["seconds_per_window"],
+                        f"{lo}–{hi} s on 2 cores (REFERENCE §2)",
+                    ],
+                    ["seconds per window in forward", full["forward_seconds_per_window"], ""],
+                    ["windows", full["windows"], ""],
+                ],
+            )
+        )
     gpu = r.get("gpu")
     if gpu:
         by = {(s["precision"], s["batch"]): s for s in gpu["sweep"]}
@@ -454,48 +550,109 @@ def embed_tables(r: dict[str, Any]) -> list[Table]:
         rows = []
         for b in batches:
             f32, b16 = by.get(("fp32", b), {}), by.get(("bf16", b), {})
-            ratio = (b16["windows_per_s"] / f32["windows_per_s"]
-                     if f32.get("windows_per_s") and b16.get("windows_per_s") else None)  # fmt: skip
-            rows.append([b, "OOM" if f32.get("oom") else f32.get("windows_per_s"),
-                         "OOM" if b16.get("oom") else b16.get("windows_per_s"), ratio,
-                         f32.get("tflop_per_s"), b16.get("tflop_per_s"), b16.get("peak_memory_gb")])  # fmt: skip
+            ratio = (
+                b16["windows_per_s"] / f32["windows_per_s"]
+                if f32.get("windows_per_s") and b16.get("windows_per_s")
+                else None
+            )
+            rows.append(
+                [
+                    b,
+                    "OOM" if f32.get("oom") else f32.get("windows_per_s"),
+                    "OOM" if b16.get("oom") else b16.get("windows_per_s"),
+                    ratio,
+                    f32.get("tflop_per_s"),
+                    b16.get("tflop_per_s"),
+                    b16.get("peak_memory_gb"),
+                ]
+            )
         size = "full-size" if gpu["full_size"] else "tiny"
-        out.append(table(f"embed: {size} random Enformer on {gpu['device']}, forward only (batch already on the GPU)",
-                         ["batch", "fp32 windows/s", "bf16 windows/s", "bf16/fp32", "fp32 TFLOP/s", "bf16 TFLOP/s",
-                          "bf16 peak GB"], rows,
-                         [f"TFLOP/s assume {fmt(gpu['tflop_per_window_assumed'])} TFLOP per window (counted here: "
-                          f"{fmt(gpu['tflop_per_window_counted'])}); fp32 = torch defaults (TF32 convs "
-                          f"{gpu['tf32']['cudnn']}, TF32 matmuls {gpu['tf32']['matmul']})"]))  # fmt: skip
+        out.append(
+            table(
+                f"embed: {size} random Enformer on {gpu['device']}, forward only (batch already on the GPU)",
+                [
+                    "batch",
+                    "fp32 windows/s",
+                    "bf16 windows/s",
+                    "bf16/fp32",
+                    "fp32 TFLOP/s",
+                    "bf16 TFLOP/s",
+                    "bf16 peak GB",
+                ],
+                rows,
+                [
+                    f"TFLOP/s assume {fmt(gpu['tflop_per_window_assumed'])} TFLOP per window (counted here: "
+                    f"{fmt(gpu['tflop_per_window_counted'])}); fp32 = torch defaults (TF32 convs "
+                    f"{gpu['tf32']['cudnn']}, TF32 matmuls {gpu['tf32']['matmul']})"
+                ],
+            )
+        )
         runs = gpu.get("runner", [])
-        out.append(table("embed: Enformer through the runner path (random-genome windows, DataLoader workers)",
-                         ["path", "workers", "precision", "windows", "windows/s", "GPU busy", "NVML util",
-                          "TFLOP/s"],
-                         [[run["mode"], run["num_workers"], run["precision"], run["windows"], run["windows_per_s"],
-                           pct(run["busy_fraction"]), "–" if run["nvml_mean_utilisation_percent"] is None
-                           else f"{run['nvml_mean_utilisation_percent']:.0f}%", run["tflop_per_s"]] for run in runs],
-                         ["stream = embed_stream (prepare, batch, forward, to host); run_embed = the whole command "
-                          "with shard writes; GPU busy = CUDA-event time inside forward calls / wall"]))  # fmt: skip
+        out.append(
+            table(
+                "embed: Enformer through the runner path (random-genome windows, DataLoader workers)",
+                ["path", "workers", "precision", "windows", "windows/s", "GPU busy", "NVML util", "TFLOP/s"],
+                [
+                    [
+                        run["mode"],
+                        run["num_workers"],
+                        run["precision"],
+                        run["windows"],
+                        run["windows_per_s"],
+                        pct(run["busy_fraction"]),
+                        "–"
+                        if run["nvml_mean_utilisation_percent"] is None
+                        else f"{run['nvml_mean_utilisation_percent']:.0f}%",
+                        run["tflop_per_s"],
+                    ]
+                    for run in runs
+                ],
+                [
+                    "stream = embed_stream (prepare, batch, forward, to host); run_embed = the whole command "
+                    "with shard writes; GPU busy = CUDA-event time inside forward calls / wall"
+                ],
+            )
+        )
         best = gpu.get("best", {})
         bf16_best = best.get("bf16", {}).get("windows_per_s")
         dev = gpu.get("bf16_vs_fp32", {})
         target_rows = [
-            ["bf16 / fp32 windows/s (best batch of each)", gpu.get("bf16_over_fp32_best"),
-             f"≥ {TARGET_BF16_OVER_FP32:g}×", verdict(gpu.get("bf16_over_fp32_best"), TARGET_BF16_OVER_FP32)],
-            [f"bf16 windows/s, forward, batch {best.get('bf16', {}).get('batch')}", bf16_best,
-             f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)", verdict(bf16_best, TARGET_WINDOWS_PER_S)],
-        ]  # fmt: skip
+            [
+                "bf16 / fp32 windows/s (best batch of each)",
+                gpu.get("bf16_over_fp32_best"),
+                f"≥ {TARGET_BF16_OVER_FP32:g}×",
+                verdict(gpu.get("bf16_over_fp32_best"), TARGET_BF16_OVER_FP32),
+            ],
+            [
+                f"bf16 windows/s, forward, batch {best.get('bf16', {}).get('batch')}",
+                bf16_best,
+                f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)",
+                verdict(bf16_best, TARGET_WINDOWS_PER_S),
+            ],
+        ]
         for run in runs:
             name = f"{run['mode']}, {run['num_workers']} workers"
-            target_rows.append([f"runner windows/s ({name})", run["windows_per_s"],
-                                f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)",
-                                verdict(run["windows_per_s"], TARGET_WINDOWS_PER_S)])  # fmt: skip
-            target_rows.append([f"GPU busy ({name})", pct(run["busy_fraction"]), f"≥ {pct(TARGET_GPU_BUSY)}",
-                                verdict(run["busy_fraction"], TARGET_GPU_BUSY)])  # fmt: skip
+            target_rows.append(
+                [
+                    f"runner windows/s ({name})",
+                    run["windows_per_s"],
+                    f"≥ {TARGET_WINDOWS_PER_S:g} (one H100)",
+                    verdict(run["windows_per_s"], TARGET_WINDOWS_PER_S),
+                ]
+            )
+            target_rows.append(
+                [
+                    f"GPU busy ({name})",
+                    pct(run["busy_fraction"]),
+                    f"≥ {pct(TARGET_GPU_BUSY)}",
+                    verdict(run["busy_fraction"], TARGET_GPU_BUSY),
+                ]
+            )
         target_rows += [
             ["bf16 vs fp32: max |Δ| / max |fp32|", dev.get("max_abs_over_max_abs_fp32"), "(reported)", ""],
             ["bf16 vs fp32: median relative error", dev.get("median_relative_error"), "(reported)", ""],
             ["bf16 vs fp32: ‖Δ‖ / ‖fp32‖", dev.get("relative_l2"), "(reported)", ""],
-        ]  # fmt: skip
+        ]
         out.append(
             table(
                 "embed: GPU targets",

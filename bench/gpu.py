@@ -32,21 +32,58 @@ PAPER_STEPS_PER_EPOCH = 4605 // 8  # the authors' 4,605 training pairs in batche
 PAPER_EPOCHS = 50
 
 SIZES = {
-    "full": {"esm": {"num_hidden_layers": 33, "hidden_size": 1280, "num_attention_heads": 20,
-                     "intermediate_size": 5120}, "protein_length": 400, "esm_batches": (8, 32),
-             "cdt_preset": "paper", "cdt_table_rows": 1024, "cache_items": 256, "cache_shape": (896, 3072),
-             "enformer_hparams": None, "enformer_batches": (1, 2, 4, 8, 16), "enformer_windows": 128,
-             "runner_workers": (2, 8),
-             "train": {"enhancers": 1024, "item_shape": (896, 3072), "genes": 2360, "widths": (512, 1280),
-                       "pairs_per_enhancer": 6, "preset": "paper", "workers": 4}},
-    "tiny": {"esm": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
-                     "intermediate_size": 64}, "protein_length": 50, "esm_batches": (2,),
-             "cdt_preset": "tiny", "cdt_table_rows": 16, "cache_items": 8, "cache_shape": (8, 48),
-             "enformer_hparams": {"dim": 48, "depth": 1, "heads": 2, "attn_dim_key": 8, "dim_divisible_by": 8,
-                                  "target_length": 8}, "enformer_batches": (1, 2), "enformer_windows": 4, "runner_workers": (2,),
-             "train": {"enhancers": 40, "item_shape": (8, 48), "genes": 8, "widths": (16, 16),
-                       "pairs_per_enhancer": 4, "preset": "tiny", "workers": 0}},
-}  # fmt: skip
+    "full": {
+        "esm": {"num_hidden_layers": 33, "hidden_size": 1280, "num_attention_heads": 20, "intermediate_size": 5120},
+        "protein_length": 400,
+        "esm_batches": (8, 32),
+        "cdt_preset": "paper",
+        "cdt_table_rows": 1024,
+        "cache_items": 256,
+        "cache_shape": (896, 3072),
+        "enformer_hparams": None,
+        "enformer_batches": (1, 2, 4, 8, 16),
+        "enformer_windows": 128,
+        "runner_workers": (2, 8),
+        "train": {
+            "enhancers": 1024,
+            "item_shape": (896, 3072),
+            "genes": 2360,
+            "widths": (512, 1280),
+            "pairs_per_enhancer": 6,
+            "preset": "paper",
+            "workers": 4,
+        },
+    },
+    "tiny": {
+        "esm": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64},
+        "protein_length": 50,
+        "esm_batches": (2,),
+        "cdt_preset": "tiny",
+        "cdt_table_rows": 16,
+        "cache_items": 8,
+        "cache_shape": (8, 48),
+        "enformer_hparams": {
+            "dim": 48,
+            "depth": 1,
+            "heads": 2,
+            "attn_dim_key": 8,
+            "dim_divisible_by": 8,
+            "target_length": 8,
+        },
+        "enformer_batches": (1, 2),
+        "enformer_windows": 4,
+        "runner_workers": (2,),
+        "train": {
+            "enhancers": 40,
+            "item_shape": (8, 48),
+            "genes": 8,
+            "widths": (16, 16),
+            "pairs_per_enhancer": 4,
+            "preset": "tiny",
+            "workers": 0,
+        },
+    },
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -73,13 +110,20 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def bench_esm2(device: torch.device, hparams: dict[str, int], length: int, batches: tuple[int, ...],
-               calls: int = 3) -> dict[str, Any]:  # fmt: skip
+def bench_esm2(
+    device: torch.device, hparams: dict[str, int], length: int, batches: tuple[int, ...], calls: int = 3
+) -> dict[str, Any]:
     """Proteins/s of a random ESM-2-shaped encoder (33-token vocabulary) per batch size and precision."""
     from transformers import EsmConfig, EsmModel
 
-    config = EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32, max_position_embeddings=1026,
-                       position_embedding_type="rotary", **hparams)  # fmt: skip
+    config = EsmConfig(
+        vocab_size=33,
+        pad_token_id=1,
+        mask_token_id=32,
+        max_position_embeddings=1026,
+        position_embedding_type="rotary",
+        **hparams,
+    )
     torch.manual_seed(0)
     model = EsmModel(config, add_pooling_layer=False).to(device).eval()
     runs = []
@@ -96,8 +140,9 @@ def bench_esm2(device: torch.device, hparams: dict[str, int], length: int, batch
     return {"parameters": sum(p.numel() for p in model.parameters()), "length": length, "runs": runs}
 
 
-def bench_cdt_on_device(device: torch.device, preset_name: str, table_rows: int, batch: int = 8,
-                        calls: int = 3) -> dict[str, Any]:  # fmt: skip
+def bench_cdt_on_device(
+    device: torch.device, preset_name: str, table_rows: int, batch: int = 8, calls: int = 3
+) -> dict[str, Any]:
     """Training steps/s of the fast CDT with each batch's DNA gathered from a (table_rows, L, D) float16 table kept
     on the device, fp32 and bf16 autocast; projected minutes for the paper's 50 epochs."""
     from dogmacache.train.cdt import CentralDogmaTransformer
@@ -131,30 +176,39 @@ def bench_cdt_on_device(device: torch.device, preset_name: str, table_rows: int,
             optimizer.step()
 
         seconds = _timed(step, device, calls)
-        result[precision] = {"steps_per_s": 1 / seconds,
-                             "paper_50_epochs_minutes": seconds * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60}  # fmt: skip
+        result[precision] = {
+            "steps_per_s": 1 / seconds,
+            "paper_50_epochs_minutes": seconds * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60,
+        }
     if device.type == "cuda":
         result["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     return result
 
 
-def bench_loader_to_device(device: torch.device, items: int, shape: tuple[int, int], batch: int = 8,
-                           seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def bench_loader_to_device(
+    device: torch.device, items: int, shape: tuple[int, int], batch: int = 8, seed: int = 0
+) -> dict[str, Any]:
     """Random batches read from a local float16 cache with `EmbeddingCache.read_rows` and copied to `device`."""
     from dogmacache.cache import CacheSpec, CacheWriter, digest_strings, open_cache
 
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-gpu-"))
     try:
         ids = [f"w{i}" for i in range(items)]
-        spec = CacheSpec(modality="dna", model="random", model_revision="none", layer=-1, pooling="none",
-                         item_shape=shape, input_digest=digest_strings(ids), shard_items=max(1, items // 4))  # fmt: skip
+        spec = CacheSpec(
+            modality="dna",
+            model="random",
+            model_revision="none",
+            layer=-1,
+            pooling="none",
+            item_shape=shape,
+            input_digest=digest_strings(ids),
+            shard_items=max(1, items // 4),
+        )
         writer = CacheWriter.create(root / "c.zarr", spec, ids=ids)
         rng = np.random.default_rng(seed)
         for shard in writer.pending_shards():
             a, b = writer.manifest.shard_rows(shard)
-            writer.write_shard(
-                shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16)
-            )
+            writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
         writer.finalize()
         cache = open_cache(root / "c.zarr")
         order = rng.permutation(items)
@@ -164,8 +218,11 @@ def bench_loader_to_device(device: torch.device, items: int, shape: tuple[int, i
             torch.from_numpy(cache.read_rows(rows)).to(device, non_blocking=False)
         _sync(device)
         seconds = time.perf_counter() - start
-        return {"items": items, "rows_per_s": items / seconds,
-                "mb_per_s": items * int(np.prod(shape)) * 2 / 1e6 / seconds}  # fmt: skip
+        return {
+            "items": items,
+            "rows_per_s": items / seconds,
+            "mb_per_s": items * int(np.prod(shape)) * 2 / 1e6 / seconds,
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -181,13 +238,26 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-train-"))
     try:
         t0 = time.perf_counter()
-        paths = write_task(root, spec["enhancers"], tuple(spec["item_shape"]), n_genes=spec["genes"],
-                           widths=tuple(spec["widths"]), pairs_per_enhancer=spec["pairs_per_enhancer"])  # fmt: skip
+        paths = write_task(
+            root,
+            spec["enhancers"],
+            tuple(spec["item_shape"]),
+            n_genes=spec["genes"],
+            widths=tuple(spec["widths"]),
+            pairs_per_enhancer=spec["pairs_per_enhancer"],
+        )
         result: dict[str, Any] = {**spec, "write_seconds": time.perf_counter() - t0, "runs": []}
         precision = "bf16" if device.type == "cuda" else "fp32"
         for mode, workers in (("no", spec["workers"]), ("yes", 0)):
-            config = synthetic_cdt_config(paths, root / f"run-{mode}", spec["preset"], {"dna_on_device": mode},
-                                          num_workers=workers, device=str(device), precision=precision)  # fmt: skip
+            config = synthetic_cdt_config(
+                paths,
+                root / f"run-{mode}",
+                spec["preset"],
+                {"dna_on_device": mode},
+                num_workers=workers,
+                device=str(device),
+                precision=precision,
+            )
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
@@ -196,10 +266,16 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
             steps = summary["counts"]["train"] // config.train.batch_size  # the last partial batch is dropped
             with open(root / f"run-{mode}" / "log.csv") as f:
                 epoch_seconds = float(next(csv.DictReader(f))["seconds"])
-            run = {"dna_on_device": mode, "num_workers": workers, "precision": precision, "steps": steps,
-                   "epoch_seconds": epoch_seconds, "wall_seconds": wall,
-                   "steps_per_s_with_validation": steps / epoch_seconds,
-                   "paper_50_epochs_minutes": epoch_seconds / steps * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60}  # fmt: skip
+            run = {
+                "dna_on_device": mode,
+                "num_workers": workers,
+                "precision": precision,
+                "steps": steps,
+                "epoch_seconds": epoch_seconds,
+                "wall_seconds": wall,
+                "steps_per_s_with_validation": steps / epoch_seconds,
+                "paper_50_epochs_minutes": epoch_seconds / steps * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60,
+            }
             if device.type == "cuda":
                 run["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
             result["runs"].append(run)
@@ -213,11 +289,20 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
 
     s = SIZES[size]
     dev = pick_device(device)
-    result: dict[str, Any] = {"size": size, "device": str(dev),
-                              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}  # fmt: skip
-    result["enformer"] = bench_enformer_device(str(dev), hparams=s["enformer_hparams"], batches=s["enformer_batches"],
-                                               runner_windows=s["enformer_windows"], runner_workers=s["runner_workers"],
-                                               runner_modes=("run_embed",), min_seconds=0.5)  # fmt: skip
+    result: dict[str, Any] = {
+        "size": size,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+    }
+    result["enformer"] = bench_enformer_device(
+        str(dev),
+        hparams=s["enformer_hparams"],
+        batches=s["enformer_batches"],
+        runner_windows=s["enformer_windows"],
+        runner_workers=s["runner_workers"],
+        runner_modes=("run_embed",),
+        min_seconds=0.5,
+    )
     result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
     result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
     result["loader"] = bench_loader_to_device(dev, s["cache_items"], s["cache_shape"])
@@ -231,11 +316,19 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
     enformer = r.get("enformer", {})
     gpu = enformer.get("gpu", enformer)
     rows = []
-    best = {p: max((x.get("windows_per_s", 0) for x in gpu.get("sweep", []) if x.get("precision") == p), default=None)
-            for p in ("fp32", "bf16")}  # fmt: skip
+    best = {
+        p: max((x.get("windows_per_s", 0) for x in gpu.get("sweep", []) if x.get("precision") == p), default=None)
+        for p in ("fp32", "bf16")
+    }
     ratio = best["bf16"] / best["fp32"] if best["fp32"] and best["bf16"] else None
-    rows.append(["Enformer windows/s, best batch, fp32 / bf16", f"{fmt(best['fp32'])} / {fmt(best['bf16'])}",
-                 f"bf16 ≥ {TARGET_WINDOWS_PER_S:g} on one H100", verdict(best["bf16"], TARGET_WINDOWS_PER_S)])  # fmt: skip
+    rows.append(
+        [
+            "Enformer windows/s, best batch, fp32 / bf16",
+            f"{fmt(best['fp32'])} / {fmt(best['bf16'])}",
+            f"bf16 ≥ {TARGET_WINDOWS_PER_S:g} on one H100",
+            verdict(best["bf16"], TARGET_WINDOWS_PER_S),
+        ]
+    )
     rows.append(
         [
             "Enformer bf16 / fp32",
@@ -245,38 +338,75 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
         ]
     )
     busy = [run.get("busy_fraction") for run in gpu.get("runner", []) if run.get("busy_fraction") is not None]
-    rows.append(["GPU busy fraction, runner path", max(busy) if busy else "not measured (no NVML)",
-                 f"≥ {TARGET_GPU_BUSY:.0%}", verdict(max(busy), TARGET_GPU_BUSY) if busy else ""])  # fmt: skip
+    rows.append(
+        [
+            "GPU busy fraction, runner path",
+            max(busy) if busy else "not measured (no NVML)",
+            f"≥ {TARGET_GPU_BUSY:.0%}",
+            verdict(max(busy), TARGET_GPU_BUSY) if busy else "",
+        ]
+    )
     for run in gpu.get("runner", []):
-        rows.append([f"Enformer through {run['mode']}, {run['num_workers']} input workers, {run['precision']}: "
-                     "windows/s; GPU busy", f"{fmt(run['windows_per_s'])}; {fmt(run.get('busy_fraction'))}", "", ""])  # fmt: skip
+        rows.append(
+            [
+                f"Enformer through {run['mode']}, {run['num_workers']} input workers, {run['precision']}: "
+                "windows/s; GPU busy",
+                f"{fmt(run['windows_per_s'])}; {fmt(run.get('busy_fraction'))}",
+                "",
+                "",
+            ]
+        )
     esm = r["esm2"]
     for run in esm["runs"]:
-        rows.append([f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch "
-                     f"{run['batch']}, {esm['length']} aa", run["proteins_per_s"], "", ""])  # fmt: skip
+        rows.append(
+            [
+                f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch "
+                f"{run['batch']}, {esm['length']} aa",
+                run["proteins_per_s"],
+                "",
+                "",
+            ]
+        )
     cdt = r["cdt"]
     for precision in ("fp32", "bf16"):
         c = cdt[precision]
-        rows.append([f"CDT {cdt['preset']} training steps/s, {precision}, DNA table on the device", c["steps_per_s"],
-                     "", ""])  # fmt: skip
-        rows.append([f"CDT {cdt['preset']}: the paper's 50 epochs, {precision} (minutes)", c["paper_50_epochs_minutes"],
-                     f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} on one H100",
-                     verdict(c["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False)])  # fmt: skip
+        rows.append(
+            [f"CDT {cdt['preset']} training steps/s, {precision}, DNA table on the device", c["steps_per_s"], "", ""]
+        )
+        rows.append(
+            [
+                f"CDT {cdt['preset']}: the paper's 50 epochs, {precision} (minutes)",
+                c["paper_50_epochs_minutes"],
+                f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} on one H100",
+                verdict(c["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False),
+            ]
+        )
     loader = r["loader"]
-    rows.append(["cache -> device, random batches of 8 (rows/s, MB/s)", f"{loader['rows_per_s']:.1f}, "
-                 f"{loader['mb_per_s']:.0f}", "", ""])  # fmt: skip
+    rows.append(
+        [
+            "cache -> device, random batches of 8 (rows/s, MB/s)",
+            f"{loader['rows_per_s']:.1f}, {loader['mb_per_s']:.0f}",
+            "",
+            "",
+        ]
+    )
     stage = r.get("train_stage")
     for run in stage["runs"] if stage else []:
-        where = (
-            "on the device" if run["dna_on_device"] == "yes" else f"streamed ({run['num_workers']} workers)"
+        where = "on the device" if run["dna_on_device"] == "yes" else f"streamed ({run['num_workers']} workers)"
+        rows.append(
+            [
+                f"train stage, CDT {stage['preset']} {run['precision']}, {run['steps']} steps + validation, DNA "
+                f"{where}: epoch s; 50 epochs (min)",
+                f"{run['epoch_seconds']:.1f}; {run['paper_50_epochs_minutes']:.1f}",
+                f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} min on one H100",
+                verdict(run["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False),
+            ]
         )
-        rows.append([f"train stage, CDT {stage['preset']} {run['precision']}, {run['steps']} steps + validation, DNA "
-                     f"{where}: epoch s; 50 epochs (min)",
-                     f"{run['epoch_seconds']:.1f}; {run['paper_50_epochs_minutes']:.1f}",
-                     f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} min on one H100",
-                     verdict(run["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False)])  # fmt: skip
-    notes = [f"size {r['size']}; device {r['device']} ({r['device_name']}); random weights throughout",
-             f"50 epochs = {PAPER_EPOCHS} x {PAPER_STEPS_PER_EPOCH} steps of batch 8, evaluation excluded (train stage: "
-             "each epoch's validation included, scaled to 575 steps)"]  # fmt: skip
-    return [table("gpu: every accelerator measurement in one run", ["measurement", "value", "target", "met"], rows,
-                  notes)]  # fmt: skip
+    notes = [
+        f"size {r['size']}; device {r['device']} ({r['device_name']}); random weights throughout",
+        f"50 epochs = {PAPER_EPOCHS} x {PAPER_STEPS_PER_EPOCH} steps of batch 8, evaluation excluded (train stage: "
+        "each epoch's validation included, scaled to 575 steps)",
+    ]
+    return [
+        table("gpu: every accelerator measurement in one run", ["measurement", "value", "target", "met"], rows, notes)
+    ]

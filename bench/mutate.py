@@ -36,14 +36,27 @@ def bench_mutate(n_genes: int = 64, n_edits: int = 64, seed: int = 0) -> dict[st
         root = Path(tmp)
         length = SPACING_BP * (n_genes + 1)
         sequence = "".join(rng.choice(list("ACGT"), length))
-        (root / "genome.fa").write_text(">chr1\n" + "\n".join(sequence[i : i + 60] for i in range(0, length, 60)) + "\n")
+        (root / "genome.fa").write_text(
+            ">chr1\n" + "\n".join(sequence[i : i + 60] for i in range(0, length, 60)) + "\n"
+        )
         centers = SPACING_BP * np.arange(1, n_genes + 1)
-        pd.DataFrame({"id": [f"G{i:04d}" for i in range(n_genes)], "chrom": "chr1", "center": centers,
-                      "strand": "+"}).to_parquet(root / "windows.parquet")  # fmt: skip
+        pd.DataFrame(
+            {"id": [f"G{i:04d}" for i in range(n_genes)], "chrom": "chr1", "center": centers, "strand": "+"}
+        ).to_parquet(root / "windows.parquet")
         model = write_tiny_enformer(root / "enformer", seed)
-        embedded = run_embed(EmbedConfig(input=str(root / "windows.parquet"), modality="dna", model="enformer",
-                                         out=str(root / "dna.zarr"), model_path=str(model), genome=str(root / "genome.fa"),
-                                         device="cpu", num_workers=0, progress=False))  # fmt: skip
+        embedded = run_embed(
+            EmbedConfig(
+                input=str(root / "windows.parquet"),
+                modality="dna",
+                model="enformer",
+                out=str(root / "dna.zarr"),
+                model_path=str(model),
+                genome=str(root / "genome.fa"),
+                device="cpu",
+                num_workers=0,
+                progress=False,
+            )
+        )
         dna = open_cache(root / "dna.zarr")
         torch.manual_seed(seed)
         adapter = TokenAdapter(dna.item_shape[-1], 512, hidden=512, pooling="attention", dropout=0.0)  # scGPT width
@@ -60,21 +73,32 @@ def bench_mutate(n_genes: int = 64, n_edits: int = 64, seed: int = 0) -> dict[st
         seconds = time.perf_counter() - start
     per_window = 1.0 / embedded["items_per_s"]
     return {
-        "n_genes": n_genes, "n_edits": n_edits, "window_bp": scanner.window_bp, "seconds": round(seconds, 3),
-        "edits_per_s": round(n_edits / seconds, 2), **counts,
+        "n_genes": n_genes,
+        "n_edits": n_edits,
+        "window_bp": scanner.window_bp,
+        "seconds": round(seconds, 3),
+        "edits_per_s": round(n_edits / seconds, 2),
+        **counts,
         "windows_per_edit": round(counts["windows_reembedded"] / n_edits, 2),
         "cache_windows_per_s": embedded["items_per_s"],
         "reembed_all_edits_per_s": round(1.0 / (n_genes * per_window), 3),
         "n_shift_rows": len(shifts),
-    }  # fmt: skip
+    }
 
 
 def mutate_tables(r: dict[str, Any]) -> list[Table]:
-    rows = [["edits through Scanner.shifts (each SNV its own variant)", r["edits_per_s"], "edits/s"],
-            ["windows re-embedded (one forward each)", r["windows_reembedded"], "windows"],
-            ["reference rows reused from the cache", r["rows_reused"], "rows"],
-            ["windows re-embedded per edit", r["windows_per_edit"], "windows"],
-            ["re-embedding all windows per edit (from the cache's embed rate)", r["reembed_all_edits_per_s"],
-             "edits/s"]]  # fmt: skip
-    return [table(f"mutate: {r['n_edits']} SNVs over {r['n_genes']} tiny-Enformer windows of {r['window_bp']} bp, "
-                  "CPU (no target)", ["measurement", "measured", "unit"], rows)]  # fmt: skip
+    rows = [
+        ["edits through Scanner.shifts (each SNV its own variant)", r["edits_per_s"], "edits/s"],
+        ["windows re-embedded (one forward each)", r["windows_reembedded"], "windows"],
+        ["reference rows reused from the cache", r["rows_reused"], "rows"],
+        ["windows re-embedded per edit", r["windows_per_edit"], "windows"],
+        ["re-embedding all windows per edit (from the cache's embed rate)", r["reembed_all_edits_per_s"], "edits/s"],
+    ]
+    return [
+        table(
+            f"mutate: {r['n_edits']} SNVs over {r['n_genes']} tiny-Enformer windows of {r['window_bp']} bp, "
+            "CPU (no target)",
+            ["measurement", "measured", "unit"],
+            rows,
+        )
+    ]

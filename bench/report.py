@@ -56,8 +56,11 @@ def machine_info() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))  # fmt: skip
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     cuda = torch.cuda.is_available()
@@ -65,9 +68,7 @@ def machine_info() -> dict[str, Any]:
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
         "cpu_busy_others_at_start": cpu_busy_fraction(),  # all cores busy while this process slept 0.5 s
         "torch": torch.__version__,
@@ -78,22 +79,25 @@ def machine_info() -> dict[str, Any]:
     }
     if cuda:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        info |= {"cuda_runtime": torch.version.cuda, "cuda_capability": f"{props.major}.{props.minor}",
-                 "cuda_memory_gb": round(props.total_memory / 1e9, 1)}  # fmt: skip
+        info |= {
+            "cuda_runtime": torch.version.cuda,
+            "cuda_capability": f"{props.major}.{props.minor}",
+            "cuda_memory_gb": round(props.total_memory / 1e9, 1),
+        }
     return info
 
 
 def machine_line(info: dict[str, Any]) -> str:
     busy = info.get("cpu_busy_others_at_start")
     load = info["load_average_at_start"]
-    line = (f"{info['time_utc']}, {info['cpu_model']}, {info['cpu_cores_usable']} cores, torch {info['torch']} "
-            f"(threads: {info['torch_threads']}), load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")  # fmt: skip
+    line = (
+        f"{info['time_utc']}, {info['cpu_model']}, {info['cpu_cores_usable']} cores, torch {info['torch']} "
+        f"(threads: {info['torch_threads']}), load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
     if busy is not None:
         line += f", other processes busy on {busy:.0%} of the cores at start"
     if info.get("cuda_device"):
-        line += (
-            f"; GPU {info['cuda_device']} ({info.get('cuda_memory_gb')} GB, CUDA {info.get('cuda_runtime')})"
-        )
+        line += f"; GPU {info['cuda_device']} ({info.get('cuda_memory_gb')} GB, CUDA {info.get('cuda_runtime')})"
     return line
 
 
@@ -101,11 +105,14 @@ def busy_warning(info: dict[str, Any]) -> str | None:
     busy = info.get("cpu_busy_others_at_start")
     if busy is None or busy < BUSY_WARNING:
         return None
-    advice = "rerun on an idle machine" + (", or with --threads 1 to see the difference" if
-                                           info.get("torch_threads", 1) > 1 else "")  # fmt: skip
-    return (f"note: other processes kept {busy:.0%} of the {info['cpu_cores_usable']} cores busy at the start of this "
-            "section; torch's threads contend with them and CPU timings can come out many times slower: "
-            f"{advice}.")  # fmt: skip
+    advice = "rerun on an idle machine" + (
+        ", or with --threads 1 to see the difference" if info.get("torch_threads", 1) > 1 else ""
+    )
+    return (
+        f"note: other processes kept {busy:.0%} of the {info['cpu_cores_usable']} cores busy at the start of this "
+        "section; torch's threads contend with them and CPU timings can come out many times slower: "
+        f"{advice}."
+    )
 
 
 # ---- number formatting and tables --------------------------------------------------------------------------
@@ -151,9 +158,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]], notes: list[str
 def render_text(t: Table) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(t["columns"], *t["rows"], strict=True)]
     lines = [t["title"]]
-    lines.append(
-        "  " + "  ".join(str(c).ljust(w) for c, w in zip(t["columns"], widths, strict=True)).rstrip()
-    )
+    lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(t["columns"], widths, strict=True)).rstrip())
     lines.append("  " + "  ".join("-" * w for w in widths))
     for row in t["rows"]:
         lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -20,8 +20,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 1, min_calls: int = 3,
-               min_seconds: float = 1.0, max_calls: int = 50) -> list[float]:  # fmt: skip
+def time_calls(
+    fn: Callable[[], Any],
+    device: torch.device,
+    warmup: int = 1,
+    min_calls: int = 3,
+    min_seconds: float = 1.0,
+    max_calls: int = 50,
+) -> list[float]:
     """Seconds of each call of `fn` after `warmup` untimed calls: CUDA events on a GPU, the host clock
     otherwise; at least `min_calls` calls and, up to `max_calls`, at least `min_seconds` in all."""
     for _ in range(warmup):

@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="HDF5 file")
     p.add_argument("dest", help="cache directory to write")
     p.add_argument("--dataset", required=True, help="HDF5 dataset with the embeddings, (N, L, D) or (N, D)")
-    p.add_argument("--ids", default=None, help="HDF5 dataset of row ids (default: <chrom>:<center> from chroms/centers)")
+    p.add_argument(
+        "--ids", default=None, help="HDF5 dataset of row ids (default: <chrom>:<center> from chroms/centers)"
+    )
     p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--model", required=True, help="model id the embeddings came from")
     p.add_argument("--model-revision", default="unknown", help="weights revision or checksum, if known")
@@ -35,9 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES, help="storage dtype (default float16)")
     p.add_argument("--compression", default="none", choices=COMPRESSIONS, help="default none (fp16 is the 2x)")
     p.add_argument("--shard-items", type=int, default=None, help="items per shard file (default: ~1 GiB shards)")
-    p.add_argument("--dedupe", default=None, choices=("keep-first", "suffix"),
-                   help="when built or given ids repeat: keep-first drops the later rows of an id, suffix renames "
-                        "them <id>#2, <id>#3, ... (default: refuse); the rows affected are printed and recorded")  # fmt: skip
+    p.add_argument(
+        "--dedupe",
+        default=None,
+        choices=("keep-first", "suffix"),
+        help="when built or given ids repeat: keep-first drops the later rows of an id, suffix renames "
+        "them <id>#2, <id>#3, ... (default: refuse); the rows affected are printed and recorded",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at DEST")
     p.set_defaults(run=_import_h5)
 

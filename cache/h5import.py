@@ -33,7 +33,9 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 def _describe(h5: h5py.File) -> str:
     found = []
-    h5.visititems(lambda name, obj: found.append(f"{name} {obj.shape} {obj.dtype}") if isinstance(obj, h5py.Dataset) else None)
+    h5.visititems(
+        lambda name, obj: found.append(f"{name} {obj.shape} {obj.dtype}") if isinstance(obj, h5py.Dataset) else None
+    )
     return ", ".join(found) or "no datasets"
 
 
@@ -155,11 +157,14 @@ def import_h5(
             raise InputError(f"{src} has no dataset {dataset!r}; it has: {_describe(h5)}; pass --dataset NAME")
         data = h5[dataset]
         if data.ndim not in (2, 3):
-            raise InputError(f"{src}:{dataset} has shape {data.shape}; expected (N, D) pooled or (N, L, D) per-position")
+            raise InputError(
+                f"{src}:{dataset} has shape {data.shape}; expected (N, D) pooled or (N, L, D) per-position"
+            )
         if pooling is None:
             if data.ndim == 2:
                 raise InputError(
-                    f"{src}:{dataset} is pooled, shape {data.shape}; say how it was pooled with --pooling (mean, cls, ...)"
+                    f"{src}:{dataset} is pooled, shape {data.shape}; "
+                    "say how it was pooled with --pooling (mean, cls, ...)"
                 )
             pooling = "none"
         if pooling == "none" and data.ndim == 2:
@@ -182,9 +187,19 @@ def import_h5(
         if affected:
             n_repeated = len({source_ids[r] for r in affected})
             config["dedupe"] = {"mode": dedupe, "rows": [int(r) for r in affected], "repeated_ids": n_repeated}
-        spec = CacheSpec(modality=modality, model=model, model_revision=model_revision, layer=layer, pooling=pooling,
-                         item_shape=data.shape[1:], input_digest=input_digest, dtype=dtype, compression=compression,
-                         shard_items=shard_items, config=config)  # fmt: skip
+        spec = CacheSpec(
+            modality=modality,
+            model=model,
+            model_revision=model_revision,
+            layer=layer,
+            pooling=pooling,
+            item_shape=data.shape[1:],
+            input_digest=input_digest,
+            dtype=dtype,
+            compression=compression,
+            shard_items=shard_items,
+            config=config,
+        )
         writer = CacheWriter.create(dest, spec, ids=item_ids, overwrite=overwrite)
         if writer.manifest.complete:
             return writer.manifest, 0
@@ -194,7 +209,9 @@ def import_h5(
         block_rows = max(1, READ_BLOCK_BYTES // item_bytes)
         view = layout.numpy_view(dtype)
         n_pending = sum(m.shard_rows(s)[1] - m.shard_rows(s)[0] for s in pending)
-        bar = tqdm(total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True)  # None: off when not a terminal
+        bar = tqdm(
+            total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True
+        )  # None: off when not a terminal
         for shard in pending:
             start, stop = m.shard_rows(shard)
             buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)

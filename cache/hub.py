@@ -179,8 +179,9 @@ def plan_publish(
     return caches, dataset_card(repo, caches, license_id), n_files, n_bytes
 
 
-def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", private: bool = False,
-            verify: bool = True) -> str:  # fmt: skip
+def publish(
+    folder: str | os.PathLike, repo: str, *, license_id: str = "other", private: bool = False, verify: bool = True
+) -> str:
     """Verify, create the dataset repo, upload (resumable: re-run after an interruption), then the card."""
     from huggingface_hub import HfApi
 
@@ -194,16 +195,27 @@ def publish(folder: str | os.PathLike, repo: str, *, license_id: str = "other", 
     api = HfApi()
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
-    api.upload_large_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset",
-                            ignore_patterns=[*roots, "*.lock"])  # fmt: skip
+    api.upload_large_folder(
+        repo_id=repo, folder_path=str(folder), repo_type="dataset", ignore_patterns=[*roots, "*.lock"]
+    )
     for c, root in zip(caches, roots, strict=True):  # each manifest as published, without local paths
         meta = json.loads((folder / root).read_text())
         meta["attributes"][MANIFEST_KEY] = portable(c.manifest).to_dict()
-        api.upload_file(path_or_fileobj=json.dumps(meta, indent=2).encode(), path_in_repo=root, repo_id=repo,
-                        repo_type="dataset", commit_message=f"manifest of {c.relpath}")  # fmt: skip
+        api.upload_file(
+            path_or_fileobj=json.dumps(meta, indent=2).encode(),
+            path_in_repo=root,
+            repo_id=repo,
+            repo_type="dataset",
+            commit_message=f"manifest of {c.relpath}",
+        )
     # the card goes to the repository only: inside the Zarr group it would be a stray member
-    api.upload_file(path_or_fileobj=card.encode(), path_in_repo=CARD_NAME, repo_id=repo, repo_type="dataset",
-                    commit_message="dataset card")  # fmt: skip
+    api.upload_file(
+        path_or_fileobj=card.encode(),
+        path_in_repo=CARD_NAME,
+        repo_id=repo,
+        repo_type="dataset",
+        commit_message="dataset card",
+    )
     return f"https://huggingface.co/datasets/{repo}"
 
 

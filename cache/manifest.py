@@ -24,6 +24,7 @@ MANIFEST_KEY = "dogmacache"  # root attribute name
 STORAGE_DTYPES = ("float16", "float32", "bfloat16")
 COMPRESSIONS = ("none", "zstd", "bitround")
 
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs to trust and interpret a cache. Stored as the root attribute `dogmacache`."""
@@ -103,7 +104,18 @@ class Manifest:
     def same_content_as(self, other: Manifest) -> list[str]:
         """Fields that make `other` describe different numbers than `self` (empty when a resume is safe)."""
         keys = (
-            "modality", "model", "model_revision", "layer", "pooling", "dtype", "n_items", "item_shape",
-            "shard_items", "input_digest", "compression", "extra_arrays", "ids_digest",
-        )  # fmt: skip
+            "modality",
+            "model",
+            "model_revision",
+            "layer",
+            "pooling",
+            "dtype",
+            "n_items",
+            "item_shape",
+            "shard_items",
+            "input_digest",
+            "compression",
+            "extra_arrays",
+            "ids_digest",
+        )
         return [k for k in keys if getattr(self, k) != getattr(other, k)]

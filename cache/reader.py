@@ -69,9 +69,7 @@ def open_cache(
     url = os.fspath(url)
     group = _open_group(url, storage_options)
     if MANIFEST_KEY not in group.attrs:
-        raise CacheError(
-            f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"
-        )
+        raise CacheError(f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
     manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=url)
     if not manifest.complete and not allow_partial:
         raise IncompleteCacheError(
@@ -98,9 +96,7 @@ class EmbeddingCache:
         self._view = layout.numpy_view(manifest.dtype)
         root = _local_root(url)
         self._direct = (
-            ShardFiles(
-                root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize
-            )
+            ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
             if root is not None and direct_readable(self.embeddings, manifest.item_shape)
             else None
         )
@@ -153,9 +149,16 @@ class EmbeddingCache:
         """What identifies this cache's numbers (not where it lies): model, revision, layer, pooling, inputs, ids
         and shard checksums. Checkpoints keep it, so a rerun, `explain` or `mutate` can refuse another cache."""
         m = self.manifest
-        return {"url": self.url, "model": m.model, "model_revision": m.model_revision, "layer": m.layer,
-                "pooling": m.pooling, "input_digest": m.input_digest, "ids_digest": m.ids_digest,
-                "shards_digest": digest_strings(m.shards)}  # fmt: skip
+        return {
+            "url": self.url,
+            "model": m.model,
+            "model_revision": m.model_revision,
+            "layer": m.layer,
+            "pooling": m.pooling,
+            "input_digest": m.input_digest,
+            "ids_digest": m.ids_digest,
+            "shards_digest": digest_strings(m.shards),
+        }
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows for many ids; names every missing id (up to five) in one error."""
@@ -194,9 +197,7 @@ class EmbeddingCache:
                 out[order[run]] = self.embeddings[first : last + 1]
             except Exception as err:  # a chunk or shard index that fails its checksum, or no longer decodes
                 shard = first // per_shard
-                raise unreadable(
-                    self.url, layout.EMBEDDINGS, "shard", shard, self.embeddings.ndim, err
-                ) from None
+                raise unreadable(self.url, layout.EMBEDDINGS, "shard", shard, self.embeddings.ndim, err) from None
         return convert.from_storage(out, self.manifest.dtype, dtype)
 
     def get(self, item_ids: Iterable[str], dtype: np.dtype | str | None = None) -> np.ndarray:
@@ -213,9 +214,7 @@ class EmbeddingCache:
     def extra(self, name: str) -> CheckedArray:
         """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily; index it to read."""
         if name not in self.manifest.extra_arrays:
-            raise CacheError(
-                f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}"
-            )
+            raise CacheError(f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}")
         return CheckedArray(self.url, name, self._group[name])
 
     def done_shards(self) -> np.ndarray:

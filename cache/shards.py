@@ -99,11 +99,7 @@ class ShardFiles:
         if shard not in self._index:
             n_bytes = self.shard_items * 16
             size = os.fstat(fd).st_size
-            raw = (
-                os.pread(fd, n_bytes + _CRC_BYTES, size - n_bytes - _CRC_BYTES)
-                if size >= n_bytes + 4
-                else b""
-            )
+            raw = os.pread(fd, n_bytes + _CRC_BYTES, size - n_bytes - _CRC_BYTES) if size >= n_bytes + 4 else b""
             if len(raw) != n_bytes + _CRC_BYTES:
                 raise self._broken(shard, f"the file has {size} bytes, too few for its index")
             if google_crc32c.value(raw[:n_bytes]) != int.from_bytes(raw[n_bytes:], "little"):
@@ -135,9 +131,7 @@ class ShardFiles:
             for fd, shard, offsets, runs, shard_rows, shard_targets in plans:
                 for run in runs:
                     for a in range(0, run.size, _MAX_IOV):
-                        self._read_run(
-                            fd, shard, out, run[a : a + _MAX_IOV], offsets, shard_rows, shard_targets
-                        )
+                        self._read_run(fd, shard, out, run[a : a + _MAX_IOV], offsets, shard_rows, shard_targets)
         finally:
             for plan in plans:
                 os.close(plan[0])
@@ -158,14 +152,10 @@ class ShardFiles:
             if empty.any():
                 out[targets[empty]] = 0
             if np.any(sizes[~empty] != self.row_bytes + _CRC_BYTES):
-                raise self._broken(
-                    shard, f"the index gives chunk sizes other than {self.row_bytes + _CRC_BYTES} bytes"
-                )
+                raise self._broken(shard, f"the index gives chunk sizes other than {self.row_bytes + _CRC_BYTES} bytes")
             todo = np.flatnonzero(~empty)
             # back-to-back chunks (a shard is written in row order) become one preadv
-            breaks = (
-                np.flatnonzero(np.diff(offsets[todo].astype(np.int64)) != self.row_bytes + _CRC_BYTES) + 1
-            )
+            breaks = np.flatnonzero(np.diff(offsets[todo].astype(np.int64)) != self.row_bytes + _CRC_BYTES) + 1
             return fd, shard, offsets, np.split(todo, breaks), rows, targets
         except BaseException:
             os.close(fd)
@@ -179,9 +169,7 @@ class ShardFiles:
         buffers = [b for j, row in enumerate(row_bytes) for b in (row, crcs[j])]
         got = os.preadv(fd, buffers, int(offsets[run[0]]))
         if got != run.size * (self.row_bytes + _CRC_BYTES):
-            raise self._broken(
-                shard, f"rows {int(rows[run[0]])}..{int(rows[run[-1]])} lie past the end of the file"
-            )
+            raise self._broken(shard, f"rows {int(rows[run[0]])}..{int(rows[run[-1]])} lie past the end of the file")
         stored = crcs.view("<u4").reshape(-1)
         for j, k in enumerate(run):
             if google_crc32c.value(row_bytes[j]) != int(stored[j]):

@@ -46,7 +46,9 @@ def verify_cache(
         report.problems.append("`ids` do not match the manifest's ids_digest")
     n_dims = {layout.EMBEDDINGS: 1 + len(m.item_shape)}
     n_dims.update({name: cache.extra(name).ndim for name in m.extra_arrays})
-    for shard in tqdm(range(m.n_shards), desc="verify", unit="shard", disable=None if progress else True):  # None: off when not a terminal
+    for shard in tqdm(
+        range(m.n_shards), desc="verify", unit="shard", disable=None if progress else True
+    ):  # None: off when not a terminal
         where = ", ".join(chunk_file(url, name, shard, dims) for name, dims in n_dims.items())
         try:
             digest = shard_digest(cache.shard_blocks(shard)).hex()

@@ -61,15 +61,25 @@ def _disk_error(err: OSError, doing: str, kept: str) -> CacheError | None:
     name = _DISK_ERRORS.get(err.errno)
     if name is None:
         return None
-    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable (or choose another output path)"
+    fix = (
+        "free some space"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "make it writable (or choose another output path)"
+    )
     return CacheError(f"cannot {doing}: {err.strerror} ({name}); {kept}; {fix}, then re-run the same command to resume")
 
 
 class CacheWriter:
     """Writes whole shards of one cache. Use `create` (new or resumed cache) or `open` (attach to one)."""
 
-    def __init__(self, path: Path, group: zarr.Group, manifest: Manifest, extras: tuple[ExtraArray, ...],
-                 lock: WriterLock | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        group: zarr.Group,
+        manifest: Manifest,
+        extras: tuple[ExtraArray, ...],
+        lock: WriterLock | None = None,
+    ):
         self.path = path
         self._lock = lock
         self._group = group
@@ -131,8 +141,9 @@ class CacheWriter:
             raise
 
     @classmethod
-    def _create_new(cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...],
-                    lock: WriterLock):  # fmt: skip
+    def _create_new(
+        cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...], lock: WriterLock
+    ):
         group = zarr.open_group(path, mode="w-", zarr_format=3)
         n, per_shard = manifest.n_items, manifest.shard_items
         filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)
@@ -192,7 +203,9 @@ class CacheWriter:
             lock.release()  # nothing more will be written
         differs = writer.manifest.same_content_as(wanted)
         if differs:
-            detail = "; ".join(f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs)
+            detail = "; ".join(
+                f"{k}: {getattr(writer.manifest, k)!r} there, {getattr(wanted, k)!r} now" for k in differs
+            )
             raise CacheError(
                 f"{path} already holds a cache of other content ({detail}); "
                 "choose another output path, or pass --overwrite to replace it"
@@ -227,7 +240,9 @@ class CacheWriter:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
         if MANIFEST_KEY not in group.attrs:
-            raise CacheError(f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
+            raise CacheError(
+                f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"
+            )
         manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=str(path))
         if manifest.complete and not allow_complete:
             raise CacheError(f"{path} is complete; re-embedding writes a new cache (choose another output path)")

@@ -30,7 +30,7 @@ def package_versions(names: Iterable[str] = PROVENANCE_PACKAGES) -> dict[str, st
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """"sha256:<hex>" of a file's bytes, read 4 MiB at a time."""
+    """ "sha256:<hex>" of a file's bytes, read 4 MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):

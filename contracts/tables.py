@@ -47,10 +47,15 @@ def check_splits(table: pd.DataFrame, where: str, id_column: str | None = None) 
     """Every row's `split` is one of SPLITS; else InputError naming the rows (and their ids) and the fix."""
     bad = table.index[~table["split"].isin(SPLITS)]
     if len(bad):
-        shown = ", ".join(f"row {i} ({table.loc[i, 'split']!r}"
-                          + (f", {id_column} {table.loc[i, id_column]!r})" if id_column else ")") for i in bad[:5])  # fmt: skip
-        raise InputError(f"{where}: {len(bad)} row(s) have a split other than {list(SPLITS)}: {shown}; "
-                         "fix the split column or re-run the recipe")  # fmt: skip
+        shown = ", ".join(
+            f"row {i} ({table.loc[i, 'split']!r}"
+            + (f", {id_column} {table.loc[i, id_column]!r})" if id_column else ")")
+            for i in bad[:5]
+        )
+        raise InputError(
+            f"{where}: {len(bad)} row(s) have a split other than {list(SPLITS)}: {shown}; "
+            "fix the split column or re-run the recipe"
+        )
 
 
 def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:

@@ -98,8 +98,9 @@ def bin_coordinates(
     offset = (middle - c0) if strand == "+" else (c0 - middle)  # from the window's midpoint, c0 (span even)
     upper = np.iinfo(np.int64).max if chrom_size is None else int(chrom_size)
     clipped_start, clipped_end = np.clip(start, 0, upper), np.clip(end, 0, upper)
-    return BinCoordinates(chrom=str(chrom), start=clipped_start, end=clipped_end,
-                          inside=clipped_end > clipped_start, offset_bp=offset)  # fmt: skip
+    return BinCoordinates(
+        chrom=str(chrom), start=clipped_start, end=clipped_end, inside=clipped_end > clipped_start, offset_bp=offset
+    )
 
 
 def bin_offsets(geometry: WindowGeometry) -> np.ndarray:

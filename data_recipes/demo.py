@@ -30,8 +30,9 @@ def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128
     config = gasperini.GasperiniConfig(seed=seed)
     cdt = gasperini.build_gasperini(_bundled(gasperini.SOURCES, data), out / "cdt", config)
     # every biotype: the demo's non-coding transcripts are kept without a protein, as IsoFormer handles them
-    config = gtex.GtexConfig(seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all",
-                             holdout_tissues=HOLDOUT_TISSUES)  # fmt: skip
+    config = gtex.GtexConfig(
+        seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all", holdout_tissues=HOLDOUT_TISSUES
+    )
     isoform = gtex.build_gtex(_bundled(gtex.SOURCES, data), out / "isoform", config)
     with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / "genome.fa", "wb") as dst:
         shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access

@@ -2,7 +2,8 @@
 
 Every reader names the file (and the column) when something is wrong: a missing column, a wrong header,
 a truncated gzip; tables come back indexed by their line number in the file, so a later check on a value
-names the file, line and column (`cell`, `numbers`). Formats (see data_recipes/README.md): GCT 1.2 (GTEx), tab-separated tables with a header
+names the file, line and column (`cell`, `numbers`). Formats (see data_recipes/README.md):
+GCT 1.2 (GTEx), tab-separated tables with a header
 (GTEx sample attributes, Gasperini results), FASTA (UCSC genome, Ensembl cDNA/peptide, UniProt), Ensembl GTF.
 """
 
@@ -91,9 +92,16 @@ def read_table(
     try:
         with open_text(path) as fh:
             table = pd.read_csv(
-                fh, sep="\t", skiprows=comment_lines, usecols=list(usecols or required), dtype=dtype,
-                na_values=list(na_values), keep_default_na=False, low_memory=False, skip_blank_lines=False,
-            )  # fmt: skip
+                fh,
+                sep="\t",
+                skiprows=comment_lines,
+                usecols=list(usecols or required),
+                dtype=dtype,
+                na_values=list(na_values),
+                keep_default_na=False,
+                low_memory=False,
+                skip_blank_lines=False,
+            )
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
     except (ValueError, pd.errors.ParserError) as err:
@@ -131,7 +139,12 @@ def cell(path: str | Path, line: int, header: Sequence[str], column: str) -> str
 
 
 def numbers(
-    table: pd.DataFrame, column: str, path: str | Path, header: Sequence[str], *, expected: str,
+    table: pd.DataFrame,
+    column: str,
+    path: str | Path,
+    header: Sequence[str],
+    *,
+    expected: str,
     allow_missing: bool = False,
 ) -> pd.Series:
     """`table[column]` as float64 (index = line numbers, as `read_table` returns). The first value that is not a
@@ -143,8 +156,10 @@ def numbers(
         line = bad.index[np.argmax(bad.to_numpy())]
         value = raw[line]
         shown = "is empty or NA" if pd.isna(value) else f"has {value!r}"
-        raise InputError(f"{cell(path, line, header, column)} {shown}; expected {expected}. Fix or remove that "
-                         "row, or download the file again")  # fmt: skip
+        raise InputError(
+            f"{cell(path, line, header, column)} {shown}; expected {expected}. Fix or remove that "
+            "row, or download the file again"
+        )
     return values
 
 
@@ -218,15 +233,19 @@ def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str
                 continue
             cols = line.rstrip("\n").split("\t")
             if len(cols) != 9:
-                raise InputError(f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}; "
-                                 "the file is damaged or not a GTF, download it again")  # fmt: skip
+                raise InputError(
+                    f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}; "
+                    "the file is damaged or not a GTF, download it again"
+                )
             if cols[2] not in wanted:
                 continue
             start, end = (_gtf_position(path, n, cols, i) for i in (3, 4))
             attrs = dict(_GTF_ATTR.findall(cols[8]))
             if cols[2] != "gene" and "transcript_id" not in attrs:
-                raise InputError(f"{path} line {n} column 9 (attribute): this {cols[2]} line has no transcript_id; "
-                                 "every line but a gene line needs one (GTF 2.2). Download the file again")  # fmt: skip
+                raise InputError(
+                    f"{path} line {n} column 9 (attribute): this {cols[2]} line has no transcript_id; "
+                    "every line but a gene line needs one (GTF 2.2). Download the file again"
+                )
             rows.append((cols[0], cols[2], start, end, cols[6], *(attrs.get(a) for a in attributes)))
     return pd.DataFrame(rows, columns=["chrom", "feature", "start", "end", "strand", *attributes])
 
@@ -234,8 +253,10 @@ def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str
 def _gtf_position(path, line: int, cols: list[str], index: int) -> int:
     text = cols[index]
     if not text.isdigit() or int(text) == 0:
-        raise InputError(f"{path} line {line} column {index + 1} ({GTF_COLUMNS[index]}): {text!r} is not a "
-                         "1-based position (a whole number >= 1); the file is damaged, download it again")  # fmt: skip
+        raise InputError(
+            f"{path} line {line} column {index + 1} ({GTF_COLUMNS[index]}): {text!r} is not a "
+            "1-based position (a whole number >= 1); the file is damaged, download it again"
+        )
     return int(text)
 
 
@@ -254,8 +275,15 @@ def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: 
     require_columns(path, header, ["gene_id"] if "transcript_id" in header else ["Name"])
     try:
         with open_text(path) as fh:
-            reader = pd.read_csv(fh, sep="\t", skiprows=2, usecols=list(usecols) if usecols else None,
-                                 chunksize=chunksize, dtype={c: str for c in id_cols}, skip_blank_lines=False)  # fmt: skip
+            reader = pd.read_csv(
+                fh,
+                sep="\t",
+                skiprows=2,
+                usecols=list(usecols) if usecols else None,
+                chunksize=chunksize,
+                dtype={c: str for c in id_cols},
+                skip_blank_lines=False,
+            )
             for chunk in reader:
                 chunk.index = chunk.index + 4
                 yield chunk

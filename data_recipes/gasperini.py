@@ -25,29 +25,44 @@ from dogmacache.errors import InputError
 
 SOURCES = {
     "results": sources.Source(
-        "results", "GSE120861_all_deg_results.at_scale.txt.gz",
+        "results",
+        "GSE120861_all_deg_results.at_scale.txt.gz",
         "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE120nnn/GSE120861/suppl/GSE120861_all_deg_results.at_scale.txt.gz",
         "GEO public data (Gasperini et al., Cell 2019); cite the paper",
-        "at-scale CRISPRi screen: every tested (gRNA group, gene) pair, hg19 coordinates", size="~200 MB",
+        "at-scale CRISPRi screen: every tested (gRNA group, gene) pair, hg19 coordinates",
+        size="~200 MB",
     ),
     "chain": sources.Source(
-        "chain", "hg19ToHg38.over.chain.gz",
+        "chain",
+        "hg19ToHg38.over.chain.gz",
         "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/liftOver/hg19ToHg38.over.chain.gz",
         "UCSC Genome Browser: free for academic, non-profit and personal use",
-        "UCSC liftOver chain hg19 -> hg38", size="~1 MB",
+        "UCSC liftOver chain hg19 -> hg38",
+        size="~1 MB",
     ),
     "uniprot": sources.Source(
-        "uniprot", "uniprot_human_swissprot.fasta.gz",
+        "uniprot",
+        "uniprot_human_swissprot.fasta.gz",
         "https://rest.uniprot.org/uniprotkb/stream?compressed=true&format=fasta"
         "&query=%28organism_id%3A9606%29+AND+%28reviewed%3Atrue%29",
-        "CC BY 4.0 (UniProt)", "UniProtKB/Swiss-Prot human entries (~20.4k), gene symbol after GN=", size="~7 MB",
+        "CC BY 4.0 (UniProt)",
+        "UniProtKB/Swiss-Prot human entries (~20.4k), gene symbol after GN=",
+        size="~7 MB",
     ),
-}  # fmt: skip
+}
 
 RESULT_COLUMNS = (
-    "gRNA_group", "ENSG", "gene_short_name", "target_site.chr", "target_site.start", "target_site.stop",
-    "site_type", "beta", "pvalue.empirical.adjusted", "target_gene.start",
-)  # fmt: skip
+    "gRNA_group",
+    "ENSG",
+    "gene_short_name",
+    "target_site.chr",
+    "target_site.start",
+    "target_site.stop",
+    "site_type",
+    "beta",
+    "pvalue.empirical.adjusted",
+    "target_gene.start",
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +104,9 @@ def build_gasperini(
     missing: dict[str, int] = {}
     results = paths["results"]
     header = formats.header_of(results)
-    raw = formats.read_table(results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str},
-                             whole_rows=True)  # fmt: skip
+    raw = formats.read_table(
+        results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str}, whole_rows=True
+    )
     counts["result_rows"] = len(raw)
     ntc = raw["target_site.chr"].astype(str) == "NTC"
     counts["ntc_rows_dropped"] = int(ntc.sum())
@@ -99,23 +115,32 @@ def build_gasperini(
     if pairs.empty:
         kinds = sorted(raw["site_type"].dropna().astype(str).unique())[:8]
         raise InputError(f"{results} has no rows with site_type == {config.site_type!r}; it has {kinds}")
-    pairs["beta"] = formats.numbers(pairs, "beta", results, header, allow_missing=True,
-                                    expected="the effect size, a number, or NA")  # fmt: skip
+    pairs["beta"] = formats.numbers(
+        pairs, "beta", results, header, allow_missing=True, expected="the effect size, a number, or NA"
+    )
     missing["beta"] = int(pairs["beta"].isna().sum())
     pairs = pairs[pairs["beta"].notna()]
     padj_text = pairs[["pvalue.empirical.adjusted"]].replace("not_applicable", np.nan)
-    padj = formats.numbers(padj_text, "pvalue.empirical.adjusted", results, header, allow_missing=True,
-                           expected="an adjusted p-value, NA or not_applicable")  # fmt: skip
+    padj = formats.numbers(
+        padj_text,
+        "pvalue.empirical.adjusted",
+        results,
+        header,
+        allow_missing=True,
+        expected="an adjusted p-value, NA or not_applicable",
+    )
     pairs["significant"] = (padj < config.significance).fillna(False).astype(bool)
     pairs["pvalue_adjusted"] = padj
     pairs["chrom_hg19"] = [c if str(c).startswith("chr") else f"chr{c}" for c in pairs["target_site.chr"].astype(str)]
     for column in ("target_site.start", "target_site.stop"):
-        pairs[column] = formats.numbers(pairs, column, results, header,
-                                        expected="an hg19 position (a whole number)").astype(np.int64)  # fmt: skip
+        pairs[column] = formats.numbers(
+            pairs, column, results, header, expected="an hg19 position (a whole number)"
+        ).astype(np.int64)
     pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2
     if config.max_distance_kb is not None:
-        gene_start = formats.numbers(pairs, "target_gene.start", results, header,
-                                     expected="the gene's hg19 start (a whole number)")  # fmt: skip
+        gene_start = formats.numbers(
+            pairs, "target_gene.start", results, header, expected="the gene's hg19 start (a whole number)"
+        )
         near = (pairs["mid_hg19"] - gene_start).abs() <= config.max_distance_kb * 1000
         counts["pairs_beyond_max_distance"] = int((~near).sum())
         pairs = pairs[near]
@@ -140,8 +165,9 @@ def build_gasperini(
     counts["pairs_dropped_gene_unaligned"] = n_before - len(pairs)
 
     # enhancers: one window per gRNA group, at the hg38 position of its site midpoint
-    sites = pairs.drop_duplicates("gRNA_group")[["gRNA_group", "chrom_hg19", "mid_hg19", "target_site.start",
-                                                  "target_site.stop"]]  # fmt: skip
+    sites = pairs.drop_duplicates("gRNA_group")[
+        ["gRNA_group", "chrom_hg19", "mid_hg19", "target_site.start", "target_site.stop"]
+    ]
     chrom38, pos38, unmapped, ambiguous = _lift(paths["chain"], sites["chrom_hg19"], sites["mid_hg19"])
     sites = sites.assign(chrom=chrom38, center=pos38)
     missing["enhancers_unmapped_by_liftover"] = unmapped
@@ -154,32 +180,37 @@ def build_gasperini(
     # split by enhancer, stratified on whether any of its pairs is significant
     enhancer_sig = pairs.groupby("gRNA_group")["significant"].any()
     split = tables.split_groups(list(enhancer_sig.index), config.fractions, config.seed, list(enhancer_sig.values))
-    labels = pd.DataFrame({
-        "enhancer": pairs["gRNA_group"].astype(str).values,
-        "gene": pairs["gene_short_name"].astype(str).values,
-        "gene_index": pairs["gene_short_name"].map(gene_index).astype(np.int32).values,
-        "ensembl_gene": pairs["ENSG"].astype(str).values,
-        "beta": pairs["beta"].astype(np.float32).values,
-        "significant": pairs["significant"].values,
-        "pvalue_adjusted": pairs["pvalue_adjusted"].astype(np.float32).values,
-    })  # fmt: skip
+    labels = pd.DataFrame(
+        {
+            "enhancer": pairs["gRNA_group"].astype(str).values,
+            "gene": pairs["gene_short_name"].astype(str).values,
+            "gene_index": pairs["gene_short_name"].map(gene_index).astype(np.int32).values,
+            "ensembl_gene": pairs["ENSG"].astype(str).values,
+            "beta": pairs["beta"].astype(np.float32).values,
+            "significant": pairs["significant"].values,
+            "pvalue_adjusted": pairs["pvalue_adjusted"].astype(np.float32).values,
+        }
+    )
     labels["split"] = labels["enhancer"].map(split)
     tables.assert_no_leak(labels, "enhancer")
     used = sites[sites["gRNA_group"].isin(labels["enhancer"])]
-    dna = pd.DataFrame({
-        "id": used["gRNA_group"].astype(str).values,
-        "chrom": used["chrom"].values,
-        "center": np.asarray(used["center"], dtype=np.int64),
-        "strand": "+",  # enhancers have no orientation; windows are read on the reference strand
-        "chrom_hg19": used["chrom_hg19"].values,
-        "start_hg19": used["target_site.start"].astype(np.int64).values,
-        "end_hg19": used["target_site.stop"].astype(np.int64).values,
-    })  # fmt: skip
+    dna = pd.DataFrame(
+        {
+            "id": used["gRNA_group"].astype(str).values,
+            "chrom": used["chrom"].values,
+            "center": np.asarray(used["center"], dtype=np.int64),
+            "strand": "+",  # enhancers have no orientation; windows are read on the reference strand
+            "chrom_hg19": used["chrom_hg19"].values,
+            "start_hg19": used["target_site.start"].astype(np.int64).values,
+            "end_hg19": used["target_site.stop"].astype(np.int64).values,
+        }
+    )
     dna["split"] = dna["id"].map(split)
     protein_table = proteins.set_index("gene").loc[gene_order].reset_index()
     genes = pd.DataFrame({"id": gene_order, "gene_index": np.arange(len(gene_order), dtype=np.int32)})
-    protein_out = pd.DataFrame({"id": protein_table["gene"], "accession": protein_table["accession"],
-                                "sequence": protein_table["sequence"]})  # fmt: skip
+    protein_out = pd.DataFrame(
+        {"id": protein_table["gene"], "accession": protein_table["accession"], "sequence": protein_table["sequence"]}
+    )
     check_gene_alignment(genes["id"].tolist(), protein_out["id"].tolist())
 
     for name in tables.SPLITS:
@@ -189,11 +220,15 @@ def build_gasperini(
         counts[f"significant_pairs_{name}"] = int(part["significant"].sum())
     counts["genes"] = len(gene_order)
     return tables.write_outputs(
-        out, "gasperini", {"dna_windows": dna, "genes": genes, "proteins": protein_out, "labels": labels},
-        counts=counts, missing=missing, sources=sources_info or {k: {"path": str(p)} for k, p in paths.items()},
+        out,
+        "gasperini",
+        {"dna_windows": dna, "genes": genes, "proteins": protein_out, "labels": labels},
+        counts=counts,
+        missing=missing,
+        sources=sources_info or {k: {"path": str(p)} for k, p in paths.items()},
         params={**asdict(config), "rna_vocab": None if rna_vocab is None else len(rna_vocab)},
         extra={"genome_build": "hg38", "gene_order_checked": True},
-    )  # fmt: skip
+    )
 
 
 def read_vocab(path: str | Path) -> set[str]:
@@ -201,7 +236,9 @@ def read_vocab(path: str | Path) -> set[str]:
     try:
         vocab = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"--rna-vocab {path}: expected scGPT's vocab.json ({{gene: id}}), could not read it: {err}") from err
+        raise InputError(
+            f"--rna-vocab {path}: expected scGPT's vocab.json ({{gene: id}}), could not read it: {err}"
+        ) from err
     return {g for g in vocab if not (g.startswith("<") and g.endswith(">"))}
 
 

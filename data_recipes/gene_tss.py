@@ -38,7 +38,9 @@ def read_genes(path: str | Path) -> list[str]:
         try:
             vocab = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise InputError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected scGPT's vocab.json") from err
+            raise InputError(
+                f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected scGPT's vocab.json"
+            ) from err
         if not isinstance(vocab, dict):
             raise InputError(f"{path} holds a JSON {type(vocab).__name__}; expected a {{symbol: id}} map (vocab.json)")
         return [g for g in vocab if not (g.startswith("<") and g.endswith(">"))]
@@ -63,8 +65,10 @@ def gene_tss(gtf: str | Path) -> pd.DataFrame:
         raise InputError(f"{gtf} has no 'gene' lines; expected an Ensembl or GENCODE GTF")
     bad = rows.index[~rows["strand"].isin(["+", "-"])]
     if len(bad):
-        raise InputError(f"{gtf}: gene {rows.loc[bad[0], 'gene_id']!r} has strand {rows.loc[bad[0], 'strand']!r}; "
-                         "a gene's TSS needs strand + or -, fix or drop the line")  # fmt: skip
+        raise InputError(
+            f"{gtf}: gene {rows.loc[bad[0], 'gene_id']!r} has strand {rows.loc[bad[0], 'strand']!r}; "
+            "a gene's TSS needs strand + or -, fix or drop the line"
+        )
     rows = rows[rows["gene_name"].notna()].copy()
     rows["center"] = rows["start"].where(rows["strand"] == "+", rows["end"])
     rank = {c: i for i, c in enumerate(_PRIMARY)}
@@ -72,8 +76,13 @@ def gene_tss(gtf: str | Path) -> pd.DataFrame:
     return rows.sort_values(["_rank", "gene_id"]).drop(columns="_rank").reset_index(drop=True)
 
 
-def build_gene_tss(gtf: str | Path, genes: str | Path | list[str], out: str | Path, seed: int = 0,
-                   fractions: tuple[float, float, float] = FRACTIONS) -> dict:  # fmt: skip
+def build_gene_tss(
+    gtf: str | Path,
+    genes: str | Path | list[str],
+    out: str | Path,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = FRACTIONS,
+) -> dict:
     """The recipe from a GTF and a gene list (path or symbols): writes dna_windows, genes and recipe.json into
     `out`, returns the manifest."""
     listed = read_genes(genes) if isinstance(genes, str | Path) else list(dict.fromkeys(map(str, genes)))
@@ -82,23 +91,33 @@ def build_gene_tss(gtf: str | Path, genes: str | Path | list[str], out: str | Pa
     first = annotation[~duplicated].set_index("gene_name")
     kept = [g for g in listed if g in first.index]
     if not kept:
-        raise InputError(f"none of the {len(listed)} listed genes (e.g. {listed[:3]}) is a gene_name in {gtf}; "
-                         "check that the list holds symbols of the GTF's release")  # fmt: skip
+        raise InputError(
+            f"none of the {len(listed)} listed genes (e.g. {listed[:3]}) is a gene_name in {gtf}; "
+            "check that the list holds symbols of the GTF's release"
+        )
     rows = first.loc[kept].reset_index().rename(columns={"gene_name": "id"})
     windows = rows[["id", "chrom", "center", "strand", "gene_id"]].astype({"center": "int64"})
     split = tables.split_groups(kept, fractions, seed)
     labels = windows.assign(split=windows["id"].map(split))
     tables.assert_no_leak(labels, "id")
-    counts = {"genes_listed": len(listed), "genes_kept": len(kept),
-              "gtf_symbols_on_several_genes": int(annotation.loc[duplicated, "gene_name"].nunique()),
-              **{f"genes_{s}": int((labels["split"] == s).sum()) for s in ("train", "validation", "test")}}  # fmt: skip
+    counts = {
+        "genes_listed": len(listed),
+        "genes_kept": len(kept),
+        "gtf_symbols_on_several_genes": int(annotation.loc[duplicated, "gene_name"].nunique()),
+        **{f"genes_{s}": int((labels["split"] == s).sum()) for s in ("train", "validation", "test")},
+    }
     return tables.write_outputs(
-        out, "gene_tss", {"dna_windows": windows, "genes": labels}, counts=counts,
+        out,
+        "gene_tss",
+        {"dna_windows": windows, "genes": labels},
+        counts=counts,
         missing={"listed_genes_not_in_gtf": len(listed) - len(kept)},
-        sources={"gtf": {"name": Path(gtf).name}, "genes": {"name": Path(genes).name if isinstance(genes, str | Path)
-                                                                    else "list"}},
+        sources={
+            "gtf": {"name": Path(gtf).name},
+            "genes": {"name": Path(genes).name if isinstance(genes, str | Path) else "list"},
+        },
         params={"seed": seed, "fractions": list(fractions), "tss": "gene line start (+) / end (-)"},
-    )  # fmt: skip
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

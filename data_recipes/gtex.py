@@ -43,43 +43,82 @@ from dogmacache.errors import InputError
 _ENSEMBL = "Ensembl data: no restrictions on use (EMBL-EBI terms of use); cite the Ensembl release"
 SOURCES = {
     "tpm": sources.Source(
-        "tpm", "GTEx_Analysis_2017-06-05_v8_RSEMv1.3.0_transcript_tpm.gct.gz",
+        "tpm",
+        "GTEx_Analysis_2017-06-05_v8_RSEMv1.3.0_transcript_tpm.gct.gz",
         "https://storage.googleapis.com/adult-gtex/bulk-gex/v8/rna-seq/"
         "GTEx_Analysis_2017-06-05_v8_RSEMv1.3.0_transcript_tpm.gct.gz",
         "GTEx open access data (no dbGaP application needed); cite the GTEx Consortium",
-        "GTEx v8 RSEM transcript TPM, GENCODE v26 ids, GCT 1.2", size="~1.5 GB",
+        "GTEx v8 RSEM transcript TPM, GENCODE v26 ids, GCT 1.2",
+        size="~1.5 GB",
     ),
     "attributes": sources.Source(
-        "attributes", "GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt",
+        "attributes",
+        "GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt",
         "https://storage.googleapis.com/adult-gtex/annotations/v8/metadata-files/"
         "GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt",
         "GTEx open access data (no dbGaP application needed); cite the GTEx Consortium",
-        "GTEx v8 sample attributes (SAMPID, SMTS, SMTSD, ...)", size="~11 MB",
+        "GTEx v8 sample attributes (SAMPID, SMTS, SMTSD, ...)",
+        size="~11 MB",
     ),
     "gtf": sources.Source(
-        "gtf", "Homo_sapiens.GRCh38.88.gtf.gz",
+        "gtf",
+        "Homo_sapiens.GRCh38.88.gtf.gz",
         "https://ftp.ensembl.org/pub/release-88/gtf/homo_sapiens/Homo_sapiens.GRCh38.88.gtf.gz",
-        _ENSEMBL, "Ensembl 88 gene annotation (= GENCODE v26)", size="~40 MB",
+        _ENSEMBL,
+        "Ensembl 88 gene annotation (= GENCODE v26)",
+        size="~40 MB",
     ),
     "cdna": sources.Source(
-        "cdna", "Homo_sapiens.GRCh38.cdna.all.fa.gz",
+        "cdna",
+        "Homo_sapiens.GRCh38.cdna.all.fa.gz",
         "https://ftp.ensembl.org/pub/release-88/fasta/homo_sapiens/cdna/Homo_sapiens.GRCh38.cdna.all.fa.gz",
-        _ENSEMBL, "Ensembl 88 transcript cDNA sequences", size="~65 MB",
+        _ENSEMBL,
+        "Ensembl 88 transcript cDNA sequences",
+        size="~65 MB",
     ),
     "pep": sources.Source(
-        "pep", "Homo_sapiens.GRCh38.pep.all.fa.gz",
+        "pep",
+        "Homo_sapiens.GRCh38.pep.all.fa.gz",
         "https://ftp.ensembl.org/pub/release-88/fasta/homo_sapiens/pep/Homo_sapiens.GRCh38.pep.all.fa.gz",
-        _ENSEMBL, "Ensembl 88 peptide sequences", size="~13 MB",
+        _ENSEMBL,
+        "Ensembl 88 peptide sequences",
+        size="~13 MB",
     ),
-}  # fmt: skip
+}
 
 # GTEx SMTS values minus "Bone Marrow" (IsoFormer's 30 tissues, in its order).
 ISOFORMER_TISSUES = (
-    "Adipose Tissue", "Adrenal Gland", "Bladder", "Blood", "Blood Vessel", "Brain", "Breast", "Cervix Uteri",
-    "Colon", "Esophagus", "Fallopian Tube", "Heart", "Kidney", "Liver", "Lung", "Muscle", "Nerve", "Ovary",
-    "Pancreas", "Pituitary", "Prostate", "Salivary Gland", "Skin", "Small Intestine", "Spleen", "Stomach",
-    "Testis", "Thyroid", "Uterus", "Vagina",
-)  # fmt: skip
+    "Adipose Tissue",
+    "Adrenal Gland",
+    "Bladder",
+    "Blood",
+    "Blood Vessel",
+    "Brain",
+    "Breast",
+    "Cervix Uteri",
+    "Colon",
+    "Esophagus",
+    "Fallopian Tube",
+    "Heart",
+    "Kidney",
+    "Liver",
+    "Lung",
+    "Muscle",
+    "Nerve",
+    "Ovary",
+    "Pancreas",
+    "Pituitary",
+    "Prostate",
+    "Salivary Gland",
+    "Skin",
+    "Small Intestine",
+    "Spleen",
+    "Stomach",
+    "Testis",
+    "Thyroid",
+    "Uterus",
+    "Vagina",
+)
 TISSUE_COLUMNS = ("SMTS", "SMTSD")
 CHROM_STYLES = ("ucsc", "ensembl")
 TRANSCRIPT_SETS = ("protein_coding", "all")
@@ -120,10 +159,12 @@ class GtexConfig:
         object.__setattr__(self, "tissues", tuple(self.tissues))
         object.__setattr__(self, "holdout_tissues", tuple(self.holdout_tissues))
         object.__setattr__(self, "fractions", tuple(self.fractions))
-        for name, value, allowed in (("tissue_column", self.tissue_column, TISSUE_COLUMNS),
-                                     ("mask_orientation", self.mask_orientation, ORIENTATIONS),
-                                     ("chrom_style", self.chrom_style, CHROM_STYLES),
-                                     ("transcripts", self.transcripts, TRANSCRIPT_SETS)):  # fmt: skip
+        for name, value, allowed in (
+            ("tissue_column", self.tissue_column, TISSUE_COLUMNS),
+            ("mask_orientation", self.mask_orientation, ORIENTATIONS),
+            ("chrom_style", self.chrom_style, CHROM_STYLES),
+            ("transcripts", self.transcripts, TRANSCRIPT_SETS),
+        ):
             if value not in allowed:
                 raise InputError(f"GTEx {name} {value!r} is not one of {allowed}; pick one of them")
         for name in ("max_gene_length", "window_bins", "bin_bp"):
@@ -131,8 +172,10 @@ class GtexConfig:
                 raise InputError(f"GTEx {name} is {getattr(self, name)}; expected a positive number of bp/bins")
         outside = [t for t in self.holdout_tissues if self.tissues and t not in self.tissues]
         if outside:
-            raise InputError(f"held-out tissue {outside[0]!r} is not among the tissues {list(self.tissues)}; "
-                             "hold out only tissues you also select (names are case-sensitive)")  # fmt: skip
+            raise InputError(
+                f"held-out tissue {outside[0]!r} is not among the tissues {list(self.tissues)}; "
+                "hold out only tissues you also select (names are case-sensitive)"
+            )
 
 
 def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_info: dict | None = None) -> dict:
@@ -151,8 +194,10 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     kept, missing = _attach_sequences(kept, paths["cdna"], paths["pep"])
     kept, missing["ucsc_chrom_name"] = _styled_chroms(kept, config.chrom_style)
     if kept.empty:
-        raise InputError(f"no transcript of {paths['tpm']} survives the filters (counts {counts}, dropped {missing}); "
-                         "are the GTF and FASTAs the Ensembl release matching the GTEx annotation (88)?")  # fmt: skip
+        raise InputError(
+            f"no transcript of {paths['tpm']} survives the filters (counts {counts}, dropped {missing}); "
+            "are the GTF and FASTAs the Ensembl release matching the GTEx annotation (88)?"
+        )
     kept = kept.sort_values("id", ignore_index=True)
     split_of = tables.split_groups(sorted(kept["gene_id"].unique()), config.fractions, config.seed)
     kept["split"] = kept["gene_id"].map(split_of)
@@ -170,18 +215,22 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
         "dna_windows": _distinct_items(kept, "dna_id", ["chrom", "center", "strand", "gene_id", "gene_name", "split"]),
         "coding_masks": pd.DataFrame({"id": kept["id"], "dna_id": kept["dna_id"], "mask": list(masks)}),
         "rna_sequences": kept[["id", "cdna"]].rename(columns={"cdna": "sequence"}),
-        "protein_sequences": _distinct_items(kept[kept["protein_id"] != ""], "protein_id", ["peptide"])
-        .rename(columns={"peptide": "sequence"}),
+        "protein_sequences": _distinct_items(kept[kept["protein_id"] != ""], "protein_id", ["peptide"]).rename(
+            columns={"peptide": "sequence"}
+        ),
         "labels": pd.concat([keys, pd.DataFrame(standardised, columns=list(tissues))], axis=1),
         "labels_log1p": pd.concat([keys, pd.DataFrame(log1p, columns=list(tissues))], axis=1),
-        "tissues": pd.DataFrame({
-            "tissue": list(tissues),
-            "n_samples": samples["tissue"].value_counts().reindex(list(tissues)).to_numpy(dtype=np.int64),
-            "train_mean": train_mean, "train_std": train_std,
-            "held_out": [t in config.holdout_tissues for t in tissues],
-        }),
+        "tissues": pd.DataFrame(
+            {
+                "tissue": list(tissues),
+                "n_samples": samples["tissue"].value_counts().reindex(list(tissues)).to_numpy(dtype=np.int64),
+                "train_mean": train_mean,
+                "train_std": train_std,
+                "held_out": [t in config.holdout_tissues for t in tissues],
+            }
+        ),
         "tissue_profiles": _tissue_profiles(expression, kept, tissues),
-    }  # fmt: skip
+    }
     tables.assert_no_leak(outputs["labels"], "gene_id")
     for split in tables.SPLITS:
         counts[f"genes_{split}"] = kept.loc[kept["split"] == split, "gene_id"].nunique()
@@ -191,27 +240,39 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     counts["dna_windows_distinct"] = len(outputs["dna_windows"])
     counts["dna_windows_shared_by_genes"] = int((kept.groupby("dna_id")["gene_id"].nunique() > 1).sum())
     counts["proteins_distinct"] = len(outputs["protein_sequences"])
-    sizes = expected_cache_bytes(len(outputs["dna_windows"]), config.window_bins, kept["cdna"].str.len(),
-                                 outputs["protein_sequences"]["sequence"].str.len(), config.cache_sizes)  # fmt: skip
+    sizes = expected_cache_bytes(
+        len(outputs["dna_windows"]),
+        config.window_bins,
+        kept["cdna"].str.len(),
+        outputs["protein_sequences"]["sequence"].str.len(),
+        config.cache_sizes,
+    )
     info = sources_info or {key: {"file": str(path)} for key, path in paths.items()}
     extra = {
-        "mask": {"window_bins": config.window_bins, "bin_bp": config.bin_bp, "orientation": config.mask_orientation,
-                 "window_bp": config.window_bins * config.bin_bp,
-                 "convention": "bin k = 0-based half-open [center-1 - window_bp//2 + k*bin_bp, +bin_bp); "
-                               "CDS + stop_codon; 'transcript' reverses minus-strand masks"},
-        "tissues": list(tissues), "tissue_column": config.tissue_column,
-        "holdout_tissues": list(config.holdout_tissues), "chrom_style": config.chrom_style,
+        "mask": {
+            "window_bins": config.window_bins,
+            "bin_bp": config.bin_bp,
+            "orientation": config.mask_orientation,
+            "window_bp": config.window_bins * config.bin_bp,
+            "convention": "bin k = 0-based half-open [center-1 - window_bp//2 + k*bin_bp, +bin_bp); "
+            "CDS + stop_codon; 'transcript' reverses minus-strand masks",
+        },
+        "tissues": list(tissues),
+        "tissue_column": config.tissue_column,
+        "holdout_tissues": list(config.holdout_tissues),
+        "chrom_style": config.chrom_style,
         "standardisation": "(log1p(mean TPM) - train_mean) / train_std per tissue; population std over "
-                           "train-split transcripts (a std of 0 divides by 1)",
+        "train-split transcripts (a std of 0 divides by 1)",
         "tissue_profiles": "log1p(sum of mean TPM over all the gene's GTEx transcripts), train-split genes only",
         "version_mismatch_examples": mismatches[:5],
         "joins": "labels.dna_id -> dna_windows.id (one row per distinct chrom:center:strand), labels.rna_id -> "
-                 "rna_sequences.id (the transcript), labels.protein_id -> protein_sequences.id (one row per distinct "
-                 "peptide; '' = no protein); coding_masks.id is the transcript",
+        "rna_sequences.id (the transcript), labels.protein_id -> protein_sequences.id (one row per distinct "
+        "peptide; '' = no protein); coding_masks.id is the transcript",
         "expected_cache_bytes": sizes,
-    }  # fmt: skip
-    manifest = tables.write_outputs(out, "gtex", outputs, counts=counts, missing=missing, sources=info,
-                                    params=asdict(config), extra=extra)  # fmt: skip
+    }
+    manifest = tables.write_outputs(
+        out, "gtex", outputs, counts=counts, missing=missing, sources=info, params=asdict(config), extra=extra
+    )
     print("  " + describe(sizes, config.cache_sizes))
     return manifest
 
@@ -245,8 +306,9 @@ def _sample_tissues(path: Path, gct_samples: list[str], config: GtexConfig) -> t
             "(case-sensitive) or the matching --tissue-column"
         )
     wanted = set(tissues)
-    samples = pd.DataFrame([(s, tissue_of[s]) for s in gct_samples if tissue_of.get(s) in wanted],
-                           columns=["sample", "tissue"])  # fmt: skip
+    samples = pd.DataFrame(
+        [(s, tissue_of[s]) for s in gct_samples if tissue_of.get(s) in wanted], columns=["sample", "tissue"]
+    )
     counts = {
         "gct_samples": len(gct_samples),
         "samples_without_attributes": sum(s not in tissue_of for s in gct_samples),  # no tissue: skipped
@@ -273,8 +335,10 @@ def _mean_tpm(path: Path, samples: pd.DataFrame, tissues: tuple[str, ...]) -> pd
         fh.readline()
         declared = int(fh.readline().split("\t")[0])
     if declared != len(expression):
-        raise InputError(f"{path} declares {declared} rows on line 2 but holds {len(expression)}; the file is "
-                         "incomplete, download it again")  # fmt: skip
+        raise InputError(
+            f"{path} declares {declared} rows on line 2 but holds {len(expression)}; the file is "
+            "incomplete, download it again"
+        )
     return expression
 
 
@@ -284,8 +348,10 @@ def _checked_tpm(chunk: pd.DataFrame, sample_ids: list[str], path: Path, header:
     for column in ("transcript_id", "gene_id"):
         if chunk[column].isna().any():
             line = int(chunk.index[chunk[column].isna().to_numpy()][0])
-            raise InputError(f"{formats.cell(path, line, header, column)} is empty (a blank line?); every GCT row "
-                             "names its transcript and gene. The file is damaged: download it again")  # fmt: skip
+            raise InputError(
+                f"{formats.cell(path, line, header, column)} is empty (a blank line?); every GCT row "
+                "names its transcript and gene. The file is damaged: download it again"
+            )
     values = chunk[sample_ids]
     try:
         tpm = values.to_numpy(dtype=np.float64)
@@ -296,9 +362,11 @@ def _checked_tpm(chunk: pd.DataFrame, sample_ids: list[str], path: Path, header:
         row, col = np.argwhere(bad)[0]
         raw = values.iat[row, col]
         shown = "has no value (the cell is empty or NaN, or the row ends early)" if pd.isna(raw) else f"has {raw!r}"
-        raise InputError(f"{formats.cell(path, int(chunk.index[row]), header, sample_ids[col])} {shown}; expected a "
-                         "TPM, a finite non-negative number, in every sample column. The file is damaged: download "
-                         "it again")  # fmt: skip
+        raise InputError(
+            f"{formats.cell(path, int(chunk.index[row]), header, sample_ids[col])} {shown}; expected a "
+            "TPM, a finite non-negative number, in every sample column. The file is damaged: download "
+            "it again"
+        )
     return tpm
 
 
@@ -318,8 +386,7 @@ def _read_annotation(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     gtf = formats.read_gtf(path, ["gene", "transcript", "CDS", "stop_codon"], attributes)
     transcripts = gtf[(gtf["feature"] == "transcript") & ~gtf["transcript_id"].str.endswith("_PAR_Y")].copy()
     if transcripts.empty:
-        raise InputError(f"{path} has no 'transcript' lines; expected an Ensembl GTF such as "
-                         f"{SOURCES['gtf'].filename}")  # fmt: skip
+        raise InputError(f"{path} has no 'transcript' lines; expected an Ensembl GTF such as {SOURCES['gtf'].filename}")
     transcripts["key"] = _unversioned(transcripts["transcript_id"])
     transcripts["gtf_id"] = _versioned(transcripts["transcript_id"], transcripts["transcript_version"])
     # Gene length from the gene line; the span of the gene's transcripts where a GTF has no gene lines.
@@ -328,8 +395,9 @@ def _read_annotation(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     length = (genes["end"] - genes["start"] + 1).combine_first(span["end"] - span["start"] + 1)
     transcripts["gene_length"] = transcripts["gene_id"].map(length)
     parts = gtf[gtf["feature"].isin(["CDS", "stop_codon"])]
-    coding_parts = pd.DataFrame({"key": _unversioned(parts["transcript_id"]), "start": parts["start"],
-                                 "end": parts["end"]})  # fmt: skip
+    coding_parts = pd.DataFrame(
+        {"key": _unversioned(parts["transcript_id"]), "start": parts["start"], "end": parts["end"]}
+    )
     return transcripts.drop_duplicates("key"), coding_parts
 
 
@@ -373,8 +441,9 @@ def _attach_sequences(kept: pd.DataFrame, cdna_path: Path, pep_path: Path) -> tu
     pep_keys = _unversioned(pep["transcript"])
     pep_of = dict(zip(pep_keys, pep["sequence"].str.rstrip("*"), strict=True))
     pep_id_of = dict(zip(pep_keys, pep["id"], strict=True))
-    kept = kept.assign(cdna=kept["key"].map(cdna_of), peptide=kept["key"].map(pep_of),
-                       peptide_id=kept["key"].map(pep_id_of))  # fmt: skip
+    kept = kept.assign(
+        cdna=kept["key"].map(cdna_of), peptide=kept["key"].map(pep_of), peptide_id=kept["key"].map(pep_id_of)
+    )
     no_peptide = kept["peptide"].isna() & (kept["transcript_biotype"] == "protein_coding")
     missing = {"cdna_sequence": int(kept["cdna"].isna().sum()), "peptide_sequence": int(no_peptide.sum())}
     kept = kept[kept["cdna"].notna() & ~no_peptide].reset_index(drop=True)
@@ -416,9 +485,16 @@ def _masks(kept: pd.DataFrame, coding: pd.DataFrame, config: GtexConfig) -> np.n
     """(T, B) coding flags in the row order of `kept`, from the GTF coding parts (key, start, end)."""
     row_of = pd.Series(np.arange(len(kept)), index=kept["key"])
     coding = coding[coding["key"].isin(row_of.index)]
-    return coding_masks(kept["center"].to_numpy(), kept["strand"].to_numpy(), row_of[coding["key"]].to_numpy(),
-                        coding["start"].to_numpy(), coding["end"].to_numpy(), window_bins=config.window_bins,
-                        bin_bp=config.bin_bp, orientation=config.mask_orientation)  # fmt: skip
+    return coding_masks(
+        kept["center"].to_numpy(),
+        kept["strand"].to_numpy(),
+        row_of[coding["key"]].to_numpy(),
+        coding["start"].to_numpy(),
+        coding["end"].to_numpy(),
+        window_bins=config.window_bins,
+        bin_bp=config.bin_bp,
+        orientation=config.mask_orientation,
+    )
 
 
 def _tissue_profiles(expression: pd.DataFrame, kept: pd.DataFrame, tissues: tuple[str, ...]) -> pd.DataFrame:
@@ -442,31 +518,71 @@ _DEFAULTS = GtexConfig()  # the command line shows the config's defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tissues", default=None,
-                        help="comma-separated tissue names (default: IsoFormer's 30 SMTS tissues; with "
-                             "--tissue-column SMTSD every detailed tissue)")
-    parser.add_argument("--tissue-column", choices=TISSUE_COLUMNS, default=_DEFAULTS.tissue_column,
-                        help="sample attribute naming the tissue (default SMTS)")
-    parser.add_argument("--holdout-tissues", default="",
-                        help="comma-separated tissues flagged held out for zero-shot evaluation, e.g. 'Liver,Lung'")
-    parser.add_argument("--max-gene-length", type=int, default=_DEFAULTS.max_gene_length,
-                        help="bp; longer genes are excluded (default 200000)")
-    parser.add_argument("--window-bins", type=int, default=_DEFAULTS.window_bins, help="coding-mask bins per window (default 896)")
+    parser.add_argument(
+        "--tissues",
+        default=None,
+        help="comma-separated tissue names (default: IsoFormer's 30 SMTS tissues; with "
+        "--tissue-column SMTSD every detailed tissue)",
+    )
+    parser.add_argument(
+        "--tissue-column",
+        choices=TISSUE_COLUMNS,
+        default=_DEFAULTS.tissue_column,
+        help="sample attribute naming the tissue (default SMTS)",
+    )
+    parser.add_argument(
+        "--holdout-tissues",
+        default="",
+        help="comma-separated tissues flagged held out for zero-shot evaluation, e.g. 'Liver,Lung'",
+    )
+    parser.add_argument(
+        "--max-gene-length",
+        type=int,
+        default=_DEFAULTS.max_gene_length,
+        help="bp; longer genes are excluded (default 200000)",
+    )
+    parser.add_argument(
+        "--window-bins", type=int, default=_DEFAULTS.window_bins, help="coding-mask bins per window (default 896)"
+    )
     parser.add_argument("--bin-bp", type=int, default=_DEFAULTS.bin_bp, help="bp per coding-mask bin (default 128)")
-    parser.add_argument("--mask-orientation", choices=ORIENTATIONS, default=_DEFAULTS.mask_orientation,
-                        help="'reference' (bin 0 = lowest coordinate) or 'transcript' (bin 0 = 5'-most)")
-    parser.add_argument("--chrom-style", choices=CHROM_STYLES, default=_DEFAULTS.chrom_style,
-                        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)")
-    parser.add_argument("--transcripts", choices=TRANSCRIPT_SETS, default=_DEFAULTS.transcripts,
-                        help="'protein_coding' (default) or 'all' (non-coding transcripts kept, without protein)")
+    parser.add_argument(
+        "--mask-orientation",
+        choices=ORIENTATIONS,
+        default=_DEFAULTS.mask_orientation,
+        help="'reference' (bin 0 = lowest coordinate) or 'transcript' (bin 0 = 5'-most)",
+    )
+    parser.add_argument(
+        "--chrom-style",
+        choices=CHROM_STYLES,
+        default=_DEFAULTS.chrom_style,
+        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)",
+    )
+    parser.add_argument(
+        "--transcripts",
+        choices=TRANSCRIPT_SETS,
+        default=_DEFAULTS.transcripts,
+        help="'protein_coding' (default) or 'all' (non-coding transcripts kept, without protein)",
+    )
     sizes = _DEFAULTS.cache_sizes
-    parser.add_argument("--max-positions", type=int, default=sizes.max_positions,
-                        help="K positions per item for the stated cache sizes (embed --max-positions K; default 128)")
-    for name, what in (("dna_width", "Enformer trunk width"), ("rna_width", "Nucleotide Transformer width"),
-                       ("rna_max_tokens", "NT tokens per cDNA, <cls> included"),
-                       ("protein_width", "ESM-2 width"), ("protein_max_tokens", "ESM-2 tokens per peptide, specials included")):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(sizes, name),
-                            help=f"{what}, for the stated cache sizes (default {getattr(sizes, name)})")  # fmt: skip
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        default=sizes.max_positions,
+        help="K positions per item for the stated cache sizes (embed --max-positions K; default 128)",
+    )
+    for name, what in (
+        ("dna_width", "Enformer trunk width"),
+        ("rna_width", "Nucleotide Transformer width"),
+        ("rna_max_tokens", "NT tokens per cDNA, <cls> included"),
+        ("protein_width", "ESM-2 width"),
+        ("protein_max_tokens", "ESM-2 tokens per peptide, specials included"),
+    ):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=getattr(sizes, name),
+            help=f"{what}, for the stated cache sizes (default {getattr(sizes, name)})",
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> GtexConfig:
@@ -475,14 +591,25 @@ def config_from_args(args: argparse.Namespace) -> GtexConfig:
     else:
         tissues = ISOFORMER_TISSUES if args.tissue_column == "SMTS" else ()
     return GtexConfig(
-        tissues=tissues, tissue_column=args.tissue_column, seed=args.seed, max_gene_length=args.max_gene_length,
-        window_bins=args.window_bins, bin_bp=args.bin_bp, mask_orientation=args.mask_orientation,
-        holdout_tissues=_comma_list(args.holdout_tissues), chrom_style=args.chrom_style,
+        tissues=tissues,
+        tissue_column=args.tissue_column,
+        seed=args.seed,
+        max_gene_length=args.max_gene_length,
+        window_bins=args.window_bins,
+        bin_bp=args.bin_bp,
+        mask_orientation=args.mask_orientation,
+        holdout_tissues=_comma_list(args.holdout_tissues),
+        chrom_style=args.chrom_style,
         transcripts=args.transcripts,
-        cache_sizes=CacheSizeConfig(dna_width=args.dna_width, rna_width=args.rna_width,
-                                    rna_max_tokens=args.rna_max_tokens, protein_width=args.protein_width,
-                                    protein_max_tokens=args.protein_max_tokens, max_positions=args.max_positions),
-    )  # fmt: skip
+        cache_sizes=CacheSizeConfig(
+            dna_width=args.dna_width,
+            rna_width=args.rna_width,
+            rna_max_tokens=args.rna_max_tokens,
+            protein_width=args.protein_width,
+            protein_max_tokens=args.protein_max_tokens,
+            max_positions=args.max_positions,
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -58,13 +58,16 @@ def esm_tokens(lengths: Iterable[int], max_tokens: int) -> np.ndarray:
 def _modality(positions: np.ndarray, cap: int, width: int, config: CacheSizeConfig, model: str) -> dict:
     k, per = config.max_positions, width * config.bytes_per_value
     return {
-        "model": model, "items": int(len(positions)), "width": width, "positions_cap": cap,
+        "model": model,
+        "items": int(len(positions)),
+        "width": width,
+        "positions_cap": cap,
         "positions_real": int(positions.sum()),
         "full": int(len(positions) * cap * per),
         "full_real": int(positions.sum() * per),
         f"max_positions_{k}": int(len(positions) * min(cap, k) * per),
         f"max_positions_{k}_real": int(np.minimum(positions, k).sum() * per),
-    }  # fmt: skip
+    }
 
 
 def expected_cache_bytes(
@@ -76,18 +79,14 @@ def expected_cache_bytes(
 ) -> dict[str, dict]:
     """{dna, rna, protein, total}: items, positions and bytes of each per-position cache (see the module doc).
     `n_windows` distinct DNA windows of `window_bins` Enformer bins; one cDNA per transcript; one length per
-    distinct peptide."""  # fmt: skip
+    distinct peptide."""
     dna = np.full(n_windows, window_bins, dtype=np.int64)
     rna = nt_tokens(cdna_lengths, config.rna_max_tokens)
     protein = esm_tokens(peptide_lengths, config.protein_max_tokens)
     sizes = {
         "dna": _modality(dna, window_bins, config.dna_width, config, "Enformer trunk, one window per TSS"),
-        "rna": _modality(
-            rna, config.rna_max_tokens, config.rna_width, config, "Nucleotide Transformer, 6-mers"
-        ),
-        "protein": _modality(
-            protein, config.protein_max_tokens, config.protein_width, config, "ESM-2, residues"
-        ),
+        "rna": _modality(rna, config.rna_max_tokens, config.rna_width, config, "Nucleotide Transformer, 6-mers"),
+        "protein": _modality(protein, config.protein_max_tokens, config.protein_width, config, "ESM-2, residues"),
     }
     byte_keys = [key for key in sizes["dna"] if key.startswith(("full", "max_positions"))]
     sizes["total"] = {key: sum(sizes[m][key] for m in ("dna", "rna", "protein")) for key in byte_keys}
@@ -97,8 +96,10 @@ def expected_cache_bytes(
 def describe(sizes: dict[str, dict], config: CacheSizeConfig) -> str:
     """One line: each modality's full (padded) bytes and its bytes at K positions per item."""
     k = config.max_positions
-    parts = [f"{m} {sizes[m]['items']:,} items {_human(sizes[m]['full'])} (K={k}: "
-             f"{_human(sizes[m][f'max_positions_{k}'])})" for m in ("dna", "rna", "protein")]  # fmt: skip
+    parts = [
+        f"{m} {sizes[m]['items']:,} items {_human(sizes[m]['full'])} (K={k}: {_human(sizes[m][f'max_positions_{k}'])})"
+        for m in ("dna", "rna", "protein")
+    ]
     total = sizes["total"]
     return (
         f"expected cache bytes ({config.bytes_per_value}-byte values, padded to each cap): "

@@ -50,10 +50,29 @@ ARE_BLOCK = "TATTTA" * 6  # 36 bp AU-rich element (ATTTA repeats); in frame, one
 TISSUES = ISOFORMER_TISSUES  # the 30 GTEx tissues the real recipe selects by default
 SAMPLES_PER_TISSUE = 4
 CODONS = {
-    "A": "GCC", "R": "CGG", "N": "AAC", "D": "GAC", "C": "TGC", "Q": "CAG", "E": "GAG", "G": "GGC", "H": "CAC",
-    "I": "ATC", "L": "CTG", "K": "AAG", "M": "ATG", "F": "TTC", "P": "CCC", "S": "AGC", "T": "ACC", "W": "TGG",
-    "Y": "TAC", "V": "GTG",
-}  # fmt: skip
+    "A": "GCC",
+    "R": "CGG",
+    "N": "AAC",
+    "D": "GAC",
+    "C": "TGC",
+    "Q": "CAG",
+    "E": "GAG",
+    "G": "GGC",
+    "H": "CAC",
+    "I": "ATC",
+    "L": "CTG",
+    "K": "AAG",
+    "M": "ATG",
+    "F": "TTC",
+    "P": "CCC",
+    "S": "AGC",
+    "T": "ACC",
+    "W": "TGG",
+    "Y": "TAC",
+    "V": "GTG",
+}
+
+
 def _write_gz(path: Path, text: str) -> None:
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
         gz.write(text.encode())
@@ -105,19 +124,35 @@ def build(out: Path = HERE, seed: int = 7) -> None:
         protein = _protein(rng, weight)
         cds = "".join(CODONS[a] for a in protein) + "TAA"  # the GTF's CDS excludes the stop codon
         symbol, gene_id = f"DEMO{g + 1:02d}", f"ENSG9{g + 1:010d}"
-        gene_rows.append(dict(symbol=symbol, gene_id=gene_id, chrom=chrom, strand=strand, weight=weight,
-                              offset=offset, base=base, protein=protein))  # fmt: skip
+        gene_rows.append(
+            dict(
+                symbol=symbol,
+                gene_id=gene_id,
+                chrom=chrom,
+                strand=strand,
+                weight=weight,
+                offset=offset,
+                base=base,
+                protein=protein,
+            )
+        )
         utr5, utr3 = _random(rng, 60), _random(rng, 57)
         exon2 = utr5 + cds + utr3
         n2, c0, c1 = len(exon2), len(utr5), len(utr5) + len(cds)  # CDS+stop at exon-2 offsets [c0, c1)
         if strand == "+":
             put(chrom, anchor, exon2)
-            exon2_span, cds_span, stop_span = (anchor + 1, anchor + n2), (anchor + c0 + 1, anchor + c1 - 3), \
-                (anchor + c1 - 2, anchor + c1)  # fmt: skip
+            exon2_span, cds_span, stop_span = (
+                (anchor + 1, anchor + n2),
+                (anchor + c0 + 1, anchor + c1 - 3),
+                (anchor + c1 - 2, anchor + c1),
+            )
         else:
             put(chrom, anchor - n2, reverse_complement(exon2))
-            exon2_span, cds_span, stop_span = (anchor - n2 + 1, anchor), (anchor - c1 + 4, anchor - c0), \
-                (anchor - c1 + 1, anchor - c1 + 3)  # fmt: skip
+            exon2_span, cds_span, stop_span = (
+                (anchor - n2 + 1, anchor),
+                (anchor - c1 + 4, anchor - c0),
+                (anchor - c1 + 1, anchor - c1 + 3),
+            )
         for t in range(int(rng.integers(1, 4))):
             intron = 400 + 600 * t + int(rng.integers(0, 200))
             exon1 = _random(rng, 150)
@@ -134,10 +169,23 @@ def build(out: Path = HERE, seed: int = 7) -> None:
                 first = anchor + intron  # 0-based start (lowest coordinate) of exon 1
                 put(chrom, first, reverse_complement(upstream + exon1))
                 exon1_span, tx = (first + 1, first + 150), (exon2_span[0], first + 150)
-            transcripts.append(dict(gene=g, tx_id=f"ENST9{g + 1:07d}{t + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{t + 1:03d}",
-                                    start=tx[0], end=tx[1], exons=[exon1_span, exon2_span], cds=cds_span,
-                                    stop=stop_span, cdna=exon1 + exon2, promoter=n_promoter, gc=0, are=0,
-                                    biotype="protein_coding"))  # fmt: skip
+            transcripts.append(
+                dict(
+                    gene=g,
+                    tx_id=f"ENST9{g + 1:07d}{t + 1:03d}",
+                    prot_id=f"ENSP9{g + 1:07d}{t + 1:03d}",
+                    start=tx[0],
+                    end=tx[1],
+                    exons=[exon1_span, exon2_span],
+                    cds=cds_span,
+                    stop=stop_span,
+                    cdna=exon1 + exon2,
+                    promoter=n_promoter,
+                    gc=0,
+                    are=0,
+                    biotype="protein_coding",
+                )
+            )
             occupied.append((chrom, tx[0] - 400, tx[1] + 400))
 
     # enhancers: GC-box blocks carry the effect, AT-rich blocks of the same size are decoys, so a model must read
@@ -172,8 +220,11 @@ def build(out: Path = HERE, seed: int = 7) -> None:
     chain = []
     for i, (chrom, size) in enumerate(CHROMS.items(), 1):
         shift = HG19_SHIFT[chrom]
-        chain += [f"chain 1000 {chrom} {size - shift} + 0 {size - shift} {chrom} {size} + {shift} {size} {i}",
-                  f"{size - shift}", ""]  # fmt: skip
+        chain += [
+            f"chain 1000 {chrom} {size - shift} + 0 {size - shift} {chrom} {size} + {shift} {size} {i}",
+            f"{size - shift}",
+            "",
+        ]
     _write_gz(out / "hg19ToHg38.over.chain.gz", "\n".join(chain) + "\n")
 
     _write_gasperini(out, rng, gene_rows, transcripts, enhancers)
@@ -230,8 +281,16 @@ def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list
             return (start0 + a + 1, start0 + b) if strand == "+" else (start0 + size - b + 1, start0 + size - a)
 
         symbol = f"ISO{k + 1:02d}"
-        genes.append(dict(symbol=symbol, gene_id=f"ENSG9{g + 1:010d}", chrom=ISO_CHROM, strand=strand, weight=weight,
-                          protein=protein))  # fmt: skip
+        genes.append(
+            dict(
+                symbol=symbol,
+                gene_id=f"ENSG9{g + 1:010d}",
+                chrom=ISO_CHROM,
+                strand=strand,
+                weight=weight,
+                protein=protein,
+            )
+        )
         c0 = e2 + 60
         for j in range(n_tx):
             coding, variant = j < n_coding, int(rng.integers(0, 2))
@@ -239,14 +298,23 @@ def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list
             parts = [exon1[j], (e2, e2 + len(exon2_seq)), exon3[variant]] if coding else [exon1[0], exon3[variant]]
             exons = sorted(span(a, b) for a, b in parts)
             first, last = span(*parts[0]), span(*parts[-1])
-            transcripts.append(dict(
-                gene=g, tx_id=f"ENST9{g + 1:07d}{j + 1:03d}", prot_id=f"ENSP9{g + 1:07d}{j + 1:03d}",
-                start=min(first[0], last[0]), end=max(first[1], last[1]), exons=exons,
-                cds=span(c0, c0 + len(cds) - 3) if coding else None,
-                stop=span(c0 + len(cds) - 3, c0 + len(cds)) if coding else None,
-                cdna="".join(sense[a:b] for a, b in parts), promoter=features[first_exon][1], gc=features[first_exon][0],
-                are=are[variant], biotype="protein_coding" if coding else "processed_transcript",
-            ))  # fmt: skip
+            transcripts.append(
+                dict(
+                    gene=g,
+                    tx_id=f"ENST9{g + 1:07d}{j + 1:03d}",
+                    prot_id=f"ENSP9{g + 1:07d}{j + 1:03d}",
+                    start=min(first[0], last[0]),
+                    end=max(first[1], last[1]),
+                    exons=exons,
+                    cds=span(c0, c0 + len(cds) - 3) if coding else None,
+                    stop=span(c0 + len(cds) - 3, c0 + len(cds)) if coding else None,
+                    cdna="".join(sense[a:b] for a, b in parts),
+                    promoter=features[first_exon][1],
+                    gc=features[first_exon][0],
+                    are=are[variant],
+                    biotype="protein_coding" if coding else "processed_transcript",
+                )
+            )
     chrom = list(rng.choice(list("ACGT"), size=pos + 500, p=[0.29, 0.21, 0.21, 0.29]))
     for start0, seq in pieces:
         chrom[start0 : start0 + len(seq)] = list(seq)
@@ -257,9 +325,11 @@ def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list
 
 
 def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
-    header = ("pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
-              "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
-              "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene")
+    header = (
+        "pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
+        "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
+        "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene"
+    )
     rows = ["\t".join(header.split())]
     tss = {g: min(t["start"] for t in transcripts if t["gene"] == g) for g in range(len(genes))}
     for enh in enhancers:
@@ -271,20 +341,95 @@ def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
             effect = abs(beta - gene["offset"])
             p_adj = float(np.clip(rng.uniform(0, 0.01) if effect > 0.25 else rng.uniform(0.05, 1), 0, 1))
             p_text = "not_applicable" if rng.random() < 0.03 else f"{p_adj:.4g}"
-            rows.append("\t".join(map(str, [
-                f"{gene['gene_id']}:{enh['id']}", enh["id"], gene["gene_id"], gene["symbol"], gene["chrom"],
-                tss[g] - shift, tss[g] - shift + 2_000, gene["strand"], enh["chrom"],
-                enh["center"] - 300 - shift, enh["center"] + 300 - shift, "DHS", "top_two", f"{beta:.5f}",
-                f"{rng.normal(-2, 0.5):.4f}", f"{np.exp(beta):.4f}", f"{p_adj / 10:.4g}", f"{p_adj:.4g}", p_text,
-                "FALSE"])))  # fmt: skip
+            rows.append(
+                "\t".join(
+                    map(
+                        str,
+                        [
+                            f"{gene['gene_id']}:{enh['id']}",
+                            enh["id"],
+                            gene["gene_id"],
+                            gene["symbol"],
+                            gene["chrom"],
+                            tss[g] - shift,
+                            tss[g] - shift + 2_000,
+                            gene["strand"],
+                            enh["chrom"],
+                            enh["center"] - 300 - shift,
+                            enh["center"] + 300 - shift,
+                            "DHS",
+                            "top_two",
+                            f"{beta:.5f}",
+                            f"{rng.normal(-2, 0.5):.4f}",
+                            f"{np.exp(beta):.4f}",
+                            f"{p_adj / 10:.4g}",
+                            f"{p_adj:.4g}",
+                            p_text,
+                            "FALSE",
+                        ],
+                    )
+                )
+            )
     for i in range(5):  # TSS controls and non-targeting rows, which the recipe drops
         gene = genes[i]
-        rows.append("\t".join(map(str, [f"{gene['gene_id']}:tss{i}", f"{gene['symbol']}_TSS", gene["gene_id"],
-                    gene["symbol"], gene["chrom"], 5000, 7000, "+", gene["chrom"], 5000, 5600, "TSS", "top_two",
-                    "-1.2", "-2", "0.3", "1e-6", "1e-5", "1e-4", "FALSE"])))  # fmt: skip
-        rows.append("\t".join(map(str, [f"{gene['gene_id']}:NTC{i}", f"NTC_{i}", gene["gene_id"], gene["symbol"],
-                    gene["chrom"], 5000, 7000, "+", "NTC", "NA", "NA", "NTC", "NA", "0.01", "-2", "1.01",
-                    "0.8", "0.9", "not_applicable", "FALSE"])))  # fmt: skip
+        rows.append(
+            "\t".join(
+                map(
+                    str,
+                    [
+                        f"{gene['gene_id']}:tss{i}",
+                        f"{gene['symbol']}_TSS",
+                        gene["gene_id"],
+                        gene["symbol"],
+                        gene["chrom"],
+                        5000,
+                        7000,
+                        "+",
+                        gene["chrom"],
+                        5000,
+                        5600,
+                        "TSS",
+                        "top_two",
+                        "-1.2",
+                        "-2",
+                        "0.3",
+                        "1e-6",
+                        "1e-5",
+                        "1e-4",
+                        "FALSE",
+                    ],
+                )
+            )
+        )
+        rows.append(
+            "\t".join(
+                map(
+                    str,
+                    [
+                        f"{gene['gene_id']}:NTC{i}",
+                        f"NTC_{i}",
+                        gene["gene_id"],
+                        gene["symbol"],
+                        gene["chrom"],
+                        5000,
+                        7000,
+                        "+",
+                        "NTC",
+                        "NA",
+                        "NA",
+                        "NTC",
+                        "NA",
+                        "0.01",
+                        "-2",
+                        "1.01",
+                        "0.8",
+                        "0.9",
+                        "not_applicable",
+                        "FALSE",
+                    ],
+                )
+            )
+        )
     _write_gz(out / "GSE120861_all_deg_results.at_scale.txt.gz", "\n".join(rows) + "\n")
 
 
@@ -294,8 +439,13 @@ def _write_uniprot(out, genes) -> None:
         if gene["symbol"] == "DEMO36":
             continue  # a target gene without a Swiss-Prot entry: the recipe counts it as missing
         acc = f"Q9D{i:03d}"
-        records.append((f"sp|{acc}|{gene['symbol']}_HUMAN Demo protein {i + 1} OS=Homo sapiens OX=9606 "
-                        f"GN={gene['symbol']} PE=1 SV=1", gene["protein"]))  # fmt: skip
+        records.append(
+            (
+                f"sp|{acc}|{gene['symbol']}_HUMAN Demo protein {i + 1} OS=Homo sapiens OX=9606 "
+                f"GN={gene['symbol']} PE=1 SV=1",
+                gene["protein"],
+            )
+        )
     _write_gz(out / "uniprot_human_swissprot.fasta.gz", _fasta(records))
 
 
@@ -304,7 +454,7 @@ def _write_ensembl(out, genes, transcripts) -> None:
 
     def attrs(g, t=None, extra=""):
         gene = genes[g]
-        text = (f'gene_id "{gene["gene_id"]}"; gene_version "1"; ')
+        text = f'gene_id "{gene["gene_id"]}"; gene_version "1"; '
         if t is not None:
             text += f'transcript_id "{t["tx_id"]}"; transcript_version "2"; '
         text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "protein_coding"; '
@@ -315,34 +465,99 @@ def _write_ensembl(out, genes, transcripts) -> None:
     for g, gene in enumerate(genes):
         txs = [t for t in transcripts if t["gene"] == g]
         chrom = gene["chrom"].removeprefix("chr")
-        lines.append("\t".join([chrom, "demo", "gene", str(min(t["start"] for t in txs)),
-                                str(max(t["end"] for t in txs)), ".", gene["strand"], ".", attrs(g)]))  # fmt: skip
+        lines.append(
+            "\t".join(
+                [
+                    chrom,
+                    "demo",
+                    "gene",
+                    str(min(t["start"] for t in txs)),
+                    str(max(t["end"] for t in txs)),
+                    ".",
+                    gene["strand"],
+                    ".",
+                    attrs(g),
+                ]
+            )
+        )
         for t in txs:
-            lines.append("\t".join([chrom, "demo", "transcript", str(t["start"]), str(t["end"]), ".", gene["strand"],
-                                    ".", attrs(g, t)]))  # fmt: skip
+            lines.append(
+                "\t".join(
+                    [chrom, "demo", "transcript", str(t["start"]), str(t["end"]), ".", gene["strand"], ".", attrs(g, t)]
+                )
+            )
             for n, (a, b) in enumerate(t["exons"], 1):
-                lines.append("\t".join([chrom, "demo", "exon", str(a), str(b), ".", gene["strand"], ".",
-                                        attrs(g, t, f' exon_number "{n}";')]))  # fmt: skip
+                lines.append(
+                    "\t".join(
+                        [
+                            chrom,
+                            "demo",
+                            "exon",
+                            str(a),
+                            str(b),
+                            ".",
+                            gene["strand"],
+                            ".",
+                            attrs(g, t, f' exon_number "{n}";'),
+                        ]
+                    )
+                )
             if t["cds"] is None:
                 continue  # non-coding: exons only
-            lines.append("\t".join([chrom, "demo", "CDS", str(t["cds"][0]), str(t["cds"][1]), ".", gene["strand"],
-                                    "0", attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";')]))  # fmt: skip
-            lines.append("\t".join([chrom, "demo", "stop_codon", str(t["stop"][0]), str(t["stop"][1]), ".",
-                                    gene["strand"], "0", attrs(g, t)]))  # fmt: skip
+            lines.append(
+                "\t".join(
+                    [
+                        chrom,
+                        "demo",
+                        "CDS",
+                        str(t["cds"][0]),
+                        str(t["cds"][1]),
+                        ".",
+                        gene["strand"],
+                        "0",
+                        attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";'),
+                    ]
+                )
+            )
+            lines.append(
+                "\t".join(
+                    [
+                        chrom,
+                        "demo",
+                        "stop_codon",
+                        str(t["stop"][0]),
+                        str(t["stop"][1]),
+                        ".",
+                        gene["strand"],
+                        "0",
+                        attrs(g, t),
+                    ]
+                )
+            )
     _write_gz(out / "Homo_sapiens.GRCh38.88.gtf.gz", "\n".join(lines) + "\n")
 
     cdna, pep = [], []
     for t in transcripts:
         gene = genes[t["gene"]]
-        loc = f"chromosome:GRCh38:{gene['chrom'].removeprefix('chr')}:{t['start']}:{t['end']}:" + ("1" if gene["strand"] == "+" else "-1")
-        common = f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding transcript_biotype:{t['biotype']} gene_symbol:{gene['symbol']}"
+        loc = f"chromosome:GRCh38:{gene['chrom'].removeprefix('chr')}:{t['start']}:{t['end']}:" + (
+            "1" if gene["strand"] == "+" else "-1"
+        )
+        common = (
+            f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding "
+            f"transcript_biotype:{t['biotype']} gene_symbol:{gene['symbol']}"
+        )
         cdna.append((f"{t['tx_id']}.2 cdna {loc} {common} description:demo", t["cdna"]))
         if t["gene"] == 2 and t["tx_id"].endswith("001"):
             continue  # one transcript without a peptide record: the recipe drops and counts it
         if t["cds"] is None:
             continue  # non-coding: no peptide
-        pep.append((f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
-                    f"{' '.join(common.split(' ')[1:])} description:demo", gene["protein"]))  # fmt: skip
+        pep.append(
+            (
+                f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
+                f"{' '.join(common.split(' ')[1:])} description:demo",
+                gene["protein"],
+            )
+        )
     _write_gz(out / "Homo_sapiens.GRCh38.cdna.all.fa.gz", _fasta(cdna))
     _write_gz(out / "Homo_sapiens.GRCh38.pep.all.fa.gz", _fasta(pep))
 
@@ -350,8 +565,11 @@ def _write_ensembl(out, genes, transcripts) -> None:
 def _write_gtex(out, rng, genes, transcripts) -> None:
     tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # u_tissue (promoters)
     protein_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # v_tissue (protein)
-    samples = [(f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t) for i, t in enumerate(TISSUES)
-               for j in range(SAMPLES_PER_TISSUE)]  # fmt: skip
+    samples = [
+        (f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t)
+        for i, t in enumerate(TISSUES)
+        for j in range(SAMPLES_PER_TISSUE)
+    ]
     samples += [("GTEX-DEMO99-BMW-SM-0", "Bone Marrow"), ("GTEX-DEMO99-BMW-SM-1", "Bone Marrow")]
     columns = [s for s, _ in samples] + ["GTEX-NOATTR-0001-SM-X"]  # a sample without attributes
     rows = []
@@ -361,8 +579,13 @@ def _write_gtex(out, rng, genes, transcripts) -> None:
         coding = t["cds"] is not None and not (t["gene"] == 2 and t["tx_id"].endswith("001"))
         for _sid, tissue in samples + [("", "Blood")]:
             u, v = tissue_weight.get(tissue, 0.0), protein_weight.get(tissue, 0.0)
-            log_expr = (2.0 + u * (0.7 * t["gc"] + 0.3 * t["promoter"]) - 0.4 * t["are"]
-                        + 0.8 * coding * (gene["weight"] - 0.9) * v + rng.normal(0, 0.15))
+            log_expr = (
+                2.0
+                + u * (0.7 * t["gc"] + 0.3 * t["promoter"])
+                - 0.4 * t["are"]
+                + 0.8 * coding * (gene["weight"] - 0.9) * v
+                + rng.normal(0, 0.15)
+            )
             values.append(f"{max(np.expm1(max(log_expr, 0.0)), 0.0):.3f}")
         rows.append("\t".join([f"{t['tx_id']}.2", f"{gene['gene_id']}.1", *values]))
     rows.append("\t".join(["ENST99999999999.1", "ENSG99999999999.1", *["1.000"] * len(columns)]))  # not in the GTF

@@ -57,8 +57,10 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
         total = response.headers.get("Content-Length")
         total = int(total) + (have if resumed else 0) if total else None
         mode = "ab" if resumed else "wb"
-        with open(part, mode) as out, tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
-                                           desc=dest.name) as bar:  # fmt: skip
+        with (
+            open(part, mode) as out,
+            tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name) as bar,
+        ):
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -66,7 +68,9 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
     return dest
 
 
-def fetch(source: Source, source_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+def fetch(
+    source: Source, source_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[Path, str]:
     """Path to the source file and its sha256: from `source_dir` if it is there, else the download cache."""
     if source_dir is not None:
         local = Path(source_dir) / source.filename
@@ -106,4 +110,3 @@ def _checked(path: Path, source: Source) -> str:
     if recorded.is_file() and recorded.read_text().strip() != digest:
         raise InputError(f"{path} changed since it was downloaded (sha256 differs from {recorded}); download it again")
     return digest
-

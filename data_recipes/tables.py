@@ -77,8 +77,10 @@ def write_outputs(
         "recipe": recipe,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "created_by": package_versions(("dogmacache", "pandas", "pyarrow", "liftover")),
-        "tables": {name: {"file": f"{name}.parquet", "rows": int(len(t)), "columns": list(map(str, t.columns))[:50]}
-                   for name, t in tables.items()},  # fmt: skip
+        "tables": {
+            name: {"file": f"{name}.parquet", "rows": int(len(t)), "columns": list(map(str, t.columns))[:50]}
+            for name, t in tables.items()
+        },
         "counts": {k: int(v) for k, v in counts.items()},
         "missing": {k: int(v) for k, v in missing.items()},
         "sources": sources,

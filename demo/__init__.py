@@ -4,12 +4,19 @@ config dataclasses; `training` builds the demo's training configurations and wri
 
 from dogmacache.demo.pipeline import embed_demo, run_demo
 from dogmacache.demo.training import (
-           demo_config,
-           isoformer_config,
-           train_demo,
-           train_isoformer_demo,
-           write_demo_config,
+    demo_config,
+    isoformer_config,
+    train_demo,
+    train_isoformer_demo,
+    write_demo_config,
 )
 
-__all__ = ["demo_config", "embed_demo", "isoformer_config", "run_demo", "train_demo", "train_isoformer_demo",
-           "write_demo_config"]
+__all__ = [
+    "demo_config",
+    "embed_demo",
+    "isoformer_config",
+    "run_demo",
+    "train_demo",
+    "train_isoformer_demo",
+    "write_demo_config",
+]

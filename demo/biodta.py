@@ -23,8 +23,9 @@ def build_biodta_recipe(out: Path, seed: int = 0) -> Path:
     from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
 
     recipe = out / "recipe" / "biodta"
-    build_gene_tss(DEMO_DATA / "Homo_sapiens.GRCh38.88.gtf.gz", out / "models" / "scgpt" / "vocab.json", recipe,
-                   seed=seed)  # fmt: skip
+    build_gene_tss(
+        DEMO_DATA / "Homo_sapiens.GRCh38.88.gtf.gz", out / "models" / "scgpt" / "vocab.json", recipe, seed=seed
+    )
     return recipe
 
 
@@ -33,31 +34,62 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
     from dogmacache.embed.runner import EmbedConfig, run_embed
 
     caches = {"dna": out / "cache" / "biodta-dna-enformer.zarr", "gene": out / "cache" / "biodta-gene-scgpt.zarr"}
-    run_embed(EmbedConfig(input=str(recipe / "dna_windows.parquet"), modality="dna", model="enformer",
-                          model_path=str(models["enformer"]), genome=str(out / "recipe" / "genome.fa"),
-                          out=str(caches["dna"]), progress=progress))  # fmt: skip
-    run_embed(EmbedConfig(input=str(recipe / "genes.parquet"), modality="gene", model="scgpt",
-                          model_path=str(models["scgpt"]), out=str(caches["gene"]), progress=progress))  # fmt: skip
+    run_embed(
+        EmbedConfig(
+            input=str(recipe / "dna_windows.parquet"),
+            modality="dna",
+            model="enformer",
+            model_path=str(models["enformer"]),
+            genome=str(out / "recipe" / "genome.fa"),
+            out=str(caches["dna"]),
+            progress=progress,
+        )
+    )
+    run_embed(
+        EmbedConfig(
+            input=str(recipe / "genes.parquet"),
+            modality="gene",
+            model="scgpt",
+            model_path=str(models["scgpt"]),
+            out=str(caches["gene"]),
+            progress=progress,
+        )
+    )
     return caches
 
 
-def biodta_config(out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
+def biodta_config(
+    out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None
+) -> RunConfig:
     """Bio-DTA on the demo caches: small hidden width, attention pooling, cosine + MSE, larger learning rate
     (36 genes, random tiny encoders)."""
     base = default_config("biodta")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, labels=str(recipe / "genes.parquet"), dna_cache=str(caches["dna"]),
-                                 token_cache=str(caches["gene"])),
+        data=dataclasses.replace(
+            base.data,
+            labels=str(recipe / "genes.parquet"),
+            dna_cache=str(caches["dna"]),
+            token_cache=str(caches["gene"]),
+        ),
         model=dataclasses.replace(base.model, hidden=64, loss="both"),
-        train=dataclasses.replace(base.train, epochs=epochs or BIODTA_EPOCHS, batch_size=8, lr=3e-3,
-                                  plateau_patience=5, early_stop_patience=15, seed=seed, num_workers=0),
+        train=dataclasses.replace(
+            base.train,
+            epochs=epochs or BIODTA_EPOCHS,
+            batch_size=8,
+            lr=3e-3,
+            plateau_patience=5,
+            early_stop_patience=15,
+            seed=seed,
+            num_workers=0,
+        ),
         output=OutputConfig(dir=str(out / "train_biodta"), resume=False),
-    )  # fmt: skip
+    )
 
 
-def train_biodta_demo(out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0,
-                      epochs: int | None = None) -> dict:  # fmt: skip
+def train_biodta_demo(
+    out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None
+) -> dict:
     from dogmacache.train.config import load_config
     from dogmacache.train.run import run_training
 
@@ -74,11 +106,16 @@ def mutate_demo(out: Path, recipe: Path, models: dict[str, Path], gene: str = MU
     row = pd.read_parquet(recipe / "genes.parquet").set_index("id").loc[gene]
     start = int(row["center"]) - TSS_DELETION_BP // 2
     config = MutateConfig(
-        checkpoint=str(out / "train_biodta" / "biodta_best.pt"), genome=str(out / "recipe" / "genome.fa"),
-        dna_model=str(models["enformer"]), gene=gene, out=str(out / "mutate"),
-        edits=(f"{row['chrom']}:{start}-{start + TSS_DELETION_BP - 1}",), scgpt_model=str(models["scgpt"]),
-        profiles=str(out / "recipe" / "isoform" / "tissue_profiles.parquet"), profile=MUTATE_PROFILE,
-    )  # fmt: skip
+        checkpoint=str(out / "train_biodta" / "biodta_best.pt"),
+        genome=str(out / "recipe" / "genome.fa"),
+        dna_model=str(models["enformer"]),
+        gene=gene,
+        out=str(out / "mutate"),
+        edits=(f"{row['chrom']}:{start}-{start + TSS_DELETION_BP - 1}",),
+        scgpt_model=str(models["scgpt"]),
+        profiles=str(out / "recipe" / "isoform" / "tissue_profiles.parquet"),
+        profile=MUTATE_PROFILE,
+    )
     return run_mutate(config)
 
 

@@ -28,10 +28,17 @@ def embed_cdbridge(out: Path, progress: bool = True) -> dict[str, Path]:
     caches = {}
     for modality, model, table, name, options in CDBRIDGE_CACHES:
         path = caches["tissue" if modality == "context" else modality] = out / "cache" / name
-        run_embed(EmbedConfig(input=str(out / "recipe" / "isoform" / table), modality=modality, model=model,
-                              model_path=str(out / "models" / model), out=str(path),
-                              options=get_adapter(model, modality).options_class.from_dict(options),
-                              progress=progress))  # fmt: skip
+        run_embed(
+            EmbedConfig(
+                input=str(out / "recipe" / "isoform" / table),
+                modality=modality,
+                model=model,
+                model_path=str(out / "models" / model),
+                out=str(path),
+                options=get_adapter(model, modality).options_class.from_dict(options),
+                progress=progress,
+            )
+        )
     return caches
 
 
@@ -42,28 +49,55 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
     base = default_config("cdbridge")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, labels=str(recipe / "labels.parquet"), dna_cache=str(caches["dna"]),
-                                 protein_cache=str(caches["protein"]), tissue_cache=str(caches["tissue"]),
-                                 coding_masks=str(recipe / "coding_masks.parquet"),
-                                 tissues_table=str(recipe / "tissues.parquet")),
-        model=dataclasses.replace(base.model, d_model=32, n_heads=4, ffn_hidden=64, dictionary_size=16,
-                                  functional_layers=1, tissue_layers=1, output_tokens=4, contrastive_weight=0.1,
-                                  stage1_batch_size=256),  # 287 training transcripts; stage 2 has 29 cells each
-        train=dataclasses.replace(base.train, epochs=epochs or CDBRIDGE_EPOCHS, batch_size=512, lr=3e-3,
-                                  weight_decay=0.0, plateau_patience=2, early_stop_patience=5, seed=seed,
-                                  num_workers=0),
+        data=dataclasses.replace(
+            base.data,
+            labels=str(recipe / "labels.parquet"),
+            dna_cache=str(caches["dna"]),
+            protein_cache=str(caches["protein"]),
+            tissue_cache=str(caches["tissue"]),
+            coding_masks=str(recipe / "coding_masks.parquet"),
+            tissues_table=str(recipe / "tissues.parquet"),
+        ),
+        model=dataclasses.replace(
+            base.model,
+            d_model=32,
+            n_heads=4,
+            ffn_hidden=64,
+            dictionary_size=16,
+            functional_layers=1,
+            tissue_layers=1,
+            output_tokens=4,
+            contrastive_weight=0.1,
+            stage1_batch_size=256,
+        ),  # 287 training transcripts; stage 2 has 29 cells each
+        train=dataclasses.replace(
+            base.train,
+            epochs=epochs or CDBRIDGE_EPOCHS,
+            batch_size=512,
+            lr=3e-3,
+            weight_decay=0.0,
+            plateau_patience=2,
+            early_stop_patience=5,
+            seed=seed,
+            num_workers=0,
+        ),
         output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False),
-    )  # fmt: skip
+    )
 
 
-def run_cdbridge_demo(out: Path, dna_cache: Path, seed: int = 0, epochs: int | None = None,
-                      progress: bool = True) -> dict:  # fmt: skip
+def run_cdbridge_demo(
+    out: Path, dna_cache: Path, seed: int = 0, epochs: int | None = None, progress: bool = True
+) -> dict:
     """Caches, then both stages and the ablations, on a demo folder that `embed_demo` filled."""
     from dogmacache.train.config import load_config
     from dogmacache.train.run import run_training
 
     caches = {"dna": dna_cache, **embed_cdbridge(out, progress)}
     path = out / "train_cdbridge.toml"
-    path.write_text(to_toml(cdbridge_config(out, caches, seed, epochs),
-                            f"CDBridge on the demo's isoform caches, {', '.join(HOLDOUT_TISSUES)} held out by the recipe"))  # fmt: skip
+    path.write_text(
+        to_toml(
+            cdbridge_config(out, caches, seed, epochs),
+            f"CDBridge on the demo's isoform caches, {', '.join(HOLDOUT_TISSUES)} held out by the recipe",
+        )
+    )
     return run_training(load_config(path), progress=progress)

@@ -21,8 +21,20 @@ ISOFORM_CACHES = (
     ("dna", "enformer", "dna_windows.parquet", "isoform-dna-enformer.zarr", {}),
     # token caps just above the demo's longest cDNA (147 NT tokens) and peptide (161 ESM tokens): padding to the
     # models' 1,000 / 1,024 would only make the per-token caches 6x larger
-    ("rna", "nucleotide-transformer", "rna_sequences.parquet", "isoform-rna-nt.zarr", {"pooling": "none", "max_length": 160}),
-    ("protein", "esm2", "protein_sequences.parquet", "isoform-protein-esm2.zarr", {"pooling": "none", "max_length": 168}),
+    (
+        "rna",
+        "nucleotide-transformer",
+        "rna_sequences.parquet",
+        "isoform-rna-nt.zarr",
+        {"pooling": "none", "max_length": 160},
+    ),
+    (
+        "protein",
+        "esm2",
+        "protein_sequences.parquet",
+        "isoform-protein-esm2.zarr",
+        {"pooling": "none", "max_length": 168},
+    ),
 )
 
 
@@ -41,11 +53,18 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True) -> dict[str, dic
     for task, jobs in (("cdt", CDT_CACHES), ("isoform", ISOFORM_CACHES)):
         for modality, model, table, name, options in jobs:
             path = caches[task][modality] = out / "cache" / name
-            run_embed(EmbedConfig(input=str(recipe / task / table), modality=modality, model=model,
-                                  model_path=str(models[model]), out=str(path),
-                                  genome=str(recipe / "genome.fa") if modality == "dna" else None,
-                                  options=get_adapter(model, modality).options_class.from_dict(options),
-                                  progress=progress))  # fmt: skip
+            run_embed(
+                EmbedConfig(
+                    input=str(recipe / task / table),
+                    modality=modality,
+                    model=model,
+                    model_path=str(models[model]),
+                    out=str(path),
+                    genome=str(recipe / "genome.fa") if modality == "dna" else None,
+                    options=get_adapter(model, modality).options_class.from_dict(options),
+                    progress=progress,
+                )
+            )
     return caches
 
 
@@ -59,8 +78,10 @@ def verify_demo(caches: dict[str, dict[str, Path]]) -> None:
         if not report.ok:
             raise CacheError(f"{path} failed verification: {report.problems}")
         cache = open_cache(path)
-        print(f"  {modality:<16} {len(cache):>4} items x {cache.item_shape} {cache.manifest.dtype}: "
-              f"{report.checked}/{report.n_shards} shard checksums ok")  # fmt: skip
+        print(
+            f"  {modality:<16} {len(cache):>4} items x {cache.item_shape} {cache.manifest.dtype}: "
+            f"{report.checked}/{report.n_shards} shard checksums ok"
+        )
 
 
 def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict:
@@ -90,9 +111,11 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
     print("[2/6] verify the caches")
     verify_demo(caches)
     log = out / "train_cdbridge.log"
-    print(f"[3/6] CDBridge starts in a second process (the demo's models use one core each; its log: {log}): pooled "
-          "protein and tissue caches, both stages with the paper's ablations beside the per-tissue mean, Heart "
-          "zero-shot")  # fmt: skip
+    print(
+        f"[3/6] CDBridge starts in a second process (the demo's models use one core each; its log: {log}): pooled "
+        "protein and tissue caches, both stages with the paper's ablations beside the per-tissue mean, Heart "
+        "zero-shot"
+    )
     # spawn: a fresh interpreter (no forked torch threads); an error in it is re-raised here, as the same one line
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
@@ -101,8 +124,10 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
         summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs)}
         print("[5/6] train IsoFormer, its modality ablations and the per-tissue mean")
         summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs)
-        print("[6/6] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
-              "deletion through mutate")
+        print(
+            "[6/6] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
+            "deletion through mutate"
+        )
         summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs)
         print("CDBridge (waiting for the second process):")
         summary["cdbridge"] = cdbridge.result()

@@ -16,15 +16,28 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
     base = default_config("cdt")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, labels=str(recipe / "labels.parquet"),
-                                 dna_table=str(recipe / "dna_windows.parquet"), dna_cache=str(caches["dna"]),
-                                 rna_cache=str(caches["gene"]), protein_cache=str(caches["protein"]),
-                                 standardize_dna=True),  # random tiny-model features share a large common component
+        data=dataclasses.replace(
+            base.data,
+            labels=str(recipe / "labels.parquet"),
+            dna_table=str(recipe / "dna_windows.parquet"),
+            dna_cache=str(caches["dna"]),
+            rna_cache=str(caches["gene"]),
+            protein_cache=str(caches["protein"]),
+            standardize_dna=True,
+        ),  # random tiny-model features share a large common component
         model=dataclasses.replace(base.model, preset="tiny", dropout=0.1),
-        train=dataclasses.replace(base.train, epochs=epochs or DEMO_EPOCHS, batch_size=32, lr=2e-3,
-                                  plateau_patience=3, early_stop_patience=8, seed=seed, num_workers=0),
+        train=dataclasses.replace(
+            base.train,
+            epochs=epochs or DEMO_EPOCHS,
+            batch_size=32,
+            lr=2e-3,
+            plateau_patience=3,
+            early_stop_patience=8,
+            seed=seed,
+            num_workers=0,
+        ),
         output=OutputConfig(dir=str(out / "train"), resume=False),
-    )  # fmt: skip
+    )
 
 
 def write_demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> Path:
@@ -50,16 +63,28 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
     base = default_config("isoformer")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, labels=str(out / "recipe" / "isoform" / "labels.parquet"),
-                                 dna_cache=str(caches["dna"]), rna_cache=str(caches["rna"]),
-                                 protein_cache=str(caches["protein"]),
-                                 standardize=True),  # tiny random encoders: small features with a large common part
+        data=dataclasses.replace(
+            base.data,
+            labels=str(out / "recipe" / "isoform" / "labels.parquet"),
+            dna_cache=str(caches["dna"]),
+            rna_cache=str(caches["rna"]),
+            protein_cache=str(caches["protein"]),
+            standardize=True,
+        ),  # tiny random encoders: small features with a large common part
         model=dataclasses.replace(base.model, d_model=32, n_heads=4),
-        train=dataclasses.replace(base.train, epochs=epochs or ISOFORMER_EPOCHS, batch_size=16, lr=1e-3,
-                                  weight_decay=0.0, plateau_patience=3, early_stop_patience=8, seed=seed,
-                                  num_workers=0),
+        train=dataclasses.replace(
+            base.train,
+            epochs=epochs or ISOFORMER_EPOCHS,
+            batch_size=16,
+            lr=1e-3,
+            weight_decay=0.0,
+            plateau_patience=3,
+            early_stop_patience=8,
+            seed=seed,
+            num_workers=0,
+        ),
         output=OutputConfig(dir=str(out / "train_isoformer"), resume=False),
-    )  # fmt: skip
+    )
 
 
 def train_isoformer_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> dict:

@@ -36,25 +36,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--genome", default=None, help="genome FASTA (plain) for --modality dna")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="autocast for the forward pass (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast for the forward pass (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--dtype", default="float16", choices=STORAGE_DTYPES, help="cache storage dtype")
     p.add_argument("--compression", default="none", choices=COMPRESSIONS)
     p.add_argument("--max-tokens", type=int, default=0, help="token budget per batch (0: the adapter's default)")
     p.add_argument("--max-batch", type=int, default=64, help="most items per batch (default 64)")
     p.add_argument("--num-workers", type=int, default=2, help="input-preparation processes (default 2)")
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
-    p.add_argument("--max-positions", type=int, default=None, metavar="K",
-                   help="average-pool each item's positions to at most K (adaptive pooling over its real tokens), so a "
-                        "per-position cache fits a disk budget; recorded in the manifest (default: keep every position)")  # fmt: skip
+    p.add_argument(
+        "--max-positions",
+        type=int,
+        default=None,
+        metavar="K",
+        help="average-pool each item's positions to at most K (adaptive pooling over its real tokens), so a "
+        "per-position cache fits a disk budget; recorded in the manifest (default: keep every position)",
+    )
     p.add_argument("--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers")
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
     p.add_argument("--no-progress", action="store_true")
     group = p.add_argument_group("adapter options (each model takes some; default: the model's)")
     for name, spec in _option_flags().items():  # unset flags stay out of the namespace: the options' defaults hold
-        group.add_argument(*spec["flags"], dest=name, default=argparse.SUPPRESS,
-                           **{k: v for k, v in spec.items() if k != "flags"})  # fmt: skip
+        group.add_argument(
+            *spec["flags"], dest=name, default=argparse.SUPPRESS, **{k: v for k, v in spec.items() if k != "flags"}
+        )
     p.set_defaults(run=_embed)
 
     p = subparsers.add_parser("models", help="list adapters; write tiny models of every supported architecture")
@@ -63,8 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(run=_list)
     q = sub.add_parser("make-tiny", help="small random models in their real on-disk layouts (tests, offline demo)")
     q.add_argument("dir")
-    q.add_argument("--genes", default=None,
-                   help="comma-separated gene symbols for the tiny scGPT vocabulary (default: the demo's DEMO01..DEMO36)")  # fmt: skip
+    q.add_argument(
+        "--genes",
+        default=None,
+        help="comma-separated gene symbols for the tiny scGPT vocabulary (default: the demo's DEMO01..DEMO36)",
+    )
     q.set_defaults(run=_make_tiny)
 
 
@@ -90,18 +103,33 @@ def config_from_args(args: argparse.Namespace):
     from dogmacache.embed.runner import EmbedConfig
 
     return EmbedConfig(
-        input=args.input, modality=args.modality, model=args.model, out=args.out, model_path=args.model_path,
-        revision=args.revision, options=options_from_args(args), genome=args.genome, device=args.device, precision=args.precision, dtype=args.dtype,
-        compression=args.compression, max_tokens=args.max_tokens, max_batch=args.max_batch,
-        num_workers=args.num_workers, shard_items=args.shard_items, overwrite=args.overwrite,
+        input=args.input,
+        modality=args.modality,
+        model=args.model,
+        out=args.out,
+        model_path=args.model_path,
+        revision=args.revision,
+        options=options_from_args(args),
+        genome=args.genome,
+        device=args.device,
+        precision=args.precision,
+        dtype=args.dtype,
+        compression=args.compression,
+        max_tokens=args.max_tokens,
+        max_batch=args.max_batch,
+        num_workers=args.num_workers,
+        shard_items=args.shard_items,
+        overwrite=args.overwrite,
         max_positions=args.max_positions,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
 
 
 def _embed(args: argparse.Namespace) -> int:
     if args.max_positions is not None and args.max_positions < 1:
-        raise InputError(f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)")
+        raise InputError(
+            f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)"
+        )
     config = config_from_args(args)
     if args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask

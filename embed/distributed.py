@@ -64,11 +64,16 @@ def embed_shard(shard: int) -> int:
     writer = CacheWriter.open(config.out, lock_token=_STATE["lock_token"])  # a share of the coordinator's lock
     start, stop = writer.manifest.shard_rows(shard)
     embeddings, extras = embed_rows(
-        adapter, _STATE["rows"][start:stop], device=device, precision=settings.precision,
-        max_tokens=settings.max_tokens, max_batch=config.max_batch, dtype=config.dtype,
+        adapter,
+        _STATE["rows"][start:stop],
+        device=device,
+        precision=settings.precision,
+        max_tokens=settings.max_tokens,
+        max_batch=config.max_batch,
+        dtype=config.dtype,
         max_positions=config.max_positions,
         num_workers=0,  # dask workers are daemon processes: no DataLoader children
-    )  # fmt: skip
+    )
     try:
         writer.write_shard(shard, embeddings, **extras)
     finally:
@@ -106,8 +111,9 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
         raise disk_error(err, config.out, writer) from err
 
 
-def _fan_out(config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, n_workers: int,
-             scheduler: str | None) -> dict:  # fmt: skip
+def _fan_out(
+    config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, n_workers: int, scheduler: str | None
+) -> dict:
     from dask.distributed import as_completed
 
     if writer.manifest.complete:
@@ -120,7 +126,9 @@ def _fan_out(config: EmbedConfig, settings: EmbedSettings, writer: CacheWriter, 
         client.register_plugin(AdapterPlugin(settings, torch.get_num_threads(), writer.lock_token))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
-        with tqdm(total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True) as bar:
+        with tqdm(
+            total=n_items, unit="item", desc=f"embed {config.model} on dask", disable=None if config.progress else True
+        ) as bar:
             for future in as_completed(futures):
                 bar.update(future.result())  # re-raises a worker's error here
     finally:

@@ -92,7 +92,7 @@ class Genome:
 
 
 def genome_digest(path: str | os.PathLike) -> str:
-    """"sha256:<hex>" of a genome FASTA, kept beside it in `<name>.sha256` (with the file's size and mtime) so a
+    """ "sha256:<hex>" of a genome FASTA, kept beside it in `<name>.sha256` (with the file's size and mtime) so a
     3 GB FASTA is hashed once, not on every run; hashed again whenever the size or mtime differ. A folder that
     cannot be written to only costs the hashing."""
     path = Path(path)

@@ -86,11 +86,17 @@ class EmbedSettings:
         files = {
             "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
             "out": Path(config.out).name,
-            "genome": {"name": Path(config.genome).name, "sha256": genome_digest(config.genome)} if config.genome else None,
+            "genome": {"name": Path(config.genome).name, "sha256": genome_digest(config.genome)}
+            if config.genome
+            else None,
             "model_files": info.files,
-        }  # fmt: skip
-        resolved = {"precision": self.precision, "max_tokens": self.max_tokens, "device": self.device.type,
-                    "options": asdict(self.options)}  # fmt: skip
+        }
+        resolved = {
+            "precision": self.precision,
+            "max_tokens": self.max_tokens,
+            "device": self.device.type,
+            "options": asdict(self.options),
+        }
         clash = sorted(set(info.config) & (set(run) | set(files) | set(resolved)))
         assert not clash, f"adapter facts {clash} would overwrite the run's settings"  # one value per key
         return {**run, **info.config, **files, **resolved}
@@ -141,7 +147,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # au
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """"auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
+    """ "auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
@@ -152,9 +158,12 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 def resolve(config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked."""
     return EmbedSettings(
-        config=config, device=device, precision=resolve_precision(device, config.precision),
-        max_tokens=config.max_tokens or adapter.default_max_tokens(device), options=adapter.options,
-    )  # fmt: skip
+        config=config,
+        device=device,
+        precision=resolve_precision(device, config.precision),
+        max_tokens=config.max_tokens or adapter.default_max_tokens(device),
+        options=adapter.options,
+    )
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -163,7 +172,9 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def pool_positions(embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int) -> tuple[torch.Tensor, np.ndarray | None]:
+def pool_positions(
+    embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int
+) -> tuple[torch.Tensor, np.ndarray | None]:
     """(b, L, D) outputs average-pooled to (b, K, D), K = min(L, max_positions), bins as torch's adaptive pooling.
     With a `mask` (b, L) of real positions, only an item's real positions are pooled, into min(n_real, K) bins
     at the front; the returned mask (b, K) marks the bins that hold any."""
@@ -292,14 +303,20 @@ def embed_stream(
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
     spans a position in `starts` and the row before it."""
     loader = torch.utils.data.DataLoader(
-        _Prepared(rows, adapter), batch_size=None, num_workers=num_workers, collate_fn=_as_prepared,
-        pin_memory=device.type == "cuda", prefetch_factor=16 if num_workers else None,
+        _Prepared(rows, adapter),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_prepared,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=16 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
         worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
-    )  # fmt: skip
+    )
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
+        for batch in batches_by_budget(
+            _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
+        ):
             embedded, extras = adapter.embed(batch)
             if max_positions and embedded.ndim == 3:
                 embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
@@ -349,8 +366,9 @@ class _ShardFiller:
             self.n -= size
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))[:size]))
             self._wait()
-            self.in_flight = self.pool.submit(self.writer.write_shard, shard, block[:size],
-                                              **{k: v[:size] for k, v in ex.items()})  # fmt: skip
+            self.in_flight = self.pool.submit(
+                self.writer.write_shard, shard, block[:size], **{k: v[:size] for k, v in ex.items()}
+            )
 
     def _wait(self) -> None:
         if self.in_flight is not None:
@@ -379,10 +397,20 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     genome_tag = f"{recorded['genome']['name']}:{recorded['genome']['sha256']}" if config.genome else ""
     if not config.overwrite:
         check_same_settings(config.out, recorded, type(settings.options).flags)
-    spec = CacheSpec(modality=config.modality, model=info.model, model_revision=info.model_revision, layer=info.layer,
-                     pooling=info.pooling, item_shape=info.item_shape, input_digest=input_digest(table, config.modality, genome_tag),
-                     dtype=config.dtype, compression=config.compression, shard_items=config.shard_items,
-                     extras=tuple(info.extras), config=recorded)  # fmt: skip
+    spec = CacheSpec(
+        modality=config.modality,
+        model=info.model,
+        model_revision=info.model_revision,
+        layer=info.layer,
+        pooling=info.pooling,
+        item_shape=info.item_shape,
+        input_digest=input_digest(table, config.modality, genome_tag),
+        dtype=config.dtype,
+        compression=config.compression,
+        shard_items=config.shard_items,
+        extras=tuple(info.extras),
+        config=recorded,
+    )
     return CacheWriter.create(config.out, spec, ids=table["id"].tolist(), overwrite=config.overwrite)
 
 
@@ -474,12 +502,15 @@ def disk_error(err: BaseException, out: str, writer: CacheWriter | None) -> Base
     if writer is None:
         kept = "nothing was written"
     else:
-        kept = (f"{len(writer.done_shards())} of {writer.manifest.n_shards} shards are kept (checksummed) and the "
-                "cache stays marked unfinished")  # fmt: skip
+        kept = (
+            f"{len(writer.done_shards())} of {writer.manifest.n_shards} shards are kept (checksummed) and the "
+            "cache stays marked unfinished"
+        )
     return CacheError(
-        f"writing {out} failed: {cause.strerror}" + (f" ({cause.filename})" if cause.filename else "")
+        f"writing {out} failed: {cause.strerror}"
+        + (f" ({cause.filename})" if cause.filename else "")
         + f"; {kept}; free space or fix the permissions, then re-run the same command to resume"
-    )  # fmt: skip
+    )
 
 
 def run_embed(config: EmbedConfig) -> dict[str, Any]:
@@ -496,8 +527,13 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
         raise disk_error(err, config.out, writer) from err
 
 
-def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter, rows: list[dict[str, Any]],
-         writer: CacheWriter) -> dict[str, Any]:  # fmt: skip
+def _run(
+    config: EmbedConfig,
+    settings: EmbedSettings,
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    writer: CacheWriter,
+) -> dict[str, Any]:
     device = settings.device
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
@@ -508,16 +544,25 @@ def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
         print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
-    bar = tqdm(total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True)  # None: off when not a terminal
+    bar = tqdm(
+        total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True
+    )  # None: off when not a terminal
     start = time.perf_counter()
     filler = _ShardFiller(writer, todo)
     rows_todo = [row for _, a, b in todo for row in rows[a:b]]
     starts = np.cumsum([0] + [b - a for _, a, b in todo[:-1]]).tolist()  # each shard's first row in rows_todo
     for embedded, extras in embed_stream(
-        adapter, rows_todo, device=device, precision=settings.precision, max_tokens=settings.max_tokens,
-        max_batch=config.max_batch, num_workers=config.num_workers, dtype=config.dtype, starts=starts,
+        adapter,
+        rows_todo,
+        device=device,
+        precision=settings.precision,
+        max_tokens=settings.max_tokens,
+        max_batch=config.max_batch,
+        num_workers=config.num_workers,
+        dtype=config.dtype,
+        starts=starts,
         max_positions=config.max_positions,
-    ):  # fmt: skip
+    ):
         filler.add(embedded, extras)
         bar.update(len(embedded))
     filler.close()
@@ -525,8 +570,14 @@ def _run(config: EmbedConfig, settings: EmbedSettings, adapter: EmbeddingAdapter
     padded = filler.padded
     manifest = writer.finalize()
     seconds = time.perf_counter() - start
-    summary = {"items": n_todo, "seconds": round(seconds, 2), "items_per_s": round(n_todo / max(seconds, 1e-9), 2),
-               "shards": len(pending), "padded_windows": padded, "complete": manifest.complete}  # fmt: skip
+    summary = {
+        "items": n_todo,
+        "seconds": round(seconds, 2),
+        "items_per_s": round(n_todo / max(seconds, 1e-9), 2),
+        "shards": len(pending),
+        "padded_windows": padded,
+        "complete": manifest.complete,
+    }
     print(
         f"embedded {n_todo:,} items in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into {config.out}: "
         f"{len(pending)} shards, {padded} windows padded with N, cache complete"

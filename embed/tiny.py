@@ -27,8 +27,20 @@ ESM2_TOKENS = [
     "<null_1>",
     "<mask>",
 ]
-NT_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>",
-             *("".join(k) for k in itertools.product("ATCG", repeat=6)), "A", "T", "C", "G", "N"]  # fmt: skip
+NT_TOKENS = [
+    "<unk>",
+    "<pad>",
+    "<mask>",
+    "<cls>",
+    "<eos>",
+    "<bos>",
+    *("".join(k) for k in itertools.product("ATCG", repeat=6)),
+    "A",
+    "T",
+    "C",
+    "G",
+    "N",
+]
 # The demo recipe's 36 gene symbols (data_recipes/make_demo_data.py, N_GENES): `models make-tiny`'s default
 # scGPT vocabulary, so the demo's tables embed without a missing symbol. A test keeps the two in step.
 DEMO_GENES = tuple(f"DEMO{i + 1:02d}" for i in range(36))
@@ -40,7 +52,8 @@ def randomize_(model: nn.Module, seed: int, gain: float = 1.0) -> nn.Module:
 
     Measured on the tiny Enformer at 2 kb and at 196 kb (std over bins / mean magnitude): with the libraries' own
     initialisation its outputs varied by 0.01-0.05 % across positions (the zeroed attention output and the small
-    kernels wash the input out); with gain 1 by 0.7-1 %, which keeps the demo's GC-box signal learnable; gain 2 (He's scale) gives ~40 %, for tests that need every layer to matter."""
+    kernels wash the input out); with gain 1 by 0.7-1 %, which keeps the demo's GC-box signal learnable;
+    gain 2 (He's scale) gives ~40 %, for tests that need every layer to matter."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -63,10 +76,18 @@ def _write_esm(directory: Path, tokens: list[str], special: dict, seed: int, max
     (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
     tokenizer = EsmTokenizer(str(directory / "vocab.txt"), **special)
     config = EsmConfig(
-        vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=max_positions, position_embedding_type="rotary", emb_layer_norm_before=False,
-        token_dropout=True, pad_token_id=tokens.index("<pad>"), mask_token_id=tokens.index("<mask>"),
-    )  # fmt: skip
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        position_embedding_type="rotary",
+        emb_layer_norm_before=False,
+        token_dropout=True,
+        pad_token_id=tokens.index("<pad>"),
+        mask_token_id=tokens.index("<mask>"),
+    )
     randomize_(EsmModel(config, add_pooling_layer=False), seed).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
@@ -79,8 +100,14 @@ def write_tiny_esm2(directory: Path, seed: int = 0) -> Path:
 
 def write_tiny_nucleotide_transformer(directory: Path, seed: int = 0) -> Path:
     """NT v1 layout: ESM architecture with a 6-mer vocabulary (+ single nucleotides for the remainder)."""
-    special = {"cls_token": "<cls>", "pad_token": "<pad>", "mask_token": "<mask>", "eos_token": None,
-               "unk_token": "<unk>", "bos_token": "<bos>"}  # fmt: skip
+    special = {
+        "cls_token": "<cls>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "eos_token": None,
+        "unk_token": "<unk>",
+        "bos_token": "<bos>",
+    }
     return _write_esm(directory, NT_TOKENS, special, seed, max_positions=1002)
 
 

@@ -51,9 +51,13 @@ def integrated_gradients(
 
     explainer = IntegratedGradients(predict)
     with torch.enable_grad():
-        attributions = explainer.attribute(dna.detach(), baselines=baseline.expand_as(dna).contiguous(),
-                                           additional_forward_args=(target,), n_steps=n_steps,
-                                           internal_batch_size=max(1, dna.shape[0]) * n_steps)  # fmt: skip
+        attributions = explainer.attribute(
+            dna.detach(),
+            baselines=baseline.expand_as(dna).contiguous(),
+            additional_forward_args=(target,),
+            n_steps=n_steps,
+            internal_batch_size=max(1, dna.shape[0]) * n_steps,
+        )
     return attributions.sum(dim=-1).detach()
 
 

@@ -69,8 +69,10 @@ class CdtExplainer:
         check_cdt_inputs(self.model.config, torch.zeros(1, *self.dna.item_shape), self.rna, self.protein)
         scale = (checkpoint.get("extras") or {}).get("dna_scale")
         if d.standardize_dna and scale is None:
-            raise InputError(f"{path}: the run config standardises DNA but the checkpoint holds no dna_scale; "
-                             "explain it with the config it was trained with")  # fmt: skip
+            raise InputError(
+                f"{path}: the run config standardises DNA but the checkpoint holds no dna_scale; "
+                "explain it with the config it was trained with"
+            )
         self.dna_mean = torch.tensor(scale["mean"], dtype=torch.float32) if scale else None
         self.dna_std = torch.tensor(scale["std"], dtype=torch.float32) if scale else None
         self.pairs = self._pairs(d.labels, d.target)
@@ -86,20 +88,29 @@ class CdtExplainer:
         wrong = genes.to_numpy() != np.asarray(self.genes, dtype=object)[table["gene_index"].to_numpy(np.int64)]
         if wrong.any():
             row = table[wrong].iloc[0]
-            raise InputError(f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but the RNA cache "
-                             "names another gene there; the caches come from another gene list: re-embed the "
-                             "recipe's genes/proteins tables")  # fmt: skip
+            raise InputError(
+                f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but the RNA cache "
+                "names another gene there; the caches come from another gene list: re-embed the "
+                "recipe's genes/proteins tables"
+            )
         enhancers = table["enhancer"].astype(str)
-        return pd.DataFrame({
-            "item": enhancers + SEP + genes, "enhancer": enhancers, "gene": genes,
-            "gene_index": table["gene_index"].to_numpy(np.int64), "target": table["target"].to_numpy(np.float32),
-            "split": table["split"].astype(str), "dna_row": self.dna.rows_of(enhancers),
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "item": enhancers + SEP + genes,
+                "enhancer": enhancers,
+                "gene": genes,
+                "gene_index": table["gene_index"].to_numpy(np.int64),
+                "target": table["target"].to_numpy(np.float32),
+                "split": table["split"].astype(str),
+                "dna_row": self.dna.rows_of(enhancers),
+            }
+        )
 
     def _windows(self, path: str | None) -> pd.DataFrame:
         if not path or not Path(path).is_file():
-            raise InputError(f"the DNA windows table {path!r} does not exist; pass --windows with the recipe's "
-                             "dna_windows.parquet")  # fmt: skip
+            raise InputError(
+                f"the DNA windows table {path!r} does not exist; pass --windows with the recipe's dna_windows.parquet"
+            )
         table = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, sep="\t")
         missing = [c for c in ("id", "chrom", "center") if c not in table.columns]
         if missing:
@@ -109,8 +120,10 @@ class CdtExplainer:
             table = table.assign(strand="+")  # the contract's default (contracts/tables.py)
         absent = sorted(set(self.pairs["enhancer"]) - set(table.index))
         if absent:
-            raise InputError(f"{path} has no window for {len(absent)} enhancer(s) of the labels (e.g. {absent[:3]}); "
-                             "pass the dna_windows table the DNA cache was embedded from")  # fmt: skip
+            raise InputError(
+                f"{path} has no window for {len(absent)} enhancer(s) of the labels (e.g. {absent[:3]}); "
+                "pass the dna_windows table the DNA cache was embedded from"
+            )
         return table
 
     def coordinates(self, enhancer: str) -> BinCoordinates:
@@ -119,8 +132,14 @@ class CdtExplainer:
         return bin_coordinates(str(row["chrom"]), int(row["center"]), str(row["strand"]), self.geometry, size)
 
     # ---- choosing items ----------------------------------------------------------------------------
-    def select(self, items: list[str] | None = None, split: str | None = None, n: int = 100,
-               top_effects: bool = False, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    def select(
+        self,
+        items: list[str] | None = None,
+        split: str | None = None,
+        n: int = 100,
+        top_effects: bool = False,
+        seed: int = 0,
+    ) -> pd.DataFrame:
         """The pairs to explain, in the order asked: named items, or n pairs of a split (random with `seed`, or
         the n largest |target| with `top_effects`)."""
         if items:
@@ -129,8 +148,10 @@ class CdtExplainer:
                 hit = self.pairs[(self.pairs["item"] == name) | (self.pairs["enhancer"] == name)]
                 if hit.empty:
                     example = self.pairs["item"].iloc[0]
-                    raise InputError(f"item {name!r} is not a labelled pair or enhancer in the checkpoint's labels; "
-                                     f"ids are ENHANCER{SEP}GENE (e.g. {example!r}) or an ENHANCER alone")  # fmt: skip
+                    raise InputError(
+                        f"item {name!r} is not a labelled pair or enhancer in the checkpoint's labels; "
+                        f"ids are ENHANCER{SEP}GENE (e.g. {example!r}) or an ENHANCER alone"
+                    )
                 chosen.append(hit)
             return pd.concat(chosen).drop_duplicates("item").reset_index(drop=True)
         if split not in SPLITS:
@@ -173,6 +194,10 @@ class CdtExplainer:
         row, head-averaged; vce_dna (B, Hv, L), vce_rna (B, Hv, G), vce_protein (B, Hv, G)."""
         prediction, maps = self.model.forward_with_attention(self._scaled(dna), self.rna, self.protein, gene_index)
         cross = maps["dna_to_rna"]  # (B, H, G, L)
-        out = {"prediction": prediction, "dna_to_rna": target_rows(cross, gene_index), "dna_to_rna_genes": head_mean(cross),
-               **{k: maps[k] for k in ("vce_dna", "vce_rna", "vce_protein")}}  # fmt: skip
+        out = {
+            "prediction": prediction,
+            "dna_to_rna": target_rows(cross, gene_index),
+            "dna_to_rna_genes": head_mean(cross),
+            **{k: maps[k] for k in ("vce_dna", "vce_rna", "vce_protein")},
+        }
         return {k: v.float().numpy() for k, v in out.items()}

@@ -11,9 +11,13 @@ from dogmacache.errors import InputError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "explain", help="attention vs gradient attribution of a checkpoint's predictions: tables, bedGraph/bigWig "
-                        "tracks, figures (the CDT paper's two windows)")  # fmt: skip
-    p.add_argument("--checkpoint", required=True, help="a <model>_best.pt / _last.pt (or one made by train import-checkpoint)")
+        "explain",
+        help="attention vs gradient attribution of a checkpoint's predictions: tables, bedGraph/bigWig "
+        "tracks, figures (the CDT paper's two windows)",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="a <model>_best.pt / _last.pt (or one made by train import-checkpoint)"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--items", help="comma-separated ENHANCER|GENE pairs, or ENHANCER for all its genes")
     which.add_argument("--split", choices=("train", "validation", "test"), help="draw items from this split")
@@ -22,25 +26,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the random draw of --split items (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--top-k", type=int, default=20, help="positions per ranking (default 20, as the paper)")
-    p.add_argument("--features", help="BED file of intervals (CTCF peaks, DHS, ...): overlap of the top-k bins vs "
-                                      "a position-matched background (needs pyranges)")  # fmt: skip
-    p.add_argument("--methods", default="grad_x_input",
-                   help="extra attributions, comma-separated: grad_x_input, integrated_gradients (Captum); "
-                        "'none' for neither (attention and the gradient norm always run; default grad_x_input)")  # fmt: skip
+    p.add_argument(
+        "--features",
+        help="BED file of intervals (CTCF peaks, DHS, ...): overlap of the top-k bins vs "
+        "a position-matched background (needs pyranges)",
+    )
+    p.add_argument(
+        "--methods",
+        default="grad_x_input",
+        help="extra attributions, comma-separated: grad_x_input, integrated_gradients (Captum); "
+        "'none' for neither (attention and the gradient norm always run; default grad_x_input)",
+    )
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
-    p.add_argument("--config", help="train config naming the caches: needed for imported weights, else it replaces "
-                                    "the checkpoint's (fingerprints are still checked)")  # fmt: skip
-    p.add_argument("--windows", help="the recipe's dna_windows table (default: [data] dna_table, else the table "
-                                     "the DNA cache was embedded from)")  # fmt: skip
-    p.add_argument("--chrom-sizes", help="chrom.sizes or .fai for clipping at chromosome ends (default: the .fai of "
-                                         "the genome the DNA cache was embedded from)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        help="train config naming the caches: needed for imported weights, else it replaces "
+        "the checkpoint's (fingerprints are still checked)",
+    )
+    p.add_argument(
+        "--windows",
+        help="the recipe's dna_windows table (default: [data] dna_table, else the table "
+        "the DNA cache was embedded from)",
+    )
+    p.add_argument(
+        "--chrom-sizes",
+        help="chrom.sizes or .fai for clipping at chromosome ends (default: the .fai of "
+        "the genome the DNA cache was embedded from)",
+    )
     p.add_argument("--bin-bp", type=int, help="bp per DNA bin when the cache does not record it (Enformer 128)")
     p.add_argument("--batch-size", type=int, default=8, help="items per forward/backward pass (default 8)")
-    p.add_argument("--item-figures", type=int, default=10, help="items that get their own figures (default the first 10)")
+    p.add_argument(
+        "--item-figures", type=int, default=10, help="items that get their own figures (default the first 10)"
+    )
     p.add_argument("--no-item-tracks", action="store_true", help="write only the averaged tracks")
-    p.add_argument("--temperature", type=float,
-                   help="display only: sharpen attention in figures as softmax(log w / T) (the paper's Fig. 5A: 0.3); "
-                        "labelled on the figure, never applied to numbers")  # fmt: skip
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="display only: sharpen attention in figures as softmax(log w / T) (the paper's Fig. 5A: 0.3); "
+        "labelled on the figure, never applied to numbers",
+    )
     p.set_defaults(run=_explain)
 
 
@@ -53,16 +77,41 @@ def _explain(args: argparse.Namespace) -> int:
         raise InputError(f"--items {args.items!r} names no item; pass ENHANCER|GENE ids separated by commas")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none")
     config = ExplainConfig(
-        sources=ExplainSources(checkpoint=args.checkpoint, config=args.config, windows=args.windows,
-                               bin_bp=args.bin_bp, chrom_sizes=args.chrom_sizes),
-        out=args.out, items=items, split=args.split, n=args.n, top_effects=args.top_effects, seed=args.seed,
-        top_k=args.top_k, features=args.features, methods=methods, ig_steps=args.ig_steps,
-        batch_size=args.batch_size, item_figures=args.item_figures, item_tracks=not args.no_item_tracks,
+        sources=ExplainSources(
+            checkpoint=args.checkpoint,
+            config=args.config,
+            windows=args.windows,
+            bin_bp=args.bin_bp,
+            chrom_sizes=args.chrom_sizes,
+        ),
+        out=args.out,
+        items=items,
+        split=args.split,
+        n=args.n,
+        top_effects=args.top_effects,
+        seed=args.seed,
+        top_k=args.top_k,
+        features=args.features,
+        methods=methods,
+        ig_steps=args.ig_steps,
+        batch_size=args.batch_size,
+        item_figures=args.item_figures,
+        item_tracks=not args.no_item_tracks,
         temperature=args.temperature,
-    )  # fmt: skip
+    )
     result = run_explain(config)
-    shown = {k: result[k] for k in ("n_items", "topk_overlap", "attention_peak", "gradient_peak",
-                                    "attention_uniformity", "features", "seconds_per_item")}  # fmt: skip
+    shown = {
+        k: result[k]
+        for k in (
+            "n_items",
+            "topk_overlap",
+            "attention_peak",
+            "gradient_peak",
+            "attention_uniformity",
+            "features",
+            "seconds_per_item",
+        )
+    }
     print(json.dumps(shown, indent=2))
     print(f"wrote {args.out}: summary.json, items.tsv, topk.tsv, positions.tsv.gz, tracks/, figures/")
     return 0

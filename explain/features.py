@@ -44,8 +44,15 @@ class FeatureSet:
         if not path.is_file():
             raise InputError(f"--features {str(path)!r} does not exist; pass a BED file (chrom, start, end)")
         try:
-            table = pd.read_csv(path, sep="\t", header=None, comment="#", usecols=[0, 1, 2],
-                                names=["Chromosome", "Start", "End"], dtype={0: str})  # fmt: skip
+            table = pd.read_csv(
+                path,
+                sep="\t",
+                header=None,
+                comment="#",
+                usecols=[0, 1, 2],
+                names=["Chromosome", "Start", "End"],
+                dtype={0: str},
+            )
             table = table[~table["Chromosome"].str.startswith(("track", "browser"))]
             table = table.astype({"Start": np.int64, "End": np.int64})
         except (ValueError, pd.errors.ParserError) as err:
@@ -57,12 +64,19 @@ class FeatureSet:
             renamed = {_alias(c) for c in bed_chroms} & window_chroms
             if renamed:
                 example = sorted(bed_chroms)[0]
-                fix = ("sed -E 's/^chrM/MT/; s/^chr//'" if example.startswith("chr")
-                       else "awk 'BEGIN{OFS=\"\\t\"} {$1 = ($1 == \"MT\" ? \"chrM\" : \"chr\" $1); print}'")  # fmt: skip
-                raise InputError(f"{path} names chromosomes like {example!r} but the windows use "
-                                 f"{_alias(example)!r}; rename them: {fix} {path.name} > renamed.bed")  # fmt: skip
-            raise InputError(f"{path} shares no chromosome with the windows (it has {sorted(bed_chroms)[:4]}, they "
-                             f"use {sorted(window_chroms)[:4]}); pass intervals on the same genome build")  # fmt: skip
+                fix = (
+                    "sed -E 's/^chrM/MT/; s/^chr//'"
+                    if example.startswith("chr")
+                    else 'awk \'BEGIN{OFS="\\t"} {$1 = ($1 == "MT" ? "chrM" : "chr" $1); print}\''
+                )
+                raise InputError(
+                    f"{path} names chromosomes like {example!r} but the windows use "
+                    f"{_alias(example)!r}; rename them: {fix} {path.name} > renamed.bed"
+                )
+            raise InputError(
+                f"{path} shares no chromosome with the windows (it has {sorted(bed_chroms)[:4]}, they "
+                f"use {sorted(window_chroms)[:4]}); pass intervals on the same genome build"
+            )
         self.path = path
         self.n_intervals = len(table)
         self.ranges = pr.PyRanges(table)
@@ -71,8 +85,16 @@ class FeatureSet:
         """(B,) True where a bin overlaps at least one interval (bins past a chromosome end: False)."""
         pr = _pyranges()
         keep = np.flatnonzero(coordinates.inside)
-        bins = pr.PyRanges(pd.DataFrame({"Chromosome": coordinates.chrom, "Start": coordinates.start[keep],
-                                         "End": coordinates.end[keep], "Bin": keep}))  # fmt: skip
+        bins = pr.PyRanges(
+            pd.DataFrame(
+                {
+                    "Chromosome": coordinates.chrom,
+                    "Start": coordinates.start[keep],
+                    "End": coordinates.end[keep],
+                    "Bin": keep,
+                }
+            )
+        )
         hits = bins.overlap(self.ranges).df
         flags = np.zeros(len(coordinates.start), dtype=bool)
         if len(hits):
@@ -99,8 +121,12 @@ class FeatureOverlap:
         flags = np.stack(self.flags)  # (n, B)
         n = len(flags)
         column = flags.sum(axis=0)  # per position: items whose bin there overlaps a feature
-        out = {"features": str(self.features.path), "n_intervals": self.features.n_intervals, "n_items": n,
-               "fraction_of_all_bins": float(flags.mean())}  # fmt: skip
+        out = {
+            "features": str(self.features.path),
+            "n_intervals": self.features.n_intervals,
+            "n_items": n,
+            "fraction_of_all_bins": float(flags.mean()),
+        }
         for name in self.rankings:
             top = np.stack(self.top[name])  # (n, k)
             own = np.take_along_axis(flags, top, axis=1)  # (n, k)
@@ -108,9 +134,12 @@ class FeatureOverlap:
             entry = {"top_bins": total, "top_bins_on_feature": hits, "fraction": hits / total}
             if n > 1:
                 background = float(((column[top] - own) / (n - 1)).mean())
-                entry.update(background_fraction=background,
-                             enrichment=hits / total / background if background > 0 else float("nan"),
-                             binomial_p_greater=float(binomtest(hits, total, background, "greater").pvalue)
-                             if 0 < background < 1 else float("nan"))  # fmt: skip
+                entry.update(
+                    background_fraction=background,
+                    enrichment=hits / total / background if background > 0 else float("nan"),
+                    binomial_p_greater=float(binomtest(hits, total, background, "greater").pvalue)
+                    if 0 < background < 1
+                    else float("nan"),
+                )
             out[name] = entry
         return out

@@ -32,14 +32,24 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def item_profile(path: Path, offsets_bp: np.ndarray, attention: np.ndarray, gradient: np.ndarray, title: str,
-                 top_attention: np.ndarray, top_gradient: np.ndarray, temperature: float | None = None) -> Path:  # fmt: skip
+def item_profile(
+    path: Path,
+    offsets_bp: np.ndarray,
+    attention: np.ndarray,
+    gradient: np.ndarray,
+    title: str,
+    top_attention: np.ndarray,
+    top_gradient: np.ndarray,
+    temperature: float | None = None,
+) -> Path:
     """Head-averaged attention (L,) above gradient norms (L,) against the offset from the centre (kb)."""
     kb = np.asarray(offsets_bp) / 1000.0
     shown, label = _display(attention, temperature)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    for ax, values, best, colour, ylabel in ((top, shown, top_attention, "tab:blue", label),
-                                             (bottom, gradient, top_gradient, "tab:red", "gradient ||dŷ/dx||₂")):  # fmt: skip
+    for ax, values, best, colour, ylabel in (
+        (top, shown, top_attention, "tab:blue", label),
+        (bottom, gradient, top_gradient, "tab:red", "gradient ||dŷ/dx||₂"),
+    ):
         ax.plot(kb, values, color=colour, lw=1)
         ax.scatter(kb[best], np.asarray(values)[best], color=colour, s=14, zorder=3, label=f"top {len(best)}")
         ax.axvline(0, color="k", ls="--", lw=0.8, label="window centre")
@@ -51,8 +61,9 @@ def item_profile(path: Path, offsets_bp: np.ndarray, attention: np.ndarray, grad
     return _save(fig, path)
 
 
-def head_panels(path: Path, offsets_bp: np.ndarray, heads: np.ndarray, title: str,
-                temperature: float | None = None) -> Path:  # fmt: skip
+def head_panels(
+    path: Path, offsets_bp: np.ndarray, heads: np.ndarray, title: str, temperature: float | None = None
+) -> Path:
     """One panel per head of the target gene's DNA->RNA attention row, heads (H, L)."""
     kb = np.asarray(offsets_bp) / 1000.0
     shown, label = _display(heads, temperature)
@@ -78,19 +89,30 @@ def overlap_histogram(path: Path, overlaps: list[int], k: int, expected_random: 
     ax.hist(values, bins=np.arange(-0.5, k + 1.5, 1.0), color="tab:purple", edgecolor="white")
     ax.axvline(values.mean(), color="k", lw=1, label=f"mean {values.mean():.2f}")
     ax.axvline(expected_random, color="grey", ls=":", lw=1, label=f"random k²/L = {expected_random:.2f}")
-    ax.set(xlabel=f"positions shared by the top {k} of attention and of gradient", ylabel="items",
-           title=f"attention vs gradient, top-{k} overlap ({len(values)} items)")  # fmt: skip
+    ax.set(
+        xlabel=f"positions shared by the top {k} of attention and of gradient",
+        ylabel="items",
+        title=f"attention vs gradient, top-{k} overlap ({len(values)} items)",
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def peak_distance_histogram(path: Path, attention_bp: list[float], gradient_bp: list[float],
-                            within_bp: float = 50_000) -> Path:  # fmt: skip
+def peak_distance_histogram(
+    path: Path, attention_bp: list[float], gradient_bp: list[float], within_bp: float = 50_000
+) -> Path:
     a, g = np.asarray(attention_bp) / 1000.0, np.asarray(gradient_bp) / 1000.0
     edges = np.linspace(min(a.min(), g.min()) - 1e-9, max(a.max(), g.max()) + 1e-9, 31)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist([a, g], bins=edges, color=["tab:blue", "tab:red"], label=[
-        f"attention peak (mean |d| {np.abs(a).mean():.1f} kb)", f"gradient peak (mean |d| {np.abs(g).mean():.1f} kb)"])
+    ax.hist(
+        [a, g],
+        bins=edges,
+        color=["tab:blue", "tab:red"],
+        label=[
+            f"attention peak (mean |d| {np.abs(a).mean():.1f} kb)",
+            f"gradient peak (mean |d| {np.abs(g).mean():.1f} kb)",
+        ],
+    )
     ax.axvline(0, color="r", ls="--", lw=0.8)
     w = within_bp / 1000.0
     if edges[0] < w and edges[-1] > -w:

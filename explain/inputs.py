@@ -23,12 +23,16 @@ def run_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config_p
     if config_path:
         config = load_config(config_path)
         if config.task != checkpoint["task"]:
-            raise InputError(f"{config_path} is a {config.task!r} config but {checkpoint_path} holds a "
-                             f"{checkpoint['task']!r} model; pass a config of task {checkpoint['task']!r}")  # fmt: skip
+            raise InputError(
+                f"{config_path} is a {config.task!r} config but {checkpoint_path} holds a "
+                f"{checkpoint['task']!r} model; pass a config of task {checkpoint['task']!r}"
+            )
         return config
     if checkpoint.get("config") is None:
-        raise InputError(f"{checkpoint_path} holds imported weights without a run config; pass --config FILE "
-                         "(a train config whose [data] names the caches to explain them on)")  # fmt: skip
+        raise InputError(
+            f"{checkpoint_path} holds imported weights without a run config; pass --config FILE "
+            "(a train config whose [data] names the caches to explain them on)"
+        )
     return RunConfig.from_dict(checkpoint["config"], where=f"{checkpoint_path} (its run config)")
 
 
@@ -37,17 +41,21 @@ def open_checked(url: str, name: str, checkpoint: dict[str, Any], checkpoint_pat
     try:
         cache = open_cache(url)
     except (DogmaError, FileNotFoundError, OSError) as err:
-        raise InputError(f"{checkpoint_path} reads its {name} cache from {url}, which cannot be opened "
-                         f"({str(err).splitlines()[0]}); re-create it or pass --config naming where it is now") from err  # fmt: skip
+        raise InputError(
+            f"{checkpoint_path} reads its {name} cache from {url}, which cannot be opened "
+            f"({str(err).splitlines()[0]}); re-create it or pass --config naming where it is now"
+        ) from err
     before = (checkpoint.get("fingerprints") or {}).get(name)
     if not before:
         return cache  # imported weights: no fingerprint to compare
     now = cache.fingerprint()
     for key in sorted(set(before) | set(now)):
         if key != "url" and before.get(key) != now.get(key):
-            raise InputError(f"{checkpoint_path} was trained on a {name} cache with {key} {before.get(key)!r} but "
-                             f"{url} has {now.get(key)!r}; explain it on the caches it was trained on (re-embed "
-                             "them, or pass --config naming them)")  # fmt: skip
+            raise InputError(
+                f"{checkpoint_path} was trained on a {name} cache with {key} {before.get(key)!r} but "
+                f"{url} has {now.get(key)!r}; explain it on the caches it was trained on (re-embed "
+                "them, or pass --config naming them)"
+            )
     return cache
 
 
@@ -55,15 +63,19 @@ def window_geometry(dna: EmbeddingCache, bin_bp: int | None) -> WindowGeometry:
     """Bins per window from the cache's item shape; bp per bin from its manifest (or `--bin-bp`)."""
     recorded = dna.manifest.config.get("bin_bp")
     if bin_bp is None and recorded is None:
-        raise InputError(f"{dna.url} does not record bp per bin (bin_bp) in its manifest; pass --bin-bp "
-                         "(Enformer: 128)")  # fmt: skip
+        raise InputError(
+            f"{dna.url} does not record bp per bin (bin_bp) in its manifest; pass --bin-bp (Enformer: 128)"
+        )
     size = int(bin_bp if bin_bp is not None else recorded)
-    geometry = WindowGeometry(n_bins=int(dna.item_shape[0]), bin_bp=size,
-                              orientation=dna.manifest.config.get("bin_orientation", "reference"))  # fmt: skip
+    geometry = WindowGeometry(
+        n_bins=int(dna.item_shape[0]), bin_bp=size, orientation=dna.manifest.config.get("bin_orientation", "reference")
+    )
     span = dna.manifest.config.get("output_span_bp")
     if span is not None and int(span) != geometry.span_bp:
-        raise InputError(f"{dna.url} records an output span of {span} bp but its {geometry.n_bins} bins of "
-                         f"{size} bp make {geometry.span_bp}; pass the --bin-bp the cache was embedded with")  # fmt: skip
+        raise InputError(
+            f"{dna.url} records an output span of {span} bp but its {geometry.n_bins} bins of "
+            f"{size} bp make {geometry.span_bp}; pass the --bin-bp the cache was embedded with"
+        )
     return geometry
 
 

@@ -62,13 +62,21 @@ class ExplainConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise InputError(f"--methods {unknown[0]!r} is not one of {list(METHODS)}; attention and the gradient "
-                             "norm always run")  # fmt: skip
+            raise InputError(
+                f"--methods {unknown[0]!r} is not one of {list(METHODS)}; attention and the gradient norm always run"
+            )
         if "integrated_gradients" in self.methods and importlib.util.find_spec("captum") is None:
-            raise InputError("--methods integrated_gradients needs Captum; pip install 'dogmacache[explain]' "
-                             "(or captum alone), or leave the method out")  # fmt: skip
-        for name, value, low in (("--n", self.n, 1), ("--top-k", self.top_k, 1), ("--batch-size", self.batch_size, 1),
-                                 ("--ig-steps", self.ig_steps, 2), ("--item-figures", self.item_figures, 0)):  # fmt: skip
+            raise InputError(
+                "--methods integrated_gradients needs Captum; pip install 'dogmacache[explain]' "
+                "(or captum alone), or leave the method out"
+            )
+        for name, value, low in (
+            ("--n", self.n, 1),
+            ("--top-k", self.top_k, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--ig-steps", self.ig_steps, 2),
+            ("--item-figures", self.item_figures, 0),
+        ):
             if value < low:
                 raise InputError(f"{name} {value} must be at least {low}")
         if self.temperature is not None and not self.temperature > 0:
@@ -80,8 +88,10 @@ class ExplainConfig:
 def explainer_for(sources: ExplainSources):
     task = read_checkpoint(sources.checkpoint)["task"]
     if task not in EXPLAINERS:
-        raise InputError(f"{sources.checkpoint} holds a {task!r} model, which exposes no attention to explain; "
-                         f"explain supports {sorted(EXPLAINERS)}")  # fmt: skip
+        raise InputError(
+            f"{sources.checkpoint} holds a {task!r} model, which exposes no attention to explain; "
+            f"explain supports {sorted(EXPLAINERS)}"
+        )
     return EXPLAINERS[task](sources)
 
 
@@ -121,42 +131,86 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
                 scores["grad_x_input"] = attribution.gradient_x_input(gradient, dna).numpy()
             if "integrated_gradients" in config.methods:
                 scores["integrated_gradients"] = attribution.integrated_gradients(
-                    predict, dna, gene_index, explainer.baseline(), config.ig_steps).numpy()  # fmt: skip
+                    predict, dna, gene_index, explainer.baseline(), config.ig_steps
+                ).numpy()
             compute_seconds += time.perf_counter() - tick
             for b, pair in enumerate(part.itertuples(index=False)):
-                _write_item(config, explainer, out, n_done, pair, maps, scores, b, summary, means, features,
-                            item_rows, topk_rows, positions, vce, bigwig)  # fmt: skip
+                _write_item(
+                    config,
+                    explainer,
+                    out,
+                    n_done,
+                    pair,
+                    maps,
+                    scores,
+                    b,
+                    summary,
+                    means,
+                    features,
+                    item_rows,
+                    topk_rows,
+                    positions,
+                    vce,
+                    bigwig,
+                )
                 n_done += 1
             log(f"explained {n_done}/{len(chosen)} items")
     pd.DataFrame(item_rows).to_csv(out / "items.tsv", sep="\t", index=False)
     pd.DataFrame(topk_rows).to_csv(out / "topk.tsv", sep="\t", index=False)
     for name, average in means.items():
         track = average.result()
-        tracks.write_bedgraph(out / "tracks" / f"mean.{name}.bedGraph", track, f"explain mean {name}",
-                              f"{name} averaged over {n_done} items")  # fmt: skip
+        tracks.write_bedgraph(
+            out / "tracks" / f"mean.{name}.bedGraph",
+            track,
+            f"explain mean {name}",
+            f"{name} averaged over {n_done} items",
+        )
         if bigwig:
             tracks.write_bigwig(out / "tracks" / f"mean.{name}.bw", track, explainer.chrom_sizes)
     numbers = summary.to_dict()
-    figures.overlap_histogram(out / "figures" / "topk_overlap.png", summary.overlaps, config.top_k,
-                              numbers["topk_overlap"]["expected_if_random"])  # fmt: skip
-    figures.peak_distance_histogram(out / "figures" / "peak_distance.png", summary.attention_peaks_bp,
-                                    summary.gradient_peaks_bp)  # fmt: skip
+    figures.overlap_histogram(
+        out / "figures" / "topk_overlap.png",
+        summary.overlaps,
+        config.top_k,
+        numbers["topk_overlap"]["expected_if_random"],
+    )
+    figures.peak_distance_histogram(
+        out / "figures" / "peak_distance.png", summary.attention_peaks_bp, summary.gradient_peaks_bp
+    )
     result = {
         **numbers,
         "features": features.result() if features else None,
         "seconds_per_item": (time.perf_counter() - started) / max(n_done, 1),
         "compute_seconds_per_item": compute_seconds / max(n_done, 1),
-        "checkpoint": explainer.checkpoint_path, "task": explainer.task,
+        "checkpoint": explainer.checkpoint_path,
+        "task": explainer.task,
         "geometry": {**asdict(geometry), "span_bp": geometry.span_bp},
-        "chrom_sizes_known": explainer.chrom_sizes is not None, "bigwig": bigwig,
+        "chrom_sizes_known": explainer.chrom_sizes is not None,
+        "bigwig": bigwig,
         "config": asdict(config),
-    }  # fmt: skip
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
-def _write_item(config, explainer, out, n, pair, maps, scores, b, summary, means, features, item_rows, topk_rows,
-                positions, vce, bigwig) -> None:  # fmt: skip
+def _write_item(
+    config,
+    explainer,
+    out,
+    n,
+    pair,
+    maps,
+    scores,
+    b,
+    summary,
+    means,
+    features,
+    item_rows,
+    topk_rows,
+    positions,
+    vce,
+    bigwig,
+) -> None:
     """Everything one item contributes: its statistics, table rows, tracks and (the first few) figures."""
     heads = maps["dna_to_rna"][b]  # (H, L)
     attention = heads.mean(axis=0)
@@ -168,27 +222,66 @@ def _write_item(config, explainer, out, n, pair, maps, scores, b, summary, means
     if features is not None:
         features.add(coords, best)
     name = _file_name(n, pair.item)
-    item_rows.append({
-        "n": n, "item": pair.item, "enhancer": pair.enhancer, "gene": pair.gene, "split": pair.split,
-        "target": float(pair.target), "prediction": float(maps["prediction"][b]), "chrom": coords.chrom,
-        "attention_peak_bin": int(best["attention"][0]), "attention_peak_offset_bp": float(offsets[best["attention"][0]]),
-        "gradient_peak_bin": int(best["gradient"][0]), "gradient_peak_offset_bp": float(offsets[best["gradient"][0]]),
-        "topk_overlap": overlap, "files": name,
-    })  # fmt: skip
+    item_rows.append(
+        {
+            "n": n,
+            "item": pair.item,
+            "enhancer": pair.enhancer,
+            "gene": pair.gene,
+            "split": pair.split,
+            "target": float(pair.target),
+            "prediction": float(maps["prediction"][b]),
+            "chrom": coords.chrom,
+            "attention_peak_bin": int(best["attention"][0]),
+            "attention_peak_offset_bp": float(offsets[best["attention"][0]]),
+            "gradient_peak_bin": int(best["gradient"][0]),
+            "gradient_peak_offset_bp": float(offsets[best["gradient"][0]]),
+            "topk_overlap": overlap,
+            "files": name,
+        }
+    )
     for ranking, picked in best.items():
         for rank, k in enumerate(picked, 1):
-            topk_rows.append({"item": pair.item, "ranking": ranking, "rank": rank, "bin": int(k), "chrom": coords.chrom,
-                              "start": int(coords.start[k]), "end": int(coords.end[k]), "inside": bool(coords.inside[k]),
-                              "offset_bp": float(offsets[k]), "attention": float(attention[k]),
-                              "gradient": float(gradient[k]), "in_both": bool(k in best["attention"] and k in best["gradient"])})  # fmt: skip
-    table = pd.DataFrame({"item": pair.item, "bin": np.arange(len(attention)), "chrom": coords.chrom,
-                          "start": coords.start, "end": coords.end, "inside": coords.inside, "offset_bp": offsets,
-                          "attention": attention, **{f"attention_head{h}": heads[h] for h in range(len(heads))},
-                          "vce_dna": maps["vce_dna"][b].mean(axis=0),
-                          **{method: values[b] for method, values in scores.items()}})  # fmt: skip
+            topk_rows.append(
+                {
+                    "item": pair.item,
+                    "ranking": ranking,
+                    "rank": rank,
+                    "bin": int(k),
+                    "chrom": coords.chrom,
+                    "start": int(coords.start[k]),
+                    "end": int(coords.end[k]),
+                    "inside": bool(coords.inside[k]),
+                    "offset_bp": float(offsets[k]),
+                    "attention": float(attention[k]),
+                    "gradient": float(gradient[k]),
+                    "in_both": bool(k in best["attention"] and k in best["gradient"]),
+                }
+            )
+    table = pd.DataFrame(
+        {
+            "item": pair.item,
+            "bin": np.arange(len(attention)),
+            "chrom": coords.chrom,
+            "start": coords.start,
+            "end": coords.end,
+            "inside": coords.inside,
+            "offset_bp": offsets,
+            "attention": attention,
+            **{f"attention_head{h}": heads[h] for h in range(len(heads))},
+            "vce_dna": maps["vce_dna"][b].mean(axis=0),
+            **{method: values[b] for method, values in scores.items()},
+        }
+    )
     table.to_csv(positions, sep="\t", index=False, header=n == 0, float_format="%.6g")
-    genes = pd.DataFrame({"item": pair.item, "gene": explainer.genes, "vce_rna": maps["vce_rna"][b].mean(axis=0),
-                          "vce_protein": maps["vce_protein"][b].mean(axis=0)})  # fmt: skip
+    genes = pd.DataFrame(
+        {
+            "item": pair.item,
+            "gene": explainer.genes,
+            "vce_rna": maps["vce_rna"][b].mean(axis=0),
+            "vce_protein": maps["vce_protein"][b].mean(axis=0),
+        }
+    )
     genes.to_csv(vce, sep="\t", index=False, header=n == 0, float_format="%.6g")
     for track_name, values in (("attention", attention), ("gradient", gradient)):
         track = tracks.window_track(coords, values)
@@ -199,8 +292,20 @@ def _write_item(config, explainer, out, n, pair, maps, scores, b, summary, means
             if bigwig:
                 tracks.write_bigwig(path.with_suffix(".bw"), track, explainer.chrom_sizes)
     if n < config.item_figures:
-        title = f"{pair.item}  (target {pair.target:.3g}, predicted {maps['prediction'][b]:.3g}; top-{config.top_k} overlap {overlap})"
-        figures.item_profile(out / "figures" / "items" / f"{name}.profile.png", offsets, attention, gradient, title,
-                             best["attention"], best["gradient"], config.temperature)  # fmt: skip
-        figures.head_panels(out / "figures" / "items" / f"{name}.heads.png", offsets, heads, pair.item,
-                            config.temperature)  # fmt: skip
+        title = (
+            f"{pair.item}  (target {pair.target:.3g}, predicted {maps['prediction'][b]:.3g}; "
+            f"top-{config.top_k} overlap {overlap})"
+        )
+        figures.item_profile(
+            out / "figures" / "items" / f"{name}.profile.png",
+            offsets,
+            attention,
+            gradient,
+            title,
+            best["attention"],
+            best["gradient"],
+            config.temperature,
+        )
+        figures.head_panels(
+            out / "figures" / "items" / f"{name}.heads.png", offsets, heads, pair.item, config.temperature
+        )

@@ -15,8 +15,10 @@ from dogmacache.errors import InputError
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores (L,), largest first; ties go to the lower index."""
     if not 1 <= k <= len(scores):
-        raise InputError(f"--top-k {k} is outside the {len(scores)} DNA positions of a window; pass --top-k "
-                         f"between 1 and {len(scores)}")  # fmt: skip
+        raise InputError(
+            f"--top-k {k} is outside the {len(scores)} DNA positions of a window; pass --top-k "
+            f"between 1 and {len(scores)}"
+        )
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
@@ -91,21 +93,32 @@ class Summary:
     def to_dict(self, within_bp: float = 50_000) -> dict:
         def peaks(values: list[float]) -> dict:
             distance = np.abs(np.asarray(values, dtype=np.float64))
-            return {"mean_abs_distance_bp": float(distance.mean()) if len(distance) else float("nan"),
-                    "median_abs_distance_bp": float(np.median(distance)) if len(distance) else float("nan"),
-                    f"fraction_within_{int(within_bp)}_bp": float((distance <= within_bp).mean()) if len(distance) else float("nan")}  # fmt: skip
+            return {
+                "mean_abs_distance_bp": float(distance.mean()) if len(distance) else float("nan"),
+                "median_abs_distance_bp": float(np.median(distance)) if len(distance) else float("nan"),
+                f"fraction_within_{int(within_bp)}_bp": float((distance <= within_bp).mean())
+                if len(distance)
+                else float("nan"),
+            }
 
         overlaps = np.asarray(self.overlaps)
         uniform = np.asarray(self.gene_uniformity, dtype=np.float64)
         return {
-            "n_items": len(overlaps), "top_k": self.k, "n_positions": self.n_positions,
-            "topk_overlap": {"mean": float(overlaps.mean()) if len(overlaps) else float("nan"),
-                             "histogram": {int(v): int((overlaps == v).sum()) for v in range(self.k + 1)},
-                             "expected_if_random": random_overlap(self.k, self.n_positions)},
-            "attention_peak": peaks(self.attention_peaks_bp), "gradient_peak": peaks(self.gradient_peaks_bp),
+            "n_items": len(overlaps),
+            "top_k": self.k,
+            "n_positions": self.n_positions,
+            "topk_overlap": {
+                "mean": float(overlaps.mean()) if len(overlaps) else float("nan"),
+                "histogram": {int(v): int((overlaps == v).sum()) for v in range(self.k + 1)},
+                "expected_if_random": random_overlap(self.k, self.n_positions),
+            },
+            "attention_peak": peaks(self.attention_peaks_bp),
+            "gradient_peak": peaks(self.gradient_peaks_bp),
             "attention_uniformity": {
                 "across_items_mean_pairwise_correlation": self.across_items.mean(),
                 "items_with_constant_rows": self.across_items.n_constant,
-                "across_genes_mean_pairwise_correlation": float(np.nanmean(uniform)) if np.isfinite(uniform).any() else float("nan"),
+                "across_genes_mean_pairwise_correlation": float(np.nanmean(uniform))
+                if np.isfinite(uniform).any()
+                else float("nan"),
             },
-        }  # fmt: skip
+        }

@@ -29,8 +29,10 @@ def write_bedgraph(path: Path, track: pd.DataFrame, name: str, description: str)
     """Write a (chrom, start, end, value) frame as a bedGraph with a track line; returns the path."""
     track = track.sort_values(["chrom", "start"], kind="stable")
     with open(path, "w") as out:
-        out.write(f'track type=bedGraph name="{name}" description="{description}" visibility=full '
-                  "autoScale=on alwaysZero=on\n")  # fmt: skip
+        out.write(
+            f'track type=bedGraph name="{name}" description="{description}" visibility=full '
+            "autoScale=on alwaysZero=on\n"
+        )
         for chrom, start, end, value in track[BEDGRAPH_COLUMNS].itertuples(index=False):
             out.write(f"{chrom}\t{int(start)}\t{int(end)}\t{float(value):.6g}\n")
     return path
@@ -38,8 +40,11 @@ def write_bedgraph(path: Path, track: pd.DataFrame, name: str, description: str)
 
 def read_bedgraph(path: Path) -> pd.DataFrame:
     """A bedGraph as (chrom, start, end, value), track and comment lines skipped."""
-    rows = [line.split("\t") for line in Path(path).read_text().splitlines()
-            if line and not line.startswith(("track", "browser", "#"))]  # fmt: skip
+    rows = [
+        line.split("\t")
+        for line in Path(path).read_text().splitlines()
+        if line and not line.startswith(("track", "browser", "#"))
+    ]
     frame = pd.DataFrame(rows, columns=BEDGRAPH_COLUMNS)
     return frame.astype({"start": np.int64, "end": np.int64, "value": np.float64})
 
@@ -47,8 +52,14 @@ def read_bedgraph(path: Path) -> pd.DataFrame:
 def window_track(coordinates: BinCoordinates, values: np.ndarray) -> pd.DataFrame:
     """One window's scores (B,) as a track frame, bins past a chromosome end dropped."""
     keep = coordinates.inside
-    return pd.DataFrame({"chrom": coordinates.chrom, "start": coordinates.start[keep],
-                         "end": coordinates.end[keep], "value": np.asarray(values, dtype=np.float64)[keep]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "chrom": coordinates.chrom,
+            "start": coordinates.start[keep],
+            "end": coordinates.end[keep],
+            "value": np.asarray(values, dtype=np.float64)[keep],
+        }
+    )
 
 
 class TrackAverage:
@@ -76,8 +87,16 @@ class TrackAverage:
             np.add.at(count, np.searchsorted(edges, end), -1)
             total, count = np.cumsum(total)[:-1], np.cumsum(count)[:-1]
             covered = count > 0.5
-            out.append(pd.DataFrame({"chrom": chrom, "start": edges[:-1][covered], "end": edges[1:][covered],
-                                     "value": total[covered] / count[covered]}))  # fmt: skip
+            out.append(
+                pd.DataFrame(
+                    {
+                        "chrom": chrom,
+                        "start": edges[:-1][covered],
+                        "end": edges[1:][covered],
+                        "value": total[covered] / count[covered],
+                    }
+                )
+            )
         return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=BEDGRAPH_COLUMNS)
 
 
@@ -93,8 +112,12 @@ def write_bigwig(path: Path, track: pd.DataFrame, chrom_sizes: dict[str, int] | 
         writer.addHeader(sizes)
         for chrom in chroms:
             part = track[track["chrom"] == chrom]
-            writer.addEntries([chrom] * len(part), part["start"].astype(int).tolist(),
-                              ends=part["end"].astype(int).tolist(), values=part["value"].astype(float).tolist())  # fmt: skip
+            writer.addEntries(
+                [chrom] * len(part),
+                part["start"].astype(int).tolist(),
+                ends=part["end"].astype(int).tolist(),
+                values=part["value"].astype(float).tolist(),
+            )
     finally:
         writer.close()
     return path

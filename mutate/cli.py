@@ -9,13 +9,19 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "mutate", help="in-silico edits through a Bio-DTA adapter: token shift and the top moved genes in scGPT")
+        "mutate", help="in-silico edits through a Bio-DTA adapter: token shift and the top moved genes in scGPT"
+    )
     p.add_argument("--checkpoint", required=True, help="a Bio-DTA checkpoint (biodta_best.pt)")
     p.add_argument("--genome", required=True, help="the FASTA the DNA cache was embedded from")
     p.add_argument("--dna-model", required=True, help="the DNA model folder (or hub id) the cache was embedded with")
     p.add_argument("--gene", required=True, help="gene symbol whose window holds the edits")
-    p.add_argument("--edit", action="append", default=[], metavar="EDIT",
-                   help="'chr:pos REF>ALT' (REF>- deletes) or chr:start-end (deletion, 1-based inclusive); repeatable")
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="EDIT",
+        help="'chr:pos REF>ALT' (REF>- deletes) or chr:start-end (deletion, 1-based inclusive); repeatable",
+    )
     p.add_argument("--vcf", help="VCF of SNVs / indels (one ALT per record), added to --edit")
     p.add_argument("--each", action="store_true", help="each edit its own variant (a scan), not all together")
     p.add_argument("--windows", help="windows table (default: the checkpoint's [data] labels)")
@@ -32,14 +38,39 @@ def _mutate(args: argparse.Namespace) -> int:
     from dogmacache.mutate.run import MutateConfig, run_mutate
 
     config = MutateConfig(
-        checkpoint=args.checkpoint, genome=args.genome, dna_model=args.dna_model, gene=args.gene, out=args.out,
-        edits=tuple(args.edit), vcf=args.vcf, each=args.each, windows=args.windows, scgpt_model=args.scgpt_model,
-        profiles=args.profiles, profile=args.profile, top_n=args.top_n, device=args.device,
-    )  # fmt: skip
+        checkpoint=args.checkpoint,
+        genome=args.genome,
+        dna_model=args.dna_model,
+        gene=args.gene,
+        out=args.out,
+        edits=tuple(args.edit),
+        vcf=args.vcf,
+        each=args.each,
+        windows=args.windows,
+        scgpt_model=args.scgpt_model,
+        profiles=args.profiles,
+        profile=args.profile,
+        top_n=args.top_n,
+        device=args.device,
+    )
     summary = run_mutate(config)
-    shown = {k: summary[k] for k in ("gene", "window", "n_edits", "windows_reembedded", "rows_reused", "token_shift",
-                                     "top_moved", "seconds") if k in summary}  # fmt: skip
+    shown = {
+        k: summary[k]
+        for k in (
+            "gene",
+            "window",
+            "n_edits",
+            "windows_reembedded",
+            "rows_reused",
+            "token_shift",
+            "top_moved",
+            "seconds",
+        )
+        if k in summary
+    }
     print(json.dumps(shown, indent=2, default=str))
-    print(f"wrote {args.out}: token_shift.tsv, summary.json" + (", moved_genes.tsv, moved_genes.png"
-                                                                if args.scgpt_model else ""))  # fmt: skip
+    print(
+        f"wrote {args.out}: token_shift.tsv, summary.json"
+        + (", moved_genes.tsv, moved_genes.png" if args.scgpt_model else "")
+    )
     return 0

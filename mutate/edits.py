@@ -60,8 +60,10 @@ def parse_edit(spec: str, genome: Genome) -> Edit:
             raise InputError(f"edit {spec!r}: end {end:,} is before start {start:,}; write chr:start-end, start <= end")
         ref = reference(genome, chrom, start - 1, end - start + 1)
         return Edit(chrom, start - 1, ref, "", text)
-    raise InputError(f"edit {spec!r} is not `chr:pos REF>ALT` (e.g. chr1:1000 A>G, chr1:1000 AT>-) nor a "
-                     "deletion `chr:start-end` (1-based, inclusive); fix its spelling")  # fmt: skip
+    raise InputError(
+        f"edit {spec!r} is not `chr:pos REF>ALT` (e.g. chr1:1000 A>G, chr1:1000 AT>-) nor a "
+        "deletion `chr:start-end` (1-based, inclusive); fix its spelling"
+    )
 
 
 def read_vcf(path: str | Path, genome: Genome) -> list[Edit]:
@@ -71,7 +73,7 @@ def read_vcf(path: str | Path, genome: Genome) -> list[Edit]:
         raise InputError(f"VCF {str(path)!r} does not exist; pass the path of a .vcf or .vcf.gz")
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rt") if gzipped else open(path)) as fh:
+    with gzip.open(path, "rt") if gzipped else open(path) as fh:
         lines = list(enumerate(fh, 1))
     edits = []
     for n, line in lines:
@@ -79,15 +81,18 @@ def read_vcf(path: str | Path, genome: Genome) -> list[Edit]:
             continue
         cols = line.rstrip("\n").split("\t")
         if len(cols) < 5:
-            raise InputError(f"{path} line {n}: {len(cols)} tab-separated fields; a VCF record has at least 5 "
-                             "(CHROM POS ID REF ALT)")  # fmt: skip
+            raise InputError(
+                f"{path} line {n}: {len(cols)} tab-separated fields; a VCF record has at least 5 (CHROM POS ID REF ALT)"
+            )
         chrom, pos, _, ref, alt = cols[:5]
         ref, alt = ref.upper(), alt.upper()
         if not pos.isdigit() or int(pos) < 1:
             raise InputError(f"{path} line {n} column 2 (POS): {pos!r} is not a 1-based position")
         if not _BASES.match(ref) or not _BASES.match(alt):
-            raise InputError(f"{path} line {n}: REF {ref!r} / ALT {alt!r} are not plain bases (one ALT of A, C, G, "
-                             "T, N; symbolic or multiple ALTs are not supported): split or normalise the VCF")  # fmt: skip
+            raise InputError(
+                f"{path} line {n}: REF {ref!r} / ALT {alt!r} are not plain bases (one ALT of A, C, G, "
+                "T, N; symbolic or multiple ALTs are not supported): split or normalise the VCF"
+            )
         label = f"{chrom}:{pos} {ref}>{alt}"
         if len(ref) > 1 and len(alt) >= 1 and ref[0] == alt[0]:  # VCF indels carry an anchor base: drop it
             edit = Edit(genome.resolve(chrom), int(pos), ref[1:], alt[1:], label)
@@ -110,13 +115,17 @@ def reference(genome: Genome, chrom: str, start0: int, length: int) -> str:
 def check_ref(edit: Edit, genome: Genome, where: str = "") -> Edit:
     size = genome.length(edit.chrom)
     if edit.end0 > size:
-        raise InputError(f"{where}edit {edit.label!r} reaches past the end of {edit.chrom} ({size:,} bp); check the "
-                         "position and the genome build")  # fmt: skip
+        raise InputError(
+            f"{where}edit {edit.label!r} reaches past the end of {edit.chrom} ({size:,} bp); check the "
+            "position and the genome build"
+        )
     found = reference(genome, edit.chrom, edit.start0, len(edit.ref))
     if found != edit.ref:
-        raise InputError(f"{where}edit {edit.label!r}: the genome ({genome.path.name}) has {found} at "
-                         f"{edit.chrom}:{edit.start0 + 1:,}, not the ref allele {edit.ref}; check the genome build "
-                         "or the allele")  # fmt: skip
+        raise InputError(
+            f"{where}edit {edit.label!r}: the genome ({genome.path.name}) has {found} at "
+            f"{edit.chrom}:{edit.start0 + 1:,}, not the ref allele {edit.ref}; check the genome build "
+            "or the allele"
+        )
     return edit
 
 

@@ -26,8 +26,10 @@ def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:
         raise InputError(f"{path} has no id column; a profiles table is id + one numeric column per gene symbol")
     ids = table["id"].astype(str)
     if profile is None or profile not in set(ids):
-        raise InputError(f"profile {profile!r} is not an id of {path} (it has {', '.join(ids[:5])}"
-                         f"{' ...' if len(ids) > 5 else ''}); pass one with --profile")  # fmt: skip
+        raise InputError(
+            f"profile {profile!r} is not an id of {path} (it has {', '.join(ids[:5])}"
+            f"{' ...' if len(ids) > 5 else ''}); pass one with --profile"
+        )
     return table[ids == profile].iloc[0].to_dict()
 
 
@@ -52,8 +54,10 @@ def moved_genes(config, token_cache, shift: pd.DataFrame, tokens: dict[str, np.n
     recorded = token_cache.manifest.config.get("model_files") or {}
     differ = [n for n in recorded if context.checkpoint.files.get(n) != recorded[n]]
     if differ:
-        raise InputError(f"{config.scgpt_model} is not the scGPT checkpoint {token_cache.url} was embedded with "
-                         f"({differ[0]} differs); pass the folder the token cache was made from")  # fmt: skip
+        raise InputError(
+            f"{config.scgpt_model} is not the scGPT checkpoint {token_cache.url} was embedded with "
+            f"({differ[0]} differs); pass the folder the token cache was made from"
+        )
     if not config.profiles:
         raise InputError("--scgpt-model needs a profile: pass --profiles TABLE and --profile ID")
     prepared = context.prepare(read_profile(config.profiles, config.profile))
@@ -62,8 +66,10 @@ def moved_genes(config, token_cache, shift: pd.DataFrame, tokens: dict[str, np.n
     names = [symbol[int(i)] for i in prepared["genes"]]
     position = {g: p for p, g in enumerate(names) if p > 0}
     if config.gene not in position:
-        raise InputError(f"gene {config.gene!r} is not expressed in profile {config.profile!r} (or not among its "
-                         f"{context.options.max_genes} highest); pick a profile that expresses it")  # fmt: skip
+        raise InputError(
+            f"gene {config.gene!r} is not expressed in profile {config.profile!r} (or not among its "
+            f"{context.options.max_genes} highest); pick a profile that expresses it"
+        )
     model = context.checkpoint.model
     unit = bool((token_cache.manifest.config.get("options") or {}).get("l2", False))
     frames = []
@@ -78,9 +84,17 @@ def moved_genes(config, token_cache, shift: pd.DataFrame, tokens: dict[str, np.n
             runs[name] = encode(model, genes, values, replace)[1:].numpy()  # (L-1, D) without <cls>
         delta = runs["edited"] - runs["reference"]
         cos = np.sum(runs["edited"] * runs["reference"], 1) / np.maximum(
-            np.linalg.norm(runs["edited"], axis=1) * np.linalg.norm(runs["reference"], axis=1), 1e-12)  # fmt: skip
-        frame = pd.DataFrame({"variant": variant, "gene": names[1:], "l2_shift": np.linalg.norm(delta, axis=1),
-                              "cosine": cos, "token_replaced": [g in set(part["id"]) for g in names[1:]]})  # fmt: skip
+            np.linalg.norm(runs["edited"], axis=1) * np.linalg.norm(runs["reference"], axis=1), 1e-12
+        )
+        frame = pd.DataFrame(
+            {
+                "variant": variant,
+                "gene": names[1:],
+                "l2_shift": np.linalg.norm(delta, axis=1),
+                "cosine": cos,
+                "token_replaced": [g in set(part["id"]) for g in names[1:]],
+            }
+        )
         frame = frame.sort_values("l2_shift", ascending=False, kind="stable").head(config.top_n)
         frames.append(frame.assign(rank=np.arange(1, len(frame) + 1)))
     return pd.concat(frames, ignore_index=True)[["variant", "rank", "gene", "l2_shift", "cosine", "token_replaced"]]

@@ -18,9 +18,10 @@ def moved_genes_figure(moved: pd.DataFrame, config, path: Path, show: int = 30) 
     ax.barh(top["gene"], top["l2_shift"], color=colors)
     edits = ", ".join([*config.edits, *([Path(config.vcf).name] if config.vcf else [])])
     shown = edits if len(edits) <= 60 else edits[:57] + "..."
-    ax.set(xlabel="L2 shift of the output embedding (edited - reference)",
-           title=f"{config.gene} edited ({shown}), profile {config.profile}\n"
-                 "red = token replaced by the adapted token")  # fmt: skip
+    ax.set(
+        xlabel="L2 shift of the output embedding (edited - reference)",
+        title=f"{config.gene} edited ({shown}), profile {config.profile}\nred = token replaced by the adapted token",
+    )
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

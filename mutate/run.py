@@ -67,8 +67,10 @@ def _check_trained_on(checkpoint: dict[str, Any], path: str, name: str, cache) -
     before, now = (checkpoint.get("fingerprints") or {}).get(name, {}), cache.fingerprint()
     for key in ("model", "model_revision", "input_digest", "ids_digest", "shards_digest"):
         if key in before and before[key] != now[key]:
-            raise InputError(f"{path} was trained on a {name} cache with {key} {before[key]!r} but {cache.url} has "
-                             f"{now[key]!r}; point the checkpoint's config at the cache it was trained on")  # fmt: skip
+            raise InputError(
+                f"{path} was trained on a {name} cache with {key} {before[key]!r} but {cache.url} has "
+                f"{now[key]!r}; point the checkpoint's config at the cache it was trained on"
+            )
 
 
 def collect_edits(config: MutateConfig, scanner: Scanner) -> list[Edit]:
@@ -84,8 +86,10 @@ def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
     ids = scanner.table["id"].astype(str)
     if gene not in set(ids) or gene not in tokens_ids:
         where = "the windows table" if gene not in set(ids) else "the token cache"
-        raise InputError(f"gene {gene!r} is not in {where} ({len(ids)} genes, e.g. {', '.join(ids[:3])}); give a "
-                         "symbol the adapter was trained on")  # fmt: skip
+        raise InputError(
+            f"gene {gene!r} is not in {where} ({len(ids)} genes, e.g. {', '.join(ids[:3])}); give a "
+            "symbol the adapter was trained on"
+        )
     return int(np.flatnonzero(ids.to_numpy() == gene)[0])
 
 
@@ -103,27 +107,37 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     outside = [e for e in edits if gene_row not in scanner.affected([e])]
     if outside:
         row = scanner.table.iloc[gene_row]
-        raise InputError(f"edit {outside[0].label!r} is outside the window of {config.gene} ({scanner.window_label(gene_row)}, "
-                         f"{scanner.window_bp:,} bp around its TSS {row['chrom']}:{int(row['center']):,}); give edits "
-                         "inside it")  # fmt: skip
+        raise InputError(
+            f"edit {outside[0].label!r} is outside the window of {config.gene} ({scanner.window_label(gene_row)}, "
+            f"{scanner.window_bp:,} bp around its TSS {row['chrom']}:{int(row['center']):,}); give edits "
+            "inside it"
+        )
     variants = [[e] for e in edits] if config.each else [edits]
     table, tokens, counts = scanner.shifts(variants)
-    true = token_cache.read_rows(token_cache.rows_of(table["id"]), dtype=np.float32) if set(table["id"]) <= set(
-        token_ids) else None  # fmt: skip
+    true = (
+        token_cache.read_rows(token_cache.rows_of(table["id"]), dtype=np.float32)
+        if set(table["id"]) <= set(token_ids)
+        else None
+    )
     shift = table.drop(columns="row").assign(
         variant_edits=[" + ".join(e.label for e in variants[v]) for v in table["variant"]],
         cosine=_cosine(tokens["reference"], tokens["edited"]),
         l2=np.linalg.norm(tokens["edited"] - tokens["reference"], axis=1),
-    )  # fmt: skip
+    )
     if true is not None:
         shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
         shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     shift.to_csv(out / "token_shift.tsv", sep="\t", index=False, float_format="%.6g")
-    summary: dict[str, Any] = {"gene": config.gene, "n_edits": len(edits), "n_variants": len(variants), **counts,
-                               "window": scanner.window_label(gene_row),
-                               "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records")}  # fmt: skip
+    summary: dict[str, Any] = {
+        "gene": config.gene,
+        "n_edits": len(edits),
+        "n_variants": len(variants),
+        **counts,
+        "window": scanner.window_label(gene_row),
+        "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
+    }
     if config.scgpt_model:
         from dogmacache.mutate.encoder import moved_genes
 

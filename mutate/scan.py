@@ -73,15 +73,28 @@ class Scanner:
                 inside = [e for e in edits if in_window(e, chrom, start0, self.window_bp)]
                 seq, padded = edited_window(self.genome, chrom, start0, self.window_bp, inside)
                 edited_rows.append({**self.rows[row], "_genome": WindowSource(seq, padded)})
-                records.append({"variant": v, "id": str(self.table["id"].iloc[row]), "row": row,
-                                "edits": "; ".join(e.label for e in inside)})  # fmt: skip
+                records.append(
+                    {
+                        "variant": v,
+                        "id": str(self.table["id"].iloc[row]),
+                        "row": row,
+                        "edits": "; ".join(e.label for e in inside),
+                    }
+                )
         table = pd.DataFrame(records, columns=["variant", "id", "row", "edits"])
         if table.empty:
             return table, {}, {"windows_reembedded": 0, "rows_reused": 0}
         s = self.settings
-        edited, _ = embed_rows(self.adapter, edited_rows, device=s.device, precision=s.precision,
-                               max_tokens=s.max_tokens, max_batch=s.config.max_batch, num_workers=0,
-                               dtype=s.config.dtype)  # fmt: skip
+        edited, _ = embed_rows(
+            self.adapter,
+            edited_rows,
+            device=s.device,
+            precision=s.precision,
+            max_tokens=s.max_tokens,
+            max_batch=s.config.max_batch,
+            num_workers=0,
+            dtype=s.config.dtype,
+        )
         unique, inverse = np.unique(table["row"].to_numpy(), return_inverse=True)
         reference = self.dna.read_rows(unique, dtype=np.float32)[inverse]  # (W, L, D_dna), each row read once
         tokens = {name: self._adapt(x) for name, x in (("reference", reference), ("edited", edited))}
@@ -93,42 +106,75 @@ class Scanner:
         return self.token_model(x).numpy()
 
 
-def open_scanner(dna: EmbeddingCache, windows: str | Path, genome: str | Path, dna_model: str | Path,
-                 token_model: nn.Module, device: str | None = None) -> Scanner:  # fmt: skip
+def open_scanner(
+    dna: EmbeddingCache,
+    windows: str | Path,
+    genome: str | Path,
+    dna_model: str | Path,
+    token_model: nn.Module,
+    device: str | None = None,
+) -> Scanner:
     """The DNA cache's adapter rebuilt with its recorded settings; InputError when anything that changes the numbers
     differs from the cache's manifest."""
     recorded = dna.manifest.config
     name = recorded.get("model")
     if dna.manifest.modality != "dna" or not name:
-        raise InputError(f"{dna.url} is a {dna.manifest.modality} cache without an embed model record; mutate needs "
-                         "the DNA cache written by `dogmacache embed --modality dna`")  # fmt: skip
+        raise InputError(
+            f"{dna.url} is a {dna.manifest.modality} cache without an embed model record; mutate needs "
+            "the DNA cache written by `dogmacache embed --modality dna`"
+        )
     cls = get_adapter(name, "dna")
     config = EmbedConfig(
-        input=str(windows), modality="dna", model=name, out=str(Path(tempfile.gettempdir()) / "mutate"),
-        model_path=str(dna_model), genome=str(genome), device=device or recorded.get("device", "cpu"),
-        precision=recorded.get("precision", "fp32"), dtype=dna.manifest.dtype, compression=dna.manifest.compression,
-        max_tokens=int(recorded.get("max_tokens") or 0), max_batch=int(recorded.get("max_batch") or 64), num_workers=0,
-        progress=False, options=cls.options_class.from_dict(recorded.get("options") or {}),
-    )  # fmt: skip
+        input=str(windows),
+        modality="dna",
+        model=name,
+        out=str(Path(tempfile.gettempdir()) / "mutate"),
+        model_path=str(dna_model),
+        genome=str(genome),
+        device=device or recorded.get("device", "cpu"),
+        precision=recorded.get("precision", "fp32"),
+        dtype=dna.manifest.dtype,
+        compression=dna.manifest.compression,
+        max_tokens=int(recorded.get("max_tokens") or 0),
+        max_batch=int(recorded.get("max_batch") or 64),
+        num_workers=0,
+        progress=False,
+        options=cls.options_class.from_dict(recorded.get("options") or {}),
+    )
     from dogmacache.devices import pick_device
 
     torch_device = pick_device(config.device)
     table, rows, adapter = load(config, torch_device)
     settings = resolve(config, adapter, torch_device)
     wanted = settings.manifest_config(adapter.info())
-    old, new = number_fingerprint(recorded, cls.options_class.flags), number_fingerprint(wanted, cls.options_class.flags)
+    old, new = (
+        number_fingerprint(recorded, cls.options_class.flags),
+        number_fingerprint(wanted, cls.options_class.flags),
+    )
     differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
     if differ:
         key = differ[0]
-        raise InputError(f"{dna.url} was embedded with other settings: {key}: {old.get(key)!r} in the cache, "
-                         f"{new.get(key)!r} now; pass the model folder, genome and --device the cache was embedded "
-                         "with, or re-embed the cache")  # fmt: skip
+        raise InputError(
+            f"{dna.url} was embedded with other settings: {key}: {old.get(key)!r} in the cache, "
+            f"{new.get(key)!r} now; pass the model folder, genome and --device the cache was embedded "
+            "with, or re-embed the cache"
+        )
     genome_tag = f"{wanted['genome']['name']}:{wanted['genome']['sha256']}"
     if input_digest(table, "dna", genome_tag) != dna.manifest.input_digest:
-        raise InputError(f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "
-                         "strand differ); pass the recipe's dna_windows / genes table with --windows")  # fmt: skip
+        raise InputError(
+            f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "
+            "strand differ); pass the recipe's dna_windows / genes table with --windows"
+        )
     window_bp = getattr(adapter.options, "window_bp", None)
     if not window_bp:
         raise InputError(f"the {name} adapter records no window_bp; mutate needs a DNA model that cuts genome windows")
-    return Scanner(adapter=adapter, settings=settings, table=table.reset_index(drop=True), rows=rows,
-                   genome=rows[0]["_genome"], dna=dna, token_model=token_model.eval(), window_bp=int(window_bp))  # fmt: skip
+    return Scanner(
+        adapter=adapter,
+        settings=settings,
+        table=table.reset_index(drop=True),
+        rows=rows,
+        genome=rows[0]["_genome"],
+        dna=dna,
+        token_model=token_model.eval(),
+        window_bp=int(window_bp),
+    )

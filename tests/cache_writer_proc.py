@@ -15,13 +15,23 @@ ITEM_SHAPE = (6, 4)
 
 
 def rows_for(start: int, stop: int) -> np.ndarray:
-    return np.stack([np.random.default_rng(r).standard_normal(ITEM_SHAPE) for r in range(start, stop)]).astype("float32")
+    return np.stack([np.random.default_rng(r).standard_normal(ITEM_SHAPE) for r in range(start, stop)]).astype(
+        "float32"
+    )
 
 
 def spec(ids: list[str], shard_items: int) -> CacheSpec:
-    return CacheSpec(modality="dna", model="test/proc", model_revision="r0", layer=-1, pooling="none",
-                     item_shape=ITEM_SHAPE, input_digest=digest_strings(ids), shard_items=shard_items,
-                     extras=(ExtraArray("n_padded", "int32"),))  # fmt: skip
+    return CacheSpec(
+        modality="dna",
+        model="test/proc",
+        model_revision="r0",
+        layer=-1,
+        pooling="none",
+        item_shape=ITEM_SHAPE,
+        input_digest=digest_strings(ids),
+        shard_items=shard_items,
+        extras=(ExtraArray("n_padded", "int32"),),
+    )
 
 
 def main(argv: list[str]) -> None:

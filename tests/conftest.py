@@ -24,11 +24,17 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
     ids = ids if ids is not None else [f"id{i}" for i in range(len(data))]
     extra_specs = [ExtraArray(name, str(v.dtype), v.shape[1:]) for name, v in (extras or {}).items()]
     spec = CacheSpec(
-        modality=kwargs.pop("modality", "dna"), model=kwargs.pop("model", "test/model"), model_revision="r1",
-        layer=-1, pooling=kwargs.pop("pooling", "none" if data.ndim == 3 else "mean"),
-        item_shape=data.shape[1:], input_digest=digest_strings(ids), shard_items=shard_items,
-        extras=tuple(extra_specs), **kwargs,
-    )  # fmt: skip
+        modality=kwargs.pop("modality", "dna"),
+        model=kwargs.pop("model", "test/model"),
+        model_revision="r1",
+        layer=-1,
+        pooling=kwargs.pop("pooling", "none" if data.ndim == 3 else "mean"),
+        item_shape=data.shape[1:],
+        input_digest=digest_strings(ids),
+        shard_items=shard_items,
+        extras=tuple(extra_specs),
+        **kwargs,
+    )
     writer = CacheWriter.create(path, spec, ids=ids)
     for shard in writer.pending_shards():
         a, b = writer.manifest.shard_rows(shard)
@@ -74,7 +80,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
         start, stop = 0, size
         if header and header.startswith("bytes="):
             first, last = header[6:].split("-")
-            start, stop = (size - int(last), size) if first == "" else (int(first), min(size, int(last or size - 1) + 1))
+            start, stop = (
+                (size - int(last), size) if first == "" else (int(first), min(size, int(last or size - 1) + 1))
+            )
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
         else:

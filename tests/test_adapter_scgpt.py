@@ -135,13 +135,27 @@ def reference_cls(tiny, batch):
     for i in range(args["nlayers"]):
         layer = nn.TransformerEncoderLayer(d, args["nheads"], args["d_hid"], dropout=0.0, batch_first=True)
         p = f"transformer_encoder.layers.{i}."
-        layer.load_state_dict({
-            "self_attn.in_proj_weight": state[p + "self_attn.Wqkv.weight"],
-            "self_attn.in_proj_bias": state[p + "self_attn.Wqkv.bias"],
-            **{k: state[p + k] for k in ("self_attn.out_proj.weight", "self_attn.out_proj.bias", "linear1.weight",
-                                         "linear1.bias", "linear2.weight", "linear2.bias", "norm1.weight",
-                                         "norm1.bias", "norm2.weight", "norm2.bias")},
-        })  # fmt: skip
+        layer.load_state_dict(
+            {
+                "self_attn.in_proj_weight": state[p + "self_attn.Wqkv.weight"],
+                "self_attn.in_proj_bias": state[p + "self_attn.Wqkv.bias"],
+                **{
+                    k: state[p + k]
+                    for k in (
+                        "self_attn.out_proj.weight",
+                        "self_attn.out_proj.bias",
+                        "linear1.weight",
+                        "linear1.bias",
+                        "linear2.weight",
+                        "linear2.bias",
+                        "norm1.weight",
+                        "norm1.bias",
+                        "norm2.weight",
+                        "norm2.bias",
+                    )
+                },
+            }
+        )
         layers.append(layer.eval())
     vocab = json.loads((tiny / "vocab.json").read_text())
     length = max(len(p["genes"]) for p in batch)
@@ -150,13 +164,17 @@ def reference_cls(tiny, batch):
     for i, p in enumerate(batch):
         genes[i, : len(p["genes"])] = torch.from_numpy(p["genes"])
         values[i, : len(p["values"])] = torch.from_numpy(p["values"])
-    gene_emb = F.layer_norm(state["encoder.embedding.weight"][genes], (d,), state["encoder.enc_norm.weight"],
-                            state["encoder.enc_norm.bias"])  # fmt: skip
-    hidden = F.relu(F.linear(values[..., None], state["value_encoder.linear1.weight"],
-                             state["value_encoder.linear1.bias"]))  # fmt: skip
+    gene_emb = F.layer_norm(
+        state["encoder.embedding.weight"][genes], (d,), state["encoder.enc_norm.weight"], state["encoder.enc_norm.bias"]
+    )
+    hidden = F.relu(
+        F.linear(values[..., None], state["value_encoder.linear1.weight"], state["value_encoder.linear1.bias"])
+    )
     value_emb = F.layer_norm(
-        F.linear(hidden, state["value_encoder.linear2.weight"], state["value_encoder.linear2.bias"]), (d,),
-        state["value_encoder.norm.weight"], state["value_encoder.norm.bias"],
+        F.linear(hidden, state["value_encoder.linear2.weight"], state["value_encoder.linear2.bias"]),
+        (d,),
+        state["value_encoder.norm.weight"],
+        state["value_encoder.norm.bias"],
     )
     x = gene_emb + value_emb
     with torch.no_grad():

@@ -111,8 +111,17 @@ def test_import_computes_what_the_original_did(original, tmp_path, held_under):
     assert summary["n_parameters"] == 103_427  # presets.py: tiny
 
     checkpoint = torch.load(tmp_path / "ours.pt", weights_only=False)
-    assert set(checkpoint) == {"format", "task", "model_class", "model_config", "model", "config",
-                               "fingerprints", "versions", "source"}  # fmt: skip
+    assert set(checkpoint) == {
+        "format",
+        "task",
+        "model_class",
+        "model_config",
+        "model",
+        "config",
+        "fingerprints",
+        "versions",
+        "source",
+    }
     assert checkpoint["format"] == "dogmacache-checkpoint-1" and checkpoint["task"] == "cdt"
     assert checkpoint["model_class"] == "CentralDogmaTransformer" and checkpoint["config"] is None
     assert checkpoint["source"] == {"from": "cdt-authors", "file": str(src), "sha256": file_sha256(src)}
@@ -142,8 +151,9 @@ def test_sizes_are_read_from_the_tensors_at_paper_size():
 
 
 def test_layer_counts_and_multipliers_are_read():
-    odd = dataclasses.replace(TINY, dna_self_layers=3, rna_self_layers=0, ffn_multiplier=2,
-                              vce_hidden_multiplier=3, vce_heads=2)  # fmt: skip
+    odd = dataclasses.replace(
+        TINY, dna_self_layers=3, rna_self_layers=0, ffn_multiplier=2, vce_hidden_multiplier=3, vce_heads=2
+    )
     with torch.device("meta"):
         theirs = authors_state_dict(CentralDogmaTransformer(odd))
     assert config_from_authors(theirs, 8, n_heads=4, vce_heads=2) == odd

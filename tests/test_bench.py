@@ -42,8 +42,16 @@ def test_tiny_adapters_run_through_the_embed_runner(tmp_path):
 
 
 def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
-    result = bench_enformer_device("cpu", hparams=TINY_ENFORMER, batches=(1, 2), deviation_batch=2, runner_windows=5,
-                                   runner_workers=(0,), min_seconds=0, workdir=str(tmp_path))  # fmt: skip
+    result = bench_enformer_device(
+        "cpu",
+        hparams=TINY_ENFORMER,
+        batches=(1, 2),
+        deviation_batch=2,
+        runner_windows=5,
+        runner_workers=(0,),
+        min_seconds=0,
+        workdir=str(tmp_path),
+    )
     assert result["parameters"] == 74_196  # write_tiny_enformer's configuration
     assert result["window_bp"] == 2048 and result["item_shape"] == [8, 96] and not result["full_size"]
     assert [(r["precision"], r["batch"]) for r in result["sweep"]] == [
@@ -65,9 +73,7 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
         assert 0 < run["busy_fraction"] <= 1.5  # host clock around forward calls vs the runner's rounded wall
     text = "\n".join(
         bench.render_text(t)
-        for t in bench.embed_tables(
-            {"tiny_cpu": {"device": "cpu", "num_workers": 0, "cases": []}, "gpu": result}
-        )
+        for t in bench.embed_tables({"tiny_cpu": {"device": "cpu", "num_workers": 0, "cases": []}, "gpu": result})
     )
     for expected in (
         "bf16 / fp32 windows/s",
@@ -80,27 +86,26 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _in_process(
-    preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"
-):
+def _in_process(preset, batch=8, steps=3, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"):
     """compare_cdt_implementations without its two fresh processes (each needs seconds to start); malloc's
     settings of the test process are left as they are."""
     fast = bench_cdt.bench_cdt_step(preset, batch, "fast", steps, seed, cpu_allocator="system")
     reference = bench_cdt.bench_cdt_step(preset, batch, "reference", steps, seed, cpu_allocator="system")
-    return {"preset": preset, "batch": batch, "fast": fast, "reference": reference,
-            "speedup_samples_per_s": fast["samples_per_s"] / reference["samples_per_s"],
-            "peak_rss_reference_over_fast": reference["peak_rss_mb"] / fast["peak_rss_mb"]}  # fmt: skip
+    return {
+        "preset": preset,
+        "batch": batch,
+        "fast": fast,
+        "reference": reference,
+        "speedup_samples_per_s": fast["samples_per_s"] / reference["samples_per_s"],
+        "peak_rss_reference_over_fast": reference["peak_rss_mb"] / fast["peak_rss_mb"],
+    }
 
 
 def test_cdt_section_reports_ratios_against_the_targets(monkeypatch):
     monkeypatch.setattr(bench_cdt, "compare_cdt_implementations", _in_process)
     result = bench.bench_cdt_section("tiny", batch=2, steps=1)
     for one in (result["fast"], result["reference"]):
-        assert (
-            _positive(one["samples_per_s"])
-            and _positive(one["steps_per_s"])
-            and _positive(one["peak_rss_mb"])
-        )
+        assert _positive(one["samples_per_s"]) and _positive(one["steps_per_s"]) and _positive(one["peak_rss_mb"])
         assert one["rss_before_steps_mb"] > 0 and "rss_growth_mb" in one
     assert _positive(result["speedup_samples_per_s"]) and _positive(result["peak_rss_reference_over_fast"])
     text = bench.render_text(bench.cdt_tables(result)[0])
@@ -110,8 +115,9 @@ def test_cdt_section_reports_ratios_against_the_targets(monkeypatch):
 def test_paper_preset_runs_the_fast_model_only_unless_allowed(monkeypatch):
     calls = []
 
-    def fake_fresh(preset, batch, implementation, steps, seed=0, threads=None, allow_paper_reference=False,
-                   cpu_allocator="keep"):  # fmt: skip
+    def fake_fresh(
+        preset, batch, implementation, steps, seed=0, threads=None, allow_paper_reference=False, cpu_allocator="keep"
+    ):
         calls.append((preset, implementation, cpu_allocator))
         return bench_cdt.bench_cdt_step("tiny", batch, implementation, steps, seed, cpu_allocator="system")
 
@@ -128,17 +134,31 @@ def test_bench_command_writes_json_and_summary(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--only", "cache", "--items", "4", "--item-shape", "8,16", "--out", str(out)]) == 0
     record = json.loads((out / "cache.json").read_text())
     assert record["section"] == "cache" and record["results"]["n_items"] == 4
-    assert _positive(record["results"]["write_MB_per_s"]) and _positive(
-        record["results"]["random_items_per_s"]
-    )
+    assert _positive(record["results"]["write_MB_per_s"]) and _positive(record["results"]["random_items_per_s"])
     machine = record["machine"]
     assert machine["cpu_cores"] >= 1 and machine["torch"] == torch.__version__ and "cuda_device" in machine
     assert len(machine["load_average_at_start"]) == 3 and machine["cpu_model"]
     assert "random single-item reads" in capsys.readouterr().out
 
     monkeypatch.setattr(bench_cdt, "compare_cdt_implementations", _in_process)
-    assert main(["bench", "--only", "cdt", "--cdt-preset", "tiny", "--cdt-batch", "2", "--cdt-steps", "1",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--only",
+                "cdt",
+                "--cdt-preset",
+                "tiny",
+                "--cdt-batch",
+                "2",
+                "--cdt-steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = (out / "summary.md").read_text()
     assert "## cache" in summary and "## cdt" in summary  # earlier sections in the folder stay in the summary
     assert "| measurement | fast | reference | ratio | target | met |" in summary
@@ -152,21 +172,42 @@ def test_bad_options_are_refused(tmp_path, argv, capsys):
 
 def test_number_formatting():
     assert [bench.fmt(x) for x in (None, 12_345, 1234.5, 56.78, 3.14159, 0.01234, 2.5e-5)] == [
-        "–", "12,345", "1,234", "56.8", "3.14", "0.0123", "2.50e-05"]  # fmt: skip
-    assert (
-        bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
-    )
+        "–",
+        "12,345",
+        "1,234",
+        "56.8",
+        "3.14",
+        "0.0123",
+        "2.50e-05",
+    ]
+    assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
 
 
 @pytest.mark.slow
 def test_cdt_section_through_fresh_processes(tmp_path):
-    assert main(["bench", "--only", "cdt", "--cdt-preset", "tiny", "--cdt-batch", "2", "--cdt-steps", "1",
-                 "--threads", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--only",
+                "cdt",
+                "--cdt-preset",
+                "tiny",
+                "--cdt-batch",
+                "2",
+                "--cdt-steps",
+                "1",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "cdt.json").read_text())["results"]
     assert results["fast"]["threads"] == 1 and results["reference"]["implementation"] == "reference"
-    assert _positive(results["speedup_samples_per_s"]) and _positive(
-        results["rss_growth_reference_over_fast"]
-    )
+    assert _positive(results["speedup_samples_per_s"]) and _positive(results["rss_growth_reference_over_fast"])
 
 
 def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
@@ -183,17 +224,13 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     )
     assert _positive(results["loader"]["rows_per_s"])
     stage = {run["dna_on_device"]: run for run in results["train_stage"]["runs"]}
-    assert set(stage) == {"no", "yes"} and all(
-        _positive(run["paper_50_epochs_minutes"]) for run in stage.values()
-    )
+    assert set(stage) == {"no", "yes"} and all(_positive(run["paper_50_epochs_minutes"]) for run in stage.values())
     summary = (tmp_path / "summary.md").read_text()
     assert "## gpu" in summary and "the paper's 50 epochs" in summary and "Enformer windows/s" in summary
 
 
 def test_cdt_evaluation_per_enhancer_matches_per_pair():
-    result = bench_cdt.bench_cdt_eval(
-        "tiny", n_enhancers=10, pairs_per_enhancer=3.0, pair_batch=4, enhancer_batch=3
-    )
+    result = bench_cdt.bench_cdt_eval("tiny", n_enhancers=10, pairs_per_enhancer=3.0, pair_batch=4, enhancer_batch=3)
     assert (result["pairs"], result["enhancers"]) == (30, 10)
     assert _positive(result["per_pair_pairs_per_s"]) and _positive(result["per_enhancer_pairs_per_s"])
     assert result["max_abs_difference"] < 1e-5  # the same predictions, read from one forward per enhancer

@@ -16,7 +16,7 @@ from dogmacache.train.run import run_training
 from dogmacache.train.tasks.biodta import TokenAdapter, retrieval
 
 GTF_LINES = [
-    '#!genome-build test',
+    "#!genome-build test",
     '1\tt\tgene\t100\t900\t.\t+\t.\tgene_id "G1"; gene_name "AAA";',
     '1\tt\ttranscript\t150\t900\t.\t+\t.\tgene_id "G1"; transcript_id "T1"; gene_name "AAA";',
     '2\tt\tgene\t1000\t5000\t.\t-\t.\tgene_id "G2"; gene_name "BBB";',
@@ -110,13 +110,18 @@ def _config(tmp_path, **model):
     base = default_config("biodta")
     return dataclasses.replace(
         base,
-        data=dataclasses.replace(base.data, labels=str(tmp_path / "genes.parquet"), dna_cache=str(tmp_path / "dna.zarr"),
-                                 token_cache=str(tmp_path / "tokens.zarr")),
+        data=dataclasses.replace(
+            base.data,
+            labels=str(tmp_path / "genes.parquet"),
+            dna_cache=str(tmp_path / "dna.zarr"),
+            token_cache=str(tmp_path / "tokens.zarr"),
+        ),
         model=dataclasses.replace(base.model, hidden=32, dropout=0.0, **model),
-        train=dataclasses.replace(base.train, epochs=60, batch_size=8, lr=1e-2, num_workers=0, device="cpu",
-                                  early_stop_patience=60),
+        train=dataclasses.replace(
+            base.train, epochs=60, batch_size=8, lr=1e-2, num_workers=0, device="cpu", early_stop_patience=60
+        ),
         output=OutputConfig(dir=str(tmp_path / "run"), resume=False),
-    )  # fmt: skip
+    )
 
 
 def test_adapter_learns_tokens_and_beats_the_mean_token(tmp_path):
@@ -131,8 +136,9 @@ def test_adapter_learns_tokens_and_beats_the_mean_token(tmp_path):
 
 def test_a_gene_without_a_token_is_named(tmp_path):
     _task_caches(tmp_path)
-    write_cache(tmp_path / "few.zarr", np.ones((3, 5), np.float32), ids=["G00", "G01", "G02"], modality="gene",
-                pooling="token")  # fmt: skip
+    write_cache(
+        tmp_path / "few.zarr", np.ones((3, 5), np.float32), ids=["G00", "G01", "G02"], modality="gene", pooling="token"
+    )
     config = _config(tmp_path)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, token_cache=str(tmp_path / "few.zarr")))
     with pytest.raises(DogmaError, match=r"37 of 40 ids are not in .*few.zarr \(e.g. \['G03'"):

@@ -1,4 +1,5 @@
-"""The cache bench at tiny size: the read-ratio measurement runs and reaches its table (speed itself is `make bench`'s)."""
+"""The cache bench at tiny size: the read-ratio measurement runs and reaches its table
+(speed itself is `make bench`'s)."""
 
 from dogmacache.bench.cache import bench_cache, cache_tables
 

@@ -25,17 +25,24 @@ def _complete(path) -> bool:
 
 
 def _new_writer(path, ids, item_shape=(2, 3), **kwargs):
-    spec = CacheSpec(modality="dna", model="m", model_revision="r", layer=-1, pooling="none", item_shape=item_shape,
-                     input_digest=digest_strings(ids), shard_items=2, **kwargs)  # fmt: skip
+    spec = CacheSpec(
+        modality="dna",
+        model="m",
+        model_revision="r",
+        layer=-1,
+        pooling="none",
+        item_shape=item_shape,
+        input_digest=digest_strings(ids),
+        shard_items=2,
+        **kwargs,
+    )
     return CacheWriter.create(path, spec, ids=ids)
 
 
 def test_resume_after_kill_gives_identical_arrays(tmp_path):
     n, per = 20, 2  # 10 shards
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(
-        [*PROC, str(killed), str(n), str(per), "all", "0.3"], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([*PROC, str(killed), str(n), str(per), "all", "0.3"], stdout=subprocess.PIPE, text=True)
     lines = [proc.stdout.readline() for _ in range(3)]  # three shards are on disk
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -44,13 +51,9 @@ def test_resume_after_kill_gives_identical_arrays(tmp_path):
     with pytest.raises(IncompleteCacheError, match="not complete"):
         open_cache(killed)
 
-    resumed = subprocess.run(
-        [*PROC, str(killed), str(n), str(per), "all"], capture_output=True, text=True, check=True
-    )
+    resumed = subprocess.run([*PROC, str(killed), str(n), str(per), "all"], capture_output=True, text=True, check=True)
     redone = [int(line.split()[1]) for line in resumed.stdout.splitlines()]
-    assert (
-        0 not in redone and 1 not in redone and 2 not in redone and redone[-1] == 9
-    )  # only unfinished shards
+    assert 0 not in redone and 1 not in redone and 2 not in redone and redone[-1] == 9  # only unfinished shards
     fresh = tmp_path / "fresh.zarr"
     subprocess.run([*PROC, str(fresh), str(n), str(per), "all"], capture_output=True, check=True)
 
@@ -69,9 +72,14 @@ def test_two_processes_writing_disjoint_shards_lose_nothing(tmp_path):
     # and the odd shards at the same time (as the dask fan-out does)
     ids = [f"item{r}" for r in range(n)]
     owner = CacheWriter.create(path, proc_spec(ids, per), ids=ids)
-    procs = [subprocess.Popen([*PROC, str(path), str(n), str(per), half, "0.05", "--no-finalize",
-                               "--join", owner.lock_token], stdout=subprocess.PIPE, text=True)
-             for half in ("even", "odd")]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [*PROC, str(path), str(n), str(per), half, "0.05", "--no-finalize", "--join", owner.lock_token],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for half in ("even", "odd")
+    ]
     outs = [p.communicate()[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(outs[0].splitlines()) == 5 and len(outs[1].splitlines()) == 4
@@ -89,9 +97,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     proc = subprocess.Popen([*PROC, str(path), "20", "2", "all", "0.5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "wrote 0\n"
-        with pytest.raises(
-            CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)"
-        ) as err:
+        with pytest.raises(CacheError, match=rf"being written by process {proc.pid} \(lock .*c.zarr.lock\)") as err:
             ids = [f"item{r}" for r in range(20)]
             CacheWriter.create(path, proc_spec(ids, 2), ids=ids)
         assert "\n" not in str(err.value)
@@ -118,8 +124,11 @@ def test_disk_full_or_read_only_is_one_line_saying_what_was_kept(tmp_path, monke
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(local_store, "_put", refuse)
-    with pytest.raises(CacheError, match=rf"shard 1 of .*c.zarr.*\({name}\).*1 of 3 shards are finished and kept.*"
-                                         "re-run the same command") as err:  # fmt: skip
+    with pytest.raises(
+        CacheError,
+        match=rf"shard 1 of .*c.zarr.*\({name}\).*1 of 3 shards are finished and kept.*"
+        "re-run the same command",
+    ) as err:
         writer.write_shard(1, np.ones((2, 2, 3), dtype=np.float32))
     assert "\n" not in str(err.value)
     monkeypatch.undo()
@@ -187,8 +196,16 @@ def test_resume_refuses_other_content_and_skips_a_complete_cache(tmp_path, rng):
     with pytest.raises(CacheError, match=r"other content \(.*n_items: 4 there, 3 now.*--overwrite"):
         _new_writer(tmp_path / "c.zarr", ["a", "b", "c"])
     ids = ["a", "b", "c", "d"]
-    spec = CacheSpec(modality="dna", model="test/model", model_revision="r1", layer=-1, pooling="none",
-                     item_shape=(2, 3), input_digest=digest_strings(ids), shard_items=2)  # fmt: skip
+    spec = CacheSpec(
+        modality="dna",
+        model="test/model",
+        model_revision="r1",
+        layer=-1,
+        pooling="none",
+        item_shape=(2, 3),
+        input_digest=digest_strings(ids),
+        shard_items=2,
+    )
     same = CacheWriter.create(tmp_path / "c.zarr", spec, ids=ids)
     assert same.manifest.complete and same.pending_shards() == []
 
@@ -220,18 +237,12 @@ def _flip(path, offset):
 def test_flipped_byte_in_a_shard_fails_every_read_of_it(tmp_path, rng):
     data = rng.standard_normal((9, 4, 8)).astype(np.float32)
     write_cache(tmp_path / "c.zarr", data, shard_items=3)
-    _flip(
-        tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0", 10
-    )  # inside row 3 (the first of shard 1)
+    _flip(tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0", 10)  # inside row 3 (the first of shard 1)
     cache = open_cache(tmp_path / "c.zarr")
-    with pytest.raises(
-        CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\).*corrupted"
-    ) as err:
+    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\).*corrupted") as err:
         cache.read_rows([0, 3], dtype=np.float32)
     assert "\n" not in str(err.value)
-    np.testing.assert_array_equal(
-        cache.read_rows([0, 8, 4]), data[[0, 8, 4]].astype(np.float16)
-    )  # other rows fine
+    np.testing.assert_array_equal(cache.read_rows([0, 8, 4]), data[[0, 8, 4]].astype(np.float16))  # other rows fine
     with pytest.raises(Exception, match="checksum"):  # plain zarr checks the same checksum
         zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][3]
 
@@ -269,9 +280,7 @@ def test_flipped_byte_in_an_extra_or_the_shard_digests_is_one_line_naming_the_ar
     with pytest.raises(CacheError, match=r"array `n_padded`, chunk 1 \(.*n_padded/c/1\).*corrupted") as err:
         open_cache(tmp_path / "c.zarr").extra("n_padded")[:]
     assert "\n" not in str(err.value)
-    np.testing.assert_array_equal(
-        open_cache(tmp_path / "c.zarr").extra("n_padded")[:3], np.arange(3)
-    )  # chunk 0 fine
+    np.testing.assert_array_equal(open_cache(tmp_path / "c.zarr").extra("n_padded")[:3], np.arange(3))  # chunk 0 fine
     digests = sorted((tmp_path / "c.zarr" / "shard_sha256" / "c").rglob("*"))
     _flip(next(p for p in digests if p.is_file()), 3)
     with pytest.raises(CacheError, match=r"array `shard_sha256`, .*corrupted") as err:

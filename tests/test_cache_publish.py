@@ -7,15 +7,24 @@ from conftest import write_cache
 from dogmacache.cache import open_cache
 from dogmacache.cli import main
 
-LOCAL = {"genome": "/home/me/data/hg38.fa", "input": "/home/me/recipe/dna_windows.parquet",
-         "out": "/scratch/me/caches/dna.zarr", "nested": {"paths": ["/home/me/a.txt", "relative/b.txt"]},
-         "window_bp": 196608}  # fmt: skip
+LOCAL = {
+    "genome": "/home/me/data/hg38.fa",
+    "input": "/home/me/recipe/dna_windows.parquet",
+    "out": "/scratch/me/caches/dna.zarr",
+    "nested": {"paths": ["/home/me/a.txt", "relative/b.txt"]},
+    "window_bp": 196608,
+}
 
 
 def _local_cache(tmp_path, rng):
     path = tmp_path / "caches" / "dna.zarr"
-    write_cache(path, rng.standard_normal((4, 3)).astype(np.float32), shard_items=2,
-                config=LOCAL, model="/home/me/models/enformer-official-rough")  # fmt: skip
+    write_cache(
+        path,
+        rng.standard_normal((4, 3)).astype(np.float32),
+        shard_items=2,
+        config=LOCAL,
+        model="/home/me/models/enformer-official-rough",
+    )
     return path
 
 

@@ -23,8 +23,22 @@ def test_round_trip_plain_zarr_and_open_cache(tmp_path, rng, shape):
     np.testing.assert_array_equal(group["embeddings"][:], data.astype(np.float16))
     assert group["ids"][:].tolist() == ids
     meta = group.attrs[MANIFEST_KEY]
-    for key in ("schema_version", "modality", "model", "model_revision", "layer", "pooling", "dtype", "n_items",
-                "item_shape", "input_digest", "created_by", "complete", "shards", "config"):  # fmt: skip
+    for key in (
+        "schema_version",
+        "modality",
+        "model",
+        "model_revision",
+        "layer",
+        "pooling",
+        "dtype",
+        "n_items",
+        "item_shape",
+        "input_digest",
+        "created_by",
+        "complete",
+        "shards",
+        "config",
+    ):
         assert key in meta, key
     assert meta["item_shape"] == list(shape[1:]) and meta["n_items"] == shape[0]
 
@@ -104,8 +118,10 @@ def test_direct_shard_reads_match_plain_zarr(tmp_path, rng, dtype, shape):
     got = cache.read_rows(rows)
     assert got.shape == (13, *shape[1:]) and got.flags.writeable
     np.testing.assert_array_equal(got.view(plain.dtype), plain[rows])
-    np.testing.assert_array_equal(cache.read_rows(rows, dtype=np.float32), open_cache(tmp_path / "c.zarr").get(
-        [f"id{r}" for r in rows], dtype=np.float32))  # fmt: skip
+    np.testing.assert_array_equal(
+        cache.read_rows(rows, dtype=np.float32),
+        open_cache(tmp_path / "c.zarr").get([f"id{r}" for r in rows], dtype=np.float32),
+    )
 
 
 def test_compressed_cache_reads_through_zarr_and_names_a_broken_shard(tmp_path, rng):
@@ -118,9 +134,7 @@ def test_compressed_cache_reads_through_zarr_and_names_a_broken_shard(tmp_path, 
     raw = bytearray(shard.read_bytes())
     raw[5] ^= 0x40
     shard.write_bytes(bytes(raw))
-    with pytest.raises(
-        CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\) cannot be read"
-    ):
+    with pytest.raises(CacheError, match=r"array `embeddings`, shard 1 \(.*embeddings/c/1/0/0\) cannot be read"):
         open_cache(tmp_path / "c.zarr").read_rows([0, 3])
 
 
@@ -129,16 +143,21 @@ def test_a_cache_opens_in_xarray_and_dask(tmp_path, rng):
     import xarray as xr
 
     data = rng.standard_normal((5, 4, 3)).astype(np.float32)
-    write_cache(tmp_path / "c.zarr", data, shard_items=2,
-                extras={"n_padded": np.arange(5, dtype=np.int32), "mask": np.ones((5, 4), dtype=bool)})  # fmt: skip
+    write_cache(
+        tmp_path / "c.zarr",
+        data,
+        shard_items=2,
+        extras={"n_padded": np.arange(5, dtype=np.int32), "mask": np.ones((5, 4), dtype=bool)},
+    )
     ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=False)
     assert ds["embeddings"].dims == ("item", "position", "feature") and ds["n_padded"].dims == ("item",)
     assert ds["mask"].dims[0] == "item" and ds.sizes["item"] == 5
     assert isinstance(ds["embeddings"].data, da.Array)  # lazy
     by_id = ds.set_xindex("ids") if "ids" in ds.coords else ds.set_coords("ids").set_xindex("ids")
     np.testing.assert_array_equal(by_id["embeddings"].sel(ids="id3").values, data[3].astype(np.float16))
-    np.testing.assert_array_equal(da.from_zarr(str(tmp_path / "c.zarr"), component="embeddings")[1:3].compute(),
-                                  data[1:3].astype(np.float16))  # fmt: skip
+    np.testing.assert_array_equal(
+        da.from_zarr(str(tmp_path / "c.zarr"), component="embeddings")[1:3].compute(), data[1:3].astype(np.float16)
+    )
 
 
 def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
@@ -151,8 +170,9 @@ def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
         assert ds["embeddings"].dims[0] == "item" and ds.sizes["item"] == len(cache)
         assert all(ds[name].dims[0] == "item" for name in cache.manifest.extra_arrays)
         first = str(cache.ids[1])
-        np.testing.assert_array_equal(ds["embeddings"].sel(ids=first).values, cache.get([first])[0].view(
-            ds["embeddings"].dtype))  # fmt: skip
+        np.testing.assert_array_equal(
+            ds["embeddings"].sel(ids=first).values, cache.get([first])[0].view(ds["embeddings"].dtype)
+        )
         lazy = da.from_zarr(str(path), component="embeddings")
         np.testing.assert_array_equal(lazy[:2].compute(), cache.read_rows([0, 1]).view(lazy.dtype))
     names = {p.name for p in (demo_run / "cache").glob("*.zarr")}

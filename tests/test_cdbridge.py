@@ -23,12 +23,25 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
     rng = np.random.default_rng(0)
     n = len(SPLIT)
     ids = [f"T{i}" for i in range(n)]
-    write_cache(tmp_path / "dna.zarr", rng.normal(size=(n, n_bins, 6)).astype(np.float32), ids=[f"w{i}" for i in range(n)])
-    write_cache(tmp_path / "protein.zarr", rng.normal(size=(5, 6)).astype(np.float32), ids=[f"P{i}" for i in range(5)],
-                modality="protein")  # fmt: skip
+    write_cache(
+        tmp_path / "dna.zarr", rng.normal(size=(n, n_bins, 6)).astype(np.float32), ids=[f"w{i}" for i in range(n)]
+    )
+    write_cache(
+        tmp_path / "protein.zarr",
+        rng.normal(size=(5, 6)).astype(np.float32),
+        ids=[f"P{i}" for i in range(5)],
+        modality="protein",
+    )
     write_cache(tmp_path / "tissue.zarr", rng.normal(size=(3, 5)).astype(np.float32), ids=TISSUES, modality="context")
-    labels = pd.DataFrame({"id": ids, "gene_id": ids, "split": SPLIT, "dna_id": [f"w{i}" for i in range(n)],
-                           "protein_id": [f"P{i % 5}" if i != 3 else "" for i in range(n)]})  # fmt: skip
+    labels = pd.DataFrame(
+        {
+            "id": ids,
+            "gene_id": ids,
+            "split": SPLIT,
+            "dna_id": [f"w{i}" for i in range(n)],
+            "protein_id": [f"P{i % 5}" if i != 3 else "" for i in range(n)],
+        }
+    )
     for k, t in enumerate(TISSUES):
         labels[t] = rng.normal(size=n) + k
     labels.to_parquet(tmp_path / "labels.parquet")
@@ -36,14 +49,30 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
     masks[0, :2] = [0, 1]  # both classes present
     pd.DataFrame({"id": ids, "dna_id": labels["dna_id"], "mask": list(masks)}).to_parquet(tmp_path / "masks.parquet")
     pd.DataFrame({"tissue": TISSUES, "held_out": [False, False, True]}).to_parquet(tmp_path / "tissues.parquet")
-    return {"task": "cdbridge",
-            "data": {"labels": str(tmp_path / "labels.parquet"), "dna_cache": str(tmp_path / "dna.zarr"),
-                     "protein_cache": str(tmp_path / "protein.zarr"), "tissue_cache": str(tmp_path / "tissue.zarr"),
-                     "coding_masks": str(tmp_path / "masks.parquet"), "eval_batch": 5},
-            "model": {"d_model": 8, "n_heads": 2, "ffn_hidden": 8, "dictionary_size": 3, "output_tokens": 2,
-                      "functional_layers": 1, "tissue_layers": 1, "dropout": 0.0, "ablations": ["tissue_only"]},
-            "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 1e-2},
-            "output": {"dir": str(tmp_path / "out"), "resume": False}}  # fmt: skip
+    return {
+        "task": "cdbridge",
+        "data": {
+            "labels": str(tmp_path / "labels.parquet"),
+            "dna_cache": str(tmp_path / "dna.zarr"),
+            "protein_cache": str(tmp_path / "protein.zarr"),
+            "tissue_cache": str(tmp_path / "tissue.zarr"),
+            "coding_masks": str(tmp_path / "masks.parquet"),
+            "eval_batch": 5,
+        },
+        "model": {
+            "d_model": 8,
+            "n_heads": 2,
+            "ffn_hidden": 8,
+            "dictionary_size": 3,
+            "output_tokens": 2,
+            "functional_layers": 1,
+            "tissue_layers": 1,
+            "dropout": 0.0,
+            "ablations": ["tissue_only"],
+        },
+        "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 1e-2},
+        "output": {"dir": str(tmp_path / "out"), "resume": False},
+    }
 
 
 def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
@@ -100,13 +129,21 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     summary = run_training(config, progress=False)
     out = tmp_path / "out"
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written["models"]) == {"cdbridge", "per_tissue_mean", "tissue_only", "no_mask_supervision", "mask_filter",
-                                      "held_out_seen"}  # fmt: skip
+    assert set(written["models"]) == {
+        "cdbridge",
+        "per_tissue_mean",
+        "tissue_only",
+        "no_mask_supervision",
+        "mask_filter",
+        "held_out_seen",
+    }
     table = written["seen_vs_held_out"]
     assert set(table) == set(written["models"])
     assert np.isfinite(table["cdbridge"]["mask_auroc"]) and np.isfinite(table["cdbridge"]["spearman_held_out"])
     # no stage 1: no mask decoder to score, but the kept fractions of the merging stage 2 trained
-    assert np.isnan(table["no_mask_supervision"]["mask_auroc"]) and np.isfinite(table["no_mask_supervision"]["kept_coding"])
+    assert np.isnan(table["no_mask_supervision"]["mask_auroc"]) and np.isfinite(
+        table["no_mask_supervision"]["kept_coding"]
+    )
     assert not (out / "stage1" / "no_mask_supervision_stage1_best.pt").exists()
     assert table["mask_filter"]["mask_auroc"] == table["cdbridge"]["mask_auroc"]  # it shares stage 1
     # held_out_seen trained on Liver too: Liver's scores when seen, beside the zero-shot ones
@@ -177,30 +214,49 @@ def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windo
     streamed = CdbridgeTask(RunConfig.from_dict(raw)).load()
     assert streamed.dna_rows is None
     chunk = ExampleChunks(streamed, streamed.transcripts["train"], 6).chunk(np.arange(6))
-    np.testing.assert_allclose(chunk.rows["dna"].numpy(), data.dna_rows[np.unique(data.transcripts["train"]["dna_row"])],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        chunk.rows["dna"].numpy(), data.dna_rows[np.unique(data.transcripts["train"]["dna_row"])], atol=1e-5
+    )
     raw["data"].update(standardize_tissues=False, standardize_dna=False, preload_bytes=1 << 30)
     plain = CdbridgeTask(RunConfig.from_dict(raw)).load()
     from dogmacache.cache import open_cache
 
-    np.testing.assert_array_equal(plain.tissue_embeddings.numpy(), open_cache(tmp_path / "tissue.zarr").read_rows(
-        np.arange(3), dtype=np.float32))  # fmt: skip
-    np.testing.assert_array_equal(plain.dna_rows,
-                                  open_cache(tmp_path / "dna.zarr").read_rows(np.arange(12), dtype=np.float32))  # fmt: skip
+    np.testing.assert_array_equal(
+        plain.tissue_embeddings.numpy(), open_cache(tmp_path / "tissue.zarr").read_rows(np.arange(3), dtype=np.float32)
+    )
+    np.testing.assert_array_equal(
+        plain.dna_rows, open_cache(tmp_path / "dna.zarr").read_rows(np.arange(12), dtype=np.float32)
+    )
 
 
 def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
     from dogmacache.train import merging
     from dogmacache.train.tasks.cdbridge import CdbridgeModel
 
-    model = CdbridgeModel(dna_width=6, protein_width=6, tissue_width=5, n_bins=4, d_model=8, n_heads=2, ffn_hidden=8,
-                          dictionary_size=3, merge_rate_mean=0.25, merge_rate_std=0.0, functional_layers=1,
-                          tissue_layers=1, output_tokens=2, dropout=0.0, recovery=True, tissue_input="full",
-                          filter_by_mask=True).eval()  # fmt: skip
+    model = CdbridgeModel(
+        dna_width=6,
+        protein_width=6,
+        tissue_width=5,
+        n_bins=4,
+        d_model=8,
+        n_heads=2,
+        ffn_hidden=8,
+        dictionary_size=3,
+        merge_rate_mean=0.25,
+        merge_rate_std=0.0,
+        functional_layers=1,
+        tissue_layers=1,
+        output_tokens=2,
+        dropout=0.0,
+        recovery=True,
+        tissue_input="full",
+        filter_by_mask=True,
+    ).eval()
     fused = torch.randn(2, 4, 8)
     # row 0: bins 0 and 1 merge into one slot; row 1: nothing merges
-    plan = merging.plan_from_pairs(torch.tensor([[True, False, False, False], [False] * 4]),
-                                   torch.tensor([[1, 1, 2, 3], [0, 1, 2, 3]]))  # fmt: skip
+    plan = merging.plan_from_pairs(
+        torch.tensor([[True, False, False, False], [False] * 4]), torch.tensor([[1, 1, 2, 3], [0, 1, 2, 3]])
+    )
     logits = torch.tensor([[5.0, 5.0, -5.0, 5.0], [-5.0, -5.0, -5.0, -5.0]])  # row 1: no coding bin
     model.coding_logits = lambda f, p: logits
     keys = model.coding_slots(fused, plan)
@@ -211,9 +267,24 @@ def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
 def test_a_frozen_stage_1_gives_the_same_fused_tokens_at_every_training_step():
     from dogmacache.train.tasks.cdbridge import CdbridgeModel
 
-    model = CdbridgeModel(dna_width=6, protein_width=6, tissue_width=5, n_bins=4, d_model=8, n_heads=2, ffn_hidden=8,
-                          dictionary_size=3, merge_rate_mean=0.25, merge_rate_std=0.1, functional_layers=1,
-                          tissue_layers=1, output_tokens=2, dropout=0.5, recovery=True, tissue_input="full")  # fmt: skip
+    model = CdbridgeModel(
+        dna_width=6,
+        protein_width=6,
+        tissue_width=5,
+        n_bins=4,
+        d_model=8,
+        n_heads=2,
+        ffn_hidden=8,
+        dictionary_size=3,
+        merge_rate_mean=0.25,
+        merge_rate_std=0.1,
+        functional_layers=1,
+        tissue_layers=1,
+        output_tokens=2,
+        dropout=0.5,
+        recovery=True,
+        tissue_input="full",
+    )
     dna = torch.randn(3, 4, 6)
     model.train()
     assert not torch.equal(model.fuse(dna), model.fuse(dna))  # dropout while stage 1 trains

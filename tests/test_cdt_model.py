@@ -71,18 +71,14 @@ def test_own_attention_has_the_parameters_of_nn_multiheadattention():
     d = 24
     ours = MultiHeadAttention(d, 4, 0.1)
     theirs = torch.nn.MultiheadAttention(d, 4, dropout=0.1, bias=True, batch_first=True)
-    assert {n: p.shape for n, p in ours.named_parameters()} == {
-        n: p.shape for n, p in theirs.named_parameters()
-    }
+    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in theirs.named_parameters()}
     assert sum(p.numel() for p in ours.parameters()) == 4 * d * d + 4 * d
 
 
 # --- the fast model against the per-sample reference ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "config", [TINY, dataclasses.replace(TINY, dna_self_layers=1, rna_self_layers=2, n_heads=2)]
-)
+@pytest.mark.parametrize("config", [TINY, dataclasses.replace(TINY, dna_self_layers=1, rna_self_layers=2, n_heads=2)])
 def test_fast_model_equals_per_sample_reference_in_eval(config):
     model, reference = pair(config)
     x = inputs(config)
@@ -104,10 +100,16 @@ def test_attention_maps_match_reference_per_head_weights():
         slow, reference_maps = reference.forward_with_attention(*x)
     L, G, H, Hv = TINY.dna_positions, TINY.n_genes, TINY.n_heads, TINY.vce_heads
     expected_shapes = {
-        "dna_self.0": (B, H, L, L), "dna_self.1": (B, H, L, L), "rna_self.0": (B, H, G, G),
-        "protein_self.0": (B, H, G, G), "dna_to_rna": (B, H, G, L), "rna_to_protein": (B, H, G, G),
-        "vce_dna": (B, Hv, L), "vce_rna": (B, Hv, G), "vce_protein": (B, Hv, G),
-    }  # fmt: skip
+        "dna_self.0": (B, H, L, L),
+        "dna_self.1": (B, H, L, L),
+        "rna_self.0": (B, H, G, G),
+        "protein_self.0": (B, H, G, G),
+        "dna_to_rna": (B, H, G, L),
+        "rna_to_protein": (B, H, G, G),
+        "vce_dna": (B, Hv, L),
+        "vce_rna": (B, Hv, G),
+        "vce_protein": (B, Hv, G),
+    }
     assert {k: tuple(v.shape) for k, v in maps.items()} == expected_shapes
     assert sorted(reference_maps) == sorted(maps)
     for key, weights in maps.items():
@@ -145,8 +147,10 @@ def test_sample_invariant_branches_run_once_per_batch():
     calls = {"fast": 0, "reference": 0}
     hooks = [
         model.rna_projection.register_forward_hook(lambda *_: calls.__setitem__("fast", calls["fast"] + 1)),
-        reference.rna_projection.register_forward_hook(lambda *_: calls.__setitem__("reference", calls["reference"] + 1)),
-    ]  # fmt: skip
+        reference.rna_projection.register_forward_hook(
+            lambda *_: calls.__setitem__("reference", calls["reference"] + 1)
+        ),
+    ]
     with torch.no_grad():
         model(*inputs(TINY))
         reference(*inputs(TINY))
@@ -202,9 +206,7 @@ def test_wrong_dna_width_names_expected_and_received_width():
     dna, rna, protein, gene_index = inputs(TINY)
     with pytest.raises(InputError) as err:
         model(torch.randn(B, TINY.dna_positions, 40), rna, protein, gene_index)
-    assert str(err.value).startswith(
-        "dna has width 40 but the model was built for 48 (from the cache manifest); "
-    )
+    assert str(err.value).startswith("dna has width 40 but the model was built for 48 (from the cache manifest); ")
 
 
 @pytest.mark.parametrize(
@@ -259,8 +261,9 @@ def test_model_summary_command(capsys, name, total):
 
 @pytest.mark.parametrize("implementation", ["fast", "reference"])
 def test_bench_cdt_step_measures_a_training_step(implementation):
-    result = bench_cdt_step("tiny", batch=2, implementation=implementation, steps=2, seed=0, warmup=1,
-                            cpu_allocator="system")  # fmt: skip
+    result = bench_cdt_step(
+        "tiny", batch=2, implementation=implementation, steps=2, seed=0, warmup=1, cpu_allocator="system"
+    )
     assert result["implementation"] == implementation and result["parameters"] == 103_427
     assert result["cpu_allocator"] == "system"
     assert len(result["step_seconds"]) == 2 and result["samples_per_s"] > 0 and result["peak_rss_mb"] > 0
@@ -297,7 +300,10 @@ def test_model_summary_states_the_esm2_protein_count(capsys):
     summary.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["model-summary", "cdt", "--preset", "paper"])
     assert args.run(args) == 0
-    assert "with ESM-2 650M, 1280-d, as `dogmacache embed --model esm2` writes: 60,486,968 parameters" in capsys.readouterr().out
+    assert (
+        "with ESM-2 650M, 1280-d, as `dogmacache embed --model esm2` writes: 60,486,968 parameters"
+        in capsys.readouterr().out
+    )
     args = parser.parse_args(["model-summary", "cdt", "--preset", "paper", "--protein-width", "1280"])
     assert args.run(args) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "trainable parameters: 60,486,968"

@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_the_subcommands():
-    out = subprocess.run([Path(sys.executable).parent / "dogmacache", "--help"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [Path(sys.executable).parent / "dogmacache", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
     assert {"cache", "recipe", "embed", "models", "train", "model-summary", "demo", "bench"} <= listed, out
 
@@ -34,18 +35,13 @@ def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):
 
 def test_publish_dry_run_prints_files_and_card(tmp_path, rng, capsys):
     folder = tmp_path / "share"
-    write_cache(
-        folder / "dna-enformer.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2
-    )
-    write_cache(
-        folder / "protein-esm2.zarr", rng.standard_normal((7, 16)).astype(np.float32), modality="protein"
-    )
+    write_cache(folder / "dna-enformer.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
+    write_cache(folder / "protein-esm2.zarr", rng.standard_normal((7, 16)).astype(np.float32), modality="protein")
     assert main(["cache", "publish", str(folder), "--repo", "my-lab/demo-caches", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would create dataset repo my-lab/demo-caches" in out
     assert (
-        "dna-enformer.zarr: dna/test/model, 5 items" in out
-        and "protein-esm2.zarr: protein/test/model, 7 items" in out
+        "dna-enformer.zarr: dna/test/model, 5 items" in out and "protein-esm2.zarr: protein/test/model, 7 items" in out
     )
     card = out.split("--- README.md ---\n", 1)[1]
     assert card.startswith("---\nlicense: other\ntags:\n")
@@ -56,8 +52,15 @@ def test_publish_dry_run_prints_files_and_card(tmp_path, rng, capsys):
 
 def test_publish_refuses_incomplete_caches(tmp_path, capsys):
     ids = ["a", "b"]
-    spec = CacheSpec(modality="dna", model="m", model_revision="r", layer=-1, pooling="none", item_shape=(2, 2),
-                     input_digest=digest_strings(ids))  # fmt: skip
+    spec = CacheSpec(
+        modality="dna",
+        model="m",
+        model_revision="r",
+        layer=-1,
+        pooling="none",
+        item_shape=(2, 2),
+        input_digest=digest_strings(ids),
+    )
     CacheWriter.create(tmp_path / "c.zarr", spec, ids=ids)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "me/x", "--dry-run"]) == 2
     assert "are not complete" in capsys.readouterr().err
@@ -66,10 +69,7 @@ def test_publish_refuses_incomplete_caches(tmp_path, capsys):
 def test_demo_trains_cdt_past_both_baselines(demo_run):
     metrics = json.loads((demo_run / "train" / "metrics.json").read_text())
     test = {name: m["test"] for name, m in metrics["models"].items()}
-    assert (
-        set(test) == {"cdt", "per_gene_mean", "dna_mlp"}
-        and test["cdt"]["n"] == metrics["counts"]["test"] > 100
-    )
+    assert set(test) == {"cdt", "per_gene_mean", "dna_mlp"} and test["cdt"]["n"] == metrics["counts"]["test"] > 100
     assert test["cdt"]["pearson"] > test["dna_mlp"]["pearson"] > test["per_gene_mean"]["pearson"]
     assert test["cdt"]["mse"] < test["dna_mlp"]["mse"] < test["per_gene_mean"]["mse"]
     for figure in ("learning_curves.png", "test_scatter.png"):
@@ -82,8 +82,17 @@ def test_demo_trains_cdbridge_past_the_per_tissue_mean_with_heart_zero_shot(demo
     out = demo_run / "train_cdbridge"
     metrics = json.loads((out / "metrics.json").read_text())
     test = {name: m["test"] for name, m in metrics["models"].items()}
-    assert set(test) == {"cdbridge", "per_tissue_mean", "no_tissue", "tissue_only", "no_merging", "no_recovery",
-                         "no_mask_supervision", "mask_filter", "held_out_seen"}  # fmt: skip
+    assert set(test) == {
+        "cdbridge",
+        "per_tissue_mean",
+        "no_tissue",
+        "tissue_only",
+        "no_merging",
+        "no_recovery",
+        "no_mask_supervision",
+        "mask_filter",
+        "held_out_seen",
+    }
     assert metrics["held_out_tissues"] == ["Heart"] and test["cdbridge"]["per_tissue"]["Heart"]["held_out"]
     assert test["cdbridge"]["r2"] > test["per_tissue_mean"]["r2"]  # pooled over every test cell
     assert test["cdbridge"]["spearman_mean_seen"] > test["per_tissue_mean"]["spearman_mean_seen"] + 0.2
@@ -100,8 +109,22 @@ def test_demo_trains_cdbridge_past_the_per_tissue_mean_with_heart_zero_shot(demo
 @pytest.mark.filterwarnings("ignore")
 def test_wheel_installs_only_the_dogmacache_package(tmp_path):
     had_build = (REPO / "build").exists()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     if not had_build:  # setuptools builds inside the source tree; leave it as it was
         shutil.rmtree(REPO / "build", ignore_errors=True)
     (wheel,) = tmp_path.glob("dogmacache-*.whl")
@@ -132,9 +155,7 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(
         huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw))
     )
-    monkeypatch.setattr(
-        huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw))
-    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw)))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(("card", kw)))
     write_cache(tmp_path / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
@@ -169,10 +190,7 @@ def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, ca
     assert main(["cache", "pull", "lab/x", str(tmp_path / "got")]) == 0
     assert calls == [("lab/x", "dataset", None)]
     out = capsys.readouterr().out
-    assert (
-        f"verified {tmp_path / 'got' / 'dna.zarr'}" in out
-        and f"verified {tmp_path / 'got' / 'protein.zarr'}" in out
-    )
+    assert f"verified {tmp_path / 'got' / 'dna.zarr'}" in out and f"verified {tmp_path / 'got' / 'protein.zarr'}" in out
 
     shard = repo_dir / "dna.zarr" / "embeddings" / "c" / "1" / "0" / "0"
     raw = bytearray(shard.read_bytes())

@@ -31,8 +31,12 @@ def test_bundled_files_are_what_the_generator_writes(tmp_path):
 
 def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
     genome = {name: seq.upper() for name, seq in read_fasta(HERE / "genome.fa.gz")}
-    assert {k: len(v) for k, v in genome.items()} == {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000,
-                                                      "chr4": 619_067}  # fmt: skip
+    assert {k: len(v) for k, v in genome.items()} == {
+        "chr1": 250_000,
+        "chr2": 200_000,
+        "chr3": 150_000,
+        "chr4": 619_067,
+    }
     gtf = read_gtf(HERE / "Homo_sapiens.GRCh38.88.gtf.gz", ["exon", "CDS", "stop_codon"], ["transcript_id"])
     cdna = read_ensembl_fasta(HERE / "Homo_sapiens.GRCh38.cdna.all.fa.gz").set_index("transcript")["sequence"]
     pep = read_ensembl_fasta(HERE / "Homo_sapiens.GRCh38.pep.all.fa.gz").set_index("transcript")["sequence"]
@@ -58,8 +62,11 @@ def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
 
 def test_demo_crispri_labels_follow_the_hidden_rule(tmp_path):
     """Enhancers with more GC-box blocks carry larger negative effects; AT-rich decoy blocks do not matter."""
-    files = {"results": HERE / "GSE120861_all_deg_results.at_scale.txt.gz",
-             "chain": HERE / "hg19ToHg38.over.chain.gz", "uniprot": HERE / "uniprot_human_swissprot.fasta.gz"}  # fmt: skip
+    files = {
+        "results": HERE / "GSE120861_all_deg_results.at_scale.txt.gz",
+        "chain": HERE / "hg19ToHg38.over.chain.gz",
+        "uniprot": HERE / "uniprot_human_swissprot.fasta.gz",
+    }
     build_gasperini(files, tmp_path, GasperiniConfig())
     dna = pd.read_parquet(tmp_path / "dna_windows.parquet").set_index("id")
     labels = pd.read_parquet(tmp_path / "labels.parquet")
@@ -131,16 +138,10 @@ def test_demo_expression_follows_the_hidden_rule(tmp_path):
 
     def gc_blocks(window_id):
         chrom, center, strand = windows.loc[window_id, ["chrom", "center", "strand"]]
-        upstream = (
-            genome[chrom][center - 513 : center - 1]
-            if strand == "+"
-            else genome[chrom][center : center + 512]
-        )
+        upstream = genome[chrom][center - 513 : center - 1] if strand == "+" else genome[chrom][center : center + 512]
         return upstream.count(GC_BOX * 10) + upstream.count(reverse_complement(GC_BOX * 10))
 
-    tissues = [
-        c for c in labels.columns if c not in ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
-    ]
+    tissues = [c for c in labels.columns if c not in ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")]
     blocks = labels["dna_id"].map(gc_blocks)
     spread = labels[tissues].std(axis=1)
     assert set(blocks) == {0, 1, 2, 3}

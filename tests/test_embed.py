@@ -31,9 +31,27 @@ def demo(demo_run, tmp_path_factory):
 
 
 def _embed_args(root, models, out, *extra, table="dna24.parquet"):
-    return ["embed", "--input", str(root / table), "--modality", "dna", "--model", "enformer",
-            "--model-path", str(models["enformer"]), "--genome", str(root / "recipe" / "genome.fa"),
-            "--out", str(out), "--shard-items", "4", "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
+    return [
+        "embed",
+        "--input",
+        str(root / table),
+        "--modality",
+        "dna",
+        "--model",
+        "enformer",
+        "--model-path",
+        str(models["enformer"]),
+        "--genome",
+        str(root / "recipe" / "genome.fa"),
+        "--out",
+        str(out),
+        "--shard-items",
+        "4",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys):
@@ -41,24 +59,55 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
     root, models = demo
     recipe = root / "recipe"
     runs = [
-        ("rna.zarr", ["--input", str(recipe / "isoform" / "rna_sequences.parquet"), "--modality", "rna", "--model",
-                      "nucleotide-transformer", "--model-path", str(models["nucleotide-transformer"])]),
-        ("tissue.zarr", ["--input", str(recipe / "isoform" / "tissue_profiles.parquet"), "--modality", "context",
-                         "--model", "scgpt", "--model-path", str(models["scgpt"])]),
-    ]  # fmt: skip
+        (
+            "rna.zarr",
+            [
+                "--input",
+                str(recipe / "isoform" / "rna_sequences.parquet"),
+                "--modality",
+                "rna",
+                "--model",
+                "nucleotide-transformer",
+                "--model-path",
+                str(models["nucleotide-transformer"]),
+            ],
+        ),
+        (
+            "tissue.zarr",
+            [
+                "--input",
+                str(recipe / "isoform" / "tissue_profiles.parquet"),
+                "--modality",
+                "context",
+                "--model",
+                "scgpt",
+                "--model-path",
+                str(models["scgpt"]),
+            ],
+        ),
+    ]
     for name, args in runs:
         assert main(["embed", *args, "--out", str(tmp_path / name), "--no-progress"]) == 0, name
     assert "cache complete" in capsys.readouterr().out
-    paths = {"dna.zarr": demo_run / "cache" / "dna-enformer.zarr", "protein.zarr": demo_run / "cache" / "protein-esm2.zarr",
-             "gene.zarr": demo_run / "cache" / "gene-scgpt.zarr", "rna.zarr": tmp_path / "rna.zarr",
-             "tissue.zarr": tmp_path / "tissue.zarr"}  # fmt: skip
+    paths = {
+        "dna.zarr": demo_run / "cache" / "dna-enformer.zarr",
+        "protein.zarr": demo_run / "cache" / "protein-esm2.zarr",
+        "gene.zarr": demo_run / "cache" / "gene-scgpt.zarr",
+        "rna.zarr": tmp_path / "rna.zarr",
+        "tissue.zarr": tmp_path / "tissue.zarr",
+    }
     shapes = {}
     for name, path in paths.items():
         cache = open_cache(path)
         assert cache.manifest.complete and np.isfinite(cache[:].astype(np.float32)).all()
         shapes[name] = (len(cache), cache.item_shape)
-    assert shapes == {"dna.zarr": (180, (8, 96)), "protein.zarr": (35, (32,)), "gene.zarr": (35, (32,)),
-                      "rna.zarr": (365, (32,)), "tissue.zarr": (30, (32,))}  # fmt: skip
+    assert shapes == {
+        "dna.zarr": (180, (8, 96)),
+        "protein.zarr": (35, (32,)),
+        "gene.zarr": (35, (32,)),
+        "rna.zarr": (365, (32,)),
+        "tissue.zarr": (30, (32,)),
+    }
     genes = open_cache(paths["gene.zarr"])
     assert genes.ids.tolist() == open_cache(paths["protein.zarr"]).ids.tolist()  # one canonical gene order
     assert open_cache(paths["dna.zarr"]).manifest.config["options"]["window_bp"] == 2048
@@ -68,13 +117,17 @@ def test_enformer_adapter_output_is_the_models_own_embedding(demo):
     root, models = demo
     adapter = EnformerAdapter(str(models["enformer"]), EnformerOptions(), torch.device("cpu"))
     genome = Genome(root / "recipe" / "genome.fa")
-    rows = [{"id": "a", "chrom": "chr1", "center": 800, "_genome": genome},
-            {"id": "b", "chrom": "chr3", "center": 50_000, "_genome": genome}]  # fmt: skip
+    rows = [
+        {"id": "a", "chrom": "chr1", "center": 800, "_genome": genome},
+        {"id": "b", "chrom": "chr3", "center": 50_000, "_genome": genome},
+    ]
     prepared = [adapter.prepare(r) for r in rows]
     with torch.inference_mode():
         got, extras = adapter.embed(prepared)
         seqs = [genome.window(r["chrom"], r["center"], 2048)[0] for r in rows]
-        one_hot = torch.tensor([[[b == "A", b == "C", b == "G", b == "T"] for b in s] for s in seqs], dtype=torch.float32)
+        one_hot = torch.tensor(
+            [[[b == "A", b == "C", b == "G", b == "T"] for b in s] for s in seqs], dtype=torch.float32
+        )
         direct = adapter.model(one_hot, return_only_embeddings=True)
     assert got.shape == (2, 8, 96)
     torch.testing.assert_close(got, direct, rtol=0, atol=0)  # no silent transforms
@@ -146,7 +199,9 @@ def test_bad_dna_inputs_are_refused(demo, tmp_path, capsys, mutate, args, messag
     import re
 
     assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "c.zarr").exists() or not open_cache(tmp_path / "c.zarr", allow_partial=True).manifest.complete
+    assert (
+        not (tmp_path / "c.zarr").exists() or not open_cache(tmp_path / "c.zarr", allow_partial=True).manifest.complete
+    )
 
 
 def test_bad_sequences_and_missing_checkpoint_files(demo, tmp_path, capsys):
@@ -162,9 +217,25 @@ def test_bad_sequences_and_missing_checkpoint_files(demo, tmp_path, capsys):
     assert "item 'p2' has an empty sequence" in capsys.readouterr().err
     dna = pd.DataFrame({"id": ["r1"], "sequence": ["ACGTRYACGT"]})
     dna.to_parquet(tmp_path / "rna.parquet")
-    assert main(["embed", "--input", str(tmp_path / "rna.parquet"), "--modality", "rna", "--model",
-                 "nucleotide-transformer", "--model-path", str(models["nucleotide-transformer"]), "--out",
-                 str(tmp_path / "c.zarr"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "rna.parquet"),
+                "--modality",
+                "rna",
+                "--model",
+                "nucleotide-transformer",
+                "--model-path",
+                str(models["nucleotide-transformer"]),
+                "--out",
+                str(tmp_path / "c.zarr"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "characters ['R', 'Y'] outside A, C, G, T, N" in capsys.readouterr().err
     broken = tmp_path / "enformer-no-weights"
     broken.mkdir()

@@ -22,24 +22,50 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fingerprints")
     rng = np.random.default_rng(0)
     (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
-    pd.DataFrame({"id": [f"w{i}" for i in range(4)], "chrom": "chr1", "center": [1200, 2000, 3000, 4000],
-                  "strand": ["+", "-", "+", "-"]}).to_parquet(root / "dna.parquet")  # fmt: skip
+    pd.DataFrame(
+        {
+            "id": [f"w{i}" for i in range(4)],
+            "chrom": "chr1",
+            "center": [1200, 2000, 3000, 4000],
+            "strand": ["+", "-", "+", "-"],
+        }
+    ).to_parquet(root / "dna.parquet")
     pd.DataFrame({"id": ["p1", "p2", "p3", "p4"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK", "MK"]}).to_parquet(
         root / "protein.parquet"
     )
     pd.DataFrame({"id": GENES}).to_parquet(root / "gene.parquet")
-    pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [3.0, 0.0],
-                  "ALB": [900.0, 2.0]}).to_parquet(root / "context.parquet")  # fmt: skip
-    models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2"),
-              "scgpt": write_tiny_scgpt(root / "scgpt", GENES)}  # fmt: skip
+    pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [3.0, 0.0], "ALB": [900.0, 2.0]}).to_parquet(
+        root / "context.parquet"
+    )
+    models = {
+        "enformer": write_tiny_enformer(root / "enformer"),
+        "esm2": write_tiny_esm2(root / "esm2"),
+        "scgpt": write_tiny_scgpt(root / "scgpt", GENES),
+    }
     return root, models
 
 
 def args(inputs, model, modality, out, *extra, model_path=None, genome=None):
     root, models = inputs
-    argv = ["embed", "--input", str(root / f"{modality}.parquet"), "--modality", modality, "--model", model,
-            "--model-path", str(model_path or models[model]), "--out", str(out), "--shard-items", "2",
-            "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
+    argv = [
+        "embed",
+        "--input",
+        str(root / f"{modality}.parquet"),
+        "--modality",
+        modality,
+        "--model",
+        model,
+        "--model-path",
+        str(model_path or models[model]),
+        "--out",
+        str(out),
+        "--shard-items",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
     if modality == "dna":
         argv += ["--genome", str(genome or root / "g.fa")]
     return argv
@@ -54,13 +80,18 @@ def unfinish(path):
 
 
 RUNS = {
-    "strand-policy": (("enformer", "dna"), [], ["--strand-policy", "rc-average"], "--strand-policy: 'forward' in the cache, 'rc-average' now"),
+    "strand-policy": (
+        ("enformer", "dna"),
+        [],
+        ["--strand-policy", "rc-average"],
+        "--strand-policy: 'forward' in the cache, 'rc-average' now",
+    ),
     "window-bp": (("enformer", "dna"), [], ["--window-bp", "4096"], "--window-bp: 2048 in the cache, 4096 now"),
     "max-length": (("esm2", "protein"), [], ["--max-length", "6"], "--max-length: 1024 in the cache, 6 now"),
     "precision": (("esm2", "protein"), [], ["--precision", "bf16"], "precision: 'fp32' in the cache, 'bf16' now"),
     "scgpt-no-l2": (("scgpt", "gene"), [], ["--scgpt-no-l2"], "--scgpt-no-l2: True in the cache, False now"),
     "scgpt-bin-seed": (("scgpt", "context"), [], ["--scgpt-bin-seed", "3"], "--scgpt-bin-seed: 0 in the cache, 3 now"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("finished", [False, True], ids=["resume", "complete"])
@@ -123,9 +154,13 @@ def test_the_genome_digest_is_kept_beside_it_and_trusted_while_the_file_is_uncha
 
 @pytest.mark.parametrize(
     ("model", "modality", "edited"),
-    [("esm2", "protein", "tokenizer_config.json"), ("esm2", "protein", "config.json"),
-     ("scgpt", "gene", "vocab.json"), ("scgpt", "gene", "args.json")],
-)  # fmt: skip
+    [
+        ("esm2", "protein", "tokenizer_config.json"),
+        ("esm2", "protein", "config.json"),
+        ("scgpt", "gene", "vocab.json"),
+        ("scgpt", "gene", "args.json"),
+    ],
+)
 def test_an_edited_model_file_is_refused_naming_it(inputs, tmp_path, capsys, model, modality, edited):
     folder = tmp_path / model
     shutil.copytree(inputs[1][model], folder)

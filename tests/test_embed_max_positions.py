@@ -15,7 +15,9 @@ def test_pooling_by_hand():
     real = np.array([[True] * 6, [True, True, False, False, False, False]])
     pooled, mask = pool_positions(x, real, 3)
     assert pooled[0, :, 0].tolist() == [0.5, 2.5, 4.5]
-    assert pooled[1, :2, 0].tolist() == [6.0, 7.0] and pooled[1, 2, 0] == 0  # 2 real tokens: 2 bins, no padding mixed in
+    assert (
+        pooled[1, :2, 0].tolist() == [6.0, 7.0] and pooled[1, 2, 0] == 0
+    )  # 2 real tokens: 2 bins, no padding mixed in
     assert mask.tolist() == [[True, True, True], [True, True, False]]
     same, _ = pool_positions(x, real, 8)
     assert same is x  # nothing to pool
@@ -28,8 +30,22 @@ def test_embed_records_k_and_refuses_another(tmp_path, capsys):
     model = write_tiny_esm2(tmp_path / "esm2", 0)
     table = pd.DataFrame({"id": ["a", "b", "c"], "sequence": ["MKTAYIAKQR" * 3, "MKV", "ACDEFGHIKLMNPQRSTVWY"]})
     table.to_parquet(tmp_path / "p.parquet")
-    base = ["embed", "--input", str(tmp_path / "p.parquet"), "--modality", "protein", "--model", "esm2", "--model-path",
-            str(model), "--pooling", "none", "--no-progress", "--num-workers", "0"]  # fmt: skip
+    base = [
+        "embed",
+        "--input",
+        str(tmp_path / "p.parquet"),
+        "--modality",
+        "protein",
+        "--model",
+        "esm2",
+        "--model-path",
+        str(model),
+        "--pooling",
+        "none",
+        "--no-progress",
+        "--num-workers",
+        "0",
+    ]
     assert main([*base, "--out", str(tmp_path / "full.zarr")]) == 0
     assert main([*base, "--out", str(tmp_path / "k4.zarr"), "--max-positions", "4"]) == 0
     full, k4 = open_cache(tmp_path / "full.zarr"), open_cache(tmp_path / "k4.zarr")
@@ -52,7 +68,9 @@ def test_nucleotide_transformer_keeps_the_end_of_a_long_cdna(tmp_path):
     model = write_tiny_nucleotide_transformer(tmp_path / "nt", 0)
     seq = "ACGTAC" * 10 + "TTTTTT" * 3  # 13 six-mers; the last three are TTTTTT
     row = {"id": "t", "sequence": seq}
-    end = NucleotideTransformerAdapter(str(model), NucleotideTransformerOptions(max_length=5, keep="end"), torch.device("cpu"))
+    end = NucleotideTransformerAdapter(
+        str(model), NucleotideTransformerOptions(max_length=5, keep="end"), torch.device("cpu")
+    )
     start = NucleotideTransformerAdapter(str(model), NucleotideTransformerOptions(max_length=5), torch.device("cpu"))
     tok = end.tokenizer
     kept_end, kept_start = end.prepare(row)["ids"].tolist(), start.prepare(row)["ids"].tolist()

@@ -26,24 +26,41 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("options")
     rng = np.random.default_rng(0)
     (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
-    pd.DataFrame({"id": ["w1", "w2"], "chrom": ["chr1", "chr1"], "center": [1500, 3000],
-                  "strand": ["+", "-"]}).to_parquet(root / "dna.parquet")  # fmt: skip
-    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(root / "protein.parquet")
+    pd.DataFrame(
+        {"id": ["w1", "w2"], "chrom": ["chr1", "chr1"], "center": [1500, 3000], "strand": ["+", "-"]}
+    ).to_parquet(root / "dna.parquet")
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(
+        root / "protein.parquet"
+    )
     pd.DataFrame({"id": GENES}).to_parquet(root / "gene.parquet")
-    models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2"),
-              "scgpt": write_tiny_scgpt(root / "scgpt", GENES)}  # fmt: skip
+    models = {
+        "enformer": write_tiny_enformer(root / "enformer"),
+        "esm2": write_tiny_esm2(root / "esm2"),
+        "scgpt": write_tiny_scgpt(root / "scgpt", GENES),
+    }
     return root, models
 
 
 def config(inputs, model, modality, out, **kwargs) -> EmbedConfig:
     root, models = inputs
-    return EmbedConfig(input=str(root / f"{modality}.parquet"), modality=modality, model=model, out=str(out),
-                       model_path=str(models[model]), genome=str(root / "g.fa") if modality == "dna" else None,
-                       device="cpu", num_workers=0, progress=False, **kwargs)  # fmt: skip
+    return EmbedConfig(
+        input=str(root / f"{modality}.parquet"),
+        modality=modality,
+        model=model,
+        out=str(out),
+        model_path=str(models[model]),
+        genome=str(root / "g.fa") if modality == "dna" else None,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_options_refuse_unknown_keys_naming_the_known_ones():
-    with pytest.raises(InputError, match=r"EnformerOptions has no option 'window'; known: window_bp, tf_gamma, strand_policy"):
+    with pytest.raises(
+        InputError, match=r"EnformerOptions has no option 'window'; known: window_bp, tf_gamma, strand_policy"
+    ):
         EnformerOptions.from_dict({"strand_policy": "rc-average", "window": 2048})
     with pytest.raises(InputError, match=r"EsmOptions has no option 'window_bp'; known: layer, pooling, max_length"):
         EsmOptions.from_dict({"window_bp": 6000})  # ESM-2 reads proteins: no window
@@ -61,13 +78,17 @@ def test_wrong_options_class_is_refused(inputs, tmp_path):
 @pytest.mark.parametrize(
     ("model", "modality", "options", "resolved"),
     [
-        ("enformer", "dna", EnformerOptions(strand_policy="rc-average"),
-         {"window_bp": 2048, "tf_gamma": "off", "strand_policy": "rc-average"}),  # 8 bins x 256 bp; gamma: 1536 bins only
+        (
+            "enformer",
+            "dna",
+            EnformerOptions(strand_policy="rc-average"),
+            {"window_bp": 2048, "tf_gamma": "off", "strand_policy": "rc-average"},
+        ),  # 8 bins x 256 bp; gamma: 1536 bins only
         ("esm2", "protein", EsmOptions(layer=1, pooling="cls"), {"layer": 1, "pooling": "cls", "max_length": 1024}),
         ("scgpt", "gene", ScgptGeneOptions(l2=False), {"l2": False}),
     ],
     ids=["enformer", "esm2", "scgpt-gene"],
-)  # fmt: skip
+)
 def test_resolved_options_are_recorded_in_the_manifest(inputs, tmp_path, model, modality, options, resolved):
     run_embed(config(inputs, model, modality, tmp_path / "c.zarr", options=options))
     recorded = open_cache(tmp_path / "c.zarr").manifest.config
@@ -92,8 +113,9 @@ def test_outputs_leave_the_device_in_the_storage_dtype(inputs, tmp_path, dtype):
     device = torch.device("cpu")
     cfg = config(inputs, "esm2", "protein", tmp_path / "c.zarr")
     _, rows, adapter = load(cfg, device)
-    out, extras = embed_rows(adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2,
-                             num_workers=0, dtype=dtype)  # fmt: skip
+    out, extras = embed_rows(
+        adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2, num_workers=0, dtype=dtype
+    )
     assert out.shape == (3, 32) and out.dtype.name == dtype and extras["n_tokens"].tolist() == [5, 7, 11]
     full, _ = embed_rows(adapter, rows, device=device, precision="fp32", max_tokens=64, max_batch=2, num_workers=0)
     np.testing.assert_array_equal(out, full.astype(out.dtype))  # the same rounding as a cast on the host
@@ -101,15 +123,39 @@ def test_outputs_leave_the_device_in_the_storage_dtype(inputs, tmp_path, dtype):
 
 def test_cli_flags_become_the_adapters_options(inputs, tmp_path, capsys):
     root, models = inputs
-    base = ["embed", "--input", str(root / "protein.parquet"), "--modality", "protein", "--model", "esm2",
-            "--model-path", str(models["esm2"]), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    base = [
+        "embed",
+        "--input",
+        str(root / "protein.parquet"),
+        "--modality",
+        "protein",
+        "--model",
+        "esm2",
+        "--model-path",
+        str(models["esm2"]),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main([*base, "--out", str(tmp_path / "a.zarr"), "--window-bp", "6000"]) == 2
     assert "--window-bp does not apply to --model esm2 --modality protein" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b.zarr"), "--pooling", "none", "--max-length", "8"]) == 0
     recorded = open_cache(tmp_path / "b.zarr").manifest.config["options"]
     assert recorded == {"layer": -1, "pooling": "none", "max_length": 8}
-    gene = ["embed", "--input", str(root / "gene.parquet"), "--modality", "gene", "--model", "scgpt",
-            "--model-path", str(models["scgpt"]), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    gene = [
+        "embed",
+        "--input",
+        str(root / "gene.parquet"),
+        "--modality",
+        "gene",
+        "--model",
+        "scgpt",
+        "--model-path",
+        str(models["scgpt"]),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main([*gene, "--out", str(tmp_path / "c.zarr"), "--scgpt-max-genes", "5"]) == 2
     assert "--scgpt-max-genes does not apply to --model scgpt --modality gene" in capsys.readouterr().err
     assert main([*gene, "--out", str(tmp_path / "d.zarr"), "--scgpt-no-l2"]) == 0
@@ -118,11 +164,20 @@ def test_cli_flags_become_the_adapters_options(inputs, tmp_path, capsys):
 
 def test_context_options_reach_the_manifest(tmp_path):
     write_tiny_scgpt(tmp_path / "scgpt", GENES)
-    pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [7.5, 0.0],
-                  "ALB": [900.0, 2.0]}).to_parquet(tmp_path / "context.parquet")  # fmt: skip
-    cfg = EmbedConfig(input=str(tmp_path / "context.parquet"), modality="context", model="scgpt",
-                      out=str(tmp_path / "c.zarr"), model_path=str(tmp_path / "scgpt"), device="cpu", num_workers=0,
-                      progress=False, options=ScgptContextOptions(max_genes=2, bin_seed=7))  # fmt: skip
+    pd.DataFrame({"id": ["liver", "lung"], "TP53": [3.0, 1.0], "MYC": [7.5, 0.0], "ALB": [900.0, 2.0]}).to_parquet(
+        tmp_path / "context.parquet"
+    )
+    cfg = EmbedConfig(
+        input=str(tmp_path / "context.parquet"),
+        modality="context",
+        model="scgpt",
+        out=str(tmp_path / "c.zarr"),
+        model_path=str(tmp_path / "scgpt"),
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        options=ScgptContextOptions(max_genes=2, bin_seed=7),
+    )
     run_embed(cfg)
     assert open_cache(tmp_path / "c.zarr").manifest.config["options"] == {"l2": True, "max_genes": 2, "bin_seed": 7}
 

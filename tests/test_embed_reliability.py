@@ -26,29 +26,62 @@ from dogmacache.errors import InputError, ModelError
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     rng = np.random.default_rng(0)
-    (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n>chr2\n"
-                               + "".join(rng.choice(list("ACGT"), 3000)) + "\n")  # fmt: skip
+    (root / "g.fa").write_text(
+        ">chr1\n"
+        + "".join(rng.choice(list("ACGT"), 5000))
+        + "\n>chr2\n"
+        + "".join(rng.choice(list("ACGT"), 3000))
+        + "\n"
+    )
     centers = [1200, 2000, 2600, 3000, 3400, 3800, 4200, 4999]
-    pd.DataFrame({"id": [f"w{i}" for i in range(8)], "chrom": ["chr1"] * 8, "center": centers,
-                  "strand": ["+", "-"] * 4}).to_parquet(root / "dna.parquet")  # fmt: skip
-    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(root / "protein.parquet")
+    pd.DataFrame(
+        {"id": [f"w{i}" for i in range(8)], "chrom": ["chr1"] * 8, "center": centers, "strand": ["+", "-"] * 4}
+    ).to_parquet(root / "dna.parquet")
+    pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MKVLA", "ACDEFGHIK"]}).to_parquet(
+        root / "protein.parquet"
+    )
     models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2")}
     return root, models
 
 
 def config(inputs, model, modality, out, **kwargs) -> EmbedConfig:
     root, models = inputs
-    values = {"input": str(root / f"{modality}.parquet"), "modality": modality, "model": model, "out": str(out),
-              "model_path": str(models[model]), "genome": str(root / "g.fa") if modality == "dna" else None,
-              "device": "cpu", "num_workers": 0, "progress": False, **kwargs}  # fmt: skip
+    values = {
+        "input": str(root / f"{modality}.parquet"),
+        "modality": modality,
+        "model": model,
+        "out": str(out),
+        "model_path": str(models[model]),
+        "genome": str(root / "g.fa") if modality == "dna" else None,
+        "device": "cpu",
+        "num_workers": 0,
+        "progress": False,
+        **kwargs,
+    }
     return EmbedConfig(**values)
 
 
 def dna_args(inputs, out, *extra, table="dna.parquet"):
     root, models = inputs
-    return ["embed", "--input", str(root / table), "--modality", "dna", "--model", "enformer",
-            "--model-path", str(models["enformer"]), "--genome", str(root / "g.fa"), "--out", str(out),
-            "--num-workers", "0", "--no-progress", *extra]  # fmt: skip
+    return [
+        "embed",
+        "--input",
+        str(root / table),
+        "--modality",
+        "dna",
+        "--model",
+        "enformer",
+        "--model-path",
+        str(models["enformer"]),
+        "--genome",
+        str(root / "g.fa"),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 # ---- windows past a chromosome end --------------------------------------------------------------------------
@@ -66,8 +99,7 @@ def test_windows_overlapping_an_end_keep_their_length(inputs, center):
     assert seq.count("N") == n_padded  # the random genome has no N of its own
 
 
-def test_embed_refuses_a_window_outside_its_chromosome_before_loading_the_model(inputs, tmp_path, capsys,
-                                                                                monkeypatch):  # fmt: skip
+def test_embed_refuses_a_window_outside_its_chromosome_before_loading_the_model(inputs, tmp_path, capsys, monkeypatch):
     root, _ = inputs
     table = pd.read_parquet(root / "dna.parquet")
     table.loc[5, ["chrom", "center"]] = ["chr2", 201_500]
@@ -89,9 +121,22 @@ def test_embed_refuses_a_window_outside_its_chromosome_before_loading_the_model(
 def test_an_input_error_in_a_worker_arrives_as_one_line(inputs, tmp_path, capsys):
     root, models = inputs
     pd.DataFrame({"id": ["p1", "p2", "p3"], "sequence": ["MKV", "MK1V", "MKV"]}).to_parquet(tmp_path / "bad.parquet")
-    argv = ["embed", "--input", str(tmp_path / "bad.parquet"), "--modality", "protein", "--model", "esm2",
-            "--model-path", str(models["esm2"]), "--out", str(tmp_path / "c.zarr"), "--num-workers", "2",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "embed",
+        "--input",
+        str(tmp_path / "bad.parquet"),
+        "--modality",
+        "protein",
+        "--model",
+        "esm2",
+        "--model-path",
+        str(models["esm2"]),
+        "--out",
+        str(tmp_path / "c.zarr"),
+        "--num-workers",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
@@ -152,13 +197,15 @@ def test_input_workers_exit_when_embed_is_killed(inputs, tmp_path):
     import psutil
 
     root, _ = inputs
-    pd.DataFrame({"id": [f"w{i}" for i in range(40)], "chrom": "chr1",
-                  "center": np.linspace(100, 4900, 40).astype(int)}).to_parquet(tmp_path / "t.parquet")  # fmt: skip
+    pd.DataFrame(
+        {"id": [f"w{i}" for i in range(40)], "chrom": "chr1", "center": np.linspace(100, 4900, 40).astype(int)}
+    ).to_parquet(tmp_path / "t.parquet")
     argv = dna_args(inputs, tmp_path / "c.zarr", "--window-bp", "65536", "--tf-gamma", "off")
     argv[argv.index("--input") + 1] = str(tmp_path / "t.parquet")
     argv[argv.index("--num-workers") + 1] = "2"
-    proc = subprocess.Popen([sys.executable, "-m", "dogmacache.cli", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dogmacache.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     workers = []
     while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
@@ -227,12 +274,16 @@ def test_esm_weights_with_an_extra_key_are_refused(inputs, tmp_path):
     folder = tmp_path / "esm2"
     shutil.copytree(inputs[1]["esm2"], folder)
     state = load_file(str(folder / "model.safetensors"))
-    save_file({**state, "lm_head.dense.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
+    save_file(
+        {**state, "lm_head.dense.weight": torch.zeros(2)}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
     Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))  # the masked-LM head of hub checkpoints is fine
-    save_file({**state, "encoder.extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
-    with pytest.raises(ModelError, match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]"):
+    save_file(
+        {**state, "encoder.extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
+    with pytest.raises(
+        ModelError, match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]"
+    ):
         Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
 
 
@@ -242,17 +293,33 @@ def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs,
 
     root, _ = inputs
     folder = write_tiny_nucleotide_transformer(tmp_path / "nt")
-    argv = ["embed", "--input", str(root / "dna.parquet"), "--modality", "dna", "--model", "nucleotide-transformer",
-            "--model-path", str(folder), "--genome", str(root / "g.fa"), "--window-bp", "600", "--out",
-            str(tmp_path / "c.zarr"), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    argv = [
+        "embed",
+        "--input",
+        str(root / "dna.parquet"),
+        "--modality",
+        "dna",
+        "--model",
+        "nucleotide-transformer",
+        "--model-path",
+        str(folder),
+        "--genome",
+        str(root / "g.fa"),
+        "--window-bp",
+        "600",
+        "--out",
+        str(tmp_path / "c.zarr"),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "1 windows padded with N" in capsys.readouterr().out
     cache = open_cache(tmp_path / "c.zarr")
     n_padded = cache.extra("n_padded")[:]
     assert n_padded.tolist() == [0] * 7 + [4999 - 1 - 300 + 600 - 5000]  # only the last centre nears chr1's end
     assert cache.manifest.config["options"]["strand_policy"] == "forward"
-    assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average", "--no-progress"]) == 2
     assert "strand_policy is 'rc-average'; expected one of forward" in capsys.readouterr().err
 
 
@@ -263,8 +330,28 @@ def test_one_dtype_in_the_manifest_config(inputs, tmp_path):
     root, _ = inputs
     folder = write_tiny_scgpt(tmp_path / "scgpt", ["TP53", "MYC"])
     pd.DataFrame({"id": ["TP53", "MYC"]}).to_parquet(tmp_path / "gene.parquet")
-    assert main(["embed", "--input", str(tmp_path / "gene.parquet"), "--modality", "gene", "--model", "scgpt",
-                 "--model-path", str(folder), "--out", str(tmp_path / "c.zarr"), "--dtype", "float16",
-                 "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "gene.parquet"),
+                "--modality",
+                "gene",
+                "--model",
+                "scgpt",
+                "--model-path",
+                str(folder),
+                "--out",
+                str(tmp_path / "c.zarr"),
+                "--dtype",
+                "float16",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     manifest = open_cache(tmp_path / "c.zarr").manifest
     assert manifest.dtype == manifest.config["dtype"] == "float16"

@@ -27,9 +27,7 @@ def _close_to_float16(cache_rows: np.ndarray, direct: np.ndarray) -> None:
     noise between batched and one-by-one forwards (1e-5 of the largest value)."""
     assert cache_rows.shape == direct.shape
     step = np.spacing(np.abs(direct).astype(np.float16)).astype(np.float32)
-    np.testing.assert_array_less(
-        np.abs(cache_rows.astype(np.float32) - direct), step + 1e-5 * np.abs(direct).max()
-    )
+    np.testing.assert_array_less(np.abs(cache_rows.astype(np.float32) - direct), step + 1e-5 * np.abs(direct).max())
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +35,12 @@ def genome(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     rng = np.random.default_rng(3)
     sequences = {chrom: "".join(rng.choice(list("ACGT"), n)) for chrom, n in CHROM_BP.items()}
-    (root / "g.fa").write_text("".join(f">{chrom}\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n"
-                                       for chrom, seq in sequences.items()))  # fmt: skip
+    (root / "g.fa").write_text(
+        "".join(
+            f">{chrom}\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n"
+            for chrom, seq in sequences.items()
+        )
+    )
     return root, sequences
 
 
@@ -48,14 +50,13 @@ def test_tiny_models_have_no_constant_weights(tmp_path):
 
     enformer = Enformer.from_pretrained(str(write_tiny_enformer(tmp_path / "e")))
     to_out = [p for n, p in enformer.named_parameters() if n.endswith("to_out.weight")]
-    assert to_out and all(
-        float(p.detach().abs().sum()) > 0 for p in to_out
-    )  # the library initialises them to zero
+    assert to_out and all(float(p.detach().abs().sum()) > 0 for p in to_out)  # the library initialises them to zero
     stats = [m.running_var for m in enformer.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert stats and not any(torch.equal(v, torch.ones_like(v)) for v in stats)
-    for model in (EsmModel.from_pretrained(str(write_tiny_esm2(tmp_path / "esm")), add_pooling_layer=False),
-                  EsmModel.from_pretrained(str(write_tiny_nucleotide_transformer(tmp_path / "nt")),
-                                           add_pooling_layer=False)):  # fmt: skip
+    for model in (
+        EsmModel.from_pretrained(str(write_tiny_esm2(tmp_path / "esm")), add_pooling_layer=False),
+        EsmModel.from_pretrained(str(write_tiny_nucleotide_transformer(tmp_path / "nt")), add_pooling_layer=False),
+    ):
         constant = [n for n, p in model.named_parameters() if p.numel() > 1 and float(p.detach().std()) == 0]
         assert constant == []
 
@@ -86,13 +87,39 @@ def test_enformer_cache_equals_the_library_forward(genome, tmp_path, tf_gamma):
         [300, size - 100, size // 2, size // 2 + 1000],
         ["+", "+", "-", "+"],
     )  # start, end, minus, plain
-    pd.DataFrame({"id": ["start", "end", "minus", "plain"], "chrom": chrom, "center": centers,
-                  "strand": strands}).to_parquet(tmp_path / "dna.parquet")  # fmt: skip
+    pd.DataFrame(
+        {"id": ["start", "end", "minus", "plain"], "chrom": chrom, "center": centers, "strand": strands}
+    ).to_parquet(tmp_path / "dna.parquet")
     out = tmp_path / "dna.zarr"
-    assert main(["embed", "--input", str(tmp_path / "dna.parquet"), "--modality", "dna", "--model", "enformer",
-                 "--model-path", str(model_dir), "--genome", str(root / "g.fa"), "--out", str(out),
-                 "--strand-policy", "rc-average", "--tf-gamma", tf_gamma, "--max-batch", "3",
-                 "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "dna.parquet"),
+                "--modality",
+                "dna",
+                "--model",
+                "enformer",
+                "--model-path",
+                str(model_dir),
+                "--genome",
+                str(root / "g.fa"),
+                "--out",
+                str(out),
+                "--strand-policy",
+                "rc-average",
+                "--tf-gamma",
+                tf_gamma,
+                "--max-batch",
+                "3",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache = open_cache(out)
 
     model = Enformer.from_pretrained(str(model_dir)).eval()
@@ -102,9 +129,7 @@ def test_enformer_cache_equals_the_library_forward(genome, tmp_path, tf_gamma):
     expected, padded = [], []
     with torch.no_grad():
         for center, strand in zip(centers, strands, strict=True):
-            start = (
-                center - 1 - window // 2
-            )  # the reference window around the 1-based centre, cut here by hand
+            start = center - 1 - window // 2  # the reference window around the 1-based centre, cut here by hand
             seq = "".join(sequence[i] if 0 <= i < size else "N" for i in range(start, start + window))
             padded.append(seq.count("N"))
             forward = model(_one_hot(seq)[None], return_only_embeddings=True)[0]
@@ -163,9 +188,31 @@ def test_esm2_cache_equals_the_library_on_ragged_and_truncated_proteins(tmp_path
     ]  # 3, 16, 40 (truncated), 1 residues
     pd.DataFrame({"id": [f"p{i}" for i in range(4)], "sequence": proteins}).to_parquet(tmp_path / "p.parquet")
     out = tmp_path / "p.zarr"
-    assert main(["embed", "--input", str(tmp_path / "p.parquet"), "--modality", "protein", "--model", "esm2",
-                 "--model-path", str(model_dir), "--out", str(out), "--max-length", "24", "--max-batch", "4",
-                 "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "p.parquet"),
+                "--modality",
+                "protein",
+                "--model",
+                "esm2",
+                "--model-path",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--max-length",
+                "24",
+                "--max-batch",
+                "4",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache = open_cache(out)
     expected, truncated = _esm_direct(model_dir, proteins, max_length=24)
     assert cache.extra("n_truncated")[:].tolist() == truncated and truncated[2] == 42 - 24
@@ -179,9 +226,33 @@ def test_nucleotide_transformer_cache_equals_the_library_on_ragged_and_truncated
     cdnas = ["".join(rng.choice(list("ACGT"), n)) for n in (9, 40, 97, 6)]  # ragged; 97 bp = 16 six-mers + 1
     pd.DataFrame({"id": [f"t{i}" for i in range(4)], "sequence": cdnas}).to_parquet(tmp_path / "t.parquet")
     out = tmp_path / "t.zarr"
-    assert main(["embed", "--input", str(tmp_path / "t.parquet"), "--modality", "rna", "--model",
-                 "nucleotide-transformer", "--model-path", str(model_dir), "--out", str(out), "--max-length", "10",
-                 "--keep", keep, "--max-batch", "4", "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "t.parquet"),
+                "--modality",
+                "rna",
+                "--model",
+                "nucleotide-transformer",
+                "--model-path",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--max-length",
+                "10",
+                "--keep",
+                keep,
+                "--max-batch",
+                "4",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache = open_cache(out)
     expected, truncated = _esm_direct(model_dir, cdnas, max_length=10, keep=keep)
     assert cache.extra("n_truncated")[:].tolist() == truncated and truncated[2] > 0

@@ -64,11 +64,24 @@ def test_geometry_refuses_bad_values():
 # ---- gradients and attention on a tiny CDT ------------------------------------------------------------------
 def tiny_cdt() -> tuple[CentralDogmaTransformer, torch.Tensor, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    config = CDTConfig(n_genes=3, dna_positions=5, dna_width=4, rna_width=3, protein_width=2, d_model=8,
-                       n_heads=2, vce_heads=2, dropout=0.1)  # fmt: skip
+    config = CDTConfig(
+        n_genes=3,
+        dna_positions=5,
+        dna_width=4,
+        rna_width=3,
+        protein_width=2,
+        d_model=8,
+        n_heads=2,
+        vce_heads=2,
+        dropout=0.1,
+    )
     model = CentralDogmaTransformer(config).double().eval()
-    return model, torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64), \
-        torch.randn(3, 2, dtype=torch.float64)  # fmt: skip
+    return (
+        model,
+        torch.randn(2, 5, 4, dtype=torch.float64),
+        torch.randn(3, 3, dtype=torch.float64),
+        torch.randn(3, 2, dtype=torch.float64),
+    )
 
 
 def test_gradient_equals_finite_differences():

@@ -18,8 +18,21 @@ from dogmacache.train.config import RunConfig, to_toml
 @pytest.fixture(scope="module")
 def explained(demo_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("explain") / "out"
-    args = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "validation", "--n", "5",
-            "--top-k", "2", "--item-figures", "1", "--out", str(out)]  # fmt: skip
+    args = [
+        "explain",
+        "--checkpoint",
+        str(demo_run / "train" / "cdt_best.pt"),
+        "--split",
+        "validation",
+        "--n",
+        "5",
+        "--top-k",
+        "2",
+        "--item-figures",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     return out
 
@@ -75,13 +88,21 @@ def test_explain_refuses_bad_items_and_k(demo_run, tmp_path, capsys):
 
 def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
     checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
-    changed = {**checkpoint, "fingerprints": {**checkpoint["fingerprints"],
-                                              "dna": {**checkpoint["fingerprints"]["dna"], "shards_digest": "sha256:0"}}}  # fmt: skip
+    changed = {
+        **checkpoint,
+        "fingerprints": {
+            **checkpoint["fingerprints"],
+            "dna": {**checkpoint["fingerprints"]["dna"], "shards_digest": "sha256:0"},
+        },
+    }
     torch.save(changed, tmp_path / "changed.pt")
     base = ["--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
     message = _error(capsys, ["explain", "--checkpoint", str(tmp_path / "changed.pt"), *base])
     assert "was trained on a dna cache with shards_digest 'sha256:0'" in message
-    config = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "dna_cache": str(tmp_path / "gone.zarr")}}
+    config = {
+        **checkpoint["config"],
+        "data": {**checkpoint["config"]["data"], "dna_cache": str(tmp_path / "gone.zarr")},
+    }
     torch.save({**checkpoint, "config": config}, tmp_path / "gone.pt")
     assert "which cannot be opened" in _error(capsys, ["explain", "--checkpoint", str(tmp_path / "gone.pt"), *base])
 
@@ -90,12 +111,34 @@ def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
     imported = {**checkpoint, "config": None, "fingerprints": {}, "extras": {}}  # as train import-checkpoint writes
     torch.save(imported, tmp_path / "imported.pt")
-    args = ["explain", "--checkpoint", str(tmp_path / "imported.pt"), "--top-k", "2", "--out", str(tmp_path / "o"),
-            "--items", pd.read_parquet(demo_run / "recipe" / "cdt" / "labels.parquet")["enhancer"].iloc[0]]  # fmt: skip
+    args = [
+        "explain",
+        "--checkpoint",
+        str(tmp_path / "imported.pt"),
+        "--top-k",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--items",
+        pd.read_parquet(demo_run / "recipe" / "cdt" / "labels.parquet")["enhancer"].iloc[0],
+    ]
     assert "pass --config FILE" in _error(capsys, args)
     raw = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "standardize_dna": False}}
     (tmp_path / "run.toml").write_text(to_toml(RunConfig.from_dict(raw)))
-    assert main([*args, "--config", str(tmp_path / "run.toml"), "--methods", "none", "--no-item-tracks",
-                 "--item-figures", "0"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--config",
+                str(tmp_path / "run.toml"),
+                "--methods",
+                "none",
+                "--no-item-tracks",
+                "--item-figures",
+                "0",
+            ]
+        )
+        == 0
+    )
     items = pd.read_csv(tmp_path / "o" / "items.tsv", sep="\t")
     assert len(items) >= 1 and items["item"].str.startswith(args[-1] + "|").all()

@@ -24,8 +24,15 @@ def _cdt_h5(path, n=10, bins=6, width=8, seed=0):
 
 def test_import_builds_ids_from_chroms_and_centers(tmp_path):
     data = _cdt_h5(tmp_path / "e.h5")
-    manifest, written = import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna",
-                                  model="EleutherAI/enformer-official-rough", shard_items=4, progress=False)  # fmt: skip
+    manifest, written = import_h5(
+        tmp_path / "e.h5",
+        tmp_path / "c.zarr",
+        dataset="embeddings",
+        modality="dna",
+        model="EleutherAI/enformer-official-rough",
+        shard_items=4,
+        progress=False,
+    )
     assert written == 3 and manifest.complete and manifest.pooling == "none" and manifest.item_shape == (6, 8)
     cache = open_cache(tmp_path / "c.zarr")
     assert cache.ids[:3].tolist() == ["chr1:5000", "chrX:6000", "chr1:7000"]
@@ -35,8 +42,24 @@ def test_import_builds_ids_from_chroms_and_centers(tmp_path):
 
 def test_import_with_ids_dataset_via_cli(tmp_path, capsys):
     data = _cdt_h5(tmp_path / "e.h5")
-    args = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",
-            "--ids", "names", "--modality", "dna", "--model", "enformer", "--dtype", "float32", "--shard-items", "3"]
+    args = [
+        "cache",
+        "import-h5",
+        str(tmp_path / "e.h5"),
+        str(tmp_path / "c.zarr"),
+        "--dataset",
+        "embeddings",
+        "--ids",
+        "names",
+        "--modality",
+        "dna",
+        "--model",
+        "enformer",
+        "--dtype",
+        "float32",
+        "--shard-items",
+        "3",
+    ]
     assert main(args) == 0
     assert "wrote 4 of 4 shards" in capsys.readouterr().out
     group = zarr.open_group(tmp_path / "c.zarr", mode="r")
@@ -67,8 +90,23 @@ def test_missing_dataset_is_named_with_what_exists(tmp_path):
     with pytest.raises(InputError, match=r"has no dataset 'emb'.*embeddings \(10, 6, 8\) float32.*--dataset"):
         import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="emb", modality="dna", model="m")
     assert not (tmp_path / "c.zarr").exists()
-    assert main(["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "emb",
-                 "--modality", "dna", "--model", "m"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "cache",
+                "import-h5",
+                str(tmp_path / "e.h5"),
+                str(tmp_path / "c.zarr"),
+                "--dataset",
+                "emb",
+                "--modality",
+                "dna",
+                "--model",
+                "m",
+            ]
+        )
+        == 2
+    )
 
 
 def test_ids_cannot_be_guessed(tmp_path):
@@ -79,8 +117,15 @@ def test_ids_cannot_be_guessed(tmp_path):
     with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5.create_dataset("names", data=np.array([b"a", b"b", b"a"]))
     with pytest.raises(Exception, match=r"'a' x2"):
-        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="x", ids="names", modality="protein", model="m",
-                  pooling="mean")  # fmt: skip
+        import_h5(
+            tmp_path / "e.h5",
+            tmp_path / "c.zarr",
+            dataset="x",
+            ids="names",
+            modality="protein",
+            model="m",
+            pooling="mean",
+        )
     assert not (tmp_path / "c.zarr").exists()
 
 
@@ -88,30 +133,61 @@ def test_a_finite_value_beyond_float16_is_named_before_the_cast(tmp_path):
     data = _cdt_h5(tmp_path / "e.h5", n=6)
     with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5["embeddings"][4, 2, 3] = 1e6
-    with pytest.raises(InputError, match=r"row 4 \('chr1:9000'\) holds 1e\+06, beyond float16's range.*--dtype float32"):
-        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m",
-                  shard_items=2, progress=False)  # fmt: skip
-    manifest, _ = import_h5(tmp_path / "e.h5", tmp_path / "f32.zarr", dataset="embeddings", modality="dna", model="m",
-                            dtype="float32", progress=False)  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"row 4 \('chr1:9000'\) holds 1e\+06, beyond float16's range.*--dtype float32"
+    ):
+        import_h5(
+            tmp_path / "e.h5",
+            tmp_path / "c.zarr",
+            dataset="embeddings",
+            modality="dna",
+            model="m",
+            shard_items=2,
+            progress=False,
+        )
+    manifest, _ = import_h5(
+        tmp_path / "e.h5",
+        tmp_path / "f32.zarr",
+        dataset="embeddings",
+        modality="dna",
+        model="m",
+        dtype="float32",
+        progress=False,
+    )
     assert open_cache(tmp_path / "f32.zarr")[4][2, 3] == 1e6 and data.shape == (6, 6, 8)
     with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5["embeddings"][1, 0, 0] = np.nan
     with pytest.raises(InputError, match=r"row 1 \('chrX:6000'\) holds NaN or Inf in .*e.h5:embeddings"):
-        import_h5(tmp_path / "e.h5", tmp_path / "nan.zarr", dataset="embeddings", modality="dna", model="m",
-                  dtype="float32", progress=False)  # fmt: skip
+        import_h5(
+            tmp_path / "e.h5",
+            tmp_path / "nan.zarr",
+            dataset="embeddings",
+            modality="dna",
+            model="m",
+            dtype="float32",
+            progress=False,
+        )
 
 
 def test_pooling_that_contradicts_the_shape_is_refused(tmp_path):
     _cdt_h5(tmp_path / "e.h5", n=4)
     with pytest.raises(InputError, match=r"--pooling mean.*\(4, 6, 8\).*per-position.*--pooling none"):
-        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m",
-                  pooling="mean")  # fmt: skip
+        import_h5(
+            tmp_path / "e.h5", tmp_path / "c.zarr", dataset="embeddings", modality="dna", model="m", pooling="mean"
+        )
     with h5py.File(tmp_path / "p.h5", "w") as h5:
         h5.create_dataset("x", data=np.zeros((3, 4), dtype=np.float32))
         h5.create_dataset("names", data=np.array([b"a", b"b", b"c"]))
     with pytest.raises(InputError, match=r"--pooling none.*\(3, 4\).*pooled.*--pooling mean"):
-        import_h5(tmp_path / "p.h5", tmp_path / "c.zarr", dataset="x", ids="names", modality="protein", model="m",
-                  pooling="none")  # fmt: skip
+        import_h5(
+            tmp_path / "p.h5",
+            tmp_path / "c.zarr",
+            dataset="x",
+            ids="names",
+            modality="protein",
+            model="m",
+            pooling="none",
+        )
     assert not (tmp_path / "c.zarr").exists()
 
 
@@ -121,8 +197,20 @@ def test_repeated_built_ids_are_deduplicated_as_asked(tmp_path, capsys, dedupe):
     with h5py.File(tmp_path / "e.h5", "a") as h5:  # rows 3 and 5 repeat row 1's (chrom, center), as in the merged file
         h5["centers"][3], h5["centers"][5] = 6000, 6000
         h5["chroms"][3], h5["chroms"][5] = b"chrX", b"chrX"
-    base = ["cache", "import-h5", str(tmp_path / "e.h5"), str(tmp_path / "c.zarr"), "--dataset", "embeddings",
-            "--modality", "dna", "--model", "m", "--shard-items", "2"]  # fmt: skip
+    base = [
+        "cache",
+        "import-h5",
+        str(tmp_path / "e.h5"),
+        str(tmp_path / "c.zarr"),
+        "--dataset",
+        "embeddings",
+        "--modality",
+        "dna",
+        "--model",
+        "m",
+        "--shard-items",
+        "2",
+    ]
     assert main(base) == 2
     assert "--dedupe" in capsys.readouterr().err
     assert main([*base, "--dedupe", dedupe]) == 0

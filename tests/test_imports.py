@@ -29,7 +29,9 @@ def project_imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names if node.module == "dogmacache"]
+            names = [node.module] + [
+                f"{node.module}.{alias.name}" for alias in node.names if node.module == "dogmacache"
+            ]
         for name in names:
             parts = name.split(".")
             if parts[0] == "dogmacache" and len(parts) > 1:
@@ -63,7 +65,11 @@ def test_the_rule_catches_a_stage_importing_another(tmp_path):
 
 @pytest.mark.parametrize("package", ["bench", "demo", "explain", "mutate"])
 def test_nothing_in_the_stages_imports_the_tooling_or_analysis(package):
-    users = [f"{path.relative_to(ROOT)}:{line}" for stage in ("cache", "contracts", *STAGES[:3])
-             for path in (ROOT / stage).rglob("*.py") for line, target in project_imports(path) if target == package]  # fmt: skip
+    users = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for stage in ("cache", "contracts", *STAGES[:3])
+        for path in (ROOT / stage).rglob("*.py")
+        for line, target in project_imports(path)
+        if target == package
+    ]
     assert users == []
-

@@ -18,14 +18,18 @@ from dogmacache.train.tasks.isoformer import IsoformerAggregator, parse_modaliti
 
 def _model(**widths):
     torch.manual_seed(0)
-    return IsoformerAggregator(widths or {"dna": 6, "rna": 5, "protein": 4}, n_tissues=3, d_model=8, n_heads=2,
-                               dropout=0.0).eval()  # fmt: skip
+    return IsoformerAggregator(
+        widths or {"dna": 6, "rna": 5, "protein": 4}, n_tissues=3, d_model=8, n_heads=2, dropout=0.0
+    ).eval()
 
 
 def _inputs(batch=2):
     g = torch.Generator().manual_seed(1)
-    tokens = {"dna": torch.randn(batch, 4, 6, generator=g), "rna": torch.randn(batch, 7, 5, generator=g),
-              "protein": torch.randn(batch, 5, 4, generator=g)}  # fmt: skip
+    tokens = {
+        "dna": torch.randn(batch, 4, 6, generator=g),
+        "rna": torch.randn(batch, 7, 5, generator=g),
+        "protein": torch.randn(batch, 5, 4, generator=g),
+    }
     masks = {m: torch.ones(batch, t.shape[1], dtype=torch.bool) for m, t in tokens.items()}
     present = {m: torch.ones(batch, dtype=torch.bool) for m in tokens}
     return tokens, masks, present
@@ -63,8 +67,11 @@ def test_modalities_parse_in_query_order():
 @pytest.fixture(scope="module")
 def iso(demo_run):
     cache = demo_run / "cache"
-    caches = {"dna": cache / "isoform-dna-enformer.zarr", "rna": cache / "isoform-rna-nt.zarr",
-              "protein": cache / "isoform-protein-esm2.zarr"}  # fmt: skip
+    caches = {
+        "dna": cache / "isoform-dna-enformer.zarr",
+        "rna": cache / "isoform-rna-nt.zarr",
+        "protein": cache / "isoform-protein-esm2.zarr",
+    }
     return demo_run, caches
 
 
@@ -121,7 +128,9 @@ def test_a_transcript_without_protein_is_kept(iso, tmp_path):
     labels = pd.read_parquet(config.data.labels)
     labels.loc[2, "protein_id"] = ""  # a non-coding transcript
     labels.to_parquet(tmp_path / "labels.parquet")
-    changed = dataclasses.replace(config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet")))
+    changed = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet"))
+    )
     data = get_task("isoformer")(load_config(_write(changed, tmp_path))).load()
     split = labels.loc[2, "split"]
     part = data.splits[split]
@@ -135,7 +144,12 @@ def test_gtex_config_is_the_papers_recipe():
 
     config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml")
     assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
-    assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (3e-5, 64, 0.0, 8)
+    assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (
+        3e-5,
+        64,
+        0.0,
+        8,
+    )
     assert len(config.model.ablations) == 5
 
 

@@ -23,9 +23,7 @@ def small_blocks(request, monkeypatch):
 
 def _qkv(rows=3, n_q=7, n_k=11, width=5, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(rows, n, width, generator=g, dtype=dtype).requires_grad_() for n in (n_q, n_k, n_k)
-    )
+    return tuple(torch.randn(rows, n, width, generator=g, dtype=dtype).requires_grad_() for n in (n_q, n_k, n_k))
 
 
 def test_dropout_same_distribution_as_torch_and_exact_gradient():
@@ -35,9 +33,7 @@ def test_dropout_same_distribution_as_torch_and_exact_gradient():
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.005
     scale = 65536 / (65536 - round(0.3 * 65536))
-    assert torch.allclose(
-        y[kept], torch.full_like(y[kept], 2.0 * scale)
-    )  # inverted dropout, exact 1 / P(keep)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 2.0 * scale))  # inverted dropout, exact 1 / P(keep)
     assert abs(y.mean().item() - 2.0) < 0.02  # expectation preserved, as F.dropout does
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad, kept.float() * scale)
@@ -75,8 +71,12 @@ def test_blocked_attention_with_dropout_is_the_masked_formula(small_blocks):
     rows, n_q, n_k, p, seed = 3, 7, 11, 0.3, 42
     q, k, v = _qkv(rows, n_q, n_k, width=n_k)
     probe = _BlockedDropoutAttention.apply(
-        torch.zeros(rows, n_q, n_k, dtype=torch.float64), k.detach(), torch.eye(n_k, dtype=torch.float64).expand(rows, -1, -1).contiguous(), p, seed
-    )  # fmt: skip
+        torch.zeros(rows, n_q, n_k, dtype=torch.float64),
+        k.detach(),
+        torch.eye(n_k, dtype=torch.float64).expand(rows, -1, -1).contiguous(),
+        p,
+        seed,
+    )
     mask = probe != 0
     scale = 65536 / (65536 - round(p * 65536))
     assert torch.allclose(probe[mask], torch.full_like(probe[mask], scale / n_k))
@@ -88,9 +88,7 @@ def test_blocked_attention_with_dropout_is_the_masked_formula(small_blocks):
 
 def test_blocked_attention_gradient_is_exact(small_blocks):
     q, k, v = _qkv(rows=2, n_q=5, n_k=6, width=4)
-    assert torch.autograd.gradcheck(
-        lambda q, k, v: _BlockedDropoutAttention.apply(q, k, v, 0.3, 7), (q, k, v)
-    )
+    assert torch.autograd.gradcheck(lambda q, k, v: _BlockedDropoutAttention.apply(q, k, v, 0.3, 7), (q, k, v))
 
 
 def _attention_probe(batch, heads, n_q, n_k, p, torch_seed):
@@ -117,9 +115,7 @@ def test_attention_in_training_is_the_masked_formula_per_batch_and_head(small_bl
     assert 0 < (~mask).sum() < mask.numel() and not torch.equal(mask[0], mask[1])  # masks differ per sample
     g = torch.Generator().manual_seed(1)
     q = torch.randn(1 if shared else batch, heads, n_q, n_k, generator=g, dtype=dtype, requires_grad=True)
-    k, v = (
-        torch.randn(batch, heads, n_k, n_k, generator=g, dtype=dtype, requires_grad=True) for _ in range(2)
-    )
+    k, v = (torch.randn(batch, heads, n_k, n_k, generator=g, dtype=dtype, requires_grad=True) for _ in range(2))
     torch.manual_seed(9)
     out = attention(q, k, v, dropout_p=p, training=True)
     scale = 65536 / (65536 - round(p * 65536))
@@ -127,20 +123,17 @@ def test_attention_in_training_is_the_masked_formula_per_batch_and_head(small_bl
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     assert out.shape == (batch, heads, n_q, n_k) and torch.allclose(out, expected, rtol=0, atol=tol)
     grad = torch.randn(out.shape, generator=g, dtype=dtype)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True
+    ):
         assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=tol * 10)
 
 
 def test_attention_falls_back_to_sdpa_where_the_blocked_path_does_not_apply():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
-    evaluated = attention(
-        q[:1], k, v, dropout_p=0.3, training=False
-    )  # eval: no dropout, shared query broadcast
-    assert torch.allclose(
-        evaluated, F.scaled_dot_product_attention(q[:1].expand(2, -1, -1, -1), k, v), atol=1e-6
-    )
+    evaluated = attention(q[:1], k, v, dropout_p=0.3, training=False)  # eval: no dropout, shared query broadcast
+    assert torch.allclose(evaluated, F.scaled_dot_product_attention(q[:1].expand(2, -1, -1, -1), k, v), atol=1e-6)
     assert attention(q[:0], k[:0], v[:0], dropout_p=0.3, training=True).shape == (0, 2, 4, 8)
     assert attention(q, k[:, :, :0], v[:, :, :0], dropout_p=0.3, training=True).shape == (2, 2, 4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast: torch's kernels, bf16 results
@@ -191,8 +184,9 @@ def test_keep_freed_memory_cuts_page_faults_of_repeated_steps():
     kept, freed blocks are reused (measured here: ~50,000 faults against ~6,000 for 5 steps)."""
     runs = {}
     for mode in ("system", "keep"):
-        done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode], capture_output=True, text=True,
-                              check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", _ALLOCATOR_PROBE, mode], capture_output=True, text=True, check=True
+        )
         kept, faults = done.stdout.split()
         runs[mode] = (kept == "True", int(faults))
     assert runs["keep"][0] and not runs["system"][0]

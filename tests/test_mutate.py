@@ -42,7 +42,9 @@ def test_edit_spellings_and_their_errors(tmp_path, genome):
     g = Genome(genome)
     found = g.fasta["chr1"][99]
     other = next(b for b in "ACGT" if b != found)
-    with pytest.raises(InputError, match=rf"the genome \(genome.fa\) has {found} at chr1:100, not the ref allele {other}"):
+    with pytest.raises(
+        InputError, match=rf"the genome \(genome.fa\) has {found} at chr1:100, not the ref allele {other}"
+    ):
         parse_edit(f"chr1:100 {other}>{found}", g)
     with pytest.raises(InputError, match=r"edit 'chr1-100' is not `chr:pos REF>ALT`"):
         parse_edit("chr1-100", g)
@@ -63,35 +65,81 @@ def scene(tmp_path, genome):
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
     from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
 
-    windows = pd.DataFrame({"id": GENES, "chrom": ["chr1"] * 4, "center": [1500, 2000, 4500, 5200],
-                            "strand": ["+", "-", "+", "-"], "split": ["train", "train", "validation", "test"]})  # fmt: skip
+    windows = pd.DataFrame(
+        {
+            "id": GENES,
+            "chrom": ["chr1"] * 4,
+            "center": [1500, 2000, 4500, 5200],
+            "strand": ["+", "-", "+", "-"],
+            "split": ["train", "train", "validation", "test"],
+        }
+    )
     windows.to_parquet(tmp_path / "genes.parquet")
-    models = {"enformer": write_tiny_enformer(tmp_path / "enformer"), "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES)}
+    models = {
+        "enformer": write_tiny_enformer(tmp_path / "enformer"),
+        "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES),
+    }
     dna, tokens = tmp_path / "dna.zarr", tmp_path / "tokens.zarr"
-    run_embed(EmbedConfig(input=str(tmp_path / "genes.parquet"), modality="dna", model="enformer", out=str(dna),
-                          model_path=str(models["enformer"]), genome=str(genome), device="cpu", num_workers=0,
-                          progress=False))  # fmt: skip
-    run_embed(EmbedConfig(input=str(tmp_path / "genes.parquet"), modality="gene", model="scgpt", out=str(tokens),
-                          model_path=str(models["scgpt"]), device="cpu", num_workers=0, progress=False))  # fmt: skip
+    run_embed(
+        EmbedConfig(
+            input=str(tmp_path / "genes.parquet"),
+            modality="dna",
+            model="enformer",
+            out=str(dna),
+            model_path=str(models["enformer"]),
+            genome=str(genome),
+            device="cpu",
+            num_workers=0,
+            progress=False,
+        )
+    )
+    run_embed(
+        EmbedConfig(
+            input=str(tmp_path / "genes.parquet"),
+            modality="gene",
+            model="scgpt",
+            out=str(tokens),
+            model_path=str(models["scgpt"]),
+            device="cpu",
+            num_workers=0,
+            progress=False,
+        )
+    )
     torch.manual_seed(0)
     config = {"dna_width": 96, "token_width": 32, "hidden": 16, "pooling": "attention", "dropout": 0.0}
     from dogmacache.cache import open_cache
 
-    save(tmp_path / "biodta_best.pt", {
-        "task": "biodta", "model_class": "TokenAdapter", "model_config": config,
-        "model": TokenAdapter(**config).state_dict(),
-        "config": {"data": {"labels": str(tmp_path / "genes.parquet"), "dna_cache": str(dna), "token_cache": str(tokens)}},
-        "fingerprints": {"dna": open_cache(dna).fingerprint(), "token": open_cache(tokens).fingerprint()},
-    })  # fmt: skip
+    save(
+        tmp_path / "biodta_best.pt",
+        {
+            "task": "biodta",
+            "model_class": "TokenAdapter",
+            "model_config": config,
+            "model": TokenAdapter(**config).state_dict(),
+            "config": {
+                "data": {"labels": str(tmp_path / "genes.parquet"), "dna_cache": str(dna), "token_cache": str(tokens)}
+            },
+            "fingerprints": {"dna": open_cache(dna).fingerprint(), "token": open_cache(tokens).fingerprint()},
+        },
+    )
     pd.DataFrame({"id": ["cell1"], "AAA": [5.0], "BBB": [1.0], "CCC": [3.0], "DDD": [2.0]}).to_parquet(
-        tmp_path / "profiles.parquet")  # fmt: skip
+        tmp_path / "profiles.parquet"
+    )
     return tmp_path, models, genome
 
 
 def _config(root, models, genome, **kwargs):
-    defaults = {"checkpoint": str(root / "biodta_best.pt"), "genome": str(genome), "dna_model": str(models["enformer"]),
-                "gene": "AAA", "out": str(root / "out"), "scgpt_model": str(models["scgpt"]),
-                "profiles": str(root / "profiles.parquet"), "profile": "cell1", "top_n": 3}  # fmt: skip
+    defaults = {
+        "checkpoint": str(root / "biodta_best.pt"),
+        "genome": str(genome),
+        "dna_model": str(models["enformer"]),
+        "gene": "AAA",
+        "out": str(root / "out"),
+        "scgpt_model": str(models["scgpt"]),
+        "profiles": str(root / "profiles.parquet"),
+        "profile": "cell1",
+        "top_n": 3,
+    }
     return MutateConfig(**{**defaults, **kwargs})
 
 
@@ -114,8 +162,9 @@ def test_mutate_reembeds_only_the_windows_holding_an_edit(scene):
 def test_an_unedited_window_reembeds_to_its_cached_row_and_each_edit_scans_alone(scene):
     root, models, genome = scene
     base = Genome(genome).fasta["chr1"][599]  # 1-based 600: AAA's window (476-2,523) only, not BBB's (976-3,023)
-    summary = run_mutate(_config(root, models, genome, edits=(f"chr1:600 {base}>{base}", "chr1:601-610"), each=True,
-                                 scgpt_model=None))  # fmt: skip
+    summary = run_mutate(
+        _config(root, models, genome, edits=(f"chr1:600 {base}>{base}", "chr1:601-610"), each=True, scgpt_model=None)
+    )
     shift = pd.read_csv(root / "out" / "token_shift.tsv", sep="\t")
     assert summary["n_variants"] == 2 and list(shift["variant"]) == [0, 1]
     assert shift["cosine"].iloc[0] > 0.9999 and shift["l2"].iloc[0] < 1e-2  # same settings: same numbers

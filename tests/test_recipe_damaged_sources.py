@@ -80,8 +80,18 @@ def test_gct_cell_that_is_not_a_tpm_is_refused_naming_line_and_sample(sources, t
 
 def test_recipe_gtex_command_exits_2_on_a_short_gct_row(sources, tmp_path, capsys):
     damage(sources / GCT, 4, lambda fields: fields[:3])
-    code = main(["recipe", "gtex", "--out", str(tmp_path / "out"), "--source-dir", str(sources),
-                 "--cache-dir", str(tmp_path / "downloads")])  # fmt: skip
+    code = main(
+        [
+            "recipe",
+            "gtex",
+            "--out",
+            str(tmp_path / "out"),
+            "--source-dir",
+            str(sources),
+            "--cache-dir",
+            str(tmp_path / "downloads"),
+        ]
+    )
     assert code == 2
     assert not (tmp_path / "out" / "labels.parquet").exists()
     err = capsys.readouterr().err.strip()
@@ -108,8 +118,10 @@ def test_gtf_transcript_without_transcript_id_is_refused(sources, tmp_path):
     assert GTF in message and "line 4" in message and "transcript_id" in message and "column 9" in message
 
 
-@pytest.mark.parametrize(("column", "value"), [("beta", "oops"), ("target_site.start", "abc"),
-                                               ("target_site.stop", ""), ("pvalue.empirical.adjusted", "oops")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("beta", "oops"), ("target_site.start", "abc"), ("target_site.stop", ""), ("pvalue.empirical.adjusted", "oops")],
+)
 def test_gasperini_value_that_is_not_a_number_is_refused(sources, tmp_path, column, value):
     index = header_of(sources / RESULTS).index(column)
     damage(sources / RESULTS, 7, replaced(index, value))

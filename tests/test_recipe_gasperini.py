@@ -9,15 +9,42 @@ from dogmacache.contracts import check_gene_alignment
 from dogmacache.data_recipes.gasperini import GasperiniConfig, build_gasperini
 from dogmacache.errors import InputError
 
-HEADER = ("pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
-          "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
-          "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene").split()
+HEADER = (
+    "pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
+    "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
+    "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene"
+).split()
 
 
 def _row(group, gene, chrom, start, stop, beta, padj, site_type="DHS", gene_start=50_000):
-    values = dict(zip(HEADER, [f"{gene}:{group}", group, f"ENSG_{gene}", gene, chrom, gene_start, gene_start + 900,
-                               "+", chrom, start, stop, site_type, "top_two", beta, "-2.1", "0.9", "0.001", "0.002",
-                               padj, "FALSE"], strict=True))  # fmt: skip
+    values = dict(
+        zip(
+            HEADER,
+            [
+                f"{gene}:{group}",
+                group,
+                f"ENSG_{gene}",
+                gene,
+                chrom,
+                gene_start,
+                gene_start + 900,
+                "+",
+                chrom,
+                start,
+                stop,
+                site_type,
+                "top_two",
+                beta,
+                "-2.1",
+                "0.9",
+                "0.001",
+                "0.002",
+                padj,
+                "FALSE",
+            ],
+            strict=True,
+        )
+    )
     return "\t".join(str(values[h]) for h in HEADER)
 
 
@@ -30,10 +57,12 @@ def _sources(tmp_path, rows, uniprot_extra=""):
         fh.write("chain 1000 chr1 200000 + 0 200000 chr1 201000 + 1000 201000 1\n200000\n\n")
     uniprot = tmp_path / "uniprot_human_swissprot.fasta.gz"
     with gzip.open(uniprot, "wt") as fh:
-        fh.write(">sp|P00001|GENA_HUMAN Gene A OS=Homo sapiens OX=9606 GN=GENEA PE=1 SV=1\nMKV\nLLA\n"
-                 ">sp|P00002|GENB_HUMAN Gene B OS=Homo sapiens OX=9606 GN=GENEB PE=1 SV=2\nMEEK\n"
-                 ">sp|P00009|GENA2_HUMAN Gene A paralog OS=Homo sapiens OX=9606 GN=GENEA PE=2 SV=1\nMWWW\n"
-                 ">sp|P00003|NOGN_HUMAN Uncharacterised OS=Homo sapiens OX=9606 PE=4 SV=1\nMAAA\n" + uniprot_extra)  # fmt: skip
+        fh.write(
+            ">sp|P00001|GENA_HUMAN Gene A OS=Homo sapiens OX=9606 GN=GENEA PE=1 SV=1\nMKV\nLLA\n"
+            ">sp|P00002|GENB_HUMAN Gene B OS=Homo sapiens OX=9606 GN=GENEB PE=1 SV=2\nMEEK\n"
+            ">sp|P00009|GENA2_HUMAN Gene A paralog OS=Homo sapiens OX=9606 GN=GENEA PE=2 SV=1\nMWWW\n"
+            ">sp|P00003|NOGN_HUMAN Uncharacterised OS=Homo sapiens OX=9606 PE=4 SV=1\nMAAA\n" + uniprot_extra
+        )
     return {"results": results, "chain": chain, "uniprot": uniprot}
 
 
@@ -42,8 +71,17 @@ def _rows():
     for i in range(20):  # 20 enhancers on chr1, 6 of them with a significant effect on GENEA
         start = 10_000 + 5_000 * i
         sig = i < 6
-        rows.append(_row(f"chr1.e{i}_top_two", "GENEA", "chr1", start, start + 401, -0.5 if sig else 0.02,
-                         "0.001" if sig else "0.4"))  # fmt: skip
+        rows.append(
+            _row(
+                f"chr1.e{i}_top_two",
+                "GENEA",
+                "chr1",
+                start,
+                start + 401,
+                -0.5 if sig else 0.02,
+                "0.001" if sig else "0.4",
+            )
+        )
         rows.append(_row(f"chr1.e{i}_top_two", "GENEB", "chr1", start, start + 401, 0.1, "not_applicable"))
     rows.append(_row("chr1.e0_top_two", "GENEC", "chr1", 10_000, 10_401, -0.3, "0.01"))  # GENEC: no protein
     rows.append(_row("chr1.e1_top_two", "GENEB", "chr1", 15_000, 15_401, "NA", "0.9"))  # duplicate pair, NA beta

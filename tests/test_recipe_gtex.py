@@ -27,27 +27,104 @@ TISSUES = ("Liver", "Lung", "Muscle")
 # (gene, gene version, symbol, chrom, gene start, gene end, strand,
 #  [(transcript, GTF version, GTEx version, biotype, start, end, CDS parts, stop_codon parts, has peptide)])
 GENES = [
-    ("ENSG00000000101", 5, "ALPHA", "1", 1001, 3000, "+",
-     [("ENST00000000101", 3, 3, "protein_coding", 1001, 3000, [(1201, 1255), (1490, 1700)], [(1701, 1703)], True)]),
-    ("ENSG00000000102", 2, "BETA", "X", 5001, 9000, "-",
-     [("ENST00000000102", 1, 1, "protein_coding", 5001, 9000, [(8616, 8900)], [(8613, 8615)], True)]),
-    ("ENSG00000000103", 1, "GAMMA", "2", 20001, 24000, "+",
-     [("ENST00000000103", 1, 1, "protein_coding", 20001, 24000, [(20101, 20400)], [(20401, 20403)], True),
-      ("ENST00000000104", 1, 1, "retained_intron", 20001, 22000, [], [], False)]),
-    ("ENSG00000000105", 1, "LONG", "3", 100001, 130000, "+",  # 30 kb > the test's max_gene_length
-     [("ENST00000000105", 1, 1, "protein_coding", 100001, 101000, [(100101, 100400)], [(100401, 100403)], True)]),
-    ("ENSG00000000106", 1, "NOPEP", "4", 1001, 2000, "+",
-     [("ENST00000000106", 1, 1, "protein_coding", 1001, 2000, [(1101, 1400)], [(1401, 1403)], False)]),
-    ("ENSG00000000107", 1, "VERS", "5", 1001, 2000, "-",
-     [("ENST00000000107", 4, 3, "protein_coding", 1001, 2000, [(1301, 1600)], [(1298, 1300)], True)]),
-    ("ENSG00000000108", 1, "MT-ND9", "MT", 3307, 4262, "+",
-     [("ENST00000000108", 1, 1, "protein_coding", 3307, 4262, [(3307, 4259)], [], True)]),
+    (
+        "ENSG00000000101",
+        5,
+        "ALPHA",
+        "1",
+        1001,
+        3000,
+        "+",
+        [("ENST00000000101", 3, 3, "protein_coding", 1001, 3000, [(1201, 1255), (1490, 1700)], [(1701, 1703)], True)],
+    ),
+    (
+        "ENSG00000000102",
+        2,
+        "BETA",
+        "X",
+        5001,
+        9000,
+        "-",
+        [("ENST00000000102", 1, 1, "protein_coding", 5001, 9000, [(8616, 8900)], [(8613, 8615)], True)],
+    ),
+    (
+        "ENSG00000000103",
+        1,
+        "GAMMA",
+        "2",
+        20001,
+        24000,
+        "+",
+        [
+            ("ENST00000000103", 1, 1, "protein_coding", 20001, 24000, [(20101, 20400)], [(20401, 20403)], True),
+            ("ENST00000000104", 1, 1, "retained_intron", 20001, 22000, [], [], False),
+        ],
+    ),
+    (
+        "ENSG00000000105",
+        1,
+        "LONG",
+        "3",
+        100001,
+        130000,
+        "+",  # 30 kb > the test's max_gene_length
+        [("ENST00000000105", 1, 1, "protein_coding", 100001, 101000, [(100101, 100400)], [(100401, 100403)], True)],
+    ),
+    (
+        "ENSG00000000106",
+        1,
+        "NOPEP",
+        "4",
+        1001,
+        2000,
+        "+",
+        [("ENST00000000106", 1, 1, "protein_coding", 1001, 2000, [(1101, 1400)], [(1401, 1403)], False)],
+    ),
+    (
+        "ENSG00000000107",
+        1,
+        "VERS",
+        "5",
+        1001,
+        2000,
+        "-",
+        [("ENST00000000107", 4, 3, "protein_coding", 1001, 2000, [(1301, 1600)], [(1298, 1300)], True)],
+    ),
+    (
+        "ENSG00000000108",
+        1,
+        "MT-ND9",
+        "MT",
+        3307,
+        4262,
+        "+",
+        [("ENST00000000108", 1, 1, "protein_coding", 3307, 4262, [(3307, 4259)], [], True)],
+    ),
 ] + [
-    (f"ENSG000000002{n:02d}", 1, f"FILL{n}", "6", 10_000 * n + 1, 10_000 * n + 900, "+",
-     [(f"ENST000000002{n:02d}", 1, 1, "protein_coding", 10_000 * n + 1, 10_000 * n + 900,
-       [(10_000 * n + 101, 10_000 * n + 400)], [(10_000 * n + 401, 10_000 * n + 403)], True)])
+    (
+        f"ENSG000000002{n:02d}",
+        1,
+        f"FILL{n}",
+        "6",
+        10_000 * n + 1,
+        10_000 * n + 900,
+        "+",
+        [
+            (
+                f"ENST000000002{n:02d}",
+                1,
+                1,
+                "protein_coding",
+                10_000 * n + 1,
+                10_000 * n + 900,
+                [(10_000 * n + 101, 10_000 * n + 400)],
+                [(10_000 * n + 401, 10_000 * n + 403)],
+                True,
+            )
+        ],
+    )
     for n in range(10)
-]  # fmt: skip
+]
 KEPT_GENES = 15  # 17 genes minus LONG and NOPEP
 JOIN_COLUMNS = ["dna_id", "rna_id", "protein_id"]
 GTEX_ONLY = ("ENST00000000199.1", "ENSG00000000199.1")  # a GTEx transcript the GTF does not have
@@ -66,8 +143,9 @@ def gct_rows() -> list[tuple[str, str]]:
 
 def expected_means() -> dict[str, np.ndarray]:
     """transcript id -> (Liver, Lung, Muscle) mean TPM, by hand from SAMPLES' order."""
-    return {tid: np.array([(v[0] + v[1]) / 2, v[2], v[5]]) for i, (tid, _) in enumerate(gct_rows())
-            for v in [tpm_of(i)]}  # fmt: skip
+    return {
+        tid: np.array([(v[0] + v[1]) / 2, v[2], v[5]]) for i, (tid, _) in enumerate(gct_rows()) for v in [tpm_of(i)]
+    }
 
 
 def peptide_of(tid: str) -> str:
@@ -105,13 +183,17 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
     gtf = ["#!genome-build GRCh38.p7", "#!genome-version GRCh38", "#!genebuild-last-updated 2016-06"]
     cdna, pep = [], []
     for gene, gver, symbol, chrom, gstart, gend, strand, transcripts in GENES:
-        gattr = f'gene_id "{gene}"; gene_version "{gver}"; gene_name "{symbol}"; gene_source "ensembl_havana"; ' \
-                'gene_biotype "protein_coding";'  # fmt: skip
+        gattr = (
+            f'gene_id "{gene}"; gene_version "{gver}"; gene_name "{symbol}"; gene_source "ensembl_havana"; '
+            'gene_biotype "protein_coding";'
+        )
         gtf.append(f"{chrom}\tensembl_havana\tgene\t{gstart}\t{gend}\t.\t{strand}\t.\t{gattr}")
         for tid, tver, _, biotype, start, end, cds, stops, has_pep in transcripts:
-            tattr = f'gene_id "{gene}"; gene_version "{gver}"; transcript_id "{tid}"; transcript_version "{tver}"; ' \
-                    f'gene_name "{symbol}"; transcript_name "{symbol}-201"; transcript_biotype "{biotype}"; ' \
-                    'tag "basic"; transcript_support_level "1";'  # fmt: skip
+            tattr = (
+                f'gene_id "{gene}"; gene_version "{gver}"; transcript_id "{tid}"; transcript_version "{tver}"; '
+                f'gene_name "{symbol}"; transcript_name "{symbol}-201"; transcript_biotype "{biotype}"; '
+                'tag "basic"; transcript_support_level "1";'
+            )
             gtf.append(f"{chrom}\thavana\ttranscript\t{start}\t{end}\t.\t{strand}\t.\t{tattr}")
             gtf.append(f'{chrom}\thavana\texon\t{start}\t{end}\t.\t{strand}\t.\t{tattr} exon_number "1";')
             pid = tid.replace("ENST", "ENSP")
@@ -124,8 +206,10 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
             cdna.append(f">{tid}.{tver} cdna {loc} {tail} description:{symbol} protein [Source:HGNC]")
             cdna.append(wrapped(("acgt" * 40)[: 100 + int(tid[-2:])]))
             if has_pep:
-                pep.append(f">{pid}.{tver} pep {loc} gene:{gene}.{gver} transcript:{tid}.{tver} "
-                           f"gene_biotype:protein_coding transcript_biotype:{biotype} gene_symbol:{symbol}")  # fmt: skip
+                pep.append(
+                    f">{pid}.{tver} pep {loc} gene:{gene}.{gver} transcript:{tid}.{tver} "
+                    f"gene_biotype:protein_coding transcript_biotype:{biotype} gene_symbol:{symbol}"
+                )
                 pep.append(wrapped(peptide_of(tid) + ("*" if tid.endswith("101") else "")))
     write_gz(names["gtf"], "\n".join(gtf) + "\n")
     write_gz(names["cdna"], "\n".join(cdna) + "\n")
@@ -177,8 +261,16 @@ def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
 
 def test_windows_are_centred_on_the_tss_with_ucsc_names(built):
     tables = built[0]
-    assert list(tables["dna_windows"].columns) == ["id", "chrom", "center", "strand", "gene_id", "gene_name", "split",
-                                                   "n_transcripts"]  # fmt: skip
+    assert list(tables["dna_windows"].columns) == [
+        "id",
+        "chrom",
+        "center",
+        "strand",
+        "gene_id",
+        "gene_name",
+        "split",
+        "n_transcripts",
+    ]
     windows = tables["dna_windows"].set_index("id")
     window_of = tables["labels"].set_index("id")["dna_id"]
     assert window_of["ENST00000000101.3"] == "chr1:1001:+"
@@ -195,12 +287,28 @@ def test_windows_are_centred_on_the_tss_with_ucsc_names(built):
 def test_mask_bins_by_hand():
     # 8 bins x 128 bp around TSS 1001 (0-based 1000): the window is 0-based [488, 1512), bin k = [488+128k, 616+128k).
     # CDS 1201-1255 (0-based [1200, 1255)) lies in bin 5; CDS 1490-1700 is clipped to [1489, 1512): bin 7.
-    masks = coding_masks(np.array([1001]), np.array(["+"]), np.array([0, 0]), np.array([1201, 1490]),
-                         np.array([1255, 1700]), window_bins=8, bin_bp=128, orientation="reference")  # fmt: skip
+    masks = coding_masks(
+        np.array([1001]),
+        np.array(["+"]),
+        np.array([0, 0]),
+        np.array([1201, 1490]),
+        np.array([1255, 1700]),
+        window_bins=8,
+        bin_bp=128,
+        orientation="reference",
+    )
     assert masks.tolist() == [[0, 0, 0, 0, 0, 1, 0, 1]]
     # 1-based 616 is 0-based 615, the last base of bin 0; 617 is the first base of bin 1.
-    edge = coding_masks(np.array([1001, 1001]), np.array(["+", "+"]), np.array([0, 1]), np.array([600, 617]),
-                        np.array([616, 617]), window_bins=8, bin_bp=128, orientation="reference")  # fmt: skip
+    edge = coding_masks(
+        np.array([1001, 1001]),
+        np.array(["+", "+"]),
+        np.array([0, 1]),
+        np.array([600, 617]),
+        np.array([616, 617]),
+        window_bins=8,
+        bin_bp=128,
+        orientation="reference",
+    )
     assert edge.tolist() == [[1, 0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]]
 
 
@@ -214,8 +322,14 @@ def test_coding_masks_include_the_stop_codon_in_both_orientations(built, tmp_pat
     assert "stop_codon" in mask_info.pop("convention")
     assert mask_info == {"window_bins": 8, "bin_bp": 128, "orientation": "reference", "window_bp": 1024}
 
-    config = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128,
-                             mask_orientation="transcript", chrom_style="ensembl")  # fmt: skip
+    config = gtex.GtexConfig(
+        tissues=TISSUES,
+        max_gene_length=20_000,
+        window_bins=8,
+        bin_bp=128,
+        mask_orientation="transcript",
+        chrom_style="ensembl",
+    )
     gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", config)
     tables, manifest = read_outputs(tmp_path / "out")
     flipped = tables["coding_masks"].set_index("id")["mask"]
@@ -223,8 +337,11 @@ def test_coding_masks_include_the_stop_codon_in_both_orientations(built, tmp_pat
     assert flipped.loc["ENST00000000102.1"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # bin 0 = 5'-most
     assert manifest["mask"]["orientation"] == "transcript"
     window_of = tables["labels"].set_index("id")["dna_id"]
-    assert window_of.loc[["ENST00000000101.3", "ENST00000000102.1", "ENST00000000108.1"]].tolist() == \
-        ["1:1001:+", "X:9000:-", "MT:3307:+"]  # fmt: skip
+    assert window_of.loc[["ENST00000000101.3", "ENST00000000102.1", "ENST00000000108.1"]].tolist() == [
+        "1:1001:+",
+        "X:9000:-",
+        "MT:3307:+",
+    ]
     chroms = tables["dna_windows"].set_index("id")["chrom"]
     assert chroms.loc[["1:1001:+", "X:9000:-", "MT:3307:+"]].tolist() == ["1", "X", "MT"]
 
@@ -263,15 +380,22 @@ def test_split_by_gene_without_leak(built):
 
 def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
     tables, manifest = built
-    assert tables["tissues"].set_index("tissue")["held_out"].to_dict() == {"Liver": False, "Lung": True,
-                                                                           "Muscle": False}  # fmt: skip
+    assert tables["tissues"].set_index("tissue")["held_out"].to_dict() == {
+        "Liver": False,
+        "Lung": True,
+        "Muscle": False,
+    }
     assert manifest["holdout_tissues"] == ["Lung"] and "Lung" in tables["labels"].columns
 
 
 def test_tissue_profiles_hold_train_genes_only(built):
     tables, _ = built
-    windows, profiles = tables["labels"].merge(tables["dna_windows"][["id", "gene_name"]].rename(
-        columns={"id": "dna_id"}), on="dna_id"), tables["tissue_profiles"]  # fmt: skip
+    windows, profiles = (
+        tables["labels"].merge(
+            tables["dna_windows"][["id", "gene_name"]].rename(columns={"id": "dna_id"}), on="dna_id"
+        ),
+        tables["tissue_profiles"],
+    )
     train = windows[windows["split"] == "train"].drop_duplicates("gene_id").sort_values("gene_id")
     assert profiles["id"].tolist() == list(TISSUES)
     assert list(profiles.columns[1:]) == train["gene_name"].tolist()
@@ -327,10 +451,28 @@ def test_unknown_or_inconsistent_tissues_are_rejected(tmp_path):
 
 def test_cli_runs_from_a_source_folder(tmp_path):
     names = write_sources(tmp_path / "src")
-    code = main(["recipe", "gtex", "--out", str(tmp_path / "out"), "--source-dir", str(tmp_path / "src"),
-                              "--cache-dir", str(tmp_path / "cache"), "--tissues", "Liver,Lung,Muscle",
-                              "--holdout-tissues", "Liver", "--max-gene-length", "20000", "--window-bins", "8",
-                              "--seed", "3"])  # fmt: skip
+    code = main(
+        [
+            "recipe",
+            "gtex",
+            "--out",
+            str(tmp_path / "out"),
+            "--source-dir",
+            str(tmp_path / "src"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--tissues",
+            "Liver,Lung,Muscle",
+            "--holdout-tissues",
+            "Liver",
+            "--max-gene-length",
+            "20000",
+            "--window-bins",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     manifest = json.loads((tmp_path / "out" / "recipe.json").read_text())
     assert manifest["params"]["seed"] == 3 and manifest["params"]["holdout_tissues"] == ["Liver"]

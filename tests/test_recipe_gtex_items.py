@@ -34,7 +34,11 @@ def test_shared_windows_and_peptides_are_one_row_each(every_biotype):
     assert len(windows) == len(labels) - 1 == 15 and windows["id"].is_unique
     # one peptide on 5 genes, and FILL0-9 carrying three peptides between them: 4 rows for 15 coding transcripts
     assert proteins.set_index("id")["n_transcripts"].to_dict() == {
-        "ENSP00000000101.3": 5, "ENSP00000000200.1": 4, "ENSP00000000201.1": 3, "ENSP00000000202.1": 3}  # fmt: skip
+        "ENSP00000000101.3": 5,
+        "ENSP00000000200.1": 4,
+        "ENSP00000000201.1": 3,
+        "ENSP00000000202.1": 3,
+    }
     counts = manifest["counts"]
     assert (counts["dna_windows_distinct"], counts["proteins_distinct"]) == (15, 4)
 
@@ -54,7 +58,8 @@ def test_every_labels_row_joins_its_own_window_cdna_and_peptide(every_biotype):
     alpha = windows.loc[labels.set_index("id").loc["ENST00000000101.3", "dna_id"]]
     assert [alpha["chrom"], alpha["center"], alpha["strand"]] == ["chr1", 1001, "+"]
     assert tables["labels_log1p"][["id", "dna_id", "rna_id", "protein_id"]].equals(
-        labels[["id", "dna_id", "rna_id", "protein_id"]])  # fmt: skip
+        labels[["id", "dna_id", "rna_id", "protein_id"]]
+    )
 
 
 def test_a_non_coding_transcript_is_kept_with_an_empty_protein_id(every_biotype, tmp_path):
@@ -64,18 +69,10 @@ def test_a_non_coding_transcript_is_kept_with_an_empty_protein_id(every_biotype,
     assert tables["coding_masks"].set_index("id").loc["ENST00000000104.1", "mask"].tolist() == [0] * 8
     assert "ENST00000000104.1" in set(tables["rna_sequences"]["id"])
     assert "ENST00000000106.1" not in labels.index  # a protein-coding transcript without its peptide: dropped
-    assert (
-        manifest["counts"]["transcripts_without_protein"] == 1
-        and manifest["missing"]["peptide_sequence"] == 1
-    )
-    gtex.build_gtex(
-        write_sources(tmp_path / "src"), tmp_path / "out", CONFIG
-    )  # the default: protein-coding only
+    assert manifest["counts"]["transcripts_without_protein"] == 1 and manifest["missing"]["peptide_sequence"] == 1
+    gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", CONFIG)  # the default: protein-coding only
     default, _ = read_outputs(tmp_path / "out")
-    assert (
-        "ENST00000000104.1" not in set(default["labels"]["id"])
-        and (default["labels"]["protein_id"] != "").all()
-    )
+    assert "ENST00000000104.1" not in set(default["labels"]["id"]) and (default["labels"]["protein_id"] != "").all()
 
 
 def test_token_counts_by_hand():
@@ -93,16 +90,31 @@ def test_token_counts_by_hand():
 
 
 def test_expected_cache_bytes_by_hand():
-    config = CacheSizeConfig(dna_width=3, rna_width=2, rna_max_tokens=5, protein_width=4, protein_max_tokens=4,
-                             bytes_per_value=2, max_positions=3)  # fmt: skip
+    config = CacheSizeConfig(
+        dna_width=3,
+        rna_width=2,
+        rna_max_tokens=5,
+        protein_width=4,
+        protein_max_tokens=4,
+        bytes_per_value=2,
+        max_positions=3,
+    )
     sizes = expected_cache_bytes(2, 4, [13, 20, 1], [3], config)
     # DNA: 2 windows x 4 bins x 3 wide x 2 B = 48; at K=3: 2 x 3 x 3 x 2 = 36
-    assert {k: sizes["dna"][k] for k in ("full", "full_real", "max_positions_3", "max_positions_3_real")} == \
-        {"full": 48, "full_real": 48, "max_positions_3": 36, "max_positions_3_real": 36}  # fmt: skip
+    assert {k: sizes["dna"][k] for k in ("full", "full_real", "max_positions_3", "max_positions_3_real")} == {
+        "full": 48,
+        "full_real": 48,
+        "max_positions_3": 36,
+        "max_positions_3_real": 36,
+    }
     # RNA: tokens 4, 5, 2 (cap 5) x 2 wide x 2 B: padded 3 x 5 x 4 = 60, real 11 x 4 = 44; K=3: 3 x 3 x 4 = 36,
     # real (3 + 3 + 2) x 4 = 32
-    assert {k: sizes["rna"][k] for k in ("full", "full_real", "max_positions_3", "max_positions_3_real")} == \
-        {"full": 60, "full_real": 44, "max_positions_3": 36, "max_positions_3_real": 32}  # fmt: skip
+    assert {k: sizes["rna"][k] for k in ("full", "full_real", "max_positions_3", "max_positions_3_real")} == {
+        "full": 60,
+        "full_real": 44,
+        "max_positions_3": 36,
+        "max_positions_3_real": 32,
+    }
     assert sizes["rna"]["positions_real"] == 11 and sizes["rna"]["items"] == 3
     # protein: 3 residues + 2 = 5 tokens, capped at 4, x 4 wide x 2 B = 32; at K=3: 24
     assert (sizes["protein"]["full"], sizes["protein"]["max_positions_3"]) == (32, 24)
@@ -112,8 +124,13 @@ def test_expected_cache_bytes_by_hand():
 def test_recipe_json_states_the_sizes_of_its_own_tables(every_biotype, capsys):
     tables, manifest = every_biotype
     stated = manifest["expected_cache_bytes"]
-    again = expected_cache_bytes(len(tables["dna_windows"]), 8, tables["rna_sequences"]["sequence"].str.len(),
-                                 tables["protein_sequences"]["sequence"].str.len(), CacheSizeConfig())  # fmt: skip
+    again = expected_cache_bytes(
+        len(tables["dna_windows"]),
+        8,
+        tables["rna_sequences"]["sequence"].str.len(),
+        tables["protein_sequences"]["sequence"].str.len(),
+        CacheSizeConfig(),
+    )
     assert stated == json.loads(json.dumps(again))
     assert stated["dna"]["full"] == 15 * 8 * 3072 * 2 and stated["protein"]["items"] == 4
     assert stated["rna"]["max_positions_128"] == 16 * 128 * 1024 * 2
@@ -121,28 +138,44 @@ def test_recipe_json_states_the_sizes_of_its_own_tables(every_biotype, capsys):
 
 def test_cli_options_reach_the_stated_sizes(tmp_path, capsys):
     write_sources(tmp_path / "src")
-    assert main(["recipe", "gtex", "--out", str(tmp_path / "out"), "--source-dir", str(tmp_path / "src"),
-                 "--tissues", "Liver,Lung,Muscle", "--max-gene-length", "20000", "--window-bins", "8",
-                 "--transcripts", "all", "--max-positions", "64", "--rna-width", "512",
-                 "--rna-max-tokens", "1000"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "recipe",
+                "gtex",
+                "--out",
+                str(tmp_path / "out"),
+                "--source-dir",
+                str(tmp_path / "src"),
+                "--tissues",
+                "Liver,Lung,Muscle",
+                "--max-gene-length",
+                "20000",
+                "--window-bins",
+                "8",
+                "--transcripts",
+                "all",
+                "--max-positions",
+                "64",
+                "--rna-width",
+                "512",
+                "--rna-max-tokens",
+                "1000",
+            ]
+        )
+        == 0
+    )
     assert re.search(r"expected cache bytes .*dna 15 items .*K=64", capsys.readouterr().out)
     manifest = json.loads((tmp_path / "out" / "recipe.json").read_text())
     rna = manifest["expected_cache_bytes"]["rna"]
     assert (rna["width"], rna["positions_cap"], rna["max_positions_64"]) == (512, 1000, 16 * 64 * 512 * 2)
-    assert (
-        manifest["params"]["transcripts"] == "all"
-        and manifest["params"]["cache_sizes"]["max_positions"] == 64
-    )
+    assert manifest["params"]["transcripts"] == "all" and manifest["params"]["cache_sizes"]["max_positions"] == 64
 
 
 def test_bad_size_settings_and_transcript_sets_are_refused():
-    with pytest.raises(
-        InputError, match=r"cache size setting max_positions is 0; expected a positive whole number"
-    ):
+    with pytest.raises(InputError, match=r"cache size setting max_positions is 0; expected a positive whole number"):
         CacheSizeConfig(max_positions=0)
-    with pytest.raises(
-        InputError, match=r"GTEx transcripts 'coding' is not one of \('protein_coding', 'all'\)"
-    ):
+    with pytest.raises(InputError, match=r"GTEx transcripts 'coding' is not one of \('protein_coding', 'all'\)"):
         gtex.GtexConfig(transcripts="coding")
 
 

@@ -45,12 +45,20 @@ def test_unreachable_source_says_how_to_proceed(tmp_path):
 def test_fetch_all_gives_paths_and_what_recipe_json_records(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"abc")
     (tmp_path / "b.txt").write_bytes(b"")
-    listed = {key: sources.Source(key=key, filename=f"{key}.txt", url=f"http://127.0.0.1:9/{key}.txt", licence="L",
-                                  description="d") for key in ("a", "b")}  # fmt: skip
+    listed = {
+        key: sources.Source(
+            key=key, filename=f"{key}.txt", url=f"http://127.0.0.1:9/{key}.txt", licence="L", description="d"
+        )
+        for key in ("a", "b")
+    }
     paths, info = sources.fetch_all(listed, source_dir=tmp_path, cache_dir=tmp_path / "cache")
     assert paths == {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}
-    assert info["a"] == {"file": "a.txt", "url": "http://127.0.0.1:9/a.txt", "sha256": hashlib.sha256(b"abc").hexdigest(),
-                         "licence": "L"}  # fmt: skip
+    assert info["a"] == {
+        "file": "a.txt",
+        "url": "http://127.0.0.1:9/a.txt",
+        "sha256": hashlib.sha256(b"abc").hexdigest(),
+        "licence": "L",
+    }
     assert info["b"]["sha256"] == hashlib.sha256(b"").hexdigest() and len(info) == 2
 
 

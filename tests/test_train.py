@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo(demo_run):
-    caches = {"dna": demo_run / "cache" / "dna-enformer.zarr", "protein": demo_run / "cache" / "protein-esm2.zarr",
-              "gene": demo_run / "cache" / "gene-scgpt.zarr"}  # fmt: skip
+    caches = {
+        "dna": demo_run / "cache" / "dna-enformer.zarr",
+        "protein": demo_run / "cache" / "protein-esm2.zarr",
+        "gene": demo_run / "cache" / "gene-scgpt.zarr",
+    }
     return demo_run, caches
 
 
@@ -41,14 +44,20 @@ def _config(demo, tmp_path, epochs=3, task="cdt", **train):
     """A demo config file for `task` writing into tmp_path/train."""
     out, caches = demo
     config = demo_config(out, caches, epochs=epochs)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train),
-                                 output=dataclasses.replace(config.output, dir=str(tmp_path / "train")))  # fmt: skip
+    config = dataclasses.replace(
+        config,
+        train=dataclasses.replace(config.train, **train),
+        output=dataclasses.replace(config.output, dir=str(tmp_path / "train")),
+    )
     if task != "cdt":
         data_keys = {f.name for f in dataclasses.fields(get_task(task).data_config)}
         base = default_config(task)
-        config = dataclasses.replace(config, task=task, model=base.model,
-                                     data=base.data.__class__(**{k: v for k, v in dataclasses.asdict(config.data).items()
-                                                                 if k in data_keys}))  # fmt: skip
+        config = dataclasses.replace(
+            config,
+            task=task,
+            model=base.model,
+            data=base.data.__class__(**{k: v for k, v in dataclasses.asdict(config.data).items() if k in data_keys}),
+        )
     path = tmp_path / f"{task}.toml"
     path.write_text(to_toml(config))
     return path
@@ -77,8 +86,19 @@ def test_mismatched_inputs_are_refused(demo, tmp_path):
     with pytest.raises(InputError, match="embedded from another input set"):
         _load(config, dna_table=str(tmp_path / "dna_windows.parquet"))
     ids = ["a", "b"]
-    CacheWriter.create(tmp_path / "partial.zarr", CacheSpec(modality="protein", model="m", model_revision="r", layer=-1,
-                       pooling="mean", item_shape=(4,), input_digest=digest_strings(ids)), ids=ids)  # fmt: skip
+    CacheWriter.create(
+        tmp_path / "partial.zarr",
+        CacheSpec(
+            modality="protein",
+            model="m",
+            model_revision="r",
+            layer=-1,
+            pooling="mean",
+            item_shape=(4,),
+            input_digest=digest_strings(ids),
+        ),
+        ids=ids,
+    )
     with pytest.raises(Exception, match="is not complete"):
         _load(config, protein_cache=str(tmp_path / "partial.zarr"))
 
@@ -87,8 +107,15 @@ def _reversed_copy(cache_path, tmp_path):
     cache = open_cache(cache_path)
     ids = cache.ids.tolist()[::-1]
     data = cache[:][::-1].astype(np.float32)
-    spec = CacheSpec(modality="protein", model="m", model_revision="r", layer=-1, pooling="mean",
-                     item_shape=cache.item_shape, input_digest=digest_strings(ids))  # fmt: skip
+    spec = CacheSpec(
+        modality="protein",
+        model="m",
+        model_revision="r",
+        layer=-1,
+        pooling="mean",
+        item_shape=cache.item_shape,
+        input_digest=digest_strings(ids),
+    )
     writer = CacheWriter.create(tmp_path / "reversed.zarr", spec, ids=ids)
     writer.write_shard(0, data)
     writer.finalize()
@@ -138,11 +165,7 @@ def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message)
     ],
 )
 def test_config_values_are_checked_when_read(tmp_path, text, message):
-    paths = (
-        {}
-        if "needs" in message
-        else {"labels": "a", "dna_cache": "b", "rna_cache": "c", "protein_cache": "d"}
-    )
+    paths = {} if "needs" in message else {"labels": "a", "dna_cache": "b", "rna_cache": "c", "protein_cache": "d"}
     top, _, rest = text.partition("[")
     sections = ("[" + rest) if rest else ""
     data = "".join(f'{k} = "{v}"\n' for k, v in paths.items())
@@ -199,8 +222,17 @@ def test_early_stopping_follows_the_authors_rule():
 def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, tmp_path):
     config = _config(demo, tmp_path, epochs=5, baselines=False)
     run_dir = tmp_path / "train"
-    command = [sys.executable, "-m", "dogmacache.cli", "train", "--config", str(config), "--no-progress",
-               "--set", "output.resume=true"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dogmacache.cli",
+        "train",
+        "--config",
+        str(config),
+        "--no-progress",
+        "--set",
+        "output.resume=true",
+    ]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
@@ -219,9 +251,7 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
         [*command, "--set", "train.seed=7", "--set", "train.lr=0.05"], capture_output=True, text=True
     )
     assert changed.returncode == 2, changed.stderr
-    assert (
-        f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
-    )
+    assert f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
     assert "output.resume=false" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
 
     shutil.move(run_dir, tmp_path / "killed")
@@ -237,9 +267,7 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
     checkpoint = torch.load(run_dir / "cdt_best.pt", weights_only=False)
     assert checkpoint["task"] == "cdt" and checkpoint["model_class"] == "CentralDogmaTransformer"
     assert checkpoint["config"]["train"]["epochs"] == 5 and checkpoint["fingerprints"]["dna"]["ids_digest"]
-    assert (
-        checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["extras"]["dna_scale"] is not None
-    )
+    assert checkpoint["versions"]["torch"] == torch.__version__ and checkpoint["extras"]["dna_scale"] is not None
     assert sum(p.numel() for p in model.parameters()) > 50_000
 
 
@@ -249,9 +277,7 @@ def test_resume_refuses_changed_cache_contents(demo, tmp_path):
     config = load_config(_config(demo, tmp_path))
     saved = {"config": config.to_dict(), "fingerprints": {"dna": {"url": "a", "shards_digest": "sha256:1"}}}
     now = {"dna": {"url": "b", "shards_digest": "sha256:2"}}
-    with pytest.raises(
-        InputError, match=r"trained on a dna cache with shards_digest 'sha256:1' but b has 'sha256:2'"
-    ):
+    with pytest.raises(InputError, match=r"trained on a dna cache with shards_digest 'sha256:1' but b has 'sha256:2'"):
         checkpoint.check_resume(saved, tmp_path / "cdt_last.pt", config.to_dict(), now)
     checkpoint.check_resume(
         saved,
@@ -260,9 +286,7 @@ def test_resume_refuses_changed_cache_contents(demo, tmp_path):
         {"dna": {**now["dna"], "shards_digest": "sha256:1"}},
     )
     longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40, num_workers=1))
-    checkpoint.check_resume(
-        saved, tmp_path / "x.pt", longer.to_dict(), saved["fingerprints"]
-    )  # may continue longer
+    checkpoint.check_resume(saved, tmp_path / "x.pt", longer.to_dict(), saved["fingerprints"])  # may continue longer
 
 
 def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
@@ -276,9 +300,7 @@ def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
     assert type(model).__name__ == "DnaOnlyMLP" and not model.training
     assert main([*command, "--set", "train.epochs=4"]) == 0  # resumes for one more epoch
     assert "dna_mlp: resuming from" in capsys.readouterr().out
-    assert (
-        len((tmp_path / "train" / "log.csv").read_text().splitlines()) == 1 + 4
-    )  # header and four epochs of dna_mlp
+    assert len((tmp_path / "train" / "log.csv").read_text().splitlines()) == 1 + 4  # header and four epochs of dna_mlp
 
 
 def _epochs_logged(run_dir: Path) -> int:
@@ -299,9 +321,7 @@ def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path
     with torch.no_grad():
         for k in range(len(chunks)):
             chunk = chunks[k]
-            assert len(chunk.rows["dna"]) == len(
-                np.unique(chunk.examples["local"].numpy())
-            )  # each enhancer once
+            assert len(chunk.rows["dna"]) == len(np.unique(chunk.examples["local"].numpy()))  # each enhancer once
             e = chunk.examples  # one forward per pair, as evaluation ran before
             slow = model(chunk.rows["dna"][e["local"]], data.rna, data.protein, e["gene_index"])
             fast = task.predict_chunk(model, chunk)
@@ -329,11 +349,16 @@ def test_torchrun_two_processes_match_one_process(demo, tmp_path):
     one = tmp_path / "one"
     two = tmp_path / "two"
     base = ["train", "--config", str(config), "--no-progress"]
-    subprocess.run([sys.executable, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{one}"'], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{one}"'], check=True, capture_output=True
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    result = subprocess.run([*torchrun, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{two}"'],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = subprocess.run(
+        [*torchrun, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{two}"'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     a = json.loads((one / "metrics.json").read_text())["models"]["cdt"]["test"]
     b = json.loads((two / "metrics.json").read_text())["models"]["cdt"]["test"]
@@ -362,8 +387,21 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
         run = tmp_path / mode
         run.mkdir()
         path = _config(demo, run, epochs=1)
-        assert main(["train", "--config", str(path), "--no-progress", "--set", f"data.dna_on_device={mode}",
-                     "--set", "train.num_workers=0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(path),
+                    "--no-progress",
+                    "--set",
+                    f"data.dna_on_device={mode}",
+                    "--set",
+                    "train.num_workers=0",
+                ]
+            )
+            == 0
+        )
         results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]
     assert set(results["yes"]) == {"cdt", "dna_mlp", "per_gene_mean"}
     for model in results["no"]:
@@ -379,12 +417,8 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
     assert list(data.device_dna) == ["cpu"] and mlp._dna is cdt._dna and cdt._dna.table.dtype == torch.float16
     chunk = cdt.train_chunks(data, 0)[0]
     assert set(chunk.rows) == {"dna_rows"}
-    expected = pairs_module._read(
-        data, chunk.rows["dna_rows"].numpy()
-    )  # read on the host, z-scored as configured
-    np.testing.assert_allclose(
-        pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6
-    )
+    expected = pairs_module._read(data, chunk.rows["dna_rows"].numpy())  # read on the host, z-scored as configured
+    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6)
     assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table
     assert data.preload is None  # the table was copied from the RAM preload, which is then let go
     streamed = pairs_module.DeviceDna(data, torch.device("cpu"))  # no preload: read from the cache
@@ -407,8 +441,23 @@ def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path, monke
         run = tmp_path / mode
         run.mkdir()
         path = _config(demo, run, epochs=1, task="dna_mlp")
-        assert main(["train", "--config", str(path), "--no-progress", "--set", f"train.compile={mode}",
-                     "--set", "train.num_workers=0", "--set", "model.dropout=0.0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(path),
+                    "--no-progress",
+                    "--set",
+                    f"train.compile={mode}",
+                    "--set",
+                    "train.num_workers=0",
+                    "--set",
+                    "model.dropout=0.0",
+                ]
+            )
+            == 0
+        )
         results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]["dna_mlp"]["test"]
     assert compiled == [None]  # once, for the "default" run only
     for key in ("pearson", "mse"):
@@ -429,7 +478,8 @@ def test_task_tables_are_read_in_one_place_with_one_line_errors(tmp_path):
 
 
 def test_a_fresh_start_that_empties_the_log_keeps_its_header(tmp_path):
-    """A model re-run from scratch drops its own rows; when they were the only rows, the next row still gets the header."""
+    """A model re-run from scratch drops its own rows; when they were the only rows, the next row still gets the
+    header."""
     import csv
 
     from dogmacache.train.loop import _append_log, _drop_log_rows

@@ -54,9 +54,7 @@ def check_cdt_inputs(
             f"(batch, {config.dna_positions}, {config.dna_width}); pass one DNA window per sample"
         )
     if not dna.is_floating_point():
-        raise InputError(
-            f"dna has dtype {dna.dtype} but the model takes floating-point embeddings; cast with .float()"
-        )
+        raise InputError(f"dna has dtype {dna.dtype} but the model takes floating-point embeddings; cast with .float()")
     sizes = (
         ("dna", "width", dna.shape[2], config.dna_width),
         ("dna", "positions", dna.shape[1], config.dna_positions),
@@ -83,9 +81,7 @@ def check_cdt_inputs(
             "pass one target gene index per sample, shape (B,)"
         )
     if gene_index.dtype not in (torch.int64, torch.int32):
-        raise InputError(
-            f"gene_index has dtype {gene_index.dtype} but indexes must be integers; cast with .long()"
-        )
+        raise InputError(f"gene_index has dtype {gene_index.dtype} but indexes must be integers; cast with .long()")
     if gene_index.numel() and not (0 <= int(gene_index.min()) and int(gene_index.max()) < config.n_genes):
         raise InputError(
             f"gene_index holds values in [{int(gene_index.min())}, {int(gene_index.max())}] but the model "
@@ -114,9 +110,7 @@ class VirtualCellEmbedder(nn.Module):
     def forward(self, dna: Tensor, rna: Tensor, protein: Tensor) -> Tensor:
         return self._fuse([self.dna(dna), self.rna(rna), self.protein(protein)])
 
-    def forward_with_attention(
-        self, dna: Tensor, rna: Tensor, protein: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_with_attention(self, dna: Tensor, rna: Tensor, protein: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """As `forward`, plus {"vce_dna": (B, Hv, L), "vce_rna": (B, Hv, G), "vce_protein": (B, Hv, G)}."""
         pooled, maps = [], {}
         for name, pool, x in (
@@ -144,9 +138,7 @@ class TaskHead(nn.Module):
 
 def _blocks(config: CDTConfig, n: int) -> nn.ModuleList:
     hidden = config.ffn_multiplier * config.d_model
-    return nn.ModuleList(
-        AttentionBlock(config.d_model, config.n_heads, hidden, config.dropout) for _ in range(n)
-    )
+    return nn.ModuleList(AttentionBlock(config.d_model, config.n_heads, hidden, config.dropout) for _ in range(n))
 
 
 class CentralDogmaTransformer(nn.Module):
@@ -172,18 +164,14 @@ class CentralDogmaTransformer(nn.Module):
         self.head = TaskHead(config)
 
     @staticmethod
-    def _attend(
-        block: AttentionBlock, x: Tensor, context: Tensor, maps: dict[str, Tensor] | None, key: str
-    ) -> Tensor:
+    def _attend(block: AttentionBlock, x: Tensor, context: Tensor, maps: dict[str, Tensor] | None, key: str) -> Tensor:
         """block(x, context); with `maps`, its per-head attention probabilities are stored under `key`."""
         if maps is None:
             return block(x, context)
         x, maps[key] = block.forward_with_attention(x, context)
         return x
 
-    def _cell_state(
-        self, dna: Tensor, rna: Tensor, protein: Tensor, maps: dict[str, Tensor] | None = None
-    ) -> Tensor:
+    def _cell_state(self, dna: Tensor, rna: Tensor, protein: Tensor, maps: dict[str, Tensor] | None = None) -> Tensor:
         """The cell state (B, D). The RNA and protein branches do not depend on the sample: they run once per
         batch as (1, G, D) and broadcast into the cross-attention."""
         tables = []
@@ -200,9 +188,7 @@ class CentralDogmaTransformer(nn.Module):
         for k, block in enumerate(self.dna_self_attention):
             dna_h = self._attend(block, dna_h, dna_h, maps, f"dna_self.{k}")
         rna_fused = self._attend(self.dna_to_rna, rna_h, dna_h, maps, "dna_to_rna")  # (B, G, D)
-        protein_fused = self._attend(
-            self.rna_to_protein, protein_h, rna_fused, maps, "rna_to_protein"
-        )  # (B, G, D)
+        protein_fused = self._attend(self.rna_to_protein, protein_h, rna_fused, maps, "rna_to_protein")  # (B, G, D)
         if maps is None:
             return self.vce(dna_h, rna_fused, protein_fused)  # (B, D)
         cell, vce_maps = self.vce.forward_with_attention(dna_h, rna_fused, protein_fused)

@@ -50,9 +50,7 @@ class CDTConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(
-                    f"CDTConfig.{name}={value!r} must be a positive integer; fix the config or manifest"
-                )
+                raise InputError(f"CDTConfig.{name}={value!r} must be a positive integer; fix the config or manifest")
         for name in ("dna_self_layers", "rna_self_layers", "protein_self_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -82,7 +80,5 @@ class CDTConfig:
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(values))
         if missing:
-            raise InputError(
-                f"{where} lacks the CDT config keys {missing}; they come from the cache manifests"
-            )
+            raise InputError(f"{where} lacks the CDT config keys {missing}; they come from the cache manifests")
         return cls(**values)

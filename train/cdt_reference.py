@@ -72,9 +72,7 @@ class _Pool(nn.Module):
         self.attention = _attention(config, config.vce_heads)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pooled, weights = self.attention(
-            self.query[None], x, x, need_weights=True, average_attn_weights=False
-        )
+        pooled, weights = self.attention(self.query[None], x, x, need_weights=True, average_attn_weights=False)
         return pooled[:, 0], weights[:, :, 0]  # (1, D), (1, Hv, N)
 
 
@@ -121,9 +119,7 @@ class CDTReference(nn.Module):
         reference.load_state_dict(model.state_dict(), strict=True)
         return reference.to(next(model.parameters()).device).train(model.training)
 
-    def _one_sample(
-        self, dna: Tensor, rna: Tensor, protein: Tensor, gene: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def _one_sample(self, dna: Tensor, rna: Tensor, protein: Tensor, gene: int) -> tuple[Tensor, dict[str, Tensor]]:
         """dna (1, L, D_dna), rna (1, G, D_rna), protein (1, G, D_prot) -> prediction (1,) and maps with batch 1."""
         maps = {}
         rna_h = self.rna_projection(rna)
@@ -141,9 +137,7 @@ class CDTReference(nn.Module):
         z_dna, maps["vce_dna"] = vce.dna(dna_h)
         z_rna, maps["vce_rna"] = vce.rna(rna_h)
         z_protein, maps["vce_protein"] = vce.protein(protein_h)
-        cell = vce.norm(
-            vce.contract(vce.dropout(F.gelu(vce.expand(torch.cat([z_dna, z_rna, z_protein], dim=-1)))))
-        )
+        cell = vce.norm(vce.contract(vce.dropout(F.gelu(vce.expand(torch.cat([z_dna, z_rna, z_protein], dim=-1))))))
         head = self.head
         outputs = head.output(head.dropout(F.gelu(head.hidden(cell))))  # (1, G)
         return outputs[:, gene], maps

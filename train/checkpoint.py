@@ -40,11 +40,15 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a torn or foreign file
-        raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
-                         "point at a <model>_best.pt / _last.pt file") from err  # fmt: skip
+        raise InputError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+            "point at a <model>_best.pt / _last.pt file"
+        ) from err
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise InputError(f"{path} is not a dogmacache checkpoint (format {FORMAT!r}); a state dict of the CDT "
-                         "authors' model converts with `dogmacache train import-checkpoint`")  # fmt: skip
+        raise InputError(
+            f"{path} is not a dogmacache checkpoint (format {FORMAT!r}); a state dict of the CDT "
+            "authors' model converts with `dogmacache train import-checkpoint`"
+        )
     return checkpoint
 
 
@@ -53,8 +57,10 @@ def load_model(path: str | Path) -> nn.Module:
     checkpoint = read(path)
     task = get_task(checkpoint["task"])
     if checkpoint["model_class"] not in task.models:
-        raise InputError(f"{path}: model class {checkpoint['model_class']!r} is not one of task "
-                         f"{task.name!r}'s {sorted(task.models)}")  # fmt: skip
+        raise InputError(
+            f"{path}: model class {checkpoint['model_class']!r} is not one of task "
+            f"{task.name!r}'s {sorted(task.models)}"
+        )
     model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.eval()
@@ -73,8 +79,10 @@ def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
         before, now = old_prints.get(name, {}), fingerprints.get(name, {})
         for key in sorted(set(before) | set(now)):
             if key != "url" and before.get(key) != now.get(key):
-                raise InputError(f"{path} was trained on a {name} cache with {key} {before.get(key)!r} but "
-                                 f"{now.get('url', name)} has {now.get(key)!r}; {fix}")  # fmt: skip
+                raise InputError(
+                    f"{path} was trained on a {name} cache with {key} {before.get(key)!r} but "
+                    f"{now.get('url', name)} has {now.get(key)!r}; {fix}"
+                )
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

@@ -7,24 +7,39 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a task's model (and its baselines) from caches; metrics, figures, "
-                                            "checkpoints; `train import-checkpoint` converts the CDT authors' weights")  # fmt: skip
+    p = subparsers.add_parser(
+        "train",
+        help="train a task's model (and its baselines) from caches; metrics, figures, "
+        "checkpoints; `train import-checkpoint` converts the CDT authors' weights",
+    )
     p.add_argument("--config", help="TOML or YAML with `task` and [data], [model], [train], [output]")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one key, e.g. --set train.epochs=5 (value parsed as JSON, else a string)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one key, e.g. --set train.epochs=5 (value parsed as JSON, else a string)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--example-config", action="store_true", help="print every key with its default and exit")
     p.add_argument("--task", default="cdt", help="with --example-config: which task's keys (default cdt)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_train)
     sub = p.add_subparsers(dest="train_command", metavar="ACTION")
-    imp = sub.add_parser("import-checkpoint", help="convert a state dict of the CDT authors' CDTv33Model into a "
-                                                    "dogmacache checkpoint (load_model, evaluation, explain)")  # fmt: skip
+    imp = sub.add_parser(
+        "import-checkpoint",
+        help="convert a state dict of the CDT authors' CDTv33Model into a "
+        "dogmacache checkpoint (load_model, evaluation, explain)",
+    )
     imp.add_argument("src", help="their .pt file: a state dict, or one under `model_state_dict` / `state_dict`")
     imp.add_argument("dest", help="the checkpoint to write")
     imp.add_argument("--from", dest="source", required=True, choices=("cdt-authors",), help="whose weights")
-    imp.add_argument("--dna-positions", type=int, default=896,
-                     help="DNA positions per window (no weight depends on it; the paper's Enformer windows: 896)")  # fmt: skip
+    imp.add_argument(
+        "--dna-positions",
+        type=int,
+        default=896,
+        help="DNA positions per window (no weight depends on it; the paper's Enformer windows: 896)",
+    )
     imp.add_argument("--heads", type=int, default=8, help="attention heads (not in the weights; paper 8)")
     imp.add_argument("--dropout", type=float, default=0.3, help="dropout, for further training (paper 0.3)")
     imp.set_defaults(run=_import)
@@ -63,8 +78,11 @@ def _train(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from dogmacache.train.authors import import_authors_checkpoint
 
-    result = import_authors_checkpoint(args.src, args.dest, n_heads=args.heads, dropout=args.dropout,
-                                       dna_positions=args.dna_positions)  # fmt: skip
-    print(f"wrote {result['checkpoint']}: CDT with {result['n_parameters']:,} parameters "
-          f"({json.dumps(result['model_config'])})")  # fmt: skip
+    result = import_authors_checkpoint(
+        args.src, args.dest, n_heads=args.heads, dropout=args.dropout, dna_positions=args.dna_positions
+    )
+    print(
+        f"wrote {result['checkpoint']}: CDT with {result['n_parameters']:,} parameters "
+        f"({json.dumps(result['model_config'])})"
+    )
     return 0

@@ -58,12 +58,24 @@ class TrainConfig:
     compile: str = "no"
 
     LIMITS: ClassVar[dict[str, str]] = {
-        "epochs": ">=1", "batch_size": ">=1", "lr": ">0", "weight_decay": ">=0", "clip_norm": ">0",
-        "smooth_l1_beta": ">0", "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop_patience": ">=1",
-        "early_stop_min_delta": ">=0", "seed": ">=0", "num_workers": ">=0",
-    }  # fmt: skip
-    CHOICES: ClassVar[dict[str, tuple]] = {"precision": ("fp32", "bf16"), "cpu_allocator": CPU_ALLOCATORS,
-                                           "compile": ("no", "default", "reduce-overhead")}  # fmt: skip
+        "epochs": ">=1",
+        "batch_size": ">=1",
+        "lr": ">0",
+        "weight_decay": ">=0",
+        "clip_norm": ">0",
+        "smooth_l1_beta": ">0",
+        "plateau_factor": "(0,1)",
+        "plateau_patience": ">=0",
+        "early_stop_patience": ">=1",
+        "early_stop_min_delta": ">=0",
+        "seed": ">=0",
+        "num_workers": ">=0",
+    }
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "precision": ("fp32", "bf16"),
+        "cpu_allocator": CPU_ALLOCATORS,
+        "compile": ("no", "default", "reduce-overhead"),
+    }
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,10 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, **{name: dataclasses.asdict(getattr(self, name))
-                                      for name in ("data", "model", "train", "output")}}  # fmt: skip
+        return {
+            "task": self.task,
+            **{name: dataclasses.asdict(getattr(self, name)) for name in ("data", "model", "train", "output")},
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config") -> RunConfig:
@@ -96,15 +110,23 @@ class RunConfig:
         sections = ("data", "model", "train", "output")
         unknown = sorted(set(raw) - {"task", *sections})
         if unknown:
-            raise InputError(f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]")
+            raise InputError(
+                f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]"
+            )
         task = get_task(raw.get("task", DEFAULT_TASK))
         classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig, "output": OutputConfig}
         built = {name: build_section(classes[name], raw.get(name) or {}, name, where) for name in sections}
         config = cls(task=task.name, **built)
-        required = [f.name for f in dataclasses.fields(config.data) if f.metadata.get("required") and not getattr(config.data, f.name)]
+        required = [
+            f.name
+            for f in dataclasses.fields(config.data)
+            if f.metadata.get("required") and not getattr(config.data, f.name)
+        ]
         if required:
-            raise InputError(f"{where}: [data] needs {required} for task {task.name!r}; see "
-                             f"`dogmacache train --example-config --task {task.name}`")  # fmt: skip
+            raise InputError(
+                f"{where}: [data] needs {required} for task {task.name!r}; see "
+                f"`dogmacache train --example-config --task {task.name}`"
+            )
         return config
 
 
@@ -187,8 +209,10 @@ def build_section(cls: type, values: dict[str, Any], section: str, where: str = 
     for key, value in values.items():
         ok, converted = _coerce(value, hints[key])
         if not ok:
-            raise InputError(f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
-                             f"the default is {getattr(cls(), key)!r}")  # every section has defaults
+            raise InputError(
+                f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
+                f"the default is {getattr(cls(), key)!r}"
+            )  # every section has defaults
         if key in limits and converted is not None and not _in_range(converted, limits[key]):
             raise InputError(f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}")
         if key in choices and converted not in choices[key]:
@@ -256,7 +280,9 @@ def to_toml(config: RunConfig, header: str = "") -> str:
 
 def example_config(task_name: str = DEFAULT_TASK) -> str:
     """Every section and key of `task_name` with its default, as TOML."""
-    return to_toml(default_config(task_name), f"dogmacache train configuration for task {task_name!r}: every key with its default")
+    return to_toml(
+        default_config(task_name), f"dogmacache train configuration for task {task_name!r}: every key with its default"
+    )
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], free: tuple[str, ...] = RESUME_FREE) -> list[str]:

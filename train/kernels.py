@@ -64,9 +64,7 @@ def _seed() -> int:
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
-def _draw_keep(
-    generator: np.random.SFC64, n: int, threshold: int, out: np.ndarray | None = None
-) -> np.ndarray:
+def _draw_keep(generator: np.random.SFC64, n: int, threshold: int, out: np.ndarray | None = None) -> np.ndarray:
     """n booleans (True = keep) from the generator's next 16-bit draws, in order."""
     keep = np.empty(n, dtype=np.bool_) if out is None else out
     for start in range(0, n, _DRAW_CHUNK):
@@ -228,8 +226,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, training:
     """
     _check_p(dropout_p)
     batch = k.shape[0]
-    if (not training or dropout_p == 0.0 or q.device.type != "cpu" or torch.is_autocast_enabled("cpu")
-            or {q.dtype, k.dtype, v.dtype} - set(_BLOCKED_DTYPES) or 0 in (q.numel(), k.numel())):  # fmt: skip
+    if (
+        not training
+        or dropout_p == 0.0
+        or q.device.type != "cpu"
+        or torch.is_autocast_enabled("cpu")
+        or {q.dtype, k.dtype, v.dtype} - set(_BLOCKED_DTYPES)
+        or 0 in (q.numel(), k.numel())
+    ):
         q = q.expand(batch, -1, -1, -1)  # a view
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p if training else 0.0)
     heads, n_q, width = q.shape[1:]

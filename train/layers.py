@@ -147,9 +147,7 @@ class QueryPool(nn.Module):
         b_v = rearrange(a.in_proj_bias, "(three h e) -> three h e", three=3, h=a.n_heads)[2]
         weights = dropout(weights, a.dropout, self.training)
         mixed = einsum(weights, x, "b h n, b n d -> b h d")  # (B, H, D)
-        heads = (
-            einsum(mixed, w_v, "b h d, h e d -> b h e") + weights.sum(-1, keepdim=True) * b_v
-        )  # (B, H, Dh)
+        heads = einsum(mixed, w_v, "b h d, h e d -> b h e") + weights.sum(-1, keepdim=True) * b_v  # (B, H, Dh)
         return a.out_proj(rearrange(heads, "b h e -> b (h e)"))  # (B, D)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -35,8 +35,14 @@ def world() -> tuple[int, int]:
 
 def _loader(dataset: torch.utils.data.Dataset, num_workers: int) -> torch.utils.data.DataLoader:
     """Chunks in order, `num_workers` processes reading ahead (2 chunks each)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                       collate_fn=_identity, prefetch_factor=2 if num_workers else None)  # fmt: skip
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        prefetch_factor=2 if num_workers else None,
+    )
 
 
 def _identity(chunk: Chunk) -> Chunk:
@@ -76,8 +82,9 @@ class EarlyStopping:
         return improved
 
 
-def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, meta: dict[str, Any],
-        progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def fit(
+    task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, meta: dict[str, Any], progress: bool = True
+) -> dict[str, Any]:
     """Train `model` on the train split; returns validation and test metrics of the best-on-validation epoch.
     `meta` (task, model class and config, run config, fingerprints, versions) goes into every checkpoint."""
     t = task.config.train
@@ -91,10 +98,14 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
     if t.compile != "no":  # the training forward only; evaluation and checkpoints use `model` itself
         trained = torch.compile(trained, mode=None if t.compile == "default" else t.compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=t.plateau_factor,
-                                                           patience=t.plateau_patience)  # fmt: skip
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if t.precision == "bf16" and device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=t.plateau_factor, patience=t.plateau_patience
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if t.precision == "bf16" and device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
 
     last, best_path = out_dir / f"{name}_last.pt", out_dir / f"{name}_best.pt"
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "reference": None, "stale": 0, "history": []}
@@ -117,8 +128,13 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
         chunks = task.train_chunks(data, epoch)
         trained.train()
         losses = []
-        bar = tqdm(total=len(data.splits["train"]), desc=f"{name} epoch {epoch + 1}/{t.epochs}", unit="example", leave=False,
-                   disable=True if not progress or rank != 0 else None)  # fmt: skip
+        bar = tqdm(
+            total=len(data.splits["train"]),
+            desc=f"{name} epoch {epoch + 1}/{t.epochs}",
+            unit="example",
+            leave=False,
+            disable=True if not progress or rank != 0 else None,
+        )
         for chunk in _loader(chunks, t.num_workers):
             chunk = chunk.to(device)
             n = len(chunk)
@@ -143,20 +159,34 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
         scheduler.step(score if math.isfinite(score) else -1.0)
         improved = EarlyStopping.update(state, score, epoch + 1, t.early_stop_min_delta)
         state["epoch"] = epoch + 1
-        row = {"model": name, "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               f"val_{task.metric}": score, "val_mse": val.get("mse", float("nan")),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+        row = {
+            "model": name,
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            f"val_{task.metric}": score,
+            "val_mse": val.get("mse", float("nan")),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         state["history"].append(row)
         if rank == 0:
-            payload = {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "state": state}  # fmt: skip
+            payload = {
+                **meta,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            }
             if improved:
                 checkpoint.save(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")})
             checkpoint.save(last, payload)
             _append_log(out_dir / "log.csv", row)
             if progress:
-                print(f"{name} epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val {task.metric} "
-                      f"{score:.3f}{' (best)' if improved else ''}, lr {row['lr']:.1e}, {row['seconds']} s")  # fmt: skip
+                print(
+                    f"{name} epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val {task.metric} "
+                    f"{score:.3f}{' (best)' if improved else ''}, lr {row['lr']:.1e}, {row['seconds']} s"
+                )
         if ddp:
             torch.distributed.barrier()
 
@@ -164,10 +194,12 @@ def fit(task: Task, model: nn.Module, data: TaskData, name: str, out_dir: Path, 
     model.load_state_dict(best["model"])
     predictions = {split: predict(task, model, data, split, device) for split in ("validation", "test")}
     return {
-        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "history": state["history"],
         **{split: task.metrics(p, data, split) for split, p in predictions.items()},  # test: looked at once
         "predictions": predictions,
-    }  # fmt: skip
+    }
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:

@@ -103,8 +103,13 @@ def plan_from_pairs(absorbed: Tensor, partner: Tensor, sizes: Tensor | None = No
     return MergePlan(slot, kept, merged_sizes, valid, n_merged, merge, unmerge)
 
 
-def merge_plan(metric: Tensor, rate: Tensor | float, mergeable: Tensor | None = None,
-               generator: torch.Generator | None = None, sizes: Tensor | None = None) -> MergePlan:  # fmt: skip
+def merge_plan(
+    metric: Tensor,
+    rate: Tensor | float,
+    mergeable: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sizes: Tensor | None = None,
+) -> MergePlan:
     """The plan for one round on `metric` (B, N, D): a fraction `rate` (scalar or (B,), in [0, 0.5]) of each
     row's mergeable tokens merges away. `mergeable` (B, N) False = padded or protected (never merges); a
     `generator` draws a random A/B split (training), none uses the fixed even/odd split (evaluation). The

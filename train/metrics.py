@@ -14,8 +14,14 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
     p, o = p[keep], o[keep]
     n = int(p.size)
     if n < 2:
-        return {"n": n, "pearson": float("nan"), "spearman": float("nan"), "r2": float("nan"),
-                "mse": float("nan"), "mae": float("nan")}  # fmt: skip
+        return {
+            "n": n,
+            "pearson": float("nan"),
+            "spearman": float("nan"),
+            "r2": float("nan"),
+            "mse": float("nan"),
+            "mae": float("nan"),
+        }
     constant = np.ptp(p) == 0 or np.ptp(o) == 0  # correlation undefined: report 0, not a warning and NaN
     sst = float(np.sum((o - o.mean()) ** 2))
     return {

@@ -28,8 +28,9 @@ def learning_curves(log: pd.DataFrame, path: Path, metric: str = "pearson") -> P
     return path
 
 
-def predicted_vs_observed(observed: np.ndarray, predicted: dict[str, np.ndarray], metrics: dict[str, dict],
-                          path: Path, split: str = "test") -> Path:  # fmt: skip
+def predicted_vs_observed(
+    observed: np.ndarray, predicted: dict[str, np.ndarray], metrics: dict[str, dict], path: Path, split: str = "test"
+) -> Path:
     observed = np.ravel(observed)  # (transcript, tissue) cells count one point each
     predicted = {name: np.ravel(values) for name, values in predicted.items()}
     fig, axes = plt.subplots(1, len(predicted), figsize=(4.2 * len(predicted), 4), squeeze=False)
@@ -38,8 +39,11 @@ def predicted_vs_observed(observed: np.ndarray, predicted: dict[str, np.ndarray]
         ax.scatter(observed, values, s=8, alpha=0.6)
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
         m = metrics[name]
-        ax.set(xlabel="observed", ylabel="predicted",
-               title=f"{name} ({split}): r={m['pearson']:.3f}, rho={m['spearman']:.3f}, n={m['n']}")  # fmt: skip
+        ax.set(
+            xlabel="observed",
+            ylabel="predicted",
+            title=f"{name} ({split}): r={m['pearson']:.3f}, rho={m['spearman']:.3f}, n={m['n']}",
+        )
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -25,9 +25,15 @@ from dogmacache.train.tasks import FittedBaseline, FixedBaseline, Task, TaskData
 def _fit_task(task: Task, data: TaskData, name: str, out: Path, progress: bool) -> dict[str, Any]:
     torch.manual_seed(task.config.train.seed)  # the initial weights are part of the seeded run
     model, model_class, model_config = task.build_model(data)
-    meta = {"task": task.name, "model_class": model_class, "model_config": model_config,
-            "config": task.config.to_dict(), "fingerprints": data.fingerprints, "versions": package_versions(),
-            "extras": data.extras}  # fmt: skip
+    meta = {
+        "task": task.name,
+        "model_class": model_class,
+        "model_config": model_config,
+        "config": task.config.to_dict(),
+        "fingerprints": data.fingerprints,
+        "versions": package_versions(),
+        "extras": data.extras,
+    }
     result = fit(task, model, data, name, out, meta, progress=progress)
     result["model_config"] = model_config
     return result
@@ -52,18 +58,24 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     summary = {
         "task": config.task,
         "metric": task.metric,  # the validation metric that chose each checkpoint
-        "models": {name: {k: r[k] for k in ("validation", "test", "best_epoch", "epochs_run") if k in r}
-                   for name, r in results.items()},
+        "models": {
+            name: {k: r[k] for k in ("validation", "test", "best_epoch", "epochs_run") if k in r}
+            for name, r in results.items()
+        },
         "counts": {s: int(len(p)) for s, p in data.splits.items()},
         "model_config": results[config.task]["model_config"],
         "fingerprints": data.fingerprints,
-    }  # fmt: skip
+    }
     if rank == 0:
         summary.update(task.summary(results, data, out))
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
-        plots.predicted_vs_observed(task.observed(data, "test"), {n: r["predictions"]["test"] for n, r in results.items()},
-                                    {n: r["test"] for n, r in results.items()}, out / "test_scatter.png")  # fmt: skip
+        plots.predicted_vs_observed(
+            task.observed(data, "test"),
+            {n: r["predictions"]["test"] for n, r in results.items()},
+            {n: r["test"] for n, r in results.items()},
+            out / "test_scatter.png",
+        )
         task.figures(results, data, out)
         print_table(summary, task.metric)
     return summary
@@ -73,13 +85,17 @@ def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:
     """Pooled metrics per model and split, and the task's selection metric when it is another one."""
     extra = [] if metric in ("pearson", "spearman", "r2") else [metric]
     w = max(16, 2 + max(map(len, summary["models"])))
-    print(f"{'model':<{w}}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>7}"
-          + "".join(f"{k:>22}" for k in extra))  # fmt: skip
+    print(
+        f"{'model':<{w}}{'split':<12}{'pearson':>9}{'spearman':>10}{'r2':>9}{'mse':>9}{'mae':>9}{'n':>7}"
+        + "".join(f"{k:>22}" for k in extra)
+    )
     for name, result in summary["models"].items():
         for split in ("validation", "test"):
             m = result[split]
-            print(f"{name:<{w}}{split:<12}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['r2']:>9.3f}"
-                  f"{m['mse']:>9.4f}{m['mae']:>9.4f}{m['n']:>7}" + "".join(f"{m[k]:>22.3f}" for k in extra))  # fmt: skip
+            print(
+                f"{name:<{w}}{split:<12}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['r2']:>9.3f}"
+                f"{m['mse']:>9.4f}{m['mae']:>9.4f}{m['n']:>7}" + "".join(f"{m[k]:>22.3f}" for k in extra)
+            )
 
 
 def setup_distributed() -> bool:

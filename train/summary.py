@@ -24,16 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("model-summary", help="print a model's modules and trainable parameter counts")
     p.add_argument("model", choices=("cdt",), help="which model (cdt: Central Dogma Transformer)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="paper", help="named sizes (default paper)")
-    p.add_argument("--protein-width", type=int, default=None,
-                   help="protein embedding width instead of the preset's (paper: ProteomeLM 768; ESM-2 650M: 1280)")  # fmt: skip
+    p.add_argument(
+        "--protein-width",
+        type=int,
+        default=None,
+        help="protein embedding width instead of the preset's (paper: ProteomeLM 768; ESM-2 650M: 1280)",
+    )
     p.set_defaults(run=run)
 
 
 def module_parameter_counts(model) -> dict[str, int]:
     """Trainable parameters of each top-level module, in definition order."""
     return {
-        name: sum(p.numel() for p in child.parameters() if p.requires_grad)
-        for name, child in model.named_children()
+        name: sum(p.numel() for p in child.parameters() if p.requires_grad) for name, child in model.named_children()
     }
 
 
@@ -82,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {count:>{count_width}}" if name else "")
     if args.preset == "paper" and args.protein_width is None:
         esm2 = trainable(build_on_meta("paper", ESM2_650M_WIDTH))
-        print(f"(the paper's proteins are ProteomeLM, {config.protein_width}-d; with ESM-2 650M, {ESM2_650M_WIDTH}-d, "
-              f"as `dogmacache embed --model esm2` writes: {esm2:,} parameters, --protein-width {ESM2_650M_WIDTH})")  # fmt: skip
+        print(
+            f"(the paper's proteins are ProteomeLM, {config.protein_width}-d; with ESM-2 650M, {ESM2_650M_WIDTH}-d, "
+            f"as `dogmacache embed --model esm2` writes: {esm2:,} parameters, --protein-width {ESM2_650M_WIDTH})"
+        )
     print(f"trainable parameters: {trainable(model):,}")
     return 0

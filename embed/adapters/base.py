@@ -29,15 +29,20 @@ from dogmacache.cache.layout import ExtraArray
 from dogmacache.errors import InputError
 
 # `--window-bp`, shared by the adapters that cut DNA windows from a genome
-WINDOW_BP_FLAG = {"flags": ("--window-bp",), "type": int,
-                  "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; "
-                          "nucleotide-transformer on genome windows needs it)"}  # fmt: skip
+WINDOW_BP_FLAG = {
+    "flags": ("--window-bp",),
+    "type": int,
+    "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; "
+    "nucleotide-transformer on genome windows needs it)",
+}
 
 
 # `--strand-policy`, shared by the adapters that cut DNA windows (each checks the policies it implements)
-STRAND_POLICY_FLAG = {"flags": ("--strand-policy",), "choices": ("forward", "rc-average"),
-                      "help": "minus-strand items: reference strand only, or averaged with the reverse complement "
-                              "(enformer)"}  # fmt: skip
+STRAND_POLICY_FLAG = {
+    "flags": ("--strand-policy",),
+    "choices": ("forward", "rc-average"),
+    "help": "minus-strand items: reference strand only, or averaged with the reverse complement (enformer)",
+}
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,9 @@ class EmbeddingAdapter(ABC):
     options: AdapterOptions  # resolved by the constructor: no "auto" or None left that the model decides
 
     @abstractmethod
-    def __init__(self, model_path: str | None, options: AdapterOptions, device: torch.device,
-                 revision: str | None = None):  # fmt: skip
+    def __init__(
+        self, model_path: str | None, options: AdapterOptions, device: torch.device, revision: str | None = None
+    ):
         """Load the frozen model (hub id or local directory; None = the adapter's default weights), in eval
         mode on `device`, and resolve `options` into `self.options`."""
 

@@ -47,10 +47,13 @@ class EnformerOptions(AdapterOptions):
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "window_bp": WINDOW_BP_FLAG,
-        "tf_gamma": {"flags": ("--tf-gamma",), "choices": ("auto", "on", "off"),
-                     "help": "TF gamma positional features: the official weights need them (auto: on at 196,608 bp)"},
+        "tf_gamma": {
+            "flags": ("--tf-gamma",),
+            "choices": ("auto", "on", "off"),
+            "help": "TF gamma positional features: the official weights need them (auto: on at 196,608 bp)",
+        },
         "strand_policy": STRAND_POLICY_FLAG,
-    }  # fmt: skip
+    }
 
     def __post_init__(self):
         self._check_choice("tf_gamma", ("auto", "on", "off"))
@@ -60,14 +63,10 @@ class EnformerOptions(AdapterOptions):
         """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take."""
         window = self.window_bp or (196_608 if bins == 896 else 256 * bins)
         if window % BIN_BP or window // BIN_BP < bins:
-            raise ModelError(
-                f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins"
-            )
+            raise ModelError(f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins")
         on = window // BIN_BP == TF_GAMMA_BINS if self.tf_gamma == "auto" else self.tf_gamma == "on"
         if on and window // BIN_BP != TF_GAMMA_BINS:
-            raise ModelError(
-                f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off"
-            )
+            raise ModelError(f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off")
         return replace(self, window_bp=window, tf_gamma="on" if on else "off")
 
 
@@ -75,8 +74,9 @@ class EnformerAdapter(EmbeddingAdapter):
     options_class = EnformerOptions
     options: EnformerOptions
 
-    def __init__(self, model_path: str | None, options: EnformerOptions, device: torch.device,
-                 revision: str | None = None):  # fmt: skip
+    def __init__(
+        self, model_path: str | None, options: EnformerOptions, device: torch.device, revision: str | None = None
+    ):
         from enformer_pytorch import Enformer
         from enformer_pytorch.config_enformer import EnformerConfig
         from enformer_pytorch.modeling_enformer import Attention
@@ -85,13 +85,9 @@ class EnformerAdapter(EmbeddingAdapter):
         directory = source.directory
         config_file = directory / "config.json"
         if not config_file.is_file():
-            raise ModelError(
-                f"{directory} has no config.json; an Enformer folder holds config.json and the weights"
-            )
+            raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
         raw = json.loads(config_file.read_text())
-        config = EnformerConfig(
-            **{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")}
-        )
+        config = EnformerConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
         model = Enformer(config)
         state, weights_path = load_state_dict_file(directory)
         try:
@@ -109,19 +105,21 @@ class EnformerAdapter(EmbeddingAdapter):
         self.dim = int(config.dim) * 2  # the trunk's final pointwise layer doubles the width
         model_id, model_revision = source.identity(weights_path)
         self._info = ModelInfo(
-            model=model_id, model_revision=model_revision, files=model_files(directory, weights_path),
-            layer="trunk", pooling="none", item_shape=(self.bins, self.dim),
+            model=model_id,
+            model_revision=model_revision,
+            files=model_files(directory, weights_path),
+            layer="trunk",
+            pooling="none",
+            item_shape=(self.bins, self.dim),
             extras=(ExtraArray("n_padded", "int32"),),
             config={"bin_bp": BIN_BP, "output_span_bp": BIN_BP * self.bins},
-        )  # fmt: skip
+        )
 
     def info(self) -> ModelInfo:
         return self._info
 
     def default_max_tokens(self, device: torch.device) -> int:
-        return (
-            self.window * 8 if device.type == "cuda" else max(self.window, 1 << 15)
-        )  # CPU: 32 kb or one window
+        return self.window * 8 if device.type == "cuda" else max(self.window, 1 << 15)  # CPU: 32 kb or one window
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         seq, n_padded = row["_genome"].window(str(row["chrom"]), int(row["center"]), self.window)
@@ -145,9 +143,7 @@ class EnformerAdapter(EmbeddingAdapter):
         minus = [i for i, item in enumerate(batch) if "index_rc" in item]
         if minus:
             rc = torch.from_numpy(np.stack([batch[i]["index_rc"] for i in minus]))
-            rc_out = self.model(self.one_hot(rc), return_only_embeddings=True).flip(
-                1
-            )  # bins back in reference order
+            rc_out = self.model(self.one_hot(rc), return_only_embeddings=True).flip(1)  # bins back in reference order
             out = out.clone()  # inference tensors: write into a copy
             out[minus] = (out[minus] + rc_out) / 2
         return out, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}

@@ -40,11 +40,17 @@ class EsmOptions(AdapterOptions):
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "layer": {"flags": ("--layer",), "type": int, "help": "hidden layer (-1: last, after the final LayerNorm)"},
-        "pooling": {"flags": ("--pooling",), "choices": POOLINGS,
-                    "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)"},
-        "max_length": {"flags": ("--max-length",), "type": int,
-                       "help": "tokens kept per item incl. specials (default: the model's limit)"},
-    }  # fmt: skip
+        "pooling": {
+            "flags": ("--pooling",),
+            "choices": POOLINGS,
+            "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
+        },
+        "max_length": {
+            "flags": ("--max-length",),
+            "type": int,
+            "help": "tokens kept per item incl. specials (default: the model's limit)",
+        },
+    }
 
     def __post_init__(self):
         self._check_choice("pooling", POOLINGS)
@@ -64,12 +70,18 @@ class NucleotideTransformerOptions(EsmOptions):
     strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
     keep: str = "start"  # a sequence past max_length keeps its start, or its end (a cDNA's 3' end, as IsoFormer)
 
-    flags: ClassVar[dict[str, dict[str, Any]]] = {**EsmOptions.flags, "window_bp": WINDOW_BP_FLAG,
-                                                  "strand_policy": STRAND_POLICY_FLAG,
-                                                  "keep": {"flags": ("--keep",), "choices": ("start", "end"),
-                                                           "help": "nucleotide-transformer: which end of a sequence "
-                                                                   "longer than --max-length is kept (end: a cDNA's "
-                                                                   "3' end, as IsoFormer crops)"}}  # fmt: skip
+    flags: ClassVar[dict[str, dict[str, Any]]] = {
+        **EsmOptions.flags,
+        "window_bp": WINDOW_BP_FLAG,
+        "strand_policy": STRAND_POLICY_FLAG,
+        "keep": {
+            "flags": ("--keep",),
+            "choices": ("start", "end"),
+            "help": "nucleotide-transformer: which end of a sequence "
+            "longer than --max-length is kept (end: a cDNA's "
+            "3' end, as IsoFormer crops)",
+        },
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -95,7 +107,8 @@ def check_loading(directory, info: dict[str, list]) -> list[str]:
     for what, keys in problems.items():
         if keys:
             raise ModelError(
-                f"{weights_file(directory) or directory} {what} {sorted(keys)[:5]}; it is not a checkpoint of this architecture (or config.json does not "
+                f"{weights_file(directory) or directory} {what} {sorted(keys)[:5]}; "
+                "it is not a checkpoint of this architecture (or config.json does not "
                 "match it): use the weights and config.json saved together"
             )
     return sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected})
@@ -106,8 +119,7 @@ class _EsmFamily(EmbeddingAdapter):
     max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
     options: EsmOptions
 
-    def __init__(self, model_path: str | None, options: EsmOptions, device: torch.device,
-                 revision: str | None = None):  # fmt: skip
+    def __init__(self, model_path: str | None, options: EsmOptions, device: torch.device, revision: str | None = None):
         from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmModel
 
         source = resolve_model_dir(model_path or self.default_model, revision)
@@ -119,11 +131,13 @@ class _EsmFamily(EmbeddingAdapter):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
             if remote:
-                model, info = AutoModelForMaskedLM.from_pretrained(str(directory), trust_remote_code=True,
-                                                                   output_loading_info=True)  # fmt: skip
+                model, info = AutoModelForMaskedLM.from_pretrained(
+                    str(directory), trust_remote_code=True, output_loading_info=True
+                )
             else:
-                model, info = EsmModel.from_pretrained(str(directory), add_pooling_layer=False,
-                                                       output_loading_info=True)  # fmt: skip
+                model, info = EsmModel.from_pretrained(
+                    str(directory), add_pooling_layer=False, output_loading_info=True
+                )
         except OSError as err:
             raise ModelError(f"cannot load {directory}: {err}") from err
         self.ignored_heads = check_loading(directory, info)
@@ -143,14 +157,20 @@ class _EsmFamily(EmbeddingAdapter):
             extras.append(ExtraArray("mask", "bool", (self.max_length,)))
         model_id, model_revision = source.identity(weights)
         self._info = ModelInfo(
-            model=model_id, model_revision=model_revision, files=model_files(directory, weights),
-            layer=self.layer, pooling=self.pooling,
+            model=model_id,
+            model_revision=model_revision,
+            files=model_files(directory, weights),
+            layer=self.layer,
+            pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
             extras=tuple(extras),
-            config={"truncation": f"{'last' if getattr(self.options, 'keep', 'start') == 'end' else 'first'} "
-                                  f"{self.max_length} tokens incl. specials", "trust_remote_code": remote,
-                    "ignored_checkpoint_modules": self.ignored_heads},
-        )  # fmt: skip
+            config={
+                "truncation": f"{'last' if getattr(self.options, 'keep', 'start') == 'end' else 'first'} "
+                f"{self.max_length} tokens incl. specials",
+                "trust_remote_code": remote,
+                "ignored_checkpoint_modules": self.ignored_heads,
+            },
+        )
 
     def info(self) -> ModelInfo:
         return self._info
@@ -171,10 +191,18 @@ class _EsmFamily(EmbeddingAdapter):
             kept = head + ids[len(ids) - (self.max_length - len(head)) :]
         else:
             kept = ids[: self.max_length]
-            if len(ids) > self.max_length and self.tokenizer.eos_token_id is not None and ids[-1] == self.tokenizer.eos_token_id:
+            if (
+                len(ids) > self.max_length
+                and self.tokenizer.eos_token_id is not None
+                and ids[-1] == self.tokenizer.eos_token_id
+            ):
                 kept[-1] = self.tokenizer.eos_token_id  # truncated sequences keep their <eos>, as ESM's own scripts do
-        return {"ids": np.asarray(kept, dtype=np.int64), "n_truncated": np.int32(max(0, len(ids) - len(kept))),
-                "n_special": np.int32(n_special), "n_padded": np.int32(n_padded)}  # fmt: skip
+        return {
+            "ids": np.asarray(kept, dtype=np.int64),
+            "n_truncated": np.int32(max(0, len(ids) - len(kept))),
+            "n_special": np.int32(n_special),
+            "n_padded": np.int32(n_padded),
+        }
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["ids"])
@@ -197,8 +225,10 @@ class _EsmFamily(EmbeddingAdapter):
             if token is not None:
                 special |= ids == token
         real = attention.bool() & ~special  # (B, T)
-        extras = {"n_tokens": np.array(lengths, dtype=np.int32),
-                  "n_truncated": np.array([item["n_truncated"] for item in batch], dtype=np.int32)}  # fmt: skip
+        extras = {
+            "n_tokens": np.array(lengths, dtype=np.int32),
+            "n_truncated": np.array([item["n_truncated"] for item in batch], dtype=np.int32),
+        }
         if self.counts_padding:
             extras["n_padded"] = np.array([item["n_padded"] for item in batch], dtype=np.int32)
         if self.pooling == "mean":
@@ -223,7 +253,8 @@ class Esm2Adapter(_EsmFamily):
         bad = set(seq) - PROTEIN_LETTERS
         if not seq or bad:
             raise InputError(
-                f"protein {row['id']!r}: " + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
+                f"protein {row['id']!r}: "
+                + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
                 + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
             )
         return seq, 0
@@ -247,4 +278,3 @@ class NucleotideTransformerAdapter(_EsmFamily):
             raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])
         return seq, n_padded
-

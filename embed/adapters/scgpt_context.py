@@ -40,11 +40,17 @@ class ScgptContextOptions(AdapterOptions):
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "l2": L2_FLAG,
-        "max_genes": {"flags": ("--scgpt-max-genes",), "type": int,
-                      "help": "scgpt context: most genes per profile (+ <cls>), the highest expressed (default 1200)"},
-        "bin_seed": {"flags": ("--scgpt-bin-seed",), "type": int,
-                     "help": "scgpt context: seed for breaking ties between equal bin edges (default 0)"},
-    }  # fmt: skip
+        "max_genes": {
+            "flags": ("--scgpt-max-genes",),
+            "type": int,
+            "help": "scgpt context: most genes per profile (+ <cls>), the highest expressed (default 1200)",
+        },
+        "bin_seed": {
+            "flags": ("--scgpt-bin-seed",),
+            "type": int,
+            "help": "scgpt context: seed for breaking ties between equal bin edges (default 0)",
+        },
+    }
 
     def __post_init__(self):
         if self.max_genes < 1:
@@ -72,8 +78,9 @@ class ScGPTContextAdapter(EmbeddingAdapter):
     options_class = ScgptContextOptions
     options: ScgptContextOptions
 
-    def __init__(self, model_path: str | None, options: ScgptContextOptions, device: torch.device,
-                 revision: str | None = None):  # fmt: skip
+    def __init__(
+        self, model_path: str | None, options: ScgptContextOptions, device: torch.device, revision: str | None = None
+    ):
         self.checkpoint = load_checkpoint(model_path, device, revision)
         self.options, self.device = options, torch.device(device)
         self.vocab, self.args = self.checkpoint.vocab, self.checkpoint.args
@@ -87,9 +94,13 @@ class ScGPTContextAdapter(EmbeddingAdapter):
             pooling="cls",
             item_shape=(self.args.embsize,),
             extras=(ExtraArray("n_genes", "int32"), ExtraArray("n_missing", "int32")),
-            config={**checkpoint_config(self.checkpoint), "n_bins": self.args.n_bins, "pad_value": self.args.pad_value,
-                    "cap_rule": "highest raw values, ties by column order",
-                    "missing_in_vocab": "per item: extra array n_missing"},  # fmt: skip
+            config={
+                **checkpoint_config(self.checkpoint),
+                "n_bins": self.args.n_bins,
+                "pad_value": self.args.pad_value,
+                "cap_rule": "highest raw values, ties by column order",
+                "missing_in_vocab": "per item: extra array n_missing",
+            },
         )
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -97,17 +108,23 @@ class ScGPTContextAdapter(EmbeddingAdapter):
         try:
             values = np.array([row[c] for c in columns], dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"profile {item!r} has a non-numeric gene column ({exc}); context rows are `id` "
-                             "plus one numeric column per gene symbol") from exc  # fmt: skip
+            raise InputError(
+                f"profile {item!r} has a non-numeric gene column ({exc}); context rows are `id` "
+                "plus one numeric column per gene symbol"
+            ) from exc
         bad = [c for c, v in zip(columns, values, strict=True) if not (math.isfinite(v) and v >= 0)]
         if bad:
-            raise InputError(f"profile {item!r} has negative or non-finite values in {listing(bad)}; scGPT "
-                             "expects non-negative expression (counts, TPM or log1p of them)")  # fmt: skip
+            raise InputError(
+                f"profile {item!r} has negative or non-finite values in {listing(bad)}; scGPT "
+                "expects non-negative expression (counts, TPM or log1p of them)"
+            )
         known = np.array([c in self.vocab for c in columns], dtype=bool)
         use = known & (values > 0)
         if not use.any():
-            raise InputError(f"profile {item!r} expresses no gene of the scGPT vocabulary; drop the row or "
-                             "check that its columns are gene symbols")  # fmt: skip
+            raise InputError(
+                f"profile {item!r} expresses no gene of the scGPT vocabulary; drop the row or "
+                "check that its columns are gene symbols"
+            )
         genes = np.array([self.vocab[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
         expression = values[use]
         rng = np.random.default_rng(self.options.bin_seed)  # per item: the same bins whatever the worker or order

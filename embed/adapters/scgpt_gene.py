@@ -31,8 +31,9 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
     options_class = ScgptGeneOptions
     options: ScgptGeneOptions
 
-    def __init__(self, model_path: str | None, options: ScgptGeneOptions, device: torch.device,
-                 revision: str | None = None):  # fmt: skip
+    def __init__(
+        self, model_path: str | None, options: ScgptGeneOptions, device: torch.device, revision: str | None = None
+    ):
         self.checkpoint = load_checkpoint(model_path, device, revision)
         self.options, self.device = options, torch.device(device)
         self.vocab = self.checkpoint.vocab
@@ -41,8 +42,10 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
         """Every symbol of the table must be in the vocabulary; all absent ones named at once."""
         missing = self.checkpoint.missing_symbols(table["id"].tolist())
         if missing:
-            raise ModelError(f"{len(missing)} gene symbols are not in the scGPT vocabulary ({self.checkpoint.folder}): "
-                             f"{listing(missing)}; filter the gene list with the recipe's --rna-vocab")  # fmt: skip
+            raise ModelError(
+                f"{len(missing)} gene symbols are not in the scGPT vocabulary ({self.checkpoint.folder}): "
+                f"{listing(missing)}; filter the gene list with the recipe's --rna-vocab"
+            )
 
     def info(self) -> ModelInfo:
         return ModelInfo(
@@ -58,8 +61,10 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         symbol = str(row["id"])
         if symbol not in self.vocab:
-            raise ModelError(f"gene symbol {symbol!r} is not in the scGPT vocabulary ({self.checkpoint.folder}); "
-                             "filter the gene list with the recipe's --rna-vocab")  # fmt: skip
+            raise ModelError(
+                f"gene symbol {symbol!r} is not in the scGPT vocabulary ({self.checkpoint.folder}); "
+                "filter the gene list with the recipe's --rna-vocab"
+            )
         return {"genes": np.array([self.vocab[symbol]], dtype=np.int64)}
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:

@@ -25,12 +25,14 @@ FILES = ("best_model.pt", "vocab.json", "args.json")
 CLS_TOKEN = "<cls>"
 REBUILT = ("encoder", "value_encoder", "transformer_encoder")  # top-level modules of scGPT's TransformerModel
 # Heads and training-only modules of TransformerModel that never touch the encoder output: ignored if present.
-IGNORED = ("decoder", "mvc_decoder", "cls_decoder", "flag_encoder", "batch_encoder",
-           "grad_reverse_discriminator")  # fmt: skip
+IGNORED = ("decoder", "mvc_decoder", "cls_decoder", "flag_encoder", "batch_encoder", "grad_reverse_discriminator")
 VALUE_CLAMP = 512.0  # ContinuousValueEncoder.max_value: inputs are clipped to at most this
 SHOW = 5  # offending names shown in an error message
-L2_FLAG = {"flags": ("--scgpt-no-l2",), "action": "store_false",
-           "help": "scgpt: keep vectors as they are, not unit length"}  # fmt: skip
+L2_FLAG = {
+    "flags": ("--scgpt-no-l2",),
+    "action": "store_false",
+    "help": "scgpt: keep vectors as they are, not unit length",
+}
 
 
 def listing(names: list[str]) -> str:
@@ -169,9 +171,7 @@ def plain_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): v for k, v in state.items()}
 
 
-def load_encoder(
-    state: dict[str, torch.Tensor], n_tokens: int, args: ScGPTArgs
-) -> tuple[ScGPTEncoder, list[str]]:
+def load_encoder(state: dict[str, torch.Tensor], n_tokens: int, args: ScGPTArgs) -> tuple[ScGPTEncoder, list[str]]:
     """The encoder with every parameter taken from `state`, and the ignored head modules found there.
     ModelError for any missing, unexpected or misshapen key among the rebuilt modules, or an unknown module."""
     state = plain_keys(state)
@@ -193,8 +193,9 @@ def load_encoder(
             f"best_model.pt does not match args.json (nlayers={args.nlayers}): {found}; "
             "use the best_model.pt, args.json and vocab.json saved together"
         )
-    misshapen = [f"{k} {tuple(kept[k].shape)} vs {tuple(v.shape)}"
-                 for k, v in expected.items() if kept[k].shape != v.shape]  # fmt: skip
+    misshapen = [
+        f"{k} {tuple(kept[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if kept[k].shape != v.shape
+    ]
     if misshapen:
         raise ModelError(
             f"best_model.pt shapes differ from what args.json and vocab.json ({n_tokens} tokens) imply "
@@ -238,13 +239,17 @@ def load_checkpoint(model_path: str | None, device: torch.device, revision: str 
     if revision:
         raise ModelError(f"scgpt reads a local checkpoint folder; --revision {revision!r} does not apply: drop it")
     if not model_path or not Path(model_path).is_dir():
-        raise ModelError(f"scGPT checkpoint folder {model_path!r} not found; download it (e.g. whole-human) "
-                         f"and pass its local path with --model-path; it must hold {', '.join(FILES)}")  # fmt: skip
+        raise ModelError(
+            f"scGPT checkpoint folder {model_path!r} not found; download it (e.g. whole-human) "
+            f"and pass its local path with --model-path; it must hold {', '.join(FILES)}"
+        )
     folder = Path(model_path)
     absent = [f for f in FILES if not (folder / f).is_file()]
     if absent:
-        raise ModelError(f"{folder} lacks {', '.join(absent)}; an scGPT checkpoint folder holds "
-                         f"{', '.join(FILES)} (state dict, {{symbol: id}} vocabulary, arguments)")  # fmt: skip
+        raise ModelError(
+            f"{folder} lacks {', '.join(absent)}; an scGPT checkpoint folder holds "
+            f"{', '.join(FILES)} (state dict, {{symbol: id}} vocabulary, arguments)"
+        )
     args = ScGPTArgs.from_json(folder / "args.json")
     vocab = read_vocab(folder / "vocab.json")
     for token in (CLS_TOKEN, args.pad_token):
@@ -275,18 +280,40 @@ def write_tiny_scgpt(directory: Path, genes: list[str], seed: int = 0) -> Path:
     genes, and args.json with small sizes (embsize 32, 2 layers, 4 heads, d_hid 64)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    args = {"embsize": 32, "nlayers": 2, "nheads": 4, "d_hid": 64, "dropout": 0.2, "n_bins": 51,
-            "pad_token": "<pad>", "pad_value": -2, "mask_value": -1, "input_style": "binned",
-            "input_emb_style": "continuous", "max_seq_len": 1200, "n_layers_cls": 3, "fast_transformer": True,
-            "USE_GENERATIVE_TRAINING": True, "MVC": True}  # fmt: skip
+    args = {
+        "embsize": 32,
+        "nlayers": 2,
+        "nheads": 4,
+        "d_hid": 64,
+        "dropout": 0.2,
+        "n_bins": 51,
+        "pad_token": "<pad>",
+        "pad_value": -2,
+        "mask_value": -1,
+        "input_style": "binned",
+        "input_emb_style": "continuous",
+        "max_seq_len": 1200,
+        "n_layers_cls": 3,
+        "fast_transformer": True,
+        "USE_GENERATIVE_TRAINING": True,
+        "MVC": True,
+    }
     vocab = {g: i for i, g in enumerate(dict.fromkeys([*genes, "<pad>", CLS_TOKEN, "<eoc>"]))}
     arch = ScGPTArgs(**{k: args[k] for k in ("embsize", "nlayers", "nheads", "d_hid")})
     d = arch.embsize
     shapes = {k: tuple(v.shape) for k, v in ScGPTEncoder(len(vocab), arch).state_dict().items()}
-    shapes |= {"flag_encoder.weight": (2, d), "decoder.fc.0.weight": (d, d), "decoder.fc.0.bias": (d,),
-               "decoder.fc.2.weight": (d, d), "decoder.fc.2.bias": (d,), "decoder.fc.4.weight": (1, d),
-               "decoder.fc.4.bias": (1,), "mvc_decoder.gene2query.weight": (d, d),
-               "mvc_decoder.gene2query.bias": (d,), "mvc_decoder.W.weight": (d, d)}  # fmt: skip
+    shapes |= {
+        "flag_encoder.weight": (2, d),
+        "decoder.fc.0.weight": (d, d),
+        "decoder.fc.0.bias": (d,),
+        "decoder.fc.2.weight": (d, d),
+        "decoder.fc.2.bias": (d,),
+        "decoder.fc.4.weight": (1, d),
+        "decoder.fc.4.bias": (1,),
+        "mvc_decoder.gene2query.weight": (d, d),
+        "mvc_decoder.gene2query.bias": (d,),
+        "mvc_decoder.W.weight": (d, d),
+    }
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in shapes.items():

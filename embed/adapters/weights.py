@@ -65,8 +65,17 @@ def resolve_model_dir(model_path: str, revision: str | None = None) -> ModelSour
 
 # Files besides the weights that change the numbers when they change: architecture, tokenizer, vocabulary,
 # scGPT's arguments, remote modelling code (*.py).
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-               "vocab.json", "merges.txt", "added_tokens.json", "args.json")  # fmt: skip
+MODEL_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "args.json",
+)
 
 
 def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
@@ -79,7 +88,7 @@ def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
 
 
 def file_digest(path: str | Path) -> str:
-    """"sha256:<hex>" of a file. A hub download's large files are links to blobs named by their sha256: that
+    """ "sha256:<hex>" of a file. A hub download's large files are links to blobs named by their sha256: that
     name is used instead of reading gigabytes again."""
     path = Path(path)
     if path.is_symlink():

@@ -39,8 +39,13 @@ from dogmacache.train.metrics import regression_metrics
 from torch import Tensor, nn
 
 
-def read_table(path: str | Path, columns: tuple[str, ...] = (), recipe: str = "the recipe",
-               what: str = "labels table", expected: str = "") -> pd.DataFrame:  # fmt: skip
+def read_table(
+    path: str | Path,
+    columns: tuple[str, ...] = (),
+    recipe: str = "the recipe",
+    what: str = "labels table",
+    expected: str = "",
+) -> pd.DataFrame:
     """A task's input table (parquet; `.tsv` / `.txt` as tab-separated) holding `columns`: a missing file or
     column is one line naming the file, what it should hold (`expected`) and the recipe that writes it. When
     `columns` name `split`, every row's split is checked (`contracts.tables.check_splits`)."""
@@ -86,8 +91,9 @@ class Chunk:
         return Chunk({k: v[idx] for k, v in self.examples.items()}, self.rows)
 
     def to(self, device: torch.device) -> Chunk:
-        return Chunk({k: v.to(device) for k, v in self.examples.items()},
-                     {k: v.to(device) for k, v in self.rows.items()})  # fmt: skip
+        return Chunk(
+            {k: v.to(device) for k, v in self.examples.items()}, {k: v.to(device) for k, v in self.rows.items()}
+        )
 
 
 class Batches(torch.utils.data.Dataset):

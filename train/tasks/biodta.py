@@ -76,8 +76,9 @@ class TokenAdapter(nn.Module):
         self.pooling = pooling
         self.norm = nn.LayerNorm(dna_width)
         self.query = nn.Parameter(torch.zeros(dna_width)) if pooling == "attention" else None  # zeros: starts as mean
-        self.mlp = nn.Sequential(nn.Linear(dna_width, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, token_width))  # fmt: skip
+        self.mlp = nn.Sequential(
+            nn.Linear(dna_width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, token_width)
+        )
 
     def pool_weights(self, dna: Tensor) -> Tensor:
         """(B, L, D) -> (B, L) weights over positions, summing to 1."""
@@ -101,8 +102,9 @@ class BiodtaData(TaskData):
 
 
 def _read_labels(path: Path) -> pd.DataFrame:
-    table = read_table(path, ("id", "split"), recipe="gene_tss",
-                       expected="Bio-DTA's labels are the gene_tss recipe's genes table")  # fmt: skip
+    table = read_table(
+        path, ("id", "split"), recipe="gene_tss", expected="Bio-DTA's labels are the gene_tss recipe's genes table"
+    )
     return table
 
 
@@ -111,11 +113,15 @@ def load_biodta(config: Any) -> BiodtaData:
     table = _read_labels(Path(d.labels))
     dna, token_cache = open_cache(d.dna_cache), open_cache(d.token_cache)
     if len(dna.item_shape) != 2:
-        raise InputError(f"{dna.url} holds items of shape {dna.item_shape}; [data] dna_cache needs per-position "
-                         "(L, D) DNA embeddings (embed without pooling)")  # fmt: skip
+        raise InputError(
+            f"{dna.url} holds items of shape {dna.item_shape}; [data] dna_cache needs per-position "
+            "(L, D) DNA embeddings (embed without pooling)"
+        )
     if len(token_cache.item_shape) != 1:
-        raise InputError(f"{token_cache.url} holds items of shape {token_cache.item_shape}; [data] token_cache needs "
-                         "one (D,) token per gene (embed --model scgpt --modality gene)")  # fmt: skip
+        raise InputError(
+            f"{token_cache.url} holds items of shape {token_cache.item_shape}; [data] token_cache needs "
+            "one (D,) token per gene (embed --model scgpt --modality gene)"
+        )
     token_ids = [str(i) for i in token_cache.ids]
     tokens = token_cache.read_rows(np.arange(len(token_cache)), dtype=np.float32)  # (V, D_tok)
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
@@ -130,8 +136,14 @@ def load_biodta(config: Any) -> BiodtaData:
         splits[split] = part
     need = len(dna) * int(np.prod(dna.item_shape)) * 4
     preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32) if 0 < need <= d.preload_bytes else None
-    return BiodtaData(splits=splits, fingerprints={"dna": dna.fingerprint(), "token": token_cache.fingerprint()},
-                      dna=dna, tokens=tokens, token_ids=token_ids, preload=preload)  # fmt: skip
+    return BiodtaData(
+        splits=splits,
+        fingerprints={"dna": dna.fingerprint(), "token": token_cache.fingerprint()},
+        dna=dna,
+        tokens=tokens,
+        token_ids=token_ids,
+        preload=preload,
+    )
 
 
 def dna_rows(data: BiodtaData, rows: np.ndarray) -> np.ndarray:
@@ -151,11 +163,13 @@ class GeneBatches(Batches):
 
     def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.part.iloc[positions]
-        return Chunk({
-            "index": torch.from_numpy(positions.astype(np.int64)),
-            "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32)),
-            "dna": torch.from_numpy(np.ascontiguousarray(dna_rows(self.data, part["dna_row"].to_numpy()))),
-        })  # fmt: skip
+        return Chunk(
+            {
+                "index": torch.from_numpy(positions.astype(np.int64)),
+                "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32)),
+                "dna": torch.from_numpy(np.ascontiguousarray(dna_rows(self.data, part["dna_row"].to_numpy()))),
+            }
+        )
 
 
 def token_loss(outputs: Tensor, target: Tensor, kind: str) -> Tensor:
@@ -187,8 +201,13 @@ class BiodtaTask(Task):
 
     def build_model(self, data: BiodtaData) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
-        config = {"dna_width": data.dna.item_shape[-1], "token_width": data.tokens.shape[1], "hidden": m.hidden,
-                  "pooling": m.pooling, "dropout": m.dropout}  # fmt: skip
+        config = {
+            "dna_width": data.dna.item_shape[-1],
+            "token_width": data.tokens.shape[1],
+            "hidden": m.hidden,
+            "pooling": m.pooling,
+            "dropout": m.dropout,
+        }
         return TokenAdapter(**config), "TokenAdapter", config
 
     def train_chunks(self, data: BiodtaData, epoch: int) -> torch.utils.data.Dataset:
@@ -215,7 +234,8 @@ class BiodtaTask(Task):
         among all V tokens (top-1 / top-10 fractions, mean rank) and V itself."""
         observed = self.observed(data, split)
         cosine = np.sum(predictions * observed, axis=1) / np.maximum(
-            np.linalg.norm(predictions, axis=1) * np.linalg.norm(observed, axis=1), 1e-12)  # fmt: skip
+            np.linalg.norm(predictions, axis=1) * np.linalg.norm(observed, axis=1), 1e-12
+        )
         ranks = retrieval(predictions, data.tokens, data.splits[split]["token_row"].to_numpy())
         return {
             **regression_metrics(predictions.ravel(), observed.ravel()),

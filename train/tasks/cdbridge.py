@@ -65,8 +65,15 @@ from torch import Tensor, nn
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 TISSUE_INPUTS = ("full", "none", "only")  # tissue and DNA; DNA only (no tissue conditioning); tissue only
 # the paper's ablations (Table 4 and the merging study), each a baseline trained in the same run
-ABLATIONS = ("no_tissue", "tissue_only", "no_merging", "no_recovery", "no_mask_supervision", "mask_filter",
-             "held_out_seen")  # fmt: skip
+ABLATIONS = (
+    "no_tissue",
+    "tissue_only",
+    "no_merging",
+    "no_recovery",
+    "no_mask_supervision",
+    "mask_filter",
+    "held_out_seen",
+)
 
 
 @dataclass(frozen=True)
@@ -128,11 +135,22 @@ class CdbridgeModelConfig:
     ablations: tuple[str, ...] = ABLATIONS  # baselines trained in the same run
 
     LIMITS: ClassVar[dict[str, str]] = {
-        "stage": "[1,2]", "stage1_epochs": ">=0", "stage1_batch_size": ">=0", "d_model": ">=1", "n_heads": ">=1", "ffn_hidden": ">=1",
-        "dictionary_size": ">=1", "merge_rate_mean": "[0,0.5]", "merge_rate_std": ">=0", "functional_layers": ">=1",
-        "tissue_layers": ">=1", "output_tokens": ">=1", "temperature": ">0", "contrastive_weight": ">=0",
+        "stage": "[1,2]",
+        "stage1_epochs": ">=0",
+        "stage1_batch_size": ">=0",
+        "d_model": ">=1",
+        "n_heads": ">=1",
+        "ffn_hidden": ">=1",
+        "dictionary_size": ">=1",
+        "merge_rate_mean": "[0,0.5]",
+        "merge_rate_std": ">=0",
+        "functional_layers": ">=1",
+        "tissue_layers": ">=1",
+        "output_tokens": ">=1",
+        "temperature": ">0",
+        "contrastive_weight": ">=0",
         "dropout": "[0,1)",
-    }  # fmt: skip
+    }
     CHOICES: ClassVar[dict[str, tuple]] = {"tissue_input": TISSUE_INPUTS}
 
 
@@ -140,10 +158,26 @@ class CdbridgeModel(nn.Module):
     """Frozen-cache CDBridge: DNA (B, L, D_dna) -> coding logits (B, L); with tissues, expression and a protein
     vector per example."""
 
-    def __init__(self, dna_width: int, protein_width: int, tissue_width: int, n_bins: int, d_model: int,
-                 n_heads: int, ffn_hidden: int, dictionary_size: int, merge_rate_mean: float, merge_rate_std: float,
-                 functional_layers: int, tissue_layers: int, output_tokens: int, dropout: float, recovery: bool,
-                 tissue_input: str, filter_by_mask: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        dna_width: int,
+        protein_width: int,
+        tissue_width: int,
+        n_bins: int,
+        d_model: int,
+        n_heads: int,
+        ffn_hidden: int,
+        dictionary_size: int,
+        merge_rate_mean: float,
+        merge_rate_std: float,
+        functional_layers: int,
+        tissue_layers: int,
+        output_tokens: int,
+        dropout: float,
+        recovery: bool,
+        tissue_input: str,
+        filter_by_mask: bool = False,
+    ):
         super().__init__()
         if d_model % n_heads:
             raise InputError(f"CDBridge d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
@@ -155,13 +189,15 @@ class CdbridgeModel(nn.Module):
         self.dictionary = nn.Parameter(torch.randn(dictionary_size, protein_width) * 0.02)  # k-means in build_model
         self.protein = nn.Linear(protein_width, d_model)
         self.connector = AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
-        self.functional = nn.ModuleList(AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
-                                        for _ in range(functional_layers))  # fmt: skip
+        self.functional = nn.ModuleList(
+            AttentionBlock(d_model, n_heads, ffn_hidden, dropout) for _ in range(functional_layers)
+        )
         self.coding_head = nn.Linear(d_model, 1)
         self.tissue = nn.Linear(tissue_width, d_model)
         self.queries = nn.Parameter(torch.randn(output_tokens, d_model) * 0.02)
-        self.conditioned = nn.ModuleList(AttentionBlock(d_model, n_heads, ffn_hidden, dropout)
-                                         for _ in range(tissue_layers))  # fmt: skip
+        self.conditioned = nn.ModuleList(
+            AttentionBlock(d_model, n_heads, ffn_hidden, dropout) for _ in range(tissue_layers)
+        )
         self.expression_head = nn.Linear(d_model, 1)
         self.protein_head = nn.Linear(d_model, protein_width)
 
@@ -213,12 +249,17 @@ class CdbridgeModel(nn.Module):
         q = self.queries[None] + conditioning[:, None]  # (P, Q, D)
         for block in self.conditioned:
             # tissue embedding only (the leakage control): no DNA token reaches the output
-            q = block.forward_without_attention(q) if self.tissue_input == "only" else block.forward_masked(q, merged, valid)
+            q = (
+                block.forward_without_attention(q)
+                if self.tissue_input == "only"
+                else block.forward_masked(q, merged, valid)
+            )
         pooled = q.mean(dim=1)
         return self.expression_head(pooled)[:, 0], self.protein_head(pooled)
 
-    def forward(self, dna: Tensor, dna_index: Tensor, tissue: Tensor, generator: torch.Generator | None = None
-                ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def forward(
+        self, dna: Tensor, dna_index: Tensor, tissue: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """dna (B, L, D_dna) windows, dna_index (P,) each example's window, tissue (P, D_tissue)."""
         fused = self.fuse(dna)
         plan = self.plan(fused, generator)
@@ -247,7 +288,9 @@ class CdbridgeData(TaskData):
     tissue_embeddings: Tensor | None = None  # (K, D_tissue) float32, in `tissues` order
     n_bins: int = 0
     dna_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied on read; None = none or preapplied
-    train_all: pd.DataFrame | None = None  # training cells of every tissue, held-out ones included ([data] train_held_out)
+    train_all: pd.DataFrame | None = (
+        None  # training cells of every tissue, held-out ones included ([data] train_held_out)
+    )
 
 
 def load_cdbridge(config: Any) -> CdbridgeData:
@@ -257,10 +300,13 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     tissues = list(d.tissues) or available
     for t in tissues:
         if t not in available:
-            raise InputError(f"[data] tissues names {t!r}, which {d.labels} lacks (its tissues: {', '.join(available)});"
-                             " fix the list or re-run the recipe")  # fmt: skip
-    info = read_table(d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex",
-                      what="tissues table")
+            raise InputError(
+                f"[data] tissues names {t!r}, which {d.labels} lacks (its tissues: {', '.join(available)});"
+                " fix the list or re-run the recipe"
+            )
+    info = read_table(
+        d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex", what="tissues table"
+    )
     held_out = set(info.loc[info["held_out"].astype(bool), "tissue"]) | set(d.holdout_tissues)
     for t in d.holdout_tissues:
         if t not in tissues:
@@ -275,12 +321,16 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     protein_cache, tissue_cache = open_cache(d.protein_cache), open_cache(d.tissue_cache)
     for cache, name in ((protein_cache, "protein_cache"), (tissue_cache, "tissue_cache")):
         if len(cache.item_shape) != 1:
-            raise InputError(f"{cache.url} holds per-token items {cache.item_shape}; [data] {name} needs a pooled "
-                             "cache (embed with --pooling mean)")  # fmt: skip
+            raise InputError(
+                f"{cache.url} holds per-token items {cache.item_shape}; [data] {name} needs a pooled "
+                "cache (embed with --pooling mean)"
+            )
     missing = [t for t in tissues if t not in set(tissue_cache.ids)]
     if missing:
-        raise InputError(f"tissue {missing[0]!r} is not in {tissue_cache.url} ({len(missing)} missing); embed the "
-                         "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues")  # fmt: skip
+        raise InputError(
+            f"tissue {missing[0]!r} is not in {tissue_cache.url} ({len(missing)} missing); embed the "
+            "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues"
+        )
     tissue_embeddings = tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32)
     extras: dict[str, Any] = {}
     if d.standardize_tissues:
@@ -297,8 +347,10 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")
     masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
     if masks.shape[1] != n_bins:
-        raise InputError(f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
-                         " re-run the recipe with --window-bins matching the DNA model's output")  # fmt: skip
+        raise InputError(
+            f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
+            " re-run the recipe with --window-bins matching the DNA model's output"
+        )
 
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
     frame["dna_row"] = dna.rows_of(table["dna_id"].astype(str) if "dna_id" in table else frame["id"])
@@ -339,10 +391,22 @@ def load_cdbridge(config: Any) -> CdbridgeData:
             scale = None
     protein = torch.from_numpy(protein_cache.read_rows(np.arange(len(protein_cache)), dtype=np.float32))
     caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
-    return CdbridgeData(splits=splits, fingerprints={k: c.fingerprint() for k, c in caches.items()}, tissues=tissues,
-                        held_out=[t for t in tissues if t in held_out], transcripts=transcripts, dna=dna,
-                        dna_rows=preload, masks=masks, protein=protein, tissue_embeddings=tissue_embeddings,
-                        n_bins=n_bins, extras=extras, dna_scale=scale, train_all=train_all)  # fmt: skip
+    return CdbridgeData(
+        splits=splits,
+        fingerprints={k: c.fingerprint() for k, c in caches.items()},
+        tissues=tissues,
+        held_out=[t for t in tissues if t in held_out],
+        transcripts=transcripts,
+        dna=dna,
+        dna_rows=preload,
+        masks=masks,
+        protein=protein,
+        tissue_embeddings=tissue_embeddings,
+        n_bins=n_bins,
+        extras=extras,
+        dna_scale=scale,
+        train_all=train_all,
+    )
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
@@ -350,8 +414,14 @@ def stage1_view(data: CdbridgeData) -> CdbridgeData:
     return dataclasses.replace(data, splits=data.transcripts, train_all=None)
 
 
-def dna_scale(dna: EmbeddingCache, preload: np.ndarray | None, rows: np.ndarray, seed: int,
-              max_windows: int = 512, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def dna_scale(
+    dna: EmbeddingCache,
+    preload: np.ndarray | None,
+    rows: np.ndarray,
+    seed: int,
+    max_windows: int = 512,
+    batch: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin); at most `max_windows`
     windows (a seeded sample), read `batch` at a time."""
     if len(rows) > max_windows:
@@ -379,11 +449,13 @@ class ExampleChunks(Batches):
         part = self.table.iloc[positions]
         windows, dna_index = np.unique(part["dna_row"].to_numpy(), return_inverse=True)
         target = np.stack(part["target"].to_list()) if part["target"].dtype == object else part["target"].to_numpy()
-        examples = {"index": torch.from_numpy(positions.astype(np.int64)),
-                    "target": torch.from_numpy(np.array(target, dtype=np.float32)),  # a copy: pandas arrays are read-only
-                    "dna_index": torch.from_numpy(dna_index.astype(np.int64)),
-                    "protein_row": torch.from_numpy(part["protein_row"].to_numpy(np.int64, copy=True)),
-                    "protein_present": torch.from_numpy(part["protein_present"].to_numpy(bool, copy=True))}  # fmt: skip
+        examples = {
+            "index": torch.from_numpy(positions.astype(np.int64)),
+            "target": torch.from_numpy(np.array(target, dtype=np.float32)),  # a copy: pandas arrays are read-only
+            "dna_index": torch.from_numpy(dna_index.astype(np.int64)),
+            "protein_row": torch.from_numpy(part["protein_row"].to_numpy(np.int64, copy=True)),
+            "protein_present": torch.from_numpy(part["protein_present"].to_numpy(bool, copy=True)),
+        }
         if "tissue_index" in part:
             examples["tissue_index"] = torch.from_numpy(part["tissue_index"].to_numpy(np.int64, copy=True))
         dna = _windows(self.data.dna, self.data.dna_rows, self.data.dna_scale, windows)
@@ -400,8 +472,10 @@ def kmeans_dictionary(protein: np.ndarray, size: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     if size > len(protein):
-        raise InputError(f"[model] dictionary_size = {size} exceeds the {len(protein)} distinct training proteins; "
-                         f"set it to at most {len(protein)}")  # fmt: skip
+        raise InputError(
+            f"[model] dictionary_size = {size} exceeds the {len(protein)} distinct training proteins; "
+            f"set it to at most {len(protein)}"
+        )
     return KMeans(n_clusters=size, random_state=seed, n_init=4).fit(protein).cluster_centers_.astype(np.float32)
 
 
@@ -412,22 +486,30 @@ def binary_metrics(logits: np.ndarray, flags: np.ndarray) -> dict[str, float]:
     scores, labels = np.ravel(logits), np.ravel(flags) > 0.5
     if labels.all() or not labels.any():
         return {"auroc": float("nan"), "auprc": float("nan"), "coding_fraction": float(labels.mean())}
-    return {"auroc": float(roc_auc_score(labels, scores)), "auprc": float(average_precision_score(labels, scores)),
-            "coding_fraction": float(labels.mean())}  # fmt: skip
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "auprc": float(average_precision_score(labels, scores)),
+        "coding_fraction": float(labels.mean()),
+    }
 
 
 @torch.no_grad()
-def kept_fractions(model: CdbridgeModel, data: CdbridgeData, split: str, device: torch.device,
-                   batch_size: int) -> dict[str, float]:  # fmt: skip
+def kept_fractions(
+    model: CdbridgeModel, data: CdbridgeData, split: str, device: torch.device, batch_size: int
+) -> dict[str, float]:
     """Fractions of coding and non-coding bins kept as their own token by the evaluation merge plan (Figure 5)."""
     model.eval()
     part = data.transcripts[split]
-    kept = [model.plan(model.fuse(c.rows["dna"].to(device)), None).kept[c.examples["dna_index"].to(device)].cpu()
-            for c in ExampleChunks(data, part, batch_size)]  # fmt: skip
+    kept = [
+        model.plan(model.fuse(c.rows["dna"].to(device)), None).kept[c.examples["dna_index"].to(device)].cpu()
+        for c in ExampleChunks(data, part, batch_size)
+    ]
     kept = torch.cat(kept).numpy()
     coding = np.stack(part["target"].to_list()) > 0.5
-    shares = {name: float(kept[m].mean()) if m.any() else float("nan")
-              for name, m in (("kept_coding", coding), ("kept_noncoding", ~coding))}  # fmt: skip
+    shares = {
+        name: float(kept[m].mean()) if m.any() else float("nan")
+        for name, m in (("kept_coding", coding), ("kept_noncoding", ~coding))
+    }
     return {**shares, "kept_all": float(kept.mean())}
 
 
@@ -461,13 +543,25 @@ class CdbridgeTask(Task):
 
     def build_model(self, data: CdbridgeData) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
-        config = {"dna_width": data.dna.item_shape[-1], "protein_width": data.protein.shape[1],
-                  "tissue_width": data.tissue_embeddings.shape[1], "n_bins": data.n_bins, "d_model": m.d_model,
-                  "n_heads": m.n_heads, "ffn_hidden": m.ffn_hidden, "dictionary_size": m.dictionary_size,
-                  "merge_rate_mean": m.merge_rate_mean, "merge_rate_std": m.merge_rate_std,
-                  "functional_layers": m.functional_layers, "tissue_layers": m.tissue_layers,
-                  "output_tokens": m.output_tokens, "dropout": m.dropout, "recovery": m.recovery,
-                  "tissue_input": m.tissue_input, "filter_by_mask": m.filter_by_mask}  # fmt: skip
+        config = {
+            "dna_width": data.dna.item_shape[-1],
+            "protein_width": data.protein.shape[1],
+            "tissue_width": data.tissue_embeddings.shape[1],
+            "n_bins": data.n_bins,
+            "d_model": m.d_model,
+            "n_heads": m.n_heads,
+            "ffn_hidden": m.ffn_hidden,
+            "dictionary_size": m.dictionary_size,
+            "merge_rate_mean": m.merge_rate_mean,
+            "merge_rate_std": m.merge_rate_std,
+            "functional_layers": m.functional_layers,
+            "tissue_layers": m.tissue_layers,
+            "output_tokens": m.output_tokens,
+            "dropout": m.dropout,
+            "recovery": m.recovery,
+            "tissue_input": m.tissue_input,
+            "filter_by_mask": m.filter_by_mask,
+        }
         model = CdbridgeModel(**config)
         train = data.transcripts["train"]
         proteins = np.unique(train.loc[train["protein_present"], "protein_row"].to_numpy())
@@ -475,8 +569,9 @@ class CdbridgeTask(Task):
         with torch.no_grad():
             model.dictionary.copy_(torch.from_numpy(centroids))
         if m.stage == 2 and not m.mask_supervision:
-            self.stage1["test"] = {"untrained": kept_fractions(model, data, "test", torch.device("cpu"),
-                                                               self.config.data.eval_batch)}  # fmt: skip
+            self.stage1["test"] = {
+                "untrained": kept_fractions(model, data, "test", torch.device("cpu"), self.config.data.eval_batch)
+            }
         elif m.stage == 2:
             self._stage1(model, config, data)
             if m.freeze_stage1:
@@ -501,12 +596,22 @@ class CdbridgeTask(Task):
             model.load_state_dict(checkpoint.read(path, map_location=device)["model"])
         else:
             m, t = self.config.model, self.config.train
-            config = dataclasses.replace(stage1, train=dataclasses.replace(
-                t, epochs=m.stage1_epochs or t.epochs, batch_size=m.stage1_batch_size or t.batch_size))  # fmt: skip
+            config = dataclasses.replace(
+                stage1,
+                train=dataclasses.replace(
+                    t, epochs=m.stage1_epochs or t.epochs, batch_size=m.stage1_batch_size or t.batch_size
+                ),
+            )
             task = CdbridgeTask(config, f"{self.label}_stage1")
-            meta = {"task": self.name, "model_class": "CdbridgeModel", "model_config": model_config,
-                    "config": config.to_dict(), "fingerprints": data.fingerprints, "versions": package_versions(),
-                    "extras": data.extras}  # fmt: skip
+            meta = {
+                "task": self.name,
+                "model_class": "CdbridgeModel",
+                "model_config": model_config,
+                "config": config.to_dict(),
+                "fingerprints": data.fingerprints,
+                "versions": package_versions(),
+                "extras": data.extras,
+            }
             out = Path(self.config.output.dir) / "stage1"  # its own log.csv: stage 1 logs another metric
             out.mkdir(parents=True, exist_ok=True)
             fit(task, model, stage1_view(data), task.label, out, meta)
@@ -574,28 +679,41 @@ class CdbridgeTask(Task):
     def metrics(self, predictions: np.ndarray, data: CdbridgeData, split: str) -> dict[str, Any]:
         observed = self.observed(data, split)
         if self.config.model.stage == 1:
-            bce = nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(predictions),
-                                                                 torch.from_numpy(observed.astype(np.float32)))  # fmt: skip
-            return {**regression_metrics(1 / (1 + np.exp(-predictions)), observed),
-                    **binary_metrics(predictions, observed), "neg_bce": -float(bce)}  # fmt: skip
+            bce = nn.functional.binary_cross_entropy_with_logits(
+                torch.from_numpy(predictions), torch.from_numpy(observed.astype(np.float32))
+            )
+            return {
+                **regression_metrics(1 / (1 + np.exp(-predictions)), observed),
+                **binary_metrics(predictions, observed),
+                "neg_bce": -float(bce),
+            }
         table = data.splits[split]
         tissue_of = np.asarray(data.tissues)[table["tissue_index"].to_numpy()]
-        per_tissue = {t: regression_metrics(predictions[tissue_of == t], observed[tissue_of == t])
-                      for t in data.tissues if (tissue_of == t).any()}  # fmt: skip
+        per_tissue = {
+            t: regression_metrics(predictions[tissue_of == t], observed[tissue_of == t])
+            for t in data.tissues
+            if (tissue_of == t).any()
+        }
         seen = [t for t in per_tissue if t not in data.held_out]
         held = [t for t in per_tissue if t in data.held_out]
+
         def mean(names: list[str], key: str) -> float:
             return float(np.mean([per_tissue[t][key] for t in names])) if names else float("nan")
+
         in_held = np.isin(tissue_of, data.held_out)
         return {
             **regression_metrics(predictions, observed),  # pooled over every (transcript, tissue) cell
-            "r2_mean_seen": mean(seen, "r2"), "spearman_mean_seen": mean(seen, "spearman"),
-            "r2_mean_held_out": mean(held, "r2"), "spearman_mean_held_out": mean(held, "spearman"),
+            "r2_mean_seen": mean(seen, "r2"),
+            "spearman_mean_seen": mean(seen, "spearman"),
+            "r2_mean_held_out": mean(held, "r2"),
+            "spearman_mean_held_out": mean(held, "spearman"),
             "pooled_seen": regression_metrics(predictions[~in_held], observed[~in_held]),
             "pooled_held_out": regression_metrics(predictions[in_held], observed[in_held]),
-            "per_tissue": {t: {"r2": m["r2"], "spearman": m["spearman"], "held_out": t in data.held_out}
-                           for t, m in per_tissue.items()},
-        }  # fmt: skip
+            "per_tissue": {
+                t: {"r2": m["r2"], "spearman": m["spearman"], "held_out": t in data.held_out}
+                for t, m in per_tissue.items()
+            },
+        }
 
     # ---- baselines and figures -------------------------------------------------------------------------------
     def baselines(self, data: CdbridgeData) -> dict[str, FittedBaseline | FixedBaseline]:
@@ -604,20 +722,24 @@ class CdbridgeTask(Task):
         found: dict[str, FittedBaseline | FixedBaseline] = {"per_tissue_mean": FixedBaseline(per_tissue_mean)}
         shared = self.stage1.get("checkpoint", "")  # the ablations that change only stage 2 reuse stage 1
         changes = {  # name: ([model] changes, [data] changes, stage 1 checkpoint: "" = trains its own)
-            "no_tissue": ({"tissue_input": "none"}, {}, shared), "tissue_only": ({"tissue_input": "only"}, {}, shared),
+            "no_tissue": ({"tissue_input": "none"}, {}, shared),
+            "tissue_only": ({"tissue_input": "only"}, {}, shared),
             "no_merging": ({"merge_rate_mean": 0.0, "merge_rate_std": 0.0}, {}, ""),
             "no_recovery": ({"recovery": False}, {}, ""),
             "no_mask_supervision": ({"mask_supervision": False, "freeze_stage1": False}, {}, ""),
             "mask_filter": ({"filter_by_mask": True}, {}, shared),
             "held_out_seen": ({}, {"train_held_out": True}, shared),
-        }  # fmt: skip
+        }
         for name in self.config.model.ablations:
             model_change, data_change, stage1 = changes[name]
             if name == "held_out_seen" and not data.held_out:
                 continue  # no held-out tissue: nothing to compare
             model = dataclasses.replace(self.config.model, ablations=(), **model_change)
-            config = dataclasses.replace(self.config, model=model, data=dataclasses.replace(
-                self.config.data, stage1_checkpoint=stage1, **data_change))  # fmt: skip
+            config = dataclasses.replace(
+                self.config,
+                model=model,
+                data=dataclasses.replace(self.config.data, stage1_checkpoint=stage1, **data_change),
+            )
             found[name] = FittedBaseline(CdbridgeTask(config, name))
         self._ablations = {name: b.task for name, b in found.items() if isinstance(b, FittedBaseline)}
         return found
@@ -643,42 +765,85 @@ class CdbridgeTask(Task):
                 model = load_model(best).to(device)
                 task.stage1["test"].update(kept_fractions(model, data, "test", device, self.config.data.eval_batch))
         stage1 = self._stage1_metrics()
-        return {"stage1": stage1, "held_out_tissues": data.held_out,
-                "seen_vs_held_out": seen_vs_held_out(results, stage1)}
+        return {
+            "stage1": stage1,
+            "held_out_tissues": data.held_out,
+            "seen_vs_held_out": seen_vs_held_out(results, stage1),
+        }
 
     def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
-        """Per-tissue R² bars, seen vs held-out bars and kept-token bars per model; prints the seen vs held-out table."""
+        """Per-tissue R² bars, seen vs held-out bars and kept-token bars per model; prints the seen vs held-out
+        table."""
         out = Path(out_dir)
         table = seen_vs_held_out(results, self._stage1_metrics())
         print_seen_vs_held_out(table)
-        values = {name: {t: r["test"]["per_tissue"][t]["r2"] for t in r["test"]["per_tissue"]}
-                  for name, r in results.items() if "per_tissue" in r.get("test", {})}  # fmt: skip
+        values = {
+            name: {t: r["test"]["per_tissue"][t]["r2"] for t in r["test"]["per_tissue"]}
+            for name, r in results.items()
+            if "per_tissue" in r.get("test", {})
+        }
         if not values:
             return []
         held = ", ".join(data.held_out) or "none"
-        figures = [plots.per_group_bars(values, "R² (test)", out / "per_tissue_r2.png",
-                                        f"CDBridge: R² per tissue, test transcripts (held out: {held})")]  # fmt: skip
-        split = {name: {"Spearman seen": row["spearman_seen"], "Spearman held out": row["spearman_held_out"],
-                        "R² seen": row["r2_seen"], "R² held out": row["r2_held_out"]} for name, row in table.items()}  # fmt: skip
-        figures.append(plots.per_group_bars(split, "mean over tissues (test)", out / "seen_vs_held_out.png",
-                                            f"CDBridge: seen tissues vs held out ({held}; zero-shot except in held_out_seen)"))  # fmt: skip
-        kept = {name: {"coding": row["kept_coding"], "non-coding": row["kept_noncoding"],
-                       "coding, untrained": row["kept_coding_untrained"],
-                       "non-coding, untrained": row["kept_noncoding_untrained"]}
-                for name, row in table.items() if np.isfinite(row["kept_coding"])}  # fmt: skip
+        figures = [
+            plots.per_group_bars(
+                values,
+                "R² (test)",
+                out / "per_tissue_r2.png",
+                f"CDBridge: R² per tissue, test transcripts (held out: {held})",
+            )
+        ]
+        split = {
+            name: {
+                "Spearman seen": row["spearman_seen"],
+                "Spearman held out": row["spearman_held_out"],
+                "R² seen": row["r2_seen"],
+                "R² held out": row["r2_held_out"],
+            }
+            for name, row in table.items()
+        }
+        figures.append(
+            plots.per_group_bars(
+                split,
+                "mean over tissues (test)",
+                out / "seen_vs_held_out.png",
+                f"CDBridge: seen tissues vs held out ({held}; zero-shot except in held_out_seen)",
+            )
+        )
+        kept = {
+            name: {
+                "coding": row["kept_coding"],
+                "non-coding": row["kept_noncoding"],
+                "coding, untrained": row["kept_coding_untrained"],
+                "non-coding, untrained": row["kept_noncoding_untrained"],
+            }
+            for name, row in table.items()
+            if np.isfinite(row["kept_coding"])
+        }
         if kept:
-            figures.append(plots.per_group_bars(kept, "fraction of bins kept as their own token", out / "kept_tokens.png",
-                                                "CDBridge merging at evaluation: coding vs non-coding bins kept (test)"))  # fmt: skip
+            figures.append(
+                plots.per_group_bars(
+                    kept,
+                    "fraction of bins kept as their own token",
+                    out / "kept_tokens.png",
+                    "CDBridge merging at evaluation: coding vs non-coding bins kept (test)",
+                )
+            )
         return figures
 
 
 SEEN_VS_HELD_OUT = {  # column: (where, key); means over tissues of the test transcripts, stage-1 numbers on test
-    "r2_seen": ("test", "r2_mean_seen"), "r2_held_out": ("test", "r2_mean_held_out"),
-    "spearman_seen": ("test", "spearman_mean_seen"), "spearman_held_out": ("test", "spearman_mean_held_out"),
-    "mask_auroc": ("stage1", "auroc"), "mask_auprc": ("stage1", "auprc"), "kept_coding": ("stage1", "kept_coding"),
-    "kept_noncoding": ("stage1", "kept_noncoding"), "kept_coding_untrained": ("untrained", "kept_coding"),
+    "r2_seen": ("test", "r2_mean_seen"),
+    "r2_held_out": ("test", "r2_mean_held_out"),
+    "spearman_seen": ("test", "spearman_mean_seen"),
+    "spearman_held_out": ("test", "spearman_mean_held_out"),
+    "mask_auroc": ("stage1", "auroc"),
+    "mask_auprc": ("stage1", "auprc"),
+    "kept_coding": ("stage1", "kept_coding"),
+    "kept_noncoding": ("stage1", "kept_noncoding"),
+    "kept_coding_untrained": ("untrained", "kept_coding"),
     "kept_noncoding_untrained": ("untrained", "kept_noncoding"),
-}  # fmt: skip
+}
 
 
 def seen_vs_held_out(results: dict[str, Any], stage1: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -692,8 +857,15 @@ def seen_vs_held_out(results: dict[str, Any], stage1: dict[str, Any]) -> dict[st
 
 
 def print_seen_vs_held_out(table: dict[str, dict[str, float]]) -> None:
-    columns = ("r2_seen", "r2_held_out", "spearman_seen", "spearman_held_out", "mask_auroc", "kept_coding",
-               "kept_noncoding")  # fmt: skip
+    columns = (
+        "r2_seen",
+        "r2_held_out",
+        "spearman_seen",
+        "spearman_held_out",
+        "mask_auroc",
+        "kept_coding",
+        "kept_noncoding",
+    )
     heads = ("R2 seen", "R2 held", "Sp seen", "Sp held", "AUROC", "kept cod", "kept non")
     print(f"{'model':<20}" + "".join(f"{h:>9}" for h in heads))
     for name, row in table.items():

@@ -35,9 +35,7 @@ class CdtDataConfig(pairs.PairDataConfig):
 
 @dataclass(frozen=True)
 class CdtModelConfig:
-    preset: str = (
-        "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
-    )
+    preset: str = "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
     d_model: int | None = None  # overrides of the preset (None = keep)
     n_heads: int | None = None
     dropout: float | None = None
@@ -67,18 +65,23 @@ def load_gene_tables(config: CdtDataConfig) -> dict[str, Any]:
         (protein, ("protein",), "protein_cache"),
     ):
         if cache.manifest.modality not in allowed:
-            raise InputError(f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {key} needs "
-                             f"{'/'.join(allowed)} embeddings")  # fmt: skip
+            raise InputError(
+                f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {key} needs "
+                f"{'/'.join(allowed)} embeddings"
+            )
         if len(cache.item_shape) != 1:
-            raise InputError(f"{cache.url} holds per-position items {cache.item_shape}; [data] {key} needs one "
-                             "pooled vector per gene")  # fmt: skip
+            raise InputError(
+                f"{cache.url} holds per-position items {cache.item_shape}; [data] {key} needs one "
+                "pooled vector per gene"
+            )
     genes = rna.ids.tolist()
     check_gene_alignment(genes, protein.ids.tolist(), where=f"{rna.url} vs {protein.url}: ")
     return {
         "rna": torch.from_numpy(rna.read_rows(np.arange(len(rna)), dtype=np.float32)),
         "protein": torch.from_numpy(protein.read_rows(np.arange(len(protein)), dtype=np.float32)),
-        "genes": genes, "caches": {"rna": rna, "protein": protein},
-    }  # fmt: skip
+        "genes": genes,
+        "caches": {"rna": rna, "protein": protein},
+    }
 
 
 def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
@@ -98,9 +101,7 @@ class CdtTask(Task):
     name = "cdt"
     data_config = CdtDataConfig
     model_config = CdtModelConfig
-    models: ClassVar[dict] = {
-        "CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))
-    }
+    models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
 
     _dna: pairs.DeviceDna | None = None  # set by on_device
 
@@ -118,10 +119,14 @@ class CdtTask(Task):
         m = self.config.model
         overrides = {k: getattr(m, k) for k in ("d_model", "n_heads", "dropout") if getattr(m, k) is not None}
         return dataclasses.replace(
-            preset(m.preset), n_genes=len(data.genes), dna_positions=data.dna.item_shape[0],
-            dna_width=data.dna.item_shape[1], rna_width=int(data.rna.shape[1]), protein_width=int(data.protein.shape[1]),
+            preset(m.preset),
+            n_genes=len(data.genes),
+            dna_positions=data.dna.item_shape[0],
+            dna_width=data.dna.item_shape[1],
+            rna_width=int(data.rna.shape[1]),
+            protein_width=int(data.protein.shape[1]),
             **overrides,
-        )  # fmt: skip
+        )
 
     def build_model(self, data: CdtData) -> tuple[nn.Module, str, dict[str, Any]]:
         config = self.cdt_config(data)
@@ -139,9 +144,7 @@ class CdtTask(Task):
 
     def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
         e = chunk.examples
-        every_gene = model.predict_all_genes(
-            pairs.chunk_dna(chunk, self._dna), self._rna, self._protein
-        )  # (n_enh, G)
+        every_gene = model.predict_all_genes(pairs.chunk_dna(chunk, self._dna), self._rna, self._protein)  # (n_enh, G)
         return every_gene[e["local"], e["gene_index"]]
 
     def on_device(self, data: CdtData, device: torch.device) -> None:
@@ -153,8 +156,11 @@ class CdtTask(Task):
         if not self.config.train.baselines:
             return {}
         dropout = self.cdt_config(data).dropout
-        mlp_config = dataclasses.replace(self.config, task="dna_mlp", model=dna_mlp.DnaMlpModelConfig(
-            hidden=self.config.model.mlp_hidden, dropout=dropout))  # fmt: skip
+        mlp_config = dataclasses.replace(
+            self.config,
+            task="dna_mlp",
+            model=dna_mlp.DnaMlpModelConfig(hidden=self.config.model.mlp_hidden, dropout=dropout),
+        )
         return {
             "per_gene_mean": FixedBaseline(pairs.per_gene_mean),
             "dna_mlp": FittedBaseline(dna_mlp.DnaMlpTask(mlp_config)),

@@ -28,9 +28,12 @@ class DnaOnlyMLP(nn.Module):
     def __init__(self, dna_width: int, n_genes: int, hidden: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(dna_width), nn.Linear(dna_width, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.LayerNorm(dna_width),
+            nn.Linear(dna_width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, n_genes),
-        )  # fmt: skip
+        )
 
     def forward(self, dna: Tensor) -> Tensor:
         return self.net(dna.mean(dim=1))  # (B, G)
@@ -51,8 +54,12 @@ class DnaMlpTask(Task):
         # one output per gene: CDT's gene table when run as its baseline, else the labels' gene_index range
         genes = getattr(data, "genes", None)
         n_genes = len(genes) if genes else 1 + max(int(s["gene_index"].max()) for s in data.splits.values())
-        config = {"dna_width": data.dna.item_shape[-1], "n_genes": n_genes, "hidden": self.config.model.hidden,
-                  "dropout": self.config.model.dropout}  # fmt: skip
+        config = {
+            "dna_width": data.dna.item_shape[-1],
+            "n_genes": n_genes,
+            "hidden": self.config.model.hidden,
+            "dropout": self.config.model.dropout,
+        }
         return DnaOnlyMLP(**config), "DnaOnlyMLP", config
 
     def train_chunks(self, data: pairs.PairData, epoch: int) -> torch.utils.data.Dataset:

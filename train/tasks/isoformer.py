@@ -125,19 +125,25 @@ class IsoformerData(TaskData):
 
 def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     path = Path(config.labels)
-    table = read_table(path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues")
+    table = read_table(
+        path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues"
+    )
     available = [c for c in table.columns if c not in NOT_TISSUES]
     tissues = list(config.tissues) or available
     unknown = [t for t in tissues if t not in available]
     if unknown:
-        raise InputError(f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: "
-                         f"{', '.join(available)}); fix the tissue list or re-run the recipe")  # fmt: skip
+        raise InputError(
+            f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: "
+            f"{', '.join(available)}); fix the tissue list or re-run the recipe"
+        )
     values = table[tissues].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
         row, col = bad[0]
-        raise InputError(f"{path}: {len(bad)} label cell(s) are missing or not finite, e.g. transcript "
-                         f"{table['id'].iloc[row]!r} in tissue {tissues[col]!r}; drop or fix them in the recipe")  # fmt: skip
+        raise InputError(
+            f"{path}: {len(bad)} label cell(s) are missing or not finite, e.g. transcript "
+            f"{table['id'].iloc[row]!r} in tissue {tissues[col]!r}; drop or fix them in the recipe"
+        )
     return table, tissues
 
 
@@ -159,12 +165,15 @@ def load_isoformer(config: Any) -> IsoformerData:
     for modality in modalities:
         url = getattr(d, f"{modality}_cache")
         if not url:
-            raise InputError(f"[model] modalities include {modality!r} but [data] {modality}_cache is empty; "
-                             f"give the cache or drop {modality!r} from the modalities")  # fmt: skip
+            raise InputError(
+                f"[model] modalities include {modality!r} but [data] {modality}_cache is empty; "
+                f"give the cache or drop {modality!r} from the modalities"
+            )
         cache = caches[modality] = open_cache(url)
         if cache.manifest.modality != modality:
-            raise InputError(f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {modality}_cache needs "
-                             f"{modality}")  # fmt: skip
+            raise InputError(
+                f"{cache.url} holds {cache.manifest.modality} embeddings; [data] {modality}_cache needs {modality}"
+            )
         n_tokens = cache.item_shape[0] if len(cache.item_shape) == 2 else 1
         if "mask" in cache.manifest.extra_arrays:
             masks[modality] = np.asarray(cache.extra("mask")[:], dtype=bool).reshape(len(cache), n_tokens)
@@ -174,11 +183,15 @@ def load_isoformer(config: Any) -> IsoformerData:
         rows, present = joined[modality]
         empty = present & ~masks[modality][rows].any(axis=1)
         if empty.any():
-            raise InputError(f"{cache.url}: the mask of {table['id'][empty].iloc[0]!r} is all padding (no real token); "
-                             "re-embed it or drop the transcript from the labels")  # fmt: skip
+            raise InputError(
+                f"{cache.url}: the mask of {table['id'][empty].iloc[0]!r} is all padding (no real token); "
+                "re-embed it or drop the transcript from the labels"
+            )
         need = len(cache) * int(np.prod(cache.item_shape)) * 4
         if 0 < need <= d.preload_bytes:
-            preload[modality] = cache.read_rows(np.arange(len(cache)), dtype=np.float32).reshape(len(cache), n_tokens, -1)
+            preload[modality] = cache.read_rows(np.arange(len(cache)), dtype=np.float32).reshape(
+                len(cache), n_tokens, -1
+            )
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
     for modality, (rows, present) in joined.items():
         frame[f"{modality}_row"], frame[f"{modality}_present"] = rows, present
@@ -191,14 +204,22 @@ def load_isoformer(config: Any) -> IsoformerData:
         part = frame[keep].reset_index(drop=True)
         part["target"] = list(targets[keep])
         splits[split] = part
-    data = IsoformerData(splits=splits, fingerprints={m: c.fingerprint() for m, c in caches.items()}, tissues=tissues,
-                         caches=caches, masks=masks, preload=preload)  # fmt: skip
+    data = IsoformerData(
+        splits=splits,
+        fingerprints={m: c.fingerprint() for m, c in caches.items()},
+        tissues=tissues,
+        caches=caches,
+        masks=masks,
+        preload=preload,
+    )
     if d.standardize:
         for modality in caches:
             train = splits["train"]
             rows = np.unique(train.loc[train[f"{modality}_present"], f"{modality}_row"].to_numpy())
             data.scale[modality] = feature_scale(  # real tokens, 64 transcripts at a time
-                _rows(data, modality, rows[a : a + 64])[data.masks[modality][rows[a : a + 64]]] for a in range(0, len(rows), 64))  # fmt: skip
+                _rows(data, modality, rows[a : a + 64])[data.masks[modality][rows[a : a + 64]]]
+                for a in range(0, len(rows), 64)
+            )
         data.extras["scale"] = {m: {"mean": s[0].tolist(), "std": s[1].tolist()} for m, s in data.scale.items()}
     return data
 
@@ -210,7 +231,9 @@ def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
     else:
         unique, inverse = np.unique(rows, return_inverse=True)
         cache = data.caches[modality]
-        block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)[inverse]
+        block = cache.read_rows(unique, dtype=np.float32).reshape(len(unique), data.masks[modality].shape[1], -1)[
+            inverse
+        ]
     if modality in data.scale:
         mean, std = data.scale[modality]
         block = (block - mean) / std
@@ -220,15 +243,18 @@ def _rows(data: IsoformerData, modality: str, rows: np.ndarray) -> np.ndarray:
 class TranscriptBatches(Batches):
     """Batches of transcripts with their token rows, masks and targets."""
 
-    def __init__(self, data: IsoformerData, split: str, modalities: tuple[str, ...], size: int,
-                 order: np.ndarray | None = None):  # fmt: skip
+    def __init__(
+        self, data: IsoformerData, split: str, modalities: tuple[str, ...], size: int, order: np.ndarray | None = None
+    ):
         self.data, self.part, self.modalities = data, data.splits[split], modalities
         super().__init__(len(self.part), size, order)
 
     def chunk(self, positions: np.ndarray) -> Chunk:
         part = self.part.iloc[positions]
-        examples = {"index": torch.from_numpy(positions.astype(np.int64)),
-                    "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32))}  # fmt: skip
+        examples = {
+            "index": torch.from_numpy(positions.astype(np.int64)),
+            "target": torch.from_numpy(np.stack(part["target"].to_list()).astype(np.float32)),
+        }
         for m in self.modalities:
             rows = part[f"{m}_row"].to_numpy()
             examples[f"{m}_tokens"] = torch.from_numpy(np.ascontiguousarray(_rows(self.data, m, rows)))
@@ -256,8 +282,13 @@ class IsoformerTask(Task):
     def build_model(self, data: IsoformerData) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
         widths = {name: data.caches[name].item_shape[-1] for name in self.modalities}
-        config = {"widths": widths, "n_tissues": len(data.tissues), "d_model": m.d_model, "n_heads": m.n_heads,
-                  "dropout": m.dropout}  # fmt: skip
+        config = {
+            "widths": widths,
+            "n_tissues": len(data.tissues),
+            "d_model": m.d_model,
+            "n_heads": m.n_heads,
+            "dropout": m.dropout,
+        }
         return IsoformerAggregator(**config), "IsoformerAggregator", config
 
     def train_chunks(self, data: IsoformerData, epoch: int) -> torch.utils.data.Dataset:
@@ -269,8 +300,11 @@ class IsoformerTask(Task):
 
     def _forward(self, model: nn.Module, batch: Chunk) -> Tensor:
         e = batch.examples
-        return model({m: e[f"{m}_tokens"] for m in self.modalities}, {m: e[f"{m}_mask"] for m in self.modalities},
-                     {m: e[f"{m}_present"] for m in self.modalities})  # fmt: skip
+        return model(
+            {m: e[f"{m}_tokens"] for m in self.modalities},
+            {m: e[f"{m}_mask"] for m in self.modalities},
+            {m: e[f"{m}_present"] for m in self.modalities},
+        )
 
     def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
         return self._forward(model, batch)
@@ -290,8 +324,11 @@ class IsoformerTask(Task):
         observed = self.observed(data, split)
         pooled = regression_metrics(predictions.ravel(), observed.ravel())
         per_tissue = {t: regression_metrics(predictions[:, k], observed[:, k]) for k, t in enumerate(data.tissues)}
-        per_transcript = [stats.spearmanr(p, o)[0] for p, o in zip(predictions, observed, strict=True)
-                          if np.ptp(p) > 0 and np.ptp(o) > 0]  # fmt: skip
+        per_transcript = [
+            stats.spearmanr(p, o)[0]
+            for p, o in zip(predictions, observed, strict=True)
+            if np.ptp(p) > 0 and np.ptp(o) > 0
+        ]
         return {
             **pooled,
             "r2_mean_tissue": float(np.mean([m["r2"] for m in per_tissue.values()])),
@@ -313,14 +350,22 @@ class IsoformerTask(Task):
         return found
 
     def figures(self, results: dict[str, Any], data: IsoformerData, out_dir: Any) -> list[Any]:
-        values = {name: {t: r["test"]["per_tissue"][t]["spearman"] for t in data.tissues}
-                  for name, r in results.items() if "per_tissue" in r["test"]}  # fmt: skip
-        return [plots.per_group_bars(values, "Spearman (test)", Path(out_dir) / "per_tissue_spearman.png",
-                                     "IsoFormer on frozen caches: Spearman per tissue, test transcripts")]  # fmt: skip
+        values = {
+            name: {t: r["test"]["per_tissue"][t]["spearman"] for t in data.tissues}
+            for name, r in results.items()
+            if "per_tissue" in r["test"]
+        }
+        return [
+            plots.per_group_bars(
+                values,
+                "Spearman (test)",
+                Path(out_dir) / "per_tissue_spearman.png",
+                "IsoFormer on frozen caches: Spearman per tissue, test transcripts",
+            )
+        ]
 
 
 def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
     """Each tissue's training mean for every transcript of `split`."""
     train = np.stack(data.splits["train"]["target"].to_list())
     return np.repeat(train.mean(axis=0, keepdims=True), len(data.splits[split]), axis=0).astype(np.float32)
-

@@ -46,9 +46,7 @@ class PairDataConfig:
     dna_cache: str = required()  # per-position DNA cache (N_enh, L, D_dna)
     dna_table: str = ""  # optional: the recipe's dna_windows table, to check the DNA cache's inputs
     target: str = "beta"  # label column
-    batching: str = (
-        "pairs"  # pairs (the authors': uniform over pairs, last partial batch dropped) | enhancer_blocks
-    )
+    batching: str = "pairs"  # pairs (the authors': uniform over pairs, last partial batch dropped) | enhancer_blocks
     block_enhancers: int = 64  # enhancer_blocks: enhancers read together (each once per epoch)
     eval_enhancers: int = 16  # evaluation: enhancers per forward pass (each gives all its genes' outputs)
     preload_bytes: int = 2 << 30  # keep all DNA rows in RAM when they fit this budget (bytes, as float32)
@@ -58,8 +56,12 @@ class PairDataConfig:
     dna_on_device: str = "auto"
     device_fraction: float = 0.5
 
-    LIMITS: ClassVar[dict[str, str]] = {"block_enhancers": ">=1", "eval_enhancers": ">=1", "preload_bytes": ">=0",
-                                        "device_fraction": ">0"}  # fmt: skip
+    LIMITS: ClassVar[dict[str, str]] = {
+        "block_enhancers": ">=1",
+        "eval_enhancers": ">=1",
+        "preload_bytes": ">=0",
+        "device_fraction": ">0",
+    }
     CHOICES: ClassVar[dict[str, tuple]] = {
         "batching": ("pairs", "enhancer_blocks"),
         "dna_on_device": ("auto", "yes", "no"),
@@ -150,8 +152,10 @@ def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.D
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         shown = ", ".join(f"row {i} ({_plain(table[target].iloc[i])!r})" for i in bad[:5])
-        raise InputError(f"{path}: {len(bad)} row(s) have a missing, non-numeric or infinite {target!r}: {shown}; "
-                         "drop or fix them in the recipe's output")  # fmt: skip
+        raise InputError(
+            f"{path}: {len(bad)} row(s) have a missing, non-numeric or infinite {target!r}: {shown}; "
+            "drop or fix them in the recipe's output"
+        )
     return table.assign(target=values.astype(np.float32))
 
 
@@ -163,17 +167,17 @@ def _plain(value: Any) -> Any:
 def open_dna(config: PairDataConfig) -> EmbeddingCache:
     dna = open_cache(config.dna_cache)
     if dna.manifest.modality != "dna":
-        raise InputError(
-            f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache"
-        )
+        raise InputError(f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache")
     if len(dna.item_shape) != 2:
-        raise InputError(f"{dna.url} holds pooled DNA {dna.item_shape}; this task attends over positions: "
-                         "embed with pooling none")  # fmt: skip
+        raise InputError(
+            f"{dna.url} holds pooled DNA {dna.item_shape}; this task attends over positions: embed with pooling none"
+        )
     if config.dna_table:
         ids = pd.read_parquet(config.dna_table)["id"].astype(str).tolist()
         if digest_strings(ids) != dna.manifest.ids_digest:
-            raise InputError(f"{dna.url} was embedded from another input set than {config.dna_table} (ids differ); "
-                             "re-embed it")  # fmt: skip
+            raise InputError(
+                f"{dna.url} was embedded from another input set than {config.dna_table} (ids differ); re-embed it"
+            )
     return dna
 
 
@@ -182,20 +186,20 @@ def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **
     fits the budget and scaled when asked. `fields` go to `data_class` (e.g. CDT's RNA and protein tables)."""
     table = read_labels(config.labels, config.target, LABEL_COLUMNS["cdt"])
     dna = open_dna(config)
-    pairs = pd.DataFrame({
-        "dna_row": dna.rows_of(table["enhancer"].astype(str)),  # names missing ids in one error
-        "gene_index": table["gene_index"].astype(np.int64).values,
-        "target": table["target"].values,
-        "split": table["split"].values,
-        "enhancer": table["enhancer"].astype(str).values,
-        "gene": table["gene"].astype(str).values,
-    })  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "dna_row": dna.rows_of(table["enhancer"].astype(str)),  # names missing ids in one error
+            "gene_index": table["gene_index"].astype(np.int64).values,
+            "target": table["target"].values,
+            "split": table["split"].values,
+            "enhancer": table["enhancer"].astype(str).values,
+            "gene": table["gene"].astype(str).values,
+        }
+    )
     splits = {s: pairs[pairs["split"] == s].reset_index(drop=True) for s in SPLITS}
     empty = [s for s in SPLITS if splits[s].empty]
     if empty:
-        raise InputError(
-            f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)"
-        )
+        raise InputError(f"{config.labels} has no {empty[0]} pairs; every split needs some (re-run the recipe)")
     data = data_class(splits=splits, fingerprints={"dna": dna.fingerprint()}, dna=dna, **fields)
     need = len(dna) * int(np.prod(dna.item_shape)) * 4
     if 0 < need <= config.preload_bytes:
@@ -230,11 +234,14 @@ def _chunk(data: PairData, pairs: pd.DataFrame, positions: np.ndarray) -> Chunk:
     else:
         dna_part = {"dna": torch.from_numpy(np.ascontiguousarray(_read(data, rows)))}
     return Chunk(
-        examples={"index": torch.from_numpy(positions.astype(np.int64)), "local": torch.from_numpy(local.astype(np.int64)),
-                  "gene_index": torch.from_numpy(pairs["gene_index"].to_numpy()[positions]),
-                  "target": torch.from_numpy(pairs["target"].to_numpy()[positions])},
+        examples={
+            "index": torch.from_numpy(positions.astype(np.int64)),
+            "local": torch.from_numpy(local.astype(np.int64)),
+            "gene_index": torch.from_numpy(pairs["gene_index"].to_numpy()[positions]),
+            "target": torch.from_numpy(pairs["target"].to_numpy()[positions]),
+        },
         rows=dna_part,
-    )  # fmt: skip
+    )
 
 
 class PairBatches(torch.utils.data.Dataset):
@@ -256,8 +263,9 @@ class EnhancerBlocks(torch.utils.data.Dataset):
     """Item k = the k-th block of enhancers (a seeded shuffle per epoch when `seed` is given) with all their
     pairs (shuffled within the block when `seed` is given); every enhancer is read once."""
 
-    def __init__(self, data: PairData, pairs: pd.DataFrame, block_enhancers: int, seed: int | None = None,
-                 epoch: int = 0):  # fmt: skip
+    def __init__(
+        self, data: PairData, pairs: pd.DataFrame, block_enhancers: int, seed: int | None = None, epoch: int = 0
+    ):
         self.data, self.pairs, self.seed, self.epoch = data, pairs, seed, epoch
         rows = np.unique(pairs["dna_row"].to_numpy())
         order = rows if seed is None else np.random.default_rng([seed, epoch]).permutation(rows)
@@ -271,9 +279,7 @@ class EnhancerBlocks(torch.utils.data.Dataset):
         rows = np.sort(self.blocks[k])
         positions = np.concatenate([self.by_row[r] for r in rows])
         if self.seed is not None:
-            positions = positions[
-                np.random.default_rng([self.seed, self.epoch, k]).permutation(len(positions))
-            ]
+            positions = positions[np.random.default_rng([self.seed, self.epoch, k]).permutation(len(positions))]
         return _chunk(self.data, self.pairs, positions)
 
 
@@ -289,6 +295,4 @@ def per_gene_mean(data: TaskData, split: str) -> np.ndarray:
     """The training mean of the target for the pair's gene (the global training mean for unseen genes)."""
     train = data.splits["train"]
     means = train.groupby("gene_index")["target"].mean()
-    return (
-        data.splits[split]["gene_index"].map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
-    )
+    return data.splits[split]["gene_index"].map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
