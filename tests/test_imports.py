@@ -73,3 +73,82 @@ def test_nothing_in_the_stages_imports_the_tooling_or_analysis(package):
         if target == package
     ]
     assert users == []
+
+
+def module_graph(package: str) -> dict[str, set[str]]:
+    """Within one package: module -> the package's modules it imports, at any depth of the file (lazy imports
+    inside functions count: they close a circle at run time just the same). A package's `__init__` is its own
+    module; `from dogmacache.P.sub import name` counts as an import of `sub` (and of `sub.name` where that is a
+    module)."""
+    folder = ROOT / package
+    modules = {
+        ".".join(p.relative_to(folder).with_suffix("").parts).removesuffix(".__init__").removesuffix("__init__")
+        for p in folder.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        name = ".".join(path.relative_to(folder).with_suffix("").parts).removesuffix(".__init__")
+        name = "" if name == "__init__" else name
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            found = []
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{alias.name}" for alias in node.names]
+                # `from dogmacache.P import sub` imports the module sub, not what P's __init__ defines
+                named = [f for f in subs if ".".join(f.split(".")[2:]) in modules]
+                found = named if len(named) == len(subs) else [node.module, *named]
+            for full in found:
+                parts = full.split(".")
+                if parts[:2] != ["dogmacache", package]:
+                    continue
+                target = ".".join(parts[2:])
+                if target in modules and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected set of more than one module (a circle of imports), each sorted."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+@pytest.mark.parametrize("package", ["contracts", "cache", "data_recipes", "embed", "train", "explain", "mutate"])
+def test_no_circle_of_imports_inside_a_stage(package):
+    graph = module_graph(package)
+    assert len(graph) > 1
+    assert cycles(graph) == []
+
+
+def test_the_circle_finder_sees_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
