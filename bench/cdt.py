@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from dogmacache.bench.report import Table, table, verdict
 from dogmacache.devices import CPU_ALLOCATORS, apply_cpu_allocator
 from dogmacache.errors import InputError
-from dogmacache.train.cdt import CentralDogmaTransformer
-from dogmacache.train.cdt_reference import CDTReference
-from dogmacache.train.presets import PRESETS
-from dogmacache.train.presets import preset as get_preset
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+from dogmacache.train.tasks.cdt.reference import CDTReference
+from dogmacache.train.tasks.cdt.sizes import PRESETS
+from dogmacache.train.tasks.cdt.sizes import preset as get_preset
 
 Implementation = Literal["fast", "reference"]
 TARGET_CDT_SPEEDUP = 2.0  # fast samples/s over the per-sample reference

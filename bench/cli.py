@@ -30,7 +30,7 @@ from dogmacache.bench.mutate import bench_mutate, mutate_tables
 from dogmacache.bench.train_memory import bench_train_memory, train_memory_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
-from dogmacache.train.presets import PRESETS
+from dogmacache.train.tasks.cdt.sizes import PRESETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -145,8 +145,8 @@ def bench_cdt_on_device(
 ) -> dict[str, Any]:
     """Training steps/s of the fast CDT with each batch's DNA gathered from a (table_rows, L, D) float16 table kept
     on the device, fp32 and bf16 autocast; projected minutes for the paper's 50 epochs."""
-    from dogmacache.train.cdt import CentralDogmaTransformer
-    from dogmacache.train.presets import preset
+    from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+    from dogmacache.train.tasks.cdt.sizes import preset
 
     config = preset(preset_name)
     torch.manual_seed(0)

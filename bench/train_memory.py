@@ -95,7 +95,8 @@ def synthetic_cdt_config(
     batches of 8, no baselines), writing into `out_dir`; `train` overrides [train] keys."""
     import dataclasses
 
-    from dogmacache.train.config import OutputConfig, default_config
+    from dogmacache.train.config import OutputConfig
+    from dogmacache.train.registry import default_config
 
     base = default_config("cdt")
     return dataclasses.replace(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dogmacache.train.config import OutputConfig, RunConfig, default_config, to_toml
+from dogmacache.train.config import OutputConfig, RunConfig, to_toml
+from dogmacache.train.registry import default_config
 
 BIODTA_EPOCHS = 60
 MUTATE_GENE = "DEMO05"  # a demo gene expressed in the Heart profile
@@ -90,7 +91,7 @@ def biodta_config(
 def train_biodta_demo(
     out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None
 ) -> dict:
-    from dogmacache.train.config import load_config
+    from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     path = out / "train_biodta.toml"

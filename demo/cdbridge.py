@@ -10,7 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from dogmacache.data_recipes.demo import HOLDOUT_TISSUES
-from dogmacache.train.config import OutputConfig, RunConfig, default_config, to_toml
+from dogmacache.train.config import OutputConfig, RunConfig, to_toml
+from dogmacache.train.registry import default_config
 
 CDBRIDGE_EPOCHS = 25
 # (modality, model, recipe table under recipe/isoform, cache name, adapter options)
@@ -89,7 +90,7 @@ def run_cdbridge_demo(
     out: Path, dna_cache: Path, seed: int = 0, epochs: int | None = None, progress: bool = True
 ) -> dict:
     """Caches, then both stages and the ablations, on a demo folder that `embed_demo` filled."""
-    from dogmacache.train.config import load_config
+    from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     caches = {"dna": dna_cache, **embed_cdbridge(out, progress)}

@@ -157,7 +157,7 @@ def _cdbridge_process(out: Path, dna_cache: Path, seed: int, epochs: int | None,
 def _print_cdbridge(summary: dict) -> None:
     """The CDBridge tables the second process wrote to its log: seen vs held-out tissues, then pooled metrics."""
     from dogmacache.train.run import print_table
-    from dogmacache.train.tasks.cdbridge import print_seen_vs_held_out
+    from dogmacache.train.tasks.cdbridge.report import print_seen_vs_held_out
 
     print_seen_vs_held_out(summary["seen_vs_held_out"])
     print_table(summary, summary["metric"])

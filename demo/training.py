@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dogmacache.train.config import OutputConfig, RunConfig, default_config, to_toml
+from dogmacache.train.config import OutputConfig, RunConfig, to_toml
+from dogmacache.train.registry import default_config
 
 DEMO_EPOCHS = 30
 
@@ -48,7 +49,7 @@ def write_demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs:
 
 
 def train_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> dict:
-    from dogmacache.train.config import load_config
+    from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     return run_training(load_config(write_demo_config(out, caches, seed, epochs)))
@@ -88,7 +89,7 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
 
 
 def train_isoformer_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> dict:
-    from dogmacache.train.config import load_config
+    from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     path = out / "train_isoformer.toml"

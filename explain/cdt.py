@@ -24,10 +24,10 @@ from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coo
 from dogmacache.errors import InputError
 from dogmacache.explain.attribution import Predictor, head_mean, target_rows
 from dogmacache.explain.inputs import chrom_sizes, open_checked, run_config, window_geometry
-from dogmacache.train.cdt import check_cdt_inputs
 from dogmacache.train.checkpoint import read as read_checkpoint
-from dogmacache.train.tasks import get_task
-from dogmacache.train.tasks.pairs import read_labels
+from dogmacache.train.registry import get_task
+from dogmacache.train.tasks.cdt.model import check_cdt_inputs
+from dogmacache.train.tasks.cdt.pairs import read_labels
 from torch import Tensor
 
 SEP = "|"  # between enhancer and gene in an item id

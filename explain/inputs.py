@@ -15,7 +15,8 @@ from typing import Any
 from dogmacache.cache import EmbeddingCache, open_cache
 from dogmacache.contracts.windows import WindowGeometry
 from dogmacache.errors import DogmaError, InputError
-from dogmacache.train.config import RunConfig, load_config
+from dogmacache.train.config import RunConfig
+from dogmacache.train.registry import config_from_dict, load_config
 
 
 def run_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config_path: str | None) -> RunConfig:
@@ -33,7 +34,7 @@ def run_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config_p
             f"{checkpoint_path} holds imported weights without a run config; pass --config FILE "
             "(a train config whose [data] names the caches to explain them on)"
         )
-    return RunConfig.from_dict(checkpoint["config"], where=f"{checkpoint_path} (its run config)")
+    return config_from_dict(checkpoint["config"], where=f"{checkpoint_path} (its run config)")
 
 
 def open_checked(url: str, name: str, checkpoint: dict[str, Any], checkpoint_path: str | Path) -> EmbeddingCache:

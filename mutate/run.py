@@ -29,7 +29,8 @@ from dogmacache.cache import open_cache
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.scan import Scanner, open_scanner
-from dogmacache.train.checkpoint import load_model, read
+from dogmacache.train.checkpoint import read
+from dogmacache.train.registry import load_model
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,14 @@ import pytest
 import torch
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
-from dogmacache.train.authors import (
+from dogmacache.train.tasks.cdt.authors import (
     config_from_authors,
     import_authors_checkpoint,
     map_authors_state_dict,
     read_authors_state_dict,
 )
-from dogmacache.train.cdt import CentralDogmaTransformer
-from dogmacache.train.cdt_config import CDTConfig
-from dogmacache.train.presets import PAPER, TINY
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+from dogmacache.train.tasks.cdt.sizes import PAPER, TINY, CDTConfig
 
 # Our name -> theirs, written independently of train/authors.py from CDTv33Model in the authors' notebook
 # (github nobusama/CDT, notebooks/CDT_Training.ipynb), so a wrong table there fails here.

@@ -11,7 +11,8 @@ import torch
 from conftest import write_cache
 from dogmacache.data_recipes.gene_tss import build_gene_tss
 from dogmacache.errors import DogmaError, InputError
-from dogmacache.train.config import OutputConfig, default_config
+from dogmacache.train.config import OutputConfig
+from dogmacache.train.registry import default_config
 from dogmacache.train.run import run_training
 from dogmacache.train.tasks.biodta import TokenAdapter, retrieval
 
@@ -147,7 +148,8 @@ def test_a_gene_without_a_token_is_named(tmp_path):
 
 def test_demo_config_round_trips_through_toml(tmp_path):
     from dogmacache.demo.biodta import biodta_config
-    from dogmacache.train.config import load_config, to_toml
+    from dogmacache.train.config import to_toml
+    from dogmacache.train.registry import load_config
 
     config = biodta_config(tmp_path, tmp_path / "recipe", {"dna": tmp_path / "d.zarr", "gene": tmp_path / "g.zarr"})
     (tmp_path / "c.toml").write_text(to_toml(config))

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import write_cache
 from dogmacache.errors import InputError
-from dogmacache.train import checkpoint
-from dogmacache.train.config import RunConfig
-from dogmacache.train.tasks.cdbridge import CdbridgeTask, ExampleChunks, stage1_view
+from dogmacache.train.registry import config_from_dict, load_model
+from dogmacache.train.tasks.cdbridge.data import ExampleChunks, stage1_view
+from dogmacache.train.tasks.cdbridge.task import CdbridgeTask
 
 TISSUES = ["Brain", "Heart", "Liver"]
 SPLIT = ["train"] * 6 + ["validation"] * 3 + ["test"] * 3
@@ -76,7 +76,7 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
 
 
 def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
-    task = CdbridgeTask(RunConfig.from_dict(write_recipe(tmp_path)))
+    task = CdbridgeTask(config_from_dict(write_recipe(tmp_path)))
     data = task.load()
     assert data.held_out == ["Liver"]
     assert len(data.splits["train"]) == 6 * 2  # seen tissues only in training
@@ -85,7 +85,7 @@ def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
     assert data.splits["train"]["protein_present"].sum() == 5 * 2  # T3 has no protein
     raw = write_recipe(tmp_path)
     raw["data"]["train_held_out"] = True  # the held_out_seen ablation: Liver trained on too
-    seen_too = CdbridgeTask(RunConfig.from_dict(raw))
+    seen_too = CdbridgeTask(config_from_dict(raw))
     train = seen_too._examples(data, "train")
     assert len(train) == 6 * 3 and set(train["tissue_index"]) == {0, 1, 2}
     assert len(seen_too._examples(stage1_view(data), "train")) == 6  # stage 1: one example per transcript
@@ -95,29 +95,29 @@ def test_load_splits_cells_and_holds_out_the_recipe_tissue(tmp_path):
 def test_two_steps_have_finite_losses_and_the_right_shapes(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["stage"] = 1
-    task = CdbridgeTask(RunConfig.from_dict(raw))
+    task = CdbridgeTask(config_from_dict(raw))
     data = task.load()
-    model, _, _ = task.build_model(data)
-    task.on_device(data, torch.device("cpu"))
+    model, _, _ = task.build_model(data, {})
+    tables = task.on_device(data, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     chunk = task.train_chunks(data, 0)[0]
-    out = task.train_outputs(model, chunk)
+    out = task.train_outputs(model, chunk, tables)
     assert out.shape == (4, 4)  # (transcripts, bins)
     raw["model"]["stage"] = 2
-    task2 = CdbridgeTask(RunConfig.from_dict(raw))
+    task2 = CdbridgeTask(config_from_dict(raw))
     data2 = task2.load()
-    task2.on_device(data2, torch.device("cpu"))
+    tables2 = task2.on_device(data2, torch.device("cpu"))
     chunk2 = task2.train_chunks(data2, 0)[0]
     losses = []
-    for t, c in ((task, chunk), (task2, chunk2)):
-        loss = t.loss(t.train_outputs(model, c), c)
+    for t, c, tab in ((task, chunk, tables), (task2, chunk2, tables2)):
+        loss = t.loss(t.train_outputs(model, c, tab), c, tab)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert len(losses) == 2 and np.isfinite(losses).all()
-    assert task2.train_outputs(model, chunk2).shape == (4, 1 + 6)  # expression + protein-space vector
-    assert task2.predict_chunk(model.eval(), chunk2).shape == (4,)
+    assert task2.train_outputs(model, chunk2, tables2).shape == (4, 1 + 6)  # expression + protein-space vector
+    assert task2.predict_chunk(model.eval(), chunk2, tables2).shape == (4,)
 
 
 def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
@@ -125,7 +125,7 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
 
     raw = write_recipe(tmp_path)
     raw["model"]["ablations"] = ["tissue_only", "no_mask_supervision", "mask_filter", "held_out_seen"]
-    config = RunConfig.from_dict(raw)
+    config = config_from_dict(raw)
     summary = run_training(config, progress=False)
     out = tmp_path / "out"
     written = json.loads((out / "metrics.json").read_text())
@@ -160,47 +160,47 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
 
     task = CdbridgeTask(config)
     data = task.load()
-    task.on_device(data, torch.device("cpu"))
+    tables = task.on_device(data, torch.device("cpu"))
     chunk = task.eval_chunks(data, "test")[0]
-    first, again = checkpoint.load_model(out / "cdbridge_best.pt"), checkpoint.load_model(out / "cdbridge_best.pt")
-    a, b = task.predict_chunk(first.eval(), chunk), task.predict_chunk(again.eval(), chunk)
+    first, again = load_model(out / "cdbridge_best.pt"), load_model(out / "cdbridge_best.pt")
+    a, b = task.predict_chunk(first.eval(), chunk, tables), task.predict_chunk(again.eval(), chunk, tables)
     assert a.shape == (5,) and torch.equal(a, b)
-    stage1 = checkpoint.load_model(out / "stage1" / "cdbridge_stage1_best.pt")
+    stage1 = load_model(out / "stage1" / "cdbridge_stage1_best.pt")
     assert torch.equal(stage1.dictionary, first.dictionary)  # stage 2 started from, and froze, stage 1
 
 
 def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["dictionary_size"] = 9
-    task = CdbridgeTask(RunConfig.from_dict(raw))
+    task = CdbridgeTask(config_from_dict(raw))
     with pytest.raises(InputError, match="dictionary_size = 9 exceeds the 4 distinct training proteins"):
-        task.build_model(task.load())  # 4: P3 belongs to no training transcript, so it is not counted
+        task.build_model(task.load(), {})  # 4: P3 belongs to no training transcript, so it is not counted
     raw = write_recipe(tmp_path)
     raw["model"]["merge_rate_mean"] = 0.7
     with pytest.raises(InputError, match="merge_rate_mean"):
-        RunConfig.from_dict(raw)
+        config_from_dict(raw)
     raw["model"]["merge_rate_mean"] = 0.2
     raw["data"]["tissues"] = ["Brain", "Heart", "Liver"]
     write_cache(tmp_path / "tissue2.zarr", np.zeros((2, 5), np.float32), ids=TISSUES[:2], modality="context")
     raw["data"]["tissue_cache"] = str(tmp_path / "tissue2.zarr")
     with pytest.raises(InputError, match="tissue 'Liver' is not in"):
-        CdbridgeTask(RunConfig.from_dict(raw)).load()
+        CdbridgeTask(config_from_dict(raw)).load()
     (tmp_path / "s").mkdir()
     raw = write_recipe(tmp_path / "s")
     labels = pd.read_parquet(raw["data"]["labels"])
     labels.loc[4, "split"] = "valid"  # was silently dropped: in no split
     labels.to_parquet(raw["data"]["labels"])
     with pytest.raises(InputError, match=r"1 row\(s\) have a split other than .*row 4 \('valid', id 'T4'\)"):
-        CdbridgeTask(RunConfig.from_dict(raw)).load()
+        CdbridgeTask(config_from_dict(raw)).load()
     (tmp_path / "m").mkdir()
     raw = write_recipe(tmp_path / "m", mask_bins=5)
     with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions"):
-        CdbridgeTask(RunConfig.from_dict(raw)).load()
+        CdbridgeTask(config_from_dict(raw)).load()
 
 
 def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windows(tmp_path):
     raw = write_recipe(tmp_path)
-    data = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    data = CdbridgeTask(config_from_dict(raw)).load()
     seen = data.tissue_embeddings[:2].double()  # Brain and Heart; Liver is held out
     np.testing.assert_allclose(seen.mean(0).numpy(), 0.0, atol=1e-5)
     np.testing.assert_allclose(seen.std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
@@ -211,14 +211,14 @@ def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windo
     np.testing.assert_allclose(tokens.std(0), 1.0, atol=1e-4)
     # without the preload the same numbers are applied on read
     raw["data"]["preload_bytes"] = 0
-    streamed = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    streamed = CdbridgeTask(config_from_dict(raw)).load()
     assert streamed.dna_rows is None
     chunk = ExampleChunks(streamed, streamed.transcripts["train"], 6).chunk(np.arange(6))
     np.testing.assert_allclose(
         chunk.rows["dna"].numpy(), data.dna_rows[np.unique(data.transcripts["train"]["dna_row"])], atol=1e-5
     )
     raw["data"].update(standardize_tissues=False, standardize_dna=False, preload_bytes=1 << 30)
-    plain = CdbridgeTask(RunConfig.from_dict(raw)).load()
+    plain = CdbridgeTask(config_from_dict(raw)).load()
     from dogmacache.cache import open_cache
 
     np.testing.assert_array_equal(
@@ -231,7 +231,7 @@ def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windo
 
 def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
     from dogmacache.train import merging
-    from dogmacache.train.tasks.cdbridge import CdbridgeModel
+    from dogmacache.train.tasks.cdbridge.model import CdbridgeModel
 
     model = CdbridgeModel(
         dna_width=6,
@@ -265,7 +265,7 @@ def test_mask_filter_keeps_the_coding_slots_or_every_slot_when_none_is_coding():
 
 
 def test_a_frozen_stage_1_gives_the_same_fused_tokens_at_every_training_step():
-    from dogmacache.train.tasks.cdbridge import CdbridgeModel
+    from dogmacache.train.tasks.cdbridge.model import CdbridgeModel
 
     model = CdbridgeModel(
         dna_width=6,

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from dogmacache.bench.cdt import bench_cdt_step, compare_cdt_implementations
 from dogmacache.errors import InputError
-from dogmacache.train import summary
-from dogmacache.train.cdt import CentralDogmaTransformer, MultiHeadAttention
-from dogmacache.train.cdt_config import CDTConfig
-from dogmacache.train.cdt_reference import CDTReference
-from dogmacache.train.presets import PRESETS, preset
+from dogmacache.train.tasks.cdt import summary
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer, MultiHeadAttention
+from dogmacache.train.tasks.cdt.reference import CDTReference
+from dogmacache.train.tasks.cdt.sizes import PRESETS, CDTConfig, preset
 
 TINY = preset("tiny")
 B = 3
@@ -285,14 +284,14 @@ def test_compare_runs_each_implementation_in_its_own_process():
 def test_model_code_takes_every_size_from_the_config():
     from pathlib import Path
 
-    train = Path(__file__).resolve().parent.parent / "train"
+    home = Path(__file__).resolve().parent.parent / "train" / "tasks" / "cdt"
     checked = 0
-    for name in ("cdt.py", "cdt_reference.py", "cdt_config.py"):
-        text = (train / name).read_text()
+    for name in ("model.py", "reference.py", "task.py"):
+        text = (home / name).read_text()
         for literal in ("896", "3072", "512", "768", "2360"):
-            assert literal not in text, f"train/{name} hard-codes {literal}; take it from CDTConfig"
+            assert literal not in text, f"train/tasks/cdt/{name} hard-codes {literal}; take it from CDTConfig"
         checked += 1
-    assert checked == 3 and "2360" in (train / "presets.py").read_text()
+    assert checked == 3 and "2360" in (home / "sizes.py").read_text()
 
 
 def test_model_summary_states_the_esm2_protein_count(capsys):

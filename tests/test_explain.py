@@ -10,8 +10,8 @@ import torch
 from dogmacache.contracts.windows import WindowGeometry, bin_coordinates, bin_offsets, window_start0
 from dogmacache.errors import InputError
 from dogmacache.explain import attribution, stats, tracks
-from dogmacache.train.cdt import CentralDogmaTransformer
-from dogmacache.train.cdt_config import CDTConfig
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+from dogmacache.train.tasks.cdt.sizes import CDTConfig
 
 # ---- window geometry ------------------------------------------------------------------------------------
 GEOMETRY = WindowGeometry(n_bins=4, bin_bp=10)  # centre 101 (1-based) -> c0 = 100, window [80, 120)

@@ -12,7 +12,8 @@ import torch
 from dogmacache.cli import main
 from dogmacache.contracts.windows import window_start0
 from dogmacache.explain.tracks import read_bedgraph
-from dogmacache.train.config import RunConfig, to_toml
+from dogmacache.train.config import to_toml
+from dogmacache.train.registry import config_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     ]
     assert "pass --config FILE" in _error(capsys, args)
     raw = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "standardize_dna": False}}
-    (tmp_path / "run.toml").write_text(to_toml(RunConfig.from_dict(raw)))
+    (tmp_path / "run.toml").write_text(to_toml(config_from_dict(raw)))
     assert (
         main(
             [

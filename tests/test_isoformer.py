@@ -11,8 +11,8 @@ import torch
 from dogmacache.demo import isoformer_config
 from dogmacache.errors import DogmaError, InputError
 from dogmacache.train import load_model
-from dogmacache.train.config import load_config, to_toml
-from dogmacache.train.tasks import get_task
+from dogmacache.train.config import to_toml
+from dogmacache.train.registry import get_task, load_config
 from dogmacache.train.tasks.isoformer import IsoformerAggregator, parse_modalities
 
 

@@ -22,10 +22,10 @@ from dogmacache.cli import main
 from dogmacache.demo import demo_config
 from dogmacache.errors import InputError
 from dogmacache.train import load_model
-from dogmacache.train.config import default_config, load_config, to_toml
+from dogmacache.train.config import to_toml
 from dogmacache.train.loop import EarlyStopping
-from dogmacache.train.tasks import TASKS, get_task
-from dogmacache.train.tasks import pairs as pairs_module
+from dogmacache.train.registry import TASKS, default_config, get_task, load_config
+from dogmacache.train.tasks.cdt import pairs as pairs_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,9 +313,9 @@ def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path
     task = get_task("cdt")(config)
     data = task.load()
     torch.manual_seed(0)
-    model, _, _ = task.build_model(data)
+    model, _, _ = task.build_model(data, {})
     model.eval()
-    task.on_device(data, torch.device("cpu"))
+    tables = task.on_device(data, torch.device("cpu"))
     chunks = task.eval_chunks(data, "validation")
     pairs = enhancers = 0
     with torch.no_grad():
@@ -324,7 +324,7 @@ def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path
             assert len(chunk.rows["dna"]) == len(np.unique(chunk.examples["local"].numpy()))  # each enhancer once
             e = chunk.examples  # one forward per pair, as evaluation ran before
             slow = model(chunk.rows["dna"][e["local"]], data.rna, data.protein, e["gene_index"])
-            fast = task.predict_chunk(model, chunk)
+            fast = task.predict_chunk(model, chunk, tables)
             assert torch.allclose(fast, slow, atol=1e-5)
             pairs, enhancers = pairs + len(chunk), enhancers + len(chunk.rows["dna"])
     assert pairs == len(data.splits["validation"]) and enhancers < pairs
@@ -411,18 +411,18 @@ def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
     cdt = get_task("cdt")(config)
     data = cdt.load()
     assert data.preload is not None  # the demo's DNA fits the RAM budget
-    cdt.on_device(data, torch.device("cpu"))
+    cdt_dna = cdt.on_device(data, torch.device("cpu"))["dna"]
     mlp = get_task("dna_mlp")(config)
-    mlp.on_device(data, torch.device("cpu"))
-    assert list(data.device_dna) == ["cpu"] and mlp._dna is cdt._dna and cdt._dna.table.dtype == torch.float16
+    mlp_dna = mlp.on_device(data, torch.device("cpu"))["dna"]
+    assert list(data.device_dna) == ["cpu"] and mlp_dna is cdt_dna and cdt_dna.table.dtype == torch.float16
     chunk = cdt.train_chunks(data, 0)[0]
     assert set(chunk.rows) == {"dna_rows"}
     expected = pairs_module._read(data, chunk.rows["dna_rows"].numpy())  # read on the host, z-scored as configured
-    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt._dna).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt_dna).numpy(), expected, rtol=1e-6, atol=1e-6)
     assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table
     assert data.preload is None  # the table was copied from the RAM preload, which is then let go
     streamed = pairs_module.DeviceDna(data, torch.device("cpu"))  # no preload: read from the cache
-    assert torch.equal(streamed.table, cdt._dna.table)
+    assert torch.equal(streamed.table, cdt_dna.table)
 
 
 def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path, monkeypatch):
@@ -467,7 +467,7 @@ def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path, monke
 
 
 def test_task_tables_are_read_in_one_place_with_one_line_errors(tmp_path):
-    from dogmacache.train.tasks.base import read_table
+    from dogmacache.train.task import read_table
 
     pd.DataFrame({"id": ["a"], "split": ["train"]}).to_csv(tmp_path / "t.tsv", sep="\t", index=False)
     assert read_table(tmp_path / "t.tsv", ("id", "split")).to_dict("list") == {"id": ["a"], "split": ["train"]}
@@ -495,7 +495,7 @@ def test_a_fresh_start_that_empties_the_log_keeps_its_header(tmp_path):
 
 
 def test_feature_scale_over_blocks_equals_numpy_over_all_rows():
-    from dogmacache.train.tasks.base import feature_scale
+    from dogmacache.train.task import feature_scale
 
     rows = np.random.default_rng(0).normal(3.0, 2.0, size=(7, 5, 4)).astype(np.float32)
     rows[:, :, 3] = 1.5  # a constant feature: std floored at 1e-6

@@ -2,7 +2,7 @@
 
 A checkpoint is a dict (torch.save) with:
   format        "dogmacache-checkpoint-1"
-  task          name in `tasks.TASKS` (the task whose `models` rebuild it)
+  task          name in `registry.TASKS` (the task whose `models` rebuild it)
   model_class   key in that task's `models`; model_config: that model's config dict
   model         the state dict
   config        the resolved RunConfig.to_dict() of the run (None for imported weights)
@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
-from dogmacache.train.tasks import get_task
 from torch import nn
 
 FORMAT = "dogmacache-checkpoint-1"
@@ -52,16 +51,14 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return checkpoint
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """Rebuild a trained model from its checkpoint alone, in eval mode, through the task registry."""
-    checkpoint = read(path)
-    task = get_task(checkpoint["task"])
-    if checkpoint["model_class"] not in task.models:
+def rebuild(checkpoint: dict[str, Any], models: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's model from `models` (its task's class name -> builder), weights loaded, in eval mode."""
+    if checkpoint["model_class"] not in models:
         raise InputError(
             f"{path}: model class {checkpoint['model_class']!r} is not one of task "
-            f"{task.name!r}'s {sorted(task.models)}"
+            f"{checkpoint['task']!r}'s {sorted(models)}"
         )
-    model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
+    model = models[checkpoint["model_class"]](checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 

@@ -44,14 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--dropout", type=float, default=0.3, help="dropout, for further training (paper 0.3)")
     imp.set_defaults(run=_import)
 
-    from dogmacache.train import summary
+    from dogmacache.train.tasks.cdt import summary
 
     summary.register(subparsers)
 
 
 def _train(args: argparse.Namespace) -> int:
     from dogmacache.errors import InputError
-    from dogmacache.train.config import example_config, load_config, parse_overrides
+    from dogmacache.train.config import parse_overrides
+    from dogmacache.train.registry import example_config, load_config
 
     if args.example_config:
         print(example_config(args.task), end="")
@@ -76,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from dogmacache.train.authors import import_authors_checkpoint
+    from dogmacache.train.tasks.cdt.authors import import_authors_checkpoint
 
     result = import_authors_checkpoint(
         args.src, args.dest, n_heads=args.heads, dropout=args.dropout, dna_positions=args.dna_positions

@@ -3,7 +3,7 @@ visible, unknown keys rejected, types and ranges checked when the file is read (
 
 A file is TOML or YAML:
 
-    task = "cdt"        # a name in train.tasks.TASKS
+    task = "cdt"        # a name in train.registry.TASKS
     [data]              # the task's inputs and batching: its `data_config` dataclass
     [model]             # the task's model sizes: its `model_config` dataclass
     [train]             # the shared loop: TrainConfig (defaults = the CDT paper's recipe, REFERENCE section 1)
@@ -104,16 +104,16 @@ class RunConfig:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> RunConfig:
-        from dogmacache.train.tasks import get_task
-
+    def from_dict(cls, raw: dict[str, Any], task: Any, where: str = "config") -> RunConfig:
+        """Check `raw` (a parsed file: `task` and the four sections) against `task`'s [data] and [model]
+        dataclasses and the shared ones; `task` is the Task class `raw["task"]` names (looked up by the registry,
+        `train/registry.py`, which sits above this module)."""
         sections = ("data", "model", "train", "output")
         unknown = sorted(set(raw) - {"task", *sections})
         if unknown:
             raise InputError(
                 f"{where}: unknown key(s) or section(s) {unknown}; a config has `task` and [{'], ['.join(sections)}]"
             )
-        task = get_task(raw.get("task", DEFAULT_TASK))
         classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig, "output": OutputConfig}
         built = {name: build_section(classes[name], raw.get(name) or {}, name, where) for name in sections}
         config = cls(task=task.name, **built)
@@ -235,7 +235,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+def read_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config file (TOML, or YAML by suffix) parsed, with `--set` overrides applied: the raw dict that
+    `RunConfig.from_dict` checks."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {str(path)!r} does not exist")
@@ -252,14 +254,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
             continue
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
-    return RunConfig.from_dict(raw, where=str(path))
-
-
-def default_config(task_name: str = DEFAULT_TASK) -> RunConfig:
-    from dogmacache.train.tasks import get_task
-
-    task = get_task(task_name)
-    return RunConfig(task=task.name, data=task.data_config(), model=task.model_config())
+    return raw
 
 
 def to_toml(config: RunConfig, header: str = "") -> str:
@@ -276,13 +271,6 @@ def to_toml(config: RunConfig, header: str = "") -> str:
             else:
                 lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
     return "\n".join(lines) + "\n"
-
-
-def example_config(task_name: str = DEFAULT_TASK) -> str:
-    """Every section and key of `task_name` with its default, as TOML."""
-    return to_toml(
-        default_config(task_name), f"dogmacache train configuration for task {task_name!r}: every key with its default"
-    )
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], free: tuple[str, ...] = RESUME_FREE) -> list[str]:

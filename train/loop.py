@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from dogmacache.devices import pick_device
 from dogmacache.train import checkpoint
-from dogmacache.train.tasks.base import Chunk, Task, TaskData
+from dogmacache.train.task import Chunk, Task, TaskData
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -53,11 +53,11 @@ def _identity(chunk: Chunk) -> Chunk:
 def predict(task: Task, model: nn.Module, data: TaskData, split: str, device: torch.device) -> np.ndarray:
     """Predictions for the examples of `split`, in the split table's order, eval mode."""
     model.eval()
-    task.on_device(data, device)
+    tables = task.on_device(data, device)
     out = None  # (n, ...) once the first chunk shows the prediction's shape
     for chunk in _loader(task.eval_chunks(data, split), task.config.train.num_workers):
         chunk = chunk.to(device)
-        predicted = task.predict_chunk(model, chunk).float().cpu().numpy()
+        predicted = task.predict_chunk(model, chunk, tables).float().cpu().numpy()
         if out is None:
             out = np.full((len(data.splits[split]), *predicted.shape[1:]), np.nan, dtype=np.float32)
         out[chunk.examples["index"].cpu().numpy()] = predicted
@@ -92,7 +92,7 @@ def fit(
     device = pick_device(t.device)
     torch.manual_seed(t.seed)
     model = model.to(device)
-    task.on_device(data, device)
+    tables = task.on_device(data, device)
     ddp = size > 1
     trained = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if t.compile != "no":  # the training forward only; evaluation and checkpoints use `model` itself
@@ -146,7 +146,7 @@ def fit(
                     idx = idx[rank::size]
                 batch = chunk.select(idx)
                 with autocast:
-                    loss = task.loss(task.train_outputs(trained, batch), batch)
+                    loss = task.loss(task.train_outputs(trained, batch, tables), batch, tables)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
@@ -192,14 +192,19 @@ def fit(
 
     best = checkpoint.read(best_path, map_location=device)
     model.load_state_dict(best["model"])
-    predictions = {split: predict(task, model, data, split, device) for split in ("validation", "test")}
     return {
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "history": state["history"],
-        **{split: task.metrics(p, data, split) for split, p in predictions.items()},  # test: looked at once
-        "predictions": predictions,
+        "checkpoint": str(best_path),
+        **evaluate(task, model, data, device),
     }
+
+
+def evaluate(task: Task, model: nn.Module, data: TaskData, device: torch.device) -> dict[str, Any]:
+    """Validation and test metrics of `model` as it is, and its predictions (the test split looked at once)."""
+    predictions = {split: predict(task, model, data, split, device) for split in ("validation", "test")}
+    return {**{split: task.metrics(p, data, split) for split, p in predictions.items()}, "predictions": predictions}
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""`dogmacache train`: any registered task (`tasks.TASKS`) from caches, with its baselines in the same run.
+"""`dogmacache train`: any registered task (`registry.TASKS`) from caches, with its baselines in the same run.
 
 Outputs in [output].dir: `<model>_best.pt` / `<model>_last.pt` for the model and each trained baseline,
 `metrics.json` (validation and test for the model and each baseline), `log.csv`, `learning_curves.png`,
-`test_scatter.png`. Checkpoints rebuild their model alone (`checkpoint.load_model`).
+`test_scatter.png`. Checkpoints rebuild their model alone (`registry.load_model`). A model's
+prerequisite runs (CDBridge's stage 1) train first, into their own folder under [output].dir.
 """
 
 from __future__ import annotations
@@ -16,15 +17,23 @@ import pandas as pd
 import torch
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import apply_cpu_allocator, pick_device
-from dogmacache.train import plots
+from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.loop import fit, world
-from dogmacache.train.tasks import FittedBaseline, FixedBaseline, Task, TaskData, get_task
+from dogmacache.train.loop import evaluate, fit, world
+from dogmacache.train.registry import get_task
+from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData
 
 
-def _fit_task(task: Task, data: TaskData, name: str, out: Path, progress: bool) -> dict[str, Any]:
+def _fit_task(
+    task: Task, data: TaskData, name: str, out: Path, progress: bool, done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Train one model: its prerequisites first (each configuration once per call, kept in `done`), then the
+    model through the shared loop; its `inspect` numbers before and after training ride along in the result."""
+    finished = {role: _prerequisite(p, out, progress, done) for role, p in task.prerequisites(data).items()}
     torch.manual_seed(task.config.train.seed)  # the initial weights are part of the seeded run
-    model, model_class, model_config = task.build_model(data)
+    model, model_class, model_config = task.build_model(data, finished)
+    device = pick_device(task.config.train.device)
+    untrained = task.inspect(model.to(device), data, device)
     meta = {
         "task": task.name,
         "model_class": model_class,
@@ -35,8 +44,28 @@ def _fit_task(task: Task, data: TaskData, name: str, out: Path, progress: bool) 
         "extras": data.extras,
     }
     result = fit(task, model, data, name, out, meta, progress=progress)
-    result["model_config"] = model_config
+    result.update(model_config=model_config, prerequisites=finished)
+    result["inspect"] = {"untrained": untrained, "trained": task.inspect(model, data, device)}
     return result
+
+
+def _prerequisite(p: Prerequisite, out: Path, progress: bool, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A declared prerequisite run: trained into `<out>/<folder>` (its own log.csv), or evaluated from the
+    finished checkpoint it names; a configuration already run in this call is reused."""
+    key = json.dumps([p.task.config.to_dict(), p.checkpoint], sort_keys=True, default=str)
+    if key not in done:
+        if p.checkpoint:
+            device = pick_device(p.task.config.train.device)
+            saved = checkpoint.read(p.checkpoint, map_location=device)
+            model = checkpoint.rebuild(saved, p.task.models, p.checkpoint).to(device)
+            result = {"name": p.name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
+            result["inspect"] = {"trained": p.task.inspect(model, p.data, device)}
+        else:
+            folder = out / p.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            result = {"name": p.name, **_fit_task(p.task, p.data, p.name, folder, progress, done)}
+        done[key] = result
+    return done[key]
 
 
 def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
@@ -47,10 +76,11 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     task = get_task(config.task)(config)
     data = task.load()
 
-    results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress)}
+    done: dict[str, dict[str, Any]] = {}  # prerequisite runs of this call, by configuration
+    results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress, done)}
     for name, baseline in task.baselines(data).items():
         if isinstance(baseline, FittedBaseline):
-            results[name] = _fit_task(baseline.task, data, name, out, progress)
+            results[name] = _fit_task(baseline.task, data, name, out, progress, done)
         elif isinstance(baseline, FixedBaseline):
             predictions = {s: baseline.predict(data, s) for s in ("validation", "test")}
             results[name] = {s: task.metrics(p, data, s) for s, p in predictions.items()}
@@ -67,7 +97,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "fingerprints": data.fingerprints,
     }
     if rank == 0:
-        summary.update(task.summary(results, data, out))
+        summary.update(task.summary(results, data))
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(

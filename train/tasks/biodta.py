@@ -28,7 +28,7 @@ from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import (
+from dogmacache.train.task import (
     Batches,
     Chunk,
     FittedBaseline,
@@ -199,7 +199,7 @@ class BiodtaTask(Task):
     def load(self) -> BiodtaData:
         return load_biodta(self.config)
 
-    def build_model(self, data: BiodtaData) -> tuple[nn.Module, str, dict[str, Any]]:
+    def build_model(self, data: BiodtaData, prerequisites: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
         config = {
             "dna_width": data.dna.item_shape[-1],
@@ -217,13 +217,13 @@ class BiodtaTask(Task):
     def eval_chunks(self, data: BiodtaData, split: str) -> torch.utils.data.Dataset:
         return GeneBatches(data, split, self.config.data.eval_batch)
 
-    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+    def train_outputs(self, model: nn.Module, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         return model(batch.examples["dna"])
 
-    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+    def predict_chunk(self, model: nn.Module, chunk: Chunk, tables: dict[str, Any]) -> Tensor:
         return model(chunk.examples["dna"])
 
-    def loss(self, outputs: Tensor, batch: Chunk) -> Tensor:
+    def loss(self, outputs: Tensor, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         return token_loss(outputs, batch.examples["target"], self.config.model.loss)
 
     def observed(self, data: BiodtaData, split: str) -> np.ndarray:

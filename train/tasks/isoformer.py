@@ -35,7 +35,7 @@ from dogmacache.train import plots
 from dogmacache.train.config import required
 from dogmacache.train.layers import MultiHeadAttention
 from dogmacache.train.metrics import regression_metrics
-from dogmacache.train.tasks.base import (
+from dogmacache.train.task import (
     Batches,
     Chunk,
     FittedBaseline,
@@ -279,7 +279,7 @@ class IsoformerTask(Task):
     def load(self) -> IsoformerData:
         return load_isoformer(self.config)
 
-    def build_model(self, data: IsoformerData) -> tuple[nn.Module, str, dict[str, Any]]:
+    def build_model(self, data: IsoformerData, prerequisites: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
         m = self.config.model
         widths = {name: data.caches[name].item_shape[-1] for name in self.modalities}
         config = {
@@ -306,13 +306,13 @@ class IsoformerTask(Task):
             {m: e[f"{m}_present"] for m in self.modalities},
         )
 
-    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+    def train_outputs(self, model: nn.Module, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         return self._forward(model, batch)
 
-    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+    def predict_chunk(self, model: nn.Module, chunk: Chunk, tables: dict[str, Any]) -> Tensor:
         return self._forward(model, chunk)
 
-    def loss(self, outputs: Tensor, batch: Chunk) -> Tensor:
+    def loss(self, outputs: Tensor, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         return nn.functional.mse_loss(outputs.float(), batch.examples["target"])  # the paper's loss
 
     def observed(self, data: IsoformerData, split: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from dogmacache.contracts.provenance import digest_strings
 from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
-from dogmacache.train.tasks.base import Chunk, TaskData, feature_scale, read_table
+from dogmacache.train.task import Chunk, TaskData, feature_scale, read_table
 from torch import Tensor
 from tqdm.auto import tqdm
 

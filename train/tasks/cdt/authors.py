@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from dogmacache.contracts.provenance import file_sha256, package_versions
 from dogmacache.errors import InputError
-from dogmacache.train.cdt import CentralDogmaTransformer
-from dogmacache.train.cdt_config import CDTConfig
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+from dogmacache.train.tasks.cdt.sizes import CDTConfig
 from torch import Tensor
 
 __all__ = [

@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from dogmacache.errors import InputError
-from dogmacache.train.cdt_config import CDTConfig
 from dogmacache.train.kernels import Dropout
 from dogmacache.train.layers import AttentionBlock, MultiHeadAttention, Projection, QueryPool
+from dogmacache.train.tasks.cdt.sizes import CDTConfig
 from torch import Tensor, nn
 
 __all__ = [

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from dogmacache.errors import InputError
-from dogmacache.train.cdt import CentralDogmaTransformer, check_cdt_inputs
-from dogmacache.train.cdt_config import CDTConfig
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer, check_cdt_inputs
+from dogmacache.train.tasks.cdt.sizes import CDTConfig
 from torch import Tensor, nn
 
 __all__ = ["CDTReference"]

@@ -1,13 +1,22 @@
-"""The CDT model's configuration: one frozen dataclass, no torch import (so the CLI can list presets cheaply).
+"""The CDT model's sizes, declared once: the `CDTConfig` dataclass, its named presets, and the task's [model]
+section derived from it (every size that does not come from a cache may be overridden). No torch import, so
+the CLI lists presets cheaply.
 
-The input sizes (genes, DNA positions, the three embedding widths) have no defaults: the trainer fills them
-from the cache manifests, and named settings live in `presets.py`. Shape letters used across `train/cdt*.py`:
-B batch, L DNA positions, G genes (= proteins, aligned), D model width, H heads.
+The input sizes (`INPUT_SIZES`: genes, DNA positions, the three embedding widths) have no defaults: the trainer
+fills them from the cache manifests. Shape letters used across `train/tasks/cdt/`: B batch, L DNA positions,
+G genes (= proteins, aligned), D model width, H heads.
+
+| preset | what for | D | heads | G | L x D_dna | D_rna | D_prot | parameters |
+|---|---|---|---|---|---|---|---|---|
+| paper | the paper's model (seeds/001 7.6; REFERENCE.md 1) | 768 | 8 | 2360 | 896 x 3072 | 512 | 768 | 60,093,752 |
+| small | CPU benchmarks: a reference step takes seconds | 128 | 8 | 400 | 224 x 768 | 128 | 192 | 1,728,400 |
+| tiny | tests and the demo: a training step takes milliseconds | 32 | 4 | 35 | 8 x 48 | 32 | 32 | 103,427 |
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +34,7 @@ class CDTConfig:
     rna_width: int  # D_rna: width of one gene's RNA embedding
     protein_width: int  # D_prot: width of one gene's protein embedding
     # --- the model
-    d_model: int  # D: shared width every modality is projected to (the paper's is in presets.PAPER)
+    d_model: int  # D: shared width every modality is projected to (the paper's is in PAPER below)
     n_heads: int = 8  # heads of every self- and cross-attention (head width D / n_heads)
     dna_self_layers: int = 2  # self-attention blocks over the L DNA positions
     rna_self_layers: int = 1  # self-attention blocks over the G RNA genes
@@ -82,3 +91,83 @@ class CDTConfig:
         if missing:
             raise InputError(f"{where} lacks the CDT config keys {missing}; they come from the cache manifests")
         return cls(**values)
+
+
+PAPER = CDTConfig(
+    n_genes=2360,  # genes in Gasperini CRISPRi, STING-seq, scGPT's vocabulary and ProteomeLM (paper 7.3)
+    dna_positions=896,  # Enformer output bins (128 bp each, 114,688 bp)
+    dna_width=3072,  # Enformer trunk embedding width
+    rna_width=512,  # scGPT embsize
+    protein_width=768,  # ProteomeLM embedding width
+    d_model=768,
+    n_heads=8,
+    dropout=0.3,
+)
+
+SMALL = CDTConfig(
+    n_genes=400,
+    dna_positions=224,
+    dna_width=768,
+    rna_width=128,
+    protein_width=192,
+    d_model=128,
+    n_heads=8,
+    dropout=0.3,
+)
+
+TINY = CDTConfig(
+    n_genes=35,
+    dna_positions=8,
+    dna_width=48,
+    rna_width=32,
+    protein_width=32,
+    d_model=32,
+    n_heads=4,
+    dropout=0.3,
+)
+
+PRESETS: dict[str, CDTConfig] = {"paper": PAPER, "small": SMALL, "tiny": TINY}
+
+
+def preset(name: str) -> CDTConfig:
+    """The named configuration (frozen, so it can be shared)."""
+    if name not in PRESETS:
+        raise InputError(f"CDT preset {name!r} does not exist; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+INPUT_SIZES = ("n_genes", "dna_positions", "dna_width", "rna_width", "protein_width")  # from the caches
+
+
+def _model_section() -> type:
+    """The task's [model] dataclass: `preset`, an override (None = the preset's value) for every CDTConfig
+    field that is not an input size, and the DNA-only MLP baseline's width."""
+    hints = typing.get_type_hints(CDTConfig)
+    names = [f.name for f in dataclasses.fields(CDTConfig) if f.name not in INPUT_SIZES]
+    limits = {n: ("[0,1)" if hints[n] is float else ">=0" if n.endswith("_layers") else ">=1") for n in names}
+    fields = [
+        ("preset", str, dataclasses.field(default="paper")),
+        *[(n, hints[n] | None, dataclasses.field(default=None)) for n in names],
+        ("mlp_hidden", int, dataclasses.field(default=256)),  # the DNA-only MLP baseline's hidden width
+    ]
+    namespace = {
+        "__doc__": "[model] of the cdt task: a preset's sizes with any of them overridden; inputs come from caches.",
+        "LIMITS": {**limits, "mlp_hidden": ">=1"},
+        "CHOICES": {"preset": tuple(PRESETS)},
+        "__annotations__": {},
+    }
+    return dataclasses.make_dataclass("CdtModelConfig", fields, frozen=True, namespace=namespace)
+
+
+CdtModelConfig = _model_section()
+CdtModelConfig.__module__ = __name__
+
+
+def model_sizes(model: Any, inputs: dict[str, int]) -> CDTConfig:
+    """The preset named by a [model] section, its overrides applied, every input size from `inputs`."""
+    overrides = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(CDTConfig)
+        if f.name not in INPUT_SIZES and getattr(model, f.name) is not None
+    }
+    return dataclasses.replace(preset(model.preset), **inputs, **overrides)

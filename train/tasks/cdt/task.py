@@ -18,12 +18,11 @@ import torch
 from dogmacache.cache import open_cache
 from dogmacache.contracts.tables import check_gene_alignment
 from dogmacache.errors import InputError
-from dogmacache.train.cdt import CentralDogmaTransformer
-from dogmacache.train.cdt_config import CDTConfig
 from dogmacache.train.config import required
-from dogmacache.train.presets import PRESETS, preset
-from dogmacache.train.tasks import dna_mlp, pairs
-from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task
+from dogmacache.train.task import Chunk, FittedBaseline, FixedBaseline, Task
+from dogmacache.train.tasks.cdt import dna_mlp, pairs
+from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+from dogmacache.train.tasks.cdt.sizes import CDTConfig, CdtModelConfig, model_sizes
 from torch import Tensor, nn
 
 
@@ -31,23 +30,6 @@ from torch import Tensor, nn
 class CdtDataConfig(pairs.PairDataConfig):
     rna_cache: str = required()  # gene-token cache (G, D_rna), ids = gene symbols in canonical order
     protein_cache: str = required()  # protein cache (G, D_prot), same order
-
-
-@dataclass(frozen=True)
-class CdtModelConfig:
-    preset: str = "paper"  # paper | small | tiny: d_model, heads, dropout, layers; input sizes come from caches
-    d_model: int | None = None  # overrides of the preset (None = keep)
-    n_heads: int | None = None
-    dropout: float | None = None
-    mlp_hidden: int = 256  # the DNA-only MLP baseline's hidden width (its dropout is the model's)
-
-    LIMITS: ClassVar[dict[str, str]] = {
-        "d_model": ">=1",
-        "n_heads": ">=1",
-        "dropout": "[0,1)",
-        "mlp_hidden": ">=1",
-    }
-    CHOICES: ClassVar[dict[str, tuple]] = {"preset": tuple(PRESETS)}
 
 
 @dataclass
@@ -103,8 +85,6 @@ class CdtTask(Task):
     model_config = CdtModelConfig
     models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
 
-    _dna: pairs.DeviceDna | None = None  # set by on_device
-
     def load(self) -> CdtData:
         d = self.config.data
         tables = load_gene_tables(d)
@@ -115,20 +95,17 @@ class CdtTask(Task):
         return data
 
     def cdt_config(self, data: CdtData) -> CDTConfig:
-        """The preset's sizes with every input size taken from the caches."""
-        m = self.config.model
-        overrides = {k: getattr(m, k) for k in ("d_model", "n_heads", "dropout") if getattr(m, k) is not None}
-        return dataclasses.replace(
-            preset(m.preset),
-            n_genes=len(data.genes),
-            dna_positions=data.dna.item_shape[0],
-            dna_width=data.dna.item_shape[1],
-            rna_width=int(data.rna.shape[1]),
-            protein_width=int(data.protein.shape[1]),
-            **overrides,
-        )
+        """The preset's sizes, [model]'s overrides applied, every input size taken from the caches."""
+        inputs = {
+            "n_genes": len(data.genes),
+            "dna_positions": data.dna.item_shape[0],
+            "dna_width": data.dna.item_shape[1],
+            "rna_width": int(data.rna.shape[1]),
+            "protein_width": int(data.protein.shape[1]),
+        }
+        return model_sizes(self.config.model, inputs)
 
-    def build_model(self, data: CdtData) -> tuple[nn.Module, str, dict[str, Any]]:
+    def build_model(self, data: CdtData, prerequisites: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
         config = self.cdt_config(data)
         return CentralDogmaTransformer(config), "CentralDogmaTransformer", config.to_dict()
 
@@ -138,19 +115,25 @@ class CdtTask(Task):
     def eval_chunks(self, data: CdtData, split: str) -> torch.utils.data.Dataset:
         return pairs.EnhancerBlocks(data, data.splits[split], self.config.data.eval_enhancers)
 
-    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+    def train_outputs(self, model: nn.Module, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         e = batch.examples
-        return model(pairs.chunk_dna(batch, self._dna)[e["local"]], self._rna, self._protein, e["gene_index"])
+        dna = pairs.chunk_dna(batch, tables["dna"])[e["local"]]
+        return model(dna, tables["rna"], tables["protein"], e["gene_index"])
 
-    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+    def predict_chunk(self, model: nn.Module, chunk: Chunk, tables: dict[str, Any]) -> Tensor:
         e = chunk.examples
-        every_gene = model.predict_all_genes(pairs.chunk_dna(chunk, self._dna), self._rna, self._protein)  # (n_enh, G)
+        dna = pairs.chunk_dna(chunk, tables["dna"])
+        every_gene = model.predict_all_genes(dna, tables["rna"], tables["protein"])  # (n_enh, G)
         return every_gene[e["local"], e["gene_index"]]
 
-    def on_device(self, data: CdtData, device: torch.device) -> None:
-        """Move the shared gene tables to the training device once, and the DNA rows per `dna_on_device`."""
-        self._rna, self._protein = data.rna.to(device), data.protein.to(device)
-        self._dna = pairs.dna_to_device(data, self.config.data, device)
+    def on_device(self, data: CdtData, device: torch.device) -> dict[str, Any]:
+        """The shared gene tables on the training device, and the DNA rows there per `dna_on_device` (None:
+        chunks carry the rows)."""
+        return {
+            "rna": data.rna.to(device),
+            "protein": data.protein.to(device),
+            "dna": pairs.dna_to_device(data, self.config.data, device),
+        }
 
     def baselines(self, data: CdtData) -> dict[str, FittedBaseline | FixedBaseline]:
         if not self.config.train.baselines:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from dogmacache.train.presets import PRESETS
+from dogmacache.train.tasks.cdt.sizes import PRESETS
 
 # Module kinds in REFERENCE.md section 1's per-module counts: (kind, top-level modules of CentralDogmaTransformer)
 KINDS = (
@@ -56,8 +56,8 @@ def build_on_meta(name: str, protein_width: int | None = None):
     import dataclasses
 
     import torch
-    from dogmacache.train.cdt import CentralDogmaTransformer
-    from dogmacache.train.presets import preset
+    from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
+    from dogmacache.train.tasks.cdt.sizes import preset
 
     config = preset(name) if protein_width is None else dataclasses.replace(preset(name), protein_width=protein_width)
     with torch.device("meta"):

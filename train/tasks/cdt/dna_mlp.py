@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from dogmacache.train.tasks import pairs
-from dogmacache.train.tasks.base import Chunk, FittedBaseline, FixedBaseline, Task
+from dogmacache.train.task import Chunk, FittedBaseline, FixedBaseline, Task
+from dogmacache.train.tasks.cdt import pairs
 from torch import Tensor, nn
 
 
@@ -45,12 +45,10 @@ class DnaMlpTask(Task):
     model_config = DnaMlpModelConfig
     models: ClassVar[dict] = {"DnaOnlyMLP": lambda c: DnaOnlyMLP(**c)}
 
-    _dna: pairs.DeviceDna | None = None  # set by on_device
-
     def load(self) -> pairs.PairData:
         return pairs.load_pairs(self.config.data)
 
-    def build_model(self, data: pairs.PairData) -> tuple[nn.Module, str, dict[str, Any]]:
+    def build_model(self, data: pairs.PairData, prerequisites: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
         # one output per gene: CDT's gene table when run as its baseline, else the labels' gene_index range
         genes = getattr(data, "genes", None)
         n_genes = len(genes) if genes else 1 + max(int(s["gene_index"].max()) for s in data.splits.values())
@@ -68,18 +66,19 @@ class DnaMlpTask(Task):
     def eval_chunks(self, data: pairs.PairData, split: str) -> torch.utils.data.Dataset:
         return pairs.EnhancerBlocks(data, data.splits[split], self.config.data.eval_enhancers)
 
-    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
+    def train_outputs(self, model: nn.Module, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         e = batch.examples
-        out = model(pairs.chunk_dna(batch, self._dna)[e["local"]])  # (P, G)
+        out = model(pairs.chunk_dna(batch, tables["dna"])[e["local"]])  # (P, G)
         return out.gather(1, e["gene_index"].view(-1, 1)).squeeze(1)
 
-    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+    def predict_chunk(self, model: nn.Module, chunk: Chunk, tables: dict[str, Any]) -> Tensor:
         e = chunk.examples
-        return model(pairs.chunk_dna(chunk, self._dna))[e["local"], e["gene_index"]]
+        return model(pairs.chunk_dna(chunk, tables["dna"]))[e["local"], e["gene_index"]]
 
-    def on_device(self, data: pairs.PairData, device: torch.device) -> None:
-        """The DNA rows on the device per `dna_on_device` (shared with CDT when run as its baseline)."""
-        self._dna = pairs.dna_to_device(data, self.config.data, device)
+    def on_device(self, data: pairs.PairData, device: torch.device) -> dict[str, Any]:
+        """The DNA rows on the device per `dna_on_device` (one table per device, shared with CDT when run as its
+        baseline); None: chunks carry the rows."""
+        return {"dna": pairs.dna_to_device(data, self.config.data, device)}
 
     def baselines(self, data: pairs.PairData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {"per_gene_mean": FixedBaseline(pairs.per_gene_mean)} if self.config.train.baselines else {}

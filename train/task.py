@@ -2,19 +2,25 @@
 
 The life of a run (`dogmacache train --config F`, `run.run_training`):
 
-1. `RunConfig.from_dict` looks the task up by name in `TASKS` and checks [data] and [model] against its
-   `data_config` / `model_config` dataclasses (types and ranges) before anything is opened.
+1. `registry.config_from_dict` looks the task up by name in `TASKS`; `RunConfig.from_dict` checks [data] and
+   [model] against its `data_config` / `model_config` dataclasses (types and ranges) before anything is opened.
 2. `task.load()` opens the caches and the labelled table, joins them by id and checks them; errors name the id,
    the file and the fix. It returns a `TaskData`: the labelled examples of each split (a `target` column, in a
    fixed order), the caches' fingerprints, and whatever the task's batches read.
-3. `task.build_model(data)` builds the model from [model] and the caches' shapes; the checkpoint stores its class
-   name and config dict, and `task.models[class name](config dict)` rebuilds it (`checkpoint.load_model`).
-4. The loop (`loop.fit`) asks for `task.train_chunks(data, epoch)` (a map-style Dataset; each item a `Chunk`
-   of examples and the rows they share, bounded in size), cuts each chunk into optimiser steps of
-   `train.batch_size` examples, calls `task.train_outputs` and `task.loss`, and after each epoch
-   `loop.predict` (`task.eval_chunks`, `task.predict_chunk`) and `task.metrics` on the validation split;
+3. `task.prerequisites(data)` declares the runs this model needs first (CDBridge's stage 1): each a
+   `Prerequisite` that the run trains through the same loop (or evaluates, given a finished checkpoint) and
+   hands back by name to `build_model`. A task never runs the loop itself.
+4. `task.build_model(data, prerequisites)` builds the model from [model], the caches' shapes and the finished
+   prerequisites; the checkpoint stores its class name and config dict, and `task.models[class name](config
+   dict)` rebuilds it (`registry.load_model`).
+5. The loop (`loop.fit`) asks `task.on_device(data, device)` once for the tables every step shares (moved to the
+   device) and passes them to every call below; it asks for `task.train_chunks(data, epoch)` (a map-style
+   Dataset; each item a `Chunk` of examples and the rows they share, bounded in size), cuts each chunk into
+   optimiser steps of `train.batch_size` examples, calls `task.train_outputs` and `task.loss`, and after each
+   epoch `loop.predict` (`task.eval_chunks`, `task.predict_chunk`) and `task.metrics` on the validation split;
    `task.score` of those metrics drives early stopping and the LR schedule.
-5. After training, the best-on-validation checkpoint predicts the test split once, and `task.baselines(data)`
+6. After training, the best-on-validation checkpoint predicts the test split once; `task.inspect` reads any
+   further numbers off the model itself (also before training, for a comparison); and `task.baselines(data)`
    run in the same call: a `FittedBaseline` is another task trained by the same loop on the same data; a
    `FixedBaseline` is a function of the training split.
 
@@ -131,6 +137,19 @@ class FittedBaseline:
 
 
 @dataclass(frozen=True)
+class Prerequisite:
+    """A run a model needs before it is built (CDBridge's stage 1): `task` trained by the shared loop on `data`
+    into `<output>/<folder>/<name>_best.pt`, or, when `checkpoint` names a finished one, only evaluated. Runs with
+    the same configuration are trained once per `train` call, whichever model declared them first."""
+
+    name: str
+    task: Task
+    data: TaskData
+    folder: str
+    checkpoint: str = ""
+
+
+@dataclass(frozen=True)
 class FixedBaseline:
     """A baseline with no training: predictions for a split from the training split alone."""
 
@@ -153,9 +172,16 @@ class Task(ABC):
     def load(self) -> TaskData:
         """Open, join and check the caches and labels named in [data]."""
 
+    def prerequisites(self, data: TaskData) -> dict[str, Prerequisite]:
+        """Runs this model needs first, by the role `build_model` knows them under (none by default)."""
+        return {}
+
     @abstractmethod
-    def build_model(self, data: TaskData) -> tuple[nn.Module, str, dict[str, Any]]:
-        """(model, its class name in `models`, its config dict) from [model] and the caches' shapes."""
+    def build_model(
+        self, data: TaskData, prerequisites: dict[str, dict[str, Any]]
+    ) -> tuple[nn.Module, str, dict[str, Any]]:
+        """(model, its class name in `models`, its config dict) from [model], the caches' shapes and the finished
+        prerequisites (by role: `checkpoint` path, `validation` / `test` metrics, `inspect`)."""
 
     @abstractmethod
     def train_chunks(self, data: TaskData, epoch: int) -> torch.utils.data.Dataset:
@@ -166,18 +192,19 @@ class Task(ABC):
         """The examples of `split` as Chunks (any order; each example once)."""
 
     @abstractmethod
-    def train_outputs(self, model: nn.Module, batch: Chunk) -> Tensor:
-        """Predictions (P, ...) for one optimiser step's examples, in training mode."""
+    def train_outputs(self, model: nn.Module, batch: Chunk, tables: dict[str, Any]) -> Tensor:
+        """Predictions (P, ...) for one optimiser step's examples, in training mode; `tables` from `on_device`."""
 
     @abstractmethod
-    def predict_chunk(self, model: nn.Module, chunk: Chunk) -> Tensor:
+    def predict_chunk(self, model: nn.Module, chunk: Chunk, tables: dict[str, Any]) -> Tensor:
         """Predictions (P, ...) for a whole evaluation chunk, in eval mode."""
 
-    def on_device(self, data: TaskData, device: torch.device) -> None:
-        """Called once before training or prediction on `device` (e.g. to move tables every sample shares)."""
-        return None
+    def on_device(self, data: TaskData, device: torch.device) -> dict[str, Any]:
+        """The tables every step shares, on `device` (asked once per training or prediction; passed to
+        `train_outputs`, `predict_chunk` and `loss`)."""
+        return {}
 
-    def loss(self, outputs: Tensor, batch: Chunk) -> Tensor:
+    def loss(self, outputs: Tensor, batch: Chunk, tables: dict[str, Any]) -> Tensor:
         """SmoothL1 (beta = [train] smooth_l1_beta) against the examples' targets."""
         target = batch.examples["target"]
         return nn.functional.smooth_l1_loss(outputs.float(), target, beta=self.config.train.smooth_l1_beta)
@@ -193,12 +220,17 @@ class Task(ABC):
         """The split's targets, in the order `predict` returns predictions (for figures)."""
         return data.splits[split]["target"].to_numpy()
 
+    def inspect(self, model: nn.Module, data: TaskData, device: torch.device) -> dict[str, Any]:
+        """Numbers read off the model itself rather than its predictions (e.g. which tokens a merging keeps),
+        asked for the freshly built model and for the best checkpoint's; none by default."""
+        return {}
+
     def baselines(self, data: TaskData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {}
 
-    def summary(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> dict[str, Any]:
-        """Entries this task adds to metrics.json (and to the summary `run_training` returns), after every model
-        and baseline trained; `out_dir` holds their checkpoints."""
+    def summary(self, results: dict[str, Any], data: TaskData) -> dict[str, Any]:
+        """Entries this task adds to metrics.json (and to the summary `run_training` returns), from every model's
+        and baseline's result (with its `inspect` numbers and finished prerequisites)."""
         return {}
 
     def figures(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> list[Any]:

@@ -1,0 +1,216 @@
+"""CDBridge's data: the gtex recipe's labels, coding masks and tissues joined with the DNA, protein and tissue
+caches; (transcript, tissue) examples per split (stage 2) and one example per transcript (stage 1,
+`stage1_view`); the DNA z-scored with the training windows and the tissue embeddings over the seen tissues;
+the chunks both stages read; and the per-tissue mean baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.contracts.tables import SPLITS
+from dogmacache.errors import InputError
+from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, read_table
+from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
+from torch import Tensor
+
+
+@dataclass
+class CdbridgeData(TaskData):
+    tissues: list[str] = dataclasses.field(default_factory=list)
+    held_out: list[str] = dataclasses.field(default_factory=list)
+    transcripts: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # per split: stage-1 examples
+    dna: EmbeddingCache | None = None
+    dna_rows: np.ndarray | None = None  # (N_dna, L, D_dna) float32 when it fits the preload budget
+    masks: np.ndarray | None = None  # (N_transcripts_all, L) coding flags, indexed by `mask_row`
+    protein: Tensor | None = None  # (N_prot, D_prot) float32
+    tissue_embeddings: Tensor | None = None  # (K, D_tissue) float32, in `tissues` order
+    n_bins: int = 0
+    dna_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied on read; None = none or preapplied
+    train_all: pd.DataFrame | None = (
+        None  # training cells of every tissue, held-out ones included ([data] train_held_out)
+    )
+
+
+def load_cdbridge(config: Any) -> CdbridgeData:
+    d = config.data
+    table = read_table(d.labels, ("id", "split"), recipe="gtex", what="labels table")
+    available = [c for c in table.columns if c not in NOT_TISSUES]
+    tissues = list(d.tissues) or available
+    for t in tissues:
+        if t not in available:
+            raise InputError(
+                f"[data] tissues names {t!r}, which {d.labels} lacks (its tissues: {', '.join(available)});"
+                " fix the list or re-run the recipe"
+            )
+    info = read_table(
+        d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex", what="tissues table"
+    )
+    held_out = set(info.loc[info["held_out"].astype(bool), "tissue"]) | set(d.holdout_tissues)
+    for t in d.holdout_tissues:
+        if t not in tissues:
+            raise InputError(f"[data] holdout_tissues names {t!r}, which is not a modelled tissue; pick from {tissues}")
+    if held_out >= set(tissues):
+        raise InputError(f"every tissue of {tissues} is held out; keep at least one tissue for training")
+
+    dna = open_cache(d.dna_cache)
+    if len(dna.item_shape) != 2:
+        raise InputError(f"{dna.url} holds pooled items {dna.item_shape}; CDBridge needs a per-position DNA cache")
+    n_bins = dna.item_shape[0]
+    protein_cache, tissue_cache = open_cache(d.protein_cache), open_cache(d.tissue_cache)
+    for cache, name in ((protein_cache, "protein_cache"), (tissue_cache, "tissue_cache")):
+        if len(cache.item_shape) != 1:
+            raise InputError(
+                f"{cache.url} holds per-token items {cache.item_shape}; [data] {name} needs a pooled "
+                "cache (embed with --pooling mean)"
+            )
+    missing = [t for t in tissues if t not in set(tissue_cache.ids)]
+    if missing:
+        raise InputError(
+            f"tissue {missing[0]!r} is not in {tissue_cache.url} ({len(missing)} missing); embed the "
+            "recipe's tissue_profiles.parquet with scgpt context or drop the tissue from [data] tissues"
+        )
+    tissue_embeddings = tissue_cache.read_rows(tissue_cache.rows_of(tissues), dtype=np.float32)
+    extras: dict[str, Any] = {}
+    if d.standardize_tissues:
+        seen = tissue_embeddings[[t not in held_out for t in tissues]].astype(np.float64)
+        mean, std = seen.mean(0), seen.std(0)
+        std = np.where(std > 1e-6 * max(float(np.abs(seen).max()), 1e-12), std, 1.0)  # one seen tissue: centre only
+        tissue_embeddings = ((tissue_embeddings - mean) / std).astype(np.float32)
+        extras["tissue_scale"] = {"mean": mean.tolist(), "std": std.tolist()}
+    tissue_embeddings = torch.from_numpy(tissue_embeddings)
+
+    masks_table = read_table(d.coding_masks, recipe="gtex", what="coding masks table").set_index("id")
+    absent = table.loc[~table["id"].isin(masks_table.index), "id"]
+    if len(absent):
+        raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")
+    masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
+    if masks.shape[1] != n_bins:
+        raise InputError(
+            f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
+            " re-run the recipe with --window-bins matching the DNA model's output"
+        )
+
+    frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
+    frame["dna_row"] = dna.rows_of(table["dna_id"].astype(str) if "dna_id" in table else frame["id"])
+    protein_ids = table["protein_id"].fillna("").astype(str) if "protein_id" in table else frame["id"]
+    frame["protein_present"] = (protein_ids != "").to_numpy()
+    frame["protein_row"] = 0
+    frame.loc[frame["protein_present"], "protein_row"] = protein_cache.rows_of(protein_ids[frame["protein_present"]])
+    frame["mask_row"] = np.arange(len(frame))
+    values = table[tissues].to_numpy(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError(f"{d.labels} has missing or non-finite labels; drop or fix them in the recipe")
+
+    def cells(part: pd.DataFrame, keep: list[int]) -> pd.DataFrame:
+        """(transcript, tissue) examples of `part` for the tissue indices `keep`."""
+        table = part.loc[part.index.repeat(len(keep))].reset_index().rename(columns={"index": "transcript"})
+        table["tissue_index"] = np.tile(keep, len(part))
+        table["target"] = values[part["mask_row"].to_numpy()][:, keep].ravel()
+        return table
+
+    splits, transcripts = {}, {}
+    for split in SPLITS:
+        part = frame[frame["split"] == split].reset_index(drop=True)
+        if part.empty:
+            raise InputError(f"{d.labels} has no {split} transcripts; every split needs some (re-run the recipe)")
+        transcripts[split] = part.assign(target=list(masks[part["mask_row"]]))
+        splits[split] = cells(part, [k for k, t in enumerate(tissues) if split != "train" or t not in held_out])
+    train_all = cells(transcripts["train"].drop(columns="target"), list(range(len(tissues))))
+    preload = None
+    if len(dna) * int(np.prod(dna.item_shape)) * 4 <= d.preload_bytes:
+        preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32).reshape(len(dna), *dna.item_shape)
+    scale = None
+    if d.standardize_dna:
+        scale = dna_scale(dna, preload, np.unique(transcripts["train"]["dna_row"].to_numpy()), seed=config.train.seed)
+        extras["dna_scale"] = {"mean": scale[0].tolist(), "std": scale[1].tolist()}
+        if preload is not None:  # applied once, in place (no second copy of the preload)
+            preload -= scale[0]
+            preload /= scale[1]
+            scale = None
+    protein = torch.from_numpy(protein_cache.read_rows(np.arange(len(protein_cache)), dtype=np.float32))
+    caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
+    return CdbridgeData(
+        splits=splits,
+        fingerprints={k: c.fingerprint() for k, c in caches.items()},
+        tissues=tissues,
+        held_out=[t for t in tissues if t in held_out],
+        transcripts=transcripts,
+        dna=dna,
+        dna_rows=preload,
+        masks=masks,
+        protein=protein,
+        tissue_embeddings=tissue_embeddings,
+        n_bins=n_bins,
+        extras=extras,
+        dna_scale=scale,
+        train_all=train_all,
+    )
+
+
+def stage1_view(data: CdbridgeData) -> CdbridgeData:
+    """The same data with one example per transcript (its coding mask as target): stage 1's splits."""
+    return dataclasses.replace(data, splits=data.transcripts, train_all=None)
+
+
+def dna_scale(
+    dna: EmbeddingCache,
+    preload: np.ndarray | None,
+    rows: np.ndarray,
+    seed: int,
+    max_windows: int = 512,
+    batch: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin); at most `max_windows`
+    windows (a seeded sample), read `batch` at a time."""
+    if len(rows) > max_windows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_windows, replace=False))
+    return feature_scale(_windows(dna, preload, None, rows[a : a + batch]) for a in range(0, len(rows), batch))
+
+
+def _windows(dna: EmbeddingCache, preload: np.ndarray | None, scale: tuple | None, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), L, D_dna) float32 DNA windows, from the preload when there is one, z-scored with `scale`."""
+    if preload is not None:
+        return preload[rows]
+    windows = dna.read_rows(rows, dtype=np.float32).reshape(len(rows), *dna.item_shape)
+    return windows if scale is None else (windows - scale[0]) / scale[1]
+
+
+class ExampleChunks(Batches):
+    """Item k = examples [k*size, (k+1)*size) of `order` in `table`, with the distinct DNA windows they read
+    (rows["dna"] (B, L, D_dna)) and each example's window (`dna_index`)."""
+
+    def __init__(self, data: CdbridgeData, table: pd.DataFrame, size: int, order: np.ndarray | None = None):
+        self.data, self.table = data, table
+        super().__init__(len(table), size, order)
+
+    def chunk(self, positions: np.ndarray) -> Chunk:
+        part = self.table.iloc[positions]
+        windows, dna_index = np.unique(part["dna_row"].to_numpy(), return_inverse=True)
+        target = np.stack(part["target"].to_list()) if part["target"].dtype == object else part["target"].to_numpy()
+        examples = {
+            "index": torch.from_numpy(positions.astype(np.int64)),
+            "target": torch.from_numpy(np.array(target, dtype=np.float32)),  # a copy: pandas arrays are read-only
+            "dna_index": torch.from_numpy(dna_index.astype(np.int64)),
+            "protein_row": torch.from_numpy(part["protein_row"].to_numpy(np.int64, copy=True)),
+            "protein_present": torch.from_numpy(part["protein_present"].to_numpy(bool, copy=True)),
+        }
+        if "tissue_index" in part:
+            examples["tissue_index"] = torch.from_numpy(part["tissue_index"].to_numpy(np.int64, copy=True))
+        dna = _windows(self.data.dna, self.data.dna_rows, self.data.dna_scale, windows)
+        return Chunk(examples, {"dna": torch.from_numpy(np.ascontiguousarray(dna))})
+
+
+def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
+    """Each seen tissue's training mean; a held-out tissue gets the mean over every training cell (it has none)."""
+    train = data.splits["train"]
+    means = train.groupby("tissue_index")["target"].mean()
+    index = data.splits[split]["tissue_index"]
+    return index.map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
