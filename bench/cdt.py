@@ -3,7 +3,8 @@
 
 One step = forward on random inputs of the preset's shapes (dna (B, L, D_dna), rna (G, D_rna),
 protein (G, D_prot), gene_index (B,)), SmoothL1 (beta 1) on the target-gene output, backward, gradient
-clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains (REFERENCE.md section 1).
+clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains
+(docs/papers.md#cdt-training-recipe).
 Sizes are the presets of `train/presets.py`. `compare_cdt_implementations` runs each implementation in its
 own fresh process (`main`, one JSON line), so each peak RSS (`ru_maxrss`) belongs to that implementation
 alone. On CUDA the step is also timed under bf16 autocast. `bench_cdt_section` adds the ratios the targets
@@ -116,7 +117,7 @@ def bench_cdt_step(
     if implementation == "reference" and preset == "paper" and not cuda and not allow_paper_reference:
         raise InputError(
             "the per-sample reference at the paper preset takes ~100 s and ~24 GB per CPU training "
-            "step (REFERENCE.md section 1); bench it on a CUDA device or use --preset small"
+            "step (docs/papers.md#cdt-compute-cost); bench it on a CUDA device or use --preset small"
         )
     device = torch.device("cuda" if cuda else "cpu")
     allocator = apply_cpu_allocator(cpu_allocator, device)
@@ -350,8 +351,8 @@ def cdt_tables(r: dict[str, Any]) -> list[Table]:
     ]
 
 
-# pairs per unique enhancer: the paper's Gasperini set (5,601 pairs over ~5,303 DNA windows, REFERENCE 1b) and the
-# demo recipe's (1,060 pairs over 180 enhancers, like the at-scale screen with several genes per enhancer)
+# pairs per unique enhancer: the paper's Gasperini set (5,601 pairs over ~5,303 DNA windows, docs/papers.md#cdt-data)
+# and the demo recipe's (1,060 pairs over 180 enhancers, like the at-scale screen with several genes per enhancer)
 EVAL_SHAPES = {"gasperini-paper": 5601 / 5303, "demo": 1060 / 180}
 
 

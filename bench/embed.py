@@ -11,11 +11,11 @@
   inside the adapter's forward calls (and NVML's utilisation when `pynvml` imports). Meant for CUDA;
   it runs on CPU too, which is how the tests drive it with the tiny configuration.
 - `bench_enformer_full_cpu`: the full-size random Enformer through `run_embed` on CPU (~28 s per window
-  on 2 cores, REFERENCE.md section 2); behind `--full-enformer`.
+  on 2 cores, docs/papers.md#enformer-compute-cost); behind `--full-enformer`.
 - `bench_embed`: the section as `dogmacache bench` runs it; `embed_tables` what it prints, the GPU numbers
   against the targets below.
 
-TFLOP/s assume 3.26 TFLOP per full-size window forward (REFERENCE.md section 2, torch's flop counter);
+TFLOP/s assume 3.26 TFLOP per full-size window forward (docs/papers.md#enformer-compute-cost, torch's flop counter);
 the count is redone on the device where the flop counter runs, and reported beside it.
 """
 
@@ -50,9 +50,9 @@ from dogmacache.embed.runner import (
     run_embed,
 )
 
-ENFORMER_TFLOP_PER_WINDOW = 3.26  # full size, one 196,608 bp window, forward (REFERENCE.md section 2)
+ENFORMER_TFLOP_PER_WINDOW = 3.26  # full size, one 196,608 bp window, forward (docs/papers.md#enformer-compute-cost)
 FULL_WINDOW_BP = 196_608
-CPU_FULL_SECONDS_PER_WINDOW = (27.5, 29.6)  # REFERENCE.md section 2, 2 CPU cores, fp32
+CPU_FULL_SECONDS_PER_WINDOW = (27.5, 29.6)  # docs/papers.md#enformer-compute-cost, 2 CPU cores, fp32
 TARGET_BF16_OVER_FP32 = 2.0  # bf16 autocast throughput over fp32, full-size Enformer on a GPU
 TARGET_GPU_BUSY = 0.80  # fraction of the runner's wall time the GPU spends in forward passes
 TARGET_WINDOWS_PER_S = 100.0  # full-size windows per second on one H100
@@ -536,7 +536,7 @@ def embed_tables(r: dict[str, Any]) -> list[Table]:
                     [
                         "seconds per window (run_embed)",
                         full["seconds_per_window"],
-                        f"{lo}–{hi} s on 2 cores (REFERENCE §2)",
+                        f"{lo}–{hi} s on 2 cores (docs/papers.md#enformer-compute-cost)",
                     ],
                     ["seconds per window in forward", full["forward_seconds_per_window"], ""],
                     ["windows", full["windows"], ""],

@@ -5,7 +5,8 @@
   runner path (`bench.embed.bench_enformer_device`).
 - ESM-2 650M-sized random model (33 layers, 1,280 wide): proteins/s in fp32 and bf16 at a typical length.
 - CDT, paper preset: training steps/s fp32 and bf16 with the batch's DNA rows gathered from a DNA table held in
-  device memory, and the projected wall time of the paper's 50 epochs (575 steps each, REFERENCE 1b).
+  device memory, and the projected wall time of the paper's 50 epochs (575 steps each,
+  docs/papers.md#cdt-training-recipe).
 - The cache loader feeding the device: batches of 8 Enformer-shaped rows read from a cache and copied over.
 - The train stage end to end (`run_training`, one epoch, the CDT paper preset, bf16 on CUDA) on a synthetic
   task of paper shape (1,024 Enformer-shaped DNA rows, 2,360 genes, ~600 steps of 8 pairs): DNA rows streamed

@@ -1,6 +1,6 @@
 """Reading rows of a local, uncompressed `embeddings` array straight from its shard files.
 
-zarr's async pipeline costs ~7 ms per 5.5 MB item (REFERENCE.md, section 3), so training read a cache at
+zarr's async pipeline costs ~7 ms per 5.5 MB item (docs/formats.md#zarr-read-cost), so training read a cache at
 under half the speed of a memmap of the same bytes. A shard file is its inner chunks followed by an index;
 with one item per inner chunk, encoded as little-endian bytes then a crc32c, each item is one byte range:
 this reads each shard's index once (checking its crc32c), then reads every row with one `os.preadv` into

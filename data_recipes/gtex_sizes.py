@@ -30,7 +30,7 @@ NT_KMER = 6  # Nucleotide Transformer tokens are non-overlapping 6-mers, leftove
 class CacheSizeConfig:
     """The encoders whose cache sizes the recipe states (defaults: the models IsoFormer's best row uses)."""
 
-    dna_width: int = 3072  # Enformer trunk output width (REFERENCE: (896, 3072) per window)
+    dna_width: int = 3072  # Enformer trunk output width ((896, 3072) per window, docs/papers.md#enformer)
     rna_width: int = 1024  # Nucleotide Transformer 500M models (v1 and v2)
     rna_max_tokens: int = 2048  # NT v2: 2,048 tokens incl. <cls> (12 kb of 6-mers); NT v1 models: 1,000
     protein_width: int = 1280  # ESM-2 650M (esm2_t33_650M_UR50D)

@@ -1,4 +1,4 @@
-"""The CDT model: exact parameter counts (REFERENCE.md section 1), the fast model against the per-sample
+"""The CDT model: exact parameter counts (docs/papers.md#cdt-parameter-counts), the fast model against the per-sample
 reference on the same weights, forward without side effects, input errors, the summary command, the benchmark."""
 
 from __future__ import annotations

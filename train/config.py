@@ -6,7 +6,7 @@ A file is TOML or YAML:
     task = "cdt"        # a name in train.registry.TASKS
     [data]              # the task's inputs and batching: its `data_config` dataclass
     [model]             # the task's model sizes: its `model_config` dataclass
-    [train]             # the shared loop: TrainConfig (defaults = the CDT paper's recipe, REFERENCE section 1)
+    [train]             # the shared loop: TrainConfig (defaults: docs/papers.md#cdt-training-recipe)
     [output]            # OutputConfig
 
 `dogmacache train --config F --print-config` prints the resolved configuration, which is also written into

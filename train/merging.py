@@ -1,4 +1,4 @@
-"""CDBridge's splicing-inspired adaptive token merging (seeds/000; REFERENCE section 5), ToMe style: small pure
+"""CDBridge's splicing-inspired adaptive token merging (docs/papers.md#cdbridge-token-merging), ToMe style: small pure
 functions that compute a merge plan once and return `merge` / `unmerge` closures for any tensor.
 
 One round of bipartite matching: the N tokens of a sequence split into sets A and B (random during training,

@@ -157,7 +157,7 @@ TINY_ENFORMER = {
     "dim_divisible_by": 8,
     "target_length": 8,
     "output_heads": {"human": 4},
-}  # 74k parameters, ~2 kb windows (REFERENCE section 2's test config)
+}  # 74k parameters, ~2 kb windows (the test config of docs/papers.md#enformer)
 
 
 def write_tiny_enformer(directory: Path, seed: int = 0, gain: float = 1.0, **hparams: Any) -> Path:

@@ -1,4 +1,4 @@
-"""The Bio-DTA task (seeds/002, dynamic token adaptation): an adapter from a gene's DNA embedding (the Enformer
+"""The Bio-DTA task (docs/papers.md#bio-dta): an adapter from a gene's DNA embedding (the Enformer
 trunk over its TSS window) into the single-cell model's gene-token space, trained to give the gene's own token.
 
 Data: the `gene_tss` recipe's `genes.parquet` (id = gene symbol, split by gene), a per-position DNA cache of those

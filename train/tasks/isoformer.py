@@ -1,4 +1,4 @@
-"""The IsoFormer task (seeds/003; REFERENCE section 5): isoform expression across tissues from frozen DNA, RNA and
+"""The IsoFormer task (docs/papers.md#isoformer): isoform expression across tissues from frozen DNA, RNA and
 protein token caches. Only the aggregation module and the head train; the encoders ran once, in `embed`.
 
 Data, from `dogmacache recipe gtex`: `labels.parquet` (one row per transcript: `id`, `split`, one column per
@@ -8,11 +8,11 @@ per-position caches: DNA (N_dna, L, D_dna), RNA (N_rna, T_rna, D_rna) and protei
 and protein caches carry a `mask` (N, T) of real tokens (padding never attended). A pooled (N, D) cache is one
 token per item.
 
-Model (`IsoformerAggregator`), per REFERENCE 5: each modality projected to `d_model`; the query tokens are the
-DNA tokens; they cross-attend to the RNA tokens, then to the protein tokens, each step `q = q + MHA(q, kv)`
-(`out_proj` is the paper's Linear; residual, no norm, no feed-forward), 8 heads; a modality missing for a
-sample (no protein) adds nothing; masked mean over the query tokens; Linear -> one output per tissue; MSE.
-Ablations (`modalities`): the first present modality of dna, rna, protein gives the queries, the others are
+Model (`IsoformerAggregator`), per docs/papers.md#isoformer-aggregation: each modality projected to `d_model`;
+the query tokens are the DNA tokens; they cross-attend to the RNA tokens, then to the protein tokens, each step
+`q = q + MHA(q, kv)` (`out_proj` is the paper's Linear; residual, no norm, no feed-forward), 8 heads; a modality
+missing for a sample (no protein) adds nothing; masked mean over the query tokens; Linear -> one output per tissue;
+MSE. Ablations (`modalities`): the first present modality of dna, rna, protein gives the queries, the others are
 attended in that order, so "rna" alone is the RNA tokens mean-pooled into the head.
 
 Shapes: B transcripts, L / T tokens, D width, K tissues.

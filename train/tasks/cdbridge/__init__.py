@@ -1,4 +1,4 @@
-"""CDBridge's home (seeds/000; REFERENCE section 5): tissue-aware isoform expression from frozen DNA, protein
+"""CDBridge's home (docs/papers.md#cdbridge): tissue-aware isoform expression from frozen DNA, protein
 and tissue caches, through a protein-dictionary connector, splicing-inspired token merging (`train/merging.py`)
 and two decoders, trained in two stages on the shared loop.
 

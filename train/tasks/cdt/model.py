@@ -1,4 +1,4 @@
-"""The Central Dogma Transformer (CDT, seeds/001; exact sizes in REFERENCE.md section 1), batched and fast.
+"""The Central Dogma Transformer (CDT, Ota; exact sizes in docs/papers.md#cdt-architecture), batched and fast.
 
 Owns the model: per-modality projections, DNA/RNA/protein self-attention, DNA->RNA and RNA->protein
 cross-attention, the Virtual Cell Embedder (VCE) and the task head. Shapes (letters from `cdt_config`):

@@ -4,7 +4,7 @@ Owns nothing new: the same architecture and parameter names as `cdt.py` (so eith
 other with strict=True), written as the paper's authors' code runs it: a Python loop over samples, the RNA
 and protein branches recomputed for every sample, `nn.MultiheadAttention` with per-head weights materialised
 (need_weights=True, average_attn_weights=False) everywhere, VCE pooling through full key/value projections.
-Too slow for training at the paper's sizes (REFERENCE.md section 1: ~100 s and 24 GB per CPU step); use it
+Too slow for training at the paper's sizes (docs/papers.md#cdt-compute-cost: ~100 s and 24 GB per CPU step); use it
 in tests and benchmarks on the small presets.
 
 Shapes as in `cdt.py`: dna (B, L, D_dna), rna (G, D_rna), protein (G, D_prot), gene_index (B,) -> (B,).

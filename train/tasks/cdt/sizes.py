@@ -8,7 +8,7 @@ G genes (= proteins, aligned), D model width, H heads.
 
 | preset | what for | D | heads | G | L x D_dna | D_rna | D_prot | parameters |
 |---|---|---|---|---|---|---|---|---|
-| paper | the paper's model (seeds/001 7.6; REFERENCE.md 1) | 768 | 8 | 2360 | 896 x 3072 | 512 | 768 | 60,093,752 |
+| paper | the paper's model (docs/papers.md#cdt-architecture) | 768 | 8 | 2360 | 896 x 3072 | 512 | 768 | 60,093,752 |
 | small | CPU benchmarks: a reference step takes seconds | 128 | 8 | 400 | 224 x 768 | 128 | 192 | 1,728,400 |
 | tiny | tests and the demo: a training step takes milliseconds | 32 | 4 | 35 | 8 x 48 | 32 | 32 | 103,427 |
 """

@@ -10,7 +10,8 @@ import argparse
 
 from dogmacache.train.tasks.cdt.sizes import PRESETS
 
-# Module kinds in REFERENCE.md section 1's per-module counts: (kind, top-level modules of CentralDogmaTransformer)
+# Module kinds in the per-module counts of docs/papers.md#cdt-parameter-counts:
+# (kind, top-level modules of CentralDogmaTransformer)
 KINDS = (
     ("projections", ("dna_projection", "rna_projection", "protein_projection")),
     ("self-attention blocks", ("dna_self_attention", "rna_self_attention", "protein_self_attention")),
@@ -41,7 +42,7 @@ def module_parameter_counts(model) -> dict[str, int]:
 
 
 def kind_parameter_counts(model) -> dict[str, int]:
-    """Trainable parameters per kind of module (the groups of REFERENCE.md section 1)."""
+    """Trainable parameters per kind of module (the groups of docs/papers.md#cdt-parameter-counts)."""
     counts = module_parameter_counts(model)
     grouped = {kind: sum(counts[name] for name in names) for kind, names in KINDS}
     assert sum(grouped.values()) == sum(counts.values()), "a top-level module is missing from KINDS"
