@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
+from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
@@ -46,8 +47,8 @@ class Scanner:
     window_bp: int
 
     def window_start0(self, row: int) -> int:
-        """0-based first base of the window of table row `row` (Genome.window's convention)."""
-        return int(self.table["center"].iloc[row]) - 1 - self.window_bp // 2
+        """0-based first base of the window of table row `row` (`contracts.windows`, as the embed stage cuts it)."""
+        return window_start0(int(self.table["center"].iloc[row]), self.window_bp)
 
     def window_label(self, row: int) -> str:
         start0 = self.window_start0(row)
@@ -56,7 +57,7 @@ class Scanner:
     def affected(self, edits: Sequence[Edit]) -> list[int]:
         """Table rows whose window holds at least one of `edits`."""
         chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
-        starts = self.table["center"].to_numpy(np.int64) - 1 - self.window_bp // 2
+        starts = window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
         hit = np.zeros(len(self.table), dtype=bool)
         for edit in edits:
             hit |= (chroms == edit.chrom) & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
