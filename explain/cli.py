@@ -67,7 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="display only: sharpen attention in figures as softmax(log w / T) (the paper's Fig. 5A: 0.3); "
         "labelled on the figure, never applied to numbers",
     )
-    p.set_defaults(run=_explain)
+    p.set_defaults(run=_explain, interrupted=_interrupted)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    return (
+        f"{args.out} keeps the items explained so far (positions.tsv.gz, vce_genes.tsv.gz, tracks/items, "
+        "figures/items) but not items.tsv, the mean tracks or summary.json, which are written last; re-run the "
+        "same command to explain every item (it starts over)"
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -3,10 +3,10 @@ row comes from the DNA cache.
 
 `open_scanner` rebuilds the embed stage's adapter with the DNA cache's own recorded settings (model, options,
 precision, dtype, device) and refuses when the model files, the genome or a setting differ from the cache's
-manifest, or when the windows table is not the one the cache was embedded from: the edited and the cached rows
-are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits applied together)
-and returns, per variant and per window holding one of its edits, the adapted token of the reference row and of
-the edited window.
+manifest (`settings.py`), or when the windows table is not the one the cache was embedded from: the edited and
+the cached rows are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits
+applied together) and returns, per variant and per window holding one of its edits, the adapted token of the
+reference row and of the edited window.
 
 Shapes: V variants, W affected windows, L positions, D_dna / D_tok widths.
 """
@@ -27,9 +27,10 @@ from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
-from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, number_fingerprint, resolve
-from dogmacache.errors import InputError
+from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
+from dogmacache.errors import InputError, ModelError
 from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window
+from dogmacache.mutate.settings import check_same_settings, model_load_error
 from torch import nn
 
 
@@ -145,22 +146,14 @@ def open_scanner(
     from dogmacache.devices import pick_device
 
     torch_device = pick_device(config.device)
-    table, rows, adapter = load(config, torch_device)
+    try:
+        table, rows, adapter = load(config, torch_device)
+    except ModelError as err:
+        raise model_load_error(err, str(dna_model), dna.url) from None
     settings = resolve(config, adapter, torch_device)
     wanted = settings.manifest_config(adapter.info())
-    old, new = (
-        number_fingerprint(recorded, cls.options_class.flags),
-        number_fingerprint(wanted, cls.options_class.flags),
-    )
-    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-    if differ:
-        key = differ[0]
-        raise InputError(
-            f"{dna.url} was embedded with other settings: {key}: {old.get(key)!r} in the cache, "
-            f"{new.get(key)!r} now; pass the model folder, genome and --device the cache was embedded "
-            "with, or re-embed the cache"
-        )
-    genome_tag = f"{wanted['genome']['name']}:{wanted['genome']['sha256']}"
+    check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))
+    genome_tag = f"{recorded['genome']['name']}:{wanted['genome']['sha256']}"  # same digest: the cache's name
     if input_digest(table, "dna", genome_tag) != dna.manifest.input_digest:
         raise InputError(
             f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "
