@@ -1,10 +1,11 @@
 """The CDT task explained: items are labelled enhancer-gene pairs, the input is the enhancer's DNA window
 (L positions), the prediction is the head's output at the pair's gene.
 
-Owns what is CDT-specific: rebuilding the model and its inputs from a checkpoint (`CdtExplainer`), choosing
-items, streaming their DNA rows, the differentiable prediction of a DNA batch and the attention maps worth
-reporting (the DNA->RNA row of the target gene, and the VCE pooling weights). Another task (IsoFormer,
-CDBridge) explains by adding a module like this one and a line in `run.EXPLAINERS`.
+Owns what is CDT-specific: rebuilding the model from a checkpoint and its inputs through the CDT task's own
+`load()` on the checkpoint's run config (`CdtExplainer`, `load_data`), choosing items, streaming their DNA rows,
+the differentiable prediction of a DNA batch and the attention maps worth reporting (the DNA->RNA row of the
+target gene, and the VCE pooling weights). Another task (IsoFormer, CDBridge) explains by adding a module like
+this one and a line in `run.EXPLAINERS`.
 
 Item ids are `ENHANCER|GENE`; `--items ENHANCER` means every labelled gene of that enhancer.
 Shapes: B items in a batch, L positions, D DNA width, H heads (Hv in the VCE), G genes.
