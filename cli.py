@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         # Library code raises these with messages that name the value, the expectation and the fix.
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line on what is left (a command may say it: set_defaults(interrupted=))
+        kept = args.interrupted(args) if hasattr(args, "interrupted") else "re-run the same command to finish it"
+        print(f"dogmacache {args.command}: interrupted; {kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

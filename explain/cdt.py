@@ -1,10 +1,11 @@
 """The CDT task explained: items are labelled enhancer-gene pairs, the input is the enhancer's DNA window
 (L positions), the prediction is the head's output at the pair's gene.
 
-Owns what is CDT-specific: rebuilding the model and its inputs from a checkpoint (`CdtExplainer`), choosing
-items, streaming their DNA rows, the differentiable prediction of a DNA batch and the attention maps worth
-reporting (the DNA->RNA row of the target gene, and the VCE pooling weights). Another task (IsoFormer,
-CDBridge) explains by adding a module like this one and a line in `run.EXPLAINERS`.
+Owns what is CDT-specific: rebuilding the model from a checkpoint and its inputs through the CDT task's own
+`load()` on the checkpoint's run config (`CdtExplainer`, `load_data`), choosing items, streaming their DNA rows,
+the differentiable prediction of a DNA batch and the attention maps worth reporting (the DNA->RNA row of the
+target gene, and the VCE pooling weights). Another task (IsoFormer, CDBridge) explains by adding a module like
+this one and a line in `run.EXPLAINERS`.
 
 Item ids are `ENHANCER|GENE`; `--items ENHANCER` means every labelled gene of that enhancer.
 Shapes: B items in a batch, L positions, D DNA width, H heads (Hv in the VCE), G genes.
@@ -12,22 +13,32 @@ Shapes: B items in a batch, L positions, D DNA width, H heads (Hv in the VCE), G
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS, check_gene_alignment
+from dogmacache.contracts.tables import SPLITS
 from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coordinates
-from dogmacache.errors import InputError
+from dogmacache.errors import CacheError, InputError
 from dogmacache.explain.attribution import Predictor, head_mean, target_rows
-from dogmacache.explain.inputs import chrom_sizes, open_checked, run_config, window_geometry
+from dogmacache.explain.inputs import (
+    check_chromosomes,
+    check_fingerprints,
+    chrom_sizes,
+    dna_table_path,
+    run_config,
+    window_geometry,
+)
+from dogmacache.explain.shared import read_table
 from dogmacache.train.checkpoint import read as read_checkpoint
+from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import get_task
 from dogmacache.train.tasks.cdt.model import check_cdt_inputs
-from dogmacache.train.tasks.cdt.pairs import read_labels
 from torch import Tensor
 
 SEP = "|"  # between enhancer and gene in an item id
@@ -35,13 +46,28 @@ SEP = "|"  # between enhancer and gene in an item id
 
 @dataclass(frozen=True)
 class ExplainSources:
-    """Where the inputs come from; every path but the checkpoint is optional."""
+    """Where the inputs come from. The checkpoint's run config names the caches and labels; what no cache
+    manifest records (it names its input files by name and digest, never by path) is given here."""
 
     checkpoint: str
+    chrom_sizes: str | None = None  # chrom.sizes or .fai: required (bins are clipped at chromosome ends)
+    dna_table: str | None = None  # the recipe's dna_windows.parquet (default: the run config's [data] dna_table)
     config: str | None = None  # a train config (needed for imported weights)
-    windows: str | None = None  # the recipe's dna_windows table (default: [data] dna_table, else the cache's input)
     bin_bp: int | None = None  # bp per DNA bin when the cache does not record it
-    chrom_sizes: str | None = None  # chrom.sizes or .fai (default: the .fai of the cache's genome)
+
+
+def load_data(task: type, config: RunConfig, dna_table: str, checkpoint_path: str | Path) -> Any:
+    """The task's own `load()` (labels joined with the DNA cache, the gene tables, every check) on the run config,
+    with `dna_table` checked against the DNA cache's ids, no DNA preloaded (explain reads only the chosen items'
+    rows) and no DNA scaling recomputed (the checkpoint's own is applied)."""
+    data_config = dataclasses.replace(config.data, dna_table=dna_table, preload_bytes=0, standardize_dna=False)
+    try:
+        return task(dataclasses.replace(config, data=data_config)).load()
+    except (CacheError, FileNotFoundError, OSError) as err:
+        raise InputError(
+            f"{checkpoint_path}: its run config names an input which cannot be opened ({str(err).splitlines()[0]}); "
+            "re-create it, or pass --config naming where it is now"
+        ) from err
 
 
 class CdtExplainer:
@@ -55,66 +81,46 @@ class CdtExplainer:
         if checkpoint["task"] != self.task:
             raise InputError(f"{path} holds a {checkpoint['task']!r} model; CdtExplainer explains 'cdt' checkpoints")
         config = run_config(checkpoint, path, sources.config)
-        d = config.data
-        self.model = get_task(self.task).models[checkpoint["model_class"]](checkpoint["model_config"])
+        task = get_task(self.task)
+        if checkpoint["model_class"] not in task.models:
+            raise InputError(
+                f"{path}: model class {checkpoint['model_class']!r} is not one of task {task.name!r}'s "
+                f"{sorted(task.models)}; explain a checkpoint written by `dogmacache train`"
+            )
+        table = dna_table_path(sources.dna_table, config, config.data.dna_cache)
+        self.chrom_sizes = chrom_sizes(sources.chrom_sizes)
+        windows = read_table(
+            table,
+            ("id", "chrom", "center"),
+            recipe="gasperini",
+            what="DNA windows table",
+            expected="a dna_windows table has id, chrom, center, strand",
+        )
+        data = load_data(task, config, table, path)
+        check_fingerprints(checkpoint, path, data.fingerprints)
+        self.dna = data.dna
+        self.model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
         self.model.load_state_dict(checkpoint["model"])
         self.model.eval()
-        self.dna = open_checked(d.dna_cache, "dna", checkpoint, path)
-        rna = open_checked(d.rna_cache, "rna", checkpoint, path)
-        protein = open_checked(d.protein_cache, "protein", checkpoint, path)
-        self.genes = rna.ids.tolist()
-        check_gene_alignment(self.genes, protein.ids.tolist(), where=f"{rna.url} vs {protein.url}: ")
-        self.rna = torch.from_numpy(rna.read_rows(np.arange(len(rna)), dtype=np.float32))
-        self.protein = torch.from_numpy(protein.read_rows(np.arange(len(protein)), dtype=np.float32))
+        self.genes, self.rna, self.protein = data.genes, data.rna, data.protein
         check_cdt_inputs(self.model.config, torch.zeros(1, *self.dna.item_shape), self.rna, self.protein)
         scale = (checkpoint.get("extras") or {}).get("dna_scale")
-        if d.standardize_dna and scale is None:
+        if config.data.standardize_dna and scale is None:
             raise InputError(
                 f"{path}: the run config standardises DNA but the checkpoint holds no dna_scale; "
                 "explain it with the config it was trained with"
             )
         self.dna_mean = torch.tensor(scale["mean"], dtype=torch.float32) if scale else None
         self.dna_std = torch.tensor(scale["std"], dtype=torch.float32) if scale else None
-        self.pairs = self._pairs(d.labels, d.target)
-        self.windows = self._windows(sources.windows or d.dna_table or self.dna.manifest.config.get("input"))
+        pairs = pd.concat([data.splits[s] for s in SPLITS], ignore_index=True)
+        self.pairs = pairs.assign(item=pairs["enhancer"] + SEP + pairs["gene"])
+        self.windows = self._windows(windows, table)
+        check_chromosomes(self.chrom_sizes, set(self.windows["chrom"].astype(str)), sources.chrom_sizes, table)
         self.geometry: WindowGeometry = window_geometry(self.dna, sources.bin_bp)
-        self.chrom_sizes = chrom_sizes(self.dna, sources.chrom_sizes)
         self.checkpoint_path = str(path)
 
     # ---- inputs ------------------------------------------------------------------------------------
-    def _pairs(self, labels: str, target: str) -> pd.DataFrame:
-        table = read_labels(labels, target, LABEL_COLUMNS["cdt"])
-        genes = table["gene"].astype(str)
-        wrong = genes.to_numpy() != np.asarray(self.genes, dtype=object)[table["gene_index"].to_numpy(np.int64)]
-        if wrong.any():
-            row = table[wrong].iloc[0]
-            raise InputError(
-                f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but the RNA cache "
-                "names another gene there; the caches come from another gene list: re-embed the "
-                "recipe's genes/proteins tables"
-            )
-        enhancers = table["enhancer"].astype(str)
-        return pd.DataFrame(
-            {
-                "item": enhancers + SEP + genes,
-                "enhancer": enhancers,
-                "gene": genes,
-                "gene_index": table["gene_index"].to_numpy(np.int64),
-                "target": table["target"].to_numpy(np.float32),
-                "split": table["split"].astype(str),
-                "dna_row": self.dna.rows_of(enhancers),
-            }
-        )
-
-    def _windows(self, path: str | None) -> pd.DataFrame:
-        if not path or not Path(path).is_file():
-            raise InputError(
-                f"the DNA windows table {path!r} does not exist; pass --windows with the recipe's dna_windows.parquet"
-            )
-        table = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, sep="\t")
-        missing = [c for c in ("id", "chrom", "center") if c not in table.columns]
-        if missing:
-            raise InputError(f"{path} has no column {missing[0]!r}; a dna_windows table has id, chrom, center, strand")
+    def _windows(self, table: pd.DataFrame, path: str) -> pd.DataFrame:
         table = table.assign(id=table["id"].astype(str)).set_index("id")
         if "strand" not in table.columns:
             table = table.assign(strand="+")  # the contract's default (contracts/tables.py)
@@ -124,11 +130,11 @@ class CdtExplainer:
                 f"{path} has no window for {len(absent)} enhancer(s) of the labels (e.g. {absent[:3]}); "
                 "pass the dna_windows table the DNA cache was embedded from"
             )
-        return table
+        return table[table.index.isin(set(self.pairs["enhancer"]))]
 
     def coordinates(self, enhancer: str) -> BinCoordinates:
         row = self.windows.loc[enhancer]
-        size = None if self.chrom_sizes is None else self.chrom_sizes.get(str(row["chrom"]))
+        size = self.chrom_sizes[str(row["chrom"])]
         return bin_coordinates(str(row["chrom"]), int(row["center"]), str(row["strand"]), self.geometry, size)
 
     # ---- choosing items ----------------------------------------------------------------------------

@@ -39,19 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     p.add_argument(
-        "--config",
-        help="train config naming the caches: needed for imported weights, else it replaces "
-        "the checkpoint's (fingerprints are still checked)",
-    )
-    p.add_argument(
-        "--windows",
-        help="the recipe's dna_windows table (default: [data] dna_table, else the table "
-        "the DNA cache was embedded from)",
-    )
-    p.add_argument(
         "--chrom-sizes",
-        help="chrom.sizes or .fai for clipping at chromosome ends (default: the .fai of "
-        "the genome the DNA cache was embedded from)",
+        help="required: the genome's .fai or a UCSC chrom.sizes, to clip bins at chromosome ends and write bigWig "
+        "headers (a DNA cache records only its genome's name and digest)",
+    )
+    p.add_argument(
+        "--dna-table",
+        "--windows",
+        dest="dna_table",
+        help="the recipe's dna_windows.parquet the DNA cache was embedded from, for the bins' genomic coordinates "
+        "(default: the run config's [data] dna_table; required when that is empty)",
+    )
+    p.add_argument(
+        "--config",
+        help="train config naming the caches and labels: required for imported weights, else it replaces "
+        "the checkpoint's run config (fingerprints are still checked)",
     )
     p.add_argument("--bin-bp", type=int, help="bp per DNA bin when the cache does not record it (Enformer 128)")
     p.add_argument("--batch-size", type=int, default=8, help="items per forward/backward pass (default 8)")
@@ -65,7 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="display only: sharpen attention in figures as softmax(log w / T) (the paper's Fig. 5A: 0.3); "
         "labelled on the figure, never applied to numbers",
     )
-    p.set_defaults(run=_explain)
+    p.set_defaults(run=_explain, interrupted=_interrupted)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    return (
+        f"{args.out} keeps the items explained so far (positions.tsv.gz, vce_genes.tsv.gz, tracks/items, "
+        "figures/items) but not items.tsv, the mean tracks or summary.json, which are written last; re-run the "
+        "same command to explain every item (it starts over)"
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -79,10 +89,10 @@ def _explain(args: argparse.Namespace) -> int:
     config = ExplainConfig(
         sources=ExplainSources(
             checkpoint=args.checkpoint,
-            config=args.config,
-            windows=args.windows,
-            bin_bp=args.bin_bp,
             chrom_sizes=args.chrom_sizes,
+            dna_table=args.dna_table,
+            config=args.config,
+            bin_bp=args.bin_bp,
         ),
         out=args.out,
         items=items,

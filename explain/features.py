@@ -10,6 +10,7 @@ p-value reported is a guide, not a test to trust at face value.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 from pathlib import Path
 
@@ -35,30 +36,59 @@ def _alias(chrom: str) -> str:
     return chrom[3:] if chrom.startswith("chr") else f"chr{chrom}"
 
 
+def read_bed(path: Path) -> pd.DataFrame:
+    """The intervals (Chromosome, Start, End) of a BED file's first three columns (tab or space separated, plain or
+    gzipped); `#` comments, blank, `track` and `browser` lines skipped. A line without a non-negative integer
+    start and end, or with start > end, is one error naming the file, the line and the value."""
+    if not path.is_file():
+        raise InputError(f"--features {str(path)!r} does not exist; pass a BED file (chrom, start, end)")
+    with open(path, "rb") as head:
+        gzipped = head.read(2) == b"\x1f\x8b"
+    chroms, starts, ends = [], [], []
+    with gzip.open(path, "rt") if gzipped else open(path) as lines:
+        for n, line in enumerate(lines, 1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            fields = line.split(None, 3)
+            if len(fields) < 3:
+                raise InputError(
+                    f"{path} line {n}: {line.strip()[:60]!r} has {len(fields)} field(s); a BED line is "
+                    "chrom<TAB>start<TAB>end"
+                )
+            bounds = []
+            for column, text in ((2, fields[1]), (3, fields[2])):
+                if not text.isdigit():
+                    raise InputError(
+                        f"{path} line {n} column {column} ({('start', 'end')[column - 2]}): {text!r} is not a "
+                        "non-negative integer; a BED line is chrom<TAB>start<TAB>end, 0-based"
+                    )
+                bounds.append(int(text))
+            if bounds[0] > bounds[1]:
+                raise InputError(
+                    f"{path} line {n}: start {bounds[0]} is after end {bounds[1]}; a BED interval has start <= end "
+                    "(0-based, half-open): swap or fix them"
+                )
+            chroms.append(fields[0])
+            starts.append(bounds[0])
+            ends.append(bounds[1])
+    if not chroms:
+        raise InputError(f"{path} holds no intervals; pass a BED file with chrom, start, end")
+    return pd.DataFrame(
+        {
+            "Chromosome": chroms,
+            "Start": np.asarray(starts, dtype=np.int64),
+            "End": np.asarray(ends, dtype=np.int64),
+        }
+    )
+
+
 class FeatureSet:
     """The intervals of a BED file (first three columns), checked to use the windows' chromosome names."""
 
     def __init__(self, path: str | Path, window_chroms: set[str]):
-        pr = _pyranges()
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"--features {str(path)!r} does not exist; pass a BED file (chrom, start, end)")
-        try:
-            table = pd.read_csv(
-                path,
-                sep="\t",
-                header=None,
-                comment="#",
-                usecols=[0, 1, 2],
-                names=["Chromosome", "Start", "End"],
-                dtype={0: str},
-            )
-            table = table[~table["Chromosome"].str.startswith(("track", "browser"))]
-            table = table.astype({"Start": np.int64, "End": np.int64})
-        except (ValueError, pd.errors.ParserError) as err:
-            raise InputError(f"{path} is not a BED file with integer start and end in columns 2-3 ({err})") from err
-        if table.empty:
-            raise InputError(f"{path} holds no intervals; pass a BED file with chrom, start, end")
+        table = read_bed(path)
+        pr = _pyranges()
         bed_chroms = set(table["Chromosome"])
         if not bed_chroms & window_chroms:
             renamed = {_alias(c) for c in bed_chroms} & window_chroms

@@ -1,10 +1,16 @@
-"""What `explain` reads besides the model: the checkpoint's run config (or `--config` for imported weights),
-the caches it names, checked against the checkpoint's fingerprints, and the window geometry of the DNA cache.
+"""What `explain` reads besides the model: the checkpoint's run config (or `--config` for imported weights), the
+fingerprints of the caches the task loads from it, the window geometry of the DNA cache, and the two files a
+cache's manifest cannot stand in for: the windows table (`--dna-table`) and the chromosome lengths
+(`--chrom-sizes`).
 
 A checkpoint trained here carries its RunConfig and the fingerprints of every cache it read; explaining it
 against a cache whose numbers changed would attribute to inputs the model never saw, so that is refused.
 Weights imported with `train import-checkpoint` carry neither: `--config` names the caches, and nothing can be
 compared.
+
+A cache's manifest records the files it was embedded from by name and digest only, never by path (it is
+published with its cache: `embed.runner.EmbedSettings.manifest_config`): the genome FASTA and the windows table
+are not reachable from it, so their paths come from the run config (`[data] dna_table`) or the command line.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.windows import WindowGeometry
-from dogmacache.errors import DogmaError, InputError
+from dogmacache.errors import InputError
+from dogmacache.explain.shared import first_fingerprint_difference
 from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import config_from_dict, load_config
 
@@ -37,27 +44,32 @@ def run_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config_p
     return config_from_dict(checkpoint["config"], where=f"{checkpoint_path} (its run config)")
 
 
-def open_checked(url: str, name: str, checkpoint: dict[str, Any], checkpoint_path: str | Path) -> EmbeddingCache:
-    """Open the `name` cache at `url` and refuse it when its fingerprint differs from the checkpoint's."""
-    try:
-        cache = open_cache(url)
-    except (DogmaError, FileNotFoundError, OSError) as err:
+def check_fingerprints(checkpoint: dict[str, Any], checkpoint_path: str | Path, current: dict[str, Any]) -> None:
+    """Refuse caches whose fingerprint differs from the one the checkpoint recorded for the same role."""
+    recorded = checkpoint.get("fingerprints") or {}
+    if not recorded:
+        return  # imported weights: no fingerprint to compare
+    difference = first_fingerprint_difference(recorded, {name: current.get(name) or {} for name in recorded})
+    if difference is not None:
         raise InputError(
-            f"{checkpoint_path} reads its {name} cache from {url}, which cannot be opened "
-            f"({str(err).splitlines()[0]}); re-create it or pass --config naming where it is now"
-        ) from err
-    before = (checkpoint.get("fingerprints") or {}).get(name)
-    if not before:
-        return cache  # imported weights: no fingerprint to compare
-    now = cache.fingerprint()
-    for key in sorted(set(before) | set(now)):
-        if key != "url" and before.get(key) != now.get(key):
-            raise InputError(
-                f"{checkpoint_path} was trained on a {name} cache with {key} {before.get(key)!r} but "
-                f"{url} has {now.get(key)!r}; explain it on the caches it was trained on (re-embed "
-                "them, or pass --config naming them)"
-            )
-    return cache
+            f"{checkpoint_path} was trained on a {difference.name} cache with {difference.key} "
+            f"{difference.recorded!r} but {difference.url} has {difference.current!r}; explain it on the caches it "
+            "was trained on (re-embed them, or pass --config naming them)"
+        )
+
+
+def dna_table_path(given: str | None, config: RunConfig, dna: str) -> str:
+    """The windows table: `--dna-table`, else the run config's [data] dna_table; refused when neither names one."""
+    path = given or getattr(config.data, "dna_table", "")
+    if not path:
+        raise InputError(
+            f"explain needs the DNA windows table (id, chrom, center, strand) to place each bin of {dna} on the "
+            "genome, and the run config's [data] dna_table is empty (a cache records only its input's name and "
+            "digest); pass --dna-table with the recipe's dna_windows.parquet"
+        )
+    if not str(path).endswith(".parquet"):
+        raise InputError(f"--dna-table {path!r} is not a .parquet file; pass the recipe's dna_windows.parquet")
+    return str(path)
 
 
 def window_geometry(dna: EmbeddingCache, bin_bp: int | None) -> WindowGeometry:
@@ -80,15 +92,15 @@ def window_geometry(dna: EmbeddingCache, bin_bp: int | None) -> WindowGeometry:
     return geometry
 
 
-def chrom_sizes(dna: EmbeddingCache, path: str | None) -> dict[str, int] | None:
-    """Chromosome lengths from `--chrom-sizes` (UCSC chrom.sizes or a .fai), else the FASTA index of the genome the
-    DNA cache was embedded from, else None (then bins clip at position 0 only)."""
-    if path is None:
-        genome = dna.manifest.config.get("genome")
-        index = Path(f"{genome}.fai") if genome else None
-        if index is None or not index.is_file():
-            return None
-        path = str(index)
+def chrom_sizes(path: str | None) -> dict[str, int]:
+    """Chromosome lengths from `--chrom-sizes` (UCSC chrom.sizes or a FASTA .fai), which explain needs to clip
+    bins at chromosome ends and to write bigWig headers."""
+    if not path:
+        raise InputError(
+            "explain needs the chromosome lengths to clip bins at chromosome ends and write bigWig headers, and a "
+            "DNA cache records only the name and digest of its genome; pass --chrom-sizes with the genome's .fai "
+            "(samtools faidx) or a UCSC chrom.sizes"
+        )
     if not Path(path).is_file():
         raise InputError(f"--chrom-sizes {path!r} does not exist; pass a UCSC chrom.sizes file or a FASTA .fai")
     sizes = {}
@@ -98,3 +110,13 @@ def chrom_sizes(dna: EmbeddingCache, path: str | None) -> dict[str, int] | None:
             raise InputError(f"{path} line {n} is {line[:60]!r}, not `chrom<TAB>length`; pass a chrom.sizes or .fai")
         sizes[fields[0]] = int(fields[1])
     return sizes
+
+
+def check_chromosomes(sizes: dict[str, int], chroms: set[str], path: str, table: str) -> None:
+    """Every chromosome of the windows has a length, else its bins could not be clipped."""
+    missing = sorted(chroms - set(sizes))
+    if missing:
+        raise InputError(
+            f"--chrom-sizes {path} has no length for chromosome {missing[0]!r} of {table} ({len(missing)} "
+            f"missing; it names {sorted(sizes)[:4]}); pass the sizes of the genome the DNA cache was embedded from"
+        )

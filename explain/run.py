@@ -185,7 +185,6 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "checkpoint": explainer.checkpoint_path,
         "task": explainer.task,
         "geometry": {**asdict(geometry), "span_bp": geometry.span_bp},
-        "chrom_sizes_known": explainer.chrom_sizes is not None,
         "bigwig": bigwig,
         "config": asdict(config),
     }

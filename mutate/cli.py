@@ -31,7 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-n", type=int, default=50, help="moved genes reported per variant (default 50)")
     p.add_argument("--device", help="default: the device the DNA cache was embedded on")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(run=_mutate)
+    p.set_defaults(run=_mutate, interrupted=_interrupted)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    return (
+        f"the caches are only read; {args.out} may hold part of this run's tables but no new summary.json, "
+        "which is written last; re-run the same command"
+    )
 
 
 def _mutate(args: argparse.Namespace) -> int:

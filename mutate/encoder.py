@@ -13,17 +13,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from dogmacache.embed.adapters import ScGPTContextAdapter, ScgptContextOptions
 from dogmacache.errors import InputError
+from dogmacache.mutate.shared import read_table
 
 
 def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"profiles table {str(path)!r} does not exist; pass a table of id + one column per gene")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep="\t")
-    if "id" not in table.columns:
-        raise InputError(f"{path} has no id column; a profiles table is id + one numeric column per gene symbol")
+    table = read_table(
+        path,
+        ("id",),
+        recipe="gtex",
+        what="profiles table",
+        expected="a profiles table is id + one numeric column per gene symbol (tissue_profiles.parquet)",
+    )
     ids = table["id"].astype(str)
     if profile is None or profile not in set(ids):
         raise InputError(
@@ -31,6 +34,12 @@ def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:
             f"{' ...' if len(ids) > 5 else ''}); pass one with --profile"
         )
     return table[ids == profile].iloc[0].to_dict()
+
+
+def scaled_tokens(adapted: np.ndarray, raw_norm: np.ndarray, unit_cache: bool) -> torch.Tensor:
+    """Adapted tokens (W, D) as encoder inputs: scaled to the raw token's length when the cache is unit length."""
+    x = torch.from_numpy(adapted.astype(np.float32))
+    return F.normalize(x, dim=-1) * torch.from_numpy(raw_norm.astype(np.float32))[:, None] if unit_cache else x
 
 
 @torch.inference_mode()
@@ -48,8 +57,6 @@ def encode(model, genes: torch.Tensor, values: torch.Tensor, replace: dict[int, 
 
 def moved_genes(config, token_cache, shift: pd.DataFrame, tokens: dict[str, np.ndarray]) -> pd.DataFrame:
     """Top `config.top_n` genes by L2 shift of their output embedding, per variant (rank 1 = moved most)."""
-    from dogmacache.mutate.run import scaled_tokens
-
     context = ScGPTContextAdapter(config.scgpt_model, ScgptContextOptions(), torch.device("cpu"))
     recorded = token_cache.manifest.config.get("model_files") or {}
     differ = [n for n in recorded if context.checkpoint.files.get(n) != recorded[n]]

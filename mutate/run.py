@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from dogmacache.cache import open_cache
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
+from dogmacache.mutate.encoder import moved_genes
 from dogmacache.mutate.scan import Scanner, open_scanner
+from dogmacache.mutate.shared import first_fingerprint_difference
 from dogmacache.train.checkpoint import read
 from dogmacache.train.registry import load_model
 
@@ -64,14 +65,16 @@ def load_adapter(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return load_model(path), checkpoint
 
 
-def _check_trained_on(checkpoint: dict[str, Any], path: str, name: str, cache) -> None:
-    before, now = (checkpoint.get("fingerprints") or {}).get(name, {}), cache.fingerprint()
-    for key in ("model", "model_revision", "input_digest", "ids_digest", "shards_digest"):
-        if key in before and before[key] != now[key]:
-            raise InputError(
-                f"{path} was trained on a {name} cache with {key} {before[key]!r} but {cache.url} has "
-                f"{now[key]!r}; point the checkpoint's config at the cache it was trained on"
-            )
+def _check_trained_on(checkpoint: dict[str, Any], path: str, caches: dict[str, Any]) -> None:
+    """Refuse caches whose fingerprint differs from the one the checkpoint recorded for them."""
+    recorded = {name: f for name, f in (checkpoint.get("fingerprints") or {}).items() if name in caches}
+    difference = first_fingerprint_difference(recorded, {name: caches[name].fingerprint() for name in recorded})
+    if difference is not None:
+        raise InputError(
+            f"{path} was trained on a {difference.name} cache with {difference.key} {difference.recorded!r} but "
+            f"{difference.url} has {difference.current!r}; point the checkpoint's config at the cache it was "
+            "trained on"
+        )
 
 
 def collect_edits(config: MutateConfig, scanner: Scanner) -> list[Edit]:
@@ -99,8 +102,7 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     model, checkpoint = load_adapter(config.checkpoint)
     data = checkpoint["config"]["data"]
     dna, token_cache = open_cache(data["dna_cache"]), open_cache(data["token_cache"])
-    _check_trained_on(checkpoint, config.checkpoint, "dna", dna)
-    _check_trained_on(checkpoint, config.checkpoint, "token", token_cache)
+    _check_trained_on(checkpoint, config.checkpoint, {"dna": dna, "token": token_cache})
     scanner = open_scanner(dna, config.windows or data["labels"], config.genome, config.dna_model, model, config.device)
     token_ids = [str(i) for i in token_cache.ids]
     gene_row = _gene_row(scanner, config.gene, set(token_ids))
@@ -140,8 +142,6 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
     }
     if config.scgpt_model:
-        from dogmacache.mutate.encoder import moved_genes
-
         moved = moved_genes(config, token_cache, shift, tokens)
         moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
         summary["top_moved"] = moved[moved["variant"] == 0].head(10)[["gene", "l2_shift", "cosine"]].to_dict("records")
@@ -152,9 +152,3 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     summary["config"] = asdict(config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
-
-
-def scaled_tokens(adapted: np.ndarray, raw_norm: np.ndarray, unit_cache: bool) -> torch.Tensor:
-    """Adapted tokens (W, D) as encoder inputs: scaled to the raw token's length when the cache is unit length."""
-    x = torch.from_numpy(adapted.astype(np.float32))
-    return F.normalize(x, dim=-1) * torch.from_numpy(raw_norm.astype(np.float32))[:, None] if unit_cache else x

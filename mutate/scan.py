@@ -3,10 +3,10 @@ row comes from the DNA cache.
 
 `open_scanner` rebuilds the embed stage's adapter with the DNA cache's own recorded settings (model, options,
 precision, dtype, device) and refuses when the model files, the genome or a setting differ from the cache's
-manifest, or when the windows table is not the one the cache was embedded from: the edited and the cached rows
-are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits applied together)
-and returns, per variant and per window holding one of its edits, the adapted token of the reference row and of
-the edited window.
+manifest (`settings.py`), or when the windows table is not the one the cache was embedded from: the edited and
+the cached rows are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits
+applied together) and returns, per variant and per window holding one of its edits, the adapted token of the
+reference row and of the edited window.
 
 Shapes: V variants, W affected windows, L positions, D_dna / D_tok widths.
 """
@@ -23,12 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
+from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
-from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, number_fingerprint, resolve
-from dogmacache.errors import InputError
+from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
+from dogmacache.errors import InputError, ModelError
 from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window
+from dogmacache.mutate.settings import check_same_settings, model_load_error
 from torch import nn
 
 
@@ -46,8 +48,8 @@ class Scanner:
     window_bp: int
 
     def window_start0(self, row: int) -> int:
-        """0-based first base of the window of table row `row` (Genome.window's convention)."""
-        return int(self.table["center"].iloc[row]) - 1 - self.window_bp // 2
+        """0-based first base of the window of table row `row` (`contracts.windows`, as the embed stage cuts it)."""
+        return window_start0(int(self.table["center"].iloc[row]), self.window_bp)
 
     def window_label(self, row: int) -> str:
         start0 = self.window_start0(row)
@@ -56,7 +58,7 @@ class Scanner:
     def affected(self, edits: Sequence[Edit]) -> list[int]:
         """Table rows whose window holds at least one of `edits`."""
         chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
-        starts = self.table["center"].to_numpy(np.int64) - 1 - self.window_bp // 2
+        starts = window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
         hit = np.zeros(len(self.table), dtype=bool)
         for edit in edits:
             hit |= (chroms == edit.chrom) & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
@@ -144,22 +146,14 @@ def open_scanner(
     from dogmacache.devices import pick_device
 
     torch_device = pick_device(config.device)
-    table, rows, adapter = load(config, torch_device)
+    try:
+        table, rows, adapter = load(config, torch_device)
+    except ModelError as err:
+        raise model_load_error(err, str(dna_model), dna.url) from None
     settings = resolve(config, adapter, torch_device)
     wanted = settings.manifest_config(adapter.info())
-    old, new = (
-        number_fingerprint(recorded, cls.options_class.flags),
-        number_fingerprint(wanted, cls.options_class.flags),
-    )
-    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-    if differ:
-        key = differ[0]
-        raise InputError(
-            f"{dna.url} was embedded with other settings: {key}: {old.get(key)!r} in the cache, "
-            f"{new.get(key)!r} now; pass the model folder, genome and --device the cache was embedded "
-            "with, or re-embed the cache"
-        )
-    genome_tag = f"{wanted['genome']['name']}:{wanted['genome']['sha256']}"
+    check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))
+    genome_tag = f"{recorded['genome']['name']}:{wanted['genome']['sha256']}"  # same digest: the cache's name
     if input_digest(table, "dna", genome_tag) != dna.manifest.input_digest:
         raise InputError(
             f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "

@@ -263,3 +263,41 @@ def test_bed_with_other_chromosome_names_says_how_to_rename(tmp_path):
     with pytest.raises(InputError, match=r"names chromosomes like '1' but the windows use 'chr1'; rename them") as err:
         FeatureSet(bed, {"chr1", "chr2"})
     assert "\n" not in str(err.value)
+
+
+def test_bad_bed_lines_are_one_line_errors_naming_the_line(tmp_path):
+    import gzip
+
+    from dogmacache.explain.features import FeatureSet, read_bed
+
+    bed = tmp_path / "peaks.bed"
+    bed.write_text("# peaks\ntrack name=x\nchr1\t95\t96\tpeak\nchr1\t1010\t1000\tbackwards\n")
+    with pytest.raises(InputError, match=r"peaks.bed line 4: start 1010 is after end 1000") as err:
+        FeatureSet(bed, {"chr1"})
+    assert "\n" not in str(err.value)
+    bed.write_text("chr1\t95\t96\nchr1\t1,000\t1010\n")
+    with pytest.raises(InputError, match=r"peaks.bed line 2 column 2 \(start\): '1,000' is not a non-negative") as err:
+        read_bed(bed)
+    assert "\n" not in str(err.value)
+    bed.write_text("chr1\t95\t96\nchr1 100\n")
+    with pytest.raises(InputError, match=r"peaks.bed line 2: 'chr1 100' has 2 field\(s\)"):
+        read_bed(bed)
+    packed = tmp_path / "peaks.bed.gz"
+    packed.write_bytes(gzip.compress(b"chr1\t95\t96\tname with spaces\nchr2 0 5\n"))
+    table = read_bed(packed)
+    assert table.values.tolist() == [["chr1", 95, 96], ["chr2", 0, 5]]
+
+
+def test_ctrl_c_is_one_line_on_what_was_kept_and_exit_130(tmp_path, monkeypatch, capsys):
+    from dogmacache.cli import main
+    from dogmacache.explain import run
+
+    def interrupted(sources):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "explainer_for", interrupted)
+    out = tmp_path / "o"
+    assert main(["explain", "--checkpoint", "x.pt", "--split", "test", "--out", str(out)]) == 130
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"dogmacache explain: interrupted; {out} keeps the items explained so far")
+    assert "re-run the same command" in message and "\n" not in message

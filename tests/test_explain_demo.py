@@ -1,5 +1,6 @@
 """`dogmacache explain` on the demo's CDT checkpoint: the files it writes, and one-line errors for bad items,
-a k larger than the window, changed or missing caches, and imported weights without a config."""
+a k larger than the window, changed or missing caches, imported weights without a config, and the inputs no cache
+manifest can give (the chromosome sizes, a windows table)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from dogmacache.contracts.windows import window_start0
 from dogmacache.explain.tracks import read_bedgraph
 from dogmacache.train.config import to_toml
 from dogmacache.train.registry import config_from_dict
+
+
+def sizes(demo_run) -> list[str]:
+    return ["--chrom-sizes", str(demo_run / "recipe" / "genome.fa.fai")]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,7 @@ def explained(demo_run, tmp_path_factory):
         "1",
         "--out",
         str(out),
+        *sizes(demo_run),
     ]
     assert main(args) == 0
     return out
@@ -65,6 +71,8 @@ def test_explain_writes_tables_tracks_and_figures(explained, demo_run):
     window = windows.loc[row["item"].split("|")[0]]
     assert row["chrom"] == window["chrom"]
     assert row["start"] == max(0, window_start0(int(window["center"]), n_bins * 128) + row["bin"] * 128)
+    fai = pd.read_csv(demo_run / "recipe" / "genome.fa.fai", sep="\t", header=None, index_col=0)[1]
+    assert (topk["end"] <= topk["chrom"].map(fai)).all()  # bins end inside their chromosome
 
     mean = read_bedgraph(explained / "tracks" / "mean.attention.bedGraph")
     assert len(mean) >= n_bins and (mean["end"] > mean["start"]).all()
@@ -82,7 +90,7 @@ def _error(capsys, args) -> str:
 
 def test_explain_refuses_bad_items_and_k(demo_run, tmp_path, capsys):
     ckpt = str(demo_run / "train" / "cdt_best.pt")
-    base = ["explain", "--checkpoint", ckpt, "--out", str(tmp_path / "o")]
+    base = ["explain", "--checkpoint", ckpt, "--out", str(tmp_path / "o"), *sizes(demo_run)]
     assert "item 'nope|GENE' is not a labelled pair" in _error(capsys, [*base, "--top-k", "2", "--items", "nope|GENE"])
     assert "--top-k 99 is outside the" in _error(capsys, [*base, "--split", "test", "--top-k", "99"])
 
@@ -97,7 +105,7 @@ def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
         },
     }
     torch.save(changed, tmp_path / "changed.pt")
-    base = ["--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
+    base = ["--split", "test", "--top-k", "2", "--out", str(tmp_path / "o"), *sizes(demo_run)]
     message = _error(capsys, ["explain", "--checkpoint", str(tmp_path / "changed.pt"), *base])
     assert "was trained on a dna cache with shards_digest 'sha256:0'" in message
     config = {
@@ -120,6 +128,7 @@ def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
         "2",
         "--out",
         str(tmp_path / "o"),
+        *sizes(demo_run),
         "--items",
         pd.read_parquet(demo_run / "recipe" / "cdt" / "labels.parquet")["enhancer"].iloc[0],
     ]
@@ -143,3 +152,24 @@ def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     )
     items = pd.read_csv(tmp_path / "o" / "items.tsv", sep="\t")
     assert len(items) >= 1 and items["item"].str.startswith(args[-1] + "|").all()
+
+
+def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
+    ckpt = demo_run / "train" / "cdt_best.pt"
+    base = ["explain", "--checkpoint", str(ckpt), "--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
+    message = _error(capsys, base)
+    assert "explain needs the chromosome lengths to clip bins" in message and "pass --chrom-sizes" in message
+    checkpoint = torch.load(ckpt, weights_only=False)
+    config = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "dna_table": ""}}
+    torch.save({**checkpoint, "config": config}, tmp_path / "no_table.pt")
+    args = ["explain", "--checkpoint", str(tmp_path / "no_table.pt"), *base[3:], *sizes(demo_run)]
+    message = _error(capsys, args)
+    assert "[data] dna_table is empty" in message and "pass --dna-table" in message
+    sizes_file = tmp_path / "other.sizes"
+    sizes_file.write_text("chrOther\t1000\n")
+    message = _error(capsys, [*base, "--chrom-sizes", str(sizes_file)])
+    assert f"--chrom-sizes {sizes_file} has no length for chromosome" in message
+    table = demo_run / "recipe" / "cdt" / "dna_windows.parquet"
+    assert main([*args, "--dna-table", str(table), "--methods", "none", "--item-figures", "0"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["config"]["sources"]["dna_table"] == str(table)

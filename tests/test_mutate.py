@@ -3,6 +3,7 @@ and a whole run with a tiny Enformer cache, a tiny scGPT and a Bio-DTA adapter c
 an edit are re-embedded, an unedited window re-embeds to its cached row, and mismatched inputs are refused."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -196,3 +197,47 @@ def test_bench_counts_one_forward_per_edited_window():
     assert r["n_shift_rows"] == r["windows_reembedded"] >= 4  # every SNV lies in at least one window
     assert r["rows_reused"] <= 3 and r["edits_per_s"] > 0
     assert len(mutate_tables(r)[0]["rows"]) == 5
+
+
+def test_another_genome_or_a_broken_model_is_named_in_one_short_line(scene, tmp_path):
+    import shutil
+
+    root, models, genome = scene
+    seq = "".join(np.random.default_rng(1).choice(list("ACGT"), 6000))
+    other = tmp_path / "other.fa"
+    other.write_text(">chr1\n" + "\n".join(seq[i : i + 60] for i in range(0, 6000, 60)) + "\n>chr2\nACGTACGTAC\n")
+    with pytest.raises(InputError) as err:
+        run_mutate(_config(root, models, other, edits=("chr1:1400-1401",)))
+    message = str(err.value)
+    assert re.search(r"dna.zarr was embedded from another genome: genome.fa \(sha256:\w+\) in the cache, ", message)
+    assert re.search(rf"--genome {re.escape(str(other))} is other.fa \(sha256:\w+\); pass the FASTA", message)
+    assert "None" not in message and "\n" not in message
+    renamed = tmp_path / "renamed.fa"  # the same FASTA under another name embeds the same numbers
+    shutil.copy(genome, renamed)
+    summary = run_mutate(_config(root, models, renamed, edits=("chr1:1400-1420",), scgpt_model=None))
+    assert summary["windows_reembedded"] >= 1
+    broken = tmp_path / "broken-enformer"  # weights of a 1-layer model under a 2-layer config
+    shutil.copytree(models["enformer"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))
+    with pytest.raises(InputError) as err:
+        run_mutate(_config(root, models, genome, dna_model=str(broken), edits=("chr1:1400-1401",)))
+    message = str(err.value)
+    assert re.search(r"^--dna-model .*broken-enformer: .*pytorch_model.bin does not match the Enformer", message)
+    assert re.search(r": \d+ missing \(e\.g\. transformer\.1\.[\w.]+, [\w.]+, [\w.]+\); pass the DNA model", message)
+    assert len(message) < 600 and "\n" not in message
+
+
+def test_ctrl_c_is_one_line_on_what_was_kept_and_exit_130(tmp_path, monkeypatch, capsys):
+    from dogmacache.cli import main
+    from dogmacache.mutate import run
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_mutate", interrupted)
+    args = ["mutate", "--checkpoint", "b.pt", "--genome", "g.fa", "--dna-model", "m", "--gene", "AAA"]
+    assert main([*args, "--edit", "chr1:5-6", "--out", str(tmp_path / "o")]) == 130
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("dogmacache mutate: interrupted; the caches are only read")
+    assert "re-run the same command" in message and "\n" not in message

@@ -1,0 +1,86 @@
+"""Is the DNA model, genome and device given to `mutate` what its DNA cache was embedded with? One-line answers.
+
+The embed stage records in a cache's manifest every setting that decides its numbers (`embed.runner.
+number_fingerprint`: model files by digest, the genome by name and digest, device, precision, options). mutate
+re-embeds edited windows and compares them with cached rows, so every one of those must agree. Here the genome
+counts by its digest alone (a renamed copy of the same FASTA embeds the same numbers), and a refusal names the
+setting, its value in the cache and now, and the flag that fixes it.
+
+A model folder whose weights do not fit its own config makes torch list every key; `model_load_error` keeps the
+counts of missing, unexpected and misshapen keys and the first few names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dogmacache.embed.runner import number_fingerprint
+from dogmacache.errors import InputError, ModelError
+
+SHOWN = 3  # key names shown per kind of mismatch
+
+
+def _settings(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
+    found = number_fingerprint({**config, "genome": None}, flags)
+    found["genome"] = (config.get("genome") or {}).get("sha256")
+    return found
+
+
+def _value(value: Any) -> str:
+    return "none" if value is None else repr(value)
+
+
+def check_same_settings(
+    url: str, recorded: dict[str, Any], wanted: dict[str, Any], flags: dict[str, dict], genome: str, dna_model: str
+) -> None:
+    """InputError naming the first setting that differs between the cache's manifest (`recorded`) and this run's
+    (`wanted`), both values, and how to fix it."""
+    old, new = _settings(recorded, flags), _settings(wanted, flags)
+    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if not differ:
+        return
+    key = differ[0]
+    more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+    if key == "genome":
+        was, now = recorded.get("genome") or {}, wanted.get("genome") or {}
+        raise InputError(
+            f"{url} was embedded from another genome: {was.get('name')} ({was.get('sha256')}) in the cache, "
+            f"--genome {genome} is {now.get('name')} ({now.get('sha256')}){more}; pass the FASTA the cache was "
+            "embedded from, or re-embed the cache from this one"
+        )
+    fix = {"device": "pass the --device the cache was embedded on"}.get(
+        key,
+        f"pass the --dna-model folder the cache was embedded with (not {dna_model})"
+        if key.startswith("model file")
+        else "pass the --dna-model, --genome and --device the cache was embedded with",
+    )
+    raise InputError(
+        f"{url} was embedded with other settings: {key}: {_value(old.get(key))} in the cache, "
+        f"{_value(new.get(key))} now{more}; {fix}, or re-embed the cache"
+    )
+
+
+def model_load_error(err: ModelError, dna_model: str, url: str) -> InputError | ModelError:
+    """A ModelError whose message carries torch's list of state-dict keys, summarised to one short line naming
+    the counts and first names of missing, unexpected and misshapen keys; any other ModelError as it is."""
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        return err
+    kinds: dict[str, list[str]] = {"missing": [], "unexpected": [], "of another shape": []}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Missing key(s)"):
+            kinds["missing"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("Unexpected key(s)"):
+            kinds["unexpected"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("size mismatch for "):
+            kinds["of another shape"].append(line[len("size mismatch for ") :].split(":")[0])
+    counts = "; ".join(
+        f"{len(names)} {kind} (e.g. {', '.join(names[:SHOWN])})" for kind, names in kinds.items() if names
+    )
+    head = text.split(": Error(s) in loading state_dict")[0]
+    return InputError(
+        f"--dna-model {dna_model}: {head}: {counts or 'its keys differ'}; pass the DNA model folder {url} was "
+        "embedded with (its config.json and weights together)"
+    )
