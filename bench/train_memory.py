@@ -104,7 +104,7 @@ def synthetic_cdt_config(
         data=dataclasses.replace(base.data, **paths, preload_bytes=0, **(data or {})),
         model=dataclasses.replace(base.model, preset=preset),
         train=dataclasses.replace(base.train, **{"epochs": 1, "batch_size": 8, "baselines": False, **train}),
-        output=OutputConfig(dir=str(out_dir), resume=False),
+        output=OutputConfig(dir=str(out_dir), resume=False, overwrite=True),
     )
 
 

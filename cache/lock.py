@@ -32,6 +32,11 @@ def _holder(file: Path) -> tuple[str, str]:
         return "?", ""
 
 
+def lock_holder(path: Path) -> str:
+    """The pid written in the lock beside `path` ("?" when none can be read)."""
+    return _holder(lock_file(Path(path).absolute()))[0]
+
+
 def _refusal(cache: Path, file: Path, pid: str) -> CacheError:
     return CacheError(
         f"{cache} is being written by process {pid} (lock {file}); wait for it to finish or stop it, "

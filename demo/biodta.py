@@ -84,7 +84,7 @@ def biodta_config(
             seed=seed,
             num_workers=0,
         ),
-        output=OutputConfig(dir=str(out / "train_biodta"), resume=False),
+        output=OutputConfig(dir=str(out / "train_biodta"), resume=False, overwrite=True),
     )
 
 

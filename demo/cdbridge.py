@@ -82,7 +82,7 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
             seed=seed,
             num_workers=0,
         ),
-        output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False),
+        output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False, overwrite=True),
     )
 
 

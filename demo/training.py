@@ -37,7 +37,7 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
             seed=seed,
             num_workers=0,
         ),
-        output=OutputConfig(dir=str(out / "train"), resume=False),
+        output=OutputConfig(dir=str(out / "train"), resume=False, overwrite=True),
     )
 
 
@@ -84,7 +84,7 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
             seed=seed,
             num_workers=0,
         ),
-        output=OutputConfig(dir=str(out / "train_isoformer"), resume=False),
+        output=OutputConfig(dir=str(out / "train_isoformer"), resume=False, overwrite=True),
     )
 
 

@@ -26,10 +26,35 @@ FORMAT = "dogmacache-checkpoint-1"
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a kill mid-save leaves the previous checkpoint intact."""
+    """Write atomically: a kill mid-save leaves the previous checkpoint intact. A full or read-only disk is one
+    line saying what is kept; the partial temporary file is removed, so it holds no space."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError (inline_container.cc)
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, RuntimeError) and "inline_container" not in str(err) and "write" not in str(err).lower():
+            raise
+        kept = f"{path} (the previous one) is kept" if path.exists() else "no checkpoint of this model was kept"
+        raise InputError(
+            f"could not write {path}: {disk_reason(err)}; {kept}; free space or fix permissions, then re-run "
+            "the same command to resume from the last saved epoch"
+        ) from None
+
+
+def disk_reason(err: BaseException) -> str:
+    """What went wrong on the disk, in words."""
+    import errno
+
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or "enforce fail" in str(err) or "No space" in str(err):
+        return "the disk is full"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -65,7 +90,10 @@ def rebuild(checkpoint: dict[str, Any], models: dict[str, Any], path: str | Path
 
 def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], fingerprints: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another run: the first differing config key or cache fingerprint."""
-    fix = f"set --set output.resume=false to start over in {path.parent}, or choose another [output] dir"
+    fix = (
+        f"set --set output.resume=false --set output.overwrite=true to start over in {path.parent}, "
+        "or choose another [output] dir"
+    )
     changed = changed_keys(checkpoint.get("config") or {}, config)
     if changed:
         key = changed[0]

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--example-config", action="store_true", help="print every key with its default and exit")
     p.add_argument("--task", default="cdt", help="with --example-config: which task's keys (default cdt)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=_train)
+    p.set_defaults(run=_train, interrupted=_interrupted)
     sub = p.add_subparsers(dest="train_command", metavar="ACTION")
     imp = sub.add_parser(
         "import-checkpoint",
@@ -74,6 +74,23 @@ def _train(args: argparse.Namespace) -> int:
 
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What a Ctrl-C during training keeps: every finished epoch's checkpoint (`<model>_last.pt`)."""
+    where = "the run's [output] dir"
+    if args.config:
+        try:
+            from dogmacache.train.config import parse_overrides
+            from dogmacache.train.registry import load_config
+
+            where = load_config(args.config, parse_overrides(args.set)).output.dir
+        except Exception:  # the message must not fail: the config was read once already
+            pass
+    return (
+        f"each model's last finished epoch is kept in {where} (<model>_last.pt); re-run the same command "
+        "(output.resume = true) to continue from it"
+    )
 
 
 def _import(args: argparse.Namespace) -> int:

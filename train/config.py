@@ -82,11 +82,12 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs/cdt"  # checkpoints, metrics.json, log.csv, figures
     resume: bool = True  # continue from dir/<model>_last.pt when it exists (refused if the run differs)
+    overwrite: bool = False  # with resume = false: replace another run's outputs in dir (refused otherwise)
 
 
 # Keys that may change between a run and its resume: they change neither the numbers nor what is trained.
 # (`train.epochs` may grow, to continue a finished run for more epochs.)
-RESUME_FREE = ("output.dir", "output.resume", "train.num_workers", "train.epochs")
+RESUME_FREE = ("output.dir", "output.resume", "output.overwrite", "train.num_workers", "train.epochs")
 
 
 @dataclass(frozen=True)

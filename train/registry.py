@@ -13,7 +13,15 @@ from typing import Any
 
 from dogmacache.errors import InputError
 from dogmacache.train import checkpoint
-from dogmacache.train.config import DEFAULT_TASK, RunConfig, read_config_file, to_toml
+from dogmacache.train.config import (
+    DEFAULT_TASK,
+    OutputConfig,
+    RunConfig,
+    TrainConfig,
+    build_section,
+    read_config_file,
+    to_toml,
+)
 from dogmacache.train.task import Task
 from dogmacache.train.tasks.biodta import BiodtaTask
 from dogmacache.train.tasks.cdbridge.task import CdbridgeTask
@@ -43,8 +51,23 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read, override (`--set`) and check a TOML or YAML configuration file."""
+    """Read, override (`--set`) and check a TOML or YAML configuration file; a bad `--set` is named as such."""
+    raw = read_config_file(path)
+    task = get_task((overrides or {}).get("task", raw.get("task", DEFAULT_TASK)))
+    for dotted, value in (overrides or {}).items():
+        if dotted != "task":
+            check_override(task, dotted, value)
     return config_from_dict(read_config_file(path, overrides), where=str(path))
+
+
+def check_override(task: type[Task], dotted: str, value: Any) -> None:
+    """One `--set SECTION.KEY=VALUE` checked on its own: a known section and key, a value of the key's type and
+    range; otherwise one line that names the --set item rather than the file."""
+    section, key = dotted.split(".", 1)
+    classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig, "output": OutputConfig}
+    if section not in classes:
+        raise InputError(f"--set {dotted}={value!r}: no section [{section}]; sections are {', '.join(classes)}")
+    build_section(classes[section], {key: value}, section, where=f"--set {dotted}")
 
 
 def default_config(task_name: str = DEFAULT_TASK) -> RunConfig:

@@ -9,15 +9,19 @@ prerequisite runs (CDBridge's stage 1) train first, into their own folder under 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from dogmacache.cache.lock import WriterLock, lock_file, lock_holder
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import apply_cpu_allocator, pick_device
+from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
+from dogmacache.train.checkpoint import disk_reason
 from dogmacache.train.config import RunConfig
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import get_task
@@ -72,7 +76,48 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     rank, _ = world()
     apply_cpu_allocator(config.train.cpu_allocator, pick_device(config.train.device))  # once per process
     out = Path(config.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = claim_output(out, config) if rank == 0 else None
+    try:
+        return _run(config, out, rank, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_output(out: Path, config: RunConfig) -> WriterLock:
+    """Before any data loads: the output folder exists and is writable, no other training holds it (a lock
+    beside it, naming the holder's pid), and a fresh start (resume = false) does not silently replace another
+    run's outputs."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(
+            f"[output] dir {str(out)!r} is not writable ({disk_reason(err)}); choose another folder with "
+            "--set output.dir=PATH"
+        ) from None
+    try:
+        lock = WriterLock.acquire(out)
+    except CacheError:
+        raise InputError(
+            f"{out} is being trained into by process {lock_holder(out)} (lock {lock_file(out.absolute())}); wait "
+            "for it or stop it, or choose another [output] dir"
+        ) from None
+    earlier = sorted(p.name for p in out.glob("*_last.pt")) + (
+        ["metrics.json"] if (out / "metrics.json").exists() else []
+    )
+    if not config.output.resume and not config.output.overwrite and earlier:
+        lock.release()
+        raise InputError(
+            f"{out} holds another run ({', '.join(earlier[:3])}{' ...' if len(earlier) > 3 else ''}) and "
+            "output.resume is false; --set output.overwrite=true replaces it, or choose another [output] dir"
+        )
+    return lock
+
+
+def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, Any]:
     task = get_task(config.task)(config)
     data = task.load()
 
@@ -98,7 +143,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     }
     if rank == 0:
         summary.update(task.summary(results, data))
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "metrics.json", summary)
         plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(
             task.observed(data, "test"),
@@ -109,6 +154,26 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         task.figures(results, data, out)
         print_table(summary, task.metric)
     return summary
+
+
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float as None, so the JSON is strict (any reader opens it)."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> None:
+    """metrics.json as strict JSON: a metric that is not defined (one class absent, a constant prediction, no
+    such tissue) is null, and `null_means` says so in the file."""
+    payload = {**strict(summary), "null_means": "not defined for this model and split (e.g. constant predictions)"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    os.replace(tmp, path)
 
 
 def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:

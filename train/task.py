@@ -67,6 +67,23 @@ def read_table(
     return table
 
 
+def open_task_cache(url: str, key: str, modalities: tuple[str, ...], per_position: bool, fix: str = "") -> Any:
+    """Open the cache [data] `key` names and check what it holds against what the task reads: its manifest's
+    modality (one of `modalities`) and per-position (L, D) or pooled (D,) items; otherwise one line naming the
+    cache, what it holds, what the key needs and how to make one (`fix`)."""
+    from dogmacache.cache import open_cache
+
+    cache = open_cache(url)
+    shape = tuple(cache.item_shape)
+    wanted = f"{'/'.join(modalities)} embeddings, {'per position (L, D)' if per_position else 'pooled (D,)'}"
+    if cache.manifest.modality not in modalities or (len(shape) == 2) != per_position or len(shape) not in (1, 2):
+        raise InputError(
+            f"{cache.url} holds {cache.manifest.modality} embeddings of shape {shape} ({cache.manifest.model}); "
+            f"[data] {key} needs {wanted}{'; ' + fix if fix else ''}"
+        )
+    return cache
+
+
 def feature_scale(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (mean, std) over every row of `blocks` (arrays (..., D), taken one at a time so a large cache
     never sits in RAM), summed in float64, returned as float32 with std at least 1e-6."""

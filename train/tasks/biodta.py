@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
@@ -35,6 +35,7 @@ from dogmacache.train.task import (
     FixedBaseline,
     Task,
     TaskData,
+    open_task_cache,
     read_table,
 )
 from torch import Tensor, nn
@@ -111,17 +112,10 @@ def _read_labels(path: Path) -> pd.DataFrame:
 def load_biodta(config: Any) -> BiodtaData:
     d = config.data
     table = _read_labels(Path(d.labels))
-    dna, token_cache = open_cache(d.dna_cache), open_cache(d.token_cache)
-    if len(dna.item_shape) != 2:
-        raise InputError(
-            f"{dna.url} holds items of shape {dna.item_shape}; [data] dna_cache needs per-position "
-            "(L, D) DNA embeddings (embed without pooling)"
-        )
-    if len(token_cache.item_shape) != 1:
-        raise InputError(
-            f"{token_cache.url} holds items of shape {token_cache.item_shape}; [data] token_cache needs "
-            "one (D,) token per gene (embed --model scgpt --modality gene)"
-        )
+    dna = open_task_cache(d.dna_cache, "dna_cache", ("dna",), True, "embed the recipe's TSS windows, no pooling")
+    token_cache = open_task_cache(
+        d.token_cache, "token_cache", ("gene",), False, "one token per gene: embed --model scgpt --modality gene"
+    )
     token_ids = [str(i) for i in token_cache.ids]
     tokens = token_cache.read_rows(np.arange(len(token_cache)), dtype=np.float32)  # (V, D_tok)
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.tables import SPLITS
 from dogmacache.errors import InputError
-from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, read_table
+from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, open_task_cache, read_table
 from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
 from torch import Tensor
 
@@ -53,24 +53,28 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     info = read_table(
         d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex", what="tissues table"
     )
-    held_out = set(info.loc[info["held_out"].astype(bool), "tissue"]) | set(d.holdout_tissues)
+    recipe_held = [str(t) for t in info.loc[info["held_out"].astype(bool), "tissue"]]
+    absent = [t for t in recipe_held if t not in available]
+    if absent:
+        raise InputError(
+            f"held-out tissue {absent[0]!r} of {d.tissues_table or 'tissues.parquet'} has no column in {d.labels} "
+            f"(its tissues: {', '.join(available)}); use the tissues table of the same recipe run"
+        )
+    held_out = set(recipe_held) | set(d.holdout_tissues)
     for t in d.holdout_tissues:
         if t not in tissues:
             raise InputError(f"[data] holdout_tissues names {t!r}, which is not a modelled tissue; pick from {tissues}")
     if held_out >= set(tissues):
         raise InputError(f"every tissue of {tissues} is held out; keep at least one tissue for training")
 
-    dna = open_cache(d.dna_cache)
-    if len(dna.item_shape) != 2:
-        raise InputError(f"{dna.url} holds pooled items {dna.item_shape}; CDBridge needs a per-position DNA cache")
+    dna = open_task_cache(d.dna_cache, "dna_cache", ("dna",), True, "embed the recipe's TSS windows, no pooling")
     n_bins = dna.item_shape[0]
-    protein_cache, tissue_cache = open_cache(d.protein_cache), open_cache(d.tissue_cache)
-    for cache, name in ((protein_cache, "protein_cache"), (tissue_cache, "tissue_cache")):
-        if len(cache.item_shape) != 1:
-            raise InputError(
-                f"{cache.url} holds per-token items {cache.item_shape}; [data] {name} needs a pooled "
-                "cache (embed with --pooling mean)"
-            )
+    protein_cache = open_task_cache(
+        d.protein_cache, "protein_cache", ("protein",), False, "embed the recipe's proteins with --pooling mean"
+    )
+    tissue_cache = open_task_cache(
+        d.tissue_cache, "tissue_cache", ("context",), False, "embed tissue_profiles.parquet with scgpt context"
+    )
     missing = [t for t in tissues if t not in set(tissue_cache.ids)]
     if missing:
         raise InputError(

@@ -30,12 +30,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.provenance import digest_strings
 from dogmacache.contracts.tables import LABEL_COLUMNS, SPLITS
 from dogmacache.errors import InputError
 from dogmacache.train.config import required
-from dogmacache.train.task import Chunk, TaskData, feature_scale, read_table
+from dogmacache.train.task import Chunk, TaskData, feature_scale, open_task_cache, read_table
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -165,13 +165,7 @@ def _plain(value: Any) -> Any:
 
 
 def open_dna(config: PairDataConfig) -> EmbeddingCache:
-    dna = open_cache(config.dna_cache)
-    if dna.manifest.modality != "dna":
-        raise InputError(f"{dna.url} holds {dna.manifest.modality} embeddings; [data] dna_cache needs a dna cache")
-    if len(dna.item_shape) != 2:
-        raise InputError(
-            f"{dna.url} holds pooled DNA {dna.item_shape}; this task attends over positions: embed with pooling none"
-        )
+    dna = open_task_cache(config.dna_cache, "dna_cache", ("dna",), True, "embed the recipe's windows, no pooling")
     if config.dna_table:
         ids = pd.read_parquet(config.dna_table)["id"].astype(str).tolist()
         if digest_strings(ids) != dna.manifest.ids_digest:
