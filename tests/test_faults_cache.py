@@ -1,0 +1,87 @@
+"""Faults around caches that a user meets: no network or token for the Hub, a corrupted shard under
+`cache verify`, and an import refused half-way. Each is one line saying what to do, and leaves nothing behind."""
+
+import huggingface_hub
+import numpy as np
+import pytest
+import requests
+from conftest import write_cache
+from dogmacache.cli import main
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    RepositoryNotFoundError,
+)
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every call that would reach the Hub, recorded instead of sent."""
+    calls = []
+    for name in ("create_repo", "upload_large_folder", "upload_file"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, lambda self, *a, _n=name, **kw: calls.append(_n))
+    return calls
+
+
+@pytest.fixture
+def cache_dir(tmp_path, rng):
+    write_cache(tmp_path / "caches" / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
+    return tmp_path / "caches"
+
+
+def test_publish_without_a_token_says_how_to_log_in_before_any_upload(cache_dir, sent, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(cache_dir / "no-token"))
+    assert main(["cache", "publish", str(cache_dir), "--repo", "lab/x"]) == 2
+    err = _one_line(capsys)
+    assert "lab/x" in err and "huggingface-cli login" in err and "HF_TOKEN" in err
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (requests.ConnectionError("Max retries exceeded with url: /api/repos/create\n" * 20), "resumes"),
+        (LocalTokenNotFoundError("Token is required (`token=True`), but no token found."), "huggingface-cli login"),
+        (HfHubHTTPError("403 Forbidden: You don't have the rights\nfor url: x", response=None), "lab/x"),
+    ],
+)
+def test_publish_with_no_network_is_one_line_naming_the_repo(cache_dir, monkeypatch, capsys, raised, expected):
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+
+    def fail(self, *args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fail)
+    assert main(["cache", "publish", str(cache_dir), "--repo", "lab/x"]) == 2
+    err = _one_line(capsys)
+    assert "dataset repo lab/x" in err and expected in err
+
+
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (RepositoryNotFoundError("404 Client Error.\n\nRepository Not Found for url: x", response=None), "spelling"),
+        (LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub"), "network"),
+        (requests.ConnectionError("Max retries exceeded\n" * 20), "network"),
+        (HfHubHTTPError("500 Server Error\n\nInternal Error", response=None), "token for a private repo"),
+    ],
+)
+def test_pull_failure_names_the_repo_and_what_to_check(tmp_path, monkeypatch, capsys, raised, expected):
+    def fail(**kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "d")]) == 2
+    err = _one_line(capsys)
+    assert "dataset repo lab/x" in err and expected in err
+    if isinstance(raised, RepositoryNotFoundError):
+        assert "private" in err and "huggingface-cli login" in err
