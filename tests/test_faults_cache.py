@@ -1,11 +1,15 @@
 """Faults around caches that a user meets: no network or token for the Hub, a corrupted shard under
 `cache verify`, and an import refused half-way. Each is one line saying what to do, and leaves nothing behind."""
 
+import subprocess
+import sys
+
 import huggingface_hub
 import numpy as np
 import pytest
 import requests
 from conftest import write_cache
+from dogmacache.cache import verify_cache
 from dogmacache.cli import main
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -85,3 +89,42 @@ def test_pull_failure_names_the_repo_and_what_to_check(tmp_path, monkeypatch, ca
     assert "dataset repo lab/x" in err and expected in err
     if isinstance(raised, RepositoryNotFoundError):
         assert "private" in err and "huggingface-cli login" in err
+
+
+def _flip_bytes(path, at=100):
+    raw = bytearray(path.read_bytes())
+    raw[at : at + 4] = b"\xff" * 4
+    path.write_bytes(bytes(raw))
+
+
+def test_verify_of_a_corrupted_shard_prints_the_report_only_and_what_to_do_next(tmp_path, rng):
+    # 200 one-item chunks per shard: when one fails, zarr's reads of the others are still running, and the
+    # last shard failing leaves them pending at exit unless verify waits for them
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((400, 8, 8)).astype(np.float32), shard_items=200)
+    _flip_bytes(tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0" / "0")
+    done = subprocess.run(
+        [sys.executable, "-m", "dogmacache.cli", "cache", "verify", str(tmp_path / "c.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Task was destroyed" not in done.stderr and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert (
+        len(lines) == 2
+        and lines[0].startswith("BROKEN shard 1 cannot be read: array `embeddings`")
+        and "FAILED" in lines[1]
+    )
+    assert "cache verify" not in lines[0]  # the advice is the next step, not the command that is running
+    assert "cache pull" in lines[0] and "--overwrite" in lines[0] and "embeddings/c/1/0/0" in lines[0]
+
+
+def test_verify_reports_unreadable_ids_instead_of_stopping(tmp_path, rng):
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((6, 3)).astype(np.float32), shard_items=3)
+    _flip_bytes(tmp_path / "c.zarr" / "ids" / "c" / "0", at=10)
+    report = verify_cache(tmp_path / "c.zarr", progress=False)
+    assert not report.ok and report.checked == 2
+    assert (
+        report.problems[0].startswith("`ids` cannot be read: array `ids`") and "cache verify" not in report.problems[0]
+    )
