@@ -4,12 +4,13 @@
 import subprocess
 import sys
 
+import h5py
 import huggingface_hub
 import numpy as np
 import pytest
 import requests
 from conftest import write_cache
-from dogmacache.cache import verify_cache
+from dogmacache.cache import h5import, open_cache, verify_cache
 from dogmacache.cli import main
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -128,3 +129,58 @@ def test_verify_reports_unreadable_ids_instead_of_stopping(tmp_path, rng):
     assert (
         report.problems[0].startswith("`ids` cannot be read: array `ids`") and "cache verify" not in report.problems[0]
     )
+
+
+def _h5(path, bad_row, value):
+    """8 rows (N, 3, 4) with ids, one row holding `value` (beyond float16, NaN, ...)."""
+    data = np.random.default_rng(0).standard_normal((8, 3, 4)).astype(np.float32)
+    data[bad_row, 1, 2] = value
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("embeddings", data=data)
+        h5.create_dataset("names", data=np.array([f"r{i}".encode() for i in range(8)]))
+    return data
+
+
+def _import(src, dest, *flags):
+    args = ["cache", "import-h5", str(src), str(dest), "--dataset", "embeddings", "--ids", "names"]
+    return main([*args, "--modality", "dna", "--model", "m", "--shard-items", "2", *flags])
+
+
+def test_import_h5_refused_for_float16_overflow_then_the_suggested_dtype_into_the_same_dest_succeeds(tmp_path, capsys):
+    data = _h5(tmp_path / "e.h5", bad_row=5, value=1e6)  # shards 0 and 1 are written before row 5 is refused
+    dest = tmp_path / "c.zarr"
+    assert _import(tmp_path / "e.h5", dest) == 2
+    assert "--dtype float32" in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]  # neither the cache nor its lock is left
+    assert _import(tmp_path / "e.h5", dest, "--dtype", "float32") == 0
+    np.testing.assert_array_equal(open_cache(dest)[:], data)
+
+
+def test_import_h5_refused_for_nan_removes_only_what_it_created(tmp_path, capsys):
+    _h5(tmp_path / "e.h5", bad_row=6, value=np.nan)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert _import(tmp_path / "e.h5", tmp_path / "out" / "new" / "c.zarr") == 2
+    assert "NaN" in _one_line(capsys)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+
+
+def test_import_h5_refused_while_resuming_keeps_the_earlier_shards_and_says_overwrite(tmp_path, capsys, monkeypatch):
+    data = _h5(tmp_path / "e.h5", bad_row=5, value=1e6)
+    dest = tmp_path / "c.zarr"
+    real = h5import._check_range
+
+    def interrupted(block, rows, *args):  # an earlier run stopped after its first shard
+        if rows[0] >= 2:
+            raise KeyboardInterrupt
+        real(block, rows, *args)
+
+    monkeypatch.setattr(h5import, "_check_range", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _import(tmp_path / "e.h5", dest)
+    monkeypatch.setattr(h5import, "_check_range", real)
+    assert _import(tmp_path / "e.h5", dest) == 2
+    err = _one_line(capsys)
+    assert "--dtype float32" in err and "--overwrite" in err and dest.is_dir()
+    assert _import(tmp_path / "e.h5", dest, "--dtype", "float32", "--overwrite") == 0
+    np.testing.assert_array_equal(open_cache(dest)[:], data)
