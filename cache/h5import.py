@@ -7,12 +7,14 @@ without an `--ids` dataset, ids are built as `<chrom>:<center>`. Their merged fi
 (chrom, center) pairs (5,434 rows, 5,303 unique in `pilot_full_v2.h5`); ids are the join key, so repeats
 are refused unless `dedupe` says what to do: "keep-first" keeps the first row of each id and drops the
 others, "suffix" keeps every row and renames the 2nd, 3rd, ... as `<id>#2`, `<id>#3`. The rows affected are
-recorded in the manifest config.
+recorded in the manifest config. An import refused for its values (NaN/Inf, beyond float16) removes what it
+created, so the same command with the suggested fix (e.g. `--dtype float32`) starts afresh.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -200,18 +202,56 @@ def import_h5(
             shard_items=shard_items,
             config=config,
         )
+        created = _made_by_this_import(dest, overwrite)
         writer = CacheWriter.create(dest, spec, ids=item_ids, overwrite=overwrite)
         if writer.manifest.complete:
             return writer.manifest, 0
-        pending = writer.pending_shards()
-        m = writer.manifest
-        item_bytes = data.dtype.itemsize * int(np.prod(data.shape[1:]))
-        block_rows = max(1, READ_BLOCK_BYTES // item_bytes)
-        view = layout.numpy_view(dtype)
-        n_pending = sum(m.shard_rows(s)[1] - m.shard_rows(s)[0] for s in pending)
-        bar = tqdm(
-            total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True
-        )  # None: off when not a terminal
+        try:
+            written = _import_shards(writer, data, source_rows, item_ids, src, dataset, dtype, progress)
+        except InputError as err:  # values refused: leave nothing of ours that a fixed re-run would call other content
+            writer.close()
+            if created is None:
+                raise InputError(
+                    f"{err}; {dest} keeps the shards written before this run, which a run with other settings "
+                    "replaces only with --overwrite"
+                ) from None
+            shutil.rmtree(created, ignore_errors=True)
+            raise
+    return writer.finalize(), written
+
+
+def _made_by_this_import(dest: str | os.PathLike, overwrite: bool) -> Path | None:
+    """What a refused import may remove: DEST when it replaces it, else the first folder of DEST's path that does
+    not exist yet; None when DEST holds an earlier run's cache (its shards are kept)."""
+    path = Path(os.fspath(dest).removeprefix("file://")).absolute()
+    if path.exists():
+        return path if overwrite else None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _import_shards(
+    writer: CacheWriter,
+    data: h5py.Dataset,
+    source_rows: np.ndarray,
+    item_ids: list[str],
+    src: Path,
+    dataset: str,
+    dtype: str,
+    progress: bool,
+) -> int:
+    """Write every pending shard from the HDF5 dataset, checking each block's values before its cast."""
+    pending = writer.pending_shards()
+    m = writer.manifest
+    item_bytes = data.dtype.itemsize * int(np.prod(data.shape[1:]))
+    block_rows = max(1, READ_BLOCK_BYTES // item_bytes)
+    view = layout.numpy_view(dtype)
+    n_pending = sum(m.shard_rows(s)[1] - m.shard_rows(s)[0] for s in pending)
+    bar = tqdm(
+        total=n_pending, unit="item", desc=f"import {src.name}", disable=None if progress else True
+    )  # None: off when not a terminal
+    with bar:
         for shard in pending:
             start, stop = m.shard_rows(shard)
             buffer = np.empty((stop - start, *m.item_shape), dtype=np.float32 if dtype == "bfloat16" else view)
@@ -227,5 +267,4 @@ def import_h5(
                 buffer[a - start : b - start] = block if dtype == "bfloat16" else convert.to_storage(block, dtype)
                 bar.update(b - a)
             writer.write_shard(shard, buffer)
-        bar.close()
-    return writer.finalize(), len(pending)
+    return len(pending)

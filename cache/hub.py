@@ -183,16 +183,28 @@ def publish(
     folder: str | os.PathLike, repo: str, *, license_id: str = "other", private: bool = False, verify: bool = True
 ) -> str:
     """Verify, create the dataset repo, upload (resumable: re-run after an interruption), then the card."""
-    from huggingface_hub import HfApi
+    import huggingface_hub
 
     folder = Path(folder)
     caches, card, _, _ = plan_publish(folder, repo, license_id)
+    if huggingface_hub.get_token() is None:  # HF_TOKEN or the file `huggingface-cli login` writes
+        raise CacheError(f"no Hugging Face token found to publish dataset repo {repo}: {_LOGIN}, then re-run")
     if verify:
         for c in caches:
             report = verify_cache(folder / c.relpath)
             if not report.ok:
                 raise CacheError(f"{folder / c.relpath} fails verification: {report.problems[0]}")
-    api = HfApi()
+    try:
+        _send(huggingface_hub.HfApi(), folder, repo, caches, card, private)
+    except OSError as err:  # the Hub's and requests' errors are OSErrors; a local file's stays as it is
+        problem = _hub_error(err, repo, "publish to")
+        if problem is None:
+            raise
+        raise problem from err
+    return f"https://huggingface.co/datasets/{repo}"
+
+
+def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str, private: bool) -> None:
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
     api.upload_large_folder(
@@ -216,7 +228,53 @@ def publish(
         repo_type="dataset",
         commit_message="dataset card",
     )
-    return f"https://huggingface.co/datasets/{repo}"
+
+
+_LOGIN = "log in with `huggingface-cli login` (or set HF_TOKEN)"
+_UNREACHABLE = {"ConnectionError", "ConnectError", "Timeout", "TimeoutException", "LocalEntryNotFoundError"}
+
+
+def _hub_error(err: OSError, repo: str, action: str, revision: str | None = None) -> CacheError | None:
+    """One line for a failed Hub call: the repo, what went wrong and what to do; None for a local file error."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"dataset repo {repo}"
+    again = "re-run: the upload resumes where it stopped" if action == "publish to" else "re-run the pull"
+    if isinstance(err, LocalTokenNotFoundError):
+        return CacheError(f"no Hugging Face token found to {action} {where}: {_LOGIN}, then re-run")
+    if {cls.__name__ for cls in type(err).__mro__} & _UNREACHABLE:  # requests', httpx' or the Hub's offline error
+        return CacheError(
+            f"cannot reach the Hugging Face Hub to {action} {where} ({type(err).__name__}); "
+            f"check the network (and any proxy or HF_ENDPOINT), then {again}"
+        )
+    if isinstance(err, GatedRepoError):
+        return CacheError(f"{where} is gated: accept its terms on its Hub page, {_LOGIN} and {again}")
+    if isinstance(err, RevisionNotFoundError):
+        return CacheError(f"{where} has no revision {revision!r}; check --revision (a branch, tag or commit)")
+    if isinstance(err, RepositoryNotFoundError):
+        return CacheError(
+            f"{where} was not found on the Hub: check its spelling (OWNER/NAME); a private repo needs a token: {_LOGIN}"
+        )
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(err.response, "status_code", None)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if status in (401, 403):
+            may = f"write to {repo.split('/')[0]}" if action == "publish to" else "read it"
+            return CacheError(
+                f"the Hub refused to let this token {action} {where} (HTTP {status}): {_LOGIN} with a token that "
+                f"may {may}, then {again}"
+            )
+        return CacheError(
+            f"the Hub could not {action} {where} ({reason}); check the repo name, a token for a private repo "
+            f"({_LOGIN}) and the network, then {again}"
+        )
+    return None
 
 
 def _in_repo(relpath: str, name: str) -> str:
@@ -228,7 +286,13 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
     from huggingface_hub import snapshot_download
 
     dest = Path(dest)
-    snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
+    try:
+        snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
+    except OSError as err:
+        problem = _hub_error(err, repo, "download", revision)
+        if problem is None:
+            raise
+        raise problem from err
     caches = find_caches(dest)
     if not caches:
         raise CacheError(

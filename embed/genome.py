@@ -4,11 +4,14 @@ Coordinates: `center` is 1-based (as recipes write it); a window of `length` bp 
 interval [center - 1 - length // 2, center - 1 - length // 2 + length). Soft-masked lowercase is upper-cased;
 positions past a chromosome end are padded with N and counted per item (never invented sequence).
 The FASTA is opened lazily in each process (DataLoader and dask workers must not share a file handle).
+Its index (`.fai`) is the one beside it when there is one, else built there; in a read-only folder it is built
+once into the user's cache folder (`fai_cache_dir`), named after the FASTA's path, size and mtime.
 Its digest (`genome_digest`) identifies the contents a cache was cut from; it is kept beside the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -52,9 +55,38 @@ class Genome:
         if self._fasta is None or self._pid != os.getpid():
             from pyfaidx import Fasta
 
-            self._fasta = Fasta(str(self.path), sequence_always_upper=True, as_raw=True, rebuild=False)
+            self._fasta = Fasta(
+                str(self.path), indexname=self._index(), sequence_always_upper=True, as_raw=True, rebuild=False
+            )
             self._pid = os.getpid()
         return self._fasta
+
+    def _index(self) -> str:
+        """The `.fai` to open: beside the FASTA if it is there or can be written there, else one built once in
+        the user's cache folder. An InputError saying how to make one when neither can be written."""
+        beside = self.path.with_name(self.path.name + ".fai")
+        if beside.is_file() or os.access(self.path.parent, os.W_OK):
+            return str(beside)
+        stat = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+        kept = fai_cache_dir() / f"{self.path.name}.{key[:20]}.fai"
+        if kept.is_file():
+            return str(kept)
+        from pyfaidx import Faidx
+
+        part = kept.with_name(f"{kept.name}.{os.getpid()}.part")
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            Faidx(str(self.path), indexname=str(part), rebuild=False).close()
+            os.replace(part, kept)  # whole or absent: another process may be building the same index
+        except OSError as err:
+            part.unlink(missing_ok=True)
+            raise InputError(
+                f"genome FASTA {str(self.path)!r} has no index (.fai) and neither its folder nor {kept.parent} "
+                f"can be written ({err.strerror or err}); make one with `samtools faidx {self.path}`, copy the "
+                "FASTA to a writable folder, or set XDG_CACHE_HOME to a writable folder"
+            ) from err
+        return str(kept)
 
     @property
     def chromosomes(self) -> list[str]:
@@ -89,6 +121,12 @@ class Genome:
         left, right = max(0, -start), max(0, end - size)
         seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right
         return seq, left + right
+
+
+def fai_cache_dir() -> Path:
+    """Where indexes of FASTAs in read-only folders are kept: `$XDG_CACHE_HOME/dogmacache/fai` (default
+    `~/.cache/dogmacache/fai`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dogmacache" / "fai"
 
 
 def genome_digest(path: str | os.PathLike) -> str:

@@ -42,6 +42,7 @@ def test_uploaded_manifests_carry_no_local_paths(tmp_path, rng, monkeypatch):
     import huggingface_hub
 
     calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # publish asks for a token before it sends anything
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(kw))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(kw))
