@@ -1,6 +1,7 @@
 """The embedding cache: one Zarr v3 group per (modality, model, layer/pooling, input set), self-describing
 through its `dogmacache` manifest, written in whole shards, readable with plain `zarr`."""
 
+from dogmacache.cache.fingerprint import FingerprintDifference, first_fingerprint_difference
 from dogmacache.cache.h5import import import_h5
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.manifest import MANIFEST_KEY, SCHEMA_VERSION, Manifest, digest_strings
@@ -16,10 +17,12 @@ __all__ = [
     "CacheWriter",
     "EmbeddingCache",
     "ExtraArray",
+    "FingerprintDifference",
     "Manifest",
     "VerifyReport",
     "check_ids",
     "digest_strings",
+    "first_fingerprint_difference",
     "import_h5",
     "open_cache",
     "verify_cache",

@@ -1,6 +1,7 @@
-"""Contracts shared by every stage: what a recipe's tables hold (`tables`) and how things are fingerprinted
-(`provenance`). The cache package is the embed -> train contract; this one is the recipe -> embed/train
-contract. It imports nothing of the stages, so every stage may import it."""
+"""Contracts shared by every stage: what a recipe's tables hold and how they are read (`tables`), how things
+are fingerprinted (`provenance`), how DNA windows and their bins lie on the genome (`windows`). The cache package
+is the embed -> train contract; this one is the recipe -> embed/train contract. It imports nothing of the
+stages, so every stage may import it."""
 
 from dogmacache.contracts.provenance import digest_strings, file_sha256, input_digest, package_versions
 from dogmacache.contracts.sequences import reverse_complement
@@ -12,6 +13,7 @@ from dogmacache.contracts.tables import (
     check_gene_alignment,
     check_splits,
     digest_columns,
+    read_table,
 )
 
 __all__ = [
@@ -26,5 +28,6 @@ __all__ = [
     "file_sha256",
     "input_digest",
     "package_versions",
+    "read_table",
     "reverse_complement",
 ]

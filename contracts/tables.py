@@ -6,9 +6,14 @@
 - Labelled tables (read by `train`): one row per labelled example with a `split` column in `SPLITS` and the
   columns `LABEL_COLUMNS[task]` names; ids join with cache ids.
 - Gene alignment: where a task joins an RNA and a protein table by position, index i names one gene in both.
+
+Every stage reads these tables with `read_table`: parquet, or tab-separated when named `.tsv`, `.txt` or `.gz`.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pandas as pd
 from dogmacache.errors import InputError
@@ -65,3 +70,28 @@ def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str 
     for i, (r, p) in enumerate(zip(rna_ids, protein_ids, strict=True)):
         if r != p:
             raise InputError(f"{where}gene order differs at index {i}: RNA {r!r} vs protein {p!r}; re-run the recipe")
+
+
+TSV_SUFFIXES = (".tsv", ".txt", ".gz")  # read as tab-separated (gzip inferred from the name); anything else: parquet
+
+
+def read_table(
+    path: str | os.PathLike,
+    columns: tuple[str, ...] = (),
+    recipe: str = "the recipe",
+    what: str = "labels table",
+    expected: str = "",
+) -> pd.DataFrame:
+    """A recipe's table (parquet; `.tsv` / `.txt` / `.gz` as tab-separated) holding `columns`: a missing file or
+    column is one line naming the file, what it should hold (`expected`) and the recipe that writes it. When
+    `columns` name `split`, every row's split is checked (`check_splits`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {str(path)!r} does not exist; run `dogmacache recipe {recipe}` or fix the path")
+    table = pd.read_csv(path, sep="\t") if path.suffix in TSV_SUFFIXES else pd.read_parquet(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} has no column {missing[0]!r}; {expected or f'this {what} needs {list(columns)}'}")
+    if "split" in columns:
+        check_splits(table, str(path), "id" if "id" in table.columns else None)
+    return table

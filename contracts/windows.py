@@ -1,9 +1,10 @@
 """DNA window geometry, defined once: which genomic bases each output bin of a window covers.
 
-The conventions every stage already follows (recipes' `dna_windows` tables, `embed/genome.py`, the Enformer
-adapter, `data_recipes/gtex_masks.py`):
+Every stage takes these from here (recipes' `dna_windows` tables and coding masks, `embed/genome.py` cutting
+windows, `explain`, `mutate`):
 
-- `center` is 1-based (as recipes write it); c0 = center - 1 is the same base 0-based.
+- `center` is 1-based (as recipes write it); c0 = center - 1 is the same base 0-based. A TSS-centred window has
+  the transcript's first base as its centre: the GTF start on '+', the GTF end on '-' (`tss`).
 - A window of `span_bp` bases covers the 0-based half-open [c0 - span_bp // 2, c0 - span_bp // 2 + span_bp). The
   model's input window and its output span are both centred this way, so the output bins of a model that crops
   its input symmetrically (Enformer: 896 bins of 128 bp = the central 114,688 bp of 196,608) follow from
@@ -55,6 +56,53 @@ def window_start0(center: int | np.ndarray, span_bp: int) -> int | np.ndarray:
     if isinstance(center, np.ndarray):
         return center.astype(np.int64) - 1 - span_bp // 2
     return int(center) - 1 - span_bp // 2
+
+
+def window_label(chrom: str, center: int, span_bp: int) -> str:
+    """The window as people write it: "chrom:first-last", 1-based inclusive, with thousands separators."""
+    start0 = window_start0(int(center), span_bp)
+    return f"{chrom}:{start0 + 1:,}-{start0 + span_bp:,}"
+
+
+def window_holds(window_start: int | np.ndarray, span_bp: int, start0: int, end0: int) -> bool | np.ndarray:
+    """Whether the window(s) starting at 0-based `window_start` hold all of 0-based half-open [start0, end0)."""
+    return (window_start <= start0) & (end0 <= window_start + span_bp)
+
+
+def tss(start: int | np.ndarray, end: int | np.ndarray, strand: str | np.ndarray) -> int | np.ndarray:
+    """1-based transcription start of GTF features [start, end] (1-based inclusive): `start` on '+', `end` on
+    '-'; arrays are taken element by element."""
+    if isinstance(strand, str):
+        _check_strand(strand)
+        return int(start) if strand == "+" else int(end)
+    return np.where(np.asarray(strand) == "+", start, end)
+
+
+def orient_bins(values: np.ndarray, strands: str | np.ndarray, orientation: str) -> np.ndarray:
+    """Per-bin values computed in reference order (last axis = bins, (B,) for one window or (T, B) for T) put in
+    `orientation`: "transcript" reverses the bins of minus-strand windows, "reference" keeps them. Returns a new
+    array."""
+    if orientation not in ORIENTATIONS:
+        raise InputError(f"bin orientation {orientation!r} is not one of {ORIENTATIONS}; pick one of them")
+    out = np.array(values, copy=True)
+    if orientation == "reference":
+        return out
+    if out.ndim == 1:
+        return out[::-1].copy() if str(strands) == "-" else out
+    minus = np.asarray(strands) == "-"
+    out[minus] = out[minus, ::-1]
+    return out
+
+
+def bin_of(position0: int, center: int, strand: str, geometry: WindowGeometry) -> int | None:
+    """The bin (in `geometry`'s orientation) that holds 0-based `position0` in the window centred on 1-based
+    `center`; None when the window does not hold it."""
+    _check_strand(strand)
+    offset = int(position0) - window_start0(int(center), geometry.span_bp)
+    if not 0 <= offset < geometry.span_bp:
+        return None
+    k = offset // geometry.bin_bp
+    return int(_reference_order(np.asarray(k), geometry, strand))
 
 
 def _check_strand(strand: str) -> None:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from dogmacache.contracts.windows import tss
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
@@ -70,7 +71,7 @@ def gene_tss(gtf: str | Path) -> pd.DataFrame:
             "a gene's TSS needs strand + or -, fix or drop the line"
         )
     rows = rows[rows["gene_name"].notna()].copy()
-    rows["center"] = rows["start"].where(rows["strand"] == "+", rows["end"])
+    rows["center"] = tss(rows["start"].to_numpy(), rows["end"].to_numpy(), rows["strand"].to_numpy())
     rank = {c: i for i, c in enumerate(_PRIMARY)}
     rows["_rank"] = rows["chrom"].str.removeprefix("chr").map(rank).fillna(len(rank))
     return rows.sort_values(["_rank", "gene_id"]).drop(columns="_rank").reset_index(drop=True)

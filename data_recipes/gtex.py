@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dogmacache.contracts.windows import ORIENTATIONS, tss
 from dogmacache.data_recipes import formats, sources, tables
-from dogmacache.data_recipes.gtex_masks import ORIENTATIONS, coding_masks
+from dogmacache.data_recipes.gtex_masks import coding_masks
 from dogmacache.data_recipes.gtex_sizes import CacheSizeConfig, describe, expected_cache_bytes
 from dogmacache.errors import InputError
 
@@ -416,7 +417,7 @@ def _match_annotation(expression: pd.DataFrame, transcripts: pd.DataFrame, confi
     long_gene = selected["gene_length"] > config.max_gene_length
     kept = selected[~long_gene].rename(columns={"transcript_id": "id"}).reset_index(drop=True)
     kept = kept.astype({"start": np.int64, "end": np.int64})  # the left merge made them float
-    kept["center"] = np.where(kept["strand"] == "+", kept["start"], kept["end"])  # TSS, 1-based
+    kept["center"] = tss(kept["start"].to_numpy(), kept["end"].to_numpy(), kept["strand"].to_numpy())  # 1-based
     counts = {
         "gct_par_y_rows": int(par_y.sum()),
         "gct_transcripts_not_in_gtf": int((~in_gtf).sum()),

@@ -1,30 +1,22 @@
 """Coding masks: which output bins of a TSS-centred DNA window hold coding sequence (CDS + stop codon).
 
-CDBridge's functional decoder reads one flag per model output bin. The geometry, exactly (B = window_bins):
-
-- `center` is the TSS, 1-based as in the GTF; c0 = center - 1 is the same base 0-based.
-- The window spans window_bp = B * bin_bp bases, 0-based half-open [w0, w0 + window_bp) with
-  w0 = c0 - window_bp // 2, so the TSS is the first base of bin B // 2 (Enformer: bin 448 of 896, 128 bp each,
-  114,688 bp in all).
-- Bin k covers 0-based half-open [w0 + k * bin_bp, w0 + (k + 1) * bin_bp), i.e. 1-based inclusive
-  [w0 + k * bin_bp + 1, w0 + (k + 1) * bin_bp].
-- A GTF interval [start, end] (1-based inclusive) is 0-based [start - 1, end); a bin is 1 when it holds at least one
-  coding base. Parts of an interval outside the window are clipped away.
-- orientation "reference": bin 0 is the lowest coordinate on every strand. "transcript": minus-strand masks are
-  reversed, so bin 0 is the 5'-most (highest-coordinate) bin for every transcript.
+CDBridge's functional decoder reads one flag per model output bin (B = window_bins of bin_bp bases). The window,
+its bins and their orientation are `contracts/windows.py`'s (the TSS is the window's 1-based `center`, so it is
+the first base of bin B // 2 in reference order; Enformer: bin 448 of 896). Here only the masks' own rules: a GTF
+interval [start, end] (1-based inclusive) is 0-based [start - 1, end); a bin is 1 when it holds at least one
+coding base; parts of an interval outside the window are clipped away.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from dogmacache.errors import InputError
-
-ORIENTATIONS = ("reference", "transcript")
+from dogmacache.contracts.windows import orient_bins
+from dogmacache.contracts.windows import window_start0 as _window_start0
 
 
 def window_start0(centers: np.ndarray, window_bins: int, bin_bp: int) -> np.ndarray:
-    """0-based first base of each window (T,), from 1-based TSS `centers` (T,)."""
-    return np.asarray(centers, dtype=np.int64) - 1 - (window_bins * bin_bp) // 2
+    """0-based first base of each window (T,), from 1-based TSS `centers` (T,) (`contracts.windows`)."""
+    return _window_start0(np.asarray(centers, dtype=np.int64), window_bins * bin_bp)
 
 
 def coding_masks(
@@ -43,8 +35,6 @@ def coding_masks(
     centers (T,) 1-based TSS; strands (T,) '+'/'-'; interval_rows (N,) the window each coding interval belongs to
     (0..T-1); interval_starts/interval_ends (N,) GTF 1-based inclusive coordinates of CDS and stop_codon features.
     """
-    if orientation not in ORIENTATIONS:
-        raise InputError(f"mask orientation {orientation!r} is not one of {ORIENTATIONS}; pick one of them")
     w0 = window_start0(centers, window_bins, bin_bp)
     window_bp = window_bins * bin_bp
     rows = np.asarray(interval_rows, dtype=np.int64)
@@ -57,7 +47,4 @@ def coding_masks(
     masks = np.zeros((len(w0), window_bins), dtype=np.uint8)
     for row, a, b in zip(rows[inside], first_bin, last_bin, strict=True):
         masks[row, a : b + 1] = 1
-    if orientation == "transcript":
-        minus = np.asarray(strands) == "-"
-        masks[minus] = masks[minus, ::-1]
-    return masks
+    return orient_bins(masks, strands, orientation)

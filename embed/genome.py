@@ -1,7 +1,7 @@
 """DNA windows cut from a genome FASTA: the model's full input length centred on a position.
 
-Coordinates: `center` is 1-based (as recipes write it); a window of `length` bp covers the 0-based half-open
-interval [center - 1 - length // 2, center - 1 - length // 2 + length). Soft-masked lowercase is upper-cased;
+Coordinates: a window of `length` bp centred on the 1-based `center` is `contracts/windows.py`'s
+(`window_start0`). Soft-masked lowercase is upper-cased;
 positions past a chromosome end are padded with N and counted per item (never invented sequence).
 The FASTA is opened lazily in each process (DataLoader and dask workers must not share a file handle).
 Its index (`.fai`) is the one beside it when there is one, else built there; in a read-only folder it is built
@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from dogmacache.contracts.provenance import file_sha256
+from dogmacache.contracts.windows import window_start0
 from dogmacache.errors import InputError
 
 VALID_DNA = frozenset("ACGTN")
@@ -116,7 +117,7 @@ class Genome:
                 f"centre {int(center):,} is outside chromosome {chrom!r} (1..{size:,}); check the table's "
                 "coordinates and genome build, or drop the row"
             )
-        start = int(center) - 1 - length // 2
+        start = window_start0(int(center), length)
         end = start + length
         left, right = max(0, -start), max(0, end - size)
         seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right

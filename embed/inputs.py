@@ -10,22 +10,20 @@ from pathlib import Path
 import pandas as pd
 from dogmacache.cache.layout import check_ids
 from dogmacache.contracts import provenance
-from dogmacache.contracts.tables import INPUT_COLUMNS, digest_columns
+from dogmacache.contracts.tables import INPUT_COLUMNS, TSV_SUFFIXES, digest_columns, read_table
 from dogmacache.errors import InputError
 
 
 def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
+    """The `modality` input table at `path` (`contracts.tables.read_table`), with embed's own checks: a known
+    modality and file type, the modality's columns (a dna table may give start/end instead of center), at least
+    one row, unique ids, no empty sequence."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input table {str(path)!r} does not exist; run the recipe first (dogmacache recipe ...)")
     if modality not in INPUT_COLUMNS:
         raise InputError(f"modality {modality!r} is not one of {', '.join(INPUT_COLUMNS)}")
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
-    elif path.suffix in (".tsv", ".txt", ".gz"):
-        table = pd.read_csv(path, sep="\t")
-    else:
+    if path.is_file() and path.suffix not in (".parquet", *TSV_SUFFIXES):
         raise InputError(f"{path}: expected a .parquet or .tsv table, got {path.suffix!r}")
+    table = read_table(path, recipe="...", what="input table")
     if modality == "dna" and "center" not in table.columns and {"start", "end"} <= set(table.columns):
         table = table.assign(center=(table["start"].astype("int64") + table["end"].astype("int64")) // 2)
     missing = [c for c in INPUT_COLUMNS[modality] if c not in table.columns]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.contracts.tables import SPLITS
+from dogmacache.contracts.tables import SPLITS, read_table
 from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coordinates
 from dogmacache.errors import CacheError, InputError
 from dogmacache.explain.attribution import Predictor, head_mean, target_rows
@@ -34,7 +34,6 @@ from dogmacache.explain.inputs import (
     run_config,
     window_geometry,
 )
-from dogmacache.explain.shared import read_table
 from dogmacache.train.checkpoint import read as read_checkpoint
 from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import get_task

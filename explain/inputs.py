@@ -18,10 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dogmacache.cache import EmbeddingCache
+from dogmacache.cache import EmbeddingCache, first_fingerprint_difference
 from dogmacache.contracts.windows import WindowGeometry
 from dogmacache.errors import InputError
-from dogmacache.explain.shared import first_fingerprint_difference
 from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import config_from_dict, load_config
 

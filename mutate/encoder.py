@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from dogmacache.contracts.tables import read_table
 from dogmacache.embed.adapters import ScGPTContextAdapter, ScgptContextOptions
 from dogmacache.errors import InputError
-from dogmacache.mutate.shared import read_table
 
 
 def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.cache import open_cache
+from dogmacache.cache import first_fingerprint_difference, open_cache
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.encoder import moved_genes
 from dogmacache.mutate.scan import Scanner, open_scanner
-from dogmacache.mutate.shared import first_fingerprint_difference
 from dogmacache.train.checkpoint import read
 from dogmacache.train.registry import load_model
 

@@ -1,4 +1,4 @@
-"""The shared contracts: split checks."""
+"""The shared contracts: split checks and the one table reader."""
 
 import pytest
 
@@ -12,3 +12,29 @@ def test_split_check_names_rows_and_ids():
     with pytest.raises(InputError, match=r"t.parquet: 1 row\(s\) have a split other than .*: row 1 \('tran', id 'b'\)"):
         check_splits(table, "t.parquet", "id")
     check_splits(table.iloc[[0, 2]], "t.parquet")  # known splits pass
+
+
+def test_one_table_reader_for_every_stage(tmp_path):
+    import pandas as pd
+    from dogmacache.contracts import read_table
+    from dogmacache.embed.inputs import read_input_table
+    from dogmacache.errors import InputError
+    from dogmacache.train.tasks.base import read_table as task_read_table
+
+    assert task_read_table is read_table
+    table = pd.DataFrame({"id": ["a", "b"], "split": ["train", "test"], "sequence": ["ACG", "TT"]})
+    table.to_parquet(tmp_path / "t.parquet")
+    table.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    table.to_csv(tmp_path / "t.tsv.gz", sep="\t", index=False)
+    for name in ("t.parquet", "t.tsv", "t.tsv.gz"):
+        assert read_table(tmp_path / name, ("id", "split")).to_dict("list") == table.to_dict("list")
+        assert read_input_table(tmp_path / name, "rna")["id"].tolist() == ["a", "b"]
+    with pytest.raises(InputError, match=r"^windows table '.*none.tsv' does not exist; run `dogmacache recipe gtex`"):
+        read_table(tmp_path / "none.tsv", recipe="gtex", what="windows table")
+    with pytest.raises(InputError, match=r"t.tsv has no column 'beta'; a pairs table has beta$"):
+        read_table(tmp_path / "t.tsv", ("id", "beta"), expected="a pairs table has beta")
+    table.assign(split=["train", "dev"]).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(InputError, match=r"row 1 \('dev', id 'b'\)"):
+        read_table(tmp_path / "bad.parquet", ("split",))
+    with pytest.raises(InputError, match=r"input table '.*none.tsv' does not exist"):
+        read_input_table(tmp_path / "none.tsv", "rna")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dogmacache.cache.fingerprint import first_fingerprint_difference
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
 from torch import nn
@@ -99,15 +100,9 @@ def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
         key = changed[0]
         old, new = _lookup(checkpoint.get("config") or {}, key), _lookup(config, key)
         raise InputError(f"{path} was trained with {key} = {old!r} but this run has {new!r}; {fix}")
-    old_prints = checkpoint.get("fingerprints") or {}
-    for name in sorted(set(old_prints) | set(fingerprints)):
-        before, now = old_prints.get(name, {}), fingerprints.get(name, {})
-        for key in sorted(set(before) | set(now)):
-            if key != "url" and before.get(key) != now.get(key):
-                raise InputError(
-                    f"{path} was trained on a {name} cache with {key} {before.get(key)!r} but "
-                    f"{now.get('url', name)} has {now.get(key)!r}; {fix}"
-                )
+    difference = first_fingerprint_difference(checkpoint.get("fingerprints") or {}, fingerprints)
+    if difference:
+        raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

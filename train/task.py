@@ -33,38 +33,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.contracts.tables import check_splits
+from dogmacache.contracts.tables import read_table  # noqa: F401 (the tasks read their tables with it)
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
 from torch import Tensor, nn
-
-
-def read_table(
-    path: str | Path,
-    columns: tuple[str, ...] = (),
-    recipe: str = "the recipe",
-    what: str = "labels table",
-    expected: str = "",
-) -> pd.DataFrame:
-    """A task's input table (parquet; `.tsv` / `.txt` as tab-separated) holding `columns`: a missing file or
-    column is one line naming the file, what it should hold (`expected`) and the recipe that writes it. When
-    `columns` name `split`, every row's split is checked (`contracts.tables.check_splits`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {str(path)!r} does not exist; run `dogmacache recipe {recipe}` or fix the path")
-    table = pd.read_csv(path, sep="\t") if path.suffix in (".tsv", ".txt") else pd.read_parquet(path)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise InputError(f"{path} has no column {missing[0]!r}; {expected or f'this {what} needs {list(columns)}'}")
-    if "split" in columns:
-        check_splits(table, str(path), "id" if "id" in table.columns else None)
-    return table
 
 
 def open_task_cache(url: str, key: str, modalities: tuple[str, ...], per_position: bool, fix: str = "") -> Any:

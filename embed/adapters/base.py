@@ -13,7 +13,8 @@ runner batches by a token budget), and `embed` runs the frozen model on a batch 
 returns (B, *item_shape) plus the per-item extra arrays the adapter declared.
 
 Adding a model = one file in `embed/adapters/` with an `EmbeddingAdapter` subclass and its options
-dataclass, and one line per modality in `ADAPTERS` (`embed/adapters/__init__.py`).
+dataclass (and its tiny writer, listed in `embed/tiny.py: make_tiny`), and one line per modality in `ADAPTERS`
+(`embed/adapters/registry.py`).
 """
 
 from __future__ import annotations

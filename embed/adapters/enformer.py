@@ -29,6 +29,7 @@ from dogmacache.embed.adapters.base import (
 )
 from dogmacache.embed.adapters.weights import load_state_dict_file, model_files, resolve_model_dir
 from dogmacache.embed.genome import check_dna
+from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
 
 OFFICIAL = "EleutherAI/enformer-official-rough"
@@ -164,7 +165,6 @@ def write_tiny_enformer(directory: Path, seed: int = 0, gain: float = 1.0, **hpa
     """A tiny random Enformer (74k parameters) in the real on-disk layout (config.json + pytorch_model.bin), every
     weight random (the attention output projection too, which the library initialises to zero) and its
     BatchNorm statistics set; `hparams` override TINY_ENFORMER's, `gain` scales the weights (`randomize_`)."""
-    from dogmacache.embed.tiny import randomize_
     from enformer_pytorch import Enformer
 
     model = randomize_(Enformer.from_hparams(**{**TINY_ENFORMER, **hparams}), seed, gain=gain)

@@ -10,8 +10,10 @@ NT v2 checkpoints need `trust_remote_code` (turned on when the folder's config h
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -26,6 +28,7 @@ from dogmacache.embed.adapters.base import (
 )
 from dogmacache.embed.adapters.weights import model_files, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
+from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -278,3 +281,73 @@ class NucleotideTransformerAdapter(_EsmFamily):
             raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])
         return seq, n_padded
+
+
+# ---- tiny random models in the real layouts, for tests and `models make-tiny` ----------------------------------
+ESM2_TOKENS = [
+    "<cls>",
+    "<pad>",
+    "<eos>",
+    "<unk>",
+    *"LAGVSERTIDPKQNFYMHWCXBUZO",
+    ".",
+    "-",
+    "<null_1>",
+    "<mask>",
+]
+NT_TOKENS = [
+    "<unk>",
+    "<pad>",
+    "<mask>",
+    "<cls>",
+    "<eos>",
+    "<bos>",
+    *("".join(k) for k in itertools.product("ATCG", repeat=6)),
+    "A",
+    "T",
+    "C",
+    "G",
+    "N",
+]
+
+
+def _write_esm(directory: Path, tokens: list[str], special: dict, seed: int, max_positions: int) -> Path:
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    tokenizer = EsmTokenizer(str(directory / "vocab.txt"), **special)
+    config = EsmConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        position_embedding_type="rotary",
+        emb_layer_norm_before=False,
+        token_dropout=True,
+        pad_token_id=tokens.index("<pad>"),
+        mask_token_id=tokens.index("<mask>"),
+    )
+    randomize_(EsmModel(config, add_pooling_layer=False), seed).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def write_tiny_esm2(directory: Path, seed: int = 0) -> Path:
+    """ESM-2 layout: 33-token vocabulary, rotary positions, final LayerNorm after the last layer."""
+    return _write_esm(directory, ESM2_TOKENS, {}, seed, max_positions=1026)
+
+
+def write_tiny_nucleotide_transformer(directory: Path, seed: int = 0) -> Path:
+    """NT v1 layout: ESM architecture with a 6-mer vocabulary (+ single nucleotides for the remainder)."""
+    special = {
+        "cls_token": "<cls>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "eos_token": None,
+        "unk_token": "<unk>",
+        "bos_token": "<bos>",
+    }
+    return _write_esm(directory, NT_TOKENS, special, seed, max_positions=1002)

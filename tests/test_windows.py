@@ -1,0 +1,97 @@
+"""Window geometry is defined once (`contracts/windows.py`); the recipes' coding masks and the embed stage's
+genome windows follow it, and give what they gave before it was shared."""
+
+import numpy as np
+import pytest
+from dogmacache.contracts.windows import (
+    WindowGeometry,
+    bin_coordinates,
+    bin_of,
+    orient_bins,
+    tss,
+    window_holds,
+    window_label,
+    window_start0,
+)
+from dogmacache.data_recipes.gtex_masks import coding_masks
+from dogmacache.embed.genome import Genome
+from dogmacache.errors import InputError
+
+
+def test_coding_masks_bins_on_both_strands_and_orientations():
+    # 8 bins of 10 bp centred on 1-based 41: window [0, 80); CDS 1-based [11, 25] = 0-based [10, 25) -> bins 1, 2;
+    # a stop codon [78, 90] is clipped to the window's last bin; an interval wholly outside is dropped.
+    centers, strands = np.array([41, 41]), np.array(["+", "-"])
+    rows = np.array([0, 1, 1, 1])
+    starts, ends = np.array([11, 11, 78, 200]), np.array([25, 25, 90, 210])
+    kwargs = dict(window_bins=8, bin_bp=10)
+    reference = coding_masks(centers, strands, rows, starts, ends, orientation="reference", **kwargs)
+    assert reference.tolist() == [[0, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 1]]
+    transcript = coding_masks(centers, strands, rows, starts, ends, orientation="transcript", **kwargs)
+    assert transcript.tolist() == [[0, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1, 1, 0]]
+    assert transcript.dtype == np.uint8
+    with pytest.raises(InputError, match="orientation 'sideways'"):
+        coding_masks(centers, strands, rows, starts, ends, orientation="sideways", **kwargs)
+
+
+def test_mask_bins_agree_with_bin_of():
+    geometry = WindowGeometry(n_bins=8, bin_bp=10, orientation="transcript")
+    masks = coding_masks(
+        np.array([501]),
+        np.array(["-"]),
+        np.array([0]),
+        np.array([473]),
+        np.array([473]),
+        window_bins=8,
+        bin_bp=10,
+        orientation="transcript",
+    )
+    assert np.flatnonzero(masks[0]).tolist() == [bin_of(472, 501, "-", geometry)]
+
+
+def test_genome_windows_start_where_the_contract_says(tmp_path):
+    bases = "".join("ACGT"[(i * 7) % 4] for i in range(60))
+    (tmp_path / "g.fa").write_text(">chr1\n" + bases + "\n")
+    genome = Genome(tmp_path / "g.fa")
+    for center, length in ((30, 10), (31, 11), (5, 20)):
+        seq, padded = genome.window("chr1", center, length)
+        start = window_start0(center, length)
+        assert start == center - 1 - length // 2  # the formula Genome.window used before
+        assert seq == "N" * max(0, -start) + bases[max(0, start) : start + length]
+        assert padded == max(0, -start)
+
+
+def test_window_start_label_and_holds():
+    assert window_start0(np.array([101, 1]), 40).tolist() == [80, -20]
+    assert window_label("chr2", 1_001, 2_000) == "chr2:1-2,000"
+    starts = np.array([0, 100])
+    assert window_holds(starts, 50, 10, 20).tolist() == [True, False]
+    assert window_holds(100, 50, 149, 150) and not window_holds(100, 50, 149, 151)
+
+
+def test_tss_is_the_start_on_plus_and_the_end_on_minus():
+    assert tss(100, 200, "+") == 100 and tss(100, 200, "-") == 200
+    assert tss(np.array([1, 5]), np.array([3, 9]), np.array(["+", "-"])).tolist() == [1, 9]
+    with pytest.raises(InputError, match="strand '.'"):
+        tss(1, 2, ".")
+
+
+@pytest.mark.parametrize("orientation", ["reference", "transcript"])
+@pytest.mark.parametrize("strand", ["+", "-"])
+def test_bin_of_inverts_bin_coordinates(strand, orientation):
+    geometry = WindowGeometry(n_bins=6, bin_bp=8, orientation=orientation)
+    coords = bin_coordinates("chr1", 100, strand, geometry)
+    for k, (a, b) in enumerate(zip(coords.start, coords.end, strict=True)):
+        assert bin_of(int(a), 100, strand, geometry) == k
+        assert bin_of(int(b) - 1, 100, strand, geometry) == k
+    first = window_start0(100, geometry.span_bp)
+    assert bin_of(first - 1, 100, strand, geometry) is None
+    assert bin_of(first + geometry.span_bp, 100, strand, geometry) is None
+
+
+def test_orient_bins_reverses_minus_strand_only_in_transcript_order():
+    values = np.arange(6).reshape(2, 3)
+    assert orient_bins(values, np.array(["+", "-"]), "transcript").tolist() == [[0, 1, 2], [5, 4, 3]]
+    assert orient_bins(values, np.array(["+", "-"]), "reference").tolist() == values.tolist()
+    assert orient_bins(np.arange(3), "-", "transcript").tolist() == [2, 1, 0]
+    assert values.tolist() == [[0, 1, 2], [3, 4, 5]]  # the input is left as it was
