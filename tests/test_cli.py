@@ -152,6 +152,7 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
     import huggingface_hub
 
     calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # publish asks for a token before it sends anything
     monkeypatch.setattr(
         huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw))
     )
