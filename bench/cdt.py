@@ -8,7 +8,7 @@ clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper tra
 Sizes are the presets of `train/presets.py`. `compare_cdt_implementations` runs each implementation in its
 own fresh process (`main`, one JSON line), so each peak RSS (`ru_maxrss`) belongs to that implementation
 alone. On CUDA the step is also timed under bf16 autocast. `bench_cdt_section` adds the ratios the targets
-are about; `cdt_tables` prints them against the targets.
+are about (and the evaluation benchmark of `cdt_eval.py`); `cdt_tables` prints them against the targets.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from dogmacache.bench.cdt_eval import EVAL_SHAPES, bench_cdt_eval, cdt_eval_tables
 from dogmacache.bench.report import Table, table, verdict
 from dogmacache.devices import CPU_ALLOCATORS, apply_cpu_allocator
 from dogmacache.errors import InputError
@@ -87,6 +88,21 @@ def _current_rss_mb() -> float | None:
     except (OSError, IndexError, ValueError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+__all__ = [
+    "EVAL_SHAPES",
+    "TARGET_CDT_MEMORY_RATIO",
+    "TARGET_CDT_SPEEDUP",
+    "bench_cdt_eval",
+    "bench_cdt_section",
+    "bench_cdt_step",
+    "bench_in_fresh_process",
+    "cdt_eval_tables",
+    "cdt_tables",
+    "compare_cdt_implementations",
+    "main",
+]
 
 
 def bench_cdt_step(
@@ -348,98 +364,6 @@ def cdt_tables(r: dict[str, Any]) -> list[Table]:
             notes,
         ),
         *(cdt_eval_tables(r["evaluation"]) if r.get("evaluation") else []),
-    ]
-
-
-# pairs per unique enhancer: the paper's Gasperini set (5,601 pairs over ~5,303 DNA windows, docs/papers.md#cdt-data)
-# and the demo recipe's (1,060 pairs over 180 enhancers, like the at-scale screen with several genes per enhancer)
-EVAL_SHAPES = {"gasperini-paper": 5601 / 5303, "demo": 1060 / 180}
-
-
-@torch.no_grad()
-def bench_cdt_eval(
-    preset: str = "small",
-    n_enhancers: int = 64,
-    pairs_per_enhancer: float = EVAL_SHAPES["demo"],
-    pair_batch: int = 64,
-    enhancer_batch: int = 16,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Evaluation pairs/s with one forward pass per pair (batches of `pair_batch` pairs, how evaluation used to
-    run) against one per unique enhancer (`predict_all_genes` on `enhancer_batch` enhancers, each pair's gene
-    read from it: what the CDT task does), same model and inputs, same process; the two agree to float error."""
-    config = get_preset(preset)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = CentralDogmaTransformer(config).eval()
-    dna = torch.randn(n_enhancers, config.dna_positions, config.dna_width, generator=generator)
-    rna = torch.randn(config.n_genes, config.rna_width, generator=generator)
-    protein = torch.randn(config.n_genes, config.protein_width, generator=generator)
-    n_pairs = max(n_enhancers, round(n_enhancers * pairs_per_enhancer))
-    enhancer = torch.cat(
-        [torch.arange(n_enhancers), torch.randint(0, n_enhancers, (n_pairs - n_enhancers,), generator=generator)]
-    )
-    enhancer = enhancer.sort().values  # pairs grouped by enhancer, as the evaluation chunks hold them
-    gene = torch.randint(0, config.n_genes, (n_pairs,), generator=generator)
-
-    start = time.perf_counter()
-    per_pair = torch.cat(
-        [
-            model(dna[enhancer[a : a + pair_batch]], rna, protein, gene[a : a + pair_batch])
-            for a in range(0, n_pairs, pair_batch)
-        ]
-    )
-    per_pair_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    every_gene = torch.cat(
-        [
-            model.predict_all_genes(dna[a : a + enhancer_batch], rna, protein)
-            for a in range(0, n_enhancers, enhancer_batch)
-        ]
-    )
-    per_enhancer = every_gene[enhancer, gene]
-    per_enhancer_seconds = time.perf_counter() - start
-    return {
-        "preset": preset,
-        "enhancers": n_enhancers,
-        "pairs": n_pairs,
-        "threads": torch.get_num_threads(),
-        "per_pair_pairs_per_s": n_pairs / per_pair_seconds,
-        "per_enhancer_pairs_per_s": n_pairs / per_enhancer_seconds,
-        "speedup": per_pair_seconds / per_enhancer_seconds,
-        "max_abs_difference": float((per_pair - per_enhancer).abs().max()),
-    }
-
-
-def cdt_eval_tables(r: dict[str, Any]) -> list[Table]:
-    rows = [
-        [
-            shape,
-            e["pairs"],
-            e["enhancers"],
-            e["per_pair_pairs_per_s"],
-            e["per_enhancer_pairs_per_s"],
-            e["speedup"],
-            e["max_abs_difference"],
-        ]
-        for shape, e in r["shapes"].items()
-    ]
-    return [
-        table(
-            f"cdt: evaluation, one forward per pair vs one per enhancer, preset {r['preset']}, same process "
-            f"(threads: {r['threads']})",
-            [
-                "table shape",
-                "pairs",
-                "enhancers",
-                "per pair: pairs/s",
-                "per enhancer: pairs/s",
-                "speedup",
-                "max |difference|",
-            ],
-            rows,
-            ["gasperini-paper: 5,601 pairs over ~5,303 windows; demo: 1,060 pairs over 180 enhancers"],
-        )
     ]
 
 

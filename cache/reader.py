@@ -19,13 +19,8 @@ import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.cache.shards import ShardFiles, direct_readable, empty_rows
+from dogmacache.cache.storage import local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
-
-
-def _local_root(url: str) -> str | None:
-    if "://" in url and not url.startswith("file://"):
-        return None
-    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def chunk_file(url: str, array: str, chunk: int, n_dims: int) -> str:
@@ -46,12 +41,12 @@ def unreadable(url: str, array: str, unit: str, index: int, n_dims: int, err: Ex
 def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     text = os.fspath(url)
     try:
-        if "://" in text and not text.startswith("file://"):
+        local = local_path(text)
+        if local is None:
             from zarr.storage import FsspecStore
 
             store = FsspecStore.from_url(text, read_only=True, storage_options=storage_options)
             return zarr.open_group(store, mode="r", zarr_format=3)
-        local = text[len("file://") :] if text.startswith("file://") else text
         if not os.path.isdir(local):
             raise CacheError(f"no cache at {text!r}: the directory does not exist; check the path")
         return zarr.open_group(local, mode="r", zarr_format=3)
@@ -94,7 +89,7 @@ class EmbeddingCache:
                 "the cache was altered after it was written: re-create it"
             )
         self._view = layout.numpy_view(manifest.dtype)
-        root = _local_root(url)
+        root = local_path(url)
         self._direct = (
             ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
             if root is not None and direct_readable(self.embeddings, manifest.item_shape)

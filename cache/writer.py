@@ -18,7 +18,6 @@ Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items,
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import shutil
@@ -33,6 +32,7 @@ from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.cache.spec import CacheSpec
+from dogmacache.cache.storage import disk_error, local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
 
 
@@ -45,28 +45,12 @@ def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
 
 
 def _local_path(path: str | os.PathLike) -> Path:
-    text = os.fspath(path)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    if "://" in text:
-        raise CacheError(f"caches are written to a local directory, got {text!r}; write locally, then `cache publish`")
-    return Path(text)
-
-
-_DISK_ERRORS = {errno.ENOSPC: "ENOSPC", errno.EDQUOT: "EDQUOT", errno.EROFS: "EROFS", errno.EACCES: "EACCES"}
-
-
-def _disk_error(err: OSError, doing: str, kept: str) -> CacheError | None:
-    """A full disk, a quota, a read-only or unwritable file system as one line; None for other errors."""
-    name = _DISK_ERRORS.get(err.errno)
-    if name is None:
-        return None
-    fix = (
-        "free some space"
-        if err.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "make it writable (or choose another output path)"
-    )
-    return CacheError(f"cannot {doing}: {err.strerror} ({name}); {kept}; {fix}, then re-run the same command to resume")
+    local = local_path(path)
+    if local is None:
+        raise CacheError(
+            f"caches are written to a local directory, got {os.fspath(path)!r}; write locally, then `cache publish`"
+        )
+    return Path(local)
 
 
 class CacheWriter:
@@ -126,7 +110,7 @@ class CacheWriter:
         try:
             lock = WriterLock.acquire(path)
         except OSError as err:
-            raise _disk_error(err, f"create {path}", "nothing was written") or err from None
+            raise disk_error(err, f"create {path}", "nothing was written") or err from None
         try:
             if path.exists() and overwrite:
                 shutil.rmtree(path)
@@ -135,7 +119,7 @@ class CacheWriter:
             try:
                 return cls._create_new(path, wanted, ids, extras, lock)
             except OSError as err:
-                raise _disk_error(err, f"create {path}", "nothing was written") or err from None
+                raise disk_error(err, f"create {path}", "nothing was written") or err from None
         except BaseException:
             lock.release()
             raise
@@ -331,7 +315,7 @@ class CacheWriter:
             self._digests[shard] = np.frombuffer(digest, dtype=np.uint8)  # last: marks the shard finished
         except OSError as err:
             kept = f"{len(self.done_shards())} of {m.n_shards} shards are finished and kept (shard {shard} is redone)"
-            raise _disk_error(err, f"write shard {shard} of {self.path}", kept) or err from None
+            raise disk_error(err, f"write shard {shard} of {self.path}", kept) or err from None
         return digest.hex()
 
     def _to_storage(self, embeddings: np.ndarray, start: int) -> np.ndarray:
@@ -377,7 +361,7 @@ class CacheWriter:
             self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
         except OSError as err:
             kept = f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
-            raise _disk_error(err, f"finalize {self.path}", kept) or err from None
+            raise disk_error(err, f"finalize {self.path}", kept) or err from None
         self.manifest = done
         self.close()
         return done

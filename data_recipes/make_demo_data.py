@@ -26,29 +26,36 @@ The hidden rules (what a model can learn; nothing downstream reads them):
   r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in its 3' UTR exon (0-3; RNA),
   coding_t = 1 when it has a protein, w_g the gene's protein weight (protein), u_tissue, v_tissue in [-1, 1].
   The DEMO genes have a_t = r_t = 0.
+
+Here: the genome, the genes, transcripts and enhancers, and the hidden rules' inputs; `demo_files.py` writes them
+into each source's real format.
 """
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
 import numpy as np
 from dogmacache.contracts.sequences import reverse_complement
-from dogmacache.data_recipes.gtex import ISOFORMER_TISSUES
+from dogmacache.data_recipes.demo_files import (
+    HG19_SHIFT,
+    fasta,
+    write_ensembl,
+    write_gasperini,
+    write_gtex,
+    write_gz,
+    write_uniprot,
+)
 
 HERE = Path(__file__).parent / "demo_data"
 CHROMS = {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
 ISO_CHROM = "chr4"  # the isoform genes' chromosome; its length follows from their layout
-HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38 - shift (a chain file says so)
 GC_BOX = "GGGCGG"  # SP1-like GC box, repeated into 64 bp blocks
 PROMOTER_MOTIF = "TATAAA"
-N_GENES, N_ENHANCERS, GENES_PER_ENHANCER = 36, 180, 6
+N_GENES, N_ENHANCERS = 36, 180
 N_ISO_GENES = 80
 ARE_BLOCK = "TATTTA" * 6  # 36 bp AU-rich element (ATTTA repeats); in frame, one repeated NT 6-mer token
-TISSUES = ISOFORMER_TISSUES  # the 30 GTEx tissues the real recipe selects by default
-SAMPLES_PER_TISSUE = 4
 CODONS = {
     "A": "GCC",
     "R": "CGG",
@@ -71,19 +78,6 @@ CODONS = {
     "Y": "TAC",
     "V": "GTG",
 }
-
-
-def _write_gz(path: Path, text: str) -> None:
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        gz.write(text.encode())
-
-
-def _fasta(records: list[tuple[str, str]], width: int = 60) -> str:
-    lines = []
-    for header, seq in records:
-        lines.append(f">{header}")
-        lines += [seq[i : i + width] for i in range(0, len(seq), width)]
-    return "\n".join(lines) + "\n"
 
 
 def _random(rng: np.random.Generator, n: int) -> str:
@@ -214,7 +208,7 @@ def build(out: Path = HERE, seed: int = 7) -> None:
             seq[a : a + n] = [b.lower() for b in seq[a : a + n]]
     genome_text = {c: "".join(s) for c, s in genome.items()}
     iso_sequence, iso_genes, iso_transcripts = _isoform_genes(np.random.default_rng([seed, 4]), len(gene_rows))
-    _write_gz(out / "genome.fa.gz", _fasta([*genome_text.items(), (ISO_CHROM, iso_sequence)]))
+    write_gz(out / "genome.fa.gz", fasta([*genome_text.items(), (ISO_CHROM, iso_sequence)]))
 
     # chain file demo-hg19 -> demo-hg38
     chain = []
@@ -225,12 +219,12 @@ def build(out: Path = HERE, seed: int = 7) -> None:
             f"{size - shift}",
             "",
         ]
-    _write_gz(out / "hg19ToHg38.over.chain.gz", "\n".join(chain) + "\n")
+    write_gz(out / "hg19ToHg38.over.chain.gz", "\n".join(chain) + "\n")
 
-    _write_gasperini(out, rng, gene_rows, transcripts, enhancers)
-    _write_uniprot(out, gene_rows)
-    _write_ensembl(out, gene_rows + iso_genes, transcripts + iso_transcripts)
-    _write_gtex(out, rng, gene_rows + iso_genes, transcripts + iso_transcripts)
+    write_gasperini(out, rng, gene_rows, transcripts, enhancers)
+    write_uniprot(out, gene_rows)
+    write_ensembl(out, gene_rows + iso_genes, transcripts + iso_transcripts)
+    write_gtex(out, rng, gene_rows + iso_genes, transcripts + iso_transcripts)
 
 
 def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list[dict], list[dict]]:
@@ -322,279 +316,6 @@ def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list
         a, n = int(rng.integers(0, len(chrom) - 400)), int(rng.integers(100, 400))
         chrom[a : a + n] = [b.lower() for b in chrom[a : a + n]]
     return "".join(chrom), genes, transcripts
-
-
-def _write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
-    header = (
-        "pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
-        "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
-        "fold_change.transcript_remaining pvalue.raw pvalue.empirical pvalue.empirical.adjusted outlier_gene"
-    )
-    rows = ["\t".join(header.split())]
-    tss = {g: min(t["start"] for t in transcripts if t["gene"] == g) for g in range(len(genes))}
-    for enh in enhancers:
-        shift = HG19_SHIFT[enh["chrom"]]
-        near = sorted((abs(tss[g] - enh["center"]), g) for g in range(len(genes)) if genes[g]["chrom"] == enh["chrom"])
-        for _, g in near[:GENES_PER_ENHANCER]:
-            gene = genes[g]
-            beta = gene["offset"] - 0.25 * gene["weight"] * enh["active"] + rng.normal(0, 0.08)
-            effect = abs(beta - gene["offset"])
-            p_adj = float(np.clip(rng.uniform(0, 0.01) if effect > 0.25 else rng.uniform(0.05, 1), 0, 1))
-            p_text = "not_applicable" if rng.random() < 0.03 else f"{p_adj:.4g}"
-            rows.append(
-                "\t".join(
-                    map(
-                        str,
-                        [
-                            f"{gene['gene_id']}:{enh['id']}",
-                            enh["id"],
-                            gene["gene_id"],
-                            gene["symbol"],
-                            gene["chrom"],
-                            tss[g] - shift,
-                            tss[g] - shift + 2_000,
-                            gene["strand"],
-                            enh["chrom"],
-                            enh["center"] - 300 - shift,
-                            enh["center"] + 300 - shift,
-                            "DHS",
-                            "top_two",
-                            f"{beta:.5f}",
-                            f"{rng.normal(-2, 0.5):.4f}",
-                            f"{np.exp(beta):.4f}",
-                            f"{p_adj / 10:.4g}",
-                            f"{p_adj:.4g}",
-                            p_text,
-                            "FALSE",
-                        ],
-                    )
-                )
-            )
-    for i in range(5):  # TSS controls and non-targeting rows, which the recipe drops
-        gene = genes[i]
-        rows.append(
-            "\t".join(
-                map(
-                    str,
-                    [
-                        f"{gene['gene_id']}:tss{i}",
-                        f"{gene['symbol']}_TSS",
-                        gene["gene_id"],
-                        gene["symbol"],
-                        gene["chrom"],
-                        5000,
-                        7000,
-                        "+",
-                        gene["chrom"],
-                        5000,
-                        5600,
-                        "TSS",
-                        "top_two",
-                        "-1.2",
-                        "-2",
-                        "0.3",
-                        "1e-6",
-                        "1e-5",
-                        "1e-4",
-                        "FALSE",
-                    ],
-                )
-            )
-        )
-        rows.append(
-            "\t".join(
-                map(
-                    str,
-                    [
-                        f"{gene['gene_id']}:NTC{i}",
-                        f"NTC_{i}",
-                        gene["gene_id"],
-                        gene["symbol"],
-                        gene["chrom"],
-                        5000,
-                        7000,
-                        "+",
-                        "NTC",
-                        "NA",
-                        "NA",
-                        "NTC",
-                        "NA",
-                        "0.01",
-                        "-2",
-                        "1.01",
-                        "0.8",
-                        "0.9",
-                        "not_applicable",
-                        "FALSE",
-                    ],
-                )
-            )
-        )
-    _write_gz(out / "GSE120861_all_deg_results.at_scale.txt.gz", "\n".join(rows) + "\n")
-
-
-def _write_uniprot(out, genes) -> None:
-    records = []
-    for i, gene in enumerate(genes):
-        if gene["symbol"] == "DEMO36":
-            continue  # a target gene without a Swiss-Prot entry: the recipe counts it as missing
-        acc = f"Q9D{i:03d}"
-        records.append(
-            (
-                f"sp|{acc}|{gene['symbol']}_HUMAN Demo protein {i + 1} OS=Homo sapiens OX=9606 "
-                f"GN={gene['symbol']} PE=1 SV=1",
-                gene["protein"],
-            )
-        )
-    _write_gz(out / "uniprot_human_swissprot.fasta.gz", _fasta(records))
-
-
-def _write_ensembl(out, genes, transcripts) -> None:
-    lines = ["#!genome-build GRCh38.demo", "#!genome-version GRCh38"]
-
-    def attrs(g, t=None, extra=""):
-        gene = genes[g]
-        text = f'gene_id "{gene["gene_id"]}"; gene_version "1"; '
-        if t is not None:
-            text += f'transcript_id "{t["tx_id"]}"; transcript_version "2"; '
-        text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "protein_coding"; '
-        if t is not None:
-            text += f'transcript_name "{gene["symbol"]}-20{t["tx_id"][-1]}"; transcript_biotype "{t["biotype"]}";'
-        return text + extra
-
-    for g, gene in enumerate(genes):
-        txs = [t for t in transcripts if t["gene"] == g]
-        chrom = gene["chrom"].removeprefix("chr")
-        lines.append(
-            "\t".join(
-                [
-                    chrom,
-                    "demo",
-                    "gene",
-                    str(min(t["start"] for t in txs)),
-                    str(max(t["end"] for t in txs)),
-                    ".",
-                    gene["strand"],
-                    ".",
-                    attrs(g),
-                ]
-            )
-        )
-        for t in txs:
-            lines.append(
-                "\t".join(
-                    [chrom, "demo", "transcript", str(t["start"]), str(t["end"]), ".", gene["strand"], ".", attrs(g, t)]
-                )
-            )
-            for n, (a, b) in enumerate(t["exons"], 1):
-                lines.append(
-                    "\t".join(
-                        [
-                            chrom,
-                            "demo",
-                            "exon",
-                            str(a),
-                            str(b),
-                            ".",
-                            gene["strand"],
-                            ".",
-                            attrs(g, t, f' exon_number "{n}";'),
-                        ]
-                    )
-                )
-            if t["cds"] is None:
-                continue  # non-coding: exons only
-            lines.append(
-                "\t".join(
-                    [
-                        chrom,
-                        "demo",
-                        "CDS",
-                        str(t["cds"][0]),
-                        str(t["cds"][1]),
-                        ".",
-                        gene["strand"],
-                        "0",
-                        attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";'),
-                    ]
-                )
-            )
-            lines.append(
-                "\t".join(
-                    [
-                        chrom,
-                        "demo",
-                        "stop_codon",
-                        str(t["stop"][0]),
-                        str(t["stop"][1]),
-                        ".",
-                        gene["strand"],
-                        "0",
-                        attrs(g, t),
-                    ]
-                )
-            )
-    _write_gz(out / "Homo_sapiens.GRCh38.88.gtf.gz", "\n".join(lines) + "\n")
-
-    cdna, pep = [], []
-    for t in transcripts:
-        gene = genes[t["gene"]]
-        loc = f"chromosome:GRCh38:{gene['chrom'].removeprefix('chr')}:{t['start']}:{t['end']}:" + (
-            "1" if gene["strand"] == "+" else "-1"
-        )
-        common = (
-            f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding "
-            f"transcript_biotype:{t['biotype']} gene_symbol:{gene['symbol']}"
-        )
-        cdna.append((f"{t['tx_id']}.2 cdna {loc} {common} description:demo", t["cdna"]))
-        if t["gene"] == 2 and t["tx_id"].endswith("001"):
-            continue  # one transcript without a peptide record: the recipe drops and counts it
-        if t["cds"] is None:
-            continue  # non-coding: no peptide
-        pep.append(
-            (
-                f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
-                f"{' '.join(common.split(' ')[1:])} description:demo",
-                gene["protein"],
-            )
-        )
-    _write_gz(out / "Homo_sapiens.GRCh38.cdna.all.fa.gz", _fasta(cdna))
-    _write_gz(out / "Homo_sapiens.GRCh38.pep.all.fa.gz", _fasta(pep))
-
-
-def _write_gtex(out, rng, genes, transcripts) -> None:
-    tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # u_tissue (promoters)
-    protein_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # v_tissue (protein)
-    samples = [
-        (f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t)
-        for i, t in enumerate(TISSUES)
-        for j in range(SAMPLES_PER_TISSUE)
-    ]
-    samples += [("GTEX-DEMO99-BMW-SM-0", "Bone Marrow"), ("GTEX-DEMO99-BMW-SM-1", "Bone Marrow")]
-    columns = [s for s, _ in samples] + ["GTEX-NOATTR-0001-SM-X"]  # a sample without attributes
-    rows = []
-    for t in transcripts:
-        gene = genes[t["gene"]]
-        values = []
-        coding = t["cds"] is not None and not (t["gene"] == 2 and t["tx_id"].endswith("001"))
-        for _sid, tissue in samples + [("", "Blood")]:
-            u, v = tissue_weight.get(tissue, 0.0), protein_weight.get(tissue, 0.0)
-            log_expr = (
-                2.0
-                + u * (0.7 * t["gc"] + 0.3 * t["promoter"])
-                - 0.4 * t["are"]
-                + 0.8 * coding * (gene["weight"] - 0.9) * v
-                + rng.normal(0, 0.15)
-            )
-            values.append(f"{max(np.expm1(max(log_expr, 0.0)), 0.0):.3f}")
-        rows.append("\t".join([f"{t['tx_id']}.2", f"{gene['gene_id']}.1", *values]))
-    rows.append("\t".join(["ENST99999999999.1", "ENSG99999999999.1", *["1.000"] * len(columns)]))  # not in the GTF
-    text = "#1.2\n" + f"{len(rows)}\t{len(columns)}\n" + "\t".join(["transcript_id", "gene_id", *columns]) + "\n"
-    _write_gz(out / "GTEx_Analysis_2017-06-05_v8_RSEMv1.3.0_transcript_tpm.gct.gz", text + "\n".join(rows) + "\n")
-    attrs = ["SAMPID\tSMATSSCR\tSMCENTER\tSMPTHNTS\tSMRIN\tSMTS\tSMTSD\tSMUBRID\tSMAFRZE"]
-    for sid, tissue in samples:
-        attrs.append(f"{sid}\t1\tB1\tdemo\t7.1\t{tissue}\t{tissue} - Demo\t0001\tRNASEQ")
-    (out / "GTEx_Analysis_v8_Annotations_SampleAttributesDS.txt").write_text("\n".join(attrs) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from dogmacache.cache.storage import disk_error
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
@@ -57,13 +58,17 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
         total = response.headers.get("Content-Length")
         total = int(total) + (have if resumed else 0) if total else None
         mode = "ab" if resumed else "wb"
-        with (
-            open(part, mode) as out,
-            tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name) as bar,
-        ):
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
+        try:
+            with (
+                open(part, mode) as out,
+                tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except OSError as err:
+            kept = f"what arrived is kept in {part}"
+            raise disk_error(err, f"download {url} into {part.parent}", kept, InputError) or err from None
     part.rename(dest)
     return dest
 

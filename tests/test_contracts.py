@@ -19,7 +19,7 @@ def test_one_table_reader_for_every_stage(tmp_path):
     from dogmacache.contracts import read_table
     from dogmacache.embed.inputs import read_input_table
     from dogmacache.errors import InputError
-    from dogmacache.train.tasks.base import read_table as task_read_table
+    from dogmacache.train.task import read_table as task_read_table
 
     assert task_read_table is read_table
     table = pd.DataFrame({"id": ["a", "b"], "split": ["train", "test"], "sequence": ["ACG", "TT"]})

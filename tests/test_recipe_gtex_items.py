@@ -11,7 +11,7 @@ from dogmacache.cli import main
 from dogmacache.data_recipes import gtex
 from dogmacache.data_recipes.gtex_sizes import CacheSizeConfig, esm_tokens, expected_cache_bytes, nt_tokens
 from dogmacache.errors import InputError
-from test_recipe_gtex import CONFIG, TISSUES, peptide_of, read_outputs, write_sources
+from gtex_miniature import CONFIG, TISSUES, peptide_of, read_outputs, write_sources
 
 ALL = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, bin_bp=128, transcripts="all")
 README = Path(__file__).resolve().parents[1] / "data_recipes" / "README.md"

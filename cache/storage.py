@@ -1,0 +1,56 @@
+"""Where a cache lies and what its disk says, decided once for every stage.
+
+- `local_path`: a plain path or a `file://` URL names a local directory; any other URL (`http(s)://`, `hf://`,
+  `s3://` ...) is remote (read through fsspec, never written to).
+- `disk_error`: an OSError of the disk (full, over quota, read-only, no permission), found anywhere in an
+  exception's chain, as one line saying what failed, what was kept and how to go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from dogmacache.errors import CacheError, DogmaError
+
+DISK_ERRNOS = {
+    errno.ENOSPC: "ENOSPC",
+    errno.EDQUOT: "EDQUOT",
+    errno.EROFS: "EROFS",
+    errno.EACCES: "EACCES",
+    errno.EPERM: "EPERM",
+}
+
+
+def local_path(url: str | os.PathLike) -> str | None:
+    """The local path `url` names (a `file://` prefix dropped); None when it is a remote URL."""
+    text = os.fspath(url)
+    if text.startswith("file://"):
+        return text[len("file://") :]
+    return None if "://" in text else text
+
+
+def disk_cause(err: BaseException) -> OSError | None:
+    """The first OSError of the disk (`DISK_ERRNOS`) in `err`'s chain (itself, its cause, its context)."""
+    cause: BaseException | None = err
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_ERRNOS):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def disk_error(err: BaseException, doing: str, kept: str, kind: type[DogmaError] = CacheError) -> DogmaError | None:
+    """`err` as one line (a `kind`, CacheError by default) when a disk error caused it: "cannot `doing`: reason
+    (ENOSPC) on file; `kept`; the fix, then re-run the same command to resume"; None for any other error."""
+    cause = disk_cause(err)
+    if cause is None:
+        return None
+    fix = (
+        "free some space"
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "make it writable (or choose another output path)"
+    )
+    where = f" on {cause.filename}" if cause.filename else ""
+    return kind(
+        f"cannot {doing}: {cause.strerror} ({DISK_ERRNOS[cause.errno]}){where}; {kept}; {fix}, then re-run the same "
+        "command to resume"
+    )

@@ -1,0 +1,140 @@
+"""What an embed run is asked for (`EmbedConfig`) and what it uses once decided (`EmbedSettings`, `resolve`):
+"auto" precision for the device, the adapter's token budget for `max_tokens` 0, and the adapter's options as the
+loaded model fixes them. The result goes to the manifest, the stream and the dask workers; the settings that
+change the numbers (`number_fingerprint`) decide whether an existing cache may be extended or reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from dogmacache.cache import open_cache
+from dogmacache.contracts.provenance import file_sha256
+from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.genome import genome_digest
+from dogmacache.errors import CacheError, InputError
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    input: str  # the recipe's table (parquet/TSV)
+    modality: str  # dna | rna | protein | gene | context
+    model: str  # adapter name (see `dogmacache embed --help`)
+    out: str  # cache directory to write
+    model_path: str | None = None  # hub id or local directory; None = the adapter's default weights
+    revision: str | None = None  # hub revision to download; None = main (local directories: unused)
+    genome: str | None = None  # FASTA for dna windows
+    device: str = "auto"  # auto = cuda when available, else cpu
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
+    dtype: str = "float16"  # storage dtype of the cache
+    compression: str = "none"
+    max_tokens: int = 0  # token budget per batch (after tokenisation, specials included); 0 = adapter default
+    max_batch: int = 64  # never more items per batch than this
+    num_workers: int = 2  # CPU processes preparing inputs beside the device
+    shard_items: int | None = None  # items per shard (default: ~1 GiB shards)
+    overwrite: bool = False
+    progress: bool = True
+    options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
+    max_positions: int | None = None  # per-position outputs average-pooled to at most this many positions per item
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What a run uses, every "auto", 0 and None of `EmbedConfig` and the adapter options decided
+    (`resolve`); written into the cache manifest."""
+
+    config: EmbedConfig
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16: the autocast dtype of the forward pass
+    max_tokens: int  # token budget per batch
+    options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
+
+    def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
+        """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
+        read, by name and digest: a manifest is published with its cache, so it holds no local path."""
+        config = self.config
+        run = {k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", *PATHS)}
+        files = {
+            "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
+            "out": Path(config.out).name,
+            "genome": {"name": Path(config.genome).name, "sha256": genome_digest(config.genome)}
+            if config.genome
+            else None,
+            "model_files": info.files,
+        }
+        resolved = {
+            "precision": self.precision,
+            "max_tokens": self.max_tokens,
+            "device": self.device.type,
+            "options": asdict(self.options),
+        }
+        clash = sorted(set(info.config) & (set(run) | set(files) | set(resolved)))
+        assert not clash, f"adapter facts {clash} would overwrite the run's settings"  # one value per key
+        return {**run, **info.config, **files, **resolved}
+
+
+PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold local paths
+# Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
+# Batch sizes (max_tokens, max_batch) are left out: with batches inside shards they move values by float
+# rounding at most, and a resume on another machine may need another budget.
+NUMBER_SETTINGS = ("precision", "device", "dtype", "compression", "max_positions")
+
+
+def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
+    """What in a manifest `config` decides the numbers, one label per setting (an option as its flag)."""
+    found = {name: config.get(name) for name in NUMBER_SETTINGS}
+    for name, value in (config.get("options") or {}).items():
+        found[flags[name]["flags"][0] if name in flags else f"option {name}"] = value
+    for name, digest in (config.get("model_files") or {}).items():
+        found[f"model file {name}"] = digest
+    genome = config.get("genome")
+    if genome:
+        found[f"genome {genome['name']}"] = genome["sha256"]
+    return found
+
+
+def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]) -> None:
+    """A cache already at `out` (finished or not) is extended or reused only when its recorded settings agree
+    with this run's; InputError naming the first that differs, its value in the cache and now, and the fix."""
+    if not Path(out).exists():
+        return
+    try:
+        there = open_cache(out, allow_partial=True).manifest.config  # read only: takes no writer lock
+    except (CacheError, OSError):
+        return  # not a cache: creating the cache names the problem
+    old, new = number_fingerprint(there, flags), number_fingerprint(wanted, flags)
+    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if differ:
+        first = differ[0]
+        more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+        raise InputError(
+            f"{out} was embedded with other settings: {first}: {old.get(first)!r} in the cache, "
+            f"{new.get(first)!r} now{more}; re-run with the cache's settings to resume or reuse it, or pass "
+            "--overwrite (or another --out) to embed anew"
+        )
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """ "auto" is bf16 autocast on CUDA and fp32 elsewhere; any other value must be one of PRECISIONS."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve(config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device) -> EmbedSettings:
+    """The one place a run's settings are decided, once the adapter is loaded and the device picked."""
+    return EmbedSettings(
+        config=config,
+        device=device,
+        precision=resolve_precision(device, config.precision),
+        max_tokens=config.max_tokens or adapter.default_max_tokens(device),
+        options=adapter.options,
+    )

@@ -1,0 +1,196 @@
+"""The batch loop: rows prepared on the CPU by DataLoader worker processes (FASTA reads, one-hot, tokenisation)
+while the device computes, grouped into batches by a token budget counted after tokenisation
+(`batches_by_budget`), run under the resolved autocast, optionally pooled to `max_positions`, and cast to the
+storage dtype on the device before the copy to the host (`to_host`). `embed_stream` yields batch by batch;
+`embed_rows` collects every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import os
+import signal
+import sys
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import torch
+from dogmacache.cache.layout import numpy_view
+from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
+from dogmacache.embed.settings import PRECISIONS
+from dogmacache.errors import CacheError, DogmaError
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for the forward pass under a resolved `precision` (weights stay fp32)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pool_positions(
+    embedded: torch.Tensor, mask: np.ndarray | None, max_positions: int
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(b, L, D) outputs average-pooled to (b, K, D), K = min(L, max_positions), bins as torch's adaptive pooling.
+    With a `mask` (b, L) of real positions, only an item's real positions are pooled, into min(n_real, K) bins
+    at the front; the returned mask (b, K) marks the bins that hold any."""
+    length = embedded.shape[1]
+    if length <= max_positions:
+        return embedded, mask
+    if mask is None:
+        pooled = torch.nn.functional.adaptive_avg_pool1d(embedded.transpose(1, 2).float(), max_positions)
+        return pooled.transpose(1, 2).to(embedded.dtype), None
+    out = embedded.new_zeros(embedded.shape[0], max_positions, embedded.shape[2])
+    kept = np.zeros((embedded.shape[0], max_positions), dtype=bool)
+    for i, row in enumerate(np.asarray(mask, dtype=bool)):
+        real = torch.from_numpy(np.flatnonzero(row)).to(embedded.device)
+        bins = min(len(real), max_positions)
+        if bins:
+            tokens = embedded[i, real].T.unsqueeze(0).float()  # (1, D, n_real)
+            out[i, :bins] = torch.nn.functional.adaptive_avg_pool1d(tokens, bins)[0].T.to(embedded.dtype)
+            kept[i, :bins] = True
+    return out, kept
+
+
+def bounded_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
+    """The model's outputs as the cache holds them once pooled to `max_positions` (item shape and mask)."""
+    if not max_positions or len(info.item_shape) != 2 or info.item_shape[0] <= max_positions:
+        return info
+    extras = tuple(dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras)
+    return dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
+
+
+def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
+    """(b, ...) outputs cast to the storage `dtype` on their device, then copied to the host. bfloat16 comes
+    back as ml_dtypes' bfloat16 (same bits). Values finite before the cast and not after (beyond float16's
+    range) are refused here, naming the item, where the cause is still known."""
+    stored = embedded.to(getattr(torch, dtype))
+    if dtype == "float16":
+        overflow = (torch.isinf(stored) & torch.isfinite(embedded)).flatten(1).any(1)  # (b,)
+        if bool(overflow.any()):
+            first = int(overflow.nonzero()[0, 0])
+            raise CacheError(
+                f"item {ids[first]!r} has values beyond float16's range (|x| > 65,504); store float32 instead "
+                "(--dtype float32)"
+            )
+    if dtype == "bfloat16":  # numpy has no bfloat16 of its own: move the bits, view them as ml_dtypes'
+        return stored.view(torch.int16).cpu().numpy().view(numpy_view("bfloat16"))
+    return stored.cpu().numpy()
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Rows of the table for the pending shards, prepared one by one in worker processes."""
+
+    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter):
+        self.rows, self.adapter = rows, adapter
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        # A worker's exception reaches the parent re-raised inside torch's multi-line wrapper; the user's error
+        # travels as data instead and is raised as itself (`_raise_errors`), one line as always.
+        try:
+            return self.adapter.prepare(self.rows[i])
+        except DogmaError as err:
+            return {_ERROR: err}
+
+
+_ERROR = "_error"  # key of an item whose preparation failed
+
+
+def _raise_errors(items):
+    for item in items:
+        if _ERROR in item:
+            raise item[_ERROR]
+        yield item
+
+
+def _die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """DataLoader worker init: the kernel kills this worker when the embed process dies (even by kill -9).
+    torch's own check exits the work loop, but the exiting worker then waits forever to flush results into a
+    pipe whose read end its sibling workers still hold. Linux only; elsewhere torch's check is all there is."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def _as_prepared(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Items stay as the adapter prepared them (the default would turn numpy arrays into tensors)."""
+    return item
+
+
+def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: Collection[int] = ()):
+    """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`; the
+    items at positions `starts` always open a new batch (shard boundaries: a shard's bytes then depend only on
+    the shard, since CPU kernels round differently at other batch sizes)."""
+    batch, longest = [], 0
+    for position, item in enumerate(items):
+        cost = n_tokens(item)
+        full = max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch
+        if batch and (full or position in starts):
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, cost)
+    if batch:
+        yield batch
+
+
+def embed_stream(
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    *,
+    device: torch.device,
+    precision: str,
+    max_tokens: int,
+    max_batch: int,
+    num_workers: int,
+    dtype: str = "float32",
+    starts: Collection[int] = (),
+    max_positions: int | None = None,
+):
+    """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
+    batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
+    spans a position in `starts` and the row before it."""
+    loader = torch.utils.data.DataLoader(
+        _Prepared(rows, adapter),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_prepared,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=16 if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
+    )
+    done = 0
+    with torch.inference_mode(), autocast_for(device, precision):
+        for batch in batches_by_budget(
+            _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
+        ):
+            embedded, extras = adapter.embed(batch)
+            if max_positions and embedded.ndim == 3:
+                embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
+                if mask is not None:
+                    extras = {**extras, "mask": mask}
+            ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
+            done += len(batch)
+            yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
+
+
+def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:
+    """All rows at once: (N, *item_shape) in the stream's `dtype` and the extras, each (N, ...)."""
+    outputs, extras = [], {}
+    for embedded, batch_extras in embed_stream(adapter, rows, **kwargs):
+        outputs.append(embedded)
+        for key, value in batch_extras.items():
+            extras.setdefault(key, []).append(value)
+    return np.concatenate(outputs), {k: np.concatenate(v) for k, v in extras.items()}
