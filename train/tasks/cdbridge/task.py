@@ -34,6 +34,7 @@ class CdbridgeTask(Task):
     model_config = CdbridgeModelConfig
     models: ClassVar[dict] = {"CdbridgeModel": lambda c: CdbridgeModel(**c)}
     metric = "spearman_mean_seen"  # held-out tissues never choose the checkpoint
+    input_columns = ("dna_row",)  # protein rows are the contrastive target, tissues the condition
 
     def __init__(self, config: Any, label: str | None = None):
         super().__init__(config)
