@@ -292,3 +292,31 @@ def test_a_frozen_stage_1_gives_the_same_fused_tokens_at_every_training_step():
     model.train()
     assert torch.equal(model.fuse(dna), model.fuse(dna)) and not model.connector.training
     assert model.conditioned.training and not any(p.requires_grad for p in model.connector.parameters())
+
+
+def test_kept_fractions_count_only_mergeable_bins_so_they_have_no_floor(tmp_path):
+    from dogmacache.train.tasks.cdbridge.report import kept_fractions
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["stage"] = 1
+    task = CdbridgeTask(config_from_dict(raw))
+    data = task.load()
+    model, _, _ = task.build_model(data, {})
+    model.rate_mean = 0.5  # every set-A bin merges away
+    merged = kept_fractions(model, data, "test", torch.device("cpu"), 4)
+    assert merged["kept_coding"] == 0.0 and merged["kept_noncoding"] == 0.0 and merged["kept_all_bins"] == 0.5
+    model.rate_mean = 0.0
+    assert kept_fractions(model, data, "test", torch.device("cpu"), 4)["kept_coding"] == 1.0
+
+
+def test_the_position_prior_is_each_bins_training_frequency_per_strand(tmp_path):
+    from dogmacache.train.tasks.cdbridge.report import position_prior
+
+    task = CdbridgeTask(config_from_dict(write_recipe(tmp_path)))
+    data = task.load()
+    train = data.transcripts["train"].assign(strand=["+", "-"] * (len(data.transcripts["train"]) // 2))
+    data.transcripts = {**data.transcripts, "train": train}
+    data.transcripts["test"] = data.transcripts["test"].assign(strand="-")
+    masks = np.stack(train["target"].to_list())
+    expected = masks[(train["strand"] == "-").to_numpy()].mean(0)
+    np.testing.assert_allclose(position_prior(data, "test"), np.tile(expected, (len(data.transcripts["test"]), 1)))

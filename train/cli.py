@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--example-config", action="store_true", help="print every key with its default and exit")
     p.add_argument("--task", default="cdt", help="with --example-config: which task's keys (default cdt)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="run the configuration once per seed (e.g. 0,1,2 or 0-4) into <dir>/seed<k>; "
+        "<dir>/seeds.json holds mean, sd and range of every metric",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_train, interrupted=_interrupted)
     sub = p.add_subparsers(dest="train_command", metavar="ACTION")
@@ -67,7 +73,12 @@ def _train(args: argparse.Namespace) -> int:
 
     distributed = setup_distributed()
     try:
-        run_training(config, progress=not args.no_progress)
+        if args.seeds is not None:
+            from dogmacache.train.seeds import parse_seeds, run_seeds
+
+            run_seeds(config, parse_seeds(args.seeds), progress=not args.no_progress)
+        else:
+            run_training(config, progress=not args.no_progress)
     finally:
         if distributed:
             import torch

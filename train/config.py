@@ -56,6 +56,17 @@ class TrainConfig:
     # torch.compile the training forward: no | default | reduce-overhead (CUDA graphs). A CDT paper bf16 step on one
     # H100: 22-28 steps/s uncompiled, 49 default, 63 reduce-overhead; the first steps pay the compilation
     compile: str = "no"
+    # controls trained beside the model in the same run (train/controls.py): permuted_labels (the null),
+    # shuffled_inputs; and control_caches "KEY=PATH": the same task with a [data] cache swapped (k-mer features)
+    controls: tuple[str, ...] = ()
+    control_caches: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.controls if c not in ("permuted_labels", "shuffled_inputs")]
+        if unknown:
+            raise InputError(
+                f"[train] controls names {unknown[0]!r}; expected some of ['permuted_labels', 'shuffled_inputs']"
+            )
 
     LIMITS: ClassVar[dict[str, str]] = {
         "epochs": ">=1",

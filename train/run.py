@@ -23,6 +23,7 @@ from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.checkpoint import disk_reason
 from dogmacache.train.config import RunConfig
+from dogmacache.train.controls import controls
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData
@@ -130,6 +131,8 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
             predictions = {s: baseline.predict(data, s) for s in ("validation", "test")}
             results[name] = {s: task.metrics(p, data, s) for s, p in predictions.items()}
             results[name]["predictions"] = predictions
+    for name, (control, control_data) in controls(task, data).items():
+        results[name] = _fit_task(control, control_data, name, out, progress, done)
     summary = {
         "task": config.task,
         "metric": task.metric,  # the validation metric that chose each checkpoint

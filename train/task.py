@@ -158,6 +158,9 @@ class Task(ABC):
     model_config: ClassVar[type]  # the [model] dataclass
     models: ClassVar[dict[str, Callable[[dict[str, Any]], nn.Module]]]  # class name -> rebuild from config dict
     metric: ClassVar[str] = "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
+    # columns of the split tables that point into input caches (row numbers): what the shuffled-inputs control
+    # permutes (`controls.py`); a `<modality>_present` column beside one says which rows are real
+    input_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config  # the RunConfig

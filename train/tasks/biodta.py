@@ -189,6 +189,7 @@ class BiodtaTask(Task):
     model_config = BiodtaModelConfig
     models: ClassVar[dict] = {"TokenAdapter": lambda c: TokenAdapter(**c)}
     metric = "cosine"  # mean cosine to the true token on validation genes
+    input_columns = ("dna_row",)
 
     def load(self) -> BiodtaData:
         return load_biodta(self.config)

@@ -269,6 +269,7 @@ class IsoformerTask(Task):
     model_config = IsoformerModelConfig
     models: ClassVar[dict] = {"IsoformerAggregator": lambda c: IsoformerAggregator(**c)}
     metric = "spearman_mean_tissue"
+    input_columns = ("dna_row", "rna_row", "protein_row")
 
     def __init__(self, config: Any):
         super().__init__(config)

@@ -27,7 +27,9 @@ class CdbridgeDataConfig:
     labels: str = required()  # the gtex recipe's labels.parquet (standardised log1p mean TPM per tissue)
     dna_cache: str = required()  # per-position DNA cache of the recipe's TSS windows (ids = dna_id)
     protein_cache: str = required()  # pooled protein cache (ESM-2 mean; ids = protein_id)
-    tissue_cache: str = required()  # pooled scGPT `context` embeddings of tissue_profiles (ids = tissue names)
+    # pooled scGPT `context` embeddings of tissue_profiles (ids = tissue names): one token per tissue, where the
+    # paper's tissue dictionary has M per tissue (C x M x d); the recipe embeds one bulk profile per tissue
+    tissue_cache: str = required()
     coding_masks: str = required()  # the recipe's coding_masks.parquet (one flag per DNA bin, per transcript)
     tissues_table: str = ""  # the recipe's tissues.parquet (held_out column); "" = beside the labels
     tissues: tuple[str, ...] = ()  # label columns to model; () = every tissue column of the labels

@@ -109,6 +109,9 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     frame["protein_row"] = 0
     frame.loc[frame["protein_present"], "protein_row"] = protein_cache.rows_of(protein_ids[frame["protein_present"]])
     frame["mask_row"] = np.arange(len(frame))
+    # the window's strand, the last field of the gtex recipe's window ids ("chrom:center:strand"); "." unknown
+    window_ids = (table["dna_id"] if "dna_id" in table else frame["id"]).astype(str)
+    frame["strand"] = [w.rsplit(":", 1)[-1] if w.rsplit(":", 1)[-1] in ("+", "-") else "." for w in window_ids]
     values = table[tissues].to_numpy(np.float32)
     if not np.isfinite(values).all():
         raise InputError(f"{d.labels} has missing or non-finite labels; drop or fix them in the recipe")

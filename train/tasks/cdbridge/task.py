@@ -34,6 +34,7 @@ class CdbridgeTask(Task):
     model_config = CdbridgeModelConfig
     models: ClassVar[dict] = {"CdbridgeModel": lambda c: CdbridgeModel(**c)}
     metric = "spearman_mean_seen"  # held-out tissues never choose the checkpoint
+    input_columns = ("dna_row",)  # protein rows are the contrastive target, tissues the condition
 
     def __init__(self, config: Any, label: str | None = None):
         super().__init__(config)
@@ -175,9 +176,13 @@ class CdbridgeTask(Task):
             bce = nn.functional.binary_cross_entropy_with_logits(
                 torch.from_numpy(predictions), torch.from_numpy(observed.astype(np.float32))
             )
+            prior = report.position_prior(data, split)  # the same bins scored with no sequence at all
             return {
                 **regression_metrics(1 / (1 + np.exp(-predictions)), observed),
                 **report.binary_metrics(predictions, observed),
+                **{
+                    f"prior_{k}": v for k, v in report.binary_metrics(prior, observed).items() if k != "coding_fraction"
+                },
                 "neg_bce": -float(bce),
             }
         table = data.splits[split]

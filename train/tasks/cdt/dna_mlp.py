@@ -42,6 +42,7 @@ class DnaOnlyMLP(nn.Module):
 class DnaMlpTask(Task):
     name = "dna_mlp"
     data_config = pairs.PairDataConfig
+    input_columns = ("dna_row",)
     model_config = DnaMlpModelConfig
     models: ClassVar[dict] = {"DnaOnlyMLP": lambda c: DnaOnlyMLP(**c)}
 

@@ -82,6 +82,7 @@ def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
 class CdtTask(Task):
     name = "cdt"
     data_config = CdtDataConfig
+    input_columns = ("dna_row",)  # the RNA and protein tables are indexed by the gene the head predicts
     model_config = CdtModelConfig
     models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
 

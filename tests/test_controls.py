@@ -1,0 +1,107 @@
+"""The controls every task gets from the loop (train/controls.py): they run in the same call, and they can
+fail: on data whose labels follow the DNA, the model beats the permutation null and the shuffled inputs by a
+wide margin; on data whose labels do not, nothing does."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_cache
+from dogmacache.errors import InputError
+from dogmacache.train.controls import permuted_labels, shuffled_inputs
+from dogmacache.train.registry import config_from_dict
+from dogmacache.train.run import run_training
+from dogmacache.train.task import TaskData
+
+
+def write_pairs(tmp_path, signal: bool, n_enh: int = 120, genes: int = 3) -> dict:
+    """DNA windows (n_enh, 4, 6) and pairs whose beta is a fixed linear read-out of the window's mean (signal) or
+    noise drawn apart from it."""
+    rng = np.random.default_rng(0)
+    dna = rng.normal(size=(n_enh, 4, 6)).astype(np.float32)
+    ids = [f"e{i}" for i in range(n_enh)]
+    write_cache(tmp_path / "dna.zarr", dna, ids=ids, shard_items=40)
+    weights = rng.normal(size=(genes, 6))
+    rows = []
+    for i in range(n_enh):
+        split = "train" if i < 0.6 * n_enh else "validation" if i < 0.8 * n_enh else "test"
+        for g in range(genes):
+            beta = float(dna[i].mean(0) @ weights[g]) if signal else float(rng.normal())
+            rows.append({"enhancer": ids[i], "gene": f"G{g}", "gene_index": g, "split": split, "beta": beta})
+    pd.DataFrame(rows).to_parquet(tmp_path / "labels.parquet")
+    return {
+        "task": "dna_mlp",
+        "data": {"labels": str(tmp_path / "labels.parquet"), "dna_cache": str(tmp_path / "dna.zarr")},
+        "model": {"hidden": 32, "dropout": 0.0},
+        "train": {
+            "epochs": 12,
+            "batch_size": 16,
+            "lr": 1e-2,
+            "num_workers": 0,
+            "device": "cpu",
+            "early_stop_patience": 12,
+            "controls": ["permuted_labels", "shuffled_inputs"],
+        },
+        "output": {"dir": str(tmp_path / "out"), "resume": False},
+    }
+
+
+def test_the_controls_run_beside_the_model_and_fall_to_zero_where_the_model_does_not(tmp_path):
+    summary = run_training(config_from_dict(write_pairs(tmp_path, signal=True)), progress=False)
+    test = {name: m["test"]["pearson"] for name, m in summary["models"].items()}
+    assert set(test) == {"dna_mlp", "per_gene_mean", "control_permuted_labels", "control_shuffled_inputs"}
+    assert test["dna_mlp"] > 0.7
+    assert abs(test["control_permuted_labels"]) < 0.35 and abs(test["control_shuffled_inputs"]) < 0.35
+    assert test["dna_mlp"] - max(test["control_permuted_labels"], test["control_shuffled_inputs"]) > 0.4
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(written["models"]) == set(test)
+
+
+def test_without_signal_the_model_scores_no_better_than_its_controls(tmp_path):
+    summary = run_training(config_from_dict(write_pairs(tmp_path, signal=False)), progress=False)
+    assert abs(summary["models"]["dna_mlp"]["test"]["pearson"]) < 0.35
+
+
+def test_permuted_labels_keep_the_values_and_touch_only_training():
+    train = pd.DataFrame({"target": np.arange(10.0), "dna_row": np.arange(10)})
+    test = pd.DataFrame({"target": np.arange(3.0), "dna_row": np.arange(3)})
+    data = TaskData(splits={"train": train, "validation": test, "test": test}, fingerprints={})
+    permuted = permuted_labels(data, seed=0)
+    assert sorted(permuted.splits["train"]["target"]) == list(np.arange(10.0))
+    assert not np.array_equal(permuted.splits["train"]["target"], train["target"])
+    assert permuted.splits["test"] is test and data.splits["train"] is train
+
+
+def test_shuffled_inputs_remap_items_within_each_split_keeping_the_grouping():
+    # six examples over three items; rows 7 and 9 of another modality are absent for two examples
+    train = pd.DataFrame(
+        {
+            "dna_row": [0, 0, 1, 1, 2, 2],
+            "rna_row": [5, 5, 0, 0, 6, 6],
+            "rna_present": [True, True, False, False, True, True],
+            "target": np.arange(6.0),
+        }
+    )
+    data = TaskData(splits={"train": train, "validation": train.copy(), "test": train.copy()}, fingerprints={})
+    shuffled = shuffled_inputs(data, ("dna_row", "rna_row"), seed=3).splits["train"]
+    assert sorted(set(shuffled["dna_row"])) == [0, 1, 2]
+    assert all(shuffled["dna_row"].iloc[a] == shuffled["dna_row"].iloc[a + 1] for a in (0, 2, 4))  # items stay whole
+    assert list(shuffled.loc[~shuffled["rna_present"], "rna_row"]) == [0, 0]  # absent rows untouched
+    assert set(shuffled.loc[shuffled["rna_present"], "rna_row"]) == {5, 6}
+    changed = [
+        not np.array_equal(shuffled_inputs(data, ("dna_row",), seed=s).splits["train"]["dna_row"], train["dna_row"])
+        for s in range(5)
+    ]
+    assert any(changed)
+    with pytest.raises(InputError, match="declares no input columns"):
+        shuffled_inputs(data, (), seed=0)
+
+
+def test_an_unknown_control_is_refused_when_the_config_is_read(tmp_path):
+    raw = write_pairs(tmp_path, signal=True)
+    raw["train"]["controls"] = ["permuted_labels", "label_noise"]
+    with pytest.raises(InputError, match="controls names 'label_noise'"):
+        config_from_dict(raw)
