@@ -97,7 +97,7 @@ def test_train_onto_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_pat
     with pytest.raises(InputError) as err:
         run_training(config_from_dict(raw), progress=False)
     text = _one_line(err)
-    assert "the disk is full" in text and "re-run the same command" in text
+    assert "No space left on device (ENOSPC)" in text and "re-run the same command" in text
     assert list((tmp_path / "out").glob("*.tmp")) == []
 
 

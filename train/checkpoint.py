@@ -13,12 +13,14 @@ and, in `<name>_last.pt` only, the optimiser, scheduler, RNG and loop state for 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
+from dogmacache.cache.storage import disk_error
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
 from torch import nn
@@ -28,34 +30,22 @@ FORMAT = "dogmacache-checkpoint-1"
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a kill mid-save leaves the previous checkpoint intact. A full or read-only disk is one
-    line saying what is kept; the partial temporary file is removed, so it holds no space."""
+    line saying what is kept (`cache.storage.disk_error`); the partial temporary file is removed, so it holds no
+    space."""
     tmp = path.with_suffix(".tmp")
     try:
         torch.save({"format": FORMAT, **payload}, tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError (inline_container.cc)
+    except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, RuntimeError) and "inline_container" not in str(err) and "write" not in str(err).lower():
-            raise
+        if isinstance(err, RuntimeError) and "inline_container" in str(err):
+            # torch reports a short write (the disk filled) as RuntimeError, without the OSError behind it
+            err = OSError(errno.ENOSPC, "No space left on device", str(tmp))
         kept = f"{path} (the previous one) is kept" if path.exists() else "no checkpoint of this model was kept"
-        raise InputError(
-            f"could not write {path}: {disk_reason(err)}; {kept}; free space or fix permissions, then re-run "
-            "the same command to resume from the last saved epoch"
-        ) from None
-
-
-def disk_reason(err: BaseException) -> str:
-    """What went wrong on the disk, in words."""
-    import errno
-
-    code = getattr(err, "errno", None)
-    if code == errno.ENOSPC or "enforce fail" in str(err) or "No space" in str(err):
-        return "the disk is full"
-    if code == errno.EROFS:
-        return "the file system is read-only"
-    if code in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        error = disk_error(err, f"write {path}", kept, kind=InputError)
+        if error is None:
+            raise
+        raise error from None
 
 
 def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

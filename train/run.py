@@ -21,7 +21,6 @@ from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import apply_cpu_allocator, pick_device
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
-from dogmacache.train.checkpoint import disk_reason
 from dogmacache.train.config import RunConfig
 from dogmacache.train.controls import controls
 from dogmacache.train.loop import evaluate, fit, world
@@ -95,9 +94,9 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
+        reason = err.strerror or type(err).__name__
         raise InputError(
-            f"[output] dir {str(out)!r} is not writable ({disk_reason(err)}); choose another folder with "
-            "--set output.dir=PATH"
+            f"[output] dir {str(out)!r} is not writable ({reason}); choose another folder with --set output.dir=PATH"
         ) from None
     try:
         lock = WriterLock.acquire(out)
