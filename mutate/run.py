@@ -11,7 +11,12 @@ The adapted tokens live where the token cache's vectors live; when that cache is
 option), each adapted token is scaled to the length of the gene's own input token enc_norm(embedding) before it
 stands in for it, so the encoder sees inputs of its usual size.
 
-Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), summary.json, moved_genes.png.
+With a gene-set file, each set is scored against each variant's top N moved genes (overlap, fold enrichment and a
+hypergeometric p over the genes scored; `genesets.py`), the evaluation Bio-DTA reports
+(docs/papers.md#bio-dta-reported-results).
+
+Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), gene_sets.tsv (with a gene-set file),
+summary.json, moved_genes.png.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 from dogmacache.cache import first_fingerprint_difference, open_cache
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
-from dogmacache.mutate.encoder import moved_genes
+from dogmacache.mutate.encoder import adapter_moves, open_profile, top
+from dogmacache.mutate.genesets import UNIVERSE_NOTE, GeneSet, read_gene_sets, score_gene_sets
 from dogmacache.mutate.scan import Scanner, open_scanner
 from dogmacache.train.checkpoint import read
 from dogmacache.train.registry import load_model
@@ -48,6 +54,7 @@ class MutateConfig:
     profiles: str | None = None  # table: id + one column per gene symbol (tissue or cell profiles)
     profile: str | None = None  # the row id in `profiles`
     top_n: int = 50  # moved genes reported per variant
+    gene_set: str | None = None  # GMT or one symbol per line: each set scored against the top_n moved genes
     device: str | None = None  # None = the device the DNA cache was embedded on (the numbers depend on it)
 
 
@@ -98,6 +105,12 @@ def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
 
 def run_mutate(config: MutateConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    if config.gene_set and not config.scgpt_model:
+        raise InputError(
+            f"--gene-set {config.gene_set} scores the genes the scGPT encoder moves; add --scgpt-model, --profiles "
+            "and --profile"
+        )
+    sets, warnings = read_gene_sets(config.gene_set) if config.gene_set else ([], [])
     model, checkpoint = load_adapter(config.checkpoint)
     data = checkpoint["config"]["data"]
     dna, token_cache = open_cache(data["dna_cache"]), open_cache(data["token_cache"])
@@ -141,13 +154,33 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
     }
     if config.scgpt_model:
-        moved = moved_genes(config, token_cache, shift, tokens)
-        moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
-        summary["top_moved"] = moved[moved["variant"] == 0].head(10)[["gene", "l2_shift", "cosine"]].to_dict("records")
-        from dogmacache.mutate.figures import moved_genes_figure
-
-        moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+        summary.update(_moved_genes(config, token_cache, shift, tokens, sets, warnings, out))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _moved_genes(config: MutateConfig, token_cache, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):
+    """moved_genes.tsv / .png and, with gene sets, gene_sets.tsv; the summary's entries for them."""
+    inputs = open_profile(config, token_cache)
+    ranking = adapter_moves(inputs, shift, tokens)
+    moved = top(ranking, config.top_n)
+    moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
+    found: dict[str, Any] = {
+        "genes_scored": len(inputs.names),
+        "top_moved": moved[moved["variant"] == 0].head(10)[["gene", "l2_shift", "cosine"]].to_dict("records"),
+    }
+    from dogmacache.mutate.figures import moved_genes_figure
+
+    moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+    if sets:
+        rankings = {int(v): list(part["gene"]) for v, part in ranking.groupby("variant")}
+        table, more = score_gene_sets(rankings, config.top_n, sets, "bio-dta adapter")
+        table.to_csv(out / "gene_sets.tsv", sep="\t", index=False, float_format="%.6g")
+        found["gene_sets"] = table.to_dict("records")
+        found["gene_set_universe"] = UNIVERSE_NOTE
+        warnings = [*warnings, *more]
+    if warnings:
+        found["gene_set_warnings"] = warnings
+    return found
