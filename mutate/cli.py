@@ -1,5 +1,6 @@
 """`dogmacache mutate`: edits near a gene -> the shift of its Bio-DTA adapted token and, on a tissue or cell
-profile, the genes whose scGPT output embeddings move most (see `run.py` for what it writes)."""
+profile, the genes whose scGPT output embeddings move most, beside those an adapter-free knock-out of the gene
+moves (see `run.py` for what it writes)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ def _mutate(args: argparse.Namespace) -> int:
             "rows_reused",
             "token_shift",
             "top_moved",
+            "comparator",
+            "top_moved_knockout",
             "seconds",
         )
         if k in summary
@@ -90,7 +93,7 @@ def _mutate(args: argparse.Namespace) -> int:
         print(gene_set_lines(summary["gene_sets"], summary["gene_set_universe"]))
     print(
         f"wrote {args.out}: token_shift.tsv, summary.json"
-        + (", moved_genes.tsv, moved_genes.png" if args.scgpt_model else "")
+        + (", moved_genes.tsv, moved_genes_knockout.tsv, moved_genes.png" if args.scgpt_model else "")
         + (", gene_sets.tsv" if "gene_sets" in summary else "")
     )
     return 0

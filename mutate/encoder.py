@@ -1,6 +1,7 @@
 """Part (b) of mutate: the scGPT encoder (the embed stage's plain-PyTorch rebuild) on one profile, run with the
 edited windows' genes' tokens replaced by their adapted tokens, reference vs edited; the genes whose output
-embeddings move most.
+embeddings move most. Beside it, the adapter-free comparator Bio-DTA is measured against
+(docs/papers.md#bio-dta-reported-results): the same encoder with the gene knocked out in expression space.
 
 Shapes: L tokens (`<cls>` + the profile's expressed genes, as the context adapter prepares them), D = embsize.
 """
@@ -129,6 +130,20 @@ def adapter_moves(inputs: ProfileInput, shift: pd.DataFrame, tokens: dict[str, n
         frame = ranked(inputs.names, runs["reference"], runs["edited"], variant=variant)
         frames.append(frame.assign(token_replaced=frame["gene"].isin(replaced)))
     return pd.concat(frames, ignore_index=True)[["variant", "rank", "gene", "l2_shift", "cosine", "token_replaced"]]
+
+
+def knockout_moves(inputs: ProfileInput, gene: str) -> pd.DataFrame:
+    """The adapter-free comparator: the same encoder on the profile as it is (every gene its own scGPT token, no
+    adapted token) and with `gene` knocked out in expression space, its position (token and value bin) dropped from
+    the input as a zero expression drops a gene from scGPT's input. The other genes keep their bins, so the knock-out
+    is the only change. Every other gene ranked by the L2 shift of its output embedding."""
+    at = inputs.position[gene]
+    keep = torch.arange(len(inputs.genes)) != at
+    reference = encode(inputs.model, inputs.genes, inputs.values, {})[1:].numpy()  # without <cls>
+    knocked = encode(inputs.model, inputs.genes[keep], inputs.values[keep], {})[1:].numpy()
+    others = [i for i in range(len(inputs.names)) if i != at - 1]
+    frame = ranked([inputs.names[i] for i in others], reference[others], knocked)
+    return frame[["rank", "gene", "l2_shift", "cosine"]]
 
 
 def top(ranking: pd.DataFrame, n: int) -> pd.DataFrame:

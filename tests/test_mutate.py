@@ -275,5 +275,17 @@ def test_gene_sets_are_scored_against_the_top_moved_genes_through_the_cli(scene,
     )
     assert "gene set 'ELSEWHERE' (line 2): none of its 1 genes is among the 4 genes scored" in printed.err
     assert "gene sets vs the top moved genes (universe = the genes scored" in printed.out and "TARGETS" in printed.out
+    knockout = sets[sets["model"] == "adapter-free knockout"].iloc[0]  # AAA knocked out: BBB, CCC, DDD scored
+    assert (knockout["gene_set"], knockout["in_universe"], knockout["universe"], knockout["top_n"]) == (
+        "TARGETS",
+        2,
+        3,
+        2,
+    )
+    moved_knockout = pd.read_csv(out / "moved_genes_knockout.tsv", sep="\t")
+    assert list(moved_knockout["rank"]) == [1, 2] and "AAA" not in set(moved_knockout["gene"])
+    assert knockout["overlap"] == len(set(moved_knockout["gene"]) & {"BBB", "CCC"})
+    assert summary["comparator"].startswith("adapter-free knockout: the same scGPT encoder")
+    assert "adapter-free knockout" in printed.out and '"top_moved_knockout"' in printed.out
     with pytest.raises(InputError, match=r"--gene-set .*targets.gmt scores the genes the scGPT encoder moves"):
         run_mutate(_config(root, models, genome, edits=("chr1:1400-1420",), scgpt_model=None, gene_set=str(gmt)))

@@ -1,9 +1,12 @@
-"""Gene sets for `dogmacache mutate --gene-set`: the enrichment numbers on a hand-made example whose hypergeometric
-p is worked out by hand, GMT and one-symbol-per-line files, and their one-line errors and warnings."""
+"""Bio-DTA's evaluation in `dogmacache mutate`: gene sets (`--gene-set`: the enrichment numbers on a hand-made
+example whose hypergeometric p is worked out by hand, GMT and one-symbol-per-line files, their one-line errors and
+warnings) and the adapter-free knock-out comparator against the scGPT encoder's own padding mask."""
 
 import math
 
+import numpy as np
 import pytest
+import torch
 from dogmacache.errors import InputError
 from dogmacache.mutate.genesets import GeneSet, enrichment, read_gene_sets, score_gene_sets
 
@@ -79,3 +82,37 @@ def test_an_empty_set_is_a_warning_and_only_empty_sets_an_error(tmp_path):
     gmt.write_text("EMPTY\tno genes\n")
     with pytest.raises(InputError, match=r"sets.gmt holds only empty sets"):
         read_gene_sets(gmt)
+
+
+def test_the_knockout_comparator_is_the_encoder_with_the_gene_masked_out(tmp_path):
+    from dogmacache.embed.adapters import ScGPTContextAdapter, ScgptContextOptions
+    from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
+    from dogmacache.mutate.encoder import ProfileInput, knockout_moves
+
+    genes = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+    context = ScGPTContextAdapter(str(write_tiny_scgpt(tmp_path, genes)), ScgptContextOptions(), torch.device("cpu"))
+    prepared = context.prepare({"id": "c", "AAA": 5.0, "BBB": 1.0, "CCC": 3.0, "DDD": 0.0, "EEE": 4.0})
+    symbol = {i: g for g, i in context.vocab.items()}
+    names = [symbol[int(i)] for i in prepared["genes"]]
+    assert names[1:] == ["AAA", "BBB", "CCC", "EEE"]  # DDD is not expressed: not scored
+    inputs = ProfileInput(
+        model=context.checkpoint.model,
+        vocab=context.vocab,
+        genes=torch.from_numpy(prepared["genes"]),
+        values=torch.from_numpy(prepared["values"]),
+        names=names[1:],
+        position={g: p for p, g in enumerate(names) if p > 0},
+        unit=True,
+    )
+    moves = knockout_moves(inputs, "CCC")
+    assert list(moves["rank"]) == [1, 2, 3] and set(moves["gene"]) == {"AAA", "BBB", "EEE"}
+    assert moves["l2_shift"].is_monotonic_decreasing and (moves["l2_shift"] > 0).all()
+    # the same knock-out through the model's forward: CCC kept in the input but masked from attention
+    model, ids, values = context.checkpoint.model, inputs.genes[None], inputs.values[None]
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    with torch.inference_mode():
+        full = model(ids, values, keep)[0].numpy()
+        keep[0, names.index("CCC")] = False
+        masked = model(ids, values, keep)[0].numpy()
+    expected = {g: np.linalg.norm(masked[names.index(g)] - full[names.index(g)]) for g in ("AAA", "BBB", "EEE")}
+    assert dict(zip(moves["gene"], moves["l2_shift"], strict=True)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
