@@ -1,10 +1,12 @@
 """`dogmacache mutate`: edits near a gene -> the shift of its Bio-DTA adapted token and, on a tissue or cell
-profile, the genes whose scGPT output embeddings move most (see `run.py` for what it writes)."""
+profile, the genes whose scGPT output embeddings move most, beside those an adapter-free knock-out of the gene
+moves (see `run.py` for what it writes)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profiles", help="table of id + one column per gene symbol (tissues or cells)")
     p.add_argument("--profile", help="the id of the profile to run the encoder on")
     p.add_argument("--top-n", type=int, default=50, help="moved genes reported per variant (default 50)")
+    p.add_argument(
+        "--gene-set",
+        metavar="FILE",
+        help="GMT (name, description, genes; several sets) or one gene symbol per line: each set's overlap with the "
+        "top-N moved genes, fold enrichment and hypergeometric p (needs --scgpt-model)",
+    )
     p.add_argument("--device", help="default: the device the DNA cache was embedded on")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_mutate, interrupted=_interrupted)
@@ -58,6 +66,7 @@ def _mutate(args: argparse.Namespace) -> int:
         profiles=args.profiles,
         profile=args.profile,
         top_n=args.top_n,
+        gene_set=args.gene_set,
         device=args.device,
     )
     summary = run_mutate(config)
@@ -71,13 +80,40 @@ def _mutate(args: argparse.Namespace) -> int:
             "rows_reused",
             "token_shift",
             "top_moved",
+            "comparator",
+            "top_moved_knockout",
             "seconds",
         )
         if k in summary
     }
     print(json.dumps(shown, indent=2, default=str))
+    for warning in summary.get("gene_set_warnings", []):
+        print(f"dogmacache mutate: warning: {warning}", file=sys.stderr)
+    if "gene_sets" in summary:
+        print(gene_set_lines(summary["gene_sets"], summary["gene_set_universe"]))
     print(
         f"wrote {args.out}: token_shift.tsv, summary.json"
-        + (", moved_genes.tsv, moved_genes.png" if args.scgpt_model else "")
+        + (", moved_genes.tsv, moved_genes_knockout.tsv, moved_genes.png" if args.scgpt_model else "")
+        + (", gene_sets.tsv" if "gene_sets" in summary else "")
     )
     return 0
+
+
+def gene_set_lines(rows: list[dict], note: str) -> str:
+    """The gene-set table as aligned text, one line per (model, variant, set)."""
+    head = ("model", "variant", "gene_set", "overlap", "in_universe", "fold", "p_value")
+    body = [
+        (
+            r["model"],
+            "-" if r["variant"] is None else str(r["variant"]),
+            r["gene_set"],
+            f"{r['overlap']}/{r['top_n']}",
+            f"{r['in_universe']}/{r['universe']}",
+            f"{r['fold_enrichment']:.2f}",
+            f"{r['p_value']:.3g}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (head, *body)]
+    return "\n".join([f"gene sets vs the top moved genes ({note}):", *lines])

@@ -5,13 +5,21 @@ For each variant (all edits together, or each edit alone with `each`):
     window): cosine and L2 between them, and each one's cosine to the gene's true scGPT token;
 (b) with a profile (a tissue or cell: id + one column per gene symbol, as `embed --modality context` reads), the
     scGPT encoder runs on it twice with the tokens of the edited windows' genes replaced by their adapted tokens,
-    reference and edited; the genes whose output embeddings move most (L2 between the two runs) are the top-N table.
+    reference and edited; the genes whose output embeddings move most (L2 between the two runs) are the top-N table;
+(c) the adapter-free comparator, side by side with (b): the same encoder and profile with raw scGPT tokens, the gene
+    knocked out in expression space (its token and value dropped from the input) instead of its token adapted; the
+    other genes ranked the same way (`encoder.knockout_moves`). It does not depend on the edits.
 
 The adapted tokens live where the token cache's vectors live; when that cache is unit length (scGPT's `l2`
 option), each adapted token is scaled to the length of the gene's own input token enc_norm(embedding) before it
 stands in for it, so the encoder sees inputs of its usual size.
 
-Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), summary.json, moved_genes.png.
+With a gene-set file, each set is scored against each variant's top N moved genes and the comparator's (overlap,
+fold enrichment and a hypergeometric p over the genes scored; `genesets.py`), the evaluation Bio-DTA reports
+(docs/papers.md#bio-dta-reported-results).
+
+Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), moved_genes_knockout.tsv (the comparator's
+top N), gene_sets.tsv (with a gene-set file; column `model` says which ranking), summary.json, moved_genes.png.
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from dogmacache.cache import first_fingerprint_difference, open_cache
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
-from dogmacache.mutate.encoder import moved_genes
+from dogmacache.mutate.encoder import adapter_moves, knockout_moves, open_profile, top
+from dogmacache.mutate.genesets import UNIVERSE_NOTE, GeneSet, read_gene_sets, score_gene_sets
 from dogmacache.mutate.scan import Scanner, open_scanner
 from dogmacache.train.checkpoint import read
 from dogmacache.train.registry import load_model
@@ -48,6 +58,7 @@ class MutateConfig:
     profiles: str | None = None  # table: id + one column per gene symbol (tissue or cell profiles)
     profile: str | None = None  # the row id in `profiles`
     top_n: int = 50  # moved genes reported per variant
+    gene_set: str | None = None  # GMT or one symbol per line: each set scored against the top_n moved genes
     device: str | None = None  # None = the device the DNA cache was embedded on (the numbers depend on it)
 
 
@@ -98,6 +109,12 @@ def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
 
 def run_mutate(config: MutateConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    if config.gene_set and not config.scgpt_model:
+        raise InputError(
+            f"--gene-set {config.gene_set} scores the genes the scGPT encoder moves; add --scgpt-model, --profiles "
+            "and --profile"
+        )
+    sets, warnings = read_gene_sets(config.gene_set) if config.gene_set else ([], [])
     model, checkpoint = load_adapter(config.checkpoint)
     data = checkpoint["config"]["data"]
     dna, token_cache = open_cache(data["dna_cache"]), open_cache(data["token_cache"])
@@ -141,13 +158,43 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
     }
     if config.scgpt_model:
-        moved = moved_genes(config, token_cache, shift, tokens)
-        moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
-        summary["top_moved"] = moved[moved["variant"] == 0].head(10)[["gene", "l2_shift", "cosine"]].to_dict("records")
-        from dogmacache.mutate.figures import moved_genes_figure
-
-        moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+        summary.update(_moved_genes(config, token_cache, shift, tokens, sets, warnings, out))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+ADAPTER, KNOCKOUT = "bio-dta adapter", "adapter-free knockout"
+
+
+def _moved_genes(config: MutateConfig, token_cache, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):
+    """moved_genes.tsv / .png, moved_genes_knockout.tsv and, with gene sets, gene_sets.tsv; the summary's entries."""
+    inputs = open_profile(config, token_cache)
+    ranking, knockout = adapter_moves(inputs, shift, tokens), knockout_moves(inputs, config.gene)
+    moved, moved_knockout = top(ranking, config.top_n), top(knockout, config.top_n)
+    moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
+    moved_knockout.to_csv(out / "moved_genes_knockout.tsv", sep="\t", index=False, float_format="%.6g")
+    shown = ["gene", "l2_shift", "cosine"]
+    found: dict[str, Any] = {
+        "genes_scored": len(inputs.names),
+        "top_moved": moved[moved["variant"] == 0].head(10)[shown].to_dict("records"),
+        "comparator": f"{KNOCKOUT}: the same scGPT encoder and profile, {config.gene} dropped from its input "
+        "(token and value) instead of its token adapted; moved_genes_knockout.tsv",
+        "top_moved_knockout": moved_knockout.head(10)[shown].to_dict("records"),
+    }
+    from dogmacache.mutate.figures import moved_genes_figure
+
+    moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+    if sets:
+        rankings = {int(v): list(part["gene"]) for v, part in ranking.groupby("variant")}
+        table, more = score_gene_sets(rankings, config.top_n, sets, ADAPTER)
+        table_knockout, more_knockout = score_gene_sets({None: list(knockout["gene"])}, config.top_n, sets, KNOCKOUT)
+        table = pd.concat([table.astype({"variant": object}), table_knockout], ignore_index=True)
+        table.to_csv(out / "gene_sets.tsv", sep="\t", index=False, float_format="%.6g")
+        found["gene_sets"] = table.to_dict("records")
+        found["gene_set_universe"] = UNIVERSE_NOTE
+        warnings = [*warnings, *more, *more_knockout]
+    if warnings:
+        found["gene_set_warnings"] = warnings
+    return found

@@ -241,3 +241,51 @@ def test_ctrl_c_is_one_line_on_what_was_kept_and_exit_130(tmp_path, monkeypatch,
     message = capsys.readouterr().err.strip()
     assert message.startswith("dogmacache mutate: interrupted; the caches are only read")
     assert "re-run the same command" in message and "\n" not in message
+
+
+def test_gene_sets_are_scored_against_the_top_moved_genes_through_the_cli(scene, capsys):
+    from dogmacache.cli import main
+
+    root, models, genome = scene
+    gmt = root / "targets.gmt"
+    gmt.write_text("TARGETS\thand-made\tBBB\tCCC\tNOT_SCORED\nELSEWHERE\tnone scored\tZZZ\n")
+    out = root / "with_sets"
+    args = ["mutate", "--checkpoint", str(root / "biodta_best.pt"), "--genome", str(genome), "--gene", "AAA"]
+    args += ["--dna-model", str(models["enformer"]), "--edit", "chr1:1400-1420", "--scgpt-model", str(models["scgpt"])]
+    args += ["--profiles", str(root / "profiles.parquet"), "--profile", "cell1", "--top-n", "2"]
+    assert main([*args, "--gene-set", str(gmt), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    sets = pd.read_csv(out / "gene_sets.tsv", sep="\t")
+    adapter = sets[sets["model"] == "bio-dta adapter"].iloc[0]
+    assert (adapter["gene_set"], adapter["set_size"], adapter["in_universe"], adapter["universe"]) == (
+        "TARGETS",
+        3,
+        2,
+        4,
+    )
+    moved = pd.read_csv(out / "moved_genes.tsv", sep="\t")
+    overlap = sorted(set(moved["gene"]) & {"BBB", "CCC"})
+    assert adapter["top_n"] == 2 == len(moved) and adapter["overlap"] == len(overlap)
+    assert adapter["fold_enrichment"] == pytest.approx(len(overlap) / (2 * 2 / 4))
+    assert adapter["p_value"] == pytest.approx({0: 1, 1: 5 / 6, 2: 1 / 6}[len(overlap)])  # 2 of 4 in the set, 2 drawn
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["gene_sets"][0]["gene_set"] == "TARGETS"
+        and "universe = the genes scored" in summary["gene_set_universe"]
+    )
+    assert "gene set 'ELSEWHERE' (line 2): none of its 1 genes is among the 4 genes scored" in printed.err
+    assert "gene sets vs the top moved genes (universe = the genes scored" in printed.out and "TARGETS" in printed.out
+    knockout = sets[sets["model"] == "adapter-free knockout"].iloc[0]  # AAA knocked out: BBB, CCC, DDD scored
+    assert (knockout["gene_set"], knockout["in_universe"], knockout["universe"], knockout["top_n"]) == (
+        "TARGETS",
+        2,
+        3,
+        2,
+    )
+    moved_knockout = pd.read_csv(out / "moved_genes_knockout.tsv", sep="\t")
+    assert list(moved_knockout["rank"]) == [1, 2] and "AAA" not in set(moved_knockout["gene"])
+    assert knockout["overlap"] == len(set(moved_knockout["gene"]) & {"BBB", "CCC"})
+    assert summary["comparator"].startswith("adapter-free knockout: the same scGPT encoder")
+    assert "adapter-free knockout" in printed.out and '"top_moved_knockout"' in printed.out
+    with pytest.raises(InputError, match=r"--gene-set .*targets.gmt scores the genes the scGPT encoder moves"):
+        run_mutate(_config(root, models, genome, edits=("chr1:1400-1420",), scgpt_model=None, gene_set=str(gmt)))
