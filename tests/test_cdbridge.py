@@ -320,3 +320,27 @@ def test_the_position_prior_is_each_bins_training_frequency_per_strand(tmp_path)
     masks = np.stack(train["target"].to_list())
     expected = masks[(train["strand"] == "-").to_numpy()].mean(0)
     np.testing.assert_allclose(position_prior(data, "test"), np.tile(expected, (len(data.transcripts["test"]), 1)))
+
+
+def test_a_held_out_tissue_is_scaled_with_the_seen_tissues_statistics_never_its_own(tmp_path):
+    raw = write_recipe(tmp_path)
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    log1p = labels.copy()
+    log1p[TISSUES] = np.abs(labels[TISSUES].to_numpy()) + np.array([0.5, 1.0, 3.0])  # Liver (held out) runs high
+    log1p.to_parquet(tmp_path / "labels_log1p.parquet")
+    data = CdbridgeTask(config_from_dict(raw)).load()
+    train = (labels["split"] == "train").to_numpy()
+    seen = log1p.loc[train, ["Brain", "Heart"]].to_numpy()
+    scale = data.extras["label_scale"]
+    assert scale["Liver"]["statistics"] == "seen tissues pooled"
+    assert scale["Liver"]["mean"] == pytest.approx(seen.mean()) and scale["Liver"]["std"] == pytest.approx(seen.std())
+    assert scale["Brain"]["mean"] == pytest.approx(log1p.loc[train, "Brain"].mean())
+    test = data.splits["test"]
+    liver = test[test["tissue_index"] == 2]
+    expected = (log1p.loc[labels["split"] == "test", "Liver"].to_numpy() - seen.mean()) / seen.std()
+    np.testing.assert_allclose(liver["target"].to_numpy(), expected, rtol=1e-5)
+    # Liver's own values move; its scaling does not
+    log1p["Liver"] += 10
+    log1p.to_parquet(tmp_path / "labels_log1p.parquet")
+    again = CdbridgeTask(config_from_dict(raw)).load().extras["label_scale"]["Liver"]
+    assert again["mean"] == pytest.approx(scale["Liver"]["mean"])

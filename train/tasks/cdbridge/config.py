@@ -32,6 +32,11 @@ class CdbridgeDataConfig:
     tissue_cache: str = required()
     coding_masks: str = required()  # the recipe's coding_masks.parquet (one flag per DNA bin, per transcript)
     tissues_table: str = ""  # the recipe's tissues.parquet (held_out column); "" = beside the labels
+    # the recipe's labels_log1p.parquet (unscaled log1p mean TPM, the labels' layout); "" = beside the labels when it
+    # is there. With it the labels are scaled here, for this run's held-out tissues: a seen tissue with its own
+    # training transcripts' mean and std, a held-out tissue with the seen tissues' pooled training statistics (it
+    # has no labels to learn from, so none of its own values may shape its scaling); without it, as the recipe did
+    labels_log1p: str = ""
     tissues: tuple[str, ...] = ()  # label columns to model; () = every tissue column of the labels
     holdout_tissues: tuple[str, ...] = ()  # held out in addition to the recipe's held_out tissues
     stage1_checkpoint: str = ""  # a stage-1 checkpoint to start stage 2 from; "" = train stage 1 in this run
