@@ -33,6 +33,26 @@ from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 POOLINGS = ("mean", "cls", "none")
+POOLING_FLAG = {
+    "flags": ("--pooling",),
+    "choices": POOLINGS,
+    "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
+}
+ESM2_MAX_TOKENS = 1024  # 1,022 residues + <cls> + <eos>
+
+
+def clean_protein(row: dict[str, Any]) -> str:
+    """The item's protein sequence, upper case, a final stop (*) removed; InputError for an empty sequence or a
+    letter that is no amino acid."""
+    seq = str(row["sequence"]).strip().upper().rstrip("*")
+    bad = set(seq) - PROTEIN_LETTERS
+    if not seq or bad:
+        raise InputError(
+            f"protein {row['id']!r}: "
+            + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
+            + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
+        )
+    return seq
 
 
 @dataclass(frozen=True)
@@ -43,11 +63,7 @@ class EsmOptions(AdapterOptions):
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "layer": {"flags": ("--layer",), "type": int, "help": "hidden layer (-1: last, after the final LayerNorm)"},
-        "pooling": {
-            "flags": ("--pooling",),
-            "choices": POOLINGS,
-            "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
-        },
+        "pooling": POOLING_FLAG,
         "max_length": {
             "flags": ("--max-length",),
             "type": int,
@@ -249,18 +265,10 @@ class _EsmFamily(EmbeddingAdapter):
 class Esm2Adapter(_EsmFamily):
     options_class = EsmOptions
     default_model = "facebook/esm2_t33_650M_UR50D"
-    max_sequence_length = 1024  # 1,022 residues + <cls> + <eos>
+    max_sequence_length = ESM2_MAX_TOKENS
 
     def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
-        seq = str(row["sequence"]).strip().upper().rstrip("*")
-        bad = set(seq) - PROTEIN_LETTERS
-        if not seq or bad:
-            raise InputError(
-                f"protein {row['id']!r}: "
-                + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
-                + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
-            )
-        return seq, 0
+        return clean_protein(row), 0
 
 
 class NucleotideTransformerAdapter(_EsmFamily):
