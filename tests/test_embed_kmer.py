@@ -105,7 +105,9 @@ def test_rna_is_pooled_only_and_refusals_name_the_way_out():
         KmerRnaOptions(pooling="none")
     with pytest.raises(InputError, match=r"--kmer-k 9 is outside 1..8"):
         KmerDnaOptions(k=9)
-    with pytest.raises(InputError, match=r"--model kmer reads no model; drop --model-path some/model"):
+    with pytest.raises(
+        InputError, match=r"--model kmer reads no model and draws no weights; drop --model-path some/model"
+    ):
         get_adapter("kmer", "dna")("some/model", KmerDnaOptions(), CPU)
 
 

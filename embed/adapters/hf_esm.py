@@ -26,7 +26,7 @@ from dogmacache.embed.adapters.base import (
     EmbeddingAdapter,
     ModelInfo,
 )
-from dogmacache.embed.adapters.weights import model_files, resolve_model_dir, weights_file
+from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import InputError, ModelError
@@ -138,10 +138,17 @@ class _EsmFamily(EmbeddingAdapter):
     max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
     options: EsmOptions
 
-    def __init__(self, model_path: str | None, options: EsmOptions, device: torch.device, revision: str | None = None):
-        from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmModel
+    def __init__(
+        self,
+        model_path: str | None,
+        options: EsmOptions,
+        device: torch.device,
+        revision: str | None = None,
+        random_init: int | None = None,
+    ):
+        from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, EsmModel
 
-        source = resolve_model_dir(model_path or self.default_model, revision)
+        source = resolve_model_dir(model_path or self.default_model, revision, weights=random_init is None)
         directory = source.directory
         config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
         if config is None:
@@ -149,7 +156,14 @@ class _EsmFamily(EmbeddingAdapter):
         remote = "auto_map" in config  # NT v2 ships its own modelling code
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
-            if remote:
+            if random_init is not None:  # a control: the architecture alone, as the tiny writers draw it
+                architecture = AutoConfig.from_pretrained(str(directory), trust_remote_code=remote)
+                if remote:
+                    model = AutoModelForMaskedLM.from_config(architecture, trust_remote_code=True)
+                else:
+                    model = EsmModel(architecture, add_pooling_layer=False)
+                model, info = randomize_(model, random_init), {}
+            elif remote:
                 model, info = AutoModelForMaskedLM.from_pretrained(
                     str(directory), trust_remote_code=True, output_loading_info=True
                 )
@@ -166,7 +180,7 @@ class _EsmFamily(EmbeddingAdapter):
         self.options = options.resolve(int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit)
         self.layer, self.pooling, self.max_length = self.options.layer, self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
-        weights = weights_file(directory)
+        weights = None if random_init is not None else weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
         # genome windows: N added past a chromosome end, per item (sequence rows count 0)
         self.counts_padding = getattr(self.options, "window_bp", None) is not None
@@ -174,11 +188,11 @@ class _EsmFamily(EmbeddingAdapter):
             extras.append(ExtraArray("n_padded", "int32"))
         if self.pooling == "none":
             extras.append(ExtraArray("mask", "bool", (self.max_length,)))
-        model_id, model_revision = source.identity(weights)
+        model_id, model_revision, files = recorded_identity(source, weights, random_init)
         self._info = ModelInfo(
             model=model_id,
             model_revision=model_revision,
-            files=model_files(directory, weights),
+            files=files,
             layer=self.layer,
             pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),

@@ -183,11 +183,12 @@ class _KmerFeatures(EmbeddingAdapter):
         options: AdapterOptions,
         device: torch.device,
         revision: str | None = None,
+        random_init: int | None = None,
     ):
-        given = {"--model-path": model_path, "--revision": revision}
+        given = {"--model-path": model_path, "--revision": revision, "--random-init": random_init}
         for flag, value in given.items():
             if value is not None:
-                raise InputError(f"--model kmer reads no model; drop {flag} {value}")
+                raise InputError(f"--model kmer reads no model and draws no weights; drop {flag} {value}")
         self.options = options
 
     def info(self) -> ModelInfo:
@@ -217,8 +218,8 @@ class KmerDnaAdapter(_KmerFeatures):
     options_class = KmerDnaOptions
     options: KmerDnaOptions
 
-    def __init__(self, model_path, options: KmerDnaOptions, device, revision=None):
-        super().__init__(model_path, options, device, revision)
+    def __init__(self, model_path, options: KmerDnaOptions, device, revision=None, random_init=None):
+        super().__init__(model_path, options, device, revision, random_init)
         self.geometry = WindowGeometry(options.n_bins, options.bin_bp)
         self.n_columns = kmer_columns(options.k, options.canonical)[1]
 
@@ -250,8 +251,8 @@ class KmerRnaAdapter(_KmerFeatures):
     options_class = KmerRnaOptions
     options: KmerRnaOptions
 
-    def __init__(self, model_path, options: KmerRnaOptions, device, revision=None):
-        super().__init__(model_path, options, device, revision)
+    def __init__(self, model_path, options: KmerRnaOptions, device, revision=None, random_init=None):
+        super().__init__(model_path, options, device, revision, random_init)
         self.columns, self.n_columns = kmer_columns(options.k, options.canonical)
 
     def describe(self) -> dict[str, Any]:
