@@ -33,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=f"adapter: {', '.join(sorted(model_modalities()))}")
     p.add_argument("--model-path", default=None, help="hub id or local directory (default: the adapter's weights)")
     p.add_argument("--revision", default=None, help="hub revision to download (default: main)")
+    p.add_argument(
+        "--random-init",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="a control: the model's architecture from its folder with every weight drawn at random from SEED, "
+        "no weights loaded; recorded in the manifest (default: the pretrained weights)",
+    )
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--genome", default=None, help="genome FASTA (plain) for --modality dna")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -121,6 +129,7 @@ def config_from_args(args: argparse.Namespace):
         shard_items=args.shard_items,
         overwrite=args.overwrite,
         max_positions=args.max_positions,
+        random_init=args.random_init,
         progress=not args.no_progress,
     )
 

@@ -133,7 +133,7 @@ def load(config: EmbedConfig, device: torch.device):
                 f"(it has {', '.join(genome.chromosomes[:8])}); check the genome build"
             )
         _check_centres(table, genome)
-    adapter = cls(config.model_path, options, device, revision=config.revision)
+    adapter = cls(config.model_path, options, device, revision=config.revision, random_init=config.random_init)
     adapter.check_table(table)
     return table, _rows(table, genome), adapter
 

@@ -39,6 +39,7 @@ class EmbedConfig:
     progress: bool = True
     options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
     max_positions: int | None = None  # per-position outputs average-pooled to at most this many positions per item
+    random_init: int | None = None  # seed: the model's architecture with weights drawn at random, none loaded
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold
 # Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
 # Batch sizes (max_tokens, max_batch) are left out: with batches inside shards they move values by float
 # rounding at most, and a resume on another machine may need another budget.
-NUMBER_SETTINGS = ("precision", "device", "dtype", "compression", "max_positions")
+NUMBER_SETTINGS = ("random_init", "precision", "device", "dtype", "compression", "max_positions")
 
 
 def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:

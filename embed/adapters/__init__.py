@@ -1,6 +1,7 @@
 """Foundation-model adapters, one file each, and the registry (`registry.ADAPTERS`): (`--model`, `--modality`)
 -> adapter class. One model may embed several modalities with one class (the Nucleotide Transformer) or with
-one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_model`)."""
+one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_model`; the sequence-only `kmer`
+controls in `kmer`)."""
 
 from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
@@ -9,6 +10,14 @@ from dogmacache.embed.adapters.hf_esm import (
     EsmOptions,
     NucleotideTransformerAdapter,
     NucleotideTransformerOptions,
+)
+from dogmacache.embed.adapters.kmer import (
+    KmerDnaAdapter,
+    KmerDnaOptions,
+    KmerProteinAdapter,
+    KmerProteinOptions,
+    KmerRnaAdapter,
+    KmerRnaOptions,
 )
 from dogmacache.embed.adapters.registry import ADAPTERS, get_adapter, model_modalities
 from dogmacache.embed.adapters.scgpt_context import ScGPTContextAdapter, ScgptContextOptions
@@ -22,6 +31,12 @@ __all__ = [
     "EnformerOptions",
     "Esm2Adapter",
     "EsmOptions",
+    "KmerDnaAdapter",
+    "KmerDnaOptions",
+    "KmerProteinAdapter",
+    "KmerProteinOptions",
+    "KmerRnaAdapter",
+    "KmerRnaOptions",
     "ModelInfo",
     "NucleotideTransformerAdapter",
     "NucleotideTransformerOptions",

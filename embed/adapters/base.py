@@ -93,10 +93,18 @@ class EmbeddingAdapter(ABC):
 
     @abstractmethod
     def __init__(
-        self, model_path: str | None, options: AdapterOptions, device: torch.device, revision: str | None = None
+        self,
+        model_path: str | None,
+        options: AdapterOptions,
+        device: torch.device,
+        revision: str | None = None,
+        random_init: int | None = None,
     ):
         """Load the frozen model (hub id or local directory; None = the adapter's default weights), in eval
-        mode on `device`, and resolve `options` into `self.options`."""
+        mode on `device`, and resolve `options` into `self.options`. `random_init` (`--random-init SEED`): build
+        the same architecture from the folder's configuration and draw every weight with `randomize_(model,
+        SEED)` instead of loading the weights (a control); `info()` then names no weights file and its
+        `model_revision` is `random_init_revision(SEED)`."""
 
     @abstractmethod
     def info(self) -> ModelInfo: ...

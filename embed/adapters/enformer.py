@@ -27,7 +27,7 @@ from dogmacache.embed.adapters.base import (
     EmbeddingAdapter,
     ModelInfo,
 )
-from dogmacache.embed.adapters.weights import load_state_dict_file, model_files, resolve_model_dir
+from dogmacache.embed.adapters.weights import load_state_dict_file, recorded_identity, resolve_model_dir
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
@@ -76,13 +76,18 @@ class EnformerAdapter(EmbeddingAdapter):
     options: EnformerOptions
 
     def __init__(
-        self, model_path: str | None, options: EnformerOptions, device: torch.device, revision: str | None = None
+        self,
+        model_path: str | None,
+        options: EnformerOptions,
+        device: torch.device,
+        revision: str | None = None,
+        random_init: int | None = None,
     ):
         from enformer_pytorch import Enformer
         from enformer_pytorch.config_enformer import EnformerConfig
         from enformer_pytorch.modeling_enformer import Attention
 
-        source = resolve_model_dir(model_path or OFFICIAL, revision)
+        source = resolve_model_dir(model_path or OFFICIAL, revision, weights=random_init is None)
         directory = source.directory
         config_file = directory / "config.json"
         if not config_file.is_file():
@@ -90,11 +95,15 @@ class EnformerAdapter(EmbeddingAdapter):
         raw = json.loads(config_file.read_text())
         config = EnformerConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
         model = Enformer(config)
-        state, weights_path = load_state_dict_file(directory)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ModelError(f"{weights_path} does not match the Enformer in {config_file}: {err}") from err
+        weights_path = None
+        if random_init is not None:
+            randomize_(model, random_init)  # a control: the architecture alone, as `write_tiny_enformer` draws it
+        else:
+            state, weights_path = load_state_dict_file(directory)
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ModelError(f"{weights_path} does not match the Enformer in {config_file}: {err}") from err
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
         self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"
@@ -104,11 +113,11 @@ class EnformerAdapter(EmbeddingAdapter):
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = device
         self.dim = int(config.dim) * 2  # the trunk's final pointwise layer doubles the width
-        model_id, model_revision = source.identity(weights_path)
+        model_id, model_revision, files = recorded_identity(source, weights_path, random_init)
         self._info = ModelInfo(
             model=model_id,
             model_revision=model_revision,
-            files=model_files(directory, weights_path),
+            files=files,
             layer="trunk",
             pooling="none",
             item_shape=(self.bins, self.dim),

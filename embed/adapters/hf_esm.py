@@ -26,13 +26,33 @@ from dogmacache.embed.adapters.base import (
     EmbeddingAdapter,
     ModelInfo,
 )
-from dogmacache.embed.adapters.weights import model_files, resolve_model_dir, weights_file
+from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 POOLINGS = ("mean", "cls", "none")
+POOLING_FLAG = {
+    "flags": ("--pooling",),
+    "choices": POOLINGS,
+    "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
+}
+ESM2_MAX_TOKENS = 1024  # 1,022 residues + <cls> + <eos>
+
+
+def clean_protein(row: dict[str, Any]) -> str:
+    """The item's protein sequence, upper case, a final stop (*) removed; InputError for an empty sequence or a
+    letter that is no amino acid."""
+    seq = str(row["sequence"]).strip().upper().rstrip("*")
+    bad = set(seq) - PROTEIN_LETTERS
+    if not seq or bad:
+        raise InputError(
+            f"protein {row['id']!r}: "
+            + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
+            + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
+        )
+    return seq
 
 
 @dataclass(frozen=True)
@@ -43,11 +63,7 @@ class EsmOptions(AdapterOptions):
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "layer": {"flags": ("--layer",), "type": int, "help": "hidden layer (-1: last, after the final LayerNorm)"},
-        "pooling": {
-            "flags": ("--pooling",),
-            "choices": POOLINGS,
-            "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
-        },
+        "pooling": POOLING_FLAG,
         "max_length": {
             "flags": ("--max-length",),
             "type": int,
@@ -122,10 +138,17 @@ class _EsmFamily(EmbeddingAdapter):
     max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
     options: EsmOptions
 
-    def __init__(self, model_path: str | None, options: EsmOptions, device: torch.device, revision: str | None = None):
-        from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmModel
+    def __init__(
+        self,
+        model_path: str | None,
+        options: EsmOptions,
+        device: torch.device,
+        revision: str | None = None,
+        random_init: int | None = None,
+    ):
+        from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, EsmModel
 
-        source = resolve_model_dir(model_path or self.default_model, revision)
+        source = resolve_model_dir(model_path or self.default_model, revision, weights=random_init is None)
         directory = source.directory
         config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
         if config is None:
@@ -133,7 +156,14 @@ class _EsmFamily(EmbeddingAdapter):
         remote = "auto_map" in config  # NT v2 ships its own modelling code
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
-            if remote:
+            if random_init is not None:  # a control: the architecture alone, as the tiny writers draw it
+                architecture = AutoConfig.from_pretrained(str(directory), trust_remote_code=remote)
+                if remote:
+                    model = AutoModelForMaskedLM.from_config(architecture, trust_remote_code=True)
+                else:
+                    model = EsmModel(architecture, add_pooling_layer=False)
+                model, info = randomize_(model, random_init), {}
+            elif remote:
                 model, info = AutoModelForMaskedLM.from_pretrained(
                     str(directory), trust_remote_code=True, output_loading_info=True
                 )
@@ -150,7 +180,7 @@ class _EsmFamily(EmbeddingAdapter):
         self.options = options.resolve(int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit)
         self.layer, self.pooling, self.max_length = self.options.layer, self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
-        weights = weights_file(directory)
+        weights = None if random_init is not None else weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
         # genome windows: N added past a chromosome end, per item (sequence rows count 0)
         self.counts_padding = getattr(self.options, "window_bp", None) is not None
@@ -158,11 +188,11 @@ class _EsmFamily(EmbeddingAdapter):
             extras.append(ExtraArray("n_padded", "int32"))
         if self.pooling == "none":
             extras.append(ExtraArray("mask", "bool", (self.max_length,)))
-        model_id, model_revision = source.identity(weights)
+        model_id, model_revision, files = recorded_identity(source, weights, random_init)
         self._info = ModelInfo(
             model=model_id,
             model_revision=model_revision,
-            files=model_files(directory, weights),
+            files=files,
             layer=self.layer,
             pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
@@ -249,18 +279,10 @@ class _EsmFamily(EmbeddingAdapter):
 class Esm2Adapter(_EsmFamily):
     options_class = EsmOptions
     default_model = "facebook/esm2_t33_650M_UR50D"
-    max_sequence_length = 1024  # 1,022 residues + <cls> + <eos>
+    max_sequence_length = ESM2_MAX_TOKENS
 
     def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
-        seq = str(row["sequence"]).strip().upper().rstrip("*")
-        bad = set(seq) - PROTEIN_LETTERS
-        if not seq or bad:
-            raise InputError(
-                f"protein {row['id']!r}: "
-                + (f"characters {sorted(bad)[:5]} are not amino acids" if seq else "empty")
-                + "; clean the sequence in the recipe (ESM-2 reads the 20 standard letters and X, B, Z, U, O)"
-            )
-        return seq, 0
+        return clean_protein(row), 0
 
 
 class NucleotideTransformerAdapter(_EsmFamily):

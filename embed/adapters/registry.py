@@ -6,6 +6,7 @@ from __future__ import annotations
 from dogmacache.embed.adapters.base import EmbeddingAdapter
 from dogmacache.embed.adapters.enformer import EnformerAdapter
 from dogmacache.embed.adapters.hf_esm import Esm2Adapter, NucleotideTransformerAdapter
+from dogmacache.embed.adapters.kmer import KmerDnaAdapter, KmerProteinAdapter, KmerRnaAdapter
 from dogmacache.embed.adapters.scgpt_context import ScGPTContextAdapter
 from dogmacache.embed.adapters.scgpt_gene import ScGPTGeneAdapter
 from dogmacache.errors import ModelError
@@ -17,6 +18,9 @@ ADAPTERS: dict[tuple[str, str], type[EmbeddingAdapter]] = {
     ("nucleotide-transformer", "rna"): NucleotideTransformerAdapter,
     ("scgpt", "gene"): ScGPTGeneAdapter,
     ("scgpt", "context"): ScGPTContextAdapter,
+    ("kmer", "dna"): KmerDnaAdapter,  # sequence-only controls: no model, no weights
+    ("kmer", "rna"): KmerRnaAdapter,
+    ("kmer", "protein"): KmerProteinAdapter,
 }
 
 

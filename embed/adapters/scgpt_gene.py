@@ -32,9 +32,14 @@ class ScGPTGeneAdapter(EmbeddingAdapter):
     options: ScgptGeneOptions
 
     def __init__(
-        self, model_path: str | None, options: ScgptGeneOptions, device: torch.device, revision: str | None = None
+        self,
+        model_path: str | None,
+        options: ScgptGeneOptions,
+        device: torch.device,
+        revision: str | None = None,
+        random_init: int | None = None,
     ):
-        self.checkpoint = load_checkpoint(model_path, device, revision)
+        self.checkpoint = load_checkpoint(model_path, device, revision, random_init)
         self.options, self.device = options, torch.device(device)
         self.vocab = self.checkpoint.vocab
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dogmacache.embed.adapters.weights import ModelSource, hub_snapshot, model_files
+from dogmacache.embed.adapters.weights import ModelSource, hub_snapshot, recorded_identity
+from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
 from einops import rearrange
 from torch import nn
@@ -234,8 +235,12 @@ class ScGPTCheckpoint:
         return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.vocab))
 
 
-def load_checkpoint(model_path: str | None, device: torch.device, revision: str | None = None) -> ScGPTCheckpoint:
-    """Read and strictly load an scGPT checkpoint folder; ModelError naming what is missing or wrong."""
+def load_checkpoint(
+    model_path: str | None, device: torch.device, revision: str | None = None, random_init: int | None = None
+) -> ScGPTCheckpoint:
+    """Read and strictly load an scGPT checkpoint folder; ModelError naming what is missing or wrong. With
+    `random_init` (`--random-init SEED`) best_model.pt is not read: the encoder args.json and vocab.json describe
+    gets every weight from `randomize_(encoder, SEED)`."""
     if revision:
         raise ModelError(f"scgpt reads a local checkpoint folder; --revision {revision!r} does not apply: drop it")
     if not model_path or not Path(model_path).is_dir():
@@ -244,7 +249,8 @@ def load_checkpoint(model_path: str | None, device: torch.device, revision: str 
             f"and pass its local path with --model-path; it must hold {', '.join(FILES)}"
         )
     folder = Path(model_path)
-    absent = [f for f in FILES if not (folder / f).is_file()]
+    needed = FILES if random_init is None else FILES[1:]
+    absent = [f for f in needed if not (folder / f).is_file()]
     if absent:
         raise ModelError(
             f"{folder} lacks {', '.join(absent)}; an scGPT checkpoint folder holds "
@@ -255,17 +261,20 @@ def load_checkpoint(model_path: str | None, device: torch.device, revision: str 
     for token in (CLS_TOKEN, args.pad_token):
         if token not in vocab:
             raise ModelError(f"{folder / 'vocab.json'} lacks the special token {token!r}; use scGPT's")
-    try:
-        state = torch.load(folder / "best_model.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise ModelError(f"cannot load {folder / 'best_model.pt'} as a state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"{folder / 'best_model.pt'} holds a {type(state).__name__}, not a state dict")
-    model, ignored = load_encoder(state, len(vocab), args)
+    if random_init is not None:
+        model, ignored, weights = randomize_(ScGPTEncoder(len(vocab), args), random_init), [], None
+    else:
+        weights = folder / "best_model.pt"
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+            raise ModelError(f"cannot load {weights} as a state dict: {exc}") from exc
+        if not isinstance(state, dict):
+            raise ModelError(f"{weights} holds a {type(state).__name__}, not a state dict")
+        model, ignored = load_encoder(state, len(vocab), args)
     model = model.to(torch.device(device)).eval().requires_grad_(False)
-    weights = folder / "best_model.pt"
-    identity = ModelSource(folder, *(hub_snapshot(folder) or (None, None))).identity(weights)
-    return ScGPTCheckpoint(folder, args, vocab, model, ignored, *identity, model_files(folder, weights))
+    source = ModelSource(folder, *(hub_snapshot(folder) or (None, None)))
+    return ScGPTCheckpoint(folder, args, vocab, model, ignored, *recorded_identity(source, weights, random_init))
 
 
 def checkpoint_config(checkpoint: ScGPTCheckpoint) -> dict:

@@ -43,8 +43,9 @@ def hub_snapshot(directory: Path) -> tuple[str, str] | None:
     return (f"{found['owner']}/{found['name']}", found["commit"]) if found else None
 
 
-def resolve_model_dir(model_path: str, revision: str | None = None) -> ModelSource:
-    """A local directory as is, else a hub id downloaded once (huggingface_hub cache)."""
+def resolve_model_dir(model_path: str, revision: str | None = None, weights: bool = True) -> ModelSource:
+    """A local directory as is, else a hub id downloaded once (huggingface_hub cache); `weights` False leaves the
+    weight files out of the download (`--random-init` reads only the configuration and tokenizer)."""
     local = Path(model_path)
     if local.is_dir():
         hub = hub_snapshot(local)
@@ -54,7 +55,8 @@ def resolve_model_dir(model_path: str, revision: str | None = None) -> ModelSour
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(model_path, revision=revision)
+        skip = None if weights else [*WEIGHT_FILES, "*.bin", "*.safetensors", "*.pt", "*.ckpt", "*.h5", "*.msgpack"]
+        path = snapshot_download(model_path, revision=revision, ignore_patterns=skip)
     except Exception as err:  # offline, unknown repo, gated model: one message with the way out
         raise ModelError(
             f"cannot download {model_path!r} ({type(err).__name__}: {err}); download it elsewhere and pass the "
@@ -76,6 +78,21 @@ MODEL_FILES = (
     "added_tokens.json",
     "args.json",
 )
+
+
+def random_init_revision(seed: int) -> str:
+    """The manifest's `model_revision` for weights drawn at random with `seed` (`--random-init`), none read."""
+    return f"random_init:{seed}"
+
+
+def recorded_identity(
+    source: ModelSource, weights: Path | None, random_init: int | None = None
+) -> tuple[str, str, dict[str, str]]:
+    """(model, model_revision, files) for the manifest: `ModelSource.identity` and `model_files`; with
+    `random_init` (`--random-init SEED`) no weights file was read, and the revision says so."""
+    if random_init is not None:
+        return source.identity(None)[0], random_init_revision(random_init), model_files(source.directory, None)
+    return (*source.identity(weights), model_files(source.directory, weights))
 
 
 def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
