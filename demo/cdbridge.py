@@ -13,6 +13,8 @@ from dogmacache.data_recipes.demo import HOLDOUT_TISSUES
 from dogmacache.train.config import OutputConfig, RunConfig, to_toml
 from dogmacache.train.registry import default_config
 
+CONTROLS = ("permuted_labels", "shuffled_inputs")
+
 CDBRIDGE_EPOCHS = 25
 # (modality, model, recipe table under recipe/isoform, cache name, adapter options)
 CDBRIDGE_CACHES = (
@@ -43,11 +45,22 @@ def embed_cdbridge(out: Path, progress: bool = True) -> dict[str, Path]:
     return caches
 
 
-def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
+def cdbridge_config(
+    out: Path,
+    caches: dict[str, Path],
+    seed: int = 0,
+    epochs: int | None = None,
+    fold: int = 0,
+    stage1: str = "",
+) -> RunConfig:
     """CDBridge on the demo caches: tiny widths, a 16-token protein dictionary (the demo has ~90 training
-    proteins), larger learning rate (365 transcripts, random tiny encoders), every ablation of the paper."""
+    proteins), larger learning rate (365 transcripts, random tiny encoders). Fold 0 holds out the recipe's
+    tissues and trains every ablation of the paper and every control; the other folds hold out their own tissues
+    (scaled with the seen tissues' statistics by the task) and train the model beside the per-tissue mean, from
+    fold 0's stage 1 (`stage1`: the coding masks do not depend on the tissues)."""
     recipe = out / "recipe" / "isoform"
     base = default_config("cdbridge")
+    folds = holdout_folds()
     return dataclasses.replace(
         base,
         data=dataclasses.replace(
@@ -58,6 +71,9 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
             tissue_cache=str(caches["tissue"]),
             coding_masks=str(recipe / "coding_masks.parquet"),
             tissues_table=str(recipe / "tissues.parquet"),
+            recipe_holdout=fold == 0,
+            holdout_tissues=() if fold == 0 else tuple(folds[fold]),
+            stage1_checkpoint=stage1,
         ),
         model=dataclasses.replace(
             base.model,
@@ -70,6 +86,7 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
             output_tokens=4,
             contrastive_weight=0.1,
             stage1_batch_size=256,
+            ablations=base.model.ablations if fold == 0 else (),
         ),  # 287 training transcripts; stage 2 has 29 cells each
         train=dataclasses.replace(
             base.train,
@@ -81,24 +98,64 @@ def cdbridge_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: i
             early_stop_patience=5,
             seed=seed,
             num_workers=0,
+            controls=CONTROLS if fold == 0 else (),
+            control_caches=(f"dna_cache={caches['dna_kmer']}",) if fold == 0 and "dna_kmer" in caches else (),
         ),
-        output=OutputConfig(dir=str(out / "train_cdbridge"), resume=False, overwrite=True),
+        output=OutputConfig(dir=str(out / fold_name(fold)), resume=False, overwrite=True),
     )
+
+
+def holdout_folds() -> tuple[tuple[str, ...], ...]:
+    """The demo recipe's leave-tissues-out folds (fold 0 = the tissues the recipe itself holds out)."""
+    from dogmacache.data_recipes import demo
+
+    return tuple(tuple(f) for f in getattr(demo, "HOLDOUT_FOLDS", (HOLDOUT_TISSUES,)))
+
+
+def fold_name(fold: int) -> str:
+    return "train_cdbridge" if fold == 0 else f"train_cdbridge_fold{fold}"
 
 
 def run_cdbridge_demo(
-    out: Path, dna_cache: Path, seed: int = 0, epochs: int | None = None, progress: bool = True
+    out: Path, dna_caches: dict[str, Path], seed: int = 0, epochs: int | None = None, progress: bool = True
 ) -> dict:
-    """Caches, then both stages and the ablations, on a demo folder that `embed_demo` filled."""
+    """Caches, then each fold (fold 0: both stages, the ablations and the controls), on a demo folder that
+    `embed_demo` filled; returns fold 0's summary with `folds`: the seen vs held-out table of every fold."""
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
-    caches = {"dna": dna_cache, **embed_cdbridge(out, progress)}
-    path = out / "train_cdbridge.toml"
-    path.write_text(
-        to_toml(
-            cdbridge_config(out, caches, seed, epochs),
-            f"CDBridge on the demo's isoform caches, {', '.join(HOLDOUT_TISSUES)} held out by the recipe",
-        )
-    )
-    return run_training(load_config(path), progress=progress)
+    caches = {**dna_caches, **embed_cdbridge(out, progress)}
+    summaries, stage1 = [], ""
+    for fold, tissues in enumerate(holdout_folds()):
+        path = out / f"{fold_name(fold)}.toml"
+        header = f"CDBridge on the demo's isoform caches, fold {fold}: {', '.join(tissues)} held out"
+        path.write_text(to_toml(cdbridge_config(out, caches, seed, epochs, fold, stage1), header))
+        print(f"--- fold {fold}: {', '.join(tissues)} held out")
+        summaries.append(run_training(load_config(path), progress=progress))
+        stage1 = str(out / fold_name(0) / "stage1" / "cdbridge_stage1_best.pt")
+    return {**summaries[0], "folds": fold_table(summaries)}
+
+
+def fold_table(summaries: list[dict]) -> dict[str, dict[str, float]]:
+    """Per fold and pooled over folds (mean): the model's and the per-tissue mean's seen and held-out Spearman
+    and R² (held-out tissues scaled with the seen tissues' statistics)."""
+    import numpy as np
+
+    rows: dict[str, dict[str, float]] = {}
+    for fold, summary in enumerate(summaries):
+        for model in ("cdbridge", "per_tissue_mean"):
+            row = summary["seen_vs_held_out"][model]
+            rows[f"fold{fold} {model}"] = {k: row[k] for k in FOLD_COLUMNS}
+    for model in ("cdbridge", "per_tissue_mean"):
+        per_fold = [rows[f"fold{f} {model}"] for f in range(len(summaries))]
+        rows[f"pooled {model}"] = {k: float(np.mean([r[k] for r in per_fold])) for k in FOLD_COLUMNS}
+    return rows
+
+
+FOLD_COLUMNS = ("spearman_seen", "spearman_held_out", "r2_seen", "r2_held_out")
+
+
+def print_fold_table(rows: dict[str, dict[str, float]]) -> None:
+    print(f"{'fold / model':<28}" + "".join(f"{c:>19}" for c in FOLD_COLUMNS))
+    for name, row in rows.items():
+        print(f"{name:<28}" + "".join(f"{row[c]:>19.3f}" for c in FOLD_COLUMNS))

@@ -11,11 +11,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo configs')")
+    p.add_argument(
+        "--null",
+        action="store_true",
+        help="the null twin: the same demo with every label drawn independently of every input; every model "
+        "must score near zero (a score here means information reaches the labels by another route)",
+    )
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from dogmacache.demo.pipeline import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, epochs=args.epochs)
+    run_demo(Path(args.out), seed=args.seed, epochs=args.epochs, null=args.null)
     return 0

@@ -10,15 +10,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+# the tiny Enformer's output: 8 bins of 128 bp around each window's centre; its k-mer stand-in matches it
+KMER_DEMO = {"n_bins": 8, "bin_bp": 128}
 # (modality, model, recipe table under recipe/cdt, cache name, adapter options)
 CDT_CACHES = (
     ("dna", "enformer", "dna_windows.parquet", "dna-enformer.zarr", {}),
     ("protein", "esm2", "proteins.parquet", "protein-esm2.zarr", {}),
     ("gene", "scgpt", "genes.parquet", "gene-scgpt.zarr", {}),
+    # the control that asks whether the foundation model helps: k-mer frequencies at the tiny Enformer's geometry
+    ("dna", "kmer", "dna_windows.parquet", "dna-kmer.zarr", KMER_DEMO),
 )
 # IsoFormer's per-position caches from recipe/isoform: Enformer at the TSS, NT tokens of the cDNA, ESM-2 residues
 ISOFORM_CACHES = (
     ("dna", "enformer", "dna_windows.parquet", "isoform-dna-enformer.zarr", {}),
+    ("dna", "kmer", "dna_windows.parquet", "isoform-dna-kmer.zarr", KMER_DEMO),
     # token caps just above the demo's longest cDNA (147 NT tokens) and peptide (161 ESM tokens): padding to the
     # models' 1,000 / 1,024 would only make the per-token caches 6x larger
     (
@@ -38,27 +43,34 @@ ISOFORM_CACHES = (
 )
 
 
-def embed_demo(out: Path, seed: int = 0, progress: bool = True) -> dict[str, dict[str, Path]]:
-    """Recipe, tiny models, the three CDT caches and the three IsoFormer caches: {"cdt": {modality: path},
-    "isoform": {modality: path}}."""
+def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = False) -> dict[str, dict[str, Path]]:
+    """Recipe, tiny models, the CDT caches and the IsoFormer caches (each with its k-mer control): {"cdt":
+    {modality: path}, "isoform": {modality: path}}. `null`: the null twin's sources (every label drawn apart
+    from every input), written into out/sources first."""
     from dogmacache.data_recipes.demo import build_demo
     from dogmacache.embed.adapters import get_adapter
     from dogmacache.embed.runner import EmbedConfig, run_embed
     from dogmacache.embed.tiny import make_tiny
 
     recipe = out / "recipe"
-    build_demo(recipe, seed=seed)
+    if null:
+        from dogmacache.data_recipes.make_demo_data import write_demo_data
+
+        build_demo(recipe, seed=seed, data=write_demo_data(out / "sources", null=True))
+    else:
+        build_demo(recipe, seed=seed)
     models = make_tiny(out / "models", seed=seed)
     caches: dict[str, dict[str, Path]] = {"cdt": {}, "isoform": {}}
     for task, jobs in (("cdt", CDT_CACHES), ("isoform", ISOFORM_CACHES)):
         for modality, model, table, name, options in jobs:
-            path = caches[task][modality] = out / "cache" / name
+            key = modality if model != "kmer" else f"{modality}_kmer"
+            path = caches[task][key] = out / "cache" / name
             run_embed(
                 EmbedConfig(
                     input=str(recipe / task / table),
                     modality=modality,
                     model=model,
-                    model_path=str(models[model]),
+                    model_path=str(models[model]) if model in models else None,
                     out=str(path),
                     genome=str(recipe / "genome.fa") if modality == "dna" else None,
                     options=get_adapter(model, modality).options_class.from_dict(options),
@@ -84,7 +96,7 @@ def verify_demo(caches: dict[str, dict[str, Path]]) -> None:
         )
 
 
-def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict:
+def run_demo(out: Path, seed: int = 0, epochs: int | None = None, null: bool = False) -> dict:
     """Every step of the demo, in one torch thread; returns each model's metrics summary."""
     import torch
 
@@ -93,12 +105,12 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_demo(out, seed, epochs)
+        return _run_demo(out, seed, epochs, null)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
+def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -107,7 +119,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
 
     t0 = time.perf_counter()
     print("[1/6] recipe, tiny models, embed")
-    caches = embed_demo(out, seed=seed)
+    caches = embed_demo(out, seed=seed, null=null)
     print("[2/6] verify the caches")
     verify_demo(caches)
     log = out / "train_cdbridge.log"
@@ -119,7 +131,8 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
     # spawn: a fresh interpreter (no forked torch threads); an error in it is re-raised here, as the same one line
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        cdbridge = pool.submit(_cdbridge_process, out, caches["isoform"]["dna"], seed, epochs, log)
+        dna_caches = {k: v for k, v in caches["isoform"].items() if k in ("dna", "dna_kmer")}
+        cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log)
         print("[4/6] train CDT and its baselines")
         summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs)}
         print("[5/6] train IsoFormer, its modality ablations and the per-tissue mean")
@@ -142,7 +155,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None) -> dict:
     return summary
 
 
-def _cdbridge_process(out: Path, dna_cache: Path, seed: int, epochs: int | None, log: Path) -> dict:
+def _cdbridge_process(out: Path, dna_caches: dict, seed: int, epochs: int | None, log: Path) -> dict:
     """The demo's CDBridge run in a spawned process, its output into `log`, one torch thread."""
     import contextlib
 
@@ -151,13 +164,16 @@ def _cdbridge_process(out: Path, dna_cache: Path, seed: int, epochs: int | None,
 
     torch.set_num_threads(1)
     with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return run_cdbridge_demo(out, dna_cache, seed=seed, epochs=epochs)  # bars are off in a file, epoch lines not
+        return run_cdbridge_demo(out, dna_caches, seed=seed, epochs=epochs)  # bars are off in a file, epoch lines not
 
 
 def _print_cdbridge(summary: dict) -> None:
     """The CDBridge tables the second process wrote to its log: seen vs held-out tissues, then pooled metrics."""
+    from dogmacache.demo.cdbridge import print_fold_table
     from dogmacache.train.run import print_table
     from dogmacache.train.tasks.cdbridge.report import print_seen_vs_held_out
 
     print_seen_vs_held_out(summary["seen_vs_held_out"])
     print_table(summary, summary["metric"])
+    print("CDBridge seen vs held-out tissues per fold (leave-tissues-out) and pooled:")
+    print_fold_table(summary["folds"])

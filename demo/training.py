@@ -10,6 +10,9 @@ from dogmacache.train.config import OutputConfig, RunConfig, to_toml
 from dogmacache.train.registry import default_config
 
 DEMO_EPOCHS = 30
+# every demo model stands beside controls that could refute it (train/controls.py): the permutation null, its
+# inputs shuffled across items, and the same model on k-mer features instead of the foundation model's
+CONTROLS = ("permuted_labels", "shuffled_inputs")
 
 
 def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
@@ -36,6 +39,8 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
             early_stop_patience=8,
             seed=seed,
             num_workers=0,
+            controls=CONTROLS,
+            control_caches=(f"dna_cache={caches['dna_kmer']}",),
         ),
         output=OutputConfig(dir=str(out / "train"), resume=False, overwrite=True),
     )
@@ -83,6 +88,8 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
             early_stop_patience=8,
             seed=seed,
             num_workers=0,
+            controls=CONTROLS,
+            control_caches=(f"dna_cache={caches['dna_kmer']}",),
         ),
         output=OutputConfig(dir=str(out / "train_isoformer"), resume=False, overwrite=True),
     )

@@ -39,6 +39,7 @@ class CdbridgeDataConfig:
     labels_log1p: str = ""
     tissues: tuple[str, ...] = ()  # label columns to model; () = every tissue column of the labels
     holdout_tissues: tuple[str, ...] = ()  # held out in addition to the recipe's held_out tissues
+    recipe_holdout: bool = True  # hold out the tissues the recipe marks held_out (false: only holdout_tissues)
     stage1_checkpoint: str = ""  # a stage-1 checkpoint to start stage 2 from; "" = train stage 1 in this run
     eval_batch: int = 256  # examples per evaluation chunk
     preload_bytes: int = 2 << 30  # keep the DNA cache in RAM when it fits this budget (bytes, as float32)

@@ -60,7 +60,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
             f"held-out tissue {absent[0]!r} of {d.tissues_table or 'tissues.parquet'} has no column in {d.labels} "
             f"(its tissues: {', '.join(available)}); use the tissues table of the same recipe run"
         )
-    held_out = set(recipe_held) | set(d.holdout_tissues)
+    held_out = (set(recipe_held) if d.recipe_holdout else set()) | set(d.holdout_tissues)
     for t in d.holdout_tissues:
         if t not in tissues:
             raise InputError(f"[data] holdout_tissues names {t!r}, which is not a modelled tissue; pick from {tissues}")
