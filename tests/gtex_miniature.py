@@ -159,13 +159,13 @@ def wrapped(sequence: str, width: int = 60) -> str:
     return "\n".join(sequence[i : i + width] for i in range(0, len(sequence), width))
 
 
-def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
-    """The five source files, named as published, in their real formats."""
+def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS", tpm=tpm_of):
+    """The five source files, named as published, in their real formats; `tpm(row)` the GCT row's six TPMs."""
     folder.mkdir(parents=True, exist_ok=True)
     names = {key: folder / source.filename for key, source in gtex.SOURCES.items()}
     rows = gct_rows()
     lines = [first_gct_line, f"{len(rows)}\t{len(SAMPLES)}", "\t".join(["transcript_id", "gene_id", *SAMPLES])]
-    lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm_of(i))]) for i, (t, g) in enumerate(rows)]
+    lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm(i))]) for i, (t, g) in enumerate(rows)]
     write_gz(names["tpm"], "\n".join(lines) + "\n")
 
     # Extra columns, in an order nobody would guess; one sample that the GCT lacks.
