@@ -5,13 +5,16 @@ and the sample attributes give the mean TPM of each transcript in each tissue; t
 GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS and coding regions; the Ensembl
 cDNA and peptide FASTAs give their RNA and protein. By default the protein-coding transcripts are kept, each with
 DNA, RNA and protein; `transcripts="all"` keeps every biotype, and a transcript without a peptide record
-(non-coding) has no protein. Transcripts are split 80/10/10 by gene, so no gene sits in two splits.
+(non-coding) has no protein. Transcripts are split 80/10/10 (seeded) by gene group: genes that share a DNA window
+or a protein item, directly or through other genes, form one group (`tables.split_linked`), so no gene, window or
+protein sits in two splits; recipe.json counts the groups (split_groups, split_groups_merged).
 
 Items are embedded once: transcripts that share a TSS window or a peptide share one row of the item table and
 name it in their labels row (T transcripts, W distinct windows, P distinct peptides, K tissues, B = window_bins,
 G = train-split genes):
   dna_windows        (W)  id = "chrom:center:strand", chrom, center (the TSS, 1-based), strand, gene_id, gene_name,
-                          split (those of the window's first transcript by id), n_transcripts
+                          split (those of the window's first transcript by id; every transcript of a window
+                          is in its split), n_transcripts
   coding_masks       (T)  id (transcript), dna_id (its window), mask (B uint8 flags; geometry in gtex_masks.py)
   rna_sequences      (T)  id (transcript), sequence (cDNA)
   protein_sequences  (P)  id (the smallest Ensembl protein id carrying the peptide), sequence (peptide without a
@@ -86,8 +89,12 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
             f"no transcript of {paths['tpm']} survives the filters (counts {counts}, dropped {missing}); "
             "are the GTF and FASTAs the Ensembl release matching the GTEx annotation (88)?"
         )
-    kept = kept.sort_values("id", ignore_index=True)
-    split_of = tables.split_groups(sorted(kept["gene_id"].unique()), config.fractions, config.seed)
+    kept = join_ids(kept.sort_values("id", ignore_index=True))
+    # genes that share a DNA window or a protein item, directly or through others, fall in one split together
+    split_of, group_counts = tables.split_linked(
+        kept, "gene_id", ["dna_id", "protein_id"], config.fractions, config.seed, what="genes"
+    )
+    counts.update(group_counts)
     kept["split"] = kept["gene_id"].map(split_of)
     train = (kept["split"] == "train").to_numpy()
     if not train.any():
@@ -96,7 +103,6 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     held_out = np.array([t in config.holdout_tissues for t in tissues])
     standardised, train_mean, train_std, pooled = standardise(log1p, train, held_out)
 
-    kept = join_ids(kept)
     keys = kept[["id", "gene_id", "split", "dna_id", "rna_id", "protein_id"]]
     masks = coding_mask_rows(kept, coding_parts, config)
     outputs = {
@@ -120,7 +126,9 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
         ),
         "tissue_profiles": tissue_profiles(expression, kept, tissues),
     }
-    tables.assert_no_leak(outputs["labels"], "gene_id")
+    labels = outputs["labels"]
+    for column in ("gene_id", "dna_id", "protein_id"):  # no gene, window or protein item in two splits
+        tables.assert_no_leak(labels[labels[column] != ""], column)
     for split in tables.SPLITS:
         counts[f"genes_{split}"] = kept.loc[kept["split"] == split, "gene_id"].nunique()
         counts[f"transcripts_{split}"] = int((kept["split"] == split).sum())

@@ -1,5 +1,6 @@
 """The GTEx recipe on miniature files in the real formats: labels, TSS, coding masks and filters worked out by hand."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -18,6 +19,7 @@ from gtex_miniature import (
     expected_means,
     gct_rows,
     read_outputs,
+    shared_window_genes,
     tpm_of,
     write_sources,
 )
@@ -172,10 +174,34 @@ def test_filters_are_applied_and_counted(built):
 def test_split_by_gene_without_leak(built):
     tables, manifest = built
     labels = tables["labels"]
-    assert labels.groupby("gene_id")["split"].nunique().max() == 1
+    for column in ("gene_id", "protein_id"):  # FILL 2k and 2k + 1 share a peptide
+        assert labels.groupby(column)["split"].nunique().max() == 1, column
     genes = {s: labels.loc[labels["split"] == s, "gene_id"].nunique() for s in ("train", "validation", "test")}
     assert genes == {"train": 12, "validation": 2, "test": 1}
     assert {k: manifest["counts"][f"genes_{k}"] for k in genes} == genes
+    groups = {k: manifest["counts"][k] for k in ("split_groups", "split_groups_merged", "genes_in_merged_groups")}
+    assert groups == {"split_groups": 10, "split_groups_merged": 5, "genes_in_merged_groups": 10}
+
+
+def _linked_splits(labels):
+    """(column, the most splits any one value of it sits in) for the gene and the two shared item ids."""
+    coding = labels[labels["protein_id"] != ""]
+    return {c: (coding if c == "protein_id" else labels).groupby(c)["split"].nunique().max() for c in JOIN_COLUMNS}
+
+
+def test_genes_sharing_a_window_or_a_peptide_fall_in_one_split(tmp_path):
+    names = write_sources(tmp_path / "src", genes=shared_window_genes())  # BETA and VERS: one window
+    for seed in range(6):
+        gtex.build_gtex(names, tmp_path / f"seed{seed}", dataclasses.replace(CONFIG, seed=seed))
+        tables, manifest = read_outputs(tmp_path / f"seed{seed}")
+        labels = tables["labels"].set_index("id")
+        assert labels.loc[["ENST00000000102.1", "ENST00000000107.3"], "dna_id"].tolist() == ["chrX:9000:-"] * 2
+        assert _linked_splits(tables["labels"]) == {"dna_id": 1, "rna_id": 1, "protein_id": 1}, seed
+        window_split = tables["dna_windows"].set_index("id")["split"]
+        assert (window_split.loc[labels["dna_id"]].to_numpy() == labels["split"].to_numpy()).all()
+        counts = manifest["counts"]
+        assert (counts["split_groups"], counts["split_groups_merged"], counts["genes_in_merged_groups"]) == (9, 6, 12)
+        assert counts["split_group_largest"] == 2 and counts["dna_windows_shared_by_genes"] == 1
 
 
 def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
