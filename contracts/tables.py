@@ -22,7 +22,7 @@ MODALITIES = ("dna", "rna", "protein", "gene", "context", "other")
 SPLITS = ("train", "validation", "test")
 
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "dna": ("id", "chrom", "center"),  # + strand (optional, default '+'); or start/end instead of center
+    "dna": ("id", "chrom", "center"),  # center 1-based (windows.py); + strand (optional, default '+'); or start/end
     "rna": ("id", "sequence"),
     "protein": ("id", "sequence"),
     "gene": ("id",),

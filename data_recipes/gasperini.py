@@ -5,9 +5,14 @@ From the at-scale results: DHS sites only; target `beta` (natural-log effect siz
 with the UCSC chain file; genes aligned by symbol across the RNA vocabulary and the protein set into one
 canonical order (checked every run); split by enhancer 70/15/15, stratified on significance, seeded.
 
-Outputs (parquet): `dna_windows` (id = enhancer, chrom, center, strand: the DNA items), `genes` (id = symbol
-in canonical order: the RNA gene-token items), `proteins` (id = symbol, sequence: the protein items, same
-order), `labels` (enhancer, gene, gene_index, beta, significant, split).
+Coordinates: one convention, 1-based, as `contracts/windows.py` reads `center`. The site's `target_site.start`
+and `target_site.stop` are read as 1-based positions, its midpoint (start + stop) // 2 (`mid_hg19`) is a 1-based
+hg19 position, and it is lifted as one (`liftover.ChainFile(..., one_based=True)`: 1-based in, 1-based out, also
+across inverted chain blocks and at a block's last base), so `center` is the 1-based hg38 base at the midpoint.
+
+Outputs (parquet): `dna_windows` (id = enhancer, chrom, center (1-based hg38), strand: the DNA items), `genes`
+(id = symbol in canonical order: the RNA gene-token items), `proteins` (id = symbol, sequence: the protein items,
+same order), `labels` (enhancer, gene, gene_index, beta, significant, split).
 """
 
 from __future__ import annotations
@@ -75,9 +80,11 @@ class GasperiniConfig:
 
 
 def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:
+    """1-based hg19 `positions` on `chroms` -> (hg38 chroms, 1-based hg38 positions, unmapped, ambiguous); a site
+    that maps to no place or to several gets chrom None and position -1."""
     from liftover import ChainFile
 
-    chain = ChainFile(str(chain_path), one_based=False)
+    chain = ChainFile(str(chain_path), one_based=True)  # 1-based in and out: `center` is 1-based
     out_chrom, out_pos, unmapped, ambiguous = [], [], 0, 0
     for chrom, pos in zip(chroms.tolist(), positions.tolist(), strict=True):
         hits = chain[chrom][int(pos)] if chrom in chain else []
@@ -136,7 +143,7 @@ def build_gasperini(
         pairs[column] = formats.numbers(
             pairs, column, results, header, expected="an hg19 position (a whole number)"
         ).astype(np.int64)
-    pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2
+    pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2  # 1-based, like start/stop
     if config.max_distance_kb is not None:
         gene_start = formats.numbers(
             pairs, "target_gene.start", results, header, expected="the gene's hg19 start (a whole number)"

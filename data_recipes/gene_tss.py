@@ -4,13 +4,15 @@ Owns the gene_tss recipe. Inputs: an Ensembl/GENCODE GTF and a gene list (a text
 scGPT's vocab.json, whose special tokens `<...>` are skipped). Each listed symbol found among the GTF's gene lines
 gets one window centred on its gene's TSS (gene start on '+', gene end on '-', 1-based); a symbol carried by
 several GTF genes keeps the first on the primary chromosomes (1-22, X, Y, then others) by gene id. Genes are
-split train/validation/test by symbol (seeded), so no gene sits in two splits.
+split train/validation/test 80/10/10 (seeded) by symbol group: symbols whose windows share chrom, TSS and strand
+are one DNA input, so they form one group (`tables.split_linked`) and no gene or window sits in two splits.
 
 Outputs (G = kept genes):
   dna_windows  (G)  id (the gene symbol), chrom (as the GTF names it), center (the TSS, 1-based), strand, gene_id
   genes        (G)  id, gene_id, chrom, center, strand, split: Bio-DTA's labels (targets come from the scGPT
                     gene-token cache, joined by symbol)
-  recipe.json       counts: listed, kept, not in the GTF, duplicated symbols in the GTF
+  recipe.json       counts: listed, kept, not in the GTF, duplicated symbols in the GTF, windows shared by
+                    several symbols, split groups (split_groups, split_groups_merged)
 """
 
 from __future__ import annotations
@@ -98,13 +100,18 @@ def build_gene_tss(
         )
     rows = first.loc[kept].reset_index().rename(columns={"gene_name": "id"})
     windows = rows[["id", "chrom", "center", "strand", "gene_id"]].astype({"center": "int64"})
-    split = tables.split_groups(kept, fractions, seed)
+    # symbols whose windows are one DNA input (the same chrom, TSS and strand) fall in one split together
+    place = windows.assign(window=windows["chrom"] + ":" + windows["center"].astype(str) + ":" + windows["strand"])
+    split, group_counts = tables.split_linked(place, "id", ["window"], fractions, seed, what="genes")
     labels = windows.assign(split=windows["id"].map(split))
     tables.assert_no_leak(labels, "id")
+    tables.assert_no_leak(place.assign(split=labels["split"]), "window")
     counts = {
         "genes_listed": len(listed),
         "genes_kept": len(kept),
         "gtf_symbols_on_several_genes": int(annotation.loc[duplicated, "gene_name"].nunique()),
+        "dna_windows_shared_by_genes": int((place.groupby("window")["id"].nunique() > 1).sum()),
+        **group_counts,
         **{f"genes_{s}": int((labels["split"] == s).sum()) for s in ("train", "validation", "test")},
     }
     return tables.write_outputs(

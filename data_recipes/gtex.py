@@ -5,21 +5,26 @@ and the sample attributes give the mean TPM of each transcript in each tissue; t
 GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS and coding regions; the Ensembl
 cDNA and peptide FASTAs give their RNA and protein. By default the protein-coding transcripts are kept, each with
 DNA, RNA and protein; `transcripts="all"` keeps every biotype, and a transcript without a peptide record
-(non-coding) has no protein. Transcripts are split 80/10/10 by gene, so no gene sits in two splits.
+(non-coding) has no protein. Transcripts are split 80/10/10 (seeded) by gene group: genes that share a DNA window
+or a protein item, directly or through other genes, form one group (`tables.split_linked`), so no gene, window or
+protein sits in two splits; recipe.json counts the groups (split_groups, split_groups_merged).
 
 Items are embedded once: transcripts that share a TSS window or a peptide share one row of the item table and
 name it in their labels row (T transcripts, W distinct windows, P distinct peptides, K tissues, B = window_bins,
 G = train-split genes):
   dna_windows        (W)  id = "chrom:center:strand", chrom, center (the TSS, 1-based), strand, gene_id, gene_name,
-                          split (those of the window's first transcript by id), n_transcripts
+                          split (those of the window's first transcript by id; every transcript of a window
+                          is in its split), n_transcripts
   coding_masks       (T)  id (transcript), dna_id (its window), mask (B uint8 flags; geometry in gtex_masks.py)
   rna_sequences      (T)  id (transcript), sequence (cDNA)
   protein_sequences  (P)  id (the smallest Ensembl protein id carrying the peptide), sequence (peptide without a
                           trailing '*'), n_transcripts
   labels             (T)  id, gene_id, split, dna_id, rna_id, protein_id ("" = no protein), K tissue columns:
-                          (log1p(mean TPM) - train mean) / train std
+                          (log1p(mean TPM) - train_mean) / train_std
   labels_log1p       (T)  the same layout, log1p(mean TPM) unstandardised
-  tissues            (K)  tissue, n_samples, train_mean, train_std, held_out
+  tissues            (K)  tissue, n_samples, train_mean, train_std (what scaled its labels), held_out, scaled_with
+                          ("own_train": its own train-split values; "seen_pooled_train": a held-out tissue,
+                          scaled with every seen tissue's train-split values pooled, never its own)
   tissue_profiles    (K)  id (the tissue), G columns named by gene symbol: log1p(sum of the gene's mean TPM)
 
 `id` is GTEx's versioned transcript id; GTEx rows meet the GTF by unversioned id, and version differences are
@@ -84,17 +89,20 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
             f"no transcript of {paths['tpm']} survives the filters (counts {counts}, dropped {missing}); "
             "are the GTF and FASTAs the Ensembl release matching the GTEx annotation (88)?"
         )
-    kept = kept.sort_values("id", ignore_index=True)
-    split_of = tables.split_groups(sorted(kept["gene_id"].unique()), config.fractions, config.seed)
+    kept = join_ids(kept.sort_values("id", ignore_index=True))
+    # genes that share a DNA window or a protein item, directly or through others, fall in one split together
+    split_of, group_counts = tables.split_linked(
+        kept, "gene_id", ["dna_id", "protein_id"], config.fractions, config.seed, what="genes"
+    )
+    counts.update(group_counts)
     kept["split"] = kept["gene_id"].map(split_of)
     train = (kept["split"] == "train").to_numpy()
     if not train.any():
         raise InputError(f"no transcript fell in the train split (fractions {config.fractions}); keep more genes")
     log1p = np.log1p(kept[list(tissues)].to_numpy(dtype=np.float64))  # (T, K)
-    train_mean, train_std = log1p[train].mean(axis=0), log1p[train].std(axis=0)  # population std, train only
-    standardised = (log1p - train_mean) / np.where(train_std > 0, train_std, 1.0)  # constant tissue: centred only
+    held_out = np.array([t in config.holdout_tissues for t in tissues])
+    standardised, train_mean, train_std, pooled = standardise(log1p, train, held_out)
 
-    kept = join_ids(kept)
     keys = kept[["id", "gene_id", "split", "dna_id", "rna_id", "protein_id"]]
     masks = coding_mask_rows(kept, coding_parts, config)
     outputs = {
@@ -112,12 +120,15 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
                 "n_samples": samples["tissue"].value_counts().reindex(list(tissues)).to_numpy(dtype=np.int64),
                 "train_mean": train_mean,
                 "train_std": train_std,
-                "held_out": [t in config.holdout_tissues for t in tissues],
+                "held_out": held_out,
+                "scaled_with": np.where(held_out, SEEN_POOLED, OWN),
             }
         ),
         "tissue_profiles": tissue_profiles(expression, kept, tissues),
     }
-    tables.assert_no_leak(outputs["labels"], "gene_id")
+    labels = outputs["labels"]
+    for column in ("gene_id", "dna_id", "protein_id"):  # no gene, window or protein item in two splits
+        tables.assert_no_leak(labels[labels[column] != ""], column)
     for split in tables.SPLITS:
         counts[f"genes_{split}"] = kept.loc[kept["split"] == split, "gene_id"].nunique()
         counts[f"transcripts_{split}"] = int((kept["split"] == split).sum())
@@ -148,7 +159,15 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
         "holdout_tissues": list(config.holdout_tissues),
         "chrom_style": config.chrom_style,
         "standardisation": "(log1p(mean TPM) - train_mean) / train_std per tissue; population std over "
-        "train-split transcripts (a std of 0 divides by 1)",
+        f"train-split transcripts (a std of 0 divides by 1); a seen tissue ({OWN!r} in tissues.parquet's "
+        f"scaled_with) uses its own values, a held-out tissue ({SEEN_POOLED!r}) the seen tissues' pooled ones "
+        "(holdout_scaling), never its own",
+        "holdout_scaling": {
+            "mean": pooled[0],
+            "std": pooled[1],
+            "pooled_over": [t for t, held in zip(tissues, held_out, strict=True) if not held],
+            "applied_to": list(config.holdout_tissues),
+        },
         "tissue_profiles": "log1p(sum of mean TPM over all the gene's GTEx transcripts), train-split genes only",
         "version_mismatch_examples": mismatches[:5],
         "joins": "labels.dna_id -> dna_windows.id (one row per distinct chrom:center:strand), labels.rna_id -> "
@@ -161,6 +180,30 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     )
     print("  " + describe(sizes, config.cache_sizes))
     return manifest
+
+
+OWN, SEEN_POOLED = "own_train", "seen_pooled_train"  # tissues.parquet's scaled_with: which statistics a tissue used
+
+
+def standardise(
+    log1p: np.ndarray, train: np.ndarray, held_out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    """Labels (T, K) scaled per tissue, with the mean (K,) and population std (K,) each tissue used and the seen
+    tissues' pooled (mean, std). `train` (T,) marks train-split rows, `held_out` (K,) the held-out tissues.
+
+    A seen tissue is scaled with its own train-split values. A held-out tissue is scored zero-shot, so its own
+    values (train split included) must not shape its labels: it is scaled with the mean and std of every seen
+    tissue's train-split values pooled. A std of 0 divides by 1 (the tissue is only centred)."""
+    if held_out.all():
+        raise InputError(
+            f"all {len(held_out)} tissues are held out; held-out tissues are scaled with the seen tissues' "
+            "statistics, so leave at least one tissue out of --holdout-tissues"
+        )
+    seen_train = log1p[np.ix_(train, ~held_out)]
+    pooled = (float(seen_train.mean()), float(seen_train.std()))
+    mean = np.where(held_out, pooled[0], log1p[train].mean(axis=0))
+    std = np.where(held_out, pooled[1], log1p[train].std(axis=0))
+    return (log1p - mean) / np.where(std > 0, std, 1.0), mean, std, pooled
 
 
 def _comma_list(text: str) -> tuple[str, ...]:

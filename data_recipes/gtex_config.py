@@ -54,8 +54,9 @@ class GtexConfig:
     tissues: tuple[str, ...] = ISOFORMER_TISSUES
     # "SMTS" (31 coarse tissues) or "SMTSD" (detailed, e.g. "Brain - Cortex").
     tissue_column: str = "SMTS"
-    # train / validation / test fractions, drawn by gene: a gene's isoforms share most of their sequence, so
-    # isoforms of one gene in two splits would leak test labels into training.
+    # train / validation / test fractions, drawn by gene group: a gene's isoforms share most of their sequence, so
+    # isoforms of one gene in two splits would leak test labels into training; genes that share a TSS window or a
+    # peptide are one group for the same reason.
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # Seeds the shuffle of genes into splits; fixed, so runs and models are compared on the same test genes.
     seed: int = 0

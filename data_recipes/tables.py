@@ -1,5 +1,10 @@
 """What every recipe shares: group splits that cannot leak, the leak check, and writing the output folder
-(parquet tables + `recipe.json` with row counts, missing counts, sources and parameters)."""
+(parquet tables + `recipe.json` with row counts, missing counts, sources and parameters).
+
+Split units: a recipe draws its splits over groups, never over rows. Where two units (genes) share an input item
+(a DNA window, a protein), one item in two splits would let the model see a test input in training, so the units
+that share items, directly or through others, form one group (`linked_groups`) and the whole group falls in one
+split (`split_linked`)."""
 
 from __future__ import annotations
 
@@ -42,6 +47,49 @@ def split_groups(
         for i, group in enumerate(members):
             out[group] = SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_val else SPLITS[2]
     return out
+
+
+def linked_groups(table: pd.DataFrame, unit: str, items: Sequence[str]) -> dict[str, str]:
+    """Each distinct `unit` (a gene) -> the name of its split group, the smallest unit in the group: units that
+    share a value of any `items` column (a DNA window id, a protein id) are linked, and the groups are the
+    connected components of those links (union-find). Empty values ("" or missing) link nothing. A unit linked to
+    no other is its own group, so without shared items the groups are the units themselves."""
+    root = {u: u for u in table[unit].unique()}
+
+    def find(u):
+        while root[u] != u:
+            root[u] = root[root[u]]  # path halving
+            u = root[u]
+        return u
+
+    for column in items:
+        rows = table.loc[table[column].notna() & (table[column] != ""), [column, unit]].drop_duplicates()
+        shared = rows[rows.duplicated(column, keep=False)]  # items carried by two or more units
+        for members in shared.groupby(column)[unit]:
+            first = find(members[1].iloc[0])
+            for other in members[1].iloc[1:]:
+                other = find(other)
+                first, other = min(first, other), max(first, other)
+                root[other] = first  # the smaller name stays the root: a group is named by its smallest unit
+    return {u: find(u) for u in root}
+
+
+def split_linked(
+    table: pd.DataFrame, unit: str, items: Sequence[str], fractions: Sequence[float], seed: int, what: str = "units"
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Each `unit` -> its split, drawn over the `linked_groups` (units sharing an item) by `split_groups`, so no
+    item sits in two splits; and counts for recipe.json: split_groups, split_groups_merged (groups of two or more
+    units), `what`_in_merged_groups (units in those), split_group_largest (units in the largest group)."""
+    group_of = linked_groups(table, unit, items)
+    sizes = pd.Series(group_of).value_counts()
+    split_of_group = split_groups(sorted(sizes.index), fractions, seed)
+    counts = {
+        "split_groups": len(sizes),
+        "split_groups_merged": int((sizes > 1).sum()),
+        f"{what}_in_merged_groups": int(sizes[sizes > 1].sum()),
+        "split_group_largest": int(sizes.max()) if len(sizes) else 0,
+    }
+    return {u: split_of_group[g] for u, g in group_of.items()}, counts
 
 
 def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "split") -> None:

@@ -145,9 +145,17 @@ def expected_means() -> dict[str, np.ndarray]:
 
 
 def peptide_of(tid: str) -> str:
-    """FILL genes n carry one of three peptides by n % 3, shared across genes; every other gene the same one."""
+    """FILL genes 2k and 2k + 1 share one peptide (5 peptides, each on two genes, which must share a split); every
+    other gene has its own (ALPHA's is MKTAYIAKQR x 8)."""
     n = int(tid[-2:])
-    return f"MFILL{'W' * (n % 3)}" if tid[-3] == "2" else "MKTAYIAKQR" * 8
+    return f"MFILL{'W' * (n // 2)}" if tid[-3] == "2" else "MKTAYIAKQR" * 8 + "G" * (n - 1)
+
+
+def shared_window_genes() -> list[tuple]:
+    """GENES with VERS moved onto BETA's TSS (chrX, minus strand, TSS 9000): two genes, one DNA window."""
+    moved = ("ENST00000000107", 4, 3, "protein_coding", 8001, 9000, [(8301, 8600)], [(8298, 8300)], True)
+    vers = ("ENSG00000000107", 1, "VERS", "X", 8001, 9000, "-", [moved])
+    return [vers if gene[2] == "VERS" else gene for gene in GENES]
 
 
 def write_gz(path, text: str) -> None:
@@ -159,13 +167,14 @@ def wrapped(sequence: str, width: int = 60) -> str:
     return "\n".join(sequence[i : i + width] for i in range(0, len(sequence), width))
 
 
-def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
-    """The five source files, named as published, in their real formats."""
+def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS", tpm=tpm_of, genes=None):
+    """The five source files, named as published, in their real formats; `tpm(row)` the GCT row's six TPMs;
+    `genes` another gene list than GENES with the same transcript ids (e.g. `shared_window_genes()`)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = {key: folder / source.filename for key, source in gtex.SOURCES.items()}
     rows = gct_rows()
     lines = [first_gct_line, f"{len(rows)}\t{len(SAMPLES)}", "\t".join(["transcript_id", "gene_id", *SAMPLES])]
-    lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm_of(i))]) for i, (t, g) in enumerate(rows)]
+    lines += ["\t".join([t, g, *(f"{x:g}" for x in tpm(i))]) for i, (t, g) in enumerate(rows)]
     write_gz(names["tpm"], "\n".join(lines) + "\n")
 
     # Extra columns, in an order nobody would guess; one sample that the GCT lacks.
@@ -178,7 +187,7 @@ def write_sources(folder, first_gct_line="#1.2", tissue_column="SMTS"):
 
     gtf = ["#!genome-build GRCh38.p7", "#!genome-version GRCh38", "#!genebuild-last-updated 2016-06"]
     cdna, pep = [], []
-    for gene, gver, symbol, chrom, gstart, gend, strand, transcripts in GENES:
+    for gene, gver, symbol, chrom, gstart, gend, strand, transcripts in genes or GENES:
         gattr = (
             f'gene_id "{gene}"; gene_version "{gver}"; gene_name "{symbol}"; gene_source "ensembl_havana"; '
             'gene_biotype "protein_coding";'

@@ -123,6 +123,38 @@ def test_gasperini_recipe_by_hand(tmp_path):
     assert manifest["counts"]["uniprot_duplicate_symbols"] == 1 and manifest["counts"]["genes"] == 2
 
 
+def _write_chain(path, text):
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+
+
+def test_midpoints_are_lifted_one_based_at_block_edges_and_on_inverted_blocks(tmp_path):
+    # Two chains on hg19 chr1 (0-based half-open, as chain files are):
+    #   + [0, 10000) -> hg38 chr1 + [1000, 11000), a 500 bp hg38 gap, then [10000, 20000) -> [11500, 21500)
+    #   + [30000, 40000) -> hg38 chr1 '-' [100000, 110000) of 300000 bases = forward [190000, 200000), reversed
+    chains = (
+        "chain 1000 chr1 200000 + 0 20000 chr1 300000 + 1000 21500 1\n10000 0 500\n10000\n\n"
+        "chain 900 chr1 200000 + 30000 40000 chr1 300000 - 100000 110000 2\n10000\n\n"
+    )
+    rows = [
+        _row("edge_top_two", "GENEA", "chr1", 9_800, 10_200, -0.5, "0.001"),  # mid 10000: block 1's last base
+        _row("end_top_two", "GENEA", "chr1", 19_900, 20_100, 0.1, "0.4"),  # mid 20000: the chain's last base
+        _row("gap_top_two", "GENEA", "chr1", 10_001, 10_001, 0.1, "0.4"),  # mid 10001: block 2's first base
+        _row("inverted_top_two", "GENEA", "chr1", 34_900, 35_100, 0.2, "0.4"),  # mid 35000, inverted block
+    ]
+    paths = _sources(tmp_path, rows)
+    _write_chain(paths["chain"], chains)
+    manifest = build_gasperini(paths, tmp_path / "out", GasperiniConfig())
+    center = pd.read_parquet(tmp_path / "out" / "dna_windows.parquet").set_index("id")["center"]
+    # 1-based 10000 = 0-based 9999, offset 9999 in block 1 -> 0-based 10999 -> 1-based 11000
+    assert center["edge_top_two"] == 11_000
+    assert center["end_top_two"] == 21_500  # 0-based 19999 -> 21499; read 0-based, 20000 would fall off the chain
+    assert center["gap_top_two"] == 11_501  # 0-based 10000 -> 11500, past the 500 bp gap
+    # 0-based 34999, offset 4999 -> reverse strand 104999 -> forward 0-based 300000 - 1 - 104999 = 195000
+    assert center["inverted_top_two"] == 195_001
+    assert manifest["missing"]["enhancers_unmapped_by_liftover"] == 0
+
+
 def test_same_seed_same_split_other_seed_other_split(tmp_path):
     paths = _sources(tmp_path, _rows())
     a = build_gasperini(paths, tmp_path / "a", GasperiniConfig(seed=1))

@@ -1,5 +1,6 @@
 """The GTEx recipe on miniature files in the real formats: labels, TSS, coding masks and filters worked out by hand."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -18,6 +19,8 @@ from gtex_miniature import (
     expected_means,
     gct_rows,
     read_outputs,
+    shared_window_genes,
+    tpm_of,
     write_sources,
 )
 
@@ -43,14 +46,16 @@ def test_labels_are_log1p_mean_tpm_standardised_with_train_statistics(built):
 
     train = raw[raw["split"] == "train"]
     assert 0 < len(train) < len(raw)
-    mean, std = train[list(TISSUES)].mean(), train[list(TISSUES)].std(ddof=0)
-    expected = (raw[list(TISSUES)] - mean) / std
-    np.testing.assert_allclose(labels[list(TISSUES)].to_numpy(), expected.to_numpy(), rtol=1e-10)
+    seen = ["Liver", "Muscle"]  # Lung is held out (CONFIG): its own scaling is tested below
+    mean, std = train[seen].mean(), train[seen].std(ddof=0)
+    expected = (raw[seen] - mean) / std
+    np.testing.assert_allclose(labels[seen].to_numpy(), expected.to_numpy(), rtol=1e-10)
     keys = ["id", "gene_id", "split", *JOIN_COLUMNS]
     assert (labels[keys] == raw[keys]).all().all()
     info = tables["tissues"].set_index("tissue")
-    np.testing.assert_allclose(info.loc[list(TISSUES), "train_mean"], mean.to_numpy())
-    np.testing.assert_allclose(info.loc[list(TISSUES), "train_std"], std.to_numpy())
+    np.testing.assert_allclose(info.loc[seen, "train_mean"], mean.to_numpy())
+    np.testing.assert_allclose(info.loc[seen, "train_std"], std.to_numpy())
+    assert info.loc[seen, "scaled_with"].tolist() == ["own_train", "own_train"]
     assert info["n_samples"].to_dict() == {"Liver": 2, "Lung": 1, "Muscle": 1}
     assert manifest["counts"]["samples_used"] == 4 and manifest["counts"]["samples_without_attributes"] == 1
     assert manifest["counts"]["samples_in_other_tissues"] == 1 and manifest["counts"]["gct_samples"] == 6
@@ -169,10 +174,34 @@ def test_filters_are_applied_and_counted(built):
 def test_split_by_gene_without_leak(built):
     tables, manifest = built
     labels = tables["labels"]
-    assert labels.groupby("gene_id")["split"].nunique().max() == 1
+    for column in ("gene_id", "protein_id"):  # FILL 2k and 2k + 1 share a peptide
+        assert labels.groupby(column)["split"].nunique().max() == 1, column
     genes = {s: labels.loc[labels["split"] == s, "gene_id"].nunique() for s in ("train", "validation", "test")}
     assert genes == {"train": 12, "validation": 2, "test": 1}
     assert {k: manifest["counts"][f"genes_{k}"] for k in genes} == genes
+    groups = {k: manifest["counts"][k] for k in ("split_groups", "split_groups_merged", "genes_in_merged_groups")}
+    assert groups == {"split_groups": 10, "split_groups_merged": 5, "genes_in_merged_groups": 10}
+
+
+def _linked_splits(labels):
+    """(column, the most splits any one value of it sits in) for the gene and the two shared item ids."""
+    coding = labels[labels["protein_id"] != ""]
+    return {c: (coding if c == "protein_id" else labels).groupby(c)["split"].nunique().max() for c in JOIN_COLUMNS}
+
+
+def test_genes_sharing_a_window_or_a_peptide_fall_in_one_split(tmp_path):
+    names = write_sources(tmp_path / "src", genes=shared_window_genes())  # BETA and VERS: one window
+    for seed in range(6):
+        gtex.build_gtex(names, tmp_path / f"seed{seed}", dataclasses.replace(CONFIG, seed=seed))
+        tables, manifest = read_outputs(tmp_path / f"seed{seed}")
+        labels = tables["labels"].set_index("id")
+        assert labels.loc[["ENST00000000102.1", "ENST00000000107.3"], "dna_id"].tolist() == ["chrX:9000:-"] * 2
+        assert _linked_splits(tables["labels"]) == {"dna_id": 1, "rna_id": 1, "protein_id": 1}, seed
+        window_split = tables["dna_windows"].set_index("id")["split"]
+        assert (window_split.loc[labels["dna_id"]].to_numpy() == labels["split"].to_numpy()).all()
+        counts = manifest["counts"]
+        assert (counts["split_groups"], counts["split_groups_merged"], counts["genes_in_merged_groups"]) == (9, 6, 12)
+        assert counts["split_group_largest"] == 2 and counts["dna_windows_shared_by_genes"] == 1
 
 
 def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
@@ -183,6 +212,38 @@ def test_holdout_tissues_are_flagged_but_keep_their_labels(built):
         "Muscle": False,
     }
     assert manifest["holdout_tissues"] == ["Lung"] and "Lung" in tables["labels"].columns
+
+
+def test_a_held_out_tissue_is_scaled_with_the_seen_tissues_pooled_statistics(built, tmp_path):
+    tables, manifest = built
+    raw, labels = tables["labels_log1p"], tables["labels"]
+    pooled = raw.loc[raw["split"] == "train", ["Liver", "Muscle"]].to_numpy().ravel()  # seen tissues, train split
+    mean, std = pooled.mean(), pooled.std()
+    np.testing.assert_allclose(labels["Lung"], (raw["Lung"] - mean) / std, rtol=1e-10)
+    lung = tables["tissues"].set_index("tissue").loc["Lung"]
+    assert lung["held_out"] and lung["scaled_with"] == "seen_pooled_train"
+    np.testing.assert_allclose([lung["train_mean"], lung["train_std"]], [mean, std])
+    scaling = manifest["holdout_scaling"]
+    np.testing.assert_allclose([scaling["mean"], scaling["std"]], [mean, std])
+    assert scaling["pooled_over"] == ["Liver", "Muscle"] and scaling["applied_to"] == ["Lung"]
+
+    # The Lung sample (GCT column 2) ten times higher and shifted: Lung's scaling must not move, nor anything seen.
+    def lung_changed(row):
+        values = tpm_of(row)
+        return [*values[:2], 10 * values[2] + 3, *values[3:]]
+
+    gtex.build_gtex(write_sources(tmp_path / "src", tpm=lung_changed), tmp_path / "out", CONFIG)
+    changed, _ = read_outputs(tmp_path / "out")
+    assert not np.allclose(changed["labels_log1p"]["Lung"], raw["Lung"])
+    columns = ["train_mean", "train_std", "scaled_with"]
+    pd.testing.assert_frame_equal(changed["tissues"][columns], tables["tissues"][columns])
+    np.testing.assert_allclose(changed["labels"][["Liver", "Muscle"]], labels[["Liver", "Muscle"]])
+
+
+def test_holding_out_every_tissue_is_refused(tmp_path):
+    config = gtex.GtexConfig(tissues=TISSUES, max_gene_length=20_000, window_bins=8, holdout_tissues=TISSUES)
+    with pytest.raises(InputError, match=r"all 3 tissues are held out; .*leave at least one tissue out"):
+        gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", config)
 
 
 def test_tissue_profiles_hold_train_genes_only(built):

@@ -32,15 +32,13 @@ def test_shared_windows_and_peptides_are_one_row_each(every_biotype):
     assert gamma.tolist() == ["chr2:20001:+", "chr2:20001:+"]
     assert windows.set_index("id").loc["chr2:20001:+", "n_transcripts"] == 2
     assert len(windows) == len(labels) - 1 == 15 and windows["id"].is_unique
-    # one peptide on 5 genes, and FILL0-9 carrying three peptides between them: 4 rows for 15 coding transcripts
-    assert proteins.set_index("id")["n_transcripts"].to_dict() == {
-        "ENSP00000000101.3": 5,
-        "ENSP00000000200.1": 4,
-        "ENSP00000000201.1": 3,
-        "ENSP00000000202.1": 3,
-    }
+    # FILL0-9 carry five peptides, each on two genes (named by the smaller protein id); the other five genes one
+    # each: 10 rows for 15 coding transcripts
+    shared = {f"ENSP0000000020{n}.1": 2 for n in (0, 2, 4, 6, 8)}
+    own = {f"ENSP00000000{n}": 1 for n in ("101.3", "102.1", "103.1", "107.4", "108.1")}
+    assert proteins.set_index("id")["n_transcripts"].to_dict() == own | shared
     counts = manifest["counts"]
-    assert (counts["dna_windows_distinct"], counts["proteins_distinct"]) == (15, 4)
+    assert (counts["dna_windows_distinct"], counts["proteins_distinct"]) == (15, 10)
 
 
 def test_every_labels_row_joins_its_own_window_cdna_and_peptide(every_biotype):
@@ -132,7 +130,7 @@ def test_recipe_json_states_the_sizes_of_its_own_tables(every_biotype, capsys):
         CacheSizeConfig(),
     )
     assert stated == json.loads(json.dumps(again))
-    assert stated["dna"]["full"] == 15 * 8 * 3072 * 2 and stated["protein"]["items"] == 4
+    assert stated["dna"]["full"] == 15 * 8 * 3072 * 2 and stated["protein"]["items"] == 10
     assert stated["rna"]["max_positions_128"] == 16 * 128 * 1024 * 2
 
 
