@@ -13,7 +13,7 @@ from dogmacache.errors import DogmaError, InputError
 from dogmacache.train import load_model
 from dogmacache.train.config import to_toml
 from dogmacache.train.registry import get_task, load_config
-from dogmacache.train.tasks.isoformer import IsoformerAggregator, parse_modalities
+from dogmacache.train.tasks.isoformer import IsoformerAggregator, IsoformerModelConfig, parse_modalities
 
 
 def _model(aggregation="dna_query", **widths):
@@ -105,6 +105,17 @@ def test_an_unknown_aggregation_is_refused_and_old_checkpoints_mean_dna_query():
     assert IsoformerAggregator(**old).aggregation == "dna_query"  # a checkpoint saved before the option
 
 
+def test_rna_plus_protein_has_rna_queries_and_is_a_default_ablation():
+    assert "rna+protein" in IsoformerModelConfig().ablations
+    model = _model(rna=5, protein=4)
+    assert model.modalities == ["rna", "protein"] and set(model.cross) == {"protein"}
+    tokens, masks, present = _inputs()
+    del tokens["dna"]
+    before = model(tokens, masks, present)
+    masks["protein"][:, 3:] = False  # the protein is attended, so its mask matters
+    assert not torch.allclose(model(tokens, masks, present), before, atol=1e-4)
+
+
 def test_modalities_parse_in_query_order():
     assert parse_modalities("rna+dna", "x") == ("dna", "rna")
     assert parse_modalities(("protein",), "x") == ("protein",)
@@ -133,7 +144,8 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     out, _ = iso
     metrics = json.loads((out / "train_isoformer" / "metrics.json").read_text())
     models = metrics["models"]
-    assert set(models) == {"isoformer", "per_tissue_mean", "dna", "rna", "protein", "dna+rna", "dna+protein"}
+    ablations = {"dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein"}  # the paper's Table 8
+    assert set(models) == {"isoformer", "per_tissue_mean", *ablations}
     test = models["isoformer"]["test"]
     assert len(test["per_tissue"]) == 30 and test["n"] == 30 * metrics["counts"]["test"]
     baseline = models["per_tissue_mean"]["test"]
@@ -226,7 +238,8 @@ def test_gtex_config_is_the_papers_recipe():
         0.0,
         8,
     )
-    assert len(config.model.ablations) == 5 and config.model.aggregation == "paper"  # Eq. 2-3
+    assert set(config.model.ablations) == {"dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein"}  # Table 8
+    assert config.model.aggregation == "paper"  # Eq. 2-3
 
 
 def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):
