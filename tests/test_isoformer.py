@@ -230,7 +230,10 @@ def test_a_transcript_without_protein_is_kept(iso, tmp_path):
 def test_gtex_config_is_the_papers_recipe():
     from pathlib import Path
 
-    config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml")
+    path = Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml"
+    config = load_config(path)
+    text = path.read_text()  # the encoders its caches use, beside the paper's where they differ
+    assert "the paper used NT v2 250M" in text and "the paper used ESM-2 150M" in text
     assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
     assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (
         3e-5,
