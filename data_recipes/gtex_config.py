@@ -60,7 +60,8 @@ class GtexConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # Seeds the shuffle of genes into splits; fixed, so runs and models are compared on the same test genes.
     seed: int = 0
-    # bp; genes whose GTF gene line spans more (end - start + 1) are excluded, as IsoFormer does.
+    # bp; genes whose GTF gene line spans more (end - start + 1) are excluded, as CDBridge's GTEx-Benchmark does
+    # (docs/papers.md#cdbridge-gtex-benchmark); IsoFormer's data has no such filter.
     max_gene_length: int = 200_000
     # Enformer's output: 896 bins x 128 bp = 114,688 bp centred on the TSS.
     window_bins: int = 896

@@ -13,13 +13,18 @@ from dogmacache.errors import DogmaError, InputError
 from dogmacache.train import load_model
 from dogmacache.train.config import to_toml
 from dogmacache.train.registry import get_task, load_config
-from dogmacache.train.tasks.isoformer import IsoformerAggregator, parse_modalities
+from dogmacache.train.tasks.isoformer import IsoformerAggregator, IsoformerModelConfig, parse_modalities
 
 
-def _model(**widths):
+def _model(aggregation="dna_query", **widths):
     torch.manual_seed(0)
     return IsoformerAggregator(
-        widths or {"dna": 6, "rna": 5, "protein": 4}, n_tissues=3, d_model=8, n_heads=2, dropout=0.0
+        widths or {"dna": 6, "rna": 5, "protein": 4},
+        n_tissues=3,
+        d_model=8,
+        n_heads=2,
+        dropout=0.0,
+        aggregation=aggregation,
     ).eval()
 
 
@@ -35,8 +40,9 @@ def _inputs(batch=2):
     return tokens, masks, present
 
 
-def test_padding_is_never_attended():
-    model = _model()
+@pytest.mark.parametrize("aggregation", ["dna_query", "paper"])
+def test_padding_is_never_attended(aggregation):
+    model = _model(aggregation)
     tokens, masks, present = _inputs()
     masks["rna"][:, 4:] = False
     before = model(tokens, masks, present)
@@ -55,6 +61,59 @@ def test_a_missing_modality_adds_nothing():
     without.load_state_dict({k: v for k, v in model.state_dict().items() if "protein" not in k})
     expected = without({m: tokens[m] for m in ("dna", "rna")}, masks, present)
     assert torch.allclose(out[1], expected[1], atol=1e-6) and not torch.allclose(out[0], expected[0], atol=1e-4)
+
+
+def test_the_paper_aggregation_lets_every_modality_query_the_others():
+    model = _model("paper")
+    pairs = {"dna_to_rna", "dna_to_protein", "rna_to_dna", "rna_to_protein", "protein_to_dna", "protein_to_rna"}
+    assert set(model.cross) == pairs and model.head.in_features == 3 * 8  # Eq. 3: three pooled vectors concatenated
+    tokens, masks, present = _inputs()
+    assert model(tokens, masks, present).shape == (2, 3)
+    # by hand: each modality's projected tokens attend to the others in turn, are averaged, then concatenated
+    projected = {m: model.projections[m](t) for m, t in tokens.items()}
+    pooled = []
+    for query, others in (("dna", ("rna", "protein")), ("rna", ("dna", "protein")), ("protein", ("dna", "rna"))):
+        q = projected[query]
+        for other in others:
+            q = q + model.cross[f"{query}_to_{other}"](q, projected[other])
+        pooled.append(q.mean(1))
+    expected = model.head(torch.cat(pooled, dim=-1))
+    assert torch.allclose(model(tokens, masks, present), expected, atol=1e-5)
+    dna_query = _model("dna_query")
+    assert set(dna_query.cross) == {"rna", "protein"} and dna_query.head.in_features == 8
+
+
+def test_paper_aggregation_without_a_protein_zeroes_its_part():
+    model = _model("paper")
+    tokens, masks, present = _inputs()
+    present["protein"][1] = False
+    out = model(tokens, masks, present)
+    changed = dict(tokens, protein=torch.randn(2, 5, 4) * 10)
+    again = model(changed, masks, present)
+    assert torch.allclose(out[1], again[1], atol=1e-6) and not torch.allclose(out[0], again[0], atol=1e-4)
+    # the row's protein part of the head input is zero: the head sees only its DNA and RNA parts
+    with torch.no_grad():
+        model.head.weight[:, 16:] = 0.0
+    cut = model(tokens, masks, present)
+    assert torch.allclose(cut[1], out[1], atol=1e-6) and not torch.allclose(cut[0], out[0], atol=1e-4)
+
+
+def test_an_unknown_aggregation_is_refused_and_old_checkpoints_mean_dna_query():
+    with pytest.raises(InputError, match=r"aggregation 'mean' is not one of \('dna_query', 'paper'\)"):
+        _model("mean")
+    old = {"widths": {"dna": 6, "rna": 5}, "n_tissues": 3, "d_model": 8, "n_heads": 2, "dropout": 0.0}
+    assert IsoformerAggregator(**old).aggregation == "dna_query"  # a checkpoint saved before the option
+
+
+def test_rna_plus_protein_has_rna_queries_and_is_a_default_ablation():
+    assert "rna+protein" in IsoformerModelConfig().ablations
+    model = _model(rna=5, protein=4)
+    assert model.modalities == ["rna", "protein"] and set(model.cross) == {"protein"}
+    tokens, masks, present = _inputs()
+    del tokens["dna"]
+    before = model(tokens, masks, present)
+    masks["protein"][:, 3:] = False  # the protein is attended, so its mask matters
+    assert not torch.allclose(model(tokens, masks, present), before, atol=1e-4)
 
 
 def test_modalities_parse_in_query_order():
@@ -85,7 +144,8 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     out, _ = iso
     metrics = json.loads((out / "train_isoformer" / "metrics.json").read_text())
     models = metrics["models"]
-    assert set(models) == {"isoformer", "per_tissue_mean", "dna", "rna", "protein", "dna+rna", "dna+protein"}
+    ablations = {"dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein"}  # the paper's Table 8
+    assert set(models) == {"isoformer", "per_tissue_mean", *ablations}
     test = models["isoformer"]["test"]
     assert len(test["per_tissue"]) == 30 and test["n"] == 30 * metrics["counts"]["test"]
     baseline = models["per_tissue_mean"]["test"]
@@ -94,6 +154,34 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     assert (out / "train_isoformer" / "per_tissue_spearman.png").stat().st_size > 10_000
     model = load_model(out / "train_isoformer" / "isoformer_best.pt")
     assert type(model).__name__ == "IsoformerAggregator" and model.modalities == ["dna", "rna", "protein"]
+
+
+@pytest.mark.parametrize("aggregation", ["dna_query", "paper"])
+def test_each_aggregation_trains_and_its_checkpoint_reloads(iso, tmp_path, aggregation):
+    from dogmacache.train.loop import predict
+    from dogmacache.train.run import run_training
+
+    out, caches = iso
+    config = isoformer_config(out, caches, epochs=2)
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, aggregation=aggregation, ablations=()),
+        train=dataclasses.replace(config.train, baselines=False),
+        output=dataclasses.replace(config.output, dir=str(tmp_path / aggregation)),
+    )
+    config = load_config(_write(config, tmp_path))
+    summary = run_training(config, progress=False)
+    log = pd.read_csv(tmp_path / aggregation / "log.csv")
+    assert len(log) == 2 and np.isfinite(log["train_loss"]).all()
+    assert summary["model_config"]["aggregation"] == aggregation
+    model = load_model(tmp_path / aggregation / "isoformer_best.pt")
+    assert model.aggregation == aggregation and model.head.in_features == 32 * (3 if aggregation == "paper" else 1)
+    task = get_task("isoformer")(config)
+    data = task.load()
+    predicted = predict(task, model, data, "test", torch.device("cpu"))
+    assert predicted.shape == (len(data.splits["test"]), 30) and np.isfinite(predicted).all()
+    again = task.metrics(predicted, data, "test")
+    assert again["mse"] == pytest.approx(summary["models"]["isoformer"]["test"]["mse"], rel=1e-5)
 
 
 def test_bad_inputs_are_refused(iso, tmp_path):
@@ -142,7 +230,10 @@ def test_a_transcript_without_protein_is_kept(iso, tmp_path):
 def test_gtex_config_is_the_papers_recipe():
     from pathlib import Path
 
-    config = load_config(Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml")
+    path = Path(__file__).resolve().parents[1] / "train" / "configs" / "isoformer_gtex.toml"
+    config = load_config(path)
+    text = path.read_text()  # the encoders its caches use, beside the paper's where they differ
+    assert "the paper used NT v2 250M" in text and "the paper used ESM-2 150M" in text
     assert config.task == "isoformer" and config.model.modalities == ("dna", "rna", "protein")
     assert (config.train.lr, config.train.batch_size, config.train.weight_decay, config.model.n_heads) == (
         3e-5,
@@ -150,7 +241,8 @@ def test_gtex_config_is_the_papers_recipe():
         0.0,
         8,
     )
-    assert len(config.model.ablations) == 5
+    assert set(config.model.ablations) == {"dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein"}  # Table 8
+    assert config.model.aggregation == "paper"  # Eq. 2-3
 
 
 def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):

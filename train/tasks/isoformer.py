@@ -9,11 +9,18 @@ and protein caches carry a `mask` (N, T) of real tokens (padding never attended)
 token per item.
 
 Model (`IsoformerAggregator`), per docs/papers.md#isoformer-aggregation: each modality projected to `d_model`;
-the query tokens are the DNA tokens; they cross-attend to the RNA tokens, then to the protein tokens, each step
-`q = q + MHA(q, kv)` (`out_proj` is the paper's Linear; residual, no norm, no feed-forward), 8 heads; a modality
-missing for a sample (no protein) adds nothing; masked mean over the query tokens; Linear -> one output per tissue;
-MSE. Ablations (`modalities`): the first present modality of dna, rna, protein gives the queries, the others are
-attended in that order, so "rna" alone is the RNA tokens mean-pooled into the head.
+each cross-attention step is `q = q + MHA(q, kv)` (`out_proj` is the paper's Linear; residual, no norm, no
+feed-forward), 8 heads; a modality missing for a sample (no protein) adds nothing; Linear -> one output per tissue;
+MSE. Two aggregations (`[model] aggregation`):
+- "dna_query": one chain. The query tokens are the DNA tokens; they cross-attend to the RNA tokens, then to the
+  protein tokens; masked mean over the query tokens -> head (D).
+- "paper" (the paper's Eq. 2-3): every modality's tokens cross-attend to the other modalities in turn (DNA to RNA
+  then protein, RNA to DNA then protein, protein to DNA then RNA; one attention per ordered pair, keys are the
+  projected encoder tokens); each result is mean-pooled over its own real tokens (zeros for a missing modality) and
+  the pooled vectors are concatenated -> head (len(modalities) * D).
+Ablations (`modalities`) are subsets; in the "dna_query" chain the first present modality of dna, rna, protein gives
+the queries and the others are attended in that order, so "rna+protein" has RNA queries and "rna" alone is the RNA
+tokens mean-pooled into the head.
 
 Shapes: B transcripts, L / T tokens, D width, K tissues.
 """
@@ -49,7 +56,8 @@ from scipy import stats
 from torch import Tensor, nn
 
 MODALITIES = ("dna", "rna", "protein")
-ABLATIONS = ("dna", "rna", "protein", "dna+rna", "dna+protein")  # the paper's Table 2 beside dna+rna+protein
+ABLATIONS = ("dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein")  # the paper's Table 8 beside all three
+AGGREGATIONS = ("dna_query", "paper")
 NOT_TISSUES = ("id", "gene_id", "split", "dna_id", "rna_id", "protein_id")
 
 
@@ -74,8 +82,10 @@ class IsoformerModelConfig:
     n_heads: int = 8  # paper: 8
     dropout: float = 0.1  # on the attention probabilities and before the head
     ablations: tuple[str, ...] = ABLATIONS  # modality subsets trained as baselines in the same run ("dna+rna", ...)
+    aggregation: str = "dna_query"  # "dna_query": DNA tokens query RNA then protein; "paper": Eq. 2-3, see above
 
     LIMITS: ClassVar[dict[str, str]] = {"d_model": ">=1", "n_heads": ">=1", "dropout": "[0,1)"}
+    CHOICES: ClassVar[dict[str, tuple]] = {"aggregation": AGGREGATIONS}
 
 
 def parse_modalities(names: tuple[str, ...] | str, where: str) -> tuple[str, ...]:
@@ -86,32 +96,63 @@ def parse_modalities(names: tuple[str, ...] | str, where: str) -> tuple[str, ...
     return tuple(m for m in MODALITIES if m in items)  # queries first, then attention order
 
 
-class IsoformerAggregator(nn.Module):
-    """Query tokens (B, L, D_q) cross-attend to each other modality's tokens; masked mean -> (B, K)."""
+def masked_mean(x: Tensor, keep: Tensor) -> Tensor:
+    """(B, N, D) averaged over the tokens where `keep` (B, N) is True -> (B, D); zeros where a row keeps none."""
+    weights = keep.to(x.dtype)
+    return (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
 
-    def __init__(self, widths: dict[str, int], n_tissues: int, d_model: int, n_heads: int, dropout: float):
+
+class IsoformerAggregator(nn.Module):
+    """Cross-attention aggregation of per-modality tokens -> (B, K), as "dna_query" or "paper" (module docstring)."""
+
+    def __init__(
+        self,
+        widths: dict[str, int],
+        n_tissues: int,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        aggregation: str = "dna_query",  # checkpoints from before the option was added hold the DNA-query chain
+    ):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in widths]
         if d_model % n_heads:
             raise InputError(f"IsoFormer d_model={d_model} is not divisible by n_heads={n_heads}; pick a multiple")
+        if aggregation not in AGGREGATIONS:
+            raise InputError(f"IsoFormer aggregation {aggregation!r} is not one of {AGGREGATIONS}; pick one of them")
+        self.aggregation = aggregation
         self.projections = nn.ModuleDict({m: nn.Linear(widths[m], d_model) for m in self.modalities})
-        self.cross = nn.ModuleDict({m: MultiHeadAttention(d_model, n_heads, dropout) for m in self.modalities[1:]})
+        if aggregation == "dna_query":
+            pairs = [(self.modalities[0], m) for m in self.modalities[1:]]
+        else:
+            pairs = [(q, m) for q in self.modalities for m in self.modalities if m != q]
+        self.cross = nn.ModuleDict({self._key(q, m): MultiHeadAttention(d_model, n_heads, dropout) for q, m in pairs})
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(d_model, n_tissues)
+        pooled = d_model * (len(self.modalities) if aggregation == "paper" else 1)
+        self.head = nn.Linear(pooled, n_tissues)
+
+    def _key(self, query: str, other: str) -> str:
+        return other if self.aggregation == "dna_query" else f"{query}_to_{other}"  # dna_query: older checkpoints
+
+    def _attend(self, query: str, q: Tensor, other: str, kv: Tensor, usable: Tensor) -> Tensor:
+        """q + cross-attention of q to `other`'s usable tokens; nothing added for a sample without any."""
+        safe = usable | ~usable.any(dim=1, keepdim=True)  # a sample without keys attends to padding ...
+        attended = self.cross[self._key(query, other)].forward_masked(q, kv, safe)
+        return q + attended * usable.any(dim=1)[:, None, None]  # ... and adds nothing (missing modality)
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         """tokens[m] (B, N_m, D_m); masks[m] (B, N_m) True = real token; present[m] (B,) -> (B, K)."""
-        query_name, *others = self.modalities
-        q = self.projections[query_name](tokens[query_name])  # (B, L, D)
-        for name in others:
-            kv = self.projections[name](tokens[name])
-            usable = masks[name] & present[name][:, None]
-            safe = usable | ~usable.any(dim=1, keepdim=True)  # a sample without keys attends to padding ...
-            attended = self.cross[name].forward_masked(q, kv, safe)
-            q = q + attended * usable.any(dim=1)[:, None, None]  # ... and adds nothing (missing modality)
-        weights = (masks[query_name] & present[query_name][:, None]).float()  # (B, L)
-        pooled = (q * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        projected = {m: self.projections[m](tokens[m]) for m in self.modalities}  # (B, N_m, D)
+        usable = {m: masks[m] & present[m][:, None] for m in self.modalities}
+        queries = self.modalities[:1] if self.aggregation == "dna_query" else self.modalities
+        pooled = []
+        for query in queries:
+            q = projected[query]
+            for other in self.modalities:
+                if other != query:
+                    q = self._attend(query, q, other, projected[other], usable[other])
+            pooled.append(masked_mean(q, usable[query]))
+        return self.head(self.dropout(torch.cat(pooled, dim=-1)))
 
 
 @dataclass
@@ -289,6 +330,7 @@ class IsoformerTask(Task):
             "d_model": m.d_model,
             "n_heads": m.n_heads,
             "dropout": m.dropout,
+            "aggregation": m.aggregation,
         }
         return IsoformerAggregator(**config), "IsoformerAggregator", config
 
