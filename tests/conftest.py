@@ -108,3 +108,15 @@ def serve(directory):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run):
+    """The demo folder and its CDT caches (the k-mer control's too)."""
+    caches = {
+        "dna": demo_run / "cache" / "dna-enformer.zarr",
+        "protein": demo_run / "cache" / "protein-esm2.zarr",
+        "gene": demo_run / "cache" / "gene-scgpt.zarr",
+        "dna_kmer": demo_run / "cache" / "dna-kmer.zarr",
+    }
+    return demo_run, caches

@@ -130,6 +130,7 @@ def iso(demo_run):
         "dna": cache / "isoform-dna-enformer.zarr",
         "rna": cache / "isoform-rna-nt.zarr",
         "protein": cache / "isoform-protein-esm2.zarr",
+        "dna_kmer": cache / "isoform-dna-kmer.zarr",
     }
     return demo_run, caches
 
@@ -145,7 +146,10 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     metrics = json.loads((out / "train_isoformer" / "metrics.json").read_text())
     models = metrics["models"]
     ablations = {"dna", "rna", "protein", "dna+rna", "dna+protein", "rna+protein"}  # the paper's Table 8
-    assert set(models) == {"isoformer", "per_tissue_mean", *ablations}
+    controls = {"control_permuted_labels", "control_shuffled_inputs", "control_dna_isoform-dna-kmer"}
+    assert set(models) == {"isoformer", "per_tissue_mean", *ablations, *controls}
+    for control in ("control_permuted_labels", "control_shuffled_inputs"):  # controls that could refute the model
+        assert models["isoformer"]["test"]["pearson"] > models[control]["test"]["pearson"] + 0.3
     test = models["isoformer"]["test"]
     assert len(test["per_tissue"]) == 30 and test["n"] == 30 * metrics["counts"]["test"]
     baseline = models["per_tissue_mean"]["test"]
@@ -166,7 +170,7 @@ def test_each_aggregation_trains_and_its_checkpoint_reloads(iso, tmp_path, aggre
     config = dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, aggregation=aggregation, ablations=()),
-        train=dataclasses.replace(config.train, baselines=False),
+        train=dataclasses.replace(config.train, baselines=False, controls=(), control_caches=()),
         output=dataclasses.replace(config.output, dir=str(tmp_path / aggregation)),
     )
     config = load_config(_write(config, tmp_path))

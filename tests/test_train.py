@@ -5,7 +5,6 @@ stopping rule, torchrun (gloo, 2 processes) against one process, and DNA rows ke
 import dataclasses
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -25,19 +24,8 @@ from dogmacache.train import load_model
 from dogmacache.train.config import to_toml
 from dogmacache.train.loop import EarlyStopping
 from dogmacache.train.registry import TASKS, default_config, get_task, load_config
-from dogmacache.train.tasks.cdt import pairs as pairs_module
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def demo(demo_run):
-    caches = {
-        "dna": demo_run / "cache" / "dna-enformer.zarr",
-        "protein": demo_run / "cache" / "protein-esm2.zarr",
-        "gene": demo_run / "cache" / "gene-scgpt.zarr",
-    }
-    return demo_run, caches
 
 
 def _config(demo, tmp_path, epochs=3, task="cdt", **train):
@@ -46,7 +34,8 @@ def _config(demo, tmp_path, epochs=3, task="cdt", **train):
     config = demo_config(out, caches, epochs=epochs)
     config = dataclasses.replace(
         config,
-        train=dataclasses.replace(config.train, **train),
+        # the controls have their own tests (test_controls.py); here one model and its baselines
+        train=dataclasses.replace(config.train, **{"controls": (), "control_caches": (), **train}),
         output=dataclasses.replace(config.output, dir=str(tmp_path / "train")),
     )
     if task != "cdt":
@@ -306,164 +295,6 @@ def test_a_second_task_runs_on_the_same_loop(demo, tmp_path, capsys):
 def _epochs_logged(run_dir: Path) -> int:
     log = run_dir / "log.csv"
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
-
-
-def test_evaluation_reads_each_enhancer_once_and_matches_per_pair(demo, tmp_path):
-    config = load_config(_config(demo, tmp_path))
-    task = get_task("cdt")(config)
-    data = task.load()
-    torch.manual_seed(0)
-    model, _, _ = task.build_model(data, {})
-    model.eval()
-    tables = task.on_device(data, torch.device("cpu"))
-    chunks = task.eval_chunks(data, "validation")
-    pairs = enhancers = 0
-    with torch.no_grad():
-        for k in range(len(chunks)):
-            chunk = chunks[k]
-            assert len(chunk.rows["dna"]) == len(np.unique(chunk.examples["local"].numpy()))  # each enhancer once
-            e = chunk.examples  # one forward per pair, as evaluation ran before
-            slow = model(chunk.rows["dna"][e["local"]], data.rna, data.protein, e["gene_index"])
-            fast = task.predict_chunk(model, chunk, tables)
-            assert torch.allclose(fast, slow, atol=1e-5)
-            pairs, enhancers = pairs + len(chunk), enhancers + len(chunk.rows["dna"])
-    assert pairs == len(data.splits["validation"]) and enhancers < pairs
-
-
-def test_pair_batches_are_uniform_full_and_seeded(demo, tmp_path):
-    config = load_config(_config(demo, tmp_path), {"train.batch_size": 8})
-    task = get_task("cdt")(config)
-    data = task.load()
-    epoch0, again, epoch1 = (task.train_chunks(data, e) for e in (0, 0, 1))
-    n_train = len(data.splits["train"])
-    assert len(epoch0) == n_train // 8  # last partial batch dropped
-    seen = np.concatenate([epoch0[k].examples["index"].numpy() for k in range(len(epoch0))])
-    assert len(seen) == len(set(seen)) == (n_train // 8) * 8
-    assert all(len(epoch0[k].rows["dna"]) <= 8 for k in range(len(epoch0)))  # one batch's DNA rows at most
-    assert np.array_equal(epoch0[0].examples["index"], again[0].examples["index"])
-    assert not np.array_equal(epoch0[0].examples["index"], epoch1[0].examples["index"])
-
-
-def test_torchrun_two_processes_match_one_process(demo, tmp_path):
-    config = _config(demo, tmp_path, epochs=3, baselines=False)
-    one = tmp_path / "one"
-    two = tmp_path / "two"
-    base = ["train", "--config", str(config), "--no-progress"]
-    subprocess.run(
-        [sys.executable, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{one}"'], check=True, capture_output=True
-    )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    result = subprocess.run(
-        [*torchrun, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{two}"'],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    a = json.loads((one / "metrics.json").read_text())["models"]["cdt"]["test"]
-    b = json.loads((two / "metrics.json").read_text())["models"]["cdt"]["test"]
-    assert a["n"] == b["n"] > 100
-    assert abs(a["pearson"] - b["pearson"]) < 0.05 and b["pearson"] > 0.5  # dropout draws differ per process
-
-
-def test_paper_config_is_the_authors_recipe():
-    config = load_config(ROOT / "train" / "configs" / "cdt_paper.toml")
-    t = config.train
-    assert config.task == "cdt" and config.model.preset == "paper" and config.data.batching == "pairs"
-    assert (t.batch_size, t.lr, t.weight_decay, t.clip_norm, t.precision) == (8, 1e-4, 1e-5, 1.0, "fp32")
-    assert (t.plateau_factor, t.plateau_patience, t.early_stop_patience, t.early_stop_min_delta) == (
-        0.5,
-        5,
-        10,
-        0.001,
-    )
-
-
-def test_dna_rows_kept_on_the_device_train_the_same_model(demo, tmp_path):
-    """`dna_on_device = "yes"` (here the CPU is the device): one float16 table shared by CDT and its DNA-MLP
-    baseline, chunks carry row numbers, and the run's numbers equal those of rows read on the host."""
-    results = {}
-    for mode in ("no", "yes"):
-        run = tmp_path / mode
-        run.mkdir()
-        path = _config(demo, run, epochs=1)
-        assert (
-            main(
-                [
-                    "train",
-                    "--config",
-                    str(path),
-                    "--no-progress",
-                    "--set",
-                    f"data.dna_on_device={mode}",
-                    "--set",
-                    "train.num_workers=0",
-                ]
-            )
-            == 0
-        )
-        results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]
-    assert set(results["yes"]) == {"cdt", "dna_mlp", "per_gene_mean"}
-    for model in results["no"]:
-        assert results["yes"][model]["test"] == results["no"][model]["test"], model
-
-    config = load_config(path, {"data.dna_on_device": "yes"})
-    cdt = get_task("cdt")(config)
-    data = cdt.load()
-    assert data.preload is not None  # the demo's DNA fits the RAM budget
-    cdt_dna = cdt.on_device(data, torch.device("cpu"))["dna"]
-    mlp = get_task("dna_mlp")(config)
-    mlp_dna = mlp.on_device(data, torch.device("cpu"))["dna"]
-    assert list(data.device_dna) == ["cpu"] and mlp_dna is cdt_dna and cdt_dna.table.dtype == torch.float16
-    chunk = cdt.train_chunks(data, 0)[0]
-    assert set(chunk.rows) == {"dna_rows"}
-    expected = pairs_module._read(data, chunk.rows["dna_rows"].numpy())  # read on the host, z-scored as configured
-    np.testing.assert_allclose(pairs_module.chunk_dna(chunk, cdt_dna).numpy(), expected, rtol=1e-6, atol=1e-6)
-    assert pickle.loads(pickle.dumps(data)).device_dna == {}  # loader workers never get the table
-    assert data.preload is None  # the table was copied from the RAM preload, which is then let go
-    streamed = pairs_module.DeviceDna(data, torch.device("cpu"))  # no preload: read from the cache
-    assert torch.equal(streamed.table, cdt_dna.table)
-
-
-def test_a_compiled_training_forward_trains_the_same_model(demo, tmp_path, monkeypatch):
-    """`train.compile = "default"` runs the training forward through torch.compile (inductor, here on the CPU);
-    evaluation uses the module itself. Without dropout (compiled code draws its masks from another generator) the
-    test numbers match the uncompiled run's to float rounding."""
-    compiled, compile_ = [], torch.compile
-
-    def spy(model, **kwargs):  # the compiled module must be the one that trains
-        compiled.append(kwargs.get("mode"))
-        return compile_(model, **kwargs)
-
-    monkeypatch.setattr(torch, "compile", spy)
-    results = {}
-    for mode in ("no", "default"):
-        run = tmp_path / mode
-        run.mkdir()
-        path = _config(demo, run, epochs=1, task="dna_mlp")
-        assert (
-            main(
-                [
-                    "train",
-                    "--config",
-                    str(path),
-                    "--no-progress",
-                    "--set",
-                    f"train.compile={mode}",
-                    "--set",
-                    "train.num_workers=0",
-                    "--set",
-                    "model.dropout=0.0",
-                ]
-            )
-            == 0
-        )
-        results[mode] = json.loads((run / "train" / "metrics.json").read_text())["models"]["dna_mlp"]["test"]
-    assert compiled == [None]  # once, for the "default" run only
-    for key in ("pearson", "mse"):
-        assert results["default"][key] == pytest.approx(results["no"][key], rel=1e-3, abs=1e-4), key
-    with pytest.raises(InputError, match="compile"):
-        load_config(path, {"train.compile": "max"})
 
 
 def test_task_tables_are_read_in_one_place_with_one_line_errors(tmp_path):
