@@ -80,6 +80,13 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
     return caches
 
 
+def sources(out: Path, null: bool = False) -> Path:
+    """The demo's source files: the bundled ones, or the null twin's written into out/sources."""
+    from dogmacache.data_recipes.make_demo_data import HERE
+
+    return out / "sources" if null else HERE
+
+
 def verify_demo(caches: dict[str, dict[str, Path]]) -> None:
     """Recompute every shard checksum; a failure is a CacheError naming the cache."""
     from dogmacache.cache import open_cache, verify_cache
@@ -115,6 +122,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     from concurrent.futures import ProcessPoolExecutor
 
     from dogmacache.demo.biodta import run_biodta_demo
+    from dogmacache.demo.explain import explain_demo
     from dogmacache.demo.training import train_demo, train_isoformer_demo
 
     t0 = time.perf_counter()
@@ -133,8 +141,9 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     try:
         dna_caches = {k: v for k, v in caches["isoform"].items() if k in ("dna", "dna_kmer")}
         cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log)
-        print("[4/6] train CDT and its baselines")
+        print("[4/6] train CDT beside its baselines and controls; explain it against the planted motifs")
         summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs)}
+        summary["explain"] = explain_demo(out, sources(out, null) / "truth" / "truth.bed")
         print("[5/6] train IsoFormer, its modality ablations and the per-tissue mean")
         summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs)
         print(
