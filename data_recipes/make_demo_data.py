@@ -1,34 +1,47 @@
 """Writes the bundled demo sources (`data_recipes/demo_data/`): a synthetic genome and every file the real
-recipes read, in the real formats and under the real file names, so the demo runs the real parsers.
+recipes read, in the real formats and under the real file names, so the demo runs the real parsers, and `truth/`,
+what was planted (`demo_truth.py`).
 
     python -m dogmacache.data_recipes.make_demo_data [DIR]     # deterministic: the same bytes every time
+    write_demo_data(DIR, null=True)                            # the null twin (a few seconds)
 
-The genome: chr1-chr3 (250 + 200 + 150 kb) hold the CRISPRi screen's 36 genes and 180 enhancers; chr4 (written
-after them from its own random stream, so chr1-chr3 and the screen's files do not depend on it) holds 80 more genes
-for the isoform task. UCSC names, 60-column lines, soft-masked stretches.
+The genome: chr1-chr3 (250 + 200 + 150 kb) hold the CRISPRi screen's 36 genes and 180 enhancers; chr4 and chr5
+(written after them, each from its own random stream, so chr1-chr3 and the screen's files do not depend on them)
+hold 80 isoform genes and 320 Bio-DTA genes. UCSC names, 60-column lines, soft-masked stretches.
 Genes DEMO01-36 (chr1-3): both strands, 1-3 transcripts each (alternative first exons), two exons, CDS
-back-translated from a protein whose composition carries a per-gene weight.
-Genes ISO01-80 (chr4): both strands, 2-5 protein-coding transcripts each with its own first exon (its own TSS,
->= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter), a shared
-coding exon and one of two 3' UTR exons; about a third of the genes add a non-coding transcript (the first
-transcript's first exon, so the two share a TSS window, + a 3' UTR exon, no CDS). A gene's last first exon is 100 bp
-from the coding exon, so that transcript's CDS starts 310 bp after its TSS, inside the TSS window.
+back-translated from a protein whose composition carries a per-gene weight (its CDS lies beyond the TSS windows).
+Genes ISO01-80 (chr4, `demo_layout.py`): both strands, 2-5 protein-coding transcripts each with its own first exon
+(its own TSS, >= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter),
+a shared coding exon 60-500 bp after the last first exon, and one of two 3' UTR exons; about a third of the genes
+add a non-coding transcript (the first transcript's first exon, 5' UTR only, so the two share a TSS window and its
+all-zero mask, + a 3' UTR exon). 60 % of the other first exons carry their own start codon 19-360 bp after the TSS.
+Genes REG001-320 (chr5): lncRNA genes 2.6 kb apart, one promoter and two exons each.
 Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
 blocks, each block in its own 128 bp slot of the central 1,024 bp.
 
-The hidden rules (what a model can learn; nothing downstream reads them):
+The hidden rules (what a model can learn; nothing downstream reads them; coefficients in demo_truth.py and
+truth/truth.json):
 - CRISPRi: beta(enhancer e, gene g) = c_g - 0.25 * w_g * active_e + N(0, 0.08), for the 6 genes nearest e
   (active_e = number of GC-box blocks, 0-3).
   c_g ~ N(0, 0.1); w_g in [0.4, 1.4] is written into the protein's lysine/arginine vs aspartate/glutamate balance.
-- Expression, per sample: log(1 + TPM(t, tissue)) = 2 + u_tissue * (0.7 * a_t + 0.3 * p_t) - 0.4 * r_t
-  + 0.8 * coding_t * (w_g - 0.9) * v_tissue + N(0, 0.15), floored at 0, where a_t = 64 bp GC-box blocks in the
-  480 bp upstream of the transcript's TSS (0-3; DNA), p_t = TATAAA copies within 200 bp upstream (0-3; DNA),
-  r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in its 3' UTR exon (0-3; RNA),
-  coding_t = 1 when it has a protein, w_g the gene's protein weight (protein), u_tissue, v_tissue in [-1, 1].
-  The DEMO genes have a_t = r_t = 0.
+- Expression, per sample: log(1 + TPM(t, tissue)) = 2 + 0.45 a_t + 0.3 p_t - 0.35 r_t   (shared: every tissue)
+  + u_tissue * (0.3 a_t - 0.3 p_t) + 1.2 * coding_t * (w_g - 0.9) * v_tissue + N(0, 0.15)   (tissue-specific),
+  floored at 0, where a_t = 64 bp GC-box blocks in [-480, -256) of the transcript's TSS (0-3; DNA), p_t = TATAAA
+  copies at -180/-120/-60 (0-3; DNA), r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in
+  its 3' UTR exon (0-3; RNA), coding_t = 1 when it has a protein, w_g the gene's protein weight (protein);
+  |u_tissue|, |v_tissue| in [0.3, 1] with random signs. Since |u| <= 1, a GC box or TATA box raises expression in
+  every tissue: a tissue-agnostic model learns the shared part, tissue conditioning adds the rest. The DEMO genes
+  have a_t = r_t = 0. Held-out folds (demo_truth.HOLDOUT_FOLDS, 3 x 3 tissues) are matched on |u| and |v|.
+- Coding: a coding transcript's CDS starts at the first ATG of its cDNA in a Kozak context ([AG]CCATGG), either in
+  its first exon (N-terminal residues of its own, then an 18-residue linker, into the shared coding exon) or at
+  the shared coding exon's own Kozak ATG after the linker; decoy ATGs in poor context (TTTATGT) sit upstream.
+- Bio-DTA: the scGPT gene-embedding row of each of the 436 genes = P @ (gc - 1.5, tata - 1.5) + 0.7 N(0, I_32),
+  gc/tata the GC-box blocks and TATA boxes upstream of the gene line's TSS, P a fixed random 32 x 2 projection.
+- Null twin: the same genome, GTF and sequences; each label reads a shuffled enhancer's, transcript's or gene's
+  features, so no label depends on its own inputs.
 
-Here: the genome, the genes, transcripts and enhancers, and the hidden rules' inputs; `demo_files.py` writes them
-into each source's real format.
+Here: the screen's genome, genes, transcripts and enhancers, and the hidden rules' inputs; `demo_layout.py` lays
+out chr4 and chr5, `demo_files.py` writes everything into each source's real format, `demo_truth.py` writes truth/.
 """
 
 from __future__ import annotations
