@@ -45,13 +45,14 @@ CODONS = {
 LINKER = 20  # residues before the shared exon's own start: 18 random (no M) + A, T, whose codons GCC ACC are a Kozak
 
 
-def random_dna(rng: np.random.Generator, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), size=n))
+def random_dna(rng: np.random.Generator, n: int, p: list[float] | None = None) -> str:
+    return "".join(rng.choice(list("ACGT"), size=n, p=p))
 
 
 def utr(rng: np.random.Generator, n: int) -> str:
-    """Random untranslated sequence without a Kozak-context ATG (its +4 G turned to T)."""
-    seq = random_dna(rng, n)
+    """Random untranslated sequence, as AT-rich as the genome around it (the GC-rich codons stand out), without a
+    Kozak-context ATG (its +4 G turned to T)."""
+    seq = random_dna(rng, n, [0.29, 0.21, 0.21, 0.29])
     while (m := KOZAK_PATTERN.search(seq)) is not None:
         seq = seq[: m.end() - 1] + "T" + seq[m.end() :]
     return seq
@@ -113,7 +114,7 @@ def isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list[
     for k in range(N_ISO_GENES):
         g, strand = first_gene + k, "+" if k % 2 == 0 else "-"
         weight = float(rng.uniform(0.4, 1.4))
-        body = protein(rng, weight, (45, 81))
+        body = protein(rng, weight, (40, 71))
         body = "M" + str(rng.choice(list("AGVED"))) + body[2:]  # its second codon starts with G: a Kozak +4
         n_coding, noncoding = int(rng.integers(2, 6)), bool(rng.random() < 0.35)
         tss = [600 + 1_600 * j + int(rng.integers(0, 100)) for j in range(n_coding)]
@@ -128,7 +129,7 @@ def isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list[
             # first transcript of a gene with a non-coding isoform (same TSS) is 5' UTR only, so the window agrees
             own_start = rng.random() < 0.6 and not (noncoding and j == 0)
             if own_start:
-                d, n_res = int(rng.integers(24, 361)), int(rng.integers(8, 25))
+                d, n_res = int(rng.integers(24, 331)), int(rng.integers(20, 41))
                 d -= (d + 3 * n_res) % 6  # exon 1 ends in frame with the cDNA's 6-mers
                 peptide = "M" + str(rng.choice(list("AGVED"))) + _no_m(rng, n_res - 2)
                 lead = list(utr(rng, d - 6))

@@ -139,7 +139,7 @@ def write_truth(out: Path, genome: dict[str, str], motifs: list[tuple], genes: l
         },
         "coding": {
             "rule": "isoform genes (chr4): each coding transcript's CDS starts at the first ATG of its cDNA in a "
-            "Kozak context [AG]CCATGG; 60% of first exons carry their own start 19-360 bp from the TSS, the rest "
+            "Kozak context [AG]CCATGG; 60% of first exons carry their own start 19-330 bp from the TSS, the rest "
             "are 5' UTR and the CDS starts in the shared coding exon (60-500 bp intron after the last first exon); "
             "decoy ATGs in poor context (TTTATGT) never start a CDS. DEMO genes (chr1-3): CDS beyond their windows",
         },

@@ -14,7 +14,7 @@ Genes ISO01-80 (chr4, `demo_layout.py`): both strands, 2-5 protein-coding transc
 (its own TSS, >= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter),
 a shared coding exon 60-500 bp after the last first exon, and one of two 3' UTR exons; about a third of the genes
 add a non-coding transcript (the first transcript's first exon, 5' UTR only, so the two share a TSS window and its
-all-zero mask, + a 3' UTR exon). 60 % of the other first exons carry their own start codon 19-360 bp after the TSS.
+all-zero mask, + a 3' UTR exon). 60 % of the other first exons carry their own start codon 19-330 bp after the TSS.
 Genes REG001-320 (chr5): lncRNA genes 2.6 kb apart, one promoter and two exons each.
 Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
 blocks, each block in its own 128 bp slot of the central 1,024 bp.

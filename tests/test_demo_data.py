@@ -45,7 +45,7 @@ def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
         "chr1": 250_000,
         "chr2": 200_000,
         "chr3": 150_000,
-        "chr4": 648_487,
+        "chr4": 641_016,
         "chr5": 834_500,
     }
     gtf = read_gtf(HERE / "Homo_sapiens.GRCh38.88.gtf.gz", ["exon", "CDS", "stop_codon"], ["transcript_id"])
@@ -71,7 +71,7 @@ def test_cdna_and_peptides_follow_the_genome_and_the_gtf():
             assert cdna[f"{tx}.2"].find(coding) == re.search("[AG]CCATGG", cdna[f"{tx}.2"]).start() + 3, tx
             kozak += 1
     # every GTF transcript has its cDNA; the non-coding ones and one coding transcript have no peptide, on purpose
-    assert (checked, len(pep), kozak, len(cdna)) == (351, 351, 282, 697)
+    assert (checked, len(pep), kozak, len(cdna)) == (346, 346, 277, 692)
 
 
 def test_demo_crispri_labels_follow_the_hidden_rule(tmp_path):
@@ -113,7 +113,7 @@ def test_recipe_demo_command_runs_offline_without_leaks(tmp_path, capsys):
     for table, group in ((cdt, "enhancer"), (iso, "gene_id")):  # no enhancer or gene in two splits
         assert table.groupby(group)["split"].nunique().max() == 1
         assert set(table["split"]) == {"train", "validation", "test"}
-    assert len(cdt) == 1060 and len(iso) == 376
+    assert len(cdt) == 1060 and len(iso) == 371
     assert (tmp_path / "genome.fa").read_text().startswith(">chr1\n")
 
 
@@ -134,9 +134,9 @@ def test_demo_isoform_sizes(tmp_path):
 
     manifest = build_demo(tmp_path)["isoform"]
     counts = manifest["counts"]
-    assert counts["transcripts_kept"] == 376 and counts["transcripts_without_protein"] == 25
-    assert (counts["dna_windows_distinct"], counts["proteins_distinct"]) == (351, 254)
-    assert [counts[f"transcripts_{s}"] for s in ("train", "validation", "test")] == [296, 42, 38]
+    assert counts["transcripts_kept"] == 371 and counts["transcripts_without_protein"] == 25
+    assert (counts["dna_windows_distinct"], counts["proteins_distinct"]) == (346, 256)
+    assert [counts[f"transcripts_{s}"] for s in ("train", "validation", "test")] == [300, 39, 32]
     assert [counts[f"genes_{s}"] for s in ("train", "validation", "test")] == [93, 12, 11]
     rna = pd.read_parquet(tmp_path / "isoform" / "rna_sequences.parquet")["sequence"].str.len()
     assert rna.max() <= 900  # short cDNAs: <= 151 NT tokens, under the demo's cap of 160

@@ -120,3 +120,23 @@ def test_held_out_folds_are_not_easier_than_the_seen_tissues():
         for name in ("u", "v"):
             assert fold[f"{name}_mean_held_out"] >= fold[f"{name}_mean_seen"], fold
             assert fold[f"{name}_mean_held_out"] <= fold[f"{name}_mean_seen"] + 0.15, fold
+
+
+def test_the_biodta_scgpt_carries_the_planted_rows_and_keeps_the_rest(tmp_path):
+    import torch
+    from dogmacache.demo.biodta import write_biodta_scgpt
+    from dogmacache.embed.adapters.scgpt_model import load_checkpoint
+    from dogmacache.embed.tiny import make_tiny
+
+    make_tiny(tmp_path / "models")
+    folder = write_biodta_scgpt(tmp_path)
+    tokens = pd.read_csv(HERE / "truth" / "gene_tokens.tsv", sep="\t", index_col="symbol")
+    planted = load_checkpoint(str(folder), torch.device("cpu"))
+    tiny = load_checkpoint(str(tmp_path / "models" / "scgpt"), torch.device("cpu"))
+    assert list(planted.vocab)[: len(tokens)] == list(tokens.index) and len(planted.vocab) == len(tokens) + 3
+    rows = planted.model.encoder.embedding.weight.detach().numpy()
+    np.testing.assert_allclose(rows[: len(tokens)], tokens.to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(rows[-1], tiny.model.encoder.embedding.weight.detach().numpy()[-1])  # <eoc>
+    for name, weight in tiny.model.state_dict().items():
+        if name != "encoder.embedding.weight":
+            assert torch.equal(weight, planted.model.state_dict()[name]), name
