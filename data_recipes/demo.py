@@ -3,7 +3,9 @@
 `demo_data/` holds small files under the real names and in the real formats (written by
 `make_demo_data.py`, which also states the hidden rules behind the labels). Outputs: `cdt/` (the CRISPRi
 task: enhancer windows, genes, proteins, labels), `isoform/` (the GTEx task: TSS windows, cDNA, peptides,
-transcript x tissue labels, tissue profiles; Heart held out) and `genome.fa` (what embed cuts DNA windows from).
+transcript x tissue labels, tissue profiles; fold 0's tissues held out) and `genome.fa` (what embed cuts DNA
+windows from). `write_demo_data(dir, null=True)` writes the null twin (labels drawn independently of the inputs) for
+`build_demo(out, data=dir)`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ import shutil
 from pathlib import Path
 
 from dogmacache.data_recipes import gasperini, gtex, sources
+from dogmacache.data_recipes.demo_truth import HOLDOUT_FOLDS
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
+from dogmacache.data_recipes.make_demo_data import write_demo_data
 
 SOURCES: dict[str, sources.Source] = {}  # nothing to download
-HOLDOUT_TISSUES = ("Heart",)  # the isoform task's leave-tissues-out tissue (CDBridge scores it zero-shot)
+# HOLDOUT_FOLDS: three folds of three tissues, matched to the seen tissues on the strength of their tissue-specific
+# weights (demo_truth.tissue_weights; the numbers in truth/truth.json). The recipe holds out fold 0.
+HOLDOUT_TISSUES = HOLDOUT_FOLDS[0]
+
+__all__ = ["DEMO_DATA", "HOLDOUT_FOLDS", "HOLDOUT_TISSUES", "build_demo", "write_demo_data"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,11 +9,10 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-from dogmacache.data_recipes.gtex_config import ISOFORMER_TISSUES
+from dogmacache.data_recipes.demo_truth import NOISE, PROTEIN, SHARED, TISSUE_DNA, TISSUES
 
 HG19_SHIFT = {"chr1": 2_000, "chr2": 1_500, "chr3": 1_000}  # demo "hg19" = hg38 - shift (a chain file says so)
 GENES_PER_ENHANCER = 6
-TISSUES = ISOFORMER_TISSUES  # the 30 GTEx tissues the real recipe selects by default
 SAMPLES_PER_TISSUE = 4
 
 
@@ -43,7 +42,7 @@ def write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
         near = sorted((abs(tss[g] - enh["center"]), g) for g in range(len(genes)) if genes[g]["chrom"] == enh["chrom"])
         for _, g in near[:GENES_PER_ENHANCER]:
             gene = genes[g]
-            beta = gene["offset"] - 0.25 * gene["weight"] * enh["active"] + rng.normal(0, 0.08)
+            beta = gene["offset"] - 0.25 * gene["weight"] * enh["label_active"] + rng.normal(0, 0.08)
             effect = abs(beta - gene["offset"])
             p_adj = float(np.clip(rng.uniform(0, 0.01) if effect > 0.25 else rng.uniform(0.05, 1), 0, 1))
             p_text = "not_applicable" if rng.random() < 0.03 else f"{p_adj:.4g}"
@@ -163,7 +162,8 @@ def write_ensembl(out, genes, transcripts) -> None:
         text = f'gene_id "{gene["gene_id"]}"; gene_version "1"; '
         if t is not None:
             text += f'transcript_id "{t["tx_id"]}"; transcript_version "2"; '
-        text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "protein_coding"; '
+        biotype = gene.get("biotype", "protein_coding")
+        text += f'gene_name "{gene["symbol"]}"; gene_source "demo"; gene_biotype "{biotype}"; '
         if t is not None:
             text += f'transcript_name "{gene["symbol"]}-20{t["tx_id"][-1]}"; transcript_biotype "{t["biotype"]}";'
         return text + extra
@@ -210,21 +210,15 @@ def write_ensembl(out, genes, transcripts) -> None:
                 )
             if t["cds"] is None:
                 continue  # non-coding: exons only
-            lines.append(
-                "\t".join(
-                    [
-                        chrom,
-                        "demo",
-                        "CDS",
-                        str(t["cds"][0]),
-                        str(t["cds"][1]),
-                        ".",
-                        gene["strand"],
-                        "0",
-                        attrs(g, t, f' protein_id "{t["prot_id"]}"; protein_version "1";'),
-                    ]
+            done = 0  # coding bases before this CDS line, 5' -> 3': its frame is the bases to skip to a codon
+            for a, b in t["cds"] if gene["strand"] == "+" else t["cds"][::-1]:
+                extra = f' protein_id "{t["prot_id"]}"; protein_version "1";'
+                lines.append(
+                    "\t".join(
+                        [chrom, "demo", "CDS", str(a), str(b), ".", gene["strand"], str(-done % 3), attrs(g, t, extra)]
+                    )
                 )
-            )
+                done += b - a + 1
             lines.append(
                 "\t".join(
                     [
@@ -249,7 +243,7 @@ def write_ensembl(out, genes, transcripts) -> None:
             "1" if gene["strand"] == "+" else "-1"
         )
         common = (
-            f"gene:{gene['gene_id']}.1 gene_biotype:protein_coding "
+            f"gene:{gene['gene_id']}.1 gene_biotype:{gene.get('biotype', 'protein_coding')} "
             f"transcript_biotype:{t['biotype']} gene_symbol:{gene['symbol']}"
         )
         cdna.append((f"{t['tx_id']}.2 cdna {loc} {common} description:demo", t["cdna"]))
@@ -261,16 +255,16 @@ def write_ensembl(out, genes, transcripts) -> None:
             (
                 f"{t['prot_id']}.1 pep {loc} {common.split(' ')[0]} transcript:{t['tx_id']}.2 "
                 f"{' '.join(common.split(' ')[1:])} description:demo",
-                gene["protein"],
+                t["protein"],
             )
         )
     write_gz(out / "Homo_sapiens.GRCh38.cdna.all.fa.gz", fasta(cdna))
     write_gz(out / "Homo_sapiens.GRCh38.pep.all.fa.gz", fasta(pep))
 
 
-def write_gtex(out, rng, genes, transcripts) -> None:
-    tissue_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # u_tissue (promoters)
-    protein_weight = {t: float(rng.uniform(-1, 1)) for t in TISSUES}  # v_tissue (protein)
+def write_gtex(out, rng, genes, transcripts, weights, label_sources) -> None:
+    """TPMs of `transcripts` by the expression rule (demo_truth's coefficients, `weights` per tissue), each row
+    computed from the features of its `label_sources` entry (itself; another transcript in the null twin)."""
     samples = [
         (f"GTEX-DEMO{i:02d}-{t[:3].upper()}-SM-{j}", t)
         for i, t in enumerate(TISSUES)
@@ -279,19 +273,16 @@ def write_gtex(out, rng, genes, transcripts) -> None:
     samples += [("GTEX-DEMO99-BMW-SM-0", "Bone Marrow"), ("GTEX-DEMO99-BMW-SM-1", "Bone Marrow")]
     columns = [s for s, _ in samples] + ["GTEX-NOATTR-0001-SM-X"]  # a sample without attributes
     rows = []
-    for t in transcripts:
-        gene = genes[t["gene"]]
+    for t, source in zip(transcripts, label_sources, strict=True):
+        gene, w = genes[t["gene"]], genes[source["gene"]]["weight"]
+        coding = source["cds"] is not None and not (source["gene"] == 2 and source["tx_id"].endswith("001"))
+        a, p, r = source["gc"], source["promoter"], source["are"]
+        shared = 2.0 + SHARED["a"] * a + SHARED["p"] * p + SHARED["r"] * r
+        specific = TISSUE_DNA["a"] * a + TISSUE_DNA["p"] * p
         values = []
-        coding = t["cds"] is not None and not (t["gene"] == 2 and t["tx_id"].endswith("001"))
         for _sid, tissue in samples + [("", "Blood")]:
-            u, v = tissue_weight.get(tissue, 0.0), protein_weight.get(tissue, 0.0)
-            log_expr = (
-                2.0
-                + u * (0.7 * t["gc"] + 0.3 * t["promoter"])
-                - 0.4 * t["are"]
-                + 0.8 * coding * (gene["weight"] - 0.9) * v
-                + rng.normal(0, 0.15)
-            )
+            u, v = (weights[tissue]["u"], weights[tissue]["v"]) if tissue in weights else (0.0, 0.0)
+            log_expr = shared + u * specific + PROTEIN * coding * (w - 0.9) * v + rng.normal(0, NOISE)
             values.append(f"{max(np.expm1(max(log_expr, 0.0)), 0.0):.3f}")
         rows.append("\t".join([f"{t['tx_id']}.2", f"{gene['gene_id']}.1", *values]))
     rows.append("\t".join(["ENST99999999999.1", "ENSG99999999999.1", *["1.000"] * len(columns)]))  # not in the GTF

@@ -1,34 +1,47 @@
 """Writes the bundled demo sources (`data_recipes/demo_data/`): a synthetic genome and every file the real
-recipes read, in the real formats and under the real file names, so the demo runs the real parsers.
+recipes read, in the real formats and under the real file names, so the demo runs the real parsers, and `truth/`,
+what was planted (`demo_truth.py`).
 
     python -m dogmacache.data_recipes.make_demo_data [DIR]     # deterministic: the same bytes every time
+    write_demo_data(DIR, null=True)                            # the null twin (a few seconds)
 
-The genome: chr1-chr3 (250 + 200 + 150 kb) hold the CRISPRi screen's 36 genes and 180 enhancers; chr4 (written
-after them from its own random stream, so chr1-chr3 and the screen's files do not depend on it) holds 80 more genes
-for the isoform task. UCSC names, 60-column lines, soft-masked stretches.
+The genome: chr1-chr3 (250 + 200 + 150 kb) hold the CRISPRi screen's 36 genes and 180 enhancers; chr4 and chr5
+(written after them, each from its own random stream, so chr1-chr3 and the screen's files do not depend on them)
+hold 80 isoform genes and 320 Bio-DTA genes. UCSC names, 60-column lines, soft-masked stretches.
 Genes DEMO01-36 (chr1-3): both strands, 1-3 transcripts each (alternative first exons), two exons, CDS
-back-translated from a protein whose composition carries a per-gene weight.
-Genes ISO01-80 (chr4): both strands, 2-5 protein-coding transcripts each with its own first exon (its own TSS,
->= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter), a shared
-coding exon and one of two 3' UTR exons; about a third of the genes add a non-coding transcript (the first
-transcript's first exon, so the two share a TSS window, + a 3' UTR exon, no CDS). A gene's last first exon is 100 bp
-from the coding exon, so that transcript's CDS starts 310 bp after its TSS, inside the TSS window.
+back-translated from a protein whose composition carries a per-gene weight (its CDS lies beyond the TSS windows).
+Genes ISO01-80 (chr4, `demo_layout.py`): both strands, 2-5 protein-coding transcripts each with its own first exon
+(its own TSS, >= 1.5 kb from the next, so the 2,048 bp around a TSS that the tiny Enformer reads hold one promoter),
+a shared coding exon 60-500 bp after the last first exon, and one of two 3' UTR exons; about a third of the genes
+add a non-coding transcript (the first transcript's first exon, 5' UTR only, so the two share a TSS window and its
+all-zero mask, + a 3' UTR exon). 60 % of the other first exons carry their own start codon 19-330 bp after the TSS.
+Genes REG001-320 (chr5): lncRNA genes 2.6 kb apart, one promoter and two exons each.
 Enhancers: 180 sites, each with 0-3 active blocks (64 bp of repeated GC box GGGCGG) and 0-3 inert AT-rich
 blocks, each block in its own 128 bp slot of the central 1,024 bp.
 
-The hidden rules (what a model can learn; nothing downstream reads them):
+The hidden rules (what a model can learn; nothing downstream reads them; coefficients in demo_truth.py and
+truth/truth.json):
 - CRISPRi: beta(enhancer e, gene g) = c_g - 0.25 * w_g * active_e + N(0, 0.08), for the 6 genes nearest e
   (active_e = number of GC-box blocks, 0-3).
   c_g ~ N(0, 0.1); w_g in [0.4, 1.4] is written into the protein's lysine/arginine vs aspartate/glutamate balance.
-- Expression, per sample: log(1 + TPM(t, tissue)) = 2 + u_tissue * (0.7 * a_t + 0.3 * p_t) - 0.4 * r_t
-  + 0.8 * coding_t * (w_g - 0.9) * v_tissue + N(0, 0.15), floored at 0, where a_t = 64 bp GC-box blocks in the
-  480 bp upstream of the transcript's TSS (0-3; DNA), p_t = TATAAA copies within 200 bp upstream (0-3; DNA),
-  r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in its 3' UTR exon (0-3; RNA),
-  coding_t = 1 when it has a protein, w_g the gene's protein weight (protein), u_tissue, v_tissue in [-1, 1].
-  The DEMO genes have a_t = r_t = 0.
+- Expression, per sample: log(1 + TPM(t, tissue)) = 2 + 0.45 a_t + 0.3 p_t - 0.35 r_t   (shared: every tissue)
+  + u_tissue * (0.3 a_t - 0.3 p_t) + 1.2 * coding_t * (w_g - 0.9) * v_tissue + N(0, 0.15)   (tissue-specific),
+  floored at 0, where a_t = 64 bp GC-box blocks in [-480, -256) of the transcript's TSS (0-3; DNA), p_t = TATAAA
+  copies at -180/-120/-60 (0-3; DNA), r_t = 36 bp AU-rich blocks (TATTTA x 6, in frame with the cDNA's 6-mers) in
+  its 3' UTR exon (0-3; RNA), coding_t = 1 when it has a protein, w_g the gene's protein weight (protein);
+  |u_tissue|, |v_tissue| in [0.3, 1] with random signs. Since |u| <= 1, a GC box or TATA box raises expression in
+  every tissue: a tissue-agnostic model learns the shared part, tissue conditioning adds the rest. The DEMO genes
+  have a_t = r_t = 0. Held-out folds (demo_truth.HOLDOUT_FOLDS, 3 x 3 tissues) are matched on |u| and |v|.
+- Coding: a coding transcript's CDS starts at the first ATG of its cDNA in a Kozak context ([AG]CCATGG), either in
+  its first exon (N-terminal residues of its own, then an 18-residue linker, into the shared coding exon) or at
+  the shared coding exon's own Kozak ATG after the linker; decoy ATGs in poor context (TTTATGT) sit upstream.
+- Bio-DTA: the scGPT gene-embedding row of each of the 436 genes = P @ (gc - 1.5, tata - 1.5) + 0.7 N(0, I_32),
+  gc/tata the GC-box blocks and TATA boxes upstream of the gene line's TSS, P a fixed random 32 x 2 projection.
+- Null twin: the same genome, GTF and sequences; each label reads a shuffled enhancer's, transcript's or gene's
+  features, so no label depends on its own inputs.
 
-Here: the genome, the genes, transcripts and enhancers, and the hidden rules' inputs; `demo_files.py` writes them
-into each source's real format.
+Here: the screen's genome, genes, transcripts and enhancers, and the hidden rules' inputs; `demo_layout.py` lays
+out chr4 and chr5, `demo_files.py` writes everything into each source's real format, `demo_truth.py` writes truth/.
 """
 
 from __future__ import annotations
@@ -47,55 +60,40 @@ from dogmacache.data_recipes.demo_files import (
     write_gz,
     write_uniprot,
 )
+from dogmacache.data_recipes.demo_layout import (
+    ARE_BLOCK,
+    CODONS,
+    GC_BOX,
+    ISO_CHROM,
+    N_ISO_GENES,
+    PROMOTER_MOTIF,
+    REG_CHROM,
+    isoform_genes,
+    regulated_genes,
+)
+from dogmacache.data_recipes.demo_layout import protein as _protein
+from dogmacache.data_recipes.demo_layout import random_dna as _random
+from dogmacache.data_recipes.demo_truth import tissue_weights, write_truth
 
 HERE = Path(__file__).parent / "demo_data"
 CHROMS = {"chr1": 250_000, "chr2": 200_000, "chr3": 150_000}
-ISO_CHROM = "chr4"  # the isoform genes' chromosome; its length follows from their layout
-GC_BOX = "GGGCGG"  # SP1-like GC box, repeated into 64 bp blocks
-PROMOTER_MOTIF = "TATAAA"
 N_GENES, N_ENHANCERS = 36, 180
-N_ISO_GENES = 80
-ARE_BLOCK = "TATTTA" * 6  # 36 bp AU-rich element (ATTTA repeats); in frame, one repeated NT 6-mer token
-CODONS = {
-    "A": "GCC",
-    "R": "CGG",
-    "N": "AAC",
-    "D": "GAC",
-    "C": "TGC",
-    "Q": "CAG",
-    "E": "GAG",
-    "G": "GGC",
-    "H": "CAC",
-    "I": "ATC",
-    "L": "CTG",
-    "K": "AAG",
-    "M": "ATG",
-    "F": "TTC",
-    "P": "CCC",
-    "S": "AGC",
-    "T": "ACC",
-    "W": "TGG",
-    "Y": "TAC",
-    "V": "GTG",
-}
+SEED = 7
+
+__all__ = ["ARE_BLOCK", "CODONS", "GC_BOX", "HERE", "ISO_CHROM", "N_ISO_GENES", "REG_CHROM", "write_demo_data"]
 
 
-def _random(rng: np.random.Generator, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), size=n))
+def write_demo_data(out_dir: str | Path = HERE, null: bool = False) -> Path:
+    """Every demo source and `truth/` into `out_dir`; `null`: the same inputs with every label drawn independently
+    of them (CRISPRi betas, GTEx TPMs, the planted gene tokens). Returns `out_dir`."""
+    out = Path(out_dir)
+    build(out, SEED, null)
+    return out
 
 
-def _protein(rng: np.random.Generator, weight: float) -> str:
-    """Random protein whose K/R vs D/E balance encodes `weight` (0.4 .. 1.4)."""
-    length = int(rng.integers(80, 160))
-    basic = 0.04 + 0.16 * (weight - 0.4)  # 4% .. 20% K/R
-    acidic = 0.20 - basic + 0.04
-    others = "ACGHILMNPQSTVWYF"
-    p = np.array([basic / 2, basic / 2, acidic / 2, acidic / 2] + [(1 - basic - acidic) / len(others)] * len(others))
-    residues = rng.choice(list("KRDE" + others), size=length - 1, p=p / p.sum())
-    return "M" + "".join(residues)
-
-
-def build(out: Path = HERE, seed: int = 7) -> None:
+def build(out: Path = HERE, seed: int = SEED, null: bool = False) -> None:
+    """The sources and truth/ (`write_demo_data` is the entry point). chr1-chr3 and the screen's labels come from
+    one random stream in a fixed order; everything added later draws from its own stream, so they never change."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     genome = {c: list(rng.choice(list("ACGT"), size=n, p=[0.29, 0.21, 0.21, 0.29])) for c, n in CHROMS.items()}
@@ -105,7 +103,7 @@ def build(out: Path = HERE, seed: int = 7) -> None:
 
     # genes: evenly spread, alternating strands. Transcripts share exon 2 (5' UTR, CDS + stop, 3' UTR) and
     # differ in their first exon, 600 bp further upstream for each alternative transcript.
-    gene_rows, transcripts, occupied = [], [], []
+    gene_rows, transcripts, occupied, motifs = [], [], [], []
     chrom_of_gene = np.repeat(list(CHROMS), [16, 11, 9])
     for g in range(N_GENES):
         chrom = str(chrom_of_gene[g])
@@ -159,10 +157,13 @@ def build(out: Path = HERE, seed: int = 7) -> None:
                 first = anchor - intron - 150  # 0-based start of exon 1
                 put(chrom, first - 200, upstream + exon1)
                 exon1_span, tx = (first + 1, first + 150), (first + 1, exon2_span[1])
+                tata = [(first - 180 + 60 * j, first - 174 + 60 * j) for j in range(n_promoter)]
             else:
                 first = anchor + intron  # 0-based start (lowest coordinate) of exon 1
                 put(chrom, first, reverse_complement(upstream + exon1))
                 exon1_span, tx = (first + 1, first + 150), (exon2_span[0], first + 150)
+                tata = [(first + 324 - 60 * j, first + 330 - 60 * j) for j in range(n_promoter)]
+            motifs += [(chrom, lo, hi, "tata", strand) for lo, hi in tata]
             transcripts.append(
                 dict(
                     gene=g,
@@ -171,9 +172,10 @@ def build(out: Path = HERE, seed: int = 7) -> None:
                     start=tx[0],
                     end=tx[1],
                     exons=[exon1_span, exon2_span],
-                    cds=cds_span,
+                    cds=[cds_span],
                     stop=stop_span,
                     cdna=exon1 + exon2,
+                    protein=protein,
                     promoter=n_promoter,
                     gc=0,
                     are=0,
@@ -198,7 +200,9 @@ def build(out: Path = HERE, seed: int = 7) -> None:
         slots = rng.permutation(8)[: n_active + n_decoy]
         for k, slot in enumerate(slots):
             block = GC_BOX * 11 if k < n_active else "".join(rng.choice(list("AT"), size=66))
-            put(chrom, center - 512 + 128 * int(slot) + int(rng.integers(0, 60)), block[:64])
+            at = center - 512 + 128 * int(slot) + int(rng.integers(0, 60))
+            put(chrom, at, block[:64])
+            motifs.append((chrom, at, at + 64, "gc_box" if k < n_active else "at_decoy", "+"))
         enhancers.append(dict(id=f"{chrom}.demo_enh{e + 1:03d}_top_two", chrom=chrom, center=center, active=n_active))
 
     # soft-masked repeats (lowercase), as UCSC hg38 has them
@@ -207,8 +211,11 @@ def build(out: Path = HERE, seed: int = 7) -> None:
             a, n = int(rng.integers(0, len(seq) - 400)), int(rng.integers(100, 400))
             seq[a : a + n] = [b.lower() for b in seq[a : a + n]]
     genome_text = {c: "".join(s) for c, s in genome.items()}
-    iso_sequence, iso_genes, iso_transcripts = _isoform_genes(np.random.default_rng([seed, 4]), len(gene_rows))
-    write_gz(out / "genome.fa.gz", fasta([*genome_text.items(), (ISO_CHROM, iso_sequence)]))
+    iso_sequence, iso_genes, iso_transcripts, iso_motifs = isoform_genes(np.random.default_rng([seed, 4]), N_GENES)
+    first_reg = N_GENES + len(iso_genes)
+    reg_sequence, reg_genes, reg_transcripts, reg_motifs = regulated_genes(np.random.default_rng([seed, 5]), first_reg)
+    genome_text |= {ISO_CHROM: iso_sequence, REG_CHROM: reg_sequence}
+    write_gz(out / "genome.fa.gz", fasta(list(genome_text.items())))
 
     # chain file demo-hg19 -> demo-hg38
     chain = []
@@ -221,102 +228,30 @@ def build(out: Path = HERE, seed: int = 7) -> None:
         ]
     write_gz(out / "hg19ToHg38.over.chain.gz", "\n".join(chain) + "\n")
 
+    null_rng = np.random.default_rng([seed, 99])  # the null twin's shuffles; never touches the other streams
+    activity = [e["active"] for e in enhancers]  # what the betas read: shuffled across enhancers in the null
+    for e, active in zip(enhancers, null_rng.permutation(activity) if null else activity, strict=True):
+        e["label_active"] = int(active)
     write_gasperini(out, rng, gene_rows, transcripts, enhancers)
     write_uniprot(out, gene_rows)
-    write_ensembl(out, gene_rows + iso_genes, transcripts + iso_transcripts)
-    write_gtex(out, rng, gene_rows + iso_genes, transcripts + iso_transcripts)
-
-
-def _isoform_genes(rng: np.random.Generator, first_gene: int) -> tuple[str, list[dict], list[dict]]:
-    """chr4's sequence and its genes and transcripts (same records as build's). Each gene is laid out 5' -> 3' in
-    its own sense sequence, then written on its strand; local [a, b) maps to 1-based genomic coordinates."""
-    genes, transcripts, pieces, pos = [], [], [], 2_000
-    for k in range(N_ISO_GENES):
-        g, strand = first_gene + k, "+" if k % 2 == 0 else "-"
-        weight = float(rng.uniform(0.4, 1.4))
-        protein = _protein(rng, weight)
-        n_coding, noncoding = int(rng.integers(2, 6)), bool(rng.random() < 0.35)
-        n_tx = n_coding + noncoding
-        tss = [600 + 1_600 * j + int(rng.integers(0, 100)) for j in range(n_coding)]
-        # first exons, with their promoters, then a 100 bp intron: the last transcript's coding exon starts 250 bp
-        # after its TSS, so its CDS lies in the TSS window (the coding masks' last two 128 bp bins). The stream draws
-        # the 1,100 bp this layout once had, so every later draw (features, labels) stays the same.
-        local = list(_random(rng, tss[-1] + 1_100))[: tss[-1] + 250]
-        features = []
-        for start in tss:  # promoter: GC-box blocks in [-480, -256), TATAAA at -180, -120, -60
-            n_gc, n_tata = int(rng.integers(0, 4)), int(rng.integers(0, 4))
-            for b in range(n_gc):
-                local[start - 480 + 80 * b : start - 416 + 80 * b] = list((GC_BOX * 11)[:64])
-            for b in range(n_tata):
-                local[start - 180 + 60 * b : start - 174 + 60 * b] = list(PROMOTER_MOTIF)
-            features.append((n_gc, n_tata))
-        exon1 = [(start, start + 150) for start in tss]
-        cds = "".join(CODONS[a] for a in protein) + "TAA"
-        pad = (-(150 + 60 + len(cds))) % 6  # exon 3 starts in frame with the cDNA's 6-mers
-        exon2_seq = _random(rng, 60) + cds + _random(rng, 30 + pad)
-        e2 = len(local)
-        local += list(exon2_seq)
-        exon3, are = [], []
-        for _ in range(2):  # two alternative 3' UTR exons, 156 bp each, with 0-3 AU-rich blocks at in-frame offsets
-            local += list(_random(rng, 300))
-            utr, n_are = list(_random(rng, 156)), int(rng.integers(0, 4))
-            for b in range(n_are):
-                utr[6 + 48 * b : 42 + 48 * b] = list(ARE_BLOCK)
-            exon3.append((len(local), len(local) + 156))
-            are.append(n_are)
-            local += utr
-        local += list(_random(rng, 200))
-        sense = "".join(local)
-        start0, size = pos, len(local)
-        pieces.append((start0, sense if strand == "+" else reverse_complement(sense)))
-        pos += size + 1_500
-
-        def span(a: int, b: int, start0=start0, size=size, strand=strand) -> tuple[int, int]:
-            return (start0 + a + 1, start0 + b) if strand == "+" else (start0 + size - b + 1, start0 + size - a)
-
-        symbol = f"ISO{k + 1:02d}"
-        genes.append(
-            dict(
-                symbol=symbol,
-                gene_id=f"ENSG9{g + 1:010d}",
-                chrom=ISO_CHROM,
-                strand=strand,
-                weight=weight,
-                protein=protein,
-            )
-        )
-        c0 = e2 + 60
-        for j in range(n_tx):
-            coding, variant = j < n_coding, int(rng.integers(0, 2))
-            first_exon = j if coding else 0  # the non-coding transcript starts at transcript 1's TSS: one window
-            parts = [exon1[j], (e2, e2 + len(exon2_seq)), exon3[variant]] if coding else [exon1[0], exon3[variant]]
-            exons = sorted(span(a, b) for a, b in parts)
-            first, last = span(*parts[0]), span(*parts[-1])
-            transcripts.append(
-                dict(
-                    gene=g,
-                    tx_id=f"ENST9{g + 1:07d}{j + 1:03d}",
-                    prot_id=f"ENSP9{g + 1:07d}{j + 1:03d}",
-                    start=min(first[0], last[0]),
-                    end=max(first[1], last[1]),
-                    exons=exons,
-                    cds=span(c0, c0 + len(cds) - 3) if coding else None,
-                    stop=span(c0 + len(cds) - 3, c0 + len(cds)) if coding else None,
-                    cdna="".join(sense[a:b] for a, b in parts),
-                    promoter=features[first_exon][1],
-                    gc=features[first_exon][0],
-                    are=are[variant],
-                    biotype="protein_coding" if coding else "processed_transcript",
-                )
-            )
-    chrom = list(rng.choice(list("ACGT"), size=pos + 500, p=[0.29, 0.21, 0.21, 0.29]))
-    for start0, seq in pieces:
-        chrom[start0 : start0 + len(seq)] = list(seq)
-    for _ in range(len(chrom) // 20_000):  # soft-masked repeats, as on chr1-chr3
-        a, n = int(rng.integers(0, len(chrom) - 400)), int(rng.integers(100, 400))
-        chrom[a : a + n] = [b.lower() for b in chrom[a : a + n]]
-    return "".join(chrom), genes, transcripts
+    for g, gene in enumerate(gene_rows):  # the gene line starts at its farthest transcript's TSS; no GC box there
+        farthest = max((t for t in transcripts if t["gene"] == g), key=lambda t: t["end"] - t["start"])
+        gene["tss_features"] = (0, farthest["promoter"])
+    write_ensembl(out, gene_rows + iso_genes + reg_genes, transcripts + iso_transcripts + reg_transcripts)
+    expressed = transcripts + iso_transcripts  # GTEx measures the screen's and the isoform genes
+    weights = tissue_weights(np.random.default_rng([seed, 6]))
+    order = null_rng.permutation(len(expressed)) if null else np.arange(len(expressed))
+    write_gtex(out, rng, gene_rows + iso_genes, expressed, weights, [expressed[i] for i in order])
+    write_truth(
+        out,
+        genome_text,
+        motifs + iso_motifs + reg_motifs,
+        gene_rows + iso_genes + reg_genes,
+        weights,
+        np.random.default_rng([seed, 8]),
+        null_rng if null else None,
+    )
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    write_demo_data(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
