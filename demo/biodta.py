@@ -91,6 +91,21 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             progress=progress,
         )
     )
+    from dogmacache.demo.training import KMER_DEMO
+    from dogmacache.embed.adapters import get_adapter
+
+    caches["dna_kmer"] = out / "cache" / "biodta-dna-kmer.zarr"  # the control: k-mer features, same windows
+    run_embed(
+        EmbedConfig(
+            input=str(recipe / "dna_windows.parquet"),
+            modality="dna",
+            model="kmer",
+            genome=str(out / "recipe" / "genome.fa"),
+            out=str(caches["dna_kmer"]),
+            options=get_adapter("kmer", "dna").options_class.from_dict(KMER_DEMO),
+            progress=progress,
+        )
+    )
     return caches
 
 
@@ -118,6 +133,8 @@ def biodta_config(
             early_stop_patience=15,
             seed=seed,
             num_workers=0,
+            controls=("permuted_labels", "shuffled_inputs"),
+            control_caches=(f"dna_cache={caches['dna_kmer']}",) if "dna_kmer" in caches else (),
         ),
         output=OutputConfig(dir=str(out / "train_biodta"), resume=False, overwrite=True),
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-# the tiny Enformer's output: 8 bins of 128 bp around each window's centre; its k-mer stand-in matches it
-KMER_DEMO = {"n_bins": 8, "bin_bp": 128}
+from dogmacache.demo.training import KMER_DEMO
+
 # (modality, model, recipe table under recipe/cdt, cache name, adapter options)
 CDT_CACHES = (
     ("dna", "enformer", "dna_windows.parquet", "dna-enformer.zarr", {}),
@@ -150,7 +150,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
             "[6/6] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
             "deletion through mutate"
         )
-        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs)
+        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null))
         print("CDBridge (waiting for the second process):")
         summary["cdbridge"] = cdbridge.result()
     except BaseException:

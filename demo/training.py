@@ -13,6 +13,8 @@ DEMO_EPOCHS = 30
 # every demo model stands beside controls that could refute it (train/controls.py): the permutation null, its
 # inputs shuffled across items, and the same model on k-mer features instead of the foundation model's
 CONTROLS = ("permuted_labels", "shuffled_inputs")
+# the tiny Enformer's output on the demo windows (the demo recipe's 8 bins of 128 bp); its k-mer stand-in matches it
+KMER_DEMO = {"n_bins": 8, "bin_bp": 128}
 
 
 def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> RunConfig:
