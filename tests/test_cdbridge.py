@@ -344,3 +344,16 @@ def test_a_held_out_tissue_is_scaled_with_the_seen_tissues_statistics_never_its_
     log1p.to_parquet(tmp_path / "labels_log1p.parquet")
     again = CdbridgeTask(config_from_dict(raw)).load().extras["label_scale"]["Liver"]
     assert again["mean"] == pytest.approx(scale["Liver"]["mean"])
+
+
+def test_each_model_that_needs_its_own_stage_1_gets_its_own_checkpoint(tmp_path):
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = ["no_merging", "tissue_only"]  # no_merging: another stage 1; tissue_only: shares
+    summary = run_training(config_from_dict(raw), progress=False)
+    stage1 = tmp_path / "out" / "stage1"
+    assert sorted(p.name for p in stage1.glob("*_best.pt")) == ["cdbridge_stage1_best.pt", "no_merging_stage1_best.pt"]
+    recorded = {name: entry.get("checkpoint") for name, entry in summary["stage1"].items()}
+    assert recorded["tissue_only"] == recorded["cdbridge"] == str(stage1 / "cdbridge_stage1_best.pt")
+    assert recorded["no_merging"] == str(stage1 / "no_merging_stage1_best.pt")

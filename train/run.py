@@ -33,7 +33,9 @@ def _fit_task(
 ) -> dict[str, Any]:
     """Train one model: its prerequisites first (each configuration once per call, kept in `done`), then the
     model through the shared loop; its `inspect` numbers before and after training ride along in the result."""
-    finished = {role: _prerequisite(p, out, progress, done) for role, p in task.prerequisites(data).items()}
+    finished = {
+        role: _prerequisite(p, f"{name}_{role}", out, progress, done) for role, p in task.prerequisites(data).items()
+    }
     torch.manual_seed(task.config.train.seed)  # the initial weights are part of the seeded run
     model, model_class, model_config = task.build_model(data, finished)
     device = pick_device(task.config.train.device)
@@ -53,21 +55,24 @@ def _fit_task(
     return result
 
 
-def _prerequisite(p: Prerequisite, out: Path, progress: bool, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A declared prerequisite run: trained into `<out>/<folder>` (its own log.csv), or evaluated from the
-    finished checkpoint it names; a configuration already run in this call is reused."""
+def _prerequisite(
+    p: Prerequisite, name: str, out: Path, progress: bool, done: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A declared prerequisite run, named after the model that needs it and its role (`cdbridge_stage1`): trained
+    into `<out>/<folder>/<name>_best.pt` (its own log.csv), or evaluated from the finished checkpoint it names; a
+    configuration already run in this call is reused under the name it was first run as."""
     key = json.dumps([p.task.config.to_dict(), p.checkpoint], sort_keys=True, default=str)
     if key not in done:
         if p.checkpoint:
             device = pick_device(p.task.config.train.device)
             saved = checkpoint.read(p.checkpoint, map_location=device)
             model = checkpoint.rebuild(saved, p.task.models, p.checkpoint).to(device)
-            result = {"name": p.name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
+            result = {"name": name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
             result["inspect"] = {"trained": p.task.inspect(model, p.data, device)}
         else:
             folder = out / p.folder
             folder.mkdir(parents=True, exist_ok=True)
-            result = {"name": p.name, **_fit_task(p.task, p.data, p.name, folder, progress, done)}
+            result = {"name": name, **_fit_task(p.task, p.data, name, folder, progress, done)}
         done[key] = result
     return done[key]
 

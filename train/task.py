@@ -133,10 +133,10 @@ class FittedBaseline:
 @dataclass(frozen=True)
 class Prerequisite:
     """A run a model needs before it is built (CDBridge's stage 1): `task` trained by the shared loop on `data`
-    into `<output>/<folder>/<name>_best.pt`, or, when `checkpoint` names a finished one, only evaluated. Runs with
-    the same configuration are trained once per `train` call, whichever model declared them first."""
+    into `<output>/<folder>/<model>_<role>_best.pt` (the run names it after the model that declares it), or, when
+    `checkpoint` names a finished one, only evaluated. Runs with the same configuration are trained once per
+    `train` call, whichever model declared them first."""
 
-    name: str
     task: Task
     data: TaskData
     folder: str

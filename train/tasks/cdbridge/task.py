@@ -36,9 +36,8 @@ class CdbridgeTask(Task):
     metric = "spearman_mean_seen"  # held-out tissues never choose the checkpoint
     input_columns = ("dna_row",)  # protein rows are the contrastive target, tissues the condition
 
-    def __init__(self, config: Any, label: str | None = None):
+    def __init__(self, config: Any):
         super().__init__(config)
-        self.label = label or config.task
         for ablation in config.model.ablations:
             if ablation not in ABLATIONS:
                 raise InputError(f"[model] ablations names {ablation!r}; expected some of {list(ABLATIONS)}")
@@ -109,9 +108,8 @@ class CdbridgeTask(Task):
         m = self.config.model
         if m.stage == 1 or not m.mask_supervision:
             return {}
-        name = f"{self.label}_stage1"
-        task = CdbridgeTask(self.stage1_config(), name)
-        return {"stage1": Prerequisite(name, task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint)}
+        task = CdbridgeTask(self.stage1_config())
+        return {"stage1": Prerequisite(task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint)}
 
     def inspect(self, model: nn.Module, data: CdbridgeData, device: torch.device) -> dict[str, Any]:
         """The merging at evaluation: fractions of coding and non-coding bins kept as their own token, on the
@@ -233,9 +231,7 @@ class CdbridgeTask(Task):
                 continue  # no held-out tissue: nothing to compare
             model = dataclasses.replace(self.config.model, ablations=(), **model_change)
             data_config = dataclasses.replace(self.config.data, **data_change)
-            found[name] = FittedBaseline(
-                CdbridgeTask(dataclasses.replace(self.config, model=model, data=data_config), name)
-            )
+            found[name] = FittedBaseline(CdbridgeTask(dataclasses.replace(self.config, model=model, data=data_config)))
         return found
 
     def summary(self, results: dict[str, Any], data: CdbridgeData) -> dict[str, Any]:
