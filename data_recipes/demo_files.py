@@ -29,7 +29,9 @@ def fasta(records: list[tuple[str, str]], width: int = 60) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
+def write_gasperini(out, rng, genes, transcripts, enhancers, null_rng=None) -> None:
+    """The CRISPRi screen's results; with `null_rng` (the null twin) every pair's beta is then moved to another
+    pair (a permutation over all pairs), so a beta follows neither its enhancer nor its gene."""
     header = (
         "pairs4merge gRNA_group ENSG gene_short_name target_gene.chr target_gene.start target_gene.stop strand "
         "target_site.chr target_site.start target_site.stop site_type quality_rank_grna beta intercept "
@@ -75,6 +77,12 @@ def write_gasperini(out, rng, genes, transcripts, enhancers) -> None:
                     )
                 )
             )
+    if null_rng is not None:
+        fields = [row.split("\t") for row in rows[1:]]
+        betas = null_rng.permutation([f[13] for f in fields])
+        for f, beta in zip(fields, betas, strict=True):
+            f[13], f[15] = beta, f"{np.exp(float(beta)):.4f}"
+        rows[1:] = ["\t".join(f) for f in fields]
     for i in range(5):  # TSS controls and non-targeting rows, which the recipe drops
         gene = genes[i]
         rows.append(

@@ -71,13 +71,18 @@ def fold_strengths(weights: dict[str, dict[str, float]]) -> list[dict]:
 
 def planted_tokens(genes: list[dict], rng: np.random.Generator, null_rng) -> tuple[np.ndarray, np.ndarray]:
     """(G, TOKEN_WIDTH) token rows and the projection P (TOKEN_WIDTH, 2): row = P @ (gc - 1.5, tata - 1.5) +
-    TOKEN_NOISE * N(0, 1), from the GC-box blocks and TATA boxes at each gene's TSS; in the null, each gene reads
-    another gene's counts (a fixed shuffle), so its token no longer follows its own DNA."""
+    TOKEN_NOISE * N(0, 1), from the GC-box blocks and TATA boxes at each gene's TSS; in the null, rows drawn from a
+    zero-mean Gaussian with the same covariance, so a token follows no gene's DNA."""
     projection = rng.normal(size=(TOKEN_WIDTH, 2))
     features = np.array([g["tss_features"] for g in genes], dtype=np.float64) - 1.5
     if null_rng is not None:
         features = features[null_rng.permutation(len(features))]
     rows = features @ projection.T + TOKEN_NOISE * rng.normal(size=(len(genes), TOKEN_WIDTH))
+    if null_rng is not None:
+        # drawn afresh from a zero-mean Gaussian with the planted rows' covariance: independent of every input, and
+        # symmetric, so neither a mean token nor a skew of the counts' distribution gives a score
+        cov = np.cov(rows, rowvar=False) + 1e-9 * np.eye(TOKEN_WIDTH)
+        rows = null_rng.normal(size=rows.shape) @ np.linalg.cholesky(cov).T
     return np.round(rows, 4), projection
 
 
@@ -113,9 +118,10 @@ def write_truth(out: Path, genome: dict[str, str], motifs: list[tuple], genes: l
     (truth / "targets.txt").write_text("\n".join(chosen) + "\n")
     facts = {
         "null": null_rng is not None,
-        "null_rule": "every label drawn independently of its inputs: betas read a shuffled enhancer's GC-box count, "
-        "TPMs a shuffled transcript's features, gene tokens a shuffled gene's motif counts; genome, GTF and "
-        "sequences are the real demo's",
+        "null_rule": "every label drawn independently of its inputs: betas permuted over all (enhancer, gene) pairs, "
+        "TPMs a shuffled transcript's features, gene tokens drawn from a zero-mean Gaussian with the planted rows' "
+        "covariance; "
+        "genome, GTF and sequences are the real demo's",
         "motifs": {"gc_box": GC_BLOCK, "tata": PROMOTER_MOTIF, "kozak_atg": KOZAK, "decoy_atg": DECOY_ATG},
         "crispri": {
             "formula": "beta = c_g - 0.25 * w_g * active_e + N(0, 0.08), the 6 genes nearest enhancer e",

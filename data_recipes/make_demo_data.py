@@ -232,7 +232,7 @@ def build(out: Path = HERE, seed: int = SEED, null: bool = False) -> None:
     activity = [e["active"] for e in enhancers]  # what the betas read: shuffled across enhancers in the null
     for e, active in zip(enhancers, null_rng.permutation(activity) if null else activity, strict=True):
         e["label_active"] = int(active)
-    write_gasperini(out, rng, gene_rows, transcripts, enhancers)
+    write_gasperini(out, rng, gene_rows, transcripts, enhancers, null_rng if null else None)
     write_uniprot(out, gene_rows)
     for g, gene in enumerate(gene_rows):  # the gene line starts at its farthest transcript's TSS; no GC box there
         farthest = max((t for t in transcripts if t["gene"] == g), key=lambda t: t["end"] - t["start"])

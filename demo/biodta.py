@@ -141,13 +141,15 @@ def biodta_config(
 
 
 def train_biodta_demo(
-    out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None
+    out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None, null: bool = False
 ) -> dict:
+    from dogmacache.demo.training import lean
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     path = out / "train_biodta.toml"
-    path.write_text(to_toml(biodta_config(out, recipe, caches, seed, epochs), "Bio-DTA on the demo's TSS windows"))
+    config = biodta_config(out, recipe, caches, seed, epochs)
+    path.write_text(to_toml(lean(config) if null else config, "Bio-DTA on the demo's TSS windows"))
     return run_training(load_config(path))
 
 
@@ -178,12 +180,19 @@ def mutate_demo(
 
 
 def run_biodta_demo(
-    out: Path, seed: int = 0, epochs: int | None = None, progress: bool = True, data: Path = DEMO_DATA
+    out: Path,
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = True,
+    data: Path = DEMO_DATA,
+    null: bool = False,
 ) -> dict:
     """The Bio-DTA scGPT, recipe, caches, training and the mutate example on a demo folder that `embed_demo` filled
     from the sources in `data` (the bundled ones, or a `write_demo_data` folder such as the null twin)."""
     models = {"enformer": out / "models" / "enformer", "scgpt": write_biodta_scgpt(out, data)}
     recipe = build_biodta_recipe(out, seed, data)
     caches = embed_biodta(out, recipe, models, progress)
-    train = train_biodta_demo(out, recipe, caches, seed, epochs)
+    train = train_biodta_demo(out, recipe, caches, seed, epochs, null)
+    if null:  # nothing to mutate: the null twin asks only whether the adapter scores
+        return {"train": train}
     return {"train": train, "mutate": mutate_demo(out, recipe, models, data=data)}

@@ -117,7 +117,12 @@ def fold_name(fold: int) -> str:
 
 
 def run_cdbridge_demo(
-    out: Path, dna_caches: dict[str, Path], seed: int = 0, epochs: int | None = None, progress: bool = True
+    out: Path,
+    dna_caches: dict[str, Path],
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = True,
+    null: bool = False,
 ) -> dict:
     """Caches, then each fold (fold 0: both stages, the ablations and the controls), on a demo folder that
     `embed_demo` filled; returns fold 0's summary with `folds`: the seen vs held-out table of every fold."""
@@ -126,10 +131,13 @@ def run_cdbridge_demo(
 
     caches = {**dna_caches, **embed_cdbridge(out, progress)}
     summaries, stage1 = [], ""
-    for fold, tissues in enumerate(holdout_folds()):
+    from dogmacache.demo.training import lean
+
+    for fold, tissues in enumerate(holdout_folds()[:1] if null else holdout_folds()):
         path = out / f"{fold_name(fold)}.toml"
         header = f"CDBridge on the demo's isoform caches, fold {fold}: {', '.join(tissues)} held out"
-        path.write_text(to_toml(cdbridge_config(out, caches, seed, epochs, fold, stage1), header))
+        config = cdbridge_config(out, caches, seed, epochs, fold, stage1)
+        path.write_text(to_toml(lean(config) if null else config, header))
         print(f"--- fold {fold}: {', '.join(tissues)} held out")
         summaries.append(run_training(load_config(path), progress=progress))
         stage1 = str(out / fold_name(0) / "stage1" / "cdbridge_stage1_best.pt")
@@ -142,11 +150,12 @@ def fold_table(summaries: list[dict]) -> dict[str, dict[str, float]]:
     import numpy as np
 
     rows: dict[str, dict[str, float]] = {}
+    models = [m for m in ("cdbridge", "per_tissue_mean") if all(m in s["seen_vs_held_out"] for s in summaries)]
     for fold, summary in enumerate(summaries):
-        for model in ("cdbridge", "per_tissue_mean"):
+        for model in models:
             row = summary["seen_vs_held_out"][model]
             rows[f"fold{fold} {model}"] = {k: row[k] for k in FOLD_COLUMNS}
-    for model in ("cdbridge", "per_tissue_mean"):
+    for model in models:
         per_fold = [rows[f"fold{f} {model}"] for f in range(len(summaries))]
         rows[f"pooled {model}"] = {k: float(np.mean([r[k] for r in per_fold])) for k in FOLD_COLUMNS}
     return rows

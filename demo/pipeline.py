@@ -128,30 +128,31 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     t0 = time.perf_counter()
     print("[1/6] recipe, tiny models, embed")
     caches = embed_demo(out, seed=seed, null=null)
-    print("[2/6] verify the caches")
+    print(f"[2/6] verify the caches ({time.perf_counter() - t0:.0f} s)")
     verify_demo(caches)
     log = out / "train_cdbridge.log"
     print(
-        f"[3/6] CDBridge starts in a second process (the demo's models use one core each; its log: {log}): pooled "
-        "protein and tissue caches, both stages with the paper's ablations beside the per-tissue mean, Heart "
-        "zero-shot"
+        f"[3/6] ({time.perf_counter() - t0:.0f} s) CDBridge starts in a second process (one core each; its log: "
+        f"{log}): pooled protein and tissue caches, both stages with the paper's ablations, the per-tissue mean and "
+        "the controls, over three leave-tissues-out folds"
     )
     # spawn: a fresh interpreter (no forked torch threads); an error in it is re-raised here, as the same one line
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
         dna_caches = {k: v for k, v in caches["isoform"].items() if k in ("dna", "dna_kmer")}
-        cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log)
-        print("[4/6] train CDT beside its baselines and controls; explain it against the planted motifs")
-        summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs)}
-        summary["explain"] = explain_demo(out, sources(out, null) / "truth" / "truth.bed")
-        print("[5/6] train IsoFormer, its modality ablations and the per-tissue mean")
-        summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs)
+        cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log, null)
+        print(f"[4/6] ({time.perf_counter() - t0:.0f} s) train CDT beside its baselines and controls; explain it")
+        summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs, null=null)}
+        if not null:
+            summary["explain"] = explain_demo(out, sources(out, null) / "truth" / "truth.bed")
+        print(f"[5/6] ({time.perf_counter() - t0:.0f} s) train IsoFormer beside its ablations, baseline and controls")
+        summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs, null=null)
         print(
-            "[6/6] Bio-DTA: TSS windows of the demo genes, their caches, the adapter beside the mean token, a TSS "
-            "deletion through mutate"
+            f"[6/6] ({time.perf_counter() - t0:.0f} s) Bio-DTA: TSS windows of the demo genes, their caches, the "
+            "adapter beside the mean token and controls, a TSS deletion through mutate scored against planted targets"
         )
-        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null))
-        print("CDBridge (waiting for the second process):")
+        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null), null=null)
+        print(f"CDBridge (waiting for the second process; {time.perf_counter() - t0:.0f} s):")
         summary["cdbridge"] = cdbridge.result()
     except BaseException:
         for child in multiprocessing.active_children():  # do not wait a minute for a run nobody will read
@@ -159,12 +160,18 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    _print_cdbridge(summary["cdbridge"])
+    if null:
+        summary["null_verdict"] = null_verdict(summary)
+        print_null_verdict(summary["null_verdict"])
+    else:
+        _print_cdbridge(summary["cdbridge"])
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return summary
 
 
-def _cdbridge_process(out: Path, dna_caches: dict, seed: int, epochs: int | None, log: Path) -> dict:
+def _cdbridge_process(
+    out: Path, dna_caches: dict, seed: int, epochs: int | None, log: Path, null: bool = False
+) -> dict:
     """The demo's CDBridge run in a spawned process, its output into `log`, one torch thread."""
     import contextlib
 
@@ -173,7 +180,9 @@ def _cdbridge_process(out: Path, dna_caches: dict, seed: int, epochs: int | None
 
     torch.set_num_threads(1)
     with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return run_cdbridge_demo(out, dna_caches, seed=seed, epochs=epochs)  # bars are off in a file, epoch lines not
+        return run_cdbridge_demo(
+            out, dna_caches, seed=seed, epochs=epochs, null=null
+        )  # bars are off in a file, epoch lines not
 
 
 def _print_cdbridge(summary: dict) -> None:
@@ -186,3 +195,53 @@ def _print_cdbridge(summary: dict) -> None:
     print_table(summary, summary["metric"])
     print("CDBridge seen vs held-out tissues per fold (leave-tissues-out) and pooled:")
     print_fold_table(summary["folds"])
+
+
+# the null twin: every label drawn apart from every input, so no model may score beyond the prediction its task
+# makes without inputs (its no-input baseline: the training mean per gene, per tissue, or the mean token; on
+# labels drawn from a distribution with a mean, such as scGPT's gene tokens, that baseline itself scores)
+NULL_LIMITS = {"spearman": 0.15, "r2": 0.05}  # the model's test Spearman within 0.15 of the baseline's, R² gain < 0.05
+NO_INPUT_BASELINE = {"cdt": "per_gene_mean", "isoformer": "per_tissue_mean", "biodta": "mean_token"}
+NO_INPUT_BASELINE["cdbridge"] = "per_tissue_mean"
+
+
+def null_verdict(summary: dict) -> dict[str, dict]:
+    """Per task: the model's and its no-input baseline's pooled test Spearman and R² on the null twin, and whether
+    the model stays within NULL_LIMITS of the baseline."""
+    runs = {
+        "cdt": summary["cdt"],
+        "isoformer": summary["isoformer"],
+        "biodta": summary["biodta"]["train"],
+        "cdbridge": summary["cdbridge"],
+    }
+    verdict = {}
+    for task, run in runs.items():
+        test, base = run["models"][task]["test"], run["models"][NO_INPUT_BASELINE[task]]["test"]
+        ok = (
+            abs(test["spearman"] - base["spearman"]) < NULL_LIMITS["spearman"]
+            and test["r2"] - base["r2"] < NULL_LIMITS["r2"]
+        )
+        verdict[task] = {
+            "spearman": test["spearman"],
+            "r2": test["r2"],
+            "baseline": NO_INPUT_BASELINE[task],
+            "baseline_spearman": base["spearman"],
+            "baseline_r2": base["r2"],
+            "n": test["n"],
+            "near_zero": bool(ok),
+        }
+    return verdict
+
+
+def print_null_verdict(verdict: dict[str, dict]) -> None:
+    print(
+        "null twin (every label drawn apart from every input): no model may score beyond its no-input baseline "
+        f"(Spearman within {NULL_LIMITS['spearman']}, R² gain below {NULL_LIMITS['r2']}; test split)"
+    )
+    print(f"{'task':<11}{'spearman':>9}{'r2':>8}   {'baseline':<16}{'spearman':>9}{'r2':>8}{'n':>7}  verdict")
+    for task, v in verdict.items():
+        word = "no signal" if v["near_zero"] else "SCORES: information reaches the labels by another route"
+        print(
+            f"{task:<11}{v['spearman']:>9.3f}{v['r2']:>8.3f}   {v['baseline']:<16}{v['baseline_spearman']:>9.3f}"
+            f"{v['baseline_r2']:>8.3f}{v['n']:>7}  {word}"
+        )

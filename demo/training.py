@@ -48,18 +48,33 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
     )
 
 
-def write_demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> Path:
+def lean(config: RunConfig) -> RunConfig:
+    """The model beside its baselines, without ablations or controls: what the null twin asks is whether the model
+    scores beyond a prediction made without inputs."""
+    model = config.model
+    if any(f.name == "ablations" for f in dataclasses.fields(model)):
+        model = dataclasses.replace(model, ablations=())
+    train = dataclasses.replace(config.train, controls=(), control_caches=())
+    return dataclasses.replace(config, model=model, train=train)
+
+
+def write_demo_config(
+    out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None, null: bool = False
+) -> Path:
     path = out / "train_cdt.toml"
     header = "CDT on the demo caches (tiny preset, larger batches and learning rate); other keys: the paper's"
-    path.write_text(to_toml(demo_config(out, caches, seed, epochs), header))
+    config = demo_config(out, caches, seed, epochs)
+    path.write_text(to_toml(lean(config) if null else config, header))
     return path
 
 
-def train_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> dict:
+def train_demo(
+    out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None, null: bool = False
+) -> dict:
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
-    return run_training(load_config(write_demo_config(out, caches, seed, epochs)))
+    return run_training(load_config(write_demo_config(out, caches, seed, epochs, null)))
 
 
 ISOFORMER_EPOCHS = 40
@@ -97,10 +112,13 @@ def isoformer_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: 
     )
 
 
-def train_isoformer_demo(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None) -> dict:
+def train_isoformer_demo(
+    out: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None, null: bool = False
+) -> dict:
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 
     path = out / "train_isoformer.toml"
-    path.write_text(to_toml(isoformer_config(out, caches, seed, epochs), "IsoFormer on the demo's isoform caches"))
+    config = isoformer_config(out, caches, seed, epochs)
+    path.write_text(to_toml(lean(config) if null else config, "IsoFormer on the demo's isoform caches"))
     return run_training(load_config(path))

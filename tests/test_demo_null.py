@@ -1,0 +1,39 @@
+"""The null twin (`dogmacache demo --null`): the same demo with every label drawn apart from every input. It is
+the leak detector for the whole pipeline: no model may score beyond the prediction its task makes without inputs;
+and the detector itself fires when a model does."""
+
+from __future__ import annotations
+
+import json
+
+from dogmacache.cli import main
+from dogmacache.demo.pipeline import null_verdict
+
+
+def test_on_the_null_twin_no_model_scores_beyond_its_no_input_baseline(tmp_path, capsys):
+    assert main(["demo", "--null", "--out", str(tmp_path / "null")]) == 0
+    printed = capsys.readouterr().out
+    assert "null twin" in printed and "SCORES" not in printed
+    truth = json.loads((tmp_path / "null" / "sources" / "truth" / "truth.json").read_text())
+    assert truth["null"] is True
+    for task, folder in (("cdt", "train"), ("isoformer", "train_isoformer"), ("cdbridge", "train_cdbridge")):
+        test = json.loads((tmp_path / "null" / folder / "metrics.json").read_text())["models"][task]["test"]
+        assert abs(test["spearman"]) < 0.15 and test["r2"] < 0.05, (task, test["spearman"], test["r2"])
+    biodta = json.loads((tmp_path / "null" / "train_biodta" / "metrics.json").read_text())["models"]
+    assert abs(biodta["biodta"]["test"]["spearman"] - biodta["mean_token"]["test"]["spearman"]) < 0.15
+
+
+def test_the_null_verdict_flags_a_model_that_scores():
+    def run(task, baseline, spearman, r2):
+        models = {task: {"spearman": spearman, "r2": r2, "n": 100}, baseline: {"spearman": 0.0, "r2": 0.0, "n": 100}}
+        return {"models": {name: {"test": test} for name, test in models.items()}}
+
+    summary = {
+        "cdt": run("cdt", "per_gene_mean", 0.4, 0.2),  # a leak: the model scores on labels its inputs cannot know
+        "isoformer": run("isoformer", "per_tissue_mean", 0.05, -0.01),
+        "biodta": {"train": run("biodta", "mean_token", 0.02, 0.0)},
+        "cdbridge": run("cdbridge", "per_tissue_mean", -0.03, 0.01),
+    }
+    verdict = null_verdict(summary)
+    assert not verdict["cdt"]["near_zero"]
+    assert verdict["isoformer"]["near_zero"] and verdict["biodta"]["near_zero"] and verdict["cdbridge"]["near_zero"]
