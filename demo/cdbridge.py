@@ -91,8 +91,8 @@ def cdbridge_config(
         train=dataclasses.replace(
             base.train,
             epochs=epochs or CDBRIDGE_EPOCHS,
-            batch_size=512,
-            lr=3e-3,
+            batch_size=1024,
+            lr=5e-3,
             weight_decay=0.0,
             plateau_patience=2,
             early_stop_patience=5,

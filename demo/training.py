@@ -35,8 +35,8 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
         train=dataclasses.replace(
             base.train,
             epochs=epochs or DEMO_EPOCHS,
-            batch_size=32,
-            lr=2e-3,
+            batch_size=64,
+            lr=3e-3,
             plateau_patience=3,
             early_stop_patience=8,
             seed=seed,

@@ -105,7 +105,7 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
         "dna.zarr": (180, (8, 96)),
         "protein.zarr": (35, (32,)),
         "gene.zarr": (35, (32,)),
-        "rna.zarr": (365, (32,)),
+        "rna.zarr": (371, (32,)),
         "tissue.zarr": (30, (32,)),
     }
     genes = open_cache(paths["gene.zarr"])

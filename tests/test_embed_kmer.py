@@ -135,7 +135,7 @@ def test_embed_writes_complete_caches_in_the_models_layouts(recipe, tmp_path, ca
         assert main(argv) == 0, name
     caches = {name: open_cache(tmp_path / name) for name in runs}
     shapes = {name: (len(c), c.item_shape) for name, c in caches.items()}
-    assert shapes == {"dna": (180, (8, 64)), "rna": (365, (136,)), "protein": (35, (420,)), "residues": (116, (64, 20))}
+    assert shapes == {"dna": (180, (8, 64)), "rna": (371, (136,)), "protein": (35, (420,)), "residues": (256, (64, 20))}
     dna = caches["dna"]
     config = dna.manifest.config
     assert dna.manifest.complete and dna.manifest.model == "kmer"
