@@ -105,3 +105,11 @@ def test_an_unknown_control_is_refused_when_the_config_is_read(tmp_path):
     raw["train"]["controls"] = ["permuted_labels", "label_noise"]
     with pytest.raises(InputError, match="controls names 'label_noise'"):
         config_from_dict(raw)
+
+
+def test_the_null_moves_every_target_column_of_a_row_together():
+    train = pd.DataFrame({"target": np.arange(8.0), "protein_row": np.arange(8) * 10, "dna_row": np.arange(8)})
+    data = TaskData(splits={"train": train, "validation": train, "test": train}, fingerprints={})
+    permuted = permuted_labels(data, seed=1, columns=("target", "protein_row")).splits["train"]
+    assert (permuted["protein_row"] == permuted["target"] * 10).all()  # a row's targets stay one row's
+    assert (permuted["dna_row"] == train["dna_row"]).all() and not permuted["target"].equals(train["target"])

@@ -2,8 +2,9 @@
 baselines (`[train] controls`, `[train] control_caches`), scored on the same test split once:
 
 - `permuted_labels`, the null: the same model trained on the training split's targets permuted across its
-  examples (validation and test keep their real targets). A model that scores well here reads something
-  other than its inputs.
+  examples (validation and test keep their real targets); every column a loss reads as a target moves together
+  (the task's `target_columns`: CDBridge's contrastive protein too). A model that scores well here reads
+  something other than its inputs.
 - `shuffled_inputs`: each input cache's rows permuted across the items of each split (the task's
   `input_columns`; an item keeps one row, so the marginal distribution and any grouping of examples by item stay,
   while the item-embedding link is broken). A model that scores as well as here does not use the embeddings.
@@ -27,13 +28,16 @@ from dogmacache.train.task import Task, TaskData
 KINDS = ("permuted_labels", "shuffled_inputs")
 
 
-def permuted_labels(data: TaskData, seed: int) -> TaskData:
-    """The training split's `target` values permuted across its rows (seeded); other splits as they are."""
+def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("target",)) -> TaskData:
+    """The training split's target `columns` permuted across its rows, all with one seeded permutation (a row's
+    targets move together); other splits as they are."""
     train = data.splits["train"]
     order = np.random.default_rng([seed, 1]).permutation(len(train))
-    values = train["target"].to_numpy()[order]
-    permuted = train.assign(target=pd.Series(list(values) if values.dtype == object else values, index=train.index))
-    return dataclasses.replace(data, splits={**data.splits, "train": permuted})
+    moved = {}
+    for column in columns:
+        values = train[column].to_numpy()[order]
+        moved[column] = pd.Series(list(values) if values.dtype == object else values, index=train.index)
+    return dataclasses.replace(data, splits={**data.splits, "train": train.assign(**moved)})
 
 
 def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> TaskData:
@@ -73,7 +77,10 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     plain = _without_baselines(config)
     found: dict[str, tuple[Task, TaskData]] = {}
     if "permuted_labels" in t.controls:
-        found["control_permuted_labels"] = (type(task)(plain), permuted_labels(data, t.seed))
+        found["control_permuted_labels"] = (
+            type(task)(plain),
+            permuted_labels(data, t.seed, type(task).target_columns),
+        )
     if "shuffled_inputs" in t.controls:
         found["control_shuffled_inputs"] = (
             type(task)(plain),

@@ -161,6 +161,9 @@ class Task(ABC):
     # columns of the split tables that point into input caches (row numbers): what the shuffled-inputs control
     # permutes (`controls.py`); a `<modality>_present` column beside one says which rows are real
     input_columns: ClassVar[tuple[str, ...]] = ()
+    # columns of the split tables a loss reads as a target: what the permutation null permutes (together, one
+    # permutation, so a row's targets stay one row's)
+    target_columns: ClassVar[tuple[str, ...]] = ("target",)
 
     def __init__(self, config: Any):
         self.config = config  # the RunConfig

@@ -35,6 +35,7 @@ class CdbridgeTask(Task):
     models: ClassVar[dict] = {"CdbridgeModel": lambda c: CdbridgeModel(**c)}
     metric = "spearman_mean_seen"  # held-out tissues never choose the checkpoint
     input_columns = ("dna_row",)  # protein rows are the contrastive target, tissues the condition
+    target_columns = ("target", "protein_row", "protein_present")  # expression, and the InfoNCE's protein
 
     def __init__(self, config: Any):
         super().__init__(config)
