@@ -65,13 +65,15 @@ def test_without_signal_the_model_scores_no_better_than_its_controls(tmp_path):
     assert abs(summary["models"]["dna_mlp"]["test"]["pearson"]) < 0.35
 
 
-def test_permuted_labels_keep_the_values_and_touch_only_training():
+def test_permuted_labels_keep_the_values_and_leave_the_test_split():
     train = pd.DataFrame({"target": np.arange(10.0), "dna_row": np.arange(10)})
     test = pd.DataFrame({"target": np.arange(3.0), "dna_row": np.arange(3)})
     data = TaskData(splits={"train": train, "validation": test, "test": test}, fingerprints={})
+    data.splits["validation"] = test.copy()
     permuted = permuted_labels(data, seed=0)
     assert sorted(permuted.splits["train"]["target"]) == list(np.arange(10.0))
     assert not np.array_equal(permuted.splits["train"]["target"], train["target"])
+    assert sorted(permuted.splits["validation"]["target"]) == [0.0, 1.0, 2.0]  # it chooses the checkpoint
     assert permuted.splits["test"] is test and data.splits["train"] is train
 
 

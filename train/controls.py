@@ -1,10 +1,10 @@
 """Controls that can refute a result, run by the loop for every task in the same call as the model and its
 baselines (`[train] controls`, `[train] control_caches`), scored on the same test split once:
 
-- `permuted_labels`, the null: the same model trained on the training split's targets permuted across its
-  examples (validation and test keep their real targets); every column a loss reads as a target moves together
-  (the task's `target_columns`: CDBridge's contrastive protein too). A model that scores well here reads
-  something other than its inputs.
+- `permuted_labels`, the null: the same model trained and selected on labels permuted within the training and
+  validation splits (the test split keeps its real targets); every column a loss reads as a target moves
+  together (the task's `target_columns`: CDBridge's contrastive protein too). A model that scores well on test
+  here reads something other than its inputs.
 - `shuffled_inputs`: each input cache's rows permuted across the items of each split (the task's
   `input_columns`; an item keeps one row, so the marginal distribution and any grouping of examples by item stay,
   while the item-embedding link is broken). A model that scores as well as here does not use the embeddings.
@@ -29,15 +29,20 @@ KINDS = ("permuted_labels", "shuffled_inputs")
 
 
 def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("target",)) -> TaskData:
-    """The training split's target `columns` permuted across its rows, all with one seeded permutation (a row's
-    targets move together); other splits as they are."""
-    train = data.splits["train"]
-    order = np.random.default_rng([seed, 1]).permutation(len(train))
-    moved = {}
-    for column in columns:
-        values = train[column].to_numpy()[order]
-        moved[column] = pd.Series(list(values) if values.dtype == object else values, index=train.index)
-    return dataclasses.replace(data, splits={**data.splits, "train": train.assign(**moved)})
+    """The training and validation splits' target `columns` permuted across each split's rows, all with one seeded
+    permutation per split (a row's targets move together); the test split as it is. Validation is permuted too: it
+    chooses the checkpoint, and a checkpoint chosen on real labels carries them into the null (measured on the
+    demo's CDBridge, whose frozen stage-1 features are informative: Spearman up to 0.43 with real validation)."""
+    splits = dict(data.splits)
+    for k, name in enumerate(("train", "validation")):
+        table = splits[name]
+        order = np.random.default_rng([seed, 1, k]).permutation(len(table))
+        moved = {}
+        for column in columns:
+            values = table[column].to_numpy()[order]
+            moved[column] = pd.Series(list(values) if values.dtype == object else values, index=table.index)
+        splits[name] = table.assign(**moved)
+    return dataclasses.replace(data, splits=splits)
 
 
 def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> TaskData:

@@ -21,7 +21,7 @@ Model (`CdbridgeModel`):
   (the paper's "filter fused features by mask") it attends only to the slots the functional decoder calls coding.
 
 Inputs are z-scored (on by default): DNA features with the training windows, tissue embeddings over the seen
-tissues. Ablations, each trained in the same run: no_tissue, tissue_only (the leakage control), no_merging,
+tissues. Ablations, each trained in the same run: no_tissue, tissue_only (the paper's ablation), no_merging,
 no_recovery, no_mask_supervision (no stage 1: merging trained by stage 2's losses alone), mask_filter and
 held_out_seen (trained on the held-out tissues too: their scores when seen, beside the zero-shot ones).
 

@@ -77,7 +77,9 @@ class CdbridgeModelConfig:
     contrastive_weight: float = 1.0  # loss = MSE + weight * InfoNCE (open)
     dropout: float = 0.1
     recovery: bool = True  # unmerge before the functional decoder (the paper); false = the ablation
-    tissue_input: str = "full"  # full | none (no tissue conditioning) | only (tissue embedding only, leakage control)
+    tissue_input: str = (
+        "full"  # full | none (no tissue conditioning) | only (tissue embedding only, the paper's ablation)
+    )
     freeze_stage1: bool = True  # stage 2 trains only the tissue-conditioned decoder
     # stage 1's coding-mask BCE; false = no stage 1: connector and merging trained by stage 2's losses alone
     # (the ablation that asks whether merging keeps coding tokens without being shown the masks)

@@ -126,7 +126,8 @@ class CdbridgeModel(nn.Module):
         conditioning = self.tissue(tissue) if self.tissue_input != "none" else torch.zeros_like(self.tissue(tissue))
         q = self.queries[None] + conditioning[:, None]  # (P, Q, D)
         for block in self.conditioned:
-            # tissue embedding only (the leakage control): no DNA token reaches the output
+            # tissue embedding only (the paper's ablation; one prediction per tissue, so it cannot detect a leak:
+            # the controls in train/controls.py can): no DNA token reaches the output
             q = (
                 block.forward_without_attention(q)
                 if self.tissue_input == "only"
