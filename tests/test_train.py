@@ -240,7 +240,7 @@ def test_training_resumes_after_a_kill_and_checkpoints_rebuild_the_model(demo, t
         [*command, "--set", "train.seed=7", "--set", "train.lr=0.05"], capture_output=True, text=True
     )
     assert changed.returncode == 2, changed.stderr
-    assert f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.002 but this run has 0.05" in changed.stderr
+    assert f"{run_dir / 'cdt_last.pt'} was trained with train.lr = 0.003 but this run has 0.05" in changed.stderr
     assert "output.resume=false" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
 
     shutil.move(run_dir, tmp_path / "killed")
