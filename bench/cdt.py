@@ -1,11 +1,12 @@
 """The CDT section of `dogmacache bench`: training-step throughput and peak memory of the fast CDT
-(`train/cdt.py`) against the per-sample reference (`train/cdt_reference.py`), with the targets and the table.
+(`train/tasks/cdt/model.py`) against the per-sample reference (`train/tasks/cdt/reference.py`), with the targets
+and the table.
 
 One step = forward on random inputs of the preset's shapes (dna (B, L, D_dna), rna (G, D_rna),
 protein (G, D_prot), gene_index (B,)), SmoothL1 (beta 1) on the target-gene output, backward, gradient
 clipping at 1.0 and an AdamW step (lr 1e-4, weight decay 1e-5), as the paper trains
 (docs/papers.md#cdt-training-recipe).
-Sizes are the presets of `train/presets.py`. `compare_cdt_implementations` runs each implementation in its
+Sizes are the presets of `train/tasks/cdt/sizes.py`. `compare_cdt_implementations` runs each implementation in its
 own fresh process (`main`, one JSON line), so each peak RSS (`ru_maxrss`) belongs to that implementation
 alone. On CUDA the step is also timed under bf16 autocast. `bench_cdt_section` adds the ratios the targets
 are about (and the evaluation benchmark of `cdt_eval.py`); `cdt_tables` prints them against the targets.

@@ -19,7 +19,7 @@ from dogmacache.train.tasks.cdt.authors import (
 from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
 from dogmacache.train.tasks.cdt.sizes import PAPER, TINY, CDTConfig
 
-# Our name -> theirs, written independently of train/authors.py from CDTv33Model in the authors' notebook
+# Our name -> theirs, written independently of train/tasks/cdt/authors.py from CDTv33Model in the authors' notebook
 # (github nobusama/CDT, notebooks/CDT_Training.ipynb), so a wrong table there fails here.
 TO_THEIRS = [
     (r"^(dna|rna|protein)_projection\.", r"\1_projector."),

@@ -1,4 +1,4 @@
-"""The one training loop, read top to bottom, for every task (`tasks/base.py`): seeded, resumable (refusing a
+"""The one training loop, read top to bottom, for every task (`task.py`): seeded, resumable (refusing a
 changed run), early-stopped on the task's validation metric with the CDT authors' rule, ReduceLROnPlateau on
 the same metric, gradient clipping, optional bf16 autocast on CUDA, a progress bar and `log.csv`. The test split
 is predicted once, with the checkpoint chosen on validation.

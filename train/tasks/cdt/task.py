@@ -1,5 +1,5 @@
 """The CDT task: enhancer-gene pairs (`pairs`) plus the RNA (G, D_rna) and protein (G, D_prot) tables shared by
-every sample, the Central Dogma Transformer (`train/cdt.py`) on them, and its baselines: the per-gene training
+every sample, the Central Dogma Transformer (`model.py`) on them, and its baselines: the per-gene training
 mean and a DNA-only MLP (`dna_mlp`) trained by the same loop on the same batches.
 
 Training steps run one sample per pair (`model(dna[local], rna, protein, gene_index)`, as the authors);
