@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from dogmacache.errors import InputError
 
@@ -95,3 +96,25 @@ def read_table(
     if "split" in columns:
         check_splits(table, str(path), "id" if "id" in table.columns else None)
     return table
+
+
+def standardise_tissues(
+    log1p: np.ndarray, train: np.ndarray, held_out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    """The one rule for scaling per-tissue labels, used by `recipe gtex` and by CDBridge for the tissues a run
+    holds out. Labels (T, K) scaled per tissue, with the mean (K,) and population std (K,) each tissue used and the seen
+    tissues' pooled (mean, std). `train` (T,) marks train-split rows, `held_out` (K,) the held-out tissues.
+
+    A seen tissue is scaled with its own train-split values. A held-out tissue is scored zero-shot, so its own
+    values (train split included) must not shape its labels: it is scaled with the mean and std of every seen
+    tissue's train-split values pooled. A std of 0 divides by 1 (the tissue is only centred)."""
+    if held_out.all():
+        raise InputError(
+            f"all {len(held_out)} tissues are held out; held-out tissues are scaled with the seen tissues' "
+            "statistics, so leave at least one tissue out of --holdout-tissues"
+        )
+    seen_train = log1p[np.ix_(train, ~held_out)]
+    pooled = (float(seen_train.mean()), float(seen_train.std()))
+    mean = np.where(held_out, pooled[0], log1p[train].mean(axis=0))
+    std = np.where(held_out, pooled[1], log1p[train].std(axis=0))
+    return (log1p - mean) / np.where(std > 0, std, 1.0), mean, std, pooled

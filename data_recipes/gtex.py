@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dogmacache.contracts.tables import standardise_tissues
 from dogmacache.contracts.windows import ORIENTATIONS
 from dogmacache.data_recipes import sources, tables
 from dogmacache.data_recipes.gtex_config import (
@@ -101,7 +102,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
         raise InputError(f"no transcript fell in the train split (fractions {config.fractions}); keep more genes")
     log1p = np.log1p(kept[list(tissues)].to_numpy(dtype=np.float64))  # (T, K)
     held_out = np.array([t in config.holdout_tissues for t in tissues])
-    standardised, train_mean, train_std, pooled = standardise(log1p, train, held_out)
+    standardised, train_mean, train_std, pooled = standardise_tissues(log1p, train, held_out)
 
     keys = kept[["id", "gene_id", "split", "dna_id", "rna_id", "protein_id"]]
     masks = coding_mask_rows(kept, coding_parts, config)
@@ -183,27 +184,6 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
 
 
 OWN, SEEN_POOLED = "own_train", "seen_pooled_train"  # tissues.parquet's scaled_with: which statistics a tissue used
-
-
-def standardise(
-    log1p: np.ndarray, train: np.ndarray, held_out: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
-    """Labels (T, K) scaled per tissue, with the mean (K,) and population std (K,) each tissue used and the seen
-    tissues' pooled (mean, std). `train` (T,) marks train-split rows, `held_out` (K,) the held-out tissues.
-
-    A seen tissue is scaled with its own train-split values. A held-out tissue is scored zero-shot, so its own
-    values (train split included) must not shape its labels: it is scaled with the mean and std of every seen
-    tissue's train-split values pooled. A std of 0 divides by 1 (the tissue is only centred)."""
-    if held_out.all():
-        raise InputError(
-            f"all {len(held_out)} tissues are held out; held-out tissues are scaled with the seen tissues' "
-            "statistics, so leave at least one tissue out of --holdout-tissues"
-        )
-    seen_train = log1p[np.ix_(train, ~held_out)]
-    pooled = (float(seen_train.mean()), float(seen_train.std()))
-    mean = np.where(held_out, pooled[0], log1p[train].mean(axis=0))
-    std = np.where(held_out, pooled[1], log1p[train].std(axis=0))
-    return (log1p - mean) / np.where(std > 0, std, 1.0), mean, std, pooled
 
 
 def _comma_list(text: str) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
-from dogmacache.contracts.tables import SPLITS
+from dogmacache.contracts.tables import SPLITS, standardise_tissues
 from dogmacache.errors import InputError
 from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, open_task_cache, read_table
 from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
@@ -120,9 +120,15 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         raw = read_table(log1p_path, ("id", *tissues), recipe="gtex", what="labels_log1p table")
         if raw["id"].astype(str).tolist() != frame["id"].tolist():
             raise InputError(f"{log1p_path} lists other transcripts than {d.labels}; use the same recipe run's files")
-        values, extras["label_scale"] = scale_labels(
-            raw[tissues].to_numpy(np.float64), (frame["split"] == "train").to_numpy(), tissues, held_out
+        held = np.array([t in held_out for t in tissues])
+        scaled, mean, std, _ = standardise_tissues(
+            raw[tissues].to_numpy(np.float64), (frame["split"] == "train").to_numpy(), held
         )
+        values = scaled.astype(np.float32)
+        extras["label_scale"] = {
+            t: {"mean": float(m), "std": float(d), "statistics": "seen tissues pooled" if h else "own"}
+            for t, m, d, h in zip(tissues, mean, std, held, strict=True)
+        }
 
     def cells(part: pd.DataFrame, keep: list[int]) -> pd.DataFrame:
         """(transcript, tissue) examples of `part` for the tissue indices `keep`."""
@@ -168,26 +174,6 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         dna_scale=scale,
         train_all=train_all,
     )
-
-
-def scale_labels(
-    log1p: np.ndarray, train: np.ndarray, tissues: list[str], held_out: set[str]
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """(T, K) log1p labels -> z-scores: each seen tissue with its own training transcripts' mean and std, every
-    held-out tissue with the seen tissues' pooled training mean and std (none of its own values used)."""
-    seen = [k for k, t in enumerate(tissues) if t not in held_out]
-    pooled = log1p[train][:, seen]
-    pooled_mean, pooled_std = float(pooled.mean()), float(max(pooled.std(), 1e-6))
-    scale = {}
-    out = np.empty_like(log1p, dtype=np.float32)
-    for k, t in enumerate(tissues):
-        if t in held_out:
-            mean, std, source = pooled_mean, pooled_std, "seen tissues pooled"
-        else:
-            mean, std, source = float(log1p[train, k].mean()), float(max(log1p[train, k].std(), 1e-6)), "own"
-        out[:, k] = (log1p[:, k] - mean) / std
-        scale[t] = {"mean": mean, "std": std, "statistics": source}
-    return out, scale
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
