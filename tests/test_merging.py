@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dogmacache.train import merging
 from dogmacache.train.merging import merge_plan, plan_from_pairs, sample_rate
 
 
@@ -101,3 +102,11 @@ def test_rates_outside_the_range_are_refused_and_samples_clipped():
     rates = sample_rate(0.3, 1.0, 1000, torch.Generator().manual_seed(0))
     assert rates.min() == 0.0 and rates.max() == 0.5
     assert sample_rate(0.3, 1.0, 2, None).tolist() == pytest.approx([0.3, 0.3])
+
+
+def test_a_plan_records_the_tokens_that_could_merge():
+    x = torch.randn(3, 10, 4)
+    plan = merging.merge_plan(x, 0.5, generator=torch.Generator().manual_seed(7))
+    assert plan.in_a.tolist() == merging.split_ab(10, 3, torch.Generator().manual_seed(7), x.device).tolist()
+    assert not (~plan.kept & ~plan.in_a).any()  # only set A is ever absorbed
+    assert merging.merge_plan(x, 0.25).in_a[0].tolist() == [i % 2 == 0 for i in range(10)]  # evaluation: even

@@ -19,6 +19,7 @@ Shapes: B batch, N positions, N' merged slots (max over the batch), D width.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class MergePlan:
     n_merged: Tensor  # (B,) long: merged pairs, so N'_b = N - n_merged_b (padding included in N)
     merge: Callable[[Tensor], Tensor]
     unmerge: Callable[[Tensor], Tensor]
+    in_a: Tensor | None = None  # (B, N) bool: the positions that could be absorbed (set A); None: not recorded
 
 
 def split_ab(n_tokens: int, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -131,7 +133,7 @@ def merge_plan(
         k = (torch.isfinite(best) & (best >= threshold[:, None])).sum(dim=1, keepdim=True)
         k = torch.minimum(k, torch.round(rate * mergeable.sum(dim=1)).long()[:, None])
         absorbed = torch.isfinite(best) & (rank < k)
-    return plan_from_pairs(absorbed, partner, sizes)
+    return dataclasses.replace(plan_from_pairs(absorbed, partner, sizes), in_a=in_a)
 
 
 def sample_rate(mean: float, std: float, batch: int, generator: torch.Generator | None) -> Tensor:

@@ -46,11 +46,9 @@ def kept_fractions(
     for chunk in ExampleChunks(data, part, batch_size):
         fused = model.fuse(chunk.rows["dna"].to(device))[chunk.examples["dna_index"].to(device)]
         for r in range(KEPT_SPLITS):
-            seed = torch.Generator(device=device).manual_seed(r)
-            a = merging.split_ab(fused.shape[1], fused.shape[0], seed, device)
             plan = merging.merge_plan(fused, model.rate_mean, generator=torch.Generator(device=device).manual_seed(r))
             kept_a.append(plan.kept.cpu().numpy())
-            in_a.append(a.cpu().numpy())
+            in_a.append(plan.in_a.cpu().numpy())
     coding = np.stack(part["target"].to_list()) > 0.5
     n_chunks = len(kept_a) // KEPT_SPLITS
     kept = np.concatenate([np.stack(kept_a[c * KEPT_SPLITS : (c + 1) * KEPT_SPLITS]) for c in range(n_chunks)], axis=1)
