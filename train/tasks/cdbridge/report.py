@@ -81,8 +81,8 @@ def stage1_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "inspect" not in r:
             continue  # a fixed baseline: no model
         stage1 = (r.get("prerequisites") or {}).get("stage1")
-        source = stage1 if stage1 is not None else r
-        inspected = source.get("inspect", {})
+        # the model's own merging where it measured one (no stage 1, or stage 1 trained on), else its stage 1's
+        inspected = r["inspect"] if r["inspect"].get("trained") or stage1 is None else stage1.get("inspect", {})
         entry: dict[str, Any] = {}
         for split in ("validation", "test"):
             masks = {k: stage1[split][k] for k in MASK_KEYS if k in stage1[split]} if stage1 is not None else {}

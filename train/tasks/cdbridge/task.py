@@ -114,7 +114,11 @@ class CdbridgeTask(Task):
 
     def inspect(self, model: nn.Module, data: CdbridgeData, device: torch.device) -> dict[str, Any]:
         """The merging at evaluation: fractions of coding and non-coding bins kept as their own token, on the
-        validation and test transcripts (Figure 5's measure)."""
+        validation and test transcripts (Figure 5's measure). A stage 2 on a frozen stage 1 merges as its stage 1
+        does, which the run measured on that prerequisite: nothing to measure again."""
+        m = self.config.model
+        if m.stage == 2 and m.mask_supervision and m.freeze_stage1:
+            return {}
         batch = self.config.data.eval_batch
         return {split: report.kept_fractions(model, data, split, device, batch) for split in ("validation", "test")}
 
