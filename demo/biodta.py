@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dogmacache.data_recipes.demo_truth import PERTURBED_GENE
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
+from dogmacache.demo.training import CONTROLS, KMER_DEMO, lean
 from dogmacache.errors import InputError
 from dogmacache.train.config import OutputConfig, RunConfig, to_toml
 from dogmacache.train.registry import default_config
@@ -91,7 +92,6 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             progress=progress,
         )
     )
-    from dogmacache.demo.training import KMER_DEMO
     from dogmacache.embed.adapters import get_adapter
 
     caches["dna_kmer"] = out / "cache" / "biodta-dna-kmer.zarr"  # the control: k-mer features, same windows
@@ -133,7 +133,7 @@ def biodta_config(
             early_stop_patience=15,
             seed=seed,
             num_workers=0,
-            controls=("permuted_labels", "shuffled_inputs"),
+            controls=CONTROLS,
             control_caches=(f"dna_cache={caches['dna_kmer']}",) if "dna_kmer" in caches else (),
         ),
         output=OutputConfig(dir=str(out / "train_biodta"), resume=False, overwrite=True),
@@ -143,7 +143,6 @@ def biodta_config(
 def train_biodta_demo(
     out: Path, recipe: Path, caches: dict[str, Path], seed: int = 0, epochs: int | None = None, null: bool = False
 ) -> dict:
-    from dogmacache.demo.training import lean
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
 

@@ -10,10 +10,9 @@ import dataclasses
 from pathlib import Path
 
 from dogmacache.data_recipes.demo import HOLDOUT_TISSUES
+from dogmacache.demo.training import CONTROLS, lean
 from dogmacache.train.config import OutputConfig, RunConfig, to_toml
 from dogmacache.train.registry import default_config
-
-CONTROLS = ("permuted_labels", "shuffled_inputs")
 
 CDBRIDGE_EPOCHS = 25
 # (modality, model, recipe table under recipe/isoform, cache name, adapter options)
@@ -131,7 +130,6 @@ def run_cdbridge_demo(
 
     caches = {**dna_caches, **embed_cdbridge(out, progress)}
     summaries, stage1 = [], ""
-    from dogmacache.demo.training import lean
 
     for fold, tissues in enumerate(holdout_folds()[:1] if null else holdout_folds()):
         path = out / f"{fold_name(fold)}.toml"

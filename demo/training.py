@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dogmacache.train.config import OutputConfig, RunConfig, to_toml
+from dogmacache.train.config import CONTROL_KINDS, OutputConfig, RunConfig, to_toml
+from dogmacache.train.controls import without_ablations
 from dogmacache.train.registry import default_config
 
 DEMO_EPOCHS = 30
 # every demo model stands beside controls that could refute it (train/controls.py): the permutation null, its
 # inputs shuffled across items, and the same model on k-mer features instead of the foundation model's
-CONTROLS = ("permuted_labels", "shuffled_inputs")
+CONTROLS = CONTROL_KINDS
 # the tiny Enformer's output on the demo windows (the demo recipe's 8 bins of 128 bp); its k-mer stand-in matches it
 KMER_DEMO = {"n_bins": 8, "bin_bp": 128}
 
@@ -51,11 +52,8 @@ def demo_config(out: Path, caches: dict[str, Path], seed: int = 0, epochs: int |
 def lean(config: RunConfig) -> RunConfig:
     """The model beside its baselines, without ablations or controls: what the null twin asks is whether the model
     scores beyond a prediction made without inputs."""
-    model = config.model
-    if any(f.name == "ablations" for f in dataclasses.fields(model)):
-        model = dataclasses.replace(model, ablations=())
-    train = dataclasses.replace(config.train, controls=(), control_caches=())
-    return dataclasses.replace(config, model=model, train=train)
+    config = without_ablations(config)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, controls=(), control_caches=()))
 
 
 def write_demo_config(

@@ -31,6 +31,7 @@ from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
 
 DEFAULT_TASK = "cdt"
+CONTROL_KINDS = ("permuted_labels", "shuffled_inputs")  # [train] controls (train/controls.py)
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,9 @@ class TrainConfig:
     control_caches: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.controls if c not in ("permuted_labels", "shuffled_inputs")]
+        unknown = [c for c in self.controls if c not in CONTROL_KINDS]
         if unknown:
-            raise InputError(
-                f"[train] controls names {unknown[0]!r}; expected some of ['permuted_labels', 'shuffled_inputs']"
-            )
+            raise InputError(f"[train] controls names {unknown[0]!r}; expected some of {list(CONTROL_KINDS)}")
 
     LIMITS: ClassVar[dict[str, str]] = {
         "epochs": ">=1",

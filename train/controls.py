@@ -25,8 +25,6 @@ import pandas as pd
 from dogmacache.errors import InputError
 from dogmacache.train.task import Task, TaskData
 
-KINDS = ("permuted_labels", "shuffled_inputs")
-
 
 def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("target",)) -> TaskData:
     """The training and validation splits' target `columns` permuted across each split's rows, all with one seeded
@@ -79,7 +77,7 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     """name -> (task, data) of every control the run's [train] asks for."""
     config = task.config
     t = config.train
-    plain = _without_baselines(config)
+    plain = without_ablations(config)
     found: dict[str, tuple[Task, TaskData]] = {}
     if "permuted_labels" in t.controls:
         found["control_permuted_labels"] = (
@@ -104,8 +102,9 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     return found
 
 
-def _without_baselines(config: Any) -> Any:
-    """The run's configuration with no baselines or ablations of its own (a control is one model)."""
+def without_ablations(config: Any) -> Any:
+    """The run's configuration with no ablations of its own (a control is one model; the loop asks only the run's
+    own task for baselines)."""
     model = config.model
     if any(f.name == "ablations" for f in dataclasses.fields(model)):
         model = dataclasses.replace(model, ablations=())
