@@ -7,6 +7,8 @@ Sections (all by default, each a couple of minutes on 2 CPU cores):
   Enformer on CPU with `--full-enformer` (~28 s per window on 2 cores); on a CUDA machine also the
   full-size Enformer's fp32 / bf16 batch sweep, bf16 deviation, and the runner path's GPU busy fraction
   (`bench/embed.py`).
+- reuse: a table overlapping an existing cache by 90 % embedded with `--reuse` against a full embed, on the
+  tiny demo models (`bench/reuse.py`).
 - cdt: training steps of the fast CDT against the per-sample reference, each in a fresh process
   (`bench/cdt.py`); the paper preset runs the fast model only unless `--allow-paper-reference`.
 
@@ -27,6 +29,7 @@ from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
 from dogmacache.bench.gpu import gpu_tables
 from dogmacache.bench.mutate import bench_mutate, mutate_tables
+from dogmacache.bench.reuse import bench_reuse, reuse_tables
 from dogmacache.bench.train_memory import bench_train_memory, train_memory_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
@@ -150,11 +153,19 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "cache": (_cache, cache_tables),
     "embed": (_embed, embed_tables),
     "cdt": (_cdt, cdt_tables),
+    "reuse": (lambda args: bench_reuse(num_workers=args.embed_workers), reuse_tables),
     "mutate": (lambda args: bench_mutate(), mutate_tables),
     "train-memory": (lambda args: bench_train_memory(), train_memory_tables),
     "gpu": (_gpu, gpu_tables),
 }
-DEFAULT_SECTIONS = ("cache", "embed", "cdt", "mutate", "train-memory")  # `gpu` runs on its own (`make bench-gpu`)
+DEFAULT_SECTIONS = (
+    "cache",
+    "embed",
+    "reuse",
+    "cdt",
+    "mutate",
+    "train-memory",
+)  # `gpu` runs on its own (`make bench-gpu`)
 TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SECTIONS.items()}
 
 

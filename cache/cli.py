@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dogmacache.cache.manifest import COMPRESSIONS, MODALITIES, STORAGE_DTYPES
+from dogmacache.cache.manifest import COMPRESSIONS, MODALITIES, STORAGE_DTYPES, describe_fidelity
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +89,8 @@ def _info(args: argparse.Namespace) -> int:
         ("complete", str(m.complete)),
         ("on disk", f"{n_bytes / 2**20:,.1f} MiB in {n_files} files"),
         ("input digest", m.input_digest),
+        ("fidelity", describe_fidelity(m.fidelity)),
+        ("reused rows", ", ".join(f"{r['rows']:,} from {r['name']}" for r in m.reused) or "none"),
         ("created", f"{m.created_at} by " + ", ".join(f"{k} {v}" for k, v in sorted(m.created_by.items()))),
     ]
     width = max(len(k) for k, _ in rows)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dogmacache.cache import layout
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, describe_fidelity
 from dogmacache.cache.reader import open_cache
 from dogmacache.cache.verify import verify_cache
 from dogmacache.errors import CacheError
@@ -119,6 +119,7 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
             f"- input digest: `{m.input_digest}`",
             f"- created: {m.created_at} with {versions}",
             f"- shards: {m.n_shards} of {m.shard_items} items, compression {m.compression}, complete: {m.complete}",
+            f"- fidelity: {describe_fidelity(m.fidelity)}",
             f"- config: `{json.dumps(m.config, sort_keys=True)}`",
             "",
         ]

@@ -17,7 +17,7 @@ from dogmacache.contracts.provenance import digest_strings, package_versions
 from dogmacache.contracts.tables import MODALITIES
 from dogmacache.errors import CacheError
 
-__all__ = ["MANIFEST_KEY", "SCHEMA_VERSION", "Manifest", "digest_strings", "package_versions"]
+__all__ = ["MANIFEST_KEY", "SCHEMA_VERSION", "Manifest", "describe_fidelity", "digest_strings", "package_versions"]
 
 SCHEMA_VERSION = 1
 MANIFEST_KEY = "dogmacache"  # root attribute name
@@ -47,6 +47,9 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     complete: bool = False
     shards: tuple[str, ...] = ()  # per-shard checksums (sha256 of the decoded rows), set when complete
+    # Set when complete, outside the content the cache is matched on (`same_content_as`):
+    fidelity: dict[str, Any] = field(default_factory=dict)  # stored numbers vs an fp32 forward on a sample
+    reused: tuple[dict[str, Any], ...] = ()  # rows copied from earlier caches: {name, shards_digest, rows}
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class Manifest:
         out["item_shape"] = list(self.item_shape)
         out["extra_arrays"] = list(self.extra_arrays)
         out["shards"] = list(self.shards)
+        out["reused"] = [dict(r) for r in self.reused]
         return out
 
     @classmethod
@@ -99,6 +103,7 @@ class Manifest:
         values["item_shape"] = tuple(int(s) for s in data["item_shape"])
         values["extra_arrays"] = tuple(data.get("extra_arrays", ()))
         values["shards"] = tuple(data.get("shards", ()))
+        values["reused"] = tuple(dict(r) for r in data.get("reused", ()))
         return cls(**values)
 
     def same_content_as(self, other: Manifest) -> list[str]:
@@ -119,3 +124,15 @@ class Manifest:
             "ids_digest",
         )
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
+
+
+def describe_fidelity(fidelity: dict[str, Any]) -> str:
+    """The manifest's fidelity receipt (`embed/fidelity.py`) in one line, for `cache info` and the dataset card."""
+    if not fidelity:
+        return "not measured (written before receipts, imported, or --fidelity-items 0)"
+    return (
+        f"{fidelity['items']} items vs a {fidelity['reference']}: cosine >= {fidelity['cosine_min']:.8f} "
+        f"(median {fidelity['cosine_median']:.8f}), relative L2 <= {fidelity['relative_l2_max']:.2e} "
+        f"(median {fidelity['relative_l2_median']:.2e}); {fidelity['precision']} forward, "
+        f"{fidelity['dtype']} storage, {fidelity.get('compression', 'none')} compression"
+    )

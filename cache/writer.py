@@ -345,8 +345,9 @@ class CacheWriter:
     def _id_at(self, row: int) -> str:
         return str(self._group[layout.IDS][row])
 
-    def finalize(self) -> Manifest:
-        """Mark the cache complete once every shard has its digest. Call once, after all writers finished."""
+    def finalize(self, *, fidelity: dict | None = None, reused: Sequence[dict] = ()) -> Manifest:
+        """Mark the cache complete once every shard has its digest. Call once, after all writers finished.
+        `fidelity` (the fp32 receipt) and `reused` (rows copied from earlier caches) go into the manifest."""
         if self.manifest.complete:
             return self.manifest
         digests = self._digests[:]
@@ -356,7 +357,13 @@ class CacheWriter:
                 f"{self.path}: {len(missing)} of {self.manifest.n_shards} shards are not written yet "
                 f"(first: {missing[:5]}); re-run the same command to finish them"
             )
-        done = dataclasses.replace(self.manifest, complete=True, shards=tuple(bytes(d).hex() for d in digests))
+        done = dataclasses.replace(
+            self.manifest,
+            complete=True,
+            shards=tuple(bytes(d).hex() for d in digests),
+            fidelity=dict(fidelity or {}),
+            reused=tuple(dict(r) for r in reused),
+        )
         try:
             self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
         except OSError as err:

@@ -64,6 +64,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average-pool each item's positions to at most K (adaptive pooling over its real tokens), so a "
         "per-position cache fits a disk budget; recorded in the manifest (default: keep every position)",
     )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR_OR_URL",
+        help="copy every row an earlier complete cache holds for the same inputs (by item digest) and the same "
+        "model and number-changing settings, instead of embedding it; a cache or a folder of caches, local or "
+        "hf://datasets/...; repeatable",
+    )
+    p.add_argument(
+        "--fidelity-items",
+        type=int,
+        default=16,
+        metavar="N",
+        help="items embedded again in float32 to record the cache's deviation from full precision (default 16; 0: "
+        "none)",
+    )
     p.add_argument("--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers")
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
@@ -130,6 +147,8 @@ def config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite,
         max_positions=args.max_positions,
         random_init=args.random_init,
+        reuse=tuple(args.reuse),
+        fidelity_items=args.fidelity_items,
         progress=not args.no_progress,
     )
 
@@ -139,7 +158,11 @@ def _embed(args: argparse.Namespace) -> int:
         raise InputError(
             f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)"
         )
+    if args.fidelity_items < 0:
+        raise InputError(f"--fidelity-items {args.fidelity_items} must be 0 (no receipt) or more")
     config = config_from_args(args)
+    if (args.workers or args.dask_scheduler) and config.reuse:
+        raise InputError("--reuse runs in one process: drop --workers/--dask-scheduler, or drop --reuse")
     if args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask
 

@@ -81,6 +81,14 @@ def embed_shard(shard: int) -> int:
     return stop - start
 
 
+def fidelity_on_worker(n_sample: int) -> dict:
+    """Runs on a worker: the cache's fidelity receipt (`embed/fidelity.py`) on that worker's device."""
+    from dogmacache.embed.fidelity import receipt
+
+    settings = replace(_STATE["settings"], device=_STATE["device"])
+    return receipt(_STATE["adapter"], _STATE["rows"], settings.config.out, settings=settings, n_sample=n_sample)
+
+
 def _cluster(n_workers: int, scheduler: str | None):
     from dask.distributed import Client, LocalCluster
 
@@ -131,11 +139,12 @@ def _fan_out(
         ) as bar:
             for future in as_completed(futures):
                 bar.update(future.result())  # re-raises a worker's error here
+        fidelity = client.submit(fidelity_on_worker, config.fidelity_items, pure=False).result()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    manifest = writer.finalize()
+    manifest = writer.finalize(fidelity=fidelity)
     seconds = time.perf_counter() - start
     print(f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}")
     return {"items": n_items, "seconds": seconds, "shards": len(pending), "complete": manifest.complete}

@@ -26,7 +26,9 @@ from dogmacache.cache import storage
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
+from dogmacache.embed import reuse
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
+from dogmacache.embed.fidelity import receipt
 from dogmacache.embed.inputs import input_digest, read_input_table
 from dogmacache.embed.settings import (
     NUMBER_SETTINGS,
@@ -39,13 +41,14 @@ from dogmacache.embed.settings import (
     resolve,
     resolve_precision,
 )
-from dogmacache.embed.shard_filler import ShardFiller
+from dogmacache.embed.shard_filler import ReusedRows, ShardFiller
 from dogmacache.embed.stream import (
     autocast_for,
     batches_by_budget,
     bounded_info,
     embed_rows,
     embed_stream,
+    input_digests,
     pool_positions,
     to_host,
 )
@@ -211,6 +214,34 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
         raise disk_error(err, config.out, writer) from err
 
 
+def _plan_reuse(
+    config: EmbedConfig,
+    settings: EmbedSettings,
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    writer: CacheWriter,
+    todo: list[tuple[int, int, int]],
+) -> tuple[dict[int, ReusedRows], reuse.RowCopier | None, list[reuse.Source]]:
+    """Which rows of the pending shards the `--reuse` caches hold (by item digest), per shard."""
+    sources, skipped = reuse.open_sources(config.reuse, writer.manifest, type(settings.options).flags)
+    for line in skipped:
+        print(f"--reuse: not using {line}")
+    if not sources:
+        return {}, None, []
+    wanted = np.concatenate([np.arange(a, b) for _, a, b in todo])
+    digests = np.zeros((len(rows), 32), dtype=np.uint8)
+    with tqdm(total=len(wanted), unit="item", desc="digest inputs", disable=None if config.progress else True) as bar:
+        digests[wanted] = input_digests(adapter, [rows[i] for i in wanted], config.num_workers, bar.update)
+    found = reuse.plan(sources, digests, wanted)
+    per_shard = {}
+    for shard, a, b in todo:
+        hit = np.flatnonzero(found.source[a:b] >= 0)
+        if len(hit):
+            per_shard[shard] = ReusedRows(hit, found.source[a + hit], found.row[a + hit])
+    print(f"--reuse: {found.summary()}; {len(wanted) - int((found.source >= 0).sum()):,} rows to embed")
+    return per_shard, reuse.RowCopier(sources, config.dtype), sources
+
+
 def _run(
     config: EmbedConfig,
     settings: EmbedSettings,
@@ -228,13 +259,23 @@ def _run(
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
         print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
+    reused, copier, sources = (
+        _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
+    )
+    start = time.perf_counter()
+    rows_todo, starts = [], []  # the rows to embed; each shard's first of them (a batch never spans two shards)
+    for shard, a, b in todo:
+        keep = np.ones(b - a, dtype=bool)
+        if shard in reused:
+            keep[reused[shard].offsets] = False
+        if keep.any():
+            starts.append(len(rows_todo))
+            rows_todo.extend(rows[a + i] for i in np.flatnonzero(keep))
     bar = tqdm(
         total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True
     )  # None: off when not a terminal
-    start = time.perf_counter()
-    filler = ShardFiller(writer, todo)
-    rows_todo = [row for _, a, b in todo for row in rows[a:b]]
-    starts = np.cumsum([0] + [b - a for _, a, b in todo[:-1]]).tolist()  # each shard's first row in rows_todo
+    filler = ShardFiller(writer, todo, reused, copier)
+    bar.update(filler.copied)
     for embedded, extras in embed_stream(
         adapter,
         rows_todo,
@@ -247,23 +288,34 @@ def _run(
         starts=starts,
         max_positions=config.max_positions,
     ):
+        copied = filler.copied
         filler.add(embedded, extras)
-        bar.update(len(embedded))
+        bar.update(len(embedded) + filler.copied - copied)
     filler.close()
     bar.close()
     padded = filler.padded
-    manifest = writer.finalize()
+    fidelity = receipt(adapter, rows, config.out, settings=settings, n_sample=config.fidelity_items)
+    manifest = writer.finalize(fidelity=fidelity, reused=[s.record() for s in sources if s.taken])
     seconds = time.perf_counter() - start
     summary = {
         "items": n_todo,
+        "embedded": len(rows_todo),
+        "reused": filler.copied,
         "seconds": round(seconds, 2),
         "items_per_s": round(n_todo / max(seconds, 1e-9), 2),
         "shards": len(pending),
         "padded_windows": padded,
+        "fidelity": fidelity,
         "complete": manifest.complete,
     }
+    reused_note = f" ({filler.copied:,} copied from earlier caches, {len(rows_todo):,} embedded)" if copier else ""
     print(
-        f"embedded {n_todo:,} items in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into {config.out}: "
-        f"{len(pending)} shards, {padded} windows padded with N, cache complete"
+        f"embedded {n_todo:,} items{reused_note} in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into "
+        f"{config.out}: {len(pending)} shards, {padded} windows padded with N, cache complete"
     )
+    if fidelity:
+        print(
+            f"fidelity: {fidelity['items']} items against a float32 forward: cosine >= {fidelity['cosine_min']:.8f}, "
+            f"relative L2 <= {fidelity['relative_l2_max']:.2e}"
+        )
     return summary

@@ -40,6 +40,8 @@ class EmbedConfig:
     options: AdapterOptions | None = None  # the adapter's options dataclass; None = its defaults
     max_positions: int | None = None  # per-position outputs average-pooled to at most this many positions per item
     random_init: int | None = None  # seed: the model's architecture with weights drawn at random, none loaded
+    reuse: tuple[str, ...] = ()  # caches (or folders of caches, local or URLs) whose rows are copied by item digest
+    fidelity_items: int = 16  # items embedded again in float32 for the manifest's fidelity receipt (0: none)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class EmbedSettings:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
         read, by name and digest: a manifest is published with its cache, so it holds no local path."""
         config = self.config
-        run = {k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", *PATHS)}
+        run = {
+            k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", "reuse", *PATHS)
+        }
         files = {
             "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
             "out": Path(config.out).name,

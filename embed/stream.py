@@ -1,6 +1,7 @@
 """The batch loop: rows prepared on the CPU by DataLoader worker processes (FASTA reads, one-hot, tokenisation)
 while the device computes, grouped into batches by a token budget counted after tokenisation
-(`batches_by_budget`), run under the resolved autocast, optionally pooled to `max_positions`, and cast to the
+(`batches_by_budget`; a short batch of same-size items filled out to the full batch size, `fixed_shape`), run
+under the resolved autocast, optionally pooled to `max_positions`, and cast to the
 storage dtype on the device before the copy to the host (`to_host`). `embed_stream` yields batch by batch;
 `embed_rows` collects every row.
 """
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.cache.layout import numpy_view
+from dogmacache.cache.layout import ITEM_SHA256, ExtraArray, numpy_view
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
+from dogmacache.embed.reuse import item_digest
 from dogmacache.embed.settings import PRECISIONS
 from dogmacache.errors import CacheError, DogmaError
 
@@ -55,12 +57,18 @@ def pool_positions(
     return out, kept
 
 
+DIGEST_EXTRA = ExtraArray(ITEM_SHA256, "uint8", (32,))  # every streamed batch carries its items' digests
+
+
 def bounded_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
-    """The model's outputs as the cache holds them once pooled to `max_positions` (item shape and mask)."""
-    if not max_positions or len(info.item_shape) != 2 or info.item_shape[0] <= max_positions:
-        return info
-    extras = tuple(dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras)
-    return dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
+    """The model's outputs as the cache holds them: pooled to `max_positions` (item shape and mask), and the
+    per-item digest of the inputs (`item_sha256`) after the adapter's extras."""
+    if max_positions and len(info.item_shape) == 2 and info.item_shape[0] > max_positions:
+        extras = tuple(
+            dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras
+        )
+        info = dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
+    return dataclasses.replace(info, extras=(*info.extras, DIGEST_EXTRA))
 
 
 def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
@@ -82,10 +90,11 @@ def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
 
 
 class _Prepared(torch.utils.data.Dataset):
-    """Rows of the table for the pending shards, prepared one by one in worker processes."""
+    """Rows of the table for the pending shards, prepared one by one in worker processes, each with the digest
+    of its prepared inputs (or, `digest_only`, just that digest)."""
 
-    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter):
-        self.rows, self.adapter = rows, adapter
+    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter, digest_only: bool = False):
+        self.rows, self.adapter, self.digest_only = rows, adapter, digest_only
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -94,12 +103,15 @@ class _Prepared(torch.utils.data.Dataset):
         # A worker's exception reaches the parent re-raised inside torch's multi-line wrapper; the user's error
         # travels as data instead and is raised as itself (`_raise_errors`), one line as always.
         try:
-            return self.adapter.prepare(self.rows[i])
+            prepared = self.adapter.prepare(self.rows[i])
         except DogmaError as err:
             return {_ERROR: err}
+        digest = item_digest(prepared)
+        return {_DIGEST: digest} if self.digest_only else {**prepared, _DIGEST: digest}
 
 
 _ERROR = "_error"  # key of an item whose preparation failed
+_DIGEST = "_sha256"  # key of an item's input digest (taken off before the adapter sees the batch)
 
 
 def _raise_errors(items):
@@ -145,6 +157,43 @@ def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: 
         yield batch
 
 
+def _loader(dataset: _Prepared, device: torch.device, num_workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_prepared,
+        pin_memory=device.type == "cuda" and not dataset.digest_only,
+        prefetch_factor=16 if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
+    )
+
+
+def input_digests(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], num_workers: int, progress=None) -> np.ndarray:
+    """(N, 32) uint8: each row's prepared-input digest, prepared by `num_workers` processes (nothing embedded).
+    `progress(n)` is called per row."""
+    out = np.zeros((len(rows), 32), dtype=np.uint8)
+    for i, item in enumerate(_raise_errors(_loader(_Prepared(rows, adapter, True), torch.device("cpu"), num_workers))):
+        out[i] = item[_DIGEST]
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def fixed_shape(batch: list, n_tokens, max_tokens: int, max_batch: int) -> list:
+    """A batch of same-size items (DNA windows) filled out with copies of its last item to the size every full
+    batch of them has, min(max_batch, max_tokens // size): CPU kernels pick other code paths (and round
+    differently) at other batch sizes, so an item's numbers would depend on how many items it was embedded
+    with (a shard's last batch, the rows left to embed after `--reuse`). The copies' outputs are dropped.
+    Batches of items of several sizes (proteins, transcripts) are left as they are."""
+    sizes = {n_tokens(item) for item in batch}
+    if len(sizes) != 1:
+        return batch
+    full = max(1, min(max_batch, max_tokens // sizes.pop()))
+    return batch + [batch[-1]] * (full - len(batch)) if len(batch) < full else batch
+
+
 def embed_stream(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
@@ -161,22 +210,17 @@ def embed_stream(
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
     spans a position in `starts` and the row before it."""
-    loader = torch.utils.data.DataLoader(
-        _Prepared(rows, adapter),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=_as_prepared,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=16 if num_workers else None,
-        multiprocessing_context="fork" if num_workers else None,
-        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
-    )
+    loader = _loader(_Prepared(rows, adapter), device, num_workers)
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
         for batch in batches_by_budget(
             _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
         ):
-            embedded, extras = adapter.embed(batch)
+            digests = np.stack([item.pop(_DIGEST) for item in batch])
+            embedded, extras = adapter.embed(fixed_shape(batch, adapter.n_tokens, max_tokens, max_batch))
+            if len(embedded) > len(batch):  # the copies that filled the batch out
+                embedded, extras = embedded[: len(batch)], {k: np.asarray(v)[: len(batch)] for k, v in extras.items()}
+            extras = {**extras, ITEM_SHA256: digests}
             if max_positions and embedded.ndim == 3:
                 embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
                 if mask is not None:

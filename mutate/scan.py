@@ -27,6 +27,7 @@ from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
+from dogmacache.embed.reuse import digest_index, item_digest
 from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
 from dogmacache.errors import InputError, ModelError
 from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window
@@ -86,21 +87,61 @@ class Scanner:
         table = pd.DataFrame(records, columns=["variant", "id", "row", "edits"])
         if table.empty:
             return table, {}, {"windows_reembedded": 0, "rows_reused": 0}
-        s = self.settings
-        edited, _ = embed_rows(
-            self.adapter,
-            edited_rows,
-            device=s.device,
-            precision=s.precision,
-            max_tokens=s.max_tokens,
-            max_batch=s.config.max_batch,
-            num_workers=0,
-            dtype=s.config.dtype,
-        )
         unique, inverse = np.unique(table["row"].to_numpy(), return_inverse=True)
-        reference = self.dna.read_rows(unique, dtype=np.float32)[inverse]  # (W, L, D_dna), each row read once
+        reference = self.dna.read_rows(self.cached_rows(unique), dtype=np.float32)[inverse]  # (W, L, D_dna)
+        edited, n_embedded, n_found = self._edited(edited_rows)
         tokens = {name: self._adapt(x) for name, x in (("reference", reference), ("edited", edited))}
-        return table, tokens, {"windows_reembedded": len(table), "rows_reused": len(unique)}
+        return table, tokens, {"windows_reembedded": n_embedded, "rows_reused": len(unique) + n_found}
+
+    def cached_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Cache rows of table `rows`' reference windows, found by item digest (`embed/reuse.py`) as `--reuse`
+        finds them: a window whose bases the cache does not hold is an InputError, never a wrong row. A cache
+        written before item digests is read by row (its table was checked by input digest)."""
+        if not self._index:
+            return np.asarray(rows)
+        found = []
+        for row in rows:
+            hit = self._index.get(bytes(item_digest(self.adapter.prepare(self.rows[int(row)]))))
+            if hit is None:
+                label = f"{self.table['id'].iloc[int(row)]!r} ({self.window_label(int(row))})"
+                raise InputError(
+                    f"window {label} is not in {self.dna.url} "
+                    "as this genome and model prepare it; re-embed the windows with this genome"
+                )
+            found.append(hit)
+        return np.asarray(found)
+
+    def _edited(self, edited_rows: list[dict[str, Any]]) -> tuple[np.ndarray, int, int]:
+        """Embeddings of the edited windows: a window the cache already holds (an edit that leaves the bases as
+        they were) is read from it, one edited twice is embedded once. (embeddings, embedded, read)."""
+        digests = [bytes(item_digest(self.adapter.prepare(r))) for r in edited_rows]
+        in_cache = {d: self._index[d] for d in digests if d in self._index}
+        todo = list(dict.fromkeys(d for d in digests if d not in in_cache))
+        out: dict[bytes, np.ndarray] = {}
+        if in_cache:
+            read = self.dna.read_rows(list(in_cache.values()), dtype=np.float32)
+            out.update(zip(in_cache, read, strict=True))
+        if todo:
+            first = {d: r for d, r in zip(digests, edited_rows, strict=True) if d in todo}
+            s = self.settings
+            embedded, _ = embed_rows(
+                self.adapter,
+                [first[d] for d in todo],
+                device=s.device,
+                precision=s.precision,
+                max_tokens=s.max_tokens,
+                max_batch=s.config.max_batch,
+                num_workers=0,
+                dtype=s.config.dtype,
+            )
+            out.update(zip(todo, embedded.astype(np.float32), strict=True))
+        return np.stack([out[d] for d in digests]), len(todo), sum(d in in_cache for d in digests)
+
+    @property
+    def _index(self) -> dict[bytes, int]:
+        if not hasattr(self, "_digest_index"):
+            self._digest_index = digest_index(self.dna)
+        return self._digest_index
 
     @torch.inference_mode()
     def _adapt(self, dna: np.ndarray) -> np.ndarray:

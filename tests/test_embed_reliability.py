@@ -156,12 +156,30 @@ def test_batches_stay_inside_their_shard(inputs, tmp_path, monkeypatch):
     original = EnformerAdapter.embed
 
     def recording(self, batch):
+        sizes.append(len({id(item) for item in batch}))  # distinct items: a short batch is filled with copies
+        return original(self, batch)
+
+    monkeypatch.setattr(EnformerAdapter, "embed", recording)
+    run_embed(config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2, fidelity_items=0))
+    assert sizes == [2, 1, 2, 1, 2]  # 8 items in shards of 3, 3, 2
+
+
+def test_every_forward_of_same_size_items_has_the_full_batch_size(inputs, tmp_path, monkeypatch):
+    """A short batch of windows is filled out with copies, so an item's numbers never depend on how many items
+    it was embedded with: a shard's last row equals the same window embedded among full batches."""
+    sizes = []
+    original = EnformerAdapter.embed
+
+    def recording(self, batch):
         sizes.append(len(batch))
         return original(self, batch)
 
     monkeypatch.setattr(EnformerAdapter, "embed", recording)
-    run_embed(config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2))
-    assert sizes == [2, 1, 2, 1, 2]  # 8 items in shards of 3, 3, 2
+    run_embed(config(inputs, "enformer", "dna", tmp_path / "a.zarr", shard_items=3, max_batch=2, fidelity_items=0))
+    assert sizes == [2, 2, 2, 2, 2]
+    run_embed(config(inputs, "enformer", "dna", tmp_path / "b.zarr", shard_items=8, max_batch=2, fidelity_items=0))
+    a, b = open_cache(tmp_path / "a.zarr")[:], open_cache(tmp_path / "b.zarr")[:]
+    assert np.array_equal(a.view(np.uint16), b.view(np.uint16))  # rows 2 and 5 were alone in their shard's batch
 
 
 def test_resume_after_a_lost_shard_gives_the_same_bytes(inputs, tmp_path):

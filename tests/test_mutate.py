@@ -289,3 +289,13 @@ def test_gene_sets_are_scored_against_the_top_moved_genes_through_the_cli(scene,
     assert "adapter-free knockout" in printed.out and '"top_moved_knockout"' in printed.out
     with pytest.raises(InputError, match=r"--gene-set .*targets.gmt scores the genes the scGPT encoder moves"):
         run_mutate(_config(root, models, genome, edits=("chr1:1400-1420",), scgpt_model=None, gene_set=str(gmt)))
+
+
+def test_mutate_reads_an_unchanged_window_from_the_cache_by_digest(scene):
+    root, models, genome = scene
+    base = Genome(genome).fasta["chr1"][1599]
+    summary = run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {base}>{base}",), out=str(root / "same")))
+    # the "edited" windows hold the reference bases: found in the cache by item digest, nothing re-embedded
+    assert (summary["windows_reembedded"], summary["rows_reused"]) == (0, 4)
+    shift = pd.read_csv(root / "same" / "token_shift.tsv", sep="\t")
+    assert sorted(shift["id"]) == ["AAA", "BBB"] and (shift["l2"] == 0).all()

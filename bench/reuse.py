@@ -1,0 +1,161 @@
+"""The reuse section of `dogmacache bench`: a table that overlaps an existing cache by 90 % embedded with
+`--reuse` against the same table embedded in full, on the demo's tiny models, both through `run_embed`.
+
+For each model: 2 n distinct items are made from the demo recipe (DNA: windows centred at random positions of
+the demo genome; proteins: the demo proteins with one residue changed per copy), the "old" table is items
+0..n-1 and the "new" one is 90 % of those (shuffled, under other ids) plus 10 % items never embedded. The old
+table is embedded once (untimed); then the new one in full and with `reuse=(old,)`, each timed by the runner's
+own clock (after the model load, which is the same for both, until the cache is finalised: the digest pass,
+the copies, the forward of the rest, the shard writes and the 16-item fidelity receipt all count). Both caches
+are compared array for array: the speed-up only counts when they are byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dogmacache.bench.report import Table, table, verdict
+from dogmacache.bench.timing import timed_run_embed
+from dogmacache.embed.runner import EmbedConfig
+
+OVERLAP = 0.9
+TARGET_SPEEDUP = 8.0  # rate with --reuse over the full run's, at 90 % overlap
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _dna_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    from dogmacache.embed.genome import Genome
+
+    genome = Genome(recipe / "genome.fa")
+    chroms = genome.chromosomes
+    lengths = np.array([genome.length(c) for c in chroms])
+    picked = rng.choice(len(chroms), size=n, p=lengths / lengths.sum())
+    centers = [int(rng.integers(1, lengths[c] + 1)) for c in picked]
+    return pd.DataFrame({"chrom": [chroms[c] for c in picked], "center": centers, "strand": "+"})
+
+
+def _protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    base = pd.read_parquet(recipe / "cdt" / "proteins.parquet")["sequence"].astype(str).tolist()
+    seen, out = set(), []
+    while len(out) < n:
+        seq = list(base[len(out) % len(base)])
+        seq[int(rng.integers(len(seq)))] = AMINO_ACIDS[int(rng.integers(20))]
+        text = "".join(seq)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return pd.DataFrame({"sequence": out})
+
+
+CASES = (
+    ("Enformer, DNA windows", "enformer", "dna", _dna_items),
+    ("ESM-2, proteins", "esm2", "protein", _protein_items),
+)
+
+
+def _same(a: str, b: str) -> bool:
+    from dogmacache.cache import open_cache
+
+    x, y = open_cache(a), open_cache(b)
+    return x.manifest.shards == y.manifest.shards and np.array_equal(x[:].view(np.uint8), y[:].view(np.uint8))
+
+
+def bench_reuse(n_items: int = 1024, num_workers: int = 2, workdir: str | None = None, seed: int = 0) -> dict:
+    """Full vs `--reuse` rates of a 90 %-overlapping table for each case (CPU, the demo's tiny models)."""
+    from dogmacache.data_recipes.demo import build_demo
+    from dogmacache.embed.tiny import make_tiny
+
+    root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-reuse-", dir=workdir))
+    rng = np.random.default_rng(seed)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_demo(root / "recipe")
+            models = make_tiny(root / "models")
+        rows = []
+        for label, model, modality, make in CASES:
+            items = make(root / "recipe", 2 * n_items, rng)
+            old = items.iloc[:n_items].assign(id=[f"old{i}" for i in range(n_items)])
+            n_new = int(round(n_items * (1 - OVERLAP)))
+            kept = items.iloc[n_new:n_items]
+            new = pd.concat([kept, items.iloc[n_items : n_items + n_new]]).sample(frac=1.0, random_state=seed)
+            new = new.assign(id=[f"new{i}" for i in range(len(new))])
+            for name, frame in (("old", old), ("new", new), ("warmup", new.iloc[:4])):
+                frame.to_parquet(root / f"{model}_{name}.parquet")
+
+            def config(name: str, out: str, model=model, modality=modality, **kwargs) -> EmbedConfig:
+                return EmbedConfig(
+                    input=str(root / f"{model}_{name}.parquet"),
+                    modality=modality,
+                    model=model,
+                    out=str(root / out),
+                    model_path=str(models[model]),
+                    genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
+                    device="cpu",
+                    num_workers=num_workers,
+                    progress=False,
+                    **kwargs,
+                )
+
+            timed_run_embed(config("warmup", f"{model}_warmup"))
+            timed_run_embed(config("old", f"{model}_old"))
+            full = timed_run_embed(config("new", f"{model}_full"))
+            reused = timed_run_embed(config("new", f"{model}_reused", reuse=(str(root / f"{model}_old"),)))
+            identical = _same(str(root / f"{model}_full"), str(root / f"{model}_reused"))
+            rows.append(
+                {
+                    "label": label,
+                    "items": len(new),
+                    "overlap": len(kept) / len(new),
+                    "full_items_per_s": full["items_per_s"],
+                    "reuse_items_per_s": reused["items_per_s"],
+                    "speedup": reused["items_per_s"] / full["items_per_s"],
+                    "identical": identical,
+                }
+            )
+        return {"n_items": n_items, "num_workers": num_workers, "cases": rows}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def reuse_tables(r: dict[str, Any]) -> list[Table]:
+    rows = [
+        [
+            c["label"],
+            c["items"],
+            f"{c['overlap']:.0%}",
+            c["full_items_per_s"],
+            c["reuse_items_per_s"],
+            c["speedup"],
+            "yes" if c["identical"] else "NO",
+            verdict(c["speedup"] if c["identical"] else None, TARGET_SPEEDUP),
+        ]
+        for c in r["cases"]
+    ]
+    return [
+        table(
+            f"reuse: a table overlapping an existing cache by {OVERLAP:.0%}, embedded in full and with --reuse "
+            f"(tiny demo models on CPU, {r['num_workers']} DataLoader workers)",
+            [
+                "model, input",
+                "items",
+                "overlap",
+                "full items/s",
+                "--reuse items/s",
+                "speed-up",
+                "byte-identical",
+                f">= {TARGET_SPEEDUP:g}x",
+            ],
+            rows,
+            [
+                "rates on the runner's clock (after the model load, until the cache is final: digest pass, "
+                "copies, the rest's forward, shard writes and the 16-item float32 fidelity receipt)"
+            ],
+        )
+    ]

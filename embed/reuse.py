@@ -1,0 +1,219 @@
+"""Embed once, ever: rows of earlier caches reused by the digest of what the model saw.
+
+Every cache written by `dogmacache embed` holds `item_sha256` beside `ids`: per item, the sha256 of the
+adapter's prepared inputs (`item_digest`: the window's bases with their padding and strand policy, the token
+ids after truncation, the gene token, the context profile), never of the id. `--reuse DIR_OR_URL` opens every
+complete cache found there (a cache, or a folder of caches one level down; local or any fsspec URL such as
+`hf://datasets/...`), keeps those whose numbers would be the same as this run's (`reuse_key`: model, weights,
+layer, pooling, shape, storage and every number-changing setting; not the genome file, whose bases the digest
+covers) and copies each row whose digest one of them holds. A source shard is read whole and checked against
+the sha256 its manifest records before any of its rows is copied; the model runs only on the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dogmacache.cache import layout, open_cache
+from dogmacache.cache.manifest import Manifest, digest_strings
+from dogmacache.cache.reader import EmbeddingCache
+from dogmacache.cache.storage import local_path
+from dogmacache.cache.writer import shard_digest
+from dogmacache.embed.settings import number_fingerprint
+from dogmacache.errors import CacheError, InputError
+
+# Manifest fields two caches must share for a row of one to stand for a row of the other
+_SAME = (
+    "modality",
+    "model",
+    "model_revision",
+    "layer",
+    "pooling",
+    "item_shape",
+    "dtype",
+    "compression",
+    "extra_arrays",
+)
+
+
+def item_digest(prepared: Mapping[str, Any]) -> np.ndarray:
+    """(32,) uint8 sha256 of one prepared item: each array's name, dtype, shape and bytes, in name order.
+    Keys starting with "_" (the stream's own) are left out."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in prepared if not k.startswith("_")):
+        value = np.ascontiguousarray(prepared[name])
+        h.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.reshape(-1).view(np.uint8))
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def reuse_key(manifest: Manifest, flags: dict[str, dict]) -> dict[str, Any]:
+    """What must agree for two caches' rows of the same item digest to hold the same numbers."""
+    key = {name: getattr(manifest, name) for name in _SAME}
+    numbers = number_fingerprint(manifest.config, flags)
+    key.update({k: v for k, v in numbers.items() if not k.startswith("genome ")})
+    return key
+
+
+def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
+    for k in dict.fromkeys([*here, *there]):
+        if there.get(k) != here.get(k):
+            return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
+    return ""
+
+
+def find_caches(spec: str) -> list[str]:
+    """The caches `spec` names: itself if it is one, else its immediate subfolders that are (local or URL)."""
+    spec = os.fspath(spec)
+    local = local_path(spec)
+    if local is not None:
+        path = Path(local)
+        if not path.is_dir():
+            raise InputError(f"--reuse {spec}: no such folder; pass a cache or a folder of caches")
+        if (path / "zarr.json").is_file():
+            return [str(path)]
+        return [str(p) for p in sorted(path.iterdir()) if (p / "zarr.json").is_file()]
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(spec)
+    try:
+        if fs.isfile(f"{root.rstrip('/')}/zarr.json") and _is_cache(spec):
+            return [spec]
+        subfolders = [p for p in fs.ls(root, detail=False) if fs.isfile(f"{p.rstrip('/')}/zarr.json")]
+    except (OSError, ValueError) as err:
+        raise InputError(f"--reuse {spec}: cannot list it ({err}); check the URL and your access") from err
+    return [f"{spec.rstrip('/')}/{Path(p).name}" for p in sorted(subfolders)]
+
+
+def _is_cache(url: str) -> bool:
+    try:
+        open_cache(url, allow_partial=True)
+        return True
+    except CacheError:
+        return False
+
+
+def source_name(url: str) -> str:
+    """How the manifest names a source: a local cache by its folder name (no local path), a URL as given."""
+    local = local_path(url)
+    return Path(local).name if local is not None else url
+
+
+@dataclass
+class Source:
+    name: str
+    cache: EmbeddingCache
+    rows: dict[bytes, int]  # item digest -> row
+    taken: int = 0
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "shards_digest": digest_strings(self.cache.manifest.shards), "rows": self.taken}
+
+
+@dataclass
+class ReusePlan:
+    """Per row of the new table: the source index holding its digest (-1: embed it) and the row there."""
+
+    sources: list[Source]
+    source: np.ndarray  # (N,) int
+    row: np.ndarray  # (N,) int
+    skipped: list[str] = field(default_factory=list)  # "name: why" of each source not used
+
+    def summary(self) -> str:
+        used = [f"{s.name} ({s.taken:,})" for s in self.sources if s.taken]
+        return f"{int((self.source >= 0).sum()):,} rows reused from " + (", ".join(used) or "no cache")
+
+
+def open_sources(specs: Sequence[str], wanted: Manifest, flags: dict[str, dict]) -> tuple[list[Source], list[str]]:
+    """The complete caches under `specs` whose rows can stand for this run's, each with its digest index, and
+    one line per cache left out saying why."""
+    here = reuse_key(wanted, flags)
+    sources, skipped = [], []
+    for spec in specs:
+        urls = find_caches(spec)
+        if not urls:
+            raise InputError(f"--reuse {spec}: no cache there (a cache, or a folder with caches one level down)")
+        for url in urls:
+            name = source_name(url)
+            try:
+                cache = open_cache(url)
+            except CacheError as err:
+                skipped.append(f"{name}: {err}")
+                continue
+            why = _differs(reuse_key(cache.manifest, flags), here)
+            if not why and layout.ITEM_SHA256 not in cache.manifest.extra_arrays:
+                why = "it records no item digests (written before item_sha256)"
+            if why:
+                skipped.append(f"{name}: {why}")
+                continue
+            sources.append(Source(name, cache, digest_index(cache)))
+    return sources, skipped
+
+
+def digest_index(cache: EmbeddingCache) -> dict[bytes, int]:
+    """item digest -> row of `cache` (the first row, for an input embedded twice); {} for a cache without digests."""
+    if layout.ITEM_SHA256 not in cache.manifest.extra_arrays:
+        return {}
+    index: dict[bytes, int] = {}
+    for row, digest in enumerate(np.asarray(cache.extra(layout.ITEM_SHA256)[:])):
+        index.setdefault(bytes(digest), row)
+    return index
+
+
+def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) -> ReusePlan:
+    """For each of `wanted_rows` (rows of the new table still to write), the first source holding its digest."""
+    n = len(digests)
+    source, row = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    for i in wanted_rows:
+        key = bytes(digests[i])
+        for s, src in enumerate(sources):
+            found = src.rows.get(key)
+            if found is not None:
+                source[i], row[i] = s, found
+                src.taken += 1
+                break
+    return ReusePlan(sources, source, row)
+
+
+class RowCopier:
+    """Rows of the sources as stored, each source shard read whole once and checked against its manifest's
+    sha256 before any row of it is used (the last shard read is kept for the next request)."""
+
+    def __init__(self, sources: list[Source], dtype: str):
+        self.sources, self.dtype = sources, dtype
+        self._held: tuple[int, int, list[np.ndarray]] | None = None
+
+    def _blocks(self, s: int, shard: int) -> list[np.ndarray]:
+        if self._held is not None and self._held[:2] == (s, shard):
+            return self._held[2]
+        cache = self.sources[s].cache
+        blocks = cache.shard_blocks(shard)
+        if shard_digest(blocks).hex() != cache.manifest.shards[shard]:
+            raise CacheError(
+                f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
+                "records; run `dogmacache cache verify` on it, or drop it from --reuse"
+            )
+        blocks[0] = blocks[0].view(layout.numpy_view(self.dtype))  # bfloat16 bits as ml_dtypes' bfloat16
+        self._held = (s, shard, blocks)
+        return blocks
+
+    def take(self, s: int, rows: np.ndarray) -> list[np.ndarray]:
+        """[embeddings, *extras in the source's manifest order] of `rows` of source `s`, in the order given."""
+        cache = self.sources[s].cache
+        per = cache.manifest.shard_items
+        out: list[np.ndarray] | None = None
+        for shard in np.unique(rows // per):
+            blocks = self._blocks(s, int(shard))
+            at = np.flatnonzero(rows // per == shard)
+            if out is None:
+                out = [np.empty((len(rows), *b.shape[1:]), dtype=b.dtype) for b in blocks]
+            for target, block in zip(out, blocks, strict=True):
+                target[at] = block[rows[at] - shard * per]
+        assert out is not None
+        return out

@@ -1,0 +1,243 @@
+"""Embed once, ever: per-item input digests in every cache, `--reuse` copying rows of earlier caches by digest
+(byte-identical to a full embed, resumable after a crash mid-copy), and the fidelity receipt in the manifest.
+Tiny Enformer and ESM-2 of the real architectures, inputs made here."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from dogmacache.cache import open_cache
+from dogmacache.cache.layout import ITEM_SHA256
+from dogmacache.cli import main
+from dogmacache.embed import reuse
+from dogmacache.embed.adapters.enformer import write_tiny_enformer
+from dogmacache.embed.fidelity import deviation
+from dogmacache.embed.runner import EmbedConfig, run_embed
+from dogmacache.embed.tiny import write_tiny_esm2
+from dogmacache.errors import CacheError, InputError
+
+LENGTH = 20_000
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reuse")
+    rng = np.random.default_rng(0)
+    (root / "g.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), LENGTH)) + "\n")
+    centers = rng.integers(1, LENGTH, 40)
+    strands = rng.choice(["+", "-"], 40)
+    old = pd.DataFrame({"id": [f"a{i}" for i in range(30)], "chrom": "chr1", "center": centers[:30]})
+    old["strand"] = strands[:30]
+    # 25 of the old windows under other ids and in another order, and 5 new ones
+    new = pd.DataFrame(
+        {"id": [f"b{i}" for i in range(30)], "chrom": "chr1", "center": np.r_[centers[5:30][::-1], centers[30:35]]}
+    )
+    new["strand"] = np.r_[strands[5:30][::-1], strands[30:35]]
+    old.to_parquet(root / "old.parquet")
+    new.to_parquet(root / "new.parquet")
+    proteins = ["MKVLAAGIV", "MSTNPKPQRKTKRNTNRRPQDVKFPGG", "ACDEFGHIKLMNPQRSTVWY", "MKV", "MADEEKLPPGWEKRMSRSS"]
+    pd.DataFrame({"id": [f"p{i}" for i in range(5)], "sequence": proteins}).to_parquet(root / "p_old.parquet")
+    pd.DataFrame(
+        {"id": [f"q{i}" for i in range(4)], "sequence": [proteins[3], "MKVW", proteins[0], proteins[2]]}
+    ).to_parquet(root / "p_new.parquet")
+    models = {"enformer": write_tiny_enformer(root / "enformer"), "esm2": write_tiny_esm2(root / "esm2")}
+    return root, models
+
+
+def config(inputs, table, out, model="enformer", **kwargs) -> EmbedConfig:
+    root, models = inputs
+    dna = model == "enformer"
+    values = {
+        "input": str(root / table),
+        "modality": "dna" if dna else "protein",
+        "model": model,
+        "out": str(out),
+        "model_path": str(models[model]),
+        "genome": str(root / "g.fa") if dna else None,
+        "device": "cpu",
+        "num_workers": 0,
+        "progress": False,
+        "shard_items": 4 if dna else 2,
+        **kwargs,
+    }
+    return EmbedConfig(**values)
+
+
+def same_arrays(a: str, b: str) -> None:
+    x, y = open_cache(a), open_cache(b)
+    assert x.manifest.extra_arrays == y.manifest.extra_arrays
+    assert x.manifest.shards == y.manifest.shards  # sha256 of every shard's decoded rows
+    assert np.array_equal(x[:].view(np.uint8), y[:].view(np.uint8))
+    for name in x.manifest.extra_arrays:
+        assert np.array_equal(x.extra(name)[:], y.extra(name)[:]), name
+
+
+@pytest.fixture(scope="module")
+def old_cache(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("old") / "old"
+    run_embed(config(inputs, "old.parquet", out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_new(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "full"
+    run_embed(config(inputs, "new.parquet", out))
+    return out
+
+
+def test_every_cache_records_item_digests_of_what_the_model_saw(old_cache, full_new):
+    old, new = open_cache(old_cache), open_cache(full_new)
+    assert ITEM_SHA256 in old.manifest.extra_arrays
+    old_d, new_d = np.asarray(old.extra(ITEM_SHA256)[:]), np.asarray(new.extra(ITEM_SHA256)[:])
+    assert old_d.shape == (30, 32) and old_d.any(axis=1).all()
+    # the same window under another id has the same digest; different windows differ
+    assert np.array_equal(new_d[0], old_d[29]) and np.array_equal(new_d[24], old_d[5])
+    assert len({bytes(d) for d in old_d}) == 30
+
+
+def test_item_digest_covers_the_inputs_not_the_id():
+    a = {"index": np.array([0, 1, 2], dtype=np.uint8), "n_padded": np.int32(0)}
+    assert np.array_equal(reuse.item_digest(a), reuse.item_digest(dict(a)))
+    assert not np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "index": np.array([0, 1, 3], np.uint8)}))
+    assert not np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "index_rc": a["index"]}))
+    assert np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "_sha256": b"x"}))
+
+
+def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tmp_path, capsys):
+    out = tmp_path / "reused"
+    summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    assert summary["reused"] == 25 and summary["embedded"] == 5
+    assert "25 rows reused from old (25)" in capsys.readouterr().out
+    same_arrays(str(out), str(full_new))
+    manifest = open_cache(out).manifest
+    assert [r["name"] for r in manifest.reused] == ["old"] and manifest.reused[0]["rows"] == 25
+    assert str(tmp_path) not in str(manifest.to_dict())  # sources by name and digest, no local path
+
+
+def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    take, calls = reuse.RowCopier.take, []
+
+    def dies_on_the_third_copy(self, s, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return take(self, s, rows)
+
+    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    assert not open_cache(out, allow_partial=True).manifest.complete
+    monkeypatch.setattr(reuse.RowCopier, "take", take)
+    summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    assert 0 < summary["items"] < 30  # only the shards left were written
+    same_arrays(str(out), str(full_new))
+
+
+def test_reuse_resumes_after_kill_9(inputs, old_cache, full_new, tmp_path):
+    out = tmp_path / "killed"
+    code = (
+        "import os, signal, sys\n"
+        "from dogmacache.embed import reuse\n"
+        "from dogmacache.embed.runner import EmbedConfig, run_embed\n"
+        "take, n = reuse.RowCopier.take, [0]\n"
+        "def take_then_die(self, s, rows):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 4:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return take(self, s, rows)\n"
+        "reuse.RowCopier.take = take_then_die\n"
+        f"run_embed(EmbedConfig(**{config(inputs, 'new.parquet', out, reuse=(str(old_cache),)).__dict__!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not open_cache(out, allow_partial=True).manifest.complete
+    assert main(["embed", *cli_args(inputs, out), "--reuse", str(old_cache)]) == 0
+    same_arrays(str(out), str(full_new))
+
+
+def cli_args(inputs, out):
+    root, models = inputs
+    flags = {
+        "--input": root / "new.parquet",
+        "--modality": "dna",
+        "--model": "enformer",
+        "--model-path": models["enformer"],
+        "--genome": root / "g.fa",
+        "--out": out,
+        "--device": "cpu",
+        "--num-workers": 0,
+        "--shard-items": 4,
+    }
+    return [*(str(x) for pair in flags.items() for x in pair), "--no-progress"]
+
+
+def test_reuse_skips_a_cache_of_other_settings(inputs, old_cache, tmp_path, capsys):
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "f32", dtype="float32", reuse=(str(old_cache),)))
+    assert summary["reused"] == 0 and summary["embedded"] == 30
+    assert "not using old: dtype is 'float16' there, 'float32' here" in capsys.readouterr().out
+
+
+def test_reuse_of_a_folder_of_caches_and_of_proteins(inputs, tmp_path):
+    folder = tmp_path / "caches"
+    run_embed(config(inputs, "p_old.parquet", folder / "p_old", model="esm2"))
+    full = tmp_path / "full"
+    run_embed(config(inputs, "p_new.parquet", full, model="esm2"))
+    out = tmp_path / "reused"
+    summary = run_embed(config(inputs, "p_new.parquet", out, model="esm2", reuse=(str(folder),)))
+    assert summary["reused"] == 3 and summary["embedded"] == 1
+    same_arrays(str(out), str(full))
+
+
+def test_a_tampered_source_shard_is_refused(inputs, old_cache, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(old_cache, copy)
+    group = zarr.open_group(copy, mode="r+")
+    group["n_padded"][5] = (
+        7  # row 5 (shard 1) is reused: a valid chunk whose rows no longer match the shard's recorded sha256
+    )
+    with pytest.raises(CacheError, match="shard 1 of reused cache tampered does not match"):
+        run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(copy),)))
+
+
+def test_reuse_of_nothing_is_a_one_line_error(inputs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no cache there"):
+        run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(tmp_path / "empty"),)))
+
+
+def test_fidelity_receipt_in_the_manifest_and_cache_info(inputs, old_cache, tmp_path, capsys):
+    fidelity = open_cache(old_cache).manifest.fidelity
+    assert fidelity["items"] == 16 and fidelity["precision"] == "fp32" and fidelity["dtype"] == "float16"
+    # float16 storage of an fp32 forward: within float16's rounding, and not exactly equal
+    assert 0 < fidelity["relative_l2_max"] < 2e-3 and fidelity["cosine_min"] > 0.99999
+    assert main(["cache", "info", str(old_cache)]) == 0
+    info = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "16 items vs a float32 forward, TF32 off, on cpu: cosine >= 0.9999" in info["fidelity"]
+    assert info["reused rows"].endswith("none")
+    out = tmp_path / "bitround"
+    run_embed(config(inputs, "old.parquet", out, dtype="float32", compression="bitround", fidelity_items=4))
+    rounded = open_cache(out).manifest.fidelity
+    assert rounded["items"] == 4 and rounded["relative_l2_max"] > fidelity["relative_l2_max"]  # 7 mantissa bits
+    none = tmp_path / "none"
+    run_embed(config(inputs, "old.parquet", none, fidelity_items=0))
+    assert open_cache(none).manifest.fidelity == {}
+
+
+def test_deviation_measures_what_it_says():
+    ref = np.ones((3, 4, 2))
+    same = deviation(ref.copy(), ref)
+    assert same["cosine_min"] == pytest.approx(1.0) and same["relative_l2_max"] == 0.0
+    off = ref.copy()
+    off[1] *= 1.1  # 10 % larger: cosine 1, relative L2 0.1
+    worse = deviation(off, ref)
+    assert worse["relative_l2_max"] == pytest.approx(0.1) and worse["relative_l2_median"] == 0.0
+    flipped = deviation(-ref, ref)
+    assert flipped["cosine_min"] == pytest.approx(-1.0)
