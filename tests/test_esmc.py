@@ -172,3 +172,15 @@ def test_proteins_embed_into_a_cache(tmp_path, capsys, monkeypatch):
     assert "data/weights/esmc_tiny.pth" in recorded["model_files"]
     direct, _ = embed(adapter(folder, pooling="none", max_length=24), [PROTEINS["p2"]])
     np.testing.assert_allclose(cache.get(["p2"])[0], direct[0].numpy(), atol=1e-6)
+
+
+def test_random_init_needs_no_weights_file_and_draws_as_the_tiny_writer(tiny, tmp_path):
+    """`--random-init SEED` builds the sizes of config.json and draws as `write_tiny_esmc(seed=SEED)` did."""
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny, bare, ignore=shutil.ignore_patterns("*.pth"))
+    random = EsmcAdapter(str(bare), EsmcOptions(), CPU, random_init=2)
+    assert random.info().model_revision == "random_init:2" and list(random.info().files) == ["config.json"]
+    sequences = list(PROTEINS.values())
+    torch.testing.assert_close(embed(random, sequences)[0], embed(adapter(tiny), sequences)[0])  # tiny: seed 2
+    other = EsmcAdapter(str(bare), EsmcOptions(), CPU, random_init=3)
+    assert not torch.allclose(embed(other, sequences)[0], embed(random, sequences)[0])
