@@ -23,7 +23,15 @@ TRAIN_ARGS ?=
 # the projected 50 epochs, cache -> device loader. tiny: the same code in seconds (on a CPU too), to check it runs.
 BENCH_SIZE ?= full
 
-.PHONY: setup test test-all lint demo embed train bench bench-gpu clean
+# esmc-reference: ESM-C's native encoder against the `esm` package, which needs Python 3.12 and a venv of its own
+# (ESMC_VENV, several GB: PyPI's torch for Linux is a CUDA build). ESMC_PYTHON: a python3.12 that runs, found on the
+# PATH or under pyenv unless given.
+ESMC_VENV   ?= .venv-esmc-ref
+ESMC_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
+	$(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -qx True && echo $(p))))
+ESMC_ESM    ?= esm==3.2.3
+
+.PHONY: setup test test-all lint demo embed train bench bench-gpu esmc-reference clean
 
 setup: $(STAMP)
 
@@ -61,6 +69,14 @@ bench: setup
 bench-gpu: setup
 	$(if $(filter $(BENCH_SIZE),full tiny),,$(error BENCH_SIZE=$(BENCH_SIZE) is not full or tiny))
 	$(BIN)/dogmacache bench --only gpu --gpu-size $(BENCH_SIZE) --out $(OUT)/bench-gpu
+
+esmc-reference: setup
+	@test -n "$(ESMC_PYTHON)" || { echo "esmc-reference needs Python 3.12 (esm 3.2.3 requires >=3.12,<3.13) and found none on the PATH or under ~/.pyenv/versions: install one (e.g. pyenv install 3.12) or set ESMC_PYTHON=/path/to/python3.12"; exit 1; }
+	test -x $(ESMC_VENV)/bin/python || $(ESMC_PYTHON) -m venv $(ESMC_VENV)
+	$(ESMC_VENV)/bin/python -m pip install --quiet -r bench/esmc_reference_requirements.txt
+	$(ESMC_VENV)/bin/python -m pip install --quiet --no-deps $(ESMC_ESM)
+	$(ESMC_VENV)/bin/python -P bench/esmc_reference.py build $(OUT)/esmc-reference
+	$(BIN)/python -m dogmacache.bench.esmc_reference compare $(OUT)/esmc-reference
 
 clean:
 	rm -rf $(OUT)

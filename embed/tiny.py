@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dogmacache.embed.adapters.enformer import write_tiny_enformer
+from dogmacache.embed.adapters.esmc_model import write_tiny_esmc
 from dogmacache.embed.adapters.hf_esm import write_tiny_esm2, write_tiny_nucleotide_transformer
 from dogmacache.embed.adapters.scgpt_model import write_tiny_scgpt
 
@@ -25,6 +26,7 @@ def make_tiny(root: str | Path, genes: Sequence[str] = DEMO_GENES, seed: int = 0
     return {
         "enformer": write_tiny_enformer(root / "enformer", seed),
         "esm2": write_tiny_esm2(root / "esm2", seed),
+        "esmc": write_tiny_esmc(root / "esmc", seed),
         "nucleotide-transformer": write_tiny_nucleotide_transformer(root / "nucleotide-transformer", seed),
         "scgpt": write_tiny_scgpt(root / "scgpt", list(genes), seed),
     }
@@ -35,6 +37,7 @@ __all__ = [
     "make_tiny",
     "write_tiny_enformer",
     "write_tiny_esm2",
+    "write_tiny_esmc",
     "write_tiny_nucleotide_transformer",
     "write_tiny_scgpt",
 ]

@@ -1,10 +1,11 @@
 """Foundation-model adapters, one file each, and the registry (`registry.ADAPTERS`): (`--model`, `--modality`)
 -> adapter class. One model may embed several modalities with one class (the Nucleotide Transformer) or with
 one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_model`; the sequence-only `kmer`
-controls in `kmer`)."""
+controls in `kmer`). ESM-C's encoder is rebuilt in `esmc_model`, its adapter is `esmc`."""
 
 from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
+from dogmacache.embed.adapters.esmc import EsmcAdapter, EsmcOptions
 from dogmacache.embed.adapters.hf_esm import (
     Esm2Adapter,
     EsmOptions,
@@ -30,6 +31,8 @@ __all__ = [
     "EnformerAdapter",
     "EnformerOptions",
     "Esm2Adapter",
+    "EsmcAdapter",
+    "EsmcOptions",
     "EsmOptions",
     "KmerDnaAdapter",
     "KmerDnaOptions",

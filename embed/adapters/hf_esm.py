@@ -67,7 +67,7 @@ class EsmOptions(AdapterOptions):
         "max_length": {
             "flags": ("--max-length",),
             "type": int,
-            "help": "tokens kept per item incl. specials (default: the model's limit)",
+            "help": "tokens kept per item incl. specials (default: the model's limit; esmc: 2,048)",
         },
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dogmacache.embed.adapters.base import EmbeddingAdapter
 from dogmacache.embed.adapters.enformer import EnformerAdapter
+from dogmacache.embed.adapters.esmc import EsmcAdapter
 from dogmacache.embed.adapters.hf_esm import Esm2Adapter, NucleotideTransformerAdapter
 from dogmacache.embed.adapters.kmer import KmerDnaAdapter, KmerProteinAdapter, KmerRnaAdapter
 from dogmacache.embed.adapters.scgpt_context import ScGPTContextAdapter
@@ -14,6 +15,7 @@ from dogmacache.errors import ModelError
 ADAPTERS: dict[tuple[str, str], type[EmbeddingAdapter]] = {
     ("enformer", "dna"): EnformerAdapter,
     ("esm2", "protein"): Esm2Adapter,
+    ("esmc", "protein"): EsmcAdapter,  # ESM-C rebuilt natively (`esmc_model`), no `esm` package
     ("nucleotide-transformer", "dna"): NucleotideTransformerAdapter,
     ("nucleotide-transformer", "rna"): NucleotideTransformerAdapter,
     ("scgpt", "gene"): ScGPTGeneAdapter,

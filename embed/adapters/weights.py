@@ -55,7 +55,11 @@ def resolve_model_dir(model_path: str, revision: str | None = None, weights: boo
     from huggingface_hub import snapshot_download
 
     try:
-        skip = None if weights else [*WEIGHT_FILES, "*.bin", "*.safetensors", "*.pt", "*.ckpt", "*.h5", "*.msgpack"]
+        skip = (
+            None
+            if weights
+            else [*WEIGHT_FILES, "*.bin", "*.safetensors", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack"]
+        )
         path = snapshot_download(model_path, revision=revision, ignore_patterns=skip)
     except Exception as err:  # offline, unknown repo, gated model: one message with the way out
         raise ModelError(
@@ -96,11 +100,12 @@ def recorded_identity(
 
 
 def model_files(directory: Path, weights: Path | None) -> dict[str, str]:
-    """{file name: sha256} of what the adapter reads from `directory`: the weights file, MODEL_FILES and any
-    modelling code present."""
+    """{file name: sha256} of what the adapter reads from `directory`: the weights file (named by its path inside
+    `directory`, e.g. ESM-C's `data/weights/...`), MODEL_FILES and any modelling code present."""
     names = [n for n in MODEL_FILES if (directory / n).is_file()] + sorted(p.name for p in directory.glob("*.py"))
     if weights is not None:
-        names.append(weights.name)
+        inside = Path(weights).is_relative_to(directory)
+        names.append(Path(weights).relative_to(directory).as_posix() if inside else Path(weights).name)
     return {name: file_digest(directory / name) for name in sorted(set(names))}
 
 
