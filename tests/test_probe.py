@@ -56,7 +56,6 @@ def probe(world, tmp_path, labels=None, **kwargs):
 
 def test_ranks_the_signal_cache_above_noise_beside_controls(world, tmp_path):
     rows = probe(world, tmp_path)
-    __import__("shutil").copy(tmp_path / "out" / "probe.png", "/tmp/probe-test-fig.png")
     signal, noise = rows.loc[("signal", "model")], rows.loc[("noise", "model")]
     assert signal["test_r2"] > 0.9 and signal["test_pearson"] > 0.95
     assert noise["test_r2"] < 0.2 and signal["test_r2"] > noise["test_r2"] + 0.5

@@ -82,7 +82,9 @@ class Labels:
 
 def read_labels(config: ProbeConfig) -> Labels:
     path = config.labels
-    table = read_table(path, what="labels table", recipe="<recipe>")
+    if not Path(path).is_file():
+        raise InputError(f"labels table {path!r} does not exist; fix --labels (parquet, or tab-separated .tsv)")
+    table = read_table(path)
     for column, flag in ((config.id_column, "--id-column"), (config.target, "--target")):
         if column not in table.columns:
             raise InputError(
@@ -94,7 +96,7 @@ def read_labels(config: ProbeConfig) -> Labels:
             f"and test once, so add a column {config.split_column!r} holding train, validation or test per row (e.g. "
             "the split of each row's item in the recipe's table), or name another with --split-column"
         )
-    check_splits(table.rename(columns={config.split_column: "split"}), path, config.id_column)
+    check_splits(table.assign(split=table[config.split_column]), path, config.id_column)
     split = table[config.split_column].to_numpy(dtype=str)
     if not (split == "train").any():
         raise InputError(f"{path} has no train rows in {config.split_column!r}; the probe is fitted on them")
