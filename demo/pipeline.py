@@ -1,9 +1,9 @@
 """The demo pipeline: recipe (bundled demo sources in the real formats) -> tiny models of the real architectures ->
 embed caches (CDT: DNA windows with Enformer, proteins with ESM-2, gene tokens with scGPT; IsoFormer: TSS windows
-with Enformer, cDNA tokens with Nucleotide Transformer, residues with ESM-2) -> verify -> train CDT, IsoFormer and
-Bio-DTA with their baselines while CDBridge (its own pooled caches, both stages, the ablations) trains in a second
-process, one torch thread each -> metrics and figures. Every step calls the function a user's command calls, with
-its config dataclass."""
+with Enformer, cDNA tokens with Nucleotide Transformer, residues with ESM-2) -> verify -> linear probes of the DNA
+caches (`demo/probe.py`), and train CDT, IsoFormer and Bio-DTA with their baselines while CDBridge (its own pooled
+caches, both stages, the ablations) trains in a second process, one torch thread each -> metrics and figures. Every
+step calls the function a user's command calls, with its config dataclass."""
 
 from __future__ import annotations
 
@@ -123,16 +123,17 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
 
     from dogmacache.demo.biodta import run_biodta_demo
     from dogmacache.demo.explain import explain_demo
+    from dogmacache.demo.probe import print_probe_summary, probe_demo
     from dogmacache.demo.training import train_demo, train_isoformer_demo
 
     t0 = time.perf_counter()
-    print("[1/6] recipe, tiny models, embed")
+    print("[1/7] recipe, tiny models, embed")
     caches = embed_demo(out, seed=seed, null=null)
-    print(f"[2/6] verify the caches ({time.perf_counter() - t0:.0f} s)")
+    print(f"[2/7] verify the caches ({time.perf_counter() - t0:.0f} s)")
     verify_demo(caches)
     log = out / "train_cdbridge.log"
     print(
-        f"[3/6] ({time.perf_counter() - t0:.0f} s) CDBridge starts in a second process (one core each; its log: "
+        f"[3/7] ({time.perf_counter() - t0:.0f} s) CDBridge starts in a second process (one core each; its log: "
         f"{log}): pooled protein and tissue caches, both stages with the paper's ablations, the per-tissue mean and "
         "the controls, over three leave-tissues-out folds"
     )
@@ -141,14 +142,16 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     try:
         dna_caches = {k: v for k, v in caches["isoform"].items() if k in ("dna", "dna_kmer")}
         cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log, null)
-        print(f"[4/6] ({time.perf_counter() - t0:.0f} s) train CDT beside its baselines and controls; explain it")
+        print(f"[4/7] ({time.perf_counter() - t0:.0f} s) linear probes of the DNA caches: CDT betas, GTEx expression")
+        probes = probe_demo(out, caches, seed=seed)
+        print(f"[5/7] ({time.perf_counter() - t0:.0f} s) train CDT beside its baselines and controls; explain it")
         summary = {"cdt": train_demo(out, caches["cdt"], seed=seed, epochs=epochs, null=null)}
         if not null:
             summary["explain"] = explain_demo(out, sources(out, null) / "truth" / "truth.bed")
-        print(f"[5/6] ({time.perf_counter() - t0:.0f} s) train IsoFormer beside its ablations, baseline and controls")
+        print(f"[6/7] ({time.perf_counter() - t0:.0f} s) train IsoFormer beside its ablations, baseline and controls")
         summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs, null=null)
         print(
-            f"[6/6] ({time.perf_counter() - t0:.0f} s) Bio-DTA: TSS windows of the demo genes, their caches, the "
+            f"[7/7] ({time.perf_counter() - t0:.0f} s) Bio-DTA: TSS windows of the demo genes, their caches, the "
             "adapter beside the mean token and controls, a TSS deletion through mutate scored against planted targets"
         )
         summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null), null=null)
@@ -160,6 +163,8 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    summary["probe"] = probes
+    print_probe_summary(probes)
     if null:
         summary["null_verdict"] = null_verdict(summary)
         print_null_verdict(summary["null_verdict"])

@@ -27,7 +27,7 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
         modality=kwargs.pop("modality", "dna"),
         model=kwargs.pop("model", "test/model"),
         model_revision="r1",
-        layer=-1,
+        layer=kwargs.pop("layer", -1),
         pooling=kwargs.pop("pooling", "none" if data.ndim == 3 else "mean"),
         item_shape=data.shape[1:],
         input_digest=digest_strings(ids),

@@ -21,7 +21,7 @@ def test_help_lists_the_subcommands():
         [Path(sys.executable).parent / "dogmacache", "--help"], capture_output=True, text=True, check=True
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
-    assert {"cache", "recipe", "embed", "models", "train", "model-summary", "demo", "bench"} <= listed, out
+    assert {"cache", "recipe", "embed", "models", "train", "model-summary", "probe", "demo", "bench"} <= listed, out
 
 
 def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):
@@ -82,6 +82,19 @@ def test_demo_trains_cdt_past_its_baselines_and_controls(demo_run):
         assert (demo_run / "train" / figure).stat().st_size > 10_000
     log = (demo_run / "train" / "log.csv").read_text().splitlines()
     assert log[0].startswith("model,epoch,train_loss,val_pearson") and len(log) > 10
+
+
+def test_demo_probes_each_target_beside_its_controls(demo_run):
+    import pandas as pd
+    from dogmacache.demo.probe import PROBE_TARGETS
+
+    for name in PROBE_TARGETS:
+        table = pd.read_csv(demo_run / "probe" / name / "probe.tsv", sep="\t").set_index(["cache", "role"])
+        assert set(table.index.get_level_values("role")) == {"model", "kmer control", "shuffled control"}, name
+        real = table.drop(index="shuffled control", level="role")
+        shuffled = table.xs("shuffled control", level="role")
+        assert (real["test_r2"] > 0.1).all() and (shuffled["test_r2"].abs() < 0.1).all(), table
+        assert (demo_run / "probe" / name / "probe.png").stat().st_size > 10_000
 
 
 def test_demo_trains_cdbridge_over_held_out_folds_beside_its_controls(demo_run):

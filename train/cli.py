@@ -1,4 +1,5 @@
-"""`dogmacache train --config FILE` (also under `torchrun`), `train import-checkpoint`, and `model-summary`."""
+"""`dogmacache train --config FILE` (also under `torchrun`), `train import-checkpoint`, `model-summary`, and
+`probe` (linear probes per cache, `train/probe.py`)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from dogmacache.train.tasks.cdt import summary
 
     summary.register(subparsers)
+    register_probe(subparsers)
+
+
+def register_probe(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="which cache (model, layer) predicts a target best: split-aware linear probes per cache beside "
+        "shuffled and k-mer controls; probe.tsv, probe.json, probe.png",
+    )
+    p.add_argument("--caches", required=True, help="comma-separated caches (paths or URLs), one probe each")
+    p.add_argument("--labels", required=True, help="labelled table (parquet, or .tsv): item id, split, target")
+    p.add_argument("--target", required=True, help="the label column to predict")
+    p.add_argument("--out", required=True, help="folder for probe.tsv, probe.json and probe.png")
+    p.add_argument("--id-column", default="id", help="the labels' column holding each row's cache id (default id)")
+    p.add_argument("--split-column", default="split", help="the labels' train/validation/test column (default split)")
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        help="over the positions of per-position caches: mean (default), or center (the middle one or two positions)",
+    )
+    p.add_argument(
+        "--task",
+        default="auto",
+        help="ridge (regression) or logistic regression (classification); auto (default): classification when the "
+        "target has two values",
+    )
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over the train rows (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="the shuffled controls' permutations and the folds")
+    p.set_defaults(run=_probe)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -84,6 +114,15 @@ def _train(args: argparse.Namespace) -> int:
             import torch
 
             torch.distributed.destroy_process_group()
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from dogmacache.train.probe import ProbeConfig, run_probe
+
+    caches = tuple(c.strip() for c in args.caches.split(",") if c.strip())
+    keys = ("labels", "target", "out", "id_column", "split_column", "pooling", "task", "seed", "folds")
+    run_probe(ProbeConfig(caches=caches, **{k: getattr(args, k) for k in keys}))
     return 0
 
 

@@ -68,3 +68,63 @@ def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+    """Linear-probe scores (`train/probe.py`) per cache: the test `metric` as bars (the k-mer control orange and
+    hatched, also as a dashed line across; each cache's shuffled control as the grey bar beside it; validation as
+    dots). Where several caches of one model differ only by layer, a second panel draws the score against layer."""
+    chance = 0.5 if metric == "auroc" else 0.0
+    real, shuffled = table[table["role"] != "shuffled control"], table[table["role"] == "shuffled control"]
+    kmer = (real["role"] == "kmer control").to_numpy()
+    series = [
+        part for _, part in real.groupby(["model", "modality", "pooling"], sort=False) if part["layer"].nunique() > 1
+    ]
+    fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.1 * len(real) + 2.5) + 5 * bool(series), 4.6))
+    ax = np.atleast_1d(axes)[0]
+    x = np.arange(len(real))
+    ax.bar(x[~kmer] - 0.2, real[f"test_{metric}"][~kmer], 0.4, color="C0", label="model")
+    ax.bar(x[kmer] - 0.2, real[f"test_{metric}"][kmer], 0.4, color="C1", hatch="//", label="k-mer control")
+    ax.bar(x + 0.2, shuffled[f"test_{metric}"], 0.4, color="lightgrey", edgecolor="grey", label="shuffled control")
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.scatter(x - 0.2, real[f"validation_{metric}"], color="black", s=14, zorder=3, label="validation")
+    ax.scatter(x + 0.2, shuffled[f"validation_{metric}"], color="black", s=14, zorder=3)
+    for score in real[f"test_{metric}"][kmer]:
+        ax.axhline(score, color="C1", ls="--", lw=1)
+    ax.axhline(chance, color="grey", lw=0.8)
+    labels = [f"{c}\nlayer {layer}" for c, layer in zip(real["cache"], real["layer"], strict=True)]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel=f"test {metric}", title=f"linear probe per cache: {title}")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if series:
+        right = axes[1]
+        for k, part in enumerate(series):
+            order = _layer_order(part["layer"])
+            layers = [str(v) for v in part["layer"].iloc[order]]
+            right.plot(
+                layers, part[f"test_{metric}"].iloc[order], marker="o", color=f"C{k}", label=part["model"].iloc[0]
+            )
+            controls = shuffled.loc[part.index + 1]  # each cache's shuffled control is the row after it
+            right.plot(layers, controls[f"test_{metric}"].iloc[order], ls="--", color="grey", label="shuffled control")
+        for score in real[f"test_{metric}"][kmer]:
+            right.axhline(score, color="C1", ls="--", lw=1, label="k-mer control")
+        right.axhline(chance, color="grey", lw=0.8)
+        right.set(xlabel="layer", ylabel=f"test {metric}", title="by layer")
+        right.grid(alpha=0.3)
+        handles, names = right.get_legend_handles_labels()
+        keep = [names.index(n) for n in dict.fromkeys(names)]
+        right.legend([handles[i] for i in keep], [names[i] for i in keep], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _layer_order(layers: pd.Series) -> np.ndarray:
+    """Positions of `layers` sorted by number where every layer is one, else in the given order."""
+    try:
+        return np.argsort([int(v) for v in layers], kind="stable")
+    except (TypeError, ValueError):
+        return np.arange(len(layers))

@@ -1,0 +1,71 @@
+"""The demo's probe step: `dogmacache probe` (`train/probe.py`) on the demo's DNA caches, one target at a time:
+the CDT pairs' betas (each pair's enhancer window is a DNA cache item: the labels' `enhancer` column) and the
+isoform recipe's GTEx-style expression, the mean over tissues of each transcript's standardised log1p TPM (each
+transcript's TSS window is a DNA cache item: the labels' `dna_id` column). Tables and figures go to out/probe/<name>.
+
+Every cache of a task whose key in `embed_demo`'s dict starts with `dna` is probed (the tiny Enformer and its k-mer
+control today), so per-layer caches added there under keys such as `dna_layer2` join the probe with no change here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# name -> (task folder under recipe/ and in embed_demo's dict, id column, target)
+PROBE_TARGETS = {
+    "cdt_beta": ("cdt", "enhancer", "beta"),
+    "gtex_mean_expression": ("isoform", "dna_id", "mean_expression"),
+}
+
+
+def probe_caches(caches: dict[str, Path]) -> tuple[str, ...]:
+    """The DNA caches of one task's dict from `embed_demo`, in its order."""
+    return tuple(str(path) for key, path in caches.items() if key.startswith("dna"))
+
+
+def gtex_labels(out: Path) -> Path:
+    """out/probe/gtex_mean_expression.parquet: per transcript its `dna_id`, split and the mean over tissues of
+    the isoform labels (standardised log1p TPM per tissue, as IsoFormer and CDBridge read them)."""
+    from dogmacache.train.tasks.isoformer import NOT_TISSUES
+
+    table = pd.read_parquet(out / "recipe" / "isoform" / "labels.parquet")
+    tissues = [c for c in table.columns if c not in NOT_TISSUES]
+    path = out / "probe" / "gtex_mean_expression.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table[["id", "dna_id", "split"]].assign(mean_expression=table[tissues].mean(axis=1)).to_parquet(path)
+    return path
+
+
+def probe_demo(out: Path, caches: dict[str, dict[str, Path]], seed: int = 0) -> dict[str, list[dict]]:
+    """Each target of PROBE_TARGETS probed on its task's DNA caches; {name: the table's rows}."""
+    from dogmacache.train.probe import ProbeConfig, run_probe
+
+    labels = {"cdt_beta": out / "recipe" / "cdt" / "labels.parquet", "gtex_mean_expression": gtex_labels(out)}
+    summary = {}
+    for name, (task, id_column, target) in PROBE_TARGETS.items():
+        config = ProbeConfig(
+            caches=probe_caches(caches[task]),
+            labels=str(labels[name]),
+            target=target,
+            out=str(out / "probe" / name),
+            id_column=id_column,
+            seed=seed,
+        )
+        summary[name] = run_probe(config, quiet=True)["rows"]
+    return summary
+
+
+def print_probe_summary(summary: dict[str, list[dict]]) -> None:
+    """One line per target: test R² of every cache, its shuffled control in brackets."""
+    print("linear probes per cache (ridge on mean-pooled windows, alpha by CV on train; test R², shuffled control):")
+    for name, rows in summary.items():
+        shuffled = {r["cache"]: r["test_r2"] for r in rows if r["role"] == "shuffled control"}
+        cells = [
+            f"{r['cache']}{' (k-mer control)' if r['role'] == 'kmer control' else ''} {r['test_r2']:.3f} "
+            f"[{shuffled[r['cache']]:.3f}]"
+            for r in rows
+            if r["role"] != "shuffled control"
+        ]
+        print(f"  {name:<22} n_test={rows[0]['n_test']:<4} " + ", ".join(cells))

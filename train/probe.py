@@ -1,0 +1,331 @@
+"""`dogmacache probe`: which cache (model, layer) predicts a target best, by split-aware linear probes.
+
+For each cache named, each labelled row gets its item's embedding (per-position (L, D) caches pooled over positions:
+`mean`, or `center`, the middle one or two positions; a `mask` extra limits both to real tokens) and a linear model
+is fitted on the training split alone: scikit-learn ridge for a regression target, L2 logistic regression for a
+binary one, features z-scored inside the pipeline (so with training statistics only), the regularisation (ridge
+`alpha`, logistic `C`) chosen by grouped k-fold cross-validation over the training rows (rows sharing a cache item
+stay in one fold). The chosen model is refitted on all training rows and scores validation and test once each.
+
+Beside every cache, in the same call:
+- a shuffled control: the same features with the cache's items permuted across the items of each split (an item
+  keeps one row, as in `train/controls.py`), seeded; it must score near zero, and a leak would show there;
+- the k-mer control, marked: a cache whose manifest names the `kmer` model (`dogmacache embed --model kmer`).
+
+Outputs under `--out`: `probe.tsv` (one row per cache and role), `probe.json` (strict JSON: the settings and the
+same rows) and `probe.png` (`plots.probe_scores`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.contracts.tables import SPLITS, check_splits, read_table
+from dogmacache.errors import InputError
+from dogmacache.train.metrics import regression_metrics
+
+POOLINGS = ("mean", "center")
+TASKS = ("auto", "regression", "classification")
+KMER_MODEL = "kmer"  # the manifest `model` of `dogmacache embed --model kmer` (the sequence-only control)
+ROLES = ("model", "kmer control", "shuffled control")
+ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-2.0, 6.5, 0.5))  # ridge grid
+CS = tuple(float(c) for c in 10.0 ** np.arange(-4.0, 3.0))  # logistic regression grid
+# per task: the regularisation's name, the cross-validation score, the scores of each split, the score drawn
+REGULARISATION = {"regression": "alpha", "classification": "C"}
+CV_SCORE = {"regression": "r2", "classification": "roc_auc"}
+SCORES = {"regression": ("r2", "pearson", "spearman"), "classification": ("auroc", "auprc")}
+HEADLINE = {"regression": "r2", "classification": "auroc"}
+BLOCK_ROWS = 256  # cache rows read and pooled at a time
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    caches: tuple[str, ...]
+    labels: str
+    target: str
+    out: str
+    id_column: str = "id"  # the label table's column holding each row's cache item id
+    split_column: str = "split"  # train / validation / test per row
+    pooling: str = "mean"  # over positions of per-position caches: mean | center
+    task: str = "auto"  # auto: classification for a target with two values, else regression
+    seed: int = 0  # the shuffled controls' permutations and the cross-validation folds
+    folds: int = 5  # cross-validation folds over the training rows
+
+    def __post_init__(self) -> None:
+        if not self.caches:
+            raise InputError("--caches names no cache; give one or more, e.g. --caches a.zarr,b.zarr")
+        if self.pooling not in POOLINGS:
+            raise InputError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}; pick one of those")
+        if self.task not in TASKS:
+            raise InputError(f"--task {self.task!r} is not one of {', '.join(TASKS)}; pick one of those")
+        if self.folds < 2:
+            raise InputError(f"--folds {self.folds} is below 2; cross-validation needs at least two folds")
+
+
+@dataclass
+class Labels:
+    """The labelled rows: item id, split and target (0/1 for classification) per row, in the table's order."""
+
+    ids: np.ndarray  # (R,) str
+    split: np.ndarray  # (R,) one of SPLITS
+    y: np.ndarray  # (R,) float64
+    task: str
+    positive: Any = None  # classification: the target value counted as 1
+
+
+def read_labels(config: ProbeConfig) -> Labels:
+    path = config.labels
+    if not Path(path).is_file():
+        raise InputError(f"labels table {path!r} does not exist; fix --labels (parquet, or tab-separated .tsv)")
+    table = read_table(path)
+    for column, flag in ((config.id_column, "--id-column"), (config.target, "--target")):
+        if column not in table.columns:
+            raise InputError(
+                f"{path} has no column {column!r} ({flag}); its columns are {list(table.columns)}: name one of them"
+            )
+    if config.split_column not in table.columns:
+        raise InputError(
+            f"{path} has no split column {config.split_column!r}: the probe fits on train rows and scores validation "
+            f"and test once, so add a column {config.split_column!r} holding train, validation or test per row (e.g. "
+            "the split of each row's item in the recipe's table), or name another with --split-column"
+        )
+    check_splits(table.assign(split=table[config.split_column]), path, config.id_column)
+    split = table[config.split_column].to_numpy(dtype=str)
+    if not (split == "train").any():
+        raise InputError(f"{path} has no train rows in {config.split_column!r}; the probe is fitted on them")
+    y, task, positive = _target(table[config.target], config.task, f"{path} column {config.target!r}")
+    return Labels(table[config.id_column].astype(str).to_numpy(), split, y, task, positive)
+
+
+def _target(values: pd.Series, task: str, where: str) -> tuple[np.ndarray, str, Any]:
+    """(y, task, positive value): a target with two distinct values is binary under `auto`."""
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise InputError(f"{where} has {int(values.isna().sum())} empty value(s), e.g. row {row}; drop or fill them")
+    distinct = sorted(pd.unique(values).tolist())
+    if task == "auto":
+        task = "classification" if len(distinct) == 2 else "regression"
+    if task == "classification":
+        if len(distinct) != 2:
+            raise InputError(f"{where} has {len(distinct)} distinct values; a classification probe needs exactly two")
+        return (values == distinct[1]).to_numpy(np.float64), task, distinct[1]
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(numeric).all():
+        row = int(np.flatnonzero(~np.isfinite(numeric))[0])
+        raise InputError(
+            f"{where} row {row} holds {values.iloc[row]!r}, not a finite number; a regression probe needs numbers "
+            "(or --task classification for a two-valued target)"
+        )
+    return numeric, task, None
+
+
+def item_rows(cache: EmbeddingCache, ids: np.ndarray, id_column: str) -> np.ndarray:
+    """The cache row of each labelled row's item; an id the cache lacks is one line naming it and the fix."""
+    known = set(cache.ids.tolist())
+    missing = [i for i in dict.fromkeys(ids.tolist()) if i not in known]
+    if missing:
+        raise InputError(
+            f"{len(missing)} item id(s) of the labels' {id_column!r} column are not in {cache.url}, e.g. "
+            f"{missing[0]!r} (the cache's ids look like {cache.ids[:2].tolist()}); name the column that holds the "
+            "cache's ids with --id-column, or embed the labelled items into the cache"
+        )
+    return cache.rows_of(ids)
+
+
+def pooled_features(cache: EmbeddingCache, rows: np.ndarray, pooling: str) -> tuple[np.ndarray, str]:
+    """(float64 features (len(rows), D), the pooling written in the outputs): per-position caches pooled over their
+    positions (`mask` extra: real tokens only), read BLOCK_ROWS rows at a time; pooled caches as stored."""
+    if len(cache.item_shape) == 1:
+        return cache.read_rows(rows, dtype=np.float32).astype(np.float64), f"cache:{cache.manifest.pooling}"
+    mask = np.asarray(cache.extra("mask")[:], bool) if "mask" in cache.manifest.extra_arrays else None
+    out = np.empty((len(rows), cache.item_shape[-1]), dtype=np.float64)
+    for start in range(0, len(rows), BLOCK_ROWS):
+        block_rows = rows[start : start + BLOCK_ROWS]
+        block = cache.read_rows(block_rows, dtype=np.float32).astype(np.float64)
+        real = np.ones(block.shape[:2], bool) if mask is None else mask[block_rows]
+        weights = real.astype(np.float64) if pooling == "mean" else _center_weights(real)
+        out[start : start + len(block_rows)] = np.einsum("bl,bld->bd", weights, block) / np.maximum(
+            weights.sum(1, keepdims=True), 1.0
+        )
+    return out, pooling
+
+
+def _center_weights(real: np.ndarray) -> np.ndarray:
+    """One-hot weights (B, L) on the middle real position of each row, or the middle two when their count is even."""
+    weights = np.zeros(real.shape, dtype=np.float64)
+    for b, positions in enumerate(np.flatnonzero(r) for r in real):
+        if len(positions):
+            weights[b, positions[[(len(positions) - 1) // 2, len(positions) // 2]]] = 1.0
+    return weights
+
+
+def shuffled_items(item: np.ndarray, split: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's item replaced by a seeded permutation of the items of its split (one per split)."""
+    out = item.copy()
+    for k, name in enumerate(SPLITS):
+        rows = split == name
+        unique, inverse = np.unique(item[rows], return_inverse=True)
+        out[rows] = unique[np.random.default_rng([seed, k]).permutation(len(unique))][inverse]
+    return out
+
+
+def fit_probe(
+    x: np.ndarray, labels: Labels, groups: np.ndarray, seed: int, folds: int
+) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(chosen regularisation, its cross-validation score, {split: scores}): the grid searched by grouped k-fold
+    cross-validation over the training rows alone, the chosen model refitted on them, validation and test scored."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = labels.split == "train"
+    n_groups = len(np.unique(groups[train]))
+    if n_groups < 2:
+        raise InputError(f"the train split holds {n_groups} cache item; cross-validation needs at least two")
+    classify = labels.task == "classification"
+    if classify and len(np.unique(labels.y[train])) < 2:
+        raise InputError("the train split holds one class only; a classification probe needs both in train")
+    k = min(folds, n_groups)
+    if classify:
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        search = GridSearchCV(pipeline, {"logisticregression__C": CS}, scoring=CV_SCORE[labels.task], cv=cv)
+        search.fit(x[train], labels.y[train], groups=groups[train])
+        if not np.isfinite(search.best_score_):
+            raise InputError(
+                f"no cross-validation fold of the train split holds both classes ({int(labels.y[train].sum())} of "
+                f"{int(train.sum())} rows positive); use fewer --folds or label more train rows"
+            )
+        chosen, cv_score, model = float(search.best_params_["logisticregression__C"]), search.best_score_, search
+    else:
+        chosen, cv_score = ridge_cv(x[train], labels.y[train], groups[train], k)
+        model = make_pipeline(StandardScaler(), Ridge(alpha=chosen)).fit(x[train], labels.y[train])
+    scores = {}
+    for name in ("validation", "test"):
+        rows = labels.split == name
+        if classify:
+            predicted = model.predict_proba(x[rows])[:, 1] if rows.any() else np.zeros(0)
+            scores[name] = classification_scores(predicted, labels.y[rows])
+        else:
+            predicted = model.predict(x[rows]) if rows.any() else np.zeros(0)
+            scores[name] = {k: v for k, v in regression_metrics(predicted, labels.y[rows]).items() if k != "mse"}
+    return chosen, float(cv_score), scores
+
+
+def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> tuple[float, float]:
+    """(alpha, its mean R² over folds): scikit-learn's GroupKFold over the rows given (the training split), in each
+    fold features z-scored with the fold's fitting rows and ridge with an intercept solved for every alpha of
+    ALPHAS at once from one SVD (the solution `Ridge` finds, without one fit per alpha); the first best alpha."""
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    alphas = np.asarray(ALPHAS)
+    r2 = np.zeros((folds, len(alphas)))
+    for f, (fit, held) in enumerate(GroupKFold(n_splits=folds).split(x, y, groups)):
+        scaler = StandardScaler().fit(x[fit])
+        u, s, vt = np.linalg.svd(scaler.transform(x[fit]), full_matrices=False)
+        offset = y[fit].mean()
+        coef = vt.T @ (s[:, None] / (s[:, None] ** 2 + alphas) * (u.T @ (y[fit] - offset))[:, None])  # (D, alphas)
+        predicted = scaler.transform(x[held]) @ coef + offset
+        sst = np.sum((y[held] - y[held].mean()) ** 2)
+        r2[f] = 1.0 - np.sum((y[held, None] - predicted) ** 2, axis=0) / (sst if sst > 0 else np.nan)
+    mean = np.nanmean(r2, axis=0) if np.isfinite(r2).any() else np.zeros(len(alphas))
+    best = int(np.argmax(mean))
+    return float(alphas[best]), float(mean[best])
+
+
+def classification_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+    """AUROC and AUPRC (average precision); NaN where the split holds one class only."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    both = len(np.unique(observed)) == 2
+    return {
+        "n": int(len(observed)),
+        "auroc": float(roc_auc_score(observed, predicted)) if both else math.nan,
+        "auprc": float(average_precision_score(observed, predicted)) if both else math.nan,
+    }
+
+
+def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
+    """The cache's row (role model or kmer control) and its shuffled control's."""
+    cache = open_cache(url)
+    m = cache.manifest
+    rows = item_rows(cache, labels.ids, config.id_column)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    features, pooling = pooled_features(cache, unique, config.pooling)
+    name = Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
+    base = {"cache": name, "model": m.model, "layer": m.layer, "modality": m.modality, "pooling": pooling}
+    base.update({"task": labels.task, "target": config.target})
+    base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
+    out = []
+    shuffled = shuffled_items(inverse, labels.split, config.seed)
+    for role, items in (
+        ("kmer control" if m.model == KMER_MODEL else "model", inverse),
+        ("shuffled control", shuffled),
+    ):
+        chosen, cv, scores = fit_probe(features[items], labels, items, config.seed, config.folds)
+        row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
+        for split, values in scores.items():
+            row.update({f"{split}_{k}": values[k] for k in SCORES[labels.task]})
+        out.append({**row, "url": cache.url})
+    return out
+
+
+COLUMNS = ("cache", "role", "model", "layer", "modality", "pooling", "task", "target", "n_train", "n_validation")
+
+
+def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
+    """Probe every cache, write probe.tsv / probe.json / probe.png under `config.out`, print the table; returns
+    {"settings", "rows", "files"}."""
+    from dogmacache.train.plots import probe_scores
+
+    labels = read_labels(config)
+    rows = [row for url in config.caches for row in probe_cache(url, labels, config)]
+    table = pd.DataFrame(rows)
+    table = table[[*COLUMNS, *[c for c in table.columns if c not in COLUMNS]]]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {**asdict(config), "caches": list(config.caches), "task": labels.task, "positive": labels.positive}
+    settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
+    result = {"settings": settings, "rows": rows}
+    files = {"tsv": out / "probe.tsv", "json": out / "probe.json", "png": out / "probe.png"}
+    table.to_csv(files["tsv"], sep="\t", index=False)
+    files["json"].write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
+    probe_scores(table, HEADLINE[labels.task], files["png"], title=f"{config.target} ({config.pooling} pooling)")
+    if not quiet:
+        print_probe(table, labels.task)
+        print(f"wrote {', '.join(str(p) for p in files.values())}")
+    return {**result, "files": {k: str(v) for k, v in files.items()}}
+
+
+def print_probe(table: pd.DataFrame, task: str) -> None:
+    """A small table: one line per cache and role with its chosen regularisation and validation/test scores."""
+    reg = REGULARISATION[task]
+    scores = [f"{s}_{k}" for s in ("validation", "test") for k in SCORES[task]]
+    heads = [s.replace("validation_", "val_") for s in scores]
+    print(f"{'cache':<24}{'role':<18}{'layer':>8}{reg:>9}" + "".join(f"{h:>14}" for h in heads) + f"{'n_test':>8}")
+    for _, r in table.iterrows():
+        print(
+            f"{r['cache'][:23]:<24}{r['role']:<18}{str(r['layer'])[:7]:>8}{r[reg]:>9.3g}"
+            + "".join(f"{r[s]:>14.3f}" for s in scores)
+            + f"{r['n_test']:>8}"
+        )
+
+
+def _strict(value: Any) -> Any:
+    """NaN and infinities as null, numpy scalars as Python ones (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
