@@ -4,6 +4,7 @@ one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_mod
 controls in `kmer`)."""
 
 from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.borzoi import BorzoiAdapter, BorzoiOptions, FlashzoiAdapter, FlashzoiOptions
 from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
 from dogmacache.embed.adapters.hf_esm import (
     Esm2Adapter,
@@ -26,11 +27,15 @@ from dogmacache.embed.adapters.scgpt_gene import ScGPTGeneAdapter, ScgptGeneOpti
 __all__ = [
     "ADAPTERS",
     "AdapterOptions",
+    "BorzoiAdapter",
+    "BorzoiOptions",
     "EmbeddingAdapter",
     "EnformerAdapter",
     "EnformerOptions",
     "Esm2Adapter",
     "EsmOptions",
+    "FlashzoiAdapter",
+    "FlashzoiOptions",
     "KmerDnaAdapter",
     "KmerDnaOptions",
     "KmerProteinAdapter",
