@@ -111,7 +111,7 @@ def bench_embed_tiny(
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             build_demo(root / "recipe")
-            models = make_tiny(root / "models")
+            models = make_tiny(root / "models", names=sorted({case.model for case in cases}))
         rows = []
         for i, case in enumerate(cases):
             source = pd.read_parquet(root / "recipe" / case.table)

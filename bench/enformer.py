@@ -173,7 +173,7 @@ def count_tflop_per_window(adapter, window_bp: int) -> float | None:
     x = adapter.one_hot(torch.randint(0, 4, (1, window_bp), dtype=torch.uint8))
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            adapter.model(x, return_only_embeddings=True)
+            adapter.trunk(x)
     except Exception:  # noqa: BLE001 - the count is a cross-check, not the benchmark
         return None
     return counter.get_total_flops() / 1e12
@@ -285,10 +285,10 @@ def time_batch(
     ]
     calls = 0
 
-    def forward(sets=sets, precision=precision, model=adapter.model) -> None:
+    def forward(sets=sets, precision=precision, trunk=adapter.trunk) -> None:
         nonlocal calls
         with torch.inference_mode(), autocast_for(dev, precision):
-            model(sets[calls % 2], return_only_embeddings=True)
+            trunk(sets[calls % 2])
         calls += 1
 
     if cuda:
@@ -341,9 +341,9 @@ def bf16_deviation(adapter, dev: torch.device, n_windows: int, generator: torch.
     x = adapter.one_hot(torch.randint(0, 4, (n_windows, adapter.window), generator=generator, dtype=torch.uint8))
     with torch.inference_mode():
         with strict_fp32():
-            ref = adapter.model(x, return_only_embeddings=True).float()
+            ref = adapter.trunk(x).float()
         with autocast_for(dev, "bf16"):
-            low = adapter.model(x, return_only_embeddings=True).float()
+            low = adapter.trunk(x).float()
         diff = (low - ref).abs()
         relative = diff / ref.abs().clamp_min(torch.finfo(torch.float32).tiny)
         return {

@@ -3,6 +3,7 @@
 
 - Enformer, full size, random weights: fp32 vs bf16 over a batch sweep, bf16 deviation, GPU busy fraction of the
   runner path (`bench.embed.bench_enformer_device`).
+- Borzoi and Flashzoi beside it, same timing: windows/s per precision at the best batch (`bench.borzoi`).
 - ESM-2 650M-sized random model (33 layers, 1,280 wide): proteins/s in fp32 and bf16 at a typical length.
 - CDT, paper preset: training steps/s fp32 and bf16 with the batch's DNA rows gathered from a DNA table held in
   device memory, and the projected wall time of the paper's 50 epochs (575 steps each,
@@ -286,6 +287,7 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
 
 
 def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
+    from dogmacache.bench.borzoi import bench_borzoi_device
     from dogmacache.bench.embed import bench_enformer_device
 
     s = SIZES[size]
@@ -304,6 +306,7 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
         runner_modes=("run_embed",),
         min_seconds=0.5,
     )
+    result["borzoi"] = bench_borzoi_device(str(dev), size)
     result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
     result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
     result["loader"] = bench_loader_to_device(dev, s["cache_items"], s["cache_shape"])
@@ -312,6 +315,7 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
 
 
 def gpu_tables(r: dict[str, Any]) -> list[Table]:
+    from dogmacache.bench.borzoi import borzoi_rows
     from dogmacache.bench.embed import TARGET_BF16_OVER_FP32, TARGET_GPU_BUSY, TARGET_WINDOWS_PER_S
 
     enformer = r.get("enformer", {})
@@ -357,6 +361,7 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
                 "",
             ]
         )
+    rows += borzoi_rows(r.get("borzoi"))
     esm = r["esm2"]
     for run in esm["runs"]:
         rows.append(

@@ -7,7 +7,8 @@ windows, `explain`, `mutate`):
   the transcript's first base as its centre: the GTF start on '+', the GTF end on '-' (`tss`).
 - A window of `span_bp` bases covers the 0-based half-open [c0 - span_bp // 2, c0 - span_bp // 2 + span_bp). The
   model's input window and its output span are both centred this way, so the output bins of a model that crops
-  its input symmetrically (Enformer: 896 bins of 128 bp = the central 114,688 bp of 196,608) follow from
+  its input symmetrically (Enformer: 896 bins of 128 bp = the central 114,688 bp of 196,608; Borzoi: 6,144 bins
+  of 32 bp = the central 196,608 bp of 524,288) follow from
   span_bp = n_bins * bin_bp alone; the centre base is the first base of bin n_bins // 2.
 - Bin k covers [w0 + k * bin_bp, w0 + (k + 1) * bin_bp) with w0 the window's first base, in "reference"
   orientation (bin 0 = lowest coordinate, on both strands: what the embed stage writes, since it reads the
@@ -30,6 +31,14 @@ from dogmacache.errors import InputError
 
 ORIENTATIONS = ("reference", "transcript")
 STRANDS = ("+", "-")
+
+# Borzoi and Flashzoi (borzoi-pytorch; docs/papers.md#borzoi-and-flashzoi): a 524,288 bp input window in, the
+# central 6,144 bins of 32 bp (196,608 bp) out; the trunk halves the input 7 times, so an input window is a
+# multiple of 128 bp (one transformer position), and the central crop of the 32 bp bins is symmetric.
+BORZOI_WINDOW_BP = 524_288
+BORZOI_BINS = 6_144
+BORZOI_BIN_BP = 32
+BORZOI_STRIDE_BP = 128
 
 
 @dataclass(frozen=True)

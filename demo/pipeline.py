@@ -59,7 +59,8 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
         build_demo(recipe, seed=seed, data=write_demo_data(out / "sources", null=True))
     else:
         build_demo(recipe, seed=seed)
-    models = make_tiny(out / "models", seed=seed)
+    jobs = (*CDT_CACHES, *ISOFORM_CACHES)
+    models = make_tiny(out / "models", seed=seed, names=sorted({model for _, model, *_ in jobs if model != "kmer"}))
     caches: dict[str, dict[str, Path]] = {"cdt": {}, "isoform": {}}
     for task, jobs in (("cdt", CDT_CACHES), ("isoform", ISOFORM_CACHES)):
         for modality, model, table, name, options in jobs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
@@ -83,10 +84,11 @@ def embed_shard(shard: int) -> int:
 
 def fidelity_on_worker(n_sample: int) -> dict:
     """Runs on a worker: the cache's fidelity receipt (`embed/fidelity.py`) on that worker's device."""
-    from dogmacache.embed.fidelity import receipt
+    from dogmacache.embed.fidelity import receipt, sample_rows
 
-    settings = replace(_STATE["settings"], device=_STATE["device"])
-    return receipt(_STATE["adapter"], _STATE["rows"], settings.config.out, settings=settings, n_sample=n_sample)
+    settings, rows = replace(_STATE["settings"], device=_STATE["device"]), _STATE["rows"]
+    sample = sample_rows(np.arange(len(rows)), n_sample)
+    return receipt(_STATE["adapter"], rows, settings.config.out, settings=settings, sample=sample)
 
 
 def _cluster(n_workers: int, scheduler: str | None):

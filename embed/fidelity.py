@@ -2,13 +2,15 @@
 
 Settings that silently change embeddings (autocast precision, storage dtype, bitround, pooling to fewer
 positions, batch composition on other kernels) are common; a cache says how far they moved its numbers. Once
-every shard is written, a seeded sample of items (16 by default, `--fidelity-items`) is embedded again on the
-same device in float32 with TF32 off, through the same adapter and pooling, and compared with the rows as
-stored (decoded to float32): per item the cosine similarity and the relative L2 distance
-||stored - fp32|| / ||fp32|| over the whole item (every position and feature). The manifest's `fidelity`
-records the worst and the median of each with the precision and storage dtype that caused them;
-`dogmacache cache info` prints it and `cache publish` puts it on the dataset card
-(`cache.manifest.describe_fidelity`).
+every shard is written, a seeded sample of the items this run embedded (16 by default, `--fidelity-items`;
+rows copied by `--reuse` are byte-identical to what the run would compute, and carry their source's receipt)
+is embedded again on the same device in float32 with TF32 off, through the same adapter and pooling, and
+compared with the rows as stored (decoded to float32). Where the run itself is that reference (float32 on the
+CPU) the stream's own float32 outputs of the sampled rows are kept instead of a second forward. Measured: per
+item the cosine similarity and the relative L2 distance ||stored - fp32|| / ||fp32|| over the whole item (every
+position and feature). The manifest's `fidelity` records the worst and the median of each with the precision
+and storage dtype that caused them; `dogmacache cache info` prints it and `cache publish` puts it on the
+dataset card (`cache.manifest.describe_fidelity`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def full_fp32():
         torch.set_float32_matmul_precision(precision)
 
 
-def sample_rows(n_items: int, n_sample: int, seed: int) -> np.ndarray:
-    """The receipt's rows: `n_sample` distinct rows drawn with `seed`, sorted."""
+RECEIPT_SEED = 0
+
+
+def sample_rows(candidates: np.ndarray, n_sample: int, seed: int = RECEIPT_SEED) -> np.ndarray:
+    """The receipt's rows: `n_sample` distinct rows of `candidates` drawn with `seed`, sorted."""
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_items, size=min(n_sample, n_items), replace=False))
+    return np.sort(rng.choice(np.asarray(candidates), size=min(n_sample, len(candidates)), replace=False))
 
 
 def deviation(stored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -59,41 +64,62 @@ def deviation(stored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
+class Capture:
+    """The float32 outputs of the sampled rows, taken from the stream itself where its forward already is the
+    reference (float32 on the CPU, where no TF32 exists): the receipt then runs no second forward for them."""
+
+    def __init__(self, sample: np.ndarray, positions: dict[int, int], settings):
+        self.usable = settings.precision == "fp32" and settings.device.type == "cpu"
+        self.wanted = {positions[r]: int(r) for r in sample if r in positions} if self.usable else {}
+        self.rows: dict[int, np.ndarray] = {}
+
+    def __call__(self, first: int, embedded: torch.Tensor) -> None:
+        for offset in range(len(embedded)):
+            row = self.wanted.get(first + offset)
+            if row is not None:
+                self.rows[row] = embedded[offset].float().cpu().numpy()
+
+
 def receipt(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
     path: str,
     *,
     settings,
-    n_sample: int,
-    seed: int = 0,
+    sample: np.ndarray,
+    captured: dict[int, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The receipt for the cache at `path` (all shards written), whose items are `rows`; {} when n_sample is 0."""
-    if n_sample <= 0:
+    """The receipt for the cache at `path` (all shards written) whose items are `rows`, over the `sample` rows;
+    rows in `captured` already have their float32 outputs. {} for an empty sample."""
+    if not len(sample):
         return {}
     from dogmacache.embed.stream import embed_rows
 
     config = settings.config
-    picked = sample_rows(len(rows), n_sample, seed)
-    with full_fp32():
-        reference, _ = embed_rows(
-            adapter,
-            [rows[i] for i in picked],
-            device=settings.device,
-            precision="fp32",
-            max_tokens=settings.max_tokens,
-            max_batch=config.max_batch,
-            num_workers=0,
-            dtype="float32",
-            max_positions=config.max_positions,
-        )
-    stored = open_cache(path, allow_partial=True).read_rows(picked, dtype=np.float32)
+    captured = captured or {}
+    todo = [int(r) for r in sample if int(r) not in captured]
+    reference = dict(captured)
+    if todo:
+        with full_fp32():
+            computed, _ = embed_rows(
+                adapter,
+                [rows[i] for i in todo],
+                device=settings.device,
+                precision="fp32",
+                max_tokens=settings.max_tokens,
+                max_batch=config.max_batch,
+                num_workers=0,
+                dtype="float32",
+                max_positions=config.max_positions,
+            )
+        reference.update(zip(todo, computed, strict=True))
+    stored = open_cache(path, allow_partial=True).read_rows(sample, dtype=np.float32)
     return {
-        "items": len(picked),
-        "seed": seed,
+        "items": len(sample),
+        "seed": RECEIPT_SEED,
         "reference": f"float32 forward, TF32 off, on {settings.device.type}",
         "precision": settings.precision,
         "dtype": config.dtype,
         "compression": config.compression,
-        **deviation(stored, reference),
+        **deviation(stored, np.stack([reference[int(r)] for r in sample])),
     }

@@ -28,7 +28,7 @@ from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
 from dogmacache.embed import reuse
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
-from dogmacache.embed.fidelity import receipt
+from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.inputs import input_digest, read_input_table
 from dogmacache.embed.settings import (
     NUMBER_SETTINGS,
@@ -263,14 +263,17 @@ def _run(
         _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
     )
     start = time.perf_counter()
-    rows_todo, starts = [], []  # the rows to embed; each shard's first of them (a batch never spans two shards)
+    todo_rows, starts = [], []  # the rows to embed; each shard's first of them (a batch never spans two shards)
     for shard, a, b in todo:
         keep = np.ones(b - a, dtype=bool)
         if shard in reused:
             keep[reused[shard].offsets] = False
         if keep.any():
-            starts.append(len(rows_todo))
-            rows_todo.extend(rows[a + i] for i in np.flatnonzero(keep))
+            starts.append(len(todo_rows))
+            todo_rows.extend(a + int(i) for i in np.flatnonzero(keep))
+    rows_todo = [rows[i] for i in todo_rows]
+    sample = sample_rows(np.asarray(todo_rows or range(len(rows))), config.fidelity_items)
+    capture = Capture(sample, {row: position for position, row in enumerate(todo_rows)}, settings)
     bar = tqdm(
         total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True
     )  # None: off when not a terminal
@@ -287,6 +290,7 @@ def _run(
         dtype=config.dtype,
         starts=starts,
         max_positions=config.max_positions,
+        capture=capture if capture.wanted else None,
     ):
         copied = filler.copied
         filler.add(embedded, extras)
@@ -294,7 +298,7 @@ def _run(
     filler.close()
     bar.close()
     padded = filler.padded
-    fidelity = receipt(adapter, rows, config.out, settings=settings, n_sample=config.fidelity_items)
+    fidelity = receipt(adapter, rows, config.out, settings=settings, sample=sample, captured=capture.rows)
     manifest = writer.finalize(fidelity=fidelity, reused=[s.record() for s in sources if s.taken])
     seconds = time.perf_counter() - start
     summary = {

@@ -206,10 +206,12 @@ def embed_stream(
     dtype: str = "float32",
     starts: Collection[int] = (),
     max_positions: int | None = None,
+    capture=None,
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
-    spans a position in `starts` and the row before it."""
+    spans a position in `starts` and the row before it. `capture(position of the batch's first row, outputs)`,
+    if given, sees each batch's outputs before the cast to the storage dtype."""
     loader = _loader(_Prepared(rows, adapter), device, num_workers)
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
@@ -226,6 +228,8 @@ def embed_stream(
                 if mask is not None:
                     extras = {**extras, "mask": mask}
             ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
+            if capture is not None:  # `capture(first position, outputs)` sees each batch before the storage cast
+                capture(done, embedded)
             done += len(batch)
             yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
 

@@ -223,6 +223,11 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
         results["cdt"]["bf16"]["paper_50_epochs_minutes"]
     )
     assert _positive(results["loader"]["rows_per_s"])
+    borzoi = results["borzoi"]
+    assert borzoi["flashzoi"]["attention"] == "plain" and borzoi["borzoi"]["window_bp"] == 768
+    assert all(
+        _positive(borzoi[m]["best"][p]["windows_per_s"]) for m in ("borzoi", "flashzoi") for p in ("fp32", "bf16")
+    )
     stage = {run["dna_on_device"]: run for run in results["train_stage"]["runs"]}
     assert set(stage) == {"no", "yes"} and all(_positive(run["paper_50_epochs_minutes"]) for run in stage.values())
     summary = (tmp_path / "summary.md").read_text()

@@ -128,7 +128,7 @@ def test_the_biodta_scgpt_carries_the_planted_rows_and_keeps_the_rest(tmp_path):
     from dogmacache.embed.adapters.scgpt_model import load_checkpoint
     from dogmacache.embed.tiny import make_tiny
 
-    make_tiny(tmp_path / "models")
+    make_tiny(tmp_path / "models", names=("scgpt",))
     folder = write_biodta_scgpt(tmp_path)
     tokens = pd.read_csv(HERE / "truth" / "gene_tokens.tsv", sep="\t", index_col="symbol")
     planted = load_checkpoint(str(folder), torch.device("cpu"))

@@ -241,3 +241,15 @@ def test_deviation_measures_what_it_says():
     assert worse["relative_l2_max"] == pytest.approx(0.1) and worse["relative_l2_median"] == 0.0
     flipped = deviation(-ref, ref)
     assert flipped["cosine_min"] == pytest.approx(-1.0)
+
+
+def test_receipt_from_the_stream_equals_a_second_forward(inputs, tmp_path, monkeypatch):
+    """On the CPU in float32 the stream's own outputs are the reference: kept, they give the receipt a second
+    float32 forward gives."""
+    from dogmacache.embed import fidelity
+
+    run_embed(config(inputs, "old.parquet", tmp_path / "kept", fidelity_items=6))
+    monkeypatch.setattr(fidelity.Capture, "__call__", lambda self, first, embedded: None)  # nothing kept
+    run_embed(config(inputs, "old.parquet", tmp_path / "again", fidelity_items=6))
+    kept, again = (open_cache(tmp_path / name).manifest.fidelity for name in ("kept", "again"))
+    assert kept == again and kept["relative_l2_max"] > 0

@@ -4,6 +4,7 @@ one class each (scGPT's gene tokens and contexts, over one encoder in `scgpt_mod
 controls in `kmer`). ESM-C's encoder is rebuilt in `esmc_model`, its adapter is `esmc`."""
 
 from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.borzoi import BorzoiAdapter, BorzoiOptions, FlashzoiAdapter, FlashzoiOptions
 from dogmacache.embed.adapters.enformer import EnformerAdapter, EnformerOptions
 from dogmacache.embed.adapters.esmc import EsmcAdapter, EsmcOptions
 from dogmacache.embed.adapters.hf_esm import (
@@ -27,6 +28,8 @@ from dogmacache.embed.adapters.scgpt_gene import ScGPTGeneAdapter, ScgptGeneOpti
 __all__ = [
     "ADAPTERS",
     "AdapterOptions",
+    "BorzoiAdapter",
+    "BorzoiOptions",
     "EmbeddingAdapter",
     "EnformerAdapter",
     "EnformerOptions",
@@ -34,6 +37,8 @@ __all__ = [
     "EsmcAdapter",
     "EsmcOptions",
     "EsmOptions",
+    "FlashzoiAdapter",
+    "FlashzoiOptions",
     "KmerDnaAdapter",
     "KmerDnaOptions",
     "KmerProteinAdapter",

@@ -33,8 +33,9 @@ from dogmacache.errors import InputError
 WINDOW_BP_FLAG = {
     "flags": ("--window-bp",),
     "type": int,
-    "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; "
-    "nucleotide-transformer on genome windows needs it)",
+    "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; borzoi/flashzoi: "
+    "524,288 for 6,144-bin models, any multiple of 128 covering the bins; nucleotide-transformer on genome windows "
+    "needs it)",
 }
 
 
@@ -42,7 +43,8 @@ WINDOW_BP_FLAG = {
 STRAND_POLICY_FLAG = {
     "flags": ("--strand-policy",),
     "choices": ("forward", "rc-average"),
-    "help": "minus-strand items: reference strand only, or averaged with the reverse complement (enformer)",
+    "help": "minus-strand items: reference strand only, or averaged with the reverse complement (enformer, "
+    "borzoi, flashzoi)",
 }
 
 

@@ -147,13 +147,17 @@ class EnformerAdapter(EmbeddingAdapter):
         """(B, window) indices -> (B, window, 4) one-hot with N as zeros, on the model's device."""
         return torch.nn.functional.one_hot(index.long().to(self.device), 5)[..., :4].float()
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, window, 4) one-hot -> (B, bins, dim) trunk embeddings."""
+        return self.model(x, return_only_embeddings=True)
+
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         index = torch.from_numpy(np.stack([item["index"] for item in batch]))
-        out = self.model(self.one_hot(index), return_only_embeddings=True)  # (B, bins, dim)
+        out = self.trunk(self.one_hot(index))  # (B, bins, dim)
         minus = [i for i, item in enumerate(batch) if "index_rc" in item]
         if minus:
             rc = torch.from_numpy(np.stack([batch[i]["index_rc"] for i in minus]))
-            rc_out = self.model(self.one_hot(rc), return_only_embeddings=True).flip(1)  # bins back in reference order
+            rc_out = self.trunk(self.one_hot(rc)).flip(1)  # bins back in reference order
             out = out.clone()  # inference tensors: write into a copy
             out[minus] = (out[minus] + rc_out) / 2
         return out, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}

@@ -4,6 +4,7 @@ file in this folder and its lines here."""
 from __future__ import annotations
 
 from dogmacache.embed.adapters.base import EmbeddingAdapter
+from dogmacache.embed.adapters.borzoi import BorzoiAdapter, FlashzoiAdapter
 from dogmacache.embed.adapters.enformer import EnformerAdapter
 from dogmacache.embed.adapters.esmc import EsmcAdapter
 from dogmacache.embed.adapters.hf_esm import Esm2Adapter, NucleotideTransformerAdapter
@@ -14,6 +15,8 @@ from dogmacache.errors import ModelError
 
 ADAPTERS: dict[tuple[str, str], type[EmbeddingAdapter]] = {
     ("enformer", "dna"): EnformerAdapter,
+    ("borzoi", "dna"): BorzoiAdapter,
+    ("flashzoi", "dna"): FlashzoiAdapter,
     ("esm2", "protein"): Esm2Adapter,
     ("esmc", "protein"): EsmcAdapter,  # ESM-C rebuilt natively (`esmc_model`), no `esm` package
     ("nucleotide-transformer", "dna"): NucleotideTransformerAdapter,
