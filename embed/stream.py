@@ -145,6 +145,42 @@ def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: 
         yield batch
 
 
+def prepared_batches(
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    *,
+    device: torch.device,
+    max_tokens: int,
+    max_batch: int,
+    num_workers: int,
+    starts: Collection[int] = (),
+):
+    """Yield batches of prepared items in row order: rows prepared by `num_workers` worker processes, grouped by
+    the token budget, no batch spanning a position in `starts` and the row before it."""
+    loader = torch.utils.data.DataLoader(
+        _Prepared(rows, adapter),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_prepared,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=16 if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
+    )
+    yield from batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts))
+
+
+def host_outputs(
+    embedded: torch.Tensor, extras: dict[str, Any], ids: list[str], dtype: str, max_positions: int | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A batch's outputs as the cache stores them: pooled to `max_positions`, in the storage `dtype` on the CPU."""
+    if max_positions and embedded.ndim == 3:
+        embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
+        if mask is not None:
+            extras = {**extras, "mask": mask}
+    return to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
+
+
 def embed_stream(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
@@ -161,29 +197,22 @@ def embed_stream(
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
     spans a position in `starts` and the row before it."""
-    loader = torch.utils.data.DataLoader(
-        _Prepared(rows, adapter),
-        batch_size=None,
+    batches = prepared_batches(
+        adapter,
+        rows,
+        device=device,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
         num_workers=num_workers,
-        collate_fn=_as_prepared,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=16 if num_workers else None,
-        multiprocessing_context="fork" if num_workers else None,
-        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
+        starts=starts,
     )
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches_by_budget(
-            _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
-        ):
+        for batch in batches:
             embedded, extras = adapter.embed(batch)
-            if max_positions and embedded.ndim == 3:
-                embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
-                if mask is not None:
-                    extras = {**extras, "mask": mask}
             ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
             done += len(batch)
-            yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
+            yield host_outputs(embedded, extras, ids, dtype, max_positions)
 
 
 def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:
