@@ -1,4 +1,5 @@
-"""`dogmacache embed ...` (one model over one input table into one cache) and `dogmacache models ...`.
+"""`dogmacache embed ...` (one model over one input table into one cache, or one cache per layer with `--layers`)
+and `dogmacache models ...`.
 
 Adapter options come from each options dataclass's `flags` (one flag per field, added once however many
 adapters share it); the flags a user gives are turned into the chosen adapter's options dataclass, and a
@@ -41,7 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a control: the model's architecture from its folder with every weight drawn at random from SEED, "
         "no weights loaded; recorded in the manifest (default: the pretrained weights)",
     )
-    p.add_argument("--out", required=True, help="cache directory to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="cache directory to write; with --layers, a folder holding one cache per layer (OUT/layer_<name>), or a "
+        "path with {layer} in it, replaced by each layer's name (caches/dna-enformer-{layer}.zarr)",
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        metavar="L1,L2,...",
+        help="embed several layers from one forward pass per batch, each into its own cache (the one --layer L "
+        "alone writes; see --out for where). Layer names as for --layer; write --layers=-1,6 for a list that "
+        "starts with a minus sign. Not with --workers or --dask-scheduler",
+    )
     p.add_argument("--genome", default=None, help="genome FASTA (plain) for --modality dna")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument(
@@ -163,7 +177,17 @@ def _embed(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if (args.workers or args.dask_scheduler) and config.reuse:
         raise InputError("--reuse runs in one process: drop --workers/--dask-scheduler, or drop --reuse")
-    if args.workers or args.dask_scheduler:
+    if args.layers is not None:
+        from dogmacache.embed.layers import parse_layers, run_embed_layers
+
+        if hasattr(args, "layer"):
+            raise InputError(f"--layer {args.layer} and --layers {args.layers} both pick layers; give one of them")
+        if args.workers or args.dask_scheduler:
+            raise InputError("--layers runs in one process; drop --workers / --dask-scheduler, or embed one --layer")
+        if config.reuse:
+            raise InputError("--layers does not take --reuse yet; embed each layer with --layer L --reuse ...")
+        run_embed_layers(config, parse_layers(args.layers))
+    elif args.workers or args.dask_scheduler:
         from dogmacache.embed.distributed import run_embed_dask
 
         run_embed_dask(config, n_workers=args.workers, scheduler=args.dask_scheduler)

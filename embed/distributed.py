@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import pick_device
@@ -87,7 +86,7 @@ def fidelity_on_worker(n_sample: int) -> dict:
     from dogmacache.embed.fidelity import receipt, sample_rows
 
     settings, rows = replace(_STATE["settings"], device=_STATE["device"]), _STATE["rows"]
-    sample = sample_rows(np.arange(len(rows)), n_sample)
+    sample = sample_rows((), len(rows), n_sample)
     return receipt(_STATE["adapter"], rows, settings.config.out, settings=settings, sample=sample)
 
 

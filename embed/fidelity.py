@@ -2,8 +2,9 @@
 
 Settings that silently change embeddings (autocast precision, storage dtype, bitround, pooling to fewer
 positions, batch composition on other kernels) are common; a cache says how far they moved its numbers. Once
-every shard is written, a seeded sample of the items this run embedded (16 by default, `--fidelity-items`;
-rows copied by `--reuse` are byte-identical to what the run would compute, and carry their source's receipt)
+every shard is written, a seeded sample of the items (16 by default, `--fidelity-items`; drawn from those this
+run embedded where there are enough: rows copied by `--reuse` are byte-identical to what the run would
+compute, and carry their source's receipt)
 is embedded again on the same device in float32 with TF32 off, through the same adapter and pooling, and
 compared with the rows as stored (decoded to float32). Where the run itself is that reference (float32 on the
 CPU) the stream's own float32 outputs of the sampled rows are kept instead of a second forward. Measured: per
@@ -16,6 +17,7 @@ dataset card (`cache.manifest.describe_fidelity`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,10 +43,13 @@ def full_fp32():
 RECEIPT_SEED = 0
 
 
-def sample_rows(candidates: np.ndarray, n_sample: int, seed: int = RECEIPT_SEED) -> np.ndarray:
-    """The receipt's rows: `n_sample` distinct rows of `candidates` drawn with `seed`, sorted."""
+def sample_rows(embedded: Sequence[int], n_rows: int, n_sample: int, seed: int = RECEIPT_SEED) -> np.ndarray:
+    """The receipt's rows, sorted: `n_sample` distinct rows drawn with `seed` from the rows this run `embedded`
+    when there are that many (rows copied by `--reuse` carry their source's receipt), else from all `n_rows`
+    rows of the table (a resumed run with a few rows left still measures the cache it finishes)."""
+    candidates = np.asarray(embedded) if len(embedded) >= n_sample else np.arange(n_rows)
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(np.asarray(candidates), size=min(n_sample, len(candidates)), replace=False))
+    return np.sort(rng.choice(candidates, size=min(n_sample, len(candidates)), replace=False))
 
 
 def deviation(stored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -69,6 +74,7 @@ class Capture:
     reference (float32 on the CPU, where no TF32 exists): the receipt then runs no second forward for them."""
 
     def __init__(self, sample: np.ndarray, positions: dict[int, int], settings):
+        self.sample = sample  # the receipt's rows (of the table)
         self.usable = settings.precision == "fp32" and settings.device.type == "cpu"
         self.wanted = {positions[r]: int(r) for r in sample if r in positions} if self.usable else {}
         self.rows: dict[int, np.ndarray] = {}

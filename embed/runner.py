@@ -272,7 +272,7 @@ def _run(
             starts.append(len(todo_rows))
             todo_rows.extend(a + int(i) for i in np.flatnonzero(keep))
     rows_todo = [rows[i] for i in todo_rows]
-    sample = sample_rows(np.asarray(todo_rows or range(len(rows))), config.fidelity_items)
+    sample = sample_rows(todo_rows, len(rows), config.fidelity_items)
     capture = Capture(sample, {row: position for position, row in enumerate(todo_rows)}, settings)
     bar = tqdm(
         total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True

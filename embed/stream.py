@@ -194,6 +194,56 @@ def fixed_shape(batch: list, n_tokens, max_tokens: int, max_batch: int) -> list:
     return batch + [batch[-1]] * (full - len(batch)) if len(batch) < full else batch
 
 
+def prepared_batches(
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    *,
+    device: torch.device,
+    max_tokens: int,
+    max_batch: int,
+    num_workers: int,
+    starts: Collection[int] = (),
+):
+    """Yield batches of prepared items in row order: rows prepared by `num_workers` worker processes, grouped by
+    the token budget, no batch spanning a position in `starts` and the row before it. Each item carries its
+    input digest until `forward` takes it off."""
+    loader = _loader(_Prepared(rows, adapter), device, num_workers)
+    yield from batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts))
+
+
+def forward(call, batch: list[dict[str, Any]], n_tokens, max_tokens: int, max_batch: int):
+    """`call(batch)` (an adapter's `embed`, or `embed_layers` for some layers) on a batch from `prepared_batches`,
+    filled out to its fixed shape (`fixed_shape`) and cut back: (outputs, a tensor or a dict of them, each (b,
+    ...); extras, with the items' digests as `item_sha256`)."""
+    digests = np.stack([item.pop(_DIGEST) for item in batch])
+    outputs, extras = call(fixed_shape(batch, n_tokens, max_tokens, max_batch))
+    n = len(batch)
+    if isinstance(outputs, dict):
+        outputs = {k: v[:n] for k, v in outputs.items()}
+    else:
+        outputs = outputs[:n]
+    return outputs, {**{k: np.asarray(v)[:n] for k, v in extras.items()}, ITEM_SHA256: digests}
+
+
+def pooled(
+    embedded: torch.Tensor, extras: dict[str, Any], max_positions: int | None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A batch's outputs pooled to `max_positions` (per-position outputs only), its mask with them."""
+    if max_positions and embedded.ndim == 3:
+        embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
+        if mask is not None:
+            extras = {**extras, "mask": mask}
+    return embedded, extras
+
+
+def host_outputs(
+    embedded: torch.Tensor, extras: dict[str, Any], ids: list[str], dtype: str, max_positions: int | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A batch's outputs as the cache stores them: pooled to `max_positions`, in the storage `dtype` on the CPU."""
+    embedded, extras = pooled(embedded, extras, max_positions)
+    return to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
+
+
 def embed_stream(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
@@ -212,21 +262,21 @@ def embed_stream(
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
     spans a position in `starts` and the row before it. `capture(position of the batch's first row, outputs)`,
     if given, sees each batch's outputs before the cast to the storage dtype."""
-    loader = _loader(_Prepared(rows, adapter), device, num_workers)
+    batches = prepared_batches(
+        adapter,
+        rows,
+        device=device,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
+        num_workers=num_workers,
+        starts=starts,
+    )
     done = 0
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches_by_budget(
-            _raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts)
-        ):
-            digests = np.stack([item.pop(_DIGEST) for item in batch])
-            embedded, extras = adapter.embed(fixed_shape(batch, adapter.n_tokens, max_tokens, max_batch))
-            if len(embedded) > len(batch):  # the copies that filled the batch out
-                embedded, extras = embedded[: len(batch)], {k: np.asarray(v)[: len(batch)] for k, v in extras.items()}
-            extras = {**extras, ITEM_SHA256: digests}
-            if max_positions and embedded.ndim == 3:
-                embedded, mask = pool_positions(embedded, extras.get("mask"), max_positions)
-                if mask is not None:
-                    extras = {**extras, "mask": mask}
+        for batch in batches:
+            embedded, extras = pooled(
+                *forward(adapter.embed, batch, adapter.n_tokens, max_tokens, max_batch), max_positions
+            )
             ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
             if capture is not None:  # `capture(first position, outputs)` sees each batch before the storage cast
                 capture(done, embedded)

@@ -82,10 +82,10 @@ def test_wrong_options_class_is_refused(inputs, tmp_path):
             "enformer",
             "dna",
             EnformerOptions(strand_policy="rc-average"),
-            {"window_bp": 2048, "tf_gamma": "off", "strand_policy": "rc-average"},
+            {"window_bp": 2048, "tf_gamma": "off", "strand_policy": "rc-average", "layer": "trunk"},
         ),  # 8 bins x 256 bp; gamma: 1536 bins only
         ("esm2", "protein", EsmOptions(layer=1, pooling="cls"), {"layer": 1, "pooling": "cls", "max_length": 1024}),
-        ("scgpt", "gene", ScgptGeneOptions(l2=False), {"l2": False}),
+        ("scgpt", "gene", ScgptGeneOptions(l2=False), {"l2": False, "layer": "gene_embedding+enc_norm"}),
     ],
     ids=["enformer", "esm2", "scgpt-gene"],
 )
@@ -159,7 +159,10 @@ def test_cli_flags_become_the_adapters_options(inputs, tmp_path, capsys):
     assert main([*gene, "--out", str(tmp_path / "c.zarr"), "--scgpt-max-genes", "5"]) == 2
     assert "--scgpt-max-genes does not apply to --model scgpt --modality gene" in capsys.readouterr().err
     assert main([*gene, "--out", str(tmp_path / "d.zarr"), "--scgpt-no-l2"]) == 0
-    assert open_cache(tmp_path / "d.zarr").manifest.config["options"] == {"l2": False}
+    assert open_cache(tmp_path / "d.zarr").manifest.config["options"] == {
+        "l2": False,
+        "layer": "gene_embedding+enc_norm",
+    }
 
 
 def test_context_options_reach_the_manifest(tmp_path):
@@ -179,7 +182,12 @@ def test_context_options_reach_the_manifest(tmp_path):
         options=ScgptContextOptions(max_genes=2, bin_seed=7),
     )
     run_embed(cfg)
-    assert open_cache(tmp_path / "c.zarr").manifest.config["options"] == {"l2": True, "max_genes": 2, "bin_seed": 7}
+    assert open_cache(tmp_path / "c.zarr").manifest.config["options"] == {
+        "l2": True,
+        "max_genes": 2,
+        "bin_seed": 7,
+        "layer": "cls_last_layer",
+    }
 
 
 def test_tiny_scgpt_default_vocabulary_is_the_demo_recipes_genes():

@@ -12,6 +12,12 @@ tokenisation), `n_tokens` says what it costs on the device (after tokenisation, 
 runner batches by a token budget), and `embed` runs the frozen model on a batch of prepared items and
 returns (B, *item_shape) plus the per-item extra arrays the adapter declared.
 
+Layers: an adapter whose model has several outputs worth reading (transformer blocks, the conv tower ...)
+subclasses `LayeredAdapter`: `layers()` names them, the `layer` option (`--layer`) picks one, `for_layer` gives
+the same loaded model set to another, and `embed_layers` returns several from one forward pass (`dogmacache embed
+--layers`, `embed/layers.py`). `embed` is `embed_layers` on the chosen layer, so a layer's numbers are the same
+whichever way it is asked for. Adapters with one fixed output (the k-mer controls) have no `layers()`.
+
 Adding a model = one file in `embed/adapters/` with an `EmbeddingAdapter` subclass and its options
 dataclass (and its tiny writer, listed in `embed/tiny.py: make_tiny`), and one line per modality in `ADAPTERS`
 (`embed/adapters/registry.py`).
@@ -19,6 +25,7 @@ dataclass (and its tiny writer, listed in `embed/tiny.py: make_tiny`), and one l
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +43,15 @@ WINDOW_BP_FLAG = {
     "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; borzoi/flashzoi: "
     "524,288 for 6,144-bin models, any multiple of 128 covering the bins; nucleotide-transformer on genome windows "
     "needs it)",
+}
+
+
+# `--layer`, shared by the adapters whose models have several layers (each names its own in `layers()`)
+LAYER_FLAG = {
+    "flags": ("--layer",),
+    "help": "the layer to embed (default: the model's usual output): esm2 and nucleotide-transformer -1 (the last, "
+    "after the final LayerNorm) or k (0 = the embedding output); enformer trunk, conv_tower, transformer.K; scgpt "
+    "gene gene_embedding+enc_norm, gene_embedding; scgpt context cls_last_layer, encoder, layer.K",
 }
 
 
@@ -116,6 +132,10 @@ class EmbeddingAdapter(ABC):
         so that all bad rows are reported at once; none by default."""
         return None
 
+    def layers(self) -> tuple[str, ...]:
+        """The layer names `--layer` and `--layers` take, in model order; () for one fixed output (no layers)."""
+        return ()
+
     def default_max_tokens(self, device: torch.device) -> int:
         """Token budget per batch when the user gives none (after tokenisation, specials included)."""
         return 1 << 16 if device.type == "cuda" else 1 << 13
@@ -132,3 +152,44 @@ class EmbeddingAdapter(ABC):
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """(B, *item_shape) outputs for a batch of prepared items (any float dtype, any device), and the
         per-item extras declared in `info().extras`, each (B, ...)."""
+
+
+class LayeredAdapter(EmbeddingAdapter):
+    """An adapter whose model has several layers to read. Subclasses set `self.layer` and `self.options` (its
+    `layer` field) for one layer in `select_layer`, which their constructor calls with the `layer` option, and
+    compute any set of layers from one forward pass in `embed_layers`."""
+
+    layer: str  # the selected layer's name, one of `layers()`
+
+    @abstractmethod
+    def layers(self) -> tuple[str, ...]: ...
+
+    @abstractmethod
+    def select_layer(self, layer: str) -> None:
+        """Set `self.layer`, `self.options` and what `info()` returns for `layer` (checked with `check_layer`)."""
+
+    @abstractmethod
+    def embed_layers(
+        self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """One forward pass over a batch: {layer: (B, *that layer's item_shape)} for each of `layers`, and the
+        per-item extras (the same for every layer)."""
+
+    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        outputs, extras = self.embed_layers(batch, (self.layer,))
+        return outputs[self.layer], extras
+
+    def check_layer(self, layer: str) -> str:
+        """`layer` when it is one of `layers()`; InputError listing them otherwise."""
+        if layer not in self.layers():
+            raise InputError(
+                f"layer {layer!r} does not exist in this {type(self).__name__.removesuffix('Adapter')} model; its "
+                f"layers: {', '.join(self.layers())}. Pick from them"
+            )
+        return layer
+
+    def for_layer(self, layer: str) -> Self:
+        """This adapter, sharing its loaded model, set to embed `layer` (as if loaded with `--layer layer`)."""
+        twin = copy.copy(self)
+        twin.select_layer(layer)
+        return twin

@@ -1,5 +1,11 @@
 """Enformer (enformer-pytorch): trunk embeddings (bins, dim) per DNA window; official weights (896, 3072).
 
+Layers (`--layer`, `--layers`): `trunk` (the default: the output of the final pointwise block, 2 x dim wide),
+`conv_tower` (the convolution tower's output, dim wide, 128 bp per bin) and `transformer.K` (the output of
+transformer block K, 0-based, dim wide); the last two are cropped to the trunk's central bins as the trunk is,
+so every layer's bin i covers the same 128 bp. The trunk is computed module by module (`_trunk`'s own modules,
+in its order), which gives the library's forward bit for bit.
+
 Loading works whatever transformers version is installed: read `config.json` into `EnformerConfig`, build
 `Enformer(config)`, `load_state_dict(strict=True)` from the weights file (hub id -> snapshot_download, or a
 local directory). Quirks kept here: the official weights need TF's gamma positional features
@@ -21,10 +27,11 @@ import torch
 from dogmacache.cache.layout import ExtraArray
 from dogmacache.contracts.sequences import reverse_complement
 from dogmacache.embed.adapters.base import (
+    LAYER_FLAG,
     STRAND_POLICY_FLAG,
     WINDOW_BP_FLAG,
     AdapterOptions,
-    EmbeddingAdapter,
+    LayeredAdapter,
     ModelInfo,
 )
 from dogmacache.embed.adapters.weights import load_state_dict_file, recorded_identity, resolve_model_dir
@@ -45,6 +52,7 @@ class EnformerOptions(AdapterOptions):
     window_bp: int | None = None  # input window in bp; None: 196,608 for 896-bin models, else 256 x the bins
     tf_gamma: str = "auto"  # TF's gamma positional features: auto (on at 196,608 bp, as trained) | on | off
     strand_policy: str = "forward"  # minus-strand items: forward (reference strand) | rc-average
+    layer: str = "trunk"  # trunk | conv_tower | transformer.K (block K's output), cropped to the trunk's bins
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "window_bp": WINDOW_BP_FLAG,
@@ -54,6 +62,7 @@ class EnformerOptions(AdapterOptions):
             "help": "TF gamma positional features: the official weights need them (auto: on at 196,608 bp)",
         },
         "strand_policy": STRAND_POLICY_FLAG,
+        "layer": LAYER_FLAG,
     }
 
     def __post_init__(self):
@@ -71,7 +80,7 @@ class EnformerOptions(AdapterOptions):
         return replace(self, window_bp=window, tf_gamma="on" if on else "off")
 
 
-class EnformerAdapter(EmbeddingAdapter):
+class EnformerAdapter(LayeredAdapter):
     options_class = EnformerOptions
     options: EnformerOptions
 
@@ -112,18 +121,29 @@ class EnformerAdapter(EmbeddingAdapter):
                 module.use_tf_gamma = self.tf_gamma
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = device
-        self.dim = int(config.dim) * 2  # the trunk's final pointwise layer doubles the width
+        self.dim = int(config.dim)  # the trunk's final pointwise layer doubles it
+        self.depth = len(model.transformer)
         model_id, model_revision, files = recorded_identity(source, weights_path, random_init)
         self._info = ModelInfo(
             model=model_id,
             model_revision=model_revision,
             files=files,
-            layer="trunk",
+            layer="trunk",  # set by select_layer
             pooling="none",
-            item_shape=(self.bins, self.dim),
+            item_shape=(self.bins, 2 * self.dim),
             extras=(ExtraArray("n_padded", "int32"),),
             config={"bin_bp": BIN_BP, "output_span_bp": BIN_BP * self.bins},
         )
+        self.select_layer(self.options.layer)
+
+    def layers(self) -> tuple[str, ...]:
+        return ("conv_tower", *(f"transformer.{k}" for k in range(self.depth)), "trunk")
+
+    def select_layer(self, layer: str) -> None:
+        self.layer = self.check_layer(layer)
+        self.options = replace(self.options, layer=layer)
+        width = 2 * self.dim if layer == "trunk" else self.dim
+        self._info = replace(self._info, layer=layer, item_shape=(self.bins, width))
 
     def info(self) -> ModelInfo:
         return self._info
@@ -148,19 +168,40 @@ class EnformerAdapter(EmbeddingAdapter):
         return torch.nn.functional.one_hot(index.long().to(self.device), 5)[..., :4].float()
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, window, 4) one-hot -> (B, bins, dim) trunk embeddings."""
+        """(B, window, 4) one-hot -> (B, bins, dim) trunk embeddings by the library's own forward (the GPU bench
+        times this)."""
         return self.model(x, return_only_embeddings=True)
 
-    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    def forward_layers(self, one_hot: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """(B, window, 4) one-hot -> {layer: (B, bins, width)}: `_trunk`'s modules run one by one (Rearrange, stem,
+        conv tower, Rearrange, transformer blocks, crop, final pointwise), stopping after the last layer asked for."""
+        rearrange_in, stem, conv_tower, rearrange_out, transformer, crop, pointwise = self.model.trunk
+        x = rearrange_out(conv_tower(stem(rearrange_in(one_hot))))  # (B, window / 128, dim)
+        out = {"conv_tower": crop(x)} if "conv_tower" in layers else {}
+        blocks = [k for k in range(self.depth) if f"transformer.{k}" in layers]
+        last = self.depth - 1 if "trunk" in layers else max(blocks, default=-1)
+        for k, block in enumerate(transformer[: last + 1]):
+            x = block(x)
+            if k in blocks:
+                out[f"transformer.{k}"] = crop(x)
+        if "trunk" in layers:
+            out["trunk"] = pointwise(crop(x))
+        return out
+
+    def embed_layers(
+        self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         index = torch.from_numpy(np.stack([item["index"] for item in batch]))
-        out = self.trunk(self.one_hot(index))  # (B, bins, dim)
+        outputs = self.forward_layers(self.one_hot(index), layers)  # each (B, bins, width)
         minus = [i for i, item in enumerate(batch) if "index_rc" in item]
         if minus:
             rc = torch.from_numpy(np.stack([batch[i]["index_rc"] for i in minus]))
-            rc_out = self.trunk(self.one_hot(rc)).flip(1)  # bins back in reference order
-            out = out.clone()  # inference tensors: write into a copy
-            out[minus] = (out[minus] + rc_out) / 2
-        return out, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}
+            rc_outputs = self.forward_layers(self.one_hot(rc), layers)
+            for layer, out in outputs.items():
+                out = out.clone()  # inference tensors: write into a copy
+                out[minus] = (out[minus] + rc_outputs[layer].flip(1)) / 2  # rc bins back in reference order
+                outputs[layer] = out
+        return outputs, {"n_padded": np.array([item["n_padded"] for item in batch], dtype=np.int32)}
 
 
 TINY_ENFORMER = {

@@ -1,9 +1,11 @@
 """ESM-family transformers from Hugging Face: ESM-2 (proteins) and the Nucleotide Transformer (DNA/RNA).
 
 Both are `EsmModel`s with a tokenizer that adds `<cls>` (and for ESM-2 `<eos>`); outputs per token (T, D).
-Layer -1 is `last_hidden_state`, which is after the final LayerNorm; earlier layers (`--layer k`, k counted
-from 0 = the embedding output) are not normalised. Pooling "mean" averages real tokens only (`<cls>`,
-`<eos>`, `<pad>` masked); pooling "none" stores per-token outputs padded to a fixed length with a `mask`.
+Layer -1 is `last_hidden_state`, which is after the final LayerNorm; `--layer k` is hidden state k, counted
+from 0 = the embedding output: the earlier ones are not normalised, the last (k = the number of layers) is
+layer -1 again. One forward pass gives any set of them (`embed_layers`, `--layers`). Pooling "mean" averages
+real tokens only (`<cls>`, `<eos>`, `<pad>` masked); pooling "none" stores per-token outputs padded to a fixed
+length with a `mask`.
 Truncation is stated in the manifest: ESM-2 keeps 1,022 residues (+2 specials); NT v1 1,000 tokens of 6-mers.
 NT v2 checkpoints need `trust_remote_code` (turned on when the folder's config has an `auto_map`).
 """
@@ -20,10 +22,11 @@ import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
 from dogmacache.embed.adapters.base import (
+    LAYER_FLAG,
     STRAND_POLICY_FLAG,
     WINDOW_BP_FLAG,
     AdapterOptions,
-    EmbeddingAdapter,
+    LayeredAdapter,
     ModelInfo,
 )
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
@@ -62,7 +65,7 @@ class EsmOptions(AdapterOptions):
     max_length: int | None = None  # tokens kept per item, specials included; None: the model's sequence limit
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
-        "layer": {"flags": ("--layer",), "type": int, "help": "hidden layer (-1: last, after the final LayerNorm)"},
+        "layer": LAYER_FLAG,
         "pooling": POOLING_FLAG,
         "max_length": {
             "flags": ("--max-length",),
@@ -73,12 +76,18 @@ class EsmOptions(AdapterOptions):
 
     def __post_init__(self):
         self._check_choice("pooling", POOLINGS)
+        if isinstance(self.layer, str):  # `--layer` is text for every model: a number here
+            try:
+                object.__setattr__(self, "layer", int(self.layer))
+            except ValueError:
+                raise InputError(
+                    f"--layer {self.layer!r} is not a layer number; ESM-family layers are -1 (the last, after the "
+                    "final LayerNorm) or k (0 = the embedding output)"
+                ) from None
 
-    def resolve(self, n_layers: int, default_length: int, position_limit: int) -> Self:
-        """Checked against a model with `n_layers` layers; `max_length` None becomes `default_length`, and any
-        length is capped at the model's `position_limit` (both counted with special tokens)."""
-        if not -1 <= self.layer <= n_layers:
-            raise ModelError(f"--layer {self.layer} does not exist; the model has layers 0..{n_layers} (or -1)")
+    def resolve(self, default_length: int, position_limit: int) -> Self:
+        """`max_length` None becomes `default_length`, and any length is capped at the model's `position_limit`
+        (both counted with special tokens); the layer is checked against the model by the adapter."""
         return replace(self, max_length=min(self.max_length or default_length, position_limit))
 
 
@@ -133,7 +142,7 @@ def check_loading(directory, info: dict[str, list]) -> list[str]:
     return sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected})
 
 
-class _EsmFamily(EmbeddingAdapter):
+class _EsmFamily(LayeredAdapter):
     default_model: str
     max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
     options: EsmOptions
@@ -177,8 +186,9 @@ class _EsmFamily(EmbeddingAdapter):
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote
         limit = int(config.get("max_position_embeddings", self.max_sequence_length))
-        self.options = options.resolve(int(config.get("num_hidden_layers", 0)), self.max_sequence_length, limit)
-        self.layer, self.pooling, self.max_length = self.options.layer, self.options.pooling, self.options.max_length
+        self.options = options.resolve(self.max_sequence_length, limit)
+        self.n_layers = int(config.get("num_hidden_layers", 0))
+        self.pooling, self.max_length = self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
         weights = None if random_init is not None else weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
@@ -193,7 +203,7 @@ class _EsmFamily(EmbeddingAdapter):
             model=model_id,
             model_revision=model_revision,
             files=files,
-            layer=self.layer,
+            layer=-1,  # set by select_layer
             pooling=self.pooling,
             item_shape=(self.max_length, self.dim) if self.pooling == "none" else (self.dim,),
             extras=tuple(extras),
@@ -204,6 +214,16 @@ class _EsmFamily(EmbeddingAdapter):
                 "ignored_checkpoint_modules": self.ignored_heads,
             },
         )
+
+        self.select_layer(str(self.options.layer))
+
+    def layers(self) -> tuple[str, ...]:
+        return (*(str(k) for k in range(self.n_layers + 1)), "-1")
+
+    def select_layer(self, layer: str) -> None:
+        index = int(self.check_layer(layer))
+        self.layer, self.options = layer, replace(self.options, layer=index)
+        self._info = replace(self._info, layer=index)
 
     def info(self) -> ModelInfo:
         return self._info
@@ -240,7 +260,9 @@ class _EsmFamily(EmbeddingAdapter):
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["ids"])
 
-    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    def embed_layers(
+        self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         lengths = [len(item["ids"]) for item in batch]
         longest = max(lengths)
         ids = torch.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -248,11 +270,9 @@ class _EsmFamily(EmbeddingAdapter):
             ids[i, : lengths[i]] = torch.from_numpy(item["ids"])
         attention = (ids != self.tokenizer.pad_token_id).long()
         ids, attention = ids.to(self.device), attention.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=self.layer != -1 or self.remote)
-        if self.remote:
-            hidden = out.hidden_states[self.layer]
-        else:
-            hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]  # (B, T, D)
+        index = {layer: int(layer) for layer in layers}
+        all_states = self.remote or any(k != -1 for k in index.values())
+        out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=all_states)
         special = torch.zeros_like(attention, dtype=torch.bool)
         for token in (self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.bos_token_id):
             if token is not None:
@@ -264,16 +284,27 @@ class _EsmFamily(EmbeddingAdapter):
         }
         if self.counts_padding:
             extras["n_padded"] = np.array([item["n_padded"] for item in batch], dtype=np.int32)
+        if self.pooling == "none":
+            mask = np.zeros((len(batch), self.max_length), dtype=bool)
+            mask[:, :longest] = real.cpu().numpy()
+            extras["mask"] = mask
+        outputs = {}
+        for layer, k in index.items():
+            # (B, T, D); NT v2's remote code has no last_hidden_state of the same meaning: its hidden states
+            hidden = out.hidden_states[k] if self.remote or k != -1 else out.last_hidden_state
+            outputs[layer] = self._pool(hidden, real)
+        return outputs, extras
+
+    def _pool(self, hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) hidden states -> the stored outputs under `pooling`; `real` (B, T) marks the real tokens."""
         if self.pooling == "mean":
             weights = real.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1), extras
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
         if self.pooling == "cls":
-            return hidden[:, 0], extras
-        padded = torch.zeros(len(batch), self.max_length, self.dim, dtype=hidden.dtype, device=hidden.device)
-        padded[:, :longest] = hidden * real.unsqueeze(-1)
-        mask = np.zeros((len(batch), self.max_length), dtype=bool)
-        mask[:, :longest] = real.cpu().numpy()
-        return padded, {**extras, "mask": mask}
+            return hidden[:, 0]
+        padded = torch.zeros(len(hidden), self.max_length, self.dim, dtype=hidden.dtype, device=hidden.device)
+        padded[:, : hidden.shape[1]] = hidden * real.unsqueeze(-1)
+        return padded
 
 
 class Esm2Adapter(_EsmFamily):

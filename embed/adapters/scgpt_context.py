@@ -2,6 +2,10 @@
 tissues or cells) -> (D,) = last-layer output at `<cls>`, as scGPT's `tasks.cell_emb` computes cell
 embeddings; L2-normalised unless `--scgpt-no-l2`. The checkpoint and encoder live in `scgpt_model`.
 
+Layers (`--layer`, `--layers`), each read at `<cls>`: `cls_last_layer` (the default, as above), `encoder` (the
+summed gene and value encodings, before the first transformer layer) and `layer.K` (transformer layer K's output,
+0-based; the last one is `cls_last_layer` again).
+
 Input, as scGPT's `embed_data` builds it: genes outside the vocabulary are dropped (counted per item), zeros
 are dropped, the rest are binned per profile (`bin_expression`), then capped at `max_genes`; `<cls>` is
 prepended with value `pad_value`; a batch is padded with `<pad>` and masked. Two choices differ from scGPT,
@@ -14,14 +18,14 @@ Shapes: B items, L tokens (`<cls>` + genes), D = embsize.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from dogmacache.cache.layout import ExtraArray
-from dogmacache.embed.adapters.base import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.base import LAYER_FLAG, AdapterOptions, LayeredAdapter, ModelInfo
 from dogmacache.embed.adapters.scgpt_model import (
     CLS_TOKEN,
     L2_FLAG,
@@ -37,6 +41,7 @@ class ScgptContextOptions(AdapterOptions):
     l2: bool = True  # unit-length vectors (False: as the encoder gives them)
     max_genes: int = 1200  # most genes per profile (+ <cls>), the highest expressed; scGPT's max_seq_len
     bin_seed: int = 0  # seed for breaking ties between equal bin edges, the same for every item
+    layer: str = "cls_last_layer"  # cls_last_layer | encoder | layer.K, read at <cls>
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "l2": L2_FLAG,
@@ -50,6 +55,7 @@ class ScgptContextOptions(AdapterOptions):
             "type": int,
             "help": "scgpt context: seed for breaking ties between equal bin edges (default 0)",
         },
+        "layer": LAYER_FLAG,
     }
 
     def __post_init__(self):
@@ -72,7 +78,7 @@ def bin_expression(values: np.ndarray, n_bins: int, rng: np.random.Generator) ->
     return binned
 
 
-class ScGPTContextAdapter(EmbeddingAdapter):
+class ScGPTContextAdapter(LayeredAdapter):
     """scGPT `<cls>` embeddings of expression profiles."""
 
     options_class = ScgptContextOptions
@@ -89,13 +95,27 @@ class ScGPTContextAdapter(EmbeddingAdapter):
         self.checkpoint = load_checkpoint(model_path, device, revision, random_init)
         self.options, self.device = options, torch.device(device)
         self.vocab, self.args = self.checkpoint.vocab, self.checkpoint.args
+        self.select_layer(options.layer)
+
+    def layers(self) -> tuple[str, ...]:
+        return ("encoder", *(f"layer.{k}" for k in range(self.args.nlayers)), "cls_last_layer")
+
+    def select_layer(self, layer: str) -> None:
+        self.layer = self.check_layer(layer)
+        self.options = replace(self.options, layer=layer)
+
+    def _state(self, layer: str) -> int:
+        """The index of `layer` in the encoder's `hidden_states` (0 = the summed encodings)."""
+        if layer == "cls_last_layer":
+            return self.args.nlayers
+        return 0 if layer == "encoder" else int(layer.removeprefix("layer.")) + 1
 
     def info(self) -> ModelInfo:
         return ModelInfo(
             model=self.checkpoint.model_id,
             model_revision=self.checkpoint.revision,
             files=self.checkpoint.files,
-            layer="cls_last_layer",
+            layer=self.layer,
             pooling="cls",
             item_shape=(self.args.embsize,),
             extras=(ExtraArray("n_genes", "int32"), ExtraArray("n_missing", "int32")),
@@ -148,7 +168,9 @@ class ScGPTContextAdapter(EmbeddingAdapter):
         return len(prepared["genes"])
 
     @torch.inference_mode()
-    def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    def embed_layers(
+        self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         length = max(len(p["genes"]) for p in batch)
         genes = np.full((len(batch), length), self.vocab[self.args.pad_token], dtype=np.int64)  # (B, L)
         values = np.full((len(batch), length), self.args.pad_value, dtype=np.float32)
@@ -157,6 +179,10 @@ class ScGPTContextAdapter(EmbeddingAdapter):
             n = len(p["genes"])
             genes[i, :n], values[i, :n], keep[i, :n] = p["genes"], p["values"], True
         inputs = (torch.from_numpy(a).to(self.device) for a in (genes, values, keep))
-        out = self.checkpoint.model(*inputs)[:, 0]  # (B, D) at <cls>
+        index = {layer: self._state(layer) for layer in layers}
+        states = self.checkpoint.model.hidden_states(*inputs, upto=max(index.values()))
+        outputs = {layer: states[k][:, 0] for layer, k in index.items()}  # (B, D) at <cls>
+        if self.options.l2:
+            outputs = {layer: F.normalize(out, dim=-1) for layer, out in outputs.items()}
         extras = {k: np.stack([p[k] for p in batch]) for k in ("n_genes", "n_missing")}
-        return (F.normalize(out, dim=-1) if self.options.l2 else out), extras
+        return outputs, extras

@@ -160,10 +160,17 @@ class ScGPTEncoder(nn.Module):
 
     def forward(self, genes: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """genes (B, L) token ids, values (B, L) binned values, keep (B, L) bool -> (B, L, D)."""
-        x = self.encoder(genes) + self.value_encoder(values)
-        for layer in self.transformer_encoder.layers:
-            x = layer(x, keep)
-        return x
+        return self.hidden_states(genes, values, keep, len(self.transformer_encoder.layers))[-1]
+
+    def hidden_states(
+        self, genes: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, upto: int
+    ) -> list[torch.Tensor]:
+        """The summed encodings (state 0) and the output of each of the first `upto` layers (state k = layer k-1's
+        output), each (B, L, D)."""
+        states = [self.encoder(genes) + self.value_encoder(values)]
+        for layer in self.transformer_encoder.layers[:upto]:
+            states.append(layer(states[-1], keep))
+        return states
 
 
 # ---- checkpoint --------------------------------------------------------------------------------------------
