@@ -43,12 +43,16 @@ ISOFORM_CACHES = (
 )
 
 
+PROBE_LAYERS = ("conv_tower", "transformer.0")  # the tiny Enformer's layers below its trunk (depth 1)
+
+
 def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = False) -> dict[str, dict[str, Path]]:
     """Recipe, tiny models, the CDT caches and the IsoFormer caches (each with its k-mer control): {"cdt":
     {modality: path}, "isoform": {modality: path}}. `null`: the null twin's sources (every label drawn apart
     from every input), written into out/sources first."""
     from dogmacache.data_recipes.demo import build_demo
     from dogmacache.embed.adapters import get_adapter
+    from dogmacache.embed.layers import run_embed_layers
     from dogmacache.embed.runner import EmbedConfig, run_embed
     from dogmacache.embed.tiny import make_tiny
 
@@ -78,6 +82,21 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
                     progress=progress,
                 )
             )
+            if model == "enformer":  # the probe's layer axis: the tiny Enformer's other layers from one pass
+                layers = run_embed_layers(
+                    EmbedConfig(
+                        input=str(recipe / task / table),
+                        modality=modality,
+                        model=model,
+                        model_path=str(models[model]),
+                        out=str(out / "cache" / name.replace(".zarr", "-{layer}.zarr")),
+                        genome=str(recipe / "genome.fa"),
+                        progress=progress,
+                    ),
+                    PROBE_LAYERS,
+                )
+                for layer, path in layers["caches"].items():
+                    caches[task][f"dna_{layer}"] = Path(path)
     return caches
 
 

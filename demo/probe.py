@@ -3,8 +3,8 @@ the CDT pairs' betas (each pair's enhancer window is a DNA cache item: the label
 isoform recipe's GTEx-style expression, the mean over tissues of each transcript's standardised log1p TPM (each
 transcript's TSS window is a DNA cache item: the labels' `dna_id` column). Tables and figures go to out/probe/<name>.
 
-Every cache of a task whose key in `embed_demo`'s dict starts with `dna` is probed (the tiny Enformer and its k-mer
-control today), so per-layer caches added there under keys such as `dna_layer2` join the probe with no change here.
+Every cache of a task whose key in `embed_demo`'s dict starts with `dna` is probed: the tiny Enformer's trunk, its
+conv tower and transformer block (`embed --layers`, one pass), and the k-mer control.
 """
 
 from __future__ import annotations
