@@ -79,11 +79,11 @@ class Capture:
         self.wanted = {positions[r]: int(r) for r in sample if r in positions} if self.usable else {}
         self.rows: dict[int, np.ndarray] = {}
 
-    def __call__(self, first: int, embedded: torch.Tensor) -> None:
-        for offset in range(len(embedded)):
-            row = self.wanted.get(first + offset)
+    def __call__(self, positions: list[int], embedded: torch.Tensor) -> None:
+        for i, position in enumerate(positions):
+            row = self.wanted.get(position)
             if row is not None:
-                self.rows[row] = embedded[offset].float().cpu().numpy()
+                self.rows[row] = embedded[i].float().cpu().numpy()
 
 
 def receipt(

@@ -31,7 +31,7 @@ from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings
 from dogmacache.embed.shard_filler import ShardFiller
-from dogmacache.embed.stream import autocast_for, bounded_info, forward, pooled, prepared_batches, to_host
+from dogmacache.embed.stream import Assembly, autocast_for, bounded_info, pooled, run_segment, segments, to_host
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
@@ -152,35 +152,38 @@ def _run(
         mine = [position for position, row in enumerate(order) if row // per in pending[layer]]
         sample = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items)
         captures[layer] = Capture(sample, {order[p]: p for p in mine}, settings)
-    batches = prepared_batches(
-        adapter,
-        [rows[i] for i in order],
-        device=settings.device,
-        max_tokens=settings.max_tokens,
-        max_batch=config.max_batch,
-        num_workers=config.num_workers,
-        starts=starts,
-    )
     with torch.inference_mode(), autocast_for(settings.device, settings.precision), _settled(fillers):
-        for batch in batches:
-            first = order[done]  # the batch's first row: it lies in one shard of every layer
+        for segment in segments(
+            adapter,
+            [rows[i] for i in order],
+            device=settings.device,
+            max_tokens=settings.max_tokens,
+            max_batch=config.max_batch,
+            num_workers=config.num_workers,
+            starts=starts,
+        ):
+            first = order[segment.first]  # the segment's first row: it lies in one shard of every layer
             wanted = tuple(k for k, w in writers.items() if first // w.manifest.shard_items in pending[k])
-            outputs, extras = forward(
+            assembled = {layer: Assembly(len(segment.items), segment.digests) for layer in wanted}
+            for offsets, outputs, extras in run_segment(
                 lambda b, wanted=wanted: adapter.embed_layers(b, wanted),
-                batch,
-                adapter.n_tokens,
+                adapter,
+                segment,
                 settings.max_tokens,
                 config.max_batch,
-            )
-            ids = [str(rows[i]["id"]) for i in order[done : done + len(batch)]]
+            ):
+                positions = [segment.first + o for o in offsets]
+                ids = [str(rows[order[p]]["id"]) for p in positions]
+                for layer in wanted:
+                    embedded, layer_extras = pooled(outputs[layer], extras, config.max_positions)
+                    captures[layer](positions, embedded)
+                    stored = {k: np.asarray(v) for k, v in layer_extras.items()}
+                    assembled[layer].put(offsets, to_host(embedded, config.dtype, ids), stored)
+                padded += int(np.count_nonzero(extras.get("n_padded", ())))
             for layer in wanted:
-                embedded, layer_extras = pooled(outputs[layer], extras, config.max_positions)
-                captures[layer](done, embedded)
-                stored = {k: np.asarray(v) for k, v in layer_extras.items()}
-                fillers[layer].add(to_host(embedded, config.dtype, ids), stored)
-            padded += int(np.count_nonzero(extras.get("n_padded", ())))
-            done += len(batch)
-            bar.update(len(batch))
+                fillers[layer].add(*assembled[layer].result())
+            done += len(segment.items)
+            bar.update(len(segment.items))
     for filler in fillers.values():
         filler.close()
     bar.close()

@@ -1,7 +1,7 @@
 """The batch loop: rows prepared on the CPU by DataLoader worker processes (FASTA reads, one-hot, tokenisation)
 while the device computes, grouped into batches by a token budget counted after tokenisation
-(`batches_by_budget`; a short batch of same-size items filled out to the full batch size, `fixed_shape`), run
-under the resolved autocast, optionally pooled to `max_positions`, and cast to the
+(`batches_by_budget`), or by length bucket for items of many sizes, every batch of one fixed shape
+(`embed/shapes.py`), run under the resolved autocast, optionally pooled to `max_positions`, and cast to the
 storage dtype on the device before the copy to the host (`to_host`). `embed_stream` yields batch by batch;
 `embed_rows` collects every row.
 """
@@ -12,15 +12,18 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import itertools
 import os
 import signal
 import sys
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from dogmacache.cache.layout import ITEM_SHA256, ExtraArray, numpy_view
+from dogmacache.embed import shapes
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
 from dogmacache.embed.reuse import item_digest
 from dogmacache.embed.settings import PRECISIONS
@@ -181,20 +184,19 @@ def input_digests(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], num_wor
     return out
 
 
-def fixed_shape(batch: list, n_tokens, max_tokens: int, max_batch: int) -> list:
-    """A batch of same-size items (DNA windows) filled out with copies of its last item to the size every full
-    batch of them has, min(max_batch, max_tokens // size): CPU kernels pick other code paths (and round
-    differently) at other batch sizes, so an item's numbers would depend on how many items it was embedded
-    with (a shard's last batch, the rows left to embed after `--reuse`). The copies' outputs are dropped.
-    Batches of items of several sizes (proteins, transcripts) are left as they are."""
-    sizes = {n_tokens(item) for item in batch}
-    if len(sizes) != 1:
-        return batch
-    full = max(1, min(max_batch, max_tokens // sizes.pop()))
-    return batch + [batch[-1]] * (full - len(batch)) if len(batch) < full else batch
+@dataclass
+class Segment:
+    """A run of rows prepared for the device: its first position among the stream's rows, the items in row
+    order, their input digests, and its batches as offsets into it (`shapes.plan`)."""
+
+    first: int
+    items: list[dict[str, Any]]
+    digests: np.ndarray  # (n, 32) uint8
+    batches: list[list[int]]
+    buckets: list[int] | None  # per item, where the adapter batches by length bucket
 
 
-def prepared_batches(
+def segments(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
     *,
@@ -204,25 +206,71 @@ def prepared_batches(
     num_workers: int,
     starts: Collection[int] = (),
 ):
-    """Yield batches of prepared items in row order: rows prepared by `num_workers` worker processes, grouped by
-    the token budget, no batch spanning a position in `starts` and the row before it. Each item carries its
-    input digest until `forward` takes it off."""
-    loader = _loader(_Prepared(rows, adapter), device, num_workers)
-    yield from batches_by_budget(_raise_errors(loader), adapter.n_tokens, max_tokens, max_batch, frozenset(starts))
+    """Yield the stream's rows as `Segment`s, prepared by `num_workers` worker processes: one batch each, in row
+    order under the token budget, for an adapter without length buckets; else runs of at most
+    `shapes.SEGMENT_ROWS` rows batched by bucket. No segment spans a position in `starts` and the row before it."""
+    items = _raise_errors(_loader(_Prepared(rows, adapter), device, num_workers))
+    first = next(items, None)
+    if first is None:
+        return
+    items = itertools.chain([first], items)
+    if adapter.shape_bucket(first) is None:
+        position = 0
+        for batch in batches_by_budget(items, adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
+            digests = np.stack([item.pop(_DIGEST) for item in batch])
+            yield Segment(position, batch, digests, [list(range(len(batch)))], None)
+            position += len(batch)
+        return
+    run: list[dict[str, Any]] = []
+    position = 0
+    for offset, item in enumerate(itertools.chain(items, [None])):
+        if run and (item is None or offset in starts or len(run) >= shapes.SEGMENT_ROWS):
+            digests = np.stack([x.pop(_DIGEST) for x in run])
+            buckets = [adapter.shape_bucket(x) for x in run]
+            costs = [adapter.n_tokens(x) for x in run]
+            plan = shapes.plan(costs, buckets, max_tokens, max_batch, has_filler(adapter))
+            yield Segment(position, run, digests, plan, buckets)
+            position, run = position + len(run), []
+        if item is not None:
+            run.append(item)
 
 
-def forward(call, batch: list[dict[str, Any]], n_tokens, max_tokens: int, max_batch: int):
-    """`call(batch)` (an adapter's `embed`, or `embed_layers` for some layers) on a batch from `prepared_batches`,
-    filled out to its fixed shape (`fixed_shape`) and cut back: (outputs, a tensor or a dict of them, each (b,
-    ...); extras, with the items' digests as `item_sha256`)."""
-    digests = np.stack([item.pop(_DIGEST) for item in batch])
-    outputs, extras = call(fixed_shape(batch, n_tokens, max_tokens, max_batch))
-    n = len(batch)
-    if isinstance(outputs, dict):
-        outputs = {k: v[:n] for k, v in outputs.items()}
-    else:
-        outputs = outputs[:n]
-    return outputs, {**{k: np.asarray(v)[:n] for k, v in extras.items()}, ITEM_SHA256: digests}
+def has_filler(adapter: EmbeddingAdapter) -> bool:
+    return type(adapter).filler is not EmbeddingAdapter.filler
+
+
+def run_segment(call, adapter: EmbeddingAdapter, segment: Segment, max_tokens: int, max_batch: int):
+    """Yield (offsets, outputs, extras) per batch of `segment`: `call` (an adapter's `embed`, or `embed_layers`
+    for some layers) on the batch as `shapes.filled` builds it, outputs (a tensor or a dict of them) and extras
+    cut back to the batch's own items."""
+    for offsets in segment.batches:
+        batch = [segment.items[o] for o in offsets]
+        bucket = None if segment.buckets is None else segment.buckets[offsets[0]]
+        filler = adapter.filler if bucket is not None and has_filler(adapter) else None
+        outputs, extras = call(shapes.filled(batch, adapter.n_tokens, max_tokens, max_batch, bucket, filler))
+        n = len(batch)
+        outputs = {k: v[:n] for k, v in outputs.items()} if isinstance(outputs, dict) else outputs[:n]
+        yield offsets, outputs, {k: np.asarray(v)[:n] for k, v in extras.items()}
+
+
+class Assembly:
+    """One segment's host outputs put back in row order, batch by batch."""
+
+    def __init__(self, n: int, digests: np.ndarray):
+        self.n, self.block = n, None
+        self.extras: dict[str, np.ndarray] = {ITEM_SHA256: digests}
+
+    def put(self, offsets: list[int], host: np.ndarray, extras: dict[str, np.ndarray]) -> None:
+        if self.block is None:
+            self.block = np.empty((self.n, *host.shape[1:]), dtype=host.dtype)
+        self.block[offsets] = host
+        for name, values in extras.items():
+            if name not in self.extras:
+                self.extras[name] = np.empty((self.n, *values.shape[1:]), dtype=values.dtype)
+            self.extras[name][offsets] = values
+
+    def result(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self.block, self.extras
 
 
 def pooled(
@@ -260,28 +308,26 @@ def embed_stream(
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
-    spans a position in `starts` and the row before it. `capture(position of the batch's first row, outputs)`,
-    if given, sees each batch's outputs before the cast to the storage dtype."""
-    batches = prepared_batches(
-        adapter,
-        rows,
-        device=device,
-        max_tokens=max_tokens,
-        max_batch=max_batch,
-        num_workers=num_workers,
-        starts=starts,
-    )
-    done = 0
+    spans a position in `starts` and the row before it. `capture(positions of the batch's rows, outputs)`, if
+    given, sees each batch's outputs before the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
     with torch.inference_mode(), autocast_for(device, precision):
-        for batch in batches:
-            embedded, extras = pooled(
-                *forward(adapter.embed, batch, adapter.n_tokens, max_tokens, max_batch), max_positions
-            )
-            ids = [str(row["id"]) for row in rows[done : done + len(batch)]]
-            if capture is not None:  # `capture(first position, outputs)` sees each batch before the storage cast
-                capture(done, embedded)
-            done += len(batch)
-            yield to_host(embedded, dtype, ids), {k: np.asarray(v) for k, v in extras.items()}
+        for segment in segments(
+            adapter,
+            rows,
+            device=device,
+            max_tokens=max_tokens,
+            max_batch=max_batch,
+            num_workers=num_workers,
+            starts=starts,
+        ):
+            assembly = Assembly(len(segment.items), segment.digests)
+            for offsets, embedded, extras in run_segment(adapter.embed, adapter, segment, max_tokens, max_batch):
+                embedded, extras = pooled(embedded, extras, max_positions)
+                positions = [segment.first + o for o in offsets]
+                if capture is not None:  # `capture(positions, outputs)` sees each batch before the storage cast
+                    capture(positions, embedded)
+                assembly.put(offsets, to_host(embedded, dtype, [str(rows[p]["id"]) for p in positions]), extras)
+            yield assembly.result()
 
 
 def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:

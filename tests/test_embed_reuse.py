@@ -253,3 +253,60 @@ def test_receipt_from_the_stream_equals_a_second_forward(inputs, tmp_path, monke
     run_embed(config(inputs, "old.parquet", tmp_path / "again", fidelity_items=6))
     kept, again = (open_cache(tmp_path / name).manifest.fidelity for name in ("kept", "again"))
     assert kept == again and kept["relative_l2_max"] > 0
+
+
+def test_proteins_of_many_lengths_and_rc_average_windows_reuse_byte_identically(inputs, tmp_path):
+    """Ragged items are batched by length bucket, each batch of one shape, and minus-strand windows under
+    rc-average apart from plus-strand ones: a row embedded among other rows than in the full run is still the same
+    bytes."""
+    from dogmacache.embed.adapters.enformer import EnformerOptions
+
+    root, _ = inputs
+    rng = np.random.default_rng(3)
+    letters = list("ACDEFGHIKLMNPQRSTVWY")
+    seqs = ["".join(rng.choice(letters, int(rng.integers(5, 150)))) for _ in range(70)]
+    old = pd.DataFrame({"id": [f"o{i}" for i in range(60)], "sequence": seqs[:60]})
+    new = pd.DataFrame({"id": [f"n{i}" for i in range(30)], "sequence": [*seqs[35:55], *seqs[60:70]]})
+    old.to_parquet(root / "p_many_old.parquet")
+    new.sample(frac=1.0, random_state=0).to_parquet(root / "p_many_new.parquet")
+    kw = {"model": "esm2", "shard_items": None, "max_tokens": 1024, "dtype": "float32"}  # float16 would hide 1e-7
+    run_embed(config(inputs, "p_many_old.parquet", tmp_path / "p_old", **kw))
+    run_embed(config(inputs, "p_many_new.parquet", tmp_path / "p_full", **kw))
+    summary = run_embed(
+        config(inputs, "p_many_new.parquet", tmp_path / "p_reused", reuse=(str(tmp_path / "p_old"),), **kw)
+    )
+    assert summary["reused"] == 20
+    same_arrays(str(tmp_path / "p_reused"), str(tmp_path / "p_full"))
+    rc = {
+        "options": EnformerOptions(strand_policy="rc-average"),
+        "shard_items": None,
+        "max_batch": 4,
+        "dtype": "float32",
+    }
+    run_embed(config(inputs, "old.parquet", tmp_path / "w_old", **rc))
+    run_embed(config(inputs, "new.parquet", tmp_path / "w_full", **rc))
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "w_reused", reuse=(str(tmp_path / "w_old"),), **rc))
+    assert summary["reused"] == 25
+    same_arrays(str(tmp_path / "w_reused"), str(tmp_path / "w_full"))
+
+
+def test_every_batch_of_a_bucket_has_one_shape():
+    from dogmacache.embed import shapes
+
+    costs = [40, 70, 33, 64, 90, 65, 12]
+    buckets = [min(-(-c // 32) * 32, 96) for c in costs]  # capped at a model limit of 96 tokens
+    batches = shapes.plan(costs, buckets, max_tokens=200, max_batch=8)
+    # buckets 32: [6]; 64: [0, 2, 3], 3 per batch with one place for the filler; 96: [1, 4, 5], 2 per batch
+    assert batches == [[6], [0, 2], [3], [1], [4], [5]]
+    items = [{"n": c} for c in costs]
+
+    def filler(n):
+        return {"n": n, "filler": True}
+
+    seen = set()
+    for batch in batches:
+        bucket = buckets[batch[0]]
+        full = shapes.filled([items[o] for o in batch], lambda x: x["n"], 200, 8, bucket, filler)
+        assert full[-1] == {"n": bucket, "filler": True}
+        seen.add((bucket, len(full)))
+    assert seen == {(32, 6), (64, 3), (96, 2)}  # one batch size per bucket, whatever its rows

@@ -148,6 +148,17 @@ class EmbeddingAdapter(ABC):
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         """Device cost of one prepared item, counted after tokenisation (special tokens included)."""
 
+    def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
+        """Items of many sizes: the token count of the batches this item is computed in (its own, rounded up to a
+        length bucket), so that its numbers do not depend on the items beside it (`embed/shapes.py`); `filler`
+        then builds an item of exactly that many tokens. None (the default): batches in row order."""
+        return None
+
+    def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
+        """A prepared item of exactly `n_tokens` tokens whose output is dropped: it pads a bucket's batches to the
+        bucket's length. Adapters whose `shape_bucket` returns a number implement it."""
+        raise NotImplementedError(f"{type(self).__name__} batches by length bucket but builds no filler item")
+
     @abstractmethod
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """(B, *item_shape) outputs for a batch of prepared items (any float dtype, any device), and the

@@ -163,6 +163,11 @@ class EnformerAdapter(LayeredAdapter):
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["index"]) * (2 if "index_rc" in prepared else 1)
 
+    def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
+        """Under rc-average a minus-strand window costs a second forward: plus and minus windows are batched apart,
+        so the reverse-complement pass has one shape too."""
+        return self.n_tokens(prepared) if self.options.strand_policy == "rc-average" else None
+
     def one_hot(self, index: torch.Tensor) -> torch.Tensor:
         """(B, window) indices -> (B, window, 4) one-hot with N as zeros, on the model's device."""
         return torch.nn.functional.one_hot(index.long().to(self.device), 5)[..., :4].float()

@@ -33,6 +33,7 @@ from dogmacache.embed.adapters.esmc_model import (
 from dogmacache.embed.adapters.hf_esm import POOLING_FLAG, POOLINGS, EsmOptions, clean_protein
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir
 from dogmacache.embed.random_weights import randomize_
+from dogmacache.embed.shapes import BUCKET_TOKENS
 from dogmacache.errors import InputError, ModelError
 
 DEFAULT_MAX_TOKENS = 2048  # 2,046 residues + <cls> + <eos>: the adapter's cap, not a limit of the model
@@ -129,6 +130,15 @@ class EsmcAdapter(EmbeddingAdapter):
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["ids"])
+
+    def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
+        return min(-(-len(prepared["ids"]) // BUCKET_TOKENS) * BUCKET_TOKENS, self.options.max_length)
+
+    def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
+        """`<cls>`, then one residue's token: a sequence of exactly `n_tokens` tokens."""
+        ids = np.full(n_tokens, tokenize("A")[1], dtype=np.int64)
+        ids[0] = CLS_ID
+        return {"ids": ids, "n_truncated": np.int32(0)}
 
     @torch.inference_mode()
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:

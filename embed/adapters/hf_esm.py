@@ -32,6 +32,7 @@ from dogmacache.embed.adapters.base import (
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
+from dogmacache.embed.shapes import BUCKET_TOKENS
 from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -259,6 +260,18 @@ class _EsmFamily(LayeredAdapter):
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["ids"])
+
+    def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
+        return min(-(-len(prepared["ids"]) // BUCKET_TOKENS) * BUCKET_TOKENS, self.max_length)
+
+    def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
+        """`n_tokens` ids of one ordinary token after the first special one: a sequence of that length."""
+        token = self.tokenizer("AAAAAA", add_special_tokens=False)["input_ids"][0]
+        ids = np.full(n_tokens, token, dtype=np.int64)
+        if self.tokenizer.cls_token_id is not None:
+            ids[0] = self.tokenizer.cls_token_id
+        zero = np.int32(0)
+        return {"ids": ids, "n_truncated": zero, "n_special": zero, "n_padded": zero}
 
     def embed_layers(
         self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]

@@ -1,0 +1,81 @@
+"""Batches of fixed shapes, so that an item's numbers depend on the item alone.
+
+CPU kernels (and GPU ones) take other code paths at other batch shapes and round differently: a tiny Enformer
+window embedded alone differs from the same window in a batch of two by up to 1.2e-6, and an ESM-2 protein padded
+to 76 tokens differs from the same protein padded to 46. Were batches cut in row order, a row's numbers would
+depend on its neighbours: a shard's last batch, the rows left to embed after `--reuse`, a resumed shard. So:
+
+- Items of one size (DNA windows; gene tokens) are batched in row order and a short batch is filled out with
+  copies of its last item to the size every full batch has, min(max_batch, max_tokens // size).
+- Items of many sizes (proteins, transcripts), where the adapter says how (`shape_bucket`, `filler`), are grouped
+  within runs of at most SEGMENT_ROWS rows by their length bucket (tokens rounded up to a multiple of
+  BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket, filled out to the bucket's count with
+  copies, and ends with a filler item of exactly the bucket's length (`filler`), so it has one shape. Same-length
+  buckets are computed together whatever their rows, which also spares most of the padding of row-order batches.
+- Minus-strand windows under `--strand-policy rc-average` cost two forwards: they form their own bucket.
+
+The fillers' and copies' outputs are dropped. `plan` says which rows of a run form each batch; `filled` builds
+the batch the model sees.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+SEGMENT_ROWS = 256  # rows of many sizes are bucketed within runs of at most this many (outputs held on the host)
+BUCKET_TOKENS = 32  # bucket edges: token counts rounded up to a multiple of this
+
+
+def per_batch(size: int, max_tokens: int, max_batch: int) -> int:
+    """How many items of `size` tokens every full batch holds."""
+    return max(1, min(max_batch, max_tokens // max(size, 1)))
+
+
+def plan(
+    costs: Sequence[int], buckets: Sequence[int] | None, max_tokens: int, max_batch: int, filler: bool = True
+) -> list[list[int]]:
+    """The batches of one run of rows, as offsets into it. `buckets` None: row order under the token budget;
+    else one bucket per batch, buckets in increasing length, rows in order inside each, one place in each batch
+    kept for the `filler` item where the adapter has one."""
+    if buckets is None:
+        batches, batch, longest = [], [], 0
+        for offset, cost in enumerate(costs):
+            if batch and (max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
+                batches.append(batch)
+                batch, longest = [], 0
+            batch.append(offset)
+            longest = max(longest, cost)
+        return [*batches, batch] if batch else batches
+    groups: dict[int, list[int]] = defaultdict(list)
+    for offset, bucket in enumerate(buckets):
+        groups[bucket].append(offset)
+    out = []
+    for bucket in sorted(groups):
+        size = max(1, per_batch(bucket, max_tokens, max_batch) - int(filler))  # one place is the filler's
+        rows = groups[bucket]
+        out += [rows[i : i + size] for i in range(0, len(rows), size)]
+    return out
+
+
+def filled(
+    batch: list[dict[str, Any]],
+    n_tokens: Callable[[dict[str, Any]], int],
+    max_tokens: int,
+    max_batch: int,
+    bucket: int | None = None,
+    filler: Callable[[int], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The batch the model sees. With a `bucket` (one of `plan`'s bucket batches): the items, copies of the last
+    one up to the bucket's count, and a `filler` item of exactly `bucket` tokens, so every batch of the bucket has
+    one shape, (count + 1, bucket). Without: a batch of same-size items filled out with copies of its last item to
+    the full batch size; a batch of several sizes as it is."""
+    if bucket is not None and filler is not None:
+        count = max(1, per_batch(bucket, max_tokens, max_batch) - 1)
+        return [*batch, *[batch[-1]] * (count - len(batch)), filler(bucket)]
+    sizes = {n_tokens(item) for item in batch}
+    if len(sizes) != 1:
+        return batch
+    full = per_batch(sizes.pop(), max_tokens, max_batch)
+    return batch + [batch[-1]] * (full - len(batch)) if len(batch) < full else batch
