@@ -95,8 +95,8 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
                     ),
                     PROBE_LAYERS,
                 )
-                for layer, path in layers["caches"].items():
-                    caches[task][f"dna_{layer}"] = Path(path)
+                below = {f"dna_{layer}": Path(path) for layer, path in layers["caches"].items()}
+                caches[task] = {**below, **caches[task]}  # in depth order before the trunk: the probe's layer axis
     return caches
 
 

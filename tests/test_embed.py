@@ -179,7 +179,7 @@ def test_two_dask_workers_give_the_same_cache_as_one_process(demo, tmp_path):
     ("mutate", "args", "message"),
     [
         (lambda t: t.assign(chrom=["chrZ"] + list(t.chrom[1:])), [], r"chromosomes \['chrZ'\].*not in .*genome.fa"),
-        (None, ["--model", "enformer2"], r"unknown model 'enformer2'; known: enformer, esm2"),
+        (None, ["--model", "enformer2"], r"unknown model 'enformer2'; known: borzoi, enformer, esm2"),
         (None, ["--model-path", "MISSING"], r"neither a local directory nor a hub id"),
     ],
     ids=["unknown-chromosome", "unknown-model", "missing-model-dir"],

@@ -219,6 +219,10 @@ def test_fidelity_receipt_in_the_manifest_and_cache_info(inputs, old_cache, tmp_
     # float16 storage of an fp32 forward: within float16's rounding, and not exactly equal
     assert 0 < fidelity["relative_l2_max"] < 2e-3 and fidelity["cosine_min"] > 0.99999
     assert main(["cache", "info", str(old_cache)]) == 0
+    from dogmacache.cache.hub import FoundCache, dataset_card
+
+    card = dataset_card("org/demo", [FoundCache(".", open_cache(old_cache).manifest)])
+    assert "- fidelity: 16 items vs a float32 forward, TF32 off, on cpu: cosine >= 0.9999" in card
     info = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "16 items vs a float32 forward, TF32 off, on cpu: cosine >= 0.9999" in info["fidelity"]
     assert info["reused rows"].endswith("none")
