@@ -115,9 +115,10 @@ def default_workers_threads(device_type: str, cores: int) -> tuple[int, int]:
     """(input workers, torch threads) that add up to at most `cores`. On the CPU the model's forward takes the
     cores and one worker (two from 9 cores) prepares inputs beside it; none on a single core. On a GPU the forward
     needs a thread or two of the CPU and the workers take the rest, at most 4 (runner windows/s on an H100 were
-    the same with 2 and 8 workers: README, embed targets). Measured on a 2-core machine shared with other busy
+    the same with 2 and 8 workers: README, `make bench-gpu`). Measured on a 2-core machine shared with other busy
     processes: the demo's 180 Enformer windows took 5-10 s at 2 threads (any worker count) and 1.2-1.5 s at 1
-    thread with 0 or 1 worker (README, CPU notes): more threads than free cores spin-wait against each other."""
+    thread with 0 or 1 worker (README, Measured on 2 CPU cores, the threads row): more threads than free cores
+    spin-wait against each other."""
     if device_type == "cuda":
         threads = 1 if cores <= 4 else 2
         return max(0, min(4, cores - threads)), threads

@@ -58,7 +58,7 @@ class EmbedSettings:
     max_tokens: int  # token budget per batch
     options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
     num_workers: int  # input-preparation processes
-    torch_threads: int  # torch intra-op threads of the forward pass (recorded: they move values by float rounding)
+    torch_threads: int  # torch intra-op threads of the forward pass (recorded: they may move values by float rounding)
 
     def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
