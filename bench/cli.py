@@ -7,6 +7,8 @@ Sections (all by default, each a couple of minutes on 2 CPU cores):
   Enformer on CPU with `--full-enformer` (~28 s per window on 2 cores); on a CUDA machine also the
   full-size Enformer's fp32 / bf16 batch sweep, bf16 deviation, and the runner path's GPU busy fraction
   (`bench/embed.py`).
+- threads: the demo's Enformer windows on CPU with the default input workers and torch threads against fixed
+  settings, as the machine is and with one busy process added (`bench/threads.py`).
 - reuse: a table overlapping an existing cache by 90 % embedded with `--reuse` against a full embed, on the
   tiny demo models (`bench/reuse.py`).
 - cdt: training steps of the fast CDT against the per-sample reference, each in a fresh process
@@ -30,6 +32,7 @@ from dogmacache.bench.embed import bench_embed, embed_tables
 from dogmacache.bench.gpu import gpu_tables
 from dogmacache.bench.mutate import bench_mutate, mutate_tables
 from dogmacache.bench.reuse import bench_reuse, reuse_tables
+from dogmacache.bench.threads import bench_threads, threads_tables
 from dogmacache.bench.train_memory import bench_train_memory, train_memory_tables
 from dogmacache.devices import CPU_ALLOCATORS
 from dogmacache.errors import InputError
@@ -68,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--embed-workers",
         type=int,
         default=2,
-        help="DataLoader workers preparing inputs (default 2, as `dogmacache embed`)",
+        help="DataLoader workers preparing inputs (default 2; `dogmacache embed` decides from the cores, see the "
+        "threads section)",
     )
     g.add_argument("--gpu-batches", default="1,2,4,8,16,32", help="CUDA: Enformer batch sweep (default 1,...,32)")
     g.add_argument(
@@ -152,6 +156,7 @@ def _cdt(args: argparse.Namespace) -> dict[str, Any]:
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report.TablesFor]] = {
     "cache": (_cache, cache_tables),
     "embed": (_embed, embed_tables),
+    "threads": (lambda args: bench_threads(), threads_tables),
     "cdt": (_cdt, cdt_tables),
     "reuse": (lambda args: bench_reuse(num_workers=args.embed_workers), reuse_tables),
     "mutate": (lambda args: bench_mutate(), mutate_tables),
@@ -161,6 +166,7 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
 DEFAULT_SECTIONS = (
     "cache",
     "embed",
+    "threads",
     "reuse",
     "cdt",
     "mutate",

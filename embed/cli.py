@@ -68,7 +68,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compression", default="none", choices=COMPRESSIONS)
     p.add_argument("--max-tokens", type=int, default=0, help="token budget per batch (0: the adapter's default)")
     p.add_argument("--max-batch", type=int, default=64, help="most items per batch (default 64)")
-    p.add_argument("--num-workers", type=int, default=2, help="input-preparation processes (default 2)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="input-preparation processes (default: from the cores this process may use, its CPU affinity and cgroup "
+        "quota: on --device cpu 0 for 1 core, 1 for 2-8, 2 above; on a GPU the cores the threads leave, at most 4)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: OMP_NUM_THREADS when set, else the cores the input workers leave, on a "
+        "GPU 1 or 2; never more than torch's own count); recorded in the manifest as torch_threads",
+    )
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
     p.add_argument(
         "--max-positions",
@@ -157,6 +170,7 @@ def config_from_args(args: argparse.Namespace):
         max_tokens=args.max_tokens,
         max_batch=args.max_batch,
         num_workers=args.num_workers,
+        torch_threads=args.threads,
         shard_items=args.shard_items,
         overwrite=args.overwrite,
         max_positions=args.max_positions,

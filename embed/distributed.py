@@ -47,7 +47,7 @@ class AdapterPlugin(_plugin_base()):
         self.settings, self.torch_threads, self.lock_token = settings, torch_threads, lock_token
 
     def setup(self, worker=None) -> None:
-        # CPU kernels split reductions by thread count: the coordinator's count gives the numbers one process gives
+        # CPU kernels split reductions by thread count: the recorded count gives the numbers one process gives
         torch.set_num_threads(self.torch_threads)
         device = pick_device(self.settings.config.device)  # this worker's own GPU under LocalCUDACluster
         _, rows, adapter = load(replace(self.settings.config, options=self.settings.options), device)
@@ -110,7 +110,8 @@ def _cluster(n_workers: int, scheduler: str | None):
 def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | None = None) -> dict:
     check_output(config.out)
     table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
-    settings = resolve(config, adapter, pick_device(config.device))
+    # dask workers prepare their own inputs (no DataLoader children): the manifest records 0 input workers
+    settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device))
     writer = None
     try:
         writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
@@ -132,7 +133,7 @@ def _fan_out(
     client, cluster = _cluster(n_workers, scheduler)
     start = time.perf_counter()
     try:
-        client.register_plugin(AdapterPlugin(settings, torch.get_num_threads(), writer.lock_token))
+        client.register_plugin(AdapterPlugin(settings, settings.torch_threads, writer.lock_token))
         futures = [client.submit(embed_shard, shard, pure=False) for shard in pending]
         n_items = sum(writer.manifest.shard_rows(s)[1] - writer.manifest.shard_rows(s)[0] for s in pending)
         with tqdm(

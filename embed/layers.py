@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from dogmacache.cache import storage
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device
+from dogmacache.devices import pick_device, torch_threads
 from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
@@ -80,7 +80,8 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
             one = adapter.for_layer(layer)
             settings = resolve(replace(config, out=outs[layer]), one, device)
             writers[layer] = open_writer(settings, table, bounded_info(one.info(), config.max_positions))
-        return _run(config, settings, adapter, rows, writers)
+        with torch_threads(settings.torch_threads):
+            return _run(config, settings, adapter, rows, writers)
     except OSError as err:
         kept = "; ".join(
             f"{outs[k]}: {len(w.done_shards())} of {w.manifest.n_shards} shards kept" for k, w in writers.items()
@@ -159,7 +160,7 @@ def _run(
             device=settings.device,
             max_tokens=settings.max_tokens,
             max_batch=config.max_batch,
-            num_workers=config.num_workers,
+            num_workers=settings.num_workers,
             starts=starts,
         ):
             first = order[segment.first]  # the segment's first row: it lies in one shard of every layer

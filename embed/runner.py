@@ -25,7 +25,7 @@ import torch
 from dogmacache.cache import storage
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device
+from dogmacache.devices import pick_device, torch_threads
 from dogmacache.embed import reuse
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
@@ -209,7 +209,8 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     writer = None
     try:
         writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
-        return _run(config, settings, adapter, rows, writer)
+        with torch_threads(settings.torch_threads):
+            return _run(config, settings, adapter, rows, writer)
     except OSError as err:
         raise disk_error(err, config.out, writer) from err
 
@@ -231,7 +232,7 @@ def _plan_reuse(
     wanted = np.concatenate([np.arange(a, b) for _, a, b in todo])
     digests = np.zeros((len(rows), 32), dtype=np.uint8)
     with tqdm(total=len(wanted), unit="item", desc="digest inputs", disable=None if config.progress else True) as bar:
-        digests[wanted] = input_digests(adapter, [rows[i] for i in wanted], config.num_workers, bar.update)
+        digests[wanted] = input_digests(adapter, [rows[i] for i in wanted], settings.num_workers, bar.update)
     found = reuse.plan(sources, digests, wanted)
     per_shard = {}
     for shard, a, b in todo:
@@ -286,7 +287,7 @@ def _run(
         precision=settings.precision,
         max_tokens=settings.max_tokens,
         max_batch=config.max_batch,
-        num_workers=config.num_workers,
+        num_workers=settings.num_workers,
         dtype=config.dtype,
         starts=starts,
         max_positions=config.max_positions,

@@ -1,7 +1,8 @@
 """What an embed run is asked for (`EmbedConfig`) and what it uses once decided (`EmbedSettings`, `resolve`):
-"auto" precision for the device, the adapter's token budget for `max_tokens` 0, and the adapter's options as the
-loaded model fixes them. The result goes to the manifest, the stream and the dask workers; the settings that
-change the numbers (`number_fingerprint`) decide whether an existing cache may be extended or reused.
+"auto" precision for the device, the adapter's token budget for `max_tokens` 0, input workers and torch threads
+for the usable cores (`devices.cpu_plan`), and the adapter's options as the loaded model fixes them. The result
+goes to the manifest, the stream and the dask workers; the settings that change the numbers
+(`number_fingerprint`) decide whether an existing cache may be extended or reused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from dogmacache.cache import open_cache
 from dogmacache.contracts.provenance import file_sha256
+from dogmacache.devices import cpu_plan
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
@@ -33,7 +35,8 @@ class EmbedConfig:
     compression: str = "none"
     max_tokens: int = 0  # token budget per batch (after tokenisation, specials included); 0 = adapter default
     max_batch: int = 64  # never more items per batch than this
-    num_workers: int = 2  # CPU processes preparing inputs beside the device
+    num_workers: int | None = None  # CPU processes preparing inputs beside the device; None = devices.cpu_plan's
+    torch_threads: int | None = None  # torch intra-op threads; None = OMP_NUM_THREADS if set, else devices.cpu_plan's
     shard_items: int | None = None  # items per shard (default: ~1 GiB shards)
     overwrite: bool = False
     progress: bool = True
@@ -54,13 +57,17 @@ class EmbedSettings:
     precision: str  # fp32 | bf16 | fp16: the autocast dtype of the forward pass
     max_tokens: int  # token budget per batch
     options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
+    num_workers: int  # input-preparation processes
+    torch_threads: int  # torch intra-op threads of the forward pass (recorded: they may move values by float rounding)
 
     def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
         read, by name and digest: a manifest is published with its cache, so it holds no local path."""
         config = self.config
         run = {
-            k: v for k, v in asdict(config).items() if k not in ("progress", "overwrite", "options", "reuse", *PATHS)
+            k: v
+            for k, v in asdict(config).items()
+            if k not in ("progress", "overwrite", "options", "reuse", "num_workers", "torch_threads", *PATHS)
         }
         files = {
             "input": {"name": Path(config.input).name, "sha256": file_sha256(config.input)},
@@ -75,6 +82,8 @@ class EmbedSettings:
             "max_tokens": self.max_tokens,
             "device": self.device.type,
             "options": asdict(self.options),
+            "num_workers": self.num_workers,
+            "torch_threads": self.torch_threads,
         }
         clash = sorted(set(info.config) & (set(run) | set(files) | set(resolved)))
         assert not clash, f"adapter facts {clash} would overwrite the run's settings"  # one value per key
@@ -83,8 +92,8 @@ class EmbedSettings:
 
 PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold local paths
 # Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
-# Batch sizes (max_tokens, max_batch) are left out: with batches inside shards they move values by float
-# rounding at most, and a resume on another machine may need another budget.
+# Batch sizes (max_tokens, max_batch) and torch_threads are left out: with batches inside shards they move values
+# by float rounding at most, and a resume on another machine may need another budget or core count.
 NUMBER_SETTINGS = ("random_init", "precision", "device", "dtype", "compression", "max_positions")
 
 
@@ -135,11 +144,15 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 
 
 def resolve(config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device) -> EmbedSettings:
-    """The one place a run's settings are decided, once the adapter is loaded and the device picked."""
+    """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
+    never exceed torch's current count (a caller's `torch.set_num_threads` holds)."""
+    cpu = cpu_plan(device.type, config.num_workers, config.torch_threads, ceiling=torch.get_num_threads())
     return EmbedSettings(
         config=config,
         device=device,
         precision=resolve_precision(device, config.precision),
         max_tokens=config.max_tokens or adapter.default_max_tokens(device),
         options=adapter.options,
+        num_workers=cpu.workers,
+        torch_threads=cpu.threads,
     )

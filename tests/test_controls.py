@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import write_cache
+from dogmacache.devices import cpu_plan
 from dogmacache.errors import InputError
 from dogmacache.train.controls import permuted_labels, shuffled_inputs
 from dogmacache.train.registry import config_from_dict
@@ -58,6 +60,11 @@ def test_the_controls_run_beside_the_model_and_fall_to_zero_where_the_model_does
     assert test["dna_mlp"] - max(test["control_permuted_labels"], test["control_shuffled_inputs"]) > 0.4
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written["models"]) == set(test)
+    # the torch threads used (unset in the config: from the usable cores) go into metrics.json and the checkpoints
+    threads = cpu_plan("cpu", workers=0, ceiling=torch.get_num_threads()).threads
+    assert written["cpu"] == {"num_workers": 0, "torch_threads": threads}
+    saved = torch.load(tmp_path / "out" / "dna_mlp_last.pt", weights_only=False)
+    assert saved["config"]["train"]["threads"] == threads
 
 
 def test_without_signal_the_model_scores_no_better_than_its_controls(tmp_path):

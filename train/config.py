@@ -49,7 +49,10 @@ class TrainConfig:
     early_stop_patience: int = 10  # epochs in a row below reference + min_delta (the authors' EarlyStopping)
     early_stop_min_delta: float = 0.001  # gain over the reference that moves it and resets the count
     seed: int = 0  # initial weights, batch order, dropout
-    num_workers: int = 2  # DataLoader processes prefetching batches (0 = read in the training process)
+    # DataLoader processes prefetching batches (0 = read in the training process) and torch intra-op threads; unset:
+    # decided from the cores the process may use (devices.cpu_plan; threads: OMP_NUM_THREADS when set)
+    num_workers: int | None = None
+    threads: int | None = None
     device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:1 ...
     precision: str = "fp32"  # fp32 (the authors') | bf16 (autocast on CUDA; an option, not the paper's)
     cpu_allocator: str = "keep"  # keep | system: on CPU, keep freed memory (devices.keep_freed_memory)
@@ -80,6 +83,7 @@ class TrainConfig:
         "early_stop_min_delta": ">=0",
         "seed": ">=0",
         "num_workers": ">=0",
+        "threads": ">=1",
     }
     CHOICES: ClassVar[dict[str, tuple]] = {
         "precision": ("fp32", "bf16"),
@@ -97,7 +101,8 @@ class OutputConfig:
 
 # Keys that may change between a run and its resume: they change neither the numbers nor what is trained.
 # (`train.epochs` may grow, to continue a finished run for more epochs.)
-RESUME_FREE = ("output.dir", "output.resume", "output.overwrite", "train.num_workers", "train.epochs")
+# (`train.threads` moves values by float rounding only, and a resume on another machine may have other cores.)
+RESUME_FREE = ("output.dir", "output.resume", "output.overwrite", "train.num_workers", "train.threads", "train.epochs")
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _loader(dataset: torch.utils.data.Dataset, num_workers: int) -> torch.utils.data.DataLoader:
+def _loader(dataset: torch.utils.data.Dataset, num_workers: int | None) -> torch.utils.data.DataLoader:
     """Chunks in order, `num_workers` processes reading ahead (2 chunks each)."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=num_workers or 0,  # None: not decided by run_training (a direct call): read in this process
         collate_fn=_identity,
         prefetch_factor=2 if num_workers else None,
     )

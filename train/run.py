@@ -8,6 +8,7 @@ prerequisite runs (CDBridge's stage 1) train first, into their own folder under 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from dogmacache.cache.lock import WriterLock, lock_file, lock_holder
 from dogmacache.contracts.provenance import package_versions
-from dogmacache.devices import apply_cpu_allocator, pick_device
+from dogmacache.devices import apply_cpu_allocator, cpu_plan, pick_device, torch_threads, usable_cores
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
@@ -80,13 +81,25 @@ def _prerequisite(
 def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     rank, _ = world()
     apply_cpu_allocator(config.train.cpu_allocator, pick_device(config.train.device))  # once per process
+    config = with_cpu_plan(config)
     out = Path(config.output.dir)
     lock = claim_output(out, config) if rank == 0 else None
     try:
-        return _run(config, out, rank, progress)
+        with torch_threads(config.train.threads):
+            return _run(config, out, rank, progress)
     finally:
         if lock is not None:
             lock.release()
+
+
+def with_cpu_plan(config: RunConfig) -> RunConfig:
+    """`config` with [train] num_workers and threads decided for this process where unset (`devices.cpu_plan`),
+    so checkpoints and metrics.json record the counts used; under torchrun the processes of one machine
+    (LOCAL_WORLD_SIZE) share its cores."""
+    t = config.train
+    cores = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    plan = cpu_plan(pick_device(t.device).type, t.num_workers, t.threads, cores=cores, ceiling=torch.get_num_threads())
+    return dataclasses.replace(config, train=dataclasses.replace(t, num_workers=plan.workers, threads=plan.threads))
 
 
 def claim_output(out: Path, config: RunConfig) -> WriterLock:
@@ -147,6 +160,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
         "counts": {s: int(len(p)) for s, p in data.splits.items()},
         "model_config": results[config.task]["model_config"],
         "fingerprints": data.fingerprints,
+        "cpu": {"num_workers": config.train.num_workers, "torch_threads": config.train.threads},
     }
     if rank == 0:
         summary.update(task.summary(results, data))

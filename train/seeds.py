@@ -18,7 +18,7 @@ from dogmacache.errors import InputError
 from dogmacache.train.config import RunConfig
 from dogmacache.train.run import run_training, strict, write_json
 
-SKIP = ("fingerprints", "model_config", "counts")  # not results
+SKIP = ("fingerprints", "model_config", "counts", "cpu")  # not results
 
 
 def parse_seeds(text: str) -> list[int]:
