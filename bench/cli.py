@@ -158,7 +158,7 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report
     "embed": (_embed, embed_tables),
     "threads": (lambda args: bench_threads(), threads_tables),
     "cdt": (_cdt, cdt_tables),
-    "reuse": (lambda args: bench_reuse(num_workers=args.embed_workers), reuse_tables),
+    "reuse": (lambda args: bench_reuse(), reuse_tables),
     "mutate": (lambda args: bench_mutate(), mutate_tables),
     "train-memory": (lambda args: bench_train_memory(), train_memory_tables),
     "gpu": (_gpu, gpu_tables),

@@ -75,7 +75,7 @@ def _compare(a: str, b: str) -> dict[str, Any]:
     }
 
 
-def bench_reuse(n_items: int = 1024, num_workers: int = 2, workdir: str | None = None, seed: int = 0) -> dict:
+def bench_reuse(n_items: int = 1024, num_workers: int | None = None, workdir: str | None = None, seed: int = 0) -> dict:
     """Full vs `--reuse` rates of a 90 %-overlapping table for each case (CPU, the demo's tiny models)."""
     from dogmacache.data_recipes.demo import build_demo
     from dogmacache.embed.tiny import make_tiny
@@ -149,7 +149,7 @@ def reuse_tables(r: dict[str, Any]) -> list[Table]:
     return [
         table(
             f"reuse: a table overlapping an existing cache by {OVERLAP:.0%}, embedded in full and with --reuse "
-            f"(tiny demo models on CPU, {r['num_workers']} DataLoader workers)",
+            "(tiny demo models on CPU, `dogmacache embed`'s default input workers and threads)",
             [
                 "model, input",
                 "items",

@@ -217,12 +217,12 @@ class EmbeddingCache:
         digests = CheckedArray(self.url, layout.SHARD_SHA256, self._group[layout.SHARD_SHA256])
         return np.asarray(digests[:]).any(axis=1)
 
-    def shard_blocks(self, shard: int) -> list[np.ndarray]:
-        """Decoded rows of one shard, as the writer hashed them: stored embeddings, then extras. A block that
-        cannot be read is a CacheError naming its array and file."""
+    def shard_blocks(self, shard: int, embeddings: bool = True) -> list[np.ndarray]:
+        """Decoded rows of one shard, as the writer hashed them: stored embeddings (unless `embeddings` is
+        False), then extras. A block that cannot be read is a CacheError naming its array and file."""
         start, stop = self.manifest.shard_rows(shard)
         blocks = []
-        for name in (layout.EMBEDDINGS, *self.manifest.extra_arrays):
+        for name in (*([layout.EMBEDDINGS] if embeddings else []), *self.manifest.extra_arrays):
             array = self._group[name]
             try:
                 blocks.append(np.asarray(array[start:stop]))

@@ -94,10 +94,12 @@ def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
 
 class _Prepared(torch.utils.data.Dataset):
     """Rows of the table for the pending shards, prepared one by one in worker processes, each with the digest
-    of its prepared inputs (or, `digest_only`, just that digest)."""
+    of its prepared inputs."""
 
-    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter, digest_only: bool = False):
-        self.rows, self.adapter, self.digest_only = rows, adapter, digest_only
+    digest_only = False
+
+    def __init__(self, rows: list[dict[str, Any]], adapter: EmbeddingAdapter):
+        self.rows, self.adapter = rows, adapter
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -109,8 +111,27 @@ class _Prepared(torch.utils.data.Dataset):
             prepared = self.adapter.prepare(self.rows[i])
         except DogmaError as err:
             return {_ERROR: err}
-        digest = item_digest(prepared)
-        return {_DIGEST: digest} if self.digest_only else {**prepared, _DIGEST: digest}
+        return {**prepared, _DIGEST: item_digest(prepared)}
+
+
+class _Digests(_Prepared):
+    """Only the digests, DIGEST_ROWS rows per item: the inputs are prepared and dropped in the workers, and one
+    small array per run of rows crosses to the parent."""
+
+    digest_only = True
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // DIGEST_ROWS)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        rows = self.rows[k * DIGEST_ROWS : (k + 1) * DIGEST_ROWS]
+        try:
+            return {_DIGEST: np.stack([item_digest(self.adapter.prepare(row)) for row in rows])}
+        except DogmaError as err:
+            return {_ERROR: err}
+
+
+DIGEST_ROWS = 64
 
 
 _ERROR = "_error"  # key of an item whose preparation failed
@@ -177,10 +198,10 @@ def input_digests(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], num_wor
     """(N, 32) uint8: each row's prepared-input digest, prepared by `num_workers` processes (nothing embedded).
     `progress(n)` is called per row."""
     out = np.zeros((len(rows), 32), dtype=np.uint8)
-    for i, item in enumerate(_raise_errors(_loader(_Prepared(rows, adapter, True), torch.device("cpu"), num_workers))):
-        out[i] = item[_DIGEST]
+    for k, item in enumerate(_raise_errors(_loader(_Digests(rows, adapter), torch.device("cpu"), num_workers))):
+        out[k * DIGEST_ROWS : k * DIGEST_ROWS + len(item[_DIGEST])] = item[_DIGEST]
         if progress is not None:
-            progress(1)
+            progress(len(item[_DIGEST]))
     return out
 
 

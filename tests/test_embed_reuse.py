@@ -314,3 +314,23 @@ def test_every_batch_of_a_bucket_has_one_shape():
         assert full[-1] == {"n": bucket, "filler": True}
         seen.add((bucket, len(full)))
     assert seen == {(32, 6), (64, 3), (96, 2)}  # one batch size per bucket, whatever its rows
+
+
+def test_esm2_letter_lookup_gives_the_tokenizers_ids(inputs):
+    """ESM-2's tokenizer reads one token per letter: the adapter's table lookup gives its very ids (truncation,
+    special tokens and all), and a tokenizer of another kind (6-mers) gets no table."""
+    import torch
+    from dogmacache.embed.adapters import get_adapter
+
+    root, models = inputs
+    cls = get_adapter("esm2", "protein")
+    adapter = cls(str(models["esm2"]), cls.options_class(max_length=40), torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    letters = list("ACDEFGHIKLMNPQRSTVWYXBZUO")
+    seqs = ["".join(rng.choice(letters, int(rng.integers(1, 80)))) for _ in range(50)]
+    fast = [adapter.prepare({"id": "x", "sequence": s}) for s in seqs]
+    assert adapter._letters is not None
+    adapter._letters = None  # the tokenizer's own path
+    slow = [adapter.prepare({"id": "x", "sequence": s}) for s in seqs]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -236,10 +236,35 @@ class _EsmFamily(LayeredAdapter):
         """The item's sequence, and the number of N added to it past a chromosome end."""
         raise NotImplementedError
 
+    def _letter_ids(self) -> np.ndarray | None:
+        """Per byte, its token id, for a tokenizer that reads one token per protein letter (ESM-2's); None for
+        any other (Nucleotide Transformer's 6-mers). Checked against the tokenizer itself on every letter."""
+        vocab = self.tokenizer.get_vocab()
+        if not all(letter in vocab for letter in PROTEIN_LETTERS):
+            return None
+        table = np.full(256, -1, dtype=np.int64)
+        for letter in PROTEIN_LETTERS:
+            table[ord(letter)] = vocab[letter]
+        probe = "".join(sorted(PROTEIN_LETTERS)) + "MKVLAAGIV"
+        fast = self.tokenizer.build_inputs_with_special_tokens(table[np.frombuffer(probe.encode(), np.uint8)].tolist())
+        return table if fast == self.tokenizer(probe, add_special_tokens=True)["input_ids"] else None
+
+    def _token_ids(self, seq: str) -> list[int]:
+        """The tokenizer's ids with its special tokens: by table lookup where the tokenizer reads letters one by
+        one (the same ids, ~100x faster than the tokenizer's own Python loop), else through the tokenizer."""
+        if not hasattr(self, "_letters"):
+            self._letters = self._letter_ids()
+            self._n_special = len(self.tokenizer.build_inputs_with_special_tokens([]))
+        if self._letters is not None:
+            codes = self._letters[np.frombuffer(seq.encode(), dtype=np.uint8)]
+            if (codes >= 0).all():
+                return self.tokenizer.build_inputs_with_special_tokens(codes.tolist())
+        return self.tokenizer(seq, add_special_tokens=True)["input_ids"]
+
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         seq, n_padded = self.sequence(row)
-        ids = self.tokenizer(seq, add_special_tokens=True)["input_ids"]
-        n_special = len(self.tokenizer.build_inputs_with_special_tokens([]))
+        ids = self._token_ids(seq)
+        n_special = self._n_special
         if len(ids) > self.max_length and getattr(self.options, "keep", "start") == "end":
             head = ids[:1] if ids[0] == self.tokenizer.cls_token_id else []  # <cls> stays in front
             kept = head + ids[len(ids) - (self.max_length - len(head)) :]
