@@ -23,6 +23,27 @@ TRAIN_ARGS ?=
 # the projected 50 epochs, cache -> device loader. tiny: the same code in seconds (on a CPU too), to check it runs.
 BENCH_SIZE ?= full
 
+# test-gpu: the `gpu`-marked tests (tests/test_gpu_*.py: every adapter on CUDA against the CPU, compiled against
+# eager, a killed CUDA embed resumed), JUnit XML in $(OUT)/test-gpu/. gpu-check: what a GPU machine checks, in one
+# command: gpu-setup, test-gpu, then bench-gpu (GPU_BENCH=no leaves it out), each step's log in $(OUT)/gpu-check/.
+# gpu-setup installs the project into the environment of GPU_PYTHON, a python whose torch is a CUDA build (kept as
+# it is): from PyPI, or offline from the wheels that `make gpu-wheels` downloaded into WHEELS on a machine with
+# network (the packages a CUDA image with Python 3.12 lacks, at constraints.txt's versions; polars, which only
+# enformer-pytorch's unused data loader imports, at 0.20.31: 2.1's runtime wheel alone is 54 MB).
+GPU_PYTHON ?= python3
+GPU_BENCH  ?= yes
+GPU_ENV     = $(shell $(GPU_PYTHON) -c 'import sys; print(sys.prefix)')
+GPU_LOGS   ?= $(OUT)/gpu-check
+# make in GPU_PYTHON's environment, taking it as set up (-o: never the CPU `setup`, which would install torch)
+GPU_MAKE    = $(MAKE) --no-print-directory VENV=$(GPU_ENV) -o $(GPU_ENV)/.dogmacache-installed
+WHEELS     ?= .whl
+GPU_WHEEL_TAGS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
+GPU_WHEEL_PACKAGES ?= borzoi-pytorch crc32c dask discrete-key-value-bottleneck-pytorch distributed donfig einops \
+	einx enformer-pytorch frozendict google-crc32c huggingface_hub lazy-importer liftover locket loguru numcodecs \
+	partd platformdirs pyfaidx setuptools tblib tokenizers torch-einops-utils tornado transformers tzdata \
+	vector-quantize-pytorch zarr zict
+
 # esmc-reference: ESM-C's native encoder against the `esm` package, which needs Python 3.12 and a venv of its own
 # (ESMC_VENV, several GB: PyPI's torch for Linux is a CUDA build). ESMC_PYTHON: a python3.12 that runs, found on the
 # PATH or under pyenv unless given.
@@ -31,7 +52,8 @@ ESMC_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/vers
 	$(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -qx True && echo $(p))))
 ESMC_ESM    ?= esm==3.2.3
 
-.PHONY: setup test test-all lint demo embed train bench bench-gpu esmc-reference clean
+.PHONY: setup test test-all lint demo embed train bench bench-gpu test-gpu gpu-setup gpu-check gpu-wheels \
+	esmc-reference clean
 
 setup: $(STAMP)
 
@@ -69,6 +91,33 @@ bench: setup
 bench-gpu: setup
 	$(if $(filter $(BENCH_SIZE),full tiny),,$(error BENCH_SIZE=$(BENCH_SIZE) is not full or tiny))
 	$(BIN)/dogmacache bench --only gpu --gpu-size $(BENCH_SIZE) --out $(OUT)/bench-gpu
+
+test-gpu: setup
+	mkdir -p $(OUT)/test-gpu
+	$(BIN)/python -m pytest -m gpu -v -rs --durations=10 --junitxml=$(OUT)/test-gpu/junit.xml \
+		tests/test_gpu_embed.py tests/test_gpu_compile.py
+
+gpu-setup:
+	$(GPU_PYTHON) -c 'import torch; assert torch.cuda.is_available(), f"torch {torch.__version__} of $(GPU_PYTHON) sees no CUDA device; set GPU_PYTHON to a python with a CUDA build of torch"'
+	$(GPU_PYTHON) -m pip install --quiet $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) "setuptools>=69"
+	$(GPU_PYTHON) -m pip install --quiet $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) \
+		--no-build-isolation -e .
+	touch $(GPU_ENV)/.dogmacache-installed
+
+gpu-check:
+	mkdir -p $(GPU_LOGS)
+	bash -c 'set -o pipefail; status=0; \
+		$(MAKE) --no-print-directory gpu-setup 2>&1 | tee $(GPU_LOGS)/setup.log || exit 1; \
+		$(GPU_MAKE) test-gpu 2>&1 | tee $(GPU_LOGS)/test-gpu.log || status=1; \
+		$(if $(filter yes,$(GPU_BENCH)),$(GPU_MAKE) bench-gpu 2>&1 | tee $(GPU_LOGS)/bench-gpu.log || status=1;) \
+		exit $$status'
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: $(GPU_WHEEL_TAGS) -c constraints.txt \
+		-d $(WHEELS) $(GPU_WHEEL_PACKAGES)
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: $(GPU_WHEEL_TAGS) -d $(WHEELS) polars==0.20.31
+	$(PYTHON) -m pip wheel --quiet --no-deps -c constraints.txt -w $(WHEELS) intervaltree
+	du -sh $(WHEELS)
 
 esmc-reference: setup
 	@test -n "$(ESMC_PYTHON)" || { echo "esmc-reference needs Python 3.12 (esm 3.2.3 requires >=3.12,<3.13) and found none on the PATH or under ~/.pyenv/versions: install one (e.g. pyenv install 3.12) or set ESMC_PYTHON=/path/to/python3.12"; exit 1; }
