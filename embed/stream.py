@@ -198,7 +198,8 @@ def input_digests(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], num_wor
     """(N, 32) uint8: each row's prepared-input digest, prepared by `num_workers` processes (nothing embedded).
     `progress(n)` is called per row."""
     out = np.zeros((len(rows), 32), dtype=np.uint8)
-    for k, item in enumerate(_raise_errors(_loader(_Digests(rows, adapter), torch.device("cpu"), num_workers))):
+    workers = num_workers if num_workers > 1 else 0  # one worker would only add a fork and messages: prepare here
+    for k, item in enumerate(_raise_errors(_loader(_Digests(rows, adapter), torch.device("cpu"), workers))):
         out[k * DIGEST_ROWS : k * DIGEST_ROWS + len(item[_DIGEST])] = item[_DIGEST]
         if progress is not None:
             progress(len(item[_DIGEST]))
