@@ -7,6 +7,7 @@ step calls the function a user's command calls, with its config dataclass."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -69,34 +70,25 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
     for task, jobs in (("cdt", CDT_CACHES), ("isoform", ISOFORM_CACHES)):
         for modality, model, table, name, options in jobs:
             key = modality if model != "kmer" else f"{modality}_kmer"
-            path = caches[task][key] = out / "cache" / name
-            run_embed(
-                EmbedConfig(
-                    input=str(recipe / task / table),
-                    modality=modality,
-                    model=model,
-                    model_path=str(models[model]) if model in models else None,
-                    out=str(path),
-                    genome=str(recipe / "genome.fa") if modality == "dna" else None,
-                    options=get_adapter(model, modality).options_class.from_dict(options),
-                    progress=progress,
-                )
+            config = EmbedConfig(
+                input=str(recipe / task / table),
+                modality=modality,
+                model=model,
+                model_path=str(models[model]) if model in models else None,
+                out=str(out / "cache" / name),
+                genome=str(recipe / "genome.fa") if modality == "dna" else None,
+                options=get_adapter(model, modality).options_class.from_dict(options),
+                progress=progress,
             )
-            if model == "enformer":  # the probe's layer axis: the tiny Enformer's other layers from one pass
-                layers = run_embed_layers(
-                    EmbedConfig(
-                        input=str(recipe / task / table),
-                        modality=modality,
-                        model=model,
-                        model_path=str(models[model]),
-                        out=str(out / "cache" / name.replace(".zarr", "-{layer}.zarr")),
-                        genome=str(recipe / "genome.fa"),
-                        progress=progress,
-                    ),
-                    PROBE_LAYERS,
-                )
-                below = {f"dna_{layer}": Path(path) for layer, path in layers["caches"].items()}
-                caches[task] = {**below, **caches[task]}  # in depth order before the trunk: the probe's layer axis
+            if model != "enformer":
+                run_embed(config)
+                caches[task][key] = out / "cache" / name
+                continue
+            # the tiny Enformer's trunk and, for the probe's layer axis, the layers below it: one forward pass
+            config = dataclasses.replace(config, out=str(out / "cache" / name.replace(".zarr", "-{layer}.zarr")))
+            written = run_embed_layers(config, (*PROBE_LAYERS, "trunk"))["caches"]
+            caches[task].update({f"dna_{layer}": Path(written[layer]) for layer in PROBE_LAYERS})  # depth order
+            caches[task][key] = Path(written["trunk"])
     return caches
 
 

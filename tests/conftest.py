@@ -114,7 +114,7 @@ def serve(directory):
 def demo(demo_run):
     """The demo folder and its CDT caches (the k-mer control's too)."""
     caches = {
-        "dna": demo_run / "cache" / "dna-enformer.zarr",
+        "dna": demo_run / "cache" / "dna-enformer-trunk.zarr",
         "protein": demo_run / "cache" / "protein-esm2.zarr",
         "gene": demo_run / "cache" / "gene-scgpt.zarr",
         "dna_kmer": demo_run / "cache" / "dna-kmer.zarr",

@@ -177,7 +177,7 @@ def test_demo_caches_open_in_xarray_with_ids_as_the_item_coordinate(demo_run):
         np.testing.assert_array_equal(lazy[:2].compute(), cache.read_rows([0, 1]).view(lazy.dtype))
     names = {p.name for p in (demo_run / "cache").glob("*.zarr")}
     assert {
-        "dna-enformer.zarr",
+        "dna-enformer-trunk.zarr",
         "protein-esm2.zarr",
         "gene-scgpt.zarr",
         "isoform-rna-nt.zarr",

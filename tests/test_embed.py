@@ -90,7 +90,7 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
         assert main(["embed", *args, "--out", str(tmp_path / name), "--no-progress"]) == 0, name
     assert "cache complete" in capsys.readouterr().out
     paths = {
-        "dna.zarr": demo_run / "cache" / "dna-enformer.zarr",
+        "dna.zarr": demo_run / "cache" / "dna-enformer-trunk.zarr",
         "protein.zarr": demo_run / "cache" / "protein-esm2.zarr",
         "gene.zarr": demo_run / "cache" / "gene-scgpt.zarr",
         "rna.zarr": tmp_path / "rna.zarr",

@@ -127,7 +127,7 @@ def test_modalities_parse_in_query_order():
 def iso(demo_run):
     cache = demo_run / "cache"
     caches = {
-        "dna": cache / "isoform-dna-enformer.zarr",
+        "dna": cache / "isoform-dna-enformer-trunk.zarr",
         "rna": cache / "isoform-rna-nt.zarr",
         "protein": cache / "isoform-protein-esm2.zarr",
         "dna_kmer": cache / "isoform-dna-kmer.zarr",
