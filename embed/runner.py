@@ -225,8 +225,10 @@ def _plan_reuse(
 ) -> tuple[dict[int, ReusedRows], reuse.RowCopier | None, list[reuse.Source]]:
     """Which rows of the pending shards the `--reuse` caches hold (by item digest), per shard."""
     sources, skipped = reuse.open_sources(config.reuse, writer.manifest, type(settings.options).flags)
-    for line in skipped:
+    for line in skipped[:3]:
         print(f"--reuse: not using {line}")
+    if len(skipped) > 3:
+        print(f"--reuse: not using {len(skipped) - 3} more caches of other models or settings")
     if not sources:
         return {}, None, []
     wanted = np.concatenate([np.arange(a, b) for _, a, b in todo])
