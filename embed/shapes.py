@@ -9,8 +9,8 @@ depend on its neighbours: a shard's last batch, the rows left to embed after `--
   copies of its last item to the size every full batch has, min(max_batch, max_tokens // size).
 - Items of many sizes (proteins, transcripts), where the adapter says how (`shape_bucket`, `filler`), are grouped
   within runs of at most SEGMENT_ROWS rows by their length bucket (tokens rounded up to a multiple of
-  BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket, filled out to the bucket's count with
-  copies, and ends with a filler item of exactly the bucket's length (`filler`), so it has one shape. Same-length
+  BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket and ends with a filler item of exactly
+  the bucket's length (`filler`), so every item of a bucket is computed at the bucket's length. Same-length
   buckets are computed together whatever their rows, which also spares most of the padding of row-order batches.
 - Minus-strand windows under `--strand-policy rc-average` cost two forwards: they form their own bucket.
 
@@ -67,13 +67,15 @@ def filled(
     bucket: int | None = None,
     filler: Callable[[int], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The batch the model sees. With a `bucket` (one of `plan`'s bucket batches): the items, copies of the last
-    one up to the bucket's count, and a `filler` item of exactly `bucket` tokens, so every batch of the bucket has
-    one shape, (count + 1, bucket). Without: a batch of same-size items filled out with copies of its last item to
-    the full batch size; a batch of several sizes as it is."""
+    """The batch the model sees. With a `bucket` (one of `plan`'s bucket batches): the items and a `filler` item
+    of exactly `bucket` tokens, so every batch of the bucket is padded to the bucket's length (and holds at least two
+    items). Its count is left as it is: filling it out would compute up to a full batch of copies for a bucket of a
+    few proteins, and at a fixed length the count does not change an item's numbers (an ESM-2 protein padded to 64
+    tokens gives the same bits in batches of 2 to 33 on the CPU; a batch of one takes another path, as it does for
+    Enformer windows). Without a bucket: a batch of same-size items filled out with copies of its last item to the
+    full batch size; a batch of several sizes as it is."""
     if bucket is not None and filler is not None:
-        count = max(1, per_batch(bucket, max_tokens, max_batch) - 1)
-        return [*batch, *[batch[-1]] * (count - len(batch)), filler(bucket)]
+        return [*batch, filler(bucket)]
     sizes = {n_tokens(item) for item in batch}
     if len(sizes) != 1:
         return batch

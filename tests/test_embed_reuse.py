@@ -294,7 +294,7 @@ def test_proteins_of_many_lengths_and_rc_average_windows_reuse_byte_identically(
     same_arrays(str(tmp_path / "w_reused"), str(tmp_path / "w_full"))
 
 
-def test_every_batch_of_a_bucket_has_one_shape():
+def test_every_batch_of_a_bucket_has_its_length():
     from dogmacache.embed import shapes
 
     costs = [40, 70, 33, 64, 90, 65, 12]
@@ -307,13 +307,12 @@ def test_every_batch_of_a_bucket_has_one_shape():
     def filler(n):
         return {"n": n, "filler": True}
 
-    seen = set()
     for batch in batches:
         bucket = buckets[batch[0]]
         full = shapes.filled([items[o] for o in batch], lambda x: x["n"], 200, 8, bucket, filler)
-        assert full[-1] == {"n": bucket, "filler": True}
-        seen.add((bucket, len(full)))
-    assert seen == {(32, 6), (64, 3), (96, 2)}  # one batch size per bucket, whatever its rows
+        assert full == [*(items[o] for o in batch), {"n": bucket, "filler": True}]  # padded to the bucket, >= 2
+    windows = shapes.filled([{"n": 50}, {"n": 50}], lambda x: x["n"], 200, 8)
+    assert len(windows) == 4 and windows[-1] is windows[1]  # same-size items: filled out to the full batch
 
 
 def test_esm2_letter_lookup_gives_the_tokenizers_ids(inputs):
