@@ -146,7 +146,7 @@ def _run(
         desc=f"embed {config.model}, {len(writers)} layers",
         disable=None if config.progress else True,
     )  # None: off when not a terminal
-    start, done, padded = time.perf_counter(), 0, 0
+    start, padded = time.perf_counter(), 0
     captures = {}  # per layer: the fidelity sample among the rows its pending shards hold, kept from the stream
     for layer, writer in writers.items():
         per = writer.manifest.shard_items
@@ -183,7 +183,6 @@ def _run(
                 padded += int(np.count_nonzero(extras.get("n_padded", ())))
             for layer in wanted:
                 fillers[layer].add(*assembled[layer].result())
-            done += len(segment.items)
             bar.update(len(segment.items))
     for filler in fillers.values():
         filler.close()

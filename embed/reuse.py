@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dogmacache.cache import layout, open_cache
+from dogmacache.cache import hub, layout, open_cache
 from dogmacache.cache.manifest import Manifest, digest_strings
 from dogmacache.cache.reader import EmbeddingCache
 from dogmacache.cache.storage import local_path
@@ -76,9 +76,7 @@ def find_caches(spec: str) -> list[str]:
         path = Path(local)
         if not path.is_dir():
             raise InputError(f"--reuse {spec}: no such folder; pass a cache or a folder of caches")
-        if (path / "zarr.json").is_file():
-            return [str(path)]
-        return [str(p) for p in sorted(path.iterdir()) if (p / "zarr.json").is_file()]
+        return [str(path / found.relpath) for found in hub.find_caches(path)]
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(spec)

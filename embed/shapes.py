@@ -33,21 +33,16 @@ def per_batch(size: int, max_tokens: int, max_batch: int) -> int:
     return max(1, min(max_batch, max_tokens // max(size, 1)))
 
 
-def plan(
-    costs: Sequence[int], buckets: Sequence[int] | None, max_tokens: int, max_batch: int, filler: bool = True
-) -> list[list[int]]:
-    """The batches of one run of rows, as offsets into it. `buckets` None: row order under the token budget;
-    else one bucket per batch, buckets in increasing length, rows in order inside each, one place in each batch
-    kept for the `filler` item where the adapter has one."""
-    if buckets is None:
-        batches, batch, longest = [], [], 0
-        for offset, cost in enumerate(costs):
-            if batch and (max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(offset)
-            longest = max(longest, cost)
-        return [*batches, batch] if batch else batches
+def length_bucket(n_tokens: int, cap: int) -> int:
+    """The bucket of an item of `n_tokens` tokens: rounded up to a multiple of BUCKET_TOKENS, at most `cap` (the
+    model's length limit, which no item exceeds)."""
+    return min(-(-n_tokens // BUCKET_TOKENS) * BUCKET_TOKENS, cap)
+
+
+def plan(buckets: Sequence[int], max_tokens: int, max_batch: int, filler: bool = True) -> list[list[int]]:
+    """The batches of one run of rows, as offsets into it: one bucket per batch, buckets in increasing length,
+    rows in order inside each, one place in each batch kept for the `filler` item where the adapter has one. (Rows
+    of an adapter without buckets are batched in row order by `stream.batches_by_budget`.)"""
     groups: dict[int, list[int]] = defaultdict(list)
     for offset, bucket in enumerate(buckets):
         groups[bucket].append(offset)

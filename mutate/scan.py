@@ -13,6 +13,7 @@ Shapes: V variants, W affected windows, L positions, D_dna / D_tok widths.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,11 +138,10 @@ class Scanner:
             out.update(zip(todo, embedded.astype(np.float32), strict=True))
         return np.stack([out[d] for d in digests]), len(todo), sum(d in in_cache for d in digests)
 
-    @property
+    @functools.cached_property
     def _index(self) -> dict[bytes, int]:
-        if not hasattr(self, "_digest_index"):
-            self._digest_index = digest_index(self.dna)
-        return self._digest_index
+        """item digest -> row of the DNA cache, read once per scanner."""
+        return digest_index(self.dna)
 
     @torch.inference_mode()
     def _adapt(self, dna: np.ndarray) -> np.ndarray:

@@ -299,7 +299,8 @@ def test_every_batch_of_a_bucket_has_its_length():
 
     costs = [40, 70, 33, 64, 90, 65, 12]
     buckets = [min(-(-c // 32) * 32, 96) for c in costs]  # capped at a model limit of 96 tokens
-    batches = shapes.plan(costs, buckets, max_tokens=200, max_batch=8)
+    assert buckets == [shapes.length_bucket(c, 96) for c in costs]
+    batches = shapes.plan(buckets, max_tokens=200, max_batch=8)
     # buckets 32: [6]; 64: [0, 2, 3], 3 per batch with one place for the filler; 96: [1, 4, 5], 2 per batch
     assert batches == [[6], [0, 2], [3], [1], [4], [5]]
     items = [{"n": c} for c in costs]

@@ -31,9 +31,10 @@ from dogmacache.embed.adapters.esmc_model import (
     tokenize,
 )
 from dogmacache.embed.adapters.hf_esm import POOLING_FLAG, POOLINGS, EsmOptions, clean_protein
+from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask, token_extras
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir
 from dogmacache.embed.random_weights import randomize_
-from dogmacache.embed.shapes import BUCKET_TOKENS
+from dogmacache.embed.shapes import length_bucket
 from dogmacache.errors import InputError, ModelError
 
 DEFAULT_MAX_TOKENS = 2048  # 2,046 residues + <cls> + <eos>: the adapter's cap, not a limit of the model
@@ -132,7 +133,7 @@ class EsmcAdapter(EmbeddingAdapter):
         return len(prepared["ids"])
 
     def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
-        return min(-(-len(prepared["ids"]) // BUCKET_TOKENS) * BUCKET_TOKENS, self.options.max_length)
+        return length_bucket(len(prepared["ids"]), self.max_length)
 
     def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
         """`<cls>`, then one residue's token: a sequence of exactly `n_tokens` tokens."""
@@ -142,25 +143,11 @@ class EsmcAdapter(EmbeddingAdapter):
 
     @torch.inference_mode()
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        lengths = [len(item["ids"]) for item in batch]
-        longest = max(lengths)
-        ids = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
-        for i, item in enumerate(batch):
-            ids[i, : lengths[i]] = torch.from_numpy(item["ids"])
+        ids, lengths = padded_ids(batch, PAD_ID)
         ids = ids.to(self.device)
         hidden = self.model(ids, self.options.layer)  # (B, T, D)
         real = (ids != PAD_ID) & (ids != CLS_ID) & (ids != EOS_ID)  # (B, T) residues
-        extras = {
-            "n_tokens": np.array(lengths, dtype=np.int32),
-            "n_truncated": np.array([item["n_truncated"] for item in batch], dtype=np.int32),
-        }
-        if self.options.pooling == "mean":
-            weights = real.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1), extras
-        if self.options.pooling == "cls":
-            return hidden[:, 0], extras
-        padded = torch.zeros(len(batch), self.max_length, self.dim, dtype=hidden.dtype, device=hidden.device)
-        padded[:, :longest] = hidden * real.unsqueeze(-1)
-        mask = np.zeros((len(batch), self.max_length), dtype=bool)
-        mask[:, :longest] = real.cpu().numpy()
-        return padded, {**extras, "mask": mask}
+        extras = token_extras(batch, lengths)
+        if self.options.pooling == "none":
+            extras["mask"] = real_mask(real, self.max_length)
+        return pool_tokens(hidden, real, self.options.pooling, self.max_length), extras

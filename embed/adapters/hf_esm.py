@@ -29,10 +29,11 @@ from dogmacache.embed.adapters.base import (
     LayeredAdapter,
     ModelInfo,
 )
+from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask, token_extras
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
-from dogmacache.embed.shapes import BUCKET_TOKENS
+from dogmacache.embed.shapes import length_bucket
 from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -287,7 +288,7 @@ class _EsmFamily(LayeredAdapter):
         return len(prepared["ids"])
 
     def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
-        return min(-(-len(prepared["ids"]) // BUCKET_TOKENS) * BUCKET_TOKENS, self.max_length)
+        return length_bucket(len(prepared["ids"]), self.max_length)
 
     def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
         """`n_tokens` ids of one ordinary token after the first special one: a sequence of that length."""
@@ -301,11 +302,7 @@ class _EsmFamily(LayeredAdapter):
     def embed_layers(
         self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-        lengths = [len(item["ids"]) for item in batch]
-        longest = max(lengths)
-        ids = torch.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        for i, item in enumerate(batch):
-            ids[i, : lengths[i]] = torch.from_numpy(item["ids"])
+        ids, lengths = padded_ids(batch, self.tokenizer.pad_token_id)
         attention = (ids != self.tokenizer.pad_token_id).long()
         ids, attention = ids.to(self.device), attention.to(self.device)
         index = {layer: int(layer) for layer in layers}
@@ -316,33 +313,17 @@ class _EsmFamily(LayeredAdapter):
             if token is not None:
                 special |= ids == token
         real = attention.bool() & ~special  # (B, T)
-        extras = {
-            "n_tokens": np.array(lengths, dtype=np.int32),
-            "n_truncated": np.array([item["n_truncated"] for item in batch], dtype=np.int32),
-        }
+        extras = token_extras(batch, lengths)
         if self.counts_padding:
             extras["n_padded"] = np.array([item["n_padded"] for item in batch], dtype=np.int32)
         if self.pooling == "none":
-            mask = np.zeros((len(batch), self.max_length), dtype=bool)
-            mask[:, :longest] = real.cpu().numpy()
-            extras["mask"] = mask
+            extras["mask"] = real_mask(real, self.max_length)
         outputs = {}
         for layer, k in index.items():
             # (B, T, D); NT v2's remote code has no last_hidden_state of the same meaning: its hidden states
             hidden = out.hidden_states[k] if self.remote or k != -1 else out.last_hidden_state
-            outputs[layer] = self._pool(hidden, real)
+            outputs[layer] = pool_tokens(hidden, real, self.pooling, self.max_length)
         return outputs, extras
-
-    def _pool(self, hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) hidden states -> the stored outputs under `pooling`; `real` (B, T) marks the real tokens."""
-        if self.pooling == "mean":
-            weights = real.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        padded = torch.zeros(len(hidden), self.max_length, self.dim, dtype=hidden.dtype, device=hidden.device)
-        padded[:, : hidden.shape[1]] = hidden * real.unsqueeze(-1)
-        return padded
 
 
 class Esm2Adapter(_EsmFamily):
