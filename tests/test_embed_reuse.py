@@ -334,3 +334,24 @@ def test_esm2_letter_lookup_gives_the_tokenizers_ids(inputs):
     slow = [adapter.prepare({"id": "x", "sequence": s}) for s in seqs]
     for a, b in zip(fast, slow, strict=True):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_reuse_across_genome_files_holding_the_same_bases(inputs, old_cache, full_new, tmp_path):
+    """The genome file's digest is left out of the match (the item digest covers the bases): a FASTA with one more
+    chromosome gives the same rows; one whose bases differ under a window gives that window anew."""
+    root, _ = inputs
+    text = (root / "g.fa").read_text()
+    (tmp_path / "more.fa").write_text(text + ">chrX\nACGTACGTAC\n")
+    summary = run_embed(
+        config(inputs, "new.parquet", tmp_path / "more", genome=str(tmp_path / "more.fa"), reuse=(str(old_cache),))
+    )
+    assert summary["reused"] == 25
+    assert np.array_equal(open_cache(tmp_path / "more")[:].view(np.uint16), open_cache(full_new)[:].view(np.uint16))
+    bases = list(text.splitlines()[1])
+    center = int(pd.read_parquet(root / "new.parquet")["center"].iloc[0])
+    bases[center - 1] = "A" if bases[center - 1] != "A" else "C"  # one base under the first new row's window
+    (tmp_path / "edited.fa").write_text(">chr1\n" + "".join(bases) + "\n")
+    summary = run_embed(
+        config(inputs, "new.parquet", tmp_path / "edited", genome=str(tmp_path / "edited.fa"), reuse=(str(old_cache),))
+    )
+    assert summary["reused"] < 25 and summary["embedded"] > 5
