@@ -19,13 +19,13 @@ from dogmacache.devices import pick_device
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
-    bounded_info,
     check_output,
     disk_error,
     embed_rows,
     load,
     open_writer,
     resolve,
+    stored_info,
 )
 from tqdm.auto import tqdm
 
@@ -114,7 +114,7 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device))
     writer = None
     try:
-        writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
+        writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))
         del adapter
         return _fan_out(config, settings, writer, n_workers, scheduler)
     except OSError as err:

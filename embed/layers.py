@@ -31,7 +31,7 @@ from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings
 from dogmacache.embed.shard_filler import ShardFiller
-from dogmacache.embed.stream import Assembly, autocast_for, bounded_info, pooled, run_segment, segments, to_host
+from dogmacache.embed.stream import Assembly, autocast_for, pooled, run_segment, segments, stored_info, to_host
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
@@ -79,7 +79,7 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
         for layer in layers:
             one = adapter.for_layer(layer)
             settings = resolve(replace(config, out=outs[layer]), one, device)
-            writers[layer] = open_writer(settings, table, bounded_info(one.info(), config.max_positions))
+            writers[layer] = open_writer(settings, table, stored_info(one.info(), config.max_positions))
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writers)
     except OSError as err:

@@ -45,11 +45,11 @@ from dogmacache.embed.shard_filler import ReusedRows, ShardFiller
 from dogmacache.embed.stream import (
     autocast_for,
     batches_by_budget,
-    bounded_info,
     embed_rows,
     embed_stream,
     input_digests,
     pool_positions,
+    stored_info,
     to_host,
 )
 from dogmacache.errors import CacheError, InputError
@@ -63,7 +63,7 @@ __all__ = [
     "EmbedSettings",
     "autocast_for",
     "batches_by_budget",
-    "bounded_info",
+    "stored_info",
     "check_output",
     "check_same_settings",
     "disk_error",
@@ -208,7 +208,7 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     settings = resolve(config, adapter, device)
     writer = None
     try:
-        writer = open_writer(settings, table, bounded_info(adapter.info(), config.max_positions))
+        writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writer)
     except OSError as err:

@@ -63,7 +63,7 @@ def pool_positions(
 DIGEST_EXTRA = ExtraArray(ITEM_SHA256, "uint8", (32,))  # every streamed batch carries its items' digests
 
 
-def bounded_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
+def stored_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
     """The model's outputs as the cache holds them: pooled to `max_positions` (item shape and mask), and the
     per-item digest of the inputs (`item_sha256`) after the adapter's extras."""
     if max_positions and len(info.item_shape) == 2 and info.item_shape[0] > max_positions:
