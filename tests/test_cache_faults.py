@@ -116,6 +116,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
 @pytest.mark.parametrize(("code", "name"), [(errno.ENOSPC, "ENOSPC"), (errno.EROFS, "EROFS")])
 def test_disk_full_or_read_only_is_one_line_saying_what_was_kept(tmp_path, monkeypatch, code, name):
     import zarr.storage._local as local_store
+    from dogmacache.cache import shards as shard_files
 
     writer = _new_writer(tmp_path / "c.zarr", ["a", "b", "c", "d", "e", "f"])
     writer.write_shard(0, np.ones((2, 2, 3), dtype=np.float32))
@@ -123,7 +124,8 @@ def test_disk_full_or_read_only_is_one_line_saying_what_was_kept(tmp_path, monke
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(local_store, "_put", refuse)
+    monkeypatch.setattr(local_store, "_put", refuse)  # zarr's writes
+    monkeypatch.setattr(shard_files, "_write_file", refuse)  # the writer's own (uncompressed caches)
     with pytest.raises(
         CacheError,
         match=rf"shard 1 of .*c.zarr.*\({name}\).*1 of 3 shards are finished and kept.*"

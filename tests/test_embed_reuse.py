@@ -327,7 +327,7 @@ def test_esm2_letter_lookup_gives_the_tokenizers_ids(inputs):
     adapter = cls(str(models["esm2"]), cls.options_class(max_length=40), torch.device("cpu"))
     rng = np.random.default_rng(1)
     letters = list("ACDEFGHIKLMNPQRSTVWYXBZUO")
-    seqs = ["".join(rng.choice(letters, int(rng.integers(1, 80)))) for _ in range(50)]
+    seqs = ["".join(rng.choice(letters, int(rng.integers(1, 80)))) for _ in range(50)] + ["M"]
     fast = [adapter.prepare({"id": "x", "sequence": s}) for s in seqs]
     assert adapter._letters is not None
     adapter._letters = None  # the tokenizer's own path
