@@ -284,8 +284,10 @@ class CacheWriter:
         return [i for i in range(self.manifest.n_shards) if i not in done]
 
     # ---- writing ------------------------------------------------------------------------------------
-    def write_shard(self, shard: int, embeddings: np.ndarray, **extras: np.ndarray) -> str:
-        """Write all rows of one shard, then record its digest. Returns the digest (hex)."""
+    def write_shard(self, shard: int, embeddings: np.ndarray, *, checked: bool = False, **extras: np.ndarray) -> str:
+        """Write all rows of one shard, then record its digest. Returns the digest (hex). `checked`: the caller
+        has already refused NaN/Inf and float16 overflow (the embed stream does, on the device), so the rows'
+        finiteness is not checked again here."""
         m = self.manifest
         if m.complete:
             raise CacheError(f"{self.path} is complete; it takes no more writes")
@@ -298,7 +300,7 @@ class CacheWriter:
                 f"item_shape {m.item_shape}), got {embeddings.shape}; the model's output does not match the "
                 "manifest: check the window length and layer width, or write a new cache"
             )
-        stored = self._to_storage(embeddings, start)
+        stored = self._to_storage(embeddings, start, checked)
         if set(extras) != set(m.extra_arrays):
             raise CacheError(
                 f"shard {shard} needs extra arrays {list(m.extra_arrays)}, got {sorted(extras)}; pass each of them"
@@ -339,11 +341,13 @@ class CacheWriter:
         write_chunk_file(chunk_path(root, layout.SHARD_SHA256, (shard, 0)), np.frombuffer(digest, np.uint8)[None], 1)
         return digest
 
-    def _to_storage(self, embeddings: np.ndarray, start: int) -> np.ndarray:
-        """Cast to the storage dtype, refusing non-finite values before and after the cast."""
+    def _to_storage(self, embeddings: np.ndarray, start: int, checked: bool = False) -> np.ndarray:
+        """Cast to the storage dtype, refusing non-finite values before and after the cast (unless `checked`)."""
         dtype = self.manifest.dtype
         if embeddings.dtype.kind not in "fiuV":
             raise CacheError(f"embeddings must be numbers, got dtype {embeddings.dtype}")
+        if checked:
+            return convert.to_storage(embeddings, dtype)
         self._refuse_nonfinite(embeddings, start, "")
         stored = convert.to_storage(embeddings, dtype)
         if dtype == "float16" and embeddings.dtype != np.float16:

@@ -75,7 +75,7 @@ def embed_shard(shard: int) -> int:
         num_workers=0,  # dask workers are daemon processes: no DataLoader children
     )
     try:
-        writer.write_shard(shard, embeddings, **extras)
+        writer.write_shard(shard, embeddings, checked=True, **extras)  # embed_rows refused NaN/Inf on the device
     finally:
         writer.close()
     return stop - start

@@ -68,7 +68,7 @@ class ShardFiller:
             block, ex = self._with_copied(shard, b - a, block, ex)
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             self._wait()
-            self.in_flight = self.pool.submit(self.writer.write_shard, shard, block, **ex)
+            self.in_flight = self.pool.submit(self.writer.write_shard, shard, block, checked=True, **ex)
 
     def _with_copied(
         self, shard: int, size: int, block: np.ndarray | None, ex: dict[str, np.ndarray]

@@ -282,6 +282,38 @@ def test_a_full_disk_mid_run_is_one_line_and_the_same_command_resumes(inputs, tm
     assert "resuming" in capsys.readouterr().out and open_cache(tmp_path / "c.zarr").manifest.complete
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_nan_outputs_are_refused_on_the_device_naming_the_item(inputs, tmp_path, capsys, monkeypatch, dtype):
+    """A model output with NaN is refused before it leaves the device, naming the item; its shard is not written
+    (the earlier shard is kept), and the shard writer is told not to check the rows again."""
+    from dogmacache.cache.writer import CacheWriter
+
+    real_forward, real_write = EnformerAdapter.forward_layers, CacheWriter.write_shard
+    told = []
+
+    def nan_for_w5(self, one_hot, layers):
+        out = real_forward(self, one_hot, layers)
+        first = one_hot.shape[0] * nan_for_w5.batches
+        nan_for_w5.batches += 1
+        if first <= 5 < first + one_hot.shape[0]:
+            out = {k: v.clone() for k, v in out.items()}
+            out["trunk"][5 - first, 0, 0] = float("nan")
+        return out
+
+    def record(self, shard, *args, **kwargs):
+        told.append(kwargs.get("checked"))
+        return real_write(self, shard, *args, **kwargs)
+
+    nan_for_w5.batches = 0
+    monkeypatch.setattr(EnformerAdapter, "forward_layers", nan_for_w5)
+    monkeypatch.setattr(CacheWriter, "write_shard", record)
+    argv = dna_args(inputs, tmp_path / "c.zarr", "--shard-items", "4", "--max-batch", "2", "--dtype", dtype)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "item 'w5' has NaN/Inf values" in err and "--precision fp32" in err, err
+    assert told == [True]  # shard 0 (w0..w3) written, unchecked by the writer; shard 1 never reached it
+
+
 # ---- strict weight loading ------------------------------------------------------------------------------------
 def test_esm_weights_with_an_extra_key_are_refused(inputs, tmp_path):
     import shutil
