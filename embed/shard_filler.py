@@ -1,6 +1,10 @@
 """The shard writer: streamed batch outputs gathered into whole shards, each written by a background thread
 (`CacheWriter.write_shard`) while the device computes the next. With `--reuse`, a shard's rows that an earlier
-cache holds are copied into it from there (`embed/reuse.py`) and only the others come from the stream."""
+cache holds are copied into it from there (`embed/reuse.py`) and only the others come from the stream.
+
+Streamed rows are copied once, straight into the buffer of the shard they belong to (a full-size Enformer row is
+5.5 MB: gathering a shard from a list of batches and cutting it out again cost two more copies per row on the
+thread that feeds the device)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from dogmacache.cache.shards import empty_rows
 from dogmacache.cache.writer import CacheWriter
 
 
@@ -34,38 +39,59 @@ class ShardFiller:
     ):
         self.writer, self.shards = writer, list(shards)
         self.reused, self.copier = reused or {}, copier
-        self.outputs: list[np.ndarray] = []
-        self.extras: dict[str, list[np.ndarray]] = {}
-        self.n = 0
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.in_flight = None
         self.padded = 0
         self.copied = 0
-        self._flush()  # shards wholly copied need nothing from the stream
+        self._buffer: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # the shard being filled
+        self._filled = 0  # streamed rows in it
+        self._targets: tuple[int, np.ndarray] | None = None
+        self._submit_ready()  # shards wholly copied need nothing from the stream
 
-    def _computed(self, shard: int, size: int) -> int:
-        return size - (len(self.reused[shard].offsets) if shard in self.reused else 0)
+    def _streamed(self, shard: int, size: int) -> np.ndarray:
+        """The shard's offsets that the stream fills, in order (kept for the shard being filled)."""
+        if self._targets is None or self._targets[0] != shard:
+            reused = self.reused.get(shard)
+            offsets = np.arange(size)
+            if reused is not None and len(reused.offsets):
+                offsets = np.setdiff1d(offsets, reused.offsets)
+            self._targets = (shard, offsets)
+        return self._targets[1]
 
     def add(self, embedded: np.ndarray, extras: dict[str, np.ndarray]) -> None:
-        self.outputs.append(embedded)
-        for key, value in extras.items():
-            self.extras.setdefault(key, []).append(value)
-        self.n += len(embedded)
-        self._flush()
+        """The next streamed rows, in row order (they may run on into the following shards)."""
+        k = 0
+        while k < len(embedded):
+            if not self.shards:
+                raise RuntimeError("the stream gave more rows than the pending shards hold")
+            shard, a, b = self.shards[0]
+            targets = self._streamed(shard, b - a)
+            if self._buffer is None:
+                self._buffer = (
+                    empty_rows((b - a, *embedded.shape[1:]), embedded.dtype),  # huge pages: fewer faults to fill
+                    {name: np.empty((b - a, *v.shape[1:]), dtype=v.dtype) for name, v in extras.items()},
+                )
+            take = min(len(targets) - self._filled, len(embedded) - k)
+            at = targets[self._filled : self._filled + take]
+            block, ex = self._buffer
+            if take and at[-1] - at[0] == take - 1:  # a run of offsets: slices, no index arrays
+                at = slice(int(at[0]), int(at[0]) + take)
+            block[at] = embedded[k : k + take]
+            for name, values in extras.items():
+                ex[name][at] = values[k : k + take]
+            self._filled += take
+            k += take
+            self._submit_ready()
 
-    def _flush(self) -> None:
-        while self.shards and self.n >= self._computed(self.shards[0][0], self.shards[0][2] - self.shards[0][1]):
-            shard, a, b = self.shards.pop(0)
-            need = self._computed(shard, b - a)
-            if self.outputs:
-                block = np.concatenate(self.outputs)
-                ex = {k: np.concatenate(v) for k, v in self.extras.items()}
-                self.outputs, self.extras = [block[need:]], {k: [v[need:]] for k, v in ex.items()}
-                block, ex = block[:need], {k: v[:need] for k, v in ex.items()}
-            else:
-                block, ex = None, {}
-            self.n -= need
-            block, ex = self._with_copied(shard, b - a, block, ex)
+    def _submit_ready(self) -> None:
+        """Hand every shard whose streamed rows are all in (or that needs none) to the writer thread."""
+        while self.shards:
+            shard, a, b = self.shards[0]
+            if self._filled < len(self._streamed(shard, b - a)):
+                return
+            self.shards.pop(0)
+            block, ex = self._with_copied(shard, b - a, *(self._buffer or (None, {})))
+            self._buffer, self._filled = None, 0
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             self._wait()
             self.in_flight = self.pool.submit(self.writer.write_shard, shard, block, checked=True, **ex)
@@ -73,27 +99,25 @@ class ShardFiller:
     def _with_copied(
         self, shard: int, size: int, block: np.ndarray | None, ex: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The whole shard: streamed rows at the offsets not reused, copied rows at the others."""
+        """The whole shard: the copied rows put in at their offsets (the streamed ones are in already)."""
         reused = self.reused.get(shard)
         if reused is None or not len(reused.offsets):
             return block, ex
         names = self.writer.manifest.extra_arrays
-        full: list[np.ndarray] | None = None
         for s in np.unique(reused.source):
             pick = reused.source == s
             copied = self.copier.take(int(s), reused.row[pick])  # [embeddings, *extras in manifest order]
-            if full is None:
-                full = [np.empty((size, *c.shape[1:]), dtype=c.dtype) for c in copied]
-            for target, values in zip(full, copied, strict=True):
-                target[reused.offsets[pick]] = values
-        assert full is not None
-        computed = np.setdiff1d(np.arange(size), reused.offsets)
-        if len(computed):
-            full[0][computed] = block
-            for i, name in enumerate(names, start=1):
-                full[i][computed] = ex[name]
+            if block is None:  # every row of the shard is copied
+                block = np.empty((size, *copied[0].shape[1:]), dtype=copied[0].dtype)
+                ex = {
+                    name: np.empty((size, *c.shape[1:]), dtype=c.dtype)
+                    for name, c in zip(names, copied[1:], strict=True)
+                }
+            block[reused.offsets[pick]] = copied[0]
+            for name, values in zip(names, copied[1:], strict=True):
+                ex[name][reused.offsets[pick]] = values
         self.copied += len(reused.offsets)
-        return full[0], dict(zip(names, full[1:], strict=True))
+        return block, ex
 
     def _wait(self) -> None:
         if self.in_flight is not None:
@@ -101,7 +125,7 @@ class ShardFiller:
             self.in_flight = None
 
     def close(self) -> None:
-        self._flush()
+        self._submit_ready()
         self._wait()
         self.pool.shutdown()
         if self.shards:

@@ -292,6 +292,10 @@ class Assembly:
         self.extras: dict[str, np.ndarray] = {ITEM_SHA256: digests}
 
     def put(self, offsets: list[int], host: np.ndarray, extras: dict[str, np.ndarray]) -> None:
+        if self.block is None and len(offsets) == self.n and offsets == list(range(self.n)):
+            self.block = host  # one batch in row order (same-size items): kept as it is, no copy
+            self.extras.update(extras)
+            return
         if self.block is None:
             self.block = np.empty((self.n, *host.shape[1:]), dtype=host.dtype)
         self.block[offsets] = host
