@@ -19,8 +19,9 @@ CONFIG     ?= $(OUT)/demo/train_cdt.toml
 TRAIN_ARGS ?=
 
 # bench-gpu: every accelerator measurement in one command (bench/gpu.py), sized by BENCH_SIZE. full: full-size
-# Enformer fp32/bf16 sweep, ESM-2 650M-sized proteins/s, CDT paper preset steps/s with the DNA table on the device and
-# the projected 50 epochs, cache -> device loader. tiny: the same code in seconds (on a CPU too), to check it runs.
+# Enformer fp32/bf16 sweep, ESM-2 650M-sized proteins/s (fixed length, and ragged lengths bucketed vs naive), CDT
+# paper preset steps/s with the DNA table on the device and the projected 50 epochs, cache -> device loader; TFLOP/s
+# and MFU beside every rate. tiny: the same code in seconds (on a CPU too), to check it runs.
 BENCH_SIZE ?= full
 
 # test-gpu: the `gpu`-marked tests (tests/test_gpu_*.py: every adapter on CUDA against the CPU, compiled against

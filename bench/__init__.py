@@ -1,6 +1,7 @@
 """`dogmacache bench`: tooling on top of the stages, measuring each against its targets. One module per
 section, each with its targets and tables beside its harness (`cache`, `embed`, `cdt`); `timing` holds the
-device-timing instruments, `report` the machine info, tables, JSON records and summary, `cli` the command.
+device-timing instruments, `mfu` the cards' peaks, FLOP counts and where a target applies, `report` the machine
+info, tables, JSON records and summary, `cli` the command.
 Nothing in the stages imports this package."""
 
 from dogmacache.bench.cache import bench_cache, cache_tables

@@ -5,7 +5,8 @@ input sets alternated): windows/s per precision and batch size, and the best bat
 Random weights in the published layout, loaded through the adapter: full size is BorzoiConfig's defaults (8
 layers 1,536 wide, 6,144 bins, 524,288 bp windows); tiny is the tests' `TINY_BORZOI` (768 bp windows), so the
 command also runs on a CPU. Flashzoi runs flash-attn where the adapter picks it (`--attention auto`: CUDA with
-flash-attn installed; bf16 only), else its plain PyTorch attention; the row says which.
+flash-attn installed; bf16 only), else its plain PyTorch attention; the row says which. FLOPs per window by torch's
+counter (`tflop_per_window`), for TFLOP/s and MFU beside each rate.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from dogmacache.bench.enformer import batch_sweep, best_per_precision
-from dogmacache.bench.report import fmt
+from dogmacache.bench.enformer import batch_sweep, best_per_precision, count_tflop_per_window
 from dogmacache.bench.timing import free_memory
 from dogmacache.devices import pick_device
 
@@ -58,13 +59,15 @@ def bench_borzoi_device(
             adapter = cls(str(folder), cls.options_class(), dev)
             attention = getattr(adapter.options, "attention", "relative")
             ran = ("bf16",) if attention == "flash" else tuple(precisions)  # flash-attn computes in 16 bits only
+            tflop = tflop_per_window(cls, folder, adapter, dev)
             generator = torch.Generator().manual_seed(seed)
             row: dict[str, Any] = {
                 "parameters": sum(p.numel() for p in adapter.model.parameters()),
                 "window_bp": adapter.window,
                 "item_shape": list(adapter.info().item_shape),
                 "attention": attention,
-                "sweep": batch_sweep(adapter, dev, ran, BATCHES[size], None, generator, min_seconds),
+                "tflop_per_window_counted": tflop,
+                "sweep": batch_sweep(adapter, dev, ran, BATCHES[size], tflop, generator, min_seconds),
             }
             row.update(best_per_precision(row["sweep"], ran))
             results[name] = row
@@ -76,18 +79,14 @@ def bench_borzoi_device(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def borzoi_rows(results: dict[str, Any] | None) -> list[list[Any]]:
-    """The gpu table's rows: windows/s at the best batch per precision, one row per model."""
-    rows = []
-    for name, r in (results or {}).items():
-        best = {p: r["best"].get(p, {}).get("windows_per_s") for p in ("fp32", "bf16")}
-        rows.append(
-            [
-                f"{name.capitalize()} windows/s, best batch, fp32 / bf16 ({r['window_bp']:,} bp, "
-                f"{r['attention']} attention, {r['parameters']:,} parameters)",
-                f"{fmt(best['fp32']) if best['fp32'] else 'n/a'} / {fmt(best['bf16'])}",
-                "",
-                "",
-            ]
-        )
-    return rows
+def tflop_per_window(cls, folder: Path, adapter, dev: torch.device) -> float | None:
+    """Forward TFLOP of one window by torch's flop counter. flash-attn's kernels are not counted by it: a
+    Flashzoi running them is counted through a copy with the same attention in plain PyTorch."""
+    if getattr(adapter.options, "attention", None) != "flash":
+        return count_tflop_per_window(adapter, adapter.window)
+    plain = cls(str(folder), replace(cls.options_class(), attention="plain"), dev)
+    try:
+        return count_tflop_per_window(plain, plain.window)
+    finally:
+        del plain
+        free_memory(dev)

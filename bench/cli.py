@@ -29,7 +29,7 @@ from dogmacache.bench import report
 from dogmacache.bench.cache import bench_cache, cache_tables
 from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
-from dogmacache.bench.gpu import gpu_tables
+from dogmacache.bench.gpu_tables import gpu_tables
 from dogmacache.bench.mutate import bench_mutate, mutate_tables
 from dogmacache.bench.reuse import bench_reuse, reuse_tables
 from dogmacache.bench.threads import bench_threads, threads_tables

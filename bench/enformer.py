@@ -12,7 +12,8 @@
 - Inputs: `write_random_enformer`, `write_random_genome`, `random_windows`.
 
 TFLOP/s assume 3.26 TFLOP per full-size window forward (docs/papers.md#enformer-compute-cost, torch's flop counter);
-the count is redone on the device where the flop counter runs, and reported beside it.
+the count is redone on the device where the flop counter runs, and reported beside it. MFU holds them against the
+card's peak (`bench.mfu.utilisation`; fp32 against TF32's where cuDNN may use it, torch's default).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.bench.mfu import count_flops, utilisation
 from dogmacache.bench.timing import (
     ForwardTimer,
     NvmlSampler,
@@ -167,16 +169,11 @@ def runner_path(
 
 
 def count_tflop_per_window(adapter, window_bp: int) -> float | None:
-    """Forward FLOPs of one window by torch's flop counter (None where the counter fails)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Forward FLOPs of one window by torch's flop counter (`bench.mfu.count_flops`; None where it fails)."""
     x = adapter.one_hot(torch.randint(0, 4, (1, window_bp), dtype=torch.uint8))
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            adapter.trunk(x)
-    except Exception:  # noqa: BLE001 - the count is a cross-check, not the benchmark
-        return None
-    return counter.get_total_flops() / 1e12
+    with torch.inference_mode():
+        flops = count_flops(lambda: adapter.trunk(x))
+    return None if flops is None else flops / 1e12
 
 
 def bench_enformer_device(
@@ -303,13 +300,15 @@ def time_batch(
         free_memory(dev)
         return {"precision": precision, "batch": batch, "oom": True}
     seconds = statistics.median(times)
+    rate = batch / seconds * tflop if tflop else None
     row = {
         "precision": precision,
         "batch": batch,
         "calls": len(times),
         "seconds_per_batch": seconds,
         "windows_per_s": batch / seconds,
-        "tflop_per_s": batch / seconds * tflop if tflop else None,
+        "tflop_per_s": rate,
+        **utilisation(rate, dev, precision, convolutions=True),
         "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None,
     }
     free_memory(dev)
@@ -379,6 +378,7 @@ def runner_runs(
             shutil.rmtree(out, ignore_errors=True)  # a full-size cache is ~5.5 MB per window
     for run in runs:
         run["tflop_per_s"] = run["windows_per_s"] * tflop if tflop else None
+        run.update(utilisation(run["tflop_per_s"], dev, run["precision"], convolutions=True))
     return runs
 
 

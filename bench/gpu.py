@@ -1,10 +1,14 @@
 """The `gpu` section: every measurement that needs an accelerator, in one command that fits a short GPU window
-(`make bench-gpu`, under ~8 minutes on one H100 at full size), one JSON record and one markdown table.
+(`make bench-gpu`, under ~8 minutes on one H100 at full size), one JSON record and markdown tables
+(`bench/gpu_tables.py`). Every rate comes with its TFLOP/s (FLOPs per item by torch's counter) and its MFU
+against the card's peak (`bench/mfu.py`, docs/bench.md#accelerator-peaks; "n/a" off a known card).
 
 - Enformer, full size, random weights: fp32 vs bf16 over a batch sweep, bf16 deviation, GPU busy fraction of the
   runner path (`bench.embed.bench_enformer_device`).
 - Borzoi and Flashzoi beside it, same timing: windows/s per precision at the best batch (`bench.borzoi`).
-- ESM-2 650M-sized random model (33 layers, 1,280 wide): proteins/s in fp32 and bf16 at a typical length.
+- ESM-2 650M-sized random model (33 layers, 1,280 wide): proteins/s in fp32 and bf16 at a typical length, and
+  proteins of the human proteome's lengths through the embed adapter, length-bucketed against naive row-order
+  batches: real and padded tokens/s (`bench.esm2`).
 - CDT, paper preset: training steps/s fp32 and bf16 with the batch's DNA rows gathered from a DNA table held in
   device memory, and the projected wall time of the paper's 50 epochs (575 steps each,
   docs/papers.md#cdt-training-recipe).
@@ -26,7 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.bench.report import Table, fmt, table, verdict
+from dogmacache.bench.mfu import count_flops, device_name, utilisation
+from dogmacache.bench.timing import median_seconds
 from dogmacache.devices import pick_device
 
 TARGET_PAPER_EPOCHS_MINUTES = 10.0  # the paper's 50 epochs of CDT training on one H100
@@ -38,6 +43,7 @@ SIZES = {
         "esm": {"num_hidden_layers": 33, "hidden_size": 1280, "num_attention_heads": 20, "intermediate_size": 5120},
         "protein_length": 400,
         "esm_batches": (8, 32),
+        "esm_ragged": {"n_proteins": 512, "naive_batch": 32},
         "cdt_preset": "paper",
         "cdt_table_rows": 1024,
         "cache_items": 256,
@@ -60,6 +66,7 @@ SIZES = {
         "esm": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64},
         "protein_length": 50,
         "esm_batches": (2,),
+        "esm_ragged": {"n_proteins": 24, "naive_batch": 4},
         "cdt_preset": "tiny",
         "cdt_table_rows": 16,
         "cache_items": 8,
@@ -88,65 +95,17 @@ SIZES = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, calls: int) -> float:
-    """Median seconds of `calls` calls after one warm-up."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def _autocast(device: torch.device, precision: str):
     enabled = precision == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-@torch.no_grad()
-def bench_esm2(
-    device: torch.device, hparams: dict[str, int], length: int, batches: tuple[int, ...], calls: int = 3
-) -> dict[str, Any]:
-    """Proteins/s of a random ESM-2-shaped encoder (33-token vocabulary) per batch size and precision."""
-    from transformers import EsmConfig, EsmModel
-
-    config = EsmConfig(
-        vocab_size=33,
-        pad_token_id=1,
-        mask_token_id=32,
-        max_position_embeddings=1026,
-        position_embedding_type="rotary",
-        **hparams,
-    )
-    torch.manual_seed(0)
-    model = EsmModel(config, add_pooling_layer=False).to(device).eval()
-    runs = []
-    for precision in ("fp32", "bf16"):
-        for batch in batches:
-            ids = torch.randint(4, 24, (batch, length + 2), device=device)
-
-            def forward(ids=ids, precision=precision, model=model):
-                with _autocast(device, precision):
-                    model(input_ids=ids)
-
-            seconds = _timed(forward, device, calls)
-            runs.append({"precision": precision, "batch": batch, "proteins_per_s": batch / seconds})
-    return {"parameters": sum(p.numel() for p in model.parameters()), "length": length, "runs": runs}
 
 
 def bench_cdt_on_device(
     device: torch.device, preset_name: str, table_rows: int, batch: int = 8, calls: int = 3
 ) -> dict[str, Any]:
     """Training steps/s of the fast CDT with each batch's DNA gathered from a (table_rows, L, D) float16 table kept
-    on the device, fp32 and bf16 autocast; projected minutes for the paper's 50 epochs."""
+    on the device, fp32 and bf16 autocast; projected minutes for the paper's 50 epochs; the FLOPs of a step's
+    forward and backward by torch's counter, TFLOP/s and MFU."""
     from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
     from dogmacache.train.tasks.cdt.sizes import preset
 
@@ -163,24 +122,30 @@ def bench_cdt_on_device(
         "batch": batch,
         "dna_table_gb": dna_table.numel() * 2 / 1e9,
     }
-    for precision in ("fp32", "bf16"):
 
-        def step(precision=precision):
-            rows = torch.randint(0, table_rows, (batch,), generator=generator).to(device)
-            genes = torch.randint(0, config.n_genes, (batch,), generator=generator).to(device)
-            target = torch.randn(batch, generator=generator).to(device)
-            with _autocast(device, precision):
-                y = model(dna_table[rows].float(), rna, protein, genes)
-                loss = torch.nn.functional.smooth_l1_loss(y.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+    def step(precision: str, update: bool = True) -> None:
+        rows = torch.randint(0, table_rows, (batch,), generator=generator).to(device)
+        genes = torch.randint(0, config.n_genes, (batch,), generator=generator).to(device)
+        target = torch.randn(batch, generator=generator).to(device)
+        with _autocast(device, precision):
+            y = model(dna_table[rows].float(), rna, protein, genes)
+            loss = torch.nn.functional.smooth_l1_loss(y.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if update:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-        seconds = _timed(step, device, calls)
+    flops = count_flops(lambda: step("fp32", update=False))  # forward and backward; the optimizer is not counted
+    result["tflop_per_step"] = flops / 1e12 if flops else None
+    for precision in ("fp32", "bf16"):
+        seconds = median_seconds(lambda precision=precision: step(precision), device, calls)
+        rate = result["tflop_per_step"] / seconds if result["tflop_per_step"] else None
         result[precision] = {
             "steps_per_s": 1 / seconds,
             "paper_50_epochs_minutes": seconds * PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS / 60,
+            "tflop_per_s": rate,
+            **utilisation(rate, device, precision),
         }
     if device.type == "cuda":
         result["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
@@ -218,7 +183,8 @@ def bench_loader_to_device(
         for a in range(0, items, batch):
             rows = np.sort(order[a : a + batch])
             torch.from_numpy(cache.read_rows(rows)).to(device, non_blocking=False)
-        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         return {
             "items": items,
@@ -289,13 +255,18 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
 def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
     from dogmacache.bench.borzoi import bench_borzoi_device
     from dogmacache.bench.embed import bench_enformer_device
+    from dogmacache.bench.esm2 import bench_esm2, bench_esm2_ragged
+    from dogmacache.bench.mfu import card, target_scope
 
     s = SIZES[size]
     dev = pick_device(device)
+    name = device_name(dev)
     result: dict[str, Any] = {
         "size": size,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device_name": name,
+        "card": card(name),  # the peak table's entry (docs/bench.md#accelerator-peaks); None: MFU not computed
+        "targets_apply": target_scope(size, name),
     }
     result["enformer"] = bench_enformer_device(
         str(dev),
@@ -308,111 +279,8 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
     )
     result["borzoi"] = bench_borzoi_device(str(dev), size)
     result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
+    result["esm2_ragged"] = bench_esm2_ragged(dev, s["esm"], **s["esm_ragged"])
     result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
     result["loader"] = bench_loader_to_device(dev, s["cache_items"], s["cache_shape"])
     result["train_stage"] = bench_train_stage(dev, s["train"])
     return result
-
-
-def gpu_tables(r: dict[str, Any]) -> list[Table]:
-    from dogmacache.bench.borzoi import borzoi_rows
-    from dogmacache.bench.embed import TARGET_BF16_OVER_FP32, TARGET_GPU_BUSY, TARGET_WINDOWS_PER_S
-
-    enformer = r.get("enformer", {})
-    gpu = enformer.get("gpu", enformer)
-    rows = []
-    best = {
-        p: max((x.get("windows_per_s", 0) for x in gpu.get("sweep", []) if x.get("precision") == p), default=None)
-        for p in ("fp32", "bf16")
-    }
-    ratio = best["bf16"] / best["fp32"] if best["fp32"] and best["bf16"] else None
-    rows.append(
-        [
-            "Enformer windows/s, best batch, fp32 / bf16",
-            f"{fmt(best['fp32'])} / {fmt(best['bf16'])}",
-            f"bf16 ≥ {TARGET_WINDOWS_PER_S:g} on one H100",
-            verdict(best["bf16"], TARGET_WINDOWS_PER_S),
-        ]
-    )
-    rows.append(
-        [
-            "Enformer bf16 / fp32",
-            ratio,
-            f"≥ {TARGET_BF16_OVER_FP32:g}×",
-            verdict(ratio, TARGET_BF16_OVER_FP32),
-        ]
-    )
-    busy = [run.get("busy_fraction") for run in gpu.get("runner", []) if run.get("busy_fraction") is not None]
-    rows.append(
-        [
-            "GPU busy fraction, runner path",
-            max(busy) if busy else "not measured (no NVML)",
-            f"≥ {TARGET_GPU_BUSY:.0%}",
-            verdict(max(busy), TARGET_GPU_BUSY) if busy else "",
-        ]
-    )
-    for run in gpu.get("runner", []):
-        rows.append(
-            [
-                f"Enformer through {run['mode']}, {run['num_workers']} input workers, {run['precision']}: "
-                "windows/s; GPU busy",
-                f"{fmt(run['windows_per_s'])}; {fmt(run.get('busy_fraction'))}",
-                "",
-                "",
-            ]
-        )
-    rows += borzoi_rows(r.get("borzoi"))
-    esm = r["esm2"]
-    for run in esm["runs"]:
-        rows.append(
-            [
-                f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch "
-                f"{run['batch']}, {esm['length']} aa",
-                run["proteins_per_s"],
-                "",
-                "",
-            ]
-        )
-    cdt = r["cdt"]
-    for precision in ("fp32", "bf16"):
-        c = cdt[precision]
-        rows.append(
-            [f"CDT {cdt['preset']} training steps/s, {precision}, DNA table on the device", c["steps_per_s"], "", ""]
-        )
-        rows.append(
-            [
-                f"CDT {cdt['preset']}: the paper's 50 epochs, {precision} (minutes)",
-                c["paper_50_epochs_minutes"],
-                f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} on one H100",
-                verdict(c["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False),
-            ]
-        )
-    loader = r["loader"]
-    rows.append(
-        [
-            "cache -> device, random batches of 8 (rows/s, MB/s)",
-            f"{loader['rows_per_s']:.1f}, {loader['mb_per_s']:.0f}",
-            "",
-            "",
-        ]
-    )
-    stage = r.get("train_stage")
-    for run in stage["runs"] if stage else []:
-        where = "on the device" if run["dna_on_device"] == "yes" else f"streamed ({run['num_workers']} workers)"
-        rows.append(
-            [
-                f"train stage, CDT {stage['preset']} {run['precision']}, {run['steps']} steps + validation, DNA "
-                f"{where}: epoch s; 50 epochs (min)",
-                f"{run['epoch_seconds']:.1f}; {run['paper_50_epochs_minutes']:.1f}",
-                f"≤ {TARGET_PAPER_EPOCHS_MINUTES:g} min on one H100",
-                verdict(run["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, higher_is_better=False),
-            ]
-        )
-    notes = [
-        f"size {r['size']}; device {r['device']} ({r['device_name']}); random weights throughout",
-        f"50 epochs = {PAPER_EPOCHS} x {PAPER_STEPS_PER_EPOCH} steps of batch 8, evaluation excluded (train stage: "
-        "each epoch's validation included, scaled to 575 steps)",
-    ]
-    return [
-        table("gpu: every accelerator measurement in one run", ["measurement", "value", "target", "met"], rows, notes)
-    ]

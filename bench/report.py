@@ -140,7 +140,10 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
-def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+def verdict(value: float | None, target: float, higher_is_better: bool = True, applies: bool = True) -> str:
+    """ "yes" / "NO" against `target`; "n/a" where the target does not apply to the run (`mfu.target_scope`)."""
+    if not applies:
+        return "n/a"
     if value is None:
         return "–"
     return "yes" if (value >= target if higher_is_better else value <= target) else "NO"

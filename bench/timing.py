@@ -53,6 +53,19 @@ def time_calls(
     return times
 
 
+def median_seconds(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
+    """Median host-clock seconds of `calls` calls after one warm-up, the device synchronised around each."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 class ForwardTimer:
     """Time spent inside an adapter class's `embed` (the model's forward on a batch) while patched in:
     CUDA events around each call on a GPU (summed once the run is over), the host clock on CPU."""

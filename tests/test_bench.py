@@ -71,18 +71,22 @@ def test_enformer_device_bench_runs_on_cpu_at_tiny_size(tmp_path):
     for run in result["runner"]:
         assert run["windows"] == 5 and run["precision"] == "fp32" and _positive(run["windows_per_s"])
         assert 0 < run["busy_fraction"] <= 1.5  # host clock around forward calls vs the runner's rounded wall
-    text = "\n".join(
-        bench.render_text(t)
-        for t in bench.embed_tables({"tiny_cpu": {"device": "cpu", "num_workers": 0, "cases": []}, "gpu": result})
-    )
+    tiny_cpu = {"device": "cpu", "num_workers": 0, "cases": []}
+    text = "\n".join(bench.render_text(t) for t in bench.embed_tables({"tiny_cpu": tiny_cpu, "gpu": result}))
     for expected in (
         "bf16 / fp32 windows/s",
         "≥ 2×",
         "GPU busy (stream, 0 workers)",
         "≥ 100 (one H100)",
         "≥ 80%",
+        "MFU fp32 / bf16",
     ):
         assert expected in text
+    assert all(row["mfu"] is None and row["math"] in ("fp32", "tf32", "bf16") for row in result["sweep"])
+    targets = next(
+        t for t in bench.embed_tables({"tiny_cpu": tiny_cpu, "gpu": result}) if t["title"].endswith("targets")
+    )
+    assert [row[3] for row in targets["rows"] if row[2] != "(reported)"] == ["n/a"] * 6  # a tiny model on a CPU
     assert list(tmp_path.iterdir()) == []
 
 
@@ -232,6 +236,81 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     assert set(stage) == {"no", "yes"} and all(_positive(run["paper_50_epochs_minutes"]) for run in stage.values())
     summary = (tmp_path / "summary.md").read_text()
     assert "## gpu" in summary and "the paper's 50 epochs" in summary and "Enformer windows/s" in summary
+    # FLOPs counted beside every rate; no peak on a CPU, so no MFU, and no target judged for a tiny CPU run
+    assert results["card"] is None and results["targets_apply"] == {"gpu": False, "h100": False}
+    rates = [*results["esm2"]["runs"], results["cdt"]["fp32"], results["cdt"]["bf16"]]
+    rates += [borzoi[m]["best"][p] for m in ("borzoi", "flashzoi") for p in ("fp32", "bf16")]
+    rates += [*results["enformer"]["sweep"], *results["enformer"]["runner"]]
+    assert all(_positive(rate["tflop_per_s"]) and rate["mfu"] is None for rate in rates)
+    ragged = results["esm2_ragged"]
+    for way in ("bucketed", "naive"):
+        path = ragged[way]
+        assert _positive(path["real_tokens_per_s"]) and _positive(path["proteins_per_s"]) and path["mfu"] is None
+        assert path["real_tokens_per_s"] <= path["padded_tokens_per_s"] and 0 <= path["padding_fraction"] < 1
+    naive = ragged["naive"]
+    assert ragged["real_tokens"] < naive["computed_tokens"] and naive["padding_fraction"] > 0
+    assert naive["batches"] == -(-ragged["proteins"] // ragged["naive_batch"])
+    assert ragged["real_tokens"] == ragged["proteins"] * 2 + round(ragged["lengths"]["mean"] * ragged["proteins"])
+    assert _positive(ragged["bucketed_over_naive_real_tokens"])
+    table = summary.split("**gpu: every accelerator measurement in one run**")[1].split("\n\n")[1].splitlines()
+    assert table[0] == "| measurement | value | TFLOP/s | MFU | target | met |"
+    rows = [[cell.strip() for cell in line[1:-1].split("|")] for line in table[2:]]
+    assert all(set(row[3].split(" / ")) <= {"n/a", ""} for row in rows)  # MFU
+    judged = [row for row in rows if row[4]]
+    assert len(judged) >= 8 and all(row[5] == "n/a" for row in judged)  # Enformer ≥ 100 on one H100 among them
+    assert "ESM-2 on 24 proteins of human-proteome lengths" in summary and "| naive (row order) | 6 |" in summary
+
+
+def test_card_peaks_from_device_names(monkeypatch):
+    from dogmacache.bench import mfu
+
+    assert [mfu.peak_tflops("NVIDIA H100 80GB HBM3", m) for m in ("fp32", "tf32", "bf16")] == [67.0, 494.5, 989.5]
+    assert mfu.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.5 and mfu.peak_tflops("NVIDIA H100 NVL", "tf32") == 417.5
+    assert mfu.peak_tflops("NVIDIA H200", "bf16") == 989.5 and mfu.peak_tflops("NVIDIA H200 NVL", "fp16") == 835.5
+    assert mfu.peak_tflops("NVIDIA A100-SXM4-80GB", "tf32") == 156.0 and mfu.card("NVIDIA A100 80GB PCIe") == "A100"
+    assert mfu.peak_tflops("NVIDIA L4", "bf16") == 121.0 and mfu.peak_tflops("NVIDIA L4", "fp32") == 30.3
+    for unknown in ("NVIDIA L40S", "NVIDIA GeForce RTX 4090", "NVIDIA GH200 480GB", "cpu", None):
+        assert mfu.peak_tflops(unknown, "bf16") is None
+    assert mfu.target_scope("tiny", "NVIDIA H100 80GB HBM3") == {"gpu": False, "h100": False}
+    assert mfu.target_scope("full", "cpu") == {"gpu": False, "h100": False}
+    assert mfu.target_scope("full", "NVIDIA A100-SXM4-80GB") == {"gpu": True, "h100": False}
+    assert mfu.target_scope("full", "NVIDIA H200") == {"gpu": True, "h100": True}
+    assert bench.verdict(150.0, 100.0, applies=False) == "n/a" and bench.verdict(150.0, 100.0) == "yes"
+    assert mfu.mfu_cell(None) == "n/a" and mfu.mfu_cell(0.42, 0.012) == "42% / 1.2%"
+    assert mfu.utilisation(50.0, torch.device("cpu"), "bf16") == {"math": "bf16", "peak_tflop_per_s": None, "mfu": None}
+    monkeypatch.setattr(mfu, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
+    try:
+        cuda = torch.device("cuda")
+        assert mfu.utilisation(98.95, cuda, "bf16")["mfu"] == pytest.approx(0.1)
+        assert mfu.utilisation(6.7, cuda, "fp32")["mfu"] == pytest.approx(0.1)  # matrix products without TF32
+        assert mfu.utilisation(49.45, cuda, "fp32", convolutions=True) == {
+            "math": "tf32",  # cuDNN's convolutions may use TF32
+            "peak_tflop_per_s": 494.5,
+            "mfu": pytest.approx(0.1),
+        }
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_esm2_flops_are_linear_plus_quadratic_in_tokens():
+    import numpy as np
+    from dogmacache.bench.esm2 import esm2_config, flop_coefficients, forward_tflop, protein_lengths
+    from dogmacache.bench.gpu import SIZES
+    from dogmacache.bench.mfu import count_flops
+    from transformers import EsmModel
+
+    model = EsmModel(esm2_config(SIZES["tiny"]["esm"]), add_pooling_layer=False).eval()
+    coefficients = flop_coefficients(model, torch.device("cpu"))
+    assert coefficients["quadratic"] == 2 * 2 * 2 * 32  # 2 layers: Q Kᵀ and A V, 2 T² x 32 each, counted on a CPU
+    ids = torch.randint(4, 24, (1, 200))
+    with torch.inference_mode():
+        counted = count_flops(lambda: model(input_ids=ids, attention_mask=torch.ones_like(ids)))
+    assert counted == pytest.approx(forward_tflop(coefficients, np.array([200])) * 1e12)
+    lengths = protein_lengths(4000, seed=1)
+    assert lengths.max() == 1022 and 380 < np.median(lengths) < 450 and 0.08 < (lengths == 1022).mean() < 0.16
+    assert (protein_lengths(50, seed=3) == protein_lengths(50, seed=3)).all()
 
 
 def test_cdt_evaluation_per_enhancer_matches_per_pair():
