@@ -7,8 +7,8 @@
   `random_init` path from a saved config and tokenizer) two ways: by `embed_rows` (length-bucketed batches,
   `embed/shapes.py`) and naively (batches of N proteins in input order, each padded to its longest). Per way:
   proteins/s, real tokens/s (each protein's own tokens, <cls> and <eos> included), padded tokens/s (every token
-  computed: padding and the buckets' filler items too), the padding fraction, and TFLOP/s and MFU on the real
-  tokens' FLOPs.
+  computed: padding and the filler items of proteins alone in their bucket's batch too), the padding fraction,
+  and TFLOP/s and MFU on the real tokens' FLOPs.
 
 FLOPs per protein come from torch's flop counter: a transformer's count at T tokens is a T + b T² (the
 projections, and attention's two products), so two counts give a and b (`flop_coefficients`).
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from dogmacache.bench.mfu import count_flops, utilisation
 from dogmacache.bench.timing import median_seconds
+from dogmacache.embed.shapes import pad_length
 
 PROTEIN_MEDIAN, PROTEIN_MEAN = 415, 560  # residues, human proteome (docs/bench.md#human-protein-lengths)
 ESM2_RESIDUES = 1022  # ESM-2 keeps 1,022 residues + <cls> + <eos>
@@ -151,7 +152,7 @@ class _Shapes:
         self.embed = adapter.embed
 
     def __call__(self, batch):
-        self.calls.append((len(batch), max(len(item["ids"]) for item in batch)))
+        self.calls.append((len(batch), max(max(len(item["ids"]) for item in batch), pad_length(batch))))
         return self.embed(batch)
 
 

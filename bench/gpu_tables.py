@@ -187,8 +187,9 @@ def ragged_table(ragged: dict[str, Any]) -> Table:
             f"{ragged['seed']}: drawn median {fmt(lengths['median'])}, mean {fmt(lengths['mean'])}, "
             f"{lengths['at_cap']} at the cap",
             "real tokens: each protein's own (<cls> and <eos> included); padded tokens: every token computed "
-            f"(padding, and the buckets' filler items); naive: batches of {ragged['naive_batch']} in input order, "
-            "each padded to its longest; TFLOP/s and MFU on the real tokens' FLOPs",
+            "(padding, and the filler items of proteins alone in a bucket batch); naive: batches of "
+            f"{ragged['naive_batch']} in input order, each padded to its longest; TFLOP/s and MFU on the real "
+            "tokens' FLOPs",
         ],
     )
 

@@ -9,9 +9,11 @@ depend on its neighbours: a shard's last batch, the rows left to embed after `--
   copies of its last item to the size every full batch has, min(max_batch, max_tokens // size).
 - Items of many sizes (proteins, transcripts), where the adapter says how (`shape_bucket`, `filler`), are grouped
   within runs of at most SEGMENT_ROWS rows by their length bucket (tokens rounded up to a multiple of
-  BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket and ends with a filler item of exactly
-  the bucket's length (`filler`), so every item of a bucket is computed at the bucket's length. Same-length
-  buckets are computed together whatever their rows, which also spares most of the padding of row-order batches.
+  BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket and is padded to the bucket's length
+  (the items carry it under PAD_TO, and the adapter pads its ids to it), so every item of a bucket is computed at
+  the bucket's length. A bucket batch of one item gets a filler item of exactly the bucket's length beside it
+  (`filler`): a batch of one takes another code path. Same-length buckets are computed together whatever their
+  rows, which also spares most of the padding of row-order batches.
 - Minus-strand windows under `--strand-policy rc-average` cost two forwards: they form their own bucket.
 
 The fillers' and copies' outputs are dropped. `plan` says which rows of a run form each batch; `filled` builds
@@ -26,6 +28,12 @@ from typing import Any
 
 SEGMENT_ROWS = 256  # rows of many sizes are bucketed within runs of at most this many (outputs held on the host)
 BUCKET_TOKENS = 32  # bucket edges: token counts rounded up to a multiple of this
+PAD_TO = "_pad_to"  # key of a bucket batch's items: the token length the adapter pads the batch to
+
+
+def pad_length(batch: Sequence[dict[str, Any]]) -> int:
+    """The token length the stream asks the batch to be padded to (0: the batch's longest)."""
+    return max((int(item.get(PAD_TO, 0)) for item in batch), default=0)
 
 
 def per_batch(size: int, max_tokens: int, max_batch: int) -> int:
@@ -39,16 +47,16 @@ def length_bucket(n_tokens: int, cap: int) -> int:
     return min(-(-n_tokens // BUCKET_TOKENS) * BUCKET_TOKENS, cap)
 
 
-def plan(buckets: Sequence[int], max_tokens: int, max_batch: int, filler: bool = True) -> list[list[int]]:
+def plan(buckets: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
     """The batches of one run of rows, as offsets into it: one bucket per batch, buckets in increasing length,
-    rows in order inside each, one place in each batch kept for the `filler` item where the adapter has one. (Rows
-    of an adapter without buckets are batched in row order by `stream.batches_by_budget`.)"""
+    rows in order inside each. (Rows of an adapter without buckets are batched in row order by
+    `stream.batches_by_budget`.)"""
     groups: dict[int, list[int]] = defaultdict(list)
     for offset, bucket in enumerate(buckets):
         groups[bucket].append(offset)
     out = []
     for bucket in sorted(groups):
-        size = max(1, per_batch(bucket, max_tokens, max_batch) - int(filler))  # one place is the filler's
+        size = per_batch(bucket, max_tokens, max_batch)
         rows = groups[bucket]
         out += [rows[i : i + size] for i in range(0, len(rows), size)]
     return out
@@ -62,15 +70,16 @@ def filled(
     bucket: int | None = None,
     filler: Callable[[int], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The batch the model sees. With a `bucket` (one of `plan`'s bucket batches): the items and a `filler` item
-    of exactly `bucket` tokens, so every batch of the bucket is padded to the bucket's length (and holds at least two
-    items). Its count is left as it is: filling it out would compute up to a full batch of copies for a bucket of a
-    few proteins, and at a fixed length the count does not change an item's numbers (an ESM-2 protein padded to 64
-    tokens gives the same bits in batches of 2 to 33 on the CPU; a batch of one takes another path, as it does for
-    Enformer windows). Without a bucket: a batch of same-size items filled out with copies of its last item to the
-    full batch size; a batch of several sizes as it is."""
+    """The batch the model sees. With a `bucket` (one of `plan`'s bucket batches): the items, each marked to be
+    padded to `bucket` tokens (PAD_TO), and for an item alone a `filler` item of exactly `bucket` tokens beside it
+    (a batch of one takes another path, as it does for Enformer windows). Its count is left as it is: filling it out
+    would compute up to a full batch of copies for a bucket of a few proteins, and at a fixed length the count does
+    not change an item's numbers (an ESM-2 protein padded to 64 tokens gives the same bits in batches of 2 to 33 on
+    the CPU). Without a bucket: a batch of same-size items filled out with copies of its last item to the full batch
+    size; a batch of several sizes as it is."""
     if bucket is not None and filler is not None:
-        return [*batch, filler(bucket)]
+        padded = [{**item, PAD_TO: bucket} for item in batch]
+        return padded if len(padded) > 1 else [*padded, filler(bucket)]
     sizes = {n_tokens(item) for item in batch}
     if len(sizes) != 1:
         return batch

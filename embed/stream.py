@@ -259,7 +259,7 @@ def segments(
         if run and (item is None or offset in starts or len(run) >= shapes.SEGMENT_ROWS):
             digests = np.stack([x.pop(_DIGEST) for x in run])
             buckets = [adapter.shape_bucket(x) for x in run]
-            plan = shapes.plan(buckets, max_tokens, max_batch, has_filler(adapter))
+            plan = shapes.plan(buckets, max_tokens, max_batch)
             yield Segment(position, run, digests, plan, buckets)
             position, run = position + len(run), []
         if item is not None:

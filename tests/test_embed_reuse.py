@@ -301,8 +301,8 @@ def test_every_batch_of_a_bucket_has_its_length():
     buckets = [min(-(-c // 32) * 32, 96) for c in costs]  # capped at a model limit of 96 tokens
     assert buckets == [shapes.length_bucket(c, 96) for c in costs]
     batches = shapes.plan(buckets, max_tokens=200, max_batch=8)
-    # buckets 32: [6]; 64: [0, 2, 3], 3 per batch with one place for the filler; 96: [1, 4, 5], 2 per batch
-    assert batches == [[6], [0, 2], [3], [1], [4], [5]]
+    # buckets 32: [6]; 64: [0, 2, 3], 3 per batch; 96: [1, 4, 5], 2 per batch
+    assert batches == [[6], [0, 2, 3], [1, 4], [5]]
     items = [{"n": c} for c in costs]
 
     def filler(n):
@@ -311,7 +311,9 @@ def test_every_batch_of_a_bucket_has_its_length():
     for batch in batches:
         bucket = buckets[batch[0]]
         full = shapes.filled([items[o] for o in batch], lambda x: x["n"], 200, 8, bucket, filler)
-        assert full == [*(items[o] for o in batch), {"n": bucket, "filler": True}]  # padded to the bucket, >= 2
+        marked = [{**items[o], shapes.PAD_TO: bucket} for o in batch]  # padded to the bucket's length
+        assert full == (marked if len(batch) > 1 else [*marked, {"n": bucket, "filler": True}])  # alone: a filler
+        assert shapes.pad_length(full) == bucket and all(shapes.PAD_TO not in items[o] for o in batch)
     windows = shapes.filled([{"n": 50}, {"n": 50}], lambda x: x["n"], 200, 8)
     assert len(windows) == 4 and windows[-1] is windows[1]  # same-size items: filled out to the full batch
 

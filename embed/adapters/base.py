@@ -150,13 +150,16 @@ class EmbeddingAdapter(ABC):
 
     def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
         """Items of many sizes: the token count of the batches this item is computed in (its own, rounded up to a
-        length bucket), so that its numbers do not depend on the items beside it (`embed/shapes.py`); `filler`
-        then builds an item of exactly that many tokens. None (the default): batches in row order."""
+        length bucket), so that its numbers do not depend on the items beside it (`embed/shapes.py`). Such an
+        adapter pads each batch's ids to `shapes.pad_length(batch)` when that is longer than the batch's longest
+        (`tokens.padded_ids` does), and `filler` builds an item of exactly that many tokens. None (the default):
+        batches in row order."""
         return None
 
     def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
-        """A prepared item of exactly `n_tokens` tokens whose output is dropped: it pads a bucket's batches to the
-        bucket's length. Adapters whose `shape_bucket` returns a number implement it."""
+        """A prepared item of exactly `n_tokens` tokens whose output is dropped: it joins an item that is alone in
+        its bucket's batch (a batch of one takes another code path). Adapters whose `shape_bucket` returns a number
+        implement it."""
         raise NotImplementedError(f"{type(self).__name__} batches by length bucket but builds no filler item")
 
     @abstractmethod

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from dogmacache.embed.shapes import pad_length
 
 
 def padded_ids(batch: list[dict[str, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
-    """(B, T) ids padded with `pad_id` on the CPU, and each item's token count."""
+    """(B, T) ids padded with `pad_id` on the CPU, and each item's token count. T is the batch's longest, or the
+    length the stream asks for (`shapes.pad_length`: a length bucket's batches all have its length)."""
     lengths = [len(item["ids"]) for item in batch]
-    ids = torch.full((len(batch), max(lengths)), pad_id, dtype=torch.long)
+    ids = torch.full((len(batch), max(max(lengths), pad_length(batch))), pad_id, dtype=torch.long)
     for i, item in enumerate(batch):
         ids[i, : lengths[i]] = torch.from_numpy(item["ids"])
     return ids, lengths
