@@ -8,7 +8,7 @@ depend on its neighbours: a shard's last batch, the rows left to embed after `--
 - Items of one size (DNA windows; gene tokens) are batched in row order and a short batch is filled out with
   copies of its last item to the size every full batch has, min(max_batch, max_tokens // size).
 - Items of many sizes (proteins, transcripts), where the adapter says how (`shape_bucket`, `filler`), are grouped
-  within runs of at most SEGMENT_ROWS rows by their length bucket (tokens rounded up to a multiple of
+  within runs of rows by their length bucket (tokens rounded up to a multiple of
   BUCKET_TOKENS, capped at the model's limit); each batch holds one bucket and is padded to the bucket's length
   (the items carry it under PAD_TO, and the adapter pads its ids to it), so every item of a bucket is computed at
   the bucket's length. A bucket batch of one item gets a filler item of exactly the bucket's length beside it
@@ -26,7 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-SEGMENT_ROWS = 256  # rows of many sizes are bucketed within runs of at most this many (outputs held on the host)
+SEGMENT_ROWS = (256, 4096)  # rows of many sizes are bucketed within runs of this many rows, fewest to most
+SEGMENT_BYTES = 1 << 29  # a run's outputs are held on the host until the run is done: about this much at most
 BUCKET_TOKENS = 32  # bucket edges: token counts rounded up to a multiple of this
 PAD_TO = "_pad_to"  # key of a bucket batch's items: the token length the adapter pads the batch to
 
@@ -34,6 +35,14 @@ PAD_TO = "_pad_to"  # key of a bucket batch's items: the token length the adapte
 def pad_length(batch: Sequence[dict[str, Any]]) -> int:
     """The token length the stream asks the batch to be padded to (0: the batch's longest)."""
     return max((int(item.get(PAD_TO, 0)) for item in batch), default=0)
+
+
+def segment_rows(item_bytes: int) -> int:
+    """Rows per run of bucketed rows: as many as hold SEGMENT_BYTES of outputs, within SEGMENT_ROWS. Longer runs
+    fill the buckets' batches (proteins of human-proteome lengths fall into ~30 buckets: 256 rows make batches of
+    ~8, too few for a GPU); pooled rows are small, per-position rows of a large model are megabytes."""
+    low, high = SEGMENT_ROWS
+    return max(low, min(high, SEGMENT_BYTES // max(item_bytes, 1)))
 
 
 def per_batch(size: int, max_tokens: int, max_batch: int) -> int:

@@ -239,8 +239,8 @@ def segments(
     starts: Collection[int] = (),
 ):
     """Yield the stream's rows as `Segment`s, prepared by `num_workers` worker processes: one batch each, in row
-    order under the token budget, for an adapter without length buckets; else runs of at most
-    `shapes.SEGMENT_ROWS` rows batched by bucket. No segment spans a position in `starts` and the row before it."""
+    order under the token budget, for an adapter without length buckets; else runs of
+    `shapes.segment_rows` rows batched by bucket. No segment spans a position in `starts` and the row before it."""
     items = _raise_errors(_loader(_Prepared(rows, adapter), device, num_workers))
     first = next(items, None)
     if first is None:
@@ -253,10 +253,11 @@ def segments(
             yield Segment(position, batch, digests, [list(range(len(batch)))], None)
             position += len(batch)
         return
+    rows_per_segment = shapes.segment_rows(4 * int(np.prod(adapter.info().item_shape)))  # float32 outputs, at most
     run: list[dict[str, Any]] = []
     position = 0
     for offset, item in enumerate(itertools.chain(items, [None])):
-        if run and (item is None or offset in starts or len(run) >= shapes.SEGMENT_ROWS):
+        if run and (item is None or offset in starts or len(run) >= rows_per_segment):
             digests = np.stack([x.pop(_DIGEST) for x in run])
             buckets = [adapter.shape_bucket(x) for x in run]
             plan = shapes.plan(buckets, max_tokens, max_batch)
