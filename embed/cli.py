@@ -27,6 +27,7 @@ def _option_flags() -> dict[str, dict]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dogmacache.embed.adapters import model_modalities
+    from dogmacache.embed.settings import COMPILE_MODES
 
     p = subparsers.add_parser("embed", help="run one frozen model over an input table into a cache (resumable)")
     p.add_argument("--input", required=True, help="input table from a recipe (parquet or TSV) with an `id` column")
@@ -108,6 +109,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="items embedded again in float32 to record the cache's deviation from full precision (default 16; 0: "
         "none)",
     )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="run the forward through torch.compile (enformer: every batch has one shape, so it compiles once; "
+        "reduce-overhead replays it as a CUDA graph); recorded in the manifest, like the thread count, as a setting "
+        "that moves values by float rounding at most (default off)",
+    )
     p.add_argument("--workers", type=int, default=0, help="fan shards out over a local dask cluster of N workers")
     p.add_argument("--dask-scheduler", default=None, help="fan shards out over an existing dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
@@ -177,6 +186,7 @@ def config_from_args(args: argparse.Namespace):
         random_init=args.random_init,
         reuse=tuple(args.reuse),
         fidelity_items=args.fidelity_items,
+        compile=args.compile,
         progress=not args.no_progress,
     )
 

@@ -7,10 +7,11 @@ run embedded where there are enough: rows copied by `--reuse` are byte-identical
 compute, and carry their source's receipt)
 is embedded again on the same device in float32 with TF32 off, through the same adapter and pooling, and
 compared with the rows as stored (decoded to float32). Where the run itself is that reference (float32 on the
-CPU) the stream's own float32 outputs of the sampled rows are kept instead of a second forward. Measured: per
-item the cosine similarity and the relative L2 distance ||stored - fp32|| / ||fp32|| over the whole item (every
-position and feature). The manifest's `fidelity` records the worst and the median of each with the precision
-and storage dtype that caused them; `dogmacache cache info` prints it and `cache publish` puts it on the
+CPU, not compiled) the stream's own float32 outputs of the sampled rows are kept instead of a second forward; a
+compiled run's reference is the eager forward (`adapter.eager()`). Measured: per item the cosine similarity and
+the relative L2 distance ||stored - fp32|| / ||fp32|| over the whole item (every position and feature). The
+manifest's `fidelity` records the worst and the median of each with the precision and storage dtype that caused
+them; `dogmacache cache info` prints it and `cache publish` puts it on the
 dataset card (`cache.manifest.describe_fidelity`).
 """
 
@@ -75,7 +76,8 @@ class Capture:
 
     def __init__(self, sample: np.ndarray, positions: dict[int, int], settings):
         self.sample = sample  # the receipt's rows (of the table)
-        self.usable = settings.precision == "fp32" and settings.device.type == "cpu"
+        eager = settings.config.compile == "off"  # a compiled forward is no reference
+        self.usable = settings.precision == "fp32" and settings.device.type == "cpu" and eager
         self.wanted = {positions[r]: int(r) for r in sample if r in positions} if self.usable else {}
         self.rows: dict[int, np.ndarray] = {}
 
@@ -106,7 +108,7 @@ def receipt(
     todo = [int(r) for r in sample if int(r) not in captured]
     reference = dict(captured)
     if todo:
-        with full_fp32():
+        with full_fp32(), adapter.eager():  # the library's own forward, never a compiled one
             computed, _ = embed_rows(
                 adapter,
                 [rows[i] for i in todo],

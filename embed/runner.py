@@ -31,6 +31,7 @@ from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.inputs import input_digest, read_input_table
 from dogmacache.embed.settings import (
+    COMPILE_MODES,
     NUMBER_SETTINGS,
     PATHS,
     PRECISIONS,
@@ -138,6 +139,10 @@ def load(config: EmbedConfig, device: torch.device):
         _check_centres(table, genome)
     adapter = cls(config.model_path, options, device, revision=config.revision, random_init=config.random_init)
     adapter.check_table(table)
+    if config.compile not in COMPILE_MODES:
+        raise InputError(f"--compile {config.compile!r} is not one of {', '.join(COMPILE_MODES)}")
+    if config.compile != "off":
+        adapter.compile(config.compile)
     return table, _rows(table, genome), adapter
 
 

@@ -45,6 +45,10 @@ class EmbedConfig:
     random_init: int | None = None  # seed: the model's architecture with weights drawn at random, none loaded
     reuse: tuple[str, ...] = ()  # caches (or folders of caches, local or URLs) whose rows are copied by item digest
     fidelity_items: int = 16  # items embedded again in float32 for the manifest's fidelity receipt (0: none)
+    compile: str = "off"  # torch.compile of the forward: off | default | max-autotune | reduce-overhead
+
+
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,8 @@ class EmbedSettings:
 
 PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold local paths
 # Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
-# Batch sizes (max_tokens, max_batch) and torch_threads are left out: with batches inside shards they move values
-# by float rounding at most, and a resume on another machine may need another budget or core count.
+# Batch sizes (max_tokens, max_batch), torch_threads and compile are left out: with batches inside shards they move
+# values by float rounding at most, and a resume on another machine may need another budget, core count or compiler.
 NUMBER_SETTINGS = ("random_init", "precision", "device", "dtype", "compression", "max_positions")
 
 

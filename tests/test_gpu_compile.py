@@ -1,5 +1,5 @@
-"""`torch.compile` on the GPU (`make test-gpu`) equals eager execution: the tiny Enformer's trunk (the check a
-compiled embed path must keep passing) and a few CDT training steps as `[train] compile` runs them.
+"""`torch.compile` on the GPU (`make test-gpu`) equals eager execution: the tiny Enformer as `embed --compile`
+runs it (and `test_gpu_embed.py` runs the command) and a few CDT training steps as `[train] compile` runs them.
 
 Tolerances: float32 with TF32 off (`embed.fidelity.full_fp32`), where compiled kernels differ from eager ones only
 in the order of summation, within FP32_TOLERANCE; bf16 autocast, where fused kernels also round in other places,
@@ -63,18 +63,25 @@ def enformer_batch(tmp_path_factory):
     return adapter, [adapter.prepare({**row, "_genome": genome}) for row in rows.to_dict("records")]
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compiled_enformer_equals_eager(enformer_batch, precision):
+def test_compiled_enformer_equals_eager(enformer_batch, precision, mode):
+    """`embed --compile MODE` (`EnformerAdapter.compile`): the rc-average batch runs two compiled forwards (plus and
+    minus strand), so under CUDA graphs the first one's outputs must survive the second replay."""
     adapter, batch = enformer_batch
-    eager_model = adapter.model
     try:
         with torch.inference_mode(), autocast(precision):
             eager, _ = adapter.embed(batch)
-            adapter.model = torch.compile(eager_model)
+            adapter.compile(mode)
             compiled, _ = adapter.embed(batch)
             again, _ = adapter.embed(batch)  # the second call runs the cached graph
+            assert adapter._compiled is not None
+            with adapter.eager():
+                assert adapter._compiled is None
+                same, _ = adapter.embed(batch)
     finally:
-        adapter.model = eager_model
+        adapter._compiled = None
+    assert torch.equal(same, eager)
     assert eager.shape == (4, *adapter.info().item_shape) and eager.float().abs().max() > 0
     tolerance = FP32_TOLERANCE if precision == "fp32" else BF16_TOLERANCE
     for got in (compiled, again):

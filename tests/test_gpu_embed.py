@@ -127,6 +127,14 @@ def test_flashzoi_flash_attention_equals_the_plain_cpu_output(inputs, cpu_refere
     assert_close(got, cpu_reference("flashzoi"), BF16_TOLERANCE, "flashzoi flash-attn bf16")
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_enformer_embed_on_the_device_equals_its_cpu_output(inputs, cpu_reference, tmp_path, mode):
+    """`embed --compile MODE` (rc-average: two compiled forwards per minus-strand batch) in bf16 against the CPU."""
+    got = embed(inputs, "enformer", tmp_path / "c.zarr", str(DEVICE), "bf16", "--compile", mode)
+    assert open_cache(tmp_path / "c.zarr").manifest.config["compile"] == mode
+    assert_close(got, cpu_reference("enformer"), BF16_TOLERANCE, f"enformer --compile {mode} bf16 on {DEVICE}")
+
+
 # ---- a killed CUDA run resumes to the same bytes ---------------------------------------------------------------
 RESUME_FLAGS = ["--shard-items", "2", "--max-batch", "2", "--num-workers", "2"]  # precision auto: bf16 on CUDA
 # each shard write sleeps after it, so that the parent sees the first shard before the run ends

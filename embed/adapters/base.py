@@ -25,6 +25,7 @@ dataclass (and its tiny writer, listed in `embed/tiny.py: make_tiny`), and one l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -161,6 +162,19 @@ class EmbeddingAdapter(ABC):
         its bucket's batch (a batch of one takes another code path). Adapters whose `shape_bucket` returns a number
         implement it."""
         raise NotImplementedError(f"{type(self).__name__} batches by length bucket but builds no filler item")
+
+    def compile(self, mode: str) -> None:
+        """`embed --compile MODE`: run the forward through `torch.compile` (MODE "default", "max-autotune" or
+        "reduce-overhead", the last with CUDA graphs on CUDA). Adapters whose batches have fixed shapes implement
+        it; the others run eager and say so."""
+        raise InputError(
+            f"--compile {mode}: {type(self).__name__.removesuffix('Adapter')} runs eager only; --compile is for "
+            "models whose batches have one fixed shape (enformer). Drop --compile"
+        )
+
+    def eager(self) -> contextlib.AbstractContextManager:
+        """A context in which the forward runs eager even when compiled (the fidelity receipt's reference)."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def embed(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:

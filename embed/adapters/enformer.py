@@ -17,6 +17,7 @@ items: the average of the window and its reverse complement (output bins flipped
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,7 +180,34 @@ class EnformerAdapter(LayeredAdapter):
         times this)."""
         return self.model(x, return_only_embeddings=True)
 
+    def compile(self, mode: str) -> None:
+        """`--compile MODE`: `forward_layers` through `torch.compile` (fusing the elementwise chains and
+        concatenations around the convolutions). Every batch has one shape (`embed/shapes.py`), so it compiles
+        once per layer set; "reduce-overhead" replays it as a CUDA graph."""
+        self._compile_mode = mode
+        self._compiled = torch.compile(
+            self._forward_layers, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False
+        )
+
+    @contextlib.contextmanager
+    def eager(self):
+        compiled, self._compiled = getattr(self, "_compiled", None), None
+        try:
+            yield
+        finally:
+            self._compiled = compiled
+
     def forward_layers(self, one_hot: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """(B, window, 4) one-hot -> {layer: (B, bins, width)}, compiled under `--compile`."""
+        compiled = getattr(self, "_compiled", None)
+        if compiled is None:
+            return self._forward_layers(one_hot, layers)
+        if self._compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new replay: the last one's outputs are no longer read
+            return {k: v.clone() for k, v in compiled(one_hot, layers).items()}  # a CUDA graph's outputs are reused
+        return compiled(one_hot, layers)
+
+    def _forward_layers(self, one_hot: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """(B, window, 4) one-hot -> {layer: (B, bins, width)}: `_trunk`'s modules run one by one (Rearrange, stem,
         conv tower, Rearrange, transformer blocks, crop, final pointwise), stopping after the last layer asked for."""
         rearrange_in, stem, conv_tower, rearrange_out, transformer, crop, pointwise = self.model.trunk
