@@ -111,7 +111,8 @@ def runner_path(
     precision: str = "auto",
 ) -> dict[str, Any]:
     """Enformer windows through the runner: mode "stream" = `embed_stream` (loader workers, batches, forward,
-    outputs to the host) without writing; "run_embed" = the whole command into a cache at `out`. Reports
+    outputs to the host) without writing; "run_embed" = the whole command into a cache at `out` ("run_embed
+    --compile reduce-overhead": with the forward compiled, the compilation inside the timed run). Reports
     windows/s and the fraction of the wall time inside forward calls (`busy`), plus NVML's mean utilisation."""
     from dogmacache.embed.adapters.enformer import EnformerAdapter
 
@@ -126,10 +127,11 @@ def runner_path(
         precision=precision,
         num_workers=num_workers,
         progress=False,
+        compile="reduce-overhead" if mode.endswith("--compile reduce-overhead") else "off",
     )
     timer = ForwardTimer(device)
     with timer.patch(EnformerAdapter), NvmlSampler(device) as nvml:
-        if mode == "run_embed":
+        if mode.startswith("run_embed"):  # "run_embed", or "run_embed --compile reduce-overhead"
             numbers = timed_run_embed(config)
             items, wall = numbers["items"], numbers["seconds"]
         elif mode == "stream":
@@ -188,6 +190,7 @@ def bench_enformer_device(
     min_seconds: float = 1.0,
     seed: int = 0,
     workdir: str | None = None,
+    compile_modes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A random Enformer (full size unless `hparams`) on `device`: the batch sweep per precision, bf16 vs fp32
     deviation, and the runner path with each worker count (see the module's docstring)."""
@@ -211,6 +214,10 @@ def bench_enformer_device(
         result["sweep"] = batch_sweep(adapter, dev, precisions, batches, tflop, generator, min_seconds)
         result.update(best_per_precision(result["sweep"], precisions))
         result["bf16_vs_fp32"] = bf16_deviation(adapter, dev, deviation_batch, generator)
+        if compile_modes and result.get("best", {}).get("bf16"):
+            result["compiled"] = compiled_rows(
+                adapter, dev, compile_modes, result["best"]["bf16"]["batch"], tflop, generator, min_seconds
+            )
         window = adapter.window
         del adapter
         free_memory(dev)
@@ -273,8 +280,10 @@ def time_batch(
     tflop: float | None,
     generator: torch.Generator,
     min_seconds: float,
+    trunk=None,
 ) -> dict[str, Any]:
-    """One sweep row: the median forward time of `batch` windows at `precision` (two input sets alternated)."""
+    """One sweep row: the median forward time of `batch` windows at `precision` (two input sets alternated), of
+    `trunk` (default: the library's own forward, `adapter.trunk`)."""
     cuda = dev.type == "cuda"
     sets = [
         adapter.one_hot(torch.randint(0, 4, (batch, adapter.window), generator=generator, dtype=torch.uint8))
@@ -282,7 +291,7 @@ def time_batch(
     ]
     calls = 0
 
-    def forward(sets=sets, precision=precision, trunk=adapter.trunk) -> None:
+    def forward(sets=sets, precision=precision, trunk=trunk or adapter.trunk) -> None:
         nonlocal calls
         with torch.inference_mode(), autocast_for(dev, precision):
             trunk(sets[calls % 2])
@@ -313,6 +322,47 @@ def time_batch(
     }
     free_memory(dev)
     return row
+
+
+def compiled_rows(
+    adapter,
+    dev: torch.device,
+    modes: Sequence[str],
+    batch: int,
+    tflop: float | None,
+    generator: torch.Generator,
+    min_seconds: float,
+) -> list[dict[str, Any]]:
+    """`embed --compile MODE`'s forward (`EnformerAdapter.compile`) in bf16 at `batch`: the first call's seconds
+    (the compilation), the timed rate as in the sweep, and its relative L2 against the eager float32 forward on the
+    same windows (the target holds the bf16 deviation within 0.01)."""
+    rows = []
+    x = adapter.one_hot(torch.randint(0, 4, (batch, adapter.window), generator=generator, dtype=torch.uint8))
+    with torch.inference_mode(), strict_fp32():
+        reference = adapter.trunk(x).float()
+    for mode in modes:
+        adapter.compile(mode)
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode(), autocast_for(dev, "bf16"):
+                first = adapter.forward_layers(x, ("trunk",))["trunk"].float()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            compile_seconds = time.perf_counter() - t0
+            deviation = float((first - reference).norm() / reference.norm())
+            del first
+
+            def compiled(one_hot):
+                return adapter.forward_layers(one_hot, ("trunk",))
+
+            row = time_batch(adapter, dev, "bf16", batch, tflop, generator, min_seconds, trunk=compiled)
+        finally:
+            adapter._compiled = None
+            torch._dynamo.reset()
+        rows.append({**row, "compile": mode, "compile_seconds": compile_seconds, "relative_l2_vs_fp32": deviation})
+    del x, reference
+    free_memory(dev)
+    return rows
 
 
 def best_per_precision(sweep: list[dict[str, Any]], precisions: Sequence[str]) -> dict[str, Any]:

@@ -274,8 +274,10 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
         batches=s["enformer_batches"],
         runner_windows=s["enformer_windows"],
         runner_workers=s["runner_workers"],
-        runner_modes=("run_embed",),
+        # compiled rows on CUDA only: inductor builds C++ kernels for a CPU for about a minute (tested apart: slow)
+        runner_modes=("run_embed", "run_embed --compile reduce-overhead") if dev.type == "cuda" else ("run_embed",),
         min_seconds=0.5,
+        compile_modes=("reduce-overhead",) if dev.type == "cuda" else (),
     )
     result["borzoi"] = bench_borzoi_device(str(dev), size)
     result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])

@@ -60,6 +60,21 @@ def enformer_rows(enformer: dict[str, Any], scope: dict[str, bool]) -> list[list
             verdict(max(busy), TARGET_GPU_BUSY, applies=scope["gpu"]) if busy else "",
         ],
     ]
+    for row in gpu.get("compiled", []):
+        rows.append(
+            rate_row(
+                f"Enformer bf16, `--compile {row['compile']}`, batch {row['batch']}: windows/s (compilation "
+                f"{fmt(row['compile_seconds'])} s; relative L2 against fp32 {fmt(row['relative_l2_vs_fp32'])})",
+                [row],
+                "windows_per_s",
+                f"≥ {TARGET_WINDOWS_PER_S:g} on one H100, L2 ≤ 0.01",
+                verdict(
+                    row["windows_per_s"] if row["relative_l2_vs_fp32"] <= 0.01 else 0.0,
+                    TARGET_WINDOWS_PER_S,
+                    applies=scope["h100"],
+                ),
+            )
+        )
     for run in gpu.get("runner", []):
         rows.append(
             [

@@ -330,3 +330,26 @@ def test_train_memory_section_runs_two_cache_sizes():
     assert [run["enhancers"] for run in result["runs"]] == [40, 160]
     assert all(_positive(run["peak_rss_mb"]) for run in result["runs"]) and _positive(result["rss_ratio"])
     assert "larger / smaller" in bench.render_text(train_memory.train_memory_tables(result)[0])
+
+
+@pytest.mark.slow
+def test_compiled_enformer_rows_at_tiny_size_on_cpu():
+    """The gpu section's `--compile` rows (CUDA only in `make bench-gpu`) at tiny size: a rate, the compilation's
+    seconds and the deviation from the eager float32 forward, which compiled bf16 keeps within 0.01 here too."""
+    from dogmacache.bench import enformer as bench_enformer
+    from dogmacache.bench.gpu import SIZES
+
+    result = bench_enformer.bench_enformer_device(
+        "cpu",
+        hparams=SIZES["tiny"]["enformer_hparams"],
+        batches=(2,),
+        precisions=("bf16",),
+        runner_windows=4,
+        runner_modes=("run_embed --compile reduce-overhead",),
+        compile_modes=("reduce-overhead",),
+        min_seconds=0.1,
+    )
+    (row,) = result["compiled"]
+    assert row["compile"] == "reduce-overhead" and row["batch"] == 2 and _positive(row["windows_per_s"])
+    assert _positive(row["compile_seconds"]) and 0 < row["relative_l2_vs_fp32"] <= 0.01
+    assert result["runner"][0]["mode"] == "run_embed --compile reduce-overhead" and result["runner"][0]["windows"] == 4
