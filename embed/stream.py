@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from dogmacache.cache.layout import ITEM_SHA256, ExtraArray, numpy_view
+from dogmacache.cache.layout import ITEM_SHA256, ExtraArray
 from dogmacache.embed import shapes
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
 from dogmacache.embed.reuse import item_digest
 from dogmacache.embed.settings import PRECISIONS
-from dogmacache.errors import CacheError, DogmaError
+from dogmacache.embed.transfer import HostCopy, to_host
+from dogmacache.errors import DogmaError
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -72,34 +73,6 @@ def stored_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
         )
         info = dataclasses.replace(info, item_shape=(max_positions, info.item_shape[1]), extras=extras)
     return dataclasses.replace(info, extras=(*info.extras, DIGEST_EXTRA))
-
-
-def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
-    """(b, ...) outputs cast to the storage `dtype` on their device, then copied to the host. bfloat16 comes
-    back as ml_dtypes' bfloat16 (same bits). NaN or Inf among the outputs, and values finite before the cast and
-    not after (beyond float16's range), are refused here, naming the item, where the cause is still known; the
-    check runs on the device (on the host it took 9 ms per full-size Enformer row), so the shard writer is told
-    not to repeat it (`CacheWriter.write_shard(..., checked=True)`)."""
-    bad = ~torch.isfinite(embedded).flatten(1).all(1)  # (b,)
-    if bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
-        raise CacheError(
-            f"item {ids[first]!r} has NaN/Inf values in the model's output ({int(bad.sum())} of the {len(ids)} "
-            "items of its batch do); nothing of its shard was written. Check that item's input (e.g. an all-N "
-            "window), or run the model in float32 (--precision fp32)"
-        )
-    stored = embedded.to(getattr(torch, dtype))
-    if dtype == "float16":
-        overflow = torch.isinf(stored).flatten(1).any(1)  # (b,): finite before the cast, so beyond float16
-        if bool(overflow.any()):
-            first = int(overflow.nonzero()[0, 0])
-            raise CacheError(
-                f"item {ids[first]!r} has values beyond float16's range (|x| > 65,504); store float32 instead "
-                "(--dtype float32)"
-            )
-    if dtype == "bfloat16":  # numpy has no bfloat16 of its own: move the bits, view them as ml_dtypes'
-        return stored.view(torch.int16).cpu().numpy().view(numpy_view("bfloat16"))
-    return stored.cpu().numpy()
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -347,6 +320,7 @@ def embed_stream(
     spans a position in `starts` and the row before it. `capture(positions of the batch's rows, outputs)`, if
     given, sees each batch's outputs before the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
     with torch.inference_mode(), autocast_for(device, precision):
+        waiting = None  # the last batch on its way to the host: (assembly, offsets, copy, extras, its segment's last)
         for segment in segments(
             adapter,
             rows,
@@ -357,13 +331,32 @@ def embed_stream(
             starts=starts,
         ):
             assembly = Assembly(len(segment.items), segment.digests)
-            for offsets, embedded, extras in run_segment(adapter.embed, adapter, segment, max_tokens, max_batch):
+            for k, (offsets, embedded, extras) in enumerate(
+                run_segment(adapter.embed, adapter, segment, max_tokens, max_batch)
+            ):
                 embedded, extras = pooled(embedded, extras, max_positions)
                 positions = [segment.first + o for o in offsets]
                 if capture is not None:  # `capture(positions, outputs)` sees each batch before the storage cast
                     capture(positions, embedded)
-                assembly.put(offsets, to_host(embedded, dtype, [str(rows[p]["id"]) for p in positions]), extras)
-            yield assembly.result()
+                # this batch's copy is queued behind its forward; the one before it is collected only now, so
+                # on a GPU the host's work on it overlaps this forward (`transfer.HostCopy`)
+                copy = HostCopy(embedded, dtype, [str(rows[p]["id"]) for p in positions])
+                if waiting is not None:
+                    done = _collect(waiting)
+                    if done is not None:
+                        yield done
+                waiting = (assembly, offsets, copy, extras, k == len(segment.batches) - 1)
+        if waiting is not None:
+            done = _collect(waiting)
+            if done is not None:
+                yield done
+
+
+def _collect(waiting) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """Put a batch's host copy into its segment's assembly; the segment's outputs once it was the last batch."""
+    assembly, offsets, copy, extras, last = waiting
+    assembly.put(offsets, copy.result(), extras)
+    return assembly.result() if last else None
 
 
 def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:

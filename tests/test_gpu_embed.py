@@ -135,6 +135,25 @@ def test_compiled_enformer_embed_on_the_device_equals_its_cpu_output(inputs, cpu
     assert_close(got, cpu_reference("enformer"), BF16_TOLERANCE, f"enformer --compile {mode} bf16 on {DEVICE}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_host_copies_from_the_device_equal_to_host(dtype):
+    """`transfer.HostCopy` on the device (pinned memory, a copy queued behind the forward) gives `to_host`'s bytes,
+    while a later batch is computed, and refuses NaN naming the item when read."""
+    import torch
+    from dogmacache.embed.transfer import HostCopy, to_host
+    from dogmacache.errors import CacheError
+
+    x = torch.randn(8, 64, 32, device=DEVICE)
+    copy = HostCopy(x, dtype, [f"i{k}" for k in range(8)])
+    later = x @ x.transpose(1, 2)  # more work queued on the device before the copy is read
+    got, want = copy.result(), to_host(x, dtype, [f"i{k}" for k in range(8)])
+    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    assert float(later.float().abs().sum()) > 0
+    x[5, 3, 1] = float("nan")
+    with pytest.raises(CacheError, match="item 'i5' has NaN/Inf values"):
+        HostCopy(x, dtype, [f"i{k}" for k in range(8)]).result()
+
+
 # ---- a killed CUDA run resumes to the same bytes ---------------------------------------------------------------
 RESUME_FLAGS = ["--shard-items", "2", "--max-batch", "2", "--num-workers", "2"]  # precision auto: bf16 on CUDA
 # each shard write sleeps after it, so that the parent sees the first shard before the run ends

@@ -1,0 +1,36 @@
+"""Outputs to the host (`embed/transfer.py`): `HostCopy` gives `to_host`'s bytes and errors, later; every storage
+dtype; NaN/Inf and float16 overflow name the item. (`tests/test_gpu_embed.py` runs the CUDA path.)"""
+
+import numpy as np
+import pytest
+import torch
+from dogmacache.embed.transfer import HostCopy, to_host
+from dogmacache.errors import CacheError
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_a_host_copy_gives_to_hosts_bytes(dtype):
+    x = torch.randn(3, 5, 4)
+    ids = ["a", "b", "c"]
+    copy = HostCopy(x, dtype, ids)
+    want = to_host(x, dtype, ids)
+    got = copy.result()
+    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    assert copy.result() is got  # asked twice: the same array
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_nan_is_refused_naming_the_item_when_the_copy_is_read(dtype):
+    x = torch.randn(3, 4)
+    x[1, 2] = float("inf")
+    copy = HostCopy(x, dtype, ["a", "b", "c"])  # queued: nothing raised yet
+    with pytest.raises(CacheError, match=r"item 'b' has NaN/Inf values .*1 of the 3 items"):
+        copy.result()
+
+
+def test_float16_overflow_is_refused_naming_the_item():
+    x = torch.zeros(2, 3)
+    x[1, 0] = 1e6
+    with pytest.raises(CacheError, match=r"item 'y' has values beyond float16's range.*--dtype float32"):
+        HostCopy(x, "float16", ["x", "y"]).result()
+    assert np.isfinite(HostCopy(x, "float32", ["x", "y"]).result()).all()  # float32 holds it
