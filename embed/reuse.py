@@ -42,14 +42,24 @@ _SAME = (
 )
 
 
+_HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}  # (name, dtype, shape) -> its header bytes
+
+
 def item_digest(prepared: Mapping[str, Any]) -> np.ndarray:
-    """(32,) uint8 sha256 of one prepared item: each array's name, dtype, shape and bytes, in name order.
-    Keys starting with "_" (the stream's own) are left out."""
+    """(32,) uint8 sha256 of one prepared item: per array, in name order, "name|dtype|shape|" then its bytes (a
+    scalar as an array of shape (1,)). Keys starting with "_" (the stream's own) are left out. Every cache's
+    `item_sha256` holds it: the definition never changes (`tests/test_embed_reuse.py` spells it out)."""
     h = hashlib.sha256()
-    for name in sorted(k for k in prepared if not k.startswith("_")):
+    for name in sorted(prepared):
+        if name.startswith("_"):
+            continue
         value = np.ascontiguousarray(prepared[name])
-        h.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        h.update(value.reshape(-1).view(np.uint8))
+        key = (name, value.dtype.str, value.shape)
+        header = _HEADERS.get(key)
+        if header is None:
+            header = _HEADERS.setdefault(key, f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(header)
+        h.update(value.data if value.ndim == 1 else value.reshape(-1).view(np.uint8))
     return np.frombuffer(h.digest(), dtype=np.uint8)
 
 

@@ -106,6 +106,22 @@ def test_item_digest_covers_the_inputs_not_the_id():
     assert np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "_sha256": b"x"}))
 
 
+def test_the_item_digest_definition_is_fixed():
+    """Caches hold these digests: they are sha256 over "name|dtype|shape|" and the bytes, names in order, scalars as
+    shape (1,), whatever the memory layout of the arrays given."""
+    import hashlib
+
+    ids = np.arange(7, dtype=np.int64)[::-1]  # not contiguous
+    item = {"ids": ids, "n_special": np.int32(2), "n_padded": np.int32(0), "grid": np.ones((2, 3), np.float32).T}
+    h = hashlib.sha256()
+    h.update(b"grid|<f4|(3, 2)|" + np.ones((3, 2), np.float32).tobytes())
+    h.update(b"ids|<i8|(7,)|" + np.arange(7, dtype=np.int64)[::-1].copy().tobytes())
+    h.update(b"n_padded|<i4|(1,)|" + np.int32(0).tobytes())
+    h.update(b"n_special|<i4|(1,)|" + np.int32(2).tobytes())
+    assert reuse.item_digest(item).tobytes() == h.digest()
+    assert reuse.item_digest(item).tobytes() == h.digest()  # asked again: the same
+
+
 def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tmp_path, capsys):
     out = tmp_path / "reused"
     summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
