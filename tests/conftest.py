@@ -55,13 +55,12 @@ def _reuse_demo() -> Path | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The modules whose tests use a demo run go last (those of the demo, then those of its null twin), each module
-    keeping its order."""
-    rank: dict[Path, int] = {}
-    for item in items:
-        used = [k + 1 for k, name in enumerate(DEMO_RUNS) if name in getattr(item, "fixturenames", ())]
-        rank[item.path] = max([rank.get(item.path, 0), *used])
-    items[:] = sorted(items, key=lambda item: rank[item.path])
+    """The tests that use a demo run go last (those of the demo, then those of its null twin), in their order."""
+
+    def rank(item) -> int:
+        return max((k + 1 for k, name in enumerate(DEMO_RUNS) if name in getattr(item, "fixturenames", ())), default=0)
+
+    items[:] = sorted(items, key=rank)
 
 
 def _start_demo(name: str, tmp_path_factory) -> tuple[subprocess.Popen, Path, Path]:
