@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
@@ -42,17 +44,80 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
     return writer.finalize()
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """`dogmacache demo` once per test session: recipe, tiny models, three caches, CDT and both baselines."""
-    from dogmacache.cli import main
+# The whole demo and its null twin, each a `dogmacache demo` process started when the session starts, below the
+# tests' priority: they take the core the tests leave idle while the tests that need neither run first. The demo's
+# own chain of steps is the longest path of the session, so it stays close to the tests' priority; its null twin,
+# needed only by the last test, runs on what is left.
+DEMO_RUNS = {"demo_run": ((), 2), "null_demo_run": (("--null",), 10)}  # fixture: (extra arguments, niceness)
 
+
+def _reuse_demo() -> Path | None:
     reuse = os.environ.get("DOGMACACHE_TEST_DEMO")  # a finished `dogmacache demo --out DIR`, to skip rerunning it
-    if reuse:
-        return Path(reuse)
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    return out
+    return Path(reuse) if reuse else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that use a demo run go last (those of the demo, then those of its null twin), in their order."""
+
+    def rank(item) -> int:
+        return max((k + 1 for k, name in enumerate(DEMO_RUNS) if name in getattr(item, "fixturenames", ())), default=0)
+
+    items[:] = sorted(items, key=rank)
+
+
+def _start_demo(name: str, tmp_path_factory) -> tuple[subprocess.Popen, Path, Path]:
+    args, niceness = DEMO_RUNS[name]
+    out = tmp_path_factory.mktemp(name) / "demo"
+    log = out.parent / "demo.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dogmacache.cli", "demo", *args, "--out", str(out)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            process_group=0,  # its own group, to kill with the CDBridge process it spawns; the tests' session
+        )
+    with contextlib.suppress(ProcessLookupError):  # gone already: its exit status tells why
+        os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)  # before it spawns anything: its children inherit it
+    return proc, out, log
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_processes(request, tmp_path_factory):
+    """The demo runs that the collected tests use, started now; killed at the end if still running."""
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    started = {
+        name: _start_demo(name, tmp_path_factory)
+        for name in DEMO_RUNS
+        if name in wanted and not (name == "demo_run" and _reuse_demo())
+    }
+    yield started
+    for proc, _, _ in started.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _finished(name: str, started: dict, tmp_path_factory) -> tuple[Path, str]:
+    """The demo's folder and what it printed, once its process has exited 0."""
+    if name not in started:  # a test the session's item list did not show: start it now
+        started[name] = _start_demo(name, tmp_path_factory)
+    proc, out, log = started[name]
+    returncode = proc.wait()
+    printed = log.read_text()
+    assert returncode == 0, f"dogmacache demo {' '.join(DEMO_RUNS[name][0])} exited {returncode}:\n{printed[-3000:]}"
+    return out, printed
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_processes, tmp_path_factory):
+    """`dogmacache demo` once per test session: recipe, tiny models, three caches, CDT and both baselines."""
+    return _reuse_demo() or _finished("demo_run", demo_processes, tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="session")
+def null_demo_run(demo_processes, tmp_path_factory):
+    """`dogmacache demo --null` once per test session: its folder and what it printed."""
+    return _finished("null_demo_run", demo_processes, tmp_path_factory)
 
 
 @pytest.fixture
@@ -97,7 +162,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
         return BytesIO(data)
 
 
-@contextmanager
+@contextlib.contextmanager
 def serve(directory):
     """A local HTTP server with Range support over `directory`; yields its base URL."""
     RangeHandler.served = 0

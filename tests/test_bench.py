@@ -125,9 +125,18 @@ def test_paper_preset_runs_the_fast_model_only_unless_allowed(monkeypatch):
         calls.append((preset, implementation, cpu_allocator))
         return bench_cdt.bench_cdt_step("tiny", batch, implementation, steps, seed, cpu_allocator="system")
 
+    def small_eval(preset, pairs_per_enhancer):  # the evaluation table's shapes, timed here on the tiny model
+        calls.append(("eval", preset))
+        return evaluate("tiny", n_enhancers=10, pairs_per_enhancer=pairs_per_enhancer, pair_batch=4, enhancer_batch=3)
+
+    evaluate = bench_cdt.bench_cdt_eval
     monkeypatch.setattr(bench_cdt, "bench_in_fresh_process", fake_fresh)
+    monkeypatch.setattr(bench_cdt, "bench_cdt_eval", small_eval)
     result = bench.bench_cdt_section("paper", batch=2, steps=1)
-    assert calls == [("paper", "fast", "keep")] and result["reference"] is None
+    evaluations = [("eval", "small")] * len(bench_cdt.EVAL_SHAPES)  # paper-size evaluation asks the small preset
+    assert calls == [("paper", "fast", "keep"), *evaluations] and result["reference"] is None
+    assert result["evaluation"]["preset"] == "small"
+    assert set(result["evaluation"]["shapes"]) == set(bench_cdt.EVAL_SHAPES)
     assert "--allow-paper-reference" in result["reference_skipped"]
     text = bench.render_text(bench.cdt_tables(result)[0])
     assert "not run" in text and "reference not run" in text

@@ -188,14 +188,24 @@ def test_train_decides_unset_counts_and_keeps_given_ones(monkeypatch):
         build_section(TrainConfig, {"threads": 0}, "train")
 
 
-def test_bench_threads_section_times_the_default_beside_fixed_settings(tmp_path):
+def test_bench_threads_section_times_the_default_beside_fixed_settings(tmp_path, monkeypatch):
     from dogmacache.bench import render_text
     from dogmacache.bench.threads import bench_threads, settings_to_try, threads_tables
+    from dogmacache.data_recipes import demo as demo_recipe
 
+    build_demo = demo_recipe.build_demo
+
+    def first_windows(out, *args, **kwargs):  # the demo's first 24 DNA windows: each setting embeds them once
+        built = build_demo(out, *args, **kwargs)
+        table = out / "cdt" / "dna_windows.parquet"
+        pd.read_parquet(table).iloc[:24].to_parquet(table)
+        return built
+
+    monkeypatch.setattr(demo_recipe, "build_demo", first_windows)
     assert settings_to_try(2)[0] == (1, 1) and len(set(settings_to_try(2))) == len(settings_to_try(2))
     result = bench_threads(repeats=1, busy=False, workdir=str(tmp_path))
     rows = result["conditions"]["as is"]["rows"]
-    assert result["items"] == 180 and [(r["workers"], r["threads"]) for r in rows] == settings_to_try(result["cores"])
+    assert result["items"] == 24 and [(r["workers"], r["threads"]) for r in rows] == settings_to_try(result["cores"])
     assert all(r["median_s"] > 0 for r in rows) and result["conditions"]["as is"]["default_over_best"] >= 1.0
     text = render_text(threads_tables(result)[0])
     assert "(the default)" in text and "default within 1.2x of the best" in text

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 
-from dogmacache.cli import main
 from dogmacache.demo.pipeline import null_verdict
 
 
-def test_on_the_null_twin_no_model_scores_beyond_its_no_input_baseline(tmp_path, capsys):
-    assert main(["demo", "--null", "--out", str(tmp_path / "null")]) == 0
-    printed = capsys.readouterr().out
+def test_on_the_null_twin_no_model_scores_beyond_its_no_input_baseline(null_demo_run):
+    out, printed = null_demo_run  # `dogmacache demo --null`, run beside the other tests (conftest.py)
     assert "null twin" in printed and "SCORES" not in printed
-    truth = json.loads((tmp_path / "null" / "sources" / "truth" / "truth.json").read_text())
+    truth = json.loads((out / "sources" / "truth" / "truth.json").read_text())
     assert truth["null"] is True
     for task, folder in (("cdt", "train"), ("isoformer", "train_isoformer"), ("cdbridge", "train_cdbridge")):
-        test = json.loads((tmp_path / "null" / folder / "metrics.json").read_text())["models"][task]["test"]
+        test = json.loads((out / folder / "metrics.json").read_text())["models"][task]["test"]
         assert abs(test["spearman"]) < 0.15 and test["r2"] < 0.05, (task, test["spearman"], test["r2"])
-    biodta = json.loads((tmp_path / "null" / "train_biodta" / "metrics.json").read_text())["models"]
+    biodta = json.loads((out / "train_biodta" / "metrics.json").read_text())["models"]
     assert abs(biodta["biodta"]["test"]["spearman"] - biodta["mean_token"]["test"]["spearman"]) < 0.15
 
 

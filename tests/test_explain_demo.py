@@ -170,6 +170,6 @@ def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
     message = _error(capsys, [*base, "--chrom-sizes", str(sizes_file)])
     assert f"--chrom-sizes {sizes_file} has no length for chromosome" in message
     table = demo_run / "recipe" / "cdt" / "dna_windows.parquet"
-    assert main([*args, "--dna-table", str(table), "--methods", "none", "--item-figures", "0"]) == 0
+    assert main([*args, "--dna-table", str(table), "--n", "3", "--methods", "none", "--item-figures", "0"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["config"]["sources"]["dna_table"] == str(table)
+    assert summary["config"]["sources"]["dna_table"] == str(table) and summary["n_items"] == 3

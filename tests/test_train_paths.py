@@ -59,9 +59,7 @@ def test_torchrun_two_processes_match_one_process(demo, tmp_path):
     one = tmp_path / "one"
     two = tmp_path / "two"
     base = ["train", "--config", str(config), "--no-progress"]
-    subprocess.run(
-        [sys.executable, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{one}"'], check=True, capture_output=True
-    )
+    assert main([*base, "--set", f'output.dir="{one}"']) == 0  # one process: this one
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     result = subprocess.run(
         [*torchrun, "-m", "dogmacache.cli", *base, "--set", f'output.dir="{two}"'],
