@@ -122,10 +122,18 @@ _DIGEST = "_sha256"  # key of an item's input digest (taken off before the adapt
 
 
 def _raise_errors(items):
-    for item in items:
-        if _ERROR in item:
-            raise item[_ERROR]
-        yield item
+    """The items, raising a worker's error as itself. On an error, or when the consumer stops early, the loader's
+    workers are shut down here at once: left to the garbage collector, torch later waits up to 5 s for each."""
+    iterator = iter(items)
+    try:
+        for item in iterator:
+            if _ERROR in item:
+                raise item[_ERROR]
+            yield item
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-process loader iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def _die_with_parent(parent_pid: int, worker_id: int) -> None:
