@@ -121,6 +121,19 @@ def null_demo_run(demo_processes, tmp_path_factory):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored afterwards: tiny models gain nothing from threads, and OpenMP threads
+    spin against other busy processes on a shared 2-core machine (the embed runs themselves get one there).
+    Modules use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -14,14 +14,7 @@ from dogmacache.bench.embed import TINY_CASES, bench_embed_tiny, bench_enformer_
 from dogmacache.cli import main
 from dogmacache.embed.adapters.enformer import TINY_ENFORMER
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads spin against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _positive(x) -> bool:

@@ -20,14 +20,7 @@ TINY = preset("tiny")
 B = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads spinning against other processes on a
-    shared 2-core machine made this file 10x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def inputs(config: CDTConfig, batch: int = B, seed: int = 0):

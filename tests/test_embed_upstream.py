@@ -23,13 +23,7 @@ CHROM_BP = {"chr1": 5000, "chr2": 200_000}  # chr2 holds 196,608 bp windows (TF 
 WINDOW = 256 * TINY_ENFORMER["target_length"]  # 2,048 bp
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the embed runs here get on 2 cores: OpenMP threads spin against other busy processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _close_to_float16(cache_rows: np.ndarray, direct: np.ndarray) -> None:
