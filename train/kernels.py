@@ -244,8 +244,9 @@ def _blocks(rows: int, n_q: int, n_k: int) -> list[Block]:
 
 
 def _tasks(blocks: list[Block]) -> list[list[Block]]:
-    """The blocks grouped by the rows they cover (one row's query blocks, or one block of whole rows): no task
-    adds to the k and v gradients of another's rows, so tasks can run side by side."""
+    """The blocks grouped by the rows they cover (one row's query blocks, or one block of whole rows): the
+    backward's tasks, as no task then adds to the k and v gradients of another's rows (each row's sums run in
+    block order whatever the spread, so the gradients are the same bits on any thread count)."""
     tasks: list[list[Block]] = []
     for block in blocks:
         if tasks and tasks[-1][0][:2] == block[:2]:
@@ -259,10 +260,9 @@ def _largest_block(blocks: list[Block], n_k: int) -> int:
     return max(((r1 - r0) * (e - s) * n_k for r0, r1, s, e in blocks), default=0)
 
 
-def _run_blocks(blocks: list[Block], n_k: int, seed: int, work: Callable[[list[Block], np.random.SFC64], None]):
-    """work(task, generator) for the blocks grouped by `_tasks`, each task's generator at its first draw of the
-    one stream (seeded with `seed`) that draws every block's mask in block order."""
-    tasks = _tasks(blocks)
+def _run_blocks(tasks: list[list[Block]], n_k: int, seed: int, work: Callable[[list[Block], np.random.SFC64], None]):
+    """work(task, generator) for each task (blocks in block order), each task's generator at its first draw of
+    the one stream (seeded with `seed`) that draws every block's mask in block order."""
     words = [sum(_words((r1 - r0) * (e - s) * n_k) for r0, r1, s, e in task) for task in tasks]
     _spread(lambda i, generator: work(tasks[i], generator), len(tasks), words, seed)
 
@@ -308,7 +308,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
                 # normalisation and keep scale applied to (g, b, E), not to (g, b, Nk)
                 out[r0:r1, s:e] = torch.bmm(probs, v[r0:r1]).mul_(keep_scale / total)
 
-        _run_blocks(blocks, n_k, seed, work)
+        _run_blocks([[block] for block in blocks], n_k, seed, work)  # a block's writes are its own
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.seed, ctx.threshold, ctx.keep_scale, ctx.blocks = seed, threshold, keep_scale, blocks
         return out
@@ -345,7 +345,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
                 grad_q[r0:r1, s:e].baddbmm_(grad_scores, k[r0:r1], beta=0, alpha=scale)
                 grad_k[r0:r1].baddbmm_(grad_scores.transpose(1, 2), q[r0:r1, s:e], alpha=scale)
 
-        _run_blocks(blocks, n_k, ctx.seed, work)  # the forward's draws again, in the same order
+        _run_blocks(_tasks(blocks), n_k, ctx.seed, work)  # the forward's draws again, in the same order
         return grad_q, grad_k, grad_v, None, None
 
 
