@@ -93,7 +93,7 @@ def _words(n: int) -> int:
     return chunks * -(-_DRAW_CHUNK // 4) + -(-rest // 4)
 
 
-_HELPERS: list[ThreadPoolExecutor] = []  # the helper threads of `_spread`, made on first use
+_HELPERS: list[tuple[int, ThreadPoolExecutor]] = []  # `_spread`'s helper threads and their count, made on first use
 if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads: it makes its own
     os.register_at_fork(after_in_child=_HELPERS.clear)
 # torch's OpenMP backend keeps the intra-op thread count per thread, so a helper can run single-threaded beside
@@ -111,8 +111,9 @@ def _spread(
     `words[0]` 64-bit words for task 0, then `words[1]` for task 1, and so on: the draws are those of one
     generator run through the tasks in order, however the tasks are spread. Why: operations on blocks that fit
     a core's cache are too small to split across threads (each waits for every thread at its end, and on a
-    busy machine a preempted thread stalls them all: the paper preset's largest attention ran 1.4-6x slower on
-    2 threads than on 1 that way), and numpy's work (draws, masks) runs on one thread unless spread like this.
+    busy machine a preempted thread stalls them all: on 2 cores shared with other work, the paper preset's
+    largest attention, forward and backward, took 2.4 to 19 s on 2 threads against 3.3 to 3.4 s on 1), and
+    numpy's work (draws, masks) runs on one thread unless spread like this.
     """
     generator = None if seed is None else np.random.SFC64(seed)
     workers = min(torch.get_num_threads() if _PER_THREAD_COUNT else 1, tasks)
@@ -142,10 +143,12 @@ def _spread(
                 failed.set()
                 raise
 
-    if not _HELPERS or _HELPERS[0]._max_workers < workers - 1:
-        _HELPERS[:] = [ThreadPoolExecutor(workers - 1, thread_name_prefix="dogmacache-kernels")]
+    if not _HELPERS or _HELPERS[0][0] < workers - 1:
+        for _, pool in _HELPERS:
+            pool.shutdown(wait=False)
+        _HELPERS[:] = [(workers - 1, ThreadPoolExecutor(workers - 1, thread_name_prefix="dogmacache-kernels"))]
     with torch_threads(1):
-        helpers = [_HELPERS[0].submit(worker) for _ in range(workers - 1)]
+        helpers = [_HELPERS[0][1].submit(worker) for _ in range(workers - 1)]
         try:
             worker()
         finally:
