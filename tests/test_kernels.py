@@ -18,8 +18,9 @@ from dogmacache.train.kernels import Dropout, _BlockedDropoutAttention, attentio
 @pytest.fixture(params=[40, 200], ids=["query-blocks", "row-blocks"])
 def small_blocks(request, monkeypatch):
     """Small blocks, so every test crosses block boundaries: parts of one row's queries (40 scores: 3 of 7
-    queries over 11 keys), or whole rows two at a time (200 scores)."""
+    queries over 11 keys), or whole rows two at a time (200 scores); computed two blocks to a group."""
     monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", request.param)
+    monkeypatch.setattr(kernels, "GROUP_ELEMENTS", 2 * request.param)
 
 
 def _qkv(rows=3, n_q=7, n_k=11, width=5, dtype=torch.float64, seed=0):
