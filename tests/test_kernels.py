@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from dogmacache.devices import torch_threads
 from dogmacache.errors import InputError
 from dogmacache.train import kernels
 from dogmacache.train.kernels import Dropout, _BlockedDropoutAttention, attention, dropout
@@ -17,8 +18,9 @@ from dogmacache.train.kernels import Dropout, _BlockedDropoutAttention, attentio
 @pytest.fixture(params=[40, 200], ids=["query-blocks", "row-blocks"])
 def small_blocks(request, monkeypatch):
     """Small blocks, so every test crosses block boundaries: parts of one row's queries (40 scores: 3 of 7
-    queries over 11 keys), or whole rows two at a time (200 scores)."""
+    queries over 11 keys), or whole rows two at a time (200 scores); computed two blocks to a group."""
     monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", request.param)
+    monkeypatch.setattr(kernels, "GROUP_ELEMENTS", 2 * request.param)
 
 
 def _qkv(rows=3, n_q=7, n_k=11, width=5, dtype=torch.float64, seed=0):
@@ -127,6 +129,26 @@ def test_attention_in_training_is_the_masked_formula_per_batch_and_head(small_bl
         torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True
     ):
         assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=tol * 10)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_masks_and_results_do_not_depend_on_the_thread_count(small_blocks, monkeypatch, threads):
+    """Blocks and dropout pieces spread over several workers draw what one generator run through them in
+    order draws (the single-thread path), so outputs and gradients are the same bits."""
+    monkeypatch.setattr(kernels, "_PIECE", 8)  # a dropout of 1003 elements in 126 pieces
+    x = torch.randn(1003, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for count in (1, threads):
+        with torch_threads(count):
+            q, k, v = _qkv(rows=6, n_q=7, n_k=11)
+            torch.manual_seed(4)
+            out = attention(q[None], k[None], v[None], dropout_p=0.3, training=True)
+            dropped = dropout(x, 0.3)
+            grads = torch.autograd.grad((out.sum(), dropped.pow(2).sum()), (q, k, v, x))
+            results[count] = (out, dropped, *grads)
+    assert (results[1][1] == 0).any()  # the dropout dropped
+    for a, b in zip(results[1], results[threads], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_attention_falls_back_to_sdpa_where_the_blocked_path_does_not_apply():

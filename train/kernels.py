@@ -12,13 +12,18 @@ pass over gigabytes. Here:
   torch's global generator, so `torch.manual_seed` still makes training reproducible. The drop probability
   is rounded to a multiple of 1/65536 (0.3 -> 0.300003) and kept values are scaled by the exact inverse of the
   realised keep probability, so the expectation is preserved exactly;
-- `attention` computes softmax(q k^T / sqrt(E)) with dropout, times v, one block of queries at a time
-  (a block fits in the processor's cache) and keeps only q, k, v, the output, one log-sum-exp per query
+- `attention` computes softmax(q k^T / sqrt(E)) with dropout, times v, one group of query blocks at a time
+  (a few MiB of scores, in the processor's caches) and keeps only q, k, v, the output, one log-sum-exp per query
   and the generator's seed for backward, which recomputes each block's probabilities from the log-sum-exp
   (flash-attention's scheme) and draws the same masks again (cheaper than keeping them: a fresh
   allocation's page faults cost more than the draws). No (B, H, Nq, Nk) tensor is ever alive.
 - masks are applied with numpy's vectorised float x bool multiply on the tensors' memory (torch's CPU kernels
   for boolean masks ran ~4x slower here).
+- the attention's blocks, and a dropout's draws and masks in pieces, run side by side on torch's intra-op
+  thread count of single-threaded workers (`_spread`), not one after another on all threads at once: a block's
+  operations are too small to split (each ends waiting for every thread, and on a busy machine for a preempted
+  one), and numpy works on one thread. Each worker's generator starts where the one sequential stream would
+  stand, so the masks do not depend on the thread count.
 
 On CUDA, and whenever dropout is off (eval, p = 0), torch's own kernels run unchanged: `F.dropout` and
 `F.scaled_dot_product_attention`. So does attention under CPU autocast, for dtypes numpy lacks (bfloat16) and
@@ -27,9 +32,15 @@ for empty inputs; CPU dropout of a bfloat16 tensor applies these masks with torc
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dogmacache.devices import torch_threads
 from dogmacache.errors import InputError
 from torch import Tensor, nn
 
@@ -37,8 +48,11 @@ __all__ = ["Dropout", "attention", "dropout"]
 
 _BITS = 16
 _LEVELS = 1 << _BITS
-BLOCK_ELEMENTS = 1 << 19  # one query block's scores: 512 Ki floats = 2 MiB, cache-resident
+BLOCK_ELEMENTS = 1 << 19  # one block's scores (512 Ki), each block's mask drawn on its own
+GROUP_ELEMENTS = 1 << 21  # consecutive blocks computed as one, up to this many scores (8 MiB of float32)
 _DRAW_CHUNK = 1 << 22  # masks of big tensors are drawn in pieces of this many elements
+_PIECE = 1 << 20  # a dropout's draws and masks, split into tasks of this many elements (a multiple of 4)
+_CACHED = 1 << 16  # elements multiplied by the mask and scaled in one go, while in the core's cache
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)  # masks applied by numpy
 _BLOCKED_DTYPES = (torch.float32, torch.float64)  # the blocked attention's arithmetic
 
@@ -74,15 +88,107 @@ def _draw_keep(generator: np.random.SFC64, n: int, threshold: int, out: np.ndarr
     return keep
 
 
+def _words(n: int) -> int:
+    """The 64-bit words `_draw_keep` takes from its generator for n booleans."""
+    chunks, rest = divmod(n, _DRAW_CHUNK)
+    return chunks * -(-_DRAW_CHUNK // 4) + -(-rest // 4)
+
+
+_HELPERS: list[tuple[int, ThreadPoolExecutor]] = []  # `_spread`'s helper threads and their count, made on first use
+if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads: it makes its own
+    os.register_at_fork(after_in_child=_HELPERS.clear)
+# torch's OpenMP backend keeps the intra-op thread count per thread, so a helper can run single-threaded beside
+# torch's threads; its native backend has one count for the process and cannot
+_PER_THREAD_COUNT = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _spread(
+    work: Callable[[int, np.random.SFC64 | None], None], tasks: int, words: Sequence[int] = (), seed: int | None = None
+) -> None:
+    """work(i, generator) for i in range(tasks), spread over torch's intra-op thread count of workers (this thread
+    and helpers), each single-threaded and taking the next task when done.
+
+    With a seed, task i gets a generator standing at its first draw of the one SFC64 stream that draws
+    `words[0]` 64-bit words for task 0, then `words[1]` for task 1, and so on: the draws are those of one
+    generator run through the tasks in order, however the tasks are spread. Why: operations on blocks that fit
+    a core's cache are too small to split across threads (each waits for every thread at its end, and on a
+    busy machine a preempted thread stalls them all: on 2 cores shared with other work, the paper preset's
+    largest attention, forward and backward, took 2.4 to 19 s on 2 threads against 3.3 to 3.4 s on 1), and
+    numpy's work (draws, masks) runs on one thread unless spread like this.
+    """
+    generator = None if seed is None else np.random.SFC64(seed)
+    workers = min(torch.get_num_threads() if _PER_THREAD_COUNT else 1, tasks)
+    if workers <= 1:
+        for i in range(tasks):
+            work(i, generator)
+        return
+    lock, failed = threading.Lock(), threading.Event()
+    order = iter(range(tasks))
+
+    def worker() -> None:
+        torch.set_num_threads(1)  # this thread's own operations, not torch's shared threads
+        while not failed.is_set():
+            with lock:
+                i = next(order, None)
+                if i is None:
+                    return
+                own = None
+                if generator is not None:
+                    own = np.random.SFC64(0)
+                    own.state = generator.state
+                    generator.random_raw(words[i], output=False)
+            try:
+                with torch.no_grad():  # grad mode is per thread: autograd's backward and forward set it off in theirs
+                    work(i, own)
+            except BaseException:
+                failed.set()
+                raise
+
+    if not _HELPERS or _HELPERS[0][0] < workers - 1:
+        for _, pool in _HELPERS:
+            pool.shutdown(wait=False)
+        _HELPERS[:] = [(workers - 1, ThreadPoolExecutor(workers - 1, thread_name_prefix="dogmacache-kernels"))]
+    with torch_threads(1):
+        helpers = [_HELPERS[0][1].submit(worker) for _ in range(workers - 1)]
+        try:
+            worker()
+        finally:
+            for helper in helpers:
+                helper.result()
+
+
+def _draw_keep_spread(seed: int, n: int, threshold: int) -> np.ndarray:
+    """`_draw_keep(np.random.SFC64(seed), n, threshold)`, drawn in pieces on all workers (`_spread`)."""
+    keep = np.empty(n, dtype=np.bool_)
+    pieces = range(0, n, _PIECE)
+
+    def work(i: int, generator: np.random.SFC64 | None) -> None:
+        start = pieces[i]
+        _draw_keep(generator, min(_PIECE, n - start), threshold, out=keep[start : start + _PIECE])
+
+    _spread(work, len(pieces), [_words(min(_PIECE, n - start)) for start in pieces], seed)
+    return keep
+
+
 def _masked_scale(x: Tensor, keep: Tensor, scale: float) -> Tensor:
     """x * keep * scale, a new contiguous tensor; keep is a flat boolean tensor of x.numel() elements."""
     x = x.detach().contiguous()
     if x.dtype not in _NUMPY_DTYPES:  # bfloat16 and others: torch's fused kernel
         return torch.ops.aten.native_dropout_backward(x, keep.view(x.shape), scale)
     out = torch.empty_like(x)
-    result = out.numpy().reshape(-1)
-    np.multiply(x.numpy().reshape(-1), keep.numpy(), out=result)
-    result *= result.dtype.type(scale)
+    values, mask, result = x.numpy().reshape(-1), keep.numpy(), out.numpy().reshape(-1)
+    factor = result.dtype.type(scale)
+    pieces = range(0, values.size, _PIECE)
+
+    def work(i: int, _: np.random.SFC64 | None) -> None:
+        end = min(pieces[i] + _PIECE, values.size)
+        for start in range(pieces[i], end, _CACHED):  # scaled while in the core's cache
+            stop = min(start + _CACHED, end)
+            part = result[start:stop]
+            np.multiply(values[start:stop], mask[start:stop], out=part)
+            part *= factor
+
+    _spread(work, len(pieces))
     return out
 
 
@@ -110,7 +216,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
     threshold, scale = _threshold(p)
-    keep = _draw_keep(np.random.SFC64(_seed()), x.numel(), threshold)
+    keep = _draw_keep_spread(_seed(), x.numel(), threshold)
     return _MaskedScale.apply(x, torch.from_numpy(keep), scale)
 
 
@@ -129,10 +235,12 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def _blocks(rows: int, n_q: int, n_k: int) -> list[tuple[int, int, int, int]]:
-    """(r0, r1, s, e): rows r0:r1 and queries s:e, about BLOCK_ELEMENTS scores each. Either one row and part of
-    its queries (long sequences) or whole rows, several at once (short ones, where per-block overhead would
-    dominate)."""
+Block = tuple[int, int, int, int]  # (r0, r1, s, e): rows r0:r1, queries s:e
+
+
+def _blocks(rows: int, n_q: int, n_k: int) -> list[Block]:
+    """About BLOCK_ELEMENTS scores each. Either one row and part of its queries (long sequences) or whole rows,
+    several at once (short ones, where per-block overhead would dominate)."""
     per_row = n_q * n_k
     if per_row >= BLOCK_ELEMENTS:
         step = max(1, BLOCK_ELEMENTS // max(n_k, 1))
@@ -141,8 +249,63 @@ def _blocks(rows: int, n_q: int, n_k: int) -> list[tuple[int, int, int, int]]:
     return [(r, min(r + step, rows), 0, n_q) for r in range(0, rows, step)]
 
 
-def _largest_block(blocks: list[tuple[int, int, int, int]], n_k: int) -> int:
-    return max(((r1 - r0) * (e - s) * n_k for r0, r1, s, e in blocks), default=0)
+def _groups(blocks: list[Block], n_k: int) -> list[list[Block]]:
+    """Consecutive blocks computed as one, up to GROUP_ELEMENTS scores: a row's next query blocks, or the next
+    blocks of whole rows. Fewer, larger operations run faster (on 2 cores the paper preset's attention took
+    ~10 % less time in groups of 1-2 Mi scores than of 0.5 Mi); masks are still drawn block by block
+    (`_draw_group`), so they do not depend on the grouping."""
+    groups: list[list[Block]] = []
+    for block in blocks:
+        if groups:
+            group, last = groups[-1], groups[-1][-1]
+            same_row = block[:2] == last[:2] and block[2] == last[3]
+            next_rows = block[2:] == last[2:] and block[0] == last[1]  # a row's only block: whole rows
+            if (same_row or next_rows) and _size(group + [block], n_k) <= GROUP_ELEMENTS:
+                group.append(block)
+                continue
+        groups.append([block])
+    return groups
+
+
+def _size(blocks: list[Block], n_k: int) -> int:
+    return sum((r1 - r0) * (e - s) * n_k for r0, r1, s, e in blocks)
+
+
+def _extent(group: list[Block]) -> Block:
+    """The rows and queries a group covers."""
+    return group[0][0], group[-1][1], group[0][2], group[-1][3]
+
+
+def _draw_group(
+    generator: np.random.SFC64, group: list[Block], n_k: int, threshold: int, out: np.ndarray
+) -> np.ndarray:
+    """The group's masks, block after block as `_draw_keep` draws each, in the group's (rows, queries, keys) order."""
+    start = 0
+    for block in group:
+        n = _size([block], n_k)
+        _draw_keep(generator, n, threshold, out=out[start : start + n])
+        start += n
+    return out[:start]
+
+
+def _tasks(groups: list[list[Block]]) -> list[list[list[Block]]]:
+    """The groups gathered by the rows they cover (one row's query groups, or one group of whole rows): the
+    backward's tasks, as no task then adds to the k and v gradients of another's rows (each row's sums run in
+    group order whatever the spread, so the gradients are the same bits on any thread count)."""
+    tasks: list[list[list[Block]]] = []
+    for group in groups:
+        if tasks and _extent(tasks[-1][0])[:2] == _extent(group)[:2]:
+            tasks[-1].append(group)
+        else:
+            tasks.append([group])
+    return tasks
+
+
+def _run_groups(tasks: list[list[list[Block]]], n_k: int, seed: int, work: Callable) -> None:
+    """work(task, generator) for each task (groups in block order), each task's generator at its first draw of
+    the one stream (seeded with `seed`) that draws every block's mask in block order."""
+    words = [sum(_words(_size([block], n_k)) for group in task for block in group) for task in tasks]
+    _spread(lambda i, generator: work(tasks[i], generator), len(tasks), words, seed)
 
 
 def _mask_inplace(x: Tensor, keep: np.ndarray) -> None:
@@ -158,6 +321,7 @@ class _BlockedDropoutAttention(torch.autograd.Function):
     forward   P = exp(s q k^T - max) / sum,  out = (P * m) v * c,  lse = max + log(sum);
     backward  P = exp(s q k^T - lse),  dv += (P * m)^T (c dout),  dP = (c dout v^T) * m,
               dS = P * (dP - rowsum(dout * out)),  dq = s dS k,  dk += s dS^T q.
+    Blocks run side by side on all of torch's threads (`_spread`), the masks the same whatever the spread.
     """
 
     @staticmethod
@@ -170,18 +334,24 @@ class _BlockedDropoutAttention(torch.autograd.Function):
         out = q.new_empty(rows, n_q, width)
         lse = q.new_empty(rows, n_q, 1)
         blocks = _blocks(rows, n_q, n_k)
-        keep_buffer = np.empty(_largest_block(blocks, n_k), dtype=np.bool_)
-        generator = np.random.SFC64(seed)
-        for r0, r1, s, e in blocks:
-            probs = torch.bmm(q[r0:r1, s:e], k_t[r0:r1]).mul_(scale)  # scores (g, b, Nk)
-            top = probs.amax(dim=2, keepdim=True)
-            probs.sub_(top).exp_()
-            total = probs.sum(dim=2, keepdim=True)
-            lse[r0:r1, s:e] = top + total.log()
-            n = probs.numel()
-            _mask_inplace(probs, _draw_keep(generator, n, threshold, out=keep_buffer[:n]))
-            # normalisation and keep scale applied to (g, b, E), not to (g, b, Nk)
-            out[r0:r1, s:e] = torch.bmm(probs, v[r0:r1]).mul_(keep_scale / total)
+        groups = _groups(blocks, n_k)
+        largest = max((_size(group, n_k) for group in groups), default=0)
+
+        def work(task: list[list[Block]], generator: np.random.SFC64) -> None:
+            scores, keep_buffer = q.new_empty(largest), np.empty(largest, dtype=np.bool_)
+            for group in task:
+                r0, r1, s, e = _extent(group)
+                n = (r1 - r0) * (e - s) * n_k
+                probs = scores[:n].view(r1 - r0, e - s, n_k).baddbmm_(q[r0:r1, s:e], k_t[r0:r1], beta=0, alpha=scale)
+                top = probs.amax(dim=2, keepdim=True)
+                probs.sub_(top).exp_()
+                total = probs.sum(dim=2, keepdim=True)
+                lse[r0:r1, s:e] = top + total.log()
+                _mask_inplace(probs, _draw_group(generator, group, n_k, threshold, keep_buffer))
+                # normalisation and keep scale applied to (g, b, E), not to (g, b, Nk)
+                out[r0:r1, s:e] = torch.bmm(probs, v[r0:r1]).mul_(keep_scale / total)
+
+        _run_groups([[group] for group in groups], n_k, seed, work)  # a group's writes are its own
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.seed, ctx.threshold, ctx.keep_scale, ctx.blocks = seed, threshold, keep_scale, blocks
         return out
@@ -191,31 +361,35 @@ class _BlockedDropoutAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         threshold, keep_scale = ctx.threshold, ctx.keep_scale
-        rows, n_q, width = q.shape
-        n_k = k.shape[1]
+        n_k, width = k.shape[1:]
         scale = width**-0.5
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # rowsum(dP * P), flash-attention's identity
         grad_scaled = grad_out * keep_scale
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
-        neg_lse = -lse
-        blocks = ctx.blocks  # the forward's blocks, so the draws line up whatever BLOCK_ELEMENTS is now
-        buffer = q.new_empty(_largest_block(blocks, n_k))
-        keep_buffer = np.empty(buffer.numel(), dtype=np.bool_)
-        generator = np.random.SFC64(ctx.seed)  # the forward's draws again, in the same order
-        for r0, r1, s, e in blocks:
-            probs = torch.baddbmm(neg_lse[r0:r1, s:e], q[r0:r1, s:e], k_t[r0:r1], alpha=scale).exp_()
-            n = probs.numel()
-            keep = _draw_keep(generator, n, threshold, out=keep_buffer[:n])
-            dropped = buffer[:n].view(probs.shape)
-            np.multiply(probs.numpy(), keep.reshape(probs.shape), out=dropped.numpy())
-            grad_v[r0:r1].baddbmm_(dropped.transpose(1, 2), grad_scaled[r0:r1, s:e])
-            grad_scores = torch.bmm(grad_scaled[r0:r1, s:e], v_t[r0:r1])
-            _mask_inplace(grad_scores, keep)
-            grad_scores.sub_(delta[r0:r1, s:e]).mul_(probs)
-            grad_q[r0:r1, s:e] = torch.bmm(grad_scores, k[r0:r1]).mul_(scale)
-            grad_k[r0:r1].baddbmm_(grad_scores.transpose(1, 2), q[r0:r1, s:e], alpha=scale)
+        groups = _groups(ctx.blocks, n_k)  # the forward's blocks, so the draws line up whatever BLOCK_ELEMENTS is now
+        largest = max((_size(group, n_k) for group in groups), default=0)
+
+        def work(task: list[list[Block]], generator: np.random.SFC64) -> None:
+            scores, buffer = q.new_empty(largest), q.new_empty(largest)
+            keep_buffer = np.empty(largest, dtype=np.bool_)
+            for group in task:
+                r0, r1, s, e = _extent(group)
+                n = (r1 - r0) * (e - s) * n_k
+                probs = scores[:n].view(r1 - r0, e - s, n_k).baddbmm_(q[r0:r1, s:e], k_t[r0:r1], beta=0, alpha=scale)
+                probs.sub_(lse[r0:r1, s:e]).exp_()
+                keep = _draw_group(generator, group, n_k, threshold, keep_buffer)
+                dropped = buffer[:n].view(probs.shape)
+                np.multiply(probs.numpy(), keep.reshape(probs.shape), out=dropped.numpy())
+                grad_v[r0:r1].baddbmm_(dropped.transpose(1, 2), grad_scaled[r0:r1, s:e])
+                grad_scores = torch.bmm(grad_scaled[r0:r1, s:e], v_t[r0:r1])
+                _mask_inplace(grad_scores, keep)
+                grad_scores.sub_(delta[r0:r1, s:e]).mul_(probs)
+                grad_q[r0:r1, s:e].baddbmm_(grad_scores, k[r0:r1], beta=0, alpha=scale)
+                grad_k[r0:r1].baddbmm_(grad_scores.transpose(1, 2), q[r0:r1, s:e], alpha=scale)
+
+        _run_groups(_tasks(groups), n_k, ctx.seed, work)  # the forward's draws again, in the same order
         return grad_q, grad_k, grad_v, None, None
 
 

@@ -14,8 +14,9 @@ into each other), computed faster:
 - the RNA and protein branches up to their self-attention do not depend on the sample: they run once per
   batch as (1, G, D) and broadcast into the cross-attention (training: one dropout mask per batch for them);
 - attention runs through `scaled_dot_product_attention`, or, when training on CPU with dropout, through
-  `kernels.attention` (blocked, no (B, H, Nq, Nk) maps kept); dropout masks on CPU come from `kernels.dropout`
-  (same distribution, ~4x faster); per-head maps only via `forward_with_attention`;
+  `kernels.attention` (blocked, no (B, H, Nq, Nk) maps kept, blocks side by side on single-threaded workers);
+  dropout masks on CPU come from `kernels.dropout` (same distribution, ~4x faster); per-head maps only via
+  `forward_with_attention`;
 - the VCE pools with a single query, so its key and value projections are folded into that query instead
   of projecting every position (exact algebra, see `QueryPool`).
 
