@@ -1,9 +1,9 @@
 """The demo pipeline: recipe (bundled demo sources in the real formats) -> tiny models of the real architectures ->
 embed caches (CDT: DNA windows with Enformer, proteins with ESM-2, gene tokens with scGPT; IsoFormer: TSS windows
 with Enformer, cDNA tokens with Nucleotide Transformer, residues with ESM-2) -> verify -> linear probes of the DNA
-caches (`demo/probe.py`), and train CDT, IsoFormer and Bio-DTA with their baselines while CDBridge (its own pooled
-caches, both stages, the ablations) trains in a second process, one torch thread each -> metrics and figures. Every
-step calls the function a user's command calls, with its config dataclass."""
+caches (`demo/probe.py`), and train CDT and IsoFormer with their baselines while CDBridge (its own pooled caches,
+both stages, the ablations) and then Bio-DTA train in a second process, one torch thread each -> metrics and
+figures. Every step calls the function a user's command calls, with its config dataclass."""
 
 from __future__ import annotations
 
@@ -135,7 +135,6 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from dogmacache.demo.biodta import run_biodta_demo
     from dogmacache.demo.explain import explain_demo
     from dogmacache.demo.probe import print_probe_summary, probe_demo
     from dogmacache.demo.training import train_demo, train_isoformer_demo
@@ -145,17 +144,19 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     caches = embed_demo(out, seed=seed, null=null)
     print(f"[2/7] verify the caches ({time.perf_counter() - t0:.0f} s)")
     verify_demo(caches)
-    log = out / "train_cdbridge.log"
+    logs = {"cdbridge": out / "train_cdbridge.log", "biodta": out / "train_biodta.log"}
     print(
-        f"[3/7] ({time.perf_counter() - t0:.0f} s) CDBridge starts in a second process (one core each; its log: "
-        f"{log}): pooled protein and tissue caches, both stages with the paper's ablations, the per-tissue mean and "
-        "the controls, over three leave-tissues-out folds"
+        f"[3/7] ({time.perf_counter() - t0:.0f} s) a second process (one core each) trains CDBridge (its log: "
+        f"{logs['cdbridge']}): pooled protein and tissue caches, both stages with the paper's ablations, the "
+        "per-tissue mean and the controls, over three leave-tissues-out folds; then Bio-DTA (its log: "
+        f"{logs['biodta']}): TSS windows of the demo genes, their caches, the adapter beside the mean token and "
+        "controls, a TSS deletion through mutate scored against planted targets"
     )
     # spawn: a fresh interpreter (no forked torch threads); an error in it is re-raised here, as the same one line
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
         dna_caches = {k: v for k, v in caches["isoform"].items() if k in ("dna", "dna_kmer")}
-        cdbridge = pool.submit(_cdbridge_process, out, dna_caches, seed, epochs, log, null)
+        second = pool.submit(_second_process, out, dna_caches, seed, epochs, logs, null)
         print(f"[4/7] ({time.perf_counter() - t0:.0f} s) linear probes of the DNA caches: CDT betas, GTEx expression")
         probes = probe_demo(out, caches, seed=seed)
         print(f"[5/7] ({time.perf_counter() - t0:.0f} s) train CDT beside its baselines and controls; explain it")
@@ -164,19 +165,15 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
             summary["explain"] = explain_demo(out, sources(out, null) / "truth" / "truth.bed")
         print(f"[6/7] ({time.perf_counter() - t0:.0f} s) train IsoFormer beside its ablations, baseline and controls")
         summary["isoformer"] = train_isoformer_demo(out, caches["isoform"], seed=seed, epochs=epochs, null=null)
-        print(
-            f"[7/7] ({time.perf_counter() - t0:.0f} s) Bio-DTA: TSS windows of the demo genes, their caches, the "
-            "adapter beside the mean token and controls, a TSS deletion through mutate scored against planted targets"
-        )
-        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null), null=null)
-        print(f"CDBridge (waiting for the second process; {time.perf_counter() - t0:.0f} s):")
-        summary["cdbridge"] = cdbridge.result()
+        print(f"[7/7] ({time.perf_counter() - t0:.0f} s) Bio-DTA and CDBridge (waiting for the second process):")
+        summary.update(second.result())
     except BaseException:
         for child in multiprocessing.active_children():  # do not wait a minute for a run nobody will read
             child.terminate()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    _print_biodta(summary["biodta"])
     summary["probe"] = probes
     print_probe_summary(probes)
     if null:
@@ -188,20 +185,36 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
     return summary
 
 
-def _cdbridge_process(
-    out: Path, dna_caches: dict, seed: int, epochs: int | None, log: Path, null: bool = False
+def _second_process(
+    out: Path, dna_caches: dict, seed: int, epochs: int | None, logs: dict[str, Path], null: bool = False
 ) -> dict:
-    """The demo's CDBridge run in a spawned process, its output into `log`, one torch thread."""
+    """The demo's CDBridge run, then its Bio-DTA run, in a spawned process, one torch thread, each one's output
+    into its log: {"cdbridge": summary, "biodta": summary}. The two together take about as long as CDT and
+    IsoFormer in the first process."""
     import contextlib
 
     import torch
+    from dogmacache.demo.biodta import run_biodta_demo
     from dogmacache.demo.cdbridge import run_cdbridge_demo
 
     torch.set_num_threads(1)
-    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return run_cdbridge_demo(
-            out, dna_caches, seed=seed, epochs=epochs, null=null
-        )  # bars are off in a file, epoch lines not
+    summary = {}
+    # bars are off in a file, epoch lines not
+    with open(logs["cdbridge"], "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        summary["cdbridge"] = run_cdbridge_demo(out, dna_caches, seed=seed, epochs=epochs, null=null)
+    with open(logs["biodta"], "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        summary["biodta"] = run_biodta_demo(out, seed=seed, epochs=epochs, data=sources(out, null), null=null)
+    return summary
+
+
+def _print_biodta(summary: dict) -> None:
+    """The Bio-DTA table the second process wrote to its log, and the TSS deletion's planted-target score."""
+    from dogmacache.mutate.cli import gene_set_lines
+    from dogmacache.train.run import print_table
+
+    print_table(summary["train"], summary["train"]["metric"])
+    if "gene_sets" in summary.get("mutate", {}):
+        print(gene_set_lines(summary["mutate"]["gene_sets"], summary["mutate"]["gene_set_universe"]))
 
 
 def _print_cdbridge(summary: dict) -> None:

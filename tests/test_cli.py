@@ -227,16 +227,17 @@ def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, ca
     assert "dataset repo lab/empty" in capsys.readouterr().err
 
 
-def test_an_error_in_the_demos_cdbridge_process_arrives_as_the_same_one_line_error(tmp_path):
+def test_an_error_in_the_demos_second_process_arrives_as_the_same_one_line_error(tmp_path):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from dogmacache.demo.pipeline import _cdbridge_process
+    from dogmacache.demo.pipeline import _second_process
     from dogmacache.errors import InputError
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         dna = {"dna": tmp_path / "none.zarr"}
-        future = pool.submit(_cdbridge_process, tmp_path, dna, 0, 1, tmp_path / "cdbridge.log")
+        logs = {"cdbridge": tmp_path / "cdbridge.log", "biodta": tmp_path / "biodta.log"}
+        future = pool.submit(_second_process, tmp_path, dna, 0, 1, logs)
         with pytest.raises(InputError, match="protein_sequences.parquet' does not exist") as raised:
             future.result()
     assert "\n" not in str(raised.value)
