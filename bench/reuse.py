@@ -1,15 +1,15 @@
 """The reuse section of `dogmacache bench`: a table that overlaps an existing cache by 90 % embedded with
 `--reuse` against the same table embedded in full, on the demo's tiny models, both through `run_embed`.
 
-For each model: 2 n distinct items are made from the demo recipe (DNA: windows centred at random positions of
-the demo genome; proteins: the demo proteins with one residue changed per copy), the "old" table is items
-0..n-1 and the "new" one is 90 % of those (shuffled, under other ids) plus 10 % items never embedded. The old
-table is embedded once (untimed); then the new one in full and with `reuse=(old,)`, alternated three times,
-each timed by the runner's own clock (after the model load, which is the same for both, until the cache is
-finalised: opening the sources, the digest pass, the copies, the forward of the rest, the shard writes and the
-16-item fidelity receipt all count); the medians are reported. The first pair of caches is compared array for
-array (byte identity; else how many rows differ and by how much).
-"""
+For each model, and for ESM-2 also at 8 n (a table the size of a small recipe's): 2 n distinct items are made
+from the demo recipe (DNA: windows centred at random positions of the demo genome; proteins: the demo proteins
+with one residue changed per copy), the "old" table is items 0..n-1 and the "new" one is 90 % of those
+(shuffled, under other ids) plus 10 % items never embedded. The old table is embedded once (untimed); then the
+new one in full and with `reuse=(old,)`, alternated three times, each timed by the runner's own clock (after the
+model load, which is the same for both, until the cache is finalised: opening the sources, the digest pass, the
+copies, the forward of the rest, the shard writes and the 16-item fidelity receipt all count); the medians are
+reported. The first pair of caches is compared array for array (byte identity; else how many rows differ and by
+how much)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,12 @@ def _protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFra
     return pd.DataFrame({"sequence": out})
 
 
+# (label, model, modality, items maker, table sizes as multiples of n_items). ESM-2 also at 8x: its forward (~0.6
+# ms per tiny protein) is so short that a run's fixed cost (opening the sources, the receipt, the manifest, ~20 ms)
+# weighs on a table of 1,024; a recipe's tables hold thousands (the human proteome: ~20,000 proteins)
 CASES = (
-    ("Enformer, DNA windows", "enformer", "dna", _dna_items),
-    ("ESM-2, proteins", "esm2", "protein", _protein_items),
+    ("Enformer, DNA windows", "enformer", "dna", _dna_items, (1,)),
+    ("ESM-2, proteins", "esm2", "protein", _protein_items, (1, 8)),
 )
 
 
@@ -76,6 +79,57 @@ def _compare(a: str, b: str) -> dict[str, Any]:
     }
 
 
+def _case(root, models, label, model, modality, make, n_items, num_workers, rng, seed, repeats) -> dict[str, Any]:
+    """One table of `n_items` embedded in full and with --reuse, `repeats` times each, alternated."""
+    name = f"{model}{n_items}"
+    items = make(root / "recipe", 2 * n_items, rng)
+    old = items.iloc[:n_items].assign(id=[f"old{i}" for i in range(n_items)])
+    n_new = int(round(n_items * (1 - OVERLAP)))
+    kept = items.iloc[n_new:n_items]
+    new = pd.concat([kept, items.iloc[n_items : n_items + n_new]]).sample(frac=1.0, random_state=seed)
+    new = new.assign(id=[f"new{i}" for i in range(len(new))])
+    for part, frame in (("old", old), ("new", new), ("warmup", new.iloc[:4])):
+        frame.to_parquet(root / f"{name}_{part}.parquet")
+
+    def config(part: str, out: str, **kwargs) -> EmbedConfig:
+        return EmbedConfig(
+            input=str(root / f"{name}_{part}.parquet"),
+            modality=modality,
+            model=model,
+            out=str(root / out),
+            model_path=str(models[model]),
+            genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
+            device="cpu",
+            num_workers=num_workers,
+            progress=False,
+            **kwargs,
+        )
+
+    timed_run_embed(config("warmup", f"{name}_warmup"))
+    timed_run_embed(config("old", f"{name}_old"))
+    full_rates, reuse_rates = [], []
+    for k in range(repeats):  # alternated, so that a busy moment of the machine hits both alike
+        full_rates.append(timed_run_embed(config("new", f"{name}_full{k}"))["items_per_s"])
+        reuse = config("new", f"{name}_reused{k}", reuse=(str(root / f"{name}_old"),))
+        reuse_rates.append(timed_run_embed(reuse)["items_per_s"])
+    compared = _compare(str(root / f"{name}_full0"), str(root / f"{name}_reused0"))
+    for k in range(repeats):
+        for out in (f"{name}_full{k}", f"{name}_reused{k}"):
+            shutil.rmtree(root / out, ignore_errors=True)
+    shutil.rmtree(root / f"{name}_old", ignore_errors=True)
+    return {
+        "label": label,
+        "items": len(new),
+        "overlap": len(kept) / len(new),
+        "full_items_per_s": float(np.median(full_rates)),
+        "reuse_items_per_s": float(np.median(reuse_rates)),
+        "speedup": float(np.median(reuse_rates) / np.median(full_rates)),
+        "full_runs": full_rates,
+        "reuse_runs": reuse_rates,
+        **compared,
+    }
+
+
 def bench_reuse(
     n_items: int = 1024, num_workers: int | None = None, workdir: str | None = None, seed: int = 0, repeats: int = 3
 ) -> dict:
@@ -91,54 +145,11 @@ def bench_reuse(
             build_demo(root / "recipe")
             models = make_tiny(root / "models")
         rows = []
-        for label, model, modality, make in CASES:
-            items = make(root / "recipe", 2 * n_items, rng)
-            old = items.iloc[:n_items].assign(id=[f"old{i}" for i in range(n_items)])
-            n_new = int(round(n_items * (1 - OVERLAP)))
-            kept = items.iloc[n_new:n_items]
-            new = pd.concat([kept, items.iloc[n_items : n_items + n_new]]).sample(frac=1.0, random_state=seed)
-            new = new.assign(id=[f"new{i}" for i in range(len(new))])
-            for name, frame in (("old", old), ("new", new), ("warmup", new.iloc[:4])):
-                frame.to_parquet(root / f"{model}_{name}.parquet")
-
-            def config(name: str, out: str, model=model, modality=modality, **kwargs) -> EmbedConfig:
-                return EmbedConfig(
-                    input=str(root / f"{model}_{name}.parquet"),
-                    modality=modality,
-                    model=model,
-                    out=str(root / out),
-                    model_path=str(models[model]),
-                    genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
-                    device="cpu",
-                    num_workers=num_workers,
-                    progress=False,
-                    **kwargs,
+        for label, model, modality, make, scales in CASES:
+            for scale in scales:
+                rows.append(
+                    _case(root, models, label, model, modality, make, n_items * scale, num_workers, rng, seed, repeats)
                 )
-
-            timed_run_embed(config("warmup", f"{model}_warmup"))
-            timed_run_embed(config("old", f"{model}_old"))
-            full_rates, reuse_rates = [], []
-            for k in range(repeats):  # alternated, so that a busy moment of the machine hits both alike
-                full_rates.append(timed_run_embed(config("new", f"{model}_full{k}"))["items_per_s"])
-                reuse = config("new", f"{model}_reused{k}", reuse=(str(root / f"{model}_old"),))
-                reuse_rates.append(timed_run_embed(reuse)["items_per_s"])
-            compared = _compare(str(root / f"{model}_full0"), str(root / f"{model}_reused0"))
-            for k in range(1, repeats):
-                for name in (f"{model}_full{k}", f"{model}_reused{k}"):
-                    shutil.rmtree(root / name, ignore_errors=True)
-            rows.append(
-                {
-                    "label": label,
-                    "items": len(new),
-                    "overlap": len(kept) / len(new),
-                    "full_items_per_s": float(np.median(full_rates)),
-                    "reuse_items_per_s": float(np.median(reuse_rates)),
-                    "speedup": float(np.median(reuse_rates) / np.median(full_rates)),
-                    "full_runs": full_rates,
-                    "reuse_runs": reuse_rates,
-                    **compared,
-                }
-            )
         return {"n_items": n_items, "num_workers": num_workers, "repeats": repeats, "cases": rows}
     finally:
         shutil.rmtree(root, ignore_errors=True)

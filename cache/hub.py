@@ -33,15 +33,19 @@ class FoundCache:
     manifest: Manifest
 
 
+def is_cache_folder(path: Path) -> bool:
+    """Whether `path` holds a cache's group (a zarr.json with a manifest), read as JSON, without opening it."""
+    if not (path / "zarr.json").is_file():
+        return False
+    return "dogmacache" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+
+
 def find_caches(folder: Path) -> list[FoundCache]:
     """Caches in `folder`: the folder itself, or its immediate subfolders."""
     candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
     found = []
     for path in candidates:
-        if not (path / "zarr.json").is_file():
-            continue
-        root_meta = json.loads((path / "zarr.json").read_text())
-        if "dogmacache" not in root_meta.get("attributes", {}):
+        if not is_cache_folder(path):
             continue
         cache = open_cache(path, allow_partial=True)
         found.append(FoundCache(os.path.relpath(path, folder), cache.manifest))

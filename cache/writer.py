@@ -31,7 +31,15 @@ from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
-from dogmacache.cache.shards import chunk_path, direct_readable, direct_writable, write_chunk_file, write_shard_file
+from dogmacache.cache.shards import (
+    chunk_path,
+    direct_readable,
+    direct_writable,
+    plain_layout,
+    read_chunk_file,
+    write_chunk_file,
+    write_shard_file,
+)
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.storage import disk_error, local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
@@ -263,8 +271,29 @@ class CacheWriter:
         self.close()
 
     # ---- progress -----------------------------------------------------------------------------------
+    def _digest_rows(self) -> np.ndarray | None:
+        """(n_shards, 32): each shard's digest as on disk, zeros where its chunk was never written or is torn (a
+        kill mid-write), read from the chunk files themselves (zarr's pipeline costs ~0.3 ms per chunk, and a
+        cache has one per shard); None where the array's layout is not the plain one (zarr reads it)."""
+        root, n = str(self.path), self.manifest.n_shards
+        found = plain_layout(root, layout.SHARD_SHA256)
+        if found is None or found[0] != (n, 32) or found[1] != (1, 32):
+            return None
+        out = np.zeros((n, 32), dtype=np.uint8)
+        for shard in range(n):
+            try:
+                block = read_chunk_file(chunk_path(root, layout.SHARD_SHA256, (shard, 0)), (1, 32), found[2])
+            except CacheError:  # torn: not done
+                continue
+            if block is not None:
+                out[shard] = block[0]
+        return out
+
     def done_shards(self) -> set[int]:
         """Shards whose digest is on disk (their rows are complete)."""
+        direct = self._digest_rows()
+        if direct is not None:
+            return {int(i) for i in np.flatnonzero(direct.any(axis=1))}
         try:
             digests = self._digests[:]
         except Exception:  # a digest chunk torn by a kill: read row by row, a torn row counts as not done
@@ -375,7 +404,8 @@ class CacheWriter:
         `fidelity` (the fp32 receipt) and `reused` (rows copied from earlier caches) go into the manifest."""
         if self.manifest.complete:
             return self.manifest
-        digests = self._digests[:]
+        digests = self._digest_rows()
+        digests = self._digests[:] if digests is None else digests
         missing = [int(i) for i in np.flatnonzero(~digests.any(axis=1))]
         if missing:
             raise IncompleteCacheError(

@@ -12,9 +12,8 @@ the sha256 its manifest records before any of its rows is copied; the model runs
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,27 +41,6 @@ _SAME = (
 )
 
 
-_HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}  # (name, dtype, shape) -> its header bytes
-
-
-def item_digest(prepared: Mapping[str, Any]) -> np.ndarray:
-    """(32,) uint8 sha256 of one prepared item: per array, in name order, "name|dtype|shape|" then its bytes (a
-    scalar as an array of shape (1,)). Keys starting with "_" (the stream's own) are left out. Every cache's
-    `item_sha256` holds it: the definition never changes (`tests/test_embed_reuse.py` spells it out)."""
-    h = hashlib.sha256()
-    for name in sorted(prepared):
-        if name.startswith("_"):
-            continue
-        value = np.ascontiguousarray(prepared[name])
-        key = (name, value.dtype.str, value.shape)
-        header = _HEADERS.get(key)
-        if header is None:
-            header = _HEADERS.setdefault(key, f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        h.update(header)
-        h.update(value.data if value.ndim == 1 else value.reshape(-1).view(np.uint8))
-    return np.frombuffer(h.digest(), dtype=np.uint8)
-
-
 def reuse_key(manifest: Manifest, flags: dict[str, dict]) -> dict[str, Any]:
     """What must agree for two caches' rows of the same item digest to hold the same numbers."""
     key = {name: getattr(manifest, name) for name in _SAME}
@@ -86,6 +64,8 @@ def find_caches(spec: str) -> list[str]:
         path = Path(local)
         if not path.is_dir():
             raise InputError(f"--reuse {spec}: no such folder; pass a cache or a folder of caches")
+        if hub.is_cache_folder(path):  # a cache itself: opened once, by open_sources
+            return [str(path)]
         return [str(path / found.relpath) for found in hub.find_caches(path)]
     import fsspec
 
@@ -168,18 +148,22 @@ def digest_index(cache: EmbeddingCache) -> dict[bytes, int]:
     """item digest -> row of `cache` (the first row, for an input embedded twice); {} for a cache without digests."""
     if layout.ITEM_SHA256 not in cache.manifest.extra_arrays:
         return {}
-    index: dict[bytes, int] = {}
-    for row, digest in enumerate(np.asarray(cache.extra(layout.ITEM_SHA256)[:])):
-        index.setdefault(bytes(digest), row)
-    return index
+    keys = _keys(cache.read_extra(layout.ITEM_SHA256))
+    return dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))  # the first row wins
+
+
+def _keys(digests: np.ndarray) -> list[bytes]:
+    """Each (32,) digest row as bytes (slices of one bytes object: ~10x faster than bytes() per row)."""
+    raw = np.ascontiguousarray(digests, dtype=np.uint8).tobytes()
+    return [raw[k : k + 32] for k in range(0, len(raw), 32)]
 
 
 def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) -> ReusePlan:
     """For each of `wanted_rows` (rows of the new table still to write), the first source holding its digest."""
     n = len(digests)
     source, row = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
-    for i in wanted_rows:
-        key = bytes(digests[i])
+    wanted_rows = np.asarray(wanted_rows, dtype=np.int64)
+    for i, key in zip(wanted_rows.tolist(), _keys(digests[wanted_rows]), strict=True):
         for s, src in enumerate(sources):
             found = src.rows.get(key)
             if found is not None:

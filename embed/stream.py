@@ -25,7 +25,7 @@ import torch
 from dogmacache.cache.layout import ITEM_SHA256, ExtraArray
 from dogmacache.embed import shapes
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
-from dogmacache.embed.reuse import item_digest
+from dogmacache.embed.digest import item_digest
 from dogmacache.embed.settings import PRECISIONS
 from dogmacache.embed.transfer import HostCopy, to_host
 from dogmacache.errors import DogmaError
@@ -109,7 +109,7 @@ class _Digests(_Prepared):
     def __getitem__(self, k: int) -> dict[str, Any]:
         rows = self.rows[k * DIGEST_ROWS : (k + 1) * DIGEST_ROWS]
         try:
-            return {_DIGEST: np.stack([item_digest(self.adapter.prepare(row)) for row in rows])}
+            return {_DIGEST: self.adapter.digests(rows)}
         except DogmaError as err:
             return {_ERROR: err}
 
@@ -189,8 +189,14 @@ def input_digests(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], num_wor
     """(N, 32) uint8: each row's prepared-input digest, prepared by `num_workers` processes (nothing embedded).
     `progress(n)` is called per row."""
     out = np.zeros((len(rows), 32), dtype=np.uint8)
-    workers = num_workers if num_workers > 1 else 0  # one worker would only add a fork and messages: prepare here
-    for k, item in enumerate(_raise_errors(_loader(_Digests(rows, adapter), torch.device("cpu"), workers))):
+    if num_workers <= 1:  # one worker would only add a fork and messages: prepared here, in runs of rows
+        for start in range(0, len(rows), 16 * DIGEST_ROWS):
+            run = rows[start : start + 16 * DIGEST_ROWS]
+            out[start : start + len(run)] = adapter.digests(run)
+            if progress is not None:
+                progress(len(run))
+        return out
+    for k, item in enumerate(_raise_errors(_loader(_Digests(rows, adapter), torch.device("cpu"), num_workers))):
         out[k * DIGEST_ROWS : k * DIGEST_ROWS + len(item[_DIGEST])] = item[_DIGEST]
         if progress is not None:
             progress(len(item[_DIGEST]))
@@ -222,7 +228,11 @@ def segments(
     """Yield the stream's rows as `Segment`s, prepared by `num_workers` worker processes: one batch each, in row
     order under the token budget, for an adapter without length buckets; else runs of
     `shapes.segment_rows` rows batched by bucket. No segment spans a position in `starts` and the row before it."""
-    items = _raise_errors(_loader(_Prepared(rows, adapter), device, num_workers))
+    prepared = _Prepared(rows, adapter)
+    # no worker: the items straight from the dataset (torch's single-process loader adds ~20 us per item)
+    items = _raise_errors(
+        _loader(prepared, device, num_workers) if num_workers else map(prepared.__getitem__, range(len(rows)))
+    )
     first = next(items, None)
     if first is None:
         return

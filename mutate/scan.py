@@ -26,9 +26,10 @@ import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
+from dogmacache.embed.digest import item_digest
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
-from dogmacache.embed.reuse import digest_index, item_digest
+from dogmacache.embed.reuse import digest_index
 from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
 from dogmacache.errors import InputError, ModelError
 from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window

@@ -355,3 +355,19 @@ def test_compiled_enformer_rows_at_tiny_size_on_cpu():
     assert row["compile"] == "reduce-overhead" and row["batch"] == 2 and _positive(row["windows_per_s"])
     assert _positive(row["compile_seconds"]) and 0 < row["relative_l2_vs_fp32"] <= 0.01
     assert result["runner"][0]["mode"] == "run_embed --compile reduce-overhead" and result["runner"][0]["windows"] == 4
+
+
+def test_reuse_section_at_tiny_size(tmp_path):
+    """Each case in full and with --reuse (ESM-2 at two table sizes), byte-identical, with the target's column."""
+    from dogmacache.bench.reuse import bench_reuse, reuse_tables
+
+    result = bench_reuse(n_items=20, workdir=str(tmp_path), repeats=1)
+    cases = result["cases"]
+    assert [(c["label"].split(",")[0], c["items"]) for c in cases] == [("Enformer", 20), ("ESM-2", 20), ("ESM-2", 160)]
+    for case in cases:
+        assert case["identical"] and case["rows_differing"] == 0, case
+        assert case["overlap"] == pytest.approx(0.9, abs=0.03)
+        assert _positive(case["full_items_per_s"]) and _positive(case["reuse_items_per_s"])
+    assert list(tmp_path.iterdir()) == []
+    text = "\n".join(bench.render_text(t) for t in reuse_tables(result))
+    assert ">= 8x" in text and "byte-identical" in text

@@ -52,7 +52,12 @@ def _files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("item_shape", [(6, 4), (9,)], ids=["per-position", "pooled"])
-def test_direct_shard_files_equal_zarr_byte_for_byte(tmp_path, rng, dtype, item_shape):
+@pytest.mark.parametrize("interleaved", [True, False], ids=["small-rows", "large-rows"])
+def test_direct_shard_files_equal_zarr_byte_for_byte(tmp_path, rng, dtype, item_shape, interleaved, monkeypatch):
+    """Both layouts of a shard's rows in memory (small rows copied into one buffer with their checksums, large
+    rows written from where they lie) give zarr's bytes."""
+    if not interleaved:
+        monkeypatch.setattr("dogmacache.cache.shards._INTERLEAVE_BELOW", 0)
     n = 11  # three shards of 4, the last one partial
     data = rng.standard_normal((n, *item_shape)).astype(np.float32)
     data[2] = 0.0  # an all-zero row is still written (write_empty_chunks)
@@ -117,3 +122,38 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_shard_file(str(tmp_path / "t"), data, 4)
     assert (tmp_path / "s").read_bytes() == (tmp_path / "t").read_bytes()
+
+
+def test_extras_read_straight_from_their_chunk_files_equal_zarrs_and_are_checked(tmp_path, rng):
+    """`read_extra` and `shard_blocks` read a local cache's plain extra chunks themselves (zarr.json read as
+    JSON, each chunk's crc32c checked): the same rows as zarr gives, and a flipped byte is a one-line error."""
+    from dogmacache.errors import CacheError
+
+    n = 11
+    data = rng.standard_normal((n, 9)).astype(np.float32)
+    extras = [
+        rng.integers(0, 100, n).astype(np.int32),
+        rng.random((n, 5)) > 0.5,
+        rng.integers(0, 256, (n, 32)).astype(np.uint8),
+    ]
+    _write(tmp_path / "c", data, "float16", 4, True, extras)
+    cache = open_cache(tmp_path / "c")
+    for extra, values in zip(EXTRAS, extras, strict=True):
+        assert cache._plain_shard(extra.name, 0) is not None  # the direct path, not zarr's
+        assert np.array_equal(cache.read_extra(extra.name), values)
+        assert np.array_equal(cache.read_extra(extra.name), np.asarray(cache.extra(extra.name)[:]))
+    for shard in range(3):
+        a, b = cache.manifest.shard_rows(shard)
+        blocks = cache.shard_blocks(shard)
+        assert [len(block) for block in blocks] == [b - a] * 4
+        assert all(np.array_equal(x, v[a:b]) for x, v in zip(blocks[1:], extras, strict=True))
+    chunk = tmp_path / "c" / "n_tokens" / "c" / "1"
+    raw = bytearray(chunk.read_bytes())
+    raw[3] ^= 1
+    chunk.write_bytes(bytes(raw))
+    fresh = open_cache(tmp_path / "c")
+    with pytest.raises(CacheError, match=r"array `n_tokens`, chunk 1 .*crc32c") as raised:
+        fresh.read_extra("n_tokens")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(CacheError, match="crc32c"):
+        fresh.shard_blocks(1)

@@ -11,7 +11,7 @@ import pytest
 from dogmacache.cache import open_cache
 from dogmacache.cache.layout import ITEM_SHA256
 from dogmacache.cli import main
-from dogmacache.embed import reuse
+from dogmacache.embed import digest, reuse
 from dogmacache.embed.adapters.enformer import write_tiny_enformer
 from dogmacache.embed.fidelity import deviation
 from dogmacache.embed.runner import EmbedConfig, run_embed
@@ -100,10 +100,10 @@ def test_every_cache_records_item_digests_of_what_the_model_saw(old_cache, full_
 
 def test_item_digest_covers_the_inputs_not_the_id():
     a = {"index": np.array([0, 1, 2], dtype=np.uint8), "n_padded": np.int32(0)}
-    assert np.array_equal(reuse.item_digest(a), reuse.item_digest(dict(a)))
-    assert not np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "index": np.array([0, 1, 3], np.uint8)}))
-    assert not np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "index_rc": a["index"]}))
-    assert np.array_equal(reuse.item_digest(a), reuse.item_digest({**a, "_sha256": b"x"}))
+    assert np.array_equal(digest.item_digest(a), digest.item_digest(dict(a)))
+    assert not np.array_equal(digest.item_digest(a), digest.item_digest({**a, "index": np.array([0, 1, 3], np.uint8)}))
+    assert not np.array_equal(digest.item_digest(a), digest.item_digest({**a, "index_rc": a["index"]}))
+    assert np.array_equal(digest.item_digest(a), digest.item_digest({**a, "_sha256": b"x"}))
 
 
 def test_the_item_digest_definition_is_fixed():
@@ -118,8 +118,8 @@ def test_the_item_digest_definition_is_fixed():
     h.update(b"ids|<i8|(7,)|" + np.arange(7, dtype=np.int64)[::-1].copy().tobytes())
     h.update(b"n_padded|<i4|(1,)|" + np.int32(0).tobytes())
     h.update(b"n_special|<i4|(1,)|" + np.int32(2).tobytes())
-    assert reuse.item_digest(item).tobytes() == h.digest()
-    assert reuse.item_digest(item).tobytes() == h.digest()  # asked again: the same
+    assert digest.item_digest(item).tobytes() == h.digest()
+    assert digest.item_digest(item).tobytes() == h.digest()  # asked again: the same
 
 
 def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tmp_path, capsys):
@@ -373,3 +373,29 @@ def test_reuse_across_genome_files_holding_the_same_bases(inputs, old_cache, ful
         config(inputs, "new.parquet", tmp_path / "edited", genome=str(tmp_path / "edited.fa"), reuse=(str(old_cache),))
     )
     assert summary["reused"] < 25 and summary["embedded"] > 5
+
+
+def test_esm2_digests_of_many_rows_equal_item_digest_of_each_prepared_row(inputs):
+    """The adapter's digests for a run of rows (one table pass, bytes hashed as item_digest lays them out) are
+    item_digest(prepare(row)) for every row: short and truncated proteins, lower case, a final stop; a bad row
+    raises its own error; a tokenizer without a letter table takes the row-by-row path."""
+    import torch
+    from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
+    from dogmacache.errors import InputError
+
+    root, models = inputs
+    cls = get_adapter("esm2", "protein")
+    adapter = cls(str(models["esm2"]), cls.options_class(max_length=40), torch.device("cpu"))
+    rng = np.random.default_rng(2)
+    letters = list("ACDEFGHIKLMNPQRSTVWYXBZUO")
+    seqs = ["".join(rng.choice(letters, int(rng.integers(1, 80)))) for _ in range(60)]
+    seqs += ["M", "a" * 38, "C" * 39, " mkv* ", "Q" * 40]  # the cap is 40 tokens with <cls> and <eos>
+    rows = [{"id": f"p{k}", "sequence": s} for k, s in enumerate(seqs)]
+    expected = np.stack([digest.item_digest(adapter.prepare(row)) for row in rows])
+    assert any(adapter.prepare(row)["n_truncated"] > 0 for row in rows)
+    assert np.array_equal(adapter.digests(rows), expected)
+    assert np.array_equal(EmbeddingAdapter.digests(adapter, rows), expected)
+    with pytest.raises(InputError, match="'bad'"):
+        adapter.digests([*rows[:3], {"id": "bad", "sequence": "MK1V"}])
+    adapter._letters = None  # the tokenizer's own path
+    assert np.array_equal(adapter.digests(rows), expected)

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
+from dogmacache.embed.digest import item_digest
 from dogmacache.errors import InputError
 
 # `--window-bp`, shared by the adapters that cut DNA windows from a genome
@@ -108,6 +109,9 @@ class EmbeddingAdapter(ABC):
     """A frozen foundation model behind the runner's interface."""
 
     options_class: ClassVar[type[AdapterOptions]]
+    # preparing an item costs less than passing it from a worker process (a table lookup of letters or gene
+    # symbols, ~5-25 us): the default plan then prepares in the embedding process (`embed/settings.py`)
+    cheap_inputs: ClassVar[bool] = False
     options: AdapterOptions  # resolved by the constructor: no "auto" or None left that the model decides
 
     @abstractmethod
@@ -144,6 +148,11 @@ class EmbeddingAdapter(ABC):
     @abstractmethod
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         """One item's model inputs, built on the CPU. Must be picklable and must not touch the model."""
+
+    def digests(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """(len(rows), 32) uint8: each row's input digest, `item_digest(self.prepare(row))` (what `--reuse` and
+        every cache's `item_sha256` compare). An adapter may compute the same bytes faster for many rows at once."""
+        return np.stack([item_digest(self.prepare(row)) for row in rows]).reshape(len(rows), 32)
 
     @abstractmethod
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:

@@ -33,6 +33,7 @@ class ScGPTGeneAdapter(LayeredAdapter):
     """scGPT gene-token embeddings."""
 
     options_class = ScgptGeneOptions
+    cheap_inputs = True  # a vocabulary lookup per gene
     options: ScgptGeneOptions
 
     def __init__(
