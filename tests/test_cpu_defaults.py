@@ -154,7 +154,10 @@ def test_manifest_records_the_threads_and_workers_used(proteins, tmp_path):
     run_embed(_config(proteins, tmp_path / "default.zarr"))
     plan = cpu_plan("cpu", ceiling=before)
     recorded = _recorded(tmp_path / "default.zarr")
-    assert (recorded["torch_threads"], recorded["num_workers"]) == (plan.threads, plan.workers)
+    # the plan's threads; no worker: ESM-2's inputs cost less to prepare than to pass between processes
+    assert (recorded["torch_threads"], recorded["num_workers"]) == (plan.threads, 0)
+    run_embed(_config(proteins, tmp_path / "worker.zarr", num_workers=1))  # an explicit count is honoured
+    assert _recorded(tmp_path / "worker.zarr")["num_workers"] == 1
     # recorded, not a number setting: the cache embedded at 1 thread is complete for a run at 2 threads
     assert "torch_threads" not in NUMBER_SETTINGS
     assert run_embed(_config(proteins, tmp_path / "one.zarr", torch_threads=2))["complete"]
