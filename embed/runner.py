@@ -256,8 +256,9 @@ IN_PROCESS_ROWS = 256  # fewer rows to embed than this, under the default plan: 
 def _workers_for(config: EmbedConfig, settings: EmbedSettings, n_rows: int) -> int:
     """Input workers for `n_rows` rows to embed: the plan's, except that a default plan prepares a few rows
     (what `--reuse` leaves, a resumed last shard) here, where forking a worker and passing each item back to
-    this process costs more than preparing them (102 tiny ESM-2 proteins: ~0.03 s of a 0.2 s run). An
-    explicit `--num-workers` is always honoured."""
+    this process costs more than preparing them (102 tiny ESM-2 proteins, when they still had a worker: ~0.03 s
+    of a 0.2 s run). Adapters with `cheap_inputs` have no worker under the default plan at all
+    (`settings.resolve`). An explicit `--num-workers` is always honoured."""
     if config.num_workers is None and n_rows < IN_PROCESS_ROWS:
         return 0
     return settings.num_workers
