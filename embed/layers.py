@@ -31,7 +31,8 @@ from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings
 from dogmacache.embed.shard_filler import ShardFiller
-from dogmacache.embed.stream import Assembly, autocast_for, pooled, run_segment, segments, stored_info, to_host
+from dogmacache.embed.stream import Assembly, autocast_for, pooled, run_segment, segments, stored_info
+from dogmacache.embed.transfer import HostCopy
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
@@ -122,6 +123,18 @@ def _settled(fillers: dict[str, ShardFiller]):
         raise
 
 
+def _collect(waiting, fillers: dict[str, ShardFiller], bar) -> None:
+    """Put a batch's host copies into its segment's assemblies; at the segment's last batch, hand each layer's
+    rows to its shard filler."""
+    assembled, offsets, copies, last, n_items = waiting
+    for layer, (copy, stored) in copies.items():
+        assembled[layer].put(offsets, copy.result(), stored)
+    if last:
+        for layer, assembly in assembled.items():
+            fillers[layer].add(*assembly.result())
+        bar.update(n_items)
+
+
 def _run(
     config: EmbedConfig,
     settings: EmbedSettings,
@@ -154,6 +167,7 @@ def _run(
         sample = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items)
         captures[layer] = Capture(sample, {order[p]: p for p in mine}, settings)
     with torch.inference_mode(), autocast_for(settings.device, settings.precision), _settled(fillers):
+        waiting = None  # the last batch on its way to the host, collected after the next one is launched
         for segment in segments(
             adapter,
             [rows[i] for i in order],
@@ -166,24 +180,30 @@ def _run(
             first = order[segment.first]  # the segment's first row: it lies in one shard of every layer
             wanted = tuple(k for k, w in writers.items() if first // w.manifest.shard_items in pending[k])
             assembled = {layer: Assembly(len(segment.items), segment.digests) for layer in wanted}
-            for offsets, outputs, extras in run_segment(
-                lambda b, wanted=wanted: adapter.embed_layers(b, wanted),
-                adapter,
-                segment,
-                settings.max_tokens,
-                config.max_batch,
+            for k, (offsets, outputs, extras) in enumerate(
+                run_segment(
+                    lambda b, wanted=wanted: adapter.embed_layers(b, wanted),
+                    adapter,
+                    segment,
+                    settings.max_tokens,
+                    config.max_batch,
+                )
             ):
                 positions = [segment.first + o for o in offsets]
                 ids = [str(rows[order[p]]["id"]) for p in positions]
+                copies = {}
                 for layer in wanted:
                     embedded, layer_extras = pooled(outputs[layer], extras, config.max_positions)
                     captures[layer](positions, embedded)
-                    stored = {k: np.asarray(v) for k, v in layer_extras.items()}
-                    assembled[layer].put(offsets, to_host(embedded, config.dtype, ids), stored)
+                    # queued behind the forward on a GPU (`transfer.HostCopy`), read one batch later
+                    stored = {name: np.asarray(v) for name, v in layer_extras.items()}
+                    copies[layer] = (HostCopy(embedded, config.dtype, ids), stored)
                 padded += int(np.count_nonzero(extras.get("n_padded", ())))
-            for layer in wanted:
-                fillers[layer].add(*assembled[layer].result())
-            bar.update(len(segment.items))
+                if waiting is not None:
+                    _collect(waiting, fillers, bar)
+                waiting = (assembled, offsets, copies, k == len(segment.batches) - 1, len(segment.items))
+        if waiting is not None:
+            _collect(waiting, fillers, bar)
     for filler in fillers.values():
         filler.close()
     bar.close()

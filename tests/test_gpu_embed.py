@@ -135,6 +135,20 @@ def test_compiled_enformer_embed_on_the_device_equals_its_cpu_output(inputs, cpu
     assert_close(got, cpu_reference("enformer"), BF16_TOLERANCE, f"enformer --compile {mode} bf16 on {DEVICE}")
 
 
+def test_layers_from_one_pass_on_the_device_equal_single_layer_runs(inputs, cpu_reference, tmp_path):
+    """`embed --layers` on the device (each batch's copies collected one batch later): each layer's cache holds the
+    bytes of the `--layer` run of that layer on the same device, and the trunk is the CPU's within tolerance."""
+    with full_fp32():
+        args = ["--device", str(DEVICE), "--precision", "fp32", "--dtype", "float32", "--fidelity-items", "0"]
+        args += ["--num-workers", "0", "--shard-items", "4", "--layers", "conv_tower,trunk"]
+        assert main(embed_args(inputs, "enformer", tmp_path / "{layer}.zarr", *args)) == 0
+        for layer in ("conv_tower", "trunk"):
+            alone = embed(inputs, "enformer", tmp_path / f"alone-{layer}.zarr", str(DEVICE), "fp32", "--layer", layer)
+            together = open_cache(tmp_path / f"{layer}.zarr")[:].astype(np.float32)
+            assert np.array_equal(together, alone), layer
+    assert_close(together, cpu_reference("enformer"), FP32_TOLERANCE, f"enformer --layers trunk on {DEVICE}")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_host_copies_from_the_device_equal_to_host(dtype):
     """`transfer.HostCopy` on the device (pinned memory, a copy queued behind the forward) gives `to_host`'s bytes,
