@@ -357,7 +357,7 @@ def compiled_rows(
 
             row = time_batch(adapter, dev, "bf16", batch, tflop, generator, min_seconds, trunk=compiled)
         finally:
-            adapter._compiled = None
+            adapter.compile("off")
             torch._dynamo.reset()
         rows.append({**row, "compile": mode, "compile_seconds": compile_seconds, "relative_l2_vs_fp32": deviation})
     del x, reference

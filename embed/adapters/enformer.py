@@ -183,11 +183,19 @@ class EnformerAdapter(LayeredAdapter):
     def compile(self, mode: str) -> None:
         """`--compile MODE`: `forward_layers` through `torch.compile` (fusing the elementwise chains and
         concatenations around the convolutions). Every batch has one shape (`embed/shapes.py`), so it compiles
-        once per layer set; "reduce-overhead" replays it as a CUDA graph."""
+        once per layer set; "reduce-overhead" replays it as a CUDA graph. "off": eager again."""
         self._compile_mode = mode
+        if mode == "off":
+            self._compiled = None
+            return
         self._compiled = torch.compile(
             self._forward_layers, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False
         )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the forward runs through `torch.compile` now."""
+        return getattr(self, "_compiled", None) is not None
 
     @contextlib.contextmanager
     def eager(self):
