@@ -399,3 +399,40 @@ def test_esm2_digests_of_many_rows_equal_item_digest_of_each_prepared_row(inputs
         adapter.digests([*rows[:3], {"id": "bad", "sequence": "MK1V"}])
     adapter._letters = None  # the tokenizer's own path
     assert np.array_equal(adapter.digests(rows), expected)
+
+
+def test_nucleotide_transformer_6mer_counting_gives_the_tokenizers_ids(inputs, tmp_path):
+    """Nucleotide Transformer's 6-mers with single bases for the rest, counted by numpy, are its tokenizer's very
+    ids (N alone and in runs, remainders before an N and at the end, the empty sequence); the prepared items and
+    their digests agree both ways; a vocabulary without the 6-mers gets no table; ESM-2 gets none either."""
+    import torch
+    from dogmacache.embed.adapters import get_adapter
+    from dogmacache.embed.adapters.hf_esm import _dna_token_ids
+    from dogmacache.embed.tiny import write_tiny_nucleotide_transformer
+
+    cls = get_adapter("nucleotide-transformer", "rna")
+    adapter = cls(str(write_tiny_nucleotide_transformer(tmp_path / "nt")), cls.options_class(), torch.device("cpu"))
+    adapter._tokens_ready()
+    assert adapter._kmers is not None and adapter.cheap_inputs
+    rng = np.random.default_rng(3)
+    seqs = ["", "N", "NNNNNNN", "ACGTA", "ACGTAC", "ACGTACG", "ACGTACNACGTAC", "NACGTACGTACN"]
+    for p in (0.0, 0.02, 0.2, 0.8):
+        seqs += [
+            "".join(rng.choice(list("ACGTN"), int(rng.integers(1, 150)), p=[(1 - p) / 4] * 4 + [p])) for _ in range(60)
+        ]
+    for seq in seqs:
+        want = adapter.tokenizer(seq, add_special_tokens=True)["input_ids"]
+        assert np.array_equal(_dna_token_ids(seq, adapter._kmers, adapter._around), want), seq
+    rows = [{"id": f"t{k}", "sequence": s} for k, s in enumerate(seqs[8:])]
+    fast = [adapter.prepare(row) for row in rows]
+    digests = adapter.digests(rows)
+    adapter._kmers = None  # the tokenizer's own path
+    slow = [adapter.prepare(row) for row in rows]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(digests, np.stack([digest.item_digest(item) for item in slow]))
+    assert not adapter.cheap_inputs  # without the table its inputs are worth a worker
+    esm = get_adapter("esm2", "protein")
+    protein = esm(str(inputs[1]["esm2"]), esm.options_class(), torch.device("cpu"))
+    protein._tokens_ready()
+    assert protein._kmers is None and protein._kmer_ids() is None and protein._letters is not None

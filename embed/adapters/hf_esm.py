@@ -68,6 +68,35 @@ def clean_protein(row: dict[str, Any]) -> str:
     return seq
 
 
+_BASE = np.full(256, -1, dtype=np.int64)  # A, C, G, T -> 0..3, N -> 4, anything else -1
+for _k, _letter in enumerate("ACGTN"):
+    _BASE[ord(_letter)] = _k
+_PLACES = 4 ** np.arange(5, -1, -1, dtype=np.int64)  # a 6-mer's bases as one base-4 number, first base first
+
+
+def _dna_token_ids(seq: str, table: np.ndarray, around: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The ids a 6-mer tokenizer gives `seq` (upper-case A, C, G, T, N), its specials around them: from the left,
+    each 6 bases without N are one token and every other base (an N, or one of the last 1-5 before an N or the
+    end) a token of its own; `table` from `_kmer_ids`. None for any other letter (the tokenizer decides)."""
+    codes = _BASE[np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)]
+    if (codes < 0).any():
+        return None
+    n = codes == 4
+    bounds = [0, *(np.flatnonzero(n[1:] != n[:-1]) + 1).tolist(), len(codes)]  # runs of N, and of A, C, G, T
+    pieces = [around[0]]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+        if a == b:
+            continue
+        if n[a]:
+            pieces.append(np.full(b - a, table[4100]))
+            continue
+        whole = a + (b - a) // 6 * 6
+        pieces.append(table[codes[a:whole].reshape(-1, 6) @ _PLACES])
+        pieces.append(table[4096 + codes[whole:b]])
+    pieces.append(around[1])
+    return np.concatenate(pieces)
+
+
 @dataclass(frozen=True)
 class EsmOptions(AdapterOptions):
     layer: int = -1  # hidden layer: -1 the last (after the final LayerNorm), k counted from 0 = embedding output
@@ -262,6 +291,26 @@ class _EsmFamily(LayeredAdapter):
         fast = self.tokenizer.build_inputs_with_special_tokens(table[np.frombuffer(probe.encode(), np.uint8)].tolist())
         return table if fast == self.tokenizer(probe, add_special_tokens=True)["input_ids"] else None
 
+    def _kmer_ids(self) -> np.ndarray | None:
+        """For a tokenizer of 6-mers with single nucleotides for the rest (Nucleotide Transformer's): per 6-mer of
+        A, C, G, T as a base-4 number (A=0, C=1, G=2, T=3, first base most significant), its token id, then the
+        ids of A, C, G, T, N at 4096..4100; None for any other vocabulary, or where the tokenizer itself does not
+        split probe sequences the way `_dna_token_ids` does (checked on every start)."""
+        vocab = self.tokenizer.get_vocab()
+        kmers = ["".join(k) for k in itertools.product("ACGT", repeat=6)]
+        if not all(k in vocab for k in kmers) or not all(letter in vocab for letter in "ACGTN"):
+            return None
+        table = np.asarray([vocab[k] for k in kmers] + [vocab[letter] for letter in "ACGTN"], dtype=np.int64)
+        rng = np.random.default_rng(0)
+        probes = ["", "N", "ACGTA", "ACGTAC", "NACGTACGTAC", "ACGNACGTACGTACGT", "ACGTACNNNNNNACGTACG"]
+        probes += ["".join(rng.choice(list("ACGTN"), int(n), p=[0.24] * 4 + [0.04])) for n in (37, 64, 101)]
+        for probe in probes:
+            if _dna_token_ids(probe, table, self._around) is None or not np.array_equal(
+                _dna_token_ids(probe, table, self._around), self.tokenizer(probe, add_special_tokens=True)["input_ids"]
+            ):
+                return None
+        return table
+
     def _tokens_ready(self) -> None:
         """The letter table, the count of special tokens and the specials around the letters, found once."""
         if not hasattr(self, "_letters"):
@@ -270,6 +319,7 @@ class _EsmFamily(LayeredAdapter):
             marked = self.tokenizer.build_inputs_with_special_tokens([-1])  # where the letters go between the specials
             at = marked.index(-1)
             self._around = (np.asarray(marked[:at], dtype=np.int64), np.asarray(marked[at + 1 :], dtype=np.int64))
+            self._kmers = self._kmer_ids() if self._letters is None else None
 
     def _token_ids(self, seq: str) -> np.ndarray:
         """The tokenizer's ids with its special tokens: by table lookup where the tokenizer reads letters one by
@@ -279,6 +329,10 @@ class _EsmFamily(LayeredAdapter):
             codes = self._letters[np.frombuffer(seq.encode(), dtype=np.uint8)]
             if (codes >= 0).all():
                 return np.concatenate([self._around[0], codes, self._around[1]])
+        elif self._kmers is not None:
+            ids = _dna_token_ids(seq, self._kmers, self._around)
+            if ids is not None:
+                return ids
         return np.asarray(self.tokenizer(seq, add_special_tokens=True)["input_ids"], dtype=np.int64)
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -403,6 +457,14 @@ class Esm2Adapter(_EsmFamily):
 
 class NucleotideTransformerAdapter(_EsmFamily):
     options_class = NucleotideTransformerOptions
+
+    @property
+    def cheap_inputs(self) -> bool:  # type: ignore[override]
+        """6-mers counted by numpy (`_dna_token_ids`, ~20 us per cDNA) where the vocabulary allows; the
+        tokenizer's own loop (~430 us) is worth a worker. Demo cDNAs x 6 (2,226), tiny model, 2 cores: 1.03-1.12 s
+        in the embedding process, 1.32-1.36 s with a worker."""
+        self._tokens_ready()
+        return self._kmers is not None
     options: NucleotideTransformerOptions
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
     max_sequence_length = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
