@@ -184,12 +184,14 @@ def plain_layout(root: str, name: str) -> tuple[tuple[int, ...], tuple[int, ...]
         return None
     keys = meta.get("chunk_key_encoding") or {}
     grid = meta.get("chunk_grid") or {}
+    data_type = meta.get("data_type")  # a name, or a dict for types such as fixed-length strings
     if (
         sys.byteorder != "little"
         or meta.get("zarr_format") != 3
         or meta.get("node_type") != "array"
         or meta.get("storage_transformers")
-        or meta.get("data_type") not in _PLAIN_TYPES
+        or not isinstance(data_type, str)
+        or data_type not in _PLAIN_TYPES
         or grid.get("name") != "regular"
         or keys.get("name") != "default"
         or (keys.get("configuration") or {}).get("separator", "/") != "/"
@@ -197,7 +199,7 @@ def plain_layout(root: str, name: str) -> tuple[tuple[int, ...], tuple[int, ...]
     ):
         return None
     chunks = tuple(int(n) for n in grid["configuration"]["chunk_shape"])
-    return tuple(int(n) for n in meta["shape"]), chunks, np.dtype(meta["data_type"])
+    return tuple(int(n) for n in meta["shape"]), chunks, np.dtype(data_type)
 
 
 def read_chunk_file(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:

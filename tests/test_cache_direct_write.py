@@ -157,3 +157,17 @@ def test_extras_read_straight_from_their_chunk_files_equal_zarrs_and_are_checked
     assert "\n" not in str(raised.value)
     with pytest.raises(CacheError, match="crc32c"):
         fresh.shard_blocks(1)
+
+
+def test_extras_of_other_types_are_read_through_zarr(tmp_path):
+    """An extra whose zarr type is no plain number (zarr.json names fixed-length strings by a dict) is read by
+    zarr, and the cache verifies."""
+    from conftest import write_cache
+    from dogmacache.cache import verify_cache
+    from dogmacache.cache.shards import plain_layout
+
+    names = np.array(["ab", "cd", "ef", "gh", "ij"]).astype("<U4")
+    write_cache(tmp_path / "c", np.ones((5, 4), np.float32), shard_items=2, extras={"name": names})
+    assert plain_layout(str(tmp_path / "c"), "name") is None
+    assert list(open_cache(tmp_path / "c").read_extra("name")) == list(names)
+    assert verify_cache(tmp_path / "c", progress=False).ok

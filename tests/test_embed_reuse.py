@@ -395,6 +395,7 @@ def test_esm2_digests_of_many_rows_equal_item_digest_of_each_prepared_row(inputs
     assert any(adapter.prepare(row)["n_truncated"] > 0 for row in rows)
     assert np.array_equal(adapter.digests(rows), expected)
     assert np.array_equal(EmbeddingAdapter.digests(adapter, rows), expected)
+    assert adapter.digests([]).shape == (0, 32) and EmbeddingAdapter.digests(adapter, []).dtype == np.uint8
     with pytest.raises(InputError, match="'bad'"):
         adapter.digests([*rows[:3], {"id": "bad", "sequence": "MK1V"}])
     adapter._letters = None  # the tokenizer's own path

@@ -152,7 +152,10 @@ class EmbeddingAdapter(ABC):
     def digests(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """(len(rows), 32) uint8: each row's input digest, `item_digest(self.prepare(row))` (what `--reuse` and
         every cache's `item_sha256` compare). An adapter may compute the same bytes faster for many rows at once."""
-        return np.stack([item_digest(self.prepare(row)) for row in rows]).reshape(len(rows), 32)
+        out = np.zeros((len(rows), 32), dtype=np.uint8)
+        for k, row in enumerate(rows):
+            out[k] = item_digest(self.prepare(row))
+        return out
 
     @abstractmethod
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:

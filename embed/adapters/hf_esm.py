@@ -465,6 +465,7 @@ class NucleotideTransformerAdapter(_EsmFamily):
         in the embedding process, 1.32-1.36 s with a worker."""
         self._tokens_ready()
         return self._kmers is not None
+
     options: NucleotideTransformerOptions
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
     max_sequence_length = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
