@@ -26,7 +26,6 @@ import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.windows import window_start0
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
-from dogmacache.embed.digest import item_digest
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
 from dogmacache.embed.reuse import digest_index
@@ -102,8 +101,9 @@ class Scanner:
         if not self._index:
             return np.asarray(rows)
         found = []
-        for row in rows:
-            hit = self._index.get(bytes(item_digest(self.adapter.prepare(self.rows[int(row)]))))
+        digests = self.adapter.digests([self.rows[int(row)] for row in rows])
+        for row, key in zip(rows, digests, strict=True):
+            hit = self._index.get(key.tobytes())
             if hit is None:
                 label = f"{self.table['id'].iloc[int(row)]!r} ({self.window_label(int(row))})"
                 raise InputError(
@@ -116,7 +116,7 @@ class Scanner:
     def _edited(self, edited_rows: list[dict[str, Any]]) -> tuple[np.ndarray, int, int]:
         """Embeddings of the edited windows: a window the cache already holds (an edit that leaves the bases as
         they were) is read from it, one edited twice is embedded once. (embeddings, embedded, read)."""
-        digests = [bytes(item_digest(self.adapter.prepare(r))) for r in edited_rows]
+        digests = [key.tobytes() for key in self.adapter.digests(edited_rows)]
         in_cache = {d: self._index[d] for d in digests if d in self._index}
         todo = list(dict.fromkeys(d for d in digests if d not in in_cache))
         out: dict[bytes, np.ndarray] = {}
