@@ -31,7 +31,7 @@ from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings
 from dogmacache.embed.shard_filler import ShardFiller
-from dogmacache.embed.stream import Assembly, autocast_for, pooled, run_segment, segments, stored_info
+from dogmacache.embed.stream import Assembly, autocast_for, one_behind, pooled, run_segment, segments, stored_info
 from dogmacache.embed.transfer import HostCopy
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
@@ -123,18 +123,6 @@ def _settled(fillers: dict[str, ShardFiller]):
         raise
 
 
-def _collect(waiting, fillers: dict[str, ShardFiller], bar) -> None:
-    """Put a batch's host copies into its segment's assemblies; at the segment's last batch, hand each layer's
-    rows to its shard filler."""
-    assembled, offsets, copies, last, n_items = waiting
-    for layer, (copy, stored) in copies.items():
-        assembled[layer].put(offsets, copy.result(), stored)
-    if last:
-        for layer, assembly in assembled.items():
-            fillers[layer].add(*assembly.result())
-        bar.update(n_items)
-
-
 def _run(
     config: EmbedConfig,
     settings: EmbedSettings,
@@ -166,8 +154,9 @@ def _run(
         mine = [position for position, row in enumerate(order) if row // per in pending[layer]]
         sample = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items)
         captures[layer] = Capture(sample, {order[p]: p for p in mine}, settings)
-    with torch.inference_mode(), autocast_for(settings.device, settings.precision), _settled(fillers):
-        waiting = None  # the last batch on its way to the host, collected after the next one is launched
+
+    def launched():
+        """Per batch, its forward launched and each layer's copy to the host queued (`transfer.HostCopy`)."""
         for segment in segments(
             adapter,
             [rows[i] for i in order],
@@ -195,15 +184,20 @@ def _run(
                 for layer in wanted:
                     embedded, layer_extras = pooled(outputs[layer], extras, config.max_positions)
                     captures[layer](positions, embedded)
-                    # queued behind the forward on a GPU (`transfer.HostCopy`), read one batch later
                     stored = {name: np.asarray(v) for name, v in layer_extras.items()}
                     copies[layer] = (HostCopy(embedded, config.dtype, ids), stored)
-                padded += int(np.count_nonzero(extras.get("n_padded", ())))
-                if waiting is not None:
-                    _collect(waiting, fillers, bar)
-                waiting = (assembled, offsets, copies, k == len(segment.batches) - 1, len(segment.items))
-        if waiting is not None:
-            _collect(waiting, fillers, bar)
+                n_padded = int(np.count_nonzero(extras.get("n_padded", ())))
+                yield assembled, offsets, copies, n_padded, k == len(segment.batches) - 1, len(segment.items)
+
+    with torch.inference_mode(), autocast_for(settings.device, settings.precision), _settled(fillers):
+        for assembled, offsets, copies, n_padded, last, n_items in one_behind(launched()):
+            for layer, (copy, stored) in copies.items():
+                assembled[layer].put(offsets, copy.result(), stored)
+            padded += n_padded
+            if last:
+                for layer, assembly in assembled.items():
+                    fillers[layer].add(*assembly.result())
+                bar.update(n_items)
     for filler in fillers.values():
         filler.close()
     bar.close()

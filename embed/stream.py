@@ -338,43 +338,52 @@ def embed_stream(
     spans a position in `starts` and the row before it. `capture(positions of the batch's rows, outputs)`, if
     given, sees each batch's outputs before the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
     with torch.inference_mode(), autocast_for(device, precision):
-        waiting = None  # the last batch on its way to the host: (assembly, offsets, copy, extras, its segment's last)
-        for segment in segments(
-            adapter,
-            rows,
-            device=device,
-            max_tokens=max_tokens,
-            max_batch=max_batch,
-            num_workers=num_workers,
-            starts=starts,
+        for assembly, offsets, copy, extras, last in one_behind(
+            _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture)
         ):
-            assembly = Assembly(len(segment.items), segment.digests)
-            for k, (offsets, embedded, extras) in enumerate(
-                run_segment(adapter.embed, adapter, segment, max_tokens, max_batch)
-            ):
-                embedded, extras = pooled(embedded, extras, max_positions)
-                positions = [segment.first + o for o in offsets]
-                if capture is not None:  # `capture(positions, outputs)` sees each batch before the storage cast
-                    capture(positions, embedded)
-                # this batch's copy is queued behind its forward; the one before it is collected only now, so
-                # on a GPU the host's work on it overlaps this forward (`transfer.HostCopy`)
-                copy = HostCopy(embedded, dtype, [str(rows[p]["id"]) for p in positions])
-                if waiting is not None:
-                    done = _collect(waiting)
-                    if done is not None:
-                        yield done
-                waiting = (assembly, offsets, copy, extras, k == len(segment.batches) - 1)
-        if waiting is not None:
-            done = _collect(waiting)
-            if done is not None:
-                yield done
+            assembly.put(offsets, copy.result(), extras)
+            if last:
+                yield assembly.result()
 
 
-def _collect(waiting) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """Put a batch's host copy into its segment's assembly; the segment's outputs once it was the last batch."""
-    assembly, offsets, copy, extras, last = waiting
-    assembly.put(offsets, copy.result(), extras)
-    return assembly.result() if last else None
+def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture):
+    """Per batch, its forward launched and its copy to the host queued: (the segment's assembly, offsets, the
+    `HostCopy`, extras, whether it is the segment's last batch)."""
+    for segment in segments(
+        adapter,
+        rows,
+        device=device,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
+        num_workers=num_workers,
+        starts=starts,
+    ):
+        assembly = Assembly(len(segment.items), segment.digests)
+        for k, (offsets, embedded, extras) in enumerate(
+            run_segment(adapter.embed, adapter, segment, max_tokens, max_batch)
+        ):
+            embedded, extras = pooled(embedded, extras, max_positions)
+            positions = [segment.first + o for o in offsets]
+            if capture is not None:  # `capture(positions, outputs)` sees each batch before the storage cast
+                capture(positions, embedded)
+            copy = HostCopy(embedded, dtype, [str(rows[p]["id"]) for p in positions])
+            yield assembly, offsets, copy, extras, k == len(segment.batches) - 1
+
+
+_END = object()
+
+
+def one_behind(items):
+    """Each of `items` once the next one has been produced (the last at the end). A stream reads a batch's host
+    copy only after the next batch's forward was launched: on a GPU the host's work on it then overlaps that
+    forward (`transfer.HostCopy`)."""
+    iterator = iter(items)
+    waiting = next(iterator, _END)
+    for item in iterator:
+        yield waiting
+        waiting = item
+    if waiting is not _END:
+        yield waiting
 
 
 def embed_rows(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], **kwargs) -> tuple[np.ndarray, dict]:
