@@ -18,14 +18,7 @@ import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
-from dogmacache.cache.shards import (
-    ShardFiles,
-    chunk_path,
-    direct_readable,
-    empty_rows,
-    plain_layout,
-    read_chunk_file,
-)
+from dogmacache.cache.shards import PlainChunks, ShardFiles, direct_readable, empty_rows
 from dogmacache.cache.storage import local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -96,7 +89,7 @@ class EmbeddingCache:
                 "the cache was altered after it was written: re-create it"
             )
         self._view = layout.numpy_view(manifest.dtype)
-        self._plain: dict[str, tuple | None] = {}  # extra array -> (root, chunk shape, dtype) where read directly
+        self._plain: dict[str, PlainChunks | None] = {}  # extra array -> its chunk files, where read directly
         root = local_path(url)
         self._direct = (
             ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
@@ -258,20 +251,18 @@ class EmbeddingCache:
         bytes + crc32c chunked one shard per chunk; None for any other (zarr reads it) or a chunk never written."""
         if name not in self._plain:
             root = local_path(self.url)
-            found = plain_layout(root, name) if root is not None else None
+            found = PlainChunks.open(root, name) if root is not None else None
             m = self.manifest
-            one_per_shard = (
-                found is not None and found[0][0] == m.n_items and found[1] == (m.shard_items, *found[0][1:])
-            )
-            self._plain[name] = (root, *found[1:]) if one_per_shard else None
-        if self._plain[name] is None:
+            one_per_shard = found is not None and found.shape[0] == m.n_items
+            self._plain[name] = found if one_per_shard and found.chunks == (m.shard_items, *found.shape[1:]) else None
+        chunks = self._plain[name]
+        if chunks is None:
             return None
-        root, chunks, dtype = self._plain[name]
         start, stop = self.manifest.shard_rows(shard)
         try:
-            block = read_chunk_file(chunk_path(root, name, (shard, *[0] * (len(chunks) - 1))), chunks, dtype)
+            block = chunks.read(shard)
         except CacheError as err:
-            raise unreadable(self.url, name, "chunk", shard, len(chunks), err) from None
+            raise unreadable(self.url, name, "chunk", shard, len(chunks.shape), err) from None
         return None if block is None else block[: stop - start]
 
 

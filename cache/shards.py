@@ -221,6 +221,23 @@ def read_chunk_file(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
     return np.frombuffer(raw, dtype=dtype, count=n_bytes // dtype.itemsize).reshape(shape)  # read-only
 
 
+class PlainChunks:
+    """Chunks of one local plain array (`plain_layout`), each read whole and checked (`read_chunk_file`)."""
+
+    def __init__(self, root: str, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
+        self.root, self.name, self.shape, self.chunks, self.dtype = root, name, shape, chunks, dtype
+
+    @classmethod
+    def open(cls, root: str, name: str) -> PlainChunks | None:
+        found = plain_layout(root, name)
+        return None if found is None else cls(root, name, *found)
+
+    def read(self, chunk: int) -> np.ndarray | None:
+        """Chunk `chunk` along the first axis; None where it was never written; a CacheError where it is torn."""
+        path = chunk_path(self.root, self.name, (chunk, *[0] * (len(self.chunks) - 1)))
+        return read_chunk_file(path, self.chunks, self.dtype)
+
+
 class ShardFiles:
     """Byte-range reads of rows of one local sharded array (see the module docstring)."""
 

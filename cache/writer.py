@@ -32,11 +32,10 @@ from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
 from dogmacache.cache.shards import (
+    PlainChunks,
     chunk_path,
     direct_readable,
     direct_writable,
-    plain_layout,
-    read_chunk_file,
     write_chunk_file,
     write_shard_file,
 )
@@ -274,15 +273,14 @@ class CacheWriter:
     def _digest_rows(self) -> np.ndarray | None:
         """(n_shards, 32): each shard's digest as on disk, zeros where its chunk was never written or is torn (a
         kill mid-write), read from the chunk files themselves (zarr's pipeline costs ~0.3 ms per chunk, and a
-        cache has one per shard); None where the array's layout is not the plain one (zarr reads it)."""
-        root, n = str(self.path), self.manifest.n_shards
-        found = plain_layout(root, layout.SHARD_SHA256)
-        if found is None or found[0] != (n, 32) or found[1] != (1, 32):
+        cache has one per shard); None where this writer does not write them directly (zarr reads them)."""
+        if not self._direct:
             return None
-        out = np.zeros((n, 32), dtype=np.uint8)
-        for shard in range(n):
+        chunks = PlainChunks(str(self.path), layout.SHARD_SHA256, (self.manifest.n_shards, 32), (1, 32), np.uint8)
+        out = np.zeros((self.manifest.n_shards, 32), dtype=np.uint8)
+        for shard in range(self.manifest.n_shards):
             try:
-                block = read_chunk_file(chunk_path(root, layout.SHARD_SHA256, (shard, 0)), (1, 32), found[2])
+                block = chunks.read(shard)
             except CacheError:  # torn: not done
                 continue
             if block is not None:
