@@ -15,12 +15,14 @@ from dogmacache.train import kernels
 from dogmacache.train.kernels import Dropout, _BlockedDropoutAttention, attention, dropout
 
 
-@pytest.fixture(params=[40, 200], ids=["query-blocks", "row-blocks"])
+@pytest.fixture(params=[(40, 40), (200, 400)], ids=["query-blocks", "row-blocks"])
 def small_blocks(request, monkeypatch):
     """Small blocks, so every test crosses block boundaries: parts of one row's queries (40 scores: 3 of 7
-    queries over 11 keys), or whole rows two at a time (200 scores); computed two blocks to a group."""
-    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", request.param)
-    monkeypatch.setattr(kernels, "GROUP_ELEMENTS", 2 * request.param)
+    queries over 11 keys), each its own group, so one row's key and value gradients gather from several groups;
+    or whole rows two at a time (200 scores), computed two blocks to a group."""
+    block, group = request.param
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(kernels, "GROUP_ELEMENTS", group)
 
 
 def _qkv(rows=3, n_q=7, n_k=11, width=5, dtype=torch.float64, seed=0):
