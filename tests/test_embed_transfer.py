@@ -17,6 +17,12 @@ def test_a_host_copy_gives_to_hosts_bytes(dtype):
     got = copy.result()
     assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
     assert copy.result() is got  # asked twice: the same array
+    # and both are the cast's own bits, taken apart from transfer.py (bfloat16 as its int16 bits)
+    cast = x.to(getattr(torch, dtype))
+    bits = (cast.view(torch.int16) if dtype == "bfloat16" else cast).numpy()
+    assert got.shape == (3, 5, 4) and got.tobytes() == bits.tobytes()
+    if dtype == "bfloat16":
+        assert np.allclose(got.astype(np.float32), x.numpy(), rtol=1 / 128)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
