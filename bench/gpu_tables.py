@@ -22,9 +22,10 @@ def pair(rows: list[dict[str, Any] | None], key: str) -> str:
 
 
 def rate_row(label: str, rows: list[dict[str, Any] | None], key: str, target: str = "", met: str = "") -> list[Any]:
-    """A measurement row: `key` of each run, their TFLOP/s and MFU, a target and its verdict."""
-    shown = [row for row in rows if row is not None]
-    return [label, pair(rows, key), pair(rows, "tflop_per_s"), mfu_cell(*(r.get("mfu") for r in shown)), target, met]
+    """A measurement row: `key` of each run, their TFLOP/s and MFU ("n/a" in the place of a run not made, so each
+    value stands where its run's does), a target and its verdict."""
+    mfu = mfu_cell(*(None if row is None else row.get("mfu") for row in rows))
+    return [label, pair(rows, key), pair(rows, "tflop_per_s"), mfu, target, met]
 
 
 def enformer_rows(enformer: dict[str, Any], scope: dict[str, bool]) -> list[list[Any]]:

@@ -117,13 +117,14 @@ def _case(root, models, label, model, modality, make, n_items, num_workers, rng,
         for out in (f"{name}_full{k}", f"{name}_reused{k}"):
             shutil.rmtree(root / out, ignore_errors=True)
     shutil.rmtree(root / f"{name}_old", ignore_errors=True)
+    full, reused = float(np.median(full_rates)), float(np.median(reuse_rates))
     return {
         "label": label,
         "items": len(new),
         "overlap": len(kept) / len(new),
-        "full_items_per_s": float(np.median(full_rates)),
-        "reuse_items_per_s": float(np.median(reuse_rates)),
-        "speedup": float(np.median(reuse_rates) / np.median(full_rates)),
+        "full_items_per_s": full,
+        "reuse_items_per_s": reused,
+        "speedup": reused / full,
         "full_runs": full_rates,
         "reuse_runs": reuse_rates,
         **compared,
@@ -187,7 +188,7 @@ def reuse_tables(r: dict[str, Any]) -> list[Table]:
             [
                 "rates on the runner's clock (after the model load, until the cache is final: opening the sources, "
                 "the digest pass, copies, the rest's forward, shard writes and the 16-item float32 fidelity "
-                "receipt); medians of 3 runs of each, alternated",
+                f"receipt); medians of {r['repeats']} runs of each, alternated",
                 "every batch has one fixed shape (windows: full batches; proteins: one length per 32-token "
                 "bucket), so the rows embedded anew equal a full embed's bit for bit",
             ],

@@ -370,4 +370,12 @@ def test_reuse_section_at_tiny_size(tmp_path):
         assert _positive(case["full_items_per_s"]) and _positive(case["reuse_items_per_s"])
     assert list(tmp_path.iterdir()) == []
     text = "\n".join(bench.render_text(t) for t in reuse_tables(result))
-    assert ">= 8x" in text and "byte-identical" in text
+    assert ">= 8x" in text and "byte-identical" in text and "medians of 1 runs" in text
+
+
+def test_a_rate_rows_cells_keep_each_runs_place():
+    """A run not made (Flashzoi has no fp32 row) is "n/a" in every cell, so the MFU stands under its own run."""
+    from dogmacache.bench.gpu_tables import rate_row
+
+    row = rate_row("x", [None, {"rate": 10.0, "tflop_per_s": 5.0, "mfu": 0.3}], "rate")
+    assert row[1].startswith("n/a / ") and row[2].startswith("n/a / ") and row[3] == "n/a / 30%"
