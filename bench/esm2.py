@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from dogmacache.bench.mfu import count_flops, utilisation
-from dogmacache.bench.timing import median_seconds
+from dogmacache.bench.timing import median_seconds, sync
 from dogmacache.embed.shapes import pad_length
 
 PROTEIN_MEDIAN, PROTEIN_MEAN = 415, 560  # residues, human proteome (docs/bench.md#human-protein-lengths)
@@ -46,11 +46,6 @@ def esm2_config(hparams: dict[str, int]):
         position_embedding_type="rotary",
         **hparams,
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def flop_coefficients(model: torch.nn.Module, device: torch.device, tokens: tuple[int, int] = (64, 128)) -> dict:
@@ -206,10 +201,10 @@ def bench_esm2_ragged(
             paths[name] = {"run": run, "shapes": shapes.calls, "times": []}
         for _ in range(calls):  # the two ways alternated
             for path in paths.values():
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 path["run"]()
-                _sync(device)
+                sync(device)
                 path["times"].append(time.perf_counter() - t0)
         result: dict[str, Any] = {
             "proteins": n_proteins,

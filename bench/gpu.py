@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 from dogmacache.bench.mfu import count_flops, device_name, utilisation
-from dogmacache.bench.timing import median_seconds
+from dogmacache.bench.timing import median_seconds, sync
 from dogmacache.devices import pick_device
+from dogmacache.embed.stream import autocast_for
 
 TARGET_PAPER_EPOCHS_MINUTES = 10.0  # the paper's 50 epochs of CDT training on one H100
 PAPER_STEPS_PER_EPOCH = 4605 // 8  # the authors' 4,605 training pairs in batches of 8, last partial dropped
@@ -95,11 +96,6 @@ SIZES = {
 }
 
 
-def _autocast(device: torch.device, precision: str):
-    enabled = precision == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def bench_cdt_on_device(
     device: torch.device, preset_name: str, table_rows: int, batch: int = 8, calls: int = 3
 ) -> dict[str, Any]:
@@ -127,7 +123,7 @@ def bench_cdt_on_device(
         rows = torch.randint(0, table_rows, (batch,), generator=generator).to(device)
         genes = torch.randint(0, config.n_genes, (batch,), generator=generator).to(device)
         target = torch.randn(batch, generator=generator).to(device)
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             y = model(dna_table[rows].float(), rna, protein, genes)
             loss = torch.nn.functional.smooth_l1_loss(y.float(), target)
         optimizer.zero_grad(set_to_none=True)
@@ -183,8 +179,7 @@ def bench_loader_to_device(
         for a in range(0, items, batch):
             rows = np.sort(order[a : a + batch])
             torch.from_numpy(cache.read_rows(rows)).to(device, non_blocking=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds = time.perf_counter() - start
         return {
             "items": items,

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from dogmacache.embed.runner import EmbedConfig
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -36,7 +37,7 @@ def time_calls(
     otherwise; at least `min_calls` calls and, up to `max_calls`, at least `min_seconds` in all."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times: list[float] = []
     while len(times) < min_calls or (sum(times) < min_seconds and len(times) < max_calls):
         if device.type == "cuda":
@@ -56,12 +57,12 @@ def time_calls(
 def median_seconds(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
     """Median host-clock seconds of `calls` calls after one warm-up, the device synchronised around each."""
     fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(calls):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
