@@ -125,12 +125,10 @@ def one_torch_thread():
     """One torch thread for the test, restored afterwards: tiny models gain nothing from threads, and OpenMP threads
     spin against other busy processes on a shared 2-core machine (the embed runs themselves get one there).
     Modules use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
-    import torch
+    from dogmacache.devices import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

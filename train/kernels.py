@@ -78,9 +78,9 @@ def _seed() -> int:
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
-def _draw_keep(generator: np.random.SFC64, n: int, threshold: int, out: np.ndarray | None = None) -> np.ndarray:
-    """n booleans (True = keep) from the generator's next 16-bit draws, in order."""
-    keep = np.empty(n, dtype=np.bool_) if out is None else out
+def _draw_keep(generator: np.random.SFC64, n: int, threshold: int, out: np.ndarray) -> np.ndarray:
+    """n booleans (True = keep) into `out` from the generator's next 16-bit draws, in order."""
+    keep = out
     for start in range(0, n, _DRAW_CHUNK):
         m = min(_DRAW_CHUNK, n - start)
         draws = generator.random_raw(-(-m // 4)).view(np.uint16)[:m]  # 4 x 16 random bits per 64-bit word
