@@ -52,11 +52,21 @@ _PROTEIN_BYTES = np.zeros(256, dtype=bool)
 _PROTEIN_BYTES[[ord(letter) for letter in PROTEIN_LETTERS]] = True
 
 
+def _protein_text(row: dict[str, Any]) -> str:
+    """The row's protein as `clean_protein` reads it: upper case, surrounding space and a final stop (*) removed."""
+    return str(row["sequence"]).strip().upper().rstrip("*")
+
+
+def _all_amino_acids(text: str) -> bool:
+    """Whether every letter of `text` is one ESM-2 reads (a byte-table lookup)."""
+    return bool(_PROTEIN_BYTES[np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)].all())
+
+
 def clean_protein(row: dict[str, Any]) -> str:
     """The item's protein sequence, upper case, a final stop (*) removed; InputError for an empty sequence or a
     letter that is no amino acid."""
-    seq = str(row["sequence"]).strip().upper().rstrip("*")
-    if seq and _PROTEIN_BYTES[np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)].all():
+    seq = _protein_text(row)
+    if seq and _all_amino_acids(seq):
         return seq  # a byte-table lookup: the set of a protein's letters cost more than tokenising it
     bad = set(seq) - PROTEIN_LETTERS
     if not seq or bad:
@@ -448,9 +458,8 @@ class Esm2Adapter(_EsmFamily):
     def _sequences(self, rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
         """`clean_protein` of each row, the letters of all rows checked in one table pass; where one fails, row by
         row, so that the first bad row raises its own error."""
-        seqs = [str(row["sequence"]).strip().upper().rstrip("*") for row in rows]
-        text = "".join(seqs).encode("ascii", errors="replace")
-        if all(seqs) and len(text) == sum(map(len, seqs)) and _PROTEIN_BYTES[np.frombuffer(text, np.uint8)].all():
+        seqs = [_protein_text(row) for row in rows]
+        if all(seqs) and _all_amino_acids("".join(seqs)):
             return [(seq, 0) for seq in seqs]
         return [self.sequence(row) for row in rows]
 
