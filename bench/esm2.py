@@ -16,7 +16,6 @@ projections, and attention's two products), so two counts give a and b (`flop_co
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -171,7 +170,7 @@ def bench_esm2_ragged(
         adapter = Esm2Adapter(str(write_esm2_config(root / "esm2", hparams)), EsmOptions(), device, random_init=seed)
         precision = resolve_precision(device, "auto")
         max_tokens = adapter.default_max_tokens(device)
-        max_batch = next(f.default for f in dataclasses.fields(EmbedConfig) if f.name == "max_batch")
+        max_batch = EmbedConfig.max_batch
         coefficients = flop_coefficients(adapter.model, device)
         real_tokens = lengths + 2  # <cls> + residues + <eos>
 
