@@ -75,9 +75,8 @@ def _start_demo(name: str, tmp_path_factory) -> tuple[subprocess.Popen, Path, Pa
             stdout=fh,
             stderr=subprocess.STDOUT,
             process_group=0,  # its own group, to kill with the CDBridge process it spawns; the tests' session
+            preexec_fn=lambda: os.nice(niceness),  # set before the demo starts: its children inherit it
         )
-    with contextlib.suppress(ProcessLookupError):  # gone already: its exit status tells why
-        os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)  # before it spawns anything: its children inherit it
     return proc, out, log
 
 
