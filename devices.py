@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,21 +110,94 @@ class CpuPlan:
     cores: int
     workers: int
     threads: int
+    busy: float | None = None  # cores other processes kept busy when the plan was made (None: not watched)
 
 
-def default_workers_threads(device_type: str, cores: int) -> tuple[int, int]:
-    """(input workers, torch threads) that add up to at most `cores`. On the CPU the model's forward takes the
-    cores and one worker (two from 9 cores) prepares inputs beside it; none on a single core. On a GPU the forward
-    needs a thread or two of the CPU and the workers take the rest, at most 4 (runner windows/s on an H100 were
-    the same with 2 and 8 workers: README, `make bench-gpu`). Measured on a 2-core machine shared with other busy
-    processes: the demo's 180 Enformer windows took 5-10 s at 2 threads (any worker count) and 1.2-1.5 s at 1
-    thread with 0 or 1 worker (README, Measured on 2 CPU cores, the threads row): more threads than free cores
-    spin-wait against each other."""
+def default_workers_threads(device_type: str, cores: int, cheap_inputs: bool = False) -> tuple[int, int]:
+    """(input workers, torch threads) that add up to at most `cores` (the cores free for this process). On the CPU
+    the model's forward takes the cores; inputs are prepared in the process up to 2 cores, and one worker (two from
+    9 cores) prepares them beside the forward above that. On a GPU the forward needs a thread or two of the CPU and
+    the workers take the rest, at most 4 (runner windows/s on an H100 were the same with 2 and 8 workers: README,
+    `make bench-gpu`). `cheap_inputs` (an adapter whose items cost less to prepare than to pass between processes):
+    no worker, and on the CPU its core goes to the threads.
+
+    Measured on 2 cores (README, Measured on 2 CPU cores, the threads rows), the demo's 180 Enformer windows: idle,
+    0 workers + 2 threads 0.79 s, 1 worker + 1 thread 1.29 s, 0 + 1 1.21 s; with one busy process beside it 3.07,
+    1.32 and 1.21 s. More threads than free cores spin-wait against each other, so `cpu_plan` gives this the cores
+    other processes leave free (`busy_elsewhere`)."""
     if device_type == "cuda":
         threads = 1 if cores <= 4 else 2
-        return max(0, min(4, cores - threads)), threads
-    workers = 0 if cores == 1 else 1 if cores <= 8 else 2
+        return (0 if cheap_inputs else max(0, min(4, cores - threads))), threads
+    workers = 0 if cheap_inputs or cores <= 2 else 1 if cores <= 8 else 2
     return workers, cores - workers
+
+
+PROC_STAT = Path("/proc/stat")
+PROBE_SECONDS = 0.1  # how long `cpu_plan` watches the cores before choosing its threads
+GIVE_UP_CORE = 0.25  # a core counts as taken once other processes use more than this share of it
+
+
+def cpu_jiffies(cpus: set[int] | None = None, stat: Path = PROC_STAT) -> tuple[int, int] | None:
+    """(busy, total) CPU time since boot, in clock ticks, summed over `cpus` (their `cpuN` lines of /proc/stat; the
+    machine's `cpu` line for None). Busy is everything but idle and iowait (user, nice, system, irq, softirq,
+    steal). None off Linux, or where a CPU asked for has no line."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    seen = set()
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu"):
+            break
+        if (name != "cpu") if cpus is None else (name == "cpu" or int(name[3:]) not in cpus):
+            continue
+        ticks = [int(x) for x in fields[:8]]
+        busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        total += sum(ticks)
+        seen.add(name)
+    wanted = 1 if cpus is None else len(cpus)
+    return (busy, total) if len(seen) == wanted and total else None
+
+
+class CoreWatch:
+    """Watches the cores this process may run on from its creation until `busy()`: how many of them other processes
+    kept busy meanwhile. A run creates it before loading its model, so the watching costs no time of its own."""
+
+    def __init__(self, cpus: set[int] | None = None, stat: Path = PROC_STAT):
+        if cpus is None and hasattr(os, "sched_getaffinity"):
+            cpus = os.sched_getaffinity(0)
+        self.cpus, self.stat = cpus, stat
+        self.start = cpu_jiffies(cpus, stat), time.process_time(), time.perf_counter()
+
+    def busy(self, seconds: float = PROBE_SECONDS) -> float | None:
+        """Cores other processes kept busy since the watch began (at least `seconds` ago: sleeps the rest): the
+        busy share of the watched CPUs times their count, less this process's own CPU time in that while. None
+        where /proc/stat cannot tell."""
+        before, own, wall = self.start
+        time.sleep(max(0.0, seconds - (time.perf_counter() - wall)))
+        after = cpu_jiffies(self.cpus, self.stat)
+        own, wall = time.process_time() - own, time.perf_counter() - wall
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        n = len(self.cpus) if self.cpus is not None else (os.cpu_count() or 1)
+        share = (after[0] - before[0]) / (after[1] - before[1])
+        return max(0.0, share * n - own / max(wall, 1e-9))
+
+
+def busy_elsewhere(
+    seconds: float = PROBE_SECONDS, cpus: set[int] | None = None, stat: Path = PROC_STAT
+) -> float | None:
+    """How many of `cpus` (default: those this process may run on) other processes keep busy, watched for
+    `seconds` from now (`CoreWatch`)."""
+    return CoreWatch(cpus, stat).busy(seconds)
+
+
+def free_cores(cores: int, busy: float | None) -> int:
+    """Of `cores`, those other processes leave free: a core is given up once they keep more than GIVE_UP_CORE of
+    one busy; at least 1."""
+    return cores if busy is None else max(1, min(cores, int(cores - busy + GIVE_UP_CORE)))
 
 
 def env_threads() -> int | None:
@@ -138,24 +212,42 @@ def cpu_plan(
     threads: int | None = None,
     cores: int | None = None,
     ceiling: int | None = None,
+    cheap_inputs: bool = False,
+    busy: float | None = None,
+    watch: CoreWatch | None = None,
 ) -> CpuPlan:
     """Input workers and torch threads for a process on `device_type` ("cpu" or "cuda"): `workers` and `threads`
     as given; a thread count unset comes from OMP_NUM_THREADS when set, else `default_workers_threads` for the
-    usable cores (`usable_cores` unless `cores` is given), lowered so that workers plus threads stay within the
-    cores and never above `ceiling` (torch's current count: a caller's `torch.set_num_threads` holds). A worker
-    count unset is the default, lowered to the cores the threads leave free."""
+    cores other processes leave free, lowered so that workers plus threads stay within them and never above
+    `ceiling` (torch's current count: a caller's `torch.set_num_threads` holds). A worker count unset is the
+    default, lowered to the cores the threads leave free.
+
+    The usable cores are `usable_cores()` unless `cores` is given. Where the threads are left to this function on
+    the CPU and more than one could be chosen, the cores are watched (`watch`, begun earlier, else a new one) for at
+    least PROBE_SECONDS, unless `busy` gives the cores other processes keep busy (0.0: take them all); not under a
+    cgroup CPU quota below the CPUs the process may run on (other processes on those CPUs need not compete for
+    the quota)."""
     if workers is not None and workers < 0:
         raise InputError(f"input workers (--num-workers) {workers} must be 0 (prepare inputs in this process) or more")
     if threads is not None and threads < 1:
         raise InputError(f"torch threads (--threads) {threads} must be at least 1, or left out for the default")
     cores = cores or usable_cores()
-    default_workers, default_threads = default_workers_threads(device_type, cores)
     threads = threads or env_threads()
+    if busy is None and threads is None and device_type == "cpu" and cores > 1 and (ceiling or 2) > 1:
+        busy = (watch or CoreWatch()).busy() if not _quota_below_affinity() else None
+    free = free_cores(cores, busy)
+    default_workers, default_threads = default_workers_threads(device_type, free, cheap_inputs)
     if workers is None:
         workers = default_workers if threads is None else max(0, min(default_workers, cores - threads))
     if threads is None:
-        threads = max(1, min(default_threads, cores - workers, ceiling or cores))
-    return CpuPlan(cores=cores, workers=workers, threads=threads)
+        threads = max(1, min(default_threads, free - workers, ceiling or cores))
+    return CpuPlan(cores=cores, workers=workers, threads=threads, busy=busy)
+
+
+def _quota_below_affinity() -> bool:
+    limit = cgroup_cpu_limit()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    return limit is not None and int(limit) < len(affinity)
 
 
 @contextlib.contextmanager

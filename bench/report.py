@@ -16,12 +16,12 @@ import datetime
 import json
 import os
 import platform
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from dogmacache.contracts.provenance import package_versions
+from dogmacache.devices import busy_elsewhere, usable_cores
 
 BUSY_WARNING = 0.2  # fraction of all cores busy with other processes at a section's start
 
@@ -30,24 +30,11 @@ TablesFor = Callable[[dict[str, Any]], list[Table]]  # a section's results -> it
 
 
 # ---- the machine -------------------------------------------------------------------------------------------
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all cores since boot, from /proc/stat; None off Linux."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
 def cpu_busy_fraction(interval: float = 0.5) -> float | None:
-    """Fraction of all cores busy during `interval` seconds while this process sleeps: other processes."""
-    before = _cpu_times()
-    time.sleep(interval)
-    after = _cpu_times()
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+    """Fraction of this process's cores that other processes kept busy during `interval` seconds
+    (`devices.busy_elsewhere`)."""
+    busy = busy_elsewhere(interval)
+    return None if busy is None else busy / usable_cores()
 
 
 def machine_info() -> dict[str, Any]:
@@ -70,7 +57,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
-        "cpu_busy_others_at_start": cpu_busy_fraction(),  # all cores busy while this process slept 0.5 s
+        "cpu_busy_others_at_start": cpu_busy_fraction(),  # share of the usable cores, over 0.5 s
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if cuda else None,

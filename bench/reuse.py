@@ -31,7 +31,7 @@ TARGET_SPEEDUP = 8.0  # rate with --reuse over the full run's, at 90 % overlap
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def _dna_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
+def dna_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
     from dogmacache.embed.genome import Genome
 
     genome = Genome(recipe / "genome.fa")
@@ -42,7 +42,7 @@ def _dna_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame({"chrom": [chroms[c] for c in picked], "center": centers, "strand": "+"})
 
 
-def _protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
+def protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFrame:
     base = pd.read_parquet(recipe / "cdt" / "proteins.parquet")["sequence"].astype(str).tolist()
     seen, out = set(), []
     while len(out) < n:
@@ -59,8 +59,8 @@ def _protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFra
 # ms per tiny protein) is so short that a run's fixed cost (opening the sources, the receipt, the manifest, ~20 ms)
 # weighs on a table of 1,024; a recipe's tables hold thousands (the human proteome: ~20,000 proteins)
 CASES = (
-    ("Enformer, DNA windows", "enformer", "dna", _dna_items, (1,)),
-    ("ESM-2, proteins", "esm2", "protein", _protein_items, (1, 8)),
+    ("Enformer, DNA windows", "enformer", "dna", dna_items, (1,)),
+    ("ESM-2, proteins", "esm2", "protein", protein_items, (1, 8)),
 )
 
 

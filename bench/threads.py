@@ -1,6 +1,7 @@
-"""The threads section of `dogmacache bench`: the demo's Enformer windows through `run_embed` on the CPU with the
-default input workers and torch threads (`devices.cpu_plan`) beside fixed settings, on the machine as it is and
-again with one busy process added, so that the default can be held to the best setting under contention too.
+"""The threads section of `dogmacache bench`: the demo's Enformer windows and 2,048 proteins (tiny ESM-2) through
+`run_embed` on the CPU with the default input workers and torch threads (decided by each run: `devices.cpu_plan`)
+beside fixed settings, on the machine as it is and again with one busy process added, so that the default can be
+held to the best setting idle and under contention.
 
 Each setting runs `repeats` times, the settings taking turns, each a fresh cache timed by the runner's own
 clock (after the model load, until the cache is finalised); the load average is read before each condition.
@@ -22,24 +23,33 @@ import numpy as np
 import pandas as pd
 from dogmacache.bench.report import Table, table, verdict
 from dogmacache.bench.timing import timed_run_embed
-from dogmacache.devices import cpu_plan, usable_cores
+from dogmacache.cache import open_cache
+from dogmacache.devices import usable_cores
 from dogmacache.embed.runner import EmbedConfig
 
 TARGET_DEFAULT_OVER_BEST = 1.2  # the default's median seconds at most this times the best setting's
 BUSY_LOOP = "while True: pass"
 
 
-def settings_to_try(cores: int) -> list[tuple[int, int]]:
-    """(workers, threads) pairs: the default (`devices.cpu_plan`) first, then one thread with no input worker and
-    with one, all the cores with none, and the cores with two workers (the default before it followed the
-    cores); each pair once, so the default is not compared with itself."""
-    default = cpu_plan("cpu", cores=cores)
-    return list(dict.fromkeys([(default.workers, default.threads), (0, 1), (1, 1), (0, cores), (2, cores)]))
+DEFAULT = (None, None)  # the settings `dogmacache embed` decides for itself, run by run (`devices.cpu_plan`)
 
 
-def bench_threads(repeats: int = 3, busy: bool = True, workdir: str | None = None) -> dict[str, Any]:
-    """Median runner seconds of the demo's DNA windows (tiny Enformer, CPU) per (workers, threads) setting,
-    as the machine is ("as is") and, with `busy`, with one `python -c 'while True: pass'` beside it."""
+def settings_to_try(cores: int) -> list[tuple[int | None, int | None]]:
+    """(workers, threads) pairs: the default first (left to the runner, which watches the cores before each run),
+    then one thread with no input worker and with one, all the cores with none, and the cores with two workers."""
+    return [DEFAULT, *dict.fromkeys([(0, 1), (1, 1), (0, cores), (2, cores)])]
+
+
+PROTEINS = 2048  # the ESM-2 case: demo proteins with one residue changed per copy (`bench.reuse`'s maker)
+
+
+def bench_threads(
+    repeats: int = 3, busy: bool = True, workdir: str | None = None, proteins: int = PROTEINS
+) -> dict[str, Any]:
+    """Median runner seconds per (workers, threads) setting of two tables on the CPU: the demo's DNA windows (tiny
+    Enformer) and `proteins` proteins (tiny ESM-2, whose inputs are prepared in the process by default), as the
+    machine is ("as is") and, with `busy`, with one `python -c 'while True: pass'` beside it."""
+    from dogmacache.bench.reuse import protein_items
     from dogmacache.data_recipes.demo import build_demo
     from dogmacache.embed.tiny import make_tiny
 
@@ -48,71 +58,106 @@ def bench_threads(repeats: int = 3, busy: bool = True, workdir: str | None = Non
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             build_demo(root / "recipe")
-            model = make_tiny(root / "models", names=["enformer"])["enformer"]
+            models = make_tiny(root / "models", names=["enformer", "esm2"])
+        table = root / "proteins.parquet"
+        items = protein_items(root / "recipe", proteins, np.random.default_rng(0))
+        items.assign(id=[f"p{i}" for i in range(len(items))]).to_parquet(table)
+        cases = [
+            ("Enformer", "DNA windows", root / "recipe" / "cdt" / "dna_windows.parquet", "dna", "enformer"),
+            ("ESM-2", "proteins", table, "protein", "esm2"),
+        ]
+        out = []
+        for label, unit, path, modality, model in cases:
 
-        def config(workers: int, threads: int) -> EmbedConfig:
-            return EmbedConfig(
-                input=str(root / "recipe" / "cdt" / "dna_windows.parquet"),
-                modality="dna",
-                model="enformer",
-                out=str(root / "cache.zarr"),
-                model_path=str(model),
-                genome=str(root / "recipe" / "genome.fa"),
-                device="cpu",
-                num_workers=workers,
-                torch_threads=threads,
-                overwrite=True,
-                progress=False,
-                fidelity_items=0,
+            def config(workers: int | None, threads: int | None, path=path, modality=modality, model=model):
+                return EmbedConfig(
+                    input=str(path),
+                    modality=modality,
+                    model=model,
+                    out=str(root / "cache.zarr"),
+                    model_path=str(models[model]),
+                    genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
+                    device="cpu",
+                    num_workers=workers,
+                    torch_threads=threads,
+                    overwrite=True,
+                    progress=False,
+                    fidelity_items=0,
+                )
+
+            out.append(
+                {
+                    "label": label,
+                    "unit": unit,
+                    "items": len(pd.read_parquet(path)),
+                    **_conditions(config, cores, repeats, busy),
+                }
             )
-
-        settings = settings_to_try(cores)
-        timed_run_embed(config(0, 1))  # warm-up: imports, first-call allocations
-        conditions = {"as is": _measure(config, settings, repeats)}
-        if busy:
-            loop = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
-            try:
-                conditions["one busy process added"] = _measure(config, settings, repeats)
-            finally:
-                loop.kill()
-                loop.wait()
-        items = len(pd.read_parquet(root / "recipe" / "cdt" / "dna_windows.parquet"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {
-        "cores": cores,
-        "items": items,
-        "repeats": repeats,
-        "conditions": conditions,
-    }
+    return {"cores": cores, "repeats": repeats, "cases": out}
 
 
-def _measure(config, settings: list[tuple[int, int]], repeats: int) -> dict[str, Any]:
+def _conditions(config, cores: int, repeats: int, busy: bool) -> dict[str, Any]:
+    settings = settings_to_try(cores)
+    timed_run_embed(config(0, 1))  # warm-up: imports, first-call allocations
+    conditions = {"as is": _measure(config, settings, repeats)}
+    if busy:
+        loop = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+        try:
+            conditions["one busy process added"] = _measure(config, settings, repeats)
+        finally:
+            loop.kill()
+            loop.wait()
+    return {"conditions": conditions}
+
+
+def _measure(config, settings: list[tuple[int | None, int | None]], repeats: int) -> dict[str, Any]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     seconds: dict[int, list[float]] = {i: [] for i in range(len(settings))}
+    setup: dict[int, list[float]] = {i: [] for i in range(len(settings))}  # table read, model load, watching
+    chosen: list[tuple[int, int]] = []  # what the default decided, run by run
     for _ in range(repeats):
         for i, (workers, threads) in enumerate(settings):
-            seconds[i].append(timed_run_embed(config(workers, threads))["seconds"])
+            run = config(workers, threads)
+            timed = timed_run_embed(run)
+            seconds[i].append(timed["seconds"])
+            setup[i].append(timed["setup_seconds"])
+            if (workers, threads) == DEFAULT:
+                recorded = open_cache(run.out).manifest.config
+                chosen.append((int(recorded["num_workers"]), int(recorded["torch_threads"])))
     rows = [
-        {"workers": w, "threads": t, "median_s": float(np.median(s)), "seconds": s}
-        for (w, t), s in zip(settings, seconds.values(), strict=True)
+        {"workers": w, "threads": t, "median_s": float(np.median(s)), "seconds": s, "setup_s": float(np.median(u))}
+        for (w, t), s, u in zip(settings, seconds.values(), setup.values(), strict=True)
     ]
     best = min(r["median_s"] for r in rows)
     return {
         "load_average_1min": load,
         "best_s": best,
         "default_over_best": rows[0]["median_s"] / max(best, 1e-9),
+        "default_chose": chosen,
         "rows": rows,
     }
 
 
 def threads_tables(r: dict[str, Any]) -> list[Table]:
-    names = list(r["conditions"])
+    return [_case_table(case, r["cores"], r["repeats"]) for case in r["cases"]]
+
+
+def _case_table(case: dict[str, Any], cores: int, repeats: int) -> Table:
+    names = list(case["conditions"])
     rows = []
-    for i, row in enumerate(r["conditions"][names[0]]["rows"]):
-        label = f"{row['workers']} workers, {row['threads']} threads" + (" (the default)" if i == 0 else "")
-        rows.append([label, *(r["conditions"][n]["rows"][i]["median_s"] for n in names)])
-    ratios = [r["conditions"][n]["default_over_best"] for n in names]
+    for i, row in enumerate(case["conditions"][names[0]]["rows"]):
+        if (row["workers"], row["threads"]) == DEFAULT:
+            label = "the default (workers, threads it chose)"
+            cells = [
+                f"{case['conditions'][n]['rows'][i]['median_s']:.3g} {_chose(case['conditions'][n])}" for n in names
+            ]
+        else:
+            label = f"{row['workers']} workers, {row['threads']} threads"
+            cells = [case["conditions"][n]["rows"][i]["median_s"] for n in names]
+        rows.append([label, *cells])
+    ratios = [case["conditions"][n]["default_over_best"] for n in names]
     rows.append(["default / best", *ratios])
     rows.append(
         [
@@ -120,16 +165,28 @@ def threads_tables(r: dict[str, Any]) -> list[Table]:
             *(verdict(x, TARGET_DEFAULT_OVER_BEST, higher_is_better=False) for x in ratios),
         ]
     )
-    loads = ", ".join(f"{n}: {r['conditions'][n]['load_average_1min']:.2f}" for n in names)
-    return [
-        table(
-            f"threads: the demo's {r['items']} Enformer windows (tiny model, CPU) through run_embed, median runner "
-            f"seconds of {r['repeats']}, {r['cores']} usable cores",
-            ["input workers, torch threads", *(f"seconds, {n}" for n in names)],
-            rows,
-            [
-                f"1-minute load average before each condition: {loads}; the busy process is "
-                f"`python -c '{BUSY_LOOP}'`, killed after; the default comes from devices.cpu_plan"
-            ],
-        )
-    ]
+    loads = ", ".join(f"{n}: {case['conditions'][n]['load_average_1min']:.2f}" for n in names)
+    first = case["conditions"][names[0]]["rows"]
+    others = float(np.median([row["setup_s"] for row in first[1:]]))
+    return table(
+        f"threads: {case['items']:,} {case['unit']} (tiny {case['label']}, CPU) through run_embed, median runner "
+        f"seconds of {repeats}, {cores} usable cores",
+        ["input workers, torch threads", *(f"seconds, {n}" for n in names)],
+        rows,
+        [
+            f"1-minute load average before each condition: {loads}; the busy process is "
+            f"`python -c '{BUSY_LOOP}'`, killed after; the default is decided by each run (devices.cpu_plan: "
+            "the cores other processes leave free, watched while the model loads, at least 0.1 s, before the "
+            "runner's clock starts)",
+            f"seconds before the runner's clock (table read, model load, the default's watching), {names[0]}: the "
+            f"default {first[0]['setup_s']:.3f}, the fixed settings {others:.3f} (medians)",
+        ],
+    )
+
+
+def _chose(condition: dict[str, Any]) -> str:
+    """The default's choices over a condition's runs, e.g. "(0, 2)" or "(0, 2) x2, (0, 1)"."""
+    counts: dict[tuple[int, int], int] = {}
+    for pair in map(tuple, condition.get("default_chose", [])):
+        counts[pair] = counts.get(pair, 0) + 1
+    return ", ".join(f"({w}, {t})" + (f" x{n}" if n > 1 else "") for (w, t), n in counts.items())

@@ -121,8 +121,8 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, null: bool = F
 
     # One intra-op thread: the tiny models gain nothing from more, and OpenMP threads that spin-wait against other
     # busy processes made the same demo several times slower on a shared 2-core machine. embed's and train's own
-    # defaults (devices.cpu_plan) give 1 thread on 2 cores too and never more than torch's count, so this holds on
-    # larger machines as well: two processes run side by side, and one thread gives the same numbers anywhere.
+    # defaults (devices.cpu_plan) never take more than torch's count, so this holds for every step: two processes
+    # run side by side, and one thread gives the same numbers anywhere.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -74,14 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="input-preparation processes (default: from the cores this process may use, its CPU affinity and cgroup "
-        "quota: on --device cpu 0 for 1 core, 1 for 2-8, 2 above; on a GPU the cores the threads leave, at most 4)",
+        "quota, less those other processes keep busy: on --device cpu 0 up to 2 cores, 1 for 3-8, 2 above; on a GPU "
+        "the cores the threads leave, at most 4; none for protein and gene-token models, whose inputs are cheap)",
     )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: OMP_NUM_THREADS when set, else the cores the input workers leave, on a "
-        "GPU 1 or 2; never more than torch's own count); recorded in the manifest as torch_threads",
+        help="torch intra-op threads (default: OMP_NUM_THREADS when set, else on --device cpu the free cores the input "
+        "workers leave, cores other processes kept busy over 0.1 s given up; on a GPU 1 or 2; never more than "
+        "torch's own count); recorded in the manifest as torch_threads",
     )
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
     p.add_argument(

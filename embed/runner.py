@@ -25,7 +25,7 @@ import torch
 from dogmacache.cache import storage
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device, torch_threads
+from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed import reuse
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
@@ -208,9 +208,10 @@ def disk_error(err: BaseException, out: str, writer: CacheWriter | None) -> Base
 def run_embed(config: EmbedConfig) -> dict[str, Any]:
     """Embed `config.input` into `config.out`. Returns a summary (items, seconds, items/s, shards written)."""
     check_output(config.out)
+    watch = CoreWatch()  # how busy other processes keep the cores, watched while the model loads
     device = pick_device(config.device)
     table, rows, adapter = load(config, device)
-    settings = resolve(config, adapter, device)
+    settings = resolve(config, adapter, device, watch)
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))

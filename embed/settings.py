@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from dogmacache.cache import open_cache
 from dogmacache.contracts.provenance import file_sha256
-from dogmacache.devices import cpu_plan
+from dogmacache.devices import CoreWatch, cpu_plan, free_cores
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
@@ -147,20 +147,33 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
-def resolve(config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device) -> EmbedSettings:
+def resolve(
+    config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device, watch: CoreWatch | None = None
+) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
-    never exceed torch's current count (a caller's `torch.set_num_threads` holds)."""
-    cpu = cpu_plan(device.type, config.num_workers, config.torch_threads, ceiling=torch.get_num_threads())
+    never exceed torch's current count (a caller's `torch.set_num_threads` holds). `watch`: the cores, watched
+    since before the model load (`devices.CoreWatch`)."""
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
-    # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker); the threads
-    # stay as planned: the values depend on them
-    workers = 0 if config.num_workers is None and adapter.cheap_inputs else cpu.workers
+    # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
+    cpu = cpu_plan(
+        device.type,
+        config.num_workers,
+        config.torch_threads,
+        ceiling=torch.get_num_threads(),
+        cheap_inputs=adapter.cheap_inputs,
+        watch=watch,
+    )
+    if cpu.busy is not None and free_cores(cpu.cores, cpu.busy) < cpu.cores:
+        print(
+            f"torch threads: {cpu.threads} (other processes kept {cpu.busy:.1f} of this process's {cpu.cores} cores "
+            "busy; --threads N chooses)"
+        )
     return EmbedSettings(
         config=config,
         device=device,
         precision=resolve_precision(device, config.precision),
         max_tokens=config.max_tokens or adapter.default_max_tokens(device),
         options=adapter.options,
-        num_workers=workers,
+        num_workers=cpu.workers,
         torch_threads=cpu.threads,
     )

@@ -97,8 +97,11 @@ def with_cpu_plan(config: RunConfig) -> RunConfig:
     so checkpoints and metrics.json record the counts used; under torchrun the processes of one machine
     (LOCAL_WORLD_SIZE) share its cores."""
     t = config.train
-    cores = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    plan = cpu_plan(pick_device(t.device).type, t.num_workers, t.threads, cores=cores, ceiling=torch.get_num_threads())
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    cores = max(1, usable_cores() // local)
+    busy = 0.0 if local > 1 else None  # torchrun's processes split the cores; each watching them would see the others
+    device = pick_device(t.device).type
+    plan = cpu_plan(device, t.num_workers, t.threads, cores=cores, ceiling=torch.get_num_threads(), busy=busy)
     return dataclasses.replace(config, train=dataclasses.replace(t, num_workers=plan.workers, threads=plan.threads))
 
 
