@@ -200,6 +200,17 @@ def free_cores(cores: int, busy: float | None) -> int:
     return cores if busy is None else max(1, min(cores, int(cores - busy + GIVE_UP_CORE)))
 
 
+def busy_note(plan: CpuPlan, flag: str) -> str | None:
+    """A line saying that `plan` gave cores up to other processes (None where it gave none up); `flag` is how the
+    user chooses the thread count instead."""
+    if plan.busy is None or free_cores(plan.cores, plan.busy) == plan.cores:
+        return None
+    return (
+        f"torch threads: {plan.threads}, input workers: {plan.workers} (other processes kept {plan.busy:.1f} of this "
+        f"process's {plan.cores} cores busy; {flag} chooses)"
+    )
+
+
 def env_threads() -> int | None:
     """OMP_NUM_THREADS as a positive integer, when the environment sets it so; None otherwise."""
     text = os.environ.get("OMP_NUM_THREADS", "").strip()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from dogmacache.cache import open_cache
 from dogmacache.contracts.provenance import file_sha256
-from dogmacache.devices import CoreWatch, cpu_plan, free_cores
+from dogmacache.devices import CoreWatch, busy_note, cpu_plan
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
@@ -163,11 +163,9 @@ def resolve(
         cheap_inputs=adapter.cheap_inputs,
         watch=watch,
     )
-    if cpu.busy is not None and free_cores(cpu.cores, cpu.busy) < cpu.cores:
-        print(
-            f"torch threads: {cpu.threads} (other processes kept {cpu.busy:.1f} of this process's {cpu.cores} cores "
-            "busy; --threads N chooses)"
-        )
+    note = busy_note(cpu, "--threads N")
+    if note:
+        print(note)
     return EmbedSettings(
         config=config,
         device=device,

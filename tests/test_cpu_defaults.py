@@ -266,6 +266,25 @@ def test_manifest_records_the_threads_and_workers_used(proteins, tmp_path):
     assert run_embed(_config(proteins, tmp_path / "one.zarr", torch_threads=2))["complete"]
 
 
+def test_a_run_gives_busy_cores_up_and_says_so(proteins, tmp_path, monkeypatch, capsys):
+    from dogmacache import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices, "_quota_below_affinity", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 1.0)  # one core busy elsewhere
+    with torch_threads(2):
+        run_embed(_config(proteins, tmp_path / "busy.zarr"))
+    recorded = _recorded(tmp_path / "busy.zarr")
+    assert (recorded["torch_threads"], recorded["num_workers"]) == (1, 0)
+    said = capsys.readouterr().out
+    assert "torch threads: 1, input workers: 0 (other processes kept 1.0 of this process's 2 cores busy" in said
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)  # idle: both cores, said nothing
+    with torch_threads(2):
+        run_embed(_config(proteins, tmp_path / "idle.zarr"))
+    assert _recorded(tmp_path / "idle.zarr")["torch_threads"] == 2 and "torch threads:" not in capsys.readouterr().out
+
+
 def test_cli_threads_flag(proteins, tmp_path, capsys):
     root, model = proteins
     out = tmp_path / "cli.zarr"

@@ -19,7 +19,14 @@ import pandas as pd
 import torch
 from dogmacache.cache.lock import WriterLock, lock_file, lock_holder
 from dogmacache.contracts.provenance import package_versions
-from dogmacache.devices import apply_cpu_allocator, cpu_plan, pick_device, torch_threads, usable_cores
+from dogmacache.devices import (
+    apply_cpu_allocator,
+    busy_note,
+    cpu_plan,
+    pick_device,
+    torch_threads,
+    usable_cores,
+)
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
@@ -102,6 +109,9 @@ def with_cpu_plan(config: RunConfig) -> RunConfig:
     busy = 0.0 if local > 1 else None  # torchrun's processes split the cores; each watching them would see the others
     device = pick_device(t.device).type
     plan = cpu_plan(device, t.num_workers, t.threads, cores=cores, ceiling=torch.get_num_threads(), busy=busy)
+    note = busy_note(plan, "--set train.threads=N")
+    if note:
+        print(note)
     return dataclasses.replace(config, train=dataclasses.replace(t, num_workers=plan.workers, threads=plan.threads))
 
 
