@@ -89,13 +89,16 @@ def _cores(quota: int, period: int) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def usable_cores(affinity: set[int] | None = None, cgroup_root: Path = CGROUP_ROOT) -> int:
+def affinity() -> set[int]:
+    """The CPUs this process may run on (`os.sched_getaffinity`; all of `os.cpu_count` where that does not exist)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def usable_cores(cpus: set[int] | None = None, cgroup_root: Path = CGROUP_ROOT) -> int:
     """How many cores this process may really use: the CPUs it may run on (`os.sched_getaffinity`; `os.cpu_count`
     where that does not exist) and its cgroup's CPU quota (rounded down: 1.5 cores of quota run one thread at full
     speed, not two), whichever is smaller, at least 1."""
-    if affinity is None:
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores = len(affinity)
+    cores = len(cpus if cpus is not None else affinity())
     limit = cgroup_cpu_limit(cgroup_root)
     if limit is not None:
         cores = min(cores, int(limit))
@@ -110,7 +113,8 @@ class CpuPlan:
     cores: int
     workers: int
     threads: int
-    busy: float | None = None  # cores other processes kept busy when the plan was made (None: not watched)
+    busy: float | None = None  # of `watched` CPUs, those other processes kept busy when the plan was made
+    watched: int | None = None  # the CPUs watched (None: not watched, or `busy` given)
 
 
 def default_workers_threads(device_type: str, cores: int, cheap_inputs: bool = False) -> tuple[int, int]:
@@ -124,7 +128,7 @@ def default_workers_threads(device_type: str, cores: int, cheap_inputs: bool = F
     Measured on 2 cores (README, Measured on 2 CPU cores, the threads rows), the demo's 180 Enformer windows: idle,
     0 workers + 2 threads 0.79 s, 1 worker + 1 thread 1.29 s, 0 + 1 1.21 s; with one busy process beside it 3.07,
     1.32 and 1.21 s. More threads than free cores spin-wait against each other, so `cpu_plan` gives this the cores
-    other processes leave free (`busy_elsewhere`)."""
+    other processes leave free (`CoreWatch`)."""
     if device_type == "cuda":
         threads = 1 if cores <= 4 else 2
         return (0 if cheap_inputs else max(0, min(4, cores - threads))), threads
@@ -137,53 +141,62 @@ PROBE_SECONDS = 0.1  # how long `cpu_plan` watches the cores before choosing its
 GIVE_UP_CORE = 0.25  # a core counts as taken once other processes use more than this share of it
 
 
-def cpu_jiffies(cpus: set[int] | None = None, stat: Path = PROC_STAT) -> tuple[int, int] | None:
-    """(busy, total) CPU time since boot, in clock ticks, summed over `cpus` (their `cpuN` lines of /proc/stat; the
-    machine's `cpu` line for None). Busy is everything but idle and iowait (user, nice, system, irq, softirq,
-    steal). None off Linux, or where a CPU asked for has no line."""
-    try:
-        lines = stat.read_text().splitlines()
-    except OSError:
-        return None
+def cpu_jiffies(cpus: set[int], stat: Path = PROC_STAT) -> tuple[int, int] | None:
+    """(busy, total) CPU time since boot, in clock ticks, summed over the `cpuN` lines of /proc/stat for `cpus`.
+    Busy is everything but idle and iowait: user, nice, system, irq, softirq and steal (time the hypervisor gave
+    to other machines counts as taken). None off Linux, where a CPU asked for has no line (offline, or a container
+    that numbers its CPUs its own way), or where the file does not read as expected."""
     busy = total = 0
     seen = set()
-    for line in lines:
-        name, *fields = line.split()
-        if not name.startswith("cpu"):
-            break
-        if (name != "cpu") if cpus is None else (name == "cpu" or int(name[3:]) not in cpus):
-            continue
-        ticks = [int(x) for x in fields[:8]]
-        busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-        total += sum(ticks)
-        seen.add(name)
-    wanted = 1 if cpus is None else len(cpus)
-    return (busy, total) if len(seen) == wanted and total else None
+    try:
+        for line in stat.read_text().splitlines():
+            name, *fields = line.split() or [""]
+            if not name.startswith("cpu"):
+                break
+            if name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            ticks = [int(x) for x in fields[:8]]
+            busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+            total += sum(ticks)
+            seen.add(int(name[3:]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy, total) if seen == set(cpus) and total else None
 
 
 class CoreWatch:
-    """Watches the cores this process may run on from its creation until `busy()`: how many of them other processes
-    kept busy meanwhile. A run creates it before loading its model, so the watching costs no time of its own."""
+    """Watches the CPUs this process may run on from its creation until `busy()`: how many of them other processes
+    kept busy meanwhile. A run creates it before loading its model, so the watching costs no time of its own; the
+    first answer is kept, so every plan made from one watch agrees."""
 
     def __init__(self, cpus: set[int] | None = None, stat: Path = PROC_STAT):
-        if cpus is None and hasattr(os, "sched_getaffinity"):
-            cpus = os.sched_getaffinity(0)
-        self.cpus, self.stat = cpus, stat
-        self.start = cpu_jiffies(cpus, stat), time.process_time(), time.perf_counter()
+        self.cpus, self.stat = (cpus if cpus is not None else affinity()), stat
+        self.start = cpu_jiffies(self.cpus, stat), time.process_time(), time.perf_counter()
+        self.answer: tuple[float | None] | None = None  # (cores busy elsewhere,) once asked
+
+    @property
+    def watched(self) -> int:
+        return len(self.cpus)
 
     def busy(self, seconds: float = PROBE_SECONDS) -> float | None:
         """Cores other processes kept busy since the watch began (at least `seconds` ago: sleeps the rest): the
-        busy share of the watched CPUs times their count, less this process's own CPU time in that while. None
-        where /proc/stat cannot tell."""
+        busy share of the watched CPUs times their count, less this process's own CPU time in that while (all its
+        threads; not its child processes). None where /proc/stat cannot tell."""
+        if self.answer is None:
+            self.answer = (self._measure(seconds),)
+        return self.answer[0]
+
+    def _measure(self, seconds: float) -> float | None:
         before, own, wall = self.start
+        if before is None:
+            return None
         time.sleep(max(0.0, seconds - (time.perf_counter() - wall)))
         after = cpu_jiffies(self.cpus, self.stat)
         own, wall = time.process_time() - own, time.perf_counter() - wall
-        if before is None or after is None or after[1] <= before[1]:
+        if after is None or after[1] <= before[1]:
             return None
-        n = len(self.cpus) if self.cpus is not None else (os.cpu_count() or 1)
         share = (after[0] - before[0]) / (after[1] - before[1])
-        return max(0.0, share * n - own / max(wall, 1e-9))
+        return max(0.0, share * self.watched - own / max(wall, 1e-9))
 
 
 def busy_elsewhere(
@@ -194,20 +207,24 @@ def busy_elsewhere(
     return CoreWatch(cpus, stat).busy(seconds)
 
 
-def free_cores(cores: int, busy: float | None) -> int:
-    """Of `cores`, those other processes leave free: a core is given up once they keep more than GIVE_UP_CORE of
-    one busy; at least 1."""
-    return cores if busy is None else max(1, min(cores, int(cores - busy + GIVE_UP_CORE)))
+def free_cores(cores: int, busy: float | None, watched: int | None = None) -> int:
+    """Of `cores` usable ones, those other processes leave free, where they keep `busy` of `watched` CPUs busy
+    (default: `cores`; more under a cgroup quota below the CPUs the process may run on, where the quota's cores
+    stay free while the idle CPUs outnumber them): a CPU is given up once they keep more than GIVE_UP_CORE of one
+    busy; at least 1."""
+    if busy is None:
+        return cores
+    return max(1, min(cores, int((watched or cores) - busy + GIVE_UP_CORE)))
 
 
 def busy_note(plan: CpuPlan, flag: str) -> str | None:
     """A line saying that `plan` gave cores up to other processes (None where it gave none up); `flag` is how the
     user chooses the thread count instead."""
-    if plan.busy is None or free_cores(plan.cores, plan.busy) == plan.cores:
+    if plan.busy is None or free_cores(plan.cores, plan.busy, plan.watched) == plan.cores:
         return None
     return (
-        f"torch threads: {plan.threads}, input workers: {plan.workers} (other processes kept {plan.busy:.1f} of this "
-        f"process's {plan.cores} cores busy; {flag} chooses)"
+        f"torch threads: {plan.threads}, input workers: {plan.workers} (other processes kept {plan.busy:.1f} of "
+        f"{plan.watched or plan.cores} CPUs busy; {flag} chooses)"
     )
 
 
@@ -235,30 +252,26 @@ def cpu_plan(
 
     The usable cores are `usable_cores()` unless `cores` is given. Where the threads are left to this function on
     the CPU and more than one could be chosen, the cores are watched (`watch`, begun earlier, else a new one) for at
-    least PROBE_SECONDS, unless `busy` gives the cores other processes keep busy (0.0: take them all); not under a
-    cgroup CPU quota below the CPUs the process may run on (other processes on those CPUs need not compete for
-    the quota)."""
+    least PROBE_SECONDS, unless `busy` gives the cores other processes keep busy (0.0: take them all). Under a
+    cgroup CPU quota below the CPUs the process may run on, the free cores are those the idle CPUs leave within
+    the quota (`free_cores`)."""
     if workers is not None and workers < 0:
         raise InputError(f"input workers (--num-workers) {workers} must be 0 (prepare inputs in this process) or more")
     if threads is not None and threads < 1:
         raise InputError(f"torch threads (--threads) {threads} must be at least 1, or left out for the default")
     cores = cores or usable_cores()
     threads = threads or env_threads()
+    watched = None
     if busy is None and threads is None and device_type == "cpu" and cores > 1 and (ceiling or 2) > 1:
-        busy = (watch or CoreWatch()).busy() if not _quota_below_affinity() else None
-    free = free_cores(cores, busy)
+        watch = watch or CoreWatch()
+        busy, watched = watch.busy(), watch.watched
+    free = free_cores(cores, busy, watched)
     default_workers, default_threads = default_workers_threads(device_type, free, cheap_inputs)
     if workers is None:
         workers = default_workers if threads is None else max(0, min(default_workers, cores - threads))
     if threads is None:
         threads = max(1, min(default_threads, free - workers, ceiling or cores))
-    return CpuPlan(cores=cores, workers=workers, threads=threads, busy=busy)
-
-
-def _quota_below_affinity() -> bool:
-    limit = cgroup_cpu_limit()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    return limit is not None and int(limit) < len(affinity)
+    return CpuPlan(cores=cores, workers=workers, threads=threads, busy=busy, watched=watched)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dogmacache.contracts.provenance import package_versions
-from dogmacache.devices import busy_elsewhere, usable_cores
+from dogmacache.devices import CoreWatch, affinity
 
 BUSY_WARNING = 0.2  # fraction of all cores busy with other processes at a section's start
 
@@ -31,10 +31,11 @@ TablesFor = Callable[[dict[str, Any]], list[Table]]  # a section's results -> it
 
 # ---- the machine -------------------------------------------------------------------------------------------
 def cpu_busy_fraction(interval: float = 0.5) -> float | None:
-    """Fraction of this process's cores that other processes kept busy during `interval` seconds
-    (`devices.busy_elsewhere`)."""
-    busy = busy_elsewhere(interval)
-    return None if busy is None else busy / usable_cores()
+    """Share of the CPUs this process may run on that other processes kept busy during `interval` seconds
+    (`devices.CoreWatch`)."""
+    watch = CoreWatch()
+    busy = watch.busy(interval)
+    return None if busy is None else busy / watch.watched
 
 
 def machine_info() -> dict[str, Any]:
@@ -55,9 +56,9 @@ def machine_info() -> dict[str, Any]:
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": len(affinity()),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
-        "cpu_busy_others_at_start": cpu_busy_fraction(),  # share of the usable cores, over 0.5 s
+        "cpu_busy_others_at_start": cpu_busy_fraction(),  # share of the CPUs it may run on, over 0.5 s
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if cuda else None,

@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="input-preparation processes (default: from the cores this process may use, its CPU affinity and cgroup "
         "quota, less those other processes keep busy: on --device cpu 0 up to 2 cores, 1 for 3-8, 2 above; on a GPU "
-        "the cores the threads leave, at most 4; none for protein and gene-token models, whose inputs are cheap)",
+        "the cores the threads leave, at most 4; none for ESM-2, Nucleotide Transformer and scGPT gene tokens, whose "
+        "inputs are cheap)",
     )
     p.add_argument(
         "--threads",

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device
+from dogmacache.devices import pick_device, usable_cores
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
@@ -110,8 +110,10 @@ def _cluster(n_workers: int, scheduler: str | None):
 def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | None = None) -> dict:
     check_output(config.out)
     table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
-    # dask workers prepare their own inputs (no DataLoader children): the manifest records 0 input workers
-    settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device))
+    # dask workers prepare their own inputs (no DataLoader children): the manifest records 0 input workers; a
+    # local cluster's workers share this machine's cores, so each gets its share of threads unless told
+    threads = config.torch_threads or (max(1, usable_cores() // max(1, n_workers)) if scheduler is None else None)
+    settings = resolve(replace(config, num_workers=0, torch_threads=threads), adapter, pick_device(config.device))
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))

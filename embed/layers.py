@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from dogmacache.cache import storage
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device, torch_threads
+from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
@@ -71,6 +71,7 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
     outs = {layer: layer_out(config.out, layer) for layer in layers}
     for out in outs.values():
         check_output(out)
+    watch = CoreWatch()  # watched while the model loads; every layer's plan takes its one answer
     device = pick_device(config.device)
     table, rows, adapter = load(config, device)
     for layer in layers:
@@ -79,7 +80,7 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
     try:
         for layer in layers:
             one = adapter.for_layer(layer)
-            settings = resolve(replace(config, out=outs[layer]), one, device)
+            settings = resolve(replace(config, out=outs[layer]), one, device, watch)
             writers[layer] = open_writer(settings, table, stored_info(one.info(), config.max_positions))
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writers)

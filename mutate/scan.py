@@ -185,14 +185,15 @@ def open_scanner(
         progress=False,
         options=cls.options_class.from_dict(recorded.get("options") or {}),
     )
-    from dogmacache.devices import pick_device
+    from dogmacache.devices import CoreWatch, pick_device
 
+    watch = CoreWatch()  # the cores, watched while the model loads
     torch_device = pick_device(config.device)
     try:
         table, rows, adapter = load(config, torch_device)
     except ModelError as err:
         raise model_load_error(err, str(dna_model), dna.url) from None
-    settings = resolve(config, adapter, torch_device)
+    settings = resolve(config, adapter, torch_device, watch)
     wanted = settings.manifest_config(adapter.info())
     check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))
     genome_tag = f"{recorded['genome']['name']}:{wanted['genome']['sha256']}"  # same digest: the cache's name

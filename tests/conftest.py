@@ -119,11 +119,19 @@ def null_demo_run(demo_processes, tmp_path_factory):
     return _finished("null_demo_run", demo_processes, tmp_path_factory)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_per_run(monkeypatch):
+    """Runs inside tests (and processes they start) take one torch thread, as OMP_NUM_THREADS=1 gives them: the
+    default would follow how busy the machine is at that moment (`devices.cpu_plan`), and tests that compare a run
+    with a resumed or reused one compare bytes. The tests of the defaults themselves unset it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the test, restored afterwards: tiny models gain nothing from threads, and OpenMP threads
-    spin against other busy processes on a shared 2-core machine (the embed runs themselves get one there).
-    Modules use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    spin against other busy processes on a 2-core machine. Modules use it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
     from dogmacache.devices import torch_threads
 
     with torch_threads(1):

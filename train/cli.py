@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one key, e.g. --set train.epochs=5 (value parsed as JSON, else a string). train.num_workers "
         "(input workers) and train.threads (torch threads) left unset are decided from the cores this process may use "
-        "(CPU affinity, cgroup quota): on the CPU 0 workers for 1 core, 1 for 2-8, 2 above, threads the cores they "
-        "leave; on a GPU 1-2 threads and at most 4 workers; OMP_NUM_THREADS, when set, gives the threads",
+        "(CPU affinity, cgroup quota) less those other processes kept busy over 0.1 s: on the CPU 0 workers up to 2 "
+        "cores, 1 for 3-8, 2 above, threads the cores they leave; on a GPU 1-2 threads and at most 4 workers; "
+        "OMP_NUM_THREADS, when set, gives the threads",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--example-config", action="store_true", help="print every key with its default and exit")
