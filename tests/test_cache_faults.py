@@ -250,6 +250,20 @@ def test_flipped_byte_in_a_shard_fails_every_read_of_it(tmp_path, rng):
         zarr.open_group(tmp_path / "c.zarr", mode="r")["embeddings"][3]
 
 
+def test_a_flipped_byte_in_a_run_of_small_rows_names_its_row(tmp_path, rng):
+    """Back-to-back rows under 4 KiB are read as one block: the checksum that fails names the row it belongs to
+    (also where the run is not the shard's first), and the other rows stay readable."""
+    data = rng.standard_normal((9, 4, 8)).astype(np.float32)  # 64-byte float16 rows, each followed by its crc32c
+    write_cache(tmp_path / "c.zarr", data, shard_items=5)
+    _flip(tmp_path / "c.zarr" / "embeddings" / "c" / "0" / "0" / "0", 3 * (64 + 4) + 10)  # inside row 3
+    cache = open_cache(tmp_path / "c.zarr")
+    for rows in ([2, 3, 4], [0, 2, 3], [4, 3, 0, 7]):  # runs 2..4, then 2..3 after row 0 alone
+        with pytest.raises(CacheError, match=r"array `embeddings`, shard 0 .*row 3 fails its crc32c") as err:
+            cache.read_rows(rows)
+        assert "\n" not in str(err.value)
+    np.testing.assert_array_equal(cache.read_rows([0, 1, 2, 4, 5, 6]), data[[0, 1, 2, 4, 5, 6]].astype(np.float16))
+
+
 def test_flipped_byte_in_ids_or_a_shard_index_is_one_line_naming_array_and_shard(tmp_path, rng):
     data = rng.standard_normal((9, 4, 8)).astype(np.float32)
     write_cache(tmp_path / "c.zarr", data, shard_items=3)
