@@ -286,7 +286,9 @@ def _run(
     reused, copier, sources = (
         _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
     )
-    todo_rows, starts = [], []  # the rows to embed; each shard's first of them (a batch never spans two shards)
+    # the rows to embed; each shard's first of them: a batch spans two shards only where its shape is fixed
+    # whatever rows it holds (`segments`' span), so that a shard's bytes depend on the shard alone
+    todo_rows, starts = [], []
     for shard, a, b in todo:
         keep = np.ones(b - a, dtype=bool)
         if shard in reused:
@@ -314,6 +316,7 @@ def _run(
         starts=starts,
         max_positions=config.max_positions,
         capture=capture if capture.wanted else None,
+        span=True,
     ):
         copied = filler.copied
         filler.add(embedded, extras)

@@ -155,17 +155,25 @@ def _as_prepared(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return item
 
 
-def batches_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: Collection[int] = ()):
+def batches_by_budget(
+    items, n_tokens, max_tokens: int, max_batch: int, starts: Collection[int] = (), span: bool = False
+):
     """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`; the
-    items at positions `starts` always open a new batch (shard boundaries: a shard's bytes then depend only on
-    the shard, since CPU kernels round differently at other batch sizes)."""
-    batch, longest = [], 0
+    items at positions `starts` open a new batch (shard boundaries: a shard's bytes then depend only on the
+    shard, since CPU kernels round differently at other batch sizes). With `span`, a batch of items of one size
+    runs on past a start while the items keep that size: it is filled out to the full batch of that size
+    (`shapes.filled`), a shape that does not depend on which items it holds."""
+    batch, longest, uniform, spanned = [], 0, True, False  # uniform: the batch's items have one size
     for position, item in enumerate(items):
         cost = n_tokens(item)
         full = max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch
-        if batch and (full or position in starts):
+        same = not batch or (uniform and cost == longest)
+        at_start = position in starts
+        if batch and (full or (at_start and not (span and same)) or (spanned and not same)):
             yield batch
-            batch, longest = [], 0
+            batch, longest, uniform, spanned = [], 0, True, False
+        spanned = spanned or (bool(batch) and at_start)
+        uniform = uniform and (not batch or cost == longest)
         batch.append(item)
         longest = max(longest, cost)
     if batch:
@@ -224,10 +232,13 @@ def segments(
     max_batch: int,
     num_workers: int,
     starts: Collection[int] = (),
+    span: bool = False,
 ):
     """Yield the stream's rows as `Segment`s, prepared by `num_workers` worker processes: one batch each, in row
     order under the token budget, for an adapter without length buckets; else runs of
-    `shapes.segment_rows` rows batched by bucket. No segment spans a position in `starts` and the row before it."""
+    `shapes.segment_rows` rows batched by bucket. No segment spans a position in `starts` and the row before it,
+    unless `span` allows it where the batches have fixed shapes (a bucket's batches; a batch of one size, see
+    `batches_by_budget`): the caller then takes rows that run on into the next shard."""
     prepared = _Prepared(rows, adapter)
     # no worker: the items straight from the dataset (torch's single-process loader adds ~20 us per item)
     items = _raise_errors(
@@ -239,7 +250,7 @@ def segments(
     items = itertools.chain([first], items)
     if adapter.shape_bucket(first) is None:
         position = 0
-        for batch in batches_by_budget(items, adapter.n_tokens, max_tokens, max_batch, frozenset(starts)):
+        for batch in batches_by_budget(items, adapter.n_tokens, max_tokens, max_batch, frozenset(starts), span):
             digests = np.stack([item.pop(_DIGEST) for item in batch])
             yield Segment(position, batch, digests, [list(range(len(batch)))], None)
             position += len(batch)
@@ -248,7 +259,7 @@ def segments(
     run: list[dict[str, Any]] = []
     position = 0
     for offset, item in enumerate(itertools.chain(items, [None])):
-        if run and (item is None or offset in starts or len(run) >= rows_per_segment):
+        if run and (item is None or (offset in starts and not span) or len(run) >= rows_per_segment):
             digests = np.stack([x.pop(_DIGEST) for x in run])
             buckets = [adapter.shape_bucket(x) for x in run]
             plan = shapes.plan(buckets, max_tokens, max_batch)
@@ -332,21 +343,25 @@ def embed_stream(
     starts: Collection[int] = (),
     max_positions: int | None = None,
     capture=None,
+    span: bool = False,
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
-    spans a position in `starts` and the row before it. `capture(positions of the batch's rows, outputs)`, if
-    given, sees each batch's outputs before the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
+    spans a position in `starts` and the row before it, unless `span` lets batches of fixed shapes do so (see
+    `segments`). `capture(positions of the batch's rows, outputs)`, if given, sees each batch's outputs before
+    the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
     with torch.inference_mode(), autocast_for(device, precision):
         for assembly, offsets, copy, extras, last in one_behind(
-            _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture)
+            _launched(
+                adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture, span
+            )
         ):
             assembly.put(offsets, copy.result(), extras)
             if last:
                 yield assembly.result()
 
 
-def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture):
+def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture, span):
     """Per batch, its forward launched and its copy to the host queued: (the segment's assembly, offsets, the
     `HostCopy`, extras, whether it is the segment's last batch)."""
     for segment in segments(
@@ -357,6 +372,7 @@ def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, 
         max_batch=max_batch,
         num_workers=num_workers,
         starts=starts,
+        span=span,
     ):
         assembly = Assembly(len(segment.items), segment.digests)
         for k, (offsets, embedded, extras) in enumerate(

@@ -1,7 +1,8 @@
 """The embed stage under bad inputs and faults: windows past a chromosome end, errors raised in input workers,
-batches that stay inside one shard, workers that die with their parent, unwritable or full outputs, strict
+batches of fixed shapes across shard ends, workers that die with their parent, unwritable or full outputs, strict
 weight loading. Tiny models written here, inputs made by hand."""
 
+import dataclasses
 import errno
 import os
 import signal
@@ -151,22 +152,27 @@ def test_budget_batches_restart_at_every_boundary():
     assert batches == [[0, 1], [2], [3, 4], [5], [6, 7]]
 
 
-def test_batches_stay_inside_their_shard(inputs, tmp_path, monkeypatch):
+def test_batches_of_one_size_run_on_across_shard_ends(inputs, tmp_path, monkeypatch):
+    """Windows all have one size, so every batch is filled out to one shape and may hold rows of two shards: 8
+    windows in shards of 3, 3 and 2 take four full batches, not five with two short ones."""
     sizes = []
     original = EnformerAdapter.embed
 
     def recording(self, batch):
-        sizes.append(len({id(item) for item in batch}))  # distinct items: a short batch is filled with copies
+        sizes.append((len({id(item) for item in batch}), len(batch)))  # distinct items, and the shape's batch size
         return original(self, batch)
 
     monkeypatch.setattr(EnformerAdapter, "embed", recording)
     run_embed(config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2, fidelity_items=0))
-    assert sizes == [2, 1, 2, 1, 2]  # 8 items in shards of 3, 3, 2
+    assert sizes == [(2, 2)] * 4
 
 
 def test_every_forward_of_same_size_items_has_the_full_batch_size(inputs, tmp_path, monkeypatch):
     """A short batch of windows is filled out with copies, so an item's numbers never depend on how many items
-    it was embedded with: a shard's last row equals the same window embedded among full batches."""
+    it was embedded with: the last of 7 windows, alone in its batch, equals the same window embedded beside an
+    eighth."""
+    root, _ = inputs
+    pd.read_parquet(root / "dna.parquet").iloc[:7].to_parquet(root / "dna7.parquet")
     sizes = []
     original = EnformerAdapter.embed
 
@@ -175,15 +181,17 @@ def test_every_forward_of_same_size_items_has_the_full_batch_size(inputs, tmp_pa
         return original(self, batch)
 
     monkeypatch.setattr(EnformerAdapter, "embed", recording)
-    run_embed(config(inputs, "enformer", "dna", tmp_path / "a.zarr", shard_items=3, max_batch=2, fidelity_items=0))
-    assert sizes == [2, 2, 2, 2, 2]
-    run_embed(config(inputs, "enformer", "dna", tmp_path / "b.zarr", shard_items=8, max_batch=2, fidelity_items=0))
-    a, b = open_cache(tmp_path / "a.zarr")[:], open_cache(tmp_path / "b.zarr")[:]
-    assert np.array_equal(a.view(np.uint16), b.view(np.uint16))  # rows 2 and 5 were alone in their shard's batch
+    seven = config(inputs, "enformer", "dna", tmp_path / "a.zarr", max_batch=2, fidelity_items=0)
+    run_embed(dataclasses.replace(seven, input=str(root / "dna7.parquet")))
+    assert sizes == [2, 2, 2, 2]  # the fourth: window 6 and a copy of it
+    run_embed(config(inputs, "enformer", "dna", tmp_path / "b.zarr", max_batch=2, fidelity_items=0))
+    a, b = open_cache(tmp_path / "a.zarr")[:], open_cache(tmp_path / "b.zarr")[:7]
+    assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
 
 
 def test_resume_after_a_lost_shard_gives_the_same_bytes(inputs, tmp_path):
-    """A resumed shard is batched as in the first run (shard 1 alone, not joined to shard 2's rows)."""
+    """A resumed shard gives the bytes of the first run, though its rows now share batches with shard 2's (every
+    batch of windows has one fixed shape)."""
     cfg = config(inputs, "enformer", "dna", tmp_path / "c.zarr", shard_items=3, max_batch=2)
     run_embed(cfg)
     first = open_cache(tmp_path / "c.zarr")

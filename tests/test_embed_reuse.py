@@ -310,6 +310,52 @@ def test_proteins_of_many_lengths_and_rc_average_windows_reuse_byte_identically(
     same_arrays(str(tmp_path / "w_reused"), str(tmp_path / "w_full"))
 
 
+def test_rows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inputs, tmp_path, monkeypatch):
+    """The rows `--reuse` leaves to embed, one or two per shard, are batched across the shards' boundaries (each
+    batch still of one fixed shape), and the cache is the full embed's byte for byte, float32 storage."""
+    from dogmacache.embed.adapters.base import LayeredAdapter
+    from dogmacache.embed.stream import batches_by_budget
+
+    root, _ = inputs
+    pd.read_parquet(root / "new.parquet").sample(frac=1.0, random_state=1).to_parquet(root / "new_spread.parquet")
+    rng = np.random.default_rng(5)
+    letters = list("ACDEFGHIKLMNPQRSTVWY")
+    seqs = ["".join(rng.choice(letters, int(rng.integers(5, 60)))) for _ in range(40)]
+    pd.DataFrame({"id": [f"o{i}" for i in range(32)], "sequence": seqs[:32]}).to_parquet(root / "p_span_old.parquet")
+    new = pd.DataFrame({"id": [f"n{i}" for i in range(32)], "sequence": [*seqs[8:32], *seqs[32:40]]})
+    new.sample(frac=1.0, random_state=2).to_parquet(root / "p_span_new.parquet")
+    calls = []
+    embed = LayeredAdapter.embed  # Enformer's and ESM-2's forward, batch by batch
+    monkeypatch.setattr(LayeredAdapter, "embed", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
+    for model, old, new, shard_items in (
+        ("enformer", "old.parquet", "new_spread.parquet", 2),
+        ("esm2", "p_span_old.parquet", "p_span_new.parquet", 4),
+    ):
+        kw = {"model": model, "shard_items": shard_items, "dtype": "float32", "fidelity_items": 0}
+        run_embed(config(inputs, old, tmp_path / f"{model}_old", **kw))
+        run_embed(config(inputs, new, tmp_path / f"{model}_full", **kw))
+        calls.clear()
+        summary = run_embed(
+            config(inputs, new, tmp_path / f"{model}_reused", reuse=(str(tmp_path / f"{model}_old"),), **kw)
+        )
+        digests = open_cache(tmp_path / f"{model}_old").extra(ITEM_SHA256)[:]
+        known = {bytes(d) for d in digests}
+        fresh = [
+            r
+            for r, d in enumerate(open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:])
+            if bytes(d) not in known
+        ]
+        shards = {r // shard_items for r in fresh}
+        assert summary["embedded"] == len(fresh) and len(shards) >= 3  # new rows in several shards
+        assert len(calls) < len(shards), (model, calls, shards)  # batches ran on across the shards' ends
+        same_arrays(str(tmp_path / f"{model}_reused"), str(tmp_path / f"{model}_full"))
+    # items of several sizes never run on past a start; items of one size do, and stop at the first other size
+    sizes = [4, 4, 4, 8, 8, 4, 4]
+    assert [len(b) for b in batches_by_budget(sizes, int, 64, 64, {2, 5}, span=True)] == [3, 2, 2]
+    assert [len(b) for b in batches_by_budget(sizes, int, 64, 64, {2, 5}, span=False)] == [2, 3, 2]
+    assert [len(b) for b in batches_by_budget([4, 8, 4], int, 64, 64, {1}, span=True)] == [1, 2]
+
+
 def test_every_batch_of_a_bucket_has_its_length():
     from dogmacache.embed import shapes
 
