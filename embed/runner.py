@@ -286,8 +286,8 @@ def _run(
     reused, copier, sources = (
         _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
     )
-    # the rows to embed; each shard's first of them: a batch spans two shards only where its shape is fixed
-    # whatever rows it holds (`segments`' span), so that a shard's bytes depend on the shard alone
+    # the rows to embed; each shard's first of them: a batch spans two shards only where it is filled out to one
+    # shape whatever rows it holds (`batches_by_budget`' span), so that a shard's bytes depend on the shard alone
     todo_rows, starts = [], []
     for shard, a, b in todo:
         keep = np.ones(b - a, dtype=bool)

@@ -16,10 +16,11 @@ depend on its neighbours: a shard's last batch, the rows left to embed after `--
   rows, which also spares most of the padding of row-order batches.
 - Minus-strand windows under `--strand-policy rc-average` cost two forwards: they form their own bucket.
 
-Since every batch of one size (filled out) or of one bucket has a fixed shape whichever rows it holds, such
-batches may also run past a shard's end into the next shard (`stream.segments`' `span`, which `run_embed` uses):
-the rows `--reuse` or a resume leaves in many shards then fill whole batches, not one short batch per shard. A
-batch of items of several sizes never does.
+Since a filled-out batch of one size has one shape whichever rows it holds, such batches may also run past a
+shard's end into the next shard (`stream.batches_by_budget`' `span`, which `run_embed` uses): the windows
+`--reuse` or a resume leaves in many shards then fill whole batches, not one short batch per shard. Batches of
+several sizes are cut exactly as without it, so no shard's bytes depend on the shard before it; bucketed rows
+stay within their shard (a bucket's batch count changes with the rows it holds).
 
 The fillers' and copies' outputs are dropped. `plan` says which rows of a run form each batch; `filled` builds
 the batch the model sees.

@@ -160,24 +160,53 @@ def batches_by_budget(
 ):
     """Group a stream of prepared items into batches whose padded cost (B x longest) fits `max_tokens`; the
     items at positions `starts` open a new batch (shard boundaries: a shard's bytes then depend only on the
-    shard, since CPU kernels round differently at other batch sizes). With `span`, a batch of items of one size
-    runs on past a start while the items keep that size: it is filled out to the full batch of that size
-    (`shapes.filled`), a shape that does not depend on which items it holds."""
-    batch, longest, uniform, spanned = [], 0, True, False  # uniform: the batch's items have one size
+    shard, since CPU kernels round differently at other batch sizes). With `span`, runs of consecutive batches
+    whose items all have one size are joined across the starts (`_join_one_size`): such a batch is filled out
+    to one shape whichever items it holds (`shapes.filled`), and every batch of several sizes stays exactly as
+    cut without `span`, so no shard's bytes depend on the shard before it."""
+    cut = _cut_by_budget(items, n_tokens, max_tokens, max_batch, starts)
+    return _join_one_size(cut, n_tokens, max_tokens, max_batch) if span else cut
+
+
+def _cut_by_budget(items, n_tokens, max_tokens: int, max_batch: int, starts: Collection[int]):
+    batch, longest = [], 0
     for position, item in enumerate(items):
         cost = n_tokens(item)
         full = max(longest, cost) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch
-        same = not batch or (uniform and cost == longest)
-        at_start = position in starts
-        if batch and (full or (at_start and not (span and same)) or (spanned and not same)):
+        if batch and (full or position in starts):
             yield batch
-            batch, longest, uniform, spanned = [], 0, True, False
-        spanned = spanned or (bool(batch) and at_start)
-        uniform = uniform and (not batch or cost == longest)
+            batch, longest = [], 0
         batch.append(item)
         longest = max(longest, cost)
     if batch:
         yield batch
+
+
+def _join_one_size(batches, n_tokens, max_tokens: int, max_batch: int):
+    """Each run of consecutive batches whose items all have one size, joined and cut again into full batches of
+    that size (`shapes.per_batch`; the run's last may be short); every other batch as it is, in its place."""
+    held: list = []
+    size = None
+    for batch in batches:
+        sizes = {n_tokens(item) for item in batch}
+        if len(sizes) != 1:
+            if held:
+                yield held
+            held, size = [], None
+            yield batch
+            continue
+        (one,) = sizes
+        if held and one != size:
+            yield held
+            held = []
+        size = one
+        held.extend(batch)
+        full = shapes.per_batch(one, max_tokens, max_batch)
+        while len(held) >= full:
+            yield held[:full]
+            held = held[full:]
+    if held:
+        yield held
 
 
 def _loader(dataset: _Prepared, device: torch.device, num_workers: int) -> torch.utils.data.DataLoader:
@@ -237,8 +266,9 @@ def segments(
     """Yield the stream's rows as `Segment`s, prepared by `num_workers` worker processes: one batch each, in row
     order under the token budget, for an adapter without length buckets; else runs of
     `shapes.segment_rows` rows batched by bucket. No segment spans a position in `starts` and the row before it,
-    unless `span` allows it where the batches have fixed shapes (a bucket's batches; a batch of one size, see
-    `batches_by_budget`): the caller then takes rows that run on into the next shard."""
+    unless `span` joins batches of one size across it (`batches_by_budget`): the caller then takes rows that run
+    on into the next shard. Bucketed runs always stop at a start (a bucket's batches have one length, but their
+    count changes with the rows they hold, which a GPU's kernels need not ignore)."""
     prepared = _Prepared(rows, adapter)
     # no worker: the items straight from the dataset (torch's single-process loader adds ~20 us per item)
     items = _raise_errors(
@@ -259,7 +289,7 @@ def segments(
     run: list[dict[str, Any]] = []
     position = 0
     for offset, item in enumerate(itertools.chain(items, [None])):
-        if run and (item is None or (offset in starts and not span) or len(run) >= rows_per_segment):
+        if run and (item is None or offset in starts or len(run) >= rows_per_segment):
             digests = np.stack([x.pop(_DIGEST) for x in run])
             buckets = [adapter.shape_bucket(x) for x in run]
             plan = shapes.plan(buckets, max_tokens, max_batch)
@@ -347,7 +377,7 @@ def embed_stream(
 ):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
     batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
-    spans a position in `starts` and the row before it, unless `span` lets batches of fixed shapes do so (see
+    spans a position in `starts` and the row before it, unless `span` lets batches of one size do so (see
     `segments`). `capture(positions of the batch's rows, outputs)`, if given, sees each batch's outputs before
     the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
     with torch.inference_mode(), autocast_for(device, precision):

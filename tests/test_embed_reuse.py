@@ -310,11 +310,11 @@ def test_proteins_of_many_lengths_and_rc_average_windows_reuse_byte_identically(
     same_arrays(str(tmp_path / "w_reused"), str(tmp_path / "w_full"))
 
 
-def test_rows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inputs, tmp_path, monkeypatch):
-    """The rows `--reuse` leaves to embed, one or two per shard, are batched across the shards' boundaries (each
-    batch still of one fixed shape), and the cache is the full embed's byte for byte, float32 storage."""
+def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inputs, tmp_path, monkeypatch):
+    """The windows `--reuse` leaves to embed, one or two per shard, are batched across the shards' boundaries (each
+    batch still filled out to one shape); bucketed proteins stay within their shard. Either way the cache is the
+    full embed's byte for byte, float32 storage."""
     from dogmacache.embed.adapters.base import LayeredAdapter
-    from dogmacache.embed.stream import batches_by_budget
 
     root, _ = inputs
     pd.read_parquet(root / "new.parquet").sample(frac=1.0, random_state=1).to_parquet(root / "new_spread.parquet")
@@ -347,13 +347,37 @@ def test_rows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inputs
         ]
         shards = {r // shard_items for r in fresh}
         assert summary["embedded"] == len(fresh) and len(shards) >= 3  # new rows in several shards
-        assert len(calls) < len(shards), (model, calls, shards)  # batches ran on across the shards' ends
+        if model == "enformer":  # windows: batches ran on across the shards' ends
+            assert len(calls) < len(shards), (calls, shards)
+        else:  # bucketed proteins stay within their shard: at least one batch per shard
+            assert len(calls) >= len(shards), (calls, shards)
         same_arrays(str(tmp_path / f"{model}_reused"), str(tmp_path / f"{model}_full"))
-    # items of several sizes never run on past a start; items of one size do, and stop at the first other size
-    sizes = [4, 4, 4, 8, 8, 4, 4]
-    assert [len(b) for b in batches_by_budget(sizes, int, 64, 64, {2, 5}, span=True)] == [3, 2, 2]
-    assert [len(b) for b in batches_by_budget(sizes, int, 64, 64, {2, 5}, span=False)] == [2, 3, 2]
-    assert [len(b) for b in batches_by_budget([4, 8, 4], int, 64, 64, {1}, span=True)] == [1, 2]
+
+
+def test_joined_batches_leave_every_batch_of_several_sizes_as_it_was():
+    """With `span`, only batches of one size are joined across starts; a batch of several sizes (whose shape
+    depends on its items) is cut exactly as without it, so a shard never depends on the shard before it."""
+    from dogmacache.embed.shapes import per_batch
+    from dogmacache.embed.stream import batches_by_budget
+
+    # five windows, a shard start at 2, batches of up to 4: joined into one full batch and one short
+    assert [len(b) for b in batches_by_budget([4] * 5, int, 64, 4, {2}, span=True)] == [4, 1]
+    assert [len(b) for b in batches_by_budget([4] * 5, int, 64, 4, {2}, span=False)] == [2, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        sizes = rng.choice([4, 4, 4, 8, 16], n).tolist()
+        starts = set(rng.choice(n, int(rng.integers(0, 5))).tolist())
+        max_tokens, max_batch = int(rng.choice([16, 32, 64])), int(rng.integers(1, 6))
+        cost = sizes.__getitem__
+        plain = [tuple(b) for b in batches_by_budget(range(n), cost, max_tokens, max_batch, starts)]
+        joined = [tuple(b) for b in batches_by_budget(range(n), cost, max_tokens, max_batch, starts, span=True)]
+        assert [i for b in joined for i in b] == list(range(n))  # every item once, in order
+        assert {b for b in joined if len({sizes[i] for i in b}) > 1} == {
+            b for b in plain if len({sizes[i] for i in b}) > 1
+        }
+        for b in joined:  # a joined batch of one size never exceeds the full batch its items are filled out to
+            assert len({sizes[i] for i in b}) > 1 or len(b) <= per_batch(sizes[b[0]], max_tokens, max_batch)
 
 
 def test_every_batch_of_a_bucket_has_its_length():
