@@ -55,12 +55,15 @@ def protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFram
     return pd.DataFrame({"sequence": out})
 
 
-# (label, model, modality, items maker, table sizes as multiples of n_items). ESM-2 also at 8x: its forward (~0.6
-# ms per tiny protein) is so short that a run's fixed cost (opening the sources, the receipt, the manifest, ~20 ms)
-# weighs on a table of 1,024; a recipe's tables hold thousands (the human proteome: ~20,000 proteins)
+# (label, model, modality, items maker, table sizes as multiples of n_items, rows per shard: None for the default,
+# which puts these tiny tables in one shard). ESM-2 also at 8x: its forward (~0.3 ms per tiny protein on 2 threads)
+# is so short that a run's fixed cost (opening the sources, the receipt, the manifest, ~15 ms) weighs on a table of
+# 1,024; a recipe's tables hold thousands (the human proteome: ~20,000 proteins). Enformer also in shards of 64, as
+# a full-size cache's ~1 GiB shards hold ~190 windows: the new windows, a few per shard, share batches across them
 CASES = (
-    ("Enformer, DNA windows", "enformer", "dna", dna_items, (1,)),
-    ("ESM-2, proteins", "esm2", "protein", protein_items, (1, 8)),
+    ("Enformer, DNA windows", "enformer", "dna", dna_items, (1,), None),
+    ("Enformer, DNA windows, shards of 64", "enformer", "dna", dna_items, (1,), 64),
+    ("ESM-2, proteins", "esm2", "protein", protein_items, (1, 8), None),
 )
 
 
@@ -79,9 +82,11 @@ def _compare(a: str, b: str) -> dict[str, Any]:
     }
 
 
-def _case(root, models, label, model, modality, make, n_items, num_workers, rng, seed, repeats) -> dict[str, Any]:
+def _case(
+    root, models, label, model, modality, make, n_items, num_workers, rng, seed, repeats, shard_items=None
+) -> dict[str, Any]:
     """One table of `n_items` embedded in full and with --reuse, `repeats` times each, alternated."""
-    name = f"{model}{n_items}"
+    name = f"{model}{n_items}s{shard_items or 0}"
     items = make(root / "recipe", 2 * n_items, rng)
     old = items.iloc[:n_items].assign(id=[f"old{i}" for i in range(n_items)])
     n_new = int(round(n_items * (1 - OVERLAP)))
@@ -102,6 +107,7 @@ def _case(root, models, label, model, modality, make, n_items, num_workers, rng,
             device="cpu",
             num_workers=num_workers,
             progress=False,
+            shard_items=shard_items,
             **kwargs,
         )
 
@@ -146,10 +152,11 @@ def bench_reuse(
             build_demo(root / "recipe")
             models = make_tiny(root / "models")
         rows = []
-        for label, model, modality, make, scales in CASES:
+        for label, model, modality, make, scales, shard_items in CASES:
             for scale in scales:
+                n = n_items * scale
                 rows.append(
-                    _case(root, models, label, model, modality, make, n_items * scale, num_workers, rng, seed, repeats)
+                    _case(root, models, label, model, modality, make, n, num_workers, rng, seed, repeats, shard_items)
                 )
         return {"n_items": n_items, "num_workers": num_workers, "repeats": repeats, "cases": rows}
     finally:

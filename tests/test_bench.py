@@ -362,12 +362,18 @@ def test_compiled_enformer_rows_at_tiny_size_on_cpu():
 
 
 def test_reuse_section_at_tiny_size(tmp_path):
-    """Each case in full and with --reuse (ESM-2 at two table sizes), byte-identical, with the target's column."""
+    """Each case in full and with --reuse (Enformer also in small shards, ESM-2 at two table sizes), byte-identical,
+    with the target's column."""
     from dogmacache.bench.reuse import bench_reuse, reuse_tables
 
     result = bench_reuse(n_items=20, workdir=str(tmp_path), repeats=1)
     cases = result["cases"]
-    assert [(c["label"].split(",")[0], c["items"]) for c in cases] == [("Enformer", 20), ("ESM-2", 20), ("ESM-2", 160)]
+    assert [(c["label"].split(",")[0], c["items"]) for c in cases] == [
+        ("Enformer", 20),
+        ("Enformer", 20),  # in shards of 64
+        ("ESM-2", 20),
+        ("ESM-2", 160),
+    ]
     for case in cases:
         assert case["identical"] and case["rows_differing"] == 0, case
         assert case["overlap"] == pytest.approx(0.9, abs=0.03)
