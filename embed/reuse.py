@@ -174,29 +174,41 @@ def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) ->
 
 
 class RowCopier:
-    """Rows of the sources as stored, each source shard read whole once and checked against its manifest's
-    sha256 before any row of it is used (the last shard read is kept for the next request)."""
+    """Rows of the sources as stored. The first time a source shard is needed it is read whole and checked against
+    its manifest's sha256 before any row of it is used; its extras (a few bytes per row) are kept, and its stored
+    rows until another shard is read. A shard checked before gives later requests just the rows asked for, each
+    checked by its own crc32c: a table in another order than its source asks every source shard for rows again for
+    every shard it fills, and reading each whole every time made copying grow with the square of the shards."""
 
     def __init__(self, sources: list[Source], dtype: str):
         self.sources, self.dtype = sources, dtype
-        self._held: tuple[int, int, list[np.ndarray]] | None = None
+        self._held: tuple[int, int, np.ndarray] | None = None  # (source, shard, its stored rows): the last read whole
+        self._extras: dict[tuple[int, int], list[np.ndarray]] = {}  # per shard checked: its extras, manifest order
 
-    def _blocks(self, s: int, shard: int) -> list[np.ndarray]:
+    def _checked(self, s: int, shard: int) -> list[np.ndarray]:
+        """The extras of source `s`'s `shard`, the shard read whole and checked against its sha256 the first time."""
+        key = (s, shard)
+        if key not in self._extras:
+            cache = self.sources[s].cache
+            extras = cache.shard_blocks(shard, embeddings=False)  # from their chunk files, each chunk's crc32c checked
+            start, stop = cache.manifest.shard_rows(shard)
+            stored = np.ascontiguousarray(cache.read_rows(np.arange(start, stop))).view(layout.zarr_dtype(self.dtype))
+            if shard_digest([stored, *extras]).hex() != cache.manifest.shards[shard]:
+                raise CacheError(
+                    f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
+                    "records; run `dogmacache cache verify` on it, or drop it from --reuse"
+                )
+            self._held = (s, shard, stored.view(layout.numpy_view(self.dtype)))  # bfloat16 bits as ml_dtypes'
+            self._extras[key] = extras
+        return self._extras[key]
+
+    def _stored(self, s: int, shard: int, local: np.ndarray) -> np.ndarray:
+        """Stored rows `local` (offsets in the shard) of a checked shard: from the one held, else read by row."""
         if self._held is not None and self._held[:2] == (s, shard):
-            return self._held[2]
+            return self._held[2][local]
         cache = self.sources[s].cache
-        blocks = cache.shard_blocks(shard, embeddings=False)  # the extras, through zarr (one chunk per shard)
-        start, stop = cache.manifest.shard_rows(shard)
-        stored = np.ascontiguousarray(cache.read_rows(np.arange(start, stop)))  # the reader's fast, checked path
-        blocks = [stored.view(layout.zarr_dtype(self.dtype)), *blocks]
-        if shard_digest(blocks).hex() != cache.manifest.shards[shard]:
-            raise CacheError(
-                f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
-                "records; run `dogmacache cache verify` on it, or drop it from --reuse"
-            )
-        blocks[0] = blocks[0].view(layout.numpy_view(self.dtype))  # bfloat16 bits as ml_dtypes' bfloat16
-        self._held = (s, shard, blocks)
-        return blocks
+        rows = cache.read_rows(shard * cache.manifest.shard_items + local)  # each row's crc32c checked
+        return np.ascontiguousarray(rows).view(layout.zarr_dtype(self.dtype)).view(layout.numpy_view(self.dtype))
 
     def take(self, s: int, rows: np.ndarray) -> list[np.ndarray]:
         """[embeddings, *extras in the source's manifest order] of `rows` of source `s`, in the order given."""
@@ -204,11 +216,13 @@ class RowCopier:
         per = cache.manifest.shard_items
         out: list[np.ndarray] | None = None
         for shard in np.unique(rows // per):
-            blocks = self._blocks(s, int(shard))
             at = np.flatnonzero(rows // per == shard)
+            local = rows[at] - shard * per
+            extras = self._checked(s, int(shard))
+            blocks = [self._stored(s, int(shard), local), *(extra[local] for extra in extras)]
             if out is None:
                 out = [np.empty((len(rows), *b.shape[1:]), dtype=b.dtype) for b in blocks]
             for target, block in zip(out, blocks, strict=True):
-                target[at] = block[rows[at] - shard * per]
+                target[at] = block
         assert out is not None
         return out

@@ -314,6 +314,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     """The windows `--reuse` leaves to embed, one or two per shard, are batched across the shards' boundaries (each
     batch still filled out to one shape); bucketed proteins stay within their shard. Either way the cache is the
     full embed's byte for byte, float32 storage."""
+    from dogmacache.cache.writer import shard_digest
     from dogmacache.embed.adapters.base import LayeredAdapter
 
     root, _ = inputs
@@ -327,6 +328,8 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     calls = []
     embed = LayeredAdapter.embed  # Enformer's and ESM-2's forward, batch by batch
     monkeypatch.setattr(LayeredAdapter, "embed", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
+    checked = []  # source shards read whole and checked against their sha256
+    monkeypatch.setattr(reuse, "shard_digest", lambda blocks: checked.append(1) or shard_digest(blocks))
     for model, old, new, shard_items in (
         ("enformer", "old.parquet", "new_spread.parquet", 2),
         ("esm2", "p_span_old.parquet", "p_span_new.parquet", 4),
@@ -335,11 +338,18 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
         run_embed(config(inputs, old, tmp_path / f"{model}_old", **kw))
         run_embed(config(inputs, new, tmp_path / f"{model}_full", **kw))
         calls.clear()
+        checked.clear()
         summary = run_embed(
             config(inputs, new, tmp_path / f"{model}_reused", reuse=(str(tmp_path / f"{model}_old"),), **kw)
         )
         digests = open_cache(tmp_path / f"{model}_old").extra(ITEM_SHA256)[:]
         known = {bytes(d) for d in digests}
+        source_shards = {
+            r // shard_items
+            for r, d in enumerate(digests)
+            if bytes(d) in {bytes(x) for x in open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:]}
+        }
+        assert len(checked) == len(source_shards) >= 3  # each source shard checked once, not once per shard filled
         fresh = [
             r
             for r, d in enumerate(open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:])
