@@ -13,6 +13,7 @@ the sha256 its manifest records before any of its rows is copied; the model runs
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,16 +174,20 @@ def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) ->
     return ReusePlan(sources, source, row)
 
 
+HOLD_BYTES = 1 << 30  # stored rows of checked source shards kept in memory, at most about this much
+
+
 class RowCopier:
     """Rows of the sources as stored. The first time a source shard is needed it is read whole and checked against
     its manifest's sha256 before any row of it is used; its extras (a few bytes per row) are kept, and its stored
-    rows until another shard is read. A shard checked before gives later requests just the rows asked for, each
-    checked by its own crc32c: a table in another order than its source asks every source shard for rows again for
-    every shard it fills, and reading each whole every time made copying grow with the square of the shards."""
+    rows while they fit in HOLD_BYTES (the shards used longest ago let go first). A shard checked before whose rows
+    were let go gives later requests just the rows asked for, each checked by its own crc32c. A table in another
+    order than its source asks every source shard for rows again for every shard it fills: reading each whole
+    every time made copying grow with the square of the shards."""
 
     def __init__(self, sources: list[Source], dtype: str):
         self.sources, self.dtype = sources, dtype
-        self._held: tuple[int, int, np.ndarray] | None = None  # (source, shard, its stored rows): the last read whole
+        self._held: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (source, shard) -> its stored rows
         self._extras: dict[tuple[int, int], list[np.ndarray]] = {}  # per shard checked: its extras, manifest order
 
     def _checked(self, s: int, shard: int) -> list[np.ndarray]:
@@ -198,14 +203,21 @@ class RowCopier:
                     f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
                     "records; run `dogmacache cache verify` on it, or drop it from --reuse"
                 )
-            self._held = (s, shard, stored.view(layout.numpy_view(self.dtype)))  # bfloat16 bits as ml_dtypes'
+            self._hold(key, stored.view(layout.numpy_view(self.dtype)))  # bfloat16 bits as ml_dtypes' bfloat16
             self._extras[key] = extras
         return self._extras[key]
 
+    def _hold(self, key: tuple[int, int], stored: np.ndarray) -> None:
+        self._held[key] = stored
+        while len(self._held) > 1 and sum(block.nbytes for block in self._held.values()) > HOLD_BYTES:
+            self._held.popitem(last=False)
+
     def _stored(self, s: int, shard: int, local: np.ndarray) -> np.ndarray:
-        """Stored rows `local` (offsets in the shard) of a checked shard: from the one held, else read by row."""
-        if self._held is not None and self._held[:2] == (s, shard):
-            return self._held[2][local]
+        """Stored rows `local` (offsets in the shard) of a checked shard: from memory if held, else read by row."""
+        held = self._held.get((s, shard))
+        if held is not None:
+            self._held.move_to_end((s, shard))
+            return held[local]
         cache = self.sources[s].cache
         rows = cache.read_rows(shard * cache.manifest.shard_items + local)  # each row's crc32c checked
         return np.ascontiguousarray(rows).view(layout.zarr_dtype(self.dtype)).view(layout.numpy_view(self.dtype))

@@ -329,6 +329,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     embed = LayeredAdapter.embed  # Enformer's and ESM-2's forward, batch by batch
     monkeypatch.setattr(LayeredAdapter, "embed", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
     checked = []  # source shards read whole and checked against their sha256
+    n_checked = {}
     monkeypatch.setattr(reuse, "shard_digest", lambda blocks: checked.append(1) or shard_digest(blocks))
     for model, old, new, shard_items in (
         ("enformer", "old.parquet", "new_spread.parquet", 2),
@@ -350,6 +351,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
             if bytes(d) in {bytes(x) for x in open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:]}
         }
         assert len(checked) == len(source_shards) >= 3  # each source shard checked once, not once per shard filled
+        n_checked[model] = len(checked)
         fresh = [
             r
             for r, d in enumerate(open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:])
@@ -362,6 +364,13 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
         else:  # bucketed proteins stay within their shard: at least one batch per shard
             assert len(calls) >= len(shards), (calls, shards)
         same_arrays(str(tmp_path / f"{model}_reused"), str(tmp_path / f"{model}_full"))
+    # source shards let go of (no memory to hold them): their rows read one by one, the same bytes
+    monkeypatch.setattr(reuse, "HOLD_BYTES", 0)
+    checked.clear()
+    kw = {"model": "enformer", "shard_items": 2, "dtype": "float32", "fidelity_items": 0}
+    run_embed(config(inputs, "new_spread.parquet", tmp_path / "lean", reuse=(str(tmp_path / "enformer_old"),), **kw))
+    same_arrays(str(tmp_path / "lean"), str(tmp_path / "enformer_full"))
+    assert len(checked) == n_checked["enformer"]  # still each source shard checked once
 
 
 def test_joined_batches_leave_every_batch_of_several_sizes_as_it_was():
