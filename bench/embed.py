@@ -38,7 +38,7 @@ from dogmacache.bench.enformer import (
 )
 from dogmacache.bench.mfu import mfu_cell, target_scope
 from dogmacache.bench.report import Table, fmt, pct, table, verdict
-from dogmacache.bench.timing import timed_run_embed
+from dogmacache.bench.timing import demo_config, timed_run_embed
 from dogmacache.embed.runner import EmbedConfig
 
 __all__ = [
@@ -120,19 +120,10 @@ def bench_embed_tiny(
             path = root / f"input{i}.parquet"
             table.to_parquet(path)
             table.iloc[: min(4, len(table))].to_parquet(root / f"warmup{i}.parquet")
-            genome = str(root / "recipe" / "genome.fa") if case.modality == "dna" else None
 
-            def config(table_path: Path, out: str, case=case, genome=genome) -> EmbedConfig:
-                return EmbedConfig(
-                    input=str(table_path),
-                    modality=case.modality,
-                    model=case.model,
-                    out=out,
-                    model_path=str(models[case.model]),
-                    genome=genome,
-                    device=device,
-                    num_workers=num_workers,
-                    progress=False,
+            def config(table_path: Path, out: str, case=case) -> EmbedConfig:
+                return demo_config(
+                    root, models, case.model, case.modality, table_path, out, device=device, num_workers=num_workers
                 )
 
             timed_run_embed(config(root / f"warmup{i}.parquet", str(root / f"warmup{i}.zarr")))

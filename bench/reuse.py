@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.bench.report import Table, table, verdict
-from dogmacache.bench.timing import timed_run_embed
+from dogmacache.bench.timing import demo_config, timed_run_embed
 from dogmacache.embed.runner import EmbedConfig
 
 OVERLAP = 0.9
@@ -97,18 +97,9 @@ def _case(
         frame.to_parquet(root / f"{name}_{part}.parquet")
 
     def config(part: str, out: str, **kwargs) -> EmbedConfig:
-        return EmbedConfig(
-            input=str(root / f"{name}_{part}.parquet"),
-            modality=modality,
-            model=model,
-            out=str(root / out),
-            model_path=str(models[model]),
-            genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
-            device="cpu",
-            num_workers=num_workers,
-            progress=False,
-            shard_items=shard_items,
-            **kwargs,
+        table = root / f"{name}_{part}.parquet"
+        return demo_config(
+            root, models, model, modality, table, root / out, num_workers=num_workers, shard_items=shard_items, **kwargs
         )
 
     timed_run_embed(config("warmup", f"{name}_warmup"))

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.bench.report import Table, table, verdict
-from dogmacache.bench.timing import timed_run_embed
+from dogmacache.bench.timing import demo_config, timed_run_embed
 from dogmacache.cache import open_cache
 from dogmacache.devices import usable_cores
-from dogmacache.embed.runner import EmbedConfig
 
 TARGET_DEFAULT_OVER_BEST = 1.2  # the default's median seconds at most this times the best setting's
 BUSY_LOOP = "while True: pass"
@@ -70,18 +69,16 @@ def bench_threads(
         for label, unit, path, modality, model in cases:
 
             def config(workers: int | None, threads: int | None, path=path, modality=modality, model=model):
-                return EmbedConfig(
-                    input=str(path),
-                    modality=modality,
-                    model=model,
-                    out=str(root / "cache.zarr"),
-                    model_path=str(models[model]),
-                    genome=str(root / "recipe" / "genome.fa") if modality == "dna" else None,
-                    device="cpu",
+                return demo_config(
+                    root,
+                    models,
+                    model,
+                    modality,
+                    path,
+                    root / "cache.zarr",
                     num_workers=workers,
                     torch_threads=threads,
                     overwrite=True,
-                    progress=False,
                     fidelity_items=0,
                 )
 

@@ -10,6 +10,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -181,6 +182,24 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def demo_config(root, models, model: str, modality: str, table, out, **kwargs) -> EmbedConfig:
+    """`dogmacache embed` of the demo's tiny `model` (`models[model]`, a folder) over `table` into `out`, quiet (no
+    progress bar), with the genome of the demo recipe under `root` for DNA; `kwargs` set the rest (the device is
+    the CPU unless they say otherwise)."""
+    from dogmacache.embed.runner import EmbedConfig
+
+    return EmbedConfig(
+        input=str(table),
+        modality=modality,
+        model=model,
+        out=str(out),
+        model_path=str(models[model]),
+        genome=str(Path(root) / "recipe" / "genome.fa") if modality == "dna" else None,
+        progress=False,
+        **{"device": "cpu", **kwargs},
+    )
 
 
 def timed_run_embed(config: EmbedConfig) -> dict[str, Any]:
