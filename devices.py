@@ -125,10 +125,10 @@ def default_workers_threads(device_type: str, cores: int, cheap_inputs: bool = F
     `make bench-gpu`). `cheap_inputs` (an adapter whose items cost less to prepare than to pass between processes):
     no worker, and on the CPU its core goes to the threads.
 
-    Measured on 2 cores (README, Measured on 2 CPU cores, the threads rows), the demo's 180 Enformer windows: idle,
-    0 workers + 2 threads 0.79 s, 1 worker + 1 thread 1.29 s, 0 + 1 1.21 s; with one busy process beside it 3.07,
-    1.32 and 1.21 s. More threads than free cores spin-wait against each other, so `cpu_plan` gives this the cores
-    other processes leave free (`CoreWatch`)."""
+    Measured on 2 cores (README, Measured on 2 CPU cores, the input workers and torch threads row), the demo's 180
+    Enformer windows: idle, 0 workers + 2 threads 0.765 s, 1 worker + 1 thread 1.29 s, 0 + 1 1.17 s; with one busy
+    process beside it 3.31, 1.28 and 1.15 s. More threads than free cores spin-wait against each other, so
+    `cpu_plan` gives this the cores other processes leave free (`CoreWatch`)."""
     if device_type == "cuda":
         threads = 1 if cores <= 4 else 2
         return (0 if cheap_inputs else max(0, min(4, cores - threads))), threads
@@ -166,8 +166,9 @@ def cpu_jiffies(cpus: set[int], stat: Path = PROC_STAT) -> tuple[int, int] | Non
 
 class CoreWatch:
     """Watches the CPUs this process may run on from its creation until `busy()`: how many of them other processes
-    kept busy meanwhile. A run creates it before loading its model, so the watching costs no time of its own; the
-    first answer is kept, so every plan made from one watch agrees."""
+    kept busy meanwhile. A run creates it before loading its model, so the watching costs time only where the load
+    takes less than PROBE_SECONDS (then it sleeps the rest); the first answer is kept, so every plan made from one
+    watch agrees."""
 
     def __init__(self, cpus: set[int] | None = None, stat: Path = PROC_STAT):
         self.cpus, self.stat = (cpus if cpus is not None else affinity()), stat
@@ -197,14 +198,6 @@ class CoreWatch:
             return None
         share = (after[0] - before[0]) / (after[1] - before[1])
         return max(0.0, share * self.watched - own / max(wall, 1e-9))
-
-
-def busy_elsewhere(
-    seconds: float = PROBE_SECONDS, cpus: set[int] | None = None, stat: Path = PROC_STAT
-) -> float | None:
-    """How many of `cpus` (default: those this process may run on) other processes keep busy, watched for
-    `seconds` from now (`CoreWatch`)."""
-    return CoreWatch(cpus, stat).busy(seconds)
 
 
 def free_cores(cores: int, busy: float | None, watched: int | None = None) -> int:

@@ -7,8 +7,9 @@ Sections (all by default, each a couple of minutes on 2 CPU cores):
   Enformer on CPU with `--full-enformer` (~28 s per window on 2 cores); on a CUDA machine also the
   full-size Enformer's fp32 / bf16 batch sweep, bf16 deviation, and the runner path's GPU busy fraction
   (`bench/embed.py`).
-- threads: the demo's Enformer windows on CPU with the default input workers and torch threads against fixed
-  settings, as the machine is and with one busy process added (`bench/threads.py`).
+- threads: the demo's Enformer windows and 2,048 tiny ESM-2 proteins on CPU with the default input workers and
+  torch threads (as each run decides them) against fixed settings, as the machine is and with one busy process
+  added (`bench/threads.py`).
 - reuse: a table overlapping an existing cache by 90 % embedded with `--reuse` against a full embed, on the
   tiny demo models (`bench/reuse.py`).
 - cdt: training steps of the fast CDT against the per-sample reference, each in a fresh process

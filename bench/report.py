@@ -23,7 +23,7 @@ from typing import Any
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import CoreWatch, affinity
 
-BUSY_WARNING = 0.2  # fraction of all cores busy with other processes at a section's start
+BUSY_WARNING = 0.2  # share of the CPUs this process may run on that other processes keep busy at a section's start
 
 Table = dict[str, Any]
 TablesFor = Callable[[dict[str, Any]], list[Table]]  # a section's results -> its tables

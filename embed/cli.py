@@ -83,8 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="torch intra-op threads (default: OMP_NUM_THREADS when set, else on --device cpu the free cores the input "
-        "workers leave, cores other processes kept busy over 0.1 s given up; on a GPU 1 or 2; never more than "
-        "torch's own count); recorded in the manifest as torch_threads",
+        "workers leave, giving up cores other processes kept busy while the model loaded (at least 0.1 s); on a GPU 1 "
+        "or 2; never more than torch's own count); recorded in the manifest as torch_threads",
     )
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
     p.add_argument(

@@ -111,9 +111,9 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     check_output(config.out)
     table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
     # dask workers prepare their own inputs (no DataLoader children): the manifest records 0 input workers; a
-    # local cluster's workers share this machine's cores, so each gets its share of threads unless told
-    threads = config.torch_threads or (max(1, usable_cores() // max(1, n_workers)) if scheduler is None else None)
-    settings = resolve(replace(config, num_workers=0, torch_threads=threads), adapter, pick_device(config.device))
+    # local cluster's workers share this machine's cores, so each is planned for its share of them
+    share = max(1, usable_cores() // max(1, n_workers)) if scheduler is None else None
+    settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), cores=share)
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))

@@ -174,13 +174,14 @@ def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) ->
     return ReusePlan(sources, source, row)
 
 
-HOLD_BYTES = 1 << 30  # stored rows of checked source shards kept in memory, at most about this much
+HOLD_BYTES = 1 << 30  # stored rows of checked source shards kept in memory: about this much, and always the last
 
 
 class RowCopier:
     """Rows of the sources as stored. The first time a source shard is needed it is read whole and checked against
     its manifest's sha256 before any row of it is used; its extras (a few bytes per row) are kept, and its stored
-    rows while they fit in HOLD_BYTES (the shards used longest ago let go first). A shard checked before whose rows
+    rows while all held fit in HOLD_BYTES (the shards used longest ago let go first; the shard read last is always
+    held, so with ~1 GiB shards two may be in memory for a moment). A shard checked before whose rows
     were let go gives later requests just the rows asked for, each checked by its own crc32c. A table in another
     order than its source asks every source shard for rows again for every shard it fills: reading each whole
     every time made copying grow with the square of the shards."""

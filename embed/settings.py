@@ -148,11 +148,16 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 
 
 def resolve(
-    config: EmbedConfig, adapter: EmbeddingAdapter, device: torch.device, watch: CoreWatch | None = None
+    config: EmbedConfig,
+    adapter: EmbeddingAdapter,
+    device: torch.device,
+    watch: CoreWatch | None = None,
+    cores: int | None = None,
 ) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
     never exceed torch's current count (a caller's `torch.set_num_threads` holds). `watch`: the cores, watched
-    since before the model load (`devices.CoreWatch`)."""
+    since before the model load (`devices.CoreWatch`). `cores`: this process's share of the machine's cores where
+    it shares them with processes of its own (a local dask cluster's workers), which are not watched."""
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
     # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
     cpu = cpu_plan(
@@ -162,6 +167,8 @@ def resolve(
         ceiling=torch.get_num_threads(),
         cheap_inputs=adapter.cheap_inputs,
         watch=watch,
+        cores=cores,
+        busy=0.0 if cores else None,
     )
     note = busy_note(cpu, "--threads N")
     if note:

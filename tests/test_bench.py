@@ -370,10 +370,11 @@ def test_reuse_section_at_tiny_size(tmp_path):
     cases = result["cases"]
     assert [(c["label"].split(",")[0], c["items"]) for c in cases] == [
         ("Enformer", 20),
-        ("Enformer", 20),  # in shards of 64
+        ("Enformer", 20),  # in 16 shards
         ("ESM-2", 20),
         ("ESM-2", 160),
     ]
+    assert (cases[0]["shards"], cases[1]["shards"]) == (1, 20)  # 20 windows in "16 shards": shards of one window
     for case in cases:
         assert case["identical"] and case["rows_differing"] == 0, case
         assert case["overlap"] == pytest.approx(0.9, abs=0.03)

@@ -314,6 +314,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     """The windows `--reuse` leaves to embed, one or two per shard, are batched across the shards' boundaries (each
     batch still filled out to one shape); bucketed proteins stay within their shard. Either way the cache is the
     full embed's byte for byte, float32 storage."""
+    from dogmacache.cache.reader import EmbeddingCache
     from dogmacache.cache.writer import shard_digest
     from dogmacache.embed.adapters.base import LayeredAdapter
 
@@ -330,6 +331,9 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     monkeypatch.setattr(LayeredAdapter, "embed", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
     checked = []  # source shards read whole and checked against their sha256
     n_checked = {}
+    reads = []  # read_rows calls on any cache
+    read_rows = EmbeddingCache.read_rows
+    monkeypatch.setattr(EmbeddingCache, "read_rows", lambda self, *a, **k: reads.append(1) or read_rows(self, *a, **k))
     monkeypatch.setattr(reuse, "shard_digest", lambda blocks: checked.append(1) or shard_digest(blocks))
     for model, old, new, shard_items in (
         ("enformer", "old.parquet", "new_spread.parquet", 2),
@@ -340,6 +344,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
         run_embed(config(inputs, new, tmp_path / f"{model}_full", **kw))
         calls.clear()
         checked.clear()
+        reads.clear()
         summary = run_embed(
             config(inputs, new, tmp_path / f"{model}_reused", reuse=(str(tmp_path / f"{model}_old"),), **kw)
         )
@@ -352,6 +357,7 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
         }
         assert len(checked) == len(source_shards) >= 3  # each source shard checked once, not once per shard filled
         n_checked[model] = len(checked)
+        assert len(reads) == len(checked)  # every source shard held once read: no row read again
         fresh = [
             r
             for r, d in enumerate(open_cache(tmp_path / f"{model}_full").extra(ITEM_SHA256)[:])
@@ -367,10 +373,12 @@ def test_windows_left_in_many_shards_fill_whole_batches_and_keep_their_bytes(inp
     # source shards let go of (no memory to hold them): their rows read one by one, the same bytes
     monkeypatch.setattr(reuse, "HOLD_BYTES", 0)
     checked.clear()
+    reads.clear()
     kw = {"model": "enformer", "shard_items": 2, "dtype": "float32", "fidelity_items": 0}
     run_embed(config(inputs, "new_spread.parquet", tmp_path / "lean", reuse=(str(tmp_path / "enformer_old"),), **kw))
     same_arrays(str(tmp_path / "lean"), str(tmp_path / "enformer_full"))
     assert len(checked) == n_checked["enformer"]  # still each source shard checked once
+    assert len(reads) > len(checked)  # and rows of shards let go read again, one request at a time
 
 
 def test_joined_batches_leave_every_batch_of_several_sizes_as_it_was():

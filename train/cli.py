@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one key, e.g. --set train.epochs=5 (value parsed as JSON, else a string). train.num_workers "
         "(input workers) and train.threads (torch threads) left unset are decided from the cores this process may use "
-        "(CPU affinity, cgroup quota) less those other processes kept busy over 0.1 s: on the CPU 0 workers up to 2 "
+        "(CPU affinity, cgroup quota) less those other processes kept busy over 0.1 s (under torchrun the processes "
+        "of a machine split its cores instead): on the CPU 0 workers up to 2 "
         "cores, 1 for 3-8, 2 above, threads the cores they leave; on a GPU 1-2 threads and at most 4 workers; "
         "OMP_NUM_THREADS, when set, gives the threads",
     )
