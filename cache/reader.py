@@ -247,8 +247,9 @@ class EmbeddingCache:
 
     def _plain_shard(self, name: str, shard: int) -> np.ndarray | None:
         """Rows of `shard` of the extra array `name` read from its one chunk file and checked against its crc32c
-        (zarr's decode pipeline costs ~1 ms per chunk, more than a small model's row): for a local array of
-        bytes + crc32c chunked one shard per chunk; None for any other (zarr reads it) or a chunk never written."""
+        (zarr's decode pipeline costs more per chunk than a small model's row: docs/formats.md): for a local array
+        of bytes + crc32c chunked one shard per chunk; None for any other (zarr reads it) or a chunk never
+        written."""
         if name not in self._plain:
             root = local_path(self.url)
             found = PlainChunks.open(root, name) if root is not None else None

@@ -4,7 +4,8 @@ zarr's async pipeline costs ~7 ms per 5.5 MB item (docs/formats.md#zarr-read-cos
 under half the speed of a memmap of the same bytes. A shard file is its inner chunks followed by an index;
 with one item per inner chunk, encoded as little-endian bytes then a crc32c, each item is one byte range:
 this reads each shard's index once (checking its crc32c), then reads every row with one `os.preadv` into
-the caller's output buffer plus 4 bytes of checksum, and checks the checksum there (no extra copy).
+the caller's output buffer plus 4 bytes of checksum, and checks the checksum there (no extra copy); rows under
+4 KiB are read as one block per run and copied out, since per row the views cost more than the copy.
 Runs of rows whose chunks lie back to back are read with one call. Anything else (remote stores,
 compression, another codec layout) goes through zarr, which checks the same checksums.
 
@@ -177,7 +178,7 @@ def plain_layout(root: str, name: str) -> tuple[tuple[int, ...], tuple[int, ...]
     """(shape, chunk shape, dtype) of the local array `name` under `root` when its chunk files can be read by
     `read_chunk_file`: zarr v3, regular chunks under "default" keys with "/", bytes (little-endian) + crc32c,
     a plain numeric type, on a little-endian machine; else None. Read from its zarr.json, not through zarr
-    (opening an array there costs ~2 ms of its async machinery)."""
+    (opening an array there costs more than reading its chunk: docs/formats.md)."""
     try:
         with open(os.path.join(root, name, "zarr.json"), "rb") as fh:
             meta = json.loads(fh.read())
@@ -293,8 +294,7 @@ class ShardFiles:
                             os.posix_fadvise(fd, int(offsets[run[0]]), length, os.POSIX_FADV_WILLNEED)
             for fd, shard, offsets, runs, shard_rows, shard_targets in plans:
                 for run in runs:
-                    for a in range(0, run.size, _MAX_IOV):
-                        self._read_run(fd, shard, out, run[a : a + _MAX_IOV], offsets, shard_rows, shard_targets)
+                    self._read_run(fd, shard, out, run, offsets, shard_rows, shard_targets)
         finally:
             for plan in plans:
                 os.close(plan[0])
@@ -325,11 +325,16 @@ class ShardFiles:
             raise
 
     def _read_run(self, fd, shard, out, run, offsets, rows, targets) -> None:
+        """A run of back-to-back rows: small rows as one block, others straight into `out`, _MAX_IOV at a time."""
         if run.size == 0:
             return
         if self.row_bytes < _SMALL_ROW_BYTES and run.size > 1 and out.flags.c_contiguous:
             self._read_small_run(fd, shard, out, run, offsets, rows, targets)
             return
+        for a in range(0, run.size, _MAX_IOV):
+            self._read_iov(fd, shard, out, run[a : a + _MAX_IOV], offsets, rows, targets)
+
+    def _read_iov(self, fd, shard, out, run, offsets, rows, targets) -> None:
         crcs = np.empty((run.size, _CRC_BYTES), dtype=np.uint8)
         row_bytes = [out[targets[k]].reshape(-1).view(np.uint8) for k in run]  # views into `out`, no copy
         buffers = [b for j, row in enumerate(row_bytes) for b in (row, crcs[j])]

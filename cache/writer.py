@@ -272,8 +272,9 @@ class CacheWriter:
     # ---- progress -----------------------------------------------------------------------------------
     def _digest_rows(self) -> np.ndarray | None:
         """(n_shards, 32): each shard's digest as on disk, zeros where its chunk was never written or is torn (a
-        kill mid-write), read from the chunk files themselves (zarr's pipeline costs ~0.3 ms per chunk, and a
-        cache has one per shard); None where this writer does not write them directly (zarr reads them)."""
+        kill mid-write), read from the chunk files themselves (zarr's pipeline costs more per chunk than reading
+        it here, docs/formats.md, and a cache has one per shard); None where this writer does not write them
+        directly (zarr reads them)."""
         if not self._direct:
             return None
         chunks = PlainChunks(str(self.path), layout.SHARD_SHA256, (self.manifest.n_shards, 32), (1, 32), np.uint8)

@@ -186,8 +186,8 @@ class RowCopier:
     order than its source asks every source shard for rows again for every shard it fills: reading each whole
     every time made copying grow with the square of the shards."""
 
-    def __init__(self, sources: list[Source], dtype: str):
-        self.sources, self.dtype = sources, dtype
+    def __init__(self, sources: list[Source]):
+        self.sources = sources
         self._held: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (source, shard) -> its stored rows
         self._extras: dict[tuple[int, int], list[np.ndarray]] = {}  # per shard checked: its extras, manifest order
 
@@ -198,13 +198,13 @@ class RowCopier:
             cache = self.sources[s].cache
             extras = cache.shard_blocks(shard, embeddings=False)  # from their chunk files, each chunk's crc32c checked
             start, stop = cache.manifest.shard_rows(shard)
-            stored = np.ascontiguousarray(cache.read_rows(np.arange(start, stop))).view(layout.zarr_dtype(self.dtype))
+            stored = cache.read_rows(np.arange(start, stop))  # as stored (bfloat16 as ml_dtypes'), each crc32c checked
             if shard_digest([stored, *extras]).hex() != cache.manifest.shards[shard]:
                 raise CacheError(
                     f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
                     "records; run `dogmacache cache verify` on it, or drop it from --reuse"
                 )
-            self._hold(key, stored.view(layout.numpy_view(self.dtype)))  # bfloat16 bits as ml_dtypes' bfloat16
+            self._hold(key, stored)
             self._extras[key] = extras
         return self._extras[key]
 
@@ -220,8 +220,7 @@ class RowCopier:
             self._held.move_to_end((s, shard))
             return held[local]
         cache = self.sources[s].cache
-        rows = cache.read_rows(shard * cache.manifest.shard_items + local)  # each row's crc32c checked
-        return np.ascontiguousarray(rows).view(layout.zarr_dtype(self.dtype)).view(layout.numpy_view(self.dtype))
+        return cache.read_rows(shard * cache.manifest.shard_items + local)  # each row's crc32c checked
 
     def take(self, s: int, rows: np.ndarray) -> list[np.ndarray]:
         """[embeddings, *extras in the source's manifest order] of `rows` of source `s`, in the order given."""

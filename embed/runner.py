@@ -248,7 +248,7 @@ def _plan_reuse(
         if len(hit):
             per_shard[shard] = ReusedRows(hit, found.source[a + hit], found.row[a + hit])
     print(f"--reuse: {found.summary()}; {len(wanted) - int((found.source >= 0).sum()):,} rows to embed")
-    return per_shard, reuse.RowCopier(sources, config.dtype), sources
+    return per_shard, reuse.RowCopier(sources), sources
 
 
 IN_PROCESS_ROWS = 256  # fewer rows to embed than this, under the default plan: prepared in this process

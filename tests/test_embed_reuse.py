@@ -133,6 +133,16 @@ def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tm
     assert str(tmp_path) not in str(manifest.to_dict())  # sources by name and digest, no local path
 
 
+def test_reuse_of_bfloat16_rows_is_byte_identical(inputs, tmp_path):
+    """bfloat16 rows (stored as uint16 bits, read as ml_dtypes' bfloat16) are copied and checked as stored."""
+    kw = {"dtype": "bfloat16", "shard_items": 3}
+    run_embed(config(inputs, "old.parquet", tmp_path / "old", **kw))
+    run_embed(config(inputs, "new.parquet", tmp_path / "full", **kw))
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "reused", reuse=(str(tmp_path / "old"),), **kw))
+    assert summary["reused"] == 25
+    same_arrays(str(tmp_path / "reused"), str(tmp_path / "full"))
+
+
 def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new, tmp_path, monkeypatch):
     out = tmp_path / "crashed"
     take, calls = reuse.RowCopier.take, []
