@@ -236,6 +236,7 @@ def cpu_plan(
     cheap_inputs: bool = False,
     busy: float | None = None,
     watch: CoreWatch | None = None,
+    share: int = 1,
 ) -> CpuPlan:
     """Input workers and torch threads for a process on `device_type` ("cpu" or "cuda"): `workers` and `threads`
     as given; a thread count unset comes from OMP_NUM_THREADS when set, else `default_workers_threads` for the
@@ -243,7 +244,9 @@ def cpu_plan(
     `ceiling` (torch's current count: a caller's `torch.set_num_threads` holds). A worker count unset is the
     default, lowered to the cores the threads leave free.
 
-    The usable cores are `usable_cores()` unless `cores` is given. Where the threads are left to this function on
+    The usable cores are `usable_cores()` unless `cores` is given, divided among `share` processes of one run
+    (torchrun's on one machine, a local dask cluster's workers), which then do not watch the cores: each would
+    see the others. Where the threads are left to this function on
     the CPU and more than one could be chosen, the cores are watched (`watch`, begun earlier, else a new one) for at
     least PROBE_SECONDS, unless `busy` gives the cores other processes keep busy (0.0: take them all). Under a
     cgroup CPU quota below the CPUs the process may run on, the free cores are those the idle CPUs leave within
@@ -252,10 +255,10 @@ def cpu_plan(
         raise InputError(f"input workers (--num-workers) {workers} must be 0 (prepare inputs in this process) or more")
     if threads is not None and threads < 1:
         raise InputError(f"torch threads (--threads) {threads} must be at least 1, or left out for the default")
-    cores = cores or usable_cores()
+    cores = max(1, (cores or usable_cores()) // max(1, share))
     threads = threads or env_threads()
     watched = None
-    if busy is None and threads is None and device_type == "cpu" and cores > 1 and (ceiling or 2) > 1:
+    if busy is None and share <= 1 and threads is None and device_type == "cpu" and cores > 1 and (ceiling or 2) > 1:
         watch = watch or CoreWatch()
         busy, watched = watch.busy(), watch.watched
     free = free_cores(cores, busy, watched)

@@ -23,7 +23,7 @@ from dogmacache.errors import CacheError
 EMBEDDINGS = "embeddings"  # (N, L, D) or (N, D)
 IDS = "ids"  # (N,) strings: the join key for train
 SHARD_SHA256 = "shard_sha256"  # (n_shards, 32) uint8: digest of each finished shard; zeros = not finished
-# (N, 32) uint8 extra array: sha256 of exactly what the model saw for each item (embed/reuse.py: item_digest)
+# (N, 32) uint8 extra array: sha256 of exactly what the model saw for each item (embed/digest.py: item_digest)
 ITEM_SHA256 = "item_sha256"
 
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: a few hundred Enformer windows; quick to retry on an upload

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device, usable_cores
+from dogmacache.devices import pick_device
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
@@ -112,8 +112,8 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     table, _, adapter = load(config, torch.device("cpu"))  # checks inputs once, before any worker starts
     # dask workers prepare their own inputs (no DataLoader children): the manifest records 0 input workers; a
     # local cluster's workers share this machine's cores, so each is planned for its share of them
-    share = max(1, usable_cores() // max(1, n_workers)) if scheduler is None else None
-    settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), cores=share)
+    share = n_workers if scheduler is None else 1
+    settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), share=share)
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))

@@ -78,9 +78,9 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
         adapter.check_layer(layer)
     writers: dict[str, CacheWriter] = {}
     try:
-        for layer in layers:
+        for k, layer in enumerate(layers):
             one = adapter.for_layer(layer)
-            settings = resolve(replace(config, out=outs[layer]), one, device, watch)
+            settings = resolve(replace(config, out=outs[layer]), one, device, watch, quiet=k > 0)
             writers[layer] = open_writer(settings, table, stored_info(one.info(), config.max_positions))
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writers)
@@ -164,7 +164,7 @@ def _run(
             device=settings.device,
             max_tokens=settings.max_tokens,
             max_batch=config.max_batch,
-            num_workers=settings.num_workers,
+            num_workers=settings.workers_for(len(order)),
             starts=starts,
         ):
             first = order[segment.first]  # the segment's first row: it lies in one shard of every layer

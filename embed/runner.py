@@ -51,8 +51,8 @@ from dogmacache.embed.stream import (
     input_digests,
     pool_positions,
     stored_info,
-    to_host,
 )
+from dogmacache.embed.transfer import to_host
 from dogmacache.errors import CacheError, InputError
 from tqdm.auto import tqdm
 
@@ -240,7 +240,9 @@ def _plan_reuse(
     wanted = np.concatenate([np.arange(a, b) for _, a, b in todo])
     digests = np.zeros((len(rows), 32), dtype=np.uint8)
     with tqdm(total=len(wanted), unit="item", desc="digest inputs", disable=None if config.progress else True) as bar:
-        digests[wanted] = input_digests(adapter, [rows[i] for i in wanted], settings.num_workers, bar.update)
+        digests[wanted] = input_digests(
+            adapter, [rows[i] for i in wanted], settings.workers_for(len(wanted)), bar.update
+        )
     found = reuse.plan(sources, digests, wanted)
     per_shard = {}
     for shard, a, b in todo:
@@ -249,20 +251,6 @@ def _plan_reuse(
             per_shard[shard] = ReusedRows(hit, found.source[a + hit], found.row[a + hit])
     print(f"--reuse: {found.summary()}; {len(wanted) - int((found.source >= 0).sum()):,} rows to embed")
     return per_shard, reuse.RowCopier(sources), sources
-
-
-IN_PROCESS_ROWS = 256  # fewer rows to embed than this, under the default plan: prepared in this process
-
-
-def _workers_for(config: EmbedConfig, settings: EmbedSettings, n_rows: int) -> int:
-    """Input workers for `n_rows` rows to embed: the plan's, except that a default plan prepares a few rows
-    (what `--reuse` leaves, a resumed last shard) here, where forking a worker and passing each item back to
-    this process costs more than preparing them (102 tiny ESM-2 proteins, when they still had a worker: ~0.03 s
-    of a 0.2 s run). Adapters with `cheap_inputs` have no worker under the default plan at all
-    (`settings.resolve`). An explicit `--num-workers` is always honoured."""
-    if config.num_workers is None and n_rows < IN_PROCESS_ROWS:
-        return 0
-    return settings.num_workers
 
 
 def _run(
@@ -311,7 +299,7 @@ def _run(
         precision=settings.precision,
         max_tokens=settings.max_tokens,
         max_batch=config.max_batch,
-        num_workers=_workers_for(config, settings, len(rows_todo)),
+        num_workers=settings.workers_for(len(rows_todo)),
         dtype=config.dtype,
         starts=starts,
         max_positions=config.max_positions,

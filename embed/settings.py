@@ -51,6 +51,9 @@ class EmbedConfig:
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 
 
+IN_PROCESS_ROWS = 256  # fewer rows than this, under the default plan: prepared in this process
+
+
 @dataclass(frozen=True)
 class EmbedSettings:
     """What a run uses, every "auto", 0 and None of `EmbedConfig` and the adapter options decided
@@ -63,6 +66,16 @@ class EmbedSettings:
     options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
     num_workers: int  # input-preparation processes
     torch_threads: int  # torch intra-op threads of the forward pass (recorded: they may move values by float rounding)
+
+    def workers_for(self, n_rows: int) -> int:
+        """Input workers for a pass over `n_rows` rows (embedding them, or digesting them for `--reuse`): the
+        plan's, except that a default plan prepares a few rows (what `--reuse` leaves, a resumed last shard) in
+        this process, where forking a worker and passing each item back costs more than preparing them (102 tiny
+        ESM-2 proteins, when they still had a worker: ~0.03 s of a 0.2 s run). An explicit `--num-workers` is
+        always honoured."""
+        if self.config.num_workers is None and n_rows < IN_PROCESS_ROWS:
+            return 0
+        return self.num_workers
 
     def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
@@ -152,12 +165,15 @@ def resolve(
     adapter: EmbeddingAdapter,
     device: torch.device,
     watch: CoreWatch | None = None,
-    cores: int | None = None,
+    share: int = 1,
+    quiet: bool = False,
 ) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
     never exceed torch's current count (a caller's `torch.set_num_threads` holds). `watch`: the cores, watched
-    since before the model load (`devices.CoreWatch`). `cores`: this process's share of the machine's cores where
-    it shares them with processes of its own (a local dask cluster's workers), which are not watched."""
+    since before the model load (`devices.CoreWatch`). `share`: how many processes of this run split the
+    machine's cores (a local dask cluster's workers; `devices.cpu_plan`). Cores given
+    up to other processes are said in one line unless `quiet` (a run deciding several caches' settings says it
+    once)."""
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
     # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
     cpu = cpu_plan(
@@ -167,11 +183,10 @@ def resolve(
         ceiling=torch.get_num_threads(),
         cheap_inputs=adapter.cheap_inputs,
         watch=watch,
-        cores=cores,
-        busy=0.0 if cores else None,
+        share=share,
     )
     note = busy_note(cpu, "--threads N")
-    if note:
+    if note and not quiet:
         print(note)
     return EmbedSettings(
         config=config,

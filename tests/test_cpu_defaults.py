@@ -101,6 +101,8 @@ def test_cores_other_processes_keep_busy_are_given_up():
     assert [cpu_plan("cpu", cores=2, busy=b).threads for b in (0.0, 0.25, 0.3, 1.0, 2.0)] == [2, 2, 1, 1, 1]
     assert _pairs("cpu", (16,), busy=4.5) == [(2, 9)]  # 11 cores free: two workers, nine threads
     assert _pairs("cpu", (4,), busy=2.0) == [(0, 2)]  # 2 free: no worker
+    # processes of one run splitting the cores (torchrun's, dask's) take their share and watch nothing
+    assert _pairs("cpu", (16,), share=4) == [(1, 3)] and cpu_plan("cpu", cores=16, share=4).busy is None
     # the flag, OMP_NUM_THREADS and a fixed worker count are the user's: the busy count does not lower them
     assert cpu_plan("cpu", threads=2, cores=2, busy=1.0).threads == 2
     # a cgroup quota of 2 cores on 8 CPUs: the quota's cores stay free while the idle CPUs outnumber them

@@ -25,7 +25,6 @@ from dogmacache.devices import (
     cpu_plan,
     pick_device,
     torch_threads,
-    usable_cores,
 )
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
@@ -104,11 +103,9 @@ def with_cpu_plan(config: RunConfig) -> RunConfig:
     so checkpoints and metrics.json record the counts used; under torchrun the processes of one machine
     (LOCAL_WORLD_SIZE) share its cores."""
     t = config.train
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    cores = max(1, usable_cores() // local)
-    busy = 0.0 if local > 1 else None  # torchrun's processes split the cores; each watching them would see the others
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes on this machine split its cores
     device = pick_device(t.device).type
-    plan = cpu_plan(device, t.num_workers, t.threads, cores=cores, ceiling=torch.get_num_threads(), busy=busy)
+    plan = cpu_plan(device, t.num_workers, t.threads, ceiling=torch.get_num_threads(), share=local)
     note = busy_note(plan, "--set train.threads=N")
     if note:
         print(note)

@@ -288,6 +288,15 @@ class _EsmFamily(LayeredAdapter):
         """`sequence` of each row."""
         return [self.sequence(row) for row in rows]
 
+    @property
+    def cheap_inputs(self) -> bool:  # type: ignore[override]
+        """Token ids by table where the tokenizer allows (ESM-2's letters, ~3 us per protein; Nucleotide
+        Transformer's 6-mers counted by numpy, `_dna_token_ids`, ~20 us per cDNA): cheaper to prepare here than to
+        pass between processes. The tokenizer's own loop (~430 us per cDNA) is worth a worker. Demo cDNAs x 6
+        (2,226), tiny model, 2 cores: 1.03-1.12 s in the embedding process, 1.32-1.36 s with a worker."""
+        self._tokens_ready()
+        return self._letters is not None or self._kmers is not None
+
     def _letter_ids(self) -> np.ndarray | None:
         """Per byte, its token id, for a tokenizer that reads one token per protein letter (ESM-2's); None for
         any other (Nucleotide Transformer's 6-mers). Checked against the tokenizer itself on every letter."""
@@ -315,9 +324,8 @@ class _EsmFamily(LayeredAdapter):
         probes = ["", "N", "ACGTA", "ACGTAC", "NACGTACGTAC", "ACGNACGTACGTACGT", "ACGTACNNNNNNACGTACG"]
         probes += ["".join(rng.choice(list("ACGTN"), int(n), p=[0.24] * 4 + [0.04])) for n in (37, 64, 101)]
         for probe in probes:
-            if _dna_token_ids(probe, table, self._around) is None or not np.array_equal(
-                _dna_token_ids(probe, table, self._around), self.tokenizer(probe, add_special_tokens=True)["input_ids"]
-            ):
+            ids = _dna_token_ids(probe, table, self._around)
+            if ids is None or not np.array_equal(ids, self.tokenizer(probe, add_special_tokens=True)["input_ids"]):
                 return None
         return table
 
@@ -379,7 +387,7 @@ class _EsmFamily(LayeredAdapter):
         text = "".join(seq for seq, _ in found).encode("ascii", errors="replace")
         codes = self._letters[np.frombuffer(text, dtype=np.uint8)]
         lengths = np.fromiter((len(seq) for seq, _ in found), dtype=np.int64, count=len(found))
-        if len(text) != int(lengths.sum()) or (codes < 0).any():
+        if (codes < 0).any():  # a letter the table lacks (non-ASCII ones read as "?"): row by row
             return super().digests(rows)
         width = codes.dtype.itemsize
         letters = codes.tobytes()  # each row's ids are a slice of these bytes
@@ -448,7 +456,6 @@ class _EsmFamily(LayeredAdapter):
 
 class Esm2Adapter(_EsmFamily):
     options_class = EsmOptions
-    cheap_inputs = True  # a letter-table lookup per protein
     default_model = "facebook/esm2_t33_650M_UR50D"
     max_sequence_length = ESM2_MAX_TOKENS
 
@@ -466,14 +473,6 @@ class Esm2Adapter(_EsmFamily):
 
 class NucleotideTransformerAdapter(_EsmFamily):
     options_class = NucleotideTransformerOptions
-
-    @property
-    def cheap_inputs(self) -> bool:  # type: ignore[override]
-        """6-mers counted by numpy (`_dna_token_ids`, ~20 us per cDNA) where the vocabulary allows; the
-        tokenizer's own loop (~430 us) is worth a worker. Demo cDNAs x 6 (2,226), tiny model, 2 cores: 1.03-1.12 s
-        in the embedding process, 1.32-1.36 s with a worker."""
-        self._tokens_ready()
-        return self._kmers is not None
 
     options: NucleotideTransformerOptions
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
