@@ -374,7 +374,7 @@ def test_reuse_section_at_tiny_size(tmp_path):
         ("ESM-2", 20),
         ("ESM-2", 160),
     ]
-    assert (cases[0]["shards"], cases[1]["shards"]) == (1, 20)  # 20 windows in "16 shards": shards of one window
+    assert (cases[0]["shards"], cases[1]["shards"]) == (1, 20)  # 20 windows asked in 16 shards: shards of one
     for case in cases:
         assert case["identical"] and case["rows_differing"] == 0, case
         assert case["overlap"] == pytest.approx(0.9, abs=0.03)
@@ -382,6 +382,7 @@ def test_reuse_section_at_tiny_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
     text = "\n".join(bench.render_text(t) for t in reuse_tables(result))
     assert ">= 8x" in text and "byte-identical" in text and "medians of 1 runs" in text
+    assert "Enformer, DNA windows, 20 shards" in text  # labelled as made
 
 
 def test_a_rate_rows_cells_keep_each_runs_place():

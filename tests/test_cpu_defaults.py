@@ -365,4 +365,6 @@ def test_bench_threads_section_times_the_default_beside_fixed_settings(tmp_path,
         assert all(r["median_s"] > 0 and r["setup_s"] > 0 for r in rows)
         ((workers, threads),) = condition["default_chose"]  # read back from the run's manifest
         assert 1 <= threads <= result["cores"] and workers + threads <= result["cores"]
-        assert f"({workers}, {threads})" in text and "default within 1.2x of the best" in text
+        assert f"({workers}, {threads})" in text
+        verdict = next(line for line in text.splitlines() if "default within 1.2x of the best" in line).split()[-1]
+        assert verdict == ("yes" if condition["default_over_best"] <= 1.2 else "NO")  # the verdict of the ratio
