@@ -139,16 +139,16 @@ def bench_reuse(
     from dogmacache.embed.tiny import make_tiny
 
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-reuse-", dir=workdir))
-    rng = np.random.default_rng(seed)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             build_demo(root / "recipe")
             models = make_tiny(root / "models")
         rows = []
-        for label, model, modality, make, scales, shards in CASES:
+        for k, (label, model, modality, make, scales, shards) in enumerate(CASES):
             for scale in scales:
                 n = n_items * scale
                 shard_items = None if shards is None else max(1, n // shards)
+                rng = np.random.default_rng([seed, k, scale])  # each table its own draw: a new case moves no other
                 rows.append(
                     _case(root, models, label, model, modality, make, n, num_workers, rng, seed, repeats, shard_items)
                 )
