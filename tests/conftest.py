@@ -120,11 +120,14 @@ def null_demo_run(demo_processes, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread_per_run(monkeypatch):
+def one_thread_per_run():
     """Runs inside tests (and processes they start) take one torch thread, as OMP_NUM_THREADS=1 gives them: the
     default would follow how busy the machine is at that moment (`devices.cpu_plan`), and tests that compare a run
-    with a resumed or reused one compare bytes. The tests of the defaults themselves unset it."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with a resumed or reused one compare bytes. The tests of the defaults themselves unset it. Its own MonkeyPatch,
+    so that a test's `monkeypatch.undo()` (dropping its stand-ins before a resumed run) keeps the pin."""
+    with pytest.MonkeyPatch.context() as pin:
+        pin.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 @pytest.fixture

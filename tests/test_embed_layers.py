@@ -152,13 +152,13 @@ def test_an_interrupt_mid_run_resumes_to_the_same_caches(inputs, tmp_path, capsy
     argv = [f"--layers={','.join(layers)}", *extra]
     assert main(args(inputs, model, modality, tmp_path / "fresh", *argv)) == 0
     calls, embed_layers = [], EnformerAdapter.embed_layers
-    monkeypatch.setattr(
-        EnformerAdapter, "embed_layers", lambda self, b, w: _maybe_stop(calls, embed_layers, self, b, w)
-    )
     killed = tmp_path / "killed"
-    assert main(args(inputs, model, modality, killed, *argv)) == 130  # Ctrl-C
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            EnformerAdapter, "embed_layers", lambda self, b, w: _maybe_stop(calls, embed_layers, self, b, w)
+        )
+        assert main(args(inputs, model, modality, killed, *argv)) == 130  # Ctrl-C
     assert "interrupted; re-run the same command" in capsys.readouterr().err
-    monkeypatch.undo()
     for layer in layers:
         state = open_cache(killed / f"layer_{layer}", allow_partial=True).manifest
         assert not state.complete
