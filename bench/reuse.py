@@ -56,14 +56,15 @@ def protein_items(recipe: Path, n: int, rng: np.random.Generator) -> pd.DataFram
 
 
 # (label, model, modality, items maker, table sizes as multiples of n_items, shards: None for the default, which
-# puts these tiny tables in one). ESM-2 also at 8x: its forward (~0.3 ms per tiny protein on 2 threads) is so short
-# that a run's fixed cost (opening the sources, the receipt, the manifest, ~15 ms) weighs on a table of 1,024; a
-# recipe's tables hold thousands (the human proteome: ~20,000 proteins). Enformer also in 16 shards (of 64 windows
-# at n 1,024), as a full-size cache's ~1 GiB shards hold ~190 windows: the new windows, a few per shard, share
-# batches across them
+# puts these tables in one). Each model at n (1,024: a small table, where a run's fixed cost, ~20 ms of opening the
+# sources, shard writes, the receipt and the manifest, and Enformer's last filled-out batch weigh most) and at 8 n
+# (a recipe's table: GTEx genes or a CRISPRi screen's enhancers are thousands to tens of thousands of windows, the
+# human proteome ~20,000 proteins). Enformer's large table in 16 shards (of 512 windows: a full-size cache's ~1 GiB
+# shards hold ~190), so that the new windows, a few per shard, share batches across shard ends and every source
+# shard is read for many shards filled
 CASES = (
     ("Enformer, DNA windows", "enformer", "dna", dna_items, (1,), None),
-    ("Enformer, DNA windows", "enformer", "dna", dna_items, (1,), 16),
+    ("Enformer, DNA windows", "enformer", "dna", dna_items, (8,), 16),
     ("ESM-2, proteins", "esm2", "protein", protein_items, (1, 8), None),
 )
 

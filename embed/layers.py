@@ -120,7 +120,7 @@ def _settled(fillers: dict[str, ShardFiller]):
         yield
     except BaseException:
         for filler in fillers.values():
-            filler.pool.shutdown(wait=True)
+            filler.settle()
         raise
 
 

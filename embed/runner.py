@@ -292,24 +292,28 @@ def _run(
     )  # None: off when not a terminal
     filler = ShardFiller(writer, todo, reused, copier)
     bar.update(filler.copied)
-    for embedded, extras in embed_stream(
-        adapter,
-        rows_todo,
-        device=device,
-        precision=settings.precision,
-        max_tokens=settings.max_tokens,
-        max_batch=config.max_batch,
-        num_workers=settings.workers_for(len(rows_todo)),
-        dtype=config.dtype,
-        starts=starts,
-        max_positions=config.max_positions,
-        capture=capture if capture.wanted else None,
-        span=True,
-    ):
-        copied = filler.copied
-        filler.add(embedded, extras)
-        bar.update(len(embedded) + filler.copied - copied)
-    filler.close()
+    try:
+        for embedded, extras in embed_stream(
+            adapter,
+            rows_todo,
+            device=device,
+            precision=settings.precision,
+            max_tokens=settings.max_tokens,
+            max_batch=config.max_batch,
+            num_workers=settings.workers_for(len(rows_todo)),
+            dtype=config.dtype,
+            starts=starts,
+            max_positions=config.max_positions,
+            capture=capture if capture.wanted else None,
+            span=True,
+        ):
+            copied = filler.copied
+            filler.add(embedded, extras)
+            bar.update(len(embedded) + filler.copied - copied)
+        filler.close()
+    except BaseException:
+        filler.settle()  # the write under way ends whole; queued shards stay pending for the re-run
+        raise
     bar.close()
     padded = filler.padded
     fidelity = receipt(adapter, rows, config.out, settings=settings, sample=sample, captured=capture.rows)

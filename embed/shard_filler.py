@@ -8,7 +8,8 @@ thread that feeds the device)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +26,15 @@ class ReusedRows:
     row: np.ndarray  # (k,) row in that source
 
 
+QUEUE_BYTES = 64 << 20  # shards handed to the writer thread and not yet written: at most this much, or one shard
+
+
 class ShardFiller:
-    """Collects streamed batch outputs into whole shards and writes each in a background thread
-    (at most one write in flight, so memory stays at about two shards). `reused` maps a shard to the rows
-    `copier` (a `reuse.RowCopier`) supplies; the stream then yields only that shard's other rows, in order."""
+    """Collects streamed batch outputs into whole shards and writes each, in order, in a background thread.
+    Shards wait for it while they hold at most QUEUE_BYTES together, or one shard (memory then stays at about
+    two shards: one written, one filled); small shards, of which a resume or `--reuse` may complete several per
+    batch, are not written one wait at a time. `reused` maps a shard to the rows `copier` (a `reuse.RowCopier`)
+    supplies; the stream then yields only that shard's other rows, in order."""
 
     def __init__(
         self,
@@ -40,7 +46,8 @@ class ShardFiller:
         self.writer, self.shards = writer, list(shards)
         self.reused, self.copier = reused or {}, copier
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.in_flight = None
+        self.queued: deque[tuple[Future, int]] = deque()  # (write, bytes it holds), oldest first
+        self.queued_bytes = 0
         self.padded = 0
         self.copied = 0
         self._buffer: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # the shard being filled
@@ -93,8 +100,10 @@ class ShardFiller:
             block, ex = self._with_copied(shard, b - a, *(self._buffer or (None, {})))
             self._buffer, self._filled = None, 0
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
-            self._wait()
-            self.in_flight = self.pool.submit(self.writer.write_shard, shard, block, checked=True, **ex)
+            size = block.nbytes + sum(v.nbytes for v in ex.values())
+            self._wait(QUEUE_BYTES - size)
+            self.queued.append((self.pool.submit(self.writer.write_shard, shard, block, checked=True, **ex), size))
+            self.queued_bytes += size
 
     def _with_copied(
         self, shard: int, size: int, block: np.ndarray | None, ex: dict[str, np.ndarray]
@@ -119,14 +128,26 @@ class ShardFiller:
         self.copied += len(reused.offsets)
         return block, ex
 
-    def _wait(self) -> None:
-        if self.in_flight is not None:
-            self.in_flight.result()  # re-raises a failed write here
-            self.in_flight = None
+    def _wait(self, room: int = -1) -> None:
+        """Until the queued writes hold at most `room` bytes (none for a negative room); a failed write re-raises
+        here, and a finished one is let go whatever the room."""
+        while self.queued and (self.queued[0][0].done() or self.queued_bytes > room):
+            write, size = self.queued.popleft()
+            self.queued_bytes -= size
+            try:
+                write.result()
+            except BaseException:
+                self.settle()  # the shards queued behind it stay unwritten: a resume computes them again
+                raise
+
+    def settle(self) -> None:
+        """On an error or interrupt: the write under way finishes (a shard is whole or absent), the queued ones
+        are dropped."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         self._submit_ready()
-        self._wait()
+        self._wait()  # all of them
         self.pool.shutdown()
         if self.shards:
             raise RuntimeError(f"{len(self.shards)} shards got no outputs; the adapter returned too few items")

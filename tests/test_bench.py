@@ -362,19 +362,19 @@ def test_compiled_enformer_rows_at_tiny_size_on_cpu():
 
 
 def test_reuse_section_at_tiny_size(tmp_path):
-    """Each case in full and with --reuse (Enformer also in small shards, ESM-2 at two table sizes), byte-identical,
-    with the target's column."""
+    """Each case in full and with --reuse (each model at two table sizes, Enformer's larger one in 16 shards),
+    byte-identical, with the target's column."""
     from dogmacache.bench.reuse import bench_reuse, reuse_tables
 
     result = bench_reuse(n_items=20, workdir=str(tmp_path), repeats=1)
     cases = result["cases"]
     assert [(c["label"].split(",")[0], c["items"]) for c in cases] == [
         ("Enformer", 20),
-        ("Enformer", 20),  # in 16 shards
+        ("Enformer", 160),  # in 16 shards
         ("ESM-2", 20),
         ("ESM-2", 160),
     ]
-    assert (cases[0]["shards"], cases[1]["shards"]) == (1, 20)  # 20 windows asked in 16 shards: shards of one
+    assert (cases[0]["shards"], cases[1]["shards"]) == (1, 16)
     for case in cases:
         assert case["identical"] and case["rows_differing"] == 0, case
         assert case["overlap"] == pytest.approx(0.9, abs=0.03)
@@ -382,7 +382,7 @@ def test_reuse_section_at_tiny_size(tmp_path):
     assert list(tmp_path.iterdir()) == []
     text = "\n".join(bench.render_text(t) for t in reuse_tables(result))
     assert ">= 8x" in text and "byte-identical" in text and "medians of 1 runs" in text
-    assert "Enformer, DNA windows, 20 shards" in text  # labelled as made
+    assert "Enformer, DNA windows, 16 shards" in text
 
 
 def test_a_rate_rows_cells_keep_each_runs_place():
