@@ -1,9 +1,9 @@
 """The reuse section of `dogmacache bench`: a table that overlaps an existing cache by 90 % embedded with
 `--reuse` against the same table embedded in full, on the demo's tiny models, both through `run_embed`.
 
-For each model, and for ESM-2 also at 8 n (a table the size of a small recipe's): 2 n distinct items are made
-from the demo recipe (DNA: windows centred at random positions of the demo genome; proteins: the demo proteins
-with one residue changed per copy), the "old" table is items 0..n-1 and the "new" one is 90 % of those
+For each model at n items and at 8 n (a table the size of a recipe's; Enformer's in 16 shards): 2 n distinct
+items are made from the demo recipe (DNA: windows centred at random positions of the demo genome; proteins: the
+demo proteins with one residue changed per copy), the "old" table is items 0..n-1 and the "new" one is 90 % of those
 (shuffled, under other ids) plus 10 % items never embedded. The old table is embedded once (untimed); then the
 new one in full and with `reuse=(old,)`, alternated three times, each timed by the runner's own clock (after the
 model load, which is the same for both, until the cache is finalised: opening the sources, the digest pass, the

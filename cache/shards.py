@@ -251,7 +251,7 @@ class ShardFiles:
         self._index: dict[int, np.ndarray] = {}  # shard -> (shard_items, 2) uint64: read once per shard
 
     def file(self, shard: int) -> str:
-        return os.path.join(self.root, self.name, "c", str(shard), *("0",) * (self.n_dims - 1))
+        return chunk_path(self.root, self.name, (shard, *(0,) * (self.n_dims - 1)))
 
     def _broken(self, shard: int, what: str) -> CacheError:
         return CacheError(
