@@ -199,8 +199,8 @@ def _run(
                 for layer, assembly in assembled.items():
                     fillers[layer].add(*assembly.result())
                 bar.update(n_items)
-    for filler in fillers.values():
-        filler.close()
+        for filler in fillers.values():
+            filler.close()  # inside _settled: a failed close settles every layer's writer before the locks go
     bar.close()
     complete = True
     for layer, writer in writers.items():

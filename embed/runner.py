@@ -312,7 +312,7 @@ def _run(
             bar.update(len(embedded) + filler.copied - copied)
         filler.close()
     except BaseException:
-        filler.settle()  # the write under way ends whole; queued shards stay pending for the re-run
+        filler.settle()  # the shards handed over are written whole before the lock goes (none after a failed one)
         raise
     bar.close()
     padded = filler.padded

@@ -48,12 +48,17 @@ class ShardFiller:
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.queued: deque[tuple[Future, int]] = deque()  # (write, bytes it holds), oldest first
         self.queued_bytes = 0
+        self._failed = False  # a write failed: the writer thread writes nothing after it
         self.padded = 0
         self.copied = 0
         self._buffer: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # the shard being filled
         self._filled = 0  # streamed rows in it
         self._targets: tuple[int, np.ndarray] | None = None
-        self._submit_ready()  # shards wholly copied need nothing from the stream
+        try:
+            self._submit_ready()  # shards wholly copied need nothing from the stream
+        except BaseException:
+            self.settle()
+            raise
 
     def _streamed(self, shard: int, size: int) -> np.ndarray:
         """The shard's offsets that the stream fills, in order (kept for the shard being filled)."""
@@ -102,8 +107,19 @@ class ShardFiller:
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             size = block.nbytes + sum(v.nbytes for v in ex.values())
             self._wait(QUEUE_BYTES - size)
-            self.queued.append((self.pool.submit(self.writer.write_shard, shard, block, checked=True, **ex), size))
+            self.queued.append((self.pool.submit(self._write, shard, block, ex), size))
             self.queued_bytes += size
+
+    def _write(self, shard: int, block: np.ndarray, ex: dict[str, np.ndarray]) -> None:
+        """On the writer thread: one shard, unless a write before it failed (the run stops at that error, and this
+        shard stays pending for the re-run, as it would had it not been handed over yet)."""
+        if self._failed:
+            return
+        try:
+            self.writer.write_shard(shard, block, checked=True, **ex)
+        except BaseException:
+            self._failed = True
+            raise
 
     def _with_copied(
         self, shard: int, size: int, block: np.ndarray | None, ex: dict[str, np.ndarray]
@@ -137,13 +153,13 @@ class ShardFiller:
             try:
                 write.result()
             except BaseException:
-                self.settle()  # the shards queued behind it stay unwritten: a resume computes them again
+                self.settle()  # the shards queued behind it are not written (`_write`): a re-run computes them
                 raise
 
     def settle(self) -> None:
-        """On an error or interrupt: the write under way finishes (a shard is whole or absent), the queued ones
-        are dropped."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """On an error or interrupt, before the cache's lock goes: the shards handed over are written (at most
+        QUEUE_BYTES, or one shard), none after a failed write (`_write`); each is whole or absent."""
+        self.pool.shutdown(wait=True)
 
     def close(self) -> None:
         self._submit_ready()

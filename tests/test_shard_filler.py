@@ -1,6 +1,7 @@
 """The shard writer of `embed`: shards go to one writer thread in order; small ones queue (a resume or --reuse
-may finish several per batch) while a shard as large as the queue's budget waits for the one before it; a failed
-write is raised on the feeding thread. A stand-in writer whose writes wait for the test to let them go."""
+may finish several per batch) up to the queue's budget, beyond which the feeder waits; a failed write is raised on
+the feeding thread and nothing after it is written; settling (an error or Ctrl-C) writes what was handed over.
+A stand-in writer whose writes wait for the test to let them go."""
 
 import threading
 
@@ -9,71 +10,103 @@ import pytest
 from dogmacache.embed import shard_filler
 from dogmacache.embed.shard_filler import ShardFiller
 
+ROWS, WIDTH = 2, 3  # rows per shard, float32 values per row
+SHARD_BYTES = ROWS * WIDTH * 4 + ROWS * 4  # the rows and their int32 extra
+
 
 class SlowWriter:
     """Records the shards written, each write waiting until `go` is set; `fail` names a shard that raises."""
 
     def __init__(self, fail: int | None = None):
         self.go, self.written, self.fail = threading.Event(), [], fail
-        self.started = threading.Semaphore(0)
+        self.started: list[int] = []
 
     def write_shard(self, shard, block, checked=False, **extras):
-        self.started.release()
+        self.started.append(shard)
         assert self.go.wait(10)
         if shard == self.fail:
             raise OSError(28, "No space left on device")
         self.written.append((shard, block.copy(), {k: v.copy() for k, v in extras.items()}))
 
 
-def shards(n: int, size: int) -> list[tuple[int, int, int]]:
-    return [(k, k * size, (k + 1) * size) for k in range(n)]
+@pytest.fixture
+def slow():
+    made = []
+
+    def make(n_shards: int, fail: int | None = None) -> tuple[SlowWriter, ShardFiller]:
+        writer = SlowWriter(fail)
+        filler = ShardFiller(writer, [(k, k * ROWS, (k + 1) * ROWS) for k in range(n_shards)])
+        made.append((writer, filler))
+        return writer, filler
+
+    yield make
+    for writer, filler in made:  # a failed assertion leaves no write waiting
+        writer.go.set()
+        filler.settle()
 
 
-def feed(filler: ShardFiller, rows: np.ndarray) -> None:
-    filler.add(rows, {"n": np.arange(len(rows), dtype=np.int32)})
+def rows(n: int) -> np.ndarray:
+    return np.arange(n * WIDTH, dtype=np.float32).reshape(n, WIDTH)
 
 
-def test_small_shards_queue_and_are_written_in_order():
-    writer = SlowWriter()
-    filler = ShardFiller(writer, shards(5, 2))
-    rows = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+def feeding(filler: ShardFiller, block: np.ndarray) -> tuple[threading.Thread, threading.Event]:
+    """`block` handed to the filler on another thread; the event is set once `add` returned."""
     done = threading.Event()
-    feeding = threading.Thread(target=lambda: (feed(filler, rows), done.set()))
-    feeding.start()
+
+    def feed():
+        filler.add(block, {"n": np.arange(len(block), dtype=np.int32)})
+        done.set()
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_small_shards_queue_and_are_written_in_order(slow):
+    writer, filler = slow(5)
+    thread, done = feeding(filler, rows(10))
     assert done.wait(10)  # five shards handed over while the first write still waits: none blocked the feeder
     assert writer.written == []
     writer.go.set()
     filler.close()
-    feeding.join()
+    thread.join()
     assert [w[0] for w in writer.written] == [0, 1, 2, 3, 4]
-    np.testing.assert_array_equal(np.concatenate([w[1] for w in writer.written]), rows)
+    np.testing.assert_array_equal(np.concatenate([w[1] for w in writer.written]), rows(10))
     np.testing.assert_array_equal(np.concatenate([w[2]["n"] for w in writer.written]), np.arange(10))
 
 
-def test_a_shard_the_size_of_the_budget_waits_for_the_one_before(monkeypatch):
-    monkeypatch.setattr(shard_filler, "QUEUE_BYTES", 2 * 3 * 4)  # one shard of 2 rows x 3 float32
-    writer = SlowWriter()
-    filler = ShardFiller(writer, shards(3, 2))
-    rows = np.ones((6, 3), dtype=np.float32)
-    done = threading.Event()
-    feeding = threading.Thread(target=lambda: (feed(filler, rows), done.set()))
-    feeding.start()
-    assert writer.started.acquire(timeout=10)  # shard 0 is being written
-    assert not done.wait(0.3)  # shard 1 (with its extras, more than the budget beside shard 0) waits for it
+@pytest.mark.parametrize("budget, handed_over", [(2 * SHARD_BYTES, 2), (SHARD_BYTES + SHARD_BYTES // 2, 1)])
+def test_the_feeder_waits_once_the_queue_is_full(slow, monkeypatch, budget, handed_over):
+    """Two shards fit a budget of two; with a budget of one and a half, the second waits for the first."""
+    monkeypatch.setattr(shard_filler, "QUEUE_BYTES", budget)
+    writer, filler = slow(3)
+    thread, done = feeding(filler, rows(6))
+    assert not done.wait(0.3)  # the third shard does not fit beside the first two, nor the second beside one
+    assert len(filler.queued) + 1 == handed_over  # the oldest, waited for, is out of the queue
+    assert writer.started == [0]
     writer.go.set()
     assert done.wait(10)
     filler.close()
-    feeding.join()
+    thread.join()
     assert [w[0] for w in writer.written] == [0, 1, 2]
 
 
-def test_a_failed_write_is_raised_to_the_feeder():
-    writer = SlowWriter(fail=1)
+def test_a_failed_write_is_raised_to_the_feeder_and_nothing_after_it_is_written(slow):
+    writer, filler = slow(4, fail=1)
     writer.go.set()
-    filler = ShardFiller(writer, shards(3, 2))
     with pytest.raises(OSError, match="No space left"):
-        feed(filler, np.ones((6, 3), dtype=np.float32))
+        filler.add(rows(8), {"n": np.arange(8, dtype=np.int32)})
         filler.close()
-    written = [w[0] for w in writer.written]
-    assert written[0] == 0 and 1 not in written  # shard 2, queued behind it, is dropped unless already started
-    assert filler.pool._shutdown  # settled: nothing more is taken
+    assert [w[0] for w in writer.written] == [0]  # 2 and 3 were handed over behind 1, and are left for the re-run
+
+
+def test_settling_writes_what_was_handed_over(slow):
+    """On Ctrl-C the runner settles the filler before the cache's lock goes: the queued shards are written."""
+    writer, filler = slow(4)
+    thread, done = feeding(filler, rows(6))  # three of the four shards
+    assert done.wait(10) and writer.written == []
+    settled = threading.Thread(target=filler.settle, daemon=True)
+    settled.start()
+    writer.go.set()
+    settled.join(10)
+    assert not settled.is_alive() and [w[0] for w in writer.written] == [0, 1, 2]
