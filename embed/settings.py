@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from dogmacache.cache import open_cache
 from dogmacache.contracts.provenance import file_sha256
-from dogmacache.devices import CoreWatch, busy_note, cpu_plan
+from dogmacache.devices import CoreWatch, busy_note, cpu_plan, env_threads, usable_cores
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
@@ -148,6 +148,20 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
         )
 
 
+def begun_threads(out: str) -> int | None:
+    """The torch threads an unfinished cache at `out` was begun with (its manifest's `torch_threads`); None where
+    there is no cache, a finished one, or no count recorded. CPU kernels may split reductions by thread count, so
+    a resume on the CPU takes this count unless the user chooses one (`resolve`)."""
+    if not Path(out).exists():
+        return None
+    try:
+        manifest = open_cache(out, allow_partial=True).manifest
+    except (CacheError, OSError):
+        return None
+    count = manifest.config.get("torch_threads")
+    return count if not manifest.complete and isinstance(count, int) and count > 0 else None
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
 
 
@@ -169,23 +183,38 @@ def resolve(
     quiet: bool = False,
 ) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
-    never exceed torch's current count (a caller's `torch.set_num_threads` holds). `watch`: the cores, watched
+    never exceed torch's current count (a caller's `torch.set_num_threads` holds), except that a resume on the CPU
+    takes the count the cache was begun with (`begun_threads`) where the user chose none. `watch`: the cores, watched
     since before the model load (`devices.CoreWatch`). `share`: how many processes of this run split the
     machine's cores (a local dask cluster's workers; `devices.cpu_plan`). Cores given
     up to other processes are said in one line unless `quiet` (a run deciding several caches' settings says it
     once)."""
+    threads, note, begun = config.torch_threads, None, None
+    if threads is None and env_threads() is None and device.type == "cpu" and not config.overwrite:
+        begun = begun_threads(config.out)  # a resume: its shards are to match an uninterrupted run's
+        if begun is not None and begun <= usable_cores() // max(1, share):
+            threads = begun
+            note = (
+                f"resuming with the {begun} torch thread{'s' * (begun > 1)} {config.out} was begun with, so that "
+                "its shards match an uninterrupted run (--threads N chooses)"
+            )
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
     # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
     cpu = cpu_plan(
         device.type,
         config.num_workers,
-        config.torch_threads,
+        threads,
         ceiling=torch.get_num_threads(),
         cheap_inputs=adapter.cheap_inputs,
         watch=watch,
         share=share,
     )
-    note = busy_note(cpu, "--threads N")
+    if begun is not None and threads is None:
+        note = (
+            f"{config.out} was begun with {begun} torch threads, more than the cores here; resuming with "
+            f"{cpu.threads}: its new shards may differ from an uninterrupted run's by float rounding"
+        )
+    note = note or busy_note(cpu, "--threads N")
     if note and not quiet:
         print(note)
     return EmbedSettings(

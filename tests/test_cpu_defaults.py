@@ -7,9 +7,11 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import zarr
 from dogmacache.cache import open_cache
 from dogmacache.cli import main
 from dogmacache.devices import cgroup_cpu_limit, cpu_plan, free_cores, torch_threads, usable_cores
@@ -368,3 +370,48 @@ def test_bench_threads_section_times_the_default_beside_fixed_settings(tmp_path,
         assert f"({workers}, {threads})" in text
         verdict = next(line for line in text.splitlines() if "default within 1.2x of the best" in line).split()[-1]
         assert verdict == ("yes" if condition["default_over_best"] <= 1.2 else "NO")  # the verdict of the ratio
+
+
+def _unfinish(out, shard: int) -> None:
+    """The cache as an interrupted run leaves it: not complete, `shard` not written."""
+    group = zarr.open_group(out, mode="r+")
+    group.attrs["dogmacache"] = {**dict(group.attrs["dogmacache"]), "complete": False, "shards": []}
+    group["shard_sha256"][shard] = np.zeros(32, dtype=np.uint8)
+
+
+def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins, tmp_path, monkeypatch, capsys):
+    """Begun at 1 thread (as a busy machine gives), resumed on an idle one with nothing chosen: 1 thread again, said
+    in one line, and the cache equals an uninterrupted run's. A count the user chooses wins; a count above the cores
+    here falls back to the plan and says the new shards may differ by float rounding."""
+    from dogmacache import devices
+    from dogmacache.embed import runner, settings
+
+    for module in (devices, settings):
+        monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)  # idle: the plan would take 2
+    used = []
+    plain = runner.torch_threads
+    monkeypatch.setattr(runner, "torch_threads", lambda n: used.append(n) or plain(n))
+    out = tmp_path / "begun.zarr"
+    with torch_threads(2):
+        run_embed(_config(proteins, out, torch_threads=1, shard_items=1))
+        _unfinish(out, 1)
+        capsys.readouterr()
+        run_embed(_config(proteins, out, shard_items=1))
+        assert used[-1] == 1
+        assert f"resuming with the 1 torch thread {out} was begun with" in capsys.readouterr().out
+        run_embed(_config(proteins, tmp_path / "whole.zarr", torch_threads=1, shard_items=1))
+        assert open_cache(out).manifest.shards == open_cache(tmp_path / "whole.zarr").manifest.shards
+        _unfinish(out, 2)
+        run_embed(_config(proteins, out, torch_threads=2, shard_items=1))  # chosen: taken as it is
+        assert used[-1] == 2 and "resuming with" not in capsys.readouterr().out
+        group = zarr.open_group(out, mode="r+")
+        group.attrs["dogmacache"] = {
+            **dict(group.attrs["dogmacache"]),
+            "config": {**_recorded(out), "torch_threads": 8},
+        }
+        _unfinish(out, 0)
+        run_embed(_config(proteins, out, shard_items=1))
+        assert used[-1] == 2
+        said = capsys.readouterr().out
+        assert f"{out} was begun with 8 torch threads, more than the cores here; resuming with 2" in said
