@@ -82,10 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: OMP_NUM_THREADS when set, else on --device cpu the free cores the input "
-        "workers leave, giving up cores other processes kept busy while the model loaded (at least 0.1 s); on a GPU 1 "
-        "or 2; never more than torch's own count; resuming on the CPU, the count the cache was begun with); recorded "
-        "in the manifest as torch_threads",
+        help="torch intra-op threads (default: OMP_NUM_THREADS when set; resuming an unfinished cache on the CPU, the "
+        "count it was begun with, where that fits the cores; else on --device cpu the free cores the input workers "
+        "leave, giving up cores other processes kept busy while the model loaded (at least 0.1 s), and on a GPU 1 or "
+        "2, never more than torch's own count); recorded in the manifest as torch_threads",
     )
     p.add_argument("--shard-items", type=int, default=None, help="items per shard (default: ~1 GiB shards)")
     p.add_argument(

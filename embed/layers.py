@@ -29,7 +29,7 @@ from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
-from dogmacache.embed.settings import EmbedConfig, EmbedSettings
+from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads
 from dogmacache.embed.shard_filler import ShardFiller
 from dogmacache.embed.stream import Assembly, autocast_for, one_behind, pooled, run_segment, segments, stored_info
 from dogmacache.embed.transfer import HostCopy
@@ -77,11 +77,15 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
     for layer in layers:
         adapter.check_layer(layer)
     writers: dict[str, CacheWriter] = {}
+    threads, threads_note = resume_threads(list(outs.values()), config, device)  # one count for every layer's cache
+    if threads is not None:
+        config = replace(config, torch_threads=threads)
     try:
         for k, layer in enumerate(layers):
             one = adapter.for_layer(layer)
-            settings = resolve(replace(config, out=outs[layer]), one, device, watch, quiet=k > 0)
+            settings = resolve(replace(config, out=outs[layer]), one, device, watch, quiet=k > 0, resume=False)
             writers[layer] = open_writer(settings, table, stored_info(one.info(), config.max_positions))
+        settings = replace(settings, threads_note=threads_note)
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writers)
     except OSError as err:
@@ -137,10 +141,13 @@ def _run(
         print(f"all {len(writers)} caches are already complete ({', '.join(outs.values())}); nothing to do")
         return {"items": 0, "caches": outs, "shards": dict.fromkeys(writers, 0), "complete": True}
     fillers = {}
+    said = f"; {settings.threads_note}" if settings.threads_note else ""
     for layer, writer in writers.items():
         m = writer.manifest
         if pending[layer] and len(pending[layer]) < m.n_shards:
-            print(f"resuming {outs[layer]}: {m.n_shards - len(pending[layer])} of {m.n_shards} shards already written")
+            done = m.n_shards - len(pending[layer])
+            print(f"resuming {outs[layer]}: {done} of {m.n_shards} shards already written{said}")
+            said = ""  # said once
         fillers[layer] = ShardFiller(writer, [(s, *m.shard_rows(s)) for s in sorted(pending[layer])])
     bar = tqdm(
         total=len(order),

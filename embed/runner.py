@@ -270,7 +270,8 @@ def _run(
     todo = [(s, *m.shard_rows(s)) for s in pending]
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
-        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written")
+        said = f"; {settings.threads_note}" if settings.threads_note else ""
+        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written{said}")
     reused, copier, sources = (
         _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
     )

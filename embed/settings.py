@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from dogmacache.cache import open_cache
+from dogmacache.cache.storage import local_path
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.devices import CoreWatch, busy_note, cpu_plan, env_threads, usable_cores
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
@@ -66,6 +67,7 @@ class EmbedSettings:
     options: AdapterOptions  # as the loaded adapter resolved them (window from the model's bins, ...)
     num_workers: int  # input-preparation processes
     torch_threads: int  # torch intra-op threads of the forward pass (recorded: they may move values by float rounding)
+    threads_note: str = ""  # on a resume: where the thread count came from (`resume_threads`), said with it
 
     def workers_for(self, n_rows: int) -> int:
         """Input workers for a pass over `n_rows` rows (embedding them, or digesting them for `--reuse`): the
@@ -130,7 +132,8 @@ def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[s
 def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]) -> None:
     """A cache already at `out` (finished or not) is extended or reused only when its recorded settings agree
     with this run's; InputError naming the first that differs, its value in the cache and now, and the fix."""
-    if not Path(out).exists():
+    local = local_path(out)
+    if local is None or not Path(local).exists():
         return
     try:
         there = open_cache(out, allow_partial=True).manifest.config  # read only: takes no writer lock
@@ -151,8 +154,9 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
 def begun_threads(out: str) -> int | None:
     """The torch threads an unfinished cache at `out` was begun with (its manifest's `torch_threads`); None where
     there is no cache, a finished one, or no count recorded. CPU kernels may split reductions by thread count, so
-    a resume on the CPU takes this count unless the user chooses one (`resolve`)."""
-    if not Path(out).exists():
+    a resume on the CPU takes this count unless the user chooses one (`resume_threads`)."""
+    local = local_path(out)
+    if local is None or not Path(local).exists():
         return None
     try:
         manifest = open_cache(out, allow_partial=True).manifest
@@ -160,6 +164,32 @@ def begun_threads(out: str) -> int | None:
         return None
     count = manifest.config.get("torch_threads")
     return count if not manifest.complete and isinstance(count, int) and count > 0 else None
+
+
+def resume_threads(
+    outs: list[str], config: EmbedConfig, device: torch.device, share: int = 1
+) -> tuple[int | None, str]:
+    """The torch threads for a run on the CPU that finishes the unfinished caches at `outs` (one run, one count)
+    where the user chose none (no --threads, no OMP_NUM_THREADS): the count they were begun with, so that their
+    shards match an uninterrupted run's, and a line saying so for the resume message. None (the plan decides)
+    elsewhere; with a line where the caches were begun with counts that differ or exceed this process's cores."""
+    if config.torch_threads is not None or env_threads() is not None or device.type != "cpu" or config.overwrite:
+        return None, ""
+    begun = {out: n for out in outs if (n := begun_threads(out)) is not None}
+    counts = sorted(set(begun.values()))
+    if not counts:
+        return None, ""
+    cores = usable_cores() // max(1, share)
+    if len(counts) == 1 and counts[0] <= cores:
+        n = counts[0]
+        return n, f"torch threads: {n}, as the cache was begun with, so that its shards match an uninterrupted run's"
+    why = f"{counts[0]} torch threads, more than the {cores} cores this process may use"
+    if len(counts) > 1:
+        why = "different torch thread counts (" + ", ".join(f"{out}: {n}" for out, n in begun.items()) + ")"
+    return (
+        None,
+        f"the caches were begun with {why}; the new shards may differ from an uninterrupted run's by float rounding",
+    )
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast
@@ -181,23 +211,19 @@ def resolve(
     watch: CoreWatch | None = None,
     share: int = 1,
     quiet: bool = False,
+    resume: bool = True,
 ) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
     never exceed torch's current count (a caller's `torch.set_num_threads` holds), except that a resume on the CPU
-    takes the count the cache was begun with (`begun_threads`) where the user chose none. `watch`: the cores, watched
+    takes the count the cache was begun with (`resume_threads`; not with `resume` False) where the user chose none.
+    `watch`: the cores, watched
     since before the model load (`devices.CoreWatch`). `share`: how many processes of this run split the
     machine's cores (a local dask cluster's workers; `devices.cpu_plan`). Cores given
     up to other processes are said in one line unless `quiet` (a run deciding several caches' settings says it
     once)."""
-    threads, note, begun = config.torch_threads, None, None
-    if threads is None and env_threads() is None and device.type == "cpu" and not config.overwrite:
-        begun = begun_threads(config.out)  # a resume: its shards are to match an uninterrupted run's
-        if begun is not None and begun <= usable_cores() // max(1, share):
-            threads = begun
-            note = (
-                f"resuming with the {begun} torch thread{'s' * (begun > 1)} {config.out} was begun with, so that "
-                "its shards match an uninterrupted run (--threads N chooses)"
-            )
+    threads, threads_note = config.torch_threads, ""
+    if threads is None and resume:
+        threads, threads_note = resume_threads([config.out], config, device, share)
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
     # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
     cpu = cpu_plan(
@@ -209,12 +235,7 @@ def resolve(
         watch=watch,
         share=share,
     )
-    if begun is not None and threads is None:
-        note = (
-            f"{config.out} was begun with {begun} torch threads, more than the cores here; resuming with "
-            f"{cpu.threads}: its new shards may differ from an uninterrupted run's by float rounding"
-        )
-    note = note or busy_note(cpu, "--threads N")
+    note = busy_note(cpu, "--threads N")
     if note and not quiet:
         print(note)
     return EmbedSettings(
@@ -225,4 +246,5 @@ def resolve(
         options=adapter.options,
         num_workers=cpu.workers,
         torch_threads=cpu.threads,
+        threads_note=threads_note,
     )

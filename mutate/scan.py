@@ -193,7 +193,7 @@ def open_scanner(
         table, rows, adapter = load(config, torch_device)
     except ModelError as err:
         raise model_load_error(err, str(dna_model), dna.url) from None
-    settings = resolve(config, adapter, torch_device, watch)
+    settings = resolve(config, adapter, torch_device, watch, resume=False)  # `out` is no cache of mutate's
     wanted = settings.manifest_config(adapter.info())
     check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))
     genome_tag = f"{recorded['genome']['name']}:{wanted['genome']['sha256']}"  # same digest: the cache's name
