@@ -132,6 +132,10 @@ def _fan_out(
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
         return {"items": 0, "shards": 0, "complete": True}
     pending = writer.pending_shards()
+    m = writer.manifest
+    if len(pending) < m.n_shards:
+        said = f"; {settings.threads_note}" if settings.threads_note else ""
+        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written{said}")
     client, cluster = _cluster(n_workers, scheduler)
     start = time.perf_counter()
     try:
