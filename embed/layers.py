@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 from dogmacache.cache import storage
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
@@ -31,8 +30,7 @@ from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads
 from dogmacache.embed.shard_filler import ShardFiller
-from dogmacache.embed.stream import Assembly, autocast_for, one_behind, pooled, run_segment, segments, stored_info
-from dogmacache.embed.transfer import HostCopy
+from dogmacache.embed.stream import embed_segments, stored_info
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
@@ -163,49 +161,32 @@ def _run(
         sample = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items)
         captures[layer] = Capture(sample, {order[p]: p for p in mine}, settings)
 
-    def launched():
-        """Per batch, its forward launched and each layer's copy to the host queued (`transfer.HostCopy`)."""
-        for segment in segments(
+    def layers_for(segment) -> tuple[str, ...]:
+        """The layers whose pending shards hold the segment's rows (its first row lies in one shard of each)."""
+        first = order[segment.first]
+        return tuple(k for k, w in writers.items() if first // w.manifest.shard_items in pending[k])
+
+    with _settled(fillers):
+        for segment, outputs in embed_segments(
             adapter,
             [rows[i] for i in order],
+            layers_for,
+            adapter.embed_layers,
             device=settings.device,
+            precision=settings.precision,
             max_tokens=settings.max_tokens,
             max_batch=config.max_batch,
             num_workers=settings.workers_for(len(order)),
+            dtype=config.dtype,
             starts=starts,
+            max_positions=config.max_positions,
+            captures=captures,
         ):
-            first = order[segment.first]  # the segment's first row: it lies in one shard of every layer
-            wanted = tuple(k for k, w in writers.items() if first // w.manifest.shard_items in pending[k])
-            assembled = {layer: Assembly(len(segment.items), segment.digests) for layer in wanted}
-            for k, (offsets, outputs, extras) in enumerate(
-                run_segment(
-                    lambda b, wanted=wanted: adapter.embed_layers(b, wanted),
-                    adapter,
-                    segment,
-                    settings.max_tokens,
-                    config.max_batch,
-                )
-            ):
-                positions = [segment.first + o for o in offsets]
-                ids = [str(rows[order[p]]["id"]) for p in positions]
-                copies = {}
-                for layer in wanted:
-                    embedded, layer_extras = pooled(outputs[layer], extras, config.max_positions)
-                    captures[layer](positions, embedded)
-                    stored = {name: np.asarray(v) for name, v in layer_extras.items()}
-                    copies[layer] = (HostCopy(embedded, config.dtype, ids), stored)
-                n_padded = int(np.count_nonzero(extras.get("n_padded", ())))
-                yield assembled, offsets, copies, n_padded, k == len(segment.batches) - 1, len(segment.items)
-
-    with torch.inference_mode(), autocast_for(settings.device, settings.precision), _settled(fillers):
-        for assembled, offsets, copies, n_padded, last, n_items in one_behind(launched()):
-            for layer, (copy, stored) in copies.items():
-                assembled[layer].put(offsets, copy.result(), stored)
-            padded += n_padded
-            if last:
-                for layer, assembly in assembled.items():
-                    fillers[layer].add(*assembly.result())
-                bar.update(n_items)
+            for layer, (embedded, extras) in outputs.items():
+                fillers[layer].add(embedded, extras)
+            _, extras = next(iter(outputs.values()))  # the adapter's extras are the same for every layer
+            padded += int(np.count_nonzero(extras.get("n_padded", ())))
+            bar.update(len(segment.items))
         for filler in fillers.values():
             filler.close()  # inside _settled: a failed close settles every layer's writer before the locks go
     bar.close()

@@ -3,7 +3,7 @@ while the device computes, grouped into batches by a token budget counted after 
 (`batches_by_budget`), or by length bucket for items of many sizes, every batch of one fixed shape
 (`embed/shapes.py`), run under the resolved autocast, optionally pooled to `max_positions`, and cast to the
 storage dtype on the device before the copy to the host (`to_host`). `embed_stream` yields batch by batch;
-`embed_rows` collects every row.
+`embed_rows` collects every row; `embed_segments` is the same loop with several outputs per batch (`--layers`).
 """
 
 from __future__ import annotations
@@ -374,20 +374,92 @@ def embed_stream(
     spans a position in `starts` and the row before it, unless `span` lets batches of one size do so (see
     `segments`). `capture(positions of the batch's rows, outputs)`, if given, sees each batch's outputs before
     the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
+
+    def call(batch, keys):
+        outputs, extras = adapter.embed(batch)
+        return {"": outputs}, extras
+
+    for _, outputs in embed_segments(
+        adapter,
+        rows,
+        lambda segment: ("",),
+        call,
+        device=device,
+        precision=precision,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
+        num_workers=num_workers,
+        dtype=dtype,
+        starts=starts,
+        max_positions=max_positions,
+        captures=None if capture is None else {"": capture},
+        span=span,
+    ):
+        yield outputs[""]
+
+
+def embed_segments(
+    adapter: EmbeddingAdapter,
+    rows: list[dict[str, Any]],
+    keys_for,
+    call,
+    *,
+    device: torch.device,
+    precision: str,
+    max_tokens: int,
+    max_batch: int,
+    num_workers: int,
+    dtype: str = "float32",
+    starts: Collection[int] = (),
+    max_positions: int | None = None,
+    captures=None,
+    span: bool = False,
+):
+    """The stream of `embed_stream` for one output per key (`--layers`: one per layer): yield, per segment in row
+    order, (the segment, {key: (outputs (n, *item_shape) in `dtype` on the CPU, extras each (n, ...))}) for the keys
+    `keys_for(segment)` names, each batch computed once by `call(batch, keys)` -> ({key: outputs}, extras). Each
+    batch's host copies are read only after the next batch's forward was launched (`one_behind`).
+    `captures[key](positions, outputs)`, where given, sees a key's outputs before the storage cast."""
     with torch.inference_mode(), autocast_for(device, precision):
-        for assembly, offsets, copy, extras, last in one_behind(
-            _launched(
-                adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture, span
-            )
-        ):
-            assembly.put(offsets, copy.result(), extras)
+        launched = _launched(
+            adapter,
+            rows,
+            keys_for,
+            call,
+            device,
+            max_tokens,
+            max_batch,
+            num_workers,
+            dtype,
+            starts,
+            max_positions,
+            captures or {},
+            span,
+        )
+        for segment, assembled, offsets, copies, last in one_behind(launched):
+            for key, (copy, extras) in copies.items():
+                assembled[key].put(offsets, copy.result(), extras)
             if last:
-                yield assembly.result()
+                yield segment, {key: assembly.result() for key, assembly in assembled.items()}
 
 
-def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, starts, max_positions, capture, span):
-    """Per batch, its forward launched and its copy to the host queued: (the segment's assembly, offsets, the
-    `HostCopy`, extras, whether it is the segment's last batch)."""
+def _launched(
+    adapter,
+    rows,
+    keys_for,
+    call,
+    device,
+    max_tokens,
+    max_batch,
+    num_workers,
+    dtype,
+    starts,
+    max_positions,
+    captures,
+    span,
+):
+    """Per batch, its forward launched and each key's copy to the host queued: (the segment, its assemblies by
+    key, the batch's offsets in it, {key: (`HostCopy`, extras)}, whether it is the segment's last batch)."""
     for segment in segments(
         adapter,
         rows,
@@ -398,16 +470,20 @@ def _launched(adapter, rows, device, max_tokens, max_batch, num_workers, dtype, 
         starts=starts,
         span=span,
     ):
-        assembly = Assembly(len(segment.items), segment.digests)
-        for k, (offsets, embedded, extras) in enumerate(
-            run_segment(adapter.embed, adapter, segment, max_tokens, max_batch)
+        keys = keys_for(segment)
+        assembled = {key: Assembly(len(segment.items), segment.digests) for key in keys}
+        for k, (offsets, outputs, extras) in enumerate(
+            run_segment(lambda batch, keys=keys: call(batch, keys), adapter, segment, max_tokens, max_batch)
         ):
-            embedded, extras = pooled(embedded, extras, max_positions)
             positions = [segment.first + o for o in offsets]
-            if capture is not None:  # `capture(positions, outputs)` sees each batch before the storage cast
-                capture(positions, embedded)
-            copy = HostCopy(embedded, dtype, [str(rows[p]["id"]) for p in positions])
-            yield assembly, offsets, copy, extras, k == len(segment.batches) - 1
+            ids = [str(rows[p]["id"]) for p in positions]
+            copies = {}
+            for key in keys:
+                embedded, key_extras = pooled(outputs[key], extras, max_positions)
+                if key in captures:  # sees each batch before the storage cast
+                    captures[key](positions, embedded)
+                copies[key] = (HostCopy(embedded, dtype, ids), key_extras)
+            yield segment, assembled, offsets, copies, k == len(segment.batches) - 1
 
 
 _END = object()
