@@ -8,6 +8,7 @@ thread that feeds the device)."""
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,8 +159,14 @@ class ShardFiller:
 
     def settle(self) -> None:
         """On an error or interrupt, before the cache's lock goes: the shards handed over are written (at most
-        QUEUE_BYTES, or one shard), none after a failed write (`_write`); each is whole or absent."""
-        self.pool.shutdown(wait=True)
+        QUEUE_BYTES, or one shard), none after a failed write (`_write`); each is whole or absent. A second Ctrl-C
+        meanwhile does not cut the wait short: the lock would go while a shard is still being written."""
+        while True:
+            try:
+                self.pool.shutdown(wait=True)
+                return
+            except KeyboardInterrupt:
+                print("waiting for the shards being written to finish (they stay whole)", file=sys.stderr)
 
     def close(self) -> None:
         self._submit_ready()
