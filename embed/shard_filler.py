@@ -8,9 +8,13 @@ thread that feeds the device)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +29,19 @@ class ReusedRows:
     offsets: np.ndarray  # (k,) sorted offsets within the shard
     source: np.ndarray  # (k,) index into the copier's sources
     row: np.ndarray  # (k,) row in that source
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT (Ctrl-C) has no effect inside the block, in the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 QUEUE_BYTES = 64 << 20  # shards handed to the writer thread and not yet written: at most this much, or one shard
@@ -49,6 +66,7 @@ class ShardFiller:
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.queued: deque[tuple[Future, int]] = deque()  # (write, bytes it holds), oldest first
         self.queued_bytes = 0
+        self._last: Future | None = None  # the write handed over last: when it is done, all are
         self._failed = False  # a write failed: the writer thread writes nothing after it
         self.padded = 0
         self.copied = 0
@@ -108,7 +126,8 @@ class ShardFiller:
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             size = block.nbytes + sum(v.nbytes for v in ex.values())
             self._wait(QUEUE_BYTES - size)
-            self.queued.append((self.pool.submit(self._write, shard, block, ex), size))
+            self._last = self.pool.submit(self._write, shard, block, ex)
+            self.queued.append((self._last, size))
             self.queued_bytes += size
 
     def _write(self, shard: int, block: np.ndarray, ex: dict[str, np.ndarray]) -> None:
@@ -159,14 +178,17 @@ class ShardFiller:
 
     def settle(self) -> None:
         """On an error or interrupt, before the cache's lock goes: the shards handed over are written (at most
-        QUEUE_BYTES, or one shard), none after a failed write (`_write`); each is whole or absent. A second Ctrl-C
-        meanwhile does not cut the wait short: the lock would go while a shard is still being written."""
-        while True:
-            try:
-                self.pool.shutdown(wait=True)
-                return
-            except KeyboardInterrupt:
+        QUEUE_BYTES, or one shard), none after a failed write (`_write`); each is whole or absent. Ctrl-C meanwhile
+        does not cut the wait short, since the lock would go while a shard is still being written: the wait is on
+        the last write's future (one writer thread, in order), with SIGINT ignored in the main thread until it is
+        done (an interrupted `Thread.join` counts the thread as finished on Python 3.11). Ctrl-\\ or kill still
+        stop the process at once; the lock is the kernel's, so the cache stays resumable."""
+        last = self._last
+        if last is not None and not last.done():
+            with _sigint_ignored():
                 print("waiting for the shards being written to finish (they stay whole)", file=sys.stderr)
+                futures_wait([last])
+        self.pool.shutdown(wait=False)  # its thread is idle now
 
     def close(self) -> None:
         self._submit_ready()
