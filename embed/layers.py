@@ -184,7 +184,7 @@ def _run(
         ):
             for layer, (embedded, extras) in outputs.items():
                 fillers[layer].add(embedded, extras)
-            _, extras = next(iter(outputs.values()))  # the adapter's extras are the same for every layer
+            _, extras = next(iter(outputs.values()), (None, {}))  # the adapter's extras: alike in every layer
             padded += int(np.count_nonzero(extras.get("n_padded", ())))
             bar.update(len(segment.items))
         for filler in fillers.values():
