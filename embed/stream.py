@@ -354,47 +354,18 @@ def pooled(
     return embedded, extras
 
 
-def embed_stream(
-    adapter: EmbeddingAdapter,
-    rows: list[dict[str, Any]],
-    *,
-    device: torch.device,
-    precision: str,
-    max_tokens: int,
-    max_batch: int,
-    num_workers: int,
-    dtype: str = "float32",
-    starts: Collection[int] = (),
-    max_positions: int | None = None,
-    capture=None,
-    span: bool = False,
-):
+def embed_stream(adapter: EmbeddingAdapter, rows: list[dict[str, Any]], *, capture=None, **options):
     """Yield (outputs (b, *item_shape) in the storage `dtype` on the CPU, extras each (b, ...)) batch by
-    batch, in row order. `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch
-    spans a position in `starts` and the row before it, unless `span` lets batches of one size do so (see
-    `segments`). `capture(positions of the batch's rows, outputs)`, if given, sees each batch's outputs before
-    the cast to the storage dtype. Batches have fixed shapes (`shapes.py`)."""
+    batch, in row order: `embed_segments` with the adapter's one output. `options` are `embed_segments`' (device,
+    resolved precision, token budget, workers, dtype, starts, max_positions, span); `capture(positions of the
+    batch's rows, outputs)`, if given, sees each batch's outputs before the cast to the storage dtype."""
 
     def call(batch, keys):
         outputs, extras = adapter.embed(batch)
         return {"": outputs}, extras
 
-    for _, outputs in embed_segments(
-        adapter,
-        rows,
-        lambda segment: ("",),
-        call,
-        device=device,
-        precision=precision,
-        max_tokens=max_tokens,
-        max_batch=max_batch,
-        num_workers=num_workers,
-        dtype=dtype,
-        starts=starts,
-        max_positions=max_positions,
-        captures=None if capture is None else {"": capture},
-        span=span,
-    ):
+    captures = None if capture is None else {"": capture}
+    for _, outputs in embed_segments(adapter, rows, lambda segment: ("",), call, captures=captures, **options):
         yield outputs[""]
 
 
@@ -415,75 +386,50 @@ def embed_segments(
     captures=None,
     span: bool = False,
 ):
-    """The stream of `embed_stream` for one output per key (`--layers`: one per layer): yield, per segment in row
-    order, (the segment, {key: (outputs (n, *item_shape) in `dtype` on the CPU, extras each (n, ...))}) for the keys
-    `keys_for(segment)` names, each batch computed once by `call(batch, keys)` -> ({key: outputs}, extras). Each
-    batch's host copies are read only after the next batch's forward was launched (`one_behind`).
-    `captures[key](positions, outputs)`, where given, sees a key's outputs before the storage cast."""
-    with torch.inference_mode(), autocast_for(device, precision):
-        launched = _launched(
+    """The batch loop, one output per key (`--layers`: one per layer): yield, per segment in row order, (the
+    segment, {key: (outputs (n, *item_shape) in `dtype` on the CPU, extras each (n, ...))}) for the keys
+    `keys_for(segment)` names, each batch computed once by `call(batch, keys)` -> ({key: outputs}, extras).
+    `precision` is resolved (fp32 | bf16 | fp16, see `resolve_precision`); no batch spans a position in `starts`
+    and the row before it, unless `span` lets batches of one size do so (see `segments`); batches have fixed
+    shapes (`shapes.py`). Each batch's host copies are read only after the next batch's forward was launched
+    (`one_behind`). `captures[key](positions, outputs)`, where given, sees a key's outputs before the storage
+    cast."""
+    captures = captures or {}
+
+    def launched():
+        """Per batch, its forward launched and each key's copy to the host queued: (the segment, its assemblies
+        by key, the batch's offsets in it, {key: (`HostCopy`, extras)}, whether it is the segment's last batch)."""
+        for segment in segments(
             adapter,
             rows,
-            keys_for,
-            call,
-            device,
-            max_tokens,
-            max_batch,
-            num_workers,
-            dtype,
-            starts,
-            max_positions,
-            captures or {},
-            span,
-        )
-        for segment, assembled, offsets, copies, last in one_behind(launched):
+            device=device,
+            max_tokens=max_tokens,
+            max_batch=max_batch,
+            num_workers=num_workers,
+            starts=starts,
+            span=span,
+        ):
+            keys = keys_for(segment)
+            assembled = {key: Assembly(len(segment.items), segment.digests) for key in keys}
+            for k, (offsets, outputs, extras) in enumerate(
+                run_segment(lambda batch, keys=keys: call(batch, keys), adapter, segment, max_tokens, max_batch)
+            ):
+                positions = [segment.first + o for o in offsets]
+                ids = [str(rows[p]["id"]) for p in positions]
+                copies = {}
+                for key in keys:
+                    embedded, key_extras = pooled(outputs[key], extras, max_positions)
+                    if key in captures:  # sees each batch before the storage cast
+                        captures[key](positions, embedded)
+                    copies[key] = (HostCopy(embedded, dtype, ids), key_extras)
+                yield segment, assembled, offsets, copies, k == len(segment.batches) - 1
+
+    with torch.inference_mode(), autocast_for(device, precision):
+        for segment, assembled, offsets, copies, last in one_behind(launched()):
             for key, (copy, extras) in copies.items():
                 assembled[key].put(offsets, copy.result(), extras)
             if last:
                 yield segment, {key: assembly.result() for key, assembly in assembled.items()}
-
-
-def _launched(
-    adapter,
-    rows,
-    keys_for,
-    call,
-    device,
-    max_tokens,
-    max_batch,
-    num_workers,
-    dtype,
-    starts,
-    max_positions,
-    captures,
-    span,
-):
-    """Per batch, its forward launched and each key's copy to the host queued: (the segment, its assemblies by
-    key, the batch's offsets in it, {key: (`HostCopy`, extras)}, whether it is the segment's last batch)."""
-    for segment in segments(
-        adapter,
-        rows,
-        device=device,
-        max_tokens=max_tokens,
-        max_batch=max_batch,
-        num_workers=num_workers,
-        starts=starts,
-        span=span,
-    ):
-        keys = keys_for(segment)
-        assembled = {key: Assembly(len(segment.items), segment.digests) for key in keys}
-        for k, (offsets, outputs, extras) in enumerate(
-            run_segment(lambda batch, keys=keys: call(batch, keys), adapter, segment, max_tokens, max_batch)
-        ):
-            positions = [segment.first + o for o in offsets]
-            ids = [str(rows[p]["id"]) for p in positions]
-            copies = {}
-            for key in keys:
-                embedded, key_extras = pooled(outputs[key], extras, max_positions)
-                if key in captures:  # sees each batch before the storage cast
-                    captures[key](positions, embedded)
-                copies[key] = (HostCopy(embedded, dtype, ids), key_extras)
-            yield segment, assembled, offsets, copies, k == len(segment.batches) - 1
 
 
 _END = object()
