@@ -66,13 +66,8 @@ def embed_shard(shard: int) -> int:
     embeddings, extras = embed_rows(
         adapter,
         _STATE["rows"][start:stop],
-        device=device,
-        precision=settings.precision,
-        max_tokens=settings.max_tokens,
-        max_batch=config.max_batch,
-        dtype=config.dtype,
-        max_positions=config.max_positions,
-        num_workers=0,  # dask workers are daemon processes: no DataLoader children
+        # dask workers are daemon processes: no DataLoader children; the worker's own device
+        **settings.stream_options(stop - start, device=device, num_workers=0),
     )
     try:
         writer.write_shard(shard, embeddings, checked=True, **extras)  # embed_rows refused NaN/Inf on the device

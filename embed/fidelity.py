@@ -112,13 +112,7 @@ def receipt(
             computed, _ = embed_rows(
                 adapter,
                 [rows[i] for i in todo],
-                device=settings.device,
-                precision="fp32",
-                max_tokens=settings.max_tokens,
-                max_batch=config.max_batch,
-                num_workers=0,
-                dtype="float32",
-                max_positions=config.max_positions,
+                **settings.stream_options(len(todo), precision="fp32", num_workers=0, dtype="float32"),
             )
         reference.update(zip(todo, computed, strict=True))
     stored = open_cache(path, allow_partial=True).read_rows(sample, dtype=np.float32)

@@ -172,15 +172,9 @@ def _run(
             [rows[i] for i in order],
             layers_for,
             adapter.embed_layers,
-            device=settings.device,
-            precision=settings.precision,
-            max_tokens=settings.max_tokens,
-            max_batch=config.max_batch,
-            num_workers=settings.workers_for(len(order)),
-            dtype=config.dtype,
             starts=starts,
-            max_positions=config.max_positions,
             captures=captures,
+            **settings.stream_options(len(order)),
         ):
             for layer, (embedded, extras) in outputs.items():
                 fillers[layer].add(embedded, extras)

@@ -260,7 +260,6 @@ def _run(
     rows: list[dict[str, Any]],
     writer: CacheWriter,
 ) -> dict[str, Any]:
-    device = settings.device
     start = time.perf_counter()  # the run's clock: from here (model loaded, cache open) to the final manifest
     if writer.manifest.complete:
         print(f"{config.out} is already complete ({writer.manifest.n_items:,} items); nothing to do")
@@ -297,16 +296,10 @@ def _run(
         for embedded, extras in embed_stream(
             adapter,
             rows_todo,
-            device=device,
-            precision=settings.precision,
-            max_tokens=settings.max_tokens,
-            max_batch=config.max_batch,
-            num_workers=settings.workers_for(len(rows_todo)),
-            dtype=config.dtype,
-            starts=starts,
-            max_positions=config.max_positions,
             capture=capture if capture.wanted else None,
+            starts=starts,
             span=True,
+            **settings.stream_options(len(rows_todo)),
         ):
             copied = filler.copied
             filler.add(embedded, extras)

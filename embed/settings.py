@@ -79,6 +79,22 @@ class EmbedSettings:
             return 0
         return self.num_workers
 
+    def stream_options(self, n_rows: int, **overrides: Any) -> dict[str, Any]:
+        """The batch loop's options (`stream.embed_segments`, `embed_stream`, `embed_rows`) for a pass over `n_rows`
+        rows as this run decided them; `overrides` replace any (the receipt's float32 reference, a dask worker's
+        in-process inputs)."""
+        config = self.config
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "max_tokens": self.max_tokens,
+            "max_batch": config.max_batch,
+            "num_workers": self.workers_for(n_rows),
+            "dtype": config.dtype,
+            "max_positions": config.max_positions,
+            **overrides,
+        }
+
     def manifest_config(self, info: ModelInfo) -> dict[str, Any]:
         """The manifest's `config`: the run's settings, the adapter's options, the model's facts, and the files
         read, by name and digest: a manifest is published with its cache, so it holds no local path."""

@@ -125,16 +125,8 @@ class Scanner:
             out.update(zip(in_cache, read, strict=True))
         if todo:
             first = {d: r for d, r in zip(digests, edited_rows, strict=True) if d in todo}
-            s = self.settings
             embedded, _ = embed_rows(
-                self.adapter,
-                [first[d] for d in todo],
-                device=s.device,
-                precision=s.precision,
-                max_tokens=s.max_tokens,
-                max_batch=s.config.max_batch,
-                num_workers=0,
-                dtype=s.config.dtype,
+                self.adapter, [first[d] for d in todo], **self.settings.stream_options(len(todo), num_workers=0)
             )
             out.update(zip(todo, embedded.astype(np.float32), strict=True))
         return np.stack([out[d] for d in digests]), len(todo), sum(d in in_cache for d in digests)
