@@ -27,6 +27,7 @@ from dogmacache.embed.runner import (
     resolve,
     stored_info,
 )
+from dogmacache.embed.settings import resuming_line
 from tqdm.auto import tqdm
 
 _STATE: dict = {}  # per worker process: the settings, the loaded adapter, its device and the table's rows
@@ -129,8 +130,7 @@ def _fan_out(
     pending = writer.pending_shards()
     m = writer.manifest
     if len(pending) < m.n_shards:
-        said = f"; {settings.threads_note}" if settings.threads_note else ""
-        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written{said}")
+        print(resuming_line(config.out, m.n_shards - len(pending), m.n_shards, settings.threads_note))
     client, cluster = _cluster(n_workers, scheduler)
     start = time.perf_counter()
     try:

@@ -28,7 +28,7 @@ from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
-from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads
+from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads, resuming_line
 from dogmacache.embed.shard_filler import ShardFiller
 from dogmacache.embed.stream import embed_segments, stored_info
 from dogmacache.errors import InputError
@@ -139,13 +139,12 @@ def _run(
         print(f"all {len(writers)} caches are already complete ({', '.join(outs.values())}); nothing to do")
         return {"items": 0, "caches": outs, "shards": dict.fromkeys(writers, 0), "complete": True}
     fillers = {}
-    said = f"; {settings.threads_note}" if settings.threads_note else ""
+    note = settings.threads_note  # said once, with the first cache resumed
     for layer, writer in writers.items():
         m = writer.manifest
         if pending[layer] and len(pending[layer]) < m.n_shards:
-            done = m.n_shards - len(pending[layer])
-            print(f"resuming {outs[layer]}: {done} of {m.n_shards} shards already written{said}")
-            said = ""  # said once
+            print(resuming_line(outs[layer], m.n_shards - len(pending[layer]), m.n_shards, note))
+            note = ""
         fillers[layer] = ShardFiller(writer, [(s, *m.shard_rows(s)) for s in sorted(pending[layer])])
     bar = tqdm(
         total=len(order),

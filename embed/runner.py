@@ -41,6 +41,7 @@ from dogmacache.embed.settings import (
     number_fingerprint,
     resolve,
     resolve_precision,
+    resuming_line,
 )
 from dogmacache.embed.shard_filler import ReusedRows, ShardFiller
 from dogmacache.embed.stream import (
@@ -269,8 +270,7 @@ def _run(
     todo = [(s, *m.shard_rows(s)) for s in pending]
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
-        said = f"; {settings.threads_note}" if settings.threads_note else ""
-        print(f"resuming {config.out}: {m.n_shards - len(pending)} of {m.n_shards} shards already written{said}")
+        print(resuming_line(config.out, m.n_shards - len(pending), m.n_shards, settings.threads_note))
     reused, copier, sources = (
         _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
     )

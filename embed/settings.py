@@ -148,14 +148,10 @@ def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[s
 def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]) -> None:
     """A cache already at `out` (finished or not) is extended or reused only when its recorded settings agree
     with this run's; InputError naming the first that differs, its value in the cache and now, and the fix."""
-    local = local_path(out)
-    if local is None or not Path(local).exists():
-        return
-    try:
-        there = open_cache(out, allow_partial=True).manifest.config  # read only: takes no writer lock
-    except (CacheError, OSError):
-        return  # not a cache: creating the cache names the problem
-    old, new = number_fingerprint(there, flags), number_fingerprint(wanted, flags)
+    found = existing_manifest(out)
+    if found is None:
+        return  # no cache there (or none readable: creating the cache names the problem)
+    old, new = number_fingerprint(found.config, flags), number_fingerprint(wanted, flags)
     differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
     if differ:
         first = differ[0]
@@ -167,19 +163,30 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
         )
 
 
-def begun_threads(out: str) -> int | None:
-    """The torch threads an unfinished cache at `out` was begun with (its manifest's `torch_threads`); None where
-    there is no cache, a finished one, or no count recorded. CPU kernels may split reductions by thread count, so
-    a resume on the CPU takes this count unless the user chooses one (`resume_threads`)."""
+def existing_manifest(out: str):
+    """The manifest of the cache (finished or not) already at the local path `out`, read without its writer lock;
+    None where there is none, or none that reads as a cache."""
     local = local_path(out)
     if local is None or not Path(local).exists():
         return None
     try:
-        manifest = open_cache(out, allow_partial=True).manifest
+        return open_cache(out, allow_partial=True).manifest
     except (CacheError, OSError):
         return None
-    count = manifest.config.get("torch_threads")
-    return count if not manifest.complete and isinstance(count, int) and count > 0 else None
+
+
+def begun_threads(out: str) -> int | None:
+    """The torch threads an unfinished cache at `out` was begun with (its manifest's `torch_threads`); None where
+    there is no cache, a finished one, or no count recorded. CPU kernels may split reductions by thread count, so
+    a resume on the CPU takes this count unless the user chooses one (`resume_threads`)."""
+    manifest = existing_manifest(out)
+    count = None if manifest is None or manifest.complete else manifest.config.get("torch_threads")
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def resuming_line(out: str, done: int, n_shards: int, note: str = "") -> str:
+    """What a run says when it finishes a cache begun earlier, with where its thread count came from (`note`)."""
+    return f"resuming {out}: {done} of {n_shards} shards already written" + (f"; {note}" if note else "")
 
 
 def resume_threads(
