@@ -14,7 +14,6 @@ caches it does nothing and says so. Where the caches go: `layer_out`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,7 +28,7 @@ from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
 from dogmacache.embed.runner import check_output, load, open_writer, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads, resuming_line
-from dogmacache.embed.shard_filler import ShardFiller
+from dogmacache.embed.shard_filler import ShardFiller, settled
 from dogmacache.embed.stream import embed_segments, stored_info
 from dogmacache.errors import InputError
 from tqdm.auto import tqdm
@@ -115,17 +114,6 @@ def _plan(writers: dict[str, CacheWriter]) -> tuple[list[int], set[int], dict[st
     return order, starts, pending
 
 
-@contextlib.contextmanager
-def _settled(fillers: dict[str, ShardFiller]):
-    """On an error or interrupt, let each writer thread finish its shard in flight before the locks go."""
-    try:
-        yield
-    except BaseException:
-        for filler in fillers.values():
-            filler.settle()
-        raise
-
-
 def _run(
     config: EmbedConfig,
     settings: EmbedSettings,
@@ -165,7 +153,7 @@ def _run(
         first = order[segment.first]
         return tuple(k for k, w in writers.items() if first // w.manifest.shard_items in pending[k])
 
-    with _settled(fillers):
+    with settled(fillers.values()):
         for segment, outputs in embed_segments(
             adapter,
             [rows[i] for i in order],
@@ -181,7 +169,7 @@ def _run(
             padded += int(np.count_nonzero(extras.get("n_padded", ())))
             bar.update(len(segment.items))
         for filler in fillers.values():
-            filler.close()  # inside _settled: a failed close settles every layer's writer before the locks go
+            filler.close()  # inside: a failed close settles every layer's writer before the locks go
     bar.close()
     complete = True
     for layer, writer in writers.items():

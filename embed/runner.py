@@ -43,7 +43,7 @@ from dogmacache.embed.settings import (
     resolve_precision,
     resuming_line,
 )
-from dogmacache.embed.shard_filler import ReusedRows, ShardFiller
+from dogmacache.embed.shard_filler import ReusedRows, ShardFiller, settled
 from dogmacache.embed.stream import (
     autocast_for,
     batches_by_budget,
@@ -292,7 +292,7 @@ def _run(
     )  # None: off when not a terminal
     filler = ShardFiller(writer, todo, reused, copier)
     bar.update(filler.copied)
-    try:
+    with settled([filler]):
         for embedded, extras in embed_stream(
             adapter,
             rows_todo,
@@ -305,9 +305,6 @@ def _run(
             filler.add(embedded, extras)
             bar.update(len(embedded) + filler.copied - copied)
         filler.close()
-    except BaseException:
-        filler.settle()  # the shards handed over are written whole before the lock goes (none after a failed one)
-        raise
     bar.close()
     padded = filler.padded
     fidelity = receipt(adapter, rows, config.out, settings=settings, sample=sample, captured=capture.rows)

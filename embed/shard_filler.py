@@ -44,6 +44,18 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, before)
 
 
+@contextlib.contextmanager
+def settled(fillers):
+    """On an error or interrupt inside the block, every one of `fillers` settles (`ShardFiller.settle`) before the
+    error goes on, so the caller lets its caches' locks go only once no shard is being written."""
+    try:
+        yield
+    except BaseException:
+        for filler in fillers:
+            filler.settle()
+        raise
+
+
 QUEUE_BYTES = 64 << 20  # shards handed to the writer thread and not yet written: at most this much, or one shard
 
 
@@ -64,9 +76,8 @@ class ShardFiller:
         self.writer, self.shards = writer, list(shards)
         self.reused, self.copier = reused or {}, copier
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.queued: deque[tuple[Future, int]] = deque()  # (write, bytes it holds), oldest first
+        self.queued: deque[tuple[Future, int]] = deque()  # (write, bytes it holds), oldest first, until reaped
         self.queued_bytes = 0
-        self._last: Future | None = None  # the write handed over last: when it is done, all are
         self._failed = False  # a write failed: the writer thread writes nothing after it
         self.padded = 0
         self.copied = 0
@@ -126,8 +137,7 @@ class ShardFiller:
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             size = block.nbytes + sum(v.nbytes for v in ex.values())
             self._wait(QUEUE_BYTES - size)
-            self._last = self.pool.submit(self._write, shard, block, ex)
-            self.queued.append((self._last, size))
+            self.queued.append((self.pool.submit(self._write, shard, block, ex), size))
             self.queued_bytes += size
 
     def _write(self, shard: int, block: np.ndarray, ex: dict[str, np.ndarray]) -> None:
@@ -168,13 +178,14 @@ class ShardFiller:
         """Until the queued writes hold at most `room` bytes (none for a negative room); a failed write re-raises
         here, and a finished one is let go whatever the room."""
         while self.queued and (self.queued[0][0].done() or self.queued_bytes > room):
-            write, size = self.queued.popleft()
-            self.queued_bytes -= size
+            write, size = self.queued[0]
             try:
                 write.result()
             except BaseException:
                 self.settle()  # the shards queued behind it are not written (`_write`): a re-run computes them
                 raise
+            self.queued.popleft()  # reaped only once done: the last one queued is the one to wait for
+            self.queued_bytes -= size
 
     def settle(self) -> None:
         """On an error or interrupt, before the cache's lock goes: the shards handed over are written (at most
@@ -183,7 +194,7 @@ class ShardFiller:
         the last write's future (one writer thread, in order), with SIGINT ignored in the main thread until it is
         done (an interrupted `Thread.join` counts the thread as finished on Python 3.11). Ctrl-\\ or kill still
         stop the process at once; the lock is the kernel's, so the cache stays resumable."""
-        last = self._last
+        last = self.queued[-1][0] if self.queued else None  # one writer thread, in order: when it is done, all are
         if last is not None and not last.done():
             with _sigint_ignored():
                 print("waiting for the shards being written to finish (they stay whole)", file=sys.stderr)
