@@ -379,76 +379,82 @@ def _unfinish(out, shard: int) -> None:
     group["shard_sha256"][shard] = np.zeros(32, dtype=np.uint8)
 
 
-def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins, tmp_path, monkeypatch, capsys):
-    """Begun at 1 thread (as a busy machine gives), resumed on an idle one with nothing chosen: 1 thread again, said
-    with the resume, and the cache equals an uninterrupted run's. A count the user chooses wins; a count above the
-    cores here falls back to the plan and says the new shards may differ by float rounding."""
+def _set_begun(out, threads: int) -> None:
+    """The cache as if begun with `threads` torch threads."""
+    group = zarr.open_group(out, mode="r+")
+    group.attrs["dogmacache"] = {
+        **dict(group.attrs["dogmacache"]),
+        "config": {**_recorded(out), "torch_threads": threads},
+    }
+
+
+@pytest.fixture
+def idle_two_cores(monkeypatch):
+    """Two usable cores other processes leave idle, so that a plan would take both; `spy(module)` records the
+    thread counts runs of `module` set (its `torch_threads`), in one list."""
     from dogmacache import devices
-    from dogmacache.embed import runner, settings
+    from dogmacache.embed import settings
 
     for module in (devices, settings):
         monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
-    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)  # idle: the plan would take 2
-    used = []
-    plain = runner.torch_threads
-    monkeypatch.setattr(runner, "torch_threads", lambda n: used.append(n) or plain(n))
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
+    used: list[int] = []
+
+    def spy(module):
+        plain = module.torch_threads
+        monkeypatch.setattr(module, "torch_threads", lambda n: used.append(n) or plain(n))
+        return used
+
+    with torch_threads(2):  # torch's own count allows both
+        yield spy
+
+
+def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins, tmp_path, idle_two_cores, capsys):
+    """Begun at 1 thread (as a busy machine gives), resumed on an idle one with nothing chosen: 1 thread again, said
+    with the resume (that its bytes then match an uninterrupted run's is test_embed_layers.py's, on a model whose
+    bytes differ at 1 and 2 threads). A count the user chooses wins; a count above the cores here falls back to the
+    plan and says the new shards may differ by float rounding."""
+    from dogmacache.embed import runner
+
+    used = idle_two_cores(runner)
     out = tmp_path / "begun.zarr"
-    with torch_threads(2):
-        run_embed(_config(proteins, out, torch_threads=1, shard_items=1))
-        _unfinish(out, 1)
-        capsys.readouterr()
-        run_embed(_config(proteins, out, shard_items=1))
-        assert used[-1] == 1
-        said = capsys.readouterr().out
-        assert "shards already written; torch threads: 1, as the cache was begun with, so that its shards match" in said
-        run_embed(_config(proteins, tmp_path / "whole.zarr", torch_threads=1, shard_items=1))
-        assert open_cache(out).manifest.shards == open_cache(tmp_path / "whole.zarr").manifest.shards
-        _unfinish(out, 2)
-        run_embed(_config(proteins, out, torch_threads=2, shard_items=1))  # chosen: taken as it is
-        assert used[-1] == 2 and "begun with" not in capsys.readouterr().out
-        group = zarr.open_group(out, mode="r+")
-        group.attrs["dogmacache"] = {
-            **dict(group.attrs["dogmacache"]),
-            "config": {**_recorded(out), "torch_threads": 8},
-        }
-        _unfinish(out, 0)
-        run_embed(_config(proteins, out, shard_items=1))
-        assert used[-1] == 2
-        said = capsys.readouterr().out
-        assert "begun with 8 torch threads, more than the 2 cores this process may use; the new shards may" in said
+    run_embed(_config(proteins, out, torch_threads=1, shard_items=1))
+    _unfinish(out, 1)
+    capsys.readouterr()
+    run_embed(_config(proteins, out, shard_items=1))
+    assert used[-1] == 1
+    said = capsys.readouterr().out
+    assert "shards already written; torch threads: 1, as the cache was begun with, so that its shards match" in said
+    _unfinish(out, 2)
+    run_embed(_config(proteins, out, torch_threads=2, shard_items=1))  # chosen: taken as it is
+    assert used[-1] == 2 and "begun with" not in capsys.readouterr().out
+    _set_begun(out, 8)
+    _unfinish(out, 0)
+    run_embed(_config(proteins, out, shard_items=1))
+    assert used[-1] == 2
+    said = capsys.readouterr().out
+    assert "begun with 8 torch threads, more than the 2 cores this process may use; the new shards may" in said
 
 
-def test_a_layers_resume_takes_one_count_for_every_cache(proteins, tmp_path, monkeypatch, capsys):
+def test_a_layers_resume_takes_one_count_for_every_cache(proteins, tmp_path, idle_two_cores, capsys):
     """--layers finishes all its caches in one pass at one thread count: the one the unfinished caches were begun
     with, also for a layer cache begun anew beside them, and said once; caches begun with different counts fall
     back to the plan and say so."""
-    from dogmacache import devices
     from dogmacache.embed import layers as layers_module
-    from dogmacache.embed import settings
     from dogmacache.embed.layers import layer_out, run_embed_layers
 
-    for module in (devices, settings):
-        monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
-    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)  # idle: the plan would take 2
-    used = []
-    plain = layers_module.torch_threads
-    monkeypatch.setattr(layers_module, "torch_threads", lambda n: used.append(n) or plain(n))
+    used = idle_two_cores(layers_module)
     base = str(tmp_path / "c")
-    first = layer_out(base, "1")
-    with torch_threads(2):
-        run_embed_layers(_config(proteins, base, torch_threads=1, shard_items=1), ["1"])  # the first layer's alone
-        _unfinish(first, 1)
-        capsys.readouterr()
-        run_embed_layers(_config(proteins, base, shard_items=1), ["1", "-1"])  # "-1": begun now
-        said = capsys.readouterr().out
-        assert used[-1] == 1 and said.count("as the cache was begun with") == 1
-        assert _recorded(layer_out(base, "-1"))["torch_threads"] == 1  # the new cache records what it ran at
-        group = zarr.open_group(layer_out(base, "-1"), mode="r+")
-        group.attrs["dogmacache"] = {
-            **dict(group.attrs["dogmacache"]),
-            "config": {**_recorded(layer_out(base, "-1")), "torch_threads": 2},
-        }
-        _unfinish(first, 0)
-        _unfinish(layer_out(base, "-1"), 2)
-        run_embed_layers(_config(proteins, base, shard_items=1), ["1", "-1"])
-        assert used[-1] == 2 and "were begun with different torch thread counts" in capsys.readouterr().out
+    first, last = layer_out(base, "1"), layer_out(base, "-1")
+    run_embed_layers(_config(proteins, base, torch_threads=1, shard_items=1), ["1"])  # the first layer's alone
+    _unfinish(first, 1)
+    capsys.readouterr()
+    run_embed_layers(_config(proteins, base, shard_items=1), ["1", "-1"])  # "-1": begun now
+    said = capsys.readouterr().out
+    assert used[-1] == 1 and said.count("as the cache was begun with") == 1
+    assert _recorded(last)["torch_threads"] == 1  # the new cache records what it ran at
+    _set_begun(last, 2)
+    _unfinish(first, 0)
+    _unfinish(last, 2)
+    run_embed_layers(_config(proteins, base, shard_items=1), ["1", "-1"])
+    assert used[-1] == 2 and "were begun with different torch thread counts" in capsys.readouterr().out

@@ -172,6 +172,43 @@ def test_an_interrupt_mid_run_resumes_to_the_same_caches(inputs, tmp_path, capsy
     assert "all 3 caches are already complete" in capsys.readouterr().out
 
 
+def test_a_resume_left_to_the_default_matches_the_uninterrupted_run(inputs, tmp_path, capsys, monkeypatch):
+    """Begun at 1 thread and interrupted, resumed with no thread count chosen on two idle cores (where the plan
+    would take both): the same bytes as the uninterrupted 1-thread run. The control: a fresh 2-thread run of these
+    rc-average windows (float16) differs from the 1-thread one; where it does not, nothing here tells them apart."""
+    from dogmacache import devices
+    from dogmacache.devices import torch_threads
+    from dogmacache.embed import settings
+
+    model, modality, layers, extra = CASES["enformer"]
+    argv = [f"--layers={','.join(layers)}", *extra]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    for module in (devices, settings):
+        monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
+    with torch_threads(2):
+        for threads in (1, 2):
+            assert main(args(inputs, model, modality, tmp_path / f"t{threads}", "--threads", str(threads), *argv)) == 0
+        control = [arrays(tmp_path / "t2" / f"layer_{layer}") for layer in layers]
+        if all(
+            np.array_equal(a["embeddings"].view(np.uint8), b["embeddings"].view(np.uint8))
+            for a, b in zip(control, [arrays(tmp_path / "t1" / f"layer_{layer}") for layer in layers], strict=True)
+        ):
+            pytest.skip("1 and 2 threads give the same bytes on this machine: a resume at either would pass")
+        calls, embed_layers = [], EnformerAdapter.embed_layers
+        killed = tmp_path / "killed"
+        with monkeypatch.context() as patched:
+            patched.setattr(
+                EnformerAdapter, "embed_layers", lambda self, b, w: _maybe_stop(calls, embed_layers, self, b, w)
+            )
+            assert main(args(inputs, model, modality, killed, "--threads", "1", *argv)) == 130
+        capsys.readouterr()
+        assert main(args(inputs, model, modality, killed, *argv)) == 0
+        assert "torch threads: 1, as the cache was begun with" in capsys.readouterr().out
+    for layer in layers:
+        assert_same_cache(killed / f"layer_{layer}", tmp_path / "t1" / f"layer_{layer}")
+
+
 def _maybe_stop(calls, embed_layers, self, batch, wanted):
     calls.append(len(batch))
     # windows under rc-average: two forwards per shard (two items each); a batch's outputs reach the host once the
