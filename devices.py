@@ -105,6 +105,12 @@ def usable_cores(cpus: set[int] | None = None, cgroup_root: Path = CGROUP_ROOT) 
     return max(1, cores)
 
 
+def cores_for(share: int = 1, cores: int | None = None) -> int:
+    """This process's cores when `share` processes of one run split the machine's (`cores`, default
+    `usable_cores()`), at least 1."""
+    return max(1, (cores or usable_cores()) // max(1, share))
+
+
 @dataclass(frozen=True)
 class CpuPlan:
     """The CPU work of one process: `workers` input processes (DataLoader workers) beside `threads` torch
@@ -255,7 +261,7 @@ def cpu_plan(
         raise InputError(f"input workers (--num-workers) {workers} must be 0 (prepare inputs in this process) or more")
     if threads is not None and threads < 1:
         raise InputError(f"torch threads (--threads) {threads} must be at least 1, or left out for the default")
-    cores = max(1, (cores or usable_cores()) // max(1, share))
+    cores = cores_for(share, cores)
     threads = threads or env_threads()
     watched = None
     if busy is None and share <= 1 and threads is None and device_type == "cpu" and cores > 1 and (ceiling or 2) > 1:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,5 @@ def _case_table(case: dict[str, Any], cores: int, repeats: int) -> Table:
 
 def _chose(condition: dict[str, Any]) -> str:
     """The default's choices over a condition's runs, e.g. "(0, 2)" or "(0, 2) x2, (0, 1)"."""
-    counts: dict[tuple[int, int], int] = {}
-    for pair in map(tuple, condition.get("default_chose", [])):
-        counts[pair] = counts.get(pair, 0) + 1
+    counts = Counter(map(tuple, condition.get("default_chose", [])))
     return ", ".join(f"({w}, {t})" + (f" x{n}" if n > 1 else "") for (w, t), n in counts.items())

@@ -15,7 +15,7 @@ import torch
 from dogmacache.cache import open_cache
 from dogmacache.cache.storage import local_path
 from dogmacache.contracts.provenance import file_sha256
-from dogmacache.devices import CoreWatch, busy_note, cpu_plan, env_threads, usable_cores
+from dogmacache.devices import CoreWatch, busy_note, cores_for, cpu_plan, env_threads
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
@@ -202,7 +202,7 @@ def resume_threads(
     counts = sorted(set(begun.values()))
     if not counts:
         return None, ""
-    cores = usable_cores() // max(1, share)
+    cores = cores_for(share)
     if len(counts) == 1 and counts[0] <= cores:
         n = counts[0]
         return n, f"torch threads: {n}, as the cache was begun with, so that its shards match an uninterrupted run's"

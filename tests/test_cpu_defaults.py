@@ -393,10 +393,8 @@ def idle_two_cores(monkeypatch):
     """Two usable cores other processes leave idle, so that a plan would take both; `spy(module)` records the
     thread counts runs of `module` set (its `torch_threads`), in one list."""
     from dogmacache import devices
-    from dogmacache.embed import settings
 
-    for module in (devices, settings):
-        monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices, "usable_cores", lambda *a, **k: 2)
     monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
     used: list[int] = []
 

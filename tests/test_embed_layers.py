@@ -178,13 +178,11 @@ def test_a_resume_left_to_the_default_matches_the_uninterrupted_run(inputs, tmp_
     rc-average windows (float16) differs from the 1-thread one; where it does not, nothing here tells them apart."""
     from dogmacache import devices
     from dogmacache.devices import torch_threads
-    from dogmacache.embed import settings
 
     model, modality, layers, extra = CASES["enformer"]
     argv = [f"--layers={','.join(layers)}", *extra]
     monkeypatch.delenv("OMP_NUM_THREADS")
-    for module in (devices, settings):
-        monkeypatch.setattr(module, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices, "usable_cores", lambda *a, **k: 2)
     monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
     with torch_threads(2):
         for threads in (1, 2):
