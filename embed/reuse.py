@@ -12,6 +12,7 @@ the sha256 its manifest records before any of its rows is copied; the model runs
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -163,14 +164,14 @@ def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) ->
     """For each of `wanted_rows` (rows of the new table still to write), the first source holding its digest."""
     n = len(digests)
     source, row = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
-    wanted_rows = np.asarray(wanted_rows, dtype=np.int64)
-    for i, key in zip(wanted_rows.tolist(), _keys(digests[wanted_rows]), strict=True):
-        for s, src in enumerate(sources):
-            found = src.rows.get(key)
-            if found is not None:
-                source[i], row[i] = s, found
-                src.taken += 1
-                break
+    left = np.asarray(wanted_rows, dtype=np.int64)  # rows no source has given yet
+    keys = _keys(digests[left])
+    for s, src in enumerate(sources):
+        found = np.fromiter((src.rows.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        hit = found >= 0
+        source[left[hit]], row[left[hit]] = s, found[hit]
+        src.taken += int(hit.sum())
+        left, keys = left[~hit], list(itertools.compress(keys, (~hit).tolist()))
     return ReusePlan(sources, source, row)
 
 

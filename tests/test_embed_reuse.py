@@ -218,6 +218,18 @@ def test_reuse_of_a_folder_of_caches_and_of_proteins(inputs, tmp_path):
     same_arrays(str(out), str(full))
 
 
+def test_each_wanted_row_comes_from_the_first_source_holding_its_digest():
+    digests = np.random.default_rng(0).integers(0, 256, (8, 32), dtype=np.uint8)
+    keys = reuse._keys(digests)
+    first = reuse.Source("first", None, {keys[1]: 10, keys[2]: 11, keys[5]: 12})
+    second = reuse.Source("second", None, {keys[2]: 20, keys[3]: 21, keys[4]: 22, keys[7]: 23})
+    found = reuse.plan([first, second], digests, np.array([1, 2, 3, 5, 6, 7]))  # rows 0 and 4: written already
+    assert found.source.tolist() == [-1, 0, 0, 1, -1, 0, -1, 1]
+    assert found.row.tolist() == [-1, 10, 11, 21, -1, 12, -1, 23]
+    assert (first.taken, second.taken) == (3, 2)
+    assert found.summary() == "5 rows reused from first (3), second (2)"
+
+
 def test_a_tampered_source_shard_is_refused(inputs, old_cache, tmp_path):
     import shutil
 

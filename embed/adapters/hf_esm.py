@@ -386,30 +386,30 @@ class _EsmFamily(LayeredAdapter):
         found = self._sequences(rows)
         text = "".join(seq for seq, _ in found).encode("ascii", errors="replace")
         codes = self._letters[np.frombuffer(text, dtype=np.uint8)]
-        lengths = np.fromiter((len(seq) for seq, _ in found), dtype=np.int64, count=len(found))
         if (codes < 0).any():  # a letter the table lacks (non-ASCII ones read as "?"): row by row
             return super().digests(rows)
         width = codes.dtype.itemsize
         letters = codes.tobytes()  # each row's ids are a slice of these bytes
-        starts = (np.cumsum(lengths) - lengths).tolist()
+        ends = np.cumsum([len(seq) for seq, _ in found]).tolist()
         head, tail = self._around[0].tobytes(), self._around[1].tobytes()
         n_around = len(self._around[0]) + len(self._around[1])
         i4, i8 = np.dtype(np.int32).str, codes.dtype.str  # what prepare's arrays are: "<i4", "<i8" here
-        padded_header = tail + digest_header("n_padded", i4, (1,))
         rest = digest_header("n_special", i4, (1,)) + np.int32(self._n_special).tobytes()
         rest += digest_header("n_truncated", i4, (1,)) + np.int32(0).tobytes()
-        padded = {0: np.int32(0).tobytes()}
-        sha256, digests = hashlib.sha256, []
-        for row, (_, n_padded), start, length in zip(rows, found, starts, lengths.tolist(), strict=True):
-            n = n_around + length
+        after: dict[int, bytes] = {}  # n_padded -> the bytes after the letters
+        before: dict[int, bytes] = {}  # token count -> the bytes before the letters
+        sha256, digests, start = hashlib.sha256, [], 0
+        for row, (_, n_padded), end in zip(rows, found, ends, strict=True):
+            n = n_around + end - start
             if n > self.max_length:
                 digests.append(item_digest(self.prepare(row)).tobytes())
-                continue
-            if n_padded not in padded:
-                padded[n_padded] = np.int32(n_padded).tobytes()
-            ids = letters[start * width : (start + length) * width]
-            body = digest_header("ids", i8, (n,)) + head + ids + padded_header + padded[n_padded] + rest
-            digests.append(sha256(body).digest())
+            else:
+                if n not in before:
+                    before[n] = digest_header("ids", i8, (n,)) + head
+                if n_padded not in after:
+                    after[n_padded] = tail + digest_header("n_padded", i4, (1,)) + np.int32(n_padded).tobytes() + rest
+                digests.append(sha256(before[n] + letters[start * width : end * width] + after[n_padded]).digest())
+            start = end
         return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(rows), 32).copy()
 
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
