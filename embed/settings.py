@@ -192,27 +192,50 @@ def resuming_line(out: str, done: int, n_shards: int, note: str = "") -> str:
 def resume_threads(
     outs: list[str], config: EmbedConfig, device: torch.device, share: int = 1
 ) -> tuple[int | None, str]:
-    """The torch threads for a run on the CPU that finishes the unfinished caches at `outs` (one run, one count)
-    where the user chose none (no --threads, no OMP_NUM_THREADS): the count they were begun with, so that their
-    shards match an uninterrupted run's, and a line saying so for the resume message. None (the plan decides)
-    elsewhere; with a line where the caches were begun with counts that differ or exceed this process's cores."""
-    if config.torch_threads is not None or env_threads() is not None or device.type != "cpu" or config.overwrite:
+    """The torch threads for a run on the CPU that finishes the unfinished caches at `outs` (one run, one count):
+    the count they were begun with, so that their shards match an uninterrupted run's (`matching_threads`)."""
+    if config.overwrite:
         return None, ""
-    begun = {out: n for out in outs if (n := begun_threads(out)) is not None}
-    counts = sorted(set(begun.values()))
+    return matching_threads(
+        {out: begun_threads(out) for out in outs},
+        config,
+        device,
+        share,
+        matched="as the cache was begun with, so that its shards match an uninterrupted run's",
+        unmatched=(
+            "the caches were begun with",
+            "the new shards may differ from an uninterrupted run's by float rounding",
+        ),
+    )
+
+
+def matching_threads(
+    recorded: dict[str, int | None],
+    config: EmbedConfig,
+    device: torch.device,
+    share: int = 1,
+    *,
+    matched: str,
+    unmatched: tuple[str, str],
+) -> tuple[int | None, str]:
+    """The torch threads for a run on the CPU whose numbers must match rows computed earlier at the `recorded`
+    counts (cache -> its manifest's torch_threads; None: none recorded), where the user chose none (no --threads,
+    no OMP_NUM_THREADS): CPU kernels may split reductions by thread count. That count, with the line
+    "torch threads: N, `matched`"; None (the plan decides) elsewhere, with a line "`unmatched[0]` <the counts>;
+    `unmatched[1]`" where the counts differ or exceed the cores this process may use."""
+    if config.torch_threads is not None or env_threads() is not None or device.type != "cpu":
+        return None, ""
+    counted = {name: n for name, n in recorded.items() if isinstance(n, int) and n > 0}
+    counts = sorted(set(counted.values()))
     if not counts:
         return None, ""
     cores = cores_for(share)
     if len(counts) == 1 and counts[0] <= cores:
-        n = counts[0]
-        return n, f"torch threads: {n}, as the cache was begun with, so that its shards match an uninterrupted run's"
+        return counts[0], f"torch threads: {counts[0]}, {matched}"
     why = f"{counts[0]} torch threads, more than the {cores} cores this process may use"
     if len(counts) > 1:
-        why = "different torch thread counts (" + ", ".join(f"{out}: {n}" for out, n in begun.items()) + ")"
-    return (
-        None,
-        f"the caches were begun with {why}; the new shards may differ from an uninterrupted run's by float rounding",
-    )
+        why = "different torch thread counts (" + ", ".join(f"{name}: {n}" for name, n in counted.items()) + ")"
+    return None, f"{unmatched[0]} {why}; {unmatched[1]}"
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None = no autocast

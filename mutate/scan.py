@@ -2,17 +2,19 @@
 row comes from the DNA cache.
 
 `open_scanner` rebuilds the embed stage's adapter with the DNA cache's own recorded settings (model, options,
-precision, dtype, device) and refuses when the model files, the genome or a setting differ from the cache's
-manifest (`settings.py`), or when the windows table is not the one the cache was embedded from: the edited and
-the cached rows are then comparable number for number. `Scanner.shifts` takes variants (each a list of edits
-applied together) and returns, per variant and per window holding one of its edits, the adapted token of the
-reference row and of the edited window.
+precision, dtype, device; on the CPU its torch thread count too, where OMP_NUM_THREADS chooses none) and refuses
+when the model files, the genome or a setting differ from the cache's manifest (`settings.py`), or when the
+windows table is not the one the cache was embedded from: the edited and the cached rows are then comparable
+number for number. `Scanner.shifts` takes variants (each a list of edits applied together) and returns, per
+variant and per window holding one of its edits, the adapted token of the reference row and of the edited
+window.
 
 Shapes: V variants, W affected windows, L positions, D_dna / D_tok widths.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
 from collections.abc import Sequence
@@ -25,11 +27,13 @@ import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.windows import window_start0
+from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.inputs import input_digest
 from dogmacache.embed.reuse import digest_index
 from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
+from dogmacache.embed.settings import matching_threads
 from dogmacache.errors import InputError, ModelError
 from dogmacache.mutate.edits import Edit, WindowSource, edited_window, in_window
 from dogmacache.mutate.settings import check_same_settings, model_load_error
@@ -125,9 +129,10 @@ class Scanner:
             out.update(zip(in_cache, read, strict=True))
         if todo:
             first = {d: r for d, r in zip(digests, edited_rows, strict=True) if d in todo}
-            embedded, _ = embed_rows(
-                self.adapter, [first[d] for d in todo], **self.settings.stream_options(len(todo), num_workers=0)
-            )
+            with torch_threads(self.settings.torch_threads):
+                embedded, _ = embed_rows(
+                    self.adapter, [first[d] for d in todo], **self.settings.stream_options(len(todo), num_workers=0)
+                )
             out.update(zip(todo, embedded.astype(np.float32), strict=True))
         return np.stack([out[d] for d in digests]), len(todo), sum(d in in_cache for d in digests)
 
@@ -177,14 +182,22 @@ def open_scanner(
         progress=False,
         options=cls.options_class.from_dict(recorded.get("options") or {}),
     )
-    from dogmacache.devices import CoreWatch, pick_device
-
     watch = CoreWatch()  # the cores, watched while the model loads
     torch_device = pick_device(config.device)
     try:
         table, rows, adapter = load(config, torch_device)
     except ModelError as err:
         raise model_load_error(err, str(dna_model), dna.url) from None
+    threads, note = matching_threads(
+        {dna.url: recorded.get("torch_threads")},
+        config,
+        torch_device,
+        matched=f"as {dna.url} was embedded with, so that edited windows are computed as its reference rows were",
+        unmatched=(f"{dna.url} was embedded with", "the edits' effects may hold float rounding between thread counts"),
+    )
+    if note:
+        print(note)
+    config = dataclasses.replace(config, torch_threads=threads)  # None: the plan decides
     settings = resolve(config, adapter, torch_device, watch, resume=False)  # `out` is no cache of mutate's
     wanted = settings.manifest_config(adapter.info())
     check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))

@@ -206,3 +206,24 @@ def demo(demo_run):
         "dna_kmer": demo_run / "cache" / "dna-kmer.zarr",
     }
     return demo_run, caches
+
+
+@pytest.fixture
+def idle_two_cores(monkeypatch):
+    """Two usable cores other processes leave idle and no OMP_NUM_THREADS, so that a plan would take both;
+    `spy(module)` records the thread counts runs of `module` set (its `torch_threads`), in one list."""
+    from dogmacache import devices
+    from dogmacache.devices import torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "usable_cores", lambda *a, **k: 2)
+    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
+    used: list[int] = []
+
+    def spy(module):
+        plain = module.torch_threads
+        monkeypatch.setattr(module, "torch_threads", lambda n: used.append(n) or plain(n))
+        return used
+
+    with torch_threads(2):  # torch's own count allows both
+        yield spy

@@ -388,25 +388,6 @@ def _set_begun(out, threads: int) -> None:
     }
 
 
-@pytest.fixture
-def idle_two_cores(monkeypatch):
-    """Two usable cores other processes leave idle, so that a plan would take both; `spy(module)` records the
-    thread counts runs of `module` set (its `torch_threads`), in one list."""
-    from dogmacache import devices
-
-    monkeypatch.setattr(devices, "usable_cores", lambda *a, **k: 2)
-    monkeypatch.setattr(devices.CoreWatch, "busy", lambda self, seconds=0.1: 0.0)
-    used: list[int] = []
-
-    def spy(module):
-        plain = module.torch_threads
-        monkeypatch.setattr(module, "torch_threads", lambda n: used.append(n) or plain(n))
-        return used
-
-    with torch_threads(2):  # torch's own count allows both
-        yield spy
-
-
 def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins, tmp_path, idle_two_cores, capsys):
     """Begun at 1 thread (as a busy machine gives), resumed on an idle one with nothing chosen: 1 thread again, said
     with the resume (that its bytes then match an uninterrupted run's is test_embed_layers.py's, on a model whose

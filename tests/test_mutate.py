@@ -299,3 +299,26 @@ def test_mutate_reads_an_unchanged_window_from_the_cache_by_digest(scene):
     assert (summary["windows_reembedded"], summary["rows_reused"]) == (0, 4)
     shift = pd.read_csv(root / "same" / "token_shift.tsv", sep="\t")
     assert sorted(shift["id"]) == ["AAA", "BBB"] and (shift["l2"] == 0).all()
+
+
+def test_edited_windows_are_computed_at_the_threads_the_cache_was_embedded_with(
+    scene, idle_two_cores, capsys, monkeypatch
+):
+    """The scene's DNA cache was embedded at 1 thread; on an idle machine whose plan would take 2, mutate computes
+    the edited windows at 1, so that their numbers and the cached reference rows' come from the same kernels, and
+    says so. A count chosen by OMP_NUM_THREADS wins."""
+    from dogmacache.cache import open_cache
+    from dogmacache.mutate import scan
+
+    root, models, genome = scene
+    assert open_cache(root / "dna.zarr").manifest.config["torch_threads"] == 1
+    used = idle_two_cores(scan)
+    base = Genome(genome).fasta["chr1"][1599]
+    alt = "A" if base != "A" else "C"
+    edit = (f"chr1:1600 {base}>{alt}",)
+    summary = run_mutate(_config(root, models, genome, edits=edit, scgpt_model=None, out=str(root / "one")))
+    assert summary["windows_reembedded"] == 2 and used == [1]
+    assert "torch threads: 1, as " in capsys.readouterr().out
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    run_mutate(_config(root, models, genome, edits=edit, scgpt_model=None, out=str(root / "two")))
+    assert used == [1, 2] and "torch threads: 1" not in capsys.readouterr().out
