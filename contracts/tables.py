@@ -64,6 +64,20 @@ def check_splits(table: pd.DataFrame, where: str, id_column: str | None = None) 
         )
 
 
+def check_one_split(table: pd.DataFrame, column: str, where: str) -> None:
+    """Every value of `column` (an item, or a group of items) lies in one `split`: one in two splits would be fitted
+    on in training and scored in validation or test. Else InputError naming how many, one of them and the fix."""
+    n_splits = table.groupby(column, sort=False)["split"].nunique()
+    spanning = n_splits[n_splits > 1]
+    if len(spanning):
+        example = spanning.index[0]
+        splits = [s for s in SPLITS if s in set(table.loc[table[column] == example, "split"])]
+        raise InputError(
+            f"{where}: {len(spanning)} value(s) of {column!r} sit in more than one split, e.g. {example!r} in "
+            f"{' and '.join(splits)}; give each {column} one split (split by it, or by a coarser unit)"
+        )
+
+
 def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str = "") -> None:
     """Index i must name the same gene in the RNA and the protein tables (CDT joins them by position)."""
     if len(rna_ids) != len(protein_ids):

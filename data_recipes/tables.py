@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.contracts.provenance import package_versions
-from dogmacache.contracts.tables import SPLITS
+from dogmacache.contracts.tables import SPLITS, check_one_split
 from dogmacache.errors import InputError
 
 
@@ -93,16 +93,12 @@ def split_linked(
 
 
 def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "split") -> None:
-    """Every value of `group_column` lies in exactly one split, or an InputError naming one that does not."""
-    n_splits = table.groupby(group_column)[split_column].nunique()
-    leaked = n_splits[n_splits > 1]
-    if len(leaked):
-        example = leaked.index[0]
-        where = sorted(table.loc[table[group_column] == example, split_column].unique())
-        raise InputError(f"{len(leaked)} {group_column} values sit in several splits, e.g. {example!r} in {where}")
+    """Every split name is one of SPLITS and every value of `group_column` lies in exactly one split, or an
+    InputError naming one that does not (`contracts.tables.check_one_split`)."""
     unknown = set(table[split_column]) - set(SPLITS)
     if unknown:
         raise InputError(f"unknown split names {sorted(unknown)}; expected {SPLITS}")
+    check_one_split(table.assign(split=table[split_column]), group_column, "recipe labels")
 
 
 def write_outputs(

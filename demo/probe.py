@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-# name -> (task folder under recipe/ and in embed_demo's dict, id column, target)
+# name -> (task folder under recipe/ and in embed_demo's dict, id column, group column, target). The isoform
+# recipe splits by linked gene groups and most genes have several TSS windows: the folds keep a gene together
 PROBE_TARGETS = {
-    "cdt_beta": ("cdt", "enhancer", "beta"),
-    "gtex_mean_expression": ("isoform", "dna_id", "mean_expression"),
+    "cdt_beta": ("cdt", "enhancer", "enhancer", "beta"),
+    "gtex_mean_expression": ("isoform", "dna_id", "gene_id", "mean_expression"),
 }
 
 
@@ -34,7 +35,7 @@ def gtex_labels(out: Path) -> Path:
     tissues = [c for c in table.columns if c not in NOT_TISSUES]
     path = out / "probe" / "gtex_mean_expression.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    table[["id", "dna_id", "split"]].assign(mean_expression=table[tissues].mean(axis=1)).to_parquet(path)
+    table[["id", "dna_id", "gene_id", "split"]].assign(mean_expression=table[tissues].mean(axis=1)).to_parquet(path)
     return path
 
 
@@ -44,13 +45,14 @@ def probe_demo(out: Path, caches: dict[str, dict[str, Path]], seed: int = 0) -> 
 
     labels = {"cdt_beta": out / "recipe" / "cdt" / "labels.parquet", "gtex_mean_expression": gtex_labels(out)}
     summary = {}
-    for name, (task, id_column, target) in PROBE_TARGETS.items():
+    for name, (task, id_column, group_column, target) in PROBE_TARGETS.items():
         config = ProbeConfig(
             caches=probe_caches(caches[task]),
             labels=str(labels[name]),
             target=target,
             out=str(out / "probe" / name),
             id_column=id_column,
+            group_column=group_column,
             seed=seed,
         )
         summary[name] = run_probe(config, quiet=True)["rows"]
@@ -58,14 +60,24 @@ def probe_demo(out: Path, caches: dict[str, dict[str, Path]], seed: int = 0) -> 
 
 
 def print_probe_summary(summary: dict[str, list[dict]]) -> None:
-    """One line per target: test R² of every cache, its shuffled control in brackets."""
-    print("linear probes per cache (ridge on mean-pooled windows, alpha by CV on train; test R², shuffled control):")
+    """Per target: the cache chosen on validation with its test R², then every cache's validation / test R² with its
+    controls' test R² in brackets (permuted labels, shuffled inputs)."""
+    print(
+        "linear probes per cache (ridge on mean-pooled windows, alpha by CV on train; validation / test R², "
+        "[test R² with permuted labels, with shuffled inputs]):"
+    )
     for name, rows in summary.items():
-        shuffled = {r["cache"]: r["test_r2"] for r in rows if r["role"] == "shuffled control"}
+        controls = {(r["url"], r["role"]): r["test_r2"] for r in rows}
+        chosen = next(r for r in rows if r["chosen"])
+        print(
+            f"  {name}: n_test={rows[0]['n_test']}, chosen on validation: {chosen['cache']} "
+            f"(test R² {chosen['test_r2']:.3f})"
+        )
         cells = [
-            f"{r['cache']}{' (k-mer control)' if r['role'] == 'kmer control' else ''} {r['test_r2']:.3f} "
-            f"[{shuffled[r['cache']]:.3f}]"
+            f"{r['cache']}{' (k-mer control)' if r['role'] == 'kmer control' else ''} {r['validation_r2']:.3f} / "
+            f"{r['test_r2']:.3f} [{controls[(r['url'], 'permuted labels')]:.3f}, "
+            f"{controls[(r['url'], 'shuffled inputs')]:.3f}]"
             for r in rows
-            if r["role"] != "shuffled control"
+            if r["role"] in ("model", "kmer control")
         ]
-        print(f"  {name:<22} n_test={rows[0]['n_test']:<4} " + ", ".join(cells))
+        print("    " + "; ".join(cells))

@@ -1,5 +1,5 @@
 """`dogmacache probe`: split-aware linear probes per cache rank a cache that carries the target above noise, beside
-shuffled controls near zero, with the regularisation chosen on training rows only."""
+permuted-label and shuffled-input controls near zero, with the regularisation chosen on training rows only."""
 
 import json
 
@@ -17,7 +17,7 @@ N_ITEMS, L, D = 120, 4, 8
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A signal cache (layer 0: the target is linear in its mean-pooled features), a noise cache of the same model
-    (layer 1), a k-mer cache, and labels with two rows per item, split by item."""
+    (layer 1), a k-mer cache, and labels with two rows per item, split by item, in an order other than the caches'."""
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("probe")
     ids = [f"item{i}" for i in range(N_ITEMS)]
@@ -36,6 +36,7 @@ def world(tmp_path_factory):
         }
     )
     table["high"] = table["y"] > table["y"].median()
+    table = table.sample(frac=1.0, random_state=0).reset_index(drop=True)  # rows are joined by id, not by order
     table.to_parquet(root / "labels.parquet")
     return root, {k: str(root / f"{k}.zarr") for k in ("signal", "noise", "kmer")}
 
@@ -60,34 +61,47 @@ def test_ranks_the_signal_cache_above_noise_beside_controls(world, tmp_path):
     assert signal["test_r2"] > 0.9 and signal["test_pearson"] > 0.95
     assert noise["test_r2"] < 0.2 and signal["test_r2"] > noise["test_r2"] + 0.5
     assert rows.loc[("kmer", "kmer control"), "model"] == "kmer"  # read from the manifest
-    shuffled = rows.xs("shuffled control", level="role")
-    assert (shuffled["test_r2"].abs() < 0.15).all(), shuffled
+    for role in ("permuted labels", "shuffled inputs"):  # a fit that read test rows would score the first high
+        controls = rows.xs(role, level="role")
+        assert (controls["test_r2"].abs() < 0.15).all() and (controls["validation_r2"].abs() < 0.15).all(), controls
     assert (rows["n_train"] == 160).all() and (rows["n_test"] == 40).all()
-    assert set(rows.index.get_level_values("role")) == {"model", "kmer control", "shuffled control"}
+    roles = {"model", "kmer control", "permuted labels", "shuffled inputs"}
+    assert set(rows.index.get_level_values("role")) == roles
+    assert rows.index[rows["chosen"]].tolist() == [("signal", "model")]  # the best validation score of the models
     out = tmp_path / "out"
     tsv = pd.read_csv(out / "probe.tsv", sep="\t")
-    assert list(tsv.columns[:6]) == ["cache", "role", "model", "layer", "modality", "pooling"] and len(tsv) == 6
+    assert list(tsv.columns[:7]) == ["cache", "role", "chosen", "model", "layer", "modality", "pooling"]
+    assert len(tsv) == 9
     assert {"alpha", "validation_spearman", "test_r2"} <= set(tsv.columns) and set(tsv["pooling"]) == {"mean"}
 
     def refuse(value):
         raise ValueError(value)
 
     saved = json.loads((out / "probe.json").read_text(), parse_constant=refuse)  # strict: no NaN
-    assert saved["settings"]["task"] == "regression" and len(saved["rows"]) == 6
+    assert saved["settings"]["task"] == "regression" and len(saved["rows"]) == 9
+    assert saved["settings"]["kmer_controls"] == ["kmer"] and saved["settings"]["chosen_by"] == "validation r2"
     assert (out / "probe.png").stat().st_size > 10_000  # with the layer panel: caches of `tiny` at layers 0 and 1
 
 
-def test_regularisation_is_chosen_without_test_rows(world, tmp_path):
+@pytest.mark.parametrize(
+    ("target", "fixed", "scored"),
+    [
+        ("y", ("alpha", "cv_r2", "validation_r2", "validation_spearman"), "test_r2"),
+        ("high", ("C", "cv_roc_auc", "validation_auroc"), "test_auroc"),
+    ],
+)
+def test_regularisation_is_chosen_without_test_rows(world, tmp_path, target, fixed, scored):
     root, _ = world
     table = pd.read_parquet(root / "labels.parquet")
     test = table["split"] == "test"
-    table.loc[test, "y"] = np.random.default_rng(1).standard_normal(int(test.sum())) * 100
+    changed = np.random.default_rng(1).standard_normal(int(test.sum()))
+    table.loc[test, target] = changed * 100 if target == "y" else changed > 0
     table.to_parquet(tmp_path / "changed.parquet")
-    before = probe(world, tmp_path, names=("signal", "noise"))
-    after = probe(world, tmp_path, labels=tmp_path / "changed.parquet", names=("signal", "noise"))
-    for column in ("alpha", "cv_r2", "validation_r2", "validation_spearman"):
+    before = probe(world, tmp_path, target=target, names=("signal", "noise"))
+    after = probe(world, tmp_path, labels=tmp_path / "changed.parquet", target=target, names=("signal", "noise"))
+    for column in (*fixed, "chosen"):
         assert np.array_equal(before[column], after[column]), column
-    assert not np.allclose(before["test_r2"], after["test_r2"])
+    assert not np.allclose(before[scored], after[scored])
 
 
 def test_classification_scores_auroc(world, tmp_path):
@@ -95,7 +109,8 @@ def test_classification_scores_auroc(world, tmp_path):
     assert rows.loc[("signal", "model"), "task"] == "classification"
     assert rows.loc[("signal", "model"), "test_auroc"] > 0.9
     assert rows.loc[("signal", "model"), "test_auroc"] > rows.loc[("noise", "model"), "test_auroc"]
-    assert abs(rows.loc[("signal", "shuffled control"), "test_auroc"] - 0.5) < 0.3
+    for role in ("permuted labels", "shuffled inputs"):
+        assert abs(rows.loc[("signal", role), "test_auroc"] - 0.5) < 0.2, role
     assert {"C", "test_auprc"} <= set(rows.columns)
 
 
@@ -135,7 +150,93 @@ def test_ridge_cv_agrees_with_a_grid_search_over_ridge():
     x = rng.standard_normal((90, 6)) * rng.uniform(0.1, 5, 6) + 3
     y = x @ rng.standard_normal(6) + 3 * rng.standard_normal(90)
     groups = np.repeat(np.arange(45), 2)
-    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHAS}, cv=GroupKFold(5))
+    cv = GroupKFold(5, shuffle=True, random_state=0)
+    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHAS}, cv=cv)
     search.fit(x, y, groups=groups)
     alpha, score = ridge_cv(x, y, groups, 5)
     assert alpha == search.best_params_["ridge__alpha"] and score == pytest.approx(search.best_score_)
+
+
+@pytest.mark.parametrize("column", ["item", "batch"])
+def test_an_item_or_group_in_two_splits_is_refused_in_one_line(world, tmp_path, column):
+    root, caches = world
+    table = pd.read_parquet(root / "labels.parquet")
+    table["batch"] = table["item"].str.slice(0, 5)  # item0..item9 -> item0 ... : groups of items across splits
+    if column == "item":
+        first = table.index[table["item"] == "item3"][0]
+        table.loc[first, "split"] = "test"  # item3's other row stays in train
+    table.to_parquet(tmp_path / "l.parquet")
+    config = ProbeConfig(
+        caches=(caches["signal"],),
+        labels=str(tmp_path / "l.parquet"),
+        target="y",
+        out="o",
+        id_column="item",
+        group_column="batch" if column == "batch" else None,
+    )
+    with pytest.raises(InputError) as err:
+        read_labels(config)
+    text = str(err.value)
+    assert "\n" not in text and f"of {column!r} sit in more than one split" in text and "give each" in text, text
+
+
+def test_a_class_in_one_group_of_train_is_one_line_naming_it(world, tmp_path, recwarn):
+    root, _ = world
+    table = pd.read_parquet(root / "labels.parquet")
+    train = table["split"] == "train"
+    table["rare"] = train & (table["item"] == "item5")  # one positive item in train
+    table.loc[table["split"] == "test", "rare"] = [True, False] * int((table["split"] == "test").sum() // 2)
+    table.to_parquet(tmp_path / "rare.parquet")
+    with pytest.raises(InputError, match=r"the train split's positive rows sit in 1 group\(s\) of items"):
+        probe(world, tmp_path, labels=tmp_path / "rare.parquet", target="rare", names=("signal",))
+
+
+def test_mean_and_center_pooling_over_the_real_tokens_of_a_masked_cache(tmp_path):
+    from dogmacache.cache import open_cache
+    from dogmacache.train.probe import pooled_features
+
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((7, 5, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5, [1, 1, 1, 1, 0], [1] * 5, [1] * 5])
+    write_cache(tmp_path / "m.zarr", data, shard_items=3, extras={"mask": mask.astype(bool)})
+    cache = open_cache(tmp_path / "m.zarr")
+    data = cache.read_rows(np.arange(7), dtype=np.float32).astype(np.float64)  # as stored (float16)
+    rows = np.array([4, 0, 3, 1, 2])  # across shards, unsorted, one row with no real token
+    mean, pooling = pooled_features(cache, rows, "mean")
+    expected = [data[r][mask[r] == 1].mean(0) if mask[r].any() else np.zeros(3) for r in rows]
+    assert pooling == "mean" and np.allclose(mean, expected, atol=1e-6)
+    center, _ = pooled_features(cache, rows, "center")
+    assert np.allclose(center[0], data[4][1:3].mean(0)) and np.allclose(center[3], data[1][0:2].mean(0))
+    assert np.allclose(center[4], data[2][0]) and np.allclose(center[2], 0.0)
+
+
+def test_ridge_cv_folds_follow_the_seed(world):
+    from dogmacache.train.probe import ALPHAS, ridge_cv
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 4))
+    y = x @ rng.standard_normal(4) + 2 * rng.standard_normal(60)
+    groups = np.repeat(np.arange(20), 3)
+    scores = set()
+    for seed in (0, 1):
+        cv = GroupKFold(5, shuffle=True, random_state=seed)
+        search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHAS}, cv=cv)
+        search.fit(x, y, groups=groups)
+        alpha, score = ridge_cv(x, y, groups, 5, seed)
+        assert alpha == search.best_params_["ridge__alpha"] and score == pytest.approx(search.best_score_)
+        scores.add(round(score, 9))
+    assert len(scores) == 2  # other folds, another score
+
+
+def test_a_call_without_a_kmer_control_says_so(world, tmp_path, capsys):
+    root, caches = world
+    args = ["probe", "--caches", f"{caches['signal']},{caches['noise']}", "--labels", str(root / "labels.parquet")]
+    assert main([*args, "--target", "y", "--id-column", "item", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "no k-mer control among --caches" in out and "chosen by validation r2: signal" in out
+    saved = json.loads((tmp_path / "o" / "probe.json").read_text())
+    assert saved["settings"]["kmer_controls"] == [] and saved["settings"]["group_column"] == "item"

@@ -66,13 +66,18 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "probe",
         help="which cache (model, layer) predicts a target best: split-aware linear probes per cache beside "
-        "shuffled and k-mer controls; probe.tsv, probe.json, probe.png",
+        "permuted-label, shuffled-input and k-mer controls; probe.tsv, probe.json, probe.png",
     )
     p.add_argument("--caches", required=True, help="comma-separated caches (paths or URLs), one probe each")
     p.add_argument("--labels", required=True, help="labelled table (parquet, or .tsv): item id, split, target")
     p.add_argument("--target", required=True, help="the label column to predict")
     p.add_argument("--out", required=True, help="folder for probe.tsv, probe.json and probe.png")
     p.add_argument("--id-column", default="id", help="the labels' column holding each row's cache id (default id)")
+    p.add_argument(
+        "--group-column",
+        help="the labels' column of the unit kept within one cross-validation fold and one split, e.g. the gene of "
+        "several TSS windows (default: --id-column)",
+    )
     p.add_argument("--split-column", default="split", help="the labels' train/validation/test column (default split)")
     p.add_argument(
         "--pooling",
@@ -86,7 +91,7 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
         "target has two values",
     )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over the train rows (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="the shuffled controls' permutations and the folds")
+    p.add_argument("--seed", type=int, default=0, help="the controls' permutations and the folds")
     p.set_defaults(run=_probe)
 
 
@@ -126,7 +131,7 @@ def _probe(args: argparse.Namespace) -> int:
     from dogmacache.train.probe import ProbeConfig, run_probe
 
     caches = tuple(c.strip() for c in args.caches.split(",") if c.strip())
-    keys = ("labels", "target", "out", "id_column", "split_column", "pooling", "task", "seed", "folds")
+    keys = ("labels", "target", "out", "id_column", "group_column", "split_column", "pooling", "task", "seed", "folds")
     run_probe(ProbeConfig(caches=caches, **{k: getattr(args, k) for k in keys}))
     return 0
 

@@ -70,34 +70,51 @@ def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path,
     return path
 
 
+PROBE_CONTROLS = {  # role -> bar colour, hatch
+    "permuted labels": ("darkgrey", ""),
+    "shuffled inputs": ("lightgrey", ".."),
+}
+
+
 def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
-    """Linear-probe scores (`train/probe.py`) per cache: the test `metric` as bars (the k-mer control orange and
-    hatched, also as a dashed line across; each cache's shuffled control as the grey bar beside it; validation as
-    dots). Where several caches of one model differ only by layer, a second panel draws the score against layer."""
+    """Linear-probe scores (`train/probe.py`) per cache: the test `metric` as bars (a k-mer control orange and
+    hatched, also as a dashed line across; each cache's controls as the grey bars beside it; validation as dots; the
+    cache chosen on validation starred). Where several caches of one model differ only by layer, a second panel
+    draws the score against layer."""
     chance = 0.5 if metric == "auroc" else 0.0
-    real, shuffled = table[table["role"] != "shuffled control"], table[table["role"] == "shuffled control"]
+    real = table[~table["role"].isin(list(PROBE_CONTROLS))].reset_index(drop=True)
+    controls = {role: table[table["role"] == role].set_index("url").loc[real["url"]] for role in PROBE_CONTROLS}
     kmer = (real["role"] == "kmer control").to_numpy()
     series = [
         part for _, part in real.groupby(["model", "modality", "pooling"], sort=False) if part["layer"].nunique() > 1
     ]
-    fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.1 * len(real) + 2.5) + 5 * bool(series), 4.6))
+    fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.4 * len(real) + 2.5) + 5 * bool(series), 4.6))
     ax = np.atleast_1d(axes)[0]
-    x = np.arange(len(real))
-    ax.bar(x[~kmer] - 0.2, real[f"test_{metric}"][~kmer], 0.4, color="C0", label="model")
-    ax.bar(x[kmer] - 0.2, real[f"test_{metric}"][kmer], 0.4, color="C1", hatch="//", label="k-mer control")
-    ax.bar(x + 0.2, shuffled[f"test_{metric}"], 0.4, color="lightgrey", edgecolor="grey", label="shuffled control")
+    x, width = np.arange(len(real)), 0.27
+    ax.bar(x[~kmer] - width, real[f"test_{metric}"][~kmer], width, color="C0", label="model")
+    if kmer.any():
+        ax.bar(x[kmer] - width, real[f"test_{metric}"][kmer], width, color="C1", hatch="//", label="k-mer control")
+    for k, (role, (colour, hatch)) in enumerate(PROBE_CONTROLS.items()):
+        scores = controls[role][f"test_{metric}"].to_numpy()
+        ax.bar(x + k * width, scores, width, color=colour, edgecolor="grey", hatch=hatch, label=role)
+        ax.scatter(x + k * width, controls[role][f"validation_{metric}"], color="black", s=10, zorder=3)
     for bars in ax.containers:
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.scatter(x - 0.2, real[f"validation_{metric}"], color="black", s=14, zorder=3, label="validation")
-    ax.scatter(x + 0.2, shuffled[f"validation_{metric}"], color="black", s=14, zorder=3)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.scatter(x - width, real[f"validation_{metric}"], color="black", s=14, zorder=3, label="validation")
+    chosen = real["chosen"].to_numpy(bool)
+    top = np.nanmax(np.abs(table[[f"test_{metric}", f"validation_{metric}"]].to_numpy(float)))
+    if chosen.any():
+        ax.scatter(x[chosen] - width, [top * 1.08] * int(chosen.sum()), marker="*", s=120, color="C3", zorder=4)
+        ax.scatter([], [], marker="*", s=60, color="C3", label="chosen on validation")
     for score in real[f"test_{metric}"][kmer]:
         ax.axhline(score, color="C1", ls="--", lw=1)
     ax.axhline(chance, color="grey", lw=0.8)
     labels = [f"{c}\nlayer {layer}" for c, layer in zip(real["cache"], real["layer"], strict=True)]
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel=f"test {metric}", title=f"linear probe per cache: {title}")
+    ax.set_ylim(top=max(ax.get_ylim()[1], top * 1.45))  # room for the legend above the bars
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", ncols=4)
     if series:
         right = axes[1]
         for k, part in enumerate(series):
@@ -106,8 +123,9 @@ def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Pa
             right.plot(
                 layers, part[f"test_{metric}"].iloc[order], marker="o", color=f"C{k}", label=part["model"].iloc[0]
             )
-            controls = shuffled.loc[part.index + 1]  # each cache's shuffled control is the row after it
-            right.plot(layers, controls[f"test_{metric}"].iloc[order], ls="--", color="grey", label="shuffled control")
+            for role, (colour, _) in PROBE_CONTROLS.items():
+                scores = controls[role][f"test_{metric}"].to_numpy()[part.index[order]]
+                right.plot(layers, scores, ls="--", color=colour, label=role)
         for score in real[f"test_{metric}"][kmer]:
             right.axhline(score, color="C1", ls="--", lw=1, label="k-mer control")
         right.axhline(chance, color="grey", lw=0.8)

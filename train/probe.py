@@ -4,13 +4,22 @@ For each cache named, each labelled row gets its item's embedding (per-position 
 `mean`, or `center`, the middle one or two positions; a `mask` extra limits both to real tokens) and a linear model
 is fitted on the training split alone: scikit-learn ridge for a regression target, L2 logistic regression for a
 binary one, features z-scored inside the pipeline (so with training statistics only), the regularisation (ridge
-`alpha`, logistic `C`) chosen by grouped k-fold cross-validation over the training rows (rows sharing a cache item
-stay in one fold). The chosen model is refitted on all training rows and scores validation and test once each.
+`alpha`, logistic `C`) chosen by seeded, grouped k-fold cross-validation over the training rows (rows of one group,
+by default one cache item, stay in one fold; `--group-column` names a coarser unit, such as the gene of several
+TSS windows). The chosen model is refitted on all training rows and scores validation and test once each. A label
+table whose items or groups sit in more than one split is refused: the same input would be fitted and scored.
 
-Beside every cache, in the same call:
-- a shuffled control: the same features with the cache's items permuted across the items of each split (an item
-  keeps one row, as in `train/controls.py`), seeded; it must score near zero, and a leak would show there;
-- the k-mer control, marked: a cache whose manifest names the `kmer` model (`dogmacache embed --model kmer`).
+Beside every cache, in the same call, two controls fitted and scored exactly as the cache is (seeded, `--seed`; an
+item's rows move together, as in `train/controls.py`):
+- permuted labels: the training split's items permuted among themselves, so each training item's labels meet
+  another item's features, validation and test as they are. A permutation null of the whole fit: it scores near
+  chance unless the fit reads validation or test rows, or the score rewards something other than the inputs;
+- shuffled inputs: the items permuted within every split, test included: whether any score needs the features;
+- and the k-mer control, marked: a cache whose manifest names the `kmer` model (`dogmacache embed --model kmer`);
+  a call without one says so.
+Of the caches in role `model`, the one with the best validation score (the cross-validation score where there are
+no validation rows) is marked `chosen`: that is the pick, and its test score the estimate; the others' test scores
+are for reference, not for choosing.
 
 Outputs under `--out`: `probe.tsv` (one row per cache and role), `probe.json` (strict JSON: the settings and the
 same rows) and `probe.png` (`plots.probe_scores`).
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +37,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
-from dogmacache.contracts.tables import SPLITS, check_splits, read_table
+from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
 
 POOLINGS = ("mean", "center")
 TASKS = ("auto", "regression", "classification")
 KMER_MODEL = "kmer"  # the manifest `model` of `dogmacache embed --model kmer` (the sequence-only control)
-ROLES = ("model", "kmer control", "shuffled control")
+CONTROLS = ("permuted labels", "shuffled inputs")  # per cache, in this order after it
+ROLES = ("model", "kmer control", *CONTROLS)
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-2.0, 6.5, 0.5))  # ridge grid
 CS = tuple(float(c) for c in 10.0 ** np.arange(-4.0, 3.0))  # logistic regression grid
 # per task: the regularisation's name, the cross-validation score, the scores of each split, the score drawn
@@ -52,10 +63,11 @@ class ProbeConfig:
     target: str
     out: str
     id_column: str = "id"  # the label table's column holding each row's cache item id
+    group_column: str | None = None  # the unit kept within one fold and one split (default: the id column)
     split_column: str = "split"  # train / validation / test per row
     pooling: str = "mean"  # over positions of per-position caches: mean | center
     task: str = "auto"  # auto: classification for a target with two values, else regression
-    seed: int = 0  # the shuffled controls' permutations and the cross-validation folds
+    seed: int = 0  # the controls' permutations and the cross-validation folds
     folds: int = 5  # cross-validation folds over the training rows
 
     def __post_init__(self) -> None:
@@ -71,9 +83,10 @@ class ProbeConfig:
 
 @dataclass
 class Labels:
-    """The labelled rows: item id, split and target (0/1 for classification) per row, in the table's order."""
+    """The labelled rows: item id, group, split and target (0/1 for classification) per row, in the table's order."""
 
     ids: np.ndarray  # (R,) str
+    groups: np.ndarray  # (R,) str: kept within one cross-validation fold (the item, or --group-column's value)
     split: np.ndarray  # (R,) one of SPLITS
     y: np.ndarray  # (R,) float64
     task: str
@@ -85,7 +98,12 @@ def read_labels(config: ProbeConfig) -> Labels:
     if not Path(path).is_file():
         raise InputError(f"labels table {path!r} does not exist; fix --labels (parquet, or tab-separated .tsv)")
     table = read_table(path)
-    for column, flag in ((config.id_column, "--id-column"), (config.target, "--target")):
+    group_column = config.group_column or config.id_column
+    for column, flag in (
+        (config.id_column, "--id-column"),
+        (group_column, "--group-column"),
+        (config.target, "--target"),
+    ):
         if column not in table.columns:
             raise InputError(
                 f"{path} has no column {column!r} ({flag}); its columns are {list(table.columns)}: name one of them"
@@ -96,12 +114,16 @@ def read_labels(config: ProbeConfig) -> Labels:
             f"and test once, so add a column {config.split_column!r} holding train, validation or test per row (e.g. "
             "the split of each row's item in the recipe's table), or name another with --split-column"
         )
-    check_splits(table.assign(split=table[config.split_column]), path, config.id_column)
+    checked = table.assign(split=table[config.split_column])
+    check_splits(checked, path, config.id_column)
+    for column in dict.fromkeys((config.id_column, group_column)):
+        check_one_split(checked, column, path)
     split = table[config.split_column].to_numpy(dtype=str)
     if not (split == "train").any():
         raise InputError(f"{path} has no train rows in {config.split_column!r}; the probe is fitted on them")
     y, task, positive = _target(table[config.target], config.task, f"{path} column {config.target!r}")
-    return Labels(table[config.id_column].astype(str).to_numpy(), split, y, task, positive)
+    ids, groups = (table[c].astype(str).to_numpy() for c in (config.id_column, group_column))
+    return Labels(ids, groups, split, y, task, positive)
 
 
 def _target(values: pd.Series, task: str, where: str) -> tuple[np.ndarray, str, Any]:
@@ -166,47 +188,61 @@ def _center_weights(real: np.ndarray) -> np.ndarray:
     return weights
 
 
-def shuffled_items(item: np.ndarray, split: np.ndarray, seed: int) -> np.ndarray:
-    """Each row's item replaced by a seeded permutation of the items of its split (one per split)."""
+def shuffled_items(item: np.ndarray, split: np.ndarray, seed: int, splits: tuple[str, ...] = SPLITS) -> np.ndarray:
+    """Each row's item replaced by a seeded permutation of the items of its split (one per split), in `splits`
+    only; the rows of other splits keep theirs."""
     out = item.copy()
     for k, name in enumerate(SPLITS):
         rows = split == name
+        if name not in splits:
+            continue
         unique, inverse = np.unique(item[rows], return_inverse=True)
         out[rows] = unique[np.random.default_rng([seed, k]).permutation(len(unique))][inverse]
     return out
 
 
-def fit_probe(
-    x: np.ndarray, labels: Labels, groups: np.ndarray, seed: int, folds: int
-) -> tuple[float, float, dict[str, dict[str, float]]]:
-    """(chosen regularisation, its cross-validation score, {split: scores}): the grid searched by grouped k-fold
-    cross-validation over the training rows alone, the chosen model refitted on them, validation and test scored."""
+def fit_probe(x: np.ndarray, labels: Labels, seed: int, folds: int) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(chosen regularisation, its cross-validation score, {split: scores}): the grid searched by seeded k-fold
+    cross-validation over the training rows alone, grouped by `labels.groups`, the chosen model refitted on them,
+    validation and test scored."""
+    from sklearn.exceptions import UndefinedMetricWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     train = labels.split == "train"
+    groups = labels.groups
     n_groups = len(np.unique(groups[train]))
     if n_groups < 2:
-        raise InputError(f"the train split holds {n_groups} cache item; cross-validation needs at least two")
+        raise InputError(f"the train split holds {n_groups} group of items; cross-validation needs at least two")
     classify = labels.task == "classification"
-    if classify and len(np.unique(labels.y[train])) < 2:
-        raise InputError("the train split holds one class only; a classification probe needs both in train")
     k = min(folds, n_groups)
     if classify:
+        # a fold without a positive (or a negative) has no AUROC: no more folds than groups holding each class
+        for value, name in ((1.0, "positive"), (0.0, "negative")):
+            holding = len(np.unique(groups[train & (labels.y == value)]))
+            if holding < 2:
+                raise InputError(
+                    f"the train split's {name} rows sit in {holding} group(s) of items; cross-validation needs each "
+                    "class in at least two: label more train rows of that class"
+                )
+            k = min(k, holding)
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
         search = GridSearchCV(pipeline, {"logisticregression__C": CS}, scoring=CV_SCORE[labels.task], cv=cv)
-        search.fit(x[train], labels.y[train], groups=groups[train])
+        with warnings.catch_warnings():  # a fold left with one class warns per fit; said once below instead
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            warnings.filterwarnings("ignore", message=".*(only one class|Only one class).*")
+            search.fit(x[train], labels.y[train], groups=groups[train])
         if not np.isfinite(search.best_score_):
             raise InputError(
-                f"no cross-validation fold of the train split holds both classes ({int(labels.y[train].sum())} of "
-                f"{int(train.sum())} rows positive); use fewer --folds or label more train rows"
+                f"a cross-validation fold of the train split holds one class only ({int(labels.y[train].sum())} of "
+                f"{int(train.sum())} rows positive, {k} folds); use fewer --folds or label more train rows"
             )
         chosen, cv_score, model = float(search.best_params_["logisticregression__C"]), search.best_score_, search
     else:
-        chosen, cv_score = ridge_cv(x[train], labels.y[train], groups[train], k)
+        chosen, cv_score = ridge_cv(x[train], labels.y[train], groups[train], k, seed)
         model = make_pipeline(StandardScaler(), Ridge(alpha=chosen)).fit(x[train], labels.y[train])
     scores = {}
     for name in ("validation", "test"):
@@ -220,8 +256,9 @@ def fit_probe(
     return chosen, float(cv_score), scores
 
 
-def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> tuple[float, float]:
-    """(alpha, its mean R² over folds): scikit-learn's GroupKFold over the rows given (the training split), in each
+def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> tuple[float, float]:
+    """(alpha, its mean R² over folds): scikit-learn's GroupKFold (groups shuffled with `seed`) over the rows given
+    (the training split), in each
     fold features z-scored with the fold's fitting rows and ridge with an intercept solved for every alpha of
     ALPHAS at once from one SVD (the solution `Ridge` finds, without one fit per alpha); the first best alpha."""
     from sklearn.model_selection import GroupKFold
@@ -229,7 +266,7 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> tu
 
     alphas = np.asarray(ALPHAS)
     r2 = np.zeros((folds, len(alphas)))
-    for f, (fit, held) in enumerate(GroupKFold(n_splits=folds).split(x, y, groups)):
+    for f, (fit, held) in enumerate(GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y, groups)):
         scaler = StandardScaler().fit(x[fit])
         u, s, vt = np.linalg.svd(scaler.transform(x[fit]), full_matrices=False)
         offset = y[fit].mean()
@@ -255,7 +292,7 @@ def classification_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[s
 
 
 def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
-    """The cache's row (role model or kmer control) and its shuffled control's."""
+    """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
     cache = open_cache(url)
     m = cache.manifest
     rows = item_rows(cache, labels.ids, config.id_column)
@@ -266,12 +303,12 @@ def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str,
     base.update({"task": labels.task, "target": config.target})
     base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
     out = []
-    shuffled = shuffled_items(inverse, labels.split, config.seed)
     for role, items in (
         ("kmer control" if m.model == KMER_MODEL else "model", inverse),
-        ("shuffled control", shuffled),
+        ("permuted labels", shuffled_items(inverse, labels.split, config.seed, splits=("train",))),
+        ("shuffled inputs", shuffled_items(inverse, labels.split, config.seed)),
     ):
-        chosen, cv, scores = fit_probe(features[items], labels, items, config.seed, config.folds)
+        chosen, cv, scores = fit_probe(features[items], labels, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
         for split, values in scores.items():
             row.update({f"{split}_{k}": values[k] for k in SCORES[labels.task]})
@@ -279,7 +316,19 @@ def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str,
     return out
 
 
-COLUMNS = ("cache", "role", "model", "layer", "modality", "pooling", "task", "target", "n_train", "n_validation")
+COLUMNS = (
+    "cache",
+    "role",
+    "chosen",
+    "model",
+    "layer",
+    "modality",
+    "pooling",
+    "task",
+    "target",
+    "n_train",
+    "n_validation",
+)
 
 
 def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
@@ -289,21 +338,45 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
 
     labels = read_labels(config)
     rows = [row for url in config.caches for row in probe_cache(url, labels, config)]
+    chosen_by = mark_chosen(rows, labels.task)
     table = pd.DataFrame(rows)
     table = table[[*COLUMNS, *[c for c in table.columns if c not in COLUMNS]]]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    kmer = [r["cache"] for r in rows if r["role"] == "kmer control"]
     settings = {**asdict(config), "caches": list(config.caches), "task": labels.task, "positive": labels.positive}
     settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
+    settings.update({"group_column": config.group_column or config.id_column, "chosen_by": chosen_by})
+    settings.update({"kmer_controls": kmer})
     result = {"settings": settings, "rows": rows}
     files = {"tsv": out / "probe.tsv", "json": out / "probe.json", "png": out / "probe.png"}
     table.to_csv(files["tsv"], sep="\t", index=False)
     files["json"].write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
-    probe_scores(table, HEADLINE[labels.task], files["png"], title=f"{config.target} ({config.pooling} pooling)")
+    pooling = ", ".join(dict.fromkeys(table["pooling"]))
+    probe_scores(table, HEADLINE[labels.task], files["png"], title=f"{config.target} (pooling: {pooling})")
     if not quiet:
         print_probe(table, labels.task)
+        if not kmer:
+            print(
+                "no k-mer control among --caches: embed the same items with `dogmacache embed --model kmer` and "
+                "probe it beside them, so that the models stand beside plain sequence features"
+            )
+        print(f"chosen by {chosen_by}: " + ", ".join(r["cache"] for r in rows if r["chosen"]))
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
+
+
+def mark_chosen(rows: list[dict[str, Any]], task: str) -> str:
+    """Mark (`chosen`) the row of role `model` with the best validation score, or the best cross-validation score
+    where no row has one (no validation rows); returns what it chose by, e.g. "validation r2"."""
+    models = [r for r in rows if r["role"] == "model"]
+    by = f"validation_{HEADLINE[task]}"
+    if not any(math.isfinite(r[by]) for r in models):
+        by = f"cv_{CV_SCORE[task]}"
+    best = max(models, key=lambda r: r[by] if math.isfinite(r[by]) else -math.inf, default=None)
+    for r in rows:
+        r["chosen"] = r is best
+    return by.replace("_", " ")
 
 
 def print_probe(table: pd.DataFrame, task: str) -> None:
@@ -311,10 +384,11 @@ def print_probe(table: pd.DataFrame, task: str) -> None:
     reg = REGULARISATION[task]
     scores = [f"{s}_{k}" for s in ("validation", "test") for k in SCORES[task]]
     heads = [s.replace("validation_", "val_") for s in scores]
-    print(f"{'cache':<24}{'role':<18}{'layer':>8}{reg:>9}" + "".join(f"{h:>14}" for h in heads) + f"{'n_test':>8}")
+    print(f"{'cache':<26}{'role':<17}{'layer':>8}{reg:>9}" + "".join(f"{h:>14}" for h in heads) + f"{'n_test':>8}")
     for _, r in table.iterrows():
+        cache = ("* " if r["chosen"] else "  ") + r["cache"][:23]
         print(
-            f"{r['cache'][:23]:<24}{r['role']:<18}{str(r['layer'])[:7]:>8}{r[reg]:>9.3g}"
+            f"{cache:<26}{r['role']:<17}{str(r['layer'])[:7]:>8}{r[reg]:>9.3g}"
             + "".join(f"{r[s]:>14.3f}" for s in scores)
             + f"{r['n_test']:>8}"
         )
