@@ -21,18 +21,23 @@ TRAIN_ARGS ?=
 # bench-gpu: every accelerator measurement in one command (bench/gpu.py), sized by BENCH_SIZE. full: full-size
 # Enformer fp32/bf16 sweep, ESM-2 650M-sized proteins/s (fixed length, and ragged lengths bucketed vs naive), CDT
 # paper preset steps/s with the DNA table on the device and the projected 50 epochs, cache -> device loader; TFLOP/s
-# and MFU beside every rate. tiny: the same code in seconds (on a CPU too), to check it runs.
+# and MFU beside every rate. tiny: the same code in seconds (on a CPU too), to check it runs. GPU_PARTS: some of
+# them only, comma-separated (enformer, borzoi, esm2, esm2_ragged, cdt, loader, train_stage; default all). Each
+# part's result is written to $(OUT)/bench-gpu/gpu.partial.json as it ends, so a run stopped midway keeps them.
 BENCH_SIZE ?= full
+GPU_PARTS  ?=
 
 # test-gpu: the `gpu`-marked tests (tests/test_gpu_*.py: every adapter on CUDA against the CPU, compiled against
 # eager, a killed CUDA embed resumed), JUnit XML in $(OUT)/test-gpu/. gpu-check: what a GPU machine checks, in one
-# command: gpu-setup, test-gpu, then bench-gpu (GPU_BENCH=no leaves it out), each step's log in $(OUT)/gpu-check/.
+# command: gpu-setup, test-gpu, then bench-gpu (GPU_TESTS=no or GPU_BENCH=no leaves one out), each step's log in
+# $(OUT)/gpu-check/.
 # gpu-setup installs the project into the environment of GPU_PYTHON, a python whose torch is a CUDA build (kept as
 # it is): from PyPI, or offline from the wheels that `make gpu-wheels` downloaded into WHEELS on a machine with
 # network (the packages a CUDA image with Python 3.12 lacks, at constraints.txt's versions; polars, which only
 # enformer-pytorch's unused data loader imports, at 0.20.31: 2.1's runtime wheel alone is 54 MB).
 GPU_PYTHON ?= python3
 GPU_BENCH  ?= yes
+GPU_TESTS  ?= yes
 GPU_ENV     = $(shell $(GPU_PYTHON) -c 'import sys; print(sys.prefix)')
 GPU_LOGS   ?= $(OUT)/gpu-check
 # make in GPU_PYTHON's environment, taking it as set up (-o: never the CPU `setup`, which would install torch)
@@ -91,7 +96,8 @@ bench: setup
 
 bench-gpu: setup
 	$(if $(filter $(BENCH_SIZE),full tiny),,$(error BENCH_SIZE=$(BENCH_SIZE) is not full or tiny))
-	$(BIN)/dogmacache bench --only gpu --gpu-size $(BENCH_SIZE) --out $(OUT)/bench-gpu
+	$(BIN)/dogmacache bench --only gpu --gpu-size $(BENCH_SIZE) $(if $(GPU_PARTS),--gpu-parts $(GPU_PARTS)) \
+		--out $(OUT)/bench-gpu
 
 test-gpu: setup
 	mkdir -p $(OUT)/test-gpu
@@ -100,8 +106,9 @@ test-gpu: setup
 
 gpu-setup:
 	$(GPU_PYTHON) -c 'import torch; assert torch.cuda.is_available(), f"torch {torch.__version__} of $(GPU_PYTHON) sees no CUDA device; set GPU_PYTHON to a python with a CUDA build of torch"'
-	$(GPU_PYTHON) -m pip install --quiet $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) "setuptools>=69"
-	$(GPU_PYTHON) -m pip install --quiet $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) \
+	$(GPU_PYTHON) -m pip install --quiet --no-compile $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) \
+		"setuptools>=77"
+	$(GPU_PYTHON) -m pip install --quiet --no-compile $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) \
 		--no-build-isolation -e .
 	touch $(GPU_ENV)/.dogmacache-installed
 
@@ -109,11 +116,12 @@ gpu-check:
 	mkdir -p $(GPU_LOGS)
 	bash -c 'set -o pipefail; status=0; \
 		$(MAKE) --no-print-directory gpu-setup 2>&1 | tee $(GPU_LOGS)/setup.log || exit 1; \
-		$(GPU_MAKE) test-gpu 2>&1 | tee $(GPU_LOGS)/test-gpu.log || status=1; \
+		$(if $(filter yes,$(GPU_TESTS)),$(GPU_MAKE) test-gpu 2>&1 | tee $(GPU_LOGS)/test-gpu.log || status=1;) \
 		$(if $(filter yes,$(GPU_BENCH)),$(GPU_MAKE) bench-gpu 2>&1 | tee $(GPU_LOGS)/bench-gpu.log || status=1;) \
 		exit $$status'
 
 gpu-wheels:
+	rm -rf $(WHEELS)
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: $(GPU_WHEEL_TAGS) -c constraints.txt \
 		-d $(WHEELS) $(GPU_WHEEL_PACKAGES)
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: $(GPU_WHEEL_TAGS) -d $(WHEELS) polars==0.20.31

@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from dogmacache.bench.mfu import count_flops, device_name, utilisation
 from dogmacache.bench.timing import median_seconds, sync
 from dogmacache.devices import pick_device
 from dogmacache.embed.stream import autocast_for
+from dogmacache.errors import InputError
 
 TARGET_PAPER_EPOCHS_MINUTES = 10.0  # the paper's 50 epochs of CDT training on one H100
 PAPER_STEPS_PER_EPOCH = 4605 // 8  # the authors' 4,605 training pairs in batches of 8, last partial dropped
@@ -247,12 +249,21 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
+PARTS = ("enformer", "borzoi", "esm2", "esm2_ragged", "cdt", "loader", "train_stage")  # in the order run
+
+
+def bench_gpu(size: str = "full", device: str = "auto", parts: tuple[str, ...] = PARTS, on_part=None) -> dict[str, Any]:
+    """The record of `parts` (all by default), each measured in turn. A part that fails is recorded under
+    `failed_parts` (its error and the last lines of its traceback) and the others still run; `on_part(record)` is
+    called after each part, so that a caller can keep what ran if the command is stopped."""
     from dogmacache.bench.borzoi import bench_borzoi_device
     from dogmacache.bench.embed import bench_enformer_device
     from dogmacache.bench.esm2 import bench_esm2, bench_esm2_ragged
     from dogmacache.bench.mfu import card, target_scope
 
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise InputError(f"--gpu-parts {','.join(parts)!r} names no part or unknown ones; pick from {', '.join(PARTS)}")
     s = SIZES[size]
     dev = pick_device(device)
     name = device_name(dev)
@@ -262,22 +273,41 @@ def bench_gpu(size: str = "full", device: str = "auto") -> dict[str, Any]:
         "device_name": name,
         "card": card(name),  # the peak table's entry (docs/bench.md#accelerator-peaks); None: MFU not computed
         "targets_apply": target_scope(size, name),
+        "parts_seconds": {},
+        "failed_parts": {},
     }
-    result["enformer"] = bench_enformer_device(
-        str(dev),
-        hparams=s["enformer_hparams"],
-        batches=s["enformer_batches"],
-        runner_windows=s["enformer_windows"],
-        runner_workers=s["runner_workers"],
-        # compiled rows on CUDA only: inductor builds C++ kernels for a CPU for about a minute (tested apart: slow)
-        runner_modes=("run_embed", "run_embed --compile reduce-overhead") if dev.type == "cuda" else ("run_embed",),
-        min_seconds=0.5,
-        compile_modes=("reduce-overhead",) if dev.type == "cuda" else (),
-    )
-    result["borzoi"] = bench_borzoi_device(str(dev), size)
-    result["esm2"] = bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"])
-    result["esm2_ragged"] = bench_esm2_ragged(dev, s["esm"], **s["esm_ragged"])
-    result["cdt"] = bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"])
-    result["loader"] = bench_loader_to_device(dev, s["cache_items"], s["cache_shape"])
-    result["train_stage"] = bench_train_stage(dev, s["train"])
+    measure = {
+        "enformer": lambda: bench_enformer_device(
+            str(dev),
+            hparams=s["enformer_hparams"],
+            batches=s["enformer_batches"],
+            runner_windows=s["enformer_windows"],
+            runner_workers=s["runner_workers"],
+            # compiled rows on CUDA only: inductor builds C++ kernels for a CPU for about a minute (tested apart)
+            runner_modes=("run_embed", "run_embed --compile reduce-overhead") if dev.type == "cuda" else ("run_embed",),
+            min_seconds=0.5,
+            compile_modes=("reduce-overhead",) if dev.type == "cuda" else (),
+        ),
+        "borzoi": lambda: bench_borzoi_device(str(dev), size),
+        "esm2": lambda: bench_esm2(dev, s["esm"], s["protein_length"], s["esm_batches"]),
+        "esm2_ragged": lambda: bench_esm2_ragged(dev, s["esm"], **s["esm_ragged"]),
+        "cdt": lambda: bench_cdt_on_device(dev, s["cdt_preset"], s["cdt_table_rows"]),
+        "loader": lambda: bench_loader_to_device(dev, s["cache_items"], s["cache_shape"]),
+        "train_stage": lambda: bench_train_stage(dev, s["train"]),
+    }
+    for part in (p for p in PARTS if p in parts):
+        t0 = time.perf_counter()
+        try:
+            result[part] = measure[part]()
+        except Exception as err:  # noqa: BLE001 - one broken part must not lose the others' numbers
+            lines = traceback.format_exc().strip().splitlines()
+            result["failed_parts"][part] = {"error": f"{type(err).__name__}: {err}", "traceback": lines[-12:]}
+        seconds = time.perf_counter() - t0
+        result["parts_seconds"][part] = round(seconds, 1)
+        failed = result["failed_parts"].get(part)
+        print(f"  gpu part {part}: {seconds:.0f} s" + (f", FAILED: {failed['error']}" if failed else ""), flush=True)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if on_part is not None:
+            on_part(result)
     return result

@@ -62,6 +62,12 @@ def enformer_rows(enformer: dict[str, Any], scope: dict[str, bool]) -> list[list
         ],
     ]
     for row in gpu.get("compiled", []):
+        if row.get("windows_per_s") is None:  # out of memory, or not run
+            why = "out of memory" if row.get("oom") else "not measured"
+            rows.append(
+                [f"Enformer bf16, `--compile {row.get('compile')}`, batch {row.get('batch')}", why, "", "", "", ""]
+            )
+            continue
         rows.append(
             rate_row(
                 f"Enformer bf16, `--compile {row['compile']}`, batch {row['batch']}: windows/s (compilation "
@@ -105,9 +111,9 @@ def borzoi_rows(results: dict[str, Any] | None) -> list[list[Any]]:
 
 
 def cdt_rows(r: dict[str, Any], scope: dict[str, bool]) -> list[list[Any]]:
-    cdt = r["cdt"]
+    cdt = r.get("cdt")
     rows = []
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if cdt else ():
         c = cdt[precision]
         rows.append(
             rate_row(f"CDT {cdt['preset']} training steps/s, {precision}, DNA table on the device", [c], "steps_per_s")
@@ -122,17 +128,18 @@ def cdt_rows(r: dict[str, Any], scope: dict[str, bool]) -> list[list[Any]]:
                 verdict(c["paper_50_epochs_minutes"], TARGET_PAPER_EPOCHS_MINUTES, False, applies=scope["h100"]),
             ]
         )
-    loader = r["loader"]
-    rows.append(
-        [
-            "cache -> device, random batches of 8 (rows/s, MB/s)",
-            f"{loader['rows_per_s']:.1f}, {loader['mb_per_s']:.0f}",
-            "–",
-            "n/a",
-            "",
-            "",
-        ]
-    )
+    loader = r.get("loader")
+    if loader:
+        rows.append(
+            [
+                "cache -> device, random batches of 8 (rows/s, MB/s)",
+                f"{loader['rows_per_s']:.1f}, {loader['mb_per_s']:.0f}",
+                "–",
+                "n/a",
+                "",
+                "",
+            ]
+        )
     stage = r.get("train_stage")
     for run in stage["runs"] if stage else []:
         where = "on the device" if run["dna_on_device"] == "yes" else f"streamed ({run['num_workers']} workers)"
@@ -151,7 +158,7 @@ def cdt_rows(r: dict[str, Any], scope: dict[str, bool]) -> list[list[Any]]:
 
 
 def esm2_rows(r: dict[str, Any], scope: dict[str, bool]) -> list[list[Any]]:
-    esm = r["esm2"]
+    esm = r.get("esm2") or {"runs": []}
     rows = [
         rate_row(
             f"ESM-2 ({esm['parameters']:,} parameters) proteins/s, {run['precision']}, batch {run['batch']}, "
@@ -231,6 +238,10 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
         f"50 epochs = {PAPER_EPOCHS} x {PAPER_STEPS_PER_EPOCH} steps of batch 8, evaluation excluded (train stage: "
         "each epoch's validation included, scaled to 575 steps); train stage FLOPs not counted",
     ]
+    if r.get("parts_seconds"):
+        notes.append("parts measured (seconds): " + ", ".join(f"{k} {v:g}" for k, v in r["parts_seconds"].items()))
+    for part, failure in (r.get("failed_parts") or {}).items():
+        notes.append(f"part {part} FAILED: {failure['error']} (its traceback is in the JSON record)")
     out = [table("gpu: every accelerator measurement in one run", COLUMNS, rows, notes)]
     if r.get("esm2_ragged"):
         out.append(ragged_table(r["esm2_ragged"]))

@@ -11,8 +11,10 @@ import torch
 from dogmacache import bench
 from dogmacache.bench import cdt as bench_cdt
 from dogmacache.bench.embed import TINY_CASES, bench_embed_tiny, bench_enformer_device
+from dogmacache.bench.gpu import PARTS
 from dogmacache.cli import main
 from dogmacache.embed.adapters.enformer import TINY_ENFORMER
+from dogmacache.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -218,11 +220,14 @@ def test_cdt_section_through_fresh_processes(tmp_path):
 
 def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     """The command `make bench-gpu BENCH_SIZE=tiny` runs (read from the Makefile), on this CPU."""
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n\t\t", "")
     line = re.search(r"^\t\$\(BIN\)/dogmacache (bench --only gpu .*)$", makefile, re.MULTILINE).group(1)
+    line = line.replace("$(if $(GPU_PARTS),--gpu-parts $(GPU_PARTS))", "")  # GPU_PARTS unset: every part
     argv = line.replace("$(BENCH_SIZE)", "tiny").replace("$(OUT)/bench-gpu", str(tmp_path)).split()
     assert main(argv) == 0
     results = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    partial = json.loads((tmp_path / "gpu.partial.json").read_text())  # kept part by part, the last one whole
+    assert partial["partial"] and list(partial["parts_seconds"]) == list(PARTS) and not partial["failed_parts"]
     assert results["size"] == "tiny" and results["device"] == "cpu"
     assert all(_positive(run["proteins_per_s"]) for run in results["esm2"]["runs"])
     assert _positive(results["cdt"]["fp32"]["steps_per_s"]) and _positive(
@@ -391,3 +396,26 @@ def test_a_rate_rows_cells_keep_each_runs_place():
 
     row = rate_row("x", [None, {"rate": 10.0, "tflop_per_s": 5.0, "mfu": 0.3}], "rate")
     assert row[1].startswith("n/a / ") and row[2].startswith("n/a / ") and row[3] == "n/a / 30%"
+
+
+def test_a_failing_gpu_part_is_recorded_and_the_others_still_measured(tmp_path, monkeypatch, capsys):
+    """`--gpu-parts` runs the parts named; one that raises is recorded with its error (the section fails, exit 1)
+    while the others' numbers and tables are kept, part by part in gpu.partial.json too."""
+    from dogmacache.bench import gpu
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu, "bench_cdt_on_device", broken)
+    argv = ["bench", "--only", "gpu", "--gpu-size", "tiny", "--gpu-parts", "loader,cdt", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    results = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    assert list(results["parts_seconds"]) == ["cdt", "loader"] and _positive(results["loader"]["rows_per_s"])
+    assert "cdt" not in results and "illegal memory access" in results["failed_parts"]["cdt"]["error"]
+    assert any("broken" in line for line in results["failed_parts"]["cdt"]["traceback"])
+    assert json.loads((tmp_path / "gpu.partial.json").read_text())["loader"] == results["loader"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "cache -> device" in summary and "part cdt FAILED: RuntimeError" in summary
+    assert "gpu part cdt: " in capsys.readouterr().out
+    with pytest.raises(InputError, match="--gpu-parts 'enformer,gpus'"):
+        gpu.bench_gpu("tiny", parts=("enformer", "gpus"))
