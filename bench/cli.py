@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,14 +145,19 @@ def _embed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _gpu(args: argparse.Namespace) -> dict[str, Any]:
-    from dogmacache.bench.gpu import PARTS, bench_gpu
+    from dogmacache.bench.gpu import PARTS, bench_gpu, check_parts
 
     parts = PARTS if args.gpu_parts is None else tuple(p.strip() for p in args.gpu_parts.split(",") if p.strip())
+    check_parts(parts)  # before anything is written
     partial = Path(args.out) / "gpu.partial.json"
+    started = {"partial": True, "requested": list(parts), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def keep(record: dict[str, Any]) -> None:  # what ran so far, should the command be stopped before the end
-        partial.write_text(json.dumps({"partial": True, **record}, indent=2, default=str) + "\n")
+        staged = partial.with_name(f".{partial.name}.tmp")
+        staged.write_text(json.dumps({**started, **record}, indent=2, default=str) + "\n")
+        os.replace(staged, partial)  # never half a file, nor an earlier run's parts under this run's name
 
+    keep({})
     return bench_gpu(args.gpu_size, parts=parts, on_part=keep)
 
 

@@ -252,6 +252,12 @@ def bench_train_stage(device: torch.device, spec: dict[str, Any]) -> dict[str, A
 PARTS = ("enformer", "borzoi", "esm2", "esm2_ragged", "cdt", "loader", "train_stage")  # in the order run
 
 
+def check_parts(parts: tuple[str, ...]) -> None:
+    """InputError in one line unless `parts` names one or more of PARTS and nothing else."""
+    if not parts or any(p not in PARTS for p in parts):
+        raise InputError(f"--gpu-parts {','.join(parts)!r} names no part or unknown ones; pick from {', '.join(PARTS)}")
+
+
 def bench_gpu(size: str = "full", device: str = "auto", parts: tuple[str, ...] = PARTS, on_part=None) -> dict[str, Any]:
     """The record of `parts` (all by default), each measured in turn. A part that fails is recorded under
     `failed_parts` (its error and the last lines of its traceback) and the others still run; `on_part(record)` is
@@ -261,9 +267,7 @@ def bench_gpu(size: str = "full", device: str = "auto", parts: tuple[str, ...] =
     from dogmacache.bench.esm2 import bench_esm2, bench_esm2_ragged
     from dogmacache.bench.mfu import card, target_scope
 
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        raise InputError(f"--gpu-parts {','.join(parts)!r} names no part or unknown ones; pick from {', '.join(PARTS)}")
+    check_parts(parts)
     s = SIZES[size]
     dev = pick_device(device)
     name = device_name(dev)

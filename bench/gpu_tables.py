@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dogmacache.bench.gpu import PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH, TARGET_PAPER_EPOCHS_MINUTES
+from dogmacache.bench.gpu import PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH, PARTS, TARGET_PAPER_EPOCHS_MINUTES
 from dogmacache.bench.mfu import mfu_cell, target_scope
 from dogmacache.bench.report import Table, fmt, pct, table, verdict
 
@@ -227,7 +227,7 @@ def mfu_note(r: dict[str, Any]) -> str:
 
 def gpu_tables(r: dict[str, Any]) -> list[Table]:
     scope = r.get("targets_apply") or target_scope(r["size"], r.get("device_name"))
-    rows = enformer_rows(r.get("enformer", {}), scope)
+    rows = enformer_rows(r["enformer"], scope) if r.get("enformer") else []
     rows += borzoi_rows(r.get("borzoi"))
     rows += esm2_rows(r, scope)
     rows += cdt_rows(r, scope)
@@ -242,7 +242,11 @@ def gpu_tables(r: dict[str, Any]) -> list[Table]:
         notes.append("parts measured (seconds): " + ", ".join(f"{k} {v:g}" for k, v in r["parts_seconds"].items()))
     for part, failure in (r.get("failed_parts") or {}).items():
         notes.append(f"part {part} FAILED: {failure['error']} (its traceback is in the JSON record)")
-    out = [table("gpu: every accelerator measurement in one run", COLUMNS, rows, notes)]
+    measured = list(r.get("parts_seconds") or PARTS)  # a record before parts measured them all
+    title = "gpu: every accelerator measurement in one run"
+    if set(measured) != set(PARTS):
+        title = "gpu: the accelerator measurements of " + ", ".join(measured)
+    out = [table(title, COLUMNS, rows, notes)]
     if r.get("esm2_ragged"):
         out.append(ragged_table(r["esm2_ragged"]))
     return out

@@ -66,18 +66,17 @@ def print_probe_summary(summary: dict[str, list[dict]]) -> None:
         "linear probes per cache (ridge on mean-pooled windows, alpha by CV on train; validation / test R², "
         "[test R² with permuted labels, with shuffled inputs]):"
     )
+    from dogmacache.train.probe import CONTROLS
+
     for name, rows in summary.items():
-        controls = {(r["url"], r["role"]): r["test_r2"] for r in rows}
-        chosen = next(r for r in rows if r["chosen"])
-        print(
-            f"  {name}: n_test={rows[0]['n_test']}, chosen on validation: {chosen['cache']} "
-            f"(test R² {chosen['test_r2']:.3f})"
-        )
+        scores = {(r["url"], r["role"]): r["test_r2"] for r in rows}
+        chosen = next((r for r in rows if r["chosen"]), None)
+        pick = f"{chosen['cache']} (test R² {chosen['test_r2']:.3f})" if chosen else "none (no model cache)"
+        print(f"  {name}: n_test={rows[0]['n_test']}, chosen on validation: {pick}")
         cells = [
             f"{r['cache']}{' (k-mer control)' if r['role'] == 'kmer control' else ''} {r['validation_r2']:.3f} / "
-            f"{r['test_r2']:.3f} [{controls[(r['url'], 'permuted labels')]:.3f}, "
-            f"{controls[(r['url'], 'shuffled inputs')]:.3f}]"
+            f"{r['test_r2']:.3f} [" + ", ".join(f"{scores[(r['url'], role)]:.3f}" for role in CONTROLS) + "]"
             for r in rows
-            if r["role"] in ("model", "kmer control")
+            if r["role"] not in CONTROLS
         ]
         print("    " + "; ".join(cells))

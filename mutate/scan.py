@@ -192,11 +192,9 @@ def open_scanner(
         {dna.url: recorded.get("torch_threads")},
         config,
         torch_device,
-        matched=f"as {dna.url} was embedded with, so that edited windows are computed as its reference rows were",
-        unmatched=(f"{dna.url} was embedded with", "the edits' effects may hold float rounding between thread counts"),
+        matched=f"as {dna.url} was begun with, so that edited windows are computed as its reference rows were",
+        unmatched=(f"{dna.url} was begun with", "the edits' effects may hold float rounding between thread counts"),
     )
-    if note:
-        print(note)
     config = dataclasses.replace(config, torch_threads=threads)  # None: the plan decides
     settings = resolve(config, adapter, torch_device, watch, resume=False)  # `out` is no cache of mutate's
     wanted = settings.manifest_config(adapter.info())
@@ -210,6 +208,8 @@ def open_scanner(
     window_bp = getattr(adapter.options, "window_bp", None)
     if not window_bp:
         raise InputError(f"the {name} adapter records no window_bp; mutate needs a DNA model that cuts genome windows")
+    if note:  # said once the run is accepted
+        print(note)
     return Scanner(
         adapter=adapter,
         settings=settings,

@@ -228,6 +228,7 @@ def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu.json").read_text())["results"]
     partial = json.loads((tmp_path / "gpu.partial.json").read_text())  # kept part by part, the last one whole
     assert partial["partial"] and list(partial["parts_seconds"]) == list(PARTS) and not partial["failed_parts"]
+    assert partial["requested"] == list(PARTS) and partial["started"]
     assert results["size"] == "tiny" and results["device"] == "cpu"
     assert all(_positive(run["proteins_per_s"]) for run in results["esm2"]["runs"])
     assert _positive(results["cdt"]["fp32"]["steps_per_s"]) and _positive(
@@ -416,6 +417,7 @@ def test_a_failing_gpu_part_is_recorded_and_the_others_still_measured(tmp_path, 
     assert json.loads((tmp_path / "gpu.partial.json").read_text())["loader"] == results["loader"]
     summary = (tmp_path / "summary.md").read_text()
     assert "cache -> device" in summary and "part cdt FAILED: RuntimeError" in summary
+    assert "gpu: the accelerator measurements of cdt, loader" in summary and "Enformer" not in summary
     assert "gpu part cdt: " in capsys.readouterr().out
     with pytest.raises(InputError, match="--gpu-parts 'enformer,gpus'"):
         gpu.bench_gpu("tiny", parts=("enformer", "gpus"))

@@ -94,8 +94,8 @@ def test_demo_probes_each_target_beside_its_controls(demo_run):
         assert set(table.index.get_level_values("role")) == {"model", "kmer control", *controls}, name
         real = table.drop(index=controls, level="role")
         assert (real["test_r2"] > 0.1).all() and table["chosen"].sum() == 1, table
-        for role in controls:  # one permutation each: at seeds 0 to 4, 1 in 20 per role and target passed 0.1
-            assert (table.xs(role, level="role")["test_r2"].abs() < 0.15).all(), (role, table)
+        for role in controls:  # one permutation each, a null draw: a fit that read test rows would score high
+            assert (table.xs(role, level="role")["test_r2"] < 0.15).all(), (role, table)
         assert (demo_run / "probe" / name / "probe.png").stat().st_size > 10_000
 
 

@@ -70,10 +70,8 @@ def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path,
     return path
 
 
-PROBE_CONTROLS = {  # role -> bar colour, hatch
-    "permuted labels": ("darkgrey", ""),
-    "shuffled inputs": ("lightgrey", ".."),
-}
+PROBE_ROLES = ("model", "kmer control")  # a cache's own rows; every other role is one of its controls
+CONTROL_STYLES = (("darkgrey", ""), ("lightgrey", ".."))  # bar colour and hatch of each control, in table order
 
 
 def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
@@ -82,19 +80,21 @@ def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Pa
     cache chosen on validation starred). Where several caches of one model differ only by layer, a second panel
     draws the score against layer."""
     chance = 0.5 if metric == "auroc" else 0.0
-    real = table[~table["role"].isin(list(PROBE_CONTROLS))].reset_index(drop=True)
-    controls = {role: table[table["role"] == role].set_index("url").loc[real["url"]] for role in PROBE_CONTROLS}
+    real = table[table["role"].isin(PROBE_ROLES)].reset_index(drop=True)
+    roles = [role for role in dict.fromkeys(table["role"]) if role not in PROBE_ROLES]
+    styles = dict(zip(roles, CONTROL_STYLES, strict=True))
+    controls = {role: table[table["role"] == role].set_index("url").loc[real["url"]] for role in roles}
     kmer = (real["role"] == "kmer control").to_numpy()
     series = [
         part for _, part in real.groupby(["model", "modality", "pooling"], sort=False) if part["layer"].nunique() > 1
     ]
     fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.4 * len(real) + 2.5) + 5 * bool(series), 4.6))
     ax = np.atleast_1d(axes)[0]
-    x, width = np.arange(len(real)), 0.27
+    x, width = np.arange(len(real)), 0.8 / (1 + len(roles))
     ax.bar(x[~kmer] - width, real[f"test_{metric}"][~kmer], width, color="C0", label="model")
     if kmer.any():
         ax.bar(x[kmer] - width, real[f"test_{metric}"][kmer], width, color="C1", hatch="//", label="k-mer control")
-    for k, (role, (colour, hatch)) in enumerate(PROBE_CONTROLS.items()):
+    for k, (role, (colour, hatch)) in enumerate(styles.items()):
         scores = controls[role][f"test_{metric}"].to_numpy()
         ax.bar(x + k * width, scores, width, color=colour, edgecolor="grey", hatch=hatch, label=role)
         ax.scatter(x + k * width, controls[role][f"validation_{metric}"], color="black", s=10, zorder=3)
@@ -123,7 +123,7 @@ def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Pa
             right.plot(
                 layers, part[f"test_{metric}"].iloc[order], marker="o", color=f"C{k}", label=part["model"].iloc[0]
             )
-            for role, (colour, _) in PROBE_CONTROLS.items():
+            for role, (colour, _) in styles.items():
                 scores = controls[role][f"test_{metric}"].to_numpy()[part.index[order]]
                 right.plot(layers, scores, ls="--", color=colour, label=role)
         for score in real[f"test_{metric}"][kmer]:

@@ -9,8 +9,8 @@ by default one cache item, stay in one fold; `--group-column` names a coarser un
 TSS windows). The chosen model is refitted on all training rows and scores validation and test once each. A label
 table whose items or groups sit in more than one split is refused: the same input would be fitted and scored.
 
-Beside every cache, in the same call, two controls fitted and scored exactly as the cache is (seeded, `--seed`; an
-item's rows move together, as in `train/controls.py`):
+Beside every cache, in the same call, two controls fitted and scored exactly as the cache is (seeded, `--seed`, each
+its own permutations; an item's rows move together, as in `train/controls.py`):
 - permuted labels: the training split's items permuted among themselves, so each training item's labels meet
   another item's features, validation and test as they are. A permutation null of the whole fit: it scores near
   chance unless the fit reads validation or test rows, or the score rewards something other than the inputs;
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +46,6 @@ POOLINGS = ("mean", "center")
 TASKS = ("auto", "regression", "classification")
 KMER_MODEL = "kmer"  # the manifest `model` of `dogmacache embed --model kmer` (the sequence-only control)
 CONTROLS = ("permuted labels", "shuffled inputs")  # per cache, in this order after it
-ROLES = ("model", "kmer control", *CONTROLS)
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-2.0, 6.5, 0.5))  # ridge grid
 CS = tuple(float(c) for c in 10.0 ** np.arange(-4.0, 3.0))  # logistic regression grid
 # per task: the regularisation's name, the cross-validation score, the scores of each split, the score drawn
@@ -73,6 +73,9 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if not self.caches:
             raise InputError("--caches names no cache; give one or more, e.g. --caches a.zarr,b.zarr")
+        repeated = [c for c in dict.fromkeys(self.caches) if self.caches.count(c) > 1]
+        if repeated:
+            raise InputError(f"--caches names {repeated[0]!r} {self.caches.count(repeated[0])} times; give each once")
         if self.pooling not in POOLINGS:
             raise InputError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}; pick one of those")
         if self.task not in TASKS:
@@ -114,10 +117,26 @@ def read_labels(config: ProbeConfig) -> Labels:
             f"and test once, so add a column {config.split_column!r} holding train, validation or test per row (e.g. "
             "the split of each row's item in the recipe's table), or name another with --split-column"
         )
+    for column, flag in dict.fromkeys(((config.id_column, "--id-column"), (group_column, "--group-column"))):
+        empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise InputError(
+                f"{path} column {column!r} ({flag}) is empty in {int(empty.sum())} row(s), e.g. row "
+                f"{int(np.flatnonzero(empty.to_numpy())[0])}; fill or drop them"
+            )
     checked = table.assign(split=table[config.split_column])
     check_splits(checked, path, config.id_column)
     for column in dict.fromkeys((config.id_column, group_column)):
         check_one_split(checked, column, path)
+    if group_column != config.id_column:
+        in_groups = table.groupby(config.id_column, sort=False)[group_column].nunique()
+        if (in_groups > 1).any():
+            item = in_groups.index[in_groups > 1][0]
+            raise InputError(
+                f"{path}: {int((in_groups > 1).sum())} item(s) of {config.id_column!r} sit in more than one "
+                f"{group_column!r} group, e.g. {item!r}; a group must hold whole items (give --group-column a "
+                "coarser unit, or leave it out)"
+            )
     split = table[config.split_column].to_numpy(dtype=str)
     if not (split == "train").any():
         raise InputError(f"{path} has no train rows in {config.split_column!r}; the probe is fitted on them")
@@ -188,16 +207,19 @@ def _center_weights(real: np.ndarray) -> np.ndarray:
     return weights
 
 
-def shuffled_items(item: np.ndarray, split: np.ndarray, seed: int, splits: tuple[str, ...] = SPLITS) -> np.ndarray:
+def shuffled_items(
+    item: np.ndarray, split: np.ndarray, seed: int, splits: tuple[str, ...] = SPLITS, stream: int = 0
+) -> np.ndarray:
     """Each row's item replaced by a seeded permutation of the items of its split (one per split), in `splits`
-    only; the rows of other splits keep theirs."""
+    only; the rows of other splits keep theirs. `stream` draws other permutations from the same seed."""
     out = item.copy()
     for k, name in enumerate(SPLITS):
         rows = split == name
         if name not in splits:
             continue
         unique, inverse = np.unique(item[rows], return_inverse=True)
-        out[rows] = unique[np.random.default_rng([seed, k]).permutation(len(unique))][inverse]
+        rng = np.random.default_rng([seed, k] if stream == 0 else [seed, stream, k])
+        out[rows] = unique[rng.permutation(len(unique))][inverse]
     return out
 
 
@@ -205,7 +227,7 @@ def fit_probe(x: np.ndarray, labels: Labels, seed: int, folds: int) -> tuple[flo
     """(chosen regularisation, its cross-validation score, {split: scores}): the grid searched by seeded k-fold
     cross-validation over the training rows alone, grouped by `labels.groups`, the chosen model refitted on them,
     validation and test scored."""
-    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.exceptions import FitFailedWarning, UndefinedMetricWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
@@ -233,7 +255,10 @@ def fit_probe(x: np.ndarray, labels: Labels, seed: int, folds: int) -> tuple[flo
         search = GridSearchCV(pipeline, {"logisticregression__C": CS}, scoring=CV_SCORE[labels.task], cv=cv)
         with warnings.catch_warnings():  # a fold left with one class warns per fit; said once below instead
             warnings.simplefilter("ignore", UndefinedMetricWarning)
-            warnings.filterwarnings("ignore", message=".*(only one class|Only one class).*")
+            warnings.simplefilter("ignore", FitFailedWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"(?s).*(only one class|Only one class|test scores are non-finite)"
+            )
             search.fit(x[train], labels.y[train], groups=groups[train])
         if not np.isfinite(search.best_score_):
             raise InputError(
@@ -303,11 +328,11 @@ def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str,
     base.update({"task": labels.task, "target": config.target})
     base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
     out = []
-    for role, items in (
-        ("kmer control" if m.model == KMER_MODEL else "model", inverse),
-        ("permuted labels", shuffled_items(inverse, labels.split, config.seed, splits=("train",))),
-        ("shuffled inputs", shuffled_items(inverse, labels.split, config.seed)),
-    ):
+    controls = {  # independent draws: the shuffled-input control's permutations are not the permuted labels'
+        CONTROLS[0]: shuffled_items(inverse, labels.split, config.seed, splits=("train",), stream=1),
+        CONTROLS[1]: shuffled_items(inverse, labels.split, config.seed),
+    }
+    for role, items in (("kmer control" if m.model == KMER_MODEL else "model", inverse), *controls.items()):
         chosen, cv, scores = fit_probe(features[items], labels, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
         for split, values in scores.items():
@@ -350,10 +375,13 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     settings.update({"kmer_controls": kmer})
     result = {"settings": settings, "rows": rows}
     files = {"tsv": out / "probe.tsv", "json": out / "probe.json", "png": out / "probe.png"}
-    table.to_csv(files["tsv"], sep="\t", index=False)
-    files["json"].write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
+    staged = {k: path.with_name(f".{path.name}.partial{path.suffix}") for k, path in files.items()}
+    table.to_csv(staged["tsv"], sep="\t", index=False)
+    staged["json"].write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
     pooling = ", ".join(dict.fromkeys(table["pooling"]))
-    probe_scores(table, HEADLINE[labels.task], files["png"], title=f"{config.target} (pooling: {pooling})")
+    probe_scores(table, HEADLINE[labels.task], staged["png"], title=f"{config.target} (pooling: {pooling})")
+    for k, path in files.items():  # all three written before any replaces an earlier run's
+        os.replace(staged[k], path)
     if not quiet:
         print_probe(table, labels.task)
         if not kmer:
@@ -361,15 +389,23 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
                 "no k-mer control among --caches: embed the same items with `dogmacache embed --model kmer` and "
                 "probe it beside them, so that the models stand beside plain sequence features"
             )
-        print(f"chosen by {chosen_by}: " + ", ".join(r["cache"] for r in rows if r["chosen"]))
+        if chosen_by is None:
+            print("no cache of role model among --caches: nothing chosen")
+        else:
+            print(f"chosen by {chosen_by}: " + ", ".join(r["cache"] for r in rows if r["chosen"]))
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
 
 
-def mark_chosen(rows: list[dict[str, Any]], task: str) -> str:
+def mark_chosen(rows: list[dict[str, Any]], task: str) -> str | None:
     """Mark (`chosen`) the row of role `model` with the best validation score, or the best cross-validation score
-    where no row has one (no validation rows); returns what it chose by, e.g. "validation r2"."""
+    where no row has one (no validation rows); returns what it chose by, e.g. "validation r2" (None: no cache of
+    role model, nothing chosen)."""
     models = [r for r in rows if r["role"] == "model"]
+    for r in rows:
+        r["chosen"] = False
+    if not models:
+        return None
     by = f"validation_{HEADLINE[task]}"
     if not any(math.isfinite(r[by]) for r in models):
         by = f"cv_{CV_SCORE[task]}"
