@@ -89,7 +89,7 @@ def _info(args: argparse.Namespace) -> int:
         ("complete", str(m.complete)),
         ("on disk", f"{n_bytes / 2**20:,.1f} MiB in {n_files} files"),
         ("input digest", m.input_digest),
-        ("fidelity", describe_fidelity(m.fidelity)),
+        ("fidelity", describe_fidelity(m.fidelity, m.complete)),
         ("reused rows", ", ".join(f"{r['rows']:,} from {r['name']}" for r in m.reused) or "none"),
         ("created", f"{m.created_at} by " + ", ".join(f"{k} {v}" for k, v in sorted(m.created_by.items()))),
     ]

@@ -126,12 +126,16 @@ class Manifest:
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
 
 
-def describe_fidelity(fidelity: dict[str, Any]) -> str:
-    """The manifest's fidelity receipt (`embed/fidelity.py`) in one line, for `cache info` and the dataset card."""
+def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
+    """The manifest's fidelity receipt (`embed/fidelity.py`) in one line, for `cache info` and the dataset card;
+    `complete` False: the cache is unfinished, and a receipt comes with its last shard."""
     if not fidelity:
+        if not complete:
+            return "not yet measured (the cache is unfinished; the receipt is taken once every shard is written)"
         return "not measured (written before receipts, imported, or --fidelity-items 0)"
+    drawn = f", drawn from {fidelity['sampled_from']}" if fidelity.get("sampled_from") else ""
     return (
-        f"{fidelity['items']} items vs a {fidelity['reference']}: cosine >= {fidelity['cosine_min']:.8f} "
+        f"{fidelity['items']} items{drawn} vs a {fidelity['reference']}: cosine >= {fidelity['cosine_min']:.8f} "
         f"(median {fidelity['cosine_median']:.8f}), relative L2 <= {fidelity['relative_l2_max']:.2e} "
         f"(median {fidelity['relative_l2_median']:.2e}); {fidelity['precision']} forward, "
         f"{fidelity['dtype']} storage, {fidelity.get('compression', 'none')} compression"

@@ -82,8 +82,8 @@ def fidelity_on_worker(n_sample: int) -> dict:
     from dogmacache.embed.fidelity import receipt, sample_rows
 
     settings, rows = replace(_STATE["settings"], device=_STATE["device"]), _STATE["rows"]
-    sample = sample_rows((), len(rows), n_sample)
-    return receipt(_STATE["adapter"], rows, settings.config.out, settings=settings, sample=sample)
+    sample, drawn = sample_rows((), len(rows), n_sample)
+    return receipt(_STATE["adapter"], rows, settings.config.out, settings=settings, sample=sample, sampled_from=drawn)
 
 
 def _cluster(n_workers: int, scheduler: str | None):

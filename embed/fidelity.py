@@ -3,13 +3,16 @@
 Settings that silently change embeddings (autocast precision, storage dtype, bitround, pooling to fewer
 positions, batch composition on other kernels) are common; a cache says how far they moved its numbers. Once
 every shard is written, a seeded sample of the items (16 by default, `--fidelity-items`; drawn from those this
-run embedded where there are enough: rows copied by `--reuse` are byte-identical to what the run would
-compute, and carry their source's receipt)
+run embedded where there are enough, in a cache this run began: rows copied by `--reuse` are byte-identical to
+what the run would compute, and the `reused` record beside them holds their source's receipt; from all rows of
+a resumed cache, whose earlier rows another run wrote, or where few rows were embedded; `sampled_from` says which)
 is embedded again on the same device in float32 with TF32 off, through the same adapter and pooling, and
 compared with the rows as stored (decoded to float32). Where the run itself is that reference (float32 on the
 CPU, not compiled) the stream's own float32 outputs of the sampled rows are kept instead of a second forward; a
-compiled run's reference is the eager forward (`adapter.eager()`). Measured: per item the cosine similarity and
-the relative L2 distance ||stored - fp32|| / ||fp32|| over the whole item (every position and feature). The
+compiled run's reference is the eager forward (`adapter.eager()`; Flashzoi's flash-attn, which runs in bf16 or
+fp16 only, gives way to the same weights with plain attention there). Measured: per item the cosine similarity
+and the relative L2 distance ||stored - fp32|| / ||fp32|| over the whole item (every position and feature; an
+item whose stored or reference numbers are all zero, the other not, counts as cosine 0 and relative L2 1). The
 manifest's `fidelity` records the worst and the median of each with the precision and storage dtype that caused
 them; `dogmacache cache info` prints it and `cache publish` puts it on the
 dataset card (`cache.manifest.describe_fidelity`).
@@ -44,13 +47,19 @@ def full_fp32():
 RECEIPT_SEED = 0
 
 
-def sample_rows(embedded: Sequence[int], n_rows: int, n_sample: int, seed: int = RECEIPT_SEED) -> np.ndarray:
-    """The receipt's rows, sorted: `n_sample` distinct rows drawn with `seed` from the rows this run `embedded`
-    when there are that many (rows copied by `--reuse` carry their source's receipt), else from all `n_rows`
-    rows of the table (a resumed run with a few rows left still measures the cache it finishes)."""
-    candidates = np.asarray(embedded) if len(embedded) >= n_sample else np.arange(n_rows)
+def sample_rows(
+    embedded: Sequence[int], n_rows: int, n_sample: int, resumed: bool = False, seed: int = RECEIPT_SEED
+) -> tuple[np.ndarray, str]:
+    """(the receipt's rows, sorted; what they were drawn from): `n_sample` distinct rows drawn with `seed` from the
+    rows this run `embedded` when there are that many and the run began the cache (rows copied by `--reuse` have
+    their source's receipt in the `reused` record), else from all `n_rows` rows of the table (a `resumed` cache
+    holds rows another run wrote; a run with a few rows left still measures the cache it finishes)."""
+    if len(embedded) >= n_sample and not resumed:
+        candidates, drawn = np.asarray(embedded), f"rows embedded by this run ({len(embedded):,} of {n_rows:,})"
+    else:
+        candidates, drawn = np.arange(n_rows), f"all {n_rows:,} rows" + (" (a resumed cache)" if resumed else "")
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(candidates, size=min(n_sample, len(candidates)), replace=False))
+    return np.sort(rng.choice(candidates, size=min(n_sample, len(candidates)), replace=False)), drawn
 
 
 def deviation(stored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -58,10 +67,10 @@ def deviation(stored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     a = stored.reshape(len(stored), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
     norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    both_zero = (norm_a == 0) & (norm_b == 0)
+    both_zero, one_zero = (norm_a == 0) & (norm_b == 0), (norm_a == 0) != (norm_b == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cosine = np.where(both_zero, 1.0, (a * b).sum(axis=1) / (norm_a * norm_b))
-        relative = np.where(both_zero, 0.0, np.linalg.norm(a - b, axis=1) / norm_b)
+        cosine = np.where(both_zero, 1.0, np.where(one_zero, 0.0, (a * b).sum(axis=1) / (norm_a * norm_b)))
+        relative = np.where(both_zero, 0.0, np.where(one_zero, 1.0, np.linalg.norm(a - b, axis=1) / norm_b))
     return {
         "cosine_min": float(np.min(cosine)),
         "cosine_median": float(np.median(cosine)),
@@ -85,7 +94,7 @@ class Capture:
         for i, position in enumerate(positions):
             row = self.wanted.get(position)
             if row is not None:
-                self.rows[row] = embedded[i].float().cpu().numpy()
+                self.rows[row] = embedded[i].float().cpu().numpy().copy()  # not a view holding the whole batch
 
 
 def receipt(
@@ -95,6 +104,7 @@ def receipt(
     *,
     settings,
     sample: np.ndarray,
+    sampled_from: str = "",
     captured: dict[int, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The receipt for the cache at `path` (all shards written) whose items are `rows`, over the `sample` rows;
@@ -119,6 +129,7 @@ def receipt(
     return {
         "items": len(sample),
         "seed": RECEIPT_SEED,
+        "sampled_from": sampled_from,
         "reference": f"float32 forward, TF32 off, on {settings.device.type}",
         "precision": settings.precision,
         "dtype": config.dtype,

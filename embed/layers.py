@@ -123,9 +123,11 @@ def _run(
 ) -> dict[str, Any]:
     outs = {layer: str(writer.path) for layer, writer in writers.items()}
     order, starts, pending = _plan(writers)
-    if not order:
+    if all(writer.manifest.complete for writer in writers.values()):
         print(f"all {len(writers)} caches are already complete ({', '.join(outs.values())}); nothing to do")
         return {"items": 0, "caches": outs, "shards": dict.fromkeys(writers, 0), "complete": True}
+    # with every shard written but a manifest not yet final (stopped in a receipt), the stream has nothing to embed
+    # and the receipts and manifests below finish the caches
     fillers = {}
     note = settings.threads_note  # said once, with the first cache resumed
     for layer, writer in writers.items():
@@ -141,11 +143,11 @@ def _run(
         disable=None if config.progress else True,
     )  # None: off when not a terminal
     start, padded = time.perf_counter(), 0
-    captures = {}  # per layer: the fidelity sample among the rows its pending shards hold, kept from the stream
+    captures, drawn = {}, {}  # per layer: the fidelity sample (kept from the stream where it can be), its source
     for layer, writer in writers.items():
-        per = writer.manifest.shard_items
+        per, resumed = writer.manifest.shard_items, len(pending[layer]) < writer.manifest.n_shards
         mine = [position for position, row in enumerate(order) if row // per in pending[layer]]
-        sample = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items)
+        sample, drawn[layer] = sample_rows([order[p] for p in mine], len(rows), config.fidelity_items, resumed)
         captures[layer] = Capture(sample, {order[p]: p for p in mine}, settings)
 
     def layers_for(segment) -> tuple[str, ...]:
@@ -177,7 +179,13 @@ def _run(
             continue
         capture = captures[layer]
         fidelity = receipt(
-            adapter.for_layer(layer), rows, outs[layer], settings=settings, sample=capture.sample, captured=capture.rows
+            adapter.for_layer(layer),
+            rows,
+            outs[layer],
+            settings=settings,
+            sample=capture.sample,
+            sampled_from=drawn[layer],
+            captured=capture.rows,
         )
         complete &= writer.finalize(fidelity=fidelity).complete
     seconds = time.perf_counter() - start

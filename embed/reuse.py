@@ -103,7 +103,15 @@ class Source:
     taken: int = 0
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "shards_digest": digest_strings(self.cache.manifest.shards), "rows": self.taken}
+        """What the manifest's `reused` says of this source: its name, its shards' digest, the rows copied and its
+        own fidelity receipt (the copied rows' deviation from the float32 model; {} where it has none)."""
+        m = self.cache.manifest
+        return {
+            "name": self.name,
+            "shards_digest": digest_strings(m.shards),
+            "rows": self.taken,
+            "fidelity": m.fidelity,
+        }
 
 
 @dataclass

@@ -285,7 +285,7 @@ def _run(
             starts.append(len(todo_rows))
             todo_rows.extend(a + int(i) for i in np.flatnonzero(keep))
     rows_todo = [rows[i] for i in todo_rows]
-    sample = sample_rows(todo_rows, len(rows), config.fidelity_items)
+    sample, drawn = sample_rows(todo_rows, len(rows), config.fidelity_items, resumed=len(pending) < m.n_shards)
     capture = Capture(sample, {row: position for position, row in enumerate(todo_rows)}, settings)
     bar = tqdm(
         total=n_todo, unit="item", desc=f"embed {config.model}", disable=None if config.progress else True
@@ -307,7 +307,9 @@ def _run(
         filler.close()
     bar.close()
     padded = filler.padded
-    fidelity = receipt(adapter, rows, config.out, settings=settings, sample=sample, captured=capture.rows)
+    fidelity = receipt(
+        adapter, rows, config.out, settings=settings, sample=sample, sampled_from=drawn, captured=capture.rows
+    )
     manifest = writer.finalize(fidelity=fidelity, reused=[s.record() for s in sources if s.taken])
     seconds = time.perf_counter() - start
     summary = {

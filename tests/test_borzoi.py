@@ -215,3 +215,26 @@ def test_flash_attention_agrees_with_the_plain_path_on_cuda(tiny):
         a, b = flash.embed(batch)[0].float(), plain.embed(batch)[0].float()
     assert flash.options.attention == "flash" and plain.options.attention == "plain"
     assert ((a - b).norm() / b.norm()).item() < 2e-2  # bf16 kernels apart
+
+
+def test_the_receipts_reference_under_flash_attention_is_the_plain_model_on_the_same_weights(tiny, genome):
+    """flash-attn runs in bf16 or fp16 only; the fidelity receipt's float32 forward (`adapter.eager()`) puts the
+    same weights into a Flashzoi with plain attention for its block. Here (no flash-attn) the loaded plain model
+    stands for the flash one: the trunk refuses float32 while `flash` is set, not inside the block, and the
+    model is back after it."""
+    from dogmacache.embed.adapters import get_adapter
+    from dogmacache.errors import ModelError
+
+    cls = get_adapter("flashzoi", "dna")
+    adapter = cls(str(tiny["flashzoi"]), cls.options_class(attention="plain"), torch.device("cpu"))
+    x = torch.stack([_one_hot("ACGT" * 192)])
+    with torch.no_grad():
+        want = adapter.trunk(x)
+        loaded, adapter.flash = adapter.model, True
+        with pytest.raises(ModelError, match="--attention flash runs in bf16 or fp16 only"):
+            adapter.trunk(x)
+        with adapter.eager():
+            assert adapter.model is not loaded and not adapter.flash
+            got = adapter.trunk(x)
+    assert adapter.model is loaded and adapter.flash
+    assert torch.equal(got, want)

@@ -61,8 +61,7 @@ def arrays(path) -> dict[str, np.ndarray]:
 def manifest(path) -> dict:
     found = dict(zarr.open_group(path, mode="r").attrs["dogmacache"])
     found.pop("created_at")
-    # the fidelity receipt's float32 forward batches its sample its own way (rc-average items cost twice the
-    # tokens), so it may differ from a fresh run's by float rounding (test_embed_reuse.py checks receipts)
+    # a resumed cache's receipt is drawn from all its rows, a fresh one's from the rows embedded: compared apart
     found.pop("fidelity")
     return found
 
@@ -91,6 +90,8 @@ def test_each_layer_cache_is_the_single_layer_run(inputs, tmp_path, capsys, case
         assert main(args(inputs, model, modality, single, f"--layer={layer}", *extra)) == 0
         assert manifest(out / f"layer_{layer}")["layer"] == (int(layer) if model == "esm2" else layer)
         assert_same_cache(out / f"layer_{layer}", single)
+        receipts = [open_cache(path).manifest.fidelity for path in (out / f"layer_{layer}", single)]
+        assert receipts[0] == receipts[1] and receipts[0]["items"] > 0, layer  # this layer's rows, measured alike
     first, second = (arrays(out / f"layer_{layer}")["embeddings"] for layer in layers[:2])
     assert first.shape != second.shape or not np.array_equal(first, second)  # the layers differ
 
@@ -238,3 +239,38 @@ def test_caches_missing_different_shards_are_finished_together(inputs, tmp_path,
     assert asked == [("layer.1",), ("layer.0",), ("layer.1",)]  # shards 0, 1, 2: only the layers lacking them
     assert "(0 shards)" in capsys.readouterr().out
     assert {layer: manifest(out / f"layer_{layer}") for layer in layers[:3]} == first
+
+
+def test_a_run_stopped_in_a_receipt_finishes_on_the_next(inputs, tmp_path, monkeypatch, capsys):
+    """Every shard written, the first layer's manifest final, the run stopped in the second layer's receipt: the
+    caches left unfinished say so, and the same command finishes them (it used to call them complete)."""
+    from dogmacache.embed import layers as layers_module
+
+    layers, out = ["0", "1", "-1"], tmp_path / "stopped"
+    argv = args(inputs, "esm2", "protein", out, f"--layers={','.join(layers)}")
+    plain, calls = layers_module.receipt, []
+
+    def stops_in_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return plain(*a, **k)
+
+    monkeypatch.setattr(layers_module, "receipt", stops_in_the_second)
+    assert main(argv) == 130
+    finished = {layer: open_cache(out / f"layer_{layer}", allow_partial=True).manifest.complete for layer in layers}
+    assert finished == {"0": True, "1": False, "-1": False}
+    capsys.readouterr()
+    assert main(["cache", "info", str(out / "layer_1")]) == 0
+    assert "not yet measured (the cache is unfinished" in capsys.readouterr().out
+    monkeypatch.setattr(layers_module, "receipt", plain)
+    assert main(argv) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    for layer in layers:
+        cache = open_cache(out / f"layer_{layer}")
+        assert cache.manifest.complete and cache.manifest.fidelity["items"] == len(PROTEINS), layer
+        single = tmp_path / "single" / f"layer_{layer}"
+        assert main(args(inputs, "esm2", "protein", single, f"--layer={layer}")) == 0
+        assert_same_cache(out / f"layer_{layer}", single)
+    assert "(a resumed cache)" in open_cache(out / "layer_1").manifest.fidelity["sampled_from"]
+    assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out

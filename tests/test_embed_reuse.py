@@ -131,6 +131,10 @@ def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tm
     manifest = open_cache(out).manifest
     assert [r["name"] for r in manifest.reused] == ["old"] and manifest.reused[0]["rows"] == 25
     assert str(tmp_path) not in str(manifest.to_dict())  # sources by name and digest, no local path
+    source = open_cache(old_cache).manifest.fidelity  # the copied rows' receipt is their source's, kept beside
+    assert source["items"] > 0 and manifest.reused[0]["fidelity"] == source
+    assert manifest.fidelity["sampled_from"] == "all 30 rows"  # 5 embedded: fewer than the 16 to draw
+    assert open_cache(full_new).manifest.fidelity["sampled_from"] == "rows embedded by this run (30 of 30)"
 
 
 def test_reuse_of_bfloat16_rows_is_byte_identical(inputs, tmp_path):
@@ -161,6 +165,8 @@ def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new
     summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     assert 0 < summary["items"] < 30  # only the shards left were written
     same_arrays(str(out), str(full_new))
+    # the rows the first run wrote are measured too: drawn from all rows of a resumed cache
+    assert open_cache(out).manifest.fidelity["sampled_from"] == "all 30 rows (a resumed cache)"
 
 
 def test_reuse_resumes_after_kill_9(inputs, old_cache, full_new, tmp_path):
@@ -260,9 +266,10 @@ def test_fidelity_receipt_in_the_manifest_and_cache_info(inputs, old_cache, tmp_
     from dogmacache.cache.hub import FoundCache, dataset_card
 
     card = dataset_card("org/demo", [FoundCache(".", open_cache(old_cache).manifest)])
-    assert "- fidelity: 16 items vs a float32 forward, TF32 off, on cpu: cosine >= 0.9999" in card
+    said = "16 items, drawn from rows embedded by this run (30 of 30) vs a float32 forward, TF32 off, on cpu: cosine"
+    assert f"- fidelity: {said} >= 0.9999" in card
     info = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert "16 items vs a float32 forward, TF32 off, on cpu: cosine >= 0.9999" in info["fidelity"]
+    assert f"{said} >= 0.9999" in info["fidelity"]
     assert info["reused rows"].endswith("none")
     out = tmp_path / "bitround"
     run_embed(config(inputs, "old.parquet", out, dtype="float32", compression="bitround", fidelity_items=4))
@@ -283,6 +290,11 @@ def test_deviation_measures_what_it_says():
     assert worse["relative_l2_max"] == pytest.approx(0.1) and worse["relative_l2_median"] == 0.0
     flipped = deviation(-ref, ref)
     assert flipped["cosine_min"] == pytest.approx(-1.0)
+    zeroed = ref.copy()
+    zeroed[2] = 0.0  # stored as zeros (underflow), the reference not; and the other way round: finite, worst
+    for found in (deviation(zeroed, ref), deviation(ref, zeroed)):
+        assert found["cosine_min"] == 0.0 and found["relative_l2_max"] == 1.0
+        assert found["cosine_median"] == pytest.approx(1.0)
 
 
 def test_receipt_from_the_stream_equals_a_second_forward(inputs, tmp_path, monkeypatch):

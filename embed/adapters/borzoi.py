@@ -19,6 +19,7 @@ Input: indices A,C,G,T,N = 0..4 -> one-hot (B, 4, L) with N as zeros; strand pol
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -151,6 +152,7 @@ class BorzoiAdapter(EmbeddingAdapter):
             raise ModelError(f"{source.directory}/config.json has return_center_bins_only false; set it true")
         self.options = options.resolve(self.bins, device)
         self.flash = getattr(self.options, "attention", None) == "flash"
+        self._config = config
         model = build_borzoi(config, self.flash)
         weights_path = None
         if random_init is not None:
@@ -179,6 +181,22 @@ class BorzoiAdapter(EmbeddingAdapter):
 
     def info(self) -> ModelInfo:
         return self._info
+
+    @contextlib.contextmanager
+    def eager(self):
+        """The fidelity receipt's float32 reference: flash-attn runs in bf16 or fp16 only, so under `--attention
+        flash` the same weights go into a Flashzoi with plain attention (`flashzoi_attention`, the same parameter
+        names) for the block, and are let go after it; otherwise the model as it is."""
+        if not self.flash:
+            yield
+            return
+        plain = build_borzoi(self._config, flash=False)
+        plain.load_state_dict(self.model.state_dict(), strict=True)
+        model, self.model, self.flash = self.model, plain.to(self.device).eval().requires_grad_(False), False
+        try:
+            yield
+        finally:
+            self.model, self.flash = model, True
 
     def default_max_tokens(self, device: torch.device) -> int:
         return self.window * 4 if device.type == "cuda" else self.window  # CPU: one window per batch
