@@ -43,11 +43,22 @@ _SAME = (
 )
 
 
+# Settings that move a row's numbers by float rounding only (the batch shapes, compiled kernels, and on the CPU the
+# thread count): a resume may change them (NUMBER_SETTINGS leaves them out), but a copied row stands for an
+# embedded one only where they agree, or a reused table would not hold a full embed's bytes. Lossless codecs, on the
+# other hand, store the same numbers: rows are decoded when copied and encoded as this run stores them.
+_ROUNDING = ("max_tokens", "max_batch", "compile")
+
+
 def reuse_key(manifest: Manifest, flags: dict[str, dict]) -> dict[str, Any]:
     """What must agree for two caches' rows of the same item digest to hold the same numbers."""
     key = {name: getattr(manifest, name) for name in _SAME}
     numbers = number_fingerprint(manifest.config, flags)
     key.update({k: v for k, v in numbers.items() if not k.startswith("genome ")})
+    key.update({name: manifest.config.get(name) for name in _ROUNDING})
+    if manifest.config.get("device") == "cpu":
+        key["torch_threads"] = manifest.config.get("torch_threads")
+    key["compression"] = "bitround" if manifest.compression == "bitround" else "lossless"
     return key
 
 
@@ -92,7 +103,40 @@ def _is_cache(url: str) -> bool:
 def source_name(url: str) -> str:
     """How the manifest names a source: a local cache by its folder name (no local path), a URL as given."""
     local = local_path(url)
-    return Path(local).name if local is not None else url
+    return Path(local).resolve().name if local is not None else url
+
+
+@dataclass
+class Candidate:
+    """A cache `--reuse` names: opened, or why it could not be (`error`)."""
+
+    name: str
+    cache: EmbeddingCache | None
+    error: str = ""
+
+
+def find_sources(specs: Sequence[str]) -> list[Candidate]:
+    """Every cache under `specs`, opened, so that a spec naming no cache is one line before anything is written."""
+    found = []
+    for spec in specs:
+        urls = find_caches(spec)
+        if not urls:
+            raise InputError(f"--reuse {spec}: no cache there (a cache, or a folder with caches one level down)")
+        for url in urls:
+            try:
+                found.append(Candidate(source_name(url), open_cache(url)))
+            except CacheError as err:
+                found.append(Candidate(source_name(url), None, str(err)))
+    return found
+
+
+def cpu_threads(candidates: Sequence[Candidate]) -> dict[str, int | None]:
+    """The torch threads each readable CPU cache among `candidates` was embedded with (its manifest's count)."""
+    return {
+        c.name: c.cache.manifest.config.get("torch_threads")
+        for c in candidates
+        if c.cache is not None and c.cache.manifest.config.get("device") == "cpu"
+    }
 
 
 @dataclass
@@ -128,29 +172,25 @@ class ReusePlan:
         return f"{int((self.source >= 0).sum()):,} rows reused from " + (", ".join(used) or "no cache")
 
 
-def open_sources(specs: Sequence[str], wanted: Manifest, flags: dict[str, dict]) -> tuple[list[Source], list[str]]:
-    """The complete caches under `specs` whose rows can stand for this run's, each with its digest index, and
-    one line per cache left out saying why."""
+def open_sources(
+    candidates: Sequence[Candidate], wanted: Manifest, flags: dict[str, dict]
+) -> tuple[list[Source], list[str]]:
+    """The complete caches among `candidates` (`find_sources`) whose rows can stand for this run's, each with its
+    digest index, and one line per cache left out saying why."""
     here = reuse_key(wanted, flags)
     sources, skipped = [], []
-    for spec in specs:
-        urls = find_caches(spec)
-        if not urls:
-            raise InputError(f"--reuse {spec}: no cache there (a cache, or a folder with caches one level down)")
-        for url in urls:
-            name = source_name(url)
-            try:
-                cache = open_cache(url)
-            except CacheError as err:
-                skipped.append(f"{name}: {err}")
-                continue
-            why = _differs(reuse_key(cache.manifest, flags), here)
-            if not why and layout.ITEM_SHA256 not in cache.manifest.extra_arrays:
-                why = "it records no item digests (written before item_sha256)"
-            if why:
-                skipped.append(f"{name}: {why}")
-                continue
-            sources.append(Source(name, cache, digest_index(cache)))
+    for c in candidates:
+        if c.cache is None:
+            skipped.append(f"{c.name}: {c.error}")
+            continue
+        if layout.ITEM_SHA256 not in c.cache.manifest.extra_arrays:
+            why = "it records no item digests (written before item_sha256)"
+        else:
+            why = _differs(reuse_key(c.cache.manifest, flags), here)
+        if why:
+            skipped.append(f"{c.name}: {why}")
+            continue
+        sources.append(Source(c.name, c.cache, digest_index(c.cache)))
     return sources, skipped
 
 

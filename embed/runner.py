@@ -212,12 +212,13 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     watch = CoreWatch()  # how busy other processes keep the cores, watched while the model loads
     device = pick_device(config.device)
     table, rows, adapter = load(config, device)
-    settings = resolve(config, adapter, device, watch)
+    candidates = reuse.find_sources(config.reuse)  # a --reuse naming no cache is refused before --out is made
+    settings = resolve(config, adapter, device, watch, reuse_threads=reuse.cpu_threads(candidates))
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))
         with torch_threads(settings.torch_threads):
-            return _run(config, settings, adapter, rows, writer)
+            return _run(config, settings, adapter, rows, writer, candidates)
     except OSError as err:
         raise disk_error(err, config.out, writer) from err
 
@@ -229,9 +230,12 @@ def _plan_reuse(
     rows: list[dict[str, Any]],
     writer: CacheWriter,
     todo: list[tuple[int, int, int]],
+    candidates: list[reuse.Candidate],
 ) -> tuple[dict[int, ReusedRows], reuse.RowCopier | None, list[reuse.Source]]:
     """Which rows of the pending shards the `--reuse` caches hold (by item digest), per shard."""
-    sources, skipped = reuse.open_sources(config.reuse, writer.manifest, type(settings.options).flags)
+    if not todo:  # every shard written (stopped before the manifest was final): nothing to copy
+        return {}, None, []
+    sources, skipped = reuse.open_sources(candidates, writer.manifest, type(settings.options).flags)
     for line in skipped[:3]:
         print(f"--reuse: not using {line}")
     if len(skipped) > 3:
@@ -260,6 +264,7 @@ def _run(
     adapter: EmbeddingAdapter,
     rows: list[dict[str, Any]],
     writer: CacheWriter,
+    candidates: list[reuse.Candidate] = (),
 ) -> dict[str, Any]:
     start = time.perf_counter()  # the run's clock: from here (model loaded, cache open) to the final manifest
     if writer.manifest.complete:
@@ -272,7 +277,7 @@ def _run(
     if len(pending) < m.n_shards:
         print(resuming_line(config.out, m.n_shards - len(pending), m.n_shards, settings.threads_note))
     reused, copier, sources = (
-        _plan_reuse(config, settings, adapter, rows, writer, todo) if config.reuse else ({}, None, [])
+        _plan_reuse(config, settings, adapter, rows, writer, todo, candidates) if candidates else ({}, None, [])
     )
     # the rows to embed; each shard's first of them: a batch spans two shards only where it is filled out to one
     # shape whatever rows it holds (`batches_by_budget`' span), so that a shard's bytes depend on the shard alone

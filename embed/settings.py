@@ -258,6 +258,7 @@ def resolve(
     share: int = 1,
     quiet: bool = False,
     resume: bool = True,
+    reuse_threads: dict[str, int | None] | None = None,
 ) -> EmbedSettings:
     """The one place a run's settings are decided, once the adapter is loaded and the device picked; the threads
     never exceed torch's current count (a caller's `torch.set_num_threads` holds), except that a resume on the CPU
@@ -266,10 +267,24 @@ def resolve(
     since before the model load (`devices.CoreWatch`). `share`: how many processes of this run split the
     machine's cores (a local dask cluster's workers; `devices.cpu_plan`). Cores given
     up to other processes are said in one line unless `quiet` (a run deciding several caches' settings says it
-    once)."""
+    once). `reuse_threads`: the counts the `--reuse` caches were embedded with on the CPU (cache -> count): a run
+    that resumes no cache, and where the user chose none, takes theirs (`matching_threads`), so that its copied and
+    embedded rows come from the same kernels."""
     threads, threads_note = config.torch_threads, ""
     if threads is None and resume:
         threads, threads_note = resume_threads([config.out], config, device, share)
+    if threads is None and not threads_note and reuse_threads:
+        threads, reuse_note = matching_threads(
+            reuse_threads,
+            config,
+            device,
+            share,
+            matched="as the --reuse caches were embedded with, so that copied and embedded rows come from the same "
+            "kernels",
+            unmatched=("the --reuse caches were embedded with", "those at another count than this run's are not used"),
+        )
+        if reuse_note and not quiet:
+            print(reuse_note)
     # an adapter whose inputs cost less to prepare than to pass between processes prepares them here by default
     # (tiny ESM-2, 4,096 proteins on 2 cores: 2.4-2.6 s in this process, 3.1-3.5 s with a worker)
     cpu = cpu_plan(

@@ -119,12 +119,14 @@ def null_demo_run(demo_processes, tmp_path_factory):
     return _finished("null_demo_run", demo_processes, tmp_path_factory)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def one_thread_per_run():
     """Runs inside tests (and processes they start) take one torch thread, as OMP_NUM_THREADS=1 gives them: the
     default would follow how busy the machine is at that moment (`devices.cpu_plan`), and tests that compare a run
-    with a resumed or reused one compare bytes. The tests of the defaults themselves unset it. Its own MonkeyPatch,
-    so that a test's `monkeypatch.undo()` (dropping its stand-ins before a resumed run) keeps the pin."""
+    with a resumed or reused one compare bytes (a reused row stands for an embedded one only at the same count).
+    Session-wide, so that module fixtures' caches are embedded at it too. The tests of the defaults themselves
+    unset it. Its own MonkeyPatch, so that a test's `monkeypatch.undo()` (dropping its stand-ins before a resumed
+    run) keeps the pin."""
     with pytest.MonkeyPatch.context() as pin:
         pin.setenv("OMP_NUM_THREADS", "1")
         yield

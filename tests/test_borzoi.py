@@ -238,3 +238,30 @@ def test_the_receipts_reference_under_flash_attention_is_the_plain_model_on_the_
             got = adapter.trunk(x)
     assert adapter.model is loaded and adapter.flash
     assert torch.equal(got, want)
+
+
+def test_rc_average_windows_reused_from_a_cache_keep_a_full_embeds_bytes(tiny, genome, tmp_path):
+    """Under rc-average a minus window costs two forwards: with a budget of several windows per batch (a GPU's
+    default) plus and minus windows are batched apart, each batch filled out to one shape, so a row's numbers do
+    not depend on its neighbours and rows copied by --reuse equal the ones a full embed computes."""
+    fasta, _ = genome
+    size = CHROM_BP["chr1"]
+    rng = np.random.default_rng(3)
+    centers, strands = rng.integers(1, size, 35), rng.choice(["+", "-"], 35)
+    table = pd.DataFrame({"chrom": "chr1", "center": centers, "strand": strands})
+    table.iloc[:30].assign(id=[f"o{i}" for i in range(30)]).to_parquet(tmp_path / "old.parquet")
+    new = table.iloc[5:].sample(frac=1.0, random_state=1)  # 25 old windows in another order, 5 new
+    new.assign(id=[f"n{i}" for i in range(30)]).to_parquet(tmp_path / "new.parquet")
+
+    def embed(name, out, *extra):
+        args = ["embed", "--input", str(tmp_path / f"{name}.parquet"), "--modality", "dna", "--model", "borzoi"]
+        args += ["--model-path", str(tiny["borzoi"]), "--genome", str(fasta), "--strand-policy", "rc-average"]
+        args += ["--max-tokens", str(4 * 768), "--dtype", "float32", "--shard-items", "4", "--num-workers", "0"]
+        assert main([*args, "--out", str(tmp_path / out), "--no-progress", *extra]) == 0
+        return open_cache(tmp_path / out)
+
+    embed("old", "old")
+    full, reused = embed("new", "full"), embed("new", "reused", "--reuse", str(tmp_path / "old"))
+    assert [r["rows"] for r in reused.manifest.reused] == [25]
+    assert np.array_equal(full[:].view(np.uint8), reused[:].view(np.uint8))
+    assert full.manifest.shards == reused.manifest.shards

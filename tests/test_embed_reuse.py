@@ -561,3 +561,74 @@ def test_nucleotide_transformer_6mer_counting_gives_the_tokenizers_ids(inputs, t
     protein = esm(str(inputs[1]["esm2"]), esm.options_class(), torch.device("cpu"))
     protein._tokens_ready()
     assert protein._kmers is None and protein._kmer_ids() is None and protein._letters is not None
+
+
+def test_rows_of_other_batch_shapes_compiled_kernels_or_thread_counts_are_not_copied(
+    inputs, old_cache, full_new, tmp_path, capsys
+):
+    """They move numbers by float rounding, so a copied row would not be the one this run embeds (max_batch 1 gave
+    rows 1.9e-6 away from the default's): such a source is named and left out. A lossless codec is no such
+    setting: zstd-stored rows are copied into an uncompressed cache, byte-identical to the full embed."""
+    other = tmp_path / "batch1"
+    run_embed(config(inputs, "old.parquet", other, max_batch=1))
+    for source, why in (
+        (other, "not using batch1: max_batch is 1 there, 64 here"),
+        (old_cache, "not using old: torch_threads is 1 there, 2 here"),
+    ):
+        capsys.readouterr()
+        out = tmp_path / f"from-{source.name}"
+        summary = run_embed(
+            config(inputs, "new.parquet", out, reuse=(str(source),), torch_threads=2 if source == old_cache else None)
+        )
+        assert summary["reused"] == 0 and why in capsys.readouterr().out
+    zstd = tmp_path / "zstd"
+    run_embed(config(inputs, "old.parquet", zstd, compression="zstd"))
+    out = tmp_path / "from-zstd"
+    assert run_embed(config(inputs, "new.parquet", out, reuse=(str(zstd),)))["reused"] == 25
+    same_arrays(str(out), str(full_new))
+
+
+def test_a_run_without_a_thread_count_takes_the_reused_caches(inputs, tmp_path, idle_two_cores, capsys):
+    """Nothing chosen (no --threads, no OMP_NUM_THREADS) on a machine whose plan would take 2 threads: the count the
+    --reuse cache was embedded with (1), said in one line, and its rows are copied."""
+    from dogmacache.embed import runner
+
+    used = idle_two_cores(runner)
+    source = tmp_path / "one"
+    run_embed(config(inputs, "old.parquet", source, torch_threads=1))
+    capsys.readouterr()
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(source),)))
+    assert summary["reused"] == 25 and used[-1] == 1
+    assert "torch threads: 1, as the --reuse caches were embedded with" in capsys.readouterr().out
+    run_embed(config(inputs, "new.parquet", tmp_path / "fresh"))  # and without --reuse, the plan's 2
+    assert used[-1] == 2
+
+
+def test_a_reuse_naming_no_cache_leaves_nothing_and_a_dot_is_named(inputs, old_cache, tmp_path, monkeypatch):
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match="--reuse .*missing: no such folder"):
+        run_embed(config(inputs, "new.parquet", out, reuse=(str(tmp_path / "missing"),)))
+    assert not out.exists()  # refused before the cache at --out was made
+    monkeypatch.chdir(old_cache)
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "dot", reuse=(".",)))
+    assert summary["reused"] == 25 and [r["name"] for r in open_cache(tmp_path / "dot").manifest.reused] == ["old"]
+
+
+def test_a_reuse_stopped_before_its_manifest_was_final_finishes(inputs, old_cache, full_new, tmp_path, monkeypatch):
+    """Every shard written, the run stopped in its fidelity receipt: the same command finishes the cache (it
+    raised on the empty list of shards to plan)."""
+    from dogmacache.embed import runner
+
+    out, plain = tmp_path / "stopped", runner.receipt
+
+    def stops(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "receipt", stops)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    assert not open_cache(out, allow_partial=True).manifest.complete
+    monkeypatch.setattr(runner, "receipt", plain)
+    summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    assert summary["items"] == 0 and open_cache(out).manifest.complete
+    same_arrays(str(out), str(full_new))

@@ -203,6 +203,7 @@ class BorzoiAdapter(EmbeddingAdapter):
 
     prepare = EnformerAdapter.prepare  # the window cut from the genome as indices, reverse complement when asked
     n_tokens = EnformerAdapter.n_tokens
+    shape_bucket = EnformerAdapter.shape_bucket  # rc-average: plus and minus windows in batches of their own
 
     def one_hot(self, index: torch.Tensor) -> torch.Tensor:
         """(B, window) indices -> (B, 4, window) one-hot with N as zeros, on the model's device."""
