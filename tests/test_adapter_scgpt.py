@@ -276,3 +276,51 @@ def test_options_refuse_unknown_keys_and_bad_values():
 def test_revision_is_refused_for_a_local_folder(tiny):
     with pytest.raises(ModelError, match=r"--revision 'v2' does not apply"):
         ScGPTGeneAdapter(str(tiny), ScgptGeneOptions(), CPU, revision="v2")
+
+
+def test_context_profiles_reused_from_a_cache_keep_a_full_embeds_bytes(tmp_path):
+    """Profiles of many lengths are batched by length bucket and padded to it, so a profile's numbers do not depend
+    on its batch mates: rows copied by --reuse equal the ones a full embed computes (in row-order batches padded
+    to their longest, reused rows differed by 1.2e-7)."""
+    import pandas as pd
+    from dogmacache.cache import open_cache
+    from dogmacache.embed.runner import EmbedConfig, run_embed
+
+    names = [f"G{i}" for i in range(60)]
+    folder = write_tiny_scgpt(tmp_path / "scgpt", names)
+    rng = np.random.default_rng(0)
+    profiles = rng.gamma(1.0, 2.0, (50, 60)) * (rng.random((50, 60)) < rng.uniform(0.1, 0.9, (50, 1)))
+
+    def table(rows, prefix, path):
+        frame = pd.DataFrame(profiles[rows], columns=names)
+        frame.insert(0, "id", [f"{prefix}{i}" for i in range(len(rows))])
+        frame.to_parquet(path)
+
+    table(np.arange(40), "o", tmp_path / "old.parquet")
+    table(np.r_[np.arange(10, 40)[::-1], np.arange(40, 50)], "n", tmp_path / "new.parquet")
+
+    def embed(name, out, **kwargs):
+        config = EmbedConfig(
+            input=str(tmp_path / f"{name}.parquet"),
+            modality="context",
+            model="scgpt",
+            out=str(tmp_path / out),
+            model_path=str(folder),
+            device="cpu",
+            dtype="float32",
+            shard_items=8,
+            num_workers=0,
+            progress=False,
+            **kwargs,
+        )
+        return run_embed(config)
+
+    embed("old", "old")
+    embed("new", "full")
+    assert embed("new", "reused", reuse=(str(tmp_path / "old"),))["reused"] == 30
+    full, reused = open_cache(tmp_path / "full"), open_cache(tmp_path / "reused")
+    assert np.array_equal(full[:].view(np.uint8), reused[:].view(np.uint8))
+    assert full.manifest.shards == reused.manifest.shards
+    adapter = context(folder)
+    lone = adapter.filler(64)
+    assert len(lone["genes"]) == 64 and adapter.shape_bucket(lone) == 64 and int(lone["n_genes"]) == 63

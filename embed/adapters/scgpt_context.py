@@ -33,6 +33,7 @@ from dogmacache.embed.adapters.scgpt_model import (
     listing,
     load_checkpoint,
 )
+from dogmacache.embed.shapes import length_bucket, pad_length
 from dogmacache.errors import InputError
 
 
@@ -167,11 +168,29 @@ class ScGPTContextAdapter(LayeredAdapter):
     def n_tokens(self, prepared: dict[str, np.ndarray]) -> int:
         return len(prepared["genes"])
 
+    def shape_bucket(self, prepared: dict[str, np.ndarray]) -> int | None:
+        """Profiles of many lengths: batched by length bucket and padded to it (`embed/shapes.py`), so that a
+        profile's numbers do not depend on the profiles beside it."""
+        return length_bucket(len(prepared["genes"]), self.options.max_genes + 1)
+
+    def filler(self, n_tokens: int) -> dict[str, np.ndarray]:
+        """A profile of exactly `n_tokens` tokens (<cls> and the first non-special genes of the vocabulary, each
+        in bin 1), beside a profile alone in its batch; its output is dropped."""
+        specials = {self.vocab[t] for t in (CLS_TOKEN, self.args.pad_token) if t in self.vocab}
+        genes = [i for i in sorted(self.vocab.values()) if i not in specials][: n_tokens - 1]
+        genes += genes[-1:] * (n_tokens - 1 - len(genes))  # a vocabulary smaller than the bucket: repeat the last
+        return {
+            "genes": np.array([self.vocab[CLS_TOKEN], *genes], dtype=np.int64),
+            "values": np.array([self.args.pad_value] + [1.0] * (n_tokens - 1), dtype=np.float32),
+            "n_genes": np.array(n_tokens - 1, dtype=np.int32),
+            "n_missing": np.array(0, dtype=np.int32),
+        }
+
     @torch.inference_mode()
     def embed_layers(
         self, batch: list[dict[str, np.ndarray]], layers: tuple[str, ...]
     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-        length = max(len(p["genes"]) for p in batch)
+        length = max(pad_length(batch), *(len(p["genes"]) for p in batch))  # the bucket's length, when batched so
         genes = np.full((len(batch), length), self.vocab[self.args.pad_token], dtype=np.int64)  # (B, L)
         values = np.full((len(batch), length), self.args.pad_value, dtype=np.float32)
         keep = np.zeros((len(batch), length), dtype=bool)
