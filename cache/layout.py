@@ -25,6 +25,7 @@ IDS = "ids"  # (N,) strings: the join key for train
 SHARD_SHA256 = "shard_sha256"  # (n_shards, 32) uint8: digest of each finished shard; zeros = not finished
 # (N, 32) uint8 extra array: sha256 of exactly what the model saw for each item (embed/digest.py: item_digest)
 ITEM_SHA256 = "item_sha256"
+SHARD_NOTES = "shard_notes.partial"  # folder of per-shard JSON notes (how a shard was written) of an unfinished cache
 
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: a few hundred Enformer windows; quick to retry on an upload
 HUB_MAX_FILE_BYTES = 20 * 10**9

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -312,10 +314,20 @@ class CacheWriter:
         return [i for i in range(self.manifest.n_shards) if i not in done]
 
     # ---- writing ------------------------------------------------------------------------------------
-    def write_shard(self, shard: int, embeddings: np.ndarray, *, checked: bool = False, **extras: np.ndarray) -> str:
+    def write_shard(
+        self,
+        shard: int,
+        embeddings: np.ndarray,
+        *,
+        checked: bool = False,
+        note: dict[str, Any] | None = None,
+        **extras: np.ndarray,
+    ) -> str:
         """Write all rows of one shard, then record its digest. Returns the digest (hex). `checked`: the caller
         has already refused NaN/Inf and float16 overflow (the embed stream does, on the device), so the rows'
-        finiteness is not checked again here."""
+        finiteness is not checked again here. `note`: a small JSON record of how the shard was written (the rows
+        `--reuse` copied into it), kept beside the cache until `finalize` and written before the shard's digest,
+        so that a shard written again after an interruption has its own note, or none."""
         m = self.manifest
         if m.complete:
             raise CacheError(f"{self.path} is complete; it takes no more writes")
@@ -344,6 +356,7 @@ class CacheWriter:
             extra_blocks.append(block)
 
         try:
+            self._set_note(shard, note)
             if self._direct:
                 digest = self._write_direct(shard, stored, extra_blocks)
             else:
@@ -398,6 +411,23 @@ class CacheWriter:
     def _id_at(self, row: int) -> str:
         return str(self._group[layout.IDS][row])
 
+    def _set_note(self, shard: int, note: dict[str, Any] | None) -> None:
+        path = self.path / layout.SHARD_NOTES / f"{shard}.json"
+        if not note:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(exist_ok=True)
+        staged = path.with_name(f".{shard}.json.tmp")
+        staged.write_text(json.dumps(note))
+        os.replace(staged, path)
+
+    def shard_notes(self) -> dict[int, dict[str, Any]]:
+        """The notes (`write_shard`) of the shards written, by shard."""
+        folder = self.path / layout.SHARD_NOTES
+        done = self.done_shards()
+        found = {int(p.stem): p for p in folder.glob("*.json")} if folder.is_dir() else {}
+        return {shard: json.loads(path.read_text()) for shard, path in sorted(found.items()) if shard in done}
+
     def finalize(self, *, fidelity: dict | None = None, reused: Sequence[dict] = ()) -> Manifest:
         """Mark the cache complete once every shard has its digest. Call once, after all writers finished.
         `fidelity` (the fp32 receipt) and `reused` (rows copied from earlier caches) go into the manifest."""
@@ -424,5 +454,6 @@ class CacheWriter:
             kept = f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
             raise disk_error(err, f"finalize {self.path}", kept) or err from None
         self.manifest = done
+        shutil.rmtree(self.path / layout.SHARD_NOTES, ignore_errors=True)  # summed into `reused` by the caller
         self.close()
         return done

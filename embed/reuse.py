@@ -146,16 +146,25 @@ class Source:
     rows: dict[bytes, int]  # item digest -> row
     taken: int = 0
 
-    def record(self) -> dict[str, Any]:
-        """What the manifest's `reused` says of this source: its name, its shards' digest, the rows copied and its
-        own fidelity receipt (the copied rows' deviation from the float32 model; {} where it has none)."""
+    def record(self, rows: int) -> dict[str, Any]:
+        """What the manifest's `reused` says of `rows` copied from this source: its name, its shards' digest, the
+        count and its own fidelity receipt (the copied rows' deviation from the float32 model; {} for none)."""
         m = self.cache.manifest
-        return {
-            "name": self.name,
-            "shards_digest": digest_strings(m.shards),
-            "rows": self.taken,
-            "fidelity": m.fidelity,
-        }
+        return {"name": self.name, "shards_digest": digest_strings(m.shards), "rows": rows, "fidelity": m.fidelity}
+
+
+def merged_records(notes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's `reused`: the shards' notes (`CacheWriter.shard_notes`, each listing the records of the rows
+    copied into it) summed per source, so that rows copied by an interrupted run count as well as this run's."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for note in notes.values():
+        for record in note.get("reused", ()):
+            key = (record["name"], record["shards_digest"])
+            if key in merged:
+                merged[key]["rows"] += record["rows"]
+            else:
+                merged[key] = dict(record)
+    return list(merged.values())
 
 
 @dataclass

@@ -231,17 +231,17 @@ def _plan_reuse(
     writer: CacheWriter,
     todo: list[tuple[int, int, int]],
     candidates: list[reuse.Candidate],
-) -> tuple[dict[int, ReusedRows], reuse.RowCopier | None, list[reuse.Source]]:
+) -> tuple[dict[int, ReusedRows], reuse.RowCopier | None]:
     """Which rows of the pending shards the `--reuse` caches hold (by item digest), per shard."""
     if not todo:  # every shard written (stopped before the manifest was final): nothing to copy
-        return {}, None, []
+        return {}, None
     sources, skipped = reuse.open_sources(candidates, writer.manifest, type(settings.options).flags)
     for line in skipped[:3]:
         print(f"--reuse: not using {line}")
     if len(skipped) > 3:
         print(f"--reuse: not using {len(skipped) - 3} more caches of other models or settings")
     if not sources:
-        return {}, None, []
+        return {}, None
     wanted = np.concatenate([np.arange(a, b) for _, a, b in todo])
     digests = np.zeros((len(rows), 32), dtype=np.uint8)
     with tqdm(total=len(wanted), unit="item", desc="digest inputs", disable=None if config.progress else True) as bar:
@@ -255,7 +255,7 @@ def _plan_reuse(
         if len(hit):
             per_shard[shard] = ReusedRows(hit, found.source[a + hit], found.row[a + hit])
     print(f"--reuse: {found.summary()}; {len(wanted) - int((found.source >= 0).sum()):,} rows to embed")
-    return per_shard, reuse.RowCopier(sources), sources
+    return per_shard, reuse.RowCopier(sources)
 
 
 def _run(
@@ -276,8 +276,8 @@ def _run(
     n_todo = sum(b - a for _, a, b in todo)
     if len(pending) < m.n_shards:
         print(resuming_line(config.out, m.n_shards - len(pending), m.n_shards, settings.threads_note))
-    reused, copier, sources = (
-        _plan_reuse(config, settings, adapter, rows, writer, todo, candidates) if candidates else ({}, None, [])
+    reused, copier = (
+        _plan_reuse(config, settings, adapter, rows, writer, todo, candidates) if candidates else ({}, None)
     )
     # the rows to embed; each shard's first of them: a batch spans two shards only where it is filled out to one
     # shape whatever rows it holds (`batches_by_budget`' span), so that a shard's bytes depend on the shard alone
@@ -315,7 +315,7 @@ def _run(
     fidelity = receipt(
         adapter, rows, config.out, settings=settings, sample=sample, sampled_from=drawn, captured=capture.rows
     )
-    manifest = writer.finalize(fidelity=fidelity, reused=[s.record() for s in sources if s.taken])
+    manifest = writer.finalize(fidelity=fidelity, reused=reuse.merged_records(writer.shard_notes()))
     seconds = time.perf_counter() - start
     summary = {
         "items": n_todo,

@@ -132,33 +132,35 @@ class ShardFiller:
             if self._filled < len(self._streamed(shard, b - a)):
                 return
             self.shards.pop(0)
-            block, ex = self._with_copied(shard, b - a, *(self._buffer or (None, {})))
+            block, ex, note = self._with_copied(shard, b - a, *(self._buffer or (None, {})))
             self._buffer, self._filled = None, 0
             self.padded += int(np.count_nonzero(ex.get("n_padded", np.zeros(0))))
             size = block.nbytes + sum(v.nbytes for v in ex.values())
             self._wait(QUEUE_BYTES - size)
-            self.queued.append((self.pool.submit(self._write, shard, block, ex), size))
+            self.queued.append((self.pool.submit(self._write, shard, block, ex, note), size))
             self.queued_bytes += size
 
-    def _write(self, shard: int, block: np.ndarray, ex: dict[str, np.ndarray]) -> None:
+    def _write(self, shard: int, block: np.ndarray, ex: dict[str, np.ndarray], note: dict | None = None) -> None:
         """On the writer thread: one shard, unless a write before it failed (the run stops at that error, and this
         shard stays pending for the re-run, as it would had it not been handed over yet)."""
         if self._failed:
             return
         try:
-            self.writer.write_shard(shard, block, checked=True, **ex)
+            self.writer.write_shard(shard, block, checked=True, note=note, **ex)
         except BaseException:
             self._failed = True
             raise
 
     def _with_copied(
         self, shard: int, size: int, block: np.ndarray | None, ex: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The whole shard: the copied rows put in at their offsets (the streamed ones are in already)."""
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict | None]:
+        """The whole shard: the copied rows put in at their offsets (the streamed ones are in already), and its
+        note for the writer: the copied rows' records per source (`reuse.Source.record`), or None."""
         reused = self.reused.get(shard)
         if reused is None or not len(reused.offsets):
-            return block, ex
+            return block, ex, None
         names = self.writer.manifest.extra_arrays
+        records = []
         for s in np.unique(reused.source):
             pick = reused.source == s
             copied = self.copier.take(int(s), reused.row[pick])  # [embeddings, *extras in manifest order]
@@ -171,8 +173,9 @@ class ShardFiller:
             block[reused.offsets[pick]] = copied[0]
             for name, values in zip(names, copied[1:], strict=True):
                 ex[name][reused.offsets[pick]] = values
+            records.append(self.copier.sources[int(s)].record(int(pick.sum())))
         self.copied += len(reused.offsets)
-        return block, ex
+        return block, ex, {"reused": records}
 
     def _wait(self, room: int = -1) -> None:
         """Until the queued writes hold at most `room` bytes (none for a negative room); a failed write re-raises

@@ -166,7 +166,33 @@ def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new
     assert 0 < summary["items"] < 30  # only the shards left were written
     same_arrays(str(out), str(full_new))
     # the rows the first run wrote are measured too: drawn from all rows of a resumed cache
-    assert open_cache(out).manifest.fidelity["sampled_from"] == "all 30 rows (a resumed cache)"
+    manifest = open_cache(out).manifest
+    assert manifest.fidelity["sampled_from"] == "all 30 rows (a resumed cache)"
+    assert [(r["name"], r["rows"]) for r in manifest.reused] == [("old", 25)]  # both runs' copies counted
+    assert not (out / "shard_notes.partial").exists()  # summed into the manifest, then let go
+
+
+def test_a_copy_resumed_without_reuse_still_names_what_was_copied(inputs, old_cache, full_new, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    take, calls = reuse.RowCopier.take, []
+
+    def dies_on_the_third_copy(self, s, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return take(self, s, rows)
+
+    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    monkeypatch.setattr(reuse.RowCopier, "take", take)
+    written = open_cache(out, allow_partial=True).manifest.n_shards - len(
+        [d for d in open_cache(out, allow_partial=True).manifest.shards if not d]
+    )
+    run_embed(config(inputs, "new.parquet", out))  # the rest embedded, nothing copied now
+    same_arrays(str(out), str(full_new))
+    (record,) = open_cache(out).manifest.reused
+    assert record["name"] == "old" and 0 < record["rows"] < 25 and written >= 1
 
 
 def test_reuse_resumes_after_kill_9(inputs, old_cache, full_new, tmp_path):

@@ -21,7 +21,7 @@ class SlowWriter:
         self.go, self.written, self.fail = threading.Event(), [], fail
         self.started: list[int] = []
 
-    def write_shard(self, shard, block, checked=False, **extras):
+    def write_shard(self, shard, block, checked=False, note=None, **extras):
         self.started.append(shard)
         assert self.go.wait(10)
         if shard == self.fail:
