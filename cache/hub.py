@@ -213,7 +213,10 @@ def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
     api.upload_large_folder(
-        repo_id=repo, folder_path=str(folder), repo_type="dataset", ignore_patterns=[*roots, "*.lock"]
+        repo_id=repo,
+        folder_path=str(folder),
+        repo_type="dataset",
+        ignore_patterns=[*roots, "*.lock", f"*{layout.SHARD_NOTES}*"],
     )
     for c, root in zip(caches, roots, strict=True):  # each manifest as published, without local paths
         meta = json.loads((folder / root).read_text())

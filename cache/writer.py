@@ -201,6 +201,7 @@ class CacheWriter:
     def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...], lock: WriterLock) -> CacheWriter:
         writer = cls._attach(path, extras, lock, allow_complete=True)
         if writer.manifest.complete:
+            shutil.rmtree(path / layout.SHARD_NOTES, ignore_errors=True)  # left by a stop after the manifest's write
             lock.release()  # nothing more will be written
         differs = writer.manifest.same_content_as(wanted)
         if differs:
@@ -428,9 +429,24 @@ class CacheWriter:
         found = {int(p.stem): p for p in folder.glob("*.json")} if folder.is_dir() else {}
         return {shard: json.loads(path.read_text()) for shard, path in sorted(found.items()) if shard in done}
 
-    def finalize(self, *, fidelity: dict | None = None, reused: Sequence[dict] = ()) -> Manifest:
+    def reused_records(self) -> list[dict[str, Any]]:
+        """The manifest's `reused`: the records of the rows copied into each shard written (its note's "reused"
+        list: name, shards_digest, rows, fidelity per source) summed per source (name and shards digest), so that
+        rows copied by an interrupted run count as well as the last run's."""
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for note in self.shard_notes().values():
+            for record in note.get("reused", ()):
+                key = (record["name"], record["shards_digest"])
+                if key in merged:
+                    merged[key]["rows"] += record["rows"]
+                else:
+                    merged[key] = dict(record)
+        return list(merged.values())
+
+    def finalize(self, *, fidelity: dict | None = None) -> Manifest:
         """Mark the cache complete once every shard has its digest. Call once, after all writers finished.
-        `fidelity` (the fp32 receipt) and `reused` (rows copied from earlier caches) go into the manifest."""
+        `fidelity` (the fp32 receipt) and the rows copied from earlier caches (`reused_records`, from the shards'
+        notes, which are then let go) go into the manifest."""
         if self.manifest.complete:
             return self.manifest
         digests = self._digest_rows()
@@ -446,7 +462,7 @@ class CacheWriter:
             complete=True,
             shards=tuple(bytes(d).hex() for d in digests),
             fidelity=dict(fidelity or {}),
-            reused=tuple(dict(r) for r in reused),
+            reused=tuple(self.reused_records()),
         )
         try:
             self._group.attrs[MANIFEST_KEY] = done.to_dict()  # the last write: the cache is now complete
@@ -454,6 +470,6 @@ class CacheWriter:
             kept = f"all {done.n_shards} shards are finished and kept, the manifest is not yet marked complete"
             raise disk_error(err, f"finalize {self.path}", kept) or err from None
         self.manifest = done
-        shutil.rmtree(self.path / layout.SHARD_NOTES, ignore_errors=True)  # summed into `reused` by the caller
+        shutil.rmtree(self.path / layout.SHARD_NOTES, ignore_errors=True)  # summed into `reused` above
         self.close()
         return done

@@ -47,24 +47,50 @@ _SAME = (
 # thread count): a resume may change them (NUMBER_SETTINGS leaves them out), but a copied row stands for an
 # embedded one only where they agree, or a reused table would not hold a full embed's bytes. Lossless codecs, on the
 # other hand, store the same numbers: rows are decoded when copied and encoded as this run stores them.
-_ROUNDING = ("max_tokens", "max_batch", "compile")
+_ROUNDING = {"max_tokens": None, "max_batch": None, "compile": "off"}  # setting -> its value where not recorded
+
+
+def _key(attrs: dict[str, Any], config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
+    key = dict(attrs)
+    numbers = number_fingerprint(config, flags)
+    key.update({k: v for k, v in numbers.items() if not k.startswith("genome ")})
+    key.update({name: config.get(name, default) for name, default in _ROUNDING.items()})
+    if config.get("device") == "cpu":
+        key["torch_threads"] = config.get("torch_threads")
+    key["compression"] = "bitround" if attrs.get("compression") == "bitround" else "lossless"
+    return key
 
 
 def reuse_key(manifest: Manifest, flags: dict[str, dict]) -> dict[str, Any]:
     """What must agree for two caches' rows of the same item digest to hold the same numbers."""
-    key = {name: getattr(manifest, name) for name in _SAME}
-    numbers = number_fingerprint(manifest.config, flags)
-    key.update({k: v for k, v in numbers.items() if not k.startswith("genome ")})
-    key.update({name: manifest.config.get(name) for name in _ROUNDING})
-    if manifest.config.get("device") == "cpu":
-        key["torch_threads"] = manifest.config.get("torch_threads")
-    key["compression"] = "bitround" if manifest.compression == "bitround" else "lossless"
-    return key
+    return _key({name: getattr(manifest, name) for name in _SAME}, manifest.config, flags)
+
+
+def usable_threads(
+    candidates: Sequence[Candidate], attrs: dict[str, Any], config: dict[str, Any], flags: dict[str, dict]
+) -> dict[str, int | None]:
+    """The torch threads of each CPU cache among `candidates` that a run of manifest `attrs` (modality, model,
+    model_revision, layer, pooling, dtype, compression) and `config` could copy rows from but for its thread count:
+    the counts a run choosing none may take (`settings.resolve`)."""
+    here = {k: v for k, v in _key(attrs, config, flags).items() if k != "torch_threads"}
+    found = {}
+    for c in candidates:
+        m = c.cache.manifest if c.cache is not None else None
+        if m is None or m.config.get("device") != "cpu" or layout.ITEM_SHA256 not in m.extra_arrays:
+            continue
+        there = reuse_key(m, flags)
+        if all(there.get(k) == v for k, v in here.items()):
+            found[c.name] = there.get("torch_threads")
+    return found
 
 
 def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
     for k in dict.fromkeys([*here, *there]):
         if there.get(k) != here.get(k):
+            if k == "torch_threads" and isinstance(there.get(k), int):
+                return f"torch_threads is {there[k]} there, {here.get(k)} here; --threads {there[k]} copies its rows"
+            if k == "torch_threads":
+                return "its torch thread count is not recorded (embedded before counts were)"
             return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
     return ""
 
@@ -130,15 +156,6 @@ def find_sources(specs: Sequence[str]) -> list[Candidate]:
     return found
 
 
-def cpu_threads(candidates: Sequence[Candidate]) -> dict[str, int | None]:
-    """The torch threads each readable CPU cache among `candidates` was embedded with (its manifest's count)."""
-    return {
-        c.name: c.cache.manifest.config.get("torch_threads")
-        for c in candidates
-        if c.cache is not None and c.cache.manifest.config.get("device") == "cpu"
-    }
-
-
 @dataclass
 class Source:
     name: str
@@ -151,20 +168,6 @@ class Source:
         count and its own fidelity receipt (the copied rows' deviation from the float32 model; {} for none)."""
         m = self.cache.manifest
         return {"name": self.name, "shards_digest": digest_strings(m.shards), "rows": rows, "fidelity": m.fidelity}
-
-
-def merged_records(notes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The manifest's `reused`: the shards' notes (`CacheWriter.shard_notes`, each listing the records of the rows
-    copied into it) summed per source, so that rows copied by an interrupted run count as well as this run's."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    for note in notes.values():
-        for record in note.get("reused", ()):
-            key = (record["name"], record["shards_digest"])
-            if key in merged:
-                merged[key]["rows"] += record["rows"]
-            else:
-                merged[key] = dict(record)
-    return list(merged.values())
 
 
 @dataclass

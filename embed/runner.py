@@ -211,12 +211,19 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     check_output(config.out)
     watch = CoreWatch()  # how busy other processes keep the cores, watched while the model loads
     device = pick_device(config.device)
+    candidates = reuse.find_sources(config.reuse)  # a --reuse naming no cache: refused before the model loads
     table, rows, adapter = load(config, device)
-    candidates = reuse.find_sources(config.reuse)  # a --reuse naming no cache is refused before --out is made
-    settings = resolve(config, adapter, device, watch, reuse_threads=reuse.cpu_threads(candidates))
+    info = stored_info(adapter.info(), config.max_positions)
+    settings = resolve(config, adapter, device, watch, quiet=bool(candidates))
+    if candidates:  # a run choosing no thread count takes the one of the caches it can copy from
+        attrs = {"modality": config.modality, "model": info.model, "model_revision": info.model_revision}
+        attrs.update({"layer": info.layer, "pooling": info.pooling, "dtype": config.dtype})
+        attrs["compression"] = config.compression
+        counts = reuse.usable_threads(candidates, attrs, settings.manifest_config(info), type(adapter.options).flags)
+        settings = resolve(config, adapter, device, watch, reuse_threads=counts)
     writer = None
     try:
-        writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))
+        writer = open_writer(settings, table, info)
         with torch_threads(settings.torch_threads):
             return _run(config, settings, adapter, rows, writer, candidates)
     except OSError as err:
@@ -315,7 +322,7 @@ def _run(
     fidelity = receipt(
         adapter, rows, config.out, settings=settings, sample=sample, sampled_from=drawn, captured=capture.rows
     )
-    manifest = writer.finalize(fidelity=fidelity, reused=reuse.merged_records(writer.shard_notes()))
+    manifest = writer.finalize(fidelity=fidelity)
     seconds = time.perf_counter() - start
     summary = {
         "items": n_todo,

@@ -129,7 +129,9 @@ PATHS = ("input", "out", "genome", "model_path")  # EmbedConfig fields that hold
 # Resolved settings whose change changes the numbers: a cache is extended or reused only when they agree.
 # Batch sizes (max_tokens, max_batch), torch_threads and compile are left out: with batches inside shards they move
 # values by float rounding at most, and a resume on another machine may need another budget, core count or compiler.
-NUMBER_SETTINGS = ("random_init", "precision", "device", "dtype", "compression", "max_positions")
+# `batching` is an adapter's mark where its batches were cut another way before (an earlier cache's rows would
+# differ by float rounding): a cache without it, or with another, is neither resumed nor reused by such a run.
+NUMBER_SETTINGS = ("random_init", "precision", "device", "dtype", "compression", "max_positions", "batching")
 
 
 def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:

@@ -321,6 +321,14 @@ def test_context_profiles_reused_from_a_cache_keep_a_full_embeds_bytes(tmp_path)
     full, reused = open_cache(tmp_path / "full"), open_cache(tmp_path / "reused")
     assert np.array_equal(full[:].view(np.uint8), reused[:].view(np.uint8))
     assert full.manifest.shards == reused.manifest.shards
+    # a cache written before the buckets (no `batching` in its manifest) is neither copied from nor resumed
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "old"), mode="r+")
+    attrs = dict(group.attrs["dogmacache"])
+    attrs["config"] = {k: v for k, v in attrs["config"].items() if k != "batching"}
+    group.attrs["dogmacache"] = attrs
+    assert embed("new", "again", reuse=(str(tmp_path / "old"),))["reused"] == 0
     adapter = context(folder)
     lone = adapter.filler(64)
     assert len(lone["genes"]) == 64 and adapter.shape_bucket(lone) == 64 and int(lone["n_genes"]) == 63

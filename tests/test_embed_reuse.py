@@ -186,13 +186,36 @@ def test_a_copy_resumed_without_reuse_still_names_what_was_copied(inputs, old_ca
     with pytest.raises(KeyboardInterrupt):
         run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     monkeypatch.setattr(reuse.RowCopier, "take", take)
-    written = open_cache(out, allow_partial=True).manifest.n_shards - len(
-        [d for d in open_cache(out, allow_partial=True).manifest.shards if not d]
-    )
+    noted = sorted(p.name for p in (out / "shard_notes.partial").iterdir())
+    assert noted and all(name.endswith(".json") for name in noted)  # the shards written, each with its copies
     run_embed(config(inputs, "new.parquet", out))  # the rest embedded, nothing copied now
     same_arrays(str(out), str(full_new))
     (record,) = open_cache(out).manifest.reused
-    assert record["name"] == "old" and 0 < record["rows"] < 25 and written >= 1
+    assert record["name"] == "old" and 0 < record["rows"] < 25
+
+
+def test_a_layers_run_finishing_a_reused_cache_keeps_its_record(inputs, old_cache, tmp_path, monkeypatch):
+    """A `--layer` run with --reuse stopped in its copies, finished by `--layers` (which takes no --reuse): the
+    rows the first run copied are still in the manifest's reused record (every finalize sums the notes)."""
+    root, models = inputs
+    take, calls = reuse.RowCopier.take, []
+
+    def dies_on_the_third_copy(self, s, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return take(self, s, rows)
+
+    argv = ["embed", "--input", str(root / "new.parquet"), "--modality", "dna", "--model", "enformer"]
+    argv += ["--model-path", str(models["enformer"]), "--genome", str(root / "g.fa"), "--shard-items", "4"]
+    argv += ["--num-workers", "0", "--no-progress"]
+    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    out = tmp_path / "x"
+    assert main([*argv, "--layer", "trunk", "--out", str(out / "layer_trunk"), "--reuse", str(old_cache)]) == 130
+    monkeypatch.setattr(reuse.RowCopier, "take", take)
+    assert main([*argv, "--layers", "trunk", "--out", str(out)]) == 0
+    (record,) = open_cache(out / "layer_trunk").manifest.reused
+    assert record["name"] == "old" and 0 < record["rows"] < 25
 
 
 def test_reuse_resumes_after_kill_9(inputs, old_cache, full_new, tmp_path):
@@ -620,10 +643,11 @@ def test_a_run_without_a_thread_count_takes_the_reused_caches(inputs, tmp_path, 
     from dogmacache.embed import runner
 
     used = idle_two_cores(runner)
-    source = tmp_path / "one"
-    run_embed(config(inputs, "old.parquet", source, torch_threads=1))
+    folder = tmp_path / "caches"
+    run_embed(config(inputs, "old.parquet", folder / "one", torch_threads=1))
+    run_embed(config(inputs, "p_old.parquet", folder / "esm2", model="esm2", torch_threads=2))  # no source here
     capsys.readouterr()
-    summary = run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(source),)))
+    summary = run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(folder),)))
     assert summary["reused"] == 25 and used[-1] == 1
     assert "torch threads: 1, as the --reuse caches were embedded with" in capsys.readouterr().out
     run_embed(config(inputs, "new.parquet", tmp_path / "fresh"))  # and without --reuse, the plan's 2

@@ -176,7 +176,11 @@ class BorzoiAdapter(EmbeddingAdapter):
             pooling="none",
             item_shape=(self.bins, self.dim),
             extras=(ExtraArray("n_padded", "int32"),),
-            config={"bin_bp": BORZOI_BIN_BP, "output_span_bp": BORZOI_BIN_BP * self.bins},
+            config={
+                "bin_bp": BORZOI_BIN_BP,
+                "output_span_bp": BORZOI_BIN_BP * self.bins,
+                "batching": "rc-average windows apart",  # earlier caches batched plus and minus windows together
+            },
         )
 
     def info(self) -> ModelInfo:

@@ -126,6 +126,7 @@ class ScGPTContextAdapter(LayeredAdapter):
                 "pad_value": self.args.pad_value,
                 "cap_rule": "highest raw values, ties by column order",
                 "missing_in_vocab": "per item: extra array n_missing",
+                "batching": "length buckets",  # padded to the bucket's length (earlier caches: to the batch's longest)
             },
         )
 
