@@ -187,7 +187,8 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
         "repo_id": "lab/x",
         "folder_path": str(tmp_path / "c.zarr"),
         "repo_type": "dataset",
-        "ignore_patterns": ["zarr.json", "*.lock"],  # the manifest is sent on its own, without local paths
+        # the manifest is sent on its own, without local paths; notes of an unfinished write never
+        "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*"],
     }
     assert calls[2][1]["path_in_repo"] == "zarr.json"
     calls.pop(2)
