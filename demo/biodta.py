@@ -80,6 +80,7 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             genome=str(out / "recipe" / "genome.fa"),
             out=str(caches["dna"]),
             progress=progress,
+            overwrite=True,  # the demo's own folder: every run embeds anew
         )
     )
     run_embed(
@@ -90,6 +91,7 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             model_path=str(models["scgpt"]),
             out=str(caches["gene"]),
             progress=progress,
+            overwrite=True,  # the demo's own folder: every run embeds anew
         )
     )
     from dogmacache.embed.adapters import get_adapter
@@ -104,6 +106,7 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             out=str(caches["dna_kmer"]),
             options=get_adapter("kmer", "dna").options_class.from_dict(KMER_DEMO),
             progress=progress,
+            overwrite=True,  # the demo's own folder: every run embeds anew
         )
     )
     return caches

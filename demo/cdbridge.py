@@ -39,6 +39,7 @@ def embed_cdbridge(out: Path, progress: bool = True) -> dict[str, Path]:
                 out=str(path),
                 options=get_adapter(model, modality).options_class.from_dict(options),
                 progress=progress,
+                overwrite=True,  # the demo's own folder: every run embeds anew
             )
         )
     return caches

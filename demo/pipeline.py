@@ -79,6 +79,7 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
                 genome=str(recipe / "genome.fa") if modality == "dna" else None,
                 options=get_adapter(model, modality).options_class.from_dict(options),
                 progress=progress,
+                overwrite=True,  # the demo's own folder: every run embeds anew, whatever an earlier version left
             )
             if model != "enformer":
                 run_embed(config)
