@@ -425,9 +425,16 @@ class CacheWriter:
     def shard_notes(self) -> dict[int, dict[str, Any]]:
         """The notes (`write_shard`) of the shards written, by shard."""
         folder = self.path / layout.SHARD_NOTES
-        done = self.done_shards()
-        found = {int(p.stem): p for p in folder.glob("*.json")} if folder.is_dir() else {}
-        return {shard: json.loads(path.read_text()) for shard, path in sorted(found.items()) if shard in done}
+        done, notes = self.done_shards(), {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                shard, note = int(path.stem), json.loads(path.read_text())
+            except (ValueError, OSError) as err:
+                warnings.warn(f"{path}: not a shard note ({err}); left out of the cache's reused record", stacklevel=2)
+                continue
+            if shard in done and isinstance(note, dict):
+                notes[shard] = note
+        return notes
 
     def reused_records(self) -> list[dict[str, Any]]:
         """The manifest's `reused`: the records of the rows copied into each shard written (its note's "reused"
@@ -436,6 +443,8 @@ class CacheWriter:
         merged: dict[tuple[str, str], dict[str, Any]] = {}
         for note in self.shard_notes().values():
             for record in note.get("reused", ()):
+                if not isinstance(record, dict) or not {"name", "shards_digest", "rows"} <= set(record):
+                    continue  # not a record this version writes
                 key = (record["name"], record["shards_digest"])
                 if key in merged:
                     merged[key]["rows"] += record["rows"]

@@ -68,10 +68,12 @@ def build_biodta_recipe(out: Path, seed: int = 0, data: Path = DEMO_DATA) -> Pat
 
 def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: bool = True) -> dict[str, Path]:
     """The TSS windows through the tiny Enformer and the same genes' scGPT tokens: {"dna": path, "gene": path}."""
+    from dogmacache.demo.own_caches import embed_own
     from dogmacache.embed.runner import EmbedConfig, run_embed
 
     caches = {"dna": out / "cache" / "biodta-dna-enformer.zarr", "gene": out / "cache" / "biodta-gene-scgpt.zarr"}
-    run_embed(
+    embed_own(
+        run_embed,
         EmbedConfig(
             input=str(recipe / "dna_windows.parquet"),
             modality="dna",
@@ -80,10 +82,10 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             genome=str(out / "recipe" / "genome.fa"),
             out=str(caches["dna"]),
             progress=progress,
-            overwrite=True,  # the demo's own folder: every run embeds anew
-        )
+        ),
     )
-    run_embed(
+    embed_own(
+        run_embed,
         EmbedConfig(
             input=str(recipe / "genes.parquet"),
             modality="gene",
@@ -91,13 +93,13 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             model_path=str(models["scgpt"]),
             out=str(caches["gene"]),
             progress=progress,
-            overwrite=True,  # the demo's own folder: every run embeds anew
-        )
+        ),
     )
     from dogmacache.embed.adapters import get_adapter
 
     caches["dna_kmer"] = out / "cache" / "biodta-dna-kmer.zarr"  # the control: k-mer features, same windows
-    run_embed(
+    embed_own(
+        run_embed,
         EmbedConfig(
             input=str(recipe / "dna_windows.parquet"),
             modality="dna",
@@ -106,8 +108,7 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
             out=str(caches["dna_kmer"]),
             options=get_adapter("kmer", "dna").options_class.from_dict(KMER_DEMO),
             progress=progress,
-            overwrite=True,  # the demo's own folder: every run embeds anew
-        )
+        ),
     )
     return caches
 

@@ -24,13 +24,15 @@ CDBRIDGE_CACHES = (
 
 def embed_cdbridge(out: Path, progress: bool = True) -> dict[str, Path]:
     """The pooled protein and tissue caches: {"protein": path, "tissue": path}."""
+    from dogmacache.demo.own_caches import embed_own
     from dogmacache.embed.adapters import get_adapter
     from dogmacache.embed.runner import EmbedConfig, run_embed
 
     caches = {}
     for modality, model, table, name, options in CDBRIDGE_CACHES:
         path = caches["tissue" if modality == "context" else modality] = out / "cache" / name
-        run_embed(
+        embed_own(
+            run_embed,
             EmbedConfig(
                 input=str(out / "recipe" / "isoform" / table),
                 modality=modality,
@@ -39,8 +41,7 @@ def embed_cdbridge(out: Path, progress: bool = True) -> dict[str, Path]:
                 out=str(path),
                 options=get_adapter(model, modality).options_class.from_dict(options),
                 progress=progress,
-                overwrite=True,  # the demo's own folder: every run embeds anew
-            )
+            ),
         )
     return caches
 

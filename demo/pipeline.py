@@ -8,6 +8,7 @@ figures. Every step calls the function a user's command calls, with its config d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -52,8 +53,9 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
     {modality: path}, "isoform": {modality: path}}. `null`: the null twin's sources (every label drawn apart
     from every input), written into out/sources first."""
     from dogmacache.data_recipes.demo import build_demo
+    from dogmacache.demo.own_caches import embed_own
     from dogmacache.embed.adapters import get_adapter
-    from dogmacache.embed.layers import run_embed_layers
+    from dogmacache.embed.layers import layer_out, run_embed_layers
     from dogmacache.embed.runner import EmbedConfig, run_embed
     from dogmacache.embed.tiny import make_tiny
 
@@ -79,15 +81,16 @@ def embed_demo(out: Path, seed: int = 0, progress: bool = True, null: bool = Fal
                 genome=str(recipe / "genome.fa") if modality == "dna" else None,
                 options=get_adapter(model, modality).options_class.from_dict(options),
                 progress=progress,
-                overwrite=True,  # the demo's own folder: every run embeds anew, whatever an earlier version left
             )
             if model != "enformer":
-                run_embed(config)
+                embed_own(run_embed, config)
                 caches[task][key] = out / "cache" / name
                 continue
             # the tiny Enformer's trunk and, for the probe's layer axis, the layers below it: one forward pass
             config = dataclasses.replace(config, out=str(out / "cache" / name.replace(".zarr", "-{layer}.zarr")))
-            written = run_embed_layers(config, (*PROBE_LAYERS, "trunk"))["caches"]
+            layers = (*PROBE_LAYERS, "trunk")
+            outs = [layer_out(config.out, layer) for layer in layers]
+            written = embed_own(functools.partial(run_embed_layers, layers=layers), config, outs)["caches"]
             caches[task].update({f"dna_{layer}": Path(written[layer]) for layer in PROBE_LAYERS})  # depth order
             caches[task][key] = Path(written["trunk"])
     return caches

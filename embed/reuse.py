@@ -69,17 +69,17 @@ def reuse_key(manifest: Manifest, flags: dict[str, dict]) -> dict[str, Any]:
 def usable_threads(
     candidates: Sequence[Candidate], attrs: dict[str, Any], config: dict[str, Any], flags: dict[str, dict]
 ) -> dict[str, int | None]:
-    """The torch threads of each CPU cache among `candidates` that a run of manifest `attrs` (modality, model,
-    model_revision, layer, pooling, dtype, compression) and `config` could copy rows from but for its thread count:
+    """The torch threads of each CPU cache among `candidates` that a run of manifest `attrs` (those of _SAME) and
+    `config` could copy rows from but for its thread count:
     the counts a run choosing none may take (`settings.resolve`)."""
-    here = {k: v for k, v in _key(attrs, config, flags).items() if k != "torch_threads"}
+    here = _key(attrs, config, flags)
     found = {}
     for c in candidates:
         m = c.cache.manifest if c.cache is not None else None
         if m is None or m.config.get("device") != "cpu" or layout.ITEM_SHA256 not in m.extra_arrays:
             continue
         there = reuse_key(m, flags)
-        if all(there.get(k) == v for k, v in here.items()):
+        if all(there.get(k) == here.get(k) for k in {*here, *there} - {"torch_threads"}):  # as open_sources compares
             found[c.name] = there.get("torch_threads")
     return found
 
@@ -88,9 +88,9 @@ def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
     for k in dict.fromkeys([*here, *there]):
         if there.get(k) != here.get(k):
             if k == "torch_threads" and isinstance(there.get(k), int):
-                return f"torch_threads is {there[k]} there, {here.get(k)} here; --threads {there[k]} copies its rows"
+                return f"torch_threads is {there[k]} there, {here.get(k)} here (a run at {there[k]} copies its rows)"
             if k == "torch_threads":
-                return "its torch thread count is not recorded (embedded before counts were)"
+                return "its torch thread count is not recorded (embedded before counts were); re-embed it to copy from"
             return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
     return ""
 

@@ -217,8 +217,9 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     settings = resolve(config, adapter, device, watch, quiet=bool(candidates))
     if candidates:  # a run choosing no thread count takes the one of the caches it can copy from
         attrs = {"modality": config.modality, "model": info.model, "model_revision": info.model_revision}
-        attrs.update({"layer": info.layer, "pooling": info.pooling, "dtype": config.dtype})
-        attrs["compression"] = config.compression
+        attrs.update({"layer": info.layer, "pooling": info.pooling, "item_shape": tuple(info.item_shape)})
+        attrs.update({"dtype": config.dtype, "compression": config.compression})
+        attrs["extra_arrays"] = tuple(e.name for e in info.extras)
         counts = reuse.usable_threads(candidates, attrs, settings.manifest_config(info), type(adapter.options).flags)
         settings = resolve(config, adapter, device, watch, reuse_threads=counts)
     writer = None

@@ -158,6 +158,11 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
     if differ:
         first = differ[0]
         more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+        if first == "batching":
+            raise InputError(
+                f"{out} was cut into batches another way ({old.get(first)!r} in the cache, {new.get(first)!r} now: "
+                f"an earlier version's){more}; pass --overwrite (or another --out) to embed it anew"
+            )
         raise InputError(
             f"{out} was embedded with other settings: {first}: {old.get(first)!r} in the cache, "
             f"{new.get(first)!r} now{more}; re-run with the cache's settings to resume or reuse it, or pass "

@@ -49,6 +49,11 @@ def check_same_settings(
             f"--genome {genome} is {now.get('name')} ({now.get('sha256')}){more}; pass the FASTA the cache was "
             "embedded from, or re-embed the cache from this one"
         )
+    if key == "batching":
+        raise InputError(
+            f"{url} was cut into batches another way ({_value(old.get(key))} in the cache, {_value(new.get(key))} "
+            f"now: an earlier version's){more}; re-embed the cache with this version"
+        )
     fix = {"device": "pass the --device the cache was embedded on"}.get(
         key,
         f"pass the --dna-model folder the cache was embedded with (not {dna_model})"

@@ -265,3 +265,17 @@ def test_rc_average_windows_reused_from_a_cache_keep_a_full_embeds_bytes(tiny, g
     assert [r["rows"] for r in reused.manifest.reused] == [25]
     assert np.array_equal(full[:].view(np.uint8), reused[:].view(np.uint8))
     assert full.manifest.shards == reused.manifest.shards
+
+
+def test_only_rc_average_caches_carry_the_batching_mark(tiny):
+    """Forward windows are batched as before: their caches stay resumable and reusable across the change."""
+    from dogmacache.embed.adapters import get_adapter
+
+    cls = get_adapter("borzoi", "dna")
+    marks = {
+        policy: cls(str(tiny["borzoi"]), cls.options_class(strand_policy=policy), torch.device("cpu"))
+        .info()
+        .config.get("batching")
+        for policy in ("forward", "rc-average")
+    }
+    assert marks == {"forward": None, "rc-average": "rc-average windows apart"}

@@ -682,3 +682,40 @@ def test_a_reuse_stopped_before_its_manifest_was_final_finishes(inputs, old_cach
     summary = run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     assert summary["items"] == 0 and open_cache(out).manifest.complete
     same_arrays(str(out), str(full_new))
+
+
+def test_the_demo_embeds_anew_only_its_own_earlier_caches(inputs, tmp_path, capsys):
+    """A cache this version refuses to resume is embedded anew by the demo when it was embedded from a table of the
+    same name (an earlier demo's); a cache of another table at that path keeps its refusal."""
+    import zarr
+    from dogmacache.demo.own_caches import embed_own
+
+    out = tmp_path / "old"
+    run_embed(config(inputs, "old.parquet", out))
+    group = zarr.open_group(str(out), mode="r+")
+    attrs = dict(group.attrs["dogmacache"])
+    attrs["config"] = {**attrs["config"], "precision": "bf16"}  # as if another version had recorded another setting
+    group.attrs["dogmacache"] = attrs
+    with pytest.raises(InputError, match="precision"):
+        embed_own(run_embed, config(inputs, "new.parquet", out))  # another table: left as it is
+    summary = embed_own(run_embed, config(inputs, "old.parquet", out))
+    assert summary["items"] == 30 and "embedding" in capsys.readouterr().out
+    assert open_cache(out).manifest.config["precision"] == "fp32"
+
+
+def test_an_unreadable_shard_note_is_left_out_with_a_warning(inputs, old_cache, tmp_path, monkeypatch):
+    from dogmacache.cache.writer import CacheWriter
+
+    out = tmp_path / "noted"
+    plain = CacheWriter.finalize
+
+    def with_a_stray_note(self, **kwargs):
+        (self.path / "shard_notes.partial").mkdir(exist_ok=True)
+        (self.path / "shard_notes.partial" / "0.json").write_text("{trunc")
+        return plain(self, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "finalize", with_a_stray_note)
+    with pytest.warns(UserWarning, match="not a shard note"):
+        run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
+    manifest = open_cache(out).manifest
+    assert manifest.complete and sum(r["rows"] for r in manifest.reused) < 25  # shard 0's copies not counted

@@ -179,7 +179,8 @@ class BorzoiAdapter(EmbeddingAdapter):
             config={
                 "bin_bp": BORZOI_BIN_BP,
                 "output_span_bp": BORZOI_BIN_BP * self.bins,
-                "batching": "rc-average windows apart",  # earlier caches batched plus and minus windows together
+                # under rc-average, earlier caches batched plus and minus windows together (other policies: as before)
+                **({"batching": "rc-average windows apart"} if self.options.strand_policy == "rc-average" else {}),
             },
         )
 
