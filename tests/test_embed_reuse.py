@@ -147,8 +147,9 @@ def test_reuse_of_bfloat16_rows_is_byte_identical(inputs, tmp_path):
     same_arrays(str(tmp_path / "reused"), str(tmp_path / "full"))
 
 
-def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new, tmp_path, monkeypatch):
-    out = tmp_path / "crashed"
+def copies_stop_at_the_third(monkeypatch):
+    """`RowCopier.take` raising KeyboardInterrupt on its third call (a Ctrl-C mid-copy); returns the real one, to
+    put back before the resume."""
     take, calls = reuse.RowCopier.take, []
 
     def dies_on_the_third_copy(self, s, rows):
@@ -158,6 +159,12 @@ def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new
         return take(self, s, rows)
 
     monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    return take
+
+
+def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    take = copies_stop_at_the_third(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     assert not open_cache(out, allow_partial=True).manifest.complete
@@ -174,15 +181,7 @@ def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new
 
 def test_a_copy_resumed_without_reuse_still_names_what_was_copied(inputs, old_cache, full_new, tmp_path, monkeypatch):
     out = tmp_path / "crashed"
-    take, calls = reuse.RowCopier.take, []
-
-    def dies_on_the_third_copy(self, s, rows):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return take(self, s, rows)
-
-    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    take = copies_stop_at_the_third(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     monkeypatch.setattr(reuse.RowCopier, "take", take)
@@ -198,18 +197,10 @@ def test_a_layers_run_finishing_a_reused_cache_keeps_its_record(inputs, old_cach
     """A `--layer` run with --reuse stopped in its copies, finished by `--layers` (which takes no --reuse): the
     rows the first run copied are still in the manifest's reused record (every finalize sums the notes)."""
     root, models = inputs
-    take, calls = reuse.RowCopier.take, []
-
-    def dies_on_the_third_copy(self, s, rows):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return take(self, s, rows)
-
     argv = ["embed", "--input", str(root / "new.parquet"), "--modality", "dna", "--model", "enformer"]
     argv += ["--model-path", str(models["enformer"]), "--genome", str(root / "g.fa"), "--shard-items", "4"]
     argv += ["--num-workers", "0", "--no-progress"]
-    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
+    take = copies_stop_at_the_third(monkeypatch)
     out = tmp_path / "x"
     assert main([*argv, "--layer", "trunk", "--out", str(out / "layer_trunk"), "--reuse", str(old_cache)]) == 130
     monkeypatch.setattr(reuse.RowCopier, "take", take)
@@ -616,8 +607,8 @@ def test_rows_of_other_batch_shapes_compiled_kernels_or_thread_counts_are_not_co
     inputs, old_cache, full_new, tmp_path, capsys
 ):
     """They move numbers by float rounding, so a copied row would not be the one this run embeds (max_batch 1 gave
-    rows 1.9e-6 away from the default's): such a source is named and left out. A lossless codec is no such
-    setting: zstd-stored rows are copied into an uncompressed cache, byte-identical to the full embed."""
+    rows up to 1.7e-6 away from the default's, float32): such a source is named and left out. A lossless codec is
+    no such setting: zstd-stored rows are copied into an uncompressed cache, byte-identical to the full embed."""
     other = tmp_path / "batch1"
     run_embed(config(inputs, "old.parquet", other, max_batch=1))
     for source, why in (
