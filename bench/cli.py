@@ -32,6 +32,7 @@ from dogmacache.bench import report
 from dogmacache.bench.cache import bench_cache, cache_tables
 from dogmacache.bench.cdt import bench_cdt_section, cdt_tables
 from dogmacache.bench.embed import bench_embed, embed_tables
+from dogmacache.bench.gpu import PARTS as GPU_PARTS
 from dogmacache.bench.gpu_tables import gpu_tables
 from dogmacache.bench.mutate import bench_mutate, mutate_tables
 from dogmacache.bench.reuse import bench_reuse, reuse_tables
@@ -120,8 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--gpu-parts",
         default=None,
-        help="comma-separated parts to measure (default all: enformer, borzoi, esm2, esm2_ragged, cdt, loader, "
-        "train_stage); each one's result is written to gpu.partial.json as it ends",
+        help=f"comma-separated parts to measure (default all: {', '.join(GPU_PARTS)}); each one's result is written "
+        "to gpu.partial.json as it ends",
     )
     p.set_defaults(run=run)
 

@@ -299,6 +299,7 @@ def bench_gpu(size: str = "full", device: str = "auto", parts: tuple[str, ...] =
         "loader": lambda: bench_loader_to_device(dev, s["cache_items"], s["cache_shape"]),
         "train_stage": lambda: bench_train_stage(dev, s["train"]),
     }
+    assert tuple(measure) == PARTS, "PARTS names the parts measured, in their order"
     for part in (p for p in PARTS if p in parts):
         t0 = time.perf_counter()
         try:

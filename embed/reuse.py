@@ -16,7 +16,7 @@ import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def usable_threads(
         if m is None or m.config.get("device") != "cpu" or layout.ITEM_SHA256 not in m.extra_arrays:
             continue
         there = reuse_key(m, flags)
-        if all(there.get(k) == here.get(k) for k in {*here, *there} - {"torch_threads"}):  # as open_sources compares
+        if not _differs({**there, "torch_threads": None}, {**here, "torch_threads": None}):  # all else agrees
             found[c.name] = there.get("torch_threads")
     return found
 
@@ -161,7 +161,6 @@ class Source:
     name: str
     cache: EmbeddingCache
     rows: dict[bytes, int]  # item digest -> row
-    taken: int = 0
 
     def record(self, rows: int) -> dict[str, Any]:
         """What the manifest's `reused` says of `rows` copied from this source: its name, its shards' digest, the
@@ -177,11 +176,18 @@ class ReusePlan:
     sources: list[Source]
     source: np.ndarray  # (N,) int
     row: np.ndarray  # (N,) int
-    skipped: list[str] = field(default_factory=list)  # "name: why" of each source not used
 
     def summary(self) -> str:
-        used = [f"{s.name} ({s.taken:,})" for s in self.sources if s.taken]
-        return f"{int((self.source >= 0).sum()):,} rows reused from " + (", ".join(used) or "no cache")
+        used = [f"{s.name} ({n:,})" for s, n in zip(self.sources, self.taken().tolist(), strict=True) if n]
+        return f"{self.n_reused:,} rows reused from " + (", ".join(used) or "no cache")
+
+    @property
+    def n_reused(self) -> int:
+        return int((self.source >= 0).sum())
+
+    def taken(self) -> np.ndarray:
+        """Rows found in each source, in source order."""
+        return np.bincount(self.source[self.source >= 0], minlength=len(self.sources))
 
 
 def open_sources(
@@ -230,7 +236,6 @@ def plan(sources: list[Source], digests: np.ndarray, wanted_rows: np.ndarray) ->
         found = np.fromiter((src.rows.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
         hit = found >= 0
         source[left[hit]], row[left[hit]] = s, found[hit]
-        src.taken += int(hit.sum())
         left, keys = left[~hit], list(itertools.compress(keys, (~hit).tolist()))
     return ReusePlan(sources, source, row)
 

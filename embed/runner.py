@@ -262,7 +262,7 @@ def _plan_reuse(
         hit = np.flatnonzero(found.source[a:b] >= 0)
         if len(hit):
             per_shard[shard] = ReusedRows(hit, found.source[a + hit], found.row[a + hit])
-    print(f"--reuse: {found.summary()}; {len(wanted) - int((found.source >= 0).sum()):,} rows to embed")
+    print(f"--reuse: {found.summary()}; {len(wanted) - found.n_reused:,} rows to embed")
     return per_shard, reuse.RowCopier(sources)
 
 

@@ -45,7 +45,7 @@ from dogmacache.train.metrics import regression_metrics
 POOLINGS = ("mean", "center")
 TASKS = ("auto", "regression", "classification")
 KMER_MODEL = "kmer"  # the manifest `model` of `dogmacache embed --model kmer` (the sequence-only control)
-CONTROLS = ("permuted labels", "shuffled inputs")  # per cache, in this order after it
+PERMUTED, SHUFFLED = CONTROLS = ("permuted labels", "shuffled inputs")  # per cache, in this order after it
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-2.0, 6.5, 0.5))  # ridge grid
 CS = tuple(float(c) for c in 10.0 ** np.arange(-4.0, 3.0))  # logistic regression grid
 # per task: the regularisation's name, the cross-validation score, the scores of each split, the score drawn
@@ -329,8 +329,8 @@ def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str,
     base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
     out = []
     controls = {  # independent draws: the shuffled-input control's permutations are not the permuted labels'
-        CONTROLS[0]: shuffled_items(inverse, labels.split, config.seed, splits=("train",), stream=1),
-        CONTROLS[1]: shuffled_items(inverse, labels.split, config.seed),
+        PERMUTED: shuffled_items(inverse, labels.split, config.seed, splits=("train",), stream=1),
+        SHUFFLED: shuffled_items(inverse, labels.split, config.seed),
     }
     for role, items in (("kmer control" if m.model == KMER_MODEL else "model", inverse), *controls.items()):
         chosen, cv, scores = fit_probe(features[items], labels, config.seed, config.folds)
