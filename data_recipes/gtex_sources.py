@@ -76,7 +76,7 @@ def gct_samples(path: Path) -> list[str]:
 def sample_tissues(path: Path, gct_samples: list[str], config: GtexConfig) -> tuple[pd.DataFrame, tuple, dict]:
     """(sample, tissue) for the GCT samples in the selected tissues, the tissues in order, and the sample counts."""
     column = config.tissue_column
-    attributes = formats.read_table(path, ["SAMPID", column], dtype={"SAMPID": str, column: str})
+    attributes = formats.read_table(path, ["SAMPID", column], dtype={"SAMPID": str, column: str}, whole_rows=True)
     tissue_of = attributes.dropna(subset=[column]).set_index("SAMPID")[column].to_dict()
     available = sorted({tissue_of[s] for s in gct_samples if s in tissue_of})
     tissues = config.tissues or tuple(available)
@@ -87,6 +87,14 @@ def sample_tissues(path: Path, gct_samples: list[str], config: GtexConfig) -> tu
             + (f" (nor {absent[1:4]}{' ...' if len(absent) > 4 else ''})" if len(absent) > 1 else "")
             + f"; tissues there: {available[:8]}{' ...' if len(available) > 8 else ''}. Pass --tissues from those "
             "(case-sensitive) or the matching --tissue-column"
+        )
+    unheld = [t for t in config.holdout_tissues if t not in tissues]
+    if unheld:  # with no --tissues (every tissue of the column) the config could not check these names
+        near = [t for t in tissues if t.lower().startswith(unheld[0].lower())] or list(tissues)
+        raise InputError(
+            f"held-out tissue {unheld[0]!r} has no GCT sample in column {column} of {path}; tissues there: "
+            f"{near[:8]}{' ...' if len(near) > 8 else ''}. Pass --holdout-tissues from those (case-sensitive) "
+            "or the matching --tissue-column"
         )
     wanted = set(tissues)
     samples = pd.DataFrame(

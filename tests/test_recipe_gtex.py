@@ -307,6 +307,36 @@ def test_unknown_or_inconsistent_tissues_are_rejected(tmp_path):
         gtex.GtexConfig(mask_orientation="sideways")
 
 
+def test_a_held_out_tissue_of_no_sample_is_refused_with_every_tissue_selected(tmp_path):
+    """With no --tissues the config cannot check the held-out names; the recipe must, or a name of the other
+    column ("Brain" under SMTSD, whose name is "Brain - Cortex") would hold nothing out and say it did."""
+    names = write_sources(tmp_path / "src")
+    config = gtex.GtexConfig(tissues=(), tissue_column="SMTSD", max_gene_length=20_000, window_bins=8)
+    with pytest.raises(
+        InputError, match=r"held-out tissue 'Brain' has no GCT sample in column SMTSD.*'Brain - Cortex'"
+    ):
+        gtex.build_gtex(names, tmp_path / "out", dataclasses.replace(config, holdout_tissues=("Brain",)))
+    assert not (tmp_path / "out").exists()
+    gtex.build_gtex(names, tmp_path / "out", dataclasses.replace(config, holdout_tissues=("Brain - Cortex",)))
+    tissues = pd.read_parquet(tmp_path / "out" / "tissues.parquet")
+    assert tissues.set_index("tissue")["held_out"].to_dict() == {
+        "Brain - Cortex": True,
+        "Liver": False,
+        "Lung": False,
+        "Muscle - Skeletal": False,
+    }
+
+
+def test_a_sample_attributes_row_cut_short_is_refused(tmp_path):
+    """A row ending before its tissue column would drop its sample without a word."""
+    names = write_sources(tmp_path)
+    lines = names["attributes"].read_text().splitlines()
+    lines[2] = "\t".join(lines[2].split("\t")[:4])  # ends after SAMPID, before SMRIN and SMTS
+    names["attributes"].write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"SampleAttributesDS\.txt line 3 has 4 of the header's 7"):
+        gtex.build_gtex(names, tmp_path / "out", CONFIG)
+
+
 def test_cli_runs_from_a_source_folder(tmp_path):
     names = write_sources(tmp_path / "src")
     code = main(
