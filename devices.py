@@ -20,9 +20,15 @@ def pick_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(
+            f"device {name!r} is not one torch knows; expected auto, cpu, cuda or cuda:N (--device, or [train] device)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+    return device
 
 
 CPU_ALLOCATORS = ("keep", "system")  # `keep_freed_memory`, or malloc's own settings

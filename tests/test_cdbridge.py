@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import write_cache
 from dogmacache.errors import InputError
+from dogmacache.train.controls import controls
 from dogmacache.train.registry import config_from_dict, load_model
 from dogmacache.train.tasks.cdbridge.data import ExampleChunks, stage1_view
 from dogmacache.train.tasks.cdbridge.task import CdbridgeTask
@@ -357,3 +358,78 @@ def test_each_model_that_needs_its_own_stage_1_gets_its_own_checkpoint(tmp_path)
     recorded = {name: entry.get("checkpoint") for name, entry in summary["stage1"].items()}
     assert recorded["tissue_only"] == recorded["cdbridge"] == str(stage1 / "cdbridge_stage1_best.pt")
     assert recorded["no_merging"] == str(stage1 / "no_merging_stage1_best.pt")
+
+
+def test_a_tissue_held_out_in_training_but_scaled_by_the_recipe_with_its_own_labels_is_refused(tmp_path):
+    """Without labels_log1p.parquet the labels of a tissue the recipe did not hold out are z-scored with its own
+    training rows: a zero-shot score resting on them would rest on its own labels."""
+    raw = write_recipe(tmp_path)
+    raw["data"]["holdout_tissues"] = ["Heart"]
+    with pytest.raises(InputError, match=r"held-out tissue 'Heart' is standardised in .*labels\.parquet with its own"):
+        CdbridgeTask(config_from_dict(raw)).load()
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    labels.to_parquet(tmp_path / "labels_log1p.parquet")  # the unscaled values beside them: scaled here instead
+    data = CdbridgeTask(config_from_dict(raw)).load()
+    assert data.extras["label_scale"]["Heart"]["statistics"] == "seen tissues pooled"
+    assert data.held_out == ["Heart", "Liver"]
+
+
+def test_with_every_tissue_trained_on_the_controls_change_the_table_the_model_trains_on(tmp_path):
+    """[data] train_held_out reads the training cells of every tissue (a `variants` table): the null must train
+    on its permuted labels and the shuffled-inputs control on its shuffled rows, not on the real table."""
+    raw = write_recipe(tmp_path)
+    raw["data"]["train_held_out"] = True
+    raw["train"]["controls"] = ["permuted_labels", "shuffled_inputs"]
+    task = CdbridgeTask(config_from_dict(raw))
+    data = task.load()
+    real = task._examples(data, "train")
+    assert len(real) == 6 * 3
+    made = controls(task, data)
+    permuted = made["control_permuted_labels"][0]._examples(made["control_permuted_labels"][1], "train")
+    shuffled = made["control_shuffled_inputs"][0]._examples(made["control_shuffled_inputs"][1], "train")
+    assert len(permuted) == len(shuffled) == len(real)
+    assert sorted(permuted["target"]) == sorted(real["target"]) and not permuted["target"].equals(real["target"])
+    assert (shuffled["target"] == real["target"]).all() and not shuffled["dna_row"].equals(real["dna_row"])
+    # one permutation for the split and its every-tissue table: an item keeps one row across both
+    moved = dict(zip(real["dna_row"], shuffled["dna_row"], strict=True))
+    seen = made["control_shuffled_inputs"][1].splits["train"]
+    assert all(moved[a] == b for a, b in zip(data.splits["train"]["dna_row"], seen["dna_row"], strict=True))
+
+
+def test_a_finished_stage_1_is_taken_only_for_the_data_it_was_trained_on(tmp_path):
+    """Another fold (other held-out tissues) may start from a finished stage 1; a stage 1 trained on other splits
+    (its training transcripts this run's test ones) or another DNA cache may not."""
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = []
+    raw["train"].update({"epochs": 1, "baselines": False})
+    run_training(config_from_dict(raw), progress=False)
+    stage1 = str(tmp_path / "out" / "stage1" / "cdbridge_stage1_best.pt")
+
+    fold = write_recipe(tmp_path)
+    fold["model"]["ablations"] = []
+    fold["train"].update({"epochs": 1, "baselines": False})
+    fold["data"].update({"stage1_checkpoint": stage1, "holdout_tissues": ["Heart"], "recipe_holdout": False})
+    fold["output"]["dir"] = str(tmp_path / "fold")
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    labels.to_parquet(tmp_path / "labels_log1p.parquet")  # Heart scaled with the seen tissues' statistics
+    summary = run_training(config_from_dict(fold), progress=False)
+    assert summary["models"]["cdbridge"]["epochs_run"] == 1
+
+    swapped = labels.assign(split=labels["split"].map({"train": "test", "test": "train", "validation": "validation"}))
+    swapped.to_parquet(tmp_path / "swapped.parquet")
+    fold["output"]["overwrite"] = True
+    other = dict(fold, data={**fold["data"], "labels": str(tmp_path / "swapped.parquet")})
+    with pytest.raises(
+        InputError, match=r"cdbridge_stage1_best\.pt was trained with \[data\] labels = .*labels\.parquet"
+    ):
+        run_training(config_from_dict(other), progress=False)
+    write_cache(
+        tmp_path / "dna2.zarr",
+        np.random.default_rng(1).normal(size=(len(SPLIT), 4, 6)).astype(np.float32),
+        ids=[f"w{i}" for i in range(len(SPLIT))],
+    )
+    moved = dict(fold, data={**fold["data"], "dna_cache": str(tmp_path / "dna2.zarr")})
+    with pytest.raises(InputError, match=r"was trained with \[data\] dna_cache"):
+        run_training(config_from_dict(moved), progress=False)

@@ -95,6 +95,28 @@ def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
         raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
 
 
+def check_prerequisite(
+    checkpoint: dict[str, Any], path: str, config: dict[str, Any], fingerprints: dict, reads: tuple[str, ...]
+) -> None:
+    """Refuse a finished prerequisite checkpoint (CDBridge's [data] stage1_checkpoint) trained on other data than
+    this run's: one of the [data] keys the prerequisite `reads` (its labels table and so its splits, its caches),
+    or the fingerprint of a cache it reads (`<name>_cache` -> `<name>`). A stage 1 trained on other splits would
+    carry this run's test examples into stage 2, which starts from it."""
+    fix = "train stage 1 in this run (leave [data] stage1_checkpoint empty) or name the one trained on these data"
+    saved = checkpoint.get("config") or {}
+    for key in reads:
+        old, new = _lookup(saved, f"data.{key}"), _lookup(config, f"data.{key}")
+        if old != new:
+            raise InputError(f"{path} was trained with [data] {key} = {old!r} but this run has {new!r}; {fix}")
+    names = {key.removesuffix("_cache") for key in reads if key.endswith("_cache")}
+    difference = first_fingerprint_difference(
+        {k: v for k, v in (checkpoint.get("fingerprints") or {}).items() if k in names},
+        {k: v for k, v in fingerprints.items() if k in names},
+    )
+    if difference:
+        raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
+
+
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         tree = tree.get(part, "<absent>") if isinstance(tree, dict) else "<absent>"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dogmacache.errors import InputError
+from dogmacache.errors import DogmaError, InputError
 from dogmacache.train.task import Task, TaskData
 
 
@@ -30,39 +30,55 @@ def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("targ
     """The training and validation splits' target `columns` permuted across each split's rows, all with one seeded
     permutation per split (a row's targets move together); the test split as it is. Validation is permuted too: it
     chooses the checkpoint, and a checkpoint chosen on real labels carries them into the null (measured on the
-    demo's CDBridge, whose frozen stage-1 features are informative: Spearman up to 0.43 with real validation)."""
-    splits = dict(data.splits)
-    for k, name in enumerate(("train", "validation")):
-        table = splits[name]
-        order = np.random.default_rng([seed, 1, k]).permutation(len(table))
+    demo's CDBridge, whose frozen stage-1 features are informative: Spearman up to 0.43 with real validation).
+    A `variants` table of those splits is permuted across its own rows likewise."""
+
+    def permuted(table: pd.DataFrame, key: list[int]) -> pd.DataFrame:
+        order = np.random.default_rng([seed, 1, *key]).permutation(len(table))
         moved = {}
         for column in columns:
             values = table[column].to_numpy()[order]
             moved[column] = pd.Series(list(values) if values.dtype == object else values, index=table.index)
-        splits[name] = table.assign(**moved)
-    return dataclasses.replace(data, splits=splits)
+        return table.assign(**moved)
+
+    splits = dict(data.splits)
+    variants = dict(data.variants)
+    for k, name in enumerate(("train", "validation")):
+        splits[name] = permuted(splits[name], [k])
+        for j, (variant, (split, table)) in enumerate(sorted(data.variants.items())):
+            if split == name:
+                variants[variant] = (split, permuted(table, [k, 1 + j]))
+    return dataclasses.replace(data, splits=splits, variants=variants)
 
 
 def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> TaskData:
     """Within each split, each `<modality>_row` column remapped by a seeded permutation of the rows that split's
-    items use (only rows flagged present, where a `<modality>_present` column says which)."""
+    items use (only rows flagged present, where a `<modality>_present` column says which); a `variants` table of
+    the split is remapped with the same permutation (drawn over the rows either uses)."""
     if not columns:
         raise InputError("this task declares no input columns to shuffle; drop shuffled_inputs from [train] controls")
-    splits = {}
+    splits, variants = {}, dict(data.variants)
     for k, (name, table) in enumerate(data.splits.items()):
-        table = table.copy()
+        names = [v for v, (split, _) in sorted(data.variants.items()) if split == name]
+        tables = [table.copy(), *(data.variants[v][1].copy() for v in names)]
         for j, column in enumerate(columns):
-            if column not in table.columns:
+            present = [_present(t, column) for t in tables if column in t.columns]
+            if not present:
                 continue
-            flag = column.replace("_row", "_present")
-            present = table[flag].to_numpy(bool) if flag in table.columns else np.ones(len(table), bool)
-            rows = table[column].to_numpy()
-            used = np.unique(rows[present])
+            used = np.unique(np.concatenate([t[column].to_numpy()[p] for t, p in present]))
             moved = np.random.default_rng([seed, 2, k, j]).permutation(used)
             mapping = dict(zip(used.tolist(), moved.tolist(), strict=True))
-            table.loc[present, column] = [mapping[r] for r in rows[present].tolist()]
-        splits[name] = table
-    return dataclasses.replace(data, splits=splits)
+            for t, p in present:
+                t.loc[p, column] = [mapping[r] for r in t[column].to_numpy()[p].tolist()]
+        splits[name] = tables[0]
+        variants.update({v: (name, t) for v, t in zip(names, tables[1:], strict=True)})
+    return dataclasses.replace(data, splits=splits, variants=variants)
+
+
+def _present(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table, the rows whose `column` names a present item: the `<modality>_present` flag where there is one)."""
+    flag = column.replace("_row", "_present")
+    return table, table[flag].to_numpy(bool) if flag in table.columns else np.ones(len(table), bool)
 
 
 def cache_swap(entry: str) -> tuple[str, str]:
@@ -89,17 +105,45 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
             type(task)(plain),
             shuffled_inputs(data, type(task).input_columns, t.seed),
         )
-    for entry in t.control_caches:
+    for name, (key, path) in cache_controls(config).items():
+        swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
+        other = type(task)(swapped)
+        found[name] = (other, other.load())
+    return found
+
+
+def cache_controls(config: Any) -> dict[str, tuple[str, str]]:
+    """Each [train] control_caches entry by its control's name: control_<key>_<cache name> -> (key, path); an
+    entry that is not KEY=PATH, names no [data] key, or gives a name another entry gives is refused."""
+    found: dict[str, tuple[str, str]] = {}
+    for entry in config.train.control_caches:
         key, path = cache_swap(entry)
         if not hasattr(config.data, key):
             known = [f.name for f in dataclasses.fields(config.data) if f.name.endswith("_cache")]
             raise InputError(
                 f"[train] control_caches names {key!r}, which is not a [data] key; expected one of {known}"
             )
-        swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
-        other = type(task)(swapped)
-        found[f"control_{key.removesuffix('_cache')}_{Path(path).name.removesuffix('.zarr')}"] = (other, other.load())
+        name = f"control_{key.removesuffix('_cache')}_{Path(path.rstrip('/')).name.removesuffix('.zarr')}"
+        if name in found:
+            raise InputError(
+                f"[train] control_caches entries {found[name][0]}={found[name][1]} and {entry} both make the control "
+                f"{name!r} (named by key and cache name); give one cache another name, or drop the repeat"
+            )
+        found[name] = (key, path)
     return found
+
+
+def check_controls(task: Task) -> None:
+    """Refuse, before anything trains, a control the run could not run: the control_caches entries' syntax, keys
+    and names (`cache_controls`), and each cache's presence and completeness (its manifest read; the full
+    checks come when the control loads its data, after the model has trained)."""
+    from dogmacache.cache import open_cache
+
+    for name, (key, path) in cache_controls(task.config).items():
+        try:
+            open_cache(path)
+        except (DogmaError, FileNotFoundError) as err:
+            raise InputError(f"[train] control_caches {key}={path} (the control {name}): {err}") from None
 
 
 def without_ablations(config: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from dogmacache.devices import pick_device
+from dogmacache.errors import ModelError
 from dogmacache.train import checkpoint
 from dogmacache.train.task import Chunk, Task, TaskData
 from torch import nn
@@ -119,8 +120,9 @@ def fit(
         state = saved["state"]
         if rank == 0:
             print(f"{name}: resuming from {last} after epoch {state['epoch']}")
-    elif rank == 0:
-        _drop_log_rows(out_dir / "log.csv", name)  # a fresh start: this model's earlier rows are of another run
+    elif rank == 0:  # a fresh start: this model's earlier rows and best checkpoint are of another run
+        _drop_log_rows(out_dir / "log.csv", name)
+        best_path.unlink(missing_ok=True)
 
     while state["epoch"] < t.epochs and state["stale"] < t.early_stop_patience:
         epoch = state["epoch"]
@@ -190,6 +192,13 @@ def fit(
         if ddp:
             torch.distributed.barrier()
 
+    if state["best_epoch"] < 0:  # no epoch scored a finite validation metric, so no checkpoint was kept
+        raise ModelError(
+            f"{name}: none of its {state['epoch']} epochs gave a finite validation {task.metric} (the last: "
+            f"{state['history'][-1][f'val_{task.metric}'] if state['history'] else 'none run'}; train loss "
+            f"{state['history'][-1]['train_loss'] if state['history'] else 'none'}): the training diverged or "
+            "predicts a constant; lower [train] lr (--set train.lr=...) or check the inputs for NaN"
+        )
     best = checkpoint.read(best_path, map_location=device)
     model.load_state_dict(best["model"])
     return {
@@ -208,12 +217,34 @@ def evaluate(task: Task, model: nn.Module, data: TaskData, device: torch.device)
 
 
 def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """One row of log.csv, by column name. A folder's log can hold several tasks' rows (a run into a folder
+    another task trained in), whose columns differ: a row with a column the header lacks rewrites the file under
+    the union of both, the other rows' new cells left empty."""
+    header = _log_header(path)
+    if header is not None and not set(row) <= set(header):
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        union = header + [k for k in row if k not in header]
+        tmp = path.with_suffix(".tmp")  # a kill mid-rewrite leaves the old log, not half of it
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=union)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        header = union
     with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(fh, fieldnames=header or list(row))
+        if header is None:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _log_header(path: Path) -> list[str] | None:
+    """log.csv's column names; None when there is no log (or an empty one) yet."""
+    if not path.exists():
+        return None
+    with open(path, newline="") as fh:
+        return next(csv.reader(fh), None) or None
 
 
 def _drop_log_rows(path: Path, name: str) -> None:

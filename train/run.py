@@ -29,7 +29,7 @@ from dogmacache.devices import (
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.controls import controls
+from dogmacache.train.controls import check_controls, controls
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData
@@ -73,6 +73,7 @@ def _prerequisite(
         if p.checkpoint:
             device = pick_device(p.task.config.train.device)
             saved = checkpoint.read(p.checkpoint, map_location=device)
+            checkpoint.check_prerequisite(saved, p.checkpoint, p.task.config.to_dict(), p.data.fingerprints, p.reads)
             model = checkpoint.rebuild(saved, p.task.models, p.checkpoint).to(device)
             result = {"name": name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
             result["inspect"] = {"trained": p.task.inspect(model, p.data, device)}
@@ -145,9 +146,24 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
     return lock
 
 
+def clear_outputs(out: Path, config: RunConfig) -> None:
+    """Once the data has loaded and the controls are checked, before anything trains: metrics.json goes (it is
+    written last, so a run stopped midway does not leave an earlier run's results beside its own checkpoints),
+    and with output.overwrite (and no resume) the other run's checkpoints and log go too (its best checkpoint
+    would otherwise be read where this run never beats it, its log rows mixed with this run's)."""
+    gone = [out / "metrics.json"]
+    if not config.output.resume and config.output.overwrite:
+        gone += [out / "log.csv", *out.glob("*_last.pt"), *out.glob("*_best.pt")]
+    for path in gone:
+        path.unlink(missing_ok=True)
+
+
 def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, Any]:
     task = get_task(config.task)(config)
     data = task.load()
+    check_controls(task)  # a control that cannot run is refused before the model trains, not after
+    if rank == 0:
+        clear_outputs(out, config)
 
     done: dict[str, dict[str, Any]] = {}  # prerequisite runs of this call, by configuration
     results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress, done)}
@@ -175,7 +191,8 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
     if rank == 0:
         summary.update(task.summary(results, data))
         write_json(out / "metrics.json", summary)
-        plots.learning_curves(pd.read_csv(out / "log.csv"), out / "learning_curves.png", task.metric)
+        log = pd.read_csv(out / "log.csv")  # this run's models only: the folder may hold another task's rows
+        plots.learning_curves(log[log["model"].isin(results)], out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(
             task.observed(data, "test"),
             {n: r["predictions"]["test"] for n, r in results.items()},

@@ -121,6 +121,10 @@ class TaskData:
     splits: dict[str, pd.DataFrame]  # train / validation / test, each with a `target` column
     fingerprints: dict[str, dict[str, Any]]  # per cache name: model, revision, input and ids digests, shards digest
     extras: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints (e.g. the DNA scaling)
+    # tables that stand in for a split in some runs, name -> (split, table): CDBridge's training cells of every
+    # tissue, held-out ones included. The controls change each as they change its split, so a run reading one
+    # trains its null on permuted labels and its shuffled-inputs control on shuffled rows too
+    variants: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,9 @@ class Prerequisite:
     data: TaskData
     folder: str
     checkpoint: str = ""
+    # the [data] keys its examples and inputs come from: a finished `checkpoint` must have been trained with the
+    # same (and on caches of the same fingerprints), or this run's test examples may be among its training ones
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

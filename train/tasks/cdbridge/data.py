@@ -21,6 +21,8 @@ from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, open_
 from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
 from torch import Tensor
 
+TRAIN_ALL = "train_all"  # the `variants` table of the training cells of every tissue, held-out ones included
+
 
 @dataclass
 class CdbridgeData(TaskData):
@@ -34,9 +36,6 @@ class CdbridgeData(TaskData):
     tissue_embeddings: Tensor | None = None  # (K, D_tissue) float32, in `tissues` order
     n_bins: int = 0
     dna_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied on read; None = none or preapplied
-    train_all: pd.DataFrame | None = (
-        None  # training cells of every tissue, held-out ones included ([data] train_held_out)
-    )
 
 
 def load_cdbridge(config: Any) -> CdbridgeData:
@@ -116,6 +115,14 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     if not np.isfinite(values).all():
         raise InputError(f"{d.labels} has missing or non-finite labels; drop or fix them in the recipe")
     log1p_path = Path(d.labels_log1p or Path(d.labels).parent / "labels_log1p.parquet")
+    own = sorted(held_out - set(recipe_held))  # held out here, but scaled by the recipe with their own labels
+    if own and not (d.labels_log1p or log1p_path.is_file()):
+        raise InputError(
+            f"held-out tissue {own[0]!r} is standardised in {d.labels} with its own training labels (the recipe did "
+            f"not hold it out), and there is no {log1p_path} to scale it with the seen tissues' statistics instead; "
+            "put the recipe run's labels_log1p.parquet there (or name it with [data] labels_log1p), or re-run the "
+            "recipe with --holdout-tissues"
+        )
     if d.labels_log1p or log1p_path.is_file():
         raw = read_table(log1p_path, ("id", *tissues), recipe="gtex", what="labels_log1p table")
         if raw["id"].astype(str).tolist() != frame["id"].tolist():
@@ -172,13 +179,13 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         n_bins=n_bins,
         extras=extras,
         dna_scale=scale,
-        train_all=train_all,
+        variants={TRAIN_ALL: ("train", train_all)},  # training cells of every tissue ([data] train_held_out)
     )
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
     """The same data with one example per transcript (its coding mask as target): stage 1's splits."""
-    return dataclasses.replace(data, splits=data.transcripts, train_all=None)
+    return dataclasses.replace(data, splits=data.transcripts, variants={})
 
 
 def dna_scale(

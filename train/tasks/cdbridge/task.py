@@ -16,6 +16,7 @@ from dogmacache.train.task import Chunk, FittedBaseline, FixedBaseline, Prerequi
 from dogmacache.train.tasks.cdbridge import report
 from dogmacache.train.tasks.cdbridge.config import ABLATIONS, CdbridgeDataConfig, CdbridgeModelConfig
 from dogmacache.train.tasks.cdbridge.data import (
+    TRAIN_ALL,
     CdbridgeData,
     ExampleChunks,
     load_cdbridge,
@@ -26,6 +27,11 @@ from dogmacache.train.tasks.cdbridge.model import CdbridgeModel, kmeans_dictiona
 from torch import Tensor, nn
 
 STAGE2_ONLY = ("tissue_input", "filter_by_mask", "freeze_stage1")  # [model] keys stage 1 never reads
+
+
+# what stage 1 reads: the transcripts' splits, their windows and coding masks, the proteins its dictionary is drawn
+# from; the tissues (held out or not) are stage 2's alone, so one stage 1 serves every leave-tissues-out fold
+STAGE1_READS = ("labels", "dna_cache", "protein_cache", "coding_masks", "standardize_dna")
 
 
 class CdbridgeTask(Task):
@@ -51,9 +57,10 @@ class CdbridgeTask(Task):
         return stage1_view(data) if self.config.model.stage == 1 else data
 
     def _examples(self, data: CdbridgeData, split: str) -> pd.DataFrame:
-        """The split's examples; stage 1 runs on `stage1_view` (one example per transcript), which has no train_all."""
-        if split == "train" and self.config.data.train_held_out and data.train_all is not None:
-            return data.train_all
+        """The split's examples: with [data] train_held_out, the training cells of every tissue (stage 1 runs on
+        `stage1_view`, one example per transcript, which has no such table)."""
+        if split == "train" and self.config.data.train_held_out and TRAIN_ALL in data.variants:
+            return data.variants[TRAIN_ALL][1]
         return data.splits[split]
 
     def build_model(self, data: CdbridgeData, prerequisites: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
@@ -110,7 +117,9 @@ class CdbridgeTask(Task):
         if m.stage == 1 or not m.mask_supervision:
             return {}
         task = CdbridgeTask(self.stage1_config())
-        return {"stage1": Prerequisite(task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint)}
+        return {
+            "stage1": Prerequisite(task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint, STAGE1_READS)
+        }
 
     def inspect(self, model: nn.Module, data: CdbridgeData, device: torch.device) -> dict[str, Any]:
         """The merging at evaluation: fractions of coding and non-coding bins kept as their own token, on the

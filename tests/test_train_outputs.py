@@ -1,0 +1,89 @@
+"""What a training run leaves in its folder: never an earlier run's result standing as its own (a stale best
+checkpoint, metrics.json), a log readable whatever tasks wrote into the folder, and a control that cannot run
+refused before anything trains."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from dogmacache.errors import InputError, ModelError
+from dogmacache.train.registry import config_from_dict
+from dogmacache.train.run import run_training
+from test_controls import write_pairs
+
+
+def quick(tmp_path, **train):
+    raw = write_pairs(tmp_path, signal=True, n_enh=40)
+    raw["train"].update({"epochs": 2, "controls": [], **train})
+    raw["train"]["baselines"] = False
+    return raw
+
+
+def test_a_diverged_run_never_reports_the_best_checkpoint_of_the_run_it_replaced(tmp_path):
+    first = run_training(config_from_dict(quick(tmp_path)), progress=False)
+    assert first["models"]["dna_mlp"]["best_epoch"] >= 1
+    raw = quick(tmp_path, lr=1e30, seed=5)
+    raw["output"]["overwrite"] = True
+    with pytest.raises(ModelError, match=r"dna_mlp: none of its 2 epochs gave a finite validation pearson"):
+        run_training(config_from_dict(raw), progress=False)
+    out = tmp_path / "out"
+    assert not (out / "metrics.json").exists()  # the replaced run's result is gone, not left as this one's
+    assert not (out / "dna_mlp_best.pt").exists()
+    # resumed without overwrite into a folder where a fresh start of the model found an old best: gone as well
+    raw = quick(tmp_path)
+    raw["output"]["overwrite"] = True
+    run_training(config_from_dict(raw), progress=False)
+    (out / "dna_mlp_last.pt").unlink()
+    raw = quick(tmp_path, lr=1e30)
+    raw["output"]["resume"] = True
+    with pytest.raises(ModelError, match="diverged"):
+        run_training(config_from_dict(raw), progress=False)
+
+
+def test_the_log_of_a_folder_two_tasks_trained_in_keeps_each_column_under_its_name(tmp_path):
+    run_training(config_from_dict(quick(tmp_path)), progress=False)
+    log = tmp_path / "out" / "log.csv"
+    rows = list(csv.DictReader(log.open()))
+    rows[0]["val_other_metric"] = "0.5"  # a row of a task whose metric is another: the header grows, nothing moves
+    from dogmacache.train.loop import _append_log
+
+    extra = {"model": "other", "epoch": 1, "train_loss": 0.25, "val_other_metric": 0.5, "lr": 0.1}
+    _append_log(log, extra)
+    again = list(csv.DictReader(log.open()))
+    assert [r["model"] for r in again] == ["dna_mlp", "dna_mlp", "other"]
+    assert again[0]["val_pearson"] == rows[0]["val_pearson"] and again[0]["val_other_metric"] == ""
+    assert again[2]["val_other_metric"] == "0.5" and again[2]["val_pearson"] == "" and again[2]["lr"] == "0.1"
+    # a run of the first task reads only its own rows for its figure
+    raw = quick(tmp_path)
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["task"] == "dna_mlp"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            ["dna_cache=nowhere/kmer.zarr"],
+            r"control_caches dna_cache=nowhere/kmer\.zarr \(the control control_dna_kmer\)",
+        ),
+        (["dna_cache"], r"entry 'dna_cache' is not KEY=PATH"),
+        (["dna_cache=a/k.zarr", "dna_cache=b/k.zarr"], r"both make the control 'control_dna_k'"),
+    ],
+)
+def test_a_control_that_cannot_run_is_refused_before_anything_trains(tmp_path, entry, message):
+    run_training(config_from_dict(quick(tmp_path)), progress=False)
+    before = (tmp_path / "out" / "dna_mlp_best.pt").stat().st_mtime_ns
+    raw = quick(tmp_path, control_caches=entry)
+    raw["output"]["resume"] = True
+    with pytest.raises(InputError, match=message):
+        run_training(config_from_dict(raw), progress=False)
+    assert (tmp_path / "out" / "dna_mlp_best.pt").stat().st_mtime_ns == before  # nothing trained
+    assert (tmp_path / "out" / "metrics.json").exists()  # nor was the finished run's result let go
+
+
+def test_a_device_torch_does_not_know_is_one_line(tmp_path):
+    with pytest.raises(InputError, match=r"device 'gpu' is not one torch knows; expected auto, cpu, cuda"):
+        run_training(config_from_dict(quick(tmp_path, device="gpu")), progress=False)
