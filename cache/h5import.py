@@ -1,7 +1,9 @@
 """Importing an HDF5 embedding file (e.g. the CDT authors' Enformer outputs) into a cache.
 
 Streams one shard at a time (memory: one shard in the storage dtype plus one read block), so a 50 GB file
-imports on a laptop; resumable like any write (re-running redoes only unfinished shards).
+imports on a laptop; resumable like any write (re-running redoes only unfinished shards). The input digest
+covers the source file's name, size and mtime, the dataset's shape and dtype, the ids and a sha256 of a few of its
+rows (`sample_digest`), so a resume onto shards written from another file is refused.
 The CDT authors' files hold `embeddings` (N, 896, 3072) float32 with `chroms` and `centers` beside it;
 without an `--ids` dataset, ids are built as `<chrom>:<center>`. Their merged file repeats some
 (chrom, center) pairs (5,434 rows, 5,303 unique in `pilot_full_v2.h5`); ids are the join key, so repeats
@@ -13,6 +15,7 @@ created, so the same command with the suggested fix (e.g. `--dtype float32`) sta
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections import Counter
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 READ_BLOCK_BYTES = 64 << 20  # HDF5 rows per read: about 64 MiB of source data
 DEDUPE = ("keep-first", "suffix")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+SAMPLED_ROWS = 8  # rows drawn for `sample_digest`, besides the first, middle and last
 
 
 def _describe(h5: h5py.File) -> str:
@@ -127,6 +131,23 @@ def _check_range(block: np.ndarray, rows: np.ndarray, ids: list[str], src: str, 
             )
 
 
+def sample_rows(n_items: int, n_random: int = SAMPLED_ROWS) -> np.ndarray:
+    """The rows `sample_digest` reads: first, middle and last, and `n_random` drawn with a fixed seed."""
+    drawn = np.random.default_rng(0).integers(0, n_items, size=n_random)
+    return np.unique(np.r_[0, n_items // 2, n_items - 1, drawn])
+
+
+def sample_digest(data: h5py.Dataset) -> str:
+    """sha256 over the bytes of a few rows of `data` (`sample_rows`): with the file's size and mtime in the import's
+    input digest, a resume onto shards written from another file of the same name and shape is refused, without
+    reading a multi-GB file whole."""
+    h = hashlib.sha256()
+    for row in sample_rows(data.shape[0]).tolist():
+        h.update(str(row).encode())
+        h.update(np.ascontiguousarray(data[row]).reshape(-1).view(np.uint8))
+    return f"sha256:{h.hexdigest()}"
+
+
 def import_h5(
     src: str | os.PathLike,
     dest: str | os.PathLike,
@@ -181,8 +202,19 @@ def import_h5(
             )
         source_ids = read_ids(h5, str(src), data.shape[0], ids)
         item_ids, source_rows, affected = dedupe_ids(source_ids, dedupe, str(src))
+        stat = src.resolve().stat()
         input_digest = digest_strings(
-            ["h5import", src.name, dataset, str(data.shape), str(data.dtype), str(src.stat().st_size), *item_ids]
+            [
+                "h5import",
+                src.name,
+                dataset,
+                str(data.shape),
+                str(data.dtype),
+                str(stat.st_size),
+                str(stat.st_mtime_ns),
+                sample_digest(data),
+                *item_ids,
+            ]
         )
         # a portable record: the file's name, not where it lay on this machine
         config = {"source": "import-h5", "src": src.name, "dataset": dataset, "ids": ids}

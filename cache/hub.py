@@ -37,7 +37,14 @@ def is_cache_folder(path: Path) -> bool:
     """Whether `path` holds a cache's group (a zarr.json with a manifest), read as JSON, without opening it."""
     if not (path / "zarr.json").is_file():
         return False
-    return "dogmacache" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise CacheError(
+            f"{path / 'zarr.json'} is not valid JSON ({err}); the cache's metadata is damaged: copy or pull the "
+            "cache again, or re-create it (or move that folder out of the way)"
+        ) from None
+    return isinstance(meta, dict) and "dogmacache" in (meta.get("attributes") or {})
 
 
 def find_caches(folder: Path) -> list[FoundCache]:

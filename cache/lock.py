@@ -4,7 +4,9 @@ An advisory `flock` on `<cache>.lock` beside the cache (outside it, so plain zar
 the kernel drops it when the owner exits or is killed, so a crashed write resumes without manual cleanup.
 The file holds the owner's pid and a token. A fan-out (e.g. dask workers writing shards that the owner
 hands them) shares the lock explicitly: the owner passes `lock_token` and each helper process opens the
-cache with it; a helper with no token or another token is refused like any second writer. Writers within
+cache with it; a helper with no token or another token is refused like any second writer, and so is one whose
+token names an owner that no longer holds the flock (it exited or was killed). The lock file is named after the
+cache's resolved path, so a symlink to a cache shares its lock. Writers within
 one process share the process's lock (counted), so a writer left unclosed in a traceback does not refuse
 the retry that follows it.
 """
@@ -20,6 +22,8 @@ from dogmacache.errors import CacheError
 
 
 def lock_file(cache: Path) -> Path:
+    """`<cache>.lock` beside the cache's real path (symlinks resolved, so every path to one cache shares its lock)."""
+    cache = Path(cache).resolve()
     return cache.parent / f"{cache.name}.lock"
 
 
@@ -34,7 +38,7 @@ def _holder(file: Path) -> tuple[str, str]:
 
 def lock_holder(path: Path) -> str:
     """The pid written in the lock beside `path` ("?" when none can be read)."""
-    return _holder(lock_file(Path(path).absolute()))[0]
+    return _holder(lock_file(Path(path)))[0]
 
 
 def _refusal(cache: Path, file: Path, pid: str) -> CacheError:
@@ -42,6 +46,24 @@ def _refusal(cache: Path, file: Path, pid: str) -> CacheError:
         f"{cache} is being written by process {pid} (lock {file}); wait for it to finish or stop it, "
         "then re-run (a second writer would lose rows); to add workers to that write, open it with its lock_token"
     )
+
+
+def _is_held(file: Path) -> bool:
+    """Whether some open file description holds the flock on `file` now: a non-blocking shared flock is refused
+    while an owner holds its exclusive one; taken, it is let go at once."""
+    if any(h.file == file and h.users > 0 for h in _HELD.values()):
+        return True
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a flock taken here
+    return False
 
 
 class _Held:
@@ -64,7 +86,7 @@ class WriterLock:
 
     @classmethod
     def acquire(cls, cache: Path) -> WriterLock:
-        file = lock_file(cache.absolute())
+        file = lock_file(cache)
         held = _HELD.get(file)
         if held is not None and held.users > 0:
             return cls(file, held.token, held)
@@ -90,12 +112,18 @@ class WriterLock:
 
     @classmethod
     def join(cls, cache: Path, token: str) -> WriterLock:
-        file = lock_file(cache.absolute())
+        file = lock_file(cache)
         pid, held = _holder(file)
         if held != token:
             raise CacheError(
                 f"lock_token {token!r} does not match the lock of process {pid} on {cache} ({file}); "
                 "pass the token of the process that owns this write (its writer's lock_token)"
+            )
+        if not _is_held(file):
+            raise CacheError(
+                f"lock_token {token!r} names the lock of process {pid} on {cache} ({file}), but that process no "
+                "longer holds it (it exited or was killed); a helper joins only a running write: re-run the "
+                "command that owns the write, which resumes it and hands out a new token"
             )
         return cls(file, token, None)
 

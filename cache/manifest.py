@@ -9,7 +9,8 @@ unfinished write by definition.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import json
+from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,6 +100,13 @@ class Manifest:
         unknown = sorted(set(data) - names)
         if unknown:
             raise CacheError(f"{where} manifest has unknown keys {unknown}; it was written by another dogmacache")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        absent = [name for name in required if name not in data]
+        if absent:
+            raise CacheError(
+                f"{where} manifest lacks keys {absent}; it is damaged or was not written by dogmacache: copy or pull "
+                "the cache again, or re-create it"
+            )
         values = dict(data)
         values["item_shape"] = tuple(int(s) for s in data["item_shape"])
         values["extra_arrays"] = tuple(data.get("extra_arrays", ()))
@@ -124,6 +132,18 @@ class Manifest:
             "ids_digest",
         )
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
+
+
+def config_differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two manifest configs, compared as the manifest stores them (JSON: a
+    tuple equals the list it is stored as); a key absent from one counts as None there."""
+    mine, theirs = _as_stored(mine), _as_stored(theirs)
+    return [k for k in dict.fromkeys([*mine, *theirs]) if mine.get(k) != theirs.get(k)]
+
+
+def _as_stored(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as it reads back from the manifest's JSON (tuples as lists, numpy scalars as numbers)."""
+    return json.loads(json.dumps(config, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:

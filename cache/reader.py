@@ -9,8 +9,9 @@ failed one is a one-line CacheError naming the array and the shard or chunk file
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
-from dogmacache.cache.shards import PlainChunks, ShardFiles, direct_readable, empty_rows
+from dogmacache.cache.shards import PlainChunks, ShardFiles, direct_readable, empty_rows, missing_file
 from dogmacache.cache.storage import local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
 
@@ -52,6 +53,17 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         return zarr.open_group(local, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise CacheError(f"no Zarr v3 group at {text!r} ({err}); check the path or URL") from err
+    except json.JSONDecodeError as err:
+        raise damaged_metadata(text, "", err) from None
+
+
+def damaged_metadata(url: str, name: str, err: Exception) -> CacheError:
+    """A zarr.json (the group's, or array `name`'s) that does not parse, as one line naming the file and the fix."""
+    where = f"{url.rstrip('/')}/{name + '/' if name else ''}zarr.json"
+    return CacheError(
+        f"{where} is not valid JSON ({err}); the cache's metadata is damaged: copy or pull the cache again, or "
+        "re-create it (re-run the command that wrote it, with --overwrite)"
+    )
 
 
 def open_cache(
@@ -81,7 +93,7 @@ class EmbeddingCache:
         self.url = url
         self.manifest = manifest
         self._group = group
-        self.embeddings = group[layout.EMBEDDINGS]
+        self.embeddings = self._member(layout.EMBEDDINGS)
         expected = (manifest.n_items, *manifest.item_shape)
         if tuple(self.embeddings.shape) != expected:
             raise CacheError(
@@ -90,9 +102,11 @@ class EmbeddingCache:
             )
         self._view = layout.numpy_view(manifest.dtype)
         self._plain: dict[str, PlainChunks | None] = {}  # extra array -> its chunk files, where read directly
+        self._present: set[tuple[str, int]] = set()  # (array, block) whose file was found (`_require`)
         root = local_path(url)
+        itemsize = self.embeddings.dtype.itemsize
         self._direct = (
-            ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, self.embeddings.dtype.itemsize)
+            ShardFiles(root, layout.EMBEDDINGS, expected, manifest.shard_items, itemsize, complete=manifest.complete)
             if root is not None and direct_readable(self.embeddings, manifest.item_shape)
             else None
         )
@@ -117,7 +131,8 @@ class EmbeddingCache:
 
     @cached_property
     def ids(self) -> np.ndarray:
-        array = self._group[layout.IDS]
+        array = self._member(layout.IDS)
+        self._require(layout.IDS, array, (0, array.shape[0]))
         try:
             values = array[:]
         except Exception as err:  # a chunk that fails its checksum or no longer decodes
@@ -189,6 +204,7 @@ class EmbeddingCache:
             if run.size == 0:
                 continue
             first, last = int(sorted_rows[run[0]]), int(sorted_rows[run[-1]])
+            self._require(layout.EMBEDDINGS, self.embeddings, (first, last + 1))
             try:
                 out[order[run]] = self.embeddings[first : last + 1]
             except Exception as err:  # a chunk or shard index that fails its checksum, or no longer decodes
@@ -200,22 +216,48 @@ class EmbeddingCache:
         """Rows for ids, in the order given."""
         return self.read_rows(self.rows_of(item_ids), dtype=dtype)
 
-    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray | tuple) -> np.ndarray:
+        """Rows by an int, a slice, a sequence of row numbers or a boolean mask over every row; a tuple picks
+        the rows by its first element, then indexes within them by the rest (`cache[:, 0]`: every row's first
+        position or feature), reading whole rows."""
+        if isinstance(key, tuple):
+            if not key or key[0] is Ellipsis:
+                return self[:][key]
+            rows = self[key[0]]
+            return rows[key[1:]] if isinstance(key[0], (int, np.integer)) else rows[(slice(None), *key[1:])]
         if isinstance(key, (int, np.integer)):
             return self.read_rows([int(key)])[0]
         if isinstance(key, slice):
             return self.read_rows(np.arange(self.manifest.n_items)[key])
-        return self.read_rows(key)
+        rows = np.asarray(key)
+        n = self.manifest.n_items
+        if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise CacheError(
+                    f"a boolean mask over {self.url} needs one value per row, shape ({n},), got shape {rows.shape}"
+                )
+            return self.read_rows(np.flatnonzero(rows))
+        if rows.size and rows.dtype.kind not in "iu":
+            shown = repr(key) if len(repr(key)) <= 60 else f"{type(key).__name__} of dtype {rows.dtype}"
+            raise CacheError(
+                f"cannot index {self.url} with {shown}: a cache is indexed by rows (an int, a slice, row numbers or "
+                "a boolean mask), then within them as a tuple (e.g. cache[:, 0]); for ids use cache.get(ids)"
+            )
+        return self.read_rows(rows)
 
     def extra(self, name: str) -> CheckedArray:
         """A per-item array stored beside `embeddings` (e.g. `n_padded`, `mask`), lazily; index it to read."""
         if name not in self.manifest.extra_arrays:
             raise CacheError(f"{self.url} has no extra array {name!r}; it has {list(self.manifest.extra_arrays)}")
-        return CheckedArray(self.url, name, self._group[name])
+        array = self._member(name)
+        return CheckedArray(self.url, name, array, lambda rows: self._require(name, array, rows))
 
     def done_shards(self) -> np.ndarray:
         """Boolean per shard: finished (useful on a partial cache)."""
-        digests = CheckedArray(self.url, layout.SHARD_SHA256, self._group[layout.SHARD_SHA256])
+        array = self._member(layout.SHARD_SHA256)
+        digests = CheckedArray(
+            self.url, layout.SHARD_SHA256, array, lambda rows: self._require(layout.SHARD_SHA256, array, rows)
+        )
         return np.asarray(digests[:]).any(axis=1)
 
     def shard_blocks(self, shard: int, embeddings: bool = True) -> list[np.ndarray]:
@@ -228,7 +270,8 @@ class EmbeddingCache:
             if block is not None:
                 blocks.append(block)
                 continue
-            array = self._group[name]
+            array = self._member(name)
+            self._require(name, array, (start, stop))
             try:
                 blocks.append(np.asarray(array[start:stop]))
             except Exception as err:  # each array's chunks carry their own checksum: name the one that failed
@@ -264,15 +307,59 @@ class EmbeddingCache:
             block = chunks.read(shard)
         except CacheError as err:
             raise unreadable(self.url, name, "chunk", shard, len(chunks.shape), err) from None
+        if block is None and self.manifest.complete:
+            where = chunk_file(self.url, name, shard, len(chunks.shape))
+            raise missing_file(self.url, name, "chunk", shard, where)
         return None if block is None else block[: stop - start]
+
+    def _member(self, name: str) -> zarr.Array:
+        """Array `name` of the group; a CacheError naming the file where its zarr.json does not parse."""
+        try:
+            return self._group[name]
+        except json.JSONDecodeError as err:
+            raise damaged_metadata(self.url, name, err) from None
+
+    def _require(self, name: str, array: zarr.Array, rows: tuple[int, int] | np.ndarray) -> None:
+        """In a complete cache, a CacheError (`missing_file`) when a chunk or shard file holding `rows` (a span
+        (start, stop) or an array of rows) of `array` is absent, where zarr would read the fill value. Each file
+        is looked up once (a stat locally, a read of its last 4 bytes remotely) and remembered; an unfinished
+        cache is not checked."""
+        if not self.manifest.complete:
+            return
+        sharded = getattr(array, "shards", None) is not None
+        step = array.shards[0] if sharded else array.chunks[0]
+        if isinstance(rows, tuple):
+            start, stop = rows
+            blocks = range(start // step, (stop - 1) // step + 1) if stop > start else range(0)
+        else:
+            blocks = np.unique(rows[(rows >= 0) & (rows < array.shape[0])] // step).tolist()
+        for block in blocks:
+            if (name, block) in self._present:
+                continue
+            key = array.metadata.encode_chunk_key((block, *[0] * (array.ndim - 1)))
+            root = local_path(self.url)
+            if root is not None:
+                found = os.path.exists(os.path.join(root, name, *key.split("/")))
+            else:  # the file's last 4 bytes (a HEAD may be answered with the whole file's cost)
+                from zarr.abc.store import SuffixByteRequest
+                from zarr.core.buffer import default_buffer_prototype
+                from zarr.core.sync import sync
+
+                store, where = array.store_path.store, f"{array.store_path.path}/{key}".lstrip("/")
+                tail = store.get(where, default_buffer_prototype(), byte_range=SuffixByteRequest(4))
+                found = sync(tail) is not None
+            if not found:
+                unit = "shard" if sharded else "chunk"
+                raise missing_file(self.url, name, unit, block, chunk_file(self.url, name, block, array.ndim))
+            self._present.add((name, block))
 
 
 class CheckedArray:
     """A lazily read array of a cache whose failed reads (a chunk failing its crc32c, a file that no longer
     decodes) are one-line CacheErrors naming the array and the first bad chunk or shard file."""
 
-    def __init__(self, url: str, name: str, array: zarr.Array):
-        self.url, self.name, self._array = url, name, array
+    def __init__(self, url: str, name: str, array: zarr.Array, require: Callable[[Any], None] | None = None):
+        self.url, self.name, self._array, self._require = url, name, array, require
 
     shape = property(lambda self: self._array.shape)
     dtype = property(lambda self: self._array.dtype)
@@ -283,6 +370,8 @@ class CheckedArray:
         return self._array.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if self._require is not None:
+            self._require(_rows_read(key, self._array.shape[0]))
         try:
             return self._array[key]
         except Exception as err:
@@ -297,6 +386,23 @@ class CheckedArray:
 
     def __repr__(self) -> str:
         return f"<CheckedArray {self.name!r} of {self.url}: shape {self.shape}, {self.dtype}>"
+
+
+def _rows_read(key: Any, n: int) -> tuple[int, int] | np.ndarray:
+    """The rows along the first axis that indexing with `key` reads: a span (start, stop) or an array of rows
+    (every row for a key not understood here; zarr then judges the key)."""
+    first = key[0] if isinstance(key, tuple) and key else key
+    if (isinstance(key, tuple) and not key) or first is Ellipsis:
+        return (0, n)
+    if isinstance(first, slice):
+        start, stop, step = first.indices(n)
+        if step == 1:
+            return (start, max(start, stop))
+        return np.arange(start, stop, step)
+    try:
+        return np.asarray(np.arange(n)[first]).reshape(-1)
+    except (IndexError, TypeError, ValueError):
+        return (0, n)
 
 
 def _first_bad_chunk(array: zarr.Array, step: int | None = None) -> int:

@@ -240,11 +240,25 @@ class PlainChunks:
         return read_chunk_file(path, self.chunks, self.dtype)
 
 
-class ShardFiles:
-    """Byte-range reads of rows of one local sharded array (see the module docstring)."""
+def missing_file(url: str, array: str, unit: str, index: int, where: str) -> CacheError:
+    """A chunk or shard file absent from a cache whose manifest says complete, as one line: which cache, which
+    file, what to do. (Zarr would read its rows as the fill value, 0.)"""
+    return CacheError(
+        f"{url}: array `{array}`, {unit} {index} ({where}) is missing, yet the manifest says the cache is complete "
+        f"(an interrupted copy or download); run `dogmacache cache verify {url}`, then copy or pull the cache again "
+        "(or re-create it: re-run the command that wrote it, with --overwrite)"
+    )
 
-    def __init__(self, root: str, name: str, shape: tuple[int, ...], shard_items: int, itemsize: int):
-        self.root, self.name = root, name
+
+class ShardFiles:
+    """Byte-range reads of rows of one local sharded array (see the module docstring). With `complete` (the
+    manifest says every shard is written), a missing shard file or a chunk marked never written is a CacheError;
+    otherwise their rows read as zeros (zarr's fill value), as in an unfinished cache's pending shards."""
+
+    def __init__(
+        self, root: str, name: str, shape: tuple[int, ...], shard_items: int, itemsize: int, complete: bool = False
+    ):
+        self.root, self.name, self.complete = root, name, complete
         self.n_items, self.shard_items = shape[0], shard_items
         self.n_dims = len(shape)
         self.row_bytes = int(np.prod(shape[1:])) * itemsize
@@ -301,10 +315,13 @@ class ShardFiles:
 
     def _plan(self, out: np.ndarray, shard: int, rows: np.ndarray, targets: np.ndarray):
         """(fd, shard, chunk offsets, runs of back-to-back chunks, rows, targets) for one shard's rows; rows of
-        a shard or chunk never written are filled with zeros (zarr's fill value) here, and give no plan."""
+        a shard or chunk never written are filled with zeros (zarr's fill value) here, and give no plan, unless
+        `complete`, where they are a CacheError."""
         try:
             fd = os.open(self.file(shard), os.O_RDONLY)
         except FileNotFoundError:
+            if self.complete:
+                raise missing_file(self.root, self.name, "shard", shard, self.file(shard)) from None
             out[targets] = 0
             return None
         try:
@@ -313,6 +330,8 @@ class ShardFiles:
             offsets, sizes = index[local, 0], index[local, 1]
             empty = offsets == _EMPTY
             if empty.any():
+                if self.complete:
+                    raise self._broken(shard, f"the index marks row {int(rows[empty][0])} as never written")
                 out[targets[empty]] = 0
             if np.any(sizes[~empty] != self.row_bytes + _CRC_BYTES):
                 raise self._broken(shard, f"the index gives chunk sizes other than {self.row_bytes + _CRC_BYTES} bytes")

@@ -91,7 +91,7 @@ def _check_shards(cache: Any, url: str, report: VerifyReport, progress: bool) ->
 
 def _cause(err: CacheError) -> str:
     """A reader's error without the advice it gives every other command (which is to run verify)."""
-    return str(err).split("; the file is corrupted")[0]
+    return str(err).split("; the file is corrupted")[0].split("; run `dogmacache cache verify")[0]
 
 
 def _settle_reads() -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings
 from dogmacache.cache.shards import (
     PlainChunks,
     chunk_path,
@@ -95,11 +95,20 @@ class CacheWriter:
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, path: str | os.PathLike, spec: CacheSpec, *, ids: Sequence[str], overwrite: bool = False
+        cls,
+        path: str | os.PathLike,
+        spec: CacheSpec,
+        *,
+        ids: Sequence[str],
+        overwrite: bool = False,
+        settings_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> CacheWriter:
         """A writer for a new cache at `path`, or for the unfinished cache already there when it was started
         with the same inputs and settings (resume). A finished cache with the same content is returned as is
-        (`pending_shards()` is empty); anything else at `path` is an error unless `overwrite`."""
+        (`pending_shards()` is empty); anything else at `path` is an error unless `overwrite`. The same settings
+        means the same manifest fields (`Manifest.same_content_as`) and the same `settings_of(config)` (the
+        caller's rule for what in a config decides the numbers; None: the whole `spec.config`), compared under
+        the writer lock."""
         path = _local_path(path)
         ids = check_ids(ids)
         shard_items = spec.shard_items
@@ -132,7 +141,7 @@ class CacheWriter:
             if path.exists() and overwrite:
                 shutil.rmtree(path)
             if path.exists():
-                return cls._resume(path, wanted, extras, lock)
+                return cls._resume(path, wanted, extras, lock, settings_of)
             try:
                 return cls._create_new(path, wanted, ids, extras, lock)
             except OSError as err:
@@ -198,7 +207,14 @@ class CacheWriter:
         return cls(path, group, manifest, extras, lock)
 
     @classmethod
-    def _resume(cls, path: Path, wanted: Manifest, extras: tuple[ExtraArray, ...], lock: WriterLock) -> CacheWriter:
+    def _resume(
+        cls,
+        path: Path,
+        wanted: Manifest,
+        extras: tuple[ExtraArray, ...],
+        lock: WriterLock,
+        settings_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> CacheWriter:
         writer = cls._attach(path, extras, lock, allow_complete=True)
         if writer.manifest.complete:
             shutil.rmtree(path / layout.SHARD_NOTES, ignore_errors=True)  # left by a stop after the manifest's write
@@ -211,6 +227,19 @@ class CacheWriter:
             raise CacheError(
                 f"{path} already holds a cache of other content ({detail}); "
                 "choose another output path, or pass --overwrite to replace it"
+            )
+        there, now = (
+            (writer.manifest.config, wanted.config)
+            if settings_of is None
+            else (settings_of(writer.manifest.config), settings_of(wanted.config))
+        )
+        settings = config_differences(there, now)
+        if settings:
+            detail = "; ".join(f"{k}: {there.get(k)!r} there, {now.get(k)!r} now" for k in settings[:3])
+            more = f" (and {len(settings) - 3} more: {', '.join(settings[3:6])})" if len(settings) > 3 else ""
+            raise CacheError(
+                f"{path} already holds a cache written with other settings ({detail}{more}); re-run with the "
+                "cache's settings to resume it, or pass --overwrite (or choose another output path) to write it anew"
             )
         return writer
 
@@ -241,6 +270,11 @@ class CacheWriter:
             group = zarr.open_group(path, mode="r+", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
+        except json.JSONDecodeError as err:
+            raise CacheError(
+                f"{path / 'zarr.json'} is not valid JSON ({err}); the cache's metadata is damaged: pass --overwrite "
+                "to write the cache anew (or choose another output path)"
+            ) from None
         if MANIFEST_KEY not in group.attrs:
             raise CacheError(
                 f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"

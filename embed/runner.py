@@ -111,7 +111,14 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
         extras=tuple(info.extras),
         config=recorded,
     )
-    return CacheWriter.create(config.out, spec, ids=table["id"].tolist(), overwrite=config.overwrite)
+    flags = type(settings.options).flags
+    return CacheWriter.create(  # a resume: the settings that decide the numbers agree, checked under the lock
+        config.out,
+        spec,
+        ids=table["id"].tolist(),
+        overwrite=config.overwrite,
+        settings_of=lambda recorded: number_fingerprint(recorded, flags),
+    )
 
 
 def load(config: EmbedConfig, device: torch.device):

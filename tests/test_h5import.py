@@ -1,5 +1,7 @@
 """`cache import-h5`: the CDT authors' HDF5 layout streamed into a cache, resumable, with clear errors."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -225,3 +227,48 @@ def test_repeated_built_ids_are_deduplicated_as_asked(tmp_path, capsys, dedupe):
         assert cache.ids.tolist()[3] == "chrX:6000#2" and cache.ids.tolist()[5] == "chrX:6000#3"
         np.testing.assert_array_equal(cache[:], data.astype(np.float16))
     assert cache.manifest.config["dedupe"] == {"mode": dedupe, "rows": [3, 5], "repeated_ids": 1}
+
+
+def _interrupt_after_first_shard(monkeypatch):
+    """Make the next import stop (as a Ctrl-C would) when it starts its second shard."""
+    from dogmacache.cache.writer import CacheWriter
+
+    write, calls = CacheWriter.write_shard, []
+
+    def stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", stop)
+
+
+def test_a_resume_from_another_file_of_the_same_name_and_shape_is_refused(tmp_path, monkeypatch):
+    from dogmacache.errors import CacheError
+
+    src, dest = tmp_path / "e.h5", tmp_path / "c.zarr"
+    kwargs = dict(dataset="embeddings", modality="dna", model="enformer", shard_items=4, progress=False)
+    _cdt_h5(src, n=12, seed=0)
+    stamp = src.stat()
+    _interrupt_after_first_shard(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        import_h5(src, dest, **kwargs)
+    monkeypatch.undo()
+    other = _cdt_h5(src, n=12, seed=1)  # another file: same name, shape, size, ids and mtime
+    os.utime(src, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert src.stat().st_size == stamp.st_size
+    with pytest.raises(CacheError, match=r"holds a cache of other content \(input_digest: .*--overwrite") as err:
+        import_h5(src, dest, **kwargs)
+    assert "\n" not in str(err.value)
+    manifest, written = import_h5(src, dest, overwrite=True, **kwargs)
+    assert written == 3 and manifest.complete
+    np.testing.assert_array_equal(open_cache(dest)[:], other.astype(np.float16))
+
+
+def test_the_sampled_rows_span_the_dataset(tmp_path):
+    from dogmacache.cache.h5import import sample_rows
+
+    rows = sample_rows(1000)
+    assert {0, 500, 999} <= set(rows.tolist()) and len(rows) > 3 and rows.max() < 1000
+    assert sample_rows(1).tolist() == [0]
