@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from dogmacache.cache.layout import check_ids
@@ -51,3 +52,16 @@ def input_digest(table: pd.DataFrame, modality: str, extra: str = "") -> str:
     """The cache's identity: the ordered rows' ids and the columns that feed the model, after `extra` (e.g. the
     genome file's name and size); `contracts.provenance.input_digest` is the one definition."""
     return provenance.input_digest(table, digest_columns(table, modality), [extra] if extra else [])
+
+
+def check_embedded_from(table: pd.DataFrame, modality: str, manifest: Any, url: str, path: Any, fix: str) -> None:
+    """Refuse `table` (as `read_input_table` gives it) unless it is the table the cache of `manifest` was embedded
+    from: the same ids in order with the same inputs (for windows: chrom, center, strand) under the same genome
+    (the name and digest the cache records). A table that only shares the ids would place each row elsewhere."""
+    genome = (manifest.config or {}).get("genome") or {}
+    tag = f"{genome['name']}:{genome['sha256']}" if genome else ""
+    if input_digest(table, modality, tag) != manifest.input_digest:
+        raise InputError(
+            f"{path} is not the table {url} was embedded from ("
+            f"{', '.join(digest_columns(table, modality))} differ in some row, or the order does); {fix}"
+        )

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from dogmacache.contracts.tables import SPLITS, read_table
 from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coordinates
+from dogmacache.embed.inputs import check_embedded_from, read_input_table
 from dogmacache.errors import CacheError, InputError
 from dogmacache.explain.attribution import Predictor, head_mean, target_rows
 from dogmacache.explain.inputs import (
@@ -98,6 +99,14 @@ class CdtExplainer:
         data = load_data(task, config, table, path)
         check_fingerprints(checkpoint, path, data.fingerprints)
         self.dna = data.dna
+        check_embedded_from(  # the tracks are placed by this table's positions: they must be the embedded ones
+            read_input_table(table, "dna"),
+            "dna",
+            self.dna.manifest,
+            self.dna.url,
+            table,
+            "pass the dna_windows table the DNA cache was embedded from with --dna-table",
+        )
         self.model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
         self.model.load_state_dict(checkpoint["model"])
         self.model.eval()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -102,11 +103,14 @@ def _file_name(n: int, item: str) -> str:
 def run_explain(config: ExplainConfig, log=print) -> dict:
     """Explain the chosen items; returns the summary written to out/summary.json."""
     started = time.perf_counter()
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise InputError(f"--out {config.out} is a file; explain writes a folder there: choose another --out")
     explainer = explainer_for(config.sources)
     geometry = explainer.geometry
     top_k(np.zeros(geometry.n_bins), config.top_k)  # refuse a k larger than the window before any work
     chosen = explainer.select(list(config.items), config.split, config.n, config.top_effects, config.seed)
     out = Path(config.out)
+    clear_previous(out)
     for folder in ("tracks/items", "figures/items"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     features = None
@@ -188,8 +192,36 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "bigwig": bigwig,
         "config": asdict(config),
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "summary.json")
     return result
+
+
+# what a run writes, as globs under --out: a run first removes an earlier run's (summary.json first), so a run
+# stopped midway never leaves another run's results looking like its own, nor its per-item tracks beside them
+OUTPUTS = (
+    "summary.json",
+    "items.tsv",
+    "topk.tsv",
+    "positions.tsv.gz",
+    "vce_genes.tsv.gz",
+    "tracks/mean.*.bedGraph",
+    "tracks/mean.*.bw",
+    "tracks/items/[0-9][0-9][0-9][0-9]_*.bedGraph",
+    "tracks/items/[0-9][0-9][0-9][0-9]_*.bw",
+    "figures/topk_overlap.png",
+    "figures/peak_distance.png",
+    "figures/items/[0-9][0-9][0-9][0-9]_*.png",
+)
+
+
+def clear_previous(out: Path) -> None:
+    """Remove an earlier explain run's outputs from `out` (only the files a run writes, `OUTPUTS`); called once
+    the inputs are checked and the items chosen, so a refused run loses nothing."""
+    for pattern in OUTPUTS:
+        for path in sorted(out.glob(pattern)):
+            path.unlink(missing_ok=True)
 
 
 def _write_item(

@@ -20,8 +20,9 @@ from dogmacache.errors import InputError
 from scipy.stats import hypergeom
 
 UNIVERSE_NOTE = (
-    "universe = the genes scored by that ranking (the profile's genes the encoder ran on); each set counts only its "
-    "genes inside the universe; p = hypergeometric P(overlap >= observed)"
+    "universe = the genes scored by that ranking (the profile's genes the encoder ran on, less the genes whose own "
+    "token the edit replaced, or the knocked-out gene); each set counts only its genes inside the universe; "
+    "p = hypergeometric P(overlap >= observed)"
 )
 COLUMNS = [
     "gene_set",

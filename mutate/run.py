@@ -25,6 +25,7 @@ top N), gene_sets.tsv (with a gene-set file; column `model` says which ranking),
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,8 +108,24 @@ def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
     return int(np.flatnonzero(ids.to_numpy() == gene)[0])
 
 
+# what a run writes under --out; a run removes an earlier run's (summary.json first) once its inputs are checked,
+# so a run without scGPT, or one stopped midway, never leaves another run's tables beside its own
+OUTPUTS = (
+    "summary.json",
+    "token_shift.tsv",
+    "moved_genes.tsv",
+    "moved_genes_knockout.tsv",
+    "gene_sets.tsv",
+    "moved_genes.png",
+)
+
+
 def run_mutate(config: MutateConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    if config.top_n < 1:
+        raise InputError(f"--top-n {config.top_n}: expected at least 1 moved gene per variant")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise InputError(f"--out {config.out} is a file; mutate writes a folder there: choose another --out")
     if config.gene_set and not config.scgpt_model:
         raise InputError(
             f"--gene-set {config.gene_set} scores the genes the scGPT encoder moves; add --scgpt-model, --profiles "
@@ -148,6 +165,8 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
     shift.to_csv(out / "token_shift.tsv", sep="\t", index=False, float_format="%.6g")
     summary: dict[str, Any] = {
         "gene": config.gene,
@@ -161,7 +180,9 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         summary.update(_moved_genes(config, token_cache, shift, tokens, sets, warnings, out))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, out / "summary.json")
     return summary
 
 
@@ -187,7 +208,10 @@ def _moved_genes(config: MutateConfig, token_cache, shift, tokens, sets: list[Ge
 
     moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
     if sets:
-        rankings = {int(v): list(part["gene"]) for v, part in ranking.groupby("variant")}
+        # a gene whose own token the edit replaced moves by construction (rank 1): left out, as the knockout
+        # leaves out the gene it drops, so both rankings are scored over the genes the edit reaches only through
+        # the encoder
+        rankings = {int(v): list(part.loc[~part["token_replaced"], "gene"]) for v, part in ranking.groupby("variant")}
         table, more = score_gene_sets(rankings, config.top_n, sets, ADAPTER)
         table_knockout, more_knockout = score_gene_sets({None: list(knockout["gene"])}, config.top_n, sets, KNOCKOUT)
         table = pd.concat([table.astype({"variant": object}), table_knockout], ignore_index=True)

@@ -30,7 +30,7 @@ from dogmacache.contracts.windows import window_start0
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
-from dogmacache.embed.inputs import input_digest
+from dogmacache.embed.inputs import check_embedded_from
 from dogmacache.embed.reuse import digest_index
 from dogmacache.embed.runner import EmbedConfig, EmbedSettings, embed_rows, load, resolve
 from dogmacache.embed.settings import matching_threads
@@ -62,12 +62,26 @@ class Scanner:
         return f"{self.table['chrom'].iloc[row]}:{start0 + 1:,}-{start0 + self.window_bp:,}"
 
     def affected(self, edits: Sequence[Edit]) -> list[int]:
-        """Table rows whose window holds at least one of `edits`."""
+        """Table rows whose window holds at least one of `edits`. An edit that crosses a window's edge (a deletion
+        or substitution partly inside) is refused: that window would change, yet no whole edit lies in it."""
         chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
         starts = window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
         hit = np.zeros(len(self.table), dtype=bool)
         for edit in edits:
-            hit |= (chroms == edit.chrom) & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
+            same = chroms == edit.chrom
+            inside = same & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
+            overlap = same & (starts < max(edit.end0, edit.start0 + 1)) & (edit.start0 < starts + self.window_bp)
+            crossing = np.flatnonzero(overlap & ~inside)
+            if len(crossing):
+                row = int(crossing[0])
+                edges = (int(starts[row]), int(starts[row]) + self.window_bp)
+                edge = next(e for e in edges if edit.start0 < e < edit.end0)
+                raise InputError(
+                    f"edit {edit.label!r} crosses the edge of {self.table['id'].iloc[row]}'s window "
+                    f"({self.window_label(row)}) at {edit.chrom}:{edge:,}|{edge + 1:,}: part of it would change "
+                    "that window, which mutate applies only whole edits to; split it at that edge into two edits"
+                )
+            hit |= inside
         return np.flatnonzero(hit).tolist()
 
     def shifts(self, variants: Sequence[Sequence[Edit]]) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, int]]:
@@ -199,12 +213,9 @@ def open_scanner(
     settings = resolve(config, adapter, torch_device, watch, resume=False)  # `out` is no cache of mutate's
     wanted = settings.manifest_config(adapter.info())
     check_same_settings(dna.url, recorded, wanted, cls.options_class.flags, str(genome), str(dna_model))
-    genome_tag = f"{recorded['genome']['name']}:{wanted['genome']['sha256']}"  # same digest: the cache's name
-    if input_digest(table, "dna", genome_tag) != dna.manifest.input_digest:
-        raise InputError(
-            f"windows table {windows} is not the table {dna.url} was embedded from (ids, chrom, center, "
-            "strand differ); pass the recipe's dna_windows / genes table with --windows"
-        )
+    check_embedded_from(
+        table, "dna", dna.manifest, dna.url, windows, "pass the recipe's dna_windows / genes table with --windows"
+    )
     window_bp = getattr(adapter.options, "window_bp", None)
     if not window_bp:
         raise InputError(f"the {name} adapter records no window_bp; mutate needs a DNA model that cuts genome windows")

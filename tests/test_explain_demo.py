@@ -116,6 +116,18 @@ def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
     assert "which cannot be opened" in _error(capsys, ["explain", "--checkpoint", str(tmp_path / "gone.pt"), *base])
 
 
+def test_a_windows_table_sharing_only_the_ids_with_the_cache_is_refused(demo_run, tmp_path, capsys):
+    """The tracks are placed by the table's positions: a table of the same ids at other centres (another build,
+    another recipe run) would put every bin elsewhere."""
+    windows = pd.read_parquet(demo_run / "recipe" / "cdt" / "dna_windows.parquet")
+    windows.assign(center=windows["center"] + 5000).to_parquet(tmp_path / "shifted.parquet")
+    args = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "test", "--top-k", "2"]
+    args += ["--out", str(tmp_path / "o"), "--dna-table", str(tmp_path / "shifted.parquet"), *sizes(demo_run)]
+    message = _error(capsys, args)
+    assert "shifted.parquet is not the table" in message and "chrom, center, strand differ" in message
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
 def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
     imported = {**checkpoint, "config": None, "fingerprints": {}, "extras": {}}  # as train import-checkpoint writes
@@ -173,3 +185,28 @@ def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
     assert main([*args, "--dna-table", str(table), "--n", "3", "--methods", "none", "--item-figures", "0"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["config"]["sources"]["dna_table"] == str(table) and summary["n_items"] == 3
+
+
+def test_a_rerun_leaves_no_earlier_run_behind_and_a_stopped_one_no_summary(demo_run, tmp_path, monkeypatch):
+    from dogmacache.explain import run as explain_run
+
+    out = tmp_path / "o"
+    base = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "test", "--top-k", "2"]
+    base += ["--out", str(out), *sizes(demo_run)]
+    assert main([*base, "--n", "4"]) == 0
+    assert main([*base, "--n", "2", "--seed", "7"]) == 0
+    prefixes = {p.name[:5] for p in (out / "tracks" / "items").iterdir()}
+    assert prefixes == {"0000_", "0001_"}  # the first run's items 2 and 3 are gone
+    assert json.loads((out / "summary.json").read_text())["n_items"] == 2
+    calls = []
+    write_item = explain_run._write_item
+
+    def stops_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write_item(*args, **kwargs)
+
+    monkeypatch.setattr(explain_run, "_write_item", stops_at_the_second)
+    assert main([*base, "--n", "3", "--seed", "9"]) == 130
+    assert not (out / "summary.json").exists() and not (out / "items.tsv").exists()  # nothing looks finished

@@ -176,6 +176,15 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     root, models, genome = scene
     with pytest.raises(InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"):
         run_mutate(_config(root, models, genome, edits=("chr1:4000-4001",)))
+    # inside BBB's window (chr1:977-3,024), across the end of AAA's (chr1:476-2,523): AAA's would change in part
+    with pytest.raises(
+        InputError, match=r"edit 'chr1:2500-2530' crosses the edge of AAA's window .* at chr1:2,523\|2,524"
+    ):
+        run_mutate(_config(root, models, genome, gene="BBB", edits=("chr1:2500-2530",)))
+    for bad, message in ((dict(top_n=0), r"--top-n 0: expected at least 1"), (dict(out=str(root / "f")), "is a file")):
+        (root / "f").write_text("")
+        with pytest.raises(InputError, match=message):
+            run_mutate(_config(root, models, genome, edits=("chr1:1400-1401",), **bad))
     with pytest.raises(InputError, match=r"gene 'ZZZ' is not in the windows table \(4 genes"):
         run_mutate(_config(root, models, genome, gene="ZZZ", edits=("chr1:1400-1401",)))
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
@@ -257,23 +266,24 @@ def test_gene_sets_are_scored_against_the_top_moved_genes_through_the_cli(scene,
     printed = capsys.readouterr()
     sets = pd.read_csv(out / "gene_sets.tsv", sep="\t")
     adapter = sets[sets["model"] == "bio-dta adapter"].iloc[0]
+    moved = pd.read_csv(out / "moved_genes.tsv", sep="\t")
+    # AAA's and BBB's windows hold the edit: their own tokens were replaced, so they move by construction and are
+    # left out of the scoring (as the knockout leaves out AAA); CCC and DDD are scored, CCC in the set
+    assert set(moved.loc[moved["token_replaced"], "gene"]) == {"AAA", "BBB"} and len(moved) == 2
     assert (adapter["gene_set"], adapter["set_size"], adapter["in_universe"], adapter["universe"]) == (
         "TARGETS",
         3,
+        1,
         2,
-        4,
     )
-    moved = pd.read_csv(out / "moved_genes.tsv", sep="\t")
-    overlap = sorted(set(moved["gene"]) & {"BBB", "CCC"})
-    assert adapter["top_n"] == 2 == len(moved) and adapter["overlap"] == len(overlap)
-    assert adapter["fold_enrichment"] == pytest.approx(len(overlap) / (2 * 2 / 4))
-    assert adapter["p_value"] == pytest.approx({0: 1, 1: 5 / 6, 2: 1 / 6}[len(overlap)])  # 2 of 4 in the set, 2 drawn
+    assert adapter["top_n"] == 2 and adapter["overlap"] == 1  # both scored genes drawn: no enrichment possible
+    assert adapter["fold_enrichment"] == pytest.approx(1.0) and adapter["p_value"] == pytest.approx(1.0)
     summary = json.loads((out / "summary.json").read_text())
     assert (
         summary["gene_sets"][0]["gene_set"] == "TARGETS"
         and "universe = the genes scored" in summary["gene_set_universe"]
     )
-    assert "gene set 'ELSEWHERE' (line 2): none of its 1 genes is among the 4 genes scored" in printed.err
+    assert "gene set 'ELSEWHERE' (line 2): none of its 1 genes is among the 2 genes scored" in printed.err
     assert "gene sets vs the top moved genes (universe = the genes scored" in printed.out and "TARGETS" in printed.out
     knockout = sets[sets["model"] == "adapter-free knockout"].iloc[0]  # AAA knocked out: BBB, CCC, DDD scored
     assert (knockout["gene_set"], knockout["in_universe"], knockout["universe"], knockout["top_n"]) == (
