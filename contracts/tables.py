@@ -87,6 +87,9 @@ def check_gene_alignment(rna_ids: list[str], protein_ids: list[str], where: str 
             raise InputError(f"{where}gene order differs at index {i}: RNA {r!r} vs protein {p!r}; re-run the recipe")
 
 
+# columns read as text from a tab-separated table, whatever they look like (and every `*_id` column): ids such as
+# "0001" or chromosome names such as "1" must not become numbers
+TEXT_COLUMNS = ("id", "chrom", "strand", "split", "enhancer", "gene", "item", "sequence", "tissue")
 TSV_SUFFIXES = (".tsv", ".txt", ".gz")  # read as tab-separated (gzip inferred from the name); anything else: parquet
 
 
@@ -103,7 +106,19 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {str(path)!r} does not exist; run `dogmacache recipe {recipe}` or fix the path")
-    table = pd.read_csv(path, sep="\t") if path.suffix in TSV_SUFFIXES else pd.read_parquet(path)
+    try:
+        if path.suffix in TSV_SUFFIXES:
+            header = pd.read_csv(path, sep="\t", nrows=0).columns
+            text = {c: str for c in header if c in TEXT_COLUMNS or c.endswith("_id")}  # "0001" stays "0001"
+            table = pd.read_csv(path, sep="\t", dtype=text)
+        else:
+            table = pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        kind = "tab-separated text" if path.suffix in TSV_SUFFIXES else "parquet"
+        raise InputError(
+            f"{what} {str(path)!r} is not a readable {kind} table ({str(err).splitlines()[0][:120]}); tables are "
+            f".parquet, or tab-separated {'/'.join(TSV_SUFFIXES)}: convert it, or re-run `dogmacache recipe {recipe}`"
+        ) from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise InputError(f"{path} has no column {missing[0]!r}; {expected or f'this {what} needs {list(columns)}'}")

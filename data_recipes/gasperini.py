@@ -75,7 +75,8 @@ class GasperiniConfig:
     site_type: str = "DHS"  # CDT keeps DNase hypersensitive sites (drops TSS controls, NTC rows)
     significance: float = 0.05  # on pvalue.empirical.adjusted; `not_applicable` counts as not significant
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test, by enhancer
-    seed: int = 0  # fixed, so every run holds out the same enhancers and models compare on one test split
+    seed: int = 0  # fixed: runs on the same inputs with the same filters hold out the same enhancers (another filter
+    # draws the split anew over the enhancers it keeps)
     max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
 
 
@@ -184,9 +185,16 @@ def build_gasperini(
     counts["duplicate_pairs_dropped"] = int(pairs.duplicated(["gRNA_group", "gene_short_name"]).sum())
     pairs = pairs.drop_duplicates(["gRNA_group", "gene_short_name"], keep="first")
 
-    # split by enhancer, stratified on whether any of its pairs is significant
-    enhancer_sig = pairs.groupby("gRNA_group")["significant"].any()
-    split = tables.split_groups(list(enhancer_sig.index), config.fractions, config.seed, list(enhancer_sig.values))
+    # split by enhancer, stratified on whether any of its pairs is significant; gRNA groups that target one site
+    # (the screen's top_two and second_two pairs of a candidate) are one window: linked, they fall in one split
+    site = sites.set_index("gRNA_group")
+    site_of = site["chrom"].astype(str) + ":" + site["center"].astype("int64").astype(str)
+    linked = tables.linked_groups(pairs.assign(site=pairs["gRNA_group"].map(site_of)), "gRNA_group", ["site"])
+    sizes = pd.Series(linked).value_counts()
+    counts["enhancers_sharing_a_site"] = int(sizes[sizes > 1].sum())
+    group_sig = pairs.assign(group=pairs["gRNA_group"].map(linked)).groupby("group")["significant"].any()
+    split_of_group = tables.split_groups(list(group_sig.index), config.fractions, config.seed, list(group_sig.values))
+    split = {g: split_of_group[root] for g, root in linked.items()}
     labels = pd.DataFrame(
         {
             "enhancer": pairs["gRNA_group"].astype(str).values,

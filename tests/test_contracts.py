@@ -38,3 +38,24 @@ def test_one_table_reader_for_every_stage(tmp_path):
         read_table(tmp_path / "bad.parquet", ("split",))
     with pytest.raises(InputError, match=r"input table '.*none.tsv' does not exist"):
         read_input_table(tmp_path / "none.tsv", "rna")
+
+
+def test_text_columns_stay_text_and_an_unreadable_table_is_one_line(tmp_path):
+    import pandas as pd
+    from dogmacache.contracts import read_table
+    from dogmacache.errors import InputError
+
+    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\tgene_id\tbeta\n0001\t1\t500\t007\t0.5\n")
+    table = read_table(tmp_path / "w.tsv", ("id", "chrom"))
+    assert table.loc[0, ["id", "chrom", "gene_id"]].tolist() == ["0001", "1", "007"]
+    assert table["center"].dtype.kind == "i" and table["beta"].dtype.kind == "f"  # numbers stay numbers
+    (tmp_path / "labels.csv").write_text("id,split\na,train\n")
+    with pytest.raises(
+        InputError, match=r"labels table '.*labels.csv' is not a readable parquet table .*tab-separated"
+    ):
+        read_table(tmp_path / "labels.csv")
+    (tmp_path / "bin.tsv").write_bytes(b"\xe0\xff\x00\x01\n\xfe")
+    with pytest.raises(InputError, match=r"is not a readable tab-separated text table"):
+        read_table(tmp_path / "bin.tsv")
+    pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "fine.parquet")
+    assert read_table(tmp_path / "fine.parquet")["id"].tolist() == ["a"]

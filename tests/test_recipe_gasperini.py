@@ -165,6 +165,22 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
     assert split["a"] == split["b"] and split["a"] != split["c"]
 
 
+def test_grna_groups_targeting_one_site_fall_in_one_split(tmp_path):
+    """The screen targets a candidate with two gRNA pairs (top_two, second_two): one site, one window. Split
+    apart, its window would be trained on and scored."""
+    rows = _rows()
+    for i in range(20):
+        start = 10_000 + 5_000 * i
+        rows.append(_row(f"chr1.e{i}_second_two", "GENEA", "chr1", start, start + 401, 0.01, "0.5"))
+    for seed in range(4):
+        manifest = build_gasperini(_sources(tmp_path, rows), tmp_path / f"out{seed}", GasperiniConfig(seed=seed))
+        dna = pd.read_parquet(tmp_path / f"out{seed}" / "dna_windows.parquet")
+        assert len(dna) == 40 and (dna.groupby(["chrom", "center"])["split"].nunique() == 1).all()
+        assert manifest["counts"]["enhancers_sharing_a_site"] == 40
+    plain = build_gasperini(_sources(tmp_path, _rows()), tmp_path / "plain", GasperiniConfig(seed=3))
+    assert plain["counts"]["enhancers_sharing_a_site"] == 0
+
+
 def test_rna_vocabulary_restricts_the_genes(tmp_path):
     manifest = build_gasperini(_sources(tmp_path, _rows()), tmp_path / "out", GasperiniConfig(), rna_vocab={"GENEB"})
     assert pd.read_parquet(tmp_path / "out" / "genes.parquet")["id"].tolist() == ["GENEB"]
