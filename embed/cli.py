@@ -202,6 +202,10 @@ def _embed(args: argparse.Namespace) -> int:
         )
     if args.fidelity_items < 0:
         raise InputError(f"--fidelity-items {args.fidelity_items} must be 0 (no receipt) or more")
+    if args.max_tokens < 0:
+        raise InputError(f"--max-tokens {args.max_tokens} must be a token budget of 1 or more, or 0 for the default")
+    if args.max_batch < 1:
+        raise InputError(f"--max-batch {args.max_batch} must be at least 1 item per batch")
     config = config_from_args(args)
     if (args.workers or args.dask_scheduler) and config.reuse:
         raise InputError("--reuse runs in one process: drop --workers/--dask-scheduler, or drop --reuse")

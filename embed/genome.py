@@ -54,6 +54,13 @@ class Genome:
                 f"{self.path} is gzip-compressed; random access needs a plain FASTA: gunzip it first "
                 "(or bgzip it and install biopython for pyfaidx)"
             )
+        with open(self.path, "rb") as fh:
+            first = fh.read(1)
+        if first != b">":
+            raise InputError(
+                f"{self.path} is not a FASTA file (it starts with {first!r}, not '>'); pass the genome FASTA "
+                "the windows are cut from with --genome"
+            )
         self._fasta = None
         self._pid = None
 

@@ -287,3 +287,19 @@ def test_the_two_controls_are_separate_draws_and_only_a_kmer_cache_chooses_nothi
     saved = json.loads((tmp_path / "k" / "probe.json").read_text())
     assert saved["settings"]["chosen_by"] is None and not any(r["chosen"] for r in saved["rows"])
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["probe.json", "probe.png", "probe.tsv"]
+
+
+def test_a_kmer_control_above_the_chosen_model_is_said():
+    from dogmacache.train.probe import kmer_above_chosen, mark_chosen
+
+    rows = [
+        {"cache": "dna.l0", "role": "model", "validation_r2": 0.565},
+        {"cache": "dna.l1", "role": "model", "validation_r2": 0.40},
+        {"cache": "kmer", "role": "kmer control", "validation_r2": 0.667},
+        {"cache": "dna.l0", "role": "permuted labels", "validation_r2": 0.9},  # not a k-mer control: not compared
+    ]
+    by = mark_chosen(rows, "regression")
+    (line,) = kmer_above_chosen(rows, by)
+    assert "k-mer control kmer scores above it: validation r2 0.667 against 0.565 (dna.l0)" in line
+    rows[2]["validation_r2"] = 0.5
+    assert kmer_above_chosen(rows, by) == [] and kmer_above_chosen(rows, None) == []

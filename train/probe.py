@@ -372,7 +372,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     settings = {**asdict(config), "caches": list(config.caches), "task": labels.task, "positive": labels.positive}
     settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
     settings.update({"group_column": config.group_column or config.id_column, "chosen_by": chosen_by})
-    settings.update({"kmer_controls": kmer})
+    settings.update({"kmer_controls": kmer, "kmer_above_chosen": kmer_above_chosen(rows, chosen_by)})
     result = {"settings": settings, "rows": rows}
     files = {"tsv": out / "probe.tsv", "json": out / "probe.json", "png": out / "probe.png"}
     staged = {k: path.with_name(f".{path.name}.partial{path.suffix}") for k, path in files.items()}
@@ -393,6 +393,8 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
             print("no cache of role model among --caches: nothing chosen")
         else:
             print(f"chosen by {chosen_by}: " + ", ".join(r["cache"] for r in rows if r["chosen"]))
+            for line in settings["kmer_above_chosen"]:
+                print(line)
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
 
@@ -413,6 +415,21 @@ def mark_chosen(rows: list[dict[str, Any]], task: str) -> str | None:
     for r in rows:
         r["chosen"] = r is best
     return by.replace("_", " ")
+
+
+def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list[str]:
+    """One line per k-mer control that beats the chosen model cache on the score it was chosen by: the chosen
+    cache is the best model, not the best predictor, and the control says the model adds nothing here."""
+    if chosen_by is None:
+        return []
+    key = chosen_by.replace(" ", "_")
+    chosen = next(r for r in rows if r["chosen"])
+    return [
+        f"the k-mer control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
+        f"({chosen['cache']}): on this target the model's features add nothing over k-mer frequencies"
+        for r in rows
+        if r["role"] == "kmer control" and math.isfinite(r[key]) and r[key] > chosen[key]
+    ]
 
 
 def print_probe(table: pd.DataFrame, task: str) -> None:

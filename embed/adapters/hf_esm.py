@@ -212,6 +212,12 @@ class _EsmFamily(LayeredAdapter):
         if config is None:
             raise ModelError(f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights")
         remote = "auto_map" in config  # NT v2 ships its own modelling code
+        if not remote and config.get("model_type") != "esm":
+            raise ModelError(
+                f"{directory} holds a {config.get('model_type')!r} model (its config.json), not an ESM-architecture "
+                f"one (such as {self.default_model}); point --model-path at one, or pick the --model that matches "
+                "this folder"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
             if random_init is not None:  # a control: the architecture alone, as the tiny writers draw it
@@ -229,8 +235,8 @@ class _EsmFamily(LayeredAdapter):
                 model, info = EsmModel.from_pretrained(
                     str(directory), add_pooling_layer=False, output_loading_info=True
                 )
-        except OSError as err:
-            raise ModelError(f"cannot load {directory}: {err}") from err
+        except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
+            raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
         self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote

@@ -1,0 +1,45 @@
+"""`dogmacache embed` refuses in one line, before any work: a model folder of another architecture, a genome that
+is not a FASTA, batch sizes below one."""
+
+from __future__ import annotations
+
+import pytest
+from dogmacache.cli import main
+
+
+def _error(capsys, args) -> str:
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and message
+    return message
+
+
+def test_embed_refusals_are_one_line(tmp_path, capsys):
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+    from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
+
+    enformer, esm2 = write_tiny_enformer(tmp_path / "enformer"), write_tiny_esm2(tmp_path / "esm2")
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
+    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
+    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    message = _error(capsys, [*protein, "--model-path", str(enformer), "--out", str(tmp_path / "a.zarr")])
+    assert "holds a 'enformer' model (its config.json), not an ESM-architecture one" in message
+    for flag, value, said in (("--max-batch", "0", "at least 1 item"), ("--max-tokens", "-3", "token budget of 1")):
+        message = _error(capsys, [*protein, "--model-path", str(esm2), "--out", str(tmp_path / "b.zarr"), flag, value])
+        assert f"{flag} {value} must be" in message and said in message
+    dna = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    message = _error(
+        capsys,
+        [*dna, "--model-path", str(enformer), "--genome", str(tmp_path / "p.tsv"), "--out", str(tmp_path / "c.zarr")],
+    )
+    assert "p.tsv is not a FASTA file (it starts with b'i', not '>')" in message
+    assert not any(tmp_path.glob("*.zarr"))
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_mutate_top_n_below_one_is_refused(value):
+    from dogmacache.errors import InputError
+    from dogmacache.mutate.run import MutateConfig, run_mutate
+
+    with pytest.raises(InputError, match=rf"--top-n {value}: expected at least 1"):
+        run_mutate(MutateConfig("c.pt", "g.fa", "m", "G", "out", top_n=int(value)))
