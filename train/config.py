@@ -96,7 +96,9 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs/cdt"  # checkpoints, metrics.json, log.csv, figures
     resume: bool = True  # continue from dir/<model>_last.pt when it exists (refused if the run differs)
-    overwrite: bool = False  # with resume = false: replace another run's outputs in dir (refused otherwise)
+    # with resume = false: replace another run's outputs in dir (its checkpoints, log.csv and metrics.json are
+    # removed once this run's data has loaded; refused otherwise). metrics.json is written last by every run
+    overwrite: bool = False
 
 
 # Keys that may change between a run and its resume: they change neither the numbers nor what is trained.
