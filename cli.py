@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every stage's command line (matplotlib, torch): seconds
+    except KeyboardInterrupt:
+        print("dogmacache: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -48,6 +48,8 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
 
             store = FsspecStore.from_url(text, read_only=True, storage_options=storage_options)
             return zarr.open_group(store, mode="r", zarr_format=3)
+        if os.path.isfile(local):
+            raise CacheError(f"no cache at {text!r}: it is a file, and a cache is a folder (NAME.zarr); check the path")
         if not os.path.isdir(local):
             raise CacheError(f"no cache at {text!r}: the directory does not exist; check the path")
         return zarr.open_group(local, mode="r", zarr_format=3)

@@ -97,6 +97,11 @@ def fetch_all(
 ) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
     """Every source of a recipe, by key: its path, and what `recipe.json` records of it (file, url, sha256,
     licence), so a table can be traced to the exact bytes it came from."""
+    if source_dir is not None and not Path(source_dir).is_dir():
+        raise InputError(
+            f"--source-dir {str(source_dir)!r} is not a folder; give the folder holding the source files "
+            f"({', '.join(s.filename for s in listed.values())}), or leave it out to download them"
+        )
     paths, recorded = {}, {}
     for key, source in listed.items():
         paths[key], digest = fetch(source, source_dir, cache_dir)

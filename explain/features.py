@@ -45,32 +45,38 @@ def read_bed(path: Path) -> pd.DataFrame:
     with open(path, "rb") as head:
         gzipped = head.read(2) == b"\x1f\x8b"
     chroms, starts, ends = [], [], []
-    with gzip.open(path, "rt") if gzipped else open(path) as lines:
-        for n, line in enumerate(lines, 1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            fields = line.split(None, 3)
-            if len(fields) < 3:
-                raise InputError(
-                    f"{path} line {n}: {line.strip()[:60]!r} has {len(fields)} field(s); a BED line is "
-                    "chrom<TAB>start<TAB>end"
-                )
-            bounds = []
-            for column, text in ((2, fields[1]), (3, fields[2])):
-                if not text.isdigit():
+    try:
+        with gzip.open(path, "rt") if gzipped else open(path) as lines:
+            for n, line in enumerate(lines, 1):
+                if not line.strip() or line.startswith(("#", "track", "browser")):
+                    continue
+                fields = line.split(None, 3)
+                if len(fields) < 3:
                     raise InputError(
-                        f"{path} line {n} column {column} ({('start', 'end')[column - 2]}): {text!r} is not a "
-                        "non-negative integer; a BED line is chrom<TAB>start<TAB>end, 0-based"
+                        f"{path} line {n}: {line.strip()[:60]!r} has {len(fields)} field(s); a BED line is "
+                        "chrom<TAB>start<TAB>end"
                     )
-                bounds.append(int(text))
-            if bounds[0] > bounds[1]:
-                raise InputError(
-                    f"{path} line {n}: start {bounds[0]} is after end {bounds[1]}; a BED interval has start <= end "
-                    "(0-based, half-open): swap or fix them"
-                )
-            chroms.append(fields[0])
-            starts.append(bounds[0])
-            ends.append(bounds[1])
+                bounds = []
+                for column, text in ((2, fields[1]), (3, fields[2])):
+                    if not text.isdigit():
+                        raise InputError(
+                            f"{path} line {n} column {column} ({('start', 'end')[column - 2]}): {text!r} is not a "
+                            "non-negative integer; a BED line is chrom<TAB>start<TAB>end, 0-based"
+                        )
+                    bounds.append(int(text))
+                if bounds[0] > bounds[1]:
+                    raise InputError(
+                        f"{path} line {n}: start {bounds[0]} is after end {bounds[1]}; a BED interval has start <= end "
+                        "(0-based, half-open): swap or fix them"
+                    )
+                chroms.append(fields[0])
+                starts.append(bounds[0])
+                ends.append(bounds[1])
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path} is not a text BED file (bytes at offset {err.start} do not decode as text: a parquet or other "
+            "binary file?); pass a BED file of chrom, start, end"
+        ) from None
     if not chroms:
         raise InputError(f"{path} holds no intervals; pass a BED file with chrom, start, end")
     return pd.DataFrame(

@@ -286,6 +286,9 @@ def test_bad_bed_lines_are_one_line_errors_naming_the_line(tmp_path):
     packed.write_bytes(gzip.compress(b"chr1\t95\t96\tname with spaces\nchr2 0 5\n"))
     table = read_bed(packed)
     assert table.values.tolist() == [["chr1", 95, 96], ["chr2", 0, 5]]
+    bed.write_bytes(b"chr1\t95\t96\n\xe0\xff\xfe binary\n")
+    with pytest.raises(InputError, match=r"peaks.bed is not a text BED file \(bytes at offset \d+"):
+        read_bed(bed)
 
 
 def test_ctrl_c_is_one_line_on_what_was_kept_and_exit_130(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
-"""`dogmacache embed` refuses in one line, before any work: a model folder of another architecture, a genome that
-is not a FASTA, batch sizes below one."""
+"""One-line refusals before any work: embed's model folder of another architecture, a genome that is not a FASTA,
+batch sizes below one; mutate's --top-n; a --source-dir that is no folder; a file named as a cache; a Ctrl-C while
+the command line loads."""
 
 from __future__ import annotations
 
@@ -43,3 +44,24 @@ def test_mutate_top_n_below_one_is_refused(value):
 
     with pytest.raises(InputError, match=rf"--top-n {value}: expected at least 1"):
         run_mutate(MutateConfig("c.pt", "g.fa", "m", "G", "out", top_n=int(value)))
+
+
+def test_a_source_dir_that_is_no_folder_and_a_file_named_as_a_cache(tmp_path, capsys):
+    message = _error(
+        capsys, ["recipe", "gasperini", "--out", str(tmp_path / "g"), "--source-dir", str(tmp_path / "no")]
+    )
+    assert "--source-dir" in message and "is not a folder" in message and "GSE120861" in message
+    (tmp_path / "labels.parquet").write_bytes(b"PAR1")
+    message = _error(capsys, ["cache", "info", str(tmp_path / "labels.parquet")])
+    assert "it is a file, and a cache is a folder" in message
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    from dogmacache import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["cache", "info", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "dogmacache: interrupted while starting; nothing was done"
