@@ -346,7 +346,9 @@ def _run(
     reused_note = f" ({filler.copied:,} copied from earlier caches, {len(rows_todo):,} embedded)" if copier else ""
     print(
         f"embedded {n_todo:,} items{reused_note} in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into "
-        f"{config.out}: {len(pending)} shards, {padded} windows padded with N, cache complete"
+        f"{config.out}: {len(pending)} shards, "
+        + (f"{padded} windows padded with N, " if getattr(adapter.options, "window_bp", None) else "")
+        + "cache complete"
     )
     if fidelity:
         print(

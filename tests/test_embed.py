@@ -88,7 +88,9 @@ def test_demo_inputs_embed_into_complete_caches(demo, demo_run, tmp_path, capsys
     ]
     for name, args in runs:
         assert main(["embed", *args, "--out", str(tmp_path / name), "--no-progress"]) == 0, name
-    assert "cache complete" in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert "cache complete" in said
+        assert ("windows padded with N" in said) == ("--genome" in args), name  # only where windows are cut
     paths = {
         "dna.zarr": demo_run / "cache" / "dna-enformer-trunk.zarr",
         "protein.zarr": demo_run / "cache" / "protein-esm2.zarr",
