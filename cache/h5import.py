@@ -2,8 +2,9 @@
 
 Streams one shard at a time (memory: one shard in the storage dtype plus one read block), so a 50 GB file
 imports on a laptop; resumable like any write (re-running redoes only unfinished shards). The input digest
-covers the source file's name, size and mtime, the dataset's shape and dtype, the ids and a sha256 of a few of its
-rows (`sample_digest`), so a resume onto shards written from another file is refused.
+covers the source file's name and size, the dataset's shape and dtype, the ids and a sha256 of a few of its rows
+(`sample_digest`), so a resume onto shards written from another file is refused, while a copy of the same bytes
+resumes (imports begun by versions without the sampled rows are refused and need --overwrite).
 The CDT authors' files hold `embeddings` (N, 896, 3072) float32 with `chroms` and `centers` beside it;
 without an `--ids` dataset, ids are built as `<chrom>:<center>`. Their merged file repeats some
 (chrom, center) pairs (5,434 rows, 5,303 unique in `pilot_full_v2.h5`); ids are the join key, so repeats
@@ -138,8 +139,8 @@ def sample_rows(n_items: int, n_random: int = SAMPLED_ROWS) -> np.ndarray:
 
 
 def sample_digest(data: h5py.Dataset) -> str:
-    """sha256 over the bytes of a few rows of `data` (`sample_rows`): with the file's size and mtime in the import's
-    input digest, a resume onto shards written from another file of the same name and shape is refused, without
+    """sha256 over the bytes of a few rows of `data` (`sample_rows`): with the file's size in the import's input
+    digest, a resume onto shards written from another file of the same name and shape is refused, without
     reading a multi-GB file whole."""
     h = hashlib.sha256()
     for row in sample_rows(data.shape[0]).tolist():
@@ -211,8 +212,7 @@ def import_h5(
                 str(data.shape),
                 str(data.dtype),
                 str(stat.st_size),
-                str(stat.st_mtime_ns),
-                sample_digest(data),
+                sample_digest(data),  # values, not the file's date: a copy or a touch of the same bytes resumes
                 *item_ids,
             ]
         )

@@ -5,8 +5,8 @@ the kernel drops it when the owner exits or is killed, so a crashed write resume
 The file holds the owner's pid and a token. A fan-out (e.g. dask workers writing shards that the owner
 hands them) shares the lock explicitly: the owner passes `lock_token` and each helper process opens the
 cache with it; a helper with no token or another token is refused like any second writer, and so is one whose
-token names an owner that no longer holds the flock (it exited or was killed). The lock file is named after the
-cache's resolved path, so a symlink to a cache shares its lock. Writers within
+token names an owner on this host that no longer holds the flock (it exited or was killed). The lock file is
+named after the cache's resolved path, so a symlink to a cache shares its lock. Writers within
 one process share the process's lock (counted), so a writer left unclosed in a traceback does not refuse
 the retry that follows it.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from dogmacache.errors import CacheError
@@ -104,7 +105,7 @@ class WriterLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        token = f"{os.getpid()}-{secrets.token_hex(8)}"
+        token = f"{socket.gethostname()}:{os.getpid()}-{secrets.token_hex(8)}"  # the host: see `join`
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {token}\n".encode(), 0)
         _HELD[file] = _Held(file, fd, token)
@@ -119,7 +120,9 @@ class WriterLock:
                 f"lock_token {token!r} does not match the lock of process {pid} on {cache} ({file}); "
                 "pass the token of the process that owns this write (its writer's lock_token)"
             )
-        if not _is_held(file):
+        # the owner's liveness is asked only on its own host: where flock is node-local (Lustre's localflock, some
+        # FUSE mounts), a helper on another machine would not see the owner's lock even while it runs
+        if token.partition(":")[0] == socket.gethostname() and not _is_held(file):
             raise CacheError(
                 f"lock_token {token!r} names the lock of process {pid} on {cache} ({file}), but that process no "
                 "longer holds it (it exited or was killed); a helper joins only a running write: re-run the "

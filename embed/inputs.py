@@ -54,10 +54,14 @@ def input_digest(table: pd.DataFrame, modality: str, extra: str = "") -> str:
     return provenance.input_digest(table, digest_columns(table, modality), [extra] if extra else [])
 
 
-def check_embedded_from(table: pd.DataFrame, modality: str, manifest: Any, url: str, path: Any, fix: str) -> None:
+def check_embedded_from(table: pd.DataFrame, modality: str, manifest: Any, url: str, path: Any, fix: str) -> bool:
     """Refuse `table` (as `read_input_table` gives it) unless it is the table the cache of `manifest` was embedded
     from: the same ids in order with the same inputs (for windows: chrom, center, strand) under the same genome
-    (the name and digest the cache records). A table that only shares the ids would place each row elsewhere."""
+    (the name and digest the cache records). A table that only shares the ids would place each row elsewhere.
+    False (nothing checked) for a cache embed did not write from a table (`cache import-h5`: its input digest
+    covers the imported file, and no table of positions)."""
+    if "input" not in (manifest.config or {}):
+        return False
     genome = (manifest.config or {}).get("genome") or {}
     tag = f"{genome['name']}:{genome['sha256']}" if genome else ""
     if input_digest(table, modality, tag) != manifest.input_digest:
@@ -65,3 +69,4 @@ def check_embedded_from(table: pd.DataFrame, modality: str, manifest: Any, url: 
             f"{path} is not the table {url} was embedded from ("
             f"{', '.join(digest_columns(table, modality))} differ in some row, or the order does); {fix}"
         )
+    return True

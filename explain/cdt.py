@@ -99,7 +99,7 @@ class CdtExplainer:
         data = load_data(task, config, table, path)
         check_fingerprints(checkpoint, path, data.fingerprints)
         self.dna = data.dna
-        check_embedded_from(  # the tracks are placed by this table's positions: they must be the embedded ones
+        self.positions_checked = check_embedded_from(  # the tracks are placed by this table's positions
             read_input_table(table, "dna"),
             "dna",
             self.dna.manifest,

@@ -109,14 +109,19 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     geometry = explainer.geometry
     top_k(np.zeros(geometry.n_bins), config.top_k)  # refuse a k larger than the window before any work
     chosen = explainer.select(list(config.items), config.split, config.n, config.top_effects, config.seed)
-    out = Path(config.out)
-    clear_previous(out)
-    for folder in ("tracks/items", "figures/items"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    if not explainer.positions_checked:
+        log(
+            f"{explainer.dna.url} records no windows table (an imported cache): the tracks are placed by the "
+            "windows table's positions as given, unchecked against the cache"
+        )
     features = None
     if config.features:
         chroms = set(explainer.windows.loc[chosen["enhancer"].unique(), "chrom"].astype(str))
         features = FeatureOverlap(FeatureSet(config.features, chroms), ("attention", "gradient"))
+    out = Path(config.out)
+    clear_previous(out)  # every input read: a refused run loses nothing
+    for folder in ("tracks/items", "figures/items"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     bigwig = tracks.has_bigwig()
     summary = Summary(k=config.top_k, n_positions=geometry.n_bins)
     means = {"attention": tracks.TrackAverage(), "gradient": tracks.TrackAverage()}
@@ -190,6 +195,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "task": explainer.task,
         "geometry": {**asdict(geometry), "span_bp": geometry.span_bp},
         "bigwig": bigwig,
+        "positions_checked": explainer.positions_checked,  # the windows table against the DNA cache's input digest
         "config": asdict(config),
     }
     tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished

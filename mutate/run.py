@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,6 +149,16 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
             f"{scanner.window_bp:,} bp around its TSS {row['chrom']}:{int(row['center']):,}); give edits "
             "inside it"
         )
+    crossed = [
+        {"gene": str(scanner.table["id"].iloc[row]), "window": scanner.window_label(row), "edit": edit.label}
+        for row, edit in scanner.crossing(edits)
+    ]
+    for c in crossed[:5]:
+        print(
+            f"dogmacache mutate: warning: edit {c['edit']!r} crosses the edge of {c['gene']}'s window ({c['window']}): "
+            "that window is left as it is (whole edits only; summary.json lists it under windows_crossed)",
+            file=sys.stderr,
+        )
     variants = [[e] for e in edits] if config.each else [edits]
     table, tokens, counts = scanner.shifts(variants)
     true = (
@@ -163,6 +174,7 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     if true is not None:
         shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
         shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
+    inputs = open_profile(config, token_cache) if config.scgpt_model else None  # checked before anything goes
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
@@ -174,10 +186,11 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         "n_variants": len(variants),
         **counts,
         "window": scanner.window_label(gene_row),
+        "windows_crossed": crossed,
         "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
     }
     if config.scgpt_model:
-        summary.update(_moved_genes(config, token_cache, shift, tokens, sets, warnings, out))
+        summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
     tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished
@@ -189,9 +202,9 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
 ADAPTER, KNOCKOUT = "bio-dta adapter", "adapter-free knockout"
 
 
-def _moved_genes(config: MutateConfig, token_cache, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):
-    """moved_genes.tsv / .png, moved_genes_knockout.tsv and, with gene sets, gene_sets.tsv; the summary's entries."""
-    inputs = open_profile(config, token_cache)
+def _moved_genes(config: MutateConfig, inputs, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):
+    """moved_genes.tsv / .png, moved_genes_knockout.tsv and, with gene sets, gene_sets.tsv; the summary's entries.
+    `inputs`: the scGPT encoder and profile (`open_profile`)."""
     ranking, knockout = adapter_moves(inputs, shift, tokens), knockout_moves(inputs, config.gene)
     moved, moved_knockout = top(ranking, config.top_n), top(knockout, config.top_n)
     moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")

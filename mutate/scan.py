@@ -62,27 +62,26 @@ class Scanner:
         return f"{self.table['chrom'].iloc[row]}:{start0 + 1:,}-{start0 + self.window_bp:,}"
 
     def affected(self, edits: Sequence[Edit]) -> list[int]:
-        """Table rows whose window holds at least one of `edits`. An edit that crosses a window's edge (a deletion
-        or substitution partly inside) is refused: that window would change, yet no whole edit lies in it."""
+        """Table rows whose window holds at least one of `edits` whole."""
+        return np.flatnonzero(self._hits(edits)[0]).tolist()
+
+    def crossing(self, edits: Sequence[Edit]) -> list[tuple[int, Edit]]:
+        """(row, edit) for each window an edit crosses the edge of (a deletion or substitution partly inside):
+        mutate applies whole edits only, so such a window keeps its reference row; `run_mutate` says which."""
+        return self._hits(edits)[1]
+
+    def _hits(self, edits: Sequence[Edit]) -> tuple[np.ndarray, list[tuple[int, Edit]]]:
         chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
         starts = window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
         hit = np.zeros(len(self.table), dtype=bool)
+        crossed = []
         for edit in edits:
             same = chroms == edit.chrom
             inside = same & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
             overlap = same & (starts < max(edit.end0, edit.start0 + 1)) & (edit.start0 < starts + self.window_bp)
-            crossing = np.flatnonzero(overlap & ~inside)
-            if len(crossing):
-                row = int(crossing[0])
-                edges = (int(starts[row]), int(starts[row]) + self.window_bp)
-                edge = next(e for e in edges if edit.start0 < e < edit.end0)
-                raise InputError(
-                    f"edit {edit.label!r} crosses the edge of {self.table['id'].iloc[row]}'s window "
-                    f"({self.window_label(row)}) at {edit.chrom}:{edge:,}|{edge + 1:,}: part of it would change "
-                    "that window, which mutate applies only whole edits to; split it at that edge into two edits"
-                )
+            crossed += [(int(row), edit) for row in np.flatnonzero(overlap & ~inside)]
             hit |= inside
-        return np.flatnonzero(hit).tolist()
+        return hit, crossed
 
     def shifts(self, variants: Sequence[Sequence[Edit]]) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, int]]:
         """Per (variant, affected window): the table of ids; {"reference", "edited"} adapted tokens (W, D_tok);

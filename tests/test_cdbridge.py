@@ -421,15 +421,23 @@ def test_a_finished_stage_1_is_taken_only_for_the_data_it_was_trained_on(tmp_pat
     swapped.to_parquet(tmp_path / "swapped.parquet")
     fold["output"]["overwrite"] = True
     other = dict(fold, data={**fold["data"], "labels": str(tmp_path / "swapped.parquet")})
-    with pytest.raises(
-        InputError, match=r"cdbridge_stage1_best\.pt was trained with \[data\] labels = .*labels\.parquet"
-    ):
+    with pytest.raises(InputError, match=r"cdbridge_stage1_best\.pt was trained on other test examples than this run"):
         run_training(config_from_dict(other), progress=False)
+    assert (tmp_path / "fold" / "metrics.json").exists()  # refused before the fold's finished result was let go
+    labels.to_parquet(tmp_path / "copy.parquet")  # the same splits at another path: taken
+    copied = dict(fold, data={**fold["data"], "labels": str(tmp_path / "copy.parquet")})
+    assert run_training(config_from_dict(copied), progress=False)["models"]["cdbridge"]["epochs_run"] == 1
     write_cache(
         tmp_path / "dna2.zarr",
         np.random.default_rng(1).normal(size=(len(SPLIT), 4, 6)).astype(np.float32),
         ids=[f"w{i}" for i in range(len(SPLIT))],
     )
     moved = dict(fold, data={**fold["data"], "dna_cache": str(tmp_path / "dna2.zarr")})
-    with pytest.raises(InputError, match=r"was trained with \[data\] dna_cache"):
+    with pytest.raises(InputError, match=r"cdbridge_stage1_best\.pt was trained on a dna cache with shards_digest"):
         run_training(config_from_dict(moved), progress=False)
+    # a control on another DNA cache cannot start from a stage 1 of this one: refused before the model trains
+    before = (tmp_path / "fold" / "cdbridge_best.pt").stat().st_mtime_ns
+    control = dict(fold, train={**fold["train"], "control_caches": [f"dna_cache={tmp_path / 'dna2.zarr'}"]})
+    with pytest.raises(InputError, match=r"was trained on a dna cache with"):
+        run_training(config_from_dict(control), progress=False)
+    assert (tmp_path / "fold" / "cdbridge_best.pt").stat().st_mtime_ns == before

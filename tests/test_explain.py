@@ -304,3 +304,22 @@ def test_ctrl_c_is_one_line_on_what_was_kept_and_exit_130(tmp_path, monkeypatch,
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"dogmacache explain: interrupted; {out} keeps the items explained so far")
     assert "re-run the same command" in message and "\n" not in message
+
+
+def test_the_windows_table_is_checked_against_a_cache_embed_wrote_and_not_against_an_imported_one():
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from dogmacache.embed.inputs import check_embedded_from, input_digest
+
+    table = pd.DataFrame({"id": ["a", "b"], "chrom": ["chr1", "chr1"], "center": [100, 900], "strand": ["+", "-"]})
+    genome = {"name": "g.fa", "sha256": "sha256:1"}
+    embedded = SimpleNamespace(
+        config={"input": {"name": "w.parquet"}, "genome": genome},
+        input_digest=input_digest(table, "dna", "g.fa:sha256:1"),
+    )
+    assert check_embedded_from(table, "dna", embedded, "dna.zarr", "w.parquet", "fix") is True
+    with pytest.raises(InputError, match=r"shifted.parquet is not the table dna.zarr was embedded from \(id, chrom"):
+        check_embedded_from(table.assign(center=[101, 900]), "dna", embedded, "dna.zarr", "shifted.parquet", "fix")
+    imported = SimpleNamespace(config={"source": "import-h5", "src": "e.h5"}, input_digest="sha256:0")
+    assert check_embedded_from(table, "dna", imported, "dna.zarr", "w.parquet", "fix") is False

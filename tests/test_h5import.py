@@ -272,3 +272,17 @@ def test_the_sampled_rows_span_the_dataset(tmp_path):
     rows = sample_rows(1000)
     assert {0, 500, 999} <= set(rows.tolist()) and len(rows) > 3 and rows.max() < 1000
     assert sample_rows(1).tolist() == [0]
+
+
+def test_a_touched_or_copied_source_of_the_same_bytes_resumes(tmp_path, monkeypatch):
+    src, dest = tmp_path / "e.h5", tmp_path / "c.zarr"
+    kwargs = dict(dataset="embeddings", modality="dna", model="enformer", shard_items=4, progress=False)
+    data = _cdt_h5(src, n=12, seed=0)
+    _interrupt_after_first_shard(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        import_h5(src, dest, **kwargs)
+    monkeypatch.undo()
+    os.utime(src, ns=(1, 2))  # a copy without -p, a touch, a download of the same bytes
+    manifest, written = import_h5(src, dest, **kwargs)
+    assert written == 2 and manifest.complete  # the first shard was kept
+    np.testing.assert_array_equal(open_cache(dest)[:], data.astype(np.float16))

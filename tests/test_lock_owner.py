@@ -50,6 +50,11 @@ def test_a_token_joins_a_live_owner_but_not_a_killed_one(tmp_path):
     writer = CacheWriter.open(path)  # the write is free for a new owner
     assert writer.pending_shards() == [0, 1, 2]
     writer.close()
+    # an owner on another machine: its flock may be invisible here (node-local locks), so its liveness is not asked
+    lock_file(path).write_text("4242 elsewhere.example:4242-0123456789abcdef\n")
+    helper = CacheWriter.open(path, lock_token="elsewhere.example:4242-0123456789abcdef")
+    assert helper.pending_shards() == [0, 1, 2]
+    helper.close()
 
 
 def test_a_symlink_to_a_cache_being_written_shares_its_lock(tmp_path):

@@ -77,7 +77,7 @@ def test_a_control_that_cannot_run_is_refused_before_anything_trains(tmp_path, e
     run_training(config_from_dict(quick(tmp_path)), progress=False)
     before = (tmp_path / "out" / "dna_mlp_best.pt").stat().st_mtime_ns
     raw = quick(tmp_path, control_caches=entry)
-    raw["output"]["resume"] = True
+    raw["output"]["overwrite"] = True  # a run that would start over: refused before it removes or trains anything
     with pytest.raises(InputError, match=message):
         run_training(config_from_dict(raw), progress=False)
     assert (tmp_path / "out" / "dna_mlp_best.pt").stat().st_mtime_ns == before  # nothing trained
@@ -87,3 +87,14 @@ def test_a_control_that_cannot_run_is_refused_before_anything_trains(tmp_path, e
 def test_a_device_torch_does_not_know_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"device 'gpu' is not one torch knows; expected auto, cpu, cuda"):
         run_training(config_from_dict(quick(tmp_path, device="gpu")), progress=False)
+
+
+def test_a_refused_resume_keeps_the_finished_runs_result(tmp_path):
+    raw = quick(tmp_path)
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)
+    changed = quick(tmp_path, lr=0.5)
+    changed["output"]["resume"] = True
+    with pytest.raises(InputError, match=r"dna_mlp_last\.pt was trained with train\.lr = 0\.01 but this run has 0\.5"):
+        run_training(config_from_dict(changed), progress=False)
+    assert (tmp_path / "out" / "metrics.json").exists()

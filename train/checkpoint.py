@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
+from dogmacache.cache.manifest import digest_strings
 from dogmacache.cache.storage import disk_error
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
@@ -96,18 +97,20 @@ def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
 
 
 def check_prerequisite(
-    checkpoint: dict[str, Any], path: str, config: dict[str, Any], fingerprints: dict, reads: tuple[str, ...]
+    checkpoint: dict[str, Any],
+    path: str,
+    config: dict[str, Any],
+    fingerprints: dict,
+    reads: tuple[str, ...],
+    splits: dict[str, str] | None = None,
 ) -> None:
     """Refuse a finished prerequisite checkpoint (CDBridge's [data] stage1_checkpoint) trained on other data than
-    this run's: one of the [data] keys the prerequisite `reads` (its labels table and so its splits, its caches),
-    or the fingerprint of a cache it reads (`<name>_cache` -> `<name>`). A stage 1 trained on other splits would
-    carry this run's test examples into stage 2, which starts from it."""
+    this run's: the fingerprint of each cache it `reads` (`<name>_cache` -> `<name>`: the cache's content, wherever
+    it lies), the examples of each split (`splits`, `split_digests`; by the labels path where the checkpoint
+    predates them) and its other `reads` keys. A stage 1 trained on other splits would carry this run's test
+    examples into stage 2, which starts from it."""
     fix = "train stage 1 in this run (leave [data] stage1_checkpoint empty) or name the one trained on these data"
     saved = checkpoint.get("config") or {}
-    for key in reads:
-        old, new = _lookup(saved, f"data.{key}"), _lookup(config, f"data.{key}")
-        if old != new:
-            raise InputError(f"{path} was trained with [data] {key} = {old!r} but this run has {new!r}; {fix}")
     names = {key.removesuffix("_cache") for key in reads if key.endswith("_cache")}
     difference = first_fingerprint_difference(
         {k: v for k, v in (checkpoint.get("fingerprints") or {}).items() if k in names},
@@ -115,6 +118,29 @@ def check_prerequisite(
     )
     if difference:
         raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
+    recorded = checkpoint.get("splits")
+    if recorded is not None and splits is not None and recorded != splits:
+        split = next(s for s in sorted(set(recorded) | set(splits)) if recorded.get(s) != splits.get(s))
+        raise InputError(
+            f"{path} was trained on other {split} examples than this run's (labels table "
+            f"{_lookup(config, 'data.labels')!r}); {fix}"
+        )
+    for key in reads:
+        if key.endswith("_cache") or (key == "labels" and recorded is not None and splits is not None):
+            continue
+        old, new = _lookup(saved, f"data.{key}"), _lookup(config, f"data.{key}")
+        if isinstance(old, str) and isinstance(new, str) and old and new:
+            old, new = os.path.normpath(old), os.path.normpath(new)
+        if old != new:
+            raise InputError(f"{path} was trained with [data] {key} = {old!r} but this run has {new!r}; {fix}")
+
+
+def split_digests(splits: dict[str, Any]) -> dict[str, str] | None:
+    """Per split, the digest of its examples' `id` column in order (None where a split table has no `id`):
+    what a checkpoint records of the examples it was trained and chosen on."""
+    if not all("id" in table.columns for table in splits.values()):
+        return None
+    return {name: digest_strings(table["id"].astype(str)) for name, table in splits.items()}
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

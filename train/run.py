@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from dogmacache.cache import open_cache
 from dogmacache.cache.lock import WriterLock, lock_file, lock_holder
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import (
@@ -29,7 +30,7 @@ from dogmacache.devices import (
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.controls import check_controls, controls
+from dogmacache.train.controls import cache_controls, check_controls, controls, without_ablations
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData
@@ -53,6 +54,7 @@ def _fit_task(
         "model_config": model_config,
         "config": task.config.to_dict(),
         "fingerprints": data.fingerprints,
+        "splits": checkpoint.split_digests(data.splits),  # the examples it was trained and chosen on
         "versions": package_versions(),
         "extras": data.extras,
     }
@@ -73,7 +75,7 @@ def _prerequisite(
         if p.checkpoint:
             device = pick_device(p.task.config.train.device)
             saved = checkpoint.read(p.checkpoint, map_location=device)
-            checkpoint.check_prerequisite(saved, p.checkpoint, p.task.config.to_dict(), p.data.fingerprints, p.reads)
+            _check_prerequisite(saved, p, p.data.fingerprints)
             model = checkpoint.rebuild(saved, p.task.models, p.checkpoint).to(device)
             result = {"name": name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
             result["inspect"] = {"trained": p.task.inspect(model, p.data, device)}
@@ -146,6 +148,34 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
     return lock
 
 
+def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: dict[str, Any]) -> None:
+    checkpoint.check_prerequisite(
+        saved, p.checkpoint, p.task.config.to_dict(), fingerprints, p.reads, checkpoint.split_digests(p.data.splits)
+    )
+
+
+def preflight(task: Task, data: TaskData, out: Path) -> None:
+    """The refusals a run would meet later, met before it removes anything (`clear_outputs`) or trains: the
+    model's resume (its last checkpoint against this run's config and caches) and every finished prerequisite
+    checkpoint named, for the model, its trained baselines and its cache controls (a control's swapped cache
+    by its own fingerprint)."""
+    config = task.config
+    last = out / f"{config.task}_last.pt"
+    if config.output.resume and last.is_file():
+        checkpoint.check_resume(checkpoint.read(last, map_location="cpu"), last, config.to_dict(), data.fingerprints)
+    tasks = [(task, data.fingerprints)]
+    tasks += [(b.task, data.fingerprints) for b in task.baselines(data).values() if isinstance(b, FittedBaseline)]
+    plain = without_ablations(config)
+    for key, path in cache_controls(config).values():
+        swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
+        fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
+        tasks.append((type(task)(swapped), fingerprints))
+    for t, fingerprints in tasks:
+        for p in t.prerequisites(data).values():
+            if p.checkpoint:
+                _check_prerequisite(checkpoint.read(p.checkpoint, map_location="cpu"), p, fingerprints)
+
+
 def clear_outputs(out: Path, config: RunConfig) -> None:
     """Once the data has loaded and the controls are checked, before anything trains: metrics.json goes (it is
     written last, so a run stopped midway does not leave an earlier run's results beside its own checkpoints),
@@ -162,6 +192,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
     task = get_task(config.task)(config)
     data = task.load()
     check_controls(task)  # a control that cannot run is refused before the model trains, not after
+    preflight(task, data, out)
     if rank == 0:
         clear_outputs(out, config)
 

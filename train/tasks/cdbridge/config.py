@@ -40,7 +40,9 @@ class CdbridgeDataConfig:
     tissues: tuple[str, ...] = ()  # label columns to model; () = every tissue column of the labels
     holdout_tissues: tuple[str, ...] = ()  # held out in addition to the recipe's held_out tissues
     recipe_holdout: bool = True  # hold out the tissues the recipe marks held_out (false: only holdout_tissues)
-    stage1_checkpoint: str = ""  # a stage-1 checkpoint to start stage 2 from; "" = train stage 1 in this run
+    # a stage-1 checkpoint to start stage 2 from; "" = train stage 1 in this run. Taken only when it was trained on
+    # this run's splits and on caches of the same content (any held-out tissues: one stage 1 serves every fold)
+    stage1_checkpoint: str = ""
     eval_batch: int = 256  # examples per evaluation chunk
     preload_bytes: int = 2 << 30  # keep the DNA cache in RAM when it fits this budget (bytes, as float32)
     # z-score each tissue-embedding dimension over the seen tissues (held-out ones scaled with the same numbers):
