@@ -66,7 +66,7 @@ def print_probe_summary(summary: dict[str, list[dict]]) -> None:
         "linear probes per cache (ridge on mean-pooled windows, alpha by CV on train; validation / test R², "
         "[test R² with permuted labels, with shuffled inputs]):"
     )
-    from dogmacache.train.probe import CONTROLS
+    from dogmacache.train.probe import CONTROLS, kmer_above_chosen
 
     for name, rows in summary.items():
         scores = {(r["url"], r["role"]): r["test_r2"] for r in rows}
@@ -80,3 +80,5 @@ def print_probe_summary(summary: dict[str, list[dict]]) -> None:
             if r["role"] not in CONTROLS
         ]
         print("    " + "; ".join(cells))
+        for line in kmer_above_chosen(rows, "validation r2") if chosen else ():
+            print(f"    {line}")

@@ -426,7 +426,7 @@ def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list
     chosen = next(r for r in rows if r["chosen"])
     return [
         f"the k-mer control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
-        f"({chosen['cache']}): on this target the model's features add nothing over k-mer frequencies"
+        f"({chosen['cache']}): on this target the model's features predict less than k-mer frequencies alone"
         for r in rows
         if r["role"] == "kmer control" and math.isfinite(r[key]) and r[key] > chosen[key]
     ]
