@@ -296,19 +296,37 @@ def _in_repo(relpath: str, name: str) -> str:
     return name if relpath == "." else f"{relpath}/{name}"
 
 
+def _revision_files(repo: str, revision: str | None) -> set[str]:
+    """The paths of the files in `repo` at `revision` (the Hub's listing)."""
+    from huggingface_hub import HfApi
+
+    return set(HfApi().list_repo_files(repo_id=repo, repo_type="dataset", revision=revision))
+
+
 def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> list[str]:
     """Download a dataset repository and verify every cache in it. Returns the verified caches' paths."""
     from huggingface_hub import snapshot_download
 
     dest = Path(dest)
+    earlier = dest.is_dir() and bool(find_caches(dest))  # a download never deletes what the revision lacks
     try:
         snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
+        files = _revision_files(repo, revision) if earlier else None
     except OSError as err:
         problem = _hub_error(err, repo, "download", revision)
         if problem is None:
             raise
         raise problem from err
     caches = find_caches(dest)
+    if files is not None:  # only the caches of the revision pulled are verified and reported
+        stale = [c for c in caches if ("zarr.json" if c.relpath == "." else f"{c.relpath}/zarr.json") not in files]
+        if stale:
+            print(
+                f"{dest} also holds {len(stale)} cache(s) that {repo}"
+                f"{'@' + revision if revision else ''} lacks ({', '.join(c.relpath for c in stale[:5])}), left from "
+                "an earlier pull or copy: not verified, not reported; pull into an empty folder to have only this one"
+            )
+        caches = [c for c in caches if c not in stale]
     if not caches:
         raise CacheError(
             f"dataset repo {repo} (downloaded to {dest}) holds no dogmacache cache: no Zarr group with a "

@@ -216,6 +216,28 @@ def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, ca
     out = capsys.readouterr().out
     assert f"verified {tmp_path / 'got' / 'dna.zarr'}" in out and f"verified {tmp_path / 'got' / 'protein.zarr'}" in out
 
+    # another revision, without dna.zarr, pulled into the same folder: the download leaves dna.zarr there, and
+    # pull verifies and reports only the revision's caches (the Hub's file listing says which)
+    revision_b = tmp_path / "revision_b"
+    shutil.copytree(repo_dir, revision_b)
+    shutil.rmtree(revision_b / "dna.zarr")
+
+    def fake_b(repo_id, repo_type, local_dir, revision=None):
+        shutil.copytree(revision_b, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    def listing(self, repo_id, repo_type, revision=None):
+        return [p.relative_to(revision_b).as_posix() for p in revision_b.rglob("*") if p.is_file()]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_b)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "got"), "--revision", "b"]) == 0
+    out = capsys.readouterr().out
+    verified = [line for line in out.splitlines() if line.startswith("verified ")]
+    assert verified == [f"verified {tmp_path / 'got' / 'protein.zarr'}"]
+    assert "also holds 1 cache(s) that lab/x@b lacks (dna.zarr)" in out
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+
     shard = repo_dir / "dna.zarr" / "embeddings" / "c" / "1" / "0" / "0"
     raw = bytearray(shard.read_bytes())
     raw[100:108] = b"\xff" * 8  # a download that arrives damaged
