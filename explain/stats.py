@@ -78,6 +78,7 @@ class Summary:
     gradient_peaks_bp: list[float] = field(default_factory=list)
     gene_uniformity: list[float] = field(default_factory=list)  # per item: mean correlation of its genes' rows
     across_items: RunningCorrelation = field(default_factory=RunningCorrelation)
+    offsets_bp: np.ndarray | None = None  # the bins' offsets from the window centre (one geometry per run)
 
     def add(self, attention: np.ndarray, gradient: np.ndarray, offsets_bp: np.ndarray, gene_rows: np.ndarray) -> int:
         """One item: its head-averaged attention row (L,), gradient norms (L,), bin offsets (L,) and every gene's
@@ -88,6 +89,8 @@ class Summary:
         self.gradient_peaks_bp.append(float(offsets_bp[int(np.argmax(gradient))]))
         self.gene_uniformity.append(mean_pairwise_correlation(gene_rows))
         self.across_items.add(attention)
+        if self.offsets_bp is None:
+            self.offsets_bp = np.asarray(offsets_bp, dtype=np.float64)
         return overlap
 
     def to_dict(self, within_bp: float = 50_000) -> dict:
@@ -98,6 +101,11 @@ class Summary:
                 "median_abs_distance_bp": float(np.median(distance)) if len(distance) else float("nan"),
                 f"fraction_within_{int(within_bp)}_bp": float((distance <= within_bp).mean())
                 if len(distance)
+                else float("nan"),
+                # the same fraction for a peak at a uniformly random bin: the control beside it (1.0 where the
+                # whole window lies within the distance, as in windows shorter than twice it)
+                f"fraction_within_{int(within_bp)}_bp_if_uniform": float((np.abs(self.offsets_bp) <= within_bp).mean())
+                if self.offsets_bp is not None
                 else float("nan"),
             }
 

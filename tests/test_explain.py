@@ -189,6 +189,7 @@ def test_summary_counts_overlaps_and_peak_distances():
     assert numbers["topk_overlap"]["mean"] == 1.0 and numbers["topk_overlap"]["histogram"] == {0: 1, 1: 0, 2: 1}
     assert numbers["attention_peak"]["mean_abs_distance_bp"] == 15.0  # peaks at +15 and -15
     assert numbers["gradient_peak"]["fraction_within_10_bp"] == 0.0
+    assert numbers["gradient_peak"]["fraction_within_10_bp_if_uniform"] == 0.5  # bins at -5 and +5 of 4
     assert numbers["attention_uniformity"]["across_items_mean_pairwise_correlation"] == pytest.approx(-1.0)
     assert numbers["attention_uniformity"]["across_genes_mean_pairwise_correlation"] == pytest.approx(1.0)
 
