@@ -47,9 +47,10 @@ def is_cache_folder(path: Path) -> bool:
     return isinstance(meta, dict) and "dogmacache" in (meta.get("attributes") or {})
 
 
-def find_caches(folder: Path) -> list[FoundCache]:
-    """Caches in `folder`: the folder itself, or its immediate subfolders."""
-    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+def find_caches(folder: Path, root: bool = True) -> list[FoundCache]:
+    """Caches in `folder`: the folder itself (unless not `root`), or its immediate subfolders."""
+    candidates = [folder] if root else []
+    candidates += sorted(p for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
     found = []
     for path in candidates:
         if not is_cache_folder(path):
@@ -308,7 +309,9 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
     from huggingface_hub import snapshot_download
 
     dest = Path(dest)
-    earlier = dest.is_dir() and bool(find_caches(dest))  # a download never deletes what the revision lacks
+    # a download never deletes what the revision lacks: zarr.json files already there (not opened: a damaged one
+    # is what a pull repairs) mean the caches found afterwards are checked against the revision's file list
+    earlier = dest.is_dir() and any([*dest.glob("zarr.json"), *dest.glob("*/zarr.json")])
     try:
         snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(dest), revision=revision)
         files = _revision_files(repo, revision) if earlier else None
@@ -319,14 +322,19 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
         raise problem from err
     caches = find_caches(dest)
     if files is not None:  # only the caches of the revision pulled are verified and reported
-        stale = [c for c in caches if ("zarr.json" if c.relpath == "." else f"{c.relpath}/zarr.json") not in files]
+
+        def pulled(c: FoundCache) -> bool:
+            return ("zarr.json" if c.relpath == "." else f"{c.relpath}/zarr.json") in files
+
+        stale = [c for c in caches if not pulled(c)]
         if stale:
             print(
                 f"{dest} also holds {len(stale)} cache(s) that {repo}"
                 f"{'@' + revision if revision else ''} lacks ({', '.join(c.relpath for c in stale[:5])}), left from "
                 "an earlier pull or copy: not verified, not reported; pull into an empty folder to have only this one"
             )
-        caches = [c for c in caches if c not in stale]
+        # a stale cache at the folder's root would hide the revision's caches in its subfolders
+        caches = [c for c in find_caches(dest, root="zarr.json" in files) if pulled(c)]
     if not caches:
         raise CacheError(
             f"dataset repo {repo} (downloaded to {dest}) holds no dogmacache cache: no Zarr group with a "

@@ -142,6 +142,12 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     gene_row = _gene_row(scanner, config.gene, set(token_ids))
     edits = collect_edits(config, scanner)
     outside = [e for e in edits if gene_row not in scanner.affected([e])]
+    own = [e for e in outside if any(row == gene_row for row, _ in scanner.crossing([e]))]
+    if own:
+        raise InputError(
+            f"edit {own[0].label!r} crosses the edge of {config.gene}'s window ({scanner.window_label(gene_row)}): "
+            "mutate applies whole edits only; give the part inside the window as its own edit"
+        )
     if outside:
         row = scanner.table.iloc[gene_row]
         raise InputError(
@@ -156,7 +162,12 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     for c in crossed[:5]:
         print(
             f"dogmacache mutate: warning: edit {c['edit']!r} crosses the edge of {c['gene']}'s window ({c['window']}): "
-            "that window is left as it is (whole edits only; summary.json lists it under windows_crossed)",
+            "it is not applied to that window (whole edits only; summary.json lists it under windows_crossed)",
+            file=sys.stderr,
+        )
+    if len(crossed) > 5:
+        print(
+            f"dogmacache mutate: warning: and {len(crossed) - 5} more windows crossed (windows_crossed)",
             file=sys.stderr,
         )
     variants = [[e] for e in edits] if config.each else [edits]

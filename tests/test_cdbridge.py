@@ -4,6 +4,7 @@ reload to equal outputs, and the one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -424,8 +425,17 @@ def test_a_finished_stage_1_is_taken_only_for_the_data_it_was_trained_on(tmp_pat
     with pytest.raises(InputError, match=r"cdbridge_stage1_best\.pt was trained on other test examples than this run"):
         run_training(config_from_dict(other), progress=False)
     assert (tmp_path / "fold" / "metrics.json").exists()  # refused before the fold's finished result was let go
-    labels.to_parquet(tmp_path / "copy.parquet")  # the same splits at another path: taken
-    copied = dict(fold, data={**fold["data"], "labels": str(tmp_path / "copy.parquet")})
+    # the same files at other paths: taken (a checkpoint records the files it read by their content)
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tmp_path / "labels.parquet", tmp_path / "moved" / "labels.parquet")
+    shutil.copy(tmp_path / "masks.parquet", tmp_path / "moved" / "masks.parquet")
+    shutil.copy(tmp_path / "labels_log1p.parquet", tmp_path / "moved" / "labels_log1p.parquet")
+    shutil.copy(tmp_path / "tissues.parquet", tmp_path / "moved" / "tissues.parquet")
+    where = {
+        "labels": str(tmp_path / "moved" / "labels.parquet"),
+        "coding_masks": str(tmp_path / "moved" / "masks.parquet"),
+    }
+    copied = dict(fold, data={**fold["data"], **where})
     assert run_training(config_from_dict(copied), progress=False)["models"]["cdbridge"]["epochs_run"] == 1
     write_cache(
         tmp_path / "dna2.zarr",
@@ -438,6 +448,6 @@ def test_a_finished_stage_1_is_taken_only_for_the_data_it_was_trained_on(tmp_pat
     # a control on another DNA cache cannot start from a stage 1 of this one: refused before the model trains
     before = (tmp_path / "fold" / "cdbridge_best.pt").stat().st_mtime_ns
     control = dict(fold, train={**fold["train"], "control_caches": [f"dna_cache={tmp_path / 'dna2.zarr'}"]})
-    with pytest.raises(InputError, match=r"was trained on a dna cache with"):
+    with pytest.raises(InputError, match=r"was trained on a dna cache with .*the control control_dna_dna2 .*drop that"):
         run_training(config_from_dict(control), progress=False)
     assert (tmp_path / "fold" / "cdbridge_best.pt").stat().st_mtime_ns == before

@@ -266,3 +266,35 @@ def test_an_error_in_the_demos_second_process_arrives_as_the_same_one_line_error
         with pytest.raises(InputError, match="protein_sequences.parquet' does not exist") as raised:
             future.result()
     assert "\n" not in str(raised.value)
+
+
+def test_pull_over_a_root_cache_and_over_a_torn_download_finds_the_revisions_caches(tmp_path, rng, monkeypatch, capsys):
+    """A cache left at the folder's root must not hide the pulled revision's caches below it, and a zarr.json torn
+    by an interrupted earlier download is what the pull repairs, not a reason to stop before it."""
+    import huggingface_hub
+
+    def serve(src):
+        def download(repo_id, repo_type, local_dir, revision=None):
+            shutil.copytree(src, local_dir, dirs_exist_ok=True)
+            return local_dir
+
+        def listing(self, repo_id, repo_type, revision=None):
+            return [p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()]
+
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+
+    a, b, got = tmp_path / "a", tmp_path / "b", tmp_path / "got"
+    write_cache(a, rng.standard_normal((6, 8)).astype(np.float32), shard_items=3)  # a cache at the repo's root
+    write_cache(b / "dna.zarr", rng.standard_normal((6, 8)).astype(np.float32), shard_items=3)
+    serve(a)
+    assert main(["cache", "pull", "lab/a", str(got)]) == 0
+    serve(b)
+    assert main(["cache", "pull", "lab/b", str(got)]) == 0
+    out = capsys.readouterr().out
+    assert "lacks (.)" in out and out.strip().endswith(f"verified {got / 'dna.zarr'}")
+    torn = tmp_path / "torn"
+    (torn / "dna.zarr").mkdir(parents=True)
+    (torn / "dna.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    assert main(["cache", "pull", "lab/b", str(torn)]) == 0
+    assert capsys.readouterr().out.strip() == f"verified {torn / 'dna.zarr'}"

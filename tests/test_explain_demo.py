@@ -198,6 +198,9 @@ def test_a_rerun_leaves_no_earlier_run_behind_and_a_stopped_one_no_summary(demo_
     prefixes = {p.name[:5] for p in (out / "tracks" / "items").iterdir()}
     assert prefixes == {"0000_", "0001_"}  # the first run's items 2 and 3 are gone
     assert json.loads((out / "summary.json").read_text())["n_items"] == 2
+    (tmp_path / "peaks.bed").write_text("chr1\tnot-a-number\t10\n")
+    assert main([*base, "--n", "3", "--features", str(tmp_path / "peaks.bed")]) == 2  # refused: nothing goes
+    assert json.loads((out / "summary.json").read_text())["n_items"] == 2
     calls = []
     write_item = explain_run._write_item
 

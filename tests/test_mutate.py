@@ -174,6 +174,10 @@ def test_an_unedited_window_reembeds_to_its_cached_row_and_each_edit_scans_alone
 
 def test_mutate_refusals_are_one_line(scene, tmp_path):
     root, models, genome = scene
+    done = run_mutate(_config(root, models, genome, edits=("chr1:1400-1401",), out=str(root / "kept")))
+    with pytest.raises(InputError, match=r"nowhere"):  # a profile that is not there: refused before anything goes
+        run_mutate(_config(root, models, genome, edits=("chr1:1400-1401",), out=str(root / "kept"), profile="nowhere"))
+    assert json.loads((root / "kept" / "summary.json").read_text())["seconds"] == done["seconds"]
     with pytest.raises(InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"):
         run_mutate(_config(root, models, genome, edits=("chr1:4000-4001",)))
     # inside BBB's window (chr1:977-3,024), across the end of AAA's (chr1:476-2,523): AAA's is left as it is, and said
@@ -183,6 +187,8 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     assert summary["windows_crossed"] == [{"gene": "AAA", "window": "chr1:476-2,523", "edit": "chr1:2500-2530"}]
     shift = pd.read_csv(root / "x" / "token_shift.tsv", sep="\t")
     assert list(shift["id"]) == ["BBB"]  # AAA's window holds no whole edit: not re-embedded
+    with pytest.raises(InputError, match=r"edit 'chr1:2500-2530' crosses the edge of AAA's window \(chr1:476-2,523\)"):
+        run_mutate(_config(root, models, genome, gene="AAA", edits=("chr1:2500-2530",), scgpt_model=None))
     for bad, message in ((dict(top_n=0), r"--top-n 0: expected at least 1"), (dict(out=str(root / "f")), "is a file")):
         (root / "f").write_text("")
         with pytest.raises(InputError, match=message):

@@ -98,3 +98,22 @@ def test_a_refused_resume_keeps_the_finished_runs_result(tmp_path):
     with pytest.raises(InputError, match=r"dna_mlp_last\.pt was trained with train\.lr = 0\.01 but this run has 0\.5"):
         run_training(config_from_dict(changed), progress=False)
     assert (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_control_whose_cache_changed_is_refused_before_the_finished_result_goes(tmp_path):
+    import numpy as np
+    from conftest import write_cache
+
+    ids = [f"e{i}" for i in range(40)]
+    write_cache(tmp_path / "alt.zarr", np.ones((40, 4, 6), np.float32), ids=ids, shard_items=40)
+    raw = quick(tmp_path, control_caches=[f"dna_cache={tmp_path / 'alt.zarr'}"])
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)
+    assert (tmp_path / "out" / "control_dna_alt_last.pt").is_file()
+    import shutil
+
+    shutil.rmtree(tmp_path / "alt.zarr")  # re-embedded at the same path: other numbers
+    write_cache(tmp_path / "alt.zarr", np.zeros((40, 4, 6), np.float32), ids=ids, shard_items=40)
+    with pytest.raises(InputError, match=r"control_dna_alt_last\.pt was trained on a dna cache with shards_digest"):
+        run_training(config_from_dict(raw), progress=False)
+    assert (tmp_path / "out" / "metrics.json").exists()

@@ -14,6 +14,8 @@ and, in `<name>_last.pt` only, the optimiser, scheduler, RNG and loop state for 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -103,13 +105,13 @@ def check_prerequisite(
     fingerprints: dict,
     reads: tuple[str, ...],
     splits: dict[str, str] | None = None,
+    fix: str = "train stage 1 in this run (leave [data] stage1_checkpoint empty) or name the one trained on these data",
 ) -> None:
     """Refuse a finished prerequisite checkpoint (CDBridge's [data] stage1_checkpoint) trained on other data than
     this run's: the fingerprint of each cache it `reads` (`<name>_cache` -> `<name>`: the cache's content, wherever
     it lies), the examples of each split (`splits`, `split_digests`; by the labels path where the checkpoint
     predates them) and its other `reads` keys. A stage 1 trained on other splits would carry this run's test
-    examples into stage 2, which starts from it."""
-    fix = "train stage 1 in this run (leave [data] stage1_checkpoint empty) or name the one trained on these data"
+    examples into stage 2, which starts from it. `fix`: what the refusal tells the user to do."""
     saved = checkpoint.get("config") or {}
     names = {key.removesuffix("_cache") for key in reads if key.endswith("_cache")}
     difference = first_fingerprint_difference(
@@ -125,14 +127,44 @@ def check_prerequisite(
             f"{path} was trained on other {split} examples than this run's (labels table "
             f"{_lookup(config, 'data.labels')!r}); {fix}"
         )
+    files, now = checkpoint.get("data_files") or {}, data_files(config)
     for key in reads:
-        if key.endswith("_cache") or (key == "labels" and recorded is not None and splits is not None):
+        if key.endswith("_cache"):
             continue
         old, new = _lookup(saved, f"data.{key}"), _lookup(config, f"data.{key}")
+        if key in files and key in now:  # a file: by its content, wherever it lies
+            if files[key] != now[key]:
+                raise InputError(
+                    f"{path} was trained on another [data] {key} file than this run's {new!r} (sha256 differs); {fix}"
+                )
+            continue
+        if key == "labels" and recorded is not None and splits is not None:
+            continue  # a checkpoint without file digests: its splits matched above
         if isinstance(old, str) and isinstance(new, str) and old and new:
-            old, new = os.path.normpath(old), os.path.normpath(new)
+            old, new = os.path.realpath(old), os.path.realpath(new)
         if old != new:
             raise InputError(f"{path} was trained with [data] {key} = {old!r} but this run has {new!r}; {fix}")
+
+
+def data_files(config: dict[str, Any]) -> dict[str, str]:
+    """The sha256 of each file a run's [data] names (labels, masks, tables; caches are folders and have their
+    fingerprints): what a checkpoint records of the files it was trained on."""
+    found = {}
+    for key, value in (config.get("data") or {}).items():
+        if isinstance(value, str) and value and os.path.isfile(value):
+            stat = os.stat(value)
+            found[key] = _file_sha256(os.path.realpath(value), stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, kept per (path, size, mtime): a run's models read the same labels many times."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def split_digests(splits: dict[str, Any]) -> dict[str, str] | None:

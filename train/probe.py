@@ -419,7 +419,7 @@ def mark_chosen(rows: list[dict[str, Any]], task: str) -> str | None:
 
 def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list[str]:
     """One line per k-mer control that beats the chosen model cache on the score it was chosen by: the chosen
-    cache is the best model, not the best predictor, and the control says the model adds nothing here."""
+    cache is the best model, not the best predictor, and here k-mer frequencies alone predict more."""
     if chosen_by is None:
         return []
     key = chosen_by.replace(" ", "_")

@@ -9,6 +9,7 @@ prerequisite runs (CDBridge's stage 1) train first, into their own folder under 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -55,6 +56,7 @@ def _fit_task(
         "config": task.config.to_dict(),
         "fingerprints": data.fingerprints,
         "splits": checkpoint.split_digests(data.splits),  # the examples it was trained and chosen on
+        "data_files": checkpoint.data_files(task.config.to_dict()),  # the [data] files it read, by sha256
         "versions": package_versions(),
         "extras": data.extras,
     }
@@ -148,32 +150,51 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
     return lock
 
 
-def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: dict[str, Any]) -> None:
+def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: dict[str, Any], **fix: str) -> None:
     checkpoint.check_prerequisite(
-        saved, p.checkpoint, p.task.config.to_dict(), fingerprints, p.reads, checkpoint.split_digests(p.data.splits)
+        saved,
+        p.checkpoint,
+        p.task.config.to_dict(),
+        fingerprints,
+        p.reads,
+        checkpoint.split_digests(p.data.splits),
+        **fix,
     )
 
 
 def preflight(task: Task, data: TaskData, out: Path) -> None:
-    """The refusals a run would meet later, met before it removes anything (`clear_outputs`) or trains: the
-    model's resume (its last checkpoint against this run's config and caches) and every finished prerequisite
-    checkpoint named, for the model, its trained baselines and its cache controls (a control's swapped cache
-    by its own fingerprint)."""
+    """The refusals a run would meet later, met before it removes anything (`clear_outputs`) or trains: the resume
+    of every model it trains (the model, its trained baselines, its controls and their prerequisite runs: each
+    last checkpoint against that model's config and caches) and every finished prerequisite checkpoint named (a
+    cache control's by the swapped cache's fingerprint). Each checkpoint file is read once."""
     config = task.config
-    last = out / f"{config.task}_last.pt"
-    if config.output.resume and last.is_file():
-        checkpoint.check_resume(checkpoint.read(last, map_location="cpu"), last, config.to_dict(), data.fingerprints)
-    tasks = [(task, data.fingerprints)]
-    tasks += [(b.task, data.fingerprints) for b in task.baselines(data).values() if isinstance(b, FittedBaseline)]
+    read = functools.cache(lambda path: checkpoint.read(path, map_location="cpu"))
+    models: list[tuple[str, Task, dict[str, Any], str]] = [(config.task, task, data.fingerprints, "")]
+    for name, b in task.baselines(data).items():
+        if isinstance(b, FittedBaseline):
+            models.append((name, b.task, data.fingerprints, ""))
     plain = without_ablations(config)
-    for key, path in cache_controls(config).values():
+    kinds = {"permuted_labels": "control_permuted_labels", "shuffled_inputs": "control_shuffled_inputs"}
+    models += [(kinds[k], type(task)(plain), data.fingerprints, "") for k in config.train.controls if k in kinds]
+    for name, (key, path) in cache_controls(config).items():
         swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
-        tasks.append((type(task)(swapped), fingerprints))
-    for t, fingerprints in tasks:
-        for p in t.prerequisites(data).values():
-            if p.checkpoint:
-                _check_prerequisite(checkpoint.read(p.checkpoint, map_location="cpu"), p, fingerprints)
+        models.append((name, type(task)(swapped), fingerprints, f"[train] control_caches {key}={path}"))
+    for name, t, fingerprints, control in models:
+        last = out / f"{name}_last.pt"
+        if config.output.resume and last.is_file():
+            checkpoint.check_resume(read(last), last, t.config.to_dict(), fingerprints)
+        for role, p in t.prerequisites(data).items():
+            if not p.checkpoint:
+                last = out / p.folder / f"{name}_{role}_last.pt"
+                if config.output.resume and last.is_file():
+                    checkpoint.check_resume(read(last), last, p.task.config.to_dict(), fingerprints)
+                continue
+            fix = (
+                f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop that "
+                f"control_caches entry, or leave the {role} checkpoint empty so that each model trains its own"
+            )
+            _check_prerequisite(read(p.checkpoint), p, fingerprints, **({"fix": fix} if control else {}))
 
 
 def clear_outputs(out: Path, config: RunConfig) -> None:
@@ -184,8 +205,10 @@ def clear_outputs(out: Path, config: RunConfig) -> None:
     gone = [out / "metrics.json"]
     if not config.output.resume and config.output.overwrite:
         gone += [out / "log.csv", *out.glob("*_last.pt"), *out.glob("*_best.pt")]
+    named = {os.path.realpath(v) for v in dataclasses.asdict(config.data).values() if isinstance(v, str) and v}
     for path in gone:
-        path.unlink(missing_ok=True)
+        if os.path.realpath(path) not in named:  # a file this run reads (a stage-1 checkpoint kept there) stays
+            path.unlink(missing_ok=True)
 
 
 def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, Any]:
