@@ -124,7 +124,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated parts to measure (default all: {', '.join(GPU_PARTS)}); each one's result is written "
         "to gpu.partial.json as it ends",
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupted=_interrupted)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    return (
+        f"{args.out} keeps the sections finished before the stop; the stopped one's earlier record was removed "
+        "(gpu: the parts that ended are in gpu.partial.json); re-run to measure it (a section starts over)"
+    )
 
 
 def _integers(text: str) -> tuple[int, ...]:
@@ -215,6 +222,18 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--gpu-batches and --item-shape are comma-separated integers ({err})") from err
     if min(batches) < 1 or min(shape) < 1:
         raise InputError("--gpu-batches and --item-shape take positive integers")
+    if args.only != "gpu" and args.gpu_parts is not None:
+        raise InputError(f"--gpu-parts {args.gpu_parts} applies to the gpu section only: add --only gpu")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file; the bench writes a folder of results there: choose another")
+    if args.only == "gpu" and args.gpu_size == "full":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(
+                "--only gpu at --gpu-size full runs the full-size models, hours on a CPU, and torch sees no CUDA "
+                "device; run it on a GPU machine, or pass --gpu-size tiny (make bench-gpu BENCH_SIZE=tiny)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             print(f"  {warning}", flush=True)
         run_section, _ = SECTIONS[name]
+        # an earlier run's record of this section goes first, and summary.md with it: a stop midway leaves no
+        # earlier numbers standing as this run's (the gpu section keeps its parts in gpu.partial.json as they end)
+        (out / f"{name}.json").unlink(missing_ok=True)
+        (out / "summary.md").write_text(report.summary_markdown(out, TABLES))
         t0 = time.perf_counter()
         try:
             results = run_section(args)

@@ -108,6 +108,8 @@ def bench_cdt_on_device(
     from dogmacache.train.tasks.cdt.sizes import preset
 
     config = preset(preset_name)
+    if device.type == "cuda":  # this part's peak, not the largest of the parts before it
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = CentralDogmaTransformer(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from dogmacache import bench
 from dogmacache.bench import cdt as bench_cdt
+from dogmacache.bench import cli as bench_cli
 from dogmacache.bench.embed import TINY_CASES, bench_embed_tiny, bench_enformer_device
 from dogmacache.bench.gpu import PARTS
 from dogmacache.cli import main
@@ -171,8 +172,23 @@ def test_bench_command_writes_json_and_summary(tmp_path, monkeypatch, capsys):
     assert "## cache" in summary and "## cdt" in summary  # earlier sections in the folder stay in the summary
     assert "| measurement | fast | reference | ratio | target | met |" in summary
 
+    # a stop in the middle of a section: its earlier record and summary entry are gone, the others' stay
+    def stopped(args):
+        raise KeyboardInterrupt
 
-@pytest.mark.parametrize("argv", [["--threads", "0"], ["--gpu-batches", "1,x"], ["--cdt-steps", "0"]])
+    monkeypatch.setitem(bench_cli.SECTIONS, "cache", (stopped, bench_cli.SECTIONS["cache"][1]))
+    assert main(["bench", "--only", "cache", "--items", "4", "--item-shape", "8,16", "--out", str(out)]) == 130
+    assert not (out / "cache.json").exists() and (out / "cdt.json").exists()
+    summary = (out / "summary.md").read_text()
+    assert "## cache" not in summary and "## cdt" in summary
+    assert "keeps the sections finished before the stop" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--threads", "0"], ["--gpu-batches", "1,x"], ["--cdt-steps", "0"], ["--gpu-parts", "enformer"]]
+    + ([["--only", "gpu", "--gpu-size", "full"]] if not torch.cuda.is_available() else []),
+)
 def test_bad_options_are_refused(tmp_path, argv, capsys):
     assert main(["bench", "--out", str(tmp_path), *argv]) == 2
     assert "dogmacache bench: error:" in capsys.readouterr().err
@@ -421,3 +437,22 @@ def test_a_failing_gpu_part_is_recorded_and_the_others_still_measured(tmp_path, 
     assert "gpu part cdt: " in capsys.readouterr().out
     with pytest.raises(InputError, match="--gpu-parts 'enformer,gpus'"):
         gpu.bench_gpu("tiny", parts=("enformer", "gpus"))
+
+
+def test_the_busy_verdict_reads_the_eager_runner_runs_only():
+    """A compiled run's first forward holds the compilation, which the GPU's events count as busy time."""
+    from dogmacache.bench.gpu_tables import enformer_rows
+
+    runner = [
+        {"mode": "run_embed", "num_workers": 2, "precision": "bf16", "windows_per_s": 13.0, "busy_fraction": 0.38},
+        {
+            "mode": "run_embed --compile reduce-overhead",
+            "num_workers": 2,
+            "precision": "bf16",
+            "windows_per_s": 9.0,
+            "busy_fraction": 0.97,
+        },
+    ]
+    rows = enformer_rows({"gpu": {"runner": runner}}, {"h100": True, "gpu": True})
+    (busy,) = [r for r in rows if str(r[0]).startswith("GPU busy fraction")]
+    assert busy[1] == 0.38 and busy[-1] == "NO"
