@@ -27,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--source-dir", default=None, help="folder that already holds the source files")
         p.add_argument("--cache-dir", default=None, help="where downloads go (default ~/.cache/dogmacache/sources)")
         p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+        if name != "demo":
+            p.add_argument(
+                "--test-chroms",
+                default="",
+                help="comma-separated chromosomes, named as the recipe's items are (e.g. chr8,chr9), whose items "
+                "form the test split (the rest drawn into train and validation): no test window then shares "
+                "sequence with a training one (default: none, a split by item)",
+            )
         module.add_arguments(p)
         p.set_defaults(run=_exit_code(module.run))
 

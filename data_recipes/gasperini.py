@@ -75,6 +75,9 @@ class GasperiniConfig:
     site_type: str = "DHS"  # CDT keeps DNase hypersensitive sites (drops TSS controls, NTC rows)
     significance: float = 0.05  # on pvalue.empirical.adjusted; `not_applicable` counts as not significant
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test, by enhancer
+    # chromosomes (hg38, as the windows name them) whose enhancers form the test split, the rest drawn into train
+    # and validation by the first two fractions: no test window shares sequence with a training one; () = by site
+    test_chroms: tuple[str, ...] = ()
     seed: int = 0  # fixed: runs on the same inputs with the same filters hold out the same enhancers (another filter
     # draws the split anew over the enhancers it keeps)
     max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
@@ -193,7 +196,16 @@ def build_gasperini(
     sizes = pd.Series(linked).value_counts()
     counts["enhancers_sharing_a_site"] = int(sizes[sizes > 1].sum())
     group_sig = pairs.assign(group=pairs["gRNA_group"].map(linked)).groupby("group")["significant"].any()
-    split_of_group = tables.split_groups(list(group_sig.index), config.fractions, config.seed, list(group_sig.values))
+    test = (
+        tables.held_out_groups(
+            {g: c for g, c in site["chrom"].astype(str).items() if g in linked}, linked, config.test_chroms
+        )
+        if config.test_chroms
+        else set()
+    )
+    split_of_group = tables.split_holding_out(
+        list(group_sig.index), config.fractions, config.seed, list(group_sig.values), test
+    )
     split = {g: split_of_group[root] for g, root in linked.items()}
     labels = pd.DataFrame(
         {
@@ -265,6 +277,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     paths, info = sources.fetch_all(SOURCES, args.source_dir, args.cache_dir)
-    config = GasperiniConfig(seed=args.seed, max_distance_kb=args.max_distance_kb, significance=args.significance)
+    config = GasperiniConfig(
+        seed=args.seed,
+        max_distance_kb=args.max_distance_kb,
+        significance=args.significance,
+        test_chroms=tables.comma_list(args.test_chroms),
+    )
     vocab = read_vocab(args.rna_vocab) if args.rna_vocab else None
     return build_gasperini(paths, Path(args.out), config, rna_vocab=vocab, sources_info=info)

@@ -85,6 +85,7 @@ def build_gene_tss(
     out: str | Path,
     seed: int = 0,
     fractions: tuple[float, float, float] = FRACTIONS,
+    test_chroms: tuple[str, ...] = (),
 ) -> dict:
     """The recipe from a GTF and a gene list (path or symbols): writes dna_windows, genes and recipe.json into
     `out`, returns the manifest."""
@@ -102,7 +103,9 @@ def build_gene_tss(
     windows = rows[["id", "chrom", "center", "strand", "gene_id"]].astype({"center": "int64"})
     # symbols whose windows are one DNA input (the same chrom, TSS and strand) fall in one split together
     place = windows.assign(window=windows["chrom"] + ":" + windows["center"].astype(str) + ":" + windows["strand"])
-    split, group_counts = tables.split_linked(place, "id", ["window"], fractions, seed, what="genes")
+    split, group_counts = tables.split_linked(
+        place, "id", ["window"], fractions, seed, what="genes", test_chroms=test_chroms
+    )
     labels = windows.assign(split=windows["id"].map(split))
     tables.assert_no_leak(labels, "id")
     tables.assert_no_leak(place.assign(split=labels["split"]), "window")
@@ -124,7 +127,12 @@ def build_gene_tss(
             "gtf": {"name": Path(gtf).name},
             "genes": {"name": Path(genes).name if isinstance(genes, str | Path) else "list"},
         },
-        params={"seed": seed, "fractions": list(fractions), "tss": "gene line start (+) / end (-)"},
+        params={
+            "seed": seed,
+            "fractions": list(fractions),
+            "test_chroms": list(test_chroms),
+            "tss": "gene line start (+) / end (-)",
+        },
     )
 
 
@@ -134,4 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return build_gene_tss(args.gtf, args.genes, Path(args.out), seed=args.seed)
+    return build_gene_tss(
+        args.gtf, args.genes, Path(args.out), seed=args.seed, test_chroms=tables.comma_list(args.test_chroms)
+    )

@@ -93,7 +93,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     kept = join_ids(kept.sort_values("id", ignore_index=True))
     # genes that share a DNA window or a protein item, directly or through others, fall in one split together
     split_of, group_counts = tables.split_linked(
-        kept, "gene_id", ["dna_id", "protein_id"], config.fractions, config.seed, what="genes"
+        kept, "gene_id", ["dna_id", "protein_id"], config.fractions, config.seed, "genes", config.test_chroms
     )
     counts.update(group_counts)
     kept["split"] = kept["gene_id"].map(split_of)
@@ -275,6 +275,7 @@ def config_from_args(args: argparse.Namespace) -> GtexConfig:
         bin_bp=args.bin_bp,
         mask_orientation=args.mask_orientation,
         holdout_tissues=_comma_list(args.holdout_tissues),
+        test_chroms=_comma_list(args.test_chroms),
         chrom_style=args.chrom_style,
         transcripts=args.transcripts,
         cache_sizes=CacheSizeConfig(

@@ -58,6 +58,9 @@ class GtexConfig:
     # isoforms of one gene in two splits would leak test labels into training; genes that share a TSS window or a
     # peptide are one group for the same reason.
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # chromosomes (as the windows name them) whose genes form the test split, the rest drawn into train and
+    # validation by the first two fractions: no test window shares sequence with a training one; () = by gene
+    test_chroms: tuple[str, ...] = ()
     # Seeds the shuffle of genes into splits; fixed, so runs and models are compared on the same test genes.
     seed: int = 0
     # bp; genes whose GTF gene line spans more (end - start + 1) are excluded, as CDBridge's GTEx-Benchmark does
@@ -81,6 +84,7 @@ class GtexConfig:
         object.__setattr__(self, "tissues", tuple(self.tissues))
         object.__setattr__(self, "holdout_tissues", tuple(self.holdout_tissues))
         object.__setattr__(self, "fractions", tuple(self.fractions))
+        object.__setattr__(self, "test_chroms", tuple(self.test_chroms))
         for name, value, allowed in (
             ("tissue_column", self.tissue_column, TISSUE_COLUMNS),
             ("mask_orientation", self.mask_orientation, ORIENTATIONS),

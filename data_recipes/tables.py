@@ -49,6 +49,54 @@ def split_groups(
     return out
 
 
+def comma_list(text: str | None) -> tuple[str, ...]:
+    """A comma-separated option (e.g. --test-chroms) as a tuple of its non-empty names."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def split_holding_out(
+    groups: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    strata: Sequence[Any] | None = None,
+    test: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    """`split_groups`, with the groups in `test` (those on held-out chromosomes, `held_out_groups`) put in the test
+    split and the others drawn into train and validation in the ratio of `fractions`' first two: a region-level
+    hold-out, where no test window shares sequence with a training one (windows of neighbouring items overlap
+    across a per-item split wherever they lie closer than the model's input width)."""
+    if not test:
+        return split_groups(groups, fractions, seed, strata)
+    groups = list(groups)
+    strata = list(strata) if strata is not None else [0] * len(groups)
+    rest = [(g, s) for g, s in zip(groups, strata, strict=True) if g not in test]
+    if not rest:
+        raise InputError("every group lies on the held-out chromosomes; hold out fewer (--test-chroms)")
+    train, validation = float(fractions[0]), float(fractions[1])
+    total = train + validation
+    drawn = split_groups([g for g, _ in rest], (train / total, validation / total, 0.0), seed, [s for _, s in rest])
+    return {**drawn, **{g: SPLITS[2] for g in groups if g in test}}
+
+
+def held_out_groups(chrom_of_unit: dict[str, str], group_of: dict[str, str], test_chroms: Sequence[str]) -> set[str]:
+    """The groups with a unit on one of `test_chroms` (a group reaching several chromosomes, through a shared
+    protein, goes to test whole); an InputError for a name no unit's chromosome has."""
+    chroms = set(chrom_of_unit.values())
+    unknown = [c for c in test_chroms if c not in chroms]
+    if unknown:
+        raise InputError(
+            f"--test-chroms {unknown[0]!r} is no chromosome of the recipe's items (they lie on "
+            f"{sorted(chroms, key=_chrom_order)[:8]}{' ...' if len(chroms) > 8 else ''}); use those names"
+        )
+    wanted = set(test_chroms)
+    return {group_of[u] for u, c in chrom_of_unit.items() if c in wanted}
+
+
+def _chrom_order(name: str) -> tuple[int, str]:
+    bare = name.removeprefix("chr")
+    return (int(bare), "") if bare.isdigit() else (1000, bare)
+
+
 def linked_groups(table: pd.DataFrame, unit: str, items: Sequence[str]) -> dict[str, str]:
     """Each distinct `unit` (a gene) -> the name of its split group, the smallest unit in the group: units that
     share a value of any `items` column (a DNA window id, a protein id) are linked, and the groups are the
@@ -75,14 +123,26 @@ def linked_groups(table: pd.DataFrame, unit: str, items: Sequence[str]) -> dict[
 
 
 def split_linked(
-    table: pd.DataFrame, unit: str, items: Sequence[str], fractions: Sequence[float], seed: int, what: str = "units"
+    table: pd.DataFrame,
+    unit: str,
+    items: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    what: str = "units",
+    test_chroms: Sequence[str] = (),
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Each `unit` -> its split, drawn over the `linked_groups` (units sharing an item) by `split_groups`, so no
     item sits in two splits; and counts for recipe.json: split_groups, split_groups_merged (groups of two or more
-    units), `what`_in_merged_groups (units in those), split_group_largest (units in the largest group)."""
+    units), `what`_in_merged_groups (units in those), split_group_largest (units in the largest group). With
+    `test_chroms`, the groups on those chromosomes (the table's `chrom`) are the test split (`split_holding_out`)."""
     group_of = linked_groups(table, unit, items)
     sizes = pd.Series(group_of).value_counts()
-    split_of_group = split_groups(sorted(sizes.index), fractions, seed)
+    test = (
+        held_out_groups(dict(zip(table[unit], table["chrom"].astype(str), strict=True)), group_of, test_chroms)
+        if test_chroms
+        else set()
+    )
+    split_of_group = split_holding_out(sorted(sizes.index), fractions, seed, test=test)
     counts = {
         "split_groups": len(sizes),
         "split_groups_merged": int((sizes > 1).sum()),
