@@ -110,3 +110,12 @@ def test_a_plan_records_the_tokens_that_could_merge():
     assert plan.in_a.tolist() == merging.split_ab(10, 3, torch.Generator().manual_seed(7), x.device).tolist()
     assert not (~plan.kept & ~plan.in_a).any()  # only set A is ever absorbed
     assert merging.merge_plan(x, 0.25).in_a[0].tolist() == [i % 2 == 0 for i in range(10)]  # evaluation: even
+
+
+@pytest.mark.parametrize("n", [3, 5, 7, 11])
+def test_a_round_merges_at_most_half_the_tokens_of_an_odd_sequence(n):
+    """round(0.5 * n) rounds half to even: 2 of 3, 4 of 7; at most floor(n / 2) may merge."""
+    metric = torch.randn(2, n, 4, generator=torch.Generator().manual_seed(n))
+    plan = merge_plan(metric, torch.tensor([0.5, 0.5]))
+    assert plan.n_merged.tolist() == [n // 2, n // 2]
+    assert merging.merge_count(torch.tensor([0.5, 0.25]), torch.tensor([7, 8])).tolist() == [3, 2]

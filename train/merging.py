@@ -64,11 +64,17 @@ def best_partners(metric: Tensor, in_a: Tensor, mergeable: Tensor) -> tuple[Tens
     return scores.max(dim=-1)
 
 
+def merge_count(rate: Tensor, n_real: Tensor) -> Tensor:
+    """(B,) tokens to merge: round(rate * n_real), at most half the real tokens (rounding half to even would take
+    ceil(n/2) of an odd n at rate 0.5: 2 of 3, 4 of 7)."""
+    return torch.minimum(torch.round(rate * n_real).long(), n_real.long() // 2)
+
+
 def threshold_for_rate(best: Tensor, rate: Tensor, n_real: Tensor) -> Tensor:
-    """(B,) thresholds: the k-th best finite score per row, k = round(rate * n_real) (+inf when k = 0)."""
+    """(B,) thresholds: the k-th best finite score per row, k = `merge_count(rate, n_real)` (+inf when k = 0)."""
     ranked = best.sort(dim=1, descending=True).values  # -inf last
     n_finite = torch.isfinite(ranked).sum(dim=1)
-    k = torch.minimum(torch.round(rate * n_real).long(), n_finite)
+    k = torch.minimum(merge_count(rate, n_real), n_finite)
     picked = ranked.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]
     return torch.where(k > 0, picked, torch.full_like(picked, math.inf))
 
@@ -131,7 +137,7 @@ def merge_plan(
         order = best.argsort(dim=1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tokens, device=device).expand(batch, -1))
         k = (torch.isfinite(best) & (best >= threshold[:, None])).sum(dim=1, keepdim=True)
-        k = torch.minimum(k, torch.round(rate * mergeable.sum(dim=1)).long()[:, None])
+        k = torch.minimum(k, merge_count(rate, mergeable.sum(dim=1))[:, None])
         absorbed = torch.isfinite(best) & (rank < k)
     return dataclasses.replace(plan_from_pairs(absorbed, partner, sizes), in_a=in_a)
 

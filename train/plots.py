@@ -17,7 +17,7 @@ def learning_curves(log: pd.DataFrame, path: Path, metric: str = "pearson") -> P
     for name, part in log.groupby("model"):
         left.plot(part["epoch"], part["train_loss"], marker=".", label=name)
         right.plot(part["epoch"], part[f"val_{metric}"], marker=".", label=name)
-    left.set(xlabel="epoch", ylabel="training loss (SmoothL1)", title="training loss")
+    left.set(xlabel="epoch", ylabel="training loss (each task's own)", title="training loss")
     right.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
     for ax in (left, right):
         ax.grid(alpha=0.3)

@@ -249,7 +249,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
         plots.learning_curves(log[log["model"].isin(results)], out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(
             task.observed(data, "test"),
-            {n: r["predictions"]["test"] for n, r in results.items()},
+            {n: task.plotted(r["predictions"]["test"]) for n, r in results.items()},
             {n: r["test"] for n, r in results.items()},
             out / "test_scatter.png",
         )

@@ -227,6 +227,11 @@ class Task(ABC):
         """The split's targets, in the order `predict` returns predictions (for figures)."""
         return data.splits[split]["target"].to_numpy()
 
+    def plotted(self, predictions: np.ndarray) -> np.ndarray:
+        """Predictions on the scale `metrics` scores them (the test scatter draws these): as they are, unless a task
+        scores a transform of its outputs (CDBridge's stage 1: probabilities of its logits)."""
+        return predictions
+
     def inspect(self, model: nn.Module, data: TaskData, device: torch.device) -> dict[str, Any]:
         """Numbers read off the model itself rather than its predictions (e.g. which tokens a merging keeps),
         asked for the freshly built model and for the best checkpoint's; none by default."""

@@ -149,8 +149,16 @@ class CdbridgeModel(nn.Module):
     def coding_slots(self, fused: Tensor, plan: merging.MergePlan) -> Tensor:
         """(B, N') merged slots the functional decoder calls coding (mean probability >= 0.5 over the bins a slot
         holds); a window without one keeps every slot (no coding region in view: nothing to filter by)."""
+        modules = [*self.functional, self.coding_head]
+        training = [m.training for m in modules]
         with torch.no_grad():
-            probability = torch.sigmoid(self.coding_logits(fused, plan))
+            for m in modules:  # the filter as evaluation would draw it: no dropout deciding which slots count
+                m.eval()
+            try:
+                probability = torch.sigmoid(self.coding_logits(fused, plan))
+            finally:
+                for m, mode in zip(modules, training, strict=True):
+                    m.train(mode)
         coding = plan.valid & (plan.merge(probability[..., None])[..., 0] >= 0.5)
         return torch.where(coding.any(dim=1, keepdim=True), coding, plan.valid)
 

@@ -182,6 +182,10 @@ class CdbridgeTask(Task):
         table = self._examples(data, split)
         return np.stack(table["target"].to_list()) if self.config.model.stage == 1 else table["target"].to_numpy()
 
+    def plotted(self, predictions: np.ndarray) -> np.ndarray:
+        """Stage 1 scores its logits' probabilities (`metrics`), so its scatter draws those; stage 2 as it is."""
+        return 1 / (1 + np.exp(-predictions)) if self.config.model.stage == 1 else predictions
+
     def metrics(self, predictions: np.ndarray, data: CdbridgeData, split: str) -> dict[str, Any]:
         observed = self.observed(data, split)
         if self.config.model.stage == 1:
