@@ -129,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _interrupted(args: argparse.Namespace) -> str:
     return (
-        f"{args.out} keeps the sections finished before the stop; the stopped one's earlier record was removed "
+        f"{args.out} keeps the sections finished before the stop, and no earlier record of the one stopped "
         "(gpu: the parts that ended are in gpu.partial.json); re-run to measure it (a section starts over)"
     )
 

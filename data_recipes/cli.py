@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--test-chroms",
                 default="",
                 help="comma-separated chromosomes, named as the recipe's items are (e.g. chr8,chr9), whose items "
-                "form the test split (the rest drawn into train and validation): no test window then shares "
-                "sequence with a training one (default: none, a split by item)",
+                "form the test split (the rest drawn into train and validation; genes linked across both sides "
+                "by a shared protein left out, counted): no test window then shares sequence with a training one "
+                "(default: none, a split by item)",
             )
         module.add_arguments(p)
         p.set_defaults(run=_exit_code(module.run))

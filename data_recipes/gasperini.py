@@ -196,12 +196,12 @@ def build_gasperini(
     sizes = pd.Series(linked).value_counts()
     counts["enhancers_sharing_a_site"] = int(sizes[sizes > 1].sum())
     group_sig = pairs.assign(group=pairs["gRNA_group"].map(linked)).groupby("group")["significant"].any()
-    test = (
+    test, _ = (  # sites link only gRNA groups of one site: no group spans two chromosomes
         tables.held_out_groups(
             {g: c for g, c in site["chrom"].astype(str).items() if g in linked}, linked, config.test_chroms
         )
         if config.test_chroms
-        else set()
+        else (set(), set())
     )
     split_of_group = tables.split_holding_out(
         list(group_sig.index), config.fractions, config.seed, list(group_sig.values), test

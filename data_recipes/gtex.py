@@ -97,6 +97,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     )
     counts.update(group_counts)
     kept["split"] = kept["gene_id"].map(split_of)
+    kept = kept[kept["split"].notna()].reset_index(drop=True)  # --test-chroms: groups on both sides are left out
     train = (kept["split"] == "train").to_numpy()
     if not train.any():
         raise InputError(f"no transcript fell in the train split (fractions {config.fractions}); keep more genes")

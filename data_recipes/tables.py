@@ -29,8 +29,7 @@ def split_groups(
 ) -> dict[str, str]:
     """Assign each distinct group (enhancer, gene) to train/validation/test by `fractions`, within each stratum
     when `strata` (one value per group, aligned with `groups`) is given. Seeded; the same inputs give the same split."""
-    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
-        raise InputError(f"split fractions {list(fractions)} must be three non-negative numbers summing to 1")
+    _check_fractions(fractions)
     groups = list(groups)
     if len(set(groups)) != len(groups):
         raise InputError("split_groups takes each group once; pass the distinct groups")
@@ -54,6 +53,11 @@ def comma_list(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
+def _check_fractions(fractions: Sequence[float]) -> None:
+    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise InputError(f"split fractions {list(fractions)} must be three non-negative numbers summing to 1")
+
+
 def split_holding_out(
     groups: Sequence[str],
     fractions: Sequence[float],
@@ -67,6 +71,11 @@ def split_holding_out(
     across a per-item split wherever they lie closer than the model's input width)."""
     if not test:
         return split_groups(groups, fractions, seed, strata)
+    _check_fractions(fractions)
+    if fractions[0] + fractions[1] <= 0:
+        raise InputError(
+            f"split fractions {list(fractions)} leave nothing for train and validation beside the held-out chromosomes"
+        )
     groups = list(groups)
     strata = list(strata) if strata is not None else [0] * len(groups)
     rest = [(g, s) for g, s in zip(groups, strata, strict=True) if g not in test]
@@ -78,9 +87,13 @@ def split_holding_out(
     return {**drawn, **{g: SPLITS[2] for g in groups if g in test}}
 
 
-def held_out_groups(chrom_of_unit: dict[str, str], group_of: dict[str, str], test_chroms: Sequence[str]) -> set[str]:
-    """The groups with a unit on one of `test_chroms` (a group reaching several chromosomes, through a shared
-    protein, goes to test whole); an InputError for a name no unit's chromosome has."""
+def held_out_groups(
+    chrom_of_unit: dict[str, str], group_of: dict[str, str], test_chroms: Sequence[str]
+) -> tuple[set[str], set[str]]:
+    """(the groups whose units all lie on `test_chroms`, the groups with units on both sides): a group reaching
+    several chromosomes (genes sharing a peptide, such as histone H4's on chr1, chr6 and chr12) is in neither
+    split cleanly, since its genes' neighbours on the other side would share their windows' sequence. An
+    InputError for a name no unit's chromosome has."""
     chroms = set(chrom_of_unit.values())
     unknown = [c for c in test_chroms if c not in chroms]
     if unknown:
@@ -89,7 +102,9 @@ def held_out_groups(chrom_of_unit: dict[str, str], group_of: dict[str, str], tes
             f"{sorted(chroms, key=_chrom_order)[:8]}{' ...' if len(chroms) > 8 else ''}); use those names"
         )
     wanted = set(test_chroms)
-    return {group_of[u] for u, c in chrom_of_unit.items() if c in wanted}
+    on = {group_of[u] for u, c in chrom_of_unit.items() if c in wanted}
+    off = {group_of[u] for u, c in chrom_of_unit.items() if c not in wanted}
+    return on - off, on & off
 
 
 def _chrom_order(name: str) -> tuple[int, str]:
@@ -134,22 +149,26 @@ def split_linked(
     """Each `unit` -> its split, drawn over the `linked_groups` (units sharing an item) by `split_groups`, so no
     item sits in two splits; and counts for recipe.json: split_groups, split_groups_merged (groups of two or more
     units), `what`_in_merged_groups (units in those), split_group_largest (units in the largest group). With
-    `test_chroms`, the groups on those chromosomes (the table's `chrom`) are the test split (`split_holding_out`)."""
+    `test_chroms`, the groups on those chromosomes (the table's `chrom`) are the test split (`split_holding_out`),
+    and the units of groups on both sides get no split (the recipe drops them; counted)."""
     group_of = linked_groups(table, unit, items)
     sizes = pd.Series(group_of).value_counts()
-    test = (
+    test, mixed = (
         held_out_groups(dict(zip(table[unit], table["chrom"].astype(str), strict=True)), group_of, test_chroms)
         if test_chroms
-        else set()
+        else (set(), set())
     )
-    split_of_group = split_holding_out(sorted(sizes.index), fractions, seed, test=test)
+    split_of_group = split_holding_out(sorted(g for g in sizes.index if g not in mixed), fractions, seed, test=test)
     counts = {
         "split_groups": len(sizes),
         "split_groups_merged": int((sizes > 1).sum()),
         f"{what}_in_merged_groups": int(sizes[sizes > 1].sum()),
         "split_group_largest": int(sizes.max()) if len(sizes) else 0,
     }
-    return {u: split_of_group[g] for u, g in group_of.items()}, counts
+    if test_chroms:  # dropped: on both sides of the hold-out (the recipe leaves their rows out)
+        counts["split_groups_across_test_chroms_dropped"] = len(mixed)
+        counts[f"{what}_across_test_chroms_dropped"] = int(sizes[sorted(mixed)].sum()) if mixed else 0
+    return {u: split_of_group[g] for u, g in group_of.items() if g not in mixed}, counts
 
 
 def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "split") -> None:

@@ -61,3 +61,27 @@ def test_gene_tss_holds_out_whole_chromosomes(tmp_path):
     build_gene_tss(gtf, [f"G{k}" for k in range(6)], tmp_path / "out", test_chroms=("2",))  # the GTF's names
     splits = _by_chrom(pd.read_parquet(tmp_path / "out" / "genes.parquet"))
     assert splits["2"] == {"test"} and "test" not in splits["1"] | splits["3"]
+
+
+def test_a_group_on_both_sides_of_the_hold_out_is_left_out_and_counted():
+    """Genes sharing a peptide across chromosomes (histone H4: chr1, chr6, chr12) are one group: in test, its chr6
+    gene's neighbours in train would share its window's sequence; in train, the chr1 gene would. It is dropped."""
+    from dogmacache.data_recipes import tables
+
+    genes = pd.DataFrame(
+        {
+            "gene_id": ["A", "B", "C", "D"],
+            "chrom": ["chr1", "chr6", "chr6", "chr2"],
+            "dna_id": ["w1", "w6a", "w6b", "w2"],
+            "protein_id": ["p", "p", "q", "r"],  # A and B: one peptide
+        }
+    )
+    split, counts = tables.split_linked(
+        genes, "gene_id", ["dna_id", "protein_id"], (0.8, 0.1, 0.1), 0, "genes", ("chr1",)
+    )
+    assert "A" not in split and "B" not in split and split["C"] in ("train", "validation")
+    assert counts["split_groups_across_test_chroms_dropped"] == 1 and counts["genes_across_test_chroms_dropped"] == 2
+    with pytest.raises(InputError, match=r"leave nothing for train and validation"):
+        tables.split_holding_out(["a", "b", "c"], (0.0, 0.0, 1.0), 0, test={"c"})
+    with pytest.raises(InputError, match=r"must be three non-negative numbers summing to 1"):
+        tables.split_holding_out(["a", "b", "c"], (0.5, 0.5, 0.5), 0, test={"c"})
