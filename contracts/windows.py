@@ -9,7 +9,8 @@ windows, `explain`, `mutate`):
   model's input window and its output span are both centred this way, so the output bins of a model that crops
   its input symmetrically (Enformer: 896 bins of 128 bp = the central 114,688 bp of 196,608; Borzoi: 6,144 bins
   of 32 bp = the central 196,608 bp of 524,288) follow from
-  span_bp = n_bins * bin_bp alone; the centre base is the first base of bin n_bins // 2.
+  span_bp = n_bins * bin_bp alone; the centre base is the first base of bin n_bins // 2 (for an odd n_bins it lies
+  half a bin into it).
 - Bin k covers [w0 + k * bin_bp, w0 + (k + 1) * bin_bp) with w0 the window's first base, in "reference"
   orientation (bin 0 = lowest coordinate, on both strands: what the embed stage writes, since it reads the
   reference strand and flips reverse-complement outputs back). In "transcript" orientation minus-strand windows
@@ -164,4 +165,4 @@ def bin_offsets(geometry: WindowGeometry) -> np.ndarray:
     """(B,) signed distance (bp) of each bin's middle from the centre, along the strand, for a '+' window in
     reference order; the same for a '-' window in transcript order (bins listed 5' to 3' on its strand)."""
     k = np.arange(geometry.n_bins)
-    return (k - geometry.n_bins // 2) * geometry.bin_bp + geometry.bin_bp / 2.0
+    return k * geometry.bin_bp + geometry.bin_bp / 2.0 - geometry.span_bp // 2  # as `bin_coordinates` measures

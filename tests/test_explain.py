@@ -25,6 +25,14 @@ def test_plus_strand_bins_by_hand():
     assert bin_offsets(GEOMETRY).tolist() == c.offset_bp.tolist()
 
 
+def test_odd_bin_counts_measure_offsets_one_way():
+    """3 bins of 128 bp: the centre base lies half a bin into bin 1, so the bins' middles sit at -128, 0, +128."""
+    odd = WindowGeometry(n_bins=3, bin_bp=128)
+    c = bin_coordinates("chr1", 1001, "+", odd, chrom_size=10_000)
+    assert c.offset_bp.tolist() == [-128.0, 0.0, 128.0] == bin_offsets(odd).tolist()
+    assert c.start.tolist() == [1000 - 192, 1000 - 64, 1000 + 64]
+
+
 def test_minus_strand_reference_and_transcript_orientation():
     reference = bin_coordinates("chr1", 101, "-", GEOMETRY, chrom_size=1000)
     assert reference.start.tolist() == [80, 90, 100, 110]  # the cache's bins stay in reference order
