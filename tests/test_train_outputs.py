@@ -117,3 +117,18 @@ def test_a_control_whose_cache_changed_is_refused_before_the_finished_result_goe
     with pytest.raises(InputError, match=r"control_dna_alt_last\.pt was trained on a dna cache with shards_digest"):
         run_training(config_from_dict(raw), progress=False)
     assert (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_stopped_run_says_where_its_checkpoints_are_and_how_it_continues(tmp_path):
+    import argparse
+
+    from dogmacache.train.cli import _interrupted
+    from dogmacache.train.config import to_toml
+
+    raw = quick(tmp_path)
+    (tmp_path / "run.toml").write_text(to_toml(config_from_dict(raw)))
+    said = _interrupted(argparse.Namespace(config=str(tmp_path / "run.toml"), set=[], seeds="0,1"))
+    assert f"kept in {tmp_path / 'out'}/seed<k> for each seed begun" in said
+    assert "--set output.resume=true to continue" in said and "starts over" in said  # the config has resume = false
+    said = _interrupted(argparse.Namespace(config=str(tmp_path / "run.toml"), set=["output.resume=true"], seeds=None))
+    assert said.endswith("re-run the same command to continue from it")

@@ -138,19 +138,23 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What a Ctrl-C during training keeps: every finished epoch's checkpoint (`<model>_last.pt`)."""
-    where = "the run's [output] dir"
+    where, resume = "the run's [output] dir", None
     if args.config:
         try:
             from dogmacache.train.config import parse_overrides
             from dogmacache.train.registry import load_config
 
-            where = load_config(args.config, parse_overrides(args.set)).output.dir
+            output = load_config(args.config, parse_overrides(args.set)).output
+            where, resume = output.dir, output.resume
         except Exception:  # the message must not fail: the config was read once already
             pass
-    return (
-        f"each model's last finished epoch is kept in {where} (<model>_last.pt); re-run the same command "
-        "(output.resume = true) to continue from it"
-    )
+    if getattr(args, "seeds", None) is not None:
+        where = f"{where}/seed<k> for each seed begun"
+    how = {
+        True: "re-run the same command to continue from it",
+        False: "re-run with --set output.resume=true to continue from it (as it stands the command starts over)",
+    }.get(resume, "re-run the same command with output.resume = true to continue from it")
+    return f"each model's last finished epoch is kept in {where} (<model>_last.pt); {how}"
 
 
 def _import(args: argparse.Namespace) -> int:
