@@ -65,3 +65,18 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["cache", "info", "x"]) == 130
     assert capsys.readouterr().err.strip() == "dogmacache: interrupted while starting; nothing was done"
+
+
+def test_a_model_path_that_is_no_folder_and_no_downloadable_id(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("outgoing traffic has been disabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
+    args = ["embed", "--input", "p.tsv", "--modality", "protein", "--model", "esm2", "--model-path", "tiny/esm"]
+    message = _error(capsys, [*args, "--out", "x.zarr"])
+    assert f"'tiny/esm' is no local folder (none at {tmp_path / 'tiny' / 'esm'})" in message
+    assert "cannot be downloaded (OSError: outgoing traffic has been disabled)" in message

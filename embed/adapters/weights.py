@@ -62,9 +62,11 @@ def resolve_model_dir(model_path: str, revision: str | None = None, weights: boo
         )
         path = snapshot_download(model_path, revision=revision, ignore_patterns=skip)
     except Exception as err:  # offline, unknown repo, gated model: one message with the way out
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise ModelError(
-            f"cannot download {model_path!r} ({type(err).__name__}: {err}); download it elsewhere and pass the "
-            "local directory with --model-path"
+            f"{model_path!r} is no local folder (none at {local.absolute()}), and as a hub id it cannot be "
+            f"downloaded ({type(err).__name__}: {first}); check the path, or download the model elsewhere and pass "
+            "its local directory with --model-path"
         ) from err
     return ModelSource(Path(path), model_path, Path(path).name)  # snapshot folders are named by commit hash
 
