@@ -486,6 +486,14 @@ class CacheWriter:
                     merged[key] = dict(record)
         return list(merged.values())
 
+    def note_config(self, name: str, value: Any) -> None:
+        """Add `name` to the unfinished manifest's config and write it now (a later stop keeps it): e.g. the
+        settings a resume ran under where they differ from those the cache was begun with."""
+        if self.manifest.complete:
+            raise CacheError(f"{self.path} is complete; its manifest's config is not changed")
+        self.manifest = dataclasses.replace(self.manifest, config={**self.manifest.config, name: value})
+        self._group.attrs[MANIFEST_KEY] = self.manifest.to_dict()
+
     def finalize(self, *, fidelity: dict | None = None) -> Manifest:
         """Mark the cache complete once every shard has its digest. Call once, after all writers finished.
         `fidelity` (the fp32 receipt) and the rows copied from earlier caches (`reused_records`, from the shards'

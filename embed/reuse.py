@@ -50,6 +50,13 @@ _SAME = (
 _ROUNDING = {"max_tokens": None, "max_batch": None, "compile": "off"}  # setting -> its value where not recorded
 
 
+def rounding_changes(begun: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The settings that move numbers by float rounding (`_ROUNDING`, and on a CPU the thread count) whose values
+    in `now` (a resume's config) differ from the cache's `begun` ones: {setting: now's value}."""
+    names = [*_ROUNDING, *(["torch_threads"] if now.get("device") == "cpu" else [])]
+    return {k: now.get(k) for k in names if begun.get(k, _ROUNDING.get(k)) != now.get(k, _ROUNDING.get(k))}
+
+
 def _key(attrs: dict[str, Any], config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
     key = dict(attrs)
     numbers = number_fingerprint(config, flags)
@@ -58,6 +65,8 @@ def _key(attrs: dict[str, Any], config: dict[str, Any], flags: dict[str, dict]) 
     if config.get("device") == "cpu":
         key["torch_threads"] = config.get("torch_threads")
     key["compression"] = "bitround" if attrs.get("compression") == "bitround" else "lossless"
+    # a cache resumed under other rounding settings holds rows of two kinds: no run's rows equal all of them
+    key["resumed_with"] = config.get("resumed_with")
     return key
 
 

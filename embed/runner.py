@@ -112,13 +112,22 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
         config=recorded,
     )
     flags = type(settings.options).flags
-    return CacheWriter.create(  # a resume: the settings that decide the numbers agree, checked under the lock
+    writer = CacheWriter.create(  # a resume: the settings that decide the numbers agree, checked under the lock
         config.out,
         spec,
         ids=table["id"].tolist(),
         overwrite=config.overwrite,
         settings_of=lambda recorded: number_fingerprint(recorded, flags),
     )
+    changed = {} if writer.manifest.complete else reuse.rounding_changes(writer.manifest.config, recorded)
+    if changed:  # rows of two kinds in one cache: recorded, so that --reuse never takes them for one run's
+        writer.note_config("resumed_with", [*writer.manifest.config.get("resumed_with", []), changed])
+        begun = {k: writer.manifest.config.get(k) for k in changed}
+        print(
+            f"{config.out}: continued with {changed}, begun with {begun} (float rounding may differ between the "
+            "two); recorded as resumed_with, and --reuse will not copy from this cache"
+        )
+    return writer
 
 
 def load(config: EmbedConfig, device: torch.device):
@@ -218,6 +227,14 @@ def run_embed(config: EmbedConfig) -> dict[str, Any]:
     check_output(config.out)
     watch = CoreWatch()  # how busy other processes keep the cores, watched while the model loads
     device = pick_device(config.device)
+    if config.overwrite:  # the cache --overwrite would delete cannot also be a source to copy from
+        out = os.path.realpath(config.out)
+        for spec in config.reuse:
+            if any(os.path.realpath(storage.local_path(url) or url) == out for url in reuse.find_caches(spec)):
+                raise InputError(
+                    f"--reuse {spec} names {config.out}, which --overwrite would delete before copying from it; "
+                    "drop --overwrite (a resume copies from the others), or write to another --out"
+                )
     candidates = reuse.find_sources(config.reuse)  # a --reuse naming no cache: refused before the model loads
     table, rows, adapter = load(config, device)
     info = stored_info(adapter.info(), config.max_positions)

@@ -710,3 +710,41 @@ def test_an_unreadable_shard_note_is_left_out_with_a_warning(inputs, old_cache, 
         run_embed(config(inputs, "new.parquet", out, reuse=(str(old_cache),)))
     manifest = open_cache(out).manifest
     assert manifest.complete and sum(r["rows"] for r in manifest.reused) < 25  # shard 0's copies not counted
+
+
+def test_a_cache_resumed_under_other_rounding_settings_is_no_reuse_source(inputs, tmp_path, monkeypatch, capsys):
+    """Its first shards came at one batch size and thread count, the rest at another: the manifest says so
+    (`resumed_with`), and --reuse copies none of its rows as if one run had made them."""
+    from dogmacache.cache.writer import CacheWriter
+
+    write, calls = CacheWriter.write_shard, []
+
+    def stops_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_shard", stops_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(inputs, "old.parquet", tmp_path / "mixed.zarr", torch_threads=1))
+    monkeypatch.setattr(CacheWriter, "write_shard", write)
+    run_embed(config(inputs, "old.parquet", tmp_path / "mixed.zarr", torch_threads=1, max_batch=3))
+    said = capsys.readouterr().out
+    assert "continued with {'max_batch': 3}, begun with {'max_batch': 64}" in said
+    assert open_cache(tmp_path / "mixed.zarr").manifest.config["resumed_with"] == [{"max_batch": 3}]
+    summary = run_embed(
+        config(inputs, "new.parquet", tmp_path / "new.zarr", torch_threads=1, reuse=(str(tmp_path / "mixed.zarr"),))
+    )
+    assert summary["reused"] == 0
+    assert "not using mixed.zarr: resumed_with is [{'max_batch': 3}] there, None here" in capsys.readouterr().out
+
+
+def test_overwrite_never_deletes_a_reuse_source(inputs, old_cache, tmp_path):
+    import shutil
+
+    shutil.copytree(old_cache, tmp_path / "kept.zarr")
+    out = tmp_path / "kept.zarr"
+    with pytest.raises(InputError, match=r"--reuse .* names .*kept.zarr, which --overwrite would delete"):
+        run_embed(config(inputs, "new.parquet", out, overwrite=True, reuse=(str(tmp_path),)))
+    assert open_cache(out).manifest.complete
