@@ -391,8 +391,8 @@ def _set_begun(out, threads: int) -> None:
 def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins, tmp_path, idle_two_cores, capsys):
     """Begun at 1 thread (as a busy machine gives), resumed on an idle one with nothing chosen: 1 thread again, said
     with the resume (that its bytes then match an uninterrupted run's is test_embed_layers.py's, on a model whose
-    bytes differ at 1 and 2 threads). A count the user chooses wins; a count above the cores here falls back to the
-    plan and says the new shards may differ by float rounding."""
+    bytes differ at 1 and 2 threads). A count the user chooses wins, and the manifest records it (`resumed_with`); a
+    count above the cores here falls back to the plan and says the new shards may differ by float rounding."""
     from dogmacache.embed import runner
 
     used = idle_two_cores(runner)
@@ -405,8 +405,9 @@ def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins
     said = capsys.readouterr().out
     assert "shards already written; torch threads: 1, as the cache was begun with, so that its shards match" in said
     _unfinish(out, 2)
-    run_embed(_config(proteins, out, torch_threads=2, shard_items=1))  # chosen: taken as it is
-    assert used[-1] == 2 and "begun with" not in capsys.readouterr().out
+    run_embed(_config(proteins, out, torch_threads=2, shard_items=1))  # chosen: taken as it is, and recorded
+    said = capsys.readouterr().out
+    assert used[-1] == 2 and "continued with {'torch_threads': 2}, begun with {'torch_threads': 1}" in said
     _set_begun(out, 8)
     _unfinish(out, 0)
     run_embed(_config(proteins, out, shard_items=1))
