@@ -51,6 +51,21 @@ def write_cache(path, data: np.ndarray, ids=None, shard_items=3, extras=None, **
 DEMO_RUNS = {"demo_run": ((), 2), "null_demo_run": (("--null",), 10)}  # fixture: (extra arguments, niceness)
 
 
+def interrupt_on_call(monkeypatch, owner, name: str, n: int):
+    """`owner.name` raising KeyboardInterrupt on its `n`-th call (a Ctrl-C at that point), passing the calls before
+    it through; returns the real one, to put back before a resume."""
+    real, calls = getattr(owner, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return real
+
+
 def _reuse_demo() -> Path | None:
     reuse = os.environ.get("DOGMACACHE_TEST_DEMO")  # a finished `dogmacache demo --out DIR`, to skip rerunning it
     return Path(reuse) if reuse else None

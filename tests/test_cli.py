@@ -197,6 +197,21 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
     assert not (tmp_path / "c.zarr" / "README.md").exists()  # the local cache stays a pure Zarr group
 
 
+def serve_hub(monkeypatch, src):
+    """The Hub as the folder `src` (no network): a download copies it, the file listing lists it."""
+    import huggingface_hub
+
+    def download(repo_id, repo_type, local_dir, revision=None):
+        shutil.copytree(src, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    def listing(self, repo_id, repo_type, revision=None):
+        return [p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+
+
 def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, capsys):
     """The download itself is replaced by a copy of a local folder (no network); what pull does with it runs."""
     import huggingface_hub
@@ -222,15 +237,7 @@ def test_pull_downloads_then_verifies_every_cache(tmp_path, rng, monkeypatch, ca
     shutil.copytree(repo_dir, revision_b)
     shutil.rmtree(revision_b / "dna.zarr")
 
-    def fake_b(repo_id, repo_type, local_dir, revision=None):
-        shutil.copytree(revision_b, local_dir, dirs_exist_ok=True)
-        return local_dir
-
-    def listing(self, repo_id, repo_type, revision=None):
-        return [p.relative_to(revision_b).as_posix() for p in revision_b.rglob("*") if p.is_file()]
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_b)
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+    serve_hub(monkeypatch, revision_b)
     assert main(["cache", "pull", "lab/x", str(tmp_path / "got"), "--revision", "b"]) == 0
     out = capsys.readouterr().out
     verified = [line for line in out.splitlines() if line.startswith("verified ")]
@@ -271,25 +278,12 @@ def test_an_error_in_the_demos_second_process_arrives_as_the_same_one_line_error
 def test_pull_over_a_root_cache_and_over_a_torn_download_finds_the_revisions_caches(tmp_path, rng, monkeypatch, capsys):
     """A cache left at the folder's root must not hide the pulled revision's caches below it, and a zarr.json torn
     by an interrupted earlier download is what the pull repairs, not a reason to stop before it."""
-    import huggingface_hub
-
-    def serve(src):
-        def download(repo_id, repo_type, local_dir, revision=None):
-            shutil.copytree(src, local_dir, dirs_exist_ok=True)
-            return local_dir
-
-        def listing(self, repo_id, repo_type, revision=None):
-            return [p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()]
-
-        monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
-        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
-
     a, b, got = tmp_path / "a", tmp_path / "b", tmp_path / "got"
     write_cache(a, rng.standard_normal((6, 8)).astype(np.float32), shard_items=3)  # a cache at the repo's root
     write_cache(b / "dna.zarr", rng.standard_normal((6, 8)).astype(np.float32), shard_items=3)
-    serve(a)
+    serve_hub(monkeypatch, a)
     assert main(["cache", "pull", "lab/a", str(got)]) == 0
-    serve(b)
+    serve_hub(monkeypatch, b)
     assert main(["cache", "pull", "lab/b", str(got)]) == 0
     out = capsys.readouterr().out
     assert "lacks (.)" in out and out.strip().endswith(f"verified {got / 'dna.zarr'}")

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import interrupt_on_call
 from dogmacache.cache import open_cache
 from dogmacache.cli import main
 from dogmacache.embed.adapters import EnformerAdapter, ScGPTContextAdapter
@@ -248,15 +249,7 @@ def test_a_run_stopped_in_a_receipt_finishes_on_the_next(inputs, tmp_path, monke
 
     layers, out = ["0", "1", "-1"], tmp_path / "stopped"
     argv = args(inputs, "esm2", "protein", out, f"--layers={','.join(layers)}")
-    plain, calls = layers_module.receipt, []
-
-    def stops_in_the_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return plain(*a, **k)
-
-    monkeypatch.setattr(layers_module, "receipt", stops_in_the_second)
+    plain = interrupt_on_call(monkeypatch, layers_module, "receipt", 2)
     assert main(argv) == 130
     finished = {layer: open_cache(out / f"layer_{layer}", allow_partial=True).manifest.complete for layer in layers}
     assert finished == {"0": True, "1": False, "-1": False}

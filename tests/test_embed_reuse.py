@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import interrupt_on_call
 from dogmacache.cache import open_cache
 from dogmacache.cache.layout import ITEM_SHA256
 from dogmacache.cli import main
@@ -150,16 +151,7 @@ def test_reuse_of_bfloat16_rows_is_byte_identical(inputs, tmp_path):
 def copies_stop_at_the_third(monkeypatch):
     """`RowCopier.take` raising KeyboardInterrupt on its third call (a Ctrl-C mid-copy); returns the real one, to
     put back before the resume."""
-    take, calls = reuse.RowCopier.take, []
-
-    def dies_on_the_third_copy(self, s, rows):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return take(self, s, rows)
-
-    monkeypatch.setattr(reuse.RowCopier, "take", dies_on_the_third_copy)
-    return take
+    return interrupt_on_call(monkeypatch, reuse.RowCopier, "take", 3)
 
 
 def test_reuse_resumes_after_a_crash_during_the_copy(inputs, old_cache, full_new, tmp_path, monkeypatch):
@@ -717,15 +709,7 @@ def test_a_cache_resumed_under_other_rounding_settings_is_no_reuse_source(inputs
     (`resumed_with`), and --reuse copies none of its rows as if one run had made them."""
     from dogmacache.cache.writer import CacheWriter
 
-    write, calls = CacheWriter.write_shard, []
-
-    def stops_at_the_second(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return write(self, *args, **kwargs)
-
-    monkeypatch.setattr(CacheWriter, "write_shard", stops_at_the_second)
+    write = interrupt_on_call(monkeypatch, CacheWriter, "write_shard", 2)
     with pytest.raises(KeyboardInterrupt):
         run_embed(config(inputs, "old.parquet", tmp_path / "mixed.zarr", torch_threads=1))
     monkeypatch.setattr(CacheWriter, "write_shard", write)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import interrupt_on_call
 from dogmacache.cli import main
 from dogmacache.contracts.windows import window_start0
 from dogmacache.explain.tracks import read_bedgraph
@@ -201,15 +202,6 @@ def test_a_rerun_leaves_no_earlier_run_behind_and_a_stopped_one_no_summary(demo_
     (tmp_path / "peaks.bed").write_text("chr1\tnot-a-number\t10\n")
     assert main([*base, "--n", "3", "--features", str(tmp_path / "peaks.bed")]) == 2  # refused: nothing goes
     assert json.loads((out / "summary.json").read_text())["n_items"] == 2
-    calls = []
-    write_item = explain_run._write_item
-
-    def stops_at_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return write_item(*args, **kwargs)
-
-    monkeypatch.setattr(explain_run, "_write_item", stops_at_the_second)
+    interrupt_on_call(monkeypatch, explain_run, "_write_item", 2)
     assert main([*base, "--n", "3", "--seed", "9"]) == 130
     assert not (out / "summary.json").exists() and not (out / "items.tsv").exists()  # nothing looks finished

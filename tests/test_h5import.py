@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from conftest import interrupt_on_call
 from dogmacache.cache import import_h5, open_cache
 from dogmacache.cache.layout import SHARD_SHA256
 from dogmacache.cli import main
@@ -233,15 +234,7 @@ def _interrupt_after_first_shard(monkeypatch):
     """Make the next import stop (as a Ctrl-C would) when it starts its second shard."""
     from dogmacache.cache.writer import CacheWriter
 
-    write, calls = CacheWriter.write_shard, []
-
-    def stop(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return write(self, *args, **kwargs)
-
-    monkeypatch.setattr(CacheWriter, "write_shard", stop)
+    interrupt_on_call(monkeypatch, CacheWriter, "write_shard", 2)
 
 
 def test_a_resume_from_another_file_of_the_same_name_and_shape_is_refused(tmp_path, monkeypatch):
