@@ -59,13 +59,15 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         raise damaged_metadata(text, "", err) from None
 
 
-def damaged_metadata(url: str, name: str, err: Exception) -> CacheError:
-    """A zarr.json (the group's, or array `name`'s) that does not parse, as one line naming the file and the fix."""
+def damaged_metadata(
+    url: str,
+    name: str,
+    err: Exception,
+    fix: str = "copy or pull the cache again, or re-create it (re-run the command that wrote it, with --overwrite)",
+) -> CacheError:
+    """A zarr.json (the group's, or array `name`'s) that does not parse, as one line naming the file and `fix`."""
     where = f"{url.rstrip('/')}/{name + '/' if name else ''}zarr.json"
-    return CacheError(
-        f"{where} is not valid JSON ({err}); the cache's metadata is damaged: copy or pull the cache again, or "
-        "re-create it (re-run the command that wrote it, with --overwrite)"
-    )
+    return CacheError(f"{where} is not valid JSON ({err}); the cache's metadata is damaged: {fix}")
 
 
 def open_cache(
@@ -335,11 +337,11 @@ class EmbeddingCache:
             blocks = range(start // step, (stop - 1) // step + 1) if stop > start else range(0)
         else:
             blocks = np.unique(rows[(rows >= 0) & (rows < array.shape[0])] // step).tolist()
+        root = local_path(self.url)
         for block in blocks:
             if (name, block) in self._present:
                 continue
             key = array.metadata.encode_chunk_key((block, *[0] * (array.ndim - 1)))
-            root = local_path(self.url)
             if root is not None:
                 found = os.path.exists(os.path.join(root, name, *key.split("/")))
             else:  # the file's last 4 bytes (a HEAD may be answered with the whole file's cost)

@@ -33,6 +33,7 @@ from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings
+from dogmacache.cache.reader import damaged_metadata
 from dogmacache.cache.shards import (
     PlainChunks,
     chunk_path,
@@ -271,10 +272,8 @@ class CacheWriter:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
         except json.JSONDecodeError as err:
-            raise CacheError(
-                f"{path / 'zarr.json'} is not valid JSON ({err}); the cache's metadata is damaged: pass --overwrite "
-                "to write the cache anew (or choose another output path)"
-            ) from None
+            fix = "pass --overwrite to write the cache anew (or choose another output path)"
+            raise damaged_metadata(str(path), "", err, fix) from None
         if MANIFEST_KEY not in group.attrs:
             raise CacheError(
                 f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
 from dogmacache.cache.manifest import digest_strings
 from dogmacache.cache.storage import disk_error
+from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
 from torch import nn
@@ -151,7 +151,8 @@ def data_files(config: dict[str, Any]) -> dict[str, str]:
     fingerprints): what a checkpoint records of the files it was trained on."""
     found = {}
     for key, value in (config.get("data") or {}).items():
-        if isinstance(value, str) and value and os.path.isfile(value):
+        # a checkpoint named there (stage1_checkpoint) is matched by what it read, not by its own bytes
+        if isinstance(value, str) and value and not key.endswith("_checkpoint") and os.path.isfile(value):
             stat = os.stat(value)
             found[key] = _file_sha256(os.path.realpath(value), stat.st_size, stat.st_mtime_ns)
     return found
@@ -159,12 +160,8 @@ def data_files(config: dict[str, Any]) -> dict[str, str]:
 
 @functools.cache
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, kept per (path, size, mtime): a run's models read the same labels many times."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    """`file_sha256`, kept per (path, size, mtime): a run's models read the same labels many times."""
+    return file_sha256(path)
 
 
 def split_digests(splits: dict[str, Any]) -> dict[str, str] | None:

@@ -76,8 +76,7 @@ def _prerequisite(
     if key not in done:
         if p.checkpoint:
             device = pick_device(p.task.config.train.device)
-            saved = checkpoint.read(p.checkpoint, map_location=device)
-            _check_prerequisite(saved, p, p.data.fingerprints)
+            saved = checkpoint.read(p.checkpoint, map_location=device)  # checked against this run by `preflight`
             model = checkpoint.rebuild(saved, p.task.models, p.checkpoint).to(device)
             result = {"name": name, "checkpoint": p.checkpoint, **evaluate(p.task, model, p.data, device)}
             result["inspect"] = {"trained": p.task.inspect(model, p.data, device)}

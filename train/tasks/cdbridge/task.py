@@ -194,7 +194,7 @@ class CdbridgeTask(Task):
             )
             prior = report.position_prior(data, split)  # the same bins scored with no sequence at all
             return {
-                **regression_metrics(1 / (1 + np.exp(-predictions)), observed),
+                **regression_metrics(self.plotted(predictions), observed),  # the probabilities, as drawn
                 **report.binary_metrics(predictions, observed),
                 **{
                     f"prior_{k}": v for k, v in report.binary_metrics(prior, observed).items() if k != "coding_fraction"
