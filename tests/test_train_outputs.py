@@ -100,6 +100,29 @@ def test_a_refused_resume_keeps_the_finished_runs_result(tmp_path):
     assert (tmp_path / "out" / "metrics.json").exists()
 
 
+def test_a_resume_onto_a_rewritten_labels_table_is_refused(tmp_path):
+    """A labels file rewritten in place (a recipe re-run that drew other splits, or other values) is not the one
+    the checkpoint trained on: resuming would score the model on rows it trained on, so it is refused."""
+    import pandas as pd
+
+    raw = quick(tmp_path)  # (writes the labels)
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)
+    path = tmp_path / "labels.parquet"
+    original = pd.read_parquet(path)
+    swapped = original.assign(split=original["split"].map({"train": "test", "test": "train"}).fillna("validation"))
+    swapped.to_parquet(path)
+    raw["train"]["epochs"] = 3
+    with pytest.raises(InputError, match=r"dna_mlp_last\.pt was trained on other test examples than this run's"):
+        run_training(config_from_dict(raw), progress=False)
+    assert (tmp_path / "out" / "metrics.json").exists()  # refused before the finished run's result went
+    original.assign(beta=original["beta"] + 1.0).to_parquet(path)  # the same splits, other labels
+    with pytest.raises(InputError, match=r"trained on another \[data\] labels file than this run's .*sha256 differs"):
+        run_training(config_from_dict(raw), progress=False)
+    original.to_parquet(path)  # the same content again: resumes for its third epoch
+    assert run_training(config_from_dict(raw), progress=False)["models"]["dna_mlp"]["epochs_run"] == 3
+
+
 def test_a_control_whose_cache_changed_is_refused_before_the_finished_result_goes(tmp_path):
     import numpy as np
     from conftest import write_cache

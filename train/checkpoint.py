@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
 from dogmacache.cache.manifest import digest_strings
@@ -82,8 +83,16 @@ def rebuild(checkpoint: dict[str, Any], models: dict[str, Any], path: str | Path
     return model.eval()
 
 
-def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], fingerprints: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint of another run: the first differing config key or cache fingerprint."""
+def check_resume(
+    checkpoint: dict[str, Any],
+    path: Path,
+    config: dict[str, Any],
+    fingerprints: dict[str, Any],
+    splits: dict[str, str] | None = None,
+) -> None:
+    """Refuse to resume from a checkpoint of another run: the first differing config key, cache fingerprint,
+    split's examples (`splits`, `split_digests`) or [data] file content (`data_files`). A labels file rewritten in
+    place with other splits would otherwise score the resumed model on the rows it trained on."""
     fix = (
         f"set --set output.resume=false --set output.overwrite=true to start over in {path.parent}, "
         "or choose another [output] dir"
@@ -96,6 +105,32 @@ def check_resume(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
     difference = first_fingerprint_difference(checkpoint.get("fingerprints") or {}, fingerprints)
     if difference:
         raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
+    _check_splits(checkpoint, path, config, splits, fix)
+    files, now = checkpoint.get("data_files") or {}, data_files(config)
+    for key in sorted(set(files) & set(now)):
+        _check_file(files, now, key, path, config, fix)
+
+
+def _check_splits(
+    checkpoint: dict[str, Any], path: str | Path, config: dict[str, Any], splits: dict[str, str] | None, fix: str
+) -> None:
+    recorded = checkpoint.get("splits")
+    if recorded is not None and splits is not None and recorded != splits:
+        split = next(s for s in sorted(set(recorded) | set(splits)) if recorded.get(s) != splits.get(s))
+        raise InputError(
+            f"{path} was trained on other {split} examples than this run's (labels table "
+            f"{_lookup(config, 'data.labels')!r}); {fix}"
+        )
+
+
+def _check_file(
+    files: dict[str, str], now: dict[str, str], key: str, path: str | Path, config: dict[str, Any], fix: str
+) -> None:
+    if files[key] != now[key]:
+        raise InputError(
+            f"{path} was trained on another [data] {key} file than this run's "
+            f"{_lookup(config, f'data.{key}')!r} (sha256 differs); {fix}"
+        )
 
 
 def check_prerequisite(
@@ -120,23 +155,15 @@ def check_prerequisite(
     )
     if difference:
         raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
+    _check_splits(checkpoint, path, config, splits, fix)
     recorded = checkpoint.get("splits")
-    if recorded is not None and splits is not None and recorded != splits:
-        split = next(s for s in sorted(set(recorded) | set(splits)) if recorded.get(s) != splits.get(s))
-        raise InputError(
-            f"{path} was trained on other {split} examples than this run's (labels table "
-            f"{_lookup(config, 'data.labels')!r}); {fix}"
-        )
     files, now = checkpoint.get("data_files") or {}, data_files(config)
     for key in reads:
         if key.endswith("_cache"):
             continue
         old, new = _lookup(saved, f"data.{key}"), _lookup(config, f"data.{key}")
         if key in files and key in now:  # a file: by its content, wherever it lies
-            if files[key] != now[key]:
-                raise InputError(
-                    f"{path} was trained on another [data] {key} file than this run's {new!r} (sha256 differs); {fix}"
-                )
+            _check_file(files, now, key, path, config, fix)
             continue
         if key == "labels" and recorded is not None and splits is not None:
             continue  # a checkpoint without file digests: its splits matched above
@@ -165,11 +192,27 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def split_digests(splits: dict[str, Any]) -> dict[str, str] | None:
-    """Per split, the digest of its examples' `id` column in order (None where a split table has no `id`):
-    what a checkpoint records of the examples it was trained and chosen on."""
-    if not all("id" in table.columns for table in splits.values()):
-        return None
-    return {name: digest_strings(table["id"].astype(str)) for name, table in splits.items()}
+    """Per split, the digest of its examples in order: the `id` column, or where a split table has none (CDT's
+    pairs: enhancer, gene) its text columns, row by row; None where a table has neither. What a checkpoint
+    records of the examples it was trained and chosen on (the values to learn are the [data] files' digests)."""
+    digests = {}
+    for name, table in splits.items():
+        keys = ["id"] if "id" in table.columns else [c for c in table.columns if _is_text(table[c])]
+        if not keys:
+            return None
+        text = table[keys[0]].astype(str)
+        if len(keys) > 1:
+            text = text.str.cat([table[k].astype(str) for k in keys[1:]], sep="\t")
+        digests[name] = digest_strings(text)
+    return digests
+
+
+def _is_text(column: Any) -> bool:
+    return (
+        pd.api.types.is_object_dtype(column)
+        or pd.api.types.is_string_dtype(column)
+        or isinstance(column.dtype, pd.CategoricalDtype)
+    )
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

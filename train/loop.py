@@ -112,7 +112,7 @@ def fit(
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "reference": None, "stale": 0, "history": []}
     if task.config.output.resume and last.is_file():
         saved = checkpoint.read(last, map_location=device)
-        checkpoint.check_resume(saved, last, meta["config"], meta["fingerprints"])
+        checkpoint.check_resume(saved, last, meta["config"], meta["fingerprints"], meta.get("splits"))
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -179,15 +179,18 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
         models.append((name, type(task)(swapped), fingerprints, f"[train] control_caches {key}={path}"))
+    splits = checkpoint.split_digests(data.splits)  # a control moves labels or inputs, never which examples
     for name, t, fingerprints, control in models:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
-            checkpoint.check_resume(read(last), last, t.config.to_dict(), fingerprints)
+            checkpoint.check_resume(read(last), last, t.config.to_dict(), fingerprints, splits)
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
                 if config.output.resume and last.is_file():
-                    checkpoint.check_resume(read(last), last, p.task.config.to_dict(), fingerprints)
+                    checkpoint.check_resume(
+                        read(last), last, p.task.config.to_dict(), fingerprints, checkpoint.split_digests(p.data.splits)
+                    )
                 continue
             fix = (
                 f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop that "
