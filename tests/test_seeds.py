@@ -15,7 +15,7 @@ from dogmacache.train.seeds import aggregate, parse_seeds
 from test_controls import write_pairs
 
 
-def test_seeds_run_apart_and_aggregate_every_metric(tmp_path, capsys):
+def test_seeds_run_apart_and_aggregate_every_metric(tmp_path, capsys, monkeypatch):
     raw = write_pairs(tmp_path, signal=True, n_enh=60)
     raw["train"].update(epochs=3, controls=["permuted_labels"])
     (tmp_path / "run.toml").write_text(to_toml(config_from_dict(raw)))
@@ -31,6 +31,21 @@ def test_seeds_run_apart_and_aggregate_every_metric(tmp_path, capsys):
     assert seeds["metrics"][key]["min"] == min(values) and seeds["metrics"][key]["n"] == 2
     assert values[0] != values[1]  # the seed reached the run
     assert "control_permuted_labels" in capsys.readouterr().out
+    assert (
+        seeds["runs"] == {"0": str(out / "seed0"), "1": str(out / "seed1")} and seeds["config"]["train"]["lr"] == 0.01
+    )
+
+    # a second run with another lr, stopped while seed 1 trains: no aggregate of the first run's seeds stands
+    from conftest import interrupt_on_call
+    from dogmacache.train import seeds as seeds_module
+
+    raw["train"]["lr"] = 0.05
+    raw["output"]["overwrite"] = True
+    interrupt_on_call(monkeypatch, seeds_module, "run_training", 2)
+    with pytest.raises(KeyboardInterrupt):
+        seeds_module.run_seeds(config_from_dict(raw), [0, 1], progress=False)
+    assert not (out / "seeds.json").exists()
+    assert json.loads((out / "seed0" / "metrics.json").read_text())["config"]["train"]["lr"] == 0.05
 
 
 def test_aggregate_skips_undefined_values_and_parse_seeds_refuses_nonsense():

@@ -42,6 +42,15 @@ def test_a_diverged_run_never_reports_the_best_checkpoint_of_the_run_it_replaced
         run_training(config_from_dict(raw), progress=False)
 
 
+def test_a_batch_larger_than_the_training_split_is_refused_not_reported_untrained(tmp_path):
+    # 24 training enhancers x 3 genes = 72 pairs; the pairs batching drops the last partial batch, so a batch of 100
+    # makes no step: the untrained model's scores were reported as a result
+    with pytest.raises(ModelError, match=r"dna_mlp: epoch 1 took no training step: its 72 training examples gave no "):
+        run_training(config_from_dict(quick(tmp_path, batch_size=100)), progress=False)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert run_training(config_from_dict(quick(tmp_path, batch_size=72)), progress=False)["models"]["dna_mlp"]
+
+
 def test_the_log_of_a_folder_two_tasks_trained_in_keeps_each_column_under_its_name(tmp_path):
     run_training(config_from_dict(quick(tmp_path)), progress=False)
     log = tmp_path / "out" / "log.csv"
@@ -155,3 +164,17 @@ def test_a_stopped_run_says_where_its_checkpoints_are_and_how_it_continues(tmp_p
     assert "--set output.resume=true to continue" in said and "starts over" in said  # the config has resume = false
     said = _interrupted(argparse.Namespace(config=str(tmp_path / "run.toml"), set=["output.resume=true"], seeds=None))
     assert said.endswith("re-run the same command to continue from it")
+
+
+def test_a_correlation_of_a_constant_is_zero_even_where_copies_differ_by_rounding():
+    import numpy as np
+    from dogmacache.train.metrics import regression_metrics
+
+    observed = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
+    # one value per tissue, one copy a float32 rounding apart (0.03550268 vs 0.03550269): no association to score
+    rounded = np.float32([0.03550268, 0.03550268, 0.03550269, 0.03550268, 0.03550268])
+    assert regression_metrics(rounded, observed)["spearman"] == 0.0 == regression_metrics(rounded, observed)["pearson"]
+    assert regression_metrics(np.zeros(5), observed)["pearson"] == 0.0
+    small = np.float32([1e-4, 5e-4, 2e-4, 9e-4, 4e-4])  # small but varying: scored as any other
+    assert regression_metrics(small, observed)["spearman"] == pytest.approx(1.0)
+    assert regression_metrics(observed, np.full(5, 2.0))["pearson"] == 0.0  # constant labels alike

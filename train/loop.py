@@ -156,6 +156,13 @@ def fit(
                 losses.append(loss.item())
                 bar.update(len(idx) * size)
         bar.close()
+        if not losses:  # a task that drops the last partial batch, with fewer examples than one batch
+            raise ModelError(
+                f"{name}: epoch {epoch + 1} took no training step: its {len(data.splits['train']):,} training "
+                f"examples gave no batch of [train] batch_size {t.batch_size}"
+                + (f" across {size} processes" if ddp else "")
+                + "; lower batch_size (--set train.batch_size=...)"
+            )
         val = task.metrics(predict(task, model, data, "validation", device), data, "validation")
         score = task.score(val)
         scheduler.step(score if math.isfinite(score) else -1.0)
@@ -196,8 +203,8 @@ def fit(
         raise ModelError(
             f"{name}: none of its {state['epoch']} epochs gave a finite validation {task.metric} (the last: "
             f"{state['history'][-1][f'val_{task.metric}'] if state['history'] else 'none run'}; train loss "
-            f"{state['history'][-1]['train_loss'] if state['history'] else 'none'}): the training diverged or "
-            "predicts a constant; lower [train] lr (--set train.lr=...) or check the inputs for NaN"
+            f"{state['history'][-1]['train_loss'] if state['history'] else 'none'}): the training diverged; lower "
+            "[train] lr (--set train.lr=...) or check the inputs for NaN"
         )
     best = checkpoint.read(best_path, map_location=device)
     model.load_state_dict(best["model"])

@@ -22,7 +22,8 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
             "mse": float("nan"),
             "mae": float("nan"),
         }
-    constant = np.ptp(p) == 0 or np.ptp(o) == 0  # correlation undefined: report 0, not a warning and NaN
+    # a correlation with a constant side is undefined: reported as 0 (no association), not a warning and NaN
+    constant = _flat(p) or _flat(o)
     sst = float(np.sum((o - o.mean()) ** 2))
     return {
         "n": n,
@@ -32,3 +33,9 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
         "mse": float(np.mean((o - p) ** 2)),
         "mae": float(np.mean(np.abs(o - p))),
     }
+
+
+def _flat(x: np.ndarray) -> bool:
+    """Constant up to float32 rounding (8 units in the last place of its largest value): a per-tissue constant
+    whose copies differ by one rounding would otherwise score a correlation of that rounding."""
+    return bool(np.ptp(x) <= 8 * np.finfo(np.float32).eps * np.abs(x).max())

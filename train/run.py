@@ -243,6 +243,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
         "model_config": results[config.task]["model_config"],
         "fingerprints": data.fingerprints,
         "cpu": {"num_workers": config.train.num_workers, "torch_threads": config.train.threads},
+        "config": config.to_dict(),  # the run as resolved: what these numbers are of
     }
     if rank == 0:
         summary.update(task.summary(results, data))
@@ -271,10 +272,16 @@ def strict(value: Any) -> Any:
     return value
 
 
+NULL_MEANS = (
+    "not defined for this model and split (fewer than 2 examples, one class absent, no such tissue); a correlation "
+    "with constant predictions or labels is reported as 0"
+)
+
+
 def write_json(path: Path, summary: dict[str, Any]) -> None:
-    """metrics.json as strict JSON: a metric that is not defined (one class absent, a constant prediction, no
-    such tissue) is null, and `null_means` says so in the file."""
-    payload = {**strict(summary), "null_means": "not defined for this model and split (e.g. constant predictions)"}
+    """metrics.json as strict JSON: a metric that is not defined (one class absent, fewer than 2 examples, no such
+    tissue) is null, and `null_means` says so in the file; a correlation of a constant is 0 (`regression_metrics`)."""
+    payload = {**strict(summary), "null_means": NULL_MEANS}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
     os.replace(tmp, path)

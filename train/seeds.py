@@ -18,7 +18,7 @@ from dogmacache.errors import InputError
 from dogmacache.train.config import RunConfig
 from dogmacache.train.run import run_training, strict, write_json
 
-SKIP = ("fingerprints", "model_config", "counts", "cpu")  # not results
+SKIP = ("fingerprints", "model_config", "counts", "cpu", "config")  # not results
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -75,7 +75,10 @@ def aggregate(summaries: dict[int, dict[str, Any]]) -> dict[str, dict[str, float
 
 
 def run_seeds(config: RunConfig, seeds: list[int], progress: bool = True) -> dict[str, Any]:
+    """Each seed's run in turn, then seeds.json. An earlier seeds.json goes first: a stopped run leaves no
+    aggregate of another run's seeds beside this one's (each seed's own metrics.json is its run's alone)."""
     out = Path(config.output.dir)
+    (out / "seeds.json").unlink(missing_ok=True)
     summaries = {}
     for seed in seeds:
         run = dataclasses.replace(
@@ -85,7 +88,14 @@ def run_seeds(config: RunConfig, seeds: list[int], progress: bool = True) -> dic
         )
         print(f"--- seed {seed}: {run.output.dir}")
         summaries[seed] = json.loads(json.dumps(strict(run_training(run, progress=progress))))
-    result = {"task": config.task, "seeds": seeds, "metrics": aggregate(summaries)}
+    runs = {str(seed): str(out / f"seed{seed}") for seed in seeds}
+    result = {
+        "task": config.task,
+        "seeds": seeds,
+        "runs": runs,
+        "config": config.to_dict(),
+        "metrics": aggregate(summaries),
+    }
     write_json(out / "seeds.json", result)
     print_seed_table(result, summaries[seeds[0]].get("metric", "pearson"))
     return result
