@@ -451,3 +451,24 @@ def test_a_finished_stage_1_is_taken_only_for_the_data_it_was_trained_on(tmp_pat
     with pytest.raises(InputError, match=r"was trained on a dna cache with .*the control control_dna_dna2 .*drop that"):
         run_training(config_from_dict(control), progress=False)
     assert (tmp_path / "fold" / "cdbridge_best.pt").stat().st_mtime_ns == before
+
+
+def test_masks_of_other_bins_or_the_transcripts_orientation_are_refused(tmp_path):
+    """The masks' bins must be the DNA cache's positions: the recipe.json beside the masks says their bp per bin and
+    orientation; the cache records its model's bp per bin."""
+    raw = write_recipe(tmp_path)
+    dna = np.random.default_rng(1).normal(size=(len(SPLIT), 4, 6)).astype(np.float32)
+    shutil.rmtree(tmp_path / "dna.zarr")
+    write_cache(tmp_path / "dna.zarr", dna, ids=[f"w{i}" for i in range(len(SPLIT))], config={"bin_bp": 128})
+    recipe = tmp_path / "recipe.json"
+    for mask, message in (
+        ({"bin_bp": 64, "orientation": "reference"}, r"masks of 64 bp bins .* has 128 bp bins; re-run the recipe "),
+        ({"bin_bp": 128, "orientation": "transcript"}, r"'transcript' orientation .* run along the reference strand"),
+    ):
+        recipe.write_text(json.dumps({"recipe": "gtex", "mask": {"window_bins": 4, **mask}}))
+        with pytest.raises(InputError, match=message):
+            CdbridgeTask(config_from_dict(raw)).load()
+    recipe.write_text(
+        json.dumps({"recipe": "gtex", "mask": {"window_bins": 4, "bin_bp": 128, "orientation": "reference"}})
+    )
+    assert CdbridgeTask(config_from_dict(raw)).load().splits["train"] is not None

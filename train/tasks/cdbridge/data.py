@@ -7,6 +7,7 @@ the chunks both stages read; and the per-tissue mean baseline.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
             f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
             " re-run the recipe with --window-bins matching the DNA model's output"
         )
+    check_mask_geometry(d.coding_masks, dna)
 
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
     frame["dna_row"] = dna.rows_of(table["dna_id"].astype(str) if "dna_id" in table else frame["id"])
@@ -242,3 +244,26 @@ def per_tissue_mean(data: TaskData, split: str) -> np.ndarray:
     means = train.groupby("tissue_index")["target"].mean()
     index = data.splits[split]["tissue_index"]
     return index.map(means).fillna(float(train["target"].mean())).to_numpy(np.float32)
+
+
+def check_mask_geometry(coding_masks: str, dna: EmbeddingCache) -> None:
+    """The masks' bins are the DNA cache's positions: the same bp per bin and the reference strand's order (the
+    DNA models' bins run along it under every strand policy). Read from the recipe.json beside the masks table
+    (`mask`) and the cache's model facts (`bin_bp`); a side that does not record them is not compared."""
+    recipe = Path(coding_masks).parent / "recipe.json"
+    try:
+        mask = json.loads(recipe.read_text()).get("mask") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    fix = "re-run the recipe with --mask-orientation reference"
+    if mask.get("orientation", "reference") != "reference":
+        raise InputError(
+            f"{coding_masks} holds masks in {mask['orientation']!r} orientation ({recipe}) but the bins of {dna.url} "
+            f"run along the reference strand; {fix}"
+        )
+    cache_bp = (dna.manifest.config or {}).get("bin_bp")
+    if cache_bp and mask.get("bin_bp") and int(mask["bin_bp"]) != int(cache_bp):
+        raise InputError(
+            f"{coding_masks} has masks of {mask['bin_bp']} bp bins ({recipe}) but {dna.url} has {cache_bp} bp bins; "
+            f"re-run the recipe with --bin-bp {cache_bp}"
+        )
