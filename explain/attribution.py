@@ -3,7 +3,9 @@
 - Attention ("what the model looks at"): read from the model's own maps, no gradient.
 - Gradient ("what drives the prediction"): ||d prediction / d x_p||_2 per position p, with x the DNA embedding
   as cached (the foundation model's output, before any scaling the checkpoint applies), in eval mode.
-- Gradient x input: sum_j x_p,j * d prediction / d x_p,j per position (signed).
+- Gradient x input: sum_j (x - x0)_p,j * d prediction / d x_p,j per position (signed), x0 the integrated
+  gradients' baseline (the training mean of the features where the checkpoint scales them): the first-order
+  estimate of what integrated gradients compute.
 - Integrated gradients (Captum, optional): sum_j of Captum's IntegratedGradients attributions per position;
   Captum fits because the model is a plain differentiable function of the DNA batch once the shared RNA and
   protein tables are closed over (Captum repeats every extra argument along dim 0, which those tables lack).
@@ -36,9 +38,11 @@ def gradient_norm(gradient: Tensor) -> Tensor:
     return gradient.norm(dim=-1)
 
 
-def gradient_x_input(gradient: Tensor, dna: Tensor) -> Tensor:
-    """sum_j x_p,j g_p,j per position: (B, L, D) -> (B, L), signed."""
-    return (gradient * dna).sum(dim=-1)
+def gradient_x_input(gradient: Tensor, dna: Tensor, baseline: Tensor) -> Tensor:
+    """sum_j (x - x0)_p,j g_p,j per position, from the integrated gradients' baseline x0 (D,): (B, L, D) -> (B, L),
+    signed. Measured from zero instead, a feature's offset (the cached features' mean is many times their spread)
+    outweighs what the input changes, and the sign can run against integrated gradients."""
+    return (gradient * (dna - baseline)).sum(dim=-1)
 
 
 def integrated_gradients(

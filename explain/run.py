@@ -127,6 +127,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     means = {"attention": tracks.TrackAverage(), "gradient": tracks.TrackAverage()}
     item_rows, topk_rows = [], []
     predict = explainer.predictor()
+    baseline = explainer.baseline()  # integrated gradients' start, and gradient x input's
     compute_seconds = 0.0
     n_done = 0
     with gzip.open(out / "positions.tsv.gz", "wt") as positions, gzip.open(out / "vce_genes.tsv.gz", "wt") as vce:
@@ -137,10 +138,10 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
             gradient = attribution.input_gradient(predict, dna, gene_index)
             scores = {"gradient": attribution.gradient_norm(gradient).numpy()}
             if "grad_x_input" in config.methods:
-                scores["grad_x_input"] = attribution.gradient_x_input(gradient, dna).numpy()
+                scores["grad_x_input"] = attribution.gradient_x_input(gradient, dna, baseline).numpy()
             if "integrated_gradients" in config.methods:
                 scores["integrated_gradients"] = attribution.integrated_gradients(
-                    predict, dna, gene_index, explainer.baseline(), config.ig_steps
+                    predict, dna, gene_index, baseline, config.ig_steps
                 ).numpy()
             compute_seconds += time.perf_counter() - tick
             for b, pair in enumerate(part.itertuples(index=False)):

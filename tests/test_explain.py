@@ -119,8 +119,28 @@ def test_gradient_equals_finite_differences():
     assert norms.shape == (2, 5)
     assert norms[1, 2].item() == pytest.approx(float(np.sqrt(sum(gradient[1, 2, j].item() ** 2 for j in range(4)))))
     assert not dna.requires_grad  # the caller's tensor is left as it was
-    by_hand = (gradient * dna).sum(-1)
-    torch.testing.assert_close(attribution.gradient_x_input(gradient, dna), by_hand)
+    offset = torch.full((4,), 3.0, dtype=torch.float64)  # features far from zero, as cached features are
+    by_hand = (gradient * (dna - offset)).sum(-1)
+    torch.testing.assert_close(attribution.gradient_x_input(gradient, dna, offset), by_hand)
+
+
+def test_gradient_x_input_is_measured_from_the_integrated_gradients_baseline():
+    """For a linear read-out, gradient x input from the baseline adds up to f(x) - f(baseline) exactly, as
+    integrated gradients do, whatever offset the features carry; measured from zero it would add up to f(x) - f(0)."""
+    weights = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def predict(x, target):
+        return (x * weights).sum((1, 2)) + target.double()
+
+    dna = 50.0 + torch.randn(2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    baseline = torch.full((4,), 50.0, dtype=torch.float64)  # the features' training mean
+    target = torch.tensor([0, 1])
+    gradient = attribution.input_gradient(predict, dna, target)
+    scores = attribution.gradient_x_input(gradient, dna, baseline)
+    change = predict(dna, target) - predict(baseline.expand_as(dna), target)
+    torch.testing.assert_close(scores.sum(1), change)
+    from_zero = (gradient * dna).sum((1, 2))  # f(x) - f(0): the offset's share, not the input's
+    torch.testing.assert_close(from_zero - change, (50.0 * weights).sum().expand(2))  # f(x0) - f(0), ~81 here
 
 
 def test_attention_rows_of_the_target_gene_sum_to_one():
