@@ -34,11 +34,13 @@ def explain_demo(out: Path, truth: Path, n: int = 100) -> dict:
 
 
 def print_enrichment(features: dict) -> None:
-    """Top-k bins on planted motifs, against the same positions in other items (the position-matched background)."""
+    """Top-k bins on planted motifs, against the same positions in other windows (the position-matched background),
+    with the window-level permutation p-value."""
     if not features:
         return
     print(
-        f"  top bins on planted motifs ({features.get('n_items')} validation pairs; truth: {features.get('features')})"
+        f"  top bins on planted motifs ({features.get('n_items')} validation pairs in {features.get('n_windows')} "
+        f"windows; truth: {features.get('features')})"
     )
     for ranking in ("attention", "gradient"):
         r = features.get(ranking) or {}
@@ -46,5 +48,6 @@ def print_enrichment(features: dict) -> None:
             print(
                 f"  {ranking:<10} {r.get('fraction', float('nan')):.3f} of top bins on a motif; position-matched "
                 f"background {r.get('background_fraction', float('nan')):.3f}; enrichment "
-                f"{r.get('enrichment', float('nan')):.2f} (binomial p {r.get('binomial_p_greater', float('nan')):.2g})"
+                f"{r.get('enrichment', float('nan')):.2f} (window-level permutation p "
+                f"{r.get('permutation_p_greater', float('nan')):.2g})"
             )

@@ -83,12 +83,16 @@ def head_panels(
     return _save(fig, path)
 
 
-def overlap_histogram(path: Path, overlaps: list[int], k: int, expected_random: float) -> Path:
+def overlap_histogram(
+    path: Path, overlaps: list[int], k: int, expected_random: float, mismatched: float = float("nan")
+) -> Path:
     values = np.asarray(overlaps)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(values, bins=np.arange(-0.5, k + 1.5, 1.0), color="tab:purple", edgecolor="white")
     ax.axvline(values.mean(), color="k", lw=1, label=f"mean {values.mean():.2f}")
     ax.axvline(expected_random, color="grey", ls=":", lw=1, label=f"random k²/L = {expected_random:.2f}")
+    if np.isfinite(mismatched):
+        ax.axvline(mismatched, color="tab:orange", ls="--", lw=1, label=f"items of other windows {mismatched:.2f}")
     ax.set(
         xlabel=f"positions shared by the top {k} of attention and of gradient",
         ylabel="items",

@@ -117,7 +117,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     features = None
     if config.features:
         chroms = set(explainer.windows.loc[chosen["enhancer"].unique(), "chrom"].astype(str))
-        features = FeatureOverlap(FeatureSet(config.features, chroms), ("attention", "gradient"))
+        features = FeatureOverlap(FeatureSet(config.features, chroms), ("attention", "gradient"), config.seed)
     out = Path(config.out)
     clear_previous(out)  # every input read: a refused run loses nothing
     for folder in ("tracks/items", "figures/items"):
@@ -183,6 +183,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         summary.overlaps,
         config.top_k,
         numbers["topk_overlap"]["expected_if_random"],
+        numbers["topk_overlap"]["expected_if_windows_mismatched"],
     )
     figures.peak_distance_histogram(
         out / "figures" / "peak_distance.png", summary.attention_peaks_bp, summary.gradient_peaks_bp
@@ -207,6 +208,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
 
 # what a run writes, as globs under --out: a run first removes an earlier run's (summary.json first), so a run
 # stopped midway never leaves another run's results looking like its own, nor its per-item tracks beside them
+ITEM_FILE = re.compile(r"\d{4,}_")  # `_file_name`: the item's number, 4 digits or more, then its name
 OUTPUTS = (
     "summary.json",
     "items.tsv",
@@ -215,11 +217,11 @@ OUTPUTS = (
     "vce_genes.tsv.gz",
     "tracks/mean.*.bedGraph",
     "tracks/mean.*.bw",
-    "tracks/items/[0-9][0-9][0-9][0-9]_*.bedGraph",
-    "tracks/items/[0-9][0-9][0-9][0-9]_*.bw",
+    "tracks/items/[0-9]*_*.bedGraph",
+    "tracks/items/[0-9]*_*.bw",
     "figures/topk_overlap.png",
     "figures/peak_distance.png",
-    "figures/items/[0-9][0-9][0-9][0-9]_*.png",
+    "figures/items/[0-9]*_*.png",
 )
 
 
@@ -228,7 +230,8 @@ def clear_previous(out: Path) -> None:
     the inputs are checked and the items chosen, so a refused run loses nothing."""
     for pattern in OUTPUTS:
         for path in sorted(out.glob(pattern)):
-            path.unlink(missing_ok=True)
+            if "items/" not in pattern or ITEM_FILE.match(path.name):
+                path.unlink(missing_ok=True)
 
 
 def _write_item(
@@ -255,10 +258,10 @@ def _write_item(
     gradient = scores["gradient"][b]
     coords = explainer.coordinates(pair.enhancer)
     offsets = coords.offset_bp
-    overlap = summary.add(attention, gradient, offsets, maps["dna_to_rna_genes"][b])
+    overlap = summary.add(attention, gradient, offsets, maps["dna_to_rna_genes"][b], str(pair.enhancer))
     best = {"attention": top_k(attention, config.top_k), "gradient": top_k(gradient, config.top_k)}
     if features is not None:
-        features.add(coords, best)
+        features.add(coords, best, str(pair.enhancer))
     name = _file_name(n, pair.item)
     item_rows.append(
         {

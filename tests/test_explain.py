@@ -222,6 +222,24 @@ def test_summary_counts_overlaps_and_peak_distances():
     assert numbers["attention_uniformity"]["across_genes_mean_pairwise_correlation"] == pytest.approx(1.0)
 
 
+def test_controls_beside_the_overlap_and_the_similarity_leave_pairs_of_one_window_out():
+    summary = stats.Summary(k=2, n_positions=4)
+    offsets = np.array([-15.0, -5.0, 5.0, 15.0])
+    genes = np.array([[0.1, 0.2, 0.3, 0.4], [0.2, 0.4, 0.6, 0.8]])
+    rising, falling = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.4, 0.3, 0.2, 0.1])
+    summary.add(rising, falling, offsets, genes, "a")  # attention top {3, 2}, gradient top {0, 1}
+    summary.add(falling, np.array([0.9, 0.8, 0.0, 0.0]), offsets, genes, "b")  # {0, 1}, {0, 1}
+    summary.add(rising, np.array([0.0, 0.0, 0.5, 0.9]), offsets, genes, "a")  # {3, 2}, {3, 2}
+    numbers = summary.to_dict()
+    # observed overlaps 0, 2, 2; other-window pairs (i's attention, j's gradient): a1-b 0, a3-b 0, b-a1 2, b-a3 0
+    assert numbers["topk_overlap"]["mean"] == pytest.approx(4 / 3)
+    assert numbers["topk_overlap"]["expected_if_windows_mismatched"] == pytest.approx(2 / 4)
+    uniformity = numbers["attention_uniformity"]
+    # rows a1 and a3 are one (correlation 1), b runs against both (-1): over all ordered pairs (2 - 4) / 6
+    assert uniformity["across_items_mean_pairwise_correlation"] == pytest.approx(-1 / 3)
+    assert uniformity["across_windows_mean_pairwise_correlation"] == pytest.approx(-1.0)
+
+
 # ---- tracks -----------------------------------------------------------------------------------------------
 def test_bedgraph_round_trip_skips_padding_bins(tmp_path):
     coords = bin_coordinates("chr2", 11, "+", GEOMETRY, chrom_size=25)
@@ -272,15 +290,42 @@ def test_feature_overlap_against_position_matched_background(tmp_path):
     assert features.bin_flags(two).tolist() == [False, True, False, False]
     three = bin_coordinates("chr1", 5001, "+", GEOMETRY)
     overlap = FeatureOverlap(features, ("attention",))
-    overlap.add(one, {"attention": np.array([1, 0])})
-    overlap.add(two, {"attention": np.array([2, 3])})
-    overlap.add(three, {"attention": np.array([1, 2])})
+    overlap.add(one, {"attention": np.array([1, 0])}, "one")
+    overlap.add(two, {"attention": np.array([2, 3])}, "two")
+    overlap.add(three, {"attention": np.array([1, 2])}, "three")
     result = overlap.result()["attention"]
     assert (result["top_bins"], result["top_bins_on_feature"]) == (6, 1)
     # the same bins in the two other windows: item 1 bins {1, 0}: (1/2 + 0/2) / 2; item 2 bins {2, 3}: 0;
     # item 3 bins {1, 2}: (2/2 + 0/2) / 2
     assert result["background_fraction"] == pytest.approx((0.25 + 0 + 0.5) / 3)
     assert result["enrichment"] == pytest.approx((1 / 6) / 0.25)
+    # the null deals the 3 windows' top bins to the windows at random: 6 orders, each scoring 0, 1 or 2 hits
+    assert 0 < result["permutation_p_greater"] <= 1 and result["permutations"] == 5000
+
+
+def test_items_of_one_window_count_once_in_the_background_and_move_together_in_the_null(tmp_path):
+    """Ten items of one window whose top bin is on a feature, beside windows without one there: as ten independent
+    draws, a binomial test would call it significant; the windows are 4, and 1 in 4 windows' deals give the same."""
+    pytest.importorskip("pyranges")
+    from dogmacache.explain.features import FeatureOverlap, FeatureSet
+
+    bed = tmp_path / "peaks.bed"
+    bed.write_text("chr1\t95\t96\tpeak\n")
+    features = FeatureSet(bed, {"chr1"})
+    overlap = FeatureOverlap(features, ("attention",))
+    hit = bin_coordinates("chr1", 101, "+", GEOMETRY)  # bin 1 on the peak
+    for _ in range(10):
+        overlap.add(hit, {"attention": np.array([1])}, "hit")
+    for k, center in enumerate((5001, 9001, 13001)):
+        overlap.add(bin_coordinates("chr1", center, "+", GEOMETRY), {"attention": np.array([0])}, f"w{k}")
+    result = overlap.result()
+    assert result["n_items"] == 13 and result["n_windows"] == 4
+    attention = result["attention"]
+    assert attention["top_bins_on_feature"] == 10
+    # the hit window's bin 1 against the 3 other windows' bin 1 (no peak there): 0; the others' bin 0: 0
+    assert attention["background_fraction"] == 0.0
+    # under the null the ten items' bin 1 is scored in the window dealt to them: the hit window's own in 1 of 4
+    assert attention["permutation_p_greater"] == pytest.approx(0.25, abs=0.02)
 
 
 def test_bed_with_other_chromosome_names_says_how_to_rename(tmp_path):
@@ -352,3 +397,19 @@ def test_the_windows_table_is_checked_against_a_cache_embed_wrote_and_not_agains
         check_embedded_from(table.assign(center=[101, 900]), "dna", embedded, "dna.zarr", "shifted.parquet", "fix")
     imported = SimpleNamespace(config={"source": "import-h5", "src": "e.h5"}, input_digest="sha256:0")
     assert check_embedded_from(table, "dna", imported, "dna.zarr", "w.parquet", "fix") is False
+
+
+def test_an_earlier_runs_item_files_go_whatever_their_number_and_other_files_stay(tmp_path):
+    from dogmacache.explain.run import _file_name, clear_previous
+
+    items, figures = tmp_path / "tracks" / "items", tmp_path / "figures" / "items"
+    items.mkdir(parents=True)
+    figures.mkdir(parents=True)
+    written = [items / f"{_file_name(n, 'e1|g2')}.attention.bedGraph" for n in (7, 9999, 10000, 123456)]
+    written += [figures / f"{_file_name(10001, 'e1|g2')}.png", tmp_path / "summary.json"]
+    kept = [items / "notes_1.bedGraph", items / "x10000_a.bw", tmp_path / "my.bed"]
+    for path in written + kept:
+        path.write_text("x")
+    clear_previous(tmp_path)
+    assert [p for p in written if p.exists()] == []
+    assert all(p.exists() for p in kept)
