@@ -59,7 +59,7 @@ def parse_edit(spec: str, genome: Genome) -> Edit:
         if end < start:
             raise InputError(f"edit {spec!r}: end {end:,} is before start {start:,}; write chr:start-end, start <= end")
         ref = reference(genome, chrom, start - 1, end - start + 1)
-        return Edit(chrom, start - 1, ref, "", text)
+        return check_ref(Edit(chrom, start - 1, ref, "", text), genome)  # past the chromosome's end: refused
     raise InputError(
         f"edit {spec!r} is not `chr:pos REF>ALT` (e.g. chr1:1000 A>G, chr1:1000 AT>-) nor a "
         "deletion `chr:start-end` (1-based, inclusive); fix its spelling"

@@ -38,6 +38,9 @@ def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:
     return table[ids == profile].iloc[0].to_dict()
 
 
+ENCODER_INPUT_LAYER = "gene_embedding+enc_norm"  # the token the encoder's layers read: enc_norm(embedding)
+
+
 def scaled_tokens(adapted: np.ndarray, raw_norm: np.ndarray, unit_cache: bool) -> torch.Tensor:
     """Adapted tokens (W, D) as encoder inputs: scaled to the raw token's length when the cache is unit length."""
     x = torch.from_numpy(adapted.astype(np.float32))
@@ -73,6 +76,13 @@ class ProfileInput:
 def open_profile(config, token_cache) -> ProfileInput:
     """The scGPT checkpoint the token cache was embedded with, and the profile prepared as `embed --modality
     context` prepares it; InputError when the checkpoint differs or the gene is not in the profile."""
+    layer = token_cache.manifest.layer
+    if layer != ENCODER_INPUT_LAYER:  # `encode` puts the adapted tokens where scGPT has enc_norm(embedding)
+        raise InputError(
+            f"{token_cache.url} holds scGPT tokens at layer {layer!r}, but the encoder takes them after its "
+            f"LayerNorm ({ENCODER_INPUT_LAYER!r}); embed the gene tokens with --layer {ENCODER_INPUT_LAYER} (the "
+            "default) and train the adapter on that cache"
+        )
     context = ScGPTContextAdapter(config.scgpt_model, ScgptContextOptions(), torch.device("cpu"))
     recorded = token_cache.manifest.config.get("model_files") or {}
     differ = [n for n in recorded if context.checkpoint.files.get(n) != recorded[n]]

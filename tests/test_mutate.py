@@ -51,6 +51,9 @@ def test_edit_spellings_and_their_errors(tmp_path, genome):
         parse_edit("chr1-100", g)
     with pytest.raises(InputError, match=r"reaches past the end of chr2 \(10 bp\)"):
         parse_edit("chr2:10 CA>C", g)
+    with pytest.raises(InputError, match=r"edit 'chr2:8-12' reaches past the end of chr2 \(10 bp\)"):
+        parse_edit("chr2:8-12", g)  # the range spelling alike (it read N past the end as reference)
+    assert parse_edit("chr2:8-10", g).ref == g.fasta["chr2"][7:10].upper()
     vcf = tmp_path / "v.vcf"
     anchor = g.fasta["chr1"][199:201]
     vcf.write_text(f"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\nchr1\t200\t.\t{anchor}\t{anchor[0]}\n")

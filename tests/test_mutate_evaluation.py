@@ -116,3 +116,27 @@ def test_the_knockout_comparator_is_the_encoder_with_the_gene_masked_out(tmp_pat
         masked = model(ids, values, keep)[0].numpy()
     expected = {g: np.linalg.norm(masked[names.index(g)] - full[names.index(g)]) for g in ("AAA", "BBB", "EEE")}
     assert dict(zip(moves["gene"], moves["l2_shift"], strict=True)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_a_token_cache_of_the_tokens_before_the_layernorm_is_refused(tmp_path):
+    """The adapted tokens go where the encoder reads enc_norm(embedding): tokens cached before that LayerNorm
+    would land in another space and move every gene."""
+    from types import SimpleNamespace
+
+    from conftest import write_cache
+    from dogmacache.cache import open_cache
+    from dogmacache.errors import ModelError
+    from dogmacache.mutate.encoder import open_profile
+
+    config = SimpleNamespace(scgpt_model=str(tmp_path / "no_such_model"), profiles=None, profile=None, gene="AAA")
+    said = {}
+    for layer in ("gene_embedding", "gene_embedding+enc_norm"):
+        write_cache(tmp_path / f"{layer}.zarr", np.zeros((3, 4), np.float32), modality="gene", layer=layer)
+        with pytest.raises((InputError, ModelError)) as err:  # the second goes on to look for the scGPT model
+            open_profile(config, open_cache(tmp_path / f"{layer}.zarr"))
+        said[layer] = str(err.value)
+    assert (
+        "holds scGPT tokens at layer 'gene_embedding', but the encoder takes them after its LayerNorm"
+        in said["gene_embedding"]
+    )
+    assert "scGPT checkpoint folder" in said["gene_embedding+enc_norm"]
