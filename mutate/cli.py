@@ -37,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GMT (name, description, genes; several sets) or one gene symbol per line: each set's overlap with the "
         "top-N moved genes, fold enrichment and hypergeometric p (needs --scgpt-model)",
     )
+    p.add_argument(
+        "--null-edits",
+        type=int,
+        default=20,
+        help="the token shift's control: this many matched edits at random places of the gene's window, each "
+        "re-embedded (0: none; default 20)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the control's draw (default 0)")
     p.add_argument("--device", help="default: the device the DNA cache was embedded on")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_mutate, interrupted=_interrupted)
@@ -68,6 +76,8 @@ def _mutate(args: argparse.Namespace) -> int:
         top_n=args.top_n,
         gene_set=args.gene_set,
         device=args.device,
+        null_edits=args.null_edits,
+        seed=args.seed,
     )
     summary = run_mutate(config)
     shown = {

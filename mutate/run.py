@@ -2,7 +2,8 @@
 
 For each variant (all edits together, or each edit alone with `each`):
 (a) token shift: the adapted token of every window holding an edit, reference (cached row) vs edited (re-embedded
-    window): cosine and L2 between them, and each one's cosine to the gene's true scGPT token;
+    window): cosine and L2 between them, and each one's cosine to the gene's true scGPT token; beside the gene's,
+    the same for `null_edits` matched edits at random places of its window (`null.py`), the control;
 (b) with a profile (a tissue or cell: id + one column per gene symbol, as `embed --modality context` reads), the
     scGPT encoder runs on it twice with the tokens of the edited windows' genes replaced by their adapted tokens,
     reference and edited; the genes whose output embeddings move most (L2 between the two runs) are the top-N table;
@@ -40,6 +41,7 @@ from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.encoder import adapter_moves, knockout_moves, open_profile, top
 from dogmacache.mutate.genesets import UNIVERSE_NOTE, GeneSet, read_gene_sets, score_gene_sets
+from dogmacache.mutate.null import null_table, place, shape
 from dogmacache.mutate.scan import Scanner, open_scanner
 from dogmacache.train.checkpoint import read
 from dogmacache.train.registry import load_model
@@ -62,6 +64,8 @@ class MutateConfig:
     top_n: int = 50  # moved genes reported per variant
     gene_set: str | None = None  # GMT or one symbol per line: each set scored against the top_n moved genes
     device: str | None = None  # None = the device the DNA cache was embedded on (the numbers depend on it)
+    null_edits: int = 20  # matched random edits per variant shape, the token shift's control (`null.py`); 0: none
+    seed: int = 0  # their draw
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,6 +129,8 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     start = time.perf_counter()
     if config.top_n < 1:
         raise InputError(f"--top-n {config.top_n}: expected at least 1 moved gene per variant")
+    if config.null_edits < 0:
+        raise InputError(f"--null-edits {config.null_edits}: expected 0 (no control) or more matched random edits")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise InputError(f"--out {config.out} is a file; mutate writes a folder there: choose another --out")
     if config.gene_set and not config.scgpt_model:
@@ -185,6 +191,9 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     if true is not None:
         shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
         shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
+    gene_true = token_cache.read_rows(token_cache.rows_of([config.gene]), dtype=np.float32)[0]
+    nulls = null_table(scanner, config.gene, gene_row, variants, config.null_edits, config.seed, gene_true)
+    _place_among_nulls(shift, variants, config.gene, nulls)
     inputs = open_profile(config, token_cache) if config.scgpt_model else None  # checked before anything goes
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +208,13 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         "window": scanner.window_label(gene_row),
         "windows_crossed": crossed,
         "token_shift": shift[shift["id"] == config.gene].drop(columns="edits").to_dict("records"),
+        "token_shift_control": {
+            "what": f"each variant's edits moved to random places of {config.gene}'s window, their lengths kept "
+            "(mutate/null.py); null_median and null_p_at_least per token_shift row",
+            "draws": config.null_edits,
+            "seed": config.seed,
+            "windows_reembedded": int(sum(n["windows"] for n in nulls.values())),
+        },
     }
     if config.scgpt_model:
         summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out))
@@ -211,6 +227,24 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
 
 
 ADAPTER, KNOCKOUT = "bio-dta adapter", "adapter-free knockout"
+
+
+def _place_among_nulls(shift: pd.DataFrame, variants, gene: str, nulls: dict) -> None:
+    """`shift` gets the gain in cosine to the true token, and the gene's rows, per statistic, the median of the
+    matched random edits and the p of a value at least as large (`null.place`); NaN where none was drawn."""
+    names = ["l2"]
+    if "cosine_edited_to_true" in shift:
+        shift["cosine_to_true_gain"] = shift["cosine_edited_to_true"] - shift["cosine_reference_to_true"]
+        names.append("cosine_to_true_gain")
+    for name in names:
+        shift[f"{name}_null_median"] = np.nan
+        shift[f"{name}_null_p_at_least"] = np.nan
+    for index in np.flatnonzero((shift["id"] == gene).to_numpy()):
+        found = nulls.get(shape(variants[int(shift["variant"].iloc[index])]))
+        for name in names if found is not None else ():
+            placed = place(float(shift[name].iloc[index]), found[name])
+            shift.loc[shift.index[index], f"{name}_null_median"] = placed["null_median"]
+            shift.loc[shift.index[index], f"{name}_null_p_at_least"] = placed["null_p_at_least"]
 
 
 def _moved_genes(config: MutateConfig, inputs, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):

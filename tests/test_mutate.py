@@ -338,8 +338,49 @@ def test_edited_windows_are_computed_at_the_threads_the_cache_was_embedded_with(
     alt = "A" if base != "A" else "C"
     edit = (f"chr1:1600 {base}>{alt}",)
     summary = run_mutate(_config(root, models, genome, edits=edit, scgpt_model=None, out=str(root / "one")))
-    assert summary["windows_reembedded"] == 2 and used == [1]
+    assert summary["windows_reembedded"] == 2 and used == [1, 1]  # the edit's windows, then its control's
     assert "torch threads: 1, as " in capsys.readouterr().out
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     run_mutate(_config(root, models, genome, edits=edit, scgpt_model=None, out=str(root / "two")))
-    assert used == [1, 2] and "torch threads: 1" not in capsys.readouterr().out
+    assert used == [1, 1, 2, 2] and "torch threads: 1" not in capsys.readouterr().out
+
+
+def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_window(scene):
+    """The control re-embeds edits of the same shape at random places of the gene's window and places the
+    observed shift among them; the draws are matched (length, inserted bases), inside the window, seeded."""
+    from dogmacache.mutate.edits import Edit
+    from dogmacache.mutate.null import matched_variant, shape
+
+    root, models, genome = scene
+    g = Genome(genome)
+    base = g.fasta["chr1"][599]
+    edits = (f"chr1:600 {base}>{base}", "chr1:601-610")  # a no-op substitution and a 10-base deletion, each alone
+    config = _config(root, models, genome, edits=edits, each=True, scgpt_model=None, null_edits=8, out=str(root / "n"))
+    summary = run_mutate(config)
+    shift = pd.read_csv(root / "n" / "token_shift.tsv", sep="\t")
+    aaa = shift[shift["id"] == "AAA"].set_index("variant")
+    control = summary["token_shift_control"]
+    assert control["draws"] == 8 and control["windows_reembedded"] >= 16  # two shapes, 8 draws each
+    # the no-op moves the token by rounding only: every draw of a real substitution moves it more
+    assert aaa.loc[0, "l2_null_p_at_least"] == pytest.approx(1.0) and aaa.loc[0, "l2_null_median"] > aaa.loc[0, "l2"]
+    assert 1 / 9 <= aaa.loc[1, "l2_null_p_at_least"] <= 1.0 and aaa.loc[1, "l2_null_median"] > 0
+    assert "cosine_to_true_gain_null_p_at_least" in shift and shift["cosine_to_true_gain"].notna().all()
+    assert shift.loc[shift["id"] != "AAA", "l2_null_median"].isna().all()  # the control is the gene's window's
+    again = run_mutate(config)  # seeded: the same draws
+    assert again["token_shift"] == summary["token_shift"]
+    # what a draw keeps: lengths, the inserted bases, a substitution's other base; inside the window, a base apart
+    scanner_window = (476 - 1, 2048)  # AAA's window: 0-based start, length
+    rng = np.random.default_rng(0)
+    chrom = g.resolve("chr1")
+    insertion = Edit(chrom, 700, "", "GATTACA", "ins")
+    deletion = Edit(chrom, 900, str(g.fasta["chr1"][900:905]).upper(), "", "del")
+    snv = Edit(chrom, 1000, str(g.fasta["chr1"][1000]).upper(), "T", "snv")
+    for k in range(50):
+        drawn = matched_variant([insertion, deletion, snv], g, chrom, *scanner_window, rng, k)
+        assert shape(drawn) == shape([insertion, deletion, snv])
+        assert all(scanner_window[0] <= e.start0 and e.end0 <= sum(scanner_window) for e in drawn)
+        assert all(a.end0 < b.start0 for a, b in zip(drawn, drawn[1:], strict=False))
+        for e in drawn:
+            assert e.ref == str(g.fasta["chr1"][e.start0 : e.end0]).upper()
+            if len(e.ref) == len(e.alt) == 1:
+                assert e.alt != e.ref

@@ -1,0 +1,90 @@
+"""The control beside a token shift: the same edits moved to random places of the gene's window.
+
+A deletion anywhere in a window changes the DNA the adapter reads, so any edit moves the gene's adapted token
+somewhat; a shift says something about the edited bases only where it stands out from edits of the same shape
+elsewhere in the window. For each variant, `draws` matched variants are made (seeded): every edit of it moved to
+a uniformly random position where it lies wholly inside the gene's window, its length kept (a deletion deletes
+as many bases, an insertion inserts the same bases, a substitution puts a random other base at each of its
+positions), no two edits of a draw overlapping. Each draw's window is re-embedded like the variant's, and the
+variant's L2 shift and gain in cosine to the gene's true token are placed among the draws': p = (1 + draws at
+least as large) / (1 + draws). Variants of one shape (a scan of SNVs) share their draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from dogmacache.mutate.edits import Edit, reference
+
+BASES = "ACGT"
+
+
+def shape(edits: Sequence[Edit]) -> tuple:
+    """What a matched draw keeps of a variant: per edit, its length and (for an indel) its inserted bases."""
+    return tuple(sorted((len(e.ref), len(e.alt)) if len(e.ref) == len(e.alt) else (len(e.ref), e.alt) for e in edits))
+
+
+def matched_variant(
+    edits: Sequence[Edit], genome, chrom: str, start0: int, window_bp: int, rng: np.random.Generator, k: int
+) -> list[Edit]:
+    """The edits of one variant moved to random places inside [start0, start0 + window_bp), none overlapping."""
+    size = genome.length(chrom)
+    lo, hi = max(start0, 0), min(start0 + window_bp, size)  # bases that exist: the window's N padding has none
+    if sum(len(e.ref) + 1 for e in edits) > hi - lo:
+        raise ValueError(f"{len(edits)} edits do not fit apart in the window's {hi - lo:,} bases")
+    for _ in range(1000):
+        placed = []
+        for e in edits:
+            span = len(e.ref)
+            q = int(rng.integers(lo, hi - span + 1))
+            ref = reference(genome, chrom, q, span)
+            if len(e.alt) == span:  # a substitution: another base at each position
+                alt = "".join(BASES[(BASES.find(b) + int(rng.integers(1, 4))) % 4] for b in ref)
+            else:
+                alt = e.alt
+            placed.append(Edit(chrom, q, ref, alt, f"null{k}:{chrom}:{q + 1} {ref or '-'}>{alt or '-'}"))
+        placed.sort(key=lambda e: e.start0)
+        if all(a.end0 < b.start0 for a, b in zip(placed, placed[1:], strict=False)):  # a base apart at least
+            return placed
+    raise ValueError(f"no placement of {len(edits)} edits a base apart in the window's {hi - lo:,} bases")
+
+
+def null_table(
+    scanner, gene: str, gene_row: int, variants: Sequence[Sequence[Edit]], draws: int, seed: int, true: Any
+) -> dict[tuple, dict[str, np.ndarray]]:
+    """Per variant shape: the gene's L2 shift and cosine-to-true gain (with a true token (D,)) of `draws` matched
+    variants, and how many windows they re-embedded (`windows_reembedded`)."""
+    chrom = scanner.genome.resolve(str(scanner.table["chrom"].iloc[gene_row]))
+    start0 = scanner.window_start0(gene_row)
+    out = {}
+    for key in dict.fromkeys(shape(v) for v in variants):
+        example = next(v for v in variants if shape(v) == key)
+        rng = np.random.default_rng([seed, len(out)])
+        try:
+            drawn = [
+                matched_variant(example, scanner.genome, chrom, start0, scanner.window_bp, rng, k) for k in range(draws)
+            ]
+        except ValueError:  # edits filling the window leave no other place for them: no control for this shape
+            continue
+        table, tokens, counts = scanner.shifts(drawn)
+        mine = (table["id"] == gene).to_numpy()
+        reference_token, edited = tokens["reference"][mine], tokens["edited"][mine]
+        found = {"l2": np.linalg.norm(edited - reference_token, axis=1), "windows": counts["windows_reembedded"]}
+        if true is not None:
+            found["cosine_to_true_gain"] = _cosine(edited, true) - _cosine(reference_token, true)
+        out[key] = found
+    return out
+
+
+def place(observed: float, null: np.ndarray) -> dict[str, float]:
+    """The observed value among the draws: their median and the one-sided p of a value at least as large."""
+    return {
+        "null_median": float(np.median(null)),
+        "null_p_at_least": float((1 + (null >= observed).sum()) / (1 + len(null))),
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
