@@ -153,6 +153,10 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     assert "held_out_seen," in log and np.isfinite(table["held_out_seen"]["r2_held_out"])
     for figure in ("per_tissue_r2.png", "seen_vs_held_out.png", "kept_tokens.png"):
         assert (out / figure).stat().st_size > 0
+    from dogmacache.train.run import SHARED_FIGURES
+
+    # every figure the run drew is named, so that the next run into the folder removes it before it trains
+    assert {p.name for p in out.glob("*.png")} == {*SHARED_FIGURES, *CdbridgeTask.figure_names}
     test = written["models"]["cdbridge"]["test"]
     assert np.isfinite(test["r2_mean_seen"]) and np.isfinite(test["r2_mean_held_out"])
     assert test["per_tissue"]["Liver"]["held_out"] is True

@@ -156,6 +156,11 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     assert test["pearson"] > baseline["pearson"] + 0.1
     assert test["spearman_mean_tissue"] > baseline["spearman_mean_tissue"] + 0.1
     assert (out / "train_isoformer" / "per_tissue_spearman.png").stat().st_size > 10_000
+    from dogmacache.train.run import SHARED_FIGURES
+    from dogmacache.train.tasks.isoformer import IsoformerTask
+
+    # every figure the run drew is named, so that the next run into the folder removes it before it trains
+    assert {p.name for p in (out / "train_isoformer").glob("*.png")} == {*SHARED_FIGURES, *IsoformerTask.figure_names}
     model = load_model(out / "train_isoformer" / "isoformer_best.pt")
     assert type(model).__name__ == "IsoformerAggregator" and model.modalities == ["dna", "rna", "protein"]
 

@@ -31,6 +31,7 @@ def test_a_diverged_run_never_reports_the_best_checkpoint_of_the_run_it_replaced
     out = tmp_path / "out"
     assert not (out / "metrics.json").exists()  # the replaced run's result is gone, not left as this one's
     assert not (out / "dna_mlp_best.pt").exists()
+    assert not (out / "learning_curves.png").exists() and not (out / "test_scatter.png").exists()  # its figures too
     # resumed without overwrite into a folder where a fresh start of the model found an old best: gone as well
     raw = quick(tmp_path)
     raw["output"]["overwrite"] = True
@@ -178,3 +179,20 @@ def test_a_correlation_of_a_constant_is_zero_even_where_copies_differ_by_roundin
     small = np.float32([1e-4, 5e-4, 2e-4, 9e-4, 4e-4])  # small but varying: scored as any other
     assert regression_metrics(small, observed)["spearman"] == pytest.approx(1.0)
     assert regression_metrics(observed, np.full(5, 2.0))["pearson"] == 0.0  # constant labels alike
+
+
+def test_a_resume_restores_the_log_rows_its_checkpoint_has(tmp_path):
+    """A kill after an epoch's checkpoint but before its log row (or a log lost) leaves the epoch out of log.csv;
+    the resume writes the model's rows from the checkpoint's history, so the log and the curves have every epoch."""
+    raw = quick(tmp_path)
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)
+    log = tmp_path / "out" / "log.csv"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3
+    log.write_text("\n".join(lines[:2]) + "\n")  # epoch 2's row lost
+    raw["train"]["epochs"] = 3
+    run_training(config_from_dict(raw), progress=False)
+    rows = list(csv.DictReader(log.open()))
+    assert [(r["model"], r["epoch"]) for r in rows] == [("dna_mlp", "1"), ("dna_mlp", "2"), ("dna_mlp", "3")]
+    assert float(rows[1]["val_pearson"]) == pytest.approx(float(lines[2].split(",")[3]))

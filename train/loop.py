@@ -119,6 +119,7 @@ def fit(
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
         if rank == 0:
+            _restore_log_rows(out_dir / "log.csv", name, state["history"])
             print(f"{name}: resuming from {last} after epoch {state['epoch']}")
     elif rank == 0:  # a fresh start: this model's earlier rows and best checkpoint are of another run
         _drop_log_rows(out_dir / "log.csv", name)
@@ -252,6 +253,19 @@ def _log_header(path: Path) -> list[str] | None:
         return None
     with open(path, newline="") as fh:
         return next(csv.reader(fh), None) or None
+
+
+def _restore_log_rows(path: Path, name: str, history: list[dict[str, Any]]) -> None:
+    """On a resume: `name`'s rows of log.csv as its checkpoint's history has them. A kill between the checkpoint
+    and the log row (or a log lost) would otherwise leave that epoch out of the log and the learning curves."""
+    logged = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            logged = [row.get("epoch") for row in csv.DictReader(fh) if row.get("model") == name]
+    if logged != [str(row["epoch"]) for row in history]:
+        _drop_log_rows(path, name)
+        for row in history:
+            _append_log(path, row)
 
 
 def _drop_log_rows(path: Path, name: str) -> None:

@@ -199,12 +199,16 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
             _check_prerequisite(read(p.checkpoint), p, fingerprints, **({"fix": fix} if control else {}))
 
 
-def clear_outputs(out: Path, config: RunConfig) -> None:
-    """Once the data has loaded and the controls are checked, before anything trains: metrics.json goes (it is
-    written last, so a run stopped midway does not leave an earlier run's results beside its own checkpoints),
-    and with output.overwrite (and no resume) the other run's checkpoints and log go too (its best checkpoint
-    would otherwise be read where this run never beats it, its log rows mixed with this run's)."""
-    gone = [out / "metrics.json"]
+SHARED_FIGURES = ("learning_curves.png", "test_scatter.png")  # every task's, beside its own `figure_names`
+
+
+def clear_outputs(out: Path, config: RunConfig, figures: tuple[str, ...] = ()) -> None:
+    """Once the data has loaded and the controls are checked, before anything trains: metrics.json and the
+    figures go (metrics.json is written last, after the figures, so a run stopped midway leaves no earlier run's
+    results or figures beside its own checkpoints), and with output.overwrite (and no resume) the other run's
+    checkpoints and log go too (its best checkpoint would otherwise be read where this run never beats it, its log
+    rows mixed with this run's)."""
+    gone = [out / "metrics.json", *(out / name for name in (*SHARED_FIGURES, *figures))]
     if not config.output.resume and config.output.overwrite:
         gone += [out / "log.csv", *out.glob("*_last.pt"), *out.glob("*_best.pt")]
     named = {os.path.realpath(v) for v in dataclasses.asdict(config.data).values() if isinstance(v, str) and v}
@@ -219,7 +223,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
     check_controls(task)  # a control that cannot run is refused before the model trains, not after
     preflight(task, data, out)
     if rank == 0:
-        clear_outputs(out, config)
+        clear_outputs(out, config, task.figure_names)
 
     done: dict[str, dict[str, Any]] = {}  # prerequisite runs of this call, by configuration
     results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress, done)}
@@ -247,7 +251,6 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
     }
     if rank == 0:
         summary.update(task.summary(results, data))
-        write_json(out / "metrics.json", summary)
         log = pd.read_csv(out / "log.csv")  # this run's models only: the folder may hold another task's rows
         plots.learning_curves(log[log["model"].isin(results)], out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(
@@ -257,6 +260,7 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
             out / "test_scatter.png",
         )
         task.figures(results, data, out)
+        write_json(out / "metrics.json", summary)  # last: its presence says the run finished
         print_table(summary, task.metric)
     return summary
 

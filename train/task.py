@@ -171,6 +171,8 @@ class Task(ABC):
     # columns of the split tables a loss reads as a target: what the permutation null permutes (together, one
     # permutation, so a row's targets stay one row's)
     target_columns: ClassVar[tuple[str, ...]] = ("target",)
+    # the files `figures` writes into the run's folder: removed with metrics.json before a run trains
+    figure_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config  # the RunConfig

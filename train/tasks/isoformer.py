@@ -392,6 +392,8 @@ class IsoformerTask(Task):
             found["+".join(modalities)] = FittedBaseline(IsoformerTask(dataclasses.replace(self.config, model=model)))
         return found
 
+    figure_names = ("per_tissue_spearman.png",)
+
     def figures(self, results: dict[str, Any], data: IsoformerData, out_dir: Any) -> list[Any]:
         values = {
             name: {t: r["test"]["per_tissue"][t]["spearman"] for t in data.tissues}

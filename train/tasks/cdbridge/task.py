@@ -262,6 +262,8 @@ class CdbridgeTask(Task):
             "seen_vs_held_out": report.seen_vs_held_out(results, stage1),
         }
 
+    figure_names = ("per_tissue_r2.png", "seen_vs_held_out.png", "kept_tokens.png")
+
     def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
         """Per-tissue R², seen vs held-out and kept-token bars per model; prints the seen vs held-out table."""
         return report.figures(results, data, out_dir)
