@@ -61,8 +61,9 @@ class ExtraArray:
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:
-    """Ids as a list of non-empty, unique strings, or a CacheError naming the offenders."""
-    ids = [str(i) for i in ids]
+    """Ids as a list of non-empty, unique strings, or a CacheError naming the offenders. None and NaN (a table's
+    empty cell) are empty ids, not the strings "None" and "nan"."""
+    ids = ["" if i is None or (isinstance(i, float) and math.isnan(i)) else str(i) for i in ids]
     if not ids:
         raise CacheError("no ids given: a cache needs at least one item")
     empty = [row for row, i in enumerate(ids) if not i.strip()]

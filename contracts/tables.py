@@ -13,6 +13,7 @@ Every stage reads these tables with `read_table`: parquet, or tab-separated when
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ MODALITIES = ("dna", "rna", "protein", "gene", "context", "other")
 SPLITS = ("train", "validation", "test")
 
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "dna": ("id", "chrom", "center"),  # center 1-based (windows.py); + strand (optional, default '+'); or start/end
+    # center 1-based (windows.py), a whole number; + strand (optional: '+', '-'; '.', empty or none read as '+');
+    # or start/end instead of center, BED-like 0-based half-open (embed/inputs.py)
+    "dna": ("id", "chrom", "center"),
     "rna": ("id", "sequence"),
     "protein": ("id", "sequence"),
     "gene": ("id",),
@@ -110,7 +113,16 @@ def read_table(
         if path.suffix in TSV_SUFFIXES:
             header = pd.read_csv(path, sep="\t", nrows=0).columns
             text = {c: str for c in header if c in TEXT_COLUMNS or c.endswith("_id")}  # "0001" stays "0001"
-            table = pd.read_csv(path, sep="\t", dtype=text)
+            # index_col=False: a first row with a field more than the header is refused (pandas would take the first
+            # column as the index, shifting every name by one); it only warns of it, so the warning is the error
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                try:
+                    table = pd.read_csv(path, sep="\t", dtype=text, index_col=False)
+                except pd.errors.ParserWarning:
+                    raise ValueError(
+                        f"the first row under the header has {len(header) + 1} fields, the header {len(header)}"
+                    ) from None
         else:
             table = pd.read_parquet(path)
     except (ValueError, OSError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError

@@ -4,8 +4,9 @@ Owns the gene_tss recipe. Inputs: an Ensembl/GENCODE GTF and a gene list (a text
 scGPT's vocab.json, whose special tokens `<...>` are skipped). Each listed symbol found among the GTF's gene lines
 gets one window centred on its gene's TSS (gene start on '+', gene end on '-', 1-based); a symbol carried by
 several GTF genes keeps the first on the primary chromosomes (1-22, X, Y, then others) by gene id. Genes are
-split train/validation/test 80/10/10 (seeded) by symbol group: symbols whose windows share chrom, TSS and strand
-are one DNA input, so they form one group (`tables.split_linked`) and no gene or window sits in two splits.
+split train/validation/test 80/10/10 (seeded) by symbol group: symbols whose windows share chrom and TSS form one
+group (`tables.split_linked`), on either strand (a window is cut from the reference strand, so the two strands of a
+bidirectional promoter read the same bases), and no gene, window or TSS sits in two splits.
 
 Outputs (G = kept genes):
   dna_windows  (G)  id (the gene symbol), chrom (as the GTF names it), center (the TSS, 1-based), strand, gene_id
@@ -101,14 +102,15 @@ def build_gene_tss(
         )
     rows = first.loc[kept].reset_index().rename(columns={"gene_name": "id"})
     windows = rows[["id", "chrom", "center", "strand", "gene_id"]].astype({"center": "int64"})
-    # symbols whose windows are one DNA input (the same chrom, TSS and strand) fall in one split together
-    place = windows.assign(window=windows["chrom"] + ":" + windows["center"].astype(str) + ":" + windows["strand"])
+    # symbols whose windows hold the same bases (the same chrom and TSS, on either strand) fall in one split together
+    site = windows["chrom"] + ":" + windows["center"].astype(str)
+    place = windows.assign(site=site, window=site + ":" + windows["strand"])
     split, group_counts = tables.split_linked(
-        place, "id", ["window"], fractions, seed, what="genes", test_chroms=test_chroms
+        place, "id", ["site"], fractions, seed, what="genes", test_chroms=test_chroms
     )
     labels = windows.assign(split=windows["id"].map(split))
     tables.assert_no_leak(labels, "id")
-    tables.assert_no_leak(place.assign(split=labels["split"]), "window")
+    tables.assert_no_leak(place.assign(split=labels["split"]), "site")
     counts = {
         "genes_listed": len(listed),
         "genes_kept": len(kept),

@@ -6,8 +6,10 @@ GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS 
 cDNA and peptide FASTAs give their RNA and protein. By default the protein-coding transcripts are kept, each with
 DNA, RNA and protein; `transcripts="all"` keeps every biotype, and a transcript without a peptide record
 (non-coding) has no protein. Transcripts are split 80/10/10 (seeded) by gene group: genes that share a DNA window
-or a protein item, directly or through other genes, form one group (`tables.split_linked`), so no gene, window or
-protein sits in two splits; recipe.json counts the groups (split_groups, split_groups_merged).
+(or its centre on the other strand: windows are cut from the reference strand, so both strands of a bidirectional
+promoter read the same bases) or a protein item, directly or through other genes, form one group
+(`tables.split_linked`), so no gene, window or protein sits in two splits; recipe.json counts the groups
+(split_groups, split_groups_merged).
 
 Items are embedded once: transcripts that share a TSS window or a peptide share one row of the item table and
 name it in their labels row (T transcripts, W distinct windows, P distinct peptides, K tissues, B = window_bins,
@@ -81,7 +83,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     expression = mean_tpm(paths["tpm"], samples, tissues)
     counts["gct_transcripts"] = len(expression)
     transcripts, coding_parts = read_annotation(paths["gtf"])
-    kept, match_counts, mismatches = match_annotation(expression, transcripts, config)
+    kept, match_counts, mismatches = match_annotation(expression, transcripts, config, gct=paths["tpm"])
     counts.update(match_counts)
     kept, missing = attach_sequences(kept, paths["cdna"], paths["pep"])
     kept, missing["ucsc_chrom_name"] = styled_chroms(kept, config.chrom_style)
@@ -91,9 +93,16 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
             "are the GTF and FASTAs the Ensembl release matching the GTEx annotation (88)?"
         )
     kept = join_ids(kept.sort_values("id", ignore_index=True))
-    # genes that share a DNA window or a protein item, directly or through others, fall in one split together
+    # genes that share a DNA window (either strand of one centre: the window is cut from the reference strand) or a
+    # protein item, directly or through others, fall in one split together
     split_of, group_counts = tables.split_linked(
-        kept, "gene_id", ["dna_id", "protein_id"], config.fractions, config.seed, "genes", config.test_chroms
+        kept,
+        "gene_id",
+        ["dna_id", "dna_site", "protein_id"],
+        config.fractions,
+        config.seed,
+        "genes",
+        config.test_chroms,
     )
     counts.update(group_counts)
     kept["split"] = kept["gene_id"].map(split_of)
@@ -131,6 +140,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     labels = outputs["labels"]
     for column in ("gene_id", "dna_id", "protein_id"):  # no gene, window or protein item in two splits
         tables.assert_no_leak(labels[labels[column] != ""], column)
+    tables.assert_no_leak(kept, "dna_site")  # nor a window centre on its two strands
     for split in tables.SPLITS:
         counts[f"genes_{split}"] = kept.loc[kept["split"] == split, "gene_id"].nunique()
         counts[f"transcripts_{split}"] = int((kept["split"] == split).sum())

@@ -12,17 +12,29 @@ from dogmacache.contracts.windows import tss
 from dogmacache.data_recipes import formats
 from dogmacache.data_recipes.gtex_config import GtexConfig
 from dogmacache.data_recipes.gtex_masks import coding_masks
-from dogmacache.data_recipes.gtex_sources import unversioned
+from dogmacache.data_recipes.gtex_sources import SOURCES, unversioned
+from dogmacache.errors import InputError
 
 _PRIMARY = {str(i) for i in range(1, 23)} | {"X", "Y"}
 
 
-def match_annotation(expression: pd.DataFrame, transcripts: pd.DataFrame, config: GtexConfig):
+def match_annotation(
+    expression: pd.DataFrame, transcripts: pd.DataFrame, config: GtexConfig, gct: str | Path = SOURCES["tpm"].filename
+):
     """GTEx rows matched by unversioned id to GTF transcripts (protein-coding ones, or all with
     transcripts="all") of genes no longer than max_gene_length, with the TSS as `center`. Returns (rows, counts,
-    version-mismatch examples)."""
+    version-mismatch examples). A transcript in two rows of the GCT (`gct`, named in the error) is an InputError:
+    each row is one transcript's labels and coding mask."""
     par_y = expression["transcript_id"].str.endswith("_PAR_Y")  # GENCODE's chrY copies; Ensembl has the X copy
     rows = expression[~par_y].assign(key=lambda t: unversioned(t["transcript_id"]))
+    repeated = rows["key"][rows["key"].duplicated()]
+    if len(repeated):
+        key = repeated.iloc[0]
+        named = rows.loc[rows["key"] == key, "transcript_id"].tolist()
+        raise InputError(
+            f"{gct}: transcript {key} has {len(named)} rows ({', '.join(named[:3])}; {repeated.nunique()} such "
+            "transcripts); a GTEx GCT lists each transcript once: download it again, or keep one row per transcript"
+        )
     geometry = ["key", "gtf_id", "chrom", "start", "end", "strand", "gene_name", "gene_length", "transcript_biotype"]
     rows = rows.merge(transcripts[geometry], on="key", how="left")
     in_gtf = rows["gtf_id"].notna()
@@ -82,12 +94,16 @@ def styled_chroms(kept: pd.DataFrame, style: str) -> tuple[pd.DataFrame, int]:
 def join_ids(kept: pd.DataFrame) -> pd.DataFrame:
     """dna_id, rna_id and protein_id per transcript: the window "chrom:center:strand" (readable, and the same in every
     run over the same coordinates), the transcript id, and the smallest Ensembl protein id whose record carries the
-    transcript's peptide ("" without a peptide). `kept` is sorted by id."""
-    dna_id = kept["chrom"].astype(str) + ":" + kept["center"].astype(str) + ":" + kept["strand"].astype(str)
+    transcript's peptide ("" without a peptide); and dna_site, the window's "chrom:center" whatever its strand, for
+    linking split groups (a window is cut from the reference strand, so the two strands of a bidirectional promoter
+    read the same bases). `kept` is sorted by id."""
+    dna_site = kept["chrom"].astype(str) + ":" + kept["center"].astype(str)
     coding = kept["peptide"] != ""
     first_id = kept[coding].groupby("peptide")["peptide_id"].min()
     protein_id = kept["peptide"].map(first_id).where(coding, "")
-    return kept.assign(dna_id=dna_id, rna_id=kept["id"], protein_id=protein_id)
+    return kept.assign(
+        dna_id=dna_site + ":" + kept["strand"].astype(str), dna_site=dna_site, rna_id=kept["id"], protein_id=protein_id
+    )
 
 
 def distinct_items(kept: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:

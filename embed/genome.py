@@ -4,8 +4,10 @@ Coordinates: a window of `length` bp centred on the 1-based `center` is `contrac
 (`window_start0`). Soft-masked lowercase is upper-cased;
 positions past a chromosome end are padded with N and counted per item (never invented sequence).
 The FASTA is opened lazily in each process (DataLoader and dask workers must not share a file handle).
-Its index (`.fai`) is the one beside it when there is one, else built there; in a read-only folder it is built
-once into the user's cache folder (`fai_cache_dir`), named after the FASTA's path, size and mtime.
+Its index (`.fai`) is the one beside it when that one describes the file (`index_fits`: not older than the FASTA,
+its records ending where the file's sequence does), else built (again) there; in a read-only folder it is built
+once into the user's cache folder (`fai_cache_dir`), named after the FASTA's path, size and mtime. A FASTA that
+cannot be indexed (ragged lines, two records of one name) is an InputError saying how to mend it.
 Its digest (`genome_digest`) identifies the contents a cache was cut from; it is kept beside the file.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,38 +73,44 @@ class Genome:
     @property
     def fasta(self):
         if self._fasta is None or self._pid != os.getpid():
-            from pyfaidx import Fasta
+            from pyfaidx import Fasta, FastaIndexingError
 
-            self._fasta = Fasta(
-                str(self.path), indexname=self._index(), sequence_always_upper=True, as_raw=True, rebuild=False
-            )
+            index = self._index()
+            try:
+                self._fasta = Fasta(
+                    str(self.path), indexname=index, sequence_always_upper=True, as_raw=True, rebuild=False
+                )
+            except (FastaIndexingError, ValueError) as err:  # a duplicate record name is a ValueError
+                raise unindexable(self.path, err) from None
             self._pid = os.getpid()
         return self._fasta
 
     def _index(self) -> str:
-        """The `.fai` to open: beside the FASTA if it is there or can be written there, else one built once in
-        the user's cache folder. An InputError saying how to make one when neither can be written."""
+        """The `.fai` to open: beside the FASTA if it describes the file (`index_fits`), else built there (an
+        older one replaced) when the folder can be written, else one built once in the user's cache folder. An
+        InputError saying how to make one when neither can be written."""
         beside = self.path.with_name(self.path.name + ".fai")
-        if beside.is_file() or os.access(self.path.parent, os.W_OK):
+        if beside.is_file() and index_fits(self.path, beside):
             return str(beside)
+        if os.access(self.path.parent, os.W_OK):
+            try:
+                build_index(self.path, beside)
+                return str(beside)
+            except OSError:  # e.g. an old index another user owns: build one in the cache folder instead
+                pass
         stat = self.path.stat()
         key = hashlib.sha256(f"{self.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
         kept = fai_cache_dir() / f"{self.path.name}.{key[:20]}.fai"
         if kept.is_file():
             return str(kept)
-        from pyfaidx import Faidx
-
-        part = kept.with_name(f"{kept.name}.{os.getpid()}.part")
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
-            Faidx(str(self.path), indexname=str(part), rebuild=False).close()
-            os.replace(part, kept)  # whole or absent: another process may be building the same index
+            build_index(self.path, kept)
         except OSError as err:
-            part.unlink(missing_ok=True)
             raise InputError(
-                f"genome FASTA {str(self.path)!r} has no index (.fai) and neither its folder nor {kept.parent} "
-                f"can be written ({err.strerror or err}); make one with `samtools faidx {self.path}`, copy the "
-                "FASTA to a writable folder, or set XDG_CACHE_HOME to a writable folder"
+                f"genome FASTA {str(self.path)!r} has no up-to-date index (.fai) and neither its folder nor "
+                f"{kept.parent} can be written ({err.strerror or err}); make one with `samtools faidx {self.path}`, "
+                "copy the FASTA to a writable folder, or set XDG_CACHE_HOME to a writable folder"
             ) from err
         return str(kept)
 
@@ -138,6 +147,60 @@ class Genome:
         left, right = max(0, -start), max(0, end - size)
         seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right
         return seq, left + right
+
+
+def index_fits(fasta: Path, fai: Path) -> bool:
+    """Whether `fai` describes `fasta` as it is now: not older than it (htslib's test), and every record it lists
+    ending inside the file, the last where the file's sequence ends (nothing but line ends after it). A FASTA
+    replaced in place fails this; its old index would cut windows at the old file's byte offsets."""
+    try:
+        stat = fasta.stat()
+        size = stat.st_size
+        if fai.stat().st_mtime_ns < stat.st_mtime_ns:
+            return False
+        end = 0
+        for line in fai.read_text().splitlines():
+            length, offset, bases, width = (int(field) for field in line.split("\t")[1:5])
+            full, rest = divmod(length, bases) if bases > 0 else (0, 0)
+            end = max(end, offset + full * width + rest)
+        if not 0 < end <= size or size - end > 4096:
+            return False
+        with open(fasta, "rb") as fh:
+            fh.seek(end)
+            return not fh.read().strip()
+    except (OSError, ValueError):  # unreadable, or not a .fai: build a new one
+        return False
+
+
+def build_index(fasta: Path, target: Path) -> None:
+    """Write `fasta`'s `.fai` to `target`, whole or not at all (another process may be building the same index).
+    OSError when `target` cannot be written; InputError for a FASTA that cannot be indexed."""
+    from pyfaidx import Faidx, FastaIndexingError
+
+    part = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        Faidx(str(fasta), indexname=str(part), rebuild=False).close()
+        os.replace(part, target)
+    except (FastaIndexingError, ValueError) as err:  # a duplicate record name is a ValueError
+        raise unindexable(fasta, err) from None
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def unindexable(fasta: Path, err: Exception) -> InputError:
+    """The one-line error for a FASTA pyfaidx cannot index, saying how to mend it."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    duplicate = re.match(r'Duplicate key "(.*)"', message)
+    if duplicate:
+        return InputError(
+            f"genome FASTA {str(fasta)!r} has more than one record named {duplicate[1]!r}; a window names its "
+            "chromosome, so names must be unique: rename or drop the duplicates (e.g. `seqkit rmdup -n`) and re-run"
+        )
+    return InputError(
+        f"genome FASTA {str(fasta)!r} cannot be indexed ({message[:160]}); random access needs the lines of each "
+        f"record to have one length: re-wrap it (`seqkit seq -w 60 {fasta} > fixed.fa`; `samtools faidx` names "
+        "any other problem) and pass the fixed file with --genome"
+    )
 
 
 def fai_cache_dir() -> Path:

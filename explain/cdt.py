@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.contracts.tables import SPLITS, read_table
+from dogmacache.contracts.tables import SPLITS
 from dogmacache.contracts.windows import BinCoordinates, WindowGeometry, bin_coordinates
 from dogmacache.embed.inputs import check_embedded_from, read_input_table
 from dogmacache.errors import CacheError, InputError
@@ -89,18 +89,12 @@ class CdtExplainer:
             )
         table = dna_table_path(sources.dna_table, config, config.data.dna_cache)
         self.chrom_sizes = chrom_sizes(sources.chrom_sizes)
-        windows = read_table(
-            table,
-            ("id", "chrom", "center"),
-            recipe="gasperini",
-            what="DNA windows table",
-            expected="a dna_windows table has id, chrom, center, strand",
-        )
+        windows = read_input_table(table, "dna")  # as embed read it: centres from BED start/end, '.' strands as '+'
         data = load_data(task, config, table, path)
         check_fingerprints(checkpoint, path, data.fingerprints)
         self.dna = data.dna
         self.positions_checked = check_embedded_from(  # the tracks are placed by this table's positions
-            read_input_table(table, "dna"),
+            windows,
             "dna",
             self.dna.manifest,
             self.dna.url,
@@ -129,9 +123,7 @@ class CdtExplainer:
 
     # ---- inputs ------------------------------------------------------------------------------------
     def _windows(self, table: pd.DataFrame, path: str) -> pd.DataFrame:
-        table = table.assign(id=table["id"].astype(str)).set_index("id")
-        if "strand" not in table.columns:
-            table = table.assign(strand="+")  # the contract's default (contracts/tables.py)
+        table = table.set_index("id")
         absent = sorted(set(self.pairs["enhancer"]) - set(table.index))
         if absent:
             raise InputError(

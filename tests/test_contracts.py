@@ -59,3 +59,23 @@ def test_text_columns_stay_text_and_an_unreadable_table_is_one_line(tmp_path):
         read_table(tmp_path / "bin.tsv")
     pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "fine.parquet")
     assert read_table(tmp_path / "fine.parquet")["id"].tolist() == ["a"]
+
+
+def test_a_row_with_a_field_more_than_the_header_is_one_line_not_a_shifted_table(tmp_path):
+    """pandas would take the first column as the index and name every other column after its neighbour."""
+    from dogmacache.contracts import read_table
+    from dogmacache.embed.inputs import read_input_table
+    from dogmacache.errors import InputError
+
+    (tmp_path / "l.tsv").write_text("id\tsplit\na\ttrain\textra\n")
+    with pytest.raises(InputError, match=r"not a readable .*the first row under the header has 3 fields, the header 2"):
+        read_table(tmp_path / "l.tsv", ("id", "split"))
+    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\na\tchr1\t100\tchr1\n")
+    with pytest.raises(InputError, match=r"has 4 fields, the header 3") as err:
+        read_input_table(tmp_path / "w.tsv", "dna")
+    assert "\n" not in str(err.value)
+    (tmp_path / "later.tsv").write_text("id\tsplit\na\ttrain\nb\ttest\textra\n")
+    with pytest.raises(InputError, match=r"Expected 2 fields in line 3, saw 3"):
+        read_table(tmp_path / "later.tsv")
+    (tmp_path / "trailing.tsv").write_text("id\tsplit\na\ttrain\t\nb\ttest\t\n")  # empty last fields: read
+    assert read_table(tmp_path / "trailing.tsv").to_dict("list") == {"id": ["a", "b"], "split": ["train", "test"]}

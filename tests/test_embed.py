@@ -264,3 +264,21 @@ def test_genome_windows_pad_upper_case_and_alias(tmp_path):
     assert genome.window("chrM", 2, 2) == ("NN", 0)  # 'chrM' found as 'MT'
     with pytest.raises(Exception, match=r"chromosome 'chr9' is not in .* \(it has chr1, MT\)"):
         genome.window("chr9", 1, 2)
+
+
+def test_an_enformer_window_the_trunk_cannot_crop_evenly_is_refused_with_the_nearest_good_ones():
+    """The trunk crops window // 128 positions to the central bins by cutting as many from each end: an odd
+    difference would give bins - 1 bins, found only when the first shard is written."""
+    from dogmacache.errors import ModelError
+
+    for window in (1152, 1408):
+        with pytest.raises(
+            ModelError, match=rf"--window-bp {window} is {window // 128} positions .* its 8 central bins"
+        ):
+            EnformerOptions(window_bp=window).resolve(8)
+    with pytest.raises(ModelError, match=r"use --window-bp 1024 or 1280$"):
+        EnformerOptions(window_bp=1152).resolve(8)
+    assert EnformerOptions(window_bp=1280).resolve(8).window_bp == 1280
+    assert EnformerOptions().resolve(8).window_bp == 2048  # 16 positions: 4 cut from each end
+    assert EnformerOptions().resolve(7).window_bp == 1920  # 15 positions for 7 bins, not 14
+    assert EnformerOptions().resolve(896).window_bp == 196_608

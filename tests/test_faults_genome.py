@@ -1,7 +1,9 @@
 """A genome FASTA without its `.fai` in a folder that cannot be written: the index is built in the user's cache
-folder, or the error says how to make one."""
+folder, or the error says how to make one. An index that no longer describes its FASTA (the FASTA replaced in place)
+is built again; a FASTA that cannot be indexed is one line saying how to mend it."""
 
 import os
+from pathlib import Path
 
 import pytest
 from dogmacache.embed.genome import Genome
@@ -49,3 +51,78 @@ def test_fasta_in_a_read_only_folder_without_a_writable_cache_says_how_to_index_
         assert list(cache.iterdir()) == []
     finally:
         cache.chmod(0o755)
+
+
+def _write_fasta(path: Path, records: dict[str, str], width: int = 60) -> None:
+    path.write_text(
+        "".join(
+            f">{name}\n" + "".join(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
+            for name, seq in records.items()
+        )
+    )
+
+
+def _replaced_in_place(folder: Path) -> tuple[Path, str]:
+    """g.fa indexed beside it, then replaced by a FASTA with another record before chr1 (so chr1's bytes lie
+    elsewhere) and the old index left behind; returns the FASTA and the new chr1."""
+    fasta = folder / "g.fa"
+    _write_fasta(fasta, {"chr1": SEQ})
+    assert Genome(fasta).window("chr1", 5, 8) == (SEQ[:8], 0)  # indexes it beside the FASTA
+    new_chr1 = SEQ[::-1]
+    _write_fasta(fasta, {"chr0": "A" * 130, "chr1": new_chr1})
+    return fasta, new_chr1
+
+
+def test_an_index_older_than_its_fasta_is_built_again(tmp_path):
+    fasta, new_chr1 = _replaced_in_place(tmp_path)
+    fai = tmp_path / "g.fa.fai"
+    old = fasta.stat().st_mtime_ns - 10**9
+    os.utime(fai, ns=(old, old))
+    assert Genome(fasta).window("chr1", 5, 8) == (new_chr1[:8], 0)
+    assert fai.read_text().splitlines()[0].split("\t")[0] == "chr0"  # the index beside it was replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "g.fa.fai"]  # no part file left
+
+
+def test_an_index_that_does_not_match_the_file_size_is_built_again_though_newer(tmp_path):
+    fasta, new_chr1 = _replaced_in_place(tmp_path)
+    fai = tmp_path / "g.fa.fai"
+    newer = fasta.stat().st_mtime_ns + 10**9
+    os.utime(fai, ns=(newer, newer))  # e.g. the FASTA copied back with its old mtime kept
+    assert Genome(fasta).length("chr1") == len(new_chr1)
+    assert Genome(fasta).window("chr1", 5, 8) == (new_chr1[:8], 0)
+
+
+def test_an_out_of_date_index_in_a_read_only_folder_is_passed_over_for_the_cache_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "genomes"
+    folder.mkdir()
+    fasta, new_chr1 = _replaced_in_place(folder)
+    fai = folder / "g.fa.fai"
+    old = fasta.stat().st_mtime_ns - 10**9
+    os.utime(fai, ns=(old, old))
+    stale = fai.read_text()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else access(p, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert Genome(fasta).window("chr1", 5, 8) == (new_chr1[:8], 0)
+    assert fai.read_text() == stale  # the read-only folder is left alone
+    assert len(list((tmp_path / "cache" / "dogmacache" / "fai").iterdir())) == 1
+
+
+def test_a_fasta_with_two_records_of_one_name_is_one_line(tmp_path):
+    fasta = tmp_path / "dup.fa"
+    _write_fasta(fasta, {"chr1": SEQ[:20]})
+    fasta.write_text(fasta.read_text() + ">chr1\n" + SEQ[:10] + "\n")
+    for _ in range(2):  # without an index, then with one samtools wrote (two chr1 lines)
+        with pytest.raises(InputError, match=r"more than one record named 'chr1'.*rename") as err:
+            Genome(fasta).window("chr1", 5, 8)
+        assert "\n" not in str(err.value) and "dup.fa" in str(err.value)
+        (tmp_path / "dup.fa.fai").write_text("chr1\t20\t6\t20\t21\nchr1\t10\t33\t10\t11\n")
+
+
+def test_a_fasta_with_ragged_lines_is_one_line(tmp_path):
+    fasta = tmp_path / "ragged.fa"
+    fasta.write_text(">chr1\nACGTACGTAC\nACGTAC\nACGTACGTAC\n")
+    with pytest.raises(InputError, match=r"ragged\.fa.*cannot be indexed.*seqkit seq -w 60") as err:
+        Genome(fasta).window("chr1", 5, 4)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ragged.fa"]  # no index or part file left

@@ -1,14 +1,18 @@
 """The GTEx recipe's item tables: shared TSS windows and peptides are one row each and every labels row names its
-rows; non-coding transcripts are kept without a protein; the stated cache sizes worked out by hand."""
+rows; non-coding transcripts are kept without a protein; a transcript in two GCT rows is refused; the stated cache
+sizes worked out by hand."""
 
+import gzip
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from dogmacache.cli import main
 from dogmacache.data_recipes import gtex
+from dogmacache.data_recipes.gtex_items import join_ids
 from dogmacache.data_recipes.gtex_sizes import CacheSizeConfig, esm_tokens, expected_cache_bytes, nt_tokens
 from dogmacache.errors import InputError
 from gtex_miniature import CONFIG, TISSUES, peptide_of, read_outputs, write_sources
@@ -71,6 +75,41 @@ def test_a_non_coding_transcript_is_kept_with_an_empty_protein_id(every_biotype,
     gtex.build_gtex(write_sources(tmp_path / "src"), tmp_path / "out", CONFIG)  # the default: protein-coding only
     default, _ = read_outputs(tmp_path / "out")
     assert "ENST00000000104.1" not in set(default["labels"]["id"]) and (default["labels"]["protein_id"] != "").all()
+
+
+@pytest.mark.parametrize("version", ["3", "4"], ids=["same-row-twice", "two-versions"])
+def test_a_transcript_in_two_gct_rows_is_one_line_naming_the_file_and_the_transcript(tmp_path, version):
+    paths = write_sources(tmp_path / "src")
+    with gzip.open(paths["tpm"], "rt") as fh:
+        lines = fh.read().splitlines()
+    first = lines[3].split("\t")
+    assert first[0] == "ENST00000000101.3"
+    lines.insert(4, "\t".join([f"ENST00000000101.{version}", *first[1:]]))
+    lines[1] = f"{len(lines) - 3}\t{lines[1].split()[1]}"
+    with gzip.open(paths["tpm"], "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    named = rf"transcript ENST00000000101 has 2 rows \(ENST00000000101.3, ENST00000000101.{version};"
+    with pytest.raises(InputError, match=rf"transcript_tpm.gct.gz: {named}.*lists each transcript once") as err:
+        gtex.build_gtex(paths, tmp_path / "out", CONFIG)
+    assert "\n" not in str(err.value)
+
+
+def test_windows_at_one_tss_on_both_strands_share_a_site():
+    """A window is cut from the reference strand: a bidirectional promoter's '+' and '-' windows are two DNA items
+    (dna_id) that read the same bases (dna_site), for linking split groups."""
+    kept = pd.DataFrame(
+        {
+            "id": ["T1", "T2", "T3"],
+            "chrom": ["chr1", "chr1", "chr1"],
+            "center": [10_000, 10_000, 10_001],
+            "strand": ["+", "-", "+"],
+            "peptide": ["", "", ""],
+            "peptide_id": ["", "", ""],
+        }
+    )
+    ids = join_ids(kept)
+    assert ids["dna_id"].tolist() == ["chr1:10000:+", "chr1:10000:-", "chr1:10001:+"]
+    assert ids["dna_site"].tolist() == ["chr1:10000", "chr1:10000", "chr1:10001"]
 
 
 def test_token_counts_by_hand():

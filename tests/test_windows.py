@@ -1,7 +1,9 @@
 """Window geometry is defined once (`contracts/windows.py`); the recipes' coding masks and the embed stage's
-genome windows follow it, and give what they gave before it was shared."""
+genome windows follow it, and give what they gave before it was shared. Windows cut at one base on the two strands
+read the same bases, so they share a split."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from dogmacache.contracts.windows import (
     WindowGeometry,
@@ -13,6 +15,7 @@ from dogmacache.contracts.windows import (
     window_label,
     window_start0,
 )
+from dogmacache.data_recipes.gene_tss import build_gene_tss
 from dogmacache.data_recipes.gtex_masks import coding_masks
 from dogmacache.embed.genome import Genome
 from dogmacache.errors import InputError
@@ -95,3 +98,23 @@ def test_orient_bins_reverses_minus_strand_only_in_transcript_order():
     assert orient_bins(values, np.array(["+", "-"]), "reference").tolist() == values.tolist()
     assert orient_bins(np.arange(3), "-", "transcript").tolist() == [2, 1, 0]
     assert values.tolist() == [[0, 1, 2], [3, 4, 5]]  # the input is left as it was
+
+
+def test_a_bidirectional_promoters_two_windows_share_a_split(tmp_path):
+    """20 '+' genes each starting where a '-' gene ends (one TSS, both strands): under the forward strand policy both
+    windows read the same bases, so each pair is one split group, whatever the seed."""
+    lines, symbols = [], []
+    for i in range(20):
+        tss_bp = 10_000 * (i + 1)
+        lines.append(f'1\tt\tgene\t{tss_bp}\t{tss_bp + 500}\t.\t+\t.\tgene_id "GP{i:02d}"; gene_name "P{i:02d}";')
+        lines.append(f'1\tt\tgene\t{tss_bp - 500}\t{tss_bp}\t.\t-\t.\tgene_id "GM{i:02d}"; gene_name "M{i:02d}";')
+        symbols += [f"P{i:02d}", f"M{i:02d}"]
+    (tmp_path / "bidir.gtf").write_text("\n".join(lines) + "\n")
+    for seed in range(6):
+        manifest = build_gene_tss(tmp_path / "bidir.gtf", symbols, tmp_path / f"seed{seed}", seed=seed)
+        genes = pd.read_parquet(tmp_path / f"seed{seed}" / "genes.parquet")
+        assert genes.groupby("center")["strand"].nunique().eq(2).all()  # every TSS carries both strands
+        assert genes.groupby(["chrom", "center"])["split"].nunique().max() == 1, seed
+        assert set(genes["split"]) == {"train", "validation", "test"}
+    counts = manifest["counts"]
+    assert [counts[k] for k in ("split_groups", "split_groups_merged", "dna_windows_shared_by_genes")] == [20, 20, 0]

@@ -42,9 +42,9 @@ from dogmacache.errors import InputError
 WINDOW_BP_FLAG = {
     "flags": ("--window-bp",),
     "type": int,
-    "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins; borzoi/flashzoi: "
-    "524,288 for 6,144-bin models, any multiple of 128 covering the bins; nucleotide-transformer on genome windows "
-    "needs it)",
+    "help": "DNA window length (enformer default: 196,608 for 896-bin models, else 256 x its bins, + 128 for an odd "
+    "count; borzoi/flashzoi: 524,288 for 6,144-bin models, any multiple of 128 covering the bins; "
+    "nucleotide-transformer on genome windows needs it)",
 }
 
 

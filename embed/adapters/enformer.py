@@ -50,7 +50,8 @@ for _i, _b in enumerate("ACGTN"):
 
 @dataclass(frozen=True)
 class EnformerOptions(AdapterOptions):
-    window_bp: int | None = None  # input window in bp; None: 196,608 for 896-bin models, else 256 x the bins
+    # input window in bp; None: 196,608 for 896-bin models, else 256 x the bins (+ 128 for an odd number of bins)
+    window_bp: int | None = None
     tf_gamma: str = "auto"  # TF's gamma positional features: auto (on at 196,608 bp, as trained) | on | off
     strand_policy: str = "forward"  # minus-strand items: forward (reference strand) | rc-average
     layer: str = "trunk"  # trunk | conv_tower | transformer.K (block K's output), cropped to the trunk's bins
@@ -71,10 +72,18 @@ class EnformerOptions(AdapterOptions):
         self._check_choice("strand_policy", ("forward", "rc-average"))
 
     def resolve(self, bins: int) -> EnformerOptions:
-        """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take."""
-        window = self.window_bp or (196_608 if bins == 896 else 256 * bins)
+        """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take. The
+        trunk crops its window // 128 positions to the central `bins` by cutting as many from each end, so the two
+        counts must differ by an even number (else the crop keeps bins - 1)."""
+        window = self.window_bp or (196_608 if bins == 896 else (2 * bins + bins % 2) * BIN_BP)
         if window % BIN_BP or window // BIN_BP < bins:
             raise ModelError(f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins")
+        if (window // BIN_BP - bins) % 2:
+            near = " or ".join(f"{n * BIN_BP}" for n in (window // BIN_BP - 1, window // BIN_BP + 1) if n >= bins)
+            raise ModelError(
+                f"--window-bp {window} is {window // BIN_BP} positions of {BIN_BP} bp, which the model cannot crop "
+                f"evenly to its {bins} central bins (the difference must be even); use --window-bp {near}"
+            )
         on = window // BIN_BP == TF_GAMMA_BINS if self.tf_gamma == "auto" else self.tf_gamma == "on"
         if on and window // BIN_BP != TF_GAMMA_BINS:
             raise ModelError(f"TF gamma features exist only for 196,608 bp windows, not {window}; use --tf-gamma off")
