@@ -11,6 +11,7 @@ path in a config by its file name (`portable`); the local caches are not changed
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -155,10 +156,17 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
     return "\n".join(lines)
 
 
+# files of a cache folder that are no part of a cache: writer locks, shard notes, and the temporary file of a shard
+# write a kill stopped (`shards._write_file`); neither uploaded nor counted
+NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial")
+
+
 def check_hub_limits(folder: Path) -> tuple[int, int]:
     """(files, bytes) to upload, or a CacheError naming the Hub limit a folder would break."""
     n_files, n_bytes = 0, 0
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, all_files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatch(d, p) for p in NOT_UPLOADED)]
+        files = [f for f in all_files if not any(fnmatch.fnmatch(f, p) for p in NOT_UPLOADED)]
         if len(dirs) + len(files) > layout.HUB_MAX_FOLDER_ENTRIES:
             raise CacheError(
                 f"{root} has {len(dirs) + len(files)} entries; the Hub takes < {layout.HUB_MAX_FOLDER_ENTRIES}"
@@ -224,7 +232,7 @@ def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str
         repo_id=repo,
         folder_path=str(folder),
         repo_type="dataset",
-        ignore_patterns=[*roots, "*.lock", f"*{layout.SHARD_NOTES}*"],
+        ignore_patterns=[*roots, *NOT_UPLOADED],
     )
     for c, root in zip(caches, roots, strict=True):  # each manifest as published, without local paths
         meta = json.loads((folder / root).read_text())

@@ -18,6 +18,7 @@ Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items,
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -45,6 +46,8 @@ from dogmacache.cache.shards import (
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.storage import disk_error, local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
+
+STAGED_PREFIX = ".creating-"  # `<dir>/.creating-<name>.<token>`: a new cache before it is renamed into place
 
 
 def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
@@ -139,6 +142,8 @@ class CacheWriter:
         except OSError as err:
             raise disk_error(err, f"create {path}", "nothing was written") or err from None
         try:
+            for staged in path.parent.glob(f"{STAGED_PREFIX}{glob.escape(path.name)}.*"):  # a stopped creation's
+                shutil.rmtree(staged, ignore_errors=True)
             if path.exists() and overwrite:
                 shutil.rmtree(path)
             if path.exists():
@@ -155,7 +160,10 @@ class CacheWriter:
     def _create_new(
         cls, path: Path, manifest: Manifest, ids: list[str], extras: tuple[ExtraArray, ...], lock: WriterLock
     ):
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        # built in a sibling folder and renamed into place whole: a stop while the arrays and ids are written (a
+        # second for a million ids) leaves no group without a manifest at `path`, which no rerun could resume
+        staged = path.parent / f"{STAGED_PREFIX}{path.name}.{lock.token.rsplit('-', 1)[-1]}"
+        group = zarr.open_group(staged, mode="w-", zarr_format=3)
         n, per_shard = manifest.n_items, manifest.shard_items
         filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)
         with warnings.catch_warnings():
@@ -205,7 +213,8 @@ class CacheWriter:
             dimension_names=layout.SHARD_SHA256_DIMS,
         )
         group.attrs[MANIFEST_KEY] = manifest.to_dict()  # complete=False until finalize
-        return cls(path, group, manifest, extras, lock)
+        os.rename(staged, path)
+        return cls(path, zarr.open_group(path, mode="r+", zarr_format=3), manifest, extras, lock)
 
     @classmethod
     def _resume(
@@ -217,6 +226,10 @@ class CacheWriter:
         settings_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> CacheWriter:
         writer = cls._attach(path, extras, lock, allow_complete=True)
+        for root, _, files in os.walk(path):  # the temporary file of a shard write a kill stopped (a shard's size)
+            for name in files:
+                if name.endswith(".partial"):
+                    os.unlink(os.path.join(root, name))
         if writer.manifest.complete:
             shutil.rmtree(path / layout.SHARD_NOTES, ignore_errors=True)  # left by a stop after the manifest's write
             lock.release()  # nothing more will be written
@@ -276,7 +289,8 @@ class CacheWriter:
             raise damaged_metadata(str(path), "", err, fix) from None
         if MANIFEST_KEY not in group.attrs:
             raise CacheError(
-                f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache"
+                f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache: pass "
+                "--overwrite to write the cache there anew, or choose another output path"
             )
         manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=str(path))
         if manifest.complete and not allow_complete:

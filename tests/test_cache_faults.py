@@ -312,3 +312,45 @@ def test_flipped_byte_in_an_extra_or_the_shard_digests_is_one_line_naming_the_ar
     with pytest.raises(CacheError, match=r"array `shard_sha256`, .*corrupted") as err:
         open_cache(tmp_path / "c.zarr").done_shards()
     assert "\n" not in str(err.value)
+
+
+def test_a_stop_while_a_new_cache_is_laid_out_leaves_nothing_a_rerun_cannot_take(tmp_path, monkeypatch):
+    """The arrays and ids of a new cache are written before its manifest (a second for a million ids): built in a
+    sibling folder and renamed into place, a stop there leaves no manifest-less group at the path, and the rerun
+    clears the stopped attempt and creates the cache."""
+    from conftest import interrupt_on_call
+
+    ids = [f"i{k}" for k in range(6)]
+    real = interrupt_on_call(monkeypatch, zarr.Group, "create_array", 2)  # Ctrl-C while the ids array is made
+    with pytest.raises(KeyboardInterrupt):
+        _new_writer(tmp_path / "c.zarr", ids)
+    assert not (tmp_path / "c.zarr").exists()
+    assert [p.name.startswith(".creating-c.zarr.") for p in tmp_path.iterdir() if p.is_dir()] == [True]
+    monkeypatch.setattr(zarr.Group, "create_array", real)
+    writer = _new_writer(tmp_path / "c.zarr", ids)  # the same command again
+    assert writer.pending_shards() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["c.zarr"]  # the stopped attempt is gone
+    for shard in writer.pending_shards():
+        writer.write_shard(shard, np.ones((2, 2, 3), np.float32))
+    assert writer.finalize().complete
+
+
+def test_a_shard_write_a_kill_stopped_leaves_no_file_that_stays_or_is_published(tmp_path):
+    """A kill during a shard write leaves its temporary `<file>.<hex>.partial` (a shard's size): the resume removes
+    it, and publish neither counts nor uploads such files."""
+    from dogmacache.cache.hub import NOT_UPLOADED, check_hub_limits
+
+    ids = [f"i{k}" for k in range(4)]
+    writer = _new_writer(tmp_path / "c.zarr", ids)
+    writer.write_shard(0, np.ones((2, 2, 3), np.float32))
+    shard_file = next(p for p in (tmp_path / "c.zarr" / "embeddings").rglob("*") if p.is_file())
+    stray = shard_file.with_name(f"{shard_file.name}.0123abcd.partial")
+    stray.write_bytes(b"x" * 1000)
+    writer.close()  # the run stopped there
+    resumed = _new_writer(tmp_path / "c.zarr", ids)  # the rerun
+    assert not stray.exists() and resumed.pending_shards() == [1]
+    resumed.write_shard(1, np.ones((2, 2, 3), np.float32))
+    resumed.finalize()
+    before = check_hub_limits(tmp_path)
+    stray.write_bytes(b"x" * 1000)  # one left beside a complete cache (a kill of another writer)
+    assert "*.partial" in NOT_UPLOADED and check_hub_limits(tmp_path) == before
