@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -42,8 +43,9 @@ def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128
         seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all", holdout_tissues=HOLDOUT_TISSUES
     )
     isoform = gtex.build_gtex(_bundled(gtex.SOURCES, data), out / "isoform", config)
-    with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / "genome.fa", "wb") as dst:
+    with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / ".genome.fa.tmp", "wb") as dst:
         shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access
+    os.replace(out / ".genome.fa.tmp", out / "genome.fa")  # whole or not at all
     return {"cdt": cdt, "isoform": isoform, "genome": str(out / "genome.fa")}
 
 

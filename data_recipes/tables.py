@@ -9,6 +9,7 @@ split (`split_linked`)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,11 +192,17 @@ def write_outputs(
     params: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write each table as `<name>.parquet` and `recipe.json`; print the counts. Returns the manifest."""
+    """Write each table as `<name>.parquet` and `recipe.json`; print the counts. Returns the manifest.
+
+    An earlier run's recipe.json goes first and this one's is written last, each file under a temporary name
+    renamed into place: a run stopped midway leaves no recipe.json over tables of two runs, and no torn table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").unlink(missing_ok=True)
     for name, table in tables.items():
-        table.to_parquet(out / f"{name}.parquet", index=False)
+        tmp = out / f".{name}.parquet.tmp"
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out / f"{name}.parquet")
     manifest = {
         "recipe": recipe,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -211,7 +218,8 @@ def write_outputs(
         **(extra or {}),
     }
     text = json.dumps(manifest, indent=2, default=str)
-    (out / "recipe.json").write_text(text)
+    (out / ".recipe.json.tmp").write_text(text)
+    os.replace(out / ".recipe.json.tmp", out / "recipe.json")
     manifest = json.loads(text)  # what a reader of recipe.json sees (tuples become lists)
     width = max(len(k) for k in [*counts, *missing, *tables]) + 2
     print(f"recipe {recipe} -> {out}")

@@ -183,3 +183,24 @@ def _gc_blocks(recipe: Path):
         return upstream.count(GC_BOX * 10) + upstream.count(reverse_complement(GC_BOX * 10))
 
     return count
+
+
+def test_a_recipe_stopped_midway_leaves_no_recipe_json_over_tables_of_two_runs(tmp_path, monkeypatch):
+    """A rerun (another seed) stopped while it writes its tables: the earlier recipe.json is gone, so nothing says
+    the folder holds one run's tables; the same command again writes them all."""
+    import json
+
+    import pytest
+    from conftest import interrupt_on_call
+    from dogmacache.data_recipes import demo
+
+    demo.build_demo(tmp_path)
+    recipe = tmp_path / "cdt" / "recipe.json"
+    assert json.loads(recipe.read_text())["params"]["seed"] == 0
+    real = interrupt_on_call(monkeypatch, pd.DataFrame, "to_parquet", 2)  # Ctrl-C at the CDT recipe's second table
+    with pytest.raises(KeyboardInterrupt):
+        demo.build_demo(tmp_path, seed=1)
+    assert not recipe.exists()
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    demo.build_demo(tmp_path, seed=1)
+    assert json.loads(recipe.read_text())["params"]["seed"] == 1
