@@ -48,7 +48,12 @@ def test_uploaded_manifests_carry_no_local_paths(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(kw))
     path = _local_cache(tmp_path, rng)
     assert main(["cache", "publish", str(path.parent), "--repo", "lab/x"]) == 0
-    assert calls[0]["ignore_patterns"] == ["dna.zarr/zarr.json", "*.lock", "*shard_notes.partial*"]  # root: below
+    assert calls[0]["ignore_patterns"] == [
+        "dna.zarr/zarr.json",
+        "*.lock",
+        "*shard_notes.partial*",
+        "*.partial",
+    ]  # root: below
     uploaded = {c["path_in_repo"]: c["path_or_fileobj"].decode() for c in calls[1:]}
     assert sorted(uploaded) == ["README.md", "dna.zarr/zarr.json"]
     manifest = json.loads(uploaded["dna.zarr/zarr.json"])["attributes"]["dogmacache"]
