@@ -172,8 +172,9 @@ def test_a_correlation_of_a_constant_is_zero_even_where_copies_differ_by_roundin
     from dogmacache.train.metrics import regression_metrics
 
     observed = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
-    # one value per tissue, one copy a float32 rounding apart (0.03550268 vs 0.03550269): no association to score
-    rounded = np.float32([0.03550268, 0.03550268, 0.03550269, 0.03550268, 0.03550268])
+    # one value per tissue, copies some float32 roundings apart (14 units in the last place): no association to score
+    ulp = np.spacing(np.float32(0.0355))
+    rounded = np.float32(0.0355) + ulp * np.float32([0, 0, 14, 3, 0])
     assert regression_metrics(rounded, observed)["spearman"] == 0.0 == regression_metrics(rounded, observed)["pearson"]
     assert regression_metrics(np.zeros(5), observed)["pearson"] == 0.0
     small = np.float32([1e-4, 5e-4, 2e-4, 9e-4, 4e-4])  # small but varying: scored as any other

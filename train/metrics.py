@@ -36,6 +36,7 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
 
 
 def _flat(x: np.ndarray) -> bool:
-    """Constant up to float32 rounding (8 units in the last place of its largest value): a per-tissue constant
-    whose copies differ by one rounding would otherwise score a correlation of that rounding."""
-    return bool(np.ptp(x) <= 8 * np.finfo(np.float32).eps * np.abs(x).max())
+    """Constant up to float32 rounding: a spread within 1e-5 of its largest value (~80 units in the last place). A
+    per-tissue constant computed in batches of other sizes differs by rounding (14 units in the last place between
+    the demo's tissue-only predictions), which would otherwise score a correlation of that rounding."""
+    return bool(np.ptp(x) <= 1e-5 * np.abs(x).max())
