@@ -7,6 +7,7 @@ editing that stage's file and the `_STAGES` tuple below.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports every stage's command line (matplotlib, torch): seconds
@@ -50,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DogmaError, FileNotFoundError) as err:
         # Library code raises these with messages that name the value, the expectation and the fix.
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        # a folder or file a command could not make (no permission, read-only disk, a file in the way, full disk)
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"dogmacache {args.command}: error: cannot write{where}: {err.strerror}; choose an output path you can "
+            "write (or free space) and re-run the same command",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line on what is left (a command may say it: set_defaults(interrupted=))
         kept = args.interrupted(args) if hasattr(args, "interrupted") else "re-run the same command to finish it"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
+from pathlib import Path
 
 from dogmacache.errors import CacheError, DogmaError
 
@@ -54,3 +56,24 @@ def disk_error(err: BaseException, doing: str, kept: str, kind: type[DogmaError]
         f"cannot {doing}: {cause.strerror} ({DISK_ERRNOS[cause.errno]}){where}; {kept}; {fix}, then re-run the same "
         "command to resume"
     )
+
+
+def check_writable(out: str | os.PathLike, flag: str = "--out", kept: str = "nothing was written") -> None:
+    """`out` (a file or folder a command will write) can be written: a probe file is created and removed in it, or
+    in the nearest folder above it that exists. A command calls it before its work, so that a read-only disk or an
+    `out` that is a file is one line at the start, not a traceback at the end. A URL is left to its writer."""
+    local = local_path(out)
+    if local is None:
+        return
+    path = Path(local)
+    probe_dir = next(p for p in (path, *path.parents) if p.exists())
+    if not probe_dir.is_dir():
+        raise CacheError(f"cannot write to {out}: {probe_dir} is a file, not a folder; pick another {flag}")
+    try:
+        handle, name = tempfile.mkstemp(dir=probe_dir, prefix=".dogmacache-probe-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise CacheError(
+            f"cannot write to {out}: {err.strerror} (in {probe_dir}); pick a writable {flag} ({kept})"
+        ) from err

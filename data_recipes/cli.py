@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from dogmacache.cache.storage import check_writable
+
 RECIPES = {
     "demo": "dogmacache.data_recipes.demo",
     "gasperini": "dogmacache.data_recipes.gasperini",
@@ -44,6 +46,8 @@ def _exit_code(recipe_run):
     """Recipes return their manifest (tests read it); the command line wants an exit code."""
 
     def run(args: argparse.Namespace) -> int:
+        if getattr(args, "out", None):
+            check_writable(args.out, "--out", "nothing was read or written")
         recipe_run(args)
         return 0
 

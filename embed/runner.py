@@ -14,9 +14,7 @@ their public names are importable from here too.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +52,7 @@ from dogmacache.embed.stream import (
     stored_info,
 )
 from dogmacache.embed.transfer import to_host
-from dogmacache.errors import CacheError, InputError
+from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -189,24 +187,9 @@ def _unknown(genome, chrom: str) -> bool:
 
 
 def check_output(out: str) -> None:
-    """`out` can be written: a probe file is created and removed in it, or in the nearest folder above it that
-    exists. Runs before any model loads, so a read-only or missing disk costs no model load."""
-    local = storage.local_path(out)
-    if local is None:
-        return  # not a local path: the writer names the problem
-    path = Path(local)
-    probe_dir = next(p for p in (path, *path.parents) if p.exists())
-    if not probe_dir.is_dir():
-        raise CacheError(f"cannot write to {out}: {probe_dir} is a file, not a folder; pick another --out")
-    try:
-        handle, name = tempfile.mkstemp(dir=probe_dir, prefix=".dogmacache-probe-")
-        os.close(handle)
-        os.unlink(name)
-    except OSError as err:
-        raise CacheError(
-            f"cannot write to {out}: {err.strerror} (in {probe_dir}); pick a writable --out (nothing was loaded or "
-            "written)"
-        ) from err
+    """`out` can be written (`storage.check_writable`), before any model loads: a read-only or missing disk costs
+    no model load."""
+    storage.check_writable(out, "--out", "nothing was loaded or written")
 
 
 def disk_error(err: BaseException, out: str, writer: CacheWriter | None) -> BaseException:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from dogmacache.cache.storage import check_writable
 from dogmacache.errors import InputError
 from dogmacache.explain import attribution, figures, tracks
 from dogmacache.explain.cdt import CdtExplainer, ExplainSources
@@ -105,6 +106,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     started = time.perf_counter()
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise InputError(f"--out {config.out} is a file; explain writes a folder there: choose another --out")
+    check_writable(config.out, "--out", "nothing was computed")
     explainer = explainer_for(config.sources)
     geometry = explainer.geometry
     top_k(np.zeros(geometry.n_bins), config.top_k)  # refuse a k larger than the window before any work

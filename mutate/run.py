@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import first_fingerprint_difference, open_cache
+from dogmacache.cache.storage import check_writable
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.encoder import adapter_moves, knockout_moves, open_profile, top
@@ -133,6 +134,7 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         raise InputError(f"--null-edits {config.null_edits}: expected 0 (no control) or more matched random edits")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise InputError(f"--out {config.out} is a file; mutate writes a folder there: choose another --out")
+    check_writable(config.out, "--out", "nothing was computed")
     if config.gene_set and not config.scgpt_model:
         raise InputError(
             f"--gene-set {config.gene_set} scores the genes the scGPT encoder moves; add --scgpt-model, --profiles "

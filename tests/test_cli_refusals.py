@@ -80,3 +80,24 @@ def test_a_model_path_that_is_no_folder_and_no_downloadable_id(tmp_path, monkeyp
     message = _error(capsys, [*args, "--out", "x.zarr"])
     assert f"'tiny/esm' is no local folder (none at {tmp_path / 'tiny' / 'esm'})" in message
     assert "cannot be downloaded (OSError: outgoing traffic has been disabled)" in message
+
+
+def test_an_output_path_under_a_file_is_one_line_before_the_work(tmp_path, capsys, monkeypatch):
+    """probe, recipes and the rest say so before they work (probe used to fit every cache first, then crash);
+    a path no command checked ahead still ends in one line, not a traceback."""
+    from dogmacache.train import probe
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fitted = []
+    monkeypatch.setattr(probe, "read_labels", lambda config: fitted.append(config))
+    said = _error(
+        capsys,
+        ["probe", "--caches", "a.zarr", "--labels", "l.parquet", "--target", "beta", "--out", str(blocker / "probe")],
+    )
+    assert said.startswith("dogmacache probe: error: cannot write to ") and "is a file, not a folder" in said
+    assert fitted == []  # refused before the labels were read
+    said = _error(capsys, ["recipe", "demo", "--out", str(blocker / "recipe")])
+    assert "is a file, not a folder; pick another --out" in said
+    said = _error(capsys, ["demo", "--out", str(blocker)])  # the demo's own folders: caught at the top
+    assert "cannot write" in said and "Not a directory" in said

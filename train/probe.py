@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache.storage import check_writable
 from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
@@ -361,6 +362,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     {"settings", "rows", "files"}."""
     from dogmacache.train.plots import probe_scores
 
+    check_writable(config.out, "--out", "no probe was fitted")
     labels = read_labels(config)
     rows = [row for url in config.caches for row in probe_cache(url, labels, config)]
     chosen_by = mark_chosen(rows, labels.task)
