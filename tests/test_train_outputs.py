@@ -197,3 +197,33 @@ def test_a_resume_restores_the_log_rows_its_checkpoint_has(tmp_path):
     rows = list(csv.DictReader(log.open()))
     assert [(r["model"], r["epoch"]) for r in rows] == [("dna_mlp", "1"), ("dna_mlp", "2"), ("dna_mlp", "3")]
     assert float(rows[1]["val_pearson"]) == pytest.approx(float(lines[2].split(",")[3]))
+
+
+def test_a_run_of_another_task_into_a_finished_runs_folder_is_refused(tmp_path):
+    from dogmacache.train.registry import config_from_dict as build
+
+    run_training(config_from_dict(quick(tmp_path)), progress=False)
+    metrics = tmp_path / "out" / "metrics.json"
+    finished = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**finished, "task": "biodta"}))  # as if a Bio-DTA run had finished there
+    raw = quick(tmp_path)
+    raw["output"]["resume"] = True
+    with pytest.raises(InputError, match=r"holds a biodta run \(metrics\.json\) and this run is dna_mlp: their "):
+        run_training(config_from_dict(raw), progress=False)
+    assert json.loads(metrics.read_text())["task"] == "biodta"  # refused before anything went
+    raw["output"].update(resume=False, overwrite=True)  # a replacement, asked for
+    assert run_training(config_from_dict(raw), progress=False)["task"] == "dna_mlp"
+    # without an [output] dir each task has its own default folder
+    data = {"data": {"labels": "l.parquet", "dna_cache": "d.zarr"}}
+    assert build({"task": "dna_mlp", **data}).output.dir == "runs/dna_mlp"
+    assert build({"task": "dna_mlp", **data, "output": {"dir": "mine"}}).output.dir == "mine"
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just words\n"])
+def test_a_config_that_is_no_mapping_is_one_line(tmp_path, text):
+    from dogmacache.train.registry import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"run\.yaml reads as a (list|str), not a table of sections and keys"):
+        load_config(path)

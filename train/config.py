@@ -265,7 +265,12 @@ def read_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         kind = "TOML" if path.suffix == ".toml" else "YAML"
         raise InputError(f"{path} is not valid {kind}: {str(err).splitlines()[0]}") from err
-    raw = raw or {}
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"{path} reads as a {type(raw).__name__}, not a table of sections and keys; a config is TOML (.toml) or "
+            "a YAML mapping (.yaml): `dogmacache train --example-config` prints one"
+        )
     for dotted, value in (overrides or {}).items():
         if dotted == "task":
             raw["task"] = value

@@ -46,8 +46,17 @@ def get_task(name: str) -> type[Task]:
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    """A parsed configuration checked against the task it names (default cdt)."""
-    return RunConfig.from_dict(raw, get_task(raw.get("task", DEFAULT_TASK)), where)
+    """A parsed configuration checked against the task it names (default cdt); without an [output] dir, the run
+    goes to runs/<task>, so that runs of two tasks never share a folder by default."""
+    task = get_task(raw.get("task", DEFAULT_TASK))
+    output = raw.get("output")
+    if output is None or (isinstance(output, dict) and "dir" not in output):
+        raw = {**raw, "output": {**(output or {}), "dir": default_output_dir(task.name)}}
+    return RunConfig.from_dict(raw, task, where)
+
+
+def default_output_dir(task_name: str) -> str:
+    return f"runs/{task_name}"
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -72,7 +81,12 @@ def check_override(task: type[Task], dotted: str, value: Any) -> None:
 
 def default_config(task_name: str = DEFAULT_TASK) -> RunConfig:
     task = get_task(task_name)
-    return RunConfig(task=task.name, data=task.data_config(), model=task.model_config())
+    return RunConfig(
+        task=task.name,
+        data=task.data_config(),
+        model=task.model_config(),
+        output=OutputConfig(dir=default_output_dir(task.name)),
+    )
 
 
 def example_config(task_name: str = DEFAULT_TASK) -> str:

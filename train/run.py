@@ -140,6 +140,15 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
     earlier = sorted(p.name for p in out.glob("*_last.pt")) + (
         ["metrics.json"] if (out / "metrics.json").exists() else []
     )
+    replacing = config.output.overwrite and not config.output.resume
+    other = _task_of(out / "metrics.json")
+    if other not in (None, config.task) and not replacing:
+        lock.release()
+        raise InputError(
+            f"{out} holds a {other} run (metrics.json) and this run is {config.task}: their checkpoints, log and "
+            "figures would mix; choose another [output] dir (--set output.dir=PATH), or replace it with --set "
+            "output.resume=false --set output.overwrite=true"
+        )
     if not config.output.resume and not config.output.overwrite and earlier:
         lock.release()
         raise InputError(
@@ -147,6 +156,14 @@ def claim_output(out: Path, config: RunConfig) -> WriterLock:
             "output.resume is false; --set output.overwrite=true replaces it, or choose another [output] dir"
         )
     return lock
+
+
+def _task_of(metrics: Path) -> str | None:
+    """The task a finished run's metrics.json names (None without one, or when it cannot be read)."""
+    try:
+        return json.loads(metrics.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: dict[str, Any], **fix: str) -> None:
