@@ -101,3 +101,30 @@ def test_an_output_path_under_a_file_is_one_line_before_the_work(tmp_path, capsy
     assert "is a file, not a folder; pick another --out" in said
     said = _error(capsys, ["demo", "--out", str(blocker)])  # the demo's own folders: caught at the top
     assert "cannot write" in said and "Not a directory" in said
+
+
+def test_esm2_and_nucleotide_transformer_refuse_each_others_folders(tmp_path, capsys):
+    """One ESM architecture, two vocabularies: a protein read by the 6-mer tokenizer was all unknown tokens, and a
+    cDNA read as amino acids; both were written as complete caches."""
+    from dogmacache.embed.adapters.hf_esm import write_tiny_esm2, write_tiny_nucleotide_transformer
+
+    esm2, nt = write_tiny_esm2(tmp_path / "esm2"), write_tiny_nucleotide_transformer(tmp_path / "nt")
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKVLAAGIV\n")
+    (tmp_path / "r.tsv").write_text("id\tsequence\nr1\tACGTACGTACGTAAACCC\n")
+    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    said = _error(capsys, [*protein, "--model-path", str(nt), "--out", str(tmp_path / "a.zarr")])
+    assert "tokenizer has no token for the amino acids D, E, F, H, I ...: it is no protein model's" in said
+    rna = ["embed", "--input", str(tmp_path / "r.tsv"), "--modality", "rna", "--model", "nucleotide-transformer"]
+    said = _error(capsys, [*rna, "--model-path", str(esm2), "--out", str(tmp_path / "b.zarr")])
+    assert "has no token for 4,096 of the 4,096 6-mers (e.g. AAAAAA): it is no Nucleotide Transformer's" in said
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    assert main([*protein, "--model-path", str(esm2), "--out", str(tmp_path / "c.zarr")]) == 0
+
+
+@pytest.mark.parametrize("length", ["0", "1", "2"])
+def test_a_max_length_that_keeps_no_residue_is_refused(tmp_path, capsys, length):
+    # 0 was read as "the default" and 1 or 2 wrote a complete cache of zeros (the specials alone, left out of the mean)
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKVLAAGIV\n")
+    args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    said = _error(capsys, [*args, "--max-length", length, "--out", str(tmp_path / "a.zarr")])
+    assert f"--max-length {length} keeps no residue" in said and "expected at least 3" in said

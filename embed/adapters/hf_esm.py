@@ -39,6 +39,8 @@ from dogmacache.embed.shapes import length_bucket
 from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
+STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # a protein model's tokenizer has a token for each
+MIN_LENGTH = 3  # --max-length: <cls>, <eos> and one residue
 POOLINGS = ("mean", "cls", "none")
 POOLING_FLAG = {
     "flags": ("--pooling",),
@@ -125,6 +127,11 @@ class EsmOptions(AdapterOptions):
 
     def __post_init__(self):
         self._check_choice("pooling", POOLINGS)
+        if self.max_length is not None and self.max_length < MIN_LENGTH:  # 0 read as "the default", 1-2 as no residue
+            raise InputError(
+                f"--max-length {self.max_length} keeps no residue: it counts the special tokens (<cls>, <eos>) too; "
+                f"expected at least {MIN_LENGTH}, or leave it out for the model's limit"
+            )
         if isinstance(self.layer, str):  # `--layer` is text for every model: a number here
             try:
                 object.__setattr__(self, "layer", int(self.layer))
@@ -196,6 +203,9 @@ class _EsmFamily(LayeredAdapter):
     max_sequence_length: int  # tokens per item by default, special tokens included (the family's limit)
     options: EsmOptions
 
+    def _check_vocabulary(self, directory: Path) -> None:
+        """A ModelError where the folder's tokenizer is another member's of the family (one architecture)."""
+
     def __init__(
         self,
         model_path: str | None,
@@ -237,6 +247,7 @@ class _EsmFamily(LayeredAdapter):
                 )
         except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
             raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
+        self._check_vocabulary(directory)
         self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote
@@ -465,6 +476,18 @@ class Esm2Adapter(_EsmFamily):
     default_model = "facebook/esm2_t33_650M_UR50D"
     max_sequence_length = ESM2_MAX_TOKENS
 
+    def _check_vocabulary(self, directory: Path) -> None:
+        """A protein model's tokenizer has a token for every standard amino acid; Nucleotide Transformer's (the
+        same ESM architecture) has A, C, G, T, N and 6-mers, and would read a protein as unknown tokens."""
+        vocab = self.tokenizer.get_vocab()
+        missing = [letter for letter in STANDARD_AMINO_ACIDS if letter not in vocab]
+        if missing:
+            raise ModelError(
+                f"{directory}'s tokenizer has no token for the amino acids {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}: it is no protein model's (a Nucleotide Transformer's, with "
+                "the same architecture?); point --model-path at an ESM-2 folder, or use --model nucleotide-transformer"
+            )
+
     def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
         return clean_protein(row), 0
 
@@ -479,6 +502,18 @@ class Esm2Adapter(_EsmFamily):
 
 class NucleotideTransformerAdapter(_EsmFamily):
     options_class = NucleotideTransformerOptions
+
+    def _check_vocabulary(self, directory: Path) -> None:
+        """Nucleotide Transformer's tokenizer has a token for every 6-mer of A, C, G, T; ESM-2's (the same ESM
+        architecture) has amino-acid letters, and would read DNA as protein."""
+        vocab = self.tokenizer.get_vocab()
+        missing = [k for k in ("".join(k) for k in itertools.product("ACGT", repeat=6)) if k not in vocab]
+        if missing:
+            raise ModelError(
+                f"{directory}'s tokenizer has no token for {len(missing):,} of the 4,096 6-mers (e.g. {missing[0]}): "
+                "it is no Nucleotide Transformer's (an ESM-2 protein model, with the same architecture?); point "
+                "--model-path at a Nucleotide Transformer folder, or use --model esm2"
+            )
 
     options: NucleotideTransformerOptions
     default_model = "InstaDeepAI/nucleotide-transformer-500m-human-ref"
