@@ -227,3 +227,25 @@ def test_a_config_that_is_no_mapping_is_one_line(tmp_path, text):
     path.write_text(text)
     with pytest.raises(InputError, match=r"run\.yaml reads as a (list|str), not a table of sections and keys"):
         load_config(path)
+
+
+def test_labels_with_an_item_in_two_splits_or_an_example_twice_are_refused(tmp_path):
+    """The recipes keep each enhancer in one split and each pair once; a table made by hand may not: the model
+    would be scored on pairs it trained on, or count some twice (probe already refused such tables)."""
+    import pandas as pd
+
+    raw = quick(tmp_path)
+    path = tmp_path / "labels.parquet"
+    labels = pd.read_parquet(path)
+    leaking = labels.copy()
+    leaking.loc[(leaking["enhancer"] == "e0") & (leaking["gene"] == "G1"), "split"] = "test"
+    leaking.to_parquet(path)
+    with pytest.raises(
+        InputError, match=r"1 value\(s\) of 'enhancer' sit in more than one split, e\.g\. 'e0' in train and test"
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    pd.concat([labels, labels.iloc[:1]]).to_parquet(path)
+    with pytest.raises(
+        InputError, match=r"1 example\(s\) appear more than once, e\.g\. enhancer 'e0', gene 'G0' \(2 rows\)"
+    ):
+        run_training(config_from_dict(raw), progress=False)

@@ -34,7 +34,7 @@ from dogmacache.train.config import RunConfig
 from dogmacache.train.controls import cache_controls, check_controls, controls, without_ablations
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import get_task
-from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData
+from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
 
 
 def _fit_task(
@@ -237,6 +237,7 @@ def clear_outputs(out: Path, config: RunConfig, figures: tuple[str, ...] = ()) -
 def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, Any]:
     task = get_task(config.task)(config)
     data = task.load()
+    check_examples(task, data, getattr(config.data, "labels", None) or "labels")
     check_controls(task)  # a control that cannot run is refused before the model trains, not after
     preflight(task, data, out)
     if rank == 0:

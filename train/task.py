@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.contracts.tables import read_table  # noqa: F401 (the tasks read their tables with it)
+from dogmacache.contracts.tables import check_one_split, read_table  # noqa: F401 (the tasks read their tables with it)
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
 from torch import Tensor, nn
@@ -173,6 +173,10 @@ class Task(ABC):
     target_columns: ClassVar[tuple[str, ...]] = ("target",)
     # the files `figures` writes into the run's folder: removed with metrics.json before a run trains
     figure_names: ClassVar[tuple[str, ...]] = ()
+    # columns of the split tables whose values must each lie in one split (an item in two would be trained on and
+    # scored), and the columns that name one example (an example twice would be counted twice); `check_examples`
+    split_keys: ClassVar[tuple[str, ...]] = ()
+    example_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config  # the RunConfig
@@ -250,3 +254,21 @@ class Task(ABC):
     def figures(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> list[Any]:
         """Figures of this task beside the shared learning curves and test scatter; returns their paths."""
         return []
+
+
+def check_examples(task: Task, data: TaskData, where: str) -> None:
+    """The split tables as the task loaded them: each `split_keys` value in one split, each example once. The
+    recipes write labels that way; a table made by hand or edited may not, and would score a model on examples it
+    trained on, or count some twice. InputError naming how many, one of them and the fix."""
+    table = pd.concat([t.assign(split=name) for name, t in data.splits.items()], ignore_index=True)
+    for column in task.split_keys:
+        check_one_split(table, column, where)
+    keys = [k for k in task.example_keys if k in table.columns]  # (CDBridge's stage 1 alone: one row per transcript)
+    twice = table[table.duplicated(keys, keep=False)] if keys else table.iloc[:0]
+    if len(twice):
+        first = twice.iloc[0]
+        rows = int((twice[keys] == first[keys]).all(axis=1).sum())
+        raise InputError(
+            f"{where}: {int(twice.duplicated(keys).sum())} example(s) appear more than once, e.g. "
+            f"{', '.join(f'{k} {first[k]!r}' for k in keys)} ({rows} rows); keep one row per example"
+        )

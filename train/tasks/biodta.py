@@ -184,6 +184,8 @@ def retrieval(predictions: np.ndarray, tokens: np.ndarray, true_rows: np.ndarray
 
 
 class BiodtaTask(Task):
+    split_keys = ("id",)
+    example_keys = ("id",)
     name = "biodta"
     data_config = BiodtaDataConfig
     model_config = BiodtaModelConfig

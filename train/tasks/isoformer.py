@@ -305,6 +305,8 @@ class TranscriptBatches(Batches):
 
 
 class IsoformerTask(Task):
+    split_keys = ("id",)
+    example_keys = ("id",)
     name = "isoformer"
     data_config = IsoformerDataConfig
     model_config = IsoformerModelConfig

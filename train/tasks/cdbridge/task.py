@@ -35,6 +35,8 @@ STAGE1_READS = ("labels", "dna_cache", "protein_cache", "coding_masks", "standar
 
 
 class CdbridgeTask(Task):
+    split_keys = ("id",)  # the transcript (`transcript` numbers them within a split)
+    example_keys = ("id", "tissue_index")
     name = "cdbridge"
     data_config = CdbridgeDataConfig
     model_config = CdbridgeModelConfig

@@ -40,6 +40,8 @@ class DnaOnlyMLP(nn.Module):
 
 
 class DnaMlpTask(Task):
+    split_keys = ("enhancer",)
+    example_keys = ("enhancer", "gene")
     name = "dna_mlp"
     data_config = pairs.PairDataConfig
     input_columns = ("dna_row",)

@@ -80,6 +80,8 @@ def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
 
 
 class CdtTask(Task):
+    split_keys = ("enhancer",)
+    example_keys = ("enhancer", "gene")
     name = "cdt"
     data_config = CdtDataConfig
     input_columns = ("dna_row",)  # the RNA and protein tables are indexed by the gene the head predicts
