@@ -46,8 +46,17 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         if local is None:
             from zarr.storage import FsspecStore
 
-            store = FsspecStore.from_url(text, read_only=True, storage_options=storage_options)
-            return zarr.open_group(store, mode="r", zarr_format=3)
+            try:
+                store = FsspecStore.from_url(text, read_only=True, storage_options=storage_options)
+                return zarr.open_group(store, mode="r", zarr_format=3)
+            except FileNotFoundError:
+                raise
+            except OSError as err:  # aiohttp's and requests' connection errors are OSErrors
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise CacheError(
+                    f"cannot reach {text} ({type(err).__name__}: {reason}); check the network and the URL, or pull "
+                    "the cache to a local folder first (dogmacache cache pull)"
+                ) from None
         if os.path.isfile(local):
             raise CacheError(f"no cache at {text!r}: it is a file, and a cache is a folder (NAME.zarr); check the path")
         if not os.path.isdir(local):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dogmacache.errors import InputError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="offline end-to-end run on synthetic data (what `make demo` runs)")
@@ -21,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.epochs is not None and args.epochs < 1:  # 0 was read as "the default", below 0 refused midway
+        raise InputError(f"--epochs {args.epochs}: expected at least 1, or leave it out for the demo configs' own")
     from dogmacache.demo.pipeline import run_demo
 
     run_demo(Path(args.out), seed=args.seed, epochs=args.epochs, null=args.null)

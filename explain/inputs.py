@@ -102,8 +102,15 @@ def chrom_sizes(path: str | None) -> dict[str, int]:
         )
     if not Path(path).is_file():
         raise InputError(f"--chrom-sizes {path!r} does not exist; pass a UCSC chrom.sizes file or a FASTA .fai")
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise InputError(
+            f"--chrom-sizes {path} is not a text file (a binary file such as parquet?); pass a UCSC chrom.sizes file "
+            "or a FASTA .fai"
+        ) from None
     sizes = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         fields = line.split("\t")
         if len(fields) < 2 or not fields[1].strip().isdigit():
             raise InputError(f"{path} line {n} is {line[:60]!r}, not `chrom<TAB>length`; pass a chrom.sizes or .fai")

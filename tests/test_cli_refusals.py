@@ -128,3 +128,8 @@ def test_a_max_length_that_keeps_no_residue_is_refused(tmp_path, capsys, length)
     args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
     said = _error(capsys, [*args, "--max-length", length, "--out", str(tmp_path / "a.zarr")])
     assert f"--max-length {length} keeps no residue" in said and "expected at least 3" in said
+
+
+def test_demo_epochs_below_one_are_refused_before_the_work(tmp_path, capsys):
+    said = _error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path / "d")])
+    assert "--epochs 0: expected at least 1" in said and not (tmp_path / "d").exists()

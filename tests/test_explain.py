@@ -413,3 +413,14 @@ def test_an_earlier_runs_item_files_go_whatever_their_number_and_other_files_sta
     clear_previous(tmp_path)
     assert [p for p in written if p.exists()] == []
     assert all(p.exists() for p in kept)
+
+
+def test_chrom_sizes_that_are_no_text_are_one_line(tmp_path):
+    from dogmacache.explain.inputs import chrom_sizes
+
+    binary = tmp_path / "labels.parquet"
+    binary.write_bytes(b"PAR1\x15\x04\x15\xff\xfe\x00\x9c")
+    with pytest.raises(InputError, match=r"--chrom-sizes .*labels\.parquet is not a text file"):
+        chrom_sizes(str(binary))
+    (tmp_path / "ok.sizes").write_text("chr1\t100\n")
+    assert chrom_sizes(str(tmp_path / "ok.sizes")) == {"chr1": 100}
