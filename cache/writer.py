@@ -283,7 +283,10 @@ class CacheWriter:
         try:
             group = zarr.open_group(path, mode="r+", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
-            raise CacheError(f"{path} is not a cache (no Zarr group there): {err}") from err
+            raise CacheError(
+                f"{path} is a folder but not a cache (no Zarr group there); choose another --out, or pass --overwrite "
+                "to replace the folder with the cache"
+            ) from err
         except json.JSONDecodeError as err:
             fix = "pass --overwrite to write the cache anew (or choose another output path)"
             raise damaged_metadata(str(path), "", err, fix) from None

@@ -107,6 +107,8 @@ def read_table(
     column is one line naming the file, what it should hold (`expected`) and the recipe that writes it. When
     `columns` name `split`, every row's split is checked (`check_splits`)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {str(path)!r} is a folder; pass the table file in it (a .parquet or .tsv)")
     if not path.is_file():
         raise InputError(f"{what} {str(path)!r} does not exist; run `dogmacache recipe {recipe}` or fix the path")
     try:

@@ -135,6 +135,11 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise InputError(f"--out {config.out} is a file; mutate writes a folder there: choose another --out")
     check_writable(config.out, "--out", "nothing was computed")
+    if (config.profiles or config.profile) and not config.scgpt_model:
+        raise InputError(
+            "--profiles / --profile choose what the scGPT encoder runs on; add --scgpt-model (the token cache's scGPT "
+            "folder), or leave them out for the token shift alone"
+        )
     if config.gene_set and not config.scgpt_model:
         raise InputError(
             f"--gene-set {config.gene_set} scores the genes the scGPT encoder moves; add --scgpt-model, --profiles "

@@ -133,3 +133,35 @@ def test_a_max_length_that_keeps_no_residue_is_refused(tmp_path, capsys, length)
 def test_demo_epochs_below_one_are_refused_before_the_work(tmp_path, capsys):
     said = _error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path / "d")])
     assert "--epochs 0: expected at least 1" in said and not (tmp_path / "d").exists()
+
+
+def test_inputs_that_were_ignored_or_named_wrongly(tmp_path):
+    from dogmacache.cache import CacheSpec, CacheWriter, digest_strings
+    from dogmacache.contracts.tables import read_table
+    from dogmacache.errors import CacheError, InputError
+    from dogmacache.mutate.run import MutateConfig, run_mutate
+
+    # --profile without --scgpt-model was silently ignored
+    config = MutateConfig(
+        checkpoint="c.pt", genome="g.fa", dna_model="m", gene="A", out=str(tmp_path / "o"), profile="x"
+    )
+    with pytest.raises(InputError, match=r"--profiles / --profile choose what the scGPT encoder runs on; add --scgpt"):
+        run_mutate(config)
+    # a folder given as a table was said not to exist
+    with pytest.raises(InputError, match=r"is a folder; pass the table file in it"):
+        read_table(tmp_path, recipe="demo", what="input table")
+    # an ordinary folder as a cache's --out: say what to do
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("x")
+    spec = CacheSpec(
+        modality="dna",
+        model="m",
+        model_revision="r",
+        layer=-1,
+        pooling="mean",
+        item_shape=(3,),
+        input_digest=digest_strings(["a", "b"]),
+        shard_items=2,
+    )
+    with pytest.raises(CacheError, match=r"plain is a folder but not a cache .*pass --overwrite"):
+        CacheWriter.create(tmp_path / "plain", spec, ids=["a", "b"])

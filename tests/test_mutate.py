@@ -144,6 +144,8 @@ def _config(root, models, genome, **kwargs):
         "profile": "cell1",
         "top_n": 3,
     }
+    if kwargs.get("scgpt_model", "") is None:  # the token shift alone: no profile to run the encoder on
+        defaults.update(profiles=None, profile=None)
     return MutateConfig(**{**defaults, **kwargs})
 
 
