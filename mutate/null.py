@@ -23,7 +23,8 @@ BASES = "ACGT"
 
 def shape(edits: Sequence[Edit]) -> tuple:
     """What a matched draw keeps of a variant: per edit, its length and (for an indel) its inserted bases."""
-    return tuple(sorted((len(e.ref), len(e.alt)) if len(e.ref) == len(e.alt) else (len(e.ref), e.alt) for e in edits))
+    # (length, "") for a substitution, (length, "indel:" + inserted bases) for an indel: one type, so they sort
+    return tuple(sorted((len(e.ref), "" if len(e.ref) == len(e.alt) else f"indel:{e.alt}") for e in edits))
 
 
 def matched_variant(
@@ -56,6 +57,8 @@ def null_table(
 ) -> dict[tuple, dict[str, np.ndarray]]:
     """Per variant shape: the gene's L2 shift and cosine-to-true gain (with a true token (D,)) of `draws` matched
     variants, and how many windows they re-embedded (`windows_reembedded`)."""
+    if draws < 1:  # no control asked for
+        return {}
     chrom = scanner.genome.resolve(str(scanner.table["chrom"].iloc[gene_row]))
     start0 = scanner.window_start0(gene_row)
     out = {}
@@ -69,7 +72,9 @@ def null_table(
         except ValueError:  # edits filling the window leave no other place for them: no control for this shape
             continue
         table, tokens, counts = scanner.shifts(drawn)
-        mine = (table["id"] == gene).to_numpy()
+        mine = (table["id"] == gene).to_numpy() if len(table) else np.zeros(0, dtype=bool)
+        if not mine.any():
+            continue
         reference_token, edited = tokens["reference"][mine], tokens["edited"][mine]
         found = {"l2": np.linalg.norm(edited - reference_token, axis=1), "windows": counts["windows_reembedded"]}
         if true is not None:

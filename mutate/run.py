@@ -198,10 +198,10 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     if true is not None:
         shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
         shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
+    inputs = open_profile(config, token_cache) if config.scgpt_model else None  # refused before the control's work
     gene_true = token_cache.read_rows(token_cache.rows_of([config.gene]), dtype=np.float32)[0]
     nulls = null_table(scanner, config.gene, gene_row, variants, config.null_edits, config.seed, gene_true)
     _place_among_nulls(shift, variants, config.gene, nulls)
-    inputs = open_profile(config, token_cache) if config.scgpt_model else None  # checked before anything goes
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:

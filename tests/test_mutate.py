@@ -386,3 +386,17 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
             assert e.ref == str(g.fasta["chr1"][e.start0 : e.end0]).upper()
             if len(e.ref) == len(e.alt) == 1:
                 assert e.alt != e.ref
+
+
+def test_a_variant_of_a_substitution_and_a_deletion_runs_with_and_without_its_control(scene):
+    root, models, genome = scene
+    g = Genome(genome)
+    base = str(g.fasta["chr1"][599]).upper()
+    other = "A" if base != "A" else "C"
+    edits = (f"chr1:600 {base}>{other}", f"chr1:700 {str(g.fasta['chr1'][699]).upper()}>-")  # one base each
+    for draws in (0, 3):
+        out = root / f"mixed{draws}"
+        run_mutate(_config(root, models, genome, edits=edits, scgpt_model=None, null_edits=draws, out=str(out)))
+        shift = pd.read_csv(out / "token_shift.tsv", sep="\t")
+        aaa = shift[shift["id"] == "AAA"].iloc[0]
+        assert aaa["l2"] > 0 and np.isnan(aaa["l2_null_median"]) == (draws == 0)
