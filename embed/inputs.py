@@ -106,13 +106,13 @@ def _whole_numbers(table: pd.DataFrame, column: str, path: Path, meaning: str) -
 
 
 def _strands(table: pd.DataFrame, path: Path) -> pd.Series:
-    """The strand column as '+' / '-' ('.', an empty cell or no column: '+'), or an InputError naming the first
-    other value."""
+    """The strand column checked: '+', '-', or no strand ('.' or an empty cell, kept as written: the strand is
+    part of the input digest, and every model reads such an item on the reference strand, as '+'); no column:
+    '+'. Any other value is an InputError naming the first."""
     if "strand" not in table.columns:
         return pd.Series("+", index=table.index)
-    strand = table["strand"].astype(object).where(table["strand"].notna(), "").astype(str)
-    strand = strand.where(~strand.isin(NO_STRAND), "+").astype(str)
-    bad = table.index[~strand.isin(["+", "-"])]
+    strand = table["strand"].astype(object).where(table["strand"].notna(), ".").astype(str)
+    bad = table.index[~strand.isin(["+", "-", *NO_STRAND])]
     if len(bad):
         value = _shown(table.at[bad[0], "strand"])
         raise InputError(

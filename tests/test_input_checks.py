@@ -1,5 +1,5 @@
 """The checks embed makes of an input table before any work: every row has an id (and a DNA row its chrom and a
-whole-number centre), a strand is '+' or '-' ('.' or empty: '+'), and start/end are BED coordinates. Each bad
+whole-number centre), a strand is '+', '-' or none ('.' or empty: read as '+', kept as written), and start/end are BED coordinates. Each bad
 value is one line naming the row."""
 
 import math
@@ -59,13 +59,13 @@ def test_check_ids_takes_none_and_nan_for_empty_ids():
     assert check_ids(["a", 7]) == ["a", "7"]
 
 
-def test_strands_are_plus_or_minus_and_no_strand_reads_as_plus(tmp_path):
+def test_strands_are_plus_or_minus_or_none_and_none_is_kept_as_written(tmp_path):
     strands = ["+", "-", ".", None]
     for name in ("s.tsv", "s.parquet"):
         table = read_input_table(
             _table(tmp_path, name, id=list("abcd"), chrom=["1"] * 4, center=[5] * 4, strand=strands), "dna"
         )
-        assert table["strand"].tolist() == ["+", "-", "+", "+"]
+        assert table["strand"].tolist() == ["+", "-", ".", "."]  # no strand kept as written: the digest holds it
     plain = read_input_table(_table(tmp_path, "p.tsv", id=["a"], chrom=["1"], center=[5]), "dna")
     assert plain["strand"].tolist() == ["+"]
 
@@ -152,4 +152,5 @@ def test_embed_refuses_a_bad_strand_in_one_line_and_embeds_no_strand_as_plus(tmp
 
     a, b = open_cache(tmp_path / "none.zarr"), open_cache(tmp_path / "plus.zarr")
     np.testing.assert_array_equal(a[:], b[:])
-    assert a.manifest.input_digest == b.manifest.input_digest  # one table, as embed reads it
+    # the same numbers; the tables differ (one says no strand), and so do their digests, as the files wrote them
+    assert a.manifest.input_digest != b.manifest.input_digest
