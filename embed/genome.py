@@ -161,8 +161,9 @@ def index_fits(fasta: Path, fai: Path) -> bool:
         end = 0
         for line in fai.read_text().splitlines():
             length, offset, bases, width = (int(field) for field in line.split("\t")[1:5])
-            full, rest = divmod(length, bases) if bases > 0 else (0, 0)
-            end = max(end, offset + full * width + rest)
+            if length > 0 and bases > 0:  # the byte after the record's last base (its line end not counted)
+                full, rest = divmod(length - 1, bases)
+                end = max(end, offset + full * width + rest + 1)
         if not 0 < end <= size or size - end > 4096:
             return False
         with open(fasta, "rb") as fh:

@@ -126,3 +126,19 @@ def test_a_fasta_with_ragged_lines_is_one_line(tmp_path):
         Genome(fasta).window("chr1", 5, 4)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ragged.fa"]  # no index or part file left
+
+
+@pytest.mark.parametrize("last_line_end", ["", "\n"])
+def test_an_index_just_built_fits_with_or_without_a_last_line_end(tmp_path, last_line_end):
+    """A last record whose length is a whole number of lines, without a line end after it: its index fits (it was
+    taken for out of date and built again on every open)."""
+    from dogmacache.embed.genome import Genome, index_fits
+
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">chr1\n" + "ACGT" * 15 + "\n" + ">chr2\n" + "ACGTAC" * 10 + "\n" + "GATTAC" * 10 + last_line_end)
+    assert Genome(fasta).length("chr2") == 120  # builds g.fa.fai
+    fai = tmp_path / "g.fa.fai"
+    assert index_fits(fasta, fai)
+    built = fai.stat().st_mtime_ns
+    assert Genome(fasta).window("chr2", 61, 2) == ("CG", 0)  # across the line end
+    assert fai.stat().st_mtime_ns == built  # not built again

@@ -1,6 +1,6 @@
 """The checks embed makes of an input table before any work: every row has an id (and a DNA row its chrom and a
-whole-number centre), a strand is '+', '-' or none ('.' or empty: read as '+', kept as written), and start/end are BED coordinates. Each bad
-value is one line naming the row."""
+whole-number centre), a strand is '+', '-' or none ('.' or empty: read as '+', kept as written), and start/end are
+BED coordinates. Each bad value is one line naming the row."""
 
 import math
 
