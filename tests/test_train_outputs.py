@@ -179,6 +179,8 @@ def test_a_correlation_of_a_constant_is_zero_even_where_copies_differ_by_roundin
     assert regression_metrics(np.zeros(5), observed)["pearson"] == 0.0
     small = np.float32([1e-4, 5e-4, 2e-4, 9e-4, 4e-4])  # small but varying: scored as any other
     assert regression_metrics(small, observed)["spearman"] == pytest.approx(1.0)
+    offset = 5.0 + 5e-6 * observed  # float64 values on an offset (a ridge probe's): their spread is no rounding
+    assert regression_metrics(offset, observed)["pearson"] == pytest.approx(1.0)
     assert regression_metrics(observed, np.full(5, 2.0))["pearson"] == 0.0  # constant labels alike
 
 
