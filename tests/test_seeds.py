@@ -35,9 +35,16 @@ def test_seeds_run_apart_and_aggregate_every_metric(tmp_path, capsys, monkeypatc
         seeds["runs"] == {"0": str(out / "seed0"), "1": str(out / "seed1")} and seeds["config"]["train"]["lr"] == 0.01
     )
 
+    # a rerun refused before it trains (another run holds the folders, resume off) keeps the finished aggregate
+    from dogmacache.train import seeds as seeds_module
+
+    refused = {**raw, "output": {**raw["output"], "resume": False, "overwrite": False}}
+    with pytest.raises(InputError, match=r"holds another run"):
+        seeds_module.run_seeds(config_from_dict(refused), [0, 1], progress=False)
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
+
     # a second run with another lr, stopped while seed 1 trains: no aggregate of the first run's seeds stands
     from conftest import interrupt_on_call
-    from dogmacache.train import seeds as seeds_module
 
     raw["train"]["lr"] = 0.05
     raw["output"]["overwrite"] = True

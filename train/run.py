@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,11 @@ def _prerequisite(
     return done[key]
 
 
-def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+def run_training(
+    config: RunConfig, progress: bool = True, on_cleared: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Train `config`'s model, baselines and controls; `on_cleared` is called once the run has passed its refusals
+    and removed the earlier run's outputs (`--seeds` removes its seeds.json then)."""
     rank, _ = world()
     apply_cpu_allocator(config.train.cpu_allocator, pick_device(config.train.device))  # once per process
     config = with_cpu_plan(config)
@@ -96,7 +101,7 @@ def run_training(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     lock = claim_output(out, config) if rank == 0 else None
     try:
         with torch_threads(config.train.threads):
-            return _run(config, out, rank, progress)
+            return _run(config, out, rank, progress, on_cleared)
     finally:
         if lock is not None:
             lock.release()
@@ -234,7 +239,9 @@ def clear_outputs(out: Path, config: RunConfig, figures: tuple[str, ...] = ()) -
             path.unlink(missing_ok=True)
 
 
-def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, Any]:
+def _run(
+    config: RunConfig, out: Path, rank: int, progress: bool, on_cleared: Callable[[], None] | None = None
+) -> dict[str, Any]:
     task = get_task(config.task)(config)
     data = task.load()
     check_examples(task, data, getattr(config.data, "labels", None) or "labels")
@@ -242,6 +249,8 @@ def _run(config: RunConfig, out: Path, rank: int, progress: bool) -> dict[str, A
     preflight(task, data, out)
     if rank == 0:
         clear_outputs(out, config, task.figure_names)
+        if on_cleared is not None:
+            on_cleared()
 
     done: dict[str, dict[str, Any]] = {}  # prerequisite runs of this call, by configuration
     results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress, done)}

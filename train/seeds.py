@@ -75,10 +75,10 @@ def aggregate(summaries: dict[int, dict[str, Any]]) -> dict[str, dict[str, float
 
 
 def run_seeds(config: RunConfig, seeds: list[int], progress: bool = True) -> dict[str, Any]:
-    """Each seed's run in turn, then seeds.json. An earlier seeds.json goes first: a stopped run leaves no
-    aggregate of another run's seeds beside this one's (each seed's own metrics.json is its run's alone)."""
+    """Each seed's run in turn, then seeds.json. An earlier seeds.json goes once the first seed's run has passed its
+    refusals: a stopped run leaves no aggregate of another run's seeds beside this one's (each seed's own
+    metrics.json is its run's alone), and a refused one keeps it."""
     out = Path(config.output.dir)
-    (out / "seeds.json").unlink(missing_ok=True)
     summaries = {}
     for seed in seeds:
         run = dataclasses.replace(
@@ -87,7 +87,8 @@ def run_seeds(config: RunConfig, seeds: list[int], progress: bool = True) -> dic
             output=dataclasses.replace(config.output, dir=str(out / f"seed{seed}")),
         )
         print(f"--- seed {seed}: {run.output.dir}")
-        summaries[seed] = json.loads(json.dumps(strict(run_training(run, progress=progress))))
+        cleared = (lambda: (out / "seeds.json").unlink(missing_ok=True)) if not summaries else None
+        summaries[seed] = json.loads(json.dumps(strict(run_training(run, progress=progress, on_cleared=cleared))))
     runs = {str(seed): str(out / f"seed{seed}") for seed in seeds}
     result = {
         "task": config.task,
