@@ -158,7 +158,7 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
 
 # files of a cache folder that are no part of a cache: writer locks, shard notes, and the temporary file of a shard
 # write a kill stopped (`shards._write_file`); neither uploaded nor counted
-NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial")
+NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial", "*.creating-*")  # (.creating-: a stopped creation)
 
 
 def check_hub_limits(folder: Path) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -143,7 +144,8 @@ class CacheWriter:
             raise disk_error(err, f"create {path}", "nothing was written") or err from None
         try:
             for staged in path.parent.glob(f"{STAGED_PREFIX}{glob.escape(path.name)}.*"):  # a stopped creation's
-                shutil.rmtree(staged, ignore_errors=True)
+                if re.fullmatch(r"[0-9a-f]{16}", staged.name[len(STAGED_PREFIX) + len(path.name) + 1 :]):
+                    shutil.rmtree(staged, ignore_errors=True)  # (not another cache's: `x.zarr.v2`'s)
             if path.exists() and overwrite:
                 shutil.rmtree(path)
             if path.exists():

@@ -354,3 +354,13 @@ def test_a_shard_write_a_kill_stopped_leaves_no_file_that_stays_or_is_published(
     before = check_hub_limits(tmp_path)
     stray.write_bytes(b"x" * 1000)  # one left beside a complete cache (a kill of another writer)
     assert "*.partial" in NOT_UPLOADED and check_hub_limits(tmp_path) == before
+
+
+def test_a_new_cache_clears_only_its_own_stopped_creations(tmp_path):
+    ids = ["a", "b"]
+    mine = tmp_path / ".creating-x.zarr.0123456789abcdef"
+    other = tmp_path / ".creating-x.zarr.v2.0123456789abcdef"  # another cache's (x.zarr.v2), under its own lock
+    for folder in (mine, other):
+        folder.mkdir()
+    _new_writer(tmp_path / "x.zarr", ids).close()
+    assert not mine.exists() and other.exists()

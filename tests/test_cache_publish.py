@@ -53,6 +53,7 @@ def test_uploaded_manifests_carry_no_local_paths(tmp_path, rng, monkeypatch):
         "*.lock",
         "*shard_notes.partial*",
         "*.partial",
+        "*.creating-*",
     ]  # root: below
     uploaded = {c["path_in_repo"]: c["path_or_fileobj"].decode() for c in calls[1:]}
     assert sorted(uploaded) == ["README.md", "dna.zarr/zarr.json"]

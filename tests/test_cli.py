@@ -188,7 +188,7 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
         "folder_path": str(tmp_path / "c.zarr"),
         "repo_type": "dataset",
         # the manifest is sent on its own, without local paths; notes of an unfinished write never
-        "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*", "*.partial"],
+        "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*", "*.partial", "*.creating-*"],
     }
     assert calls[2][1]["path_in_repo"] == "zarr.json"
     calls.pop(2)
