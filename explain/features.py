@@ -164,9 +164,9 @@ class FeatureOverlap:
             self.top[name].append(np.asarray(top[name]))
 
     def result(self) -> dict:
-        names = list(self.window_flags)
-        flags = np.stack([self.window_flags[w] for w in names])  # (W, B)
-        of_item = np.array([names.index(w) for w in self.windows])  # (n,) window of each item
+        names = {w: k for k, w in enumerate(self.window_flags)}
+        flags = np.stack(list(self.window_flags.values()))  # (W, B)
+        of_item = np.array([names[w] for w in self.windows])  # (n,) window of each item
         n_windows = len(names)
         column = flags.sum(axis=0)  # per position: windows whose bin there overlaps a feature
         out = {
@@ -176,8 +176,6 @@ class FeatureOverlap:
             "n_windows": n_windows,
             "fraction_of_all_bins": float(flags.mean()),
         }
-        rng = np.random.default_rng(self.seed)
-        draws = [rng.permutation(n_windows) for _ in range(PERMUTATIONS)] if n_windows > 1 else []
         for name in self.rankings:
             top = np.stack(self.top[name])  # (n, k)
             own = flags[of_item[:, None], top]  # (n, k)
@@ -185,7 +183,10 @@ class FeatureOverlap:
             entry = {"top_bins": total, "top_bins_on_feature": hits, "fraction": hits / total}
             if n_windows > 1:
                 background = float(((column[top] - own) / (n_windows - 1)).mean())
-                null = np.array([flags[order[of_item][:, None], top].sum() for order in draws])
+                rng = np.random.default_rng(self.seed)  # the same deals for every ranking, drawn one at a time
+                null = np.array(
+                    [flags[rng.permutation(n_windows)[of_item][:, None], top].sum() for _ in range(PERMUTATIONS)]
+                )
                 entry.update(
                     background_fraction=background,
                     enrichment=hits / total / background if background > 0 else float("nan"),
