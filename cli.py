@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        # a folder or file a command could not make (no permission, read-only disk, a file in the way, full disk)
+        # a file or folder a command could not read or make (no permission, read-only disk, a file in the way, full
+        # disk): the commands check their inputs and outputs ahead, so this is what none of them foresaw
         where = f" {err.filename}" if err.filename else ""
         print(
-            f"dogmacache {args.command}: error: cannot write{where}: {err.strerror}; choose an output path you can "
-            "write (or free space) and re-run the same command",
+            f"dogmacache {args.command}: error: cannot read or write{where}: {err.strerror}; check the path and its "
+            "permissions (an input you can read, an output folder you can write, space on its disk) and re-run",
             file=sys.stderr,
         )
         return 2

@@ -164,6 +164,8 @@ def index_fits(fasta: Path, fai: Path) -> bool:
             if length > 0 and bases > 0:  # the byte after the record's last base (its line end not counted)
                 full, rest = divmod(length - 1, bases)
                 end = max(end, offset + full * width + rest + 1)
+            else:  # an empty record: its sequence would start at `offset`
+                end = max(end, offset)
         if not 0 < end <= size or size - end > 4096:
             return False
         with open(fasta, "rb") as fh:

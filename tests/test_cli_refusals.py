@@ -100,7 +100,7 @@ def test_an_output_path_under_a_file_is_one_line_before_the_work(tmp_path, capsy
     said = _error(capsys, ["recipe", "demo", "--out", str(blocker / "recipe")])
     assert "is a file, not a folder; pick another --out" in said
     said = _error(capsys, ["demo", "--out", str(blocker)])  # the demo's own folders: caught at the top
-    assert "cannot write" in said and "Not a directory" in said
+    assert "cannot read or write" in said and "Not a directory" in said
 
 
 def test_esm2_and_nucleotide_transformer_refuse_each_others_folders(tmp_path, capsys):
@@ -127,7 +127,10 @@ def test_a_max_length_that_keeps_no_residue_is_refused(tmp_path, capsys, length)
     (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKVLAAGIV\n")
     args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
     said = _error(capsys, [*args, "--max-length", length, "--out", str(tmp_path / "a.zarr")])
-    assert f"--max-length {length} keeps no residue" in said and "expected at least 3" in said
+    assert (
+        f"--max-length {length} keeps no token of the sequence" in said
+        and "(<cls>, <eos>) too; expected at least 3" in said
+    )
 
 
 def test_demo_epochs_below_one_are_refused_before_the_work(tmp_path, capsys):
@@ -165,3 +168,14 @@ def test_inputs_that_were_ignored_or_named_wrongly(tmp_path):
     )
     with pytest.raises(CacheError, match=r"plain is a folder but not a cache .*pass --overwrite"):
         CacheWriter.create(tmp_path / "plain", spec, ids=["a", "b"])
+
+
+def test_nucleotide_transformer_takes_a_max_length_of_its_one_special_token_and_a_6mer():
+    from dogmacache.embed.adapters.hf_esm import EsmOptions, NucleotideTransformerOptions
+    from dogmacache.errors import InputError
+
+    assert NucleotideTransformerOptions(max_length=2).max_length == 2  # <cls> and one 6-mer
+    with pytest.raises(InputError, match=r"--max-length 1 keeps no token .*\(<cls>\) too; expected at least 2"):
+        NucleotideTransformerOptions(max_length=1)
+    with pytest.raises(InputError, match=r"expected at least 3"):
+        EsmOptions(max_length=2)

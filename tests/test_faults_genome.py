@@ -142,3 +142,12 @@ def test_an_index_just_built_fits_with_or_without_a_last_line_end(tmp_path, last
     built = fai.stat().st_mtime_ns
     assert Genome(fasta).window("chr2", 61, 2) == ("CG", 0)  # across the line end
     assert fai.stat().st_mtime_ns == built  # not built again
+
+
+def test_an_index_fits_a_fasta_that_ends_in_an_empty_record(tmp_path):
+    from dogmacache.embed.genome import Genome, index_fits
+
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">a\nACGTACGT\nACG\n>b\n")
+    assert Genome(fasta).length("a") == 11
+    assert index_fits(fasta, tmp_path / "g.fa.fai")

@@ -213,8 +213,11 @@ def test_a_run_of_another_task_into_a_finished_runs_folder_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"holds a biodta run \(metrics\.json\) and this run is dna_mlp: their "):
         run_training(config_from_dict(raw), progress=False)
     assert json.loads(metrics.read_text())["task"] == "biodta"  # refused before anything went
+    (tmp_path / "out" / "per_tissue_r2.png").write_bytes(b"png")  # one of that task's own figures (CDBridge's)
+    metrics.write_text(json.dumps({**finished, "task": "cdbridge"}))
     raw["output"].update(resume=False, overwrite=True)  # a replacement, asked for
     assert run_training(config_from_dict(raw), progress=False)["task"] == "dna_mlp"
+    assert not (tmp_path / "out" / "per_tissue_r2.png").exists()  # the replaced run's figures went with it
     # without an [output] dir each task has its own default folder
     data = {"data": {"labels": "l.parquet", "dna_cache": "d.zarr"}}
     assert build({"task": "dna_mlp", **data}).output.dir == "runs/dna_mlp"

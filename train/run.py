@@ -34,7 +34,7 @@ from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
 from dogmacache.train.controls import cache_controls, check_controls, controls, without_ablations
 from dogmacache.train.loop import evaluate, fit, world
-from dogmacache.train.registry import get_task
+from dogmacache.train.registry import TASKS, get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
 
 
@@ -230,6 +230,9 @@ def clear_outputs(out: Path, config: RunConfig, figures: tuple[str, ...] = ()) -
     results or figures beside its own checkpoints), and with output.overwrite (and no resume) the other run's
     checkpoints and log go too (its best checkpoint would otherwise be read where this run never beats it, its log
     rows mixed with this run's)."""
+    other = _task_of(out / "metrics.json")  # a run of another task this one replaces: its own figures go too
+    if other in TASKS and other != config.task:
+        figures = (*figures, *get_task(other).figure_names)
     gone = [out / "metrics.json", *(out / name for name in (*SHARED_FIGURES, *figures))]
     if not config.output.resume and config.output.overwrite:
         gone += [out / "log.csv", *out.glob("*_last.pt"), *out.glob("*_best.pt")]

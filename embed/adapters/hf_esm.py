@@ -40,7 +40,6 @@ from dogmacache.errors import InputError, ModelError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # a protein model's tokenizer has a token for each
-MIN_LENGTH = 3  # --max-length: <cls>, <eos> and one residue
 POOLINGS = ("mean", "cls", "none")
 POOLING_FLAG = {
     "flags": ("--pooling",),
@@ -114,6 +113,7 @@ class EsmOptions(AdapterOptions):
     layer: int = -1  # hidden layer: -1 the last (after the final LayerNorm), k counted from 0 = embedding output
     pooling: str = "mean"  # mean over real tokens | cls (the <cls> token) | none (per token, padded, with a mask)
     max_length: int | None = None  # tokens kept per item, specials included; None: the model's sequence limit
+    special_tokens: ClassVar[tuple[str, ...]] = ("<cls>", "<eos>")  # what the tokenizer adds around a sequence
 
     flags: ClassVar[dict[str, dict[str, Any]]] = {
         "layer": LAYER_FLAG,
@@ -127,10 +127,12 @@ class EsmOptions(AdapterOptions):
 
     def __post_init__(self):
         self._check_choice("pooling", POOLINGS)
-        if self.max_length is not None and self.max_length < MIN_LENGTH:  # 0 read as "the default", 1-2 as no residue
+        least = len(self.special_tokens) + 1
+        if self.max_length is not None and self.max_length < least:  # 0 was read as "the default", 1-2 as no residue
             raise InputError(
-                f"--max-length {self.max_length} keeps no residue: it counts the special tokens (<cls>, <eos>) too; "
-                f"expected at least {MIN_LENGTH}, or leave it out for the model's limit"
+                f"--max-length {self.max_length} keeps no token of the sequence: it counts the special tokens "
+                f"({', '.join(self.special_tokens)}) too; expected at least {least}, or leave it out for the model's "
+                "limit"
             )
         if isinstance(self.layer, str):  # `--layer` is text for every model: a number here
             try:
@@ -149,6 +151,7 @@ class EsmOptions(AdapterOptions):
 
 @dataclass(frozen=True)
 class NucleotideTransformerOptions(EsmOptions):
+    special_tokens: ClassVar[tuple[str, ...]] = ("<cls>",)
     window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
 
     strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
