@@ -68,7 +68,12 @@ def write_task(
             writer.write_shard(shard, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16))
         writer.finalize()
         paths[f"{name}_cache"] = str(path)
-    gene_index = rng.integers(0, n_genes, n_enhancers * pairs_per_enhancer)
+    if pairs_per_enhancer > n_genes:
+        raise ValueError(f"{pairs_per_enhancer} pairs per enhancer need as many genes; there are {n_genes}")
+    # each enhancer paired with distinct genes: a pair twice is refused by training (`task.check_examples`)
+    gene_index = np.concatenate(
+        [rng.choice(n_genes, pairs_per_enhancer, replace=False) for _ in range(n_enhancers)]
+    ).astype(np.int64)
     split = np.where(
         np.arange(n_enhancers) % 10 < 8,
         "train",
