@@ -179,3 +179,22 @@ def test_nucleotide_transformer_takes_a_max_length_of_its_one_special_token_and_
         NucleotideTransformerOptions(max_length=1)
     with pytest.raises(InputError, match=r"expected at least 3"):
         EsmOptions(max_length=2)
+
+
+def test_an_enformer_folder_of_another_model_or_other_weights_is_one_short_line(tmp_path, capsys):
+    import json
+
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+    from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
+
+    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
+    (tmp_path / "g.fa").write_text(">chr1\n" + "ACGT" * 500 + "\n")
+    args = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    args += ["--genome", str(tmp_path / "g.fa"), "--out", str(tmp_path / "e.zarr"), "--model-path"]
+    said = _error(capsys, [*args, str(write_tiny_esm2(tmp_path / "esm2"))])
+    assert "holds a 'esm' model (its config.json), not an Enformer" in said
+    deeper = write_tiny_enformer(tmp_path / "enformer")
+    config = json.loads((deeper / "config.json").read_text())
+    (deeper / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))  # weights of 1 block
+    said = _error(capsys, [*args, str(deeper)])
+    assert "weights missing (e.g. transformer.1." in said and len(said) < 700  # was every key: ~19,000 characters

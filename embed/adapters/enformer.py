@@ -112,6 +112,11 @@ class EnformerAdapter(LayeredAdapter):
         if not config_file.is_file():
             raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
         raw = json.loads(config_file.read_text())
+        if raw.get("model_type") not in (None, "enformer"):
+            raise ModelError(
+                f"{directory} holds a {raw.get('model_type')!r} model (its config.json), not an Enformer; point "
+                "--model-path at an Enformer folder, or pick the --model that matches this folder"
+            )
         config = EnformerConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
         model = Enformer(config)
         weights_path = None
@@ -120,9 +125,19 @@ class EnformerAdapter(LayeredAdapter):
         else:
             state, weights_path = load_state_dict_file(directory)
             try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise ModelError(f"{weights_path} does not match the Enformer in {config_file}: {err}") from err
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as err:  # a tensor of another shape
+                reason = " ".join(str(err).split())
+                raise ModelError(
+                    f"{weights_path} does not match the Enformer in {config_file}: "
+                    f"{reason[:300]}{' ...' if len(reason) > 300 else ''}"
+                ) from err
+            if missing or unexpected:
+                raise ModelError(
+                    f"{weights_path} does not match the Enformer in {config_file}: {len(missing)} of its weights "
+                    f"missing (e.g. {', '.join(missing[:3]) or 'none'}), {len(unexpected)} not its own (e.g. "
+                    f"{', '.join(unexpected[:3]) or 'none'}); point --model-path at the folder of these weights' model"
+                )
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
         self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"
