@@ -5,7 +5,7 @@ somewhat; a shift says something about the edited bases only where it stands out
 elsewhere in the window. For each variant, `draws` matched variants are made (seeded): every edit of it moved to
 a uniformly random position where it lies wholly inside the gene's window, its length kept (a deletion deletes
 as many bases, an insertion inserts the same bases, a substitution puts a random other base at each of its
-positions), no two edits of a draw overlapping. Each draw's window is re-embedded like the variant's, and the
+positions), no two edits of a draw overlapping. Each draw's gene window is re-embedded like the variant's, and the
 variant's L2 shift and gain in cosine to the gene's true token are placed among the draws': p = (1 + draws at
 least as large) / (1 + draws). Variants of one shape (a scan of SNVs) share their draws.
 """
@@ -71,7 +71,7 @@ def null_table(
             ]
         except ValueError:  # edits filling the window leave no other place for them: no control for this shape
             continue
-        table, tokens, counts = scanner.shifts(drawn)
+        table, tokens, counts = scanner.shifts(drawn, only=gene_row)  # the gene's window alone
         mine = (table["id"] == gene).to_numpy() if len(table) else np.zeros(0, dtype=bool)
         if not mine.any():
             continue

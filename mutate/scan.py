@@ -83,12 +83,17 @@ class Scanner:
             hit |= inside
         return hit, crossed
 
-    def shifts(self, variants: Sequence[Sequence[Edit]]) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, int]]:
+    def shifts(
+        self, variants: Sequence[Sequence[Edit]], only: int | None = None
+    ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, int]]:
         """Per (variant, affected window): the table of ids; {"reference", "edited"} adapted tokens (W, D_tok);
-        counts of windows re-embedded (one forward each) and reference rows reused from the cache."""
+        counts of windows re-embedded (one forward each) and reference rows reused from the cache. `only`: that
+        table row's window alone (the control's draws need the gene's)."""
         records, edited_rows = [], []
         for v, edits in enumerate(variants):
             for row in self.affected(edits):
+                if only is not None and row != only:
+                    continue
                 start0 = self.window_start0(row)
                 chrom = self.genome.resolve(str(self.table["chrom"].iloc[row]))
                 inside = [e for e in edits if in_window(e, chrom, start0, self.window_bp)]

@@ -12,13 +12,10 @@ counts of missing, unexpected and misshapen keys and the first few names.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from dogmacache.embed.runner import number_fingerprint
 from dogmacache.errors import InputError, ModelError
-
-SHOWN = 3  # key names shown per kind of mismatch
 
 
 def _settings(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
@@ -67,25 +64,12 @@ def check_same_settings(
 
 
 def model_load_error(err: ModelError, dna_model: str, url: str) -> InputError | ModelError:
-    """A ModelError whose message carries torch's list of state-dict keys, summarised to one short line naming
-    the counts and first names of missing, unexpected and misshapen keys; any other ModelError as it is."""
+    """A ModelError of weights that do not fit their model's config (its keys already summarised in one short
+    phrase, `weights.state_dict_mismatch`), said as mutate's --dna-model; any other ModelError as it is."""
     text = str(err)
-    if "Error(s) in loading state_dict" not in text:
+    if " does not match the " not in text:
         return err
-    kinds: dict[str, list[str]] = {"missing": [], "unexpected": [], "of another shape": []}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("Missing key(s)"):
-            kinds["missing"] += re.findall(r'"([^"]+)"', line)
-        elif line.startswith("Unexpected key(s)"):
-            kinds["unexpected"] += re.findall(r'"([^"]+)"', line)
-        elif line.startswith("size mismatch for "):
-            kinds["of another shape"].append(line[len("size mismatch for ") :].split(":")[0])
-    counts = "; ".join(
-        f"{len(names)} {kind} (e.g. {', '.join(names[:SHOWN])})" for kind, names in kinds.items() if names
-    )
-    head = text.split(": Error(s) in loading state_dict")[0]
     return InputError(
-        f"--dna-model {dna_model}: {head}: {counts or 'its keys differ'}; pass the DNA model folder {url} was "
+        f"--dna-model {dna_model}: {text.split('; point --model-path')[0]}; pass the DNA model folder {url} was "
         "embedded with (its config.json and weights together)"
     )

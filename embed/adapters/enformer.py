@@ -35,7 +35,12 @@ from dogmacache.embed.adapters.base import (
     LayeredAdapter,
     ModelInfo,
 )
-from dogmacache.embed.adapters.weights import load_state_dict_file, recorded_identity, resolve_model_dir
+from dogmacache.embed.adapters.weights import (
+    load_state_dict_file,
+    recorded_identity,
+    resolve_model_dir,
+    state_dict_mismatch,
+)
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
@@ -125,19 +130,12 @@ class EnformerAdapter(LayeredAdapter):
         else:
             state, weights_path = load_state_dict_file(directory)
             try:
-                missing, unexpected = model.load_state_dict(state, strict=False)
-            except RuntimeError as err:  # a tensor of another shape
-                reason = " ".join(str(err).split())
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
                 raise ModelError(
-                    f"{weights_path} does not match the Enformer in {config_file}: "
-                    f"{reason[:300]}{' ...' if len(reason) > 300 else ''}"
+                    f"{weights_path} does not match the Enformer in {config_file}: {state_dict_mismatch(str(err))}; "
+                    "point --model-path at the folder these weights belong to (its config.json and weights together)"
                 ) from err
-            if missing or unexpected:
-                raise ModelError(
-                    f"{weights_path} does not match the Enformer in {config_file}: {len(missing)} of its weights "
-                    f"missing (e.g. {', '.join(missing[:3]) or 'none'}), {len(unexpected)} not its own (e.g. "
-                    f"{', '.join(unexpected[:3]) or 'none'}); point --model-path at the folder of these weights' model"
-                )
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
         self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"

@@ -142,3 +142,21 @@ def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path
 def weights_digest(path: str | Path) -> str:
     """sha256 of a weights file, recorded as the revision when a model comes from a local directory."""
     return file_digest(path)
+
+
+def state_dict_mismatch(text: str, shown: int = 3) -> str:
+    """torch's `load_state_dict` error (every key, thousands of characters for a model of another size) as one short
+    phrase: the counts and first `shown` names of missing, unexpected and misshapen keys."""
+    kinds: dict[str, list[str]] = {"missing": [], "unexpected": [], "of another shape": []}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Missing key(s)"):
+            kinds["missing"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("Unexpected key(s)"):
+            kinds["unexpected"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("size mismatch for "):
+            kinds["of another shape"].append(line[len("size mismatch for ") :].split(":")[0])
+    counts = "; ".join(
+        f"{len(names)} {kind} (e.g. {', '.join(names[:shown])})" for kind, names in kinds.items() if names
+    )
+    return counts or "its keys differ"
