@@ -206,6 +206,8 @@ def _embed(args: argparse.Namespace) -> int:
         raise InputError(f"--max-tokens {args.max_tokens} must be a token budget of 1 or more, or 0 for the default")
     if args.max_batch < 1:
         raise InputError(f"--max-batch {args.max_batch} must be at least 1 item per batch")
+    if args.shard_items is not None and args.shard_items < 1:
+        raise InputError(f"--shard-items {args.shard_items} must be at least 1 item per shard, or left out for ~1 GiB")
     config = config_from_args(args)
     if (args.workers or args.dask_scheduler) and config.reuse:
         raise InputError("--reuse runs in one process: drop --workers/--dask-scheduler, or drop --reuse")

@@ -110,6 +110,8 @@ def find_caches(spec: str) -> list[str]:
     local = local_path(spec)
     if local is not None:
         path = Path(local)
+        if path.is_file():
+            raise InputError(f"--reuse {spec} is a file; pass a cache (a NAME.zarr folder) or a folder of caches")
         if not path.is_dir():
             raise InputError(f"--reuse {spec}: no such folder; pass a cache or a folder of caches")
         if hub.is_cache_folder(path):  # a cache itself: opened once, by open_sources

@@ -198,3 +198,21 @@ def test_an_enformer_folder_of_another_model_or_other_weights_is_one_short_line(
     (deeper / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))  # weights of 1 block
     said = _error(capsys, [*args, str(deeper)])
     assert ": 32 missing (e.g. transformer.1." in said and len(said) < 700  # was every key: ~19,000 characters
+
+
+def test_shard_items_below_one_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
+    args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    said = _error(capsys, [*args, "--model-path", str(tmp_path / "nowhere"), "--shard-items", "-1", "--out", "x.zarr"])
+    assert said.endswith("--shard-items -1 must be at least 1 item per shard, or left out for ~1 GiB")
+
+
+def test_a_file_named_as_a_reuse_source_says_so():
+    import tempfile
+
+    from dogmacache.embed.reuse import find_caches
+    from dogmacache.errors import InputError
+
+    with tempfile.NamedTemporaryFile(suffix=".zarr") as handle:
+        with pytest.raises(InputError, match=r"--reuse .*\.zarr is a file; pass a cache"):
+            find_caches(handle.name)
