@@ -94,7 +94,7 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     recorded = settings.manifest_config(info)
     genome_tag = f"{recorded['genome']['name']}:{recorded['genome']['sha256']}" if config.genome else ""
     if not config.overwrite:
-        check_same_settings(config.out, recorded, type(settings.options).flags)
+        check_same_settings(config.out, recorded, type(settings.options).flags, config.modality, info.model)
     spec = CacheSpec(
         modality=config.modality,
         model=info.model,

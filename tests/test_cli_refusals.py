@@ -216,3 +216,25 @@ def test_a_file_named_as_a_reuse_source_says_so():
     with tempfile.NamedTemporaryFile(suffix=".zarr") as handle:
         with pytest.raises(InputError, match=r"--reuse .*\.zarr is a file; pass a cache"):
             find_caches(handle.name)
+
+
+def test_another_models_cache_at_the_out_path_is_named_as_such(tmp_path, capsys):
+    from dogmacache.embed.adapters.enformer import write_tiny_enformer
+    from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
+
+    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
+    (tmp_path / "g.fa").write_text(">chr1\n" + "ACGT" * 500 + "\n")
+    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
+    out = str(tmp_path / "c.zarr")
+    dna = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    assert (
+        main(
+            [*dna, "--genome", str(tmp_path / "g.fa"), "--model-path", str(write_tiny_enformer(tmp_path / "enformer"))]
+            + ["--out", out, "--no-progress"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    said = _error(capsys, [*protein, "--model-path", str(write_tiny_esm2(tmp_path / "esm2")), "--out", out])
+    assert "c.zarr holds a dna cache of enformer, not of esm2 (protein); choose another --out, or pass" in said
