@@ -70,6 +70,11 @@ def test_mismatched_inputs_are_refused(demo, tmp_path):
     table.to_parquet(tmp_path / "labels.parquet")
     with pytest.raises(Exception, match=r"1 of 1060 ids are not in .*chr9.no_such_enhancer"):
         _load(config, labels=str(tmp_path / "labels.parquet"))
+    table = pd.read_parquet(out / "recipe" / "cdt" / "labels.parquet")
+    table.loc[0, "gene"] = "NOPE"
+    table.to_parquet(tmp_path / "nope.parquet")
+    with pytest.raises(InputError, match=r"gene 'NOPE' has gene_index \d+ but is not among the 35 genes of "):
+        _load(config, labels=str(tmp_path / "nope.parquet"))
     other = pd.read_parquet(out / "recipe" / "cdt" / "dna_windows.parquet").iloc[::-1]
     other.to_parquet(tmp_path / "dna_windows.parquet")
     with pytest.raises(InputError, match="embedded from another input set"):

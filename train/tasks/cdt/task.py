@@ -72,10 +72,14 @@ def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
         wrong = split[split["gene"].map(index_of) != split["gene_index"]]
         if len(wrong):
             row = wrong.iloc[0]
+            where = (
+                f"is not among the {len(index_of)} genes of {rna_url}"
+                if row["gene"] not in index_of
+                else f"is at {index_of[row['gene']]} in {rna_url}"
+            )
             raise InputError(
-                f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but is at "
-                f"{index_of.get(row['gene'])} in {rna_url}; the caches come from another gene list: re-embed the "
-                "recipe's genes/proteins tables"
+                f"{labels}: gene {row['gene']!r} has gene_index {row['gene_index']} but {where}; the caches come from "
+                "another gene list: re-embed the recipe's genes/proteins tables"
             )
 
 
