@@ -364,3 +364,10 @@ def test_a_new_cache_clears_only_its_own_stopped_creations(tmp_path):
         folder.mkdir()
     _new_writer(tmp_path / "x.zarr", ids).close()
     assert not mine.exists() and other.exists()
+
+
+def test_an_ordinary_folder_at_a_caches_path_says_what_to_do(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("x")
+    with pytest.raises(CacheError, match=r"plain is a folder but not a cache .*pass --overwrite"):
+        _new_writer(tmp_path / "plain", ["a", "b"])

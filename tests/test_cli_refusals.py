@@ -15,25 +15,42 @@ def _error(capsys, args) -> str:
     return message
 
 
+def _embed(tmp_path, modality: str, model: str, sequence: str = "MKV") -> list[str]:
+    """`dogmacache embed` of a one-row table of `modality` written under tmp_path (a DNA table with a genome of
+    2,000 bases beside it); the caller adds --model-path and --out."""
+    if modality == "dna":
+        (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
+        (tmp_path / "g.fa").write_text(">chr1\n" + "ACGT" * 500 + "\n")
+        return ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", model]
+    (tmp_path / f"{modality}.tsv").write_text(f"id\tsequence\nx1\t{sequence}\n")
+    return ["embed", "--input", str(tmp_path / f"{modality}.tsv"), "--modality", modality, "--model", model]
+
+
 def test_embed_refusals_are_one_line(tmp_path, capsys):
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
     from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
 
     enformer, esm2 = write_tiny_enformer(tmp_path / "enformer"), write_tiny_esm2(tmp_path / "esm2")
-    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
-    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
-    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    protein = _embed(tmp_path, "protein", "esm2")
     message = _error(capsys, [*protein, "--model-path", str(enformer), "--out", str(tmp_path / "a.zarr")])
     assert "holds a 'enformer' model (its config.json), not an ESM-architecture one" in message
     for flag, value, said in (("--max-batch", "0", "at least 1 item"), ("--max-tokens", "-3", "token budget of 1")):
         message = _error(capsys, [*protein, "--model-path", str(esm2), "--out", str(tmp_path / "b.zarr"), flag, value])
         assert f"{flag} {value} must be" in message and said in message
-    dna = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    dna = _embed(tmp_path, "dna", "enformer")
     message = _error(
         capsys,
-        [*dna, "--model-path", str(enformer), "--genome", str(tmp_path / "p.tsv"), "--out", str(tmp_path / "c.zarr")],
+        [
+            *dna,
+            "--model-path",
+            str(enformer),
+            "--genome",
+            str(tmp_path / "protein.tsv"),
+            "--out",
+            str(tmp_path / "c.zarr"),
+        ],
     )
-    assert "p.tsv is not a FASTA file (it starts with b'i', not '>')" in message
+    assert "protein.tsv is not a FASTA file (it starts with b'i', not '>')" in message
     assert not any(tmp_path.glob("*.zarr"))
 
 
@@ -109,12 +126,10 @@ def test_esm2_and_nucleotide_transformer_refuse_each_others_folders(tmp_path, ca
     from dogmacache.embed.adapters.hf_esm import write_tiny_esm2, write_tiny_nucleotide_transformer
 
     esm2, nt = write_tiny_esm2(tmp_path / "esm2"), write_tiny_nucleotide_transformer(tmp_path / "nt")
-    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKVLAAGIV\n")
-    (tmp_path / "r.tsv").write_text("id\tsequence\nr1\tACGTACGTACGTAAACCC\n")
-    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    protein = _embed(tmp_path, "protein", "esm2", "MKVLAAGIV")
     said = _error(capsys, [*protein, "--model-path", str(nt), "--out", str(tmp_path / "a.zarr")])
     assert "tokenizer has no token for the amino acids D, E, F, H, I ...: it is no protein model's" in said
-    rna = ["embed", "--input", str(tmp_path / "r.tsv"), "--modality", "rna", "--model", "nucleotide-transformer"]
+    rna = _embed(tmp_path, "rna", "nucleotide-transformer", "ACGTACGTACGTAAACCC")
     said = _error(capsys, [*rna, "--model-path", str(esm2), "--out", str(tmp_path / "b.zarr")])
     assert "has no token for 4,096 of the 4,096 6-mers (e.g. AAAAAA): it is no Nucleotide Transformer's" in said
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
@@ -124,8 +139,7 @@ def test_esm2_and_nucleotide_transformer_refuse_each_others_folders(tmp_path, ca
 @pytest.mark.parametrize("length", ["0", "1", "2"])
 def test_a_max_length_that_keeps_no_residue_is_refused(tmp_path, capsys, length):
     # 0 was read as "the default" and 1 or 2 wrote a complete cache of zeros (the specials alone, left out of the mean)
-    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKVLAAGIV\n")
-    args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    args = _embed(tmp_path, "protein", "esm2", "MKVLAAGIV")
     said = _error(capsys, [*args, "--max-length", length, "--out", str(tmp_path / "a.zarr")])
     assert (
         f"--max-length {length} keeps no token of the sequence" in said
@@ -138,10 +152,9 @@ def test_demo_epochs_below_one_are_refused_before_the_work(tmp_path, capsys):
     assert "--epochs 0: expected at least 1" in said and not (tmp_path / "d").exists()
 
 
-def test_inputs_that_were_ignored_or_named_wrongly(tmp_path):
-    from dogmacache.cache import CacheSpec, CacheWriter, digest_strings
+def test_a_profile_without_scgpt_and_a_folder_named_as_a_table(tmp_path):
     from dogmacache.contracts.tables import read_table
-    from dogmacache.errors import CacheError, InputError
+    from dogmacache.errors import InputError
     from dogmacache.mutate.run import MutateConfig, run_mutate
 
     # --profile without --scgpt-model was silently ignored
@@ -153,21 +166,6 @@ def test_inputs_that_were_ignored_or_named_wrongly(tmp_path):
     # a folder given as a table was said not to exist
     with pytest.raises(InputError, match=r"is a folder; pass the table file in it"):
         read_table(tmp_path, recipe="demo", what="input table")
-    # an ordinary folder as a cache's --out: say what to do
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "notes.txt").write_text("x")
-    spec = CacheSpec(
-        modality="dna",
-        model="m",
-        model_revision="r",
-        layer=-1,
-        pooling="mean",
-        item_shape=(3,),
-        input_digest=digest_strings(["a", "b"]),
-        shard_items=2,
-    )
-    with pytest.raises(CacheError, match=r"plain is a folder but not a cache .*pass --overwrite"):
-        CacheWriter.create(tmp_path / "plain", spec, ids=["a", "b"])
 
 
 def test_nucleotide_transformer_takes_a_max_length_of_its_one_special_token_and_a_6mer():
@@ -187,9 +185,7 @@ def test_an_enformer_folder_of_another_model_or_other_weights_is_one_short_line(
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
     from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
 
-    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
-    (tmp_path / "g.fa").write_text(">chr1\n" + "ACGT" * 500 + "\n")
-    args = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    args = _embed(tmp_path, "dna", "enformer")
     args += ["--genome", str(tmp_path / "g.fa"), "--out", str(tmp_path / "e.zarr"), "--model-path"]
     said = _error(capsys, [*args, str(write_tiny_esm2(tmp_path / "esm2"))])
     assert "holds a 'esm' model (its config.json), not an Enformer" in said
@@ -201,8 +197,7 @@ def test_an_enformer_folder_of_another_model_or_other_weights_is_one_short_line(
 
 
 def test_shard_items_below_one_is_refused_before_the_model_loads(tmp_path, capsys):
-    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
-    args = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    args = _embed(tmp_path, "protein", "esm2")
     said = _error(capsys, [*args, "--model-path", str(tmp_path / "nowhere"), "--shard-items", "-1", "--out", "x.zarr"])
     assert said.endswith("--shard-items -1 must be at least 1 item per shard, or left out for ~1 GiB")
 
@@ -222,11 +217,8 @@ def test_another_models_cache_at_the_out_path_is_named_as_such(tmp_path, capsys)
     from dogmacache.embed.adapters.enformer import write_tiny_enformer
     from dogmacache.embed.adapters.hf_esm import write_tiny_esm2
 
-    (tmp_path / "w.tsv").write_text("id\tchrom\tcenter\nw1\tchr1\t100\n")
-    (tmp_path / "g.fa").write_text(">chr1\n" + "ACGT" * 500 + "\n")
-    (tmp_path / "p.tsv").write_text("id\tsequence\np1\tMKV\n")
     out = str(tmp_path / "c.zarr")
-    dna = ["embed", "--input", str(tmp_path / "w.tsv"), "--modality", "dna", "--model", "enformer"]
+    dna = _embed(tmp_path, "dna", "enformer")
     assert (
         main(
             [*dna, "--genome", str(tmp_path / "g.fa"), "--model-path", str(write_tiny_enformer(tmp_path / "enformer"))]
@@ -235,6 +227,6 @@ def test_another_models_cache_at_the_out_path_is_named_as_such(tmp_path, capsys)
         == 0
     )
     capsys.readouterr()
-    protein = ["embed", "--input", str(tmp_path / "p.tsv"), "--modality", "protein", "--model", "esm2"]
+    protein = _embed(tmp_path, "protein", "esm2")
     said = _error(capsys, [*protein, "--model-path", str(write_tiny_esm2(tmp_path / "esm2")), "--out", out])
     assert "c.zarr holds a dna cache of enformer, not of esm2 (protein); choose another --out, or pass" in said
