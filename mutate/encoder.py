@@ -41,6 +41,11 @@ def read_profile(path: str | Path, profile: str | None) -> dict[str, Any]:
 ENCODER_INPUT_LAYER = "gene_embedding+enc_norm"  # the token the encoder's layers read: enc_norm(embedding)
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (..., D) arrays (0 where a row is zero)."""
+    return np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
 def scaled_tokens(adapted: np.ndarray, raw_norm: np.ndarray, unit_cache: bool) -> torch.Tensor:
     """Adapted tokens (W, D) as encoder inputs: scaled to the raw token's length when the cache is unit length."""
     x = torch.from_numpy(adapted.astype(np.float32))
@@ -115,11 +120,8 @@ def open_profile(config, token_cache) -> ProfileInput:
 
 def ranked(names: list[str], reference: np.ndarray, changed: np.ndarray, **columns) -> pd.DataFrame:
     """Genes (G,) with output embeddings (G, D) before and after, every gene ranked by L2 shift (1 = moved most)."""
-    cos = np.sum(changed * reference, 1) / np.maximum(
-        np.linalg.norm(changed, axis=1) * np.linalg.norm(reference, axis=1), 1e-12
-    )
     frame = pd.DataFrame({**columns, "gene": names, "l2_shift": np.linalg.norm(changed - reference, axis=1)})
-    frame = frame.assign(cosine=cos).sort_values("l2_shift", ascending=False, kind="stable")
+    frame = frame.assign(cosine=cosine(changed, reference)).sort_values("l2_shift", ascending=False, kind="stable")
     return frame.assign(rank=np.arange(1, len(frame) + 1)).reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from dogmacache.mutate.edits import Edit, reference
+from dogmacache.mutate.encoder import cosine
 
 BASES = "ACGT"
 
@@ -78,7 +79,7 @@ def null_table(
         reference_token, edited = tokens["reference"][mine], tokens["edited"][mine]
         found = {"l2": np.linalg.norm(edited - reference_token, axis=1), "windows": counts["windows_reembedded"]}
         if true is not None:
-            found["cosine_to_true_gain"] = _cosine(edited, true) - _cosine(reference_token, true)
+            found["cosine_to_true_gain"] = cosine(edited, true) - cosine(reference_token, true)
         out[key] = found
     return out
 
@@ -89,7 +90,3 @@ def place(observed: float, null: np.ndarray) -> dict[str, float]:
         "null_median": float(np.median(null)),
         "null_p_at_least": float((1 + (null >= observed).sum()) / (1 + len(null))),
     }
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)

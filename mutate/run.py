@@ -40,7 +40,7 @@ from dogmacache.cache import first_fingerprint_difference, open_cache
 from dogmacache.cache.storage import check_writable
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
-from dogmacache.mutate.encoder import adapter_moves, knockout_moves, open_profile, top
+from dogmacache.mutate.encoder import adapter_moves, cosine, knockout_moves, open_profile, top
 from dogmacache.mutate.genesets import UNIVERSE_NOTE, GeneSet, read_gene_sets, score_gene_sets
 from dogmacache.mutate.null import null_table, place, shape
 from dogmacache.mutate.scan import Scanner, open_scanner
@@ -67,10 +67,6 @@ class MutateConfig:
     device: str | None = None  # None = the device the DNA cache was embedded on (the numbers depend on it)
     null_edits: int = 20  # matched random edits per variant shape, the token shift's control (`null.py`); 0: none
     seed: int = 0  # their draw
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
 
 
 def load_adapter(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -192,12 +188,12 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     )
     shift = table.drop(columns="row").assign(
         variant_edits=[" + ".join(e.label for e in variants[v]) for v in table["variant"]],
-        cosine=_cosine(tokens["reference"], tokens["edited"]),
+        cosine=cosine(tokens["reference"], tokens["edited"]),
         l2=np.linalg.norm(tokens["edited"] - tokens["reference"], axis=1),
     )
     if true is not None:
-        shift["cosine_reference_to_true"] = _cosine(tokens["reference"], true)
-        shift["cosine_edited_to_true"] = _cosine(tokens["edited"], true)
+        shift["cosine_reference_to_true"] = cosine(tokens["reference"], true)
+        shift["cosine_edited_to_true"] = cosine(tokens["edited"], true)
     inputs = open_profile(config, token_cache) if config.scgpt_model else None  # refused before the control's work
     gene_true = token_cache.read_rows(token_cache.rows_of([config.gene]), dtype=np.float32)[0]
     nulls = null_table(scanner, config.gene, gene_row, variants, config.null_edits, config.seed, gene_true)
