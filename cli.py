@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from dogmacache import __version__
+from dogmacache.cache.storage import DISK_ERRNOS
 from dogmacache.errors import DogmaError
 
 # (module, what it adds) in the order `--help` lists them
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC}
+# the disk's errors (`cache.storage.DISK_ERRNOS`) and a path in the way: what a file or folder a command reads or
+# makes can meet
+FILE_ERRNOS = {*DISK_ERRNOS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in WRITE_ERRNOS:
+        if err.errno not in FILE_ERRNOS:
             raise
         # a file or folder a command could not read or make (no permission, read-only disk, a file in the way, full
         # disk): the commands check their inputs and outputs ahead, so this is what none of them foresaw

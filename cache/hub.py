@@ -21,7 +21,7 @@ from typing import Any
 
 from dogmacache.cache import layout
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, describe_fidelity
-from dogmacache.cache.reader import open_cache
+from dogmacache.cache.reader import damaged_metadata, open_cache
 from dogmacache.cache.verify import verify_cache
 from dogmacache.errors import CacheError
 
@@ -41,10 +41,8 @@ def is_cache_folder(path: Path) -> bool:
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except ValueError as err:  # not JSON, or not UTF-8
-        raise CacheError(
-            f"{path / 'zarr.json'} is not valid JSON ({err}); the cache's metadata is damaged: copy or pull the "
-            "cache again, or re-create it (or move that folder out of the way)"
-        ) from None
+        fix = "copy or pull the cache again, or re-create it (or move that folder out of the way)"
+        raise damaged_metadata(str(path), "", err, fix) from None
     return isinstance(meta, dict) and "dogmacache" in (meta.get("attributes") or {})
 
 
@@ -158,7 +156,7 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
 
 # files of a cache folder that are no part of a cache: writer locks, shard notes, and the temporary file of a shard
 # write a kill stopped (`shards._write_file`); neither uploaded nor counted
-NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial", "*.creating-*")  # (.creating-: a stopped creation)
+NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial", f"*{layout.STAGED_PREFIX}*")
 
 
 def check_hub_limits(folder: Path) -> tuple[int, int]:

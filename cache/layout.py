@@ -134,3 +134,7 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
 
             return [BitRound(keepbits=7)], [ZstdCodec(level=3), *checksum()]
     raise CacheError(f"compression {compression!r} is not one of none, zstd, bitround")
+
+
+# a new cache is built in `<dir>/.creating-<name>.<token>` and renamed into place (`CacheWriter.create`)
+STAGED_PREFIX = ".creating-"

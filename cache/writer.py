@@ -48,8 +48,6 @@ from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.storage import disk_error, local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
 
-STAGED_PREFIX = ".creating-"  # `<dir>/.creating-<name>.<token>`: a new cache before it is renamed into place
-
 
 def shard_digest(blocks: Sequence[np.ndarray]) -> bytes:
     """sha256 over the decoded rows of one shard: `embeddings` first, then the extra arrays in manifest order."""
@@ -143,8 +141,8 @@ class CacheWriter:
         except OSError as err:
             raise disk_error(err, f"create {path}", "nothing was written") or err from None
         try:
-            for staged in path.parent.glob(f"{STAGED_PREFIX}{glob.escape(path.name)}.*"):  # a stopped creation's
-                if re.fullmatch(r"[0-9a-f]{16}", staged.name[len(STAGED_PREFIX) + len(path.name) + 1 :]):
+            for staged in path.parent.glob(f"{layout.STAGED_PREFIX}{glob.escape(path.name)}.*"):  # a stopped creation's
+                if re.fullmatch(r"[0-9a-f]{16}", staged.name[len(layout.STAGED_PREFIX) + len(path.name) + 1 :]):
                     shutil.rmtree(staged, ignore_errors=True)  # (not another cache's: `x.zarr.v2`'s)
             if path.exists() and overwrite:
                 shutil.rmtree(path)
@@ -164,7 +162,7 @@ class CacheWriter:
     ):
         # built in a sibling folder and renamed into place whole: a stop while the arrays and ids are written (a
         # second for a million ids) leaves no group without a manifest at `path`, which no rerun could resume
-        staged = path.parent / f"{STAGED_PREFIX}{path.name}.{lock.token.rsplit('-', 1)[-1]}"
+        staged = path.parent / f"{layout.STAGED_PREFIX}{path.name}.{lock.token.rsplit('-', 1)[-1]}"
         group = zarr.open_group(staged, mode="w-", zarr_format=3)
         n, per_shard = manifest.n_items, manifest.shard_items
         filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)

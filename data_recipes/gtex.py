@@ -197,10 +197,6 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
 OWN, SEEN_POOLED = "own_train", "seen_pooled_train"  # tissues.parquet's scaled_with: which statistics a tissue used
 
 
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 _DEFAULTS = GtexConfig()  # the command line shows the config's defaults
 
 
@@ -274,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> GtexConfig:
     if args.tissues is not None:
-        tissues = _comma_list(args.tissues)
+        tissues = tables.comma_list(args.tissues)
     else:
         tissues = ISOFORMER_TISSUES if args.tissue_column == "SMTS" else ()
     return GtexConfig(
@@ -285,8 +281,8 @@ def config_from_args(args: argparse.Namespace) -> GtexConfig:
         window_bins=args.window_bins,
         bin_bp=args.bin_bp,
         mask_orientation=args.mask_orientation,
-        holdout_tissues=_comma_list(args.holdout_tissues),
-        test_chroms=_comma_list(args.test_chroms),
+        holdout_tissues=tables.comma_list(args.holdout_tissues),
+        test_chroms=tables.comma_list(args.test_chroms),
         chrom_style=args.chrom_style,
         transcripts=args.transcripts,
         cache_sizes=CacheSizeConfig(

@@ -122,6 +122,13 @@ def _strands(table: pd.DataFrame, path: Path) -> pd.Series:
     return strand
 
 
+def genome_tag(config: dict[str, Any]) -> str:
+    """What of a manifest `config`'s genome (its name and sha256) goes into the input digest of a DNA table: the
+    same windows cut from another genome are other inputs. "" without a genome."""
+    genome = config.get("genome") or {}
+    return f"{genome['name']}:{genome['sha256']}" if genome else ""
+
+
 def input_digest(table: pd.DataFrame, modality: str, extra: str = "") -> str:
     """The cache's identity: the ordered rows' ids and the columns that feed the model, after `extra` (e.g. the
     genome file's name and size); `contracts.provenance.input_digest` is the one definition."""
@@ -136,9 +143,7 @@ def check_embedded_from(table: pd.DataFrame, modality: str, manifest: Any, url: 
     covers the imported file, and no table of positions)."""
     if "input" not in (manifest.config or {}):
         return False
-    genome = (manifest.config or {}).get("genome") or {}
-    tag = f"{genome['name']}:{genome['sha256']}" if genome else ""
-    if input_digest(table, modality, tag) != manifest.input_digest:
+    if input_digest(table, modality, genome_tag(manifest.config or {})) != manifest.input_digest:
         raise InputError(
             f"{path} is not the table {url} was embedded from ("
             f"{', '.join(digest_columns(table, modality))} differ in some row, or the order does); {fix}"

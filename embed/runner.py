@@ -27,7 +27,7 @@ from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed import reuse
 from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo, get_adapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
-from dogmacache.embed.inputs import input_digest, read_input_table
+from dogmacache.embed.inputs import genome_tag, input_digest, read_input_table
 from dogmacache.embed.settings import (
     COMPILE_MODES,
     NUMBER_SETTINGS,
@@ -92,7 +92,7 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     """Create or resume the cache, with the resolved settings (everything that ran) in its manifest."""
     config = settings.config
     recorded = settings.manifest_config(info)
-    genome_tag = f"{recorded['genome']['name']}:{recorded['genome']['sha256']}" if config.genome else ""
+    genome = genome_tag(recorded)
     if not config.overwrite:
         check_same_settings(config.out, recorded, type(settings.options).flags, config.modality, info.model)
     spec = CacheSpec(
@@ -102,7 +102,7 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
         layer=info.layer,
         pooling=info.pooling,
         item_shape=info.item_shape,
-        input_digest=input_digest(table, config.modality, genome_tag),
+        input_digest=input_digest(table, config.modality, genome),
         dtype=config.dtype,
         compression=config.compression,
         shard_items=config.shard_items,
