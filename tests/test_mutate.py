@@ -308,6 +308,10 @@ def test_gene_sets_are_scored_against_the_top_moved_genes_through_the_cli(scene,
     moved_knockout = pd.read_csv(out / "moved_genes_knockout.tsv", sep="\t")
     assert list(moved_knockout["rank"]) == [1, 2] and "AAA" not in set(moved_knockout["gene"])
     assert knockout["overlap"] == len(set(moved_knockout["gene"]) & {"BBB", "CCC"})
+    from scipy.stats import hypergeom  # the adapter's row above is forced (both scored genes drawn); this one is not
+
+    expected = hypergeom.sf(knockout["overlap"] - 1, 3, 2, 2)  # 3 scored, 2 of them in the set, top 2 drawn
+    assert knockout["p_value"] == pytest.approx(expected) and 0 < expected < 1
     assert summary["comparator"].startswith("adapter-free knockout: the same scGPT encoder")
     assert "adapter-free knockout" in printed.out and '"top_moved_knockout"' in printed.out
     with pytest.raises(InputError, match=r"--gene-set .*targets.gmt scores the genes the scGPT encoder moves"):
@@ -347,7 +351,7 @@ def test_edited_windows_are_computed_at_the_threads_the_cache_was_embedded_with(
     assert used == [1, 1, 2, 2] and "torch threads: 1" not in capsys.readouterr().out
 
 
-def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_window(scene):
+def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_window(scene, monkeypatch):
     """The control re-embeds edits of the same shape at random places of the gene's window and places the
     observed shift among them; the draws are matched (length, inserted bases), inside the window, seeded."""
     from dogmacache.mutate.edits import Edit
@@ -358,14 +362,22 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
     base = g.fasta["chr1"][599]
     edits = (f"chr1:600 {base}>{base}", "chr1:601-610")  # a no-op substitution and a 10-base deletion, each alone
     config = _config(root, models, genome, edits=edits, each=True, scgpt_model=None, null_edits=8, out=str(root / "n"))
+    from dogmacache.mutate import run as mutate_run
+
+    placed, real_place = [], mutate_run.place  # each observed value with the draws it was placed among
+    monkeypatch.setattr(
+        mutate_run, "place", lambda value, null: placed.append((value, null)) or real_place(value, null)
+    )
     summary = run_mutate(config)
     shift = pd.read_csv(root / "n" / "token_shift.tsv", sep="\t")
     aaa = shift[shift["id"] == "AAA"].set_index("variant")
     control = summary["token_shift_control"]
-    assert control["draws"] == 8 and control["windows_reembedded"] >= 16  # two shapes, 8 draws each
+    assert control["draws"] == 8 and control["windows_reembedded"] == 16  # two shapes, 8 draws, the gene's window
     # the no-op moves the token by rounding only: every draw of a real substitution moves it more
     assert aaa.loc[0, "l2_null_p_at_least"] == pytest.approx(1.0) and aaa.loc[0, "l2_null_median"] > aaa.loc[0, "l2"]
-    assert 1 / 9 <= aaa.loc[1, "l2_null_p_at_least"] <= 1.0 and aaa.loc[1, "l2_null_median"] > 0
+    value, null = next((v, n) for v, n in placed if v == pytest.approx(aaa.loc[1, "l2"], rel=1e-5))
+    assert len(null) == 8 and aaa.loc[1, "l2_null_median"] == pytest.approx(np.median(null), rel=1e-5)
+    assert aaa.loc[1, "l2_null_p_at_least"] == pytest.approx((1 + (null >= value).sum()) / 9)
     assert "cosine_to_true_gain_null_p_at_least" in shift and shift["cosine_to_true_gain"].notna().all()
     assert shift.loc[shift["id"] != "AAA", "l2_null_median"].isna().all()  # the control is the gene's window's
     again = run_mutate(config)  # seeded: the same draws
