@@ -133,18 +133,23 @@ class Summary:
         return shared / pairs
 
     def to_dict(self, within_bp: float = 50_000) -> dict:
+        uniform_bp = np.abs(self.offsets_bp) if self.offsets_bp is not None else np.full(0, np.nan)
+
         def peaks(values: list[float]) -> dict:
             distance = np.abs(np.asarray(values, dtype=np.float64))
             return {
                 "mean_abs_distance_bp": float(distance.mean()) if len(distance) else float("nan"),
                 "median_abs_distance_bp": float(np.median(distance)) if len(distance) else float("nan"),
+                # the same for a peak at a uniformly random bin of the window: the control beside them
+                "mean_abs_distance_bp_if_uniform": float(uniform_bp.mean()) if len(uniform_bp) else float("nan"),
+                "median_abs_distance_bp_if_uniform": float(np.median(uniform_bp)) if len(uniform_bp) else float("nan"),
                 f"fraction_within_{int(within_bp)}_bp": float((distance <= within_bp).mean())
                 if len(distance)
                 else float("nan"),
                 # the same fraction for a peak at a uniformly random bin: the control beside it (1.0 where the
                 # whole window lies within the distance, as in windows shorter than twice it)
-                f"fraction_within_{int(within_bp)}_bp_if_uniform": float((np.abs(self.offsets_bp) <= within_bp).mean())
-                if self.offsets_bp is not None
+                f"fraction_within_{int(within_bp)}_bp_if_uniform": float((uniform_bp <= within_bp).mean())
+                if len(uniform_bp)
                 else float("nan"),
             }
 

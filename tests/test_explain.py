@@ -218,6 +218,7 @@ def test_summary_counts_overlaps_and_peak_distances():
     assert numbers["attention_peak"]["mean_abs_distance_bp"] == 15.0  # peaks at +15 and -15
     assert numbers["gradient_peak"]["fraction_within_10_bp"] == 0.0
     assert numbers["gradient_peak"]["fraction_within_10_bp_if_uniform"] == 0.5  # bins at -5 and +5 of 4
+    assert numbers["attention_peak"]["mean_abs_distance_bp_if_uniform"] == 10.0  # (15 + 5 + 5 + 15) / 4
     assert numbers["attention_uniformity"]["across_items_mean_pairwise_correlation"] == pytest.approx(-1.0)
     assert numbers["attention_uniformity"]["across_genes_mean_pairwise_correlation"] == pytest.approx(1.0)
 
