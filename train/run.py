@@ -56,7 +56,7 @@ def _fit_task(
         "model_config": model_config,
         "config": task.config.to_dict(),
         "fingerprints": data.fingerprints,
-        "splits": checkpoint.split_digests(data.splits),  # the examples it was trained and chosen on
+        "splits": data.split_digests(),  # the examples it was trained and chosen on
         "data_files": checkpoint.data_files(task.config.to_dict()),  # the [data] files it read, by sha256
         "versions": package_versions(),
         "extras": data.extras,
@@ -178,7 +178,7 @@ def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: di
         p.task.config.to_dict(),
         fingerprints,
         p.reads,
-        checkpoint.split_digests(p.data.splits),
+        p.data.split_digests(),
         **fix,
     )
 
@@ -201,7 +201,7 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
         models.append((name, type(task)(swapped), fingerprints, f"[train] control_caches {key}={path}"))
-    splits = checkpoint.split_digests(data.splits)  # a control moves labels or inputs, never which examples
+    splits = data.split_digests()  # a control moves labels or inputs, never which examples
     for name, t, fingerprints, control in models:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
@@ -211,7 +211,7 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
                 last = out / p.folder / f"{name}_{role}_last.pt"
                 if config.output.resume and last.is_file():
                     checkpoint.check_resume(
-                        read(last), last, p.task.config.to_dict(), fingerprints, checkpoint.split_digests(p.data.splits)
+                        read(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
                     )
                 continue
             fix = (

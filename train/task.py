@@ -125,6 +125,15 @@ class TaskData:
     # tissue, held-out ones included. The controls change each as they change its split, so a run reading one
     # trains its null on permuted labels and its shuffled-inputs control on shuffled rows too
     variants: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)
+    _split_digests: Any = field(default=None, init=False, repr=False, compare=False)  # (a replace() starts anew)
+
+    def split_digests(self) -> dict[str, str] | None:
+        """`checkpoint.split_digests` of these splits, worked out once (a run checks and records it per model)."""
+        if self._split_digests is None:
+            from dogmacache.train.checkpoint import split_digests
+
+            self._split_digests = split_digests(self.splits) or {}
+        return self._split_digests or None
 
 
 @dataclass(frozen=True)
