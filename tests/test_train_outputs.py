@@ -222,6 +222,11 @@ def test_a_run_of_another_task_into_a_finished_runs_folder_is_refused(tmp_path):
     data = {"data": {"labels": "l.parquet", "dna_cache": "d.zarr"}}
     assert build({"task": "dna_mlp", **data}).output.dir == "runs/dna_mlp"
     assert build({"task": "dna_mlp", **data, "output": {"dir": "mine"}}).output.dir == "mine"
+    from dogmacache.train.config import RunConfig
+    from dogmacache.train.registry import default_config
+
+    assert RunConfig(task="isoformer").output.dir == "runs/isoformer"  # built directly too, not only when parsed
+    assert default_config("biodta").output.dir == "runs/biodta"
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just words\n"])

@@ -94,7 +94,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str = "runs/cdt"  # checkpoints, metrics.json, log.csv, figures
+    dir: str = ""  # checkpoints, metrics.json, log.csv, figures; "" = runs/<task> (`RunConfig`)
     resume: bool = True  # continue from dir/<model>_last.pt when it exists (refused if the run differs)
     # with resume = false: replace another run's outputs in dir (its checkpoints, log.csv and metrics.json are
     # removed once this run's data has loaded; refused otherwise). metrics.json is written last by every run
@@ -114,6 +114,10 @@ class RunConfig:
     model: Any = None  # the task's model_config instance
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        if not self.output.dir:  # each task its own default folder: two tasks' runs never share one by default
+            object.__setattr__(self, "output", dataclasses.replace(self.output, dir=f"runs/{self.task}"))
 
     def to_dict(self) -> dict[str, Any]:
         return {

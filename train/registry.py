@@ -46,17 +46,8 @@ def get_task(name: str) -> type[Task]:
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    """A parsed configuration checked against the task it names (default cdt); without an [output] dir, the run
-    goes to runs/<task>, so that runs of two tasks never share a folder by default."""
-    task = get_task(raw.get("task", DEFAULT_TASK))
-    output = raw.get("output")
-    if output is None or (isinstance(output, dict) and "dir" not in output):
-        raw = {**raw, "output": {**(output or {}), "dir": default_output_dir(task.name)}}
-    return RunConfig.from_dict(raw, task, where)
-
-
-def default_output_dir(task_name: str) -> str:
-    return f"runs/{task_name}"
+    """A parsed configuration checked against the task it names (default cdt)."""
+    return RunConfig.from_dict(raw, get_task(raw.get("task", DEFAULT_TASK)), where)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -85,7 +76,6 @@ def default_config(task_name: str = DEFAULT_TASK) -> RunConfig:
         task=task.name,
         data=task.data_config(),
         model=task.model_config(),
-        output=OutputConfig(dir=default_output_dir(task.name)),
     )
 
 
