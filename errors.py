@@ -20,3 +20,12 @@ class InputError(DogmaError):
 
 class ModelError(DogmaError):
     """A model that cannot be found, loaded or run as asked (missing checkpoint file, unknown name, ...)."""
+
+
+class WeightsMismatchError(ModelError):
+    """Weights that do not fit the model their folder's config describes; `what` names the two (weights file and
+    config) and `differences` counts the keys, so that a caller with its own flag names can say it its way."""
+
+    def __init__(self, what: str, differences: str, fix: str):
+        super().__init__(f"{what}: {differences}; {fix}")
+        self.what, self.differences = what, differences

@@ -6,8 +6,8 @@ re-embeds edited windows and compares them with cached rows, so every one of tho
 counts by its digest alone (a renamed copy of the same FASTA embeds the same numbers), and a refusal names the
 setting, its value in the cache and now, and the flag that fixes it.
 
-A model folder whose weights do not fit its own config makes torch list every key; `model_load_error` keeps the
-counts of missing, unexpected and misshapen keys and the first few names.
+A model folder whose weights do not fit its own config is a `WeightsMismatchError` (its keys counted by
+`weights.state_dict_mismatch`); `model_load_error` says it as mutate's --dna-model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from dogmacache.embed.runner import number_fingerprint
-from dogmacache.errors import InputError, ModelError
+from dogmacache.errors import InputError, ModelError, WeightsMismatchError
 
 
 def _settings(config: dict[str, Any], flags: dict[str, dict]) -> dict[str, Any]:
@@ -64,12 +64,11 @@ def check_same_settings(
 
 
 def model_load_error(err: ModelError, dna_model: str, url: str) -> InputError | ModelError:
-    """A ModelError of weights that do not fit their model's config (its keys already summarised in one short
-    phrase, `weights.state_dict_mismatch`), said as mutate's --dna-model; any other ModelError as it is."""
-    text = str(err)
-    if " does not match the " not in text:
+    """Weights that do not fit their model's config (`WeightsMismatchError`), said as mutate's --dna-model; any
+    other ModelError as it is."""
+    if not isinstance(err, WeightsMismatchError):
         return err
     return InputError(
-        f"--dna-model {dna_model}: {text.split('; point --model-path')[0]}; pass the DNA model folder {url} was "
-        "embedded with (its config.json and weights together)"
+        f"--dna-model {dna_model}: {err.what}: {err.differences}; pass the DNA model folder {url} was embedded with "
+        "(its config.json and weights together)"
     )

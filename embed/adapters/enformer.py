@@ -43,7 +43,7 @@ from dogmacache.embed.adapters.weights import (
 )
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
-from dogmacache.errors import ModelError
+from dogmacache.errors import ModelError, WeightsMismatchError
 
 OFFICIAL = "EleutherAI/enformer-official-rough"
 TF_GAMMA_BINS = 1536  # the only input length (in 128 bp bins) TF's gamma features exist for
@@ -132,9 +132,10 @@ class EnformerAdapter(LayeredAdapter):
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as err:
-                raise ModelError(
-                    f"{weights_path} does not match the Enformer in {config_file}: {state_dict_mismatch(str(err))}; "
-                    "point --model-path at the folder these weights belong to (its config.json and weights together)"
+                raise WeightsMismatchError(
+                    f"{weights_path} does not match the Enformer in {config_file}",
+                    state_dict_mismatch(str(err)),
+                    "point --model-path at the folder these weights belong to (its config.json and weights together)",
                 ) from err
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
