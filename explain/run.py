@@ -104,8 +104,6 @@ def _file_name(n: int, item: str) -> str:
 def run_explain(config: ExplainConfig, log=print) -> dict:
     """Explain the chosen items; returns the summary written to out/summary.json."""
     started = time.perf_counter()
-    if Path(config.out).exists() and not Path(config.out).is_dir():
-        raise InputError(f"--out {config.out} is a file; explain writes a folder there: choose another --out")
     check_writable(config.out, "--out", "nothing was computed")
     explainer = explainer_for(config.sources)
     geometry = explainer.geometry

@@ -128,8 +128,6 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         raise InputError(f"--top-n {config.top_n}: expected at least 1 moved gene per variant")
     if config.null_edits < 0:
         raise InputError(f"--null-edits {config.null_edits}: expected 0 (no control) or more matched random edits")
-    if Path(config.out).exists() and not Path(config.out).is_dir():
-        raise InputError(f"--out {config.out} is a file; mutate writes a folder there: choose another --out")
     check_writable(config.out, "--out", "nothing was computed")
     if (config.profiles or config.profile) and not config.scgpt_model:
         raise InputError(

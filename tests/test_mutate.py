@@ -11,7 +11,7 @@ import pytest
 import torch
 from dogmacache.embed.genome import Genome
 from dogmacache.embed.runner import EmbedConfig, run_embed
-from dogmacache.errors import InputError
+from dogmacache.errors import CacheError, InputError
 from dogmacache.mutate import MutateConfig, edited_window, parse_edit, read_vcf, run_mutate
 from dogmacache.train.checkpoint import save
 from dogmacache.train.tasks.biodta import TokenAdapter
@@ -194,9 +194,9 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     assert list(shift["id"]) == ["BBB"]  # AAA's window holds no whole edit: not re-embedded
     with pytest.raises(InputError, match=r"edit 'chr1:2500-2530' crosses the edge of AAA's window \(chr1:476-2,523\)"):
         run_mutate(_config(root, models, genome, gene="AAA", edits=("chr1:2500-2530",), scgpt_model=None))
+    (root / "f").write_text("")
     for bad, message in ((dict(top_n=0), r"--top-n 0: expected at least 1"), (dict(out=str(root / "f")), "is a file")):
-        (root / "f").write_text("")
-        with pytest.raises(InputError, match=message):
+        with pytest.raises((InputError, CacheError), match=message):  # (an --out in the way: cache.storage's check)
             run_mutate(_config(root, models, genome, edits=("chr1:1400-1401",), **bad))
     with pytest.raises(InputError, match=r"gene 'ZZZ' is not in the windows table \(4 genes"):
         run_mutate(_config(root, models, genome, gene="ZZZ", edits=("chr1:1400-1401",)))
