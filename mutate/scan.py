@@ -70,9 +70,15 @@ class Scanner:
         mutate applies whole edits only, so such a window keeps its reference row; `run_mutate` says which."""
         return self._hits(edits)[1]
 
-    def _hits(self, edits: Sequence[Edit]) -> tuple[np.ndarray, list[tuple[int, Edit]]]:
+    @functools.cached_property
+    def _windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every window's chromosome as the genome names it and its 0-based start: resolved once per scan, not once
+        per edit and variant."""
         chroms = self.table["chrom"].astype(str).map(self.genome.resolve).to_numpy()
-        starts = window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
+        return chroms, window_start0(self.table["center"].to_numpy(np.int64), self.window_bp)
+
+    def _hits(self, edits: Sequence[Edit]) -> tuple[np.ndarray, list[tuple[int, Edit]]]:
+        chroms, starts = self._windows
         hit = np.zeros(len(self.table), dtype=bool)
         crossed = []
         for edit in edits:
