@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from dogmacache.cache import hub, layout, open_cache
-from dogmacache.cache.manifest import Manifest, digest_strings
+from dogmacache.cache.manifest import Manifest, config_differences, digest_strings
 from dogmacache.cache.reader import EmbeddingCache
 from dogmacache.cache.storage import local_path
 from dogmacache.cache.writer import shard_digest
@@ -94,14 +94,16 @@ def usable_threads(
 
 
 def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
-    for k in dict.fromkeys([*here, *there]):
-        if there.get(k) != here.get(k):
-            if k == "torch_threads" and isinstance(there.get(k), int):
-                return f"torch_threads is {there[k]} there, {here.get(k)} here (a run at {there[k]} copies its rows)"
-            if k == "torch_threads":
-                return "its torch thread count is not recorded (embedded before counts were); re-embed it to copy from"
-            return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
-    return ""
+    """The first setting of two reuse keys that differs, said in a few words; "" where all agree."""
+    differ = config_differences(here, there)
+    if not differ:
+        return ""
+    k = differ[0]
+    if k == "torch_threads" and isinstance(there.get(k), int):
+        return f"torch_threads is {there[k]} there, {here.get(k)} here (a run at {there[k]} copies its rows)"
+    if k == "torch_threads":
+        return "its torch thread count is not recorded (embedded before counts were); re-embed it to copy from"
+    return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
 
 
 def find_caches(spec: str) -> list[str]:

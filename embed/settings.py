@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from dogmacache.cache import open_cache
+from dogmacache.cache.manifest import config_differences
 from dogmacache.cache.storage import local_path
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.devices import CoreWatch, busy_note, cores_for, cpu_plan, env_threads
@@ -162,7 +163,7 @@ def check_same_settings(
             "--out, or pass --overwrite to replace it"
         )
     old, new = number_fingerprint(found.config, flags), number_fingerprint(wanted, flags)
-    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    differ = config_differences(old, new)
     if differ:
         first = differ[0]
         more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""

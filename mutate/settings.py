@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dogmacache.cache.manifest import config_differences
 from dogmacache.embed.runner import number_fingerprint
 from dogmacache.errors import InputError, ModelError, WeightsMismatchError
 
@@ -34,7 +35,7 @@ def check_same_settings(
     """InputError naming the first setting that differs between the cache's manifest (`recorded`) and this run's
     (`wanted`), both values, and how to fix it."""
     old, new = _settings(recorded, flags), _settings(wanted, flags)
-    differ = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    differ = config_differences(old, new)
     if not differ:
         return
     key = differ[0]

@@ -207,3 +207,21 @@ def test_a_hub_snapshot_folder_is_recorded_as_its_hub_id_and_revision(inputs, tm
     assert main(args(inputs, "esm2", "protein", tmp_path / "c.zarr", model_path=snapshot)) == 0
     manifest = open_cache(tmp_path / "c.zarr").manifest
     assert (manifest.model, manifest.model_revision) == ("facebook/esm2_t6_8M_UR50D", commit)
+
+
+def test_settings_compare_as_the_manifest_stores_them_in_each_check(tmp_path):
+    """embed's resume check, mutate's cache check and --reuse's key compare number settings in one way
+    (`cache.manifest.config_differences`): a value held now as a tuple equals the list its manifest stores, and a
+    changed value is still named."""
+    from dogmacache.embed.reuse import _differs
+    from dogmacache.errors import InputError
+    from dogmacache.mutate.settings import check_same_settings as mutate_check
+
+    flags = {"bins": {"flags": ("--bins",)}}
+    stored = {"precision": "fp32", "device": "cpu", "options": {"bins": [1, 2]}, "genome": {"name": "g", "sha256": "a"}}
+    held = {**stored, "options": {"bins": (1, 2)}}
+    mutate_check("c.zarr", stored, held, flags, "g.fa", "m")  # no refusal
+    assert _differs({"--bins": [1, 2]}, {"--bins": (1, 2)}) == ""
+    with pytest.raises(InputError, match=r"--bins: \[1, 2\] in the cache, \(1, 3\) now"):
+        mutate_check("c.zarr", stored, {**stored, "options": {"bins": (1, 3)}}, flags, "g.fa", "m")
+    assert _differs({"--bins": [1, 2]}, {"--bins": (1, 3)}) == "--bins is [1, 2] there, (1, 3) here"
