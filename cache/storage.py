@@ -4,13 +4,16 @@
   `s3://` ...) is remote (read through fsspec, never written to).
 - `disk_error`: an OSError of the disk (full, over quota, read-only, no permission), found anywhere in an
   exception's chain, as one line saying what failed, what was kept and how to go on.
+- `replace_whole`: a file written beside its place and renamed into it, so that a kill leaves it whole or as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dogmacache.errors import CacheError, DogmaError
@@ -77,3 +80,18 @@ def check_writable(out: str | os.PathLike, flag: str = "--out", kept: str = "not
         raise CacheError(
             f"cannot write to {out}: {err.strerror} (in {probe_dir}); pick a writable {flag} ({kept})"
         ) from err
+
+
+@contextlib.contextmanager
+def replace_whole(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (".NAME.tmp", in the same folder, so on the same disk) for the block to write;
+    renamed over `path` when the block ends, removed when it raises. A kill, Ctrl-C or full disk midway leaves
+    `path` whole: the old file (or none), never part of the new one; at most the temporary file stays, and the next
+    write replaces it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already where the rename happened

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
 from pathlib import Path
 
+from dogmacache.cache.storage import replace_whole
 from dogmacache.data_recipes import gasperini, gtex, sources
 from dogmacache.data_recipes.demo_truth import HOLDOUT_FOLDS
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
@@ -43,9 +43,8 @@ def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128
         seed=seed, window_bins=window_bins, bin_bp=bin_bp, transcripts="all", holdout_tissues=HOLDOUT_TISSUES
     )
     isoform = gtex.build_gtex(_bundled(gtex.SOURCES, data), out / "isoform", config)
-    with gzip.open(data / "genome.fa.gz", "rb") as src, open(out / ".genome.fa.tmp", "wb") as dst:
-        shutil.copyfileobj(src, dst)  # plain FASTA: pyfaidx indexes it for random access
-    os.replace(out / ".genome.fa.tmp", out / "genome.fa")  # whole or not at all
+    with replace_whole(out / "genome.fa") as tmp, gzip.open(data / "genome.fa.gz", "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)  # plain FASTA, whole or not at all: pyfaidx indexes it for random access
     return {"cdt": cdt, "isoform": isoform, "genome": str(out / "genome.fa")}
 
 

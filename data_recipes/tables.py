@@ -9,7 +9,6 @@ split (`split_linked`)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dogmacache.cache.storage import replace_whole
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.contracts.tables import SPLITS, check_one_split
 from dogmacache.errors import InputError
@@ -200,9 +200,8 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").unlink(missing_ok=True)
     for name, table in tables.items():
-        tmp = out / f".{name}.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out / f"{name}.parquet")
+        with replace_whole(out / f"{name}.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
     manifest = {
         "recipe": recipe,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -218,8 +217,8 @@ def write_outputs(
         **(extra or {}),
     }
     text = json.dumps(manifest, indent=2, default=str)
-    (out / ".recipe.json.tmp").write_text(text)
-    os.replace(out / ".recipe.json.tmp", out / "recipe.json")
+    with replace_whole(out / "recipe.json") as tmp:
+        tmp.write_text(text)
     manifest = json.loads(text)  # what a reader of recipe.json sees (tuples become lists)
     width = max(len(k) for k in [*counts, *missing, *tables]) + 2
     print(f"recipe {recipe} -> {out}")

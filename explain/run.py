@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache.storage import check_writable
+from dogmacache.cache.storage import check_writable, replace_whole
 from dogmacache.errors import InputError
 from dogmacache.explain import attribution, figures, tracks
 from dogmacache.explain.cdt import CdtExplainer, ExplainSources
@@ -200,9 +199,8 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "positions_checked": explainer.positions_checked,  # the windows table against the DNA cache's input digest
         "config": asdict(config),
     }
-    tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "summary.json")
+    with replace_whole(out / "summary.json") as tmp:  # written last, whole: its presence says the run finished
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 

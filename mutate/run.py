@@ -26,7 +26,6 @@ top N), gene_sets.tsv (with a gene-set file; column `model` says which ranking),
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import first_fingerprint_difference, open_cache
-from dogmacache.cache.storage import check_writable
+from dogmacache.cache.storage import check_writable, replace_whole
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.encoder import adapter_moves, cosine, knockout_moves, open_profile, top
@@ -221,9 +220,8 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
-    tmp = out / "summary.json.tmp"  # written last, whole: its presence says the run finished
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / "summary.json")
+    with replace_whole(out / "summary.json") as tmp:  # written last, whole: its presence says the run finished
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

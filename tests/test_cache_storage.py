@@ -43,3 +43,19 @@ def test_a_disk_error_anywhere_in_the_chain_is_one_line():
     assert type(as_input) is InputError and "(EDQUOT); what arrived is kept; free some space" in str(as_input)
     assert disk_error(OSError(errno.ENOENT, "gone"), "create x", "nothing was written") is None
     assert disk_error(ValueError("no disk here"), "create x", "nothing was written") is None
+
+
+def test_replace_whole_leaves_the_old_file_whole_when_the_write_stops(tmp_path):
+    from dogmacache.cache.storage import replace_whole
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), replace_whole(target) as tmp:
+        tmp.write_text("half of the ne")
+        raise KeyboardInterrupt  # Ctrl-C midway
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    with replace_whole(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name == ".metrics.json.tmp"
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # replaced only once the block ends
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
 from dogmacache.cache.manifest import digest_strings
-from dogmacache.cache.storage import disk_error
+from dogmacache.cache.storage import disk_error, replace_whole
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.errors import InputError
 from dogmacache.train.config import changed_keys
@@ -36,15 +36,13 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a kill mid-save leaves the previous checkpoint intact. A full or read-only disk is one
     line saying what is kept (`cache.storage.disk_error`); the partial temporary file is removed, so it holds no
     space."""
-    tmp = path.with_suffix(".tmp")
     try:
-        torch.save({"format": FORMAT, **payload}, tmp)
-        os.replace(tmp, path)
+        with replace_whole(path) as tmp:  # removed if the save fails, so it holds no space
+            torch.save({"format": FORMAT, **payload}, tmp)
     except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
         if isinstance(err, RuntimeError) and "inline_container" in str(err):
             # torch reports a short write (the disk filled) as RuntimeError, without the OSError behind it
-            err = OSError(errno.ENOSPC, "No space left on device", str(tmp))
+            err = OSError(errno.ENOSPC, "No space left on device", str(path))
         kept = f"{path} (the previous one) is kept" if path.exists() else "no checkpoint of this model was kept"
         error = disk_error(err, f"write {path}", kept, kind=InputError)
         if error is None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from dogmacache.cache.storage import replace_whole
 from dogmacache.devices import pick_device
 from dogmacache.errors import ModelError
 from dogmacache.train import checkpoint
@@ -233,12 +233,10 @@ def _append_log(path: Path, row: dict[str, Any]) -> None:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         union = header + [k for k in row if k not in header]
-        tmp = path.with_suffix(".tmp")  # a kill mid-rewrite leaves the old log, not half of it
-        with open(tmp, "w", newline="") as fh:
+        with replace_whole(path) as tmp, open(tmp, "w", newline="") as fh:  # a kill leaves the old log whole
             writer = csv.DictWriter(fh, fieldnames=union)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         header = union
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header or list(row))
@@ -276,9 +274,7 @@ def _drop_log_rows(path: Path, name: str) -> None:
         if not kept:
             path.unlink()  # the next row writes the header again
         elif len(kept) < len(rows):
-            tmp = path.with_suffix(".tmp")  # a kill mid-rewrite leaves the old log, not half of it
-            with open(tmp, "w", newline="") as fh:
+            with replace_whole(path) as tmp, open(tmp, "w", newline="") as fh:  # a kill leaves the old log whole
                 writer = csv.DictWriter(fh, fieldnames=list(kept[0]))
                 writer.writeheader()
                 writer.writerows(kept)
-            os.replace(tmp, path)

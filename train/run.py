@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from dogmacache.cache import open_cache
 from dogmacache.cache.lock import WriterLock, lock_file, lock_holder
+from dogmacache.cache.storage import replace_whole
 from dogmacache.contracts.provenance import package_versions
 from dogmacache.devices import (
     apply_cpu_allocator,
@@ -316,9 +317,9 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
     """metrics.json as strict JSON: a metric that is not defined (one class absent, fewer than 2 examples, no such
     tissue) is null, and `null_means` says so in the file; a correlation of a constant is 0 (`regression_metrics`)."""
     payload = {**strict(summary), "null_means": NULL_MEANS}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    with replace_whole(path) as tmp:
+        tmp.write_text(text)
 
 
 def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dogmacache.cache.storage import replace_whole
 from dogmacache.contracts.provenance import file_sha256, package_versions
 from dogmacache.errors import InputError
 from dogmacache.train.tasks.cdt.model import CentralDogmaTransformer
@@ -285,9 +286,8 @@ def import_authors_checkpoint(
         "source": {"from": "cdt-authors", "file": str(src), "sha256": file_sha256(src)},
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, dest)  # a kill mid-save leaves no half-written checkpoint at dest
+    with replace_whole(dest) as tmp:  # a kill mid-save leaves no half-written checkpoint at dest
+        torch.save(checkpoint, tmp)
     return {
         "checkpoint": str(dest),
         "model_config": config.to_dict(),
