@@ -67,6 +67,8 @@ RESULT_COLUMNS = (
     "beta",
     "pvalue.empirical.adjusted",
     "target_gene.start",
+    "target_gene.stop",
+    "strand",
 )
 
 
@@ -80,7 +82,7 @@ class GasperiniConfig:
     test_chroms: tuple[str, ...] = ()
     seed: int = 0  # fixed: runs on the same inputs with the same filters hold out the same enhancers (another filter
     # draws the split anew over the enhancers it keeps)
-    max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene start| <= this (hg19); None = all
+    max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene TSS| <= this (hg19); None = all
 
 
 def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:
@@ -103,6 +105,25 @@ def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[li
     return out_chrom, out_pos, unmapped, ambiguous
 
 
+def _gene_tss(pairs: pd.DataFrame, results: Path, header: list[str]) -> pd.Series:
+    """Each pair's target gene's hg19 TSS: `target_gene.start` on the + strand, `target_gene.stop` on the - strand
+    (the file gives a gene's lowest and highest coordinate, whichever its strand). InputError naming the file,
+    line and column for a strand other than + or -."""
+    strand = pairs["strand"].astype(str).str.strip()
+    bad = ~strand.isin(["+", "-"])
+    if bad.any():
+        line = bad.index[np.argmax(bad.to_numpy())]
+        raise InputError(
+            f"{formats.cell(results, line, header, 'strand')} has {pairs['strand'][line]!r}; expected + or -, the "
+            "target gene's strand (--max-distance-kb measures from its TSS). Fix that row, or drop --max-distance-kb"
+        )
+    ends = {
+        end: formats.numbers(pairs, f"target_gene.{end}", results, header, expected=f"the gene's hg19 {end} (a number)")
+        for end in ("start", "stop")
+    }
+    return ends["start"].where(strand == "+", ends["stop"])
+
+
 def build_gasperini(
     paths: dict[str, Path],
     out: Path,
@@ -116,7 +137,7 @@ def build_gasperini(
     results = paths["results"]
     header = formats.header_of(results)
     raw = formats.read_table(
-        results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str}, whole_rows=True
+        results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str, "strand": str}, whole_rows=True
     )
     counts["result_rows"] = len(raw)
     ntc = raw["target_site.chr"].astype(str) == "NTC"
@@ -149,10 +170,7 @@ def build_gasperini(
         ).astype(np.int64)
     pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2  # 1-based, like start/stop
     if config.max_distance_kb is not None:
-        gene_start = formats.numbers(
-            pairs, "target_gene.start", results, header, expected="the gene's hg19 start (a whole number)"
-        )
-        near = (pairs["mid_hg19"] - gene_start).abs() <= config.max_distance_kb * 1000
+        near = (pairs["mid_hg19"] - _gene_tss(pairs, results, header)).abs() <= config.max_distance_kb * 1000
         counts["pairs_beyond_max_distance"] = int((~near).sum())
         pairs = pairs[near]
 
@@ -271,7 +289,12 @@ def read_vocab(path: str | Path) -> set[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rna-vocab", default=None, help="scGPT vocab.json: keep only genes the RNA model knows")
-    parser.add_argument("--max-distance-kb", type=float, default=None, help="keep pairs within this distance")
+    parser.add_argument(
+        "--max-distance-kb",
+        type=float,
+        default=None,
+        help="keep pairs whose site midpoint lies within this many kb of the target gene's TSS (hg19)",
+    )
     parser.add_argument("--significance", type=float, default=GasperiniConfig.significance)
 
 

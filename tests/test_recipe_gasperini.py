@@ -16,7 +16,7 @@ HEADER = (
 ).split()
 
 
-def _row(group, gene, chrom, start, stop, beta, padj, site_type="DHS", gene_start=50_000):
+def _row(group, gene, chrom, start, stop, beta, padj, site_type="DHS", gene_start=50_000, strand="+", gene_stop=None):
     values = dict(
         zip(
             HEADER,
@@ -27,8 +27,8 @@ def _row(group, gene, chrom, start, stop, beta, padj, site_type="DHS", gene_star
                 gene,
                 chrom,
                 gene_start,
-                gene_start + 900,
-                "+",
+                gene_start + 900 if gene_stop is None else gene_stop,
+                strand,
                 chrom,
                 start,
                 stop,
@@ -216,3 +216,43 @@ def test_no_protein_for_any_gene(tmp_path):
     with pytest.raises(InputError, match="no target gene is in both"):
         build_gasperini(_sources(tmp_path, rows), tmp_path / "out", GasperiniConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_max_distance_measures_from_each_gene_tss_on_its_strand(tmp_path):
+    """The results file gives a gene's lowest and highest coordinate: the TSS is target_gene.start on +, and
+    target_gene.stop on -. Sites 5 kb from each TSS are kept; a site far from the - gene's TSS but 5 kb from its
+    other end is not."""
+    rows = [
+        _row("chr1.a_top_two", "GENEA", "chr1", 54_800, 55_201, -0.5, "0.001", gene_start=50_000),  # 5 kb from TSS
+        _row(
+            "chr1.b_top_two",
+            "GENEB",
+            "chr1",
+            144_800,
+            145_201,
+            -0.5,
+            "0.001",
+            gene_start=60_000,
+            strand="-",
+            gene_stop=150_000,
+        ),  # 5 kb from the - gene's TSS (its stop), 85 kb from its start
+        _row(
+            "chr1.c_top_two",
+            "GENEB",
+            "chr1",
+            64_800,
+            65_201,
+            -0.5,
+            "0.001",
+            gene_start=60_000,
+            strand="-",
+            gene_stop=150_000,
+        ),  # 5 kb from the - gene's start, 85 kb from its TSS
+    ]
+    manifest = build_gasperini(_sources(tmp_path, rows), tmp_path / "out", GasperiniConfig(max_distance_kb=50))
+    labels = pd.read_parquet(tmp_path / "out" / "labels.parquet")
+    assert sorted(labels["enhancer"]) == ["chr1.a_top_two", "chr1.b_top_two"]
+    assert manifest["counts"]["pairs_beyond_max_distance"] == 1
+    bad = [_row("chr1.a_top_two", "GENEA", "chr1", 54_800, 55_201, -0.5, "0.001", strand="1")]
+    with pytest.raises(InputError, match=r"line 2 column 8 \('strand'\) has '1'; expected \+ or -"):
+        build_gasperini(_sources(tmp_path, bad), tmp_path / "out2", GasperiniConfig(max_distance_kb=50))
