@@ -69,6 +69,18 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
         except OSError as err:
             kept = f"what arrived is kept in {part}"
             raise disk_error(err, f"download {url} into {part.parent}", kept, InputError) or err from None
+    got = part.stat().st_size
+    if total is not None and got < total:  # the server closed early: read() then ends the body without an error
+        raise InputError(
+            f"downloading {url} stopped at {got:,} of {total:,} bytes (the connection closed early); what arrived "
+            f"is kept in {part}: re-run the same command to resume it"
+        )
+    if total is not None and got > total:
+        part.unlink()
+        raise InputError(
+            f"downloading {url} gave {got:,} bytes where the server announced {total:,}; the partial file was "
+            "removed: re-run the same command to download it anew"
+        )
     part.rename(dest)
     return dest
 

@@ -73,3 +73,39 @@ def test_recipe_modules_list_their_sources_with_sizes_in_the_readme():
     for source in listed:
         row = next((line for line in readme.splitlines() if f"`{source.filename}`" in line), "")
         assert source.size and source.size in row, source.filename
+
+
+def test_a_download_cut_short_is_kept_to_resume_not_taken_as_whole(tmp_path):
+    """A server that closes the connection early ends the body without an error from read(): the bytes that
+    arrived stay in the .part file (no .sha256 recorded), and the next fetch resumes from them."""
+    import threading
+    from functools import partial
+    from http.server import ThreadingHTTPServer
+    from io import BytesIO
+
+    from conftest import RangeHandler
+
+    class Cut(RangeHandler):
+        def send_head(self):
+            whole = super().send_head()
+            return None if whole is None else BytesIO(whole.read()[:100_000])  # Content-Length says all
+
+    payload = bytes(range(256)) * 1000
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "data.txt.gz").write_bytes(payload)
+    cache = tmp_path / "cache"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Cut, directory=str(tmp_path / "www")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.txt.gz"
+        with pytest.raises(InputError, match=r"stopped at 100,000 of 256,000 bytes .* re-run the same command"):
+            sources.fetch(_source(url), cache_dir=cache)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name for p in cache.iterdir()) == ["data.txt.gz.part"]
+    assert (cache / "data.txt.gz.part").read_bytes() == payload[:100_000]
+    with serve(tmp_path / "www") as base:
+        path, digest = sources.fetch(_source(f"{base}/data.txt.gz"), cache_dir=cache)
+        assert RangeHandler.served == len(payload) - 100_000
+    assert path.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
