@@ -126,8 +126,12 @@ def build_gene_tss(
         counts=counts,
         missing={"listed_genes_not_in_gtf": len(listed) - len(kept)},
         sources={
-            "gtf": {"name": Path(gtf).name},
-            "genes": {"name": Path(genes).name if isinstance(genes, str | Path) else "list"},
+            "gtf": {"name": Path(gtf).name, "sha256": sources.sha256_of(Path(gtf))},
+            "genes": (
+                {"name": Path(genes).name, "sha256": sources.sha256_of(Path(genes))}
+                if isinstance(genes, str | Path)
+                else {"name": "list", "n": len(listed)}
+            ),
         },
         params={
             "seed": seed,

@@ -118,3 +118,19 @@ def test_a_bidirectional_promoters_two_windows_share_a_split(tmp_path):
         assert set(genes["split"]) == {"train", "validation", "test"}
     counts = manifest["counts"]
     assert [counts[k] for k in ("split_groups", "split_groups_merged", "dna_windows_shared_by_genes")] == [20, 20, 0]
+
+
+def test_gene_tss_records_its_sources_by_digest(tmp_path):
+    """recipe.json traces the windows to the exact bytes of the GTF and gene list they came from."""
+    import hashlib
+
+    gtf = tmp_path / "g.gtf"
+    gtf.write_text('1\tt\tgene\t10000\t10500\t.\t+\t.\tgene_id "G1"; gene_name "A";\n')
+    (tmp_path / "genes.txt").write_text("A\n")
+    listed = build_gene_tss(gtf, tmp_path / "genes.txt", tmp_path / "out", fractions=(1.0, 0.0, 0.0))
+    assert listed["sources"] == {
+        "gtf": {"name": "g.gtf", "sha256": hashlib.sha256(gtf.read_bytes()).hexdigest()},
+        "genes": {"name": "genes.txt", "sha256": hashlib.sha256(b"A\n").hexdigest()},
+    }
+    given = build_gene_tss(gtf, ["A"], tmp_path / "out2", fractions=(1.0, 0.0, 0.0))
+    assert given["sources"]["genes"] == {"name": "list", "n": 1}
