@@ -9,6 +9,8 @@ split (`split_linked`)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,6 +183,9 @@ def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "
     check_one_split(table.assign(split=table[split_column]), group_column, "recipe labels")
 
 
+STAGING = ".staging"  # write_outputs' folder of a run's tables until all are written
+
+
 def write_outputs(
     out: str | Path,
     recipe: str,
@@ -194,14 +199,22 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write each table as `<name>.parquet` and `recipe.json`; print the counts. Returns the manifest.
 
-    An earlier run's recipe.json goes first and this one's is written last, each file under a temporary name
-    renamed into place: a run stopped midway leaves no recipe.json over tables of two runs, and no torn table."""
+    Every table is written first into a staging folder inside `out` (STAGING, on the same disk), while an earlier
+    run's folder stays whole, recipe.json included; then that recipe.json goes, the tables are renamed into place
+    (a moment's work) and this run's recipe.json is written last. A run stopped while writing leaves the earlier
+    recipe as it was (and a staging folder the next run clears); one stopped among the renames leaves no
+    recipe.json, never one over tables of two runs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").unlink(missing_ok=True)
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # a stopped run's
+    staging.mkdir()
     for name, table in tables.items():
-        with replace_whole(out / f"{name}.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+        table.to_parquet(staging / f"{name}.parquet", index=False)
+    (out / "recipe.json").unlink(missing_ok=True)
+    for name in tables:
+        os.replace(staging / f"{name}.parquet", out / f"{name}.parquet")
+    staging.rmdir()
     manifest = {
         "recipe": recipe,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -185,22 +185,35 @@ def _gc_blocks(recipe: Path):
     return count
 
 
-def test_a_recipe_stopped_midway_leaves_no_recipe_json_over_tables_of_two_runs(tmp_path, monkeypatch):
-    """A rerun (another seed) stopped while it writes its tables: the earlier recipe.json is gone, so nothing says
-    the folder holds one run's tables; the same command again writes them all."""
+def test_a_recipe_stopped_midway_leaves_the_earlier_recipe_whole_or_no_recipe_json(tmp_path, monkeypatch):
+    """A rerun (another seed) stopped while it writes its tables leaves the earlier recipe as it was: recipe.json
+    and every table of seed 0. Stopped among the renames into place, it leaves no recipe.json, so nothing says the
+    folder holds one run's tables. The same command again writes them all."""
+    import hashlib
     import json
+    import os
 
     import pytest
     from conftest import interrupt_on_call
-    from dogmacache.data_recipes import demo
+    from dogmacache.data_recipes import demo, tables
+
+    def digests():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "cdt").iterdir() if p.is_file()}
 
     demo.build_demo(tmp_path)
     recipe = tmp_path / "cdt" / "recipe.json"
     assert json.loads(recipe.read_text())["params"]["seed"] == 0
+    before = digests()
     real = interrupt_on_call(monkeypatch, pd.DataFrame, "to_parquet", 2)  # Ctrl-C at the CDT recipe's second table
     with pytest.raises(KeyboardInterrupt):
         demo.build_demo(tmp_path, seed=1)
-    assert not recipe.exists()
+    assert digests() == before and (tmp_path / "cdt" / tables.STAGING).is_dir()  # seed 0's recipe, whole
     monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    real_replace = interrupt_on_call(monkeypatch, tables.os, "replace", 2)  # Ctrl-C among the renames
+    with pytest.raises(KeyboardInterrupt):
+        demo.build_demo(tmp_path, seed=1)
+    assert not recipe.exists()
+    monkeypatch.setattr(tables.os, "replace", real_replace)
     demo.build_demo(tmp_path, seed=1)
     assert json.loads(recipe.read_text())["params"]["seed"] == 1
+    assert not (tmp_path / "cdt" / tables.STAGING).exists() and os.listdir(tmp_path / "cdt")
