@@ -61,7 +61,9 @@ class GtexConfig:
     # chromosomes (as the windows name them) whose genes form the test split, the rest drawn into train and
     # validation by the first two fractions: no test window shares sequence with a training one; () = by gene
     test_chroms: tuple[str, ...] = ()
-    # Seeds the shuffle of genes into splits; fixed, so runs and models are compared on the same test genes.
+    # Seeds the shuffle of gene groups into splits: the same inputs, filters and seed give the same test genes.
+    # The shuffle is over the groups the filters keep, so another --max-gene-length, --transcripts, --chrom-style
+    # or --test-chroms draws every gene's split anew: compare models trained from one recipe folder.
     seed: int = 0
     # bp; genes whose GTF gene line spans more (end - start + 1) are excluded, as CDBridge's GTEx-Benchmark does
     # (docs/papers.md#cdbridge-gtex-benchmark); IsoFormer's data has no such filter.
