@@ -102,10 +102,12 @@ def read_table(
     recipe: str = "the recipe",
     what: str = "labels table",
     expected: str = "",
+    text_columns: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """A recipe's table (parquet; `.tsv` / `.txt` / `.gz` as tab-separated) holding `columns`: a missing file or
     column is one line naming the file, what it should hold (`expected`) and the recipe that writes it. When
-    `columns` name `split`, every row's split is checked (`check_splits`)."""
+    `columns` name `split`, every row's split is checked (`check_splits`). A tab-separated table's id columns
+    (TEXT_COLUMNS, `*_id`, and `text_columns`) are read as text, as written."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {str(path)!r} is a folder; pass the table file in it (a .parquet or .tsv)")
@@ -114,7 +116,7 @@ def read_table(
     try:
         if path.suffix in TSV_SUFFIXES:
             header = pd.read_csv(path, sep="\t", nrows=0).columns
-            text = {c: str for c in header if c in TEXT_COLUMNS or c.endswith("_id")}  # "0001" stays "0001"
+            text = {c: str for c in header if c in TEXT_COLUMNS or c in text_columns or c.endswith("_id")}  # "0001"
             # index_col=False: a first row with a field more than the header is refused (pandas would take the first
             # column as the index, shifting every name by one); it only warns of it, so the warning is the error
             with warnings.catch_warnings():

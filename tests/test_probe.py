@@ -303,3 +303,118 @@ def test_a_kmer_control_above_the_chosen_model_is_said():
     assert "k-mer control kmer scores above it: validation r2 0.667 against 0.565 (dna.l0)" in line
     rows[2]["validation_r2"] = 0.5
     assert kmer_above_chosen(rows, by) == [] and kmer_above_chosen(rows, None) == []
+
+
+def test_a_two_valued_target_names_its_positive_class(world, tmp_path, capsys):
+    """AUPRC is scored for one class: 1 / True where the values say so, else the class --positive names; two other
+    values without it are refused, as is a --positive that is not a value. The printout gives the positive class
+    and its share of the test rows (AUPRC's chance level)."""
+    root, caches = world
+    table = pd.read_parquet(root / "labels.parquet")
+    table["status"] = np.where(table["high"], "case", "control")
+    table.to_parquet(tmp_path / "status.parquet")
+    labels = tmp_path / "status.parquet"
+    with pytest.raises(InputError, match=r"two values \['case', 'control'\]: name the positive class with --positive"):
+        probe(world, tmp_path, labels=labels, target="status", names=("signal",))
+    with pytest.raises(InputError, match=r"--positive 'cases' is not a value of .* \['case', 'control'\]"):
+        probe(world, tmp_path, labels=labels, target="status", names=("signal",), positive="cases")
+    config = ProbeConfig(
+        caches=(caches["signal"],), labels=str(labels), target="status", out=str(tmp_path / "o"), id_column="item"
+    )
+    case = run_probe(ProbeConfig(**{**config.__dict__, "positive": "case"}))
+    control = run_probe(ProbeConfig(**{**config.__dict__, "positive": "control"}), quiet=True)
+    share = float((table.loc[table["split"] == "test", "status"] == "case").mean())
+    assert case["settings"]["positive"] == "case" and case["settings"]["test_positive_share"] == pytest.approx(share)
+    assert f"positive class: 'case', {share:.1%} of the test rows (AUPRC's chance level" in capsys.readouterr().out
+    first, second = case["rows"][0], control["rows"][0]
+    assert first["test_auroc"] == pytest.approx(second["test_auroc"])  # AUROC is symmetric in the classes
+    assert first["test_auprc"] != pytest.approx(second["test_auprc"])  # AUPRC is not
+    high = probe(world, tmp_path, target="high", names=("signal",))  # booleans: True is the positive class
+    assert json.loads((tmp_path / "out" / "probe.json").read_text())["settings"]["positive"] is True
+    assert high.loc[("signal", "model"), "test_auroc"] > 0.9
+
+
+def test_a_target_without_spread_and_a_negative_seed_are_one_line(world, tmp_path):
+    root, caches = world
+    table = pd.read_parquet(root / "labels.parquet").assign(flat=2.5)
+    table.to_parquet(tmp_path / "flat.parquet")
+    with pytest.raises(InputError, match=r"column 'flat' holds one value \(2.5\) in every train row"):
+        probe(world, tmp_path, labels=tmp_path / "flat.parquet", target="flat", names=("signal",))
+    with pytest.raises(InputError, match=r"--seed -1 is negative"):
+        probe(world, tmp_path, names=("signal",), seed=-1)
+
+
+def test_ridge_cv_without_any_fold_r2_is_refused_not_scored_zero():
+    from dogmacache.train.probe import ridge_cv
+
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    y = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.0])  # each group one value: every held-out fold is constant
+    with pytest.raises(InputError, match=r"no cross-validation fold of the train split scored an R²"):
+        ridge_cv(x, y, np.array(["a", "a", "b", "b", "c", "c"]), 3)
+
+
+def test_tsv_ids_keep_their_leading_zeros(world, tmp_path):
+    root, caches = world
+    table = pd.read_parquet(root / "labels.parquet")
+    number = {f"item{i}": f"{i:04d}" for i in range(N_ITEMS)}
+    table.assign(window=table["item"].map(number)).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+    from conftest import write_cache
+
+    signal = np.asarray(__import__("dogmacache.cache", fromlist=["open_cache"]).open_cache(caches["signal"])[:])
+    write_cache(tmp_path / "padded.zarr", signal, ids=[number[f"item{i}"] for i in range(N_ITEMS)], shard_items=60)
+    config = ProbeConfig(
+        caches=(str(tmp_path / "padded.zarr"),),
+        labels=str(tmp_path / "labels.tsv"),
+        target="y",
+        out=str(tmp_path / "o"),
+        id_column="window",
+    )
+    rows = run_probe(config, quiet=True)["rows"]
+    assert rows[0]["test_r2"] > 0.9
+
+
+def test_every_cache_is_checked_before_any_probe_is_fitted(world, tmp_path, monkeypatch):
+    from dogmacache.train import probe as module
+
+    fitted = []
+    monkeypatch.setattr(module, "fit_probe", lambda *a, **k: fitted.append(1))
+    root, caches = world
+    with pytest.raises(Exception, match="no cache at"):
+        run_probe(
+            ProbeConfig(
+                caches=(caches["signal"], str(tmp_path / "missing.zarr")),
+                labels=str(root / "labels.parquet"),
+                target="y",
+                out=str(tmp_path / "o"),
+                id_column="item",
+            )
+        )
+    assert fitted == []
+
+
+def test_the_layer_panel_draws_one_line_per_model_revision(tmp_path, monkeypatch):
+    """Two caches of one model and layer (a pretrained one and its --random-init twin) are no layer series: the
+    panel draws the pretrained revision's layers alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dogmacache.train import plots
+
+    rows = []
+    for cache, revision, layer in (("a0", "r1", 0), ("a1", "r1", 1), ("rand", "random-init", 0)):
+        row = {"cache": cache, "model": "tiny", "model_revision": revision, "modality": "dna", "pooling": "mean"}
+        row.update({"layer": layer, "url": cache, "role": "model", "chosen": cache == "a1"})
+        rows.append({**row, "test_r2": 0.5, "validation_r2": 0.4})
+        for role in ("permuted labels", "shuffled inputs"):
+            rows.append({**row, "role": role, "chosen": False, "test_r2": 0.0, "validation_r2": 0.0})
+    drawn = []
+    real_plot = plots.plt.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(args[0])))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", plot)
+    plots.probe_scores(pd.DataFrame(rows), "r2", tmp_path / "p.png", "t", chosen_by="cv r2")
+    assert [layers for label, layers in drawn if label == "tiny"] == [["0", "1"]]  # one line, the r1 caches'
+    assert (tmp_path / "p.png").is_file()

@@ -92,6 +92,11 @@ def register_probe(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over the train rows (default 5)")
     p.add_argument("--seed", type=int, default=0, help="the controls' permutations and the folds")
+    p.add_argument(
+        "--positive",
+        help="a two-valued target's positive class (AUPRC is scored for it); needed unless the values are 0/1 or "
+        "booleans, where 1 / True is",
+    )
     p.set_defaults(run=_probe)
 
 
@@ -132,6 +137,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     caches = tuple(c.strip() for c in args.caches.split(",") if c.strip())
     keys = ("labels", "target", "out", "id_column", "group_column", "split_column", "pooling", "task", "seed", "folds")
+    keys += ("positive",)
     run_probe(ProbeConfig(caches=caches, **{k: getattr(args, k) for k in keys}))
     return 0
 

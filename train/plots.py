@@ -74,19 +74,24 @@ PROBE_ROLES = ("model", "kmer control")  # a cache's own rows; every other role 
 CONTROL_STYLES = (("darkgrey", ""), ("lightgrey", ".."))  # bar colour and hatch of each control, in table order
 
 
-def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+def probe_scores(
+    table: pd.DataFrame, metric: str, path: Path, title: str, chosen_by: str | None = "validation"
+) -> Path:
     """Linear-probe scores (`train/probe.py`) per cache: the test `metric` as bars (a k-mer control orange and
     hatched, also as a dashed line across; each cache's controls as the grey bars beside it; validation as dots; the
-    cache chosen on validation starred). Where several caches of one model differ only by layer, a second panel
-    draws the score against layer."""
+    chosen cache starred, with what it was chosen by). Where several caches of one model (and revision) differ only
+    by layer, a second panel draws the score against layer."""
     chance = 0.5 if metric == "auroc" else 0.0
     real = table[table["role"].isin(PROBE_ROLES)].reset_index(drop=True)
     roles = [role for role in dict.fromkeys(table["role"]) if role not in PROBE_ROLES]
     styles = dict(zip(roles, CONTROL_STYLES, strict=True))
     controls = {role: table[table["role"] == role].set_index("url").loc[real["url"]] for role in roles}
     kmer = (real["role"] == "kmer control").to_numpy()
-    series = [
-        part for _, part in real.groupby(["model", "modality", "pooling"], sort=False) if part["layer"].nunique() > 1
+    keys = [k for k in ("model", "model_revision", "modality", "pooling") if k in real.columns]
+    series = [  # one line per model: caches of one layer twice (two runs of one model) are no series
+        part
+        for _, part in real.groupby(keys, sort=False, dropna=False)
+        if part["layer"].nunique() > 1 and not part["layer"].duplicated().any()
     ]
     fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.4 * len(real) + 2.5) + 5 * bool(series), 4.6))
     ax = np.atleast_1d(axes)[0]
@@ -105,7 +110,7 @@ def probe_scores(table: pd.DataFrame, metric: str, path: Path, title: str) -> Pa
     top = np.nanmax(np.abs(table[[f"test_{metric}", f"validation_{metric}"]].to_numpy(float)))
     if chosen.any():
         ax.scatter(x[chosen] - width, [top * 1.08] * int(chosen.sum()), marker="*", s=120, color="C3", zorder=4)
-        ax.scatter([], [], marker="*", s=60, color="C3", label="chosen on validation")
+        ax.scatter([], [], marker="*", s=60, color="C3", label=f"chosen by {chosen_by}")
     for score in real[f"test_{metric}"][kmer]:
         ax.axhline(score, color="C1", ls="--", lw=1)
     ax.axhline(chance, color="grey", lw=0.8)

@@ -70,6 +70,7 @@ class ProbeConfig:
     task: str = "auto"  # auto: classification for a target with two values, else regression
     seed: int = 0  # the controls' permutations and the cross-validation folds
     folds: int = 5  # cross-validation folds over the training rows
+    positive: str | None = None  # classification: the target value counted as positive (1, True: without it)
 
     def __post_init__(self) -> None:
         if not self.caches:
@@ -83,6 +84,8 @@ class ProbeConfig:
             raise InputError(f"--task {self.task!r} is not one of {', '.join(TASKS)}; pick one of those")
         if self.folds < 2:
             raise InputError(f"--folds {self.folds} is below 2; cross-validation needs at least two folds")
+        if self.seed < 0:
+            raise InputError(f"--seed {self.seed} is negative; give a whole number of 0 or more")
 
 
 @dataclass
@@ -101,8 +104,8 @@ def read_labels(config: ProbeConfig) -> Labels:
     path = config.labels
     if not Path(path).is_file():
         raise InputError(f"labels table {path!r} does not exist; fix --labels (parquet, or tab-separated .tsv)")
-    table = read_table(path)
     group_column = config.group_column or config.id_column
+    table = read_table(path, text_columns=(config.id_column, group_column))  # ids as written: "0001" stays "0001"
     for column, flag in (
         (config.id_column, "--id-column"),
         (group_column, "--group-column"),
@@ -141,23 +144,46 @@ def read_labels(config: ProbeConfig) -> Labels:
     split = table[config.split_column].to_numpy(dtype=str)
     if not (split == "train").any():
         raise InputError(f"{path} has no train rows in {config.split_column!r}; the probe is fitted on them")
-    y, task, positive = _target(table[config.target], config.task, f"{path} column {config.target!r}")
+    y, task, positive = _target(table[config.target], config.task, f"{path} column {config.target!r}", config.positive)
+    if task == "regression" and len(np.unique(y[split == "train"])) < 2:
+        raise InputError(
+            f"{path} column {config.target!r} holds one value ({y[split == 'train'][0]:g}) in every train row; a "
+            "probe needs a target that varies: pick another --target"
+        )
     ids, groups = (table[c].astype(str).to_numpy() for c in (config.id_column, group_column))
     return Labels(ids, groups, split, y, task, positive)
 
 
-def _target(values: pd.Series, task: str, where: str) -> tuple[np.ndarray, str, Any]:
-    """(y, task, positive value): a target with two distinct values is binary under `auto`."""
+def _target(values: pd.Series, task: str, where: str, positive: str | None = None) -> tuple[np.ndarray, str, Any]:
+    """(y, task, positive value): a target with two distinct values is binary under `auto`. Its positive value is
+    `positive` (matched as text), else 1 or True where the values are 0/1 or booleans; two other values need
+    `positive`: AUPRC depends on which class it counts."""
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
         raise InputError(f"{where} has {int(values.isna().sum())} empty value(s), e.g. row {row}; drop or fill them")
     distinct = sorted(pd.unique(values).tolist())
     if task == "auto":
-        task = "classification" if len(distinct) == 2 else "regression"
+        task = "classification" if len(distinct) == 2 or positive is not None else "regression"
     if task == "classification":
         if len(distinct) != 2:
             raise InputError(f"{where} has {len(distinct)} distinct values; a classification probe needs exactly two")
-        return (values == distinct[1]).to_numpy(np.float64), task, distinct[1]
+        if positive is not None:
+            named = [v for v in distinct if str(v) == str(positive)]
+            if not named:
+                raise InputError(
+                    f"--positive {positive!r} is not a value of {where}, whose values are {distinct}; name one of them"
+                )
+            chosen = named[0]
+        elif {str(v).lower() for v in distinct} in ({"0", "1"}, {"0.0", "1.0"}, {"false", "true"}):
+            chosen = next(v for v in distinct if str(v).lower() in ("1", "1.0", "true"))
+        else:
+            raise InputError(
+                f"{where} has the two values {distinct}: name the positive class with --positive (AUPRC is scored for "
+                "it, and its share of the test rows is AUPRC's chance level)"
+            )
+        return (values == chosen).to_numpy(np.float64), task, chosen
+    if positive is not None:
+        raise InputError(f"--positive {positive!r} is for a two-valued target; {where} is probed by regression")
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
     if not np.isfinite(numeric).all():
         row = int(np.flatnonzero(~np.isfinite(numeric))[0])
@@ -300,7 +326,12 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed:
         predicted = scaler.transform(x[held]) @ coef + offset
         sst = np.sum((y[held] - y[held].mean()) ** 2)
         r2[f] = 1.0 - np.sum((y[held, None] - predicted) ** 2, axis=0) / (sst if sst > 0 else np.nan)
-    mean = np.nanmean(r2, axis=0) if np.isfinite(r2).any() else np.zeros(len(alphas))
+    if not np.isfinite(r2).any():
+        raise InputError(
+            f"no cross-validation fold of the train split scored an R² (each of the {folds} folds' held-out rows "
+            "hold one target value); use fewer --folds, a coarser --group-column, or label more train rows"
+        )
+    mean = np.nanmean(r2, axis=0)
     best = int(np.argmax(mean))
     return float(alphas[best]), float(mean[best])
 
@@ -317,15 +348,27 @@ def classification_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[s
     }
 
 
-def probe_cache(url: str, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
-    """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
+def opened(url: str, labels: Labels, config: ProbeConfig) -> tuple[EmbeddingCache, np.ndarray]:
+    """The cache and each labelled row's row in it, checked before any probe is fitted; a cache stored pooled under
+    a --pooling it cannot take is said in a line."""
     cache = open_cache(url)
-    m = cache.manifest
     rows = item_rows(cache, labels.ids, config.id_column)
+    if len(cache.item_shape) == 1 and config.pooling != "mean":
+        print(
+            f"{url} is stored pooled ({cache.manifest.pooling}): --pooling {config.pooling} does not apply to it, "
+            f"and its probe reads the stored {cache.manifest.pooling} (the tables' pooling column says so)"
+        )
+    return cache, rows
+
+
+def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
+    """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
+    m = cache.manifest
     unique, inverse = np.unique(rows, return_inverse=True)
     features, pooling = pooled_features(cache, unique, config.pooling)
     name = Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
     base = {"cache": name, "model": m.model, "layer": m.layer, "modality": m.modality, "pooling": pooling}
+    base["model_revision"] = m.model_revision  # a --random-init control of one model is another revision
     base.update({"task": labels.task, "target": config.target})
     base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
     out = []
@@ -364,7 +407,8 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
 
     check_writable(config.out, "--out", "no probe was fitted")
     labels = read_labels(config)
-    rows = [row for url in config.caches for row in probe_cache(url, labels, config)]
+    caches = [opened(url, labels, config) for url in config.caches]  # every cache checked before any fit
+    rows = [row for cache, items in caches for row in probe_cache(cache, items, labels, config)]
     chosen_by = mark_chosen(rows, labels.task)
     table = pd.DataFrame(rows)
     table = table[[*COLUMNS, *[c for c in table.columns if c not in COLUMNS]]]
@@ -372,6 +416,8 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     kmer = [r["cache"] for r in rows if r["role"] == "kmer control"]
     settings = {**asdict(config), "caches": list(config.caches), "task": labels.task, "positive": labels.positive}
+    if labels.task == "classification":  # AUPRC's chance level
+        settings["test_positive_share"] = float(labels.y[labels.split == "test"].mean()) if n_test(labels) else None
     settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
     settings.update({"group_column": config.group_column or config.id_column, "chosen_by": chosen_by})
     settings.update({"kmer_controls": kmer, "kmer_above_chosen": kmer_above_chosen(rows, chosen_by)})
@@ -381,11 +427,23 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     table.to_csv(staged["tsv"], sep="\t", index=False)
     staged["json"].write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
     pooling = ", ".join(dict.fromkeys(table["pooling"]))
-    probe_scores(table, HEADLINE[labels.task], staged["png"], title=f"{config.target} (pooling: {pooling})")
+    probe_scores(
+        table, HEADLINE[labels.task], staged["png"], title=f"{config.target} (pooling: {pooling})", chosen_by=chosen_by
+    )
     for k, path in files.items():  # all three written before any replaces an earlier run's
         os.replace(staged[k], path)
     if not quiet:
         print_probe(table, labels.task)
+        if labels.task == "classification":
+            share = settings["test_positive_share"]
+            print(
+                f"positive class: {labels.positive!r}"
+                + (
+                    f", {share:.1%} of the test rows (AUPRC's chance level; AUROC's is 0.5)"
+                    if share is not None
+                    else ""
+                )
+            )
         if not kmer:
             print(
                 "no k-mer control among --caches: embed the same items with `dogmacache embed --model kmer` and "
@@ -399,6 +457,10 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
                 print(line)
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
+
+
+def n_test(labels: Labels) -> int:
+    return int((labels.split == "test").sum())
 
 
 def mark_chosen(rows: list[dict[str, Any]], task: str) -> str | None:
