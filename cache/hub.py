@@ -154,17 +154,36 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
     return "\n".join(lines)
 
 
-# files of a cache folder that are no part of a cache: writer locks, shard notes, and the temporary file of a shard
-# write a kill stopped (`shards._write_file`); neither uploaded nor counted
-NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial", f"*{layout.STAGED_PREFIX}*")
+# files of a cache folder that are no part of a cache: writer locks, shard notes, the temporary file of a shard
+# write a kill stopped (`shards._write_file`), and huggingface_hub's own upload records (`.cache/huggingface`, which
+# `upload_large_folder` writes into the folder it sends and never uploads); neither uploaded nor counted
+NOT_UPLOADED = ("*.lock", f"*{layout.SHARD_NOTES}*", "*.partial", f"*{layout.STAGED_PREFIX}*", ".cache")
 
 
-def check_hub_limits(folder: Path) -> tuple[int, int]:
-    """(files, bytes) to upload, or a CacheError naming the Hub limit a folder would break."""
+def check_hub_limits(folder: Path, caches: list[FoundCache] | None = None) -> tuple[int, int]:
+    """(files, bytes) to upload, or a CacheError naming the Hub limit a folder would break. With `caches` (those
+    the card lists), also a CacheError for a folder the upload would send unchecked or leave out: a cache deeper
+    than the folder's subfolders (neither verified nor made portable) or a symbolic link to a folder (the upload
+    does not follow it)."""
+    listed = None if caches is None else {os.path.normpath(c.relpath) for c in caches}
     n_files, n_bytes = 0, 0
     for root, dirs, all_files in os.walk(folder):
         dirs[:] = [d for d in dirs if not any(fnmatch.fnmatch(d, p) for p in NOT_UPLOADED)]
         files = [f for f in all_files if not any(fnmatch.fnmatch(f, p) for p in NOT_UPLOADED)]
+        if listed is not None:
+            linked = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+            if linked:
+                where = os.path.join(root, linked[0])
+                raise CacheError(
+                    f"{where} is a symbolic link to {os.path.realpath(where)}; the upload does not follow links: copy "
+                    f"that folder into {folder}, or publish it on its own"
+                )
+            relative = os.path.normpath(os.path.relpath(root, folder))
+            if "zarr.json" in files and relative not in listed and is_cache_folder(Path(root)):
+                raise CacheError(
+                    f"{root} is a cache below a subfolder of {folder}; publish takes a cache or a folder of caches "
+                    "one level down: move it up a level, or publish its folder on its own"
+                )
         if len(dirs) + len(files) > layout.HUB_MAX_FOLDER_ENTRIES:
             raise CacheError(
                 f"{root} has {len(dirs) + len(files)} entries; the Hub takes < {layout.HUB_MAX_FOLDER_ENTRIES}"
@@ -194,7 +213,7 @@ def plan_publish(
     unfinished = [c.relpath for c in caches if not c.manifest.complete]
     if unfinished:
         raise CacheError(f"caches {unfinished} in {folder} are not complete; finish them before publishing")
-    n_files, n_bytes = check_hub_limits(folder)
+    n_files, n_bytes = check_hub_limits(folder, caches)
     return caches, dataset_card(repo, caches, license_id), n_files, n_bytes
 
 
@@ -224,8 +243,21 @@ def publish(
 
 
 def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str, private: bool) -> None:
+    """Each manifest marked unfinished first (over an earlier publish's, which would otherwise stand before the new
+    shards until the end), then every other file (resumable), then each manifest as it is, then the card: a
+    publish stopped anywhere leaves a repository whose caches read as unfinished, or as the new ones."""
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
+    for c, root in zip(caches, roots, strict=True):
+        meta = json.loads((folder / root).read_text())
+        meta["attributes"][MANIFEST_KEY] = dataclasses.replace(portable(c.manifest), complete=False).to_dict()
+        api.upload_file(
+            path_or_fileobj=json.dumps(meta, indent=2).encode(),
+            path_in_repo=root,
+            repo_id=repo,
+            repo_type="dataset",
+            commit_message=f"manifest of {c.relpath}, unfinished until its files are sent",
+        )
     api.upload_large_folder(
         repo_id=repo,
         folder_path=str(folder),

@@ -183,12 +183,14 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
     write_cache(tmp_path / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
     assert calls[0] == ("create", "lab/x", {"repo_type": "dataset", "private": False, "exist_ok": True})
+    assert calls[1][1]["path_in_repo"] == "zarr.json"  # marked unfinished, over an earlier publish's
+    calls.pop(1)
     assert calls[1][1] == {
         "repo_id": "lab/x",
         "folder_path": str(tmp_path / "c.zarr"),
         "repo_type": "dataset",
         # the manifest is sent on its own, without local paths; notes of an unfinished write never
-        "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*", "*.partial", "*.creating-*"],
+        "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*", "*.partial", "*.creating-*", ".cache"],
     }
     assert calls[2][1]["path_in_repo"] == "zarr.json"
     calls.pop(2)
