@@ -66,6 +66,21 @@ def _local_path(path: str | os.PathLike) -> Path:
     return Path(local)
 
 
+def _remove_at_once(path: Path, token: str) -> None:
+    """Remove the cache at `path` for --overwrite: renamed aside in one step (to the name of a stopped creation,
+    which the next create clears), then deleted. A stop during the deletion leaves no cache at `path`, never a
+    half-deleted one whose manifest still says complete. A link is refused: the cache is another folder."""
+    if path.is_symlink():
+        raise CacheError(
+            f"{path} is a link to {os.path.realpath(path)}; --overwrite replaces a cache folder, not what a link points "
+            "to: pass that folder itself, or remove the link"
+        )
+    aside = path.parent / f"{layout.STAGED_PREFIX}{path.name}.{token.rsplit('-', 1)[-1]}"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(path, aside)
+    shutil.rmtree(aside)
+
+
 class CacheWriter:
     """Writes whole shards of one cache. Use `create` (new or resumed cache) or `open` (attach to one)."""
 
@@ -145,7 +160,7 @@ class CacheWriter:
                 if re.fullmatch(r"[0-9a-f]{16}", staged.name[len(layout.STAGED_PREFIX) + len(path.name) + 1 :]):
                     shutil.rmtree(staged, ignore_errors=True)  # (not another cache's: `x.zarr.v2`'s)
             if path.exists() and overwrite:
-                shutil.rmtree(path)
+                _remove_at_once(path, lock.token)
             if path.exists():
                 return cls._resume(path, wanted, extras, lock, settings_of)
             try:

@@ -371,3 +371,42 @@ def test_an_ordinary_folder_at_a_caches_path_says_what_to_do(tmp_path):
     (tmp_path / "plain" / "notes.txt").write_text("x")
     with pytest.raises(CacheError, match=r"plain is a folder but not a cache .*pass --overwrite"):
         _new_writer(tmp_path / "plain", ["a", "b"])
+
+
+def test_a_stop_while_overwrite_deletes_the_old_cache_leaves_none_that_claims_complete(tmp_path, monkeypatch, rng):
+    """--overwrite renames the old cache aside in one step before deleting it: a Ctrl-C during the deletion leaves no
+    cache at the path (the next create clears what is left), not a half-deleted one whose manifest says complete."""
+    import shutil
+
+    from conftest import interrupt_on_call
+    from dogmacache.cache import writer as writer_module
+
+    path = tmp_path / "c.zarr"
+    write_cache(path, rng.standard_normal((6, 3)).astype(np.float32), shard_items=2)
+    real = interrupt_on_call(monkeypatch, writer_module.shutil, "rmtree", 2)  # the 1st clears a stale aside name
+    spec = CacheSpec("dna", "test/model", "r1", -1, "mean", (3,), digest_strings(list("abcdef")), shard_items=2)
+    with pytest.raises(KeyboardInterrupt):
+        CacheWriter.create(path, spec, ids=list("abcdef"), overwrite=True)
+    monkeypatch.setattr(writer_module.shutil, "rmtree", real)
+    assert not path.exists()
+    with pytest.raises(CacheError, match="no cache at"):
+        open_cache(path)
+    data = np.full((6, 3), 7.0, np.float32)
+    writer = CacheWriter.create(path, spec, ids=list("abcdef"))  # no --overwrite needed: nothing is there
+    assert writer.pending_shards() == [0, 1, 2]
+    for shard in writer.pending_shards():
+        a, b = writer.manifest.shard_rows(shard)
+        writer.write_shard(shard, data[a:b])
+    writer.finalize()
+    assert open_cache(path)[:].tolist() == data.tolist() and verify_cache(path, progress=False).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]  # the aside folder cleared
+    shutil.rmtree(path)
+
+
+def test_overwrite_through_a_link_is_one_line(tmp_path, rng):
+    write_cache(tmp_path / "real.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "real.zarr")
+    spec = CacheSpec("dna", "test/model", "r1", -1, "mean", (3,), digest_strings(list("abcd")), shard_items=2)
+    with pytest.raises(CacheError, match=r"link.zarr is a link to .*real.zarr; --overwrite replaces a cache folder"):
+        CacheWriter.create(tmp_path / "link.zarr", spec, ids=list("abcd"), overwrite=True)
+    assert open_cache(tmp_path / "real.zarr").manifest.complete
