@@ -46,8 +46,36 @@ def _describe(h5: h5py.File) -> str:
     return ", ".join(found) or "no datasets"
 
 
+def _column(h5: h5py.File, name: str, src: str) -> np.ndarray:
+    """Dataset `name` as one value per row: (N,), or (N, 1) read as (N,); any other shape is one line."""
+    values = h5[name][:]
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise InputError(
+            f"{src} dataset {name!r} has shape {values.shape}; it must hold one value per row, shape (N,) or (N, 1)"
+        )
+    return values
+
+
 def _decode(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+
+
+def _whole_positions(values: np.ndarray, src: str) -> list[int]:
+    """`centers` as whole numbers; a fractional one is one line naming its row (cut to a whole number, two
+    windows would share an id)."""
+    numbers = np.asarray(values)
+    if not np.issubdtype(numbers.dtype, np.number):
+        raise InputError(f"{src} dataset 'centers' holds {numbers.dtype} values; it must hold whole-number positions")
+    fractional = np.flatnonzero(numbers != np.round(numbers))
+    if len(fractional):
+        row = int(fractional[0])
+        raise InputError(
+            f"{src} dataset 'centers' row {row} is {numbers[row].item()!r}, not a whole-number position "
+            f"({len(fractional)} such rows); fix them, or pass --ids NAME with a dataset that names each row"
+        )
+    return [int(p) for p in numbers.tolist()]
 
 
 def read_ids(h5: h5py.File, src: str, n_items: int, ids_name: str | None) -> list[str]:
@@ -55,9 +83,12 @@ def read_ids(h5: h5py.File, src: str, n_items: int, ids_name: str | None) -> lis
     if ids_name is not None:
         if ids_name not in h5:
             raise InputError(f"{src} has no dataset {ids_name!r} for --ids; it has: {_describe(h5)}")
-        ids = _decode(h5[ids_name][:])
+        ids = _decode(_column(h5, ids_name, src))
     elif "chroms" in h5 and "centers" in h5:
-        ids = [f"{c}:{int(p)}" for c, p in zip(_decode(h5["chroms"][:]), h5["centers"][:].tolist(), strict=True)]
+        chroms, centers = _decode(_column(h5, "chroms", src)), _whole_positions(_column(h5, "centers", src), src)
+        if len(chroms) != len(centers):
+            raise InputError(f"{src}: {len(chroms)} chroms but {len(centers)} centers; they must pair row by row")
+        ids = [f"{c}:{p}" for c, p in zip(chroms, centers, strict=True)]
     else:
         raise InputError(
             f"{src} has neither an ids dataset nor `chroms` + `centers` to build ids from; it has: {_describe(h5)}; "

@@ -72,8 +72,8 @@ def _remove_at_once(path: Path, token: str) -> None:
     half-deleted one whose manifest still says complete. A link is refused: the cache is another folder."""
     if path.is_symlink():
         raise CacheError(
-            f"{path} is a link to {os.path.realpath(path)}; --overwrite replaces a cache folder, not what a link points "
-            "to: pass that folder itself, or remove the link"
+            f"{path} is a link to {os.path.realpath(path)}; --overwrite replaces a cache folder, not what a link "
+            "points to: pass that folder itself, or remove the link"
         )
     aside = path.parent / f"{layout.STAGED_PREFIX}{path.name}.{token.rsplit('-', 1)[-1]}"
     shutil.rmtree(aside, ignore_errors=True)

@@ -279,3 +279,40 @@ def test_a_touched_or_copied_source_of_the_same_bytes_resumes(tmp_path, monkeypa
     manifest, written = import_h5(src, dest, **kwargs)
     assert written == 2 and manifest.complete  # the first shard was kept
     np.testing.assert_array_equal(open_cache(dest)[:], data.astype(np.float16))
+
+
+def test_ids_of_shape_n_by_1_are_read_per_row_and_fractional_centers_are_named(tmp_path):
+    """An (N, 1) ids dataset is one id per row (not "[b'ENH000']"); a center that is no whole number is one line
+    naming its row, where cutting it would give two windows one id."""
+    _cdt_h5(tmp_path / "e.h5", n=4)
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5.create_dataset("column", data=np.array([[f"ENH{i:03d}".encode()] for i in range(4)]))
+    manifest, _ = import_h5(
+        tmp_path / "e.h5",
+        tmp_path / "c.zarr",
+        dataset="embeddings",
+        ids="column",
+        modality="dna",
+        model="m",
+        progress=False,
+    )
+    assert open_cache(tmp_path / "c.zarr").ids.tolist() == ["ENH000", "ENH001", "ENH002", "ENH003"]
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        del h5["centers"]
+        h5.create_dataset("centers", data=np.array([5000.0, 5000.6, 7000.0, 8000.0]))
+    with pytest.raises(InputError, match=r"dataset 'centers' row 1 is 5000.6, not a whole-number position"):
+        import_h5(
+            tmp_path / "e.h5", tmp_path / "d.zarr", dataset="embeddings", modality="dna", model="m", progress=False
+        )
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5.create_dataset("wide", data=np.zeros((4, 2), dtype="S3"))
+    with pytest.raises(InputError, match=r"dataset 'wide' has shape \(4, 2\); it must hold one value per row"):
+        import_h5(
+            tmp_path / "e.h5",
+            tmp_path / "f.zarr",
+            dataset="embeddings",
+            ids="wide",
+            modality="dna",
+            model="m",
+            progress=False,
+        )
