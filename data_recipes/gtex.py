@@ -1,8 +1,8 @@
 """GTEx v8 isoform expression across tissues (IsoFormer / CDBridge GTEx task).
 
-Owns the GTEx recipe. GTEx v8 transcript TPM (GCT 1.2, a row per GENCODE v26 transcript x ~17k samples, streamed
-in row chunks) and the sample attributes give the mean TPM of each transcript in each tissue; the Ensembl GTF
-(release 88 = GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS and coding regions; the Ensembl
+Owns the GTEx recipe. GTEx v8 transcript TPM (GCT 1.2, a row per GENCODE v26 transcript x ~17k samples, streamed in
+row chunks) and the sample attributes give the mean TPM of each transcript in each tissue; the Ensembl GTF (release
+88 = GENCODE v26, GTEx's annotation) gives the protein-coding transcripts, their TSS and coding regions; the Ensembl
 cDNA and peptide FASTAs give their RNA and protein. By default the protein-coding transcripts are kept, each with
 DNA, RNA and protein; `transcripts="all"` keeps every biotype, and a transcript without a peptide record
 (non-coding) has no protein. Transcripts are split 80/10/10 (seeded) by gene group: genes that share a DNA window
