@@ -205,8 +205,7 @@ def plan_publish(
     folder = Path(folder)
     if not folder.is_dir():
         raise CacheError(f"{folder} is not a directory; pass the cache (or folder of caches) to publish")
-    if repo.count("/") != 1:
-        raise CacheError(f"repository {repo!r} must be OWNER/NAME, e.g. my-lab/gasperini-enformer")
+    check_repo_id(repo)
     caches = find_caches(folder)
     if not caches:
         raise CacheError(f"{folder} holds no dogmacache cache (neither it nor a subfolder has a manifest)")
@@ -342,10 +341,28 @@ def _revision_files(repo: str, revision: str | None) -> set[str]:
     return set(HfApi().list_repo_files(repo_id=repo, repo_type="dataset", revision=revision))
 
 
+def check_repo_id(repo: str) -> None:
+    """A Hub repository id as OWNER/NAME in the Hub's own rules (`validate_repo_id`), or one line saying how."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problem = None if repo.count("/") == 1 else "it must be OWNER/NAME"
+    if problem is None:
+        try:
+            validate_repo_id(repo)
+        except HFValidationError as err:
+            problem = " ".join(str(err).split())
+    if problem:
+        raise CacheError(
+            f"repository {repo!r} is not a Hub repository id ({problem}); give OWNER/NAME, e.g. "
+            "my-lab/gasperini-enformer (letters, digits, '-', '_' and '.'; no hf:// or datasets/ prefix)"
+        )
+
+
 def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> list[str]:
     """Download a dataset repository and verify every cache in it. Returns the verified caches' paths."""
     from huggingface_hub import snapshot_download
 
+    check_repo_id(repo)
     dest = Path(dest)
     # a download never deletes what the revision lacks: zarr.json files already there (not opened: a damaged one
     # is what a pull repairs) mean the caches found afterwards are checked against the revision's file list

@@ -26,6 +26,30 @@ STORAGE_DTYPES = ("float16", "float32", "bfloat16")
 COMPRESSIONS = ("none", "zstd", "bitround")
 
 
+# (field, the JSON types it may hold, in words): a manifest read back is checked against them, so that a damaged one
+# is one line naming the field, not a TypeError deep in a reader
+_FIELD_TYPES = (
+    ("modality", (str,), "a text"),
+    ("model", (str,), "a text"),
+    ("model_revision", (str,), "a text"),
+    ("layer", (int, str), "a layer number or name"),
+    ("pooling", (str,), "a text"),
+    ("dtype", (str,), "a text"),
+    ("n_items", (int,), "a whole number"),
+    ("item_shape", (list, tuple), "a list of sizes"),
+    ("shard_items", (int,), "a whole number"),
+    ("input_digest", (str,), "a text"),
+    ("compression", (str,), "a text"),
+    ("extra_arrays", (list, tuple), "a list of names"),
+    ("ids_digest", (str,), "a text"),
+    ("config", (dict,), "a mapping"),
+    ("complete", (bool,), "true or false"),
+    ("shards", (list, tuple), "a list of checksums"),
+    ("fidelity", (dict,), "a mapping"),
+    ("reused", (list, tuple), "a list"),
+)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs to trust and interpret a cache. Stored as the root attribute `dogmacache`."""
@@ -107,6 +131,20 @@ class Manifest:
                 f"{where} manifest lacks keys {absent}; it is damaged or was not written by dogmacache: copy or pull "
                 "the cache again, or re-create it"
             )
+        for name, kinds, what in _FIELD_TYPES:
+            value = data.get(name)
+            if name in data and not (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+                raise CacheError(
+                    f"{where} manifest field {name!r} holds {value!r}, not {what}; the manifest is damaged or was not "
+                    "written by dogmacache: copy or pull the cache again, or re-create it"
+                )
+        for name, what in (("item_shape", "whole numbers"), ("shards", "texts"), ("extra_arrays", "texts")):
+            kind = int if what == "whole numbers" else str
+            if any(not isinstance(v, kind) or isinstance(v, bool) for v in data.get(name) or ()):
+                raise CacheError(
+                    f"{where} manifest field {name!r} holds {data[name]!r}, not a list of {what}; the manifest is "
+                    "damaged: copy or pull the cache again, or re-create it"
+                )
         values = dict(data)
         values["item_shape"] = tuple(int(s) for s in data["item_shape"])
         values["extra_arrays"] = tuple(data.get("extra_arrays", ()))
@@ -132,6 +170,16 @@ class Manifest:
             "ids_digest",
         )
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
+
+
+def manifest_mapping(value: Any, where: str) -> dict[str, Any]:
+    """The group attribute that holds a manifest, as a mapping; one line where it is something else."""
+    if not isinstance(value, dict):
+        raise CacheError(
+            f"{where} manifest is {type(value).__name__} {str(value)[:40]!r}, not a mapping; the cache's metadata is "
+            "damaged: copy or pull the cache again, or re-create it"
+        )
+    return dict(value)
 
 
 def config_differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 from dogmacache.cache import convert, layout
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, digest_strings, manifest_mapping
 from dogmacache.cache.shards import PlainChunks, ShardFiles, direct_readable, empty_rows, missing_file
 from dogmacache.cache.storage import local_path
 from dogmacache.errors import CacheError, IncompleteCacheError
@@ -51,6 +51,18 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
                 return zarr.open_group(store, mode="r", zarr_format=3)
             except FileNotFoundError:
                 raise
+            except ImportError as err:  # a protocol whose fsspec package is not installed (s3fs, gcsfs, ...)
+                raise CacheError(
+                    f"cannot read {text}: {' '.join(str(err).split())}; install that package, or copy the cache to "
+                    "a local folder first"
+                ) from None
+            except ValueError as err:  # a protocol fsspec does not know
+                if "protocol" not in str(err).lower():
+                    raise
+                raise CacheError(
+                    f"cannot read {text}: {err}; give a local path, or a URL fsspec reads (https://, hf://, s3://, "
+                    "gs://, ...)"
+                ) from None
             except OSError as err:  # aiohttp's and requests' connection errors are OSErrors
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise CacheError(
@@ -64,6 +76,10 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         return zarr.open_group(local, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise CacheError(f"no Zarr v3 group at {text!r} ({err}); check the path or URL") from err
+    except zarr.errors.ContainsArrayError:
+        raise CacheError(
+            f"{text!r} is an array of a cache, not a cache; pass the cache's own folder (the NAME.zarr above it)"
+        ) from None
     except json.JSONDecodeError as err:
         raise damaged_metadata(text, "", err) from None
 
@@ -90,7 +106,7 @@ def open_cache(
     group = _open_group(url, storage_options)
     if MANIFEST_KEY not in group.attrs:
         raise CacheError(f"{url} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache")
-    manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=url)
+    manifest = Manifest.from_dict(manifest_mapping(group.attrs[MANIFEST_KEY], url), where=url)
     if not manifest.complete and not allow_partial:
         raise IncompleteCacheError(
             f"{url} is not complete (its write was interrupted or is still running); re-run the command that "

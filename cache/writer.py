@@ -34,7 +34,7 @@ import zarr
 from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings, manifest_mapping
 from dogmacache.cache.reader import damaged_metadata
 from dogmacache.cache.shards import (
     PlainChunks,
@@ -64,6 +64,15 @@ def _local_path(path: str | os.PathLike) -> Path:
             f"caches are written to a local directory, got {os.fspath(path)!r}; write locally, then `cache publish`"
         )
     return Path(local)
+
+
+def _member(group: zarr.Group, name: str, path: Path) -> zarr.Array:
+    """Array `name` of a cache being written; a CacheError naming the file where its zarr.json does not parse."""
+    try:
+        return group[name]
+    except json.JSONDecodeError as err:
+        fix = "pass --overwrite to write the cache anew (or choose another output path)"
+        raise damaged_metadata(str(path), name, err, fix) from None
 
 
 def _remove_at_once(path: Path, token: str) -> None:
@@ -99,9 +108,11 @@ class CacheWriter:
         self.extras = extras
         # Writing every chunk without testing it against the fill value: 1.2 GB/s instead of 0.2-0.6 GB/s
         # (measured, 16 Enformer windows per shard), and every shard file exists once written.
-        self._embeddings = group[layout.EMBEDDINGS].with_config({"write_empty_chunks": True})
-        self._extra_arrays = {e.name: group[e.name].with_config({"write_empty_chunks": True}) for e in extras}
-        self._digests = group[layout.SHARD_SHA256]
+        self._embeddings = _member(group, layout.EMBEDDINGS, path).with_config({"write_empty_chunks": True})
+        self._extra_arrays = {
+            e.name: _member(group, e.name, path).with_config({"write_empty_chunks": True}) for e in extras
+        }
+        self._digests = _member(group, layout.SHARD_SHA256, path)
         # Plain layouts (no compression) are written file by file here, the same bytes zarr writes, without
         # zarr's ~0.15 ms per chunk (`cache/shards.py`); anything else goes through zarr.
         self._direct = (
@@ -310,12 +321,13 @@ class CacheWriter:
                 f"{path} is a Zarr group without a '{MANIFEST_KEY}' manifest; it is not a dogmacache cache: pass "
                 "--overwrite to write the cache there anew, or choose another output path"
             )
-        manifest = Manifest.from_dict(dict(group.attrs[MANIFEST_KEY]), where=str(path))
+        manifest = Manifest.from_dict(manifest_mapping(group.attrs[MANIFEST_KEY], str(path)), where=str(path))
         if manifest.complete and not allow_complete:
             raise CacheError(f"{path} is complete; re-embedding writes a new cache (choose another output path)")
         if extras is None:
             extras = tuple(
-                ExtraArray(name, str(group[name].dtype), tuple(group[name].shape[1:])) for name in manifest.extra_arrays
+                ExtraArray(name, str(member.dtype), tuple(member.shape[1:]))
+                for name, member in ((name, _member(group, name, path)) for name in manifest.extra_arrays)
             )
         return cls(path, group, manifest, tuple(extras), lock)
 

@@ -1,6 +1,7 @@
 """A damaged zarr.json or manifest, and an index a cache does not take, are one-line errors, not tracebacks."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,3 +68,59 @@ def test_an_index_that_is_not_rows_is_refused_in_one_line(cache, key):
     with pytest.raises(CacheError, match=r"cannot index|boolean mask") as err:
         open_cache(path)[key]
     assert "\n" not in str(err.value)
+
+
+def test_resuming_onto_a_member_zarr_json_that_does_not_parse_is_named(cache):
+    path, _ = cache
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["dogmacache"]["complete"] = False  # an unfinished cache, taken up again
+    (path / "zarr.json").write_text(json.dumps(meta))
+    (path / "embeddings" / "zarr.json").write_text("{broken")
+    spec = CacheSpec("dna", "test/model", "r1", -1, "none", (3, 4), "sha256:x", dtype="float32", shard_items=2)
+    with pytest.raises(CacheError, match=r"c.zarr/embeddings/zarr.json is not valid JSON .*--overwrite"):
+        CacheWriter.create(path, spec, ids=[f"id{i}" for i in range(6)])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        (None, "a text", r"manifest is str 'a text', not a mapping"),
+        ("n_items", "6", r"manifest field 'n_items' holds '6', not a whole number"),
+        ("item_shape", None, r"manifest field 'item_shape' holds None, not a list of sizes"),
+        ("shards", None, r"manifest field 'shards' holds None, not a list of checksums"),
+        ("item_shape", [3, "4"], r"manifest field 'item_shape' holds \[3, '4'\], not a list of whole numbers"),
+        ("complete", "yes", r"manifest field 'complete' holds 'yes', not true or false"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_is_named(cache, field, value, said):
+    path, _ = cache
+    meta = json.loads((path / "zarr.json").read_text())
+    if field is None:
+        meta["attributes"]["dogmacache"] = value
+    else:
+        meta["attributes"]["dogmacache"][field] = value
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match=said) as err:
+        open_cache(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("{cache}/embeddings", r"is an array of a cache, not a cache; pass the cache's own folder"),
+        ("foo://x.zarr", r"cannot read foo://x.zarr: Protocol not known"),
+    ],
+)
+def test_a_url_that_is_no_cache_is_one_line(cache, url, said):
+    path, _ = cache
+    with pytest.raises(CacheError, match=said):
+        open_cache(url.format(cache=path))
+
+
+@pytest.mark.parametrize("repo", ["lab/my repo", "lab/x..y", "hf://datasets/lab/x", "lab"])
+def test_a_repository_id_the_hub_would_refuse_is_one_line_before_anything_runs(repo):
+    from dogmacache.cache.hub import check_repo_id
+
+    with pytest.raises(CacheError, match=rf"repository {re.escape(repr(repo))} is not a Hub repository id"):
+        check_repo_id(repo)
