@@ -138,3 +138,24 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
 
 # a new cache is built in `<dir>/.creating-<name>.<token>` and renamed into place (`CacheWriter.create`)
 STAGED_PREFIX = ".creating-"
+
+
+def check_shard_items(shard_items: int, n_items: int, item_bytes: int) -> int:
+    """An explicit items-per-shard as given, or a CacheError where it would break the limits `choose_shard_items`
+    keeps: more than MAX_SHARDS shards, or a shard file over the Hub's."""
+    if shard_items < 1:
+        raise CacheError(f"--shard-items {shard_items} is below 1; give a whole number of 1 or more")
+    per_shard = min(shard_items, max(n_items, 1))  # the rows the largest shard file holds
+    if math.ceil(n_items / per_shard) > MAX_SHARDS:
+        raise CacheError(
+            f"--shard-items {shard_items} cuts {n_items:,} items into {math.ceil(n_items / per_shard):,} shards, over "
+            f"{MAX_SHARDS:,} (a Hub folder takes < {HUB_MAX_FOLDER_ENTRIES:,} files); give at least "
+            f"{math.ceil(n_items / MAX_SHARDS):,}, or leave it out to choose"
+        )
+    if per_shard * item_bytes > HUB_MAX_FILE_BYTES:
+        raise CacheError(
+            f"--shard-items {shard_items} makes shard files of {per_shard * item_bytes:,} bytes, over the Hub's "
+            f"{HUB_MAX_FILE_BYTES:,}-byte file limit; give at most {HUB_MAX_FILE_BYTES // item_bytes:,}, or leave it "
+            "out to choose"
+        )
+    return shard_items

@@ -141,9 +141,11 @@ class CacheWriter:
         path = _local_path(path)
         ids = check_ids(ids)
         shard_items = spec.shard_items
+        item_bytes = layout.item_nbytes(spec.item_shape, spec.dtype)
         if shard_items is None:
-            item_bytes = layout.item_nbytes(spec.item_shape, spec.dtype)
             shard_items = layout.choose_shard_items(len(ids), item_bytes, spec.shard_bytes)
+        else:
+            shard_items = layout.check_shard_items(int(shard_items), len(ids), item_bytes)
         extras = spec.extras
         wanted = Manifest(
             modality=spec.modality,

@@ -410,3 +410,18 @@ def test_overwrite_through_a_link_is_one_line(tmp_path, rng):
     with pytest.raises(CacheError, match=r"link.zarr is a link to .*real.zarr; --overwrite replaces a cache folder"):
         CacheWriter.create(tmp_path / "link.zarr", spec, ids=list("abcd"), overwrite=True)
     assert open_cache(tmp_path / "real.zarr").manifest.complete
+
+
+def test_an_explicit_shard_size_past_the_hub_limits_is_refused_before_anything_is_written(tmp_path):
+    """`choose_shard_items` keeps a cache within MAX_SHARDS shards and the Hub's file size; a --shard-items given
+    by hand is held to the same limits, in one line naming the bound, before the cache exists."""
+    ids = [f"i{k}" for k in range(9_001)]
+    small = CacheSpec("dna", "m", "r", -1, "mean", (4,), digest_strings(ids), shard_items=1)
+    with pytest.raises(
+        CacheError, match=r"--shard-items 1 cuts 9,001 items into 9,001 shards, over 9,000 .* at least 2"
+    ):
+        CacheWriter.create(tmp_path / "a.zarr", small, ids=ids)
+    big = CacheSpec("dna", "m", "r", -1, "none", (1000, 1000), digest_strings(ids), dtype="float32", shard_items=6_000)
+    with pytest.raises(CacheError, match=r"shard files of 24,000,000,000 bytes, over the Hub's .* at most 5,000"):
+        CacheWriter.create(tmp_path / "b.zarr", big, ids=ids)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
