@@ -115,6 +115,7 @@ def _write_file(path: str, buffers: Sequence) -> None:
                     k += 1
                 else:
                     views[k], written = views[k][written:], 0
+        os.fsync(fd)  # on the disk before its name is: a machine that stops leaves the old file or the whole new one
         os.close(fd)
         fd = -1
         os.replace(partial, path)

@@ -35,7 +35,7 @@ from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings, manifest_mapping
-from dogmacache.cache.reader import damaged_metadata
+from dogmacache.cache.reader import chunk_file, damaged_metadata
 from dogmacache.cache.shards import (
     PlainChunks,
     chunk_path,
@@ -539,6 +539,19 @@ class CacheWriter:
         self.manifest = dataclasses.replace(self.manifest, config={**self.manifest.config, name: value})
         self._group.attrs[MANIFEST_KEY] = self.manifest.to_dict()
 
+    def _lost_shards(self) -> list[int]:
+        """Shards whose `embeddings` file is missing or empty (a stat each), though their digest row is written."""
+        n_dims = 1 + len(self.manifest.item_shape)
+        lost = []
+        for shard in range(self.manifest.n_shards):
+            try:
+                empty = os.stat(chunk_file(str(self.path), layout.EMBEDDINGS, shard, n_dims)).st_size == 0
+            except FileNotFoundError:
+                empty = True
+            if empty:
+                lost.append(shard)
+        return lost
+
     def finalize(self, *, fidelity: dict | None = None) -> Manifest:
         """Mark the cache complete once every shard has its digest. Call once, after all writers finished.
         `fidelity` (the fp32 receipt) and the rows copied from earlier caches (`reused_records`, from the shards'
@@ -552,6 +565,15 @@ class CacheWriter:
             raise IncompleteCacheError(
                 f"{self.path}: {len(missing)} of {self.manifest.n_shards} shards are not written yet "
                 f"(first: {missing[:5]}); re-run the same command to finish them"
+            )
+        lost = self._lost_shards()
+        if lost:
+            for shard in lost:  # written again by the next run
+                self._digests[shard] = np.zeros(32, dtype=np.uint8)
+            raise IncompleteCacheError(
+                f"{self.path}: {len(lost)} shard(s) have a checksum but their file of rows is missing or empty "
+                f"(first: {lost[:5]}; a machine that stopped before the file reached the disk); their checksums are "
+                "cleared: re-run the same command to write them again"
             )
         done = dataclasses.replace(
             self.manifest,

@@ -425,3 +425,23 @@ def test_an_explicit_shard_size_past_the_hub_limits_is_refused_before_anything_i
     with pytest.raises(CacheError, match=r"shard files of 24,000,000,000 bytes, over the Hub's .* at most 5,000"):
         CacheWriter.create(tmp_path / "b.zarr", big, ids=ids)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_a_shard_whose_file_was_lost_after_its_checksum_is_written_again_not_called_complete(tmp_path, rng):
+    """A machine that stops can keep a shard's checksum row while its file of rows never reached the disk: finalize
+    finds the missing or empty file, clears that checksum and refuses; the same run again writes the shard."""
+    data = rng.standard_normal((6, 3)).astype(np.float32)
+    spec = CacheSpec("dna", "m", "r", -1, "mean", (3,), digest_strings(list("abcdef")), shard_items=2)
+    writer = CacheWriter.create(tmp_path / "c.zarr", spec, ids=list("abcdef"))
+    for shard in writer.pending_shards():
+        a, b = writer.manifest.shard_rows(shard)
+        writer.write_shard(shard, data[a:b])
+    (tmp_path / "c.zarr" / "embeddings" / "c" / "1" / "0").write_bytes(b"")  # emptied by the crash
+    with pytest.raises(IncompleteCacheError, match=r"1 shard\(s\) have a checksum but their file .*first: \[1\]"):
+        writer.finalize()
+    writer.close()
+    again = CacheWriter.create(tmp_path / "c.zarr", spec, ids=list("abcdef"))
+    assert again.pending_shards() == [1]
+    again.write_shard(1, data[2:4])
+    assert again.finalize().complete and open_cache(tmp_path / "c.zarr")[:].tolist() == data.astype(np.float16).tolist()
+    assert verify_cache(tmp_path / "c.zarr", progress=False).ok
