@@ -1,7 +1,7 @@
 """`dogmacache bench`: measured throughput of each stage (`make bench`), printed as tables with the targets
 beside the numbers, saved as `DIR/<section>.json` (numbers + machine info) and `DIR/summary.md`.
 
-Sections (all by default, each a couple of minutes on 2 CPU cores):
+Sections (all but gpu by default, each a couple of minutes on 2 CPU cores):
 - cache: shard writes and random reads of Enformer-shaped items (`bench/cache.py`).
 - embed: every adapter's tiny model on the demo inputs through `run_embed`, on CPU; the full-size random
   Enformer on CPU with `--full-enformer` (~28 s per window on 2 cores); on a CUDA machine also the
@@ -14,6 +14,11 @@ Sections (all by default, each a couple of minutes on 2 CPU cores):
   tiny demo models (`bench/reuse.py`).
 - cdt: training steps of the fast CDT against the per-sample reference, each in a fresh process
   (`bench/cdt.py`); the paper preset runs the fast model only unless `--allow-paper-reference`.
+- mutate: an in-silico edit's re-embedding against re-embedding every window (`bench/mutate.py`).
+- train-memory: the peak memory of one training epoch from caches of two sizes, each in a fresh process
+  (`bench/train_memory.py`).
+- gpu (`--only gpu`, `make bench-gpu`; not among the defaults): every accelerator measurement, sized by
+  `--gpu-size` (`bench/gpu.py`).
 
 This module turns the flags into each section's arguments; the tables, JSON and summary are `bench/report.py`.
 """
@@ -51,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads here and in the CDT processes (default: torch's, all cores)",
+        help="torch intra-op threads of this process and the CDT processes (default: torch's, all cores); the "
+        "sections that embed choose their own count as `dogmacache embed` does, and train-memory's processes "
+        "take torch's default",
     )
     g = p.add_argument_group("cache")
     g.add_argument(
@@ -125,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "to gpu.partial.json as it ends",
     )
     p.set_defaults(run=run, interrupted=_interrupted)
+    _DEFAULTS.update({dest: p.get_default(dest) for flags in SECTION_FLAGS.values() for dest in flags})
 
 
 def _interrupted(args: argparse.Namespace) -> str:
@@ -180,6 +188,18 @@ def _cdt(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+# the flags each section reads (beside --out, --only and --threads): a section's record keeps these alone, and a flag
+# given away from its default that no section run reads is refused
+SECTION_FLAGS: dict[str, tuple[str, ...]] = {
+    "cache": ("items", "item_shape", "compression"),
+    "embed": ("full_enformer", "embed_items", "embed_workers", "gpu_batches", "gpu_windows"),
+    "cdt": ("cdt_preset", "cdt_batch", "cdt_steps", "allow_paper_reference", "cpu_allocator"),
+    "gpu": ("gpu_size", "gpu_parts"),
+}
+COMMON_FLAGS = ("out", "only", "threads")
+_DEFAULTS: dict[str, Any] = {}  # each section flag's default, from the parser
+
+
 # section -> (run it from the parsed flags, its tables), in the order they run and appear in summary.md
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], report.TablesFor]] = {
     "cache": (_cache, cache_tables),
@@ -222,8 +242,17 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--gpu-batches and --item-shape are comma-separated integers ({err})") from err
     if min(batches) < 1 or min(shape) < 1:
         raise InputError("--gpu-batches and --item-shape take positive integers")
-    if args.only != "gpu" and args.gpu_parts is not None:
-        raise InputError(f"--gpu-parts {args.gpu_parts} applies to the gpu section only: add --only gpu")
+    run = {args.only} if args.only else set(DEFAULT_SECTIONS)
+    read = {dest for name in run for dest in SECTION_FLAGS.get(name, ())}
+    for name, flags in SECTION_FLAGS.items():
+        for dest in flags:
+            if dest not in read and dest in _DEFAULTS and getattr(args, dest) != _DEFAULTS[dest]:
+                flag = "--" + dest.replace("_", "-")
+                value = "" if isinstance(getattr(args, dest), bool) else f" {getattr(args, dest)}"
+                raise InputError(
+                    f"{flag}{value} applies to the {name} section, which this run does not measure: add --only "
+                    f"{name}, or leave {flag} out"
+                )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; the bench writes a folder of results there: choose another")
     if args.only == "gpu" and args.gpu_size == "full":
@@ -245,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sections = [args.only] if args.only else list(DEFAULT_SECTIONS)
-    options = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    given = vars(args)
     failed = []
     for name in sections:
         machine = report.machine_info()
@@ -274,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             "section": name,
             "seconds": round(seconds, 1),
             "machine": machine,
-            "options": options,
+            "options": {k: given[k] for k in (*COMMON_FLAGS, *SECTION_FLAGS.get(name, ())) if k in given},
             "results": results,
         }
         report.write_record(out, record)

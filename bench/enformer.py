@@ -461,8 +461,17 @@ def bench_enformer_full_cpu(
             "seconds_per_window": run["wall_seconds"] / max(run["windows"], 1),
             "forward_seconds_per_window": run["forward_seconds"] / max(run["windows"], 1),
             "model_write_seconds": write_seconds,
-            "threads": torch.get_num_threads(),
+            "threads": _run_threads(root / "cache.zarr"),  # what run_embed chose, not this process's count
             "reference_seconds_per_window": list(CPU_FULL_SECONDS_PER_WINDOW),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_threads(cache: Path) -> int | None:
+    """The torch threads a `run_embed` into `cache` ran with, from its manifest (it chooses them from the cores
+    other processes leave idle)."""
+    from dogmacache.cache import open_cache
+
+    count = open_cache(cache, allow_partial=True).manifest.config.get("torch_threads")
+    return int(count) if isinstance(count, int) else None

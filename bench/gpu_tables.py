@@ -59,7 +59,7 @@ def enformer_rows(enformer: dict[str, Any], scope: dict[str, bool]) -> list[list
         ],
         [
             "GPU busy fraction, runner path (eager `run_embed`, best run)",
-            max(busy) if busy else "not measured (no NVML)",
+            max(busy) if busy else "not measured (no eager run_embed run)",
             "",
             "",
             f"≥ {TARGET_GPU_BUSY:.0%}",

@@ -28,7 +28,8 @@ from dogmacache.cache import open_cache
 from dogmacache.devices import usable_cores
 
 TARGET_DEFAULT_OVER_BEST = 1.2  # the default's median seconds at most this times the best setting's
-BUSY_LOOP = "while True: pass"
+# one core kept busy, in pure Python; it ends when the bench does (its parent gone: killed, Ctrl-C or SIGTERM)
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(100_000): pass"
 
 
 DEFAULT = (None, None)  # the settings `dogmacache embed` decides for itself, run by run (`devices.cpu_plan`)
@@ -48,7 +49,7 @@ def bench_threads(
 ) -> dict[str, Any]:
     """Median runner seconds per (workers, threads) setting of two tables on the CPU: the demo's DNA windows (tiny
     Enformer) and `proteins` proteins (tiny ESM-2, whose inputs are prepared in the process by default), as the
-    machine is ("as is") and, with `busy`, with one `python -c 'while True: pass'` beside it."""
+    machine is ("as is") and, with `busy`, with one busy Python loop beside it (BUSY_LOOP)."""
     from dogmacache.bench.reuse import protein_items
     from dogmacache.data_recipes.demo import build_demo
     from dogmacache.embed.tiny import make_tiny
@@ -173,7 +174,8 @@ def _case_table(case: dict[str, Any], cores: int, repeats: int) -> Table:
         rows,
         [
             f"1-minute load average before each condition: {loads}; the busy process is "
-            f"`python -c '{BUSY_LOOP}'`, killed after; the default is decided by each run (devices.cpu_plan: "
+            "a Python loop keeping one core busy, killed after (and ending with the bench); the default is "
+            "decided by each run (devices.cpu_plan: "
             "the cores other processes leave free, watched while the model loads, at least 0.1 s, before the "
             "runner's clock starts)",
             f"seconds before the runner's clock (table read, model load, the default's watching), {names[0]}: the "

@@ -145,12 +145,11 @@ def bench_train_memory(
     """One epoch per cache size, each in a fresh process; the peak RSS ratio of the larger over the smaller."""
     runs = []
     for n in sizes:
-        done = subprocess.run(
-            [sys.executable, "-c", _PROCESS, str(n), *map(str, item_shape), str(num_workers)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        command = [sys.executable, "-c", _PROCESS, str(n), *map(str, item_shape), str(num_workers)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            last = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"the train-memory process for {n} rows failed ({done.returncode}):\n{last}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {
         "item_shape": list(item_shape),

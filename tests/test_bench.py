@@ -187,6 +187,7 @@ def test_bench_command_writes_json_and_summary(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv",
     [["--threads", "0"], ["--gpu-batches", "1,x"], ["--cdt-steps", "0"], ["--gpu-parts", "enformer"]]
+    + [["--only", "gpu", "--gpu-size", "tiny", "--gpu-batches", "64"], ["--only", "cache", "--cdt-steps", "5"]]
     + ([["--only", "gpu", "--gpu-size", "full"]] if not torch.cuda.is_available() else []),
 )
 def test_bad_options_are_refused(tmp_path, argv, capsys):
@@ -456,3 +457,36 @@ def test_the_busy_verdict_reads_the_eager_runner_runs_only():
     rows = enformer_rows({"gpu": {"runner": runner}}, {"h100": True, "gpu": True})
     (busy,) = [r for r in rows if str(r[0]).startswith("GPU busy fraction")]
     assert busy[1] == 0.38 and busy[-1] == "NO"
+
+
+def test_the_threads_sections_busy_loop_ends_with_the_bench(tmp_path):
+    """The busy process ends when its parent does, however the parent was stopped (SIGTERM here, which no
+    `finally` sees), rather than keeping a core busy for every later measurement on the machine."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from dogmacache.bench.threads import BUSY_LOOP
+
+    starter = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {BUSY_LOOP!r}])\ntime.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", starter])
+    deadline = time.monotonic() + 20
+    children = []
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the busy loop did not start"
+    parent.send_signal(signal.SIGTERM)
+    parent.wait()
+
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    while running(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(children[0])
