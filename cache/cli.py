@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dogmacache.cache.manifest import COMPRESSIONS, MODALITIES, STORAGE_DTYPES, describe_fidelity
+from dogmacache.cache.manifest import COMPRESSIONS, MODALITIES, STORAGE_DTYPES, describe_fidelity, describe_reused
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,7 +90,7 @@ def _info(args: argparse.Namespace) -> int:
         ("on disk", f"{n_bytes / 2**20:,.1f} MiB in {n_files} files"),
         ("input digest", m.input_digest),
         ("fidelity", describe_fidelity(m.fidelity, m.complete)),
-        ("reused rows", ", ".join(f"{r['rows']:,} from {r['name']}" for r in m.reused) or "none"),
+        *[("reused rows", line) for line in describe_reused(m.reused) or ["none"]],
         ("created", f"{m.created_at} by " + ", ".join(f"{k} {v}" for k, v in sorted(m.created_by.items()))),
     ]
     width = max(len(k) for k, _ in rows)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dogmacache.cache import layout
-from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, describe_fidelity
+from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, describe_fidelity, describe_reused
 from dogmacache.cache.reader import damaged_metadata, open_cache
 from dogmacache.cache.verify import verify_cache
 from dogmacache.errors import CacheError
@@ -131,6 +131,7 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
             f"- created: {m.created_at} with {versions}",
             f"- shards: {m.n_shards} of {m.shard_items} items, compression {m.compression}, complete: {m.complete}",
             f"- fidelity: {describe_fidelity(m.fidelity)}",
+            *[f"- reused: {line}" for line in describe_reused(m.reused)],
             f"- config: `{json.dumps(m.config, sort_keys=True)}`",
             "",
         ]

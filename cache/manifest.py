@@ -208,3 +208,13 @@ def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
         f"(median {fidelity['relative_l2_median']:.2e}); {fidelity['precision']} forward, "
         f"{fidelity['dtype']} storage, {fidelity.get('compression', 'none')} compression"
     )
+
+
+def describe_reused(reused: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[str]:
+    """One line per source of rows copied by `--reuse`: how many rows, from which cache (its name and shards
+    digest), and that cache's own fidelity receipt, which those rows keep."""
+    return [
+        f"{r['rows']:,} rows from {r['name']} ({r['shards_digest']}); its fidelity: "
+        + describe_fidelity(r.get("fidelity") or {})
+        for r in reused
+    ]

@@ -26,7 +26,7 @@ from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
-from dogmacache.embed.runner import check_output, load, open_writer, resolve
+from dogmacache.embed.runner import check_output, load, open_writer, print_fidelity, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads, resuming_line
 from dogmacache.embed.shard_filler import ShardFiller, settled
 from dogmacache.embed.stream import embed_segments, stored_info
@@ -173,7 +173,7 @@ def _run(
         for filler in fillers.values():
             filler.close()  # inside: a failed close settles every layer's writer before the locks go
     bar.close()
-    complete = True
+    complete, receipts = True, {}
     for layer, writer in writers.items():
         if writer.manifest.complete:
             continue
@@ -188,6 +188,7 @@ def _run(
             captured=capture.rows,
         )
         complete &= writer.finalize(fidelity=fidelity).complete
+        receipts[layer] = fidelity
     seconds = time.perf_counter() - start
     written = {layer: len(pending[layer]) for layer in writers}
     summary = {
@@ -205,4 +206,6 @@ def _run(
         f"for {len(writers)} layers, into {len(writers)} caches: {caches}; {padded} windows padded with N, "
         "caches complete"
     )
+    for layer, fidelity in receipts.items():
+        print_fidelity(fidelity, layer)
     return summary

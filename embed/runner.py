@@ -56,6 +56,7 @@ from dogmacache.errors import InputError
 from tqdm.auto import tqdm
 
 __all__ = [
+    "print_fidelity",
     "NUMBER_SETTINGS",
     "PATHS",
     "PRECISIONS",
@@ -350,9 +351,14 @@ def _run(
         + (f"{padded} windows padded with N, " if getattr(adapter.options, "window_bp", None) else "")
         + "cache complete"
     )
+    print_fidelity(fidelity)
+    return summary
+
+
+def print_fidelity(fidelity: dict[str, Any], layer: str | int | None = None) -> None:
+    """The fidelity receipt in a line (nothing where none was taken); `layer`: whose, for `--layers`."""
     if fidelity:
         print(
-            f"fidelity: {fidelity['items']} items against a float32 forward: cosine >= {fidelity['cosine_min']:.8f}, "
-            f"relative L2 <= {fidelity['relative_l2_max']:.2e}"
+            f"fidelity{'' if layer is None else f' of layer {layer}'}: {fidelity['items']} items against a float32 "
+            f"forward: cosine >= {fidelity['cosine_min']:.8f}, relative L2 <= {fidelity['relative_l2_max']:.2e}"
         )
-    return summary

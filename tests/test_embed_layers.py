@@ -87,6 +87,7 @@ def test_each_layer_cache_is_the_single_layer_run(inputs, tmp_path, capsys, case
     assert f"one forward pass for {len(layers)} layers" in summary
     for layer in layers:
         assert f"{layer} -> {out}/layer_{layer}" in summary
+        assert f"fidelity of layer {layer}: " in summary  # each receipt printed, as a single-layer run prints its own
         single = tmp_path / "single" / f"layer_{layer}"  # the same folder name: the manifests record it
         assert main(args(inputs, model, modality, single, f"--layer={layer}", *extra)) == 0
         assert manifest(out / f"layer_{layer}")["layer"] == (int(layer) if model == "esm2" else layer)

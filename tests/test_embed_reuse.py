@@ -136,6 +136,16 @@ def test_reuse_is_byte_identical_to_a_full_embed(inputs, old_cache, full_new, tm
     assert source["items"] > 0 and manifest.reused[0]["fidelity"] == source
     assert manifest.fidelity["sampled_from"] == "all 30 rows"  # 5 embedded: fewer than the 16 to draw
     assert open_cache(full_new).manifest.fidelity["sampled_from"] == "rows embedded by this run (30 of 30)"
+    from dogmacache.cache.hub import FoundCache, dataset_card
+    from dogmacache.cache.manifest import describe_fidelity
+    from dogmacache.cli import main
+
+    capsys.readouterr()
+    assert main(["cache", "info", str(out)]) == 0
+    said = f"25 rows from old ({manifest.reused[0]['shards_digest']}); its fidelity: {describe_fidelity(source)}"
+    assert said in capsys.readouterr().out  # the copied rows' receipt, where the README says it is
+    card = dataset_card("lab/x", [FoundCache("r", manifest)])
+    assert f"- reused: {said}" in card
 
 
 def test_reuse_of_bfloat16_rows_is_byte_identical(inputs, tmp_path):
