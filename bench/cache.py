@@ -20,7 +20,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 from dogmacache.bench.report import Table, fmt, table
-from dogmacache.cache import convert
+from dogmacache.cache import convert, layout
 from dogmacache.cache.reader import open_cache
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
@@ -100,6 +100,7 @@ def bench_cache(
     seed: int = 0,
     workdir: str | None = None,
 ) -> dict:
+    shard_items = max(shard_items, -(-n_items // layout.MAX_SHARDS))  # a cache holds at most MAX_SHARDS shards
     rng = np.random.default_rng(seed)
     root = Path(tempfile.mkdtemp(prefix="dogmacache-bench-", dir=workdir))
     path = root / "bench.zarr"

@@ -68,7 +68,7 @@ def _whole_positions(values: np.ndarray, src: str) -> list[int]:
     numbers = np.asarray(values)
     if not np.issubdtype(numbers.dtype, np.number):
         raise InputError(f"{src} dataset 'centers' holds {numbers.dtype} values; it must hold whole-number positions")
-    fractional = np.flatnonzero(numbers != np.round(numbers))
+    fractional = np.flatnonzero(~np.isfinite(numbers) | (numbers != np.round(numbers)))
     if len(fractional):
         row = int(fractional[0])
         raise InputError(

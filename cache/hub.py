@@ -49,7 +49,11 @@ def is_cache_folder(path: Path) -> bool:
 def find_caches(folder: Path, root: bool = True) -> list[FoundCache]:
     """Caches in `folder`: the folder itself (unless not `root`), or its immediate subfolders."""
     candidates = [folder] if root else []
-    candidates += sorted(p for p in folder.iterdir() if p.is_dir() and (p / "zarr.json").is_file())
+    candidates += sorted(  # not a creation's or an --overwrite's folder (`layout.STAGED_PREFIX`): no cache yet
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(layout.STAGED_PREFIX) and (p / "zarr.json").is_file()
+    )
     found = []
     for path in candidates:
         if not is_cache_folder(path):

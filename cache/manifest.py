@@ -50,6 +50,20 @@ _FIELD_TYPES = (
 )
 
 
+def _wrong_type(data: dict[str, Any]) -> str:
+    """The first field of a manifest's values whose type is not one `_FIELD_TYPES` allows, said in words ("" when
+    all fit): checked when a manifest is made (a writer's arguments) and when one is read back."""
+    for name, kinds, what in _FIELD_TYPES:
+        value = data.get(name)
+        if name in data and not (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+            return f"field {name!r} holds {value!r}, not {what}"
+    for name, what in (("item_shape", "whole numbers"), ("shards", "texts"), ("extra_arrays", "texts")):
+        kind = int if what == "whole numbers" else str
+        if any(not isinstance(v, kind) or isinstance(v, bool) for v in data.get(name) or ()):
+            return f"field {name!r} holds {data[name]!r}, not a list of {what}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs to trust and interpret a cache. Stored as the root attribute `dogmacache`."""
@@ -78,6 +92,9 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        problem = _wrong_type({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if problem:  # what a reader would refuse, refused before anything is written
+            raise CacheError(f"manifest {problem}; pass values of those types")
         if self.modality not in MODALITIES:
             raise CacheError(f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}; pick one of those")
         if self.dtype not in STORAGE_DTYPES:
@@ -131,20 +148,12 @@ class Manifest:
                 f"{where} manifest lacks keys {absent}; it is damaged or was not written by dogmacache: copy or pull "
                 "the cache again, or re-create it"
             )
-        for name, kinds, what in _FIELD_TYPES:
-            value = data.get(name)
-            if name in data and not (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
-                raise CacheError(
-                    f"{where} manifest field {name!r} holds {value!r}, not {what}; the manifest is damaged or was not "
-                    "written by dogmacache: copy or pull the cache again, or re-create it"
-                )
-        for name, what in (("item_shape", "whole numbers"), ("shards", "texts"), ("extra_arrays", "texts")):
-            kind = int if what == "whole numbers" else str
-            if any(not isinstance(v, kind) or isinstance(v, bool) for v in data.get(name) or ()):
-                raise CacheError(
-                    f"{where} manifest field {name!r} holds {data[name]!r}, not a list of {what}; the manifest is "
-                    "damaged: copy or pull the cache again, or re-create it"
-                )
+        problem = _wrong_type(data)
+        if problem:
+            raise CacheError(
+                f"{where} manifest {problem}; the manifest is damaged or was not written by dogmacache: copy or pull "
+                "the cache again, or re-create it"
+            )
         values = dict(data)
         values["item_shape"] = tuple(int(s) for s in data["item_shape"])
         values["extra_arrays"] = tuple(data.get("extra_arrays", ()))

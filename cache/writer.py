@@ -79,6 +79,11 @@ def _remove_at_once(path: Path, token: str) -> None:
     """Remove the cache at `path` for --overwrite: renamed aside in one step (to the name of a stopped creation,
     which the next create clears), then deleted. A stop during the deletion leaves no cache at `path`, never a
     half-deleted one whose manifest still says complete. A link is refused: the cache is another folder."""
+    if not path.is_dir():
+        raise CacheError(
+            f"{path} is a file, not a cache folder; --overwrite replaces a cache: remove the file, or choose another "
+            "output path"
+        )
     if path.is_symlink():
         raise CacheError(
             f"{path} is a link to {os.path.realpath(path)}; --overwrite replaces a cache folder, not what a link "

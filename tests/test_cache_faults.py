@@ -445,3 +445,34 @@ def test_a_shard_whose_file_was_lost_after_its_checksum_is_written_again_not_cal
     again.write_shard(1, data[2:4])
     assert again.finalize().complete and open_cache(tmp_path / "c.zarr")[:].tolist() == data.astype(np.float16).tolist()
     assert verify_cache(tmp_path / "c.zarr", progress=False).ok
+
+
+def test_a_stopped_overwrites_aside_folder_is_no_cache_to_publish_or_reuse(tmp_path, monkeypatch, rng):
+    from conftest import interrupt_on_call
+    from dogmacache.cache import hub
+    from dogmacache.cache import writer as writer_module
+    from dogmacache.embed import reuse
+
+    write_cache(tmp_path / "x.zarr", rng.standard_normal((6, 3)).astype(np.float32), shard_items=2)
+    interrupt_on_call(monkeypatch, writer_module.shutil, "rmtree", 2)
+    spec = CacheSpec("dna", "test/model", "r1", -1, "mean", (3,), digest_strings(list("abcdef")), shard_items=2)
+    with pytest.raises(KeyboardInterrupt):
+        CacheWriter.create(tmp_path / "x.zarr", spec, ids=list("abcdef"), overwrite=True)
+    assert [p.name.startswith(".creating-x.zarr.") for p in tmp_path.iterdir() if p.is_dir()] == [True]
+    assert hub.find_caches(tmp_path) == [] and reuse.find_caches(str(tmp_path)) == []
+
+
+def test_overwrite_onto_a_file_is_one_line_and_keeps_the_file(tmp_path):
+    (tmp_path / "out.zarr").write_text("my notes")
+    spec = CacheSpec("dna", "test/model", "r1", -1, "mean", (3,), digest_strings(list("ab")), shard_items=2)
+    with pytest.raises(CacheError, match=r"out.zarr is a file, not a cache folder; .* remove the file"):
+        CacheWriter.create(tmp_path / "out.zarr", spec, ids=list("ab"), overwrite=True)
+    assert (tmp_path / "out.zarr").read_text() == "my notes" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("layer", [None, 2.0])
+def test_a_manifest_value_no_reader_would_take_is_refused_before_anything_is_written(tmp_path, layer):
+    spec = CacheSpec("dna", "test/model", "r1", layer, "mean", (3,), digest_strings(list("ab")), shard_items=2)
+    with pytest.raises(CacheError, match=rf"manifest field 'layer' holds {layer!r}, not a layer number or name"):
+        CacheWriter.create(tmp_path / "c.zarr", spec, ids=list("ab"))
+    assert not (tmp_path / "c.zarr").exists()

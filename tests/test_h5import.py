@@ -305,6 +305,12 @@ def test_ids_of_shape_n_by_1_are_read_per_row_and_fractional_centers_are_named(t
             tmp_path / "e.h5", tmp_path / "d.zarr", dataset="embeddings", modality="dna", model="m", progress=False
         )
     with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5["centers"][1] = np.inf
+    with pytest.raises(InputError, match=r"dataset 'centers' row 1 is inf, not a whole-number position"):
+        import_h5(
+            tmp_path / "e.h5", tmp_path / "d.zarr", dataset="embeddings", modality="dna", model="m", progress=False
+        )
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
         h5.create_dataset("wide", data=np.zeros((4, 2), dtype="S3"))
     with pytest.raises(InputError, match=r"dataset 'wide' has shape \(4, 2\); it must hold one value per row"):
         import_h5(
