@@ -98,11 +98,15 @@ def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
     differ = config_differences(here, there)
     if not differ:
         return ""
-    k = differ[0]
+    k = "resumed_with" if "resumed_with" in differ else differ[0]  # rows of two kinds: no run copies them all
     if k == "torch_threads" and isinstance(there.get(k), int):
         return f"torch_threads is {there[k]} there, {here.get(k)} here (a run at {there[k]} copies its rows)"
     if k == "torch_threads":
         return "its torch thread count is not recorded (embedded before counts were); re-embed it to copy from"
+    if k == "resumed_with":
+        return (
+            f"it was resumed under other settings ({there.get(k)!r}), so its rows are of two kinds; no run copies them"
+        )
     return f"{k} is {there.get(k)!r} there, {here.get(k)!r} here"
 
 

@@ -193,11 +193,18 @@ def existing_manifest(out: str):
 
 def begun_threads(out: str) -> int | None:
     """The torch threads an unfinished cache at `out` was begun with (its manifest's `torch_threads`); None where
-    there is no cache, a finished one, or no count recorded. CPU kernels may split reductions by thread count, so
-    a resume on the CPU takes this count unless the user chooses one (`resume_threads`)."""
+    there is no cache, a finished one, one without a finished shard (no rows to match: the run chooses afresh), or
+    no count recorded. CPU kernels may split reductions by thread count, so a resume on the CPU takes this count
+    unless the user chooses one (`resume_threads`)."""
     manifest = existing_manifest(out)
     count = None if manifest is None or manifest.complete else manifest.config.get("torch_threads")
-    return count if isinstance(count, int) and count > 0 else None
+    if not (isinstance(count, int) and count > 0):
+        return None
+    try:
+        begun = bool(open_cache(out, allow_partial=True).done_shards().any())
+    except (CacheError, OSError):
+        begun = True  # unreadable here: the writer names the problem; keep the recorded count meanwhile
+    return count if begun else None
 
 
 def resuming_line(out: str, done: int, n_shards: int, note: str = "") -> str:

@@ -416,6 +416,30 @@ def test_a_resume_on_the_cpu_takes_the_threads_the_cache_was_begun_with(proteins
     assert "begun with 8 torch threads, more than the 2 cores this process may use; the new shards may" in said
 
 
+def test_a_cache_stopped_before_its_first_shard_is_this_runs_alone(proteins, tmp_path, idle_two_cores, capsys):
+    """No shard written: no rows to match, so the run chooses its threads afresh (2 on idle cores, not the 1 the
+    cache was begun with) and the manifest records this run's settings, with no `resumed_with`; a cache so finished
+    is a --reuse source like any other."""
+    from dogmacache.embed import runner
+
+    used = idle_two_cores(runner)
+    out = tmp_path / "begun.zarr"
+    run_embed(_config(proteins, out, torch_threads=1, shard_items=1))
+    n_shards = open_cache(out).manifest.n_shards
+    for shard in range(n_shards):
+        _unfinish(out, shard)
+    run_embed(_config(proteins, out, shard_items=1))
+    assert used[-1] == 2
+    config = open_cache(out).manifest.config
+    assert config["torch_threads"] == 2 and "resumed_with" not in config
+    for shard in range(n_shards):
+        _unfinish(out, shard)
+    run_embed(_config(proteins, out, torch_threads=1, max_batch=3, shard_items=1))  # chosen, over nothing begun
+    config = open_cache(out).manifest.config
+    assert (config["torch_threads"], config["max_batch"]) == (1, 3) and "resumed_with" not in config
+    assert "continued with" not in capsys.readouterr().out
+
+
 def test_a_layers_resume_takes_one_count_for_every_cache(proteins, tmp_path, idle_two_cores, capsys):
     """--layers finishes all its caches in one pass at one thread count: the one the unfinished caches were begun
     with, also for a layer cache begun anew beside them, and said once; caches begun with different counts fall

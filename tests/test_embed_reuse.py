@@ -731,7 +731,8 @@ def test_a_cache_resumed_under_other_rounding_settings_is_no_reuse_source(inputs
         config(inputs, "new.parquet", tmp_path / "new.zarr", torch_threads=1, reuse=(str(tmp_path / "mixed.zarr"),))
     )
     assert summary["reused"] == 0
-    assert "not using mixed.zarr: resumed_with is [{'max_batch': 3}] there, None here" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "not using mixed.zarr: it was resumed under other settings ([{'max_batch': 3}]), so its rows" in said
 
 
 def test_overwrite_never_deletes_a_reuse_source(inputs, old_cache, tmp_path):
