@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from dogmacache.bench.report import Table, table, verdict
 from dogmacache.bench.timing import demo_config, timed_run_embed
-from dogmacache.cache import open_cache
 from dogmacache.devices import usable_cores
 
 TARGET_DEFAULT_OVER_BEST = 1.2  # the default's median seconds at most this times the best setting's
@@ -122,9 +121,8 @@ def _measure(config, settings: list[tuple[int | None, int | None]], repeats: int
             timed = timed_run_embed(run)
             seconds[i].append(timed["seconds"])
             setup[i].append(timed["setup_seconds"])
-            if (workers, threads) == DEFAULT:
-                recorded = open_cache(run.out).manifest.config
-                chosen.append((int(recorded["num_workers"]), int(recorded["torch_threads"])))
+            if (workers, threads) == DEFAULT:  # what the run used: a short pass prepares its rows in the process
+                chosen.append((int(timed["num_workers"]), int(timed["torch_threads"])))
     rows = [
         {"workers": w, "threads": t, "median_s": float(np.median(s)), "seconds": s, "setup_s": float(np.median(u))}
         for (w, t), s, u in zip(settings, seconds.values(), setup.values(), strict=True)

@@ -218,4 +218,6 @@ def timed_run_embed(config: EmbedConfig) -> dict[str, Any]:
         "items_per_s": summary["items"] / max(seconds, 1e-9),
         "setup_seconds": round(max(total - seconds, 0.0), 3),
         "shards": summary["shards"],
+        "num_workers": summary.get("num_workers"),  # what the run used (None: it had nothing left to embed)
+        "torch_threads": summary.get("torch_threads"),
     }

@@ -343,6 +343,8 @@ def _run(
         "reused": filler.copied,
         "seconds": round(seconds, 4),
         "items_per_s": round(n_todo / max(seconds, 1e-9), 2),
+        "num_workers": settings.workers_for(len(rows_todo)),  # what this run's pass used (the plan's, or none)
+        "torch_threads": settings.torch_threads,
         "shards": len(pending),
         "padded_windows": padded,
         "fidelity": fidelity,
