@@ -99,7 +99,8 @@ def cdbridge_config(
             early_stop_patience=5,
             seed=seed,
             num_workers=0,
-            controls=CONTROLS if fold == 0 else (),
+            controls=CONTROLS,  # every fold's held-out score beside its permutation null and shuffled inputs
+            # the k-mer DNA control trains its own stage 1 on fold 0; folds 1-2 start from fold 0's Enformer stage 1
             control_caches=(f"dna_cache={caches['dna_kmer']}",) if fold == 0 and "dna_kmer" in caches else (),
         ),
         output=OutputConfig(dir=str(out / fold_name(fold)), resume=False, overwrite=True),
@@ -125,7 +126,8 @@ def run_cdbridge_demo(
     progress: bool = True,
     null: bool = False,
 ) -> dict:
-    """Caches, then each fold (fold 0: both stages, the ablations and the controls), on a demo folder that
+    """Caches, then each fold (fold 0: both stages, the ablations and the k-mer control; every fold: the permutation
+    null and shuffled inputs), on a demo folder that
     `embed_demo` filled; returns fold 0's summary with `folds`: the seen vs held-out table of every fold."""
     from dogmacache.train.registry import load_config
     from dogmacache.train.run import run_training
@@ -145,19 +147,20 @@ def run_cdbridge_demo(
 
 
 def fold_table(summaries: list[dict]) -> dict[str, dict[str, float]]:
-    """Per fold and pooled over folds (mean): the model's and the per-tissue mean's seen and held-out Spearman
-    and R² (held-out tissues scaled with the seen tissues' statistics)."""
+    """Per fold and the mean over folds: the seen and held-out Spearman and R² (held-out tissues scaled with the
+    seen tissues' statistics) of the model, the per-tissue mean and every control each fold ran."""
     import numpy as np
 
     rows: dict[str, dict[str, float]] = {}
-    models = [m for m in ("cdbridge", "per_tissue_mean") if all(m in s["seen_vs_held_out"] for s in summaries)]
+    named = ["cdbridge", "per_tissue_mean", *(m for m in summaries[0]["seen_vs_held_out"] if m.startswith("control_"))]
+    models = [m for m in named if all(m in s["seen_vs_held_out"] for s in summaries)]
     for fold, summary in enumerate(summaries):
         for model in models:
             row = summary["seen_vs_held_out"][model]
             rows[f"fold{fold} {model}"] = {k: row[k] for k in FOLD_COLUMNS}
     for model in models:
         per_fold = [rows[f"fold{f} {model}"] for f in range(len(summaries))]
-        rows[f"pooled {model}"] = {k: float(np.mean([r[k] for r in per_fold])) for k in FOLD_COLUMNS}
+        rows[f"mean of folds {model}"] = {k: float(np.mean([r[k] for r in per_fold])) for k in FOLD_COLUMNS}
     return rows
 
 
@@ -165,6 +168,7 @@ FOLD_COLUMNS = ("spearman_seen", "spearman_held_out", "r2_seen", "r2_held_out")
 
 
 def print_fold_table(rows: dict[str, dict[str, float]]) -> None:
-    print(f"{'fold / model':<28}" + "".join(f"{c:>19}" for c in FOLD_COLUMNS))
+    width = max(len(name) for name in rows) + 2
+    print(f"{'fold / model':<{width}}" + "".join(f"{c:>19}" for c in FOLD_COLUMNS))
     for name, row in rows.items():
-        print(f"{name:<28}" + "".join(f"{row[c]:>19.3f}" for c in FOLD_COLUMNS))
+        print(f"{name:<{width}}" + "".join(f"{row[c]:>19.3f}" for c in FOLD_COLUMNS))

@@ -177,13 +177,16 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    print("\n=== Bio-DTA (from the second process) ===")
     _print_biodta(summary["biodta"])
     summary["probe"] = probes
+    print(f"\n=== linear probes of step 4 ({out / 'probe'}) ===")
     print_probe_summary(probes)
     if null:
         summary["null_verdict"] = null_verdict(summary)
         print_null_verdict(summary["null_verdict"])
     else:
+        print("\n=== CDBridge (from the second process) ===")
         _print_cdbridge(summary["cdbridge"])
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return summary
@@ -229,7 +232,7 @@ def _print_cdbridge(summary: dict) -> None:
 
     print_seen_vs_held_out(summary["seen_vs_held_out"])
     print_table(summary, summary["metric"])
-    print("CDBridge seen vs held-out tissues per fold (leave-tissues-out) and pooled:")
+    print("CDBridge seen vs held-out tissues per fold (leave-tissues-out), beside its controls, and the mean of folds:")
     print_fold_table(summary["folds"])
 
 

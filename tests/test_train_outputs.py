@@ -259,3 +259,20 @@ def test_labels_with_an_item_in_two_splits_or_an_example_twice_are_refused(tmp_p
         InputError, match=r"1 example\(s\) appear more than once, e\.g\. enhancer 'e0', gene 'G0' \(2 rows\)"
     ):
         run_training(config_from_dict(raw), progress=False)
+
+
+def test_every_model_of_a_per_group_figure_has_its_own_style():
+    """Twelve models (CDBridge's count): no two share a bar style, and every control is grey and hatched."""
+    from dogmacache.train.plots import model_styles
+
+    names = ["cdbridge", "per_tissue_mean", *(f"no_{k}" for k in range(7))]
+    names += ["control_permuted_labels", "control_shuffled_inputs", "control_dna_kmer"]
+    styles = model_styles(names)
+    keys = [(str(s["color"]), s.get("hatch")) for s in styles.values()]
+    assert len(set(keys)) == len(names)
+    assert all(
+        styles[n].get("hatch") and "grey" in styles[n]["color"] or styles[n]["color"] in ("silver", "gainsboro")
+        for n in names
+        if n.startswith("control_")
+    )
+    assert not any(styles[n].get("hatch") for n in names if not n.startswith("control_"))

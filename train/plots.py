@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -51,14 +52,39 @@ def predicted_vs_observed(
     return path
 
 
+CONTROL_GREYS = ("dimgrey", "darkgrey", "silver", "gainsboro")  # controls: greys, each with its own hatch
+CONTROL_HATCHES = ("//", "..", "xx", "\\\\", "++", "--")
+
+
+def model_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """A bar style per model that no other model of the figure shares: models and baselines the 20 colours of
+    `tab20` (its 10 strong ones first), controls (`control_*`) grey and hatched, so that a control is never read as
+    the model or a baseline."""
+    palette = plt.get_cmap("tab20").colors
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    styles, k, c = {}, 0, 0
+    for name in names:
+        if name.startswith("control_"):
+            grey = CONTROL_GREYS[c % len(CONTROL_GREYS)]
+            hatch = CONTROL_HATCHES[c % len(CONTROL_HATCHES)]
+            styles[name] = {"color": grey, "hatch": hatch, "edgecolor": "black", "linewidth": 0.3}
+            c += 1
+        else:
+            styles[name] = {"color": palette[order[k % len(order)]]}
+            k += 1
+    return styles
+
+
 def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path, title: str) -> Path:
-    """One bar per group (e.g. tissue) and model: values[model][group]."""
+    """One bar per group (e.g. tissue) and model: values[model][group], each model in its own style
+    (`model_styles`)."""
     models = list(values)
     groups = list(next(iter(values.values())))
+    styles = model_styles(models)
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(groups) * len(models)), 4.5))
     width = 0.8 / len(models)
     for k, name in enumerate(models):
-        ax.bar(np.arange(len(groups)) + k * width, [values[name][g] for g in groups], width, label=name)
+        ax.bar(np.arange(len(groups)) + k * width, [values[name][g] for g in groups], width, label=name, **styles[name])
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=70, ha="right", fontsize=8)
     ax.set(ylabel=metric, title=title)
     ax.axhline(0, color="grey", lw=0.8)
