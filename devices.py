@@ -69,26 +69,63 @@ def apply_cpu_allocator(choice: str, device: torch.device) -> str:
     return "keep" if kept else "system"
 
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the process's (a container's own) cgroup is mounted
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the cgroup hierarchy is mounted (in a container, its own cgroup)
+PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroup path under that mount, per hierarchy
 
 
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
-    """The CPU quota of the cgroup mounted at `root`, in cores (quota / period), or None without one: cgroup v2's
-    `cpu.max` ("QUOTA PERIOD", or "max PERIOD" for none), else cgroup v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us`
-    (quota -1 for none) under `cpu/` or `cpu,cpuacct/`. Unreadable or malformed files count as no limit."""
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The CPU quota of this process's cgroup, in cores (quota / period), or None without one: the smallest quota
+    of its own cgroup (named in `proc_cgroup`: a systemd scope or service with CPUQuota, a container sharing the
+    host's cgroup namespace) and every cgroup above it up to `root`, which is all a container with its own
+    namespace sees. cgroup v2's `cpu.max` ("QUOTA PERIOD", or "max PERIOD" for none), else cgroup v1's
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us` (quota -1 for none) under `cpu/` or `cpu,cpuacct/`. Unreadable or
+    malformed files count as no limit."""
+    limits = [_folder_limit(folder) for folder in _cgroup_folders(root, proc_cgroup)]
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
+    """The cgroup folders whose CPU quota applies to this process: its own (v2's, and v1's cpu controller's) and
+    each one above it, up to the mount `root` (always included)."""
+    folders = [root, root / "cpu", root / "cpu,cpuacct"]
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return folders
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        controllers = set(parts[1].split(","))
+        if parts[0] == "0" and parts[1] == "":  # v2: one unified hierarchy
+            bases = [root]
+        elif "cpu" in controllers:  # v1: the cpu controller's hierarchy
+            bases = [root / "cpu", root / "cpu,cpuacct"]
+        else:
+            continue
+        relative = Path(parts[2].lstrip("/"))
+        for base in bases:
+            own = base / relative
+            while own != base and base in own.parents:
+                folders.append(own)  # where it does not exist (a namespaced mount), nothing is read there
+                own = own.parent
+    return list(dict.fromkeys(folders))
+
+
+def _folder_limit(folder: Path) -> float | None:
+    """One cgroup folder's CPU quota in cores: v2's `cpu.max`, else v1's quota / period files; None without."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else _cores(int(quota), int(period))
     except (OSError, ValueError):
         pass
-    for folder in ("cpu", "cpu,cpuacct"):
-        try:
-            quota = int((root / folder / "cpu.cfs_quota_us").read_text())
-            period = int((root / folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return _cores(quota, period)
-    return None
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return _cores(quota, period)
 
 
 def _cores(quota: int, period: int) -> float | None:

@@ -110,6 +110,11 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     # local cluster's workers share this machine's cores, so each is planned for its share of them
     share = n_workers if scheduler is None else 1
     settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), share=share)
+    if scheduler is not None and config.torch_threads is None and settings.device.type == "cpu":
+        print(
+            f"--dask-scheduler: each worker runs {settings.torch_threads} torch threads, planned from this machine's "
+            "cores, not the workers'; pass --threads N to set it for theirs"
+        )
     writer = None
     try:
         writer = open_writer(settings, table, stored_info(adapter.info(), config.max_positions))

@@ -462,3 +462,41 @@ def test_a_layers_resume_takes_one_count_for_every_cache(proteins, tmp_path, idl
     _unfinish(last, 2)
     run_embed_layers(_config(proteins, base, shard_items=1), ["1", "-1"])
     assert used[-1] == 2 and "were begun with different torch thread counts" in capsys.readouterr().out
+
+
+def test_a_quota_on_the_process_own_nested_cgroup_is_found(tmp_path):
+    """A cgroup-v2 host without a namespace: the quota sits on the process's own cgroup (a systemd scope with
+    CPUQuota), named in /proc/self/cgroup, not at the mount's top; the smallest quota on the way up counts. A
+    cgroup v1 cpu controller's nested path likewise; a path that is not under the mount (a namespaced container
+    names its own root) leaves the top's quota."""
+    v2_root = tmp_path / "v2"
+    (v2_root / "user.slice" / "run-job.scope").mkdir(parents=True)
+    (v2_root / "user.slice" / "cpu.max").write_text("300000 100000\n")
+    (v2_root / "user.slice" / "run-job.scope" / "cpu.max").write_text("100000 100000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/user.slice/run-job.scope\n")
+    assert cgroup_cpu_limit(v2_root, proc) == 1.0
+    assert cgroup_cpu_limit(v2_root, tmp_path / "no-proc-file") is None  # the top has no cpu.max
+    v1_root = tmp_path / "v1"
+    (v1_root / "cpu,cpuacct" / "docker" / "abc").mkdir(parents=True)
+    (v1_root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1_root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_cpu_limit(v1_root, proc) == 1.5
+    (tmp_path / "ns").mkdir()
+    namespaced = v2(tmp_path / "ns", "200000 100000\n")
+    proc.write_text("0::/\n")
+    assert cgroup_cpu_limit(namespaced, proc) == 2.0
+
+
+def test_an_external_dask_scheduler_says_whose_cores_planned_the_workers_threads(
+    proteins, tmp_path, monkeypatch, capsys
+):
+    from dogmacache.embed import distributed
+
+    monkeypatch.setattr(distributed, "_fan_out", lambda *args: {"items": 0})  # no scheduler to reach here
+    distributed.run_embed_dask(_config(proteins, tmp_path / "c.zarr"), scheduler="tcp://127.0.0.1:9")
+    said = capsys.readouterr().out
+    assert "--dask-scheduler: each worker runs" in said and "pass --threads N to set it for theirs" in said
+    distributed.run_embed_dask(_config(proteins, tmp_path / "d.zarr", torch_threads=1), scheduler="tcp://127.0.0.1:9")
+    assert "--dask-scheduler" not in capsys.readouterr().out  # a count chosen: nothing to say
