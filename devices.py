@@ -89,8 +89,8 @@ def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
     """The cgroup folders whose CPU quota applies to this process: its own (v2's, and v1's cpu controller's) and
     each one above it, up to the mount `root` (always included)."""
     folders = [root, root / "cpu", root / "cpu,cpuacct"]
-    try:
-        lines = proc_cgroup.read_text().splitlines()
+    try:  # cgroup names are bytes: one that is not UTF-8 is read as written, never an error
+        lines = proc_cgroup.read_bytes().decode("utf-8", "surrogateescape").splitlines()
     except OSError:
         return folders
     for line in lines:
@@ -104,7 +104,9 @@ def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
             bases = [root / "cpu", root / "cpu,cpuacct"]
         else:
             continue
-        relative = Path(parts[2].lstrip("/"))
+        relative = Path(os.path.normpath(parts[2])).relative_to("/")
+        if relative.parts[:1] == ("..",):
+            continue
         for base in bases:
             own = base / relative
             while own != base and base in own.parents:

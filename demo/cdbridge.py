@@ -57,8 +57,9 @@ def cdbridge_config(
     """CDBridge on the demo caches: tiny widths, a 16-token protein dictionary (the demo has ~90 training
     proteins), larger learning rate (365 transcripts, random tiny encoders). Fold 0 holds out the recipe's
     tissues and trains every ablation of the paper and every control; the other folds hold out their own tissues
-    (scaled with the seen tissues' statistics by the task) and train the model beside the per-tissue mean, from
-    fold 0's stage 1 (`stage1`: the coding masks do not depend on the tissues)."""
+    (scaled with the seen tissues' statistics by the task) and train the model beside the per-tissue mean, the
+    permutation null and shuffled inputs, from fold 0's stage 1 (`stage1`: the coding masks do not depend on the
+    tissues; the k-mer DNA control, which needs its own stage 1, runs on fold 0)."""
     recipe = out / "recipe" / "isoform"
     base = default_config("cdbridge")
     folds = holdout_folds()

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import pick_device
+from dogmacache.devices import env_threads, pick_device
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
@@ -110,7 +110,8 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     # local cluster's workers share this machine's cores, so each is planned for its share of them
     share = n_workers if scheduler is None else 1
     settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), share=share)
-    if scheduler is not None and config.torch_threads is None and settings.device.type == "cpu":
+    planned = config.torch_threads is None and env_threads() is None and not settings.threads_note
+    if scheduler is not None and planned and settings.device.type == "cpu":  # not a resume's or OMP's count
         print(
             f"--dask-scheduler: each worker runs {settings.torch_threads} torch threads, planned from this machine's "
             "cores, not the workers'; pass --threads N to set it for theirs"

@@ -120,7 +120,7 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     )
     changed = {} if writer.manifest.complete else reuse.rounding_changes(writer.manifest.config, recorded)
     if changed and not writer.done_shards():  # no rows of the begun kind: the cache is this run's alone
-        for key, value in changed.items():
+        for key, value in {**changed, "num_workers": recorded.get("num_workers")}.items():
             writer.note_config(key, value)
         changed = {}
     if changed:  # rows of two kinds in one cache: recorded, so that --reuse never takes them for one run's

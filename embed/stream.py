@@ -28,7 +28,7 @@ from dogmacache.embed.adapters import EmbeddingAdapter, ModelInfo
 from dogmacache.embed.digest import item_digest
 from dogmacache.embed.settings import PRECISIONS
 from dogmacache.embed.transfer import HostCopy
-from dogmacache.errors import DogmaError
+from dogmacache.errors import DogmaError, InputError
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -67,6 +67,12 @@ DIGEST_EXTRA = ExtraArray(ITEM_SHA256, "uint8", (32,))  # every streamed batch c
 def stored_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
     """The model's outputs as the cache holds them: pooled to `max_positions` (item shape and mask), and the
     per-item digest of the inputs (`item_sha256`) after the adapter's extras."""
+    if max_positions and len(info.item_shape) == 1:
+        raise InputError(
+            f"--max-positions {max_positions} pools per-position outputs, but {info.model} stores one vector per "
+            f"item here (pooling {info.pooling}); pass --pooling none to keep positions to pool, or leave "
+            "--max-positions out"
+        )
     if max_positions and len(info.item_shape) == 2 and info.item_shape[0] > max_positions:
         extras = tuple(
             dataclasses.replace(e, item_shape=(max_positions,)) if e.name == "mask" else e for e in info.extras

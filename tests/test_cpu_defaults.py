@@ -424,7 +424,7 @@ def test_a_cache_stopped_before_its_first_shard_is_this_runs_alone(proteins, tmp
 
     used = idle_two_cores(runner)
     out = tmp_path / "begun.zarr"
-    run_embed(_config(proteins, out, torch_threads=1, shard_items=1))
+    run_embed(_config(proteins, out, torch_threads=1, num_workers=1, shard_items=1))
     n_shards = open_cache(out).manifest.n_shards
     for shard in range(n_shards):
         _unfinish(out, shard)
@@ -432,6 +432,7 @@ def test_a_cache_stopped_before_its_first_shard_is_this_runs_alone(proteins, tmp
     assert used[-1] == 2
     config = open_cache(out).manifest.config
     assert config["torch_threads"] == 2 and "resumed_with" not in config
+    assert config["num_workers"] == 0  # this run's plan, not the stopped run's
     for shard in range(n_shards):
         _unfinish(out, shard)
     run_embed(_config(proteins, out, torch_threads=1, max_batch=3, shard_items=1))  # chosen, over nothing begun
@@ -500,3 +501,20 @@ def test_an_external_dask_scheduler_says_whose_cores_planned_the_workers_threads
     assert "--dask-scheduler: each worker runs" in said and "pass --threads N to set it for theirs" in said
     distributed.run_embed_dask(_config(proteins, tmp_path / "d.zarr", torch_threads=1), scheduler="tcp://127.0.0.1:9")
     assert "--dask-scheduler" not in capsys.readouterr().out  # a count chosen: nothing to say
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    distributed.run_embed_dask(_config(proteins, tmp_path / "e.zarr"), scheduler="tcp://127.0.0.1:9")
+    assert "--dask-scheduler" not in capsys.readouterr().out  # OMP_NUM_THREADS chose it, not this machine's cores
+
+
+def test_odd_proc_cgroup_lines_are_read_without_error(tmp_path):
+    """A cgroup name that is not UTF-8, a path climbing above the mount, lines of other controllers: no error, and
+    nothing outside the mount is read."""
+    root = tmp_path / "root"
+    (root / "caf\udce9.scope").mkdir(parents=True)
+    (root / "caf\udce9.scope" / "cpu.max").write_text("200000 100000\n")
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # above the mount: must not count
+    proc = tmp_path / "cgroup"
+    proc.write_bytes(b"0::/caf\xe9.scope\n9:memory:/x\n")
+    assert cgroup_cpu_limit(root, proc) == 2.0
+    proc.write_bytes(b"0::/../\n")
+    assert cgroup_cpu_limit(root, proc) is None

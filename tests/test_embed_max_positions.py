@@ -59,6 +59,12 @@ def test_embed_records_k_and_refuses_another(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "k4.zarr"), "--max-positions", "8"]) == 2
     assert "max_positions: 4 in the cache, 8 now" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "k0.zarr"), "--max-positions", "0"]) == 2
+    pooled = [a if a != "none" else "mean" for a in base]  # one vector per item: nothing for K to pool
+    capsys.readouterr()
+    assert main([*pooled, "--out", str(tmp_path / "mean8.zarr"), "--max-positions", "8"]) == 2
+    said = capsys.readouterr().err
+    assert "--max-positions 8 pools per-position outputs, but" in said and "pass --pooling none" in said
+    assert not (tmp_path / "mean8.zarr").exists()
 
 
 def test_nucleotide_transformer_keeps_the_end_of_a_long_cdna(tmp_path):

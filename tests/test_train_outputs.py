@@ -276,3 +276,23 @@ def test_every_model_of_a_per_group_figure_has_its_own_style():
         if n.startswith("control_")
     )
     assert not any(styles[n].get("hatch") for n in names if not n.startswith("control_"))
+
+
+def test_a_model_keeps_its_colour_in_every_figure_of_a_run(tmp_path, monkeypatch):
+    """kept_tokens.png leaves out the per-tissue mean: with the run's models given, every other model keeps the
+    colour it has in the figures that draw the per-tissue mean."""
+    from dogmacache.train import plots
+
+    run = ["cdbridge", "per_tissue_mean", "no_tissue", "tissue_only", "control_permuted_labels"]
+    drawn = {}
+    real_bar = plots.plt.Axes.bar
+
+    def bar(self, x, height, width, label=None, **style):
+        drawn[label] = style.get("color")
+        return real_bar(self, x, height, width, label=label, **style)
+
+    monkeypatch.setattr(plots.plt.Axes, "bar", bar)
+    subset = {name: {"coding": 0.5} for name in run if name != "per_tissue_mean"}
+    plots.per_group_bars(subset, "kept", tmp_path / "kept.png", "t", every_model=run)
+    full = plots.model_styles(run)
+    assert drawn == {name: full[name]["color"] for name in subset}

@@ -57,11 +57,12 @@ CONTROL_HATCHES = ("//", "..", "xx", "\\\\", "++", "--")
 
 
 def model_styles(names: list[str]) -> dict[str, dict[str, Any]]:
-    """A bar style per model that no other model of the figure shares: models and baselines the 20 colours of
-    `tab20` (its 10 strong ones first), controls (`control_*`) grey and hatched, so that a control is never read as
-    the model or a baseline."""
+    """A bar style per model that no other model of `names` shares: models and baselines the colours of `tab20`
+    but its greys (the strong ones first), controls (`control_*`) grey and hatched, so that a control is never read
+    as the model or a baseline. Styles follow the order of `names`: give every figure of a run the run's whole
+    list, so that a model keeps its colour from figure to figure."""
     palette = plt.get_cmap("tab20").colors
-    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    order = [k for k in (*range(0, 20, 2), *range(1, 20, 2)) if k not in (14, 15)]  # 14, 15: tab20's greys
     styles, k, c = {}, 0, 0
     for name in names:
         if name.startswith("control_"):
@@ -75,12 +76,14 @@ def model_styles(names: list[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
-def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path, title: str) -> Path:
+def per_group_bars(
+    values: dict[str, dict[str, float]], metric: str, path: Path, title: str, every_model: list[str] | None = None
+) -> Path:
     """One bar per group (e.g. tissue) and model: values[model][group], each model in its own style
-    (`model_styles`)."""
+    (`model_styles` of `every_model`, the run's models, so that the run's figures agree; default: those drawn)."""
     models = list(values)
     groups = list(next(iter(values.values())))
-    styles = model_styles(models)
+    styles = model_styles([*(every_model or []), *(m for m in models if m not in (every_model or []))])
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(groups) * len(models)), 4.5))
     width = 0.8 / len(models)
     for k, name in enumerate(models):
@@ -89,9 +92,9 @@ def per_group_bars(values: dict[str, dict[str, float]], metric: str, path: Path,
     ax.set(ylabel=metric, title=title)
     ax.axhline(0, color="grey", lw=0.8)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no bar hidden
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -408,6 +408,7 @@ class IsoformerTask(Task):
                 "Spearman (test)",
                 Path(out_dir) / "per_tissue_spearman.png",
                 "IsoFormer on frozen caches: Spearman per tissue, test transcripts",
+                every_model=list(results),
             )
         ]
 

@@ -162,6 +162,7 @@ def figures(results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[A
             "R² (test)",
             out / "per_tissue_r2.png",
             f"CDBridge: R² per tissue, test transcripts (held out: {held})",
+            every_model=list(results),
         )
     ]
     split = {
@@ -179,6 +180,7 @@ def figures(results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[A
             "mean over tissues (test)",
             out / "seen_vs_held_out.png",
             f"CDBridge: seen tissues vs held out ({held}; zero-shot except in held_out_seen)",
+            every_model=list(results),
         )
     )
     kept = {
@@ -198,6 +200,7 @@ def figures(results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[A
                 "fraction of bins kept as their own token",
                 out / "kept_tokens.png",
                 "CDBridge merging at evaluation: coding vs non-coding bins kept (test)",
+                every_model=list(results),
             )
         )
     return figures
