@@ -200,7 +200,13 @@ def test_errors_name_the_value_and_the_fix(tmp_path):
         CdbridgeTask(config_from_dict(raw)).load()
     (tmp_path / "m").mkdir()
     raw = write_recipe(tmp_path / "m", mask_bins=5)
-    with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions"):
+    with pytest.raises(InputError, match="5 bins per mask but .* has 4 positions; re-run the recipe"):
+        CdbridgeTask(config_from_dict(raw)).load()
+    pooled = np.random.default_rng(0).normal(size=(len(SPLIT), 4, 6)).astype(np.float32)
+    ids = [f"w{i}" for i in range(len(SPLIT))]
+    write_cache(tmp_path / "m" / "pooled.zarr", pooled, ids=ids, config={"max_positions": 4})
+    raw["data"]["dna_cache"] = str(tmp_path / "m" / "pooled.zarr")  # IsoFormer's pooled DNA cache, given to CDBridge
+    with pytest.raises(InputError, match="embedded with --max-positions 4, .* embed the DNA for CDBridge without"):
         CdbridgeTask(config_from_dict(raw)).load()
 
 

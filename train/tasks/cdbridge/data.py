@@ -97,9 +97,15 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")
     masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
     if masks.shape[1] != n_bins:
+        pooled = dna.manifest.config.get("max_positions")
         raise InputError(
-            f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions;"
-            " re-run the recipe with --window-bins matching the DNA model's output"
+            f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions"
+            + (
+                f" (it was embedded with --max-positions {pooled}, which pools the bins CDBridge's masks flag one by "
+                "one): embed the DNA for CDBridge without --max-positions"
+                if pooled
+                else "; re-run the recipe with --window-bins matching the DNA model's output"
+            )
         )
     check_mask_geometry(d.coding_masks, dna)
 
