@@ -104,9 +104,9 @@ def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
             bases = [root / "cpu", root / "cpu,cpuacct"]
         else:
             continue
-        relative = Path(os.path.normpath(parts[2])).relative_to("/")
-        if relative.parts[:1] == ("..",):
+        if ".." in Path(parts[2]).parts:  # a cgroup outside this namespace's root: not one under the mount
             continue
+        relative = Path(os.path.normpath(parts[2])).relative_to("/")
         for base in bases:
             own = base / relative
             while own != base and base in own.parents:

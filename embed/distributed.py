@@ -27,7 +27,7 @@ from dogmacache.embed.runner import (
     resolve,
     stored_info,
 )
-from dogmacache.embed.settings import resuming_line
+from dogmacache.embed.settings import begun_threads, resuming_line
 from tqdm.auto import tqdm
 
 _STATE: dict = {}  # per worker process: the settings, the loaded adapter, its device and the table's rows
@@ -110,7 +110,8 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     # local cluster's workers share this machine's cores, so each is planned for its share of them
     share = n_workers if scheduler is None else 1
     settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), share=share)
-    planned = config.torch_threads is None and env_threads() is None and not settings.threads_note
+    from_cache = bool(settings.threads_note) and begun_threads(config.out) == settings.torch_threads  # a resume's
+    planned = config.torch_threads is None and env_threads() is None and not from_cache
     if scheduler is not None and planned and settings.device.type == "cpu":  # not a resume's or OMP's count
         print(
             f"--dask-scheduler: each worker runs {settings.torch_threads} torch threads, planned from this machine's "

@@ -119,9 +119,10 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
         settings_of=lambda recorded: number_fingerprint(recorded, flags),
     )
     changed = {} if writer.manifest.complete else reuse.rounding_changes(writer.manifest.config, recorded)
-    if changed and not writer.done_shards():  # no rows of the begun kind: the cache is this run's alone
-        for key, value in {**changed, "num_workers": recorded.get("num_workers")}.items():
-            writer.note_config(key, value)
+    if not writer.manifest.complete and not writer.done_shards():  # no rows yet: the cache is this run's alone
+        for key in (*changed, "num_workers"):  # its settings recorded, whether or not they differ
+            if writer.manifest.config.get(key) != recorded.get(key):
+                writer.note_config(key, recorded.get(key))
         changed = {}
     if changed:  # rows of two kinds in one cache: recorded, so that --reuse never takes them for one run's
         writer.note_config("resumed_with", [*writer.manifest.config.get("resumed_with", []), changed])

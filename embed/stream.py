@@ -70,8 +70,8 @@ def stored_info(info: ModelInfo, max_positions: int | None) -> ModelInfo:
     if max_positions and len(info.item_shape) == 1:
         raise InputError(
             f"--max-positions {max_positions} pools per-position outputs, but {info.model} stores one vector per "
-            f"item here (pooling {info.pooling}); pass --pooling none to keep positions to pool, or leave "
-            "--max-positions out"
+            f"item here (pooling {info.pooling}); where the model offers per-position outputs pass --pooling none, "
+            "else leave --max-positions out (a cache begun with it before this check: --overwrite)"
         )
     if max_positions and len(info.item_shape) == 2 and info.item_shape[0] > max_positions:
         extras = tuple(

@@ -208,6 +208,10 @@ def test_errors_name_the_value_and_the_fix(tmp_path):
     raw["data"]["dna_cache"] = str(tmp_path / "m" / "pooled.zarr")  # IsoFormer's pooled DNA cache, given to CDBridge
     with pytest.raises(InputError, match="embedded with --max-positions 4, .* embed the DNA for CDBridge without"):
         CdbridgeTask(config_from_dict(raw)).load()
+    write_cache(tmp_path / "m" / "k8.zarr", pooled, ids=ids, config={"max_positions": 8})  # 8 >= 4 bins: no pooling
+    raw["data"]["dna_cache"] = str(tmp_path / "m" / "k8.zarr")
+    with pytest.raises(InputError, match="has 4 positions; re-run the recipe with --window-bins"):
+        CdbridgeTask(config_from_dict(raw)).load()
 
 
 def test_tissue_and_dna_inputs_are_z_scored_with_seen_tissues_and_training_windows(tmp_path):

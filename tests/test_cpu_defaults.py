@@ -438,6 +438,10 @@ def test_a_cache_stopped_before_its_first_shard_is_this_runs_alone(proteins, tmp
     run_embed(_config(proteins, out, torch_threads=1, max_batch=3, shard_items=1))  # chosen, over nothing begun
     config = open_cache(out).manifest.config
     assert (config["torch_threads"], config["max_batch"]) == (1, 3) and "resumed_with" not in config
+    for shard in range(n_shards):
+        _unfinish(out, shard)
+    run_embed(_config(proteins, out, torch_threads=1, max_batch=3, num_workers=1, shard_items=1))  # workers alone
+    assert open_cache(out).manifest.config["num_workers"] == 1
     assert "continued with" not in capsys.readouterr().out
 
 
@@ -504,6 +508,12 @@ def test_an_external_dask_scheduler_says_whose_cores_planned_the_workers_threads
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     distributed.run_embed_dask(_config(proteins, tmp_path / "e.zarr"), scheduler="tcp://127.0.0.1:9")
     assert "--dask-scheduler" not in capsys.readouterr().out  # OMP_NUM_THREADS chose it, not this machine's cores
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    run_embed(_config(proteins, tmp_path / "f.zarr", shard_items=1))
+    _set_begun(tmp_path / "f.zarr", 64)  # begun with more threads than this machine's cores: the plan decides
+    _unfinish(tmp_path / "f.zarr", 0)
+    distributed.run_embed_dask(_config(proteins, tmp_path / "f.zarr", shard_items=1), scheduler="tcp://127.0.0.1:9")
+    assert "--dask-scheduler: each worker runs" in capsys.readouterr().out
 
 
 def test_odd_proc_cgroup_lines_are_read_without_error(tmp_path):
@@ -517,4 +527,8 @@ def test_odd_proc_cgroup_lines_are_read_without_error(tmp_path):
     proc.write_bytes(b"0::/caf\xe9.scope\n9:memory:/x\n")
     assert cgroup_cpu_limit(root, proc) == 2.0
     proc.write_bytes(b"0::/../\n")
+    assert cgroup_cpu_limit(root, proc) is None
+    (root / "foo").mkdir()
+    (root / "foo" / "cpu.max").write_text("50000 100000\n")  # a cgroup of the same name under the mount
+    proc.write_bytes(b"0::/../foo\n")  # outside this namespace's root: not that one
     assert cgroup_cpu_limit(root, proc) is None

@@ -98,6 +98,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
     if masks.shape[1] != n_bins:
         pooled = dna.manifest.config.get("max_positions")
+        pooled = pooled if pooled and n_bins == pooled < masks.shape[1] else None  # what pooling cut the bins to
         raise InputError(
             f"{d.coding_masks} has {masks.shape[1]} bins per mask but {dna.url} has {n_bins} positions"
             + (
