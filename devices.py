@@ -27,7 +27,10 @@ def pick_device(name: str) -> torch.device:
             f"device {name!r} is not one torch knows; expected auto, cpu, cuda or cuda:N (--device, or [train] device)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+        raise InputError(
+            f"device {name} asked for, but torch sees no CUDA device; use cpu (--device cpu, or for train "
+            "--set train.device=cpu)"
+        )
     return device
 
 

@@ -173,3 +173,74 @@ def test_a_bad_set_is_named_as_the_command_line_not_the_file(tmp_path):
         load_config(tmp_path / "run.toml", {"trian.epochs": 3})
     assert _one_line(err).startswith("--set trian.epochs=3: no section [trian]")
     assert load_config(tmp_path / "run.toml", {"train.epochs": 3}).train.epochs == 3
+
+
+def test_a_resume_may_add_epochs_not_take_them_back(tmp_path):
+    """A finished 3-epoch run resumed with train.epochs = 1 would report 1 epoch over a model of 3 (and --seeds
+    would pool runs of different lengths): refused, naming both counts."""
+    raw = write_recipe(tmp_path)
+    raw["model"]["stage"] = 1
+    raw["train"]["epochs"] = 3
+    run_training(config_from_dict(raw), progress=False)
+    raw["output"]["resume"] = True
+    raw["train"]["epochs"] = 1
+    with pytest.raises(InputError) as err:
+        run_training(config_from_dict(raw), progress=False)
+    assert "has trained 3 epochs, more than this run's train.epochs = 1" in _one_line(err)
+
+
+def test_config_files_round_trip_and_read_as_people_write_them(tmp_path):
+    """--print-config prints TOML that --config reads back to the same configuration; YAML takes 1e-4 as a number;
+    a YAML section whose keys are all commented out takes --set; ~ is the home folder; a task that is no name, a
+    seed past 64 bits and a list given bare on the command line are one line each."""
+    import os
+
+    from dogmacache.cli import main
+
+    raw = write_recipe(tmp_path)
+    (tmp_path / "run.toml").write_text(to_toml(config_from_dict(raw)))
+    printed = tmp_path / "printed.toml"
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["train", "--config", str(tmp_path / "run.toml"), "--print-config"]) == 0
+    printed.write_text(out.getvalue())
+    assert load_config(printed) == load_config(tmp_path / "run.toml")
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(f"task: cdbridge\ndata:\n  labels: {raw['data']['labels']}\ntrain:\n  # epochs: 3\n")
+    with pytest.raises(InputError):  # the other [data] keys are needed; the file itself reads
+        load_config(yaml_file)
+    from dogmacache.train.config import read_config_file
+
+    yaml_file.write_text("task: cdbridge\ntrain:\n  lr: 1e-4\nmodel:\n  # all keys commented out\n")
+    parsed = read_config_file(yaml_file, {"model.stage": 1})
+    assert parsed["train"]["lr"] == 1e-4 and parsed["model"] == {"stage": 1}
+    raw["output"]["dir"] = "~/runs/x"
+    assert config_from_dict(raw).output.dir == os.path.expanduser("~/runs/x")
+    for overrides, said in (
+        ({"task": ["cdbridge"]}, r"task \['cdbridge'\] is not one of"),
+        ({"train.seed": 2**64}, r"\[train\] seed = 18446744073709551616 is out of range"),
+        ({"train.controls": "permuted_labels"}, r"--set 'train.controls=\[\"permuted_labels\"\]'"),
+    ):
+        with pytest.raises(InputError, match=said):
+            load_config(tmp_path / "run.toml", overrides)
+
+
+def test_a_cache_control_of_another_kind_is_refused_before_the_model_trains(tmp_path):
+    raw = write_recipe(tmp_path)
+    raw["model"]["stage"] = 1
+    raw["train"]["control_caches"] = [f"dna_cache={raw['data']['protein_cache']}"]
+    with pytest.raises(InputError) as err:
+        run_training(config_from_dict(raw), progress=False)
+    assert "holds protein embeddings of shape (6,), where [data] dna_cache holds dna" in _one_line(err)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.pt"))  # nothing trained
+
+
+def test_seeds_past_64_bits_or_by_the_thousand_are_refused():
+    from dogmacache.train.seeds import parse_seeds
+
+    with pytest.raises(InputError, match="names 10,000,000,001 seeds; give at most 1,000"):
+        parse_seeds("0-10000000000")
+    with pytest.raises(InputError, match="from 0 to 2\\*\\*63 - 1"):
+        parse_seeds(f"0,{2**63}")

@@ -104,6 +104,12 @@ def check_resume(
     if difference:
         raise InputError(f"{path} was trained on {difference.describe()}; {fix}")
     _check_splits(checkpoint, path, config, splits, fix)
+    done, epochs = (checkpoint.get("state") or {}).get("epoch"), _lookup(config, "train.epochs")
+    if isinstance(done, int) and isinstance(epochs, int) and done > epochs:
+        raise InputError(
+            f"{path} has trained {done} epochs, more than this run's train.epochs = {epochs}; a resume may add "
+            f"epochs, not take them back: set train.epochs to {done} or more, or {fix.removeprefix('set ')}"
+        )
     files, now = checkpoint.get("data_files") or {}, data_files(config)
     for key in sorted(set(files) & set(now)):
         _check_file(files, now, key, path, config, fix)

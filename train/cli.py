@@ -111,8 +111,10 @@ def _train(args: argparse.Namespace) -> int:
     if not args.config:
         raise InputError("--config FILE is needed (see --example-config for every key and its default)")
     config = load_config(args.config, parse_overrides(args.set))
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+    if args.print_config:  # TOML, which --config reads back to the same configuration
+        from dogmacache.train.config import to_toml
+
+        print(to_toml(config), end="")
         return 0
     from dogmacache.train.run import run_training, setup_distributed
 

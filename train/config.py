@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import tomllib
 import types
@@ -81,7 +82,7 @@ class TrainConfig:
         "plateau_patience": ">=0",
         "early_stop_patience": ">=1",
         "early_stop_min_delta": ">=0",
-        "seed": ">=0",
+        "seed": "[0,9223372036854775807]",  # below 2**63 (torch.manual_seed refuses 2**64 and above)
         "num_workers": ">=0",
         "threads": ">=1",
     }
@@ -104,7 +105,19 @@ class OutputConfig:
 # Keys that may change between a run and its resume: they change neither the numbers nor what is trained.
 # (`train.epochs` may grow, to continue a finished run for more epochs.)
 # (`train.threads` moves values by float rounding only, and a resume on another machine may have other cores.)
-RESUME_FREE = ("output.dir", "output.resume", "output.overwrite", "train.num_workers", "train.threads", "train.epochs")
+# keys a resume may change: where outputs go, how many epochs (more), the machine's share; and which baselines and
+# controls run beside a model, which never change that model's own numbers
+RESUME_FREE = (
+    "output.dir",
+    "output.resume",
+    "output.overwrite",
+    "train.num_workers",
+    "train.threads",
+    "train.epochs",
+    "train.baselines",
+    "train.controls",
+    "train.control_caches",
+)
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,8 @@ def _describe(hint: Any) -> str:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join("null (unset)" if a is type(None) else _describe(a) for a in args)
     if typing.get_origin(hint) is tuple:
-        return f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
+        plural = {int: "integers", float: "numbers", bool: "true or false values", str: "strings"}.get(args[0])
+        return f"a list of {plural or _describe(args[0])}" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
@@ -231,14 +245,19 @@ def build_section(cls: type, values: dict[str, Any], section: str, where: str = 
     for key, value in values.items():
         ok, converted = _coerce(value, hints[key])
         if not ok:
+            example = json.dumps(value if isinstance(value, list) else [value])
+            quoted = f" (on the command line, as JSON in quotes: --set '{section}.{key}={example}')"
             raise InputError(
                 f"{where}: [{section}] {key} = {value!r} is not {_describe(hints[key])}; "
                 f"the default is {getattr(cls(), key)!r}"
+                + (quoted if isinstance(value, str) and typing.get_origin(hints[key]) is tuple else "")
             )  # every section has defaults
         if key in limits and converted is not None and not _in_range(converted, limits[key]):
             raise InputError(f"{where}: [{section}] {key} = {value!r} is out of range; expected {key} {limits[key]}")
         if key in choices and converted not in choices[key]:
             raise InputError(f"{where}: [{section}] {key} = {value!r} is not one of {list(choices[key])}")
+        if section in ("data", "output") and isinstance(converted, str) and converted.startswith("~"):
+            converted = os.path.expanduser(converted)  # a path from the home folder, as a shell would read it
         checked[key] = converted
     return cls(**checked)
 
@@ -264,10 +283,10 @@ def read_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise InputError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix, "YAML")
     try:
-        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raw = {"TOML": tomllib.loads, "JSON": json.loads, "YAML": _yaml}[kind](text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         raise InputError(f"{path} is not valid {kind}: {str(err).splitlines()[0]}") from err
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -280,8 +299,27 @@ def read_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
             raw["task"] = value
             continue
         section, key = dotted.split(".", 1)
-        raw.setdefault(section, {})[key] = value
+        if raw.get(section) is None:  # absent, or a YAML section whose keys are all commented out
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise InputError(
+                f"{path}: {section} = {raw[section]!r} is not a section of keys, so --set {dotted} has nowhere to go; "
+                f"make [{section}] a table (see --example-config)"
+            )
+        raw[section][key] = value
     return raw
+
+
+def _yaml(text: str) -> Any:
+    """YAML as a config reads: numbers in exponent form (1e-4, as TOML and JSON write them) are numbers, where YAML
+    1.1's rule takes "1e-4" for text."""
+    loader = type("ConfigLoader", (yaml.SafeLoader,), {})
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader with one more number form
 
 
 def to_toml(config: RunConfig, header: str = "") -> str:

@@ -141,9 +141,23 @@ def check_controls(task: Task) -> None:
 
     for name, (key, path) in cache_controls(task.config).items():
         try:
-            open_cache(path)
+            swapped = open_cache(path)
         except (DogmaError, FileNotFoundError) as err:
             raise InputError(f"[train] control_caches {key}={path} (the control {name}): {err}") from None
+        original = getattr(task.config.data, key, "")
+        try:
+            real = open_cache(original) if original else None
+        except (DogmaError, FileNotFoundError):
+            continue  # the run's own cache is refused when the data load, in its own words
+        if real is None:
+            continue
+        theirs, ours = swapped.manifest, real.manifest
+        if theirs.modality != ours.modality or len(theirs.item_shape) != len(ours.item_shape):
+            raise InputError(
+                f"[train] control_caches {key}={path} (the control {name}) holds {theirs.modality} embeddings of shape "
+                f"{tuple(theirs.item_shape)}, where [data] {key} holds {ours.modality} embeddings of shape "
+                f"{tuple(ours.item_shape)}; a cache control swaps in another model's cache of the same items and kind"
+            )
 
 
 def without_ablations(config: Any) -> Any:

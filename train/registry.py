@@ -40,7 +40,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def get_task(name: str) -> type[Task]:
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise InputError(f'task {name!r} is not one of {", ".join(TASKS)}; set `task = "<name>"` in the config')
     return TASKS[name]
 

@@ -21,18 +21,25 @@ from dogmacache.train.run import run_training, strict, write_json
 SKIP = ("fingerprints", "model_config", "counts", "cpu", "config")  # not results
 
 
+MAX_SEEDS = 1_000  # a run of more seeds than this is a typo (each seed trains every model of the run)
+
+
 def parse_seeds(text: str) -> list[int]:
     """ "0,1,2" or "0-4" -> the seeds, each a non-negative integer, no repeats."""
     try:
         if "-" in text and "," not in text:
             a, b = (int(x) for x in text.split("-"))
+            if b - a >= MAX_SEEDS:
+                raise InputError(f"--seeds {text!r} names {b - a + 1:,} seeds; give at most {MAX_SEEDS:,} per run")
             seeds = list(range(a, b + 1))
         else:
             seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--seeds {text!r} is not a list of integers; e.g. --seeds 0,1,2 or --seeds 0-4") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise InputError(f"--seeds {text!r}: give distinct seeds >= 0, e.g. --seeds 0,1,2")
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2**63 or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds {text!r}: give distinct seeds from 0 to 2**63 - 1, e.g. --seeds 0,1,2")
+    if len(seeds) > MAX_SEEDS:
+        raise InputError(f"--seeds {text!r} names {len(seeds):,} seeds; give at most {MAX_SEEDS:,} per run")
     return seeds
 
 

@@ -167,7 +167,11 @@ def _plain(value: Any) -> Any:
 def open_dna(config: PairDataConfig) -> EmbeddingCache:
     dna = open_task_cache(config.dna_cache, "dna_cache", ("dna",), True, "embed the recipe's windows, no pooling")
     if config.dna_table:
-        ids = pd.read_parquet(config.dna_table)["id"].astype(str).tolist()
+        ids = (
+            read_table(config.dna_table, ("id",), recipe="gasperini", what="[data] dna_table")["id"]
+            .astype(str)
+            .tolist()
+        )
         if digest_strings(ids) != dna.manifest.ids_digest:
             raise InputError(
                 f"{dna.url} was embedded from another input set than {config.dna_table} (ids differ); re-embed it"
