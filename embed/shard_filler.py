@@ -21,6 +21,8 @@ import numpy as np
 from dogmacache.cache.shards import empty_rows
 from dogmacache.cache.writer import CacheWriter
 
+SETTLE_QUIET_S = 0.5  # an error or Ctrl-C waits this long for the shard writes in silence, then says so
+
 
 @dataclass(frozen=True)
 class ReusedRows:
@@ -200,8 +202,9 @@ class ShardFiller:
         last = self.queued[-1][0] if self.queued else None  # one writer thread, in order: when it is done, all are
         if last is not None and not last.done():
             with _sigint_ignored():
-                print("waiting for the shards being written to finish (they stay whole)", file=sys.stderr)
-                futures_wait([last])
+                if futures_wait([last], timeout=SETTLE_QUIET_S).not_done:  # said only where the wait is felt
+                    print("waiting for the shards being written to finish (they stay whole)", file=sys.stderr)
+                    futures_wait([last])
         self.pool.shutdown(wait=False)  # its thread is idle now
 
     def close(self) -> None:
