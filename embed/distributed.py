@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 from dogmacache.cache.writer import CacheWriter
-from dogmacache.devices import env_threads, pick_device
+from dogmacache.devices import pick_device
 from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
@@ -27,7 +27,7 @@ from dogmacache.embed.runner import (
     resolve,
     stored_info,
 )
-from dogmacache.embed.settings import begun_threads, resuming_line
+from dogmacache.embed.settings import resuming_line
 from tqdm.auto import tqdm
 
 _STATE: dict = {}  # per worker process: the settings, the loaded adapter, its device and the table's rows
@@ -110,9 +110,7 @@ def run_embed_dask(config: EmbedConfig, n_workers: int = 2, scheduler: str | Non
     # local cluster's workers share this machine's cores, so each is planned for its share of them
     share = n_workers if scheduler is None else 1
     settings = resolve(replace(config, num_workers=0), adapter, pick_device(config.device), share=share)
-    from_cache = bool(settings.threads_note) and begun_threads(config.out) == settings.torch_threads  # a resume's
-    planned = config.torch_threads is None and env_threads() is None and not from_cache
-    if scheduler is not None and planned and settings.device.type == "cpu":  # not a resume's or OMP's count
+    if scheduler is not None and settings.threads_planned and settings.device.type == "cpu":
         print(
             f"--dask-scheduler: each worker runs {settings.torch_threads} torch threads, planned from this machine's "
             "cores, not the workers'; pass --threads N to set it for theirs"

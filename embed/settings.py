@@ -69,6 +69,7 @@ class EmbedSettings:
     num_workers: int  # input-preparation processes
     torch_threads: int  # torch intra-op threads of the forward pass (recorded: they may move values by float rounding)
     threads_note: str = ""  # on a resume: where the thread count came from (`resume_threads`), said with it
+    threads_planned: bool = False  # the count is the plan's, from this machine's cores (no user, env, resume, reuse)
 
     def workers_for(self, n_rows: int) -> int:
         """Input workers for a pass over `n_rows` rows (embedding them, or digesting them for `--reuse`): the
@@ -182,11 +183,18 @@ def check_same_settings(
 def existing_manifest(out: str):
     """The manifest of the cache (finished or not) already at the local path `out`, read without its writer lock;
     None where there is none, or none that reads as a cache."""
+    cache = _existing_cache(out)
+    return None if cache is None else cache.manifest
+
+
+def _existing_cache(out: str):
+    """The cache (finished or not) already at the local path `out`, opened without its writer lock; None where
+    there is none, or none that reads as a cache."""
     local = local_path(out)
     if local is None or not Path(local).exists():
         return None
     try:
-        return open_cache(out, allow_partial=True).manifest
+        return open_cache(out, allow_partial=True)
     except (CacheError, OSError):
         return None
 
@@ -196,12 +204,12 @@ def begun_threads(out: str) -> int | None:
     there is no cache, a finished one, one without a finished shard (no rows to match: the run chooses afresh), or
     no count recorded. CPU kernels may split reductions by thread count, so a resume on the CPU takes this count
     unless the user chooses one (`resume_threads`)."""
-    manifest = existing_manifest(out)
-    count = None if manifest is None or manifest.complete else manifest.config.get("torch_threads")
+    cache = _existing_cache(out)
+    count = None if cache is None or cache.manifest.complete else cache.manifest.config.get("torch_threads")
     if not (isinstance(count, int) and count > 0):
         return None
     try:
-        begun = bool(open_cache(out, allow_partial=True).done_shards().any())
+        begun = bool(cache.done_shards().any())
     except (CacheError, OSError):
         begun = True  # unreadable here: the writer names the problem; keep the recorded count meanwhile
     return count if begun else None
@@ -331,4 +339,5 @@ def resolve(
         num_workers=cpu.workers,
         torch_threads=cpu.threads,
         threads_note=threads_note,
+        threads_planned=threads is None and env_threads() is None,
     )
