@@ -252,32 +252,17 @@ def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str
     publish stopped anywhere leaves a repository whose caches read as unfinished, or as the new ones."""
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
-    for c, root in zip(caches, roots, strict=True):
-        meta = json.loads((folder / root).read_text())
-        meta["attributes"][MANIFEST_KEY] = dataclasses.replace(portable(c.manifest), complete=False).to_dict()
-        api.upload_file(
-            path_or_fileobj=json.dumps(meta, indent=2).encode(),
-            path_in_repo=root,
-            repo_id=repo,
-            repo_type="dataset",
-            commit_message=f"manifest of {c.relpath}, unfinished until its files are sent",
-        )
+    groups = [json.loads((folder / root).read_text()) for root in roots]  # each root zarr.json, read once
+    for c, root, meta in zip(caches, roots, groups, strict=True):
+        _send_manifest(api, repo, root, meta, portable(c.manifest), False, f"{c.relpath}, unfinished until its files")
     api.upload_large_folder(
         repo_id=repo,
         folder_path=str(folder),
         repo_type="dataset",
         ignore_patterns=[*roots, *NOT_UPLOADED],
     )
-    for c, root in zip(caches, roots, strict=True):  # each manifest as published, without local paths
-        meta = json.loads((folder / root).read_text())
-        meta["attributes"][MANIFEST_KEY] = portable(c.manifest).to_dict()
-        api.upload_file(
-            path_or_fileobj=json.dumps(meta, indent=2).encode(),
-            path_in_repo=root,
-            repo_id=repo,
-            repo_type="dataset",
-            commit_message=f"manifest of {c.relpath}",
-        )
+    for c, root, meta in zip(caches, roots, groups, strict=True):  # each manifest as published, without local paths
+        _send_manifest(api, repo, root, meta, portable(c.manifest), True, c.relpath)
     # the card goes to the repository only: inside the Zarr group it would be a stray member
     api.upload_file(
         path_or_fileobj=card.encode(),
@@ -285,6 +270,19 @@ def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str
         repo_id=repo,
         repo_type="dataset",
         commit_message="dataset card",
+    )
+
+
+def _send_manifest(api: Any, repo: str, root: str, meta: dict, manifest: Manifest, complete: bool, what: str) -> None:
+    """A cache's root zarr.json (`meta`) sent to `root` in the repository with `manifest` as its manifest, marked
+    complete or not."""
+    group = {**meta, "attributes": {**meta["attributes"], MANIFEST_KEY: {**manifest.to_dict(), "complete": complete}}}
+    api.upload_file(
+        path_or_fileobj=json.dumps(group, indent=2).encode(),
+        path_in_repo=root,
+        repo_id=repo,
+        repo_type="dataset",
+        commit_message=f"manifest of {what}",
     )
 
 
