@@ -209,7 +209,7 @@ def test_config_files_round_trip_and_read_as_people_write_them(tmp_path):
     assert load_config(printed) == load_config(tmp_path / "run.toml")
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text(f"task: cdbridge\ndata:\n  labels: {raw['data']['labels']}\ntrain:\n  # epochs: 3\n")
-    with pytest.raises(InputError):  # the other [data] keys are needed; the file itself reads
+    with pytest.raises(InputError, match=r"\[data\] needs \['dna_cache'"):  # the file reads; its keys are too few
         load_config(yaml_file)
     from dogmacache.train.config import read_config_file
 

@@ -417,7 +417,8 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     kmer = [r["cache"] for r in rows if r["role"] == "kmer control"]
     settings = {**asdict(config), "caches": list(config.caches), "task": labels.task, "positive": labels.positive}
     if labels.task == "classification":  # AUPRC's chance level
-        settings["test_positive_share"] = float(labels.y[labels.split == "test"].mean()) if n_test(labels) else None
+        test = labels.split == "test"
+        settings["test_positive_share"] = float(labels.y[test].mean()) if test.any() else None
     settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
     settings.update({"group_column": config.group_column or config.id_column, "chosen_by": chosen_by})
     settings.update({"kmer_controls": kmer, "kmer_above_chosen": kmer_above_chosen(rows, chosen_by)})
@@ -457,10 +458,6 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
                 print(line)
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
-
-
-def n_test(labels: Labels) -> int:
-    return int((labels.split == "test").sum())
 
 
 def mark_chosen(rows: list[dict[str, Any]], task: str) -> str | None:
