@@ -12,10 +12,13 @@ Every array has dimension names; per-item arrays share `item` with `embeddings`,
 
 from __future__ import annotations
 
+import glob
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from dogmacache.errors import CacheError
@@ -136,8 +139,22 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
     raise CacheError(f"compression {compression!r} is not one of none, zstd, bitround")
 
 
-# a new cache is built in `<dir>/.creating-<name>.<token>` and renamed into place (`CacheWriter.create`)
+# a new cache is built in `<dir>/.creating-<name>.<token>` and renamed into place (`CacheWriter.create`); an
+# --overwrite's old cache is moved there before it is deleted
 STAGED_PREFIX = ".creating-"
+
+
+def staged_path(path: Path, token: str) -> Path:
+    """Where the writer holding lock `token` (`lock.WriterLock.token`: "host:pid-<hex>") stages cache `path`."""
+    return path.parent / f"{STAGED_PREFIX}{path.name}.{token.rsplit('-', 1)[-1]}"
+
+
+def stale_staged(path: Path) -> list[Path]:
+    """The staging folders of cache `path` that stopped writers left (`staged_path`'s form for any token), not
+    another cache's (`x.zarr.v2`'s)."""
+    start = len(STAGED_PREFIX) + len(path.name) + 1
+    found = path.parent.glob(f"{STAGED_PREFIX}{glob.escape(path.name)}.*")
+    return [p for p in found if re.fullmatch(r"[0-9a-f]+", p.name[start:])]
 
 
 def check_shard_items(shard_items: int, n_items: int, item_bytes: int) -> int:

@@ -18,11 +18,9 @@ Shapes: N items, item_shape (L, D) or (D,); shard i holds rows [i * shard_items,
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -89,7 +87,7 @@ def _remove_at_once(path: Path, token: str) -> None:
             f"{path} is a link to {os.path.realpath(path)}; --overwrite replaces a cache folder, not what a link "
             "points to: pass that folder itself, or remove the link"
         )
-    aside = path.parent / f"{layout.STAGED_PREFIX}{path.name}.{token.rsplit('-', 1)[-1]}"
+    aside = layout.staged_path(path, token)
     shutil.rmtree(aside, ignore_errors=True)
     os.rename(path, aside)
     shutil.rmtree(aside)
@@ -174,9 +172,8 @@ class CacheWriter:
         except OSError as err:
             raise disk_error(err, f"create {path}", "nothing was written") or err from None
         try:
-            for staged in path.parent.glob(f"{layout.STAGED_PREFIX}{glob.escape(path.name)}.*"):  # a stopped creation's
-                if re.fullmatch(r"[0-9a-f]{16}", staged.name[len(layout.STAGED_PREFIX) + len(path.name) + 1 :]):
-                    shutil.rmtree(staged, ignore_errors=True)  # (not another cache's: `x.zarr.v2`'s)
+            for staged in layout.stale_staged(path):  # a stopped creation's or --overwrite's
+                shutil.rmtree(staged, ignore_errors=True)
             if path.exists() and overwrite:
                 _remove_at_once(path, lock.token)
             if path.exists():
@@ -195,7 +192,7 @@ class CacheWriter:
     ):
         # built in a sibling folder and renamed into place whole: a stop while the arrays and ids are written (a
         # second for a million ids) leaves no group without a manifest at `path`, which no rerun could resume
-        staged = path.parent / f"{layout.STAGED_PREFIX}{path.name}.{lock.token.rsplit('-', 1)[-1]}"
+        staged = layout.staged_path(path, lock.token)
         group = zarr.open_group(staged, mode="w-", zarr_format=3)
         n, per_shard = manifest.n_items, manifest.shard_items
         filters, compressors = layout.codecs_for(manifest.compression, manifest.dtype)

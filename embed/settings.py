@@ -149,16 +149,14 @@ def number_fingerprint(config: dict[str, Any], flags: dict[str, dict]) -> dict[s
     return found
 
 
-def check_same_settings(
-    out: str, wanted: dict[str, Any], flags: dict[str, dict], modality: str | None = None, model: str | None = None
-) -> None:
+def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict], modality: str, model: str) -> None:
     """A cache already at `out` (finished or not) is extended or reused only when its recorded settings agree
     with this run's; InputError naming the first that differs, its value in the cache and now, and the fix. A
     cache of another modality or model is named as such first (its options differ by the dozen)."""
     found = existing_manifest(out)
     if found is None:
         return  # no cache there (or none readable: creating the cache names the problem)
-    if modality and model and (found.modality, found.model) != (modality, model):  # another cache altogether
+    if (found.modality, found.model) != (modality, model):  # another cache altogether
         raise InputError(
             f"{out} holds a {found.modality} cache of {found.model}, not of {model} ({modality}); choose another "
             "--out, or pass --overwrite to replace it"
