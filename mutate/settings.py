@@ -7,7 +7,7 @@ counts by its digest alone (a renamed copy of the same FASTA embeds the same num
 setting, its value in the cache and now, and the flag that fixes it.
 
 A model folder whose weights do not fit its own config is a `WeightsMismatchError` (its keys counted by
-`weights.state_dict_mismatch`); `model_load_error` says it as mutate's --dna-model.
+`embed/adapters/weights.py`'s `load_strict`, for every adapter); `model_load_error` says it as mutate's --dna-model.
 """
 
 from __future__ import annotations

@@ -223,14 +223,14 @@ def test_missing_transformer_key_is_named(tiny, tmp_path):
     state = torch.load(tiny / "best_model.pt")
     del state["transformer_encoder.layers.1.linear2.bias"]
     broken = copy_folder(tiny, tmp_path / "broken", state)
-    with pytest.raises(ModelError, match=r"missing 'transformer_encoder\.layers\.1\.linear2\.bias'"):
+    with pytest.raises(ModelError, match=r"1 missing \(e\.g\. transformer_encoder\.layers\.1\.linear2\.bias\)"):
         gene(broken)
 
 
 def test_unexpected_and_unknown_keys_are_named(tiny, tmp_path):
     state = torch.load(tiny / "best_model.pt")
     extra_layer = dict(state, **{"transformer_encoder.layers.2.norm1.weight": torch.ones(32)})
-    with pytest.raises(ModelError, match=r"unexpected 'transformer_encoder\.layers\.2\.norm1\.weight'"):
+    with pytest.raises(ModelError, match=r"1 unexpected \(e\.g\. transformer_encoder\.layers\.2\.norm1\.weight\)"):
         gene(copy_folder(tiny, tmp_path / "extra", extra_layer))
     dsbn = dict(state, **{"dsbn.bns.0.weight": torch.ones(32)})
     with pytest.raises(ModelError, match=r"'dsbn\.bns\.0\.weight'"):
@@ -241,7 +241,7 @@ def test_shape_mismatch_with_args_is_named(tiny, tmp_path):
     folder = copy_folder(tiny, tmp_path / "wide")
     args = json.loads((folder / "args.json").read_text())
     (folder / "args.json").write_text(json.dumps(dict(args, d_hid=128)))
-    shapes = r"transformer_encoder\.layers\.0\.linear1\.weight \(64, 32\) vs \(128, 32\)"
+    shapes = r"transformer_encoder\.layers\.0\.linear1\.weight 64x32 \(the model's: 128x32\)"
     with pytest.raises(ModelError, match=shapes):
         gene(folder)
 

@@ -26,7 +26,7 @@ from dogmacache.embed.adapters.borzoi import (
     write_tiny_borzoi,
     write_tiny_flashzoi,
 )
-from dogmacache.errors import ModelError
+from dogmacache.errors import ModelError, WeightsMismatchError
 from torch import nn
 
 CHROM_BP = {"chr1": 3000}
@@ -147,10 +147,11 @@ def test_strict_load_names_a_missing_key_in_one_line(tiny, tmp_path):
     state = load_file(str(tiny["borzoi"] / "model.safetensors"))
     state.pop("separable0.conv_layer.1.weight")
     save_file(state, folder / "model.safetensors")
-    with pytest.raises(ModelError) as err:
+    with pytest.raises(WeightsMismatchError) as err:  # mutate says it as its --dna-model (model_load_error)
         BorzoiAdapter(str(folder), BorzoiOptions(), torch.device("cpu"))
     message = str(err.value)
-    assert "\n" not in message and "separable0.conv_layer.1.weight" in message and "Missing key" in message
+    assert "\n" not in message and "does not match the Borzoi in" in message
+    assert ": 1 missing (e.g. separable0.conv_layer.1.weight); point --model-path at the folder" in message
 
 
 def test_the_model_name_and_the_window_are_checked(tiny):

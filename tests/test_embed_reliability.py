@@ -340,7 +340,8 @@ def test_esm_weights_with_an_extra_key_are_refused(inputs, tmp_path):
         {**state, "encoder.extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"), metadata={"format": "pt"}
     )
     with pytest.raises(
-        ModelError, match=r"model.safetensors holds weights the model does not have: \['encoder.extra.weight'\]"
+        ModelError,
+        match=r"model.safetensors does not match the model in .*config.json: 1 unexpected \(e\.g\. encoder\.extra\.w",
     ):
         Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
 
@@ -413,3 +414,25 @@ def test_one_dtype_in_the_manifest_config(inputs, tmp_path):
     )
     manifest = open_cache(tmp_path / "c.zarr").manifest
     assert manifest.dtype == manifest.config["dtype"] == "float16"
+
+
+def test_esm_weights_of_another_size_than_the_config_are_one_line(inputs, tmp_path):
+    """transformers' own loading raises torch's size mismatch (a traceback before): now the one-line refusal every
+    adapter gives, which mutate says as its --dna-model."""
+    import json
+    import shutil
+
+    from dogmacache.embed.adapters.hf_esm import Esm2Adapter, EsmOptions
+    from dogmacache.errors import WeightsMismatchError
+
+    folder = tmp_path / "esm2"
+    shutil.copytree(inputs[1]["esm2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    wider = config["intermediate_size"] * 2
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": wider}))
+    with pytest.raises(WeightsMismatchError) as err:
+        Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
+    message = str(err.value)
+    assert "\n" not in message and "model.safetensors does not match the model in" in message
+    assert f"(the first found: bias {config['intermediate_size']} (the model's: {wider}))" in message
+    assert message.endswith("(its config.json and weights together)")

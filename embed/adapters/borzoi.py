@@ -40,7 +40,13 @@ from dogmacache.embed.adapters.base import (
 )
 from dogmacache.embed.adapters.enformer import EnformerAdapter
 from dogmacache.embed.adapters.flashzoi_attention import use_plain_attention
-from dogmacache.embed.adapters.weights import load_state_dict_file, recorded_identity, resolve_model_dir
+from dogmacache.embed.adapters.weights import (
+    SAVED_TOGETHER,
+    load_state_dict_file,
+    load_strict,
+    recorded_identity,
+    resolve_model_dir,
+)
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
 
@@ -159,11 +165,8 @@ class BorzoiAdapter(EmbeddingAdapter):
             randomize_(model, random_init)  # a control: the architecture alone, as the tiny writers draw it
         else:
             state, weights_path = load_state_dict_file(source.directory)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                message = " ".join(str(err).split())
-                raise ModelError(f"{weights_path} does not match the Borzoi in its config.json: {message}") from err
+            what = f"{weights_path} does not match the {self.name.capitalize()} in {source.directory / 'config.json'}"
+            load_strict(model, state, what, SAVED_TOGETHER)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.window = device, int(self.options.window_bp)
         self.dim = int(self.model.final_joined_convs[0].conv_layer.out_channels)  # 1,920 in every Borzoi

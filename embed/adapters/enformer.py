@@ -36,14 +36,15 @@ from dogmacache.embed.adapters.base import (
     ModelInfo,
 )
 from dogmacache.embed.adapters.weights import (
+    SAVED_TOGETHER,
     load_state_dict_file,
+    load_strict,
     recorded_identity,
     resolve_model_dir,
-    state_dict_mismatch,
 )
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
-from dogmacache.errors import ModelError, WeightsMismatchError
+from dogmacache.errors import ModelError
 
 OFFICIAL = "EleutherAI/enformer-official-rough"
 TF_GAMMA_BINS = 1536  # the only input length (in 128 bp bins) TF's gamma features exist for
@@ -129,14 +130,7 @@ class EnformerAdapter(LayeredAdapter):
             randomize_(model, random_init)  # a control: the architecture alone, as `write_tiny_enformer` draws it
         else:
             state, weights_path = load_state_dict_file(directory)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise WeightsMismatchError(
-                    f"{weights_path} does not match the Enformer in {config_file}",
-                    state_dict_mismatch(str(err)),
-                    "point --model-path at the folder these weights belong to (its config.json and weights together)",
-                ) from err
+            load_strict(model, state, f"{weights_path} does not match the Enformer in {config_file}", SAVED_TOGETHER)
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
         self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"

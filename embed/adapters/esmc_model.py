@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from dogmacache.embed.adapters.weights import load_strict
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
 from einops import rearrange
@@ -37,7 +38,6 @@ EMBED_ROWS = 64
 HEAD_DIM = 64  # 960 / 15 and 1152 / 18
 ROTARY_BASE = 10000.0
 WEIGHTS_DIR = "data/weights"
-SHOW = 5  # offending keys shown in an error message
 
 
 @dataclass(frozen=True)
@@ -215,40 +215,17 @@ def find_weights(folder: Path, size: str) -> Path:
     return found[0]
 
 
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:SHOW])
-    return shown + (f" ... ({len(keys)} in all)" if len(keys) > SHOW else "")
-
-
 def load_weights(model: EsmcModel, path: Path) -> EsmcModel:
-    """Every parameter of `model` from the state dict in `path`, strictly: a missing, unexpected or misshapen
-    key is a one-line ModelError naming the keys."""
+    """Every parameter of `model` from the state dict in `path`, strictly (`weights.load_strict`): a missing,
+    unexpected or misshapen key is a one-line `WeightsMismatchError` counting the keys."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise ModelError(f"cannot load {path} as a state dict: {exc}") from exc
     if not isinstance(state, dict):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        ("lacks", missing),
-        ("holds keys ESM-C does not have:", unexpected),
-        ("holds other shapes for", misshapen),
-    ]
-    for what, keys in problems:
-        if keys:
-            raise ModelError(
-                f"{path} {what} {_listing(keys)}; it is not an ESM-C checkpoint of {asdict(model.arch)} "
-                "(--esmc-size, or the sizes in config.json, must match the weights)"
-            )
-    model.load_state_dict(state, strict=True)
-    return model
+    what = f"{path} is not an ESM-C checkpoint of {asdict(model.arch)}"
+    return load_strict(model, state, what, "--esmc-size, or the sizes in config.json, must match the weights")
 
 
 # ---- a tiny model in the published layout, for tests and `models make-tiny` ---------------------------------

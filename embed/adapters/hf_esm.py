@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -31,12 +32,19 @@ from dogmacache.embed.adapters.base import (
     ModelInfo,
 )
 from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask, token_extras
-from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir, weights_file
+from dogmacache.embed.adapters.weights import (
+    SAVED_TOGETHER,
+    key_differences,
+    recorded_identity,
+    resolve_model_dir,
+    shapes_differ,
+    weights_file,
+)
 from dogmacache.embed.digest import digest_header, item_digest
 from dogmacache.embed.genome import check_dna
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.embed.shapes import length_bucket
-from dogmacache.errors import InputError, ModelError
+from dogmacache.errors import InputError, ModelError, WeightsMismatchError
 
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # a protein model's tokenizer has a token for each
@@ -180,24 +188,45 @@ class NucleotideTransformerOptions(EsmOptions):
 IGNORED_HEADS = ("lm_head.",)
 
 
+def loading_what(directory) -> str:
+    """Which weights do not fit which config, for a `WeightsMismatchError`."""
+    return f"{weights_file(Path(directory)) or directory} does not match the model in {Path(directory) / 'config.json'}"
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([\d, ]*)\]\)"
+)
+
+
+def torch_size_mismatches(text: str) -> str:
+    """torch's size-mismatch error in a phrase: transformers loads module by module and stops at the first that
+    does not fit, so the key is named inside that module and others may follow. Its first line where it names no
+    shapes."""
+    found = [
+        shapes_differ(
+            key, tuple(int(n) for n in a.split(",") if n.strip()), tuple(int(n) for n in b.split(",") if n.strip())
+        )
+        for key, a, b in _SIZE_MISMATCH.findall(text)
+    ]
+    return f"weights of another shape (the first found: {found[0]})" if found else text.strip().splitlines()[0][:300]
+
+
 def check_loading(directory, info: dict[str, list]) -> list[str]:
     """Strict loading on top of transformers' lenient one: a missing key (which it would fill with random
-    weights), a key of the checkpoint the model does not have, or a shape mismatch is a ModelError naming the
-    keys. Returns the known heads that were present and skipped."""
+    weights), a key of the checkpoint the model does not have, or a shape mismatch is a one-line
+    `WeightsMismatchError` counting the keys, as every adapter's (`weights.load_strict`). Returns the known heads
+    that were present and skipped."""
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(IGNORED_HEADS)]
-    problems = {
-        "lacks weights for": list(info.get("missing_keys", [])),
-        "holds weights the model does not have:": unexpected,
-        "holds weights of other shapes for": [str(m[0]) for m in info.get("mismatched_keys", [])],
-        "failed to load:": list(info.get("error_msgs", [])),
-    }
-    for what, keys in problems.items():
-        if keys:
-            raise ModelError(
-                f"{weights_file(directory) or directory} {what} {sorted(keys)[:5]}; "
-                "it is not a checkpoint of this architecture (or config.json does not "
-                "match it): use the weights and config.json saved together"
-            )
+    misshapen = [shapes_differ(*m) if len(m) == 3 else str(m[0]) for m in info.get("mismatched_keys", [])]
+    differences = key_differences(sorted(info.get("missing_keys", [])), sorted(unexpected), misshapen)
+    what = loading_what(directory)
+    if differences:
+        raise WeightsMismatchError(what, differences, SAVED_TOGETHER)
+    if info.get("error_msgs"):
+        raise WeightsMismatchError(
+            what, "; ".join(str(e).splitlines()[0] for e in info["error_msgs"][:3]), SAVED_TOGETHER
+        )
     return sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])} - {k.split(".")[0] for k in unexpected})
 
 
@@ -250,6 +279,10 @@ class _EsmFamily(LayeredAdapter):
                 )
         except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
             raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
+        except RuntimeError as err:  # torch's load_state_dict, module by module: weights of another size
+            raise WeightsMismatchError(
+                loading_what(directory), torch_size_mismatches(str(err)), SAVED_TOGETHER
+            ) from err
         self._check_vocabulary(directory)
         self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)

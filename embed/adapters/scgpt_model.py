@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dogmacache.embed.adapters.weights import ModelSource, hub_snapshot, recorded_identity
+from dogmacache.embed.adapters.weights import ModelSource, hub_snapshot, load_strict, recorded_identity
 from dogmacache.embed.random_weights import randomize_
 from dogmacache.errors import ModelError
 from einops import rearrange
@@ -192,24 +192,8 @@ def load_encoder(state: dict[str, torch.Tensor], n_tokens: int, args: ScGPTArgs)
         )
     model = ScGPTEncoder(n_tokens, args)
     kept = {k: v for k, v in state.items() if top[k] in REBUILT}
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(kept)), sorted(set(kept) - set(expected))
-    if missing or unexpected:
-        pairs = (("missing", missing), ("unexpected", unexpected))
-        found = "; ".join(f"{what} {listing(keys)}" for what, keys in pairs if keys)
-        raise ModelError(
-            f"best_model.pt does not match args.json (nlayers={args.nlayers}): {found}; "
-            "use the best_model.pt, args.json and vocab.json saved together"
-        )
-    misshapen = [
-        f"{k} {tuple(kept[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if kept[k].shape != v.shape
-    ]
-    if misshapen:
-        raise ModelError(
-            f"best_model.pt shapes differ from what args.json and vocab.json ({n_tokens} tokens) imply "
-            f"(checkpoint vs expected): {'; '.join(misshapen[:SHOW])}; use the three files saved together"
-        )
-    model.load_state_dict(kept, strict=True)
+    what = f"best_model.pt does not match args.json (nlayers={args.nlayers}) and vocab.json ({n_tokens} tokens)"
+    load_strict(model, kept, what, "use the best_model.pt, args.json and vocab.json saved together")
     return model, sorted({t for t in top.values() if t in IGNORED})
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from dogmacache.contracts.provenance import file_sha256
-from dogmacache.errors import ModelError
+from dogmacache.errors import ModelError, WeightsMismatchError
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # the names Hugging Face folders use, in this order
 
@@ -144,19 +144,42 @@ def weights_digest(path: str | Path) -> str:
     return file_digest(path)
 
 
-def state_dict_mismatch(text: str, shown: int = 3) -> str:
-    """torch's `load_state_dict` error (every key, thousands of characters for a model of another size) as one short
-    phrase: the counts and first `shown` names of missing, unexpected and misshapen keys."""
-    kinds: dict[str, list[str]] = {"missing": [], "unexpected": [], "of another shape": []}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("Missing key(s)"):
-            kinds["missing"] += re.findall(r'"([^"]+)"', line)
-        elif line.startswith("Unexpected key(s)"):
-            kinds["unexpected"] += re.findall(r'"([^"]+)"', line)
-        elif line.startswith("size mismatch for "):
-            kinds["of another shape"].append(line[len("size mismatch for ") :].split(":")[0])
-    counts = "; ".join(
-        f"{len(names)} {kind} (e.g. {', '.join(names[:shown])})" for kind, names in kinds.items() if names
-    )
-    return counts or "its keys differ"
+# The way out of weights that do not fit their config, for the adapters whose --model-path folder holds both
+SAVED_TOGETHER = "point --model-path at the folder these weights belong to (its config.json and weights together)"
+SHOWN_KEYS = 3  # key names shown per kind of difference; the rest are counted
+
+
+def key_differences(missing: list[str], unexpected: list[str], misshapen: list[str]) -> str:
+    """The keys two state dicts differ by as one short phrase: per kind, its count and first names, for example
+    "2 missing (e.g. a.weight, a.bias); 1 of another shape (e.g. b.weight 4x8 (the model's: 4x16))"."""
+    kinds = (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
+    return "; ".join(f"{len(keys)} {kind} (e.g. {', '.join(keys[:SHOWN_KEYS])})" for kind, keys in kinds if keys)
+
+
+def shapes_differ(key: str, stored: tuple[int, ...], wanted: tuple[int, ...]) -> str:
+    """How `key_differences` names a key of another shape: the weights file's shape, then the model's, for
+    example "embed.weight 64x32 (the model's: 64x64)"."""
+
+    def size(shape: tuple[int, ...]) -> str:
+        return "x".join(str(int(n)) for n in shape) or "scalar"
+
+    return f"{key} {size(tuple(stored))} (the model's: {size(tuple(wanted))})"
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, fix: str) -> torch.nn.Module:
+    """Every parameter and buffer of `model` from `state`, strictly. A missing, unexpected or misshapen key is a
+    `WeightsMismatchError` in one line: `what` (which weights do not fit which model), the keys counted with their
+    first names, and `fix`, where torch's own error lists every key (thousands of characters for a model of
+    another size)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        shapes_differ(k, state[k].shape, v.shape)
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshapen:
+        raise WeightsMismatchError(what, key_differences(missing, unexpected, misshapen), fix)
+    model.load_state_dict(state, strict=True)
+    return model
