@@ -118,6 +118,21 @@ def choose_shard_items(n_items: int, item_bytes: int, target_bytes: int = DEFAUL
     return int(per_shard)
 
 
+BITROUND_KEEPBITS = 7  # mantissa bits `bitround` keeps (bfloat16's count)
+
+
+def as_read(values: np.ndarray, compression: str) -> np.ndarray:
+    """`values`, already in the storage dtype, as a reader of a cache of `compression` gets them back: rounded as
+    `bitround` rounds (what the stored numbers are), unchanged by the lossless codecs. For comparing rows computed
+    anew with rows read from a cache, number for number."""
+    if compression != "bitround":
+        return values
+    import numcodecs
+
+    rounded = numcodecs.BitRound(keepbits=BITROUND_KEEPBITS).encode(np.ascontiguousarray(values))
+    return np.asarray(rounded).view(values.dtype).reshape(values.shape)
+
+
 def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
     """(filters, compressors) for the inner chunks of `embeddings`; the checksum is always the last compressor."""
     from zarr.codecs import ZstdCodec
@@ -135,7 +150,7 @@ def codecs_for(compression: str, dtype: str) -> tuple[list, list]:
             warnings.simplefilter("ignore")
             from numcodecs.zarr3 import BitRound
 
-            return [BitRound(keepbits=7)], [ZstdCodec(level=3), *checksum()]
+            return [BitRound(keepbits=BITROUND_KEEPBITS)], [ZstdCodec(level=3), *checksum()]
     raise CacheError(f"compression {compression!r} is not one of none, zstd, bitround")
 
 

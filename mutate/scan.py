@@ -4,7 +4,8 @@ row comes from the DNA cache.
 `open_scanner` rebuilds the embed stage's adapter with the DNA cache's own recorded settings (model, options,
 precision, dtype, device; on the CPU its torch thread count too, where OMP_NUM_THREADS chooses none) and refuses
 when the model files, the genome or a setting differ from the cache's manifest (`settings.py`), or when the
-windows table is not the one the cache was embedded from: the edited and the cached rows are then comparable
+windows table is not the one the cache was embedded from; edited rows are cast and, for a `bitround` cache,
+rounded as its rows were stored (`cache.layout.as_read`): the edited and the cached rows are then comparable
 number for number. `Scanner.shifts` takes variants (each a list of edits applied together) and returns, per
 variant and per window holding one of its edits, the adapted token of the reference row and of the edited
 window.
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
+from dogmacache.cache.layout import as_read
 from dogmacache.contracts.windows import window_start0
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
@@ -157,7 +159,8 @@ class Scanner:
                 embedded, _ = embed_rows(
                     self.adapter, [first[d] for d in todo], **self.settings.stream_options(len(todo), num_workers=0)
                 )
-            out.update(zip(todo, embedded.astype(np.float32), strict=True))
+            stored = as_read(embedded, self.dna.manifest.compression)  # bitround: rounded as the cache's rows are
+            out.update(zip(todo, stored.astype(np.float32), strict=True))
         return np.stack([out[d] for d in digests]), len(todo), sum(d in in_cache for d in digests)
 
     @functools.cached_property

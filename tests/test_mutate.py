@@ -412,3 +412,42 @@ def test_a_variant_of_a_substitution_and_a_deletion_runs_with_and_without_its_co
         shift = pd.read_csv(out / "token_shift.tsv", sep="\t")
         aaa = shift[shift["id"] == "AAA"].iloc[0]
         assert aaa["l2"] > 0 and np.isnan(aaa["l2_null_median"]) == (draws == 0)
+
+
+def test_edited_rows_of_a_bitround_cache_are_rounded_as_its_rows_were_stored(scene):
+    """A `bitround` cache stores rounded numbers; an edited window computed anew is rounded the same way before
+    it is compared, so that an edit changing nothing computed anew shifts nothing (it was 0.0078 per number)."""
+    from dogmacache.cache import open_cache
+    from dogmacache.cache.layout import as_read
+    from dogmacache.mutate.edits import WindowSource, edited_window
+    from dogmacache.mutate.run import load_adapter
+    from dogmacache.mutate.scan import open_scanner
+
+    root, models, genome = scene
+    rounded = root / "dna_bitround.zarr"
+    run_embed(
+        EmbedConfig(
+            input=str(root / "genes.parquet"),
+            modality="dna",
+            model="enformer",
+            out=str(rounded),
+            model_path=str(models["enformer"]),
+            genome=str(genome),
+            device="cpu",
+            num_workers=0,
+            progress=False,
+            compression="bitround",
+            dtype="float32",
+        )
+    )
+    dna = open_cache(rounded)
+    model, _ = load_adapter(str(root / "biodta_best.pt"))
+    scanner = open_scanner(dna, root / "genes.parquet", genome, models["enformer"], model)
+    bases, pad = edited_window(scanner.genome, "chr1", scanner.window_start0(0), scanner.window_bp, [])
+    scanner.__dict__["_index"] = {}  # not found by digest: computed anew, as every real edit is
+    fresh, embedded, read = scanner._edited([{**scanner.rows[0], "_genome": WindowSource(bases, pad)}])
+    cached = dna.read_rows([0], dtype=np.float32)
+    assert (embedded, read) == (1, 0)
+    np.testing.assert_array_equal(fresh, cached)
+    unrounded = fresh.view(np.uint32) & ((1 << 16) - 1)  # float32 keeps 23 mantissa bits, bitround 7
+    assert not unrounded.any() and not np.array_equal(as_read(fresh + 1e-3, "bitround"), fresh + 1e-3)
