@@ -4,8 +4,9 @@
 - Gradient ("what drives the prediction"): ||d prediction / d x_p||_2 per position p, with x the DNA embedding
   as cached (the foundation model's output, before any scaling the checkpoint applies), in eval mode.
 - Gradient x input: sum_j (x - x0)_p,j * d prediction / d x_p,j per position (signed), x0 the integrated
-  gradients' baseline (the training mean of the features where the checkpoint scales them): the first-order
-  estimate of what integrated gradients compute.
+  gradients' baseline (the training mean of the features: the checkpoint's DNA scaling's, else the mean of the
+  training split's windows, `CdtExplainer.baseline`): the first-order estimate of what integrated gradients
+  compute.
 - Integrated gradients (Captum, optional): sum_j of Captum's IntegratedGradients attributions per position;
   Captum fits because the model is a plain differentiable function of the DNA batch once the shared RNA and
   protein tables are closed over (Captum repeats every extra argument along dim 0, which those tables lack).

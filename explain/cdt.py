@@ -38,6 +38,7 @@ from dogmacache.explain.inputs import (
 from dogmacache.train.checkpoint import read as read_checkpoint
 from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import get_task
+from dogmacache.train.task import feature_scale
 from dogmacache.train.tasks.cdt.model import check_cdt_inputs
 from torch import Tensor
 
@@ -68,6 +69,9 @@ def load_data(task: type, config: RunConfig, dna_table: str, checkpoint_path: st
             f"{checkpoint_path}: its run config names an input which cannot be opened ({str(err).splitlines()[0]}); "
             "re-create it, or pass --config naming where it is now"
         ) from err
+
+
+BASELINE_WINDOWS = 512  # training windows averaged for the attribution baseline when the checkpoint holds no mean
 
 
 class CdtExplainer:
@@ -189,10 +193,21 @@ class CdtExplainer:
 
         return predict
 
-    def baseline(self) -> Tensor:
-        """The integrated-gradients start (D,): the training mean of the DNA features when the checkpoint scales
-        them (an average position, zero after scaling), else zeros."""
-        return torch.zeros(self.dna.item_shape[-1]) if self.dna_mean is None else self.dna_mean.clone()
+    def baseline(self) -> tuple[Tensor, dict[str, Any]]:
+        """The integrated-gradients start (D,), an average position: the training mean of the DNA features over
+        every position, as the checkpoint's DNA scaling holds it (zero after scaling), else computed here from the
+        training split's windows (at most BASELINE_WINDOWS, drawn with seed 0); and where it came from, for
+        summary.json. Measured from zero instead, the features' offset dominates gradient x input (on the demo's
+        checkpoint its sign agreed with integrated gradients' at 20 % of positions, against 92 % from the mean)."""
+        if self.dna_mean is not None:
+            return self.dna_mean.clone(), {"from": "the checkpoint's dna_scale: the training windows' mean"}
+        rows = np.unique(self.pairs.loc[self.pairs["split"] == "train", "dna_row"].to_numpy())
+        used = rows
+        if len(rows) > BASELINE_WINDOWS:
+            used = np.sort(np.random.default_rng(0).choice(rows, BASELINE_WINDOWS, replace=False))
+        mean, _ = feature_scale(self.dna.read_rows(used[a : a + 64], dtype=np.float32) for a in range(0, len(used), 64))
+        source = {"from": "the mean of the training split's DNA windows", "windows": len(used), "of": len(rows)}
+        return torch.from_numpy(mean), source
 
     @torch.no_grad()
     def attention(self, dna: Tensor, gene_index: Tensor) -> dict[str, np.ndarray]:

@@ -126,7 +126,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     means = {"attention": tracks.TrackAverage(), "gradient": tracks.TrackAverage()}
     item_rows, topk_rows = [], []
     predict = explainer.predictor()
-    baseline = explainer.baseline()  # integrated gradients' start, and gradient x input's
+    baseline, baseline_source = explainer.baseline()  # integrated gradients' start, and gradient x input's
     compute_seconds = 0.0
     n_done = 0
     with gzip.open(out / "positions.tsv.gz", "wt") as positions, gzip.open(out / "vce_genes.tsv.gz", "wt") as vce:
@@ -196,6 +196,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "task": explainer.task,
         "geometry": {**asdict(geometry), "span_bp": geometry.span_bp},
         "bigwig": bigwig,
+        "baseline": baseline_source,  # what gradient x input and integrated gradients are measured from
         "positions_checked": explainer.positions_checked,  # the windows table against the DNA cache's input digest
         "config": asdict(config),
     }

@@ -165,6 +165,29 @@ def test_imported_weights_explain_with_a_config(demo_run, tmp_path, capsys):
     )
     items = pd.read_csv(tmp_path / "o" / "items.tsv", sep="\t")
     assert len(items) >= 1 and items["item"].str.startswith(args[-1] + "|").all()
+    # no DNA scaling in the checkpoint: gradient x input is measured from the training windows' mean, not zero
+    baseline = json.loads((tmp_path / "o" / "summary.json").read_text())["baseline"]
+    assert baseline["from"] == "the mean of the training split's DNA windows" and baseline["windows"] >= 1
+
+
+def test_the_attribution_baseline_without_dna_scaling_is_the_training_windows_mean(demo_run):
+    from dogmacache.cache import open_cache
+    from dogmacache.explain.cdt import CdtExplainer, ExplainSources
+
+    checkpoint = torch.load(demo_run / "train" / "cdt_best.pt", weights_only=False)
+    explainer = CdtExplainer(
+        ExplainSources(checkpoint=str(demo_run / "train" / "cdt_best.pt"), chrom_sizes=sizes(demo_run)[1])
+    )
+    scaled, source = explainer.baseline()
+    assert source["from"].startswith("the checkpoint's dna_scale")
+    np.testing.assert_array_equal(scaled.numpy(), np.float32(checkpoint["extras"]["dna_scale"]["mean"]))
+    explainer.dna_mean = explainer.dna_std = None  # as a checkpoint trained without standardize_dna
+    mean, source = explainer.baseline()
+    rows = np.unique(explainer.pairs.loc[explainer.pairs["split"] == "train", "dna_row"])
+    assert source == {"from": "the mean of the training split's DNA windows", "windows": len(rows), "of": len(rows)}
+    dna = open_cache(checkpoint["config"]["data"]["dna_cache"]).read_rows(rows, dtype=np.float64)
+    np.testing.assert_allclose(mean.numpy(), dna.reshape(-1, dna.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
+    assert np.abs(mean.numpy()).max() > 10 * np.abs(mean.numpy() - scaled.numpy()).max()  # not zero: the mean
 
 
 def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
