@@ -342,3 +342,56 @@ def test_feature_scale_over_blocks_equals_numpy_over_all_rows():
     assert std[3] == np.float32(1e-6) and mean.dtype == std.dtype == np.float32
     with pytest.raises(ValueError, match="at least one row"):
         feature_scale([])
+
+
+def test_a_kill_between_an_epochs_two_checkpoints_resumes_to_the_uninterrupted_run(demo, tmp_path, monkeypatch):
+    """last.pt is written before best.pt: a kill between them leaves last.pt recording its own epoch as the best,
+    and the resume writes best.pt from it. A best.pt of another epoch than last.pt records as the best is refused,
+    never evaluated as the best epoch."""
+    from dogmacache.errors import ModelError
+    from dogmacache.train import checkpoint, loop
+
+    config = _config(demo, tmp_path, epochs=2, baselines=False)
+    run_dir = tmp_path / "train"
+    real, calls = checkpoint.save, []
+
+    def killed_at_the_first_best(path, payload):
+        calls.append(Path(path).name)
+        if Path(path).name == "cdt_best.pt":
+            raise KeyboardInterrupt
+        return real(path, payload)
+
+    monkeypatch.setattr(checkpoint, "save", killed_at_the_first_best)
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(*_fit_args(config, run_dir))
+    assert calls == ["cdt_last.pt", "cdt_best.pt"] and not (run_dir / "cdt_best.pt").exists()
+    monkeypatch.setattr(checkpoint, "save", real)
+    resumed = loop.fit(*_fit_args(config, run_dir))
+    assert resumed["epochs_run"] == 2 and [row["epoch"] for row in resumed["history"]] == [1, 2]
+    uninterrupted = loop.fit(*_fit_args(config, tmp_path / "fresh"))
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+    assert resumed["test"]["pearson"] == pytest.approx(uninterrupted["test"]["pearson"], abs=1e-6)
+
+    last = torch.load(run_dir / "cdt_last.pt", weights_only=False)  # last.pt's best: epoch 1; best.pt: epoch 2
+    torch.save({**last, "state": {**last["state"], "best_epoch": 1}}, run_dir / "cdt_last.pt")
+    with pytest.raises(ModelError, match=r"cdt_best.pt holds epoch 2, but .*cdt_last.pt records epoch 1 as the best"):
+        loop.fit(*_fit_args(config, run_dir))
+
+
+def _fit_args(config_path, out_dir: Path) -> tuple:
+    """(task, model, data, name, out_dir, meta) for `loop.fit` on a config file, as `train.run` builds them."""
+    config = load_config(config_path, {"output.resume": True})
+    task = get_task(config.task)(config)
+    data = task.load()
+    torch.manual_seed(config.train.seed)
+    model, _, _ = task.build_model(data, {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"config": task.config.to_dict(), "fingerprints": data.fingerprints, "splits": data.split_digests()}
+    return task, model, data, "cdt", out_dir, meta
+
+
+def test_a_nan_validation_score_never_becomes_the_early_stopping_reference():
+    state = {"best": -np.inf, "best_epoch": -1, "reference": None, "stale": 0}
+    for epoch, score in enumerate([float("nan"), 0.1, 0.2, 0.3], start=1):
+        EarlyStopping.update(state, score, epoch, min_delta=0.0)
+    assert state["reference"] == 0.3 and state["stale"] == 0 and state["best_epoch"] == 4

@@ -73,8 +73,8 @@ class EarlyStopping:
     @staticmethod
     def update(state: dict[str, Any], score: float, epoch: int, min_delta: float) -> bool:
         """Update `state` in place; True when `score` is a new best."""
-        if state["reference"] is None or score >= state["reference"] + min_delta:
-            state["reference"], state["stale"] = score, 0
+        if math.isfinite(score) and (state["reference"] is None or score >= state["reference"] + min_delta):
+            state["reference"], state["stale"] = score, 0  # a NaN never becomes the reference
         else:
             state["stale"] += 1
         improved = score > state["best"]
@@ -117,7 +117,11 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:  # dropout draws on the device
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         state = saved["state"]
+        if rank == 0:
+            _mend_best(best_path, saved, last)
         if rank == 0:
             _restore_log_rows(out_dir / "log.csv", name, state["history"])
             print(f"{name}: resuming from {last} after epoch {state['epoch']}")
@@ -186,11 +190,12 @@ def fit(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "state": state,
             }
+            checkpoint.save(last, payload)  # first: a kill before best.pt leaves what `_mend_best` mends
             if improved:
-                checkpoint.save(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")})
-            checkpoint.save(last, payload)
+                checkpoint.save(best_path, _best_payload(payload))
             _append_log(out_dir / "log.csv", row)
             if progress:
                 print(
@@ -208,6 +213,11 @@ def fit(
             "[train] lr (--set train.lr=...) or check the inputs for NaN"
         )
     best = checkpoint.read(best_path, map_location=device)
+    if best["state"]["epoch"] != state["best_epoch"]:  # never evaluate one epoch's weights as another's
+        raise ModelError(
+            f"{best_path} holds epoch {best['state']['epoch']}, but {last} records epoch {state['best_epoch']} as "
+            f"the best; start over with --set output.resume=false --set output.overwrite=true"
+        )
     model.load_state_dict(best["model"])
     return {
         "best_epoch": state["best_epoch"],
@@ -216,6 +226,30 @@ def fit(
         "checkpoint": str(best_path),
         **evaluate(task, model, data, device),
     }
+
+
+def _best_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `<name>_best.pt` keeps of an epoch's checkpoint: everything but the optimizer and scheduler."""
+    return {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}
+
+
+def _mend_best(best_path: Path, saved: dict[str, Any], last: Path) -> None:
+    """On a resume: `best_path` must hold the epoch `saved` (last.pt) records as the best. An epoch's last.pt is
+    written before its best.pt, so a kill between the two leaves last.pt one best ahead: then the best is last.pt's
+    own epoch, whose weights it holds, and best.pt is written from it. Any other disagreement is refused."""
+    state = saved["state"]
+    if state["best_epoch"] < 1:
+        return
+    kept = checkpoint.read(best_path, map_location="cpu")["state"]["epoch"] if best_path.is_file() else None
+    if kept == state["best_epoch"]:
+        return
+    if state["best_epoch"] == state["epoch"]:
+        checkpoint.save(best_path, _best_payload(saved))
+        return
+    raise ModelError(
+        f"{best_path} holds epoch {kept if kept is not None else 'none (it is missing)'}, but {last} records epoch "
+        f"{state['best_epoch']} as the best; start over with --set output.resume=false --set output.overwrite=true"
+    )
 
 
 def evaluate(task: Task, model: nn.Module, data: TaskData, device: torch.device) -> dict[str, Any]:
