@@ -28,7 +28,11 @@ from dogmacache.devices import usable_cores
 
 TARGET_DEFAULT_OVER_BEST = 1.2  # the default's median seconds at most this times the best setting's
 # one core kept busy, in pure Python; it ends when the bench does (its parent gone: killed, Ctrl-C or SIGTERM)
-BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(100_000): pass"
+# one busy core until the process given as its argument, its parent, is gone: the parent's pid is passed, not read
+# by the child, which could read its new parent's if the bench were stopped while the child was starting
+BUSY_LOOP = (
+    "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    for _ in range(100_000): pass"
+)
 
 
 DEFAULT = (None, None)  # the settings `dogmacache embed` decides for itself, run by run (`devices.cpu_plan`)
@@ -101,7 +105,7 @@ def _conditions(config, cores: int, repeats: int, busy: bool) -> dict[str, Any]:
     timed_run_embed(config(0, 1))  # warm-up: imports, first-call allocations
     conditions = {"as is": _measure(config, settings, repeats)}
     if busy:
-        loop = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+        loop = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(os.getpid())])
         try:
             conditions["one busy process added"] = _measure(config, settings, repeats)
         finally:

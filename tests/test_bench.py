@@ -470,8 +470,10 @@ def test_the_threads_sections_busy_loop_ends_with_the_bench(tmp_path):
 
     from dogmacache.bench.threads import BUSY_LOOP
 
-    starter = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {BUSY_LOOP!r}])\ntime.sleep(60)"
-    parent = subprocess.Popen([sys.executable, "-c", starter])
+    starter = "import os, subprocess, sys, time\n"
+    starter += f"subprocess.Popen([sys.executable, '-c', {BUSY_LOOP!r}, str(os.getpid())])\n"
+    starter += "time.sleep(float(sys.argv[1]))"
+    parent = subprocess.Popen([sys.executable, "-c", starter, "60"])
     deadline = time.monotonic() + 20
     children = []
     while not children and time.monotonic() < deadline:
@@ -490,3 +492,17 @@ def test_the_threads_sections_busy_loop_ends_with_the_bench(tmp_path):
     while running(children[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(children[0])
+
+    # a parent gone before the loop has started (its interpreter still loading): the loop ends all the same, where
+    # reading its parent's pid itself it took its new parent's and ran on, a core busy for good
+    parent = subprocess.Popen([sys.executable, "-c", starter, "0"])
+    parent.wait()
+    deadline = time.monotonic() + 20
+    orphans = []
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", r"range.100_000"], capture_output=True, text=True).stdout.split()
+        orphans = [pid for pid in found if running(pid)]
+        if not orphans:
+            break
+        time.sleep(0.1)
+    assert not orphans
