@@ -59,9 +59,13 @@ def run_embed_layers(config: EmbedConfig, layers: Sequence[str]) -> dict[str, An
     layers = tuple(layers)
     cls = get_adapter(config.model, config.modality)
     if not issubclass(cls, LayeredAdapter):
+        one = (
+            "embeds one --layer per run: run it once per layer"
+            if "layer" in cls.options_class.flags
+            else "has one fixed output, no layers"
+        )
         raise InputError(
-            f"--layers does not apply to --model {config.model} --modality {config.modality}: it has one fixed "
-            "output, no layers; drop --layers"
+            f"--layers does not apply to --model {config.model} --modality {config.modality}: it {one}; drop --layers"
         )
     if not layers:
         raise InputError("--layers is empty; name at least one layer")

@@ -142,6 +142,12 @@ def test_cli_flags_become_the_adapters_options(inputs, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "b.zarr"), "--pooling", "none", "--max-length", "8"]) == 0
     recorded = open_cache(tmp_path / "b.zarr").manifest.config["options"]
     assert recorded == {"layer": -1, "pooling": "none", "max_length": 8}
+    # above ESM-2's 1,024 tokens (config.json's 1,026 positions less the 2 its ids start after): refused, where it
+    # was quietly lowered to 1,026
+    assert main([*base, "--out", str(tmp_path / "c.zarr"), "--max-length", "1025"]) == 2
+    said = capsys.readouterr().err
+    assert "--max-length 1025 is above this model's limit of 1024 tokens" in said and "give at most 1024" in said
+    assert not (tmp_path / "c.zarr").exists()
     gene = [
         "embed",
         "--input",
@@ -194,3 +200,22 @@ def test_tiny_scgpt_default_vocabulary_is_the_demo_recipes_genes():
     from dogmacache.data_recipes.make_demo_data import N_GENES
 
     assert len(DEMO_GENES) == N_GENES == 36 and DEMO_GENES[0] == "DEMO01" and DEMO_GENES[-1] == "DEMO36"
+
+
+def test_a_window_of_0_bp_and_a_blank_sequence_are_refused():
+    """--window-bp 0 ran Enformer and Borzoi at their default windows without a word; a k-mer RNA row of blanks
+    wrote a row of zeros where Nucleotide Transformer refuses the same row."""
+    import torch
+    from dogmacache.embed.adapters.borzoi import BorzoiOptions
+    from dogmacache.embed.adapters.enformer import EnformerOptions
+    from dogmacache.embed.adapters.kmer import KmerRnaAdapter, KmerRnaOptions
+    from dogmacache.errors import InputError, ModelError
+
+    with pytest.raises(ModelError, match="--window-bp 0 must be a multiple of 128"):
+        EnformerOptions(window_bp=0).resolve(896)
+    with pytest.raises(ModelError, match="--window-bp 0 must be a multiple of"):
+        BorzoiOptions(window_bp=0).resolve(6144, torch.device("cpu"))
+    assert EnformerOptions().resolve(896).window_bp == 196_608
+    adapter = KmerRnaAdapter(None, KmerRnaOptions(), torch.device("cpu"))
+    with pytest.raises(InputError, match="item 'b' has an empty sequence; drop it in the recipe"):
+        adapter.prepare({"id": "b", "sequence": "   "})

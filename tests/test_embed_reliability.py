@@ -380,6 +380,16 @@ def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs,
     assert cache.manifest.config["options"]["strand_policy"] == "forward"
     assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average", "--no-progress"]) == 2
     assert "strand_policy is 'rc-average'; expected one of forward" in capsys.readouterr().err
+    # a dna table that also has a sequence column: the windows came from it, unrecorded by the input digest (a
+    # cache of other sequences had the same identity); now refused, naming --modality rna
+    with_sequences = tmp_path / "dna_seq.parquet"
+    table = pd.read_parquet(root / "dna.parquet")
+    table.assign(sequence="ACGTACGTAC").to_parquet(with_sequences)
+    argv[2] = str(with_sequences)
+    assert main([*argv[:-3], "--out", str(tmp_path / "e.zarr"), "--no-progress"]) == 2
+    said = capsys.readouterr().err.strip()
+    assert f"item {table['id'].iloc[0]!r}: --modality dna cuts each window from --genome at chrom / center" in said
+    assert said.endswith("embed those sequences with --modality rna, or drop the column") and "\n" not in said
 
 
 def test_one_dtype_in_the_manifest_config(inputs, tmp_path):
@@ -434,5 +444,15 @@ def test_esm_weights_of_another_size_than_the_config_are_one_line(inputs, tmp_pa
         Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))
     message = str(err.value)
     assert "\n" not in message and "model.safetensors does not match the model in" in message
-    assert f"(the first found: bias {config['intermediate_size']} (the model's: {wider}))" in message
+    n, d = config["intermediate_size"], config["hidden_size"]
+    assert (
+        f": 6 of another shape (e.g. encoder.layer.0.intermediate.dense.weight {n}x{d} (the model's: {wider}x{d})"
+        in message
+    )
     assert message.endswith("(its config.json and weights together)")
+    deeper = (
+        config["num_hidden_layers"] + 1
+    )  # every key of the extra layer is named by count, not only the first misfit
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": deeper}))
+    with pytest.raises(WeightsMismatchError, match=r": \d+ missing \(e\.g\. encoder\.layer\.2\.attention"):
+        Esm2Adapter(str(folder), EsmOptions(), torch.device("cpu"))

@@ -186,3 +186,26 @@ def test_random_init_needs_no_weights_file_and_draws_as_the_tiny_writer(tiny, tm
     torch.testing.assert_close(embed(random, sequences)[0], embed(adapter(tiny), sequences)[0])  # tiny: seed 2
     other = EsmcAdapter(str(bare), EsmcOptions(), CPU, random_init=3)
     assert not torch.allclose(embed(other, sequences)[0], embed(random, sequences)[0])
+
+
+def test_the_layer_flag_is_a_number_through_the_cli(tiny, tmp_path, capsys):
+    """`--layer` is text on the command line for every model: ESM-C reads it as a layer number (it compared text
+    with a number, a traceback for every value, -1 included), and other text is one line."""
+    table = tmp_path / "p.parquet"
+    pd.DataFrame({"id": list(PROTEINS), "sequence": list(PROTEINS.values())}).to_parquet(table)
+    base = ["embed", "--modality", "protein", "--model", "esmc", "--input", str(table), "--model-path", str(tiny)]
+    base += ["--device", "cpu", "--no-progress"]
+    assert main([*base, "--layer", "1", "--out", str(tmp_path / "one.zarr")]) == 0
+    assert open_cache(tmp_path / "one.zarr").manifest.config["options"]["layer"] == 1
+    capsys.readouterr()
+    assert main([*base, "--layer", "x", "--out", str(tmp_path / "x.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith(
+            "--layer 'x' is not a layer number; ESM-family layers are -1 (the last, after the final "
+            "LayerNorm) or k (0 = the embedding output)"
+        )
+        and "\n" not in err
+    )
+    assert main([*base, "--layers", "0,1", "--out", str(tmp_path / "{layer}.zarr")]) == 2
+    assert "it embeds one --layer per run: run it once per layer; drop --layers" in capsys.readouterr().err

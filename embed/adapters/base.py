@@ -51,9 +51,9 @@ WINDOW_BP_FLAG = {
 # `--layer`, shared by the adapters whose models have several layers (each names its own in `layers()`)
 LAYER_FLAG = {
     "flags": ("--layer",),
-    "help": "the layer to embed (default: the model's usual output): esm2 and nucleotide-transformer -1 (the last, "
-    "after the final LayerNorm) or k (0 = the embedding output); enformer trunk, conv_tower, transformer.K; scgpt "
-    "gene gene_embedding+enc_norm, gene_embedding; scgpt context cls_last_layer, encoder, layer.K",
+    "help": "the layer to embed (default: the model's usual output): esm2, esmc and nucleotide-transformer -1 (the "
+    "last, after the final LayerNorm) or k (0 = the embedding output); enformer trunk, conv_tower, transformer.K; "
+    "scgpt gene gene_embedding+enc_norm, gene_embedding; scgpt context cls_last_layer, encoder, layer.K",
 }
 
 

@@ -67,10 +67,10 @@ class BorzoiOptions(AdapterOptions):
     def resolve(self, bins: int, device: torch.device) -> BorzoiOptions:
         """The window for a model with `bins` output bins; ModelError for a window it cannot take."""
         scaled = math.ceil(BORZOI_WINDOW_BP * bins / BORZOI_BINS / BORZOI_STRIDE_BP) * BORZOI_STRIDE_BP
-        window = self.window_bp or scaled
+        window = scaled if self.window_bp is None else self.window_bp  # 0 is no window, not "the default"
         if bins % 2:
             raise ModelError(f"a Borzoi with {bins} output bins cannot crop them centred; use an even bins_to_return")
-        if window % BORZOI_STRIDE_BP or window // BORZOI_BIN_BP < bins:
+        if window <= 0 or window % BORZOI_STRIDE_BP or window // BORZOI_BIN_BP < bins:
             raise ModelError(
                 f"--window-bp {window} must be a multiple of {BORZOI_STRIDE_BP} covering at least {bins} bins of "
                 f"{BORZOI_BIN_BP} bp ({bins * BORZOI_BIN_BP:,} bp)"

@@ -81,8 +81,9 @@ class EnformerOptions(AdapterOptions):
         """Window and TF gamma for a model with `bins` output bins; ModelError for a window it cannot take. The
         trunk crops its window // 128 positions to the central `bins` by cutting as many from each end, so the two
         counts must differ by an even number (else the crop keeps bins - 1)."""
-        window = self.window_bp or (196_608 if bins == 896 else (2 * bins + bins % 2) * BIN_BP)
-        if window % BIN_BP or window // BIN_BP < bins:
+        default = 196_608 if bins == 896 else (2 * bins + bins % 2) * BIN_BP
+        window = default if self.window_bp is None else self.window_bp  # 0 is no window, not "the default"
+        if window <= 0 or window % BIN_BP or window // BIN_BP < bins:
             raise ModelError(f"--window-bp {window} must be a multiple of {BIN_BP} covering at least {bins} bins")
         if (window // BIN_BP - bins) % 2:
             near = " or ".join(f"{n * BIN_BP}" for n in (window // BIN_BP - 1, window // BIN_BP + 1) if n >= bins)

@@ -30,7 +30,7 @@ from dogmacache.embed.adapters.esmc_model import (
     read_arch,
     tokenize,
 )
-from dogmacache.embed.adapters.hf_esm import POOLING_FLAG, POOLINGS, EsmOptions, clean_protein
+from dogmacache.embed.adapters.hf_esm import POOLING_FLAG, POOLINGS, EsmOptions, clean_protein, layer_number
 from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask, token_extras
 from dogmacache.embed.adapters.weights import recorded_identity, resolve_model_dir
 from dogmacache.embed.random_weights import randomize_
@@ -60,6 +60,7 @@ class EsmcOptions(AdapterOptions):
     }
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", layer_number(self.layer))  # `--layer` is text for every model
         self._check_choice("size", tuple(SIZES))
         self._check_choice("pooling", POOLINGS)
         if self.max_length is not None and self.max_length < N_SPECIAL + 1:

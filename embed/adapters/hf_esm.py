@@ -35,6 +35,7 @@ from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask,
 from dogmacache.embed.adapters.weights import (
     SAVED_TOGETHER,
     key_differences,
+    load_state_dict_file,
     recorded_identity,
     resolve_model_dir,
     shapes_differ,
@@ -55,6 +56,10 @@ POOLING_FLAG = {
     "help": "mean over real tokens, the <cls> token, or none (per-token, padded, with a mask)",
 }
 ESM2_MAX_TOKENS = 1024  # 1,022 residues + <cls> + <eos>
+# ESM-family position ids start at padding_idx + 1 = 2 (transformers' EsmEmbeddings), so a config's
+# max_position_embeddings holds 2 more than the tokens a sequence may have: ESM-2's 1,026 for 1,024, NT v1's 1,002
+# for 1,000, NT v2's 2,050 for 2,048
+POSITION_OFFSET = 2
 
 
 _PROTEIN_BYTES = np.zeros(256, dtype=bool)
@@ -142,25 +147,25 @@ class EsmOptions(AdapterOptions):
                 f"({', '.join(self.special_tokens)}) too; expected at least {least}, or leave it out for the model's "
                 "limit"
             )
-        if isinstance(self.layer, str):  # `--layer` is text for every model: a number here
-            try:
-                object.__setattr__(self, "layer", int(self.layer))
-            except ValueError:
-                raise InputError(
-                    f"--layer {self.layer!r} is not a layer number; ESM-family layers are -1 (the last, after the "
-                    "final LayerNorm) or k (0 = the embedding output)"
-                ) from None
+        object.__setattr__(self, "layer", layer_number(self.layer))
 
     def resolve(self, default_length: int, position_limit: int) -> Self:
-        """`max_length` None becomes `default_length`, and any length is capped at the model's `position_limit`
-        (both counted with special tokens); the layer is checked against the model by the adapter."""
-        return replace(self, max_length=min(self.max_length or default_length, position_limit))
+        """`max_length` None becomes `default_length` (within the model's `position_limit`); a longer one asked for
+        is refused (both counted with special tokens); the layer is checked against the model by the adapter."""
+        if self.max_length is not None and self.max_length > position_limit:
+            raise InputError(
+                f"--max-length {self.max_length} is above this model's limit of {position_limit} tokens (special "
+                f"tokens included: its config.json's max_position_embeddings, {position_limit + POSITION_OFFSET}, "
+                f"less the {POSITION_OFFSET} ids ESM-family position ids start after); give at most "
+                f"{position_limit}, or leave it out"
+            )
+        return replace(self, max_length=self.max_length or min(default_length, position_limit))
 
 
 @dataclass(frozen=True)
 class NucleotideTransformerOptions(EsmOptions):
     special_tokens: ClassVar[tuple[str, ...]] = ("<cls>",)
-    window_bp: int | None = None  # genome windows (dna tables without a sequence column) need it; e.g. 5994 for v1
+    window_bp: int | None = None  # genome windows (--modality dna) need it; e.g. 5994 for v1
 
     strand_policy: str = "forward"  # genome windows are read on the reference strand, whatever the item's strand
     keep: str = "start"  # a sequence past max_length keeps its start, or its end (a cDNA's 3' end, as IsoFormer)
@@ -182,6 +187,19 @@ class NucleotideTransformerOptions(EsmOptions):
         super().__post_init__()
         self._check_choice("strand_policy", ("forward",))
         self._check_choice("keep", ("start", "end"))
+
+
+def layer_number(layer: int | str) -> int:
+    """`--layer` as an ESM-family layer number (the flag is text for every model); InputError for other text."""
+    if isinstance(layer, str):
+        try:
+            return int(layer)
+        except ValueError:
+            raise InputError(
+                f"--layer {layer!r} is not a layer number; ESM-family layers are -1 (the last, after the final "
+                "LayerNorm) or k (0 = the embedding output)"
+            ) from None
+    return layer
 
 
 # The masked-LM head that ESM-2 and Nucleotide Transformer checkpoints carry; embeddings never pass through it.
@@ -210,6 +228,29 @@ def torch_size_mismatches(text: str) -> str:
         for key, a, b in _SIZE_MISMATCH.findall(text)
     ]
     return f"weights of another shape (the first found: {found[0]})" if found else text.strip().splitlines()[0][:300]
+
+
+def esm_key_differences(directory: Path) -> str | None:
+    """Every key by which the folder's weights file differs from the `EsmModel` its config.json describes (built
+    without memory), counted as every adapter counts them; None where the file cannot be read that way. transformers
+    names only the first module that does not fit, with a key relative to it."""
+    from transformers import EsmConfig, EsmModel
+
+    try:
+        state, _ = load_state_dict_file(Path(directory))
+        with torch.device("meta"):
+            expected = EsmModel(EsmConfig.from_pretrained(str(directory)), add_pooling_layer=False).state_dict()
+    except Exception:  # noqa: BLE001 - then the first mismatch transformers named is what is said
+        return None
+    state = {k.removeprefix("esm."): v for k, v in state.items() if not k.startswith(IGNORED_HEADS)}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        shapes_differ(k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    return key_differences(missing, unexpected, misshapen) or None
 
 
 def check_loading(directory, info: dict[str, list]) -> list[str]:
@@ -280,14 +321,15 @@ class _EsmFamily(LayeredAdapter):
         except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
             raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
         except RuntimeError as err:  # torch's load_state_dict, module by module: weights of another size
+            found = None if remote else esm_key_differences(directory)
             raise WeightsMismatchError(
-                loading_what(directory), torch_size_mismatches(str(err)), SAVED_TOGETHER
+                loading_what(directory), found or torch_size_mismatches(str(err)), SAVED_TOGETHER
             ) from err
         self._check_vocabulary(directory)
         self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device, self.remote = device, remote
-        limit = int(config.get("max_position_embeddings", self.max_sequence_length))
+        limit = int(config.get("max_position_embeddings", self.max_sequence_length + POSITION_OFFSET)) - POSITION_OFFSET
         self.options = options.resolve(self.max_sequence_length, limit)
         self.n_layers = int(config.get("num_hidden_layers", 0))
         self.pooling, self.max_length = self.options.pooling, self.options.max_length
@@ -556,8 +598,15 @@ class NucleotideTransformerAdapter(_EsmFamily):
     max_sequence_length = 1000  # v1: 1,000 tokens of 6-mers (~6 kb); v2 models allow 2,048 (12 kb)
 
     def sequence(self, row: dict[str, Any]) -> tuple[str, int]:
-        if "sequence" in row and isinstance(row["sequence"], str):
-            seq, n_padded = row["sequence"].strip().upper().replace("U", "T"), 0  # NT reads DNA letters; U is T
+        """An rna row's `sequence`; a dna row's genome window (`--window-bp` around `center`)."""
+        if "_genome" in row and "sequence" in row:  # --modality dna: the windows come from the genome alone
+            raise InputError(
+                f"item {row['id']!r}: --modality dna cuts each window from --genome at chrom / center, and this table "
+                "also has a sequence column, which the cache's input digest would not cover: embed those sequences "
+                "with --modality rna, or drop the column"
+            )
+        if "_genome" not in row:
+            seq, n_padded = str(row["sequence"]).strip().upper().replace("U", "T"), 0  # NT reads DNA letters; U is T
         else:
             window = self.options.window_bp
             if not window:

@@ -267,6 +267,8 @@ class KmerRnaAdapter(_KmerFeatures):
 
     def prepare(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         seq = str(row["sequence"]).strip().upper().replace("U", "T")
+        if not seq:  # blank: a row of zeros, which no other adapter would write for it
+            raise InputError(f"item {row['id']!r} has an empty sequence; drop it in the recipe")
         check_dna(seq, row["id"])
         codes = _BASE[np.frombuffer(seq.encode(), dtype=np.uint8)][None]
         return {"features": frequencies(*kmer_index(codes, self.options.k), self.columns, self.n_columns)[0]}

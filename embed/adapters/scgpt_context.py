@@ -40,7 +40,9 @@ from dogmacache.errors import InputError
 @dataclass(frozen=True)
 class ScgptContextOptions(AdapterOptions):
     l2: bool = True  # unit-length vectors (False: as the encoder gives them)
-    max_genes: int = 1200  # most genes per profile (+ <cls>), the highest expressed; scGPT's max_seq_len
+    # most genes per profile, the highest expressed; with <cls>, scGPT's max_seq_len of 1,200 tokens (its
+    # DataCollator counts <cls> in max_length: scgpt/data_collator.py, and tasks/cell_emb.py prepends it)
+    max_genes: int = 1199
     bin_seed: int = 0  # seed for breaking ties between equal bin edges, the same for every item
     layer: str = "cls_last_layer"  # cls_last_layer | encoder | layer.K, read at <cls>
 
@@ -49,7 +51,8 @@ class ScgptContextOptions(AdapterOptions):
         "max_genes": {
             "flags": ("--scgpt-max-genes",),
             "type": int,
-            "help": "scgpt context: most genes per profile (+ <cls>), the highest expressed (default 1200)",
+            "help": "scgpt context: most genes per profile (+ <cls>), the highest expressed (default 1199: with <cls>, "
+            "scGPT's 1,200 tokens)",
         },
         "bin_seed": {
             "flags": ("--scgpt-bin-seed",),
