@@ -165,7 +165,7 @@ def fold_table(summaries: list[dict]) -> dict[str, dict[str, float]]:
     return rows
 
 
-FOLD_COLUMNS = ("spearman_seen", "spearman_held_out", "r2_seen", "r2_held_out")
+FOLD_COLUMNS = ("spearman_seen", "spearman_held_out", "specific_held_out", "r2_seen", "r2_held_out")
 
 
 def print_fold_table(rows: dict[str, dict[str, float]]) -> None:

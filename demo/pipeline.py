@@ -227,11 +227,16 @@ def _print_biodta(summary: dict) -> None:
 def _print_cdbridge(summary: dict) -> None:
     """The CDBridge tables the second process wrote to its log: seen vs held-out tissues, then pooled metrics."""
     from dogmacache.demo.cdbridge import print_fold_table
-    from dogmacache.train.run import print_table
+    from dogmacache.train.run import print_null, print_table
     from dogmacache.train.tasks.cdbridge.report import print_seen_vs_held_out
 
-    print_seen_vs_held_out(summary["seen_vs_held_out"])
-    print_table(summary, summary["metric"])
+    draws = set((summary.get("null") or {}).get("models", [])[1:])  # the null's further draws: in "null" below
+    print_seen_vs_held_out({n: row for n, row in summary["seen_vs_held_out"].items() if n not in draws})
+    print_table(
+        {**summary, "models": {n: m for n, m in summary["models"].items() if n not in draws}}, summary["metric"]
+    )
+    if summary.get("null"):
+        print_null(summary["null"], "cdbridge")
     print("CDBridge seen vs held-out tissues per fold (leave-tissues-out), beside its controls, and the mean of folds:")
     print_fold_table(summary["folds"])
 

@@ -53,7 +53,9 @@ def lean(config: RunConfig) -> RunConfig:
     """The model beside its baselines, without ablations or controls: what the null twin asks is whether the model
     scores beyond a prediction made without inputs."""
     config = without_ablations(config)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, controls=(), control_caches=()))
+    return dataclasses.replace(
+        config, train=dataclasses.replace(config.train, controls=(), control_caches=(), null_draws=1)
+    )
 
 
 def write_demo_config(

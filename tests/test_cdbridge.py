@@ -16,6 +16,7 @@ from dogmacache.train.controls import controls
 from dogmacache.train.registry import config_from_dict, load_model
 from dogmacache.train.tasks.cdbridge.data import ExampleChunks, stage1_view
 from dogmacache.train.tasks.cdbridge.task import CdbridgeTask
+from scipy.stats import spearmanr
 
 TISSUES = ["Brain", "Heart", "Liver"]
 SPLIT = ["train"] * 6 + ["validation"] * 3 + ["test"] * 3
@@ -486,3 +487,24 @@ def test_masks_of_other_bins_or_the_transcripts_orientation_are_refused(tmp_path
         json.dumps({"recipe": "gtex", "mask": {"window_bins": 4, "bin_bp": 128, "orientation": "reference"}})
     )
     assert CdbridgeTask(config_from_dict(raw)).load().splits["train"] is not None
+
+
+def test_a_tissues_own_part_scores_zero_for_a_tissue_blind_model_and_one_for_the_labels():
+    """`tissue_specific_spearman`: the label minus the seen tissues' mean for the transcript (the other seen ones'
+    for a seen tissue), against the prediction likewise. What the tissues share cannot score there."""
+    from dogmacache.train.tasks.cdbridge.report import tissue_specific_spearman
+
+    rng = np.random.default_rng(0)
+    n, tissues, held = 40, ["A", "B", "C", "H"], ["H"]
+    shared = rng.normal(size=n) * 3  # most of every label, as in the demo and GTEx
+    own = {t: rng.normal(size=n) for t in tissues}
+    transcripts = np.repeat(np.arange(n), len(tissues))
+    tissue_of = np.tile(tissues, n)
+    labels = np.array([shared[i] + own[t][i] for i, t in zip(transcripts, tissue_of, strict=True)])
+    blind = np.array([shared[i] for i in transcripts])  # the shared part exactly, the same for every tissue
+    scored = tissue_specific_spearman(blind, labels, transcripts, tissue_of, ["A", "B", "C"], held)
+    assert set(scored) == set(tissues) and all(v == 0.0 for v in scored.values())
+    perfect = tissue_specific_spearman(labels, labels, transcripts, tissue_of, ["A", "B", "C"], held)
+    assert all(v == pytest.approx(1.0) for v in perfect.values())
+    h_rows = tissue_of == "H"  # and the plain Spearman of the blind model on the held-out tissue is high
+    assert spearmanr(blind[h_rows], labels[h_rows])[0] > 0.8

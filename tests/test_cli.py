@@ -112,6 +112,11 @@ def test_demo_trains_cdbridge_over_held_out_folds_beside_its_controls(demo_run):
     table = metrics["seen_vs_held_out"]
     assert table["cdbridge"]["spearman_seen"] > table["per_tissue_mean"]["spearman_seen"] + 0.2
     assert table["cdbridge"]["spearman_held_out"] > 0.2  # zero-shot tissues, Spearman: no per-tissue calibration
+    # but a tissue-blind model passes that too (most of every label is shared across tissues): each held-out
+    # tissue's own part is where it scores 0 by construction, and where the model must score beside its controls
+    assert table["no_tissue"]["specific_held_out"] == 0.0 and table["cdbridge"]["specific_held_out"] > 0.15
+    assert table["cdbridge"]["specific_held_out"] > table["control_permuted_labels"]["specific_held_out"] + 0.2
+    assert "null" not in metrics  # one draw of the null: its spread comes from [train] null_draws (README)
     for control in CONTROLS:
         assert table["cdbridge"]["spearman_seen"] > table[control]["spearman_seen"] + 0.2, control
     # every mask AUROC stands beside the position prior, which reads no sequence; on the demo's coding starts

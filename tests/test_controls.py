@@ -122,3 +122,52 @@ def test_the_null_moves_every_target_column_of_a_row_together():
     permuted = permuted_labels(data, seed=1, columns=("target", "protein_row")).splits["train"]
     assert (permuted["protein_row"] == permuted["target"] * 10).all()  # a row's targets stay one row's
     assert (permuted["dna_row"] == train["dna_row"]).all() and not permuted["target"].equals(train["target"])
+
+
+def test_null_draws_stand_beside_the_model_with_an_empirical_p_value(tmp_path, capsys):
+    """[train] null_draws = K trains K permutations; metrics.json's null gives their spread and p = (1 + k) /
+    (1 + K), k the draws reaching the model; the first draw is the run's plain null, the others their own draws."""
+    config = write_pairs(tmp_path, signal=True)
+    config["train"].update(null_draws=4, controls=["permuted_labels"], epochs=6, early_stop_patience=6)
+    summary = run_training(config_from_dict(config), progress=False)
+    names = ["control_permuted_labels", *(f"control_permuted_labels_{k}" for k in (2, 3, 4))]
+    assert set(names) <= set(summary["models"])
+    null = json.loads((tmp_path / "out" / "metrics.json").read_text())["null"]
+    assert null["draws"] == 4 and null["models"] == names
+    draws = np.array([summary["models"][n]["test"]["pearson"] for n in names])
+    assert len(set(draws.round(6))) == 4  # four permutations, not one drawn four times
+    model = summary["models"]["dna_mlp"]["test"]["pearson"]
+    row = null["test"]["pearson"]
+    assert row["model"] == pytest.approx(model) and row["null_max"] == pytest.approx(draws.max())
+    assert row["null_mean"] == pytest.approx(draws.mean()) and row["null_sd"] == pytest.approx(draws.std(ddof=1))
+    assert row["draws_reaching_the_model"] == int((draws >= model).sum()) == 0 and row["p"] == pytest.approx(1 / 5)
+    printed = capsys.readouterr().out
+    assert "permutation null: 4 draws" in printed and "p = 0.200" in printed
+
+
+def test_the_nulls_further_draws_are_streams_of_their_own():
+    from dogmacache.train.controls import null_rng
+
+    def data(ids):
+        table = pd.DataFrame({"id": ids, "target": np.arange(len(ids), dtype=float)})
+        return TaskData(splits={"train": table, "validation": table, "test": table}, fingerprints={})
+
+    fold0, fold1 = data([f"a{i}" for i in range(12)]), data([f"b{i}" for i in range(12)])
+    first = null_rng(0, 0, fold0, [0]).permutation(12)
+    assert np.array_equal(first, np.random.default_rng([0, 1, 0]).permutation(12))  # the plain null, as it was
+    assert np.array_equal(first, np.random.default_rng([0, 1]).permutation(12))  # = epoch 1's batch order (kept)
+    second = null_rng(0, 1, fold0, [0]).permutation(12)
+    batches = [np.random.default_rng([0, epoch]).permutation(12) for epoch in range(1, 50)]
+    assert not any(np.array_equal(second, b) for b in batches)
+    assert not np.array_equal(second, null_rng(0, 1, fold1, [0]).permutation(12))  # each fold its own
+    assert not np.array_equal(null_rng(0, 1, fold0, []).permutation(12), null_rng(0, 1, fold0, [0]).permutation(12))
+
+
+def test_null_draws_without_the_null_are_refused(tmp_path):
+    config = write_pairs(tmp_path, signal=True)
+    config["train"].update(null_draws=3, controls=["shuffled_inputs"])
+    with pytest.raises(InputError, match=r"null_draws = 3 draws the permutation null, which \[train\] controls does"):
+        run_training(config_from_dict(config), progress=False)
+    config["train"]["null_draws"] = 0
+    with pytest.raises(InputError, match="null_draws"):
+        config_from_dict(config)

@@ -65,6 +65,9 @@ class TrainConfig:
     # shuffled_inputs; and control_caches "KEY=PATH": the same task with a [data] cache swapped (k-mer features)
     controls: tuple[str, ...] = ()
     control_caches: tuple[str, ...] = ()
+    # permutations of the null (permuted_labels), each trained as the model is: with 2 or more, metrics.json's
+    # "null" gives the draws' mean, sd and max and the empirical p-value (1 + draws >= the model) / (1 + draws)
+    null_draws: int = 1
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controls if c not in CONTROL_KINDS]
@@ -78,6 +81,7 @@ class TrainConfig:
         "weight_decay": ">=0",
         "clip_norm": ">0",
         "smooth_l1_beta": ">0",
+        "null_draws": "[1,1000]",
         "plateau_factor": "(0,1)",
         "plateau_patience": ">=0",
         "early_stop_patience": ">=1",
@@ -117,6 +121,7 @@ RESUME_FREE = (
     "train.baselines",
     "train.controls",
     "train.control_caches",
+    "train.null_draws",
 )
 
 

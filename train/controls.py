@@ -25,16 +25,36 @@ import pandas as pd
 from dogmacache.errors import DogmaError, InputError
 from dogmacache.train.task import Task, TaskData
 
+NULL_STREAM = 1001  # the tag of the permutation null's further draws (`null_rng`)
 
-def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("target",)) -> TaskData:
+
+def null_rng(seed: int, draw: int, data: TaskData, key: list[int]) -> np.random.Generator:
+    """The generator of the permutation null's `draw` for one table (`key`). Draw 0 keeps its first stream,
+    [seed, 1, *key], so that a run's first null is the one it always was; numpy's SeedSequence reads trailing zeros
+    as absent, so that stream is also the loop's epoch-1 batch order, which moves no label onto its own input. The
+    further draws are streams of their own: tagged, salted with the run's examples (the split digests: each fold
+    of a leave-tissues-out run draws its own), and with the key's length, so that no trailing zero can join two."""
+    if draw == 0:
+        return np.random.default_rng([seed, 1, *key])
+    salt = [int(d.split(":")[-1][:8], 16) for d in (data.split_digests() or {}).values()]
+    return np.random.default_rng([seed, NULL_STREAM, *salt, draw, len(key), *key])
+
+
+def null_names(draws: int) -> list[str]:
+    """The permutation null's model names: control_permuted_labels, then control_permuted_labels_2 ... _<draws>."""
+    return ["control_permuted_labels", *(f"control_permuted_labels_{k + 1}" for k in range(1, draws))]
+
+
+def permuted_labels(data: TaskData, seed: int, columns: tuple[str, ...] = ("target",), draw: int = 0) -> TaskData:
     """The training and validation splits' target `columns` permuted across each split's rows, all with one seeded
     permutation per split (a row's targets move together); the test split as it is. Validation is permuted too: it
     chooses the checkpoint, and a checkpoint chosen on real labels carries them into the null (measured on the
     demo's CDBridge, whose frozen stage-1 features are informative: Spearman up to 0.43 with real validation).
-    A `variants` table of those splits is permuted across its own rows likewise."""
+    A `variants` table of those splits is permuted across its own rows likewise. `draw`: which of the null's
+    permutations ([train] null_draws; `null_rng`)."""
 
     def permuted(table: pd.DataFrame, key: list[int]) -> pd.DataFrame:
-        order = np.random.default_rng([seed, 1, *key]).permutation(len(table))
+        order = null_rng(seed, draw, data, key).permutation(len(table))
         moved = {}
         for column in columns:
             values = table[column].to_numpy()[order]
@@ -96,10 +116,8 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     plain = without_ablations(config)
     found: dict[str, tuple[Task, TaskData]] = {}
     if "permuted_labels" in t.controls:
-        found["control_permuted_labels"] = (
-            type(task)(plain),
-            permuted_labels(data, t.seed, type(task).target_columns),
-        )
+        for draw, name in enumerate(null_names(t.null_draws)):
+            found[name] = (type(task)(plain), permuted_labels(data, t.seed, type(task).target_columns, draw))
     if "shuffled_inputs" in t.controls:
         found["control_shuffled_inputs"] = (
             type(task)(plain),
@@ -134,11 +152,18 @@ def cache_controls(config: Any) -> dict[str, tuple[str, str]]:
 
 
 def check_controls(task: Task) -> None:
-    """Refuse, before anything trains, a control the run could not run: the control_caches entries' syntax, keys
+    """Refuse, before anything trains, a control the run could not run: null_draws without the null, the
+    control_caches entries' syntax, keys
     and names (`cache_controls`), and each cache's presence and completeness (its manifest read; the full
     checks come when the control loads its data, after the model has trained)."""
     from dogmacache.cache import open_cache
 
+    t = task.config.train
+    if t.null_draws > 1 and "permuted_labels" not in t.controls:  # here: a --set is checked alone, without the file
+        raise InputError(
+            f"[train] null_draws = {t.null_draws} draws the permutation null, which [train] controls does not run; "
+            'add "permuted_labels" to controls, or set null_draws = 1'
+        )
     for name, (key, path) in cache_controls(task.config).items():
         try:
             swapped = open_cache(path)
@@ -167,3 +192,26 @@ def without_ablations(config: Any) -> Any:
     if any(f.name == "ablations" for f in dataclasses.fields(model)):
         model = dataclasses.replace(model, ablations=())
     return dataclasses.replace(config, model=model)
+
+
+def null_summary(results: dict[str, Any], model: str, draws: int, metrics: tuple[str, ...]) -> dict[str, Any]:
+    """The permutation null's draws against the model, per test metric of `metrics` (each higher = better): the
+    model's value, the draws' mean, sd and max, how many reach the model, and the empirical p-value
+    (1 + that count) / (1 + draws) (never 0: the model counts as one draw of the null, Phipson and Smyth 2010)."""
+    names = [n for n in null_names(draws) if n in results]
+    out: dict[str, Any] = {"draws": len(names), "models": names, "test": {}}
+    for metric in metrics:
+        value = results[model].get("test", {}).get(metric)
+        null = np.array([results[n].get("test", {}).get(metric, np.nan) for n in names], dtype=float)
+        if value is None or not np.isfinite(value) or not np.isfinite(null).all():
+            continue
+        reached = int((null >= value).sum())
+        out["test"][metric] = {
+            "model": float(value),
+            "null_mean": float(null.mean()),
+            "null_sd": float(null.std(ddof=1)) if len(null) > 1 else float("nan"),
+            "null_max": float(null.max()),
+            "draws_reaching_the_model": reached,
+            "p": (1 + reached) / (1 + len(null)),
+        }
+    return out

@@ -33,7 +33,14 @@ from dogmacache.devices import (
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.controls import cache_controls, check_controls, controls, without_ablations
+from dogmacache.train.controls import (
+    cache_controls,
+    check_controls,
+    controls,
+    null_names,
+    null_summary,
+    without_ablations,
+)
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import TASKS, get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
@@ -196,8 +203,8 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         if isinstance(b, FittedBaseline):
             models.append((name, b.task, data.fingerprints, ""))
     plain = without_ablations(config)
-    kinds = {"permuted_labels": "control_permuted_labels", "shuffled_inputs": "control_shuffled_inputs"}
-    models += [(kinds[k], type(task)(plain), data.fingerprints, "") for k in config.train.controls if k in kinds]
+    kinds = {"permuted_labels": null_names(config.train.null_draws), "shuffled_inputs": ["control_shuffled_inputs"]}
+    models += [(n, type(task)(plain), data.fingerprints, "") for k in config.train.controls for n in kinds.get(k, [])]
     for name, (key, path) in cache_controls(config).items():
         swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
@@ -280,19 +287,25 @@ def _run(
         "cpu": {"num_workers": config.train.num_workers, "torch_threads": config.train.threads},
         "config": config.to_dict(),  # the run as resolved: what these numbers are of
     }
+    draws = config.train.null_draws if "permuted_labels" in config.train.controls else 1
+    if draws > 1:
+        summary["null"] = null_summary(results, config.task, draws, task.null_metrics or (task.metric,))
     if rank == 0:
         summary.update(task.summary(results, data))
+        shown = {n: r for n, r in results.items() if n not in null_names(draws)[1:]}  # the null's first draw drawn
         log = pd.read_csv(out / "log.csv")  # this run's models only: the folder may hold another task's rows
-        plots.learning_curves(log[log["model"].isin(results)], out / "learning_curves.png", task.metric)
+        plots.learning_curves(log[log["model"].isin(shown)], out / "learning_curves.png", task.metric)
         plots.predicted_vs_observed(
             task.observed(data, "test"),
-            {n: task.plotted(r["predictions"]["test"]) for n, r in results.items()},
-            {n: r["test"] for n, r in results.items()},
+            {n: task.plotted(r["predictions"]["test"]) for n, r in shown.items()},
+            {n: r["test"] for n, r in shown.items()},
             out / "test_scatter.png",
         )
-        task.figures(results, data, out)
+        task.figures(shown, data, out)
         write_json(out / "metrics.json", summary)  # last: its presence says the run finished
-        print_table(summary, task.metric)
+        print_table({**summary, "models": {n: summary["models"][n] for n in shown}}, task.metric)
+        if "null" in summary:
+            print_null(summary["null"], config.task)
     return summary
 
 
@@ -320,6 +333,16 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=2, allow_nan=False)
     with replace_whole(path) as tmp:
         tmp.write_text(text)
+
+
+def print_null(null: dict[str, Any], model: str) -> None:
+    """The permutation null's draws beside the model, a line per metric."""
+    print(f"permutation null: {null['draws']} draws of control_permuted_labels (in metrics.json: null)")
+    for metric, n in null["test"].items():
+        print(
+            f"  test {metric}: {model} {n['model']:.3f}; null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, "
+            f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}"
+        )
 
 
 def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:

@@ -174,6 +174,8 @@ class Task(ABC):
     model_config: ClassVar[type]  # the [model] dataclass
     models: ClassVar[dict[str, Callable[[dict[str, Any]], nn.Module]]]  # class name -> rebuild from config dict
     metric: ClassVar[str] = "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
+    # the test metrics set beside the permutation null's draws ([train] null_draws; higher = better); () = `metric`
+    null_metrics: ClassVar[tuple[str, ...]] = ()
     # columns of the split tables that point into input caches (row numbers): what the shuffled-inputs control
     # permutes (`controls.py`); a `<modality>_present` column beside one says which rows are real
     input_columns: ClassVar[tuple[str, ...]] = ()
