@@ -12,6 +12,7 @@ insertion pushes them out); past a chromosome end the window is padded with N, a
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ def parse_edit(spec: str, genome: Genome) -> Edit:
     if m := _SNV.match(text):
         chrom, pos = genome.resolve(m["chrom"]), _number(m["pos"], "position", spec)
         alt = "" if m["alt"] == "-" else m["alt"].upper()
-        return check_ref(Edit(chrom, pos - 1, m["ref"].upper(), alt, text), genome)
+        return unanchored(check_ref(Edit(chrom, pos - 1, m["ref"].upper(), alt, text), genome))
     if m := _RANGE.match(text):
         chrom = genome.resolve(m["chrom"])
         start, end = _number(m["start"], "start", spec), _number(m["end"], "end", spec)
@@ -94,14 +95,24 @@ def read_vcf(path: str | Path, genome: Genome) -> list[Edit]:
                 "T, N; symbolic or multiple ALTs are not supported): split or normalise the VCF"
             )
         label = f"{chrom}:{pos} {ref}>{alt}"
-        if len(ref) > 1 and len(alt) >= 1 and ref[0] == alt[0]:  # VCF indels carry an anchor base: drop it
-            edit = Edit(genome.resolve(chrom), int(pos), ref[1:], alt[1:], label)
-        else:
-            edit = Edit(genome.resolve(chrom), int(pos) - 1, ref, alt, label)
-        edits.append(check_ref(edit, genome, where=f"{path} line {n}: "))
+        edit = Edit(genome.resolve(chrom), int(pos) - 1, ref, alt, label)
+        edits.append(unanchored(check_ref(edit, genome, where=f"{path} line {n}: ")))  # VCF indels carry an anchor
     if not edits:
         raise InputError(f"{path} holds no VCF record; pass a VCF with at least one variant")
     return edits
+
+
+def unanchored(edit: Edit) -> Edit:
+    """The edit without the bases its REF and ALT begin with alike (a VCF indel's anchor base, `T>TGGGG`'s T):
+    the same edited sequence, written as what changes, so that the matched edits of its control (`null.py`) insert
+    or delete those bases alone rather than also changing the base they would sit on. An edit whose REF equals its
+    ALT (no change) is kept as written."""
+    if edit.ref == edit.alt:
+        return edit
+    k = 0
+    while k < min(len(edit.ref), len(edit.alt)) and edit.ref[k] == edit.alt[k]:
+        k += 1
+    return dataclasses.replace(edit, start0=edit.start0 + k, ref=edit.ref[k:], alt=edit.alt[k:]) if k else edit
 
 
 def reference(genome: Genome, chrom: str, start0: int, length: int) -> str:

@@ -451,3 +451,30 @@ def test_edited_rows_of_a_bitround_cache_are_rounded_as_its_rows_were_stored(sce
     np.testing.assert_array_equal(fresh, cached)
     unrounded = fresh.view(np.uint32) & ((1 << 16) - 1)  # float32 keeps 23 mantissa bits, bitround 7
     assert not unrounded.any() and not np.array_equal(as_read(fresh + 1e-3, "bitround"), fresh + 1e-3)
+
+
+def test_an_anchored_insertion_or_deletion_is_matched_by_that_insertion_or_deletion_alone(tmp_path, genome):
+    """`T>TGGGG` and a VCF `T`->`TA` keep an anchor base; written without it, the control's matched edits insert
+    (or delete) the same bases alone, where they also replaced the base they sat on in 3 of 4 draws."""
+    from dogmacache.mutate.null import matched_variant
+
+    g = Genome(genome)
+    base, nxt = g.fasta["chr1"][1599], g.fasta["chr1"][1600]
+    insertion = parse_edit(f"chr1:1600 {base}>{base}GGGG", g)
+    deletion = parse_edit(f"chr1:1600 {base}{nxt}>{base}", g)
+    assert (insertion.start0, insertion.ref, insertion.alt) == (1600, "", "GGGG")
+    assert (deletion.start0, deletion.ref, deletion.alt) == (1600, nxt, "")
+    vcf = tmp_path / "ins.vcf"
+    vcf.write_text(f"#CHROM\tPOS\tID\tREF\tALT\nchr1\t1600\t.\t{base}\t{base}A\n")
+    (from_vcf,) = read_vcf(vcf, g)
+    assert (from_vcf.start0, from_vcf.ref, from_vcf.alt, from_vcf.label) == (1600, "", "A", f"chr1:1600 {base}>{base}A")
+    rng = np.random.default_rng(0)
+    for edit, removed, added in ((insertion, 0, "GGGG"), (deletion, 1, "")):
+        for k in range(20):
+            (drawn,) = matched_variant([edit], g, "chr1", 500, 2048, rng, k)
+            assert len(drawn.ref) == removed and drawn.alt == added, drawn
+    same = parse_edit(f"chr1:1600 {base}>{base}", g)  # no change: kept as written
+    assert (same.start0, same.ref, same.alt) == (1599, base, base)
+    assert edited_window(g, "chr1", 1590, 20, [insertion])[0] == (
+        g.fasta["chr1"][1590:1600] + "GGGG" + g.fasta["chr1"][1600:1606]
+    )
