@@ -217,7 +217,8 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         },
     }
     if config.scgpt_model:
-        summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out))
+        labels = [" + ".join(e.label for e in v) for v in variants]
+        summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out, labels))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)
     with replace_whole(out / "summary.json") as tmp:  # written last, whole: its presence says the run finished
@@ -246,9 +247,18 @@ def _place_among_nulls(shift: pd.DataFrame, variants, gene: str, nulls: dict) ->
             shift.loc[shift.index[index], f"{name}_null_p_at_least"] = placed["null_p_at_least"]
 
 
-def _moved_genes(config: MutateConfig, inputs, shift, tokens, sets: list[GeneSet], warnings: list[str], out: Path):
+def _moved_genes(
+    config: MutateConfig,
+    inputs,
+    shift,
+    tokens,
+    sets: list[GeneSet],
+    warnings: list[str],
+    out: Path,
+    labels: list[str],
+):
     """moved_genes.tsv / .png, moved_genes_knockout.tsv and, with gene sets, gene_sets.tsv; the summary's entries.
-    `inputs`: the scGPT encoder and profile (`open_profile`)."""
+    `inputs`: the scGPT encoder and profile (`open_profile`); `labels`: each variant's edits, as written."""
     ranking, knockout = adapter_moves(inputs, shift, tokens), knockout_moves(inputs, config.gene)
     moved, moved_knockout = top(ranking, config.top_n), top(knockout, config.top_n)
     moved.to_csv(out / "moved_genes.tsv", sep="\t", index=False, float_format="%.6g")
@@ -256,14 +266,20 @@ def _moved_genes(config: MutateConfig, inputs, shift, tokens, sets: list[GeneSet
     shown = ["gene", "l2_shift", "cosine"]
     found: dict[str, Any] = {
         "genes_scored": len(inputs.names),
-        "top_moved": moved[moved["variant"] == 0].head(10)[shown].to_dict("records"),
+        # one variant: its top genes; several (--each): each variant's, named by its edits
+        "top_moved": moved[moved["variant"] == 0].head(10)[shown].to_dict("records")
+        if len(labels) == 1
+        else [
+            {"variant": v, "edits": labels[v], "genes": part.head(10)[shown].to_dict("records")}
+            for v, part in moved.groupby("variant")
+        ],
         "comparator": f"{KNOCKOUT}: the same scGPT encoder and profile, {config.gene} dropped from its input "
         "(token and value) instead of its token adapted; moved_genes_knockout.tsv",
         "top_moved_knockout": moved_knockout.head(10)[shown].to_dict("records"),
     }
     from dogmacache.mutate.figures import moved_genes_figure
 
-    moved_genes_figure(moved[moved["variant"] == 0], config, out / "moved_genes.png")
+    moved_genes_figure(moved, labels, config, out / "moved_genes.png")
     if sets:
         # a gene whose own token the edit replaced moves by construction (rank 1): left out, as the knockout
         # leaves out the gene it drops, so both rankings are scored over the genes the edit reaches only through

@@ -478,3 +478,28 @@ def test_an_anchored_insertion_or_deletion_is_matched_by_that_insertion_or_delet
     assert edited_window(g, "chr1", 1590, 20, [insertion])[0] == (
         g.fasta["chr1"][1590:1600] + "GGGG" + g.fasta["chr1"][1600:1606]
     )
+
+
+def test_with_each_every_variant_has_its_own_moved_genes_and_panel_named_by_its_edits(scene, monkeypatch):
+    """--each: the figure drew variant 0's genes under a title naming every edit, and top_moved was variant 0's."""
+    from dogmacache.mutate import figures
+
+    titles = []
+    real_close = figures.plt.close
+    monkeypatch.setattr(
+        figures.plt, "close", lambda fig: (titles.extend(a.get_title() for a in fig.axes), real_close(fig))
+    )
+    root, models, genome = scene
+    base = Genome(genome).fasta["chr1"][1599]
+    alt = "A" if base != "A" else "C"
+    edits = (f"chr1:1600 {base}>{alt}", "chr1:1400-1420")
+    summary = run_mutate(_config(root, models, genome, edits=edits, each=True, null_edits=0, out=str(root / "each")))
+    assert [t["edits"] for t in summary["top_moved"]] == list(edits) and [
+        t["variant"] for t in summary["top_moved"]
+    ] == [0, 1]
+    moved = pd.read_csv(root / "each" / "moved_genes.tsv", sep="\t")
+    for entry in summary["top_moved"]:
+        own = moved[moved["variant"] == entry["variant"]]
+        assert [g["gene"] for g in entry["genes"]] == list(own["gene"].head(10))
+    assert len(titles) == 2
+    assert titles[0].startswith(f"AAA edited (variant 0: {edits[0]})") and f"variant 1: {edits[1]}" in titles[1]
