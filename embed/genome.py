@@ -44,6 +44,12 @@ def check_dna(seq: str, item: str) -> None:
         )
 
 
+def chrom_alias(chrom: str) -> str:
+    """The other common spelling of a chromosome's name (UCSC / Ensembl): chr1 <-> 1, chrM <-> MT. A table and a
+    genome (or chrom.sizes) may each use either; every stage resolves a name through this one rule."""
+    return {"chrM": "MT", "MT": "chrM"}.get(chrom) or (chrom[3:] if chrom.startswith("chr") else f"chr{chrom}")
+
+
 class Genome:
     """A FASTA opened on first use in each process; chromosome names as the FASTA has them, plus the other
     convention (`chr1` <-> `1`, `chrM` <-> `MT`) when only that one is present."""
@@ -122,7 +128,7 @@ class Genome:
         names = self.fasta.keys()
         if chrom in names:
             return chrom
-        alias = {"chrM": "MT", "MT": "chrM"}.get(chrom) or (chrom[3:] if chrom.startswith("chr") else f"chr{chrom}")
+        alias = chrom_alias(chrom)
         if alias in names:
             return alias
         shown = ", ".join(list(names)[:8]) + (" ..." if len(names) > 8 else "")

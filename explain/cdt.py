@@ -28,11 +28,11 @@ from dogmacache.embed.inputs import check_embedded_from, read_input_table
 from dogmacache.errors import CacheError, InputError
 from dogmacache.explain.attribution import Predictor, head_mean, target_rows
 from dogmacache.explain.inputs import (
-    check_chromosomes,
     check_fingerprints,
     chrom_sizes,
     dna_table_path,
     run_config,
+    sized_chromosomes,
     window_geometry,
 )
 from dogmacache.train.checkpoint import read as read_checkpoint
@@ -121,7 +121,15 @@ class CdtExplainer:
         pairs = pd.concat([data.splits[s] for s in SPLITS], ignore_index=True)
         self.pairs = pairs.assign(item=pairs["enhancer"] + SEP + pairs["gene"])
         self.windows = self._windows(windows, table)
-        check_chromosomes(self.chrom_sizes, set(self.windows["chrom"].astype(str)), sources.chrom_sizes, table)
+        named = sized_chromosomes(self.chrom_sizes, set(self.windows["chrom"].astype(str)), sources.chrom_sizes, table)
+        renamed = {c: n for c, n in named.items() if c != n}
+        if renamed:  # the tracks and their BED / bigWig files use the chrom sizes' names
+            first = next(iter(renamed.items()))
+            print(
+                f"explain: {table} names {len(renamed)} chromosome(s) as the chrom sizes do not (e.g. {first[0]!r}, "
+                f"{first[1]!r} there): the tracks use the chrom sizes' names"
+            )
+            self.windows = self.windows.assign(chrom=self.windows["chrom"].astype(str).map(lambda c: named[c]))
         self.geometry: WindowGeometry = window_geometry(self.dna, sources.bin_bp)
         self.checkpoint_path = str(path)
 

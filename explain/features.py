@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dogmacache.contracts.windows import BinCoordinates
+from dogmacache.embed.genome import chrom_alias
 from dogmacache.errors import InputError
 
 EXTRA = "pip install 'dogmacache[explain]' (or pyranges alone)"
@@ -33,12 +34,6 @@ def _pyranges():
     import pyranges
 
     return pyranges
-
-
-def _alias(chrom: str) -> str:
-    if chrom in ("chrM", "MT"):
-        return {"chrM": "MT", "MT": "chrM"}[chrom]
-    return chrom[3:] if chrom.startswith("chr") else f"chr{chrom}"
 
 
 def read_bed(path: Path) -> pd.DataFrame:
@@ -102,7 +97,7 @@ class FeatureSet:
         pr = _pyranges()
         bed_chroms = set(table["Chromosome"])
         if not bed_chroms & window_chroms:
-            renamed = {_alias(c) for c in bed_chroms} & window_chroms
+            renamed = {chrom_alias(c) for c in bed_chroms} & window_chroms
             if renamed:
                 example = sorted(bed_chroms)[0]
                 fix = (
@@ -112,7 +107,7 @@ class FeatureSet:
                 )
                 raise InputError(
                     f"{path} names chromosomes like {example!r} but the windows use "
-                    f"{_alias(example)!r}; rename them: {fix} {path.name} > renamed.bed"
+                    f"{chrom_alias(example)!r}; rename them: {fix} {path.name} > renamed.bed"
                 )
             raise InputError(
                 f"{path} shares no chromosome with the windows (it has {sorted(bed_chroms)[:4]}, they "

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from dogmacache.cache import EmbeddingCache, first_fingerprint_difference
+from dogmacache.contracts.tables import TSV_SUFFIXES
 from dogmacache.contracts.windows import WindowGeometry
+from dogmacache.embed.genome import chrom_alias
 from dogmacache.errors import InputError
 from dogmacache.train.config import RunConfig
 from dogmacache.train.registry import config_from_dict, load_config
@@ -66,8 +68,11 @@ def dna_table_path(given: str | None, config: RunConfig, dna: str) -> str:
             "genome, and the run config's [data] dna_table is empty (a cache records only its input's name and "
             "digest); pass --dna-table with the recipe's dna_windows.parquet"
         )
-    if not str(path).endswith(".parquet"):
-        raise InputError(f"--dna-table {path!r} is not a .parquet file; pass the recipe's dna_windows.parquet")
+    if not str(path).endswith((".parquet", *TSV_SUFFIXES)):  # what embed reads (`embed.inputs.read_input_table`)
+        raise InputError(
+            f"--dna-table {path!r} is not a .parquet or .tsv table; pass the windows table the DNA cache was "
+            "embedded from (the recipe's dna_windows.parquet)"
+        )
     return str(path)
 
 
@@ -118,11 +123,15 @@ def chrom_sizes(path: str | None) -> dict[str, int]:
     return sizes
 
 
-def check_chromosomes(sizes: dict[str, int], chroms: set[str], path: str, table: str) -> None:
-    """Every chromosome of the windows has a length, else its bins could not be clipped."""
-    missing = sorted(chroms - set(sizes))
+def sized_chromosomes(sizes: dict[str, int], chroms: set[str], path: str, table: str) -> dict[str, str]:
+    """Each chromosome of the windows -> its name in the chrom sizes (itself, or its other spelling, `1` for
+    `chr1`, as embed resolved it against the genome: `genome.chrom_alias`); the tracks are written under those
+    names. InputError for one with no length, whose bins could not be clipped."""
+    named = {c: c if c in sizes else chrom_alias(c) for c in chroms}
+    missing = sorted(c for c, name in named.items() if name not in sizes)
     if missing:
         raise InputError(
             f"--chrom-sizes {path} has no length for chromosome {missing[0]!r} of {table} ({len(missing)} "
             f"missing; it names {sorted(sizes)[:4]}); pass the sizes of the genome the DNA cache was embedded from"
         )
+    return named

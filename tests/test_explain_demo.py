@@ -228,3 +228,23 @@ def test_a_rerun_leaves_no_earlier_run_behind_and_a_stopped_one_no_summary(demo_
     interrupt_on_call(monkeypatch, explain_run, "_write_item", 2)
     assert main([*base, "--n", "3", "--seed", "9"]) == 130
     assert not (out / "summary.json").exists() and not (out / "items.tsv").exists()  # nothing looks finished
+
+
+def test_a_tsv_windows_table_and_chrom_sizes_named_the_other_way_are_taken(demo_run, tmp_path, capsys):
+    """embed reads a .tsv windows table, and resolves `chr1` against a genome naming it `1` (or the other way):
+    explain takes both, the tracks under the chrom sizes' names, where it refused both with the wrong fix."""
+    table = tmp_path / "dna_windows.tsv"
+    pd.read_parquet(demo_run / "recipe" / "cdt" / "dna_windows.parquet").to_csv(table, sep="\t", index=False)
+    fai = pd.read_csv(demo_run / "recipe" / "genome.fa.fai", sep="\t", header=None)
+    ensembl = tmp_path / "ensembl.sizes"  # 1, 2, 3 for chr1, chr2, chr3
+    fai[[0, 1]].assign(**{"0": fai[0].str.removeprefix("chr")})[["0", 1]].to_csv(
+        ensembl, sep="\t", header=False, index=False
+    )
+    out = tmp_path / "o"
+    args = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "test", "--n", "3"]
+    args += ["--top-k", "2", "--methods", "none", "--item-figures", "0", "--out", str(out)]
+    capsys.readouterr()
+    assert main([*args, "--dna-table", str(table), "--chrom-sizes", str(ensembl)]) == 0
+    assert "names 3 chromosome(s) as the chrom sizes do not (e.g." in capsys.readouterr().out
+    positions = pd.read_csv(out / "positions.tsv.gz", sep="\t")
+    assert set(positions["chrom"].astype(str)) <= {"1", "2", "3"}
