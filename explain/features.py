@@ -96,19 +96,18 @@ class FeatureSet:
         table = read_bed(path)
         pr = _pyranges()
         bed_chroms = set(table["Chromosome"])
+        # a name the windows' tracks spell the other way (chr1 / 1, chrM / MT) is read as theirs: one rule for
+        # every stage (`genome.chrom_alias`)
+        renamed = {c: chrom_alias(c) for c in bed_chroms - window_chroms if chrom_alias(c) in window_chroms}
+        if renamed:
+            example = sorted(renamed)[0]
+            print(
+                f"explain: {path} names {len(renamed)} chromosome(s) as the tracks do not (e.g. {example!r}, "
+                f"{renamed[example]!r} in the tracks): read as the tracks name them"
+            )
+            table = table.assign(Chromosome=table["Chromosome"].map(lambda c: renamed.get(c, c)))
+            bed_chroms = set(table["Chromosome"])
         if not bed_chroms & window_chroms:
-            renamed = {chrom_alias(c) for c in bed_chroms} & window_chroms
-            if renamed:
-                example = sorted(bed_chroms)[0]
-                fix = (
-                    "sed -E 's/^chrM/MT/; s/^chr//'"
-                    if example.startswith("chr")
-                    else 'awk \'BEGIN{OFS="\\t"} {$1 = ($1 == "MT" ? "chrM" : "chr" $1); print}\''
-                )
-                raise InputError(
-                    f"{path} names chromosomes like {example!r} but the windows use "
-                    f"{chrom_alias(example)!r}; rename them: {fix} {path.name} > renamed.bed"
-                )
             raise InputError(
                 f"{path} shares no chromosome with the windows (it has {sorted(bed_chroms)[:4]}, they "
                 f"use {sorted(window_chroms)[:4]}); pass intervals on the same genome build"

@@ -147,7 +147,7 @@ def in_window(edit: Edit, chrom: str, start0: int, length: int) -> bool:
 
 def edited_window(genome: Genome, chrom: str, start0: int, length: int, edits: Sequence[Edit]) -> tuple[str, int]:
     """(the window of `length` bp from 0-based `start0` with `edits` applied, N added past chromosome ends)."""
-    ordered = sorted(edits, key=lambda e: e.start0)
+    ordered = sorted(edits, key=lambda e: (e.start0, e.end0))  # an insertion before an edit of the base it precedes
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.start0 < a.end0:
             raise InputError(f"edits {a.label!r} and {b.label!r} overlap; apply them as one edit or in separate runs")

@@ -47,7 +47,7 @@ def matched_variant(
             else:
                 alt = e.alt
             placed.append(Edit(chrom, q, ref, alt, f"null{k}:{chrom}:{q + 1} {ref or '-'}>{alt or '-'}"))
-        placed.sort(key=lambda e: e.start0)
+        placed.sort(key=lambda e: (e.start0, e.end0))
         if all(a.end0 < b.start0 for a, b in zip(placed, placed[1:], strict=False)):  # a base apart at least
             return placed
     raise ValueError(f"no placement of {len(edits)} edits a base apart in the window's {hi - lo:,} bases")

@@ -493,8 +493,8 @@ def test_the_threads_sections_busy_loop_ends_with_the_bench(tmp_path):
         time.sleep(0.1)
     assert not running(children[0])
 
-    # a parent gone before the loop has started (its interpreter still loading): the loop ends all the same, where
-    # reading its parent's pid itself it took its new parent's and ran on, a core busy for good
+    # a parent gone before the loop has started (its interpreter still loading): the loop ends all the same, since
+    # it is given its parent's pid rather than reading it (it would read its new parent's and run on)
     parent = subprocess.Popen([sys.executable, "-c", starter, "0"])
     parent.wait()
     deadline = time.monotonic() + 20

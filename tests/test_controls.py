@@ -143,6 +143,25 @@ def test_null_draws_stand_beside_the_model_with_an_empirical_p_value(tmp_path, c
     assert row["draws_reaching_the_model"] == int((draws >= model).sum()) == 0 and row["p"] == pytest.approx(1 / 5)
     printed = capsys.readouterr().out
     assert "permutation null: 4 draws" in printed and "p = 0.200" in printed
+    seeds = [
+        torch.load(tmp_path / "out" / f"{n}_best.pt", weights_only=False)["config"]["train"]["seed"] for n in names
+    ]
+    assert seeds[0] == 0 and len(set(seeds)) == 4  # the further draws train from seeds of their own
+
+
+def test_a_metric_some_draws_lack_is_summarised_over_the_draws_that_have_it():
+    from dogmacache.train.controls import null_summary
+
+    results = {
+        "m": {"test": {"a": 0.5, "b": 0.5, "c": float("nan")}},
+        "control_permuted_labels": {"test": {"a": 0.1, "b": 0.6, "c": 0.1}},
+        "control_permuted_labels_2": {"test": {"a": 0.2, "b": float("nan"), "c": 0.2}},
+        "control_permuted_labels_3": {"test": {"a": 0.7}},
+    }
+    out = null_summary(results, "m", 3, ("a", "b", "c"))["test"]
+    assert out["a"]["draws_scored"] == 3 and out["a"]["draws_reaching_the_model"] == 1 and out["a"]["p"] == 0.5
+    assert out["b"]["draws_scored"] == 1 and out["b"]["p"] == 1.0  # the one draw with a value reaches 0.5
+    assert out["c"] == {"model": out["c"]["model"], "draws_scored": 2, "not_scored": "the model has no finite value"}
 
 
 def test_the_nulls_further_draws_are_streams_of_their_own():
@@ -154,7 +173,7 @@ def test_the_nulls_further_draws_are_streams_of_their_own():
 
     fold0, fold1 = data([f"a{i}" for i in range(12)]), data([f"b{i}" for i in range(12)])
     first = null_rng(0, 0, fold0, [0]).permutation(12)
-    assert np.array_equal(first, np.random.default_rng([0, 1, 0]).permutation(12))  # the plain null, as it was
+    assert np.array_equal(first, np.random.default_rng([0, 1, 0]).permutation(12))  # the plain null's stream
     assert np.array_equal(first, np.random.default_rng([0, 1]).permutation(12))  # = epoch 1's batch order (kept)
     second = null_rng(0, 1, fold0, [0]).permutation(12)
     batches = [np.random.default_rng([0, epoch]).permutation(12) for epoch in range(1, 50)]

@@ -142,8 +142,7 @@ def test_cli_flags_become_the_adapters_options(inputs, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "b.zarr"), "--pooling", "none", "--max-length", "8"]) == 0
     recorded = open_cache(tmp_path / "b.zarr").manifest.config["options"]
     assert recorded == {"layer": -1, "pooling": "none", "max_length": 8}
-    # above ESM-2's 1,024 tokens (config.json's 1,026 positions less the 2 its ids start after): refused, where it
-    # was quietly lowered to 1,026
+    # above ESM-2's 1,024 tokens (config.json's 1,026 positions less the 2 its ids start after): refused
     assert main([*base, "--out", str(tmp_path / "c.zarr"), "--max-length", "1025"]) == 2
     said = capsys.readouterr().err
     assert "--max-length 1025 is above this model's limit of 1024 tokens" in said and "give at most 1024" in said
@@ -203,8 +202,8 @@ def test_tiny_scgpt_default_vocabulary_is_the_demo_recipes_genes():
 
 
 def test_a_window_of_0_bp_and_a_blank_sequence_are_refused():
-    """--window-bp 0 ran Enformer and Borzoi at their default windows without a word; a k-mer RNA row of blanks
-    wrote a row of zeros where Nucleotide Transformer refuses the same row."""
+    """--window-bp 0 is no window for Enformer and Borzoi (only a window left out is the default); a k-mer RNA row
+    of blanks is refused as Nucleotide Transformer refuses it."""
     import torch
     from dogmacache.embed.adapters.borzoi import BorzoiOptions
     from dogmacache.embed.adapters.enformer import EnformerOptions

@@ -380,8 +380,8 @@ def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs,
     assert cache.manifest.config["options"]["strand_policy"] == "forward"
     assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average", "--no-progress"]) == 2
     assert "strand_policy is 'rc-average'; expected one of forward" in capsys.readouterr().err
-    # a dna table that also has a sequence column: the windows came from it, unrecorded by the input digest (a
-    # cache of other sequences had the same identity); now refused, naming --modality rna
+    # a dna table that also has a sequence column: the input digest covers the windows' coordinates only, so such a
+    # table is refused, naming --modality rna for the sequences
     with_sequences = tmp_path / "dna_seq.parquet"
     table = pd.read_parquet(root / "dna.parquet")
     table.assign(sequence="ACGTACGTAC").to_parquet(with_sequences)
@@ -427,8 +427,8 @@ def test_one_dtype_in_the_manifest_config(inputs, tmp_path):
 
 
 def test_esm_weights_of_another_size_than_the_config_are_one_line(inputs, tmp_path):
-    """transformers' own loading raises torch's size mismatch (a traceback before): now the one-line refusal every
-    adapter gives, which mutate says as its --dna-model."""
+    """transformers' own loading raises torch's size mismatch: it becomes the one-line refusal every adapter gives,
+    which mutate says as its --dna-model."""
     import json
     import shutil
 

@@ -189,8 +189,8 @@ def test_random_init_needs_no_weights_file_and_draws_as_the_tiny_writer(tiny, tm
 
 
 def test_the_layer_flag_is_a_number_through_the_cli(tiny, tmp_path, capsys):
-    """`--layer` is text on the command line for every model: ESM-C reads it as a layer number (it compared text
-    with a number, a traceback for every value, -1 included), and other text is one line."""
+    """`--layer` is text on the command line for every model: ESM-C reads it as a layer number, and other text is
+    one line."""
     table = tmp_path / "p.parquet"
     pd.DataFrame({"id": list(PROTEINS), "sequence": list(PROTEINS.values())}).to_parquet(table)
     base = ["embed", "--modality", "protein", "--model", "esmc", "--input", str(table), "--model-path", str(tiny)]

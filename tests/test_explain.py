@@ -331,15 +331,29 @@ def test_items_of_one_window_count_once_in_the_background_and_move_together_in_t
     assert attention["permutation_p_greater"] == pytest.approx(0.25, abs=0.02)
 
 
-def test_bed_with_other_chromosome_names_says_how_to_rename(tmp_path):
+def test_bed_with_other_chromosome_names_is_read_as_the_tracks_name_them(tmp_path, capsys):
+    """A BED naming chromosomes as Ensembl does (1, MT) over tracks named as UCSC does (chr1, chrM), or the other
+    way: read by the one rule every stage resolves names with (`genome.chrom_alias`), and said."""
     pytest.importorskip("pyranges")
+    from dogmacache.contracts.windows import BinCoordinates
     from dogmacache.explain.features import FeatureSet
 
     bed = tmp_path / "ensembl.bed"
-    bed.write_text("1\t95\t96\n")
-    with pytest.raises(InputError, match=r"names chromosomes like '1' but the windows use 'chr1'; rename them") as err:
-        FeatureSet(bed, {"chr1", "chr2"})
-    assert "\n" not in str(err.value)
+    bed.write_text("1\t95\t96\nMT\t10\t20\n")
+    features = FeatureSet(bed, {"chr1", "chrM"})
+    assert "names 2 chromosome(s) as the tracks do not (e.g. '1', 'chr1' in the tracks)" in capsys.readouterr().out
+    bins = BinCoordinates(
+        chrom="chr1",
+        start=np.array([90, 100]),
+        end=np.array([100, 110]),
+        inside=np.array([True, True]),
+        offset_bp=np.array([0, 10]),
+    )
+    assert features.bin_flags(bins).tolist() == [True, False]
+    other = tmp_path / "other.bed"
+    other.write_text("chrX\t95\t96\n")
+    with pytest.raises(InputError, match=r"shares no chromosome with the windows"):
+        FeatureSet(other, {"chr1", "chr2"})
 
 
 def test_bad_bed_lines_are_one_line_errors_naming_the_line(tmp_path):

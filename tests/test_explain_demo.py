@@ -232,7 +232,7 @@ def test_a_rerun_leaves_no_earlier_run_behind_and_a_stopped_one_no_summary(demo_
 
 def test_a_tsv_windows_table_and_chrom_sizes_named_the_other_way_are_taken(demo_run, tmp_path, capsys):
     """embed reads a .tsv windows table, and resolves `chr1` against a genome naming it `1` (or the other way):
-    explain takes both, the tracks under the chrom sizes' names, where it refused both with the wrong fix."""
+    explain takes both, the tracks under the chrom sizes' names."""
     table = tmp_path / "dna_windows.tsv"
     pd.read_parquet(demo_run / "recipe" / "cdt" / "dna_windows.parquet").to_csv(table, sep="\t", index=False)
     fai = pd.read_csv(demo_run / "recipe" / "genome.fa.fai", sep="\t", header=None)

@@ -416,7 +416,7 @@ def test_a_variant_of_a_substitution_and_a_deletion_runs_with_and_without_its_co
 
 def test_edited_rows_of_a_bitround_cache_are_rounded_as_its_rows_were_stored(scene):
     """A `bitround` cache stores rounded numbers; an edited window computed anew is rounded the same way before
-    it is compared, so that an edit changing nothing computed anew shifts nothing (it was 0.0078 per number)."""
+    it is compared, so that an edit changing nothing computed anew shifts nothing."""
     from dogmacache.cache import open_cache
     from dogmacache.cache.layout import as_read
     from dogmacache.mutate.edits import WindowSource, edited_window
@@ -455,7 +455,7 @@ def test_edited_rows_of_a_bitround_cache_are_rounded_as_its_rows_were_stored(sce
 
 def test_an_anchored_insertion_or_deletion_is_matched_by_that_insertion_or_deletion_alone(tmp_path, genome):
     """`T>TGGGG` and a VCF `T`->`TA` keep an anchor base; written without it, the control's matched edits insert
-    (or delete) the same bases alone, where they also replaced the base they sat on in 3 of 4 draws."""
+    (or delete) the same bases alone, and never change the base they sit on."""
     from dogmacache.mutate.null import matched_variant
 
     g = Genome(genome)
@@ -478,6 +478,11 @@ def test_an_anchored_insertion_or_deletion_is_matched_by_that_insertion_or_delet
     assert edited_window(g, "chr1", 1590, 20, [insertion])[0] == (
         g.fasta["chr1"][1590:1600] + "GGGG" + g.fasta["chr1"][1600:1606]
     )
+    other = "A" if nxt != "A" else "C"  # an insertion and a substitution of the base after it, in either order
+    snv = parse_edit(f"chr1:1601 {nxt}>{other}", g)
+    both = g.fasta["chr1"][1590:1600] + "GGGG" + other + g.fasta["chr1"][1601:1606]
+    assert edited_window(g, "chr1", 1590, 20, [insertion, snv])[0] == both
+    assert edited_window(g, "chr1", 1590, 20, [snv, insertion])[0] == both
 
 
 def test_with_each_every_variant_has_its_own_moved_genes_and_panel_named_by_its_edits(scene, monkeypatch):

@@ -28,16 +28,36 @@ from dogmacache.train.task import Task, TaskData
 NULL_STREAM = 1001  # the tag of the permutation null's further draws (`null_rng`)
 
 
+def _salt(data: TaskData) -> list[int]:
+    """The run's examples as numbers (its split digests), so that each fold of a leave-tissues-out run draws its
+    own null."""
+    return [int(d.split(":")[-1][:8], 16) for d in (data.split_digests() or {}).values()]
+
+
 def null_rng(seed: int, draw: int, data: TaskData, key: list[int]) -> np.random.Generator:
-    """The generator of the permutation null's `draw` for one table (`key`). Draw 0 keeps its first stream,
-    [seed, 1, *key], so that a run's first null is the one it always was; numpy's SeedSequence reads trailing zeros
-    as absent, so that stream is also the loop's epoch-1 batch order, which moves no label onto its own input. The
-    further draws are streams of their own: tagged, salted with the run's examples (the split digests: each fold
-    of a leave-tissues-out run draws its own), and with the key's length, so that no trailing zero can join two."""
+    """The generator of the permutation null's `draw` for one table (`key`). Draw 0 is the run's plain null, on
+    the stream [seed, 1, *key] (numpy's SeedSequence reads trailing zeros as absent, so that stream is also the
+    loop's epoch-1 batch order, which moves no label onto its own input). Each further draw has a stream of its
+    own: tagged, salted with the run's examples (`_salt`) and with the key's length, so that no trailing zero can
+    join two."""
     if draw == 0:
         return np.random.default_rng([seed, 1, *key])
-    salt = [int(d.split(":")[-1][:8], 16) for d in (data.split_digests() or {}).values()]
-    return np.random.default_rng([seed, NULL_STREAM, *salt, draw, len(key), *key])
+    return np.random.default_rng([seed, NULL_STREAM, *_salt(data), draw, len(key), *key])
+
+
+def null_seed(seed: int, draw: int, data: TaskData) -> int:
+    """The [train] seed a further draw of the null trains with (its initial weights, batch order and dropout), so
+    that the draws' spread holds the training's randomness as well as the labels'; draw 0 trains with the run's."""
+    if draw == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, NULL_STREAM, *_salt(data), draw]).generate_state(1)[0])
+
+
+def null_config(config: Any, draw: int, data: TaskData) -> Any:
+    """The run configuration the null's `draw` trains with: the run's, without ablations, at `null_seed`."""
+    plain = without_ablations(config)
+    train = dataclasses.replace(plain.train, seed=null_seed(plain.train.seed, draw, data))
+    return dataclasses.replace(plain, train=train)
 
 
 def null_names(draws: int) -> list[str]:
@@ -117,7 +137,8 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     found: dict[str, tuple[Task, TaskData]] = {}
     if "permuted_labels" in t.controls:
         for draw, name in enumerate(null_names(t.null_draws)):
-            found[name] = (type(task)(plain), permuted_labels(data, t.seed, type(task).target_columns, draw))
+            drawn = permuted_labels(data, t.seed, type(task).target_columns, draw)
+            found[name] = (type(task)(null_config(config, draw, data)), drawn)
     if "shuffled_inputs" in t.controls:
         found["control_shuffled_inputs"] = (
             type(task)(plain),
@@ -202,12 +223,20 @@ def null_summary(results: dict[str, Any], model: str, draws: int, metrics: tuple
     out: dict[str, Any] = {"draws": len(names), "models": names, "test": {}}
     for metric in metrics:
         value = results[model].get("test", {}).get(metric)
-        null = np.array([results[n].get("test", {}).get(metric, np.nan) for n in names], dtype=float)
-        if value is None or not np.isfinite(value) or not np.isfinite(null).all():
+        scored = [results[n].get("test", {}).get(metric) for n in names]
+        null = np.array([np.nan if v is None else v for v in scored], dtype=float)
+        null = null[np.isfinite(null)]  # a draw with no such number (one class absent, no such tissue) is not one
+        if value is None or not np.isfinite(value) or not len(null):
+            out["test"][metric] = {
+                "model": value,
+                "draws_scored": int(len(null)),
+                "not_scored": "the model has no finite value" if len(null) else "no draw has a finite value",
+            }
             continue
         reached = int((null >= value).sum())
         out["test"][metric] = {
             "model": float(value),
+            "draws_scored": int(len(null)),
             "null_mean": float(null.mean()),
             "null_sd": float(null.std(ddof=1)) if len(null) > 1 else float("nan"),
             "null_max": float(null.max()),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from dogmacache.cache.storage import replace_whole
 from dogmacache.devices import pick_device
-from dogmacache.errors import ModelError
+from dogmacache.errors import InputError, ModelError
 from dogmacache.train import checkpoint
 from dogmacache.train.task import Chunk, Task, TaskData
 from torch import nn
@@ -240,11 +240,17 @@ def _mend_best(best_path: Path, saved: dict[str, Any], last: Path) -> None:
     state = saved["state"]
     if state["best_epoch"] < 1:
         return
-    kept = checkpoint.read(best_path, map_location="cpu")["state"]["epoch"] if best_path.is_file() else None
-    if kept == state["best_epoch"]:
-        return
-    if state["best_epoch"] == state["epoch"]:
+    if state["best_epoch"] == state["epoch"]:  # last.pt holds the best epoch's weights: best.pt is written from it
         checkpoint.save(best_path, _best_payload(saved))
+        return
+    try:
+        kept = checkpoint.read(best_path, map_location="cpu")["state"]["epoch"] if best_path.is_file() else None
+    except InputError as err:
+        raise ModelError(
+            f"{best_path} cannot be read ({err}), and {last} records epoch {state['best_epoch']} as the best, which "
+            "only that file held; start over with --set output.resume=false --set output.overwrite=true"
+        ) from None
+    if kept == state["best_epoch"]:
         return
     raise ModelError(
         f"{best_path} holds epoch {kept if kept is not None else 'none (it is missing)'}, but {last} records epoch "

@@ -37,6 +37,7 @@ from dogmacache.train.controls import (
     cache_controls,
     check_controls,
     controls,
+    null_config,
     null_names,
     null_summary,
     without_ablations,
@@ -203,8 +204,11 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         if isinstance(b, FittedBaseline):
             models.append((name, b.task, data.fingerprints, ""))
     plain = without_ablations(config)
-    kinds = {"permuted_labels": null_names(config.train.null_draws), "shuffled_inputs": ["control_shuffled_inputs"]}
-    models += [(n, type(task)(plain), data.fingerprints, "") for k in config.train.controls for n in kinds.get(k, [])]
+    if "permuted_labels" in config.train.controls:
+        names = null_names(config.train.null_draws)
+        models += [(n, type(task)(null_config(config, k, data)), data.fingerprints, "") for k, n in enumerate(names)]
+    if "shuffled_inputs" in config.train.controls:
+        models.append(("control_shuffled_inputs", type(task)(plain), data.fingerprints, ""))
     for name, (key, path) in cache_controls(config).items():
         swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
@@ -339,9 +343,13 @@ def print_null(null: dict[str, Any], model: str) -> None:
     """The permutation null's draws beside the model, a line per metric."""
     print(f"permutation null: {null['draws']} draws of control_permuted_labels (in metrics.json: null)")
     for metric, n in null["test"].items():
+        if "not_scored" in n:
+            print(f"  test {metric}: not scored ({n['not_scored']})")
+            continue
+        scored = "" if n["draws_scored"] == null["draws"] else f" ({n['draws_scored']} draws with a value)"
         print(
             f"  test {metric}: {model} {n['model']:.3f}; null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, "
-            f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}"
+            f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}{scored}"
         )
 
 
