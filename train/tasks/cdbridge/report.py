@@ -4,16 +4,16 @@ task's figures."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from dogmacache.train import merging, plots
-from dogmacache.train.metrics import regression_metrics
 from dogmacache.train.tasks.cdbridge.data import CdbridgeData, ExampleChunks
 from dogmacache.train.tasks.cdbridge.model import CdbridgeModel
+from scipy import stats
 
 
 def binary_metrics(logits: np.ndarray, flags: np.ndarray) -> dict[str, float]:
@@ -113,23 +113,37 @@ def tissue_specific_spearman(
     the prediction minus the model's mean over those same tissues. A model blind to the tissue predicts the same
     for every tissue, so its part is constant and scores 0: what the tissues share (most of each label, in the
     demo's and in GTEx's expression) cannot carry it, where it carries the plain per-tissue Spearman."""
-    frame = pd.DataFrame({"transcript": transcripts, "tissue": tissue_of, "y": observed, "p": predictions})
-    wide = {c: frame.pivot_table(index="transcript", columns="tissue", values=c, aggfunc="mean") for c in "yp"}
+    rows, row_of = np.unique(np.asarray(transcripts), return_inverse=True)
+    names = [*seen, *held]
+    col_of = {t: k for k, t in enumerate(names)}
+    cols = np.array([col_of.get(t, -1) for t in np.asarray(tissue_of)])
+    keep = cols >= 0
+    grids = {}
+    for key, values in (("y", observed), ("p", predictions)):  # (transcripts, tissues): the mean of each cell
+        total = np.zeros((len(rows), len(names)))
+        count = np.zeros((len(rows), len(names)))
+        np.add.at(total, (row_of[keep], cols[keep]), np.asarray(values, dtype=np.float64)[keep])
+        np.add.at(count, (row_of[keep], cols[keep]), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grids[key] = total / count  # NaN where a transcript lacks the tissue
     # the same prediction for every tissue, up to float32 rounding between batches: a part of rounding is none
     rounding = 64 * float(np.spacing(np.float32(np.abs(predictions).max() if len(predictions) else 0.0)))
+    n_seen = len(seen)
     out: dict[str, float] = {}
-    for tissue in [*seen, *held]:
-        others = [t for t in seen if t != tissue and t in wide["y"].columns]
-        if not others or tissue not in wide["y"].columns:
+    for k, tissue in enumerate(names):
+        others = [j for j in range(n_seen) if j != k]
+        if not others or np.isnan(grids["y"][:, k]).all():
             continue
-        parts = {c: wide[c][tissue] - wide[c][others].mean(axis=1) for c in "yp"}
-        keep = (parts["y"].notna() & parts["p"].notna()).to_numpy()
-        if keep.sum() >= 2:
-            predicted = parts["p"].to_numpy()[keep]
-            if np.ptp(predicted) <= rounding:
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a transcript with none of the other tissues: NaN
+            parts = {c: grids[c][:, k] - np.nanmean(grids[c][:, others], axis=1) for c in "yp"}
+        found = np.isfinite(parts["y"]) & np.isfinite(parts["p"])
+        if found.sum() >= 2:
+            predicted, own = parts["p"][found], parts["y"][found]
+            if np.ptp(predicted) <= rounding or np.ptp(own) == 0:
                 out[tissue] = 0.0  # as a correlation with a constant is reported (`regression_metrics`)
             else:
-                out[tissue] = regression_metrics(predicted, parts["y"].to_numpy()[keep])["spearman"]
+                out[tissue] = float(stats.spearmanr(predicted, own)[0])
     return out
 
 
