@@ -154,3 +154,21 @@ def test_demo_config_round_trips_through_toml(tmp_path):
     config = biodta_config(tmp_path, tmp_path / "recipe", {"dna": tmp_path / "d.zarr", "gene": tmp_path / "g.zarr"})
     (tmp_path / "c.toml").write_text(to_toml(config))
     assert load_config(tmp_path / "c.toml") == config and config.model.loss == "both"
+
+
+def test_the_null_moves_a_genes_token_and_the_row_its_retrieval_ranks_together():
+    """Bio-DTA's permutation null: the target token and `token_row` move as one, so the null's cosine and top-k
+    score against one answer key."""
+    from dogmacache.train.controls import permuted_labels
+    from dogmacache.train.task import TaskData
+    from dogmacache.train.tasks.biodta import BiodtaTask
+
+    tokens = np.arange(20, dtype=np.float32).reshape(10, 2)
+    table = pd.DataFrame({"token_row": np.arange(10), "dna_row": np.arange(10)})
+    table["target"] = list(tokens[table["token_row"]])
+    data = TaskData(splits={s: table.copy() for s in ("train", "validation", "test")}, fingerprints={})
+    moved = permuted_labels(data, 0, BiodtaTask.target_columns)
+    for split in ("train", "validation"):
+        part = moved.splits[split]
+        assert not (part["token_row"] == table["token_row"]).all()
+        assert all(np.array_equal(t, tokens[r]) for t, r in zip(part["target"], part["token_row"], strict=True))

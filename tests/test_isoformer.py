@@ -279,3 +279,30 @@ def test_standardize_uses_the_training_transcripts_real_tokens(iso, tmp_path):
     test = data.splits["test"]["rna_row"].to_numpy()
     assert not np.allclose(_rows(data, "rna", test)[data.masks["rna"][test]].mean(0), 0, atol=1e-3)  # train stats only
     assert set(data.extras["scale"]) == {"dna", "rna", "protein"}
+
+
+def test_an_ablation_outside_the_models_modalities_is_refused_before_anything_trains():
+    from dogmacache.train.registry import default_config
+    from dogmacache.train.tasks.isoformer import IsoformerTask
+
+    config = default_config("isoformer")
+    model = dataclasses.replace(config.model, modalities=("dna", "rna"), ablations=("dna", "rna+protein"))
+    with pytest.raises(InputError, match=r"ablations names 'rna\+protein', whose 'protein' is not one of \[model\]"):
+        IsoformerTask(dataclasses.replace(config, model=model))
+
+
+def test_a_prediction_flat_across_tissues_scores_0_per_transcript_and_is_counted():
+    from types import SimpleNamespace
+
+    from dogmacache.train.registry import default_config
+    from dogmacache.train.tasks.isoformer import IsoformerTask
+
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(6, 5))
+    data = SimpleNamespace(splits={"test": pd.DataFrame({"target": list(labels)})}, tissues=[f"t{k}" for k in range(5)])
+    task = IsoformerTask(default_config("isoformer"))
+    exact = labels.astype(np.float32)
+    flat = exact.copy()
+    flat[:3] = flat[:3, :1] + np.float32(1e-8) * rng.normal(size=(3, 5)).astype(np.float32)  # rounding apart
+    assert task.metrics(exact, data, "test")["spearman_mean_transcript"] == pytest.approx(1.0)
+    assert task.metrics(flat, data, "test")["spearman_mean_transcript"] == pytest.approx(0.5)  # 3 of 6 at 0

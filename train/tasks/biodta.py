@@ -192,6 +192,9 @@ class BiodtaTask(Task):
     models: ClassVar[dict] = {"TokenAdapter": lambda c: TokenAdapter(**c)}
     metric = "cosine"  # mean cosine to the true token on validation genes
     input_columns = ("dna_row",)
+    # the null moves a gene's token and the row retrieval ranks it by together, so that its cosine and its top-k
+    # score one answer key (the loss reads the token alone)
+    target_columns = ("target", "token_row")
 
     def load(self) -> BiodtaData:
         return load_biodta(self.config)

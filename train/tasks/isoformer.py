@@ -52,7 +52,6 @@ from dogmacache.train.task import (
     feature_scale,
     read_table,
 )
-from scipy import stats
 from torch import Tensor, nn
 
 MODALITIES = ("dna", "rna", "protein")
@@ -318,7 +317,12 @@ class IsoformerTask(Task):
         super().__init__(config)
         self.modalities = parse_modalities(config.model.modalities, "[model] modalities")
         for ablation in config.model.ablations:
-            parse_modalities(ablation, "[model] ablations")
+            outside = [m for m in parse_modalities(ablation, "[model] ablations") if m not in self.modalities]
+            if outside:  # only the model's own modalities' caches are loaded
+                raise InputError(
+                    f"[model] ablations names {ablation!r}, whose {outside[0]!r} is not one of [model] modalities "
+                    f"{list(self.modalities)}; drop it from ablations, or add it to modalities"
+                )
 
     def load(self) -> IsoformerData:
         return load_isoformer(self.config)
@@ -369,10 +373,10 @@ class IsoformerTask(Task):
         observed = self.observed(data, split)
         pooled = regression_metrics(predictions.ravel(), observed.ravel())
         per_tissue = {t: regression_metrics(predictions[:, k], observed[:, k]) for k, t in enumerate(data.tissues)}
+        # every transcript whose tissues differ in the label; a prediction flat across tissues (up to rounding,
+        # `regression_metrics`) scores 0 there, as it does per tissue
         per_transcript = [
-            stats.spearmanr(p, o)[0]
-            for p, o in zip(predictions, observed, strict=True)
-            if np.ptp(p) > 0 and np.ptp(o) > 0
+            regression_metrics(p, o)["spearman"] for p, o in zip(predictions, observed, strict=True) if np.ptp(o) > 0
         ]
         return {
             **pooled,
