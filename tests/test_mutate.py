@@ -84,19 +84,7 @@ def scene(tmp_path, genome):
         "scgpt": write_tiny_scgpt(tmp_path / "scgpt", GENES),
     }
     dna, tokens = tmp_path / "dna.zarr", tmp_path / "tokens.zarr"
-    run_embed(
-        EmbedConfig(
-            input=str(tmp_path / "genes.parquet"),
-            modality="dna",
-            model="enformer",
-            out=str(dna),
-            model_path=str(models["enformer"]),
-            genome=str(genome),
-            device="cpu",
-            num_workers=0,
-            progress=False,
-        )
-    )
+    _embed_dna(tmp_path, models, genome, dna)
     run_embed(
         EmbedConfig(
             input=str(tmp_path / "genes.parquet"),
@@ -130,6 +118,25 @@ def scene(tmp_path, genome):
         tmp_path / "profiles.parquet"
     )
     return tmp_path, models, genome
+
+
+def _embed_dna(root, models, genome, out, **settings):
+    """The scene's genes embedded by the tiny Enformer into the DNA cache `out` (`settings`: other EmbedConfig
+    values, e.g. compression)."""
+    run_embed(
+        EmbedConfig(
+            input=str(root / "genes.parquet"),
+            modality="dna",
+            model="enformer",
+            out=str(out),
+            model_path=str(models["enformer"]),
+            genome=str(genome),
+            device="cpu",
+            num_workers=0,
+            progress=False,
+            **settings,
+        )
+    )
 
 
 def _config(root, models, genome, **kwargs):
@@ -425,21 +432,7 @@ def test_edited_rows_of_a_bitround_cache_are_rounded_as_its_rows_were_stored(sce
 
     root, models, genome = scene
     rounded = root / "dna_bitround.zarr"
-    run_embed(
-        EmbedConfig(
-            input=str(root / "genes.parquet"),
-            modality="dna",
-            model="enformer",
-            out=str(rounded),
-            model_path=str(models["enformer"]),
-            genome=str(genome),
-            device="cpu",
-            num_workers=0,
-            progress=False,
-            compression="bitround",
-            dtype="float32",
-        )
-    )
+    _embed_dna(root, models, genome, rounded, compression="bitround", dtype="float32")
     dna = open_cache(rounded)
     model, _ = load_adapter(str(root / "biodta_best.pt"))
     scanner = open_scanner(dna, root / "genes.parquet", genome, models["enformer"], model)
