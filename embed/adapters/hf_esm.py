@@ -39,6 +39,7 @@ from dogmacache.embed.adapters.weights import (
     recorded_identity,
     resolve_model_dir,
     shapes_differ,
+    state_differences,
     weights_file,
 )
 from dogmacache.embed.digest import digest_header, item_digest
@@ -243,14 +244,7 @@ def esm_key_differences(directory: Path) -> str | None:
     except Exception:  # noqa: BLE001 - then the first mismatch transformers named is what is said
         return None
     state = {k.removeprefix("esm."): v for k, v in state.items() if not k.startswith(IGNORED_HEADS)}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [
-        shapes_differ(k, tuple(state[k].shape), tuple(v.shape))
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    return key_differences(missing, unexpected, misshapen) or None
+    return state_differences(expected, state) or None
 
 
 def check_loading(directory, info: dict[str, list]) -> list[str]:

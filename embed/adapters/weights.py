@@ -171,15 +171,21 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: st
     `WeightsMismatchError` in one line: `what` (which weights do not fit which model), the keys counted with their
     first names, and `fix`, where torch's own error lists every key (thousands of characters for a model of
     another size)."""
-    expected = model.state_dict()
+    differences = state_differences(model.state_dict(), state)
+    if differences:
+        raise WeightsMismatchError(what, differences, fix)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def state_differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """How a weights file's `state` differs from a model's `expected` state dict (`key_differences`); "" when
+    every key is there in its shape."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshapen = [
-        shapes_differ(k, state[k].shape, v.shape)
+        shapes_differ(k, tuple(state[k].shape), tuple(v.shape))
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or misshapen:
-        raise WeightsMismatchError(what, key_differences(missing, unexpected, misshapen), fix)
-    model.load_state_dict(state, strict=True)
-    return model
+    return key_differences(missing, unexpected, misshapen)
