@@ -2,21 +2,12 @@
 it. `pipeline` runs recipe -> tiny models -> embed -> verify -> train through the stages' own functions and
 config dataclasses; `training` builds the demo's training configurations and writes them as TOML."""
 
-from dogmacache.demo.pipeline import embed_demo, run_demo
-from dogmacache.demo.training import (
-    demo_config,
-    isoformer_config,
-    train_demo,
-    train_isoformer_demo,
-    write_demo_config,
-)
+from dogmacache.lazy import lazy_names
 
-__all__ = [
-    "demo_config",
-    "embed_demo",
-    "isoformer_config",
-    "run_demo",
-    "train_demo",
-    "train_isoformer_demo",
-    "write_demo_config",
-]
+__all__, __getattr__ = lazy_names(
+    globals(),
+    {
+        "pipeline": ("embed_demo", "run_demo"),
+        "training": ("demo_config", "isoformer_config", "train_demo", "train_isoformer_demo", "write_demo_config"),
+    },
+)

@@ -1,7 +1,12 @@
 """In-silico mutation through Bio-DTA (analysis stage: imports embed and train; nothing imports it)."""
 
-from dogmacache.mutate.edits import Edit, edited_window, parse_edit, read_vcf
-from dogmacache.mutate.run import MutateConfig, run_mutate
-from dogmacache.mutate.scan import Scanner, open_scanner
+from dogmacache.lazy import lazy_names
 
-__all__ = ["Edit", "MutateConfig", "Scanner", "edited_window", "open_scanner", "parse_edit", "read_vcf", "run_mutate"]
+__all__, __getattr__ = lazy_names(
+    globals(),
+    {
+        "edits": ("Edit", "edited_window", "parse_edit", "read_vcf"),
+        "run": ("MutateConfig", "run_mutate"),
+        "scan": ("Scanner", "open_scanner"),
+    },
+)

@@ -18,7 +18,7 @@ ALLOWED = {
     "explain": {"cache", "contracts", "embed", "train"},
     "mutate": {"cache", "contracts", "embed", "train"},
 }
-ROOT_MODULES = {"errors", "devices", "__init__"}
+ROOT_MODULES = {"errors", "devices", "lazy", "__init__"}
 
 
 def project_imports(path: Path) -> list[tuple[int, str]]:
