@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         p.add_argument("--out", required=True, help="output folder for the tables and recipe.json")
-        p.add_argument("--source-dir", default=None, help="folder that already holds the source files")
-        p.add_argument("--cache-dir", default=None, help="where downloads go (default ~/.cache/dogmacache/sources)")
+        if module.SOURCES:  # a recipe that downloads (gene_tss reads the files named by its own options)
+            p.add_argument("--source-dir", default=None, help="folder that already holds the source files")
+            p.add_argument("--cache-dir", default=None, help="where downloads go (default ~/.cache/dogmacache/sources)")
         p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
         if name != "demo":
             p.add_argument(

@@ -20,6 +20,7 @@ from dogmacache.data_recipes import gasperini, gtex, sources
 from dogmacache.data_recipes.demo_truth import HOLDOUT_FOLDS
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
 from dogmacache.data_recipes.make_demo_data import write_demo_data
+from dogmacache.errors import InputError
 
 SOURCES: dict[str, sources.Source] = {}  # nothing to download
 # HOLDOUT_FOLDS: three folds of three tissues, matched to the seen tissues on the strength of their tissue-specific
@@ -32,9 +33,23 @@ __all__ = ["DEMO_DATA", "HOLDOUT_FOLDS", "HOLDOUT_TISSUES", "build_demo", "write
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-bins", type=int, default=8, help="output bins per DNA window (tiny Enformer: 8)")
     parser.add_argument("--bin-bp", type=int, default=128, help="bp per output bin (Enformer: 128)")
+    parser.add_argument(
+        "--source-dir",
+        default=None,
+        help="a folder of demo sources written by make_demo_data.write_demo_data (for example the null twin); "
+        "default: the bundled files",
+    )
 
 
 def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128, data: Path = DEMO_DATA) -> dict:
+    data = Path(data)
+    needed = [s.filename for s in (*gasperini.SOURCES.values(), *gtex.SOURCES.values())] + ["genome.fa.gz"]
+    missing = [name for name in needed if not (data / name).is_file()]
+    if missing:
+        raise InputError(
+            f"{data} lacks {len(missing)} of the demo's {len(needed)} source files (first: {missing[0]}); pass a "
+            "folder written by make_demo_data.write_demo_data, or leave --source-dir out for the bundled files"
+        )
     out.mkdir(parents=True, exist_ok=True)
     config = gasperini.GasperiniConfig(seed=seed)
     cdt = gasperini.build_gasperini(_bundled(gasperini.SOURCES, data), out / "cdt", config)
@@ -54,4 +69,5 @@ def _bundled(listed: dict[str, sources.Source], data: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return build_demo(Path(args.out), seed=args.seed, window_bins=args.window_bins, bin_bp=args.bin_bp)
+    data = Path(args.source_dir) if args.source_dir else DEMO_DATA
+    return build_demo(Path(args.out), seed=args.seed, window_bins=args.window_bins, bin_bp=args.bin_bp, data=data)

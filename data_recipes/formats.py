@@ -72,35 +72,27 @@ def read_table(
     dtype: dict | None = None,
     comment_lines: int = 0,
     na_values: Sequence[str] = ("NA", ""),
-    whole_rows: bool = False,
 ) -> pd.DataFrame:
     """A tab-separated table with a header; `required` columns must be present (by name). The index is each
-    row's line number. `whole_rows`: every line must have as many fields as the header (a line cut short is
-    otherwise read as empty values, which pandas cannot tell apart from empty fields)."""
+    row's line number. Every line must have as many fields as the header (`FieldCheck`): a line cut short would
+    read as empty values, and one with a field too many would put each later value under the next column's name."""
     found = header_of(path, comment_lines)
     require_columns(path, found, required)
     first_line = comment_lines + 2
-    if whole_rows:
-        short = first_short_line(path, len(found), first_line)
-        if short is not None:
-            line, n_fields = short
-            raise InputError(
-                f"{path} line {line} has {n_fields} of the header's {len(found)} tab-separated fields (it ends "
-                f"before column {n_fields + 1}, {found[min(n_fields, len(found) - 1)]!r}): the file is damaged "
-                "or edited; download it again"
-            )
     try:
-        with open_text(path) as fh:
+        with _checked_bytes(path, found, first_line) as fh:
             table = pd.read_csv(
                 fh,
                 sep="\t",
                 skiprows=comment_lines,
                 usecols=list(usecols or required),
+                index_col=False,
                 dtype=dtype,
                 na_values=list(na_values),
                 keep_default_na=False,
                 low_memory=False,
                 skip_blank_lines=False,
+                encoding="utf-8",
             )
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
@@ -111,26 +103,94 @@ def read_table(
     return table
 
 
-def first_short_line(path: str | Path, n_fields: int, first_line: int, block_bytes: int = 1 << 22):
-    """(line number, fields) of the first line from `first_line` on with fewer than `n_fields` tab-separated
-    fields, or None. Counts tabs in blocks of bytes with numpy: a Python loop over millions of lines is slower."""
-    line, carry = 1, b""
+class FieldCheck:
+    """Each line's tab-separated fields against the header's count, as blocks of bytes pass (numpy finds the tabs
+    and newlines: a Python loop over millions of lines is slower; about 1 ms per MB). `feed` and `end` return
+    (line number, fields) of the first line from `first_line` on whose count differs, or None; a blank line has 0
+    fields."""
+
+    def __init__(self, n_fields: int, first_line: int) -> None:
+        self.n_fields, self.first_line = n_fields, first_line
+        self.line, self.carry = 1, b""
+
+    def feed(self, block: bytes) -> tuple[int, int] | None:
+        data = np.frombuffer(self.carry + block, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)  # (lines,) positions of '\n'
+        if not len(ends):
+            self.carry = bytes(data)
+            return None
+        tabs_before = np.searchsorted(np.flatnonzero(data == 9), ends)  # (lines,) tabs before each '\n'
+        fields = np.diff(tabs_before, prepend=0) + 1
+        empty = np.diff(ends, prepend=-1) == 1  # nothing before the '\n' (a '\r' alone counts as a field)
+        fields[empty] = 0
+        lines = self.line + np.arange(len(ends))
+        bad = np.flatnonzero((fields != self.n_fields) & (lines >= self.first_line))
+        self.line += len(ends)
+        self.carry = bytes(data[ends[-1] + 1 :])
+        return (int(lines[bad[0]]), int(fields[bad[0]])) if len(bad) else None
+
+    def end(self) -> tuple[int, int] | None:
+        """The last line, when the file does not end with a newline."""
+        if self.carry.strip() and self.line >= self.first_line and self.carry.count(b"\t") + 1 != self.n_fields:
+            return self.line, self.carry.count(b"\t") + 1
+        return None
+
+
+def misshapen_line_error(path: str | Path, header: Sequence[str], line: int, n_fields: int) -> InputError:
+    """The one-line error for a line whose field count differs from the header's."""
+    if n_fields < len(header):
+        return InputError(
+            f"{cell(path, line, header, header[n_fields])}: the line ends early, with {n_fields} of the header's "
+            f"{len(header)} tab-separated fields; the file is damaged or edited, download it again"
+        )
+    return InputError(
+        f"{path} line {line} has {n_fields} tab-separated fields, {n_fields - len(header)} more than the header's "
+        f"{len(header)}: its values cannot be matched to their columns (a tab inside a value?); the file is "
+        "damaged or edited, download it again"
+    )
+
+
+class _CheckedReader:
+    """A binary file for pandas to read, whose lines `FieldCheck` counts on the way: the read stops with
+    `misshapen_line_error` at the first line whose field count differs from the header's."""
+
+    def __init__(self, raw, path: str | Path, header: Sequence[str], first_line: int) -> None:
+        self.raw, self.path, self.header = raw, path, list(header)
+        self.check = FieldCheck(len(header), first_line)
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.raw.read(size)
+        bad = self.check.feed(block) if block else self.check.end()
+        if bad is not None:
+            raise misshapen_line_error(self.path, self.header, *bad)
+        return block
+
+    def readable(self) -> bool:
+        return True
+
+
+@contextmanager
+def _checked_bytes(path: str | Path, header: Sequence[str], first_line: int) -> Iterator[_CheckedReader]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if gzipped else open(path, "rb") as raw:
+        yield _CheckedReader(raw, path, header, first_line)
+
+
+def first_misshapen_line(path: str | Path, n_fields: int, first_line: int, block_bytes: int = 1 << 22):
+    """(line number, fields) of the first line from `first_line` on whose tab-separated field count is not
+    `n_fields`, or None (`FieldCheck` over the whole file)."""
+    check = FieldCheck(n_fields, first_line)
     with open_text(path) as text:
         raw = text.buffer if hasattr(text, "buffer") else text
         while block := raw.read(block_bytes):
-            data = np.frombuffer(carry + block, dtype=np.uint8)
-            ends = np.flatnonzero(data == 10)  # (lines,) positions of '\n'
-            tabs = np.concatenate([[0], np.cumsum(data == 9, dtype=np.int64)])
-            fields = np.diff(tabs[ends + 1], prepend=0) + 1  # (lines,) tabs before each '\n', plus one
-            short = np.flatnonzero((fields < n_fields) & (line + np.arange(len(ends)) >= first_line))
-            if len(short):
-                n = int(short[0])
-                return line + n, int(fields[n]) if ends[n] > (ends[n - 1] + 1 if n else 0) else 0
-            line += len(ends)
-            carry = bytes(data[ends[-1] + 1 :]) if len(ends) else bytes(data)
-    if carry.strip() and line >= first_line and carry.count(b"\t") + 1 < n_fields:
-        return line, carry.count(b"\t") + 1
-    return None
+            bad = check.feed(block)
+            if bad is not None:
+                return bad
+    return check.end()
 
 
 def cell(path: str | Path, line: int, header: Sequence[str], column: str) -> str:
@@ -146,12 +206,16 @@ def numbers(
     *,
     expected: str,
     allow_missing: bool = False,
+    whole: bool = False,
 ) -> pd.Series:
     """`table[column]` as float64 (index = line numbers, as `read_table` returns). The first value that is not a
-    finite number, or is missing when `allow_missing` is False, is an InputError naming file, line and column."""
+    finite number (with `whole`, a whole one: a position), or is missing when `allow_missing` is False, is an
+    InputError naming file, line and column."""
     raw = table[column]
     values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
     bad = ~np.isfinite(values) & (raw.notna() | (not allow_missing))
+    if whole:
+        bad |= np.isfinite(values) & (values != np.floor(values))
     if bad.any():
         line = bad.index[np.argmax(bad.to_numpy())]
         value = raw[line]
@@ -262,7 +326,8 @@ def _gtf_position(path, line: int, cols: list[str], index: int) -> int:
 
 def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: int = 2000) -> Iterator[pd.DataFrame]:
     """GCT 1.2 (`#1.2`, `<rows>\\t<samples>`, header `transcript_id gene_id SAMPID…`) in row chunks, each indexed
-    by line number (the first data row is line 4); a blank or short line comes back as missing values."""
+    by line number (the first data row is line 4). The header's sample ids must be unique and as many as line 2
+    says, and every row as long as the header (`FieldCheck`, counted as pandas reads: one pass over the file)."""
     with open_text(path) as fh:
         version = fh.readline().strip()
         dims = fh.readline().strip().split("\t")
@@ -273,16 +338,31 @@ def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: 
     header = header_of(path, comment_lines=2)
     id_cols = [c for c in ("transcript_id", "gene_id", "Name", "Description") if c in header]
     require_columns(path, header, ["gene_id"] if "transcript_id" in header else ["Name"])
+    samples = header[len(id_cols) :]
+    seen: set[str] = set()
+    twice = next((s for s in samples if s in seen or seen.add(s)), None)
+    if twice is not None:
+        raise InputError(
+            f"{path} line 3 names sample {twice!r} twice; each sample's TPM must have one column. The file is "
+            "damaged or edited: download it again"
+        )
+    if int(dims[1]) != len(samples):
+        raise InputError(
+            f"{path} line 2 declares {dims[1]} samples but its header (line 3) names {len(samples)}; the file is "
+            "damaged or edited: download it again"
+        )
     try:
-        with open_text(path) as fh:
+        with _checked_bytes(path, header, 4) as fh:
             reader = pd.read_csv(
                 fh,
                 sep="\t",
                 skiprows=2,
                 usecols=list(usecols) if usecols else None,
+                index_col=False,
                 chunksize=chunksize,
                 dtype={c: str for c in id_cols},
                 skip_blank_lines=False,
+                encoding="utf-8",
             )
             for chunk in reader:
                 chunk.index = chunk.index + 4

@@ -118,7 +118,9 @@ def _gene_tss(pairs: pd.DataFrame, results: Path, header: list[str]) -> pd.Serie
             "target gene's strand (--max-distance-kb measures from its TSS). Fix that row, or drop --max-distance-kb"
         )
     ends = {
-        end: formats.numbers(pairs, f"target_gene.{end}", results, header, expected=f"the gene's hg19 {end} (a number)")
+        end: formats.numbers(
+            pairs, f"target_gene.{end}", results, header, expected=f"the gene's hg19 {end} (a whole number)", whole=True
+        )
         for end in ("start", "stop")
     }
     return ends["start"].where(strand == "+", ends["stop"])
@@ -137,7 +139,7 @@ def build_gasperini(
     results = paths["results"]
     header = formats.header_of(results)
     raw = formats.read_table(
-        results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str, "strand": str}, whole_rows=True
+        results, RESULT_COLUMNS, dtype={"pvalue.empirical.adjusted": str, "ENSG": str, "strand": str}
     )
     counts["result_rows"] = len(raw)
     ntc = raw["target_site.chr"].astype(str) == "NTC"
@@ -166,7 +168,7 @@ def build_gasperini(
     pairs["chrom_hg19"] = [c if str(c).startswith("chr") else f"chr{c}" for c in pairs["target_site.chr"].astype(str)]
     for column in ("target_site.start", "target_site.stop"):
         pairs[column] = formats.numbers(
-            pairs, column, results, header, expected="an hg19 position (a whole number)"
+            pairs, column, results, header, expected="an hg19 position (a whole number)", whole=True
         ).astype(np.int64)
     pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2  # 1-based, like start/stop
     if config.max_distance_kb is not None:

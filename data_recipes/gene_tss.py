@@ -148,6 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if not Path(args.gtf).is_file():
+        raise InputError(f"--gtf {args.gtf!r} is not a file; pass an Ensembl or GENCODE GTF (plain or gzipped)")
     return build_gene_tss(
         args.gtf, args.genes, Path(args.out), seed=args.seed, test_chroms=tables.comma_list(args.test_chroms)
     )

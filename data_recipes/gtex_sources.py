@@ -76,7 +76,7 @@ def gct_samples(path: Path) -> list[str]:
 def sample_tissues(path: Path, gct_samples: list[str], config: GtexConfig) -> tuple[pd.DataFrame, tuple, dict]:
     """(sample, tissue) for the GCT samples in the selected tissues, the tissues in order, and the sample counts."""
     column = config.tissue_column
-    attributes = formats.read_table(path, ["SAMPID", column], dtype={"SAMPID": str, column: str}, whole_rows=True)
+    attributes = formats.read_table(path, ["SAMPID", column], dtype={"SAMPID": str, column: str})
     tissue_of = attributes.dropna(subset=[column]).set_index("SAMPID")[column].to_dict()
     available = sorted({tissue_of[s] for s in gct_samples if s in tissue_of})
     tissues = config.tissues or tuple(available)

@@ -186,6 +186,15 @@ def assert_no_leak(table: pd.DataFrame, group_column: str, split_column: str = "
 STAGING = ".staging"  # write_outputs' folder of a run's tables until all are written
 
 
+def _listed_tables(recipe_json: Path) -> set[str]:
+    """The table files a recipe.json lists (plain names in its folder); none when it is absent or unreadable."""
+    try:
+        listed = json.loads(recipe_json.read_text())["tables"].values()
+        return {t["file"] for t in listed if isinstance(t, dict) and Path(str(t.get("file"))).name == t["file"]}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return set()
+
+
 def write_outputs(
     out: str | Path,
     recipe: str,
@@ -203,7 +212,8 @@ def write_outputs(
     run's folder stays whole, recipe.json included; then that recipe.json goes, the tables are renamed into place
     (a moment's work) and this run's recipe.json is written last. A run stopped while writing leaves the earlier
     recipe as it was (and a staging folder the next run clears); one stopped among the renames leaves no
-    recipe.json, never one over tables of two runs."""
+    recipe.json, never one over tables of two runs. Tables an earlier recipe.json listed that this run does not
+    write are deleted (a gasperini `proteins.parquet` would otherwise stay beside a gtex run's tables)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     staging = out / STAGING
@@ -211,9 +221,12 @@ def write_outputs(
     staging.mkdir()
     for name, table in tables.items():
         table.to_parquet(staging / f"{name}.parquet", index=False)
+    earlier = _listed_tables(out / "recipe.json")
     (out / "recipe.json").unlink(missing_ok=True)
     for name in tables:
         os.replace(staging / f"{name}.parquet", out / f"{name}.parquet")
+    for file in earlier - {f"{name}.parquet" for name in tables}:
+        (out / file).unlink(missing_ok=True)
     staging.rmdir()
     manifest = {
         "recipe": recipe,

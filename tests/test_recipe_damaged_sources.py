@@ -132,6 +132,19 @@ def test_gasperini_value_that_is_not_a_number_is_refused(sources, tmp_path, colu
     assert (repr(value) if value else "is empty or NA") in message
 
 
+@pytest.mark.parametrize("column", ["target_site.start", "target_gene.stop"])
+def test_gasperini_position_that_is_not_whole_is_refused_not_truncated(sources, tmp_path, column):
+    index = header_of(sources / RESULTS).index(column)
+    original = damage(sources / RESULTS, 7, lambda fields: fields).split("\t")[index]
+    damage(sources / RESULTS, 7, replaced(index, f"{original}.9"))
+    paths = {s.key: sources / s.filename for s in gasperini.SOURCES.values()}
+    config = gasperini.GasperiniConfig(max_distance_kb=10_000)  # reads the gene's ends too
+    with pytest.raises(InputError) as err:
+        gasperini.build_gasperini(paths, tmp_path / "out", config)
+    message = one_line(err)
+    assert "line 7" in message and f"({column!r})" in message and "whole number" in message
+
+
 def test_gasperini_row_cut_short_is_refused(sources, tmp_path):
     header = header_of(sources / RESULTS)
     damage(sources / RESULTS, 11, lambda fields: fields[:13])
@@ -150,15 +163,97 @@ def test_gasperini_na_beta_stays_a_counted_drop(sources, tmp_path):
 
 
 @pytest.mark.parametrize("block_bytes", [3, 7, 1 << 22])
-def test_short_line_found_across_read_blocks(tmp_path, block_bytes):
-    from dogmacache.data_recipes.formats import first_short_line
+def test_misshapen_line_found_across_read_blocks(tmp_path, block_bytes):
+    from dogmacache.data_recipes.formats import first_misshapen_line
 
     path = tmp_path / "t.tsv"
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\n7\t8\n9\t10\t11\n")
-    assert first_short_line(path, 3, 2, block_bytes=block_bytes) == (4, 2)
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (4, 2)
     path.write_text("a\tb\tc\n1\t2\t3\n\n4\t5\t6")  # a blank line; the last line without its newline
-    assert first_short_line(path, 3, 2, block_bytes=block_bytes) == (3, 0)
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 0)
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5")
-    assert first_short_line(path, 3, 2, block_bytes=block_bytes) == (3, 2)
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 2)
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\n")
-    assert first_short_line(path, 3, 2, block_bytes=block_bytes) is None
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) is None
+    path.write_text("a\tb\tc\n1\t2\t3\n4\t0.9\t5\t6\n7\t8\t9\n")  # a field too many
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 4)
+    path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\t7")  # too many on the last line, without its newline
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 4)
+
+
+@pytest.mark.parametrize("line", [2, 11])  # the first data row (pandas would take it as an index) and a later one
+def test_gasperini_row_with_a_field_too_many_is_refused(sources, tmp_path, line):
+    header = header_of(sources / RESULTS)
+    index = header.index("beta")
+    damage(sources / RESULTS, line, lambda fields: [*fields[:index], "0.9", *fields[index:]])
+    with pytest.raises(InputError) as err:
+        build_gasperini(sources, tmp_path / "out")
+    message = one_line(err)
+    assert RESULTS in message and f"line {line} has {len(header) + 1} tab-separated fields" in message
+    assert not (tmp_path / "out" / "labels.parquet").exists()
+
+
+@pytest.mark.parametrize("line", [4, 9])
+def test_gct_row_with_a_field_too_many_is_refused(sources, tmp_path, line):
+    header = header_of(sources / GCT, line=3)
+    damage(sources / GCT, line, lambda fields: [*fields[:2], "0", *fields[2:]])
+    with pytest.raises(InputError) as err:
+        build_gtex(sources, tmp_path / "out")
+    message = one_line(err)
+    assert GCT in message and f"line {line} has {len(header) + 1} tab-separated fields" in message
+
+
+def test_gct_header_naming_a_sample_twice_or_other_than_line_2_counts_is_refused(sources, tmp_path):
+    header = header_of(sources / GCT, line=3)
+    damage(sources / GCT, 3, lambda fields: [*fields[:-1], fields[2]])
+    with pytest.raises(InputError) as err:
+        build_gtex(sources, tmp_path / "out")
+    assert f"names sample {header[2]!r} twice" in one_line(err)
+    shutil.copy(DEMO_DATA / GCT, sources / GCT)
+    damage(sources / GCT, 2, lambda fields: [fields[0], "99"])
+    with pytest.raises(InputError) as err:
+        build_gtex(sources, tmp_path / "out")
+    assert f"line 2 declares 99 samples but its header (line 3) names {len(header) - 2}" in one_line(err)
+
+
+def test_a_recipe_run_leaves_no_table_of_an_earlier_recipe_in_its_folder(tmp_path):
+    import pandas as pd
+    from dogmacache.data_recipes import tables
+
+    def write(names):
+        frames = {name: pd.DataFrame({"id": ["a"]}) for name in names}
+        return tables.write_outputs(tmp_path, "x", frames, counts={}, missing={}, sources={}, params={})
+
+    write(["one", "two"])
+    (tmp_path / "mine.parquet").write_bytes(b"a user's file")  # no recipe listed it: kept
+    write(["one"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.parquet", "one.parquet", "recipe.json"]
+
+
+def test_recipe_demo_reads_the_source_dir_it_is_given(tmp_path, capsys):
+    from dogmacache.data_recipes.make_demo_data import write_demo_data
+
+    null_sources = tmp_path / "null_sources"
+    write_demo_data(null_sources, null=True)
+    assert main(["recipe", "demo", "--out", str(tmp_path / "null"), "--source-dir", str(null_sources)]) == 0
+    recipe = (tmp_path / "null" / "cdt" / "recipe.json").read_text()
+    assert str(null_sources / RESULTS) in recipe
+    import pandas as pd
+
+    null_beta = pd.read_parquet(tmp_path / "null" / "cdt" / "labels.parquet")["beta"]
+    assert main(["recipe", "demo", "--out", str(tmp_path / "real")]) == 0
+    assert not null_beta.equals(pd.read_parquet(tmp_path / "real" / "cdt" / "labels.parquet")["beta"])
+    capsys.readouterr()
+    assert main(["recipe", "demo", "--out", str(tmp_path / "x"), "--source-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "lacks" in err and "--source-dir" in err
+
+
+def test_recipe_gene_tss_names_a_missing_gtf_and_takes_no_source_dir(tmp_path, capsys):
+    genes = tmp_path / "genes.txt"
+    genes.write_text("A\n")
+    args = ["recipe", "gene_tss", "--out", str(tmp_path / "o"), "--gtf", str(tmp_path / "no.gtf"), "--genes"]
+    assert main([*args, str(genes)]) == 2
+    assert "--gtf" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, str(genes), "--source-dir", str(tmp_path)])

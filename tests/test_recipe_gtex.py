@@ -333,7 +333,9 @@ def test_a_sample_attributes_row_cut_short_is_refused(tmp_path):
     lines = names["attributes"].read_text().splitlines()
     lines[2] = "\t".join(lines[2].split("\t")[:4])  # ends after SAMPID, before SMRIN and SMTS
     names["attributes"].write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"SampleAttributesDS\.txt line 3 has 4 of the header's 7"):
+    with pytest.raises(
+        InputError, match=r"SampleAttributesDS\.txt line 3 column 5 .*ends early, with 4 of the header's 7"
+    ):
         gtex.build_gtex(names, tmp_path / "out", CONFIG)
 
 
