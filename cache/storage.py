@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dogmacache.errors import CacheError, DogmaError
+from dogmacache.errors import CacheError, DogmaError, InputError
 
 DISK_ERRNOS = {
     errno.ENOSPC: "ENOSPC",
@@ -80,6 +81,23 @@ def check_writable(out: str | os.PathLike, flag: str = "--out", kept: str = "not
         raise CacheError(
             f"cannot write to {out}: {err.strerror} (in {probe_dir}); pick a writable {flag} ({kept})"
         ) from err
+
+
+def check_own_summary(out: str | os.PathLike, command: str, marker: str) -> None:
+    """An analysis command's `out` holds no summary.json of another command (told by `marker`, a key every summary of
+    `command` carries): its run would replace that summary and mix the two commands' files in one folder."""
+    summary = Path(out) / "summary.json"
+    if not summary.is_file():
+        return
+    try:
+        written = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: a stopped run's, which the run replaces
+    if isinstance(written, dict) and marker not in written:
+        raise InputError(
+            f"--out {out} holds another command's summary.json (no {marker!r}), not {command}'s; pick an empty or "
+            f"earlier {command} --out (nothing was computed)"
+        )
 
 
 @contextlib.contextmanager

@@ -130,6 +130,16 @@ class CdtExplainer:
                 f"{first[1]!r} there): the tracks use the chrom sizes' names"
             )
             self.windows = self.windows.assign(chrom=self.windows["chrom"].astype(str).map(lambda c: named[c]))
+        size = self.windows["chrom"].astype(str).map(self.chrom_sizes).to_numpy()
+        outside = (self.windows["center"].to_numpy() < 1) | (self.windows["center"].to_numpy() > size)
+        if outside.any():  # embed refuses such a centre: these sizes are another genome's
+            at = int(np.flatnonzero(outside)[0])
+            row = self.windows.iloc[at]
+            raise InputError(
+                f"window {self.windows.index[at]!r} of {table} is centred at {row['chrom']}:{int(row['center'])}, "
+                f"outside {row['chrom']}'s {int(size[at])} bp in --chrom-sizes {sources.chrom_sizes} "
+                f"({int(outside.sum())} such windows); pass the sizes of the genome the DNA cache was embedded from"
+            )
         self.geometry: WindowGeometry = window_geometry(self.dna, sources.bin_bp)
         self.checkpoint_path = str(path)
 

@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a position-matched background (needs pyranges)",
     )
     p.add_argument(
+        "--control-features",
+        help="with --features: a BED of intervals scored the same way that should not be enriched (decoy motifs, "
+        "the --features intervals shuffled with bedtools shuffle): an enrichment there too says the ranking picks "
+        "something other than the features",
+    )
+    p.add_argument(
         "--methods",
         default="grad_x_input",
         help="extra attributions, comma-separated: grad_x_input, integrated_gradients (Captum); "
@@ -102,6 +108,7 @@ def _explain(args: argparse.Namespace) -> int:
         seed=args.seed,
         top_k=args.top_k,
         features=args.features,
+        control_features=args.control_features,
         methods=methods,
         ig_steps=args.ig_steps,
         batch_size=args.batch_size,
@@ -119,6 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
             "gradient_peak",
             "attention_uniformity",
             "features",
+            "control_features",
             "seconds_per_item",
         )
     }

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache.storage import check_writable, replace_whole
+from dogmacache.cache.storage import check_own_summary, check_writable, replace_whole
 from dogmacache.errors import InputError
 from dogmacache.explain import attribution, figures, tracks
 from dogmacache.explain.cdt import CdtExplainer, ExplainSources
@@ -53,6 +53,7 @@ class ExplainConfig:
     seed: int = 0  # the random draw
     top_k: int = 20  # positions per ranking (the paper: 20 of 896)
     features: str | None = None  # BED file of intervals to test the top-k bins against
+    control_features: str | None = None  # BED file scored the same way, that should not be enriched (decoys)
     methods: tuple[str, ...] = ("grad_x_input",)  # of METHODS
     ig_steps: int = 32  # integrated-gradients steps
     batch_size: int = 8  # items per forward / backward pass
@@ -104,6 +105,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     """Explain the chosen items; returns the summary written to out/summary.json."""
     started = time.perf_counter()
     check_writable(config.out, "--out", "nothing was computed")
+    check_own_summary(config.out, "explain", "topk_overlap")
     explainer = explainer_for(config.sources)
     geometry = explainer.geometry
     top_k(np.zeros(geometry.n_bins), config.top_k)  # refuse a k larger than the window before any work
@@ -113,10 +115,13 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
             f"{explainer.dna.url} records no windows table (an imported cache): the tracks are placed by the "
             "windows table's positions as given, unchecked against the cache"
         )
-    features = None
-    if config.features:
-        chroms = set(explainer.windows.loc[chosen["enhancer"].unique(), "chrom"].astype(str))
-        features = FeatureOverlap(FeatureSet(config.features, chroms), ("attention", "gradient"), config.seed)
+    if config.control_features and not config.features:
+        raise InputError("--control-features is scored beside --features; pass the BED to test with --features")
+    overlaps: dict[str, FeatureOverlap] = {}  # summary key -> the top-k bins' overlap with that BED
+    for key, bed in (("features", config.features), ("control_features", config.control_features)):
+        if bed:
+            chroms = set(explainer.windows.loc[chosen["enhancer"].unique(), "chrom"].astype(str))
+            overlaps[key] = FeatureOverlap(FeatureSet(bed, chroms), ("attention", "gradient"), config.seed)
     out = Path(config.out)
     clear_previous(out)  # every input read: a refused run loses nothing
     for folder in ("tracks/items", "figures/items"):
@@ -155,7 +160,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
                     b,
                     summary,
                     means,
-                    features,
+                    overlaps.values(),
                     item_rows,
                     topk_rows,
                     positions,
@@ -172,7 +177,8 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
             out / "tracks" / f"mean.{name}.bedGraph",
             track,
             f"explain mean {name}",
-            f"{name} averaged over {n_done} items",
+            f"{name} per base: the mean over the items whose window covers it ({n_done} items in "
+            f"{chosen['enhancer'].iloc[:n_done].nunique()} windows)",
         )
         if bigwig:
             tracks.write_bigwig(out / "tracks" / f"mean.{name}.bw", track, explainer.chrom_sizes)
@@ -189,7 +195,8 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
     )
     result = {
         **numbers,
-        "features": features.result() if features else None,
+        "features": overlaps["features"].result() if "features" in overlaps else None,
+        "control_features": overlaps["control_features"].result() if "control_features" in overlaps else None,
         "seconds_per_item": (time.perf_counter() - started) / max(n_done, 1),
         "compute_seconds_per_item": compute_seconds / max(n_done, 1),
         "checkpoint": explainer.checkpoint_path,
@@ -244,7 +251,7 @@ def _write_item(
     b,
     summary,
     means,
-    features,
+    overlaps,
     item_rows,
     topk_rows,
     positions,
@@ -259,8 +266,8 @@ def _write_item(
     offsets = coords.offset_bp
     overlap = summary.add(attention, gradient, offsets, maps["dna_to_rna_genes"][b], str(pair.enhancer))
     best = {"attention": top_k(attention, config.top_k), "gradient": top_k(gradient, config.top_k)}
-    if features is not None:
-        features.add(coords, best, str(pair.enhancer))
+    for feature_overlap in overlaps:
+        feature_overlap.add(coords, best, str(pair.enhancer))
     name = _file_name(n, pair.item)
     item_rows.append(
         {

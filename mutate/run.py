@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import first_fingerprint_difference, open_cache
-from dogmacache.cache.storage import check_writable, replace_whole
+from dogmacache.cache.storage import check_own_summary, check_writable, replace_whole
 from dogmacache.errors import InputError
 from dogmacache.mutate.edits import Edit, parse_edit, read_vcf
 from dogmacache.mutate.encoder import adapter_moves, cosine, knockout_moves, open_profile, top
@@ -128,6 +128,7 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     if config.null_edits < 0:
         raise InputError(f"--null-edits {config.null_edits}: expected 0 (no control) or more matched random edits")
     check_writable(config.out, "--out", "nothing was computed")
+    check_own_summary(config.out, "mutate", "token_shift")
     if (config.profiles or config.profile) and not config.scgpt_model:
         raise InputError(
             "--profiles / --profile choose what the scGPT encoder runs on; add --scgpt-model (the token cache's scGPT "

@@ -248,3 +248,51 @@ def test_a_tsv_windows_table_and_chrom_sizes_named_the_other_way_are_taken(demo_
     assert "names 3 chromosome(s) as the chrom sizes do not (e.g." in capsys.readouterr().out
     positions = pd.read_csv(out / "positions.tsv.gz", sep="\t")
     assert set(positions["chrom"].astype(str)) <= {"1", "2", "3"}
+
+
+def test_control_features_are_scored_beside_the_features_and_the_decoys_are_not_counted_as_planted(
+    demo_run, tmp_path, capsys
+):
+    """The demo scores CDT against its planted GC-box blocks alone, with the AT-rich decoys as the control
+    features: both results in the summary, each from its own BED (the whole truth.bed counted decoys as hits)."""
+    from dogmacache.data_recipes.make_demo_data import HERE
+    from dogmacache.demo.explain import truth_subsets
+
+    planted, decoys = truth_subsets(HERE / "truth" / "truth.bed", tmp_path / "truth")
+    names = {path: {line.split("\t")[3] for line in path.read_text().splitlines()} for path in (planted, decoys)}
+    assert names == {planted: {"gc_box"}, decoys: {"at_decoy"}}
+    base = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "validation", "--n", "6"]
+    base += ["--top-k", "2", "--no-item-tracks", "--item-figures", "0", *sizes(demo_run)]
+    assert (
+        main([*base, "--out", str(tmp_path / "o"), "--features", str(planted), "--control-features", str(decoys)]) == 0
+    )
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["features"]["features"] == str(planted) and summary["control_features"]["features"] == str(decoys)
+    assert summary["features"]["n_intervals"] > summary["control_features"]["n_intervals"] > 0  # 1,030 vs 250 rows
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "p"), "--control-features", str(decoys)]) == 2
+    assert "--control-features is scored beside --features" in capsys.readouterr().err
+
+
+def test_chrom_sizes_of_another_genome_and_another_commands_folder_are_refused(demo_run, tmp_path, capsys):
+    """A window centred past its chromosome's end in --chrom-sizes (another build's sizes) was a traceback or an
+    item missing from the mean tracks; an --out holding mutate's summary.json was overwritten and mixed."""
+    fai = (demo_run / "recipe" / "genome.fa.fai").read_text().splitlines()
+    short = [f"{line.split(chr(9))[0]}\t2000" for line in fai]
+    (tmp_path / "short.sizes").write_text("\n".join(short) + "\n")
+    base = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), "--split", "validation", "--n", "2"]
+    base += ["--top-k", "2", "--no-item-tracks", "--item-figures", "0"]
+    assert main([*base, "--out", str(tmp_path / "o"), "--chrom-sizes", str(tmp_path / "short.sizes")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bp in --chrom-sizes" in err and "such windows" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    other = tmp_path / "mutate_out"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"gene": "DEMO05", "token_shift": []}))
+    assert main([*base, "--out", str(other), *sizes(demo_run)]) == 2
+    assert "another command's summary.json" in capsys.readouterr().err
+    assert json.loads((other / "summary.json").read_text())["gene"] == "DEMO05"
+    assert main([*base, "--out", str(tmp_path / "e"), *sizes(demo_run)]) == 0
+    header = (tmp_path / "e" / "tracks" / "mean.attention.bedGraph").read_text().splitlines()[0]
+    assert "whose window covers it (2 items in" in header
+    assert main([*base, "--out", str(tmp_path / "e"), *sizes(demo_run)]) == 0  # its own folder: rerun as before
