@@ -243,15 +243,18 @@ def _print_cdbridge(summary: dict) -> None:
 
 # the null twin: every label drawn apart from every input, so no model may score beyond the prediction its task
 # makes without inputs (its no-input baseline: the training mean per gene, per tissue, or the mean token; on
-# labels drawn from a distribution with a mean, such as scGPT's gene tokens, that baseline itself scores)
-NULL_LIMITS = {"spearman": 0.15, "r2": 0.05}  # the model's test Spearman within 0.15 of the baseline's, R² gain < 0.05
+# labels drawn from a distribution with a mean, such as scGPT's gene tokens, that baseline itself scores). One-sided:
+# a model below its baseline learned nothing that reaches the labels. R² is measured against the better of the
+# baseline and a constant (R² 0): on null labels a per-gene mean fits noise and falls below a constant. The limits
+# sit between the null twin's gains (at most 0.02 in Spearman, seeds 0) and the real demo's smallest (Bio-DTA, 0.16)
+NULL_LIMITS = {"spearman": 0.10, "r2": 0.05}  # test Spearman gain over the baseline, R² gain over max(baseline, 0)
 NO_INPUT_BASELINE = {"cdt": "per_gene_mean", "isoformer": "per_tissue_mean", "biodta": "mean_token"}
 NO_INPUT_BASELINE["cdbridge"] = "per_tissue_mean"
 
 
 def null_verdict(summary: dict) -> dict[str, dict]:
     """Per task: the model's and its no-input baseline's pooled test Spearman and R² on the null twin, and whether
-    the model stays within NULL_LIMITS of the baseline."""
+    the model stays below NULL_LIMITS' gains over the baseline (for R², over the better of it and a constant)."""
     runs = {
         "cdt": summary["cdt"],
         "isoformer": summary["isoformer"],
@@ -262,8 +265,8 @@ def null_verdict(summary: dict) -> dict[str, dict]:
     for task, run in runs.items():
         test, base = run["models"][task]["test"], run["models"][NO_INPUT_BASELINE[task]]["test"]
         ok = (
-            abs(test["spearman"] - base["spearman"]) < NULL_LIMITS["spearman"]
-            and test["r2"] - base["r2"] < NULL_LIMITS["r2"]
+            test["spearman"] - base["spearman"] < NULL_LIMITS["spearman"]
+            and test["r2"] - max(base["r2"], 0.0) < NULL_LIMITS["r2"]
         )
         verdict[task] = {
             "spearman": test["spearman"],
@@ -280,7 +283,8 @@ def null_verdict(summary: dict) -> dict[str, dict]:
 def print_null_verdict(verdict: dict[str, dict]) -> None:
     print(
         "null twin (every label drawn apart from every input): no model may score beyond its no-input baseline "
-        f"(Spearman within {NULL_LIMITS['spearman']}, R² gain below {NULL_LIMITS['r2']}; test split)"
+        f"(Spearman gain below {NULL_LIMITS['spearman']}, R² gain over the baseline or 0 below {NULL_LIMITS['r2']}; "
+        "test split)"
     )
     print(f"{'task':<11}{'spearman':>9}{'r2':>8}   {'baseline':<16}{'spearman':>9}{'r2':>8}{'n':>7}  verdict")
     for task, v in verdict.items():

@@ -110,15 +110,16 @@ def test_demo_trains_cdbridge_over_held_out_folds_beside_its_controls(demo_run):
     assert set(test) == {"cdbridge", "per_tissue_mean", *ablations, "held_out_seen", *controls}
     assert set(metrics["held_out_tissues"]) == set(HOLDOUT_FOLDS[0])
     table = metrics["seen_vs_held_out"]
-    assert table["cdbridge"]["spearman_seen"] > table["per_tissue_mean"]["spearman_seen"] + 0.2
-    assert table["cdbridge"]["spearman_held_out"] > 0.2  # zero-shot tissues, Spearman: no per-tissue calibration
-    # but a tissue-blind model passes that too (most of every label is shared across tissues): each held-out
-    # tissue's own part is where it scores 0 by construction, and where the model must score beside its controls
-    assert table["no_tissue"]["specific_held_out"] == 0.0 and table["cdbridge"]["specific_held_out"] > 0.15
-    assert table["cdbridge"]["specific_held_out"] > table["control_permuted_labels"]["specific_held_out"] + 0.2
+    # the per-tissue mean's within-tissue Spearman is 0 by construction: the model is compared with its controls
+    # below. A tissue-blind model scores on held-out tissues too (most of every label is shared across tissues):
+    # each held-out tissue's own part is where it scores 0 by construction. Whether the model's own part or its
+    # zero-shot Spearman beats the null takes many draws (README: p 0.20 and 0.10 with 19), so no single draw is
+    # asserted against here; its R² on the held-out tissues is (p 0.05 there)
+    assert table["no_tissue"]["specific_held_out"] == 0.0 and abs(table["cdbridge"]["specific_held_out"]) > 0.01
     assert "null" not in metrics  # one draw of the null: its spread comes from [train] null_draws (README)
     for control in CONTROLS:
         assert table["cdbridge"]["spearman_seen"] > table[control]["spearman_seen"] + 0.2, control
+        assert table["cdbridge"]["r2_held_out"] > table[control]["r2_held_out"] + 0.1, control
     # every mask AUROC stands beside the position prior, which reads no sequence; on the demo's coding starts
     # (Kozak ATGs at varying distances) k-mer features beat it, the tiny random Enformer's features do not
     assert 0.5 < table["cdbridge"]["prior_auroc"] < 0.9 and np.isfinite(table["cdbridge"]["mask_auroc"])
@@ -130,7 +131,9 @@ def test_demo_trains_cdbridge_over_held_out_folds_beside_its_controls(demo_run):
     for fold in range(1, len(HOLDOUT_FOLDS)):  # the other folds, each its own held-out tissues
         other = json.loads((demo_run / f"train_cdbridge_fold{fold}" / "metrics.json").read_text())
         assert set(other["held_out_tissues"]) == set(HOLDOUT_FOLDS[fold])
-        assert other["seen_vs_held_out"]["cdbridge"]["spearman_held_out"] > 0.1
+        table = other["seen_vs_held_out"]
+        for control in CONTROLS:  # the null's zero-shot Spearman reached 0.23 and 0.29 here: R² is what separates
+            assert table["cdbridge"]["r2_held_out"] > table[control]["r2_held_out"] + 0.03, (fold, control)
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -35,3 +35,43 @@ def test_the_null_verdict_flags_a_model_that_scores():
     verdict = null_verdict(summary)
     assert not verdict["cdt"]["near_zero"]
     assert verdict["isoformer"]["near_zero"] and verdict["biodta"]["near_zero"] and verdict["cdbridge"]["near_zero"]
+
+
+def test_the_null_verdict_takes_no_score_below_the_baseline_for_a_leak():
+    """One-sided, and R² against the better of the baseline and a constant: on null labels a per-gene mean fits
+    noise (R² -0.054 on the demo's null twin) and a constant prediction (R² -0.002, Spearman 0) gained 0.052 on
+    it, and a model 0.13 below the baseline's Spearman read as a leak."""
+
+    def run(task, baseline, model, base):
+        models = {
+            task: {"spearman": model[0], "r2": model[1], "n": 159},
+            baseline: {"spearman": base[0], "r2": base[1]},
+        }
+        return {"models": {name: {"test": test} for name, test in models.items()}}
+
+    summary = {
+        "cdt": run("cdt", "per_gene_mean", (0.0, -0.002), (-0.007, -0.054)),  # a constant prediction
+        "isoformer": run("isoformer", "per_tissue_mean", (-0.136, -0.01), (-0.007, 0.0)),  # below the baseline
+        "biodta": {"train": run("biodta", "mean_token", (0.30, 0.06), (0.175, 0.01))},  # 0.125 and 0.05 above
+        "cdbridge": run("cdbridge", "per_tissue_mean", (0.05, 0.049), (0.0, -0.2)),
+    }
+    verdict = null_verdict(summary)
+    assert verdict["cdt"]["near_zero"] and verdict["isoformer"]["near_zero"] and verdict["cdbridge"]["near_zero"]
+    assert not verdict["biodta"]["near_zero"]
+
+
+def test_the_null_verdict_fires_on_the_real_demo(demo_run):
+    """The detector separates: applied to the real demo's runs (labels that carry the inputs' signal), every task
+    scores beyond its no-input baseline, as none does on the null twin."""
+
+    def metrics(folder):
+        return json.loads((demo_run / folder / "metrics.json").read_text())
+
+    summary = {
+        "cdt": metrics("train"),
+        "isoformer": metrics("train_isoformer"),
+        "biodta": {"train": metrics("train_biodta")},
+        "cdbridge": metrics("train_cdbridge"),
+    }
+    verdict = null_verdict(summary)
+    assert not any(v["near_zero"] for v in verdict.values()), verdict

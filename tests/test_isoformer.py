@@ -154,7 +154,10 @@ def test_the_demo_beats_the_per_tissue_mean_with_every_ablation_reported(iso):
     assert len(test["per_tissue"]) == 30 and test["n"] == 30 * metrics["counts"]["test"]
     baseline = models["per_tissue_mean"]["test"]
     assert test["pearson"] > baseline["pearson"] + 0.1
-    assert test["spearman_mean_tissue"] > baseline["spearman_mean_tissue"] + 0.1
+    # within each tissue the per-tissue mean is flat (Spearman 0 by construction): the controls are what could
+    # refute the model's ranking of transcripts (the null reached 0.26 on one seed of three, README)
+    for control in ("control_permuted_labels", "control_shuffled_inputs"):
+        assert test["spearman_mean_tissue"] > models[control]["test"]["spearman_mean_tissue"] + 0.3, control
     assert (out / "train_isoformer" / "per_tissue_spearman.png").stat().st_size > 10_000
     from dogmacache.train.run import SHARED_FIGURES
     from dogmacache.train.tasks.isoformer import IsoformerTask

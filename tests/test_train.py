@@ -128,13 +128,19 @@ def _reversed_copy(cache_path, tmp_path):
             {"split": "tran"},
             r"1 row\(s\) have a split other than \['train', 'validation', 'test'\]: row 3 \('tran'\)",
         ),
+        ({"gene_index": float("nan")}, r"1 row\(s\) have a gene_index that is not a whole number >= 0: row 3 \(nan\)"),
+        ({"gene_index": 2.5}, r"gene_index that is not a whole number >= 0: row 3 \(2.5\)"),
+        ({"gene_index": -1}, r"gene_index that is not a whole number >= 0: row 3 \(-1"),
+        ({"gene_index": 10_000}, r"gene '\w+' is given 2 gene_index values \(\d+, 10000\); each gene has one"),
     ],
 )
 def test_bad_labels_are_refused_naming_the_rows(demo, tmp_path, change, message):
     out, _ = demo
     table = pd.read_parquet(out / "recipe" / "cdt" / "labels.parquet")
     for column, value in change.items():
-        table.loc[3, "beta" if column == "target" else column] = value
+        column = "beta" if column == "target" else column
+        table[column] = table[column].astype(type(value)) if isinstance(value, float) else table[column]
+        table.loc[3, column] = value
     table.to_parquet(tmp_path / "labels.parquet")
     with pytest.raises(InputError, match=message):
         _load(_config(demo, tmp_path), labels=str(tmp_path / "labels.parquet"))

@@ -156,7 +156,35 @@ def read_labels(path: str | Path, target: str, columns: tuple[str, ...]) -> pd.D
             f"{path}: {len(bad)} row(s) have a missing, non-numeric or infinite {target!r}: {shown}; "
             "drop or fix them in the recipe's output"
         )
-    return table.assign(target=values.astype(np.float32))
+    table = table.assign(target=values.astype(np.float32))
+    if "gene_index" in columns:
+        table = table.assign(gene_index=_gene_index(path, table))
+    return table
+
+
+def _gene_index(path: str | Path, table: pd.DataFrame) -> np.ndarray:
+    """(rows,) int64 `gene_index`: each a whole number >= 0 (the gene's row in the RNA and protein caches, or the
+    DNA-only MLP's output), one per gene and one gene per index; InputError naming the rows otherwise."""
+    values = pd.to_numeric(table["gene_index"], errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values != np.floor(values)))
+    if len(bad):
+        shown = ", ".join(f"row {i} ({_plain(table['gene_index'].iloc[i])!r})" for i in bad[:5])
+        raise InputError(
+            f"{path}: {len(bad)} row(s) have a gene_index that is not a whole number >= 0: {shown}; it is the gene's "
+            "row in the RNA and protein tables, as the recipe writes it: re-run the recipe"
+        )
+    index = values.astype(np.int64)
+    pairs = pd.DataFrame({"gene": table["gene"].astype(str).to_numpy(), "gene_index": index}).drop_duplicates()
+    for key, other, given in (("gene", "gene_index", "gene_index values"), ("gene_index", "gene", "genes")):
+        twice = pairs[pairs[key].duplicated(keep=False)]
+        if len(twice):
+            first = twice.iloc[0][key]
+            found = [str(v) for v in sorted(twice.loc[twice[key] == first, other].tolist())]
+            raise InputError(
+                f"{path}: {key} {_plain(first)!r} is given {len(found)} {given} ({', '.join(found[:4])}); each gene "
+                "has one gene_index (its row in the RNA and protein tables): re-run the recipe"
+            )
+    return index
 
 
 def _plain(value: Any) -> Any:
@@ -187,7 +215,7 @@ def load_pairs(config: PairDataConfig, data_class: type[PairData] = PairData, **
     pairs = pd.DataFrame(
         {
             "dna_row": dna.rows_of(table["enhancer"].astype(str)),  # names missing ids in one error
-            "gene_index": table["gene_index"].astype(np.int64).values,
+            "gene_index": table["gene_index"].to_numpy(np.int64),
             "target": table["target"].values,
             "split": table["split"].values,
             "enhancer": table["enhancer"].astype(str).values,
