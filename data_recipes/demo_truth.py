@@ -22,7 +22,7 @@ from dogmacache.data_recipes.gtex_config import ISOFORMER_TISSUES as TISSUES  # 
 
 # Three folds of three held-out tissues; fold 0 is the demo recipe's own held-out set (Heart as before).
 HOLDOUT_FOLDS = (("Heart", "Liver", "Brain"), ("Lung", "Kidney", "Muscle"), ("Pancreas", "Skin", "Testis"))
-PERTURBED_GENE = "DEMO05"  # the gene the demo's TSS deletion edits; the target set is defined around it
+PERTURBED_GENE = "DEMO05"  # the gene whose planted TATA boxes the demo knocks out; the target set is defined around it
 TOKEN_WIDTH = 32  # the tiny scGPT's embsize (embed/adapters/scgpt_model.py write_tiny_scgpt)
 TOKEN_NOISE = 0.7  # sd of each gene's own part of its token, beside P @ (motif counts - 1.5)
 N_TARGETS = 10

@@ -2,9 +2,11 @@
 the demo's truth/gene_tokens.tsv and those planted rows as its gene embeddings: each a fixed projection of the
 gene's promoter motif counts plus noise, truth/truth.json) -> gene_tss windows of its genes (the demo GTF) -> their
 tiny-Enformer DNA cache and scGPT gene-token cache -> the adapter trained with its mean-token baseline -> one
-in-silico TSS deletion through `dogmacache mutate` on the demo's Heart profile (the paper's GATA4 example, on a
-demo gene), scored against the planted target set (truth/targets.txt). Every step calls the function a user's
-command calls, with its config dataclass; it runs after `embed_demo` (needs `recipe/genome.fa` and `models/`).
+in-silico edit through `dogmacache mutate` on the demo's Heart profile (after the paper's GATA4 TSS deletion, on a
+demo gene): the TATA boxes the generator planted in the gene's promoter replaced by other bases, so the planted rule
+says exactly how its token moves (`planted_shift`); scored against matched random edits of the same window, against
+the planted move's direction, and against the planted target set (truth/targets.txt). Every step calls the function
+a user's command calls, with its config dataclass; it runs after `embed_demo` (needs `recipe/genome.fa` and `models/`).
 The CDT and CDBridge caches keep the tiny scGPT as make_tiny wrote it (`models/scgpt`)."""
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from dogmacache.train.registry import default_config
 
 BIODTA_EPOCHS = 60
 BIODTA_SCGPT = "scgpt-biodta"  # folder under models/: the tiny scGPT with the planted gene rows
-MUTATE_GENE = PERTURBED_GENE  # a demo gene expressed in the Heart profile, with TATA boxes the deletion removes
+MUTATE_GENE = PERTURBED_GENE  # a demo gene expressed in the Heart profile, with two planted TATA boxes
 MUTATE_PROFILE = "Heart"
-TSS_DELETION_BP = 200  # bases deleted around the TSS (the paper deletes GATA4's TSS)
+PROMOTER_BP = 400  # the TATA boxes the edit replaces lie this far upstream of the TSS at most (-180/-120/-60)
+KMER_CACHE = "biodta-dna-kmer"  # the k-mer control's cache (its checkpoint: control_dna_<this>_best.pt)
+REPLACEMENT = "GAGCTC"  # put in place of each TATA box: no TATA, no ATG, no base shared with TATAAA's first
 
 
 def write_biodta_scgpt(out: Path, data: Path = DEMO_DATA) -> Path:
@@ -97,7 +101,7 @@ def embed_biodta(out: Path, recipe: Path, models: dict[str, Path], progress: boo
     )
     from dogmacache.embed.adapters import get_adapter
 
-    caches["dna_kmer"] = out / "cache" / "biodta-dna-kmer.zarr"  # the control: k-mer features, same windows
+    caches["dna_kmer"] = out / "cache" / f"{KMER_CACHE}.zarr"  # the control: k-mer features, same windows
     embed_own(
         run_embed,
         EmbedConfig(
@@ -156,30 +160,111 @@ def train_biodta_demo(
     return run_training(load_config(path))
 
 
+def tata_edits(recipe: Path, genome: Path, truth_bed: Path, gene: str) -> list[str]:
+    """`chr:pos REF>ALT` edits replacing each TATA box truth.bed plants within PROMOTER_BP upstream of `gene`'s TSS
+    by REPLACEMENT: substitutions keep every other base where it was, so only the TATA count changes."""
+    import pandas as pd
+    from dogmacache.embed.genome import Genome, chrom_alias
+
+    row = pd.read_parquet(recipe / "genes.parquet").set_index("id").loc[gene]
+    tss0, plus = int(row["center"]) - 1, row["strand"] == "+"
+    bed = pd.read_csv(truth_bed, sep="\t", header=None, comment="#").rename(columns={0: "chrom", 1: "start", 2: "end"})
+    chrom = str(row["chrom"])
+    on_chrom = bed[(bed[3] == "tata") & bed["chrom"].astype(str).isin({chrom, chrom_alias(chrom)})]
+    upstream = (
+        (on_chrom["end"] <= tss0) & (on_chrom["start"] >= tss0 - PROMOTER_BP)
+        if plus
+        else (on_chrom["start"] > tss0) & (on_chrom["end"] <= tss0 + 1 + PROMOTER_BP)
+    )
+    boxes = on_chrom[upstream]
+    if boxes.empty:
+        raise InputError(f"{truth_bed} plants no TATA box within {PROMOTER_BP} bp upstream of {gene}'s TSS")
+    fasta = Genome(genome)
+    name = fasta.resolve(chrom)
+    edits = []
+    for start, end in zip(boxes["start"], boxes["end"], strict=True):
+        ref = fasta.fasta[name][int(start) : int(end)]
+        edits.append(f"{chrom}:{int(start) + 1} {ref}>{REPLACEMENT[: len(ref)]}")
+    return edits
+
+
+def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path = DEMO_DATA) -> dict:
+    """How the gene's token moves when its promoter loses `n_boxes` TATA boxes, by the generator's rule (row = P @
+    (gc - 1.5, tata - 1.5) + noise: the row moves by P @ (0, -n_boxes)), in the token cache's space (the tiny
+    scGPT's enc_norm, then unit length), beside the predicted move (`mutated`/tokens.npz, a mutate run's): the
+    cosine between the two moves (1 for a model that learned the rule; for a direction unrelated to it, about 0 in
+    either sign, sd 1/sqrt(D) for a random one) and their lengths."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    from dogmacache.embed.adapters.scgpt_model import load_checkpoint
+
+    truth = json.loads((data / "truth" / "truth.json").read_text())
+    projection = np.asarray(truth["biodta"]["projection"], dtype=np.float64)  # (D, 2)
+    row = pd.read_csv(data / "truth" / "gene_tokens.tsv", sep="\t", index_col="symbol").loc[gene].to_numpy()
+    edited = row + projection @ np.array([0.0, -float(n_boxes)])
+    encoder = load_checkpoint(str(out / "models" / BIODTA_SCGPT), torch.device("cpu")).model.encoder
+    with torch.no_grad():
+        cached = torch.nn.functional.normalize(
+            encoder.enc_norm(torch.tensor(np.stack([row, edited]), dtype=torch.float32)), dim=1
+        )
+    true_move = (cached[1] - cached[0]).numpy().astype(np.float64)
+    tokens = np.load(mutated / "tokens.npz")
+    at = int(np.flatnonzero(tokens["id"] == gene)[0])
+    predicted = (tokens["edited"][at] - tokens["reference"][at]).astype(np.float64)
+    norms = np.linalg.norm(predicted) * np.linalg.norm(true_move)
+    return {
+        "boxes_replaced": n_boxes,
+        "random_direction_sd": float(1 / np.sqrt(len(true_move))),
+        "planted_move_l2": float(np.linalg.norm(true_move)),
+        "predicted_move_l2": float(np.linalg.norm(predicted)),
+        "direction_cosine": float(predicted @ true_move / norms) if norms > 0 else 0.0,
+    }
+
+
 def mutate_demo(
     out: Path, recipe: Path, models: dict[str, Path], gene: str = MUTATE_GENE, data: Path = DEMO_DATA
 ) -> dict:
-    """Delete TSS_DELETION_BP bases centred on `gene`'s TSS; token shift and the top moved genes in Heart, scored
-    against the planted target set."""
-    import pandas as pd
+    """Replace the planted TATA boxes of `gene`'s promoter: the adapter's token move beside matched random edits and
+    beside the planted move, and the top moved genes in Heart scored against the planted target set; the same edit
+    through the adapter trained on k-mer frequencies of the same windows (the k-mer control, whose inputs count the
+    motif: the check's positive control), into mutate_kmer/."""
     from dogmacache.mutate import MutateConfig, run_mutate
 
-    row = pd.read_parquet(recipe / "genes.parquet").set_index("id").loc[gene]
-    start = int(row["center"]) - TSS_DELETION_BP // 2
+    genome = out / "recipe" / "genome.fa"
+    edits = tata_edits(recipe, genome, data / "truth" / "truth.bed", gene)
     config = MutateConfig(
         checkpoint=str(out / "train_biodta" / "biodta_best.pt"),
-        genome=str(out / "recipe" / "genome.fa"),
+        genome=str(genome),
         dna_model=str(models["enformer"]),
         gene=gene,
         out=str(out / "mutate"),
-        edits=(f"{row['chrom']}:{start}-{start + TSS_DELETION_BP - 1}",),
+        edits=tuple(edits),
         scgpt_model=str(models["scgpt"]),
         profiles=str(out / "recipe" / "isoform" / "tissue_profiles.parquet"),
         profile=MUTATE_PROFILE,
         top_n=10,
         gene_set=str(data / "truth" / "targets.txt"),
     )
-    return run_mutate(config)
+    summary = run_mutate(config)
+    summary["planted_shift"] = planted_shift(out, out / "mutate", gene, len(edits), data)
+    kmer = dataclasses.replace(
+        config,
+        checkpoint=str(out / "train_biodta" / f"control_dna_{KMER_CACHE}_best.pt"),
+        dna_model=None,
+        out=str(out / "mutate_kmer"),
+        scgpt_model=None,
+        profiles=None,
+        profile=None,
+        gene_set=None,
+    )
+    summary["kmer_control"] = {
+        "token_shift": run_mutate(kmer)["token_shift"],
+        "planted_shift": planted_shift(out, out / "mutate_kmer", gene, len(edits), data),
+    }
+    return summary
 
 
 def run_biodta_demo(

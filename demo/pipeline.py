@@ -154,7 +154,7 @@ def _run_demo(out: Path, seed: int, epochs: int | None, null: bool = False) -> d
         f"{logs['cdbridge']}): pooled protein and tissue caches, both stages with the paper's ablations, the "
         "per-tissue mean and the controls, over three leave-tissues-out folds; then Bio-DTA (its log: "
         f"{logs['biodta']}): TSS windows of the demo genes, their caches, the adapter beside the mean token and "
-        "controls, a TSS deletion through mutate scored against planted targets"
+        "controls, a TATA-box knock-out through mutate scored against the planted rule and planted targets"
     )
     # spawn: a fresh interpreter (no forked torch threads); an error in it is re-raised here, as the same one line
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -215,13 +215,35 @@ def _second_process(
 
 
 def _print_biodta(summary: dict) -> None:
-    """The Bio-DTA table the second process wrote to its log, and the TSS deletion's planted-target score."""
+    """The Bio-DTA table the second process wrote to its log; the TATA-box knock-out against the planted rule."""
     from dogmacache.mutate.cli import gene_set_lines
     from dogmacache.train.run import print_table
 
     print_table(summary["train"], summary["train"]["metric"])
-    if "gene_sets" in summary.get("mutate", {}):
-        print(gene_set_lines(summary["mutate"]["gene_sets"], summary["mutate"]["gene_set_universe"]))
+    mutate = summary.get("mutate", {})
+    if "planted_shift" in mutate:
+        print(planted_shift_lines(mutate))
+    if "gene_sets" in mutate:
+        print(gene_set_lines(mutate["gene_sets"], mutate["gene_set_universe"]))
+
+
+def planted_shift_lines(mutate: dict) -> str:
+    """The TATA-box knock-out: each model's token move beside matched random edits and beside the planted move."""
+    planted, edits = mutate["planted_shift"], mutate["token_shift"][0]["variant_edits"]
+    lines = [
+        f"{mutate['gene']}'s {planted['boxes_replaced']} planted TATA boxes replaced ({edits}): the planted rule "
+        f"moves its token by L2 {planted['planted_move_l2']:.3f}"
+    ]
+    for name, run in (("adapter (tiny Enformer)", mutate), ("k-mer control", mutate.get("kmer_control"))):
+        if run:
+            shift, moved = run["token_shift"][0], run["planted_shift"]
+            lines.append(
+                f"  {name:<24} moved {shift['l2']:.4f} (20 random edits of the window like it: median "
+                f"{shift['l2_null_median']:.4f}, p {shift['l2_null_p_at_least']:.2f}); direction cosine with the "
+                f"planted move {moved['direction_cosine']:+.2f} (a random direction: 0 +- "
+                f"{moved['random_direction_sd']:.2f})"
+            )
+    return "\n".join(lines)
 
 
 def _print_cdbridge(summary: dict) -> None:

@@ -15,7 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="a Bio-DTA checkpoint (biodta_best.pt)")
     p.add_argument("--genome", required=True, help="the FASTA the DNA cache was embedded from")
-    p.add_argument("--dna-model", required=True, help="the DNA model folder (or hub id) the cache was embedded with")
+    p.add_argument(
+        "--dna-model",
+        default=None,
+        help="the DNA model folder (or hub id) the cache was embedded with (required but for a model that reads no "
+        "weights: kmer)",
+    )
     p.add_argument("--gene", required=True, help="gene symbol whose window holds the edits")
     p.add_argument(
         "--edit",
@@ -102,7 +107,7 @@ def _mutate(args: argparse.Namespace) -> int:
     if "gene_sets" in summary:
         print(gene_set_lines(summary["gene_sets"], summary["gene_set_universe"]))
     print(
-        f"wrote {args.out}: token_shift.tsv, summary.json"
+        f"wrote {args.out}: token_shift.tsv, tokens.npz, summary.json"
         + (", moved_genes.tsv, moved_genes_knockout.tsv, moved_genes.png" if args.scgpt_model else "")
         + (", gene_sets.tsv" if "gene_sets" in summary else "")
     )

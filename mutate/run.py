@@ -19,7 +19,8 @@ With a gene-set file, each set is scored against each variant's top N moved gene
 fold enrichment and a hypergeometric p over the genes scored; `genesets.py`), the evaluation Bio-DTA reports
 (docs/papers.md#bio-dta-reported-results).
 
-Writes into `out`: token_shift.tsv, moved_genes.tsv (top N per variant), moved_genes_knockout.tsv (the comparator's
+Writes into `out`: token_shift.tsv, tokens.npz (its rows' adapted tokens: `reference` and `edited` (rows, D_tok),
+with `id` and `variant`), moved_genes.tsv (top N per variant), moved_genes_knockout.tsv (the comparator's
 top N), gene_sets.tsv (with a gene-set file; column `model` says which ranking), summary.json, moved_genes.png.
 """
 
@@ -51,7 +52,7 @@ from dogmacache.train.registry import load_model
 class MutateConfig:
     checkpoint: str  # a Bio-DTA <name>_best.pt
     genome: str  # the FASTA the DNA cache was embedded from
-    dna_model: str  # the DNA model folder (or hub id) the cache was embedded with
+    dna_model: str | None  # the DNA model folder (or hub id) the cache was embedded with (None: kmer, no weights)
     gene: str  # gene symbol (an id of the windows table)
     out: str  # output folder
     edits: tuple[str, ...] = ()  # `chr:pos REF>ALT` or `chr:start-end` (deletion), 1-based
@@ -114,6 +115,7 @@ def _gene_row(scanner: Scanner, gene: str, tokens_ids: set[str]) -> int:
 OUTPUTS = (
     "summary.json",
     "token_shift.tsv",
+    "tokens.npz",
     "moved_genes.tsv",
     "moved_genes_knockout.tsv",
     "gene_sets.tsv",
@@ -201,6 +203,8 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     shift.to_csv(out / "token_shift.tsv", sep="\t", index=False, float_format="%.6g")
+    with replace_whole(out / "tokens.npz") as tmp, open(tmp, "wb") as fh:  # the rows of token_shift.tsv, in order
+        np.savez(fh, id=table["id"].to_numpy(dtype=str), variant=table["variant"].to_numpy(), **tokens)
     summary: dict[str, Any] = {
         "gene": config.gene,
         "n_edits": len(edits),

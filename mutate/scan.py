@@ -178,7 +178,7 @@ def open_scanner(
     dna: EmbeddingCache,
     windows: str | Path,
     genome: str | Path,
-    dna_model: str | Path,
+    dna_model: str | Path | None,
     token_model: nn.Module,
     device: str | None = None,
 ) -> Scanner:
@@ -192,12 +192,21 @@ def open_scanner(
             "the DNA cache written by `dogmacache embed --modality dna`"
         )
     cls = get_adapter(name, "dna")
+    if bool(dna_model) != cls.reads_weights:
+        raise InputError(
+            f"{dna.url} was embedded with {name}, which reads "
+            + (
+                "its weights: pass the model folder it was embedded with as --dna-model"
+                if cls.reads_weights
+                else f"no weights: drop --dna-model {dna_model}"
+            )
+        )
     config = EmbedConfig(
         input=str(windows),
         modality="dna",
         model=name,
         out=str(Path(tempfile.gettempdir()) / "mutate"),
-        model_path=str(dna_model),
+        model_path=str(dna_model) if dna_model else None,
         genome=str(genome),
         device=device or recorded.get("device", "cpu"),
         precision=recorded.get("precision", "fp32"),
@@ -229,7 +238,8 @@ def open_scanner(
     check_embedded_from(
         table, "dna", dna.manifest, dna.url, windows, "pass the recipe's dna_windows / genes table with --windows"
     )
-    window_bp = getattr(adapter.options, "window_bp", None)
+    # the bases each window is cut as: a model's input window, or the k-mer adapter's bins end to end
+    window_bp = getattr(adapter.options, "window_bp", None) or getattr(getattr(adapter, "geometry", None), "span_bp", 0)
     if not window_bp:
         raise InputError(f"the {name} adapter records no window_bp; mutate needs a DNA model that cuts genome windows")
     if note:  # said once the run is accepted

@@ -165,6 +165,10 @@ def test_mutate_reembeds_only_the_windows_holding_an_edit(scene):
     assert (summary["windows_reembedded"], summary["rows_reused"]) == (2, 2)  # CCC, DDD untouched
     shift = pd.read_csv(root / "out" / "token_shift.tsv", sep="\t")
     assert sorted(shift["id"]) == ["AAA", "BBB"] and (shift["l2"] > 0).all()
+    tokens = np.load(root / "out" / "tokens.npz")  # the rows of token_shift.tsv, in order
+    assert list(tokens["id"]) == list(shift["id"]) and list(tokens["variant"]) == list(shift["variant"])
+    l2 = np.linalg.norm(tokens["edited"] - tokens["reference"], axis=1)
+    np.testing.assert_allclose(l2, shift["l2"], rtol=1e-5)
     moved = pd.read_csv(root / "out" / "moved_genes.tsv", sep="\t")
     assert list(moved["rank"]) == [1, 2, 3] and moved["l2_shift"].is_monotonic_decreasing
     assert set(moved.loc[moved["token_replaced"], "gene"]) <= {"AAA", "BBB"}
@@ -501,3 +505,12 @@ def test_with_each_every_variant_has_its_own_moved_genes_and_panel_named_by_its_
         assert [g["gene"] for g in entry["genes"]] == list(own["gene"].head(10))
     assert len(titles) == 2
     assert titles[0].startswith(f"AAA edited (variant 0: {edits[0]})") and f"variant 1: {edits[1]}" in titles[1]
+
+
+def test_a_dna_cache_of_a_model_with_weights_needs_dna_model(scene):
+    """`--dna-model` may be left out only for a model that reads no weights (kmer, whose windows mutate cuts from
+    its bins end to end); for Enformer its absence is one line naming the flag, not a hub lookup of the default."""
+    root, models, genome = scene
+    base = Genome(genome).fasta["chr1"][1599]
+    with pytest.raises(InputError, match="which reads its weights: pass the model folder it was embedded with as"):
+        run_mutate(_config(root, models, genome, edits=(f"chr1:1600 {base}>{base}",), dna_model=None, scgpt_model=None))

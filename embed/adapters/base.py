@@ -112,6 +112,7 @@ class EmbeddingAdapter(ABC):
     # preparing an item costs less than passing it from a worker process (a table lookup of letters or gene
     # symbols, ~5-25 us): the default plan then prepares in the embedding process (`embed/settings.py`)
     cheap_inputs: ClassVar[bool] = False
+    reads_weights: ClassVar[bool] = True  # False: features computed from the input alone (kmer); no model path
     options: AdapterOptions  # resolved by the constructor: no "auto" or None left that the model decides
 
     @abstractmethod

@@ -177,6 +177,8 @@ def _check_k(k: int) -> None:
 class _KmerFeatures(EmbeddingAdapter):
     """Features computed on the CPU in `prepare` (input workers); `embed` only stacks them."""
 
+    reads_weights = False
+
     def __init__(
         self,
         model_path: str | None,
