@@ -9,6 +9,7 @@ GCT 1.2 (GTEx), tab-separated tables with a header
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import re
@@ -93,6 +94,7 @@ def read_table(
                 low_memory=False,
                 skip_blank_lines=False,
                 encoding="utf-8",
+                quoting=csv.QUOTE_NONE,  # a quote is a character: lines split as FieldCheck counts them
             )
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
@@ -101,6 +103,9 @@ def read_table(
         raise InputError(f"{path} could not be parsed as a tab-separated table: {reason}") from err
     table.index = pd.RangeIndex(first_line, first_line + len(table))
     return table
+
+
+CR_LINE_ENDS = -1  # FieldCheck's field count for a file whose lines end in a lone '\r'
 
 
 class FieldCheck:
@@ -121,8 +126,13 @@ class FieldCheck:
             return None
         tabs_before = np.searchsorted(np.flatnonzero(data == 9), ends)  # (lines,) tabs before each '\n'
         fields = np.diff(tabs_before, prepend=0) + 1
-        empty = np.diff(ends, prepend=-1) == 1  # nothing before the '\n' (a '\r' alone counts as a field)
-        fields[empty] = 0
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        length = ends - starts - (data[np.maximum(ends - 1, 0)] == 13)  # a CRLF line's '\r' is no content
+        fields[length <= 0] = 0  # a blank line
+        returns = np.flatnonzero(data[:-1] == 13)
+        lone = returns[data[returns + 1] != 10]  # a '\r' not before '\n': a line end pandas takes, this count not
+        if len(lone):
+            return int(self.line + np.searchsorted(ends, lone[0])), CR_LINE_ENDS
         lines = self.line + np.arange(len(ends))
         bad = np.flatnonzero((fields != self.n_fields) & (lines >= self.first_line))
         self.line += len(ends)
@@ -131,6 +141,8 @@ class FieldCheck:
 
     def end(self) -> tuple[int, int] | None:
         """The last line, when the file does not end with a newline."""
+        if b"\r" in self.carry.rstrip(b"\r"):
+            return self.line, CR_LINE_ENDS
         if self.carry.strip() and self.line >= self.first_line and self.carry.count(b"\t") + 1 != self.n_fields:
             return self.line, self.carry.count(b"\t") + 1
         return None
@@ -138,6 +150,11 @@ class FieldCheck:
 
 def misshapen_line_error(path: str | Path, header: Sequence[str], line: int, n_fields: int) -> InputError:
     """The one-line error for a line whose field count differs from the header's."""
+    if n_fields == CR_LINE_ENDS:
+        return InputError(
+            f"{path} line {line} ends in a carriage return alone (old Mac line ends), which pandas splits lines at and "
+            "this check cannot count: convert the file to newline ends (e.g. tr '\\r' '\\n') or download it again"
+        )
     if n_fields < len(header):
         return InputError(
             f"{cell(path, line, header, header[n_fields])}: the line ends early, with {n_fields} of the header's "
@@ -363,6 +380,7 @@ def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: 
                 dtype={c: str for c in id_cols},
                 skip_blank_lines=False,
                 encoding="utf-8",
+                quoting=csv.QUOTE_NONE,  # a quote is a character: lines split as FieldCheck counts them
             )
             for chunk in reader:
                 chunk.index = chunk.index + 4

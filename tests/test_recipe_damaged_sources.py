@@ -164,7 +164,7 @@ def test_gasperini_na_beta_stays_a_counted_drop(sources, tmp_path):
 
 @pytest.mark.parametrize("block_bytes", [3, 7, 1 << 22])
 def test_misshapen_line_found_across_read_blocks(tmp_path, block_bytes):
-    from dogmacache.data_recipes.formats import first_misshapen_line
+    from dogmacache.data_recipes.formats import CR_LINE_ENDS, first_misshapen_line
 
     path = tmp_path / "t.tsv"
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\n7\t8\n9\t10\t11\n")
@@ -179,6 +179,22 @@ def test_misshapen_line_found_across_read_blocks(tmp_path, block_bytes):
     assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 4)
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\t7")  # too many on the last line, without its newline
     assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 4)
+    path.write_bytes(b"a\tb\tc\r\n1\t2\t3\r\n\r\n4\t5\t6\r\n")  # CRLF: a blank line has no field
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes) == (3, 0)
+    path.write_bytes(b"a\tb\tc\r1\t2\t3\r4\t5\t6\t7\r")  # lone CR line ends: pandas splits there, a count cannot
+    assert first_misshapen_line(path, 3, 2, block_bytes=block_bytes)[1] == CR_LINE_ENDS
+
+
+def test_a_quote_is_a_character_so_pandas_splits_lines_as_the_field_count_does(tmp_path):
+    from dogmacache.data_recipes.formats import read_table
+
+    path = tmp_path / "t.tsv"
+    path.write_text('SAMPID\tSMTS\nS1\tHeart\nS2\t"5 in\nS3\tLung\nS4\tBrain\n')  # an unclosed quote
+    table = read_table(path, ["SAMPID", "SMTS"])
+    assert list(table["SAMPID"]) == ["S1", "S2", "S3", "S4"] and list(table.index) == [2, 3, 4, 5]
+    path.write_text('a\tb\n1\t"x\ty"\n')  # a tab inside quotes is a field separator, read and counted alike
+    with pytest.raises(InputError, match="line 2 has 3 tab-separated fields"):
+        read_table(path, ["a", "b"])
 
 
 @pytest.mark.parametrize("line", [2, 11])  # the first data row (pandas would take it as an index) and a later one
