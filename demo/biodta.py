@@ -192,8 +192,9 @@ def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path 
     """How the gene's token moves when its promoter loses `n_boxes` TATA boxes, by the generator's rule (row = P @
     (gc - 1.5, tata - 1.5) + noise: the row moves by P @ (0, -n_boxes)), in the token cache's space (the tiny
     scGPT's enc_norm, then unit length), beside the predicted move (`mutated`/tokens.npz, a mutate run's): the
-    cosine between the two moves (1 for a model that learned the rule; for a direction unrelated to it, about 0 in
-    either sign, sd 1/sqrt(D) for a random one) and their lengths."""
+    cosine between the two moves (1 for a model that learned the rule), placed among the same cosine for the
+    matched random edits mutate drew (`null_moves_0`: an adapter moves its output along a few axes whatever the
+    edit, so a cosine means something only beside theirs), and the moves' lengths."""
     import json
 
     import numpy as np
@@ -207,20 +208,27 @@ def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path 
     edited = row + projection @ np.array([0.0, -float(n_boxes)])
     encoder = load_checkpoint(str(out / "models" / BIODTA_SCGPT), torch.device("cpu")).model.encoder
     with torch.no_grad():
-        cached = torch.nn.functional.normalize(
-            encoder.enc_norm(torch.tensor(np.stack([row, edited]), dtype=torch.float32)), dim=1
-        )
+        rows = torch.tensor(np.stack([row, edited]), dtype=torch.float32)
+        cached = torch.nn.functional.normalize(encoder.enc_norm(rows), dim=1)
     true_move = (cached[1] - cached[0]).numpy().astype(np.float64)
     tokens = np.load(mutated / "tokens.npz")
     at = int(np.flatnonzero(tokens["id"] == gene)[0])
     predicted = (tokens["edited"][at] - tokens["reference"][at]).astype(np.float64)
-    norms = np.linalg.norm(predicted) * np.linalg.norm(true_move)
+
+    def cosines(moves: np.ndarray) -> np.ndarray:
+        norms = np.linalg.norm(moves, axis=-1) * np.linalg.norm(true_move)
+        return np.where(norms > 0, moves @ true_move / np.where(norms > 0, norms, 1.0), 0.0)
+
+    observed = float(cosines(predicted))
+    null = cosines(tokens["null_moves_0"].astype(np.float64)) if "null_moves_0" in tokens else np.zeros(0)
     return {
         "boxes_replaced": n_boxes,
-        "random_direction_sd": float(1 / np.sqrt(len(true_move))),
         "planted_move_l2": float(np.linalg.norm(true_move)),
         "predicted_move_l2": float(np.linalg.norm(predicted)),
-        "direction_cosine": float(predicted @ true_move / norms) if norms > 0 else 0.0,
+        "direction_cosine": observed,
+        "null_direction_cosine_median": float(np.median(null)) if len(null) else float("nan"),
+        "direction_p_at_least": float((1 + (null >= observed).sum()) / (1 + len(null))) if len(null) else 1.0,
+        "null_draws": len(null),
     }
 
 

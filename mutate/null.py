@@ -56,8 +56,9 @@ def matched_variant(
 def null_table(
     scanner, gene: str, gene_row: int, variants: Sequence[Sequence[Edit]], draws: int, seed: int, true: Any
 ) -> dict[tuple, dict[str, np.ndarray]]:
-    """Per variant shape: the gene's L2 shift and cosine-to-true gain (with a true token (D,)) of `draws` matched
-    variants, and how many windows they re-embedded (`windows_reembedded`)."""
+    """Per variant shape: the gene's L2 shift, its move (`moves`, (draws, D): edited minus reference token) and its
+    cosine-to-true gain (with a true token (D,)) for `draws` matched variants, and how many windows they
+    re-embedded (`windows_reembedded`)."""
     if draws < 1:  # no control asked for
         return {}
     chrom = scanner.genome.resolve(str(scanner.table["chrom"].iloc[gene_row]))
@@ -77,7 +78,8 @@ def null_table(
         if not mine.any():
             continue
         reference_token, edited = tokens["reference"][mine], tokens["edited"][mine]
-        found = {"l2": np.linalg.norm(edited - reference_token, axis=1), "windows": counts["windows_reembedded"]}
+        moves = edited - reference_token  # (draws, D): each matched variant's move of the gene's token
+        found = {"l2": np.linalg.norm(moves, axis=1), "moves": moves, "windows": counts["windows_reembedded"]}
         if true is not None:
             found["cosine_to_true_gain"] = cosine(edited, true) - cosine(reference_token, true)
         out[key] = found

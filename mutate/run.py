@@ -20,7 +20,8 @@ fold enrichment and a hypergeometric p over the genes scored; `genesets.py`), th
 (docs/papers.md#bio-dta-reported-results).
 
 Writes into `out`: token_shift.tsv, tokens.npz (its rows' adapted tokens: `reference` and `edited` (rows, D_tok),
-with `id` and `variant`), moved_genes.tsv (top N per variant), moved_genes_knockout.tsv (the comparator's
+with `id` and `variant`; `null_moves_<v>` (draws, D_tok): the gene's token move under variant v's matched random
+edits), moved_genes.tsv (top N per variant), moved_genes_knockout.tsv (the comparator's
 top N), gene_sets.tsv (with a gene-set file; column `model` says which ranking), summary.json, moved_genes.png.
 """
 
@@ -203,8 +204,13 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     shift.to_csv(out / "token_shift.tsv", sep="\t", index=False, float_format="%.6g")
+    null_moves = {  # the gene's move under each variant's matched random edits
+        f"null_moves_{v}": nulls[shape(variant)]["moves"]
+        for v, variant in enumerate(variants)
+        if shape(variant) in nulls
+    }
     with replace_whole(out / "tokens.npz") as tmp, open(tmp, "wb") as fh:  # the rows of token_shift.tsv, in order
-        np.savez(fh, id=table["id"].to_numpy(dtype=str), variant=table["variant"].to_numpy(), **tokens)
+        np.savez(fh, id=table["id"].to_numpy(dtype=str), variant=table["variant"].to_numpy(), **tokens, **null_moves)
     summary: dict[str, Any] = {
         "gene": config.gene,
         "n_edits": len(edits),
