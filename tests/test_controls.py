@@ -13,7 +13,7 @@ import torch
 from conftest import write_cache
 from dogmacache.devices import cpu_plan
 from dogmacache.errors import InputError
-from dogmacache.train.controls import permuted_labels, shuffled_inputs
+from dogmacache.train.controls import cache_controls, permuted_labels, shuffled_inputs
 from dogmacache.train.registry import config_from_dict
 from dogmacache.train.run import run_training
 from dogmacache.train.task import TaskData
@@ -190,3 +190,33 @@ def test_null_draws_without_the_null_are_refused(tmp_path):
     config["train"]["null_draws"] = 0
     with pytest.raises(InputError, match="null_draws"):
         config_from_dict(config)
+
+
+def test_a_cache_control_trains_with_the_settings_its_entry_gives_and_refuses_what_it_may_not_set(tmp_path):
+    """`[train] control_caches = ["dna_cache=PATH; data.standardize_dna=false; train.lr=0.001"]`: the control is
+    the same task on the other cache with its own preprocessing and optimisation (a k-mer cache trained with the
+    settings chosen for a foundation model's embeddings may fit noise); the model, its seed and the controls stay."""
+    raw = write_pairs(tmp_path, signal=True)
+    rng = np.random.default_rng(1)
+    write_cache(
+        tmp_path / "other.zarr", rng.normal(size=(120, 4, 6)).astype(np.float32), ids=[f"e{i}" for i in range(120)]
+    )
+    other = str(tmp_path / "other.zarr")
+    raw["train"].update(
+        controls=[], epochs=2, control_caches=[f"dna_cache={other}; data.standardize_dna=true; train.lr=0.001"]
+    )
+    run_training(config_from_dict(raw), progress=False)
+    saved = torch.load(tmp_path / "out" / "control_dna_other_best.pt", weights_only=False)["config"]
+    assert saved["train"]["lr"] == 0.001 and saved["data"]["standardize_dna"] is True
+    assert saved["data"]["dna_cache"] == other and saved["train"]["seed"] == raw["train"].get("seed", 0)
+    model = torch.load(tmp_path / "out" / "dna_mlp_best.pt", weights_only=False)["config"]
+    assert model["train"]["lr"] == 0.01 and model["data"]["standardize_dna"] is False
+    for setting, message in (
+        ("model.hidden=8", "is not data.FIELD=VALUE or train.FIELD=VALUE"),
+        ("train.seed=3", "not controls, control_caches, null_draws, seed"),
+        ("train.lr=-1", r"lr = -1 is out of range"),
+        ("data.nokey=1", "nokey"),
+    ):
+        raw["train"]["control_caches"] = [f"dna_cache={other}; {setting}"]
+        with pytest.raises(InputError, match=message):  # checked before anything trains (run.py: check_controls)
+            cache_controls(config_from_dict(raw))

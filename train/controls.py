@@ -17,6 +17,7 @@ Each is another task instance on its own `TaskData`, so the model's own run is u
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,52 @@ def _present(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray
     return table, table[flag].to_numpy(bool) if flag in table.columns else np.ones(len(table), bool)
 
 
-def cache_swap(entry: str) -> tuple[str, str]:
-    """`KEY=PATH` of [train] control_caches -> (KEY, PATH)."""
-    key, sep, path = entry.partition("=")
-    if not sep or not key or not path:
-        raise InputError(f"[train] control_caches entry {entry!r} is not KEY=PATH (e.g. dna_cache=caches/kmer.zarr)")
-    return key.strip(), path.strip()
+# what a control_caches entry may set beside its cache: the preprocessing and optimisation suited to other features
+# (a k-mer cache trained with the settings chosen for a foundation model's embeddings overfits), never the model,
+# the split, the seed or the controls themselves
+CONTROL_SETTABLE = ("data", "train")
+CONTROL_FIXED = ("controls", "control_caches", "null_draws", "seed", "device", "precision")
+
+
+def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
+    """`KEY=PATH[; SECTION.FIELD=VALUE ...]` of [train] control_caches -> (KEY, PATH, {"SECTION.FIELD": text})."""
+    first, *rest = [part.strip() for part in entry.split(";")]
+    key, sep, path = first.partition("=")
+    if not sep or not key.strip() or not path.strip():
+        raise InputError(
+            f"[train] control_caches entry {entry!r} is not KEY=PATH[; SECTION.FIELD=VALUE ...] (e.g. "
+            "dna_cache=caches/kmer.zarr, or 'dna_cache=caches/kmer.zarr; data.standardize_dna=false; train.lr=0.001')"
+        )
+    settings = {}
+    for part in filter(None, rest):
+        dotted, sep, text = part.partition("=")
+        section = dotted.strip().partition(".")[0]
+        if not sep or "." not in dotted or section not in CONTROL_SETTABLE or dotted.split(".", 1)[1] in CONTROL_FIXED:
+            raise InputError(
+                f"[train] control_caches entry {entry!r}: {part!r} is not data.FIELD=VALUE or train.FIELD=VALUE; a "
+                f"cache control may set its preprocessing and optimisation, not {', '.join(CONTROL_FIXED)} or the model"
+            )
+        settings[dotted.strip()] = text.strip()
+    return key.strip(), path.strip(), settings
+
+
+def cache_control_config(plain: Any, key: str, path: str, settings: dict[str, str], name: str) -> Any:
+    """The run's configuration (without ablations) with [data] KEY = PATH and the entry's settings, each checked as
+    `--set` checks a value (its section's type and range)."""
+    from dogmacache.train.config import build_section
+
+    config = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
+    for dotted, text in settings.items():
+        section_name, field = dotted.split(".", 1)
+        section = getattr(config, section_name)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        where = f"[train] control_caches {key}={path} (the control {name})"
+        checked = getattr(build_section(type(section), {field: value}, section_name, where=where), field)
+        config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field: checked})})
+    return config
 
 
 def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
@@ -144,19 +185,19 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
             type(task)(plain),
             shuffled_inputs(data, type(task).input_columns, t.seed),
         )
-    for name, (key, path) in cache_controls(config).items():
-        swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
-        other = type(task)(swapped)
+    for name, (key, path, settings) in cache_controls(config).items():
+        other = type(task)(cache_control_config(plain, key, path, settings, name))
         found[name] = (other, other.load())
     return found
 
 
-def cache_controls(config: Any) -> dict[str, tuple[str, str]]:
-    """Each [train] control_caches entry by its control's name: control_<key>_<cache name> -> (key, path); an
-    entry that is not KEY=PATH, names no [data] key, or gives a name another entry gives is refused."""
-    found: dict[str, tuple[str, str]] = {}
+def cache_controls(config: Any) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """Each [train] control_caches entry by its control's name: control_<key>_<cache name> -> (key, path, its
+    settings); an entry that is not KEY=PATH[; SECTION.FIELD=VALUE ...], names no [data] key, sets what a control
+    may not, or gives a name another entry gives is refused."""
+    found: dict[str, tuple[str, str, dict[str, str]]] = {}
     for entry in config.train.control_caches:
-        key, path = cache_swap(entry)
+        key, path, settings = cache_swap(entry)
         if not hasattr(config.data, key):
             known = [f.name for f in dataclasses.fields(config.data) if f.name.endswith("_cache")]
             raise InputError(
@@ -168,7 +209,8 @@ def cache_controls(config: Any) -> dict[str, tuple[str, str]]:
                 f"[train] control_caches entries {found[name][0]}={found[name][1]} and {entry} both make the control "
                 f"{name!r} (named by key and cache name); give one cache another name, or drop the repeat"
             )
-        found[name] = (key, path)
+        found[name] = (key, path, settings)
+        cache_control_config(without_ablations(config), key, path, settings, name)  # each setting checked now
     return found
 
 
@@ -185,7 +227,7 @@ def check_controls(task: Task) -> None:
             f"[train] null_draws = {t.null_draws} draws the permutation null, which [train] controls does not run; "
             'add "permuted_labels" to controls, or set null_draws = 1'
         )
-    for name, (key, path) in cache_controls(task.config).items():
+    for name, (key, path, _) in cache_controls(task.config).items():
         try:
             swapped = open_cache(path)
         except (DogmaError, FileNotFoundError) as err:

@@ -34,6 +34,7 @@ from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
 from dogmacache.train.controls import (
+    cache_control_config,
     cache_controls,
     check_controls,
     controls,
@@ -209,8 +210,8 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         models += [(n, type(task)(null_config(config, k, data)), data.fingerprints, "") for k, n in enumerate(names)]
     if "shuffled_inputs" in config.train.controls:
         models.append(("control_shuffled_inputs", type(task)(plain), data.fingerprints, ""))
-    for name, (key, path) in cache_controls(config).items():
-        swapped = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
+    for name, (key, path, settings) in cache_controls(config).items():
+        swapped = cache_control_config(plain, key, path, settings, name)
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
         models.append((name, type(task)(swapped), fingerprints, f"[train] control_caches {key}={path}"))
     splits = data.split_digests()  # a control moves labels or inputs, never which examples
