@@ -16,6 +16,7 @@ created, so the same command with the suggested fix (e.g. `--dtype float32`) sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from dogmacache.cache import convert, layout
+from dogmacache.cache.lock import lock_file
 from dogmacache.cache.manifest import Manifest
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
@@ -151,15 +153,16 @@ def _check_range(block: np.ndarray, rows: np.ndarray, ids: list[str], src: str, 
             f"row {int(rows[k])} ({ids[k]!r}) holds NaN or Inf in {src}; the source file is damaged or was "
             "written from a failed run: re-export that row"
         )
-    if dtype == "float16":
+    limit = FLOAT16_MAX if dtype == "float16" else float(np.finfo(np.float32).max)  # bfloat16: float32's range
+    if dtype == "float16" or block.dtype.itemsize > 4:
         peak = np.abs(flat).max(axis=1)
-        over = np.flatnonzero(peak > FLOAT16_MAX)
+        over = np.flatnonzero(peak > limit)
         if over.size:
             k = int(over[0])
+            wider = "import with --dtype float32 (or bfloat16)" if dtype == "float16" else "rescale the source"
             raise InputError(
-                f"row {int(rows[k])} ({ids[k]!r}) holds {float(peak[k]):g}, beyond float16's range "
-                f"(±{FLOAT16_MAX:g}), and {over.size - 1} more rows of this block do too; import with "
-                "--dtype float32 (or bfloat16)"
+                f"row {int(rows[k])} ({ids[k]!r}) holds {float(peak[k]):g}, beyond {dtype}'s range "
+                f"(±{limit:g}), and {over.size - 1} more rows of this block do too; {wider}"
             )
 
 
@@ -215,6 +218,13 @@ def import_h5(
             raise InputError(
                 f"{src}:{dataset} has shape {data.shape}; expected (N, D) pooled or (N, L, D) per-position"
             )
+        if data.dtype.kind not in "fiu" or data.dtype.names:
+            raise InputError(
+                f"{src}:{dataset} holds {data.dtype} values; an embedding dataset holds real numbers (float or "
+                "integer): pass the dataset of embeddings with --dataset"
+            )
+        if data.shape[0] == 0:
+            raise InputError(f"{src}:{dataset} has no rows (shape {data.shape}); there is nothing to import")
         if pooling is None:
             if data.ndim == 2:
                 raise InputError(
@@ -265,7 +275,7 @@ def import_h5(
             shard_items=shard_items,
             config=config,
         )
-        created = _made_by_this_import(dest, overwrite)
+        created = _made_by_this_import(dest, overwrite)  # (DEST, the folders above it this run creates)
         writer = CacheWriter.create(dest, spec, ids=item_ids, overwrite=overwrite)
         if writer.manifest.complete:
             return writer.manifest, 0
@@ -278,20 +288,29 @@ def import_h5(
                     f"{err}; {dest} keeps the shards written before this run, which a run with other settings "
                     "replaces only with --overwrite"
                 ) from None
-            shutil.rmtree(created, ignore_errors=True)
+            ours, parents = created
+            shutil.rmtree(ours, ignore_errors=True)
+            lock_file(ours).unlink(missing_ok=True)
+            for folder in parents:  # deepest first; one another run has put something in stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
     return writer.finalize(), written
 
 
-def _made_by_this_import(dest: str | os.PathLike, overwrite: bool) -> Path | None:
-    """What a refused import may remove: DEST when it replaces it, else the first folder of DEST's path that does
-    not exist yet; None when DEST holds an earlier run's cache (its shards are kept)."""
+def _made_by_this_import(dest: str | os.PathLike, overwrite: bool) -> tuple[Path, list[Path]] | None:
+    """What a refused import may remove: DEST (when it does not exist yet, or is replaced) and the folders above it
+    that do not exist yet, deepest first (removed only while empty: another run may write beside DEST); None when
+    DEST holds an earlier run's cache (its shards are kept)."""
     path = Path(os.fspath(dest).removeprefix("file://")).absolute()
     if path.exists():
-        return path if overwrite else None
-    while not path.parent.exists():
-        path = path.parent
-    return path
+        return (path, []) if overwrite else None
+    parents = []
+    folder = path.parent
+    while not folder.exists():
+        parents.append(folder)
+        folder = folder.parent
+    return path, parents
 
 
 def _import_shards(

@@ -322,3 +322,57 @@ def test_ids_of_shape_n_by_1_are_read_per_row_and_fractional_centers_are_named(t
             model="m",
             progress=False,
         )
+
+
+def _import(src, dest, **kwargs):
+    return import_h5(src, dest, dataset="embeddings", modality="dna", model="m", progress=False, **kwargs)
+
+
+def test_a_refused_import_removes_its_own_cache_and_only_empty_new_folders(tmp_path, monkeypatch):
+    """A refused import into a new folder removed that whole folder, with any cache another run was writing there;
+    now it removes DEST, its lock and the folders it created while they are empty."""
+    from dogmacache.cache import h5import
+
+    _cdt_h5(tmp_path / "e.h5", n=6)
+    with h5py.File(tmp_path / "e.h5", "a") as h5:
+        h5["embeddings"][3, 0, 0] = np.nan
+    with pytest.raises(InputError, match="holds NaN or Inf"):
+        _import(tmp_path / "e.h5", tmp_path / "new" / "deeper" / "a.zarr", shard_items=2)
+    assert not (tmp_path / "new").exists()  # nothing else there: every folder it made is gone
+    beside = tmp_path / "shared" / "deeper" / "other.zarr"  # another run's cache, begun while this one ran
+    real = h5import._check_range
+
+    def another_run_writes_beside(*args):
+        (beside / "c").mkdir(parents=True, exist_ok=True)
+        return real(*args)
+
+    monkeypatch.setattr(h5import, "_check_range", another_run_writes_beside)
+    with pytest.raises(InputError, match="holds NaN or Inf"):
+        _import(tmp_path / "e.h5", tmp_path / "shared" / "deeper" / "a.zarr", shard_items=2)
+    assert sorted(p.name for p in (tmp_path / "shared" / "deeper").iterdir()) == ["other.zarr"]
+    assert (beside / "c").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.zeros((0, 3, 4), np.float32), "has no rows"),
+        (np.array([[b"ab", b"cd"]] * 4), "holds |S2 values; an embedding dataset holds real numbers"),
+        (np.ones((4, 3), np.complex64), "holds complex64 values"),
+    ],
+)
+def test_a_dataset_that_is_no_embedding_is_refused_before_anything_is_written(tmp_path, values, message):
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        h5.create_dataset("embeddings", data=values)
+        h5.create_dataset("names", data=np.array([f"x{i}".encode() for i in range(len(values))]))
+    with pytest.raises(InputError, match=message.replace("|", r"\|")):
+        _import(tmp_path / "e.h5", tmp_path / "c.zarr", ids="names", pooling="mean")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_float64_value_beyond_float32_is_named(tmp_path):
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        h5.create_dataset("embeddings", data=np.array([[1.0, 2.0], [1e39, 0.0]]))
+        h5.create_dataset("names", data=np.array([b"a", b"b"]))
+    with pytest.raises(InputError, match=r"row 1 \('b'\) holds 1e\+39, beyond float32's range"):
+        _import(tmp_path / "e.h5", tmp_path / "c.zarr", ids="names", pooling="mean", dtype="float32")
