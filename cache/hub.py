@@ -148,6 +148,14 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
         "import zarr  # plain zarr, no dogmacache needed",
         f'g = zarr.open_group("hf://datasets/{repo}{sub}", mode="r")',
         'x, ids = g["embeddings"][0], g["ids"][:]',
+        *(
+            [
+                "# bfloat16 caches store their bits as uint16 (zarr v3 has no bfloat16): view them as bfloat16",
+                "import ml_dtypes; x = x.view(ml_dtypes.bfloat16)",
+            ]
+            if any(c.manifest.dtype == "bfloat16" for c in caches)
+            else []
+        ),
         "",
         "from dogmacache.cache import open_cache  # lookup by id, manifest checks",
         f'cache = open_cache("hf://datasets/{repo}{sub}")',
@@ -401,6 +409,11 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
     verified = []
     for c in caches:
         report = verify_cache(dest / c.relpath)
+        if not report.ok and not c.manifest.complete:  # the writer's advice ("re-run it") is not the puller's
+            raise CacheError(
+                f"{dest / c.relpath} from {repo} is unfinished: its publish stopped midway or is still running; "
+                f"pull again later, or ask the publisher to re-run `dogmacache cache publish`"
+            )
         if not report.ok:
             raise CacheError(f"{dest / c.relpath} from {repo} fails verification: {report.problems[0]}")
         verified.append(str(dest / c.relpath))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import MISSING, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -203,27 +204,56 @@ def _as_stored(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
+FIDELITY_NUMBERS = ("items", "cosine_min", "cosine_median", "relative_l2_max", "relative_l2_median")
+
+
+def cosine_floor(value: float) -> str:
+    """A lower bound on a cosine, to 8 decimals: rounded down, so that "cosine >= x" holds (rounding to the
+    nearest printed 0.9999999980 as 1.00000000)."""
+    return f"{math.floor(value * 1e8) / 1e8:.8f}"
+
+
+def ceiling_2e(value: float) -> str:
+    """An upper bound in the form 1.23e-04: rounded up, so that "<= x" holds."""
+    if value <= 0 or not math.isfinite(value):
+        return f"{value:.2e}"
+    exponent = math.floor(math.log10(value))
+    mantissa = math.ceil(value / 10**exponent * 100 - 1e-9) / 100
+    return f"{mantissa * 10**exponent:.2e}"
+
+
 def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
     """The manifest's fidelity receipt (`embed/fidelity.py`) in one line, for `cache info` and the dataset card;
-    `complete` False: the cache is unfinished, and a receipt comes with its last shard."""
+    `complete` False: the cache is unfinished, and a receipt comes with its last shard. The bounds are rounded
+    outward (`cosine_floor`, `ceiling_2e`); a receipt lacking a number says so."""
     if not fidelity:
         if not complete:
             return "not yet measured (the cache is unfinished; the receipt is taken once every shard is written)"
         return "not measured (written before receipts, imported, or --fidelity-items 0)"
+    bad = [k for k in FIDELITY_NUMBERS if not isinstance(fidelity.get(k), int | float) or isinstance(fidelity[k], bool)]
+    if bad:
+        return f"malformed receipt (no number for {', '.join(bad)}): the manifest was edited or damaged"
     drawn = f", drawn from {fidelity['sampled_from']}" if fidelity.get("sampled_from") else ""
     return (
-        f"{fidelity['items']} items{drawn} vs a {fidelity['reference']}: cosine >= {fidelity['cosine_min']:.8f} "
-        f"(median {fidelity['cosine_median']:.8f}), relative L2 <= {fidelity['relative_l2_max']:.2e} "
-        f"(median {fidelity['relative_l2_median']:.2e}); {fidelity['precision']} forward, "
-        f"{fidelity['dtype']} storage, {fidelity.get('compression', 'none')} compression"
+        f"{fidelity['items']} items{drawn} vs a {fidelity.get('reference', '?')}: cosine >= "
+        f"{cosine_floor(fidelity['cosine_min'])} (median {fidelity['cosine_median']:.8f}), relative L2 <= "
+        f"{ceiling_2e(fidelity['relative_l2_max'])} (median {fidelity['relative_l2_median']:.2e}); "
+        f"{fidelity.get('precision', '?')} forward, {fidelity.get('dtype', '?')} storage, "
+        f"{fidelity.get('compression', 'none')} compression"
     )
 
 
 def describe_reused(reused: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[str]:
     """One line per source of rows copied by `--reuse`: how many rows, from which cache (its name and shards
     digest), and that cache's own fidelity receipt, which those rows keep."""
-    return [
-        f"{r['rows']:,} rows from {r['name']} ({r['shards_digest']}); its fidelity: "
-        + describe_fidelity(r.get("fidelity") or {})
-        for r in reused
-    ]
+    lines = []
+    for r in reused:
+        if not isinstance(r, dict) or not isinstance(r.get("rows"), int) or "name" not in r:
+            lines.append(f"malformed record of reused rows ({str(r)[:60]}): the manifest was edited or damaged")
+            continue
+        fidelity = r.get("fidelity") if isinstance(r.get("fidelity"), dict) else {}
+        lines.append(
+            f"{r['rows']:,} rows from {r['name']} ({r.get('shards_digest', '?')}); its fidelity: "
+            + describe_fidelity(fidelity)
+        )
+    return lines

@@ -129,6 +129,12 @@ class EmbeddingCache:
                 f"{url}: `embeddings` has shape {tuple(self.embeddings.shape)} but the manifest says {expected}; "
                 "the cache was altered after it was written: re-create it"
             )
+        stored = np.dtype(layout.zarr_dtype(manifest.dtype))
+        if self.embeddings.dtype != stored:  # the bits would be read as another number type
+            raise CacheError(
+                f"{url}: `embeddings` stores {self.embeddings.dtype} but the manifest says {manifest.dtype} (stored as "
+                f"{stored}); the cache was altered after it was written: re-create it, or copy or pull it again"
+            )
         self._view = layout.numpy_view(manifest.dtype)
         self._plain: dict[str, PlainChunks | None] = {}  # extra array -> its chunk files, where read directly
         self._present: set[tuple[str, int]] = set()  # (array, block) whose file was found (`_require`)
@@ -283,11 +289,16 @@ class EmbeddingCache:
 
     def done_shards(self) -> np.ndarray:
         """Boolean per shard: finished (useful on a partial cache)."""
+        return self.shard_digests().any(axis=1)
+
+    def shard_digests(self) -> np.ndarray:
+        """(n_shards, 32) uint8: each finished shard's sha256 as the writer recorded it beside the manifest's list
+        (zeros: not finished); a chunk that cannot be read is a CacheError naming its file."""
         array = self._member(layout.SHARD_SHA256)
         digests = CheckedArray(
             self.url, layout.SHARD_SHA256, array, lambda rows: self._require(layout.SHARD_SHA256, array, rows)
         )
-        return np.asarray(digests[:]).any(axis=1)
+        return np.asarray(digests[:])
 
     def shard_blocks(self, shard: int, embeddings: bool = True) -> list[np.ndarray]:
         """Decoded rows of one shard, as the writer hashed them: stored embeddings (unless `embeddings` is
@@ -346,6 +357,14 @@ class EmbeddingCache:
         try:
             return self._group[name]
         except json.JSONDecodeError as err:
+            raise damaged_metadata(self.url, name, err) from None
+        except (KeyError, FileNotFoundError) as err:  # the array's folder or its zarr.json is gone
+            where = f"{self.url.rstrip('/')}/{name}/zarr.json"
+            raise CacheError(
+                f"{where} is missing ({type(err).__name__}); the cache is incomplete, as an interrupted copy or "
+                "download leaves it: copy or pull the cache again, or re-create it"
+            ) from None
+        except (TypeError, ValueError) as err:  # parses, but names a codec or field zarr does not know
             raise damaged_metadata(self.url, name, err) from None
 
     def _require(self, name: str, array: zarr.Array, rows: tuple[int, int] | np.ndarray) -> None:

@@ -64,6 +64,16 @@ def _check_shards(cache: Any, url: str, report: VerifyReport, progress: bool) ->
             report.problems.append("`ids` do not match the manifest's ids_digest")
     except CacheError as err:
         report.problems.append(f"`ids` cannot be read: {_cause(err)}; {_NEXT}")
+    try:  # the per-shard record `done_shards` and a resume read: it must agree with the manifest's list
+        recorded = cache.shard_digests()
+        differ = [i for i in range(m.n_shards) if bytes(recorded[i]).hex() != m.shards[i]]
+        if differ:
+            report.problems.append(
+                f"`{layout.SHARD_SHA256}` disagrees with the manifest's checksums for {len(differ)} shard(s) (first: "
+                f"shard {differ[0]}); {_NEXT}"
+            )
+    except CacheError as err:
+        report.problems.append(f"`{layout.SHARD_SHA256}` cannot be read: {_cause(err)}; {_NEXT}")
     n_dims = {layout.EMBEDDINGS: 1 + len(m.item_shape)}
     n_dims.update({name: cache.extra(name).ndim for name in m.extra_arrays})
     for shard in tqdm(

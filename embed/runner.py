@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache import storage
+from dogmacache.cache.manifest import ceiling_2e, cosine_floor
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
@@ -367,5 +368,6 @@ def print_fidelity(fidelity: dict[str, Any], layer: str | int | None = None) -> 
     if fidelity:
         print(
             f"fidelity{'' if layer is None else f' of layer {layer}'}: {fidelity['items']} items against a float32 "
-            f"forward: cosine >= {fidelity['cosine_min']:.8f}, relative L2 <= {fidelity['relative_l2_max']:.2e}"
+            f"forward: cosine >= {cosine_floor(fidelity['cosine_min'])}, relative L2 <= "
+            f"{ceiling_2e(fidelity['relative_l2_max'])}"
         )
