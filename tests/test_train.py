@@ -72,8 +72,12 @@ def test_mismatched_inputs_are_refused(demo, tmp_path):
         _load(config, labels=str(tmp_path / "labels.parquet"))
     table = pd.read_parquet(out / "recipe" / "cdt" / "labels.parquet")
     table.loc[0, "gene"] = "NOPE"
-    table.to_parquet(tmp_path / "nope.parquet")
-    with pytest.raises(InputError, match=r"gene 'NOPE' has gene_index \d+ but is not among the 35 genes of "):
+    table.to_parquet(tmp_path / "nope.parquet")  # another gene's index: one index, two genes
+    with pytest.raises(InputError, match=r"gene_index \d+ is given 2 genes \(\w+, NOPE\)"):
+        _load(config, labels=str(tmp_path / "nope.parquet"))
+    table.loc[0, "gene_index"] = 999
+    table.to_parquet(tmp_path / "nope.parquet")  # an index of its own: not a gene of the caches
+    with pytest.raises(InputError, match=r"gene 'NOPE' has gene_index 999 but is not among the 35 genes of "):
         _load(config, labels=str(tmp_path / "nope.parquet"))
     other = pd.read_parquet(out / "recipe" / "cdt" / "dna_windows.parquet").iloc[::-1]
     other.to_parquet(tmp_path / "dna_windows.parquet")
