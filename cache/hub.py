@@ -65,11 +65,11 @@ def find_caches(folder: Path, root: bool = True) -> list[FoundCache]:
     return found
 
 
-_ABSOLUTE = re.compile(r"^(/|~|file://|[A-Za-z]:[\\/])")
+_ABSOLUTE = re.compile(r"^(/|~|file://|[A-Za-z]:[\\/]|\.\.?[\\/]|\\\\)")  # absolute, ./ ../ relative, UNC
 
 
 def _portable_value(value: Any) -> Any:
-    if isinstance(value, str) and _ABSOLUTE.match(value):
+    if isinstance(value, str) and (_ABSOLUTE.match(value) or ".." in value.replace("\\", "/").split("/")):
         return Path(value.removeprefix("file://").replace("\\", "/").rstrip("/")).name
     if isinstance(value, dict):
         return {k: _portable_value(v) for k, v in value.items()}

@@ -94,3 +94,11 @@ def test_pull_of_an_unfinished_publish_says_so_to_the_puller(tmp_path, monkeypat
     )
     assert main(["cache", "pull", "lab/x", str(tmp_path / "pulled")]) == 2
     assert "publish stopped midway or is still running; pull again later" in capsys.readouterr().err
+
+
+def test_the_published_manifest_keeps_no_relative_or_unc_local_path():
+    from dogmacache.cache.hub import _portable_value
+
+    local = ["dna/../models/enf", "../models/enf", "./m", "\\\\server\\share\\x.fa", "/home/me/x.fa", "C:\\d\\x"]
+    assert [_portable_value(v) for v in local] == ["enf", "enf", "m", "x.fa", "x.fa", "x"]
+    assert _portable_value("facebook/esm2_t6_8M_UR50D") == "facebook/esm2_t6_8M_UR50D"  # a hub id stays
