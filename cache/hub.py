@@ -153,7 +153,7 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
                 "# bfloat16 caches store their bits as uint16 (zarr v3 has no bfloat16): view them as bfloat16",
                 "import ml_dtypes; x = x.view(ml_dtypes.bfloat16)",
             ]
-            if any(c.manifest.dtype == "bfloat16" for c in caches)
+            if caches[0].manifest.dtype == "bfloat16"  # the cache the snippet opens
             else []
         ),
         "",

@@ -230,9 +230,15 @@ def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
         if not complete:
             return "not yet measured (the cache is unfinished; the receipt is taken once every shard is written)"
         return "not measured (written before receipts, imported, or --fidelity-items 0)"
-    bad = [k for k in FIDELITY_NUMBERS if not isinstance(fidelity.get(k), int | float) or isinstance(fidelity[k], bool)]
+    bad = [
+        k
+        for k in FIDELITY_NUMBERS
+        if not isinstance(fidelity.get(k), int | float)
+        or isinstance(fidelity[k], bool)
+        or not math.isfinite(fidelity[k])
+    ]
     if bad:
-        return f"malformed receipt (no number for {', '.join(bad)}): the manifest was edited or damaged"
+        return f"malformed receipt (no finite number for {', '.join(bad)}): the manifest was edited or damaged"
     drawn = f", drawn from {fidelity['sampled_from']}" if fidelity.get("sampled_from") else ""
     return (
         f"{fidelity['items']} items{drawn} vs a {fidelity.get('reference', '?')}: cosine >= "

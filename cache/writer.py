@@ -473,9 +473,11 @@ class CacheWriter:
             return convert.to_storage(embeddings, dtype)
         self._refuse_nonfinite(embeddings, start, "")
         stored = convert.to_storage(embeddings, dtype)
-        if dtype == "float16" and embeddings.dtype != np.float16:
+        if dtype in ("float16", "bfloat16") and embeddings.dtype != layout.numpy_view(dtype):
             self._refuse_nonfinite(
-                stored, start, f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)"
+                stored.view(layout.numpy_view(dtype)).astype(np.float32) if dtype == "bfloat16" else stored,
+                start,
+                f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)",
             )
         return stored
 

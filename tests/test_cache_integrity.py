@@ -51,7 +51,16 @@ def test_verify_reads_the_per_shard_digests_that_info_and_a_resume_read(tmp_path
     raw[-1] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     report = verify_cache(tmp_path / "c.zarr", progress=False)
-    assert not report.ok and SHARD_SHA256 in report.problems[0]
+    assert not report.ok and SHARD_SHA256 in report.problems[0]  # a chunk that no longer decodes
+    write_cache(tmp_path / "d.zarr", np.ones((6, 2), np.float32), shard_items=3, dtype="float32")
+    import zarr
+
+    zarr.open_group(str(tmp_path / "d.zarr"), mode="r+")[SHARD_SHA256][1] = np.arange(32, dtype=np.uint8)
+    report = verify_cache(tmp_path / "d.zarr", progress=False)  # decodes, but another digest than the manifest's
+    assert (
+        not report.ok
+        and "disagrees with the manifest's checksums for 1 shard(s) (first: shard 1)" in report.problems[0]
+    )
 
 
 def test_the_fidelity_bounds_are_rounded_outward_and_a_damaged_receipt_is_said_so():
@@ -66,7 +75,8 @@ def test_the_fidelity_bounds_are_rounded_outward_and_a_damaged_receipt_is_said_s
     }
     line = describe_fidelity(receipt)
     assert "cosine >= 0.99999999" in line and "relative L2 <= 2.45e-04" in line
-    assert "malformed receipt (no number for cosine_min)" in describe_fidelity({**receipt, "cosine_min": "0.9"})
+    assert "malformed receipt (no finite number for cosine_min)" in describe_fidelity({**receipt, "cosine_min": "0.9"})
+    assert "malformed receipt" in describe_fidelity({**receipt, "cosine_min": float("nan")})
     assert describe_reused([{"rows": 3}])[0].startswith("malformed record of reused rows")
 
 
@@ -78,6 +88,11 @@ def test_the_card_says_how_to_read_bfloat16_bits_with_plain_zarr(tmp_path):
     assert "x = x.view(ml_dtypes.bfloat16)" in card
     write_cache(tmp_path / "d.zarr", np.ones((4, 3), np.float32), dtype="float16")
     assert "ml_dtypes" not in dataset_card("me/x", find_caches(tmp_path / "d.zarr"))
+    both = tmp_path / "both"  # a float16 cache first, a bfloat16 one second: the snippet opens the first
+    write_cache(both / "a.zarr", np.ones((4, 3), np.float32), dtype="float16")
+    write_cache(both / "b.zarr", np.ones((4, 3), np.float32), dtype="bfloat16")
+    card = dataset_card("me/x", find_caches(both, root=False))
+    assert "/a.zarr" in card and "ml_dtypes" not in card
 
 
 def test_pull_of_an_unfinished_publish_says_so_to_the_puller(tmp_path, monkeypatch, capsys):
@@ -102,3 +117,10 @@ def test_the_published_manifest_keeps_no_relative_or_unc_local_path():
     local = ["dna/../models/enf", "../models/enf", "./m", "\\\\server\\share\\x.fa", "/home/me/x.fa", "C:\\d\\x"]
     assert [_portable_value(v) for v in local] == ["enf", "enf", "m", "x.fa", "x.fa", "x"]
     assert _portable_value("facebook/esm2_t6_8M_UR50D") == "facebook/esm2_t6_8M_UR50D"  # a hub id stays
+
+
+def test_a_float32_value_beyond_bfloat16s_range_is_refused_not_stored_as_inf(tmp_path):
+    data = np.ones((3, 2), np.float32)
+    data[1, 0] = 3.4e38  # finite in float32, inf once cast to bfloat16
+    with pytest.raises(CacheError, match="after the cast to bfloat16"):
+        write_cache(tmp_path / "c.zarr", data, dtype="bfloat16")

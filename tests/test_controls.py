@@ -212,10 +212,12 @@ def test_a_cache_control_trains_with_the_settings_its_entry_gives_and_refuses_wh
     model = torch.load(tmp_path / "out" / "dna_mlp_best.pt", weights_only=False)["config"]
     assert model["train"]["lr"] == 0.01 and model["data"]["standardize_dna"] is False
     for setting, message in (
-        ("model.hidden=8", "is not data.FIELD=VALUE or train.FIELD=VALUE"),
-        ("train.seed=3", "not controls, control_caches, null_draws, seed"),
+        ("model.hidden=8", "is no setting a cache control may have"),
+        ("train.seed=3", "train.FIELD other than controls, control_caches, null_draws, seed"),
         ("train.lr=-1", r"lr = -1 is out of range"),
-        ("data.nokey=1", "nokey"),
+        ("data.labels=other.parquet", "is no setting a cache control may have"),  # which examples: the run's
+        ("data.dna_cache=x.zarr", "is no setting a cache control may have"),  # the cache: KEY=PATH's alone
+        ("train.lr=0.1; train.lr=0.2", "sets train.lr twice"),
     ):
         raw["train"]["control_caches"] = [f"dna_cache={other}; {setting}"]
         with pytest.raises(InputError, match=message):  # checked before anything trains (run.py: check_controls)

@@ -1,6 +1,7 @@
 """`cache import-h5`: the CDT authors' HDF5 layout streamed into a cache, resumable, with clear errors."""
 
 import os
+import re
 
 import h5py
 import numpy as np
@@ -370,9 +371,10 @@ def test_a_dataset_that_is_no_embedding_is_refused_before_anything_is_written(tm
     assert not (tmp_path / "c.zarr").exists()
 
 
-def test_a_float64_value_beyond_float32_is_named(tmp_path):
+@pytest.mark.parametrize(("value", "dtype"), [(1e39, "float32"), (3.4e38, "bfloat16")])
+def test_a_float64_value_beyond_the_storage_range_is_named(tmp_path, value, dtype):
     with h5py.File(tmp_path / "e.h5", "w") as h5:
-        h5.create_dataset("embeddings", data=np.array([[1.0, 2.0], [1e39, 0.0]]))
+        h5.create_dataset("embeddings", data=np.array([[1.0, 2.0], [value, 0.0]]))
         h5.create_dataset("names", data=np.array([b"a", b"b"]))
-    with pytest.raises(InputError, match=r"row 1 \('b'\) holds 1e\+39, beyond float32's range"):
-        _import(tmp_path / "e.h5", tmp_path / "c.zarr", ids="names", pooling="mean", dtype="float32")
+    with pytest.raises(InputError, match=rf"row 1 \('b'\) holds {re.escape(f'{value:g}')}, beyond {dtype}'s range"):
+        _import(tmp_path / "e.h5", tmp_path / "c.zarr", ids="names", pooling="mean", dtype=dtype)

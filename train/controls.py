@@ -123,14 +123,23 @@ def _present(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray
 
 
 # what a control_caches entry may set beside its cache: the preprocessing and optimisation suited to other features
-# (a k-mer cache trained with the settings chosen for a foundation model's embeddings overfits), never the model,
-# the split, the seed or the controls themselves
-CONTROL_SETTABLE = ("data", "train")
+# (a k-mer cache trained with the settings chosen for a foundation model's embeddings overfits): [data] keys that
+# scale or batch what is read (`standardize*`, `eval_batch`, `eval_enhancers`, `preload_bytes`) and [train] keys
+# but those below; never the model, which examples, labels, tissues or caches it reads, the seed or the controls
 CONTROL_FIXED = ("controls", "control_caches", "null_draws", "seed", "device", "precision")
+CONTROL_DATA = ("eval_batch", "eval_enhancers", "preload_bytes")
+
+
+def _settable(dotted: str) -> bool:
+    section, _, field = dotted.partition(".")
+    if section == "train":
+        return bool(field) and field not in CONTROL_FIXED
+    return section == "data" and (field.startswith("standardize") or field in CONTROL_DATA)
 
 
 def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
-    """`KEY=PATH[; SECTION.FIELD=VALUE ...]` of [train] control_caches -> (KEY, PATH, {"SECTION.FIELD": text})."""
+    """`KEY=PATH[; SECTION.FIELD=VALUE ...]` of [train] control_caches -> (KEY, PATH, {"SECTION.FIELD": text});
+    `;` separates the settings, so PATH holds none."""
     first, *rest = [part.strip() for part in entry.split(";")]
     key, sep, path = first.partition("=")
     if not sep or not key.strip() or not path.strip():
@@ -138,16 +147,19 @@ def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
             f"[train] control_caches entry {entry!r} is not KEY=PATH[; SECTION.FIELD=VALUE ...] (e.g. "
             "dna_cache=caches/kmer.zarr, or 'dna_cache=caches/kmer.zarr; data.standardize_dna=false; train.lr=0.001')"
         )
-    settings = {}
+    settings: dict[str, str] = {}
     for part in filter(None, rest):
         dotted, sep, text = part.partition("=")
-        section = dotted.strip().partition(".")[0]
-        if not sep or "." not in dotted or section not in CONTROL_SETTABLE or dotted.split(".", 1)[1] in CONTROL_FIXED:
+        dotted = dotted.strip()
+        if not sep or not _settable(dotted):
             raise InputError(
-                f"[train] control_caches entry {entry!r}: {part!r} is not data.FIELD=VALUE or train.FIELD=VALUE; a "
-                f"cache control may set its preprocessing and optimisation, not {', '.join(CONTROL_FIXED)} or the model"
+                f"[train] control_caches entry {entry!r}: {part!r} is no setting a cache control may have: "
+                f"data.standardize*, data.{', data.'.join(CONTROL_DATA)} or train.FIELD other than "
+                f"{', '.join(CONTROL_FIXED)} (';' separates settings, so a path holds none)"
             )
-        settings[dotted.strip()] = text.strip()
+        if dotted in settings:
+            raise InputError(f"[train] control_caches entry {entry!r} sets {dotted} twice; give it once")
+        settings[dotted] = text.strip()
     return key.strip(), path.strip(), settings
 
 
@@ -187,7 +199,13 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
         )
     for name, (key, path, settings) in cache_controls(config).items():
         other = type(task)(cache_control_config(plain, key, path, settings, name))
-        found[name] = (other, other.load())
+        other_data = other.load()
+        if other_data.split_digests() != data.split_digests():  # a control moves inputs, never which examples
+            raise InputError(
+                f"[train] control_caches {key}={path} (the control {name}) holds other examples than the run's "
+                "(another cache of other items?); a cache control swaps in another model's cache of the same items"
+            )
+        found[name] = (other, other_data)
     return found
 
 
