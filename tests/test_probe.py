@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_cache
+from dogmacache.cache import open_cache
 from dogmacache.cli import main
 from dogmacache.errors import InputError
 from dogmacache.train.probe import ProbeConfig, _center_weights, read_labels, run_probe
@@ -185,7 +186,8 @@ def test_a_class_in_one_group_of_train_is_one_line_naming_it(world, tmp_path, re
     table = pd.read_parquet(root / "labels.parquet")
     train = table["split"] == "train"
     table["rare"] = train & (table["item"] == "item5")  # one positive item in train
-    table.loc[table["split"] == "test", "rare"] = [True, False] * int((table["split"] == "test").sum() // 2)
+    for split in ("validation", "test"):  # both classes there: only train's one positive group is at fault
+        table.loc[table["split"] == split, "rare"] = [True, False] * int((table["split"] == split).sum() // 2)
     table.to_parquet(tmp_path / "rare.parquet")
     with pytest.raises(InputError, match=r"the train split's positive rows sit in 1 group\(s\) of items"):
         probe(world, tmp_path, labels=tmp_path / "rare.parquet", target="rare", names=("signal",))
@@ -418,3 +420,51 @@ def test_the_layer_panel_draws_one_line_per_model_revision(tmp_path, monkeypatch
     plots.probe_scores(pd.DataFrame(rows), "r2", tmp_path / "p.png", "t", chosen_by="cv r2")
     assert [layers for label, layers in drawn if label == "tiny"] == [["0", "1"]]  # one line, the r1 caches'
     assert (tmp_path / "p.png").is_file()
+
+
+def test_a_random_init_cache_is_a_control_never_chosen(world, tmp_path, capsys):
+    """A cache of `embed --random-init` (model_revision random_init:SEED) is a control: the signal cache written as
+    one scores best, and is not chosen; a line says it scores above the pick."""
+    root, caches = world
+    data = open_cache(caches["signal"])[:].astype(np.float32)
+    ids = open_cache(caches["signal"]).ids.tolist()
+    write_cache(tmp_path / "rand.zarr", data, ids=ids, shard_items=60, model="tiny", layer=0)
+    meta = json.loads((tmp_path / "rand.zarr" / "zarr.json").read_text())
+    meta["attributes"]["dogmacache"]["model_revision"] = "random_init:0"
+    (tmp_path / "rand.zarr" / "zarr.json").write_text(json.dumps(meta))
+    config = ProbeConfig(
+        caches=(caches["noise"], str(tmp_path / "rand.zarr")),
+        labels=str(root / "labels.parquet"),
+        target="y",
+        out=str(tmp_path / "out"),
+        id_column="item",
+    )
+    result = run_probe(config)
+    rows = {(r["cache"], r["role"]): r for r in result["rows"]}
+    assert not rows[("rand", "random-init control")]["chosen"] and rows[("noise", "model")]["chosen"]
+    assert "the random-init control rand scores above it" in capsys.readouterr().out
+
+
+def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refused(world, tmp_path):
+    root, caches = world
+    table = pd.read_parquet(root / "labels.parquet")
+    table.loc[table["split"] == "test", "high"] = True
+    table.to_parquet(tmp_path / "one.parquet")
+    with pytest.raises(InputError, match="holds one class .* in every test row; its AUROC and AUPRC is undefined"):
+        probe(world, tmp_path, labels=tmp_path / "one.parquet", target="high")
+    table = pd.read_parquet(root / "labels.parquet")
+    table.loc[table["split"] == "validation", "y"] = 1.5
+    table.to_parquet(tmp_path / "flat.parquet")
+    with pytest.raises(InputError, match=r"holds one value \(1.5\) in every validation row; its R² is undefined"):
+        probe(world, tmp_path, labels=tmp_path / "flat.parquet")
+    ids = open_cache(caches["signal"]).ids.tolist()
+    write_cache(tmp_path / "prot.zarr", np.ones((N_ITEMS, L, D), np.float32), ids=ids, modality="protein")
+    config = ProbeConfig(
+        caches=(caches["signal"], str(tmp_path / "prot.zarr")),
+        labels=str(root / "labels.parquet"),
+        target="y",
+        out=str(tmp_path / "out"),
+        id_column="item",
+    )
+    with pytest.raises(InputError, match="holds protein embeddings and .* dna; probes stand beside each other"):
+        run_probe(config, quiet=True)

@@ -99,7 +99,7 @@ def per_group_bars(
     return path
 
 
-PROBE_ROLES = ("model", "kmer control")  # a cache's own rows; every other role is one of its controls
+PROBE_ROLES = ("model", "kmer control", "random-init control")  # a cache's own rows; other roles: its controls
 CONTROL_STYLES = (("darkgrey", ""), ("lightgrey", ".."))  # bar colour and hatch of each control, in table order
 
 
@@ -116,6 +116,7 @@ def probe_scores(
     styles = dict(zip(roles, CONTROL_STYLES, strict=True))
     controls = {role: table[table["role"] == role].set_index("url").loc[real["url"]] for role in roles}
     kmer = (real["role"] == "kmer control").to_numpy()
+    random_init = (real["role"] == "random-init control").to_numpy()
     keys = [k for k in ("model", "model_revision", "modality", "pooling") if k in real.columns]
     series = [  # one line per model: caches of one layer twice (two runs of one model) are no series
         part
@@ -125,9 +126,13 @@ def probe_scores(
     fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.4 * len(real) + 2.5) + 5 * bool(series), 4.6))
     ax = np.atleast_1d(axes)[0]
     x, width = np.arange(len(real)), 0.8 / (1 + len(roles))
-    ax.bar(x[~kmer] - width, real[f"test_{metric}"][~kmer], width, color="C0", label="model")
+    plain = ~kmer & ~random_init
+    ax.bar(x[plain] - width, real[f"test_{metric}"][plain], width, color="C0", label="model")
     if kmer.any():
         ax.bar(x[kmer] - width, real[f"test_{metric}"][kmer], width, color="C1", hatch="//", label="k-mer control")
+    if random_init.any():
+        scores = real[f"test_{metric}"][random_init]
+        ax.bar(x[random_init] - width, scores, width, color="C2", hatch="xx", label="random-init control")
     for k, (role, (colour, hatch)) in enumerate(styles.items()):
         scores = controls[role][f"test_{metric}"].to_numpy()
         ax.bar(x + k * width, scores, width, color=colour, edgecolor="grey", hatch=hatch, label=role)

@@ -150,6 +150,15 @@ def read_labels(config: ProbeConfig) -> Labels:
             f"{path} column {config.target!r} holds one value ({y[split == 'train'][0]:g}) in every train row; a "
             "probe needs a target that varies: pick another --target"
         )
+    for name in ("validation", "test"):  # a score there is undefined (NaN): said, not left to a NaN in the table
+        values = np.unique(y[split == name])
+        if len(values) == 1:
+            what = "one class" if task == "classification" else "one value"
+            raise InputError(
+                f"{path} column {config.target!r} holds {what} ({values[0]:g}) in every {name} row; its "
+                f"{'AUROC and AUPRC' if task == 'classification' else 'R²'} is undefined there: re-split so that "
+                f"{name} holds both classes (or several values), or drop its {name} rows"
+            )
     ids, groups = (table[c].astype(str).to_numpy() for c in (config.id_column, group_column))
     return Labels(ids, groups, split, y, task, positive)
 
@@ -361,6 +370,35 @@ def opened(url: str, labels: Labels, config: ProbeConfig) -> tuple[EmbeddingCach
     return cache, rows
 
 
+RANDOM_INIT = "random_init:"  # the model_revision an `embed --random-init SEED` cache records
+
+
+def cache_role(m: Any) -> str:
+    """A cache's role in the table: the k-mer control, a random-init control (the model's architecture with random
+    weights), or a model; only a model may be chosen."""
+    if m.model == KMER_MODEL:
+        return "kmer control"
+    return "random-init control" if str(m.model_revision).startswith(RANDOM_INIT) else "model"
+
+
+def same_inputs(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = False) -> None:
+    """The caches stand beside each other only over the same items: another modality is refused, and caches embedded
+    from other input tables are said in a line (a superset table is legitimate; a control of other windows is not)."""
+    first = caches[0][0]
+    for cache, _ in caches[1:]:
+        if cache.manifest.modality != first.manifest.modality:
+            raise InputError(
+                f"{cache.url} holds {cache.manifest.modality} embeddings and {first.url} {first.manifest.modality}; "
+                "probes stand beside each other over the same items: pass caches of one modality"
+            )
+    digests = {c.manifest.input_digest for c, _ in caches}
+    if len(digests) > 1 and not quiet:
+        print(
+            f"the {len(caches)} caches were embedded from {len(digests)} different input tables (input digests); each "
+            "covers the labels' ids, but check that a control holds the same windows as the models, not others"
+        )
+
+
 def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
     """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
     m = cache.manifest
@@ -376,7 +414,7 @@ def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config:
         PERMUTED: shuffled_items(inverse, labels.split, config.seed, splits=("train",), stream=1),
         SHUFFLED: shuffled_items(inverse, labels.split, config.seed),
     }
-    for role, items in (("kmer control" if m.model == KMER_MODEL else "model", inverse), *controls.items()):
+    for role, items in ((cache_role(m), inverse), *controls.items()):
         chosen, cv, scores = fit_probe(features[items], labels, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
         for split, values in scores.items():
@@ -408,6 +446,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     check_writable(config.out, "--out", "no probe was fitted")
     labels = read_labels(config)
     caches = [opened(url, labels, config) for url in config.caches]  # every cache checked before any fit
+    same_inputs(caches, quiet)
     rows = [row for cache, items in caches for row in probe_cache(cache, items, labels, config)]
     chosen_by = mark_chosen(rows, labels.task)
     table = pd.DataFrame(rows)
@@ -490,6 +529,11 @@ def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list
         f"({chosen['cache']}): on this target the model's features predict less than k-mer frequencies alone"
         for r in rows
         if r["role"] == "kmer control" and math.isfinite(r[key]) and r[key] > chosen[key]
+    ] + [
+        f"the random-init control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
+        f"({chosen['cache']}): the same architecture with random weights predicts more than the trained one here"
+        for r in rows
+        if r["role"] == "random-init control" and math.isfinite(r[key]) and r[key] > chosen[key]
     ]
 
 
@@ -498,11 +542,17 @@ def print_probe(table: pd.DataFrame, task: str) -> None:
     reg = REGULARISATION[task]
     scores = [f"{s}_{k}" for s in ("validation", "test") for k in SCORES[task]]
     heads = [s.replace("validation_", "val_") for s in scores]
-    print(f"{'cache':<26}{'role':<17}{'layer':>8}{reg:>9}" + "".join(f"{h:>14}" for h in heads) + f"{'n_test':>8}")
+    width = max(26, 3 + max((len(str(c)) for c in table["cache"]), default=0))
+    layer = max(8, 1 + max((len(str(x)) for x in table["layer"]), default=0))
+    print(
+        f"{'cache':<{width}}{'role':<20}{'layer':>{layer}}{reg:>9}"
+        + "".join(f"{h:>14}" for h in heads)
+        + f"{'n_test':>8}"
+    )
     for _, r in table.iterrows():
-        cache = ("* " if r["chosen"] else "  ") + r["cache"][:23]
+        cache = ("* " if r["chosen"] else "  ") + str(r["cache"])
         print(
-            f"{cache:<26}{r['role']:<17}{str(r['layer'])[:7]:>8}{r[reg]:>9.3g}"
+            f"{cache:<{width}}{r['role']:<20}{str(r['layer']):>{layer}}{r[reg]:>9.3g}"
             + "".join(f"{r[s]:>14.3f}" for s in scores)
             + f"{r['n_test']:>8}"
         )
