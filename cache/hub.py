@@ -161,6 +161,16 @@ def dataset_card(repo: str, caches: list[FoundCache], license_id: str = "other")
         f'cache = open_cache("hf://datasets/{repo}{sub}")',
         "```",
         "",
+        *(
+            [
+                "bfloat16 caches here ("
+                + ", ".join(f"`{c.relpath}`" for c in caches if c.manifest.dtype == "bfloat16")
+                + "): plain zarr returns their bits as uint16; view them with `.view(ml_dtypes.bfloat16)`.",
+                "",
+            ]
+            if any(c.manifest.dtype == "bfloat16" for c in caches)
+            else []
+        ),
         "`dogmacache cache pull " + repo + " DIR` downloads and verifies every shard checksum.",
         "",
     ]

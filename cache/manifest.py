@@ -222,6 +222,15 @@ def ceiling_2e(value: float) -> str:
     return f"{mantissa * 10**exponent:.2e}"
 
 
+def _finite_number(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
 def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
     """The manifest's fidelity receipt (`embed/fidelity.py`) in one line, for `cache info` and the dataset card;
     `complete` False: the cache is unfinished, and a receipt comes with its last shard. The bounds are rounded
@@ -230,13 +239,7 @@ def describe_fidelity(fidelity: dict[str, Any], complete: bool = True) -> str:
         if not complete:
             return "not yet measured (the cache is unfinished; the receipt is taken once every shard is written)"
         return "not measured (written before receipts, imported, or --fidelity-items 0)"
-    bad = [
-        k
-        for k in FIDELITY_NUMBERS
-        if not isinstance(fidelity.get(k), int | float)
-        or isinstance(fidelity[k], bool)
-        or not math.isfinite(fidelity[k])
-    ]
+    bad = [k for k in FIDELITY_NUMBERS if not _finite_number(fidelity.get(k))]
     if bad:
         return f"malformed receipt (no finite number for {', '.join(bad)}): the manifest was edited or damaged"
     drawn = f", drawn from {fidelity['sampled_from']}" if fidelity.get("sampled_from") else ""

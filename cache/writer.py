@@ -475,7 +475,7 @@ class CacheWriter:
         stored = convert.to_storage(embeddings, dtype)
         if dtype in ("float16", "bfloat16") and embeddings.dtype != layout.numpy_view(dtype):
             self._refuse_nonfinite(
-                stored.view(layout.numpy_view(dtype)).astype(np.float32) if dtype == "bfloat16" else stored,
+                stored.view(layout.numpy_view(dtype)),
                 start,
                 f" after the cast to {dtype} (values beyond {dtype}'s range; store float32 instead)",
             )

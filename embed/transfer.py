@@ -18,16 +18,20 @@ from dogmacache.errors import CacheError
 
 
 def _flags(embedded: torch.Tensor, stored: torch.Tensor, dtype: str) -> torch.Tensor:
-    """(2, b) bool on the device: items with NaN/Inf outputs; items finite before the cast to float16 and not after."""
+    """(2, b) bool on the device: items with NaN/Inf outputs; items finite before the cast to float16 or bfloat16 and
+    not after."""
     bad = ~torch.isfinite(embedded).flatten(1).all(1)
-    if dtype == "float16":
+    if dtype in ("float16", "bfloat16"):
         overflow = (torch.isinf(stored) & torch.isfinite(embedded)).flatten(1).any(1)
     else:
         overflow = torch.zeros_like(bad)
     return torch.stack([bad, overflow])
 
 
-def _refuse(flags: np.ndarray, ids: list[str]) -> None:
+RANGES = {"float16": "65,504", "bfloat16": "3.39e38"}  # |x| above which the cast gives inf
+
+
+def _refuse(flags: np.ndarray, ids: list[str], dtype: str = "float16") -> None:
     bad, overflow = flags
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -39,8 +43,8 @@ def _refuse(flags: np.ndarray, ids: list[str]) -> None:
     if overflow.any():
         first = int(np.flatnonzero(overflow)[0])
         raise CacheError(
-            f"item {ids[first]!r} has values beyond float16's range (|x| > 65,504); store float32 instead "
-            "(--dtype float32)"
+            f"item {ids[first]!r} has values beyond {dtype}'s range (|x| > {RANGES.get(dtype, '?')}); store float32 "
+            "instead (--dtype float32)"
         )
 
 
@@ -58,7 +62,7 @@ def to_host(embedded: torch.Tensor, dtype: str, ids: list[str]) -> np.ndarray:
     """(b, ...) outputs cast to the storage `dtype` on their device, checked, then copied to the host. bfloat16
     comes back as ml_dtypes' bfloat16 (same bits)."""
     stored = embedded.to(getattr(torch, dtype))
-    _refuse(_flags(embedded, stored, dtype).cpu().numpy(), ids)
+    _refuse(_flags(embedded, stored, dtype).cpu().numpy(), ids, dtype)
     return _as_numpy(_bits(stored, dtype).cpu(), dtype)
 
 
@@ -86,6 +90,6 @@ class HostCopy:
             self._done, self._later = to_host(self._later, self.dtype, self.ids), None
         if self._done is None:
             self._event.synchronize()
-            _refuse(self._flags.numpy(), self.ids)
+            _refuse(self._flags.numpy(), self.ids, self.dtype)
             self._done = _as_numpy(self._host, self.dtype)
         return self._done

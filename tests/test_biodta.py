@@ -172,3 +172,21 @@ def test_the_null_moves_a_genes_token_and_the_row_its_retrieval_ranks_together()
         part = moved.splits[split]
         assert not (part["token_row"] == table["token_row"]).all()
         assert all(np.array_equal(t, tokens[r]) for t, r in zip(part["target"], part["token_row"], strict=True))
+
+
+def test_a_control_may_not_swap_the_cache_that_holds_the_targets(tmp_path):
+    """Bio-DTA's targets are the token cache's rows: a control on another token cache would score other answers
+    beside the model's, so it is refused before anything trains (a DNA cache control stays allowed)."""
+    from dogmacache.errors import InputError
+    from dogmacache.train.controls import check_controls
+    from dogmacache.train.registry import get_task
+
+    _task_caches(tmp_path)
+    config = _config(tmp_path)
+    entry = f"token_cache={tmp_path / 'tokens.zarr'}"
+    swapped = dataclasses.replace(config, train=dataclasses.replace(config.train, control_caches=(entry,)))
+    with pytest.raises(InputError, match="holds biodta's targets, and a control scored against other targets"):
+        check_controls(get_task("biodta")(swapped))
+    entry = f"dna_cache={tmp_path / 'dna.zarr'}; train.lr=0.001"
+    allowed = dataclasses.replace(config, train=dataclasses.replace(config.train, control_caches=(entry,)))
+    check_controls(get_task("biodta")(allowed))

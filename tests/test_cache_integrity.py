@@ -92,7 +92,8 @@ def test_the_card_says_how_to_read_bfloat16_bits_with_plain_zarr(tmp_path):
     write_cache(both / "a.zarr", np.ones((4, 3), np.float32), dtype="float16")
     write_cache(both / "b.zarr", np.ones((4, 3), np.float32), dtype="bfloat16")
     card = dataset_card("me/x", find_caches(both, root=False))
-    assert "/a.zarr" in card and "ml_dtypes" not in card
+    assert "/a.zarr" in card and "x = x.view(ml_dtypes.bfloat16)" not in card  # not applied to the float16 one
+    assert "bfloat16 caches here (`b.zarr`): plain zarr returns their bits as uint16" in card
 
 
 def test_pull_of_an_unfinished_publish_says_so_to_the_puller(tmp_path, monkeypatch, capsys):

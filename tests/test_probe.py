@@ -442,7 +442,10 @@ def test_a_random_init_cache_is_a_control_never_chosen(world, tmp_path, capsys):
     result = run_probe(config)
     rows = {(r["cache"], r["role"]): r for r in result["rows"]}
     assert not rows[("rand", "random-init control")]["chosen"] and rows[("noise", "model")]["chosen"]
-    assert "the random-init control rand scores above it" in capsys.readouterr().out
+    assert "the random-init control rand scores validation r2" in capsys.readouterr().out
+    assert (
+        result["settings"]["random_init_above_trained"][0].split(",")[1].startswith(" at least the best trained tiny")
+    )
 
 
 def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refused(world, tmp_path):
@@ -450,7 +453,7 @@ def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refus
     table = pd.read_parquet(root / "labels.parquet")
     table.loc[table["split"] == "test", "high"] = True
     table.to_parquet(tmp_path / "one.parquet")
-    with pytest.raises(InputError, match="holds one class .* in every test row; its AUROC and AUPRC is undefined"):
+    with pytest.raises(InputError, match=r"holds one class \(the positive class True\) in every test row; its AUROC"):
         probe(world, tmp_path, labels=tmp_path / "one.parquet", target="high")
     table = pd.read_parquet(root / "labels.parquet")
     table.loc[table["split"] == "validation", "y"] = 1.5

@@ -120,7 +120,7 @@ def probe_scores(
     keys = [k for k in ("model", "model_revision", "modality", "pooling") if k in real.columns]
     series = [  # one line per model: caches of one layer twice (two runs of one model) are no series
         part
-        for _, part in real.groupby(keys, sort=False, dropna=False)
+        for _, part in real[~random_init].groupby(keys, sort=False, dropna=False)  # controls are no model's line
         if part["layer"].nunique() > 1 and not part["layer"].duplicated().any()
     ]
     fig, axes = plt.subplots(1, 1 + bool(series), figsize=(max(6.0, 1.4 * len(real) + 2.5) + 5 * bool(series), 4.6))

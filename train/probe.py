@@ -153,9 +153,12 @@ def read_labels(config: ProbeConfig) -> Labels:
     for name in ("validation", "test"):  # a score there is undefined (NaN): said, not left to a NaN in the table
         values = np.unique(y[split == name])
         if len(values) == 1:
-            what = "one class" if task == "classification" else "one value"
+            if task == "classification":
+                what = f"one class ({'the positive class ' if values[0] else 'no '}{positive!r})"
+            else:
+                what = f"one value ({values[0]:g})"
             raise InputError(
-                f"{path} column {config.target!r} holds {what} ({values[0]:g}) in every {name} row; its "
+                f"{path} column {config.target!r} holds {what} in every {name} row; its "
                 f"{'AUROC and AUPRC' if task == 'classification' else 'R²'} is undefined there: re-split so that "
                 f"{name} holds both classes (or several values), or drop its {name} rows"
             )
@@ -461,6 +464,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     settings.update({"grid": list(ALPHAS if labels.task == "regression" else CS), "cv_score": CV_SCORE[labels.task]})
     settings.update({"group_column": config.group_column or config.id_column, "chosen_by": chosen_by})
     settings.update({"kmer_controls": kmer, "kmer_above_chosen": kmer_above_chosen(rows, chosen_by)})
+    settings["random_init_above_trained"] = random_init_above_trained(rows, chosen_by)
     result = {"settings": settings, "rows": rows}
     files = {"tsv": out / "probe.tsv", "json": out / "probe.json", "png": out / "probe.png"}
     staged = {k: path.with_name(f".{path.name}.partial{path.suffix}") for k, path in files.items()}
@@ -493,7 +497,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
             print("no cache of role model among --caches: nothing chosen")
         else:
             print(f"chosen by {chosen_by}: " + ", ".join(r["cache"] for r in rows if r["chosen"]))
-            for line in settings["kmer_above_chosen"]:
+            for line in [*settings["kmer_above_chosen"], *settings["random_init_above_trained"]]:
                 print(line)
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return {**result, "files": {k: str(v) for k, v in files.items()}}
@@ -529,12 +533,28 @@ def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list
         f"({chosen['cache']}): on this target the model's features predict less than k-mer frequencies alone"
         for r in rows
         if r["role"] == "kmer control" and math.isfinite(r[key]) and r[key] > chosen[key]
-    ] + [
-        f"the random-init control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
-        f"({chosen['cache']}): the same architecture with random weights predicts more than the trained one here"
-        for r in rows
-        if r["role"] == "random-init control" and math.isfinite(r[key]) and r[key] > chosen[key]
     ]
+
+
+def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None) -> list[str]:
+    """One line per random-init control that scores at least as high as the best trained cache of its own model (on
+    the score the pick was made by): that model's training added nothing this probe can read."""
+    if chosen_by is None:
+        return []
+    key = chosen_by.replace(" ", "_")
+    lines = []
+    for r in rows:
+        if r["role"] != "random-init control" or not math.isfinite(r[key]):
+            continue
+        trained = [t for t in rows if t["role"] == "model" and t["model"] == r["model"] and math.isfinite(t[key])]
+        best = max(trained, key=lambda t: t[key], default=None)
+        if best is not None and r[key] >= best[key]:
+            lines.append(
+                f"the random-init control {r['cache']} scores {chosen_by} {r[key]:.3f}, at least the best trained "
+                f"{r['model']} cache's {best[key]:.3f} ({best['cache']}): the same architecture with random weights "
+                "predicts as much here"
+            )
+    return lines
 
 
 def print_probe(table: pd.DataFrame, task: str) -> None:

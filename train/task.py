@@ -182,6 +182,9 @@ class Task(ABC):
     # columns of the split tables a loss reads as a target: what the permutation null permutes (together, one
     # permutation, so a row's targets stay one row's)
     target_columns: ClassVar[tuple[str, ...]] = ("target",)
+    # [data] cache keys whose rows are the targets (Bio-DTA's token cache): a cache control may not swap them, since
+    # its numbers would score other answers beside the model's
+    target_caches: ClassVar[tuple[str, ...]] = ()
     # the files `figures` writes into the run's folder: removed with metrics.json before a run trains
     figure_names: ClassVar[tuple[str, ...]] = ()
     # columns of the split tables whose values must each lie in one split (an item in two would be trained on and

@@ -192,6 +192,7 @@ class BiodtaTask(Task):
     models: ClassVar[dict] = {"TokenAdapter": lambda c: TokenAdapter(**c)}
     metric = "cosine"  # mean cosine to the true token on validation genes
     input_columns = ("dna_row",)
+    target_caches = ("token_cache",)
     # the null moves a gene's token and the row retrieval ranks it by together, so that its cosine and its top-k
     # score one answer key (the loss reads the token alone)
     target_columns = ("target", "token_row")
