@@ -77,6 +77,7 @@ def test_the_fidelity_bounds_are_rounded_outward_and_a_damaged_receipt_is_said_s
     assert "cosine >= 0.99999999" in line and "relative L2 <= 2.45e-04" in line
     assert "malformed receipt (no finite number for cosine_min)" in describe_fidelity({**receipt, "cosine_min": "0.9"})
     assert "malformed receipt" in describe_fidelity({**receipt, "cosine_min": float("nan")})
+    assert "malformed receipt (no finite number for items)" in describe_fidelity({**receipt, "items": 10**400})
     assert describe_reused([{"rows": 3}])[0].startswith("malformed record of reused rows")
 
 

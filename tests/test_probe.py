@@ -453,7 +453,7 @@ def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refus
     table = pd.read_parquet(root / "labels.parquet")
     table.loc[table["split"] == "test", "high"] = True
     table.to_parquet(tmp_path / "one.parquet")
-    with pytest.raises(InputError, match=r"holds one class \(the positive class True\) in every test row; its AUROC"):
+    with pytest.raises(InputError, match=r"holds one class \(True, the positive class True\) in every test row; its"):
         probe(world, tmp_path, labels=tmp_path / "one.parquet", target="high")
     table = pd.read_parquet(root / "labels.parquet")
     table.loc[table["split"] == "validation", "y"] = 1.5
@@ -471,3 +471,27 @@ def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refus
     )
     with pytest.raises(InputError, match="holds protein embeddings and .* dna; probes stand beside each other"):
         run_probe(config, quiet=True)
+
+
+def test_a_random_init_control_above_the_pick_is_said_whatever_its_model():
+    from dogmacache.train.probe import mark_chosen, random_init_above_trained
+
+    rows = [
+        {"cache": "nt", "role": "model", "model": "nt", "validation_r2": 0.10},
+        {"cache": "enf-random", "role": "random-init control", "model": "enformer", "validation_r2": 0.50},
+    ]
+    by = mark_chosen(rows, "regression")
+    (line,) = random_init_above_trained(rows, by)
+    assert "scores above the pick: validation r2 0.500 against 0.100 (nt); no trained enformer cache" in line
+    rows[1]["validation_r2"] = 0.05
+    assert random_init_above_trained(rows, by) == []
+
+
+def test_a_test_split_of_the_negative_class_alone_names_it(world, tmp_path):
+    root, _ = world
+    table = pd.read_parquet(root / "labels.parquet")
+    table["answer"] = np.where(table["high"], "yes", "no")
+    table.loc[table["split"] == "test", "answer"] = "no"
+    table.to_parquet(tmp_path / "yn.parquet")
+    with pytest.raises(InputError, match=r"holds one class \('no', not the positive class 'yes'\) in every test row"):
+        probe(world, tmp_path, labels=tmp_path / "yn.parquet", target="answer", positive="yes")

@@ -154,7 +154,9 @@ def read_labels(config: ProbeConfig) -> Labels:
         values = np.unique(y[split == name])
         if len(values) == 1:
             if task == "classification":
-                what = f"one class ({'the positive class ' if values[0] else 'no '}{positive!r})"
+                held = table[config.target][split == name].iloc[0]
+                held = held.item() if isinstance(held, np.generic) else held  # True, not np.True_
+                what = f"one class ({held!r}, {'the positive' if values[0] else 'not the positive'} class {positive!r})"
             else:
                 what = f"one value ({values[0]:g})"
             raise InputError(
@@ -553,6 +555,13 @@ def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None)
                 f"the random-init control {r['cache']} scores {chosen_by} {r[key]:.3f}, at least the best trained "
                 f"{r['model']} cache's {best[key]:.3f} ({best['cache']}): the same architecture with random weights "
                 "predicts as much here"
+            )
+        chosen = next((t for t in rows if t["chosen"]), None)
+        if chosen is not None and chosen is not best and r[key] > chosen[key]:
+            lines.append(
+                f"the random-init control {r['cache']} scores above the pick: {chosen_by} {r[key]:.3f} against "
+                f"{chosen[key]:.3f} ({chosen['cache']})"
+                + ("" if trained else f"; no trained {r['model']} cache was probed beside it")
             )
     return lines
 
