@@ -25,18 +25,21 @@ from dogmacache.errors import InputError
 _TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def _opener(path: Path):
+def _opener(path: str | Path, binary: bool = False):
+    """A plain or gzipped source file opened for text (or bytes); an InputError when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)  # noqa: SIM115
+    mode = "rb" if binary else "rt"
+    return gzip.open(path, mode) if magic == b"\x1f\x8b" else open(path, mode)  # noqa: SIM115
 
 
 @contextmanager
 def open_text(path: str | Path) -> Iterator[io.TextIOBase]:
     """Text lines of a plain or gzipped file; a truncated or corrupt gzip becomes an InputError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
     try:
         with _opener(path) as fh:
             yield fh
@@ -188,26 +191,8 @@ class _CheckedReader:
 
 @contextmanager
 def _checked_bytes(path: str | Path, header: Sequence[str], first_line: int) -> Iterator[_CheckedReader]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    with gzip.open(path, "rb") if gzipped else open(path, "rb") as raw:
+    with _opener(path, binary=True) as raw:
         yield _CheckedReader(raw, path, header, first_line)
-
-
-def first_misshapen_line(path: str | Path, n_fields: int, first_line: int, block_bytes: int = 1 << 22):
-    """(line number, fields) of the first line from `first_line` on whose tab-separated field count is not
-    `n_fields`, or None (`FieldCheck` over the whole file)."""
-    check = FieldCheck(n_fields, first_line)
-    with open_text(path) as text:
-        raw = text.buffer if hasattr(text, "buffer") else text
-        while block := raw.read(block_bytes):
-            bad = check.feed(block)
-            if bad is not None:
-                return bad
-    return check.end()
 
 
 def cell(path: str | Path, line: int, header: Sequence[str], column: str) -> str:

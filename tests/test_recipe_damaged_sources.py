@@ -164,7 +164,16 @@ def test_gasperini_na_beta_stays_a_counted_drop(sources, tmp_path):
 
 @pytest.mark.parametrize("block_bytes", [3, 7, 1 << 22])
 def test_misshapen_line_found_across_read_blocks(tmp_path, block_bytes):
-    from dogmacache.data_recipes.formats import CR_LINE_ENDS, first_misshapen_line
+    from dogmacache.data_recipes.formats import CR_LINE_ENDS, FieldCheck
+
+    def first_misshapen_line(path, n_fields, first_line, block_bytes):
+        """FieldCheck over the file's bytes in blocks of `block_bytes`, as a read passes them."""
+        check, data = FieldCheck(n_fields, first_line), path.read_bytes()
+        for start in range(0, len(data), block_bytes):
+            bad = check.feed(data[start : start + block_bytes])
+            if bad is not None:
+                return bad
+        return check.end()
 
     path = tmp_path / "t.tsv"
     path.write_text("a\tb\tc\n1\t2\t3\n4\t5\t6\n7\t8\n9\t10\t11\n")
