@@ -17,13 +17,13 @@ Each is another task instance on its own `TaskData`, so the model's own run is u
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from dogmacache.errors import DogmaError, InputError
+from dogmacache.train.config import build_section, parse_overrides
 from dogmacache.train.task import Task, TaskData
 
 NULL_STREAM = 1001  # the tag of the permutation null's further draws (`null_rng`)
@@ -137,8 +137,8 @@ def _settable(dotted: str) -> bool:
     return section == "data" and (field.startswith("standardize") or field in CONTROL_DATA)
 
 
-def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
-    """`KEY=PATH[; SECTION.FIELD=VALUE ...]` of [train] control_caches -> (KEY, PATH, {"SECTION.FIELD": text});
+def cache_swap(entry: str) -> tuple[str, str, dict[str, Any]]:
+    """`KEY=PATH[; SECTION.FIELD=VALUE ...]` of [train] control_caches -> (KEY, PATH, {"SECTION.FIELD": value});
     `;` separates the settings, so PATH holds none."""
     first, *rest = [part.strip() for part in entry.split(";")]
     key, sep, path = first.partition("=")
@@ -147,9 +147,9 @@ def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
             f"[train] control_caches entry {entry!r} is not KEY=PATH[; SECTION.FIELD=VALUE ...] (e.g. "
             "dna_cache=caches/kmer.zarr, or 'dna_cache=caches/kmer.zarr; data.standardize_dna=false; train.lr=0.001')"
         )
-    settings: dict[str, str] = {}
+    settings: dict[str, Any] = {}
     for part in filter(None, rest):
-        dotted, sep, text = part.partition("=")
+        dotted, sep, _ = part.partition("=")
         dotted = dotted.strip()
         if not sep or not _settable(dotted):
             raise InputError(
@@ -159,23 +159,17 @@ def cache_swap(entry: str) -> tuple[str, str, dict[str, str]]:
             )
         if dotted in settings:
             raise InputError(f"[train] control_caches entry {entry!r} sets {dotted} twice; give it once")
-        settings[dotted] = text.strip()
+        settings.update(parse_overrides([part]))  # as --set reads a value: JSON, else text
     return key.strip(), path.strip(), settings
 
 
-def cache_control_config(plain: Any, key: str, path: str, settings: dict[str, str], name: str) -> Any:
+def cache_control_config(plain: Any, key: str, path: str, settings: dict[str, Any], name: str) -> Any:
     """The run's configuration (without ablations) with [data] KEY = PATH and the entry's settings, each checked as
     `--set` checks a value (its section's type and range)."""
-    from dogmacache.train.config import build_section
-
     config = dataclasses.replace(plain, data=dataclasses.replace(plain.data, **{key: path}))
-    for dotted, text in settings.items():
+    for dotted, value in settings.items():
         section_name, field = dotted.split(".", 1)
         section = getattr(config, section_name)
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
         where = f"[train] control_caches {key}={path} (the control {name})"
         checked = getattr(build_section(type(section), {field: value}, section_name, where=where), field)
         config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field: checked})})
@@ -203,11 +197,11 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
     return found
 
 
-def cache_controls(config: Any) -> dict[str, tuple[str, str, dict[str, str]]]:
+def cache_controls(config: Any) -> dict[str, tuple[str, str, dict[str, Any]]]:
     """Each [train] control_caches entry by its control's name: control_<key>_<cache name> -> (key, path, its
     settings); an entry that is not KEY=PATH[; SECTION.FIELD=VALUE ...], names no [data] key, sets what a control
     may not, or gives a name another entry gives is refused."""
-    found: dict[str, tuple[str, str, dict[str, str]]] = {}
+    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for entry in config.train.control_caches:
         key, path, settings = cache_swap(entry)
         if not hasattr(config.data, key):
