@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 from dogmacache.data_recipes.demo_truth import PERTURBED_GENE
 from dogmacache.data_recipes.make_demo_data import HERE as DEMO_DATA
 from dogmacache.demo.training import CONTROLS, KMER_DEMO, lean
@@ -188,16 +189,12 @@ def tata_edits(recipe: Path, genome: Path, truth_bed: Path, gene: str) -> list[s
     return edits
 
 
-def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path = DEMO_DATA) -> dict:
-    """How the gene's token moves when its promoter loses `n_boxes` TATA boxes, by the generator's rule (row = P @
-    (gc - 1.5, tata - 1.5) + noise: the row moves by P @ (0, -n_boxes)), in the token cache's space (the tiny
-    scGPT's enc_norm, then unit length), beside the predicted move (`mutated`/tokens.npz, a mutate run's): the
-    cosine between the two moves (1 for a model that learned the rule), placed among the same cosine for the
-    matched random edits mutate drew (`null_moves_0`: an adapter moves its output along a few axes whatever the
-    edit, so a cosine means something only beside theirs), and the moves' lengths."""
+def planted_move(out: Path, gene: str, n_boxes: int, data: Path = DEMO_DATA) -> np.ndarray:
+    """(D,) how the gene's token moves when its promoter loses `n_boxes` TATA boxes, by the generator's rule (row = P
+    @ (gc - 1.5, tata - 1.5) + noise: the row moves by P @ (0, -n_boxes)), in the token cache's space (the tiny
+    scGPT's enc_norm, then unit length)."""
     import json
 
-    import numpy as np
     import pandas as pd
     import torch
     from dogmacache.embed.adapters.scgpt_model import load_checkpoint
@@ -210,7 +207,16 @@ def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path 
     with torch.no_grad():
         rows = torch.tensor(np.stack([row, edited]), dtype=torch.float32)
         cached = torch.nn.functional.normalize(encoder.enc_norm(rows), dim=1)
-    true_move = (cached[1] - cached[0]).numpy().astype(np.float64)
+    return (cached[1] - cached[0]).numpy().astype(np.float64)
+
+
+def planted_shift(mutated: Path, gene: str, true_move: np.ndarray) -> dict:
+    """The predicted move of `gene`'s token (`mutated`/tokens.npz, a mutate run's) beside the planted one
+    (`planted_move`): the cosine between the two (1 for a model that learned the rule), placed among the same
+    cosine for the matched random edits mutate drew (`null_moves_0`: an adapter moves its output along a few axes
+    whatever the edit, so a cosine means something only beside theirs; `mutate.null.place`), and the lengths."""
+    from dogmacache.mutate.null import place
+
     tokens = np.load(mutated / "tokens.npz")
     at = int(np.flatnonzero(tokens["id"] == gene)[0])
     predicted = (tokens["edited"][at] - tokens["reference"][at]).astype(np.float64)
@@ -221,13 +227,13 @@ def planted_shift(out: Path, mutated: Path, gene: str, n_boxes: int, data: Path 
 
     observed = float(cosines(predicted))
     null = cosines(tokens["null_moves_0"].astype(np.float64)) if "null_moves_0" in tokens else np.zeros(0)
+    placed = place(observed, null) if len(null) else {"null_median": float("nan"), "null_p_at_least": 1.0}
     return {
-        "boxes_replaced": n_boxes,
         "planted_move_l2": float(np.linalg.norm(true_move)),
         "predicted_move_l2": float(np.linalg.norm(predicted)),
         "direction_cosine": observed,
-        "null_direction_cosine_median": float(np.median(null)) if len(null) else float("nan"),
-        "direction_p_at_least": float((1 + (null >= observed).sum()) / (1 + len(null))) if len(null) else 1.0,
+        "null_direction_cosine_median": placed["null_median"],
+        "direction_p_at_least": placed["null_p_at_least"],
         "null_draws": len(null),
     }
 
@@ -257,7 +263,8 @@ def mutate_demo(
         gene_set=str(data / "truth" / "targets.txt"),
     )
     summary = run_mutate(config)
-    summary["planted_shift"] = planted_shift(out, out / "mutate", gene, len(edits), data)
+    true_move = planted_move(out, gene, len(edits), data)
+    summary["planted_shift"] = {"boxes_replaced": len(edits), **planted_shift(out / "mutate", gene, true_move)}
     kmer = dataclasses.replace(
         config,
         checkpoint=str(out / "train_biodta" / f"control_dna_{KMER_CACHE}_best.pt"),
@@ -270,7 +277,7 @@ def mutate_demo(
     )
     summary["kmer_control"] = {
         "token_shift": run_mutate(kmer)["token_shift"],
-        "planted_shift": planted_shift(out, out / "mutate_kmer", gene, len(edits), data),
+        "planted_shift": planted_shift(out / "mutate_kmer", gene, true_move),
     }
     return summary
 

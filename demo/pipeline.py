@@ -238,9 +238,9 @@ def planted_shift_lines(mutate: dict) -> str:
         if run:
             shift, moved = run["token_shift"][0], run["planted_shift"]
             lines.append(
-                f"  {name:<24} moved {shift['l2']:.4f} (20 random edits of the window like it: median "
-                f"{shift['l2_null_median']:.4f}, p {shift['l2_null_p_at_least']:.2f}); direction cosine with the "
-                f"planted move {moved['direction_cosine']:+.2f} (the random edits' median "
+                f"  {name:<24} moved {shift['l2']:.4f} ({moved['null_draws']} random edits of the window like it: "
+                f"median {shift['l2_null_median']:.4f}, p {shift['l2_null_p_at_least']:.2f}); direction cosine with "
+                f"the planted move {moved['direction_cosine']:+.2f} (the random edits' median "
                 f"{moved['null_direction_cosine_median']:+.2f}, p {moved['direction_p_at_least']:.2f})"
             )
     return "\n".join(lines)

@@ -187,8 +187,9 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         if set(table["id"]) <= set(token_ids)
         else None
     )
+    labels = [" + ".join(e.label for e in v) for v in variants]  # each variant's edits, as written
     shift = table.drop(columns="row").assign(
-        variant_edits=[" + ".join(e.label for e in variants[v]) for v in table["variant"]],
+        variant_edits=[labels[v] for v in table["variant"]],
         cosine=cosine(tokens["reference"], tokens["edited"]),
         l2=np.linalg.norm(tokens["edited"] - tokens["reference"], axis=1),
     )
@@ -228,7 +229,6 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         },
     }
     if config.scgpt_model:
-        labels = [" + ".join(e.label for e in v) for v in variants]
         summary.update(_moved_genes(config, inputs, shift, tokens, sets, warnings, out, labels))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["config"] = asdict(config)

@@ -89,14 +89,15 @@ def test_demo_knocks_out_planted_tata_boxes_and_places_the_move_among_matched_ed
     says how its token moves; each model's move is placed among the moves of the matched random edits mutate drew
     (tokens.npz), for the adapter and for the k-mer control alike."""
     from dogmacache.data_recipes.make_demo_data import HERE
-    from dogmacache.demo.biodta import MUTATE_GENE, planted_shift, tata_edits
+    from dogmacache.demo.biodta import MUTATE_GENE, planted_move, planted_shift, tata_edits
 
     recipe, genome = demo_run / "recipe" / "biodta", demo_run / "recipe" / "genome.fa"
     edits = tata_edits(recipe, genome, HERE / "truth" / "truth.bed", MUTATE_GENE)
     assert len(edits) == 2 and all(" TATAAA>" in e or " TTTATA>" in e for e in edits)
     assert json.loads((demo_run / "mutate" / "summary.json").read_text())["config"]["edits"] == edits
+    true_move = planted_move(demo_run, MUTATE_GENE, len(edits))
     for folder in ("mutate", "mutate_kmer"):
-        moved = planted_shift(demo_run, demo_run / folder, MUTATE_GENE, len(edits))
+        moved = planted_shift(demo_run / folder, MUTATE_GENE, true_move)
         assert moved["planted_move_l2"] > 0.5 and moved["null_draws"] == 20, folder
         assert 1 / 21 <= moved["direction_p_at_least"] <= 1 and -1 <= moved["direction_cosine"] <= 1, folder
         assert np.load(demo_run / folder / "tokens.npz")["null_moves_0"].shape[0] == 20
