@@ -36,8 +36,6 @@ from tqdm.auto import tqdm
 
 READ_BLOCK_BYTES = 64 << 20  # HDF5 rows per read: about 64 MiB of source data
 DEDUPE = ("keep-first", "suffix")
-FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-BFLOAT16_MAX = 3.3895313892515355e38  # ml_dtypes.finfo(bfloat16).max: above it the cast gives inf
 SAMPLED_ROWS = 8  # rows drawn for `sample_digest`, besides the first, middle and last
 
 
@@ -154,7 +152,7 @@ def _check_range(block: np.ndarray, rows: np.ndarray, ids: list[str], src: str, 
             f"row {int(rows[k])} ({ids[k]!r}) holds NaN or Inf in {src}; the source file is damaged or was "
             "written from a failed run: re-export that row"
         )
-    limit = {"float16": FLOAT16_MAX, "bfloat16": BFLOAT16_MAX}.get(dtype, float(np.finfo(np.float32).max))
+    limit = layout.STORAGE_MAX[dtype]
     if dtype in ("float16", "bfloat16") or block.dtype.itemsize > 4:
         peak = np.abs(flat).max(axis=1)
         over = np.flatnonzero(peak > limit)

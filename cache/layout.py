@@ -101,6 +101,10 @@ def numpy_view(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+# the largest finite value of each storage dtype: above it a cast gives inf (bfloat16: ml_dtypes.finfo's max)
+STORAGE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": float(np.finfo(np.float32).max)}
+
+
 def choose_shard_items(n_items: int, item_bytes: int, target_bytes: int = DEFAULT_SHARD_BYTES) -> int:
     """Items per shard: about `target_bytes` per shard file, never more than MAX_SHARDS shards,
     never a file over the Hub's size limit."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from dogmacache.cache.layout import numpy_view
+from dogmacache.cache.layout import STORAGE_MAX, numpy_view
 from dogmacache.errors import CacheError
 
 
@@ -28,9 +28,6 @@ def _flags(embedded: torch.Tensor, stored: torch.Tensor, dtype: str) -> torch.Te
     return torch.stack([bad, overflow])
 
 
-RANGES = {"float16": "65,504", "bfloat16": "3.39e38"}  # |x| above which the cast gives inf
-
-
 def _refuse(flags: np.ndarray, ids: list[str], dtype: str = "float16") -> None:
     bad, overflow = flags
     if bad.any():
@@ -43,7 +40,7 @@ def _refuse(flags: np.ndarray, ids: list[str], dtype: str = "float16") -> None:
     if overflow.any():
         first = int(np.flatnonzero(overflow)[0])
         raise CacheError(
-            f"item {ids[first]!r} has values beyond {dtype}'s range (|x| > {RANGES.get(dtype, '?')}); store float32 "
+            f"item {ids[first]!r} has values beyond {dtype}'s range (|x| > {STORAGE_MAX[dtype]:g}); store float32 "
             "instead (--dtype float32)"
         )
 
