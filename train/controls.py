@@ -176,24 +176,35 @@ def cache_control_config(plain: Any, key: str, path: str, settings: dict[str, An
     return config
 
 
-def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
-    """name -> (task, data) of every control the run's [train] asks for."""
-    config = task.config
+def control_configs(config: Any, data: TaskData) -> dict[str, tuple[str, Any, Any]]:
+    """name -> (kind, configuration, what) of every control the run's [train] asks for, in the order they train:
+    kind "null" (what: the draw), "shuffled" (what: None) or "cache" (what: (KEY, PATH) of its control_caches
+    entry). `controls` trains them; `run.preflight` checks their resumes against the same configurations."""
     t = config.train
     plain = without_ablations(config)
-    found: dict[str, tuple[Task, TaskData]] = {}
+    found: dict[str, tuple[str, Any, Any]] = {}
     if "permuted_labels" in t.controls:
         for draw, name in enumerate(null_names(t.null_draws)):
-            drawn = permuted_labels(data, t.seed, type(task).target_columns, draw)
-            found[name] = (type(task)(null_config(config, draw, data)), drawn)
+            found[name] = ("null", null_config(config, draw, data), draw)
     if "shuffled_inputs" in t.controls:
-        found["control_shuffled_inputs"] = (
-            type(task)(plain),
-            shuffled_inputs(data, type(task).input_columns, t.seed),
-        )
+        found["control_shuffled_inputs"] = ("shuffled", plain, None)
     for name, (key, path, settings) in cache_controls(config).items():
-        other = type(task)(cache_control_config(plain, key, path, settings, name))
-        found[name] = (other, other.load())
+        found[name] = ("cache", cache_control_config(plain, key, path, settings, name), (key, path))
+    return found
+
+
+def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
+    """name -> (task, data) of every control the run's [train] asks for (`control_configs`)."""
+    seed = task.config.train.seed
+    found: dict[str, tuple[Task, TaskData]] = {}
+    for name, (kind, config, what) in control_configs(task.config, data).items():
+        other = type(task)(config)
+        if kind == "null":
+            found[name] = (other, permuted_labels(data, seed, type(task).target_columns, what))
+        elif kind == "shuffled":
+            found[name] = (other, shuffled_inputs(data, type(task).input_columns, seed))
+        else:
+            found[name] = (other, other.load())
     return found
 
 

@@ -33,16 +33,7 @@ from dogmacache.devices import (
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.controls import (
-    cache_control_config,
-    cache_controls,
-    check_controls,
-    controls,
-    null_config,
-    null_names,
-    null_summary,
-    without_ablations,
-)
+from dogmacache.train.controls import check_controls, control_configs, controls, null_names, null_summary
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import TASKS, get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
@@ -204,16 +195,13 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     for name, b in task.baselines(data).items():
         if isinstance(b, FittedBaseline):
             models.append((name, b.task, data.fingerprints, ""))
-    plain = without_ablations(config)
-    if "permuted_labels" in config.train.controls:
-        names = null_names(config.train.null_draws)
-        models += [(n, type(task)(null_config(config, k, data)), data.fingerprints, "") for k, n in enumerate(names)]
-    if "shuffled_inputs" in config.train.controls:
-        models.append(("control_shuffled_inputs", type(task)(plain), data.fingerprints, ""))
-    for name, (key, path, settings) in cache_controls(config).items():
-        swapped = cache_control_config(plain, key, path, settings, name)
+    for name, (kind, control, what) in control_configs(config, data).items():
+        if kind != "cache":
+            models.append((name, type(task)(control), data.fingerprints, ""))
+            continue
+        key, path = what
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
-        models.append((name, type(task)(swapped), fingerprints, f"[train] control_caches {key}={path}"))
+        models.append((name, type(task)(control), fingerprints, f"[train] control_caches {key}={path}"))
     splits = data.split_digests()  # a control moves labels or inputs, never which examples
     for name, t, fingerprints, control in models:
         last = out / f"{name}_last.pt"
