@@ -85,18 +85,7 @@ def scene(tmp_path, genome):
     }
     dna, tokens = tmp_path / "dna.zarr", tmp_path / "tokens.zarr"
     _embed_dna(tmp_path, models, genome, dna)
-    run_embed(
-        EmbedConfig(
-            input=str(tmp_path / "genes.parquet"),
-            modality="gene",
-            model="scgpt",
-            out=str(tokens),
-            model_path=str(models["scgpt"]),
-            device="cpu",
-            num_workers=0,
-            progress=False,
-        )
-    )
+    _embed(tmp_path, tokens, "gene", "scgpt", models["scgpt"])
     torch.manual_seed(0)
     config = {"dna_width": 96, "token_width": 32, "hidden": 16, "pooling": "attention", "dropout": 0.0}
     from dogmacache.cache import open_cache
@@ -120,23 +109,27 @@ def scene(tmp_path, genome):
     return tmp_path, models, genome
 
 
-def _embed_dna(root, models, genome, out, **settings):
-    """The scene's genes embedded by the tiny Enformer into the DNA cache `out` (`settings`: other EmbedConfig
-    values, e.g. compression)."""
+def _embed(root, out, modality, model, model_path, **settings):
+    """The scene's genes embedded by `model` into the cache `out` on the CPU (`settings`: other EmbedConfig values,
+    e.g. the genome or compression)."""
     run_embed(
         EmbedConfig(
             input=str(root / "genes.parquet"),
-            modality="dna",
-            model="enformer",
+            modality=modality,
+            model=model,
             out=str(out),
-            model_path=str(models["enformer"]),
-            genome=str(genome),
+            model_path=str(model_path),
             device="cpu",
             num_workers=0,
             progress=False,
             **settings,
         )
     )
+
+
+def _embed_dna(root, models, genome, out, **settings):
+    """The scene's genes embedded by the tiny Enformer into the DNA cache `out`."""
+    _embed(root, out, "dna", "enformer", models["enformer"], genome=str(genome), **settings)
 
 
 def _config(root, models, genome, **kwargs):

@@ -42,17 +42,22 @@ def world(tmp_path_factory):
     return root, {k: str(root / f"{k}.zarr") for k in ("signal", "noise", "kmer")}
 
 
-def probe(world, tmp_path, labels=None, **kwargs):
+def probe_config(world, tmp_path, labels=None, paths=None, **kwargs):
+    """The world's probe config: caches by name (`names`) or by path (`paths`)."""
     root, caches = world
     names = kwargs.pop("names", ("signal", "noise", "kmer"))
-    config = ProbeConfig(
-        caches=tuple(caches[n] for n in names),
+    return ProbeConfig(
+        caches=tuple(map(str, paths)) if paths else tuple(caches[n] for n in names),
         labels=str(labels or root / "labels.parquet"),
         target=kwargs.pop("target", "y"),
         out=str(tmp_path / "out"),
         id_column="item",
         **kwargs,
     )
+
+
+def probe(world, tmp_path, labels=None, **kwargs):
+    config = probe_config(world, tmp_path, labels, **kwargs)
     return pd.DataFrame(run_probe(config, quiet=True)["rows"]).set_index(["cache", "role"])
 
 
@@ -432,14 +437,7 @@ def test_a_random_init_cache_is_a_control_never_chosen(world, tmp_path, capsys):
     meta = json.loads((tmp_path / "rand.zarr" / "zarr.json").read_text())
     meta["attributes"]["dogmacache"]["model_revision"] = "random_init:0"
     (tmp_path / "rand.zarr" / "zarr.json").write_text(json.dumps(meta))
-    config = ProbeConfig(
-        caches=(caches["noise"], str(tmp_path / "rand.zarr")),
-        labels=str(root / "labels.parquet"),
-        target="y",
-        out=str(tmp_path / "out"),
-        id_column="item",
-    )
-    result = run_probe(config)
+    result = run_probe(probe_config(world, tmp_path, paths=(caches["noise"], tmp_path / "rand.zarr")))
     rows = {(r["cache"], r["role"]): r for r in result["rows"]}
     assert not rows[("rand", "random-init control")]["chosen"] and rows[("noise", "model")]["chosen"]
     assert "the random-init control rand scores validation r2" in capsys.readouterr().out
@@ -462,15 +460,8 @@ def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refus
         probe(world, tmp_path, labels=tmp_path / "flat.parquet")
     ids = open_cache(caches["signal"]).ids.tolist()
     write_cache(tmp_path / "prot.zarr", np.ones((N_ITEMS, L, D), np.float32), ids=ids, modality="protein")
-    config = ProbeConfig(
-        caches=(caches["signal"], str(tmp_path / "prot.zarr")),
-        labels=str(root / "labels.parquet"),
-        target="y",
-        out=str(tmp_path / "out"),
-        id_column="item",
-    )
     with pytest.raises(InputError, match="holds protein embeddings and .* dna; probes stand beside each other"):
-        run_probe(config, quiet=True)
+        probe(world, tmp_path, paths=(caches["signal"], tmp_path / "prot.zarr"))
 
 
 def test_a_random_init_control_above_the_pick_is_said_whatever_its_model():
