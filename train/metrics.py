@@ -8,7 +8,7 @@ from scipy import stats
 
 def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
     """Pearson, Spearman, R² (1 - SSE/SST), MSE, MAE and n over paired values."""
-    kinds = (_float_kind(predicted), _float_kind(observed))  # what rounding each side was computed in
+    kinds = (float_kind(predicted), float_kind(observed))  # what rounding each side was computed in
     p = np.asarray(predicted, dtype=np.float64).ravel()
     o = np.asarray(observed, dtype=np.float64).ravel()
     keep = np.isfinite(o)
@@ -24,7 +24,7 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
             "mae": float("nan"),
         }
     # a correlation with a constant side is undefined: reported as 0 (no association), not a warning and NaN
-    constant = _flat(p, kinds[0]) or _flat(o, kinds[1])
+    constant = flat(p, kinds[0]) or flat(o, kinds[1])
     sst = float(np.sum((o - o.mean()) ** 2))
     return {
         "n": n,
@@ -36,16 +36,17 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str,
     }
 
 
-def _float_kind(values) -> type:
+def float_kind(values) -> type:
     """The float type `values` were computed in (float64 for lists and integers)."""
     dtype = np.asarray(values).dtype
     return dtype.type if np.issubdtype(dtype, np.floating) else np.float64
 
 
-def _flat(x: np.ndarray, kind: type = np.float64) -> bool:
+def flat(x: np.ndarray, kind: type = np.float64, scale: float | None = None) -> bool:
     """Constant up to the rounding of the type `kind` it was computed in: a spread within 64 units in the last place
-    of its largest value. A per-tissue constant computed in batches of other sizes differs by rounding (14 units
-    between the demo's float32 tissue-only predictions), which would otherwise score a correlation of that
-    rounding; float64 values (a ridge probe's) keep their finer spread."""
-    largest = float(np.abs(x).max()) if x.size else 0.0
+    of its largest value (or of `scale`, for values derived from larger ones, such as differences of predictions).
+    A per-tissue constant computed in batches of other sizes differs by rounding (14 units between the demo's
+    float32 tissue-only predictions), which would otherwise score a correlation of that rounding; float64 values
+    (a ridge probe's) keep their finer spread."""
+    largest = scale if scale is not None else float(np.abs(x).max()) if x.size else 0.0
     return bool(np.ptp(x) <= 64 * float(np.spacing(kind(largest))))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from dogmacache.train import merging, plots
+from dogmacache.train.metrics import flat, float_kind
 from dogmacache.train.tasks.cdbridge.data import CdbridgeData, ExampleChunks
 from dogmacache.train.tasks.cdbridge.model import CdbridgeModel
 from scipy import stats
@@ -126,8 +127,9 @@ def tissue_specific_spearman(
         np.add.at(count, (row_of[keep], cols[keep]), 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             grids[key] = total / count  # NaN where a transcript lacks the tissue
-    # the same prediction for every tissue, up to float32 rounding between batches: a part of rounding is none
-    rounding = 64 * float(np.spacing(np.float32(np.abs(predictions).max() if len(predictions) else 0.0)))
+    # the same prediction for every tissue, up to rounding between batches: a part of rounding is none (`flat`, on
+    # the scale of the predictions the parts are differences of)
+    kind, scale = float_kind(predictions), float(np.abs(predictions).max()) if len(predictions) else 0.0
     n_seen = len(seen)
     out: dict[str, float] = {}
     for k, tissue in enumerate(names):
@@ -140,7 +142,7 @@ def tissue_specific_spearman(
         found = np.isfinite(parts["y"]) & np.isfinite(parts["p"])
         if found.sum() >= 2:
             predicted, own = parts["p"][found], parts["y"][found]
-            if np.ptp(predicted) <= rounding or np.ptp(own) == 0:
+            if flat(predicted, kind, scale) or flat(own, float_kind(observed)):
                 out[tissue] = 0.0  # as a correlation with a constant is reported (`regression_metrics`)
             else:
                 out[tissue] = float(stats.spearmanr(predicted, own)[0])
