@@ -176,6 +176,22 @@ def test_both_stages_run_and_checkpoints_reload_to_equal_outputs(tmp_path):
     assert torch.equal(stage1.dictionary, first.dictionary)  # stage 2 started from, and froze, stage 1
 
 
+def test_a_stage_1_run_reports_its_own_mask_metrics(tmp_path):
+    """A run of stage 1 alone ([model] stage = 1) has no prerequisite stage 1: its table's mask columns are the
+    masks it scored itself, beside the position prior, not empty."""
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"].update(stage=1, ablations=[])
+    run_training(config_from_dict(raw), progress=False)
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    scored = written["models"]["cdbridge"]["test"]
+    row = written["seen_vs_held_out"]["cdbridge"]
+    assert row["mask_auroc"] == scored["auroc"] and row["prior_auroc"] == scored["prior_auroc"]
+    assert written["stage1"]["cdbridge"]["validation"]["auroc"] == written["models"]["cdbridge"]["validation"]["auroc"]
+    assert row["spearman_held_out"] is None  # stage 1 predicts no expression
+
+
 def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["dictionary_size"] = 9

@@ -78,17 +78,20 @@ def position_prior(data: CdbridgeData, split: str) -> np.ndarray:
 def stage1_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per trained model: its stage 1's mask metrics (AUROC, AUPRC, coding fraction) and kept fractions on
     validation and test, the test kept fractions before training (`untrained`) and the stage-1 checkpoint. A model
-    trained without stage 1 gets the kept fractions of the merging its stage 2 trained."""
+    trained without stage 1 gets the kept fractions of the merging its stage 2 trained; a stage-1 run ([model]
+    stage = 1) its own mask metrics."""
     table = {}
     for name, r in results.items():
         if "inspect" not in r:
             continue  # a fixed baseline: no model
         stage1 = (r.get("prerequisites") or {}).get("stage1")
+        own = stage1 is None and any(k in r.get("test", {}) for k in MASK_KEYS)  # a stage-1 run: its own masks
         # the model's own merging where it measured one (no stage 1, or stage 1 trained on), else its stage 1's
         inspected = r["inspect"] if r["inspect"].get("trained") or stage1 is None else stage1.get("inspect", {})
         entry: dict[str, Any] = {}
         for split in ("validation", "test"):
-            masks = {k: stage1[split][k] for k in MASK_KEYS if k in stage1[split]} if stage1 is not None else {}
+            scored = stage1 if stage1 is not None else r if own else {}
+            masks = {k: scored[split][k] for k in MASK_KEYS if k in scored.get(split, {})}
             entry[split] = {**masks, **inspected.get("trained", {}).get(split, {})}
         if "untrained" in inspected:
             entry["test"]["untrained"] = inspected["untrained"]["test"]
