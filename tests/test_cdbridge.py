@@ -42,7 +42,8 @@ def write_recipe(tmp_path, n_bins: int = 4, mask_bins: int = 4) -> dict:
             "gene_id": ids,
             "split": SPLIT,
             "dna_id": [f"w{i}" for i in range(n)],
-            "protein_id": [f"P{i % 5}" if i != 3 else "" for i in range(n)],
+            # each protein in one split, as the recipe keeps them; transcript 3 has none
+            "protein_id": ["P0", "P1", "P2", "", "P1", "P2", "P3", "P3", "P3", "P4", "P4", "P4"],
         }
     )
     for k, t in enumerate(TISSUES):
@@ -192,12 +193,33 @@ def test_a_stage_1_run_reports_its_own_mask_metrics(tmp_path):
     assert row["spearman_held_out"] is None  # stage 1 predicts no expression
 
 
+def test_a_window_or_gene_in_two_splits_is_refused_before_anything_trains(tmp_path):
+    """Two transcripts of one TSS window (or one gene) in train and test: the model would be scored on the DNA it
+    trained on. The gtex recipe keeps them in one split; a hand-made table that does not is refused."""
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    labels = pd.read_parquet(raw["data"]["labels"])
+    labels.loc[9, "dna_id"] = "w0"  # a test transcript on a training transcript's window
+    labels.to_parquet(raw["data"]["labels"])
+    with pytest.raises(
+        InputError, match=r"1 value\(s\) of 'dna_id' sit in more than one split, e.g. 'w0' in train and test"
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    assert not (tmp_path / "out" / "cdbridge_last.pt").exists()
+    labels.loc[9, "dna_id"] = "w9"
+    labels["gene_id"] = ["G0"] * 2 + [f"G{i}" for i in range(2, len(labels) - 1)] + ["G0"]  # G0 in train and test
+    labels.to_parquet(raw["data"]["labels"])
+    with pytest.raises(InputError, match=r"of 'gene_id' sit in more than one split, e.g. 'G0' in train and test"):
+        run_training(config_from_dict(raw), progress=False)
+
+
 def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["dictionary_size"] = 9
     task = CdbridgeTask(config_from_dict(raw))
-    with pytest.raises(InputError, match="dictionary_size = 9 exceeds the 4 distinct training proteins"):
-        task.build_model(task.load(), {})  # 4: P3 belongs to no training transcript, so it is not counted
+    with pytest.raises(InputError, match="dictionary_size = 9 exceeds the 3 distinct training proteins"):
+        task.build_model(task.load(), {})  # 3: P3 and P4 belong to no training transcript, so they are not counted
     raw = write_recipe(tmp_path)
     raw["model"]["merge_rate_mean"] = 0.7
     with pytest.raises(InputError, match="merge_rate_mean"):

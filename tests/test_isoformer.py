@@ -217,9 +217,53 @@ def test_bad_inputs_are_refused(iso, tmp_path):
     unknown.loc[0, "rna_id"] = "ENST_NOT_EMBEDDED"
     refused(r"ENST_NOT_EMBEDDED", unknown)
     refused(r"holds rna embeddings; \[data\] dna_cache needs dna", dna_cache=str(caches["rna"]))
+    broken = labels.copy()
+    broken.loc[3, "dna_id"] = None  # a broken join: no DNA is no "transcript without DNA"
+    refused(rf"1 transcript\(s\) have an empty dna_id, e.g. '{labels['id'][3]}'", broken)
+    no_tissues = labels[["id", "gene_id", "split", "dna_id", "rna_id", "protein_id"]]
+    refused(r"has no tissue columns \(its columns: id, gene_id, split, dna_id, rna_id, protein_id\)", no_tissues)
     without = dataclasses.replace(config, data=dataclasses.replace(config.data, protein_cache=""))
     with pytest.raises(InputError, match=r"modalities include 'protein' but \[data\] protein_cache is empty"):
         get_task("isoformer")(load_config(_write(without, tmp_path))).load()
+
+
+def test_a_gene_window_or_protein_in_two_splits_is_refused(iso, tmp_path):
+    """A table split by transcript, not by gene, would train on a test transcript's window and protein: refused
+    (the gtex recipe keeps each gene, window and protein in one split); transcripts without a protein share no
+    item, in any split."""
+    from dogmacache.train.task import check_examples
+
+    out, caches = iso
+    config = isoformer_config(out, caches)
+    labels = pd.read_parquet(config.data.labels)
+
+    def loaded(table):
+        table.to_parquet(tmp_path / "labels.parquet")
+        changed = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, labels=str(tmp_path / "labels.parquet"))
+        )
+        task = get_task("isoformer")(load_config(_write(changed, tmp_path)))
+        data = task.load()
+        check_examples(task, data, "labels")
+        return data
+
+    test_gene = labels.loc[labels["split"] == "test", "gene_id"].iloc[0]
+    moved = labels.copy()
+    one = moved.index[moved["gene_id"] == test_gene][0]
+    moved.loc[one, "split"] = "train"  # one isoform of a test gene trained on
+    with pytest.raises(InputError, match=rf"value\(s\) of 'gene_id' sit in more than one split, e.g. '{test_gene}'"):
+        loaded(moved)
+    shared = labels.copy()
+    train_protein = shared.loc[(shared["split"] == "train") & (shared["protein_id"] != ""), "protein_id"].iloc[0]
+    test_row = shared.index[shared["split"] == "test"][0]
+    shared.loc[test_row, "protein_id"] = train_protein
+    shared["gene_id"] = shared["id"]  # genes apart: the protein alone links the splits
+    with pytest.raises(InputError, match=rf"of 'protein_id' sit in more than one split, e.g. '{train_protein}'"):
+        loaded(shared)
+    none = labels.copy()
+    for split in ("train", "test"):
+        none.loc[none.index[none["split"] == split][0], "protein_id"] = ""
+    assert (loaded(none).links["protein_id"].isna()).sum() >= 2  # no protein in two splits: not one item
 
 
 def test_a_transcript_without_protein_is_kept(iso, tmp_path):

@@ -125,6 +125,9 @@ class TaskData:
     # tissue, held-out ones included. The controls change each as they change its split, so a run reading one
     # trains its null on permuted labels and its shuffled-inputs control on shuffled rows too
     variants: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)
+    # per labelled row, its `split` and the items it may share with other rows (`linked_items`: its gene, DNA window,
+    # protein): `check_examples` keeps each in one split, as the recipes do; None for a task whose rows share none
+    links: pd.DataFrame | None = None
     _split_digests: Any = field(default=None, init=False, repr=False, compare=False)  # (a replace() starts anew)
 
     def split_digests(self) -> dict[str, str] | None:
@@ -270,13 +273,32 @@ class Task(ABC):
         return []
 
 
+LINK_COLUMNS = ("gene_id", "dna_id", "rna_id", "protein_id")  # a labels table's items several rows may share
+
+
+def linked_items(table: pd.DataFrame, columns: Iterable[str] = LINK_COLUMNS) -> pd.DataFrame:
+    """`TaskData.links` of a labels table: its `split` and those of `columns` it has, as text, missing where a
+    row names none (an empty `protein_id`: a transcript without a protein)."""
+    present = [c for c in columns if c in table.columns]
+    out = table[["split", *present]].reset_index(drop=True)
+    for column in present:
+        text = out[column].astype("string")
+        out[column] = text.mask(text.fillna("") == "")
+    return out
+
+
 def check_examples(task: Task, data: TaskData, where: str) -> None:
-    """The split tables as the task loaded them: each `split_keys` value in one split, each example once. The
-    recipes write labels that way; a table made by hand or edited may not, and would score a model on examples it
-    trained on, or count some twice. InputError naming how many, one of them and the fix."""
+    """The split tables as the task loaded them: each `split_keys` value in one split, each item the labelled
+    rows share (`data.links`: a gene's isoforms, a window or protein two transcripts read) in one split, each
+    example once. The recipes write labels that way; a table made by hand or edited may not, and would score a
+    model on examples, or inputs, it trained on, or count some twice. InputError naming how many, one of them and
+    the fix."""
     table = pd.concat([t.assign(split=name) for name, t in data.splits.items()], ignore_index=True)
     for column in task.split_keys:
         check_one_split(table, column, where)
+    if data.links is not None:
+        for column in data.links.columns.drop("split"):
+            check_one_split(data.links, column, where)
     keys = [k for k in task.example_keys if k in table.columns]  # (CDBridge's stage 1 alone: one row per transcript)
     twice = table[table.duplicated(keys, keep=False)] if keys else table.iloc[:0]
     if len(twice):

@@ -50,6 +50,7 @@ from dogmacache.train.task import (
     Task,
     TaskData,
     feature_scale,
+    linked_items,
     read_table,
 )
 from torch import Tensor, nn
@@ -169,6 +170,11 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
         path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues"
     )
     available = [c for c in table.columns if c not in NOT_TISSUES]
+    if not available:
+        raise InputError(
+            f"{path} has no tissue columns (its columns: {', '.join(map(str, table.columns))}); expected the gtex "
+            "recipe's labels.parquet: id, split, join ids and one column of labels per tissue"
+        )
     tissues = list(config.tissues) or available
     unknown = [t for t in tissues if t not in available]
     if unknown:
@@ -188,10 +194,17 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _join(table: pd.DataFrame, cache: EmbeddingCache, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row in the cache, present) per transcript; an empty join id (no protein) is absent, a missing one an error."""
+    """(row in the cache, present) per transcript; an empty `protein_id` (no protein) is absent; an empty DNA or
+    RNA id, or one the cache lacks, an error."""
     column = f"{modality}_id" if f"{modality}_id" in table.columns else "id"
     ids = table[column].fillna("").astype(str)
     present = (ids != "").to_numpy()
+    if modality != "protein" and not present.all():
+        raise InputError(
+            f"{(~present).sum()} transcript(s) have an empty {column}, e.g. {table['id'].iloc[np.argmin(present)]!r}; "
+            f"every transcript needs its {modality} (only protein_id may be empty: no protein): fix the join column "
+            "or re-run the recipe"
+        )
     rows = np.zeros(len(table), dtype=np.int64)
     rows[present] = cache.rows_of(ids[present])  # names the ids that have no row
     return rows, present
@@ -246,6 +259,7 @@ def load_isoformer(config: Any) -> IsoformerData:
         splits[split] = part
     data = IsoformerData(
         splits=splits,
+        links=linked_items(table, ("gene_id", *(f"{m}_id" for m in modalities))),
         fingerprints={m: c.fingerprint() for m, c in caches.items()},
         tissues=tissues,
         caches=caches,

@@ -18,7 +18,15 @@ import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.tables import SPLITS, standardise_tissues
 from dogmacache.errors import InputError
-from dogmacache.train.task import Batches, Chunk, TaskData, feature_scale, open_task_cache, read_table
+from dogmacache.train.task import (
+    Batches,
+    Chunk,
+    TaskData,
+    feature_scale,
+    linked_items,
+    open_task_cache,
+    read_table,
+)
 from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
 from torch import Tensor
 
@@ -176,6 +184,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     caches = {"dna": dna, "protein": protein_cache, "tissue": tissue_cache}
     return CdbridgeData(
         splits=splits,
+        links=linked_items(table, ("gene_id", "dna_id", "protein_id")),
         fingerprints={k: c.fingerprint() for k, c in caches.items()},
         tissues=tissues,
         held_out=[t for t in tissues if t in held_out],
