@@ -214,6 +214,50 @@ def test_a_window_or_gene_in_two_splits_is_refused_before_anything_trains(tmp_pa
         run_training(config_from_dict(raw), progress=False)
 
 
+def test_a_resumed_stage_2_keeps_the_stage_1_it_started_from_or_is_refused(tmp_path):
+    """Stage 2 holds its stage 1's weights (frozen). A resume under which stage 1 would train further (more
+    epochs) or another finished stage 1 is named would report that stage 1 beside a model holding the old one:
+    refused before anything trains; the same run resumed goes on."""
+    import shutil
+
+    from dogmacache.train import checkpoint
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = []
+    raw["train"]["early_stop_patience"] = 99
+    run_training(config_from_dict(raw), progress=False)
+    out = tmp_path / "out"
+    stage1_best = out / "stage1" / "cdbridge_stage1_best.pt"
+    handed = checkpoint.read(out / "cdbridge_last.pt")["prerequisites"]["stage1"]
+    assert handed["weights"] == checkpoint.weights_digest(checkpoint.read(stage1_best)["model"])
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)  # the same run: stage 1 is what stage 2 started from
+    raw["train"]["epochs"] = 4
+    with pytest.raises(
+        InputError,
+        match=r"cdbridge_last\.pt started from its stage1 as it was after epoch \d, and that stage1 is trained further",
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    assert checkpoint.read(out / "stage1" / "cdbridge_stage1_last.pt")["state"]["epoch"] == 2  # nothing trained
+    # a finished stage 1 named in [data] stage1_checkpoint, replaced by another of the same data
+    named = tmp_path / "stage1.pt"
+    shutil.copy(stage1_best, named)
+    raw["train"]["epochs"] = 2
+    raw["data"]["stage1_checkpoint"] = str(named)
+    raw["output"].update(dir=str(tmp_path / "named"), resume=False)
+    run_training(config_from_dict(raw), progress=False)
+    other = dict(
+        raw, output={**raw["output"], "dir": str(tmp_path / "other")}, data={**raw["data"], "stage1_checkpoint": ""}
+    )
+    other["train"] = {**raw["train"], "seed": 1}
+    run_training(config_from_dict(other), progress=False)
+    shutil.copy(tmp_path / "other" / "stage1" / "cdbridge_stage1_best.pt", named)
+    raw["output"]["resume"] = True
+    with pytest.raises(InputError, match=r"that stage1 now holds other weights"):
+        run_training(config_from_dict(raw), progress=False)
+
+
 def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["dictionary_size"] = 9

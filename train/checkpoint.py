@@ -115,6 +115,45 @@ def check_resume(
         _check_file(files, now, key, path, config, fix)
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes, in key order: which weights a model handed on
+    (a prerequisite's best checkpoint, which the run that needs it starts from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        h.update(f"{key}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def check_prerequisites_kept(
+    checkpoint: dict[str, Any], path: Path, now: dict[str, dict[str, Any]], fix: str | None = None
+) -> None:
+    """Refuse to resume a model from `checkpoint` (its last.pt at `path`) whose prerequisite runs (CDBridge's stage
+    1) now hand on other weights than those it started from: it holds those weights (frozen), while the run would
+    report the new ones' numbers beside it. `now`: role -> {"weights": digest, "epoch": best epoch}; a role whose
+    weights are not known yet (it trains further in this run) has "weights" None."""
+    fix = fix or (
+        f"--set output.resume=false --set output.overwrite=true starts over in {path.parent}, or choose another "
+        "[output] dir"
+    )
+    for role, then in (checkpoint.get("prerequisites") or {}).items():
+        current = now.get(role)
+        if current is None or current.get("weights") == then.get("weights"):
+            continue
+        change = (
+            "is trained further, or anew, in this run (train.epochs above the epochs it ran, or its checkpoints gone)"
+            if current.get("weights") is None
+            else f"now holds other weights (best epoch {current.get('epoch')})"
+        )
+        raise InputError(
+            f"{path} started from its {role} as it was after epoch {then.get('epoch')}, and that {role} {change}: the "
+            f"model would keep the old {role} while the run reports the new one; {fix}"
+        )
+
+
 def _check_splits(
     checkpoint: dict[str, Any], path: str | Path, config: dict[str, Any], splits: dict[str, str] | None, fix: str
 ) -> None:

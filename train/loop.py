@@ -113,6 +113,7 @@ def fit(
     if task.config.output.resume and last.is_file():
         saved = checkpoint.read(last, map_location=device)
         checkpoint.check_resume(saved, last, meta["config"], meta["fingerprints"], meta.get("splits"))
+        checkpoint.check_prerequisites_kept(saved, last, meta.get("prerequisites") or {})
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -47,6 +47,7 @@ def _fit_task(
     finished = {
         role: _prerequisite(p, f"{name}_{role}", out, progress, done) for role, p in task.prerequisites(data).items()
     }
+    handed = {role: _handed_on(r) for role, r in finished.items()}  # the weights each prerequisite gives this model
     torch.manual_seed(task.config.train.seed)  # the initial weights are part of the seeded run
     model, model_class, model_config = task.build_model(data, finished)
     device = pick_device(task.config.train.device)
@@ -61,11 +62,39 @@ def _fit_task(
         "data_files": checkpoint.data_files(task.config.to_dict()),  # the [data] files it read, by sha256
         "versions": package_versions(),
         "extras": data.extras,
+        "prerequisites": handed,
     }
     result = fit(task, model, data, name, out, meta, progress=progress)
     result.update(model_config=model_config, prerequisites=finished)
     result["inspect"] = {"untrained": untrained, "trained": task.inspect(model, data, device)}
     return result
+
+
+def _handed_on(result: dict[str, Any], read: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a finished prerequisite run hands on: its best checkpoint (path), that file's weights digest and
+    epoch."""
+    saved = (read or (lambda path: checkpoint.read(path, map_location="cpu")))(result["checkpoint"])
+    return {
+        "checkpoint": str(result["checkpoint"]),
+        "weights": checkpoint.weights_digest(saved["model"]),
+        "epoch": (saved.get("state") or {}).get("epoch"),
+    }
+
+
+def _handed_on_now(p: Prerequisite, recorded: dict[str, Any], read: Callable[[str], dict[str, Any]]) -> dict:
+    """Before anything trains: what prerequisite `p` will hand on in this run, where that is known already (a
+    finished checkpoint named, or the one `recorded` trained to its end); {"weights": None} where it will train
+    (further, or anew: its best or last checkpoint is gone)."""
+    if p.checkpoint:
+        return _handed_on({"checkpoint": p.checkpoint}, read)
+    best = Path(recorded.get("checkpoint") or "")
+    last = best.with_name(best.name.removesuffix("_best.pt") + "_last.pt")
+    if not best.name.endswith("_best.pt") or not best.is_file() or not last.is_file():
+        return {"weights": None}
+    state, t = read(str(last)).get("state") or {}, p.task.config.train
+    if state.get("epoch", 0) < t.epochs and state.get("stale", 0) < t.early_stop_patience:
+        return {"weights": None}
+    return _handed_on({"checkpoint": best}, read)
 
 
 def _prerequisite(
@@ -207,6 +236,12 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
             checkpoint.check_resume(read(last), last, t.config.to_dict(), fingerprints, splits)
+            recorded = read(last).get("prerequisites") or {}
+            if recorded:  # the prerequisites it started from must be the ones it gets now
+                now = {
+                    role: _handed_on_now(p, recorded.get(role) or {}, read) for role, p in t.prerequisites(data).items()
+                }
+                checkpoint.check_prerequisites_kept(read(last), last, now)
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
