@@ -270,8 +270,6 @@ def _print_cdbridge(summary: dict) -> None:
 # baseline and a constant (R² 0): on null labels a per-gene mean fits noise and falls below a constant. The limits
 # sit between the null twin's gains (at most 0.02 in Spearman, seeds 0) and the real demo's smallest (Bio-DTA, 0.16)
 NULL_LIMITS = {"spearman": 0.10, "r2": 0.05}  # test Spearman gain over the baseline, R² gain over max(baseline, 0)
-NO_INPUT_BASELINE = {"cdt": "per_gene_mean", "isoformer": "per_tissue_mean", "biodta": "mean_token"}
-NO_INPUT_BASELINE["cdbridge"] = "per_tissue_mean"
 
 
 def null_verdict(summary: dict) -> dict[str, dict]:
@@ -283,9 +281,12 @@ def null_verdict(summary: dict) -> dict[str, dict]:
         "biodta": summary["biodta"]["train"],
         "cdbridge": summary["cdbridge"],
     }
+    from dogmacache.train.registry import get_task
+
     verdict = {}
     for task, run in runs.items():
-        test, base = run["models"][task]["test"], run["models"][NO_INPUT_BASELINE[task]]["test"]
+        baseline = get_task(task).no_input_baseline  # the task's own: the training mean per gene, tissue or token
+        test, base = run["models"][task]["test"], run["models"][baseline]["test"]
         ok = (
             test["spearman"] - base["spearman"] < NULL_LIMITS["spearman"]
             and test["r2"] - max(base["r2"], 0.0) < NULL_LIMITS["r2"]
@@ -293,7 +294,7 @@ def null_verdict(summary: dict) -> dict[str, dict]:
         verdict[task] = {
             "spearman": test["spearman"],
             "r2": test["r2"],
-            "baseline": NO_INPUT_BASELINE[task],
+            "baseline": baseline,
             "baseline_spearman": base["spearman"],
             "baseline_r2": base["r2"],
             "n": test["n"],

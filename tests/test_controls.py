@@ -149,6 +149,26 @@ def test_null_draws_stand_beside_the_model_with_an_empirical_p_value(tmp_path, c
     assert seeds[0] == 0 and len(set(seeds)) == 4  # the further draws train from seeds of their own
 
 
+def test_a_leak_the_null_shares_is_flagged_against_the_no_input_baseline(tmp_path, capsys, monkeypatch):
+    """An evaluation that reads the answer scores the model and every null draw alike: the p-value reads as
+    the floor of its draws, so the null is also set beside the no-input baseline, which a null may not beat."""
+    from dogmacache.train.tasks.cdt import dna_mlp
+
+    config = write_pairs(tmp_path, signal=True)
+    config["train"].update(null_draws=3, controls=["permuted_labels"], epochs=3)
+    honest = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
+    assert honest["baseline"] == "per_gene_mean" and not honest["null_above_baseline"]
+    assert "WARNING" not in capsys.readouterr().out
+    plain = dna_mlp.DnaMlpTask.predict_chunk
+    monkeypatch.setattr(
+        dna_mlp.DnaMlpTask, "predict_chunk", lambda self, m, c, t: 0.1 * plain(self, m, c, t) + c.examples["target"]
+    )
+    config["output"]["overwrite"] = True
+    leaked = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
+    assert leaked["null_mean"] > 0.9 and leaked["null_above_baseline"]
+    assert "WARNING: the null's draws score" in capsys.readouterr().out
+
+
 def test_a_metric_some_draws_lack_is_summarised_over_the_draws_that_have_it():
     from dogmacache.train.controls import null_summary
 

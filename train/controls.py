@@ -279,10 +279,23 @@ def without_ablations(config: Any) -> Any:
     return dataclasses.replace(config, model=model)
 
 
-def null_summary(results: dict[str, Any], model: str, draws: int, metrics: tuple[str, ...]) -> dict[str, Any]:
+# how far the null's draws may score above the task's no-input baseline (on the metric's own scale: a correlation,
+# a cosine, R²) before `null_summary` flags them, beyond two standard errors of their mean: labels permuted apart
+# from the inputs leave a model nothing to score on but what reaches it some other way (test labels read at
+# evaluation, a table that joins the answer in)
+NULL_MARGIN = 0.05
+
+
+def null_summary(
+    results: dict[str, Any], model: str, draws: int, metrics: tuple[str, ...], baseline: str = ""
+) -> dict[str, Any]:
     """The permutation null's draws against the model, per test metric of `metrics` (each higher = better): the
     model's value, the draws' mean, sd and max, how many reach the model, and the empirical p-value
-    (1 + that count) / (1 + draws) (never 0: the model counts as one draw of the null, Phipson and Smyth 2010)."""
+    (1 + that count) / (1 + draws) (never 0: the model counts as one draw of the null, Phipson and Smyth 2010).
+    Beside them the no-input `baseline`'s value where it has one (an R² against the better of it and a constant,
+    which scores 0), and `null_above_baseline`: the draws' mean above it by more than NULL_MARGIN and by more than
+    two standard errors. Then the null itself reads something beyond its inputs, the model likely too, and its p
+    measures nothing."""
     names = [n for n in null_names(draws) if n in results]
     out: dict[str, Any] = {"draws": len(names), "models": names, "test": {}}
     for metric in metrics:
@@ -306,5 +319,21 @@ def null_summary(results: dict[str, Any], model: str, draws: int, metrics: tuple
             "null_max": float(null.max()),
             "draws_reaching_the_model": reached,
             "p": (1 + reached) / (1 + len(null)),
+            **_against_baseline(null, results.get(baseline, {}).get("test", {}).get(metric), metric, baseline),
         }
     return out
+
+
+def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: str) -> dict[str, Any]:
+    """The null's draws against the no-input baseline's value `base` of `metric` (see `null_summary`)."""
+    if base is None or not np.isfinite(base):
+        return {}
+    floor = max(float(base), 0.0) if metric.startswith("r2") else float(base)  # R²: a constant scores 0
+    gain = float(null.mean()) - floor
+    error = float(null.std(ddof=1)) / np.sqrt(len(null)) if len(null) > 1 else float("inf")
+    return {
+        "baseline": name,
+        "baseline_value": float(base),
+        "null_gain_over_baseline": gain,
+        "null_above_baseline": bool(gain > NULL_MARGIN and gain > 2 * error),
+    }

@@ -33,7 +33,14 @@ from dogmacache.devices import (
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig
-from dogmacache.train.controls import check_controls, control_configs, controls, null_names, null_summary
+from dogmacache.train.controls import (
+    NULL_MARGIN,
+    check_controls,
+    control_configs,
+    controls,
+    null_names,
+    null_summary,
+)
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import TASKS, get_task
 from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
@@ -317,7 +324,9 @@ def _run(
     }
     draws = config.train.null_draws if "permuted_labels" in config.train.controls else 1
     if draws > 1:
-        summary["null"] = null_summary(results, config.task, draws, task.null_metrics or (task.metric,))
+        summary["null"] = null_summary(
+            results, config.task, draws, task.null_metrics or (task.metric,), task.no_input_baseline
+        )
     if rank == 0:
         summary.update(task.summary(results, data))
         shown = {n: r for n, r in results.items() if n not in null_names(draws)[1:]}  # the null's first draw drawn
@@ -375,6 +384,13 @@ def print_null(null: dict[str, Any], model: str) -> None:
             f"  test {metric}: {model} {n['model']:.3f}; null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, "
             f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}{scored}"
         )
+        if n.get("null_above_baseline"):
+            print(
+                f"    WARNING: the null's draws score {n['null_gain_over_baseline']:+.3f} above the no-input baseline "
+                f"{n['baseline']} ({n['baseline_value']:.3f}), beyond {NULL_MARGIN} and two standard errors: with "
+                "labels permuted apart from the inputs, something else reaches the labels (test labels read at "
+                "evaluation, an answer joined into the inputs); the model's number and this p are not evidence"
+            )
 
 
 def print_table(summary: dict[str, Any], metric: str = "pearson") -> None:

@@ -179,6 +179,9 @@ class Task(ABC):
     metric: ClassVar[str] = "pearson"  # validation metric for early stopping and the LR schedule (higher = better)
     # the test metrics set beside the permutation null's draws ([train] null_draws; higher = better); () = `metric`
     null_metrics: ClassVar[tuple[str, ...]] = ()
+    # the FixedBaseline that reads no input (the training mean per gene, per tissue, the mean token): the score the
+    # permutation null's draws may not exceed, labels drawn apart from the inputs (`controls.null_summary`)
+    no_input_baseline: ClassVar[str] = ""
     # columns of the split tables that point into input caches (row numbers): what the shuffled-inputs control
     # permutes (`controls.py`); a `<modality>_present` column beside one says which rows are real
     input_columns: ClassVar[tuple[str, ...]] = ()

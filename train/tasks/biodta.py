@@ -191,6 +191,7 @@ class BiodtaTask(Task):
     model_config = BiodtaModelConfig
     models: ClassVar[dict] = {"TokenAdapter": lambda c: TokenAdapter(**c)}
     metric = "cosine"  # mean cosine to the true token on validation genes
+    no_input_baseline = "mean_token"
     input_columns = ("dna_row",)
     target_caches = ("token_cache",)
     # the null moves a gene's token and the row retrieval ranks it by together, so that its cosine and its top-k

@@ -325,6 +325,7 @@ class IsoformerTask(Task):
     model_config = IsoformerModelConfig
     models: ClassVar[dict] = {"IsoformerAggregator": lambda c: IsoformerAggregator(**c)}
     metric = "spearman_mean_tissue"
+    no_input_baseline = "per_tissue_mean"
     input_columns = ("dna_row", "rna_row", "protein_row")
 
     def __init__(self, config: Any):

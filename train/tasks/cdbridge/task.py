@@ -42,6 +42,7 @@ class CdbridgeTask(Task):
     model_config = CdbridgeModelConfig
     models: ClassVar[dict] = {"CdbridgeModel": lambda c: CdbridgeModel(**c)}
     metric = "spearman_mean_seen"  # held-out tissues never choose the checkpoint
+    no_input_baseline = "per_tissue_mean"
     null_metrics = (
         "spearman_mean_seen",
         "spearman_mean_held_out",

@@ -43,6 +43,7 @@ class DnaMlpTask(Task):
     split_keys = ("enhancer",)
     example_keys = ("enhancer", "gene")
     name = "dna_mlp"
+    no_input_baseline = "per_gene_mean"
     data_config = pairs.PairDataConfig
     input_columns = ("dna_row",)
     model_config = DnaMlpModelConfig

@@ -85,6 +85,7 @@ def check_gene_index(data: CdtData, labels: str, rna_url: str) -> None:
 
 class CdtTask(Task):
     split_keys = ("enhancer",)
+    no_input_baseline = "per_gene_mean"
     example_keys = ("enhancer", "gene")
     name = "cdt"
     data_config = CdtDataConfig
