@@ -212,6 +212,22 @@ def test_null_draws_without_the_null_are_refused(tmp_path):
         config_from_dict(config)
 
 
+def test_a_cache_control_of_other_items_is_refused_before_the_model_trains(tmp_path):
+    """A control cache lacking items the run reads (another recipe's windows) was refused only when the control
+    loaded, after the model had trained, in words that read as the model's own cache's fault."""
+    raw = write_pairs(tmp_path, signal=True)
+    rng = np.random.default_rng(1)
+    ids = [f"e{i}" for i in range(119)] + ["elsewhere"]  # one window of the run missing
+    write_cache(tmp_path / "other.zarr", rng.normal(size=(120, 4, 6)).astype(np.float32), ids=ids)
+    raw["train"].update(controls=[], epochs=2, control_caches=[f"dna_cache={tmp_path / 'other.zarr'}"])
+    with pytest.raises(
+        InputError,
+        match=r"control_caches dna_cache=.*other\.zarr \(the control control_dna_other\) lacks 1 of the 120 items",
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    assert not (tmp_path / "out" / "dna_mlp_last.pt").exists()  # refused before the model trained
+
+
 def test_a_cache_control_trains_with_the_settings_its_entry_gives_and_refuses_what_it_may_not_set(tmp_path):
     """`[train] control_caches = ["dna_cache=PATH; data.standardize_dna=false; train.lr=0.001"]`: the control is
     the same task on the other cache with its own preprocessing and optimisation (a k-mer cache trained with the

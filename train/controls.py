@@ -204,7 +204,11 @@ def controls(task: Task, data: TaskData) -> dict[str, tuple[Task, TaskData]]:
         elif kind == "shuffled":
             found[name] = (other, shuffled_inputs(data, type(task).input_columns, seed))
         else:
-            found[name] = (other, other.load())
+            try:
+                found[name] = (other, other.load())
+            except DogmaError as err:  # said as the control's, not the model's, which trained on its own cache
+                key, path = what
+                raise InputError(f"[train] control_caches {key}={path} (the control {name}): {err}") from None
     return found
 
 
@@ -231,11 +235,13 @@ def cache_controls(config: Any) -> dict[str, tuple[str, str, dict[str, Any]]]:
     return found
 
 
-def check_controls(task: Task) -> None:
+def check_controls(task: Task, data: TaskData | None = None) -> None:
     """Refuse, before anything trains, a control the run could not run: null_draws without the null, the
     control_caches entries' syntax, keys
-    and names (`cache_controls`), and each cache's presence and completeness (its manifest read; the full
-    checks come when the control loads its data, after the model has trained)."""
+    and names (`cache_controls`), each cache's presence, completeness and kind (its manifest read), and with the
+    run's `data` whether it holds every item the run reads from the cache it swaps (the items of the split
+    tables' `<name>_row` column for [data] `<name>_cache`); the rest is checked when the control loads its data,
+    after the model has trained."""
     from dogmacache.cache import open_cache
 
     t = task.config.train
@@ -268,6 +274,24 @@ def check_controls(task: Task) -> None:
                 f"{tuple(theirs.item_shape)}, where [data] {key} holds {ours.modality} embeddings of shape "
                 f"{tuple(ours.item_shape)}; a cache control swaps in another model's cache of the same items and kind"
             )
+        read = _rows_read(data, f"{key.removesuffix('_cache')}_row") if data is not None else None
+        if read is not None and len(read):
+            wanted = np.asarray(real.ids)[read]
+            missing = wanted[~np.isin(wanted, np.asarray(swapped.ids))]
+            if len(missing):
+                raise InputError(
+                    f"[train] control_caches {key}={path} (the control {name}) lacks {len(missing):,} of the "
+                    f"{len(wanted):,} items the run reads from [data] {key} {original}, e.g. {str(missing[0])!r}; "
+                    "embed the same input table into it"
+                )
+
+
+def _rows_read(data: TaskData, column: str) -> np.ndarray | None:
+    """The rows of a cache the split tables (and their variants) point at through `column`, those flagged
+    present where a `<name>_present` column says; None where no table has the column."""
+    tables = [*data.splits.values(), *(t for _, t in data.variants.values())]
+    found = [t[column].to_numpy()[p] for t, p in (_present(t, column) for t in tables if column in t.columns)]
+    return np.unique(np.concatenate(found)).astype(np.int64) if found else None
 
 
 def without_ablations(config: Any) -> Any:

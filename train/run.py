@@ -291,7 +291,7 @@ def _run(
     task = get_task(config.task)(config)
     data = task.load()
     check_examples(task, data, getattr(config.data, "labels", None) or "labels")
-    check_controls(task)  # a control that cannot run is refused before the model trains, not after
+    check_controls(task, data)  # a control that cannot run is refused before the model trains, not after
     preflight(task, data, out)
     if rank == 0:
         clear_outputs(out, config, task.figure_names)
