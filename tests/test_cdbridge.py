@@ -258,6 +258,32 @@ def test_a_resumed_stage_2_keeps_the_stage_1_it_started_from_or_is_refused(tmp_p
         run_training(config_from_dict(raw), progress=False)
 
 
+def test_a_named_stage_1_must_be_a_stage_1_of_this_model_and_a_torn_resume_file_says_what_to_do(tmp_path):
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = []
+    run_training(config_from_dict(raw), progress=False)
+    out = tmp_path / "out"
+    for named, message in (
+        (tmp_path / "nope.pt", r"\[data\] stage1_checkpoint = '.*nope\.pt' does not exist; name a finished stage1"),
+        (
+            out / "cdbridge_best.pt",
+            r"cdbridge_best\.pt was trained with \[model\] stage = 2, and the run it stands for has 1",
+        ),
+    ):
+        again = {**raw, "data": {**raw["data"], "stage1_checkpoint": str(named)}}
+        again["output"] = {**raw["output"], "dir": str(tmp_path / "again")}
+        with pytest.raises(InputError, match=message):
+            run_training(config_from_dict(again), progress=False)
+    (out / "cdbridge_last.pt").write_bytes(b"torn by a full disk")
+    raw["output"]["resume"] = True
+    with pytest.raises(
+        InputError, match=r"cdbridge_last\.pt' is not a readable checkpoint .*; remove .* to train that model again"
+    ):
+        run_training(config_from_dict(raw), progress=False)
+
+
 def test_errors_name_the_value_and_the_fix(tmp_path):
     raw = write_recipe(tmp_path)
     raw["model"]["dictionary_size"] = 9

@@ -50,16 +50,19 @@ def save(path: Path, payload: dict[str, Any]) -> None:
         raise error from None
 
 
-def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read(path: str | Path, map_location: str | torch.device = "cpu", what: str = "", fix: str = "") -> dict[str, Any]:
+    """The checkpoint at `path`; `what` names where it was asked for (a [data] key) and `fix` what to do where it
+    is missing or torn (default: point at a checkpoint file)."""
     path = Path(path)
+    where = f"{what} = {str(path)!r}" if what else f"checkpoint {str(path)!r}"
     if not path.is_file():
-        raise InputError(f"checkpoint {str(path)!r} does not exist")
+        raise InputError(f"{where} does not exist; {fix or 'point at a <model>_best.pt / _last.pt file'}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a torn or foreign file
         raise InputError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
-            "point at a <model>_best.pt / _last.pt file"
+            f"{where} is not a readable checkpoint ({type(err).__name__}: {err}); "
+            f"{fix or 'point at a <model>_best.pt / _last.pt file'}"
         ) from err
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise InputError(
@@ -67,6 +70,14 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "authors' model converts with `dogmacache train import-checkpoint`"
         )
     return checkpoint
+
+
+def resume_fix(last: Path) -> str:
+    """What to do with a model's last checkpoint a resume cannot read (torn by a full disk, or not a checkpoint)."""
+    return (
+        f"remove {last} to train that model again from its first epoch, or start the run over with --set "
+        "output.resume=false --set output.overwrite=true"
+    )
 
 
 def rebuild(checkpoint: dict[str, Any], models: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
@@ -191,6 +202,14 @@ def check_prerequisite(
     predates them) and its other `reads` keys. A stage 1 trained on other splits would carry this run's test
     examples into stage 2, which starts from it. `fix`: what the refusal tells the user to do."""
     saved = checkpoint.get("config") or {}
+    model = changed_keys(saved.get("model") or {}, config.get("model") or {}, free=())
+    if model:  # another model (a stage-2 checkpoint, other sizes or merging): its weights are no such prerequisite
+        key = model[0]
+        raise InputError(
+            f"{path} was trained with [model] {key} = {_lookup(saved.get('model') or {}, key)!r}, and the run it "
+            f"stands for has {_lookup(config.get('model') or {}, key)!r}; name a checkpoint of that run (a stage-1 "
+            f"<name>_stage1_best.pt trained with this [model]), or {fix}"
+        )
     names = {key.removesuffix("_cache") for key in reads if key.endswith("_cache")}
     difference = first_fingerprint_difference(
         {k: v for k, v in (checkpoint.get("fingerprints") or {}).items() if k in names},

@@ -226,7 +226,11 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     last checkpoint against that model's config and caches) and every finished prerequisite checkpoint named (a
     cache control's by the swapped cache's fingerprint). Each checkpoint file is read once."""
     config = task.config
-    read = functools.cache(lambda path: checkpoint.read(path, map_location="cpu"))
+    read = functools.cache(lambda path, **how: checkpoint.read(path, map_location="cpu", **how))
+
+    def resumed(last: Path) -> dict[str, Any]:  # a model's last checkpoint, which the resume goes on from
+        return read(last, fix=checkpoint.resume_fix(last))
+
     models: list[tuple[str, Task, dict[str, Any], str]] = [(config.task, task, data.fingerprints, "")]
     for name, b in task.baselines(data).items():
         if isinstance(b, FittedBaseline):
@@ -242,26 +246,32 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     for name, t, fingerprints, control in models:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
-            checkpoint.check_resume(read(last), last, t.config.to_dict(), fingerprints, splits)
-            recorded = read(last).get("prerequisites") or {}
+            checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits)
+            recorded = resumed(last).get("prerequisites") or {}
             if recorded:  # the prerequisites it started from must be the ones it gets now
                 now = {
                     role: _handed_on_now(p, recorded.get(role) or {}, read) for role, p in t.prerequisites(data).items()
                 }
-                checkpoint.check_prerequisites_kept(read(last), last, now)
+                checkpoint.check_prerequisites_kept(resumed(last), last, now)
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
                 if config.output.resume and last.is_file():
                     checkpoint.check_resume(
-                        read(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
+                        resumed(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
                     )
                 continue
             fix = (
                 f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop that "
                 f"control_caches entry, or leave the {role} checkpoint empty so that each model trains its own"
             )
-            _check_prerequisite(read(p.checkpoint), p, fingerprints, **({"fix": fix} if control else {}))
+            named = read(
+                p.checkpoint,
+                what=f"[data] {role}_checkpoint",
+                fix=f"name a finished {role} checkpoint (<name>_{role}_best.pt), or leave [data] {role}_checkpoint "
+                "empty to train it in this run",
+            )
+            _check_prerequisite(named, p, fingerprints, **({"fix": fix} if control else {}))
 
 
 SHARED_FIGURES = ("learning_curves.png", "test_scatter.png")  # every task's, beside its own `figure_names`
