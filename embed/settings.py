@@ -166,6 +166,13 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
     if differ:
         first = differ[0]
         more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+        then, now = found.config.get("genome") or {}, wanted.get("genome") or {}
+        if then and now and then.get("sha256") == now.get("sha256") and then.get("name") != now.get("name"):
+            raise InputError(  # the same bases under another name: the name is part of the cache's identity
+                f"{out} was embedded from the genome file {then['name']!r}, and this run's is {now['name']!r} with the "
+                f"same sha256: the cache records the file by name too; pass it under that name (a symlink "
+                f"{then['name']} -> {now['name']}) to resume"
+            )
         if first == "batching":
             raise InputError(
                 f"{out} was cut into batches another way ({old.get(first)!r} in the cache, {new.get(first)!r} now: "

@@ -225,3 +225,18 @@ def test_settings_compare_as_the_manifest_stores_them_in_each_check(tmp_path):
     with pytest.raises(InputError, match=r"--bins: \[1, 2\] in the cache, \(1, 3\) now"):
         mutate_check("c.zarr", stored, {**stored, "options": {"bins": (1, 3)}}, flags, "g.fa", "m")
     assert _differs({"--bins": [1, 2]}, {"--bins": (1, 3)}) == "--bins is [1, 2] there, (1, 3) here"
+
+
+def test_the_same_genome_under_another_name_is_said_as_such(inputs, tmp_path, capsys):
+    """The cache records its genome by name and sha256; resuming it with a renamed copy of the same FASTA is
+    refused naming both names and the fix, where it read as a genome 'None now'."""
+    root, _ = inputs
+    assert main(args(inputs, "enformer", "dna", tmp_path / "c.zarr")) == 0
+    unfinish(tmp_path / "c.zarr")
+    shutil.copy(root / "g.fa", tmp_path / "hg.fa")
+    capsys.readouterr()
+    assert main(args(inputs, "enformer", "dna", tmp_path / "c.zarr", genome=tmp_path / "hg.fa")) == 2
+    said = capsys.readouterr().err
+    assert "embedded from the genome file 'g.fa', and this run's is 'hg.fa' with the same sha256" in said
+    assert "a symlink g.fa -> hg.fa" in said
+    assert main(args(inputs, "enformer", "dna", tmp_path / "c.zarr")) == 0  # under its name it resumes
