@@ -196,19 +196,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _embed(args: argparse.Namespace) -> int:
-    if args.max_positions is not None and args.max_positions < 1:
-        raise InputError(
-            f"--max-positions {args.max_positions} must be at least 1 (or left out to keep every position)"
-        )
-    if args.fidelity_items < 0:
-        raise InputError(f"--fidelity-items {args.fidelity_items} must be 0 (no receipt) or more")
-    if args.max_tokens < 0:
-        raise InputError(f"--max-tokens {args.max_tokens} must be a token budget of 1 or more, or 0 for the default")
-    if args.max_batch < 1:
-        raise InputError(f"--max-batch {args.max_batch} must be at least 1 item per batch")
-    if args.shard_items is not None and args.shard_items < 1:
-        raise InputError(f"--shard-items {args.shard_items} must be at least 1 item per shard, or left out for ~1 GiB")
-    config = config_from_args(args)
+    config = config_from_args(args)  # the sizes are checked here (`EmbedConfig.__post_init__`)
     if (args.workers or args.dask_scheduler) and config.reuse:
         raise InputError("--reuse runs in one process: drop --workers/--dask-scheduler, or drop --reuse")
     if args.layers is not None:

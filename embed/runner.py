@@ -121,7 +121,7 @@ def open_writer(settings: EmbedSettings, table: pd.DataFrame, info: ModelInfo) -
     )
     changed = {} if writer.manifest.complete else reuse.rounding_changes(writer.manifest.config, recorded)
     if not writer.manifest.complete and not writer.done_shards():  # no rows yet: the cache is this run's alone
-        for key in (*changed, "num_workers"):  # its settings recorded, whether or not they differ
+        for key in recorded:  # its settings recorded (threads on any device, the receipt's size, ...), as they ran
             if writer.manifest.config.get(key) != recorded.get(key):
                 writer.note_config(key, recorded.get(key))
         changed = {}

@@ -49,6 +49,26 @@ class EmbedConfig:
     fidelity_items: int = 16  # items embedded again in float32 for the manifest's fidelity receipt (0: none)
     compile: str = "off"  # torch.compile of the forward: off | default | max-autotune | reduce-overhead
 
+    def __post_init__(self) -> None:
+        """The sizes checked once, as the command line and code (`run_embed(EmbedConfig(...))`) give them, before
+        anything is loaded or written; each said as its flag."""
+        if self.max_positions is not None and self.max_positions < 1:
+            raise InputError(
+                f"--max-positions {self.max_positions} must be at least 1 (or left out to keep every position)"
+            )
+        if self.fidelity_items < 0:
+            raise InputError(f"--fidelity-items {self.fidelity_items} must be 0 (no receipt) or more")
+        if self.max_tokens < 0:
+            raise InputError(
+                f"--max-tokens {self.max_tokens} must be a token budget of 1 or more, or 0 for the default"
+            )
+        if self.max_batch < 1:
+            raise InputError(f"--max-batch {self.max_batch} must be at least 1 item per batch")
+        if self.shard_items is not None and self.shard_items < 1:
+            raise InputError(
+                f"--shard-items {self.shard_items} must be at least 1 item per shard, or left out for ~1 GiB"
+            )
+
 
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 

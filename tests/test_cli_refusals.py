@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from dogmacache.cli import main
+from dogmacache.errors import InputError
 
 
 def _error(capsys, args) -> str:
@@ -230,3 +231,22 @@ def test_another_models_cache_at_the_out_path_is_named_as_such(tmp_path, capsys)
     protein = _embed(tmp_path, "protein", "esm2")
     said = _error(capsys, [*protein, "--model-path", str(write_tiny_esm2(tmp_path / "esm2")), "--out", out])
     assert "c.zarr holds a dna cache of enformer, not of esm2 (protein); choose another --out, or pass" in said
+
+
+def test_embed_configs_made_in_code_are_checked_as_the_command_line_is():
+    """`run_embed(EmbedConfig(...))` (the path the benchmarks take) met no size check: a negative fidelity sample
+    was a numpy traceback after the cache was created, a negative batch budget was written to the manifest."""
+    from dogmacache.embed.runner import EmbedConfig
+
+    base = {"input": "t.parquet", "modality": "protein", "model": "esm2", "out": "c.zarr"}
+    for field, value, said in (
+        ("fidelity_items", -1, "--fidelity-items -1 must be 0"),
+        ("max_positions", -384, "--max-positions -384 must be at least 1"),
+        ("max_positions", 0, "--max-positions 0 must be at least 1"),
+        ("max_tokens", -5, "--max-tokens -5 must be a token budget"),
+        ("max_batch", 0, "--max-batch 0 must be at least 1"),
+        ("shard_items", 0, "--shard-items 0 must be at least 1"),
+    ):
+        with pytest.raises(InputError, match=said):
+            EmbedConfig(**base, **{field: value})
+    EmbedConfig(**base, fidelity_items=0, max_tokens=0)  # 0: no receipt, the default budget

@@ -240,3 +240,23 @@ def test_the_same_genome_under_another_name_is_said_as_such(inputs, tmp_path, ca
     assert "embedded from the genome file 'g.fa', and this run's is 'hg.fa' with the same sha256" in said
     assert "a symlink g.fa -> hg.fa" in said
     assert main(args(inputs, "enformer", "dna", tmp_path / "c.zarr")) == 0  # under its name it resumes
+
+
+def test_a_cache_stopped_before_its_first_shard_records_the_settings_it_was_finished_with(
+    inputs, tmp_path, monkeypatch
+):
+    """Its rows are all the resuming run's: the manifest's config says that run's settings, the receipt's size
+    among them, where it kept the first run's."""
+    from dogmacache.cache.writer import CacheWriter
+
+    def stop(self, *args, **kwargs):
+        raise RuntimeError("stopped before the first shard")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CacheWriter, "write_shard", stop)
+        with pytest.raises(RuntimeError):
+            main(args(inputs, "esm2", "protein", tmp_path / "c.zarr"))
+    assert main(args(inputs, "esm2", "protein", tmp_path / "c.zarr", "--fidelity-items", "2", "--max-batch", "3")) == 0
+    manifest = open_cache(tmp_path / "c.zarr").manifest
+    assert manifest.config["fidelity_items"] == 2 == manifest.fidelity["items"]
+    assert manifest.config["max_batch"] == 3 and "resumed_with" not in manifest.config
