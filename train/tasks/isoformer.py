@@ -2,8 +2,11 @@
 protein token caches. Only the aggregation module and the head train; the encoders ran once, in `embed`.
 
 Data, from `dogmacache recipe gtex`: `labels.parquet` (one row per transcript: `id`, `split`, one column per
-tissue of standardised log1p mean TPM; optional `dna_id` / `rna_id` / `protein_id` join columns where transcripts
-share a window or a protein, else `id` joins every cache; an empty `protein_id` = no protein) and three
+tissue of log1p mean TPM standardised with the training transcripts' values, each tissue its own but for those the
+recipe held out for CDBridge's zero-shot test (`tissues.parquet`'s `scaled_with`), which the seen tissues' pooled
+statistics scale: IsoFormer trains on every tissue, so those keep an offset from 0 it learns; optional `dna_id` /
+`rna_id` / `protein_id` join columns where transcripts share a window or a protein, else `id` joins every cache;
+an empty `protein_id` = no protein; a gene, window or protein lies in one split) and three
 per-position caches: DNA (N_dna, L, D_dna), RNA (N_rna, T_rna, D_rna) and protein (N_prot, T_prot, D_prot); the RNA
 and protein caches carry a `mask` (N, T) of real tokens (padding never attended). A pooled (N, D) cache is one
 token per item.
@@ -377,7 +380,9 @@ class IsoformerTask(Task):
         return self._forward(model, chunk)
 
     def loss(self, outputs: Tensor, batch: Chunk, tables: dict[str, Any]) -> Tensor:
-        return nn.functional.mse_loss(outputs.float(), batch.examples["target"])  # the paper's loss
+        # the paper's squared error (Eq. 5), averaged over tissues where the paper sums them: its loss / K, the same
+        # minimum; Adam's steps do not depend on the scale, [train] clip_norm does (it clips K times later here)
+        return nn.functional.mse_loss(outputs.float(), batch.examples["target"])
 
     def observed(self, data: IsoformerData, split: str) -> np.ndarray:
         return np.stack(data.splits[split]["target"].to_list())
