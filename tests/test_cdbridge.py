@@ -3,6 +3,7 @@ reload to equal outputs, and the one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,6 +15,7 @@ from conftest import write_cache
 from dogmacache.errors import InputError
 from dogmacache.train.controls import controls
 from dogmacache.train.registry import config_from_dict, load_model
+from dogmacache.train.task import check_examples, linked_items
 from dogmacache.train.tasks.cdbridge.data import ExampleChunks, stage1_view
 from dogmacache.train.tasks.cdbridge.task import CdbridgeTask
 from scipy.stats import spearmanr
@@ -208,6 +210,13 @@ def test_a_window_or_gene_in_two_splits_is_refused_before_anything_trains(tmp_pa
         run_training(config_from_dict(raw), progress=False)
     assert not (tmp_path / "out" / "cdbridge_last.pt").exists()
     labels.loc[9, "dna_id"] = "w9"
+    labels.to_parquet(raw["data"]["labels"])
+    task = CdbridgeTask(config_from_dict(raw))
+    data = task.load()
+    windows = labels.assign(dna_id=[f"chr1:{100 * i}:+" for i in range(len(labels))])
+    windows.loc[9, "dna_id"] = "chr1:0:-"  # the other strand of a training transcript's window: the same bases
+    with pytest.raises(InputError, match=r"of 'dna_site' sit in more than one split, e.g. 'chr1:0' in train and test"):
+        check_examples(task, dataclasses.replace(data, links=linked_items(windows)), "labels")
     labels["gene_id"] = ["G0"] * 2 + [f"G{i}" for i in range(2, len(labels) - 1)] + ["G0"]  # G0 in train and test
     labels.to_parquet(raw["data"]["labels"])
     with pytest.raises(InputError, match=r"of 'gene_id' sit in more than one split, e.g. 'G0' in train and test"):
@@ -233,6 +242,9 @@ def test_a_resumed_stage_2_keeps_the_stage_1_it_started_from_or_is_refused(tmp_p
     assert handed["weights"] == checkpoint.weights_digest(checkpoint.read(stage1_best)["model"])
     raw["output"]["resume"] = True
     run_training(config_from_dict(raw), progress=False)  # the same run: stage 1 is what stage 2 started from
+    shutil.move(out, tmp_path / "moved")  # output.dir may change on a resume: stage 1 is looked up in the new one
+    run_training(config_from_dict({**raw, "output": {**raw["output"], "dir": str(tmp_path / "moved")}}), progress=False)
+    shutil.move(tmp_path / "moved", out)
     raw["train"]["epochs"] = 4
     with pytest.raises(
         InputError,
@@ -240,6 +252,11 @@ def test_a_resumed_stage_2_keeps_the_stage_1_it_started_from_or_is_refused(tmp_p
     ):
         run_training(config_from_dict(raw), progress=False)
     assert checkpoint.read(out / "stage1" / "cdbridge_stage1_last.pt")["state"]["epoch"] == 2  # nothing trained
+    legacy = checkpoint.read(out / "cdbridge_last.pt")
+    del legacy["prerequisites"]  # as an earlier version wrote it
+    torch.save(legacy, out / "cdbridge_last.pt")
+    with pytest.raises(InputError, match=r"cdbridge_last\.pt records no stage1 it started from \(an earlier version"):
+        run_training(config_from_dict(raw), progress=False)
     # a finished stage 1 named in [data] stage1_checkpoint, replaced by another of the same data
     named = tmp_path / "stage1.pt"
     shutil.copy(stage1_best, named)
@@ -282,6 +299,21 @@ def test_a_named_stage_1_must_be_a_stage_1_of_this_model_and_a_torn_resume_file_
         InputError, match=r"cdbridge_last\.pt' is not a readable checkpoint .*; remove .* to train that model again"
     ):
         run_training(config_from_dict(raw), progress=False)
+
+
+def test_a_tissue_cache_control_lacking_a_modelled_tissue_is_refused_before_anything_trains(tmp_path):
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    write_cache(
+        tmp_path / "tissue2.zarr", np.zeros((3, 5), np.float32), ids=["Brain", "Heart", "Lung"], modality="context"
+    )
+    raw["train"]["control_caches"] = [f"tissue_cache={tmp_path / 'tissue2.zarr'}"]
+    with pytest.raises(
+        InputError, match=r"\(the control control_tissue_tissue2\) lacks 1 of the 3 items .* e.g. 'Liver'"
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    assert not (tmp_path / "out" / "stage1").exists()  # nothing trained
 
 
 def test_errors_name_the_value_and_the_fix(tmp_path):

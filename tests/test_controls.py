@@ -167,6 +167,10 @@ def test_a_leak_the_null_shares_is_flagged_against_the_no_input_baseline(tmp_pat
     leaked = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
     assert leaked["null_mean"] > 0.9 and leaked["null_above_baseline"]
     assert "WARNING: the null's draws score" in capsys.readouterr().out
+    config["train"]["baselines"] = False  # no baseline to set the draws beside: said, not skipped silently
+    unset = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
+    assert "null_above_baseline" not in unset and "baselines = false" in unset["not_compared"]
+    assert "(not set beside the no-input baseline per_gene_mean" in capsys.readouterr().out
 
 
 def test_a_metric_some_draws_lack_is_summarised_over_the_draws_that_have_it():

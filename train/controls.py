@@ -239,9 +239,8 @@ def check_controls(task: Task, data: TaskData | None = None) -> None:
     """Refuse, before anything trains, a control the run could not run: null_draws without the null, the
     control_caches entries' syntax, keys
     and names (`cache_controls`), each cache's presence, completeness and kind (its manifest read), and with the
-    run's `data` whether it holds every item the run reads from the cache it swaps (the items of the split
-    tables' `<name>_row` column for [data] `<name>_cache`); the rest is checked when the control loads its data,
-    after the model has trained."""
+    run's `data` whether it holds every item the run reads from the cache it swaps (`Task.items_read`); the rest
+    is checked when the control loads its data, after the model has trained."""
     from dogmacache.cache import open_cache
 
     t = task.config.train
@@ -274,9 +273,8 @@ def check_controls(task: Task, data: TaskData | None = None) -> None:
                 f"{tuple(theirs.item_shape)}, where [data] {key} holds {ours.modality} embeddings of shape "
                 f"{tuple(ours.item_shape)}; a cache control swaps in another model's cache of the same items and kind"
             )
-        read = _rows_read(data, f"{key.removesuffix('_cache')}_row") if data is not None else None
-        if read is not None and len(read):
-            wanted = np.asarray(real.ids)[read]
+        if data is not None:
+            wanted = np.asarray(task.items_read(data, key, real))
             missing = wanted[~np.isin(wanted, np.asarray(swapped.ids))]
             if len(missing):
                 raise InputError(
@@ -284,14 +282,6 @@ def check_controls(task: Task, data: TaskData | None = None) -> None:
                     f"{len(wanted):,} items the run reads from [data] {key} {original}, e.g. {str(missing[0])!r}; "
                     "embed the same input table into it"
                 )
-
-
-def _rows_read(data: TaskData, column: str) -> np.ndarray | None:
-    """The rows of a cache the split tables (and their variants) point at through `column`, those flagged
-    present where a `<name>_present` column says; None where no table has the column."""
-    tables = [*data.splits.values(), *(t for _, t in data.variants.values())]
-    found = [t[column].to_numpy()[p] for t, p in (_present(t, column) for t in tables if column in t.columns)]
-    return np.unique(np.concatenate(found)).astype(np.int64) if found else None
 
 
 def without_ablations(config: Any) -> Any:
@@ -350,8 +340,11 @@ def null_summary(
 
 def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: str) -> dict[str, Any]:
     """The null's draws against the no-input baseline's value `base` of `metric` (see `null_summary`)."""
-    if base is None or not np.isfinite(base):
+    if not name:
         return {}
+    if base is None or not np.isfinite(base):
+        why = "it has no finite value" if base is not None else "it was not scored ([train] baselines = false)"
+        return {"baseline": name, "not_compared": f"not set beside the no-input baseline {name}: {why}"}
     floor = max(float(base), 0.0) if metric.startswith("r2") else float(base)  # R²: a constant scores 0
     gain = float(null.mean()) - floor
     error = float(null.std(ddof=1)) / np.sqrt(len(null)) if len(null) > 1 else float("inf")

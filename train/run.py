@@ -88,20 +88,56 @@ def _handed_on(result: dict[str, Any], read: Callable[[str], dict[str, Any]] | N
     }
 
 
-def _handed_on_now(p: Prerequisite, recorded: dict[str, Any], read: Callable[[str], dict[str, Any]]) -> dict:
+def _handed_on_now(
+    p: Prerequisite, folder: Path, recorded: dict[str, Any], read: Callable[[str], dict[str, Any]]
+) -> dict:
     """Before anything trains: what prerequisite `p` will hand on in this run, where that is known already (a
-    finished checkpoint named, or the one `recorded` trained to its end); {"weights": None} where it will train
-    (further, or anew: its best or last checkpoint is gone)."""
+    finished checkpoint named, or the one `recorded` trained to its end, looked up by its name in this run's
+    `folder` for it: a resume may move the run's folder); {"weights": None} where it will train (further, or anew:
+    its best or last checkpoint is gone)."""
     if p.checkpoint:
         return _handed_on({"checkpoint": p.checkpoint}, read)
-    best = Path(recorded.get("checkpoint") or "")
+    best = folder / Path(recorded.get("checkpoint") or "").name
     last = best.with_name(best.name.removesuffix("_best.pt") + "_last.pt")
-    if not best.name.endswith("_best.pt") or not best.is_file() or not last.is_file():
-        return {"weights": None}
-    state, t = read(str(last)).get("state") or {}, p.task.config.train
-    if state.get("epoch", 0) < t.epochs and state.get("stale", 0) < t.early_stop_patience:
+    if not best.name.endswith("_best.pt") or not best.is_file() or not last.is_file() or _will_train(p, last, read):
         return {"weights": None}
     return _handed_on({"checkpoint": best}, read)
+
+
+def _will_train(p: Prerequisite, last: Path, read: Callable[[str], dict[str, Any]]) -> bool:
+    """Whether prerequisite `p`, resumed from `last`, trains further in this run (its epochs not run out, and it
+    has not stopped early)."""
+    state, t = read(str(last)).get("state") or {}, p.task.config.train
+    return state.get("epoch", 0) < t.epochs and state.get("stale", 0) < t.early_stop_patience
+
+
+def _check_handed_on(
+    t: Task, data: TaskData, out: Path, last: Path, saved: dict[str, Any], read: Callable[[str], dict[str, Any]]
+) -> None:
+    """A model resumed from `last` (`saved`) gets the prerequisites it started from, or is refused
+    (`checkpoint.check_prerequisites_kept`); one whose checkpoint predates that record, where a prerequisite of
+    its kind in the run's folder would train further."""
+    needed = t.prerequisites(data)
+    if not needed:
+        return
+    recorded = saved.get("prerequisites")
+    if recorded is None:  # written before models recorded what they were handed
+        for role, p in needed.items():
+            trains = (
+                []
+                if p.checkpoint
+                else [x for x in (out / p.folder).glob(f"*_{role}_last.pt") if _will_train(p, x, read)]
+            )
+            if trains:
+                raise InputError(
+                    f"{last} records no {role} it started from (an earlier version wrote it), and {trains[0]} trains "
+                    f"further in this run (train.epochs above the epochs it ran): the model would keep the old {role} "
+                    f"while the run reports the new one; keep train.epochs, or start over with --set "
+                    "output.resume=false --set output.overwrite=true"
+                )
+        return
+    now = {role: _handed_on_now(p, out / p.folder, recorded.get(role) or {}, read) for role, p in needed.items()}
+    checkpoint.check_prerequisites_kept(saved, last, now)
 
 
 def _prerequisite(
@@ -247,12 +283,7 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
             checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits)
-            recorded = resumed(last).get("prerequisites") or {}
-            if recorded:  # the prerequisites it started from must be the ones it gets now
-                now = {
-                    role: _handed_on_now(p, recorded.get(role) or {}, read) for role, p in t.prerequisites(data).items()
-                }
-                checkpoint.check_prerequisites_kept(resumed(last), last, now)
+            _check_handed_on(t, data, out, last, resumed(last), read)  # the prerequisites it started from
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
@@ -394,6 +425,8 @@ def print_null(null: dict[str, Any], model: str) -> None:
             f"  test {metric}: {model} {n['model']:.3f}; null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, "
             f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}{scored}"
         )
+        if n.get("not_compared"):
+            print(f"    ({n['not_compared']})")
         if n.get("null_above_baseline"):
             print(
                 f"    WARNING: the null's draws score {n['null_gain_over_baseline']:+.3f} above the no-input baseline "

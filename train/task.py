@@ -266,6 +266,23 @@ class Task(ABC):
     def baselines(self, data: TaskData) -> dict[str, FittedBaseline | FixedBaseline]:
         return {}
 
+    def items_read(self, data: TaskData, key: str, cache: Any) -> np.ndarray:
+        """The ids this run reads from `cache`, the one [data] `key` names: a cache control swapping it must hold
+        each. By default the items the split tables (and their variants) point at through `<name>_row` for
+        `<name>_cache` (those flagged present where a `<name>_present` column says), else every id of the cache
+        (a task reading it whole, as CDT its gene tables)."""
+        column = f"{key.removesuffix('_cache')}_row"
+        tables = [*data.splits.values(), *(t for _, t in data.variants.values())]
+        found = [
+            t[column].to_numpy()[t[column.replace("_row", "_present")].to_numpy(bool)]
+            if column.replace("_row", "_present") in t.columns
+            else t[column].to_numpy()
+            for t in tables
+            if column in t.columns
+        ]
+        ids = np.asarray(cache.ids)
+        return ids[np.unique(np.concatenate(found)).astype(np.int64)] if found else ids
+
     def summary(self, results: dict[str, Any], data: TaskData) -> dict[str, Any]:
         """Entries this task adds to metrics.json (and to the summary `run_training` returns), from every model's
         and baseline's result (with its `inspect` numbers and finished prerequisites)."""
@@ -281,12 +298,15 @@ LINK_COLUMNS = ("gene_id", "dna_id", "rna_id", "protein_id")  # a labels table's
 
 def linked_items(table: pd.DataFrame, columns: Iterable[str] = LINK_COLUMNS) -> pd.DataFrame:
     """`TaskData.links` of a labels table: its `split` and those of `columns` it has, as text, missing where a
-    row names none (an empty `protein_id`: a transcript without a protein)."""
+    row names none (an empty `protein_id`: a transcript without a protein); beside `dna_id`, `dna_site`: the window
+    without its strand (`chrom:center:+` and `:-` are cut from the same bases of the reference strand)."""
     present = [c for c in columns if c in table.columns]
     out = table[["split", *present]].reset_index(drop=True)
     for column in present:
         text = out[column].astype("string")
         out[column] = text.mask(text.fillna("") == "")
+    if "dna_id" in out.columns:
+        out["dna_site"] = out["dna_id"].str.replace(r":[+-]$", "", regex=True)
     return out
 
 

@@ -120,6 +120,10 @@ class CdbridgeTask(Task):
         data = dataclasses.replace(d, stage1_checkpoint="", train_held_out=False)
         return dataclasses.replace(self.config, model=model, train=train, data=data)
 
+    def items_read(self, data: CdbridgeData, key: str, cache: Any) -> np.ndarray:
+        """The modelled tissues from the tissue cache (read by name); the rest as every task's."""
+        return np.asarray(data.tissues) if key == "tissue_cache" else super().items_read(data, key, cache)
+
     def prerequisites(self, data: CdbridgeData) -> dict[str, Prerequisite]:
         """Stage 2 with mask supervision needs stage 1: trained in <output>/stage1, or the finished checkpoint
         [data] stage1_checkpoint names, evaluated."""
