@@ -141,7 +141,10 @@ def check_ref(edit: Edit, genome: Genome, where: str = "") -> Edit:
 
 
 def in_window(edit: Edit, chrom: str, start0: int, length: int) -> bool:
-    """The edit lies wholly inside the window [start0, start0 + length) of `chrom`."""
+    """The edit lies wholly inside the window [start0, start0 + length) of `chrom`; an insertion between two of its
+    bases (one before its first base would shift the whole window, one after its last would change nothing)."""
+    if not edit.ref:
+        return edit.chrom == chrom and start0 < edit.start0 < start0 + length
     return edit.chrom == chrom and start0 <= edit.start0 and edit.end0 <= start0 + length
 
 

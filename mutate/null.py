@@ -2,16 +2,21 @@
 
 A deletion anywhere in a window changes the DNA the adapter reads, so any edit moves the gene's adapted token
 somewhat; a shift says something about the edited bases only where it stands out from edits of the same shape
-elsewhere in the window. For each variant, `draws` matched variants are made (seeded): every edit of it moved to
-a uniformly random position where it lies wholly inside the gene's window, its length kept (a deletion deletes
-as many bases, an insertion inserts the same bases, a substitution puts a random other base at each of its
-positions), no two edits of a draw overlapping. Each draw's gene window is re-embedded like the variant's, and the
-variant's L2 shift and gain in cosine to the gene's true token are placed among the draws': p = (1 + draws at
-least as large) / (1 + draws). Variants of one shape (a scan of SNVs) share their draws.
+elsewhere in the window. For each variant, `draws` matched variants are made (seeded by the variant's shape, so a
+variant's draws do not depend on the other variants of the run): every edit of it moved to a uniformly random
+position where it lies wholly inside the gene's window (an insertion between two of its bases), its length kept (a
+deletion deletes as many bases, an insertion inserts the same bases, a substitution puts a random other base at
+each position where the variant's changes its base and keeps the reference base where the variant's does), no
+two edits of a draw overlapping. Each draw's gene window is re-embedded like the variant's, and the variant's L2
+shift and gain in cosine to the gene's true token are placed among the draws': p = (1 + draws at least as large) /
+(1 + draws). Variants of one shape (a scan of SNVs) share their draws, so a draw may land on a variant's own
+bases (for an SNV in a 2 kb window, about one draw in 2,000 per variant). A shape whose edits cannot be placed
+apart in the window gets no control, said in the run's output and in summary.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +28,21 @@ BASES = "ACGT"
 
 
 def shape(edits: Sequence[Edit]) -> tuple:
-    """What a matched draw keeps of a variant: per edit, its length and (for an indel) its inserted bases."""
-    # (length, "") for a substitution, (length, "indel:" + inserted bases) for an indel: one type, so they sort
-    return tuple(sorted((len(e.ref), "" if len(e.ref) == len(e.alt) else f"indel:{e.alt}") for e in edits))
+    """What a matched draw keeps of a variant: per edit, its length and, for a substitution, which of its bases
+    change ("sub:x.xx"), for an indel its inserted bases ("indel:" + bases)."""
+    return tuple(sorted((len(e.ref), _kind(e)) for e in edits))
+
+
+def _kind(edit: Edit) -> str:
+    if len(edit.ref) != len(edit.alt):
+        return f"indel:{edit.alt}"
+    return "sub:" + "".join("x" if a != b else "." for a, b in zip(edit.ref.upper(), edit.alt.upper(), strict=True))
+
+
+def shape_seed(seed: int, key: tuple) -> list[int]:
+    """The draws' stream of a variant shape: the run's seed and a digest of the shape alone, so that a variant's
+    control is the same whichever other variants a run scans."""
+    return [seed, int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")]
 
 
 def matched_variant(
@@ -40,10 +57,16 @@ def matched_variant(
         placed = []
         for e in edits:
             span = len(e.ref)
-            q = int(rng.integers(lo, hi - span + 1))
+            # an insertion goes between two of the window's bases (before its first it would shift the whole window,
+            # after its last it would change nothing); any other edit wholly inside
+            q = int(rng.integers(lo + 1, hi)) if span == 0 else int(rng.integers(lo, hi - span + 1))
             ref = reference(genome, chrom, q, span)
-            if len(e.alt) == span:  # a substitution: another base at each position
-                alt = "".join(BASES[(BASES.find(b) + int(rng.integers(1, 4))) % 4] for b in ref)
+            if len(e.alt) == span:  # a substitution: another base where the variant's changes one, else the same
+                changed = _kind(e).removeprefix("sub:")
+                alt = "".join(
+                    BASES[(BASES.find(b) + int(rng.integers(1, 4))) % 4] if c == "x" else b
+                    for b, c in zip(ref, changed, strict=True)
+                )
             else:
                 alt = e.alt
             placed.append(Edit(chrom, q, ref, alt, f"null{k}:{chrom}:{q + 1} {ref or '-'}>{alt or '-'}"))
@@ -54,11 +77,19 @@ def matched_variant(
 
 
 def null_table(
-    scanner, gene: str, gene_row: int, variants: Sequence[Sequence[Edit]], draws: int, seed: int, true: Any
+    scanner,
+    gene: str,
+    gene_row: int,
+    variants: Sequence[Sequence[Edit]],
+    draws: int,
+    seed: int,
+    true: Any,
+    skipped: dict[tuple, str] | None = None,
 ) -> dict[tuple, dict[str, np.ndarray]]:
     """Per variant shape: the gene's L2 shift, its move (`moves`, (draws, D): edited minus reference token) and its
     cosine-to-true gain (with a true token (D,)) for `draws` matched variants, and how many windows they
-    re-embedded (`windows_reembedded`)."""
+    re-embedded (`windows_reembedded`). A shape with no control gets its reason in `skipped`."""
+    skipped = {} if skipped is None else skipped
     if draws < 1:  # no control asked for
         return {}
     chrom = scanner.genome.resolve(str(scanner.table["chrom"].iloc[gene_row]))
@@ -66,16 +97,18 @@ def null_table(
     out = {}
     for key in dict.fromkeys(shape(v) for v in variants):
         example = next(v for v in variants if shape(v) == key)
-        rng = np.random.default_rng([seed, len(out)])
+        rng = np.random.default_rng(shape_seed(seed, key))
         try:
             drawn = [
                 matched_variant(example, scanner.genome, chrom, start0, scanner.window_bp, rng, k) for k in range(draws)
             ]
-        except ValueError:  # edits filling the window leave no other place for them: no control for this shape
+        except ValueError as err:  # edits filling the window leave no other place for them: no control for this shape
+            skipped[key] = str(err)
             continue
         table, tokens, counts = scanner.shifts(drawn, only=gene_row)  # the gene's window alone
         mine = (table["id"] == gene).to_numpy() if len(table) else np.zeros(0, dtype=bool)
         if not mine.any():
+            skipped[key] = f"no matched draw moved {gene}'s window"
             continue
         reference_token, edited = tokens["reference"][mine], tokens["edited"][mine]
         moves = edited - reference_token  # (draws, D): each matched variant's move of the gene's token

@@ -198,7 +198,13 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         shift["cosine_edited_to_true"] = cosine(tokens["edited"], true)
     inputs = open_profile(config, token_cache) if config.scgpt_model else None  # refused before the control's work
     gene_true = token_cache.read_rows(token_cache.rows_of([config.gene]), dtype=np.float32)[0]
-    nulls = null_table(scanner, config.gene, gene_row, variants, config.null_edits, config.seed, gene_true)
+    skipped: dict[tuple, str] = {}
+    nulls = null_table(scanner, config.gene, gene_row, variants, config.null_edits, config.seed, gene_true, skipped)
+    no_control = [
+        (labels[v], skipped[shape(variant)]) for v, variant in enumerate(variants) if shape(variant) in skipped
+    ]
+    for label, why in no_control[:5]:
+        print(f"dogmacache mutate: warning: no matched random edits for {label!r} ({why}): its null columns are empty")
     _place_among_nulls(shift, variants, config.gene, nulls)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +230,7 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
             "what": f"each variant's edits moved to random places of {config.gene}'s window, their lengths kept "
             "(mutate/null.py); null_median and null_p_at_least per token_shift row",
             "draws": config.null_edits,
+            "variants_without_control": [{"variant": label, "why": why} for label, why in no_control],
             "seed": config.seed,
             "windows_reembedded": int(sum(n["windows"] for n in nulls.values())),
         },

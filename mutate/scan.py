@@ -84,9 +84,12 @@ class Scanner:
         hit = np.zeros(len(self.table), dtype=bool)
         crossed = []
         for edit in edits:
-            same = chroms == edit.chrom
-            inside = same & (starts <= edit.start0) & (edit.end0 <= starts + self.window_bp)
-            overlap = same & (starts < max(edit.end0, edit.start0 + 1)) & (edit.start0 < starts + self.window_bp)
+            same, ends = chroms == edit.chrom, starts + self.window_bp
+            if edit.ref:  # wholly inside, or crossing an edge
+                inside = same & (starts <= edit.start0) & (edit.end0 <= ends)
+                overlap = same & (starts < edit.end0) & (edit.start0 < ends)
+            else:  # an insertion: between two of the window's bases (`edits.in_window`), else outside
+                inside = overlap = same & (starts < edit.start0) & (edit.start0 < ends)
             crossed += [(int(row), edit) for row in np.flatnonzero(overlap & ~inside)]
             hit |= inside
         return hit, crossed

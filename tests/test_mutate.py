@@ -2,6 +2,7 @@
 and a whole run with a tiny Enformer cache, a tiny scGPT and a Bio-DTA adapter checkpoint: only windows holding
 an edit are re-embedded, an unedited window re-embeds to its cached row, and mismatched inputs are refused."""
 
+import dataclasses
 import json
 import re
 
@@ -189,6 +190,12 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     assert json.loads((root / "kept" / "summary.json").read_text())["seconds"] == done["seconds"]
     with pytest.raises(InputError, match=r"edit 'chr1:4000-4001' is outside the window of AAA \(chr1:476-2,523"):
         run_mutate(_config(root, models, genome, edits=("chr1:4000-4001",)))
+    g = Genome(genome)
+    for anchor in (475, 2523):  # the base before AAA's window, its last base: an insertion there is not in it
+        base = str(g.fasta["chr1"][anchor - 1]).upper()
+        edit = f"chr1:{anchor} {base}>{base}GGGG"
+        with pytest.raises(InputError, match=rf"edit '{edit}' is outside the window of AAA"):
+            run_mutate(_config(root, models, genome, edits=(edit,), scgpt_model=None))
     # inside BBB's window (chr1:977-3,024), across the end of AAA's (chr1:476-2,523): AAA's is left as it is, and said
     summary = run_mutate(
         _config(root, models, genome, gene="BBB", edits=("chr1:2500-2530",), scgpt_model=None, out=str(root / "x"))
@@ -359,7 +366,7 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
     """The control re-embeds edits of the same shape at random places of the gene's window and places the
     observed shift among them; the draws are matched (length, inserted bases), inside the window, seeded."""
     from dogmacache.mutate.edits import Edit
-    from dogmacache.mutate.null import matched_variant, shape
+    from dogmacache.mutate.null import matched_variant, shape, shape_seed
 
     root, models, genome = scene
     g = Genome(genome)
@@ -376,9 +383,10 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
     shift = pd.read_csv(root / "n" / "token_shift.tsv", sep="\t")
     aaa = shift[shift["id"] == "AAA"].set_index("variant")
     control = summary["token_shift_control"]
-    assert control["draws"] == 8 and control["windows_reembedded"] == 16  # two shapes, 8 draws, the gene's window
-    # the no-op moves the token by rounding only: every draw of a real substitution moves it more
-    assert aaa.loc[0, "l2_null_p_at_least"] == pytest.approx(1.0) and aaa.loc[0, "l2_null_median"] > aaa.loc[0, "l2"]
+    # two shapes, 8 draws each; the no-op's draws change no base (a draw changes the bases its variant changes), so
+    # only the deletion's re-embed the gene's window
+    assert control["draws"] == 8 and control["windows_reembedded"] == 8
+    assert aaa.loc[0, "l2"] == 0 and aaa.loc[0, "l2_null_median"] == 0 and aaa.loc[0, "l2_null_p_at_least"] == 1.0
     value, null = next((v, n) for v, n in placed if v == pytest.approx(aaa.loc[1, "l2"], rel=1e-5))
     assert len(null) == 8 and aaa.loc[1, "l2_null_median"] == pytest.approx(np.median(null), rel=1e-5)
     assert aaa.loc[1, "l2_null_p_at_least"] == pytest.approx((1 + (null >= value).sum()) / 9)
@@ -402,6 +410,31 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
             assert e.ref == str(g.fasta["chr1"][e.start0 : e.end0]).upper()
             if len(e.ref) == len(e.alt) == 1:
                 assert e.alt != e.ref
+            if not e.ref:  # an insertion between two of the window's bases, never before its first or after its last
+                assert scanner_window[0] < e.start0 < sum(scanner_window)
+    # a substitution's draws change the bases it changes and keep those it keeps (TATAAA>GAGCTC keeps the A)
+    tata = Edit(chrom, 1200, str(g.fasta["chr1"][1200:1206]).upper(), "", "sub")
+    tata = dataclasses.replace(tata, alt="".join("G" if k != 1 else b for k, b in enumerate(tata.ref)))
+    if all(b == "G" for k, b in enumerate(tata.ref) if k != 1):
+        tata = dataclasses.replace(tata, alt=tata.alt.replace("G", "C"))
+    kept = [k for k, (a, b) in enumerate(zip(tata.ref, tata.alt, strict=True)) if a == b]
+    for k in range(20):
+        (drawn,) = matched_variant([tata], g, chrom, *scanner_window, rng, k)
+        assert [j for j, (a, b) in enumerate(zip(drawn.ref, drawn.alt, strict=True)) if a == b] == kept
+        assert shape([drawn]) == shape([tata])
+    # a variant's draws depend on its shape and the seed alone, not on the other variants of the run
+    assert shape_seed(0, shape([snv])) == shape_seed(0, shape([snv])) != shape_seed(0, shape([deletion]))
+
+
+def test_a_variant_whose_edits_cannot_be_placed_elsewhere_says_it_has_no_control(scene, capsys):
+    root, models, genome = scene
+    edits = ("chr1:477-1490", "chr1:1492-2510")  # two deletions filling AAA's 2,048 bp window: nowhere else to go
+    out = root / "filled"
+    summary = run_mutate(_config(root, models, genome, edits=edits, scgpt_model=None, null_edits=4, out=str(out)))
+    (skipped,) = summary["token_shift_control"]["variants_without_control"]
+    assert skipped["variant"] == "chr1:477-1490 + chr1:1492-2510" and "a base apart" in skipped["why"]
+    assert "no matched random edits for 'chr1:477-1490 + chr1:1492-2510'" in capsys.readouterr().out
+    assert np.isnan(pd.read_csv(out / "token_shift.tsv", sep="\t")["l2_null_median"]).all()
 
 
 def test_a_variant_of_a_substitution_and_a_deletion_runs_with_and_without_its_control(scene):
