@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from dogmacache.errors import DogmaError, InputError
 from dogmacache.train.config import build_section, parse_overrides
-from dogmacache.train.task import Task, TaskData
+from dogmacache.train.task import Task, TaskData, present_rows
 
 NULL_STREAM = 1001  # the tag of the permutation null's further draws (`null_rng`)
 
@@ -117,9 +117,8 @@ def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> Task
 
 
 def _present(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table, the rows whose `column` names a present item: the `<modality>_present` flag where there is one)."""
-    flag = column.replace("_row", "_present")
-    return table, table[flag].to_numpy(bool) if flag in table.columns else np.ones(len(table), bool)
+    """(table, `present_rows` of it)."""
+    return table, present_rows(table, column)
 
 
 # what a control_caches entry may set beside its cache: the preprocessing and optimisation suited to other features

@@ -273,13 +273,7 @@ class Task(ABC):
         (a task reading it whole, as CDT its gene tables)."""
         column = f"{key.removesuffix('_cache')}_row"
         tables = [*data.splits.values(), *(t for _, t in data.variants.values())]
-        found = [
-            t[column].to_numpy()[t[column.replace("_row", "_present")].to_numpy(bool)]
-            if column.replace("_row", "_present") in t.columns
-            else t[column].to_numpy()
-            for t in tables
-            if column in t.columns
-        ]
+        found = [t[column].to_numpy()[present_rows(t, column)] for t in tables if column in t.columns]
         ids = np.asarray(cache.ids)
         return ids[np.unique(np.concatenate(found)).astype(np.int64)] if found else ids
 
@@ -291,6 +285,12 @@ class Task(ABC):
     def figures(self, results: dict[str, Any], data: TaskData, out_dir: Any) -> list[Any]:
         """Figures of this task beside the shared learning curves and test scatter; returns their paths."""
         return []
+
+
+def present_rows(table: pd.DataFrame, column: str) -> np.ndarray:
+    """The rows whose `<name>_row` `column` names a present item: its `<name>_present` flag where there is one."""
+    flag = column.replace("_row", "_present")
+    return table[flag].to_numpy(bool) if flag in table.columns else np.ones(len(table), bool)
 
 
 LINK_COLUMNS = ("gene_id", "dna_id", "rna_id", "protein_id")  # a labels table's items several rows may share
