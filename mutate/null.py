@@ -53,9 +53,10 @@ def matched_variant(
     lo, hi = max(start0, 0), min(start0 + window_bp, size)  # bases that exist: the window's N padding has none
     if sum(len(e.ref) + 1 for e in edits) > hi - lo:
         raise ValueError(f"{len(edits)} edits do not fit apart in the window's {hi - lo:,} bases")
+    canonical = sorted(edits, key=lambda e: (len(e.ref), _kind(e)))  # draws in the shape's order, not as written
     for _ in range(1000):
         placed = []
-        for e in edits:
+        for e in canonical:
             span = len(e.ref)
             # an insertion goes between two of the window's bases (before its first it would shift the whole window,
             # after its last it would change nothing); any other edit wholly inside

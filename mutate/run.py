@@ -158,6 +158,12 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
             f"edit {own[0].label!r} crosses the edge of {config.gene}'s window ({scanner.window_label(gene_row)}): "
             "mutate applies whole edits only; give the part inside the window as its own edit"
         )
+    if outside and not outside[0].ref:  # an insertion at an edge: its anchor base may lie in the window
+        raise InputError(
+            f"edit {outside[0].label!r} inserts its bases at an edge of {config.gene}'s window "
+            f"({scanner.window_label(gene_row)}) or outside it: before its first base it would shift the whole "
+            "window, after its last it changes nothing in it; give an insertion between two of the window's bases"
+        )
     if outside:
         row = scanner.table.iloc[gene_row]
         raise InputError(
@@ -204,7 +210,10 @@ def run_mutate(config: MutateConfig) -> dict[str, Any]:
         (labels[v], skipped[shape(variant)]) for v, variant in enumerate(variants) if shape(variant) in skipped
     ]
     for label, why in no_control[:5]:
-        print(f"dogmacache mutate: warning: no matched random edits for {label!r} ({why}): its null columns are empty")
+        print(
+            f"dogmacache mutate: warning: no matched random edits for {label!r} ({why}): its null columns are empty",
+            file=sys.stderr,
+        )
     _place_among_nulls(shift, variants, config.gene, nulls)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -293,6 +293,26 @@ def test_a_named_stage_1_must_be_a_stage_1_of_this_model_and_a_torn_resume_file_
         again["output"] = {**raw["output"], "dir": str(tmp_path / "again")}
         with pytest.raises(InputError, match=message):
             run_training(config_from_dict(again), progress=False)
+    # a standalone stage-1 run ([model] stage = 1, its default ablations unused) stands for the stage 1 of a stage 2
+    # that differs in stage 2's keys alone; an ablation changing what its stage 1 is cannot start from it
+    alone = {**raw, "model": {**raw["model"], "stage": 1, "ablations": ["tissue_only"]}}
+    alone["output"] = {**raw["output"], "dir": str(tmp_path / "alone")}
+    run_training(config_from_dict(alone), progress=False)
+    named = {**raw, "data": {**raw["data"], "stage1_checkpoint": str(tmp_path / "alone" / "cdbridge_best.pt")}}
+    named["model"] = {**raw["model"], "contrastive_weight": 0.5, "output_tokens": 3}
+    named["output"] = {**raw["output"], "dir": str(tmp_path / "named")}
+    run_training(config_from_dict(named), progress=False)
+    named["model"]["ablations"] = ["no_recovery"]
+    named["output"]["overwrite"] = True
+    with pytest.raises(
+        InputError, match=r"recovery = True, .* has False; .*the ablation no_recovery trains another stage1"
+    ):
+        run_training(config_from_dict(named), progress=False)
+    (out / "stage1" / "cdbridge_stage1_last.pt").write_bytes(b"torn")
+    raw["output"]["resume"] = True
+    with pytest.raises(InputError, match=r"cdbridge_stage1_last\.pt' is not a readable checkpoint .*; remove"):
+        run_training(config_from_dict(raw), progress=False)
+    raw["output"]["resume"] = False
     (out / "cdbridge_last.pt").write_bytes(b"torn by a full disk")
     raw["output"]["resume"] = True
     with pytest.raises(

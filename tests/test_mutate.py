@@ -194,7 +194,7 @@ def test_mutate_refusals_are_one_line(scene, tmp_path):
     for anchor in (475, 2523):  # the base before AAA's window, its last base: an insertion there is not in it
         base = str(g.fasta["chr1"][anchor - 1]).upper()
         edit = f"chr1:{anchor} {base}>{base}GGGG"
-        with pytest.raises(InputError, match=rf"edit '{edit}' is outside the window of AAA"):
+        with pytest.raises(InputError, match=rf"edit '{edit}' inserts its bases at an edge of AAA's window"):
             run_mutate(_config(root, models, genome, edits=(edit,), scgpt_model=None))
     # inside BBB's window (chr1:977-3,024), across the end of AAA's (chr1:476-2,523): AAA's is left as it is, and said
     summary = run_mutate(
@@ -422,7 +422,11 @@ def test_the_token_shift_stands_beside_matched_edits_at_random_places_of_the_win
         (drawn,) = matched_variant([tata], g, chrom, *scanner_window, rng, k)
         assert [j for j, (a, b) in enumerate(zip(drawn.ref, drawn.alt, strict=True)) if a == b] == kept
         assert shape([drawn]) == shape([tata])
-    # a variant's draws depend on its shape and the seed alone, not on the other variants of the run
+    # a variant's draws depend on its shape and the seed alone: not on the order its edits are written in
+    first = matched_variant([insertion, deletion, snv], g, chrom, *scanner_window, np.random.default_rng(5), 0)
+    again = matched_variant([snv, insertion, deletion], g, chrom, *scanner_window, np.random.default_rng(5), 0)
+    assert first == again
+    # nor on the other variants of the run
     assert shape_seed(0, shape([snv])) == shape_seed(0, shape([snv])) != shape_seed(0, shape([deletion]))
 
 
@@ -433,7 +437,7 @@ def test_a_variant_whose_edits_cannot_be_placed_elsewhere_says_it_has_no_control
     summary = run_mutate(_config(root, models, genome, edits=edits, scgpt_model=None, null_edits=4, out=str(out)))
     (skipped,) = summary["token_shift_control"]["variants_without_control"]
     assert skipped["variant"] == "chr1:477-1490 + chr1:1492-2510" and "a base apart" in skipped["why"]
-    assert "no matched random edits for 'chr1:477-1490 + chr1:1492-2510'" in capsys.readouterr().out
+    assert "no matched random edits for 'chr1:477-1490 + chr1:1492-2510'" in capsys.readouterr().err
     assert np.isnan(pd.read_csv(out / "token_shift.tsv", sep="\t")["l2_null_median"]).all()
 
 

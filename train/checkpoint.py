@@ -195,6 +195,8 @@ def check_prerequisite(
     reads: tuple[str, ...],
     splits: dict[str, str] | None = None,
     fix: str = "train stage 1 in this run (leave [data] stage1_checkpoint empty) or name the one trained on these data",
+    model_keys: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a finished prerequisite checkpoint (CDBridge's [data] stage1_checkpoint) trained on other data than
     this run's: the fingerprint of each cache it `reads` (`<name>_cache` -> `<name>`: the cache's content, wherever
@@ -202,14 +204,14 @@ def check_prerequisite(
     predates them) and its other `reads` keys. A stage 1 trained on other splits would carry this run's test
     examples into stage 2, which starts from it. `fix`: what the refusal tells the user to do."""
     saved = checkpoint.get("config") or {}
-    model = changed_keys(saved.get("model") or {}, config.get("model") or {}, free=())
-    if model:  # another model (a stage-2 checkpoint, other sizes or merging): its weights are no such prerequisite
-        key = model[0]
-        raise InputError(
-            f"{path} was trained with [model] {key} = {_lookup(saved.get('model') or {}, key)!r}, and the run it "
-            f"stands for has {_lookup(config.get('model') or {}, key)!r}; name a checkpoint of that run (a stage-1 "
-            f"<name>_stage1_best.pt trained with this [model]), or {fix}"
-        )
+    then, now, defaults = saved.get("model") or {}, config.get("model") or {}, defaults or {}
+    for key in model_keys:  # another model (a stage-2 checkpoint, other sizes or merging): no such prerequisite
+        old, new = then.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if old != new:
+            raise InputError(
+                f"{path} was trained with [model] {key} = {old!r}, and the run it stands for has {new!r}; name a "
+                f"checkpoint of that run (a <name>_best.pt of a stage-1 run with this [model]), or {fix}"
+            )
     names = {key.removesuffix("_cache") for key in reads if key.endswith("_cache")}
     difference = first_fingerprint_difference(
         {k: v for k, v in (checkpoint.get("fingerprints") or {}).items() if k in names},

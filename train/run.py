@@ -77,10 +77,11 @@ def _fit_task(
     return result
 
 
-def _handed_on(result: dict[str, Any], read: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+def _handed_on(result: dict[str, Any], read: Callable[..., dict[str, Any]] | None = None, **how: str) -> dict:
     """What a finished prerequisite run hands on: its best checkpoint (path), that file's weights digest and
-    epoch."""
-    saved = (read or (lambda path: checkpoint.read(path, map_location="cpu")))(result["checkpoint"])
+    epoch. `how`: `checkpoint.read`'s `what` and `fix` for a file that is missing or torn."""
+    path = result["checkpoint"]
+    saved = (read or (lambda p, **k: checkpoint.read(p, map_location="cpu", **k)))(path, **how)
     return {
         "checkpoint": str(result["checkpoint"]),
         "weights": checkpoint.weights_digest(saved["model"]),
@@ -89,30 +90,45 @@ def _handed_on(result: dict[str, Any], read: Callable[[str], dict[str, Any]] | N
 
 
 def _handed_on_now(
-    p: Prerequisite, folder: Path, recorded: dict[str, Any], read: Callable[[str], dict[str, Any]]
+    role: str, p: Prerequisite, folder: Path, recorded: dict[str, Any], read: Callable[..., dict[str, Any]]
 ) -> dict:
     """Before anything trains: what prerequisite `p` will hand on in this run, where that is known already (a
     finished checkpoint named, or the one `recorded` trained to its end, looked up by its name in this run's
     `folder` for it: a resume may move the run's folder); {"weights": None} where it will train (further, or anew:
     its best or last checkpoint is gone)."""
     if p.checkpoint:
-        return _handed_on({"checkpoint": p.checkpoint}, read)
+        return _handed_on({"checkpoint": p.checkpoint}, read, **_named_how(role))
     best = folder / Path(recorded.get("checkpoint") or "").name
     last = best.with_name(best.name.removesuffix("_best.pt") + "_last.pt")
     if not best.name.endswith("_best.pt") or not best.is_file() or not last.is_file() or _will_train(p, last, read):
         return {"weights": None}
-    return _handed_on({"checkpoint": best}, read)
+    return _handed_on({"checkpoint": best}, read, fix=checkpoint.resume_fix(best))
+
+
+def _named_how(role: str) -> dict[str, str]:
+    """How a finished prerequisite checkpoint named in [data] is said where it is missing or torn."""
+    return {
+        "what": f"[data] {role}_checkpoint",
+        "fix": f"name a finished {role} checkpoint (<name>_{role}_best.pt), or leave [data] {role}_checkpoint empty "
+        "to train it in this run",
+    }
 
 
 def _will_train(p: Prerequisite, last: Path, read: Callable[[str], dict[str, Any]]) -> bool:
     """Whether prerequisite `p`, resumed from `last`, trains further in this run (its epochs not run out, and it
     has not stopped early)."""
-    state, t = read(str(last)).get("state") or {}, p.task.config.train
+    state, t = read(str(last), fix=checkpoint.resume_fix(last)).get("state") or {}, p.task.config.train
     return state.get("epoch", 0) < t.epochs and state.get("stale", 0) < t.early_stop_patience
 
 
 def _check_handed_on(
-    t: Task, data: TaskData, out: Path, last: Path, saved: dict[str, Any], read: Callable[[str], dict[str, Any]]
+    name: str,
+    t: Task,
+    data: TaskData,
+    out: Path,
+    last: Path,
+    saved: dict[str, Any],
+    read: Callable[..., dict[str, Any]],
 ) -> None:
     """A model resumed from `last` (`saved`) gets the prerequisites it started from, or is refused
     (`checkpoint.check_prerequisites_kept`); one whose checkpoint predates that record, where a prerequisite of
@@ -123,11 +139,8 @@ def _check_handed_on(
     recorded = saved.get("prerequisites")
     if recorded is None:  # written before models recorded what they were handed
         for role, p in needed.items():
-            trains = (
-                []
-                if p.checkpoint
-                else [x for x in (out / p.folder).glob(f"*_{role}_last.pt") if _will_train(p, x, read)]
-            )
+            own = out / p.folder / f"{name}_{role}_last.pt"  # its own (a shared one runs under the first model's name)
+            trains = [own] if not p.checkpoint and own.is_file() and _will_train(p, own, read) else []
             if trains:
                 raise InputError(
                     f"{last} records no {role} it started from (an earlier version wrote it), and {trains[0]} trains "
@@ -136,7 +149,7 @@ def _check_handed_on(
                     "output.resume=false --set output.overwrite=true"
                 )
         return
-    now = {role: _handed_on_now(p, out / p.folder, recorded.get(role) or {}, read) for role, p in needed.items()}
+    now = {role: _handed_on_now(role, p, out / p.folder, recorded.get(role) or {}, read) for role, p in needed.items()}
     checkpoint.check_prerequisites_kept(saved, last, now)
 
 
@@ -252,6 +265,8 @@ def _check_prerequisite(saved: dict[str, Any], p: Prerequisite, fingerprints: di
         fingerprints,
         p.reads,
         p.data.split_digests(),
+        model_keys=p.model_keys,
+        defaults=dataclasses.asdict(type(p.task.config.model)()) if p.model_keys else None,
         **fix,
     )
 
@@ -270,7 +285,7 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     models: list[tuple[str, Task, dict[str, Any], str]] = [(config.task, task, data.fingerprints, "")]
     for name, b in task.baselines(data).items():
         if isinstance(b, FittedBaseline):
-            models.append((name, b.task, data.fingerprints, ""))
+            models.append((name, b.task, data.fingerprints, f"ablation:{name}"))
     for name, (kind, control, what) in control_configs(config, data).items():
         if kind != "cache":
             models.append((name, type(task)(control), data.fingerprints, ""))
@@ -283,7 +298,7 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
             checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits)
-            _check_handed_on(t, data, out, last, resumed(last), read)  # the prerequisites it started from
+            _check_handed_on(name, t, data, out, last, resumed(last), read)  # the prerequisites it started from
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
@@ -292,17 +307,18 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
                         resumed(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
                     )
                 continue
-            fix = (
-                f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop that "
-                f"control_caches entry, or leave the {role} checkpoint empty so that each model trains its own"
-            )
-            named = read(
-                p.checkpoint,
-                what=f"[data] {role}_checkpoint",
-                fix=f"name a finished {role} checkpoint (<name>_{role}_best.pt), or leave [data] {role}_checkpoint "
-                "empty to train it in this run",
-            )
-            _check_prerequisite(named, p, fingerprints, **({"fix": fix} if control else {}))
+            if control.startswith("ablation:"):  # an ablation that changes what its stage 1 is
+                fix = (
+                    f"the ablation {name} trains another {role} than the model (its [model] changes it): drop {name} "
+                    f"from [model] ablations, or leave [data] {role}_checkpoint empty so that each trains its own"
+                )
+            else:
+                fix = (
+                    f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop "
+                    f"that control_caches entry, or leave the {role} checkpoint empty so that each model trains its own"
+                )
+            named = read(p.checkpoint, **_named_how(role))
+            _check_prerequisite(named, p, fingerprints, **({"fix": fix} if control else {}))  # the model's: the default
 
 
 SHARED_FIGURES = ("learning_curves.png", "test_scatter.png")  # every task's, beside its own `figure_names`

@@ -160,6 +160,9 @@ class Prerequisite:
     # the [data] keys its examples and inputs come from: a finished `checkpoint` must have been trained with the
     # same (and on caches of the same fingerprints), or this run's test examples may be among its training ones
     reads: tuple[str, ...] = ()
+    # the [model] keys a finished `checkpoint` must share with `task`'s (what its weights mean: their sizes, the
+    # merging they were trained with); a key its config lacks (an older checkpoint) counts as the default
+    model_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,20 @@ STAGE2_ONLY = ("tissue_input", "filter_by_mask", "freeze_stage1")  # [model] key
 # what stage 1 reads: the transcripts' splits, their windows and coding masks, the proteins its dictionary is drawn
 # from; the tissues (held out or not) are stage 2's alone, so one stage 1 serves every leave-tissues-out fold
 STAGE1_READS = ("labels", "dna_cache", "protein_cache", "coding_masks", "standardize_dna")
+# the [model] keys a named stage-1 checkpoint must share with the stage 1 it stands for: a stage-1 run's, with the
+# sizes and merging of its modules (the tissue decoder's keys and stage 2's losses are stage 2's alone)
+STAGE1_MODEL = (
+    "stage",
+    "mask_supervision",
+    "d_model",
+    "n_heads",
+    "ffn_hidden",
+    "dictionary_size",
+    "merge_rate_mean",
+    "merge_rate_std",
+    "functional_layers",
+    "recovery",
+)
 
 
 class CdbridgeTask(Task):
@@ -132,7 +146,9 @@ class CdbridgeTask(Task):
             return {}
         task = CdbridgeTask(self.stage1_config())
         return {
-            "stage1": Prerequisite(task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint, STAGE1_READS)
+            "stage1": Prerequisite(
+                task, stage1_view(data), "stage1", self.config.data.stage1_checkpoint, STAGE1_READS, STAGE1_MODEL
+            )
         }
 
     def inspect(self, model: nn.Module, data: CdbridgeData, device: torch.device) -> dict[str, Any]:
