@@ -160,11 +160,19 @@ def _embed(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _gpu(args: argparse.Namespace) -> dict[str, Any]:
-    from dogmacache.bench.gpu import PARTS, bench_gpu, check_parts
+def _gpu_parts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The GPU parts --gpu-parts names (all without it), checked."""
+    from dogmacache.bench.gpu import PARTS, check_parts
 
     parts = PARTS if args.gpu_parts is None else tuple(p.strip() for p in args.gpu_parts.split(",") if p.strip())
-    check_parts(parts)  # before anything is written
+    check_parts(parts)
+    return parts
+
+
+def _gpu(args: argparse.Namespace) -> dict[str, Any]:
+    from dogmacache.bench.gpu import bench_gpu
+
+    parts = _gpu_parts(args)
     partial = Path(args.out) / "gpu.partial.json"
     started = {"partial": True, "requested": list(parts), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -224,6 +232,8 @@ TABLES: dict[str, report.TablesFor] = {name: tables for name, (_, tables) in SEC
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.gpu_parts is not None:  # before any section removes its earlier record
+        _gpu_parts(args)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads} must be at least 1")
     for flag, value in (

@@ -313,7 +313,7 @@ def embed_tables(r: dict[str, Any]) -> list[Table]:
                     f"GPU busy ({name})",
                     pct(run["busy_fraction"]),
                     f"≥ {pct(TARGET_GPU_BUSY)}",
-                    verdict(run["busy_fraction"], TARGET_GPU_BUSY, applies=scope["gpu"]),
+                    verdict(run["busy_fraction"], TARGET_GPU_BUSY, applies=scope["gpu"], percent=True),
                 ]
             )
         target_rows += [

@@ -136,7 +136,14 @@ def bench_cdt_on_device(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-    flops = count_flops(lambda: step("fp32", update=False))  # forward and backward; the optimizer is not counted
+    # forward and backward, the optimizer not counted; with dropout off, so that the attention runs through torch's
+    # SDPA, which the counter sees, on either device (a CPU step with dropout takes train/kernels.py's blocked
+    # attention, which it does not: the count came out 9 % low at the tiny preset); dropout adds no matmul
+    model.eval()
+    try:
+        flops = count_flops(lambda: step("fp32", update=False))
+    finally:
+        model.train()
     result["tflop_per_step"] = flops / 1e12 if flops else None
     for precision in ("fp32", "bf16"):
         seconds = median_seconds(lambda precision=precision: step(precision), device, calls)

@@ -92,7 +92,7 @@ def enformer_rows(enformer: dict[str, Any], scope: dict[str, bool]) -> list[list
             [
                 f"Enformer through {run['mode']}, {run['num_workers']} input workers, {run['precision']}: "
                 "windows/s; GPU busy (no fidelity receipt: its fixed 16-window fp32 re-embed is a run's, not the "
-                "loop's)",
+                "loop's)" + ("; the compilation is inside the timed run" if "--compile" in run["mode"] else ""),
                 f"{fmt(run['windows_per_s'])}; {fmt(run.get('busy_fraction'))}",
                 fmt(run.get("tflop_per_s")),
                 mfu_cell(run.get("mfu")),

@@ -36,8 +36,12 @@ H100_CLASS = frozenset({"H100 SXM", "H100 PCIe", "H100 NVL", "H200 SXM", "H200 N
 
 
 def card(device_name: str | None) -> str | None:
-    """The `CARDS` entry a device name (torch.cuda.get_device_name()) is, or None (unknown card, "cpu")."""
+    """The `CARDS` entry a device name (torch.cuda.get_device_name()) is, or None (unknown card, "cpu"; a MIG slice,
+    such as "NVIDIA H100 80GB HBM3 MIG 1g.10gb", which has a fraction of the card's units: no whole-card peak or
+    "one H100" target applies to it)."""
     name = (device_name or "").lower()
+    if re.search(r"\bmig\b", name):
+        return None
     return next((label for label, pattern, _ in CARDS if re.search(pattern, name)), None)
 
 

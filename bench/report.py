@@ -128,13 +128,28 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
-def verdict(value: float | None, target: float, higher_is_better: bool = True, applies: bool = True) -> str:
-    """ "yes" / "NO" against `target`; "n/a" where the target does not apply to the run (`mfu.target_scope`)."""
+def verdict(
+    value: float | None, target: float, higher_is_better: bool = True, applies: bool = True, percent: bool = False
+) -> str:
+    """ "yes" / "NO" against `target`; "n/a" where the target does not apply to the run (`mfu.target_scope`). The
+    value is judged as the table prints it (`fmt`, or `pct` with `percent`), so that a value shown at its target
+    never stands beside "NO" (7.9993 prints as 8.00)."""
     if not applies:
         return "n/a"
     if value is None:
         return "–"
-    return "yes" if (value >= target if higher_is_better else value <= target) else "NO"
+    shown = round(100 * value) / 100 if percent else _as_printed(value)
+    return "yes" if (shown >= target if higher_is_better else shown <= target) else "NO"
+
+
+def _as_printed(value: float) -> float:
+    """`value` rounded as `fmt` prints it."""
+    if isinstance(value, int):
+        return value
+    try:
+        return float(fmt(value).replace(",", ""))
+    except ValueError:
+        return value
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]], notes: list[str] | None = None) -> Table:

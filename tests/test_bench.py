@@ -206,6 +206,10 @@ def test_number_formatting():
         "2.50e-05",
     ]
     assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
+    # judged as printed: 7.9993 prints 8.00, never beside "NO" against 8; 79.96 % prints 80 %
+    assert bench.fmt(7.9993) == "8.00" and bench.verdict(7.9993, 8.0) == "yes" and bench.verdict(7.99, 8.0) == "NO"
+    assert bench.verdict(1.1004, 1.1, higher_is_better=False) == "yes"
+    assert bench.verdict(0.7996, 0.8, percent=True) == "yes" and bench.verdict(0.794, 0.8, percent=True) == "NO"
 
 
 @pytest.mark.slow
@@ -297,7 +301,10 @@ def test_card_peaks_from_device_names(monkeypatch):
     assert mfu.peak_tflops("NVIDIA H200", "bf16") == 989.5 and mfu.peak_tflops("NVIDIA H200 NVL", "fp16") == 835.5
     assert mfu.peak_tflops("NVIDIA A100-SXM4-80GB", "tf32") == 156.0 and mfu.card("NVIDIA A100 80GB PCIe") == "A100"
     assert mfu.peak_tflops("NVIDIA L4", "bf16") == 121.0 and mfu.peak_tflops("NVIDIA L4", "fp32") == 30.3
-    for unknown in ("NVIDIA L40S", "NVIDIA GeForce RTX 4090", "NVIDIA GH200 480GB", "cpu", None):
+    # a MIG slice holds a fraction of the card: no whole-card peak, no "one H100" target
+    mig = "NVIDIA H100 80GB HBM3 MIG 1g.10gb"
+    assert mfu.card(mig) is None and mfu.target_scope("full", mig) == {"gpu": True, "h100": False}
+    for unknown in ("NVIDIA L40S", "NVIDIA GeForce RTX 4090", "NVIDIA GH200 480GB", "cpu", None, mig):
         assert mfu.peak_tflops(unknown, "bf16") is None
     assert mfu.target_scope("tiny", "NVIDIA H100 80GB HBM3") == {"gpu": False, "h100": False}
     assert mfu.target_scope("full", "cpu") == {"gpu": False, "h100": False}
@@ -438,6 +445,10 @@ def test_a_failing_gpu_part_is_recorded_and_the_others_still_measured(tmp_path, 
     assert "gpu part cdt: " in capsys.readouterr().out
     with pytest.raises(InputError, match="--gpu-parts 'enformer,gpus'"):
         gpu.bench_gpu("tiny", parts=("enformer", "gpus"))
+    # a misspelt part is refused before the section removes its earlier record
+    kept = (tmp_path / "gpu.json").read_bytes()
+    assert main(["bench", "--only", "gpu", "--gpu-size", "tiny", "--gpu-parts", "enformr", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "gpu.json").read_bytes() == kept and "cdt, loader" in (tmp_path / "summary.md").read_text()
 
 
 def test_the_busy_verdict_reads_the_eager_runner_runs_only():
