@@ -138,11 +138,11 @@ def verdict(
         return "n/a"
     if value is None:
         return "–"
-    shown = round(100 * value) / 100 if percent else _as_printed(value)
+    shown = round(100 * value) / 100 if percent else as_printed(value)
     return "yes" if (shown >= target if higher_is_better else shown <= target) else "NO"
 
 
-def _as_printed(value: float) -> float:
+def as_printed(value: float) -> float:
     """`value` rounded as `fmt` prints it."""
     if isinstance(value, int):
         return value

@@ -257,6 +257,14 @@ def test_a_resumed_stage_2_keeps_the_stage_1_it_started_from_or_is_refused(tmp_p
     torch.save(legacy, out / "cdbridge_last.pt")
     with pytest.raises(InputError, match=r"cdbridge_last\.pt records no stage1 it started from \(an earlier version"):
         run_training(config_from_dict(raw), progress=False)
+    # an ablation sharing the model's stage 1 is checked against that one (it runs under the model's name)
+    from dogmacache.train.run import _own_prerequisite
+
+    task = CdbridgeTask(config_from_dict({**raw, "model": {**raw["model"], "ablations": ["tissue_only"]}}))
+    (ablation,) = [b.task for n, b in task.baselines(task.load()).items() if n == "tissue_only"]
+    (p,) = ablation.prerequisites(task.load()).values()
+    reader = lambda path, **how: checkpoint.read(path, **how)  # noqa: E731
+    assert _own_prerequisite("tissue_only", "stage1", p, out, reader) == [out / "stage1" / "cdbridge_stage1_last.pt"]
     # a finished stage 1 named in [data] stage1_checkpoint, replaced by another of the same data
     named = tmp_path / "stage1.pt"
     shutil.copy(stage1_best, named)
@@ -302,8 +310,12 @@ def test_a_named_stage_1_must_be_a_stage_1_of_this_model_and_a_torn_resume_file_
     named["model"] = {**raw["model"], "contrastive_weight": 0.5, "output_tokens": 3}
     named["output"] = {**raw["output"], "dir": str(tmp_path / "named")}
     run_training(config_from_dict(named), progress=False)
-    named["model"]["ablations"] = ["no_recovery"]
     named["output"]["overwrite"] = True
+    for key, value in (("merge_rate_mean", 0.2), ("n_heads", 1), ("functional_layers", 2)):  # same shapes or not
+        other = {**named, "model": {**named["model"], key: value}}
+        with pytest.raises(InputError, match=rf"was trained with \[model\] {key} = "):
+            run_training(config_from_dict(other), progress=False)
+    named["model"]["ablations"] = ["no_recovery"]
     with pytest.raises(
         InputError, match=r"recovery = True, .* has False; .*the ablation no_recovery trains another stage1"
     ):

@@ -32,7 +32,7 @@ from dogmacache.devices import (
 )
 from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
-from dogmacache.train.config import RunConfig
+from dogmacache.train.config import RunConfig, changed_keys
 from dogmacache.train.controls import (
     NULL_MARGIN,
     check_controls,
@@ -102,7 +102,11 @@ def _handed_on_now(
     last = best.with_name(best.name.removesuffix("_best.pt") + "_last.pt")
     if not best.name.endswith("_best.pt") or not best.is_file() or not last.is_file() or _will_train(p, last, read):
         return {"weights": None}
-    return _handed_on({"checkpoint": best}, read, fix=checkpoint.resume_fix(best))
+    fix = (  # removing it alone would leave the models that started from it without it
+        "start the run over with --set output.resume=false --set output.overwrite=true (the models that started from "
+        "this prerequisite need it whole)"
+    )
+    return _handed_on({"checkpoint": best}, read, fix=fix)
 
 
 def _named_how(role: str) -> dict[str, str]:
@@ -119,6 +123,23 @@ def _will_train(p: Prerequisite, last: Path, read: Callable[[str], dict[str, Any
     has not stopped early)."""
     state, t = read(str(last), fix=checkpoint.resume_fix(last)).get("state") or {}, p.task.config.train
     return state.get("epoch", 0) < t.epochs and state.get("stale", 0) < t.early_stop_patience
+
+
+def _own_prerequisite(name: str, role: str, p: Prerequisite, out: Path, read: Callable[..., dict]) -> list[Path]:
+    """The last checkpoint of the prerequisite run model `name` gets ([] for a named finished one): its own, else
+    the one of that configuration another model ran first (a run shared by several models goes by the first's
+    name, as CDBridge's ablations share the model's stage 1)."""
+    if p.checkpoint:
+        return []
+    own = out / p.folder / f"{name}_{role}_last.pt"
+    if own.is_file():
+        return [own]
+    wanted = p.task.config.to_dict()
+    return [
+        x
+        for x in sorted((out / p.folder).glob(f"*_{role}_last.pt"))
+        if not changed_keys(read(str(x), fix=checkpoint.resume_fix(x)).get("config") or {}, wanted)
+    ][:1]
 
 
 def _check_handed_on(
@@ -139,8 +160,7 @@ def _check_handed_on(
     recorded = saved.get("prerequisites")
     if recorded is None:  # written before models recorded what they were handed
         for role, p in needed.items():
-            own = out / p.folder / f"{name}_{role}_last.pt"  # its own (a shared one runs under the first model's name)
-            trains = [own] if not p.checkpoint and own.is_file() and _will_train(p, own, read) else []
+            trains = [x for x in _own_prerequisite(name, role, p, out, read) if _will_train(p, x, read)]
             if trains:
                 raise InputError(
                     f"{last} records no {role} it started from (an earlier version wrote it), and {trains[0]} trains "
