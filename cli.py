@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from dogmacache import __version__
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # Library code raises these with messages that name the value, the expectation and the fix.
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 141
     except OSError as err:
         if err.errno not in FILE_ERRNOS:
             raise

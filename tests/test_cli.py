@@ -1,6 +1,7 @@
 """The `dogmacache` command: subcommands listed, cache info / publish --dry-run, the demo, the wheel layout."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,23 @@ def test_help_lists_the_subcommands():
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
     assert {"cache", "recipe", "embed", "models", "train", "model-summary", "probe", "demo", "bench"} <= listed, out
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path, rng):
+    """`dogmacache cache info C | head -1`: the reader goes away; no traceback, the exit status of a SIGPIPE."""
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line: every write meets a closed pipe
+    try:
+        done = subprocess.run(
+            [Path(sys.executable).parent / "dogmacache", "cache", "info", str(tmp_path / "c.zarr")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):

@@ -173,6 +173,20 @@ def test_a_leak_the_null_shares_is_flagged_against_the_no_input_baseline(tmp_pat
     assert "(not set beside the no-input baseline per_gene_mean" in capsys.readouterr().out
 
 
+def test_a_few_scattered_null_draws_above_the_baseline_are_no_leak_but_agreeing_ones_are():
+    """Three draws of the demo's CDBridge fold 1 (held-out Spearman 0.231, 0.012, 0.230; the per-tissue mean 0)
+    were flagged at two standard errors; at the t bound of 3 draws they are not. Draws that agree are."""
+    from dogmacache.train.controls import null_names, null_summary
+
+    def flagged(draws, base=0.0):
+        results = {"m": {"test": {"s": 0.338}}, "base": {"test": {"s": base}}}
+        results.update({n: {"test": {"s": v}} for n, v in zip(null_names(len(draws)), draws, strict=True)})
+        return null_summary(results, "m", len(draws), ("s",), "base")["test"]["s"]["null_above_baseline"]
+
+    assert not flagged([0.231, 0.012, 0.230])
+    assert flagged([0.231, 0.229, 0.230]) and not flagged([0.031, 0.029, 0.030])  # above 0.05 only where it is
+
+
 def test_a_metric_some_draws_lack_is_summarised_over_the_draws_that_have_it():
     from dogmacache.train.controls import null_summary
 

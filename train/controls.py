@@ -293,9 +293,9 @@ def without_ablations(config: Any) -> Any:
 
 
 # how far the null's draws may score above the task's no-input baseline (on the metric's own scale: a correlation,
-# a cosine, R²) before `null_summary` flags them, beyond two standard errors of their mean: labels permuted apart
-# from the inputs leave a model nothing to score on but what reaches it some other way (test labels read at
-# evaluation, a table that joins the answer in)
+# a cosine, R²) before `null_summary` flags them, beyond the one-sided 97.5 % t bound of their mean: labels
+# permuted apart from the inputs leave a model nothing to score on but what reaches it some other way (test labels
+# read at evaluation, a table that joins the answer in)
 NULL_MARGIN = 0.05
 
 
@@ -307,8 +307,9 @@ def null_summary(
     (1 + that count) / (1 + draws) (never 0: the model counts as one draw of the null, Phipson and Smyth 2010).
     Beside them the no-input `baseline`'s value where it has one (an R² against the better of it and a constant,
     which scores 0), and `null_above_baseline`: the draws' mean above it by more than NULL_MARGIN and by more than
-    two standard errors. Then the null itself reads something beyond its inputs, the model likely too, and its p
-    measures nothing."""
+    t(0.975, draws - 1) standard errors (4.3 of them for 3 draws, 2.1 for 19: a few draws are no evidence of a
+    leak unless they agree). Then the null itself reads something beyond its inputs, the model likely too, and its
+    p measures nothing."""
     names = [n for n in null_names(draws) if n in results]
     out: dict[str, Any] = {"draws": len(names), "models": names, "test": {}}
     for metric in metrics:
@@ -345,11 +346,17 @@ def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: s
         why = "it has no finite value" if base is not None else "it was not scored ([train] baselines = false)"
         return {"baseline": name, "not_compared": f"not set beside the no-input baseline {name}: {why}"}
     floor = max(float(base), 0.0) if metric.startswith("r2") else float(base)  # R²: a constant scores 0
+    from scipy import stats
+
     gain = float(null.mean()) - floor
-    error = float(null.std(ddof=1)) / np.sqrt(len(null)) if len(null) > 1 else float("inf")
+    bound = (
+        float(stats.t.ppf(0.975, len(null) - 1)) * float(null.std(ddof=1)) / np.sqrt(len(null))
+        if len(null) > 1
+        else float("inf")
+    )
     return {
         "baseline": name,
         "baseline_value": float(base),
         "null_gain_over_baseline": gain,
-        "null_above_baseline": bool(gain > NULL_MARGIN and gain > 2 * error),
+        "null_above_baseline": bool(gain > NULL_MARGIN and gain > bound),
     }

@@ -466,7 +466,8 @@ def print_null(null: dict[str, Any], model: str) -> None:
         if n.get("null_above_baseline"):
             print(
                 f"    WARNING: the null's draws score {n['null_gain_over_baseline']:+.3f} above the no-input baseline "
-                f"{n['baseline']} ({n['baseline_value']:.3f}), beyond {NULL_MARGIN} and two standard errors: with "
+                f"{n['baseline']} ({n['baseline_value']:.3f}), beyond {NULL_MARGIN} and the 97.5 % t bound of their "
+                "mean: with "
                 "labels permuted apart from the inputs, something else reaches the labels (test labels read at "
                 "evaluation, an answer joined into the inputs); the model's number and this p are not evidence"
             )
