@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 FILE_ERRNOS = {*DISK_ERRNOS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll here, or stdout is no file
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports every stage's command line (matplotlib, torch): seconds
@@ -59,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         # Library code raises these with messages that name the value, the expectation and the fix.
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly, as a shell tool does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe (a child process's) is an error like any other
+            raise
+        # the reader of the output went away (`| head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
         return 141
     except OSError as err:
         if err.errno not in FILE_ERRNOS:

@@ -42,6 +42,19 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path, rng):
     assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_broken_pipe_that_is_not_the_output_is_an_error(monkeypatch, tmp_path, rng):
+    """A child process's pipe breaking is no reader going away: it is raised, not turned into a quiet exit."""
+    from dogmacache.cache import cli as cache_cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cache_cli, "_info", broken)
+    write_cache(tmp_path / "c.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
+    with pytest.raises(BrokenPipeError):
+        main(["cache", "info", str(tmp_path / "c.zarr")])
+
+
 def test_cache_info_summarises_the_manifest(tmp_path, rng, capsys):
     write_cache(tmp_path / "c.zarr", rng.standard_normal((5, 4, 8)).astype(np.float32), shard_items=2)
     assert main(["cache", "info", str(tmp_path / "c.zarr")]) == 0
