@@ -320,8 +320,16 @@ def test_a_named_stage_1_must_be_a_stage_1_of_this_model_and_a_torn_resume_file_
         InputError, match=r"recovery = True, .* has False; .*the ablation no_recovery trains another stage1"
     ):
         run_training(config_from_dict(named), progress=False)
-    (out / "stage1" / "cdbridge_stage1_last.pt").write_bytes(b"torn")
+    best = out / "stage1" / "cdbridge_stage1_best.pt"
+    kept = best.read_bytes()
+    best.write_bytes(b"torn")  # the stage 1 the model started from: removing it would strand the model
     raw["output"]["resume"] = True
+    with pytest.raises(
+        InputError, match=r"cdbridge_stage1_best\.pt' is not a readable checkpoint .*; start the run over"
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    best.write_bytes(kept)
+    (out / "stage1" / "cdbridge_stage1_last.pt").write_bytes(b"torn")
     with pytest.raises(InputError, match=r"cdbridge_stage1_last\.pt' is not a readable checkpoint .*; remove"):
         run_training(config_from_dict(raw), progress=False)
     raw["output"]["resume"] = False

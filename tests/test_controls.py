@@ -184,6 +184,10 @@ def test_a_few_scattered_null_draws_above_the_baseline_are_no_leak_but_agreeing_
         return null_summary(results, "m", len(draws), ("s",), "base")["test"]["s"]["null_above_baseline"]
 
     assert not flagged([0.231, 0.012, 0.230])
+    one = {"m": {"test": {"s": 0.9}}, "base": {"test": {"s": 0.0}}, "control_permuted_labels": {"test": {"s": 0.9}}}
+    one["control_permuted_labels_2"] = {"test": {"s": float("nan")}}  # one draw left: said, not passed
+    summary = null_summary(one, "m", 2, ("s",), "base")["test"]["s"]
+    assert "null_above_baseline" not in summary and "needs two or more" in summary["not_compared"]
     assert flagged([0.231, 0.229, 0.230]) and not flagged([0.031, 0.029, 0.030])  # above 0.05 only where it is
 
 

@@ -349,11 +349,14 @@ def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: s
     from scipy import stats
 
     gain = float(null.mean()) - floor
-    bound = (
-        float(stats.t.ppf(0.975, len(null) - 1)) * float(null.std(ddof=1)) / np.sqrt(len(null))
-        if len(null) > 1
-        else float("inf")
-    )
+    if len(null) < 2:  # one scored draw has no spread to judge its mean by
+        return {
+            "baseline": name,
+            "baseline_value": float(base),
+            "null_gain_over_baseline": gain,
+            "not_compared": f"one draw scored: the leak flag against {name} needs two or more (null_draws >= 3)",
+        }
+    bound = float(stats.t.ppf(0.975, len(null) - 1)) * float(null.std(ddof=1)) / np.sqrt(len(null))
     return {
         "baseline": name,
         "baseline_value": float(base),
