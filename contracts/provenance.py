@@ -14,6 +14,23 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+# The controls a manifest names itself as, written by `embed` and read by `probe`: the sequence-only k-mer features
+# (`embed --model kmer`: the manifest's `model`) and a model's architecture with random weights (`embed
+# --random-init SEED`: its `model_revision` is RANDOM_INIT + the seed)
+KMER_MODEL = "kmer"
+RANDOM_INIT = "random_init:"
+
+
+def random_init_revision(seed: int) -> str:
+    """The manifest's `model_revision` for weights drawn at random with `seed` (`--random-init`), none read."""
+    return f"{RANDOM_INIT}{seed}"
+
+
+def is_random_init(revision: object) -> bool:
+    """Whether a manifest's `model_revision` says its weights were drawn at random (`random_init_revision`)."""
+    return str(revision).startswith(RANDOM_INIT)
+
+
 # Packages whose versions can change the numbers or the layout; recorded in every manifest and checkpoint.
 PROVENANCE_PACKAGES = ("dogmacache", "numpy", "zarr", "numcodecs", "torch", "transformers", "enformer-pytorch")
 

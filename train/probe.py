@@ -39,13 +39,13 @@ import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
 from dogmacache.cache.storage import check_writable
+from dogmacache.contracts.provenance import KMER_MODEL, is_random_init
 from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
 
 POOLINGS = ("mean", "center")
 TASKS = ("auto", "regression", "classification")
-KMER_MODEL = "kmer"  # the manifest `model` of `dogmacache embed --model kmer` (the sequence-only control)
 PERMUTED, SHUFFLED = CONTROLS = ("permuted labels", "shuffled inputs")  # per cache, in this order after it
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-2.0, 6.5, 0.5))  # ridge grid
 CS = tuple(float(c) for c in 10.0 ** np.arange(-4.0, 3.0))  # logistic regression grid
@@ -375,15 +375,12 @@ def opened(url: str, labels: Labels, config: ProbeConfig) -> tuple[EmbeddingCach
     return cache, rows
 
 
-RANDOM_INIT = "random_init:"  # the model_revision an `embed --random-init SEED` cache records
-
-
 def cache_role(m: Any) -> str:
     """A cache's role in the table: the k-mer control, a random-init control (the model's architecture with random
     weights), or a model; only a model may be chosen."""
     if m.model == KMER_MODEL:
         return "kmer control"
-    return "random-init control" if str(m.model_revision).startswith(RANDOM_INIT) else "model"
+    return "random-init control" if is_random_init(m.model_revision) else "model"
 
 
 def same_inputs(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = False) -> None:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from dogmacache.cache.layout import ExtraArray
+from dogmacache.contracts.provenance import KMER_MODEL
 from dogmacache.contracts.windows import WindowGeometry
 from dogmacache.embed.adapters.base import STRAND_POLICY_FLAG, AdapterOptions, EmbeddingAdapter, ModelInfo
 from dogmacache.embed.adapters.hf_esm import ESM2_MAX_TOKENS, POOLING_FLAG, EsmOptions, clean_protein
@@ -194,7 +195,7 @@ class _KmerFeatures(EmbeddingAdapter):
         self.options = options
 
     def info(self) -> ModelInfo:
-        return ModelInfo(model="kmer", model_revision=REVISION, **self.describe())
+        return ModelInfo(model=KMER_MODEL, model_revision=REVISION, **self.describe())
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError

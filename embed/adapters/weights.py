@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from dogmacache.contracts.provenance import file_sha256
+from dogmacache.contracts.provenance import file_sha256, random_init_revision
 from dogmacache.errors import ModelError, WeightsMismatchError
 
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # the names Hugging Face folders use, in this order
@@ -84,11 +84,6 @@ MODEL_FILES = (
     "added_tokens.json",
     "args.json",
 )
-
-
-def random_init_revision(seed: int) -> str:
-    """The manifest's `model_revision` for weights drawn at random with `seed` (`--random-init`), none read."""
-    return f"random_init:{seed}"
 
 
 def recorded_identity(
