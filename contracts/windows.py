@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from dogmacache.errors import InputError
 
 ORIENTATIONS = ("reference", "transcript")
@@ -59,6 +60,29 @@ class WindowGeometry:
     @property
     def span_bp(self) -> int:
         return self.n_bins * self.bin_bp
+
+
+# A window's id in the recipes' tables: "chrom:center:strand" (readable, and the same in every run over the same
+# coordinates). Its site, "chrom:center", is what its two strands share: a window is cut from the reference strand,
+# so both read the same bases (the two strands of a bidirectional promoter)
+def window_site_id(chrom: pd.Series, center: pd.Series) -> pd.Series:
+    """The "chrom:center" site of each window (`window_id` without the strand)."""
+    return chrom.astype(str) + ":" + center.astype(str)
+
+
+def window_id(site: pd.Series, strand: pd.Series) -> pd.Series:
+    """The "chrom:center:strand" id of each window at `site` (`window_site_id`)."""
+    return site + ":" + strand.astype(str)
+
+
+def site_of(ids: pd.Series) -> pd.Series:
+    """The site of each window id (its trailing ":+" or ":-" removed; an id of another form as it is)."""
+    return ids.str.replace(r":[+-]$", "", regex=True)
+
+
+def strand_of(ids: pd.Series) -> list[str]:
+    """The strand each window id ends with, "." where it names none (an id of another form)."""
+    return [w.rsplit(":", 1)[-1] if w.rsplit(":", 1)[-1] in STRANDS else "." for w in ids.astype(str)]
 
 
 def window_start0(center: int | np.ndarray, span_bp: int) -> int | np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dogmacache.contracts.tables import check_gene_alignment
+from dogmacache.contracts.windows import window_site_id
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
@@ -211,7 +212,7 @@ def build_gasperini(
     # split by enhancer, stratified on whether any of its pairs is significant; gRNA groups that target one site
     # (the screen's top_two and second_two pairs of a candidate) are one window: linked, they fall in one split
     site = sites.set_index("gRNA_group")
-    site_of = site["chrom"].astype(str) + ":" + site["center"].astype("int64").astype(str)
+    site_of = window_site_id(site["chrom"], site["center"].astype("int64"))
     linked = tables.linked_groups(pairs.assign(site=pairs["gRNA_group"].map(site_of)), "gRNA_group", ["site"])
     sizes = pd.Series(linked).value_counts()
     counts["enhancers_sharing_a_site"] = int(sizes[sizes > 1].sum())

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from dogmacache.contracts.windows import tss
+from dogmacache.contracts.windows import tss, window_id, window_site_id
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
@@ -103,8 +103,8 @@ def build_gene_tss(
     rows = first.loc[kept].reset_index().rename(columns={"gene_name": "id"})
     windows = rows[["id", "chrom", "center", "strand", "gene_id"]].astype({"center": "int64"})
     # symbols whose windows hold the same bases (the same chrom and TSS, on either strand) fall in one split together
-    site = windows["chrom"] + ":" + windows["center"].astype(str)
-    place = windows.assign(site=site, window=site + ":" + windows["strand"])
+    site = window_site_id(windows["chrom"], windows["center"])
+    place = windows.assign(site=site, window=window_id(site, windows["strand"]))
     split, group_counts = tables.split_linked(
         place, "id", ["site"], fractions, seed, what="genes", test_chroms=test_chroms
     )

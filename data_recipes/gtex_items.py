@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dogmacache.contracts.windows import tss
+from dogmacache.contracts.windows import tss, window_id, window_site_id
 from dogmacache.data_recipes import formats
 from dogmacache.data_recipes.gtex_config import GtexConfig
 from dogmacache.data_recipes.gtex_masks import coding_masks
@@ -97,12 +97,12 @@ def join_ids(kept: pd.DataFrame) -> pd.DataFrame:
     transcript's peptide ("" without a peptide); and dna_site, the window's "chrom:center" whatever its strand, for
     linking split groups (a window is cut from the reference strand, so the two strands of a bidirectional promoter
     read the same bases). `kept` is sorted by id."""
-    dna_site = kept["chrom"].astype(str) + ":" + kept["center"].astype(str)
+    dna_site = window_site_id(kept["chrom"], kept["center"])
     coding = kept["peptide"] != ""
     first_id = kept[coding].groupby("peptide")["peptide_id"].min()
     protein_id = kept["peptide"].map(first_id).where(coding, "")
     return kept.assign(
-        dna_id=dna_site + ":" + kept["strand"].astype(str), dna_site=dna_site, rna_id=kept["id"], protein_id=protein_id
+        dna_id=window_id(dna_site, kept["strand"]), dna_site=dna_site, rna_id=kept["id"], protein_id=protein_id
     )
 
 

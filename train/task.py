@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dogmacache.contracts.tables import check_one_split, read_table  # noqa: F401 (the tasks read their tables with it)
+from dogmacache.contracts.windows import site_of
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
 from torch import Tensor, nn
@@ -309,7 +310,7 @@ def linked_items(table: pd.DataFrame, columns: Iterable[str] = LINK_COLUMNS) -> 
         text = out[column].astype("string")
         out[column] = text.mask(text.fillna("") == "")
     if "dna_id" in out.columns:
-        out["dna_site"] = out["dna_id"].str.replace(r":[+-]$", "", regex=True)
+        out["dna_site"] = site_of(out["dna_id"])
     return out
 
 

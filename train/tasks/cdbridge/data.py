@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.contracts.tables import SPLITS, standardise_tissues
+from dogmacache.contracts.windows import strand_of
 from dogmacache.errors import InputError
 from dogmacache.train.task import (
     Batches,
@@ -127,7 +128,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     frame["mask_row"] = np.arange(len(frame))
     # the window's strand, the last field of the gtex recipe's window ids ("chrom:center:strand"); "." unknown
     window_ids = (table["dna_id"] if "dna_id" in table else frame["id"]).astype(str)
-    frame["strand"] = [w.rsplit(":", 1)[-1] if w.rsplit(":", 1)[-1] in ("+", "-") else "." for w in window_ids]
+    frame["strand"] = strand_of(window_ids)
     values = table[tissues].to_numpy(np.float32)
     if not np.isfinite(values).all():
         raise InputError(f"{d.labels} has missing or non-finite labels; drop or fix them in the recipe")
