@@ -281,16 +281,14 @@ def null_verdict(summary: dict) -> dict[str, dict]:
         "biodta": summary["biodta"]["train"],
         "cdbridge": summary["cdbridge"],
     }
+    from dogmacache.train.controls import gain_over_baseline
     from dogmacache.train.registry import get_task
 
     verdict = {}
     for task, run in runs.items():
         baseline = get_task(task).no_input_baseline  # the task's own: the training mean per gene, tissue or token
         test, base = run["models"][task]["test"], run["models"][baseline]["test"]
-        ok = (
-            test["spearman"] - base["spearman"] < NULL_LIMITS["spearman"]
-            and test["r2"] - max(base["r2"], 0.0) < NULL_LIMITS["r2"]
-        )
+        ok = all(gain_over_baseline(test[m], base[m], m) < NULL_LIMITS[m] for m in ("spearman", "r2"))
         verdict[task] = {
             "spearman": test["spearman"],
             "r2": test["r2"],

@@ -103,7 +103,7 @@ def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> Task
         names = [v for v, (split, _) in sorted(data.variants.items()) if split == name]
         tables = [table.copy(), *(data.variants[v][1].copy() for v in names)]
         for j, column in enumerate(columns):
-            present = [_present(t, column) for t in tables if column in t.columns]
+            present = [(t, present_rows(t, column)) for t in tables if column in t.columns]
             if not present:
                 continue
             used = np.unique(np.concatenate([t[column].to_numpy()[p] for t, p in present]))
@@ -114,11 +114,6 @@ def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> Task
         splits[name] = tables[0]
         variants.update({v: (name, t) for v, t in zip(names, tables[1:], strict=True)})
     return dataclasses.replace(data, splits=splits, variants=variants)
-
-
-def _present(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table, `present_rows` of it)."""
-    return table, present_rows(table, column)
 
 
 # what a control_caches entry may set beside its cache: the preprocessing and optimisation suited to other features
@@ -338,6 +333,13 @@ def null_summary(
     return out
 
 
+def gain_over_baseline(value: float, base: float, metric: str) -> float:
+    """How far `value` of `metric` lies above the no-input baseline's `base`: for an R², above the better of the
+    baseline and a constant (R² 0; on labels drawn apart from the inputs a per-gene mean fits noise and falls below
+    a constant)."""
+    return value - (max(base, 0.0) if metric.startswith("r2") else base)
+
+
 def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: str) -> dict[str, Any]:
     """The null's draws against the no-input baseline's value `base` of `metric` (see `null_summary`)."""
     if not name:
@@ -345,10 +347,9 @@ def _against_baseline(null: np.ndarray, base: float | None, metric: str, name: s
     if base is None or not np.isfinite(base):
         why = "it has no finite value" if base is not None else "it was not scored ([train] baselines = false)"
         return {"baseline": name, "not_compared": f"not set beside the no-input baseline {name}: {why}"}
-    floor = max(float(base), 0.0) if metric.startswith("r2") else float(base)  # R²: a constant scores 0
     from scipy import stats
 
-    gain = float(null.mean()) - floor
+    gain = gain_over_baseline(float(null.mean()), float(base), metric)
     if len(null) < 2:  # one scored draw has no spread to judge its mean by
         return {
             "baseline": name,
