@@ -26,7 +26,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 from dogmacache.cache import convert, layout
-from dogmacache.cache.lock import lock_file
 from dogmacache.cache.manifest import Manifest
 from dogmacache.cache.spec import CacheSpec
 from dogmacache.cache.writer import CacheWriter
@@ -153,7 +152,7 @@ def _check_range(block: np.ndarray, rows: np.ndarray, ids: list[str], src: str, 
             "written from a failed run: re-export that row"
         )
     limit = layout.STORAGE_MAX[dtype]
-    if dtype in ("float16", "bfloat16") or block.dtype.itemsize > 4:
+    if dtype == "float16" or block.dtype.itemsize > 4:  # float32 beyond bfloat16's range: the writer refuses it
         peak = np.abs(flat).max(axis=1)
         over = np.flatnonzero(peak > limit)
         if over.size:
@@ -288,8 +287,7 @@ def import_h5(
                     "replaces only with --overwrite"
                 ) from None
             ours, parents = created
-            shutil.rmtree(ours, ignore_errors=True)
-            lock_file(ours).unlink(missing_ok=True)
+            shutil.rmtree(ours, ignore_errors=True)  # its lock went with the writer (`WriterLock.release`)
             for folder in parents:  # deepest first; one another run has put something in stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()

@@ -84,15 +84,27 @@ def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         raise damaged_metadata(text, "", err) from None
 
 
-def damaged_metadata(
-    url: str,
-    name: str,
-    err: Exception,
-    fix: str = "copy or pull the cache again, or re-create it (re-run the command that wrote it, with --overwrite)",
-) -> CacheError:
-    """A zarr.json (the group's, or array `name`'s) that does not parse, as one line naming the file and `fix`."""
+REREAD_FIX = "copy or pull the cache again, or re-create it (re-run the command that wrote it, with --overwrite)"
+
+
+def damaged_metadata(url: str, name: str, err: Exception, fix: str = REREAD_FIX, what: str = "") -> CacheError:
+    """A zarr.json (the group's, or array `name`'s) that does not parse (or, with `what`, says what is wrong with it
+    otherwise), as one line naming the file and `fix`."""
     where = f"{url.rstrip('/')}/{name + '/' if name else ''}zarr.json"
-    return CacheError(f"{where} is not valid JSON ({err}); the cache's metadata is damaged: {fix}")
+    return CacheError(f"{where} {what or 'is not valid JSON'} ({err}); the cache's metadata is damaged: {fix}")
+
+
+def member(group: zarr.Group, url: str, name: str, fix: str = REREAD_FIX) -> zarr.Array:
+    """Array `name` of a cache's group, or one CacheError naming its zarr.json and `fix`: one that does not parse,
+    one that names a codec or field zarr does not know, or one that is gone (an interrupted copy or download)."""
+    try:
+        return group[name]
+    except json.JSONDecodeError as err:
+        raise damaged_metadata(url, name, err, fix) from None
+    except (KeyError, FileNotFoundError) as err:  # the array's folder or its zarr.json is gone
+        raise damaged_metadata(url, name, err, fix, "is missing") from None
+    except (TypeError, ValueError) as err:  # parses, but names a codec or field zarr does not know
+        raise damaged_metadata(url, name, err, fix, "cannot be read as zarr array metadata") from None
 
 
 def open_cache(
@@ -353,19 +365,8 @@ class EmbeddingCache:
         return None if block is None else block[: stop - start]
 
     def _member(self, name: str) -> zarr.Array:
-        """Array `name` of the group; a CacheError naming the file where its zarr.json does not parse."""
-        try:
-            return self._group[name]
-        except json.JSONDecodeError as err:
-            raise damaged_metadata(self.url, name, err) from None
-        except (KeyError, FileNotFoundError) as err:  # the array's folder or its zarr.json is gone
-            where = f"{self.url.rstrip('/')}/{name}/zarr.json"
-            raise CacheError(
-                f"{where} is missing ({type(err).__name__}); the cache is incomplete, as an interrupted copy or "
-                "download leaves it: copy or pull the cache again, or re-create it"
-            ) from None
-        except (TypeError, ValueError) as err:  # parses, but names a codec or field zarr does not know
-            raise damaged_metadata(self.url, name, err) from None
+        """Array `name` of the group (`member`)."""
+        return member(self._group, self.url, name)
 
     def _require(self, name: str, array: zarr.Array, rows: tuple[int, int] | np.ndarray) -> None:
         """In a complete cache, a CacheError (`missing_file`) when a chunk or shard file holding `rows` (a span

@@ -33,7 +33,7 @@ from dogmacache.cache import convert, layout
 from dogmacache.cache.layout import ExtraArray, check_ids
 from dogmacache.cache.lock import WriterLock
 from dogmacache.cache.manifest import MANIFEST_KEY, Manifest, config_differences, digest_strings, manifest_mapping
-from dogmacache.cache.reader import chunk_file, damaged_metadata
+from dogmacache.cache.reader import chunk_file, damaged_metadata, member
 from dogmacache.cache.shards import (
     PlainChunks,
     chunk_path,
@@ -65,12 +65,8 @@ def _local_path(path: str | os.PathLike) -> Path:
 
 
 def _member(group: zarr.Group, name: str, path: Path) -> zarr.Array:
-    """Array `name` of a cache being written; a CacheError naming the file where its zarr.json does not parse."""
-    try:
-        return group[name]
-    except json.JSONDecodeError as err:
-        fix = "pass --overwrite to write the cache anew (or choose another output path)"
-        raise damaged_metadata(str(path), name, err, fix) from None
+    """Array `name` of a cache being written (`reader.member`), its fix said as the writer's."""
+    return member(group, str(path), name, "pass --overwrite to write the cache anew (or choose another output path)")
 
 
 def _remove_at_once(path: Path, token: str) -> None:

@@ -79,6 +79,18 @@ def test_resuming_onto_a_member_zarr_json_that_does_not_parse_is_named(cache):
     spec = CacheSpec("dna", "test/model", "r1", -1, "none", (3, 4), "sha256:x", dtype="float32", shard_items=2)
     with pytest.raises(CacheError, match=r"c.zarr/embeddings/zarr.json is not valid JSON .*--overwrite"):
         CacheWriter.create(path, spec, ids=[f"id{i}" for i in range(6)])
+    (path / "embeddings" / "zarr.json").unlink()  # gone, as an interrupted copy leaves it: the writer says so too
+    with pytest.raises(CacheError, match=r"c.zarr/embeddings/zarr.json is missing .*--overwrite"):
+        CacheWriter.create(path, spec, ids=[f"id{i}" for i in range(6)])
+
+
+def test_a_member_zarr_json_naming_an_unknown_codec_is_not_called_invalid_json(cache):
+    path, _ = cache
+    meta = json.loads((path / "embeddings" / "zarr.json").read_text())
+    meta["codecs"][0]["name"] = "nosuchcodec"
+    (path / "embeddings" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match=r"embeddings/zarr.json cannot be read as zarr array metadata .*nosuchcodec"):
+        open_cache(path)[0]
 
 
 @pytest.mark.parametrize(
