@@ -132,14 +132,18 @@ def verdict(
     value: float | None, target: float, higher_is_better: bool = True, applies: bool = True, percent: bool = False
 ) -> str:
     """ "yes" / "NO" against `target`; "n/a" where the target does not apply to the run (`mfu.target_scope`). The
-    value is judged as the table prints it (`fmt`, or `pct` with `percent`), so that a value shown at its target
-    never stands beside "NO" (7.9993 prints as 8.00)."""
+    value itself is judged, never its rounding; where the table's rounding (`fmt`, or `pct` with `percent`) would
+    show a missed target as met (7.9993 prints as 8.00, 0.010049 as 0.01), the verdict gives the value to 5
+    significant figures beside its "NO"."""
     if not applies:
         return "n/a"
     if value is None:
         return "–"
+    if value >= target if higher_is_better else value <= target:
+        return "yes"
     shown = round(100 * value) / 100 if percent else as_printed(value)
-    return "yes" if (shown >= target if higher_is_better else shown <= target) else "NO"
+    looks_met = shown >= target if higher_is_better else shown <= target
+    return f"NO ({100 * value:.5g}%)" if looks_met and percent else f"NO ({value:.5g})" if looks_met else "NO"
 
 
 def as_printed(value: float) -> float:

@@ -206,10 +206,12 @@ def test_number_formatting():
         "2.50e-05",
     ]
     assert bench.verdict(2.5, 2.0) == "yes" and bench.verdict(1.5, 2.0) == "NO" and bench.verdict(None, 2) == "–"
-    # judged as printed: 7.9993 prints 8.00, never beside "NO" against 8; 79.96 % prints 80 %
-    assert bench.fmt(7.9993) == "8.00" and bench.verdict(7.9993, 8.0) == "yes" and bench.verdict(7.99, 8.0) == "NO"
-    assert bench.verdict(1.1004, 1.1, higher_is_better=False) == "yes"
-    assert bench.verdict(0.7996, 0.8, percent=True) == "yes" and bench.verdict(0.794, 0.8, percent=True) == "NO"
+    # the value is judged, not its rounding; where the rounding would show a miss as met, the value is said
+    assert bench.fmt(7.9993) == "8.00" and bench.verdict(7.9993, 8.0) == "NO (7.9993)"
+    assert bench.verdict(8.0, 8.0) == "yes" and bench.verdict(7.9, 8.0) == "NO"
+    assert bench.verdict(1.1004, 1.1, higher_is_better=False) == "NO (1.1004)"
+    assert bench.verdict(0.010049, 0.01, higher_is_better=False) == "NO (0.010049)"
+    assert bench.verdict(0.7996, 0.8, percent=True) == "NO (79.96%)" and bench.verdict(0.794, 0.8, percent=True) == "NO"
 
 
 @pytest.mark.slow
