@@ -227,7 +227,7 @@ def planted_shift(mutated: Path, gene: str, true_move: np.ndarray) -> dict:
 
     observed = float(cosines(predicted))
     null = cosines(tokens["null_moves_0"].astype(np.float64)) if "null_moves_0" in tokens else np.zeros(0)
-    placed = place(observed, null) if len(null) else {"null_median": float("nan"), "null_p_at_least": 1.0}
+    placed = place(observed, null) if len(null) else {"null_median": float("nan"), "null_p_at_least": float("nan")}
     return {
         "planted_move_l2": float(np.linalg.norm(true_move)),
         "predicted_move_l2": float(np.linalg.norm(predicted)),

@@ -127,11 +127,24 @@ def test_demo_knocks_out_planted_tata_boxes_and_places_the_move_among_matched_ed
     assert len(edits) == 2 and all(" TATAAA>" in e or " TTTATA>" in e for e in edits)
     assert json.loads((demo_run / "mutate" / "summary.json").read_text())["config"]["edits"] == edits
     true_move = planted_move(demo_run, MUTATE_GENE, len(edits))
+    unit = true_move / np.linalg.norm(true_move)
+    cosine = {}
     for folder in ("mutate", "mutate_kmer"):
         moved = planted_shift(demo_run / folder, MUTATE_GENE, true_move)
         assert moved["planted_move_l2"] > 0.5 and moved["null_draws"] == 20, folder
-        assert 1 / 21 <= moved["direction_p_at_least"] <= 1 and -1 <= moved["direction_cosine"] <= 1, folder
-        assert np.load(demo_run / folder / "tokens.npz")["null_moves_0"].shape[0] == 20
+        # the direction and its p, worked out again from the rows mutate wrote
+        tokens = np.load(demo_run / folder / "tokens.npz")
+        at = int(np.flatnonzero(tokens["id"] == MUTATE_GENE)[0])
+        move = (tokens["edited"][at] - tokens["reference"][at]).astype(np.float64)
+        null = tokens["null_moves_0"].astype(np.float64)
+        assert null.shape[0] == 20
+        observed = move @ unit / np.linalg.norm(move)
+        drawn = null @ unit / np.linalg.norm(null, axis=1)
+        assert moved["direction_cosine"] == pytest.approx(observed, abs=1e-9), folder
+        assert moved["direction_p_at_least"] == pytest.approx((1 + (drawn >= observed).sum()) / 21), folder
+        cosine[folder] = observed
+    # the k-mer control, whose inputs count the motif, points more along the planted move than the tiny Enformer
+    assert cosine["mutate_kmer"] > cosine["mutate"] + 0.5
 
 
 def test_demo_probes_each_target_beside_its_controls(demo_run):
