@@ -99,7 +99,11 @@ def window_label(chrom: str, center: int, span_bp: int) -> str:
 
 
 def window_holds(window_start: int | np.ndarray, span_bp: int, start0: int, end0: int) -> bool | np.ndarray:
-    """Whether the window(s) starting at 0-based `window_start` hold all of 0-based half-open [start0, end0)."""
+    """Whether the window(s) starting at 0-based `window_start` hold all of 0-based half-open [start0, end0); an
+    empty span (an insertion before base `start0`) only between two of their bases: before the first it would shift
+    the whole window, after the last it would change nothing in it."""
+    if start0 == end0:
+        return (window_start < start0) & (start0 < window_start + span_bp)
     return (window_start <= start0) & (end0 <= window_start + span_bp)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dogmacache.contracts.windows import window_holds
 from dogmacache.embed.genome import Genome
 from dogmacache.errors import InputError
 
@@ -143,9 +144,7 @@ def check_ref(edit: Edit, genome: Genome, where: str = "") -> Edit:
 def in_window(edit: Edit, chrom: str, start0: int, length: int) -> bool:
     """The edit lies wholly inside the window [start0, start0 + length) of `chrom`; an insertion between two of its
     bases (one before its first base would shift the whole window, one after its last would change nothing)."""
-    if not edit.ref:
-        return edit.chrom == chrom and start0 < edit.start0 < start0 + length
-    return edit.chrom == chrom and start0 <= edit.start0 and edit.end0 <= start0 + length
+    return edit.chrom == chrom and bool(window_holds(start0, length, edit.start0, edit.end0))
 
 
 def edited_window(genome: Genome, chrom: str, start0: int, length: int, edits: Sequence[Edit]) -> tuple[str, int]:

@@ -58,8 +58,8 @@ def matched_variant(
         placed = []
         for e in canonical:
             span = len(e.ref)
-            # an insertion goes between two of the window's bases (before its first it would shift the whole window,
-            # after its last it would change nothing); any other edit wholly inside
+            # where `contracts.windows.window_holds` holds it: an insertion between two of the window's bases, any
+            # other edit wholly inside
             q = int(rng.integers(lo + 1, hi)) if span == 0 else int(rng.integers(lo, hi - span + 1))
             ref = reference(genome, chrom, q, span)
             if len(e.alt) == span:  # a substitution: another base where the variant's changes one, else the same

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.cache.layout import as_read
-from dogmacache.contracts.windows import window_start0
+from dogmacache.contracts.windows import window_holds, window_start0
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
@@ -84,12 +84,10 @@ class Scanner:
         hit = np.zeros(len(self.table), dtype=bool)
         crossed = []
         for edit in edits:
-            same, ends = chroms == edit.chrom, starts + self.window_bp
-            if edit.ref:  # wholly inside, or crossing an edge
-                inside = same & (starts <= edit.start0) & (edit.end0 <= ends)
-                overlap = same & (starts < edit.end0) & (edit.start0 < ends)
-            else:  # an insertion: between two of the window's bases (`edits.in_window`), else outside
-                inside = overlap = same & (starts < edit.start0) & (edit.start0 < ends)
+            same = chroms == edit.chrom
+            inside = same & window_holds(starts, self.window_bp, edit.start0, edit.end0)
+            # crossing an edge; an insertion is inside or outside (`window_holds`), never across
+            overlap = same & (starts < edit.end0) & (edit.start0 < starts + self.window_bp) if edit.ref else inside
             crossed += [(int(row), edit) for row in np.flatnonzero(overlap & ~inside)]
             hit |= inside
         return hit, crossed

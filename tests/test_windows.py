@@ -70,6 +70,9 @@ def test_window_start_label_and_holds():
     starts = np.array([0, 100])
     assert window_holds(starts, 50, 10, 20).tolist() == [True, False]
     assert window_holds(100, 50, 149, 150) and not window_holds(100, 50, 149, 151)
+    # an insertion (an empty span) only between two of the window's bases
+    assert window_holds(100, 50, 101, 101) and window_holds(100, 50, 149, 149)
+    assert not window_holds(100, 50, 100, 100) and not window_holds(100, 50, 150, 150)
 
 
 def test_tss_is_the_start_on_plus_and_the_end_on_minus():
