@@ -54,7 +54,7 @@ def _fit_task(
     finished = {
         role: _prerequisite(p, f"{name}_{role}", out, progress, done) for role, p in task.prerequisites(data).items()
     }
-    handed = {role: _handed_on(r) for role, r in finished.items()}  # the weights each prerequisite gives this model
+    handed = {role: r["handed"] for role, r in finished.items()}  # the weights each prerequisite gives this model
     torch.manual_seed(task.config.train.seed)  # the initial weights are part of the seeded run
     model, model_class, model_config = task.build_model(data, finished)
     device = pick_device(task.config.train.device)
@@ -191,6 +191,7 @@ def _prerequisite(
             folder = out / p.folder
             folder.mkdir(parents=True, exist_ok=True)
             result = {"name": name, **_fit_task(p.task, p.data, name, folder, progress, done)}
+        result["handed"] = _handed_on(result)  # read and digested once, for every model that starts from it
         done[key] = result
     return done[key]
 
@@ -302,19 +303,30 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     def resumed(last: Path) -> dict[str, Any]:  # a model's last checkpoint, which the resume goes on from
         return read(last, fix=checkpoint.resume_fix(last))
 
+    # (name, its task, its caches' fingerprints, what to do where a named prerequisite does not fit it: a template
+    # of {role}, "" for the checkpoint's default advice)
     models: list[tuple[str, Task, dict[str, Any], str]] = [(config.task, task, data.fingerprints, "")]
     for name, b in task.baselines(data).items():
-        if isinstance(b, FittedBaseline):
-            models.append((name, b.task, data.fingerprints, f"ablation:{name}"))
+        if isinstance(b, FittedBaseline):  # an ablation that changes what its stage 1 is
+            fix = (
+                f"the ablation {name} trains another {{role}} than the model (its [model] changes it): drop {name} "
+                "from [model] ablations, or leave [data] {role}_checkpoint empty so that each trains its own"
+            )
+            models.append((name, b.task, data.fingerprints, fix))
     for name, (kind, control, what) in control_configs(config, data).items():
         if kind != "cache":
             models.append((name, type(task)(control), data.fingerprints, ""))
             continue
         key, path = what
         fingerprints = {**data.fingerprints, key.removesuffix("_cache"): open_cache(path).fingerprint()}
-        models.append((name, type(task)(control), fingerprints, f"[train] control_caches {key}={path}"))
+        fix = (
+            f"the control {name} ([train] control_caches {key}={path}) cannot start from the {{role}} checkpoint the "
+            "model does: drop that control_caches entry, or leave the {role} checkpoint empty so that each model "
+            "trains its own"
+        )
+        models.append((name, type(task)(control), fingerprints, fix))
     splits = data.split_digests()  # a control moves labels or inputs, never which examples
-    for name, t, fingerprints, control in models:
+    for name, t, fingerprints, fix in models:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
             checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits)
@@ -327,18 +339,8 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
                         resumed(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
                     )
                 continue
-            if control.startswith("ablation:"):  # an ablation that changes what its stage 1 is
-                fix = (
-                    f"the ablation {name} trains another {role} than the model (its [model] changes it): drop {name} "
-                    f"from [model] ablations, or leave [data] {role}_checkpoint empty so that each trains its own"
-                )
-            else:
-                fix = (
-                    f"the control {name} ({control}) cannot start from the {role} checkpoint the model does: drop "
-                    f"that control_caches entry, or leave the {role} checkpoint empty so that each model trains its own"
-                )
             named = read(p.checkpoint, **_named_how(role))
-            _check_prerequisite(named, p, fingerprints, **({"fix": fix} if control else {}))  # the model's: the default
+            _check_prerequisite(named, p, fingerprints, **({"fix": fix.replace("{role}", role)} if fix else {}))
 
 
 SHARED_FIGURES = ("learning_curves.png", "test_scatter.png")  # every task's, beside its own `figure_names`
