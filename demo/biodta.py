@@ -28,7 +28,7 @@ MUTATE_GENE = PERTURBED_GENE  # a demo gene expressed in the Heart profile, with
 MUTATE_PROFILE = "Heart"
 PROMOTER_BP = 400  # the TATA boxes the edit replaces lie this far upstream of the TSS at most (-180/-120/-60)
 KMER_CACHE = "biodta-dna-kmer"  # the k-mer control's cache (its checkpoint: control_dna_<this>_best.pt)
-REPLACEMENT = "GAGCTC"  # put in place of each TATA box: no TATA, no ATG, no base shared with TATAAA's first
+REPLACEMENT = "GAGCTC"  # put in place of each TATA box: no TATA, no ATG; keeps TATAAA's second base (A), changes five
 
 
 def write_biodta_scgpt(out: Path, data: Path = DEMO_DATA) -> Path:

@@ -28,7 +28,7 @@ def _flags(embedded: torch.Tensor, stored: torch.Tensor, dtype: str) -> torch.Te
     return torch.stack([bad, overflow])
 
 
-def _refuse(flags: np.ndarray, ids: list[str], dtype: str = "float16") -> None:
+def _refuse(flags: np.ndarray, ids: list[str], dtype: str) -> None:
     bad, overflow = flags
     if bad.any():
         first = int(np.flatnonzero(bad)[0])

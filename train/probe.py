@@ -541,6 +541,7 @@ def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None)
     if chosen_by is None:
         return []
     key = chosen_by.replace(" ", "_")
+    chosen = next((t for t in rows if t["chosen"]), None)
     lines = []
     for r in rows:
         if r["role"] != "random-init control" or not math.isfinite(r[key]):
@@ -553,7 +554,6 @@ def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None)
                 f"{r['model']} cache's {best[key]:.3f} ({best['cache']}): the same architecture with random weights "
                 "predicts as much here"
             )
-        chosen = next((t for t in rows if t["chosen"]), None)
         if chosen is not None and chosen is not best and r[key] > chosen[key]:
             lines.append(
                 f"the random-init control {r['cache']} scores above the pick: {chosen_by} {r[key]:.3f} against "
