@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -32,8 +33,11 @@ def _opener(path: str | Path, binary: bool = False):
         raise InputError(f"source file {str(path)!r} does not exist; download it or pass --source-dir")
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    mode = "rb" if binary else "rt"
-    return gzip.open(path, mode) if magic == b"\x1f\x8b" else open(path, mode)  # noqa: SIM115
+    if binary:
+        return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # noqa: SIM115
+    # utf-8-sig: a byte-order mark some editors write reads as nothing, not as part of the first column's name
+    encoding = "utf-8-sig"
+    return gzip.open(path, "rt", encoding=encoding) if magic == b"\x1f\x8b" else open(path, encoding=encoding)  # noqa: SIM115
 
 
 @contextmanager
@@ -96,7 +100,7 @@ def read_table(
                 keep_default_na=False,
                 low_memory=False,
                 skip_blank_lines=False,
-                encoding="utf-8",
+                encoding="utf-8-sig",
                 quoting=csv.QUOTE_NONE,  # a quote is a character: lines split as FieldCheck counts them
             )
     except _TRUNCATED as err:
@@ -251,6 +255,24 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 _UNIPROT_GN = re.compile(r"\bGN=(\S+)")
 
 
+def read_vocab_json(path: str | Path, flag: str) -> list[str]:
+    """Gene symbols of an scGPT `vocab.json` ({symbol: id}) in file order, its special tokens (`<pad>`, `<cls>`,
+    ...) skipped; InputError naming `flag` for a file that is missing, not JSON, or not such a map."""
+    path = Path(path)
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as err:
+        raise InputError(f"{flag} {str(path)!r}: could not read it ({err}); pass scGPT's vocab.json") from err
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"{flag} {path} line {err.lineno}: not valid JSON ({err.msg}); expected scGPT's vocab.json"
+        ) from err
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        kind = type(vocab).__name__ if not isinstance(vocab, dict) else "map whose values are not all token ids"
+        raise InputError(f"{flag} {path} holds a JSON {kind}; expected scGPT's vocab.json, a {{symbol: id}} map")
+    return [g for g in vocab if not (g.startswith("<") and g.endswith(">"))]
+
+
 def read_uniprot(path: str | Path) -> pd.DataFrame:
     """UniProt FASTA (`>sp|P31946|1433B_HUMAN ... GN=YWHAB PE=1 SV=3`) as columns accession, entry, gene, sequence.
     Entries without `GN=` are dropped (they cannot be joined by symbol)."""
@@ -291,13 +313,19 @@ GTF_COLUMNS = ("seqname", "source", "feature", "start", "end", "score", "strand"
 def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
     """GTF rows of the given feature types; 1-based inclusive coordinates; the named attributes as columns.
     Every line but a gene line must carry `transcript_id` (GTF 2.2 makes it mandatory; Ensembl omits it on
-    gene lines only): a line without it cannot be joined to its transcript, so it stops the read."""
-    wanted, rows = set(features), []
+    gene lines only): a line without it cannot be joined to its transcript, so it stops the read. Blank lines
+    are skipped. The genome build the header names (`gtf_build`) is kept in the frame's `attrs["genome_build"]`
+    (None where the header names none)."""
+    wanted, rows, header = set(features), [], []
     with open_text(path) as fh:
         for n, line in enumerate(fh, 1):
             if line.startswith("#"):
+                if not rows:
+                    header.append(line)
                 continue
-            cols = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            cols = line.rstrip("\n").rstrip("\r").split("\t")
             if len(cols) != 9:
                 raise InputError(
                     f"{path} line {n}: a GTF line has 9 tab-separated columns, this one {len(cols)}; "
@@ -305,7 +333,17 @@ def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str
                 )
             if cols[2] not in wanted:
                 continue
+            if "=" in cols[8] and not _GTF_ATTR.search(cols[8]):
+                raise InputError(
+                    f"{path} line {n} column 9 (attribute): {cols[8][:60]!r} is GFF3 (key=value), not GTF "
+                    '(key "value";); pass the GTF release of the same annotation (Ensembl and GENCODE publish both)'
+                )
             start, end = (_gtf_position(path, n, cols, i) for i in (3, 4))
+            if start > end:
+                raise InputError(
+                    f"{path} line {n}: start {start:,} lies after end {end:,}; a GTF feature spans start..end "
+                    "(1-based, start <= end, whatever its strand): the file is damaged, download it again"
+                )
             attrs = dict(_GTF_ATTR.findall(cols[8]))
             if cols[2] != "gene" and "transcript_id" not in attrs:
                 raise InputError(
@@ -313,7 +351,9 @@ def read_gtf(path: str | Path, features: Sequence[str], attributes: Sequence[str
                     "every line but a gene line needs one (GTF 2.2). Download the file again"
                 )
             rows.append((cols[0], cols[2], start, end, cols[6], *(attrs.get(a) for a in attributes)))
-    return pd.DataFrame(rows, columns=["chrom", "feature", "start", "end", "strand", *attributes])
+    table = pd.DataFrame(rows, columns=["chrom", "feature", "start", "end", "strand", *attributes])
+    table.attrs["genome_build"] = gtf_build(header)
+    return table
 
 
 def _gtf_position(path, line: int, cols: list[str], index: int) -> int:
@@ -324,6 +364,32 @@ def _gtf_position(path, line: int, cols: list[str], index: int) -> int:
             "1-based position (a whole number >= 1); the file is damaged, download it again"
         )
     return int(text)
+
+
+_BUILD = re.compile(r"\b(GRCh\d+|hg\d+|GRCm\d+|mm\d+)", re.IGNORECASE)
+
+
+def gtf_build(header: Sequence[str]) -> str | None:
+    """The genome build a GTF's header lines name: Ensembl's `#!genome-build GRCh38.p10`, GENCODE's
+    `##description: ... (GRCh38), version 44 ...` or `##genome-build`; None where they name none."""
+    for line in header:
+        key = line.lstrip("#!").split(None, 1)[0].rstrip(":").lower() if line.lstrip("#!").strip() else ""
+        if key in ("genome-build", "description"):
+            found = _BUILD.search(line)
+            if found:
+                return found.group(1)
+    return None
+
+
+def require_build(table: pd.DataFrame, path: str | Path, build: str, what: str) -> None:
+    """InputError where the GTF `table` (`read_gtf`'s) names a genome build other than `build` in its header: its
+    coordinates would be cut from a genome they do not belong to. A header naming no build passes."""
+    found = table.attrs.get("genome_build")
+    if found is not None and found.lower() != build.lower():
+        raise InputError(
+            f"{path} is annotated on {found} (its header's genome-build), but {what} is on {build}: its "
+            f"positions would cut other bases; pass the {build} GTF"
+        )
 
 
 def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: int = 2000) -> Iterator[pd.DataFrame]:
@@ -364,7 +430,7 @@ def read_gct(path: str | Path, usecols: Sequence[str] | None = None, chunksize: 
                 chunksize=chunksize,
                 dtype={c: str for c in id_cols},
                 skip_blank_lines=False,
-                encoding="utf-8",
+                encoding="utf-8-sig",
                 quoting=csv.QUOTE_NONE,  # a quote is a character: lines split as FieldCheck counts them
             )
             for chunk in reader:

@@ -3,7 +3,8 @@
 From the at-scale results: DHS sites only; target `beta` (natural-log effect size); significant when
 `pvalue.empirical.adjusted` < 0.05 (`not_applicable` is not significant); site midpoints lifted hg19 -> hg38
 with the UCSC chain file; genes aligned by symbol across the RNA vocabulary and the protein set into one
-canonical order (checked every run); split by enhancer 70/15/15, stratified on significance, seeded.
+canonical order (one sorted list writes both tables; the CDT task checks the caches' orders when it loads them);
+split by enhancer 70/15/15, stratified on significance, seeded.
 
 Coordinates: one convention, 1-based, as `contracts/windows.py` reads `center`. The site's `target_site.start`
 and `target_site.stop` are read as 1-based positions, its midpoint (start + stop) // 2 (`mid_hg19`) is a 1-based
@@ -18,13 +19,11 @@ same order), `labels` (enhancer, gene, gene_index, beta, significant, split).
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dogmacache.contracts.tables import check_gene_alignment
 from dogmacache.contracts.windows import window_site_id
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
@@ -42,9 +41,10 @@ SOURCES = {
         "chain",
         "hg19ToHg38.over.chain.gz",
         "https://hgdownload.soe.ucsc.edu/goldenPath/hg19/liftOver/hg19ToHg38.over.chain.gz",
-        "UCSC Genome Browser: free for academic, non-profit and personal use",
+        "UCSC Chain Files: free for non-commercial use by independent researchers and non-profits; other use "
+        "needs a commercial licence (https://genome.ucsc.edu/license/)",
         "UCSC liftOver chain hg19 -> hg38",
-        size="~1 MB",
+        size="~0.2 MB",
     ),
     "uniprot": sources.Source(
         "uniprot",
@@ -85,13 +85,30 @@ class GasperiniConfig:
     # draws the split anew over the enhancers it keeps)
     max_distance_kb: float | None = None  # keep pairs with |site midpoint - gene TSS| <= this (hg19); None = all
 
+    def __post_init__(self) -> None:
+        if not (0 < self.significance <= 1):  # also refuses nan
+            raise InputError(
+                f"--significance {self.significance}: expected an adjusted p-value cut in (0, 1], e.g. 0.05"
+            )
+        if self.max_distance_kb is not None and not (0 <= self.max_distance_kb < float("inf")):
+            raise InputError(
+                f"--max-distance-kb {self.max_distance_kb}: expected a distance in kb >= 0 (e.g. 1000), or leave "
+                "it out to keep every pair"
+            )
+
 
 def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:
     """1-based hg19 `positions` on `chroms` -> (hg38 chroms, 1-based hg38 positions, unmapped, ambiguous); a site
     that maps to no place or to several gets chrom None and position -1."""
     from liftover import ChainFile
 
-    chain = ChainFile(str(chain_path), one_based=True)  # 1-based in and out: `center` is 1-based
+    try:
+        chain = ChainFile(str(chain_path), one_based=True)  # 1-based in and out: `center` is 1-based
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(
+            f"{chain_path} could not be read as a UCSC chain file ({err}); it is truncated or another file: "
+            "delete it and download hg19ToHg38.over.chain.gz again"
+        ) from err
     out_chrom, out_pos, unmapped, ambiguous = [], [], 0, 0
     for chrom, pos in zip(chroms.tolist(), positions.tolist(), strict=True):
         hits = chain[chrom][int(pos)] if chrom in chain else []
@@ -204,10 +221,22 @@ def build_gasperini(
     sites = sites.assign(chrom=chrom38, center=pos38)
     missing["enhancers_unmapped_by_liftover"] = unmapped
     missing["enhancers_ambiguous_liftover"] = ambiguous
+    if sites["chrom"].isna().all():
+        on = sorted(sites["chrom_hg19"].astype(str).unique())
+        raise InputError(
+            f"no enhancer site lifted from hg19 to hg38 through {paths['chain']} ({unmapped:,} mapped nowhere, "
+            f"{ambiguous:,} to several places; the sites lie on {', '.join(on[:6])}{' ...' if len(on) > 6 else ''}): "
+            "pass the UCSC hg19ToHg38 chain"
+        )
     sites = sites[sites["chrom"].notna()]
     pairs = pairs[pairs["gRNA_group"].isin(sites["gRNA_group"])]
     counts["duplicate_pairs_dropped"] = int(pairs.duplicated(["gRNA_group", "gene_short_name"]).sum())
     pairs = pairs.drop_duplicates(["gRNA_group", "gene_short_name"], keep="first")
+    if pairs.empty:
+        raise InputError(
+            f"no (enhancer, gene) pair of {results} is left after the filters (dropped: {missing}); check the "
+            "inputs and --max-distance-kb"
+        )
 
     # split by enhancer, stratified on whether any of its pairs is significant; gRNA groups that target one site
     # (the screen's top_two and second_two pairs of a candidate) are one window: linked, they fall in one split
@@ -259,7 +288,6 @@ def build_gasperini(
     protein_out = pd.DataFrame(
         {"id": protein_table["gene"], "accession": protein_table["accession"], "sequence": protein_table["sequence"]}
     )
-    check_gene_alignment(genes["id"].tolist(), protein_out["id"].tolist())
 
     for name in tables.SPLITS:
         part = labels[labels["split"] == name]
@@ -275,19 +303,13 @@ def build_gasperini(
         missing=missing,
         sources=sources_info or {k: {"path": str(p)} for k, p in paths.items()},
         params={**asdict(config), "rna_vocab": None if rna_vocab is None else len(rna_vocab)},
-        extra={"genome_build": "hg38", "gene_order_checked": True},
+        extra={"genome_build": "hg38"},
     )
 
 
 def read_vocab(path: str | Path) -> set[str]:
     """Gene symbols of an scGPT `vocab.json` ({gene: id}); special tokens (`<pad>`, `<cls>`, ...) dropped."""
-    try:
-        vocab = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"--rna-vocab {path}: expected scGPT's vocab.json ({{gene: id}}), could not read it: {err}"
-        ) from err
-    return {g for g in vocab if not (g.startswith("<") and g.endswith(">"))}
+    return set(formats.read_vocab_json(path, "--rna-vocab"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

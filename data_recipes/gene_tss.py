@@ -12,14 +12,15 @@ Outputs (G = kept genes):
   dna_windows  (G)  id (the gene symbol), chrom (as the GTF names it), center (the TSS, 1-based), strand, gene_id
   genes        (G)  id, gene_id, chrom, center, strand, split: Bio-DTA's labels (targets come from the scGPT
                     gene-token cache, joined by symbol)
-  recipe.json       counts: listed, kept, not in the GTF, duplicated symbols in the GTF, windows shared by
+  recipe.json       genome_build: the build the GTF's header names (`#!genome-build`, GENCODE's description
+                    line; None where it names none): embed these windows from a FASTA of that build;
+                    counts: listed, kept, not in the GTF, duplicated symbols in the GTF, windows shared by
                     several symbols, split groups (split_groups, split_groups_merged)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,15 +40,7 @@ def read_genes(path: str | Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"gene list {str(path)!r} does not exist; pass a text file of symbols or scGPT's vocab.json")
     if path.suffix == ".json":
-        try:
-            vocab = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(
-                f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected scGPT's vocab.json"
-            ) from err
-        if not isinstance(vocab, dict):
-            raise InputError(f"{path} holds a JSON {type(vocab).__name__}; expected a {{symbol: id}} map (vocab.json)")
-        return [g for g in vocab if not (g.startswith("<") and g.endswith(">"))]
+        return formats.read_vocab_json(path, "gene list")
     genes = []
     with formats.open_text(path) as fh:
         for n, line in enumerate(fh, 1):
@@ -65,6 +58,7 @@ def read_genes(path: str | Path) -> list[str]:
 def gene_tss(gtf: str | Path) -> pd.DataFrame:
     """One row per GTF gene line with a gene_name: symbol, gene_id, chrom, center (TSS, 1-based), strand."""
     rows = formats.read_gtf(gtf, ["gene"], ["gene_id", "gene_name"])
+    build = rows.attrs.get("genome_build")
     if rows.empty:
         raise InputError(f"{gtf} has no 'gene' lines; expected an Ensembl or GENCODE GTF")
     bad = rows.index[~rows["strand"].isin(["+", "-"])]
@@ -77,7 +71,9 @@ def gene_tss(gtf: str | Path) -> pd.DataFrame:
     rows["center"] = tss(rows["start"].to_numpy(), rows["end"].to_numpy(), rows["strand"].to_numpy())
     rank = {c: i for i, c in enumerate(_PRIMARY)}
     rows["_rank"] = rows["chrom"].str.removeprefix("chr").map(rank).fillna(len(rank))
-    return rows.sort_values(["_rank", "gene_id"]).drop(columns="_rank").reset_index(drop=True)
+    rows = rows.sort_values(["_rank", "gene_id"]).drop(columns="_rank").reset_index(drop=True)
+    rows.attrs["genome_build"] = build
+    return rows
 
 
 def build_gene_tss(
@@ -139,6 +135,8 @@ def build_gene_tss(
             "test_chroms": list(test_chroms),
             "tss": "gene line start (+) / end (-)",
         },
+        # the build the GTF's header names (None: it names none): the windows are cut from a FASTA of this build
+        extra={"genome_build": annotation.attrs.get("genome_build")},
     )
 
 

@@ -82,11 +82,22 @@ def attach_sequences(kept: pd.DataFrame, cdna_path: Path, pep_path: Path) -> tup
     return kept, missing
 
 
+def _ensembl_name(chrom: str) -> str:
+    """A primary chromosome as Ensembl names it (`1`, `X`, `MT`), whichever naming the GTF used (`chr1`, `chrM`
+    from a GENCODE-style file); a contig as it is."""
+    if chrom in ("chrM", "chrMT", "M"):
+        return "MT"
+    bare = chrom.removeprefix("chr")
+    return bare if bare in _PRIMARY else chrom
+
+
 def styled_chroms(kept: pd.DataFrame, style: str) -> tuple[pd.DataFrame, int]:
-    """Chromosome names in the asked style, and how many transcripts lie on contigs with no UCSC name (dropped)."""
+    """Chromosome names in the asked style, from a GTF that names them either way (`1` or `chr1`), and how many
+    transcripts lie on contigs with no UCSC name (dropped under `ucsc`)."""
+    ensembl = kept["chrom"].astype(str).map(_ensembl_name)
     if style == "ensembl":
-        return kept, 0
-    ucsc = kept["chrom"].map(lambda c: "chrM" if c == "MT" else f"chr{c}" if c in _PRIMARY else None)
+        return kept.assign(chrom=ensembl), 0
+    ucsc = ensembl.map(lambda c: "chrM" if c == "MT" else f"chr{c}" if c in _PRIMARY else None)
     kept = kept.assign(chrom=ucsc).dropna(subset=["chrom"]).reset_index(drop=True)
     return kept, int(ucsc.isna().sum())
 

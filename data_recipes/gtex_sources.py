@@ -175,6 +175,7 @@ def read_annotation(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     parts (key, start, end: CDS and stop_codon lines, 1-based inclusive)."""
     attributes = ["gene_id", "gene_version", "gene_name", "transcript_id", "transcript_version", "transcript_biotype"]
     gtf = formats.read_gtf(path, ["gene", "transcript", "CDS", "stop_codon"], attributes)
+    formats.require_build(gtf, path, "GRCh38", "GTEx v8's transcript annotation")
     transcripts = gtf[(gtf["feature"] == "transcript") & ~gtf["transcript_id"].str.endswith("_PAR_Y")].copy()
     if transcripts.empty:
         raise InputError(f"{path} has no 'transcript' lines; expected an Ensembl GTF such as {SOURCES['gtf'].filename}")

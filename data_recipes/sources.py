@@ -1,6 +1,8 @@
 """Source files: taken from `--source-dir` when a user already has them, else downloaded once into a cache
-folder, resumably (HTTP Range onto a `.part` file) and checksummed (sha256 recorded beside the file,
-checked against a published digest where one is known)."""
+folder, resumably (HTTP Range onto a `.part` file, with If-Range on the file's ETag or Last-Modified so that a
+`.part` of an older file is not continued with a newer one's bytes) and checksummed (sha256 recorded beside the
+file at download and checked on every later use; `Source.sha256` holds a publisher's digest where one is given:
+none of today's sources publishes one)."""
 
 from __future__ import annotations
 
@@ -36,18 +38,36 @@ def sha256_of(path: Path) -> str:
     return file_sha256(path).removeprefix("sha256:")
 
 
+def _whole_size(content_range: str | None) -> int | None:
+    """N of a `Content-Range: bytes */N` header (a 416's statement of the whole file's size); None without one."""
+    if content_range and "/" in content_range:
+        size = content_range.rsplit("/", 1)[1].strip()
+        return int(size) if size.isdigit() else None
+    return None
+
+
 def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest`, resuming a previous `.part` file with an HTTP Range request."""
+    """Download `url` to `dest`, resuming a previous `.part` file with an HTTP Range request where the server
+    still serves the file the `.part` began (If-Range on its ETag or Last-Modified, kept beside it)."""
     part = dest.with_name(dest.name + ".part")
+    validator = dest.with_name(dest.name + ".part.validator")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if have and validator.is_file():
+        headers["If-Range"] = validator.read_text().strip()
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - the recipe's own URLs
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the .part file is already whole
-            part.rename(dest)
-            return dest
+        if err.code == 416 and have:  # nothing past the .part's end: whole only where it is the file's size
+            if _whole_size(err.headers.get("Content-Range")) == have:
+                part.rename(dest)
+                validator.unlink(missing_ok=True)
+                return dest
+            part.unlink()  # longer than the file, or of unknown size: not a prefix of it, begin anew
+            validator.unlink(missing_ok=True)
+            return download(url, dest, timeout=timeout)
         raise InputError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         raise InputError(
@@ -58,6 +78,13 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
         total = response.headers.get("Content-Length")
         total = int(total) + (have if resumed else 0) if total else None
         mode = "ab" if resumed else "wb"
+        if not resumed:  # a fresh file: what identifies it, for If-Range when this download resumes
+            etag = response.headers.get("ETag") or ""
+            tag = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
+            if tag:
+                validator.write_text(tag + "\n")
+            else:
+                validator.unlink(missing_ok=True)
         try:
             with (
                 open(part, mode) as out,
@@ -82,6 +109,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
             "removed: re-run the same command to download it anew"
         )
     part.rename(dest)
+    validator.unlink(missing_ok=True)
     return dest
 
 

@@ -109,3 +109,91 @@ def test_a_download_cut_short_is_kept_to_resume_not_taken_as_whole(tmp_path):
         path, digest = sources.fetch(_source(f"{base}/data.txt.gz"), cache_dir=cache)
         assert RangeHandler.served == len(payload) - 100_000
     assert path.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
+
+
+class _Versioned(RangeHandler):
+    """RangeHandler with an ETag (the file's sha256), If-Range honoured (a validator that is not the file's gets
+    the whole file, 200) and 416 with `Content-Range: bytes */N` for a range that starts at or past the end."""
+
+    def send_head(self):
+        from io import BytesIO
+
+        data = open(self.translate_path(self.path), "rb").read()  # noqa: SIM115 - a test's small file
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        header = self.headers.get("Range")
+        if header and self.headers.get("If-Range", etag) != etag:
+            header = None  # another file than the one the client began: all of it
+        if header:
+            start = int(header[6:].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            data = data[start:]
+        else:
+            self.send_response(200)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        type(self).served += len(data)
+        return BytesIO(data)
+
+
+@pytest.fixture
+def versioned_server(tmp_path):
+    import threading
+    from functools import partial
+    from http.server import ThreadingHTTPServer
+
+    (tmp_path / "www").mkdir()
+    _Versioned.served = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Versioned, directory=str(tmp_path / "www")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}/data.txt.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_part_file_longer_than_the_source_is_downloaded_anew_not_taken_as_whole(tmp_path, versioned_server):
+    www, url = versioned_server
+    payload = b"thirty bytes of a source file."
+    (www / "data.txt.gz").write_bytes(payload)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data.txt.gz.part").write_bytes(b"x" * 65)  # a stale, longer .part: the server answers 416
+    path, digest = sources.fetch(_source(url), cache_dir=cache)
+    assert path.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
+    assert sorted(p.name for p in cache.iterdir()) == ["data.txt.gz", "data.txt.gz.sha256"]
+
+
+def test_a_part_file_as_long_as_the_source_is_taken_as_whole(tmp_path, versioned_server):
+    www, url = versioned_server
+    payload = bytes(range(256)) * 10
+    (www / "data.txt.gz").write_bytes(payload)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data.txt.gz.part").write_bytes(payload)
+    path, _ = sources.fetch(_source(url), cache_dir=cache)
+    assert path.read_bytes() == payload and _Versioned.served == 0
+
+
+def test_a_part_file_of_an_older_release_is_not_continued_with_the_new_ones_bytes(tmp_path, versioned_server):
+    www, url = versioned_server
+    old, new = bytes(range(256)) * 100, bytes(reversed(range(256))) * 100
+    (www / "data.txt.gz").write_bytes(old)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data.txt.gz.part").write_bytes(old[:10_000])  # an interrupted download of the old file
+    etag = f'"{hashlib.sha256(old).hexdigest()[:16]}"'
+    (cache / "data.txt.gz.part.validator").write_text(etag + "\n")
+    (www / "data.txt.gz").write_bytes(new)  # the publisher replaced the file
+    _Versioned.served = 0
+    path = sources.download(url, cache / "data.txt.gz")
+    assert path.read_bytes() == new and _Versioned.served == len(new)
+    assert not (cache / "data.txt.gz.part.validator").exists()
