@@ -65,10 +65,26 @@ def load_data(task: type, config: RunConfig, dna_table: str, checkpoint_path: st
     try:
         return task(dataclasses.replace(config, data=data_config)).load()
     except (CacheError, FileNotFoundError, OSError) as err:
-        raise InputError(
-            f"{checkpoint_path}: its run config names an input which cannot be opened ({str(err).splitlines()[0]}); "
-            "re-create it, or pass --config naming where it is now"
-        ) from err
+        raise unopened(checkpoint_path, err) from err
+
+
+def unopened(checkpoint_path: str | Path, err: BaseException) -> InputError:
+    """A run config's input that cannot be opened, said as the checkpoint's."""
+    return InputError(
+        f"{checkpoint_path}: its run config names an input which cannot be opened ({str(err).splitlines()[0]}); "
+        "re-create it, or pass --config naming where it is now"
+    )
+
+
+def open_dna_manifest(url: str, checkpoint_path: str | Path) -> Any:
+    """The manifest of the DNA cache a checkpoint's run config names; the same one-line error as `load_data`
+    where it cannot be opened."""
+    from dogmacache.cache import open_cache
+
+    try:
+        return open_cache(url).manifest
+    except (CacheError, FileNotFoundError, OSError) as err:
+        raise unopened(checkpoint_path, err) from err
 
 
 BASELINE_WINDOWS = 512  # training windows averaged for the attribution baseline when the checkpoint holds no mean
@@ -94,17 +110,20 @@ class CdtExplainer:
         table = dna_table_path(sources.dna_table, config, config.data.dna_cache)
         self.chrom_sizes = chrom_sizes(sources.chrom_sizes)
         windows = read_input_table(table, "dna")  # as embed read it: centres from BED start/end, '.' strands as '+'
-        data = load_data(task, config, table, path)
-        check_fingerprints(checkpoint, path, data.fingerprints)
-        self.dna = data.dna
-        self.positions_checked = check_embedded_from(  # the tracks are placed by this table's positions
+        # the tracks are placed by this table's positions: checked against the DNA cache before the task's own
+        # load, whose ids check would advise re-embedding the cache where the table is the one to change
+        dna_manifest = open_dna_manifest(config.data.dna_cache, path)
+        self.positions_checked = check_embedded_from(
             windows,
             "dna",
-            self.dna.manifest,
-            self.dna.url,
+            dna_manifest,
+            config.data.dna_cache,
             table,
             "pass the dna_windows table the DNA cache was embedded from with --dna-table",
         )
+        data = load_data(task, config, table, path)
+        check_fingerprints(checkpoint, path, data.fingerprints)
+        self.dna = data.dna
         self.model = task.models[checkpoint["model_class"]](checkpoint["model_config"])
         self.model.load_state_dict(checkpoint["model"])
         self.model.eval()
@@ -210,6 +229,19 @@ class CdtExplainer:
             return self.model(self._scaled(dna), self.rna, self.protein, gene_index)
 
         return predict
+
+    def model_input_gradient(self, gradient: Tensor) -> Tensor:
+        """d prediction / d (the DNA as the model reads it), from the gradient with respect to the DNA as cached
+        (B, L, D): the checkpoint's scaling x' = (x - mean) / std gives d/dx' = std * d/dx. Its norm weighs every
+        feature by how far the model's input moves, where d/dx weighs each by 1/std: features that barely vary
+        (a spread below one float16 step in the demo's caches) would dominate it."""
+        return gradient if self.dna_std is None else gradient * self.dna_std
+
+    def gradient_space(self) -> str:
+        """What the gradient norm is taken with respect to, for summary.json."""
+        if self.dna_std is None:
+            return "the DNA features as cached (the checkpoint applies no scaling)"
+        return "the DNA features as the model reads them: after the checkpoint's standardisation (dna_scale)"
 
     def baseline(self) -> tuple[Tensor, dict[str, Any]]:
         """The integrated-gradients start (D,), an average position: the training mean of the DNA features over

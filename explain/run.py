@@ -19,6 +19,7 @@ Outputs under `out` (L positions per window, k = top_k):
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from dogmacache.cache.storage import check_own_summary, check_writable, replace_whole
+from dogmacache.cache.storage import check_own_summary, check_writable, local_path, replace_whole
 from dogmacache.errors import InputError
 from dogmacache.explain import attribution, figures, tracks
 from dogmacache.explain.cdt import CdtExplainer, ExplainSources
@@ -85,6 +86,10 @@ class ExplainConfig:
             raise InputError(f"--temperature {self.temperature} must be > 0 (the paper's figure used 0.3)")
         if not self.items and self.split is None:
             raise InputError("name the items to explain: --items ID,... or --split validation|test [--n N]")
+        if self.control_features and not self.features:
+            raise InputError("--control-features is scored beside --features; pass the BED to test with --features")
+        if local_path(self.out) is None:
+            raise InputError(f"--out {self.out}: explain writes local files (tracks, tables, figures); pass a folder")
 
 
 def explainer_for(sources: ExplainSources):
@@ -104,6 +109,7 @@ def _file_name(n: int, item: str) -> str:
 def run_explain(config: ExplainConfig, log=print) -> dict:
     """Explain the chosen items; returns the summary written to out/summary.json."""
     started = time.perf_counter()
+    config = dataclasses.replace(config, out=local_path(config.out))  # a file:// URL as the folder it names
     check_writable(config.out, "--out", "nothing was computed")
     check_own_summary(config.out, "explain", "topk_overlap")
     explainer = explainer_for(config.sources)
@@ -115,8 +121,6 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
             f"{explainer.dna.url} records no windows table (an imported cache): the tracks are placed by the "
             "windows table's positions as given, unchecked against the cache"
         )
-    if config.control_features and not config.features:
-        raise InputError("--control-features is scored beside --features; pass the BED to test with --features")
     overlaps: dict[str, FeatureOverlap] = {}  # summary key -> the top-k bins' overlap with that BED
     for key, bed in (("features", config.features), ("control_features", config.control_features)):
         if bed:
@@ -140,7 +144,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
             gene_index = torch.tensor(part["gene_index"].to_numpy(np.int64))
             maps = explainer.attention(dna, gene_index)
             gradient = attribution.input_gradient(predict, dna, gene_index)
-            scores = {"gradient": attribution.gradient_norm(gradient).numpy()}
+            scores = {"gradient": attribution.gradient_norm(explainer.model_input_gradient(gradient)).numpy()}
             if "grad_x_input" in config.methods:
                 scores["grad_x_input"] = attribution.gradient_x_input(gradient, dna, baseline).numpy()
             if "integrated_gradients" in config.methods:
@@ -204,6 +208,7 @@ def run_explain(config: ExplainConfig, log=print) -> dict:
         "geometry": {**asdict(geometry), "span_bp": geometry.span_bp},
         "bigwig": bigwig,
         "baseline": baseline_source,  # what gradient x input and integrated gradients are measured from
+        "gradient_with_respect_to": explainer.gradient_space(),  # the gradient norm's input space
         "positions_checked": explainer.positions_checked,  # the windows table against the DNA cache's input digest
         "config": asdict(config),
     }

@@ -190,6 +190,28 @@ def test_the_attribution_baseline_without_dna_scaling_is_the_training_windows_me
     assert np.abs(mean.numpy()).max() > 10 * np.abs(mean.numpy() - scaled.numpy()).max()  # not zero: the mean
 
 
+def test_the_gradient_norm_is_taken_where_the_model_reads_the_dna(demo_run):
+    """The demo's checkpoint standardises DNA: the reported gradient is d prediction / d (x - mean) / std, not
+    d / d x, which weighs every feature by 1 / std (and lets the few features that barely vary make up the norm)."""
+    from dogmacache.explain import attribution
+    from dogmacache.explain.cdt import CdtExplainer, ExplainSources
+
+    explainer = CdtExplainer(
+        ExplainSources(checkpoint=str(demo_run / "train" / "cdt_best.pt"), chrom_sizes=sizes(demo_run)[1])
+    )
+    assert explainer.dna_std is not None and "standardisation" in explainer.gradient_space()
+    chosen = explainer.select([], "validation", 4, 0, 0)
+    part, dna = next(explainer.batches(chosen, 4))
+    gene_index = torch.tensor(part["gene_index"].to_numpy(np.int64))
+    cached = attribution.input_gradient(explainer.predictor(), dna, gene_index)
+    scaled = explainer._scaled(dna).detach().requires_grad_(True)
+    (direct,) = torch.autograd.grad(explainer.model(scaled, explainer.rna, explainer.protein, gene_index).sum(), scaled)
+    got = attribution.gradient_norm(explainer.model_input_gradient(cached))
+    np.testing.assert_allclose(got.numpy(), direct.norm(dim=-1).numpy(), rtol=1e-4, atol=1e-7)
+    as_cached = attribution.gradient_norm(cached)
+    assert not np.allclose(as_cached.numpy() / as_cached.numpy().sum(), got.numpy() / got.numpy().sum(), rtol=0.05)
+
+
 def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
     ckpt = demo_run / "train" / "cdt_best.pt"
     base = ["explain", "--checkpoint", str(ckpt), "--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]
@@ -296,3 +318,15 @@ def test_chrom_sizes_of_another_genome_and_another_commands_folder_are_refused(d
     header = (tmp_path / "e" / "tracks" / "mean.attention.bedGraph").read_text().splitlines()[0]
     assert "whose window covers it (2 items in" in header
     assert main([*base, "--out", str(tmp_path / "e"), *sizes(demo_run)]) == 0  # its own folder: rerun as before
+
+
+def test_a_windows_table_of_other_ids_is_told_to_change_the_table_and_a_url_out_is_refused(demo_run, tmp_path, capsys):
+    base = ["explain", "--checkpoint", str(demo_run / "train" / "cdt_best.pt"), *sizes(demo_run), "--split", "test"]
+    other = demo_run / "recipe" / "biodta" / "dna_windows.parquet"
+    assert main([*base, "--dna-table", str(other), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pass the dna_windows table the DNA cache was embedded from with --dna-table" in err
+    assert "re-embed" not in err
+    assert main([*base, "--out", "s3://bucket/run"]) == 2
+    assert "--out s3://bucket/run: explain writes local files" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
