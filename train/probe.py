@@ -31,13 +31,14 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
+from dogmacache.cache.layout import ITEM_SHA256
 from dogmacache.cache.storage import check_writable
 from dogmacache.contracts.provenance import KMER_MODEL, is_random_init
 from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
@@ -362,11 +363,60 @@ def classification_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[s
     }
 
 
+def input_keys(cache: EmbeddingCache, rows: np.ndarray) -> np.ndarray | None:
+    """(R,) each labelled row's item digest (`item_sha256`, what the model saw) as hex; None for a cache that
+    records none (imported, or written before digests)."""
+    if ITEM_SHA256 not in cache.manifest.extra_arrays:
+        return None
+    digests = cache.read_extra(ITEM_SHA256)
+    return np.array([bytes(d).hex() for d in digests])[rows]
+
+
+def check_inputs_in_one_split(cache: EmbeddingCache, rows: np.ndarray, labels: Labels) -> None:
+    """Two ids whose items the model saw as the same input (one window under '+' and '-' ids with a forward strand
+    policy, one protein under two names) in two splits would be fitted and scored on one input: InputError naming
+    both. Checked by the cache's item digests, where it records them."""
+    keys = input_keys(cache, rows)
+    if keys is None:
+        return
+    table = pd.DataFrame({"key": keys, "split": labels.split, "id": labels.ids})
+    spread = table.groupby("key")["split"].nunique()
+    if (spread > 1).any():
+        both = table[table["key"] == spread.index[spread > 1][0]].drop_duplicates("split")
+        (a, sa), (b, sb) = list(zip(both["id"], both["split"], strict=True))[:2]
+        raise InputError(
+            f"{cache.url}: items {a!r} ({sa}) and {b!r} ({sb}) are one input to the model (the same item_sha256), in "
+            f"two splits ({int((spread > 1).sum())} such inputs): put the ids of one input in one split"
+        )
+
+
+def input_groups(cache: EmbeddingCache, rows: np.ndarray, labels: Labels) -> np.ndarray:
+    """(R,) cross-validation groups: `labels.groups` joined wherever two of them share an input (item digest), so
+    that no input is fitted in one fold and scored in another."""
+    keys = input_keys(cache, rows)
+    if keys is None:
+        return labels.groups
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    for group, key in zip(labels.groups, keys, strict=True):
+        a, b = root("g:" + group), root("k:" + key)
+        if a != b:
+            parent[b] = a
+    return np.array([root("g:" + g).removeprefix("g:") for g in labels.groups])
+
+
 def opened(url: str, labels: Labels, config: ProbeConfig) -> tuple[EmbeddingCache, np.ndarray]:
     """The cache and each labelled row's row in it, checked before any probe is fitted; a cache stored pooled under
     a --pooling it cannot take is said in a line."""
     cache = open_cache(url)
     rows = item_rows(cache, labels.ids, config.id_column)
+    check_inputs_in_one_split(cache, rows, labels)
     if len(cache.item_shape) == 1 and config.pooling != "mean":
         print(
             f"{url} is stored pooled ({cache.manifest.pooling}): --pooling {config.pooling} does not apply to it, "
@@ -393,6 +443,7 @@ def same_inputs(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = F
                 f"{cache.url} holds {cache.manifest.modality} embeddings and {first.url} {first.manifest.modality}; "
                 "probes stand beside each other over the same items: pass caches of one modality"
             )
+    check_same_span(caches)
     digests = {c.manifest.input_digest for c, _ in caches}
     if len(digests) > 1 and not quiet:
         print(
@@ -401,9 +452,50 @@ def same_inputs(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = F
         )
 
 
+SPAN_KEYS = ("output_span_bp", "bin_bp")  # what of a DNA window a cache's positions cover, in its manifest config
+SPAN_OPTIONS = ("strand_policy",)  # and how a window's strand is read, in its options
+
+
+def span_of(cache: EmbeddingCache) -> dict[str, Any]:
+    """What of each DNA window `cache`'s rows describe: the bases its positions cover, per position, and the strand
+    policy; {} for another modality."""
+    if cache.manifest.modality != "dna":
+        return {}
+    config = cache.manifest.config or {}
+    options = config.get("options") or {}
+    return {**{k: config.get(k) for k in SPAN_KEYS}, **{k: options.get(k) for k in SPAN_OPTIONS}}
+
+
+def check_same_span(caches: list[tuple[EmbeddingCache, np.ndarray]]) -> None:
+    """A control (k-mer, random-init) stands beside the models only over the same stretch of each window: one of
+    another span reads other bases (the k-mer embedder's --kmer-bins defaults to full-size Enformer's 896 bins), and
+    beating or losing to it says nothing about the model. InputError naming both and the flags to use."""
+    models = [c for c, _ in caches if cache_role(c.manifest) == "model" and span_of(c)]
+    if not models:
+        return
+    spans = [span_of(m) for m in models]
+    for cache, _ in caches:
+        have = span_of(cache)
+        if not have or cache_role(cache.manifest) == "model" or have in spans:
+            continue  # models of other architectures may each read their own span
+        reference, wanted = models[0], spans[0]
+        key = next(k for k in wanted if have.get(k) != wanted[k])
+        fix = (
+            f"embed the k-mer control with --kmer-bins {wanted['output_span_bp'] // wanted['bin_bp']} "
+            f"--kmer-bin-bp {wanted['bin_bp']}"
+            if cache_role(cache.manifest) == "kmer control" and wanted.get("bin_bp") and wanted.get("output_span_bp")
+            else "embed the control with the model's window settings"
+        )
+        raise InputError(
+            f"{cache.url} covers {key} {have.get(key)!r} of each window and {reference.url} {wanted[key]!r}: a "
+            f"control stands beside a model only over the same bases; {fix}"
+        )
+
+
 def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
     """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
     m = cache.manifest
+    grouped = replace(labels, groups=input_groups(cache, rows, labels))  # one input's ids in one fold
     unique, inverse = np.unique(rows, return_inverse=True)
     features, pooling = pooled_features(cache, unique, config.pooling)
     name = Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
@@ -417,7 +509,7 @@ def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config:
         SHUFFLED: shuffled_items(inverse, labels.split, config.seed),
     }
     for role, items in ((cache_role(m), inverse), *controls.items()):
-        chosen, cv, scores = fit_probe(features[items], labels, config.seed, config.folds)
+        chosen, cv, scores = fit_probe(features[items], grouped, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
         for split, values in scores.items():
             row.update({f"{split}_{k}": values[k] for k in SCORES[labels.task]})
