@@ -39,8 +39,12 @@ def nonfinite_rows(block: np.ndarray) -> np.ndarray:
 
 
 def to_storage(block: np.ndarray, dtype: str) -> np.ndarray:
-    """`block` as stored: float16/float32 as is, bfloat16 as its uint16 bits."""
+    """`block` as stored: float16/float32 as is, bfloat16 as its uint16 bits; each value rounded once to the
+    nearest of the storage dtype (float64 sources too)."""
     torch = _torch()
+    if block.dtype == np.float64:  # numpy rounds float64 once; torch goes through float32 (a second rounding)
+        stored = np.ascontiguousarray(block).astype(layout.numpy_view(dtype))
+        return stored.view(np.uint16) if dtype == "bfloat16" else stored
     t = _as_tensor(block).to(getattr(torch, dtype))
     if dtype == "bfloat16":
         return t.view(torch.int16).numpy().view(np.uint16)

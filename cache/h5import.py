@@ -58,8 +58,18 @@ def _column(h5: h5py.File, name: str, src: str) -> np.ndarray:
     return values
 
 
-def _decode(values: np.ndarray) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+def _decode(values: np.ndarray, src: str = "", name: str = "") -> list[str]:
+    """Text per row; bytes as UTF-8, and a row that is not UTF-8 one line naming the dataset and the row."""
+    out = []
+    for row, v in enumerate(values.tolist()):
+        try:
+            out.append(v.decode() if isinstance(v, bytes) else str(v))
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"{src} dataset {name!r} row {row}: {v[:40]!r} is not UTF-8 text ({err.reason}); ids must be "
+                "text: re-write that dataset as UTF-8 strings, or name another with --ids"
+            ) from None
+    return out
 
 
 def _whole_positions(values: np.ndarray, src: str) -> list[int]:
@@ -83,9 +93,12 @@ def read_ids(h5: h5py.File, src: str, n_items: int, ids_name: str | None) -> lis
     if ids_name is not None:
         if ids_name not in h5:
             raise InputError(f"{src} has no dataset {ids_name!r} for --ids; it has: {_describe(h5)}")
-        ids = _decode(_column(h5, ids_name, src))
+        ids = _decode(_column(h5, ids_name, src), src, ids_name)
     elif "chroms" in h5 and "centers" in h5:
-        chroms, centers = _decode(_column(h5, "chroms", src)), _whole_positions(_column(h5, "centers", src), src)
+        chroms, centers = (
+            _decode(_column(h5, "chroms", src), src, "chroms"),
+            _whole_positions(_column(h5, "centers", src), src),
+        )
         if len(chroms) != len(centers):
             raise InputError(f"{src}: {len(chroms)} chroms but {len(centers)} centers; they must pair row by row")
         ids = [f"{c}:{p}" for c, p in zip(chroms, centers, strict=True)]

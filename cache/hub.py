@@ -265,43 +265,81 @@ def publish(
 
 
 def _send(api: Any, folder: Path, repo: str, caches: list[FoundCache], card: str, private: bool) -> None:
-    """Each manifest marked unfinished first (over an earlier publish's, which would otherwise stand before the new
-    shards until the end), then every other file (resumable), then each manifest as it is, then the card: a
-    publish stopped anywhere leaves a repository whose caches read as unfinished, or as the new ones."""
-    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+    """One commit of every manifest marked unfinished (over an earlier publish's, which would otherwise stand before
+    the new shards until the end) with the card marked in progress, then every other file (resumable), then one
+    commit of every manifest as it is with the card: a publish stopped anywhere leaves a repository whose caches
+    read as unfinished under a card that says so, or as the new ones under their own card."""
+    # private=None: a new repository takes its owner's default visibility (the Hub ignores it for an existing one)
+    api.create_repo(repo, repo_type="dataset", private=True if private else None, exist_ok=True)
     roots = [_in_repo(c.relpath, "zarr.json") for c in caches]
+    _refuse_lingering(api, folder, repo)
     groups = [json.loads((folder / root).read_text()) for root in roots]  # each root zarr.json, read once
-    for c, root, meta in zip(caches, roots, groups, strict=True):
-        _send_manifest(api, repo, root, meta, portable(c.manifest), False, f"{c.relpath}, unfinished until its files")
+
+    def manifests(complete: bool) -> dict[str, bytes]:  # each as published: without local paths
+        return {
+            root: _manifest_bytes(meta, portable(c.manifest), complete)
+            for c, root, meta in zip(caches, roots, groups, strict=True)
+        }
+
+    # the card goes to the repository only: inside the Zarr group it would be a stray member
+    _commit(api, repo, {**manifests(False), CARD_NAME: _in_progress(card).encode()}, "publish begun: unfinished")
     api.upload_large_folder(
         repo_id=repo,
         folder_path=str(folder),
         repo_type="dataset",
-        ignore_patterns=[*roots, *NOT_UPLOADED],
+        ignore_patterns=[*map(_literal, roots), *NOT_UPLOADED],
     )
-    for c, root, meta in zip(caches, roots, groups, strict=True):  # each manifest as published, without local paths
-        _send_manifest(api, repo, root, meta, portable(c.manifest), True, c.relpath)
-    # the card goes to the repository only: inside the Zarr group it would be a stray member
-    api.upload_file(
-        path_or_fileobj=card.encode(),
-        path_in_repo=CARD_NAME,
-        repo_id=repo,
-        repo_type="dataset",
-        commit_message="dataset card",
-    )
+    _commit(api, repo, {**manifests(True), CARD_NAME: card.encode()}, "manifests and dataset card")
 
 
-def _send_manifest(api: Any, repo: str, root: str, meta: dict, manifest: Manifest, complete: bool, what: str) -> None:
-    """A cache's root zarr.json (`meta`) sent to `root` in the repository with `manifest` as its manifest, marked
-    complete or not."""
+def _commit(api: Any, repo: str, files: dict[str, bytes], message: str) -> None:
+    """`files` (path in the repository -> bytes) in one commit: the Hub shows all of them or none."""
+    from huggingface_hub import CommitOperationAdd
+
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
+    api.create_commit(repo_id=repo, repo_type="dataset", operations=operations, commit_message=message)
+
+
+IN_PROGRESS = (
+    "> **A publish of this repository is in progress or was stopped midway**: its caches read as unfinished "
+    "(`dogmacache cache pull` refuses them) until it ends, and the table below is what it will hold."
+)
+
+
+def _in_progress(card: str) -> str:
+    """`card` with the IN_PROGRESS note after its YAML metadata."""
+    head, sep, body = card.partition("\n---\n")
+    return f"{head}{sep}\n{IN_PROGRESS}\n{body}" if sep else f"{IN_PROGRESS}\n\n{card}"
+
+
+def _literal(path: str) -> str:
+    """`path` as a pattern that matches only itself (the upload's ignore patterns are fnmatch patterns, in which a
+    folder named `dna[v2].zarr` would match other names and not its own)."""
+    return re.sub(r"([\[\]*?])", r"[\1]", path)
+
+
+def _refuse_lingering(api: Any, folder: Path, repo: str) -> None:
+    """CacheError where the repository holds Zarr metadata (a cache, or an array) that this publish would neither
+    send nor replace: an upload adds and replaces files, never deletes, so a cache left out of the folder, or one at
+    the repository's top level beside a folder of caches, would stay there and be pulled as if published with the
+    rest. Checked before anything is sent."""
+    sent = {p.relative_to(folder).as_posix() for p in folder.rglob("zarr.json")}
+    there = {f for f in api.list_repo_files(repo_id=repo, repo_type="dataset") if f.endswith("zarr.json")}
+    lingering = sorted(there - sent)
+    if lingering:
+        names = sorted({f.split("/")[0] if "/" in f else "a cache at its top level" for f in lingering})
+        raise CacheError(
+            f"dataset repo {repo} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, which {folder} "
+            "lacks: a publish adds and replaces files, never deletes them, so they would stay beside this one; "
+            "delete them on the Hub first (the repo's Files page, or HfApi().delete_folder), or publish to "
+            "another repo"
+        )
+
+
+def _manifest_bytes(meta: dict, manifest: Manifest, complete: bool) -> bytes:
+    """A cache's root zarr.json (`meta`) with `manifest` as its manifest, marked complete or not."""
     group = {**meta, "attributes": {**meta["attributes"], MANIFEST_KEY: {**manifest.to_dict(), "complete": complete}}}
-    api.upload_file(
-        path_or_fileobj=json.dumps(group, indent=2).encode(),
-        path_in_repo=root,
-        repo_id=repo,
-        repo_type="dataset",
-        commit_message=f"manifest of {what}",
-    )
+    return json.dumps(group, indent=2).encode()
 
 
 _LOGIN = "log in with `huggingface-cli login` (or set HF_TOKEN)"
@@ -362,6 +400,25 @@ def _revision_files(repo: str, revision: str | None) -> set[str]:
     return set(HfApi().list_repo_files(repo_id=repo, repo_type="dataset", revision=revision))
 
 
+def _refuse_unfinished(dest: Path, repo: str, files: set[str] | None) -> None:
+    """CacheError for a pulled manifest (at the top level or one folder down, and in the revision's `files` where
+    they are known) that says its publish has not finished, read before the cache is opened: opening checks its
+    arrays against the manifest, and a half-sent cache would be blamed on its writer."""
+    for meta in sorted([*dest.glob("zarr.json"), *dest.glob("*/zarr.json")]):
+        relative = meta.relative_to(dest).as_posix()
+        if files is not None and relative not in files:
+            continue
+        try:
+            manifest = (json.loads(meta.read_text()).get("attributes") or {}).get(MANIFEST_KEY)
+        except (ValueError, AttributeError):
+            continue  # not a manifest pull can read: opening the cache names the problem
+        if isinstance(manifest, dict) and manifest.get("complete") is False:
+            raise CacheError(
+                f"{meta.parent} from {repo} is unfinished: its publish stopped midway or is still running; pull "
+                "again later, or ask the publisher to re-run `dogmacache cache publish`"
+            )
+
+
 def check_repo_id(repo: str) -> None:
     """A Hub repository id as OWNER/NAME in the Hub's own rules (`validate_repo_id`), or one line saying how."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -396,7 +453,16 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
         if problem is None:
             raise
         raise problem from err
+    _refuse_unfinished(dest, repo, files)
     caches = find_caches(dest)
+    if files is None and caches and caches[0].relpath == ".":  # a cache at the top level stops the search there
+        below = find_caches(dest, root=False)
+        if below:
+            raise CacheError(
+                f"dataset repo {repo} holds a cache at its top level and {len(below)} in its folders "
+                f"({', '.join(c.relpath for c in below[:3])}): one was left by an earlier publish, and which is "
+                "current the repo does not say; ask the publisher to delete the stale one"
+            )
     if files is not None:  # only the caches of the revision pulled are verified and reported
 
         def pulled(c: FoundCache) -> bool:

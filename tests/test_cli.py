@@ -253,23 +253,26 @@ def test_publish_uploads_the_folder_then_the_card(tmp_path, rng, monkeypatch):
         huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw))
     )
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", lambda self, **kw: calls.append(("upload", kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(("card", kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_commit",
+        lambda self, **kw: calls.append(("commit", {op.path_in_repo: op.path_or_fileobj for op in kw["operations"]})),
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, **kw: [".gitattributes"])
     write_cache(tmp_path / "c.zarr", rng.standard_normal((4, 3)).astype(np.float32), shard_items=2)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
-    assert calls[0] == ("create", "lab/x", {"repo_type": "dataset", "private": False, "exist_ok": True})
-    assert calls[1][1]["path_in_repo"] == "zarr.json"  # marked unfinished, over an earlier publish's
-    calls.pop(1)
-    assert calls[1][1] == {
+    # no --private: the owner's default visibility (None), not a forced public repo
+    assert calls[0] == ("create", "lab/x", {"repo_type": "dataset", "private": None, "exist_ok": True})
+    assert calls[1][0] == "commit" and sorted(calls[1][1]) == ["README.md", "zarr.json"]  # unfinished, in progress
+    assert calls[2][1] == {
         "repo_id": "lab/x",
         "folder_path": str(tmp_path / "c.zarr"),
         "repo_type": "dataset",
         # the manifest is sent on its own, without local paths; notes of an unfinished write never
         "ignore_patterns": ["zarr.json", "*.lock", "*shard_notes.partial*", "*.partial", "*.creating-*", ".cache"],
     }
-    assert calls[2][1]["path_in_repo"] == "zarr.json"
-    calls.pop(2)
-    assert calls[2][1]["path_in_repo"] == "README.md" and calls[2][1]["repo_type"] == "dataset"
-    assert calls[2][1]["path_or_fileobj"].decode().startswith("---\nlicense: other\n")
+    assert calls[3][0] == "commit" and sorted(calls[3][1]) == ["README.md", "zarr.json"]  # manifest and card at once
+    assert calls[3][1]["README.md"].decode().startswith("---\nlicense: other\n")
     assert not (tmp_path / "c.zarr" / "README.md").exists()  # the local cache stays a pure Zarr group
 
 

@@ -30,8 +30,9 @@ def _one_line(capsys) -> str:
 def sent(monkeypatch):
     """Every call that would reach the Hub, recorded instead of sent."""
     calls = []
-    for name in ("create_repo", "upload_large_folder", "upload_file"):
+    for name in ("create_repo", "upload_large_folder", "create_commit"):
         monkeypatch.setattr(huggingface_hub.HfApi, name, lambda self, *a, _n=name, **kw: calls.append(_n))
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, **kw: calls.append("list") or [])
     return calls
 
 

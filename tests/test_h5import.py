@@ -378,3 +378,37 @@ def test_a_float64_value_beyond_the_storage_range_is_named(tmp_path, value, dtyp
         h5.create_dataset("names", data=np.array([b"a", b"b"]))
     with pytest.raises(InputError, match=rf"row 1 \('b'\) holds {re.escape(f'{value:g}')}, beyond {dtype}'s range"):
         _import(tmp_path / "e.h5", tmp_path / "c.zarr", ids="names", pooling="mean", dtype=dtype)
+
+
+def test_float64_values_are_rounded_once_to_the_storage_dtype(tmp_path):
+    """numpy rounds a float64 to float16 once; through float32 first, a value just above a halfway point (here
+    1 + 2**-11 + 2**-30) would round down twice, to 1.0."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8, 4, 6)) * 3
+    data[0, 0, 0] = 1 + 2**-11 + 2**-30
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        h5.create_dataset("embeddings", data=data)
+        h5.create_dataset("names", data=np.array([f"E{i}".encode() for i in range(8)]))
+    for dtype in ("float16", "bfloat16", "float32"):
+        out = tmp_path / f"{dtype}.zarr"
+        import_h5(tmp_path / "e.h5", out, dataset="embeddings", ids="names", modality="dna", model="m", dtype=dtype)
+        got = open_cache(out)[:]
+        expected = data.astype(got.dtype)
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+    assert open_cache(tmp_path / "float16.zarr")[0, 0, 0] == np.float16(1.001)
+
+
+def test_ids_that_are_not_utf8_are_one_line_naming_the_row(tmp_path):
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        h5.create_dataset("embeddings", data=np.zeros((3, 4), np.float32))
+        h5.create_dataset("names", data=np.array([b"a", b"\xffb", b"c"]))
+    with pytest.raises(InputError, match=r"dataset 'names' row 1: b'\\xffb' is not UTF-8 text"):
+        import_h5(
+            tmp_path / "e.h5",
+            tmp_path / "c.zarr",
+            dataset="embeddings",
+            ids="names",
+            modality="dna",
+            model="m",
+            pooling="mean",
+        )
