@@ -542,3 +542,27 @@ def test_one_input_under_two_ids_stays_in_one_split_and_one_fold(tmp_path):
     config = _twin_world(tmp_path / "b", cross=True)
     with pytest.raises(InputError, match=r"items 'w0:\+' \(train\) and 'w0:-' \(test\) are one input"):
         run_probe(config, quiet=True)
+
+
+def test_the_folds_used_are_recorded_and_caches_of_one_folder_name_are_told_apart(world, tmp_path, capsys):
+    """A classification target whose positives sit in 3 training items gets 3 folds, not 5: each row says so. Two
+    caches named x.zarr in two folders are named by the folder too, and one cache written two ways is refused."""
+    import shutil
+
+    root, caches = world
+    labels = pd.read_parquet(root / "labels.parquet")
+    train_items = sorted(labels.loc[labels["split"] == "train", "item"].unique())[:3]
+    labels["rare"] = labels["item"].isin(train_items) | (labels["split"] != "train") & (labels["y"] > 0)
+    labels.to_parquet(tmp_path / "rare.parquet")
+    for folder, name in (("a", "signal"), ("b", "noise")):
+        (tmp_path / folder).mkdir()
+        shutil.copytree(caches[name], tmp_path / folder / "x.zarr")
+    paths = [tmp_path / "a" / "x.zarr", tmp_path / "b" / "x.zarr"]
+    config = probe_config(world, tmp_path, labels=tmp_path / "rare.parquet", paths=paths, target="rare")
+    result = run_probe(config)
+    assert {r["cv_folds"] for r in result["rows"]} == {3}
+    out = capsys.readouterr().out
+    assert "cross-validation ran 3 folds, not --folds 5" in out
+    assert [r["cache"] for r in result["rows"] if r["role"] == "model"] == ["a/x", "b/x"]
+    with pytest.raises(InputError, match=r"names .* 2 times; give each once"):
+        probe_config(world, tmp_path, paths=[paths[0], f"{paths[0]}/"])

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
 from dogmacache.cache.layout import ITEM_SHA256
-from dogmacache.cache.storage import check_writable
+from dogmacache.cache.storage import check_writable, local_path
 from dogmacache.contracts.provenance import KMER_MODEL, is_random_init
 from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
 from dogmacache.errors import InputError
@@ -76,9 +76,12 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if not self.caches:
             raise InputError("--caches names no cache; give one or more, e.g. --caches a.zarr,b.zarr")
-        repeated = [c for c in dict.fromkeys(self.caches) if self.caches.count(c) > 1]
+        same = [_same_cache(c) for c in self.caches]
+        repeated = [c for c, key in zip(self.caches, same, strict=True) if same.count(key) > 1]
         if repeated:
-            raise InputError(f"--caches names {repeated[0]!r} {self.caches.count(repeated[0])} times; give each once")
+            raise InputError(
+                f"--caches names {repeated[0]!r} {same.count(_same_cache(repeated[0]))} times; give each once"
+            )
         if self.pooling not in POOLINGS:
             raise InputError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}; pick one of those")
         if self.task not in TASKS:
@@ -87,6 +90,12 @@ class ProbeConfig:
             raise InputError(f"--folds {self.folds} is below 2; cross-validation needs at least two folds")
         if self.seed < 0:
             raise InputError(f"--seed {self.seed} is negative; give a whole number of 0 or more")
+
+
+def _same_cache(url: str) -> str:
+    """What names one cache, however it is written: a local path resolved, a URL without its trailing slash."""
+    local = local_path(url)
+    return os.path.realpath(local) if local is not None else url.rstrip("/")
 
 
 @dataclass
@@ -265,10 +274,13 @@ def shuffled_items(
     return out
 
 
-def fit_probe(x: np.ndarray, labels: Labels, seed: int, folds: int) -> tuple[float, float, dict[str, dict[str, float]]]:
-    """(chosen regularisation, its cross-validation score, {split: scores}): the grid searched by seeded k-fold
-    cross-validation over the training rows alone, grouped by `labels.groups`, the chosen model refitted on them,
-    validation and test scored."""
+def fit_probe(
+    x: np.ndarray, labels: Labels, seed: int, folds: int
+) -> tuple[float, float, dict[str, dict[str, float]], int]:
+    """(chosen regularisation, its cross-validation score, {split: scores}, the folds used): the grid searched by
+    seeded k-fold cross-validation over the training rows alone, grouped by `labels.groups` (no more folds than
+    training groups, nor, for a classification target, than groups holding each class), the chosen model refitted
+    on them, validation and test scored."""
     from sklearn.exceptions import FitFailedWarning, UndefinedMetricWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
@@ -320,7 +332,7 @@ def fit_probe(x: np.ndarray, labels: Labels, seed: int, folds: int) -> tuple[flo
         else:
             predicted = model.predict(x[rows]) if rows.any() else np.zeros(0)
             scores[name] = {k: v for k, v in regression_metrics(predicted, labels.y[rows]).items() if k != "mse"}
-    return chosen, float(cv_score), scores
+    return chosen, float(cv_score), scores, k
 
 
 def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> tuple[float, float]:
@@ -492,13 +504,29 @@ def check_same_span(caches: list[tuple[EmbeddingCache, np.ndarray]]) -> None:
         )
 
 
-def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config: ProbeConfig) -> list[dict[str, Any]]:
-    """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order."""
+def cache_names(urls: list[str]) -> list[str]:
+    """The table's name of each cache: its folder's name without .zarr, or where two share that, the shortest
+    ending of their paths that tells them apart (`a/x`, `b/x`)."""
+    parts = [[p for p in url.rstrip("/").removesuffix(".zarr").split("/") if p] for url in urls]
+    names = []
+    for mine in parts:
+        depth = 1
+        while depth < len(mine) and sum(other[-depth:] == mine[-depth:] for other in parts) > 1:
+            depth += 1
+        names.append("/".join(mine[-depth:]))
+    return names
+
+
+def probe_cache(
+    cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config: ProbeConfig, name: str | None = None
+) -> list[dict[str, Any]]:
+    """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order; `name` the table's name
+    for it (default: its folder's, without .zarr)."""
     m = cache.manifest
     grouped = replace(labels, groups=input_groups(cache, rows, labels))  # one input's ids in one fold
     unique, inverse = np.unique(rows, return_inverse=True)
     features, pooling = pooled_features(cache, unique, config.pooling)
-    name = Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
+    name = name or Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
     base = {"cache": name, "model": m.model, "layer": m.layer, "modality": m.modality, "pooling": pooling}
     base["model_revision"] = m.model_revision  # a --random-init control of one model is another revision
     base.update({"task": labels.task, "target": config.target})
@@ -509,8 +537,9 @@ def probe_cache(cache: EmbeddingCache, rows: np.ndarray, labels: Labels, config:
         SHUFFLED: shuffled_items(inverse, labels.split, config.seed),
     }
     for role, items in ((cache_role(m), inverse), *controls.items()):
-        chosen, cv, scores = fit_probe(features[items], grouped, config.seed, config.folds)
+        chosen, cv, scores, k = fit_probe(features[items], grouped, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
+        row["cv_folds"] = k  # below --folds where the training groups (of a class) are fewer
         for split, values in scores.items():
             row.update({f"{split}_{k}": values[k] for k in SCORES[labels.task]})
         out.append({**row, "url": cache.url})
@@ -541,7 +570,16 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     labels = read_labels(config)
     caches = [opened(url, labels, config) for url in config.caches]  # every cache checked before any fit
     same_inputs(caches, quiet)
-    rows = [row for cache, items in caches for row in probe_cache(cache, items, labels, config)]
+    names = cache_names([cache.url for cache, _ in caches])
+    rows = [
+        row for (c, items), n in zip(caches, names, strict=True) for row in probe_cache(c, items, labels, config, n)
+    ]
+    fewer = sorted({r["cv_folds"] for r in rows if r["cv_folds"] < config.folds})
+    if fewer and not quiet:
+        print(
+            f"cross-validation ran {', '.join(map(str, fewer))} folds, not --folds {config.folds}: the train split "
+            "holds fewer groups of items (of a class, for a classification target); cv_folds per row in probe.tsv"
+        )
     chosen_by = mark_chosen(rows, labels.task)
     table = pd.DataFrame(rows)
     table = table[[*COLUMNS, *[c for c in table.columns if c not in COLUMNS]]]
