@@ -95,9 +95,11 @@ class CdtExplainer:
 
     task = "cdt"
 
-    def __init__(self, sources: ExplainSources):
+    def __init__(self, sources: ExplainSources, checkpoint: dict[str, Any] | None = None):
+        """`checkpoint`: the checkpoint at `sources.checkpoint` as `train.checkpoint.read` gave it, where the
+        caller already read it (a large checkpoint is then loaded once); else read here."""
         path = sources.checkpoint
-        checkpoint = read_checkpoint(path)
+        checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
         if checkpoint["task"] != self.task:
             raise InputError(f"{path} holds a {checkpoint['task']!r} model; CdtExplainer explains 'cdt' checkpoints")
         config = run_config(checkpoint, path, sources.config)

@@ -64,10 +64,10 @@ def read_bed(path: Path) -> pd.DataFrame:
                             "non-negative integer; a BED line is chrom<TAB>start<TAB>end, 0-based"
                         )
                     bounds.append(int(text))
-                if bounds[0] > bounds[1]:
+                if bounds[0] >= bounds[1]:  # an empty interval covers no base, and overlaps no bin as pyranges sees it
                     raise InputError(
-                        f"{path} line {n}: start {bounds[0]} is after end {bounds[1]}; a BED interval has start <= end "
-                        "(0-based, half-open): swap or fix them"
+                        f"{path} line {n}: start {bounds[0]} is not before end {bounds[1]}; a BED interval has start < "
+                        "end (0-based, half-open: it covers bases start+1..end): fix or drop it"
                     )
                 chroms.append(fields[0])
                 starts.append(bounds[0])

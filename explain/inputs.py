@@ -116,6 +116,8 @@ def chrom_sizes(path: str | None) -> dict[str, int]:
         ) from None
     sizes = {}
     for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue  # a blank line (one at the end is common) holds no chromosome
         fields = line.split("\t")
         if len(fields) < 2 or not fields[1].strip().isdigit():
             raise InputError(f"{path} line {n} is {line[:60]!r}, not `chrom<TAB>length`; pass a chrom.sizes or .fai")

@@ -93,13 +93,14 @@ class ExplainConfig:
 
 
 def explainer_for(sources: ExplainSources):
-    task = read_checkpoint(sources.checkpoint)["task"]
+    checkpoint = read_checkpoint(sources.checkpoint)  # read once: the explainer takes it as read
+    task = checkpoint["task"]
     if task not in EXPLAINERS:
         raise InputError(
             f"{sources.checkpoint} holds a {task!r} model, which exposes no attention to explain; "
             f"explain supports {sorted(EXPLAINERS)}"
         )
-    return EXPLAINERS[task](sources)
+    return EXPLAINERS[task](sources, checkpoint)
 
 
 def _file_name(n: int, item: str) -> str:

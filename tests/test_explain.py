@@ -363,9 +363,12 @@ def test_bad_bed_lines_are_one_line_errors_naming_the_line(tmp_path):
 
     bed = tmp_path / "peaks.bed"
     bed.write_text("# peaks\ntrack name=x\nchr1\t95\t96\tpeak\nchr1\t1010\t1000\tbackwards\n")
-    with pytest.raises(InputError, match=r"peaks.bed line 4: start 1010 is after end 1000") as err:
+    with pytest.raises(InputError, match=r"peaks.bed line 4: start 1010 is not before end 1000") as err:
         FeatureSet(bed, {"chr1"})
     assert "\n" not in str(err.value)
+    bed.write_text("chr1\t95\t96\nchr1\t1000\t1000\tempty\n")  # covers no base: pyranges counted it in one bin only
+    with pytest.raises(InputError, match=r"peaks.bed line 2: start 1000 is not before end 1000"):
+        read_bed(bed)
     bed.write_text("chr1\t95\t96\nchr1\t1,000\t1010\n")
     with pytest.raises(InputError, match=r"peaks.bed line 2 column 2 \(start\): '1,000' is not a non-negative") as err:
         read_bed(bed)
@@ -439,5 +442,5 @@ def test_chrom_sizes_that_are_no_text_are_one_line(tmp_path):
     binary.write_bytes(b"PAR1\x15\x04\x15\xff\xfe\x00\x9c")
     with pytest.raises(InputError, match=r"--chrom-sizes .*labels\.parquet is not a text file"):
         chrom_sizes(str(binary))
-    (tmp_path / "ok.sizes").write_text("chr1\t100\n")
-    assert chrom_sizes(str(tmp_path / "ok.sizes")) == {"chr1": 100}
+    (tmp_path / "ok.sizes").write_text("chr1\t100\n\nchr2\t50\n\n")  # blank lines hold nothing
+    assert chrom_sizes(str(tmp_path / "ok.sizes")) == {"chr1": 100, "chr2": 50}
