@@ -85,7 +85,10 @@ def _info(args: argparse.Namespace) -> int:
         ("modality / model", f"{m.modality} / {m.model} (revision {m.model_revision})"),
         ("layer / pooling", f"{m.layer} / {m.pooling}"),
         ("items x shape", f"{m.n_items:,} x {tuple(m.item_shape)} {m.dtype}, compression {m.compression}"),
-        ("shards", f"{done}/{m.n_shards} written, {m.shard_items} items each"),
+        (
+            "shards",
+            f"{done}/{m.n_shards} written by the manifest, {m.shard_items} items each (`cache verify` reads the files)",
+        ),
         ("complete", str(m.complete)),
         ("on disk", f"{n_bytes / 2**20:,.1f} MiB in {n_files} files"),
         ("input digest", m.input_digest),

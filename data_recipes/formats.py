@@ -381,11 +381,19 @@ def gtf_build(header: Sequence[str]) -> str | None:
     return None
 
 
+_BUILD_NAMES = {"hg19": "grch37", "hg38": "grch38", "mm10": "grcm38", "mm39": "grcm39"}  # UCSC name -> GRC name
+
+
+def same_build(name: str) -> str:
+    """A build's GRC name, lower case, whichever naming it is given in (`hg38` and `GRCh38` are one assembly)."""
+    return _BUILD_NAMES.get(name.lower(), name.lower())
+
+
 def require_build(table: pd.DataFrame, path: str | Path, build: str, what: str) -> None:
     """InputError where the GTF `table` (`read_gtf`'s) names a genome build other than `build` in its header: its
     coordinates would be cut from a genome they do not belong to. A header naming no build passes."""
     found = table.attrs.get("genome_build")
-    if found is not None and found.lower() != build.lower():
+    if found is not None and same_build(found) != same_build(build):
         raise InputError(
             f"{path} is annotated on {found} (its header's genome-build), but {what} is on {build}: its "
             f"positions would cut other bases; pass the {build} GTF"

@@ -193,6 +193,11 @@ def build_gasperini(
         near = (pairs["mid_hg19"] - _gene_tss(pairs, results, header)).abs() <= config.max_distance_kb * 1000
         counts["pairs_beyond_max_distance"] = int((~near).sum())
         pairs = pairs[near]
+        if pairs.empty:
+            raise InputError(
+                f"--max-distance-kb {config.max_distance_kb:g} drops all {int((~near).sum()):,} pairs of {results} "
+                "(measured from each site's midpoint to its target gene's TSS, hg19); give a larger distance"
+            )
 
     # genes: target symbols that the protein set (and the RNA vocabulary, when given) also have
     proteins = formats.read_uniprot(paths["uniprot"])
@@ -207,7 +212,11 @@ def build_gasperini(
         in_protein &= rna_vocab
     gene_order = sorted(in_protein)  # the canonical order: RNA and protein tables both follow it
     if not gene_order:
-        raise InputError("no target gene is in both the protein set and the RNA vocabulary; check the inputs")
+        where = "the protein set and the RNA vocabulary (--rna-vocab)" if rna_vocab is not None else "the protein set"
+        raise InputError(
+            f"no target gene of {results} is in {where} ({len(targets):,} target symbols); check that the files "
+            "name genes by the same symbols"
+        )
     gene_index = {g: i for i, g in enumerate(gene_order)}
     n_before = len(pairs)
     pairs = pairs[pairs["gene_short_name"].isin(gene_index)]
@@ -232,11 +241,6 @@ def build_gasperini(
     pairs = pairs[pairs["gRNA_group"].isin(sites["gRNA_group"])]
     counts["duplicate_pairs_dropped"] = int(pairs.duplicated(["gRNA_group", "gene_short_name"]).sum())
     pairs = pairs.drop_duplicates(["gRNA_group", "gene_short_name"], keep="first")
-    if pairs.empty:
-        raise InputError(
-            f"no (enhancer, gene) pair of {results} is left after the filters (dropped: {missing}); check the "
-            "inputs and --max-distance-kb"
-        )
 
     # split by enhancer, stratified on whether any of its pairs is significant; gRNA groups that target one site
     # (the screen's top_two and second_two pairs of a candidate) are one window: linked, they fall in one split
@@ -324,12 +328,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    paths, info = sources.fetch_all(SOURCES, args.source_dir, args.cache_dir)
-    config = GasperiniConfig(
+    config = GasperiniConfig(  # options and the vocabulary checked before any download
         seed=args.seed,
         max_distance_kb=args.max_distance_kb,
         significance=args.significance,
         test_chroms=tables.comma_list(args.test_chroms),
     )
     vocab = read_vocab(args.rna_vocab) if args.rna_vocab else None
+    paths, info = sources.fetch_all(SOURCES, args.source_dir, args.cache_dir)
     return build_gasperini(paths, Path(args.out), config, rna_vocab=vocab, sources_info=info)

@@ -83,6 +83,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     expression = mean_tpm(paths["tpm"], samples, tissues)
     counts["gct_transcripts"] = len(expression)
     transcripts, coding_parts = read_annotation(paths["gtf"])
+    genome_build = transcripts.attrs.get("genome_build")
     kept, match_counts, mismatches = match_annotation(expression, transcripts, config, gct=paths["tpm"])
     counts.update(match_counts)
     kept, missing = attach_sequences(kept, paths["cdna"], paths["pep"])
@@ -158,6 +159,7 @@ def build_gtex(paths: dict[str, Path], out: Path, config: GtexConfig, sources_in
     )
     info = sources_info or {key: {"file": str(path)} for key, path in paths.items()}
     extra = {
+        "genome_build": genome_build,  # as the GTF's header names it (None where it names none)
         "mask": {
             "window_bins": config.window_bins,
             "bin_bp": config.bin_bp,
@@ -238,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chrom-style",
         choices=CHROM_STYLES,
         default=_DEFAULTS.chrom_style,
-        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT, as in the GTF)",
+        help="'ucsc' (chr1, chrM; default) or 'ensembl' (1, MT), whichever naming the GTF uses",
     )
     parser.add_argument(
         "--transcripts",

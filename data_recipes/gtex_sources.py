@@ -190,4 +190,6 @@ def read_annotation(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     coding_parts = pd.DataFrame(
         {"key": unversioned(parts["transcript_id"]), "start": parts["start"], "end": parts["end"]}
     )
-    return transcripts.drop_duplicates("key"), coding_parts
+    transcripts = transcripts.drop_duplicates("key")
+    transcripts.attrs["genome_build"] = gtf.attrs.get("genome_build")  # recipe.json records it
+    return transcripts, coding_parts

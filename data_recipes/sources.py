@@ -78,18 +78,18 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
         total = response.headers.get("Content-Length")
         total = int(total) + (have if resumed else 0) if total else None
         mode = "ab" if resumed else "wb"
-        if not resumed:  # a fresh file: what identifies it, for If-Range when this download resumes
-            etag = response.headers.get("ETag") or ""
-            tag = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
-            if tag:
-                validator.write_text(tag + "\n")
-            else:
-                validator.unlink(missing_ok=True)
+        etag = response.headers.get("ETag") or ""
+        tag = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
         try:
             with (
                 open(part, mode) as out,
                 tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name) as bar,
             ):
+                if not resumed:  # a fresh file (the .part emptied above): what identifies it, for If-Range later
+                    if tag:
+                        validator.write_text(tag + "\n")
+                    else:
+                        validator.unlink(missing_ok=True)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

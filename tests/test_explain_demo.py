@@ -212,6 +212,26 @@ def test_the_gradient_norm_is_taken_where_the_model_reads_the_dna(demo_run):
     assert not np.allclose(as_cached.numpy() / as_cached.numpy().sum(), got.numpy() / got.numpy().sum(), rtol=0.05)
 
 
+def test_the_written_gradient_is_the_one_taken_where_the_model_reads_the_dna(explained, demo_run):
+    """What `explain` writes (positions.tsv.gz, hence the tracks and top-k tables) is that norm, not d / d cached."""
+    from dogmacache.explain.cdt import CdtExplainer, ExplainSources
+
+    explainer = CdtExplainer(
+        ExplainSources(checkpoint=str(demo_run / "train" / "cdt_best.pt"), chrom_sizes=sizes(demo_run)[1])
+    )
+    positions = pd.read_csv(explained / "positions.tsv.gz", sep="\t")
+    item = positions["item"].iloc[0]
+    chosen = explainer.select([item], None, 1, False, 0)
+    part, dna = next(explainer.batches(chosen, 1))
+    gene_index = torch.tensor(part["gene_index"].to_numpy(np.int64))
+    scaled = explainer._scaled(dna).detach().requires_grad_(True)
+    (direct,) = torch.autograd.grad(explainer.model(scaled, explainer.rna, explainer.protein, gene_index).sum(), scaled)
+    written = positions.loc[positions["item"] == item].sort_values("bin")
+    written = written.loc[written["inside"]]
+    expected = direct.norm(dim=-1)[0].numpy()[written["bin"].to_numpy()]
+    np.testing.assert_allclose(written["gradient"].to_numpy(), expected, rtol=1e-4)
+
+
 def test_explain_asks_for_what_no_manifest_records(demo_run, tmp_path, capsys):
     ckpt = demo_run / "train" / "cdt_best.pt"
     base = ["explain", "--checkpoint", str(ckpt), "--split", "test", "--top-k", "2", "--out", str(tmp_path / "o")]

@@ -110,3 +110,26 @@ def test_a_vocab_json_that_is_not_a_symbol_map_is_refused(tmp_path, content):
         read_vocab(path)
     path.write_text(json.dumps({"A": 0, "<pad>": 1, "B": 2}))
     assert read_vocab(path) == {"A", "B"}
+
+
+def test_a_distance_that_keeps_no_pair_is_named_and_ucsc_build_names_are_the_same_assembly(tmp_path):
+    with pytest.raises(InputError, match=r"--max-distance-kb 0 drops all .* pairs"):
+        build_gasperini(_sources(tmp_path, _rows()), tmp_path / "out", GasperiniConfig(max_distance_kb=0.0))
+    names = write_sources(tmp_path / "src")
+    _rewrite_gz(names["gtf"], lambda t: t.replace("#!genome-build GRCh38.p7", "#!genome-build hg38"))
+    manifest = gtex.build_gtex(names, tmp_path / "gtex", CONFIG)
+    assert manifest["genome_build"] == "hg38"  # recorded as the header names it
+    assert formats.same_build("hg19") == formats.same_build("GRCh37") != formats.same_build("GRCh38")
+
+
+def test_gasperini_options_are_checked_before_any_download(tmp_path, capsys, monkeypatch):
+    from dogmacache.cli import main
+    from dogmacache.data_recipes import sources
+
+    monkeypatch.setattr(sources, "download", lambda *a, **k: pytest.fail("downloaded before checking the options"))
+    args = ["recipe", "gasperini", "--cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--significance", "5"]) == 2
+    assert "--significance 5.0: expected an adjusted p-value cut" in capsys.readouterr().err
+    (tmp_path / "vocab.json").write_text("[1, 2]")
+    assert main([*args, "--rna-vocab", str(tmp_path / "vocab.json")]) == 2
+    assert "expected scGPT's vocab.json" in capsys.readouterr().err

@@ -213,7 +213,7 @@ def test_truncated_gzip_is_named(tmp_path):
 
 def test_no_protein_for_any_gene(tmp_path):
     rows = [_row("chr1.e0_top_two", "GENEZ", "chr1", 10_000, 10_401, -0.2, "0.5")]
-    with pytest.raises(InputError, match="no target gene is in both"):
+    with pytest.raises(InputError, match="no target gene of .* is in the protein set"):
         build_gasperini(_sources(tmp_path, rows), tmp_path / "out", GasperiniConfig())
     assert not (tmp_path / "out").exists()
 
