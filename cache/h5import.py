@@ -141,6 +141,13 @@ def dedupe_ids(ids: list[str], mode: str | None, src: str) -> tuple[list[str], n
         for item in ids:
             seen[item] += 1
             renamed.append(item if seen[item] == 1 else f"{item}#{seen[item]}")
+        after = Counter(renamed)
+        clash = next((r for r in renamed if after[r] > 1), None)
+        if clash is not None:
+            raise InputError(
+                f"{src}: --dedupe suffix would rename a repeated id to {clash!r}, which the file already holds; "
+                "pass --dedupe keep-first, or --ids with a dataset of unique ids"
+            )
         return renamed, rows, later
     raise InputError(f"--dedupe {mode!r} is not one of {', '.join(DEDUPE)}; pick one of those")
 

@@ -412,3 +412,11 @@ def test_ids_that_are_not_utf8_are_one_line_naming_the_row(tmp_path):
             model="m",
             pooling="mean",
         )
+
+
+def test_a_suffix_that_names_an_id_already_there_is_refused_naming_the_dedupe():
+    from dogmacache.cache.h5import import dedupe_ids
+
+    with pytest.raises(InputError, match=r"--dedupe suffix would rename a repeated id to 'a#2', which the file"):
+        dedupe_ids(["a", "a", "a#2"], "suffix", "e.h5")
+    assert dedupe_ids(["a", "a", "b"], "suffix", "e.h5")[0] == ["a", "a#2", "b"]
