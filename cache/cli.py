@@ -154,6 +154,10 @@ def _publish(args: argparse.Namespace) -> int:
             print(f"  {c.relpath}: {c.manifest.modality}/{portable(c.manifest).model}, {c.manifest.n_items:,} items")
         print(f"--- {CARD_NAME} ---")
         print(card)
+        print(
+            "(a dry run is offline: what the repo already holds is not read; the publish itself refuses a repo "
+            "holding a cache this folder lacks)"
+        )
         return 0
     url = publish(args.folder, args.repo, license_id=args.license, private=args.private)
     print(f"published {len(caches)} cache(s) to {url}")

@@ -38,13 +38,28 @@ def nonfinite_rows(block: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~finite.numpy())
 
 
+def float32_round_to_odd(block: np.ndarray) -> np.ndarray:
+    """float64 values as float32 rounded toward zero, the last bit set where that dropped anything ("round to
+    odd"): a later round-to-nearest cast to a format of at most 22 significant bits (bfloat16's 8) then gives what
+    rounding the float64 value once would, where float32's own round to nearest could round a second time."""
+    x = np.asarray(block, dtype=np.float64)
+    r = x.astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        away = np.isfinite(x) & (np.abs(r.astype(np.float64)) > np.abs(x))  # rounded away from zero: step back
+        r = np.where(away, np.nextafter(r, np.float32(0)), r)
+        inexact = np.isfinite(x) & (r.astype(np.float64) != x)
+    return np.where(inexact, (r.view(np.int32) | 1).view(np.float32), r)
+
+
 def to_storage(block: np.ndarray, dtype: str) -> np.ndarray:
     """`block` as stored: float16/float32 as is, bfloat16 as its uint16 bits; each value rounded once to the
     nearest of the storage dtype (float64 sources too)."""
     torch = _torch()
-    if block.dtype == np.float64:  # numpy rounds float64 once; torch goes through float32 (a second rounding)
-        stored = np.ascontiguousarray(block).astype(layout.numpy_view(dtype))
-        return stored.view(np.uint16) if dtype == "bfloat16" else stored
+    if block.dtype == np.float64:  # torch (and ml_dtypes, for bfloat16) go through float32: a second rounding
+        if dtype == "bfloat16":
+            return to_storage(float32_round_to_odd(block), dtype)  # then float32 -> bfloat16 rounds as if once
+        stored = np.ascontiguousarray(block).astype(layout.numpy_view(dtype))  # numpy: one rounding
+        return stored
     t = _as_tensor(block).to(getattr(torch, dtype))
     if dtype == "bfloat16":
         return t.view(torch.int16).numpy().view(np.uint16)

@@ -363,6 +363,8 @@ def _import_shards(
                 _check_range(block, source_rows[a:b], item_ids[a:b], f"{src}:{dataset}", dtype)
                 # torch's cast (cache.convert) is ~10x faster than numpy's float32 -> float16 assignment;
                 # bfloat16 stays float32 here and the writer casts it once
+                if dtype == "bfloat16":  # float32 here, cast once by the writer: float64 rounded to odd first
+                    block = convert.float32_round_to_odd(block) if block.dtype == np.float64 else block
                 buffer[a - start : b - start] = block if dtype == "bfloat16" else convert.to_storage(block, dtype)
                 bar.update(b - a)
             writer.write_shard(shard, buffer)

@@ -325,14 +325,13 @@ def _refuse_lingering(api: Any, folder: Path, repo: str) -> None:
     rest. Checked before anything is sent."""
     sent = {p.relative_to(folder).as_posix() for p in folder.rglob("zarr.json")}
     there = {f for f in api.list_repo_files(repo_id=repo, repo_type="dataset") if f.endswith("zarr.json")}
-    lingering = sorted(there - sent)
+    lingering = sorted(there - sent, key=lambda f: (f.count("/"), f))  # a cache's own metadata first
     if lingering:
-        names = sorted({f.split("/")[0] if "/" in f else "a cache at its top level" for f in lingering})
+        shown = ", ".join(lingering[:4]) + (f" and {len(lingering) - 4} more" if len(lingering) > 4 else "")
         raise CacheError(
-            f"dataset repo {repo} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, which {folder} "
-            "lacks: a publish adds and replaces files, never deletes them, so they would stay beside this one; "
-            "delete them on the Hub first (the repo's Files page, or HfApi().delete_folder), or publish to "
-            "another repo"
+            f"dataset repo {repo} holds Zarr metadata {folder} lacks ({shown}: a cache, or an array of one): a "
+            "publish adds and replaces files, never deletes them, so they would stay beside this one; delete them "
+            "on the Hub first (the repo's Files page, or HfApi().delete_folder), or publish to another repo"
         )
 
 
@@ -455,8 +454,8 @@ def pull(repo: str, dest: str | os.PathLike, *, revision: str | None = None) -> 
         raise problem from err
     _refuse_unfinished(dest, repo, files)
     caches = find_caches(dest)
-    if files is None and caches and caches[0].relpath == ".":  # a cache at the top level stops the search there
-        below = find_caches(dest, root=False)
+    if is_cache_folder(dest) and (files is None or "zarr.json" in files):  # a top-level cache ends the search
+        below = [c for c in find_caches(dest, root=False) if files is None or f"{c.relpath}/zarr.json" in files]
         if below:
             raise CacheError(
                 f"dataset repo {repo} holds a cache at its top level and {len(below)} in its folders "

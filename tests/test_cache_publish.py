@@ -200,10 +200,10 @@ def test_a_cache_the_repo_holds_and_the_folder_lacks_is_refused_before_anything_
     (tmp_path / "one" / "a.zarr").rename(tmp_path / "two" / "a.zarr")
     before = sorted(p.as_posix() for p in folder_hub.rglob("*"))
     assert main(["cache", "publish", str(tmp_path / "two"), "--repo", "lab/x"]) == 2
-    assert "dataset repo lab/x holds b.zarr, which" in capsys.readouterr().err
+    assert "dataset repo lab/x holds Zarr metadata" in (err := capsys.readouterr().err) and "b.zarr/zarr.json" in err
     assert sorted(p.as_posix() for p in folder_hub.rglob("*")) == before
     assert main(["cache", "publish", str(tmp_path / "two" / "a.zarr"), "--repo", "lab/x"]) == 2  # a root cache
-    assert "holds a.zarr, b.zarr" in capsys.readouterr().err
+    assert "a.zarr/zarr.json, b.zarr/zarr.json" in capsys.readouterr().err
 
 
 def test_a_cache_folder_named_with_pattern_characters_sends_no_local_manifest(tmp_path, folder_hub):
@@ -251,3 +251,15 @@ def test_pull_refuses_a_repo_with_a_stale_top_level_cache_and_names_an_unfinishe
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     assert main(["cache", "pull", "lab/x", str(tmp_path / "got2")]) == 2
     assert "a.zarr from lab/x is unfinished: its publish stopped midway" in capsys.readouterr().err
+
+
+def test_a_re_pull_of_a_repo_mixing_a_top_level_cache_with_others_is_refused_too(tmp_path, folder_hub, capsys):
+    import shutil
+
+    write_cache(folder_hub / "a.zarr", np.ones((4, 3), np.float32), shard_items=2)
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "got")]) == 0  # an earlier, clean pull
+    write_cache(tmp_path / "root.zarr", np.ones((4, 3), np.float32), shard_items=2)
+    shutil.copytree(tmp_path / "root.zarr", folder_hub, dirs_exist_ok=True)  # a stale top-level cache appears
+    capsys.readouterr()
+    assert main(["cache", "pull", "lab/x", str(tmp_path / "got")]) == 2
+    assert "holds a cache at its top level and 1 in its folders (a.zarr)" in capsys.readouterr().err

@@ -383,19 +383,34 @@ def test_a_float64_value_beyond_the_storage_range_is_named(tmp_path, value, dtyp
 def test_float64_values_are_rounded_once_to_the_storage_dtype(tmp_path):
     """numpy rounds a float64 to float16 once; through float32 first, a value just above a halfway point (here
     1 + 2**-11 + 2**-30) would round down twice, to 1.0."""
+    import ml_dtypes
+
     rng = np.random.default_rng(0)
-    data = rng.standard_normal((8, 4, 6)) * 3
-    data[0, 0, 0] = 1 + 2**-11 + 2**-30
+    data = rng.standard_normal((200, 4, 6)) * 3
+    data[0, 0, 0] = 1 + 2**-11 + 2**-30  # float16: through float32 it would round to 1.0
+    data[0, 0, 1] = 1 + 2**-8 + 2**-40  # bfloat16: likewise
     with h5py.File(tmp_path / "e.h5", "w") as h5:
         h5.create_dataset("embeddings", data=data)
-        h5.create_dataset("names", data=np.array([f"E{i}".encode() for i in range(8)]))
+        h5.create_dataset("names", data=np.array([f"E{i}".encode() for i in range(200)]))
     for dtype in ("float16", "bfloat16", "float32"):
         out = tmp_path / f"{dtype}.zarr"
         import_h5(tmp_path / "e.h5", out, dataset="embeddings", ids="names", modality="dna", model="m", dtype=dtype)
-        got = open_cache(out)[:]
-        expected = data.astype(got.dtype)
-        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+        got = open_cache(out)[:].astype(np.float64)
+        np.testing.assert_array_equal(
+            got, _nearest(data, np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else dtype)
+        )
     assert open_cache(tmp_path / "float16.zarr")[0, 0, 0] == np.float16(1.001)
+    assert open_cache(tmp_path / "bfloat16.zarr")[0, 0, 1].astype(np.float64) == 1.0078125
+
+
+def _nearest(x: np.ndarray, dtype) -> np.ndarray:
+    """Each float64 of `x` rounded once to the nearest value of `dtype` (a float format of 16 or 32 bits), as
+    float64: the nearest of the three values whose bits neighbour a first guess (ties, of measure zero here, aside)."""
+    dtype = np.dtype(dtype)
+    unsigned = {2: np.uint16, 4: np.uint32}[dtype.itemsize]
+    guess = x.astype(dtype).view(unsigned).astype(np.int64)
+    candidates = np.stack([guess - 1, guess, guess + 1]).astype(unsigned).view(dtype).astype(np.float64)
+    return np.take_along_axis(candidates, np.abs(candidates - x).argmin(axis=0)[None], axis=0)[0]
 
 
 def test_ids_that_are_not_utf8_are_one_line_naming_the_row(tmp_path):

@@ -1,6 +1,7 @@
 """`dogmacache probe`: split-aware linear probes per cache rank a cache that carries the target above noise, beside
 permuted-label and shuffled-input controls near zero, with the regularisation chosen on training rows only."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -566,3 +567,64 @@ def test_the_folds_used_are_recorded_and_caches_of_one_folder_name_are_told_apar
     assert [r["cache"] for r in result["rows"] if r["role"] == "model"] == ["a/x", "b/x"]
     with pytest.raises(InputError, match=r"names .* 2 times; give each once"):
         probe_config(world, tmp_path, paths=[paths[0], f"{paths[0]}/"])
+
+
+def test_a_kmer_control_is_set_beside_a_pick_of_its_own_span_only():
+    from dogmacache.train.probe import kmer_above_chosen
+
+    rows = [
+        {
+            "cache": "wide",
+            "role": "model",
+            "chosen": True,
+            "validation_r2": 0.212,
+            "span": "4096 bp / 128 bp bins, forward",
+        },
+        {
+            "cache": "trunk",
+            "role": "model",
+            "chosen": False,
+            "validation_r2": 0.2,
+            "span": "1024 bp / 128 bp bins, forward",
+        },
+        {
+            "cache": "kmer",
+            "role": "kmer control",
+            "chosen": False,
+            "validation_r2": 0.372,
+            "span": "1024 bp / 128 bp bins, forward",
+        },
+    ]
+    (line,) = kmer_above_chosen(rows, "validation r2")
+    assert "covers 1024 bp / 128 bp bins, forward, the pick wide 4096 bp" in line and "not set beside it" in line
+    rows[0]["span"] = rows[2]["span"]
+    assert "scores above it" in kmer_above_chosen(rows, "validation r2")[0]
+    rows[0]["span"] = ""  # an imported model cache records none: compared as before
+    assert "scores above it" in kmer_above_chosen(rows, "validation r2")[0]
+
+
+def test_a_control_beside_an_imported_model_is_not_refused_and_a_strand_mismatch_names_its_flag(demo_run, tmp_path):
+    import shutil
+
+    from dogmacache.cache.manifest import MANIFEST_KEY
+
+    def edited(name, change):
+        path = tmp_path / f"{name}.zarr"
+        shutil.copytree(demo_run / "cache" / f"{name.split('~')[0]}.zarr", path)
+        meta = json.loads((path / "zarr.json").read_text())
+        change(meta["attributes"][MANIFEST_KEY]["config"])
+        (path / "zarr.json").write_text(json.dumps(meta))
+        return str(path)
+
+    imported = edited("dna-enformer-trunk~imported", lambda c: [c.pop(k) for k in ("output_span_bp", "bin_bp")])
+    kmer = str(demo_run / "cache" / "dna-kmer.zarr")
+    labels = demo_run / "recipe" / "cdt" / "labels.parquet"
+    config = ProbeConfig(
+        caches=(imported, kmer), labels=str(labels), target="beta", out=str(tmp_path / "o"), id_column="enhancer"
+    )
+    assert {r["role"] for r in run_probe(config, quiet=True)["rows"]} >= {"model", "kmer control"}
+    rc = edited("dna-kmer~rc", lambda c: c["options"].update(strand_policy="rc-average"))
+    trunk = str(demo_run / "cache" / "dna-enformer-trunk.zarr")
+    config = dataclasses.replace(config, caches=(trunk, rc), out=str(tmp_path / "o2"))
+    with pytest.raises(InputError, match=r"covers strand_policy 'rc-average' .* with --strand-policy forward$"):
+        run_probe(config, quiet=True)

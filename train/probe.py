@@ -455,7 +455,7 @@ def same_inputs(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = F
                 f"{cache.url} holds {cache.manifest.modality} embeddings and {first.url} {first.manifest.modality}; "
                 "probes stand beside each other over the same items: pass caches of one modality"
             )
-    check_same_span(caches)
+    check_same_span(caches, quiet)
     digests = {c.manifest.input_digest for c, _ in caches}
     if len(digests) > 1 and not quiet:
         print(
@@ -470,34 +470,53 @@ SPAN_OPTIONS = ("strand_policy",)  # and how a window's strand is read, in its o
 
 def span_of(cache: EmbeddingCache) -> dict[str, Any]:
     """What of each DNA window `cache`'s rows describe: the bases its positions cover, per position, and the strand
-    policy; {} for another modality."""
+    policy; {} for another modality, or a cache that records no span (one `cache import-h5` wrote)."""
     if cache.manifest.modality != "dna":
         return {}
     config = cache.manifest.config or {}
+    if any(config.get(k) is None for k in SPAN_KEYS):
+        return {}
     options = config.get("options") or {}
     return {**{k: config.get(k) for k in SPAN_KEYS}, **{k: options.get(k) for k in SPAN_OPTIONS}}
 
 
-def check_same_span(caches: list[tuple[EmbeddingCache, np.ndarray]]) -> None:
+def span_label(cache: EmbeddingCache) -> str:
+    """`span_of` in words, for the table ("" where unknown): e.g. "1024 bp / 128 bp bins, forward"."""
+    span = span_of(cache)
+    if not span:
+        return ""
+    return f"{span['output_span_bp']} bp / {span['bin_bp']} bp bins, {span.get('strand_policy') or 'forward'}"
+
+
+def check_same_span(caches: list[tuple[EmbeddingCache, np.ndarray]], quiet: bool = False) -> None:
     """A control (k-mer, random-init) stands beside the models only over the same stretch of each window: one of
     another span reads other bases (the k-mer embedder's --kmer-bins defaults to full-size Enformer's 896 bins), and
-    beating or losing to it says nothing about the model. InputError naming both and the flags to use."""
-    models = [c for c, _ in caches if cache_role(c.manifest) == "model" and span_of(c)]
+    beating or losing to it says nothing about the model. InputError naming both and the flags to use, where no
+    model of the call covers the control's span; a line where no model records its span."""
+    dna_models = [c for c, _ in caches if cache_role(c.manifest) == "model" and c.manifest.modality == "dna"]
+    controls = [c for c, _ in caches if cache_role(c.manifest) != "model" and span_of(c)]
+    models = [c for c in dna_models if span_of(c)]
     if not models:
+        if controls and dna_models and not quiet:
+            print(
+                f"{dna_models[0].url} records no span of its windows (an imported cache): whether the controls "
+                "cover the bases it read is not checked"
+            )
         return
     spans = [span_of(m) for m in models]
-    for cache, _ in caches:
+    for cache in controls:
         have = span_of(cache)
-        if not have or cache_role(cache.manifest) == "model" or have in spans:
-            continue  # models of other architectures may each read their own span
+        if have in spans:
+            continue  # models of other architectures may each read their own span; rows are compared by span
         reference, wanted = models[0], spans[0]
-        key = next(k for k in wanted if have.get(k) != wanted[k])
-        fix = (
-            f"embed the k-mer control with --kmer-bins {wanted['output_span_bp'] // wanted['bin_bp']} "
-            f"--kmer-bin-bp {wanted['bin_bp']}"
-            if cache_role(cache.manifest) == "kmer control" and wanted.get("bin_bp") and wanted.get("output_span_bp")
-            else "embed the control with the model's window settings"
-        )
+        differ = [k for k in wanted if have.get(k) != wanted[k]]
+        fixes = []
+        if cache_role(cache.manifest) == "kmer control" and {"output_span_bp", "bin_bp"} & set(differ):
+            fixes.append(f"--kmer-bins {wanted['output_span_bp'] // wanted['bin_bp']} --kmer-bin-bp {wanted['bin_bp']}")
+        if "strand_policy" in differ and wanted.get("strand_policy"):
+            fixes.append(f"--strand-policy {wanted['strand_policy']}")
+        fix = f"embed the control with {' '.join(fixes)}" if fixes else "embed the control with the model's settings"
+        key = differ[0]
         raise InputError(
             f"{cache.url} covers {key} {have.get(key)!r} of each window and {reference.url} {wanted[key]!r}: a "
             f"control stands beside a model only over the same bases; {fix}"
@@ -529,6 +548,7 @@ def probe_cache(
     name = name or Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
     base = {"cache": name, "model": m.model, "layer": m.layer, "modality": m.modality, "pooling": pooling}
     base["model_revision"] = m.model_revision  # a --random-init control of one model is another revision
+    base["span"] = span_label(cache)  # DNA: the bases each row covers; controls are set beside models of theirs
     base.update({"task": labels.task, "target": config.target})
     base.update({f"n_{s}": int((labels.split == s).sum()) for s in SPLITS})
     out = []
@@ -657,12 +677,26 @@ def kmer_above_chosen(rows: list[dict[str, Any]], chosen_by: str | None) -> list
         return []
     key = chosen_by.replace(" ", "_")
     chosen = next(r for r in rows if r["chosen"])
-    return [
-        f"the k-mer control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
-        f"({chosen['cache']}): on this target the model's features predict less than k-mer frequencies alone"
-        for r in rows
-        if r["role"] == "kmer control" and math.isfinite(r[key]) and r[key] > chosen[key]
-    ]
+    lines = []
+    for r in rows:
+        if r["role"] != "kmer control" or not math.isfinite(r[key]):
+            continue
+        if not same_span(r, chosen):
+            lines.append(
+                f"the k-mer control {r['cache']} covers {r['span']}, the pick {chosen['cache']} {chosen['span']}: "
+                "not set beside it; embed a k-mer control of the pick's span to compare them"
+            )
+        elif r[key] > chosen[key]:
+            lines.append(
+                f"the k-mer control {r['cache']} scores above it: {chosen_by} {r[key]:.3f} against {chosen[key]:.3f} "
+                f"({chosen['cache']}): on this target the model's features predict less than k-mer frequencies alone"
+            )
+    return lines
+
+
+def same_span(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two table rows cover the same bases of each window (true where either records no span)."""
+    return not a.get("span") or not b.get("span") or a["span"] == b["span"]
 
 
 def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None) -> list[str]:
@@ -684,7 +718,7 @@ def random_init_above_trained(rows: list[dict[str, Any]], chosen_by: str | None)
                 f"{r['model']} cache's {best[key]:.3f} ({best['cache']}): the same architecture with random weights "
                 "predicts as much here"
             )
-        if chosen is not None and chosen is not best and r[key] > chosen[key]:
+        if chosen is not None and chosen is not best and same_span(r, chosen) and r[key] > chosen[key]:
             lines.append(
                 f"the random-init control {r['cache']} scores above the pick: {chosen_by} {r[key]:.3f} against "
                 f"{chosen[key]:.3f} ({chosen['cache']})"
