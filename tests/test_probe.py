@@ -520,6 +520,7 @@ def _twin_world(root, cross: bool):
     ids = [f"w{i}:+" for i in range(n_train + n_other)] + [f"w{i}:-" for i in range(n_train)]
     rows = np.r_[np.arange(n_train + n_other), np.arange(n_train)]
     write_cache(root / "twins.zarr", data[rows], ids=ids, shard_items=60, extras={"item_sha256": digests[rows]})
+    write_cache(root / "plain.zarr", data[rows], ids=ids, shard_items=60, layer=1)  # the same, without digests
     split = ["train"] * n_train + ["validation"] * 20 + ["test"] * 20 + ["train"] * n_train
     if cross:
         split[n_train + n_other : n_train + n_other + 20] = ["test"] * 20
@@ -540,6 +541,10 @@ def test_one_input_under_two_ids_stays_in_one_split_and_one_fold(tmp_path):
     config = _twin_world(tmp_path / "a", cross=False)
     (row, *_) = run_probe(config, quiet=True)["rows"]
     assert row["role"] == "model" and row["cv_r2"] < 0.1
+    # a cache that records no digests, probed beside one that does, is cross-validated over the same folds
+    both = dataclasses.replace(config, caches=(str(tmp_path / "a" / "plain.zarr"), *config.caches))
+    models = [r for r in run_probe(both, quiet=True)["rows"] if r["role"] == "model"]
+    assert [r["cache"] for r in models] == ["plain", "twins"] and models[0]["cv_r2"] == models[1]["cv_r2"] < 0.1
     config = _twin_world(tmp_path / "b", cross=True)
     with pytest.raises(InputError, match=r"items 'w0:\+' \(train\) and 'w0:-' \(test\) are one input"):
         run_probe(config, quiet=True)

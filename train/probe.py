@@ -402,12 +402,10 @@ def check_inputs_in_one_split(cache: EmbeddingCache, rows: np.ndarray, labels: L
         )
 
 
-def input_groups(cache: EmbeddingCache, rows: np.ndarray, labels: Labels) -> np.ndarray:
-    """(R,) cross-validation groups: `labels.groups` joined wherever two of them share an input (item digest), so
-    that no input is fitted in one fold and scored in another."""
-    keys = input_keys(cache, rows)
-    if keys is None:
-        return labels.groups
+def input_groups(caches: list[tuple[EmbeddingCache, np.ndarray]], labels: Labels) -> np.ndarray:
+    """(R,) cross-validation groups: `labels.groups` joined wherever two of them share an input (item digest) in
+    any cache of the call, so that no input is fitted in one fold and scored in another, and every cache (a model
+    and its controls alike) is cross-validated over the same folds."""
     parent: dict[str, str] = {}
 
     def root(x: str) -> str:
@@ -416,10 +414,14 @@ def input_groups(cache: EmbeddingCache, rows: np.ndarray, labels: Labels) -> np.
             x = parent[x]
         return x
 
-    for group, key in zip(labels.groups, keys, strict=True):
-        a, b = root("g:" + group), root("k:" + key)
-        if a != b:
-            parent[b] = a
+    for n, (cache, rows) in enumerate(caches):
+        keys = input_keys(cache, rows)
+        if keys is None:
+            continue
+        for group, key in zip(labels.groups, keys, strict=True):
+            a, b = root("g:" + group), root(f"k{n}:" + key)
+            if a != b:
+                parent[b] = a
     return np.array([root("g:" + g).removeprefix("g:") for g in labels.groups])
 
 
@@ -542,7 +544,6 @@ def probe_cache(
     """The cache's row (role model or kmer control) and its CONTROLS' rows, in that order; `name` the table's name
     for it (default: its folder's, without .zarr)."""
     m = cache.manifest
-    grouped = replace(labels, groups=input_groups(cache, rows, labels))  # one input's ids in one fold
     unique, inverse = np.unique(rows, return_inverse=True)
     features, pooling = pooled_features(cache, unique, config.pooling)
     name = name or Path(cache.url.rstrip("/")).name.removesuffix(".zarr")
@@ -557,7 +558,7 @@ def probe_cache(
         SHUFFLED: shuffled_items(inverse, labels.split, config.seed),
     }
     for role, items in ((cache_role(m), inverse), *controls.items()):
-        chosen, cv, scores, k = fit_probe(features[items], grouped, config.seed, config.folds)
+        chosen, cv, scores, k = fit_probe(features[items], labels, config.seed, config.folds)
         row = {**base, "role": role, REGULARISATION[labels.task]: chosen, f"cv_{CV_SCORE[labels.task]}": cv}
         row["cv_folds"] = k  # below --folds where the training groups (of a class) are fewer
         for split, values in scores.items():
@@ -590,6 +591,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
     labels = read_labels(config)
     caches = [opened(url, labels, config) for url in config.caches]  # every cache checked before any fit
     same_inputs(caches, quiet)
+    labels = replace(labels, groups=input_groups(caches, labels))  # one input's ids in one fold, in every cache
     names = cache_names([cache.url for cache, _ in caches])
     rows = [
         row for (c, items), n in zip(caches, names, strict=True) for row in probe_cache(c, items, labels, config, n)
