@@ -280,3 +280,19 @@ def test_a_cache_control_trains_with_the_settings_its_entry_gives_and_refuses_wh
         raw["train"]["control_caches"] = [f"dna_cache={other}; {setting}"]
         with pytest.raises(InputError, match=message):  # checked before anything trains (run.py: check_controls)
             cache_controls(config_from_dict(raw))
+
+
+def test_a_cache_control_may_swap_a_cache_only():
+    import dataclasses
+
+    from dogmacache.errors import InputError
+    from dogmacache.train.controls import cache_controls
+    from dogmacache.train.registry import default_config
+
+    config = default_config("isoformer")
+    for key, what in (("labels", "names no cache"), ("nothing", r"not a \[data\] key")):
+        swapped = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, control_caches=(f"{key}=/x.zarr",))
+        )
+        with pytest.raises(InputError, match=rf"control_caches names '{key}', which is .*{what}.*expected one of"):
+            cache_controls(swapped)

@@ -264,6 +264,10 @@ def test_a_gene_window_or_protein_in_two_splits_is_refused(iso, tmp_path):
     for split in ("train", "test"):
         none.loc[none.index[none["split"] == split][0], "protein_id"] = ""
     assert (loaded(none).links["protein_id"].isna()).sum() >= 2  # no protein in two splits: not one item
+    test_rows = labels[labels["split"] == "test"]
+    twice = pd.concat([labels, test_rows.assign(id=test_rows["id"].str.split(".").str[0] + ".0")])  # other spelling
+    with pytest.raises(InputError, match=r"transcripts read one RNA item with another, e.g. .*counted twice"):
+        loaded(twice)
 
 
 def test_a_transcript_without_protein_is_kept(iso, tmp_path):
@@ -353,3 +357,34 @@ def test_a_prediction_flat_across_tissues_scores_0_per_transcript_and_is_counted
     flat[:3] = flat[:3, :1] + np.float32(1e-8) * rng.normal(size=(3, 5)).astype(np.float32)  # rounding apart
     assert task.metrics(exact, data, "test")["spearman_mean_transcript"] == pytest.approx(1.0)
     assert task.metrics(flat, data, "test")["spearman_mean_transcript"] == pytest.approx(0.5)  # 3 of 6 at 0
+
+
+def test_a_tissue_flat_over_the_split_is_left_out_of_the_per_tissue_means_and_named():
+    from types import SimpleNamespace
+
+    from dogmacache.train.registry import default_config
+    from dogmacache.train.tasks.isoformer import IsoformerTask
+
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(8, 3))
+    labels[:, 2] = 0.5  # one value over every transcript: no R² across them
+    data = SimpleNamespace(splits={"test": pd.DataFrame({"target": list(labels)})}, tissues=["A", "B", "C"])
+    metrics = IsoformerTask(default_config("isoformer")).metrics(labels.astype(np.float32), data, "test")
+    assert metrics["tissues_flat"] == ["C"] and metrics["r2_mean_tissue"] == pytest.approx(1.0)
+    assert metrics["pooled_over"] == "transcript x tissue cells" and metrics["n_examples"] == 8 and metrics["n"] == 24
+
+
+def test_tissues_are_the_recipes_list_and_a_text_column_or_a_repeat_is_refused(tmp_path):
+    from dogmacache.train.tasks.isoformer import IsoformerDataConfig, _read_labels
+
+    table = pd.DataFrame({"id": ["t1", "t2"], "split": ["train", "test"], "Heart": [0.1, 0.2], "Lung": [0.3, 0.4]})
+    table["cdna_length"] = [300, 900]  # a column someone added: not a tissue
+    table.to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"tissue": ["Heart", "Lung"]}).to_parquet(tmp_path / "tissues.parquet")
+    assert _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet")))[1] == ["Heart", "Lung"]
+    (tmp_path / "tissues.parquet").unlink()
+    table.assign(strand="+").to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(InputError, match=r"column 'strand' holds text: without the recipe's tissues.parquet"):
+        _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet")))
+    with pytest.raises(InputError, match=r"\[data\] tissues names 'Heart' 2 times"):
+        _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet"), tissues=("Heart", "Heart")))

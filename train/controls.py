@@ -213,11 +213,10 @@ def cache_controls(config: Any) -> dict[str, tuple[str, str, dict[str, Any]]]:
     found: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for entry in config.train.control_caches:
         key, path, settings = cache_swap(entry)
-        if not hasattr(config.data, key):
-            known = [f.name for f in dataclasses.fields(config.data) if f.name.endswith("_cache")]
-            raise InputError(
-                f"[train] control_caches names {key!r}, which is not a [data] key; expected one of {known}"
-            )
+        known = [f.name for f in dataclasses.fields(config.data) if f.name.endswith("_cache")]
+        if key not in known:  # a control swaps a cache; another [data] key (labels, tissues) it may not
+            what = "a [data] key that names no cache" if hasattr(config.data, key) else "not a [data] key"
+            raise InputError(f"[train] control_caches names {key!r}, which is {what}; expected one of {known}")
         name = f"control_{key.removesuffix('_cache')}_{Path(path.rstrip('/')).name.removesuffix('.zarr')}"
         if name in found:
             raise InputError(

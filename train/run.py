@@ -43,7 +43,15 @@ from dogmacache.train.controls import (
 )
 from dogmacache.train.loop import evaluate, fit, world
 from dogmacache.train.registry import TASKS, get_task
-from dogmacache.train.task import FittedBaseline, FixedBaseline, Prerequisite, Task, TaskData, check_examples
+from dogmacache.train.task import (
+    FittedBaseline,
+    FixedBaseline,
+    Prerequisite,
+    Task,
+    TaskData,
+    check_examples,
+    check_inputs_in_one_split,
+)
 
 
 def _fit_task(
@@ -370,6 +378,7 @@ def _run(
     task = get_task(config.task)(config)
     data = task.load()
     check_examples(task, data, getattr(config.data, "labels", None) or "labels")
+    check_inputs_in_one_split(task, data, getattr(config.data, "labels", None) or "labels")
     check_controls(task, data)  # a control that cannot run is refused before the model trains, not after
     preflight(task, data, out)
     if rank == 0:

@@ -189,6 +189,9 @@ class Task(ABC):
     # columns of the split tables that point into input caches (row numbers): what the shuffled-inputs control
     # permutes (`controls.py`); a `<modality>_present` column beside one says which rows are real
     input_columns: ClassVar[tuple[str, ...]] = ()
+    # [data] caches whose items must each stay in one split (`check_inputs_in_one_split`): read through the split
+    # tables' `<name>_row` columns, compared by the cache's item digests, so one input under two ids is caught
+    one_split_caches: ClassVar[tuple[str, ...]] = ()
     # columns of the split tables a loss reads as a target: what the permutation null permutes (together, one
     # permutation, so a row's targets stay one row's)
     target_columns: ClassVar[tuple[str, ...]] = ("target",)
@@ -312,6 +315,41 @@ def linked_items(table: pd.DataFrame, columns: Iterable[str] = LINK_COLUMNS) -> 
     if "dna_id" in out.columns:
         out["dna_site"] = site_of(out["dna_id"])
     return out
+
+
+def check_inputs_in_one_split(task: Task, data: TaskData, where: str) -> None:
+    """Two rows of different splits whose items are one input to the model (the same `item_sha256` in a cache the
+    task keeps in one split, `Task.one_split_caches`): a window under a '+' and a '-' id read forward, one copied
+    under another name. The id checks of `check_examples` cannot see it; a model would be scored on what it trained
+    on. InputError naming the two ids and their splits; caches without item digests (imported) pass unchecked."""
+    from dogmacache.cache import open_cache
+    from dogmacache.cache.layout import ITEM_SHA256
+
+    for key in type(task).one_split_caches:
+        url = getattr(task.config.data, key, "")
+        column = f"{key.removesuffix('_cache')}_row"
+        tables = [(name, t) for name, t in data.splits.items() if column in t.columns and len(t)]
+        if not url or not tables:
+            continue
+        cache = open_cache(url)
+        if ITEM_SHA256 not in cache.manifest.extra_arrays:
+            continue
+        frames = []
+        for name, t in tables:
+            rows = t[column].to_numpy()[present_rows(t, column)].astype(np.int64)
+            frames.append(pd.DataFrame({"split": name, "row": np.unique(rows[rows >= 0])}))
+        rows = pd.concat(frames, ignore_index=True)
+        digests = cache.read_extra(ITEM_SHA256)
+        rows["input"] = [bytes(d).hex() for d in digests[rows["row"].to_numpy()]]
+        spread = rows.groupby("input")["split"].nunique()
+        if (spread > 1).any():
+            both = rows[rows["input"] == spread.index[spread > 1][0]].drop_duplicates("split")
+            (a, sa), (b, sb) = [(str(cache.ids[r]), s) for r, s in zip(both["row"], both["split"], strict=True)][:2]
+            raise InputError(
+                f"{where}: {int((spread > 1).sum())} input(s) of [data] {key} sit in two splits under other ids, e.g. "
+                f"{a!r} ({sa}) and {b!r} ({sb}) are one input to the model (the same item_sha256 in {url}); give "
+                "the ids of one input one split"
+            )
 
 
 def check_examples(task: Task, data: TaskData, where: str) -> None:

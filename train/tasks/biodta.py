@@ -193,6 +193,7 @@ class BiodtaTask(Task):
     metric = "cosine"  # mean cosine to the true token on validation genes
     no_input_baseline = "mean_token"
     input_columns = ("dna_row",)
+    one_split_caches = ("dna_cache",)
     target_caches = ("token_cache",)
     # the null moves a gene's token and the row retrieval ranks it by together, so that its cosine and its top-k
     # score one answer key (the loss reads the token alone)
@@ -241,6 +242,8 @@ class BiodtaTask(Task):
         ranks = retrieval(predictions, data.tokens, data.splits[split]["token_row"].to_numpy())
         return {
             **regression_metrics(predictions.ravel(), observed.ravel()),
+            "pooled_over": "gene x dimension cells",  # n, pearson, spearman, r2 above; n_examples genes
+            "n_examples": int(len(observed)),
             "cosine": float(cosine.mean()),
             **{f"top{k}": float(np.mean(ranks <= k)) for k in TOP_K},
             "mean_rank": float(ranks.mean()),

@@ -172,13 +172,28 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     table = read_table(
         path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues"
     )
-    available = [c for c in table.columns if c not in NOT_TISSUES]
+    listed = path.with_name("tissues.parquet")  # the gtex recipe's list of the tissues its labels hold
+    if listed.is_file():
+        named = pd.read_parquet(listed, columns=["tissue"])["tissue"].astype(str).tolist()
+        available = [c for c in table.columns if c in set(named)]
+    else:  # a table made by hand: every column but the ids, each of which must hold numbers
+        available = [c for c in table.columns if c not in NOT_TISSUES]
+        text = [c for c in available if not pd.api.types.is_numeric_dtype(table[c])]
+        if text and not config.tissues:
+            raise InputError(
+                f"{path} column {text[0]!r} holds text: without the recipe's tissues.parquet beside the table, "
+                f"every column but {', '.join(NOT_TISSUES)} is read as a tissue's labels; drop it, or name the "
+                "tissues with [data] tissues"
+            )
     if not available:
         raise InputError(
             f"{path} has no tissue columns (its columns: {', '.join(map(str, table.columns))}); expected the gtex "
             "recipe's labels.parquet: id, split, join ids and one column of labels per tissue"
         )
     tissues = list(config.tissues) or available
+    repeated = [t for t in dict.fromkeys(tissues) if tissues.count(t) > 1]
+    if repeated:
+        raise InputError(f"[data] tissues names {repeated[0]!r} {tissues.count(repeated[0])} times; name each once")
     unknown = [t for t in tissues if t not in available]
     if unknown:
         raise InputError(
@@ -251,6 +266,15 @@ def load_isoformer(config: Any) -> IsoformerData:
     frame = pd.DataFrame({"id": table["id"].astype(str), "split": table["split"]})
     for modality, (rows, present) in joined.items():
         frame[f"{modality}_row"], frame[f"{modality}_present"] = rows, present
+    if "rna" in joined:  # a transcript's own cDNA: two rows reading one are one example under two ids
+        rows, present = joined["rna"]
+        twice = pd.Series(rows[present]).duplicated(keep=False).to_numpy()
+        if twice.any():
+            ids = table["id"].astype(str).to_numpy()[present][twice]
+            raise InputError(
+                f"{d.labels}: {int(twice.sum())} transcripts read one RNA item with another, e.g. {ids[0]!r} and "
+                f"{ids[1]!r} (the same rna_id): one transcript under two ids would be counted twice; keep one row"
+            )
     targets = table[tissues].to_numpy(np.float32)
     splits = {}
     for split in SPLITS:
@@ -330,6 +354,7 @@ class IsoformerTask(Task):
     metric = "spearman_mean_tissue"
     no_input_baseline = "per_tissue_mean"
     input_columns = ("dna_row", "rna_row", "protein_row")
+    one_split_caches = ("dna_cache", "rna_cache", "protein_cache")
 
     def __init__(self, config: Any):
         super().__init__(config)
@@ -398,10 +423,15 @@ class IsoformerTask(Task):
         per_transcript = [
             regression_metrics(p, o)["spearman"] for p, o in zip(predictions, observed, strict=True) if np.ptp(o) > 0
         ]
+        flat = [t for k, t in enumerate(data.tissues) if np.ptp(observed[:, k]) == 0]  # no R² across transcripts
+        scored = [m for t, m in per_tissue.items() if t not in flat]
         return {
             **pooled,
-            "r2_mean_tissue": float(np.mean([m["r2"] for m in per_tissue.values()])),
-            "spearman_mean_tissue": float(np.mean([m["spearman"] for m in per_tissue.values()])),
+            "pooled_over": "transcript x tissue cells",  # n, r2, pearson, ... above; n_examples transcripts
+            "n_examples": int(len(observed)),
+            "r2_mean_tissue": float(np.mean([m["r2"] for m in scored])) if scored else float("nan"),
+            "spearman_mean_tissue": float(np.mean([m["spearman"] for m in scored])) if scored else float("nan"),
+            "tissues_flat": flat,  # tissues whose label is one value over the split's transcripts: left out of the means
             "spearman_mean_transcript": float(np.mean(per_transcript)) if per_transcript else float("nan"),
             "per_tissue": {t: {"r2": m["r2"], "spearman": m["spearman"]} for t, m in per_tissue.items()},
         }

@@ -65,6 +65,7 @@ class CdbridgeTask(Task):
         "r2_mean_held_out",
     )
     input_columns = ("dna_row",)  # protein rows are the contrastive target, tissues the condition
+    one_split_caches = ("dna_cache", "protein_cache")  # a protein, like a window, is one split's (the recipe's links)
     target_columns = ("target", "protein_row", "protein_present")  # expression, and the InfoNCE's protein
 
     def __init__(self, config: Any):

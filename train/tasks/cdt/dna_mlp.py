@@ -46,6 +46,7 @@ class DnaMlpTask(Task):
     no_input_baseline = "per_gene_mean"
     data_config = pairs.PairDataConfig
     input_columns = ("dna_row",)
+    one_split_caches = ("dna_cache",)
     model_config = DnaMlpModelConfig
     models: ClassVar[dict] = {"DnaOnlyMLP": lambda c: DnaOnlyMLP(**c)}
 

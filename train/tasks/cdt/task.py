@@ -90,6 +90,7 @@ class CdtTask(Task):
     name = "cdt"
     data_config = CdtDataConfig
     input_columns = ("dna_row",)  # the RNA and protein tables are indexed by the gene the head predicts
+    one_split_caches = ("dna_cache",)  # an enhancer's window (genes are shared by every split, as in the paper)
     model_config = CdtModelConfig
     models: ClassVar[dict] = {"CentralDogmaTransformer": lambda c: CentralDogmaTransformer(CDTConfig.from_dict(c))}
 
