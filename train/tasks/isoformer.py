@@ -431,7 +431,7 @@ class IsoformerTask(Task):
             "n_examples": int(len(observed)),
             "r2_mean_tissue": float(np.mean([m["r2"] for m in scored])) if scored else float("nan"),
             "spearman_mean_tissue": float(np.mean([m["spearman"] for m in scored])) if scored else float("nan"),
-            "tissues_flat": flat,  # tissues whose label is one value over the split's transcripts: left out of the means
+            "tissues_flat": flat,  # one label value over the split's transcripts: left out of the means
             "spearman_mean_transcript": float(np.mean(per_transcript)) if per_transcript else float("nan"),
             "per_tissue": {t: {"r2": m["r2"], "spearman": m["spearman"]} for t, m in per_tissue.items()},
         }
