@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+import numpy as np
 from dogmacache.cache.manifest import COMPRESSIONS, MODALITIES, STORAGE_DTYPES, describe_fidelity, describe_reused
 
 
@@ -85,6 +86,17 @@ def _info(args: argparse.Namespace) -> int:
         ("modality / model", f"{m.modality} / {m.model} (revision {m.model_revision})"),
         ("layer / pooling", f"{m.layer} / {m.pooling}"),
         ("items x shape", f"{m.n_items:,} x {tuple(m.item_shape)} {m.dtype}, compression {m.compression}"),
+        *(
+            [
+                (
+                    "truncated",
+                    f"{int(np.count_nonzero(cache.read_extra('n_truncated'))):,} items cut to the model's "
+                    "token limit (n_truncated)",
+                )
+            ]
+            if "n_truncated" in m.extra_arrays and m.complete
+            else []
+        ),
         (
             "shards",
             f"{done}/{m.n_shards} written by the manifest, {m.shard_items} items each (`cache verify` reads the files)",

@@ -212,6 +212,17 @@ def disk_error(err: BaseException, out: str, writer: CacheWriter | None) -> Base
     return storage.disk_error(err, f"write {out}", kept) or err
 
 
+def count_truncated(url: str) -> int | None:
+    """Items of the cache at `url` cut to the model's token limit (its `n_truncated` array, >0); None for a cache
+    that records none (windows, gene tokens)."""
+    from dogmacache.cache import open_cache
+
+    cache = open_cache(url, allow_partial=True)
+    if "n_truncated" not in cache.manifest.extra_arrays:
+        return None
+    return int(np.count_nonzero(cache.read_extra("n_truncated")))
+
+
 def run_embed(config: EmbedConfig) -> dict[str, Any]:
     """Embed `config.input` into `config.out`. Returns a summary (items, seconds, items/s, shards written)."""
     check_output(config.out)
@@ -334,6 +345,7 @@ def _run(
         filler.close()
     bar.close()
     padded = filler.padded
+    truncated = count_truncated(config.out)
     fidelity = receipt(
         adapter, rows, config.out, settings=settings, sample=sample, sampled_from=drawn, captured=capture.rows
     )
@@ -349,6 +361,7 @@ def _run(
         "torch_threads": settings.torch_threads,
         "shards": len(pending),
         "padded_windows": padded,
+        "truncated_items": truncated,  # in the whole cache: items cut to the model's token limit (None: not counted)
         "fidelity": fidelity,
         "complete": manifest.complete,
     }
@@ -357,6 +370,7 @@ def _run(
         f"embedded {n_todo:,} items{reused_note} in {seconds:.1f} s ({summary['items_per_s']:,} items/s) into "
         f"{config.out}: {len(pending)} shards, "
         + (f"{padded} windows padded with N, " if getattr(adapter.options, "window_bp", None) else "")
+        + (f"{truncated:,} items cut to {adapter.options.max_length:,} tokens, " if truncated else "")
         + "cache complete"
     )
     print_fidelity(fidelity)

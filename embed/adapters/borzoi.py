@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from dogmacache.embed.adapters.weights import (
     SAVED_TOGETHER,
     load_state_dict_file,
     load_strict,
+    read_config_json,
     recorded_identity,
     resolve_model_dir,
 )
@@ -114,10 +114,12 @@ def read_config(directory: Path):
     """`BorzoiConfig` from the folder's config.json (ModelError when there is none)."""
     from borzoi_pytorch.config_borzoi import BorzoiConfig
 
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise ModelError(f"{directory} has no config.json; a Borzoi folder holds config.json and the weights")
-    raw = json.loads(config_file.read_text())
+    raw = read_config_json(directory, "a Borzoi")
+    if raw.get("model_type") not in (None, "borzoi"):
+        raise ModelError(
+            f"{directory} holds a {raw.get('model_type')!r} model (its config.json), not a Borzoi or Flashzoi; point "
+            "--model-path at one, or pick the --model that matches this folder"
+        )
     return BorzoiConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
 
 

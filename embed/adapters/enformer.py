@@ -18,7 +18,6 @@ items: the average of the window and its reverse complement (output bins flipped
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +38,7 @@ from dogmacache.embed.adapters.weights import (
     SAVED_TOGETHER,
     load_state_dict_file,
     load_strict,
+    read_config_json,
     recorded_identity,
     resolve_model_dir,
 )
@@ -115,10 +115,7 @@ class EnformerAdapter(LayeredAdapter):
 
         source = resolve_model_dir(model_path or OFFICIAL, revision, weights=random_init is None)
         directory = source.directory
-        config_file = directory / "config.json"
-        if not config_file.is_file():
-            raise ModelError(f"{directory} has no config.json; an Enformer folder holds config.json and the weights")
-        raw = json.loads(config_file.read_text())
+        raw = read_config_json(directory, "an Enformer")
         if raw.get("model_type") not in (None, "enformer"):
             raise ModelError(
                 f"{directory} holds a {raw.get('model_type')!r} model (its config.json), not an Enformer; point "
@@ -131,7 +128,12 @@ class EnformerAdapter(LayeredAdapter):
             randomize_(model, random_init)  # a control: the architecture alone, as `write_tiny_enformer` draws it
         else:
             state, weights_path = load_state_dict_file(directory)
-            load_strict(model, state, f"{weights_path} does not match the Enformer in {config_file}", SAVED_TOGETHER)
+            load_strict(
+                model,
+                state,
+                f"{weights_path} does not match the Enformer in {directory / 'config.json'}",
+                SAVED_TOGETHER,
+            )
         self.bins = int(config.target_length)
         self.options = options.resolve(self.bins)
         self.window, self.tf_gamma = self.options.window_bp, self.options.tf_gamma == "on"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +33,10 @@ from dogmacache.embed.adapters.base import (
 from dogmacache.embed.adapters.tokens import padded_ids, pool_tokens, real_mask, token_extras
 from dogmacache.embed.adapters.weights import (
     SAVED_TOGETHER,
+    damaged_weights,
     key_differences,
     load_state_dict_file,
+    read_config_json,
     recorded_identity,
     resolve_model_dir,
     shapes_differ,
@@ -135,7 +136,9 @@ class EsmOptions(AdapterOptions):
         "max_length": {
             "flags": ("--max-length",),
             "type": int,
-            "help": "tokens kept per item incl. specials (default: the model's limit; esmc: 2,048)",
+            "help": "tokens kept per item incl. specials (default: esm2 1,024 = 1,022 residues; nt 1,000, which a v2 "
+            "model may raise to 2,048; esmc 2,048; never above the model's limit); longer items are cut, counted in "
+            "the cache's n_truncated and the run's summary",
         },
     }
 
@@ -285,9 +288,7 @@ class _EsmFamily(LayeredAdapter):
 
         source = resolve_model_dir(model_path or self.default_model, revision, weights=random_init is None)
         directory = source.directory
-        config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
-        if config is None:
-            raise ModelError(f"{directory} has no config.json; a Hugging Face model folder holds it beside the weights")
+        config = read_config_json(directory, "a Hugging Face model")
         remote = "auto_map" in config  # NT v2 ships its own modelling code
         if not remote and config.get("model_type") != "esm":
             raise ModelError(
@@ -295,8 +296,17 @@ class _EsmFamily(LayeredAdapter):
                 f"one (such as {self.default_model}); point --model-path at one, or pick the --model that matches "
                 "this folder"
             )
+        weights = None if random_init is not None else weights_file(directory)
+        # the file recorded is the file loaded: transformers is told which, where a folder holds both formats
+        chosen = {} if weights is None else {"use_safetensors": weights.suffix == ".safetensors"}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=remote)
+        except (OSError, ValueError, ImportError) as err:  # no vocab.txt: transformers asks for protobuf instead
+            raise ModelError(
+                f"cannot read {directory}'s tokenizer ({str(err).splitlines()[0][:120]}); its tokenizer files "
+                "(vocab.txt, tokenizer_config.json, special_tokens_map.json) belong beside the weights: copy them"
+            ) from None
+        try:
             if random_init is not None:  # a control: the architecture alone, as the tiny writers draw it
                 architecture = AutoConfig.from_pretrained(str(directory), trust_remote_code=remote)
                 if remote:
@@ -306,14 +316,18 @@ class _EsmFamily(LayeredAdapter):
                 model, info = randomize_(model, random_init), {}
             elif remote:
                 model, info = AutoModelForMaskedLM.from_pretrained(
-                    str(directory), trust_remote_code=True, output_loading_info=True
+                    str(directory), trust_remote_code=True, output_loading_info=True, **chosen
                 )
             else:
                 model, info = EsmModel.from_pretrained(
-                    str(directory), add_pooling_layer=False, output_loading_info=True
+                    str(directory), add_pooling_layer=False, output_loading_info=True, **chosen
                 )
         except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
             raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
+        except Exception as err:  # safetensors' SafetensorError for a truncated file (not an OSError)
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise ModelError(damaged_weights(weights or directory, err)) from err
         except RuntimeError as err:  # torch's load_state_dict, module by module: weights of another size
             found = None if remote else esm_key_differences(directory)
             raise WeightsMismatchError(
@@ -328,7 +342,6 @@ class _EsmFamily(LayeredAdapter):
         self.n_layers = int(config.get("num_hidden_layers", 0))
         self.pooling, self.max_length = self.options.pooling, self.options.max_length
         self.dim = int(config["hidden_size"])
-        weights = None if random_init is not None else weights_file(directory)
         extras = [ExtraArray("n_tokens", "int32"), ExtraArray("n_truncated", "int32")]
         # genome windows: N added past a chromosome end, per item (sequence rows count 0)
         self.counts_padding = getattr(self.options, "window_bp", None) is not None

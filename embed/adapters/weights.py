@@ -14,7 +14,9 @@ import torch
 from dogmacache.contracts.provenance import file_sha256, random_init_revision
 from dogmacache.errors import ModelError, WeightsMismatchError
 
-WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")  # the names Hugging Face folders use, in this order
+# the names Hugging Face folders use, in the order transformers' from_pretrained prefers them (safetensors first):
+# a folder holding both is loaded, and recorded by digest, from the same file whichever loader reads it
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,37 @@ def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path
     path = weights_file(directory)
     if path is None:
         raise ModelError(f"{directory} holds no weights file ({' or '.join(WEIGHT_FILES)}); is it a model folder?")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path)), path
-    return torch.load(path, map_location="cpu", weights_only=True), path
+            return load_file(str(path)), path
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    except Exception as err:  # safetensors' SafetensorError, torch's pickle and zip errors, a short read's OSError
+        raise ModelError(damaged_weights(path, err)) from err
+
+
+def damaged_weights(path: Path, err: BaseException) -> str:
+    """One line for a weights file that does not read as one: truncated, or another file under that name."""
+    reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{path} could not be read as model weights ({reason}); it is truncated or damaged: download it again"
+
+
+def read_config_json(directory: Path, what: str) -> dict:
+    """A model folder's config.json as a dict; ModelError where there is none or it does not parse (`what`: the
+    kind of folder, for the message)."""
+    import json
+
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{directory} has no config.json; {what} folder holds config.json and the weights")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelError(f"{config_file} is not valid JSON ({err}); copy the model folder again") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{config_file} holds a JSON {type(raw).__name__}, not a model config; copy the folder again")
+    return raw
 
 
 def weights_digest(path: str | Path) -> str:
