@@ -131,5 +131,5 @@ def _explain(args: argparse.Namespace) -> int:
         )
     }
     print(json.dumps(shown, indent=2))
-    print(f"wrote {args.out}: summary.json, items.tsv, topk.tsv, positions.tsv.gz, tracks/, figures/")
+    print(f"wrote {args.out}: summary.json, items.tsv, topk.tsv, positions.tsv.gz, vce_genes.tsv.gz, tracks/, figures/")
     return 0

@@ -245,7 +245,7 @@ def test_bad_sequences_and_missing_checkpoint_files(demo, tmp_path, capsys):
     argv = _embed_args(root, models, tmp_path / "d.zarr")
     argv[argv.index("--model-path") + 1] = str(broken)
     assert main(argv) == 2
-    assert "holds no weights file (pytorch_model.bin or model.safetensors)" in capsys.readouterr().err
+    assert "holds no weights file (model.safetensors or pytorch_model.bin)" in capsys.readouterr().err
     assert not (tmp_path / "d.zarr").exists()
 
 

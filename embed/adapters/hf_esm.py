@@ -324,15 +324,15 @@ class _EsmFamily(LayeredAdapter):
                 )
         except (OSError, ValueError) as err:  # transformers: a ValueError for an architecture it does not know
             raise ModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from err
-        except Exception as err:  # safetensors' SafetensorError for a truncated file (not an OSError)
-            if type(err).__name__ != "SafetensorError":
-                raise
-            raise ModelError(damaged_weights(weights or directory, err)) from err
         except RuntimeError as err:  # torch's load_state_dict, module by module: weights of another size
             found = None if remote else esm_key_differences(directory)
             raise WeightsMismatchError(
                 loading_what(directory), found or torch_size_mismatches(str(err)), SAVED_TOGETHER
             ) from err
+        except Exception as err:  # safetensors' SafetensorError for a truncated file (not an OSError)
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise ModelError(damaged_weights(weights or directory, err)) from err
         self._check_vocabulary(directory)
         self.ignored_heads = check_loading(directory, info)
         self.model = model.to(device).eval().requires_grad_(False)
