@@ -66,7 +66,9 @@ def test_options_refuse_unknown_keys_naming_the_known_ones():
         EsmOptions.from_dict({"window_bp": 6000})  # ESM-2 reads proteins: no window
     assert NucleotideTransformerOptions.from_dict({"window_bp": 5994}).window_bp == 5994
     assert EnformerOptions.from_dict({}) == EnformerOptions(window_bp=None, tf_gamma="auto", strand_policy="forward")
-    with pytest.raises(InputError, match=r"EsmOptions.pooling is 'max'; expected one of mean, cls, none"):
+    with pytest.raises(
+        InputError, match=r"--pooling 'max' is not one this model takes; expected one of mean, cls, none"
+    ):
         EsmOptions(pooling="max")
 
 

@@ -379,7 +379,9 @@ def test_nucleotide_transformer_windows_record_padding_and_strand_policy(inputs,
     assert n_padded.tolist() == [0] * 7 + [4999 - 1 - 300 + 600 - 5000]  # only the last centre nears chr1's end
     assert cache.manifest.config["options"]["strand_policy"] == "forward"
     assert main([*argv[:-3], "--out", str(tmp_path / "d.zarr"), "--strand-policy", "rc-average", "--no-progress"]) == 2
-    assert "strand_policy is 'rc-average'; expected one of forward" in capsys.readouterr().err
+    assert (
+        "--strand-policy 'rc-average' is not one this model takes; expected one of forward" in capsys.readouterr().err
+    )
     # a dna table that also has a sequence column: the input digest covers the windows' coordinates only, so such a
     # table is refused, naming --modality rna for the sequences
     with_sequences = tmp_path / "dna_seq.parquet"

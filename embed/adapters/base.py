@@ -88,7 +88,10 @@ class AdapterOptions:
     def _check_choice(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in allowed:
-            raise InputError(f"{type(self).__name__}.{name} is {value!r}; expected one of {', '.join(allowed)}")
+            flag = (self.flags.get(name) or {}).get("flags", (f"option {name}",))[0]
+            raise InputError(
+                f"{flag} {value!r} is not one this model takes; expected one of {', '.join(allowed)}: pass one of them"
+            )
 
 
 @dataclass(frozen=True)
