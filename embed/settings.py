@@ -18,6 +18,7 @@ from dogmacache.cache.storage import local_path
 from dogmacache.contracts.provenance import file_sha256
 from dogmacache.devices import CoreWatch, busy_note, cores_for, cpu_plan, env_threads
 from dogmacache.embed.adapters import AdapterOptions, EmbeddingAdapter, ModelInfo
+from dogmacache.embed.adapters.weights import WEIGHT_FILES
 from dogmacache.embed.genome import genome_digest
 from dogmacache.errors import CacheError, InputError
 
@@ -192,6 +193,13 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
                 f"{out} was embedded from the genome file {then['name']!r}, and this run's is {now['name']!r} with the "
                 f"same sha256: the cache records the file by name too; pass it under that name (a symlink "
                 f"{then['name']} -> {now['name']}) to resume"
+            )
+        weight_keys = {f"model file {name}" for name in WEIGHT_FILES}
+        if set(differ) <= weight_keys and len(differ) == 2 and new.get(f"model file {WEIGHT_FILES[1]}") is None:
+            raise InputError(  # the folder holds both formats: an earlier version named the one it did not load
+                f"{out} was begun by a version that recorded {WEIGHT_FILES[1]} for a model folder holding both weight "
+                f"formats; its rows came from {WEIGHT_FILES[0]}, which is what is recorded now: pass --overwrite (or "
+                "another --out) to embed it anew under this record"
             )
         if first == "batching":
             raise InputError(

@@ -69,3 +69,34 @@ def test_proteins_cut_to_the_models_limit_are_counted_in_the_summary_and_cache_i
     assert "2 items cut to 1,024 tokens, cache complete" in capsys.readouterr().out
     assert main(["cache", "info", str(tmp_path / "p.zarr")]) == 0
     assert "2 items cut to the model's token limit (n_truncated)" in capsys.readouterr().out
+
+
+def test_a_cache_recorded_under_the_bin_file_of_a_two_format_folder_says_why_it_is_not_resumed(tmp_path, capsys):
+    """An earlier version recorded pytorch_model.bin for a folder holding both formats (its rows came from
+    model.safetensors): a run now is told that, and to embed anew, not to re-run with settings no flag restores."""
+    import json
+
+    import pandas as pd
+    from dogmacache.cache.manifest import MANIFEST_KEY
+    from dogmacache.cli import main
+    from transformers import EsmModel
+
+    both = write_tiny_esm2(tmp_path / "both")
+    EsmModel.from_pretrained(str(both), add_pooling_layer=False).save_pretrained(
+        str(tmp_path / "bin"), safe_serialization=False
+    )
+    shutil.move(tmp_path / "bin" / "pytorch_model.bin", both / "pytorch_model.bin")
+    pd.DataFrame({"id": ["a", "b"], "sequence": ["MKV", "MKTAY"]}).to_parquet(tmp_path / "p.parquet")
+    args = ["embed", "--input", str(tmp_path / "p.parquet"), "--modality", "protein", "--model", "esm2"]
+    args += ["--model-path", str(both), "--out", str(tmp_path / "p.zarr")]
+    assert main(args) == 0
+    meta_path = tmp_path / "p.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    files = meta["attributes"][MANIFEST_KEY]["config"]["model_files"]
+    files["pytorch_model.bin"] = file_sha256(str(both / "pytorch_model.bin"))  # as the earlier version wrote it
+    del files["model.safetensors"]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "recorded pytorch_model.bin for a model folder holding both weight formats" in err and "--overwrite" in err

@@ -384,7 +384,7 @@ def test_tissues_are_the_recipes_list_and_a_text_column_or_a_repeat_is_refused(t
     assert _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet")))[1] == ["Heart", "Lung"]
     (tmp_path / "tissues.parquet").unlink()
     table.assign(strand="+").to_parquet(tmp_path / "labels.parquet")
-    with pytest.raises(InputError, match=r"column 'strand' holds text: without the recipe's tissues.parquet"):
+    with pytest.raises(InputError, match=r"column 'strand' holds text: without the recipe's tissues table"):
         _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet")))
     with pytest.raises(InputError, match=r"\[data\] tissues names 'Heart' 2 times"):
         _read_labels(IsoformerDataConfig(labels=str(tmp_path / "labels.parquet"), tissues=("Heart", "Heart")))

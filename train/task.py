@@ -31,7 +31,7 @@ them with an index; `examples` tensors (P, ...).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -315,6 +315,53 @@ def linked_items(table: pd.DataFrame, columns: Iterable[str] = LINK_COLUMNS) -> 
     if "dna_id" in out.columns:
         out["dna_site"] = site_of(out["dna_id"])
     return out
+
+
+def tissue_columns(
+    table: pd.DataFrame,
+    path: Any,
+    listed: Sequence[str] | None,
+    listed_from: str,
+    named: Sequence[str],
+    not_tissues: Sequence[str],
+) -> list[str]:
+    """The tissues a labels table's columns hold, and those a run models: the columns the recipe's tissues table
+    lists (`listed`, read from `listed_from`), or without one every column but `not_tissues`, each holding numbers
+    (a text column is refused unless `named` picks the tissues); `named` ([data] tissues) or all of them, each once
+    and each one of those columns. A column someone added (a length, a strand) is then no tissue."""
+    if listed is not None:
+        available = [c for c in table.columns if c in set(map(str, listed))]
+    else:
+        available = [c for c in table.columns if c not in not_tissues]
+        text = [c for c in available if not pd.api.types.is_numeric_dtype(table[c])]
+        if text and not named:
+            raise InputError(
+                f"{path} column {text[0]!r} holds text: without the recipe's tissues table, every column but "
+                f"{', '.join(not_tissues)} is read as a tissue's labels; drop it, or name the tissues with [data] "
+                "tissues"
+            )
+    if not available:
+        raise InputError(
+            f"{path} has no tissue columns (its columns: {', '.join(map(str, table.columns))}"
+            + (f"; {listed_from} lists none of them" if listed is not None else "")
+            + "); expected the gtex recipe's labels: id, split, join ids and one column of labels per tissue"
+        )
+    tissues = list(named) or available
+    repeated = [t for t in dict.fromkeys(tissues) if tissues.count(t) > 1]
+    if repeated:
+        raise InputError(f"[data] tissues names {repeated[0]!r} {tissues.count(repeated[0])} times; name each once")
+    unknown = [t for t in tissues if t not in available]
+    if unknown:
+        if listed is not None and unknown[0] in table.columns:
+            raise InputError(
+                f"[data] tissues names {unknown[0]!r}, which {listed_from} does not list among {path}'s columns (the "
+                f"tissues: {', '.join(available)}); fix the tissue list, or add it to the tissues table"
+            )
+        raise InputError(
+            f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: {', '.join(available)}); "
+            "fix the tissue list or re-run the recipe"
+        )
+    return tissues
 
 
 def check_inputs_in_one_split(task: Task, data: TaskData, where: str) -> None:

@@ -6,6 +6,7 @@ digests of every file the adapter reads."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +136,19 @@ def load_state_dict_file(directory: Path) -> tuple[dict[str, torch.Tensor], Path
 
             return load_file(str(path)), path
         return torch.load(path, map_location="cpu", weights_only=True), path
-    except Exception as err:  # safetensors' SafetensorError, torch's pickle and zip errors, a short read's OSError
+    except pickle.UnpicklingError as err:  # whole, but pickles objects torch's weights-only load will not build
+        raise ModelError(
+            f"{path} holds objects other than tensors (a whole training checkpoint?), which are not loaded from a "
+            "file that could run code; save the model's state_dict alone and point --model-path at it"
+        ) from err
+    except Exception as err:  # safetensors' SafetensorError, torch's zip errors, a short read's OSError
         raise ModelError(damaged_weights(path, err)) from err
 
 
 def damaged_weights(path: Path, err: BaseException) -> str:
     """One line for a weights file that does not read as one: truncated, or another file under that name."""
-    reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours some of its messages
+    reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"{path} could not be read as model weights ({reason}); it is truncated or damaged: download it again"
 
 

@@ -55,6 +55,7 @@ from dogmacache.train.task import (
     feature_scale,
     linked_items,
     read_table,
+    tissue_columns,
 )
 from torch import Tensor, nn
 
@@ -70,7 +71,8 @@ class IsoformerDataConfig:
     dna_cache: str = ""  # per-position DNA cache (Enformer trunk at the TSS window); "" = not used
     rna_cache: str = ""  # per-token RNA cache with a mask (Nucleotide Transformer over the cDNA); "" = not used
     protein_cache: str = ""  # per-residue protein cache with a mask (ESM-2); "" = not used
-    tissues: tuple[str, ...] = ()  # label columns to predict; () = every tissue column of the labels
+    tissues: tuple[str, ...] = ()  # label columns to predict; () = those tissues.parquet beside the labels lists
+    # (without one: every column but the ids, each holding numbers)
     eval_batch: int = 64  # transcripts per evaluation forward pass
     preload_bytes: int = 2 << 30  # keep a cache's rows in RAM when they fit this budget (bytes, as float32)
     standardize: bool = False  # z-score each cache's features with the training transcripts' real tokens
@@ -172,34 +174,11 @@ def _read_labels(config: IsoformerDataConfig) -> tuple[pd.DataFrame, list[str]]:
     table = read_table(
         path, ("id", "split"), recipe="gtex", expected="an IsoFormer labels table has id, split and tissues"
     )
-    listed = path.with_name("tissues.parquet")  # the gtex recipe's list of the tissues its labels hold
-    if listed.is_file():
-        named = pd.read_parquet(listed, columns=["tissue"])["tissue"].astype(str).tolist()
-        available = [c for c in table.columns if c in set(named)]
-    else:  # a table made by hand: every column but the ids, each of which must hold numbers
-        available = [c for c in table.columns if c not in NOT_TISSUES]
-        text = [c for c in available if not pd.api.types.is_numeric_dtype(table[c])]
-        if text and not config.tissues:
-            raise InputError(
-                f"{path} column {text[0]!r} holds text: without the recipe's tissues.parquet beside the table, "
-                f"every column but {', '.join(NOT_TISSUES)} is read as a tissue's labels; drop it, or name the "
-                "tissues with [data] tissues"
-            )
-    if not available:
-        raise InputError(
-            f"{path} has no tissue columns (its columns: {', '.join(map(str, table.columns))}); expected the gtex "
-            "recipe's labels.parquet: id, split, join ids and one column of labels per tissue"
-        )
-    tissues = list(config.tissues) or available
-    repeated = [t for t in dict.fromkeys(tissues) if tissues.count(t) > 1]
-    if repeated:
-        raise InputError(f"[data] tissues names {repeated[0]!r} {tissues.count(repeated[0])} times; name each once")
-    unknown = [t for t in tissues if t not in available]
-    if unknown:
-        raise InputError(
-            f"[data] tissues names {unknown[0]!r}, which {path} does not have (its tissues: "
-            f"{', '.join(available)}); fix the tissue list or re-run the recipe"
-        )
+    beside = path.with_name("tissues.parquet")  # the gtex recipe's list of the tissues its labels hold
+    listed = None
+    if beside.is_file():
+        listed = read_table(beside, ("tissue",), recipe="gtex", what="tissues table")["tissue"].astype(str).tolist()
+    tissues = tissue_columns(table, path, listed, str(beside), config.tissues, NOT_TISSUES)
     values = table[tissues].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
@@ -270,7 +249,8 @@ def load_isoformer(config: Any) -> IsoformerData:
         rows, present = joined["rna"]
         twice = pd.Series(rows[present]).duplicated(keep=False).to_numpy()
         if twice.any():
-            ids = table["id"].astype(str).to_numpy()[present][twice]
+            read = rows[present]
+            ids = table["id"].astype(str).to_numpy()[present][read == read[twice][0]]  # the rows of one pair
             raise InputError(
                 f"{d.labels}: {int(twice.sum())} transcripts read one RNA item with another, e.g. {ids[0]!r} and "
                 f"{ids[1]!r} (the same rna_id): one transcript under two ids would be counted twice; keep one row"

@@ -27,6 +27,7 @@ from dogmacache.train.task import (
     linked_items,
     open_task_cache,
     read_table,
+    tissue_columns,
 )
 from dogmacache.train.tasks.cdbridge.config import NOT_TISSUES
 from torch import Tensor
@@ -51,17 +52,11 @@ class CdbridgeData(TaskData):
 def load_cdbridge(config: Any) -> CdbridgeData:
     d = config.data
     table = read_table(d.labels, ("id", "split"), recipe="gtex", what="labels table")
-    available = [c for c in table.columns if c not in NOT_TISSUES]
-    tissues = list(d.tissues) or available
-    for t in tissues:
-        if t not in available:
-            raise InputError(
-                f"[data] tissues names {t!r}, which {d.labels} lacks (its tissues: {', '.join(available)});"
-                " fix the list or re-run the recipe"
-            )
-    info = read_table(
-        d.tissues_table or str(Path(d.labels).parent / "tissues.parquet"), recipe="gtex", what="tissues table"
-    )
+    info_path = d.tissues_table or str(Path(d.labels).parent / "tissues.parquet")
+    info = read_table(info_path, ("tissue", "held_out"), recipe="gtex", what="tissues table")
+    listed = info["tissue"].astype(str).tolist()
+    tissues = tissue_columns(table, d.labels, listed, info_path, d.tissues, NOT_TISSUES)
+    available = [c for c in table.columns if c in set(listed)]
     recipe_held = [str(t) for t in info.loc[info["held_out"].astype(bool), "tissue"]]
     absent = [t for t in recipe_held if t not in available]
     if absent:
