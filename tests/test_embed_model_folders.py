@@ -100,3 +100,17 @@ def test_a_cache_recorded_under_the_bin_file_of_a_two_format_folder_says_why_it_
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "recorded pytorch_model.bin for a model folder holding both weight formats" in err and "--overwrite" in err
+
+
+def test_a_whole_pickled_checkpoint_is_told_to_save_its_state_dict_not_that_it_is_damaged(tmp_path):
+    import argparse
+
+    from dogmacache.embed.adapters.weights import load_state_dict_file
+
+    (tmp_path / "pk").mkdir()
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(a=1)}, tmp_path / "pk" / "pytorch_model.bin")
+    with pytest.raises(
+        ModelError, match=r"holds objects other than tensors .* save the model's state_dict alone"
+    ) as err:
+        load_state_dict_file(tmp_path / "pk")
+    assert "\x1b[" not in str(err.value) and "truncated" not in str(err.value)

@@ -266,7 +266,9 @@ def test_a_gene_window_or_protein_in_two_splits_is_refused(iso, tmp_path):
     assert (loaded(none).links["protein_id"].isna()).sum() >= 2  # no protein in two splits: not one item
     test_rows = labels[labels["split"] == "test"]
     twice = pd.concat([labels, test_rows.assign(id=test_rows["id"].str.split(".").str[0] + ".0")])  # other spelling
-    with pytest.raises(InputError, match=r"transcripts read one RNA item with another, e.g. .*counted twice"):
+    first = test_rows["id"].iloc[0]
+    named = rf"transcripts read one RNA item with another, e.g. '{first}' and '{first.split('.')[0]}.0' .*twice"
+    with pytest.raises(InputError, match=named):  # the two rows of one pair
         loaded(twice)
 
 
