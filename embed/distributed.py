@@ -20,6 +20,7 @@ from dogmacache.embed.runner import (
     EmbedConfig,
     EmbedSettings,
     check_output,
+    count_truncated,
     disk_error,
     embed_rows,
     load,
@@ -154,5 +155,13 @@ def _fan_out(
             cluster.close()
     manifest = writer.finalize(fidelity=fidelity)
     seconds = time.perf_counter() - start
-    print(f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}")
-    return {"items": n_items, "seconds": seconds, "shards": len(pending), "complete": manifest.complete}
+    truncated = count_truncated(config.out)
+    cut = f", {truncated:,} items cut to the model's token limit" if truncated else ""
+    print(f"embedded {n_items:,} items in {seconds:.1f} s over dask ({len(pending)} shards) into {config.out}{cut}")
+    return {
+        "items": n_items,
+        "seconds": seconds,
+        "shards": len(pending),
+        "truncated_items": truncated,
+        "complete": manifest.complete,
+    }

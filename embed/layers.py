@@ -26,7 +26,7 @@ from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import get_adapter
 from dogmacache.embed.adapters.base import LayeredAdapter
 from dogmacache.embed.fidelity import Capture, receipt, sample_rows
-from dogmacache.embed.runner import check_output, load, open_writer, print_fidelity, resolve
+from dogmacache.embed.runner import check_output, count_truncated, load, open_writer, print_fidelity, resolve
 from dogmacache.embed.settings import EmbedConfig, EmbedSettings, resume_threads, resuming_line
 from dogmacache.embed.shard_filler import ShardFiller, settled
 from dogmacache.embed.stream import embed_segments, stored_info
@@ -195,6 +195,7 @@ def _run(
         receipts[layer] = fidelity
     seconds = time.perf_counter() - start
     written = {layer: len(pending[layer]) for layer in writers}
+    truncated = count_truncated(outs[next(iter(writers))])  # one pass: every layer's cache cut the same items
     summary = {
         "items": len(order),
         "seconds": round(seconds, 2),
@@ -202,13 +203,16 @@ def _run(
         "caches": outs,
         "shards": written,
         "padded_windows": padded,
+        "truncated_items": truncated,
         "complete": complete,
     }
     caches = ", ".join(f"{layer} -> {outs[layer]} ({written[layer]} shards)" for layer in writers)
     print(
         f"embedded {len(order):,} items in {seconds:.1f} s ({summary['items_per_s']:,} items/s), one forward pass "
-        f"for {len(writers)} layers, into {len(writers)} caches: {caches}; {padded} windows padded with N, "
-        "caches complete"
+        f"for {len(writers)} layers, into {len(writers)} caches: {caches}; "
+        + (f"{padded} windows padded with N, " if getattr(adapter.options, "window_bp", None) else "")
+        + (f"{truncated:,} items cut to {adapter.options.max_length:,} tokens, " if truncated else "")
+        + "caches complete"
     )
     for layer, fidelity in receipts.items():
         print_fidelity(fidelity, layer)

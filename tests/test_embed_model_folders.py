@@ -114,3 +114,15 @@ def test_a_whole_pickled_checkpoint_is_told_to_save_its_state_dict_not_that_it_i
     ) as err:
         load_state_dict_file(tmp_path / "pk")
     assert "\x1b[" not in str(err.value) and "truncated" not in str(err.value)
+
+
+def test_a_layers_run_counts_the_items_it_cut_too(tmp_path, capsys):
+    import pandas as pd
+    from dogmacache.cli import main
+
+    model = write_tiny_esm2(tmp_path / "esm")
+    pd.DataFrame({"id": ["a", "b"], "sequence": ["MKV", "M" * 1500]}).to_parquet(tmp_path / "p.parquet")
+    args = ["embed", "--input", str(tmp_path / "p.parquet"), "--modality", "protein", "--model", "esm2"]
+    assert main([*args, "--model-path", str(model), "--layers=-1,1", "--out", str(tmp_path / "lay")]) == 0
+    line = capsys.readouterr().out
+    assert "1 items cut to 1,024 tokens, caches complete" in line and "padded with N" not in line
