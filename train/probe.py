@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dogmacache.cache import EmbeddingCache, open_cache
-from dogmacache.cache.layout import ITEM_SHA256
 from dogmacache.cache.storage import check_writable, local_path
 from dogmacache.contracts.provenance import KMER_MODEL, is_random_init
 from dogmacache.contracts.tables import SPLITS, check_one_split, check_splits, read_table
 from dogmacache.errors import InputError
 from dogmacache.train.metrics import regression_metrics
+from dogmacache.train.task import inputs_across_splits, item_keys
 
 POOLINGS = ("mean", "center")
 TASKS = ("auto", "regression", "classification")
@@ -375,30 +375,17 @@ def classification_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[s
     }
 
 
-def input_keys(cache: EmbeddingCache, rows: np.ndarray) -> np.ndarray | None:
-    """(R,) each labelled row's item digest (`item_sha256`, what the model saw) as hex; None for a cache that
-    records none (imported, or written before digests)."""
-    if ITEM_SHA256 not in cache.manifest.extra_arrays:
-        return None
-    digests = cache.read_extra(ITEM_SHA256)
-    return np.array([bytes(d).hex() for d in digests])[rows]
-
-
 def check_inputs_in_one_split(cache: EmbeddingCache, rows: np.ndarray, labels: Labels) -> None:
     """Two ids whose items the model saw as the same input (one window under '+' and '-' ids with a forward strand
     policy, one protein under two names) in two splits would be fitted and scored on one input: InputError naming
-    both. Checked by the cache's item digests, where it records them."""
-    keys = input_keys(cache, rows)
-    if keys is None:
-        return
-    table = pd.DataFrame({"key": keys, "split": labels.split, "id": labels.ids})
-    spread = table.groupby("key")["split"].nunique()
-    if (spread > 1).any():
-        both = table[table["key"] == spread.index[spread > 1][0]].drop_duplicates("split")
-        (a, sa), (b, sb) = list(zip(both["id"], both["split"], strict=True))[:2]
+    both (`train.task.inputs_across_splits`, the trainer's check). Checked where the cache records item digests."""
+    keys = item_keys(cache, rows)
+    found = None if keys is None else inputs_across_splits(keys, labels.split, labels.ids)
+    if found:
+        n, ((a, sa), (b, sb)) = found
         raise InputError(
             f"{cache.url}: items {a!r} ({sa}) and {b!r} ({sb}) are one input to the model (the same item_sha256), in "
-            f"two splits ({int((spread > 1).sum())} such inputs): put the ids of one input in one split"
+            f"two splits ({n} such inputs): put the ids of one input in one split"
         )
 
 
@@ -415,7 +402,7 @@ def input_groups(caches: list[tuple[EmbeddingCache, np.ndarray]], labels: Labels
         return x
 
     for n, (cache, rows) in enumerate(caches):
-        keys = input_keys(cache, rows)
+        keys = item_keys(cache, rows)
         if keys is None:
             continue
         for group, key in zip(labels.groups, keys, strict=True):

@@ -364,13 +364,35 @@ def tissue_columns(
     return tissues
 
 
+def item_keys(cache: Any, rows: np.ndarray) -> np.ndarray | None:
+    """(len(rows),) each row's item digest in `cache` (`item_sha256`: what the model saw) as text, only the rows
+    asked for converted; None for a cache that records none (imported, or written before digests)."""
+    from dogmacache.cache.layout import ITEM_SHA256
+
+    if ITEM_SHA256 not in cache.manifest.extra_arrays:
+        return None
+    unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    digests = cache.read_extra(ITEM_SHA256)[unique]
+    return np.array([bytes(d).hex() for d in digests], dtype=object)[inverse]
+
+
+def inputs_across_splits(keys: np.ndarray, splits: np.ndarray, ids: np.ndarray) -> tuple[int, list[tuple]] | None:
+    """Where one input (`keys`, `item_keys`) sits in two splits under its rows' `ids`: (how many inputs do, two
+    (id, split) of the first); None where none does. The one check behind the trainer's and the probe's."""
+    table = pd.DataFrame({"key": keys, "split": splits, "id": ids})
+    spread = table.groupby("key")["split"].nunique()
+    if not (spread > 1).any():
+        return None
+    both = table[table["key"] == spread.index[spread > 1][0]].drop_duplicates("split")
+    return int((spread > 1).sum()), [(str(i), s) for i, s in zip(both["id"], both["split"], strict=True)][:2]
+
+
 def check_inputs_in_one_split(task: Task, data: TaskData, where: str) -> None:
     """Two rows of different splits whose items are one input to the model (the same `item_sha256` in a cache the
     task keeps in one split, `Task.one_split_caches`): a window under a '+' and a '-' id read forward, one copied
     under another name. The id checks of `check_examples` cannot see it; a model would be scored on what it trained
     on. InputError naming the two ids and their splits; caches without item digests (imported) pass unchecked."""
     from dogmacache.cache import open_cache
-    from dogmacache.cache.layout import ITEM_SHA256
 
     for key in type(task).one_split_caches:
         url = getattr(task.config.data, key, "")
@@ -378,24 +400,22 @@ def check_inputs_in_one_split(task: Task, data: TaskData, where: str) -> None:
         tables = [(name, t) for name, t in data.splits.items() if column in t.columns and len(t)]
         if not url or not tables:
             continue
-        cache = open_cache(url)
-        if ITEM_SHA256 not in cache.manifest.extra_arrays:
-            continue
         frames = []
         for name, t in tables:
             rows = t[column].to_numpy()[present_rows(t, column)].astype(np.int64)
             frames.append(pd.DataFrame({"split": name, "row": np.unique(rows[rows >= 0])}))
         rows = pd.concat(frames, ignore_index=True)
-        digests = cache.read_extra(ITEM_SHA256)
-        rows["input"] = [bytes(d).hex() for d in digests[rows["row"].to_numpy()]]
-        spread = rows.groupby("input")["split"].nunique()
-        if (spread > 1).any():
-            both = rows[rows["input"] == spread.index[spread > 1][0]].drop_duplicates("split")
-            (a, sa), (b, sb) = [(str(cache.ids[r]), s) for r, s in zip(both["row"], both["split"], strict=True)][:2]
+        cache = open_cache(url)
+        keys = item_keys(cache, rows["row"].to_numpy())
+        if keys is None:
+            continue
+        found = inputs_across_splits(keys, rows["split"].to_numpy(), np.asarray(cache.ids)[rows["row"].to_numpy()])
+        if found:
+            n, ((a, sa), (b, sb)) = found
             raise InputError(
-                f"{where}: {int((spread > 1).sum())} input(s) of [data] {key} sit in two splits under other ids, e.g. "
-                f"{a!r} ({sa}) and {b!r} ({sb}) are one input to the model (the same item_sha256 in {url}); give "
-                "the ids of one input one split"
+                f"{where}: {n} input(s) of [data] {key} sit in two splits under other ids, e.g. {a!r} ({sa}) and "
+                f"{b!r} ({sb}) are one input to the model (the same item_sha256 in {url}); give the ids of one input "
+                "one split"
             )
 
 
