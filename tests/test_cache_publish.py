@@ -78,7 +78,7 @@ def test_uploaded_manifests_carry_no_local_paths(tmp_path, rng, monkeypatch):
     assert manifest["shards"] == list(open_cache(path).manifest.shards)
 
 
-def test_a_republish_stopped_midway_leaves_no_finished_manifest_over_new_files(tmp_path, monkeypatch):
+def test_a_republish_stopped_midway_leaves_no_finished_manifest_over_new_files(tmp_path, folder_hub, monkeypatch):
     """The Hub as a folder: a cache published, re-created with other rows, and published again with a Ctrl-C once
     the folder is sent. The repository's manifest then says unfinished (a reader refuses it), not the first cache's
     complete manifest over the second one's shards; the same command again finishes it."""
@@ -86,34 +86,21 @@ def test_a_republish_stopped_midway_leaves_no_finished_manifest_over_new_files(t
 
     import huggingface_hub
     from dogmacache.errors import IncompleteCacheError
-    from huggingface_hub.utils import filter_repo_objects
 
-    hub = tmp_path / "hub"
-    stop = []
+    hub, stop = folder_hub, []
+    send, commit = huggingface_hub.HfApi.upload_large_folder, huggingface_hub.HfApi.create_commit
 
-    def upload_large_folder(self, repo_id, folder_path, repo_type, ignore_patterns):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        for name in filter_repo_objects(files, ignore_patterns=ignore_patterns):
-            (hub / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(folder_path) / name, hub / name)
+    def upload_large_folder(self, **kwargs):
+        send(self, **kwargs)
         stop.append("sent")
 
-    def create_commit(self, operations, **kwargs):
+    def create_commit(self, **kwargs):
         if stop == ["stop", "sent"]:
             raise KeyboardInterrupt
-        for name, data in _files(operations).items():
-            (hub / name).parent.mkdir(parents=True, exist_ok=True)
-            (hub / name).write_bytes(data)
+        commit(self, **kwargs)
 
-    monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", upload_large_folder)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(
-        huggingface_hub.HfApi,
-        "list_repo_files",
-        lambda self, **kw: [p.relative_to(hub).as_posix() for p in hub.rglob("*") if p.is_file()],
-    )
     write_cache(tmp_path / "c.zarr", np.full((4, 3), 1.0, np.float32), shard_items=2)
     assert main(["cache", "publish", str(tmp_path / "c.zarr"), "--repo", "lab/x"]) == 0
     assert open_cache(hub)[0].tolist() == [1.0, 1.0, 1.0]
@@ -206,29 +193,23 @@ def test_a_cache_the_repo_holds_and_the_folder_lacks_is_refused_before_anything_
     assert "a.zarr/zarr.json, b.zarr/zarr.json" in capsys.readouterr().err
 
 
-def test_a_cache_folder_named_with_pattern_characters_sends_no_local_manifest(tmp_path, folder_hub):
+def test_a_cache_folder_named_with_pattern_characters_sends_no_local_manifest(tmp_path, folder_hub, monkeypatch):
     """The upload's ignore patterns are fnmatch patterns: `dna[v2].zarr/zarr.json` as a pattern matches other names
     and not its own, and the local manifest (complete, with local paths) went up with the shards."""
     path = tmp_path / "caches" / "dna[v2].zarr"
     write_cache(path, np.ones((4, 3), np.float32), shard_items=2, config=LOCAL)
-    sent = []
     import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
 
     large = huggingface_hub.HfApi.upload_large_folder
 
-    def recording(self, **kw):
-        sent.extend(kw["ignore_patterns"])
-        from huggingface_hub.utils import filter_repo_objects
-
+    def checked(self, **kw):  # the library's own matching of the ignore patterns
         files = [p.relative_to(kw["folder_path"]).as_posix() for p in Path(kw["folder_path"]).rglob("*")]
         assert "dna[v2].zarr/zarr.json" not in list(filter_repo_objects(files, ignore_patterns=kw["ignore_patterns"]))
         large(self, **kw)
 
-    huggingface_hub.HfApi.upload_large_folder = recording
-    try:
-        assert main(["cache", "publish", str(path.parent), "--repo", "lab/x"]) == 0
-    finally:
-        huggingface_hub.HfApi.upload_large_folder = large
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_large_folder", checked)
+    assert main(["cache", "publish", str(path.parent), "--repo", "lab/x"]) == 0
     assert "/home/me" not in (folder_hub / "dna[v2].zarr" / "zarr.json").read_text()
 
 

@@ -417,16 +417,9 @@ def test_ids_that_are_not_utf8_are_one_line_naming_the_row(tmp_path):
     with h5py.File(tmp_path / "e.h5", "w") as h5:
         h5.create_dataset("embeddings", data=np.zeros((3, 4), np.float32))
         h5.create_dataset("names", data=np.array([b"a", b"\xffb", b"c"]))
+    named = {"dataset": "embeddings", "ids": "names", "modality": "dna", "model": "m", "pooling": "mean"}
     with pytest.raises(InputError, match=r"dataset 'names' row 1: b'\\xffb' is not UTF-8 text"):
-        import_h5(
-            tmp_path / "e.h5",
-            tmp_path / "c.zarr",
-            dataset="embeddings",
-            ids="names",
-            modality="dna",
-            model="m",
-            pooling="mean",
-        )
+        import_h5(tmp_path / "e.h5", tmp_path / "c.zarr", **named)
 
 
 def test_a_suffix_that_names_an_id_already_there_is_refused_naming_the_dedupe():
