@@ -92,6 +92,13 @@ def window_start0(center: int | np.ndarray, span_bp: int) -> int | np.ndarray:
     return int(center) - 1 - span_bp // 2
 
 
+def interval_center(start0: int | np.ndarray, end0: int | np.ndarray) -> int | np.ndarray:
+    """1-based `center` of a window centred on the 0-based half-open interval [start0, end0): the base whose left
+    edge is the interval's midpoint, so that the window's midpoint is the interval's (of the two middle bases of an
+    even-length interval, the right one). A 1-based inclusive [start, stop] is [start - 1, stop)."""
+    return (start0 + end0) // 2 + 1
+
+
 def window_label(chrom: str, center: int, span_bp: int) -> str:
     """The window as people write it: "chrom:first-last", 1-based inclusive, with thousands separators."""
     start0 = window_start0(int(center), span_bp)

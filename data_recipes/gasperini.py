@@ -7,9 +7,11 @@ canonical order (one sorted list writes both tables; the CDT task checks the cac
 split by enhancer 70/15/15, stratified on significance, seeded.
 
 Coordinates: one convention, 1-based, as `contracts/windows.py` reads `center`. The site's `target_site.start`
-and `target_site.stop` are read as 1-based positions, its midpoint (start + stop) // 2 (`mid_hg19`) is a 1-based
-hg19 position, and it is lifted as one (`liftover.ChainFile(..., one_based=True)`: 1-based in, 1-based out, also
-across inverted chain blocks and at a block's last base), so `center` is the 1-based hg38 base at the midpoint.
+and `target_site.stop` are read as 1-based positions, its midpoint (`mid_hg19`, `contracts.windows.interval_center`:
+the base whose left edge is the site's midpoint, for an even-length site the right one of its two middle bases, as
+for a BED interval) is a 1-based hg19 position, and it is lifted as one (`liftover.ChainFile(..., one_based=True)`:
+1-based in, 1-based out, also across inverted chain blocks and at a block's last base), so `center` is the 1-based
+hg38 base at the midpoint.
 
 Outputs (parquet): `dna_windows` (id = enhancer, chrom, center (1-based hg38), strand: the DNA items), `genes`
 (id = symbol in canonical order: the RNA gene-token items), `proteins` (id = symbol, sequence: the protein items,
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dogmacache.contracts.windows import window_site_id
+from dogmacache.contracts.windows import interval_center, window_site_id
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
@@ -188,7 +190,8 @@ def build_gasperini(
         pairs[column] = formats.numbers(
             pairs, column, results, header, expected="an hg19 position (a whole number)", whole=True
         ).astype(np.int64)
-    pairs["mid_hg19"] = (pairs["target_site.start"] + pairs["target_site.stop"]) // 2  # 1-based, like start/stop
+    # 1-based, like start/stop; an even-length site's right middle base, as for a BED interval (`interval_center`)
+    pairs["mid_hg19"] = interval_center(pairs["target_site.start"] - 1, pairs["target_site.stop"])
     if config.max_distance_kb is not None:
         near = (pairs["mid_hg19"] - _gene_tss(pairs, results, header)).abs() <= config.max_distance_kb * 1000
         counts["pairs_beyond_max_distance"] = int((~near).sum())

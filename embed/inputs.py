@@ -13,6 +13,7 @@ import pandas as pd
 from dogmacache.cache.layout import check_ids
 from dogmacache.contracts import provenance
 from dogmacache.contracts.tables import INPUT_COLUMNS, TSV_SUFFIXES, digest_columns, read_table
+from dogmacache.contracts.windows import interval_center
 from dogmacache.errors import InputError
 
 # strand cells read as "no strand": windows on the reference strand, as for a table without a strand column
@@ -43,7 +44,7 @@ def read_input_table(path: str | os.PathLike, modality: str) -> pd.DataFrame:
                 f"{_row(path, table, bad[0])}: start {int(start[bad[0]])} and end {int(end[bad[0]])} are no interval; "
                 "start and end are BED coordinates (0-based, half-open), 0 <= start < end: fix the row"
             )
-        table = table.assign(center=(start + end) // 2 + 1)  # 1-based: the base at 0-based (start + end) // 2
+        table = table.assign(center=interval_center(start, end))
     missing = [c for c in INPUT_COLUMNS[modality] if c not in table.columns]
     if missing:
         instead = " (or start and end: BED coordinates, 0-based half-open)" if missing[0] == "center" else ""

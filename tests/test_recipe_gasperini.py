@@ -100,7 +100,8 @@ def test_gasperini_recipe_by_hand(tmp_path):
     proteins = pd.read_parquet(out / "proteins.parquet")
 
     assert len(dna) == 20  # chr7 site could not be lifted
-    assert dna.loc["chr1.e3_top_two", "center"] == (25_000 + 25_401) // 2 + 1_000  # hg19 midpoint + chain shift
+    # 402 bases, 1-based 25,000-25,401: the right of the two middle bases (as a BED interval's), + the chain shift
+    assert dna.loc["chr1.e3_top_two", "center"] == 25_201 + 1_000
     assert dna.loc["chr1.e3_top_two", "chrom"] == "chr1" and set(dna["strand"]) == {"+"}
     assert genes["id"].tolist() == ["GENEA", "GENEB"] and proteins["id"].tolist() == ["GENEA", "GENEB"]
     assert proteins["sequence"].tolist() == ["MKVLLA", "MEEK"]  # the first GENEA entry, lines joined

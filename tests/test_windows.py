@@ -9,6 +9,7 @@ from dogmacache.contracts.windows import (
     WindowGeometry,
     bin_coordinates,
     bin_of,
+    interval_center,
     orient_bins,
     tss,
     window_holds,
@@ -18,6 +19,7 @@ from dogmacache.contracts.windows import (
 from dogmacache.data_recipes.gene_tss import build_gene_tss
 from dogmacache.data_recipes.gtex_masks import coding_masks
 from dogmacache.embed.genome import Genome
+from dogmacache.embed.inputs import read_input_table
 from dogmacache.errors import InputError
 
 
@@ -73,6 +75,22 @@ def test_window_start_label_and_holds():
     # an insertion (an empty span) only between two of the window's bases
     assert window_holds(100, 50, 101, 101) and window_holds(100, 50, 149, 149)
     assert not window_holds(100, 50, 100, 100) and not window_holds(100, 50, 150, 150)
+
+
+def test_an_interval_and_its_window_share_their_midpoint(tmp_path):
+    # the window's midpoint is the left edge of its centre base (0-based center - 1): for [start0, end0) of either
+    # parity it is the interval's midpoint, to the half base an odd length leaves
+    for start0, end0 in ((100, 104), (100, 105), (0, 1), (7, 9)):
+        center = interval_center(start0, end0)
+        midpoint_edge = center - 1
+        assert abs(midpoint_edge - (start0 + end0) / 2) <= 0.5 and start0 <= center - 1 < end0
+        if (end0 - start0) % 2 == 0:
+            assert midpoint_edge == (start0 + end0) // 2
+    # a BED interval read by embed and the same site written 1-based inclusive (gasperini) give one centre
+    table = pd.DataFrame({"id": ["a", "b"], "chrom": "chr1", "start": [100, 100], "end": [104, 105]})
+    table.to_parquet(tmp_path / "t.parquet")
+    assert read_input_table(tmp_path / "t.parquet", "dna")["center"].tolist() == [103, 103]
+    assert interval_center(np.array([101, 101]) - 1, np.array([104, 105])).tolist() == [103, 103]
 
 
 def test_tss_is_the_start_on_plus_and_the_end_on_minus():
