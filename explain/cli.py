@@ -21,9 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--items", help="comma-separated ENHANCER|GENE pairs, or ENHANCER for all its genes")
     which.add_argument("--split", choices=("train", "validation", "test"), help="draw items from this split")
-    p.add_argument("--n", type=int, default=100, help="with --split: items to explain (default 100, as the paper)")
+    p.add_argument("--n", type=int, help="with --split: items to explain (default 100, as the paper)")
     p.add_argument("--top-effects", action="store_true", help="with --split: the n largest |target|, not a random draw")
-    p.add_argument("--seed", type=int, default=0, help="the random draw of --split items (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the random draw of --split items and of --features' background (default 0)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--top-k", type=int, default=20, help="positions per ranking (default 20, as the paper)")
     p.add_argument(
@@ -91,6 +93,9 @@ def _explain(args: argparse.Namespace) -> int:
     items = tuple(i.strip() for i in (args.items or "").split(",") if i.strip())
     if args.items is not None and not items:
         raise InputError(f"--items {args.items!r} names no item; pass ENHANCER|GENE ids separated by commas")
+    if items and (args.n is not None or args.top_effects):
+        flag = "--n" if args.n is not None else "--top-effects"
+        raise InputError(f"{flag} chooses items from a --split, and --items names them: pass one of the two")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none")
     config = ExplainConfig(
         sources=ExplainSources(
@@ -103,7 +108,7 @@ def _explain(args: argparse.Namespace) -> int:
         out=args.out,
         items=items,
         split=args.split,
-        n=args.n,
+        n=100 if args.n is None else args.n,
         top_effects=args.top_effects,
         seed=args.seed,
         top_k=args.top_k,

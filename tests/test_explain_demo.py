@@ -94,6 +94,10 @@ def test_explain_refuses_bad_items_and_k(demo_run, tmp_path, capsys):
     base = ["explain", "--checkpoint", ckpt, "--out", str(tmp_path / "o"), *sizes(demo_run)]
     assert "item 'nope|GENE' is not a labelled pair" in _error(capsys, [*base, "--top-k", "2", "--items", "nope|GENE"])
     assert "--top-k 99 is outside the" in _error(capsys, [*base, "--split", "test", "--top-k", "99"])
+    # --n and --top-effects choose from a --split: beside --items they would be ignored
+    for flag in (["--n", "5"], ["--top-effects"]):
+        message = _error(capsys, [*base, "--items", "nope|GENE", *flag])
+        assert f"{flag[0]} chooses items from a --split" in message and "pass one of the two" in message
 
 
 def test_explain_refuses_changed_or_missing_caches(demo_run, tmp_path, capsys):
