@@ -89,6 +89,16 @@ def test_unknown_symbols_reported(tiny):
         adapter.check_table(pd.DataFrame({"id": ["TP53", "FOO1", "BAR2"]}))  # every missing one, before any work
     with pytest.raises(ModelError, match=r"'FOO1'.*--rna-vocab"):
         adapter.prepare({"id": "FOO1"})
+    # the vocabulary's special tokens are in it but are no genes: a row naming one would embed <pad>
+    assert adapter.checkpoint.missing_symbols(["<pad>", "TP53"]) == ["<pad>"]
+    with pytest.raises(ModelError, match=r"'<pad>', '<cls>' \(2\): special tokens of the scGPT vocabulary, not gene"):
+        adapter.check_table(pd.DataFrame({"id": ["TP53", "<pad>", "<cls>"]}))
+    with pytest.raises(ModelError, match=r"'<eoc>' is not in the scGPT vocabulary"):
+        adapter.prepare({"id": "<eoc>"})
+    # a profile column named like a special token is no gene either: counted missing, not embedded
+    with_cls = context(tiny).prepare({**PROFILES[0], "<cls>": 5.0})
+    assert with_cls["genes"].tolist() == context(tiny).prepare(PROFILES[0])["genes"].tolist()
+    assert int(with_cls["n_missing"]) == 2
 
 
 # ---- binning ---------------------------------------------------------------------------------------------

@@ -148,14 +148,14 @@ class ScGPTContextAdapter(LayeredAdapter):
                 f"profile {item!r} has negative or non-finite values in {listing(bad)}; scGPT "
                 "expects non-negative expression (counts, TPM or log1p of them)"
             )
-        known = np.array([c in self.vocab for c in columns], dtype=bool)
+        known = np.array([c in self.checkpoint.genes for c in columns], dtype=bool)  # a <cls> column is no gene
         use = known & (values > 0)
         if not use.any():
             raise InputError(
                 f"profile {item!r} expresses no gene of the scGPT vocabulary; drop the row or "
                 "check that its columns are gene symbols"
             )
-        genes = np.array([self.vocab[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
+        genes = np.array([self.checkpoint.genes[c] for c, u in zip(columns, use, strict=True) if u], dtype=np.int64)
         expression = values[use]
         rng = np.random.default_rng(self.options.bin_seed)  # per item: the same bins whatever the worker or order
         bins = bin_expression(expression, self.args.n_bins, rng)  # over all expressed genes, as scGPT does

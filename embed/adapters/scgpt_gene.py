@@ -46,7 +46,7 @@ class ScGPTGeneAdapter(LayeredAdapter):
     ):
         self.checkpoint = load_checkpoint(model_path, device, revision, random_init)
         self.options, self.device = options, torch.device(device)
-        self.vocab = self.checkpoint.vocab
+        self.vocab = self.checkpoint.genes  # gene symbols only: a special token (<pad>, <cls>) is no gene
         self.select_layer(options.layer)
 
     def layers(self) -> tuple[str, ...]:
@@ -58,6 +58,12 @@ class ScGPTGeneAdapter(LayeredAdapter):
 
     def check_table(self, table) -> None:
         """Every symbol of the table must be in the vocabulary; all absent ones named at once."""
+        special = self.checkpoint.special_tokens(table["id"].tolist())
+        if special:
+            raise ModelError(
+                f"{listing(special)}: special tokens of the scGPT vocabulary, not gene symbols; drop those rows from "
+                "the gene list"
+            )
         missing = self.checkpoint.missing_symbols(table["id"].tolist())
         if missing:
             raise ModelError(

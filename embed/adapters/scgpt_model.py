@@ -10,6 +10,7 @@ Shapes: B items, L tokens (`<cls>` + genes), D = embsize.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,9 +222,19 @@ class ScGPTCheckpoint:
     revision: str  # the hub commit, else "sha256:<hex>" of best_model.pt
     files: dict[str, str]  # {file name: sha256} of best_model.pt, vocab.json, args.json
 
+    @functools.cached_property
+    def genes(self) -> dict[str, int]:
+        """The vocabulary's gene symbols and their token ids: every entry but the special tokens, which scGPT writes
+        in angle brackets (`<pad>`, `<cls>`, `<eoc>`)."""
+        return {k: v for k, v in self.vocab.items() if not (k.startswith("<") and k.endswith(">"))}
+
     def missing_symbols(self, ids: list[str]) -> list[str]:
-        """Symbols (gene ids or profile columns) absent from the vocabulary, in input order, each once."""
-        return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.vocab))
+        """Symbols (gene ids or profile columns) that are no gene of the vocabulary, in input order, each once."""
+        return list(dict.fromkeys(str(i) for i in ids if str(i) not in self.genes))
+
+    def special_tokens(self, ids: list[str]) -> list[str]:
+        """Those of `ids` that are special tokens of the vocabulary (`<pad>`, `<cls>`, ...), each once."""
+        return list(dict.fromkeys(str(i) for i in ids if str(i) in self.vocab and str(i) not in self.genes))
 
 
 def load_checkpoint(
