@@ -99,11 +99,39 @@ class GasperiniConfig:
             )
 
 
+# chr1's length in each build (UCSC chromInfo): a chain's header names both, which says its direction
+CHR1_BP = {"hg19": 249_250_621, "hg38": 248_956_422}
+
+
+def _check_direction(chain_path: Path) -> None:
+    """Refuse a chain that lifts hg38 to hg19 (in its first chr1-to-chr1 header the reference chr1 has hg38's length
+    and the query chr1 hg19's): read the wrong way, it would move every site to another place. Chains of other sizes
+    (the tests' small ones) are not judged here."""
+    import gzip
+
+    sizes = None
+    try:
+        with gzip.open(chain_path, "rt") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 9 and fields[0] == "chain" and fields[2] == "chr1" and fields[7] == "chr1":
+                    sizes = (int(fields[3]), int(fields[8]))
+                    break
+    except (OSError, EOFError, ValueError, UnicodeDecodeError):
+        return  # an unreadable file is named by ChainFile's own error
+    if sizes == (CHR1_BP["hg38"], CHR1_BP["hg19"]):
+        raise InputError(
+            f"{chain_path} lifts hg38 to hg19 (its reference chr1 is {CHR1_BP['hg38']:,} bp, hg38's length); the "
+            "recipe lifts hg19 sites to hg38: use hg19ToHg38.over.chain.gz"
+        )
+
+
 def _lift(chain_path: Path, chroms: pd.Series, positions: pd.Series) -> tuple[list, list, int, int]:
     """1-based hg19 `positions` on `chroms` -> (hg38 chroms, 1-based hg38 positions, unmapped, ambiguous); a site
     that maps to no place or to several gets chrom None and position -1."""
     from liftover import ChainFile
 
+    _check_direction(chain_path)
     try:
         chain = ChainFile(str(chain_path), one_based=True)  # 1-based in and out: `center` is 1-based
     except (ValueError, OSError, EOFError) as err:

@@ -156,6 +156,16 @@ def test_midpoints_are_lifted_one_based_at_block_edges_and_on_inverted_blocks(tm
     assert manifest["missing"]["enhancers_unmapped_by_liftover"] == 0
 
 
+def test_a_chain_lifting_hg38_to_hg19_is_refused(tmp_path):
+    # UCSC's hg38ToHg19 chain opens with chr1 of hg38 (248,956,422 bp) as its reference and hg19's as its query
+    paths = _sources(tmp_path, _rows())
+    _write_chain(paths["chain"], "chain 1000 chr1 248956422 + 0 20000 chr1 249250621 + 0 20000 1\n20000\n\n")
+    with pytest.raises(InputError, match=r"lifts hg38 to hg19 .*use hg19ToHg38.over.chain.gz"):
+        build_gasperini(paths, tmp_path / "out", GasperiniConfig())
+    _write_chain(paths["chain"], "chain 1000 chr1 249250621 + 0 20000 chr1 248956422 + 0 20000 1\n20000\n\n")
+    build_gasperini(paths, tmp_path / "ok", GasperiniConfig())  # the right direction: lifted
+
+
 def test_same_seed_same_split_other_seed_other_split(tmp_path):
     paths = _sources(tmp_path, _rows())
     a = build_gasperini(paths, tmp_path / "a", GasperiniConfig(seed=1))
