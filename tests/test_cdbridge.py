@@ -688,3 +688,70 @@ def test_a_tissues_own_part_scores_zero_for_a_tissue_blind_model_and_one_for_the
     assert all(v == pytest.approx(1.0) for v in perfect.values())
     h_rows = tissue_of == "H"  # and the plain Spearman of the blind model on the held-out tissue is high
     assert spearmanr(blind[h_rows], labels[h_rows])[0] > 0.8
+
+
+def test_a_tissues_table_cannot_vouch_for_labels_scaled_with_a_held_out_tissues_own_statistics(tmp_path):
+    """Without labels_log1p.parquet the held-out tissues' labels are used as the recipe scaled them. A tissues table
+    from another recipe run (or one whose held_out flags read true by accident) must not let a tissue scaled with
+    its own training labels be scored as held out: the labels themselves are checked."""
+    raw = write_recipe(tmp_path)
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    train = labels["split"] == "train"
+    own = labels["Heart"]  # Heart standardised with its own training rows, as a recipe that did not hold it out does
+    labels["Heart"] = (own - own[train].mean()) / own[train].std(ddof=0)
+    labels.to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"tissue": TISSUES, "held_out": [False, True, True]}).to_parquet(tmp_path / "other.parquet")
+    raw["data"]["tissues_table"] = str(tmp_path / "other.parquet")
+    with pytest.raises(InputError, match=r"held-out tissue 'Heart' is standardised in .* own training labels"):
+        CdbridgeTask(config_from_dict(raw)).load()
+    # a flag column that is not true/false (NaN, the text "False") is refused, not read as held out
+    for flags in ([False, np.nan, True], ["False", "False", "True"]):
+        pd.DataFrame({"tissue": TISSUES, "held_out": flags}).to_parquet(tmp_path / "other.parquet")
+        with pytest.raises(InputError, match=r"held_out column holds \w+ values .* not true/false"):
+            CdbridgeTask(config_from_dict(raw)).load()
+    # the recipe's own table (Liver held out, scaled with the seen tissues) still loads
+    raw["data"]["tissues_table"] = ""
+    assert CdbridgeTask(config_from_dict(raw)).load().held_out == ["Liver"]
+
+
+def test_coding_masks_of_repeated_ids_missing_columns_or_other_lengths_are_refused(tmp_path):
+    raw = write_recipe(tmp_path)
+    masks = pd.read_parquet(tmp_path / "masks.parquet")
+    cases = {
+        "repeated": (pd.concat([masks, masks.iloc[:1]]), r"transcript 'T0' has two rows in .*masks"),
+        "no mask column": (masks.drop(columns="mask"), r"has no column 'mask'|lacks .*mask|mask"),
+        "one shorter": (
+            masks.assign(mask=[m[:3] if i == 5 else m for i, m in enumerate(masks["mask"])]),
+            r"transcript 'T5''s mask in .* is no list of 4 flags like the others",
+        ),
+        "one missing": (
+            masks.assign(mask=[None if i == 2 else m for i, m in enumerate(masks["mask"])]),
+            r"transcript 'T2''s mask in .* is no list of 4 flags",
+        ),
+    }
+    for table, message in cases.values():
+        table.to_parquet(tmp_path / "bad_masks.parquet")
+        raw["data"]["coding_masks"] = str(tmp_path / "bad_masks.parquet")
+        with pytest.raises(InputError, match=message):
+            CdbridgeTask(config_from_dict(raw)).load()
+
+
+def test_non_finite_labels_log1p_values_are_refused(tmp_path):
+    raw = write_recipe(tmp_path)
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    labels.loc[4, "Brain"] = np.nan
+    labels.to_parquet(tmp_path / "labels_log1p.parquet")
+    with pytest.raises(InputError, match=r"labels_log1p\.parquet has missing or non-finite values"):
+        CdbridgeTask(config_from_dict(raw)).load()
+
+
+def test_a_stage_1_runs_permutation_null_is_scored_on_its_own_metrics(tmp_path):
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"].update(stage=1, ablations=[])
+    raw["train"].update(controls=["permuted_labels"], null_draws=2, epochs=1)
+    summary = run_training(config_from_dict(raw), progress=False)
+    null = summary["null"]["test"]
+    assert set(null) == {"neg_bce", "auroc", "auprc"}  # stage 2's expression metrics: never scored by stage 1
+    assert all(null[m]["draws_scored"] == 2 and "not_scored" not in null[m] for m in null)

@@ -57,7 +57,13 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     listed = info["tissue"].astype(str).tolist()
     tissues = tissue_columns(table, d.labels, listed, info_path, d.tissues, NOT_TISSUES)
     available = [c for c in table.columns if c in set(listed)]
-    recipe_held = [str(t) for t in info.loc[info["held_out"].astype(bool), "tissue"]]
+    flags = info["held_out"]
+    if not pd.api.types.is_bool_dtype(flags):  # NaN or the text "False" would read as held out
+        raise InputError(
+            f"{info_path}'s held_out column holds {flags.dtype} values ({flags.tolist()[:4]}), not true/false; use the "
+            "tissues.parquet of the gtex recipe run that wrote the labels"
+        )
+    recipe_held = [str(t) for t in info.loc[flags.to_numpy(bool), "tissue"]]
     absent = [t for t in recipe_held if t not in available]
     if absent:
         raise InputError(
@@ -95,11 +101,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         extras["tissue_scale"] = {"mean": mean.tolist(), "std": std.tolist()}
     tissue_embeddings = torch.from_numpy(tissue_embeddings)
 
-    masks_table = read_table(d.coding_masks, recipe="gtex", what="coding masks table").set_index("id")
-    absent = table.loc[~table["id"].isin(masks_table.index), "id"]
-    if len(absent):
-        raise InputError(f"transcript {absent.iloc[0]!r} has no row in {d.coding_masks}; use the same recipe output")
-    masks = np.stack(masks_table.loc[table["id"], "mask"].to_list()).astype(np.float32)
+    masks = read_masks(d.coding_masks, table["id"], n_bins)
     if masks.shape[1] != n_bins:
         pooled = dna.manifest.config.get("max_positions")
         pooled = pooled if pooled and n_bins == pooled < masks.shape[1] else None  # what pooling cut the bins to
@@ -140,6 +142,11 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         raw = read_table(log1p_path, ("id", *tissues), recipe="gtex", what="labels_log1p table")
         if raw["id"].astype(str).tolist() != frame["id"].tolist():
             raise InputError(f"{log1p_path} lists other transcripts than {d.labels}; use the same recipe run's files")
+        if not np.isfinite(raw[tissues].to_numpy(np.float64)).all():
+            raise InputError(f"{log1p_path} has missing or non-finite values; use the same recipe run's file")
+    else:  # the labels as the recipe scaled them: no held-out tissue may have been scaled with its own labels
+        check_held_out_scaling(values, (frame["split"] == "train").to_numpy(), tissues, held_out, d.labels, log1p_path)
+    if d.labels_log1p or log1p_path.is_file():
         held = np.array([t in held_out for t in tissues])
         scaled, mean, std, _ = standardise_tissues(
             raw[tissues].to_numpy(np.float64), (frame["split"] == "train").to_numpy(), held
@@ -195,6 +202,58 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         dna_scale=scale,
         variants={TRAIN_ALL: ("train", train_all)},  # training cells of every tissue ([data] train_held_out)
     )
+
+
+def read_masks(path: str, ids: pd.Series, n_bins: int) -> np.ndarray:
+    """(N, L) float32 coding flags of the transcripts `ids`, in their order, from the recipe's coding masks table;
+    a duplicated or absent id, or a mask that is no list of flags, refused naming it. (The number of bins is checked
+    against the DNA cache by the caller, which knows what pooling would explain a difference.)"""
+    table = read_table(path, ("id", "mask"), recipe="gtex", what="coding masks table")
+    table = table.assign(id=table["id"].astype(str))
+    twice = table["id"][table["id"].duplicated()]
+    if len(twice):
+        raise InputError(f"transcript {twice.iloc[0]!r} has two rows in {path}; use the gtex recipe's coding_masks")
+    table = table.set_index("id")
+    absent = ids.loc[~ids.astype(str).isin(table.index)]
+    if len(absent):
+        raise InputError(f"transcript {absent.iloc[0]!r} has no row in {path}; use the same recipe output")
+    rows = table.loc[ids.astype(str), "mask"].to_list()
+
+    def flags(mask: Any) -> bool:
+        return isinstance(mask, (list, tuple, np.ndarray))
+
+    expected = len(rows[0]) if flags(rows[0]) else n_bins
+    bad = next((i for i, m in zip(ids, rows, strict=True) if not flags(m) or len(m) != expected), None)
+    if bad is not None:
+        raise InputError(
+            f"transcript {bad!r}'s mask in {path} is no list of {expected} flags like the others; use the gtex "
+            "recipe's coding_masks"
+        )
+    return np.stack(rows).astype(np.float32)
+
+
+# a tissue standardised with its own training labels has train-split mean 0 and standard deviation 1 to float32
+# rounding; one scaled with the seen tissues' pooled statistics (a recipe's held-out tissue) does not
+SELF_SCALED_TOLERANCE = 1e-4
+
+
+def check_held_out_scaling(
+    values: np.ndarray, train: np.ndarray, tissues: list[str], held_out: set[str], labels: str, log1p_path: Path
+) -> None:
+    """Refuse a held-out tissue whose labels were standardised with its own training labels (their train-split mean
+    0 and std 1): its held-out score would rest on its own statistics. Read from the labels themselves, so a tissues
+    table of another recipe run cannot vouch for them."""
+    for k, tissue in enumerate(tissues):
+        if tissue not in held_out:
+            continue
+        column = values[train, k].astype(np.float64)
+        if abs(column.mean()) < SELF_SCALED_TOLERANCE and abs(column.std() - 1) < SELF_SCALED_TOLERANCE:
+            raise InputError(
+                f"held-out tissue {tissue!r} is standardised in {labels} with its own training labels (train-split "
+                f"mean {column.mean():.1e}, std {column.std():.6f}), and there is no {log1p_path} to scale it with the "
+                "seen tissues' statistics instead; put the recipe run's labels_log1p.parquet there (or name it with "
+                "[data] labels_log1p), or re-run the recipe with --holdout-tissues"
+            )
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:

@@ -75,6 +75,10 @@ class CdbridgeTask(Task):
                 raise InputError(f"[model] ablations names {ablation!r}; expected some of {list(ABLATIONS)}")
         if config.model.stage == 1:
             self.metric = "neg_bce"  # finite even where a split has no coding bin (AUROC undefined)
+            # the permutation null is scored on what stage 1 reports (stage 2's names are not among its metrics);
+            # its no-input reference is the position prior beside every stage-1 metric (prior_auroc, prior_auprc)
+            self.null_metrics = ("neg_bce", "auroc", "auprc")
+            self.no_input_baseline = ""
 
     # ---- data and model -------------------------------------------------------------------------------------
     def load(self) -> CdbridgeData:
