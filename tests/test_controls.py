@@ -156,8 +156,13 @@ def test_a_leak_the_null_shares_is_flagged_against_the_no_input_baseline(tmp_pat
 
     config = write_pairs(tmp_path, signal=True)
     config["train"].update(null_draws=3, controls=["permuted_labels"], epochs=3)
-    honest = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
+    run = run_training(config_from_dict(config), progress=False)
+    honest = run["null"]["test"]["pearson"]
     assert honest["baseline"] == "per_gene_mean" and not honest["null_above_baseline"]
+    # each draw beside the per-gene mean of its own permuted labels (near 0), not of the real ones
+    assert honest["baseline_fitted_on"] == "each draw's permuted labels"
+    real = run["models"]["per_gene_mean"]["test"]["pearson"]
+    assert abs(honest["baseline_value"]) < 0.3 and honest["baseline_value"] != pytest.approx(real)
     assert "WARNING" not in capsys.readouterr().out
     plain = dna_mlp.DnaMlpTask.predict_chunk
     monkeypatch.setattr(
@@ -189,6 +194,31 @@ def test_a_few_scattered_null_draws_above_the_baseline_are_no_leak_but_agreeing_
     summary = null_summary(one, "m", 2, ("s",), "base")["test"]["s"]
     assert "null_above_baseline" not in summary and "needs two or more" in summary["not_compared"]
     assert flagged([0.231, 0.229, 0.230]) and not flagged([0.031, 0.029, 0.030])  # above 0.05 only where it is
+
+
+def test_a_moderate_leak_is_flagged_against_the_baseline_of_each_draws_own_labels():
+    """A per-gene mean fitted on the real labels scores 0.41 on the demo's CDT; on a null draw's permuted labels it
+    scores about 0. Draws lifted to 0.38 by a leak sit below the former and far above the latter."""
+    from dogmacache.train.controls import NULL_BASELINE, null_names, null_summary
+
+    leaked = [0.31, 0.45, 0.38, 0.42, 0.33, 0.39]
+    own = [-0.07, 0.007, 0.032, 0.103, 0.173, -0.02]  # the per-gene mean refitted on each draw's labels
+    results = {"m": {"test": {"pearson": 0.93}}, "base": {"test": {"pearson": 0.413}}}
+    for name, value, base in zip(null_names(len(leaked)), leaked, own, strict=True):
+        results[name] = {"test": {"pearson": value}, NULL_BASELINE: {"pearson": base}}
+    row = null_summary(results, "m", len(leaked), ("pearson",), "base")["test"]["pearson"]
+    assert row["null_above_baseline"] and row["baseline_fitted_on"] == "each draw's permuted labels"
+    assert row["null_gain_over_baseline"] == pytest.approx(np.mean(leaked) - np.mean(own))
+    for name in null_names(len(leaked)):  # without the draws' own baselines: the real labels' one, which misses it
+        del results[name][NULL_BASELINE]
+    row = null_summary(results, "m", len(leaked), ("pearson",), "base")["test"]["pearson"]
+    assert not row["null_above_baseline"] and row["baseline_fitted_on"] == "the real labels"
+    honest = {
+        n: {"test": {"pearson": v}, NULL_BASELINE: {"pearson": b}}
+        for n, v, b in zip(null_names(6), [0.05, -0.1, 0.12, 0.0, 0.2, -0.05], own, strict=True)
+    }
+    row = null_summary({**results, **honest}, "m", 6, ("pearson",), "base")["test"]["pearson"]
+    assert not row["null_above_baseline"]
 
 
 def test_a_metric_some_draws_lack_is_summarised_over_the_draws_that_have_it():

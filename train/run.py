@@ -34,6 +34,7 @@ from dogmacache.errors import CacheError, InputError
 from dogmacache.train import checkpoint, plots
 from dogmacache.train.config import RunConfig, changed_keys
 from dogmacache.train.controls import (
+    NULL_BASELINE,
     NULL_MARGIN,
     check_controls,
     control_configs,
@@ -388,15 +389,21 @@ def _run(
 
     done: dict[str, dict[str, Any]] = {}  # prerequisite runs of this call, by configuration
     results: dict[str, Any] = {config.task: _fit_task(task, data, config.task, out, progress, done)}
+    fixed: dict[str, FixedBaseline] = {}
     for name, baseline in task.baselines(data).items():
         if isinstance(baseline, FittedBaseline):
             results[name] = _fit_task(baseline.task, data, name, out, progress, done)
         elif isinstance(baseline, FixedBaseline):
+            fixed[name] = baseline
             predictions = {s: baseline.predict(data, s) for s in ("validation", "test")}
             results[name] = {s: task.metrics(p, data, s) for s, p in predictions.items()}
             results[name]["predictions"] = predictions
+    no_input = fixed.get(task.no_input_baseline)
+    nulls = set(null_names(config.train.null_draws))
     for name, (control, control_data) in controls(task, data).items():
         results[name] = _fit_task(control, control_data, name, out, progress, done)
+        if no_input is not None and name in nulls:  # the no-input baseline fitted on this draw's permuted labels
+            results[name][NULL_BASELINE] = control.metrics(no_input.predict(control_data, "test"), control_data, "test")
     summary = {
         "task": config.task,
         "metric": task.metric,  # the validation metric that chose each checkpoint
@@ -477,8 +484,8 @@ def print_null(null: dict[str, Any], model: str) -> None:
         if n.get("null_above_baseline"):
             print(
                 f"    WARNING: the null's draws score {n['null_gain_over_baseline']:+.3f} above the no-input baseline "
-                f"{n['baseline']} ({n['baseline_value']:.3f}), beyond {NULL_MARGIN} and the 97.5 % t bound of their "
-                "mean: with "
+                f"{n['baseline']} fitted on {n['baseline_fitted_on']} ({n['baseline_value']:.3f}), beyond "
+                f"{NULL_MARGIN} and the 97.5 % t bound of their mean: with "
                 "labels permuted apart from the inputs, something else reaches the labels (test labels read at "
                 "evaluation, an answer joined into the inputs); the model's number and this p are not evidence"
             )
