@@ -755,3 +755,30 @@ def test_a_stage_1_runs_permutation_null_is_scored_on_its_own_metrics(tmp_path):
     null = summary["null"]["test"]
     assert set(null) == {"neg_bce", "auroc", "auprc"}  # stage 2's expression metrics: never scored by stage 1
     assert all(null[m]["draws_scored"] == 2 and "not_scored" not in null[m] for m in null)
+
+
+def test_a_resume_refuses_a_tissues_table_or_labels_log1p_changed_beside_the_labels(tmp_path):
+    """[data] tissues_table and labels_log1p left empty read the files beside the labels: a checkpoint records
+    them by content too, so that a resume cannot go on with another tissue held out (one it trained on) or another
+    scaling."""
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = []
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    labels.to_parquet(tmp_path / "labels_log1p.parquet")
+    run_training(config_from_dict(raw), progress=False)
+    written = torch.load(tmp_path / "out" / "cdbridge_last.pt", weights_only=False)
+    assert {"tissues_table", "labels_log1p"} <= set(written["data_files"])
+    raw["output"]["resume"] = True
+    raw["train"]["epochs"] = 3
+    pd.DataFrame({"tissue": TISSUES, "held_out": [False, True, False]}).to_parquet(tmp_path / "tissues.parquet")
+    with pytest.raises(
+        InputError,
+        match=r"trained on another \[data\] tissues_table file than this run's '.*tissues\.parquet'",
+    ):
+        run_training(config_from_dict(raw), progress=False)
+    pd.DataFrame({"tissue": TISSUES, "held_out": [False, False, True]}).to_parquet(tmp_path / "tissues.parquet")
+    (tmp_path / "labels_log1p.parquet").unlink()
+    with pytest.raises(InputError, match=r"trained reading a \[data\] labels_log1p file this run does not read"):
+        run_training(config_from_dict(raw), progress=False)

@@ -98,10 +98,12 @@ def check_resume(
     config: dict[str, Any],
     fingerprints: dict[str, Any],
     splits: dict[str, str] | None = None,
+    files_read: dict[str, str] | None = None,
 ) -> None:
     """Refuse to resume from a checkpoint of another run: the first differing config key, cache fingerprint,
-    split's examples (`splits`, `split_digests`) or [data] file content (`data_files`). A labels file rewritten in
-    place with other splits would otherwise score the resumed model on the rows it trained on."""
+    split's examples (`splits`, `split_digests`) or [data] file content (`data_files`, with the files read from
+    a default place, `files_read`). A labels file rewritten in place with other splits would otherwise score the
+    resumed model on the rows it trained on; a tissues table swapped beside them, on a tissue it trained on."""
     fix = (
         f"set --set output.resume=false --set output.overwrite=true to start over in {path.parent}, "
         "or choose another [output] dir"
@@ -121,9 +123,12 @@ def check_resume(
             f"{path} has trained {done} epochs, more than this run's train.epochs = {epochs}; a resume may add "
             f"epochs, not take them back: set train.epochs to {done} or more, or {fix.removeprefix('set ')}"
         )
-    files, now = checkpoint.get("data_files") or {}, data_files(config)
+    files, now = checkpoint.get("data_files") or {}, data_files(config, files_read)
     for key in sorted(set(files) & set(now)):
-        _check_file(files, now, key, path, config, fix)
+        _check_file(files, now, key, path, config, fix, files_read)
+    gone = sorted(set(files) - set(now))
+    if gone:  # a file it read is not read now (labels_log1p.parquet removed from beside the labels)
+        raise InputError(f"{path} was trained reading a [data] {gone[0]} file this run does not read; {fix}")
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -178,12 +183,18 @@ def _check_splits(
 
 
 def _check_file(
-    files: dict[str, str], now: dict[str, str], key: str, path: str | Path, config: dict[str, Any], fix: str
+    files: dict[str, str],
+    now: dict[str, str],
+    key: str,
+    path: str | Path,
+    config: dict[str, Any],
+    fix: str,
+    files_read: dict[str, str] | None = None,
 ) -> None:
     if files[key] != now[key]:
+        shown = _lookup(config, f"data.{key}") or (files_read or {}).get(key)
         raise InputError(
-            f"{path} was trained on another [data] {key} file than this run's "
-            f"{_lookup(config, f'data.{key}')!r} (sha256 differs); {fix}"
+            f"{path} was trained on another [data] {key} file than this run's {shown!r} (sha256 differs); {fix}"
         )
 
 
@@ -237,13 +248,15 @@ def check_prerequisite(
             raise InputError(f"{path} was trained with [data] {key} = {old!r} but this run has {new!r}; {fix}")
 
 
-def data_files(config: dict[str, Any]) -> dict[str, str]:
+def data_files(config: dict[str, Any], files_read: dict[str, str] | None = None) -> dict[str, str]:
     """The sha256 of each file a run's [data] names (labels, masks, tables; caches are folders and have their
-    fingerprints): what a checkpoint records of the files it was trained on."""
+    fingerprints), and of each file it read from a default place for a key left empty (`files_read`,
+    `TaskData.files_read`): what a checkpoint records of the files it was trained on."""
+    named = {k: v for k, v in (config.get("data") or {}).items() if isinstance(v, str) and v}
     found = {}
-    for key, value in (config.get("data") or {}).items():
+    for key, value in {**(files_read or {}), **named}.items():
         # a checkpoint named there (stage1_checkpoint) is matched by what it read, not by its own bytes
-        if isinstance(value, str) and value and not key.endswith("_checkpoint") and os.path.isfile(value):
+        if not key.endswith("_checkpoint") and os.path.isfile(value):
             stat = os.stat(value)
             found[key] = _file_sha256(os.path.realpath(value), stat.st_size, stat.st_mtime_ns)
     return found

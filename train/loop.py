@@ -112,7 +112,9 @@ def fit(
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "reference": None, "stale": 0, "history": []}
     if task.config.output.resume and last.is_file():
         saved = checkpoint.read(last, map_location=device, fix=checkpoint.resume_fix(last))
-        checkpoint.check_resume(saved, last, meta["config"], meta["fingerprints"], meta.get("splits"))
+        checkpoint.check_resume(
+            saved, last, meta["config"], meta["fingerprints"], meta.get("splits"), meta.get("files_read")
+        )
         checkpoint.check_prerequisites_kept(saved, last, meta.get("prerequisites") or {})
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -75,7 +75,8 @@ def _fit_task(
         "config": task.config.to_dict(),
         "fingerprints": data.fingerprints,
         "splits": data.split_digests(),  # the examples it was trained and chosen on
-        "data_files": checkpoint.data_files(task.config.to_dict()),  # the [data] files it read, by sha256
+        "data_files": checkpoint.data_files(task.config.to_dict(), data.files_read),  # files it read, by sha256
+        "files_read": data.files_read,  # those read from a default place
         "versions": package_versions(),
         "extras": data.extras,
         "prerequisites": handed,
@@ -338,14 +339,19 @@ def preflight(task: Task, data: TaskData, out: Path) -> None:
     for name, t, fingerprints, fix in models:
         last = out / f"{name}_last.pt"
         if config.output.resume and last.is_file():
-            checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits)
+            checkpoint.check_resume(resumed(last), last, t.config.to_dict(), fingerprints, splits, data.files_read)
             _check_handed_on(name, t, data, out, last, resumed(last), read)  # the prerequisites it started from
         for role, p in t.prerequisites(data).items():
             if not p.checkpoint:
                 last = out / p.folder / f"{name}_{role}_last.pt"
                 if config.output.resume and last.is_file():
                     checkpoint.check_resume(
-                        resumed(last), last, p.task.config.to_dict(), fingerprints, p.data.split_digests()
+                        resumed(last),
+                        last,
+                        p.task.config.to_dict(),
+                        fingerprints,
+                        p.data.split_digests(),
+                        p.data.files_read,
                     )
                 continue
             named = read(p.checkpoint, **_named_how(role))

@@ -129,6 +129,10 @@ class TaskData:
     # per labelled row, its `split` and the items it may share with other rows (`linked_items`: its gene, DNA window,
     # protein): `check_examples` keeps each in one split, as the recipes do; None for a task whose rows share none
     links: pd.DataFrame | None = None
+    # files read from their default place, for [data] keys left empty (CDBridge's tissues.parquet and
+    # labels_log1p.parquet beside the labels): key -> path. Checkpoints record them by content with the files
+    # [data] names (`checkpoint.data_files`), so that a resume refuses a run whose such file changed
+    files_read: dict[str, str] = field(default_factory=dict)
     _split_digests: Any = field(default=None, init=False, repr=False, compare=False)  # (a replace() starts anew)
 
     def split_digests(self) -> dict[str, str] | None:

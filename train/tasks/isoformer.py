@@ -264,6 +264,7 @@ def load_isoformer(config: Any) -> IsoformerData:
         part = frame[keep].reset_index(drop=True)
         part["target"] = list(targets[keep])
         splits[split] = part
+    beside = Path(d.labels).with_name("tissues.parquet")  # the tissue list `_read_labels` takes, where it is there
     data = IsoformerData(
         splits=splits,
         links=linked_items(table, ("gene_id", *(f"{m}_id" for m in modalities))),
@@ -272,6 +273,7 @@ def load_isoformer(config: Any) -> IsoformerData:
         caches=caches,
         masks=masks,
         preload=preload,
+        files_read={"tissues_table": str(beside)} if beside.is_file() else {},
     )
     if d.standardize:
         for modality in caches:

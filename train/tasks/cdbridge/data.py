@@ -201,6 +201,10 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         extras=extras,
         dna_scale=scale,
         variants={TRAIN_ALL: ("train", train_all)},  # training cells of every tissue ([data] train_held_out)
+        files_read={
+            **({} if d.tissues_table else {"tissues_table": info_path}),
+            **({"labels_log1p": str(log1p_path)} if not d.labels_log1p and log1p_path.is_file() else {}),
+        },
     )
 
 
