@@ -782,3 +782,19 @@ def test_a_resume_refuses_a_tissues_table_or_labels_log1p_changed_beside_the_lab
     (tmp_path / "labels_log1p.parquet").unlink()
     with pytest.raises(InputError, match=r"trained reading a \[data\] labels_log1p file this run does not read"):
         run_training(config_from_dict(raw), progress=False)
+
+
+def test_the_dna_scale_depends_on_the_data_not_the_runs_seed(tmp_path, monkeypatch):
+    """A stage 2 of another [train] seed may take a named stage-1 checkpoint: the windows the DNA scale is
+    estimated from must be the same for both, or the frozen connector reads DNA scaled otherwise than it learnt."""
+    from dogmacache.train.tasks.cdbridge import data as cdbridge_data
+
+    monkeypatch.setattr(cdbridge_data, "DNA_SCALE_WINDOWS", 3)  # a sample of the 6 training windows
+    raw = write_recipe(tmp_path)
+    scales = []
+    for seed in (0, 1, 7):
+        raw["train"]["seed"] = seed
+        scales.append(CdbridgeTask(config_from_dict(raw)).load().extras["dna_scale"])
+    assert scales[0] == scales[1] == scales[2]
+    monkeypatch.setattr(cdbridge_data, "DNA_SCALE_WINDOWS", 512)  # every window: another estimate than the sample
+    assert CdbridgeTask(config_from_dict(raw)).load().extras["dna_scale"] != scales[0]

@@ -177,7 +177,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
         preload = dna.read_rows(np.arange(len(dna)), dtype=np.float32).reshape(len(dna), *dna.item_shape)
     scale = None
     if d.standardize_dna:
-        scale = dna_scale(dna, preload, np.unique(transcripts["train"]["dna_row"].to_numpy()), seed=config.train.seed)
+        scale = dna_scale(dna, preload, np.unique(transcripts["train"]["dna_row"].to_numpy()))
         extras["dna_scale"] = {"mean": scale[0].tolist(), "std": scale[1].tolist()}
         if preload is not None:  # applied once, in place (no second copy of the preload)
             preload -= scale[0]
@@ -265,18 +265,21 @@ def stage1_view(data: CdbridgeData) -> CdbridgeData:
     return dataclasses.replace(data, splits=data.transcripts, variants={})
 
 
+# the DNA scale is estimated from at most this many training windows, drawn with a seed of its own: the data decide
+# it, not [train] seed, so that a stage 2 (or a run of another seed) taking a named stage-1 checkpoint z-scores the
+# DNA as that stage 1 was trained to read it
+DNA_SCALE_WINDOWS = 512
+DNA_SCALE_SEED = 0
+
+
 def dna_scale(
-    dna: EmbeddingCache,
-    preload: np.ndarray | None,
-    rows: np.ndarray,
-    seed: int,
-    max_windows: int = 512,
-    batch: int = 32,
+    dna: EmbeddingCache, preload: np.ndarray | None, rows: np.ndarray, batch: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin); at most `max_windows`
-    windows (a seeded sample), read `batch` at a time."""
-    if len(rows) > max_windows:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_windows, replace=False))
+    """Per-feature (mean, std) of the DNA tokens of `rows` (training windows, every bin); at most
+    DNA_SCALE_WINDOWS windows (a sample drawn with DNA_SCALE_SEED), read `batch` at a time."""
+    if len(rows) > DNA_SCALE_WINDOWS:
+        rows = np.random.default_rng(DNA_SCALE_SEED).choice(rows, DNA_SCALE_WINDOWS, replace=False)
+        rows = np.sort(rows)
     return feature_scale(_windows(dna, preload, None, rows[a : a + batch]) for a in range(0, len(rows), batch))
 
 
