@@ -108,12 +108,18 @@ def _case(
         )
 
     timed_run_embed(config("warmup", f"{name}_warmup"))
-    timed_run_embed(config("old", f"{name}_old"))
-    full_rates, reuse_rates = [], []
+    # the old cache at the default threads (the plan's, from this machine's load); the full and --reuse runs at the
+    # same count, named: a --reuse run takes its source's count, and a full run left to the plan could take
+    # another under a passing load (1 thread against 2 is ~1.5x on 2 cores, which would move the ratio)
+    threads = timed_run_embed(config("old", f"{name}_old"))["torch_threads"]
+    full_rates, reuse_rates, counts = [], [], set()
     for k in range(repeats):  # alternated, so that a busy moment of the machine hits both alike
-        full_rates.append(timed_run_embed(config("new", f"{name}_full{k}"))["items_per_s"])
-        reuse = config("new", f"{name}_reused{k}", reuse=(str(root / f"{name}_old"),))
-        reuse_rates.append(timed_run_embed(reuse)["items_per_s"])
+        full = timed_run_embed(config("new", f"{name}_full{k}", torch_threads=threads))
+        reuse = config("new", f"{name}_reused{k}", reuse=(str(root / f"{name}_old"),), torch_threads=threads)
+        reused = timed_run_embed(reuse)
+        full_rates.append(full["items_per_s"])
+        reuse_rates.append(reused["items_per_s"])
+        counts |= {full["torch_threads"], reused["torch_threads"]}
     compared = _compare(str(root / f"{name}_full0"), str(root / f"{name}_reused0"))
     for k in range(repeats):
         for out in (f"{name}_full{k}", f"{name}_reused{k}"):
@@ -129,6 +135,7 @@ def _case(
         "speedup": reused / full,
         "full_runs": full_rates,
         "reuse_runs": reuse_rates,
+        "torch_threads": sorted(counts),  # one count: every run alike
         **compared,
     }
 
@@ -170,14 +177,18 @@ def reuse_tables(r: dict[str, Any]) -> list[Table]:
             c["reuse_items_per_s"],
             c["speedup"],
             "yes" if c["identical"] else f"no: {c['rows_differing']} rows, max |diff| {c['max_abs_difference']:.1e}",
-            verdict(c["speedup"], TARGET_SPEEDUP),
+            c["torch_threads"][0] if len(c["torch_threads"]) == 1 else "differ",
+            verdict(c["speedup"], TARGET_SPEEDUP)
+            if len(c["torch_threads"]) == 1
+            else f"n/a (threads {c['torch_threads']})",
         ]
         for c in r["cases"]
     ]
     return [
         table(
             f"reuse: a table overlapping an existing cache by {OVERLAP:.0%}, embedded in full and with --reuse "
-            "(tiny demo models on CPU, `dogmacache embed`'s default input workers and threads)",
+            "(tiny demo models on CPU, `dogmacache embed`'s default input workers; the threads its plan gave the old "
+            "cache, named for the full and --reuse runs alike)",
             [
                 "model, input",
                 "items",
@@ -186,6 +197,7 @@ def reuse_tables(r: dict[str, Any]) -> list[Table]:
                 "--reuse items/s",
                 "speed-up",
                 "byte-identical",
+                "threads",
                 f">= {TARGET_SPEEDUP:g}x",
             ],
             rows,

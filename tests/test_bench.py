@@ -411,10 +411,13 @@ def test_reuse_section_at_tiny_size(tmp_path):
         assert case["identical"] and case["rows_differing"] == 0, case
         assert case["overlap"] == pytest.approx(0.9, abs=0.03)
         assert _positive(case["full_items_per_s"]) and _positive(case["reuse_items_per_s"])
+        assert len(case["torch_threads"]) == 1  # the full and --reuse runs at one count, or no verdict
     assert list(tmp_path.iterdir()) == []
     text = "\n".join(bench.render_text(t) for t in reuse_tables(result))
     assert ">= 8x" in text and "byte-identical" in text and "medians of 1 runs" in text
     assert "Enformer, DNA windows, 16 shards" in text
+    differ = {**result, "cases": [{**cases[0], "torch_threads": [1, 2]}]}
+    assert "n/a (threads [1, 2])" in bench.render_text(reuse_tables(differ)[0])
 
 
 def test_a_rate_rows_cells_keep_each_runs_place():
