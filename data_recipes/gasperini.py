@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dogmacache.contracts.windows import interval_center, window_site_id
+from dogmacache.contracts.windows import interval_center, tss, window_site_id
 from dogmacache.data_recipes import formats, sources, tables
 from dogmacache.errors import InputError
 
@@ -171,7 +171,7 @@ def _gene_tss(pairs: pd.DataFrame, results: Path, header: list[str]) -> pd.Serie
         )
         for end in ("start", "stop")
     }
-    return ends["start"].where(strand == "+", ends["stop"])
+    return pd.Series(tss(ends["start"].to_numpy(), ends["stop"].to_numpy(), strand.to_numpy()), index=pairs.index)
 
 
 def build_gasperini(

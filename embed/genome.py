@@ -148,11 +148,14 @@ class Genome:
                 f"centre {int(center):,} is outside chromosome {chrom!r} (1..{size:,}); check the table's "
                 "coordinates and genome build, or drop the row"
             )
-        start = window_start0(int(center), length)
-        end = start + length
-        left, right = max(0, -start), max(0, end - size)
-        seq = "N" * left + record[max(0, start) : min(size, end)] + "N" * right
-        return seq, left + right
+        return self.span(name, window_start0(int(center), length), length)
+
+    def span(self, chrom: str, start0: int, length: int) -> tuple[str, int]:
+        """(`length` bases from 0-based `start0`, N past either chromosome end; how many such N)."""
+        record = self.fasta[self.resolve(chrom)]
+        size, end = len(record), start0 + length
+        left, right = max(0, -start0), max(0, end - size)
+        return "N" * left + record[max(0, start0) : min(size, end)] + "N" * right, left + right
 
 
 def index_fits(fasta: Path, fai: Path) -> bool:

@@ -117,11 +117,8 @@ def unanchored(edit: Edit) -> Edit:
 
 
 def reference(genome: Genome, chrom: str, start0: int, length: int) -> str:
-    """`length` reference bases from 0-based `start0`, N past either chromosome end."""
-    record = genome.fasta[genome.resolve(chrom)]
-    size = len(record)
-    left, right = max(0, -start0), max(0, start0 + length - size)
-    return "N" * left + record[max(0, start0) : min(size, start0 + length)] + "N" * right
+    """`length` reference bases from 0-based `start0`, N past either chromosome end (`Genome.span`)."""
+    return genome.span(chrom, start0, length)[0]
 
 
 def check_ref(edit: Edit, genome: Genome, where: str = "") -> Edit:
@@ -158,10 +155,11 @@ def edited_window(genome: Genome, chrom: str, start0: int, length: int, edits: S
     for edit in reversed(ordered):
         a = edit.start0 - start0
         seq = seq[:a] + edit.alt + seq[a + len(edit.ref) :]
-    seq = seq[:length]
     size = genome.length(chrom)
-    padded = max(0, -start0) + max(0, start0 + length + extra - size)
-    return seq, padded
+    # the N past the end close the edited sequence (no edit reaches them); those an insertion pushes out of the
+    # window are not in it
+    right = max(0, max(0, start0 + length + extra - size) - (len(seq) - length))
+    return seq[:length], max(0, -start0) + right
 
 
 class WindowSource:

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from dogmacache.cache import EmbeddingCache
 from dogmacache.cache.layout import as_read
-from dogmacache.contracts.windows import window_holds, window_start0
+from dogmacache.contracts.windows import window_holds, window_label, window_start0
 from dogmacache.devices import CoreWatch, pick_device, torch_threads
 from dogmacache.embed.adapters import EmbeddingAdapter, get_adapter
 from dogmacache.embed.genome import Genome
@@ -60,8 +60,7 @@ class Scanner:
         return window_start0(int(self.table["center"].iloc[row]), self.window_bp)
 
     def window_label(self, row: int) -> str:
-        start0 = self.window_start0(row)
-        return f"{self.table['chrom'].iloc[row]}:{start0 + 1:,}-{start0 + self.window_bp:,}"
+        return window_label(str(self.table["chrom"].iloc[row]), int(self.table["center"].iloc[row]), self.window_bp)
 
     def affected(self, edits: Sequence[Edit]) -> list[int]:
         """Table rows whose window holds at least one of `edits` whole."""

@@ -36,6 +36,10 @@ def test_edited_windows_by_hand(tmp_path):
     assert edited_window(g, "chr1", 2, 5, [parse_edit("1:4-5", g)]) == ("CGTTA", 0)  # right flank pulled in
     assert edited_window(g, "chr1", 2, 5, [parse_edit("chr1:3 C>CAAA", g)]) == ("CAAAC", 0)  # pushed out
     assert edited_window(g, "chr1", 7, 5, [parse_edit("chr1:9 A>-", g)]) == ("TCNNN", 3)  # N past the end
+    # an insertion near the end pushes padding out of the window: only the N left in it count
+    assert edited_window(g, "chr1", 6, 6, [parse_edit("chr1:8 T>TGG", g)]) == ("TTGGAC", 0)
+    assert edited_window(g, "chr1", 6, 8, [parse_edit("chr1:8 T>TGG", g)]) == ("TTGGACNN", 2)
+    assert edited_window(g, "chr1", 6, 8, []) == ("TTACNNNN", 4)
     both = [parse_edit("chr1:3 C>G", g), parse_edit("chr1:6 G>A", g)]
     assert edited_window(g, "chr1", 0, 10, both) == ("AAGCGATTAC", 0)
 
