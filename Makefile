@@ -4,14 +4,16 @@ VENV       ?= .venv
 # A GPU box installs its CUDA build instead, e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
+PY         ?= $(BIN)/python
 STAMP      := $(VENV)/.dogmacache-installed
 OUT        ?= out
 
-# embed / train arguments (defaults: the demo's outputs, so both run offline after `make demo`)
+# embed / train arguments (defaults: the demo's outputs, so both run offline after `make demo`; MODEL_PATH: the
+# demo's tiny model of that name where there is one, else empty (the model's hub weights); GENOME for dna only)
 INPUT      ?= $(OUT)/demo/recipe/cdt/dna_windows.parquet
 MODALITY   ?= dna
 MODEL      ?= enformer
-MODEL_PATH ?= $(OUT)/demo/models/enformer
+MODEL_PATH ?= $(wildcard $(OUT)/demo/models/$(MODEL))
 GENOME     ?= $(OUT)/demo/recipe/genome.fa
 CACHE      ?= $(OUT)/cache/$(MODALITY)-$(MODEL).zarr
 EMBED_ARGS ?=
@@ -41,7 +43,8 @@ GPU_TESTS  ?= yes
 GPU_ENV     = $(shell $(GPU_PYTHON) -c 'import sys; print(sys.prefix)')
 GPU_LOGS   ?= $(OUT)/gpu-check
 # make in GPU_PYTHON's environment, taking it as set up (-o: never the CPU `setup`, which would install torch)
-GPU_MAKE    = $(MAKE) --no-print-directory VENV=$(GPU_ENV) -o $(GPU_ENV)/.dogmacache-installed
+# and PY=$(GPU_PYTHON): a system python's prefix (/usr) holds neither `python` nor the scripts pip installs
+GPU_MAKE    = $(MAKE) --no-print-directory VENV=$(GPU_ENV) PY=$(GPU_PYTHON) -o $(GPU_ENV)/.dogmacache-installed
 WHEELS     ?= .whl
 GPU_WHEEL_TAGS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
@@ -86,7 +89,8 @@ demo: setup
 
 embed: setup
 	$(BIN)/dogmacache embed --input $(INPUT) --modality $(MODALITY) --model $(MODEL) \
-		$(if $(MODEL_PATH),--model-path $(MODEL_PATH)) $(if $(GENOME),--genome $(GENOME)) --out $(CACHE) $(EMBED_ARGS)
+		$(if $(MODEL_PATH),--model-path $(MODEL_PATH)) $(if $(filter dna,$(MODALITY)),$(if $(GENOME),--genome $(GENOME))) \
+		--out $(CACHE) $(EMBED_ARGS)
 
 train: setup
 	$(BIN)/dogmacache train --config $(CONFIG) $(TRAIN_ARGS)
@@ -96,12 +100,12 @@ bench: setup
 
 bench-gpu: setup
 	$(if $(filter $(BENCH_SIZE),full tiny),,$(error BENCH_SIZE=$(BENCH_SIZE) is not full or tiny))
-	$(BIN)/dogmacache bench --only gpu --gpu-size $(BENCH_SIZE) $(if $(GPU_PARTS),--gpu-parts $(GPU_PARTS)) \
+	$(PY) -m dogmacache.cli bench --only gpu --gpu-size $(BENCH_SIZE) $(if $(GPU_PARTS),--gpu-parts $(GPU_PARTS)) \
 		--out $(OUT)/bench-gpu
 
 test-gpu: setup
 	mkdir -p $(OUT)/test-gpu
-	$(BIN)/python -m pytest -m gpu -v -rs --durations=10 --junitxml=$(OUT)/test-gpu/junit.xml \
+	$(PY) -m pytest -m gpu -v -rs --durations=10 --junitxml=$(OUT)/test-gpu/junit.xml \
 		tests/test_gpu_embed.py tests/test_gpu_compile.py
 
 gpu-setup:
@@ -110,7 +114,6 @@ gpu-setup:
 		"setuptools>=77"
 	$(GPU_PYTHON) -m pip install --quiet --no-compile $(if $(wildcard $(WHEELS)/*.whl),--no-index --find-links $(WHEELS)) \
 		--no-build-isolation -e .
-	touch $(GPU_ENV)/.dogmacache-installed
 
 gpu-check:
 	mkdir -p $(GPU_LOGS)

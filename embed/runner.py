@@ -159,6 +159,11 @@ def load(config: EmbedConfig, device: torch.device):
                 f"(it has {', '.join(genome.chromosomes[:8])}); check the genome build"
             )
         _check_centres(table, genome)
+    elif config.genome:  # it would be recorded (and digested) with a cache whose inputs never read it
+        raise InputError(
+            f"--genome {config.genome} cuts DNA windows, and --modality {config.modality} reads its inputs from the "
+            "table: drop --genome"
+        )
     adapter = cls(config.model_path, options, device, revision=config.revision, random_init=config.random_init)
     adapter.check_table(table)
     if config.compile not in COMPILE_MODES:

@@ -244,7 +244,7 @@ def test_cdt_section_through_fresh_processes(tmp_path):
 def test_make_bench_gpu_at_tiny_size_runs_on_cpu(tmp_path):
     """The command `make bench-gpu BENCH_SIZE=tiny` runs (read from the Makefile), on this CPU."""
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n\t\t", "")
-    line = re.search(r"^\t\$\(BIN\)/dogmacache (bench --only gpu .*)$", makefile, re.MULTILINE).group(1)
+    line = re.search(r"^\t\$\(PY\) -m dogmacache.cli (bench --only gpu .*)$", makefile, re.MULTILINE).group(1)
     line = line.replace("$(if $(GPU_PARTS),--gpu-parts $(GPU_PARTS))", "")  # GPU_PARTS unset: every part
     argv = line.replace("$(BENCH_SIZE)", "tiny").replace("$(OUT)/bench-gpu", str(tmp_path)).split()
     assert main(argv) == 0

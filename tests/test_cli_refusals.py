@@ -52,6 +52,12 @@ def test_embed_refusals_are_one_line(tmp_path, capsys):
         ],
     )
     assert "protein.tsv is not a FASTA file (it starts with b'i', not '>')" in message
+    # a genome beside proteins would be recorded with the cache (and refuse its resume without it)
+    genome = tmp_path / "g.fa"
+    genome.write_text(">chr1\nACGT\n")
+    args = [*protein, "--model-path", str(esm2), "--genome", str(genome), "--out", str(tmp_path / "d.zarr")]
+    message = _error(capsys, args)
+    assert "--genome" in message and "--modality protein reads its inputs from the table: drop --genome" in message
     assert not any(tmp_path.glob("*.zarr"))
 
 
