@@ -4,8 +4,9 @@ the same metric, gradient clipping, optional bf16 autocast on CUDA, a progress b
 is predicted once, with the checkpoint chosen on validation.
 
 Runs as one process or under `torchrun` (DDP; gloo on CPU, nccl on CUDA): every process walks the same chunks
-and takes its slice of each global batch, so the averaged gradient is the one-process gradient up to
-summation order.
+and takes its slice of each global batch, its loss weighted by its share of the batch (slices differ by one
+example where the batch does not divide), so that for a loss that is a mean over its examples the averaged
+gradient is the one-process gradient up to summation order; `log.csv`'s train loss is the global batch's.
 """
 
 from __future__ import annotations
@@ -150,18 +151,25 @@ def fit(
             n = len(chunk)
             for a in range(0, n, t.batch_size):
                 idx = torch.arange(a, min(a + t.batch_size, n), device=device)
+                share = 1.0  # this process's part of the global batch's mean loss
                 if ddp:
                     if len(idx) < size:
                         continue  # every process needs at least one example of each global batch
-                    idx = idx[rank::size]
+                    n_global, idx = len(idx), idx[rank::size]
+                    share = len(idx) / n_global
                 batch = chunk.select(idx)
                 with autocast:
                     loss = task.loss(task.train_outputs(trained, batch, tables), batch, tables)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (share * size) if ddp else loss).backward()  # DDP averages over the processes
                 nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
                 optimizer.step()
-                losses.append(loss.item())
+                if ddp:  # the global batch's loss: the processes' parts summed
+                    part = (loss.detach() * share).float()
+                    torch.distributed.all_reduce(part)
+                    losses.append(part.item())
+                else:
+                    losses.append(loss.item())
                 bar.update(len(idx) * size)
         bar.close()
         if not losses:  # a task that drops the last partial batch, with fewer examples than one batch
