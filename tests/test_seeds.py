@@ -67,3 +67,13 @@ def test_aggregate_skips_undefined_values_and_parse_seeds_refuses_nonsense():
     for bad in ("a,b", "1,1", "-1"):
         with pytest.raises(InputError):
             parse_seeds(bad)
+
+
+def test_the_seed_table_keeps_a_gap_between_columns_of_negative_cells(capsys):
+    from dogmacache.train.seeds import print_seed_table
+
+    cell = {"mean": -0.132, "sd": 0.109, "min": -0.258, "max": -0.061}  # 31 characters, over the old 30
+    metrics = {f"models.control_permuted_labels.test.{m}": cell for m in ("pearson", "spearman", "r2")}
+    print_seed_table({"metrics": metrics, "seeds": [0, 1, 2]}, "pearson")
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.count("-0.132 ± 0.109 [-0.258, -0.061]") == 3 and "]-" not in row

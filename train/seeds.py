@@ -115,10 +115,15 @@ def print_seed_table(result: dict[str, Any], metric: str) -> None:
     columns = list(dict.fromkeys(["pearson", "spearman", "r2", metric]))
     models = list(dict.fromkeys(k.split(".")[1] for k in metrics if k.startswith("models.")))
     print(f"test metrics over seeds {result['seeds']} (mean ± sd [min, max])")
-    print(f"{'model':<26}" + "".join(f"{c:>30}" for c in columns))
+    rows = {}
     for name in models:
         cells = []
         for column in columns:
             m = metrics.get(f"models.{name}.test.{column}")
             cells.append(f"{m['mean']:.3f} ± {m['sd']:.3f} [{m['min']:.3f}, {m['max']:.3f}]" if m else "-")
-        print(f"{name:<26}" + "".join(f"{c:>30}" for c in cells))
+        rows[name] = cells
+    width = 2 + max([len(c) for c in (*columns, *(c for cells in rows.values() for c in cells))])  # a gap always
+    first = 2 + max(len("model"), *map(len, models))
+    print(f"{'model':<{first}}" + "".join(f"{c:>{width}}" for c in columns))
+    for name, cells in rows.items():
+        print(f"{name:<{first}}" + "".join(f"{c:>{width}}" for c in cells))
