@@ -58,6 +58,18 @@ def _stdout_closed() -> bool:
         return False
 
 
+def _file_error(args: argparse.Namespace, err: OSError) -> int:
+    """A file or folder a command could not read or make (missing, no permission, read-only disk, a file in the way,
+    full disk): the commands check their inputs and outputs ahead, so this is what none of them foresaw."""
+    where = f" {err.filename}" if err.filename else ""
+    print(
+        f"dogmacache {args.command}: error: cannot read or write{where}: {err.strerror}; check the path and its "
+        "permissions (an input you can read, an output folder you can write, space on its disk) and re-run",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports every stage's command line (matplotlib, torch): seconds
@@ -68,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (DogmaError, FileNotFoundError) as err:
+        if isinstance(err, FileNotFoundError) and err.errno is not None:  # the system's, not a message of ours
+            return _file_error(args, err)
         # Library code raises these with messages that name the value, the expectation and the fix.
         print(f"dogmacache {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -80,15 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno not in FILE_ERRNOS:
             raise
-        # a file or folder a command could not read or make (no permission, read-only disk, a file in the way, full
-        # disk): the commands check their inputs and outputs ahead, so this is what none of them foresaw
-        where = f" {err.filename}" if err.filename else ""
-        print(
-            f"dogmacache {args.command}: error: cannot read or write{where}: {err.strerror}; check the path and its "
-            "permissions (an input you can read, an output folder you can write, space on its disk) and re-run",
-            file=sys.stderr,
-        )
-        return 2
+        return _file_error(args, err)
     except KeyboardInterrupt:  # Ctrl-C: one line on what is left (a command may say it: set_defaults(interrupted=))
         kept = args.interrupted(args) if hasattr(args, "interrupted") else "re-run the same command to finish it"
         print(f"dogmacache {args.command}: interrupted; {kept}", file=sys.stderr)

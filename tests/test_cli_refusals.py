@@ -125,6 +125,9 @@ def test_an_output_path_under_a_file_is_one_line_before_the_work(tmp_path, capsy
     assert "is a file, not a folder; pick another --out" in said
     said = _error(capsys, ["demo", "--out", str(blocker)])  # the demo's own folders: caught at the top
     assert "cannot read or write" in said and "Not a directory" in said
+    # a folder whose parent cannot be made: the system's FileNotFoundError said as such, with the fix
+    said = _error(capsys, ["demo", "--out", "/proc/no/such"])
+    assert said.startswith("dogmacache demo: error: cannot read or write /proc/no") and "check the path" in said
 
 
 def test_esm2_and_nucleotide_transformer_refuse_each_others_folders(tmp_path, capsys):
