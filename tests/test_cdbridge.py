@@ -798,3 +798,14 @@ def test_the_dna_scale_depends_on_the_data_not_the_runs_seed(tmp_path, monkeypat
     assert scales[0] == scales[1] == scales[2]
     monkeypatch.setattr(cdbridge_data, "DNA_SCALE_WINDOWS", 512)  # every window: another estimate than the sample
     assert CdbridgeTask(config_from_dict(raw)).load().extras["dna_scale"] != scales[0]
+
+
+def test_a_run_trained_on_its_held_out_tissues_says_none_of_its_numbers_is_zero_shot(tmp_path, capsys):
+    from dogmacache.train.run import run_training
+
+    raw = write_recipe(tmp_path)
+    raw["data"]["train_held_out"] = True
+    raw["model"]["ablations"] = []
+    raw["train"]["epochs"] = 1
+    run_training(config_from_dict(raw), progress=False)
+    assert "train_held_out = true: every model trained on the held-out tissues too" in capsys.readouterr().out

@@ -312,7 +312,7 @@ class CdbridgeTask(Task):
 
     def figures(self, results: dict[str, Any], data: CdbridgeData, out_dir: Any) -> list[Any]:
         """Per-tissue R², seen vs held-out and kept-token bars per model; prints the seen vs held-out table."""
-        return report.figures(results, data, out_dir)
+        return report.figures(results, data, out_dir, self.config.data.train_held_out)
 
 
 def _mean_of(values: dict[str, float], names: list[str]) -> float:
