@@ -111,7 +111,9 @@ def _check_direction(chain_path: Path) -> None:
 
     sizes = None
     try:
-        with gzip.open(chain_path, "rt") as fh:
+        with open(chain_path, "rb") as raw:
+            packed = raw.read(2) == b"\x1f\x8b"  # liftover reads a plain chain file too
+        with gzip.open(chain_path, "rt") if packed else open(chain_path) as fh:
             for line in fh:
                 fields = line.split()
                 if len(fields) >= 9 and fields[0] == "chain" and fields[2] == "chr1" and fields[7] == "chr1":

@@ -154,8 +154,10 @@ class Genome:
         """(`length` bases from 0-based `start0`, N past either chromosome end; how many such N)."""
         record = self.fasta[self.resolve(chrom)]
         size, end = len(record), start0 + length
-        left, right = max(0, -start0), max(0, end - size)
-        return "N" * left + record[max(0, start0) : min(size, end)] + "N" * right, left + right
+        lo, hi = min(max(0, start0), size), max(0, min(size, end))  # a span wholly off the chromosome: no bases
+        bases = record[lo:hi] if lo < hi else ""
+        left = min(length, max(0, -start0))
+        return "N" * left + bases + "N" * (length - left - len(bases)), length - len(bases)
 
 
 def index_fits(fasta: Path, fai: Path) -> bool:

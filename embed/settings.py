@@ -188,6 +188,12 @@ def check_same_settings(out: str, wanted: dict[str, Any], flags: dict[str, dict]
         first = differ[0]
         more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
         then, now = found.config.get("genome") or {}, wanted.get("genome") or {}
+        if then and not now and modality != "dna":  # begun with a --genome this modality never read
+            raise InputError(
+                f"{out} was begun with --genome {then.get('name')!r} beside --modality {modality}, which reads no "
+                "genome (a --genome now refused there): embed into another --out with --reuse "
+                f"{out} (its rows are copied), or pass --overwrite"
+            )
         if then and now and then.get("sha256") == now.get("sha256") and then.get("name") != now.get("name"):
             raise InputError(  # the same bases under another name: the name is part of the cache's identity
                 f"{out} was embedded from the genome file {then['name']!r}, and this run's is {now['name']!r} with the "

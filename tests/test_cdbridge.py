@@ -705,7 +705,8 @@ def test_a_tissues_table_cannot_vouch_for_labels_scaled_with_a_held_out_tissues_
     with pytest.raises(InputError, match=r"held-out tissue 'Heart' is standardised in .* own training labels"):
         CdbridgeTask(config_from_dict(raw)).load()
     # a flag column that is not true/false (NaN, the text "False") is refused, not read as held out
-    for flags in ([False, np.nan, True], ["False", "False", "True"]):
+    nullable = pd.array([False, None, True], dtype="boolean")  # a bool dtype that holds NA
+    for flags in ([False, np.nan, True], ["False", "False", "True"], nullable):
         pd.DataFrame({"tissue": TISSUES, "held_out": flags}).to_parquet(tmp_path / "other.parquet")
         with pytest.raises(InputError, match=r"held_out column holds \w+ values .* not true/false"):
             CdbridgeTask(config_from_dict(raw)).load()

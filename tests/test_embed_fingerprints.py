@@ -260,3 +260,23 @@ def test_a_cache_stopped_before_its_first_shard_records_the_settings_it_was_fini
     manifest = open_cache(tmp_path / "c.zarr").manifest
     assert manifest.config["fidelity_items"] == 2 == manifest.fidelity["items"]
     assert manifest.config["max_batch"] == 3 and "resumed_with" not in manifest.config
+
+
+def test_a_protein_cache_begun_with_a_genome_points_to_reuse(tmp_path, monkeypatch):
+    """A cache begun with a --genome beside a modality that reads none (refused at the command line now) cannot
+    be resumed without one: the refusal names --reuse into another --out, which copies its rows (the genome is
+    not part of the reuse key), not a --genome the command line refuses."""
+    from types import SimpleNamespace
+
+    from dogmacache.embed import settings
+    from dogmacache.errors import InputError
+
+    old = {"precision": "fp32", "device": "cpu", "genome": {"name": "g.fa", "sha256": "ab" * 32}}
+    found = SimpleNamespace(modality="protein", model="esm2", config=old)
+    monkeypatch.setattr(settings, "existing_manifest", lambda out: found)
+    now = {k: v for k, v in old.items() if k != "genome"}
+    with pytest.raises(
+        InputError, match=r"begun with --genome 'g.fa' beside --modality protein.*--reuse .*--overwrite"
+    ):
+        settings.check_same_settings("p.zarr", now, {}, "protein", "esm2")
+    settings.check_same_settings("p.zarr", old, {}, "protein", "esm2")  # the settings it was begun with: no refusal

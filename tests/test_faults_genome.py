@@ -151,3 +151,15 @@ def test_an_index_fits_a_fasta_that_ends_in_an_empty_record(tmp_path):
     fasta.write_text(">a\nACGTACGT\nACG\n>b\n")
     assert Genome(fasta).length("a") == 11
     assert index_fits(fasta, tmp_path / "g.fa.fai")
+
+
+def test_a_span_past_either_end_is_padded_with_n_to_its_length(tmp_path):
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">chr1\n" + SEQ + "\n")
+    genome = Genome(fasta)
+    n = len(SEQ)
+    assert genome.span("chr1", -3, 8) == ("NNN" + SEQ[:5], 3)
+    assert genome.span("chr1", n - 2, 8) == (SEQ[-2:] + "N" * 6, 6)
+    # wholly off the chromosome, on either side: all N, still `length` long (a window cut short would shift the rest)
+    assert genome.span("chr1", n + 5, 8) == ("N" * 8, 8)
+    assert genome.span("chr1", -20, 8) == ("N" * 8, 8)

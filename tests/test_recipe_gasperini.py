@@ -164,6 +164,10 @@ def test_a_chain_lifting_hg38_to_hg19_is_refused(tmp_path):
         build_gasperini(paths, tmp_path / "out", GasperiniConfig())
     _write_chain(paths["chain"], "chain 1000 chr1 249250621 + 0 20000 chr1 248956422 + 0 20000 1\n20000\n\n")
     build_gasperini(paths, tmp_path / "ok", GasperiniConfig())  # the right direction: lifted
+    plain = tmp_path / "hg38ToHg19.over.chain"  # liftover also reads a chain file that is not gzipped
+    plain.write_text("chain 1000 chr1 248956422 + 0 20000 chr1 249250621 + 0 20000 1\n20000\n\n")
+    with pytest.raises(InputError, match=r"lifts hg38 to hg19"):
+        build_gasperini({**paths, "chain": plain}, tmp_path / "plain", GasperiniConfig())
 
 
 def test_same_seed_same_split_other_seed_other_split(tmp_path):

@@ -5,8 +5,10 @@ is predicted once, with the checkpoint chosen on validation.
 
 Runs as one process or under `torchrun` (DDP; gloo on CPU, nccl on CUDA): every process walks the same chunks
 and takes its slice of each global batch, its loss weighted by its share of the batch (slices differ by one
-example where the batch does not divide), so that for a loss that is a mean over its examples the averaged
-gradient is the one-process gradient up to summation order; `log.csv`'s train loss is the global batch's.
+example where the batch does not divide), so that for a loss that is a mean over its examples (CDT, IsoFormer,
+Bio-DTA, CDBridge's stage 1 and its MSE) the averaged gradient is the one-process gradient up to summation order,
+and `log.csv`'s train loss the global batch's. A loss over pairs within a batch is not: CDBridge's contrastive term
+takes its negatives from each process's own slice.
 """
 
 from __future__ import annotations

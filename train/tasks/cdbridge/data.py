@@ -58,7 +58,7 @@ def load_cdbridge(config: Any) -> CdbridgeData:
     tissues = tissue_columns(table, d.labels, listed, info_path, d.tissues, NOT_TISSUES)
     available = [c for c in table.columns if c in set(listed)]
     flags = info["held_out"]
-    if not pd.api.types.is_bool_dtype(flags):  # NaN or the text "False" would read as held out
+    if not pd.api.types.is_bool_dtype(flags) or flags.isna().any():  # NaN or "False" would read as held out
         raise InputError(
             f"{info_path}'s held_out column holds {flags.dtype} values ({flags.tolist()[:4]}), not true/false; use the "
             "tissues.parquet of the gtex recipe run that wrote the labels"
