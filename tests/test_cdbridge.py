@@ -810,3 +810,23 @@ def test_a_run_trained_on_its_held_out_tissues_says_none_of_its_numbers_is_zero_
     raw["train"]["epochs"] = 1
     run_training(config_from_dict(raw), progress=False)
     assert "train_held_out = true: every model trained on the held-out tissues too" in capsys.readouterr().out
+
+
+def test_a_resume_refuses_a_checkpoint_whose_inputs_were_scaled_otherwise(tmp_path, monkeypatch):
+    """A checkpoint records the scalings fitted on its training rows (`extras`): one written where the DNA scale
+    was estimated from another sample (an earlier version) is not resumed with this run's, whose inputs would be
+    scaled unlike those the model learnt on."""
+    from dogmacache.train.run import run_training
+    from dogmacache.train.tasks.cdbridge import data as cdbridge_data
+
+    raw = write_recipe(tmp_path)
+    raw["model"]["ablations"] = []
+    monkeypatch.setattr(cdbridge_data, "DNA_SCALE_WINDOWS", 3)  # a sample of the 6 training windows
+    run_training(config_from_dict(raw), progress=False)
+    raw["output"]["resume"] = True
+    run_training(config_from_dict(raw), progress=False)  # the same scale: resumed
+    monkeypatch.setattr(cdbridge_data, "DNA_SCALE_WINDOWS", 512)  # every window: another estimate
+    with pytest.raises(
+        InputError, match=r"cdbridge_stage1_last.pt was trained with inputs scaled by another dna_scale"
+    ):
+        run_training(config_from_dict(raw), progress=False)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from dogmacache.cache.fingerprint import first_fingerprint_difference
@@ -99,11 +100,15 @@ def check_resume(
     fingerprints: dict[str, Any],
     splits: dict[str, str] | None = None,
     files_read: dict[str, str] | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> None:
     """Refuse to resume from a checkpoint of another run: the first differing config key, cache fingerprint,
     split's examples (`splits`, `split_digests`) or [data] file content (`data_files`, with the files read from
     a default place, `files_read`). A labels file rewritten in place with other splits would otherwise score the
-    resumed model on the rows it trained on; a tissues table swapped beside them, on a tissue it trained on."""
+    resumed model on the rows it trained on; a tissues table swapped beside them, on a tissue it trained on.
+    `extras`: the scalings this run fitted on its training rows (`TaskData.extras`, e.g. CDBridge's DNA scale); one
+    that differs from the checkpoint's beyond float rounding (a sample drawn another way by an earlier version)
+    would feed the resumed model inputs scaled unlike those it trained on."""
     fix = (
         f"set --set output.resume=false --set output.overwrite=true to start over in {path.parent}, "
         "or choose another [output] dir"
@@ -129,6 +134,24 @@ def check_resume(
     gone = sorted(set(files) - set(now))
     if gone:  # a file it read is not read now (labels_log1p.parquet removed from beside the labels)
         raise InputError(f"{path} was trained reading a [data] {gone[0]} file this run does not read; {fix}")
+    saved = checkpoint.get("extras") or {}
+    for key in sorted(set(saved) & set(extras or {})):
+        if not _same_numbers(saved[key], extras[key]):
+            raise InputError(
+                f"{path} was trained with inputs scaled by another {key} than this run fits on the same training rows "
+                f"(written by another version of the task); {fix}"
+            )
+
+
+def _same_numbers(a: Any, b: Any) -> bool:
+    """Two JSON-like values alike, numbers within float32 rounding (relative 1e-5)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    try:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        return a == b
+    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-5, atol=1e-8, equal_nan=True))
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:

@@ -116,7 +116,13 @@ def fit(
     if task.config.output.resume and last.is_file():
         saved = checkpoint.read(last, map_location=device, fix=checkpoint.resume_fix(last))
         checkpoint.check_resume(
-            saved, last, meta["config"], meta["fingerprints"], meta.get("splits"), meta.get("files_read")
+            saved,
+            last,
+            meta["config"],
+            meta["fingerprints"],
+            meta.get("splits"),
+            meta.get("files_read"),
+            meta.get("extras"),
         )
         checkpoint.check_prerequisites_kept(saved, last, meta.get("prerequisites") or {})
         model.load_state_dict(saved["model"])
