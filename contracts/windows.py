@@ -15,8 +15,10 @@ windows, `explain`, `mutate`):
   orientation (bin 0 = lowest coordinate, on both strands: what the embed stage writes, since it reads the
   reference strand and flips reverse-complement outputs back). In "transcript" orientation minus-strand windows
   are reversed, so bin 0 is the 5'-most (highest-coordinate) bin.
-- Offsets from the centre are measured from the window's midpoint w0 + span_bp // 2 = c0 (the left edge of the
-  centre base) to a bin's middle, signed along the item's strand: positive = downstream on that strand.
+- Offsets from the centre are measured from the window's midpoint w0 + span_bp / 2 to a bin's middle, signed
+  along the item's strand: positive = downstream on that strand. For an even span_bp the midpoint is c0 (the left
+  edge of the centre base); for an odd one it is the middle of the centre base, c0 + 0.5, so that a '-' window's
+  offsets in transcript order equal a '+' window's in reference order for every span.
 - Clipping: a bin is cut to [0, chrom_size); a bin wholly past a chromosome end lies on padding (N) and has no
   coordinates (`inside` False).
 
@@ -186,9 +188,9 @@ def bin_coordinates(
     w0 = window_start0(center, geometry.span_bp)
     start = w0 + k * geometry.bin_bp
     end = start + geometry.bin_bp
-    c0 = int(center) - 1
+    midpoint = w0 + geometry.span_bp / 2.0  # c0 for an even span, the centre base's middle for an odd one
     middle = (start + end) / 2.0
-    offset = (middle - c0) if strand == "+" else (c0 - middle)  # from the window's midpoint, c0 (span even)
+    offset = (middle - midpoint) if strand == "+" else (midpoint - middle)
     upper = np.iinfo(np.int64).max if chrom_size is None else int(chrom_size)
     clipped_start, clipped_end = np.clip(start, 0, upper), np.clip(end, 0, upper)
     return BinCoordinates(
@@ -200,4 +202,4 @@ def bin_offsets(geometry: WindowGeometry) -> np.ndarray:
     """(B,) signed distance (bp) of each bin's middle from the centre, along the strand, for a '+' window in
     reference order; the same for a '-' window in transcript order (bins listed 5' to 3' on its strand)."""
     k = np.arange(geometry.n_bins)
-    return k * geometry.bin_bp + geometry.bin_bp / 2.0 - geometry.span_bp // 2  # as `bin_coordinates` measures
+    return k * geometry.bin_bp + geometry.bin_bp / 2.0 - geometry.span_bp / 2.0  # as `bin_coordinates` measures

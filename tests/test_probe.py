@@ -455,6 +455,11 @@ def test_one_class_or_value_in_validation_or_test_and_another_modality_are_refus
     with pytest.raises(InputError, match=r"holds one class \(True, the positive class True\) in every test row; its"):
         probe(world, tmp_path, labels=tmp_path / "one.parquet", target="high")
     table = pd.read_parquet(root / "labels.parquet")
+    table.loc[table["split"] == "train", "high"] = False  # train of one class: said before any cache is read
+    table.to_parquet(tmp_path / "train_one.parquet")
+    with pytest.raises(InputError, match=r"column 'high' holds one class \(False\) in every train row; .*re-split"):
+        probe(world, tmp_path, labels=tmp_path / "train_one.parquet", target="high")
+    table = pd.read_parquet(root / "labels.parquet")
     table.loc[table["split"] == "validation", "y"] = 1.5
     table.to_parquet(tmp_path / "flat.parquet")
     with pytest.raises(InputError, match=r"holds one value \(1.5\) in every validation row; its R² is undefined"):

@@ -155,3 +155,21 @@ def test_gene_tss_records_its_sources_by_digest(tmp_path):
     }
     given = build_gene_tss(gtf, ["A"], tmp_path / "out2", fractions=(1.0, 0.0, 0.0))
     assert given["sources"]["genes"] == {"name": "list", "n": 1}
+
+
+@pytest.mark.parametrize("n_bins,bin_bp", [(5, 7), (1, 5), (3, 128), (4, 8)])
+def test_offsets_are_strand_symmetric_for_odd_and_even_spans(n_bins, bin_bp):
+    """Offsets run from the window's midpoint: a '-' window read 5' to 3' has a '+' window's offsets, and with an
+    odd number of bins the bin holding the centre base is at offset 0 on both strands (an odd span's midpoint is
+    that base's middle)."""
+    from dogmacache.contracts.windows import bin_offsets
+
+    geometry = WindowGeometry(n_bins=n_bins, bin_bp=bin_bp)
+    plus = bin_coordinates("chr1", 150, "+", geometry)
+    minus = orient_bins(bin_coordinates("chr1", 150, "-", geometry).offset_bp, "-", "transcript")
+    assert plus.offset_bp.tolist() == minus.tolist() == bin_offsets(geometry).tolist()
+    on_minus = bin_coordinates("chr1", 150, "-", geometry)
+    assert on_minus.offset_bp.tolist() == (-plus.offset_bp).tolist()  # the same bins, mirrored
+    if n_bins % 2:  # a middle bin holds the centre base, at offset 0 on either strand
+        holds = int(np.flatnonzero((plus.start <= 149) & (149 < plus.end))[0])  # 0-based c0
+        assert holds == n_bins // 2 and plus.offset_bp[holds] == on_minus.offset_bp[holds] == 0

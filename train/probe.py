@@ -160,6 +160,14 @@ def read_labels(config: ProbeConfig) -> Labels:
             f"{path} column {config.target!r} holds one value ({y[split == 'train'][0]:g}) in every train row; a "
             "probe needs a target that varies: pick another --target"
         )
+    if task == "classification" and len(np.unique(y[split == "train"])) < 2:
+        held = table[config.target][split == "train"].iloc[0]
+        held = held.item() if isinstance(held, np.generic) else held
+        raise InputError(
+            f"{path} column {config.target!r} holds one class ({held!r}) in every train row; a classification probe "
+            f"is fitted on both classes (positive {positive!r}): re-split so that train holds both, or pick another "
+            "--target"
+        )
     for name in ("validation", "test"):  # a score there is undefined (NaN): said, not left to a NaN in the table
         values = np.unique(y[split == name])
         if len(values) == 1:
