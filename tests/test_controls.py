@@ -172,6 +172,11 @@ def test_a_leak_the_null_shares_is_flagged_against_the_no_input_baseline(tmp_pat
     leaked = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
     assert leaked["null_mean"] > 0.9 and leaked["null_above_baseline"]
     assert "WARNING: the null's draws score" in capsys.readouterr().out
+    config["train"]["null_draws"] = 1  # the default: no spread to judge a draw by, but it reaches the model
+    one = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
+    assert one["null_reaches_model"] and "needs two or more" in one["not_compared"]
+    assert "WARNING: every draw of the null reaches dna_mlp's test pearson" in capsys.readouterr().out
+    config["train"]["null_draws"] = 3
     config["train"]["baselines"] = False  # no baseline to set the draws beside: said, not skipped silently
     unset = run_training(config_from_dict(config), progress=False)["null"]["test"]["pearson"]
     assert "null_above_baseline" not in unset and "baselines = false" in unset["not_compared"]
@@ -194,6 +199,25 @@ def test_a_few_scattered_null_draws_above_the_baseline_are_no_leak_but_agreeing_
     summary = null_summary(one, "m", 2, ("s",), "base")["test"]["s"]
     assert "null_above_baseline" not in summary and "needs two or more" in summary["not_compared"]
     assert flagged([0.231, 0.229, 0.230]) and not flagged([0.031, 0.029, 0.030])  # above 0.05 only where it is
+
+
+def test_a_leak_is_flagged_where_the_baselines_of_the_draws_swing():
+    """On labels with no signal a per-gene mean refitted on each draw's permuted labels swings (-0.43 to 0.42 on
+    the synthetic pairs), which widens the paired t bound past draws a leak lifts to 1.0: every draw above every
+    baseline flags them (a rank test, 1 in 20 for 3 draws without a leak); draws mixed among their baselines do not."""
+    from dogmacache.train.controls import NULL_BASELINE, null_names, null_summary
+
+    def row(draws, own):
+        results = {"m": {"test": {"pearson": 0.999}}, "base": {"test": {"pearson": 0.08}}}
+        for name, value, base in zip(null_names(len(draws)), draws, own, strict=True):
+            results[name] = {"test": {"pearson": value}, NULL_BASELINE: {"pearson": base}}
+        return null_summary(results, "m", len(draws), ("pearson",), "base")["test"]["pearson"]
+
+    leaked = row([0.9998, 0.9998, 0.9999], [-0.429, -0.391, 0.423])
+    assert leaked["null_above_baseline"] and leaked["flagged_by"].startswith("every draw above every draw's baseline")
+    assert "p = 1/20" in leaked["flagged_by"] and leaked["null_reaches_model"]
+    assert not row([0.1, -0.2, 0.45], [-0.4, 0.0, 0.2])["null_above_baseline"]  # one draw among the baselines
+    assert not row([0.3, 0.35, 0.32], [0.2, 0.25, 0.28])["null_above_baseline"]  # above, but by less than the margin
 
 
 def test_a_moderate_leak_is_flagged_against_the_baseline_of_each_draws_own_labels():

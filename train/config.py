@@ -65,8 +65,9 @@ class TrainConfig:
     # shuffled_inputs; and control_caches "KEY=PATH": the same task with a [data] cache swapped (k-mer features)
     controls: tuple[str, ...] = ()
     control_caches: tuple[str, ...] = ()
-    # permutations of the null (permuted_labels), each trained as the model is: with 2 or more, metrics.json's
-    # "null" gives the draws' mean, sd and max and the empirical p-value (1 + draws >= the model) / (1 + draws)
+    # permutations of the null (permuted_labels), each trained as the model is: metrics.json's "null" gives the
+    # draws' mean, sd and max and the empirical p-value (1 + draws >= the model) / (1 + draws); the leak flag
+    # against the no-input baseline needs 2 or more scored draws
     null_draws: int = 1
 
     def __post_init__(self) -> None:

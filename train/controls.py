@@ -17,6 +17,7 @@ Each is another task instance on its own `TaskData`, so the model's own run is u
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -303,11 +304,15 @@ def null_summary(
     Beside them the no-input `baseline` (an R² against the better of it and a constant, which scores 0), and
     `null_above_baseline`: the draws above it by more than NULL_MARGIN on average and by more than t(0.975,
     draws - 1) standard errors of that mean (4.3 of them for 3 draws, 2.1 for 19: a few draws are no evidence of a
-    leak unless they agree). Then the null itself reads something beyond its inputs, the model likely too, and its
-    p measures nothing. Each draw is set beside the baseline fitted on that draw's own permuted labels
-    (`NULL_BASELINE` in its results, which the loop adds): what a model with no input scores with the labels the
-    draw had, about 0 for a correlation. Only where the draws lack it, beside the baseline fitted on the real
-    labels, which a per-gene mean lifts to about 0.4 on the demo's CDT, so that only a larger leak shows."""
+    leak unless they agree), or, against baselines refitted per draw, with every draw above every draw's baseline by
+    more than NULL_MARGIN (a rank test: 1 chance in 20 without a leak for 3 draws; `flagged_by` says which). With one
+    draw there is no spread to judge by (`not_compared`); `null_reaches_model` says that no draw fell below the
+    model, whose number then shows nothing whatever the baseline. Then the null itself reads something beyond its
+    inputs, the model likely too, and its p measures nothing. Each draw is set beside the baseline fitted on that
+    draw's own permuted labels (`NULL_BASELINE` in its results, which the loop adds): what a model with no input
+    scores with the labels the draw had, about 0 for a correlation. Only where the draws lack it, beside the
+    baseline fitted on the real labels, which a per-gene mean lifts to about 0.4 on the demo's CDT, so that only a
+    larger leak shows."""
     names = [n for n in null_names(draws) if n in results]
     out: dict[str, Any] = {"draws": len(names), "models": names, "test": {}}
     for metric in metrics:
@@ -333,6 +338,7 @@ def null_summary(
             "null_sd": float(null.std(ddof=1)) if len(null) > 1 else float("nan"),
             "null_max": float(null.max()),
             "draws_reaching_the_model": reached,
+            "null_reaches_model": bool(reached == len(null)),  # no draw below the model: it shows nothing
             "p": (1 + reached) / (1 + len(null)),
             **_against_baseline(null, results.get(baseline, {}).get("test", {}).get(metric), metric, baseline, paired),
         }
@@ -374,4 +380,18 @@ def _against_baseline(
             "not_compared": f"one draw scored: the leak flag against {name} needs two or more (null_draws >= 3)",
         }
     bound = float(stats.t.ppf(0.975, len(gains) - 1)) * float(gains.std(ddof=1)) / np.sqrt(len(gains))
-    return {**found, "null_gain_over_baseline": gain, "null_above_baseline": bool(gain > NULL_MARGIN and gain > bound)}
+    by = []
+    if gain > NULL_MARGIN and gain > bound:
+        by.append("the 97.5 % t bound of their mean")
+    if gain > NULL_MARGIN and "baseline_fitted_on" in found and found["baseline_fitted_on"].startswith("each"):
+        # a rank test beside the t bound: a baseline refitted on noise swings (a per-gene mean on permuted labels
+        # reads -0.4 to 0.4 on a small test split) and widens the paired bound past a leak that lifts every draw
+        # to 1.0. Without a leak the draws and their baselines are alike, and every draw above every baseline
+        # happens with probability 1 / C(2K, K): 1 in 20 for 3 draws, 1 in 252 for 5
+        floor = np.array([gain_over_baseline(0.0, float(b), metric) for b in paired])  # -(each baseline, as judged)
+        if float(null.min() + floor.min()) > NULL_MARGIN:
+            by.append(
+                f"every draw above every draw's baseline (a rank test, p = 1/{math.comb(2 * len(null), len(null))})"
+            )
+    flagged = {"flagged_by": " and ".join(by)} if by else {}
+    return {**found, "null_gain_over_baseline": gain, "null_above_baseline": bool(by), **flagged}

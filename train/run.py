@@ -424,7 +424,7 @@ def _run(
         "config": config.to_dict(),  # the run as resolved: what these numbers are of
     }
     draws = config.train.null_draws if "permuted_labels" in config.train.controls else 1
-    if draws > 1:
+    if "permuted_labels" in config.train.controls:  # one draw too: its p, and what it cannot be compared by
         summary["null"] = null_summary(
             results, config.task, draws, task.null_metrics or (task.metric,), task.no_input_baseline
         )
@@ -487,11 +487,17 @@ def print_null(null: dict[str, Any], model: str) -> None:
         )
         if n.get("not_compared"):
             print(f"    ({n['not_compared']})")
+        if n.get("null_reaches_model"):
+            print(
+                f"    WARNING: every draw of the null reaches {model}'s test {metric}: trained on labels permuted "
+                "apart from its inputs, the same model scores as well; the model's number is no evidence that it "
+                "reads its inputs (a leak of the test labels, or a metric that rewards no signal)"
+            )
         if n.get("null_above_baseline"):
             print(
                 f"    WARNING: the null's draws score {n['null_gain_over_baseline']:+.3f} above the no-input baseline "
                 f"{n['baseline']} fitted on {n['baseline_fitted_on']} ({n['baseline_value']:.3f}), beyond "
-                f"{NULL_MARGIN} and the 97.5 % t bound of their mean: with "
+                f"{NULL_MARGIN} and {n.get('flagged_by', 'the 97.5 % t bound of their mean')}: with "
                 "labels permuted apart from the inputs, something else reaches the labels (test labels read at "
                 "evaluation, an answer joined into the inputs); the model's number and this p are not evidence"
             )
