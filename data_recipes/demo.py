@@ -50,6 +50,7 @@ def build_demo(out: Path, seed: int = 0, window_bins: int = 8, bin_bp: int = 128
             f"{data} lacks {len(missing)} of the demo's {len(needed)} source files (first: {missing[0]}); pass a "
             "folder written by make_demo_data.write_demo_data, or leave --source-dir out for the bundled files"
         )
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = gasperini.GasperiniConfig(seed=seed)
     cdt = gasperini.build_gasperini(_bundled(gasperini.SOURCES, data), out / "cdt", config)

@@ -103,6 +103,11 @@ def _differs(there: dict[str, Any], here: dict[str, Any]) -> str:
         return f"torch_threads is {there[k]} there, {here.get(k)} here (a run at {there[k]} copies its rows)"
     if k == "torch_threads":
         return "its torch thread count is not recorded (embedded before counts were); re-embed it to copy from"
+    if k == "resumed_with" and here.get(k):  # this run's own cache is the one of two kinds
+        return (
+            "this run's --out was resumed under other settings (resumed_with in its manifest), so its rows are of two "
+            "kinds and it copies from no cache"
+        )
     if k == "resumed_with":
         return (
             f"it was resumed under other settings ({there.get(k)!r}), so its rows are of two kinds; no run copies them"
@@ -178,6 +183,7 @@ class Source:
     name: str
     cache: EmbeddingCache
     rows: dict[bytes, int]  # item digest -> row
+    stamp: tuple[int, int, int] | None = None  # its manifest file's (inode, size, mtime) when opened; None: remote
 
     def record(self, rows: int) -> dict[str, Any]:
         """What the manifest's `reused` says of `rows` copied from this source: its name, its shards' digest, the
@@ -225,8 +231,19 @@ def open_sources(
         if why:
             skipped.append(f"{c.name}: {why}")
             continue
-        sources.append(Source(c.name, c.cache, digest_index(c.cache)))
+        sources.append(Source(c.name, c.cache, digest_index(c.cache), manifest_stamp(c.cache)))
     return sources, skipped
+
+
+def manifest_stamp(cache: EmbeddingCache) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a local cache's manifest file (its root zarr.json), which every rewrite of
+    the cache (`--overwrite`, a resume, a shard's digest) replaces; None for a remote cache or none found."""
+    root = local_path(cache.url)
+    try:
+        found = os.stat(os.path.join(root, "zarr.json")) if root is not None else None
+    except OSError:
+        return None
+    return None if found is None else (found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def digest_index(cache: EmbeddingCache) -> dict[bytes, int]:
@@ -265,7 +282,9 @@ class RowCopier:
     its manifest's sha256 before any row of it is used; its extras (a few bytes per row) are kept, and its stored
     rows while all held fit in HOLD_BYTES (the shards used longest ago let go first; the shard read last is always
     held, so with ~1 GiB shards two may be in memory for a moment). A shard checked before whose rows
-    were let go gives later requests just the rows asked for, each checked by its own crc32c. A table in another
+    were let go gives later requests just the rows asked for, each checked by its own crc32c, once the source's
+    manifest file is seen unchanged (`Source.stamp`); a remote source's, which has no such file here, is read whole
+    and checked against its sha256 again. A table in another
     order than its source asks every source shard for rows again for every shard it fills: reading each whole
     every time made copying grow with the square of the shards."""
 
@@ -283,6 +302,7 @@ class RowCopier:
             start, stop = cache.manifest.shard_rows(shard)
             stored = cache.read_rows(np.arange(start, stop))  # as stored (bfloat16 as ml_dtypes'), each crc32c checked
             if shard_digest([stored, *extras]).hex() != cache.manifest.shards[shard]:
+                self._check_unchanged(s)  # a source rewritten since it was opened is said as such
                 raise CacheError(
                     f"shard {shard} of reused cache {self.sources[s].name} does not match the sha256 its manifest "
                     "records; run `dogmacache cache verify` on it, or drop it from --reuse"
@@ -299,11 +319,28 @@ class RowCopier:
     def _stored(self, s: int, shard: int, local: np.ndarray) -> np.ndarray:
         """Stored rows `local` (offsets in the shard) of a checked shard: from memory if held, else read by row."""
         held = self._held.get((s, shard))
+        if held is None and self.sources[s].stamp is None:  # a remote source: no file to see it rewritten by
+            del self._extras[(s, shard)]
+            self._checked(s, shard)  # read whole again and checked against its sha256, as the first time
+            held = self._held[(s, shard)]  # the shard read last is always held
         if held is not None:
             self._held.move_to_end((s, shard))
             return held[local]
+        self._check_unchanged(s)  # a row's crc32c says it is whole, not that it is of the cache that was checked
         cache = self.sources[s].cache
         return cache.read_rows(shard * cache.manifest.shard_items + local)  # each row's crc32c checked
+
+    def _check_unchanged(self, s: int) -> None:
+        """CacheError where source `s` was rewritten since it was opened (its manifest file replaced: another run
+        with --overwrite, or resumed): its rows are no longer those its checked shards and settings vouched for.
+        The shards this run wrote hold rows of the source as it was, checked; a re-run keeps them and copies from
+        the source as it is now, where its settings still agree."""
+        source = self.sources[s]
+        if source.stamp is not None and manifest_stamp(source.cache) != source.stamp:
+            raise CacheError(
+                f"--reuse source {source.name} was rewritten while this run copied from it (its manifest changed); "
+                "re-run the same command, which copies from it as it is now where its settings still agree"
+            )
 
     def take(self, s: int, rows: np.ndarray) -> list[np.ndarray]:
         """[embeddings, *extras in the source's manifest order] of `rows` of source `s`, in the order given."""

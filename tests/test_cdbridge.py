@@ -702,8 +702,16 @@ def test_a_tissues_table_cannot_vouch_for_labels_scaled_with_a_held_out_tissues_
     labels.to_parquet(tmp_path / "labels.parquet")
     pd.DataFrame({"tissue": TISSUES, "held_out": [False, True, True]}).to_parquet(tmp_path / "other.parquet")
     raw["data"]["tissues_table"] = str(tmp_path / "other.parquet")
-    with pytest.raises(InputError, match=r"held-out tissue 'Heart' is standardised in .* own training labels"):
+    with pytest.raises(InputError, match=r"held-out tissue 'Heart' is centred in .*the mean of its training labels"):
         CdbridgeTask(config_from_dict(raw)).load()
+    # pandas' std (ddof 1), every split's rows (the test labels among them), or centring alone: refused alike
+    for rows, scale in ((train, own[train].std(ddof=1)), (slice(None), own.std()), (train, 1.0)):
+        labels["Heart"] = (own - own[rows].mean()) / scale
+        labels.to_parquet(tmp_path / "labels.parquet")
+        with pytest.raises(InputError, match=r"held-out tissue 'Heart' is centred in .* on its own labels"):
+            CdbridgeTask(config_from_dict(raw)).load()
+    labels["Heart"] = (own - own[train].mean()) / own[train].std(ddof=0)
+    labels.to_parquet(tmp_path / "labels.parquet")
     # a flag column that is not true/false (NaN, the text "False") is refused, not read as held out
     nullable = pd.array([False, None, True], dtype="boolean")  # a bool dtype that holds NA
     for flags in ([False, np.nan, True], ["False", "False", "True"], nullable):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import write_cache
+from dogmacache.cache import open_cache
 from dogmacache.devices import cpu_plan
 from dogmacache.errors import InputError
 from dogmacache.train.controls import cache_controls, permuted_labels, shuffled_inputs
@@ -302,6 +303,38 @@ def test_a_cache_control_of_other_items_is_refused_before_the_model_trains(tmp_p
     ):
         run_training(config_from_dict(raw), progress=False)
     assert not (tmp_path / "out" / "dna_mlp_last.pt").exists()  # refused before the model trained
+
+
+def test_a_cache_control_of_the_models_own_rows_or_of_another_genome_is_refused(tmp_path):
+    """A control swapping in the run's own cache (or a copy of it) scores as the model does by construction; one
+    cut from a genome of other bases holds other windows under the same ids. Both refused before anything trains."""
+    import shutil
+
+    raw = write_pairs(tmp_path, signal=True)
+    shutil.copytree(tmp_path / "dna.zarr", tmp_path / "copy.zarr")
+    for path in ("dna.zarr", "copy.zarr"):
+        raw["train"].update(controls=[], epochs=2, control_caches=[f"dna_cache={tmp_path / path}"])
+        with pytest.raises(InputError, match=r"holds the same rows as \[data\] dna_cache .* by construction"):
+            run_training(config_from_dict(raw), progress=False)
+    assert not (tmp_path / "out" / "dna_mlp_last.pt").exists()
+    dna = open_cache(tmp_path / "dna.zarr")[:]
+    ids = open_cache(tmp_path / "dna.zarr").ids.tolist()
+    genome = {"genome": {"name": "hg19.fa", "sha256": "ab" * 32}}
+    write_cache(tmp_path / "run.zarr", dna, ids=ids, shard_items=40, config={**genome})
+    other = np.random.default_rng(3).normal(size=dna.shape).astype(np.float32)
+    write_cache(
+        tmp_path / "kmer.zarr",
+        other,
+        ids=ids,
+        shard_items=40,
+        config={"genome": {"name": "hg38.fa", "sha256": "cd" * 32}},
+    )
+    raw["data"]["dna_cache"] = str(tmp_path / "run.zarr")
+    raw["train"]["control_caches"] = [f"dna_cache={tmp_path / 'kmer.zarr'}"]
+    with pytest.raises(
+        InputError, match=r"cut from the genome file 'hg38.fa', and \[data\] dna_cache .* from 'hg19.fa'"
+    ):
+        run_training(config_from_dict(raw), progress=False)
 
 
 def test_a_cache_control_trains_with_the_settings_its_entry_gives_and_refuses_what_it_may_not_set(tmp_path):

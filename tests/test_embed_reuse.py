@@ -2,6 +2,7 @@
 (byte-identical to a full embed, resumable after a crash mid-copy), and the fidelity receipt in the manifest.
 Tiny Enformer and ESM-2 of the real architectures, inputs made here."""
 
+import os
 import subprocess
 import sys
 
@@ -743,3 +744,52 @@ def test_overwrite_never_deletes_a_reuse_source(inputs, old_cache, tmp_path):
     with pytest.raises(InputError, match=r"--reuse .* names .*kept.zarr, which --overwrite would delete"):
         run_embed(config(inputs, "new.parquet", out, overwrite=True, reuse=(str(tmp_path),)))
     assert open_cache(out).manifest.complete
+
+
+def test_a_source_rewritten_during_the_copy_is_refused_and_the_rerun_is_whole(inputs, tmp_path, monkeypatch):
+    """Rows of a source shard let go of (over HOLD_BYTES) are read again one by one, each checked by its crc32c:
+    that says they are whole, not that they are the cache checked before. A source whose manifest file changed
+    since it was opened (another run rewrote it with --overwrite) is refused in a line; the re-run keeps the
+    shards written and gives the full embed's bytes."""
+    root, _ = inputs
+    pd.read_parquet(root / "new.parquet").sample(frac=1.0, random_state=1).to_parquet(root / "new_spread.parquet")
+    kw = {"model": "enformer", "shard_items": 2, "dtype": "float32", "fidelity_items": 0}
+    old, out = tmp_path / "old", tmp_path / "out"
+    run_embed(config(inputs, "old.parquet", old, **kw))
+    run_embed(config(inputs, "new_spread.parquet", tmp_path / "full", **kw))
+    monkeypatch.setattr(reuse, "HOLD_BYTES", 0)  # every source shard but the last let go once checked
+    take, calls = reuse.RowCopier.take, []
+
+    def rewritten_after_the_second(self, s, rows):
+        calls.append(1)
+        if len(calls) == 3:  # as a rewrite would: the manifest file replaced (here only its time moves)
+            manifest = old / "zarr.json"
+            stat = manifest.stat()
+            os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        return take(self, s, rows)
+
+    monkeypatch.setattr(reuse.RowCopier, "take", rewritten_after_the_second)
+    with pytest.raises(CacheError, match=r"--reuse source old was rewritten while this run copied from it"):
+        run_embed(config(inputs, "new_spread.parquet", out, reuse=(str(old),), **kw))
+    assert not open_cache(out, allow_partial=True).manifest.complete
+    monkeypatch.setattr(reuse.RowCopier, "take", take)
+    run_embed(config(inputs, "new_spread.parquet", out, reuse=(str(old),), **kw))
+    same_arrays(str(out), str(tmp_path / "full"))
+    # a remote source (no manifest file to watch here): a shard let go of is read whole and checked again
+    from dogmacache.cache.writer import shard_digest
+
+    checked = []
+    monkeypatch.setattr(reuse, "manifest_stamp", lambda cache: None)
+    monkeypatch.setattr(reuse, "shard_digest", lambda blocks: checked.append(1) or shard_digest(blocks))
+    run_embed(config(inputs, "new_spread.parquet", tmp_path / "remote", reuse=(str(old),), **kw))
+    same_arrays(str(tmp_path / "remote"), str(tmp_path / "full"))
+    assert len(checked) > open_cache(old).manifest.n_shards  # shards let go of were checked again when read again
+
+
+def test_a_run_whose_own_out_was_resumed_under_other_settings_names_its_out_not_the_source():
+    """A cache resumed under other rounding settings copies from no cache (its rows are of two kinds): the line
+    says so of --out, not of a source that was never resumed."""
+    ours = reuse._differs({"resumed_with": None}, {"resumed_with": [{"max_batch": 8}]})
+    assert ours.startswith("this run's --out was resumed under other settings")
+    theirs = reuse._differs({"resumed_with": [{"max_batch": 8}]}, {"resumed_with": None})
+    assert theirs.startswith("it was resumed under other settings")

@@ -267,6 +267,20 @@ def check_controls(task: Task, data: TaskData | None = None) -> None:
                 f"{tuple(theirs.item_shape)}, where [data] {key} holds {ours.modality} embeddings of shape "
                 f"{tuple(ours.item_shape)}; a cache control swaps in another model's cache of the same items and kind"
             )
+        if theirs.shards and theirs.shards == ours.shards:  # the same rows: a control that matches by construction
+            raise InputError(
+                f"[train] control_caches {key}={path} (the control {name}) holds the same rows as [data] {key} "
+                f"{original} (the same shard checksums): it would score as the model does by construction; swap in "
+                "another model's cache of the same items (e.g. `dogmacache embed --model kmer`)"
+            )
+        genomes = [(m.config or {}).get("genome") or {} for m in (theirs, ours)]
+        if all(g.get("sha256") for g in genomes) and genomes[0]["sha256"] != genomes[1]["sha256"]:
+            raise InputError(
+                f"[train] control_caches {key}={path} (the control {name}) was cut from the genome file "
+                f"{genomes[0].get('name')!r}, and [data] {key} {original} from {genomes[1].get('name')!r}, of other "
+                "bases (sha256 differs): the same ids stand for other windows; embed the control from the genome the "
+                "run's cache was cut from"
+            )
         if data is not None:
             wanted = np.asarray(task.items_read(data, key, real))
             missing = wanted[~np.isin(wanted, np.asarray(swapped.ids))]

@@ -244,20 +244,24 @@ SELF_SCALED_TOLERANCE = 1e-4
 def check_held_out_scaling(
     values: np.ndarray, train: np.ndarray, tissues: list[str], held_out: set[str], labels: str, log1p_path: Path
 ) -> None:
-    """Refuse a held-out tissue whose labels were standardised with its own training labels (their train-split mean
-    0 and std 1): its held-out score would rest on its own statistics. Read from the labels themselves, so a tissues
-    table of another recipe run cannot vouch for them."""
+    """Refuse a held-out tissue whose labels were centred (or standardised) on its own labels: their mean over the
+    training split, or over every split, within SELF_SCALED_TOLERANCE of 0, whatever the std (numpy's, pandas'
+    ddof 1, none). Its held-out score would rest on its own statistics, the test labels' too where every split was
+    used; scaled with the seen tissues' statistics, as the recipe does, its mean is that of another tissue pool,
+    0 only by chance. Read from the labels themselves, so a tissues table of another recipe run cannot vouch for
+    them."""
     for k, tissue in enumerate(tissues):
         if tissue not in held_out:
             continue
-        column = values[train, k].astype(np.float64)
-        if abs(column.mean()) < SELF_SCALED_TOLERANCE and abs(column.std() - 1) < SELF_SCALED_TOLERANCE:
-            raise InputError(
-                f"held-out tissue {tissue!r} is standardised in {labels} with its own training labels (train-split "
-                f"mean {column.mean():.1e}, std {column.std():.6f}), and there is no {log1p_path} to scale it with the "
-                "seen tissues' statistics instead; put the recipe run's labels_log1p.parquet there (or name it with "
-                "[data] labels_log1p), or re-run the recipe with --holdout-tissues"
-            )
+        for where, column in (("training", values[train, k]), ("every split's", values[:, k])):
+            mean = float(np.nanmean(column.astype(np.float64)))
+            if abs(mean) < SELF_SCALED_TOLERANCE:
+                raise InputError(
+                    f"held-out tissue {tissue!r} is centred in {labels} on its own labels (the mean of its {where} "
+                    f"labels is {mean:.1e}), and there is no {log1p_path} to scale it with the seen tissues' "
+                    "statistics instead; put the recipe run's labels_log1p.parquet there (or name it with [data] "
+                    "labels_log1p), or re-run the recipe with --holdout-tissues"
+                )
 
 
 def stage1_view(data: CdbridgeData) -> CdbridgeData:
