@@ -27,5 +27,12 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--epochs {args.epochs}: expected at least 1, or leave it out for the demo configs' own")
     from dogmacache.demo.pipeline import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, epochs=args.epochs, null=args.null)
+    summary = run_demo(Path(args.out), seed=args.seed, epochs=args.epochs, null=args.null)
+    scoring = [task for task, v in (summary.get("null_verdict") or {}).items() if not v["near_zero"]]
+    if scoring:  # the null twin's verdict as the exit status too, for a script or CI that reads no table
+        print(
+            f"dogmacache demo --null: {', '.join(scoring)} scored on labels drawn apart from every input: "
+            "information reaches the labels by another route (exit status 1)"
+        )
+        return 1
     return 0

@@ -41,7 +41,15 @@ class Edit:
         return self.start0 + len(self.ref)
 
 
+_GROUPED = re.compile(r"^(\d+|\d{1,3}(,\d{3})+)$")  # 1000 or 1,000: commas between thousands only
+
+
 def _number(text: str, what: str, spec: str) -> int:
+    if not _GROUPED.match(text):  # "1,5" would read as 15, another base that may hold the same REF
+        raise InputError(
+            f"edit {spec!r}: {what} {text!r} is not a number (digits, with commas only between thousands, e.g. "
+            "1,000,000); fix its spelling"
+        )
     value = int(text.replace(",", ""))
     if value < 1:
         raise InputError(f"edit {spec!r}: {what} {value} is not a 1-based position (>= 1); positions start at 1")

@@ -108,6 +108,8 @@ def test_shuffled_inputs_remap_items_within_each_split_keeping_the_grouping():
     assert any(changed)
     with pytest.raises(InputError, match="declares no input columns"):
         shuffled_inputs(data, (), seed=0)
+    with pytest.raises(InputError, match=r"input column 'protein_row' is in none of its split tables"):
+        shuffled_inputs(data, ("dna_row", "protein_row"), seed=0)  # a renamed column: nothing would move
 
 
 def test_an_unknown_control_is_refused_when_the_config_is_read(tmp_path):

@@ -16,7 +16,9 @@ def test_on_the_null_twin_no_model_scores_beyond_its_no_input_baseline(null_demo
     assert truth["null"] is True
     for task, folder in (("cdt", "train"), ("isoformer", "train_isoformer"), ("cdbridge", "train_cdbridge")):
         test = json.loads((out / folder / "metrics.json").read_text())["models"][task]["test"]
-        assert abs(test["spearman"]) < 0.15 and test["r2"] < 0.05, (task, test["spearman"], test["r2"])
+        # one-sided, as the verdict is: below zero is no leak (the CDT null twin read -0.136 on one run), though
+        # far below would be another fault
+        assert -0.3 < test["spearman"] < 0.15 and test["r2"] < 0.05, (task, test["spearman"], test["r2"])
     biodta = json.loads((out / "train_biodta" / "metrics.json").read_text())["models"]
     assert abs(biodta["biodta"]["test"]["spearman"] - biodta["mean_token"]["test"]["spearman"]) < 0.15
 
@@ -75,3 +77,16 @@ def test_the_null_verdict_fires_on_the_real_demo(demo_run):
     }
     verdict = null_verdict(summary)
     assert not any(v["near_zero"] for v in verdict.values()), verdict
+
+
+def test_the_null_twin_exits_1_where_its_verdict_says_a_model_scores(monkeypatch, tmp_path, capsys):
+    """A script or CI running `dogmacache demo --null` reads its exit status, not the printed table."""
+    from dogmacache.cli import main
+    from dogmacache.demo import pipeline
+
+    verdicts = {"cdt": {"near_zero": False}, "isoformer": {"near_zero": True}}
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: {"null_verdict": verdicts})
+    assert main(["demo", "--null", "--out", str(tmp_path / "o")]) == 1
+    assert "dogmacache demo --null: cdt scored on labels drawn apart from every input" in capsys.readouterr().out
+    verdicts["cdt"]["near_zero"] = True
+    assert main(["demo", "--null", "--out", str(tmp_path / "o")]) == 0

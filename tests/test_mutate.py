@@ -33,6 +33,10 @@ def test_edited_windows_by_hand(tmp_path):
     path.write_text(">chr1\nAACCGGTTAC\n")
     g = Genome(path)
     assert edited_window(g, "chr1", 2, 5, [parse_edit("chr1:4 C>T", g)]) == ("CTGGT", 0)
+    assert parse_edit("chr1:0,004 C>T", g).start0 == 3  # commas between thousands are read
+    for typo in ("chr1:1,0 C>T", "chr1:,4 C>T", "chr1:4, C>T", "chr1:4-1,0"):  # "1,0" would read as 10
+        with pytest.raises(InputError, match=r"is not a number \(digits, with commas only between thousands"):
+            parse_edit(typo, g)
     assert edited_window(g, "chr1", 2, 5, [parse_edit("1:4-5", g)]) == ("CGTTA", 0)  # right flank pulled in
     assert edited_window(g, "chr1", 2, 5, [parse_edit("chr1:3 C>CAAA", g)]) == ("CAAAC", 0)  # pushed out
     assert edited_window(g, "chr1", 7, 5, [parse_edit("chr1:9 A>-", g)]) == ("TCNNN", 3)  # N past the end

@@ -246,6 +246,7 @@ def test_a_call_without_a_kmer_control_says_so(world, tmp_path, capsys):
     assert main([*args, "--target", "y", "--id-column", "item", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "no k-mer control among --caches" in out and "chosen by validation r2: signal" in out
+    assert "pooling over positions: mean" in out  # stated where it is read, as in the table and the figure
     saved = json.loads((tmp_path / "o" / "probe.json").read_text())
     assert saved["settings"]["kmer_controls"] == [] and saved["settings"]["group_column"] == "item"
 
@@ -254,6 +255,8 @@ def test_label_and_cache_mistakes_are_one_line_each(world, tmp_path):
     root, caches = world
     with pytest.raises(InputError, match=r"--caches names '.*signal.zarr' 2 times; give each once"):
         ProbeConfig(caches=(caches["signal"], caches["signal"]), labels="l", target="y", out="o")
+    with pytest.raises(InputError, match=r"labels table '.*' is a folder, not a file; pass --labels a parquet"):
+        probe(world, tmp_path, labels=root)
     table = pd.read_parquet(root / "labels.parquet")
     table["gene"] = table["item"].str.slice(0, 5)
     table.loc[table.index[:3], "gene"] = None

@@ -99,6 +99,13 @@ def shuffled_inputs(data: TaskData, columns: tuple[str, ...], seed: int) -> Task
     the split is remapped with the same permutation (drawn over the rows either uses)."""
     if not columns:
         raise InputError("this task declares no input columns to shuffle; drop shuffled_inputs from [train] controls")
+    absent = [c for c in columns if not any(c in t.columns for t in data.splits.values())]
+    if absent:  # shuffling nothing, the control would be the model itself
+        raise InputError(
+            f"shuffled_inputs: the task's input column {absent[0]!r} is in none of its split tables (they have "
+            f"{sorted(set().union(*(t.columns for t in data.splits.values())))[:8]}); the task's input_columns "
+            "must name the row columns its data holds"
+        )
     splits, variants = {}, dict(data.variants)
     for k, (name, table) in enumerate(data.splits.items()):
         names = [v for v, (split, _) in sorted(data.variants.items()) if split == name]

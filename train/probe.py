@@ -12,8 +12,10 @@ table whose items or groups sit in more than one split is refused: the same inpu
 Beside every cache, in the same call, two controls fitted and scored exactly as the cache is (seeded, `--seed`, each
 its own permutations; an item's rows move together, as in `train/controls.py`):
 - permuted labels: the training split's items permuted among themselves, so each training item's labels meet
-  another item's features, validation and test as they are. A permutation null of the whole fit: it scores near
-  chance unless the fit reads validation or test rows, or the score rewards something other than the inputs;
+  another item's features, validation and test as they are. One draw of a permutation null of the whole fit: its
+  R² sits near or below 0 unless the fit reads validation or test rows, or the score rewards something other than
+  the inputs, but one draw strays on a small test split (its correlations most: a fit on permuted labels still
+  lines up with the features' main axis, with either sign), so read it by R² and beside the split's size;
 - shuffled inputs: the items permuted within every split, test included: whether any score needs the features;
 - and the k-mer control, marked: a cache whose manifest names the `kmer` model (`dogmacache embed --model kmer`);
   a call without one says so.
@@ -112,6 +114,8 @@ class Labels:
 
 def read_labels(config: ProbeConfig) -> Labels:
     path = config.labels
+    if Path(path).is_dir():
+        raise InputError(f"labels table {path!r} is a folder, not a file; pass --labels a parquet or .tsv file")
     if not Path(path).is_file():
         raise InputError(f"labels table {path!r} does not exist; fix --labels (parquet, or tab-separated .tsv)")
     group_column = config.group_column or config.id_column
@@ -624,6 +628,7 @@ def run_probe(config: ProbeConfig, quiet: bool = False) -> dict[str, Any]:
         os.replace(staged[k], path)
     if not quiet:
         print_probe(table, labels.task)
+        print(f"pooling over positions: {pooling} (each row's in probe.tsv's pooling column)")
         if labels.task == "classification":
             share = settings["test_positive_share"]
             print(
