@@ -181,12 +181,14 @@ def test_a_control_may_not_swap_the_cache_that_holds_the_targets(tmp_path):
     from dogmacache.train.controls import check_controls
     from dogmacache.train.registry import get_task
 
-    _task_caches(tmp_path)
+    genes = _task_caches(tmp_path)
+    other = np.random.default_rng(1).normal(size=(len(genes), 4, 6)).astype(np.float32)  # another model's rows
+    write_cache(tmp_path / "dna_other.zarr", other, ids=genes, dtype="float32")
     config = _config(tmp_path)
     entry = f"token_cache={tmp_path / 'tokens.zarr'}"
     swapped = dataclasses.replace(config, train=dataclasses.replace(config.train, control_caches=(entry,)))
     with pytest.raises(InputError, match="holds biodta's targets, and a control scored against other targets"):
         check_controls(get_task("biodta")(swapped))
-    entry = f"dna_cache={tmp_path / 'dna.zarr'}; train.lr=0.001"
+    entry = f"dna_cache={tmp_path / 'dna_other.zarr'}; train.lr=0.001"
     allowed = dataclasses.replace(config, train=dataclasses.replace(config.train, control_caches=(entry,)))
     check_controls(get_task("biodta")(allowed))
