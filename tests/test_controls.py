@@ -145,7 +145,7 @@ def test_null_draws_stand_beside_the_model_with_an_empirical_p_value(tmp_path, c
     assert row["null_mean"] == pytest.approx(draws.mean()) and row["null_sd"] == pytest.approx(draws.std(ddof=1))
     assert row["draws_reaching_the_model"] == int((draws >= model).sum()) == 0 and row["p"] == pytest.approx(1 / 5)
     printed = capsys.readouterr().out
-    assert "permutation null: 4 draws" in printed and "p = 0.200" in printed
+    assert "permutation null: 4 draws" in printed and "0 of 4 reach it, p = 0.200" in printed
     seeds = [
         torch.load(tmp_path / "out" / f"{n}_best.pt", weights_only=False)["config"]["train"]["seed"] for n in names
     ]

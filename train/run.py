@@ -475,15 +475,21 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
 
 def print_null(null: dict[str, Any], model: str) -> None:
     """The permutation null's draws beside the model, a line per metric."""
-    print(f"permutation null: {null['draws']} draws of control_permuted_labels (in metrics.json: null)")
+    draws = f"{null['draws']} draw{'s' if null['draws'] != 1 else ''}"
+    print(f"permutation null: {draws} of control_permuted_labels (in metrics.json: null)")
     for metric, n in null["test"].items():
         if "not_scored" in n:
             print(f"  test {metric}: not scored ({n['not_scored']})")
             continue
         scored = "" if n["draws_scored"] == null["draws"] else f" ({n['draws_scored']} draws with a value)"
+        spread = (
+            f"null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, max {n['null_max']:.3f}"
+            if n["draws_scored"] > 1
+            else f"null {n['null_mean']:.3f}"
+        )
         print(
-            f"  test {metric}: {model} {n['model']:.3f}; null mean {n['null_mean']:.3f}, sd {n['null_sd']:.3f}, "
-            f"max {n['null_max']:.3f}; {n['draws_reaching_the_model']} draws reach it, p = {n['p']:.3f}{scored}"
+            f"  test {metric}: {model} {n['model']:.3f}; {spread}; {n['draws_reaching_the_model']} of "
+            f"{n['draws_scored']} reach it, p = {n['p']:.3f}{scored}"
         )
         if n.get("not_compared"):
             print(f"    ({n['not_compared']})")
