@@ -298,9 +298,16 @@ class RowCopier:
         key = (s, shard)
         if key not in self._extras:
             cache = self.sources[s].cache
-            extras = cache.shard_blocks(shard, embeddings=False)  # from their chunk files, each chunk's crc32c checked
             start, stop = cache.manifest.shard_rows(shard)
-            stored = cache.read_rows(np.arange(start, stop))  # as stored (bfloat16 as ml_dtypes'), each crc32c checked
+            try:
+                extras = cache.shard_blocks(shard, embeddings=False)  # from their chunk files, each crc32c checked
+                stored = cache.read_rows(np.arange(start, stop))  # as stored (bfloat16 as ml_dtypes'), crc32c checked
+            except CacheError as err:  # a damaged source: this run may go on without it
+                self._check_unchanged(s)
+                raise CacheError(
+                    f"--reuse source {self.sources[s].name}: {err}; or drop it from --reuse (its rows are "
+                    "embedded instead)"
+                ) from None
             if shard_digest([stored, *extras]).hex() != cache.manifest.shards[shard]:
                 self._check_unchanged(s)  # a source rewritten since it was opened is said as such
                 raise CacheError(

@@ -292,6 +292,13 @@ def test_a_tampered_source_shard_is_refused(inputs, old_cache, tmp_path):
     )
     with pytest.raises(CacheError, match="shard 1 of reused cache tampered does not match"):
         run_embed(config(inputs, "new.parquet", tmp_path / "out", reuse=(str(copy),)))
+    shutil.rmtree(copy)
+    shutil.copytree(old_cache, copy)
+    chunk = copy / "n_padded" / "c" / "1"  # shard 1's chunk of an extra, cut short: unreadable, not another cache
+    assert chunk.is_file(), sorted(str(p.relative_to(copy)) for p in (copy / "n_padded").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:3])
+    with pytest.raises(CacheError, match=r"--reuse source tampered: .*; or drop it from --reuse"):
+        run_embed(config(inputs, "new.parquet", tmp_path / "out2", reuse=(str(copy),)))
 
 
 def test_reuse_of_nothing_is_a_one_line_error(inputs, tmp_path):
