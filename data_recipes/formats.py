@@ -26,7 +26,7 @@ from dogmacache.errors import InputError
 _TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def _opener(path: str | Path, binary: bool = False):
+def open_source(path: str | Path, binary: bool = False):
     """A plain or gzipped source file opened for text (or bytes); an InputError when it does not exist."""
     path = Path(path)
     if not path.is_file():
@@ -45,7 +45,7 @@ def open_text(path: str | Path) -> Iterator[io.TextIOBase]:
     """Text lines of a plain or gzipped file; a truncated or corrupt gzip becomes an InputError naming it."""
     path = Path(path)
     try:
-        with _opener(path) as fh:
+        with open_source(path) as fh:
             yield fh
     except _TRUNCATED as err:
         raise InputError(f"{path} is truncated or not valid gzip ({err}); delete it and download it again") from err
@@ -195,7 +195,7 @@ class _CheckedReader:
 
 @contextmanager
 def _checked_bytes(path: str | Path, header: Sequence[str], first_line: int) -> Iterator[_CheckedReader]:
-    with _opener(path, binary=True) as raw:
+    with open_source(path, binary=True) as raw:
         yield _CheckedReader(raw, path, header, first_line)
 
 

@@ -107,19 +107,15 @@ def _check_direction(chain_path: Path) -> None:
     """Refuse a chain that lifts hg38 to hg19 (in its first chr1-to-chr1 header the reference chr1 has hg38's length
     and the query chr1 hg19's): read the wrong way, it would move every site to another place. Chains of other sizes
     (the tests' small ones) are not judged here."""
-    import gzip
-
     sizes = None
     try:
-        with open(chain_path, "rb") as raw:
-            packed = raw.read(2) == b"\x1f\x8b"  # liftover reads a plain chain file too
-        with gzip.open(chain_path, "rt") if packed else open(chain_path) as fh:
+        with formats.open_source(chain_path) as fh:  # gzipped or plain: liftover reads either
             for line in fh:
                 fields = line.split()
                 if len(fields) >= 9 and fields[0] == "chain" and fields[2] == "chr1" and fields[7] == "chr1":
                     sizes = (int(fields[3]), int(fields[8]))
                     break
-    except (OSError, EOFError, ValueError, UnicodeDecodeError):
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, InputError):
         return  # an unreadable file is named by ChainFile's own error
     if sizes == (CHR1_BP["hg38"], CHR1_BP["hg19"]):
         raise InputError(
